@@ -1,0 +1,3 @@
+//! Disks: block-device and image-file enumeration, GPT reading and writing,
+//! filesystem probing, free-region search and classification of what a disk
+//! holds (RayOS install, Windows, Linux, ESP).

@@ -1,0 +1,3 @@
+//! The installer engine: answer files, plans and their validation, and the
+//! steps that apply a plan to a disk. The wizard and the unattended mode only
+//! build plans for this engine.

@@ -1,0 +1,61 @@
+//! Persistent state of a RayOS install: the data volume's layout and the
+//! schemas of the files on it (`machine.toml`, the policy, the VM registry),
+//! and the one way files there are written (atomically, previous generation
+//! kept).
+//!
+//! Both the installer (which seeds a fresh data volume) and rayosd (which owns
+//! it at run time) use this crate, so the on-disk formats live in one place.
+//!
+//! Limits: this crate does no locking between processes; rayosd is the only
+//! writer of the registry and the installer writes only to a volume it has
+//! just created.
+
+pub mod atomic;
+pub mod layout;
+pub mod machine;
+pub mod policy;
+pub mod registry;
+
+pub use atomic::{AtomicError, Generation, read_with_fallback, write_atomic};
+pub use layout::DataLayout;
+pub use machine::MachineConfig;
+pub use policy::{Networking, OnHostShutdown, Policy, SubsystemPolicy};
+pub use registry::{Registry, VmDefinition, VmKind};
+
+/// Schema version of the data volume as a whole. Bumped when any file's
+/// format changes in a way an older RayOS cannot read.
+pub const DATA_SCHEMA_VERSION: u32 = 1;
+
+/// A TOML parse error turned into "file:line: message", the form every
+/// RayOS config error takes so a person can go straight to the line.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}:{line}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    /// 1-based; 0 when the error has no position (for example a wrong
+    /// schema version found after parsing).
+    pub line: usize,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn from_toml(path: &str, text: &str, err: &toml::de::Error) -> Self {
+        let line = err
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+            .unwrap_or(0);
+        ConfigError {
+            path: path.to_string(),
+            line,
+            message: err.message().to_string(),
+        }
+    }
+
+    pub(crate) fn semantic(path: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.to_string(),
+            line: 0,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The VM registry (`vm/registry.json`): every VM's identity and
+//! configuration. rayosd is its only writer at run time; the installer seeds
+//! it once on a fresh data volume.
+//!
+//! A VM's `id` never changes and is never reused: its disks, UEFI variables
+//! and TPM state live in `vm/<id>/` and stay bound to it for the life of the
+//! install.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub const REGISTRY_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmKind {
+    Linux,
+    Windows,
+    Generic,
+}
+
+impl std::fmt::Display for VmKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VmKind::Linux => "linux",
+            VmKind::Windows => "windows",
+            VmKind::Generic => "generic",
+        })
+    }
+}
+
+impl std::str::FromStr for VmKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "linux" => Ok(VmKind::Linux),
+            "windows" => Ok(VmKind::Windows),
+            "generic" => Ok(VmKind::Generic),
+            other => Err(format!(
+                "unknown VM kind {other:?}: use linux, windows or generic"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskFormat {
+    Qcow2,
+    Raw,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// Relative paths are relative to the VM's directory.
+    pub path: PathBuf,
+    pub format: DiskFormat,
+}
+
+/// How a VM boots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type", deny_unknown_fields)]
+pub enum BootSpec {
+    /// QEMU loads a Linux kernel and initramfs directly (no firmware).
+    DirectKernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+    /// OVMF with a per-VM copy of the variable store (`ovmf-vars.fd`).
+    Uefi { secure_boot: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmDefinition {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: VmKind,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
+    pub boot: BootSpec,
+    #[serde(default)]
+    pub tpm: bool,
+    /// Installation and driver media, attached until `provisioned`.
+    #[serde(default)]
+    pub media: Vec<PathBuf>,
+    #[serde(default)]
+    pub provisioned: bool,
+}
+
+impl VmDefinition {
+    /// A VM name is what people type: 1-32 of `a-z 0-9 - _`, starting with a letter.
+    pub fn validate_name(name: &str) -> Result<(), String> {
+        let ok = !name.is_empty()
+            && name.len() <= 32
+            && name.as_bytes()[0].is_ascii_lowercase()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "VM name {name:?} is not valid: use 1-32 of a-z, 0-9, '-' and '_', starting with a letter"
+            ))
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    pub version: u32,
+    #[serde(default)]
+    pub vms: Vec<VmDefinition>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            version: REGISTRY_SCHEMA_VERSION,
+            vms: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: registry version {found} is newer than this RayOS reads ({REGISTRY_SCHEMA_VERSION}); boot the newer RayOS or use recovery")]
+    Version { path: String, found: u32 },
+    #[error("{path}: two VMs share the {what} {value:?}")]
+    Duplicate {
+        path: String,
+        what: &'static str,
+        value: String,
+    },
+}
+
+impl Registry {
+    pub fn parse(path: &str, text: &str) -> Result<Self, RegistryError> {
+        let r: Registry = serde_json::from_str(text).map_err(|e| RegistryError::Parse {
+            path: path.to_string(),
+            line: e.line(),
+            message: e.to_string(),
+        })?;
+        if r.version != REGISTRY_SCHEMA_VERSION {
+            return Err(RegistryError::Version {
+                path: path.to_string(),
+                found: r.version,
+            });
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
+        for vm in &r.vms {
+            if !ids.insert(vm.id) {
+                return Err(RegistryError::Duplicate {
+                    path: path.into(),
+                    what: "id",
+                    value: vm.id.to_string(),
+                });
+            }
+            if !names.insert(vm.name.as_str()) {
+                return Err(RegistryError::Duplicate {
+                    path: path.into(),
+                    what: "name",
+                    value: vm.name.clone(),
+                });
+            }
+        }
+        Ok(r)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&VmDefinition> {
+        self.vms.iter().find(|v| v.name == name)
+    }
+
+    pub fn by_name_mut(&mut self, name: &str) -> Option<&mut VmDefinition> {
+        self.vms.iter_mut().find(|v| v.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn linux() -> VmDefinition {
+        VmDefinition {
+            id: Uuid::new_v4(),
+            name: "linux".into(),
+            kind: VmKind::Linux,
+            memory_mib: 256,
+            cpus: 1,
+            disks: vec![DiskSpec {
+                path: "disks/root.qcow2".into(),
+                format: DiskFormat::Qcow2,
+            }],
+            boot: BootSpec::DirectKernel {
+                kernel: "/usr/share/rayos/guest/vmlinuz".into(),
+                initrd: Some("/usr/share/rayos/guest/initrd.img".into()),
+                cmdline: "console=ttyS0".into(),
+            },
+            tpm: false,
+            media: vec![],
+            provisioned: true,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let r = Registry {
+            vms: vec![linux()],
+            ..Default::default()
+        };
+        assert_eq!(Registry::parse("r", &r.to_json()).unwrap(), r);
+    }
+
+    #[test]
+    fn duplicates_and_versions_rejected() {
+        let a = linux();
+        let r = Registry {
+            vms: vec![a.clone(), a],
+            ..Default::default()
+        };
+        assert!(matches!(
+            Registry::parse("r", &r.to_json()),
+            Err(RegistryError::Duplicate { .. })
+        ));
+        assert!(matches!(
+            Registry::parse("r", "{\"version\": 7}"),
+            Err(RegistryError::Version { found: 7, .. })
+        ));
+        let e = Registry::parse("r", "{\n\"version\": 1,\n\"vms\": [ {\"id\": 3} ]\n}").unwrap_err();
+        assert!(matches!(e, RegistryError::Parse { line: 3, .. }), "{e}");
+    }
+
+    #[test]
+    fn names() {
+        assert!(VmDefinition::validate_name("linux").is_ok());
+        assert!(VmDefinition::validate_name("Win").is_err());
+        assert!(VmDefinition::validate_name("").is_err());
+    }
+}

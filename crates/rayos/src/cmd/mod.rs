@@ -1,0 +1,50 @@
+//! One module per subcommand. Each has `Args` (clap) and
+//! `run(Args) -> anyhow::Result<ExitCode>`.
+
+pub mod daemon;
+pub mod disks;
+pub mod install;
+pub mod vm;
+
+/// Exit codes scripts may rely on (see main.rs).
+#[allow(dead_code)] // used as the subcommands are built
+pub mod exit {
+    pub const FAILED: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+    pub const UNREACHABLE: u8 = 3;
+    pub const NOT_FOUND: u8 = 4;
+}
+
+/// An error that wants a specific exit code. Put it anywhere in an
+/// `anyhow` chain (`Err(Exit::new(2, "…"))?` or `.context(Exit::…)`).
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    #[allow(dead_code)]
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Exit {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// The exit code for an error: the first [`Exit`] in its chain, else 1.
+pub fn exit_code_of(e: &anyhow::Error) -> u8 {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<Exit>())
+        .map(|x| x.code)
+        .unwrap_or(exit::FAILED)
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the Debian/Ubuntu packages RayOS needs to build, test and run its
+# media. Run as root on a fresh machine; as another user it only reports what
+# is missing. Idempotent: packages already present are skipped by apt.
+set -euo pipefail
+
+PKGS=(
+  # disks and filesystems
+  gdisk dosfstools mtools e2fsprogs util-linux fdisk
+  # virtual machines
+  qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools
+  # boot media
+  systemd-boot-efi xorriso cpio busybox-static kmod zstd binutils
+  linux-image-amd64 efibootmgr
+  # tests
+  tmux
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all system packages present"
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing packages: ${missing[*]}" >&2
+  echo "install-deps: run as root, or: sudo apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
+echo "install-deps: installed ${missing[*]}"
