@@ -1,3 +1,152 @@
-//! The VM monitor boundary: the `Vmm` trait and its QEMU backend (command
-//! lines for the Linux and Windows profiles, process control, swtpm, saved
-//! state files).
+//! The VM monitor boundary: the [`Vmm`] trait that rayosd drives, and its
+//! QEMU backend.
+//!
+//! The supervisor owns policy and lifecycle (what should run, when state is
+//! kept or discarded); a `Vmm` owns the mechanics of one device-model process
+//! (command line, sockets, swtpm, saving and restoring state). Keeping the
+//! trait small lets another backend be added and lets the supervisor be unit
+//! tested with a fake.
+//!
+//! Every VM has a runtime directory (`VmSpec::run_dir`) holding its sockets
+//! (`qmp.sock`, `vnc.sock`, `qga.sock`, `swtpm.sock`) and `qemu.pid`. A
+//! restarted daemon finds running VMs again through these files
+//! ([`Vmm::attach`]), so QEMU must outlive the daemon that started it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rayos_state::VmDefinition;
+use serde::{Deserialize, Serialize};
+
+/// Everything a backend needs to run one VM: its definition, where its
+/// persistent files live, where its sockets go, and what policy allows.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub def: VmDefinition,
+    /// `/var/rayos/vm/<id>`: disks, `ovmf-vars.fd`, `tpm/`, `state/`, `logs/`.
+    pub vm_dir: PathBuf,
+    /// `/run/rayos/vm/<id>`: sockets and pid file (not persistent).
+    pub run_dir: PathBuf,
+    /// User-mode networking when true; no network device at all when false.
+    pub network: bool,
+    /// Effective limits after policy (never above the definition's values).
+    pub cpus: u32,
+    pub memory_mib: u64,
+}
+
+/// How to bring a VM up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launch {
+    /// Boot from the disks.
+    Cold,
+    /// Start with the identical command line and load this saved state.
+    Restore { state_file: PathBuf },
+}
+
+/// What QEMU says the guest is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Running,
+    Paused,
+    /// The guest shut itself down; QEMU is about to exit or has.
+    Shutdown,
+    /// QEMU is gone.
+    Exited,
+}
+
+/// Facts about a finished save, for logs and benchmarks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SaveReport {
+    pub state_file: PathBuf,
+    /// Size of the state file on disk (compressed).
+    pub bytes: u64,
+    /// Guest memory and device bytes QEMU transferred.
+    pub transferred: u64,
+    pub duration: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("cannot start QEMU for VM {vm}")]
+    Spawn {
+        vm: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QEMU for VM {vm} exited during start-up: {detail}")]
+    EarlyExit { vm: String, detail: String },
+    #[error("QMP with VM {vm} failed: {detail}")]
+    Qmp { vm: String, detail: String },
+    #[error("saving VM {vm} failed: {detail}")]
+    Save { vm: String, detail: String },
+    #[error("restoring VM {vm} failed: {detail}")]
+    Restore { vm: String, detail: String },
+    #[error("swtpm for VM {vm} failed: {detail}")]
+    Tpm { vm: String, detail: String },
+    #[error("{what} for VM {vm} is missing: {path}")]
+    Missing {
+        vm: String,
+        what: &'static str,
+        path: PathBuf,
+    },
+    #[error("I/O on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+}
+
+/// A device-model backend.
+pub trait Vmm: Send + Sync {
+    /// A string that changes whenever a saved state of `vm` could no longer
+    /// be restored: it covers the device-model command line (minus the parts
+    /// that differ only between cold boot and restore) and the backend
+    /// version. Stored beside a saved state and compared before a restore.
+    fn fingerprint(&self, vm: &VmSpec) -> Result<String, VmmError>;
+
+    /// Starts the VM's device model (and swtpm when the VM has a TPM). The
+    /// process is detached from the caller: it keeps running if the caller
+    /// dies. With [`Launch::Restore`] the returned VM is running the
+    /// restored guest.
+    fn launch(&self, vm: &VmSpec, how: &Launch) -> Result<Box<dyn VmHandle>, VmmError>;
+
+    /// Finds a device model still running for `vm` (after a daemon restart)
+    /// through its run directory. `Ok(None)` when there is none.
+    fn attach(&self, vm: &VmSpec) -> Result<Option<Box<dyn VmHandle>>, VmmError>;
+}
+
+/// Control of one running device model.
+pub trait VmHandle: Send {
+    fn pid(&self) -> u32;
+
+    fn state(&mut self) -> Result<RunState, VmmError>;
+
+    /// Pauses the guest, writes its state to `state_file` (compressed,
+    /// through a temporary name so a failed save leaves no partial file) and
+    /// ends the device model. On failure the guest is resumed and keeps
+    /// running.
+    fn save(&mut self, state_file: &Path) -> Result<SaveReport, VmmError>;
+
+    /// Presses the ACPI power button.
+    fn powerdown(&mut self) -> Result<(), VmmError>;
+
+    /// Ends the device model at once (and its swtpm).
+    fn kill(&mut self) -> Result<(), VmmError>;
+
+    /// Waits until the device model has exited; `Ok(false)` on timeout.
+    fn wait_exit(&mut self, timeout: Duration) -> Result<bool, VmmError>;
+
+    /// Writes the VM's display as PNG without giving it any input.
+    fn screenshot(&mut self, png: &Path) -> Result<(), VmmError>;
+
+    /// Sets the guest clock from the host through the guest agent. `Ok(false)`
+    /// when no agent answers (not an error: many guests have none).
+    fn sync_guest_time(&mut self) -> Result<bool, VmmError>;
+
+    /// The VNC unix socket the presenter connects to.
+    fn vnc_socket(&self) -> PathBuf;
+}
