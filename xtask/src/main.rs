@@ -1,7 +1,11 @@
 //! `cargo xtask`: the one developer entry point for build, test, media,
 //! end-to-end tests and benchmarks. Every subcommand lives in its own module.
 
+mod bench;
+mod demo;
 mod deps;
+mod e2e;
+mod media;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -19,15 +23,24 @@ enum Command {
     Deps,
     /// Everything CI runs: deps, fmt check, clippy, all tests.
     Test(test::Args),
-    /// Plan and perform an install onto a fresh disk image and show the result.
-    Demo,
+    /// RayOS's main job end to end (see README).
+    Demo(demo::Args),
+    /// Build the UKI, installer ISO and USB image into build/.
+    Media(media::Args),
+    /// End-to-end tests: boot the media under QEMU and drive them.
+    E2e(e2e::Args),
+    /// Benchmarks, reported as ratios against a baseline measured in the same run.
+    Bench(bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Deps => deps::ensure(),
         Command::Test(a) => test::run(a),
-        Command::Demo => anyhow::bail!("the demo is not built yet"),
+        Command::Demo(a) => demo::run(a),
+        Command::Media(a) => media::run(a),
+        Command::E2e(a) => e2e::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

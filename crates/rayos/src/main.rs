@@ -29,6 +29,8 @@ enum Command {
     Daemon(cmd::daemon::Args),
     /// Manage VMs through the running daemon.
     Vm(cmd::vm::Args),
+    /// PID 1 of the RayOS image.
+    Init(cmd::init::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Install(a) => cmd::install::run(a),
         Command::Daemon(a) => cmd::daemon::run(a),
         Command::Vm(a) => cmd::vm::run(a),
+        Command::Init(a) => cmd::init::run(a),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod disks;
+pub mod init;
 pub mod install;
 pub mod vm;
 

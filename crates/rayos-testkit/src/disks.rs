@@ -1,0 +1,1 @@
+//! Disk images with other systems on them, for installer tests. (Being built.)

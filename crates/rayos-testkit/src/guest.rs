@@ -1,0 +1,1 @@
+//! Tiny Linux guests (Debian kernel + busybox initramfs) for VM tests. (Being built.)

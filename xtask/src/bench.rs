@@ -1,0 +1,27 @@
+//! `cargo xtask bench <what>`: each benchmark measures RayOS against a
+//! baseline in the same run and reports ratios, never absolute times alone
+//! (these machines are noisy). One module per benchmark.
+
+mod install;
+mod vm;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(clap::Subcommand)]
+enum What {
+    /// Installer wall time against `dd` of the same bytes.
+    Install(install::Args),
+    /// Resume vs cold boot, save/restore vs dd, daemon RSS.
+    Vm(vm::Args),
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.what {
+        What::Install(a) => install::run(a),
+        What::Vm(a) => vm::run(a),
+    }
+}
