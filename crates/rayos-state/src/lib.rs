@@ -42,7 +42,11 @@ impl ConfigError {
     pub(crate) fn from_toml(path: &str, text: &str, err: &toml::de::Error) -> Self {
         let line = err
             .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+            .map(|s| {
+                // count bytes, not chars: a span need not fall on a char boundary
+                let end = s.start.min(text.len());
+                text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+            })
             .unwrap_or(0);
         ConfigError {
             path: path.to_string(),
