@@ -1,0 +1,186 @@
+//! A writer for the cpio "newc" format (SVR4 without CRC), the format the
+//! Linux kernel unpacks as an initramfs.
+//!
+//! Protocol: every entry is a 110-byte ASCII header (`070701` and thirteen
+//! 8-digit hex fields), the NUL-terminated name padded to 4 bytes, then the
+//! data padded to 4 bytes; the archive ends with the entry `TRAILER!!!`.
+//! Output is deterministic: uid/gid 0, mtime 0, inode numbers in write order.
+//!
+//! Limits: no hard links, files below 4 GiB (the size field is 32 bits), no
+//! device nodes (the kernel's devtmpfs provides them).
+
+use std::io::{self, Write};
+
+/// Mode bits of the entry kinds the writer emits.
+pub const S_IFDIR: u32 = 0o040000;
+pub const S_IFREG: u32 = 0o100000;
+pub const S_IFLNK: u32 = 0o120000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CpioError {
+    #[error("cannot write cpio entry {name}")]
+    Write {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cpio entry {name} is {size} bytes; newc holds at most 4 GiB - 1")]
+    TooLarge { name: String, size: u64 },
+    #[error("cpio entry name {name:?} contains a NUL byte")]
+    BadName { name: String },
+}
+
+/// Streams newc entries to `W`, counting the bytes written.
+pub struct CpioWriter<W: Write> {
+    out: W,
+    next_ino: u32,
+    written: u64,
+}
+
+impl<W: Write> CpioWriter<W> {
+    pub fn new(out: W) -> Self {
+        Self {
+            out,
+            next_ino: 1,
+            written: 0,
+        }
+    }
+
+    /// A directory entry. `perm` holds only permission bits.
+    pub fn dir(&mut self, name: &str, perm: u32) -> Result<(), CpioError> {
+        self.header(name, S_IFDIR | (perm & 0o7777), 2, 0)?;
+        self.pad(name)
+    }
+
+    /// A symbolic link; its data is the target path.
+    pub fn symlink(&mut self, name: &str, target: &str) -> Result<(), CpioError> {
+        self.header(name, S_IFLNK | 0o777, 1, target.len() as u64)?;
+        self.raw(name, target.as_bytes())?;
+        self.pad(name)
+    }
+
+    /// A regular file of exactly `size` bytes read from `data`.
+    pub fn file(
+        &mut self,
+        name: &str,
+        perm: u32,
+        size: u64,
+        data: &mut dyn io::Read,
+    ) -> Result<(), CpioError> {
+        if size > u64::from(u32::MAX) {
+            return Err(CpioError::TooLarge {
+                name: name.to_string(),
+                size,
+            });
+        }
+        self.header(name, S_IFREG | (perm & 0o7777), 1, size)?;
+        let copied =
+            io::copy(&mut io::Read::take(data, size), &mut self.out).map_err(|source| {
+                CpioError::Write {
+                    name: name.to_string(),
+                    source,
+                }
+            })?;
+        if copied != size {
+            // The source shrank while being read: the header already promised
+            // `size` bytes, so fail rather than emit a corrupt archive.
+            return Err(CpioError::Write {
+                name: name.to_string(),
+                source: io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while archiving"),
+            });
+        }
+        self.written += size;
+        self.pad(name)
+    }
+
+    /// Writes the trailer and returns the sink and the archive's size.
+    pub fn finish(mut self) -> Result<(W, u64), CpioError> {
+        self.header("TRAILER!!!", 0, 1, 0)?;
+        self.pad("TRAILER!!!")?;
+        self.out.flush().map_err(|source| CpioError::Write {
+            name: "TRAILER!!!".into(),
+            source,
+        })?;
+        Ok((self.out, self.written))
+    }
+
+    fn header(&mut self, name: &str, mode: u32, nlink: u32, size: u64) -> Result<(), CpioError> {
+        if name.as_bytes().contains(&0) {
+            return Err(CpioError::BadName {
+                name: name.to_string(),
+            });
+        }
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        let namesize = name.len() + 1;
+        let fields = [
+            ino,
+            mode,
+            0,
+            0,
+            nlink,
+            0,
+            size as u32,
+            0,
+            0,
+            0,
+            0,
+            namesize as u32,
+            0,
+        ];
+        let mut head = String::with_capacity(110 + namesize);
+        head.push_str("070701");
+        for f in fields {
+            head.push_str(&format!("{f:08X}"));
+        }
+        head.push_str(name);
+        head.push('\0');
+        self.raw(name, head.as_bytes())?;
+        self.pad(name)
+    }
+
+    fn raw(&mut self, name: &str, bytes: &[u8]) -> Result<(), CpioError> {
+        self.out
+            .write_all(bytes)
+            .map_err(|source| CpioError::Write {
+                name: name.to_string(),
+                source,
+            })?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn pad(&mut self, name: &str) -> Result<(), CpioError> {
+        let rem = (4 - (self.written % 4) as usize) % 4;
+        self.raw(name, &[0u8; 3][..rem])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_aligned_and_trailer_ends_archive() {
+        let mut w = CpioWriter::new(Vec::new());
+        w.dir("etc", 0o755).unwrap();
+        w.file("etc/hostname", 0o644, 5, &mut &b"rayos"[..])
+            .unwrap();
+        w.symlink("init", "/usr/bin/rayos").unwrap();
+        let (bytes, size) = w.finish().unwrap();
+        assert_eq!(bytes.len() as u64, size);
+        assert_eq!(bytes.len() % 4, 0);
+        assert!(bytes.starts_with(b"070701"));
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("etc/hostname\0"));
+        assert!(text.contains("rayos"));
+        assert!(text.contains("TRAILER!!!\0"));
+    }
+
+    #[test]
+    fn a_short_source_is_an_error() {
+        let mut w = CpioWriter::new(Vec::new());
+        let err = w.file("f", 0o644, 10, &mut &b"abc"[..]).unwrap_err();
+        assert!(matches!(err, CpioError::Write { .. }));
+    }
+}

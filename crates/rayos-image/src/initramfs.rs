@@ -1,0 +1,477 @@
+//! The initramfs builder: an in-memory tree of directories, files (bytes or
+//! host paths, read only when written) and symlinks, written as one cpio newc
+//! archive, optionally compressed with the `zstd` or `gzip` tool.
+//!
+//! Paths are archive paths without a leading `/` (a leading `/` is accepted
+//! and dropped). Adding an entry creates missing parent directories (0755).
+//! Adding an entry below a symlink or a file is an error, because the kernel
+//! would unpack it somewhere else or not at all. Re-adding a path replaces it.
+//!
+//! ELF programs are copied with their shared libraries and the dynamic loader,
+//! found by running `ldd` on the host (the libraries must be installed on the
+//! build host; they are placed at the paths `ldd` reports).
+//!
+//! Limits: no device nodes (devtmpfs provides them), no hard links.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::cpio::{CpioError, CpioWriter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitramfsError {
+    #[error("bad archive path {path:?}: {why}")]
+    BadPath { path: String, why: &'static str },
+    #[error("cannot add {path}: {parent} is already a {kind} in the archive")]
+    ParentNotDir {
+        path: String,
+        parent: String,
+        kind: &'static str,
+    },
+    #[error("cannot add {path}: it is already a directory in the archive")]
+    IsDir { path: String },
+    #[error("cannot read {path}")]
+    ReadHost {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot run ldd on {path} (is libc-bin installed?)")]
+    RunLdd {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("ldd cannot resolve {lib} needed by {path}: install the package that provides it")]
+    MissingLib { path: PathBuf, lib: String },
+    #[error("cannot write the initramfs to {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write the initramfs archive")]
+    Archive(#[from] CpioError),
+    #[error("cannot run the compressor {tool} (install it: scripts/install-deps.sh)")]
+    RunCompressor {
+        tool: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the compressor {tool} failed: {status}")]
+    Compressor {
+        tool: &'static str,
+        status: std::process::ExitStatus,
+    },
+}
+
+/// How the archive is compressed. The kernel must support it
+/// (Debian's has CONFIG_RD_ZSTD and CONFIG_RD_GZIP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    /// `zstd -<level>` (1..=19); 19 is the smallest and slowest.
+    Zstd(u8),
+    Gzip,
+}
+
+/// Where a file's bytes come from.
+#[derive(Debug, Clone)]
+pub enum Content {
+    Bytes(Vec<u8>),
+    Host(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+enum Entry {
+    Dir { perm: u32 },
+    File { perm: u32, content: Content },
+    Symlink { target: String },
+}
+
+impl Entry {
+    fn kind(&self) -> &'static str {
+        match self {
+            Entry::Dir { .. } => "directory",
+            Entry::File { .. } => "file",
+            Entry::Symlink { .. } => "symlink",
+        }
+    }
+}
+
+/// An initramfs under construction. See the module docs for the path rules.
+#[derive(Debug, Clone, Default)]
+pub struct Initramfs {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Initramfs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A directory with permission bits `perm`.
+    pub fn dir(&mut self, path: &str, perm: u32) -> Result<&mut Self, InitramfsError> {
+        let path = self.prepare(path)?;
+        self.entries.insert(path, Entry::Dir { perm });
+        Ok(self)
+    }
+
+    /// A file holding `bytes`.
+    pub fn file(
+        &mut self,
+        path: &str,
+        perm: u32,
+        bytes: impl Into<Vec<u8>>,
+    ) -> Result<&mut Self, InitramfsError> {
+        self.put_file(path, perm, Content::Bytes(bytes.into()))
+    }
+
+    /// A copy of the host file `host` (symlinks followed), with its
+    /// permission bits unless `perm` is given. Read when the archive is
+    /// written; checked for existence now.
+    pub fn copy(
+        &mut self,
+        path: &str,
+        host: &Path,
+        perm: Option<u32>,
+    ) -> Result<&mut Self, InitramfsError> {
+        let meta = fs::metadata(host).map_err(|source| InitramfsError::ReadHost {
+            path: host.to_path_buf(),
+            source,
+        })?;
+        let perm = perm.unwrap_or(meta.permissions().mode() & 0o7777);
+        self.put_file(path, perm, Content::Host(host.to_path_buf()))
+    }
+
+    /// A symbolic link at `path` pointing at `target` (stored verbatim).
+    pub fn symlink(&mut self, path: &str, target: &str) -> Result<&mut Self, InitramfsError> {
+        let path = self.prepare(path)?;
+        if matches!(self.entries.get(&path), Some(Entry::Dir { .. })) {
+            return Err(InitramfsError::IsDir { path });
+        }
+        self.entries.insert(
+            path,
+            Entry::Symlink {
+                target: target.to_string(),
+            },
+        );
+        Ok(self)
+    }
+
+    /// The host directory `host` copied recursively to `path`: files,
+    /// directories and symlinks (kept as links).
+    pub fn copy_tree(&mut self, path: &str, host: &Path) -> Result<&mut Self, InitramfsError> {
+        let meta = fs::symlink_metadata(host).map_err(|source| InitramfsError::ReadHost {
+            path: host.to_path_buf(),
+            source,
+        })?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = fs::read_link(host).map_err(|source| InitramfsError::ReadHost {
+                path: host.to_path_buf(),
+                source,
+            })?;
+            self.symlink(path, &target.to_string_lossy())?;
+        } else if ft.is_dir() {
+            self.dir(path, meta.permissions().mode() & 0o7777)?;
+            let mut children: Vec<_> = fs::read_dir(host)
+                .map_err(|source| InitramfsError::ReadHost {
+                    path: host.to_path_buf(),
+                    source,
+                })?
+                .collect::<Result<_, _>>()
+                .map_err(|source| InitramfsError::ReadHost {
+                    path: host.to_path_buf(),
+                    source,
+                })?;
+            children.sort_by_key(|e| e.file_name());
+            for child in children {
+                let name = child.file_name();
+                let sub = format!("{}/{}", path.trim_end_matches('/'), name.to_string_lossy());
+                self.copy_tree(&sub, &child.path())?;
+            }
+        } else if ft.is_file() {
+            self.copy(path, host, None)?;
+        }
+        // Sockets, fifos and device nodes are skipped: devtmpfs provides devices.
+        Ok(self)
+    }
+
+    /// The ELF program `host` at `path`, plus every shared library and the
+    /// dynamic loader it needs (found with `ldd`), at the paths `ldd` reports.
+    /// Returns the host paths of the libraries added.
+    pub fn elf(&mut self, path: &str, host: &Path) -> Result<Vec<PathBuf>, InitramfsError> {
+        self.copy(path, host, None)?;
+        let libs = shared_libraries(host)?;
+        for lib in &libs {
+            let real = fs::canonicalize(lib).map_err(|source| InitramfsError::ReadHost {
+                path: lib.clone(),
+                source,
+            })?;
+            self.copy(&lib.to_string_lossy(), &real, Some(0o755))?;
+        }
+        Ok(libs)
+    }
+
+    /// Whether `path` is in the archive.
+    pub fn contains(&self, path: &str) -> bool {
+        self.entries.contains_key(path.trim_start_matches('/'))
+    }
+
+    /// Archive paths in write order.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// Writes the uncompressed cpio archive; returns its size.
+    pub fn write_cpio<W: Write>(&self, out: W) -> Result<u64, InitramfsError> {
+        let mut w = CpioWriter::new(out);
+        // BTreeMap order puts every parent before its children, because a
+        // parent's path is a prefix of theirs.
+        for (path, entry) in &self.entries {
+            match entry {
+                Entry::Dir { perm } => w.dir(path, *perm)?,
+                Entry::Symlink { target } => w.symlink(path, target)?,
+                Entry::File {
+                    perm,
+                    content: Content::Bytes(b),
+                } => w.file(path, *perm, b.len() as u64, &mut b.as_slice())?,
+                Entry::File {
+                    perm,
+                    content: Content::Host(host),
+                } => {
+                    let read_err = |source| InitramfsError::ReadHost {
+                        path: host.clone(),
+                        source,
+                    };
+                    let mut f = fs::File::open(host).map_err(read_err)?;
+                    let size = f.metadata().map_err(read_err)?.len();
+                    w.file(path, *perm, size, &mut f)?
+                }
+            }
+        }
+        let (_, size) = w.finish()?;
+        Ok(size)
+    }
+
+    /// Writes the archive to `out`, compressed; returns the file's size.
+    pub fn write(&self, out: &Path, compression: Compression) -> Result<u64, InitramfsError> {
+        let werr = |source| InitramfsError::Write {
+            path: out.to_path_buf(),
+            source,
+        };
+        let file = fs::File::create(out).map_err(werr)?;
+        let (tool, args): (&'static str, Vec<String>) = match compression {
+            Compression::None => {
+                let mut bw = BufWriter::new(file);
+                self.write_cpio(&mut bw)?;
+                bw.flush().map_err(werr)?;
+                return fs::metadata(out).map(|m| m.len()).map_err(werr);
+            }
+            Compression::Zstd(level) => {
+                let level = level.clamp(1, 19);
+                (
+                    "zstd",
+                    vec!["-q".into(), "-T0".into(), format!("-{level}"), "-c".into()],
+                )
+            }
+            Compression::Gzip => ("gzip", vec!["-n".into(), "-9".into(), "-c".into()]),
+        };
+        let mut child = Command::new(tool)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(file))
+            .spawn()
+            .map_err(|source| InitramfsError::RunCompressor { tool, source })?;
+        let result = match child.stdin.take() {
+            Some(stdin) => {
+                let mut bw = BufWriter::with_capacity(1 << 20, stdin);
+                self.write_cpio(&mut bw).and_then(|_| {
+                    bw.flush().map_err(|source| InitramfsError::Write {
+                        path: out.to_path_buf(),
+                        source,
+                    })
+                })
+            }
+            None => Ok(()),
+        };
+        // Always reap the compressor, even when archiving failed half way.
+        let status = child
+            .wait()
+            .map_err(|source| InitramfsError::RunCompressor { tool, source })?;
+        result?;
+        if !status.success() {
+            return Err(InitramfsError::Compressor { tool, status });
+        }
+        fs::metadata(out).map(|m| m.len()).map_err(werr)
+    }
+
+    fn put_file(
+        &mut self,
+        path: &str,
+        perm: u32,
+        content: Content,
+    ) -> Result<&mut Self, InitramfsError> {
+        let path = self.prepare(path)?;
+        if matches!(self.entries.get(&path), Some(Entry::Dir { .. })) {
+            return Err(InitramfsError::IsDir { path });
+        }
+        self.entries.insert(path, Entry::File { perm, content });
+        Ok(self)
+    }
+
+    /// Validates `path`, creates its missing parents, returns its key.
+    fn prepare(&mut self, path: &str) -> Result<String, InitramfsError> {
+        let clean = path.trim_start_matches('/').trim_end_matches('/');
+        let bad = |why| InitramfsError::BadPath {
+            path: path.to_string(),
+            why,
+        };
+        if clean.is_empty() {
+            return Err(bad("empty"));
+        }
+        if clean.as_bytes().contains(&0) {
+            return Err(bad("contains a NUL byte"));
+        }
+        for comp in clean.split('/') {
+            match comp {
+                "" => return Err(bad("empty component")),
+                "." | ".." => return Err(bad("contains . or ..")),
+                _ => {}
+            }
+        }
+        let mut idx = 0;
+        while let Some(pos) = clean[idx..].find('/') {
+            let parent = &clean[..idx + pos];
+            match self.entries.get(parent) {
+                None => {
+                    self.entries
+                        .insert(parent.to_string(), Entry::Dir { perm: 0o755 });
+                }
+                Some(Entry::Dir { .. }) => {}
+                Some(other) => {
+                    return Err(InitramfsError::ParentNotDir {
+                        path: clean.to_string(),
+                        parent: parent.to_string(),
+                        kind: other.kind(),
+                    });
+                }
+            }
+            idx += pos + 1;
+        }
+        Ok(clean.to_string())
+    }
+}
+
+/// The shared libraries and dynamic loader `ldd` lists for `elf`; empty for a
+/// static program.
+pub fn shared_libraries(elf: &Path) -> Result<Vec<PathBuf>, InitramfsError> {
+    let out = Command::new("ldd")
+        .arg(elf)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| InitramfsError::RunLdd {
+            path: elf.to_path_buf(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        // ldd exits 1 for "not a dynamic executable": nothing to copy.
+        let err = String::from_utf8_lossy(&out.stderr);
+        if text.contains("statically linked") || err.contains("not a dynamic executable") {
+            return Ok(Vec::new());
+        }
+        return Err(InitramfsError::RunLdd {
+            path: elf.to_path_buf(),
+            source: io::Error::other(err.trim().to_string()),
+        });
+    }
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.contains("statically linked") {
+            continue;
+        }
+        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)",
+        // "/lib64/ld-linux-x86-64.so.2 (0x...)", "linux-vdso.so.1 (0x...)".
+        let (name, rest) = match line.split_once(" => ") {
+            Some((n, r)) => (n.trim(), r.trim()),
+            None => (line, line),
+        };
+        if rest.starts_with("not found") {
+            return Err(InitramfsError::MissingLib {
+                path: elf.to_path_buf(),
+                lib: name.into(),
+            });
+        }
+        let path = rest.split_whitespace().next().unwrap_or("");
+        if path.starts_with('/') {
+            libs.push(PathBuf::from(path));
+        }
+    }
+    libs.sort();
+    libs.dedup();
+    Ok(libs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_are_created_and_written_first() {
+        let mut ird = Initramfs::new();
+        ird.file("/usr/bin/x", 0o755, b"x".to_vec()).unwrap();
+        ird.symlink("init", "/usr/bin/x").unwrap();
+        let paths: Vec<_> = ird.paths().collect();
+        assert_eq!(paths, ["init", "usr", "usr/bin", "usr/bin/x"]);
+    }
+
+    #[test]
+    fn entries_below_a_symlink_or_file_are_refused() {
+        let mut ird = Initramfs::new();
+        ird.symlink("lib", "usr/lib").unwrap();
+        assert!(matches!(
+            ird.file("lib/libc.so.6", 0o755, Vec::new()),
+            Err(InitramfsError::ParentNotDir { .. })
+        ));
+        assert!(matches!(
+            ird.file("a/../b", 0o644, Vec::new()),
+            Err(InitramfsError::BadPath { .. })
+        ));
+        ird.dir("etc", 0o755).unwrap();
+        assert!(matches!(
+            ird.file("etc", 0o644, Vec::new()),
+            Err(InitramfsError::IsDir { .. })
+        ));
+    }
+
+    #[test]
+    fn ldd_finds_libc_and_the_loader_of_a_dynamic_program() {
+        let libs = shared_libraries(Path::new("/bin/ls")).unwrap();
+        assert!(
+            libs.iter().any(|l| l.to_string_lossy().contains("libc.so")),
+            "{libs:?}"
+        );
+        assert!(
+            libs.iter()
+                .any(|l| l.to_string_lossy().contains("ld-linux")),
+            "{libs:?}"
+        );
+    }
+
+    #[test]
+    fn a_static_program_needs_no_libraries() {
+        let busybox = Path::new("/bin/busybox");
+        assert!(
+            busybox.exists(),
+            "busybox-static is missing: run scripts/install-deps.sh"
+        );
+        assert!(shared_libraries(busybox).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,469 @@
+//! Unified Kernel Image assembly: systemd's EFI stub (`linuxx64.efi.stub`)
+//! with the sections `.osrel`, `.cmdline`, `.uname`, `.linux` and `.initrd`
+//! appended, written in Rust (no objcopy).
+//!
+//! Layout: new sections follow the stub's last section in memory, each at the
+//! next 4 KiB boundary, so no virtual range overlaps the stub or another
+//! section whatever the kernel and initrd sizes (the fixed addresses of older
+//! recipes break once the kernel outgrows the gap). File data is appended at
+//! `FileAlignment`. The PE checksum is recomputed.
+//!
+//! Limits: PE32+ stubs only; the stub's header area must have room for the
+//! five section headers (systemd's stubs do); a signed stub is refused
+//! (appending would break its signature — sign the finished UKI instead).
+
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UkiError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write the UKI {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a usable PE32+ EFI stub: {why}")]
+    BadStub { path: PathBuf, why: &'static str },
+    #[error("{path} is not a PE image with sections: {why}")]
+    BadImage { path: PathBuf, why: &'static str },
+    #[error("section {name} is {size} bytes, more than a PE section can hold")]
+    TooLarge { name: String, size: u64 },
+}
+
+/// What goes into a UKI.
+#[derive(Debug, Clone)]
+pub struct UkiParts {
+    /// systemd's stub, e.g. `/usr/lib/systemd/boot/efi/linuxx64.efi.stub`.
+    pub stub: PathBuf,
+    /// The kernel's bzImage (an EFI-stub kernel).
+    pub kernel: PathBuf,
+    /// The (compressed) initramfs.
+    pub initrd: PathBuf,
+    /// The kernel command line; written without a trailing newline.
+    pub cmdline: String,
+    /// os-release text; see [`os_release`].
+    pub osrel: String,
+    /// `uname -r` of the kernel; read from the bzImage header when `None`.
+    pub uname: Option<String>,
+}
+
+/// The stub shipped by Debian's systemd-boot-efi.
+pub const DEBIAN_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+/// os-release text for `.osrel`: systemd-boot lists a UKI only when it has
+/// one, shows `PRETTY_NAME` and sorts by `VERSION_ID`.
+pub fn os_release(version: &str) -> String {
+    format!(
+        "NAME=RayOS\nID=rayos\nVERSION_ID={version}\nVERSION=\"{version}\"\nPRETTY_NAME=\"RayOS {version}\"\nHOME_URL=\"https://github.com/rayos\"\n"
+    )
+}
+
+/// One section of a PE image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    pub name: String,
+    pub virtual_address: u32,
+    pub virtual_size: u32,
+    pub file_offset: u32,
+    pub file_size: u32,
+}
+
+const SCN_INITIALIZED_READ: u32 = 0x4000_0040;
+const SECTION_HEADER: usize = 40;
+const VA_ALIGN: u64 = 4096;
+
+struct Pe {
+    opt: usize,
+    nsect_at: usize,
+    sect_table: usize,
+    nsect: usize,
+    size_of_headers: usize,
+    file_align: u64,
+    sections: Vec<Section>,
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    b.get(at..at + 2).map(|s| u16::from_le_bytes([s[0], s[1]]))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    b.get(at..at + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+fn put_u16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn round_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+/// Parses the PE headers in `head` (the first bytes of the file).
+fn parse_pe(head: &[u8]) -> Result<Pe, &'static str> {
+    if head.get(0..2) != Some(b"MZ") {
+        return Err("no MZ signature");
+    }
+    let lfanew = u32_at(head, 0x3c).ok_or("truncated DOS header")? as usize;
+    if head.get(lfanew..lfanew + 4) != Some(b"PE\0\0") {
+        return Err("no PE signature");
+    }
+    let coff = lfanew + 4;
+    let nsect = u16_at(head, coff + 2).ok_or("truncated COFF header")? as usize;
+    let opt_size = u16_at(head, coff + 16).ok_or("truncated COFF header")? as usize;
+    let opt = coff + 20;
+    if u16_at(head, opt) != Some(0x20b) {
+        return Err("not PE32+");
+    }
+    let file_align = u64::from(u32_at(head, opt + 36).ok_or("truncated optional header")?);
+    let size_of_headers = u32_at(head, opt + 60).ok_or("truncated optional header")? as usize;
+    if file_align == 0 || !file_align.is_power_of_two() {
+        return Err("bad FileAlignment");
+    }
+    let sect_table = opt + opt_size;
+    let mut sections = Vec::with_capacity(nsect);
+    for i in 0..nsect {
+        let at = sect_table + i * SECTION_HEADER;
+        let raw = head
+            .get(at..at + SECTION_HEADER)
+            .ok_or("truncated section table")?;
+        let name_end = raw[..8].iter().position(|&c| c == 0).unwrap_or(8);
+        sections.push(Section {
+            name: String::from_utf8_lossy(&raw[..name_end]).into_owned(),
+            virtual_size: u32_at(raw, 8).ok_or("truncated section")?,
+            virtual_address: u32_at(raw, 12).ok_or("truncated section")?,
+            file_size: u32_at(raw, 16).ok_or("truncated section")?,
+            file_offset: u32_at(raw, 20).ok_or("truncated section")?,
+        });
+    }
+    Ok(Pe {
+        opt,
+        nsect_at: coff + 2,
+        sect_table,
+        nsect,
+        size_of_headers,
+        file_align,
+        sections,
+    })
+}
+
+/// The sections of the PE image at `path` (a UKI or a stub).
+pub fn read_sections(path: &Path) -> Result<Vec<Section>, UkiError> {
+    let mut f = fs::File::open(path).map_err(|source| UkiError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut head = Vec::new();
+    (&mut f)
+        .take(64 * 1024)
+        .read_to_end(&mut head)
+        .map_err(|source| UkiError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    parse_pe(&head)
+        .map(|pe| pe.sections)
+        .map_err(|why| UkiError::BadImage {
+            path: path.to_path_buf(),
+            why,
+        })
+}
+
+/// The bytes of section `name` of the PE image at `path`, if it has one.
+pub fn read_section(path: &Path, name: &str) -> Result<Option<Vec<u8>>, UkiError> {
+    let rerr = |source| UkiError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let Some(s) = read_sections(path)?.into_iter().find(|s| s.name == name) else {
+        return Ok(None);
+    };
+    let mut f = fs::File::open(path).map_err(rerr)?;
+    f.seek(SeekFrom::Start(u64::from(s.file_offset)))
+        .map_err(rerr)?;
+    let len = s.virtual_size.min(s.file_size) as usize;
+    let mut buf = vec![0u8; len];
+    f.read_exact(&mut buf).map_err(rerr)?;
+    Ok(Some(buf))
+}
+
+/// The kernel release (`uname -r`) recorded in a bzImage's setup header.
+pub fn kernel_release(bzimage: &[u8]) -> Option<String> {
+    if bzimage.get(0x202..0x206) != Some(b"HdrS") {
+        return None;
+    }
+    let off = usize::from(u16_at(bzimage, 0x20e)?) + 0x200;
+    let tail = bzimage.get(off..off.checked_add(256)?.min(bzimage.len()))?;
+    let end = tail
+        .iter()
+        .position(|&c| c == 0 || c == b' ')
+        .unwrap_or(tail.len());
+    let release = std::str::from_utf8(&tail[..end]).ok()?;
+    (!release.is_empty()).then(|| release.to_string())
+}
+
+/// Writes the UKI described by `parts` to `out`; returns its sections.
+pub fn assemble(parts: &UkiParts, out: &Path) -> Result<Vec<Section>, UkiError> {
+    let read = |p: &Path| {
+        fs::read(p).map_err(|source| UkiError::Read {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let mut stub = read(&parts.stub)?;
+    let kernel = read(&parts.kernel)?;
+    let uname = match &parts.uname {
+        Some(u) => u.clone(),
+        None => kernel_release(&kernel).ok_or(UkiError::BadImage {
+            path: parts.kernel.clone(),
+            why: "no kernel release in the bzImage header",
+        })?,
+    };
+    let initrd_len = fs::metadata(&parts.initrd)
+        .map_err(|source| UkiError::Read {
+            path: parts.initrd.clone(),
+            source,
+        })?
+        .len();
+    let bad = |why| UkiError::BadStub {
+        path: parts.stub.clone(),
+        why,
+    };
+    let pe = parse_pe(&stub).map_err(bad)?;
+    // A certificate table means a signed stub: appending would invalidate it.
+    let ndirs = u32_at(&stub, pe.opt + 108).unwrap_or(0);
+    if ndirs > 4 && u32_at(&stub, pe.opt + 112 + 4 * 8 + 4).unwrap_or(0) != 0 {
+        return Err(bad("it is signed; append sections to an unsigned stub"));
+    }
+    let new_names = [".osrel", ".cmdline", ".uname", ".linux", ".initrd"];
+    if pe
+        .sections
+        .iter()
+        .any(|s| new_names.contains(&s.name.as_str()))
+    {
+        return Err(bad("it already has UKI sections"));
+    }
+    let table_end = pe.sect_table + (pe.nsect + new_names.len()) * SECTION_HEADER;
+    if table_end > pe.size_of_headers {
+        return Err(bad("no room in its headers for five more sections"));
+    }
+    // The new headers go where zero padding was; make sure it really is padding.
+    let first_data = pe
+        .sections
+        .iter()
+        .map(|s| s.file_offset as usize)
+        .filter(|&o| o > 0)
+        .min();
+    if first_data.is_some_and(|o| o < table_end)
+        || stub[pe.sect_table + pe.nsect * SECTION_HEADER..table_end]
+            .iter()
+            .any(|&b| b != 0)
+    {
+        return Err(bad("its header padding is in use"));
+    }
+
+    let small: [(&str, Vec<u8>); 3] = [
+        (".osrel", parts.osrel.clone().into_bytes()),
+        (
+            ".cmdline",
+            parts.cmdline.trim_end_matches('\n').as_bytes().to_vec(),
+        ),
+        (".uname", uname.into_bytes()),
+    ];
+    let sizes: Vec<u64> = small
+        .iter()
+        .map(|(_, d)| d.len() as u64)
+        .chain([kernel.len() as u64, initrd_len])
+        .collect();
+
+    let mut va = round_up(
+        pe.sections
+            .iter()
+            .map(|s| u64::from(s.virtual_address) + u64::from(s.virtual_size))
+            .max()
+            .unwrap_or(0),
+        VA_ALIGN,
+    );
+    let stub_end = pe
+        .sections
+        .iter()
+        .map(|s| u64::from(s.file_offset) + u64::from(s.file_size))
+        .max()
+        .unwrap_or(0)
+        .max(stub.len() as u64);
+    let mut file_off = round_up(stub_end, pe.file_align);
+    let mut added = Vec::new();
+    for (name, size) in new_names.iter().zip(&sizes) {
+        let file_size = round_up(*size, pe.file_align);
+        let too_large = || UkiError::TooLarge {
+            name: name.to_string(),
+            size: *size,
+        };
+        let s = Section {
+            name: name.to_string(),
+            virtual_address: u32::try_from(va).map_err(|_| too_large())?,
+            virtual_size: u32::try_from(*size).map_err(|_| too_large())?,
+            file_offset: u32::try_from(file_off).map_err(|_| too_large())?,
+            file_size: u32::try_from(file_size).map_err(|_| too_large())?,
+        };
+        va = round_up(va + size, VA_ALIGN);
+        file_off += file_size;
+        added.push(s);
+    }
+    let size_of_image = u32::try_from(va).map_err(|_| UkiError::TooLarge {
+        name: "image".into(),
+        size: va,
+    })?;
+
+    for (i, s) in added.iter().enumerate() {
+        let at = pe.sect_table + (pe.nsect + i) * SECTION_HEADER;
+        let h = &mut stub[at..at + SECTION_HEADER];
+        h[..8].fill(0);
+        h[..s.name.len()].copy_from_slice(s.name.as_bytes());
+        put_u32(h, 8, s.virtual_size);
+        put_u32(h, 12, s.virtual_address);
+        put_u32(h, 16, s.file_size);
+        put_u32(h, 20, s.file_offset);
+        put_u32(h, 36, SCN_INITIALIZED_READ);
+    }
+    put_u16(&mut stub, pe.nsect_at, (pe.nsect + added.len()) as u16);
+    put_u32(&mut stub, pe.opt + 56, size_of_image);
+    let init_data = u32_at(&stub, pe.opt + 8).unwrap_or(0);
+    let extra: u64 = added.iter().map(|s| u64::from(s.file_size)).sum();
+    put_u32(
+        &mut stub,
+        pe.opt + 8,
+        init_data.saturating_add(u32::try_from(extra).unwrap_or(u32::MAX)),
+    );
+    put_u32(&mut stub, pe.opt + 64, 0);
+
+    let werr = |source| UkiError::Write {
+        path: out.to_path_buf(),
+        source,
+    };
+    let mut f = fs::File::create(out).map_err(werr)?;
+    let mut w = io::BufWriter::with_capacity(1 << 20, &mut f);
+    w.write_all(&stub).map_err(werr)?;
+    let mut pos = stub.len() as u64;
+    for (i, s) in added.iter().enumerate() {
+        w.write_all(&vec![0u8; (u64::from(s.file_offset) - pos) as usize])
+            .map_err(werr)?;
+        pos = u64::from(s.file_offset);
+        match i {
+            0..=2 => w.write_all(&small[i].1).map_err(werr)?,
+            3 => w.write_all(&kernel).map_err(werr)?,
+            _ => {
+                let mut initrd =
+                    fs::File::open(&parts.initrd).map_err(|source| UkiError::Read {
+                        path: parts.initrd.clone(),
+                        source,
+                    })?;
+                let n = io::copy(&mut initrd, &mut w).map_err(werr)?;
+                if n != initrd_len {
+                    return Err(werr(io::Error::other("initrd changed while being copied")));
+                }
+            }
+        }
+        pos += u64::from(s.virtual_size);
+    }
+    let end = added
+        .last()
+        .map(|s| u64::from(s.file_offset) + u64::from(s.file_size))
+        .unwrap_or(pos);
+    w.write_all(&vec![0u8; (end - pos) as usize])
+        .map_err(werr)?;
+    w.flush().map_err(werr)?;
+    drop(w);
+    write_checksum(&mut f, pe.opt + 64).map_err(werr)?;
+    f.sync_all().map_err(werr)?;
+
+    let mut sections = pe.sections;
+    sections.extend(added);
+    Ok(sections)
+}
+
+/// Recomputes the PE checksum (the 16-bit one's-complement sum of the file
+/// with the checksum field as zero, plus the file length).
+fn write_checksum(f: &mut fs::File, field: usize) -> io::Result<()> {
+    f.seek(SeekFrom::Start(0))?;
+    let mut r = io::BufReader::with_capacity(1 << 20, &mut *f);
+    let mut sum: u64 = 0;
+    let mut len: u64 = 0;
+    let mut buf = [0u8; 1 << 16];
+    let mut carry: Option<u8> = None;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let mut chunk = &buf[..n];
+        if let Some(lo) = carry.take() {
+            sum += u64::from(u16::from_le_bytes([lo, chunk[0]]));
+            chunk = &chunk[1..];
+        }
+        let mut pairs = chunk.chunks_exact(2);
+        for p in &mut pairs {
+            sum += u64::from(u16::from_le_bytes([p[0], p[1]]));
+        }
+        if let [last] = pairs.remainder() {
+            carry = Some(*last);
+        }
+        len += n as u64;
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    if let Some(lo) = carry {
+        sum += u64::from(lo);
+    }
+    // The field itself was written as zero, so it adds nothing to the sum.
+    let _ = field;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let checksum = (sum as u32).wrapping_add(len as u32);
+    drop(r);
+    f.seek(SeekFrom::Start(field as u64))?;
+    f.write_all(&checksum.to_le_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_debian_kernel_release_is_read_from_its_header() {
+        let boot = fs::read_dir("/boot").expect("/boot is missing: install linux-image-amd64");
+        let kernel = boot
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+            })
+            .expect("no /boot/vmlinuz-*: install linux-image-amd64");
+        let bytes = fs::read(&kernel).unwrap();
+        let release = kernel_release(&bytes).unwrap();
+        assert_eq!(
+            kernel.file_name().unwrap().to_string_lossy(),
+            format!("vmlinuz-{release}")
+        );
+    }
+
+    #[test]
+    fn garbage_is_not_a_pe_image() {
+        assert!(parse_pe(b"MZ").is_err());
+        assert!(parse_pe(&[0u8; 512]).is_err());
+        assert!(kernel_release(&[0u8; 16]).is_none());
+    }
+}
