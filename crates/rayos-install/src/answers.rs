@@ -1,0 +1,727 @@
+//! Answer files: the TOML a person (or the wizard, or a test) writes to say
+//! where RayOS goes and how the machine is set up. The format is documented
+//! in `docs/answer-file.md`.
+//!
+//! Parsing is strict: unknown keys and bad values are errors that name the
+//! key and its line (`answers.toml:7: unknown field ...`). Every section but
+//! `[target]` may be left out; the defaults are the install defaults of the
+//! issue (system 2 GiB, ESP 1 GiB when created, data the rest, VM storage on
+//! the data volume, Linux autostarts hidden, Windows off, networking off).
+//!
+//! Limits: partition references are resolved later, against the disk the
+//! plan is made for ([`crate::plan`]); this module only checks their shape.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use rayos_state::Networking;
+use rayos_state::machine::{
+    validate_hostname, validate_keyboard, validate_locale, validate_timezone,
+};
+
+pub const ANSWERS_VERSION: u32 = 1;
+
+pub const KIB: u64 = 1024;
+pub const MIB: u64 = 1024 * KIB;
+pub const GIB: u64 = 1024 * MIB;
+pub const TIB: u64 = 1024 * GIB;
+
+/// "file:line: message"; line is 0 when the problem has no one place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}:{line}: {message}")]
+pub struct AnswerError {
+    pub path: String,
+    pub line: usize,
+    pub message: String,
+}
+
+/// Where RayOS goes on the target disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Erase the disk and give all of it to RayOS.
+    WholeDisk,
+    /// Keep every existing partition; use the largest free region.
+    FreeSpace,
+    /// Use partitions named in `[target]` for the system and data roles.
+    Reuse,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::WholeDisk => "whole-disk",
+            Mode::FreeSpace => "free-space",
+            Mode::Reuse => "reuse",
+        })
+    }
+}
+
+/// A partition of the target disk, as written in an answer file: its number
+/// (`3`) or a device path (`"/dev/vda3"`, `"/dev/nvme0n1p3"`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum PartRef {
+    Number(u32),
+    Path(String),
+}
+
+impl std::fmt::Display for PartRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PartRef::Number(n) => write!(f, "partition {n}"),
+            PartRef::Path(p) => f.write_str(p),
+        }
+    }
+}
+
+impl PartRef {
+    /// The partition number this reference names on `disk` (a device path
+    /// or image file): `N`, `<disk>N` or `<disk>pN`.
+    pub fn number_on(&self, disk: &str) -> Option<u32> {
+        match self {
+            PartRef::Number(n) => Some(*n),
+            PartRef::Path(p) => {
+                let rest = p.strip_prefix(disk)?;
+                let rest = rest.strip_prefix('p').unwrap_or(rest);
+                if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                rest.parse().ok()
+            }
+        }
+    }
+}
+
+/// A located answer: the value and the line it was written on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Located<T> {
+    pub value: T,
+    #[serde(skip)]
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Target {
+    pub disk: Option<PathBuf>,
+    pub mode: Mode,
+    /// `reuse`: the ESP to add files to (default: the disk's ESP).
+    pub esp: Option<Located<PartRef>>,
+    /// `reuse`: the partition that becomes `rayos-system`.
+    pub system: Option<Located<PartRef>>,
+    /// `reuse`: the partition that becomes `rayos-data`.
+    pub data: Option<Located<PartRef>>,
+    /// Consent: partitions holding another system's data that may be
+    /// reformatted (reuse roles and VM storage reuse).
+    pub format: Vec<Located<PartRef>>,
+    /// Consent: replace a complete RayOS install found on the target.
+    pub reinstall: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataSize {
+    Rest,
+    Bytes(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Sizes {
+    /// Size of the ESP when one is created.
+    pub esp: u64,
+    pub system: u64,
+    pub data: DataSize,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Sizes {
+            esp: GIB,
+            system: 2 * GIB,
+            data: DataSize::Rest,
+        }
+    }
+}
+
+/// Where one VM kind keeps its disks and saved state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmStorage {
+    /// A directory on the data volume (the default).
+    Data,
+    /// A new partition of this many bytes.
+    Create(u64),
+    /// An existing partition, reformatted.
+    Reuse(Located<PartRef>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VmStorageAnswers {
+    pub linux: VmStorage,
+    pub windows: VmStorage,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MachineAnswers {
+    pub hostname: String,
+    pub timezone: String,
+    pub locale: String,
+    pub keyboard: String,
+}
+
+impl Default for MachineAnswers {
+    fn default() -> Self {
+        MachineAnswers {
+            hostname: "rayos".into(),
+            timezone: "UTC".into(),
+            locale: "en_US.UTF-8".into(),
+            keyboard: "us".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyAnswers {
+    pub linux_autostart: bool,
+    pub linux_present_on_boot: bool,
+    pub windows_enabled: bool,
+    pub windows_autostart: bool,
+    pub networking: Networking,
+}
+
+impl Default for PolicyAnswers {
+    fn default() -> Self {
+        PolicyAnswers {
+            linux_autostart: true,
+            linux_present_on_boot: false,
+            windows_enabled: false,
+            windows_autostart: false,
+            networking: Networking::Off,
+        }
+    }
+}
+
+impl PolicyAnswers {
+    /// The policy file a fresh install gets from these answers.
+    pub fn to_policy(&self) -> rayos_state::Policy {
+        let mut p = rayos_state::Policy::default();
+        p.linux.autostart = self.linux_autostart;
+        p.linux.present_on_boot = self.linux_present_on_boot;
+        p.linux.networking = self.networking;
+        p.windows.enabled = self.windows_enabled;
+        p.windows.autostart = self.windows_enabled && self.windows_autostart;
+        p.windows.networking = self.networking;
+        p.generic.networking = self.networking;
+        p
+    }
+}
+
+/// A parsed and checked answer file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Answers {
+    pub target: Target,
+    pub sizes: Sizes,
+    pub vm_storage: VmStorageAnswers,
+    pub machine: MachineAnswers,
+    pub policy: PolicyAnswers,
+}
+
+// ---- raw TOML shape (spans kept for messages) ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    version: Spanned<u32>,
+    target: RawTarget,
+    #[serde(default)]
+    sizes: RawSizes,
+    #[serde(default)]
+    vm_storage: RawVmStorage,
+    #[serde(default)]
+    machine: RawMachine,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    disk: Option<String>,
+    mode: Mode,
+    esp: Option<Spanned<toml::Value>>,
+    system: Option<Spanned<toml::Value>>,
+    data: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    format: Vec<Spanned<toml::Value>>,
+    #[serde(default)]
+    reinstall: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSizes {
+    esp: Option<Spanned<toml::Value>>,
+    system: Option<Spanned<toml::Value>>,
+    data: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawVmStorage {
+    linux: Option<Spanned<toml::Value>>,
+    windows: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMachine {
+    hostname: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    locale: Option<Spanned<String>>,
+    keyboard: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    linux_autostart: Option<bool>,
+    linux_present_on_boot: Option<bool>,
+    windows_enabled: Option<bool>,
+    windows_autostart: Option<bool>,
+    networking: Option<Networking>,
+}
+
+struct Ctx<'a> {
+    path: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line_of(&self, span: std::ops::Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+    fn err<T>(&self, span: std::ops::Range<usize>, message: String) -> Result<T, AnswerError> {
+        Err(AnswerError {
+            path: self.path.into(),
+            line: self.line_of(span),
+            message,
+        })
+    }
+}
+
+/// Parses a size: a whole number of bytes or a number with a unit
+/// (`KiB MiB GiB TiB`, also `K M G T`, all powers of 1024; `KB MB GB TB`
+/// powers of 1000), for example `"2GiB"`, `"512 MiB"`, `"1.5GiB"`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = (&t[..split], t[split..].trim());
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "K" | "KiB" => KIB,
+        "M" | "MiB" => MIB,
+        "G" | "GiB" => GIB,
+        "T" | "TiB" => TIB,
+        "KB" => 1000,
+        "MB" => 1000_u64.pow(2),
+        "GB" => 1000_u64.pow(3),
+        "TB" => 1000_u64.pow(4),
+        _ => {
+            return Err(format!(
+                "size {s:?} has an unknown unit {unit:?}: use KiB, MiB, GiB or TiB (for example \"2GiB\")"
+            ));
+        }
+    };
+    let bad = || format!("size {s:?} is not a number with a unit (for example \"2GiB\")");
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let bytes = if let Some((whole, frac)) = num.split_once('.') {
+        let w: u64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
+        if frac.is_empty() || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let f: u64 = frac.parse().map_err(|_| bad())?;
+        let scale = 10_u64.pow(frac.len() as u32);
+        w.checked_mul(mult)
+            .and_then(|a| {
+                (f as u128 * mult as u128 / scale as u128)
+                    .try_into()
+                    .ok()
+                    .and_then(|b: u64| a.checked_add(b))
+            })
+            .ok_or_else(|| format!("size {s:?} is too large"))?
+    } else {
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))?
+    };
+    if bytes == 0 {
+        return Err(format!("size {s:?} must be more than zero"));
+    }
+    Ok(bytes)
+}
+
+/// A human form of a byte count: `2 GiB`, `1.5 GiB`, `512 MiB`.
+pub fn human_size(bytes: u64) -> String {
+    let units = [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")];
+    for (m, u) in units {
+        if bytes >= m {
+            let whole = bytes / m;
+            let tenth = (bytes % m) * 10 / m;
+            return if tenth == 0 {
+                format!("{whole} {u}")
+            } else {
+                format!("{whole}.{tenth} {u}")
+            };
+        }
+    }
+    format!("{bytes} B")
+}
+
+impl Answers {
+    /// Parses an answer file. `path` is only used in messages.
+    pub fn parse(path: &str, text: &str) -> Result<Answers, AnswerError> {
+        let cx = Ctx { path, text };
+        let raw: Raw = toml::from_str(text).map_err(|e| AnswerError {
+            path: path.into(),
+            line: e.span().map(|s| cx.line_of(s)).unwrap_or(0),
+            message: e.message().trim_end().to_string(),
+        })?;
+        if *raw.version.get_ref() != ANSWERS_VERSION {
+            return cx.err(
+                raw.version.span(),
+                format!(
+                    "version {} is not supported: this installer reads answer files of version {ANSWERS_VERSION}",
+                    raw.version.get_ref()
+                ),
+            );
+        }
+
+        let part = |v: &Spanned<toml::Value>, key: &str| -> Result<Located<PartRef>, AnswerError> {
+            let line = cx.line_of(v.span());
+            let value = match v.get_ref() {
+                toml::Value::Integer(n) if *n >= 1 && *n <= 128 => PartRef::Number(*n as u32),
+                toml::Value::String(s) if s.starts_with('/') => PartRef::Path(s.clone()),
+                other => {
+                    return cx.err(
+                        v.span(),
+                        format!(
+                            "{key} = {other} is not a partition: use its number (3) or device path (\"/dev/sda3\")"
+                        ),
+                    );
+                }
+            };
+            Ok(Located { value, line })
+        };
+
+        let t = &raw.target;
+        let target = Target {
+            disk: t.disk.as_ref().map(PathBuf::from),
+            mode: t.mode,
+            esp: t.esp.as_ref().map(|v| part(v, "target.esp")).transpose()?,
+            system: t.system.as_ref().map(|v| part(v, "target.system")).transpose()?,
+            data: t.data.as_ref().map(|v| part(v, "target.data")).transpose()?,
+            format: t
+                .format
+                .iter()
+                .map(|v| part(v, "target.format"))
+                .collect::<Result<_, _>>()?,
+            reinstall: t.reinstall,
+        };
+        if target.mode == Mode::Reuse {
+            for (key, v) in [("system", &target.system), ("data", &target.data)] {
+                if v.is_none() {
+                    return Err(AnswerError {
+                        path: path.into(),
+                        line: 0,
+                        message: format!(
+                            "[target] mode = \"reuse\" needs target.{key}: the partition (number or device path) that becomes rayos-{key}"
+                        ),
+                    });
+                }
+            }
+        } else {
+            for (key, v) in [("esp", &t.esp), ("system", &t.system), ("data", &t.data)] {
+                if let Some(v) = v {
+                    return cx.err(
+                        v.span(),
+                        format!(
+                            "target.{key} is only used with mode = \"reuse\"; remove it or set mode = \"reuse\""
+                        ),
+                    );
+                }
+            }
+        }
+
+        let size = |v: &Spanned<toml::Value>, key: &str| -> Result<u64, AnswerError> {
+            match v.get_ref() {
+                toml::Value::String(s) => {
+                    parse_size(s).or_else(|m| cx.err(v.span(), format!("{key}: {m}")))
+                }
+                toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
+                other => cx.err(
+                    v.span(),
+                    format!("{key} = {other} is not a size: write it like \"2GiB\""),
+                ),
+            }
+        };
+        let mut sizes = Sizes::default();
+        if let Some(v) = &raw.sizes.esp {
+            sizes.esp = size(v, "sizes.esp")?;
+        }
+        if let Some(v) = &raw.sizes.system {
+            sizes.system = size(v, "sizes.system")?;
+        }
+        if let Some(v) = &raw.sizes.data {
+            sizes.data = match v.get_ref() {
+                toml::Value::String(s) if s == "rest" => DataSize::Rest,
+                _ => DataSize::Bytes(size(v, "sizes.data")?),
+            };
+        }
+
+        let storage = |v: &Option<Spanned<toml::Value>>, key: &str| -> Result<VmStorage, AnswerError> {
+            let Some(v) = v else { return Ok(VmStorage::Data) };
+            let help = "use \"data\", { create = \"20GiB\" } or { reuse = \"/dev/sda5\" }";
+            match v.get_ref() {
+                toml::Value::String(s) if s == "data" => Ok(VmStorage::Data),
+                toml::Value::Table(tb) if tb.len() == 1 => {
+                    let Some((k, inner)) = tb.iter().next() else {
+                        return cx.err(v.span(), format!("{key}: {help}"));
+                    };
+                    let inner = Spanned::new(v.span(), inner.clone());
+                    match k.as_str() {
+                        "create" => Ok(VmStorage::Create(size(&inner, &format!("{key}.create"))?)),
+                        "reuse" => Ok(VmStorage::Reuse(part(&inner, &format!("{key}.reuse"))?)),
+                        other => cx.err(v.span(), format!("{key}: unknown key {other:?}: {help}")),
+                    }
+                }
+                other => cx.err(v.span(), format!("{key} = {other} is not VM storage: {help}")),
+            }
+        };
+        let vm_storage = VmStorageAnswers {
+            linux: storage(&raw.vm_storage.linux, "vm_storage.linux")?,
+            windows: storage(&raw.vm_storage.windows, "vm_storage.windows")?,
+        };
+
+        let mut machine = MachineAnswers::default();
+        type Check = fn(&str) -> Result<(), String>;
+        let fields: [(&Option<Spanned<String>>, &mut String, Check, &str); 4] = [
+            (&raw.machine.hostname, &mut machine.hostname, validate_hostname, "hostname"),
+            (&raw.machine.timezone, &mut machine.timezone, validate_timezone, "timezone"),
+            (&raw.machine.locale, &mut machine.locale, validate_locale, "locale"),
+            (&raw.machine.keyboard, &mut machine.keyboard, validate_keyboard, "keyboard"),
+        ];
+        for (src, dst, check, key) in fields {
+            if let Some(v) = src {
+                check(v.get_ref()).or_else(|m| cx.err(v.span(), format!("machine.{key}: {m}")))?;
+                *dst = v.get_ref().clone();
+            }
+        }
+
+        let d = PolicyAnswers::default();
+        let p = &raw.policy;
+        let policy = PolicyAnswers {
+            linux_autostart: p.linux_autostart.unwrap_or(d.linux_autostart),
+            linux_present_on_boot: p.linux_present_on_boot.unwrap_or(d.linux_present_on_boot),
+            windows_enabled: p.windows_enabled.unwrap_or(d.windows_enabled),
+            windows_autostart: p.windows_autostart.unwrap_or(d.windows_autostart),
+            networking: p.networking.unwrap_or(d.networking),
+        };
+        if policy.windows_autostart && !policy.windows_enabled {
+            return Err(AnswerError {
+                path: path.into(),
+                line: 0,
+                message: "policy.windows_autostart = true needs policy.windows_enabled = true".into(),
+            });
+        }
+
+        Ok(Answers {
+            target,
+            sizes,
+            vm_storage,
+            machine,
+            policy,
+        })
+    }
+
+    /// The answers used when none are given (`--sample`, the wizard's start):
+    /// free space, all defaults.
+    pub fn defaults(mode: Mode) -> Answers {
+        Answers {
+            target: Target {
+                disk: None,
+                mode,
+                esp: None,
+                system: None,
+                data: None,
+                format: Vec::new(),
+                reinstall: false,
+            },
+            sizes: Sizes::default(),
+            vm_storage: VmStorageAnswers {
+                linux: VmStorage::Data,
+                windows: VmStorage::Data,
+            },
+            machine: MachineAnswers::default(),
+            policy: PolicyAnswers::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The answer file of issue 2, exactly as written there.
+    pub const ISSUE_EXAMPLE: &str = r#"version = 1
+[target]
+disk = "/dev/vda"
+mode = "free-space"        # whole-disk | free-space | reuse
+[sizes]
+system = "2GiB"
+data = "rest"
+[vm_storage]
+linux = "data"             # or { create = "20GiB" } or { reuse = "/dev/vda5" }
+windows = "data"
+[machine]
+hostname = "rayos-test"
+timezone = "UTC"
+locale = "en_US.UTF-8"
+keyboard = "us"
+[policy]
+linux_autostart = true
+linux_present_on_boot = false
+windows_enabled = false
+networking = "off"
+"#;
+
+    #[test]
+    fn issue_example_parses_exactly() {
+        let a = Answers::parse("answers.toml", ISSUE_EXAMPLE).unwrap();
+        assert_eq!(a.target.disk, Some(PathBuf::from("/dev/vda")));
+        assert_eq!(a.target.mode, Mode::FreeSpace);
+        assert_eq!(a.sizes.system, 2 * GIB);
+        assert_eq!(a.sizes.esp, GIB);
+        assert_eq!(a.sizes.data, DataSize::Rest);
+        assert_eq!(a.vm_storage.linux, VmStorage::Data);
+        assert_eq!(a.vm_storage.windows, VmStorage::Data);
+        assert_eq!(a.machine.hostname, "rayos-test");
+        assert_eq!(a.machine.locale, "en_US.UTF-8");
+        assert!(a.policy.linux_autostart && !a.policy.linux_present_on_boot);
+        assert!(!a.policy.windows_enabled);
+        assert_eq!(a.policy.networking, Networking::Off);
+        let p = a.policy.to_policy();
+        assert!(p.linux.autostart && !p.windows.enabled && !p.windows.autostart);
+    }
+
+    #[test]
+    fn only_target_is_required_and_defaults_apply() {
+        let a = Answers::parse("a", "version = 1\n[target]\nmode = \"whole-disk\"\n").unwrap();
+        assert_eq!(a.target.disk, None);
+        let d = Answers::defaults(Mode::WholeDisk);
+        assert_eq!(a, d);
+        assert_eq!(a.sizes.system, 2 * GIB);
+        assert_eq!(a.machine, MachineAnswers::default());
+        assert_eq!(a.policy, PolicyAnswers::default());
+
+        let e = Answers::parse("a", "version = 1\n[sizes]\nsystem = \"1GiB\"\n").unwrap_err();
+        assert!(e.message.contains("target"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = ISSUE_EXAMPLE.replace("keyboard = \"us\"", "keyboard = \"us\"\nkeybaord = \"de\"");
+        let e = Answers::parse("answers.toml", &text).unwrap_err();
+        assert_eq!(e.line, 16, "{e}");
+        assert!(e.message.contains("keybaord"), "{e}");
+        assert!(e.to_string().starts_with("answers.toml:16:"), "{e}");
+
+        let e = Answers::parse("a", "version = 1\n[target]\nmode = \"free-space\"\n[extra]\nx = 1\n")
+            .unwrap_err();
+        assert!(e.message.contains("extra"), "{e}");
+        assert_eq!(e.line, 4, "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named_with_their_line() {
+        let cases = [
+            ("mode = \"free-space\"", "mode = \"half-disk\"", 4, "half-disk"),
+            ("system = \"2GiB\"", "system = \"2 parsecs\"", 6, "sizes.system"),
+            ("linux = \"data\"", "linux = { grow = \"1GiB\" }", 9, "vm_storage.linux"),
+            ("hostname = \"rayos-test\"", "hostname = \"-bad\"", 12, "machine.hostname"),
+            ("networking = \"off\"", "networking = \"sometimes\"", 20, "sometimes"),
+            ("linux_autostart = true", "linux_autostart = \"yes\"", 17, ""),
+        ];
+        for (from, to, line, needle) in cases {
+            let text = ISSUE_EXAMPLE.replace(from, to);
+            let e = Answers::parse("a.toml", &text).unwrap_err();
+            assert_eq!(e.line, line, "{to}: {e}");
+            assert!(e.message.contains(needle), "{to}: {e}");
+        }
+        let e = Answers::parse("a", "version = 2\n[target]\nmode = \"free-space\"\n").unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
+    }
+
+    #[test]
+    fn sizes_with_units() {
+        assert_eq!(parse_size("2GiB"), Ok(2 * GIB));
+        assert_eq!(parse_size("2G"), Ok(2 * GIB));
+        assert_eq!(parse_size("512 MiB"), Ok(512 * MIB));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 * GIB / 2));
+        assert_eq!(parse_size("10GB"), Ok(10_000_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0GiB").is_err());
+        assert!(parse_size("GiB").is_err());
+        assert!(parse_size("2 GiBs").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+        assert!(parse_size("1.2.3G").is_err());
+        assert_eq!(human_size(3 * GIB / 2), "1.5 GiB");
+        assert_eq!(human_size(512 * MIB), "512 MiB");
+    }
+
+    #[test]
+    fn vm_storage_forms() {
+        let text = ISSUE_EXAMPLE
+            .replace("linux = \"data\"  ", "linux = { create = \"20GiB\" }")
+            .replace("windows = \"data\"", "windows = { reuse = \"/dev/vda5\" }");
+        let a = Answers::parse("a", &text).unwrap();
+        assert_eq!(a.vm_storage.linux, VmStorage::Create(20 * GIB));
+        match &a.vm_storage.windows {
+            VmStorage::Reuse(p) => {
+                assert_eq!(p.value, PartRef::Path("/dev/vda5".into()));
+                assert_eq!(p.line, 10);
+                assert_eq!(p.value.number_on("/dev/vda"), Some(5));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn reuse_needs_roles_and_roles_need_reuse() {
+        let base = "version = 1\n[target]\nmode = \"reuse\"\n";
+        let e = Answers::parse("a", base).unwrap_err();
+        assert!(e.message.contains("target.system"), "{e}");
+        let a = Answers::parse("a", &format!("{base}system = 5\ndata = \"/dev/sda6\"\nformat = [6]\n"))
+            .unwrap();
+        assert_eq!(a.target.system.unwrap().value, PartRef::Number(5));
+        assert_eq!(a.target.format[0].value, PartRef::Number(6));
+        let e = Answers::parse("a", "version = 1\n[target]\nmode = \"free-space\"\nsystem = 3\n")
+            .unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        let e = Answers::parse("a", &format!("{base}system = \"sda5\"\ndata = 6\n")).unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+    }
+
+    #[test]
+    fn part_refs_resolve_against_the_disk() {
+        assert_eq!(PartRef::Path("/dev/nvme0n1p3".into()).number_on("/dev/nvme0n1"), Some(3));
+        assert_eq!(PartRef::Path("/dev/sda12".into()).number_on("/dev/sda"), Some(12));
+        assert_eq!(PartRef::Path("/dev/sdb1".into()).number_on("/dev/sda"), None);
+        assert_eq!(PartRef::Path("/dev/sda".into()).number_on("/dev/sda"), None);
+    }
+}

@@ -1,0 +1,235 @@
+//! The real filesystem tools the installer drives, at byte offsets inside a
+//! disk (image file or block device), so no loop device or mount is needed:
+//!
+//! - FAT32: `mkfs.fat -F 32 -S <sector> -s <4 KiB cluster> --offset <sectors>`
+//!   (`--offset` counts in `-S` sectors), files with mtools
+//!   (`mcopy -i disk@@<byte offset>`, `mmd`, `mtype`, `mdir`).
+//! - ext4: `mkfs.ext4 -E offset=<bytes>,nodiscard -d <staging dir> <disk> <size>k`.
+//!   `nodiscard` because discarding would punch holes into an image file, and
+//!   nothing outside the partition may change.
+//!
+//! Limits: mtools needs 8.3-or-long names without `*?`; FAT32 with 4 KiB
+//! clusters needs at least 65525 clusters, so FAT partitions we format are
+//! at least 300 MiB (the planner enforces more).
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error(
+        "cannot run {tool}: is it installed? (Debian package {package}; `cargo xtask deps` installs it)"
+    )]
+    Spawn {
+        tool: String,
+        package: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{tool} failed ({status}) on {target}: {stderr}")]
+    Failed {
+        tool: String,
+        target: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+fn package_of(tool: &str) -> &'static str {
+    match tool {
+        "mkfs.fat" | "fsck.fat" => "dosfstools",
+        "mkfs.ext4" | "e2fsck" | "debugfs" => "e2fsprogs",
+        "mcopy" | "mmd" | "mtype" | "mdir" | "mattrib" => "mtools",
+        "partx" => "util-linux",
+        "sgdisk" => "gdisk",
+        _ => "(see scripts/install-deps.sh)",
+    }
+}
+
+/// Runs `tool args…`, returning stdout; a non-zero exit is an error that
+/// carries stderr. `target` names the disk/partition for the message.
+pub fn run<I, S>(tool: &str, args: I, target: &str) -> Result<Vec<u8>, ToolError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = Command::new(tool)
+        .args(args)
+        // mtools refuses some valid geometries without this (4 KiB sectors).
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .env("MTOOLS_NO_VFAT", "0")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| ToolError::Spawn {
+            tool: tool.into(),
+            package: package_of(tool),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(ToolError::Failed {
+            tool: tool.into(),
+            target: target.into(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out.stdout)
+}
+
+/// A FAT filesystem inside a disk, addressed the way mtools wants it.
+#[derive(Debug, Clone)]
+pub struct FatVolume {
+    pub disk: PathBuf,
+    pub offset_bytes: u64,
+}
+
+impl FatVolume {
+    fn image(&self) -> String {
+        format!("{}@@{}", self.disk.display(), self.offset_bytes)
+    }
+    fn name(&self) -> String {
+        format!("FAT at byte {} of {}", self.offset_bytes, self.disk.display())
+    }
+
+    /// Creates a FAT32 filesystem over `[offset, offset+size)`.
+    pub fn format(&self, sector_size: u64, size: u64, label: &str) -> Result<(), ToolError> {
+        let cluster_sectors = (4096 / sector_size).max(1);
+        let disk = self.disk.display().to_string();
+        run(
+            "mkfs.fat",
+            [
+                "-F".to_string(),
+                "32".into(),
+                "-S".into(),
+                sector_size.to_string(),
+                "-s".into(),
+                cluster_sectors.to_string(),
+                format!("--offset={}", self.offset_bytes / sector_size),
+                "-h".into(),
+                (self.offset_bytes / sector_size).to_string(),
+                "-n".into(),
+                label.into(),
+                disk.clone(),
+                (size / 1024).to_string(),
+            ],
+            &self.name(),
+        )?;
+        Ok(())
+    }
+
+    /// Makes `dir` (an absolute FAT path like `/EFI/BOOT`) and its parents;
+    /// directories that exist are kept.
+    pub fn mkdir_p(&self, dir: &str) -> Result<(), ToolError> {
+        let mut path = String::new();
+        for part in dir.split('/').filter(|p| !p.is_empty()) {
+            path.push('/');
+            path.push_str(part);
+            if !self.exists(&path)? {
+                run("mmd", ["-i", &self.image(), &format!("::{path}")], &self.name())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a file or directory exists (names compare case-insensitively,
+    /// as FAT does).
+    pub fn exists(&self, path: &str) -> Result<bool, ToolError> {
+        let out = Command::new("mdir")
+            .args(["-b", "-i", &self.image(), &format!("::{path}")])
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| ToolError::Spawn {
+                tool: "mdir".into(),
+                package: package_of("mdir"),
+                source,
+            })?;
+        Ok(out.status.success())
+    }
+
+    /// Copies a host file to `dest` (absolute FAT path), replacing it.
+    pub fn put(&self, src: &Path, dest: &str) -> Result<(), ToolError> {
+        if let Some((parent, _)) = dest.rsplit_once('/') {
+            if !parent.is_empty() {
+                self.mkdir_p(parent)?;
+            }
+        }
+        let src = src.display().to_string();
+        run(
+            "mcopy",
+            ["-o", "-i", &self.image(), &src, &format!("::{dest}")],
+            &self.name(),
+        )?;
+        Ok(())
+    }
+
+    /// Writes `bytes` to `dest`, replacing it (through a temp file).
+    pub fn put_bytes(&self, bytes: &[u8], dest: &str) -> Result<(), ToolError> {
+        let tmp = std::env::temp_dir().join(format!(
+            "rayos-install-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::write(&tmp, bytes).map_err(|source| ToolError::Spawn {
+            tool: "temporary file".into(),
+            package: "(none)",
+            source,
+        })?;
+        let r = self.put(&tmp, dest);
+        let _ = std::fs::remove_file(&tmp);
+        r
+    }
+
+    /// Reads a file (None when it does not exist).
+    pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>, ToolError> {
+        if !self.exists(path)? {
+            return Ok(None);
+        }
+        run("mtype", ["-i", &self.image(), &format!("::{path}")], &self.name()).map(Some)
+    }
+
+    /// Removes a file if it exists.
+    pub fn remove(&self, path: &str) -> Result<(), ToolError> {
+        if self.exists(path)? {
+            run("mdel", ["-i", &self.image(), &format!("::{path}")], &self.name())?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates ext4 over `[offset, offset+size)` of `disk`, filled from
+/// `staging` (owners and modes as staged), with `label`.
+pub fn mkfs_ext4(
+    disk: &Path,
+    offset: u64,
+    size: u64,
+    label: &str,
+    staging: Option<&Path>,
+) -> Result<(), ToolError> {
+    let mut args: Vec<String> = vec![
+        "-q".into(),
+        "-F".into(),
+        "-t".into(),
+        "ext4".into(),
+        "-b".into(),
+        "4096".into(),
+        "-L".into(),
+        label.into(),
+        "-E".into(),
+        format!("offset={offset},nodiscard"),
+    ];
+    if let Some(dir) = staging {
+        args.push("-d".into());
+        args.push(dir.display().to_string());
+    }
+    args.push(disk.display().to_string());
+    args.push(format!("{}k", size / 1024));
+    run(
+        "mkfs.ext4",
+        &args,
+        &format!("byte {offset} of {}", disk.display()),
+    )?;
+    Ok(())
+}
