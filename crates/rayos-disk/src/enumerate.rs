@@ -1,0 +1,640 @@
+//! Finding disks and building their [`Disk`] reports: block devices from
+//! sysfs (`/sys/block`), image files given by path, and the host's usage
+//! state (`/proc/self/mountinfo`, `/proc/swaps`, sysfs `holders/`, loop
+//! devices' `backing_file`).
+//!
+//! Behaviour: disks are opened read-only and only read. A disk that cannot
+//! be read (no permission, no medium) is still listed, with
+//! [`Table::Unreadable`]. Listed: every `/sys/block` entry except ram, zram,
+//! device-mapper and md devices, loop devices without a backing file, and
+//! devices of size 0 (empty card readers, CD drives without a disc).
+//!
+//! Limits: the sysfs and procfs roots are injectable ([`Host`]) so tests can
+//! use a fake tree whose "device nodes" are image files; nothing here needs
+//! root except reading real block devices.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::gpt::{self, DEFAULT_ALIGNMENT, TableState};
+use crate::probe::{self, ProbeError};
+use crate::report::{self, Disk, DiskKind, FreeSpace, PartitionReport, Table, Usage, UsageReason};
+
+/// Errors of enumerating and probing disks.
+#[derive(Debug, thiserror::Error)]
+pub enum EnumerateError {
+    #[error("{0}: no such file or device")]
+    NotFound(PathBuf),
+    #[error("opening {path} failed")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading {path} failed")]
+    ReadHost {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading the partition table of {path} failed")]
+    ReadTable {
+        path: PathBuf,
+        #[source]
+        source: gpt::GptError,
+    },
+    #[error("probing a filesystem on {path} failed")]
+    Probe {
+        path: PathBuf,
+        #[source]
+        source: ProbeError,
+    },
+    #[error("{path} is a partition, not a whole disk: give the disk it belongs to")]
+    IsPartition { path: PathBuf },
+    #[error("{path} is neither a block device nor a regular file")]
+    NotADisk { path: PathBuf },
+    #[error("unsupported sector size {0}: use 512 or 4096")]
+    SectorSize(u32),
+}
+
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MountEntry {
+    pub major: u32,
+    pub minor: u32,
+    /// Root of the mount within its filesystem.
+    pub root: String,
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+    /// Mount source (`/dev/sda1`, `overlay`, ...).
+    pub source: String,
+}
+
+/// The host's view of which devices are busy.
+#[derive(Debug, Clone, Default)]
+pub struct HostUsage {
+    pub mounts: Vec<MountEntry>,
+    /// Active swap devices and files, from `/proc/swaps`.
+    pub swaps: Vec<PathBuf>,
+}
+
+/// Where to look for sysfs, device nodes and procfs files. [`Host::real`] is
+/// the running system; tests point it at a fake tree.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// `/sys/block`
+    pub sys_block: PathBuf,
+    /// `/dev`
+    pub dev_dir: PathBuf,
+    /// `/proc/self/mountinfo`
+    pub mountinfo: PathBuf,
+    /// `/proc/swaps`
+    pub swaps: PathBuf,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host::real()
+    }
+}
+
+/// Every disk of the running system (see the module docs for what is left out).
+pub fn list_block_devices() -> Result<Vec<Disk>, EnumerateError> {
+    Host::real().list_block_devices()
+}
+
+/// Report on a plain image file. The sector size is `sector_size` if given,
+/// else the one the GPT header is found at (LBA 1 at 512 or at 4096), else 512.
+pub fn probe_image(path: &Path, sector_size: Option<u32>) -> Result<Disk, EnumerateError> {
+    Host::real().probe_image(path, sector_size)
+}
+
+/// Report on a path: a whole-disk block device or an image file.
+pub fn probe_path(path: &Path, sector_size: Option<u32>) -> Result<Disk, EnumerateError> {
+    Host::real().probe_path(path, sector_size)
+}
+
+/// Mounts and swaps of the running system.
+pub fn host_usage() -> Result<HostUsage, EnumerateError> {
+    Host::real().usage()
+}
+
+/// Parse `/proc/self/mountinfo` text. Malformed lines are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split(' ');
+            let _id = f.next()?;
+            let _parent = f.next()?;
+            let (maj, min) = f.next()?.split_once(':')?;
+            let root = unescape(f.next()?);
+            let mount_point = PathBuf::from(unescape(f.next()?));
+            // Optional fields end at a lone "-".
+            let mut f = f.skip_while(|x| *x != "-");
+            f.next()?;
+            let fs_type = f.next()?.to_string();
+            let source = unescape(f.next()?);
+            Some(MountEntry {
+                major: maj.parse().ok()?,
+                minor: min.parse().ok()?,
+                root,
+                mount_point,
+                fs_type,
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Parse `/proc/swaps` text (header line first).
+pub fn parse_swaps(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|p| PathBuf::from(unescape(p)))
+        .collect()
+}
+
+/// Undo the octal escapes (`\040` for a space) of mountinfo and swaps.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn read_trim(path: &Path) -> Option<String> {
+    let s = fs::read_to_string(path).ok()?;
+    let s = s.trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    read_trim(path)?.parse().ok()
+}
+
+fn parse_dev(s: &str) -> Option<(u32, u32)> {
+    let (a, b) = s.trim().split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// A partition's sysfs facts: kernel name, number, major:minor.
+type SysPart = (String, u32, Option<(u32, u32)>);
+
+/// A block device's own sysfs facts.
+struct SysDisk {
+    name: String,
+    dir: PathBuf,
+    parts: Vec<SysPart>,
+}
+
+impl Host {
+    pub fn real() -> Host {
+        Host {
+            sys_block: "/sys/block".into(),
+            dev_dir: "/dev".into(),
+            mountinfo: "/proc/self/mountinfo".into(),
+            swaps: "/proc/swaps".into(),
+        }
+    }
+
+    /// Mounts and swaps (a missing `/proc/swaps` counts as no swap).
+    pub fn usage(&self) -> Result<HostUsage, EnumerateError> {
+        let mounts =
+            fs::read_to_string(&self.mountinfo).map_err(|source| EnumerateError::ReadHost {
+                path: self.mountinfo.clone(),
+                source,
+            })?;
+        let swaps = fs::read_to_string(&self.swaps).unwrap_or_default();
+        Ok(HostUsage {
+            mounts: parse_mountinfo(&mounts),
+            swaps: parse_swaps(&swaps),
+        })
+    }
+
+    /// Every disk under `sys_block` (see the module docs for what is left out).
+    pub fn list_block_devices(&self) -> Result<Vec<Disk>, EnumerateError> {
+        let usage = self.usage()?;
+        let entries = fs::read_dir(&self.sys_block).map_err(|source| EnumerateError::ReadHost {
+            path: self.sys_block.clone(),
+            source,
+        })?;
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            let dir = self.sys_block.join(&name);
+            if ["ram", "zram", "dm-", "md"]
+                .iter()
+                .any(|p| name.starts_with(p))
+            {
+                continue;
+            }
+            if name.starts_with("loop") && !dir.join("loop/backing_file").exists() {
+                continue;
+            }
+            if read_u64(&dir.join("size")).unwrap_or(0) == 0 {
+                continue;
+            }
+            out.push(self.block_disk(&name, None, &usage)?);
+        }
+        Ok(out)
+    }
+
+    /// Report on a whole-disk block device or an image file.
+    pub fn probe_path(
+        &self,
+        path: &Path,
+        sector_size: Option<u32>,
+    ) -> Result<Disk, EnumerateError> {
+        let meta = fs::metadata(path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => EnumerateError::NotFound(path.to_path_buf()),
+            _ => EnumerateError::Open {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        if meta.file_type().is_block_device() {
+            let rdev = meta.rdev();
+            let (maj, min) = (libc_major(rdev), libc_minor(rdev));
+            let name = self
+                .find_sys_name(maj, min)
+                .ok_or_else(|| EnumerateError::NotADisk {
+                    path: path.to_path_buf(),
+                })?;
+            let usage = self.usage()?;
+            self.block_disk(&name, Some((path, sector_size)), &usage)
+        } else if meta.is_file() {
+            self.probe_image(path, sector_size)
+        } else {
+            Err(EnumerateError::NotADisk {
+                path: path.to_path_buf(),
+            })
+        }
+    }
+
+    /// Report on an image file (see [`probe_image`]).
+    pub fn probe_image(
+        &self,
+        path: &Path,
+        sector_size: Option<u32>,
+    ) -> Result<Disk, EnumerateError> {
+        if let Some(ss) = sector_size {
+            if !matches!(ss, 512 | 1024 | 2048 | 4096) {
+                return Err(EnumerateError::SectorSize(ss));
+            }
+        }
+        let open_err = |source: io::Error| match source.kind() {
+            io::ErrorKind::NotFound => EnumerateError::NotFound(path.to_path_buf()),
+            _ => EnumerateError::Open {
+                path: path.to_path_buf(),
+                source,
+            },
+        };
+        let meta = fs::metadata(path).map_err(open_err)?;
+        let mut f = File::open(path).map_err(open_err)?;
+        let ss = match sector_size {
+            Some(s) => s,
+            None => gpt::detect_sector_size(&mut f)
+                .map_err(|source| EnumerateError::ReadHost {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+                .unwrap_or(512),
+        };
+        let mut disk = build_report(&mut f, path, ss)?;
+        disk.kind = DiskKind::ImageFile;
+        disk.read_only = meta.permissions().readonly();
+        disk.in_use = self.image_usage(path);
+        Ok(disk)
+    }
+
+    /// Image files attached to a loop device are in use.
+    fn image_usage(&self, path: &Path) -> Vec<Usage> {
+        let Ok(canon) = fs::canonicalize(path) else {
+            return Vec::new();
+        };
+        let Ok(entries) = fs::read_dir(&self.sys_block) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in entries.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("loop") {
+                continue;
+            }
+            let Some(backing) = read_trim(&e.path().join("loop/backing_file")) else {
+                continue;
+            };
+            if Path::new(&backing) == canon {
+                out.push(Usage {
+                    device: path.to_path_buf(),
+                    reason: UsageReason::LoopBacking {
+                        loop_device: self.dev_dir.join(&name),
+                    },
+                });
+            }
+        }
+        out
+    }
+
+    fn find_sys_name(&self, maj: u32, min: u32) -> Option<String> {
+        let entries = fs::read_dir(&self.sys_block).ok()?;
+        for e in entries.filter_map(|e| e.ok()) {
+            let dir = e.path();
+            if read_trim(&dir.join("dev")).and_then(|d| parse_dev(&d)) == Some((maj, min)) {
+                return Some(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        None
+    }
+
+    fn sys_disk(&self, name: &str) -> SysDisk {
+        let dir = self.sys_block.join(name);
+        let mut parts = Vec::new();
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.filter_map(|e| e.ok()) {
+                let p = e.path();
+                if let Some(n) = read_u64(&p.join("partition")) {
+                    let dev = read_trim(&p.join("dev")).and_then(|d| parse_dev(&d));
+                    parts.push((e.file_name().to_string_lossy().into_owned(), n as u32, dev));
+                }
+            }
+        }
+        SysDisk {
+            name: name.to_string(),
+            dir,
+            parts,
+        }
+    }
+
+    /// Build the report of block device `name`. `given` is the path the user
+    /// named it by (kept as the report's path) and a sector size override.
+    fn block_disk(
+        &self,
+        name: &str,
+        given: Option<(&Path, Option<u32>)>,
+        usage: &HostUsage,
+    ) -> Result<Disk, EnumerateError> {
+        let sys = self.sys_disk(name);
+        if sys.dir.join("partition").exists() {
+            return Err(EnumerateError::IsPartition {
+                path: given
+                    .map(|g| g.0.to_path_buf())
+                    .unwrap_or_else(|| self.dev_dir.join(name)),
+            });
+        }
+        let path = given
+            .map(|g| g.0.to_path_buf())
+            .unwrap_or_else(|| self.dev_dir.join(name));
+        let ss = given
+            .and_then(|g| g.1)
+            .or_else(|| read_u64(&sys.dir.join("queue/logical_block_size")).map(|v| v as u32))
+            .unwrap_or(512);
+        let size_bytes = read_u64(&sys.dir.join("size")).unwrap_or(0) * 512;
+        let model = read_trim(&sys.dir.join("device/model"));
+        let serial = read_trim(&sys.dir.join("device/serial"))
+            .or_else(|| read_trim(&sys.dir.join("serial")))
+            .or_else(|| vpd_serial(&sys.dir.join("device/vpd_pg80")))
+            .or_else(|| read_trim(&sys.dir.join("device/wwid")));
+        let removable = read_trim(&sys.dir.join("removable")).as_deref() == Some("1");
+        let ro = read_trim(&sys.dir.join("ro")).as_deref() == Some("1");
+
+        let mut disk = match File::open(&path) {
+            Ok(mut f) => build_report(&mut f, &path, ss)?,
+            Err(e) => Disk {
+                path: path.clone(),
+                kind: DiskKind::BlockDevice,
+                model: None,
+                serial: None,
+                size_bytes,
+                logical_sector_size: ss,
+                removable,
+                read_only: ro,
+                table: Table::Unreadable {
+                    reason: format!("opening {} failed: {e}", path.display()),
+                },
+                disk_guid: None,
+                whole_disk_filesystem: None,
+                partitions: Vec::new(),
+                free_regions: Vec::new(),
+                in_use: Vec::new(),
+                rayos: None,
+                systems: Vec::new(),
+            },
+        };
+        disk.kind = DiskKind::BlockDevice;
+        disk.model = model;
+        disk.serial = serial;
+        disk.size_bytes = size_bytes;
+        disk.removable = removable;
+        disk.read_only = ro;
+
+        let disk_dev = read_trim(&sys.dir.join("dev")).and_then(|d| parse_dev(&d));
+        let mut in_use = device_usage(
+            &self.dev_dir.join(&sys.name),
+            disk_dev,
+            &sys.dir.join("holders"),
+            usage,
+        );
+        for p in &mut disk.partitions {
+            let found = sys.parts.iter().find(|(_, n, _)| *n == p.number);
+            let pname = match found {
+                Some((n, _, _)) => n.clone(),
+                None => partition_node_name(&sys.name, p.number),
+            };
+            let node = self.dev_dir.join(&pname);
+            p.in_use = device_usage(
+                &node,
+                found.and_then(|f| f.2),
+                &sys.dir.join(&pname).join("holders"),
+                usage,
+            );
+            in_use.extend(p.in_use.iter().cloned());
+            p.device = Some(node);
+        }
+        disk.in_use = in_use;
+        Ok(disk)
+    }
+}
+
+/// Kernel naming of partition nodes: `sda1`, but `nvme0n1p1` and `mmcblk0p1`
+/// when the disk name ends in a digit.
+pub fn partition_node_name(disk: &str, number: u32) -> String {
+    if disk.ends_with(|c: char| c.is_ascii_digit()) {
+        format!("{disk}p{number}")
+    } else {
+        format!("{disk}{number}")
+    }
+}
+
+/// SCSI VPD page 0x80: 4-byte header, then the serial in ASCII.
+fn vpd_serial(path: &Path) -> Option<String> {
+    let b = fs::read(path).ok()?;
+    if b.len() <= 4 {
+        return None;
+    }
+    let s = String::from_utf8_lossy(&b[4..]).trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Usage of one device node: mounts (by major:minor or by source path),
+/// swap, and holders.
+fn device_usage(
+    node: &Path,
+    dev: Option<(u32, u32)>,
+    holders: &Path,
+    usage: &HostUsage,
+) -> Vec<Usage> {
+    let mut out = Vec::new();
+    let canon = fs::canonicalize(node).unwrap_or_else(|_| node.to_path_buf());
+    let same = |s: &Path| s == node || s == canon || fs::canonicalize(s).is_ok_and(|c| c == canon);
+    for m in &usage.mounts {
+        let by_dev = dev == Some((m.major, m.minor));
+        if by_dev || (m.source.starts_with('/') && same(Path::new(&m.source))) {
+            out.push(Usage {
+                device: node.to_path_buf(),
+                reason: UsageReason::Mounted {
+                    mount_point: m.mount_point.clone(),
+                    fs_type: m.fs_type.clone(),
+                },
+            });
+        }
+    }
+    if usage.swaps.iter().any(|s| same(s)) {
+        out.push(Usage {
+            device: node.to_path_buf(),
+            reason: UsageReason::Swap,
+        });
+    }
+    if let Ok(entries) = fs::read_dir(holders) {
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for holder in names {
+            out.push(Usage {
+                device: node.to_path_buf(),
+                reason: UsageReason::Holder { holder },
+            });
+        }
+    }
+    out
+}
+
+/// Read table, partitions, filesystems, free space and classification of
+/// `dev`; host facts (model, usage, kind) are filled in by the caller.
+pub fn build_report<D: Read + Seek>(
+    dev: &mut D,
+    path: &Path,
+    sector_size: u32,
+) -> Result<Disk, EnumerateError> {
+    let table_err = |source| EnumerateError::ReadTable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let probe_err = |source| EnumerateError::Probe {
+        path: path.to_path_buf(),
+        source,
+    };
+    let size_bytes = gpt::device_size(dev).map_err(|source| EnumerateError::ReadHost {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let state = gpt::inspect(dev, sector_size).map_err(table_err)?;
+    let (table, disk_guid, mut partitions, free_regions): (
+        Table,
+        _,
+        Vec<PartitionReport>,
+        Vec<FreeSpace>,
+    ) = match &state {
+        TableState::Gpt(g) => (
+            Table::Gpt,
+            Some(g.disk_guid()),
+            report::gpt_partitions(g),
+            g.free_regions(DEFAULT_ALIGNMENT)
+                .into_iter()
+                .map(|r| FreeSpace {
+                    first_lba: r.first_lba,
+                    last_lba: r.last_lba,
+                    start_bytes: r.start_bytes(sector_size),
+                    size_bytes: r.size_bytes(sector_size),
+                })
+                .collect(),
+        ),
+        TableState::Mbr(m) => (
+            Table::Mbr,
+            None,
+            report::mbr_partitions(m, sector_size),
+            Vec::new(),
+        ),
+        TableState::Blank => (Table::None, None, Vec::new(), Vec::new()),
+        TableState::Corrupt(c) => (report::corrupt_table(c), None, Vec::new(), Vec::new()),
+    };
+    for p in &mut partitions {
+        if let Some(fs) = probe::probe(dev, p.start_bytes, p.size_bytes).map_err(probe_err)? {
+            p.filesystem = Some(fs.filesystem);
+            p.fs_label = fs.label;
+            p.fs_uuid = fs.uuid;
+        }
+    }
+    let whole = probe::probe(dev, 0, size_bytes).map_err(probe_err)?;
+    let (table, partitions) = match (&table, &whole) {
+        // A boot sector's bytes can pass for an MBR; a filesystem at byte 0
+        // means there is no partition table.
+        (Table::Mbr, Some(fs)) if matches!(fs.filesystem, f if f.is_fat() || f == crate::probe::Filesystem::Ntfs || f == crate::probe::Filesystem::Exfat) => {
+            (Table::None, Vec::new())
+        }
+        _ => (table, partitions),
+    };
+    let rayos = report::find_rayos(&partitions);
+    let systems = report::find_systems(&partitions);
+    Ok(Disk {
+        path: path.to_path_buf(),
+        kind: DiskKind::ImageFile,
+        model: None,
+        serial: None,
+        size_bytes,
+        logical_sector_size: sector_size,
+        removable: false,
+        read_only: false,
+        table,
+        disk_guid,
+        whole_disk_filesystem: whole,
+        partitions,
+        free_regions,
+        in_use: Vec::new(),
+        rayos,
+        systems,
+    })
+}
+
+// glibc's gnu_dev_major/minor, without a libc dependency.
+fn libc_major(dev: u64) -> u32 {
+    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)) as u32
+}
+
+fn libc_minor(dev: u64) -> u32 {
+    (((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)) as u32
+}

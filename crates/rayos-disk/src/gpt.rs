@@ -1,0 +1,964 @@
+//! GUID Partition Table: reading, validating, editing and writing, over any
+//! `Read + Write + Seek` (a block device, an image file, a `Cursor<Vec<u8>>`).
+//!
+//! Protocol (UEFI 2.10 §5.3): LBA 0 holds a protective MBR (one partition of
+//! type 0xEE covering the disk); LBA 1 the primary header; LBA 2.. the
+//! partition-entry array; the last LBA the backup header, preceded by the
+//! backup copy of the entry array. Headers and the entry array carry CRC32s.
+//! "LBA" is in units of the logical sector size (512 or 4096 bytes here).
+//!
+//! Behaviour:
+//! - [`Gpt::read`] accepts a table only when the primary header, the backup
+//!   header and both entry arrays are valid and agree. Anything else is an
+//!   error that says what is wrong ([`GptError::Corrupt`]); a damaged table is
+//!   never repaired here, and whether the backup is intact is reported only as
+//!   information for the person deciding what to do.
+//! - [`inspect`] classifies a disk without failing on a damaged one: GPT, MBR
+//!   only, blank, or corrupt (with the reasons).
+//! - [`Gpt::write`] writes the protective MBR (keeping boot code that sat
+//!   beside an earlier protective MBR), both entry arrays and both headers.
+//!   It does not fsync: the caller owns the file and must `sync_all` it.
+//!
+//! Limits: sector sizes 512, 1024, 2048 and 4096; at most 1 MiB of entry
+//! array; the disk size is taken from `seek(End)` (which block devices
+//! support). Hybrid MBRs are reported as GPT (the GPT wins, as on UEFI).
+
+use std::fmt;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+
+use uuid::Uuid;
+
+use crate::crc32::crc32;
+
+/// RayOS aligns partitions to 1 MiB, as every current partitioner does.
+pub const DEFAULT_ALIGNMENT: u64 = 1 << 20;
+/// A GPT partition name holds at most 36 UTF-16 code units.
+pub const NAME_MAX_UNITS: usize = 36;
+/// Entry count and size RayOS writes (the UEFI minimum array: 16 KiB).
+pub const DEFAULT_ENTRY_COUNT: u32 = 128;
+pub const DEFAULT_ENTRY_SIZE: u32 = 128;
+
+const SIGNATURE: &[u8; 8] = b"EFI PART";
+const REVISION_1_0: u32 = 0x0001_0000;
+const HEADER_SIZE: u32 = 92;
+const MAX_ENTRY_ARRAY: u64 = 1 << 20;
+
+/// Errors of reading, editing and writing a GPT.
+#[derive(Debug, thiserror::Error)]
+pub enum GptError {
+    #[error("reading the disk failed")]
+    Read(#[source] io::Error),
+    #[error("writing the partition table failed")]
+    Write(#[source] io::Error),
+    #[error("unsupported logical sector size {0}: expected 512 or 4096")]
+    SectorSize(u32),
+    #[error("disk of {total_bytes} bytes is too small for a GPT with {sector_size}-byte sectors")]
+    TooSmall { total_bytes: u64, sector_size: u32 },
+    #[error("no partition table: the disk is blank")]
+    NoTable,
+    #[error("the disk has an MBR (DOS) partition table, not a GPT")]
+    MbrOnly(Mbr),
+    #[error("corrupt GPT: {0}")]
+    Corrupt(Corruption),
+    #[error("partition {number}: slot number must be 1..={max}")]
+    SlotOutOfRange { number: u32, max: u32 },
+    #[error("partition {number}: slot already holds a partition")]
+    SlotTaken { number: u32 },
+    #[error("partition {number}: type GUID is nil (that marks an empty slot)")]
+    NilType { number: u32 },
+    #[error("partition {number}: unique GUID {guid} is nil or already used")]
+    DuplicateGuid { number: u32, guid: Uuid },
+    #[error("partition {number}: last LBA {last} is before first LBA {first}")]
+    EmptyRange { number: u32, first: u64, last: u64 },
+    #[error(
+        "partition {number}: LBA {first}..={last} is outside the usable area {first_usable}..={last_usable}"
+    )]
+    OutOfBounds {
+        number: u32,
+        first: u64,
+        last: u64,
+        first_usable: u64,
+        last_usable: u64,
+    },
+    #[error("partition {number}: first LBA {first} is not aligned to {alignment_lba} sectors")]
+    Misaligned {
+        number: u32,
+        first: u64,
+        alignment_lba: u64,
+    },
+    #[error("partition {number}: LBA {first}..={last} overlaps partition {other}")]
+    Overlap {
+        number: u32,
+        first: u64,
+        last: u64,
+        other: u32,
+    },
+    #[error("partition {number}: name is longer than 36 UTF-16 units")]
+    NameTooLong { number: u32 },
+    #[error("no partition {0}")]
+    NoSuchPartition(u32),
+    #[error("alignment of {bytes} bytes is not a multiple of the {sector_size}-byte sector")]
+    BadAlignment { bytes: u64, sector_size: u32 },
+}
+
+/// What is wrong with a damaged GPT, for the person deciding what to do.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Corruption {
+    /// Each problem found, in words ("primary header CRC mismatch", ...).
+    pub problems: Vec<String>,
+    /// The primary header and its entry array are valid on their own.
+    pub primary_valid: bool,
+    /// The backup header and its entry array are valid on their own.
+    pub backup_valid: bool,
+}
+
+impl fmt::Display for Corruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.problems.join("; "))?;
+        match (self.primary_valid, self.backup_valid) {
+            (false, true) => f.write_str(
+                " (the backup table is intact; gdisk's recovery menu can rebuild the primary from it)",
+            ),
+            (true, false) => f.write_str(
+                " (the primary table is intact; gdisk can rewrite the backup from it)",
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One GPT partition entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Partition {
+    /// 1-based slot in the entry array (what Linux calls sda<N>).
+    pub number: u32,
+    pub type_guid: Uuid,
+    pub unique_guid: Uuid,
+    pub first_lba: u64,
+    /// Inclusive.
+    pub last_lba: u64,
+    pub attributes: u64,
+    /// At most 36 UTF-16 units.
+    pub name: String,
+}
+
+impl Partition {
+    /// A partition with a fresh random unique GUID and no attributes.
+    pub fn new(
+        number: u32,
+        type_guid: Uuid,
+        first_lba: u64,
+        last_lba: u64,
+        name: impl Into<String>,
+    ) -> Self {
+        Partition {
+            number,
+            type_guid,
+            unique_guid: Uuid::new_v4(),
+            first_lba,
+            last_lba,
+            attributes: 0,
+            name: name.into(),
+        }
+    }
+
+    /// Number of sectors (0 if `last_lba < first_lba`).
+    pub fn lba_count(&self) -> u64 {
+        (self.last_lba + 1).saturating_sub(self.first_lba)
+    }
+
+    pub fn start_bytes(&self, sector_size: u32) -> u64 {
+        self.first_lba * sector_size as u64
+    }
+
+    pub fn size_bytes(&self, sector_size: u32) -> u64 {
+        self.lba_count() * sector_size as u64
+    }
+}
+
+/// A run of unpartitioned sectors inside the usable area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct FreeRegion {
+    pub first_lba: u64,
+    /// Inclusive.
+    pub last_lba: u64,
+}
+
+impl FreeRegion {
+    pub fn lba_count(&self) -> u64 {
+        self.last_lba + 1 - self.first_lba
+    }
+
+    pub fn start_bytes(&self, sector_size: u32) -> u64 {
+        self.first_lba * sector_size as u64
+    }
+
+    pub fn size_bytes(&self, sector_size: u32) -> u64 {
+        self.lba_count() * sector_size as u64
+    }
+}
+
+/// An MBR (DOS) partition, primary (1..=4) or logical (5..).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MbrPartition {
+    pub number: u32,
+    pub bootable: bool,
+    pub type_byte: u8,
+    pub first_lba: u64,
+    pub sectors: u64,
+}
+
+/// A DOS partition table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Mbr {
+    pub disk_signature: u32,
+    /// Primary partitions, then logical ones from the extended chain.
+    /// Extended containers themselves are listed too (type 0x05/0x0f/0x85).
+    pub partitions: Vec<MbrPartition>,
+}
+
+/// What a disk holds at the partition-table level.
+#[derive(Debug, Clone)]
+pub enum TableState {
+    Gpt(Gpt),
+    Mbr(Mbr),
+    /// No GPT and no MBR signature (all zero, or something without a table).
+    Blank,
+    Corrupt(Corruption),
+}
+
+/// An in-memory GPT. Edit with [`Gpt::add`] / [`Gpt::remove`], then
+/// [`Gpt::write`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gpt {
+    sector_size: u32,
+    total_sectors: u64,
+    disk_guid: Uuid,
+    first_usable: u64,
+    last_usable: u64,
+    entry_count: u32,
+    entry_size: u32,
+    alignment_lba: u64,
+    /// Sorted by `number`.
+    partitions: Vec<Partition>,
+}
+
+fn check_sector_size(sector_size: u32) -> Result<(), GptError> {
+    match sector_size {
+        512 | 1024 | 2048 | 4096 => Ok(()),
+        other => Err(GptError::SectorSize(other)),
+    }
+}
+
+fn entry_array_sectors(entry_count: u32, entry_size: u32, sector_size: u32) -> u64 {
+    (entry_count as u64 * entry_size as u64).div_ceil(sector_size as u64)
+}
+
+impl Gpt {
+    /// A fresh, empty table for a disk of `total_bytes` (rounded down to whole
+    /// sectors), with a random disk GUID, 128 entries and 1 MiB alignment.
+    pub fn new(total_bytes: u64, sector_size: u32) -> Result<Gpt, GptError> {
+        check_sector_size(sector_size)?;
+        let total_sectors = total_bytes / sector_size as u64;
+        let array = entry_array_sectors(DEFAULT_ENTRY_COUNT, DEFAULT_ENTRY_SIZE, sector_size);
+        let first_usable = 2 + array;
+        // LBA 0, header, array, then the same at the end, and one usable sector.
+        if total_sectors < 2 * (1 + array) + 2 {
+            return Err(GptError::TooSmall {
+                total_bytes,
+                sector_size,
+            });
+        }
+        let last_usable = total_sectors - 2 - array;
+        Ok(Gpt {
+            sector_size,
+            total_sectors,
+            disk_guid: Uuid::new_v4(),
+            first_usable,
+            last_usable,
+            entry_count: DEFAULT_ENTRY_COUNT,
+            entry_size: DEFAULT_ENTRY_SIZE,
+            alignment_lba: (DEFAULT_ALIGNMENT / sector_size as u64).max(1),
+            partitions: Vec::new(),
+        })
+    }
+
+    /// Read and fully validate the GPT of `dev`. A blank disk, an MBR-only
+    /// disk and a damaged GPT are distinct errors; nothing is repaired.
+    pub fn read<D: Read + Seek>(dev: &mut D, sector_size: u32) -> Result<Gpt, GptError> {
+        match inspect(dev, sector_size)? {
+            TableState::Gpt(g) => Ok(g),
+            TableState::Mbr(m) => Err(GptError::MbrOnly(m)),
+            TableState::Blank => Err(GptError::NoTable),
+            TableState::Corrupt(c) => Err(GptError::Corrupt(c)),
+        }
+    }
+
+    pub fn sector_size(&self) -> u32 {
+        self.sector_size
+    }
+
+    /// Sectors on the disk the table was made for.
+    pub fn total_sectors(&self) -> u64 {
+        self.total_sectors
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total_sectors * self.sector_size as u64
+    }
+
+    pub fn disk_guid(&self) -> Uuid {
+        self.disk_guid
+    }
+
+    pub fn set_disk_guid(&mut self, guid: Uuid) {
+        self.disk_guid = guid;
+    }
+
+    pub fn first_usable(&self) -> u64 {
+        self.first_usable
+    }
+
+    pub fn last_usable(&self) -> u64 {
+        self.last_usable
+    }
+
+    /// Number of slots in the entry array.
+    pub fn entry_count(&self) -> u32 {
+        self.entry_count
+    }
+
+    /// Alignment that [`Gpt::add`] enforces on a partition's first LBA, in sectors.
+    pub fn alignment_lba(&self) -> u64 {
+        self.alignment_lba
+    }
+
+    /// Change the alignment [`Gpt::add`] enforces (bytes, a multiple of the
+    /// sector size; default 1 MiB).
+    pub fn set_alignment(&mut self, bytes: u64) -> Result<(), GptError> {
+        let ss = self.sector_size as u64;
+        if bytes == 0 || bytes % ss != 0 {
+            return Err(GptError::BadAlignment {
+                bytes,
+                sector_size: self.sector_size,
+            });
+        }
+        self.alignment_lba = bytes / ss;
+        Ok(())
+    }
+
+    /// Partitions, sorted by slot number.
+    pub fn partitions(&self) -> &[Partition] {
+        &self.partitions
+    }
+
+    pub fn partition(&self, number: u32) -> Option<&Partition> {
+        self.partitions.iter().find(|p| p.number == number)
+    }
+
+    /// Lowest free slot number, or `None` when the entry array is full.
+    pub fn next_free_number(&self) -> Option<u32> {
+        (1..=self.entry_count).find(|n| self.partition(*n).is_none())
+    }
+
+    /// Add a partition after checking slot, type, bounds, alignment of the
+    /// first LBA, overlap with every other partition and the name length.
+    pub fn add(&mut self, p: Partition) -> Result<(), GptError> {
+        let number = p.number;
+        if number == 0 || number > self.entry_count {
+            return Err(GptError::SlotOutOfRange {
+                number,
+                max: self.entry_count,
+            });
+        }
+        if self.partition(number).is_some() {
+            return Err(GptError::SlotTaken { number });
+        }
+        if p.type_guid.is_nil() {
+            return Err(GptError::NilType { number });
+        }
+        if p.unique_guid.is_nil()
+            || self
+                .partitions
+                .iter()
+                .any(|q| q.unique_guid == p.unique_guid)
+        {
+            return Err(GptError::DuplicateGuid {
+                number,
+                guid: p.unique_guid,
+            });
+        }
+        if p.last_lba < p.first_lba {
+            return Err(GptError::EmptyRange {
+                number,
+                first: p.first_lba,
+                last: p.last_lba,
+            });
+        }
+        if p.first_lba < self.first_usable || p.last_lba > self.last_usable {
+            return Err(GptError::OutOfBounds {
+                number,
+                first: p.first_lba,
+                last: p.last_lba,
+                first_usable: self.first_usable,
+                last_usable: self.last_usable,
+            });
+        }
+        if p.first_lba % self.alignment_lba != 0 {
+            return Err(GptError::Misaligned {
+                number,
+                first: p.first_lba,
+                alignment_lba: self.alignment_lba,
+            });
+        }
+        if let Some(q) = self
+            .partitions
+            .iter()
+            .find(|q| p.first_lba <= q.last_lba && q.first_lba <= p.last_lba)
+        {
+            return Err(GptError::Overlap {
+                number,
+                first: p.first_lba,
+                last: p.last_lba,
+                other: q.number,
+            });
+        }
+        if p.name.encode_utf16().count() > NAME_MAX_UNITS {
+            return Err(GptError::NameTooLong { number });
+        }
+        let at = self.partitions.partition_point(|q| q.number < number);
+        self.partitions.insert(at, p);
+        Ok(())
+    }
+
+    /// Remove the partition in slot `number` and return it.
+    pub fn remove(&mut self, number: u32) -> Result<Partition, GptError> {
+        let at = self
+            .partitions
+            .iter()
+            .position(|p| p.number == number)
+            .ok_or(GptError::NoSuchPartition(number))?;
+        Ok(self.partitions.remove(at))
+    }
+
+    /// Unpartitioned runs of the usable area whose start is rounded up to
+    /// `align_bytes` (use [`DEFAULT_ALIGNMENT`]). The end of each run is
+    /// exact (the sector before the next partition, or the last usable
+    /// sector). Runs smaller than `align_bytes` after rounding are left out:
+    /// nothing aligned fits there.
+    pub fn free_regions(&self, align_bytes: u64) -> Vec<FreeRegion> {
+        let align = (align_bytes / self.sector_size as u64).max(1);
+        let mut used: Vec<(u64, u64)> = self
+            .partitions
+            .iter()
+            .map(|p| (p.first_lba, p.last_lba))
+            .collect();
+        used.sort_unstable();
+        let mut out = Vec::new();
+        let mut cursor = self.first_usable;
+        let mut push = |from: u64, to: u64| {
+            let start = from.div_ceil(align) * align;
+            if start <= to && to - start + 1 >= align {
+                out.push(FreeRegion {
+                    first_lba: start,
+                    last_lba: to,
+                });
+            }
+        };
+        for (first, last) in used {
+            if first > cursor {
+                push(cursor, first - 1);
+            }
+            cursor = cursor.max(last.saturating_add(1));
+        }
+        if cursor <= self.last_usable {
+            push(cursor, self.last_usable);
+        }
+        out
+    }
+
+    /// Write protective MBR, primary header and entries, backup entries and
+    /// header. The caller must fsync `dev` afterwards.
+    pub fn write<D: Read + Write + Seek>(&self, dev: &mut D) -> Result<(), GptError> {
+        let ss = self.sector_size as u64;
+        let array_sectors =
+            entry_array_sectors(self.entry_count, self.entry_size, self.sector_size);
+        let mut array = vec![0u8; (array_sectors * ss) as usize];
+        for p in &self.partitions {
+            let off = (p.number as usize - 1) * self.entry_size as usize;
+            encode_entry(p, &mut array[off..off + self.entry_size as usize]);
+        }
+        let table_len = self.entry_count as usize * self.entry_size as usize;
+        let array_crc = crc32(&array[..table_len]);
+        let last = self.total_sectors - 1;
+        let backup_array_lba = last - array_sectors;
+
+        // Keep boot code only when it sat beside a protective MBR before: it
+        // then belongs to this GPT disk, not to an MBR layout being replaced.
+        let mut mbr = [0u8; 512];
+        let old = read_at(dev, 0, 512).map_err(GptError::Read)?;
+        if old[510..512] == [0x55, 0xAA] && old[446 + 4] == 0xEE {
+            mbr[..440].copy_from_slice(&old[..440]);
+        }
+        let e = &mut mbr[446..462];
+        e[0] = 0x00;
+        e[1..4].copy_from_slice(&[0x00, 0x02, 0x00]);
+        e[4] = 0xEE;
+        e[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
+        e[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let size = (self.total_sectors - 1).min(u32::MAX as u64) as u32;
+        e[12..16].copy_from_slice(&size.to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xAA;
+
+        let primary = self.encode_header(1, last, 2, array_crc);
+        let backup = self.encode_header(last, 1, backup_array_lba, array_crc);
+        let w = |dev: &mut D, lba: u64, bytes: &[u8]| -> Result<(), GptError> {
+            dev.seek(SeekFrom::Start(lba * ss))
+                .and_then(|_| dev.write_all(bytes))
+                .map_err(GptError::Write)
+        };
+        w(dev, 2, &array)?;
+        w(dev, 1, &primary)?;
+        w(dev, backup_array_lba, &array)?;
+        w(dev, last, &backup)?;
+        w(dev, 0, &mbr)?;
+        dev.flush().map_err(GptError::Write)
+    }
+
+    fn encode_header(&self, my_lba: u64, alt_lba: u64, array_lba: u64, array_crc: u32) -> Vec<u8> {
+        let mut h = vec![0u8; self.sector_size as usize];
+        h[0..8].copy_from_slice(SIGNATURE);
+        h[8..12].copy_from_slice(&REVISION_1_0.to_le_bytes());
+        h[12..16].copy_from_slice(&HEADER_SIZE.to_le_bytes());
+        h[24..32].copy_from_slice(&my_lba.to_le_bytes());
+        h[32..40].copy_from_slice(&alt_lba.to_le_bytes());
+        h[40..48].copy_from_slice(&self.first_usable.to_le_bytes());
+        h[48..56].copy_from_slice(&self.last_usable.to_le_bytes());
+        h[56..72].copy_from_slice(&self.disk_guid.to_bytes_le());
+        h[72..80].copy_from_slice(&array_lba.to_le_bytes());
+        h[80..84].copy_from_slice(&self.entry_count.to_le_bytes());
+        h[84..88].copy_from_slice(&self.entry_size.to_le_bytes());
+        h[88..92].copy_from_slice(&array_crc.to_le_bytes());
+        let crc = crc32(&h[..HEADER_SIZE as usize]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+}
+
+fn encode_entry(p: &Partition, out: &mut [u8]) {
+    out[0..16].copy_from_slice(&p.type_guid.to_bytes_le());
+    out[16..32].copy_from_slice(&p.unique_guid.to_bytes_le());
+    out[32..40].copy_from_slice(&p.first_lba.to_le_bytes());
+    out[40..48].copy_from_slice(&p.last_lba.to_le_bytes());
+    out[48..56].copy_from_slice(&p.attributes.to_le_bytes());
+    for (i, unit) in p.name.encode_utf16().take(NAME_MAX_UNITS).enumerate() {
+        out[56 + 2 * i..58 + 2 * i].copy_from_slice(&unit.to_le_bytes());
+    }
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[off..off + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn guid_at(b: &[u8], off: usize) -> Uuid {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[off..off + 16]);
+    Uuid::from_bytes_le(a)
+}
+
+/// Read `len` bytes at `offset`; bytes past the end of `dev` read as zero.
+fn read_at<D: Read + Seek>(dev: &mut D, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    dev.seek(SeekFrom::Start(offset))?;
+    let mut got = 0;
+    while got < len {
+        match dev.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(buf)
+}
+
+/// Size of `dev` in bytes (seek to the end; block devices support it).
+pub fn device_size<D: Seek>(dev: &mut D) -> io::Result<u64> {
+    dev.seek(SeekFrom::End(0))
+}
+
+/// One header and its entry array, parsed and checked on their own.
+struct HeaderRead {
+    disk_guid: Uuid,
+    first_usable: u64,
+    last_usable: u64,
+    alt_lba: u64,
+    entry_count: u32,
+    entry_size: u32,
+    array_crc: u32,
+    partitions: Vec<Partition>,
+}
+
+/// Parse and check the header at `lba` (`which` names it in messages).
+/// `Ok(None)` when there is no signature there at all.
+fn read_header<D: Read + Seek>(
+    dev: &mut D,
+    lba: u64,
+    ss: u32,
+    total_sectors: u64,
+    which: &str,
+    problems: &mut Vec<String>,
+) -> Result<Option<HeaderRead>, GptError> {
+    let h = read_at(dev, lba * ss as u64, ss as usize).map_err(GptError::Read)?;
+    if &h[0..8] != SIGNATURE {
+        return Ok(None);
+    }
+    let before = problems.len();
+    let mut bad = |m: String| problems.push(format!("{which} header: {m}"));
+    let hsize = u32_at(&h, 12);
+    if hsize < HEADER_SIZE || hsize > ss {
+        bad(format!(
+            "header size {hsize} is not in {HEADER_SIZE}..={ss}"
+        ));
+        return Ok(None);
+    }
+    let stored = u32_at(&h, 16);
+    let mut copy = h[..hsize as usize].to_vec();
+    copy[16..20].fill(0);
+    if crc32(&copy) != stored {
+        bad("CRC mismatch".into());
+        return Ok(None);
+    }
+    let rev = u32_at(&h, 8);
+    if rev >> 16 != 1 {
+        bad(format!("unsupported revision {rev:#010x}"));
+    }
+    let my_lba = u64_at(&h, 24);
+    if my_lba != lba {
+        bad(format!("says it is at LBA {my_lba}, found at LBA {lba}"));
+    }
+    let alt_lba = u64_at(&h, 32);
+    let first_usable = u64_at(&h, 40);
+    let last_usable = u64_at(&h, 48);
+    let array_lba = u64_at(&h, 72);
+    let entry_count = u32_at(&h, 80);
+    let entry_size = u32_at(&h, 84);
+    let array_crc = u32_at(&h, 88);
+    if entry_size < 128 || !entry_size.is_power_of_two() {
+        bad(format!("entry size {entry_size} is not 128 × 2^n"));
+    }
+    let array_bytes = entry_count as u64 * entry_size as u64;
+    if array_bytes > MAX_ENTRY_ARRAY {
+        bad(format!(
+            "entry array of {array_bytes} bytes is larger than 1 MiB"
+        ));
+    }
+    if first_usable > last_usable || last_usable >= total_sectors {
+        bad(format!(
+            "usable area {first_usable}..={last_usable} does not fit a disk of {total_sectors} sectors"
+        ));
+    }
+    let array_sectors = array_bytes.div_ceil(ss as u64);
+    let array_end = array_lba.saturating_add(array_sectors);
+    let array_ok = array_lba >= 2
+        && array_end <= total_sectors.saturating_sub(1)
+        && (array_end <= first_usable || array_lba > last_usable);
+    if !array_ok {
+        bad(format!(
+            "entry array at LBA {array_lba} ({array_sectors} sectors) is not outside the usable area"
+        ));
+    }
+    if problems.len() > before {
+        return Ok(None);
+    }
+    let array =
+        read_at(dev, array_lba * ss as u64, array_bytes as usize).map_err(GptError::Read)?;
+    if crc32(&array) != array_crc {
+        problems.push(format!("{which} entry array: CRC mismatch"));
+        return Ok(None);
+    }
+    let mut partitions = Vec::new();
+    for (i, e) in array.chunks_exact(entry_size as usize).enumerate() {
+        let type_guid = guid_at(e, 0);
+        if type_guid.is_nil() {
+            continue;
+        }
+        let units: Vec<u16> = e[56..56 + 2 * NAME_MAX_UNITS]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&u| u != 0)
+            .collect();
+        partitions.push(Partition {
+            number: i as u32 + 1,
+            type_guid,
+            unique_guid: guid_at(e, 16),
+            first_lba: u64_at(e, 32),
+            last_lba: u64_at(e, 40),
+            attributes: u64_at(e, 48),
+            name: String::from_utf16_lossy(&units),
+        });
+    }
+    Ok(Some(HeaderRead {
+        disk_guid: guid_at(&h, 56),
+        first_usable,
+        last_usable,
+        alt_lba,
+        entry_count,
+        entry_size,
+        array_crc,
+        partitions,
+    }))
+}
+
+/// Problems in the partitions of a header that is itself valid.
+fn check_partitions(h: &HeaderRead, problems: &mut Vec<String>) {
+    let mut ranges: Vec<(u64, u64, u32)> = Vec::new();
+    for p in &h.partitions {
+        if p.last_lba < p.first_lba {
+            problems.push(format!(
+                "partition {}: last LBA {} is before first LBA {}",
+                p.number, p.last_lba, p.first_lba
+            ));
+        } else if p.first_lba < h.first_usable || p.last_lba > h.last_usable {
+            problems.push(format!(
+                "partition {}: LBA {}..={} is outside the usable area {}..={}",
+                p.number, p.first_lba, p.last_lba, h.first_usable, h.last_usable
+            ));
+        }
+        ranges.push((p.first_lba, p.last_lba, p.number));
+    }
+    ranges.sort_unstable();
+    for w in ranges.windows(2) {
+        if w[1].0 <= w[0].1 {
+            problems.push(format!("partitions {} and {} overlap", w[0].2, w[1].2));
+        }
+    }
+}
+
+/// Classify what `dev` holds, reading it as a disk with `sector_size`-byte
+/// logical sectors. Only I/O failures and a bad sector size are errors; a
+/// damaged GPT is [`TableState::Corrupt`].
+pub fn inspect<D: Read + Seek>(dev: &mut D, sector_size: u32) -> Result<TableState, GptError> {
+    check_sector_size(sector_size)?;
+    let ss = sector_size as u64;
+    let total_bytes = device_size(dev).map_err(GptError::Read)?;
+    let total_sectors = total_bytes / ss;
+    let lba0 = read_at(dev, 0, 512).map_err(GptError::Read)?;
+    let mbr = parse_mbr(dev, &lba0, total_sectors, sector_size)?;
+    let protective =
+        lba0[510..512] == [0x55, 0xAA] && (0..4).any(|i| lba0[446 + 16 * i + 4] == 0xEE);
+    if total_sectors < 3 {
+        return Ok(match mbr {
+            Some(m) => TableState::Mbr(m),
+            None => TableState::Blank,
+        });
+    }
+
+    let mut problems = Vec::new();
+    let primary = read_header(dev, 1, sector_size, total_sectors, "primary", &mut problems)?;
+    let primary_seen = read_at(dev, ss, 8).map_err(GptError::Read)? == SIGNATURE;
+    let last = total_sectors - 1;
+    let backup = read_header(
+        dev,
+        last,
+        sector_size,
+        total_sectors,
+        "backup",
+        &mut problems,
+    )?;
+    let backup_seen = read_at(dev, last * ss, 8).map_err(GptError::Read)? == SIGNATURE;
+
+    if !primary_seen && !backup_seen {
+        // No GPT at this sector size. Say so if one exists at the other size.
+        let other = if sector_size == 512 { 4096u64 } else { 512 };
+        if total_bytes >= 2 * other && read_at(dev, other, 8).map_err(GptError::Read)? == SIGNATURE
+        {
+            return Ok(TableState::Corrupt(Corruption {
+                problems: vec![format!(
+                    "no GPT header at LBA 1 for {sector_size}-byte sectors, but one at byte {other}: \
+                     the table was written for {other}-byte sectors"
+                )],
+                primary_valid: false,
+                backup_valid: false,
+            }));
+        }
+        if protective {
+            return Ok(TableState::Corrupt(Corruption {
+                problems: vec![
+                    "protective MBR present but no GPT header at LBA 1 or at the last LBA".into(),
+                ],
+                primary_valid: false,
+                backup_valid: false,
+            }));
+        }
+        return Ok(match mbr {
+            Some(m) => TableState::Mbr(m),
+            None => TableState::Blank,
+        });
+    }
+    if !primary_seen {
+        problems.push("primary header missing at LBA 1".into());
+    }
+    if !backup_seen {
+        problems.push(format!(
+            "backup header missing at the last LBA {last} (was the disk resized or the image copied to a larger disk?)"
+        ));
+    }
+    if let Some(p) = &primary {
+        check_partitions(p, &mut problems);
+        if p.alt_lba != last {
+            problems.push(format!(
+                "primary header points to a backup at LBA {}, but the last LBA is {last}",
+                p.alt_lba
+            ));
+        }
+    }
+    if let Some(b) = &backup {
+        if primary.is_none() {
+            check_partitions(b, &mut problems);
+        }
+        if b.alt_lba != 1 {
+            problems.push(format!(
+                "backup header points to a primary at LBA {}, not 1",
+                b.alt_lba
+            ));
+        }
+    }
+    if let (Some(p), Some(b)) = (&primary, &backup) {
+        let same = p.disk_guid == b.disk_guid
+            && p.first_usable == b.first_usable
+            && p.last_usable == b.last_usable
+            && p.entry_count == b.entry_count
+            && p.entry_size == b.entry_size
+            && p.array_crc == b.array_crc;
+        if !same {
+            problems.push("primary and backup tables disagree".into());
+        }
+    }
+    if problems.is_empty() {
+        if let Some(p) = primary {
+            return Ok(TableState::Gpt(Gpt {
+                sector_size,
+                total_sectors,
+                disk_guid: p.disk_guid,
+                first_usable: p.first_usable,
+                last_usable: p.last_usable,
+                entry_count: p.entry_count,
+                entry_size: p.entry_size,
+                alignment_lba: (DEFAULT_ALIGNMENT / ss).max(1),
+                partitions: p.partitions,
+            }));
+        }
+    }
+    Ok(TableState::Corrupt(Corruption {
+        problems,
+        primary_valid: primary.is_some(),
+        backup_valid: backup.is_some(),
+    }))
+}
+
+/// Find the logical sector size a GPT was written for by looking for its
+/// header at byte 512 (LBA 1 of a 512-byte disk) and byte 4096.
+pub fn detect_sector_size<D: Read + Seek>(dev: &mut D) -> io::Result<Option<u32>> {
+    for ss in [512u32, 4096] {
+        if read_at(dev, ss as u64, 8)? == SIGNATURE {
+            return Ok(Some(ss));
+        }
+    }
+    Ok(None)
+}
+
+/// Parse a DOS partition table in `lba0`, following the extended chain.
+/// `None` when there is no valid-looking table (no 0x55AA, entries that
+/// point outside the disk, bad boot flags, or only a protective entry).
+fn parse_mbr<D: Read + Seek>(
+    dev: &mut D,
+    lba0: &[u8],
+    total_sectors: u64,
+    ss: u32,
+) -> Result<Option<Mbr>, GptError> {
+    if lba0[510..512] != [0x55, 0xAA] {
+        return Ok(None);
+    }
+    let mut parts = Vec::new();
+    let mut extended = None;
+    for i in 0..4 {
+        let e = &lba0[446 + 16 * i..462 + 16 * i];
+        let Some(p) = mbr_entry(e, 0, i as u32 + 1, total_sectors) else {
+            if e[4] != 0 {
+                // A non-empty entry that does not make sense: not a table
+                // (often a filesystem boot sector on a "superfloppy").
+                return Ok(None);
+            }
+            continue;
+        };
+        if p.type_byte == 0xEE {
+            return Ok(None);
+        }
+        if matches!(p.type_byte, 0x05 | 0x0f | 0x85) && extended.is_none() {
+            extended = Some(p.first_lba);
+        }
+        parts.push(p);
+    }
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    if let Some(ext_base) = extended {
+        // Logical partitions: a chain of EBRs, each relative to the extended
+        // container. Bounded to stop on loops.
+        let mut ebr = ext_base;
+        let mut number = 5;
+        for _ in 0..128 {
+            let b = read_at(dev, ebr * ss as u64, 512).map_err(GptError::Read)?;
+            if b[510..512] != [0x55, 0xAA] {
+                break;
+            }
+            if let Some(p) = mbr_entry(&b[446..462], ebr, number, total_sectors) {
+                parts.push(p);
+                number += 1;
+            }
+            let next = &b[462..478];
+            match mbr_entry(next, ext_base, 0, total_sectors) {
+                Some(n) if matches!(n.type_byte, 0x05 | 0x0f | 0x85) && n.first_lba > ebr => {
+                    ebr = n.first_lba
+                }
+                _ => break,
+            }
+        }
+    }
+    Ok(Some(Mbr {
+        disk_signature: u32_at(lba0, 440),
+        partitions: parts,
+    }))
+}
+
+fn mbr_entry(e: &[u8], base: u64, number: u32, total_sectors: u64) -> Option<MbrPartition> {
+    let status = e[0];
+    let type_byte = e[4];
+    let start = u32_at(e, 8) as u64;
+    let sectors = u32_at(e, 12) as u64;
+    if type_byte == 0 || (status != 0 && status != 0x80) || sectors == 0 {
+        return None;
+    }
+    let first_lba = base + start;
+    // A protective entry may claim more than the disk (0xFFFFFFFF).
+    if type_byte != 0xEE && (start == 0 || first_lba + sectors > total_sectors) {
+        return None;
+    }
+    Some(MbrPartition {
+        number,
+        bootable: status == 0x80,
+        type_byte,
+        first_lba,
+        sectors,
+    })
+}

@@ -1,0 +1,400 @@
+//! The [`Disk`] report: everything `rayos disks`, the installer and the
+//! wizard need to know about one disk, built from its partition table, the
+//! filesystems probed in each partition and the host's mount/swap/holder
+//! state. Serialisable: it is the `--json` output of `rayos disks`.
+//!
+//! Classification rules (ARCHITECTURE.md §2):
+//! - RayOS install: an XBOOTLDR partition labelled `rayos-system` (GPT name
+//!   or FAT label), a RayOS-data-typed partition (or one labelled
+//!   `rayos-data`), and RayOS VM storage partitions. Either system or data
+//!   suffices to say "a RayOS install is here"; the install manifest on the
+//!   system partition is the installer's business.
+//! - Windows: Microsoft basic data holding NTFS or BitLocker, Microsoft
+//!   reserved, Windows recovery.
+//! - Linux: Linux-typed partitions, or any partition holding ext2/3/4, btrfs,
+//!   XFS, LUKS, LVM or swap.
+//! - ESP: reported as a system of its own (its contents are probed by the
+//!   installer, which mounts nothing here).
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::gpt::{Corruption, Gpt, Mbr};
+use crate::probe::{Filesystem, FsInfo};
+use crate::types::{self, TypeFamily};
+
+/// Label of the RayOS system (XBOOTLDR) partition.
+pub const LABEL_SYSTEM: &str = "rayos-system";
+/// Label of the RayOS data partition.
+pub const LABEL_DATA: &str = "rayos-data";
+/// Labels of the optional RayOS VM storage partitions.
+pub const LABEL_VM_LINUX: &str = "rayos-vm-linux";
+pub const LABEL_VM_WINDOWS: &str = "rayos-vm-windows";
+
+/// A disk and what it holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Disk {
+    /// `/dev/sda`, or the image file as given.
+    pub path: PathBuf,
+    pub kind: DiskKind,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    pub size_bytes: u64,
+    pub logical_sector_size: u32,
+    pub removable: bool,
+    pub read_only: bool,
+    pub table: Table,
+    /// GPT disk GUID.
+    pub disk_guid: Option<Uuid>,
+    /// A filesystem written to the whole disk, without a partition table
+    /// (an ISO, a "superfloppy" FAT stick).
+    pub whole_disk_filesystem: Option<FsInfo>,
+    pub partitions: Vec<PartitionReport>,
+    /// Unpartitioned space, start aligned to 1 MiB (GPT disks only; an MBR or
+    /// corrupt disk reports none, since RayOS would not add to it).
+    pub free_regions: Vec<FreeSpace>,
+    /// Why the disk or any of its partitions is busy (empty: not in use).
+    pub in_use: Vec<Usage>,
+    /// The RayOS install on this disk, if any.
+    pub rayos: Option<RayosInstall>,
+    /// Other systems found (Windows, Linux, ESP).
+    pub systems: Vec<SystemFound>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskKind {
+    BlockDevice,
+    ImageFile,
+}
+
+/// The partition table, as found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Table {
+    Gpt,
+    Mbr,
+    None,
+    Corrupt {
+        reason: String,
+        primary_valid: bool,
+        backup_valid: bool,
+    },
+    /// The device could not be opened (permissions, no medium).
+    Unreadable {
+        reason: String,
+    },
+}
+
+/// One partition, GPT or MBR.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionReport {
+    pub number: u32,
+    pub first_lba: u64,
+    pub last_lba: u64,
+    pub start_bytes: u64,
+    pub size_bytes: u64,
+    /// GPT type GUID (`None` on MBR disks).
+    pub type_guid: Option<Uuid>,
+    /// MBR type byte (`None` on GPT disks).
+    pub mbr_type: Option<u8>,
+    /// Human name of the type, or the GUID/byte when unknown.
+    pub type_name: String,
+    pub family: TypeFamily,
+    pub unique_guid: Option<Uuid>,
+    /// GPT partition name (empty on MBR disks).
+    pub name: String,
+    pub attributes: u64,
+    pub filesystem: Option<Filesystem>,
+    pub fs_label: Option<String>,
+    pub fs_uuid: Option<String>,
+    /// Device node (`/dev/sda1`, `/dev/nvme0n1p1`) for block devices.
+    pub device: Option<PathBuf>,
+    pub in_use: Vec<Usage>,
+}
+
+impl PartitionReport {
+    /// GPT name or filesystem label equals `label`.
+    pub fn has_label(&self, label: &str) -> bool {
+        self.name == label || self.fs_label.as_deref() == Some(label)
+    }
+}
+
+/// Free space on a GPT disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FreeSpace {
+    pub first_lba: u64,
+    pub last_lba: u64,
+    pub start_bytes: u64,
+    pub size_bytes: u64,
+}
+
+/// Why a device is busy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// The busy device: the disk itself or one partition (or, for an image
+    /// file, the loop device it is attached to).
+    pub device: PathBuf,
+    #[serde(flatten)]
+    pub reason: UsageReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
+pub enum UsageReason {
+    Mounted {
+        mount_point: PathBuf,
+        fs_type: String,
+    },
+    Swap,
+    /// Held by another kernel device (device mapper, md RAID, ...).
+    Holder {
+        holder: String,
+    },
+    /// An image file attached to a loop device.
+    LoopBacking {
+        loop_device: PathBuf,
+    },
+}
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = self.device.display();
+        match &self.reason {
+            UsageReason::Mounted {
+                mount_point,
+                fs_type,
+            } => write!(f, "{d} is mounted at {} ({fs_type})", mount_point.display()),
+            UsageReason::Swap => write!(f, "{d} is active swap"),
+            UsageReason::Holder { holder } => write!(f, "{d} is held by {holder}"),
+            UsageReason::LoopBacking { loop_device } => {
+                write!(f, "{d} is attached to {}", loop_device.display())
+            }
+        }
+    }
+}
+
+/// Partitions of a RayOS install (slot numbers).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RayosInstall {
+    pub system: Option<u32>,
+    pub data: Option<u32>,
+    pub vm_storage: Vec<u32>,
+    /// The ESP on the same disk (likely the one systemd-boot is on).
+    pub esp: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SystemKind {
+    Windows,
+    Linux,
+    Esp,
+}
+
+/// Another system found on the disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SystemFound {
+    pub kind: SystemKind,
+    pub partitions: Vec<u32>,
+    /// Why we think so ("Microsoft basic data with NTFS", ...).
+    pub evidence: Vec<String>,
+}
+
+impl Disk {
+    /// Anything on the disk is mounted, swapped on, held, or loop-attached.
+    pub fn is_in_use(&self) -> bool {
+        !self.in_use.is_empty()
+    }
+
+    pub fn partition(&self, number: u32) -> Option<&PartitionReport> {
+        self.partitions.iter().find(|p| p.number == number)
+    }
+
+    /// Partitions that hold an ESP (by type GUID or MBR type 0xEF).
+    pub fn esps(&self) -> impl Iterator<Item = &PartitionReport> {
+        self.partitions
+            .iter()
+            .filter(|p| p.family == TypeFamily::Esp)
+    }
+}
+
+/// Build the partition list of a GPT disk (no filesystem or usage yet).
+pub(crate) fn gpt_partitions(gpt: &Gpt) -> Vec<PartitionReport> {
+    let ss = gpt.sector_size();
+    gpt.partitions()
+        .iter()
+        .map(|p| PartitionReport {
+            number: p.number,
+            first_lba: p.first_lba,
+            last_lba: p.last_lba,
+            start_bytes: p.start_bytes(ss),
+            size_bytes: p.size_bytes(ss),
+            type_guid: Some(p.type_guid),
+            mbr_type: None,
+            type_name: types::type_name(&p.type_guid)
+                .map(str::to_string)
+                .unwrap_or_else(|| p.type_guid.to_string()),
+            family: types::type_family(&p.type_guid),
+            unique_guid: Some(p.unique_guid),
+            name: p.name.clone(),
+            attributes: p.attributes,
+            filesystem: None,
+            fs_label: None,
+            fs_uuid: None,
+            device: None,
+            in_use: Vec::new(),
+        })
+        .collect()
+}
+
+/// Build the partition list of an MBR disk (extended containers left out:
+/// they hold no filesystem).
+pub(crate) fn mbr_partitions(mbr: &Mbr, sector_size: u32) -> Vec<PartitionReport> {
+    let ss = sector_size as u64;
+    mbr.partitions
+        .iter()
+        .filter(|p| !matches!(p.type_byte, 0x05 | 0x0f | 0x85))
+        .map(|p| PartitionReport {
+            number: p.number,
+            first_lba: p.first_lba,
+            last_lba: p.first_lba + p.sectors - 1,
+            start_bytes: p.first_lba * ss,
+            size_bytes: p.sectors * ss,
+            type_guid: None,
+            mbr_type: Some(p.type_byte),
+            type_name: format!(
+                "{} ({:#04x})",
+                types::mbr_type_name(p.type_byte),
+                p.type_byte
+            ),
+            family: types::mbr_type_family(p.type_byte),
+            unique_guid: None,
+            name: String::new(),
+            attributes: 0,
+            filesystem: None,
+            fs_label: None,
+            fs_uuid: None,
+            device: None,
+            in_use: Vec::new(),
+        })
+        .collect()
+}
+
+pub(crate) fn corrupt_table(c: &Corruption) -> Table {
+    Table::Corrupt {
+        reason: c.to_string(),
+        primary_valid: c.primary_valid,
+        backup_valid: c.backup_valid,
+    }
+}
+
+/// Find the RayOS install on a disk from its partitions.
+pub fn find_rayos(parts: &[PartitionReport]) -> Option<RayosInstall> {
+    let system = parts
+        .iter()
+        .find(|p| p.type_guid == Some(types::XBOOTLDR) && p.has_label(LABEL_SYSTEM))
+        .map(|p| p.number);
+    let data = parts
+        .iter()
+        .find(|p| {
+            p.type_guid == Some(types::RAYOS_DATA)
+                || p.has_label(LABEL_DATA) && p.family != TypeFamily::Windows
+        })
+        .map(|p| p.number);
+    let vm_storage: Vec<u32> = parts
+        .iter()
+        .filter(|p| p.type_guid == Some(types::RAYOS_VM_STORAGE))
+        .map(|p| p.number)
+        .collect();
+    if system.is_none() && data.is_none() && vm_storage.is_empty() {
+        return None;
+    }
+    let esp = parts
+        .iter()
+        .find(|p| p.family == TypeFamily::Esp)
+        .map(|p| p.number);
+    Some(RayosInstall {
+        system,
+        data,
+        vm_storage,
+        esp,
+    })
+}
+
+/// Find other systems (Windows, Linux, ESP) from the partitions.
+pub fn find_systems(parts: &[PartitionReport]) -> Vec<SystemFound> {
+    let mut out: Vec<SystemFound> = Vec::new();
+    let mut note = |kind: SystemKind, number: u32, why: String| match out
+        .iter_mut()
+        .find(|s| s.kind == kind)
+    {
+        Some(s) => {
+            s.partitions.push(number);
+            s.evidence.push(why);
+        }
+        None => out.push(SystemFound {
+            kind,
+            partitions: vec![number],
+            evidence: vec![why],
+        }),
+    };
+    for p in parts {
+        let fs = p.filesystem;
+        let n = p.number;
+        let fs_name = fs.map(|f| f.name()).unwrap_or("no recognised filesystem");
+        match p.type_guid {
+            Some(t) if t == types::MS_RESERVED || t == types::WINDOWS_RECOVERY => note(
+                SystemKind::Windows,
+                n,
+                format!("partition {n}: {}", p.type_name),
+            ),
+            Some(t) if t == types::MS_BASIC_DATA => {
+                if matches!(fs, Some(Filesystem::Ntfs | Filesystem::Bitlocker)) {
+                    note(
+                        SystemKind::Windows,
+                        n,
+                        format!("partition {n}: Microsoft basic data with {fs_name}"),
+                    )
+                } else if fs.is_some_and(Filesystem::is_linux_native) {
+                    note(
+                        SystemKind::Linux,
+                        n,
+                        format!("partition {n}: Microsoft basic data with {fs_name}"),
+                    )
+                }
+            }
+            Some(t) if t == types::ESP => note(
+                SystemKind::Esp,
+                n,
+                format!("partition {n}: EFI system partition ({fs_name})"),
+            ),
+            _ if p.family == TypeFamily::Linux => note(
+                SystemKind::Linux,
+                n,
+                format!("partition {n}: {} with {fs_name}", p.type_name),
+            ),
+            None if p.mbr_type == Some(0xEF) => note(
+                SystemKind::Esp,
+                n,
+                format!("partition {n}: EFI system partition ({fs_name})"),
+            ),
+            None if matches!(fs, Some(Filesystem::Ntfs | Filesystem::Bitlocker)) => {
+                note(SystemKind::Windows, n, format!("partition {n}: {fs_name}"))
+            }
+            _ if matches!(
+                p.family,
+                TypeFamily::RayosData | TypeFamily::RayosSystem | TypeFamily::RayosVmStorage
+            ) => {}
+            _ if fs.is_some_and(Filesystem::is_linux_native) => note(
+                SystemKind::Linux,
+                n,
+                format!("partition {n}: {} with {fs_name}", p.type_name),
+            ),
+            _ => {}
+        }
+    }
+    out
+}
