@@ -1,9 +1,18 @@
-//! Boot media: initramfs (cpio newc), Unified Kernel Image assembly, the
-//! installer ISO and the raw USB image, plus a QEMU+OVMF boot harness that
-//! proves they boot.
+//! Boot media: initramfs (cpio newc), Unified Kernel Image assembly, FAT
+//! images, the installer ISO and the raw USB image, plus a QEMU+OVMF boot
+//! harness (`qemu`) that proves they boot.
+//!
+//! Typical use (see `tests/boot.rs`):
+//! build an [`Initramfs`], write it compressed, [`assemble_uki`] it with the
+//! stub and a kernel, put the UKI on an ESP with [`media::build_esp`], wrap
+//! that in an ISO or USB image, and boot it with [`qemu::Qemu`].
 
 pub mod cpio;
+pub mod fat;
 pub mod initramfs;
+pub mod media;
+pub mod qemu;
+pub mod tools;
 pub mod uki;
 
 pub use initramfs::{Compression, Initramfs};

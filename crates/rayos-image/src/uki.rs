@@ -66,6 +66,22 @@ pub fn os_release(version: &str) -> String {
     )
 }
 
+/// The newest `/boot/vmlinuz-*` of the build host (Debian's
+/// linux-image-amd64), for tests and development builds.
+pub fn host_kernel() -> Option<PathBuf> {
+    let mut kernels: Vec<PathBuf> = fs::read_dir("/boot")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .collect();
+    kernels.sort();
+    kernels.pop()
+}
+
 /// One section of a PE image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Section {
@@ -353,7 +369,14 @@ pub fn assemble(parts: &UkiParts, out: &Path) -> Result<Vec<Section>, UkiError> 
         path: out.to_path_buf(),
         source,
     };
-    let mut f = fs::File::create(out).map_err(werr)?;
+    // Read back for the checksum, hence read + write.
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out)
+        .map_err(werr)?;
     let mut w = io::BufWriter::with_capacity(1 << 20, &mut f);
     w.write_all(&stub).map_err(werr)?;
     let mut pos = stub.len() as u64;

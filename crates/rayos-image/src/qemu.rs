@@ -1,0 +1,397 @@
+//! A QEMU + OVMF harness for booting media in tests and in `cargo xtask e2e`:
+//! q35 under TCG, OVMF with a VARS file (a fresh copy of the template unless
+//! one is passed in, so Boot#### entries persist across boots of one test),
+//! the serial console appended to a file, and a QMP socket.
+//!
+//! Protocol: `start` spawns QEMU; `wait_for` polls the serial log for a
+//! marker until a deadline and fails early, with the log's tail, when QEMU
+//! exits; `qmp` sends one command on a fresh QMP connection. Dropping the
+//! handle kills QEMU, so a failing test never leaves it running.
+//!
+//! Limits: x86_64 only; one serial port; no display (`-display none`).
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("OVMF file {0} is missing: install the Debian package ovmf")]
+    NoFirmware(PathBuf),
+    #[error("cannot prepare {path}")]
+    Prepare {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start qemu-system-x86_64 (install qemu-system-x86)")]
+    Spawn(#[source] io::Error),
+    #[error(
+        "timed out after {secs}s waiting for {marker:?} on the serial console; last output:\n{tail}"
+    )]
+    Timeout {
+        marker: String,
+        secs: u64,
+        tail: String,
+    },
+    #[error(
+        "QEMU exited ({status}) before {marker:?} appeared on the serial console; last output:\n{tail}"
+    )]
+    Exited {
+        marker: String,
+        status: ExitStatus,
+        tail: String,
+    },
+    #[error("QEMU did not exit within {0}s")]
+    NoExit(u64),
+    #[error("QMP command {command} failed")]
+    Qmp {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("QMP command {command} returned an error: {error}")]
+    QmpError { command: String, error: String },
+}
+
+/// UEFI firmware: the code image and the VARS template.
+#[derive(Debug, Clone)]
+pub struct Firmware {
+    pub code: PathBuf,
+    pub vars_template: PathBuf,
+}
+
+impl Firmware {
+    /// Debian's 4 MiB OVMF without Secure Boot keys.
+    pub fn ovmf_4m() -> Result<Self, QemuError> {
+        Self::from_dir(Path::new("/usr/share/OVMF"))
+    }
+
+    /// `OVMF_CODE_4M.fd` and `OVMF_VARS_4M.fd` from `dir` (the host's, or
+    /// the ones staged into the RayOS image).
+    pub fn from_dir(dir: &Path) -> Result<Self, QemuError> {
+        let code = dir.join("OVMF_CODE_4M.fd");
+        let vars_template = dir.join("OVMF_VARS_4M.fd");
+        for p in [&code, &vars_template] {
+            if !p.exists() {
+                return Err(QemuError::NoFirmware(p.clone()));
+            }
+        }
+        Ok(Self {
+            code,
+            vars_template,
+        })
+    }
+}
+
+/// A medium attached to the machine.
+#[derive(Debug, Clone)]
+pub enum Medium {
+    /// A CD-ROM on the q35 AHCI controller (read-only).
+    Cdrom(PathBuf),
+    /// A virtio disk with the given logical sector size (512 or 4096).
+    Disk { path: PathBuf, sector_size: u32 },
+    /// A removable USB stick on an xHCI controller.
+    Usb(PathBuf),
+}
+
+/// How to start a machine.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Receives the VARS copy, `serial.log` and `qmp.sock`.
+    pub workdir: PathBuf,
+    pub firmware: Firmware,
+    /// An existing VARS file to boot with (kept across boots); `None`: a fresh
+    /// copy of the template in `workdir`, replacing any earlier one.
+    pub vars: Option<PathBuf>,
+    pub media: Vec<Medium>,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Extra QEMU arguments, appended last.
+    pub extra_args: Vec<String>,
+}
+
+impl Config {
+    pub fn new(workdir: &Path) -> Result<Self, QemuError> {
+        Ok(Self {
+            workdir: workdir.to_path_buf(),
+            firmware: Firmware::ovmf_4m()?,
+            vars: None,
+            media: Vec::new(),
+            memory_mib: 1024,
+            cpus: 1,
+            extra_args: Vec::new(),
+        })
+    }
+
+    pub fn medium(mut self, m: Medium) -> Self {
+        self.media.push(m);
+        self
+    }
+}
+
+/// A running QEMU; killed on drop.
+pub struct Qemu {
+    child: Child,
+    serial: PathBuf,
+    qmp: PathBuf,
+    /// The VARS file this machine writes its UEFI variables to.
+    pub vars: PathBuf,
+    /// Bytes of the serial log already matched by `wait_for`.
+    consumed: usize,
+}
+
+fn prep(path: &Path) -> impl FnOnce(io::Error) -> QemuError + '_ {
+    move |source| QemuError::Prepare {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Qemu {
+    pub fn start(cfg: &Config) -> Result<Self, QemuError> {
+        fs::create_dir_all(&cfg.workdir).map_err(prep(&cfg.workdir))?;
+        let vars = match &cfg.vars {
+            Some(v) => v.clone(),
+            None => {
+                let v = cfg.workdir.join("OVMF_VARS.fd");
+                fs::copy(&cfg.firmware.vars_template, &v).map_err(prep(&v))?;
+                v
+            }
+        };
+        let serial = cfg.workdir.join("serial.log");
+        let qmp = cfg.workdir.join("qmp.sock");
+        fs::write(&serial, b"").map_err(prep(&serial))?;
+        let _ = fs::remove_file(&qmp);
+
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-nodefaults", "-no-user-config", "-display", "none"])
+            .args(["-machine", "q35,smm=off", "-accel", "tcg"])
+            .args([
+                "-m",
+                &cfg.memory_mib.to_string(),
+                "-smp",
+                &cfg.cpus.to_string(),
+            ])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                cfg.firmware.code.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ))
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=qmp,path={},server=on,wait=off",
+                qmp.display()
+            ))
+            .args(["-mon", "chardev=qmp,mode=control"]);
+        let mut have_xhci = false;
+        for (i, m) in cfg.media.iter().enumerate() {
+            match m {
+                Medium::Cdrom(p) => {
+                    cmd.arg("-drive")
+                        .arg(format!(
+                            "if=none,id=m{i},media=cdrom,readonly=on,format=raw,file={}",
+                            p.display()
+                        ))
+                        .arg("-device")
+                        .arg(format!("ide-cd,drive=m{i},bootindex={i}"));
+                }
+                Medium::Disk { path, sector_size } => {
+                    cmd.arg("-drive")
+                        .arg(format!("if=none,id=m{i},format=raw,cache=unsafe,file={}", path.display()))
+                        .arg("-device")
+                        .arg(format!(
+                            "virtio-blk-pci,drive=m{i},bootindex={i},logical_block_size={sector_size},physical_block_size={sector_size}"
+                        ));
+                }
+                Medium::Usb(p) => {
+                    if !have_xhci {
+                        cmd.args(["-device", "qemu-xhci,id=xhci"]);
+                        have_xhci = true;
+                    }
+                    cmd.arg("-drive")
+                        .arg(format!(
+                            "if=none,id=m{i},format=raw,cache=unsafe,file={}",
+                            p.display()
+                        ))
+                        .arg("-device")
+                        .arg(format!(
+                            "usb-storage,bus=xhci.0,drive=m{i},removable=on,bootindex={i}"
+                        ));
+                }
+            }
+        }
+        cmd.args(&cfg.extra_args);
+        let log = cfg.workdir.join("qemu.stderr");
+        let stderr = fs::File::create(&log).map_err(prep(&log))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(QemuError::Spawn)?;
+        Ok(Self {
+            child,
+            serial,
+            qmp,
+            vars,
+            consumed: 0,
+        })
+    }
+
+    /// The whole serial log so far (lossy UTF-8).
+    pub fn serial_output(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    /// Path of the serial log.
+    pub fn serial_log(&self) -> &Path {
+        &self.serial
+    }
+
+    /// Waits until `marker` appears in the serial output after the previous
+    /// match; returns the line holding it.
+    pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> Result<String, QemuError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let bytes = fs::read(&self.serial).unwrap_or_default();
+            let start = self.consumed.min(bytes.len());
+            if let Some(pos) = find(&bytes[start..], marker.as_bytes()) {
+                let at = start + pos;
+                let line_start = bytes[..at]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |p| p + 1);
+                let line_end = bytes[at..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(bytes.len(), |p| at + p);
+                self.consumed = at + marker.len();
+                return Ok(String::from_utf8_lossy(&bytes[line_start..line_end])
+                    .trim_end()
+                    .to_string());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(QemuError::Exited {
+                    marker: marker.into(),
+                    status,
+                    tail: self.tail(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(QemuError::Timeout {
+                    marker: marker.into(),
+                    secs: timeout.as_secs(),
+                    tail: self.tail(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The last 40 lines of the serial log (and QEMU's stderr if it wrote any).
+    pub fn tail(&self) -> String {
+        let text = self.serial_output();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        let stderr = self.serial.with_file_name("qemu.stderr");
+        if let Ok(e) = fs::read_to_string(stderr)
+            && !e.trim().is_empty()
+        {
+            tail.push_str("\n[qemu stderr] ");
+            tail.push_str(e.trim());
+        }
+        tail
+    }
+
+    /// Runs one QMP command and returns its `return` value.
+    pub fn qmp(&self, command: &str, arguments: Option<Value>) -> Result<Value, QemuError> {
+        let ioerr = |source| QemuError::Qmp {
+            command: command.to_string(),
+            source,
+        };
+        let stream = UnixStream::connect(&self.qmp).map_err(ioerr)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(ioerr)?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(ioerr)?);
+        let mut writer = stream;
+        let mut line = String::new();
+        reader.read_line(&mut line).map_err(ioerr)?; // greeting
+        let mut send = |v: Value| -> Result<Value, QemuError> {
+            writeln!(writer, "{v}").map_err(ioerr)?;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).map_err(ioerr)? == 0 {
+                    return Err(ioerr(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "QMP closed",
+                    )));
+                }
+                let reply: Value = serde_json::from_str(&line)
+                    .map_err(|e| ioerr(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+                if let Some(r) = reply.get("return") {
+                    return Ok(r.clone());
+                }
+                if let Some(e) = reply.get("error") {
+                    return Err(QemuError::QmpError {
+                        command: command.to_string(),
+                        error: e.to_string(),
+                    });
+                }
+                // An asynchronous event: keep reading for the reply.
+            }
+        };
+        send(json!({"execute": "qmp_capabilities"}))?;
+        let mut req = json!({"execute": command});
+        if let Some(a) = arguments {
+            req["arguments"] = a;
+        }
+        send(req)
+    }
+
+    /// Waits for QEMU to exit by itself (guest power-off).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, QemuError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(QemuError::NoExit(timeout.as_secs()));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Kills QEMU now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
