@@ -256,7 +256,20 @@ impl Host {
             if read_u64(&dir.join("size")).unwrap_or(0) == 0 {
                 continue;
             }
-            out.push(self.block_disk(&name, None, &usage)?);
+            // One unreadable disk must not hide the others.
+            match self.block_disk(&name, None, &usage) {
+                Ok(d) => out.push(d),
+                Err(e) => {
+                    let mut d = unreadable(self.dev_dir.join(&name), &dir, error_chain(&e));
+                    d.in_use = device_usage(
+                        &self.dev_dir.join(&name),
+                        read_trim(&dir.join("dev")).and_then(|d| parse_dev(&d)),
+                        &dir.join("holders"),
+                        &usage,
+                    );
+                    out.push(d);
+                }
+            }
         }
         Ok(out)
     }
@@ -422,26 +435,11 @@ impl Host {
 
         let mut disk = match File::open(&path) {
             Ok(mut f) => build_report(&mut f, &path, ss)?,
-            Err(e) => Disk {
-                path: path.clone(),
-                kind: DiskKind::BlockDevice,
-                model: None,
-                serial: None,
-                size_bytes,
-                logical_sector_size: ss,
-                removable,
-                read_only: ro,
-                table: Table::Unreadable {
-                    reason: format!("opening {} failed: {e}", path.display()),
-                },
-                disk_guid: None,
-                whole_disk_filesystem: None,
-                partitions: Vec::new(),
-                free_regions: Vec::new(),
-                in_use: Vec::new(),
-                rayos: None,
-                systems: Vec::new(),
-            },
+            Err(e) => unreadable(
+                path.clone(),
+                &sys.dir,
+                format!("opening {} failed: {e}", path.display()),
+            ),
         };
         disk.kind = DiskKind::BlockDevice;
         disk.model = model;
@@ -476,6 +474,42 @@ impl Host {
         disk.in_use = in_use;
         Ok(disk)
     }
+}
+
+/// The report of a block device that could not be read.
+fn unreadable(path: PathBuf, sys_dir: &Path, reason: String) -> Disk {
+    Disk {
+        path,
+        kind: DiskKind::BlockDevice,
+        model: read_trim(&sys_dir.join("device/model")),
+        serial: None,
+        size_bytes: read_u64(&sys_dir.join("size")).unwrap_or(0) * 512,
+        logical_sector_size: read_u64(&sys_dir.join("queue/logical_block_size"))
+            .map(|v| v as u32)
+            .unwrap_or(512),
+        removable: read_trim(&sys_dir.join("removable")).as_deref() == Some("1"),
+        read_only: read_trim(&sys_dir.join("ro")).as_deref() == Some("1"),
+        table: Table::Unreadable { reason },
+        disk_guid: None,
+        whole_disk_filesystem: None,
+        partitions: Vec::new(),
+        free_regions: Vec::new(),
+        in_use: Vec::new(),
+        rayos: None,
+        systems: Vec::new(),
+    }
+}
+
+/// "a: b: c" from an error and its sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Kernel naming of partition nodes: `sda1`, but `nvme0n1p1` and `mmcblk0p1`
