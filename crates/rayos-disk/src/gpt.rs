@@ -377,6 +377,9 @@ impl Gpt {
         if p.type_guid.is_nil() {
             return Err(GptError::NilType { number });
         }
+        if p.name.encode_utf16().count() > NAME_MAX_UNITS {
+            return Err(GptError::NameTooLong { number });
+        }
         if p.unique_guid.is_nil()
             || self
                 .partitions
@@ -422,9 +425,6 @@ impl Gpt {
                 last: p.last_lba,
                 other: q.number,
             });
-        }
-        if p.name.encode_utf16().count() > NAME_MAX_UNITS {
-            return Err(GptError::NameTooLong { number });
         }
         let at = self.partitions.partition_point(|q| q.number < number);
         self.partitions.insert(at, p);
@@ -961,4 +961,472 @@ fn mbr_entry(e: &[u8], base: u64, number: u32, total_sectors: u64) -> Option<Mbr
         first_lba,
         sectors,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+    use crate::types;
+
+    const MIB: u64 = 1 << 20;
+
+    fn disk(bytes: u64) -> Cursor<Vec<u8>> {
+        Cursor::new(vec![0u8; bytes as usize])
+    }
+
+    /// ESP 1..3 MiB, system 3..5 MiB, data 5 MiB..end; slot 3 left empty.
+    fn sample(ss: u32, bytes: u64) -> Gpt {
+        let mut g = Gpt::new(bytes, ss).unwrap();
+        let l = |b: u64| b / ss as u64;
+        g.add(Partition::new(
+            1,
+            types::ESP,
+            l(MIB),
+            l(3 * MIB) - 1,
+            "EFI system",
+        ))
+        .unwrap();
+        let mut sys = Partition::new(
+            2,
+            types::XBOOTLDR,
+            l(3 * MIB),
+            l(5 * MIB) - 1,
+            "rayos-system",
+        );
+        sys.attributes = 1 << 63;
+        g.add(sys).unwrap();
+        g.add(Partition::new(
+            4,
+            types::RAYOS_DATA,
+            l(5 * MIB),
+            g.last_usable(),
+            "rayos-data ünï",
+        ))
+        .unwrap();
+        g
+    }
+
+    #[test]
+    fn round_trip_512_and_4096() {
+        for ss in [512u32, 4096] {
+            let bytes = 64 * MIB;
+            let g = sample(ss, bytes);
+            let mut d = disk(bytes);
+            g.write(&mut d).unwrap();
+            let back = Gpt::read(&mut d, ss).unwrap();
+            assert_eq!(back, g, "sector size {ss}");
+            let array = (128 * 128) / ss as u64;
+            assert_eq!(back.first_usable(), 2 + array);
+            assert_eq!(back.last_usable(), bytes / ss as u64 - 2 - array);
+            assert_eq!(back.partition(4).unwrap().name, "rayos-data ünï");
+            assert_eq!(back.partition(2).unwrap().attributes, 1 << 63);
+            // Protective MBR: one 0xEE entry from LBA 1, boot signature.
+            let b = d.get_ref();
+            assert_eq!(b[446 + 4], 0xEE);
+            assert_eq!(u32_at(b, 446 + 8), 1);
+            assert_eq!(u32_at(b, 446 + 12) as u64, bytes / ss as u64 - 1);
+            assert_eq!(&b[510..512], &[0x55, 0xAA]);
+            // Backup header really at the last LBA.
+            let last = (bytes - ss as u64) as usize;
+            assert_eq!(&b[last..last + 8], SIGNATURE);
+        }
+    }
+
+    #[test]
+    fn reading_at_the_other_sector_size_says_so() {
+        let g = sample(4096, 64 * MIB);
+        let mut d = disk(64 * MIB);
+        g.write(&mut d).unwrap();
+        let Err(GptError::Corrupt(c)) = Gpt::read(&mut d, 512) else {
+            panic!("a 4096-byte table read at 512 must be an error");
+        };
+        assert!(c.problems[0].contains("4096-byte sectors"), "{c}");
+        assert_eq!(detect_sector_size(&mut d).unwrap(), Some(4096));
+    }
+
+    #[test]
+    fn blank_mbr_and_protective_only_are_distinct() {
+        let mut d = disk(8 * MIB);
+        assert!(matches!(Gpt::read(&mut d, 512), Err(GptError::NoTable)));
+
+        // A DOS table: one Linux partition at 2048 of 4096 sectors.
+        let b = d.get_mut();
+        b[446] = 0x80;
+        b[446 + 4] = 0x83;
+        b[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        b[446 + 12..446 + 16].copy_from_slice(&4096u32.to_le_bytes());
+        b[510] = 0x55;
+        b[511] = 0xAA;
+        match Gpt::read(&mut d, 512) {
+            Err(GptError::MbrOnly(m)) => {
+                assert_eq!(m.partitions.len(), 1);
+                assert_eq!(m.partitions[0].type_byte, 0x83);
+                assert!(m.partitions[0].bootable);
+                assert_eq!(m.partitions[0].first_lba, 2048);
+            }
+            other => panic!("expected MbrOnly, got {other:?}"),
+        }
+
+        // Protective entry but no GPT headers: corrupt, not blank.
+        d.get_mut()[446 + 4] = 0xEE;
+        assert!(matches!(Gpt::read(&mut d, 512), Err(GptError::Corrupt(_))));
+    }
+
+    #[test]
+    fn extended_partitions_are_followed() {
+        let mut d = disk(16 * MIB);
+        let b = d.get_mut();
+        let put = |b: &mut [u8], at: usize, t: u8, start: u32, len: u32| {
+            b[at + 4] = t;
+            b[at + 8..at + 12].copy_from_slice(&start.to_le_bytes());
+            b[at + 12..at + 16].copy_from_slice(&len.to_le_bytes());
+        };
+        put(b, 446, 0x07, 2048, 2048);
+        put(b, 462, 0x05, 8192, 16384);
+        b[510] = 0x55;
+        b[511] = 0xAA;
+        // EBR 1 at 8192: logical at +2048, next EBR at ext+8192.
+        let e1 = 8192 * 512;
+        put(b, e1 + 446, 0x83, 2048, 2048);
+        put(b, e1 + 462, 0x05, 8192, 4096);
+        b[e1 + 510] = 0x55;
+        b[e1 + 511] = 0xAA;
+        let e2 = (8192 + 8192) * 512;
+        put(b, e2 + 446, 0x82, 2048, 1024);
+        b[e2 + 510] = 0x55;
+        b[e2 + 511] = 0xAA;
+        let TableState::Mbr(m) = inspect(&mut d, 512).unwrap() else {
+            panic!("expected MBR");
+        };
+        let got: Vec<(u32, u8, u64)> = m
+            .partitions
+            .iter()
+            .map(|p| (p.number, p.type_byte, p.first_lba))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, 0x07, 2048),
+                (2, 0x05, 8192),
+                (5, 0x83, 10240),
+                (6, 0x82, 18432)
+            ]
+        );
+    }
+
+    /// Flip one byte and read again: must be a Corrupt naming the part.
+    fn corrupt_at(offset: usize, ss: u32) -> Corruption {
+        let g = sample(ss, 64 * MIB);
+        let mut d = disk(64 * MIB);
+        g.write(&mut d).unwrap();
+        d.get_mut()[offset] ^= 0x5A;
+        let before = d.get_ref().clone();
+        let r = Gpt::read(&mut d, ss);
+        assert_eq!(d.get_ref(), &before, "reading must never write");
+        match r {
+            Err(GptError::Corrupt(c)) => c,
+            other => panic!("expected Corrupt after flipping byte {offset}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn primary_header_crc_is_checked_and_backup_offered_as_information() {
+        for ss in [512u32, 4096] {
+            let c = corrupt_at(ss as usize + 40, ss);
+            assert!(
+                c.problems
+                    .iter()
+                    .any(|p| p == "primary header: CRC mismatch"),
+                "{c}"
+            );
+            assert!(!c.primary_valid);
+            assert!(c.backup_valid);
+            assert!(c.to_string().contains("backup table is intact"));
+        }
+    }
+
+    #[test]
+    fn entry_array_crc_is_checked_on_both_copies() {
+        let c = corrupt_at(2 * 512 + 128 + 60, 512);
+        assert!(
+            c.problems
+                .iter()
+                .any(|p| p == "primary entry array: CRC mismatch"),
+            "{c}"
+        );
+        assert!(c.backup_valid && !c.primary_valid);
+        let backup_array = 64 * MIB as usize - 33 * 512;
+        let c = corrupt_at(backup_array + 5, 512);
+        assert!(
+            c.problems
+                .iter()
+                .any(|p| p == "backup entry array: CRC mismatch"),
+            "{c}"
+        );
+        assert!(c.primary_valid && !c.backup_valid);
+        assert!(c.to_string().contains("primary table is intact"));
+    }
+
+    #[test]
+    fn a_grown_disk_has_no_backup_at_the_end() {
+        let g = sample(512, 32 * MIB);
+        let mut d = disk(32 * MIB);
+        g.write(&mut d).unwrap();
+        d.get_mut().resize(40 * MIB as usize, 0);
+        let Err(GptError::Corrupt(c)) = Gpt::read(&mut d, 512) else {
+            panic!("expected Corrupt");
+        };
+        assert!(
+            c.problems
+                .iter()
+                .any(|p| p.contains("backup header missing")),
+            "{c}"
+        );
+        assert!(
+            c.problems
+                .iter()
+                .any(|p| p.contains("points to a backup at LBA")),
+            "{c}"
+        );
+        assert!(c.primary_valid);
+    }
+
+    #[test]
+    fn overlapping_entries_on_disk_are_reported() {
+        // Write a valid table, then make partition 4 start inside 2 and fix
+        // up both CRCs, as a buggy partitioner would.
+        let mut g = sample(512, 64 * MIB);
+        let mut p4 = g.remove(4).unwrap();
+        p4.first_lba = 4 * 2048;
+        g.partitions.push(p4);
+        let mut d = disk(64 * MIB);
+        g.write(&mut d).unwrap();
+        let Err(GptError::Corrupt(c)) = Gpt::read(&mut d, 512) else {
+            panic!("expected Corrupt");
+        };
+        assert!(
+            c.problems.iter().any(|p| p == "partitions 2 and 4 overlap"),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn no_byte_flip_in_the_headers_panics_or_passes_unnoticed() {
+        let g = sample(512, 8 * MIB);
+        let mut clean = disk(8 * MIB);
+        g.write(&mut clean).unwrap();
+        let last = 8 * MIB as usize - 512;
+        for off in (512..512 + 92).chain(last..last + 92) {
+            let mut d = clean.clone();
+            d.get_mut()[off] ^= 0xFF;
+            assert!(
+                Gpt::read(&mut d, 512).is_err(),
+                "flipping header byte {off} went unnoticed"
+            );
+        }
+        // The reserved tail of a header sector is outside the CRC: harmless.
+        let mut d = clean.clone();
+        d.get_mut()[512 + 200] = 7;
+        assert!(Gpt::read(&mut d, 512).is_ok());
+    }
+
+    #[test]
+    fn bad_adds_are_refused() {
+        let mut g = sample(512, 64 * MIB);
+        let before = g.clone();
+        let lu = g.last_usable();
+        type Check = fn(&GptError) -> bool;
+        let cases: Vec<(Partition, Check)> = vec![
+            (
+                Partition::new(3, types::LINUX_FS, 4 * 2048, 6 * 2048 - 1, "x"),
+                |e| matches!(e, GptError::Overlap { other: 2, .. }),
+            ),
+            (
+                Partition::new(3, types::LINUX_FS, 2048 + 1, 4096, "x"),
+                |e| {
+                    matches!(
+                        e,
+                        GptError::Misaligned {
+                            alignment_lba: 2048,
+                            ..
+                        }
+                    )
+                },
+            ),
+            (Partition::new(3, types::LINUX_FS, 0, 100, "x"), |e| {
+                matches!(e, GptError::OutOfBounds { .. })
+            }),
+            (Partition::new(3, types::LINUX_FS, 2048, lu + 1, "x"), |e| {
+                matches!(e, GptError::OutOfBounds { .. })
+            }),
+            (Partition::new(2, types::LINUX_FS, 2048, 4095, "x"), |e| {
+                matches!(e, GptError::SlotTaken { number: 2 })
+            }),
+            (Partition::new(0, types::LINUX_FS, 2048, 4095, "x"), |e| {
+                matches!(e, GptError::SlotOutOfRange { .. })
+            }),
+            (Partition::new(129, types::LINUX_FS, 2048, 4095, "x"), |e| {
+                matches!(e, GptError::SlotOutOfRange { max: 128, .. })
+            }),
+            (Partition::new(3, Uuid::nil(), 2048, 4095, "x"), |e| {
+                matches!(e, GptError::NilType { .. })
+            }),
+            (Partition::new(3, types::LINUX_FS, 4096, 2048, "x"), |e| {
+                matches!(e, GptError::EmptyRange { .. })
+            }),
+            (
+                Partition::new(3, types::LINUX_FS, 2048, 4095, "x".repeat(37)),
+                |e| matches!(e, GptError::NameTooLong { .. }),
+            ),
+        ];
+        for (p, ok) in cases {
+            let e = g.add(p.clone()).expect_err("add must fail");
+            assert!(ok(&e), "{p:?} gave {e}");
+        }
+        let mut dup = Partition::new(3, types::LINUX_FS, 2048, 4095, "x");
+        dup.unique_guid = g.partition(1).unwrap().unique_guid;
+        assert!(matches!(g.add(dup), Err(GptError::DuplicateGuid { .. })));
+        assert_eq!(g, before, "refused adds must leave the table unchanged");
+        // Exactly 36 UTF-16 units fits; a full entry array refuses more.
+        let mut g = Gpt::new(300 * MIB, 512).unwrap();
+        g.add(Partition::new(
+            1,
+            types::LINUX_FS,
+            2048,
+            4095,
+            "é".repeat(36),
+        ))
+        .unwrap();
+        assert!(matches!(g.remove(7), Err(GptError::NoSuchPartition(7))));
+        assert_eq!(g.remove(1).unwrap().name, "é".repeat(36));
+    }
+
+    #[test]
+    fn alignment_can_be_changed_but_not_below_a_sector() {
+        let mut g = Gpt::new(64 * MIB, 4096).unwrap();
+        assert_eq!(g.alignment_lba(), 256);
+        assert!(matches!(
+            g.set_alignment(1000),
+            Err(GptError::BadAlignment { .. })
+        ));
+        g.set_alignment(4096).unwrap();
+        g.add(Partition::new(1, types::LINUX_FS, 7, 100, ""))
+            .unwrap();
+    }
+
+    #[test]
+    fn free_regions_with_odd_layouts() {
+        // 512-byte sectors, 100 MiB: usable 34..=204766.
+        let mut g = Gpt::new(100 * MIB, 512).unwrap();
+        assert_eq!(
+            g.free_regions(MIB),
+            vec![FreeRegion {
+                first_lba: 2048,
+                last_lba: 204766
+            }]
+        );
+        g.set_alignment(512).unwrap();
+        // An old-style partition at 63, a sub-MiB gap, one starting mid-MiB,
+        // slot numbers out of disk order.
+        g.add(Partition::new(
+            5,
+            types::MS_BASIC_DATA,
+            63,
+            2047 + 2048 * 3,
+            "",
+        ))
+        .unwrap(); // ends at LBA 8191
+        g.add(Partition::new(
+            2,
+            types::LINUX_FS,
+            8192 + 1000,
+            8192 + 4095,
+            "",
+        ))
+        .unwrap(); // a 1000-sector gap before it: too small for 1 MiB
+        g.add(Partition::new(
+            1,
+            types::LINUX_SWAP,
+            20 * 2048 + 7,
+            30 * 2048,
+            "",
+        ))
+        .unwrap(); // free 6 MiB..20 MiB+7 between 2 and 1
+        g.add(Partition::new(
+            3,
+            types::LINUX_FS,
+            30 * 2048 + 1,
+            30 * 2048 + 2048,
+            "",
+        ))
+        .unwrap(); // adjacent to 1
+        let free = g.free_regions(MIB);
+        assert_eq!(
+            free,
+            vec![
+                FreeRegion {
+                    first_lba: 6 * 2048,
+                    last_lba: 20 * 2048 + 6
+                },
+                FreeRegion {
+                    first_lba: 32 * 2048,
+                    last_lba: 204766
+                },
+            ]
+        );
+        for r in &free {
+            assert_eq!(r.first_lba % 2048, 0);
+            for p in g.partitions() {
+                assert!(r.last_lba < p.first_lba || r.first_lba > p.last_lba);
+            }
+        }
+        assert_eq!(free[0].size_bytes(512), (14 * 2048 + 7) * 512);
+        // A full disk has no free regions.
+        let mut full = Gpt::new(100 * MIB, 512).unwrap();
+        let lu = full.last_usable();
+        full.add(Partition::new(1, types::LINUX_FS, 2048, lu, ""))
+            .unwrap();
+        assert!(full.free_regions(MIB).is_empty());
+        // 4096-byte sectors: 1 MiB is 256 LBAs.
+        let g = Gpt::new(10 * MIB, 4096).unwrap();
+        assert_eq!(
+            g.free_regions(MIB),
+            vec![FreeRegion {
+                first_lba: 256,
+                last_lba: g.last_usable()
+            }]
+        );
+    }
+
+    #[test]
+    fn tiny_disks_and_bad_sector_sizes_are_refused() {
+        assert!(matches!(
+            Gpt::new(16 * 1024, 512),
+            Err(GptError::TooSmall { .. })
+        ));
+        assert!(matches!(Gpt::new(MIB, 520), Err(GptError::SectorSize(520))));
+        let mut d = disk(4096);
+        assert!(matches!(
+            inspect(&mut d, 3000),
+            Err(GptError::SectorSize(3000))
+        ));
+        assert!(matches!(inspect(&mut d, 512), Ok(TableState::Blank)));
+    }
+
+    #[test]
+    fn boot_code_is_kept_only_beside_a_protective_mbr() {
+        let g = sample(512, 64 * MIB);
+        // Fresh disk with foreign boot code and no table: zeroed.
+        let mut d = disk(64 * MIB);
+        d.get_mut()[..440].fill(0xCC);
+        g.write(&mut d).unwrap();
+        assert!(d.get_ref()[..440].iter().all(|&b| b == 0));
+        // Now it is a GPT disk: boot code placed there survives a rewrite.
+        d.get_mut()[..440].fill(0xAB);
+        g.write(&mut d).unwrap();
+        assert!(d.get_ref()[..440].iter().all(|&b| b == 0xAB));
+        assert_eq!(Gpt::read(&mut d, 512).unwrap(), g);
+    }
 }
