@@ -672,3 +672,300 @@ fn libc_major(dev: u64) -> u32 {
 fn libc_minor(dev: u64) -> u32 {
     (((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)) as u32
 }
+
+#[cfg(test)]
+mod tests {
+    //! A fake sysfs/procfs tree whose "device nodes" are image files: the
+    //! enumeration logic runs unchanged, without root or real disks.
+    use std::fs;
+    use std::path::Path;
+
+    use super::*;
+    use crate::gpt::{Gpt, Partition};
+    use crate::types;
+
+    const MIB: u64 = 1 << 20;
+
+    fn put(path: &Path, text: &str) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    fn image(path: &Path, bytes: u64, ss: u32, parts: &[(u32, uuid::Uuid, u64, u64, &str)]) {
+        let f = File::create(path).unwrap();
+        f.set_len(bytes).unwrap();
+        let mut g = Gpt::new(bytes, ss).unwrap();
+        let per_mib = MIB / ss as u64;
+        for &(n, t, from_mib, to_mib, name) in parts {
+            g.add(Partition::new(
+                n,
+                t,
+                from_mib * per_mib,
+                to_mib * per_mib - 1,
+                name,
+            ))
+            .unwrap();
+        }
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        g.write(&mut f).unwrap();
+    }
+
+    struct Fake {
+        _dir: tempfile::TempDir,
+        host: Host,
+    }
+
+    fn fake() -> Fake {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let sys = root.join("sys/block");
+        let dev = root.join("dev");
+        fs::create_dir_all(&dev).unwrap();
+
+        // vdb: 512-byte sectors, ESP mounted, data partition held by dm-0,
+        // a swap partition in use.
+        image(
+            &dev.join("vdb"),
+            64 * MIB,
+            512,
+            &[
+                (1, types::ESP, 1, 9, "EFI"),
+                (2, types::RAYOS_DATA, 9, 30, "rayos-data"),
+                (3, types::LINUX_SWAP, 40, 50, "swap"),
+            ],
+        );
+        let b = sys.join("vdb");
+        put(&b.join("size"), &(64 * MIB / 512).to_string());
+        put(&b.join("dev"), "254:16\n");
+        put(&b.join("queue/logical_block_size"), "512\n");
+        put(&b.join("removable"), "0\n");
+        put(&b.join("ro"), "0\n");
+        put(&b.join("device/model"), "QEMU HARDDISK   \n");
+        put(&b.join("device/serial"), "SER-123\n");
+        fs::create_dir_all(b.join("holders")).unwrap();
+        for (n, holder) in [(1, None), (2, Some("dm-0")), (3, None)] {
+            let p = b.join(format!("vdb{n}"));
+            put(&p.join("partition"), &format!("{n}\n"));
+            put(&p.join("dev"), &format!("254:{}\n", 16 + n));
+            fs::create_dir_all(p.join("holders")).unwrap();
+            if let Some(h) = holder {
+                fs::create_dir_all(p.join("holders").join(h)).unwrap();
+            }
+        }
+
+        // nvme0n1: 4096-byte sectors, removable and read-only, idle. No
+        // sysfs partition dirs: node names come from the naming rule.
+        image(
+            &dev.join("nvme0n1"),
+            64 * MIB,
+            4096,
+            &[(1, types::MS_BASIC_DATA, 1, 20, "data")],
+        );
+        let n = sys.join("nvme0n1");
+        put(&n.join("size"), &(64 * MIB / 512).to_string());
+        put(&n.join("dev"), "259:0\n");
+        put(&n.join("queue/logical_block_size"), "4096\n");
+        put(&n.join("removable"), "1\n");
+        put(&n.join("ro"), "1\n");
+        put(&n.join("device/model"), "Fake NVMe\n");
+        put(&n.join("device/wwid"), "eui.0011223344\n");
+
+        // Left out: loop without backing file, ram, zram, dm, empty drive.
+        put(&sys.join("loop0/size"), "0\n");
+        put(&sys.join("ram0/size"), "8192\n");
+        put(&sys.join("zram0/size"), "8192\n");
+        put(&sys.join("dm-0/size"), "8192\n");
+        put(&sys.join("sr0/size"), "0\n");
+        // A loop device backed by an image file is listed (its node is
+        // missing here, so it is listed as unreadable).
+        put(&sys.join("loop1/size"), "8192\n");
+        put(
+            &sys.join("loop1/loop/backing_file"),
+            "/somewhere/backing.img\n",
+        );
+
+        let mountinfo = root.join("mountinfo");
+        put(
+            &mountinfo,
+            "22 27 0:21 / /proc rw,relatime - proc proc rw\n\
+             30 27 254:17 / /boot/efi rw,relatime shared:5 - vfat /dev/vdb1 rw\n\
+             31 27 0:40 / /mnt/with\\040space rw - tmpfs tmpfs rw\n",
+        );
+        let swaps = root.join("swaps");
+        put(
+            &swaps,
+            &format!(
+                "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n{}\tpartition\t1024\t0\t-2\n",
+                dev.join("vdb3").display()
+            ),
+        );
+        Fake {
+            host: Host {
+                sys_block: sys,
+                dev_dir: dev,
+                mountinfo,
+                swaps,
+            },
+            _dir: dir,
+        }
+    }
+
+    #[test]
+    fn lists_real_disks_and_leaves_out_virtual_ones() {
+        let f = fake();
+        let disks = f.host.list_block_devices().unwrap();
+        let names: Vec<String> = disks
+            .iter()
+            .map(|d| d.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["loop1", "nvme0n1", "vdb"]);
+        assert!(matches!(disks[0].table, Table::Unreadable { .. }));
+    }
+
+    #[test]
+    fn block_disk_facts_and_usage() {
+        let f = fake();
+        let disks = f.host.list_block_devices().unwrap();
+        let vdb = disks.iter().find(|d| d.path.ends_with("vdb")).unwrap();
+        assert_eq!(vdb.kind, DiskKind::BlockDevice);
+        assert_eq!(vdb.model.as_deref(), Some("QEMU HARDDISK"));
+        assert_eq!(vdb.serial.as_deref(), Some("SER-123"));
+        assert_eq!(vdb.size_bytes, 64 * MIB);
+        assert_eq!(vdb.logical_sector_size, 512);
+        assert!(!vdb.removable && !vdb.read_only);
+        assert_eq!(vdb.table, Table::Gpt);
+        assert_eq!(vdb.partitions.len(), 3);
+        let dev = &f.host.dev_dir;
+        assert_eq!(
+            vdb.partitions[0].device.as_deref(),
+            Some(dev.join("vdb1").as_path())
+        );
+        assert_eq!(
+            vdb.partitions[0].in_use,
+            vec![Usage {
+                device: dev.join("vdb1"),
+                reason: UsageReason::Mounted {
+                    mount_point: "/boot/efi".into(),
+                    fs_type: "vfat".into()
+                }
+            }]
+        );
+        assert_eq!(
+            vdb.partitions[1].in_use[0].reason,
+            UsageReason::Holder {
+                holder: "dm-0".into()
+            }
+        );
+        assert_eq!(vdb.partitions[2].in_use[0].reason, UsageReason::Swap);
+        assert_eq!(vdb.in_use.len(), 3);
+        assert!(vdb.is_in_use());
+        // Free: 30..40 MiB and 50 MiB..end.
+        let free: Vec<(u64, u64)> = vdb
+            .free_regions
+            .iter()
+            .map(|r| (r.start_bytes / MIB, r.size_bytes))
+            .collect();
+        assert_eq!(free[0], (30, 10 * MIB));
+        assert_eq!(free[1].0, 50);
+        // Data partition typed RayOS data: a RayOS install is reported.
+        let r = vdb.rayos.as_ref().unwrap();
+        assert_eq!((r.data, r.system, r.esp), (Some(2), None, Some(1)));
+    }
+
+    #[test]
+    fn sector_size_and_node_names_of_an_nvme_disk() {
+        let f = fake();
+        let disks = f.host.list_block_devices().unwrap();
+        let nv = disks.iter().find(|d| d.path.ends_with("nvme0n1")).unwrap();
+        assert_eq!(nv.logical_sector_size, 4096);
+        assert_eq!(nv.table, Table::Gpt);
+        assert!(nv.removable && nv.read_only);
+        assert_eq!(nv.serial.as_deref(), Some("eui.0011223344"));
+        assert_eq!(nv.partitions[0].first_lba, 256);
+        assert_eq!(nv.partitions[0].start_bytes, MIB);
+        assert_eq!(
+            nv.partitions[0].device.as_deref(),
+            Some(f.host.dev_dir.join("nvme0n1p1").as_path())
+        );
+        assert!(!nv.is_in_use());
+    }
+
+    #[test]
+    fn image_files_detect_their_sector_size_and_loop_use() {
+        let f = fake();
+        let img = f.host.dev_dir.join("nvme0n1");
+        let d = f.host.probe_image(&img, None).unwrap();
+        assert_eq!(d.kind, DiskKind::ImageFile);
+        assert_eq!(d.logical_sector_size, 4096);
+        assert_eq!(d.table, Table::Gpt);
+        // Forced to 512, the 4096-byte table is reported, not guessed at.
+        let d = f.host.probe_image(&img, Some(512)).unwrap();
+        assert!(matches!(d.table, Table::Corrupt { .. }), "{:?}", d.table);
+        assert!(d.partitions.is_empty());
+        // Attached to a loop device: in use.
+        let canon = fs::canonicalize(&img).unwrap();
+        put(
+            &f.host.sys_block.join("loop1/loop/backing_file"),
+            &format!("{}\n", canon.display()),
+        );
+        let d = f.host.probe_image(&img, None).unwrap();
+        assert_eq!(
+            d.in_use[0].reason,
+            UsageReason::LoopBacking {
+                loop_device: f.host.dev_dir.join("loop1")
+            }
+        );
+        // A blank file is "no table", sector size 512.
+        let blank = f.host.dev_dir.join("blank.img");
+        File::create(&blank).unwrap().set_len(8 * MIB).unwrap();
+        let d = f.host.probe_image(&blank, None).unwrap();
+        assert_eq!((d.table.clone(), d.logical_sector_size), (Table::None, 512));
+        assert!(d.free_regions.is_empty() && d.rayos.is_none());
+    }
+
+    #[test]
+    fn bad_paths_are_named() {
+        let f = fake();
+        let missing = f.host.dev_dir.join("nope");
+        assert!(
+            matches!(f.host.probe_path(&missing, None), Err(EnumerateError::NotFound(p)) if p == missing)
+        );
+        assert!(matches!(
+            f.host.probe_path(&f.host.dev_dir, None),
+            Err(EnumerateError::NotADisk { .. })
+        ));
+        assert!(matches!(
+            f.host.probe_image(&f.host.dev_dir.join("vdb"), Some(1000)),
+            Err(EnumerateError::SectorSize(1000))
+        ));
+    }
+
+    #[test]
+    fn mountinfo_and_swaps_parsing() {
+        let m = parse_mountinfo(
+            "36 35 98:0 /mnt1 /mnt/parent\\040dir rw,noatime master:1 shared:2 - ext3 /dev/root rw,errors=continue\n\
+             garbage line\n\
+             37 35 8:1 / / rw - ext4 /dev/sda1 rw\n",
+        );
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].major, 98);
+        assert_eq!(m[0].root, "/mnt1");
+        assert_eq!(m[0].mount_point, Path::new("/mnt/parent dir"));
+        assert_eq!(m[0].fs_type, "ext3");
+        assert_eq!(m[0].source, "/dev/root");
+        assert_eq!((m[1].major, m[1].minor), (8, 1));
+        let s = parse_swaps(
+            "Filename Type Size Used Priority\n/dev/sda2 partition 1 0 -2\n/swap\\040file file 1 0 -3\n",
+        );
+        assert_eq!(
+            s,
+            vec![PathBuf::from("/dev/sda2"), PathBuf::from("/swap file")]
+        );
+        assert_eq!(partition_node_name("sda", 3), "sda3");
+        assert_eq!(partition_node_name("mmcblk0", 1), "mmcblk0p1");
+    }
+}

@@ -436,3 +436,171 @@ fn ntfs_label<D: Read + Seek>(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Formats whose tools are not installed here (btrfs, XFS, LUKS,
+    //! BitLocker, exFAT, ISO 9660, LVM) are checked on hand-made headers
+    //! built from their on-disk specifications; FAT, ext and swap are
+    //! checked against the real mkfs tools in tests/probe_tools.rs.
+    use std::io::Cursor;
+
+    use super::*;
+
+    fn at(len: usize, writes: &[(usize, &[u8])]) -> Cursor<Vec<u8>> {
+        let mut v = vec![0u8; len];
+        for (o, b) in writes {
+            v[*o..*o + b.len()].copy_from_slice(b);
+        }
+        Cursor::new(v)
+    }
+
+    fn probe_all(c: &mut Cursor<Vec<u8>>) -> Option<FsInfo> {
+        let len = c.get_ref().len() as u64;
+        probe(c, 0, len).unwrap()
+    }
+
+    const ID: [u8; 16] = [
+        0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd,
+        0xef,
+    ];
+    const ID_TEXT: &str = "01234567-89ab-cdef-0123-456789abcdef";
+
+    #[test]
+    fn btrfs() {
+        let sb = 0x10000;
+        let mut c = at(
+            0x20000,
+            &[
+                (sb + 0x20, &ID),
+                (sb + 0x40, b"_BHRfS_M"),
+                (sb + 0x12b, b"linux-home"),
+            ],
+        );
+        let i = probe_all(&mut c).unwrap();
+        assert_eq!(i.filesystem, Filesystem::Btrfs);
+        assert_eq!(i.label.as_deref(), Some("linux-home"));
+        assert_eq!(i.uuid.as_deref(), Some(ID_TEXT));
+        // Cut short before the superblock: nothing, not an error.
+        assert_eq!(probe(&mut c, 0, 0x8000).unwrap(), None);
+    }
+
+    #[test]
+    fn xfs() {
+        let mut c = at(0x4000, &[(0, b"XFSB"), (32, &ID), (108, b"xfsroot")]);
+        let i = probe_all(&mut c).unwrap();
+        assert_eq!(i.filesystem, Filesystem::Xfs);
+        assert_eq!(i.label.as_deref(), Some("xfsroot"));
+        assert_eq!(i.uuid.as_deref(), Some(ID_TEXT));
+    }
+
+    #[test]
+    fn luks1_and_luks2() {
+        let mut c = at(
+            0x1000,
+            &[(0, b"LUKS\xba\xbe\x00\x01"), (168, ID_TEXT.as_bytes())],
+        );
+        let i = probe_all(&mut c).unwrap();
+        assert_eq!(i.filesystem, Filesystem::Luks1);
+        assert_eq!(i.uuid.as_deref(), Some(ID_TEXT));
+        let mut c = at(
+            0x1000,
+            &[
+                (0, b"LUKS\xba\xbe\x00\x02"),
+                (24, b"cryptroot"),
+                (168, ID_TEXT.as_bytes()),
+            ],
+        );
+        let i = probe_all(&mut c).unwrap();
+        assert_eq!(i.filesystem, Filesystem::Luks2);
+        assert_eq!(i.label.as_deref(), Some("cryptroot"));
+        // Unknown LUKS version: not claimed.
+        let mut c = at(0x1000, &[(0, b"LUKS\xba\xbe\x00\x07")]);
+        assert_eq!(probe_all(&mut c), None);
+    }
+
+    #[test]
+    fn bitlocker_exfat_iso_lvm() {
+        let mut c = at(
+            0x1000,
+            &[
+                (0, &[0xEB, 0x58, 0x90]),
+                (3, b"-FVE-FS-"),
+                (510, &[0x55, 0xAA]),
+            ],
+        );
+        assert_eq!(probe_all(&mut c).unwrap().filesystem, Filesystem::Bitlocker);
+
+        let mut c = at(
+            0x1000,
+            &[(3, b"EXFAT   "), (100, &0xDEAD_BEEFu32.to_le_bytes())],
+        );
+        let i = probe_all(&mut c).unwrap();
+        assert_eq!(i.filesystem, Filesystem::Exfat);
+        assert_eq!(i.uuid.as_deref(), Some("DEAD-BEEF"));
+
+        let mut c = at(
+            0x9000,
+            &[
+                (0x8000, &[1]),
+                (0x8001, b"CD001"),
+                (0x8028, b"RAYOS_INSTALL   "),
+            ],
+        );
+        let i = probe_all(&mut c).unwrap();
+        assert_eq!(i.filesystem, Filesystem::Iso9660);
+        assert_eq!(i.label.as_deref(), Some("RAYOS_INSTALL"));
+
+        let mut c = at(
+            0x1000,
+            &[
+                (512, b"LABELONE"),
+                (512 + 24, b"LVM2 001"),
+                (512 + 32, b"AbCdEf"),
+            ],
+        );
+        let i = probe_all(&mut c).unwrap();
+        assert_eq!(i.filesystem, Filesystem::LvmPv);
+        assert_eq!(i.uuid.as_deref(), Some("AbCdEf"));
+    }
+
+    #[test]
+    fn implausible_fat_boot_sectors_are_not_fat() {
+        // Jump + signature but a BPB with a 500-byte sector: not FAT.
+        let mut c = at(
+            0x1000,
+            &[
+                (0, &[0xEB, 0x3C, 0x90]),
+                (11, &500u16.to_le_bytes()),
+                (13, &[1]),
+                (510, &[0x55, 0xAA]),
+            ],
+        );
+        assert_eq!(probe_all(&mut c), None);
+        // An MBR (no jump instruction) is not FAT either.
+        let mut c = at(0x1000, &[(446 + 4, &[0xEE]), (510, &[0x55, 0xAA])]);
+        assert_eq!(probe_all(&mut c), None);
+    }
+
+    #[test]
+    fn ntfs_with_broken_mft_still_is_ntfs_without_label() {
+        // Boot sector only: the MFT record is missing, so no label, no error.
+        let mut boot = vec![0u8; 0x10000];
+        boot[3..11].copy_from_slice(b"NTFS    ");
+        boot[0x0B..0x0D].copy_from_slice(&512u16.to_le_bytes());
+        boot[0x0D] = 8;
+        boot[0x30..0x38].copy_from_slice(&u64::MAX.to_le_bytes()); // absurd MFT cluster
+        boot[0x40] = 0xF6;
+        let mut c = Cursor::new(boot);
+        let i = probe_all(&mut c).unwrap();
+        assert_eq!(i.filesystem, Filesystem::Ntfs);
+        assert_eq!(i.label, None);
+    }
+
+    #[test]
+    fn short_reads_are_zero_padded_not_errors() {
+        let mut c = Cursor::new(vec![0u8; 100]);
+        assert_eq!(probe(&mut c, 0, 1 << 20).unwrap(), None);
+        assert_eq!(probe(&mut c, 1 << 30, 1 << 20).unwrap(), None);
+    }
+}
