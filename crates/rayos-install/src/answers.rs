@@ -301,7 +301,11 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn line_of(&self, span: std::ops::Range<usize>) -> usize {
         let end = span.start.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
     }
     fn err<T>(&self, span: std::ops::Range<usize>, message: String) -> Result<T, AnswerError> {
         Err(AnswerError {
@@ -342,7 +346,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(bad());
     }
     let bytes = if let Some((whole, frac)) = num.split_once('.') {
-        let w: u64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
+        let w: u64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| bad())?
+        };
         if frac.is_empty() || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
@@ -358,7 +366,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             .ok_or_else(|| format!("size {s:?} is too large"))?
     } else {
         let n: u64 = num.parse().map_err(|_| bad())?;
-        n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))?
+        n.checked_mul(mult)
+            .ok_or_else(|| format!("size {s:?} is too large"))?
     };
     if bytes == 0 {
         return Err(format!("size {s:?} must be more than zero"));
@@ -424,8 +433,16 @@ impl Answers {
             disk: t.disk.as_ref().map(PathBuf::from),
             mode: t.mode,
             esp: t.esp.as_ref().map(|v| part(v, "target.esp")).transpose()?,
-            system: t.system.as_ref().map(|v| part(v, "target.system")).transpose()?,
-            data: t.data.as_ref().map(|v| part(v, "target.data")).transpose()?,
+            system: t
+                .system
+                .as_ref()
+                .map(|v| part(v, "target.system"))
+                .transpose()?,
+            data: t
+                .data
+                .as_ref()
+                .map(|v| part(v, "target.data"))
+                .transpose()?,
             format: t
                 .format
                 .iter()
@@ -484,8 +501,12 @@ impl Answers {
             };
         }
 
-        let storage = |v: &Option<Spanned<toml::Value>>, key: &str| -> Result<VmStorage, AnswerError> {
-            let Some(v) = v else { return Ok(VmStorage::Data) };
+        let storage = |v: &Option<Spanned<toml::Value>>,
+                       key: &str|
+         -> Result<VmStorage, AnswerError> {
+            let Some(v) = v else {
+                return Ok(VmStorage::Data);
+            };
             let help = "use \"data\", { create = \"20GiB\" } or { reuse = \"/dev/sda5\" }";
             match v.get_ref() {
                 toml::Value::String(s) if s == "data" => Ok(VmStorage::Data),
@@ -500,7 +521,10 @@ impl Answers {
                         other => cx.err(v.span(), format!("{key}: unknown key {other:?}: {help}")),
                     }
                 }
-                other => cx.err(v.span(), format!("{key} = {other} is not VM storage: {help}")),
+                other => cx.err(
+                    v.span(),
+                    format!("{key} = {other} is not VM storage: {help}"),
+                ),
             }
         };
         let vm_storage = VmStorageAnswers {
@@ -511,10 +535,30 @@ impl Answers {
         let mut machine = MachineAnswers::default();
         type Check = fn(&str) -> Result<(), String>;
         let fields: [(&Option<Spanned<String>>, &mut String, Check, &str); 4] = [
-            (&raw.machine.hostname, &mut machine.hostname, validate_hostname, "hostname"),
-            (&raw.machine.timezone, &mut machine.timezone, validate_timezone, "timezone"),
-            (&raw.machine.locale, &mut machine.locale, validate_locale, "locale"),
-            (&raw.machine.keyboard, &mut machine.keyboard, validate_keyboard, "keyboard"),
+            (
+                &raw.machine.hostname,
+                &mut machine.hostname,
+                validate_hostname,
+                "hostname",
+            ),
+            (
+                &raw.machine.timezone,
+                &mut machine.timezone,
+                validate_timezone,
+                "timezone",
+            ),
+            (
+                &raw.machine.locale,
+                &mut machine.locale,
+                validate_locale,
+                "locale",
+            ),
+            (
+                &raw.machine.keyboard,
+                &mut machine.keyboard,
+                validate_keyboard,
+                "keyboard",
+            ),
         ];
         for (src, dst, check, key) in fields {
             if let Some(v) = src {
@@ -536,7 +580,8 @@ impl Answers {
             return Err(AnswerError {
                 path: path.into(),
                 line: 0,
-                message: "policy.windows_autostart = true needs policy.windows_enabled = true".into(),
+                message: "policy.windows_autostart = true needs policy.windows_enabled = true"
+                    .into(),
             });
         }
 
@@ -635,14 +680,18 @@ networking = "off"
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let text = ISSUE_EXAMPLE.replace("keyboard = \"us\"", "keyboard = \"us\"\nkeybaord = \"de\"");
+        let text =
+            ISSUE_EXAMPLE.replace("keyboard = \"us\"", "keyboard = \"us\"\nkeybaord = \"de\"");
         let e = Answers::parse("answers.toml", &text).unwrap_err();
         assert_eq!(e.line, 16, "{e}");
         assert!(e.message.contains("keybaord"), "{e}");
         assert!(e.to_string().starts_with("answers.toml:16:"), "{e}");
 
-        let e = Answers::parse("a", "version = 1\n[target]\nmode = \"free-space\"\n[extra]\nx = 1\n")
-            .unwrap_err();
+        let e = Answers::parse(
+            "a",
+            "version = 1\n[target]\nmode = \"free-space\"\n[extra]\nx = 1\n",
+        )
+        .unwrap_err();
         assert!(e.message.contains("extra"), "{e}");
         assert_eq!(e.line, 4, "{e}");
     }
@@ -650,12 +699,42 @@ networking = "off"
     #[test]
     fn bad_values_are_named_with_their_line() {
         let cases = [
-            ("mode = \"free-space\"", "mode = \"half-disk\"", 4, "half-disk"),
-            ("system = \"2GiB\"", "system = \"2 parsecs\"", 6, "sizes.system"),
-            ("linux = \"data\"", "linux = { grow = \"1GiB\" }", 9, "vm_storage.linux"),
-            ("hostname = \"rayos-test\"", "hostname = \"-bad\"", 12, "machine.hostname"),
-            ("networking = \"off\"", "networking = \"sometimes\"", 20, "sometimes"),
-            ("linux_autostart = true", "linux_autostart = \"yes\"", 17, ""),
+            (
+                "mode = \"free-space\"",
+                "mode = \"half-disk\"",
+                4,
+                "half-disk",
+            ),
+            (
+                "system = \"2GiB\"",
+                "system = \"2 parsecs\"",
+                6,
+                "sizes.system",
+            ),
+            (
+                "linux = \"data\"",
+                "linux = { grow = \"1GiB\" }",
+                9,
+                "vm_storage.linux",
+            ),
+            (
+                "hostname = \"rayos-test\"",
+                "hostname = \"-bad\"",
+                12,
+                "machine.hostname",
+            ),
+            (
+                "networking = \"off\"",
+                "networking = \"sometimes\"",
+                20,
+                "sometimes",
+            ),
+            (
+                "linux_autostart = true",
+                "linux_autostart = \"yes\"",
+                17,
+                "",
+            ),
         ];
         for (from, to, line, needle) in cases {
             let text = ISSUE_EXAMPLE.replace(from, to);
@@ -706,12 +785,18 @@ networking = "off"
         let base = "version = 1\n[target]\nmode = \"reuse\"\n";
         let e = Answers::parse("a", base).unwrap_err();
         assert!(e.message.contains("target.system"), "{e}");
-        let a = Answers::parse("a", &format!("{base}system = 5\ndata = \"/dev/sda6\"\nformat = [6]\n"))
-            .unwrap();
+        let a = Answers::parse(
+            "a",
+            &format!("{base}system = 5\ndata = \"/dev/sda6\"\nformat = [6]\n"),
+        )
+        .unwrap();
         assert_eq!(a.target.system.unwrap().value, PartRef::Number(5));
         assert_eq!(a.target.format[0].value, PartRef::Number(6));
-        let e = Answers::parse("a", "version = 1\n[target]\nmode = \"free-space\"\nsystem = 3\n")
-            .unwrap_err();
+        let e = Answers::parse(
+            "a",
+            "version = 1\n[target]\nmode = \"free-space\"\nsystem = 3\n",
+        )
+        .unwrap_err();
         assert_eq!(e.line, 4, "{e}");
         let e = Answers::parse("a", &format!("{base}system = \"sda5\"\ndata = 6\n")).unwrap_err();
         assert_eq!(e.line, 4, "{e}");
@@ -719,9 +804,18 @@ networking = "off"
 
     #[test]
     fn part_refs_resolve_against_the_disk() {
-        assert_eq!(PartRef::Path("/dev/nvme0n1p3".into()).number_on("/dev/nvme0n1"), Some(3));
-        assert_eq!(PartRef::Path("/dev/sda12".into()).number_on("/dev/sda"), Some(12));
-        assert_eq!(PartRef::Path("/dev/sdb1".into()).number_on("/dev/sda"), None);
+        assert_eq!(
+            PartRef::Path("/dev/nvme0n1p3".into()).number_on("/dev/nvme0n1"),
+            Some(3)
+        );
+        assert_eq!(
+            PartRef::Path("/dev/sda12".into()).number_on("/dev/sda"),
+            Some(12)
+        );
+        assert_eq!(
+            PartRef::Path("/dev/sdb1".into()).number_on("/dev/sda"),
+            None
+        );
         assert_eq!(PartRef::Path("/dev/sda".into()).number_on("/dev/sda"), None);
     }
 }

@@ -174,7 +174,11 @@ fn parse_order(b: &[u8]) -> Vec<u16> {
 }
 
 /// Adds (or refreshes) the boot entry and puts it first; returns its number.
-pub fn add_boot_entry(dir: &Path, description: &str, path: &HdFilePath) -> Result<u16, EfiVarError> {
+pub fn add_boot_entry(
+    dir: &Path,
+    description: &str,
+    path: &HdFilePath,
+) -> Result<u16, EfiVarError> {
     let option = load_option(description, path);
     let mut free = None;
     let mut same = None;
@@ -203,7 +207,9 @@ pub fn add_boot_entry(dir: &Path, description: &str, path: &HdFilePath) -> Resul
     if read_var(dir, &format!("Boot{num:04X}"))?.as_deref() != Some(&option[..]) {
         write_var(dir, &format!("Boot{num:04X}"), &option)?;
     }
-    let order = read_var(dir, "BootOrder")?.map(|b| parse_order(&b)).unwrap_or_default();
+    let order = read_var(dir, "BootOrder")?
+        .map(|b| parse_order(&b))
+        .unwrap_or_default();
     let new_order = boot_order_with_first(&order, num);
     if new_order != order {
         let bytes: Vec<u8> = new_order.iter().flat_map(|n| n.to_le_bytes()).collect();
@@ -245,7 +251,10 @@ mod tests {
         // mixed-endian GUID: first three fields little-endian
         assert_eq!(
             &dp[24..40],
-            &[0x67, 0x45, 0x23, 0x01, 0xab, 0x89, 0xef, 0xcd, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]
+            &[
+                0x67, 0x45, 0x23, 0x01, 0xab, 0x89, 0xef, 0xcd, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
+                0xcd, 0xef
+            ]
         );
         assert_eq!(&dp[40..42], &[2, 2]);
         assert_eq!(&dp[42..44], &[4, 4]);
@@ -272,10 +281,16 @@ mod tests {
         let raw = fs::read(var_path(d.path(), "Boot0001")).unwrap();
         assert_eq!(&raw[..4], &VAR_ATTRS.to_le_bytes());
         assert_eq!(&raw[4..], &load_option("RayOS", &sample())[..]);
-        assert_eq!(read_var(d.path(), "BootOrder").unwrap().unwrap(), vec![1, 0, 0, 0]);
+        assert_eq!(
+            read_var(d.path(), "BootOrder").unwrap().unwrap(),
+            vec![1, 0, 0, 0]
+        );
         // again: same entry, same order
         assert_eq!(add_boot_entry(d.path(), "RayOS", &sample()).unwrap(), 1);
-        assert_eq!(read_var(d.path(), "BootOrder").unwrap().unwrap(), vec![1, 0, 0, 0]);
+        assert_eq!(
+            read_var(d.path(), "BootOrder").unwrap().unwrap(),
+            vec![1, 0, 0, 0]
+        );
         assert!(read_var(d.path(), "Boot0002").unwrap().is_none());
     }
 }

@@ -1,8 +1,22 @@
 //! The installer engine: answer files, plans and their validation, and the
 //! steps that apply a plan to a disk. The wizard and the unattended mode only
 //! build plans for this engine.
+//!
+//! Flow: [`answers::Answers::parse`] → [`facts::gather`] (reads the target:
+//! is a complete install there?) → [`plan::make_plan`] (pure) →
+//! [`apply::apply`] (writes). See `docs/install.md` for the decisions.
 
 pub mod answers;
 pub mod efivar;
+pub mod plan;
+pub mod sample;
 pub mod sha256;
 pub mod tools;
+
+pub use answers::{Answers, Mode};
+pub use plan::{Action, Facts, Plan, PlanError, PlanOptions, Role, make_plan};
+pub mod apply;
+pub mod facts;
+pub mod manifest;
+
+pub use apply::{ApplyError, ApplyOptions, Event, apply};

@@ -90,7 +90,11 @@ impl FatVolume {
         format!("{}@@{}", self.disk.display(), self.offset_bytes)
     }
     fn name(&self) -> String {
-        format!("FAT at byte {} of {}", self.offset_bytes, self.disk.display())
+        format!(
+            "FAT at byte {} of {}",
+            self.offset_bytes,
+            self.disk.display()
+        )
     }
 
     /// Creates a FAT32 filesystem over `[offset, offset+size)`.
@@ -127,7 +131,11 @@ impl FatVolume {
             path.push('/');
             path.push_str(part);
             if !self.exists(&path)? {
-                run("mmd", ["-i", &self.image(), &format!("::{path}")], &self.name())?;
+                run(
+                    "mmd",
+                    ["-i", &self.image(), &format!("::{path}")],
+                    &self.name(),
+                )?;
             }
         }
         Ok(())
@@ -187,13 +195,22 @@ impl FatVolume {
         if !self.exists(path)? {
             return Ok(None);
         }
-        run("mtype", ["-i", &self.image(), &format!("::{path}")], &self.name()).map(Some)
+        run(
+            "mtype",
+            ["-i", &self.image(), &format!("::{path}")],
+            &self.name(),
+        )
+        .map(Some)
     }
 
     /// Removes a file if it exists.
     pub fn remove(&self, path: &str) -> Result<(), ToolError> {
         if self.exists(path)? {
-            run("mdel", ["-i", &self.image(), &format!("::{path}")], &self.name())?;
+            run(
+                "mdel",
+                ["-i", &self.image(), &format!("::{path}")],
+                &self.name(),
+            )?;
         }
         Ok(())
     }

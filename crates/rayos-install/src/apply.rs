@@ -1,0 +1,594 @@
+//! Applying a [`Plan`] to its disk, as a linear list of named steps
+//! (Talos-style): `partition`, `format-<role>` for each partition created or
+//! reformatted, `esp-files`, `system-files`, `nvram` (block devices on EFI
+//! hosts), `manifest`.
+//!
+//! Protocol and guarantees:
+//! - Before anything is written the real table is read again and every
+//!   partition the plan keeps must still be where the plan saw it; the new
+//!   table is built and checked in memory, then written in one go (GPT
+//!   primary and backup, protective MBR) and fsynced.
+//! - Filesystems are made by the real tools at byte offsets
+//!   ([`crate::tools`]), so image files need no loop device and no root.
+//!   Nothing outside the partitions the plan creates or formats is written,
+//!   except files added to a reused ESP.
+//! - The data volume is populated at mkfs time from a staging directory
+//!   (`mkfs.ext4 -d`), files written with `rayos_state::write_atomic`.
+//! - Every byte is fsynced before the manifest is written, and the manifest
+//!   is the last write: a disk without it holds an unfinished install, which
+//!   a re-run with the same answers redoes (see [`crate::plan`]).
+//! - Test hook: with `RAYOS_INSTALL_FAIL_AFTER=<step>` in the environment
+//!   the process aborts right after that step, like a power cut.
+//!
+//! Limits: run as root for the seeded files to be owned by root (mkfs.ext4
+//! copies the staging files' owners); on a block device the kernel is asked
+//! to re-read the table (BLKRRPART), which fails if something opened a
+//! partition meanwhile.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use rayos_disk::{Gpt, GptError, Partition};
+
+use crate::efivar::{self, EfiVarError, HdFilePath};
+use crate::manifest::{Manifest, ManifestImage, ManifestPartition, now_rfc3339};
+use crate::plan::{
+    Action, ESP_LOADER_CONF, FsKind, MANIFEST_PATH, Plan, Role, Source, TableAction,
+};
+use crate::tools::{self, FatVolume, ToolError};
+
+/// Environment variable of the interruption test hook.
+pub const FAIL_AFTER_ENV: &str = "RAYOS_INSTALL_FAIL_AFTER";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("cannot open {0} for writing")]
+    Open(PathBuf, #[source] std::io::Error),
+    #[error("cannot read the partition table of {0}")]
+    ReadTable(PathBuf, #[source] GptError),
+    #[error(
+        "{disk} changed since the plan was made ({what}); nothing was written. Run the installer again to make a new plan"
+    )]
+    Changed { disk: PathBuf, what: String },
+    #[error("the new partition table of {0} is not valid; nothing was written")]
+    BuildTable(PathBuf, #[source] GptError),
+    #[error("cannot write the partition table of {0}")]
+    WriteTable(PathBuf, #[source] GptError),
+    #[error("cannot flush {0} to disk")]
+    Sync(PathBuf, #[source] std::io::Error),
+    #[error("the kernel did not re-read the partition table of {0} (is a partition in use?)")]
+    Reread(PathBuf, #[source] std::io::Error),
+    #[error("step {step} failed")]
+    Tool {
+        step: String,
+        #[source]
+        source: ToolError,
+    },
+    #[error("cannot stage the files of the {0} partition")]
+    Stage(&'static str, #[source] std::io::Error),
+    #[error("cannot read {0}")]
+    HostFile(PathBuf, #[source] std::io::Error),
+    #[error("cannot add the UEFI boot entry")]
+    Nvram(#[source] EfiVarError),
+    #[error("the plan has no {0} partition")]
+    NoPartition(&'static str),
+    #[error("the plan names no system image: pass --system-image FILE")]
+    NoSystemImage,
+}
+
+/// Progress, for a bar on a terminal or JSON lines.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    StepStarted {
+        step: String,
+        index: usize,
+        total: usize,
+    },
+    StepDone {
+        step: String,
+        index: usize,
+        total: usize,
+        seconds: f64,
+    },
+    Note {
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// efivarfs (tests point this at a directory).
+    pub efivars_dir: PathBuf,
+    /// Where staging directories go (default: the system temp dir).
+    pub temp_dir: PathBuf,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            efivars_dir: PathBuf::from(efivar::EFIVARS_DIR),
+            temp_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// The steps `apply` will run for `plan`, in order.
+pub fn steps(plan: &Plan) -> Vec<String> {
+    let mut s = vec!["partition".to_string()];
+    for role in [
+        Role::Esp,
+        Role::System,
+        Role::Data,
+        Role::VmLinux,
+        Role::VmWindows,
+    ] {
+        if plan
+            .partitions
+            .iter()
+            .any(|p| p.role == Some(role) && matches!(p.action, Action::Create | Action::Format))
+        {
+            s.push(role.format_step().to_string());
+        }
+    }
+    s.push("esp-files".into());
+    s.push("system-files".into());
+    if plan.nvram.is_some() {
+        s.push("nvram".into());
+    }
+    s.push("manifest".into());
+    s
+}
+
+/// What an install did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    pub manifest: Manifest,
+    pub boot_entry: Option<u16>,
+    pub seconds: f64,
+}
+
+fn is_block_device(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+}
+
+fn sync_target(path: &Path) -> Result<(), ApplyError> {
+    File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| ApplyError::Sync(path.to_path_buf(), e))
+}
+
+/// Applies `plan`. `progress` sees every step start and end.
+pub fn apply(
+    plan: &Plan,
+    opts: &ApplyOptions,
+    progress: &mut dyn FnMut(&Event),
+) -> Result<ApplyReport, ApplyError> {
+    let t0 = Instant::now();
+    preflight(plan)?;
+    let steps = steps(plan);
+    let total = steps.len();
+    let fail_after = std::env::var(FAIL_AFTER_ENV).ok();
+    let mut boot_entry = None;
+    let mut manifest = None;
+    for (index, step) in steps.iter().enumerate() {
+        let ts = Instant::now();
+        progress(&Event::StepStarted {
+            step: step.clone(),
+            index,
+            total,
+        });
+        match step.as_str() {
+            "partition" => write_table(plan)?,
+            "esp-files" => esp_files(plan, progress)?,
+            "system-files" => system_files(plan)?,
+            "nvram" => boot_entry = Some(nvram(plan, opts)?),
+            "manifest" => manifest = Some(write_manifest(plan)?),
+            other => {
+                let role = [
+                    Role::Esp,
+                    Role::System,
+                    Role::Data,
+                    Role::VmLinux,
+                    Role::VmWindows,
+                ]
+                .into_iter()
+                .find(|r| r.format_step() == other)
+                .ok_or(ApplyError::NoPartition("(unknown step)"))?;
+                format(plan, role, opts)?;
+            }
+        }
+        progress(&Event::StepDone {
+            step: step.clone(),
+            index,
+            total,
+            seconds: ts.elapsed().as_secs_f64(),
+        });
+        if fail_after.as_deref() == Some(step.as_str()) {
+            // A power cut, as far as the disk is concerned: no cleanup, no
+            // unwinding.
+            eprintln!("RAYOS_INSTALLER:ABORTED_AFTER:{step} ({FAIL_AFTER_ENV} test hook)");
+            std::process::abort();
+        }
+    }
+    let manifest = manifest.ok_or(ApplyError::NoPartition("manifest"))?;
+    Ok(ApplyReport {
+        manifest,
+        boot_entry,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Everything that can be checked before the first write: the host files
+/// exist and the tools run. A failure here leaves the disk untouched.
+pub fn preflight(plan: &Plan) -> Result<(), ApplyError> {
+    for f in &plan.files {
+        if let Source::HostFile { path } = &f.source {
+            File::open(path).map_err(|e| ApplyError::HostFile(path.clone(), e))?;
+        }
+    }
+    for tool in ["mkfs.fat", "mkfs.ext4", "mcopy", "mmd", "mdir", "mtype"] {
+        tools::run(tool, ["--version"], "(preflight)")
+            .or_else(|e| match e {
+                // Some of these exit non-zero on --version; only a failure to
+                // start means the tool is missing.
+                ToolError::Failed { .. } => Ok(Vec::new()),
+                other => Err(other),
+            })
+            .map_err(|source| ApplyError::Tool {
+                step: "preflight".into(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+fn write_table(plan: &Plan) -> Result<(), ApplyError> {
+    let path = &plan.target;
+    let block = is_block_device(path);
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true);
+    if block {
+        // O_EXCL on a block device fails if anything has it mounted or
+        // claimed: a last check that nothing uses the disk.
+        opts.custom_flags(libc::O_EXCL);
+    }
+    let mut f = opts
+        .open(path)
+        .map_err(|e| ApplyError::Open(path.clone(), e))?;
+    let ss = plan.sector_size;
+    let total =
+        rayos_disk::gpt::device_size(&mut f).map_err(|e| ApplyError::Open(path.clone(), e))?;
+    if total != plan.disk_size_bytes {
+        return Err(ApplyError::Changed {
+            disk: path.clone(),
+            what: format!(
+                "size is {total} bytes, the plan saw {}",
+                plan.disk_size_bytes
+            ),
+        });
+    }
+    let mut gpt = match plan.table {
+        TableAction::New => {
+            Gpt::new(total, ss).map_err(|e| ApplyError::BuildTable(path.clone(), e))?
+        }
+        TableAction::Edit => {
+            Gpt::read(&mut f, ss).map_err(|e| ApplyError::ReadTable(path.clone(), e))?
+        }
+    };
+    let changed = |what: String| ApplyError::Changed {
+        disk: path.clone(),
+        what,
+    };
+    for p in &plan.partitions {
+        let existing = gpt.partition(p.number).cloned();
+        match (p.action, plan.table) {
+            (Action::Create, _) => {
+                if existing.is_some() && plan.table == TableAction::Edit {
+                    return Err(changed(format!("slot {} is now taken", p.number)));
+                }
+            }
+            (_, TableAction::New) => {}
+            (
+                Action::Keep | Action::ReuseEsp | Action::Format | Action::Delete,
+                TableAction::Edit,
+            ) => {
+                let Some(e) = existing else {
+                    return Err(changed(format!("partition {} is gone", p.number)));
+                };
+                if e.first_lba != p.first_lba
+                    || e.last_lba != p.last_lba
+                    || e.unique_guid != p.unique_guid
+                {
+                    return Err(changed(format!(
+                        "partition {} moved or was replaced",
+                        p.number
+                    )));
+                }
+            }
+        }
+    }
+    let build = |e| ApplyError::BuildTable(path.clone(), e);
+    for p in &plan.partitions {
+        match p.action {
+            Action::Delete | Action::Format if plan.table == TableAction::Edit => {
+                gpt.remove(p.number).map_err(build)?;
+            }
+            _ => {}
+        }
+    }
+    for p in &plan.partitions {
+        if matches!(p.action, Action::Create | Action::Format) {
+            gpt.add(Partition {
+                number: p.number,
+                type_guid: p.type_guid,
+                unique_guid: p.unique_guid,
+                first_lba: p.first_lba,
+                last_lba: p.last_lba,
+                attributes: 0,
+                name: p.name.clone(),
+            })
+            .map_err(build)?;
+        }
+    }
+    if plan.table == TableAction::New {
+        // Clear what sat between LBA 1 and the first partition (old tables,
+        // boot loaders, ISO 9660 descriptors) so no stale signature survives
+        // beside the new GPT, which is written over the start of this range.
+        let from = ss as u64;
+        let first = plan
+            .partitions
+            .iter()
+            .filter(|p| p.action != Action::Delete)
+            .map(|p| p.start_bytes)
+            .min()
+            .unwrap_or(from);
+        if first > from {
+            let zeros = vec![0u8; (first - from) as usize];
+            f.seek(SeekFrom::Start(from))
+                .and_then(|_| f.write_all(&zeros))
+                .map_err(|e| ApplyError::WriteTable(path.clone(), GptError::Write(e)))?;
+        }
+    }
+    gpt.write(&mut f)
+        .map_err(|e| ApplyError::WriteTable(path.clone(), e))?;
+    f.sync_all()
+        .map_err(|e| ApplyError::Sync(path.clone(), e))?;
+    if block {
+        reread_table(&f).map_err(|e| ApplyError::Reread(path.clone(), e))?;
+    }
+    Ok(())
+}
+
+/// BLKRRPART: the kernel drops and re-reads the partition table.
+fn reread_table(f: &File) -> std::io::Result<()> {
+    const BLKRRPART: libc::c_ulong = 0x125f;
+    // SAFETY: `f` is an open block device for the duration of the call and
+    // BLKRRPART takes no argument.
+    if unsafe { libc::ioctl(f.as_raw_fd(), BLKRRPART as _, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A staging directory removed on drop.
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn stage(plan: &Plan, role: Role, opts: &ApplyOptions) -> Result<Staging, ApplyError> {
+    let what = role.gpt_name();
+    let dir = opts.temp_dir.join(format!(
+        "rayos-install-{}-{}-{}",
+        std::process::id(),
+        what,
+        uuid::Uuid::new_v4().simple()
+    ));
+    let st = Staging(dir.clone());
+    let err = |e| ApplyError::Stage(what, e);
+    fs::create_dir_all(&dir).map_err(err)?;
+    for f in plan.files.iter().filter(|f| f.role == role) {
+        let rel = f.path.trim_start_matches('/');
+        let dest = dir.join(rel);
+        match &f.source {
+            Source::Directory => fs::create_dir_all(&dest).map_err(err)?,
+            Source::Text { content } => {
+                if let Some(parent) = dest.parent() {
+                    fs::create_dir_all(parent).map_err(err)?;
+                }
+                rayos_state::write_atomic(&dest, content.as_bytes())
+                    .map_err(|e| err(std::io::Error::other(e)))?;
+            }
+            Source::HostFile { path } => {
+                if let Some(parent) = dest.parent() {
+                    fs::create_dir_all(parent).map_err(err)?;
+                }
+                fs::copy(path, &dest).map_err(|e| ApplyError::HostFile(path.clone(), e))?;
+            }
+            Source::Manifest => {}
+        }
+    }
+    Ok(st)
+}
+
+fn format(plan: &Plan, role: Role, opts: &ApplyOptions) -> Result<(), ApplyError> {
+    let p = plan
+        .partition(role)
+        .ok_or(ApplyError::NoPartition(role.gpt_name()))?;
+    let step = role.format_step().to_string();
+    let tool = |source| ApplyError::Tool {
+        step: step.clone(),
+        source,
+    };
+    match role.fs() {
+        FsKind::Fat32 => FatVolume {
+            disk: plan.target.clone(),
+            offset_bytes: p.start_bytes,
+        }
+        .format(plan.sector_size as u64, p.size_bytes, role.fs_label())
+        .map_err(tool),
+        FsKind::Ext4 => {
+            let staging = stage(plan, role, opts)?;
+            tools::mkfs_ext4(
+                &plan.target,
+                p.start_bytes,
+                p.size_bytes,
+                role.fs_label(),
+                Some(&staging.0),
+            )
+            .map_err(tool)
+        }
+    }
+}
+
+fn vol(plan: &Plan, role: Role) -> Result<FatVolume, ApplyError> {
+    let p = plan
+        .partition(role)
+        .ok_or(ApplyError::NoPartition(role.gpt_name()))?;
+    Ok(FatVolume {
+        disk: plan.target.clone(),
+        offset_bytes: p.start_bytes,
+    })
+}
+
+fn put_files(plan: &Plan, role: Role, step: &str, v: &FatVolume) -> Result<(), ApplyError> {
+    let tool = |source| ApplyError::Tool {
+        step: step.to_string(),
+        source,
+    };
+    for f in plan.files.iter().filter(|f| f.role == role) {
+        if f.only_if_absent && v.exists(&f.path).map_err(tool)? {
+            continue;
+        }
+        match &f.source {
+            Source::HostFile { path } => {
+                if !path.is_file() {
+                    return Err(ApplyError::HostFile(
+                        path.clone(),
+                        std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                    ));
+                }
+                v.put(path, &f.path).map_err(tool)?
+            }
+            Source::Text { content } => v.put_bytes(content.as_bytes(), &f.path).map_err(tool)?,
+            Source::Directory => v.mkdir_p(&f.path).map_err(tool)?,
+            Source::Manifest => {}
+        }
+    }
+    Ok(())
+}
+
+fn esp_files(plan: &Plan, progress: &mut dyn FnMut(&Event)) -> Result<(), ApplyError> {
+    let v = vol(plan, Role::Esp)?;
+    let tool = |source| ApplyError::Tool {
+        step: "esp-files".into(),
+        source,
+    };
+    // Another systemd-boot's loader.conf on a reused ESP is kept beside ours.
+    let backup = format!("{ESP_LOADER_CONF}.pre-rayos");
+    if let Some(old) = v.read(ESP_LOADER_CONF).map_err(tool)? {
+        let ours = crate::plan::loader_conf();
+        if old != ours.as_bytes() && !v.exists(&backup).map_err(tool)? {
+            v.put_bytes(&old, &backup).map_err(tool)?;
+            progress(&Event::Note {
+                message: format!("the ESP's loader.conf was kept as {backup}"),
+            });
+        }
+    }
+    put_files(plan, Role::Esp, "esp-files", &v)
+}
+
+fn system_files(plan: &Plan) -> Result<(), ApplyError> {
+    let v = vol(plan, Role::System)?;
+    put_files(plan, Role::System, "system-files", &v)
+}
+
+fn nvram(plan: &Plan, opts: &ApplyOptions) -> Result<u16, ApplyError> {
+    let n = plan
+        .nvram
+        .as_ref()
+        .ok_or(ApplyError::NoPartition("nvram"))?;
+    let esp = plan
+        .partition(Role::Esp)
+        .ok_or(ApplyError::NoPartition("esp"))?;
+    efivar::add_boot_entry(
+        &opts.efivars_dir,
+        &n.description,
+        &HdFilePath {
+            partition_number: esp.number,
+            start_lba: esp.first_lba,
+            size_lba: esp.last_lba + 1 - esp.first_lba,
+            partition_guid: esp.unique_guid,
+            file: n.loader.clone(),
+        },
+    )
+    .map_err(ApplyError::Nvram)
+}
+
+fn write_manifest(plan: &Plan) -> Result<Manifest, ApplyError> {
+    let (image_path, image_dest) = plan
+        .files
+        .iter()
+        .find_map(|f| match (&f.source, f.role) {
+            (Source::HostFile { path }, Role::System) => Some((path.clone(), f.path.clone())),
+            _ => None,
+        })
+        .ok_or(ApplyError::NoSystemImage)?;
+    let file = File::open(&image_path).map_err(|e| ApplyError::HostFile(image_path.clone(), e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| ApplyError::HostFile(image_path.clone(), e))?
+        .len();
+    let sha256 =
+        crate::sha256::of_reader(file).map_err(|e| ApplyError::HostFile(image_path.clone(), e))?;
+    let manifest = Manifest {
+        schema: crate::manifest::MANIFEST_SCHEMA_VERSION,
+        rayos_version: plan.rayos_version.clone(),
+        install_id: plan.machine.install_id,
+        installed_at: now_rfc3339(),
+        mode: plan.mode,
+        sector_size: plan.sector_size,
+        partitions: plan
+            .partitions
+            .iter()
+            .filter(|p| p.action != Action::Delete)
+            .filter_map(|p| {
+                p.role.map(|role| ManifestPartition {
+                    role,
+                    number: p.number,
+                    type_guid: p.type_guid,
+                    unique_guid: p.unique_guid,
+                    first_lba: p.first_lba,
+                    last_lba: p.last_lba,
+                })
+            })
+            .collect(),
+        system_image: ManifestImage {
+            path: image_dest,
+            size,
+            sha256,
+        },
+    };
+    // Everything else must be on the disk before the manifest says so.
+    sync_target(&plan.target)?;
+    vol(plan, Role::System)?
+        .put_bytes(manifest.to_json().as_bytes(), MANIFEST_PATH)
+        .map_err(|source| ApplyError::Tool {
+            step: "manifest".into(),
+            source,
+        })?;
+    sync_target(&plan.target)?;
+    Ok(manifest)
+}

@@ -1,0 +1,155 @@
+//! Made-up disks: the built-in sample disk of `rayos install --sample`
+//! (demos, tests of the CLI without any real disk) and a builder of
+//! [`Disk`] reports for planner unit tests. Classification uses
+//! rayos-disk's own rules, so a made-up disk reads like a probed one.
+
+use std::path::PathBuf;
+
+use uuid::Uuid;
+
+use rayos_disk::report::{find_rayos, find_systems};
+use rayos_disk::types::{self, type_family, type_name};
+use rayos_disk::{Disk, DiskKind, Filesystem, FreeSpace, PartitionReport, Table};
+
+use crate::answers::{GIB, MIB};
+
+/// One partition of a made-up disk.
+#[derive(Debug, Clone)]
+pub struct FakePartition {
+    pub number: u32,
+    pub first_lba: u64,
+    pub last_lba: u64,
+    pub type_guid: Uuid,
+    pub name: String,
+    pub filesystem: Option<Filesystem>,
+    pub fs_label: Option<String>,
+}
+
+impl FakePartition {
+    /// A partition from byte offsets on a disk with `ss`-byte sectors.
+    pub fn at(number: u32, start: u64, size: u64, ss: u64, type_guid: Uuid, name: &str) -> Self {
+        FakePartition {
+            number,
+            first_lba: start / ss,
+            last_lba: (start + size) / ss - 1,
+            type_guid,
+            name: name.into(),
+            filesystem: None,
+            fs_label: None,
+        }
+    }
+    pub fn fs(mut self, fs: Filesystem, label: Option<&str>) -> Self {
+        self.filesystem = Some(fs);
+        self.fs_label = label.map(str::to_string);
+        self
+    }
+}
+
+/// A GPT disk report with these partitions (free regions computed, systems
+/// and RayOS partitions classified).
+pub fn fake_disk(path: &str, size: u64, ss: u32, kind: DiskKind, parts: &[FakePartition]) -> Disk {
+    let ssz = ss as u64;
+    let partitions: Vec<PartitionReport> = parts
+        .iter()
+        .map(|p| PartitionReport {
+            number: p.number,
+            first_lba: p.first_lba,
+            last_lba: p.last_lba,
+            start_bytes: p.first_lba * ssz,
+            size_bytes: (p.last_lba + 1 - p.first_lba) * ssz,
+            type_guid: Some(p.type_guid),
+            mbr_type: None,
+            type_name: type_name(&p.type_guid)
+                .map(str::to_string)
+                .unwrap_or_else(|| p.type_guid.to_string()),
+            family: type_family(&p.type_guid),
+            unique_guid: Some(Uuid::new_v4()),
+            name: p.name.clone(),
+            attributes: 0,
+            filesystem: p.filesystem,
+            fs_label: p.fs_label.clone(),
+            fs_uuid: None,
+            device: None,
+            in_use: Vec::new(),
+        })
+        .collect();
+    let total = size / ssz;
+    let array = 16384 / ssz;
+    let (first, last) = (2 + array, total - 2 - array);
+    let align = MIB / ssz;
+    let mut used: Vec<(u64, u64)> = parts.iter().map(|p| (p.first_lba, p.last_lba)).collect();
+    used.sort_unstable();
+    let mut free_regions = Vec::new();
+    let mut cursor = first;
+    let mut push = |a: u64, b: u64| {
+        let s = a.div_ceil(align) * align;
+        if s <= b && b - s + 1 >= align {
+            free_regions.push(FreeSpace {
+                first_lba: s,
+                last_lba: b,
+                start_bytes: s * ssz,
+                size_bytes: (b + 1 - s) * ssz,
+            });
+        }
+    };
+    for (a, b) in used {
+        if a > cursor {
+            push(cursor, a - 1);
+        }
+        cursor = cursor.max(b + 1);
+    }
+    if cursor <= last {
+        push(cursor, last);
+    }
+    Disk {
+        path: PathBuf::from(path),
+        kind,
+        model: Some("RayOS sample disk".into()),
+        serial: None,
+        size_bytes: size,
+        logical_sector_size: ss,
+        removable: false,
+        read_only: false,
+        table: Table::Gpt,
+        disk_guid: Some(Uuid::new_v4()),
+        whole_disk_filesystem: None,
+        rayos: find_rayos(&partitions),
+        systems: find_systems(&partitions),
+        partitions,
+        free_regions,
+        in_use: Vec::new(),
+    }
+}
+
+/// The built-in sample of `--sample`: a 64 GiB disk as Windows leaves it
+/// (100 MiB ESP, 16 MiB MSR, 40 GiB NTFS) with the rest free.
+pub fn sample_disk() -> Disk {
+    let ss = 512;
+    fake_disk(
+        "/dev/sample",
+        64 * GIB,
+        ss as u32,
+        DiskKind::BlockDevice,
+        &[
+            FakePartition::at(1, MIB, 100 * MIB, ss, types::ESP, "EFI system partition")
+                .fs(Filesystem::Fat32, Some("SYSTEM")),
+            FakePartition::at(
+                2,
+                101 * MIB,
+                16 * MIB,
+                ss,
+                types::MS_RESERVED,
+                "Microsoft reserved partition",
+            ),
+            FakePartition::at(
+                3,
+                117 * MIB,
+                40 * GIB,
+                ss,
+                types::MS_BASIC_DATA,
+                "Basic data partition",
+            )
+            .fs(Filesystem::Ntfs, Some("Windows")),
+        ],
+    )
+}
