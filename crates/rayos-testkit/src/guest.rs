@@ -1,1 +1,637 @@
-//! Tiny Linux guests (Debian kernel + busybox initramfs) for VM tests. (Being built.)
+//! Tiny Linux guests for VM tests: Debian's kernel plus a busybox
+//! initramfs whose `/init` prints a ready marker and then a counter on the
+//! serial console.
+//!
+//! What the guest proves: the counter (`COUNTER <n>` every 0.25 s) lives in
+//! guest RAM only, so after a restore it continues above the last value
+//! seen before the save, and after a cold boot it starts again at 0.
+//! Optional behaviour, switched on by the kernel command line:
+//! - `rayos.agent=1`: a shell loop on the `org.qemu.guest_agent.0`
+//!   virtio-serial port answers `guest-sync`, `guest-sync-delimited` and
+//!   `guest-set-time` (enough for `sync_guest_time`; prints `AGENT ...`).
+//! - `rayos.uefi=1` (used by the UKI variant): prints whether it booted
+//!   through UEFI (`FIRMWARE uefi|bios`) and the TPM version
+//!   (`TPM <major>|none`); writes a UEFI variable through efivarfs on first
+//!   boot (`EFIVAR written <v>`) and reads it back on later boots
+//!   (`EFIVAR found <v>`); defines, writes and reads a TPM NV index with raw
+//!   TPM2 commands through `/dev/tpm0` the same way (`TPMNV written|found
+//!   <hex>`).
+//!
+//! Build products are cached under `target/rayos-testkit/` keyed by a hash of
+//! every input (kernel, busybox, modules, script), written under temporary
+//! names and renamed, so parallel tests share one build.
+//!
+//! Limits: x86_64 Debian hosts (busybox-static, linux-image-amd64, and for
+//! the UEFI variant systemd-boot-efi's stub, binutils' objcopy, mtools,
+//! dosfstools).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Printed once `/init` has mounted its file systems.
+pub const READY_MARKER: &str = "RAYOS_TEST_GUEST_READY";
+
+/// Command line for direct kernel boot of [`LinuxGuest`].
+pub const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 rayos.agent=1";
+
+const BUSYBOX: &str = "/usr/bin/busybox";
+const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+/// Modules the guest loads, in dependency order (paths under
+/// `/lib/modules/<ver>/kernel/`). virtio-pci and virtio-console give the
+/// agent channel; efivarfs the UEFI variables. The serial port, tpm_crb and
+/// the EFI framebuffer are built into Debian's kernel.
+const MODULES: &[&str] = &[
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+    "drivers/char/virtio_console.ko",
+    "fs/efivarfs/efivarfs.ko",
+];
+
+/// Bumped when the build recipe changes in a way the input hash misses.
+const RECIPE: &str = "rayos-testkit guest v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("{what} not found at {path}: {hint}")]
+    Missing {
+        what: &'static str,
+        path: PathBuf,
+        hint: &'static str,
+    },
+    #[error("I/O on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{tool} failed: {detail}")]
+    Tool { tool: String, detail: String },
+    #[error("timed out after {timeout:?} waiting for {what} in {path}")]
+    Timeout {
+        what: String,
+        path: PathBuf,
+        timeout: Duration,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> GuestError + '_ {
+    move |source| GuestError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A direct-kernel-boot guest.
+#[derive(Debug, Clone)]
+pub struct LinuxGuest {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+}
+
+/// The newest `/boot/vmlinuz-<ver>` and its `<ver>`.
+pub fn host_kernel() -> Result<(PathBuf, String), GuestError> {
+    let mut found: Vec<(PathBuf, String)> = fs::read_dir("/boot")
+        .map_err(io_err(Path::new("/boot")))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let ver = name.strip_prefix("vmlinuz-")?.to_string();
+            Some((e.path(), ver))
+        })
+        .collect();
+    found.sort_by(|a, b| version_key(&a.1).cmp(&version_key(&b.1)));
+    found.pop().ok_or(GuestError::Missing {
+        what: "a kernel",
+        path: "/boot/vmlinuz-*".into(),
+        hint: "install linux-image-amd64 (scripts/install-deps.sh)",
+    })
+}
+
+fn version_key(v: &str) -> Vec<u64> {
+    v.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Where build products are cached.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d).join("rayos-testkit");
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(manifest)
+        .join("target/rayos-testkit")
+}
+
+/// The `/init` script (see the module docs for what it does).
+pub fn init_script() -> String {
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t devtmpfs dev /dev 2>/dev/null
+exec </dev/console >/dev/console 2>&1
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+for m in {modules}; do insmod /lib/modules/$m 2>/dev/null; done
+echo {READY_MARKER}
+arg() {{ for a in $(cat /proc/cmdline); do case "$a" in "$1"=*) echo "${{a#*=}}";; esac; done; }}
+
+# Raw TPM2 command: $1 = octal-escaped bytes; prints the response as hex.
+tpm() {{
+  printf "$1" > /tmp/tpmcmd
+  exec 3<>/dev/tpm0
+  dd if=/tmp/tpmcmd bs=4096 2>/dev/null >&3
+  dd bs=4096 count=1 2>/dev/null <&3 | hexdump -v -e '/1 "%02x"'
+  exec 3<&-
+}}
+hex_to_oct() {{ echo "$1" | sed 's/../& /g' | while read -r l; do for b in $l; do printf '\\%03o' 0x$b; done; done; }}
+
+if [ "$(arg rayos.uefi)" = 1 ]; then
+  if [ -d /sys/firmware/efi ]; then echo "FIRMWARE uefi"; else echo "FIRMWARE bios"; fi
+  echo "TPM $(cat /sys/class/tpm/tpm0/tpm_version_major 2>/dev/null || echo none)"
+  mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
+  V=/sys/firmware/efi/efivars/RayosTest-5a4f6e1c-8d2b-4c3a-9e7f-0b1c2d3e4f50
+  if [ -e $V ]; then
+    echo "EFIVAR found $(tail -c +5 $V)"
+  else
+    v=$(cut -c1-8 /proc/sys/kernel/random/uuid)
+    printf '\007\000\000\000%s' "$v" > $V && echo "EFIVAR written $v"
+  fi
+  if [ -e /dev/tpm0 ]; then
+    # NV index 0x01500017, 8 bytes, owner read/write, empty owner auth.
+    AUTH='\000\000\000\011\100\000\000\011\000\000\000\000\000'
+    r=$(tpm "\200\002\000\000\000\043\000\000\001\116\100\000\000\001\001\120\000\027$AUTH\000\010\000\000")
+    if [ "${{r:12:8}}" = 00000000 ]; then
+      echo "TPMNV found ${{r:32:16}}"
+    else
+      r=$(tpm "\200\002\000\000\000\055\000\000\001\052\100\000\000\001$AUTH\000\000\000\016\001\120\000\027\000\013\000\002\000\002\000\000\000\010")
+      d=$(hexdump -v -n 8 -e '/1 "%02x"' /dev/urandom)
+      w=$(tpm "\200\002\000\000\000\053\000\000\001\067\100\000\000\001\001\120\000\027$AUTH\000\010$(hex_to_oct $d)\000\000")
+      if [ "${{w:12:8}}" = 00000000 ]; then echo "TPMNV written $d"; else echo "TPMNV failed define=${{r:12:8}} write=${{w:12:8}}"; fi
+    fi
+  fi
+fi
+
+agent() {{
+  name=""
+  for d in /sys/class/virtio-ports/*; do
+    [ "$(cat $d/name 2>/dev/null)" = org.qemu.guest_agent.0 ] && name=${{d##*/}}
+  done
+  [ -n "$name" ] || return
+  while :; do
+    while read -r line; do
+      id=$(echo "$line" | sed -n 's/.*"id": *\([0-9]*\).*/\1/p')
+      case "$line" in
+        *guest-sync-delimited*) printf '\377{{"return": %s}}\n' "$id";;
+        *guest-sync*) printf '{{"return": %s}}\n' "$id";;
+        *guest-set-time*)
+          t=$(echo "$line" | sed -n 's/.*"time": *\([0-9]*\).*/\1/p')
+          date -s @$((t / 1000000000)) >/dev/null 2>&1
+          echo "AGENT set-time $((t / 1000000000))" >/dev/console
+          echo '{{"return": {{}}}}';;
+        *) echo '{{"error": {{"class": "CommandNotFound", "desc": "not supported by the test guest"}}}}';;
+      esac
+    done <>/dev/$name >&0
+    sleep 1
+  done
+}}
+[ "$(arg rayos.agent)" = 1 ] && agent &
+
+n=0
+while :; do
+  echo "COUNTER $n"
+  n=$((n + 1))
+  sleep 0.25
+done
+"#,
+        modules = MODULES
+            .iter()
+            .map(|m| m.rsplit('/').next().unwrap_or(m))
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+/// Builds (or finds cached) the kernel + initramfs guest.
+pub fn linux_guest() -> Result<LinuxGuest, GuestError> {
+    let (kernel, ver) = host_kernel()?;
+    let initrd = build_initrd(&ver)?;
+    Ok(LinuxGuest {
+        kernel,
+        initrd,
+        cmdline: CMDLINE.into(),
+    })
+}
+
+fn require(path: &Path, what: &'static str, hint: &'static str) -> Result<(), GuestError> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(GuestError::Missing {
+            what,
+            path: path.to_path_buf(),
+            hint,
+        })
+    }
+}
+
+/// A hash of file identities (path, size, mtime) and texts, for cache keys.
+fn input_key(files: &[&Path], texts: &[&str]) -> Result<String, GuestError> {
+    // FNV-1a 64: a cache key, not a security boundary.
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut eat = |b: &[u8]| {
+        for &x in b {
+            h ^= u64::from(x);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x100000001b3);
+    };
+    eat(RECIPE.as_bytes());
+    for f in files {
+        let m = fs::metadata(f).map_err(io_err(f))?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        eat(f.as_os_str().as_encoded_bytes());
+        eat(&m.len().to_le_bytes());
+        eat(&mtime.to_le_bytes());
+    }
+    for t in texts {
+        eat(t.as_bytes());
+    }
+    Ok(format!("{h:016x}"))
+}
+
+/// Writes `out` through `write_tmp(tmp)` and a rename, unless it exists.
+fn cached(
+    out: &Path,
+    write_tmp: impl FnOnce(&Path) -> Result<(), GuestError>,
+) -> Result<(), GuestError> {
+    if out.is_file() {
+        return Ok(());
+    }
+    let dir = out.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        out.file_name().and_then(|n| n.to_str()).unwrap_or("out"),
+        std::process::id()
+    ));
+    let r = write_tmp(&tmp);
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+        return r;
+    }
+    fs::rename(&tmp, out).map_err(io_err(out))
+}
+
+fn build_initrd(ver: &str) -> Result<PathBuf, GuestError> {
+    let busybox = Path::new(BUSYBOX);
+    require(
+        busybox,
+        "busybox",
+        "install busybox-static (scripts/install-deps.sh)",
+    )?;
+    let moddir = PathBuf::from(format!("/lib/modules/{ver}/kernel"));
+    let modules: Vec<PathBuf> = MODULES.iter().map(|m| moddir.join(m)).collect();
+    for m in &modules {
+        require(
+            m,
+            "kernel module",
+            "install the linux-image package matching /boot/vmlinuz",
+        )?;
+    }
+    let script = init_script();
+    let mut files: Vec<&Path> = vec![busybox];
+    files.extend(modules.iter().map(PathBuf::as_path));
+    let key = input_key(&files, &[&script, ver])?;
+    let out = cache_dir().join(format!("guest-{key}.cpio"));
+    cached(&out, |tmp| {
+        let f = fs::File::create(tmp).map_err(io_err(tmp))?;
+        let mut w = Cpio::new(io::BufWriter::new(f));
+        let wr = |e| GuestError::Io {
+            path: tmp.to_path_buf(),
+            source: e,
+        };
+        for d in ["bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules"] {
+            w.dir(d).map_err(wr)?;
+        }
+        // The kernel opens /dev/console for init before devtmpfs exists.
+        w.char_dev("dev/console", 5, 1).map_err(wr)?;
+        w.file("init", 0o755, script.as_bytes()).map_err(wr)?;
+        let bb = fs::read(busybox).map_err(io_err(busybox))?;
+        w.file("bin/busybox", 0o755, &bb).map_err(wr)?;
+        for m in &modules {
+            let data = fs::read(m).map_err(io_err(m))?;
+            let name = m.file_name().and_then(|n| n.to_str()).unwrap_or("m.ko");
+            w.file(&format!("lib/modules/{name}"), 0o644, &data)
+                .map_err(wr)?;
+        }
+        let mut inner = w.finish().map_err(wr)?;
+        inner.flush().map_err(wr)?;
+        inner.get_ref().sync_all().map_err(wr)
+    })?;
+    Ok(out)
+}
+
+/// A UEFI-bootable raw disk image: a FAT file system (no partition table,
+/// which OVMF accepts) holding the guest as a UKI at `\EFI\BOOT\BOOTX64.EFI`.
+/// The UKI's command line adds `rayos.uefi=1`. Returns the cached template;
+/// copy it for each VM (QEMU locks disk images).
+pub fn uefi_disk() -> Result<PathBuf, GuestError> {
+    let (kernel, ver) = host_kernel()?;
+    let initrd = build_initrd(&ver)?;
+    let stub = Path::new(STUB);
+    require(
+        stub,
+        "the systemd EFI stub",
+        "install systemd-boot-efi (scripts/install-deps.sh)",
+    )?;
+    let cmdline = format!("{CMDLINE} rayos.uefi=1");
+    let key = input_key(&[&kernel, &initrd, stub], &[&cmdline])?;
+    let dir = cache_dir();
+    let uki = dir.join(format!("guest-{key}.efi"));
+    cached(&uki, |tmp| {
+        let osrel = dir.join(format!(".osrel-{key}-{}", std::process::id()));
+        let cmd = dir.join(format!(".cmdline-{key}-{}", std::process::id()));
+        fs::write(&osrel, "NAME=RayOS test guest\nID=rayos-test-guest\n")
+            .map_err(io_err(&osrel))?;
+        fs::write(&cmd, &cmdline).map_err(io_err(&cmd))?;
+        // Section addresses from PLATFORM_NOTES (the 252 stub's layout).
+        let r = tool(
+            Command::new("objcopy")
+                .arg("--add-section")
+                .arg(format!(".osrel={}", osrel.display()))
+                .args(["--change-section-vma", ".osrel=0x20000"])
+                .arg("--add-section")
+                .arg(format!(".cmdline={}", cmd.display()))
+                .args(["--change-section-vma", ".cmdline=0x30000"])
+                .arg("--add-section")
+                .arg(format!(".linux={}", kernel.display()))
+                .args(["--change-section-vma", ".linux=0x2000000"])
+                .arg("--add-section")
+                .arg(format!(".initrd={}", initrd.display()))
+                .args(["--change-section-vma", ".initrd=0x3000000"])
+                .arg(stub)
+                .arg(tmp),
+        );
+        let _ = fs::remove_file(&osrel);
+        let _ = fs::remove_file(&cmd);
+        r
+    })?;
+    let disk = dir.join(format!("guest-{key}.esp.img"));
+    cached(&disk, |tmp| {
+        let uki_len = fs::metadata(&uki).map_err(io_err(&uki))?.len();
+        let kib = (uki_len / 1024 + 8 * 1024).div_ceil(1024) * 1024;
+        tool(
+            Command::new("mkfs.fat")
+                .args(["-C", "-n", "RAYOSTEST"])
+                .arg(tmp)
+                .arg(kib.to_string()),
+        )?;
+        tool(
+            Command::new("mmd")
+                .arg("-i")
+                .arg(tmp)
+                .args(["::/EFI", "::/EFI/BOOT"]),
+        )?;
+        tool(
+            Command::new("mcopy")
+                .arg("-i")
+                .arg(tmp)
+                .arg(&uki)
+                .arg("::/EFI/BOOT/BOOTX64.EFI"),
+        )
+    })?;
+    Ok(disk)
+}
+
+fn tool(cmd: &mut Command) -> Result<(), GuestError> {
+    let name = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().map_err(|e| GuestError::Tool {
+        tool: name.clone(),
+        detail: format!("cannot run it: {e} (scripts/install-deps.sh installs it)"),
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(GuestError::Tool {
+            tool: name,
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+}
+
+/// A minimal cpio "newc" writer: directories, regular files and character
+/// devices, which is all the guest needs.
+struct Cpio<W: Write> {
+    out: W,
+    ino: u32,
+    written: u64,
+}
+
+impl<W: Write> Cpio<W> {
+    fn new(out: W) -> Self {
+        Cpio {
+            out,
+            ino: 1,
+            written: 0,
+        }
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) -> io::Result<()> {
+        let mut h = String::with_capacity(110);
+        h.push_str("070701");
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            if mode & 0o170000 == 0o040000 { 2 } else { 1 },
+            0,
+            u32::try_from(data.len()).map_err(|_| io::Error::other("file too large for cpio"))?,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            u32::try_from(name.len() + 1).map_err(|_| io::Error::other("name too long"))?,
+            0,
+        ];
+        for f in fields {
+            let _ = write!(h, "{f:08x}");
+        }
+        self.ino += 1;
+        self.put(h.as_bytes())?;
+        self.put(name.as_bytes())?;
+        self.put(&[0])?;
+        self.pad()?;
+        self.put(data)?;
+        self.pad()
+    }
+
+    fn put(&mut self, b: &[u8]) -> io::Result<()> {
+        self.out.write_all(b)?;
+        self.written += b.len() as u64;
+        Ok(())
+    }
+
+    fn pad(&mut self) -> io::Result<()> {
+        let n = (4 - (self.written % 4) as usize) % 4;
+        self.put(&[0u8; 3][..n])
+    }
+
+    fn dir(&mut self, name: &str) -> io::Result<()> {
+        self.entry(name, 0o040755, (0, 0), &[])
+    }
+
+    fn file(&mut self, name: &str, perm: u32, data: &[u8]) -> io::Result<()> {
+        self.entry(name, 0o100000 | perm, (0, 0), data)
+    }
+
+    fn char_dev(&mut self, name: &str, major: u32, minor: u32) -> io::Result<()> {
+        self.entry(name, 0o020600, (major, minor), &[])
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        self.entry("TRAILER!!!", 0, (0, 0), &[])?;
+        // Pad to 512 bytes like GNU cpio; the kernel does not need it.
+        let n = (512 - (self.written % 512) as usize) % 512;
+        self.put(&vec![0u8; n])?;
+        Ok(self.out)
+    }
+}
+
+/// The `COUNTER <n>` values in console text, in order.
+pub fn counters(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| {
+            let i = l.find("COUNTER ")?;
+            l[i + 8..].trim().parse().ok()
+        })
+        .collect()
+}
+
+/// Reads a console log from byte `from` on (lossy UTF-8).
+pub fn read_from(log: &Path, from: u64) -> Result<String, GuestError> {
+    let mut f = match fs::File::open(log) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(io_err(log)(e)),
+    };
+    f.seek(SeekFrom::Start(from)).map_err(io_err(log))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).map_err(io_err(log))?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// The current size of a console log (0 when it does not exist yet): an
+/// offset to read new output from.
+pub fn log_len(log: &Path) -> u64 {
+    fs::metadata(log).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Waits until the log, from byte `from` on, has a line containing
+/// `needle`; returns that line.
+pub fn wait_for_line(
+    log: &Path,
+    from: u64,
+    needle: &str,
+    timeout: Duration,
+) -> Result<String, GuestError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = read_from(log, from)?;
+        if let Some(l) = text.lines().find(|l| l.contains(needle)) {
+            return Ok(l.trim_end_matches('\r').to_string());
+        }
+        if Instant::now() >= deadline {
+            return Err(GuestError::Timeout {
+                what: format!("{needle:?}"),
+                path: log.to_path_buf(),
+                timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until a counter above `min` appears after byte `from`; returns it.
+pub fn wait_counter_above(
+    log: &Path,
+    from: u64,
+    min: Option<u64>,
+    timeout: Duration,
+) -> Result<u64, GuestError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = read_from(log, from)?;
+        if let Some(&c) = counters(&text).iter().find(|&&c| min.is_none_or(|m| c > m)) {
+            return Ok(c);
+        }
+        if Instant::now() >= deadline {
+            return Err(GuestError::Timeout {
+                what: format!("a counter above {min:?}"),
+                path: log.to_path_buf(),
+                timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_parse() {
+        assert_eq!(
+            counters("boot\r\nCOUNTER 0\r\nCOUNTER 1\nnoise COUNTER 7\nCOUNTER x\n"),
+            vec![0, 1, 7]
+        );
+    }
+
+    #[test]
+    fn cpio_layout() {
+        let mut w = Cpio::new(Vec::new());
+        w.dir("bin").unwrap();
+        w.file("init", 0o755, b"abc").unwrap();
+        let out = w.finish().unwrap();
+        assert_eq!(out.len() % 512, 0);
+        assert!(out.starts_with(b"070701"));
+        let s = String::from_utf8_lossy(&out);
+        assert!(s.contains("init\0"));
+        assert!(s.contains("TRAILER!!!"));
+        // The cpio tool agrees.
+        let mut child = Command::new("cpio")
+            .args(["-t", "--quiet"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("cpio is needed: scripts/install-deps.sh");
+        child.stdin.take().unwrap().write_all(&out).unwrap();
+        let listing = child.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&listing.stdout), "bin\ninit\n");
+    }
+}

@@ -12,11 +12,16 @@
 //! restarted daemon finds running VMs again through these files
 //! ([`Vmm::attach`]), so QEMU must outlive the daemon that started it.
 
+pub mod qemu;
+pub mod sha256;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rayos_state::VmDefinition;
 use serde::{Deserialize, Serialize};
+
+pub use qemu::{Accel, QemuConfig, QemuHandle, QemuVmm};
 
 /// Everything a backend needs to run one VM: its definition, where its
 /// persistent files live, where its sockets go, and what policy allows.

@@ -1,0 +1,562 @@
+//! The QEMU command line of a VM, built from its [`VmSpec`] (pure: no I/O,
+//! so every profile is unit tested).
+//!
+//! Arguments are kept as (flag, value) pairs tagged with whether they belong
+//! to the VM's *configuration* (what a saved state depends on) or only to
+//! this *launch* (`-daemonize`, `-pidfile`, `-incoming`). The fingerprint
+//! hashes the configuration part with the run directory replaced by a
+//! placeholder, so moving `/run/rayos` does not invalidate saved states.
+
+use std::path::{Path, PathBuf};
+
+use rayos_state::VmKind;
+use rayos_state::registry::{BootSpec, DiskFormat};
+
+use super::Accel;
+use crate::VmSpec;
+
+/// Files in a VM's run directory.
+pub mod run {
+    pub const QMP: &str = "qmp.sock";
+    pub const VNC: &str = "vnc.sock";
+    pub const QGA: &str = "qga.sock";
+    pub const SWTPM: &str = "swtpm.sock";
+    pub const SWTPM_CTRL: &str = "swtpm.ctrl";
+    pub const QEMU_PID: &str = "qemu.pid";
+    pub const SWTPM_PID: &str = "swtpm.pid";
+    /// QEMU's stderr until it daemonizes (start-up errors land here).
+    pub const QEMU_START_LOG: &str = "qemu-start.log";
+}
+
+/// Files in a VM's persistent directory (besides `rayos_state::layout::vm`).
+pub mod vmdir {
+    pub const CONSOLE_LOG: &str = "logs/console.log";
+    pub const SWTPM_LOG: &str = "logs/swtpm.log";
+}
+
+/// Firmware images OVMF needs, resolved against a directory (normally
+/// `/usr/share/OVMF`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ovmf {
+    pub code: PathBuf,
+    /// Template copied once to the VM's `ovmf-vars.fd`.
+    pub vars_template: PathBuf,
+}
+
+impl Ovmf {
+    /// OVMF 4M builds: the Secure Boot code with Microsoft keys enrolled in
+    /// the VARS template, or the plain code with empty VARS.
+    pub fn for_secure_boot(dir: &Path, secure_boot: bool) -> Ovmf {
+        if secure_boot {
+            Ovmf {
+                code: dir.join("OVMF_CODE_4M.secboot.fd"),
+                vars_template: dir.join("OVMF_VARS_4M.ms.fd"),
+            }
+        } else {
+            Ovmf {
+                code: dir.join("OVMF_CODE_4M.fd"),
+                vars_template: dir.join("OVMF_VARS_4M.fd"),
+            }
+        }
+    }
+}
+
+/// Hyper-V enlightenments for Windows guests. Under TCG, QEMU 7.2 rejects
+/// `hv-vpindex` ("kernel doesn't allow setting HyperV VP_INDEX"), and synic
+/// and stimer depend on it, so TCG gets the subset that needs no in-kernel
+/// support; the others are accepted but only take effect with KVM.
+pub fn hyperv_flags(accel: Accel) -> &'static [&'static str] {
+    match accel {
+        Accel::Kvm => &[
+            "hv-relaxed",
+            "hv-vapic",
+            "hv-spinlocks=0x1fff",
+            "hv-vpindex",
+            "hv-runtime",
+            "hv-synic",
+            "hv-stimer",
+            "hv-time",
+            "hv-reset",
+            "hv-frequencies",
+            "hv-tlbflush",
+            "hv-ipi",
+        ],
+        Accel::Tcg => &[
+            "hv-relaxed",
+            "hv-vapic",
+            "hv-spinlocks=0x1fff",
+            "hv-runtime",
+            "hv-time",
+            "hv-reset",
+            "hv-frequencies",
+        ],
+    }
+}
+
+/// How this launch differs from every other launch of the same VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaunchPart {
+    Cold,
+    /// Adds `-incoming defer`; the state is fed through QMP afterwards.
+    Incoming,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Arg {
+    flag: &'static str,
+    value: Option<String>,
+    /// Part of the configuration a saved state depends on.
+    config: bool,
+}
+
+/// A VM's QEMU command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandLine {
+    args: Vec<Arg>,
+    run_dir: PathBuf,
+}
+
+impl CommandLine {
+    /// Builds the command line; `ovmf_dir` is where OVMF images live.
+    pub fn build(spec: &VmSpec, accel: Accel, ovmf_dir: &Path, launch: LaunchPart) -> CommandLine {
+        let mut c = CommandLine {
+            args: Vec::new(),
+            run_dir: spec.run_dir.clone(),
+        };
+        let def = &spec.def;
+        let run = |f: &str| spec.run_dir.join(f).display().to_string();
+        let uefi = match &def.boot {
+            BootSpec::Uefi { secure_boot } => Some(*secure_boot),
+            BootSpec::DirectKernel { .. } => None,
+        };
+        let secure_boot = uefi == Some(true);
+        let windows = def.kind == VmKind::Windows;
+
+        c.cfg(
+            "-name",
+            format!("guest={},process=rayos-vm-{}", def.name, def.name),
+        );
+        c.cfg("-uuid", def.id.to_string());
+        c.flag("-nodefaults");
+        c.flag("-no-user-config");
+        let mut machine = String::from("q35");
+        if secure_boot {
+            machine.push_str(",smm=on");
+        }
+        c.cfg("-machine", machine);
+        c.cfg("-accel", accel.name().to_string());
+        // Host CPU features under KVM (migratable: never invtsc, which blocks
+        // saving); the full emulated feature set under TCG.
+        let mut cpu = match accel {
+            Accel::Kvm => String::from("host,migratable=on"),
+            Accel::Tcg => String::from("max"),
+        };
+        if windows {
+            for f in hyperv_flags(accel) {
+                cpu.push(',');
+                cpu.push_str(f);
+            }
+        }
+        c.cfg("-cpu", cpu);
+        c.cfg("-m", format!("{}M", spec.memory_mib));
+        c.cfg("-smp", spec.cpus.max(1).to_string());
+        // Windows keeps the RTC in local time unless told otherwise.
+        c.cfg(
+            "-rtc",
+            if windows {
+                "base=localtime"
+            } else {
+                "base=utc"
+            }
+            .to_string(),
+        );
+
+        // Control and display, on unix sockets only.
+        c.cfg(
+            "-chardev",
+            format!("socket,id=qmp,path={},server=on,wait=off", run(run::QMP)),
+        );
+        c.cfg("-mon", "chardev=qmp,mode=control".into());
+        c.cfg("-vnc", format!("unix:{}", run(run::VNC)));
+        c.cfg(
+            "-device",
+            if windows { "VGA" } else { "virtio-vga" }.to_string(),
+        );
+
+        // The serial console goes straight to a file QEMU appends to, so it
+        // keeps being captured while rayosd is not running.
+        c.cfg(
+            "-chardev",
+            format!(
+                "file,id=console,path={},append=on",
+                spec.vm_dir.join(vmdir::CONSOLE_LOG).display()
+            ),
+        );
+        c.cfg("-device", "isa-serial,chardev=console".into());
+
+        // Guest agent channel.
+        c.cfg("-device", "virtio-serial-pci,id=vser0".into());
+        c.cfg(
+            "-chardev",
+            format!("socket,id=qga,path={},server=on,wait=off", run(run::QGA)),
+        );
+        c.cfg(
+            "-device",
+            "virtserialport,bus=vser0.0,chardev=qga,name=org.qemu.guest_agent.0".into(),
+        );
+
+        // Firmware.
+        match &def.boot {
+            BootSpec::DirectKernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                c.cfg("-kernel", kernel.display().to_string());
+                if let Some(i) = initrd {
+                    c.cfg("-initrd", i.display().to_string());
+                }
+                c.cfg("-append", cmdline.clone());
+            }
+            BootSpec::Uefi { secure_boot } => {
+                let ovmf = Ovmf::for_secure_boot(ovmf_dir, *secure_boot);
+                if *secure_boot {
+                    // Only SMM code may write the variable store, or Secure
+                    // Boot could be switched off from the guest.
+                    c.cfg(
+                        "-global",
+                        "driver=cfi.pflash01,property=secure,value=on".into(),
+                    );
+                }
+                c.cfg(
+                    "-drive",
+                    format!(
+                        "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                        ovmf.code.display()
+                    ),
+                );
+                c.cfg(
+                    "-drive",
+                    format!(
+                        "if=pflash,format=raw,unit=1,file={}",
+                        spec.vm_dir
+                            .join(rayos_state::layout::vm::OVMF_VARS)
+                            .display()
+                    ),
+                );
+            }
+        }
+
+        if def.tpm {
+            c.cfg(
+                "-chardev",
+                format!("socket,id=chrtpm,path={}", run(run::SWTPM)),
+            );
+            c.cfg("-tpmdev", "emulator,id=tpm0,chardev=chrtpm".into());
+            c.cfg("-device", "tpm-crb,tpmdev=tpm0".into());
+        }
+
+        // Disks: virtio for Linux and generic guests; the q35 board's AHCI
+        // for Windows, whose installer has no virtio driver built in.
+        // bootindex 0 is taken by `-kernel` (QEMU's linuxboot ROM), so disks
+        // count from 1 and media follow them.
+        let mut ahci_port = 0u32;
+        for (i, disk) in def.disks.iter().enumerate() {
+            let path = if disk.path.is_absolute() {
+                disk.path.clone()
+            } else {
+                spec.vm_dir.join(&disk.path)
+            };
+            let fmt = match disk.format {
+                DiskFormat::Qcow2 => "qcow2",
+                DiskFormat::Raw => "raw",
+            };
+            c.cfg(
+                "-drive",
+                format!(
+                    "if=none,id=disk{i},format={fmt},file={},cache=writeback,discard=unmap",
+                    path.display()
+                ),
+            );
+            if windows {
+                c.cfg(
+                    "-device",
+                    format!(
+                        "ide-hd,bus=ide.{ahci_port},drive=disk{i},bootindex={}",
+                        i + 1
+                    ),
+                );
+                ahci_port += 1;
+            } else {
+                c.cfg(
+                    "-device",
+                    format!("virtio-blk-pci,drive=disk{i},bootindex={}", i + 1),
+                );
+            }
+        }
+        if !def.provisioned {
+            let first = def.disks.len() + 1;
+            for (i, iso) in def.media.iter().enumerate() {
+                c.cfg(
+                    "-drive",
+                    format!(
+                        "if=none,id=media{i},media=cdrom,readonly=on,file={}",
+                        iso.display()
+                    ),
+                );
+                c.cfg(
+                    "-device",
+                    format!(
+                        "ide-cd,bus=ide.{ahci_port},drive=media{i},bootindex={}",
+                        first + i
+                    ),
+                );
+                ahci_port += 1;
+            }
+        }
+
+        if spec.network {
+            c.cfg("-netdev", "user,id=net0".into());
+            // Windows has a driver for e1000e built in, not for virtio-net.
+            c.cfg(
+                "-device",
+                if windows {
+                    "e1000e,netdev=net0"
+                } else {
+                    "virtio-net-pci,netdev=net0"
+                }
+                .into(),
+            );
+        }
+
+        // Per-launch parts.
+        c.launch("-pidfile", Some(run(run::QEMU_PID)));
+        c.launch("-daemonize", None);
+        if launch == LaunchPart::Incoming {
+            c.launch("-incoming", Some("defer".into()));
+        }
+        c
+    }
+
+    fn cfg(&mut self, flag: &'static str, value: String) {
+        self.args.push(Arg {
+            flag,
+            value: Some(value),
+            config: true,
+        });
+    }
+
+    fn flag(&mut self, flag: &'static str) {
+        self.args.push(Arg {
+            flag,
+            value: None,
+            config: true,
+        });
+    }
+
+    fn launch(&mut self, flag: &'static str, value: Option<String>) {
+        self.args.push(Arg {
+            flag,
+            value,
+            config: false,
+        });
+    }
+
+    /// The arguments to pass to QEMU.
+    pub fn argv(&self) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.args.len() * 2);
+        for a in &self.args {
+            out.push(a.flag.to_string());
+            if let Some(v) = &a.value {
+                out.push(v.clone());
+            }
+        }
+        out
+    }
+
+    /// The configuration part as text, one argument per line, with the run
+    /// directory replaced by `$RUN`: the input of the fingerprint.
+    pub fn config_text(&self) -> String {
+        let run = self.run_dir.display().to_string();
+        let mut out = String::new();
+        for a in self.args.iter().filter(|a| a.config) {
+            out.push_str(a.flag);
+            if let Some(v) = &a.value {
+                out.push(' ');
+                if run.is_empty() {
+                    out.push_str(v);
+                } else {
+                    out.push_str(&v.replace(&run, "$RUN"));
+                }
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayos_state::VmDefinition;
+    use rayos_state::registry::DiskSpec;
+
+    pub(crate) fn spec(kind: VmKind, boot: BootSpec, tpm: bool) -> VmSpec {
+        VmSpec {
+            def: VmDefinition {
+                id: "67e55044-10b1-426f-9247-bb680e5fe0c8".parse().unwrap(),
+                name: "test".into(),
+                kind,
+                memory_mib: 512,
+                cpus: 2,
+                disks: vec![DiskSpec {
+                    path: "disks/root.qcow2".into(),
+                    format: DiskFormat::Qcow2,
+                }],
+                boot,
+                tpm,
+                media: vec!["/isos/win.iso".into(), "/isos/virtio.iso".into()],
+                provisioned: false,
+            },
+            vm_dir: "/var/rayos/vm/x".into(),
+            run_dir: "/run/rayos/vm/x".into(),
+            network: false,
+            cpus: 2,
+            memory_mib: 512,
+        }
+    }
+
+    fn direct() -> BootSpec {
+        BootSpec::DirectKernel {
+            kernel: "/k".into(),
+            initrd: Some("/i".into()),
+            cmdline: "console=ttyS0 quiet".into(),
+        }
+    }
+
+    fn has(argv: &[String], flag: &str, value: &str) -> bool {
+        argv.windows(2).any(|w| w[0] == flag && w[1] == value)
+    }
+
+    #[test]
+    fn linux_profile() {
+        let s = spec(VmKind::Linux, direct(), false);
+        let argv = CommandLine::build(&s, Accel::Tcg, Path::new("/ovmf"), LaunchPart::Cold).argv();
+        assert!(has(&argv, "-uuid", "67e55044-10b1-426f-9247-bb680e5fe0c8"));
+        assert!(has(&argv, "-machine", "q35"));
+        assert!(has(&argv, "-accel", "tcg"));
+        assert!(has(&argv, "-append", "console=ttyS0 quiet"));
+        assert!(has(&argv, "-vnc", "unix:/run/rayos/vm/x/vnc.sock"));
+        assert!(has(
+            &argv,
+            "-device",
+            "virtio-blk-pci,drive=disk0,bootindex=1"
+        ));
+        assert!(argv.iter().any(|a| {
+            a.starts_with("file,id=console,path=/var/rayos/vm/x/logs/console.log,append=on")
+        }));
+        assert!(argv.contains(&"-nodefaults".to_string()));
+        assert!(argv.contains(&"-daemonize".to_string()));
+        // No network device at all without the policy allowing it.
+        assert!(!argv.iter().any(|a| a.contains("netdev")));
+        assert!(!argv.iter().any(|a| a.contains("-incoming")));
+        // Media attached while not provisioned.
+        assert!(argv.iter().any(|a| a.contains("file=/isos/win.iso")));
+        assert!(
+            !argv
+                .iter()
+                .any(|a| a.contains("pflash") || a.contains("tpm"))
+        );
+    }
+
+    #[test]
+    fn windows_profile() {
+        let mut s = spec(VmKind::Windows, BootSpec::Uefi { secure_boot: true }, true);
+        s.network = true;
+        let argv = CommandLine::build(&s, Accel::Tcg, Path::new("/ovmf"), LaunchPart::Cold).argv();
+        assert!(has(&argv, "-machine", "q35,smm=on"));
+        assert!(has(
+            &argv,
+            "-drive",
+            "if=pflash,format=raw,unit=0,readonly=on,file=/ovmf/OVMF_CODE_4M.secboot.fd"
+        ));
+        assert!(has(
+            &argv,
+            "-drive",
+            "if=pflash,format=raw,unit=1,file=/var/rayos/vm/x/ovmf-vars.fd"
+        ));
+        assert!(has(&argv, "-device", "tpm-crb,tpmdev=tpm0"));
+        assert!(has(
+            &argv,
+            "-chardev",
+            "socket,id=chrtpm,path=/run/rayos/vm/x/swtpm.sock"
+        ));
+        assert!(has(
+            &argv,
+            "-device",
+            "ide-hd,bus=ide.0,drive=disk0,bootindex=1"
+        ));
+        assert!(has(
+            &argv,
+            "-device",
+            "ide-cd,bus=ide.1,drive=media0,bootindex=2"
+        ));
+        assert!(has(
+            &argv,
+            "-device",
+            "ide-cd,bus=ide.2,drive=media1,bootindex=3"
+        ));
+        assert!(has(&argv, "-device", "e1000e,netdev=net0"));
+        let cpu = &argv[argv.iter().position(|a| a == "-cpu").unwrap() + 1];
+        assert!(
+            cpu.contains("hv-relaxed") && cpu.contains("hv-time"),
+            "{cpu}"
+        );
+        assert!(!cpu.contains("invtsc"), "{cpu}");
+        assert!(!cpu.contains("hv-vpindex"), "TCG rejects vpindex: {cpu}");
+
+        // Once provisioned the media are gone.
+        s.def.provisioned = true;
+        let argv = CommandLine::build(&s, Accel::Tcg, Path::new("/ovmf"), LaunchPart::Cold).argv();
+        assert!(!argv.iter().any(|a| a.contains(".iso")));
+
+        let s = spec(
+            VmKind::Windows,
+            BootSpec::Uefi { secure_boot: false },
+            false,
+        );
+        let argv = CommandLine::build(&s, Accel::Kvm, Path::new("/ovmf"), LaunchPart::Cold).argv();
+        assert!(has(&argv, "-machine", "q35"));
+        assert!(argv.iter().any(|a| a.ends_with("/ovmf/OVMF_CODE_4M.fd")));
+        assert!(argv.iter().any(|a| a.contains("hv-vpindex")));
+    }
+
+    #[test]
+    fn fingerprint_input_ignores_launch_parts_and_run_dir() {
+        let s = spec(VmKind::Linux, direct(), false);
+        let cold = CommandLine::build(&s, Accel::Tcg, Path::new("/o"), LaunchPart::Cold);
+        let inc = CommandLine::build(&s, Accel::Tcg, Path::new("/o"), LaunchPart::Incoming);
+        assert!(
+            inc.argv()
+                .windows(2)
+                .any(|w| w[0] == "-incoming" && w[1] == "defer")
+        );
+        assert_eq!(cold.config_text(), inc.config_text());
+        let mut moved = s.clone();
+        moved.run_dir = "/tmp/elsewhere".into();
+        let m = CommandLine::build(&moved, Accel::Tcg, Path::new("/o"), LaunchPart::Cold);
+        assert_eq!(cold.config_text(), m.config_text());
+        assert!(!cold.config_text().contains("/run/rayos"));
+
+        let mut bigger = s.clone();
+        bigger.memory_mib = 1024;
+        let b = CommandLine::build(&bigger, Accel::Tcg, Path::new("/o"), LaunchPart::Cold);
+        assert_ne!(cold.config_text(), b.config_text());
+        let mut net = s.clone();
+        net.network = true;
+        let n = CommandLine::build(&net, Accel::Tcg, Path::new("/o"), LaunchPart::Cold);
+        assert_ne!(cold.config_text(), n.config_text());
+        let k = CommandLine::build(&s, Accel::Kvm, Path::new("/o"), LaunchPart::Cold);
+        assert_ne!(cold.config_text(), k.config_text());
+    }
+}

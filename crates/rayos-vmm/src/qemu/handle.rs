@@ -1,0 +1,405 @@
+//! Control of one running QEMU: state, save, restore, power, screenshots,
+//! guest time. Dropping a handle leaves QEMU running (that is what lets the
+//! daemon restart); [`VmHandle::kill`] ends it.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rayos_qmp::{GuestAgent, QmpClient, QmpError};
+use serde_json::{Value, json};
+
+use super::cmdline::run;
+use super::{QemuConfig, process, swtpm, sync_dir};
+use crate::{RunState, SaveReport, VmHandle, VmSpec, VmmError};
+
+/// `max-bandwidth` during a save: the default limit (32 MiB/s) makes saving
+/// several times slower than the disk allows.
+const SAVE_BANDWIDTH: u64 = 10 << 30;
+const POLL: Duration = Duration::from_millis(25);
+
+pub struct QemuHandle {
+    spec: VmSpec,
+    config: QemuConfig,
+    pid: u32,
+    tpm_pid: Option<u32>,
+    qmp: Option<QmpClient>,
+}
+
+impl std::fmt::Debug for QemuHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QemuHandle")
+            .field("vm", &self.spec.def.name)
+            .field("pid", &self.pid)
+            .field("tpm_pid", &self.tpm_pid)
+            .finish()
+    }
+}
+
+/// Quotes `s` for `/bin/sh` (QEMU runs `exec:` URIs through it).
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl QemuHandle {
+    pub(crate) fn new(
+        spec: &VmSpec,
+        config: &QemuConfig,
+        pid: u32,
+        tpm_pid: Option<u32>,
+        qmp: QmpClient,
+    ) -> Self {
+        QemuHandle {
+            spec: spec.clone(),
+            config: config.clone(),
+            pid,
+            tpm_pid,
+            qmp: Some(qmp),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.spec.def.name.clone()
+    }
+
+    fn qmp_err(&self, e: QmpError) -> VmmError {
+        VmmError::Qmp {
+            vm: self.name(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// Runs a QMP command; a dropped connection is remembered so later calls
+    /// fail fast.
+    fn exec(&mut self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
+        let Some(q) = self.qmp.as_mut() else {
+            return Err(QmpError::Closed(command.into()));
+        };
+        let r = q.execute(command, args);
+        if let Err(e) = &r {
+            if e.is_disconnect() {
+                self.qmp = None;
+            }
+        }
+        r
+    }
+
+    /// QEMU's `query-status` status string.
+    fn status(&mut self) -> Result<String, QmpError> {
+        let v = self.exec("query-status", None)?;
+        Ok(v["status"].as_str().unwrap_or("unknown").to_string())
+    }
+
+    /// The QMP client, for callers that need commands this trait lacks.
+    pub fn qmp(&mut self) -> Option<&mut QmpClient> {
+        self.qmp.as_mut()
+    }
+
+    /// Loads `state_file` into a QEMU started with `-incoming defer` and
+    /// leaves the guest running.
+    pub(crate) fn restore_from(&mut self, state_file: &Path) -> Result<(), VmmError> {
+        let vm = self.name();
+        let fail = |detail: String| VmmError::Restore {
+            vm: vm.clone(),
+            detail,
+        };
+        let uri = format!(
+            "exec:{} -q -dc {}",
+            self.config.zstd.display(),
+            sh_quote(&state_file.display().to_string())
+        );
+        self.exec("migrate-incoming", Some(json!({ "uri": uri })))
+            .map_err(|e| fail(e.to_string()))?;
+        let deadline = Instant::now() + self.config.migrate_timeout;
+        loop {
+            let status = match self.status() {
+                Ok(s) => s,
+                // A stream that does not load makes QEMU exit.
+                Err(_) if !process::alive(self.pid) => {
+                    return Err(fail(format!(
+                        "QEMU exited while loading {} (corrupt, truncated or from another configuration)",
+                        state_file.display()
+                    )));
+                }
+                Err(e) => return Err(fail(e.to_string())),
+            };
+            match status.as_str() {
+                "inmigrate" | "prelaunch" => {}
+                "paused" | "postmigrate" => {
+                    self.exec("cont", None).map_err(|e| fail(e.to_string()))?;
+                    return Ok(());
+                }
+                "running" => return Ok(()),
+                other => {
+                    return Err(fail(format!(
+                        "QEMU is {other} after loading {}",
+                        state_file.display()
+                    )));
+                }
+            }
+            if let Ok(m) = self.exec("query-migrate", None) {
+                if m["status"] == "failed" {
+                    return Err(fail(format!(
+                        "loading {} failed: {}",
+                        state_file.display(),
+                        m["error-desc"].as_str().unwrap_or("no detail")
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(VmmError::Timeout(
+                    self.config.migrate_timeout,
+                    format!("VM {vm} to load {}", state_file.display()),
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The migration part of a save; on error the caller cleans up.
+    fn save_stream(&mut self, tmp: &Path, rc_file: &Path) -> Result<u64, String> {
+        self.exec(
+            "migrate-set-parameters",
+            Some(json!({ "max-bandwidth": SAVE_BANDWIDTH })),
+        )
+        .map_err(|e| e.to_string())?;
+        // zstd's exit status goes to the run directory (another file
+        // system): when the state's file system is full, only that file
+        // tells a truncated stream from a complete one, because QEMU may
+        // report "completed" before zstd has flushed.
+        let uri = format!(
+            "exec:{} -q -f -1 -T2 -o {}; echo $? > {}",
+            self.config.zstd.display(),
+            sh_quote(&tmp.display().to_string()),
+            sh_quote(&rc_file.display().to_string())
+        );
+        self.exec("migrate", Some(json!({ "uri": uri })))
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + self.config.migrate_timeout;
+        let transferred = loop {
+            let m = self
+                .exec("query-migrate", None)
+                .map_err(|e| e.to_string())?;
+            match m["status"].as_str().unwrap_or("") {
+                "completed" => break m["ram"]["transferred"].as_u64().unwrap_or(0),
+                "failed" | "cancelled" => {
+                    return Err(format!(
+                        "migration {}: {}",
+                        m["status"].as_str().unwrap_or(""),
+                        m["error-desc"].as_str().unwrap_or("no detail (disk full?)")
+                    ));
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                let _ = self.exec("migrate_cancel", None);
+                return Err(format!(
+                    "not finished after {:?}",
+                    self.config.migrate_timeout
+                ));
+            }
+            std::thread::sleep(POLL);
+        };
+        // Wait for zstd to finish writing.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(rc_file) {
+                if text.ends_with('\n') {
+                    let rc = text.trim();
+                    if rc != "0" {
+                        return Err(format!("zstd failed with exit status {rc} (disk full?)"));
+                    }
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err("zstd did not finish within 60 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        File::open(tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
+        Ok(transferred)
+    }
+
+    fn stop_tpm(&mut self) {
+        if self.spec.def.tpm {
+            swtpm::stop(&self.spec);
+        }
+        self.tpm_pid = None;
+    }
+}
+
+impl VmHandle for QemuHandle {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn state(&mut self) -> Result<RunState, VmmError> {
+        if !process::alive(self.pid) {
+            return Ok(RunState::Exited);
+        }
+        match self.status() {
+            Ok(s) => Ok(match s.as_str() {
+                "running" => RunState::Running,
+                "shutdown" => RunState::Shutdown,
+                _ => RunState::Paused,
+            }),
+            Err(_) if !process::alive(self.pid) => Ok(RunState::Exited),
+            Err(e) if e.is_disconnect() => Ok(RunState::Exited),
+            Err(e) => Err(self.qmp_err(e)),
+        }
+    }
+
+    fn save(&mut self, state_file: &Path) -> Result<SaveReport, VmmError> {
+        let vm = self.name();
+        let started = Instant::now();
+        let dir = state_file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|source| VmmError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut tmp_name = state_file.file_name().unwrap_or_default().to_os_string();
+        tmp_name.push(".partial");
+        let tmp: PathBuf = dir.join(tmp_name);
+        let rc_file = self.spec.run_dir.join("save.rc");
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(&rc_file);
+
+        let was_running = self.status().map_err(|e| self.qmp_err(e))? == "running";
+        self.exec("stop", None).map_err(|e| self.qmp_err(e))?;
+        let transferred = match self.save_stream(&tmp, &rc_file) {
+            Ok(t) => t,
+            Err(detail) => {
+                let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_file(&rc_file);
+                if was_running {
+                    let _ = self.exec("cont", None);
+                }
+                return Err(VmmError::Save { vm, detail });
+            }
+        };
+        let _ = std::fs::remove_file(&rc_file);
+        if let Err(e) = std::fs::rename(&tmp, state_file) {
+            let _ = std::fs::remove_file(&tmp);
+            if was_running {
+                let _ = self.exec("cont", None);
+            }
+            return Err(VmmError::Io {
+                path: state_file.to_path_buf(),
+                source: e,
+            });
+        }
+        sync_dir(&dir);
+        let bytes = std::fs::metadata(state_file).map(|m| m.len()).unwrap_or(0);
+        // The state is safe on disk: end QEMU. `quit` may race with the
+        // connection closing, which is fine.
+        let _ = self.exec("quit", None);
+        if !process::wait_gone(self.pid, Duration::from_secs(10)) {
+            process::terminate(self.pid, Duration::from_secs(2));
+        }
+        self.qmp = None;
+        self.stop_tpm();
+        let _ = std::fs::remove_file(self.spec.run_dir.join(run::QEMU_PID));
+        Ok(SaveReport {
+            state_file: state_file.to_path_buf(),
+            bytes,
+            transferred,
+            duration: started.elapsed(),
+        })
+    }
+
+    fn powerdown(&mut self) -> Result<(), VmmError> {
+        self.exec("system_powerdown", None)
+            .map(|_| ())
+            .map_err(|e| self.qmp_err(e))
+    }
+
+    fn kill(&mut self) -> Result<(), VmmError> {
+        self.qmp = None;
+        process::signal(self.pid, libc::SIGKILL).map_err(|source| VmmError::Io {
+            path: PathBuf::from(format!("/proc/{}", self.pid)),
+            source,
+        })?;
+        if !process::wait_gone(self.pid, Duration::from_secs(10)) {
+            return Err(VmmError::Timeout(
+                Duration::from_secs(10),
+                format!("QEMU of VM {} (pid {}) to exit", self.name(), self.pid),
+            ));
+        }
+        self.stop_tpm();
+        let _ = std::fs::remove_file(self.spec.run_dir.join(run::QEMU_PID));
+        Ok(())
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Result<bool, VmmError> {
+        let gone = process::wait_gone(self.pid, timeout);
+        if gone {
+            self.qmp = None;
+            // swtpm ends by itself when QEMU hangs up; make sure.
+            self.stop_tpm();
+        }
+        Ok(gone)
+    }
+
+    fn screenshot(&mut self, png: &Path) -> Result<(), VmmError> {
+        // QEMU writes the file itself, relative to its own working directory.
+        let abs = std::path::absolute(png).map_err(|source| VmmError::Io {
+            path: png.to_path_buf(),
+            source,
+        })?;
+        self.exec(
+            "screendump",
+            Some(json!({ "filename": abs.display().to_string(), "format": "png" })),
+        )
+        .map(|_| ())
+        .map_err(|e| self.qmp_err(e))
+    }
+
+    fn sync_guest_time(&mut self) -> Result<bool, VmmError> {
+        let sock = self.spec.run_dir.join(run::QGA);
+        let mut ga = match GuestAgent::connect(&sock, Duration::from_secs(2)) {
+            Ok(ga) => ga,
+            Err(_) => return Ok(false),
+        };
+        let id = random_u64() & ((1 << 53) - 1);
+        match ga.sync(id) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return Ok(false),
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        ga.execute("guest-set-time", Some(json!({ "time": now })))
+            .map(|_| true)
+            .map_err(|e| self.qmp_err(e))
+    }
+
+    fn vnc_socket(&self) -> PathBuf {
+        self.spec.run_dir.join(run::VNC)
+    }
+}
+
+/// A random sync id, so replies meant for an earlier client are never
+/// mistaken for ours.
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+    {
+        return u64::from_le_bytes(b);
+    }
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (u64::from(std::process::id()) << 32)
+}

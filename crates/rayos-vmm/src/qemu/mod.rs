@@ -1,0 +1,418 @@
+//! The QEMU backend: [`QemuVmm`] implements [`Vmm`], [`QemuHandle`]
+//! implements [`VmHandle`].
+//!
+//! Process model: QEMU runs with `-daemonize`, so it is reparented away from
+//! rayosd, sits in its own session and outlives the daemon; its pid file,
+//! QMP, VNC and guest-agent sockets live in the VM's run directory, which is
+//! how [`Vmm::attach`] finds it again. QEMU's stderr until it daemonizes goes
+//! to `<run_dir>/qemu-start.log` (start-up errors are reported from there);
+//! the guest's serial console is appended by QEMU itself to
+//! `<vm_dir>/logs/console.log`.
+//!
+//! Saved state: QEMU 7.2 has no `file:` migration URI, so a save migrates
+//! into `zstd` through `exec:` and a restore starts the identical command
+//! line with `-incoming defer` and migrates back from `zstd -dc`. Disks are
+//! not part of the state; the caller must keep them unchanged while saved.
+//!
+//! Limits: x86_64 only; one QMP client at a time (a second connection waits
+//! until the first closes, which is what lets a restarted daemon attach).
+
+mod accel;
+pub mod cmdline;
+pub mod console;
+mod handle;
+pub mod process;
+mod swtpm;
+
+use std::fs::{DirBuilder, File};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rayos_qmp::QmpClient;
+use rayos_state::registry::BootSpec;
+
+pub use accel::{Accel, PROBE_TIMEOUT, probe_kernel};
+pub use cmdline::{CommandLine, LaunchPart, Ovmf};
+pub use handle::QemuHandle;
+
+use crate::{Launch, VmHandle, VmSpec, Vmm, VmmError};
+
+/// Where the backend finds its tools and how long it waits for them.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub qemu: PathBuf,
+    pub swtpm: PathBuf,
+    pub zstd: PathBuf,
+    /// Directory of the OVMF 4M images.
+    pub ovmf_dir: PathBuf,
+    /// `None`: `RAYOS_ACCEL`, else probe.
+    pub accel: Option<Accel>,
+    /// QEMU until it has daemonized and answers QMP.
+    pub start_timeout: Duration,
+    /// One QMP command.
+    pub qmp_timeout: Duration,
+    /// A whole save or restore (the guest's RAM through zstd).
+    pub migrate_timeout: Duration,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        QemuConfig {
+            qemu: "qemu-system-x86_64".into(),
+            swtpm: "swtpm".into(),
+            zstd: "zstd".into(),
+            ovmf_dir: "/usr/share/OVMF".into(),
+            accel: None,
+            start_timeout: Duration::from_secs(30),
+            qmp_timeout: Duration::from_secs(10),
+            migrate_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The QEMU backend.
+#[derive(Debug, Default)]
+pub struct QemuVmm {
+    config: QemuConfig,
+    version: OnceLock<Result<String, String>>,
+}
+
+impl QemuVmm {
+    pub fn new(config: QemuConfig) -> Self {
+        QemuVmm {
+            config,
+            version: OnceLock::new(),
+        }
+    }
+
+    pub fn config(&self) -> &QemuConfig {
+        &self.config
+    }
+
+    /// The accelerator launches will use.
+    pub fn accel(&self) -> Accel {
+        self.config
+            .accel
+            .unwrap_or_else(|| Accel::detect(&self.config.qemu))
+    }
+
+    /// The command line `vm` gets for `launch`.
+    pub fn command_line(&self, vm: &VmSpec, launch: LaunchPart) -> CommandLine {
+        CommandLine::build(vm, self.accel(), &self.config.ovmf_dir, launch)
+    }
+
+    /// `qemu-system-x86_64 --version`, run once.
+    pub fn qemu_version(&self) -> Result<String, VmmError> {
+        self.version
+            .get_or_init(|| {
+                let out = Command::new(&self.config.qemu)
+                    .arg("--version")
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| {
+                        format!(
+                            "cannot run {}: {e} (install qemu-system-x86)",
+                            self.config.qemu.display()
+                        )
+                    })?;
+                if !out.status.success() {
+                    return Err(format!("{} --version failed", self.config.qemu.display()));
+                }
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+            })
+            .clone()
+            .map_err(|detail| VmmError::EarlyExit {
+                vm: String::new(),
+                detail,
+            })
+    }
+
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VmmError + '_ {
+        move |source| VmmError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Creates the directories a launch needs and removes stale sockets and
+    /// pid files of a QEMU that is gone.
+    fn prepare_dirs(&self, vm: &VmSpec) -> Result<(), VmmError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&vm.run_dir)
+            .map_err(Self::io(&vm.run_dir))?;
+        let logs = vm.vm_dir.join(rayos_state::layout::vm::LOGS);
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&logs)
+            .map_err(Self::io(&logs))?;
+        for f in [
+            cmdline::run::QMP,
+            cmdline::run::VNC,
+            cmdline::run::QGA,
+            cmdline::run::QEMU_PID,
+            cmdline::run::QEMU_START_LOG,
+        ] {
+            let _ = std::fs::remove_file(vm.run_dir.join(f));
+        }
+        Ok(())
+    }
+
+    /// Copies the OVMF VARS template to the VM's `ovmf-vars.fd` once; an
+    /// existing copy is the VM's own variable store and is never touched.
+    fn ensure_vars(&self, vm: &VmSpec, secure_boot: bool) -> Result<(), VmmError> {
+        let ovmf = Ovmf::for_secure_boot(&self.config.ovmf_dir, secure_boot);
+        for (what, p) in [
+            ("OVMF code", &ovmf.code),
+            ("OVMF VARS template", &ovmf.vars_template),
+        ] {
+            if !p.is_file() {
+                return Err(VmmError::Missing {
+                    vm: vm.def.name.clone(),
+                    what,
+                    path: p.clone(),
+                });
+            }
+        }
+        let vars = vm.vm_dir.join(rayos_state::layout::vm::OVMF_VARS);
+        if vars.exists() {
+            return Ok(());
+        }
+        // Copy under a temporary name so a crash never leaves a truncated
+        // store that would then be kept forever.
+        let tmp = vm.vm_dir.join(".ovmf-vars.fd.tmp");
+        std::fs::copy(&ovmf.vars_template, &tmp).map_err(Self::io(&tmp))?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(Self::io(&tmp))?;
+        std::fs::rename(&tmp, &vars).map_err(Self::io(&vars))?;
+        sync_dir(&vm.vm_dir);
+        Ok(())
+    }
+
+    fn check_inputs(&self, vm: &VmSpec) -> Result<(), VmmError> {
+        let missing = |what, path: &Path| VmmError::Missing {
+            vm: vm.def.name.clone(),
+            what,
+            path: path.to_path_buf(),
+        };
+        if let BootSpec::DirectKernel { kernel, initrd, .. } = &vm.def.boot {
+            if !kernel.is_file() {
+                return Err(missing("kernel", kernel));
+            }
+            if let Some(i) = initrd {
+                if !i.is_file() {
+                    return Err(missing("initrd", i));
+                }
+            }
+        }
+        for d in &vm.def.disks {
+            let p = if d.path.is_absolute() {
+                d.path.clone()
+            } else {
+                vm.vm_dir.join(&d.path)
+            };
+            if !p.exists() {
+                return Err(missing("disk", &p));
+            }
+        }
+        if !vm.def.provisioned {
+            for m in &vm.def.media {
+                if !m.is_file() {
+                    return Err(missing("installation media", m));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs QEMU until it has daemonized; returns the daemon's pid.
+    fn spawn(&self, vm: &VmSpec, cmd: &CommandLine) -> Result<u32, VmmError> {
+        let name = vm.def.name.clone();
+        let log_path = vm.run_dir.join(cmdline::run::QEMU_START_LOG);
+        let log = File::create(&log_path).map_err(Self::io(&log_path))?;
+        let mut child = Command::new(&self.config.qemu)
+            .args(cmd.argv())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|source| VmmError::Spawn {
+                vm: name.clone(),
+                source,
+            })?;
+        // The foreground process exits once the daemon has initialised.
+        let deadline = Instant::now() + self.config.start_timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(VmmError::Timeout(
+                        self.config.start_timeout,
+                        format!("QEMU of VM {name} to start"),
+                    ));
+                }
+                Err(source) => return Err(VmmError::Spawn { vm: name, source }),
+            }
+        };
+        let stderr = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if !status.success() {
+            return Err(VmmError::EarlyExit {
+                vm: name,
+                detail: format!("{status}: {}", last_lines(&stderr, 5)),
+            });
+        }
+        process::read_pid(&vm.run_dir.join(cmdline::run::QEMU_PID)).ok_or_else(|| {
+            VmmError::EarlyExit {
+                vm: name,
+                detail: "QEMU daemonized but wrote no pid file".into(),
+            }
+        })
+    }
+
+    fn launch_inner(&self, vm: &VmSpec, how: &Launch) -> Result<QemuHandle, VmmError> {
+        let name = vm.def.name.clone();
+        if let Some(h) = self.attach(vm)? {
+            return Err(VmmError::Spawn {
+                vm: name,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("QEMU already runs for this VM (pid {})", h.pid()),
+                ),
+            });
+        }
+        self.check_inputs(vm)?;
+        if let Launch::Restore { state_file } = how {
+            if !state_file.is_file() {
+                return Err(VmmError::Missing {
+                    vm: name,
+                    what: "saved state",
+                    path: state_file.clone(),
+                });
+            }
+        }
+        self.prepare_dirs(vm)?;
+        if let BootSpec::Uefi { secure_boot } = vm.def.boot {
+            self.ensure_vars(vm, secure_boot)?;
+        }
+        let part = match how {
+            Launch::Cold => LaunchPart::Cold,
+            Launch::Restore { .. } => LaunchPart::Incoming,
+        };
+        let cmd = self.command_line(vm, part);
+        let tpm_pid = if vm.def.tpm {
+            Some(swtpm::start(
+                vm,
+                &self.config.swtpm,
+                self.config.start_timeout,
+            )?)
+        } else {
+            None
+        };
+        let pid = match self.spawn(vm, &cmd) {
+            Ok(pid) => pid,
+            Err(e) => {
+                swtpm::stop(vm);
+                return Err(e);
+            }
+        };
+        let qmp = match QmpClient::connect_retry(
+            &vm.run_dir.join(cmdline::run::QMP),
+            self.config.start_timeout,
+        ) {
+            Ok(mut q) => {
+                q.set_timeout(self.config.qmp_timeout);
+                q
+            }
+            Err(e) => {
+                process::terminate(pid, Duration::from_secs(2));
+                swtpm::stop(vm);
+                return Err(VmmError::Qmp {
+                    vm: name,
+                    detail: e.to_string(),
+                });
+            }
+        };
+        let mut handle = QemuHandle::new(vm, &self.config, pid, tpm_pid, qmp);
+        if let Launch::Restore { state_file } = how {
+            if let Err(e) = handle.restore_from(state_file) {
+                // Never leave a half-restored QEMU behind.
+                let _ = handle.kill();
+                return Err(e);
+            }
+        }
+        Ok(handle)
+    }
+}
+
+impl Vmm for QemuVmm {
+    fn fingerprint(&self, vm: &VmSpec) -> Result<String, VmmError> {
+        let cmd = self.command_line(vm, LaunchPart::Cold);
+        let text = format!(
+            "rayos-vmm qemu fingerprint v1\n{}\n{}",
+            self.qemu_version()?,
+            cmd.config_text()
+        );
+        Ok(format!("sha256:{}", crate::sha256::hex(text.as_bytes())))
+    }
+
+    fn launch(&self, vm: &VmSpec, how: &Launch) -> Result<Box<dyn VmHandle>, VmmError> {
+        Ok(Box::new(self.launch_inner(vm, how)?))
+    }
+
+    fn attach(&self, vm: &VmSpec) -> Result<Option<Box<dyn VmHandle>>, VmmError> {
+        let pid_file = vm.run_dir.join(cmdline::run::QEMU_PID);
+        let Some(pid) = process::read_pid(&pid_file) else {
+            return Ok(None);
+        };
+        // The pid may have been reused by an unrelated process since; only a
+        // QEMU started with this VM's uuid is ours.
+        if !process::alive_with_arg(pid, &vm.def.id.to_string()) {
+            return Ok(None);
+        }
+        let mut qmp =
+            QmpClient::connect_retry(&vm.run_dir.join(cmdline::run::QMP), self.config.qmp_timeout)
+                .map_err(|e| VmmError::Qmp {
+                    vm: vm.def.name.clone(),
+                    detail: e.to_string(),
+                })?;
+        qmp.set_timeout(self.config.qmp_timeout);
+        let tpm_pid = process::read_pid(&vm.run_dir.join(cmdline::run::SWTPM_PID))
+            .filter(|p| process::alive(*p));
+        Ok(Some(Box::new(QemuHandle::new(
+            vm,
+            &self.config,
+            pid,
+            tpm_pid,
+            qmp,
+        ))))
+    }
+}
+
+/// fsyncs a directory so a rename in it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(n);
+    let out = lines[start..].join(" | ");
+    if out.is_empty() {
+        "no error message".into()
+    } else {
+        out
+    }
+}
