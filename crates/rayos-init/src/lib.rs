@@ -1,1 +1,39 @@
-//! rayos init: PID 1 of the RayOS image, a linear sequence of named steps.
+//! rayos init: PID 1 of the RayOS image, and the `rayos>` admin console.
+//!
+//! - [`pid1`]: the boot as a linear list of named steps per mode
+//!   (installer, installed, recovery), the supervision loop and the orderly
+//!   shutdown;
+//! - [`console`]: the admin prompt on the serial console and tty1;
+//! - [`control`]: how `rayos shutdown`/`reboot`/`status` talk to PID 1;
+//! - [`modules`]: coldplug module loading by modalias, no udev or kmod;
+//! - [`bless`]: boot counting (rename the running UKI without `+N-M`);
+//! - [`volumes`]: finding the install, the installer medium, answer files;
+//! - [`service`]: supervised children with log pumps and backoff;
+//! - [`log`]: console + `/dev/kmsg` + rotated log files;
+//! - [`sys`]: the Linux calls (mount, signalfd, reap, reboot).
+//!
+//! See `docs/init.md` for the boot sequence, markers and the control
+//! protocol.
+
+pub mod bless;
+pub mod cmdline;
+pub mod console;
+pub mod control;
+pub mod log;
+pub mod modules;
+pub mod pid1;
+pub mod service;
+pub mod sys;
+pub mod volumes;
+
+/// An error and its sources on one line: "a: b: c".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "rayos", version, about = "RayOS: keeps a Linux and a Windows VM alive on this machine")]
+#[command(
+    name = "rayos",
+    version,
+    about = "RayOS: keeps a Linux and a Windows VM alive on this machine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,9 +35,26 @@ enum Command {
     Vm(cmd::vm::Args),
     /// PID 1 of the RayOS image.
     Init(cmd::init::Args),
+    /// The rayos> admin console.
+    Console(cmd::console::Args),
+    /// What RayOS is doing: boot, faults, services, VMs.
+    Status(cmd::status::Args),
+    /// Show RayOS's logs, crash reports and boot history.
+    Logs(cmd::logs::Args),
+    /// Save the VMs and power off (or restart with --reboot).
+    Shutdown(cmd::shutdown::Args),
+    /// Save the VMs and restart.
+    Reboot(cmd::shutdown::RebootArgs),
 }
 
 fn main() -> ExitCode {
+    // The kernel starts the image's /init (this binary) with no subcommand.
+    if std::env::args_os()
+        .next()
+        .is_some_and(|a| std::path::Path::new(&a).file_name() == Some("init".as_ref()))
+    {
+        return finish(cmd::init::run(cmd::init::Args::default()));
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Disks(a) => cmd::disks::run(a),
@@ -41,7 +62,16 @@ fn main() -> ExitCode {
         Command::Daemon(a) => cmd::daemon::run(a),
         Command::Vm(a) => cmd::vm::run(a),
         Command::Init(a) => cmd::init::run(a),
+        Command::Console(a) => cmd::console::run(a),
+        Command::Status(a) => cmd::status::run(a),
+        Command::Logs(a) => cmd::logs::run(a),
+        Command::Shutdown(a) => cmd::shutdown::run(a),
+        Command::Reboot(a) => cmd::shutdown::run_reboot(a),
     };
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -1,10 +1,14 @@
 //! One module per subcommand. Each has `Args` (clap) and
 //! `run(Args) -> anyhow::Result<ExitCode>`.
 
+pub mod console;
 pub mod daemon;
 pub mod disks;
 pub mod init;
 pub mod install;
+pub mod logs;
+pub mod shutdown;
+pub mod status;
 pub mod vm;
 
 /// Exit codes scripts may rely on (see main.rs).

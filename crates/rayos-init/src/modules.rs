@@ -1,0 +1,529 @@
+//! Kernel module loading without udev or kmod: coldplug by modalias.
+//!
+//! Protocol (what `modprobe` does, reduced to what RayOS needs):
+//! 1. read `/lib/modules/$(uname -r)/modules.dep` (module paths and their
+//!    dependencies), `modules.alias` (glob pattern → module name),
+//!    `modules.softdep` (`pre:` modules) and `modules.builtin`;
+//! 2. collect the `modalias` files under `/sys/devices`, match each against
+//!    the alias patterns (`*`, `?`, `[…]` globs, like fnmatch);
+//! 3. load every matched module after its dependencies (depth first) with
+//!    `finit_module(2)`; `EEXIST` means already loaded;
+//! 4. repeat, because loading a bus driver (virtio_pci, ahci, xhci) creates
+//!    new devices with new modaliases; stop when a pass finds nothing new.
+//!
+//! Compressed modules (`.ko.xz`, `.ko.zst`, `.ko.gz`) are handed to the
+//! kernel with `MODULE_INIT_COMPRESSED_FILE`, which works when the kernel
+//! was built with `CONFIG_MODULE_DECOMPRESS`; Debian 12's kernel ships plain
+//! `.ko` files, so the common path needs no decompressor at all.
+//!
+//! Limits: no module options, no blacklist, no `install`/`remove` commands;
+//! hotplugged devices are handled by [`crate::pid1`] calling
+//! [`ModuleIndex::load_alias`] again.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModulesError {
+    #[error("cannot read the module index {path}")]
+    ReadIndex {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("module dependency loop at {0}")]
+    DependencyLoop(String),
+    #[error("cannot load kernel module {path}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Module names compare with `-` and `_` equal; the kernel uses `_`.
+pub fn normalize(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+/// The module tree of one kernel, parsed.
+#[derive(Debug, Default)]
+pub struct ModuleIndex {
+    root: PathBuf,
+    /// name → (path relative to root, dependency names)
+    deps: HashMap<String, (String, Vec<String>)>,
+    /// (pattern, module name), in file order
+    aliases: Vec<(String, String)>,
+    softdeps: HashMap<String, Vec<String>>,
+    builtin: HashSet<String>,
+}
+
+fn name_of_path(p: &str) -> String {
+    let base = p.rsplit('/').next().unwrap_or(p);
+    let stem = base.split(".ko").next().unwrap_or(base);
+    normalize(stem)
+}
+
+impl ModuleIndex {
+    /// Reads the index under `root` (`/lib/modules/<release>`).
+    pub fn load(root: &Path) -> Result<ModuleIndex, ModulesError> {
+        let read = |name: &str, required: bool| -> Result<String, ModulesError> {
+            let path = root.join(name);
+            match fs::read_to_string(&path) {
+                Ok(s) => Ok(s),
+                Err(e) if !required && e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+                Err(source) => Err(ModulesError::ReadIndex { path, source }),
+            }
+        };
+        let mut idx = ModuleIndex::parse(
+            &read("modules.dep", true)?,
+            &read("modules.alias", false)?,
+            &read("modules.softdep", false)?,
+            &read("modules.builtin", false)?,
+        );
+        idx.root = root.to_path_buf();
+        Ok(idx)
+    }
+
+    /// Builds an index from the texts of the four files.
+    pub fn parse(dep: &str, alias: &str, softdep: &str, builtin: &str) -> ModuleIndex {
+        let mut idx = ModuleIndex::default();
+        for line in dep.lines() {
+            let Some((path, rest)) = line.split_once(':') else {
+                continue;
+            };
+            let path = path.trim();
+            if path.is_empty() {
+                continue;
+            }
+            let d = rest.split_whitespace().map(name_of_path).collect();
+            idx.deps.insert(name_of_path(path), (path.to_string(), d));
+        }
+        for line in alias.lines() {
+            let mut w = line.split_whitespace();
+            if let (Some("alias"), Some(pat), Some(m)) = (w.next(), w.next(), w.next()) {
+                idx.aliases.push((pat.to_string(), normalize(m)));
+            }
+        }
+        for line in softdep.lines() {
+            let mut w = line.split_whitespace();
+            if w.next() != Some("softdep") {
+                continue;
+            }
+            let Some(m) = w.next() else { continue };
+            let mut pre = Vec::new();
+            let mut in_pre = false;
+            for t in w {
+                match t {
+                    "pre:" => in_pre = true,
+                    "post:" => in_pre = false,
+                    t if in_pre => pre.push(normalize(t)),
+                    _ => {}
+                }
+            }
+            idx.softdeps.entry(normalize(m)).or_default().extend(pre);
+        }
+        for line in builtin.lines() {
+            let line = line.trim();
+            if !line.is_empty() {
+                idx.builtin.insert(name_of_path(line));
+            }
+        }
+        idx
+    }
+
+    pub fn is_builtin(&self, name: &str) -> bool {
+        self.builtin.contains(&normalize(name))
+    }
+
+    pub fn has_module(&self, name: &str) -> bool {
+        self.deps.contains_key(&normalize(name))
+    }
+
+    /// Module names whose alias pattern matches `modalias` (all of them,
+    /// like `modprobe` does), or `modalias` itself when it names a module.
+    pub fn resolve(&self, modalias: &str) -> Vec<String> {
+        let n = normalize(modalias);
+        if self.deps.contains_key(&n) || self.builtin.contains(&n) {
+            return vec![n];
+        }
+        let mut out: Vec<String> = Vec::new();
+        for (pat, m) in &self.aliases {
+            if glob_match(pat.as_bytes(), modalias.as_bytes()) && !out.contains(m) {
+                out.push(m.clone());
+            }
+        }
+        out
+    }
+
+    /// The modules to load for `name`, dependencies (and `pre:` soft
+    /// dependencies) first, each once; built-in ones left out. `name` must
+    /// be a module name, not an alias.
+    pub fn load_order(&self, name: &str) -> Result<Vec<String>, ModulesError> {
+        let mut order = Vec::new();
+        let mut visiting = Vec::new();
+        self.visit(&normalize(name), &mut order, &mut visiting)?;
+        Ok(order)
+    }
+
+    fn visit(
+        &self,
+        name: &str,
+        order: &mut Vec<String>,
+        visiting: &mut Vec<String>,
+    ) -> Result<(), ModulesError> {
+        if order.iter().any(|o| o == name) || self.builtin.contains(name) {
+            return Ok(());
+        }
+        if visiting.iter().any(|v| v == name) {
+            return Err(ModulesError::DependencyLoop(name.to_string()));
+        }
+        let Some((_, deps)) = self.deps.get(name) else {
+            return Ok(()); // not in this kernel's tree: nothing to load
+        };
+        visiting.push(name.to_string());
+        if let Some(pre) = self.softdeps.get(name) {
+            for p in pre {
+                // A soft dependency may be an alias (`crc32c`); a missing
+                // one is not an error, as with modprobe.
+                for m in self.resolve(p) {
+                    if m != name {
+                        self.visit(&m, order, visiting)?;
+                    }
+                }
+            }
+        }
+        for d in deps {
+            self.visit(d, order, visiting)?;
+        }
+        visiting.pop();
+        order.push(name.to_string());
+        Ok(())
+    }
+
+    pub fn path_of(&self, name: &str) -> Option<PathBuf> {
+        self.deps
+            .get(&normalize(name))
+            .map(|(p, _)| self.root.join(p))
+    }
+}
+
+/// Shell-style glob match as fnmatch(3) without flags: `*`, `?`, `[abc]`,
+/// `[a-z]`, `[!x]`/`[^x]`.
+pub fn glob_match(pat: &[u8], s: &[u8]) -> bool {
+    // Iterative with one backtrack point for the last `*`: linear enough for
+    // the short modalias strings and immune to pathological patterns.
+    let (mut p, mut i) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if p < pat.len() {
+            match pat[p] {
+                b'*' => {
+                    star = Some((p, i));
+                    p += 1;
+                    continue;
+                }
+                b'?' => {
+                    p += 1;
+                    i += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((matched, next)) = class_match(&pat[p..], s[i]) {
+                        if matched {
+                            p += next;
+                            i += 1;
+                            continue;
+                        }
+                    } else if s[i] == b'[' {
+                        p += 1;
+                        i += 1;
+                        continue;
+                    }
+                }
+                c if c == s[i] => {
+                    p += 1;
+                    i += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some((sp, si)) => {
+                p = sp + 1;
+                i = si + 1;
+                star = Some((sp, si + 1));
+            }
+            None => return false,
+        }
+    }
+    pat[p..].iter().all(|&c| c == b'*')
+}
+
+/// Matches `c` against the bracket expression at the start of `pat`;
+/// returns (matched, length of the expression) or `None` if unterminated.
+fn class_match(pat: &[u8], c: u8) -> Option<(bool, usize)> {
+    let mut j = 1;
+    let negate = matches!(pat.get(j), Some(b'!') | Some(b'^'));
+    if negate {
+        j += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while j < pat.len() {
+        let a = pat[j];
+        if a == b']' && !first {
+            return Some((matched != negate, j + 1));
+        }
+        first = false;
+        if pat.get(j + 1) == Some(&b'-') && pat.get(j + 2).is_some_and(|&b| b != b']') {
+            let b = pat[j + 2];
+            if a <= c && c <= b {
+                matched = true;
+            }
+            j += 3;
+        } else {
+            if a == c {
+                matched = true;
+            }
+            j += 1;
+        }
+    }
+    None
+}
+
+/// Every `modalias` under `sysfs_devices` (non-empty, deduplicated, sorted).
+pub fn collect_modaliases(sysfs_devices: &Path) -> Vec<String> {
+    let mut out = HashSet::new();
+    let mut stack = vec![sysfs_devices.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            // sysfs is full of symlinks back up the tree: follow none.
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file()
+                && e.file_name() == "modalias"
+                && let Ok(s) = fs::read_to_string(e.path())
+            {
+                let s = s.trim();
+                if !s.is_empty() {
+                    out.insert(s.to_string());
+                }
+            }
+        }
+    }
+    let mut v: Vec<String> = out.into_iter().collect();
+    v.sort();
+    v
+}
+
+/// What happened to one module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadResult {
+    Loaded,
+    AlreadyLoaded,
+    /// The kernel refused it (no such device, wrong CPU vendor…); harmless
+    /// for modalias matches, which overshoot.
+    Refused(String),
+}
+
+/// Loads modules into the running kernel, remembering what it did.
+pub struct Loader<'a> {
+    pub index: &'a ModuleIndex,
+    pub done: HashMap<String, LoadResult>,
+}
+
+const MODULE_INIT_COMPRESSED_FILE: libc::c_int = 4;
+
+impl<'a> Loader<'a> {
+    pub fn new(index: &'a ModuleIndex) -> Self {
+        Loader {
+            index,
+            done: HashMap::new(),
+        }
+    }
+
+    /// Loads `name` (module or alias) and its dependencies. Returns the
+    /// modules newly loaded.
+    pub fn load(&mut self, name: &str) -> Vec<String> {
+        let mut newly = Vec::new();
+        for m in self.index.resolve(name) {
+            let order = match self.index.load_order(&m) {
+                Ok(o) => o,
+                Err(e) => {
+                    crate::log::warn(format!("module {m}: {e}"));
+                    continue;
+                }
+            };
+            for dep in order {
+                if self.done.contains_key(&dep) {
+                    continue;
+                }
+                let r = self.insert(&dep);
+                if r == LoadResult::Loaded {
+                    newly.push(dep.clone());
+                }
+                if let LoadResult::Refused(why) = &r {
+                    crate::log::detail(format!("module {dep} not loaded: {why}"));
+                }
+                self.done.insert(dep, r);
+            }
+        }
+        newly
+    }
+
+    fn insert(&self, name: &str) -> LoadResult {
+        let Some(path) = self.index.path_of(name) else {
+            return LoadResult::Refused("not in modules.dep".into());
+        };
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => return LoadResult::Refused(format!("{}: {e}", path.display())),
+        };
+        let compressed = path
+            .extension()
+            .is_some_and(|e| e == "xz" || e == "zst" || e == "gz");
+        let flags = if compressed {
+            MODULE_INIT_COMPRESSED_FILE
+        } else {
+            0
+        };
+        match rustix::system::finit_module(&file, c"", flags) {
+            Ok(()) => LoadResult::Loaded,
+            Err(rustix::io::Errno::EXIST) => LoadResult::AlreadyLoaded,
+            Err(e) => LoadResult::Refused(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "\
+kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko
+kernel/lib/crc16.ko:
+kernel/fs/mbcache.ko:
+kernel/fs/jbd2/jbd2.ko:
+kernel/crypto/crc32c_generic.ko:
+kernel/drivers/block/virtio_blk.ko.xz: kernel/drivers/virtio/virtio-ring.ko
+kernel/drivers/virtio/virtio-ring.ko:
+kernel/a.ko: kernel/b.ko
+kernel/b.ko: kernel/a.ko
+";
+    const ALIAS: &str = "\
+# Aliases extracted from modules themselves.
+alias fs-ext4 ext4
+alias crc32c crc32c_generic
+alias crypto-crc32c crc32c_generic
+alias virtio:d00000002v* virtio_blk
+alias pci:v00008086d*sv*sd*bc01sc06i01* ahci
+alias acpi*:LNXPWRBN:* button
+alias dmi*:svn[Ll][Ee][Nn]OVO*:* thinkpad_acpi
+";
+    const SOFTDEP: &str = "softdep ext4 pre: crc32c post: zzz\n";
+    const BUILTIN: &str = "kernel/drivers/ata/ahci.ko\n";
+
+    fn idx() -> ModuleIndex {
+        ModuleIndex::parse(DEP, ALIAS, SOFTDEP, BUILTIN)
+    }
+
+    #[test]
+    fn dependencies_and_softdeps_load_first_once() {
+        let order = idx().load_order("ext4").unwrap();
+        assert_eq!(
+            order,
+            vec!["crc32c_generic", "crc16", "mbcache", "jbd2", "ext4"]
+        );
+    }
+
+    #[test]
+    fn names_are_normalized_and_compressed_paths_parsed() {
+        let i = idx();
+        assert_eq!(
+            i.load_order("virtio-blk").unwrap(),
+            vec!["virtio_ring", "virtio_blk"]
+        );
+        assert!(
+            i.path_of("virtio_blk")
+                .unwrap()
+                .ends_with("virtio_blk.ko.xz")
+        );
+    }
+
+    #[test]
+    fn modalias_resolution_and_builtins() {
+        let i = idx();
+        assert_eq!(i.resolve("virtio:d00000002v00001AF4"), vec!["virtio_blk"]);
+        assert_eq!(i.resolve("acpi:LNXPWRBN:"), vec!["button"]);
+        assert_eq!(i.resolve("fs-ext4"), vec!["ext4"]);
+        assert_eq!(i.resolve("dmi:bvnX:svnLENOVO:pn1"), vec!["thinkpad_acpi"]);
+        assert!(i.resolve("dmi:bvnX:svnDell:pn1").is_empty());
+        // ahci is built in: matched, but nothing to load.
+        let m = i.resolve("pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01");
+        assert_eq!(m, vec!["ahci"]);
+        assert!(i.load_order("ahci").unwrap().is_empty());
+        assert!(i.resolve("usb:v1234p5678").is_empty());
+    }
+
+    #[test]
+    fn dependency_loop_is_an_error_not_a_hang() {
+        assert!(matches!(
+            idx().load_order("a"),
+            Err(ModulesError::DependencyLoop(_))
+        ));
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match(b"a*b*c", b"axxbyyc"));
+        assert!(!glob_match(b"a*b*c", b"axxbyy"));
+        assert!(glob_match(b"*", b""));
+        assert!(glob_match(b"a?c", b"abc"));
+        assert!(glob_match(b"[!x]y", b"zy"));
+        assert!(!glob_match(b"[!x]y", b"xy"));
+        assert!(glob_match(b"v[0-9]*", b"v7abc"));
+        assert!(glob_match(b"a[", b"a["));
+        assert!(glob_match(b"***a", b"a"));
+    }
+
+    #[test]
+    fn index_from_directory_and_modalias_walk() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("modules.dep"), DEP).unwrap();
+        fs::write(d.path().join("modules.alias"), ALIAS).unwrap();
+        let i = ModuleIndex::load(d.path()).unwrap();
+        assert!(i.has_module("ext4"));
+        assert!(
+            !i.is_builtin("ahci"),
+            "no modules.builtin file: nothing built in"
+        );
+
+        let sys = d.path().join("sys");
+        fs::create_dir_all(sys.join("pci0000:00/0000:00:03.0/virtio0")).unwrap();
+        fs::write(
+            sys.join("pci0000:00/0000:00:03.0/modalias"),
+            "pci:v00001AF4d00001001\n",
+        )
+        .unwrap();
+        fs::write(
+            sys.join("pci0000:00/0000:00:03.0/virtio0/modalias"),
+            "virtio:d00000002v00001AF4\n",
+        )
+        .unwrap();
+        fs::write(sys.join("pci0000:00/modalias"), "\n").unwrap();
+        assert_eq!(
+            collect_modaliases(&sys),
+            vec!["pci:v00001AF4d00001001", "virtio:d00000002v00001AF4"]
+        );
+        assert!(matches!(
+            ModuleIndex::load(&d.path().join("nope")),
+            Err(ModulesError::ReadIndex { .. })
+        ));
+    }
+}

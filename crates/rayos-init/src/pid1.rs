@@ -1,0 +1,1533 @@
+//! PID 1: the boot sequence as data, the supervision loop, the shutdown.
+//!
+//! Boot = [`COMMON`] steps, then the steps of the mode read from the kernel
+//! command line ([`INSTALLED`], [`RECOVERY`], [`INSTALLER`]). Each step
+//! is logged to the console and `/dev/kmsg` with a `RAYOS_BOOT:<step>` marker
+//! and recorded (result, message, duration) in the status file and the boot
+//! record. A step's failure is either fatal (only mounting the kernel
+//! filesystems: nothing works without them) or degrades the boot: the fault
+//! is shown on the console with what to do, and everything that does not
+//! depend on it still comes up — the admin console always does.
+//!
+//! After the steps, [`Init::run_loop`] waits on a signalfd, the power-button
+//! input devices and a 500 ms tick: it reaps every child (PID 1 adopts
+//! orphans), restarts services with backoff, polls rayosd's health until
+//! `RAYOS_READY` (then blesses the boot), watches for the Linux VM
+//! (`RAYOS_LINUX_VM_READY`) and turns power requests into [`Init::shutdown`].
+//!
+//! Shutdown order: SIGTERM to rayosd (it saves the VMs) and wait up to
+//! [`RAYOSD_STOP_DEADLINE`]; SIGTERM to the other services, then to every
+//! remaining process, SIGKILL after a grace period; boot record; sync;
+//! unmount the data volume; reboot(2). A panic or a fatal error writes a
+//! crash report to the data volume when it is mounted, syncs and reboots
+//! after [`FATAL_REBOOT_DELAY`] — never a hung machine.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use rustix::mount::MountFlags;
+
+use crate::bless::{self, BlessOutcome};
+use crate::cmdline::{BootParams, Mode};
+use crate::control::{self, InitStatus, StepRecord};
+use crate::log;
+use crate::modules::{self, ModuleIndex};
+use crate::service::{Marker, Output, Services, Spec};
+use crate::sys::{self, PowerAction, SignalFd};
+use crate::volumes::{self, Install};
+
+pub const DATA_MOUNT: &str = "/var/rayos";
+pub const EFIVARS: &str = "/sys/firmware/efi/efivars";
+pub const RAYOSD_STOP_DEADLINE: Duration = Duration::from_secs(120);
+pub const FATAL_REBOOT_DELAY: Duration = Duration::from_secs(10);
+/// How long to wait for storage to appear (USB and NVMe probe async).
+const DISK_WAIT: Duration = Duration::from_secs(15);
+/// Modules wanted whether or not a device asks for them (filesystems,
+/// input handlers: these have no modalias).
+const ALWAYS_MODULES: &[&str] = &[
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859_1",
+    "nls_utf8",
+    "isofs",
+    "efivarfs",
+    "evdev",
+    "button",
+    "sd_mod",
+    "sr_mod",
+    "uinput",
+    "loop",
+    "tun",
+    "kvm_intel",
+    "kvm_amd",
+    "vhost_net",
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_pci",
+    "virtio_net",
+    "virtio_input",
+    "usb_storage",
+    "uas",
+    "xhci_pci",
+    "ehci_pci",
+    "ahci",
+    "nvme",
+];
+
+type StepFn = fn(&mut Init) -> StepResult;
+
+/// What a step reports.
+pub enum StepResult {
+    Ok(String),
+    /// Worked, with something to tell.
+    Warn(String),
+    /// Did not work; the boot degrades (or stops, for a fatal step).
+    Fail(String),
+    /// Not needed on this machine.
+    Skip(String),
+}
+
+pub struct Step {
+    pub name: &'static str,
+    pub run: StepFn,
+    pub fatal: bool,
+}
+
+const fn step(name: &'static str, run: StepFn) -> Step {
+    Step {
+        name,
+        run,
+        fatal: false,
+    }
+}
+
+pub const COMMON: &[Step] = &[
+    Step {
+        name: "kernel-fs",
+        run: Init::step_kernel_fs,
+        fatal: true,
+    },
+    step("cmdline", Init::step_cmdline),
+    step("modules", Init::step_modules),
+    step("efivarfs", Init::step_efivarfs),
+];
+
+pub const INSTALLED: &[Step] = &[
+    step("find-data", Init::step_find_data),
+    step("check-data", Init::step_check_data),
+    step("mount-data", Init::step_mount_data),
+    step("logs", Init::step_logs),
+    step("machine", Init::step_machine),
+    step("policy", Init::step_policy),
+    step("rayosd", Init::step_rayosd),
+    step("consoles", Init::step_consoles),
+];
+
+pub const RECOVERY: &[Step] = &[
+    step("find-data", Init::step_find_data),
+    step("check-data", Init::step_check_data),
+    step("mount-data", Init::step_mount_data),
+    step("logs", Init::step_logs),
+    step("machine", Init::step_machine),
+    step("policy", Init::step_policy),
+    step("consoles", Init::step_consoles),
+];
+
+pub const INSTALLER: &[Step] = &[
+    step("find-medium", Init::step_find_medium),
+    step("find-answers", Init::step_find_answers),
+    step("install", Init::step_install),
+];
+
+pub struct Init {
+    exe: PathBuf,
+    params: BootParams,
+    status: InitStatus,
+    install: Option<Install>,
+    /// The data volume is mounted read-write and passed its check.
+    data_ok: bool,
+    logs_dir: PathBuf,
+    services: Services,
+    markers: Receiver<Marker>,
+    sigfd: SignalFd,
+    buttons: Vec<File>,
+    buttons_scanned: Option<Instant>,
+    index: Option<ModuleIndex>,
+    // installer mode
+    medium_disk: Option<PathBuf>,
+    uki: Option<PathBuf>,
+    answers: Option<PathBuf>,
+    installer_pid: Option<i32>,
+    // milestones
+    rayosd_started: Option<Instant>,
+    last_health_try: Option<Instant>,
+    last_vm_poll: Option<Instant>,
+    health_warned: bool,
+    status_dirty: bool,
+}
+
+/// Entry point when running as PID 1. Never returns.
+pub fn main() -> ! {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = format!("init panicked: {info}");
+        fatal_exit(&msg, None);
+    }));
+    unsafe_env_defaults();
+    let sigfd = match SignalFd::new() {
+        Ok(s) => s,
+        Err(e) => fatal_exit(&format!("{e}"), None),
+    };
+    let (tx, rx) = mpsc::channel();
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/rayos"));
+    let mut init = Init {
+        exe,
+        params: BootParams::parse(""),
+        status: InitStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            boot_id: String::new(),
+            mode: Mode::Installed,
+            phase: "booting".into(),
+            started_unix: log::unix_time(),
+            steps: Vec::new(),
+            faults: Vec::new(),
+            data_device: None,
+            data_mounted: None,
+            data_read_only: false,
+            services: Vec::new(),
+            ready: false,
+            linux_vm_ready: false,
+            blessed: None,
+        },
+        install: None,
+        data_ok: false,
+        logs_dir: PathBuf::from("/run/rayos/logs"),
+        services: Services::new(tx),
+        markers: rx,
+        sigfd,
+        buttons: Vec::new(),
+        buttons_scanned: None,
+        index: None,
+        medium_disk: None,
+        uki: None,
+        answers: None,
+        installer_pid: None,
+        rayosd_started: None,
+        last_health_try: None,
+        last_vm_poll: None,
+        health_warned: false,
+        status_dirty: true,
+    };
+    init.boot();
+    init.run_loop()
+}
+
+fn unsafe_env_defaults() {
+    // SAFETY (of set_var): called before any thread exists in this process.
+    unsafe {
+        std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        std::env::set_var("HOME", "/root");
+        if std::env::var_os("TERM").is_none() {
+            std::env::set_var("TERM", "linux");
+        }
+    }
+}
+
+/// Logs, records a crash report when possible, syncs, reboots.
+pub fn fatal_exit(reason: &str, data_mounted: Option<&Path>) -> ! {
+    log::error(format!("FATAL: {reason}"));
+    log::marker(format!(
+        "RAYOS_FATAL:{}",
+        reason.lines().next().unwrap_or("")
+    ));
+    let dir = data_mounted.map(|d| d.join("crash")).or_else(|| {
+        sys::is_mounted(Path::new(DATA_MOUNT)).then(|| Path::new(DATA_MOUNT).join("crash"))
+    });
+    if let Some(dir) = dir {
+        let _ = fs::create_dir_all(&dir);
+        let path = dir.join(format!("init-{}.txt", log::unix_time()));
+        let status = fs::read_to_string(control::STATUS_FILE).unwrap_or_default();
+        let text = format!(
+            "rayos init {} crashed at boot time {:.3} s\nreason: {reason}\n\nstatus:\n{status}\n",
+            env!("CARGO_PKG_VERSION"),
+            log::uptime()
+        );
+        if fs::write(&path, text).is_ok() {
+            log::info(format!("crash report written to {}", path.display()));
+        }
+    }
+    sys::sync();
+    log::info(format!(
+        "rebooting in {} s (choose the recovery entry in the boot menu to inspect logs)",
+        FATAL_REBOOT_DELAY.as_secs()
+    ));
+    std::thread::sleep(FATAL_REBOOT_DELAY);
+    log::detach_file();
+    sys::sync();
+    let e = sys::power(PowerAction::Reboot);
+    // Only reachable when not PID 1 or without CAP_SYS_BOOT.
+    eprintln!("rayos init: reboot failed: {e}");
+    std::process::exit(1)
+}
+
+impl Init {
+    fn boot(&mut self) {
+        for s in COMMON {
+            self.run_step(s);
+        }
+        let steps: &[Step] = match self.params.mode {
+            Mode::Installed => INSTALLED,
+            Mode::Recovery => RECOVERY,
+            Mode::Installer => INSTALLER,
+        };
+        for s in steps {
+            self.run_step(s);
+        }
+        self.status.phase = match self.params.mode {
+            Mode::Installer if self.installer_pid.is_some() => "installing",
+            _ => "running",
+        }
+        .into();
+        if !self.status.faults.is_empty() {
+            log::marker(format!("RAYOS_DEGRADED:{}", self.status.faults.len()));
+            for f in self.status.faults.clone() {
+                log::warn(f);
+            }
+            if self.params.mode == Mode::Installed {
+                log::info(
+                    "the recovery entry in the boot menu (\"RayOS recovery\") can repair this",
+                );
+            }
+        }
+        self.write_boot_record("booted");
+        self.write_status();
+    }
+
+    fn run_step(&mut self, s: &Step) {
+        log::marker(format!("RAYOS_BOOT:{}", s.name));
+        let t = Instant::now();
+        let r = (s.run)(self);
+        let millis = t.elapsed().as_millis() as u64;
+        let (result, message) = match r {
+            StepResult::Ok(m) => {
+                if !m.is_empty() {
+                    log::info(format!("{}: {m}", s.name));
+                }
+                ("ok", m)
+            }
+            StepResult::Warn(m) => {
+                log::warn(format!("{}: {m}", s.name));
+                ("warning", m)
+            }
+            StepResult::Skip(m) => {
+                log::detail(format!("{}: skipped: {m}", s.name));
+                ("skipped", m)
+            }
+            StepResult::Fail(m) => {
+                log::error(format!("{}: {m}", s.name));
+                if s.fatal {
+                    fatal_exit(&format!("boot step {} failed: {m}", s.name), None);
+                }
+                ("failed", m)
+            }
+        };
+        self.status.steps.push(StepRecord {
+            name: s.name.to_string(),
+            result: result.to_string(),
+            message,
+            millis,
+        });
+        self.status_dirty = true;
+        if sys::is_mounted(Path::new("/run")) {
+            self.write_status();
+        }
+    }
+
+    fn fault(&mut self, f: impl Into<String>) {
+        self.status.faults.push(f.into());
+        self.status_dirty = true;
+    }
+
+    // ---- common steps ------------------------------------------------
+
+    fn step_kernel_fs(&mut self) -> StepResult {
+        for m in sys::kernel_mounts() {
+            let target = Path::new(m.target);
+            if sys::is_mounted(target) {
+                continue;
+            }
+            if let Err(e) = sys::mount(m.source, target, m.fstype, m.flags, m.data) {
+                return StepResult::Fail(crate::error_chain(&e));
+            }
+            if m.target == "/dev" {
+                sys::ensure_stdio_console();
+                log::attach_devices();
+            }
+        }
+        let _ = fs::create_dir_all(control::RUN_DIR);
+        let _ = fs::create_dir_all(&self.logs_dir);
+        // A kernel panic reboots after 10 s instead of hanging.
+        let _ = fs::write("/proc/sys/kernel/panic", "10");
+        sys::disable_ctrl_alt_del();
+        self.status.boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        StepResult::Ok(String::new())
+    }
+
+    fn step_cmdline(&mut self) -> StepResult {
+        let text = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        self.params = BootParams::parse(&text);
+        self.status.mode = self.params.mode;
+        let msg = format!("mode {}", self.params.mode);
+        if self.params.warnings.is_empty() {
+            StepResult::Ok(msg)
+        } else {
+            StepResult::Warn(format!("{msg}; {}", self.params.warnings.join("; ")))
+        }
+    }
+
+    fn step_modules(&mut self) -> StepResult {
+        let release = rustix::system::uname()
+            .release()
+            .to_string_lossy()
+            .into_owned();
+        let root = Path::new("/lib/modules").join(&release);
+        let index = match ModuleIndex::load(&root) {
+            Ok(i) => i,
+            Err(e) => {
+                return StepResult::Warn(format!(
+                    "{}: only built-in drivers are available",
+                    crate::error_chain(&e)
+                ));
+            }
+        };
+        let mut loader = modules::Loader::new(&index);
+        let mut loaded = 0;
+        for m in ALWAYS_MODULES {
+            loaded += loader.load(m).len();
+        }
+        // Bus drivers create devices that want more drivers: repeat until
+        // a pass adds nothing (bounded).
+        let mut seen = std::collections::HashSet::new();
+        for _pass in 0..6 {
+            let aliases = modules::collect_modaliases(Path::new("/sys/devices"));
+            let fresh: Vec<String> = aliases
+                .into_iter()
+                .filter(|a| seen.insert(a.clone()))
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            for a in &fresh {
+                let n = loader.load(a);
+                if self.params.debug && !n.is_empty() {
+                    log::info(format!("{a}: loaded {}", n.join(", ")));
+                }
+                loaded += n.len();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let refused = loader
+            .done
+            .values()
+            .filter(|r| matches!(r, modules::LoadResult::Refused(_)))
+            .count();
+        self.index = Some(index);
+        StepResult::Ok(format!(
+            "{loaded} modules loaded ({refused} not applicable) for kernel {release}"
+        ))
+    }
+
+    fn step_efivarfs(&mut self) -> StepResult {
+        if !Path::new("/sys/firmware/efi").is_dir() {
+            return StepResult::Skip("not booted through UEFI".into());
+        }
+        if sys::is_mounted(Path::new(EFIVARS)) {
+            return StepResult::Ok(String::new());
+        }
+        match sys::mount(
+            "efivarfs",
+            Path::new(EFIVARS),
+            "efivarfs",
+            MountFlags::NOSUID | MountFlags::NOEXEC | MountFlags::NODEV,
+            "",
+        ) {
+            Ok(()) => StepResult::Ok(String::new()),
+            Err(e) => StepResult::Warn(format!(
+                "{}: boot counting and boot entries cannot be used",
+                crate::error_chain(&e)
+            )),
+        }
+    }
+
+    // ---- installed / recovery ----------------------------------------
+
+    fn list_disks(&self) -> Vec<rayos_disk::report::Disk> {
+        match rayos_disk::list_block_devices() {
+            Ok(d) => d,
+            Err(e) => {
+                log::warn(format!("cannot list disks: {}", crate::error_chain(&e)));
+                Vec::new()
+            }
+        }
+    }
+
+    fn step_find_data(&mut self) -> StepResult {
+        let boot_esp = volumes::loader_device_part_uuid(Path::new(EFIVARS));
+        let deadline = Instant::now() + DISK_WAIT;
+        loop {
+            let disks = self.list_disks();
+            if let Some(i) = volumes::find_install(&disks, boot_esp) {
+                let msg = format!(
+                    "data volume {} on {}{}",
+                    i.data.display(),
+                    i.disk.display(),
+                    if i.others.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (also found RayOS data on {:?}: not used)", i.others)
+                    }
+                );
+                self.status.data_device = Some(i.data.display().to_string());
+                self.install = Some(i);
+                return StepResult::Ok(msg);
+            }
+            if Instant::now() >= deadline {
+                let names: Vec<String> =
+                    disks.iter().map(|d| d.path.display().to_string()).collect();
+                self.fault(format!(
+                    "no RayOS data partition (type {}) on any disk ({}): VMs cannot start. \
+                     Boot the recovery entry or reinstall RayOS from the installer medium.",
+                    rayos_disk::types::RAYOS_DATA,
+                    if names.is_empty() {
+                        "no disks found".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ));
+                return StepResult::Fail("no data partition found".into());
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn step_check_data(&mut self) -> StepResult {
+        let Some(dev) = self.install.as_ref().map(|i| i.data.clone()) else {
+            return StepResult::Skip("no data volume".into());
+        };
+        let e2fsck = ["/usr/sbin/e2fsck", "/sbin/e2fsck", "/usr/bin/e2fsck"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.is_file());
+        let Some(e2fsck) = e2fsck else {
+            self.data_ok = true;
+            return StepResult::Warn(
+                "e2fsck is not in this image: mounting the data volume unchecked".into(),
+            );
+        };
+        // -p: fix what is safe without questions. Exit status bits: 1 fixed,
+        // 2 fixed and reboot wanted, 4 left uncorrected, 8 operational error.
+        let out = Command::new(e2fsck)
+            .arg("-p")
+            .arg(&dev)
+            .stdin(Stdio::null())
+            .output();
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                self.data_ok = true;
+                return StepResult::Warn(format!(
+                    "cannot run {}: {e}: mounting unchecked",
+                    e2fsck.display()
+                ));
+            }
+        };
+        let code = out.status.code().unwrap_or(8);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        for l in text.lines().filter(|l| !l.trim().is_empty()) {
+            log::detail(format!("e2fsck: {l}"));
+        }
+        if code & !3 == 0 {
+            self.data_ok = true;
+            if code == 0 {
+                StepResult::Ok(format!("{} is clean", dev.display()))
+            } else {
+                StepResult::Warn(format!("e2fsck repaired {} (status {code})", dev.display()))
+            }
+        } else {
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .to_string();
+            self.fault(format!(
+                "the data volume {} failed its check (e2fsck status {code}: {last}). It is mounted read-only and no VM \
+                 is started, so nothing on it changes. Boot the recovery entry to repair it.",
+                dev.display()
+            ));
+            StepResult::Fail(format!("e2fsck status {code}"))
+        }
+    }
+
+    fn step_mount_data(&mut self) -> StepResult {
+        let Some(dev) = self.install.as_ref().map(|i| i.data.clone()) else {
+            return StepResult::Skip("no data volume".into());
+        };
+        let target = Path::new(DATA_MOUNT);
+        let (flags, ro) = if self.data_ok {
+            (MountFlags::NOSUID | MountFlags::NODEV, false)
+        } else {
+            (
+                MountFlags::NOSUID | MountFlags::NODEV | MountFlags::RDONLY,
+                true,
+            )
+        };
+        let data = if ro { "noload" } else { "" };
+        match sys::mount(&dev.to_string_lossy(), target, "ext4", flags, data) {
+            Ok(()) => {
+                self.status.data_mounted = Some(DATA_MOUNT.into());
+                self.status.data_read_only = ro;
+                StepResult::Ok(format!(
+                    "{} on {DATA_MOUNT}{}",
+                    dev.display(),
+                    if ro { " (read-only)" } else { "" }
+                ))
+            }
+            Err(e) => {
+                self.data_ok = false;
+                self.fault(format!(
+                    "cannot mount the data volume {} ({}). VMs cannot start. Boot the recovery entry to repair it.",
+                    dev.display(),
+                    crate::error_chain(&e)
+                ));
+                StepResult::Fail(crate::error_chain(&e))
+            }
+        }
+    }
+
+    fn step_logs(&mut self) -> StepResult {
+        if self.status.data_mounted.is_none() || self.status.data_read_only {
+            self.start_kmsg_collector();
+            return StepResult::Skip(
+                "no writable data volume: logs stay in /run/rayos/logs until shutdown".into(),
+            );
+        }
+        let layout = rayos_state::DataLayout::new(DATA_MOUNT);
+        for d in layout.skeleton() {
+            let _ = fs::create_dir_all(d);
+        }
+        self.logs_dir = layout.logs();
+        if let Err(e) = log::attach_file(&self.logs_dir) {
+            return StepResult::Warn(format!("cannot write {}: {e}", self.logs_dir.display()));
+        }
+        log::detail(format!(
+            "=== boot {} at unix time {}, RayOS {} ===",
+            self.status.boot_id,
+            self.status.started_unix,
+            env!("CARGO_PKG_VERSION")
+        ));
+        self.start_kmsg_collector();
+        StepResult::Ok(format!("logs in {}", self.logs_dir.display()))
+    }
+
+    fn start_kmsg_collector(&mut self) {
+        let dir = self.logs_dir.clone();
+        let boot = self.status.boot_id.clone();
+        let _ = std::thread::Builder::new()
+            .name("kmsg".into())
+            .spawn(move || {
+                let Ok(mut f) = File::open("/dev/kmsg") else {
+                    return;
+                };
+                let Ok(mut log) = crate::log::RotatingLog::open(
+                    &dir,
+                    "kernel",
+                    log::DEFAULT_MAX_BYTES,
+                    log::DEFAULT_KEEP,
+                ) else {
+                    return;
+                };
+                let _ = log.write_line(&format!("=== boot {boot} ==="));
+                let mut buf = vec![0u8; 8192];
+                let mut n_since_sync = 0;
+                loop {
+                    // One read returns one record: "prio,seq,usec,flags;text\n".
+                    match f.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            let rec = String::from_utf8_lossy(&buf[..n]);
+                            let (head, text) = rec.split_once(';').unwrap_or(("", &rec));
+                            let usec: u64 = head
+                                .split(',')
+                                .nth(2)
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or(0);
+                            let first = text.lines().next().unwrap_or("");
+                            let _ =
+                                log.write_line(&format!("[{:>9.3}] {first}", usec as f64 / 1e6));
+                            n_since_sync += 1;
+                            if n_since_sync >= 200 {
+                                let _ = log.sync();
+                                n_since_sync = 0;
+                            }
+                        }
+                        // EPIPE: records were overwritten before we read them.
+                        Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+                        Err(_) => break,
+                    }
+                }
+            });
+    }
+
+    fn step_machine(&mut self) -> StepResult {
+        if self.status.data_mounted.is_none() {
+            let _ = sys::sethostname("rayos");
+            return StepResult::Skip("no data volume: hostname \"rayos\"".into());
+        }
+        let layout = rayos_state::DataLayout::new(DATA_MOUNT);
+        let path = layout.machine();
+        let (bytes, generation) = match rayos_state::read_with_fallback(&path) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = sys::sethostname("rayos");
+                self.fault(format!(
+                    "{} cannot be read ({}): using hostname \"rayos\" and UTC. Fix it in recovery mode.",
+                    path.display(),
+                    crate::error_chain(&e)
+                ));
+                return StepResult::Warn("machine.toml missing".into());
+            }
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let m = match rayos_state::MachineConfig::parse(&path.to_string_lossy(), &text) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = sys::sethostname("rayos");
+                self.fault(format!(
+                    "{e}: using hostname \"rayos\" and UTC. Fix it in recovery mode."
+                ));
+                return StepResult::Warn("machine.toml does not parse".into());
+            }
+        };
+        if let Err(e) = sys::sethostname(&m.hostname) {
+            return StepResult::Warn(format!("cannot set hostname {}: {e}", m.hostname));
+        }
+        let _ = fs::create_dir_all("/etc");
+        let _ = fs::write("/etc/hostname", format!("{}\n", m.hostname));
+        let _ = fs::write("/etc/timezone", format!("{}\n", m.timezone));
+        let zone = Path::new("/usr/share/zoneinfo").join(&m.timezone);
+        if zone.is_file() {
+            let _ = fs::remove_file("/etc/localtime");
+            let _ = std::os::unix::fs::symlink(&zone, "/etc/localtime");
+        }
+        // SAFETY (of set_var): the only other threads (log pumps, kmsg)
+        // never read the environment.
+        unsafe { std::env::set_var("TZ", &m.timezone) };
+        let gen_note = match generation {
+            rayos_state::Generation::Current => "",
+            rayos_state::Generation::Previous => {
+                " (from the previous generation: the current one was incomplete)"
+            }
+        };
+        StepResult::Ok(format!(
+            "hostname {}, timezone {}{gen_note}",
+            m.hostname, m.timezone
+        ))
+    }
+
+    fn step_policy(&mut self) -> StepResult {
+        if self.status.data_mounted.is_none() {
+            return StepResult::Skip("no data volume".into());
+        }
+        let path = rayos_state::DataLayout::new(DATA_MOUNT).policy();
+        match rayos_state::read_with_fallback(&path) {
+            Ok((bytes, _)) => {
+                let text = String::from_utf8_lossy(&bytes);
+                match rayos_state::Policy::parse(&path.to_string_lossy(), &text) {
+                    Ok(_) => StepResult::Ok(String::new()),
+                    Err(e) => {
+                        self.fault(format!(
+                            "policy: {e}. The policy fails closed: no VM autostarts and networking is off. \
+                             Fix the file in recovery mode."
+                        ));
+                        StepResult::Fail("policy does not parse".into())
+                    }
+                }
+            }
+            Err(e) => {
+                self.fault(format!(
+                    "policy {} cannot be read ({}): no VM autostarts. Fix it in recovery mode.",
+                    path.display(),
+                    crate::error_chain(&e)
+                ));
+                StepResult::Fail("no policy".into())
+            }
+        }
+    }
+
+    fn step_rayosd(&mut self) -> StepResult {
+        if !self.data_ok || self.status.data_mounted.is_none() || self.status.data_read_only {
+            return StepResult::Skip(
+                "no writable, checked data volume: VMs are not started".into(),
+            );
+        }
+        self.services.add(Spec {
+            name: "rayosd".into(),
+            program: self.exe.clone(),
+            args: vec![
+                "daemon".into(),
+                "--state-dir".into(),
+                DATA_MOUNT.into(),
+                "--socket".into(),
+                control::API_SOCKET.into(),
+            ],
+            env: vec![],
+            output: Output::Log(self.logs_dir.clone()),
+            restart: true,
+        });
+        self.rayosd_started = Some(Instant::now());
+        match self.services.pid_of("rayosd") {
+            Some(pid) => StepResult::Ok(format!("rayosd started (pid {pid})")),
+            None => StepResult::Warn("rayosd did not start; retrying with backoff".into()),
+        }
+    }
+
+    fn step_consoles(&mut self) -> StepResult {
+        let mut started = Vec::new();
+        for name in self.params.consoles.clone() {
+            let dev = Path::new("/dev").join(&name);
+            if !dev.exists() {
+                continue;
+            }
+            self.services.add(Spec {
+                name: format!("console-{name}"),
+                program: self.exe.clone(),
+                args: vec![
+                    "console".into(),
+                    "--tty".into(),
+                    dev.display().to_string(),
+                    "--mode".into(),
+                    self.params.mode.to_string(),
+                ],
+                env: vec![(
+                    "TERM".into(),
+                    if name.starts_with("tty") && !name.starts_with("ttyS") {
+                        "linux"
+                    } else {
+                        "vt100"
+                    }
+                    .into(),
+                )],
+                output: Output::Tty(dev),
+                restart: true,
+            });
+            started.push(name);
+        }
+        if started.is_empty() {
+            StepResult::Warn("no console terminal found".into())
+        } else {
+            StepResult::Ok(format!("rayos> on {}", started.join(", ")))
+        }
+    }
+
+    // ---- installer ---------------------------------------------------
+
+    fn mount_ro(dev: &Path, fstype: &str, at: &Path) -> Result<(), sys::SysError> {
+        sys::mount(
+            &dev.to_string_lossy(),
+            at,
+            fstype,
+            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            "",
+        )
+    }
+
+    fn step_find_medium(&mut self) -> StepResult {
+        let boot_esp = volumes::loader_device_part_uuid(Path::new(EFIVARS));
+        let at = Path::new("/run/rayos/medium");
+        let deadline = Instant::now() + DISK_WAIT;
+        loop {
+            let disks = self.list_disks();
+            let mut vols = volumes::fat_and_iso_volumes(&disks);
+            // The ESP the loader ran from, then the ISO label, then any.
+            let esp_dev = boot_esp.and_then(|g| {
+                disks
+                    .iter()
+                    .flat_map(|d| d.partitions.iter())
+                    .find(|p| p.unique_guid == Some(g))
+                    .and_then(|p| p.device.clone())
+            });
+            vols.sort_by_key(|v| {
+                (
+                    Some(&v.device) != esp_dev.as_ref(),
+                    v.label.as_deref() != Some(volumes::INSTALLER_LABEL),
+                )
+            });
+            for v in &vols {
+                if Self::mount_ro(&v.device, v.fstype, at).is_err() {
+                    continue;
+                }
+                if let Some(uki) = volumes::uki_on(at) {
+                    self.medium_disk = Some(v.disk.clone());
+                    self.uki = Some(uki.clone());
+                    return StepResult::Ok(format!(
+                        "installer medium {} ({}), system image {}",
+                        v.device.display(),
+                        v.label.as_deref().unwrap_or("no label"),
+                        uki.display()
+                    ));
+                }
+                let _ = sys::unmount(at);
+            }
+            if Instant::now() >= deadline {
+                self.fault(
+                    "the installer medium was not found (no FAT or ISO volume with /EFI/Linux/rayos-*.efi): \
+                     the install needs it as the system image. Re-write the USB stick or CD.",
+                );
+                return StepResult::Fail("no installer medium".into());
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn step_find_answers(&mut self) -> StepResult {
+        let want = self.params.answers.clone();
+        let rel = want
+            .as_ref()
+            .map(|a| a.path.clone())
+            .unwrap_or_else(|| "/rayos-answers.toml".into());
+        let label = want.as_ref().and_then(|a| a.label.clone());
+        let medium = Path::new("/run/rayos/medium");
+        let dest = Path::new("/run/rayos/answers.toml");
+        // The medium is already mounted: look there first.
+        if label.is_none()
+            && self.uki.is_some()
+            && let Some(f) = volumes::file_on(medium, &rel)
+            && fs::copy(&f, dest).is_ok()
+        {
+            self.answers = Some(dest.to_path_buf());
+            return StepResult::Ok(format!("answer file {rel} on the installer medium"));
+        }
+        let disks = self.list_disks();
+        let vols = volumes::fat_and_iso_volumes(&disks);
+        let probe = Path::new("/run/rayos/probe");
+        for v in volumes::search_order(&vols, label.as_deref(), self.medium_disk.as_deref()) {
+            if Self::mount_ro(&v.device, v.fstype, probe).is_err() {
+                continue;
+            }
+            let found = volumes::file_on(probe, &rel).and_then(|f| fs::copy(&f, dest).ok());
+            let _ = sys::unmount(probe);
+            if found.is_some() {
+                self.answers = Some(dest.to_path_buf());
+                return StepResult::Ok(format!("answer file {rel} on {}", v.device.display()));
+            }
+        }
+        if want.is_some() {
+            self.fault(format!(
+                "rayos.answers= names {}{rel}, which is on no FAT or ISO volume: falling back to the interactive installer",
+                label.map(|l| format!("{l}:")).unwrap_or_default()
+            ));
+            return StepResult::Fail("answer file not found".into());
+        }
+        StepResult::Skip("no rayos-answers.toml: interactive install on the console".into())
+    }
+
+    fn step_install(&mut self) -> StepResult {
+        let (Some(answers), Some(uki)) = (self.answers.clone(), self.uki.clone()) else {
+            // Interactive: the console sessions offer `install`.
+            let r = self.step_consoles();
+            log::marker("RAYOS_INSTALLER:interactive");
+            return r;
+        };
+        let text = fs::read_to_string(&answers).unwrap_or_default();
+        let mut args = vec![
+            "install".to_string(),
+            "--answers".into(),
+            answers.display().to_string(),
+            "--yes".into(),
+            "--system-image".into(),
+            uki.display().to_string(),
+        ];
+        match answers_target(&text) {
+            Some(t) => args.extend(["--target".into(), t]),
+            None => {
+                let disks = self.list_disks();
+                match first_suitable_disk(&disks, self.medium_disk.as_deref()) {
+                    Some(t) => {
+                        log::info(format!(
+                            "the answer file names no disk: installing to {t}, the first suitable one"
+                        ));
+                        args.extend(["--target".into(), t]);
+                    }
+                    None => {
+                        self.fault("no disk to install to (every disk is the installer medium or too small)");
+                        let _ = self.step_consoles();
+                        return StepResult::Fail("no target disk".into());
+                    }
+                }
+            }
+        }
+        log::marker("RAYOS_INSTALLER:start");
+        log::info(format!("running: rayos {}", args.join(" ")));
+        // The engine prints its plan and progress straight to the console.
+        match Command::new(&self.exe)
+            .args(&args)
+            .stdin(Stdio::null())
+            .spawn()
+        {
+            Ok(child) => {
+                self.installer_pid = Some(child.id() as i32);
+                drop(child);
+                StepResult::Ok(String::new())
+            }
+            Err(e) => {
+                self.fault(format!("cannot run the installer: {e}"));
+                let _ = self.step_consoles();
+                StepResult::Fail(e.to_string())
+            }
+        }
+    }
+
+    fn installer_finished(&mut self, code: i32) {
+        self.installer_pid = None;
+        if code == 0 {
+            let action =
+                answers_after(&fs::read_to_string("/run/rayos/answers.toml").unwrap_or_default());
+            log::marker("RAYOS_INSTALLER:done");
+            log::info(format!(
+                "RayOS is installed. {} now; remove the installer medium.",
+                match action {
+                    PowerAction::PowerOff => "Powering off",
+                    PowerAction::Reboot => "Rebooting",
+                }
+            ));
+            self.shutdown(action, "install finished");
+        }
+        log::marker(format!("RAYOS_INSTALLER:failed:{code}"));
+        self.fault(format!(
+            "the install failed (status {code}); nothing outside the plan was touched. Fix the answer file or \
+             type `install` at the rayos> prompt to retry."
+        ));
+        let _ = self.step_consoles();
+        self.status.phase = "running".into();
+    }
+
+    // ---- the loop ----------------------------------------------------
+
+    pub fn run_loop(&mut self) -> ! {
+        loop {
+            if self
+                .buttons_scanned
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+            {
+                self.scan_power_buttons();
+            }
+            let mut fds = vec![self.sigfd.raw()];
+            fds.extend(self.buttons.iter().map(|b| b.as_raw_fd()));
+            let ready = sys::poll_readable(&fds, 500);
+            if ready.contains(&self.sigfd.raw()) {
+                for sig in self.sigfd.read() {
+                    if let Some(a) = control::action_for(sig) {
+                        let name = match sig {
+                            libc::SIGINT => "Ctrl-Alt-Del",
+                            libc::SIGTERM => "reboot request (SIGTERM)",
+                            _ => "power-off request",
+                        };
+                        self.shutdown(a, name);
+                    }
+                }
+            }
+            let mut pressed = false;
+            for b in &mut self.buttons {
+                if ready.contains(&b.as_raw_fd()) && power_key_pressed(b) {
+                    pressed = true;
+                }
+            }
+            if pressed {
+                self.shutdown(PowerAction::PowerOff, "power button");
+            }
+            self.reap();
+            while let Ok(m) = self.markers.try_recv() {
+                self.on_marker(&m);
+            }
+            self.services.tick();
+            self.milestones();
+            let st = self.services.status();
+            if st != self.status.services {
+                self.status.services = st;
+                self.status_dirty = true;
+            }
+            if self.status_dirty {
+                self.write_status();
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        for e in sys::reap() {
+            if self.installer_pid == Some(e.pid) {
+                self.installer_finished(e.code);
+            } else if self.services.exited(e.pid, e.code) {
+                self.status_dirty = true;
+            }
+        }
+    }
+
+    fn on_marker(&mut self, m: &Marker) {
+        if m.line.starts_with("RAYOS_VM_STARTED:") {
+            // Check at once instead of at the next poll.
+            self.last_vm_poll = None;
+        }
+    }
+
+    fn client(&self) -> rayos_api::Client {
+        rayos_api::Client::new(control::API_SOCKET).with_timeout(Some(Duration::from_secs(3)))
+    }
+
+    fn milestones(&mut self) {
+        let Some(started) = self.rayosd_started else {
+            return;
+        };
+        if !self.status.ready {
+            if self
+                .last_health_try
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+            {
+                return;
+            }
+            self.last_health_try = Some(Instant::now());
+            match self.client().health() {
+                Ok(h) => {
+                    self.status.ready = true;
+                    self.status_dirty = true;
+                    log::marker("RAYOS_READY");
+                    log::info(format!(
+                        "rayosd {} is healthy with {} VMs",
+                        h.version, h.vms
+                    ));
+                    for n in h.notes {
+                        self.fault(format!("rayosd: {n}"));
+                        log::warn(format!(
+                            "rayosd: {}",
+                            self.status.faults.last().cloned().unwrap_or_default()
+                        ));
+                    }
+                    self.bless_boot();
+                    self.write_boot_record("ready");
+                }
+                Err(e) => {
+                    if !self.health_warned && started.elapsed() > Duration::from_secs(300) {
+                        self.health_warned = true;
+                        self.fault(format!(
+                            "rayosd has not become healthy in 5 minutes ({e}); this boot is not blessed, so the \
+                             boot menu falls back to the previous version after the remaining tries. See `logs rayosd`."
+                        ));
+                    }
+                }
+            }
+            return;
+        }
+        if !self.status.linux_vm_ready {
+            if self
+                .last_vm_poll
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+            {
+                return;
+            }
+            self.last_vm_poll = Some(Instant::now());
+            if let Ok(vms) = self.client().list()
+                && let Some(vm) = vms.iter().find(|v| {
+                    v.kind == rayos_state::VmKind::Linux && v.state == rayos_api::VmState::Running
+                })
+            {
+                self.status.linux_vm_ready = true;
+                self.status_dirty = true;
+                log::marker("RAYOS_LINUX_VM_READY");
+                log::info(format!(
+                    "Linux VM {} is running ({})",
+                    vm.name,
+                    vm.last_boot.map(|b| b.as_str()).unwrap_or("started")
+                ));
+            }
+        }
+    }
+
+    fn bless_boot(&mut self) {
+        if self.params.mode != Mode::Installed {
+            return;
+        }
+        let Some(running) = bless::running_uki(Path::new(EFIVARS)) else {
+            log::detail(
+                "bless: the loader did not say which image runs (no systemd-boot?): nothing to bless",
+            );
+            return;
+        };
+        let candidates: Vec<(PathBuf, &str)> = self
+            .install
+            .as_ref()
+            .map(|i| {
+                i.system
+                    .iter()
+                    .map(|p| (p.clone(), "XBOOTLDR"))
+                    .chain(i.esp.iter().map(|p| (p.clone(), "ESP")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let at = Path::new("/run/rayos/system");
+        for (dev, what) in candidates {
+            if let Err(e) = sys::mount(
+                &dev.to_string_lossy(),
+                at,
+                "vfat",
+                MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+                "",
+            ) {
+                log::warn(format!(
+                    "bless: cannot mount the {what} partition: {}",
+                    crate::error_chain(&e)
+                ));
+                continue;
+            }
+            let dir = at.join("EFI/Linux");
+            let r = if dir.is_dir() {
+                Some(bless::bless(&dir, &running))
+            } else {
+                None
+            };
+            sys::sync();
+            let _ = sys::unmount(at);
+            match r {
+                Some(Ok(BlessOutcome::Blessed { from, to })) => {
+                    log::marker(format!("RAYOS_BLESSED:{to}"));
+                    log::info(format!("boot blessed: {from} -> {to}"));
+                    self.status.blessed = Some(to);
+                    return;
+                }
+                Some(Ok(BlessOutcome::AlreadyBlessed(n))) => {
+                    log::detail(format!("bless: {n} is already blessed"));
+                    self.status.blessed = Some(n);
+                    return;
+                }
+                Some(Ok(BlessOutcome::Ambiguous(v))) => {
+                    log::warn(format!(
+                        "bless: cannot tell which of {v:?} is running; left as they are (remove the stale one in recovery)"
+                    ));
+                    return;
+                }
+                Some(Ok(BlessOutcome::NotFound(_))) | None => continue,
+                Some(Err(e)) => {
+                    log::warn(format!("bless: {}", crate::error_chain(&e)));
+                    return;
+                }
+            }
+        }
+        log::detail(format!(
+            "bless: {running} is not on this install's system partition"
+        ));
+    }
+
+    fn scan_power_buttons(&mut self) {
+        self.buttons_scanned = Some(Instant::now());
+        if !self.buttons.is_empty() {
+            return;
+        }
+        let Ok(rd) = fs::read_dir("/sys/class/input") else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("event") {
+                continue;
+            }
+            let dev_name = fs::read_to_string(e.path().join("device/name")).unwrap_or_default();
+            if dev_name.trim() != "Power Button" {
+                continue;
+            }
+            use std::os::unix::fs::OpenOptionsExt;
+            if let Ok(f) = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(Path::new("/dev/input").join(&name))
+            {
+                log::detail(format!("watching the power button on /dev/input/{name}"));
+                self.buttons.push(f);
+            }
+        }
+    }
+
+    fn write_status(&mut self) {
+        if self.status.boot_id.is_empty() && !Path::new(control::RUN_DIR).is_dir() {
+            return;
+        }
+        let _ = fs::create_dir_all(control::RUN_DIR);
+        if self.status.write(Path::new(control::STATUS_FILE)).is_ok() {
+            self.status_dirty = false;
+        }
+    }
+
+    fn write_boot_record(&self, result: &str) {
+        if !self.data_ok || self.status.data_read_only || self.status.data_mounted.is_none() {
+            return;
+        }
+        let dir = rayos_state::DataLayout::new(DATA_MOUNT).boot();
+        let _ = fs::create_dir_all(&dir);
+        let rec = serde_json::json!({
+            "boot_id": self.status.boot_id,
+            "version": self.status.version,
+            "mode": self.status.mode,
+            "started_unix": self.status.started_unix,
+            "updated_unix": log::unix_time(),
+            "uptime_s": log::uptime(),
+            "result": result,
+            "steps": self.status.steps,
+            "faults": self.status.faults,
+            "blessed": self.status.blessed,
+        });
+        let name = format!("{}-{}.json", self.status.started_unix, self.status.boot_id);
+        let _ = rayos_state::write_atomic(
+            &dir.join(name),
+            serde_json::to_string_pretty(&rec)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        prune_boot_records(&dir, 100);
+    }
+
+    // ---- shutdown ----------------------------------------------------
+
+    /// Stops everything in order and powers off or reboots. Never returns.
+    pub fn shutdown(&mut self, action: PowerAction, reason: &str) -> ! {
+        let what = match action {
+            PowerAction::PowerOff => "poweroff",
+            PowerAction::Reboot => "reboot",
+        };
+        log::marker(format!("RAYOS_SHUTDOWN:{what}"));
+        log::info(format!("{reason}: shutting down ({what})"));
+        self.status.phase = "shutting-down".into();
+        self.write_status();
+
+        // 1. rayosd saves the VMs.
+        if let Some(pid) = self.services.signal("rayosd", libc::SIGTERM) {
+            log::info("asking rayosd to save the VMs");
+            if self.wait_for(&[pid], RAYOSD_STOP_DEADLINE) {
+                log::info("rayosd stopped");
+            } else {
+                log::warn(format!(
+                    "rayosd did not stop within {} s: killing it",
+                    RAYOSD_STOP_DEADLINE.as_secs()
+                ));
+                sys::kill(pid, libc::SIGKILL);
+                self.wait_for(&[pid], Duration::from_secs(5));
+            }
+        }
+        if let Some(pid) = self.installer_pid {
+            sys::kill(pid, libc::SIGTERM);
+        }
+        // 2. the other services, then every other process.
+        let pids: Vec<i32> = self
+            .services
+            .names()
+            .iter()
+            .filter_map(|n| self.services.signal(n, libc::SIGTERM))
+            .collect();
+        self.wait_for(&pids, Duration::from_secs(3));
+        sys::kill(-1, libc::SIGTERM);
+        self.wait_all(Duration::from_secs(3));
+        sys::kill(-1, libc::SIGKILL);
+        self.wait_all(Duration::from_secs(2));
+
+        // 3. records, sync, unmount.
+        self.write_boot_record(match action {
+            PowerAction::PowerOff => "powered-off",
+            PowerAction::Reboot => "rebooted",
+        });
+        log::info("unmounting the data volume");
+        log::detach_file();
+        sys::sync();
+        for m in ["/run/rayos/medium", "/run/rayos/system", DATA_MOUNT] {
+            let p = Path::new(m);
+            if sys::is_mounted(p)
+                && let Err(e) = sys::unmount(p)
+            {
+                log::warn(crate::error_chain(&e));
+            }
+        }
+        sys::sync();
+        log::marker(match action {
+            PowerAction::PowerOff => "RAYOS_POWEROFF",
+            PowerAction::Reboot => "RAYOS_REBOOT",
+        });
+        let e = sys::power(action);
+        fatal_exit(&format!("reboot(2) failed: {e}"), None)
+    }
+
+    /// Reaps until every pid in `pids` has exited or `deadline` passes.
+    fn wait_for(&mut self, pids: &[i32], deadline: Duration) -> bool {
+        let end = Instant::now() + deadline;
+        let mut left: Vec<i32> = pids.to_vec();
+        while !left.is_empty() {
+            for e in sys::reap() {
+                left.retain(|&p| p != e.pid);
+                self.services.exited(e.pid, e.code);
+            }
+            if left.is_empty() || Instant::now() >= end {
+                break;
+            }
+            let _ = self.sigfd.read();
+            sys::poll_readable(&[self.sigfd.raw()], 100);
+        }
+        left.is_empty()
+    }
+
+    /// Reaps until no child is left or `deadline` passes.
+    fn wait_all(&mut self, deadline: Duration) {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            sys::reap();
+            // ECHILD: nothing left to wait for.
+            // SAFETY: waitpid with WNOHANG and a null status pointer.
+            let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+            if r < 0 {
+                return;
+            }
+            sys::poll_readable(&[self.sigfd.raw()], 100);
+            let _ = self.sigfd.read();
+        }
+    }
+}
+
+/// True when the evdev device reported a KEY_POWER press.
+fn power_key_pressed(f: &mut File) -> bool {
+    const EV_KEY: u16 = 1;
+    const KEY_POWER: u16 = 116;
+    // struct input_event on 64-bit: timeval (16) + type u16 + code u16 + value i32.
+    let mut buf = [0u8; 24 * 16];
+    let mut pressed = false;
+    while let Ok(n) = f.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        for ev in buf[..n].chunks_exact(24) {
+            let ty = u16::from_le_bytes([ev[16], ev[17]]);
+            let code = u16::from_le_bytes([ev[18], ev[19]]);
+            let value = i32::from_le_bytes([ev[20], ev[21], ev[22], ev[23]]);
+            if ty == EV_KEY && code == KEY_POWER && value == 1 {
+                pressed = true;
+            }
+        }
+    }
+    pressed
+}
+
+/// `[target] disk` of an answer file, read leniently (the engine does the
+/// strict parse).
+pub fn answers_target(text: &str) -> Option<String> {
+    let v: toml::Value = toml::from_str(text).ok()?;
+    v.get("target")?.get("disk")?.as_str().map(String::from)
+}
+
+/// What to do after a successful unattended install: `[finish] action =
+/// "reboot" | "poweroff"` (default reboot).
+pub fn answers_after(text: &str) -> PowerAction {
+    let v: Option<toml::Value> = toml::from_str(text).ok();
+    match v
+        .as_ref()
+        .and_then(|v| v.get("finish"))
+        .and_then(|f| f.get("action"))
+        .and_then(|a| a.as_str())
+    {
+        Some("poweroff") | Some("power-off") | Some("shutdown") => PowerAction::PowerOff,
+        _ => PowerAction::Reboot,
+    }
+}
+
+/// The first disk an unattended install may take: not the installer
+/// medium, writable, at least 8 GiB; fixed disks before removable ones.
+pub fn first_suitable_disk(
+    disks: &[rayos_disk::report::Disk],
+    medium: Option<&Path>,
+) -> Option<String> {
+    let mut v: Vec<&rayos_disk::report::Disk> = disks
+        .iter()
+        .filter(|d| Some(d.path.as_path()) != medium && !d.read_only && d.size_bytes >= 8 << 30)
+        .collect();
+    v.sort_by_key(|d| d.removable);
+    v.first().map(|d| d.path.display().to_string())
+}
+
+fn prune_boot_records(dir: &Path, keep: usize) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    let mut names: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    if names.len() <= keep {
+        return;
+    }
+    // Names start with the boot's unix time: sorting is by age.
+    names.sort();
+    for p in &names[..names.len() - keep] {
+        let _ = fs::remove_file(p);
+        let _ = fs::remove_file(rayos_state::atomic::previous_path(p));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_file_target_and_finish() {
+        let t = "version = 1\n[target]\ndisk = \"/dev/vda\"\nmode = \"whole-disk\"\n[finish]\naction = \"poweroff\"\n";
+        assert_eq!(answers_target(t).as_deref(), Some("/dev/vda"));
+        assert_eq!(answers_after(t), PowerAction::PowerOff);
+        assert_eq!(answers_target("[target]\nmode = \"whole-disk\"\n"), None);
+        assert_eq!(answers_after("not toml ["), PowerAction::Reboot);
+        assert_eq!(answers_after(""), PowerAction::Reboot);
+    }
+
+    #[test]
+    fn step_lists_are_linear_and_named_uniquely() {
+        for list in [INSTALLED, RECOVERY, INSTALLER] {
+            let mut names: Vec<&str> = COMMON.iter().chain(list).map(|s| s.name).collect();
+            let n = names.len();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), n);
+        }
+        assert!(COMMON[0].fatal, "only the kernel filesystems are fatal");
+        assert!(COMMON[1..].iter().chain(INSTALLED).all(|s| !s.fatal));
+        // rayosd needs the data volume, so it comes after mounting it.
+        let pos = |n: &str| INSTALLED.iter().position(|s| s.name == n).unwrap();
+        assert!(pos("mount-data") < pos("rayosd"));
+        assert!(pos("check-data") < pos("mount-data"));
+        assert!(
+            !RECOVERY.iter().any(|s| s.name == "rayosd"),
+            "recovery starts no VMs"
+        );
+    }
+
+    #[test]
+    fn boot_records_are_pruned_oldest_first() {
+        let d = tempfile::tempdir().unwrap();
+        for t in 100..110 {
+            fs::write(d.path().join(format!("{t}-id.json")), "{}").unwrap();
+        }
+        prune_boot_records(d.path(), 3);
+        let mut left: Vec<String> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["107-id.json", "108-id.json", "109-id.json"]);
+    }
+}

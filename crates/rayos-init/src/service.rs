@@ -1,0 +1,384 @@
+//! Supervised services: child processes PID 1 starts, restarts with
+//! backoff and stops in order at shutdown.
+//!
+//! A service's stdout and stderr go through one pipe to a pump thread that
+//! writes every line to `<logs>/<name>.log` (rotated) and copies lines that
+//! start with `RAYOS_` (machine-readable markers) to the console and to the
+//! main loop. Console sessions instead get their terminal as stdio.
+//!
+//! Backoff: 1 s after the first exit, doubling to 30 s; reset when the
+//! service had run for a minute. Exits are learnt from PID 1's reaping
+//! (the main loop passes them to [`Services::exited`]); no `Child` handle
+//! is kept because PID 1 reaps every process itself.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use crate::control::ServiceStatus;
+use crate::log::{self, RotatingLog};
+
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Pump stdout/stderr into `<dir>/<name>.log`.
+    Log(PathBuf),
+    /// A terminal device as stdin/stdout/stderr (console sessions).
+    Tty(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub name: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub output: Output,
+    pub restart: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Running(i32),
+    Waiting(Instant),
+    Stopped,
+}
+
+#[derive(Debug)]
+struct Service {
+    spec: Spec,
+    state: State,
+    restarts: u32,
+    backoff: Duration,
+    started: Instant,
+    last_exit: Option<i32>,
+}
+
+/// A marker line from a service, for the main loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub service: String,
+    pub line: String,
+}
+
+pub struct Services {
+    list: Vec<Service>,
+    markers: Sender<Marker>,
+}
+
+impl Services {
+    pub fn new(markers: Sender<Marker>) -> Self {
+        Services {
+            list: Vec::new(),
+            markers,
+        }
+    }
+
+    /// Adds and starts a service.
+    pub fn add(&mut self, spec: Spec) {
+        let mut s = Service {
+            spec,
+            state: State::Stopped,
+            restarts: 0,
+            backoff: BACKOFF_MIN,
+            started: Instant::now(),
+            last_exit: None,
+        };
+        start(&mut s, &self.markers);
+        self.list.push(s);
+    }
+
+    pub fn pid_of(&self, name: &str) -> Option<i32> {
+        self.list
+            .iter()
+            .find(|s| s.spec.name == name)
+            .and_then(|s| match s.state {
+                State::Running(p) => Some(p),
+                _ => None,
+            })
+    }
+
+    /// Handles an exited pid; true if it was one of ours.
+    pub fn exited(&mut self, pid: i32, code: i32) -> bool {
+        let Some(s) = self
+            .list
+            .iter_mut()
+            .find(|s| s.state == State::Running(pid))
+        else {
+            return false;
+        };
+        s.last_exit = Some(code);
+        if s.started.elapsed() >= STABLE_AFTER {
+            s.backoff = BACKOFF_MIN;
+        }
+        if s.spec.restart {
+            log::warn(format!(
+                "{} exited with status {code}; restarting in {} s",
+                s.spec.name,
+                s.backoff.as_secs()
+            ));
+            s.state = State::Waiting(Instant::now() + s.backoff);
+            s.backoff = (s.backoff * 2).min(BACKOFF_MAX);
+        } else {
+            log::info(format!("{} exited with status {code}", s.spec.name));
+            s.state = State::Stopped;
+        }
+        true
+    }
+
+    /// Starts services whose backoff has passed; returns the time until the
+    /// next one is due.
+    pub fn tick(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut next: Option<Duration> = None;
+        for s in &mut self.list {
+            if let State::Waiting(at) = s.state {
+                if at <= now {
+                    s.restarts += 1;
+                    start(s, &self.markers);
+                } else {
+                    let d = at - now;
+                    next = Some(next.map_or(d, |n| n.min(d)));
+                }
+            }
+        }
+        next
+    }
+
+    /// Stops restarting `name` and sends it `sig`; returns its pid if it runs.
+    pub fn signal(&mut self, name: &str, sig: i32) -> Option<i32> {
+        let s = self.list.iter_mut().find(|s| s.spec.name == name)?;
+        s.spec.restart = false;
+        match s.state {
+            State::Running(p) => {
+                crate::sys::kill(p, sig);
+                Some(p)
+            }
+            _ => {
+                s.state = State::Stopped;
+                None
+            }
+        }
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.list.iter().map(|s| s.spec.name.clone()).collect()
+    }
+
+    pub fn any_running(&self) -> bool {
+        self.list
+            .iter()
+            .any(|s| matches!(s.state, State::Running(_)))
+    }
+
+    pub fn status(&self) -> Vec<ServiceStatus> {
+        self.list
+            .iter()
+            .map(|s| ServiceStatus {
+                name: s.spec.name.clone(),
+                pid: match s.state {
+                    State::Running(p) => Some(p),
+                    _ => None,
+                },
+                state: match s.state {
+                    State::Running(_) => "running",
+                    State::Waiting(_) => "restarting",
+                    State::Stopped if s.last_exit.is_some() => "exited",
+                    State::Stopped => "stopped",
+                }
+                .to_string(),
+                restarts: s.restarts,
+                last_exit: s.last_exit,
+            })
+            .collect()
+    }
+}
+
+fn start(s: &mut Service, markers: &Sender<Marker>) {
+    let mut cmd = Command::new(&s.spec.program);
+    cmd.args(&s.spec.args);
+    for (k, v) in &s.spec.env {
+        cmd.env(k, v);
+    }
+    let mut pump = None;
+    match &s.spec.output {
+        Output::Log(dir) => {
+            let (r, w) = match std::io::pipe() {
+                Ok(p) => p,
+                Err(e) => {
+                    log::error(format!("cannot start {}: no pipe: {e}", s.spec.name));
+                    s.state = State::Waiting(Instant::now() + s.backoff);
+                    return;
+                }
+            };
+            let w2 = w.try_clone();
+            cmd.stdin(Stdio::null()).stdout(w);
+            match w2 {
+                Ok(w2) => {
+                    cmd.stderr(w2);
+                }
+                Err(_) => {
+                    cmd.stderr(Stdio::null());
+                }
+            }
+            pump = Some((r, dir.clone()));
+        }
+        Output::Tty(dev) => {
+            // The session itself opens the terminal and makes it its
+            // controlling tty (setsid + TIOCSCTTY in `rayos console`).
+            let open = || OpenOptions::new().read(true).write(true).open(dev);
+            match (open(), open(), open()) {
+                (Ok(a), Ok(b), Ok(c)) => {
+                    cmd.stdin(a).stdout(b).stderr(c);
+                }
+                _ => {
+                    log::warn(format!(
+                        "{}: cannot open {}; not starting it",
+                        s.spec.name,
+                        dev.display()
+                    ));
+                    s.state = State::Stopped;
+                    s.spec.restart = false;
+                    return;
+                }
+            }
+        }
+    }
+    match cmd.spawn() {
+        Ok(child) => {
+            let pid = child.id() as i32;
+            // Dropping the Child neither waits nor kills; PID 1 reaps it.
+            drop(child);
+            drop(cmd); // closes our copies of the pipe's write end
+            s.state = State::Running(pid);
+            s.started = Instant::now();
+            log::detail(format!("started {} (pid {pid})", s.spec.name));
+            if let Some((r, dir)) = pump {
+                let name = s.spec.name.clone();
+                let tx = markers.clone();
+                let _ = std::thread::Builder::new()
+                    .name(format!("log-{name}"))
+                    .spawn(move || pump_lines(r, &dir, &name, &tx));
+            }
+        }
+        Err(e) => {
+            log::error(format!(
+                "cannot start {} ({}): {e}",
+                s.spec.name,
+                s.spec.program.display()
+            ));
+            s.state = if s.spec.restart {
+                State::Waiting(Instant::now() + s.backoff)
+            } else {
+                State::Stopped
+            };
+            s.backoff = (s.backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+/// Copies a service's output into its log; markers also to the console.
+fn pump_lines(r: std::io::PipeReader, dir: &std::path::Path, name: &str, tx: &Sender<Marker>) {
+    let mut file = RotatingLog::open(dir, name, log::DEFAULT_MAX_BYTES, log::DEFAULT_KEEP).ok();
+    if let Some(f) = file.as_mut() {
+        let _ = f.write_line(&format!(
+            "=== {name} started, boot time {:.3} s ===",
+            log::uptime()
+        ));
+    }
+    let mut reader = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let line = line.trim_end_matches(['\n', '\r']);
+        if let Some(f) = file.as_mut() {
+            let _ = f.write_line(line);
+        }
+        if let Some(pos) = line.find("RAYOS_") {
+            let m = &line[pos..];
+            log::console_raw(&format!("{m}\n"));
+            let _ = tx.send(Marker {
+                service: name.to_string(),
+                line: m.to_string(),
+            });
+        }
+    }
+    if let Some(f) = file.as_mut() {
+        let _ = f.sync();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn wait_exit(pid: i32) -> i32 {
+        let mut status = 0;
+        // SAFETY: waitpid writes only `status`; pid is our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        libc::WEXITSTATUS(status)
+    }
+
+    #[test]
+    fn output_is_logged_and_markers_forwarded_and_restart_backs_off() {
+        let d = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let mut svcs = Services::new(tx);
+        svcs.add(Spec {
+            name: "demo".into(),
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                "echo hello; echo RAYOS_VM_STARTED:linux:cold; echo oops >&2; exit 3".into(),
+            ],
+            env: vec![],
+            output: Output::Log(d.path().to_path_buf()),
+            restart: true,
+        });
+        let pid = svcs.pid_of("demo").expect("running");
+        let code = wait_exit(pid);
+        assert_eq!(code, 3);
+        let m = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(m.line, "RAYOS_VM_STARTED:linux:cold");
+        assert!(svcs.exited(pid, code));
+        assert!(!svcs.exited(pid, code), "a pid is handled once");
+        assert_eq!(svcs.status()[0].state, "restarting");
+        let next = svcs.tick().expect("a restart is due later");
+        assert!(next <= BACKOFF_MIN);
+        // The log has all three lines once the pump saw end of file.
+        let log = d.path().join("demo.log");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("oops") {
+                assert!(text.contains("hello") && text.contains("RAYOS_VM_STARTED"));
+                break;
+            }
+            assert!(Instant::now() < deadline, "log never complete: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(next);
+        assert_eq!(svcs.tick(), None);
+        let pid2 = svcs.pid_of("demo").expect("restarted");
+        assert_ne!(pid, pid2);
+        assert_eq!(svcs.status()[0].restarts, 1);
+        // Stopping disables restarts.
+        assert_eq!(svcs.signal("demo", libc::SIGKILL), Some(pid2));
+        let code = wait_exit(pid2);
+        svcs.exited(pid2, code);
+        assert_eq!(svcs.status()[0].state, "exited");
+        assert!(!svcs.any_running());
+    }
+}

@@ -1,0 +1,333 @@
+//! Thin wrappers over the Linux calls PID 1 needs: mounts, signals through a
+//! signalfd, reaping, reboot. Everything that is `unsafe` in this crate lives
+//! here, each block with its invariant.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use rustix::mount::{MountFlags, UnmountFlags};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SysError {
+    #[error("cannot mount {fstype} {source_dev} on {target}")]
+    Mount {
+        fstype: String,
+        source_dev: String,
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot unmount {target}")]
+    Unmount {
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set up signal handling")]
+    Signals(#[source] io::Error),
+}
+
+/// One mount of the kernel filesystems, as data.
+pub struct KernelMount {
+    pub source: &'static str,
+    pub target: &'static str,
+    pub fstype: &'static str,
+    pub flags: MountFlags,
+    pub data: &'static str,
+}
+
+/// The kernel filesystems every mode needs, in mount order.
+pub fn kernel_mounts() -> Vec<KernelMount> {
+    let nse = MountFlags::NOSUID | MountFlags::NOEXEC | MountFlags::NODEV;
+    vec![
+        KernelMount {
+            source: "proc",
+            target: "/proc",
+            fstype: "proc",
+            flags: nse,
+            data: "",
+        },
+        KernelMount {
+            source: "sysfs",
+            target: "/sys",
+            fstype: "sysfs",
+            flags: nse,
+            data: "",
+        },
+        KernelMount {
+            source: "devtmpfs",
+            target: "/dev",
+            fstype: "devtmpfs",
+            flags: MountFlags::NOSUID,
+            data: "mode=0755",
+        },
+        KernelMount {
+            source: "devpts",
+            target: "/dev/pts",
+            fstype: "devpts",
+            flags: MountFlags::NOSUID | MountFlags::NOEXEC,
+            data: "mode=0620,ptmxmode=0666",
+        },
+        KernelMount {
+            source: "tmpfs",
+            target: "/dev/shm",
+            fstype: "tmpfs",
+            flags: MountFlags::NOSUID | MountFlags::NODEV,
+            data: "mode=1777",
+        },
+        KernelMount {
+            source: "tmpfs",
+            target: "/run",
+            fstype: "tmpfs",
+            flags: MountFlags::NOSUID | MountFlags::NODEV,
+            data: "mode=0755",
+        },
+        KernelMount {
+            source: "tmpfs",
+            target: "/tmp",
+            fstype: "tmpfs",
+            flags: MountFlags::NOSUID | MountFlags::NODEV,
+            data: "mode=1777",
+        },
+    ]
+}
+
+/// True when `target` is a mount point (from /proc/self/mountinfo).
+pub fn is_mounted(target: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let t = target.to_string_lossy();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(&*t))
+}
+
+pub fn mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MountFlags,
+    data: &str,
+) -> Result<(), SysError> {
+    let err = |e: io::Error| SysError::Mount {
+        fstype: fstype.to_string(),
+        source_dev: source.to_string(),
+        target: target.display().to_string(),
+        source: e,
+    };
+    fs::create_dir_all(target).map_err(err)?;
+    let data_c = std::ffi::CString::new(data)
+        .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let data_opt = (!data.is_empty()).then_some(data_c.as_c_str());
+    rustix::mount::mount(source, target, fstype, flags, data_opt).map_err(|e| err(e.into()))
+}
+
+/// Unmounts `target`; when busy, detaches it (lazy) after remounting it
+/// read-only so no more writes reach the disk.
+pub fn unmount(target: &Path) -> Result<(), SysError> {
+    match rustix::mount::unmount(target, UnmountFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::BUSY) => {
+            let _ = rustix::mount::mount_remount(target, MountFlags::RDONLY, "");
+            rustix::mount::unmount(target, UnmountFlags::DETACH).map_err(|e| SysError::Unmount {
+                target: target.display().to_string(),
+                source: e.into(),
+            })
+        }
+        Err(e) => Err(SysError::Unmount {
+            target: target.display().to_string(),
+            source: e.into(),
+        }),
+    }
+}
+
+pub fn sync() {
+    rustix::fs::sync();
+}
+
+/// How the machine goes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerAction {
+    PowerOff,
+    Reboot,
+}
+
+/// Ends the machine. Only returns on error (not PID 1, no CAP_SYS_BOOT).
+pub fn power(action: PowerAction) -> io::Error {
+    let cmd = match action {
+        PowerAction::PowerOff => rustix::system::RebootCommand::PowerOff,
+        PowerAction::Reboot => rustix::system::RebootCommand::Restart,
+    };
+    match rustix::system::reboot(cmd) {
+        Ok(()) => io::Error::other("reboot(2) returned"),
+        Err(e) => e.into(),
+    }
+}
+
+/// Makes Ctrl-Alt-Del send SIGINT to PID 1 instead of an immediate reset,
+/// so it goes through the orderly shutdown.
+pub fn disable_ctrl_alt_del() {
+    let _ = rustix::system::reboot(rustix::system::RebootCommand::CadOff);
+}
+
+/// The signals PID 1 handles, read through a signalfd. Blocking them must
+/// happen before any thread starts so every thread inherits the mask; child
+/// processes get an empty mask from `std::process::Command`.
+pub const HANDLED: [libc::c_int; 7] = [
+    libc::SIGCHLD,
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGPWR,
+    libc::SIGHUP,
+];
+
+pub struct SignalFd {
+    fd: OwnedFd,
+}
+
+impl SignalFd {
+    pub fn new() -> Result<SignalFd, SysError> {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it before
+        // any other use, and the pointers passed are to this local.
+        let fd = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in HANDLED {
+                libc::sigaddset(&mut set, s);
+            }
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(SysError::Signals(io::Error::last_os_error()));
+            }
+            libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
+        };
+        if fd < 0 {
+            return Err(SysError::Signals(io::Error::last_os_error()));
+        }
+        // SAFETY: signalfd returned a new descriptor that nothing else owns.
+        Ok(SignalFd {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    pub fn raw(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// Pending signal numbers (non-blocking; empty when none).
+    pub fn read(&self) -> Vec<i32> {
+        let mut out = Vec::new();
+        loop {
+            // SAFETY: signalfd_siginfo is plain data, zeroed is valid; read
+            // writes at most its size into it.
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: the buffer is `size` bytes of a live local.
+            let n = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    size,
+                )
+            };
+            if n as usize != size {
+                break;
+            }
+            out.push(info.ssi_signo as i32);
+        }
+        out
+    }
+}
+
+/// An exited child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exited {
+    pub pid: i32,
+    /// Exit code, or 128 + signal number.
+    pub code: i32,
+}
+
+/// Reaps every exited child without blocking (zombies of orphans too).
+pub fn reap() -> Vec<Exited> {
+    let mut out = Vec::new();
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only to `status`.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            break;
+        }
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else if libc::WIFSIGNALED(status) {
+            128 + libc::WTERMSIG(status)
+        } else {
+            continue;
+        };
+        out.push(Exited { pid, code });
+    }
+    out
+}
+
+pub fn kill(pid: i32, sig: i32) -> bool {
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Waits until any of `fds` is readable or `timeout_ms` passes; returns the
+/// readable ones.
+pub fn poll_readable(fds: &[i32], timeout_ms: i32) -> Vec<i32> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `p` is a valid array of p.len() pollfd structs for the call.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    p.iter()
+        .filter(|x| x.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
+        .map(|x| x.fd)
+        .collect()
+}
+
+/// Makes sure fds 0, 1, 2 are open on the console (the kernel gives PID 1
+/// none when the initramfs lacks /dev/console).
+pub fn ensure_stdio_console() {
+    // SAFETY: fcntl(F_GETFD) only queries the descriptor.
+    let valid = |fd: i32| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
+    if (0..3).all(valid) {
+        return;
+    }
+    let Ok(c) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    else {
+        return;
+    };
+    for fd in 0..3 {
+        if !valid(fd) {
+            // SAFETY: dup2 onto a closed standard descriptor; `c` stays open
+            // for the duration of the call.
+            unsafe { libc::dup2(c.as_raw_fd(), fd) };
+        }
+    }
+}
+
+pub fn sethostname(name: &str) -> io::Result<()> {
+    rustix::system::sethostname(name.as_bytes()).map_err(Into::into)
+}
+
+/// Opens a file for reading without following it into a controlling tty.
+pub fn open_ro(path: &Path) -> io::Result<File> {
+    File::open(path)
+}

@@ -1,0 +1,323 @@
+//! Finding RayOS's volumes among the disks present at boot: the installed
+//! system's partitions (by GPT type GUID, through `rayos-disk`), the
+//! installer medium and the FAT/ISO volumes an answer file may sit on.
+//!
+//! Policy when several disks hold a RayOS install: the one holding the ESP
+//! the loader started from (`LoaderDevicePartUUID`) wins; otherwise the
+//! first in kernel order, and the others are reported.
+
+use std::path::{Path, PathBuf};
+
+use rayos_disk::report::{Disk, PartitionReport};
+use rayos_disk::{Filesystem, types};
+use uuid::Uuid;
+
+use crate::bless::LOADER_VENDOR_GUID;
+
+/// The partitions of one RayOS install.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Install {
+    pub disk: PathBuf,
+    pub data: PathBuf,
+    pub system: Option<PathBuf>,
+    pub esp: Option<PathBuf>,
+    /// Other disks that also hold a RayOS data partition (not used).
+    pub others: Vec<PathBuf>,
+}
+
+fn part_dev(p: &PartitionReport) -> Option<PathBuf> {
+    p.device.clone()
+}
+
+/// The partition GUID of the ESP the loader ran from, if the loader said.
+pub fn loader_device_part_uuid(efivars: &Path) -> Option<Uuid> {
+    let bytes =
+        std::fs::read(efivars.join(format!("LoaderDevicePartUUID-{LOADER_VENDOR_GUID}"))).ok()?;
+    let units: Vec<u16> = bytes
+        .get(4..)?
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    Uuid::parse_str(&String::from_utf16(&units).ok()?).ok()
+}
+
+/// Picks the RayOS install among `disks`.
+pub fn find_install(disks: &[Disk], boot_esp: Option<Uuid>) -> Option<Install> {
+    let with_data: Vec<&Disk> = disks
+        .iter()
+        .filter(|d| {
+            d.partitions
+                .iter()
+                .any(|p| p.type_guid == Some(types::RAYOS_DATA) && p.device.is_some())
+        })
+        .collect();
+    let chosen = boot_esp
+        .and_then(|g| {
+            with_data
+                .iter()
+                .find(|d| d.partitions.iter().any(|p| p.unique_guid == Some(g)))
+        })
+        .or_else(|| with_data.first())?;
+    let by_type = |t: Uuid| {
+        let mut ps: Vec<&PartitionReport> = chosen
+            .partitions
+            .iter()
+            .filter(|p| p.type_guid == Some(t))
+            .collect();
+        // Prefer the RayOS labels when a disk has more than one of a type.
+        ps.sort_by_key(|p| !(p.has_label("rayos-data") || p.has_label("rayos-system")));
+        ps.first().and_then(|p| part_dev(p))
+    };
+    Some(Install {
+        disk: chosen.path.clone(),
+        data: by_type(types::RAYOS_DATA)?,
+        system: by_type(types::XBOOTLDR),
+        esp: boot_esp
+            .and_then(|g| {
+                chosen
+                    .partitions
+                    .iter()
+                    .find(|p| p.unique_guid == Some(g))
+                    .and_then(part_dev)
+            })
+            .or_else(|| by_type(types::ESP)),
+        others: with_data
+            .iter()
+            .filter(|d| d.path != chosen.path)
+            .map(|d| d.path.clone())
+            .collect(),
+    })
+}
+
+/// A mountable volume that may carry installer files.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Volume {
+    pub device: PathBuf,
+    pub disk: PathBuf,
+    pub fstype: &'static str,
+    pub label: Option<String>,
+    pub removable: bool,
+}
+
+fn kernel_fstype(fs: Filesystem) -> Option<&'static str> {
+    match fs {
+        Filesystem::Fat12 | Filesystem::Fat16 | Filesystem::Fat32 => Some("vfat"),
+        Filesystem::Iso9660 => Some("iso9660"),
+        _ => None,
+    }
+}
+
+/// Every FAT or ISO 9660 volume: whole-disk filesystems (CD, hybrid ISO on
+/// a stick, an unpartitioned FAT stick) and partitions.
+pub fn fat_and_iso_volumes(disks: &[Disk]) -> Vec<Volume> {
+    let mut out = Vec::new();
+    for d in disks {
+        if let Some(fs) = &d.whole_disk_filesystem
+            && let Some(t) = kernel_fstype(fs.filesystem)
+        {
+            out.push(Volume {
+                device: d.path.clone(),
+                disk: d.path.clone(),
+                fstype: t,
+                label: fs.label.clone(),
+                removable: d.removable,
+            });
+        }
+        for p in &d.partitions {
+            let (Some(fs), Some(dev)) = (p.filesystem, &p.device) else {
+                continue;
+            };
+            if let Some(t) = kernel_fstype(fs) {
+                out.push(Volume {
+                    device: dev.clone(),
+                    disk: d.path.clone(),
+                    fstype: t,
+                    label: p.fs_label.clone(),
+                    removable: d.removable,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Volume label of the installer ISO (xorriso `-V`).
+pub const INSTALLER_LABEL: &str = "RAYOS_INSTALL";
+
+/// Orders volumes for the answer-file search: those matching `label` only
+/// when one is given; otherwise the installer medium (`medium_disk`) first,
+/// then removable disks, then the rest, each group in kernel order.
+pub fn search_order(
+    volumes: &[Volume],
+    label: Option<&str>,
+    medium_disk: Option<&Path>,
+) -> Vec<Volume> {
+    let mut v: Vec<Volume> = volumes
+        .iter()
+        .filter(|x| match label {
+            Some(l) => x
+                .label
+                .as_deref()
+                .is_some_and(|xl| xl.eq_ignore_ascii_case(l)),
+            None => true,
+        })
+        .cloned()
+        .collect();
+    v.sort_by_key(|x| {
+        let on_medium = medium_disk.is_some_and(|m| x.disk == m);
+        (!on_medium, !x.removable)
+    });
+    v
+}
+
+/// `root` joined with the volume-relative `rel` (`/x/y.toml`), only when
+/// that is a regular file. FAT is case-insensitive but the kernel's vfat
+/// driver already matches names that way.
+pub fn file_on(root: &Path, rel: &str) -> Option<PathBuf> {
+    let p = root.join(rel.trim_start_matches('/'));
+    p.is_file().then_some(p)
+}
+
+/// The newest RayOS UKI under `root/EFI/Linux/` (installer media carry one).
+pub fn uki_on(root: &Path) -> Option<PathBuf> {
+    let dir = ["EFI/Linux", "efi/linux", "EFI/LINUX"]
+        .iter()
+        .map(|d| root.join(d))
+        .find(|d| d.is_dir())?;
+    let mut ukis: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            n.starts_with("rayos-") && n.ends_with(".efi") && !n.contains("recovery")
+        })
+        .collect();
+    ukis.sort();
+    ukis.pop()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn vol(dev: &str, disk: &str, label: Option<&str>, removable: bool) -> Volume {
+        Volume {
+            device: dev.into(),
+            disk: disk.into(),
+            fstype: "vfat",
+            label: label.map(String::from),
+            removable,
+        }
+    }
+
+    #[test]
+    fn answer_search_order_medium_then_removable() {
+        let v = vec![
+            vol("/dev/sda1", "/dev/sda", Some("EFI"), false),
+            vol("/dev/sdb1", "/dev/sdb", Some("SEED"), true),
+            vol("/dev/sr0", "/dev/sr0", Some("RAYOS_INSTALL"), true),
+        ];
+        let o = search_order(&v, None, Some(Path::new("/dev/sr0")));
+        let devs: Vec<_> = o.iter().map(|x| x.device.to_str().unwrap()).collect();
+        assert_eq!(devs, vec!["/dev/sr0", "/dev/sdb1", "/dev/sda1"]);
+        let o = search_order(&v, Some("seed"), Some(Path::new("/dev/sr0")));
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].device, Path::new("/dev/sdb1"));
+        assert!(search_order(&v, Some("NOPE"), None).is_empty());
+    }
+
+    #[test]
+    fn files_and_ukis_on_a_volume() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("rayos-answers.toml"), "x").unwrap();
+        assert!(file_on(d.path(), "/rayos-answers.toml").is_some());
+        assert!(file_on(d.path(), "/nope.toml").is_none());
+        assert!(
+            file_on(d.path(), "/").is_none(),
+            "a directory is not an answer file"
+        );
+        assert!(uki_on(d.path()).is_none());
+        fs::create_dir_all(d.path().join("EFI/Linux")).unwrap();
+        for n in [
+            "rayos-0.1.efi",
+            "rayos-0.2+3.efi",
+            "rayos-recovery.efi",
+            "other.efi",
+        ] {
+            fs::write(d.path().join("EFI/Linux").join(n), "").unwrap();
+        }
+        assert_eq!(
+            uki_on(d.path()).unwrap().file_name().unwrap(),
+            "rayos-0.2+3.efi"
+        );
+    }
+
+    #[test]
+    fn finds_install_in_a_real_gpt_image() {
+        // A real GPT written by rayos-disk, probed the way init does it.
+        use rayos_disk::gpt::{Gpt, Partition};
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        let f = fs::File::create(&img).unwrap();
+        f.set_len(64 << 20).unwrap();
+        let mut g = Gpt::new(64 << 20, 512).unwrap();
+        g.add(Partition::new(1, types::ESP, 2048, 4095, "EFI"))
+            .unwrap();
+        g.add(Partition::new(
+            2,
+            types::XBOOTLDR,
+            4096,
+            8191,
+            "rayos-system",
+        ))
+        .unwrap();
+        g.add(Partition::new(
+            3,
+            types::RAYOS_DATA,
+            8192,
+            100_000,
+            "rayos-data",
+        ))
+        .unwrap();
+        let mut rw = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&img)
+            .unwrap();
+        g.write(&mut rw).unwrap();
+        drop(rw);
+        let mut disk = rayos_disk::probe_image(&img, None).unwrap();
+        // Image files have no partition nodes; give them the names a block
+        // device would have.
+        for p in &mut disk.partitions {
+            p.device = Some(PathBuf::from(format!("/dev/vda{}", p.number)));
+        }
+        let esp_guid = disk.partitions[0].unique_guid;
+        let i = find_install(std::slice::from_ref(&disk), esp_guid).unwrap();
+        assert_eq!(i.data, Path::new("/dev/vda3"));
+        assert_eq!(i.system.as_deref(), Some(Path::new("/dev/vda2")));
+        assert_eq!(i.esp.as_deref(), Some(Path::new("/dev/vda1")));
+        assert!(i.others.is_empty());
+
+        // A second disk with a data partition: the boot ESP decides.
+        let mut other = disk.clone();
+        other.path = "/dev/vdb".into();
+        for p in &mut other.partitions {
+            p.unique_guid = Some(Uuid::new_v4());
+            p.device = Some(PathBuf::from(format!("/dev/vdb{}", p.number)));
+        }
+        let both = vec![other.clone(), disk.clone()];
+        let i = find_install(&both, esp_guid).unwrap();
+        assert_eq!(i.data, Path::new("/dev/vda3"));
+        assert_eq!(i.others, vec![PathBuf::from("/dev/vdb")]);
+        let i = find_install(&both, None).unwrap();
+        assert_eq!(i.data, Path::new("/dev/vdb3"), "no loader hint: first disk");
+        assert!(find_install(&[], None).is_none());
+    }
+}

@@ -1,0 +1,138 @@
+//! `rayos status`: what RayOS is doing — boot steps and faults from PID 1's
+//! status file, services, and the VMs as rayosd reports them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use rayos_init::control::{self, InitStatus};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print JSON (the init status plus the daemon's health and VMs).
+    #[arg(long)]
+    json: bool,
+    /// Init status file to read.
+    #[arg(long, default_value = control::STATUS_FILE)]
+    status_file: PathBuf,
+    /// rayosd's API socket.
+    #[arg(long, default_value = control::API_SOCKET)]
+    socket: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let init = InitStatus::read(&args.status_file);
+    let client = rayos_api::Client::new(&args.socket).with_timeout(Some(Duration::from_secs(5)));
+    let health = client.health();
+    let vms = if health.is_ok() {
+        client.list().ok()
+    } else {
+        None
+    };
+    if args.json {
+        let v = serde_json::json!({
+            "init": init.as_ref().ok(),
+            "init_error": init.as_ref().err().map(|e| rayos_init::error_chain(e)),
+            "daemon": health.as_ref().ok(),
+            "daemon_error": health.as_ref().err().map(|e| rayos_init::error_chain(e)),
+            "vms": vms,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &init {
+        Ok(s) => print_init(s),
+        Err(e) => println!(
+            "init: no status ({}): this is not a running RayOS system, or init has not started yet",
+            rayos_init::error_chain(e)
+        ),
+    }
+    match &health {
+        Ok(h) => {
+            println!(
+                "rayosd: {} (version {}, {} VMs)",
+                h.status, h.version, h.vms
+            );
+            for n in &h.notes {
+                println!("  ! {n}");
+            }
+        }
+        Err(e) => println!(
+            "rayosd: not reachable on {} ({})",
+            args.socket.display(),
+            rayos_init::error_chain(e)
+        ),
+    }
+    if let Some(vms) = vms {
+        if vms.is_empty() {
+            println!("VMs: none");
+        }
+        for vm in vms {
+            println!(
+                "  vm {:<16} {:<8} {:?}{}{}",
+                vm.name,
+                format!("{:?}", vm.kind).to_lowercase(),
+                vm.state,
+                if vm.presented { ", presented" } else { "" },
+                vm.last_boot
+                    .map(|b| format!(", {}", b.as_str()))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_init(s: &InitStatus) {
+    println!(
+        "RayOS {} ({} mode), {}; boot {}",
+        s.version,
+        s.mode,
+        s.phase,
+        if s.boot_id.is_empty() {
+            "?"
+        } else {
+            &s.boot_id
+        }
+    );
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    println!(
+        "ready: {}   linux vm ready: {}   blessed: {}",
+        yes(s.ready),
+        yes(s.linux_vm_ready),
+        s.blessed.as_deref().unwrap_or("-")
+    );
+    match (&s.data_device, &s.data_mounted) {
+        (Some(d), Some(m)) => println!(
+            "data volume: {d} on {m}{}",
+            if s.data_read_only { " (read-only)" } else { "" }
+        ),
+        (Some(d), None) => println!("data volume: {d} (not mounted)"),
+        _ => println!("data volume: none"),
+    }
+    if !s.faults.is_empty() {
+        println!("faults:");
+        for f in &s.faults {
+            println!("  ! {f}");
+        }
+    }
+    println!("boot steps:");
+    for st in &s.steps {
+        println!(
+            "  {:<13} {:<8} {:>6} ms  {}",
+            st.name, st.result, st.millis, st.message
+        );
+    }
+    if !s.services.is_empty() {
+        println!("services:");
+        for sv in &s.services {
+            println!(
+                "  {:<16} {:<10} pid {:<7} restarts {}",
+                sv.name,
+                sv.state,
+                sv.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                sv.restarts
+            );
+        }
+    }
+}
