@@ -217,6 +217,13 @@ pub struct Mbr {
     pub partitions: Vec<MbrPartition>,
 }
 
+/// Which copy of a GPT to read with [`Gpt::read_copy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableCopy {
+    Primary,
+    Backup,
+}
+
 /// What a disk holds at the partition-table level.
 #[derive(Debug, Clone)]
 pub enum TableState {
@@ -291,6 +298,80 @@ impl Gpt {
             TableState::Mbr(m) => Err(GptError::MbrOnly(m)),
             TableState::Blank => Err(GptError::NoTable),
             TableState::Corrupt(c) => Err(GptError::Corrupt(c)),
+        }
+    }
+
+    /// Read ONE copy of the table (primary or backup), validated on its own,
+    /// ignoring the other. For a caller with its own evidence of which copy
+    /// is right — the installer re-running after a power cut during its own
+    /// table write — to decide explicitly; [`Gpt::read`] never does this.
+    /// Writing the result back rewrites both copies.
+    pub fn read_copy<D: Read + Seek>(
+        dev: &mut D,
+        sector_size: u32,
+        copy: TableCopy,
+    ) -> Result<Gpt, GptError> {
+        check_sector_size(sector_size)?;
+        let ss = sector_size as u64;
+        let total_sectors = device_size(dev).map_err(GptError::Read)? / ss;
+        if total_sectors < 3 {
+            return Err(GptError::NoTable);
+        }
+        let (lba, which) = match copy {
+            TableCopy::Primary => (1, "primary"),
+            TableCopy::Backup => (total_sectors - 1, "backup"),
+        };
+        let mut problems = Vec::new();
+        let h = read_header(dev, lba, sector_size, total_sectors, which, &mut problems)?;
+        let Some(h) = h else {
+            if problems.is_empty() {
+                problems.push(format!("{which} header missing at LBA {lba}"));
+            }
+            return Err(GptError::Corrupt(Corruption {
+                problems,
+                primary_valid: false,
+                backup_valid: false,
+            }));
+        };
+        check_partitions(&h, &mut problems);
+        if !problems.is_empty() {
+            return Err(GptError::Corrupt(Corruption {
+                problems,
+                primary_valid: copy == TableCopy::Primary,
+                backup_valid: copy == TableCopy::Backup,
+            }));
+        }
+        let g = Gpt::from_header(h, sector_size, total_sectors);
+        // A copy read alone may predate a shrink: its partitions must still
+        // end before the place the backup array would be written.
+        if let Some(p) = g.partitions.iter().find(|p| p.last_lba > g.last_usable) {
+            return Err(GptError::Corrupt(Corruption {
+                problems: vec![format!(
+                    "partition {} ends at LBA {}, past the last usable LBA {} of this disk",
+                    p.number, p.last_lba, g.last_usable
+                )],
+                primary_valid: false,
+                backup_valid: false,
+            }));
+        }
+        Ok(g)
+    }
+
+    fn from_header(h: HeaderRead, sector_size: u32, total_sectors: u64) -> Gpt {
+        Gpt {
+            sector_size,
+            total_sectors,
+            disk_guid: h.disk_guid,
+            first_usable: h.first_usable,
+            // A backup read from a disk that has since grown keeps its old
+            // usable end; the array must still fit before the last LBA.
+            last_usable: h.last_usable.min(
+                total_sectors - 2 - entry_array_sectors(h.entry_count, h.entry_size, sector_size),
+            ),
+            entry_count: h.entry_count,
+            entry_size: h.entry_size,
+            alignment_lba: (DEFAULT_ALIGNMENT / sector_size as u64).max(1),
+            partitions: h.partitions,
         }
     }
 
@@ -846,17 +927,11 @@ pub fn inspect<D: Read + Seek>(dev: &mut D, sector_size: u32) -> Result<TableSta
     }
     if problems.is_empty() {
         if let Some(p) = primary {
-            return Ok(TableState::Gpt(Gpt {
+            return Ok(TableState::Gpt(Gpt::from_header(
+                p,
                 sector_size,
                 total_sectors,
-                disk_guid: p.disk_guid,
-                first_usable: p.first_usable,
-                last_usable: p.last_usable,
-                entry_count: p.entry_count,
-                entry_size: p.entry_size,
-                alignment_lba: (DEFAULT_ALIGNMENT / ss).max(1),
-                partitions: p.partitions,
-            }));
+            )));
         }
     }
     Ok(TableState::Corrupt(Corruption {
@@ -1428,5 +1503,47 @@ mod tests {
         g.write(&mut d).unwrap();
         assert!(d.get_ref()[..440].iter().all(|&b| b == 0xAB));
         assert_eq!(Gpt::read(&mut d, 512).unwrap(), g);
+    }
+
+    #[test]
+    fn one_copy_can_be_read_explicitly_after_an_interrupted_write() {
+        // Old table everywhere, then a new primary only: what a power cut
+        // between the primary and the backup write leaves behind.
+        let old = sample(512, 64 * MIB);
+        let mut d = disk(64 * MIB);
+        old.write(&mut d).unwrap();
+        let mut new = old.clone();
+        new.remove(4).unwrap();
+        let mut half = disk(64 * MIB);
+        new.write(&mut half).unwrap();
+        let primary_bytes = 34 * 512;
+        d.get_mut()[512..primary_bytes].copy_from_slice(&half.get_ref()[512..primary_bytes]);
+        let Err(GptError::Corrupt(c)) = Gpt::read(&mut d, 512) else {
+            panic!("a half-written table must not read as valid");
+        };
+        assert!(
+            c.problems
+                .iter()
+                .any(|p| p == "primary and backup tables disagree"),
+            "{c}"
+        );
+        assert!(c.primary_valid && c.backup_valid);
+        assert_eq!(
+            Gpt::read_copy(&mut d, 512, TableCopy::Primary).unwrap(),
+            new
+        );
+        assert_eq!(Gpt::read_copy(&mut d, 512, TableCopy::Backup).unwrap(), old);
+        // Writing the chosen copy makes the disk whole again.
+        new.write(&mut d).unwrap();
+        assert_eq!(Gpt::read(&mut d, 512).unwrap(), new);
+        // A missing copy is an error naming it.
+        let mut blank = disk(MIB);
+        let Err(GptError::Corrupt(c)) = Gpt::read_copy(&mut blank, 512, TableCopy::Backup) else {
+            panic!("expected Corrupt");
+        };
+        assert_eq!(
+            c.problems,
+            vec!["backup header missing at LBA 2047".to_string()]
+        );
     }
 }

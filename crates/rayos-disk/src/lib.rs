@@ -22,7 +22,7 @@ pub use enumerate::{
 };
 pub use gpt::{
     Corruption, DEFAULT_ALIGNMENT, FreeRegion, Gpt, GptError, Mbr, MbrPartition, Partition,
-    TableState,
+    TableCopy, TableState,
 };
 pub use probe::{Filesystem, FsInfo, ProbeError, probe};
 pub use report::{

@@ -301,7 +301,7 @@ pub fn find_rayos(parts: &[PartitionReport]) -> Option<RayosInstall> {
         .iter()
         .find(|p| {
             p.type_guid == Some(types::RAYOS_DATA)
-                || p.has_label(LABEL_DATA) && p.family != TypeFamily::Windows
+                || (p.has_label(LABEL_DATA) && p.family != TypeFamily::Windows)
         })
         .map(|p| p.number);
     let vm_storage: Vec<u32> = parts
@@ -397,4 +397,198 @@ pub fn find_systems(parts: &[PartitionReport]) -> Vec<SystemFound> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(
+        number: u32,
+        t: Option<Uuid>,
+        mbr: Option<u8>,
+        fs: Option<Filesystem>,
+        name: &str,
+    ) -> PartitionReport {
+        let (family, type_name) = match (t, mbr) {
+            (Some(t), _) => (
+                types::type_family(&t),
+                types::type_name(&t).unwrap_or("?").to_string(),
+            ),
+            (None, Some(b)) => (
+                types::mbr_type_family(b),
+                types::mbr_type_name(b).to_string(),
+            ),
+            _ => (TypeFamily::Other, "?".into()),
+        };
+        PartitionReport {
+            number,
+            first_lba: 0,
+            last_lba: 0,
+            start_bytes: 0,
+            size_bytes: 0,
+            type_guid: t,
+            mbr_type: mbr,
+            type_name,
+            family,
+            unique_guid: None,
+            name: name.into(),
+            attributes: 0,
+            filesystem: fs,
+            fs_label: None,
+            fs_uuid: None,
+            device: None,
+            in_use: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn rayos_needs_its_types_and_labels() {
+        let parts = vec![
+            part(1, Some(types::ESP), None, Some(Filesystem::Fat32), ""),
+            part(
+                2,
+                Some(types::XBOOTLDR),
+                None,
+                Some(Filesystem::Fat32),
+                "rayos-system",
+            ),
+            part(
+                3,
+                Some(types::RAYOS_DATA),
+                None,
+                Some(Filesystem::Ext4),
+                "whatever",
+            ),
+            part(
+                4,
+                Some(types::RAYOS_VM_STORAGE),
+                None,
+                Some(Filesystem::Ext4),
+                "rayos-vm-linux",
+            ),
+        ];
+        assert_eq!(
+            find_rayos(&parts),
+            Some(RayosInstall {
+                system: Some(2),
+                data: Some(3),
+                vm_storage: vec![4],
+                esp: Some(1)
+            })
+        );
+        // Another distribution's XBOOTLDR is not RayOS.
+        let other = vec![part(
+            2,
+            Some(types::XBOOTLDR),
+            None,
+            Some(Filesystem::Fat32),
+            "boot",
+        )];
+        assert_eq!(find_rayos(&other), None);
+        // A Windows partition named rayos-data is not RayOS data.
+        let win = vec![part(
+            3,
+            Some(types::MS_BASIC_DATA),
+            None,
+            Some(Filesystem::Ntfs),
+            "rayos-data",
+        )];
+        assert_eq!(find_rayos(&win), None);
+        // RayOS partitions are not counted as "Linux".
+        assert!(
+            find_systems(&parts)
+                .iter()
+                .all(|s| s.kind == SystemKind::Esp)
+        );
+    }
+
+    #[test]
+    fn windows_and_linux_are_told_apart_by_type_and_content() {
+        let parts = vec![
+            part(1, Some(types::ESP), None, Some(Filesystem::Fat32), ""),
+            part(2, Some(types::MS_RESERVED), None, None, ""),
+            part(
+                3,
+                Some(types::MS_BASIC_DATA),
+                None,
+                Some(Filesystem::Bitlocker),
+                "",
+            ),
+            part(
+                4,
+                Some(types::MS_BASIC_DATA),
+                None,
+                Some(Filesystem::Ext4),
+                "old linux",
+            ),
+            part(
+                5,
+                Some(types::MS_BASIC_DATA),
+                None,
+                Some(Filesystem::Fat32),
+                "USB data",
+            ),
+            part(6, Some(types::LINUX_SWAP), None, Some(Filesystem::Swap), ""),
+            part(7, Some(types::LINUX_FS), None, None, ""),
+        ];
+        let s = find_systems(&parts);
+        let of = |k: SystemKind| s.iter().find(|x| x.kind == k).map(|x| x.partitions.clone());
+        assert_eq!(of(SystemKind::Windows), Some(vec![2, 3]));
+        assert_eq!(of(SystemKind::Linux), Some(vec![4, 6, 7]));
+        assert_eq!(of(SystemKind::Esp), Some(vec![1]));
+        let win = s.iter().find(|x| x.kind == SystemKind::Windows).unwrap();
+        assert!(
+            win.evidence[1].contains("Microsoft basic data with BitLocker"),
+            "{:?}",
+            win.evidence
+        );
+    }
+
+    #[test]
+    fn mbr_disks_are_classified_too() {
+        let parts = vec![
+            part(1, None, Some(0x07), Some(Filesystem::Ntfs), ""),
+            part(2, None, Some(0x83), Some(Filesystem::Ext4), ""),
+            part(3, None, Some(0xEF), Some(Filesystem::Fat16), ""),
+            part(5, None, Some(0x0c), Some(Filesystem::Fat32), ""),
+        ];
+        let s = find_systems(&parts);
+        let kinds: Vec<(SystemKind, Vec<u32>)> =
+            s.iter().map(|x| (x.kind, x.partitions.clone())).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (SystemKind::Windows, vec![1]),
+                (SystemKind::Linux, vec![2]),
+                (SystemKind::Esp, vec![3]),
+            ]
+        );
+    }
+
+    #[test]
+    fn json_shape_is_stable() {
+        let u = Usage {
+            device: "/dev/sda1".into(),
+            reason: UsageReason::Mounted {
+                mount_point: "/boot".into(),
+                fs_type: "vfat".into(),
+            },
+        };
+        let v = serde_json::to_value(&u).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"device": "/dev/sda1", "reason": "mounted", "mount_point": "/boot", "fs_type": "vfat"})
+        );
+        assert_eq!(u.to_string(), "/dev/sda1 is mounted at /boot (vfat)");
+        let t = Table::Corrupt {
+            reason: "x".into(),
+            primary_valid: false,
+            backup_valid: true,
+        };
+        assert_eq!(
+            serde_json::to_value(&t).unwrap(),
+            serde_json::json!({"type": "corrupt", "reason": "x", "primary_valid": false, "backup_valid": true})
+        );
+    }
 }
