@@ -388,7 +388,7 @@ fn ntfs_label<D: Read + Seek>(
     if at.saturating_add(record) > len {
         return Ok(None);
     }
-    let mut r = read_window(dev, offset + at, record as usize)?;
+    let mut r = read_window(dev, offset.saturating_add(at), record as usize)?;
     if r.len() < record as usize || &r[0..4] != b"FILE" {
         return Ok(None);
     }
