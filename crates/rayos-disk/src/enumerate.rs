@@ -290,11 +290,23 @@ impl Host {
         if meta.file_type().is_block_device() {
             let rdev = meta.rdev();
             let (maj, min) = (libc_major(rdev), libc_minor(rdev));
-            let name = self
-                .find_sys_name(maj, min)
-                .ok_or_else(|| EnumerateError::NotADisk {
+            let Some(name) = self.find_sys_name(maj, min) else {
+                // Partitions live under their disk in sysfs; /sys/dev/block
+                // maps any major:minor to its directory.
+                let by_dev = self
+                    .sys_block
+                    .with_file_name("dev")
+                    .join("block")
+                    .join(format!("{maj}:{min}"));
+                if by_dev.join("partition").exists() {
+                    return Err(EnumerateError::IsPartition {
+                        path: path.to_path_buf(),
+                    });
+                }
+                return Err(EnumerateError::NotADisk {
                     path: path.to_path_buf(),
-                })?;
+                });
+            };
             let usage = self.usage()?;
             self.block_disk(&name, Some((path, sector_size)), &usage)
         } else if meta.is_file() {

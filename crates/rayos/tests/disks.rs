@@ -293,3 +293,80 @@ fn a_missing_path_is_exit_code_2_with_its_name() {
     let out = rayos(&["disks", "--sector-size", "1000", "--disk", "/dev/null"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A loop device, detached on drop.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_real_block_device_through_sysfs() {
+    // A loop device with 4096-byte logical sectors is a real block device
+    // with sysfs entries: size, sector size and read-only come from there.
+    // Needs root and loop devices (as CI has).
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("4k.img");
+    File::create(&img).unwrap().set_len(128 * MIB).unwrap();
+    let mut g = Gpt::new(128 * MIB, 4096).unwrap();
+    g.add(Partition::new(1, types::ESP, 256, 256 * 33 - 1, "EFI"))
+        .unwrap();
+    g.add(Partition::new(
+        2,
+        types::RAYOS_DATA,
+        256 * 33,
+        256 * 100 - 1,
+        "rayos-data",
+    ))
+    .unwrap();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    g.write(&mut f).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let out = Command::new("losetup")
+        .args(["--find", "--show", "--read-only", "--sector-size", "4096"])
+        .arg(&img)
+        .output()
+        .expect("running losetup failed (package util-linux)");
+    assert!(
+        out.status.success(),
+        "attaching a loop device failed (this test needs root and loop devices): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lo = Loop(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    let name = lo.0.trim_start_matches("/dev/").to_string();
+
+    let v = json(&["disks", "--json", "--disk", &lo.0]);
+    let d = &v["disks"][0];
+    assert_eq!(d["path"], lo.0.as_str());
+    assert_eq!(d["kind"], "block-device");
+    assert_eq!(d["size_bytes"], 128 * MIB);
+    assert_eq!(d["logical_sector_size"], 4096);
+    assert_eq!(d["read_only"], true);
+    assert_eq!(d["table"]["type"], "gpt");
+    assert_eq!(d["partitions"][1]["device"], format!("/dev/{name}p2"));
+    assert_eq!(d["partitions"][1]["start_bytes"], 33 * MIB);
+    assert_eq!(d["rayos"]["data"], 2);
+
+    // The whole-machine listing includes it, and the image shows as in use.
+    let all = json(&["disks", "--json"]);
+    assert!(
+        all["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["path"] == lo.0.as_str() && d["logical_sector_size"] == 4096),
+        "{lo:?} missing from the listing",
+        lo = lo.0
+    );
+    let i = &json(&["disks", "--json", "--disk", img.to_str().unwrap()])["disks"][0];
+    assert_eq!(i["in_use"][0]["reason"], "loop-backing");
+    assert_eq!(i["in_use"][0]["loop_device"], lo.0.as_str());
+}

@@ -134,7 +134,7 @@ fn human(d: &Disk) -> String {
         let _ = writeln!(s, "  whole disk holds {}{label}", fs.filesystem);
     }
     if !d.partitions.is_empty() {
-        let rows: Vec<[String; 7]> = d
+        let rows: Vec<[String; 8]> = d
             .partitions
             .iter()
             .map(|p| {
@@ -148,19 +148,31 @@ fn human(d: &Disk) -> String {
                         .map(|f| f.to_string())
                         .unwrap_or_else(|| "-".into()),
                     p.fs_label.clone().unwrap_or_default(),
+                    p.device
+                        .as_ref()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default(),
                 ]
             })
             .collect();
-        let head = ["#", "start", "size", "type", "name", "fs", "label"];
+        let head = [
+            "#", "start", "size", "type", "name", "fs", "label", "device",
+        ];
         let mut width = head.map(str::len);
         for r in &rows {
             for (w, c) in width.iter_mut().zip(r) {
                 *w = (*w).max(c.chars().count());
             }
         }
+        // Image files have no partition device nodes: drop the empty column.
+        let columns = if rows.iter().all(|r| r[7].is_empty()) {
+            7
+        } else {
+            8
+        };
         let line = |cells: &[String]| {
             let mut l = String::from(" ");
-            for (i, c) in cells.iter().enumerate() {
+            for (i, c) in cells.iter().enumerate().take(columns) {
                 let pad = width[i] - c.chars().count();
                 // numbers right-aligned, text left-aligned
                 if i <= 2 {
