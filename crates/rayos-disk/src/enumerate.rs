@@ -261,12 +261,7 @@ impl Host {
                 Ok(d) => out.push(d),
                 Err(e) => {
                     let mut d = unreadable(self.dev_dir.join(&name), &dir, error_chain(&e));
-                    d.in_use = device_usage(
-                        &self.dev_dir.join(&name),
-                        read_trim(&dir.join("dev")).and_then(|d| parse_dev(&d)),
-                        &dir.join("holders"),
-                        &usage,
-                    );
+                    d.in_use = self.kernel_usage(&self.sys_disk(&name), &usage);
                     out.push(d);
                 }
             }
@@ -383,6 +378,27 @@ impl Host {
         out
     }
 
+    /// Usage of a disk and of every partition the kernel has for it.
+    fn kernel_usage(&self, sys: &SysDisk, usage: &HostUsage) -> Vec<Usage> {
+        let mut out = device_usage(
+            &self.dev_dir.join(&sys.name),
+            read_trim(&sys.dir.join("dev")).and_then(|d| parse_dev(&d)),
+            &sys.dir.join("holders"),
+            usage,
+        );
+        let mut parts: Vec<&SysPart> = sys.parts.iter().collect();
+        parts.sort_by_key(|(_, n, _)| *n);
+        for (pname, _, dev) in parts {
+            out.extend(device_usage(
+                &self.dev_dir.join(pname),
+                *dev,
+                &sys.dir.join(pname).join("holders"),
+                usage,
+            ));
+        }
+        out
+    }
+
     fn find_sys_name(&self, maj: u32, min: u32) -> Option<String> {
         let entries = fs::read_dir(&self.sys_block).ok()?;
         for e in entries.filter_map(|e| e.ok()) {
@@ -482,6 +498,23 @@ impl Host {
             );
             in_use.extend(p.in_use.iter().cloned());
             p.device = Some(node);
+        }
+        // Partitions the kernel knows but our table reading does not (a
+        // corrupt or foreign table, or one changed since the kernel read
+        // it) can still be busy; the disk must then count as in use.
+        let mut unknown: Vec<&SysPart> = sys
+            .parts
+            .iter()
+            .filter(|(_, n, _)| disk.partition(*n).is_none())
+            .collect();
+        unknown.sort_by_key(|(_, n, _)| *n);
+        for (pname, _, dev) in unknown {
+            in_use.extend(device_usage(
+                &self.dev_dir.join(pname),
+                *dev,
+                &sys.dir.join(pname).join("holders"),
+                usage,
+            ));
         }
         disk.in_use = in_use;
         Ok(disk)
@@ -886,6 +919,26 @@ mod tests {
         // Data partition typed RayOS data: a RayOS install is reported.
         let r = vdb.rayos.as_ref().unwrap();
         assert_eq!((r.data, r.system, r.esp), (Some(2), None, Some(1)));
+    }
+
+    #[test]
+    fn busy_kernel_partitions_count_even_when_the_table_is_unreadable() {
+        let f = fake();
+        // Wipe vdb's GPT: the kernel still has vdb1 mounted.
+        let img = f.host.dev_dir.join("vdb");
+        let mut bytes = fs::read(&img).unwrap();
+        bytes[..64 * 1024].fill(0);
+        let len = bytes.len();
+        bytes[len - 64 * 1024..].fill(0);
+        fs::write(&img, &bytes).unwrap();
+        let disks = f.host.list_block_devices().unwrap();
+        let vdb = disks.iter().find(|d| d.path.ends_with("vdb")).unwrap();
+        assert_eq!(vdb.table, Table::None);
+        assert!(vdb.partitions.is_empty());
+        let reasons: Vec<&UsageReason> = vdb.in_use.iter().map(|u| &u.reason).collect();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(matches!(reasons[0], UsageReason::Mounted { .. }));
+        assert!(vdb.is_in_use());
     }
 
     #[test]
