@@ -107,11 +107,37 @@ impl Entry {
 #[derive(Debug, Clone, Default)]
 pub struct Initramfs {
     entries: BTreeMap<String, Entry>,
+    usr_merged: bool,
 }
 
+/// Top-level directories that are links into `/usr` on a merged-/usr system.
+const MERGED: [&str; 4] = ["bin", "sbin", "lib", "lib64"];
+
 impl Initramfs {
+    /// An empty archive.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An archive laid out like Debian 12 (merged /usr): `bin`, `sbin`,
+    /// `lib` and `lib64` are symlinks into `usr/`, and every path added
+    /// below them is stored below `usr/` instead, so `/lib/x/libc.so.6`
+    /// (as `ldd` reports it) and `/usr/lib/x/libc.so.6` are one file.
+    pub fn usr_merged() -> Self {
+        let mut ird = Self::default();
+        for top in MERGED {
+            ird.entries
+                .insert(format!("usr/{top}"), Entry::Dir { perm: 0o755 });
+            ird.entries.insert(
+                top.to_string(),
+                Entry::Symlink {
+                    target: format!("usr/{top}"),
+                },
+            );
+        }
+        ird.entries.insert("usr".into(), Entry::Dir { perm: 0o755 });
+        ird.usr_merged = true;
+        ird
     }
 
     /// A directory with permission bits `perm`.
@@ -206,21 +232,62 @@ impl Initramfs {
     /// dynamic loader it needs (found with `ldd`), at the paths `ldd` reports.
     /// Returns the host paths of the libraries added.
     pub fn elf(&mut self, path: &str, host: &Path) -> Result<Vec<PathBuf>, InitramfsError> {
+        self.elf_from(path, host, &[])
+    }
+
+    /// Like [`Initramfs::elf`], for a program unpacked from packages into
+    /// directories `roots` (each a filesystem root, e.g. a `dpkg-deb -x`
+    /// target): libraries are looked up in the roots' library directories
+    /// first, then on the host, and a library found in a root is stored at
+    /// its path relative to that root.
+    pub fn elf_from(
+        &mut self,
+        path: &str,
+        host: &Path,
+        roots: &[PathBuf],
+    ) -> Result<Vec<PathBuf>, InitramfsError> {
         self.copy(path, host, None)?;
-        let libs = shared_libraries(host)?;
+        let lib_dirs = library_dirs(roots);
+        let libs = shared_libraries_in(host, &lib_dirs)?;
         for lib in &libs {
             let real = fs::canonicalize(lib).map_err(|source| InitramfsError::ReadHost {
                 path: lib.clone(),
                 source,
             })?;
-            self.copy(&lib.to_string_lossy(), &real, Some(0o755))?;
+            let dest = roots
+                .iter()
+                .find_map(|r| lib.strip_prefix(r).ok())
+                .unwrap_or(lib);
+            self.copy(&dest.to_string_lossy(), &real, Some(0o755))?;
         }
         Ok(libs)
     }
 
+    /// Removes `path` and everything below it; returns whether it was there.
+    pub fn remove(&mut self, path: &str) -> bool {
+        let key = self.merged(path.trim_start_matches('/').trim_end_matches('/'));
+        let prefix = format!("{key}/");
+        let before = self.entries.len();
+        self.entries
+            .retain(|k, _| *k != key && !k.starts_with(&prefix));
+        self.entries.len() != before
+    }
+
     /// Whether `path` is in the archive.
     pub fn contains(&self, path: &str) -> bool {
-        self.entries.contains_key(path.trim_start_matches('/'))
+        self.entries
+            .contains_key(&self.merged(path.trim_start_matches('/')))
+    }
+
+    /// `path` as stored: below `usr/` when it starts in a merged directory.
+    fn merged(&self, path: &str) -> String {
+        if self.usr_merged
+            && let Some((top, _)) = path.split_once('/')
+            && MERGED.contains(&top)
+        {
+            return format!("usr/{path}");
+        }
+        path.to_string()
     }
 
     /// Archive paths in write order.
@@ -327,7 +394,8 @@ impl Initramfs {
 
     /// Validates `path`, creates its missing parents, returns its key.
     fn prepare(&mut self, path: &str) -> Result<String, InitramfsError> {
-        let clean = path.trim_start_matches('/').trim_end_matches('/');
+        let merged = self.merged(path.trim_start_matches('/').trim_end_matches('/'));
+        let clean = merged.as_str();
         let bad = |why| InitramfsError::BadPath {
             path: path.to_string(),
             why,
@@ -371,7 +439,49 @@ impl Initramfs {
 /// The shared libraries and dynamic loader `ldd` lists for `elf`; empty for a
 /// static program.
 pub fn shared_libraries(elf: &Path) -> Result<Vec<PathBuf>, InitramfsError> {
-    let out = Command::new("ldd")
+    shared_libraries_in(elf, &[])
+}
+
+/// The directories holding shared libraries below the filesystem `roots`
+/// (`lib/x86_64-linux-gnu`, `usr/lib/x86_64-linux-gnu` and their subdirectories).
+pub fn library_dirs(roots: &[PathBuf]) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        out.push(dir.to_path_buf());
+        let mut subs: Vec<PathBuf> = rd
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        subs.sort();
+        for s in subs {
+            walk(&s, out);
+        }
+    }
+    let mut dirs = Vec::new();
+    for r in roots {
+        for sub in ["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"] {
+            walk(&r.join(sub), &mut dirs);
+        }
+    }
+    dirs
+}
+
+/// Like [`shared_libraries`], searching `lib_dirs` before the host's
+/// directories (through `LD_LIBRARY_PATH`, which ld.so honours before RUNPATH).
+pub fn shared_libraries_in(
+    elf: &Path,
+    lib_dirs: &[PathBuf],
+) -> Result<Vec<PathBuf>, InitramfsError> {
+    let mut cmd = Command::new("ldd");
+    if !lib_dirs.is_empty() {
+        let joined: Vec<String> = lib_dirs
+            .iter()
+            .map(|d| d.to_string_lossy().into_owned())
+            .collect();
+        cmd.env("LD_LIBRARY_PATH", joined.join(":"));
+    }
+    let out = cmd
         .arg(elf)
         .stdin(Stdio::null())
         .output()
@@ -430,6 +540,23 @@ mod tests {
         ird.symlink("init", "/usr/bin/x").unwrap();
         let paths: Vec<_> = ird.paths().collect();
         assert_eq!(paths, ["init", "usr", "usr/bin", "usr/bin/x"]);
+    }
+
+    #[test]
+    fn merged_usr_stores_lib_paths_below_usr() {
+        let mut ird = Initramfs::usr_merged();
+        ird.file("/lib/x86_64-linux-gnu/libc.so.6", 0o755, b"c".to_vec())
+            .unwrap();
+        ird.file("usr/lib/x86_64-linux-gnu/libc.so.6", 0o755, b"c".to_vec())
+            .unwrap();
+        ird.file("sbin/mke2fs", 0o755, b"m".to_vec()).unwrap();
+        assert!(ird.contains("lib/x86_64-linux-gnu/libc.so.6"));
+        let paths: Vec<_> = ird.paths().collect();
+        assert!(paths.contains(&"usr/lib/x86_64-linux-gnu/libc.so.6"));
+        assert!(paths.contains(&"usr/sbin/mke2fs"));
+        assert!(!paths.iter().any(|p| p.starts_with("lib/")), "{paths:?}");
+        let mut out = Vec::new();
+        ird.write_cpio(&mut out).unwrap();
     }
 
     #[test]

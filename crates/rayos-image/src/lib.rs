@@ -8,9 +8,13 @@
 //! that in an ISO or USB image, and boot it with [`qemu::Qemu`].
 
 pub mod cpio;
+pub mod debs;
 pub mod fat;
+pub mod guest;
 pub mod initramfs;
 pub mod media;
+pub mod modules;
+pub mod ovmf_vars;
 pub mod qemu;
 pub mod tools;
 pub mod uki;

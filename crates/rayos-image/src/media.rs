@@ -5,7 +5,8 @@
 //! Layout of every medium (see docs/media.md):
 //! - ESP (`boot/efiboot.img` inside the ISO; partition 1 of the USB image):
 //!   `\EFI\BOOT\BOOTX64.EFI` (systemd-boot), `\loader\loader.conf`,
-//!   `\EFI\Linux\<name>.efi` (the UKIs systemd-boot lists), plus payload files.
+//!   `\loader\entries\*.conf`, `\EFI\Linux\<name>.efi` (the UKIs
+//!   systemd-boot lists by itself), plus payload files.
 //! - ISO 9660 tree (label [`ISO_LABEL`]): `boot/efiboot.img` and the payload
 //!   files, so an installer booted from CD reads them without a loop device.
 //!
@@ -56,6 +57,9 @@ pub struct EspContents {
     pub loader_conf: String,
     /// UKIs listed by systemd-boot: file name in `\EFI\Linux\` -> host file.
     pub ukis: Vec<(String, PathBuf)>,
+    /// Boot Loader Specification type #1 entries: file name in
+    /// `\loader\entries\` -> its text.
+    pub entries: Vec<(String, String)>,
     /// Other files: destination path -> host file.
     pub payload: Vec<(String, PathBuf)>,
 }
@@ -69,7 +73,14 @@ pub fn loader_conf(default_pattern: &str, timeout: u32) -> String {
     )
 }
 
-/// Builds the ESP image at `out`; `workdir` receives loader.conf.
+/// A type #1 entry that starts the EFI program `efi_path` (an ESP path with
+/// `/`) — for a UKI, with the command line baked into it, so the entry works
+/// under Secure Boot too (no `options`).
+pub fn efi_entry(title: &str, efi_path: &str) -> String {
+    format!("title {title}\nefi {efi_path}\n")
+}
+
+/// Builds the ESP image at `out`; `workdir` receives loader.conf and entries.
 pub fn build_esp(out: &Path, esp: &EspContents, workdir: &Path) -> Result<u64, MediaError> {
     let conf = workdir.join("loader.conf");
     fs::write(&conf, &esp.loader_conf).map_err(|source| MediaError::Write {
@@ -81,6 +92,14 @@ pub fn build_esp(out: &Path, esp: &EspContents, workdir: &Path) -> Result<u64, M
     tree.add("loader/loader.conf", &conf);
     for (name, host) in &esp.ukis {
         tree.add(&format!("EFI/Linux/{name}"), host);
+    }
+    for (name, text) in &esp.entries {
+        let host = workdir.join(format!("entry-{name}"));
+        fs::write(&host, text).map_err(|source| MediaError::Write {
+            path: host.clone(),
+            source,
+        })?;
+        tree.add(&format!("loader/entries/{name}"), host);
     }
     for (dest, host) in &esp.payload {
         tree.add(dest, host);

@@ -1,7 +1,8 @@
 //! A QEMU + OVMF harness for booting media in tests and in `cargo xtask e2e`:
 //! q35 under TCG, OVMF with a VARS file (a fresh copy of the template unless
 //! one is passed in, so Boot#### entries persist across boots of one test),
-//! the serial console appended to a file, and a QMP socket.
+//! the serial console on a unix socket (for typing) and logged to a file,
+//! and a QMP socket.
 //!
 //! Protocol: `start` spawns QEMU; `wait_for` polls the serial log for a
 //! marker until a deadline and fails early, with the log's tail, when QEMU
@@ -112,6 +113,8 @@ pub struct Config {
     pub media: Vec<Medium>,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// Exit instead of rebooting when the guest reboots (`-no-reboot`).
+    pub no_reboot: bool,
     /// Extra QEMU arguments, appended last.
     pub extra_args: Vec<String>,
 }
@@ -125,6 +128,7 @@ impl Config {
             media: Vec::new(),
             memory_mib: 1024,
             cpus: 1,
+            no_reboot: false,
             extra_args: Vec::new(),
         })
     }
@@ -139,6 +143,7 @@ impl Config {
 pub struct Qemu {
     child: Child,
     serial: PathBuf,
+    serial_sock: PathBuf,
     qmp: PathBuf,
     /// The VARS file this machine writes its UEFI variables to.
     pub vars: PathBuf,
@@ -166,8 +171,10 @@ impl Qemu {
         };
         let serial = cfg.workdir.join("serial.log");
         let qmp = cfg.workdir.join("qmp.sock");
+        let serial_sock = cfg.workdir.join("serial.sock");
         fs::write(&serial, b"").map_err(prep(&serial))?;
         let _ = fs::remove_file(&qmp);
+        let _ = fs::remove_file(&serial_sock);
 
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-nodefaults", "-no-user-config", "-display", "none"])
@@ -188,8 +195,15 @@ impl Qemu {
                 "if=pflash,format=raw,unit=1,file={}",
                 vars.display()
             ))
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
+            // A socket so tests can type on the console; the log file
+            // records everything, connected or not.
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=ser0,path={},server=on,wait=off,logfile={}",
+                serial_sock.display(),
+                serial.display()
+            ))
+            .args(["-serial", "chardev:ser0"])
             .arg("-chardev")
             .arg(format!(
                 "socket,id=qmp,path={},server=on,wait=off",
@@ -233,6 +247,9 @@ impl Qemu {
                 }
             }
         }
+        if cfg.no_reboot {
+            cmd.arg("-no-reboot");
+        }
         cmd.args(&cfg.extra_args);
         let log = cfg.workdir.join("qemu.stderr");
         let stderr = fs::File::create(&log).map_err(prep(&log))?;
@@ -245,6 +262,7 @@ impl Qemu {
         Ok(Self {
             child,
             serial,
+            serial_sock,
             qmp,
             vars,
             consumed: 0,
@@ -314,6 +332,21 @@ impl Qemu {
             tail.push_str(e.trim());
         }
         tail
+    }
+
+    /// Types `text` on the serial console (a short connection: nothing reads
+    /// the output on it, the log file has it).
+    pub fn send_serial(&self, text: &str) -> Result<(), QemuError> {
+        let ioerr = |source| QemuError::Qmp {
+            command: "serial input".into(),
+            source,
+        };
+        let mut s = UnixStream::connect(&self.serial_sock).map_err(ioerr)?;
+        s.write_all(text.as_bytes()).map_err(ioerr)?;
+        s.flush().map_err(ioerr)?;
+        // Let QEMU drain the input before the connection closes.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
     }
 
     /// Runs one QMP command and returns its `return` value.

@@ -101,6 +101,7 @@ fn build() -> Built {
             systemd_boot: media::SYSTEMD_BOOT.into(),
             loader_conf: media::loader_conf("rayos-*", 0),
             ukis: vec![("rayos-test.efi".into(), uki_path.clone())],
+            entries: vec![],
             payload: vec![],
         },
         &work,
@@ -136,6 +137,16 @@ fn boot(work: &Path, medium: Medium) {
     // The kernel command line came from the UKI's .cmdline section.
     assert!(vm.serial_output().contains("rayos.mode=installer"));
     vm.wait_exit(Duration::from_secs(60)).unwrap();
+    // OVMF recorded its boot options in the VARS copy; the parser reads them.
+    let vars = rayos_image::ovmf_vars::boot_vars(&std::fs::read(&vm.vars).unwrap()).unwrap();
+    assert!(!vars.order.is_empty(), "{vars:?}");
+    assert!(vars.find("UiApp").is_some(), "{vars:?}");
+    assert!(
+        vars.entries
+            .iter()
+            .any(|e| e.description.starts_with("UEFI ")),
+        "{vars:?}"
+    );
 }
 
 #[test]
