@@ -273,6 +273,35 @@ fn sfdisk_mbr_disks_are_reported_as_mbr() {
         }
         other => panic!("expected MbrOnly, got {other:?}"),
     }
+    // The report: extended container left out, types named, systems found.
+    let mut f = open_rw(&img);
+    write_ntfs(&mut f, MIB, 64 * MIB, "Data", 7);
+    drop(f);
+    let d = rayos_disk::probe_image(&img, None).unwrap();
+    assert_eq!(d.table, rayos_disk::Table::Mbr);
+    let rows: Vec<(u32, Option<u8>, String)> = d
+        .partitions
+        .iter()
+        .map(|p| (p.number, p.mbr_type, p.type_name.clone()))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (1, Some(0x07), "NTFS/exFAT/HPFS (0x07)".to_string()),
+            (2, Some(0x83), "Linux (0x83)".to_string()),
+            (5, Some(0x82), "Linux swap (0x82)".to_string()),
+        ]
+    );
+    assert_eq!(d.partitions[0].fs_label.as_deref(), Some("Data"));
+    assert!(d.free_regions.is_empty(), "RayOS does not add to MBR disks");
+    let kinds: Vec<rayos_disk::SystemKind> = d.systems.iter().map(|s| s.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            rayos_disk::SystemKind::Windows,
+            rayos_disk::SystemKind::Linux
+        ]
+    );
 }
 
 #[test]
