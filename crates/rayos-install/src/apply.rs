@@ -292,7 +292,11 @@ fn write_table(plan: &Plan) -> Result<(), ApplyError> {
         let existing = gpt.partition(p.number).cloned();
         match (p.action, plan.table) {
             (Action::Create, _) => {
-                if existing.is_some() && plan.table == TableAction::Edit {
+                let freed = plan
+                    .partitions
+                    .iter()
+                    .any(|q| q.number == p.number && q.action == Action::Delete);
+                if existing.is_some() && plan.table == TableAction::Edit && !freed {
                     return Err(changed(format!("slot {} is now taken", p.number)));
                 }
             }

@@ -37,6 +37,17 @@ pub enum DiskError {
 
 pub const MIB: u64 = 1 << 20;
 
+/// A scratch directory name no other fixture in any process uses.
+fn scratch(what: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "rayos-testkit-{what}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
 /// What a fixture partition holds.
 #[derive(Debug, Clone)]
 pub enum Content {
@@ -48,6 +59,9 @@ pub enum Content {
     Ext4,
     /// Random bytes with the given sgdisk type code (`8300`, `0700`, ...).
     Random { type_code: String },
+    /// Only the first MiB random, the rest left sparse (cheap large
+    /// partitions that a test reformats anyway).
+    Header { type_code: String },
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +91,21 @@ pub struct DiskImage {
 }
 
 impl DiskImage {
+    /// SHA-256 of one partition's bytes.
+    pub fn partition_hash(&self, number: u32) -> Result<String, DiskError> {
+        let p = self
+            .partitions
+            .iter()
+            .find(|p| p.number == number)
+            .ok_or_else(|| {
+                DiskError::Io(
+                    self.path.clone(),
+                    std::io::Error::other(format!("no partition {number}")),
+                )
+            })?;
+        sha256_range(&self.path, p.start_bytes(), p.size_bytes())
+    }
+
     /// SHA-256 of each partition's bytes, by partition number.
     pub fn partition_hashes(&self) -> Result<Vec<(u32, String)>, DiskError> {
         self.partitions
@@ -174,7 +203,7 @@ impl DiskBuilder {
                 Content::Esp { .. } => "ef00".to_string(),
                 Content::Ntfs => "0700".to_string(),
                 Content::Ext4 => "8300".to_string(),
-                Content::Random { type_code } => type_code.clone(),
+                Content::Random { type_code } | Content::Header { type_code } => type_code.clone(),
             };
             run(
                 "sgdisk",
@@ -224,8 +253,7 @@ fn fill(path: &Path, p: &FixturePartition, seed: u64) -> Result<(), DiskError> {
                     &(size / 1024).to_string(),
                 ],
             )?;
-            let dir =
-                std::env::temp_dir().join(format!("rayos-testkit-{}-{seed}", std::process::id()));
+            let dir = scratch("esp");
             fs::create_dir_all(&dir).map_err(|e| DiskError::Io(dir.clone(), e))?;
             let image = format!("{img}@@{start}");
             for (i, (fat_path, bytes)) in files.iter().enumerate() {
@@ -269,8 +297,7 @@ fn fill(path: &Path, p: &FixturePartition, seed: u64) -> Result<(), DiskError> {
             write_at(path, start, &bs)?;
         }
         Content::Ext4 => {
-            let dir = std::env::temp_dir()
-                .join(format!("rayos-testkit-ext4-{}-{seed}", std::process::id()));
+            let dir = scratch("ext4");
             fs::create_dir_all(dir.join("home")).map_err(|e| DiskError::Io(dir.clone(), e))?;
             let data = pseudo_random(seed, (size * 3 / 4) as usize);
             fs::write(dir.join("home/random.bin"), &data)
@@ -296,6 +323,7 @@ fn fill(path: &Path, p: &FixturePartition, seed: u64) -> Result<(), DiskError> {
             r?;
         }
         Content::Random { .. } => write_random(path, start, size, seed)?,
+        Content::Header { .. } => write_random(path, start, MIB.min(size), seed)?,
     }
     Ok(())
 }
@@ -404,6 +432,62 @@ pub fn sha256_range(path: &Path, offset: u64, len: u64) -> Result<String, DiskEr
         .to_string())
 }
 
+/// SHA-256 (hex) over the allocated extents of a sparse file (each
+/// extent's offset and length, then its bytes), found with
+/// SEEK_DATA/SEEK_HOLE. Equal fingerprints mean the same bytes in the same
+/// places: any write, even of zeros into a hole, changes it. Much faster
+/// than hashing a mostly empty multi-GiB image.
+pub fn fingerprint(path: &Path) -> Result<String, DiskError> {
+    use std::os::unix::io::AsRawFd;
+    let io = |e| DiskError::Io(path.to_path_buf(), e);
+    let mut f = fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| DiskError::Spawn("sha256sum".into(), e))?;
+    let mut sink = child
+        .stdin
+        .take()
+        .ok_or_else(|| io(std::io::Error::other("no stdin")))?;
+    sink.write_all(&len.to_le_bytes()).map_err(io)?;
+    let fd = f.as_raw_fd();
+    let mut pos: i64 = 0;
+    let mut buf = vec![0u8; 4 * MIB as usize];
+    loop {
+        // SAFETY: `fd` stays open (owned by `f`) for the whole loop; lseek
+        // has no memory arguments.
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // ENXIO: no data after pos
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        sink.write_all(&data.to_le_bytes()).map_err(io)?;
+        sink.write_all(&(hole - data).to_le_bytes()).map_err(io)?;
+        f.seek(SeekFrom::Start(data as u64)).map_err(io)?;
+        let mut left = (hole - data) as u64;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            f.read_exact(&mut buf[..n]).map_err(io)?;
+            sink.write_all(&buf[..n]).map_err(io)?;
+            left -= n as u64;
+        }
+        pos = hole;
+    }
+    drop(sink);
+    let out = child.wait_with_output().map_err(io)?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
 /// SHA-256 (hex) of a whole file.
 pub fn sha256_file(path: &Path) -> Result<String, DiskError> {
     let out = run("sha256sum", &[&path.display().to_string()])?;
@@ -441,8 +525,7 @@ mod tests {
 
     #[test]
     fn windows_and_linux_fixture_is_a_valid_gpt_with_real_filesystems() {
-        let dir =
-            std::env::temp_dir().join(format!("rayos-testkit-selftest-{}", std::process::id()));
+        let dir = scratch("selftest");
         fs::create_dir_all(&dir).unwrap();
         let img = dir.join("disk.img");
         let d = DiskBuilder::windows_and_linux(2 << 30).build(&img).unwrap();

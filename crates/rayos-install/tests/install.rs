@@ -1,0 +1,382 @@
+//! Installs onto real disk images with other systems on them and checks
+//! the result with independent tools: `sgdisk -v`, `fsck.fat -n`,
+//! `e2fsck -fn`, `debugfs`, mtools, and sha256 of every partition the plan
+//! keeps. Needs gdisk, dosfstools, mtools, e2fsprogs and systemd-boot-efi
+//! (scripts/install-deps.sh).
+
+use std::path::{Path, PathBuf};
+
+use rayos_disk::{DiskKind, Gpt};
+use rayos_install::answers::{Answers, GIB, MIB};
+use rayos_install::apply::{ApplyOptions, Event, apply};
+use rayos_install::manifest::Manifest;
+use rayos_install::plan::{
+    self, Action, ESP_FALLBACK, ESP_LOADER_CONF, MANIFEST_PATH, Plan, PlanOptions, Role,
+};
+use rayos_testkit::disks::{self, DiskBuilder, extract, fingerprint, read_at, run, sha256_file};
+
+fn require_tools() {
+    for t in [
+        "sgdisk",
+        "mkfs.fat",
+        "fsck.fat",
+        "mkfs.ext4",
+        "e2fsck",
+        "debugfs",
+        "mcopy",
+        "mtype",
+    ] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
+            .unwrap_or(false);
+        assert!(
+            found,
+            "{t} is not installed: run `cargo xtask deps` (scripts/install-deps.sh)"
+        );
+    }
+    assert!(
+        Path::new(plan::SYSTEMD_BOOT_HOST).is_file(),
+        "{} missing: install systemd-boot-efi",
+        plan::SYSTEMD_BOOT_HOST
+    );
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        require_tools();
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn uki(&self) -> PathBuf {
+        let p = self.path("rayos.efi");
+        if !p.exists() {
+            std::fs::write(&p, disks::pseudo_random(99, 3 << 20)).unwrap();
+        }
+        p
+    }
+    fn opts(&self) -> PlanOptions {
+        PlanOptions {
+            system_image: Some(self.uki()),
+            ..PlanOptions::default()
+        }
+    }
+    fn apply_opts(&self) -> ApplyOptions {
+        ApplyOptions {
+            efivars_dir: self.path("efivars"),
+            temp_dir: self.dir.path().to_path_buf(),
+        }
+    }
+}
+
+fn make(env: &Env, img: &Path, ss: Option<u32>, answers: &str) -> Result<Plan, plan::PlanError> {
+    let disk = rayos_disk::probe_image(img, ss).unwrap();
+    let facts = rayos_install::facts::gather(&disk).unwrap();
+    let a = Answers::parse("answers.toml", answers).unwrap();
+    plan::make_plan(&disk, &a, &facts, &env.opts())
+}
+
+fn install(env: &Env, plan: &Plan) -> rayos_install::apply::ApplyReport {
+    let mut steps = Vec::new();
+    let r = apply(plan, &env.apply_opts(), &mut |e| {
+        if let Event::StepDone { step, .. } = e {
+            steps.push(step.clone());
+        }
+    })
+    .unwrap();
+    assert_eq!(steps, rayos_install::apply::steps(plan));
+    r
+}
+
+fn part_file(env: &Env, img: &Path, p: &plan::PartitionPlan, name: &str) -> PathBuf {
+    let out = env.path(name);
+    let _ = std::fs::remove_file(&out);
+    extract(img, p.start_bytes, p.size_bytes, &out).unwrap();
+    out
+}
+
+fn mtype(img: &Path, p: &plan::PartitionPlan, file: &str) -> Vec<u8> {
+    let out = std::process::Command::new("mtype")
+        .args([
+            "-i",
+            &format!("{}@@{}", img.display(), p.start_bytes),
+            &format!("::{file}"),
+        ])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mtype {file}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// An ext4 inside the image, as e2fsprogs addresses it (`img?offset=N`),
+/// so multi-GiB partitions need no copying.
+fn ext4_at(img: &Path, p: &plan::PartitionPlan) -> String {
+    format!("{}?offset={}", img.display(), p.start_bytes)
+}
+
+fn debugfs(fs: &str, cmd: &str) -> String {
+    run("debugfs", &["-R", cmd, fs]).unwrap()
+}
+
+fn debugfs_cat(fs: &str, file: &str) -> String {
+    debugfs(fs, &format!("cat {file}"))
+}
+
+/// Everything a finished install must show, checked with outside tools.
+fn check_installed(env: &Env, img: &Path, plan: &Plan, report: &rayos_install::apply::ApplyReport) {
+    let ss = plan.sector_size;
+    if ss == 512 {
+        let v = run("sgdisk", &["-v", &img.display().to_string()]).unwrap();
+        assert!(v.contains("No problems found"), "sgdisk -v: {v}");
+    }
+    // Our own reader agrees with the plan, both table copies included.
+    let mut f = std::fs::File::open(img).unwrap();
+    let gpt = Gpt::read(&mut f, ss).unwrap();
+    for p in plan
+        .partitions
+        .iter()
+        .filter(|p| p.action != Action::Delete)
+    {
+        let g = gpt.partition(p.number).unwrap();
+        assert_eq!(
+            (g.first_lba, g.last_lba, g.type_guid, g.unique_guid),
+            (p.first_lba, p.last_lba, p.type_guid, p.unique_guid)
+        );
+        assert_eq!(g.name, p.name);
+    }
+    for p in plan
+        .partitions
+        .iter()
+        .filter(|p| p.action == Action::Delete)
+    {
+        assert!(
+            gpt.partition(p.number)
+                .is_none_or(|g| g.unique_guid != p.unique_guid)
+        );
+    }
+
+    let esp = plan.partition(Role::Esp).unwrap();
+    let sys = plan.partition(Role::System).unwrap();
+    let data = plan.partition(Role::Data).unwrap();
+    for (p, name) in [(esp, "esp.img"), (sys, "sys.img")] {
+        let f = part_file(env, img, p, name);
+        run("fsck.fat", &["-n", &f.display().to_string()]).unwrap();
+    }
+    assert_eq!(
+        mtype(img, esp, ESP_LOADER_CONF),
+        plan::loader_conf().as_bytes()
+    );
+    let sd = std::fs::read(plan::SYSTEMD_BOOT_HOST).unwrap();
+    assert_eq!(mtype(img, esp, plan::ESP_SYSTEMD_BOOT), sd);
+    assert_eq!(
+        mtype(img, sys, &format!("/EFI/Linux/{}", plan.uki_name())),
+        std::fs::read(env.uki()).unwrap()
+    );
+    let m = Manifest::parse(&mtype(img, sys, MANIFEST_PATH)).unwrap();
+    assert_eq!(m, report.manifest);
+    assert_eq!(m.install_id, plan.machine.install_id);
+    assert_eq!(
+        m.system_image.sha256,
+        rayos_install::sha256::of_bytes(&std::fs::read(env.uki()).unwrap())
+    );
+    assert_eq!(m.system_image.sha256, sha256_file(&env.uki()).unwrap());
+
+    let ext = ext4_at(img, data);
+    run("e2fsck", &["-fn", &ext]).unwrap();
+    let machine =
+        rayos_state::MachineConfig::parse("machine.toml", &debugfs_cat(&ext, "/machine.toml"))
+            .unwrap();
+    assert_eq!(machine, plan.machine);
+    let policy =
+        rayos_state::Policy::parse("p", &debugfs_cat(&ext, "/policy/rayos-policy.toml")).unwrap();
+    assert_eq!(policy, plan.policy);
+    let reg = rayos_state::Registry::parse("r", &debugfs_cat(&ext, "/vm/registry.json")).unwrap();
+    assert_eq!(reg, plan.registry);
+    assert!(reg.by_name("linux").is_some());
+    let ls = debugfs(&ext, "ls -p /");
+    for d in ["policy", "vm", "logs", "crash", "boot", "schema-version"] {
+        assert!(
+            ls.contains(&format!("/{d}/")),
+            "{d} missing on the data volume: {ls}"
+        );
+    }
+    let stats = debugfs(&ext, "stats");
+    assert!(
+        stats.contains("Filesystem volume name:   rayos-data"),
+        "{stats}"
+    );
+
+    // And rayos-disk now sees a RayOS install.
+    let disk = rayos_disk::probe_image(img, Some(ss)).unwrap();
+    let r = disk.rayos.expect("rayos install detected");
+    assert_eq!(r.system, Some(sys.number));
+    assert_eq!(r.data, Some(data.number));
+    assert_eq!(disk.kind, DiskKind::ImageFile);
+}
+
+#[test]
+fn installs_beside_windows_and_linux_keeping_every_byte() {
+    let env = Env::new();
+    let img = env.path("disk.img");
+    let fixture = DiskBuilder::windows_and_linux(4 * GIB).build(&img).unwrap();
+    let before = fixture.partition_hashes().unwrap();
+
+    let plan = make(
+        &env,
+        &img,
+        None,
+        "version = 1\n[target]\nmode = \"free-space\"\n[sizes]\nsystem = \"1GiB\"\n",
+    )
+    .unwrap();
+    let esp = plan.partition(Role::Esp).unwrap();
+    assert_eq!((esp.number, esp.action), (1, Action::ReuseEsp));
+    assert_eq!(
+        plan.partitions
+            .iter()
+            .filter(|p| p.action == Action::Keep)
+            .count(),
+        3
+    );
+
+    let report = install(&env, &plan);
+    check_installed(&env, &img, &plan, &report);
+
+    // Partitions outside the plan kept every byte.
+    let after = fixture.partition_hashes().unwrap();
+    for (b, a) in before.iter().zip(&after).skip(1) {
+        assert_eq!(b, a, "partition {} changed", b.0);
+    }
+    // Windows' files on the shared ESP are untouched, its fallback loader kept.
+    assert_eq!(mtype(&img, esp, ESP_FALLBACK), b"windows fallback loader");
+    assert_eq!(
+        mtype(&img, esp, "/EFI/Microsoft/Boot/bootmgfw.efi"),
+        disks::pseudo_random(7, 64 * 1024)
+    );
+
+    // A complete install is never overwritten without reinstall = true.
+    let whole = fingerprint(&img).unwrap();
+    let e = make(
+        &env,
+        &img,
+        None,
+        "version = 1\n[target]\nmode = \"free-space\"\n",
+    )
+    .unwrap_err();
+    assert!(matches!(e, plan::PlanError::CompleteInstall { .. }), "{e}");
+    let e = make(
+        &env,
+        &img,
+        None,
+        "version = 1\n[target]\nmode = \"whole-disk\"\n",
+    )
+    .unwrap_err();
+    assert!(matches!(e, plan::PlanError::CompleteInstall { .. }), "{e}");
+    assert_eq!(fingerprint(&img).unwrap(), whole);
+
+    // With consent, a reinstall replaces RayOS and still keeps the others.
+    let plan2 = make(&env, &img, None, "version = 1\n[target]\nmode = \"free-space\"\nreinstall = true\n[sizes]\nsystem = \"1GiB\"\n").unwrap();
+    let r2 = install(&env, &plan2);
+    check_installed(&env, &img, &plan2, &r2);
+    assert_ne!(r2.manifest.install_id, report.manifest.install_id);
+    let again = fixture.partition_hashes().unwrap();
+    assert_eq!(&again[1..], &before[1..]);
+}
+
+#[test]
+fn whole_disk_on_a_blank_4096_byte_sector_image() {
+    let env = Env::new();
+    let img = env.path("blank4k.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(4 * GIB)
+        .unwrap();
+    let answers = "version = 1\n[target]\nmode = \"whole-disk\"\n[sizes]\nesp = \"512MiB\"\nsystem = \"1GiB\"\n[vm_storage]\nlinux = { create = \"1GiB\" }\n[policy]\nwindows_enabled = true\n";
+    let plan = make(&env, &img, Some(4096), answers).unwrap();
+    assert_eq!(plan.sector_size, 4096);
+    let esp = plan.partition(Role::Esp).unwrap();
+    assert_eq!((esp.first_lba, esp.size_bytes), (256, 512 * MIB));
+    let report = install(&env, &plan);
+    check_installed(&env, &img, &plan, &report);
+    // The 4096-byte table is found without being told the sector size.
+    let disk = rayos_disk::probe_image(&img, None).unwrap();
+    assert_eq!(disk.logical_sector_size, 4096);
+    // The FAT filesystems use 4096-byte sectors.
+    let bs = read_at(&img, esp.start_bytes, 512).unwrap();
+    assert_eq!(u16::from_le_bytes([bs[11], bs[12]]), 4096);
+    // VM storage partition for Linux holds the VM's skeleton; the data
+    // volume holds the Windows VM's directory.
+    let vl = plan.partition(Role::VmLinux).unwrap();
+    let vimg = ext4_at(&img, vl);
+    run("e2fsck", &["-fn", &vimg]).unwrap();
+    let ls = debugfs(&vimg, "ls -p /");
+    assert!(ls.contains("/disks/") && ls.contains("/state/"), "{ls}");
+    let win = plan.registry.by_name("windows").unwrap().id;
+    let data = ext4_at(&img, plan.partition(Role::Data).unwrap());
+    let ls = debugfs(&data, &format!("ls -p /vm/{win}"));
+    assert!(ls.contains("/disks/"), "{ls}");
+}
+
+#[test]
+fn reuse_mode_formats_only_the_named_partitions() {
+    let env = Env::new();
+    let img = env.path("reuse.img");
+    let fixture = DiskBuilder::windows_and_linux(4 * GIB)
+        .partition(
+            0,
+            600 * MIB,
+            "spare-a",
+            disks::Content::Header {
+                type_code: "8300".into(),
+            },
+        )
+        .partition(
+            0,
+            1100 * MIB,
+            "spare-b",
+            disks::Content::Header {
+                type_code: "8300".into(),
+            },
+        )
+        .build(&img)
+        .unwrap();
+    let before: Vec<String> = (2..=4)
+        .map(|n| fixture.partition_hash(n).unwrap())
+        .collect();
+    let base = format!(
+        "version = 1\n[target]\nmode = \"reuse\"\nsystem = \"{0}5\"\ndata = \"{0}6\"\n",
+        img.display()
+    );
+    // Linux-typed partitions belong to another system: consent needed.
+    let e = make(&env, &img, None, &base).unwrap_err();
+    assert!(matches!(e, plan::PlanError::NeedsConsent { .. }), "{e}");
+    let plan = make(&env, &img, None, &format!("{base}format = [5, 6]\n")).unwrap();
+    let report = install(&env, &plan);
+    check_installed(&env, &img, &plan, &report);
+    let after: Vec<String> = (2..=4)
+        .map(|n| fixture.partition_hash(n).unwrap())
+        .collect();
+    assert_eq!(after, before, "partitions 2-4 must keep every byte");
+    let mut f = std::fs::File::open(&img).unwrap();
+    let gpt = Gpt::read(&mut f, 512).unwrap();
+    assert_eq!(
+        gpt.partition(5).unwrap().type_guid,
+        rayos_disk::types::XBOOTLDR
+    );
+    assert_eq!(
+        gpt.partition(6).unwrap().type_guid,
+        rayos_disk::types::RAYOS_DATA
+    );
+    assert_eq!(gpt.partitions().len(), 6);
+}
