@@ -235,18 +235,27 @@ pub fn preflight(plan: &Plan) -> Result<(), ApplyError> {
             File::open(path).map_err(|e| ApplyError::HostFile(path.clone(), e))?;
         }
     }
-    for tool in ["mkfs.fat", "mkfs.ext4", "mcopy", "mmd", "mdir", "mtype"] {
-        tools::run(tool, ["--version"], "(preflight)")
-            .or_else(|e| match e {
-                // Some of these exit non-zero on --version; only a failure to
-                // start means the tool is missing.
-                ToolError::Failed { .. } => Ok(Vec::new()),
-                other => Err(other),
-            })
-            .map_err(|source| ApplyError::Tool {
+    for tool in [
+        "mkfs.fat",
+        "mkfs.ext4",
+        "mcopy",
+        "mmd",
+        "mdir",
+        "mtype",
+        "mdel",
+    ] {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+        if !found {
+            return Err(ApplyError::Tool {
                 step: "preflight".into(),
-                source,
-            })?;
+                source: ToolError::Spawn {
+                    tool: tool.into(),
+                    package: tools::package_of(tool),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in PATH"),
+                },
+            });
+        }
     }
     Ok(())
 }

@@ -675,6 +675,13 @@ pub fn make_plan(
                 ),
             });
         }
+        if holds_another_system(p) && !cx.consented(p) || is_rayos_partition(p) && !reinstall_ok {
+            return Err(PlanError::NeedsConsent {
+                at: format!("answer line {}", r.line),
+                part: format!("partition {} of {name}", p.number),
+                holds: family_words(p),
+            });
+        }
         let min = match role {
             Role::System => MIN_SYSTEM,
             Role::Data => MIN_DATA,
@@ -686,13 +693,6 @@ pub fn make_plan(
                 needed: min,
                 available: p.size_bytes,
                 available_what: "it has".into(),
-            });
-        }
-        if holds_another_system(p) && !cx.consented(p) || is_rayos_partition(p) && !reinstall_ok {
-            return Err(PlanError::NeedsConsent {
-                at: format!("answer line {}", r.line),
-                part: format!("partition {} of {name}", p.number),
-                holds: family_words(p),
             });
         }
         named_numbers.push((*role, p.number));

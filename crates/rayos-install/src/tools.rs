@@ -36,11 +36,12 @@ pub enum ToolError {
     },
 }
 
-fn package_of(tool: &str) -> &'static str {
+/// The Debian package a tool comes from (for messages).
+pub fn package_of(tool: &str) -> &'static str {
     match tool {
         "mkfs.fat" | "fsck.fat" => "dosfstools",
         "mkfs.ext4" | "e2fsck" | "debugfs" => "e2fsprogs",
-        "mcopy" | "mmd" | "mtype" | "mdir" | "mattrib" => "mtools",
+        "mcopy" | "mmd" | "mtype" | "mdir" | "mattrib" | "mdel" => "mtools",
         "partx" => "util-linux",
         "sgdisk" => "gdisk",
         _ => "(see scripts/install-deps.sh)",

@@ -1,8 +1,160 @@
-//! `cargo xtask bench install`. (Being built.)
+//! `cargo xtask bench install`: the installer's wall time against `dd`
+//! writing the same number of bytes to the same filesystem, in one run.
+//!
+//! Per repetition: a fresh sparse image in `build/bench/`, a timed
+//! `rayos install --yes` (release build) onto it, then the bytes the install
+//! really wrote are measured as the image's allocated blocks (`stat`
+//! st_blocks × 512), and a timed `dd if=/dev/zero bs=1M conv=fsync` writes
+//! that many bytes to a file beside it. The installer fsyncs its target, so
+//! both sides end on stable storage. Reports the medians and their ratio
+//! (install / dd): the installer's overhead over the raw write of its data.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Repetitions (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Size of the sparse target image in GiB.
+    #[arg(long, default_value_t = 16)]
+    pub disk_gib: u64,
+    /// Use this system image instead of build/rayos.efi (or a 64 MiB
+    /// pseudo-random stand-in when that is not built).
+    #[arg(long)]
+    pub system_image: Option<PathBuf>,
+    /// Logical sector size of the image.
+    #[arg(long, default_value_t = 512)]
+    pub sector_size: u32,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("cargo xtask bench install is not built yet")
+const ANSWERS: &str =
+    "version = 1\n[target]\nmode = \"whole-disk\"\n[machine]\nhostname = \"rayos-bench\"\n";
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn allocated(p: &Path) -> Result<u64> {
+    let m = std::fs::metadata(p).with_context(|| format!("cannot stat {}", p.display()))?;
+    Ok(std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+}
+
+fn quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{:?} failed: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+pub fn run(args: Args) -> Result<()> {
+    anyhow::ensure!(args.reps >= 1, "--reps must be at least 1");
+    crate::deps::ensure()?;
+    let root = crate::root();
+    crate::run_cmd(Command::new("cargo").args(["build", "--release", "-p", "rayos"]))?;
+    let rayos = crate::demo::target_dir(&root).join("release/rayos");
+    let dir = root.join("build/bench");
+    std::fs::create_dir_all(&dir)?;
+    let answers = dir.join("answers.toml");
+    std::fs::write(&answers, ANSWERS)?;
+    let image = match &args.system_image {
+        Some(p) => p.clone(),
+        None if root.join("build/rayos.efi").is_file() => root.join("build/rayos.efi"),
+        None => {
+            // Incompressible stand-in of a typical UKI's size.
+            let p = dir.join("stand-in.efi");
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut buf = Vec::with_capacity(64 << 20);
+            while buf.len() < 64 << 20 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+            std::fs::write(&p, &buf)?;
+            p
+        }
+    };
+    let image_size = std::fs::metadata(&image)?.len();
+    let disk = dir.join("disk.img");
+    let dd_file = dir.join("dd.out");
+    println!(
+        "bench install: {} reps, {} GiB sparse image, {}-byte sectors, system image {} ({:.1} MiB)",
+        args.reps,
+        args.disk_gib,
+        args.sector_size,
+        image.display(),
+        image_size as f64 / (1 << 20) as f64
+    );
+    let (mut t_install, mut t_dd, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 1..=args.reps {
+        let _ = std::fs::remove_file(&disk);
+        std::fs::File::create(&disk)?.set_len(args.disk_gib << 30)?;
+        let t0 = Instant::now();
+        quiet(
+            Command::new(&rayos)
+                .arg("install")
+                .arg("--yes")
+                .arg("--target")
+                .arg(&disk)
+                .arg("--answers")
+                .arg(&answers)
+                .arg("--system-image")
+                .arg(&image)
+                .arg("--sector-size")
+                .arg(args.sector_size.to_string()),
+        )?;
+        let ti = t0.elapsed().as_secs_f64();
+        let written = allocated(&disk)?;
+        let mib = written.div_ceil(1 << 20);
+
+        let _ = std::fs::remove_file(&dd_file);
+        let t0 = Instant::now();
+        quiet(Command::new("dd").args([
+            "if=/dev/zero",
+            &format!("of={}", dd_file.display()),
+            "bs=1M",
+            &format!("count={mib}"),
+            "conv=fsync",
+            "status=none",
+        ]))?;
+        let td = t0.elapsed().as_secs_f64();
+        println!(
+            "  rep {rep}: install {ti:.3} s, dd {td:.3} s for {mib} MiB, ratio {:.2}",
+            ti / td
+        );
+        t_install.push(ti);
+        t_dd.push(td);
+        bytes.push(written as f64);
+    }
+    let _ = std::fs::remove_file(&dd_file);
+    let _ = std::fs::remove_file(&disk);
+    let (mi, md, mb) = (
+        median(&mut t_install),
+        median(&mut t_dd),
+        median(&mut bytes),
+    );
+    println!(
+        "median: install {mi:.3} s, dd of the same {:.1} MiB {md:.3} s -> ratio install/dd = {:.2}",
+        mb / (1 << 20) as f64,
+        mi / md
+    );
+    Ok(())
 }

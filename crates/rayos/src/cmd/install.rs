@@ -154,6 +154,9 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
     if !args.yes {
         confirm(&plan)?;
     }
+    for n in &plan.notes {
+        eprintln!("rayos install: note: {n}");
+    }
 
     let json = args.json;
     let bar = !json && std::io::stderr().is_terminal();

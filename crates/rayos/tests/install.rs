@@ -1,0 +1,416 @@
+//! `rayos install` as a user runs it: markers, exit codes, refusals that
+//! write nothing, the issue's answer file as written, and an install killed
+//! after every step and re-run to completion. Real images, real tools.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rayos_testkit::disks::{self, DiskBuilder, DiskImage, fingerprint, run};
+
+const GIB: u64 = 1 << 30;
+
+/// The answer file of issue 2, exactly as written there.
+const ISSUE_EXAMPLE: &str = r#"version = 1
+[target]
+disk = "/dev/vda"
+mode = "free-space"        # whole-disk | free-space | reuse
+[sizes]
+system = "2GiB"
+data = "rest"
+[vm_storage]
+linux = "data"             # or { create = "20GiB" } or { reuse = "/dev/vda5" }
+windows = "data"
+[machine]
+hostname = "rayos-test"
+timezone = "UTC"
+locale = "en_US.UTF-8"
+keyboard = "us"
+[policy]
+linux_autostart = true
+linux_present_on_boot = false
+windows_enabled = false
+networking = "off"
+"#;
+
+struct T {
+    dir: tempfile::TempDir,
+}
+
+impl T {
+    fn new() -> T {
+        for tool in [
+            "sgdisk",
+            "mkfs.fat",
+            "mkfs.ext4",
+            "mcopy",
+            "debugfs",
+            "fsck.fat",
+            "xorriso",
+        ] {
+            let ok = Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            assert!(ok, "{tool} is not installed: run `cargo xtask deps`");
+        }
+        T {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self, n: &str) -> PathBuf {
+        self.dir.path().join(n)
+    }
+    fn file(&self, n: &str, text: &str) -> PathBuf {
+        let p = self.path(n);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    fn uki(&self) -> PathBuf {
+        let p = self.path("rayos.efi");
+        if !p.exists() {
+            std::fs::write(&p, disks::pseudo_random(5, 1 << 20)).unwrap();
+        }
+        p
+    }
+    fn rayos(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rayos"));
+        c.arg("install").args(args).env("TMPDIR", self.dir.path());
+        c.env_remove("RAYOS_INSTALL_FAIL_AFTER");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.stdin(std::process::Stdio::null());
+        c.output().unwrap()
+    }
+    fn install(&self, img: &Path, answers: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        let uki = self.uki();
+        let mut a = vec![
+            "--target",
+            img.to_str().unwrap(),
+            "--answers",
+            answers.to_str().unwrap(),
+            "--system-image",
+            uki.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        self.rayos(&a, env)
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_refused(o: &Output, code: i32, needle: &str) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "{e}");
+    assert!(e.contains("RAYOS_INSTALLER:FAILED"), "{e}");
+    assert!(!e.contains("RAYOS_INSTALLER:COMPLETE"), "{e}");
+    assert!(e.contains(needle), "expected {needle:?} in: {e}");
+}
+
+fn blank(t: &T, name: &str, size: u64) -> PathBuf {
+    let p = t.path(name);
+    std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+    p
+}
+
+/// What a finished install looks like from outside, and that the other
+/// systems' partitions are byte-identical to `before`.
+fn check_complete(img: &Path, fixture: Option<(&DiskImage, &[String])>) {
+    let v = run("sgdisk", &["-v", img.to_str().unwrap()]).unwrap();
+    assert!(v.contains("No problems found"), "{v}");
+    let disk = rayos_disk::probe_image(img, None).unwrap();
+    let r = disk.rayos.clone().expect("a RayOS install");
+    // Exactly one of each: re-runs did not pile up partitions.
+    let count = |t| {
+        disk.partitions
+            .iter()
+            .filter(|p| p.type_guid == Some(t))
+            .count()
+    };
+    assert_eq!(count(rayos_disk::types::XBOOTLDR), 1);
+    assert_eq!(count(rayos_disk::types::RAYOS_DATA), 1);
+    assert_eq!(count(rayos_disk::types::ESP), 1);
+    let sys = disk.partition(r.system.unwrap()).unwrap();
+    let out = run(
+        "mtype",
+        &[
+            "-i",
+            &format!("{}@@{}", img.display(), sys.start_bytes),
+            "::/rayos/install-manifest.json",
+        ],
+    )
+    .unwrap();
+    assert!(out.contains("\"install_id\""), "{out}");
+    let data = disk.partition(r.data.unwrap()).unwrap();
+    let ext = format!("{}?offset={}", img.display(), data.start_bytes);
+    run("e2fsck", &["-fn", &ext]).unwrap();
+    let m = run("debugfs", &["-R", "cat /machine.toml", &ext]).unwrap();
+    assert!(m.contains("hostname = \"rayos-test\""), "{m}");
+    if let Some((fx, before)) = fixture {
+        let now: Vec<String> = (2..=4).map(|n| fx.partition_hash(n).unwrap()).collect();
+        assert_eq!(now, before, "a partition outside the plan changed");
+        let esp = &fx.partitions[0];
+        let f = run(
+            "mtype",
+            &[
+                "-i",
+                &format!("{}@@{}", img.display(), esp.start_bytes()),
+                "::/EFI/BOOT/BOOTX64.EFI",
+            ],
+        )
+        .unwrap();
+        assert_eq!(f, "windows fallback loader");
+    }
+}
+
+#[test]
+fn issue_answer_file_dry_run_then_install() {
+    let t = T::new();
+    let img = blank(&t, "disk.img", 6 * GIB);
+    let answers = t.file("answers.toml", ISSUE_EXAMPLE);
+    let before = fingerprint(&img).unwrap();
+
+    let o = t.install(&img, &answers, &["--dry-run"], &[]);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    for m in [
+        "RAYOS_INSTALLER:STARTED",
+        "RAYOS_INSTALLER:PLAN_GENERATED",
+        "RAYOS_INSTALLER:COMPLETE",
+    ] {
+        assert!(e.contains(m), "{m} missing: {e}");
+    }
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("create") && text.contains("rayos-system") && text.contains("/machine.toml"),
+        "{text}"
+    );
+    assert!(e.contains("overrides [target].disk = /dev/vda"), "{e}");
+    assert_eq!(
+        fingerprint(&img).unwrap(),
+        before,
+        "--dry-run wrote to the disk"
+    );
+
+    let o = t.install(&img, &answers, &["--dry-run", "--json"], &[]);
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(plan["mode"], "free-space");
+    assert_eq!(plan["machine"]["hostname"], "rayos-test");
+    assert_eq!(fingerprint(&img).unwrap(), before);
+
+    let o = t.install(&img, &answers, &["--yes", "--json"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.first().unwrap()["event"], "step-started");
+    assert_eq!(lines.last().unwrap()["event"], "complete");
+    let e = stderr(&o);
+    assert!(
+        e.contains("RAYOS_INSTALLER:STEP:format-data") && e.contains("RAYOS_INSTALLER:COMPLETE"),
+        "{e}"
+    );
+    check_complete(&img, None);
+}
+
+#[test]
+fn refusals_write_nothing() {
+    let t = T::new();
+    let small = blank(&t, "small.img", 3 * GIB);
+    let whole = t.file(
+        "whole.toml",
+        "version = 1\n[target]\nmode = \"whole-disk\"\n",
+    );
+    let fp = fingerprint(&small).unwrap();
+    // too small, saying how much is needed
+    let o = t.install(&small, &whole, &["--yes"], &[]);
+    assert_refused(&o, 2, "needs 4 GiB");
+    // unknown key, named with its line
+    let bad = t.file(
+        "bad.toml",
+        "version = 1\n[target]\nmode = \"whole-disk\"\n[machine]\nhostnmae = \"x\"\n",
+    );
+    let o = t.install(&small, &bad, &["--yes"], &[]);
+    assert_refused(&o, 2, "bad.toml:5");
+    assert!(stderr(&o).contains("hostnmae"));
+    // bad value, named with its line
+    let bad = t.file(
+        "bad2.toml",
+        "version = 1\n[target]\nmode = \"whole-disk\"\n[sizes]\nsystem = \"lots\"\n",
+    );
+    assert_refused(&t.install(&small, &bad, &["--yes"], &[]), 2, "bad2.toml:5");
+    // no --yes and no terminal to confirm on
+    let big = blank(&t, "big.img", 6 * GIB);
+    let fpb = fingerprint(&big).unwrap();
+    assert_refused(&t.install(&big, &whole, &[], &[]), 2, "no terminal");
+    // no system image for a real install
+    let o = t.rayos(
+        &[
+            "--target",
+            big.to_str().unwrap(),
+            "--answers",
+            whole.to_str().unwrap(),
+            "--yes",
+        ],
+        &[],
+    );
+    assert_refused(&o, 2, "--system-image");
+    // a missing target
+    assert_refused(
+        &t.install(&t.path("nope.img"), &whole, &["--yes"], &[]),
+        4,
+        "does not exist",
+    );
+    // the installer's own medium (an ISO 9660 image labelled RAYOS_INSTALL)
+    let medium = t.path("medium.img");
+    let tree = t.path("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("hello"), "hi").unwrap();
+    run(
+        "xorriso",
+        &[
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-o",
+            medium.to_str().unwrap(),
+            "-V",
+            "RAYOS_INSTALL",
+            tree.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let fpm = fingerprint(&medium).unwrap();
+    let o = t.install(&medium, &whole, &["--yes"], &[]);
+    assert_refused(&o, 2, "medium this installer runs from");
+    // a reuse of another system's partition without consent
+    let win = t.path("win.img");
+    let fxw = DiskBuilder::windows_and_linux(4 * GIB).build(&win).unwrap();
+    let fpw = fingerprint(&win).unwrap();
+    let reuse = t.file(
+        "reuse.toml",
+        "version = 1\n[target]\nmode = \"reuse\"\nsystem = 4\ndata = 3\n",
+    );
+    let o = t.install(&win, &reuse, &["--yes"], &[]);
+    assert_refused(&o, 2, "list it in [target] format");
+    drop(fxw);
+
+    assert_eq!(fingerprint(&small).unwrap(), fp);
+    assert_eq!(fingerprint(&big).unwrap(), fpb);
+    assert_eq!(fingerprint(&medium).unwrap(), fpm);
+    assert_eq!(fingerprint(&win).unwrap(), fpw);
+}
+
+/// Kill the installer after each step (a power cut as far as the disk is
+/// concerned), re-run it with the same answers, and it finishes, with the
+/// other systems' partitions untouched.
+#[test]
+fn killed_after_any_step_rerun_finishes() {
+    let t = T::new();
+    let fixture_img = t.path("fixture.img");
+    let fixture = DiskBuilder::windows_and_linux(4 * GIB)
+        .build(&fixture_img)
+        .unwrap();
+    let before: Vec<String> = (2..=4)
+        .map(|n| fixture.partition_hash(n).unwrap())
+        .collect();
+    let answers = t.file(
+        "answers.toml",
+        &ISSUE_EXAMPLE
+            .replace("system = \"2GiB\"", "system = \"1GiB\"")
+            .replace("disk = \"/dev/vda\"\n", ""),
+    );
+    // Blank disk too: covers the ESP RayOS creates (format-esp).
+    let blank_answers = t.file(
+        "blank.toml",
+        &ISSUE_EXAMPLE.replace("disk = \"/dev/vda\"\n", ""),
+    );
+    let cases: [(&str, &Path, Option<&DiskImage>); 2] = [
+        ("windows", &answers, Some(&fixture)),
+        ("blank", &blank_answers, None),
+    ];
+    for (what, answers, fx) in cases {
+        let steps = [
+            "partition",
+            "format-esp",
+            "format-system",
+            "format-data",
+            "esp-files",
+            "system-files",
+            "manifest",
+        ];
+        for step in steps {
+            if fx.is_some() && step == "format-esp" {
+                continue; // Windows' ESP is reused, never formatted
+            }
+            let img = t.path("work.img");
+            let _ = std::fs::remove_file(&img);
+            match fx {
+                Some(_) => {
+                    run(
+                        "cp",
+                        &[
+                            "--sparse=always",
+                            fixture_img.to_str().unwrap(),
+                            img.to_str().unwrap(),
+                        ],
+                    )
+                    .unwrap();
+                }
+                None => {
+                    std::fs::File::create(&img)
+                        .unwrap()
+                        .set_len(6 * GIB)
+                        .unwrap();
+                }
+            }
+            let o = t.install(
+                &img,
+                answers,
+                &["--yes"],
+                &[("RAYOS_INSTALL_FAIL_AFTER", step)],
+            );
+            let e = stderr(&o);
+            assert!(
+                !o.status.success(),
+                "{what}/{step}: the hook did not stop it: {e}"
+            );
+            assert!(
+                e.contains(&format!("RAYOS_INSTALLER:ABORTED_AFTER:{step}")),
+                "{what}/{step}: {e}"
+            );
+            assert!(!e.contains("RAYOS_INSTALLER:COMPLETE"), "{e}");
+            // What the killed run left is checked by the re-run's planner;
+            // the other systems must already be intact.
+            if let Some(f) = fx {
+                let mid = DiskImage {
+                    path: img.clone(),
+                    ..f.clone()
+                };
+                let now: Vec<String> = (2..=4).map(|n| mid.partition_hash(n).unwrap()).collect();
+                assert_eq!(
+                    now, before,
+                    "{what}/{step}: killed run touched another system"
+                );
+            }
+            let o = t.install(&img, answers, &["--yes"], &[]);
+            let e = stderr(&o);
+            if step == "manifest" {
+                // The manifest was written: the install is complete and is
+                // not redone without reinstall = true.
+                assert_refused(&o, 2, "complete RayOS install");
+            } else {
+                assert!(o.status.success(), "{what}/{step}: re-run failed: {e}");
+                assert!(e.contains("unfinished RayOS install"), "{what}/{step}: {e}");
+            }
+            let fxw = fx.map(|f| DiskImage {
+                path: img.clone(),
+                ..f.clone()
+            });
+            check_complete(&img, fxw.as_ref().map(|f| (f, &before[..])));
+        }
+    }
+}
