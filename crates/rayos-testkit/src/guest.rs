@@ -41,19 +41,11 @@ pub const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 rayos.agent=1
 const BUSYBOX: &str = "/usr/bin/busybox";
 const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
-/// Modules the guest loads, in dependency order (paths under
-/// `/lib/modules/<ver>/kernel/`). virtio-pci and virtio-console give the
-/// agent channel; efivarfs the UEFI variables. The serial port, tpm_crb and
-/// the EFI framebuffer are built into Debian's kernel.
-const MODULES: &[&str] = &[
-    "drivers/virtio/virtio.ko",
-    "drivers/virtio/virtio_ring.ko",
-    "drivers/virtio/virtio_pci_modern_dev.ko",
-    "drivers/virtio/virtio_pci_legacy_dev.ko",
-    "drivers/virtio/virtio_pci.ko",
-    "drivers/char/virtio_console.ko",
-    "fs/efivarfs/efivarfs.ko",
-];
+/// Modules the guest loads (with their dependencies from `modules.dep`):
+/// virtio-pci and virtio-console give the agent channel, efivarfs the UEFI
+/// variables. The serial port, tpm_crb and the EFI framebuffer are built
+/// into Debian's kernel.
+const MODULES: &[&str] = &["virtio_pci", "virtio_console", "efivarfs"];
 
 /// Bumped when the build recipe changes in a way the input hash misses.
 const RECIPE: &str = "rayos-testkit guest v1";
@@ -108,7 +100,7 @@ pub fn host_kernel() -> Result<(PathBuf, String), GuestError> {
             Some((e.path(), ver))
         })
         .collect();
-    found.sort_by(|a, b| version_key(&a.1).cmp(&version_key(&b.1)));
+    found.sort_by_key(|a| version_key(&a.1));
     found.pop().ok_or(GuestError::Missing {
         what: "a kernel",
         path: "/boot/vmlinuz-*".into(),
@@ -135,8 +127,9 @@ pub fn cache_dir() -> PathBuf {
         .join("target/rayos-testkit")
 }
 
-/// The `/init` script (see the module docs for what it does).
-pub fn init_script() -> String {
+/// The `/init` script (see the module docs for what it does); `modules` are
+/// file names under `/lib/modules/` in load order.
+pub fn init_script(modules: &[String]) -> String {
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -217,11 +210,7 @@ while :; do
   sleep 0.25
 done
 "#,
-        modules = MODULES
-            .iter()
-            .map(|m| m.rsplit('/').next().unwrap_or(m))
-            .collect::<Vec<_>>()
-            .join(" ")
+        modules = modules.join(" ")
     )
 }
 
@@ -309,16 +298,17 @@ fn build_initrd(ver: &str) -> Result<PathBuf, GuestError> {
         "busybox",
         "install busybox-static (scripts/install-deps.sh)",
     )?;
-    let moddir = PathBuf::from(format!("/lib/modules/{ver}/kernel"));
-    let modules: Vec<PathBuf> = MODULES.iter().map(|m| moddir.join(m)).collect();
-    for m in &modules {
-        require(
-            m,
-            "kernel module",
-            "install the linux-image package matching /boot/vmlinuz",
-        )?;
-    }
-    let script = init_script();
+    let modules = module_load_order(Path::new(&format!("/lib/modules/{ver}")), MODULES)?;
+    let names: Vec<String> = modules
+        .iter()
+        .map(|m| {
+            m.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let script = init_script(&names);
     let mut files: Vec<&Path> = vec![busybox];
     files.extend(modules.iter().map(PathBuf::as_path));
     let key = input_key(&files, &[&script, ver])?;
@@ -338,9 +328,8 @@ fn build_initrd(ver: &str) -> Result<PathBuf, GuestError> {
         w.file("init", 0o755, script.as_bytes()).map_err(wr)?;
         let bb = fs::read(busybox).map_err(io_err(busybox))?;
         w.file("bin/busybox", 0o755, &bb).map_err(wr)?;
-        for m in &modules {
+        for (m, name) in modules.iter().zip(&names) {
             let data = fs::read(m).map_err(io_err(m))?;
-            let name = m.file_name().and_then(|n| n.to_str()).unwrap_or("m.ko");
             w.file(&format!("lib/modules/{name}"), 0o644, &data)
                 .map_err(wr)?;
         }
@@ -421,6 +410,68 @@ pub fn uefi_disk() -> Result<PathBuf, GuestError> {
         )
     })?;
     Ok(disk)
+}
+
+/// The module files for `wanted` (module names) and everything they depend
+/// on, dependencies first, from `<moddir>/modules.dep`.
+pub fn module_load_order(moddir: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>, GuestError> {
+    let dep_file = moddir.join("modules.dep");
+    let text = fs::read_to_string(&dep_file).map_err(io_err(&dep_file))?;
+    let deps: std::collections::HashMap<&str, Vec<&str>> = text
+        .lines()
+        .filter_map(|l| {
+            let (m, d) = l.split_once(':')?;
+            Some((m.trim(), d.split_whitespace().collect()))
+        })
+        .collect();
+    let by_name = |name: &str| {
+        deps.keys().copied().find(|k| {
+            let file = k.rsplit('/').next().unwrap_or(k);
+            let stem = file.split(".ko").next().unwrap_or(file);
+            stem.replace('-', "_") == name.replace('-', "_")
+        })
+    };
+    let mut order: Vec<&str> = Vec::new();
+    fn visit<'a>(
+        m: &'a str,
+        deps: &std::collections::HashMap<&'a str, Vec<&'a str>>,
+        order: &mut Vec<&'a str>,
+        depth: usize,
+    ) {
+        if order.contains(&m) || depth > 64 {
+            return;
+        }
+        for d in deps.get(m).into_iter().flatten() {
+            visit(d, deps, order, depth + 1);
+        }
+        order.push(m);
+    }
+    for w in wanted {
+        let m = by_name(w).ok_or_else(|| GuestError::Missing {
+            what: "kernel module",
+            path: moddir.join(format!("{w}.ko")),
+            hint: "install the linux-image package matching /boot/vmlinuz",
+        })?;
+        visit(m, &deps, &mut order, 0);
+    }
+    let out: Vec<PathBuf> = order.iter().map(|m| moddir.join(m)).collect();
+    for p in &out {
+        require(
+            p,
+            "kernel module",
+            "install the linux-image package matching /boot/vmlinuz",
+        )?;
+        if p.extension().is_some_and(|e| e != "ko") {
+            return Err(GuestError::Tool {
+                tool: "insmod".into(),
+                detail: format!(
+                    "{} is compressed; the test guest loads plain .ko files",
+                    p.display()
+                ),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn tool(cmd: &mut Command) -> Result<(), GuestError> {
@@ -603,6 +654,22 @@ pub fn wait_counter_above(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn module_order_puts_dependencies_first() {
+        let (_, ver) = host_kernel().unwrap();
+        let order = module_load_order(Path::new(&format!("/lib/modules/{ver}")), MODULES).unwrap();
+        let pos = |n: &str| {
+            order
+                .iter()
+                .position(|p| p.file_name().unwrap().to_str().unwrap().starts_with(n))
+                .unwrap_or_else(|| panic!("{n} missing from {order:?}"))
+        };
+        assert!(pos("virtio_ring.ko") < pos("virtio.ko"));
+        assert!(pos("virtio.ko") < pos("virtio_pci.ko"));
+        assert!(pos("virtio.ko") < pos("virtio_console.ko"));
+        assert!(pos("efivarfs").lt(&order.len()));
+    }
 
     #[test]
     fn counters_parse() {

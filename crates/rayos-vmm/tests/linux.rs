@@ -43,7 +43,7 @@ fn cold_boot_save_restore_continues_counter() {
         .last()
         .unwrap();
     assert!(last_before >= *before.last().unwrap());
-    assert!(report.bytes > 0 && report.bytes == std::fs::metadata(&vm.state_file()).unwrap().len());
+    assert!(report.bytes > 0 && report.bytes == std::fs::metadata(vm.state_file()).unwrap().len());
     assert!(report.transferred > report.bytes, "compressed: {report:?}");
     assert!(!vm.state_file().with_extension("zst.partial").exists());
 
@@ -84,27 +84,42 @@ fn cold_boot_save_restore_continues_counter() {
 
 /// A state file that does not load: an error, no QEMU left behind, the disk
 /// bytes unchanged, the state file kept for the supervisor to report.
+/// Three kinds of damage: not zstd at all; a valid zstd stream whose
+/// migration data is garbage after the header (QEMU itself fails); a real
+/// saved state cut in half (zstd fails part-way).
 #[test]
 fn corrupt_state_fails_cleanly() {
     let vm = linux_vm("corrupt");
     let vmm = vmm();
-    let disk_before = sha256(&vm.disk());
-    std::fs::create_dir_all(vm.state_file().parent().unwrap()).unwrap();
+    let log = vm.console();
 
-    // Valid zstd, garbage inside; and not zstd at all.
-    let garbage = vm.dir.path().join("garbage");
-    std::fs::write(&garbage, vec![0x5a; 1 << 20]).unwrap();
+    // A real saved state to damage.
+    let mut g = Guard(Some(vmm.launch(&vm.spec, &Launch::Cold).unwrap()));
+    guest::wait_for_line(&log, 0, guest::READY_MARKER, BOOT).unwrap();
+    g.h().save(&vm.state_file()).unwrap();
+    g.0 = None;
+    let disk_before = sha256(&vm.disk());
+    let good = std::fs::read(vm.state_file()).unwrap();
+
+    let mut garbage = b"QEVM\0\0\0\x03".to_vec();
+    garbage.extend(std::iter::repeat_n(0x5a, 1 << 20));
+    let raw = vm.dir.path().join("garbage");
+    std::fs::write(&raw, &garbage).unwrap();
+    let zst = vm.dir.path().join("garbage.zst");
     let st = std::process::Command::new("zstd")
         .args(["-q", "-f", "-o"])
-        .arg(vm.state_file())
-        .arg(&garbage)
+        .arg(&zst)
+        .arg(&raw)
         .status()
         .unwrap();
     assert!(st.success());
-    for round in 0..2 {
-        if round == 1 {
-            std::fs::write(vm.state_file(), b"this is not a saved VM").unwrap();
-        }
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not zstd", b"this is not a saved VM".to_vec()),
+        ("garbage stream", std::fs::read(&zst).unwrap()),
+        ("truncated", good[..good.len() / 2].to_vec()),
+    ];
+    for (what, bytes) in cases {
+        std::fs::write(vm.state_file(), &bytes).unwrap();
         let err = vmm
             .launch(
                 &vm.spec,
@@ -116,15 +131,19 @@ fn corrupt_state_fails_cleanly() {
             .unwrap_err();
         assert!(
             matches!(err, rayos_vmm::VmmError::Restore { .. }),
-            "round {round}: {err}"
+            "{what}: {err}"
         );
         // No QEMU for this VM anywhere.
-        assert!(vmm.attach(&vm.spec).unwrap().is_none());
+        assert!(vmm.attach(&vm.spec).unwrap().is_none(), "{what}");
         assert!(
             !any_qemu_with(&vm.spec.def.id.to_string()),
-            "QEMU left behind"
+            "{what}: QEMU left behind"
         );
-        assert!(vm.state_file().exists(), "the state file must be kept");
+        assert_eq!(
+            std::fs::read(vm.state_file()).unwrap(),
+            bytes,
+            "{what}: state file must be kept"
+        );
     }
     assert_eq!(sha256(&vm.disk()), disk_before);
 
@@ -139,6 +158,14 @@ fn corrupt_state_fails_cleanly() {
         .map(|_| ())
         .unwrap_err();
     assert!(matches!(err, rayos_vmm::VmmError::Missing { .. }), "{err}");
+
+    // The VM still cold-boots on its unchanged disk.
+    let offset = guest::log_len(&log);
+    let _g = Guard(Some(vmm.launch(&vm.spec, &Launch::Cold).unwrap()));
+    assert_eq!(
+        guest::wait_counter_above(&log, offset, None, BOOT).unwrap(),
+        0
+    );
 }
 
 fn any_qemu_with(needle: &str) -> bool {
@@ -210,4 +237,68 @@ fn fingerprint_tracks_configuration() {
     let mut more = vm.spec.clone();
     more.memory_mib = 512;
     assert_ne!(a, vmm.fingerprint(&more).unwrap());
+}
+
+/// A small tmpfs mounted for one test, unmounted on drop.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(at: std::path::PathBuf, size: &str) -> SmallFs {
+        std::fs::create_dir_all(&at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size}"))
+            .arg("rayos-test-full")
+            .arg(&at)
+            .output()
+            .expect("mount(8) is needed");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallFs(at)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Saving onto a file system too small for the state: an error, no partial
+/// file left, and the guest keeps running (its counter advances).
+#[test]
+fn save_onto_full_filesystem_keeps_vm_running() {
+    let vm = linux_vm("full");
+    let vmm = vmm();
+    let log = vm.console();
+    let full = SmallFs::mount(vm.dir.path().join("full"), "2m");
+
+    let mut g = Guard(Some(vmm.launch(&vm.spec, &Launch::Cold).unwrap()));
+    guest::wait_for_line(&log, 0, guest::READY_MARKER, BOOT).unwrap();
+    guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
+
+    let state = full.0.join("vm.state.zst");
+    let err = g.h().save(&state).unwrap_err();
+    assert!(matches!(err, rayos_vmm::VmmError::Save { .. }), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&full.0).unwrap().flatten().collect();
+    assert!(left.is_empty(), "partial files left: {left:?}");
+
+    assert_eq!(g.h().state().unwrap(), RunState::Running);
+    let offset = guest::log_len(&log);
+    let before = *guest::counters(&guest::read_from(&log, 0).unwrap())
+        .last()
+        .unwrap();
+    let after = guest::wait_counter_above(&log, offset, Some(before), BOOT).unwrap();
+    assert!(after > before);
+
+    // And a save to a roomy place still works afterwards.
+    g.h().save(&vm.state_file()).unwrap();
+    g.0 = None;
+    assert!(vm.state_file().is_file());
 }

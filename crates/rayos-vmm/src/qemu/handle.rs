@@ -77,10 +77,8 @@ impl QemuHandle {
             return Err(QmpError::Closed(command.into()));
         };
         let r = q.execute(command, args);
-        if let Err(e) = &r {
-            if e.is_disconnect() {
-                self.qmp = None;
-            }
+        if r.as_ref().is_err_and(QmpError::is_disconnect) {
+            self.qmp = None;
         }
         r
     }
@@ -104,15 +102,40 @@ impl QemuHandle {
             vm: vm.clone(),
             detail,
         };
+        // zstd's exit status tells a stream that ended early from one still
+        // loading: QEMU 7.2 waits forever on an empty stream.
+        let rc_file = self.spec.run_dir.join("restore.rc");
+        let _ = std::fs::remove_file(&rc_file);
         let uri = format!(
-            "exec:{} -q -dc {}",
+            "exec:{} -q -dc {}; echo $? > {}",
             self.config.zstd.display(),
-            sh_quote(&state_file.display().to_string())
+            sh_quote(&state_file.display().to_string()),
+            sh_quote(&rc_file.display().to_string())
         );
         self.exec("migrate-incoming", Some(json!({ "uri": uri })))
             .map_err(|e| fail(e.to_string()))?;
         let deadline = Instant::now() + self.config.migrate_timeout;
+        let mut stream_done: Option<Instant> = None;
         loop {
+            if stream_done.is_none()
+                && let Some(rc) = exit_status(&rc_file)
+            {
+                if rc != "0" {
+                    return Err(fail(format!(
+                        "zstd could not read {} (exit status {rc})",
+                        state_file.display()
+                    )));
+                }
+                stream_done = Some(Instant::now());
+            }
+            // The whole stream has been read; QEMU only needs to apply the
+            // last device states, which takes well under this.
+            if stream_done.is_some_and(|t| t.elapsed() > Duration::from_secs(30)) {
+                return Err(fail(format!(
+                    "QEMU did not finish loading {} after the stream ended",
+                    state_file.display()
+                )));
+            }
             let status = match self.status() {
                 Ok(s) => s,
                 // A stream that does not load makes QEMU exit.
@@ -138,14 +161,14 @@ impl QemuHandle {
                     )));
                 }
             }
-            if let Ok(m) = self.exec("query-migrate", None) {
-                if m["status"] == "failed" {
-                    return Err(fail(format!(
-                        "loading {} failed: {}",
-                        state_file.display(),
-                        m["error-desc"].as_str().unwrap_or("no detail")
-                    )));
-                }
+            if let Ok(m) = self.exec("query-migrate", None)
+                && m["status"] == "failed"
+            {
+                return Err(fail(format!(
+                    "loading {} failed: {}",
+                    state_file.display(),
+                    m["error-desc"].as_str().unwrap_or("no detail")
+                )));
             }
             if Instant::now() >= deadline {
                 return Err(VmmError::Timeout(
@@ -204,14 +227,11 @@ impl QemuHandle {
         // Wait for zstd to finish writing.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(text) = std::fs::read_to_string(rc_file) {
-                if text.ends_with('\n') {
-                    let rc = text.trim();
-                    if rc != "0" {
-                        return Err(format!("zstd failed with exit status {rc} (disk full?)"));
-                    }
-                    break;
+            if let Some(rc) = exit_status(rc_file) {
+                if rc != "0" {
+                    return Err(format!("zstd failed with exit status {rc} (disk full?)"));
                 }
+                break;
             }
             if Instant::now() >= deadline {
                 return Err("zstd did not finish within 60 s".into());
@@ -385,6 +405,13 @@ impl VmHandle for QemuHandle {
     fn vnc_socket(&self) -> PathBuf {
         self.spec.run_dir.join(run::VNC)
     }
+}
+
+/// The exit status an `exec:` pipeline wrote with `echo $? > file`, once
+/// the line is complete.
+fn exit_status(file: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.ends_with('\n').then(|| text.trim().to_string())
 }
 
 /// A random sync id, so replies meant for an earlier client are never

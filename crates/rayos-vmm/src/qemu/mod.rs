@@ -25,6 +25,7 @@ pub mod process;
 mod swtpm;
 
 use std::fs::{DirBuilder, File};
+use std::io::Read;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -39,6 +40,10 @@ pub use cmdline::{CommandLine, LaunchPart, Ovmf};
 pub use handle::QemuHandle;
 
 use crate::{Launch, VmHandle, VmSpec, Vmm, VmmError};
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// `QEMU_VM_FILE_MAGIC`, the first bytes of every migration stream.
+const QEMU_VM_MAGIC: [u8; 4] = *b"QEVM";
 
 /// Where the backend finds its tools and how long it waits for them.
 #[derive(Debug, Clone)]
@@ -205,10 +210,10 @@ impl QemuVmm {
             if !kernel.is_file() {
                 return Err(missing("kernel", kernel));
             }
-            if let Some(i) = initrd {
-                if !i.is_file() {
-                    return Err(missing("initrd", i));
-                }
+            if let Some(i) = initrd
+                && !i.is_file()
+            {
+                return Err(missing("initrd", i));
             }
         }
         for d in &vm.def.disks {
@@ -227,6 +232,53 @@ impl QemuVmm {
                     return Err(missing("installation media", m));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Rejects a state file that is not a zstd-compressed QEMU migration
+    /// stream before any process starts (reads only its first bytes).
+    fn check_state_file(&self, vm: &VmSpec, state_file: &Path) -> Result<(), VmmError> {
+        let fail = |detail: String| VmmError::Restore {
+            vm: vm.def.name.clone(),
+            detail,
+        };
+        let mut magic = [0u8; 4];
+        File::open(state_file)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .map_err(|e| fail(format!("cannot read {}: {e}", state_file.display())))?;
+        if magic != ZSTD_MAGIC {
+            return Err(fail(format!(
+                "{} is not a zstd-compressed saved state",
+                state_file.display()
+            )));
+        }
+        let mut child = Command::new(&self.config.zstd)
+            .args(["-q", "-dc"])
+            .arg(state_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                fail(format!(
+                    "cannot run {}: {e} (install zstd)",
+                    self.config.zstd.display()
+                ))
+            })?;
+        let mut head = [0u8; 8];
+        let read = child
+            .stdout
+            .take()
+            .map(|mut out| out.read_exact(&mut head).is_ok())
+            .unwrap_or(false);
+        let _ = child.kill();
+        let _ = child.wait();
+        if !read || head[..4] != QEMU_VM_MAGIC {
+            return Err(fail(format!(
+                "{} does not hold a QEMU saved state",
+                state_file.display()
+            )));
         }
         Ok(())
     }
@@ -292,14 +344,17 @@ impl QemuVmm {
             });
         }
         self.check_inputs(vm)?;
+        if let Launch::Restore { state_file } = how
+            && !state_file.is_file()
+        {
+            return Err(VmmError::Missing {
+                vm: name,
+                what: "saved state",
+                path: state_file.clone(),
+            });
+        }
         if let Launch::Restore { state_file } = how {
-            if !state_file.is_file() {
-                return Err(VmmError::Missing {
-                    vm: name,
-                    what: "saved state",
-                    path: state_file.clone(),
-                });
-            }
+            self.check_state_file(vm, state_file)?;
         }
         self.prepare_dirs(vm)?;
         if let BootSpec::Uefi { secure_boot } = vm.def.boot {
@@ -344,12 +399,12 @@ impl QemuVmm {
             }
         };
         let mut handle = QemuHandle::new(vm, &self.config, pid, tpm_pid, qmp);
-        if let Launch::Restore { state_file } = how {
-            if let Err(e) = handle.restore_from(state_file) {
-                // Never leave a half-restored QEMU behind.
-                let _ = handle.kill();
-                return Err(e);
-            }
+        if let Launch::Restore { state_file } = how
+            && let Err(e) = handle.restore_from(state_file)
+        {
+            // Never leave a half-restored QEMU behind.
+            let _ = handle.kill();
+            return Err(e);
         }
         Ok(handle)
     }

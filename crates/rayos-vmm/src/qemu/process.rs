@@ -102,6 +102,11 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
+        // Between fork and exec the child still shows our command line.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !alive_with_arg(pid, "sleep") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(alive_with_arg(pid, "30"));
         assert!(!alive_with_arg(pid, "not-an-argument"));
         signal(pid, libc::SIGKILL).unwrap();

@@ -53,16 +53,16 @@ impl Drop for TestVm {
 /// to this VM.
 pub fn kill_leftovers(spec: &VmSpec) {
     let id = spec.def.id.to_string();
-    if let Some(pid) = process::read_pid(&spec.run_dir.join("qemu.pid")) {
-        if process::alive_with_arg(pid, &id) {
-            let _ = process::signal(pid, libc_sigkill());
-            process::wait_gone(pid, Duration::from_secs(5));
-        }
+    if let Some(pid) = process::read_pid(&spec.run_dir.join("qemu.pid"))
+        && process::alive_with_arg(pid, &id)
+    {
+        let _ = process::signal(pid, libc_sigkill());
+        process::wait_gone(pid, Duration::from_secs(5));
     }
-    if let Some(pid) = process::read_pid(&spec.run_dir.join("swtpm.pid")) {
-        if process::alive_with_arg(pid, &spec.vm_dir.display().to_string()) {
-            process::terminate(pid, Duration::from_secs(2));
-        }
+    if let Some(pid) = process::read_pid(&spec.run_dir.join("swtpm.pid"))
+        && process::alive_with_arg(pid, &spec.vm_dir.display().to_string())
+    {
+        process::terminate(pid, Duration::from_secs(2));
     }
 }
 
