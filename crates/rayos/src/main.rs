@@ -29,6 +29,8 @@ enum Command {
     Disks(cmd::disks::Args),
     /// Plan and perform an install of RayOS onto a disk.
     Install(cmd::install::Args),
+    /// The full-screen installer with a partition manager.
+    Wizard(cmd::wizard::Args),
     /// Run the VM supervisor (rayosd).
     Daemon(cmd::daemon::Args),
     /// Manage VMs through the running daemon.
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Disks(a) => cmd::disks::run(a),
         Command::Install(a) => cmd::install::run(a),
+        Command::Wizard(a) => cmd::wizard::run(a),
         Command::Daemon(a) => cmd::daemon::run(a),
         Command::Vm(a) => cmd::vm::run(a),
         Command::Init(a) => cmd::init::run(a),

@@ -10,6 +10,7 @@ pub mod logs;
 pub mod shutdown;
 pub mod status;
 pub mod vm;
+pub mod wizard;
 
 /// Exit codes scripts may rely on (see main.rs).
 #[allow(dead_code)] // used as the subcommands are built

@@ -1,0 +1,796 @@
+//! The partition manager's model: the edits a person makes to one disk, and
+//! how they become a [`Plan`] of the installer engine.
+//!
+//! Protocol: the real [`Disk`] report never changes; the person's actions
+//! are a list of undo groups of [`Edit`]s replayed over it ([`Layout`]).
+//! Nothing is written here: [`plan`] maps the layout onto the engine's
+//! answer-file modes and calls [`make_plan`] (one code path with the
+//! unattended install):
+//!
+//! - "whole disk" with nothing created afterwards → `mode = "whole-disk"`
+//!   on the real disk;
+//! - anything else → `mode = "reuse"` on a *virtual* disk report (the real
+//!   one with the deleted partitions removed and the created ones added,
+//!   typed and named for their role), then the plan is lowered back to the
+//!   real disk: partitions that exist only in the wizard become `create`
+//!   (the engine said `format`), deleted ones become `delete` entries, and
+//!   the engine's own `validate` checks the result.
+//! - the layout is then compared with what `free-space` and `whole-disk`
+//!   give on the real disk; when one gives the same partitions, that plan
+//!   and its answers are used, so `--save-answers` writes a file that
+//!   repeats the install unattended ([`Planned::repeatable`]).
+//!
+//! Limits: the engine's answer file cannot say "delete partition N" or
+//! "create partition N here", so a layout with such edits saves answers
+//! that name the partitions as they will be after the install (they are
+//! listed in a comment). Only GPT and blank disks can be edited partition
+//! by partition; MBR and damaged tables offer "whole disk" only.
+
+use rayos_disk::types::{self, TypeFamily};
+use rayos_disk::{Disk, PartitionReport, Table};
+use rayos_install::answers::{Answers, Located, Mode, PartRef, VmStorage, human_size};
+use rayos_install::plan::{
+    self, ALIGN, Action, Facts, PartitionPlan, Plan, PlanError, PlanOptions, Role, TableAction,
+    make_plan,
+};
+use uuid::Uuid;
+
+/// Every role a partition can be given, in menu order.
+pub const ROLES: [Role; 5] = [
+    Role::Esp,
+    Role::System,
+    Role::Data,
+    Role::VmLinux,
+    Role::VmWindows,
+];
+
+/// How a role is named on screen.
+pub fn role_words(r: Role) -> &'static str {
+    match r {
+        Role::Esp => "ESP (EFI system)",
+        Role::System => "RayOS system",
+        Role::Data => "RayOS data",
+        Role::VmLinux => "Linux VM storage",
+        Role::VmWindows => "Windows VM storage",
+    }
+}
+
+/// One change the person asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    /// Every partition goes; a new GPT is written.
+    WholeDisk,
+    /// Remove an existing or a created partition.
+    Delete { number: u32 },
+    /// A new partition for `role`.
+    Create {
+        number: u32,
+        first_lba: u64,
+        last_lba: u64,
+        role: Role,
+    },
+    /// Give a partition a role (or take it away).
+    Assign { number: u32, role: Option<Role> },
+}
+
+/// A partition as the layout has it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub number: u32,
+    pub first_lba: u64,
+    pub last_lba: u64,
+    /// True for partitions that exist only in the wizard.
+    pub new: bool,
+    pub role: Option<Role>,
+}
+
+/// Unpartitioned space (start aligned to 1 MiB, end exact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Free {
+    pub first_lba: u64,
+    pub last_lba: u64,
+}
+
+/// A row of the partition table on screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Row {
+    Part(Slot),
+    Free(Free),
+}
+
+/// Why an edit was refused (shown on the status line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EditError {
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn refused<T>(m: impl Into<String>) -> Result<T, EditError> {
+    Err(EditError::Refused(m.into()))
+}
+
+/// The disk as edited so far.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    disk: Disk,
+    groups: Vec<Vec<Edit>>,
+    pub whole_disk: bool,
+    /// Existing partitions deleted.
+    pub deleted: Vec<u32>,
+    /// Live partitions, by position.
+    pub slots: Vec<Slot>,
+}
+
+/// Standard GPT usable area (128 entries), as the engine lays out.
+pub fn usable_area(disk: &Disk) -> (u64, u64) {
+    let ss = disk.logical_sector_size.max(1) as u64;
+    let array = (128 * 128u64).div_ceil(ss);
+    let total = disk.size_bytes / ss;
+    (2 + array, total.saturating_sub(2 + array))
+}
+
+impl Layout {
+    pub fn new(disk: &Disk) -> Layout {
+        let mut l = Layout {
+            disk: disk.clone(),
+            groups: Vec::new(),
+            whole_disk: false,
+            deleted: Vec::new(),
+            slots: Vec::new(),
+        };
+        l.replay();
+        l
+    }
+
+    pub fn disk(&self) -> &Disk {
+        &self.disk
+    }
+
+    pub fn sector_size(&self) -> u64 {
+        self.disk.logical_sector_size as u64
+    }
+
+    /// Whether the disk can be edited partition by partition.
+    pub fn editable(&self) -> Result<(), EditError> {
+        if self.whole_disk {
+            return Ok(());
+        }
+        match &self.disk.table {
+            Table::Gpt => Ok(()),
+            Table::None if self.disk.whole_disk_filesystem.is_none() => Ok(()),
+            Table::None => refused(
+                "the whole disk holds a filesystem without a partition table: only w (whole disk) can use it",
+            ),
+            Table::Mbr => refused(
+                "this disk has an MBR (DOS) table; RayOS needs GPT: only w (whole disk) can use it",
+            ),
+            Table::Corrupt { .. } => {
+                refused("the partition table is damaged: only w (whole disk) can use it")
+            }
+            Table::Unreadable { reason } => refused(format!("the disk cannot be read: {reason}")),
+        }
+    }
+
+    fn replay(&mut self) {
+        self.whole_disk = false;
+        self.deleted.clear();
+        self.slots = self
+            .disk
+            .partitions
+            .iter()
+            .map(|p| Slot {
+                number: p.number,
+                first_lba: p.first_lba,
+                last_lba: p.last_lba,
+                new: false,
+                role: None,
+            })
+            .collect();
+        let edits: Vec<Edit> = self.groups.iter().flatten().cloned().collect();
+        for e in edits {
+            self.apply_edit(&e);
+        }
+        self.slots.sort_by_key(|s| s.first_lba);
+    }
+
+    fn apply_edit(&mut self, e: &Edit) {
+        match *e {
+            Edit::WholeDisk => {
+                self.whole_disk = true;
+                for s in self.slots.drain(..) {
+                    if !s.new {
+                        self.deleted.push(s.number);
+                    }
+                }
+            }
+            Edit::Delete { number } => {
+                if let Some(i) = self.slots.iter().position(|s| s.number == number) {
+                    let s = self.slots.remove(i);
+                    if !s.new {
+                        self.deleted.push(number);
+                    }
+                }
+            }
+            Edit::Create {
+                number,
+                first_lba,
+                last_lba,
+                role,
+            } => self.slots.push(Slot {
+                number,
+                first_lba,
+                last_lba,
+                new: true,
+                role: Some(role),
+            }),
+            Edit::Assign { number, role } => {
+                if let Some(s) = self.slots.iter_mut().find(|s| s.number == number) {
+                    s.role = role;
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, group: Vec<Edit>) {
+        self.groups.push(group);
+        self.replay();
+    }
+
+    /// Undo the last action; false when there is nothing to undo.
+    pub fn undo(&mut self) -> bool {
+        let done = self.groups.pop().is_some();
+        self.replay();
+        done
+    }
+
+    /// Back to the disk as it is.
+    pub fn reset(&mut self) {
+        self.groups.clear();
+        self.replay();
+    }
+
+    pub fn is_edited(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
+    pub fn slot(&self, number: u32) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.number == number)
+    }
+
+    /// The real partition behind a slot (None for created ones).
+    pub fn existing(&self, number: u32) -> Option<&PartitionReport> {
+        match self.slot(number) {
+            Some(s) if !s.new => self.disk.partition(number),
+            _ => None,
+        }
+    }
+
+    /// Free regions of the layout, in the engine's 1 MiB rounding.
+    pub fn free(&self) -> Vec<Free> {
+        if self.editable().is_err() {
+            return Vec::new();
+        }
+        let (first, last) = usable_area(&self.disk);
+        let align = (ALIGN / self.sector_size()).max(1);
+        let mut used: Vec<(u64, u64)> = self
+            .slots
+            .iter()
+            .map(|s| (s.first_lba, s.last_lba))
+            .collect();
+        used.sort_unstable();
+        let mut out = Vec::new();
+        let mut cursor = first;
+        let mut push = |from: u64, to: u64| {
+            let start = from.div_ceil(align) * align;
+            if start <= to && to - start + 1 >= align {
+                out.push(Free {
+                    first_lba: start,
+                    last_lba: to,
+                });
+            }
+        };
+        for (a, b) in used {
+            if a > cursor {
+                push(cursor, a - 1);
+            }
+            cursor = cursor.max(b.saturating_add(1));
+        }
+        if cursor <= last {
+            push(cursor, last);
+        }
+        out
+    }
+
+    /// Partitions and free regions, by position.
+    pub fn rows(&self) -> Vec<Row> {
+        let mut rows: Vec<(u64, Row)> = self
+            .slots
+            .iter()
+            .map(|s| (s.first_lba, Row::Part(s.clone())))
+            .chain(self.free().into_iter().map(|f| (f.first_lba, Row::Free(f))))
+            .collect();
+        rows.sort_by_key(|(at, _)| *at);
+        rows.into_iter().map(|(_, r)| r).collect()
+    }
+
+    fn next_number(&self, taken: &[u32]) -> Option<u32> {
+        (1..=128u32).find(|n| {
+            !taken.contains(n)
+                && self.slot(*n).is_none()
+                // A number deleted in this session may be reused; one still
+                // on the disk may not.
+                && (self.deleted.contains(n) || self.whole_disk || self.disk.partition(*n).is_none())
+        })
+    }
+
+    fn role_holder(&self, role: Role) -> Option<u32> {
+        self.slots
+            .iter()
+            .find(|s| s.role == Some(role))
+            .map(|s| s.number)
+    }
+
+    /// Erase everything (the person has typed "erase").
+    pub fn whole_disk(&mut self) {
+        self.push(vec![Edit::WholeDisk]);
+    }
+
+    /// Delete a partition (the person has confirmed if it existed).
+    pub fn delete(&mut self, number: u32) -> Result<(), EditError> {
+        self.editable()?;
+        if self.slot(number).is_none() {
+            return refused(format!("there is no partition {number}"));
+        }
+        self.push(vec![Edit::Delete { number }]);
+        Ok(())
+    }
+
+    /// Sectors `[first, last]` for `size` bytes at the start of `free`
+    /// (`None`: all of it, ending on a 1 MiB boundary when that still
+    /// leaves something).
+    fn carve(&self, free: Free, size: Option<u64>) -> Result<(u64, u64), EditError> {
+        let ss = self.sector_size();
+        let avail = (free.last_lba + 1 - free.first_lba) * ss;
+        match size {
+            Some(b) => {
+                let b = b.div_ceil(ALIGN) * ALIGN;
+                if b > avail {
+                    return refused(format!(
+                        "{} does not fit: the free region holds {}",
+                        human_size(b),
+                        human_size(avail)
+                    ));
+                }
+                Ok((free.first_lba, free.first_lba + b / ss - 1))
+            }
+            None => {
+                let align = ALIGN / ss;
+                let end = (free.last_lba + 1) / align * align;
+                let last = if end > free.first_lba {
+                    end - 1
+                } else {
+                    free.last_lba
+                };
+                Ok((free.first_lba, last))
+            }
+        }
+    }
+
+    /// Create a partition of `size` bytes (rounded up to 1 MiB; `None`: the
+    /// whole region) at the start of `free` for `role`.
+    pub fn create(&mut self, free: Free, size: Option<u64>, role: Role) -> Result<u32, EditError> {
+        self.editable()?;
+        if !self.free().contains(&free) {
+            return refused("that free region is gone");
+        }
+        if let Some(n) = self.role_holder(role) {
+            return refused(format!(
+                "partition {n} already has the {} role: delete it or take the role away first",
+                role_words(role)
+            ));
+        }
+        let (first_lba, last_lba) = self.carve(free, size)?;
+        let Some(number) = self.next_number(&[]) else {
+            return refused("all 128 partition slots are taken");
+        };
+        self.push(vec![Edit::Create {
+            number,
+            first_lba,
+            last_lba,
+            role,
+        }]);
+        Ok(number)
+    }
+
+    /// RayOS in one free region, laid out as the engine's free-space mode
+    /// does: ESP (only when the disk has none), system, data (the rest).
+    pub fn install_into(&mut self, free: Free, answers: &Answers) -> Result<(), EditError> {
+        self.editable()?;
+        if !self.free().contains(&free) {
+            return refused("that free region is gone");
+        }
+        for r in [Role::System, Role::Data] {
+            if let Some(n) = self.role_holder(r) {
+                return refused(format!(
+                    "partition {n} already has the {} role: undo (u) or reset (r) first",
+                    role_words(r)
+                ));
+            }
+        }
+        let ss = self.sector_size();
+        let need_esp = self.role_holder(Role::Esp).is_none()
+            && !self.slots.iter().any(|s| {
+                !s.new
+                    && self
+                        .disk
+                        .partition(s.number)
+                        .is_some_and(|p| p.family == TypeFamily::Esp)
+            });
+        let mut sizes = Vec::new();
+        if need_esp {
+            sizes.push((Role::Esp, answers.sizes.esp));
+        }
+        sizes.push((Role::System, answers.sizes.system));
+        let fixed: u64 = sizes.iter().map(|(_, b)| b.div_ceil(ALIGN) * ALIGN).sum();
+        let avail = (free.last_lba + 1 - free.first_lba) * ss;
+        if avail < fixed + plan::MIN_DATA {
+            return refused(format!(
+                "this free region holds {}; RayOS needs at least {} here",
+                human_size(avail),
+                human_size(fixed + plan::MIN_DATA)
+            ));
+        }
+        let mut group = Vec::new();
+        let mut taken = Vec::new();
+        let mut region = free;
+        for (role, size) in sizes
+            .into_iter()
+            .map(|(r, b)| (r, Some(b)))
+            .chain([(Role::Data, None)])
+        {
+            let (first_lba, last_lba) = self.carve(region, size)?;
+            let Some(number) = self.next_number(&taken) else {
+                return refused("all 128 partition slots are taken");
+            };
+            taken.push(number);
+            group.push(Edit::Create {
+                number,
+                first_lba,
+                last_lba,
+                role,
+            });
+            region.first_lba = last_lba + 1;
+        }
+        self.push(group);
+        Ok(())
+    }
+
+    /// Whether giving `number` the role `role` erases something (and so
+    /// needs typed confirmation).
+    pub fn assign_is_destructive(&self, number: u32, role: Option<Role>) -> bool {
+        match (self.existing(number), role) {
+            (Some(p), Some(Role::Esp)) => {
+                p.family != TypeFamily::Esp || !p.filesystem.is_some_and(|f| f.is_fat())
+            }
+            (Some(p), Some(_)) => p.filesystem.is_some() || p.family != TypeFamily::Other,
+            _ => false,
+        }
+    }
+
+    /// Give partition `number` a role (`None` takes it away).
+    pub fn assign(&mut self, number: u32, role: Option<Role>) -> Result<(), EditError> {
+        self.editable()?;
+        let Some(slot) = self.slot(number) else {
+            return refused(format!("there is no partition {number}"));
+        };
+        if slot.new && role.is_none() {
+            return refused("a partition created here needs a role: delete it instead (d)");
+        }
+        if let Some(r) = role {
+            if let Some(n) = self.role_holder(r).filter(|n| *n != number) {
+                return refused(format!(
+                    "partition {n} already has the {} role: take it away first",
+                    role_words(r)
+                ));
+            }
+            if let Some(p) = self.existing(number) {
+                if r == Role::Esp && p.family != TypeFamily::Esp {
+                    return refused(format!(
+                        "partition {number} is not an EFI system partition; only an existing ESP (or a new partition) can be the ESP"
+                    ));
+                }
+                if r != Role::Esp && p.family == TypeFamily::Esp {
+                    return refused(format!(
+                        "partition {number} is an EFI system partition; it is never reformatted for another role"
+                    ));
+                }
+            }
+        }
+        self.push(vec![Edit::Assign { number, role }]);
+        Ok(())
+    }
+
+    /// A partition report for a partition that exists only in the wizard.
+    fn virtual_report(&self, s: &Slot, role: Role) -> PartitionReport {
+        let ss = self.sector_size();
+        let t = role.type_guid();
+        PartitionReport {
+            number: s.number,
+            first_lba: s.first_lba,
+            last_lba: s.last_lba,
+            start_bytes: s.first_lba * ss,
+            size_bytes: (s.last_lba + 1 - s.first_lba) * ss,
+            type_guid: Some(t),
+            mbr_type: None,
+            type_name: types::type_name(&t)
+                .map(str::to_string)
+                .unwrap_or_else(|| t.to_string()),
+            family: types::type_family(&t),
+            unique_guid: Some(Uuid::new_v4()),
+            name: role.gpt_name().to_string(),
+            attributes: 0,
+            filesystem: None,
+            fs_label: None,
+            fs_uuid: None,
+            device: None,
+            in_use: Vec::new(),
+        }
+    }
+
+    /// The disk report as it would read after the edits' table is written.
+    fn virtual_disk(&self) -> Disk {
+        let mut d = self.disk.clone();
+        d.partitions = self
+            .slots
+            .iter()
+            .map(|s| match (s.new, s.role) {
+                (true, Some(role)) => self.virtual_report(s, role),
+                _ => self
+                    .disk
+                    .partition(s.number)
+                    .cloned()
+                    .unwrap_or_else(|| self.virtual_report(s, Role::Data)),
+            })
+            .collect();
+        if self.whole_disk || d.table == Table::None {
+            d.table = Table::Gpt;
+            d.whole_disk_filesystem = None;
+        }
+        d.rayos = rayos_disk::report::find_rayos(&d.partitions);
+        d.systems = rayos_disk::report::find_systems(&d.partitions);
+        d
+    }
+}
+
+/// A plan the wizard can show and apply.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The answers the plan was made from (what `--save-answers` writes).
+    pub answers: Answers,
+    pub plan: Plan,
+    /// Whether `answers` alone reproduce `plan` on the disk as it is now.
+    pub repeatable: bool,
+    /// Edits the answers cannot express (for the saved file's comment).
+    pub unexpressed: Vec<String>,
+}
+
+/// The parts of a plan that matter for comparing layouts.
+fn signature(plan: &Plan) -> Vec<(Action, Option<Role>, u32, u64, u64)> {
+    let mut v: Vec<_> = plan
+        .partitions
+        .iter()
+        .filter(|p| !(plan.table == TableAction::New && p.action == Action::Delete))
+        .map(|p| (p.action, p.role, p.number, p.first_lba, p.last_lba))
+        .collect();
+    v.sort_by_key(|x| (x.2, x.3));
+    v
+}
+
+fn words(p: &PartitionReport) -> String {
+    match (p.filesystem, p.name.is_empty()) {
+        (Some(fs), true) => format!("{} ({})", fs.name(), p.type_name),
+        (Some(fs), false) => format!("{} ({}, \"{}\")", fs.name(), p.type_name, p.name),
+        (None, _) => format!("no filesystem ({})", p.type_name),
+    }
+}
+
+fn engine_error(e: PlanError) -> EditError {
+    // The engine's messages speak of answer-file keys; say what to do here.
+    let m = match &e {
+        PlanError::NeedsConsent { part, holds, .. } => format!(
+            "{part} holds {holds}: giving it a role erases it; assign the role again to confirm"
+        ),
+        PlanError::CompleteInstall { disk, what } => format!(
+            "{disk} holds a complete RayOS install ({what}): delete its partitions or use w (whole disk) to replace it"
+        ),
+        _ => e.to_string(),
+    };
+    EditError::Refused(m)
+}
+
+/// Makes the engine's plan for `layout`. `base` carries the rest of the
+/// answers (sizes, VM storage, machine, policy); `consented` lists the
+/// existing partitions whose erasure the person typed a confirmation for.
+pub fn plan(
+    layout: &Layout,
+    base: &Answers,
+    facts: &Facts,
+    consented: &[u32],
+    opts: &PlanOptions,
+) -> Result<Planned, EditError> {
+    let disk = &layout.disk;
+    let mut answers = base.clone();
+    answers.target.disk = Some(disk.path.clone());
+    answers.target.esp = None;
+    answers.target.system = None;
+    answers.target.data = None;
+    answers.target.format.clear();
+    let rayos_touched = disk.rayos.as_ref().is_some_and(|r| {
+        r.system
+            .iter()
+            .chain(r.data.iter())
+            .chain(r.vm_storage.iter())
+            .any(|n| layout.deleted.contains(n) || consented.contains(n))
+    });
+    answers.target.reinstall = facts.manifest.is_some() && (layout.whole_disk || rayos_touched);
+    let at = |n: u32| Located {
+        value: PartRef::Number(n),
+        line: 0,
+    };
+
+    if layout.whole_disk && layout.slots.is_empty() {
+        answers.target.mode = Mode::WholeDisk;
+        for (role, st) in [
+            (Role::VmLinux, &mut answers.vm_storage.linux),
+            (Role::VmWindows, &mut answers.vm_storage.windows),
+        ] {
+            if matches!(st, VmStorage::Reuse(_)) {
+                let _ = role;
+                *st = VmStorage::Data;
+            }
+        }
+        let plan = make_plan(disk, &answers, facts, opts).map_err(engine_error)?;
+        return Ok(Planned {
+            answers,
+            plan,
+            repeatable: true,
+            unexpressed: Vec::new(),
+        });
+    }
+
+    let holder = |r: Role| layout.slots.iter().find(|s| s.role == Some(r));
+    let (Some(system), Some(data)) = (holder(Role::System), holder(Role::Data)) else {
+        return Err(EditError::Refused(
+            "RayOS needs a system and a data partition: press i on a free region, w for the whole disk, or give partitions the roles (a)".into(),
+        ));
+    };
+    answers.target.mode = Mode::Reuse;
+    answers.target.system = Some(at(system.number));
+    answers.target.data = Some(at(data.number));
+    answers.target.esp = holder(Role::Esp).map(|s| at(s.number));
+    for (role, st) in [
+        (Role::VmLinux, &mut answers.vm_storage.linux),
+        (Role::VmWindows, &mut answers.vm_storage.windows),
+    ] {
+        match holder(role) {
+            Some(s) => *st = VmStorage::Reuse(at(s.number)),
+            None if matches!(st, VmStorage::Reuse(_)) => *st = VmStorage::Data,
+            None => {}
+        }
+    }
+    answers.target.format = layout
+        .slots
+        .iter()
+        .filter(|s| !s.new && s.role.is_some() && consented.contains(&s.number))
+        .map(|s| at(s.number))
+        .collect();
+
+    let vdisk = layout.virtual_disk();
+    let mut plan = make_plan(&vdisk, &answers, facts, opts).map_err(engine_error)?;
+
+    // Lower onto the real disk.
+    let created: Vec<u32> = layout
+        .slots
+        .iter()
+        .filter(|s| s.new)
+        .map(|s| s.number)
+        .collect();
+    for p in plan.partitions.iter_mut() {
+        if created.contains(&p.number) && p.action == Action::Format {
+            p.action = Action::Create;
+            p.was = None;
+        }
+    }
+    let real_gpt = disk.table == Table::Gpt && !layout.whole_disk;
+    plan.table = if real_gpt {
+        TableAction::Edit
+    } else {
+        TableAction::New
+    };
+    let ss = layout.sector_size();
+    let gone: Vec<&PartitionReport> = if real_gpt {
+        layout
+            .deleted
+            .iter()
+            .filter_map(|n| disk.partition(*n))
+            .collect()
+    } else {
+        disk.partitions.iter().collect()
+    };
+    for p in gone {
+        plan.partitions.push(PartitionPlan {
+            action: Action::Delete,
+            role: None,
+            number: p.number,
+            first_lba: p.first_lba,
+            last_lba: p.last_lba,
+            start_bytes: p.first_lba * ss,
+            size_bytes: p.size_bytes,
+            type_guid: p.type_guid.unwrap_or_default(),
+            unique_guid: p.unique_guid.unwrap_or_default(),
+            name: p.name.clone(),
+            filesystem: p.filesystem.map(|f| f.name().to_string()),
+            fs_label: p.fs_label.clone(),
+            was: Some(words(p)),
+        });
+    }
+    plan.partitions
+        .sort_by_key(|p| (p.action == Action::Delete, p.first_lba));
+    plan.bytes_allocated = plan
+        .partitions
+        .iter()
+        .filter(|p| matches!(p.action, Action::Create | Action::Format))
+        .map(|p| p.size_bytes)
+        .sum();
+    plan::validate(&plan).map_err(engine_error)?;
+
+    // The simplest answers that give the same partitions on the real disk.
+    let sig = signature(&plan);
+    for mode in [Mode::FreeSpace, Mode::WholeDisk] {
+        let mut simple = base.clone();
+        simple.target.disk = Some(disk.path.clone());
+        simple.target.mode = mode;
+        simple.target.reinstall = answers.target.reinstall;
+        for st in [&mut simple.vm_storage.linux, &mut simple.vm_storage.windows] {
+            if matches!(st, VmStorage::Reuse(_)) {
+                *st = VmStorage::Data;
+            }
+        }
+        let same = make_plan(disk, &simple, facts, opts)
+            .ok()
+            .filter(|p| signature(p) == sig);
+        if let Some(p) = same {
+            return Ok(Planned {
+                answers: simple,
+                plan: p,
+                repeatable: true,
+                unexpressed: Vec::new(),
+            });
+        }
+    }
+
+    let mut unexpressed = Vec::new();
+    if !real_gpt {
+        unexpressed.push("write a new GPT (every partition is removed)".to_string());
+    } else {
+        for n in &layout.deleted {
+            unexpressed.push(format!("delete partition {n}"));
+        }
+    }
+    for s in layout.slots.iter().filter(|s| s.new) {
+        unexpressed.push(format!(
+            "create partition {} at sector {} ({}) for {}",
+            s.number,
+            s.first_lba,
+            human_size((s.last_lba + 1 - s.first_lba) * ss),
+            s.role.map(role_words).unwrap_or("-")
+        ));
+    }
+    let repeatable = unexpressed.is_empty();
+    Ok(Planned {
+        answers,
+        plan,
+        repeatable,
+        unexpressed,
+    })
+}

@@ -1,0 +1,189 @@
+//! The installer wizard: the full-screen text face of the installer engine
+//! (`rayos-install`), with an interactive partition manager.
+//!
+//! Layers: [`layout`] (the person's partition edits, mapped onto the
+//! engine's answer modes and planner — pure) → [`wizard`] (the screens as a
+//! state machine: `Wizard::handle(Key) -> Effect` — pure) → [`view`]
+//! (ratatui drawing, ASCII only) → [`run`] (the terminal, the keyboard and
+//! the apply thread). Tests drive the state machine and snapshot the view
+//! on ratatui's `TestBackend`; the real-terminal tests drive `rayos wizard`
+//! in tmux.
+//!
+//! Guarantees: the disks are read once, before the first screen; nothing
+//! is written before the disk's name is typed on the Summary; the plan
+//! applied is the engine's `Plan` (the same `make_plan`, `validate` and
+//! `apply` as `rayos install --answers`).
+//!
+//! Limits: one target disk per install; the terminal must be at least
+//! 80x24; see [`layout`] for what answer files cannot repeat.
+
+pub mod answers_toml;
+pub mod key;
+pub mod layout;
+mod term;
+pub mod view;
+pub mod wizard;
+
+use std::path::{Path, PathBuf};
+
+use rayos_install::answers::{Answers, Mode};
+use rayos_install::apply::ApplyOptions;
+use rayos_install::plan::{Facts, Plan, PlanOptions, SYSTEMD_BOOT_HOST};
+
+pub use key::Key;
+pub use layout::Planned;
+pub use wizard::{After, DiskChoice, Effect, Screen, Setup, Wizard};
+
+/// What [`run`] is asked to do.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Disks (block devices or image files) to offer; empty: every block
+    /// device of the machine.
+    pub disks: Vec<PathBuf>,
+    /// Logical sector size of image files without a table (512 or 4096).
+    pub sector_size: Option<u32>,
+    /// Write the answers of the confirmed plan here (TOML).
+    pub save_answers: Option<PathBuf>,
+    /// The RayOS UKI to install (required unless `dry_run`).
+    pub system_image: Option<PathBuf>,
+    pub systemd_boot: PathBuf,
+    /// Stop after the confirmation: save answers, write nothing.
+    pub dry_run: bool,
+    /// Add a UEFI boot entry (block devices on EFI machines only).
+    pub nvram: bool,
+    /// Go on although the machine did not boot in UEFI mode.
+    pub allow_bios: bool,
+    pub apply: ApplyOptions,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            disks: Vec::new(),
+            sector_size: None,
+            save_answers: None,
+            system_image: None,
+            systemd_boot: PathBuf::from(SYSTEMD_BOOT_HOST),
+            dry_run: false,
+            nvram: true,
+            allow_bios: false,
+            apply: ApplyOptions::default(),
+        }
+    }
+}
+
+/// How the wizard ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// RayOS was installed; the person chose what happens next (the caller
+    /// reboots or powers off).
+    Installed { plan: Box<Plan>, after: After },
+    /// Dry run: the plan the person confirmed; nothing was written.
+    DryRun { plan: Box<Plan> },
+    /// The person left; nothing was written.
+    Cancelled,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WizardError {
+    #[error(
+        "the wizard needs a terminal on stdin and stdout: use `rayos install --answers FILE` without one"
+    )]
+    NoTerminal,
+    #[error(
+        "--system-image FILE is required to install (the RayOS UKI); use --dry-run to only plan"
+    )]
+    NoSystemImage,
+    #[error("cannot list the disks of this machine")]
+    ListDisks(#[source] rayos_disk::EnumerateError),
+    #[error("cannot read {0}: check the path (`rayos disks` lists the disks)")]
+    ReadDisk(PathBuf, #[source] rayos_disk::EnumerateError),
+    #[error("the terminal failed")]
+    Terminal(#[source] std::io::Error),
+    #[error("cannot save the answer file {0}")]
+    SaveAnswers(PathBuf, #[source] rayos_state::AtomicError),
+}
+
+/// Reads the disks and what the wizard shows before the first screen.
+pub fn setup(config: &Config) -> Result<Setup, WizardError> {
+    let disks = if config.disks.is_empty() {
+        rayos_disk::list_block_devices().map_err(WizardError::ListDisks)?
+    } else {
+        config
+            .disks
+            .iter()
+            .map(|p| {
+                rayos_disk::probe_path(p, config.sector_size)
+                    .map_err(|e| WizardError::ReadDisk(p.clone(), e))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let disks = disks
+        .into_iter()
+        .map(|disk| {
+            let (facts, inspect_error) = match rayos_install::facts::gather(&disk) {
+                Ok(f) => (f, None),
+                Err(e) => (
+                    Facts::default(),
+                    Some(format!("cannot inspect its RayOS install: {e}")),
+                ),
+            };
+            let refusal = wizard::refusal(&disk, &facts).or(inspect_error);
+            DiskChoice {
+                disk,
+                facts,
+                refusal,
+            }
+        })
+        .collect();
+    let efivars = Path::new(rayos_install::efivar::EFIVARS_DIR).is_dir();
+    Ok(Setup {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uefi: Path::new("/sys/firmware/efi").is_dir(),
+        allow_bios: config.allow_bios,
+        disks,
+        opts: PlanOptions {
+            system_image: config.system_image.clone(),
+            systemd_boot: config.systemd_boot.clone(),
+            nvram: config.nvram && efivars,
+            ..PlanOptions::default()
+        },
+        dry_run: config.dry_run,
+        answers: Answers::defaults(Mode::FreeSpace),
+    })
+}
+
+/// Saves the answers of a confirmed plan (with a comment when the answers
+/// alone do not repeat the install).
+pub fn save_answers(path: &Path, planned: &Planned) -> Result<(), WizardError> {
+    let mut comment = vec![format!(
+        "Answer file written by the RayOS {} installer wizard.",
+        env!("CARGO_PKG_VERSION")
+    )];
+    if !planned.repeatable {
+        comment.push(
+            "The wizard also made these partition changes, which answer files cannot express;"
+                .into(),
+        );
+        comment
+            .push("make them first (or use mode = \"whole-disk\") to repeat this install:".into());
+        comment.extend(planned.unexpressed.iter().map(|u| format!("  - {u}")));
+    }
+    let text = answers_toml::to_toml(&planned.answers, &comment);
+    rayos_state::write_atomic(path, text.as_bytes())
+        .map_err(|e| WizardError::SaveAnswers(path.to_path_buf(), e))
+}
+
+/// Runs the wizard on the terminal: reads the disks, shows the screens,
+/// and applies the confirmed plan.
+pub fn run(config: &Config) -> Result<Outcome, WizardError> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+        return Err(WizardError::NoTerminal);
+    }
+    if !config.dry_run && config.system_image.is_none() {
+        return Err(WizardError::NoSystemImage);
+    }
+    let setup = setup(config)?;
+    term::run(config, Wizard::new(setup))
+}

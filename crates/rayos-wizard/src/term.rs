@@ -1,0 +1,151 @@
+//! The terminal side of the wizard: raw mode and the alternate screen
+//! (restored by a guard, also on errors and panics in the loop), keys from
+//! crossterm, and `apply` on a thread whose progress comes back over a
+//! channel so the screen keeps redrawing while the disk is written.
+
+use std::io::{Stdout, stdout};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::Duration;
+
+use crossterm::event::{self, Event as TermEvent};
+use crossterm::execute;
+use crossterm::terminal::{
+    EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
+};
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+
+use rayos_install::apply::{self, Event};
+use rayos_install::plan::make_plan;
+
+use crate::wizard::{Effect, Screen, Wizard};
+use crate::{Config, Outcome, Planned, WizardError};
+
+enum Msg {
+    Event(Event),
+    Done(Result<(), String>),
+}
+
+/// Leaves raw mode and the alternate screen when dropped.
+struct Guard;
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = disable_raw_mode();
+        let _ = execute!(stdout(), LeaveAlternateScreen, crossterm::cursor::Show);
+    }
+}
+
+/// An error and its causes, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn spawn_apply(planned: &Planned, config: &Config, tx: Sender<Msg>) {
+    let plan = planned.plan.clone();
+    let opts = config.apply.clone();
+    std::thread::spawn(move || {
+        let r = apply::apply(&plan, &opts, &mut |ev| {
+            let _ = tx.send(Msg::Event(ev.clone()));
+        });
+        let _ = tx.send(Msg::Done(r.map(|_| ()).map_err(|e| chain(&e))));
+    });
+}
+
+/// The plan for a retry: the same one if nothing was written, else the
+/// engine's plan for the disk as it is now (an unfinished install, which
+/// the engine redoes).
+fn retry_plan(w: &Wizard, planned: &Planned) -> Result<Planned, String> {
+    if w.progress.done() == 0 {
+        return Ok(planned.clone());
+    }
+    let target = &planned.plan.target;
+    let disk = rayos_disk::probe_path(target, Some(planned.plan.sector_size))
+        .map_err(|e| format!("cannot read {}: {}", target.display(), chain(&e)))?;
+    let facts = rayos_install::facts::gather(&disk).map_err(|e| chain(&e))?;
+    let plan =
+        make_plan(&disk, &planned.answers, &facts, &w.setup.opts).map_err(|e| e.to_string())?;
+    Ok(Planned {
+        plan,
+        ..planned.clone()
+    })
+}
+
+pub(crate) fn run(config: &Config, mut w: Wizard) -> Result<Outcome, WizardError> {
+    enable_raw_mode().map_err(WizardError::Terminal)?;
+    let guard = Guard;
+    execute!(stdout(), EnterAlternateScreen).map_err(WizardError::Terminal)?;
+    let mut term: Terminal<CrosstermBackend<Stdout>> =
+        Terminal::new(CrosstermBackend::new(stdout())).map_err(WizardError::Terminal)?;
+    let (tx, rx): (Sender<Msg>, Receiver<Msg>) = channel();
+    let outcome = loop {
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Msg::Event(ev) => w.on_event(&ev),
+                Msg::Done(r) => w.on_finished(r),
+            }
+        }
+        term.draw(|f| crate::view::draw(f, &w))
+            .map_err(WizardError::Terminal)?;
+        if !event::poll(Duration::from_millis(100)).map_err(WizardError::Terminal)? {
+            continue;
+        }
+        let TermEvent::Key(k) = event::read().map_err(WizardError::Terminal)? else {
+            continue;
+        };
+        let Some(key) = crate::key::from_crossterm(&k) else {
+            continue;
+        };
+        match w.handle(key) {
+            Effect::None => {}
+            Effect::Quit => break Outcome::Cancelled,
+            Effect::Install(planned) => {
+                let saved = match &config.save_answers {
+                    Some(path) => crate::save_answers(path, &planned),
+                    None => Ok(()),
+                };
+                if let Err(e) = saved {
+                    // Nothing is written to the disk when its answers
+                    // cannot be kept as asked.
+                    w.screen = Screen::Summary;
+                    w.status = Some(chain(&e));
+                    continue;
+                }
+                if config.dry_run {
+                    break Outcome::DryRun {
+                        plan: Box::new(planned.plan),
+                    };
+                }
+                spawn_apply(&planned, config, tx.clone());
+            }
+            Effect::Retry(planned) => match retry_plan(&w, &planned) {
+                Ok(p) => {
+                    w.on_retry_plan(p.clone());
+                    spawn_apply(&p, config, tx.clone());
+                }
+                Err(e) => {
+                    w.on_finished(Err(format!("cannot plan the retry: {e}")));
+                }
+            },
+            Effect::Finish(after) => match &w.planned {
+                Some(p) => {
+                    break Outcome::Installed {
+                        plan: Box::new(p.plan.clone()),
+                        after,
+                    };
+                }
+                None => break Outcome::Cancelled,
+            },
+        }
+    };
+    drop(term);
+    drop(guard);
+    Ok(outcome)
+}

@@ -1,0 +1,117 @@
+//! `rayos wizard`: the full-screen installer (rayos-wizard) on this
+//! terminal. Without `--disk` it offers every block device of the machine.
+//!
+//! After the screens close it prints one marker line on stderr for tests
+//! and the installer media: `RAYOS_WIZARD:INSTALLED after=<reboot|power-off|exit>`,
+//! `RAYOS_WIZARD:DRY_RUN` or `RAYOS_WIZARD:CANCELLED`. Exit codes: 0
+//! installed or dry run, 1 failed, 2 bad input, 5 cancelled (nothing
+//! written). Rebooting or powering off is left to the caller (the installer
+//! media's init), which reads the marker.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use rayos_install::apply::ApplyOptions;
+use rayos_install::plan::SYSTEMD_BOOT_HOST;
+use rayos_wizard::{After, Config, Outcome, WizardError};
+
+use super::{Exit, exit};
+
+/// Exit code when the person leaves the wizard without installing.
+pub const CANCELLED: u8 = 5;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A disk (block device or image file) to offer; repeat for more.
+    /// Default: every block device of this machine.
+    #[arg(long = "disk")]
+    disks: Vec<PathBuf>,
+    /// Logical sector size of image files without a partition table (512 or 4096).
+    #[arg(long)]
+    sector_size: Option<u32>,
+    /// Save the confirmed choices as an answer file (for `rayos install --answers`).
+    #[arg(long)]
+    save_answers: Option<PathBuf>,
+    /// The RayOS UKI to install (`cargo xtask media` builds build/rayos.efi).
+    #[arg(long)]
+    system_image: Option<PathBuf>,
+    /// systemd-boot to put on the ESP.
+    #[arg(long, default_value = SYSTEMD_BOOT_HOST)]
+    systemd_boot: PathBuf,
+    /// Stop after the confirmation: save the answers, write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Do not add a UEFI boot entry.
+    #[arg(long)]
+    no_nvram: bool,
+    /// Go on although this machine did not boot in UEFI mode (tests).
+    #[arg(long)]
+    allow_bios: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(ss) = args.sector_size {
+        if ss != 512 && ss != 4096 {
+            return Err(Exit::new(
+                exit::BAD_INPUT,
+                format!("--sector-size {ss}: use 512 or 4096"),
+            )
+            .into());
+        }
+    }
+    for d in &args.disks {
+        if !d.exists() {
+            return Err(Exit::new(
+                exit::NOT_FOUND,
+                format!(
+                    "{} does not exist: `rayos disks` lists the disks",
+                    d.display()
+                ),
+            )
+            .into());
+        }
+    }
+    let config = Config {
+        disks: args.disks,
+        sector_size: args.sector_size,
+        save_answers: args.save_answers,
+        system_image: args.system_image,
+        systemd_boot: args.systemd_boot,
+        dry_run: args.dry_run,
+        nvram: !args.no_nvram,
+        allow_bios: args.allow_bios,
+        apply: ApplyOptions::default(),
+    };
+    let outcome = rayos_wizard::run(&config).map_err(|e| match e {
+        WizardError::NoTerminal | WizardError::NoSystemImage | WizardError::ReadDisk(..) => {
+            anyhow::Error::from(Exit::new(
+                exit::BAD_INPUT,
+                format!("{:#}", anyhow::Error::from(e)),
+            ))
+        }
+        other => anyhow::Error::from(other),
+    })?;
+    match outcome {
+        Outcome::Installed { plan, after } => {
+            let after = match after {
+                After::Reboot => "reboot",
+                After::PowerOff => "power-off",
+                After::Exit => "exit",
+            };
+            println!("RayOS is installed on {}.", plan.target.display());
+            eprintln!("RAYOS_WIZARD:INSTALLED after={after}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::DryRun { plan } => {
+            print!("{}", rayos_install::plan::render(&plan));
+            println!("\nDry run: nothing was written.");
+            eprintln!("RAYOS_WIZARD:DRY_RUN");
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Cancelled => {
+            println!("The installer was left: nothing was written.");
+            eprintln!("RAYOS_WIZARD:CANCELLED");
+            Ok(ExitCode::from(CANCELLED))
+        }
+    }
+}
