@@ -1,8 +1,589 @@
-//! `cargo xtask e2e`. (Being built.)
+//! `cargo xtask e2e`: the end-to-end flow of issue 4 on the built media,
+//! under QEMU + OVMF (TCG, no KVM), driven by serial-console markers and QMP.
+//!
+//! Per variant (`iso`: ISO as CD onto a 512-byte-sector disk; `usb`: USB
+//! image on xHCI; `4k`: ISO onto a 4096-byte-sector disk):
+//! 1. install boot — installer medium + a blank 16 GiB disk + a small FAT
+//!    disk holding `rayos-answers.toml`, fresh OVMF VARS, `-no-reboot`:
+//!    kernel runs /init, `RAYOS_BOOT:`, `RAYOS_INSTALLER:start`,
+//!    `RAYOS_INSTALLER:done`, the machine stops;
+//! 2. the disk's GPT is valid and holds a RayOS data partition; the VARS hold
+//!    a `Boot####` "RayOS" first in `BootOrder`;
+//! 3. first boot from the disk alone: `RAYOS_READY`, `RAYOS_VM_STARTED:linux:`,
+//!    `RAYOS_LINUX_VM_READY`; QMP `system_powerdown`; the machine stops;
+//! 4. second boot: `RAYOS_READY`, `RAYOS_VM_STARTED:linux:resumed`,
+//!    `RAYOS_LINUX_VM_READY`; `reboot` typed at the `rayos>` prompt; stops;
+//! 5. the data volume (read with debugfs, no mount) holds logs, and the Linux
+//!    guest's console shows its counter continuing across the save/resume.
+//!
+//! Each check prints `ok`/`FAIL` with its time; the first failure ends the
+//! variant with the reason and the serial log's tail (the full log stays in
+//! `build/e2e/<variant>/`). Every wait has a timeout; QEMU is killed when a
+//! stage ends. Stages that need pieces not built yet fail with a clear message.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rayos_image::fat::{self, FatTree};
+use rayos_image::ovmf_vars;
+use rayos_image::qemu::{Config, Medium, Qemu};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Which installs to run.
+    #[arg(long, value_enum, default_value = "iso")]
+    pub variant: Vec<Variant>,
+    /// Rebuild the media first (with a fast zstd level) even if they exist.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Multiply every timeout (slow or busy machines).
+    #[arg(long, default_value_t = 1.0)]
+    pub timeout_scale: f64,
+    /// Only boot the ISO (as CD) and the USB image (as disk) and check the
+    /// kernel and PID 1 come up in installer mode.
+    #[arg(long)]
+    pub boot_only: bool,
+    /// Only run the installer's dry run on the host against a blank image
+    /// and check it wrote nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("cargo xtask e2e is not built yet")
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    Iso,
+    Usb,
+    #[value(name = "4k")]
+    FourK,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Iso => "iso",
+            Variant::Usb => "usb",
+            Variant::FourK => "4k",
+        }
+    }
+}
+
+/// The answer file of the unattended installs.
+pub const ANSWERS: &str = r#"version = 1
+[target]
+disk = "/dev/vda"
+mode = "whole-disk"
+[sizes]
+system = "2GiB"
+data = "rest"
+[vm_storage]
+linux = "data"
+windows = "data"
+[machine]
+hostname = "rayos-e2e"
+timezone = "UTC"
+locale = "en_US.UTF-8"
+keyboard = "us"
+[policy]
+linux_autostart = true
+linux_present_on_boot = false
+windows_enabled = false
+networking = "off"
+"#;
+
+const DISK_BYTES: u64 = 16 << 30;
+
+struct Run {
+    scale: f64,
+    started: Instant,
+}
+
+impl Run {
+    fn timeout(&self, secs: u64) -> Duration {
+        Duration::from_secs_f64(secs as f64 * self.scale)
+    }
+
+    fn ok(&self, what: &str) {
+        println!(
+            "  ok    [{:>7.1}s] {what}",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Waits for `marker`, reporting the check as `what`.
+    fn expect(&self, vm: &mut Qemu, what: &str, marker: &str, secs: u64) -> Result<String> {
+        match vm.wait_for(marker, self.timeout(secs)) {
+            Ok(line) => {
+                self.ok(&format!("{what}: {}", line.trim()));
+                Ok(line)
+            }
+            Err(e) => {
+                println!(
+                    "  FAIL  [{:>7.1}s] {what}",
+                    self.started.elapsed().as_secs_f64()
+                );
+                Err(e)
+                    .with_context(|| format!("{what} (serial log: {})", vm.serial_log().display()))
+            }
+        }
+    }
+
+    /// Waits for `good`, failing at once when one of `bad` appears first.
+    fn expect_not(
+        &self,
+        vm: &mut Qemu,
+        what: &str,
+        good: &str,
+        bad: &[&str],
+        secs: u64,
+    ) -> Result<String> {
+        let mut markers = vec![good];
+        markers.extend_from_slice(bad);
+        let log = vm.serial_log().display().to_string();
+        let fail = |e: anyhow::Error| {
+            println!(
+                "  FAIL  [{:>7.1}s] {what}",
+                self.started.elapsed().as_secs_f64()
+            );
+            e.context(format!("{what} (serial log: {log})"))
+        };
+        match vm.wait_for_any(&markers, self.timeout(secs)) {
+            Ok((0, line)) => {
+                self.ok(&format!("{what}: {}", line.trim()));
+                Ok(line)
+            }
+            Ok((_, line)) => Err(fail(anyhow::anyhow!(
+                "got instead: {}\nlast output:\n{}",
+                line.trim(),
+                vm.tail()
+            ))),
+            Err(e) => Err(fail(e.into())),
+        }
+    }
+
+    fn stopped(&self, vm: &mut Qemu, what: &str, secs: u64) -> Result<()> {
+        match vm.wait_exit(self.timeout(secs)) {
+            Ok(_) => {
+                self.ok(what);
+                Ok(())
+            }
+            Err(e) => {
+                println!(
+                    "  FAIL  [{:>7.1}s] {what}",
+                    self.started.elapsed().as_secs_f64()
+                );
+                Err(e).with_context(|| format!("{what}; last output:\n{}", vm.tail()))
+            }
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let root = crate::root();
+    let out = root.join("build");
+    if args.dry_run {
+        println!("== e2e dry-run");
+        let run = Run {
+            scale: args.timeout_scale,
+            started: Instant::now(),
+        };
+        return dry_run(&run, &out.join("e2e").join("dry-run"));
+    }
+    if args.rebuild || crate::media::outputs(&out).is_err() {
+        println!("== building the media (fast compression)");
+        crate::media::build(&crate::media::Args {
+            out: "build".into(),
+            rayos: None,
+            zstd_level: 3,
+            cache: ".cache".into(),
+        })?;
+    }
+    let (_, iso, usb) = crate::media::outputs(&out)?;
+    let mut failed = Vec::new();
+    let variants = if args.boot_only {
+        vec![Variant::Iso]
+    } else {
+        args.variant.clone()
+    };
+    for v in variants {
+        println!("== e2e {}", v.name());
+        let run = Run {
+            scale: args.timeout_scale,
+            started: Instant::now(),
+        };
+        let work = out.join("e2e").join(v.name());
+        let result = if args.boot_only {
+            boot_only(&run, &work, &iso, &usb)
+        } else {
+            variant(&run, &work, v, &iso, &usb)
+        };
+        if let Err(e) = result {
+            println!("  {} stopped: {e:#}", v.name());
+            failed.push(v.name());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("e2e failed: {}", failed.join(", "));
+    }
+    println!("e2e passed");
+    Ok(())
+}
+
+fn fresh_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+}
+
+fn sparse(path: &Path, bytes: u64) -> Result<()> {
+    let f = fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.set_len(bytes)?;
+    Ok(())
+}
+
+/// Boots the ISO as a CD and the USB image as a disk, each beside a blank
+/// disk: the kernel runs /init and PID 1 logs its first step and mode.
+fn boot_only(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
+    fresh_dir(work)?;
+    let disk = work.join("disk.img");
+    sparse(&disk, DISK_BYTES)?;
+    let blank = Medium::Disk {
+        path: disk,
+        sector_size: 512,
+    };
+    for (name, medium) in [
+        ("ISO as CD", Medium::Cdrom(iso.to_path_buf())),
+        (
+            "USB image as disk",
+            Medium::Disk {
+                path: usb.to_path_buf(),
+                sector_size: 512,
+            },
+        ),
+    ] {
+        let mut cfg = Config::new(&work.join(name.replace(' ', "-")))?;
+        cfg.media = vec![blank.clone(), medium];
+        cfg.memory_mib = 2048;
+        let mut vm = Qemu::start(&cfg)?;
+        run.expect(
+            &mut vm,
+            &format!("{name}: kernel runs /init"),
+            "Run /init as init process",
+            300,
+        )?;
+        run.expect(
+            &mut vm,
+            &format!("{name}: rayos init starts"),
+            "RAYOS_BOOT:",
+            120,
+        )?;
+        run.expect(
+            &mut vm,
+            &format!("{name}: installer mode"),
+            "rayos.mode=installer",
+            10,
+        )?;
+    }
+    Ok(())
+}
+
+fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result<()> {
+    fresh_dir(work)?;
+    let sector = if v == Variant::FourK { 4096 } else { 512 };
+    let disk = work.join("disk.img");
+    sparse(&disk, DISK_BYTES)?;
+    let answers_file = work.join("rayos-answers.toml");
+    fs::write(&answers_file, ANSWERS)?;
+    let answers_disk = work.join("answers.img");
+    let mut tree = FatTree::new();
+    tree.add("rayos-answers.toml", &answers_file);
+    fat::build(&answers_disk, "ANSWERS", &tree, Some(8 << 20))?;
+    let vars = work.join("OVMF_VARS.fd");
+    let fw = rayos_image::qemu::Firmware::ovmf_4m()?;
+    fs::copy(&fw.vars_template, &vars)?;
+    let target = Medium::Disk {
+        path: disk.clone(),
+        sector_size: sector,
+    };
+    let config = |stage: &str, media: Vec<Medium>| -> Result<Config> {
+        let mut cfg = Config::new(&work.join(stage))?;
+        cfg.vars = Some(vars.clone());
+        cfg.media = media;
+        cfg.memory_mib = 3072;
+        cfg.cpus = 2;
+        cfg.no_reboot = true;
+        Ok(cfg)
+    };
+
+    // 1. Install.
+    let medium = match v {
+        Variant::Usb => Medium::Usb(usb.to_path_buf()),
+        _ => Medium::Cdrom(iso.to_path_buf()),
+    };
+    let answers = Medium::Disk {
+        path: answers_disk,
+        sector_size: 512,
+    };
+    let mut vm = Qemu::start(&config("install", vec![target.clone(), medium, answers])?)?;
+    run.expect(
+        &mut vm,
+        "kernel runs /init from the installer UKI",
+        "Run /init as init process",
+        300,
+    )?;
+    run.expect(&mut vm, "rayos init starts", "RAYOS_BOOT:", 120)?;
+    run.expect_not(
+        &mut vm,
+        "unattended install starts (answer file found on the FAT disk)",
+        "RAYOS_INSTALLER:start",
+        &["RAYOS_INSTALLER:interactive", "RAYOS_FATAL"],
+        300,
+    )?;
+    run.expect_not(
+        &mut vm,
+        "install completes",
+        "RAYOS_INSTALLER:done",
+        &["RAYOS_INSTALLER:failed", "RAYOS_FATAL"],
+        1200,
+    )?;
+    run.stopped(&mut vm, "installer powers off / reboots", 300)?;
+    drop(vm);
+
+    // 2. Disk and boot entry.
+    let data_offset = data_partition(&disk, sector)?;
+    run.ok(&format!(
+        "GPT valid, RayOS data partition at byte {data_offset}"
+    ));
+    let bv = ovmf_vars::boot_vars(&fs::read(&vars)?)?;
+    match (bv.find("RayOS"), bv.first()) {
+        (Some(e), Some(first)) if e.number == first.number => run.ok(&format!(
+            "UEFI Boot{:04X} \"RayOS\" is first in BootOrder",
+            e.number
+        )),
+        _ => bail!("no Boot#### \"RayOS\" first in BootOrder; the VARS hold {bv:?}"),
+    }
+
+    // 3. First boot from the disk alone; power button.
+    let mut vm = Qemu::start(&config("boot1", vec![target.clone()])?)?;
+    run.expect(
+        &mut vm,
+        "installed system boots",
+        "Run /init as init process",
+        300,
+    )?;
+    run.expect_not(
+        &mut vm,
+        "rayosd healthy",
+        "RAYOS_READY",
+        &["RAYOS_FATAL"],
+        600,
+    )?;
+    run.expect(&mut vm, "Linux VM started", "RAYOS_VM_STARTED:linux:", 300)?;
+    run.expect(
+        &mut vm,
+        "Linux VM reached userspace",
+        "RAYOS_LINUX_VM_READY",
+        900,
+    )?;
+    // Let the guest count a little so a resume has something to continue.
+    std::thread::sleep(Duration::from_secs(5));
+    vm.qmp("system_powerdown", None)
+        .context("QMP system_powerdown")?;
+    run.ok("ACPI power button pressed (QMP system_powerdown)");
+    run.stopped(&mut vm, "RayOS saves the VMs and powers off", 600)?;
+    drop(vm);
+    let before = guest_console(&disk, data_offset, &work.join("dump1"))?;
+    let last_before = counters(&before).last().copied().unwrap_or(0);
+    run.ok(&format!(
+        "guest counter reached {last_before} before the power-off"
+    ));
+
+    // 4. Second boot: resume; reboot from the admin prompt.
+    let mut vm = Qemu::start(&config("boot2", vec![target])?)?;
+    run.expect_not(
+        &mut vm,
+        "rayosd healthy again",
+        "RAYOS_READY",
+        &["RAYOS_FATAL"],
+        900,
+    )?;
+    run.expect_not(
+        &mut vm,
+        "Linux VM resumed, not cold-booted",
+        "RAYOS_VM_STARTED:linux:resumed",
+        &["RAYOS_VM_STARTED:linux:cold"],
+        300,
+    )?;
+    run.expect(&mut vm, "Linux VM running", "RAYOS_LINUX_VM_READY", 600)?;
+    std::thread::sleep(Duration::from_secs(3));
+    vm.send_serial("\n")?;
+    run.expect(&mut vm, "admin prompt on the serial console", "rayos>", 60)?;
+    vm.send_serial("reboot\n")?;
+    run.stopped(
+        &mut vm,
+        "`reboot` at the admin prompt saves and restarts",
+        600,
+    )?;
+    drop(vm);
+
+    // 5. Logs and the guest's counter, read from the data volume.
+    let after = guest_console(&disk, data_offset, &work.join("dump2"))?;
+    let seq = counters(&after);
+    let readies = after.matches(rayos_image::guest::GUEST_READY).count();
+    let continuous = seq.windows(2).all(|w| w[1] == w[0] + 1);
+    if readies != 1 || !continuous || seq.last().copied().unwrap_or(0) <= last_before {
+        bail!(
+            "the Linux guest did not resume: {readies} cold boots in its console, counter {:?}..{:?} (before: {last_before})",
+            seq.first(),
+            seq.last()
+        );
+    }
+    run.ok(&format!(
+        "guest counter continued across the save/resume ({last_before} -> {})",
+        seq.last().copied().unwrap_or(0)
+    ));
+    let logs = debugfs(&disk, data_offset, "ls -l /logs")?;
+    if logs
+        .lines()
+        .filter(|l| l.contains(".log") || l.contains("boot"))
+        .count()
+        < 2
+    {
+        bail!("the data volume's /logs holds no logs of both boots:\n{logs}");
+    }
+    run.ok("logs of both boots are on the data volume");
+    Ok(())
+}
+
+/// `rayos install --dry-run` (release build) on a blank sparse image: it
+/// prints a plan and writes nothing.
+fn dry_run(run: &Run, work: &Path) -> Result<()> {
+    fresh_dir(work)?;
+    crate::run_cmd(std::process::Command::new("cargo").args(["build", "--release", "-p", "rayos"]))
+        .context("cannot build the rayos binary")?;
+    run.ok("rayos built (release)");
+    let disk = work.join("disk.img");
+    sparse(&disk, DISK_BYTES)?;
+    let answers = work.join("rayos-answers.toml");
+    fs::write(&answers, ANSWERS)?;
+    let out = std::process::Command::new(crate::root().join("target/release/rayos"))
+        .args(["install", "--dry-run", "--json", "--target"])
+        .arg(&disk)
+        .arg("--answers")
+        .arg(&answers)
+        .output()
+        .context("cannot run rayos install")?;
+    let plan = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "rayos install --dry-run failed ({}): {}{}",
+            out.status,
+            plan,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let json: serde_json::Value = serde_json::from_str(&plan)
+        .with_context(|| format!("the dry run printed no JSON plan:\n{plan}"))?;
+    run.ok(&format!("plan printed ({} bytes of JSON)", plan.len()));
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    // Nothing written: the sparse image is still all zeros.
+    let mut f = fs::File::open(&disk)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offsets = vec![0u64, DISK_BYTES - (1 << 20)];
+    offsets.extend((1..16).map(|i| i * (1 << 30)));
+    for off in offsets {
+        use std::io::{Read, Seek, SeekFrom};
+        f.seek(SeekFrom::Start(off))?;
+        f.read_exact(&mut buf)?;
+        if buf.iter().any(|&b| b != 0) {
+            bail!("the dry run wrote to the disk image at byte {off}");
+        }
+    }
+    let meta = fs::metadata(&disk)?;
+    use std::os::unix::fs::MetadataExt;
+    anyhow::ensure!(
+        meta.blocks() == 0,
+        "the dry run allocated {} blocks in the image",
+        meta.blocks()
+    );
+    run.ok("the disk image is untouched (all zero, no block allocated)");
+    Ok(())
+}
+
+/// Byte offset of the RayOS data partition, after checking the GPT.
+fn data_partition(disk: &Path, sector: u32) -> Result<u64> {
+    let mut f = fs::File::open(disk)?;
+    let gpt = rayos_disk::gpt::Gpt::read(&mut f, sector)
+        .with_context(|| format!("the installed disk {} has no valid GPT", disk.display()))?;
+    let p = gpt
+        .partitions()
+        .iter()
+        .find(|p| p.type_guid == rayos_disk::types::RAYOS_DATA)
+        .with_context(|| {
+            format!(
+                "no RayOS data partition on {}: {:?}",
+                disk.display(),
+                gpt.partitions()
+            )
+        })?;
+    Ok(p.start_bytes(sector))
+}
+
+/// Runs a debugfs request against the ext4 data volume inside `disk`.
+fn debugfs(disk: &Path, offset: u64, request: &str) -> Result<String> {
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", request])
+        .arg(format!("{}?offset={offset}", disk.display()))
+        .output()
+        .context("cannot run debugfs (install e2fsprogs)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "debugfs {request}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The Linux guest's console log(s) from the data volume, oldest first.
+fn guest_console(disk: &Path, offset: u64, dump: &Path) -> Result<String> {
+    fresh_dir(dump)?;
+    debugfs(disk, offset, &format!("rdump /vm {}", dump.display()))?;
+    let mut logs = Vec::new();
+    collect(dump, &mut logs)?;
+    logs.retain(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("console.log"))
+    });
+    // console.log.1 (older) before console.log.
+    logs.sort_by_key(|p| std::cmp::Reverse(p.file_name().map(|n| n.to_os_string())));
+    let mut text = String::new();
+    for l in &logs {
+        text.push_str(&String::from_utf8_lossy(&fs::read(l)?));
+    }
+    if text.is_empty() {
+        bail!("no guest console log under /vm on the data volume");
+    }
+    Ok(text)
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            collect(&p, out)?;
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// The guest's `COUNTER <n>` values in order.
+fn counters(console: &str) -> Vec<u64> {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("COUNTER ")?.trim().parse().ok())
+        .collect()
 }

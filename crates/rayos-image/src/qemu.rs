@@ -282,12 +282,28 @@ impl Qemu {
     /// Waits until `marker` appears in the serial output after the previous
     /// match; returns the line holding it.
     pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> Result<String, QemuError> {
+        self.wait_for_any(&[marker], timeout).map(|(_, line)| line)
+    }
+
+    /// Waits until the first of `markers` appears after the previous match;
+    /// returns its index and the line holding it. Lets a test stop at a
+    /// failure marker instead of waiting out the timeout.
+    pub fn wait_for_any(
+        &mut self,
+        markers: &[&str],
+        timeout: Duration,
+    ) -> Result<(usize, String), QemuError> {
         let deadline = Instant::now() + timeout;
+        let wanted = markers.join("\" or \"");
         loop {
             let bytes = fs::read(&self.serial).unwrap_or_default();
             let start = self.consumed.min(bytes.len());
-            if let Some(pos) = find(&bytes[start..], marker.as_bytes()) {
-                let at = start + pos;
+            let hit = markers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| find(&bytes[start..], m.as_bytes()).map(|p| (start + p, i)))
+                .min();
+            if let Some((at, i)) = hit {
                 let line_start = bytes[..at]
                     .iter()
                     .rposition(|&b| b == b'\n')
@@ -296,21 +312,20 @@ impl Qemu {
                     .iter()
                     .position(|&b| b == b'\n')
                     .map_or(bytes.len(), |p| at + p);
-                self.consumed = at + marker.len();
-                return Ok(String::from_utf8_lossy(&bytes[line_start..line_end])
-                    .trim_end()
-                    .to_string());
+                self.consumed = at + markers[i].len();
+                let line = String::from_utf8_lossy(&bytes[line_start..line_end]);
+                return Ok((i, line.trim_end().to_string()));
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(QemuError::Exited {
-                    marker: marker.into(),
+                    marker: wanted,
                     status,
                     tail: self.tail(),
                 });
             }
             if Instant::now() >= deadline {
                 return Err(QemuError::Timeout {
-                    marker: marker.into(),
+                    marker: wanted,
                     secs: timeout.as_secs(),
                     tail: self.tail(),
                 });
