@@ -1161,12 +1161,12 @@ pub fn validate(plan: &Plan) -> Result<(), PlanError> {
 
 /// Evidence that `disk` is the installer's own medium, from the report.
 pub fn medium_evidence(disk: &Disk) -> Option<String> {
-    if let Some(fs) = &disk.whole_disk_filesystem {
-        if fs.label.as_deref() == Some(MEDIUM_LABEL) {
-            return Some(format!(
-                "the disk carries the installer label {MEDIUM_LABEL}"
-            ));
-        }
+    if let Some(fs) = &disk.whole_disk_filesystem
+        && fs.label.as_deref() == Some(MEDIUM_LABEL)
+    {
+        return Some(format!(
+            "the disk carries the installer label {MEDIUM_LABEL}"
+        ));
     }
     if let Some(p) = disk
         .partitions

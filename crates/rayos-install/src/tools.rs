@@ -160,10 +160,10 @@ impl FatVolume {
 
     /// Copies a host file to `dest` (absolute FAT path), replacing it.
     pub fn put(&self, src: &Path, dest: &str) -> Result<(), ToolError> {
-        if let Some((parent, _)) = dest.rsplit_once('/') {
-            if !parent.is_empty() {
-                self.mkdir_p(parent)?;
-            }
+        if let Some((parent, _)) = dest.rsplit_once('/')
+            && !parent.is_empty()
+        {
+            self.mkdir_p(parent)?;
         }
         let src = src.display().to_string();
         run(

@@ -387,7 +387,7 @@ pub fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, DiskErro
 /// (for fsck.fat / e2fsck / debugfs on one partition).
 pub fn extract(src: &Path, offset: u64, len: u64, dest: &Path) -> Result<(), DiskError> {
     let bs = MIB;
-    if offset % bs == 0 && len % bs == 0 {
+    if offset.is_multiple_of(bs) && len.is_multiple_of(bs) {
         run(
             "dd",
             &[

@@ -83,10 +83,11 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
             ));
         }
     };
-    if let Some(ss) = args.sector_size {
-        if ss != 512 && ss != 4096 {
-            return Err(bad(format!("--sector-size {ss}: use 512 or 4096")));
-        }
+    if let Some(ss) = args.sector_size
+        && ss != 512
+        && ss != 4096
+    {
+        return Err(bad(format!("--sector-size {ss}: use 512 or 4096")));
     }
 
     let (disk, facts) = if args.sample {
@@ -161,11 +162,9 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
     let json = args.json;
     let bar = !json && std::io::stderr().is_terminal();
     let mut progress = |ev: &Event| {
-        if json {
-            if let Ok(line) = serde_json::to_string(ev) {
-                println!("{line}");
-                let _ = std::io::stdout().flush();
-            }
+        if json && let Ok(line) = serde_json::to_string(ev) {
+            println!("{line}");
+            let _ = std::io::stdout().flush();
         }
         match ev {
             Event::StepStarted { step, index, total } if bar => {
