@@ -1,8 +1,286 @@
-//! `cargo xtask bench vm`. (Being built.)
+//! `cargo xtask bench vm`: resume-from-saved-state against cold boot of the
+//! same guest, and save/restore throughput against `dd` of the same number
+//! of bytes on the same file system, in one run, reported as ratios.
+//!
+//! The guest is the test guest of `rayos-testkit` (Debian kernel + busybox
+//! initramfs, 256 MiB by default). Times:
+//! - cold boot: `launch(Cold)` until the guest prints its ready marker;
+//! - resume: `launch(Restore)` until the guest prints its next counter
+//!   line (it is past its ready marker already);
+//! - save: `save()` (stop, migrate through zstd, fsync, rename, quit);
+//! - restore: `launch(Restore)` until it returns (QEMU started, state
+//!   loaded, guest running).
+//!
+//! Baselines: `dd` writing (with `conv=fsync`) and reading as many bytes as
+//! the state file holds, in the same directory. Both reads come from the
+//! page cache, as the restore right after a save does.
+//!
+//! The daemon's RSS with two VMs defined is measured by the supervisor's
+//! benchmark, not here.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rayos_state::registry::{BootSpec, DiskFormat, DiskSpec};
+use rayos_state::{VmDefinition, VmKind};
+use rayos_testkit::guest;
+use rayos_vmm::{Accel, Launch, QemuConfig, QemuVmm, VmHandle, VmSpec, Vmm};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory_mib: u64,
+    /// Directory for the VM, its state file and the dd files (default:
+    /// target/rayos-bench-vm); the file system measured.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Accelerator: tcg or kvm (default: RAYOS_ACCEL, else probe).
+    #[arg(long)]
+    accel: Option<String>,
+    /// Print the figures as JSON as well.
+    #[arg(long)]
+    json: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("cargo xtask bench vm is not built yet")
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Kills the VM if the benchmark fails half-way.
+struct Guard(Option<Box<dyn VmHandle>>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut h) = self.0.take() {
+            let _ = h.kill();
+        }
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn mbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9)
+}
+
+/// Runs `dd` and returns its wall time.
+fn dd(args: &[String]) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let out = Command::new("dd")
+        .args(args)
+        .output()
+        .context("cannot run dd (coreutils)")?;
+    let d = t.elapsed();
+    if !out.status.success() {
+        bail!(
+            "dd {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(d)
+}
+
+fn dd_baseline(dir: &Path, bytes: u64) -> anyhow::Result<(Duration, Duration)> {
+    let file = dir.join("dd.bin");
+    let bs: u64 = 1 << 20;
+    let count = bytes.div_ceil(bs).max(1);
+    // Random-ish data would cost CPU dd does not spend on zeros either way;
+    // zeros are what dd writes fastest, so the ratio is conservative.
+    let write = dd(&[
+        "if=/dev/zero".into(),
+        format!("of={}", file.display()),
+        format!("bs={bs}"),
+        format!("count={count}"),
+        "conv=fsync".into(),
+        "status=none".into(),
+    ])?;
+    let read = dd(&[
+        format!("if={}", file.display()),
+        "of=/dev/null".into(),
+        format!("bs={bs}"),
+        "status=none".into(),
+    ])?;
+    let _ = std::fs::remove_file(&file);
+    Ok((write, read))
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let root = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| crate::root().join("target/rayos-bench-vm"));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let accel = match args.accel.as_deref() {
+        Some("tcg") => Some(Accel::Tcg),
+        Some("kvm") => Some(Accel::Kvm),
+        Some(other) => bail!("unknown accelerator {other:?}: use tcg or kvm"),
+        None => None,
+    };
+    let vmm = QemuVmm::new(QemuConfig {
+        accel,
+        ..QemuConfig::default()
+    });
+    eprintln!("bench vm: building the test guest ...");
+    let g = guest::linux_guest().context("building the test guest")?;
+    let id = uuid::Uuid::new_v4();
+    let vm_dir = root.join("vm");
+    let disk = vm_dir.join("disks/root.qcow2");
+    std::fs::create_dir_all(disk.parent().unwrap_or(&vm_dir))?;
+    crate::run_cmd(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg("64M"),
+    )?;
+    let spec = VmSpec {
+        def: VmDefinition {
+            id,
+            name: "bench".into(),
+            kind: VmKind::Linux,
+            memory_mib: args.memory_mib,
+            cpus: 1,
+            disks: vec![DiskSpec {
+                path: "disks/root.qcow2".into(),
+                format: DiskFormat::Qcow2,
+            }],
+            boot: BootSpec::DirectKernel {
+                kernel: g.kernel,
+                initrd: Some(g.initrd),
+                cmdline: g.cmdline,
+            },
+            tpm: false,
+            media: vec![],
+            provisioned: true,
+        },
+        vm_dir: vm_dir.clone(),
+        run_dir: root.join("run"),
+        network: false,
+        cpus: 1,
+        memory_mib: args.memory_mib,
+    };
+    let log = rayos_vmm::qemu::console::console_log(&vm_dir);
+    let state = vm_dir.join("state/vm.state.zst");
+    eprintln!("bench vm: accelerator {}", vmm.accel().name());
+
+    // Cold boot to the ready marker.
+    let t = Instant::now();
+    let mut h = Guard(Some(vmm.launch(&spec, &Launch::Cold)?));
+    // launch() returns once QEMU has daemonized and answers QMP: the fixed
+    // cost of starting the device model, which a restore pays as well.
+    let qemu_start = t.elapsed();
+    guest::wait_for_line(&log, 0, guest::READY_MARKER, TIMEOUT)?;
+    let cold = t.elapsed();
+    // Let the guest settle so the save sees a typical running guest.
+    let c = guest::wait_counter_above(&log, 0, Some(4), TIMEOUT)?;
+
+    // Save.
+    let report = h.0.as_mut().map(|h| h.save(&state)).transpose()?;
+    h.0 = None;
+    let report = report.context("no VM to save")?;
+
+    // Resume: until the guest prints again.
+    let offset = guest::log_len(&log);
+    let t = Instant::now();
+    let handle = vmm.launch(
+        &spec,
+        &Launch::Restore {
+            state_file: state.clone(),
+        },
+    )?;
+    let restore = t.elapsed();
+    let mut h = Guard(Some(handle));
+    let next = guest::wait_counter_above(&log, offset, None, TIMEOUT)?;
+    let resume = t.elapsed();
+    if next <= c {
+        bail!("the counter went back from {c} to {next}: the restore did not resume the guest");
+    }
+    if let Some(mut x) = h.0.take() {
+        x.kill()?;
+    }
+
+    let (dd_write, dd_read) = dd_baseline(state.parent().unwrap_or(&root), report.bytes)?;
+
+    let save = report.duration;
+    println!(
+        "bench vm ({} MiB guest, {}, {})",
+        args.memory_mib,
+        vmm.accel().name(),
+        root.display()
+    );
+    println!(
+        "  QEMU start (launch returns)     {:>8.3} s",
+        secs(qemu_start)
+    );
+    println!("  cold boot to ready marker      {:>8.3} s", secs(cold));
+    println!(
+        "  resume to first counter line   {:>8.3} s   ratio resume/cold {:.3} ({:.1}x faster)",
+        secs(resume),
+        secs(resume) / secs(cold),
+        secs(cold) / secs(resume)
+    );
+    println!(
+        "  state file                     {:>8.1} MB (guest RAM transferred {:.1} MB)",
+        report.bytes as f64 / 1e6,
+        report.transferred as f64 / 1e6
+    );
+    println!(
+        "  save                           {:>8.3} s   {:>7.1} MB/s on disk, {:>7.1} MB/s of guest RAM",
+        secs(save),
+        mbps(report.bytes, save),
+        mbps(report.transferred, save)
+    );
+    println!(
+        "  dd write same bytes (fsync)    {:>8.3} s   {:>7.1} MB/s   ratio save/dd {:.2}",
+        secs(dd_write),
+        mbps(report.bytes, dd_write),
+        secs(save) / secs(dd_write)
+    );
+    println!(
+        "  restore (launch -> running)    {:>8.3} s   {:>7.1} MB/s on disk, {:>7.1} MB/s of guest RAM",
+        secs(restore),
+        mbps(report.bytes, restore),
+        mbps(report.transferred, restore)
+    );
+    let load = restore.saturating_sub(qemu_start);
+    println!(
+        "    of which loading (minus QEMU start) {:>5.3} s   {:>7.1} MB/s on disk",
+        secs(load),
+        mbps(report.bytes, load)
+    );
+    println!(
+        "  dd read same bytes (cached)    {:>8.3} s   {:>7.1} MB/s   ratio restore/dd {:.2}, loading/dd {:.2}",
+        secs(dd_read),
+        mbps(report.bytes, dd_read),
+        secs(restore) / secs(dd_read),
+        secs(load) / secs(dd_read)
+    );
+    println!(
+        "  daemon RSS with two VMs: measured by the supervisor's benchmark (rayosd), not here"
+    );
+    if args.json {
+        let j = serde_json::json!({
+            "memory_mib": args.memory_mib,
+            "accel": vmm.accel().name(),
+            "qemu_start_s": secs(qemu_start),
+            "cold_boot_s": secs(cold),
+            "resume_s": secs(resume),
+            "resume_over_cold": secs(resume) / secs(cold),
+            "state_bytes": report.bytes,
+            "transferred_bytes": report.transferred,
+            "save_s": secs(save),
+            "dd_write_s": secs(dd_write),
+            "save_over_dd": secs(save) / secs(dd_write),
+            "restore_s": secs(restore),
+            "restore_load_s": secs(load),
+            "dd_read_s": secs(dd_read),
+            "restore_over_dd": secs(restore) / secs(dd_read),
+        });
+        println!("{j}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
 }
