@@ -314,13 +314,22 @@ impl Layout {
     }
 
     fn next_number(&self, taken: &[u32]) -> Option<u32> {
-        (1..=128u32).find(|n| {
-            !taken.contains(n)
-                && self.slot(*n).is_none()
-                // A number deleted in this session may be reused; one still
-                // on the disk may not.
-                && (self.deleted.contains(n) || self.whole_disk || self.disk.partition(*n).is_none())
-        })
+        let free = |n: &u32| !taken.contains(n) && self.slot(*n).is_none();
+        // Numbers never used on this disk first, so a new partition is not
+        // mistaken for the deleted one of the same number; then deleted ones.
+        (1..=128u32)
+            .find(|n| free(n) && (self.whole_disk || self.disk.partition(*n).is_none()))
+            .or_else(|| (1..=128u32).find(|n| free(n) && self.deleted.contains(n)))
+    }
+
+    /// The existing ESP the engine reuses when no partition has the ESP
+    /// role (the disk's first ESP), if it is still there.
+    pub fn implicit_esp(&self) -> Option<u32> {
+        if self.role_holder(Role::Esp).is_some() {
+            return None;
+        }
+        let n = self.disk.esps().next()?.number;
+        self.slot(n).filter(|s| !s.new).map(|s| s.number)
     }
 
     fn role_holder(&self, role: Role) -> Option<u32> {
@@ -479,6 +488,14 @@ impl Layout {
 
     /// Give partition `number` a role (`None` takes it away).
     pub fn assign(&mut self, number: u32, role: Option<Role>) -> Result<(), EditError> {
+        self.check_assign(number, role)?;
+        self.push(vec![Edit::Assign { number, role }]);
+        Ok(())
+    }
+
+    /// Whether [`Layout::assign`] would accept this (asked before the
+    /// confirmation, so nobody types a name for a refused action).
+    pub fn check_assign(&self, number: u32, role: Option<Role>) -> Result<(), EditError> {
         self.editable()?;
         let Some(slot) = self.slot(number) else {
             return refused(format!("there is no partition {number}"));
@@ -506,7 +523,6 @@ impl Layout {
                 }
             }
         }
-        self.push(vec![Edit::Assign { number, role }]);
         Ok(())
     }
 

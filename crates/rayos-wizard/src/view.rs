@@ -381,7 +381,10 @@ fn partitions(w: &Wizard, width: usize) -> Vec<Line<'static>> {
                         })
                         .unwrap_or_default()
                 };
+                let implicit_esp = layout.implicit_esp() == Some(s.number)
+                    && layout.slots.iter().any(|s| s.role == Some(Role::System));
                 let plan = match (s.new, s.role) {
+                    (false, None) if implicit_esp => "ESP: add files".to_string(),
                     (true, Some(r)) => format!("new {}", short_role(r)),
                     (false, Some(Role::Esp)) => "ESP: add files".to_string(),
                     (false, Some(r)) => format!("FORMAT: {}", short_role(r)),
@@ -413,6 +416,13 @@ fn partitions(w: &Wizard, width: usize) -> Vec<Line<'static>> {
             "  to be DELETED: {}",
             cut(&deleted.join(", "), 60)
         )));
+    }
+    if layout.whole_disk && layout.slots.is_empty() {
+        l.push(Line::from(""));
+        l.push(Line::from(
+            "Enter: RayOS lays out ESP, system and data over the whole disk (or n: your own)."
+                .to_string(),
+        ));
     }
     if !layout.is_edited() {
         l.push(Line::from(""));

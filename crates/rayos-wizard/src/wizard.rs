@@ -631,7 +631,21 @@ impl Wizard {
             }
             Key::Enter => match self.replan() {
                 Ok(()) => self.go(Screen::Machine),
-                Err(e) => self.status = Some(e),
+                Err(e) => {
+                    let own = [
+                        &self.answers.vm_storage.linux,
+                        &self.answers.vm_storage.windows,
+                    ]
+                    .iter()
+                    .any(|s| matches!(s, VmStorage::Create(_)));
+                    self.status = Some(if own {
+                        format!(
+                            "no room for an own VM partition: make the data partition smaller (Esc, n) or keep VMs on the data volume. {e}"
+                        )
+                    } else {
+                        e
+                    });
+                }
             },
             _ => {}
         }
@@ -816,6 +830,7 @@ impl Wizard {
 
     /// The end of `apply`: `Err` carries the whole error chain.
     pub fn on_finished(&mut self, r: Result<(), String>) {
+        self.status = None;
         match r {
             Ok(()) => self.progress.finished = true,
             Err(e) => {
@@ -957,6 +972,10 @@ impl Wizard {
                 }
             }
             RoleTarget::Existing(n) => {
+                if let Err(e) = layout.check_assign(n, role) {
+                    self.status = Some(e.to_string());
+                    return;
+                }
                 if layout.assign_is_destructive(n, role) && !self.consented.contains(&n) {
                     let expect = layout
                         .existing(n)
