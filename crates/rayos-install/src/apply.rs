@@ -62,8 +62,6 @@ pub enum ApplyError {
     WriteTable(PathBuf, #[source] GptError),
     #[error("cannot flush {0} to disk")]
     Sync(PathBuf, #[source] std::io::Error),
-    #[error("the kernel did not re-read the partition table of {0} (is a partition in use?)")]
-    Reread(PathBuf, #[source] std::io::Error),
     #[error("step {step} failed")]
     Tool {
         step: String,
@@ -177,6 +175,7 @@ pub fn apply(
     let steps = steps(plan);
     let total = steps.len();
     let fail_after = std::env::var(FAIL_AFTER_ENV).ok();
+    let mut hash = Some(hash_image(system_image(plan)?.0));
     let mut boot_entry = None;
     let mut manifest = None;
     for (index, step) in steps.iter().enumerate() {
@@ -187,11 +186,18 @@ pub fn apply(
             total,
         });
         match step.as_str() {
-            "partition" => write_table(plan)?,
+            "partition" => {
+                if let Some(message) = write_table(plan)? {
+                    progress(&Event::Note { message });
+                }
+            }
             "esp-files" => esp_files(plan, progress)?,
             "system-files" => system_files(plan)?,
             "nvram" => boot_entry = Some(nvram(plan, opts)?),
-            "manifest" => manifest = Some(write_manifest(plan)?),
+            "manifest" => {
+                let h = hash.take().ok_or(ApplyError::NoSystemImage)?;
+                manifest = Some(write_manifest(plan, h)?);
+            }
             other => {
                 let role = [
                     Role::Esp,
@@ -260,7 +266,9 @@ pub fn preflight(plan: &Plan) -> Result<(), ApplyError> {
     Ok(())
 }
 
-fn write_table(plan: &Plan) -> Result<(), ApplyError> {
+/// Writes the new table; returns a warning for the person when the kernel
+/// could not be made to see it.
+fn write_table(plan: &Plan) -> Result<Option<String>, ApplyError> {
     let path = &plan.target;
     let block = is_block_device(path);
     let mut opts = OpenOptions::new();
@@ -375,15 +383,34 @@ fn write_table(plan: &Plan) -> Result<(), ApplyError> {
         .map_err(|e| ApplyError::WriteTable(path.clone(), e))?;
     f.sync_all()
         .map_err(|e| ApplyError::Sync(path.clone(), e))?;
+    drop(f);
     if block {
-        reread_table(&f).map_err(|e| ApplyError::Reread(path.clone(), e))?;
+        // The install itself writes through the whole-disk device at
+        // offsets, so a kernel that keeps its old view only matters after
+        // the install: say so, do not stop half-way.
+        if let Err(e) = reread_table(path) {
+            let partx = std::process::Command::new("partx")
+                .arg("-u")
+                .arg(path)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !partx {
+                return Ok(Some(format!(
+                    "the kernel did not re-read the partition table of {} ({e}); reboot before using the new partitions",
+                    path.display()
+                )));
+            }
+        }
     }
-    Ok(())
+    Ok(None)
 }
 
-/// BLKRRPART: the kernel drops and re-reads the partition table.
-fn reread_table(f: &File) -> std::io::Result<()> {
+/// BLKRRPART: the kernel drops and re-reads the partition table. The
+/// device is opened again without O_EXCL (the ioctl needs no exclusivity,
+/// and our own exclusive handle is closed so it does not count as a user).
+fn reread_table(path: &Path) -> std::io::Result<()> {
     const BLKRRPART: libc::c_ulong = 0x125f;
+    let f = File::open(path)?;
     // SAFETY: `f` is an open block device for the duration of the call and
     // BLKRRPART takes no argument.
     if unsafe { libc::ioctl(f.as_raw_fd(), BLKRRPART as _, 0) } != 0 {
@@ -550,22 +577,38 @@ fn nvram(plan: &Plan, opts: &ApplyOptions) -> Result<u16, ApplyError> {
     .map_err(ApplyError::Nvram)
 }
 
-fn write_manifest(plan: &Plan) -> Result<Manifest, ApplyError> {
-    let (image_path, image_dest) = plan
-        .files
+/// The system image and its hash, computed on a thread while the disk
+/// steps run (hashing a large UKI would otherwise add to the install time).
+type ImageHash = std::thread::JoinHandle<Result<(u64, String), ApplyError>>;
+
+fn system_image(plan: &Plan) -> Result<(PathBuf, String), ApplyError> {
+    plan.files
         .iter()
         .find_map(|f| match (&f.source, f.role) {
             (Source::HostFile { path }, Role::System) => Some((path.clone(), f.path.clone())),
             _ => None,
         })
-        .ok_or(ApplyError::NoSystemImage)?;
-    let file = File::open(&image_path).map_err(|e| ApplyError::HostFile(image_path.clone(), e))?;
-    let size = file
-        .metadata()
-        .map_err(|e| ApplyError::HostFile(image_path.clone(), e))?
-        .len();
-    let sha256 =
-        crate::sha256::of_reader(file).map_err(|e| ApplyError::HostFile(image_path.clone(), e))?;
+        .ok_or(ApplyError::NoSystemImage)
+}
+
+fn hash_image(path: PathBuf) -> ImageHash {
+    std::thread::spawn(move || {
+        let err = |e| ApplyError::HostFile(path.clone(), e);
+        let file = File::open(&path).map_err(err)?;
+        let size = file.metadata().map_err(err)?.len();
+        let sha256 = crate::sha256::of_reader(file).map_err(err)?;
+        Ok((size, sha256))
+    })
+}
+
+fn write_manifest(plan: &Plan, hash: ImageHash) -> Result<Manifest, ApplyError> {
+    let (image_path, image_dest) = system_image(plan)?;
+    let (size, sha256) = hash.join().map_err(|_| {
+        ApplyError::HostFile(
+            image_path.clone(),
+            std::io::Error::other("hashing thread panicked"),
+        )
+    })??;
     let manifest = Manifest {
         schema: crate::manifest::MANIFEST_SCHEMA_VERSION,
         rayos_version: plan.rayos_version.clone(),

@@ -102,25 +102,31 @@ impl FatVolume {
     pub fn format(&self, sector_size: u64, size: u64, label: &str) -> Result<(), ToolError> {
         let cluster_sectors = (4096 / sector_size).max(1);
         let disk = self.disk.display().to_string();
-        run(
-            "mkfs.fat",
-            [
-                "-F".to_string(),
-                "32".into(),
-                "-S".into(),
-                sector_size.to_string(),
-                "-s".into(),
-                cluster_sectors.to_string(),
-                format!("--offset={}", self.offset_bytes / sector_size),
-                "-h".into(),
-                (self.offset_bytes / sector_size).to_string(),
-                "-n".into(),
-                label.into(),
-                disk.clone(),
-                (size / 1024).to_string(),
-            ],
-            &self.name(),
-        )?;
+        // mkfs.fat refuses a whole-disk block device without -I; we format
+        // at an offset inside it on purpose, and have made our own checks.
+        let whole_device = std::fs::metadata(&self.disk)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+        let mut args: Vec<String> = if whole_device {
+            vec!["-I".into()]
+        } else {
+            Vec::new()
+        };
+        args.extend([
+            "-F".to_string(),
+            "32".into(),
+            "-S".into(),
+            sector_size.to_string(),
+            "-s".into(),
+            cluster_sectors.to_string(),
+            format!("--offset={}", self.offset_bytes / sector_size),
+            "-h".into(),
+            (self.offset_bytes / sector_size).to_string(),
+            "-n".into(),
+            label.into(),
+            disk.clone(),
+            (size / 1024).to_string(),
+        ]);
+        run("mkfs.fat", &args, &self.name())?;
         Ok(())
     }
 
