@@ -50,14 +50,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if let Some(ss) = args.sector_size {
-        if ss != 512 && ss != 4096 {
-            return Err(Exit::new(
-                exit::BAD_INPUT,
-                format!("--sector-size {ss}: use 512 or 4096"),
-            )
-            .into());
-        }
+    if args.sector_size.is_some_and(|ss| ss != 512 && ss != 4096) {
+        return Err(Exit::new(
+            exit::BAD_INPUT,
+            format!("--sector-size {:?}: use 512 or 4096", args.sector_size),
+        )
+        .into());
     }
     for d in &args.disks {
         if !d.exists() {
