@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod deps;
 mod e2e;
+mod fuzz;
 mod media;
 mod test;
 
@@ -31,6 +32,8 @@ enum Command {
     E2e(e2e::Args),
     /// Benchmarks, reported as ratios against a baseline measured in the same run.
     Bench(bench::Args),
+    /// Run the fuzz targets of the parsers of untrusted bytes (libFuzzer).
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Media(a) => media::run(a),
         Command::E2e(a) => e2e::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Fuzz(a) => fuzz::run(a),
     }
 }
 
