@@ -446,7 +446,7 @@ impl Session {
             .to_string_lossy()
             .into_owned();
         out(&format!(
-            "\r\nRayOS {} ({} mode) on {host} — admin console. Type `help` for commands.\r\n",
+            "\r\nRayOS {} ({} mode) on {host} - admin console. Type `help` for commands.\r\n",
             env!("CARGO_PKG_VERSION"),
             self.opts.mode
         ));

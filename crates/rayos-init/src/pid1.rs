@@ -1114,11 +1114,8 @@ impl Init {
                         h.version, h.vms
                     ));
                     for n in h.notes {
-                        self.fault(format!("rayosd: {n}"));
-                        log::warn(format!(
-                            "rayosd: {}",
-                            self.status.faults.last().cloned().unwrap_or_default()
-                        ));
+                        log::warn(&n);
+                        self.fault(n);
                     }
                     self.bless_boot();
                     self.write_boot_record("ready");

@@ -56,6 +56,14 @@ pub fn kernel_mounts() -> Vec<KernelMount> {
             flags: nse,
             data: "",
         },
+        // rayosd puts each VM in its own cgroup (CPU weights, memory limits).
+        KernelMount {
+            source: "cgroup2",
+            target: "/sys/fs/cgroup",
+            fstype: "cgroup2",
+            flags: nse,
+            data: "nsdelegate",
+        },
         KernelMount {
             source: "devtmpfs",
             target: "/dev",

@@ -245,8 +245,14 @@ impl Vm {
         r.read_line(&mut line).unwrap();
         s.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())
             .unwrap();
-        line.clear();
-        r.read_line(&mut line).unwrap();
+        // Events (POWERDOWN) may arrive before the reply.
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if line.is_empty() || !line.contains("\"event\"") {
+                break;
+            }
+        }
         assert!(line.contains("return"), "QMP {command}: {line}");
     }
 }
@@ -409,6 +415,8 @@ fn data_disk_mounted_logs_kept_power_button_powers_off() {
     vm.type_line("logs");
     let at = vm.wait_for("init.log", at, BOOT_TIMEOUT);
     let at = vm.wait_for("rayos> ", at, BOOT_TIMEOUT);
+    // rayosd (the real `rayos daemon`) answers GET /v1/health.
+    let at = vm.wait_for("RAYOS_READY", at, BOOT_TIMEOUT);
     // The ACPI power button, as a person (or `virsh shutdown`) presses it.
     vm.qmp("system_powerdown");
     let at = vm.wait_for("RAYOS_SHUTDOWN:poweroff", at, BOOT_TIMEOUT);
@@ -437,6 +445,12 @@ fn data_disk_mounted_logs_kept_power_button_powers_off() {
     assert!(
         init_log.contains("power button: shutting down"),
         "init.log: {init_log}"
+    );
+    assert!(init_log.contains("rayosd stopped"), "init.log: {init_log}");
+    let rayosd_log = debugfs_cat(&img, "/logs/rayosd.log");
+    assert!(
+        rayosd_log.contains("=== rayosd started"),
+        "rayosd.log: {rayosd_log}"
     );
     let kernel_log = debugfs_cat(&img, "/logs/kernel.log");
     assert!(
