@@ -1,2 +1,21 @@
-//! The control API: request and response types shared by rayosd and its
-//! clients, and a blocking HTTP/1.1 client over a unix socket.
+//! The control API of rayosd: the request and response types shared by the
+//! daemon and its clients ([`types`]), the HTTP/1.1 wire format both sides
+//! speak over a unix socket ([`http`]), and the blocking client `rayos vm`
+//! uses ([`client`]).
+//!
+//! The API is specified in `docs/api/openapi.yaml`; these types are its
+//! implementation and must stay in step with it.
+
+pub mod client;
+pub mod http;
+pub mod types;
+
+pub use client::{Client, ClientError};
+pub use types::*;
+
+/// Where `rayos vm` looks for the daemon when neither `--socket` nor
+/// `$RAYOS_SOCKET` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/rayos/api.sock";
+
+/// The environment variable that overrides [`DEFAULT_SOCKET`] for clients.
+pub const SOCKET_ENV: &str = "RAYOS_SOCKET";

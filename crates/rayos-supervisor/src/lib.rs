@@ -1,2 +1,33 @@
-//! rayosd: the VM supervisor. Owns the registry, the lifecycle state machine,
-//! policy, and the HTTP/JSON control API on a unix socket.
+//! rayosd, the VM supervisor: owns the VM registry, the lifecycle state
+//! machine, policy, and the HTTP/JSON control API on a unix socket.
+//!
+//! Layers, each its own module:
+//! - [`lifecycle`]: the states and allowed transitions, as a table;
+//! - [`store`]: policy and registry loading with fallbacks, registry writes;
+//! - [`saved`]: saved-state files, fingerprints, unusable states kept aside;
+//! - [`create`]: new VMs' definitions, disks and boot files;
+//! - [`console`], [`cgroup`], [`events`]: console log, CPU weights, events;
+//! - [`supervisor`]: the operations, the monitor, host shutdown;
+//! - [`server`]: the HTTP API; [`daemon`]: the process (socket, signals).
+//!
+//! Device models are driven only through the `rayos_vmm::Vmm` trait, so
+//! everything here is tested with a fake backend and runs unchanged on QEMU.
+
+pub mod cgroup;
+pub mod console;
+pub mod create;
+pub mod daemon;
+pub mod events;
+pub mod lifecycle;
+pub mod saved;
+pub mod server;
+pub mod store;
+pub mod supervisor;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+pub use daemon::{DaemonOptions, run};
+pub use supervisor::{Config, OpError, Supervisor};

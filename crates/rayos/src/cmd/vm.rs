@@ -1,10 +1,409 @@
-//! `rayos vm`. (Being built; see the issue that owns it.)
+//! `rayos vm`: a client of rayosd's control API (`rayos_api::Client`).
+//!
+//! The daemon is found at `--socket`, else `$RAYOS_SOCKET`, else
+//! `/run/rayos/api.sock`. `--json` prints the daemon's JSON reply instead of
+//! text. Exit codes: 0 ok, 1 the operation failed, 2 bad input (from this
+//! command line or refused by the daemon as such), 3 the daemon cannot be
+//! reached, 4 no such VM.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::Context;
+use rayos_api::{Client, ClientError, CreateRequest, DiskRequest, StopRequest, VmInfo};
+use rayos_state::VmKind;
+use serde::Serialize;
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    Err(super::Exit::new(super::exit::FAILED, "rayos vm is not built yet").into())
+use super::{Exit, exit};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = rayos_api::SOCKET_ENV, default_value = rayos_api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print the daemon's JSON reply.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// List the VMs and their states.
+    List,
+    /// Everything about one VM.
+    Show { name: String },
+    /// Define a new VM (disks are created or copied into its directory).
+    Create(CreateArgs),
+    /// Start a VM: resume its saved state when usable, else cold-boot.
+    Start {
+        name: String,
+        /// Discard a saved state and cold-boot.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Stop a VM: ACPI power button, then kill after a timeout.
+    Stop {
+        name: String,
+        /// Kill at once.
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for the guest to shut down (default 60).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Save a VM's state to disk and end its QEMU.
+    Suspend { name: String },
+    /// Show a VM and give it input (hides the presented one).
+    Present { name: String },
+    /// Hide a VM (it keeps running, without input).
+    Hide { name: String },
+    /// Print the VM's serial console output.
+    Console {
+        name: String,
+        /// How many of the last lines.
+        #[arg(long, default_value_t = 100)]
+        lines: usize,
+    },
+    /// Save the VM's display as a PNG file.
+    Screenshot { name: String, file: PathBuf },
+    /// Remove a VM from the registry (its disks are kept unless --purge).
+    Delete {
+        name: String,
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Mark installation done: detach media, end provisioning-only networking.
+    Provisioned { name: String },
+    /// Follow lifecycle events (one line each) until interrupted.
+    Events {
+        /// Replay kept events after this number first.
+        #[arg(long)]
+        since: Option<u64>,
+    },
+    /// Daemon health and start-up notes.
+    Health,
+}
+
+#[derive(clap::Args)]
+struct CreateArgs {
+    name: String,
+    /// linux, windows or generic.
+    #[arg(long)]
+    kind: VmKind,
+    /// Memory in MiB.
+    #[arg(long)]
+    memory: Option<u64>,
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// A new qcow2 disk of SIZE (e.g. 8G), or an image FILE to copy.
+    #[arg(long = "disk", value_name = "SIZE|FILE")]
+    disks: Vec<String>,
+    /// Direct kernel boot: the kernel image (copied).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Installation or driver media (attached until provisioned).
+    #[arg(long = "media", value_name = "ISO")]
+    media: Vec<PathBuf>,
+}
+
+fn absolute(p: &Path, what: &str) -> anyhow::Result<PathBuf> {
+    std::fs::canonicalize(p).map_err(|e| {
+        Exit::new(
+            exit::BAD_INPUT,
+            format!(
+                "{what} {} cannot be read ({e}): check the path",
+                p.display()
+            ),
+        )
+        .into()
+    })
+}
+
+fn disk_request(arg: &str) -> anyhow::Result<DiskRequest> {
+    let p = Path::new(arg);
+    if p.exists() {
+        return Ok(DiskRequest::Import(absolute(p, "disk image")?));
+    }
+    let looks_like_size = arg
+        .trim_end_matches(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't'])
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        && !arg.is_empty();
+    if looks_like_size {
+        Ok(DiskRequest::Size(arg.to_string()))
+    } else {
+        Err(Exit::new(
+            exit::BAD_INPUT,
+            format!("--disk {arg:?} is neither an existing image file nor a size such as 8G"),
+        )
+        .into())
+    }
+}
+
+fn create_request(a: CreateArgs) -> anyhow::Result<CreateRequest> {
+    Ok(CreateRequest {
+        name: a.name,
+        kind: a.kind,
+        memory_mib: a.memory,
+        cpus: a.cpus,
+        disks: a
+            .disks
+            .iter()
+            .map(|d| disk_request(d))
+            .collect::<anyhow::Result<_>>()?,
+        kernel: a.kernel.map(|k| absolute(&k, "kernel")).transpose()?,
+        initrd: a.initrd.map(|k| absolute(&k, "initrd")).transpose()?,
+        cmdline: a.cmdline,
+        media: a
+            .media
+            .iter()
+            .map(|m| absolute(m, "media"))
+            .collect::<anyhow::Result<_>>()?,
+    })
+}
+
+/// Maps a client error to the exit codes scripts rely on.
+fn client_err(e: ClientError) -> anyhow::Error {
+    let code = match &e {
+        ClientError::Unreachable { .. } => exit::UNREACHABLE,
+        ClientError::Status { status: 404, .. } => exit::NOT_FOUND,
+        ClientError::Status {
+            status: 400 | 405 | 411 | 413 | 431,
+            ..
+        } => exit::BAD_INPUT,
+        _ => exit::FAILED,
+    };
+    let msg = rayos_chain(&e);
+    Exit::new(code, msg).into()
+}
+
+fn rayos_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(v).context("encoding the reply")?;
+    println!("{text}");
+    Ok(())
+}
+
+fn state_text(v: &VmInfo) -> String {
+    if v.presented {
+        format!("{} (presented)", v.state)
+    } else if matches!(
+        v.state,
+        rayos_api::VmState::Running | rayos_api::VmState::Paused
+    ) {
+        format!("{} (hidden)", v.state)
+    } else {
+        v.state.to_string()
+    }
+}
+
+fn print_list(vms: &[VmInfo]) {
+    println!(
+        "{:<20} {:<8} {:<20} {:>4} {:>8}  ID",
+        "NAME", "KIND", "STATE", "CPUS", "MEMORY"
+    );
+    for v in vms {
+        println!(
+            "{:<20} {:<8} {:<20} {:>4} {:>5}MiB  {}",
+            v.name,
+            v.kind,
+            state_text(v),
+            v.cpus,
+            v.memory_mib,
+            v.id
+        );
+    }
+}
+
+fn print_show(v: &VmInfo) {
+    let opt = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map_or("-".to_string(), |p| p.display().to_string())
+    };
+    println!("name:          {}", v.name);
+    println!("id:            {}", v.id);
+    println!("kind:          {}", v.kind);
+    println!("state:         {}", state_text(v));
+    println!("cpus / memory: {} / {} MiB", v.cpus, v.memory_mib);
+    println!("network:       {}", if v.network { "on" } else { "off" });
+    println!("provisioned:   {}", v.provisioned);
+    println!("tpm:           {}", v.tpm);
+    println!(
+        "policy:        enabled={} autostart={}",
+        v.enabled, v.autostart
+    );
+    println!("directory:     {}", v.vm_dir.display());
+    for d in &v.disks {
+        println!("disk:          {}", d.display());
+    }
+    for m in &v.media {
+        println!("media:         {}", m.display());
+    }
+    println!(
+        "pid:           {}",
+        v.pid.map_or("-".into(), |p| p.to_string())
+    );
+    println!("vnc socket:    {}", opt(&v.vnc_socket));
+    if let Some(b) = v.last_boot {
+        println!("last boot:     {}", b.as_str());
+    }
+    match &v.saved_state {
+        Some(s) => println!(
+            "saved state:   {} ({} bytes, {})",
+            s.path.display(),
+            s.bytes,
+            if s.usable {
+                "usable"
+            } else {
+                "not usable: kept aside at the next start"
+            }
+        ),
+        None => println!("saved state:   -"),
+    }
+    for u in &v.unusable_states {
+        println!("unusable state kept: {}", u.display());
+    }
+    if let Some(e) = &v.last_error {
+        println!("last error:    {e}");
+    }
+    if v.crash_count > 0 {
+        println!("crashes:       {}", v.crash_count);
+        for l in &v.crash_console {
+            println!("  | {l}");
+        }
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let c = Client::new(&args.socket);
+    let json = args.json;
+    let reply = |r: Result<rayos_api::ActionReply, ClientError>| -> anyhow::Result<ExitCode> {
+        let r = r.map_err(client_err)?;
+        if json {
+            print_json(&r)?;
+        } else {
+            println!("{}", r.message);
+        }
+        Ok(ExitCode::SUCCESS)
+    };
+    match args.command {
+        Command::List => {
+            let vms = c.list().map_err(client_err)?;
+            if json {
+                print_json(&vms)?;
+            } else {
+                print_list(&vms);
+            }
+        }
+        Command::Show { name } => {
+            let v = c.show(&name).map_err(client_err)?;
+            if json {
+                print_json(&v)?;
+            } else {
+                print_show(&v);
+            }
+        }
+        Command::Health => {
+            let h = c.health().map_err(client_err)?;
+            if json {
+                print_json(&h)?;
+            } else {
+                println!(
+                    "rayosd {} (pid {}): {}, {} VMs",
+                    h.version, h.pid, h.status, h.vms
+                );
+                if !h.registry_writable {
+                    println!("registry is read-only (it could not be read at start-up)");
+                }
+                for n in &h.notes {
+                    println!("note: {n}");
+                }
+            }
+        }
+        Command::Create(a) => {
+            let req = create_request(a)?;
+            let v = c.create(&req).map_err(client_err)?;
+            if json {
+                print_json(&v)?;
+            } else {
+                println!("created VM {} ({}) in {}", v.name, v.id, v.vm_dir.display());
+            }
+        }
+        Command::Start { name, fresh } => return reply(c.start(&name, fresh)),
+        Command::Stop {
+            name,
+            force,
+            timeout,
+        } => {
+            return reply(c.stop(
+                &name,
+                &StopRequest {
+                    force,
+                    timeout_secs: timeout,
+                },
+            ));
+        }
+        Command::Suspend { name } => return reply(c.action(&name, "suspend", None::<&()>)),
+        Command::Present { name } => return reply(c.action(&name, "present", None::<&()>)),
+        Command::Hide { name } => return reply(c.action(&name, "hide", None::<&()>)),
+        Command::Provisioned { name } => {
+            return reply(c.action(&name, "provisioned", None::<&()>));
+        }
+        Command::Delete { name, purge } => return reply(c.delete(&name, purge)),
+        Command::Console { name, lines } => {
+            let r = c.console(&name, lines).map_err(client_err)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                for l in r.lines {
+                    println!("{l}");
+                }
+            }
+        }
+        Command::Screenshot { name, file } => {
+            let png = c.screenshot(&name).map_err(client_err)?;
+            std::fs::write(&file, &png)
+                .with_context(|| format!("cannot write the screenshot to {}", file.display()))?;
+            if json {
+                print_json(&serde_json::json!({ "file": file, "bytes": png.len() }))?;
+            } else {
+                println!("wrote {} ({} bytes)", file.display(), png.len());
+            }
+        }
+        Command::Events { since } => {
+            let mut out = std::io::stdout();
+            c.events(since, |ev| {
+                let line = if json {
+                    serde_json::to_string(&ev).unwrap_or_default()
+                } else if ev.detail.is_empty() {
+                    format!("{} {} {} -> {}", ev.seq, ev.vm, ev.event, ev.state)
+                } else {
+                    format!(
+                        "{} {} {} -> {}: {}",
+                        ev.seq, ev.vm, ev.event, ev.state, ev.detail
+                    )
+                };
+                writeln!(out, "{line}").and_then(|_| out.flush()).is_ok()
+            })
+            .map_err(client_err)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

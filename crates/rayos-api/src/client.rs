@@ -1,0 +1,268 @@
+//! Blocking client of the control API over the daemon's unix socket.
+//!
+//! One connection per request (the daemon closes after each response). The
+//! event stream ([`Client::events`]) keeps its connection open and yields
+//! events as the daemon writes them.
+
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::http::{self, HttpError, ResponseHead};
+use crate::types::*;
+
+/// Largest reply the client accepts (screenshots are the big ones).
+const MAX_REPLY: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach rayosd at {socket}: start it with `rayos daemon --socket {socket}` or point --socket / $RAYOS_SOCKET at the running one"
+    )]
+    Unreachable {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon answered with an error status and this message.
+    #[error("{message}")]
+    Status { status: u16, message: String },
+    #[error("talking to rayosd at {socket} failed")]
+    Exchange {
+        socket: PathBuf,
+        #[source]
+        source: HttpError,
+    },
+    #[error("rayosd sent a reply this client does not understand")]
+    Decode(#[source] serde_json::Error),
+}
+
+impl ClientError {
+    /// The HTTP status when the daemon answered with one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+    /// Per-read timeout; actions such as `stop` can legitimately take
+    /// minutes, so the default is generous.
+    timeout: Option<Duration>,
+}
+
+/// A body a client sends.
+enum Body<'a> {
+    None,
+    Json(&'a [u8]),
+}
+
+impl Client {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Client {
+            socket: socket.into(),
+            timeout: Some(Duration::from_secs(900)),
+        }
+    }
+
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn connect(&self) -> Result<UnixStream, ClientError> {
+        let s = UnixStream::connect(&self.socket).map_err(|source| ClientError::Unreachable {
+            socket: self.socket.clone(),
+            source,
+        })?;
+        s.set_read_timeout(self.timeout).ok();
+        Ok(s)
+    }
+
+    fn exchange_err(&self, source: HttpError) -> ClientError {
+        ClientError::Exchange {
+            socket: self.socket.clone(),
+            source,
+        }
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Body<'_>,
+    ) -> Result<(ResponseHead, BufReader<UnixStream>), ClientError> {
+        let mut s = self.connect()?;
+        let bytes = match body {
+            Body::None => &[][..],
+            Body::Json(b) => b,
+        };
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: rayosd\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            bytes.len()
+        );
+        s.write_all(head.as_bytes())
+            .and_then(|_| s.write_all(bytes))
+            .and_then(|_| s.flush())
+            .map_err(|e| self.exchange_err(HttpError::Read(e)))?;
+        let mut r = BufReader::new(s);
+        let head = http::read_response_head(&mut r).map_err(|e| self.exchange_err(e))?;
+        Ok((head, r))
+    }
+
+    /// Sends a request and returns the raw body of a 2xx reply.
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        json: Option<&[u8]>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let body = json.map(Body::Json).unwrap_or(Body::None);
+        let (head, mut r) = self.send(method, path, body)?;
+        let bytes =
+            http::read_response_body(&mut r, &head, MAX_REPLY).map_err(|e| self.exchange_err(e))?;
+        if !(200..300).contains(&head.status) {
+            let message = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ClientError::Status {
+                status: head.status,
+                message,
+            });
+        }
+        Ok(bytes)
+    }
+
+    fn json<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let encoded = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
+        let bytes = self.raw(method, path, encoded.as_deref())?;
+        serde_json::from_slice(&bytes).map_err(ClientError::Decode)
+    }
+
+    pub fn health(&self) -> Result<Health, ClientError> {
+        self.json("GET", "/v1/health", None::<&()>)
+    }
+
+    pub fn list(&self) -> Result<Vec<VmInfo>, ClientError> {
+        self.json("GET", "/v1/vms", None::<&()>)
+    }
+
+    pub fn show(&self, name: &str) -> Result<VmInfo, ClientError> {
+        self.json("GET", &format!("/v1/vms/{}", enc(name)), None::<&()>)
+    }
+
+    pub fn create(&self, req: &CreateRequest) -> Result<VmInfo, ClientError> {
+        self.json("POST", "/v1/vms", Some(req))
+    }
+
+    pub fn delete(&self, name: &str, purge: bool) -> Result<ActionReply, ClientError> {
+        self.json(
+            "DELETE",
+            &format!("/v1/vms/{}?purge={purge}", enc(name)),
+            None::<&()>,
+        )
+    }
+
+    pub fn start(&self, name: &str, fresh: bool) -> Result<ActionReply, ClientError> {
+        self.action(name, "start", Some(&StartRequest { fresh }))
+    }
+
+    pub fn stop(&self, name: &str, req: &StopRequest) -> Result<ActionReply, ClientError> {
+        self.action(name, "stop", Some(req))
+    }
+
+    /// `suspend`, `present`, `hide`, `provisioned`.
+    pub fn action(
+        &self,
+        name: &str,
+        action: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<ActionReply, ClientError> {
+        self.json("POST", &format!("/v1/vms/{}/{action}", enc(name)), body)
+    }
+
+    pub fn console(&self, name: &str, lines: usize) -> Result<ConsoleReply, ClientError> {
+        self.json(
+            "GET",
+            &format!("/v1/vms/{}/console?lines={lines}", enc(name)),
+            None::<&()>,
+        )
+    }
+
+    /// The VM's display as PNG bytes.
+    pub fn screenshot(&self, name: &str) -> Result<Vec<u8>, ClientError> {
+        self.raw("GET", &format!("/v1/vms/{}/screenshot", enc(name)), None)
+    }
+
+    /// Follows the event stream (first the kept events numbered above
+    /// `since`, when given); `on_event` returns false to stop.
+    pub fn events(
+        &self,
+        since: Option<u64>,
+        mut on_event: impl FnMut(Event) -> bool,
+    ) -> Result<(), ClientError> {
+        let path = match since {
+            Some(n) => format!("/v1/events?since={n}"),
+            None => "/v1/events".to_string(),
+        };
+        let (head, mut r) = self.send("GET", &path, Body::None)?;
+        if head.status != 200 {
+            let bytes = http::read_response_body(&mut r, &head, 64 * 1024).unwrap_or_default();
+            return Err(ClientError::Status {
+                status: head.status,
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        r.get_ref().set_read_timeout(None).ok();
+        let mut pending = Vec::new();
+        while let Some(chunk) =
+            http::read_chunk(&mut r, 1024 * 1024).map_err(|e| self.exchange_err(e))?
+        {
+            pending.extend_from_slice(&chunk);
+            while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=nl).collect();
+                let trimmed = &line[..line.len() - 1];
+                if trimmed.is_empty() {
+                    continue;
+                }
+                let ev: Event = serde_json::from_slice(trimmed).map_err(ClientError::Decode)?;
+                if !on_event(ev) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// VM names are `[a-z0-9_-]`, so escaping is only needed for names the
+/// daemon will reject anyway; escape everything outside that set so the
+/// request line stays well-formed.
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,101 @@
+//! CPU weight of VMs through cgroup v2: `<root>/<vm>/cpu.weight`, with the
+//! device model's pid moved into `<root>/<vm>/cgroup.procs`.
+//!
+//! The presented VM gets [`PRESENTED_WEIGHT`], hidden ones
+//! [`HIDDEN_WEIGHT`] (the kernel default is 100), so the VM a person looks
+//! at wins when CPUs are contended and hidden VMs still progress.
+//!
+//! Limits: needs a cgroup v2 hierarchy whose parent of `<root>` offers the
+//! `cpu` controller and is writable. Where that is not so (cgroup v1 hosts,
+//! containers), [`Cgroups::open`] returns the reason and rayosd runs without
+//! weights, reporting it as a note.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub const PRESENTED_WEIGHT: u32 = 400;
+pub const HIDDEN_WEIGHT: u32 = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup v2 with the cpu controller is not available at {0}")]
+    Unavailable(PathBuf),
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    root: PathBuf,
+}
+
+fn write(path: &Path, text: &str) -> Result<(), CgroupError> {
+    fs::write(path, text).map_err(|source| CgroupError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl Cgroups {
+    /// Sets up `root` (e.g. `/sys/fs/cgroup/rayos`) with the cpu controller
+    /// enabled for its children.
+    pub fn open(root: &Path) -> Result<Cgroups, CgroupError> {
+        let parent = root
+            .parent()
+            .ok_or_else(|| CgroupError::Unavailable(root.to_path_buf()))?;
+        let controllers = fs::read_to_string(parent.join("cgroup.controllers"))
+            .map_err(|_| CgroupError::Unavailable(parent.to_path_buf()))?;
+        if !controllers.split_whitespace().any(|c| c == "cpu") {
+            return Err(CgroupError::Unavailable(parent.to_path_buf()));
+        }
+        let subtree = parent.join("cgroup.subtree_control");
+        let enabled = fs::read_to_string(&subtree).unwrap_or_default();
+        if !enabled.split_whitespace().any(|c| c == "cpu") {
+            write(&subtree, "+cpu")?;
+        }
+        fs::create_dir_all(root).map_err(|source| CgroupError::Write {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        write(&root.join("cgroup.subtree_control"), "+cpu")?;
+        Ok(Cgroups {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Moves `pid` into the VM's group and sets its weight.
+    pub fn place(&self, vm: &str, pid: u32, presented: bool) -> Result<(), CgroupError> {
+        let dir = self.root.join(vm);
+        fs::create_dir_all(&dir).map_err(|source| CgroupError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        self.set_presented(vm, presented)
+    }
+
+    pub fn set_presented(&self, vm: &str, presented: bool) -> Result<(), CgroupError> {
+        let w = if presented {
+            PRESENTED_WEIGHT
+        } else {
+            HIDDEN_WEIGHT
+        };
+        write(&self.root.join(vm).join("cpu.weight"), &w.to_string())
+    }
+
+    pub fn weight(&self, vm: &str) -> Option<u32> {
+        fs::read_to_string(self.root.join(vm).join("cpu.weight"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Removes the VM's (empty) group; a group with processes stays.
+    pub fn remove(&self, vm: &str) {
+        let _ = fs::remove_dir(self.root.join(vm));
+    }
+}

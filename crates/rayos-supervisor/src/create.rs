@@ -1,0 +1,355 @@
+//! Turning a `POST /v1/vms` request into a VM: its definition and its
+//! directory `vm/<id>/` with disks and boot files.
+//!
+//! Decisions (see `docs/supervisor.md`):
+//! - `{"size": "8G"}` creates an empty qcow2 with `qemu-img create`.
+//! - `{"import": "/path"}` *copies* the image (qcow2 or raw, detected by its
+//!   magic) into `vm/<id>/disks/` with `cp --reflink=auto --sparse=always`:
+//!   the VM then owns its disk for its whole life and the user's file is
+//!   never written.
+//! - `kernel`/`initrd` are copied to `vm/<id>/boot/` for the same reason
+//!   (they are small); installation media are referenced, not copied (ISOs
+//!   are large and are detached once the VM is provisioned).
+//! - A VM with media starts unprovisioned; one without is provisioned.
+//! - Windows: UEFI with Secure Boot, TPM 2.0, no direct kernel boot.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rayos_api::{CreateRequest, DiskRequest};
+use rayos_state::registry::{BootSpec, DiskFormat, DiskSpec};
+use rayos_state::{VmDefinition, VmKind, layout::vm as vmdirs};
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The request is wrong; the message says how to fix it.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot create {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what} failed: {detail}")]
+    Tool { what: String, detail: String },
+}
+
+pub const MAX_DISKS: usize = 8;
+
+/// `8G`, `512M`, `1T`, `1048576` (bytes) → bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+        (i, 'T' | 't') => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    num.parse::<u64>().ok()?.checked_mul(mul).filter(|&b| b > 0)
+}
+
+fn defaults(kind: VmKind) -> (u64, u32) {
+    match kind {
+        VmKind::Linux => (1024, 2),
+        VmKind::Windows => (4096, 2),
+        VmKind::Generic => (512, 1),
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CreateError + '_ {
+    move |source| CreateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn need_file(what: &str, p: &Path) -> Result<(), CreateError> {
+    if !p.is_absolute() {
+        return Err(CreateError::Invalid(format!(
+            "{what} {} must be an absolute path",
+            p.display()
+        )));
+    }
+    match fs::metadata(p) {
+        Ok(m) if m.is_file() || m.file_type().is_block_device() => Ok(()),
+        Ok(_) => Err(CreateError::Invalid(format!(
+            "{what} {} is not a file",
+            p.display()
+        ))),
+        Err(e) => Err(CreateError::Invalid(format!(
+            "{what} {} cannot be read ({e}): check the path",
+            p.display()
+        ))),
+    }
+}
+
+/// Checks the request without touching the disk (beyond reading metadata).
+pub fn validate(req: &CreateRequest) -> Result<(), CreateError> {
+    VmDefinition::validate_name(&req.name).map_err(CreateError::Invalid)?;
+    if let Some(m) = req.memory_mib {
+        if !(64..=1 << 20).contains(&m) {
+            return Err(CreateError::Invalid(format!(
+                "memory {m} MiB is out of range: use 64 to 1048576"
+            )));
+        }
+    }
+    if let Some(c) = req.cpus {
+        if !(1..=256).contains(&c) {
+            return Err(CreateError::Invalid(format!(
+                "{c} CPUs is out of range: use 1 to 256"
+            )));
+        }
+    }
+    if req.disks.len() > MAX_DISKS {
+        return Err(CreateError::Invalid(format!(
+            "{} disks is too many: at most {MAX_DISKS}",
+            req.disks.len()
+        )));
+    }
+    for d in &req.disks {
+        match d {
+            DiskRequest::Size(s) => {
+                parse_size(s).ok_or_else(|| {
+                    CreateError::Invalid(format!(
+                        "disk size {s:?} is not valid: use a number with K, M, G or T, e.g. 8G"
+                    ))
+                })?;
+            }
+            DiskRequest::Import(p) => need_file("disk image", p)?,
+        }
+    }
+    if req.kernel.is_none() && (req.initrd.is_some() || req.cmdline.is_some()) {
+        return Err(CreateError::Invalid(
+            "--initrd and --cmdline need --kernel".into(),
+        ));
+    }
+    if let Some(k) = &req.kernel {
+        if req.kind == VmKind::Windows {
+            return Err(CreateError::Invalid(
+                "a windows VM boots through UEFI: drop --kernel/--initrd/--cmdline".into(),
+            ));
+        }
+        need_file("kernel", k)?;
+    }
+    if let Some(i) = &req.initrd {
+        need_file("initrd", i)?;
+    }
+    if let Some(c) = &req.cmdline {
+        if c.len() > 4096 || c.contains('\n') || c.contains('\0') {
+            return Err(CreateError::Invalid(
+                "--cmdline must be one line of at most 4096 bytes".into(),
+            ));
+        }
+    }
+    for m in &req.media {
+        need_file("media", m)?;
+    }
+    Ok(())
+}
+
+fn detect_format(p: &Path) -> Result<DiskFormat, CreateError> {
+    let mut magic = [0u8; 4];
+    let mut f = fs::File::open(p).map_err(io_err(p))?;
+    let n = f.read(&mut magic).map_err(io_err(p))?;
+    Ok(if n == 4 && magic == *b"QFI\xfb" {
+        DiskFormat::Qcow2
+    } else {
+        DiskFormat::Raw
+    })
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<(), CreateError> {
+    let out = cmd.output().map_err(|e| CreateError::Tool {
+        what: what.to_string(),
+        detail: if e.kind() == io::ErrorKind::NotFound {
+            "the program is not installed (scripts/install-deps.sh lists it)".into()
+        } else {
+            e.to_string()
+        },
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(CreateError::Tool {
+            what: what.to_string(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Creates `vm_dir` and everything in it, and returns the definition.
+/// On error the caller removes `vm_dir` (it did not exist before).
+pub fn build(req: &CreateRequest, id: Uuid, vm_dir: &Path) -> Result<VmDefinition, CreateError> {
+    for sub in [vmdirs::DISKS, vmdirs::STATE, vmdirs::LOGS] {
+        let d = vm_dir.join(sub);
+        fs::create_dir_all(&d).map_err(io_err(&d))?;
+    }
+    let mut disks = Vec::new();
+    for (i, d) in req.disks.iter().enumerate() {
+        match d {
+            DiskRequest::Size(s) => {
+                let rel = PathBuf::from(vmdirs::DISKS).join(format!("disk{i}.qcow2"));
+                let bytes = parse_size(s).unwrap_or(0);
+                run(
+                    Command::new("qemu-img")
+                        .args(["create", "-q", "-f", "qcow2"])
+                        .arg(vm_dir.join(&rel))
+                        .arg(bytes.to_string()),
+                    "qemu-img create",
+                )?;
+                disks.push(DiskSpec {
+                    path: rel,
+                    format: DiskFormat::Qcow2,
+                });
+            }
+            DiskRequest::Import(src) => {
+                let format = detect_format(src)?;
+                let ext = match format {
+                    DiskFormat::Qcow2 => "qcow2",
+                    DiskFormat::Raw => "img",
+                };
+                let rel = PathBuf::from(vmdirs::DISKS).join(format!("disk{i}.{ext}"));
+                run(
+                    Command::new("cp")
+                        .args(["--reflink=auto", "--sparse=always", "--"])
+                        .arg(src)
+                        .arg(vm_dir.join(&rel)),
+                    &format!("copying {}", src.display()),
+                )?;
+                disks.push(DiskSpec { path: rel, format });
+            }
+        }
+    }
+    let boot = match &req.kernel {
+        Some(k) => {
+            let dir = vm_dir.join("boot");
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            let kernel = dir.join("vmlinuz");
+            fs::copy(k, &kernel).map_err(io_err(k))?;
+            let initrd = match &req.initrd {
+                Some(i) => {
+                    let to = dir.join("initrd.img");
+                    fs::copy(i, &to).map_err(io_err(i))?;
+                    Some(to)
+                }
+                None => None,
+            };
+            BootSpec::DirectKernel {
+                kernel,
+                initrd,
+                cmdline: req
+                    .cmdline
+                    .clone()
+                    .unwrap_or_else(|| "console=ttyS0".to_string()),
+            }
+        }
+        None => BootSpec::Uefi {
+            secure_boot: req.kind == VmKind::Windows,
+        },
+    };
+    let (mem, cpus) = defaults(req.kind);
+    Ok(VmDefinition {
+        id,
+        name: req.name.clone(),
+        kind: req.kind,
+        memory_mib: req.memory_mib.unwrap_or(mem),
+        cpus: req.cpus.unwrap_or(cpus),
+        disks,
+        boot,
+        tpm: req.kind == VmKind::Windows,
+        media: req.media.clone(),
+        provisioned: req.media.is_empty(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(name: &str, kind: VmKind) -> CreateRequest {
+        CreateRequest {
+            name: name.into(),
+            kind,
+            memory_mib: None,
+            cpus: None,
+            disks: vec![],
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            media: vec![],
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8G"), Some(8 << 30));
+        assert_eq!(parse_size("512m"), Some(512 << 20));
+        assert_eq!(parse_size("4096"), Some(4096));
+        for bad in ["", "G", "-1G", "1.5G", "0", "99999999999T", "8GB", "/tmp/x"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn validation_messages() {
+        let mut r = req("Bad Name", VmKind::Linux);
+        assert!(validate(&r).unwrap_err().to_string().contains("not valid"));
+        r.name = "ok".into();
+        r.cmdline = Some("x".into());
+        assert!(
+            validate(&r)
+                .unwrap_err()
+                .to_string()
+                .contains("need --kernel")
+        );
+        r.cmdline = None;
+        r.disks = vec![DiskRequest::Import("relative.img".into())];
+        assert!(validate(&r).unwrap_err().to_string().contains("absolute"));
+        r.disks = vec![DiskRequest::Import("/nonexistent/x.img".into())];
+        assert!(
+            validate(&r)
+                .unwrap_err()
+                .to_string()
+                .contains("cannot be read")
+        );
+        r.disks = vec![DiskRequest::Size("lots".into())];
+        assert!(validate(&r).is_err());
+        let mut w = req("win", VmKind::Windows);
+        w.kernel = Some("/bin/sh".into());
+        assert!(validate(&w).unwrap_err().to_string().contains("UEFI"));
+    }
+
+    #[test]
+    fn windows_profile_and_imported_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src.img");
+        fs::write(&src, vec![7u8; 4096]).unwrap();
+        let iso = d.path().join("win.iso");
+        fs::write(&iso, b"iso").unwrap();
+        let mut r = req("win", VmKind::Windows);
+        r.disks = vec![DiskRequest::Import(src.clone())];
+        r.media = vec![iso.clone()];
+        validate(&r).unwrap();
+        let vm_dir = d.path().join("vm");
+        let def = build(&r, Uuid::new_v4(), &vm_dir).unwrap();
+        assert_eq!(def.boot, BootSpec::Uefi { secure_boot: true });
+        assert!(def.tpm && !def.provisioned);
+        assert_eq!(def.media, vec![iso]);
+        assert_eq!(def.disks[0].format, DiskFormat::Raw);
+        assert_eq!(
+            fs::read(vm_dir.join(&def.disks[0].path)).unwrap(),
+            vec![7u8; 4096]
+        );
+        assert_eq!(fs::read(&src).unwrap(), vec![7u8; 4096], "source untouched");
+        assert_eq!((def.memory_mib, def.cpus), (4096, 2));
+    }
+}

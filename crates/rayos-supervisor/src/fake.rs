@@ -1,0 +1,215 @@
+//! A fake `Vmm` for the supervisor's unit tests.
+//!
+//! Its "device models" live in a shared map keyed by VM id that outlives any
+//! one `Supervisor`, the way detached QEMU processes outlive rayosd. A
+//! guest's whole memory is one counter; a saved state is the text
+//! `FAKESTATE <counter>`, so resuming can be checked to continue where it
+//! stopped and a damaged state file fails to restore.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rayos_vmm::{Launch, RunState, SaveReport, VmHandle, VmSpec, Vmm, VmmError};
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: u32,
+    pub counter: u64,
+    pub state: RunState,
+    pub spec_cpus: u32,
+    pub network: bool,
+}
+
+#[derive(Default)]
+pub struct FakeVmm {
+    pub fingerprint: Mutex<String>,
+    pub procs: Arc<Mutex<HashMap<Uuid, Proc>>>,
+    pub fail_save: AtomicBool,
+    pub ignore_acpi: AtomicBool,
+    pub fail_launch: AtomicBool,
+    next_pid: AtomicU32,
+    pub launches: Mutex<Vec<(String, Launch)>>,
+}
+
+impl FakeVmm {
+    pub fn new() -> Arc<FakeVmm> {
+        let f = FakeVmm::default();
+        *f.fingerprint.lock().unwrap() = "fp-1".into();
+        f.next_pid.store(1000, Ordering::SeqCst);
+        Arc::new(f)
+    }
+
+    pub fn proc(&self, id: Uuid) -> Option<Proc> {
+        self.procs.lock().unwrap().get(&id).cloned()
+    }
+
+    /// The guest runs a while.
+    pub fn tick(&self, id: Uuid, n: u64) {
+        if let Some(p) = self.procs.lock().unwrap().get_mut(&id) {
+            p.counter += n;
+        }
+    }
+
+    pub fn set_state(&self, id: Uuid, s: RunState) {
+        if let Some(p) = self.procs.lock().unwrap().get_mut(&id) {
+            p.state = s;
+        }
+    }
+
+    /// The device model dies.
+    pub fn crash(&self, id: Uuid) {
+        self.procs.lock().unwrap().remove(&id);
+    }
+
+    fn handle(&self, vm: &VmSpec, pid: u32) -> Box<dyn VmHandle> {
+        Box::new(FakeHandle {
+            id: vm.def.id,
+            pid,
+            vnc: vm.run_dir.join("vnc.sock"),
+            procs: Arc::clone(&self.procs),
+            fail_save: self.fail_save.load(Ordering::SeqCst),
+            ignore_acpi: self.ignore_acpi.load(Ordering::SeqCst),
+        })
+    }
+}
+
+impl Vmm for FakeVmm {
+    fn fingerprint(&self, _vm: &VmSpec) -> Result<String, VmmError> {
+        Ok(self.fingerprint.lock().unwrap().clone())
+    }
+
+    fn launch(&self, vm: &VmSpec, how: &Launch) -> Result<Box<dyn VmHandle>, VmmError> {
+        self.launches
+            .lock()
+            .unwrap()
+            .push((vm.def.name.clone(), how.clone()));
+        if self.fail_launch.load(Ordering::SeqCst) {
+            return Err(VmmError::EarlyExit {
+                vm: vm.def.name.clone(),
+                detail: "fake launch failure".into(),
+            });
+        }
+        let counter = match how {
+            Launch::Cold => 0,
+            Launch::Restore { state_file } => {
+                let text = fs::read_to_string(state_file).unwrap_or_default();
+                text.strip_prefix("FAKESTATE ")
+                    .and_then(|n| n.trim().parse().ok())
+                    .ok_or_else(|| VmmError::Restore {
+                        vm: vm.def.name.clone(),
+                        detail: "load of migration failed: Invalid argument".into(),
+                    })?
+            }
+        };
+        let pid = self.next_pid.fetch_add(1, Ordering::SeqCst);
+        self.procs.lock().unwrap().insert(
+            vm.def.id,
+            Proc {
+                pid,
+                counter,
+                state: RunState::Running,
+                spec_cpus: vm.cpus,
+                network: vm.network,
+            },
+        );
+        Ok(self.handle(vm, pid))
+    }
+
+    fn attach(&self, vm: &VmSpec) -> Result<Option<Box<dyn VmHandle>>, VmmError> {
+        let pid = self.procs.lock().unwrap().get(&vm.def.id).map(|p| p.pid);
+        Ok(pid.map(|pid| self.handle(vm, pid)))
+    }
+}
+
+struct FakeHandle {
+    id: Uuid,
+    pid: u32,
+    vnc: PathBuf,
+    procs: Arc<Mutex<HashMap<Uuid, Proc>>>,
+    fail_save: bool,
+    ignore_acpi: bool,
+}
+
+impl VmHandle for FakeHandle {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn state(&mut self) -> Result<RunState, VmmError> {
+        Ok(self
+            .procs
+            .lock()
+            .unwrap()
+            .get(&self.id)
+            .map(|p| p.state)
+            .unwrap_or(RunState::Exited))
+    }
+
+    fn save(&mut self, state_file: &Path) -> Result<SaveReport, VmmError> {
+        if self.fail_save {
+            return Err(VmmError::Save {
+                vm: self.id.to_string(),
+                detail: "No space left on device".into(),
+            });
+        }
+        let p = self
+            .procs
+            .lock()
+            .unwrap()
+            .remove(&self.id)
+            .ok_or_else(|| VmmError::Save {
+                vm: self.id.to_string(),
+                detail: "gone".into(),
+            })?;
+        let text = format!("FAKESTATE {}", p.counter);
+        fs::write(state_file, &text).map_err(|source| VmmError::Io {
+            path: state_file.to_path_buf(),
+            source,
+        })?;
+        Ok(SaveReport {
+            state_file: state_file.to_path_buf(),
+            bytes: text.len() as u64,
+            transferred: text.len() as u64,
+            duration: Duration::from_millis(1),
+        })
+    }
+
+    fn powerdown(&mut self) -> Result<(), VmmError> {
+        if !self.ignore_acpi {
+            self.procs.lock().unwrap().remove(&self.id);
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self) -> Result<(), VmmError> {
+        self.procs.lock().unwrap().remove(&self.id);
+        Ok(())
+    }
+
+    fn wait_exit(&mut self, _timeout: Duration) -> Result<bool, VmmError> {
+        Ok(!self.procs.lock().unwrap().contains_key(&self.id))
+    }
+
+    fn screenshot(&mut self, png: &Path) -> Result<(), VmmError> {
+        if let Some(dir) = png.parent() {
+            let _ = fs::create_dir_all(dir);
+        }
+        fs::write(png, b"\x89PNG\r\n\x1a\nfake").map_err(|source| VmmError::Io {
+            path: png.to_path_buf(),
+            source,
+        })
+    }
+
+    fn sync_guest_time(&mut self) -> Result<bool, VmmError> {
+        Ok(false)
+    }
+
+    fn vnc_socket(&self) -> PathBuf {
+        self.vnc.clone()
+    }
+}

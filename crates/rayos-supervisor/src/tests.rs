@@ -1,0 +1,685 @@
+//! Supervisor behaviour against the fake backend: lifecycle, saved-state
+//! rules, policy, faults, daemon restarts, and the HTTP API.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rayos_api::{BootKind, Client, CreateRequest, DiskRequest, StopRequest, VmState};
+use rayos_state::{Networking, OnHostShutdown, Policy, VmKind};
+use rayos_vmm::{Launch, RunState};
+use tempfile::TempDir;
+
+use crate::fake::FakeVmm;
+use crate::supervisor::{Config, Supervisor};
+use crate::{saved, server};
+
+struct Fx {
+    dir: TempDir,
+    vmm: Arc<FakeVmm>,
+    sup: Arc<Supervisor>,
+}
+
+fn config(dir: &TempDir) -> Config {
+    let mut c = Config::new(dir.path().join("state"), dir.path().join("run"));
+    c.restart_backoff = Duration::from_millis(1);
+    c.restart_backoff_max = Duration::from_millis(4);
+    c.stop_timeout = Duration::from_millis(10);
+    c.shutdown_deadline = Duration::from_secs(20);
+    c
+}
+
+fn write_policy(dir: &TempDir, p: &Policy) {
+    let path = dir.path().join("state/policy/rayos-policy.toml");
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    rayos_state::write_atomic(&path, p.to_toml().as_bytes()).unwrap();
+}
+
+fn open_policy(p: Option<Policy>) -> Fx {
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(p) = p {
+        write_policy(&dir, &p);
+    }
+    let vmm = FakeVmm::new();
+    let sup = Supervisor::open(config(&dir), vmm.clone()).unwrap();
+    Fx { dir, vmm, sup }
+}
+
+fn open() -> Fx {
+    let mut p = Policy::default();
+    p.linux.autostart = false;
+    open_policy(Some(p))
+}
+
+impl Fx {
+    /// A new daemon on the same data volume and the same "running" device
+    /// models, as after a daemon restart.
+    fn restart(self) -> Fx {
+        drop(self.sup);
+        let sup = Supervisor::open(config(&self.dir), self.vmm.clone()).unwrap();
+        Fx { sup, ..self }
+    }
+
+    fn id(&self, name: &str) -> uuid::Uuid {
+        self.sup.show(name).unwrap().id
+    }
+
+    fn state(&self, name: &str) -> VmState {
+        self.sup.show(name).unwrap().state
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        self.vmm
+            .proc(self.id(name))
+            .expect("device model runs")
+            .counter
+    }
+
+    fn events(&self, vm: &str) -> Vec<String> {
+        self.sup
+            .events
+            .history()
+            .into_iter()
+            .filter(|e| e.vm == vm)
+            .map(|e| e.event)
+            .collect()
+    }
+}
+
+fn req(name: &str, kind: VmKind) -> CreateRequest {
+    CreateRequest {
+        name: name.into(),
+        kind,
+        memory_mib: Some(256),
+        cpus: Some(4),
+        disks: vec![],
+        kernel: None,
+        initrd: None,
+        cmdline: None,
+        media: vec![],
+    }
+}
+
+#[test]
+fn suspend_then_start_resumes_where_the_guest_was() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    let r = f.sup.start("lin", false).unwrap();
+    assert_eq!(r.boot, Some(BootKind::Cold));
+    assert_eq!(r.vm.state, VmState::Running);
+    assert!(!r.vm.presented, "started hidden");
+    f.vmm.tick(f.id("lin"), 41);
+
+    let r = f.sup.suspend("lin").unwrap();
+    assert_eq!(r.vm.state, VmState::Saved);
+    assert!(r.vm.saved_state.as_ref().is_some_and(|s| s.usable));
+    assert!(f.vmm.proc(f.id("lin")).is_none(), "device model ended");
+
+    let r = f.sup.start("lin", false).unwrap();
+    assert_eq!(r.boot, Some(BootKind::Resumed));
+    assert_eq!(f.counter("lin"), 41, "guest continues");
+    let vm_dir = f.sup.layout().vm_dir(f.id("lin"));
+    assert!(
+        !saved::state_file(&vm_dir).exists(),
+        "a consumed state is never loaded twice"
+    );
+    assert_eq!(
+        f.events("lin"),
+        [
+            "created", "starting", "started", "saving", "saved", "resuming", "started"
+        ]
+    );
+}
+
+#[test]
+fn fresh_discards_and_cold_boots() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.sup.start("lin", false).unwrap();
+    f.vmm.tick(f.id("lin"), 7);
+    f.sup.suspend("lin").unwrap();
+    let r = f.sup.start("lin", true).unwrap();
+    assert_eq!(r.boot, Some(BootKind::Cold));
+    assert_eq!(f.counter("lin"), 0);
+    assert!(r.vm.unusable_states.is_empty(), "fresh deletes, not keeps");
+    assert!(r.vm.saved_state.is_none());
+}
+
+#[test]
+fn changed_configuration_keeps_state_aside_and_cold_boots() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.sup.start("lin", false).unwrap();
+    f.vmm.tick(f.id("lin"), 5);
+    f.sup.suspend("lin").unwrap();
+    *f.vmm.fingerprint.lock().unwrap() = "fp-2 (QEMU upgraded)".into();
+    // Restart so the daemon's fingerprint cache is empty, as after an upgrade.
+    let f = f.restart();
+    let shown = f.sup.show("lin").unwrap();
+    assert_eq!(shown.state, VmState::Saved);
+    assert!(
+        !shown.saved_state.unwrap().usable,
+        "show says it will not be used"
+    );
+
+    let r = f.sup.start("lin", false).unwrap();
+    assert_eq!(r.boot, Some(BootKind::Cold));
+    assert_eq!(f.counter("lin"), 0);
+    assert_eq!(r.vm.unusable_states.len(), 1);
+    let kept = r.vm.unusable_states[0].join(saved::STATE_FILE);
+    assert_eq!(
+        fs::read_to_string(kept).unwrap(),
+        "FAKESTATE 5",
+        "kept intact"
+    );
+    assert!(r.message.contains("kept as"), "{}", r.message);
+    assert!(f.events("lin").contains(&"unusable_state".to_string()));
+}
+
+#[test]
+fn corrupt_state_file_is_kept_and_the_vm_cold_boots() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.sup.start("lin", false).unwrap();
+    f.sup.suspend("lin").unwrap();
+    let vm_dir = f.sup.layout().vm_dir(f.id("lin"));
+    fs::write(saved::state_file(&vm_dir), b"garbage").unwrap();
+    let r = f.sup.start("lin", false).unwrap();
+    assert_eq!(r.boot, Some(BootKind::Cold));
+    assert_eq!(r.vm.state, VmState::Running);
+    assert!(r.vm.last_error.unwrap().contains("restoring failed"));
+    let kept = r.vm.unusable_states[0].join(saved::STATE_FILE);
+    assert_eq!(fs::read(kept).unwrap(), b"garbage");
+    let launches: Vec<_> = f
+        .vmm
+        .launches
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| l.1.clone())
+        .collect();
+    assert!(matches!(launches[1], Launch::Restore { .. }) && launches[2] == Launch::Cold);
+}
+
+#[test]
+fn failed_save_keeps_the_vm_running_and_leaves_no_state() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.vmm.fail_save.store(true, Ordering::SeqCst);
+    f.sup.start("lin", false).unwrap();
+    let e = f.sup.suspend("lin").unwrap_err();
+    assert_eq!(e.status(), 500);
+    assert!(
+        crate::supervisor::chain(&e).contains("No space left"),
+        "{e}"
+    );
+    let shown = f.sup.show("lin").unwrap();
+    assert_eq!(shown.state, VmState::Running);
+    assert!(shown.saved_state.is_none());
+    assert!(
+        !saved::state_dir(&shown.vm_dir)
+            .join(saved::META_FILE)
+            .exists()
+    );
+    assert!(f.events("lin").contains(&"save_failed".to_string()));
+}
+
+#[test]
+fn wrong_states_are_refused_with_409() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    for e in [
+        f.sup.suspend("lin").unwrap_err(),
+        f.sup.stop("lin", &StopRequest::default()).unwrap_err(),
+        f.sup.present("lin").unwrap_err(),
+        f.sup.screenshot("lin").unwrap_err(),
+    ] {
+        assert_eq!(e.status(), 409, "{e}");
+    }
+    f.sup.start("lin", false).unwrap();
+    assert_eq!(f.sup.start("lin", false).unwrap_err().status(), 409);
+    assert_eq!(f.sup.delete("lin", false).unwrap_err().status(), 409);
+    assert_eq!(f.sup.start("nope", false).unwrap_err().status(), 404);
+    assert_eq!(
+        f.sup
+            .create(&req("lin", VmKind::Linux))
+            .unwrap_err()
+            .status(),
+        409
+    );
+    assert_eq!(
+        f.sup
+            .create(&req("Bad", VmKind::Linux))
+            .unwrap_err()
+            .status(),
+        400
+    );
+}
+
+#[test]
+fn stop_uses_acpi_then_kill() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.sup.start("lin", false).unwrap();
+    let r = f.sup.stop("lin", &StopRequest::default()).unwrap();
+    assert!(
+        r.message.contains("shut down by the guest"),
+        "{}",
+        r.message
+    );
+    assert_eq!(r.vm.state, VmState::Stopped);
+
+    f.vmm.ignore_acpi.store(true, Ordering::SeqCst);
+    f.sup.start("lin", false).unwrap();
+    let r = f.sup.stop("lin", &StopRequest::default()).unwrap();
+    assert!(
+        r.message.contains("did not shut down in time"),
+        "{}",
+        r.message
+    );
+    assert!(f.vmm.proc(f.id("lin")).is_none());
+}
+
+#[test]
+fn one_vm_presented_at_a_time() {
+    let f = open();
+    f.sup.create(&req("a", VmKind::Linux)).unwrap();
+    f.sup.create(&req("b", VmKind::Generic)).unwrap();
+    f.sup.start("a", false).unwrap();
+    f.sup.start("b", false).unwrap();
+    f.sup.present("a").unwrap();
+    let r = f.sup.present("b").unwrap();
+    assert!(r.message.contains("a is hidden"), "{}", r.message);
+    assert!(!f.sup.show("a").unwrap().presented);
+    assert!(f.sup.show("b").unwrap().presented);
+    assert!(f.sup.show("b").unwrap().vnc_socket.is_some());
+    f.sup.hide("b").unwrap();
+    assert!(f.sup.list().iter().all(|v| !v.presented));
+    // Leaving "running" clears the flag.
+    f.sup.present("a").unwrap();
+    f.sup.suspend("a").unwrap();
+    assert!(!f.sup.show("a").unwrap().presented);
+}
+
+#[test]
+fn policy_limits_networking_and_enabled() {
+    let mut p = Policy::default();
+    p.linux.autostart = false;
+    p.linux.cpus = Some(2);
+    p.linux.memory_mib = Some(128);
+    p.windows.enabled = true;
+    p.windows.networking = Networking::ProvisioningOnly;
+    p.generic.enabled = false;
+    let f = open_policy(Some(p));
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    let iso = f.dir.path().join("win.iso");
+    fs::write(&iso, b"iso").unwrap();
+    let mut w = req("win", VmKind::Windows);
+    w.media = vec![iso];
+    f.sup.create(&w).unwrap();
+    f.sup.create(&req("gen", VmKind::Generic)).unwrap();
+
+    let lin = f.sup.show("lin").unwrap();
+    assert_eq!((lin.cpus, lin.memory_mib, lin.network), (2, 128, false));
+    let win = f.sup.show("win").unwrap();
+    assert!(win.network && !win.provisioned && win.tpm);
+    assert_eq!(f.sup.start("gen", false).unwrap_err().status(), 403);
+
+    f.sup.start("lin", false).unwrap();
+    let p = f.vmm.proc(f.id("lin")).unwrap();
+    assert_eq!(
+        (p.spec_cpus, p.network),
+        (2, false),
+        "the backend gets the capped spec"
+    );
+    f.sup.provisioned("win").unwrap();
+    assert!(
+        !f.sup.show("win").unwrap().network,
+        "provisioning_only ends"
+    );
+    // Persisted in the registry.
+    let f = f.restart();
+    assert!(f.sup.show("win").unwrap().provisioned);
+}
+
+#[test]
+fn missing_policy_fails_closed() {
+    let f = open_policy(None);
+    assert!(f.sup.policy() == &Policy::closed());
+    assert!(
+        f.sup
+            .health()
+            .notes
+            .iter()
+            .any(|n| n.contains("closed policy"))
+    );
+}
+
+#[test]
+fn crash_keeps_console_and_restarts_with_backoff() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.sup.start("lin", false).unwrap();
+    let vm_dir = f.sup.layout().vm_dir(f.id("lin"));
+    let log: String = (0..30).map(|i| format!("COUNTER {i}\n")).collect();
+    fs::write(vm_dir.join("logs/console.log"), log).unwrap();
+    f.vmm.crash(f.id("lin"));
+    f.sup.monitor_once();
+    let shown = f.sup.show("lin").unwrap();
+    assert_eq!(shown.state, VmState::Crashed);
+    assert_eq!(shown.crash_count, 1);
+    assert_eq!(shown.crash_console.len(), 20);
+    assert_eq!(shown.crash_console.last().unwrap(), "COUNTER 29");
+    // The backoff (1 ms in this config) passes; the monitor restarts it.
+    let mut restarted = false;
+    for _ in 0..200 {
+        std::thread::sleep(Duration::from_millis(10));
+        f.sup.monitor_once();
+        if f.state("lin") == VmState::Running {
+            restarted = true;
+            break;
+        }
+    }
+    assert!(restarted, "restarted after backoff: {:?}", f.events("lin"));
+    let ev = f.events("lin");
+    assert!(ev.contains(&"crashed".into()) && ev.contains(&"restarting".into()));
+    assert_eq!(
+        f.sup.show("lin").unwrap().crash_count,
+        1,
+        "kept until a manual start"
+    );
+}
+
+#[test]
+fn guest_shutdown_stops_and_ends_windows_provisioning() {
+    let mut p = Policy::default();
+    p.windows.enabled = true;
+    p.linux.autostart = false;
+    let f = open_policy(Some(p));
+    let iso = f.dir.path().join("win.iso");
+    fs::write(&iso, b"iso").unwrap();
+    let mut w = req("win", VmKind::Windows);
+    w.media = vec![iso];
+    f.sup.create(&w).unwrap();
+    f.sup.start("win", false).unwrap();
+    f.vmm.set_state(f.id("win"), RunState::Paused);
+    f.sup.monitor_once();
+    assert_eq!(f.state("win"), VmState::Paused);
+    f.vmm.set_state(f.id("win"), RunState::Shutdown);
+    f.sup.monitor_once();
+    let shown = f.sup.show("win").unwrap();
+    assert_eq!(shown.state, VmState::Stopped, "a shutdown is not a crash");
+    assert!(shown.provisioned, "first guest shutdown after install");
+    assert!(f.vmm.proc(shown.id).is_none());
+}
+
+#[test]
+fn daemon_restart_reattaches_running_vms() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.sup.start("lin", false).unwrap();
+    let pid = f.sup.show("lin").unwrap().pid;
+    f.vmm.tick(f.id("lin"), 3);
+    // The daemon dies without any shutdown: its device models keep running.
+    let f = f.restart();
+    let shown = f.sup.show("lin").unwrap();
+    assert_eq!(shown.state, VmState::Running);
+    assert_eq!(shown.pid, pid);
+    assert_eq!(f.counter("lin"), 3);
+    assert_eq!(f.vmm.launches.lock().unwrap().len(), 1, "not relaunched");
+    f.sup.suspend("lin").unwrap();
+}
+
+#[test]
+fn host_shutdown_saves_all_and_autostart_resumes_hidden() {
+    let mut p = Policy::default(); // linux autostarts
+    p.generic.on_host_shutdown = OnHostShutdown::Shutdown;
+    let f = open_policy(Some(p));
+    f.sup.create(&req("a", VmKind::Linux)).unwrap();
+    f.sup.create(&req("b", VmKind::Linux)).unwrap();
+    f.sup.create(&req("g", VmKind::Generic)).unwrap();
+    for n in ["a", "b", "g"] {
+        f.sup.start(n, false).unwrap();
+    }
+    f.vmm.tick(f.id("a"), 10);
+    f.vmm.tick(f.id("b"), 20);
+    f.sup.present("a").unwrap();
+    let results = f.sup.shutdown();
+    assert_eq!(results.len(), 3, "{results:?}");
+    assert_eq!(f.sup.start("a", false).unwrap_err().status(), 503);
+    assert_eq!(f.state("a"), VmState::Saved);
+    assert_eq!(f.state("b"), VmState::Saved);
+    assert_eq!(f.state("g"), VmState::Stopped, "policy: shutdown");
+
+    let f = f.restart();
+    let failed = f.sup.autostart();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(f.counter("a"), 10);
+    assert_eq!(f.counter("b"), 20);
+    assert!(f.sup.list().iter().all(|v| !v.presented), "resumed hidden");
+    assert_eq!(f.state("g"), VmState::Stopped, "generic does not autostart");
+    assert_eq!(f.sup.show("a").unwrap().last_boot, Some(BootKind::Resumed));
+}
+
+#[test]
+fn delete_keeps_disks_unless_purged() {
+    let f = open();
+    let mut r = req("lin", VmKind::Linux);
+    r.disks = vec![DiskRequest::Size("16M".into())];
+    let info = f.sup.create(&r).unwrap();
+    assert!(info.disks[0].exists(), "qcow2 created by qemu-img");
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&info.disks[0])
+        .output()
+        .expect("qemu-img is installed (scripts/install-deps.sh)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"qcow2\"") && text.contains("16777216"),
+        "{text}"
+    );
+    let r = f.sup.delete("lin", false).unwrap();
+    assert!(r.message.contains("kept"), "{}", r.message);
+    assert!(info.disks[0].exists());
+    assert_eq!(f.sup.show("lin").unwrap_err().status(), 404);
+
+    let info = f.sup.create(&req("two", VmKind::Linux)).unwrap();
+    f.sup.delete("two", true).unwrap();
+    assert!(!info.vm_dir.exists());
+    let f = f.restart();
+    assert!(f.sup.list().is_empty(), "deletes are in the registry");
+}
+
+#[test]
+fn corrupt_registry_uses_previous_generation() {
+    let f = open();
+    f.sup.create(&req("one", VmKind::Linux)).unwrap();
+    f.sup.create(&req("two", VmKind::Linux)).unwrap();
+    let reg = f.sup.layout().registry();
+    let mut text = fs::read_to_string(&reg).unwrap();
+    text.insert_str(text.len() / 2, "#");
+    fs::write(&reg, &text).unwrap();
+    let f = f.restart();
+    let names: Vec<_> = f.sup.list().into_iter().map(|v| v.name).collect();
+    assert_eq!(names, ["one"]);
+    let h = f.sup.health();
+    assert!(h.registry_writable);
+    assert!(
+        h.notes.iter().any(|n| n.contains("registry.json:")),
+        "{:?}",
+        h.notes
+    );
+    assert_eq!(
+        fs::read_to_string(&reg).unwrap(),
+        text,
+        "corrupt file untouched"
+    );
+}
+
+// ----- HTTP API -----
+
+struct Api {
+    f: Fx,
+    socket: std::path::PathBuf,
+}
+
+fn api() -> Api {
+    let f = open();
+    let socket = f.dir.path().join("run/api.sock");
+    let l = server::bind(&socket).unwrap();
+    let sup = Arc::clone(&f.sup);
+    std::thread::spawn(move || server::serve(sup, l));
+    Api { f, socket }
+}
+
+fn raw(socket: &std::path::Path, bytes: &[u8]) -> (u16, String) {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+fn post(socket: &std::path::Path, path: &str, body: &str) -> (u16, String) {
+    raw(
+        socket,
+        format!(
+            "POST {path} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
+#[test]
+fn api_round_trip_through_the_client() {
+    let a = api();
+    let mode = fs::metadata(&a.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let c = Client::new(&a.socket);
+    assert_eq!(c.health().unwrap().status, "ok");
+    c.create(&req("lin", VmKind::Linux)).unwrap();
+    assert_eq!(c.list().unwrap().len(), 1);
+    assert_eq!(c.start("lin", false).unwrap().boot, Some(BootKind::Cold));
+    let png = c.screenshot("lin").unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    c.action("lin", "present", None::<&()>).unwrap();
+    assert!(c.show("lin").unwrap().presented);
+    c.action("lin", "suspend", None::<&()>).unwrap();
+    assert_eq!(c.start("lin", false).unwrap().boot, Some(BootKind::Resumed));
+    assert!(c.console("lin", 5).unwrap().lines.is_empty());
+    let e = c.show("nope").unwrap_err();
+    assert_eq!(e.status(), Some(404));
+    assert!(e.to_string().contains("rayos vm list"), "{e}");
+
+    // The event stream replays history and then follows.
+    let mut seen = Vec::new();
+    c.events(Some(0), |ev| {
+        seen.push(ev.event.clone());
+        seen.len() < 3
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(seen, ["created", "starting", "started"]);
+    drop(a.f);
+}
+
+#[test]
+fn api_bad_input_gets_4xx_with_a_message() {
+    let a = api();
+    let s = &a.socket;
+    a.f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    let cases: Vec<(u16, (u16, String))> = vec![
+        (400, post(s, "/v1/vms", "{not json")),
+        (
+            400,
+            post(
+                s,
+                "/v1/vms",
+                r#"{"name":"x","kind":"linux","colour":"red"}"#,
+            ),
+        ),
+        (400, post(s, "/v1/vms", r#"{"name":"x","kind":"beos"}"#)),
+        (
+            400,
+            post(s, "/v1/vms", r#"{"name":"Has Space","kind":"linux"}"#),
+        ),
+        (
+            400,
+            post(
+                s,
+                "/v1/vms",
+                r#"{"name":"x","kind":"linux","disks":[{"size":"lots"}]}"#,
+            ),
+        ),
+        (400, post(s, "/v1/vms/lin/start", r#"{"fresh":"yes"}"#)),
+        (400, post(s, "/v1/vms/lin/suspend", r#"{"now":true}"#)),
+        (404, post(s, "/v1/vms/ghost/start", "")),
+        (409, post(s, "/v1/vms/lin/suspend", "")),
+        (409, post(s, "/v1/vms", r#"{"name":"lin","kind":"linux"}"#)),
+        (404, raw(s, b"GET /v2/everything HTTP/1.1\r\n\r\n")),
+        (405, raw(s, b"PUT /v1/vms HTTP/1.1\r\n\r\n")),
+        (405, raw(s, b"GET /v1/vms/lin/start HTTP/1.1\r\n\r\n")),
+        (
+            400,
+            raw(s, b"GET /v1/vms/lin/console?lines=0 HTTP/1.1\r\n\r\n"),
+        ),
+        (
+            400,
+            raw(s, b"DELETE /v1/vms/lin?purge=maybe HTTP/1.1\r\n\r\n"),
+        ),
+        (400, raw(s, b"\x00\x01\x02 garbage\r\n\r\n")),
+        (
+            413,
+            raw(
+                s,
+                b"POST /v1/vms HTTP/1.1\r\nContent-Length: 50000000\r\n\r\n",
+            ),
+        ),
+        (
+            431,
+            raw(
+                s,
+                format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(70_000)).as_bytes(),
+            ),
+        ),
+    ];
+    for (want, (got, text)) in cases {
+        assert_eq!(got, want, "{text}");
+        assert!(text.contains("\"error\""), "has a message: {text}");
+    }
+    // Still serving, nothing changed.
+    let c = Client::new(s);
+    assert_eq!(c.list().unwrap().len(), 1);
+    assert_eq!(c.show("lin").unwrap().state, VmState::Stopped);
+}
+
+#[test]
+fn bind_replaces_stale_socket_and_refuses_live_one() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("deep/dir/api.sock");
+    let l = server::bind(&p).unwrap();
+    assert!(matches!(
+        server::bind(&p),
+        Err(server::ServeError::InUse(_))
+    ));
+    drop(l); // the file stays, nobody listens: stale
+    assert!(p.exists());
+    server::bind(&p).unwrap();
+    let f = d.path().join("plain");
+    fs::write(&f, b"x").unwrap();
+    assert!(
+        server::bind(&f).is_err(),
+        "a regular file is not ours to delete"
+    );
+    assert_eq!(fs::read(&f).unwrap(), b"x");
+}
