@@ -218,6 +218,17 @@ impl PolicyAnswers {
     }
 }
 
+/// What the installer media do after an unattended install (`[finish]`;
+/// read by rayos init, not by the engine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FinishAction {
+    #[default]
+    Reboot,
+    #[serde(alias = "power-off", alias = "shutdown")]
+    Poweroff,
+}
+
 /// A parsed and checked answer file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Answers {
@@ -226,6 +237,7 @@ pub struct Answers {
     pub vm_storage: VmStorageAnswers,
     pub machine: MachineAnswers,
     pub policy: PolicyAnswers,
+    pub finish: FinishAction,
 }
 
 // ---- raw TOML shape (spans kept for messages) ----
@@ -243,6 +255,14 @@ struct Raw {
     machine: RawMachine,
     #[serde(default)]
     policy: RawPolicy,
+    #[serde(default)]
+    finish: RawFinish,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFinish {
+    action: Option<FinishAction>,
 }
 
 #[derive(Deserialize)]
@@ -591,6 +611,7 @@ impl Answers {
             vm_storage,
             machine,
             policy,
+            finish: raw.finish.action.unwrap_or_default(),
         })
     }
 
@@ -614,6 +635,7 @@ impl Answers {
             },
             machine: MachineAnswers::default(),
             policy: PolicyAnswers::default(),
+            finish: FinishAction::default(),
         }
     }
 }
@@ -744,6 +766,22 @@ networking = "off"
         }
         let e = Answers::parse("a", "version = 2\n[target]\nmode = \"free-space\"\n").unwrap_err();
         assert_eq!(e.line, 1, "{e}");
+    }
+
+    #[test]
+    fn finish_action_for_the_media() {
+        let base = "version = 1\n[target]\nmode = \"whole-disk\"\n";
+        assert_eq!(
+            Answers::parse("a", base).unwrap().finish,
+            FinishAction::Reboot
+        );
+        for v in ["poweroff", "power-off", "shutdown"] {
+            let a = Answers::parse("a", &format!("{base}[finish]\naction = \"{v}\"\n")).unwrap();
+            assert_eq!(a.finish, FinishAction::Poweroff);
+        }
+        let e =
+            Answers::parse("a", &format!("{base}[finish]\naction = \"explode\"\n")).unwrap_err();
+        assert_eq!(e.line, 5, "{e}");
     }
 
     #[test]

@@ -111,14 +111,15 @@ pub fn read_var(dir: &Path, name: &str) -> Result<Option<Vec<u8>>, EfiVarError> 
     }
 }
 
-const FS_IMMUTABLE_FL: libc::c_long = 0x10;
+const FS_IMMUTABLE_FL: libc::c_int = 0x10;
 
 /// Clears the immutable flag efivarfs sets on existing variables.
 fn clear_immutable(file: &fs::File) -> std::io::Result<()> {
-    let mut flags: libc::c_long = 0;
+    // The kernel reads and writes an `int` for these ioctls (despite the
+    // `long` in their definitions).
+    let mut flags: libc::c_int = 0;
     // SAFETY: `file` is an open descriptor for the duration of the call and
-    // `flags` is a valid, writable c_long, which is what FS_IOC_GETFLAGS
-    // writes on Linux.
+    // `flags` is a valid, writable int, which is what FS_IOC_GETFLAGS writes.
     if unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
