@@ -456,3 +456,49 @@ fn installs_onto_a_block_device_and_refuses_its_busy_backing_file() {
     drop(dev);
     check_complete(&img, None);
 }
+
+/// Without --yes, on a terminal, the disk's path must be typed back.
+/// `script` (util-linux) gives the installer a pseudo-terminal.
+#[test]
+fn confirmation_on_a_terminal_needs_the_disk_path() {
+    let t = T::new();
+    let img = blank(&t, "confirm.img", 6 * GIB);
+    let answers = t.file("c.toml", "version = 1\n[target]\nmode = \"whole-disk\"\n");
+    let fp = fingerprint(&img).unwrap();
+    let typed = |text: &str| -> Output {
+        let cmd = format!(
+            "{} install --target {} --answers {} --system-image {}",
+            env!("CARGO_BIN_EXE_rayos"),
+            img.display(),
+            answers.display(),
+            t.uki().display()
+        );
+        let feeder = format!("sleep 1; printf '%s\\n' '{text}'");
+        Command::new("sh")
+            .args([
+                "-c",
+                &format!("({feeder}) | script -qec \"{cmd}\" /dev/null"),
+            ])
+            .env("TMPDIR", t.dir.path())
+            .output()
+            .expect("cannot run script (util-linux)")
+    };
+    let o = typed("/dev/sda");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("Type its path to go on") && out.contains("not confirmed"),
+        "{out}"
+    );
+    assert_eq!(
+        fingerprint(&img).unwrap(),
+        fp,
+        "written without confirmation"
+    );
+    let o = typed(img.to_str().unwrap());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("RAYOS_INSTALLER:COMPLETE"), "{out}");
+    let disk = rayos_disk::probe_image(&img, None).unwrap();
+    assert!(disk.rayos.is_some());
+}
