@@ -36,6 +36,8 @@ pub fn from_crossterm(ev: &crossterm::event::KeyEvent) -> Option<Key> {
     if ev.modifiers.contains(KeyModifiers::CONTROL) {
         return match ev.code {
             KeyCode::Char('c') | KeyCode::Char('C') => Some(Key::Interrupt),
+            // Some serial terminals send ^H for Backspace.
+            KeyCode::Char('h') => Some(Key::Backspace),
             _ => None,
         };
     }

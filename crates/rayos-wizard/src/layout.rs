@@ -680,6 +680,26 @@ pub fn plan(
             "RayOS needs a system and a data partition: press i on a free region, w for the whole disk, or give partitions the roles (a)".into(),
         ));
     };
+    // Partitions of an unfinished RayOS install left beside new ones would
+    // carry the same names and types: the boot could pick the wrong one.
+    if let Some(p) = layout
+        .slots
+        .iter()
+        .filter(|s| !s.new && s.role.is_none())
+        .find_map(|s| {
+            disk.partition(s.number).filter(|p| match p.family {
+                TypeFamily::RayosData | TypeFamily::RayosVmStorage => true,
+                // Another distribution's XBOOTLDR is not ours.
+                TypeFamily::RayosSystem => p.has_label(rayos_disk::report::LABEL_SYSTEM),
+                _ => false,
+            })
+        })
+    {
+        return Err(EditError::Refused(format!(
+            "partition {} (\"{}\") is left from another RayOS install: delete it (d) or give it its role again (a)",
+            p.number, p.name
+        )));
+    }
     answers.target.mode = Mode::Reuse;
     answers.target.system = Some(at(system.number));
     answers.target.data = Some(at(data.number));

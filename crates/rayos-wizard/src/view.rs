@@ -102,6 +102,17 @@ fn keys(w: &Wizard) -> &'static str {
 /// Renders the whole screen.
 pub fn draw(f: &mut Frame, w: &Wizard) {
     let area = f.area();
+    if area.width < 80 || area.height < 24 {
+        f.render_widget(
+            Paragraph::new(format!(
+                "The terminal is {}x{}; the installer needs at least 80x24. Make it larger (or `stty cols 80 rows 24` on a serial console).",
+                area.width, area.height
+            ))
+            .wrap(Wrap { trim: false }),
+            area,
+        );
+        return;
+    }
     let key_text = keys(w);
     let key_lines = key_text.lines().count() as u16;
     let [head, body, status, foot] = Split::vertical([

@@ -72,14 +72,25 @@ fn deleted_and_created_partitions_are_written_and_the_rest_keeps_its_bytes() {
     let data_region = largest(&l);
     let data = l.create(data_region, Some(3 * GIB), Role::Data).unwrap();
     let sys = l.create(largest(&l), Some(GIB), Role::System).unwrap();
-    assert_ne!(data, 4, "a deleted number is reused only when nothing else is free");
+    assert_ne!(
+        data, 4,
+        "a deleted number is reused only when nothing else is free"
+    );
     let base = Answers::defaults(Mode::FreeSpace);
     let p = plan(&l, &base, &Facts::default(), &[], &env.opts()).unwrap();
-    assert!(!p.repeatable, "deletes cannot be repeated by an answer file");
+    assert!(
+        !p.repeatable,
+        "deletes cannot be repeated by an answer file"
+    );
     assert_eq!(p.answers.target.mode, Mode::Reuse);
     let plan = &p.plan;
     assert_eq!(plan.table, TableAction::Edit);
-    let act = |n: u32| plan.partitions.iter().find(|q| q.number == n).map(|q| q.action);
+    let act = |n: u32| {
+        plan.partitions
+            .iter()
+            .find(|q| q.number == n)
+            .map(|q| q.action)
+    };
     assert_eq!(act(4), Some(Action::Delete));
     assert_eq!(act(data), Some(Action::Create));
     assert_eq!(act(sys), Some(Action::Create));
@@ -89,7 +100,10 @@ fn deleted_and_created_partitions_are_written_and_the_rest_keeps_its_bytes() {
     apply(plan, &env.apply_opts(), &mut |_| {}).unwrap();
     sgdisk_ok(&img);
     let after = rayos_disk::probe_image(&img, None).unwrap();
-    let r = after.rayos.clone().expect("no RayOS install found after the install");
+    let r = after
+        .rayos
+        .clone()
+        .expect("no RayOS install found after the install");
     assert_eq!((r.system, r.data, r.esp), (Some(sys), Some(data), Some(1)));
     assert!(after.partition(4).is_none(), "partition 4 was not deleted");
     let d = after.partition(data).unwrap();
@@ -127,7 +141,9 @@ fn whole_disk_then_own_partitions_writes_a_new_table() {
     .unwrap();
     assert_eq!(p.plan.table, TableAction::New);
     assert_eq!(
-        p.plan.partition(Role::Esp).map(|q| (q.number, q.action, q.size_bytes)),
+        p.plan
+            .partition(Role::Esp)
+            .map(|q| (q.number, q.action, q.size_bytes)),
         Some((esp, Action::Create, 512 * MIB))
     );
     apply(&p.plan, &env.apply_opts(), &mut |_| {}).unwrap();
@@ -135,6 +151,14 @@ fn whole_disk_then_own_partitions_writes_a_new_table() {
     let after = rayos_disk::probe_image(&img, None).unwrap();
     assert_eq!(after.partitions.len(), 3, "{:?}", after.partitions);
     let r = after.rayos.clone().unwrap();
-    assert_eq!((r.esp, r.system, r.data), (Some(esp), Some(sys), Some(data)));
-    assert!(after.systems.iter().all(|s| s.kind == rayos_disk::SystemKind::Esp));
+    assert_eq!(
+        (r.esp, r.system, r.data),
+        (Some(esp), Some(sys), Some(data))
+    );
+    assert!(
+        after
+            .systems
+            .iter()
+            .all(|s| s.kind == rayos_disk::SystemKind::Esp)
+    );
 }

@@ -167,7 +167,10 @@ impl Env {
     }
     /// `rayos wizard` on `disks`, saving answers to answers.toml.
     fn wizard(&self, disks: &[&str]) -> Tmux {
-        let mut args = Vec::new();
+        self.wizard_with(disks, &[])
+    }
+    fn wizard_with(&self, disks: &[&str], extra: &[String]) -> Tmux {
+        let mut args = extra.to_vec();
         for d in disks {
             args.push("--disk".to_string());
             args.push(self.p(d));
@@ -464,4 +467,72 @@ fn boot_medium_is_refused_and_a_typo_writes_nothing() {
         "the image was written"
     );
     assert!(!env.path("answers.toml").exists());
+}
+
+#[test]
+fn a_failed_step_is_retried_and_the_install_finishes() {
+    let env = Env::new();
+    let img = env.path("blank.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(6 * GIB)
+        .unwrap();
+    // systemd-boot "missing" (a directory where the file should be): the
+    // install fails at esp-files, after the table and filesystems.
+    let sdboot = env.path("systemd-bootx64.efi");
+    std::fs::create_dir(&sdboot).unwrap();
+    let t = env.wizard_with(
+        &["blank.img"],
+        &["--systemd-boot".into(), sdboot.display().to_string()],
+    );
+    to_partitions(&t);
+    t.step(&["i"], "new system");
+    to_summary(&t);
+    t.text("blank.img");
+    t.keys(&["Enter"]);
+    let s = t.wait_for("FAILED at step", 120);
+    assert!(s.contains("FAILED at step esp-files"), "{s}");
+    assert!(
+        s.contains("Done before the failure: partition, format-esp, format-system, format-data"),
+        "{s}"
+    );
+    assert!(s.contains("r: retry"), "{s}");
+    // Fix the cause, then retry: the engine plans again from the disk as
+    // it is now (an unfinished install) and finishes the job.
+    std::fs::remove_dir(&sdboot).unwrap();
+    std::fs::copy(rayos_install::plan::SYSTEMD_BOOT_HOST, &sdboot).unwrap();
+    t.keys(&["r"]);
+    t.wait_for("RayOS is installed", 180);
+    t.keys(&["p"]);
+    let (rc, err) = t.exit(30);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        err.contains("RAYOS_WIZARD:INSTALLED after=power-off"),
+        "{err}"
+    );
+    sgdisk_ok(&img);
+    let d = disks_json(&img);
+    let esp_n = d["rayos"]["esp"].as_u64().expect("no ESP");
+    let esp = d["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["number"].as_u64() == Some(esp_n))
+        .unwrap()
+        .clone();
+    let out = Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args([
+            "-i",
+            &format!("{}@@{}", img.display(), esp["start_bytes"]),
+            "::/EFI/systemd/systemd-bootx64.efi",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.stdout,
+        std::fs::read(rayos_install::plan::SYSTEMD_BOOT_HOST).unwrap(),
+        "systemd-boot on the ESP differs"
+    );
+    assert_eq!(d["partitions"].as_array().unwrap().len(), 3, "{d:#}");
 }
