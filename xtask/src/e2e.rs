@@ -468,13 +468,17 @@ fn dry_run(run: &Run, work: &Path) -> Result<()> {
     sparse(&disk, DISK_BYTES)?;
     let answers = work.join("rayos-answers.toml");
     fs::write(&answers, ANSWERS)?;
-    let out = std::process::Command::new(crate::root().join("target/release/rayos"))
-        .args(["install", "--dry-run", "--json", "--target"])
+    let mut cmd = std::process::Command::new(crate::root().join("target/release/rayos"));
+    cmd.args(["install", "--dry-run", "--json", "--target"])
         .arg(&disk)
         .arg("--answers")
-        .arg(&answers)
-        .output()
-        .context("cannot run rayos install")?;
+        .arg(&answers);
+    // The system image the media carry, when they are built.
+    let uki = crate::root().join("build/rayos.efi");
+    if uki.is_file() {
+        cmd.arg("--system-image").arg(&uki);
+    }
+    let out = cmd.output().context("cannot run rayos install")?;
     let plan = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(

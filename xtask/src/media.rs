@@ -106,6 +106,7 @@ const MODULES: &[&str] = &[
     "nls_cp437",
     "nls_iso8859_1",
     "nls_ascii",
+    "nls_utf8",
     "ext4",
     "isofs",
     "efivarfs",
