@@ -830,3 +830,210 @@ pub fn plan(
         unexpressed,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayos_disk::{DiskKind, Filesystem};
+    use rayos_install::answers::{GIB, MIB};
+    use rayos_install::sample::{FakePartition, fake_disk};
+
+    fn opts() -> PlanOptions {
+        PlanOptions {
+            system_image: Some("/rayos.efi".into()),
+            ..PlanOptions::default()
+        }
+    }
+
+    fn windows(ss: u32) -> Disk {
+        let s = ss as u64;
+        fake_disk(
+            "/dev/vda",
+            64 * GIB,
+            ss,
+            DiskKind::BlockDevice,
+            &[
+                FakePartition::at(1, MIB, 100 * MIB, s, types::ESP, "EFI system partition")
+                    .fs(Filesystem::Fat32, None),
+                FakePartition::at(2, 101 * MIB, 16 * MIB, s, types::MS_RESERVED, ""),
+                FakePartition::at(3, 117 * MIB, 40 * GIB, s, types::MS_BASIC_DATA, "")
+                    .fs(Filesystem::Ntfs, None),
+            ],
+        )
+    }
+
+    fn big_free(l: &Layout) -> Free {
+        l.free()
+            .into_iter()
+            .max_by_key(|f| f.last_lba - f.first_lba)
+            .unwrap()
+    }
+
+    #[test]
+    fn free_regions_match_the_disk_report() {
+        for ss in [512, 4096] {
+            let d = windows(ss);
+            let l = Layout::new(&d);
+            let ours: Vec<(u64, u64)> =
+                l.free().iter().map(|f| (f.first_lba, f.last_lba)).collect();
+            let report: Vec<(u64, u64)> = d
+                .free_regions
+                .iter()
+                .map(|f| (f.first_lba, f.last_lba))
+                .collect();
+            assert_eq!(ours, report, "sector size {ss}");
+        }
+    }
+
+    #[test]
+    fn sizes_are_aligned_checked_and_numbers_fresh_first() {
+        for ss in [512u64, 4096] {
+            let mut l = Layout::new(&windows(ss as u32));
+            l.delete(3).unwrap();
+            let f = big_free(&l);
+            let e = l.create(f, Some(100 * GIB), Role::Data).unwrap_err();
+            assert!(e.to_string().contains("does not fit"), "{e}");
+            // 1000 KiB rounds up to 1 MiB.
+            let n = l.create(f, Some(1000 * 1024), Role::Data).unwrap();
+            assert_eq!(n, 4, "fresh numbers before deleted ones");
+            let s = l.slot(n).unwrap().clone();
+            assert_eq!((s.last_lba + 1 - s.first_lba) * ss, MIB);
+            assert_eq!(s.first_lba * ss % MIB, 0);
+            // A role is held by one partition only.
+            let e = l.create(big_free(&l), None, Role::Data).unwrap_err();
+            assert!(e.to_string().contains("already has"), "{e}");
+            // The rest of a region ends on a 1 MiB boundary.
+            let m = l.create(big_free(&l), None, Role::System).unwrap();
+            let s = l.slot(m).unwrap();
+            assert_eq!((s.last_lba + 1) * ss % MIB, 0);
+        }
+    }
+
+    #[test]
+    fn undo_and_reset_replay_the_edits() {
+        let d = windows(512);
+        let mut l = Layout::new(&d);
+        let start = l.rows();
+        l.whole_disk();
+        assert!(l.whole_disk && l.slots.is_empty());
+        assert_eq!(l.deleted, vec![1, 2, 3]);
+        l.create(big_free(&l), Some(GIB), Role::Esp).unwrap();
+        assert!(l.undo());
+        assert!(l.whole_disk && l.slots.is_empty());
+        assert!(l.undo());
+        assert_eq!(l.rows(), start);
+        assert!(!l.undo());
+        l.delete(2).unwrap();
+        l.install_into(big_free(&l), &Answers::defaults(Mode::FreeSpace))
+            .unwrap();
+        l.reset();
+        assert_eq!(l.rows(), start);
+        assert!(!l.is_edited());
+    }
+
+    #[test]
+    fn roles_on_existing_partitions_need_consent_and_map_to_reuse() {
+        let d = windows(512);
+        let mut l = Layout::new(&d);
+        assert!(
+            l.check_assign(1, Some(Role::System)).is_err(),
+            "ESP reformatted"
+        );
+        assert!(l.check_assign(3, Some(Role::Esp)).is_err(), "NTFS as ESP");
+        assert!(l.assign_is_destructive(3, Some(Role::Data)));
+        assert!(!l.assign_is_destructive(1, Some(Role::Esp)));
+        l.assign(3, Some(Role::Data)).unwrap();
+        l.create(big_free(&l), Some(2 * GIB), Role::System).unwrap();
+        let base = Answers::defaults(Mode::FreeSpace);
+        // Without the typed consent the engine refuses to erase NTFS.
+        let e = plan(&l, &base, &Facts::default(), &[], &opts()).unwrap_err();
+        assert!(e.to_string().contains("erases it"), "{e}");
+        let p = plan(&l, &base, &Facts::default(), &[3], &opts()).unwrap();
+        let data = p.plan.partition(Role::Data).unwrap();
+        assert_eq!((data.number, data.action), (3, Action::Format));
+        let sys = p.plan.partition(Role::System).unwrap();
+        assert_eq!(sys.action, Action::Create);
+        assert_eq!(p.answers.target.mode, Mode::Reuse);
+        assert_eq!(p.answers.target.format.len(), 1);
+        assert!(!p.repeatable);
+    }
+
+    #[test]
+    fn mbr_disks_offer_only_the_whole_disk() {
+        let mut d = windows(512);
+        d.table = Table::Mbr;
+        let mut l = Layout::new(&d);
+        assert!(l.free().is_empty());
+        assert!(l.delete(3).is_err());
+        let e = plan(
+            &l,
+            &Answers::defaults(Mode::FreeSpace),
+            &Facts::default(),
+            &[],
+            &opts(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("system and a data"), "{e}");
+        l.whole_disk();
+        let p = plan(
+            &l,
+            &Answers::defaults(Mode::FreeSpace),
+            &Facts::default(),
+            &[],
+            &opts(),
+        )
+        .unwrap();
+        assert_eq!(p.answers.target.mode, Mode::WholeDisk);
+        assert_eq!(p.plan.table, TableAction::New);
+    }
+
+    #[test]
+    fn a_complete_install_is_replaced_only_when_its_partitions_go() {
+        let s = 512;
+        let d = fake_disk(
+            "/dev/vda",
+            64 * GIB,
+            512,
+            DiskKind::BlockDevice,
+            &[
+                FakePartition::at(1, MIB, GIB, s, types::ESP, "rayos-esp")
+                    .fs(Filesystem::Fat32, Some("EFI")),
+                FakePartition::at(2, GIB + MIB, 2 * GIB, s, types::XBOOTLDR, "rayos-system")
+                    .fs(Filesystem::Fat32, Some("RAYOS-SYS")),
+                FakePartition::at(
+                    3,
+                    3 * GIB + MIB,
+                    8 * GIB,
+                    s,
+                    types::RAYOS_DATA,
+                    "rayos-data",
+                )
+                .fs(Filesystem::Ext4, Some("rayos-data")),
+            ],
+        );
+        let facts = Facts {
+            manifest: Some("RayOS 0.1.0 installed 2026-01-01".into()),
+            ..Facts::default()
+        };
+        let base = Answers::defaults(Mode::FreeSpace);
+        let mut l = Layout::new(&d);
+        l.install_into(big_free(&l), &base).unwrap();
+        let e = plan(&l, &base, &facts, &[], &opts()).unwrap_err();
+        assert!(e.to_string().contains("another RayOS install"), "{e}");
+        l.reset();
+        l.delete(2).unwrap();
+        l.delete(3).unwrap();
+        l.install_into(big_free(&l), &base).unwrap();
+        let p = plan(&l, &base, &facts, &[], &opts()).unwrap();
+        assert!(p.answers.target.reinstall);
+        // Same as the engine's free-space re-run of the unfinished shape.
+        assert_eq!(
+            p.plan.partition(Role::Esp).unwrap().action,
+            Action::ReuseEsp
+        );
+        let mut w = Layout::new(&d);
+        w.whole_disk();
+        let p = plan(&w, &base, &facts, &[], &opts()).unwrap();
+        assert!(p.answers.target.reinstall && p.answers.target.mode == Mode::WholeDisk);
+    }
+}
