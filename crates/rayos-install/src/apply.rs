@@ -297,9 +297,11 @@ fn write_table(plan: &Plan) -> Result<Option<String>, ApplyError> {
         TableAction::New => {
             Gpt::new(total, ss).map_err(|e| ApplyError::BuildTable(path.clone(), e))?
         }
-        TableAction::Edit => {
-            Gpt::read(&mut f, ss).map_err(|e| ApplyError::ReadTable(path.clone(), e))?
+        TableAction::Edit => match plan.table_copy {
+            Some(c) => Gpt::read_copy(&mut f, ss, c.into()),
+            None => Gpt::read(&mut f, ss),
         }
+        .map_err(|e| ApplyError::ReadTable(path.clone(), e))?,
     };
     let changed = |what: String| ApplyError::Changed {
         disk: path.clone(),

@@ -272,6 +272,10 @@ pub struct Plan {
     pub mode: Mode,
     pub rayos_version: String,
     pub table: TableAction,
+    /// Set when the table is read from one copy only (an interrupted table
+    /// write of an unfinished install); both copies are rewritten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_copy: Option<TableCopy>,
     /// Every partition of the disk after the install, plus those deleted.
     pub partitions: Vec<PartitionPlan>,
     pub files: Vec<FilePlan>,
@@ -316,6 +320,33 @@ pub struct Facts {
     pub manifest: Option<String>,
     /// Set when the target holds the installer's own medium (why).
     pub installer_medium: Option<String>,
+    /// The disk's table is corrupt, but one copy is valid and holds an
+    /// unfinished RayOS install: a table write of ours was cut off.
+    pub unfinished_table: Option<UnfinishedTable>,
+}
+
+/// Which copy of a GPT a plan was made from (when the copies disagree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TableCopy {
+    Primary,
+    Backup,
+}
+
+impl From<TableCopy> for rayos_disk::gpt::TableCopy {
+    fn from(c: TableCopy) -> Self {
+        match c {
+            TableCopy::Primary => rayos_disk::gpt::TableCopy::Primary,
+            TableCopy::Backup => rayos_disk::gpt::TableCopy::Backup,
+        }
+    }
+}
+
+/// The disk as its one valid table copy describes it.
+#[derive(Debug, Clone)]
+pub struct UnfinishedTable {
+    pub copy: TableCopy,
+    pub disk: Disk,
 }
 
 /// Inputs that do not come from the answer file.
@@ -516,6 +547,17 @@ pub fn make_plan(
     facts: &Facts,
     opts: &PlanOptions,
 ) -> Result<Plan, PlanError> {
+    // A table write of ours cut off half-way: plan from the valid copy that
+    // holds the unfinished install (never for whole-disk, which replaces
+    // the table anyway, and never when the install is complete).
+    let (disk, table_copy) = match (&disk.table, &facts.unfinished_table, answers.target.mode) {
+        (Table::Corrupt { .. }, Some(u), Mode::FreeSpace | Mode::Reuse)
+            if facts.manifest.is_none() =>
+        {
+            (&u.disk, Some(u.copy))
+        }
+        _ => (disk, None),
+    };
     let name = disk.path.display().to_string();
     let ss = disk.logical_sector_size as u64;
     let cx = Ctx {
@@ -525,6 +567,15 @@ pub fn make_plan(
     };
     let mode = answers.target.mode;
     let mut notes = Vec::new();
+    if let Some(c) = table_copy {
+        notes.push(format!(
+            "the partition table was left half-written by an interrupted RayOS install; its valid {} copy is used and both copies are rewritten",
+            match c {
+                TableCopy::Primary => "primary",
+                TableCopy::Backup => "backup",
+            }
+        ));
+    }
 
     // --- the target itself ---
     if let Some(why) = &facts.installer_medium {
@@ -1075,6 +1126,7 @@ pub fn make_plan(
         mode,
         rayos_version: version,
         table,
+        table_copy,
         partitions: plan_parts,
         files,
         machine,

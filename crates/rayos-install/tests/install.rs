@@ -380,3 +380,63 @@ fn reuse_mode_formats_only_the_named_partitions() {
     );
     assert_eq!(gpt.partitions().len(), 6);
 }
+
+/// A power cut between the primary and the backup GPT write leaves a table
+/// rayos-disk calls corrupt. When the valid copy holds an unfinished RayOS
+/// install (and only then), the re-run plans from that copy and finishes;
+/// any other corruption is refused untouched.
+#[test]
+fn a_table_write_cut_off_halfway_is_finished_on_rerun() {
+    let env = Env::new();
+    let img = env.path("cut.img");
+    let fixture = DiskBuilder::windows_and_linux(4 * GIB).build(&img).unwrap();
+    let before: Vec<String> = (2..=4)
+        .map(|n| fixture.partition_hash(n).unwrap())
+        .collect();
+    let answers = "version = 1\n[target]\nmode = \"free-space\"\n[sizes]\nsystem = \"1GiB\"\n";
+
+    // Damage the backup header of the untouched fixture: not ours, refused.
+    let last = std::fs::metadata(&img).unwrap().len() - 512;
+    let backup = read_at(&img, last, 512).unwrap();
+    disks::write_at(&img, last, &[0u8; 512]).unwrap();
+    let fp = fingerprint(&img).unwrap();
+    let e = make(&env, &img, None, answers).unwrap_err();
+    assert!(
+        e.to_string().contains("corrupt") && e.to_string().contains("not repaired silently"),
+        "{e}"
+    );
+    assert_eq!(fingerprint(&img).unwrap(), fp);
+    disks::write_at(&img, last, &backup).unwrap();
+
+    // An install whose table write was cut off: our partitions in the
+    // primary copy, no manifest, the backup copy gone.
+    let plan = make(&env, &img, None, answers).unwrap();
+    install(&env, &plan);
+    let sys = plan.partition(Role::System).unwrap();
+    run(
+        "mdel",
+        &[
+            "-i",
+            &format!("{}@@{}", img.display(), sys.start_bytes),
+            &format!("::{MANIFEST_PATH}"),
+        ],
+    )
+    .unwrap();
+    disks::write_at(&img, last, &[0u8; 512]).unwrap();
+    let disk = rayos_disk::probe_image(&img, None).unwrap();
+    assert!(
+        matches!(disk.table, rayos_disk::Table::Corrupt { .. }),
+        "{:?}",
+        disk.table
+    );
+
+    let plan = make(&env, &img, None, answers).unwrap();
+    assert_eq!(plan.table_copy, Some(plan::TableCopy::Primary));
+    assert!(plan.notes.iter().any(|n| n.contains("half-written")));
+    let report = install(&env, &plan);
+    check_installed(&env, &img, &plan, &report);
+    let after: Vec<String> = (2..=4)
+        .map(|n| fixture.partition_hash(n).unwrap())
+        .collect();
+    assert_eq!(after, before);
+}
