@@ -201,6 +201,9 @@ pub struct Health {
     pub version: String,
     pub pid: u32,
     pub vms: usize,
+    /// The daemon's own resident memory (`VmRSS`), KiB.
+    #[serde(default)]
+    pub rss_kib: Option<u64>,
     /// False when no generation of the registry could be read: the daemon
     /// then refuses changes so it never overwrites what a person must repair.
     pub registry_writable: bool,

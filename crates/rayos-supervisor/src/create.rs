@@ -95,19 +95,19 @@ fn need_file(what: &str, p: &Path) -> Result<(), CreateError> {
 /// Checks the request without touching the disk (beyond reading metadata).
 pub fn validate(req: &CreateRequest) -> Result<(), CreateError> {
     VmDefinition::validate_name(&req.name).map_err(CreateError::Invalid)?;
-    if let Some(m) = req.memory_mib {
-        if !(64..=1 << 20).contains(&m) {
-            return Err(CreateError::Invalid(format!(
-                "memory {m} MiB is out of range: use 64 to 1048576"
-            )));
-        }
+    if let Some(m) = req.memory_mib
+        && !(64..=1 << 20).contains(&m)
+    {
+        return Err(CreateError::Invalid(format!(
+            "memory {m} MiB is out of range: use 64 to 1048576"
+        )));
     }
-    if let Some(c) = req.cpus {
-        if !(1..=256).contains(&c) {
-            return Err(CreateError::Invalid(format!(
-                "{c} CPUs is out of range: use 1 to 256"
-            )));
-        }
+    if let Some(c) = req.cpus
+        && !(1..=256).contains(&c)
+    {
+        return Err(CreateError::Invalid(format!(
+            "{c} CPUs is out of range: use 1 to 256"
+        )));
     }
     if req.disks.len() > MAX_DISKS {
         return Err(CreateError::Invalid(format!(
@@ -143,12 +143,12 @@ pub fn validate(req: &CreateRequest) -> Result<(), CreateError> {
     if let Some(i) = &req.initrd {
         need_file("initrd", i)?;
     }
-    if let Some(c) = &req.cmdline {
-        if c.len() > 4096 || c.contains('\n') || c.contains('\0') {
-            return Err(CreateError::Invalid(
-                "--cmdline must be one line of at most 4096 bytes".into(),
-            ));
-        }
+    if let Some(c) = &req.cmdline
+        && (c.len() > 4096 || c.contains('\n') || c.contains('\0'))
+    {
+        return Err(CreateError::Invalid(
+            "--cmdline must be one line of at most 4096 bytes".into(),
+        ));
     }
     for m in &req.media {
         need_file("media", m)?;

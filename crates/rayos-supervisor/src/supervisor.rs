@@ -200,6 +200,15 @@ pub fn marker(text: &str) {
     let _ = out.flush();
 }
 
+/// `VmRSS` of this process in KiB.
+fn own_rss_kib() -> Option<u64> {
+    fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 fn pid_alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the command name in parentheses.
@@ -337,10 +346,10 @@ impl Supervisor {
 
     fn fingerprint(&self, slot: &Slot, spec: &VmSpec) -> Result<String, VmmError> {
         let mut cache = lock(&slot.fingerprint);
-        if let Some((def, fp)) = cache.as_ref() {
-            if *def == spec.def {
-                return Ok(fp.clone());
-            }
+        if let Some((def, fp)) = cache.as_ref()
+            && *def == spec.def
+        {
+            return Ok(fp.clone());
         }
         let fp = self.vmm.fingerprint(spec)?;
         *cache = Some((spec.def.clone(), fp.clone()));
@@ -477,6 +486,7 @@ impl Supervisor {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
             vms: lock(&self.slots).len(),
+            rss_kib: own_rss_kib(),
             registry_writable: lock(&self.registry).writable(),
             notes: lock(&self.notes).clone(),
         }
@@ -1227,9 +1237,10 @@ impl Supervisor {
                 (st.def.kind, st.state)
             };
             let p = self.policy_for(kind);
-            if !(p.enabled && p.autostart)
-                || !matches!(state, VmState::Stopped | VmState::Saved | VmState::Crashed)
-            {
+            let wanted = p.enabled
+                && p.autostart
+                && matches!(state, VmState::Stopped | VmState::Saved | VmState::Crashed);
+            if !wanted {
                 continue;
             }
             let me = Arc::clone(self);
@@ -1380,14 +1391,16 @@ impl Supervisor {
         }
         // A Windows guest's first shutdown after installation ends
         // provisioning (setup reboots; it powers off when done).
-        if def.kind == VmKind::Windows && !def.provisioned && !def.media.is_empty() {
-            if let Err(e) = self.mark_provisioned(slot) {
-                self.note(format!(
-                    "VM {}: cannot mark provisioned: {}",
-                    slot.name,
-                    chain(&e)
-                ));
-            }
+        if def.kind == VmKind::Windows
+            && !def.provisioned
+            && !def.media.is_empty()
+            && let Err(e) = self.mark_provisioned(slot)
+        {
+            self.note(format!(
+                "VM {}: cannot mark provisioned: {}",
+                slot.name,
+                chain(&e)
+            ));
         }
     }
 

@@ -501,7 +501,7 @@ fn corrupt_registry_uses_previous_generation() {
     f.sup.create(&req("two", VmKind::Linux)).unwrap();
     let reg = f.sup.layout().registry();
     let mut text = fs::read_to_string(&reg).unwrap();
-    text.insert_str(text.len() / 2, "#");
+    text.insert(text.len() / 2, '#');
     fs::write(&reg, &text).unwrap();
     let f = f.restart();
     let names: Vec<_> = f.sup.list().into_iter().map(|v| v.name).collect();

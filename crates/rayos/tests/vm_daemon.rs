@@ -1,0 +1,539 @@
+//! rayosd end to end: the real `rayos daemon` with the QEMU backend (TCG)
+//! and the tiny test guest, driven through the real `rayos vm` CLI.
+//!
+//! The guest prints `COUNTER <n>` every 0.25 s from RAM, so "the counter
+//! continues" proves a restore (or an undisturbed guest) and "the counter
+//! starts at 0" proves a cold boot.
+//!
+//! Every daemon and every QEMU a test starts is killed by a guard on drop.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rayos_api::{Client, VmInfo, VmState};
+use rayos_testkit::guest;
+use rayos_vmm::qemu::process;
+
+const BOOT: Duration = Duration::from_secs(120);
+
+fn rayos() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rayos"))
+}
+
+/// One data volume and socket, with the daemon started and restarted on it.
+struct Host {
+    dir: tempfile::TempDir,
+    daemon: Option<Child>,
+    /// Daemon stdout so far (all runs), for the RAYOS_* markers.
+    out_file: PathBuf,
+}
+
+impl Host {
+    fn new() -> Host {
+        let dir = tempfile::Builder::new()
+            .prefix("rayosd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let out_file = dir.path().join("daemon.out");
+        Host {
+            dir,
+            daemon: None,
+            out_file,
+        }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/api.sock")
+    }
+
+    fn client(&self) -> Client {
+        Client::new(self.socket()).with_timeout(Some(Duration::from_secs(300)))
+    }
+
+    fn policy(&self, text: &str) {
+        let p = self.state().join("policy/rayos-policy.toml");
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+
+    fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none());
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.out_file)
+            .unwrap();
+        let err = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.err"))
+            .unwrap();
+        let child = rayos()
+            .arg("daemon")
+            .arg("--state-dir")
+            .arg(self.state())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["--cgroup", "none", "--shutdown-timeout", "120"])
+            .env("RAYOS_ACCEL", "tcg")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn rayos daemon");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.client().health().is_ok() {
+                break;
+            }
+            if let Some(st) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                panic!("rayos daemon exited with {st}: {}", self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not answer: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_autostart(&self, runs: usize) {
+        let deadline = Instant::now() + BOOT;
+        while self.markers("RAYOS_AUTOSTART_DONE").len() < runs {
+            assert!(
+                Instant::now() < deadline,
+                "autostart did not finish: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.path().join("daemon.err")).unwrap_or_default()
+    }
+
+    fn markers(&self, prefix: &str) -> Vec<String> {
+        fs::read_to_string(&self.out_file)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn kill_daemon(&mut self) {
+        let mut c = self.daemon.take().expect("daemon runs");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// SIGTERM, as at host shutdown; returns the exit code.
+    fn term_daemon(&mut self) -> i32 {
+        let mut c = self.daemon.take().expect("daemon runs");
+        process::signal(c.id(), libc::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("daemon did not exit after SIGTERM: {}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn vm(&self, args: &[&str]) -> Output {
+        rayos()
+            .arg("vm")
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `rayos vm ARGS`, which must succeed; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.vm(args);
+        assert!(
+            o.status.success(),
+            "rayos vm {args:?} failed: {}{}\ndaemon: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.stderr()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn show(&self, name: &str) -> VmInfo {
+        serde_json::from_str(&self.ok(&["show", name, "--json"])).unwrap()
+    }
+
+    fn console(&self, name: &str) -> PathBuf {
+        self.show(name).vm_dir.join("logs/console.log")
+    }
+
+    fn create_guest(&self, name: &str, extra: &[&str]) {
+        let g = guest::linux_guest().expect("test guest (needs linux-image-amd64, busybox-static)");
+        let mut args = vec![
+            "create",
+            name,
+            "--kind",
+            "linux",
+            "--memory",
+            "256",
+            "--cpus",
+            "1",
+            "--kernel",
+            g.kernel.to_str().unwrap(),
+            "--initrd",
+            g.initrd.to_str().unwrap(),
+            "--cmdline",
+            &g.cmdline,
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // QEMU and swtpm are detached from the daemon: end them here.
+        let vm_run = self.dir.path().join("run/vm");
+        for e in fs::read_dir(&vm_run).into_iter().flatten().flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            for pidfile in ["qemu.pid", "swtpm.pid"] {
+                if let Some(pid) = process::read_pid(&e.path().join(pidfile)) {
+                    if process::alive_with_arg(pid, &id) || pidfile == "swtpm.pid" {
+                        let _ = process::signal(pid, libc::SIGKILL);
+                        process::wait_gone(pid, Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn last_counter(log: &Path) -> u64 {
+    *guest::counters(&guest::read_from(log, 0).unwrap())
+        .last()
+        .expect("the guest printed counters")
+}
+
+/// Counters printed after byte `from`, waiting until at least `n` are there.
+fn counters_after(log: &Path, from: u64, n: usize) -> Vec<u64> {
+    let deadline = Instant::now() + BOOT;
+    loop {
+        let c = guest::counters(&guest::read_from(log, from).unwrap());
+        if c.len() >= n {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "guest printed {c:?} after {from}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn json_boot(out: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(out).unwrap();
+    v["boot"].as_str().unwrap_or_default().to_string()
+}
+
+/// The counter continues after suspend/start, is not interrupted by a
+/// daemon SIGKILL + restart (re-attach), continues after a SIGTERM +
+/// restart (saved, then autostart resumes it hidden), and `--fresh` starts
+/// it from zero.
+#[test]
+fn counter_survives_suspend_daemon_kill_and_host_shutdown() {
+    let mut h = Host::new();
+    h.policy("version = 1\n[linux]\nautostart = true\n");
+    h.start_daemon();
+    h.create_guest("lin", &[]);
+    assert_eq!(h.show("lin").state, VmState::Stopped);
+
+    // Cold boot.
+    let out = h.ok(&["start", "lin", "--json"]);
+    assert_eq!(json_boot(&out), "cold");
+    let log = h.console("lin");
+    guest::wait_counter_above(&log, 0, Some(3), BOOT).unwrap();
+
+    // suspend -> start: resumed, counter continues.
+    h.ok(&["suspend", "lin"]);
+    let shown = h.show("lin");
+    assert_eq!(shown.state, VmState::Saved);
+    assert!(
+        shown
+            .saved_state
+            .as_ref()
+            .is_some_and(|s| s.usable && s.bytes > 0)
+    );
+    let before = last_counter(&log);
+    let mark = guest::log_len(&log);
+    let out = h.ok(&["start", "lin", "--json"]);
+    assert_eq!(json_boot(&out), "resumed");
+    assert!(h.markers("RAYOS_VM_STARTED:lin:").ends_with(&[
+        "RAYOS_VM_STARTED:lin:cold".to_string(),
+        "RAYOS_VM_STARTED:lin:resumed".to_string()
+    ]));
+    let after = counters_after(&log, mark, 2);
+    assert!(
+        after[0] >= before,
+        "resume continued: {before} then {after:?}"
+    );
+
+    // SIGKILL the daemon: the guest keeps running, the next daemon adopts it.
+    let pid = h.show("lin").pid.unwrap();
+    h.kill_daemon();
+    let mark = guest::log_len(&log);
+    let during = counters_after(&log, mark, 3);
+    assert!(during.windows(2).all(|w| w[1] == w[0] + 1), "{during:?}");
+    h.start_daemon();
+    h.wait_autostart(2);
+    let shown = h.show("lin");
+    assert_eq!((shown.state, shown.pid), (VmState::Running, Some(pid)));
+    assert_eq!(h.markers("RAYOS_VM_ATTACHED:lin").len(), 1);
+    let after = counters_after(&log, mark, during.len() + 3);
+    assert!(
+        after.windows(2).all(|w| w[1] == w[0] + 1),
+        "never interrupted: {after:?}"
+    );
+
+    // SIGTERM: saved, exit 0; the next start resumes it hidden (autostart).
+    h.ok(&["present", "lin"]);
+    assert_eq!(h.term_daemon(), 0, "{}", h.stderr());
+    assert!(!process::alive(pid), "QEMU ended after the save");
+    assert!(!h.socket().exists(), "socket removed on exit");
+    let before = last_counter(&log);
+    let mark = guest::log_len(&log);
+    h.start_daemon();
+    h.wait_autostart(3);
+    assert_eq!(
+        h.markers("RAYOS_VM_STARTED:lin:").last().unwrap(),
+        "RAYOS_VM_STARTED:lin:resumed"
+    );
+    let shown = h.show("lin");
+    assert_eq!(shown.state, VmState::Running);
+    assert!(!shown.presented, "autostart resumes hidden");
+    let after = counters_after(&log, mark, 2);
+    assert!(
+        after[0] >= before,
+        "continued after host shutdown: {before} then {after:?}"
+    );
+
+    // --fresh: the saved state is discarded, the counter restarts at 0.
+    h.ok(&["suspend", "lin"]);
+    let mark = guest::log_len(&log);
+    let out = h.ok(&["start", "lin", "--fresh", "--json"]);
+    assert_eq!(json_boot(&out), "cold");
+    let after = counters_after(&log, mark, 1);
+    assert_eq!(after[0], 0, "fresh start boots from zero: {after:?}");
+    assert!(h.show("lin").unusable_states.is_empty());
+
+    // A graceful stop: the guest powers off on the ACPI button.
+    let out = h.ok(&["stop", "lin"]);
+    assert!(out.contains("shut down by the guest"), "{out}");
+    assert_eq!(h.show("lin").state, VmState::Stopped);
+}
+
+/// A damaged saved state: the VM cold-boots, the state is kept aside
+/// byte for byte, and the disk is untouched and consistent.
+#[test]
+fn corrupt_state_file_cold_boots_and_keeps_disk_and_state() {
+    let mut h = Host::new();
+    h.start_daemon();
+    h.create_guest("lin", &["--disk", "32M"]);
+    h.ok(&["start", "lin"]);
+    let log = h.console("lin");
+    guest::wait_counter_above(&log, 0, Some(2), BOOT).unwrap();
+    h.ok(&["suspend", "lin"]);
+    let shown = h.show("lin");
+    let state = shown.saved_state.unwrap().path;
+    let disk = shown.disks[0].clone();
+
+    // Damage the middle of the state file.
+    let mut bytes = fs::read(&state).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 4096.min(bytes.len() - mid)] {
+        *b ^= 0x5a;
+    }
+    fs::write(&state, &bytes).unwrap();
+    let disk_before = fs::read(&disk).unwrap();
+
+    let mark = guest::log_len(&log);
+    let out = h.ok(&["start", "lin", "--json"]);
+    assert_eq!(json_boot(&out), "cold", "{out}");
+    let after = counters_after(&log, mark, 1);
+    assert_eq!(after[0], 0, "cold boot: {after:?}");
+
+    let shown = h.show("lin");
+    assert_eq!(shown.unusable_states.len(), 1, "{shown:?}");
+    let kept = shown.unusable_states[0].join("vm.state");
+    assert_eq!(
+        fs::read(&kept).unwrap(),
+        bytes,
+        "damaged state kept byte for byte"
+    );
+    assert!(
+        shown
+            .last_error
+            .unwrap_or_default()
+            .contains("restoring failed")
+    );
+    h.ok(&["stop", "lin", "--force"]);
+    assert_eq!(fs::read(&disk).unwrap(), disk_before, "disk unchanged");
+    let check = Command::new("qemu-img")
+        .arg("check")
+        .arg(&disk)
+        .output()
+        .expect("qemu-img (qemu-utils) is installed");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
+fn raw(socket: &Path, request: &[u8]) -> (u16, String) {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = s.write_all(request);
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// No QEMU needed: a corrupt registry falls back to its previous
+/// generation; bad API input gets 4xx; CLI exit codes; the daemon's RSS.
+#[test]
+fn corrupt_registry_bad_input_and_exit_codes() {
+    let mut h = Host::new();
+    // Unreachable daemon: exit code 3 and a message naming the socket.
+    let o = h.vm(&["list"]);
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(h.socket().to_str().unwrap()) && err.contains("rayos daemon"),
+        "{err}"
+    );
+
+    h.start_daemon();
+    let kernel = guest::host_kernel().unwrap().0;
+    for name in ["one", "two"] {
+        h.ok(&[
+            "create",
+            name,
+            "--kind",
+            "generic",
+            "--kernel",
+            kernel.to_str().unwrap(),
+        ]);
+    }
+    let health = h.client().health().unwrap();
+    let rss = rss_kib(health.pid);
+    println!("rayosd RSS with 2 VMs defined: {rss} KiB");
+    let reported = health.rss_kib.unwrap();
+    assert!(
+        reported > 0 && reported.abs_diff(rss) < 4096,
+        "{reported} vs {rss}"
+    );
+
+    // Exit codes.
+    assert_eq!(h.vm(&["show", "ghost"]).status.code(), Some(4));
+    assert_eq!(
+        h.vm(&["create", "Bad", "--kind", "linux"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        h.vm(&["create", "x", "--kind", "linux", "--disk", "/no/such.img"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        h.vm(&["suspend", "one"]).status.code(),
+        Some(1),
+        "409 is a failure"
+    );
+
+    // Bad API input: 4xx with a message, and the daemon keeps serving.
+    let s = h.socket();
+    for (want, req) in [
+        (
+            400,
+            &b"POST /v1/vms HTTP/1.1\r\nContent-Length: 5\r\n\r\n{oops"[..],
+        ),
+        (
+            400,
+            b"POST /v1/vms/one/start HTTP/1.1\r\nContent-Length: 13\r\n\r\n{\"fresh\":\"1\"}",
+        ),
+        (404, b"POST /v1/vms/ghost/start HTTP/1.1\r\n\r\n"),
+        (409, b"POST /v1/vms/one/suspend HTTP/1.1\r\n\r\n"),
+        (
+            413,
+            b"POST /v1/vms HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+        ),
+        (400, b"\xff\xfe nonsense\r\n\r\n"),
+    ] {
+        let (got, text) = raw(&s, req);
+        assert_eq!(got, want, "{text}");
+        assert!(text.contains("\"error\""), "{text}");
+    }
+    assert_eq!(h.client().list().unwrap().len(), 2);
+
+    // Corrupt the registry: the previous generation (one VM) is used, the
+    // note names the file and line, the damaged file stays.
+    h.kill_daemon();
+    let reg = h.state().join("vm/registry.json");
+    let text = fs::read_to_string(&reg).unwrap();
+    let damaged = text.replacen("\"name\"", "\"name\" oops", 1);
+    fs::write(&reg, &damaged).unwrap();
+    h.start_daemon();
+    let names: Vec<String> = h
+        .client()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, ["one"]);
+    let health = h.client().health().unwrap();
+    assert!(
+        health.notes.iter().any(|n| n.contains("registry.json:")),
+        "{:?}",
+        health.notes
+    );
+    assert_eq!(fs::read_to_string(&reg).unwrap(), damaged);
+}
