@@ -86,6 +86,7 @@ const MODULES: &[&str] = &[
     "hid-generic",
     "usbhid",
     "hid_multitouch",
+    "uinput",
     "i2c_hid_acpi",
     "psmouse",
     "virtio_input",

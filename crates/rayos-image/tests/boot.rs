@@ -164,3 +164,112 @@ fn uki_boots_from_the_iso_as_cd_and_from_the_usb_image_as_disk() {
         },
     );
 }
+
+/// Dynamic programs copied with `Initramfs::elf` (libraries found by ldd,
+/// merged /usr) run inside the booted initramfs: QEMU itself (with its TCG
+/// module), swtpm and mke2fs print their versions.
+#[test]
+fn programs_copied_with_their_libraries_run_in_the_initramfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let kernel = uki::host_kernel().expect("no /boot/vmlinuz-*: install linux-image-amd64");
+    let mut ird = Initramfs::usr_merged();
+    ird.copy("usr/bin/busybox", Path::new("/bin/busybox"), Some(0o755))
+        .unwrap();
+    let programs = [
+        (
+            "usr/bin/qemu-system-x86_64",
+            "/usr/bin/qemu-system-x86_64",
+            "qemu-system-x86",
+        ),
+        ("usr/bin/swtpm", "/usr/bin/swtpm", "swtpm"),
+        ("usr/sbin/mke2fs", "/usr/sbin/mke2fs", "e2fsprogs"),
+    ];
+    for (dest, host, pkg) in programs {
+        assert!(
+            Path::new(host).exists(),
+            "{host} missing: install {pkg} (scripts/install-deps.sh)"
+        );
+        ird.elf(dest, Path::new(host)).unwrap();
+    }
+    let accel = "/usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so";
+    ird.elf(accel, Path::new(accel)).unwrap();
+    ird.file(
+        "init",
+        0o755,
+        "#!/bin/busybox sh\n\
+         /bin/busybox mkdir -p /dev /proc\n\
+         /bin/busybox mount -t devtmpfs dev /dev\n\
+         /bin/busybox mount -t proc proc /proc\n\
+         /usr/bin/qemu-system-x86_64 --version\n\
+         /bin/busybox echo quit | /usr/bin/qemu-system-x86_64 -accel tcg -M none -nodefaults -display none -monitor stdio && /bin/busybox echo TCG_ACCEL_OK\n\
+         /usr/bin/swtpm --version\n\
+         /usr/sbin/mke2fs -V\n\
+         /bin/busybox echo PROGRAMS_DONE\n\
+         /bin/busybox poweroff -f\n",
+    )
+    .unwrap();
+    let initrd = d.join("initrd.zst");
+    ird.write(&initrd, Compression::Zstd(3)).unwrap();
+    let uki_path = d.join("rayos-progs.efi");
+    rayos_image::assemble_uki(
+        &UkiParts {
+            stub: uki::DEBIAN_STUB.into(),
+            kernel,
+            initrd,
+            cmdline: "console=ttyS0,115200 panic=-1".into(),
+            osrel: rayos_image::os_release("0.0.1-test"),
+            uname: None,
+        },
+        &uki_path,
+    )
+    .unwrap();
+    let work = d.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let esp = d.join("esp.img");
+    media::build_esp(
+        &esp,
+        &EspContents {
+            systemd_boot: media::SYSTEMD_BOOT.into(),
+            loader_conf: media::loader_conf("rayos-*", 0),
+            ukis: vec![("rayos-progs.efi".into(), uki_path)],
+            entries: vec![],
+            payload: vec![],
+        },
+        &work,
+    )
+    .unwrap();
+    let cfg = Config::new(&work.join("vm")).unwrap().medium(Medium::Disk {
+        path: esp,
+        sector_size: 512,
+    });
+    let mut vm = Qemu::start(&cfg).unwrap();
+    vm.wait_for("PROGRAMS_DONE", Duration::from_secs(300))
+        .unwrap();
+    let out = vm.serial_output();
+    assert!(
+        out.contains("QEMU emulator version"),
+        "qemu did not run:\n{}",
+        vm.tail()
+    );
+    assert!(
+        out.contains("TCG_ACCEL_OK"),
+        "qemu cannot start with its TCG accelerator module:\n{}",
+        vm.tail()
+    );
+    assert!(
+        out.contains("TPM emulator version"),
+        "swtpm did not run:\n{}",
+        vm.tail()
+    );
+    assert!(
+        out.contains("mke2fs 1."),
+        "mke2fs did not run:\n{}",
+        vm.tail()
+    );
+    assert!(
+        !out.contains("error while loading shared libraries"),
+        "{}",
+        vm.tail()
+    );
+}
