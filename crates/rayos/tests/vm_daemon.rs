@@ -372,7 +372,8 @@ fn corrupt_state_file_cold_boots_and_keeps_disk_and_state() {
     // Damage the middle of the state file.
     let mut bytes = fs::read(&state).unwrap();
     let mid = bytes.len() / 2;
-    for b in &mut bytes[mid..mid + 4096.min(bytes.len() - mid)] {
+    let end = mid + 4096.min(bytes.len() - mid);
+    for b in &mut bytes[mid..end] {
         *b ^= 0x5a;
     }
     fs::write(&state, &bytes).unwrap();
