@@ -162,3 +162,45 @@ fn whole_disk_then_own_partitions_writes_a_new_table() {
             .all(|s| s.kind == rayos_disk::SystemKind::Esp)
     );
 }
+
+#[test]
+fn hand_made_partitions_on_a_4096_byte_sector_disk() {
+    let env = Env::new();
+    let img = env.path("4k.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(6 * GIB)
+        .unwrap();
+    let disk = rayos_disk::probe_image(&img, Some(4096)).unwrap();
+    let mut l = Layout::new(&disk);
+    let esp = l.create(largest(&l), Some(600 * MIB), Role::Esp).unwrap();
+    let sys = l.create(largest(&l), Some(GIB), Role::System).unwrap();
+    let data = l.create(largest(&l), Some(2 * GIB), Role::Data).unwrap();
+    let vm = l.create(largest(&l), None, Role::VmLinux).unwrap();
+    let p = plan(
+        &l,
+        &Answers::defaults(Mode::FreeSpace),
+        &Facts::default(),
+        &[],
+        &env.opts(),
+    )
+    .unwrap();
+    assert_eq!(p.plan.sector_size, 4096);
+    assert_eq!(p.plan.table, TableAction::New);
+    apply(&p.plan, &env.apply_opts(), &mut |_| {}).unwrap();
+    let after = rayos_disk::probe_image(&img, Some(4096)).unwrap();
+    assert_eq!(after.logical_sector_size, 4096);
+    let r = after.rayos.clone().unwrap();
+    assert_eq!(
+        (r.esp, r.system, r.data, r.vm_storage),
+        (Some(esp), Some(sys), Some(data), vec![vm])
+    );
+    for (n, size) in [(esp, 600 * MIB), (sys, GIB), (data, 2 * GIB)] {
+        let q = after.partition(n).unwrap();
+        assert_eq!(q.size_bytes, size, "partition {n}");
+        assert_eq!(q.start_bytes % MIB, 0, "partition {n} unaligned");
+    }
+    let v = after.partition(vm).unwrap();
+    assert_eq!(v.filesystem, Some(rayos_disk::Filesystem::Ext4));
+    assert_eq!(v.fs_label.as_deref(), Some("rayos-vm-linux"));
+}

@@ -536,3 +536,83 @@ fn a_failed_step_is_retried_and_the_install_finishes() {
     );
     assert_eq!(d["partitions"].as_array().unwrap().len(), 3, "{d:#}");
 }
+
+#[test]
+fn dry_run_saves_answers_that_rayos_install_plans_the_same_way() {
+    let env = Env::new();
+    let img = env.path("win.img");
+    DiskBuilder::windows_and_linux(8 * GIB).build(&img).unwrap();
+    let before = fingerprint(&img).unwrap();
+    let t = env.wizard_with(&["win.img"], &["--dry-run".into()]);
+    to_partitions(&t);
+    t.step(&["Down", "Down", "Down", "Down", "i"], "new system");
+    t.step(&["Enter"], "step 4/8: VM storage");
+    t.step(&["Enter"], "step 5/8: Machine");
+    t.step(
+        &["Down", "Down", "Down", "BSpace", "BSpace"],
+        "Keyboard layout  [_]",
+    );
+    t.text("de");
+    t.step(&["Enter"], "step 6/8: Policy");
+    let s = t.step(&["Enter"], "step 7/8: Summary");
+    assert!(s.contains("Dry run"), "{s}");
+    // "  create  #5       2 GiB  RayOS system ..." -> "#5 2 GiB"
+    let created: Vec<String> = s
+        .lines()
+        .filter(|l| l.contains("create  #"))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    assert_eq!(created.len(), 2, "{s}");
+    t.text("win.img");
+    t.keys(&["Enter"]);
+    let (rc, err) = t.exit(30);
+    assert_eq!(rc, 0, "{err}");
+    assert!(err.contains("RAYOS_WIZARD:DRY_RUN"), "{err}");
+    assert_eq!(
+        fingerprint(&img).unwrap(),
+        before,
+        "a dry run wrote to the image"
+    );
+
+    // The saved answers give the engine the same plan, unattended.
+    let a = env.answers();
+    assert_eq!(a.machine.keyboard, "de");
+    let out = Command::new(env!("CARGO_BIN_EXE_rayos"))
+        .args([
+            "install",
+            "--answers",
+            &env.p("answers.toml"),
+            "--dry-run",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let engine: Vec<String> = plan["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["action"] == "create")
+        .map(|p| {
+            format!(
+                "#{} {}",
+                p["number"],
+                rayos_install::answers::human_size(p["size_bytes"].as_u64().unwrap())
+            )
+        })
+        .collect();
+    assert_eq!(engine, created);
+    assert_eq!(plan["machine"]["keyboard"], "de");
+    assert_eq!(plan["mode"], "free-space");
+}
