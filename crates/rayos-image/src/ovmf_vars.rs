@@ -164,4 +164,34 @@ mod tests {
         bad[first + 40..first + 44].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(boot_vars(&bad).is_ok());
     }
+
+    /// Random byte flips in a real store and a real stub never panic the
+    /// parsers (the fuzz target `media_parsers` goes further).
+    #[test]
+    fn mutated_inputs_do_not_panic() {
+        let vars = std::fs::read("/usr/share/OVMF/OVMF_VARS_4M.fd").expect("install ovmf");
+        let stub = std::fs::read(crate::uki::DEBIAN_STUB).expect("install systemd-boot-efi");
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..3000 {
+            let base = if round % 2 == 0 { &vars } else { &stub };
+            let mut m = base.clone();
+            // Flip bytes near the headers, where the parsers look.
+            for _ in 0..8 {
+                let at = (next() as usize) % 8192.min(m.len());
+                m[at] = next() as u8;
+            }
+            if round % 7 == 0 {
+                m.truncate((next() as usize) % m.len());
+            }
+            let _ = boot_vars(&m);
+            let _ = crate::uki::sections_of(&m);
+            let _ = crate::uki::kernel_release(&m);
+        }
+    }
 }

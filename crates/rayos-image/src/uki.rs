@@ -175,6 +175,12 @@ fn parse_pe(head: &[u8]) -> Result<Pe, &'static str> {
     })
 }
 
+/// The sections of a PE image given its first bytes (the headers), or why
+/// they are not a PE32+ image. For untrusted input: every offset is checked.
+pub fn sections_of(head: &[u8]) -> Result<Vec<Section>, &'static str> {
+    parse_pe(head).map(|pe| pe.sections)
+}
+
 /// The sections of the PE image at `path` (a UKI or a stub).
 pub fn read_sections(path: &Path) -> Result<Vec<Section>, UkiError> {
     let mut f = fs::File::open(path).map_err(|source| UkiError::Read {
