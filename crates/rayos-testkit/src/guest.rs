@@ -6,6 +6,8 @@
 //! guest RAM only, so after a restore it continues above the last value
 //! seen before the save, and after a cold boot it starts again at 0.
 //! Optional behaviour, switched on by the kernel command line:
+//! - always: the ACPI power button powers the guest off (`POWER button
+//!   pressed`), so `powerdown` ends it.
 //! - `rayos.agent=1`: a shell loop on the `org.qemu.guest_agent.0`
 //!   virtio-serial port answers `guest-sync`, `guest-sync-delimited` and
 //!   `guest-set-time` (enough for `sync_guest_time`; prints `AGENT ...`).
@@ -43,9 +45,15 @@ const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
 /// Modules the guest loads (with their dependencies from `modules.dep`):
 /// virtio-pci and virtio-console give the agent channel, efivarfs the UEFI
-/// variables. The serial port, tpm_crb and the EFI framebuffer are built
-/// into Debian's kernel.
-const MODULES: &[&str] = &["virtio_pci", "virtio_console", "efivarfs"];
+/// variables, button and evdev the ACPI power button. The serial port,
+/// tpm_crb and the EFI framebuffer are built into Debian's kernel.
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_console",
+    "efivarfs",
+    "button",
+    "evdev",
+];
 
 /// Bumped when the build recipe changes in a way the input hash misses.
 const RECIPE: &str = "rayos-testkit guest v1";
@@ -202,6 +210,20 @@ agent() {{
   done
 }}
 [ "$(arg rayos.agent)" = 1 ] && agent &
+
+# The ACPI power button powers the guest off, so a graceful stop works.
+powerbutton() {{
+  for d in /sys/class/input/event*; do
+    [ "$(cat $d/device/name 2>/dev/null)" = "Power Button" ] || continue
+    # One input event (24 bytes on x86_64) means the button was pressed.
+    if dd if=/dev/input/${{d##*/}} bs=24 count=1 2>/dev/null | grep -q .; then
+      echo "POWER button pressed"
+      sync
+      poweroff -f
+    fi
+  done
+}}
+powerbutton &
 
 n=0
 while :; do

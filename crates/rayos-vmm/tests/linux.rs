@@ -223,6 +223,26 @@ fn attach_after_the_launcher_is_gone() {
     assert!(after > last, "{after} <= {last}");
 }
 
+/// The ACPI power button reaches the guest, which powers off; QEMU exits
+/// by itself.
+#[test]
+fn powerdown_ends_the_guest() {
+    let vm = linux_vm("power");
+    let vmm = vmm();
+    let log = vm.console();
+    let mut g = Guard(Some(vmm.launch(&vm.spec, &Launch::Cold).unwrap()));
+    guest::wait_for_line(&log, 0, guest::READY_MARKER, BOOT).unwrap();
+    guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
+    g.h().powerdown().unwrap();
+    assert!(
+        g.h().wait_exit(BOOT).unwrap(),
+        "QEMU did not exit after powerdown"
+    );
+    assert_eq!(g.h().state().unwrap(), RunState::Exited);
+    guest::wait_for_line(&log, 0, "POWER button pressed", Duration::from_secs(5)).unwrap();
+    g.0 = None;
+}
+
 /// The fingerprint ignores how a VM is launched but follows its
 /// configuration.
 #[test]

@@ -98,3 +98,33 @@ fn tpm_and_uefi_variables_persist_across_stop_start() {
         "swtpm stopped with the VM"
     );
 }
+
+/// With `secure_boot`, the profile runs the Secure Boot OVMF build with
+/// SMM and a copy of the Microsoft-keys VARS: the firmware enforces Secure
+/// Boot, so it refuses the test guest's unsigned UKI ("Access Denied" on the
+/// serial console) instead of booting it.
+#[test]
+fn secure_boot_refuses_an_unsigned_loader() {
+    let mut vm = windows_vm("winsb");
+    vm.spec.def.boot = rayos_state::registry::BootSpec::Uefi { secure_boot: true };
+    let vmm = vmm();
+    let log = vm.console();
+    let mut g = Guard(Some(vmm.launch(&vm.spec, &Launch::Cold).unwrap()));
+    let vars = std::fs::read(vm.spec.vm_dir.join("ovmf-vars.fd")).unwrap();
+    assert_eq!(
+        vars.len(),
+        std::fs::metadata("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
+            .unwrap()
+            .len() as usize
+    );
+    let line = guest::wait_for_line(&log, 0, "Access Denied", BOOT).unwrap();
+    assert!(line.contains("failed to load"), "{line}");
+    assert!(
+        !guest::read_from(&log, 0)
+            .unwrap()
+            .contains(guest::READY_MARKER)
+    );
+    assert_eq!(g.h().state().unwrap(), RunState::Running);
+    g.h().kill().unwrap();
+    g.0 = None;
+}

@@ -108,7 +108,7 @@ impl QemuHandle {
         let _ = std::fs::remove_file(&rc_file);
         let uri = format!(
             "exec:{} -q -dc {}; echo $? > {}",
-            self.config.zstd.display(),
+            sh_quote(&self.config.zstd.display().to_string()),
             sh_quote(&state_file.display().to_string()),
             sh_quote(&rc_file.display().to_string())
         );
@@ -193,7 +193,7 @@ impl QemuHandle {
         // report "completed" before zstd has flushed.
         let uri = format!(
             "exec:{} -q -f -1 -T2 -o {}; echo $? > {}",
-            self.config.zstd.display(),
+            sh_quote(&self.config.zstd.display().to_string()),
             sh_quote(&tmp.display().to_string()),
             sh_quote(&rc_file.display().to_string())
         );
