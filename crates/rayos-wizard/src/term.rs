@@ -12,8 +12,9 @@ use crossterm::execute;
 use crossterm::terminal::{
     EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
-use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
+use ratatui::layout::Rect;
+use ratatui::{Terminal, TerminalOptions, Viewport};
 
 use rayos_install::apply::{self, Event};
 use rayos_install::plan::make_plan;
@@ -78,12 +79,38 @@ fn retry_plan(w: &Wizard, planned: &Planned) -> Result<Planned, String> {
     })
 }
 
+/// A serial console reports its size as 0x0 (nobody set it with stty):
+/// then draw on a fixed area of `COLUMNS`x`LINES`, or 80x24.
+fn fallback_size() -> Option<Rect> {
+    let (cols, rows) = crossterm::terminal::size().unwrap_or((0, 0));
+    if cols > 0 && rows > 0 {
+        return None;
+    }
+    let env = |k: &str, d: u16| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(d)
+    };
+    Some(Rect::new(0, 0, env("COLUMNS", 80), env("LINES", 24)))
+}
+
 pub(crate) fn run(config: &Config, mut w: Wizard) -> Result<Outcome, WizardError> {
     enable_raw_mode().map_err(WizardError::Terminal)?;
     let guard = Guard;
     execute!(stdout(), EnterAlternateScreen).map_err(WizardError::Terminal)?;
-    let mut term: Terminal<CrosstermBackend<Stdout>> =
-        Terminal::new(CrosstermBackend::new(stdout())).map_err(WizardError::Terminal)?;
+    let backend = CrosstermBackend::new(stdout());
+    let mut term: Terminal<CrosstermBackend<Stdout>> = match fallback_size() {
+        Some(area) => Terminal::with_options(
+            backend,
+            TerminalOptions {
+                viewport: Viewport::Fixed(area),
+            },
+        ),
+        None => Terminal::new(backend),
+    }
+    .map_err(WizardError::Terminal)?;
     let (tx, rx): (Sender<Msg>, Receiver<Msg>) = channel();
     let outcome = loop {
         while let Ok(m) = rx.try_recv() {

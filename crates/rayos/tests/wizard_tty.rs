@@ -26,13 +26,14 @@ struct Tmux {
 }
 
 impl Tmux {
-    fn start(dir: &Path, args: &[String]) -> Tmux {
+    /// Runs `prefix` (shell) and then `rayos wizard args...` in the pane.
+    fn start(dir: &Path, prefix: &str, args: &[String]) -> Tmux {
         let script = dir.join("run.sh");
         let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\n'{}' wizard {} 2>'{d}/stderr'\necho $? > '{d}/rc.tmp'\nmv '{d}/rc.tmp' '{d}/rc'\n",
+                "#!/bin/sh\n{prefix}\n'{}' wizard {} 2>'{d}/stderr'\necho $? > '{d}/rc.tmp'\nmv '{d}/rc.tmp' '{d}/rc'\n",
                 env!("CARGO_BIN_EXE_rayos"),
                 quoted.join(" "),
                 d = dir.display()
@@ -170,6 +171,9 @@ impl Env {
         self.wizard_with(disks, &[])
     }
     fn wizard_with(&self, disks: &[&str], extra: &[String]) -> Tmux {
+        self.wizard_sh("", disks, extra)
+    }
+    fn wizard_sh(&self, prefix: &str, disks: &[&str], extra: &[String]) -> Tmux {
         let mut args = extra.to_vec();
         for d in disks {
             args.push("--disk".to_string());
@@ -182,7 +186,7 @@ impl Env {
             self.p("answers.toml"),
             "--no-nvram".into(),
         ]);
-        Tmux::start(self.dir.path(), &args)
+        Tmux::start(self.dir.path(), prefix, &args)
     }
     fn answers(&self) -> Answers {
         let text = std::fs::read_to_string(self.path("answers.toml")).unwrap();
@@ -615,4 +619,25 @@ fn dry_run_saves_answers_that_rayos_install_plans_the_same_way() {
     assert_eq!(engine, created);
     assert_eq!(plan["machine"]["keyboard"], "de");
     assert_eq!(plan["mode"], "free-space");
+}
+
+#[test]
+fn a_serial_console_without_a_size_gets_80x24() {
+    let env = Env::new();
+    std::fs::File::create(env.path("blank.img"))
+        .unwrap()
+        .set_len(6 * GIB)
+        .unwrap();
+    // A serial console nobody ran stty on reports 0x0.
+    let t = env.wizard_sh("stty rows 0 cols 0", &["blank.img"], &["--dry-run".into()]);
+    let s = t.wait_for("step 1/8: Welcome", 30);
+    let lines: Vec<&str> = s.lines().collect();
+    assert!(
+        lines.len() >= 24 && lines[23].starts_with("Enter: start"),
+        "the keys line is not on row 24:\n{s}"
+    );
+    t.keys(&["q"]);
+    let (rc, err) = t.exit(30);
+    assert_eq!(rc, 5, "{err}");
+    assert!(!env.path("answers.toml").exists());
 }
