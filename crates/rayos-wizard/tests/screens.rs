@@ -445,7 +445,9 @@ fn partition_edits_undo_reset_and_confirmations() {
     assert!(w.layout.as_ref().unwrap().slot(3).unwrap().role.is_none());
     // The ESP cannot become the system partition.
     select(&mut w, part_row(1));
-    press(&mut w, &[Key::Char('a'), Key::Down, Key::Enter]);
+    press(&mut w, &[Key::Char('a'), Key::Down]);
+    snapshot("role-existing", &w);
+    press(&mut w, &[Key::Enter]);
     assert!(
         w.status.clone().unwrap().contains("never reformatted"),
         "{:?}",
@@ -458,6 +460,18 @@ fn partition_edits_undo_reset_and_confirmations() {
     press(&mut w, &[Key::Enter]);
     assert!(w.layout.as_ref().unwrap().whole_disk);
     snapshot("partitions-whole-disk", &w);
+    press(&mut w, &[Key::Char('?')]);
+    snapshot("help-partitions", &w);
+    press(&mut w, &[Key::Char('x')]);
+    assert!(w.modal.is_none());
+    // Own partitions after "whole disk": one of them for the Linux VMs,
+    // shown as such on the VM storage screen.
+    press(&mut w, &[Key::Char('n')]);
+    typed(&mut w, "4GiB");
+    press(&mut w, &[Key::Enter, Key::Down, Key::Down, Key::Down, Key::Enter]);
+    assert_eq!(w.vm_partition(Role::VmLinux), Some(1), "{:?}", w.status);
+    press(&mut w, &[Key::Char('u')]);
+    assert_eq!(w.vm_partition(Role::VmLinux), None);
     press(&mut w, &[Key::Enter]);
     let p = w.planned.clone().unwrap();
     assert_eq!(p.answers.target.mode, Mode::WholeDisk);
