@@ -135,8 +135,8 @@ pub fn draw(f: &mut Frame, w: &Wizard) {
     );
     let lines = match w.screen {
         Screen::Welcome => welcome(w),
-        Screen::Disk => disks(w),
-        Screen::Partitions => partitions(w, body.width as usize),
+        Screen::Disk => disks(w, body.height as usize),
+        Screen::Partitions => partitions(w, body.width as usize, body.height as usize),
         Screen::VmStorage => vm_storage(w),
         Screen::Machine => machine(w),
         Screen::Policy => policy(w),
@@ -239,7 +239,7 @@ fn disk_line(d: &DiskChoice) -> (String, String) {
     (main, safe)
 }
 
-fn disks(w: &Wizard) -> Vec<Line<'static>> {
+fn disks(w: &Wizard, height: usize) -> Vec<Line<'static>> {
     let mut l = vec![
         Line::from("Choose the disk for RayOS. Disks marked NO cannot be chosen.".to_string()),
         Line::from(""),
@@ -248,12 +248,24 @@ fn disks(w: &Wizard) -> Vec<Line<'static>> {
             "Disk", "Model", "Size", "Sect", "Holds", "Usable"
         )),
     ];
-    for (i, d) in w.setup.disks.iter().enumerate() {
+    // Two lines per disk at most (the reason it cannot be chosen), the
+    // window following the cursor, some room left for the evidence below.
+    let n = w.setup.disks.len();
+    let fit = (height.saturating_sub(8) / 2).max(2);
+    let first = (w.disk_cursor + 1).saturating_sub(fit);
+    if first > 0 {
+        l.push(Line::from(format!("  ... {first} more above")));
+    }
+    for (i, d) in w.setup.disks.iter().enumerate().skip(first).take(fit) {
         let (main, safe) = disk_line(d);
         l.push(sel(i == w.disk_cursor, format!("{main} {safe}")));
         if let Some(why) = &d.refusal {
             l.push(Line::from(format!("     {}", cut(why, 72))));
         }
+    }
+    let below = n.saturating_sub(first + fit);
+    if below > 0 {
+        l.push(Line::from(format!("  ... {below} more below")));
     }
     if let Some(d) = w.setup.disks.get(w.disk_cursor) {
         l.push(Line::from(""));
@@ -339,7 +351,7 @@ fn short_role(r: Role) -> &'static str {
     }
 }
 
-fn partitions(w: &Wizard, width: usize) -> Vec<Line<'static>> {
+fn partitions(w: &Wizard, width: usize, height: usize) -> Vec<Line<'static>> {
     let Some(layout) = &w.layout else {
         return vec![];
     };
@@ -375,7 +387,18 @@ fn partitions(w: &Wizard, width: usize) -> Vec<Line<'static>> {
         }
         _ => {}
     }
-    for (i, r) in rows.iter().enumerate() {
+    // Rows that fit under the 4 header lines, leaving 2 for the notes
+    // below; the window follows the cursor.
+    let mut fit = height.saturating_sub(6).max(3);
+    if rows.len() > fit {
+        // Room for the "more" markers.
+        fit = fit.saturating_sub(2).max(1);
+    }
+    let first = (w.row_cursor + 1).saturating_sub(fit);
+    if first > 0 {
+        l.push(Line::from(format!("  ... {first} more above")));
+    }
+    for (i, r) in rows.iter().enumerate().skip(first).take(fit) {
         let text = match r {
             Row::Part(s) => {
                 let now = if s.new {
@@ -420,6 +443,10 @@ fn partitions(w: &Wizard, width: usize) -> Vec<Line<'static>> {
             ),
         };
         l.push(sel(i == w.row_cursor, text));
+    }
+    let below = rows.len().saturating_sub(first + fit);
+    if below > 0 {
+        l.push(Line::from(format!("  ... {below} more below")));
     }
     let deleted: Vec<String> = layout.deleted.iter().map(|n| n.to_string()).collect();
     if !deleted.is_empty() {

@@ -468,7 +468,10 @@ fn partition_edits_undo_reset_and_confirmations() {
     // shown as such on the VM storage screen.
     press(&mut w, &[Key::Char('n')]);
     typed(&mut w, "4GiB");
-    press(&mut w, &[Key::Enter, Key::Down, Key::Down, Key::Down, Key::Enter]);
+    press(
+        &mut w,
+        &[Key::Enter, Key::Down, Key::Down, Key::Down, Key::Enter],
+    );
     assert_eq!(w.vm_partition(Role::VmLinux), Some(1), "{:?}", w.status);
     press(&mut w, &[Key::Char('u')]);
     assert_eq!(w.vm_partition(Role::VmLinux), None);
@@ -555,4 +558,44 @@ fn progress_failure_retry_and_finish() {
         w.handle(Key::Char('p')),
         Effect::Finish(rayos_wizard::After::PowerOff)
     ));
+}
+
+#[test]
+fn long_lists_scroll_with_the_cursor() {
+    use rayos_install::sample::{FakePartition, fake_disk};
+    let parts: Vec<FakePartition> = (1..=20u32)
+        .map(|n| {
+            FakePartition::at(
+                n,
+                n as u64 * 256 * MIB,
+                200 * MIB,
+                512,
+                rayos_disk::types::LINUX_FS,
+                &format!("part{n}"),
+            )
+        })
+        .collect();
+    let big = fake_disk("/dev/vda", 64 * GIB, 512, DiskKind::BlockDevice, &parts);
+    let disks: Vec<Disk> = (0..12)
+        .map(|i| {
+            let mut d = big.clone();
+            d.path = format!("/dev/vd{}", (b'a' + i) as char).into();
+            d
+        })
+        .collect();
+    let mut w = Wizard::new(setup(disks));
+    press(&mut w, &[Key::Enter]);
+    press(&mut w, &[Key::Down; 9]);
+    snapshot("disk-list-scrolled", &w);
+    assert!(screen(&w).contains(">/dev/vdj"));
+    press(&mut w, &[Key::Enter]);
+    press(&mut w, &[Key::Down; 30]);
+    snapshot("partitions-scrolled", &w);
+    // At the end: the last row (the free space after partition 20) is on
+    // screen and selected; the keys line is still there.
+    press(&mut w, &[Key::Down; 30]);
+    let s = screen(&w);
+    assert!(s.contains(">-     5.1 GiB"), "{s}");
+    assert!(s.contains("more above") && !s.contains("more below"), "{s}");
+    assert!(s.contains("u undo  r reset"), "{s}");
 }
