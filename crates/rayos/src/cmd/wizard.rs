@@ -50,10 +50,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.sector_size.is_some_and(|ss| ss != 512 && ss != 4096) {
+    if let Some(ss) = args.sector_size.filter(|ss| *ss != 512 && *ss != 4096) {
         return Err(Exit::new(
             exit::BAD_INPUT,
-            format!("--sector-size {:?}: use 512 or 4096", args.sector_size),
+            format!("--sector-size {ss}: use 512 or 4096"),
         )
         .into());
     }
@@ -80,7 +80,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         allow_bios: args.allow_bios,
         apply: ApplyOptions::default(),
     };
-    let outcome = rayos_wizard::run(&config).map_err(|e| match e {
+    run_config(&config)
+}
+
+/// Runs the wizard with `config` and reports its outcome (stdout message,
+/// stderr marker, exit code). `rayos install` without an answer file on a
+/// terminal calls this too.
+pub fn run_config(config: &Config) -> anyhow::Result<ExitCode> {
+    let outcome = rayos_wizard::run(config).map_err(|e| match e {
         WizardError::NoTerminal | WizardError::NoSystemImage | WizardError::ReadDisk(..) => {
             anyhow::Error::from(Exit::new(
                 exit::BAD_INPUT,
