@@ -238,7 +238,15 @@ pub fn apply(
 pub fn preflight(plan: &Plan) -> Result<(), ApplyError> {
     for f in &plan.files {
         if let Source::HostFile { path } = &f.source {
-            File::open(path).map_err(|e| ApplyError::HostFile(path.clone(), e))?;
+            let meta = File::open(path)
+                .and_then(|f| f.metadata())
+                .map_err(|e| ApplyError::HostFile(path.clone(), e))?;
+            if !meta.is_file() {
+                return Err(ApplyError::HostFile(
+                    path.clone(),
+                    std::io::Error::other("not a regular file"),
+                ));
+            }
         }
     }
     for tool in [

@@ -258,6 +258,20 @@ fn refusals_write_nothing() {
         &[],
     );
     assert_refused(&o, 2, "--system-image");
+    // a system image that is not a file: caught before the first write
+    let o = t.rayos(
+        &[
+            "--target",
+            big.to_str().unwrap(),
+            "--answers",
+            whole.to_str().unwrap(),
+            "--yes",
+            "--system-image",
+            t.dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_refused(&o, 1, "not a regular file");
     // a missing target
     assert_refused(
         &t.install(&t.path("nope.img"), &whole, &["--yes"], &[]),
