@@ -179,8 +179,9 @@ fn welcome(w: &Wizard) -> Vec<Line<'static>> {
         "BIOS/legacy".to_string()
     };
     l.push(Line::from(format!("  Firmware mode:   {fw}")));
+    let usable = w.setup.disks.iter().filter(|d| d.refusal.is_none()).count();
     l.push(Line::from(format!(
-        "  Disks found:     {}",
+        "  Disks found:     {} ({usable} can take RayOS)",
         w.setup.disks.len()
     )));
     l.push(Line::from(format!(

@@ -279,7 +279,8 @@ pub fn contents(d: &DiskChoice) -> String {
         if disk.partitions.is_empty() {
             parts.push("empty".into());
         } else {
-            parts.push(format!("{} partitions", disk.partitions.len()));
+            let n = disk.partitions.len();
+            parts.push(format!("{n} partition{}", if n == 1 { "" } else { "s" }));
         }
     }
     parts.join(", ")
