@@ -567,6 +567,7 @@ impl Session {
     /// Runs a command in the foreground; returns its exit code.
     fn spawn(&self, program: &Path, args: &[String]) -> i32 {
         let mut cmd = Command::new(program);
+        crate::sys::reset_signals_in_child(&mut cmd);
         cmd.args(args);
         if self.tty {
             cmd.process_group(0);

@@ -422,6 +422,39 @@ impl<'a> Loader<'a> {
     }
 }
 
+/// The kernel's module requests (`request_module`: `fs-vfat`,
+/// `crypto-crc32c`, `net-pf-10`, ...). PID 1 points
+/// `/proc/sys/kernel/modprobe` at a link named `modprobe` to the `rayos`
+/// binary; the kernel runs it as `modprobe -q -- NAME`. Returns the exit
+/// status: 0 when something matching was loaded or already there.
+pub fn kernel_modprobe(args: &[String]) -> i32 {
+    let names: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    if names.is_empty() {
+        return 1;
+    }
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let Ok(index) = ModuleIndex::load(&Path::new("/lib/modules").join(release)) else {
+        return 1;
+    };
+    let mut loader = Loader::new(&index);
+    let mut ok = true;
+    for n in names {
+        if index.resolve(n).is_empty() {
+            ok = false;
+            continue;
+        }
+        loader.load(n);
+    }
+    let refused = loader
+        .done
+        .values()
+        .any(|r| matches!(r, LoadResult::Refused(_)));
+    if ok && !refused { 0 } else { 1 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

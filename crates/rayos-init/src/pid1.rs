@@ -371,6 +371,15 @@ impl Init {
         }
         let _ = fs::create_dir_all(control::RUN_DIR);
         let _ = fs::create_dir_all(&self.logs_dir);
+        // The kernel's own module requests (fs-*, crypto-*) go to our
+        // loader: a link named `modprobe` makes `main` dispatch to it.
+        let helper = Path::new(control::RUN_DIR).join("modprobe");
+        if std::os::unix::fs::symlink(&self.exe, &helper).is_ok() {
+            let _ = fs::write(
+                "/proc/sys/kernel/modprobe",
+                helper.as_os_str().as_encoded_bytes(),
+            );
+        }
         // A kernel panic reboots after 10 s instead of hanging.
         let _ = fs::write("/proc/sys/kernel/panic", "10");
         sys::disable_ctrl_alt_del();
@@ -533,11 +542,9 @@ impl Init {
         };
         // -p: fix what is safe without questions. Exit status bits: 1 fixed,
         // 2 fixed and reboot wanted, 4 left uncorrected, 8 operational error.
-        let out = Command::new(e2fsck)
-            .arg("-p")
-            .arg(&dev)
-            .stdin(Stdio::null())
-            .output();
+        let mut cmd = Command::new(e2fsck);
+        sys::reset_signals_in_child(&mut cmd);
+        let out = cmd.arg("-p").arg(&dev).stdin(Stdio::null()).output();
         let out = match out {
             Ok(o) => o,
             Err(e) => {
@@ -978,11 +985,9 @@ impl Init {
         log::marker("RAYOS_INSTALLER:start");
         log::info(format!("running: rayos {}", args.join(" ")));
         // The engine prints its plan and progress straight to the console.
-        match Command::new(&self.exe)
-            .args(&args)
-            .stdin(Stdio::null())
-            .spawn()
-        {
+        let mut cmd = Command::new(&self.exe);
+        sys::reset_signals_in_child(&mut cmd);
+        match cmd.args(&args).stdin(Stdio::null()).spawn() {
             Ok(child) => {
                 self.installer_pid = Some(child.id() as i32);
                 drop(child);

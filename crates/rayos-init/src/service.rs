@@ -202,6 +202,7 @@ impl Services {
 
 fn start(s: &mut Service, markers: &Sender<Marker>) {
     let mut cmd = Command::new(&s.spec.program);
+    crate::sys::reset_signals_in_child(&mut cmd);
     cmd.args(&s.spec.args);
     for (k, v) in &s.spec.env {
         cmd.env(k, v);

@@ -250,6 +250,35 @@ impl SignalFd {
     }
 }
 
+/// Makes a child start with no signal blocked. PID 1 blocks the signals it
+/// reads from its signalfd, and `std::process::Command` passes the mask on
+/// unchanged: without this, rayosd would never see its SIGTERM.
+pub fn reset_signals_in_child(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and calls only
+    // sigemptyset and pthread_sigmask, which are async-signal-safe; it
+    // touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            // Ignored dispositions survive exec too (the console ignores
+            // Ctrl-C for itself, not for the commands it runs).
+            for sig in [
+                libc::SIGINT,
+                libc::SIGQUIT,
+                libc::SIGTSTP,
+                libc::SIGTTOU,
+                libc::SIGTTIN,
+            ] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// An exited child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exited {
@@ -338,4 +367,29 @@ pub fn sethostname(name: &str) -> io::Result<()> {
 /// Opens a file for reading without following it into a controlling tty.
 pub fn open_ro(path: &Path) -> io::Result<File> {
     File::open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// rayosd must get SIGTERM at shutdown: a child of PID 1 (which blocks
+    /// the signals it reads from its signalfd) must start with none blocked.
+    #[test]
+    fn children_start_with_an_empty_signal_mask() {
+        let _fd = SignalFd::new().unwrap();
+        let mut cmd = std::process::Command::new("cat");
+        cmd.arg("/proc/self/status");
+        reset_signals_in_child(&mut cmd);
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("SigBlk:\t0000000000000000"), "{text}");
+        // And the reason this is needed: without it the mask is inherited.
+        let plain = std::process::Command::new("cat")
+            .arg("/proc/self/status")
+            .output()
+            .unwrap();
+        let plain = String::from_utf8_lossy(&plain.stdout);
+        assert!(!plain.contains("SigBlk:\t0000000000000000"), "{plain}");
+    }
 }

@@ -50,12 +50,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // The kernel starts the image's /init (this binary) with no subcommand.
-    if std::env::args_os()
-        .next()
-        .is_some_and(|a| std::path::Path::new(&a).file_name() == Some("init".as_ref()))
+    // The kernel starts the image's /init (this binary) with no subcommand,
+    // and runs /run/rayos/modprobe (a link to it) for its module requests.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    match std::path::Path::new(&argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
     {
-        return finish(cmd::init::run(cmd::init::Args::default()));
+        Some("init") => return finish(cmd::init::run(cmd::init::Args::default())),
+        Some("modprobe") => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            return ExitCode::from(rayos_init::modules::kernel_modprobe(&args) as u8);
+        }
+        _ => {}
     }
     let cli = Cli::parse();
     let result = match cli.command {

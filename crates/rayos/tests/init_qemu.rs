@@ -437,6 +437,8 @@ fn data_disk_mounted_logs_kept_power_button_powers_off() {
         "the data volume is not clean after shutdown: {}",
         String::from_utf8_lossy(&fsck.stdout)
     );
+    let rayosd_log = debugfs_cat(&img, "/logs/rayosd.log");
+    eprintln!("rayosd.log:\n{rayosd_log}");
     let init_log = debugfs_cat(&img, "/logs/init.log");
     assert!(
         init_log.contains("RAYOS_BOOT:mount-data"),
@@ -447,7 +449,10 @@ fn data_disk_mounted_logs_kept_power_button_powers_off() {
         "init.log: {init_log}"
     );
     assert!(init_log.contains("rayosd stopped"), "init.log: {init_log}");
-    let rayosd_log = debugfs_cat(&img, "/logs/rayosd.log");
+    assert!(
+        rayosd_log.contains("RAYOS_DAEMON_STOPPED"),
+        "rayosd.log: {rayosd_log}"
+    );
     assert!(
         rayosd_log.contains("=== rayosd started"),
         "rayosd.log: {rayosd_log}"
