@@ -76,6 +76,10 @@ pub enum ApplyError {
     Nvram(#[source] EfiVarError),
     #[error("the plan has no {0} partition")]
     NoPartition(&'static str),
+    #[error(
+        "the EFI system partition (partition {number}) has {free} bytes free, RayOS needs {need}: free some space on it (nothing was written)"
+    )]
+    EspFull { number: u32, free: u64, need: u64 },
     #[error("the plan names no system image: pass --system-image FILE")]
     NoSystemImage,
 }
@@ -268,6 +272,41 @@ pub fn preflight(plan: &Plan) -> Result<(), ApplyError> {
                     package: tools::package_of(tool),
                     source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in PATH"),
                 },
+            });
+        }
+    }
+    // A reused ESP (often Windows' 100 MiB one) must have room for our
+    // files, or the install would stop half-way on the first copy.
+    if let Some(esp) = plan
+        .partitions
+        .iter()
+        .find(|p| p.action == Action::ReuseEsp)
+    {
+        let need: u64 = plan
+            .files
+            .iter()
+            .filter(|f| f.role == Role::Esp)
+            .map(|f| match &f.source {
+                Source::HostFile { path } => fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+                Source::Text { content } => content.len() as u64,
+                _ => 0,
+            })
+            // cluster slack and directory entries
+            .map(|b| b + 64 * 1024)
+            .sum();
+        let v = FatVolume {
+            disk: plan.target.clone(),
+            offset_bytes: esp.start_bytes,
+        };
+        let free = v.free_bytes().map_err(|source| ApplyError::Tool {
+            step: "preflight".into(),
+            source,
+        })?;
+        if free < need {
+            return Err(ApplyError::EspFull {
+                number: esp.number,
+                free,
+                need,
             });
         }
     }

@@ -210,6 +210,24 @@ impl FatVolume {
         .map(Some)
     }
 
+    /// Free bytes on the filesystem (from `mdir`'s "N bytes free" line).
+    pub fn free_bytes(&self) -> Result<u64, ToolError> {
+        let out = run("mdir", ["-i", &self.image(), "::/"], &self.name())?;
+        let text = String::from_utf8_lossy(&out);
+        let line = text
+            .lines()
+            .find(|l| l.trim_end().ends_with("bytes free"))
+            .unwrap_or_default();
+        // mtools groups digits with spaces: "1 071 312 896 bytes free".
+        let digits: String = line.chars().filter(|c| c.is_ascii_digit()).collect();
+        digits.parse().map_err(|_| ToolError::Failed {
+            tool: "mdir".into(),
+            target: self.name(),
+            status: "0".into(),
+            stderr: format!("no free-space line in its output: {text}"),
+        })
+    }
+
     /// Removes a file if it exists.
     pub fn remove(&self, path: &str) -> Result<(), ToolError> {
         if self.exists(path)? {

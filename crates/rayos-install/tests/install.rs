@@ -440,3 +440,41 @@ fn a_table_write_cut_off_halfway_is_finished_on_rerun() {
         .collect();
     assert_eq!(after, before);
 }
+
+/// A reused ESP without room for systemd-boot is refused before anything
+/// is written (not half-way, after the table changed).
+#[test]
+fn a_full_esp_is_refused_before_any_write() {
+    let env = Env::new();
+    let img = env.path("fullesp.img");
+    DiskBuilder::new(4 * GIB)
+        .partition(
+            0,
+            40 * MIB,
+            "EFI system partition",
+            disks::Content::Esp {
+                files: vec![(
+                    "/EFI/vendor/big.bin".into(),
+                    disks::pseudo_random(3, 39 * MIB as usize),
+                )],
+            },
+        )
+        .build(&img)
+        .unwrap();
+    let plan = make(
+        &env,
+        &img,
+        None,
+        "version = 1\n[target]\nmode = \"free-space\"\n",
+    )
+    .unwrap();
+    assert_eq!(plan.partition(Role::Esp).unwrap().action, Action::ReuseEsp);
+    let fp = fingerprint(&img).unwrap();
+    let e = apply(&plan, &env.apply_opts(), &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(e, rayos_install::ApplyError::EspFull { number: 1, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("nothing was written"), "{e}");
+    assert_eq!(fingerprint(&img).unwrap(), fp);
+}
