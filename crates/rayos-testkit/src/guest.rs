@@ -300,10 +300,13 @@ fn cached(
     }
     let dir = out.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_err(dir))?;
+    // Unique per process and call: tests build in parallel threads.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}-{}.tmp",
         out.file_name().and_then(|n| n.to_str()).unwrap_or("out"),
-        std::process::id()
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let r = write_tmp(&tmp);
     if r.is_err() {
@@ -380,8 +383,8 @@ pub fn uefi_disk() -> Result<PathBuf, GuestError> {
     let dir = cache_dir();
     let uki = dir.join(format!("guest-{key}.efi"));
     cached(&uki, |tmp| {
-        let osrel = dir.join(format!(".osrel-{key}-{}", std::process::id()));
-        let cmd = dir.join(format!(".cmdline-{key}-{}", std::process::id()));
+        let osrel = tmp.with_extension("osrel");
+        let cmd = tmp.with_extension("cmdline");
         fs::write(&osrel, "NAME=RayOS test guest\nID=rayos-test-guest\n")
             .map_err(io_err(&osrel))?;
         fs::write(&cmd, &cmdline).map_err(io_err(&cmd))?;

@@ -54,7 +54,9 @@ pub enum Launch {
 pub enum RunState {
     Running,
     Paused,
-    /// The guest shut itself down; QEMU is about to exit or has.
+    /// The guest shut itself down (powered off). The device model stays
+    /// until [`VmHandle::wait_exit`] or [`VmHandle::kill`] ends it, so this
+    /// is distinguishable from a crash ([`RunState::Exited`]).
     Shutdown,
     /// QEMU is gone.
     Exited,
@@ -142,7 +144,8 @@ pub trait VmHandle: Send {
     /// Ends the device model at once (and its swtpm).
     fn kill(&mut self) -> Result<(), VmmError>;
 
-    /// Waits until the device model has exited; `Ok(false)` on timeout.
+    /// Waits until the device model has exited (ending it once the guest
+    /// has shut down); `Ok(false)` on timeout.
     fn wait_exit(&mut self, timeout: Duration) -> Result<bool, VmmError>;
 
     /// Writes the VM's display as PNG without giving it any input.

@@ -330,6 +330,11 @@ impl CommandLine {
         }
 
         // Per-launch parts.
+        // A guest that powers off leaves QEMU in the `shutdown` state
+        // instead of exiting, so a clean shutdown (RunState::Shutdown) can
+        // be told from a crash (RunState::Exited), even by a daemon that was
+        // not running when it happened.
+        c.launch("-no-shutdown", None);
         c.launch("-pidfile", Some(run(run::QEMU_PID)));
         c.launch("-daemonize", None);
         if launch == LaunchPart::Incoming {
@@ -457,6 +462,7 @@ mod tests {
         }));
         assert!(argv.contains(&"-nodefaults".to_string()));
         assert!(argv.contains(&"-daemonize".to_string()));
+        assert!(argv.contains(&"-no-shutdown".to_string()));
         // No network device at all without the policy allowing it.
         assert!(!argv.iter().any(|a| a.contains("netdev")));
         assert!(!argv.iter().any(|a| a.contains("-incoming")));

@@ -359,7 +359,17 @@ impl VmHandle for QemuHandle {
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> Result<bool, VmmError> {
-        let gone = process::wait_gone(self.pid, timeout);
+        // QEMU runs with -no-shutdown: once the guest has powered off, ask
+        // it to exit.
+        let deadline = Instant::now() + timeout;
+        while process::alive(self.pid) && Instant::now() < deadline {
+            if self.qmp.is_some() && self.status().is_ok_and(|s| s == "shutdown") {
+                let _ = self.exec("quit", None);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let gone = process::wait_gone(self.pid, deadline.saturating_duration_since(Instant::now()));
         if gone {
             self.qmp = None;
             // swtpm ends by itself when QEMU hangs up; make sure.
