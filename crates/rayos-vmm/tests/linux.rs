@@ -333,3 +333,18 @@ fn save_onto_full_filesystem_keeps_vm_running() {
     g.0 = None;
     assert!(vm.state_file().is_file());
 }
+
+/// A run directory too long for unix socket paths is refused up front, with
+/// the reason, and nothing is started.
+#[test]
+fn overlong_run_dir_is_refused() {
+    let mut vm = linux_vm("longrun");
+    vm.spec.run_dir = vm.dir.path().join("r".repeat(120));
+    let err = vmm()
+        .launch(&vm.spec, &Launch::Cold)
+        .map(|_| ())
+        .unwrap_err();
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(chain.contains("too long for unix sockets"), "{chain}");
+    assert!(!vm.spec.run_dir.exists());
+}

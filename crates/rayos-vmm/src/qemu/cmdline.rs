@@ -21,7 +21,6 @@ pub mod run {
     pub const VNC: &str = "vnc.sock";
     pub const QGA: &str = "qga.sock";
     pub const SWTPM: &str = "swtpm.sock";
-    pub const SWTPM_CTRL: &str = "swtpm.ctrl";
     pub const QEMU_PID: &str = "qemu.pid";
     pub const SWTPM_PID: &str = "swtpm.pid";
     /// QEMU's stderr until it daemonizes (start-up errors land here).

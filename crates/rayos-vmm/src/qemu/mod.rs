@@ -344,6 +344,21 @@ impl QemuVmm {
             });
         }
         self.check_inputs(vm)?;
+        // sun_path holds 107 bytes plus the terminator; QEMU would fail
+        // with a less helpful message.
+        let longest = vm.run_dir.join(cmdline::run::SWTPM);
+        if longest.as_os_str().len() > 107 {
+            return Err(VmmError::Spawn {
+                vm: name,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "run directory {} is too long for unix sockets: use a path under 90 bytes",
+                        vm.run_dir.display()
+                    ),
+                ),
+            });
+        }
         if let Launch::Restore { state_file } = how
             && !state_file.is_file()
         {
