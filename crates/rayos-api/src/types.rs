@@ -156,6 +156,10 @@ pub struct CreateRequest {
     /// until the VM is provisioned).
     #[serde(default)]
     pub media: Vec<PathBuf>,
+    /// UEFI Secure Boot with the Microsoft keys (UEFI VMs only; default: on
+    /// for windows, off otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<bool>,
 }
 
 /// `POST /v1/vms/{name}/start`.

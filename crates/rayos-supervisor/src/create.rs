@@ -11,7 +11,8 @@
 //!   (they are small); installation media are referenced, not copied (ISOs
 //!   are large and are detached once the VM is provisioned).
 //! - A VM with media starts unprovisioned; one without is provisioned.
-//! - Windows: UEFI with Secure Boot, TPM 2.0, no direct kernel boot.
+//! - Windows: UEFI with Secure Boot (unless `secure_boot: false`), TPM 2.0,
+//!   no direct kernel boot.
 
 use std::fs;
 use std::io::{self, Read};
@@ -139,6 +140,11 @@ pub fn validate(req: &CreateRequest) -> Result<(), CreateError> {
             ));
         }
         need_file("kernel", k)?;
+        if req.secure_boot.is_some() {
+            return Err(CreateError::Invalid(
+                "--secure-boot is for UEFI VMs: drop it or drop --kernel".into(),
+            ));
+        }
     }
     if let Some(i) = &req.initrd {
         need_file("initrd", i)?;
@@ -253,7 +259,7 @@ pub fn build(req: &CreateRequest, id: Uuid, vm_dir: &Path) -> Result<VmDefinitio
             }
         }
         None => BootSpec::Uefi {
-            secure_boot: req.kind == VmKind::Windows,
+            secure_boot: req.secure_boot.unwrap_or(req.kind == VmKind::Windows),
         },
     };
     let (mem, cpus) = defaults(req.kind);
@@ -286,6 +292,7 @@ mod tests {
             initrd: None,
             cmdline: None,
             media: vec![],
+            secure_boot: None,
         }
     }
 

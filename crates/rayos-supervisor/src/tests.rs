@@ -101,6 +101,7 @@ fn req(name: &str, kind: VmKind) -> CreateRequest {
         initrd: None,
         cmdline: None,
         media: vec![],
+        secure_boot: None,
     }
 }
 

@@ -220,11 +220,17 @@ impl Drop for Host {
         for e in fs::read_dir(&vm_run).into_iter().flatten().flatten() {
             let id = e.file_name().to_string_lossy().into_owned();
             for pidfile in ["qemu.pid", "swtpm.pid"] {
-                if let Some(pid) = process::read_pid(&e.path().join(pidfile)) {
-                    if process::alive_with_arg(pid, &id) || pidfile == "swtpm.pid" {
-                        let _ = process::signal(pid, libc::SIGKILL);
-                        process::wait_gone(pid, Duration::from_secs(5));
-                    }
+                // swtpm's command line names the VM directory, not the id.
+                if let Some(pid) = process::read_pid(&e.path().join(pidfile))
+                    && (process::alive_with_arg(pid, &id)
+                        || (pidfile == "swtpm.pid"
+                            && process::alive_with_arg(
+                                pid,
+                                &self.dir.path().display().to_string(),
+                            )))
+                {
+                    let _ = process::signal(pid, libc::SIGKILL);
+                    process::wait_gone(pid, Duration::from_secs(5));
                 }
             }
         }
@@ -348,8 +354,10 @@ fn counter_survives_suspend_daemon_kill_and_host_shutdown() {
     assert_eq!(after[0], 0, "fresh start boots from zero: {after:?}");
     assert!(h.show("lin").unusable_states.is_empty());
 
-    // A graceful stop: the guest powers off on the ACPI button.
-    let out = h.ok(&["stop", "lin"]);
+    // A graceful stop: the guest powers off on the ACPI button (once its
+    // button watcher runs, a few counters into the boot).
+    counters_after(&log, mark, 4);
+    let out = h.ok(&["stop", "lin", "--timeout", "60"]);
     assert!(out.contains("shut down by the guest"), "{out}");
     assert_eq!(h.show("lin").state, VmState::Stopped);
 }
@@ -537,4 +545,86 @@ fn corrupt_registry_bad_input_and_exit_codes() {
         health.notes
     );
     assert_eq!(fs::read_to_string(&reg).unwrap(), damaged);
+}
+
+fn last_word(line: &str) -> String {
+    line.split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The Windows profile through rayosd: a `--kind windows` VM (UEFI, TPM
+/// 2.0, Hyper-V flags; Secure Boot off because the guest is unsigned) running the UEFI test guest from an imported disk
+/// sees UEFI firmware and a TPM 2.0; its UEFI variable and TPM NV index
+/// survive a suspend/resume and a stop/start.
+#[test]
+fn windows_profile_keeps_uefi_variables_and_tpm_state() {
+    let mut h = Host::new();
+    h.policy("version = 1\n[linux]\nautostart = false\n[windows]\nenabled = true\n");
+    h.start_daemon();
+    let esp = guest::uefi_disk().expect("UEFI test guest (systemd-boot-efi, mtools, dosfstools)");
+    h.ok(&[
+        "create",
+        "win",
+        "--kind",
+        "windows",
+        "--memory",
+        "512",
+        "--cpus",
+        "1",
+        "--disk",
+        esp.to_str().unwrap(),
+        // The test guest's UKI is not signed with Microsoft's keys.
+        "--secure-boot",
+        "off",
+    ]);
+    let shown = h.show("win");
+    assert!(
+        shown.tpm && shown.provisioned && !shown.network,
+        "{shown:?}"
+    );
+    assert_eq!(shown.disks.len(), 1);
+    assert!(
+        shown.disks[0].starts_with(&shown.vm_dir),
+        "imported by copy"
+    );
+
+    h.ok(&["start", "win"]);
+    let log = h.console("win");
+    assert_eq!(
+        guest::wait_for_line(&log, 0, "FIRMWARE", BOOT).unwrap(),
+        "FIRMWARE uefi"
+    );
+    assert_eq!(
+        guest::wait_for_line(&log, 0, "TPM ", BOOT).unwrap(),
+        "TPM 2"
+    );
+    let efivar = last_word(&guest::wait_for_line(&log, 0, "EFIVAR written", BOOT).unwrap());
+    let nv_line = guest::wait_for_line(&log, 0, "TPMNV ", BOOT).unwrap();
+    assert!(nv_line.starts_with("TPMNV written"), "{nv_line}");
+    let nv = last_word(&nv_line);
+    guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
+
+    // Suspend and resume with the TPM attached: the guest continues.
+    h.ok(&["suspend", "win"]);
+    let before = last_counter(&log);
+    let mark = guest::log_len(&log);
+    assert_eq!(json_boot(&h.ok(&["start", "win", "--json"])), "resumed");
+    let after = counters_after(&log, mark, 2);
+    assert!(after[0] >= before, "{before} then {after:?}");
+
+    // Stop and cold-boot: the variable and the NV index are still there.
+    h.ok(&["stop", "win", "--force"]);
+    let mark = guest::log_len(&log);
+    assert_eq!(json_boot(&h.ok(&["start", "win", "--json"])), "cold");
+    assert_eq!(
+        guest::wait_for_line(&log, mark, "EFIVAR ", BOOT).unwrap(),
+        format!("EFIVAR found {efivar}")
+    );
+    assert_eq!(
+        guest::wait_for_line(&log, mark, "TPMNV ", BOOT).unwrap(),
+        format!("TPMNV found {nv}")
+    );
+    h.ok(&["stop", "win", "--force"]);
 }

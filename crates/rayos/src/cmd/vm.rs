@@ -111,6 +111,15 @@ struct CreateArgs {
     /// Installation or driver media (attached until provisioned).
     #[arg(long = "media", value_name = "ISO")]
     media: Vec<PathBuf>,
+    /// UEFI Secure Boot (default: on for windows, off otherwise).
+    #[arg(long, value_name = "on|off")]
+    secure_boot: Option<OnOff>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 fn absolute(p: &Path, what: &str) -> anyhow::Result<PathBuf> {
@@ -166,6 +175,7 @@ fn create_request(a: CreateArgs) -> anyhow::Result<CreateRequest> {
             .iter()
             .map(|m| absolute(m, "media"))
             .collect::<anyhow::Result<_>>()?,
+        secure_boot: a.secure_boot.map(|s| matches!(s, OnOff::On)),
     })
 }
 
