@@ -30,6 +30,8 @@ struct Host {
     daemon: Option<Child>,
     /// Daemon stdout so far (all runs), for the RAYOS_* markers.
     out_file: PathBuf,
+    /// File systems mounted for the test, unmounted on drop.
+    mounts: Vec<PathBuf>,
 }
 
 impl Host {
@@ -43,7 +45,24 @@ impl Host {
             dir,
             daemon: None,
             out_file,
+            mounts: Vec::new(),
         }
+    }
+
+    /// Puts the data volume on a tmpfs of `mib` MiB (to fill it up).
+    fn small_state_volume(&mut self, mib: u32) {
+        let state = self.state();
+        fs::create_dir_all(&state).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(&state)
+            .status()
+            .expect("mount(8)");
+        assert!(
+            st.success(),
+            "mounting a tmpfs needs root (tests run as root in CI)"
+        );
+        self.mounts.push(state);
     }
 
     fn state(&self) -> PathBuf {
@@ -233,6 +252,9 @@ impl Drop for Host {
                     process::wait_gone(pid, Duration::from_secs(5));
                 }
             }
+        }
+        for m in self.mounts.drain(..) {
+            let _ = Command::new("umount").arg(&m).status();
         }
     }
 }
@@ -627,4 +649,81 @@ fn windows_profile_keeps_uefi_variables_and_tpm_state() {
         format!("TPMNV found {nv}")
     );
     h.ok(&["stop", "win", "--force"]);
+}
+
+/// Disk full while saving: the save fails with a message, no partial state
+/// file is left, and the guest keeps running undisturbed.
+#[test]
+fn disk_full_during_save_keeps_the_vm_running() {
+    let mut h = Host::new();
+    // Room for the VM's kernel and initrd copies (~11 MiB), not for the
+    // ~30 MiB state of a 256 MiB guest.
+    h.small_state_volume(20);
+    h.start_daemon();
+    h.create_guest("lin", &[]);
+    h.ok(&["start", "lin"]);
+    let log = h.console("lin");
+    guest::wait_counter_above(&log, 0, Some(2), BOOT).unwrap();
+    let pid = h.show("lin").pid;
+
+    let o = h.vm(&["suspend", "lin"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot save VM lin"), "{err}");
+
+    let shown = h.show("lin");
+    assert_eq!((shown.state, shown.pid), (VmState::Running, pid));
+    assert!(shown.saved_state.is_none());
+    assert!(shown.last_error.is_some());
+    let leftovers: Vec<_> = fs::read_dir(shown.vm_dir.join("state"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "no partial state: {leftovers:?}");
+    let mark = guest::log_len(&log);
+    let after = counters_after(&log, mark, 3);
+    assert!(after.windows(2).all(|w| w[1] == w[0] + 1), "{after:?}");
+    h.ok(&["stop", "lin", "--force"]);
+}
+
+/// A QEMU that dies: the VM goes to `crashed` with its last console lines
+/// kept, and the policy (restart_on_crash) restarts it after a backoff.
+#[test]
+fn crashed_vm_keeps_console_and_is_restarted() {
+    let mut h = Host::new();
+    h.policy("version = 1\n[linux]\nautostart = false\nrestart_on_crash = true\n");
+    h.start_daemon();
+    h.create_guest("lin", &[]);
+    h.ok(&["start", "lin"]);
+    let log = h.console("lin");
+    guest::wait_counter_above(&log, 0, Some(2), BOOT).unwrap();
+    let pid = h.show("lin").pid.unwrap();
+    process::signal(pid, libc::SIGKILL).unwrap();
+
+    let mut seen = Vec::new();
+    h.client()
+        .events(Some(0), |ev| {
+            if ev.vm == "lin" {
+                seen.push(ev.event.clone());
+            }
+            // created, starting, started, crashed, restarting, starting, started
+            !(seen.iter().filter(|e| *e == "started").count() >= 2)
+        })
+        .unwrap();
+    let tail: Vec<&str> = seen.iter().map(String::as_str).skip(3).collect();
+    assert_eq!(tail, ["crashed", "restarting", "starting", "started"]);
+    let shown = h.show("lin");
+    assert_eq!(shown.state, VmState::Running);
+    assert_ne!(shown.pid, Some(pid));
+    assert_eq!(shown.crash_count, 1);
+    assert!(
+        shown
+            .crash_console
+            .iter()
+            .any(|l| l.starts_with("COUNTER ")),
+        "{:?}",
+        shown.crash_console
+    );
+    h.ok(&["stop", "lin", "--force"]);
 }
