@@ -202,7 +202,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         x.kill()?;
     }
 
-    let (dd_write, dd_read) = dd_baseline(state.parent().unwrap_or(&root), report.bytes)?;
+    let dd_dir = state.parent().unwrap_or(&root);
+    let (dd_write, dd_read) = dd_baseline(dd_dir, report.bytes)?;
+    // What an uncompressed save would have to write.
+    let (dd_write_raw, _) = dd_baseline(dd_dir, report.transferred)?;
 
     let save = report.duration;
     println!(
@@ -240,6 +243,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         secs(save) / secs(dd_write)
     );
     println!(
+        "  dd write guest-RAM bytes       {:>8.3} s   {:>7.1} MB/s   ratio save/dd {:.2} (uncompressed baseline)",
+        secs(dd_write_raw),
+        mbps(report.transferred, dd_write_raw),
+        secs(save) / secs(dd_write_raw)
+    );
+    println!(
         "  restore (launch -> running)    {:>8.3} s   {:>7.1} MB/s on disk, {:>7.1} MB/s of guest RAM",
         secs(restore),
         mbps(report.bytes, restore),
@@ -274,6 +283,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "save_s": secs(save),
             "dd_write_s": secs(dd_write),
             "save_over_dd": secs(save) / secs(dd_write),
+            "dd_write_raw_s": secs(dd_write_raw),
+            "save_over_dd_raw": secs(save) / secs(dd_write_raw),
             "restore_s": secs(restore),
             "restore_load_s": secs(load),
             "dd_read_s": secs(dd_read),
