@@ -708,7 +708,7 @@ fn crashed_vm_keeps_console_and_is_restarted() {
                 seen.push(ev.event.clone());
             }
             // created, starting, started, crashed, restarting, starting, started
-            !(seen.iter().filter(|e| *e == "started").count() >= 2)
+            seen.iter().filter(|e| *e == "started").count() < 2
         })
         .unwrap();
     let tail: Vec<&str> = seen.iter().map(String::as_str).skip(3).collect();
