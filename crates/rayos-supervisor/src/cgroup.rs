@@ -99,3 +99,54 @@ impl Cgroups {
         let _ = fs::remove_dir(self.root.join(vm));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against a directory tree shaped like cgroup v2 (regular files stand
+    /// in for the kernel's), so the protocol is checked on any host.
+    #[test]
+    fn weights_follow_presentation() {
+        let d = tempfile::tempdir().unwrap();
+        let parent = d.path();
+        fs::write(
+            parent.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        fs::write(parent.join("cgroup.subtree_control"), "memory\n").unwrap();
+        let root = parent.join("rayos");
+        let c = Cgroups::open(&root).unwrap();
+        assert_eq!(
+            fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap(),
+            "+cpu"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
+            "+cpu"
+        );
+        c.place("lin", 4242, false).unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join("lin/cgroup.procs")).unwrap(),
+            "4242"
+        );
+        assert_eq!(c.weight("lin"), Some(HIDDEN_WEIGHT));
+        c.set_presented("lin", true).unwrap();
+        assert_eq!(c.weight("lin"), Some(PRESENTED_WEIGHT));
+        const { assert!(PRESENTED_WEIGHT > 100 && HIDDEN_WEIGHT < 100) };
+    }
+
+    #[test]
+    fn no_cpu_controller_is_unavailable() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("cgroup.controllers"), "memory pids\n").unwrap();
+        assert!(matches!(
+            Cgroups::open(&d.path().join("rayos")),
+            Err(CgroupError::Unavailable(_))
+        ));
+        // cgroup v1 hosts have no cgroup.controllers at all.
+        let e = tempfile::tempdir().unwrap();
+        assert!(Cgroups::open(&e.path().join("rayos")).is_err());
+    }
+}

@@ -178,6 +178,9 @@ struct Slot {
 
 type OpGuard<'a> = MutexGuard<'a, Option<Box<dyn VmHandle>>>;
 
+/// How long a request waits for a VM's operation lock before answering busy.
+const OP_PATIENCE: Duration = Duration::from_secs(3);
+
 pub struct Supervisor {
     cfg: Config,
     layout: DataLayout,
@@ -395,14 +398,25 @@ impl Supervisor {
         }
     }
 
+    /// The VM's operation lock, or 409 "busy" when another operation holds
+    /// it. Waits up to [`OP_PATIENCE`] first, so a request that meets the
+    /// monitor's brief look at the VM (or a screenshot) is not refused.
     fn try_op<'a>(&self, slot: &'a Slot) -> Result<OpGuard<'a>, OpError> {
-        match slot.op.try_lock() {
-            Ok(g) => Ok(g),
-            Err(TryLockError::Poisoned(p)) => Ok(p.into_inner()),
-            Err(TryLockError::WouldBlock) => Err(OpError::Busy {
-                vm: slot.name.clone(),
-                state: lock(&slot.status).state,
-            }),
+        let deadline = Instant::now() + OP_PATIENCE;
+        loop {
+            match slot.op.try_lock() {
+                Ok(g) => return Ok(g),
+                Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(OpError::Busy {
+                        vm: slot.name.clone(),
+                        state: lock(&slot.status).state,
+                    });
+                }
+            }
         }
     }
 
