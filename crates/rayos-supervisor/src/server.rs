@@ -59,6 +59,8 @@ pub enum ServeError {
 
 /// Binds the API socket: parent directory created, a stale socket file
 /// (no one answering) replaced, mode 0600 so only root can talk to it.
+/// Call it before starting threads that create files (it changes the umask
+/// for a moment).
 pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(|source| ServeError::CreateDir {
@@ -82,7 +84,15 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
             source,
         })?;
     }
-    let l = UnixListener::bind(path).map_err(|source| ServeError::Bind {
+    // Create the socket with mode 0600 from the start (not just after the
+    // chmod below); umask is process-wide, so this runs before the daemon
+    // starts its threads.
+    // SAFETY: umask(2) only swaps the process's file-creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above; restores the previous mask.
+    unsafe { libc::umask(old) };
+    let l = bound.map_err(|source| ServeError::Bind {
         path: path.to_path_buf(),
         source,
     })?;
