@@ -624,6 +624,77 @@ fn engine_error(e: PlanError) -> EditError {
     EditError::Refused(m)
 }
 
+/// The engine's plan for `answers` (mode reuse) on the layout's virtual
+/// disk, lowered to the real disk and validated.
+fn lowered(
+    layout: &Layout,
+    answers: &Answers,
+    facts: &Facts,
+    opts: &PlanOptions,
+) -> Result<Plan, EditError> {
+    let disk = &layout.disk;
+    let vdisk = layout.virtual_disk();
+    let mut plan = make_plan(&vdisk, answers, facts, opts).map_err(engine_error)?;
+
+    // Lower onto the real disk.
+    let created: Vec<u32> = layout
+        .slots
+        .iter()
+        .filter(|s| s.new)
+        .map(|s| s.number)
+        .collect();
+    for p in plan.partitions.iter_mut() {
+        if created.contains(&p.number) && p.action == Action::Format {
+            p.action = Action::Create;
+            p.was = None;
+        }
+    }
+    let real_gpt = disk.table == Table::Gpt && !layout.whole_disk;
+    plan.table = if real_gpt {
+        TableAction::Edit
+    } else {
+        TableAction::New
+    };
+    let ss = layout.sector_size();
+    let gone: Vec<&PartitionReport> = if real_gpt {
+        layout
+            .deleted
+            .iter()
+            .filter_map(|n| disk.partition(*n))
+            .collect()
+    } else {
+        disk.partitions.iter().collect()
+    };
+    for p in gone {
+        plan.partitions.push(PartitionPlan {
+            action: Action::Delete,
+            role: None,
+            number: p.number,
+            first_lba: p.first_lba,
+            last_lba: p.last_lba,
+            start_bytes: p.first_lba * ss,
+            size_bytes: p.size_bytes,
+            type_guid: p.type_guid.unwrap_or_default(),
+            unique_guid: p.unique_guid.unwrap_or_default(),
+            name: p.name.clone(),
+            filesystem: p.filesystem.map(|f| f.name().to_string()),
+            fs_label: p.fs_label.clone(),
+            was: Some(words(p)),
+        });
+    }
+    plan.partitions
+        .sort_by_key(|p| (p.action == Action::Delete, p.first_lba));
+    plan.bytes_allocated = plan
+        .partitions
+        .iter()
+        .filter(|p| matches!(p.action, Action::Create | Action::Format))
+        .map(|p| p.size_bytes)
+        .sum();
+    plan::validate(&plan).map_err(engine_error)?;
+
+    Ok(plan)
+}
+
 /// Makes the engine's plan for `layout`. `base` carries the rest of the
 /// answers (sizes, VM storage, machine, policy); `consented` lists the
 /// existing partitions whose erasure the person typed a confirmation for.
@@ -721,89 +792,58 @@ pub fn plan(
         .map(|s| at(s.number))
         .collect();
 
-    let vdisk = layout.virtual_disk();
-    let mut plan = make_plan(&vdisk, &answers, facts, opts).map_err(engine_error)?;
-
-    // Lower onto the real disk.
-    let created: Vec<u32> = layout
-        .slots
-        .iter()
-        .filter(|s| s.new)
-        .map(|s| s.number)
-        .collect();
-    for p in plan.partitions.iter_mut() {
-        if created.contains(&p.number) && p.action == Action::Format {
-            p.action = Action::Create;
-            p.was = None;
+    // The layout as drawn, without VM storage partitions the engine lays
+    // out itself (they are not on the partition screen).
+    let mut drawn = answers.clone();
+    for st in [&mut drawn.vm_storage.linux, &mut drawn.vm_storage.windows] {
+        if matches!(st, VmStorage::Create(_)) {
+            *st = VmStorage::Data;
         }
     }
-    let real_gpt = disk.table == Table::Gpt && !layout.whole_disk;
-    plan.table = if real_gpt {
-        TableAction::Edit
-    } else {
-        TableAction::New
-    };
-    let ss = layout.sector_size();
-    let gone: Vec<&PartitionReport> = if real_gpt {
-        layout
-            .deleted
-            .iter()
-            .filter_map(|n| disk.partition(*n))
-            .collect()
-    } else {
-        disk.partitions.iter().collect()
-    };
-    for p in gone {
-        plan.partitions.push(PartitionPlan {
-            action: Action::Delete,
-            role: None,
-            number: p.number,
-            first_lba: p.first_lba,
-            last_lba: p.last_lba,
-            start_bytes: p.first_lba * ss,
-            size_bytes: p.size_bytes,
-            type_guid: p.type_guid.unwrap_or_default(),
-            unique_guid: p.unique_guid.unwrap_or_default(),
-            name: p.name.clone(),
-            filesystem: p.filesystem.map(|f| f.name().to_string()),
-            fs_label: p.fs_label.clone(),
-            was: Some(words(p)),
-        });
-    }
-    plan.partitions
-        .sort_by_key(|p| (p.action == Action::Delete, p.first_lba));
-    plan.bytes_allocated = plan
-        .partitions
-        .iter()
-        .filter(|p| matches!(p.action, Action::Create | Action::Format))
-        .map(|p| p.size_bytes)
-        .sum();
-    plan::validate(&plan).map_err(engine_error)?;
+    let own_vm = drawn.vm_storage != answers.vm_storage;
+    let shape = lowered(layout, &drawn, facts, opts);
 
-    // The simplest answers that give the same partitions on the real disk.
-    let sig = signature(&plan);
-    for mode in [Mode::FreeSpace, Mode::WholeDisk] {
-        let mut simple = base.clone();
-        simple.target.disk = Some(disk.path.clone());
-        simple.target.mode = mode;
-        simple.target.reinstall = answers.target.reinstall;
-        for st in [&mut simple.vm_storage.linux, &mut simple.vm_storage.windows] {
-            if matches!(st, VmStorage::Reuse(_)) {
-                *st = VmStorage::Data;
+    // The simplest answers that give the same partitions on the real disk;
+    // then the engine also lays out the VM storage partitions asked for.
+    if let Ok(p) = &shape {
+        let sig = signature(p);
+        for mode in [Mode::FreeSpace, Mode::WholeDisk] {
+            let simple = |vm: &Answers| {
+                let mut a = vm.clone();
+                a.target = answers.target.clone();
+                a.target.mode = mode;
+                a.target.esp = None;
+                a.target.system = None;
+                a.target.data = None;
+                a.target.format.clear();
+                for st in [&mut a.vm_storage.linux, &mut a.vm_storage.windows] {
+                    if matches!(st, VmStorage::Reuse(_)) {
+                        *st = VmStorage::Data;
+                    }
+                }
+                a
+            };
+            let same =
+                make_plan(disk, &simple(&drawn), facts, opts).is_ok_and(|p| signature(&p) == sig);
+            if same {
+                let full = simple(&answers);
+                let plan = make_plan(disk, &full, facts, opts).map_err(engine_error)?;
+                return Ok(Planned {
+                    answers: full,
+                    plan,
+                    repeatable: true,
+                    unexpressed: Vec::new(),
+                });
             }
         }
-        let same = make_plan(disk, &simple, facts, opts)
-            .ok()
-            .filter(|p| signature(p) == sig);
-        if let Some(p) = same {
-            return Ok(Planned {
-                answers: simple,
-                plan: p,
-                repeatable: true,
-                unexpressed: Vec::new(),
-            });
-        }
     }
+    let plan = if own_vm {
+        lowered(layout, &answers, facts, opts)?
+    } else {
+        shape?
+    };
+    let ss = layout.sector_size();
+    let real_gpt = disk.table == Table::Gpt && !layout.whole_disk;
 
     let mut unexpressed = Vec::new();
     if !real_gpt {

@@ -504,18 +504,17 @@ fn progress_failure_retry_and_finish() {
     press(&mut w, &[Key::Enter]);
     snapshot("vm-storage", &w);
     press(&mut w, &[Key::Enter]);
-    // `i` gave the data partition the rest of the disk: no room left.
-    assert_eq!(w.screen, Screen::VmStorage);
-    assert!(
-        w.status.clone().unwrap().contains("too small"),
-        "{:?}",
-        w.status
-    );
-    press(
-        &mut w,
-        &[Key::Char(' '), Key::Enter, Key::Enter, Key::Enter],
-    );
+    // `i` is the engine's free-space layout, so the engine also lays out
+    // the VM partition (ESP, system, VM storage, data).
+    assert_eq!(w.screen, Screen::Machine, "{:?}", w.status);
+    let planned = w.planned.clone().unwrap();
+    assert!(planned.repeatable);
+    let vm = planned.plan.partition(Role::VmLinux).unwrap();
+    assert_eq!((vm.action, vm.size_bytes), (Action::Create, GIB));
+    assert!(vm.first_lba < planned.plan.partition(Role::Data).unwrap().first_lba);
+    press(&mut w, &[Key::Enter, Key::Enter]);
     assert_eq!(w.screen, Screen::Summary, "{:?}", w.status);
+    snapshot("summary-vm-partition", &w);
     typed(&mut w, "vdc");
     let Effect::Install(planned) = w.handle(Key::Enter) else {
         panic!("no install")
@@ -598,4 +597,50 @@ fn long_lists_scroll_with_the_cursor() {
     assert!(s.contains(">-     5.1 GiB"), "{s}");
     assert!(s.contains("more above") && !s.contains("more below"), "{s}");
     assert!(s.contains("u undo  r reset"), "{s}");
+}
+
+#[test]
+fn an_own_vm_partition_needs_room_in_a_hand_made_layout() {
+    let im = images();
+    let mut w = Wizard::new(setup(vec![probed(&im.blank, "/dev/vdc")]));
+    at_partitions(&mut w, 0);
+    // ESP, system and data by hand, data taking the rest: no room for the
+    // engine's VM partition, and the status says what to do.
+    press(&mut w, &[Key::Char('n')]);
+    typed(&mut w, "1GiB");
+    press(&mut w, &[Key::Enter, Key::Enter]);
+    largest_free(&mut w);
+    press(&mut w, &[Key::Char('n')]);
+    typed(&mut w, "3GiB");
+    press(&mut w, &[Key::Enter, Key::Down, Key::Enter]);
+    largest_free(&mut w);
+    press(
+        &mut w,
+        &[Key::Char('n'), Key::Enter, Key::Down, Key::Down, Key::Enter],
+    );
+    press(&mut w, &[Key::Enter]);
+    assert_eq!(w.screen, Screen::VmStorage, "{:?}", w.status);
+    assert!(!w.planned.as_ref().unwrap().repeatable);
+    press(&mut w, &[Key::Down, Key::Char(' '), Key::Enter]);
+    assert_eq!(w.screen, Screen::VmStorage);
+    let why = w.status.clone().unwrap();
+    assert!(why.contains("make the data partition smaller"), "{why}");
+    // Data smaller by hand: now it fits.
+    press(&mut w, &[Key::Char(' '), Key::Esc]);
+    assert_eq!(w.screen, Screen::Partitions);
+    press(&mut w, &[Key::Char('u')]);
+    largest_free(&mut w);
+    press(&mut w, &[Key::Char('n')]);
+    typed(&mut w, "2GiB");
+    press(
+        &mut w,
+        &[Key::Enter, Key::Down, Key::Down, Key::Enter, Key::Enter],
+    );
+    press(&mut w, &[Key::Down, Key::Char(' '), Key::Char('e')]);
+    typed(&mut w, "1GiB");
+    press(&mut w, &[Key::Enter, Key::Enter]);
+    assert_eq!(w.screen, Screen::Machine, "{:?}", w.status);
+    let p = &w.planned.as_ref().unwrap().plan;
+    assert_eq!(p.partition(Role::VmWindows).unwrap().size_bytes, GIB);
+    assert_eq!(p.partition(Role::Data).unwrap().size_bytes, 2 * GIB);
 }
