@@ -11,7 +11,7 @@ use rayos_qmp::{GuestAgent, QmpClient, QmpError};
 use serde_json::{Value, json};
 
 use super::cmdline::run;
-use super::{QemuConfig, process, swtpm, sync_dir};
+use super::{QemuConfig, chain, process, swtpm, sync_dir};
 use crate::{RunState, SaveReport, VmHandle, VmSpec, VmmError};
 
 /// `max-bandwidth` during a save: the default limit (32 MiB/s) makes saving
@@ -66,7 +66,7 @@ impl QemuHandle {
     fn qmp_err(&self, e: QmpError) -> VmmError {
         VmmError::Qmp {
             vm: self.name(),
-            detail: e.to_string(),
+            detail: chain(&e),
         }
     }
 
@@ -113,7 +113,7 @@ impl QemuHandle {
             sh_quote(&rc_file.display().to_string())
         );
         self.exec("migrate-incoming", Some(json!({ "uri": uri })))
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(chain(&e)))?;
         let deadline = Instant::now() + self.config.migrate_timeout;
         let mut stream_done: Option<Instant> = None;
         loop {
@@ -145,12 +145,12 @@ impl QemuHandle {
                         state_file.display()
                     )));
                 }
-                Err(e) => return Err(fail(e.to_string())),
+                Err(e) => return Err(fail(chain(&e))),
             };
             match status.as_str() {
                 "inmigrate" | "prelaunch" => {}
                 "paused" | "postmigrate" => {
-                    self.exec("cont", None).map_err(|e| fail(e.to_string()))?;
+                    self.exec("cont", None).map_err(|e| fail(chain(&e)))?;
                     return Ok(());
                 }
                 "running" => return Ok(()),
@@ -186,7 +186,7 @@ impl QemuHandle {
             "migrate-set-parameters",
             Some(json!({ "max-bandwidth": SAVE_BANDWIDTH })),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| chain(&e))?;
         // zstd's exit status goes to the run directory (another file
         // system): when the state's file system is full, only that file
         // tells a truncated stream from a complete one, because QEMU may
@@ -198,12 +198,10 @@ impl QemuHandle {
             sh_quote(&rc_file.display().to_string())
         );
         self.exec("migrate", Some(json!({ "uri": uri })))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| chain(&e))?;
         let deadline = Instant::now() + self.config.migrate_timeout;
         let transferred = loop {
-            let m = self
-                .exec("query-migrate", None)
-                .map_err(|e| e.to_string())?;
+            let m = self.exec("query-migrate", None).map_err(|e| chain(&e))?;
             match m["status"].as_str().unwrap_or("") {
                 "completed" => break m["ram"]["transferred"].as_u64().unwrap_or(0),
                 "failed" | "cancelled" => {

@@ -409,7 +409,7 @@ impl QemuVmm {
                 swtpm::stop(vm);
                 return Err(VmmError::Qmp {
                     vm: name,
-                    detail: e.to_string(),
+                    detail: chain(&e),
                 });
             }
         };
@@ -454,7 +454,7 @@ impl Vmm for QemuVmm {
             QmpClient::connect_retry(&vm.run_dir.join(cmdline::run::QMP), self.config.qmp_timeout)
                 .map_err(|e| VmmError::Qmp {
                     vm: vm.def.name.clone(),
-                    detail: e.to_string(),
+                    detail: chain(&e),
                 })?;
         qmp.set_timeout(self.config.qmp_timeout);
         let tpm_pid = process::read_pid(&vm.run_dir.join(cmdline::run::SWTPM_PID))
@@ -467,6 +467,19 @@ impl Vmm for QemuVmm {
             qmp,
         ))))
     }
+}
+
+/// An error with its sources, "a: b: c", for the string details of
+/// [`VmmError`].
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
 }
 
 /// fsyncs a directory so a rename in it survives a crash.
