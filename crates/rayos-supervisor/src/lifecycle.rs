@@ -18,7 +18,8 @@ pub enum Step {
     Resume,
     /// The device model is up (cold or restored).
     Launched,
-    /// Launching a cold boot failed.
+    /// Launching failed (a cold boot; or a restore whose state could not be
+    /// kept aside).
     LaunchFailed,
     /// Restoring failed; the saved state is kept aside and the VM cold-boots.
     RestoreFailed,
@@ -56,6 +57,8 @@ pub const TABLE: &[(VmState, Step, VmState)] = &[
     (Starting, Launched, Running),
     (Resuming, Launched, Running),
     (Starting, LaunchFailed, Stopped),
+    // Restore failed and the state could not be moved aside: it stays.
+    (Resuming, LaunchFailed, Saved),
     (Resuming, RestoreFailed, Starting),
     (Running, Save, Saving),
     (Paused, Save, Saving),

@@ -819,13 +819,40 @@ impl Supervisor {
                     // The guest now changes its disks: the old state must
                     // never be loaded again.
                     if let Err(e) = saved::remove(&spec.vm_dir) {
-                        self.note(format!("VM {name}: {}", chain(&e)));
+                        let kept = saved::move_aside(&spec.vm_dir)
+                            .map(|a| format!("moved aside to {}", a.display()))
+                            .unwrap_or_else(|e| {
+                                format!("it could not be moved aside either: {}", chain(&e))
+                            });
+                        self.note(format!("VM {name}: {}; {kept}", chain(&e)));
                     }
                     handle = Some(h);
                 }
                 Err(e) => {
                     let why = chain(&e);
-                    let aside = saved::move_aside(&spec.vm_dir)?;
+                    let aside = match saved::move_aside(&spec.vm_dir) {
+                        Ok(a) => a,
+                        Err(me) => {
+                            // Cold-booting now would leave a state that no
+                            // longer matches the disks where the next start
+                            // could load it: stay saved instead.
+                            let msg = format!(
+                                "restoring failed ({why}) and the state could not be kept aside ({}); not cold-booting",
+                                chain(&me)
+                            );
+                            let mut st = lock(&slot.status);
+                            st.last_error = Some(msg.clone());
+                            let _ = self.step(
+                                &slot,
+                                &mut st,
+                                Step::LaunchFailed,
+                                "start",
+                                "start_failed",
+                                msg,
+                            );
+                            return Err(me.into());
+                        }
+                    };
                     let msg = format!(
                         "restoring failed ({why}); saved state kept as {}; cold-booting",
                         aside.display()
