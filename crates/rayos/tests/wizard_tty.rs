@@ -481,13 +481,31 @@ fn a_failed_step_is_retried_and_the_install_finishes() {
         .unwrap()
         .set_len(6 * GIB)
         .unwrap();
-    // systemd-boot "missing" (a directory where the file should be): the
-    // install fails at esp-files, after the table and filesystems.
-    let sdboot = env.path("systemd-bootx64.efi");
-    std::fs::create_dir(&sdboot).unwrap();
-    let t = env.wizard_with(
+    // mkfs.ext4 fails (a wrapper first in PATH) until the test "fixes" it:
+    // the install fails at format-data, after the table and the FAT
+    // filesystems were written.
+    let real = run("sh", &["-c", "command -v mkfs.ext4"]).unwrap();
+    let bin = env.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let fixed = env.path("fixed");
+    std::fs::write(
+        bin.join("mkfs.ext4"),
+        format!(
+            "#!/bin/sh\nif [ -e '{}' ]; then exec '{}' \"$@\"; fi\necho 'mkfs.ext4: simulated failure' >&2\nexit 1\n",
+            fixed.display(),
+            real.trim()
+        ),
+    )
+    .unwrap();
+    run(
+        "chmod",
+        &["+x", &bin.join("mkfs.ext4").display().to_string()],
+    )
+    .unwrap();
+    let t = env.wizard_sh(
+        &format!("export PATH='{}':\"$PATH\"", bin.display()),
         &["blank.img"],
-        &["--systemd-boot".into(), sdboot.display().to_string()],
+        &[],
     );
     to_partitions(&t);
     t.step(&["i"], "new system");
@@ -495,16 +513,16 @@ fn a_failed_step_is_retried_and_the_install_finishes() {
     t.text("blank.img");
     t.keys(&["Enter"]);
     let s = t.wait_for("FAILED at step", 120);
-    assert!(s.contains("FAILED at step esp-files"), "{s}");
+    assert!(s.contains("FAILED at step format-data"), "{s}");
+    assert!(s.contains("simulated failure"), "{s}");
     assert!(
-        s.contains("Done before the failure: partition, format-esp, format-system, format-data"),
+        s.contains("Done before the failure: partition, format-esp, format-system"),
         "{s}"
     );
     assert!(s.contains("r: retry"), "{s}");
     // Fix the cause, then retry: the engine plans again from the disk as
     // it is now (an unfinished install) and finishes the job.
-    std::fs::remove_dir(&sdboot).unwrap();
-    std::fs::copy(rayos_install::plan::SYSTEMD_BOOT_HOST, &sdboot).unwrap();
+    std::fs::write(&fixed, "").unwrap();
     t.keys(&["r"]);
     t.wait_for("RayOS is installed", 180);
     t.keys(&["p"]);
