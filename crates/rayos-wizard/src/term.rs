@@ -53,10 +53,25 @@ fn spawn_apply(planned: &Planned, config: &Config, tx: Sender<Msg>) {
     let plan = planned.plan.clone();
     let opts = config.apply.clone();
     std::thread::spawn(move || {
-        let r = apply::apply(&plan, &opts, &mut |ev| {
-            let _ = tx.send(Msg::Event(ev.clone()));
+        let events = tx.clone();
+        // A panic in the engine must end on the error screen, not leave the
+        // person waiting on a bar that never moves.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            apply::apply(&plan, &opts, &mut |ev| {
+                let _ = events.send(Msg::Event(ev.clone()));
+            })
+            .map(|_| ())
+            .map_err(|e| chain(&e))
+        }))
+        .unwrap_or_else(|p| {
+            let what = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(format!("the installer crashed: {what}"))
         });
-        let _ = tx.send(Msg::Done(r.map(|_| ()).map_err(|e| chain(&e))));
+        let _ = tx.send(Msg::Done(r));
     });
 }
 
