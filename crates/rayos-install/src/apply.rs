@@ -275,6 +275,12 @@ pub fn preflight(plan: &Plan) -> Result<(), ApplyError> {
             });
         }
     }
+    // mtools working end to end (it needs iconv modules that a minimal
+    // root may lack): try it on a scratch FAT image, not on the target.
+    mtools_selftest().map_err(|source| ApplyError::Tool {
+        step: "preflight".into(),
+        source,
+    })?;
     // A reused ESP (often Windows' 100 MiB one) must have room for our
     // files, or the install would stop half-way on the first copy.
     if let Some(esp) = plan
@@ -311,6 +317,30 @@ pub fn preflight(plan: &Plan) -> Result<(), ApplyError> {
         }
     }
     Ok(())
+}
+
+/// Formats a 2 MiB scratch image and makes a directory on it with mtools.
+fn mtools_selftest() -> Result<(), ToolError> {
+    let img = std::env::temp_dir().join(format!(
+        "rayos-install-selftest-{}-{}.img",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let r = (|| {
+        let name = img.display().to_string();
+        tools::run(
+            "mkfs.fat",
+            ["-C", "-n", "SELFTEST", &name, "2048"],
+            "(preflight)",
+        )?;
+        let v = FatVolume {
+            disk: img.clone(),
+            offset_bytes: 0,
+        };
+        v.mkdir_p("/EFI/selftest")
+    })();
+    let _ = fs::remove_file(&img);
+    r
 }
 
 /// Writes the new table; returns a warning for the person when the kernel

@@ -69,11 +69,19 @@ where
             source,
         })?;
     if !out.status.success() {
+        let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if stderr.contains("Error converting to codepage") {
+            // mtools converts FAT names through iconv; a minimal root (an
+            // initramfs) may lack glibc's gconv modules.
+            stderr.push_str(
+                " (mtools needs glibc's gconv modules: /usr/lib/x86_64-linux-gnu/gconv/IBM850.so, gconv-modules and gconv-modules.d/)",
+            );
+        }
         return Err(ToolError::Failed {
             tool: tool.into(),
             target: target.into(),
             status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            stderr,
         });
     }
     Ok(out.stdout)
