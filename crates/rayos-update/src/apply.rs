@@ -1,0 +1,527 @@
+//! Applying a bundle to a mounted system partition.
+//!
+//! Steps (each named, see [`STEPS`]); nothing is written before `check`
+//! passed:
+//! 1. `verify`: header, signature (trusted keys only), manifest,
+//!    architecture, every payload's SHA-256;
+//! 2. `check`: the install layout (`/rayos/install-manifest.json` "schema")
+//!    and the data volume's schema are in the bundle's ranges, the version
+//!    is newer than the running one (or `--allow-downgrade`), and the
+//!    partition has room (counting what pruning frees);
+//! 3. `prune`: remove entries other than the running one and the previous
+//!    good one (and temporaries left by an interrupted apply);
+//! 4. `write-uki`: copy the UKI to `rayos-<v>+3.efi.tmp`, hashing again
+//!    while copying, fsync;
+//! 5. `rename-uki`: rename to `rayos-<v>+3.efi`, fsync the directory;
+//! 6. `recovery` (when the bundle has a recovery UKI):
+//!    `/rayos/rayos-recovery-<v>.efi` the same way, then the type #1 entry
+//!    `/loader/entries/rayos-recovery.conf` pointing at it, then the older
+//!    recovery UKI is removed;
+//! 7. `record`: `/rayos/update-state.json`.
+//!
+//! Power loss: the running UKI is never written or renamed (except for a
+//! downgrade, where newer entries are renamed to `+0-0` *after* the new UKI
+//! is in place), temporaries end in `.tmp` and systemd-boot ignores them,
+//! and the new entry appears under its final name in one rename. So at
+//! every point the running version still boots.
+//!
+//! Test hook: `RAYOS_UPDATE_FAIL_AFTER=<step>` aborts the process right
+//! after that step (`write-uki-half`: in the middle of the UKI copy).
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::bundle::{Bundle, BundleError, PayloadName};
+use crate::entries::{self, EntriesError, Entry, EntryState, LINUX_DIR, TRIES};
+use crate::keys::PublicKey;
+use crate::state::{self, Action, Demotion, UpdateState};
+use crate::version;
+
+/// The named steps, in order (values of `RAYOS_UPDATE_FAIL_AFTER`).
+pub const STEPS: &[&str] = &[
+    "verify",
+    "check",
+    "prune",
+    "write-uki-half",
+    "write-uki",
+    "rename-uki",
+    "recovery",
+    "demote",
+    "record",
+];
+pub const FAIL_AFTER_ENV: &str = "RAYOS_UPDATE_FAIL_AFTER";
+/// The install manifest written by the installer.
+pub const INSTALL_MANIFEST: &str = "rayos/install-manifest.json";
+/// Where the recovery UKI and its boot entry go.
+pub const RECOVERY_DIR: &str = "rayos";
+pub const RECOVERY_ENTRY: &str = "loader/entries/rayos-recovery.conf";
+/// Room kept free beyond the payloads (FAT clusters, directory entries).
+const SPACE_MARGIN: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(
+        "{0} is not a RayOS system partition (no {INSTALL_MANIFEST}): mount the partition labelled rayos-system or pass --system-dir"
+    )]
+    NotInstalled(PathBuf),
+    #[error("cannot read the install manifest {0}")]
+    Manifest(PathBuf, #[source] io::Error),
+    #[error("install manifest {0} has no readable \"schema\"")]
+    ManifestSchema(PathBuf),
+    #[error(
+        "this install's layout (schema {found}) is not one RayOS {version} supports ({min}..={max}): reinstall from installer media instead"
+    )]
+    Layout {
+        version: String,
+        found: u32,
+        min: u32,
+        max: u32,
+    },
+    #[error(
+        "the data volume has schema {found}; RayOS {version} handles {min}..={max}: it could not use your data"
+    )]
+    DataSchema {
+        version: String,
+        found: u32,
+        min: u32,
+        max: u32,
+    },
+    #[error(
+        "RayOS {new} is older than the running {running}: refused (pass --allow-downgrade to install it anyway)"
+    )]
+    Downgrade { new: String, running: String },
+    #[error("RayOS {0} is the running version: nothing to do")]
+    AlreadyRunning(String),
+    #[error(
+        "the system partition {dir} is too full: {need} bytes needed, {free} free ({after_prune} after removing old versions). Remove files from it in recovery mode."
+    )]
+    NoSpace {
+        dir: PathBuf,
+        need: u64,
+        free: u64,
+        after_prune: u64,
+    },
+    #[error("cannot check free space on {0}")]
+    Statvfs(PathBuf, #[source] io::Error),
+    #[error("cannot write {0}")]
+    Write(PathBuf, #[source] io::Error),
+    #[error("cannot remove {0}")]
+    Remove(PathBuf, #[source] io::Error),
+    #[error(transparent)]
+    Entries(#[from] EntriesError),
+    #[error("cannot record the update in {0}")]
+    Record(PathBuf, #[source] rayos_state::AtomicError),
+}
+
+/// What `apply` is told about the machine.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyOptions {
+    pub trusted: Vec<PublicKey>,
+    /// The running RayOS version (from the loader's EFI variables); `None`
+    /// when unknown (then every good entry is kept).
+    pub running: Option<String>,
+    pub allow_downgrade: bool,
+    /// The data volume's schema version, when the volume is mounted.
+    pub data_schema: Option<u32>,
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub version: String,
+    pub file: String,
+    pub pruned: Vec<String>,
+    pub demoted: Vec<String>,
+    pub recovery: Option<String>,
+    /// The entry systemd-boot will boot next (by our reading of its rules).
+    pub next_default: Option<String>,
+    /// The entry it falls back to when the new one fails three times.
+    pub fallback: Option<String>,
+}
+
+/// Aborts the process after `step` when the test hook asks for it.
+pub fn hook(step: &str) {
+    if std::env::var(FAIL_AFTER_ENV).is_ok_and(|s| s == step) {
+        eprintln!("{FAIL_AFTER_ENV}={step}: aborting (test hook)");
+        std::process::abort();
+    }
+}
+
+/// The install manifest's layout schema.
+pub fn install_layout(system: &Path) -> Result<u32, ApplyError> {
+    let p = system.join(INSTALL_MANIFEST);
+    let bytes = match fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(ApplyError::NotInstalled(system.to_path_buf()));
+        }
+        Err(e) => return Err(ApplyError::Manifest(p, e)),
+    };
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("schema")?.as_u64())
+        .and_then(|s| u32::try_from(s).ok())
+        .ok_or(ApplyError::ManifestSchema(p))
+}
+
+/// Bytes available to an unprivileged writer on the filesystem of `dir`.
+pub fn free_bytes(dir: &Path) -> Result<u64, ApplyError> {
+    let c = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| ApplyError::Statvfs(dir.to_path_buf(), io::Error::other(e)))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path and `st` points to writable
+    // memory of the right size; statvfs fills it or fails.
+    let r = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if r != 0 {
+        return Err(ApplyError::Statvfs(
+            dir.to_path_buf(),
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: statvfs returned 0, so the struct is initialised.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// The newest good entry older than `running` (the one a failed update
+/// falls back to).
+pub fn previous_good<'a>(list: &'a [Entry], running: &str) -> Option<&'a Entry> {
+    list.iter()
+        .filter(|e| {
+            e.state() == EntryState::Good
+                && version::compare(&e.version, running) == std::cmp::Ordering::Less
+        })
+        .max_by(|a, b| version::compare(&a.version, &b.version))
+}
+
+/// Which files of `list` to keep when `new` is written.
+fn keep_set(list: &[Entry], running: Option<&str>) -> Vec<String> {
+    match running {
+        Some(r) if list.iter().any(|e| e.version == r && !e.marked_bad) => {
+            let mut keep: Vec<String> = list
+                .iter()
+                .filter(|e| e.version == r && !e.marked_bad)
+                .map(|e| e.file.clone())
+                .collect();
+            if let Some(p) = previous_good(list, r) {
+                keep.push(p.file.clone());
+            }
+            keep
+        }
+        // Running from elsewhere or unknown: keep every good entry and
+        // whatever boots by default now.
+        _ => {
+            let mut keep: Vec<String> = list
+                .iter()
+                .filter(|e| e.state() == EntryState::Good)
+                .map(|e| e.file.clone())
+                .collect();
+            if let Some(d) = entries::default_entry(list, entries::DEFAULT_PATTERN) {
+                keep.push(d.file.clone());
+            }
+            keep
+        }
+    }
+}
+
+fn file_len(p: &Path) -> u64 {
+    fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Verifies `bundle` and installs it on the system partition mounted at
+/// `system` (see the module docs for the steps).
+pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applied, ApplyError> {
+    // 1. verify
+    let b = Bundle::open(bundle, &opts.trusted)?;
+    b.verify_payloads()?;
+    hook("verify");
+    let m = &b.manifest;
+    let new = m.rayos_version.clone();
+
+    // 2. check
+    let layout = install_layout(system)?;
+    if !m.install_layout.contains(layout) {
+        return Err(ApplyError::Layout {
+            version: new,
+            found: layout,
+            min: m.install_layout.min,
+            max: m.install_layout.max,
+        });
+    }
+    if let Some(s) = opts.data_schema
+        && !m.data_schema.contains(s)
+    {
+        return Err(ApplyError::DataSchema {
+            version: new,
+            found: s,
+            min: m.data_schema.min,
+            max: m.data_schema.max,
+        });
+    }
+    let downgrade = match &opts.running {
+        Some(r) => match version::compare(&new, r) {
+            std::cmp::Ordering::Equal => return Err(ApplyError::AlreadyRunning(new)),
+            std::cmp::Ordering::Less if !opts.allow_downgrade => {
+                return Err(ApplyError::Downgrade {
+                    new,
+                    running: r.clone(),
+                });
+            }
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+        },
+        None => false,
+    };
+    let linux = system.join(LINUX_DIR);
+    fs::create_dir_all(&linux).map_err(|e| ApplyError::Write(linux.clone(), e))?;
+    let list = entries::list(&linux)?;
+    let keep = keep_set(&list, opts.running.as_deref());
+    let mut prune: Vec<PathBuf> = list
+        .iter()
+        .filter(|e| !keep.contains(&e.file))
+        .map(|e| linux.join(&e.file))
+        .collect();
+    // Temporaries of an interrupted apply.
+    for dir in [&linux, &system.join(RECOVERY_DIR)] {
+        if let Ok(rd) = fs::read_dir(dir) {
+            prune.extend(
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "tmp")),
+            );
+        }
+    }
+    let recovery_dir = system.join(RECOVERY_DIR);
+    let old_recovery: Vec<PathBuf> = fs::read_dir(&recovery_dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("rayos-recovery-") && n.ends_with(".efi"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let need = m.payload_len() + SPACE_MARGIN;
+    let free = free_bytes(system)?;
+    let freed: u64 = prune.iter().map(|p| file_len(p)).sum();
+    if free + freed < need {
+        return Err(ApplyError::NoSpace {
+            dir: system.to_path_buf(),
+            need,
+            free,
+            after_prune: free + freed,
+        });
+    }
+    hook("check");
+
+    // 3. prune
+    let mut pruned = Vec::new();
+    for p in &prune {
+        match fs::remove_file(p) {
+            Ok(()) => pruned.push(
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ApplyError::Remove(p.clone(), e)),
+        }
+    }
+    entries::sync_dir(&linux)?;
+    hook("prune");
+
+    // 4.–5. the UKI
+    let file = format!("rayos-{new}+{TRIES}.efi");
+    let tmp = linux.join(format!("{file}.tmp"));
+    write_payload(&b, PayloadName::Uki, &tmp, true)?;
+    hook("write-uki");
+    entries::rename_synced(&linux, &format!("{file}.tmp"), &file)?;
+    hook("rename-uki");
+
+    // 6. recovery
+    let mut recovery = None;
+    if m.payload(PayloadName::RecoveryUki).is_some() {
+        fs::create_dir_all(&recovery_dir)
+            .map_err(|e| ApplyError::Write(recovery_dir.clone(), e))?;
+        let name = format!("rayos-recovery-{new}.efi");
+        let tmp = recovery_dir.join(format!("{name}.tmp"));
+        write_payload(&b, PayloadName::RecoveryUki, &tmp, false)?;
+        entries::rename_synced(&recovery_dir, &format!("{name}.tmp"), &name)?;
+        write_recovery_entry(system, &new, &format!("/{RECOVERY_DIR}/{name}"))?;
+        for p in old_recovery.iter().filter(|p| !p.ends_with(&name)) {
+            let _ = fs::remove_file(p);
+        }
+        entries::sync_dir(&recovery_dir)?;
+        recovery = Some(name);
+    }
+    hook("recovery");
+
+    // A downgrade boots only if the newer entries no longer come first:
+    // they get `+0-0` (kept as last-resort fallbacks).
+    let mut demoted = Vec::new();
+    if downgrade {
+        for e in entries::list(&linux)? {
+            if !e.marked_bad && version::compare(&e.version, &new) == std::cmp::Ordering::Greater {
+                let to = e.counted_name(0, e.tries_done.unwrap_or(0));
+                if to != e.file {
+                    entries::rename_synced(&linux, &e.file, &to)?;
+                }
+                demoted.push(e.version.clone());
+            }
+        }
+    }
+    hook("demote");
+
+    // 7. record
+    let mut st = UpdateState::read(system);
+    let at = state::now_rfc3339();
+    for v in &demoted {
+        st.demoted.push(Demotion {
+            version: v.clone(),
+            reason: format!(
+                "downgrade to {new} requested with rayos update apply --allow-downgrade"
+            ),
+            at: at.clone(),
+        });
+    }
+    st.last = Some(Action {
+        action: "apply".into(),
+        version: new.clone(),
+        from: opts.running.clone(),
+        at,
+        result: format!("installed as {file}; boots next"),
+    });
+    st.write(system)
+        .map_err(|e| ApplyError::Record(state::path(system), e))?;
+    hook("record");
+
+    let after = entries::list(&linux)?;
+    let next_default =
+        entries::default_entry(&after, entries::DEFAULT_PATTERN).map(|e| e.file.clone());
+    let without_new: Vec<Entry> = after.iter().filter(|e| e.version != new).cloned().collect();
+    let fallback =
+        entries::default_entry(&without_new, entries::DEFAULT_PATTERN).map(|e| e.file.clone());
+    Ok(Applied {
+        version: new,
+        file,
+        pruned,
+        demoted,
+        recovery,
+        next_default,
+        fallback,
+    })
+}
+
+/// Copies a payload to `tmp` (hash checked while copying) and fsyncs it.
+fn write_payload(
+    b: &Bundle,
+    name: PayloadName,
+    tmp: &Path,
+    half_hook: bool,
+) -> Result<(), ApplyError> {
+    let werr = |e| ApplyError::Write(tmp.to_path_buf(), e);
+    let f = File::create(tmp).map_err(werr)?;
+    let size = b.manifest.payload(name).map(|p| p.size).unwrap_or(0);
+    let mut w = HalfHook {
+        inner: io::BufWriter::with_capacity(1 << 20, f),
+        written: 0,
+        half: if half_hook { size / 2 } else { u64::MAX },
+    };
+    let r = b.copy_payload(name, &mut w);
+    if let Err(e) = r {
+        drop(w);
+        let _ = fs::remove_file(tmp);
+        return Err(e.into());
+    }
+    let f = w.inner.into_inner().map_err(|e| werr(e.into_error()))?;
+    f.sync_all().map_err(werr)?;
+    Ok(())
+}
+
+/// A writer that runs the `write-uki-half` hook once half the bytes are
+/// written (and flushed to disk, as a power cut there would find them).
+struct HalfHook<W: Write> {
+    inner: io::BufWriter<W>,
+    written: u64,
+    half: u64,
+}
+
+impl Write for HalfHook<File> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        let before = self.written;
+        self.written += n as u64;
+        if before < self.half
+            && self.written >= self.half
+            && std::env::var(FAIL_AFTER_ENV).is_ok_and(|s| s == "write-uki-half")
+        {
+            self.inner.flush()?;
+            self.inner.get_ref().sync_all()?;
+            hook("write-uki-half");
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the recovery boot entry (type #1, on the system partition).
+/// `sort-key rayos-recovery` sorts it after the UKIs (sort key `rayos`),
+/// so it never becomes the default while a RayOS version has tries left.
+pub fn write_recovery_entry(system: &Path, version: &str, efi: &str) -> Result<(), ApplyError> {
+    let p = system.join(RECOVERY_ENTRY);
+    if let Some(d) = p.parent() {
+        fs::create_dir_all(d).map_err(|e| ApplyError::Write(d.to_path_buf(), e))?;
+    }
+    let text = recovery_entry_text(version, efi);
+    rayos_state::write_atomic(&p, text.as_bytes()).map_err(|e| ApplyError::Record(p.clone(), e))
+}
+
+pub fn recovery_entry_text(version: &str, efi: &str) -> String {
+    format!("title RayOS recovery\nsort-key rayos-recovery\nversion {version}\nefi {efi}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_running_and_previous_good() {
+        let l: Vec<Entry> = [
+            "rayos-0.1.0.efi",
+            "rayos-0.2.0.efi",
+            "rayos-0.3.0.efi",
+            "rayos-0.4.0+0-3.efi",
+            "rayos-0.5.0+3.efi",
+            "rayos-0.0.9.efi.bad",
+        ]
+        .iter()
+        .map(|n| entries::parse(n).unwrap())
+        .collect();
+        let mut k = keep_set(&l, Some("0.3.0"));
+        k.sort();
+        assert_eq!(k, vec!["rayos-0.2.0.efi", "rayos-0.3.0.efi"]);
+        // Unknown running version: all good ones and the current default.
+        let mut k = keep_set(&l, None);
+        k.sort();
+        assert_eq!(
+            k,
+            vec![
+                "rayos-0.1.0.efi",
+                "rayos-0.2.0.efi",
+                "rayos-0.3.0.efi",
+                "rayos-0.5.0+3.efi"
+            ]
+        );
+    }
+}

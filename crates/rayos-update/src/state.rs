@@ -1,0 +1,146 @@
+//! `/rayos/update-state.json` on the system partition: what the last update
+//! action did and the rollbacks seen, for `rayos update status` and for
+//! the reason PID 1 prints with `RAYOS_ROLLBACK`.
+//!
+//! Written with `rayos_state::write_atomic` (temp, fsync, rename, previous
+//! generation kept); read leniently: a missing or damaged file is an empty
+//! state, never an error that blocks an update or a boot.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const STATE_FILE: &str = "rayos/update-state.json";
+/// Rollback records kept.
+const KEEP_ROLLBACKS: usize = 10;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateState {
+    #[serde(default)]
+    pub last: Option<Action>,
+    /// Versions demoted on purpose (rollback, downgrade), with why: PID 1
+    /// reports these as the reason instead of looking for a failure.
+    #[serde(default)]
+    pub demoted: Vec<Demotion>,
+    #[serde(default)]
+    pub rollbacks: Vec<Rollback>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    /// `apply`, `rollback`.
+    pub action: String,
+    pub version: String,
+    pub from: Option<String>,
+    pub at: String,
+    pub result: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Demotion {
+    pub version: String,
+    pub reason: String,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollback {
+    /// The version that failed (or was demoted).
+    pub failed: String,
+    /// The version that runs instead.
+    pub running: String,
+    pub reason: String,
+    pub at: String,
+}
+
+pub fn path(system: &Path) -> PathBuf {
+    system.join(STATE_FILE)
+}
+
+impl UpdateState {
+    pub fn read(system: &Path) -> UpdateState {
+        rayos_state::read_with_fallback(&path(system))
+            .ok()
+            .and_then(|(b, _)| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn write(&self, system: &Path) -> Result<(), rayos_state::AtomicError> {
+        let p = path(system);
+        if let Some(d) = p.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        let text = serde_json::to_string_pretty(self).unwrap_or_default() + "\n";
+        rayos_state::write_atomic(&p, text.as_bytes())
+    }
+
+    pub fn push_rollback(&mut self, r: Rollback) {
+        self.demoted.retain(|d| d.version != r.failed);
+        self.rollbacks.push(r);
+        let n = self.rollbacks.len();
+        if n > KEEP_ROLLBACKS {
+            self.rollbacks.drain(..n - KEEP_ROLLBACKS);
+        }
+    }
+
+    pub fn demotion(&self, version: &str) -> Option<&Demotion> {
+        self.demoted.iter().rev().find(|d| d.version == version)
+    }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDThh:mm:ssZ`.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    rfc3339(secs)
+}
+
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_lenient_read() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(UpdateState::read(d.path()), UpdateState::default());
+        let mut s = UpdateState::default();
+        for i in 0..12 {
+            s.push_rollback(Rollback {
+                failed: format!("0.{i}"),
+                running: "0.1".into(),
+                reason: "x".into(),
+                at: rfc3339(0),
+            });
+        }
+        assert_eq!(s.rollbacks.len(), 10);
+        s.write(d.path()).unwrap();
+        assert_eq!(UpdateState::read(d.path()), s);
+        std::fs::write(path(d.path()), "{not json").unwrap();
+        assert_eq!(UpdateState::read(d.path()), UpdateState::default());
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_764_115_200), "2025-11-26T00:00:00Z");
+    }
+}
