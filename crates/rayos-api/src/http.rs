@@ -131,8 +131,17 @@ fn utf8(bytes: Vec<u8>, what: &str) -> Result<String, HttpError> {
     String::from_utf8(bytes).map_err(|_| HttpError::Malformed(format!("{what} is not UTF-8")))
 }
 
-/// Decodes `%XX` and `+` in a query component.
+/// Decodes `%XX` and `+` (a space) in a query component.
 pub fn percent_decode(s: &str) -> Result<String, HttpError> {
+    decode(s, true)
+}
+
+/// Decodes `%XX` in a path segment (`+` stays a plus).
+pub fn percent_decode_path(s: &str) -> Result<String, HttpError> {
+    decode(s, false)
+}
+
+fn decode(s: &str, plus_is_space: bool) -> Result<String, HttpError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -147,7 +156,7 @@ pub fn percent_decode(s: &str) -> Result<String, HttpError> {
                 out.push(hex);
                 i += 3;
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }

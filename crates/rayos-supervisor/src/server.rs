@@ -202,7 +202,7 @@ fn route(sup: &Supervisor, req: &Request) -> Reply {
         .path
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(|s| http::percent_decode(s).map(|d| d.replace(' ', "+")))
+        .map(http::percent_decode_path)
         .collect::<Result<_, _>>()
     {
         Ok(s) => s,

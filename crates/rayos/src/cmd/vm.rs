@@ -233,7 +233,7 @@ fn print_list(vms: &[VmInfo]) {
         println!(
             "{:<20} {:<8} {:<20} {:>4} {:>5}MiB  {}",
             v.name,
-            v.kind,
+            v.kind.to_string(),
             state_text(v),
             v.cpus,
             v.memory_mib,
@@ -336,8 +336,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 print_json(&h)?;
             } else {
                 println!(
-                    "rayosd {} (pid {}): {}, {} VMs",
-                    h.version, h.pid, h.status, h.vms
+                    "rayosd {} (pid {}): {}, {} VMs, {} KiB resident",
+                    h.version,
+                    h.pid,
+                    h.status,
+                    h.vms,
+                    h.rss_kib.map_or("?".into(), |r| r.to_string())
                 );
                 if !h.registry_writable {
                     println!("registry is read-only (it could not be read at start-up)");
