@@ -15,8 +15,9 @@
 //! the state file holds, in the same directory. Both reads come from the
 //! page cache, as the restore right after a save does.
 //!
-//! The daemon's RSS with two VMs defined is measured by the supervisor's
-//! benchmark, not here.
+//! Last, the daemon's own memory: `rayos daemon` on a scratch data volume
+//! and socket, its `VmRSS` before and after `rayos vm create` of a Linux and
+//! a Windows VM (defined, not started).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -126,6 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     });
     eprintln!("bench vm: building the test guest ...");
     let g = guest::linux_guest().context("building the test guest")?;
+    let guest_files = g.clone();
     let id = uuid::Uuid::new_v4();
     let vm_dir = root.join("vm");
     let disk = vm_dir.join("disks/root.qcow2");
@@ -267,9 +269,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         secs(restore) / secs(dd_read),
         secs(load) / secs(dd_read)
     );
-    println!(
-        "  daemon RSS with two VMs: measured by the supervisor's benchmark (rayosd), not here"
-    );
+    let rss = daemon_rss(&root, &guest_files);
+    match &rss {
+        Ok((idle, two)) => println!(
+            "  rayosd RSS                     {:>8.1} MiB idle, {:.1} MiB with two VMs defined (linux + windows, not running)",
+            *idle as f64 / 1024.0,
+            *two as f64 / 1024.0
+        ),
+        Err(e) => println!("  rayosd RSS: not measured: {e:#}"),
+    }
     if args.json {
         let j = serde_json::json!({
             "memory_mib": args.memory_mib,
@@ -289,9 +297,100 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "restore_load_s": secs(load),
             "dd_read_s": secs(dd_read),
             "restore_over_dd": secs(restore) / secs(dd_read),
+            "daemon_rss_kib_idle": rss.as_ref().ok().map(|r| r.0),
+            "daemon_rss_kib_two_vms": rss.as_ref().ok().map(|r| r.1),
         });
         println!("{j}");
     }
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
+}
+
+/// Kills the daemon if measuring fails half-way.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("rayosd (pid {pid}) is gone"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")
+}
+
+/// RSS of `rayos daemon` (KiB) idle and with two VMs defined.
+fn daemon_rss(root: &Path, g: &guest::LinuxGuest) -> anyhow::Result<(u64, u64)> {
+    crate::run_cmd(Command::new("cargo").args(["build", "--quiet", "-p", "rayos"]))
+        .context("building the rayos binary")?;
+    let rayos = crate::root().join("target/debug/rayos");
+    let state = root.join("daemon-state");
+    let sock = root.join("api.sock");
+    let child = Command::new(&rayos)
+        .arg("daemon")
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--cgroup", "none"])
+        .env("RAYOS_ACCEL", "tcg")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", rayos.display()))?;
+    let mut daemon = Daemon(child);
+    let pid = daemon.0.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() {
+        if let Some(st) = daemon.0.try_wait()? {
+            bail!("rayos daemon exited: {st}");
+        }
+        if Instant::now() >= deadline {
+            bail!("rayos daemon made no socket at {} in 30 s", sock.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let start-up allocations settle.
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = vm_rss_kib(pid)?;
+    let create = |args: &[&str]| {
+        crate::run_cmd(
+            Command::new(&rayos)
+                .args(["vm", "create", "--socket"])
+                .arg(&sock)
+                .args(args)
+                .stdout(std::process::Stdio::null()),
+        )
+    };
+    create(&[
+        "lin",
+        "--kind",
+        "linux",
+        "--disk",
+        "64M",
+        "--kernel",
+        &g.kernel.display().to_string(),
+        "--initrd",
+        &g.initrd.display().to_string(),
+        "--cmdline",
+        &g.cmdline,
+    ])?;
+    create(&["win", "--kind", "windows", "--disk", "64M"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let two = vm_rss_kib(pid)?;
+    // SIGTERM: the daemon's own shutdown path (nothing runs, nothing saved).
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.0.try_wait()?.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((idle, two))
 }
