@@ -984,13 +984,32 @@ impl Init {
         }
         log::marker("RAYOS_INSTALLER:start");
         log::info(format!("running: rayos {}", args.join(" ")));
-        // The engine prints its plan and progress straight to the console.
+        // The engine's plan and progress are relayed line by line through
+        // init's log: inherited stdio would reach only /dev/console (the last
+        // `console=`), not the serial console the e2e tests and a person on a
+        // serial line read, and nothing would land in the log file.
         let mut cmd = Command::new(&self.exe);
         sys::reset_signals_in_child(&mut cmd);
+        let relay = match std::io::pipe() {
+            Ok((r, w)) => match w.try_clone() {
+                Ok(w2) => {
+                    cmd.stdout(w).stderr(w2);
+                    Some(r)
+                }
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
         match cmd.args(&args).stdin(Stdio::null()).spawn() {
             Ok(child) => {
                 self.installer_pid = Some(child.id() as i32);
                 drop(child);
+                // Drop our copies of the write ends (held by `cmd`) so the
+                // relay sees end-of-file when the installer exits.
+                drop(cmd);
+                if let Some(r) = relay {
+                    std::thread::spawn(move || relay_installer_output(r));
+                }
                 StepResult::Ok(String::new())
             }
             Err(e) => {
@@ -1434,6 +1453,26 @@ fn power_key_pressed(f: &mut File) -> bool {
 pub fn answers_target(text: &str) -> Option<String> {
     let v: toml::Value = toml::from_str(text).ok()?;
     v.get("target")?.get("disk")?.as_str().map(String::from)
+}
+
+/// Copies the installer's output to the console, the kernel log and the log
+/// file; `RAYOS_*` markers stay lines of their own, exactly as printed.
+fn relay_installer_output(r: std::io::PipeReader) {
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(r).split(b'\n') {
+        let Ok(line) = line else { break };
+        let text = String::from_utf8_lossy(&line);
+        // A progress bar on a terminal redraws with \r: keep the last frame.
+        let text = text.rsplit('\r').next().unwrap_or_default().trim_end();
+        if text.is_empty() {
+            continue;
+        }
+        if text.starts_with("RAYOS_") {
+            log::marker(text);
+        } else {
+            log::info(format!("install: {text}"));
+        }
+    }
 }
 
 /// What to do after a successful unattended install: `[finish] action =
