@@ -528,6 +528,54 @@ mod tests {
         );
     }
 
+    /// A poor man's fuzz run (the real one is fuzz/fuzz_targets/api_request.rs):
+    /// mutated valid requests and random bytes never panic and always give
+    /// a request within the limits or a status.
+    #[test]
+    fn random_and_mutated_input_never_panics() {
+        let seeds: [&[u8]; 3] = [
+            b"POST /v1/vms/a/start?x=%41 HTTP/1.1\r\nContent-Length: 4\r\n\r\n{  }",
+            b"GET /v1/events?since=3 HTTP/1.0\n\n",
+            b"DELETE /v1/vms/a?purge=true HTTP/1.1\r\nA: b\r\n\r\n",
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let limits = Limits {
+            max_head: 256,
+            max_headers: 4,
+            max_body: 64,
+        };
+        for i in 0..20_000 {
+            let mut input: Vec<u8> = if i % 3 == 0 {
+                (0..next() % 300).map(|_| next() as u8).collect()
+            } else {
+                seeds[i % 3].to_vec()
+            };
+            for _ in 0..(next() % 6) {
+                if input.is_empty() {
+                    break;
+                }
+                let at = (next() as usize) % input.len();
+                match next() % 3 {
+                    0 => input[at] = next() as u8,
+                    1 => {
+                        input.remove(at);
+                    }
+                    _ => input.insert(at, b"\r\n:%?&= 9"[(next() % 9) as usize]),
+                }
+            }
+            match read_request(&mut Cursor::new(&input), limits) {
+                Ok(r) => assert!(r.body.len() <= limits.max_body && r.path.starts_with('/')),
+                Err(e) => assert!(e.status() == 0 || (400..=501).contains(&e.status())),
+            }
+        }
+    }
+
     #[test]
     fn response_round_trip_plain_and_chunked() {
         let mut out = Vec::new();
