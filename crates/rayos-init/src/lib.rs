@@ -7,6 +7,7 @@
 //! - [`control`]: how `rayos shutdown`/`reboot`/`status` talk to PID 1;
 //! - [`modules`]: coldplug module loading by modalias, no udev or kmod;
 //! - [`bless`]: boot counting (rename the running UKI without `+N-M`);
+//! - [`sysmount`]: mounting the system partition for a short job;
 //! - [`volumes`]: finding the install, the installer medium, answer files;
 //! - [`service`]: supervised children with log pumps and backoff;
 //! - [`log`]: console + `/dev/kmsg` + rotated log files;
@@ -24,6 +25,7 @@ pub mod modules;
 pub mod pid1;
 pub mod service;
 pub mod sys;
+pub mod sysmount;
 pub mod volumes;
 
 /// An error and its sources on one line: "a: b: c".

@@ -122,7 +122,9 @@ pub const INSTALLED: &[Step] = &[
     step("find-data", Init::step_find_data),
     step("check-data", Init::step_check_data),
     step("mount-data", Init::step_mount_data),
+    step("data-schema", Init::step_data_schema),
     step("logs", Init::step_logs),
+    step("rollback-check", Init::step_rollback_check),
     step("machine", Init::step_machine),
     step("policy", Init::step_policy),
     step("rayosd", Init::step_rayosd),
@@ -133,6 +135,7 @@ pub const RECOVERY: &[Step] = &[
     step("find-data", Init::step_find_data),
     step("check-data", Init::step_check_data),
     step("mount-data", Init::step_mount_data),
+    step("data-schema", Init::step_data_schema),
     step("logs", Init::step_logs),
     step("machine", Init::step_machine),
     step("policy", Init::step_policy),
@@ -150,6 +153,11 @@ pub struct Init {
     params: BootParams,
     status: InitStatus,
     install: Option<Install>,
+    /// The running UKI's file name, as the loader's EFI variables say.
+    image: Option<String>,
+    /// The data volume's schema was migrated this boot: the old generation
+    /// is dropped once the boot is blessed.
+    schema_migrated: bool,
     /// The data volume is mounted read-write and passed its check.
     data_ok: bool,
     logs_dir: PathBuf,
@@ -205,6 +213,8 @@ pub fn main() -> ! {
             blessed: None,
         },
         install: None,
+        image: None,
+        schema_migrated: false,
         data_ok: false,
         logs_dir: PathBuf::from("/run/rayos/logs"),
         services: Services::new(tx),
@@ -458,6 +468,7 @@ impl Init {
             return StepResult::Skip("not booted through UEFI".into());
         }
         if sys::is_mounted(Path::new(EFIVARS)) {
+            self.image = bless::running_uki(Path::new(EFIVARS));
             return StepResult::Ok(String::new());
         }
         match sys::mount(
@@ -467,7 +478,13 @@ impl Init {
             MountFlags::NOSUID | MountFlags::NOEXEC | MountFlags::NODEV,
             "",
         ) {
-            Ok(()) => StepResult::Ok(String::new()),
+            Ok(()) => {
+                self.image = bless::running_uki(Path::new(EFIVARS));
+                StepResult::Ok(match &self.image {
+                    Some(i) => format!("booted from {i}"),
+                    None => String::new(),
+                })
+            }
             Err(e) => StepResult::Warn(format!(
                 "{}: boot counting and boot entries cannot be used",
                 crate::error_chain(&e)
@@ -1230,11 +1247,13 @@ impl Init {
                     log::marker(format!("RAYOS_BLESSED:{to}"));
                     log::info(format!("boot blessed: {from} -> {to}"));
                     self.status.blessed = Some(to);
+                    self.commit_schema();
                     return;
                 }
                 Some(Ok(BlessOutcome::AlreadyBlessed(n))) => {
                     log::detail(format!("bless: {n} is already blessed"));
                     self.status.blessed = Some(n);
+                    self.commit_schema();
                     return;
                 }
                 Some(Ok(BlessOutcome::Ambiguous(v))) => {
@@ -1253,6 +1272,143 @@ impl Init {
         log::detail(format!(
             "bless: {running} is not on this install's system partition"
         ));
+    }
+
+    /// The blessed version keeps the migrated data schema: drop the old
+    /// generation kept for a rollback.
+    fn commit_schema(&mut self) {
+        if !self.data_ok || self.status.data_read_only {
+            return;
+        }
+        let layout = rayos_state::DataLayout::new(DATA_MOUNT);
+        match rayos_update::schema::commit(&layout) {
+            Ok(true) => log::info("data schema migration committed (old generation removed)"),
+            Ok(false) => {}
+            Err(e) => log::warn(format!("data schema: {}", crate::error_chain(&e))),
+        }
+        self.schema_migrated = false;
+    }
+
+    // ---- data schema and rollback detection --------------------------
+
+    fn step_data_schema(&mut self) -> StepResult {
+        if self.status.data_mounted.is_none() {
+            return StepResult::Skip("no data volume".into());
+        }
+        let layout = rayos_state::DataLayout::new(DATA_MOUNT);
+        let supported = rayos_state::DATA_SCHEMA_VERSION;
+        // Recovery only looks; an installed boot on a healthy volume migrates.
+        let check =
+            if self.params.mode == Mode::Installed && self.data_ok && !self.status.data_read_only {
+                rayos_update::schema::check_and_migrate(&layout, supported)
+            } else {
+                rayos_update::schema::read(&layout).map(|found| match found.cmp(&supported) {
+                    std::cmp::Ordering::Greater => {
+                        rayos_update::schema::SchemaCheck::Newer { found, supported }
+                    }
+                    _ => rayos_update::schema::SchemaCheck::Current(found),
+                })
+            };
+        match check {
+            Ok(rayos_update::schema::SchemaCheck::Current(v)) => {
+                StepResult::Ok(format!("schema {v}"))
+            }
+            Ok(rayos_update::schema::SchemaCheck::Migrated { from, to }) => {
+                self.schema_migrated = true;
+                StepResult::Ok(format!(
+                    "migrated schema {from} -> {to}; the old generation is kept until this version is blessed"
+                ))
+            }
+            Ok(rayos_update::schema::SchemaCheck::Newer { found, supported }) => {
+                self.refuse_data_volume(format!(
+                    "the data volume has schema {found}, newer than this RayOS understands ({supported}): it was                      written by a newer RayOS. It is left untouched (read-only, no VMs). Boot the newer version from                      the boot menu, or use the recovery entry (`recovery` menu: restore the pre-migration data)."
+                ));
+                StepResult::Fail(format!("schema {found} > {supported}"))
+            }
+            Err(e) => {
+                self.refuse_data_volume(format!(
+                    "cannot check the data volume's schema ({}): it is left untouched (read-only, no VMs).                      Use the recovery entry to inspect it.",
+                    crate::error_chain(&e)
+                ));
+                StepResult::Fail("schema unreadable".into())
+            }
+        }
+    }
+
+    /// Remounts the data volume read-only and keeps rayosd off it.
+    fn refuse_data_volume(&mut self, fault: String) {
+        self.fault(fault);
+        self.data_ok = false;
+        if self.status.data_mounted.is_some() && !self.status.data_read_only {
+            match rustix::mount::mount_remount(
+                Path::new(DATA_MOUNT),
+                MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+                "",
+            ) {
+                Ok(()) => self.status.data_read_only = true,
+                Err(e) => {
+                    log::warn(format!(
+                        "cannot remount {DATA_MOUNT} read-only: {e}; unmounting it"
+                    ));
+                    let _ = sys::unmount(Path::new(DATA_MOUNT));
+                    self.status.data_mounted = None;
+                }
+            }
+        }
+    }
+
+    fn step_rollback_check(&mut self) -> StepResult {
+        let Some(image) = self.image.clone() else {
+            return StepResult::Skip("the loader did not say which image runs".into());
+        };
+        let Some(running) = rayos_update::entries::version_of_file(&image) else {
+            return StepResult::Skip(format!("{image} is not a RayOS entry"));
+        };
+        let Some(install) = self.install.clone() else {
+            return StepResult::Skip("no install found".into());
+        };
+        let at = Path::new("/run/rayos/system");
+        let mount = match crate::sysmount::SystemMount::mount(&install, at) {
+            Ok(m) => m,
+            Err(e) => {
+                return StepResult::Warn(format!(
+                    "cannot check for a rollback: {}",
+                    crate::error_chain(&e)
+                ));
+            }
+        };
+        let data = (self.status.data_mounted.is_some()).then(|| Path::new(DATA_MOUNT));
+        let r = rayos_update::rollback::detect(mount.path(), &running, data);
+        drop(mount);
+        match r {
+            Ok(found) if found.is_empty() => {
+                StepResult::Ok(format!("running {running}; no rollback"))
+            }
+            Ok(found) => {
+                for d in &found {
+                    log::marker(d.marker());
+                    self.fault(format!(
+                        "RayOS {} did not come up and the machine went back to {running}: {}. {}",
+                        d.failed,
+                        d.reason,
+                        match &d.marked_bad {
+                            Some(n) =>
+                                format!("It is marked bad ({n}) and no longer offered at boot."),
+                            None => "It could not be marked bad.".into(),
+                        }
+                    ));
+                }
+                StepResult::Warn(format!(
+                    "rolled back from {}",
+                    found
+                        .iter()
+                        .map(|d| d.failed.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+            Err(e) => StepResult::Warn(crate::error_chain(&e)),
+        }
     }
 
     fn scan_power_buttons(&mut self) {
@@ -1311,6 +1467,7 @@ impl Init {
             "steps": self.status.steps,
             "faults": self.status.faults,
             "blessed": self.status.blessed,
+            "image": self.image,
         });
         let name = format!("{}-{}.json", self.status.started_unix, self.status.boot_id);
         let _ = rayos_state::write_atomic(

@@ -185,7 +185,7 @@ pub fn free_bytes(dir: &Path) -> Result<u64, ApplyError> {
     }
     // SAFETY: statvfs returned 0, so the struct is initialised.
     let st = unsafe { st.assume_init() };
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// The newest good entry older than `running` (the one a failed update

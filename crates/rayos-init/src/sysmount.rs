@@ -1,0 +1,75 @@
+//! Mounting the installed system (XBOOTLDR) partition for a short job:
+//! blessing, rollback detection, `rayos update`, the recovery menu.
+//!
+//! The partition is found like the boot finds the data volume (GPT type
+//! GUIDs through `rayos-disk`; the disk holding the ESP the loader ran
+//! from wins). [`SystemMount`] unmounts on drop after a `sync`, so a crash
+//! or an error in the job never leaves it mounted with dirty FAT buffers.
+
+use std::path::{Path, PathBuf};
+
+use rustix::mount::MountFlags;
+
+use crate::sys;
+use crate::volumes::{self, Install};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SysMountError {
+    #[error("cannot list disks")]
+    Disks(#[source] rayos_disk::EnumerateError),
+    #[error(
+        "no RayOS install on this machine's disks (no data partition of type {})",
+        rayos_disk::types::RAYOS_DATA
+    )]
+    NoInstall,
+    #[error("the RayOS install on {0} has no system partition (XBOOTLDR)")]
+    NoSystem(PathBuf),
+    #[error("cannot mount the system partition {0}")]
+    Mount(PathBuf, #[source] sys::SysError),
+}
+
+/// The install this machine booted from (or the first one found).
+pub fn find() -> Result<Install, SysMountError> {
+    let disks = rayos_disk::list_block_devices().map_err(SysMountError::Disks)?;
+    let esp = volumes::loader_device_part_uuid(Path::new(crate::pid1::EFIVARS));
+    volumes::find_install(&disks, esp).ok_or(SysMountError::NoInstall)
+}
+
+/// A mounted system partition; unmounted (after sync) on drop.
+pub struct SystemMount {
+    at: PathBuf,
+    pub device: PathBuf,
+}
+
+impl SystemMount {
+    /// Mounts `install`'s system partition read-write at `at`.
+    pub fn mount(install: &Install, at: &Path) -> Result<SystemMount, SysMountError> {
+        let dev = install
+            .system
+            .clone()
+            .ok_or_else(|| SysMountError::NoSystem(install.disk.clone()))?;
+        sys::mount(
+            &dev.to_string_lossy(),
+            at,
+            "vfat",
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            "",
+        )
+        .map_err(|e| SysMountError::Mount(dev.clone(), e))?;
+        Ok(SystemMount {
+            at: at.to_path_buf(),
+            device: dev,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.at
+    }
+}
+
+impl Drop for SystemMount {
+    fn drop(&mut self) {
+        sys::sync();
+        let _ = sys::unmount(&self.at);
+    }
+}
