@@ -727,3 +727,41 @@ fn crashed_vm_keeps_console_and_is_restarted() {
     );
     h.ok(&["stop", "lin", "--force"]);
 }
+
+/// A guest that powers itself off is `stopped`, not `crashed`, and is not
+/// restarted even though the policy restarts crashed VMs.
+#[test]
+fn guest_power_off_is_a_stop_not_a_crash() {
+    let mut h = Host::new();
+    h.policy("version = 1\n[generic]\nrestart_on_crash = true\n");
+    h.start_daemon();
+    let g = guest::linux_guest().expect("test guest");
+    h.ok(&[
+        "create",
+        "off",
+        "--kind",
+        "generic",
+        "--memory",
+        "128",
+        "--kernel",
+        g.kernel.to_str().unwrap(),
+        "--initrd",
+        g.initrd.to_str().unwrap(),
+        // busybox as init runs `poweroff -f` at once.
+        "--cmdline",
+        "console=ttyS0 loglevel=1 rdinit=/bin/busybox -- poweroff -f",
+    ]);
+    h.ok(&["start", "off"]);
+    let mut seen = Vec::new();
+    h.client()
+        .events(Some(0), |ev| {
+            if ev.vm == "off" {
+                seen.push(ev.event.clone());
+            }
+            !matches!(ev.event.as_str(), "stopped" | "crashed")
+        })
+        .unwrap();
+    assert_eq!(seen, ["created", "starting", "started", "stopped"]);
+    let shown = h.show("off");
+    assert_eq!((shown.state, shown.crash_count), (VmState::Stopped, 0));
+}
