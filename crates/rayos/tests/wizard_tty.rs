@@ -62,7 +62,12 @@ impl Tmux {
 
     fn tmux(&self, args: &[&str]) -> Command {
         let mut c = Command::new("tmux");
-        c.env("TERM", "xterm").arg("-S").arg(&self.sock).args(args);
+        // Our own server even when the tests run inside tmux.
+        c.env("TERM", "xterm")
+            .env_remove("TMUX")
+            .arg("-S")
+            .arg(&self.sock)
+            .args(args);
         c
     }
 
