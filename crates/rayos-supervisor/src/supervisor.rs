@@ -1332,19 +1332,28 @@ impl Supervisor {
             }
             let Some(h) = op.as_mut() else {
                 let due = {
-                    let st = lock(&slot.status);
-                    st.state == VmState::Crashed
+                    let mut st = lock(&slot.status);
+                    let due = st.state == VmState::Crashed
                         && st.restart_at.is_some_and(|t| t <= Instant::now())
                         && !st.removed
+                        && !self.shutting_down.load(Ordering::SeqCst);
+                    if due {
+                        // One restart per crash, however long it takes.
+                        st.restart_at = None;
+                    }
+                    due
                 };
-                if due && !self.shutting_down.load(Ordering::SeqCst) {
+                if due {
                     drop(op);
                     let me = Arc::clone(self);
                     let name = slot.name.clone();
                     std::thread::spawn(move || {
                         if let Err(e) = me.start_inner(&name, false, true) {
                             let msg = chain(&e);
-                            if let Ok(s) = me.slot(&name) {
+                            // A person may have started or deleted it meanwhile.
+                            if let Ok(s) = me.slot(&name)
+                                && !matches!(e, OpError::WrongState { .. } | OpError::Busy { .. })
+                            {
                                 lock(&s.status).last_error = Some(msg.clone());
                             }
                             eprintln!("rayosd: restart of VM {name} failed: {msg}");
