@@ -83,7 +83,8 @@ fn retry_plan(w: &Wizard, planned: &Planned) -> Result<Planned, String> {
         return Ok(planned.clone());
     }
     let target = &planned.plan.target;
-    let disk = rayos_disk::probe_path(target, Some(planned.plan.sector_size))
+    let ss = planned.plan.image_file.then_some(planned.plan.sector_size);
+    let disk = rayos_disk::probe_path(target, ss)
         .map_err(|e| format!("cannot read {}: {}", target.display(), chain(&e)))?;
     let facts = rayos_install::facts::gather(&disk).map_err(|e| chain(&e))?;
     let plan =
@@ -109,6 +110,25 @@ fn fallback_size() -> Option<Rect> {
             .unwrap_or(d)
     };
     Some(Rect::new(0, 0, env("COLUMNS", 80), env("LINES", 24)))
+}
+
+/// The sector size to read an image file with again (block devices say
+/// their own).
+fn image_sector_size(d: &rayos_disk::Disk) -> Option<u32> {
+    (d.kind == rayos_disk::DiskKind::ImageFile).then_some(d.logical_sector_size)
+}
+
+/// The chosen disk, read again.
+fn rescan(w: &Wizard) -> Result<crate::DiskChoice, String> {
+    let d = w.chosen_disk().ok_or("no disk was chosen")?;
+    let disk =
+        rayos_disk::probe_path(&d.disk.path, image_sector_size(&d.disk)).map_err(|e| chain(&e))?;
+    let facts = rayos_install::facts::gather(&disk).map_err(|e| chain(&e))?;
+    Ok(crate::DiskChoice {
+        refusal: crate::wizard::refusal(&disk, &facts),
+        disk,
+        facts,
+    })
 }
 
 pub(crate) fn run(config: &Config, mut w: Wizard) -> Result<Outcome, WizardError> {
@@ -175,6 +195,10 @@ pub(crate) fn run(config: &Config, mut w: Wizard) -> Result<Outcome, WizardError
                 Err(e) => {
                     w.on_finished(Err(format!("cannot plan the retry: {e}")));
                 }
+            },
+            Effect::Rescan => match rescan(&w) {
+                Ok(d) => w.on_rescanned(d),
+                Err(e) => w.status = Some(format!("cannot read the disk again: {e}")),
             },
             Effect::Finish(after) => match &w.planned {
                 Some(p) => {

@@ -152,6 +152,9 @@ pub enum Effect {
     /// Apply failed; make the plan again from the disk as it is now and
     /// apply it.
     Retry(Box<Planned>),
+    /// Apply failed after writing, and the person goes back: read the
+    /// chosen disk again and pass it to [`Wizard::on_rescanned`].
+    Rescan,
     /// Installed; reboot, power off or exit.
     Finish(After),
 }
@@ -804,11 +807,14 @@ impl Wizard {
                     }
                     None => Effect::None,
                 },
-                Key::Esc | Key::Char('b') => {
+                // Nothing written: the plan still holds.
+                Key::Esc | Key::Char('b') if self.progress.done() == 0 => {
                     self.go(Screen::Summary);
                     self.confirm_input.clear();
                     Effect::None
                 }
+                // The disk changed: plan again from the disk as it is.
+                Key::Esc | Key::Char('b') => Effect::Rescan,
                 _ => Effect::None,
             };
         }
@@ -845,6 +851,25 @@ impl Wizard {
             }
         }
         self.progress.running = None;
+    }
+
+    /// The chosen disk read again after a failed install wrote to it: the
+    /// partition manager starts over from it.
+    pub fn on_rescanned(&mut self, d: DiskChoice) {
+        let Some(i) = self.chosen else { return };
+        self.layout = Some(Layout::new(&d.disk));
+        if let Some(slot) = self.setup.disks.get_mut(i) {
+            *slot = d;
+        }
+        self.consented.clear();
+        self.planned = None;
+        self.row_cursor = 0;
+        self.progress = Progress::default();
+        self.go(Screen::Partitions);
+        self.status = Some(
+            "the failed install changed this disk: it is shown as it is now (delete the new partitions, or w)"
+                .into(),
+        );
     }
 
     /// A new plan for a retry (made by the runner from the disk as it is

@@ -644,3 +644,59 @@ fn an_own_vm_partition_needs_room_in_a_hand_made_layout() {
     assert_eq!(p.partition(Role::VmWindows).unwrap().size_bytes, GIB);
     assert_eq!(p.partition(Role::Data).unwrap().size_bytes, 2 * GIB);
 }
+
+#[test]
+fn going_back_after_a_partial_install_reads_the_disk_again() {
+    let im = images();
+    let mut w = Wizard::new(setup(vec![probed(&im.blank, "/dev/vdc")]));
+    at_partitions(&mut w, 0);
+    press(
+        &mut w,
+        &[
+            Key::Char('i'),
+            Key::Enter,
+            Key::Enter,
+            Key::Enter,
+            Key::Enter,
+        ],
+    );
+    typed(&mut w, "vdc");
+    let Effect::Install(planned) = w.handle(Key::Enter) else {
+        panic!("no install")
+    };
+    let total = rayos_install::apply::steps(&planned.plan).len();
+    // Nothing written yet: Esc goes back to the summary, plan kept.
+    w.on_event(&Event::StepStarted {
+        step: "partition".into(),
+        index: 0,
+        total,
+    });
+    w.on_finished(Err("cannot open /dev/vdc for writing".into()));
+    assert!(matches!(w.handle(Key::Esc), Effect::None));
+    assert_eq!(w.screen, Screen::Summary);
+    assert!(w.planned.is_some());
+    // The table was written: going back means reading the disk again.
+    typed(&mut w, "vdc");
+    assert!(matches!(w.handle(Key::Enter), Effect::Install(_)));
+    w.on_event(&Event::StepDone {
+        step: "partition".into(),
+        index: 0,
+        total,
+        seconds: 0.1,
+    });
+    w.on_event(&Event::StepStarted {
+        step: "format-esp".into(),
+        index: 1,
+        total,
+    });
+    w.on_finished(Err("mkfs.fat failed".into()));
+    assert!(matches!(w.handle(Key::Esc), Effect::Rescan));
+    // The runner reads the disk again; here: a report with the new table.
+    let mut again = probed(&im.windows, "/dev/vdc");
+    again.kind = DiskKind::ImageFile;
+    w.on_rescanned(choice(again));
+    assert_eq!(w.screen, Screen::Partitions);
+    assert_eq!(w.rows().len(), 5, "the disk as it is now");
+    assert!(w.planned.is_none());
+    assert!(w.status.clone().unwrap().contains("shown as it is now"));
+}
