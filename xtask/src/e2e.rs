@@ -35,6 +35,9 @@ pub struct Args {
     /// Which installs to run.
     #[arg(long, value_enum, default_value = "iso")]
     pub variant: Vec<Variant>,
+    /// Where the media are (and are built when missing).
+    #[arg(long, default_value = "build")]
+    pub media: PathBuf,
     /// Rebuild the media first (with a fast zstd level) even if they exist.
     #[arg(long)]
     pub rebuild: bool,
@@ -181,7 +184,7 @@ impl Run {
 
 pub fn run(args: Args) -> Result<()> {
     let root = crate::root();
-    let out = root.join("build");
+    let out = root.join(&args.media);
     if args.dry_run {
         println!("== e2e dry-run");
         let run = Run {
@@ -193,10 +196,11 @@ pub fn run(args: Args) -> Result<()> {
     if args.rebuild || crate::media::outputs(&out).is_err() {
         println!("== building the media (fast compression)");
         crate::media::build(&crate::media::Args {
-            out: "build".into(),
+            out: args.media.clone(),
             rayos: None,
             zstd_level: 3,
             cache: ".cache".into(),
+            serial_console: false,
         })?;
     }
     let (_, iso, usb) = crate::media::outputs(&out)?;
@@ -338,7 +342,11 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
         &mut vm,
         "unattended install starts (answer file found on the FAT disk)",
         "RAYOS_INSTALLER:start",
-        &["RAYOS_INSTALLER:interactive", "RAYOS_FATAL"],
+        &[
+            "RAYOS_INSTALLER:interactive",
+            "RAYOS_INSTALLER:failed",
+            "RAYOS_FATAL",
+        ],
         300,
     )?;
     run.expect_not(
@@ -474,7 +482,7 @@ fn dry_run(run: &Run, work: &Path) -> Result<()> {
         .arg("--answers")
         .arg(&answers);
     // The system image the media carry, when they are built.
-    let uki = crate::root().join("build/rayos.efi");
+    let uki = work.join("../../rayos.efi");
     if uki.is_file() {
         cmd.arg("--system-image").arg(&uki);
     }

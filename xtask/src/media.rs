@@ -33,10 +33,20 @@ pub struct Args {
     /// The Debian package cache.
     #[arg(long, default_value = ".cache")]
     pub cache: PathBuf,
+    /// Make the serial port `/dev/console` (headless machines, debugging):
+    /// `console=tty0 console=ttyS0,115200` instead of the screen last.
+    #[arg(long)]
+    pub serial_console: bool,
 }
 
 /// Kernel command lines of the three UKIs; they differ only in the mode.
-pub const CONSOLE: &str = "console=ttyS0,115200 console=tty0";
+/// `/dev/console` is the last `console=` (the screen, for a person at the
+/// machine); the kernel log goes to both. `printk.devkmsg=on` lifts the
+/// rate limit on `/dev/kmsg`, so every line PID 1 logs there (markers
+/// included) reaches the serial console too.
+pub const CONSOLE: &str = "console=ttyS0,115200 console=tty0 printk.devkmsg=on";
+/// [`CONSOLE`] with the serial port as `/dev/console` (`--serial-console`).
+pub const SERIAL_CONSOLE: &str = "console=tty0 console=ttyS0,115200 printk.devkmsg=on";
 
 /// Packages fetched by name (the kernel image package is resolved from
 /// `linux-image-amd64` at build time and added in front).
@@ -56,6 +66,7 @@ const PACKAGES: &[&str] = &[
     "mtools",
     "gdisk",
     "systemd-boot-efi",
+    "zstd",
     "busybox-static",
 ];
 
@@ -136,6 +147,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("dosfstools", "sbin/fsck.fat"),
     ("mtools", "usr/bin/mtools"),
     ("gdisk", "sbin/sgdisk"),
+    ("zstd", "usr/bin/zstd"),
 ];
 
 /// QEMU device modules loaded on demand (accelerator and display).
@@ -184,6 +196,16 @@ const FOREIGN_QEMU_FILES: &[&str] = &[
 
 /// Programs taken from the build host (util-linux is essential there).
 const HOST_PROGRAMS: &[&str] = &["/usr/bin/partx"];
+
+/// glibc's character-set converters mtools loads for FAT names (code pages
+/// 850 and 437), with their configuration; from the build host's libc6.
+const GCONV_DIR: &str = "/usr/lib/x86_64-linux-gnu/gconv";
+const GCONV_FILES: &[&str] = &[
+    "gconv-modules",
+    "gconv-modules.d/gconv-modules-extra.conf",
+    "IBM850.so",
+    "IBM437.so",
+];
 
 pub fn run(args: Args) -> Result<()> {
     let built = build(&args)?;
@@ -307,6 +329,15 @@ pub fn build(args: &Args) -> Result<Built> {
     for host in HOST_PROGRAMS {
         host_libs.extend(ird.elf(host, Path::new(host))?);
     }
+    for f in GCONV_FILES {
+        let host = Path::new(GCONV_DIR).join(f);
+        let dest = format!("{}/{f}", GCONV_DIR.trim_start_matches('/'));
+        if f.ends_with(".so") {
+            host_libs.extend(ird.elf(&dest, &host)?);
+        } else {
+            ird.copy(&dest, &host, Some(0o644))?;
+        }
+    }
     ird.symlink("usr/sbin/mkfs.ext4", "mke2fs")?;
     ird.symlink("usr/sbin/fsck.ext4", "e2fsck")?;
     ird.symlink("usr/sbin/mkfs.vfat", "mkfs.fat")?;
@@ -384,7 +415,12 @@ pub fn build(args: &Args) -> Result<Built> {
         ("recovery", "rayos-recovery.efi"),
     ] {
         let path = out.join(file);
-        let cmdline = format!("{CONSOLE} rayos.mode={mode}");
+        let console = if args.serial_console {
+            SERIAL_CONSOLE
+        } else {
+            CONSOLE
+        };
+        let cmdline = format!("{console} rayos.mode={mode}");
         uki::assemble(
             &UkiParts {
                 stub: stub.clone(),

@@ -33,7 +33,7 @@ pub enum QemuError {
     #[error("cannot start qemu-system-x86_64 (install qemu-system-x86)")]
     Spawn(#[source] io::Error),
     #[error(
-        "timed out after {secs}s waiting for {marker:?} on the serial console; last output:\n{tail}"
+        "timed out after {secs}s waiting for [{marker}] on the serial console; last output:\n{tail}"
     )]
     Timeout {
         marker: String,
@@ -41,7 +41,7 @@ pub enum QemuError {
         tail: String,
     },
     #[error(
-        "QEMU exited ({status}) before {marker:?} appeared on the serial console; last output:\n{tail}"
+        "QEMU exited ({status}) before [{marker}] appeared on the serial console; last output:\n{tail}"
     )]
     Exited {
         marker: String,
@@ -294,7 +294,7 @@ impl Qemu {
         timeout: Duration,
     ) -> Result<(usize, String), QemuError> {
         let deadline = Instant::now() + timeout;
-        let wanted = markers.join("\" or \"");
+        let wanted = markers.join(" | ");
         loop {
             let bytes = fs::read(&self.serial).unwrap_or_default();
             let start = self.consumed.min(bytes.len());
