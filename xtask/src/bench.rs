@@ -3,6 +3,7 @@
 //! (these machines are noisy). One module per benchmark.
 
 mod install;
+mod update;
 mod vm;
 
 #[derive(clap::Args)]
@@ -17,11 +18,14 @@ enum What {
     Install(install::Args),
     /// Resume vs cold boot, save/restore vs dd, daemon RSS.
     Vm(vm::Args),
+    /// Applying an update bundle against `cp` + `sync` of the same bytes.
+    Update(update::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
         What::Install(a) => install::run(a),
         What::Vm(a) => vm::run(a),
+        What::Update(a) => update::run(a),
     }
 }

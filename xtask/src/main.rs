@@ -2,6 +2,7 @@
 //! end-to-end tests and benchmarks. Every subcommand lives in its own module.
 
 mod bench;
+mod bundle;
 mod demo;
 mod deps;
 mod e2e;
@@ -34,6 +35,8 @@ enum Command {
     Bench(bench::Args),
     /// Run the fuzz targets of the parsers of untrusted bytes (libFuzzer).
     Fuzz(fuzz::Args),
+    /// A signed update bundle from a built UKI (docs/update.md).
+    Bundle(bundle::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Command::E2e(a) => e2e::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Fuzz(a) => fuzz::run(a),
+        Command::Bundle(a) => bundle::run(a),
     }
 }
 

@@ -47,6 +47,8 @@ enum Command {
     Shutdown(cmd::shutdown::Args),
     /// Save the VMs and restart.
     Reboot(cmd::shutdown::RebootArgs),
+    /// Signed updates: verify, apply, status, rollback.
+    Update(cmd::update::Args),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Logs(a) => cmd::logs::run(a),
         Command::Shutdown(a) => cmd::shutdown::run(a),
         Command::Reboot(a) => cmd::shutdown::run_reboot(a),
+        Command::Update(a) => cmd::update::run(a),
     };
     finish(result)
 }

@@ -9,6 +9,7 @@ pub mod install;
 pub mod logs;
 pub mod shutdown;
 pub mod status;
+pub mod update;
 pub mod vm;
 pub mod wizard;
 

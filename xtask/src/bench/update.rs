@@ -1,0 +1,190 @@
+//! `cargo xtask bench update`: applying an update bundle against copying
+//! the same bytes with `cp` + `sync`, on the same filesystem, in one run.
+//!
+//! Per repetition: a fresh system-partition directory (install manifest +
+//! a running UKI) in `--dir` (default `build/bench-update`), a timed
+//! `rayos_update::apply` of a bundle signed with a throwaway key (it
+//! verifies the signature, hashes every payload, copies it hashing again,
+//! fsyncs file and directory), then a timed `cp <uki> <dir>` + `sync` of
+//! the same UKI beside it. Reports medians and the ratio apply / (cp+sync),
+//! the verify share of apply, and the bundle's size against the UKI's.
+//! The page cache is warm for both sides (the bundle was just written),
+//! so the ratio shows RayOS's own overhead over the raw write.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use rayos_update::bundle::{self, BuildSpec, PayloadName, SchemaRange};
+use rayos_update::{ApplyOptions, Bundle, SecretKey};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Repetitions (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// UKI to ship (default build/rayos.efi, or a 64 MiB pseudo-random
+    /// stand-in when that is not built).
+    #[arg(long)]
+    pub uki: Option<PathBuf>,
+    /// Working directory (the filesystem measured).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn stand_in(path: &Path, len: usize) -> Result<()> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let bytes: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+fn fresh_system(dir: &Path) -> Result<PathBuf> {
+    let sys = dir.join("system");
+    if sys.exists() {
+        std::fs::remove_dir_all(&sys)?;
+    }
+    std::fs::create_dir_all(sys.join("EFI/Linux"))?;
+    std::fs::create_dir_all(sys.join("rayos"))?;
+    std::fs::write(sys.join("rayos/install-manifest.json"), r#"{"schema":1}"#)?;
+    std::fs::write(sys.join("EFI/Linux/rayos-0.0.1.efi"), b"running")?;
+    Ok(sys)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    anyhow::ensure!(args.reps >= 1, "--reps must be at least 1");
+    let root = crate::root();
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| root.join("build/bench-update"));
+    std::fs::create_dir_all(&dir)?;
+    let (uki, what) = match &args.uki {
+        Some(p) => (p.clone(), "given UKI"),
+        None if root.join("build/rayos.efi").is_file() => {
+            (root.join("build/rayos.efi"), "build/rayos.efi")
+        }
+        None => {
+            let p = dir.join("stand-in.efi");
+            stand_in(&p, 64 << 20)?;
+            (
+                p,
+                "64 MiB pseudo-random stand-in (build/rayos.efi not built)",
+            )
+        }
+    };
+    let key = SecretKey::generate()?;
+    let bundle_path = dir.join("bench.bundle");
+    bundle::build(
+        &BuildSpec {
+            version: "9.9.9".into(),
+            architecture: bundle::ARCH.into(),
+            install_layout: SchemaRange { min: 1, max: 1 },
+            data_schema: SchemaRange { min: 0, max: 1 },
+            created: rayos_update::state::now_rfc3339(),
+            payloads: vec![(PayloadName::Uki, uki.as_path())],
+            key: Some(&key),
+        },
+        &bundle_path,
+    )?;
+    let uki_size = std::fs::metadata(&uki)?.len();
+    let bundle_size = std::fs::metadata(&bundle_path)?.len();
+    let trusted = vec![key.public("bench key")];
+    let opts = ApplyOptions {
+        trusted: trusted.clone(),
+        running: Some("0.0.1".into()),
+        allow_downgrade: false,
+        data_schema: Some(1),
+    };
+    let (mut apply_s, mut verify_s, mut cp_s) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..args.reps {
+        // verify alone (signature + one hashing pass)
+        let t = Instant::now();
+        let b = Bundle::open(&bundle_path, &trusted)?;
+        b.verify_payloads()?;
+        verify_s.push(t.elapsed().as_secs_f64());
+
+        let sys = fresh_system(&dir)?;
+        Command::new("sync").status()?;
+        let t = Instant::now();
+        rayos_update::apply(&bundle_path, &sys, &opts)?;
+        apply_s.push(t.elapsed().as_secs_f64());
+
+        let dst = dir.join("cp-copy.efi");
+        let _ = std::fs::remove_file(&dst);
+        Command::new("sync").status()?;
+        let t = Instant::now();
+        let ok = Command::new("cp").arg(&uki).arg(&dst).status()?.success()
+            && Command::new("sync").status()?.success();
+        anyhow::ensure!(ok, "cp + sync failed");
+        cp_s.push(t.elapsed().as_secs_f64());
+        eprintln!(
+            "rep {}: apply {:.3} s (verify alone {:.3} s), cp+sync {:.3} s",
+            rep + 1,
+            apply_s[rep],
+            verify_s[rep],
+            cp_s[rep]
+        );
+    }
+    let (a, v, c) = (
+        median(&mut apply_s),
+        median(&mut verify_s),
+        median(&mut cp_s),
+    );
+    let fs_type = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(&dir)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "uki": what, "uki_bytes": uki_size, "bundle_bytes": bundle_size,
+                "bundle_over_uki": bundle_size as f64 / uki_size as f64,
+                "apply_median_s": a, "verify_median_s": v, "cp_sync_median_s": c,
+                "apply_over_cp_sync": a / c, "reps": args.reps, "filesystem": fs_type,
+            })
+        );
+    } else {
+        println!(
+            "update bench ({} reps, {what}, {fs_type} at {}):",
+            args.reps,
+            dir.display()
+        );
+        println!(
+            "  bundle {} bytes / UKI {} bytes = {:.6} (overhead {} bytes)",
+            bundle_size,
+            uki_size,
+            bundle_size as f64 / uki_size as f64,
+            bundle_size - uki_size
+        );
+        println!("  apply (verify + copy + fsync) median {a:.3} s; verify alone {v:.3} s");
+        println!("  cp + sync of the same bytes     median {c:.3} s");
+        println!("  ratio apply / (cp + sync) = {:.2}", a / c);
+    }
+    let _ = std::fs::remove_file(dir.join("cp-copy.efi"));
+    let _ = std::fs::remove_dir_all(dir.join("system"));
+    Ok(())
+}
