@@ -46,7 +46,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .env("RUSTC_BOOTSTRAP", "1")
             .current_dir(&fuzz_dir)
             .status()?;
-        anyhow::ensure!(status.success(), "fuzz target {t} found a failure (see fuzz/artifacts/{t}/)");
+        anyhow::ensure!(
+            status.success(),
+            "fuzz target {t} found a failure (see fuzz/artifacts/{t}/)"
+        );
     }
     println!("fuzz: {} targets ran clean", targets.len());
     Ok(())

@@ -95,7 +95,10 @@ pub fn read_with_fallback(path: &Path) -> Result<(Vec<u8>, Generation), AtomicEr
             let prev = previous_path(path);
             fs::read(&prev)
                 .map(|b| (b, Generation::Previous))
-                .map_err(|source| AtomicError::Read { path: path.to_path_buf(), source })
+                .map_err(|source| AtomicError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
         }
         Err(source) => Err(AtomicError::Read {
             path: path.to_path_buf(),

@@ -45,7 +45,11 @@ impl ConfigError {
             .map(|s| {
                 // count bytes, not chars: a span need not fall on a char boundary
                 let end = s.start.min(text.len());
-                text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+                text.as_bytes()[..end]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1
             })
             .unwrap_or(0);
         ConfigError {

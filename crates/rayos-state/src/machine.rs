@@ -43,7 +43,8 @@ impl MachineConfig {
                 ),
             ));
         }
-        m.validate().map_err(|msg| ConfigError::semantic(path, msg))?;
+        m.validate()
+            .map_err(|msg| ConfigError::semantic(path, msg))?;
         Ok(m)
     }
 

@@ -149,9 +149,16 @@ impl Policy {
                 ),
             ));
         }
-        for (name, s) in [("linux", &p.linux), ("windows", &p.windows), ("generic", &p.generic)] {
+        for (name, s) in [
+            ("linux", &p.linux),
+            ("windows", &p.windows),
+            ("generic", &p.generic),
+        ] {
             if s.cpus == Some(0) {
-                return Err(ConfigError::semantic(path, format!("[{name}] cpus must be at least 1")));
+                return Err(ConfigError::semantic(
+                    path,
+                    format!("[{name}] cpus must be at least 1"),
+                ));
             }
             if s.memory_mib.is_some_and(|m| m < 64) {
                 return Err(ConfigError::semantic(
@@ -199,8 +206,11 @@ mod tests {
 
     #[test]
     fn unknown_key_is_rejected_with_line() {
-        let e = Policy::parse("rayos-policy.toml", "version = 1\n[linux]\nautostrat = true\n")
-            .unwrap_err();
+        let e = Policy::parse(
+            "rayos-policy.toml",
+            "version = 1\n[linux]\nautostrat = true\n",
+        )
+        .unwrap_err();
         assert_eq!(e.line, 3, "{e}");
         assert!(e.to_string().contains("autostrat"), "{e}");
     }

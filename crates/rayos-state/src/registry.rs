@@ -138,7 +138,9 @@ pub enum RegistryError {
         line: usize,
         message: String,
     },
-    #[error("{path}: registry version {found} is newer than this RayOS reads ({REGISTRY_SCHEMA_VERSION}); boot the newer RayOS or use recovery")]
+    #[error(
+        "{path}: registry version {found} is newer than this RayOS reads ({REGISTRY_SCHEMA_VERSION}); boot the newer RayOS or use recovery"
+    )]
     Version { path: String, found: u32 },
     #[error("{path}: two VMs share the {what} {value:?}")]
     Duplicate {
@@ -245,7 +247,8 @@ mod tests {
             Registry::parse("r", "{\"version\": 7}"),
             Err(RegistryError::Version { found: 7, .. })
         ));
-        let e = Registry::parse("r", "{\n\"version\": 1,\n\"vms\": [ {\"id\": 3} ]\n}").unwrap_err();
+        let e =
+            Registry::parse("r", "{\n\"version\": 1,\n\"vms\": [ {\"id\": 3} ]\n}").unwrap_err();
         assert!(matches!(e, RegistryError::Parse { line: 3, .. }), "{e}");
     }
 

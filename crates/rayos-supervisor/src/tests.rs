@@ -389,7 +389,11 @@ fn crash_keeps_console_and_restarts_with_backoff() {
     for _ in 0..5 {
         f.sup.monitor_once();
     }
-    assert_eq!(f.vmm.launches.lock().unwrap().len(), 2, "one restart per crash");
+    assert_eq!(
+        f.vmm.launches.lock().unwrap().len(),
+        2,
+        "one restart per crash"
+    );
     let ev = f.events("lin");
     assert!(ev.contains(&"crashed".into()) && ev.contains(&"restarting".into()));
     assert_eq!(
