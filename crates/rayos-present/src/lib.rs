@@ -5,5 +5,9 @@
 //! only. See `docs/present.md`.
 //!
 //! - [`rfb`]: RFB (VNC) wire protocol and client handshake (untrusted bytes).
+//! - [`vnc`]: a live connection to one VM's VNC socket (reader/writer).
+//! - [`keymap`]: evdev key codes → XT scancodes (and fallback keysyms).
 
+pub mod keymap;
 pub mod rfb;
+pub mod vnc;

@@ -222,13 +222,18 @@ pub enum ServerEvent {
     /// Pixels changed (bounding box of the update's rectangles; empty when
     /// the update held only pseudo-rectangles). `resized` means the
     /// framebuffer now has a new size and should be redrawn whole.
-    Update { damage: Rect, resized: bool },
+    Update {
+        damage: Rect,
+        resized: bool,
+    },
     Bell,
     /// Cut text (Latin-1 per the spec; lossily decoded).
     CutText(String),
     /// The server said which pointer it wants: absolute (a tablet) or
     /// relative (deltas around 0x7FFF).
-    PointerMode { absolute: bool },
+    PointerMode {
+        absolute: bool,
+    },
     /// The server acknowledged QEMU's extended key events.
     ExtendedKeys,
 }
@@ -508,7 +513,11 @@ fn read_update<R: Read>(r: &mut R, fb: &mut Framebuffer) -> Result<ServerEvent, 
             ENC_QEMU_EXTENDED_KEY_EVENT => {
                 other = Some(ServerEvent::ExtendedKeys);
             }
-            e => return Err(bad(format!("rectangle in encoding {e}, which was not asked for"))),
+            e => {
+                return Err(bad(format!(
+                    "rectangle in encoding {e}, which was not asked for"
+                )));
+            }
         }
     }
     if resized {

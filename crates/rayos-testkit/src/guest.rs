@@ -18,6 +18,8 @@
 //!   (`EFIVAR found <v>`); defines, writes and reads a TPM NV index with raw
 //!   TPM2 commands through `/dev/tpm0` the same way (`TPMNV written|found
 //!   <hex>`).
+//! - `rayos.keys=1`: prints `KEYS ready` and then `KEY <evdev code>
+//!   <value>` for every event of the guest's keyboard (input tests).
 //!
 //! Build products are cached under `target/rayos-testkit/` keyed by a hash of
 //! every input (kernel, busybox, modules, script), written under temporary
@@ -224,6 +226,27 @@ powerbutton() {{
   done
 }}
 powerbutton &
+
+# rayos.keys=1: every key press and release on the keyboard (PS/2 or
+# virtio) is printed as `KEY <evdev code> <1 down|0 up|2 repeat>`, so a
+# test sees exactly what reached the guest.
+keys() {{
+  dev=""
+  for d in /sys/class/input/event*; do
+    case "$(cat $d/device/name 2>/dev/null)" in *[Kk]eyboard*) dev=/dev/input/${{d##*/}};; esac
+  done
+  [ -n "$dev" ] || {{ echo "KEYS none"; return; }}
+  # One open file for the whole loop: evdev queues events per open file,
+  # so reopening it per event would lose keys typed in between.
+  exec 4<$dev
+  echo "KEYS ready"
+  while :; do
+    # One input_event is 24 bytes: time (16), type, code (u16), value (s32).
+    set -- $(dd bs=24 count=1 <&4 2>/dev/null | od -An -v -tu2)
+    [ "$9" = 1 ] && echo "KEY ${{10}} ${{11}}"
+  done
+}}
+[ "$(arg rayos.keys)" = 1 ] && keys &
 
 n=0
 while :; do

@@ -1,0 +1,216 @@
+//! The RFB client against real QEMU (TCG): the frame it receives equals
+//! QEMU's own QMP screendump, and keys sent through it reach the guest as
+//! the right evdev codes (the tiny test guest prints them on its serial
+//! console).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rayos_present::rfb::ServerEvent;
+use rayos_present::vnc;
+use rayos_qmp::QmpClient;
+use serde_json::json;
+
+/// Kills QEMU when the test ends, however it ends.
+struct Qemu {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Qemu {
+    fn start(extra: &[&str]) -> Qemu {
+        let dir = tempfile::tempdir().unwrap();
+        let vnc = dir.path().join("vnc.sock");
+        let qmp = dir.path().join("qmp.sock");
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg",
+            "-nodefaults",
+            "-m",
+            "256",
+        ])
+        .args(["-display", "none", "-device", "VGA"])
+        .arg("-vnc")
+        .arg(format!("unix:{}", vnc.display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        let child = cmd.spawn().expect(
+            "qemu-system-x86_64 not runnable: install qemu-system-x86 (scripts/install-deps.sh)",
+        );
+        Qemu { child, dir }
+    }
+
+    fn vnc(&self) -> PathBuf {
+        self.dir.path().join("vnc.sock")
+    }
+
+    fn qmp(&self) -> QmpClient {
+        QmpClient::connect_retry(&self.dir.path().join("qmp.sock"), Duration::from_secs(30))
+            .expect("QMP")
+    }
+}
+
+/// A binary PPM (P6, maxval 255) as `0x00RRGGBB` pixels.
+fn read_ppm(path: &Path) -> (u32, u32, Vec<u32>) {
+    let data = std::fs::read(path).unwrap();
+    let mut fields = Vec::new();
+    let mut i = 0;
+    while fields.len() < 4 {
+        while data[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let start = i;
+        while !data[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        fields.push(String::from_utf8_lossy(&data[start..i]).into_owned());
+    }
+    i += 1;
+    assert_eq!(fields[0], "P6");
+    let w: u32 = fields[1].parse().unwrap();
+    let h: u32 = fields[2].parse().unwrap();
+    assert_eq!(fields[3], "255");
+    let px = data[i..]
+        .chunks_exact(3)
+        .map(|c| (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]))
+        .collect::<Vec<_>>();
+    assert_eq!(px.len(), (w * h) as usize);
+    (w, h, px)
+}
+
+#[test]
+fn frame_matches_qmp_screendump() {
+    // No guest at all: SeaBIOS prints its banner and "No bootable device"
+    // in VGA text mode.
+    let q = Qemu::start(&[]);
+    let mut qmp = q.qmp();
+    let (mut reader, _writer) = vnc::connect(&q.vnc(), Duration::from_secs(30)).unwrap();
+    reader.set_read_timeout(Some(Duration::from_secs(30)));
+    assert!(reader.init.name.contains("QEMU"), "{:?}", reader.init);
+
+    // Wait until SeaBIOS has drawn text (some non-black pixels).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        reader.next_update().unwrap();
+        let lit = reader.fb.pixels.iter().filter(|&&p| p != 0).count();
+        if lit > 500 && reader.fb.width >= 640 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SeaBIOS never drew text");
+    }
+    // Freeze the guest, let the last changes arrive, then compare the
+    // client's copy with QEMU's own rendering of the same surface.
+    qmp.execute("stop", None).unwrap();
+    let shot = q.dir.path().join("shot.ppm");
+    let mut best = usize::MAX;
+    for _ in 0..20 {
+        reader.set_read_timeout(Some(Duration::from_millis(700)));
+        // Drain updates until the server has nothing more for a while.
+        while reader.next_update().is_ok() {}
+        reader.set_read_timeout(Some(Duration::from_secs(30)));
+        qmp.execute("screendump", Some(json!({"filename": shot})))
+            .unwrap();
+        let (w, h, px) = read_ppm(&shot);
+        assert_eq!((w, h), (reader.fb.width, reader.fb.height));
+        let differ = px
+            .iter()
+            .zip(&reader.fb.pixels)
+            .filter(|(a, b)| a != b)
+            .count();
+        best = best.min(differ);
+        if differ == 0 {
+            break;
+        }
+        // The VGA text cursor blinks between the two captures; ask again.
+        _writer.refresh().unwrap();
+    }
+    // A blinking text cursor (one 9x16 cell) is the only difference
+    // allowed between two captures of a stopped guest.
+    assert!(best <= 9 * 16, "{best} pixels differ from the screendump");
+}
+
+fn wait_for(log: &Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} on the guest console within {timeout:?}; console:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn keys_reach_the_guest_as_scancodes() {
+    let guest = rayos_testkit::guest::linux_guest().expect("test guest");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("console.log");
+    let cmdline = format!("{} rayos.keys=1", guest.cmdline);
+    let q = Qemu::start(&[
+        "-kernel",
+        guest.kernel.to_str().unwrap(),
+        "-initrd",
+        guest.initrd.to_str().unwrap(),
+        "-append",
+        &cmdline,
+        "-serial",
+        &format!("file:{}", log.display()),
+    ]);
+    let (mut reader, writer) = vnc::connect(&q.vnc(), Duration::from_secs(30)).unwrap();
+    reader.set_read_timeout(Some(Duration::from_secs(30)));
+    // QEMU acknowledges extended key events right after SetEncodings.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !writer.extended_keys() {
+        let ev = reader.next_event().unwrap();
+        if matches!(ev, ServerEvent::ExtendedKeys) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no extended key event ack");
+    }
+    assert!(writer.extended_keys());
+    // Keep reading the display so the server never blocks on us.
+    let pump = std::thread::spawn(move || while reader.next_event().is_ok() {});
+
+    wait_for(&log, "KEYS ready", Duration::from_secs(180));
+    // A (plain scancode 0x1e), Right Ctrl (E0 1D) and Home (E0 47): the
+    // guest's evdev must report the same Linux codes.
+    for code in [30u16, 97, 102] {
+        writer.key(code, true).unwrap();
+        writer.key(code, false).unwrap();
+    }
+    let text = wait_for(&log, "KEY 102 0", Duration::from_secs(60));
+    let keys: Vec<&str> = text.lines().filter(|l| l.starts_with("KEY ")).collect();
+    assert_eq!(
+        keys,
+        [
+            "KEY 30 1",
+            "KEY 30 0",
+            "KEY 97 1",
+            "KEY 97 0",
+            "KEY 102 1",
+            "KEY 102 0"
+        ],
+        "console:\n{text}"
+    );
+    drop(q);
+    let _ = pump.join();
+}
