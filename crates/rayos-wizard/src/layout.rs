@@ -3,7 +3,7 @@
 //!
 //! Protocol: the real [`Disk`] report never changes; the person's actions
 //! are a list of undo groups of [`Edit`]s replayed over it ([`Layout`]).
-//! Nothing is written here: [`plan`] maps the layout onto the engine's
+//! Nothing is written here: [`plan()`] maps the layout onto the engine's
 //! answer-file modes and calls [`make_plan`] (one code path with the
 //! unattended install):
 //!
