@@ -7,7 +7,19 @@
 //! - [`rfb`]: RFB (VNC) wire protocol and client handshake (untrusted bytes).
 //! - [`vnc`]: a live connection to one VM's VNC socket (reader/writer).
 //! - [`keymap`]: evdev key codes → XT scancodes (and fallback keysyms).
+//! - [`display`]: the `Display` trait, fbdev and memory backends.
+//! - [`scale`]: aspect-preserving fit and nearest-neighbour scaling.
+//! - [`font`], [`home`]: the built-in font and the home screen.
+//! - [`input`]: evdev devices, exclusive grab, hot-plug.
+//! - [`router`]: hotkeys and which VM gets which key.
 
+pub mod display;
+pub mod font;
+mod font_data;
+pub mod home;
+pub mod input;
 pub mod keymap;
 pub mod rfb;
+pub mod router;
+pub mod scale;
 pub mod vnc;
