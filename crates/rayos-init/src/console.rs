@@ -64,6 +64,13 @@ pub fn allowed(mode: Mode) -> Vec<(&'static str, &'static str)> {
             );
         }
         Mode::Recovery => {
+            v.insert(
+                0,
+                (
+                    "recovery",
+                    "the recovery menu: logs, policy, boot repair, reinstall, factory reset",
+                ),
+            );
             v.push(("install", "reinstall or repair (install --help)"));
             v.push((
                 "shell",
@@ -454,6 +461,9 @@ impl Session {
             for f in &s.faults {
                 out(&format!("  ! {f}\r\n"));
             }
+        }
+        if self.opts.mode == Mode::Recovery {
+            out("Recovery mode: no VM is started. Type `recovery` for the recovery menu.\r\n");
         }
     }
 

@@ -8,6 +8,8 @@
 //! - [`modules`]: coldplug module loading by modalias, no udev or kmod;
 //! - [`bless`]: boot counting (rename the running UKI without `+N-M`);
 //! - [`sysmount`]: mounting the system partition for a short job;
+//! - [`recovery`]: the recovery menu (logs, policy, boot repair, reinstall,
+//!   factory reset);
 //! - [`volumes`]: finding the install, the installer medium, answer files;
 //! - [`service`]: supervised children with log pumps and backoff;
 //! - [`log`]: console + `/dev/kmsg` + rotated log files;
@@ -23,6 +25,7 @@ pub mod control;
 pub mod log;
 pub mod modules;
 pub mod pid1;
+pub mod recovery;
 pub mod service;
 pub mod sys;
 pub mod sysmount;

@@ -49,6 +49,8 @@ enum Command {
     Reboot(cmd::shutdown::RebootArgs),
     /// Signed updates: verify, apply, status, rollback.
     Update(cmd::update::Args),
+    /// The recovery menu: logs, policy, boot repair, reinstall, factory reset.
+    Recovery(cmd::recovery::Args),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
         Command::Shutdown(a) => cmd::shutdown::run(a),
         Command::Reboot(a) => cmd::shutdown::run_reboot(a),
         Command::Update(a) => cmd::update::run(a),
+        Command::Recovery(a) => cmd::recovery::run(a),
     };
     finish(result)
 }

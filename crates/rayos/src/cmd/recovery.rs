@@ -1,0 +1,59 @@
+//! `rayos recovery`: the recovery menu (logic in `rayos_init::recovery`;
+//! see docs/recovery.md). The console offers it in recovery mode.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const EFIVARS: &str = "/sys/firmware/efi/efivars";
+const LOADER: &str = "\\EFI\\systemd\\systemd-bootx64.efi";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The data volume.
+    #[arg(long, default_value = "/var/rayos")]
+    data_dir: PathBuf,
+    /// A mounted system partition to work on (default: find and mount
+    /// this machine's when an action needs it).
+    #[arg(long)]
+    system_dir: Option<PathBuf>,
+}
+
+/// Re-creates the UEFI `Boot####` entry "RayOS" (first in `BootOrder`) from
+/// the ESP recorded in the install manifest, with the installer's encoder.
+fn boot_entry(system: &Path) -> Result<String, String> {
+    if !Path::new(EFIVARS).is_dir() {
+        return Err("not booted through UEFI (no efivarfs)".into());
+    }
+    let p = system.join(rayos_update::apply::INSTALL_MANIFEST);
+    let bytes = std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let m = rayos_install::manifest::Manifest::parse(&bytes)
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    let esp = m
+        .partitions
+        .iter()
+        .find(|x| x.role == rayos_install::plan::Role::Esp)
+        .ok_or("the install manifest lists no ESP")?;
+    let path = rayos_install::efivar::HdFilePath {
+        partition_number: esp.number,
+        start_lba: esp.first_lba,
+        size_lba: esp.last_lba + 1 - esp.first_lba,
+        partition_guid: esp.unique_guid,
+        file: LOADER.into(),
+    };
+    let n = rayos_install::efivar::add_boot_entry(Path::new(EFIVARS), "RayOS", &path)
+        .map_err(|e| rayos_init::error_chain(&e))?;
+    Ok(format!(
+        "UEFI boot entry Boot{n:04X} \"RayOS\" written, first in BootOrder"
+    ))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let ctx = rayos_init::recovery::Ctx {
+        data: args.data_dir,
+        system: args.system_dir,
+        boot_entry: Some(&boot_entry),
+    };
+    rayos_init::recovery::menu(&ctx, &mut io::stdin().lock(), &mut io::stdout())?;
+    Ok(ExitCode::SUCCESS)
+}
