@@ -617,8 +617,20 @@ impl Session {
     /// Installer mode without an answer file: pick the disk, show the
     /// engine's plan, install after the disk's name is typed again.
     fn guided_install(&mut self) {
-        let disks = rayos_disk::list_block_devices().unwrap_or_default();
         let exe = self.opts.exe.clone();
+        if self.tty {
+            // A real terminal (serial line or the machine's console): the
+            // full-screen wizard with its partition manager. It refuses the
+            // installer medium itself and asks init to reboot when done.
+            let mut args = vec!["wizard".to_string()];
+            if let Some(u) = crate::volumes::uki_on(Path::new("/run/rayos/medium")) {
+                args.extend(["--system-image".into(), u.display().to_string()]);
+            }
+            self.spawn(&exe, &args);
+            return;
+        }
+        // A pipe (tests, scripted consoles): a line-based whole-disk install.
+        let disks = rayos_disk::list_block_devices().unwrap_or_default();
         self.spawn(&exe, &["disks".to_string()]);
         let candidates: Vec<String> = disks
             .iter()

@@ -28,12 +28,17 @@ struct Tmux {
 impl Tmux {
     /// Runs `prefix` (shell) and then `rayos wizard args...` in the pane.
     fn start(dir: &Path, prefix: &str, args: &[String]) -> Tmux {
+        Tmux::start_sub(dir, prefix, "wizard", args)
+    }
+
+    /// Runs `prefix` (shell) and then `rayos <sub> args...` in the pane.
+    fn start_sub(dir: &Path, prefix: &str, sub: &str, args: &[String]) -> Tmux {
         let script = dir.join("run.sh");
         let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\n{prefix}\n'{}' wizard {} 2>'{d}/stderr'\necho $? > '{d}/rc.tmp'\nmv '{d}/rc.tmp' '{d}/rc'\n",
+                "#!/bin/sh\n{prefix}\n'{}' {sub} {} 2>'{d}/stderr'\necho $? > '{d}/rc.tmp'\nmv '{d}/rc.tmp' '{d}/rc'\n",
                 env!("CARGO_BIN_EXE_rayos"),
                 quoted.join(" "),
                 d = dir.display()
@@ -663,4 +668,40 @@ fn a_serial_console_without_a_size_gets_80x24() {
     let (rc, err) = t.exit(30);
     assert_eq!(rc, 5, "{err}");
     assert!(!env.path("answers.toml").exists());
+}
+
+#[test]
+fn rayos_install_without_answers_on_a_terminal_runs_the_wizard() {
+    let env = Env::new();
+    let img = env.path("blank.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 * GIB)
+        .unwrap();
+    let before = fingerprint(&img).unwrap();
+    let t = Tmux::start_sub(
+        env.dir.path(),
+        "",
+        "install",
+        &[
+            "--target".into(),
+            env.p("blank.img"),
+            "--system-image".into(),
+            env.p("rayos.efi"),
+            "--no-nvram".into(),
+        ],
+    );
+    // The wizard's first screen, not the engine's "--answers is required".
+    let s = t.wait_for("step 1/8: Welcome", 30);
+    assert!(s.contains("Nothing is written"), "{s}");
+    t.keys(&["q"]);
+    let (rc, err) = t.exit(30);
+    assert_eq!(rc, 5, "leaving the wizard is exit 5 (cancelled): {err}");
+    assert!(err.contains("RAYOS_WIZARD:CANCELLED"), "{err}");
+    assert!(!err.contains("RAYOS_INSTALLER:STARTED"), "{err}");
+    assert_eq!(
+        fingerprint(&img).unwrap(),
+        before,
+        "leaving wrote to the disk"
+    );
 }

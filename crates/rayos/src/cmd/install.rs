@@ -60,6 +60,27 @@ fn bad(msg: impl Into<String>) -> anyhow::Error {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // No answer file on a terminal: the wizard builds the plan for the same
+    // engine (it prints its own RAYOS_WIZARD:* markers). Without a terminal
+    // the answer file stays required (below).
+    if args.answers.is_none()
+        && !args.sample
+        && !args.json
+        && std::io::stdin().is_terminal()
+        && std::io::stdout().is_terminal()
+    {
+        return super::wizard::run_config(&rayos_wizard::Config {
+            disks: args.target.clone().into_iter().collect(),
+            sector_size: args.sector_size,
+            save_answers: None,
+            system_image: args.system_image.clone(),
+            systemd_boot: args.systemd_boot.clone(),
+            dry_run: args.dry_run,
+            nvram: !args.no_nvram,
+            allow_bios: false,
+            apply: ApplyOptions::default(),
+        });
+    }
     eprintln!("RAYOS_INSTALLER:STARTED");
     let r = install(args);
     match &r {
@@ -79,7 +100,7 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
         None if args.sample => Answers::defaults(Mode::FreeSpace),
         None => {
             return Err(bad(
-                "--answers FILE is required (see docs/answer-file.md; `--sample` plans for a built-in sample disk)",
+                "--answers FILE is required without a terminal (see docs/answer-file.md; on a terminal `rayos install` runs the wizard; `--sample` plans for a built-in sample disk)",
             ));
         }
     };

@@ -105,6 +105,23 @@ pub fn run_config(config: &Config) -> anyhow::Result<ExitCode> {
             };
             println!("RayOS is installed on {}.", plan.target.display());
             eprintln!("RAYOS_WIZARD:INSTALLED after={after}");
+            // On the installer media PID 1 is rayos init: hand it the power
+            // action the person chose. Elsewhere (a developer's host) the
+            // choice is only reported.
+            let action = match after {
+                "reboot" => Some(rayos_init::sys::PowerAction::Reboot),
+                "power-off" => Some(rayos_init::sys::PowerAction::PowerOff),
+                _ => None,
+            };
+            if let Some(action) = action {
+                match rayos_init::control::request(action) {
+                    Ok(()) | Err(rayos_init::control::ControlError::NotRayos) => {}
+                    Err(e) => eprintln!(
+                        "rayos: could not ask init to {after}: {}; type `{after}` at the rayos> prompt",
+                        rayos_init::error_chain(&e)
+                    ),
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Outcome::DryRun { plan } => {
