@@ -6,6 +6,7 @@ mod bundle;
 mod demo;
 mod deps;
 mod e2e;
+mod e2e_update;
 mod fuzz;
 mod media;
 mod test;
@@ -37,6 +38,8 @@ enum Command {
     Fuzz(fuzz::Args),
     /// A signed update bundle from a built UKI (docs/update.md).
     Bundle(bundle::Args),
+    /// Update, blessing and rollback end to end under QEMU (docs/update.md).
+    E2eUpdate(e2e_update::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Fuzz(a) => fuzz::run(a),
         Command::Bundle(a) => bundle::run(a),
+        Command::E2eUpdate(a) => e2e_update::run(a),
     }
 }
 

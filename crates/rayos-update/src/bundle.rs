@@ -668,6 +668,22 @@ mod tests {
             Bundle::open(&out, &other),
             Err(BundleError::BadSignature { .. })
         ));
+        // Every single-byte change anywhere is refused: the header and
+        // manifest bytes by the signature or the cross-checks, the signature
+        // by strict verification, the payload by its hash.
+        let bytes = fs::read(&out).unwrap();
+        let header = Header::parse(&bytes).unwrap();
+        let payload_at = header.payload_offset() as usize;
+        let positions = (0..payload_at).chain((payload_at..bytes.len()).step_by(bytes.len() / 97));
+        let m = d.path().join("m.bundle");
+        for i in positions {
+            let mut t = bytes.clone();
+            t[i] ^= 0x01;
+            fs::write(&m, &t).unwrap();
+            let r = Bundle::open(&m, &trusted).and_then(|b| b.verify_payloads());
+            assert!(r.is_err(), "a flip at byte {i} was accepted");
+        }
+
         // Unsigned: refused.
         let unsigned = d.path().join("u.bundle");
         build(&spec("0.2.0", &uki, None), &unsigned).unwrap();
