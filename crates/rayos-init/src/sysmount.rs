@@ -73,3 +73,47 @@ impl Drop for SystemMount {
         let _ = sys::unmount(&self.at);
     }
 }
+
+/// A volume mounted read-only for reading one file; unmounted on drop.
+pub struct VolumeMount {
+    at: PathBuf,
+    pub device: PathBuf,
+}
+
+impl Drop for VolumeMount {
+    fn drop(&mut self) {
+        let _ = sys::unmount(&self.at);
+    }
+}
+
+/// Finds `spec` — `PATH` or `LABEL:PATH`, as `rayos.answers=` reads it —
+/// on the machine's FAT and ISO 9660 volumes (removable disks first),
+/// mounting each read-only at `at` in turn. Returns the mount (keep it
+/// while reading) and the file's path. How a bundle on a USB stick reaches
+/// `rayos update apply` without a shell to mount it.
+pub fn file_on_volumes(spec: &str, at: &Path) -> Option<(VolumeMount, PathBuf)> {
+    let want = crate::cmdline::AnswersRef::parse(spec)?;
+    let disks = rayos_disk::list_block_devices().ok()?;
+    let vols = volumes::fat_and_iso_volumes(&disks);
+    for v in volumes::search_order(&vols, want.label.as_deref(), None) {
+        if sys::mount(
+            &v.device.to_string_lossy(),
+            at,
+            v.fstype,
+            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            "",
+        )
+        .is_err()
+        {
+            continue;
+        }
+        let m = VolumeMount {
+            at: at.to_path_buf(),
+            device: v.device.clone(),
+        };
+        if let Some(f) = volumes::file_on(at, &want.path) {
+            return Some((m, f));
+        }
+    }
+    None
+}

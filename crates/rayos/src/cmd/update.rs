@@ -16,6 +16,7 @@ use rayos_init::error_chain;
 use super::{Exit, exit};
 
 const MOUNT_AT: &str = "/run/rayos/system-update";
+const BUNDLE_MOUNT_AT: &str = "/run/rayos/bundle-source";
 const EFIVARS: &str = "/sys/firmware/efi/efivars";
 
 #[derive(clap::Args)]
@@ -38,7 +39,8 @@ enum What {
 
 #[derive(clap::Args)]
 struct VerifyArgs {
-    /// The bundle file.
+    /// The bundle file; when no such file exists, `PATH` or `LABEL:PATH` on
+    /// a FAT/ISO volume (a USB stick), mounted read-only for the command.
     file: PathBuf,
     /// Check against this public key instead of the keys built into RayOS.
     #[arg(long)]
@@ -59,7 +61,8 @@ struct SystemArgs {
 
 #[derive(clap::Args)]
 struct ApplyArgs {
-    /// The bundle file (on a local disk).
+    /// The bundle file; when no such file exists, `PATH` or `LABEL:PATH` on
+    /// a FAT/ISO volume (a USB stick), mounted read-only for the command.
     file: PathBuf,
     #[command(flatten)]
     system: SystemArgs,
@@ -170,14 +173,47 @@ fn trusted_keys(key: &Option<PathBuf>, allow_override: bool) -> anyhow::Result<V
     }
 }
 
+/// The bundle's path: the file itself, or found on a FAT/ISO volume (kept
+/// mounted while the returned guard lives).
+fn locate(file: &Path) -> anyhow::Result<(PathBuf, Option<rayos_init::sysmount::VolumeMount>)> {
+    if file.exists() {
+        return Ok((file.to_path_buf(), None));
+    }
+    let spec = file.to_string_lossy();
+    // Volumes are searched only on RayOS itself or for an explicit
+    // LABEL:PATH, so a typo on a developer machine mounts nothing.
+    let on_rayos = Path::new(rayos_init::control::STATUS_FILE).exists();
+    let found = if on_rayos
+        || rayos_init::cmdline::AnswersRef::parse(&spec).is_some_and(|r| r.label.is_some())
+    {
+        rayos_init::sysmount::file_on_volumes(&spec, Path::new(BUNDLE_MOUNT_AT))
+    } else {
+        None
+    };
+    match found {
+        Some((m, p)) => {
+            println!("found {spec} on {}", m.device.display());
+            Ok((p, Some(m)))
+        }
+        None => Err(Exit::new(
+            exit::NOT_FOUND,
+            format!(
+                "{spec}: no such file here or on any FAT/ISO volume (give a path, or LABEL:PATH for a USB stick)"
+            ),
+        )
+        .into()),
+    }
+}
+
 fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let trusted = trusted_keys(&a.key, true)?;
-    let b = Bundle::open(&a.file, &trusted).map_err(bundle_refusal)?;
+    let (file, _volume) = locate(&a.file)?;
+    let b = Bundle::open(&file, &trusted).map_err(bundle_refusal)?;
     b.verify_payloads().map_err(bundle_refusal)?;
     print!("{}", b.describe());
     println!(
         "{}: OK (signature, manifest and payload hashes check out)",
-        a.file.display()
+        file.display()
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -197,6 +233,7 @@ fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    let (file, _volume) = locate(&a.file)?;
     let sys = SystemDir::open(&a.system.system_dir)?;
     println!(
         "running RayOS {} ({source}); system partition {}",
@@ -209,7 +246,7 @@ fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
         allow_downgrade: a.allow_downgrade,
         data_schema,
     };
-    let done = match rayos_update::apply(&a.file, sys.path(), &opts) {
+    let done = match rayos_update::apply(&file, sys.path(), &opts) {
         Ok(d) => d,
         Err(ApplyError::Bundle(e)) => return Err(bundle_refusal(e)),
         Err(
