@@ -164,11 +164,9 @@ impl Decoder {
             }
             _ if self.dropped => {}
             EV_KEY if c < BTN_MISC => out.push(InputEvent::Key { code: c, value }),
-            EV_KEY => {
-                if value != 2 {
-                    self.report.buttons.push((c, value != 0));
-                }
-            }
+            // Button auto-repeat means nothing to a pointer.
+            EV_KEY if value == 2 => {}
+            EV_KEY => self.report.buttons.push((c, value != 0)),
             EV_REL => match c {
                 REL_X => self.report.dx += value,
                 REL_Y => self.report.dy += value,
@@ -549,10 +547,8 @@ impl InputHub {
                         }
                     }
                 }
-                if gone {
-                    if let Some(d) = self.devices.remove(p) {
-                        log(format!("input: {} {:?} removed", p.display(), d.name));
-                    }
+                if let Some(d) = gone.then(|| self.devices.remove(p)).flatten() {
+                    log(format!("input: {} {:?} removed", p.display(), d.name));
                 }
             }
             for ev in out.drain(..) {

@@ -12,6 +12,7 @@
 //! - [`font`], [`home`]: the built-in font and the home screen.
 //! - [`input`]: evdev devices, exclusive grab, hot-plug.
 //! - [`router`]: hotkeys and which VM gets which key.
+//! - [`service`]: the `rayos present` service tying it together.
 
 pub mod display;
 pub mod font;
@@ -22,4 +23,5 @@ pub mod keymap;
 pub mod rfb;
 pub mod router;
 pub mod scale;
+pub mod service;
 pub mod vnc;

@@ -168,10 +168,10 @@ impl VncReader {
     /// Reads until a framebuffer update has arrived (skipping the rest).
     pub fn next_update(&mut self) -> Result<(Rect, bool), VncError> {
         loop {
-            if let ServerEvent::Update { damage, resized } = self.next_event()? {
-                if !damage.is_empty() || resized {
-                    return Ok((damage, resized));
-                }
+            if let ServerEvent::Update { damage, resized } = self.next_event()?
+                && (!damage.is_empty() || resized)
+            {
+                return Ok((damage, resized));
             }
         }
     }
@@ -213,10 +213,10 @@ impl VncWriter {
     /// dropped.
     pub fn key(&self, evdev_code: u16, down: bool) -> Result<(), RfbError> {
         let keysym = crate::keymap::keysym(evdev_code).unwrap_or(0);
-        if self.extended_keys() {
-            if let Some(q) = crate::keymap::qnum(evdev_code) {
-                return self.send(&rfb::qemu_key_event(down, keysym, u32::from(q)));
-            }
+        if self.extended_keys()
+            && let Some(q) = crate::keymap::qnum(evdev_code)
+        {
+            return self.send(&rfb::qemu_key_event(down, keysym, u32::from(q)));
         }
         if keysym != 0 {
             return self.send(&rfb::key_event(down, keysym));
@@ -249,6 +249,12 @@ impl VncWriter {
                 return Ok(());
             }
         }
+    }
+
+    /// Closes the connection (the reader half then fails and ends).
+    pub fn shutdown(&self) {
+        let s = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = s.shutdown(std::net::Shutdown::Both);
     }
 
     /// Asks for the whole screen again (after switching back to a VM).
