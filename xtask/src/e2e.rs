@@ -44,7 +44,7 @@ pub struct Args {
     /// Multiply every timeout (slow or busy machines).
     #[arg(long, default_value_t = 1.0)]
     pub timeout_scale: f64,
-    /// Only boot the ISO (as CD) and the USB image (as disk) and check the
+    /// Only boot the ISO (as CD and as disk) and the USB image and check the
     /// kernel and PID 1 come up in installer mode.
     #[arg(long)]
     pub boot_only: bool,
@@ -300,8 +300,15 @@ fn boot_only(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
                 sector_size: 512,
             },
         ),
+        (
+            "ISO as disk (dd)",
+            Medium::Disk {
+                path: iso.to_path_buf(),
+                sector_size: 512,
+            },
+        ),
     ] {
-        let mut cfg = Config::new(&work.join(name.replace(' ', "-")))?;
+        let mut cfg = Config::new(&work.join(name.replace([' ', '(', ')'], "")))?;
         cfg.media = vec![blank.clone(), medium];
         cfg.memory_mib = 2048;
         let mut vm = Qemu::start(&cfg)?;

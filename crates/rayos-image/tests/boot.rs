@@ -150,7 +150,7 @@ fn boot(work: &Path, medium: Medium) {
 }
 
 #[test]
-fn uki_boots_from_the_iso_as_cd_and_from_the_usb_image_as_disk() {
+fn uki_boots_from_the_iso_as_cd_and_as_disk_and_from_the_usb_image() {
     let b = build();
     assert!(
         std::fs::metadata(&b.uki).unwrap().len() > std::fs::metadata(&b.esp).unwrap().len() / 2
@@ -160,6 +160,14 @@ fn uki_boots_from_the_iso_as_cd_and_from_the_usb_image_as_disk() {
         &b.work.join("usb"),
         Medium::Disk {
             path: b.usb.clone(),
+            sector_size: 512,
+        },
+    );
+    // Hybrid: the ISO written to a stick with dd boots as a disk too.
+    boot(
+        &b.work.join("iso-disk"),
+        Medium::Disk {
+            path: b.iso.clone(),
             sector_size: 512,
         },
     );
