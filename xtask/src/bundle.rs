@@ -156,7 +156,7 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn load_or_make_key(given: Option<PathBuf>, root: &Path) -> Result<SecretKey> {
+pub fn load_or_make_key(given: Option<PathBuf>, root: &Path) -> Result<SecretKey> {
     if let Some(p) = given {
         return SecretKey::read(&p)
             .with_context(|| format!("reading the signing key {}", p.display()));

@@ -1,34 +1,34 @@
 //! `cargo xtask e2e-update`: the update flow of issue 7 end to end, under
-//! QEMU + OVMF (TCG), on a disk installed from the built media.
+//! QEMU + OVMF (TCG), on a disk installed from the built media. Updates are
+//! applied *inside* the installed system, at the `rayos>` prompt on the
+//! serial console, from a FAT disk (label `UPDATES`) holding the bundles.
 //!
-//! 1. media from the current tree (`cargo xtask media --zstd-level 3
-//!    --out build/e2e-update/media` when missing or `--rebuild`); bundles
-//!    0.2.0 (with the recovery UKI) and 0.3.0 `--broken`, signed with the
-//!    dev key;
+//! 1. the dev key (`build/keys/dev.key`); media from the current tree with
+//!    `RAYOS_UPDATE_DEV_PUBKEY` set at build time, so the image trusts the
+//!    dev key (`build/e2e-update/media`, rebuilt when missing, when the key
+//!    changed, or with `--rebuild`); bundles 0.2.0 (with the recovery UKI),
+//!    0.3.0 `--broken`, 0.4.0, an unsigned and a tampered one;
 //! 2. `rayos install` of RayOS 0.1.0 onto a sparse 16 GiB image (host side);
-//! 3. boot 1: `RAYOS_READY`, `RAYOS_BLESSED:rayos-0.1.0.efi`; power off;
-//! 4. host: the system partition loop-mounted; tampered and unsigned
-//!    bundles refused with the partition byte-identical; 0.2.0 applied
-//!    (`rayos update apply --key build/keys/dev.pub`: the host's debug
-//!    build; an installed image trusts only keys it was built with);
-//! 5. boot 2: systemd-boot picks `rayos-0.2.0+3.efi`, it is blessed
-//!    (`RAYOS_BLESSED:rayos-0.2.0.efi`), the Linux VM comes back; power off;
-//! 6. host: 0.3.0 (broken: the kernel finds no init and panics) applied;
-//! 7. boot 3 with reboots allowed: three kernel panics, then systemd-boot
-//!    falls back to 0.2.0, which prints `RAYOS_ROLLBACK:0.3.0:…` and marks
-//!    it bad; `RAYOS_READY`; power off;
-//! 8. host: `rayos update status` shows 0.2.0 default and 0.3.0 marked bad.
+//! 3. boot 1: `RAYOS_READY`, `RAYOS_BLESSED:rayos-0.1.0.efi`; tampered and
+//!    unsigned bundles refused (and nothing new on the system partition);
+//!    0.2.0 applied; `reboot`;
+//! 4. boot 2: systemd-boot picks `rayos-0.2.0+3.efi`, it is blessed, the
+//!    Linux VM is back; the broken 0.3.0 applied; `reboot`;
+//! 5. boot 3, reboots allowed: three kernel panics, then systemd-boot falls
+//!    back to 0.2.0, which prints `RAYOS_ROLLBACK:0.3.0:…`; `RAYOS_READY`;
+//!    then 0.4.0 is applied and QEMU is killed while it writes (power cut);
+//! 6. boot 4: the machine still boots to `RAYOS_READY`;
+//! 7. host (mtools, no mount): 0.3.0 marked bad, no partial `.efi`.
 //!
-//! Needs root (loop devices, mount). Every wait has a timeout; QEMU is
-//! killed when a stage ends; the loop device is detached on every path.
+//! Every wait has a timeout; QEMU is killed when a stage ends.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use rayos_image::fat::{self, FatTree};
 use rayos_image::qemu::{Config, Medium, Qemu};
 
 #[derive(clap::Args)]
@@ -85,134 +85,101 @@ impl Run {
             }
         }
     }
+    /// Types `line` at the `rayos>` prompt and waits for `marker`.
+    fn type_cmd(
+        &self,
+        vm: &mut Qemu,
+        line: &str,
+        what: &str,
+        marker: &str,
+        secs: u64,
+    ) -> Result<String> {
+        vm.send_serial("\n")?;
+        self.expect(vm, &format!("prompt before `{line}`"), "rayos>", 60)?;
+        vm.send_serial(&format!("{line}\n"))?;
+        self.expect(vm, what, marker, secs)
+    }
 }
 
-/// The system partition of a disk image, loop-mounted; undone on drop.
-struct Mounted {
-    dir: PathBuf,
-    loopdev: String,
-}
-
-impl Mounted {
-    fn system(disk: &Path, dir: &Path) -> Result<Mounted> {
-        let out = Command::new("sfdisk").arg("-J").arg(disk).output()?;
-        anyhow::ensure!(out.status.success(), "sfdisk -J {} failed", disk.display());
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        let pt = &v["partitiontable"];
-        let sector = pt["sectorsize"].as_u64().unwrap_or(512);
-        let part = pt["partitions"]
-            .as_array()
-            .and_then(|ps| {
-                ps.iter().find(|p| {
-                    p["type"].as_str().is_some_and(|t| {
-                        t.eq_ignore_ascii_case("BC13C2FF-59E6-4262-A352-B275FD6F7172")
-                    })
-                })
+/// Byte offset and size of the system (XBOOTLDR) partition of a disk image.
+fn system_partition(disk: &Path) -> Result<(u64, u64)> {
+    let out = Command::new("sfdisk").arg("-J").arg(disk).output()?;
+    anyhow::ensure!(out.status.success(), "sfdisk -J {} failed", disk.display());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let pt = &v["partitiontable"];
+    let sector = pt["sectorsize"].as_u64().unwrap_or(512);
+    let part = pt["partitions"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter().find(|p| {
+                p["type"]
+                    .as_str()
+                    .is_some_and(|t| t.eq_ignore_ascii_case("BC13C2FF-59E6-4262-A352-B275FD6F7172"))
             })
-            .context("no XBOOTLDR (system) partition on the disk")?;
-        let start = part["start"].as_u64().context("partition start")? * sector;
-        let size = part["size"].as_u64().context("partition size")? * sector;
-        let out = Command::new("losetup")
-            .args([
-                "--find",
-                "--show",
-                "--offset",
-                &start.to_string(),
-                "--sizelimit",
-                &size.to_string(),
-            ])
-            .arg(disk)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "losetup failed (needs root and loop devices): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let loopdev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        fs::create_dir_all(dir)?;
-        let m = Mounted {
-            dir: dir.to_path_buf(),
-            loopdev: loopdev.clone(),
-        };
-        let st = Command::new("mount")
-            .args(["-t", "vfat"])
-            .arg(&loopdev)
-            .arg(dir)
-            .status()?;
-        anyhow::ensure!(st.success(), "mount {loopdev} failed");
-        Ok(m)
-    }
+        })
+        .context("no XBOOTLDR (system) partition on the disk")?;
+    Ok((
+        part["start"].as_u64().context("start")? * sector,
+        part["size"].as_u64().context("size")? * sector,
+    ))
 }
 
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-        let _ = Command::new("losetup").args(["-d", &self.loopdev]).status();
-    }
-}
-
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(base: &Path, d: &Path, m: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for e in fs::read_dir(d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(base, &p, m);
-            } else if let Ok(b) = fs::read(&p) {
-                m.insert(p.strip_prefix(base).unwrap_or(&p).to_path_buf(), b);
-            }
-        }
-    }
-    let mut m = BTreeMap::new();
-    walk(dir, dir, &mut m);
-    m
-}
-
-fn rayos(root: &Path) -> PathBuf {
-    crate::demo::target_dir(root).join("debug/rayos")
-}
-
-fn update(root: &Path, args: &[&str]) -> Result<(i32, String)> {
-    let out = Command::new(rayos(root))
-        .arg("update")
-        .args(args)
+/// File names in `/EFI/Linux` of the system partition (mtools, no mount).
+fn linux_dir(disk: &Path) -> Result<Vec<String>> {
+    let (off, _) = system_partition(disk)?;
+    let out = Command::new("mdir")
+        .args([
+            "-b",
+            "-i",
+            &format!("{}@@{off}", disk.display()),
+            "::/EFI/Linux",
+        ])
         .output()?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    Ok((out.status.code().unwrap_or(-1), text))
+    anyhow::ensure!(
+        out.status.success(),
+        "mdir failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.rsplit('/').next().map(str::to_string))
+        .filter(|n| !n.is_empty())
+        .collect();
+    v.sort();
+    Ok(v)
 }
 
 fn boot(
     run: &Run,
     work: &Path,
     disk: &Path,
+    updates: &Path,
     stage: &str,
     vars: &Path,
     no_reboot: bool,
 ) -> Result<Qemu> {
-    let mut cfg = Config::new(&work.join(stage))?.medium(Medium::Disk {
-        path: disk.to_path_buf(),
-        sector_size: 512,
-    });
+    let mut cfg = Config::new(&work.join(stage))?
+        .medium(Medium::Disk {
+            path: disk.to_path_buf(),
+            sector_size: 512,
+        })
+        .medium(Medium::Disk {
+            path: updates.to_path_buf(),
+            sector_size: 512,
+        });
     cfg.memory_mib = 3072;
     cfg.cpus = 2;
     cfg.no_reboot = no_reboot;
-    if vars.exists() {
-        cfg.vars = Some(vars.to_path_buf());
-    }
+    cfg.vars = Some(vars.to_path_buf());
     let vm = Qemu::start(&cfg)?;
-    if !vars.exists() {
-        fs::copy(&vm.vars, vars)?;
-    }
     run.ok(&format!("{stage}: QEMU started"));
     Ok(vm)
 }
 
-fn power_off(run: &Run, vm: &mut Qemu, stage: &str) -> Result<()> {
-    vm.qmp("system_powerdown", None)
-        .context("QMP system_powerdown")?;
-    vm.wait_exit(Duration::from_secs_f64(300.0 * run.scale))
-        .with_context(|| format!("{stage}: the machine did not power off"))?;
-    run.ok(&format!("{stage}: powered off"));
+fn stopped(run: &Run, vm: &mut Qemu, what: &str) -> Result<()> {
+    vm.wait_exit(Duration::from_secs_f64(400.0 * run.scale))
+        .with_context(|| format!("{what}: the machine did not stop"))?;
+    run.ok(what);
     Ok(())
 }
 
@@ -224,52 +191,63 @@ pub fn run(args: Args) -> Result<()> {
     };
     let base = root.join("build/e2e-update");
     let media = base.join("media");
-    if args.rebuild
-        || !media.join("rayos.efi").is_file()
-        || !media.join("rayos-recovery.efi").is_file()
-    {
+    let key = crate::bundle::load_or_make_key(None, &root)?;
+    let pubkey = key.public("dev").to_line();
+    let stamp = media.join("trusted-dev.pub");
+    let fresh = media.join("rayos.efi").is_file()
+        && media.join("rayos-recovery.efi").is_file()
+        && fs::read_to_string(&stamp).ok().as_deref() == Some(pubkey.as_str());
+    if args.rebuild || !fresh {
         crate::run_cmd(
             Command::new("cargo")
                 .args(["xtask", "media", "--zstd-level", "3", "--out"])
-                .arg(&media),
+                .arg(&media)
+                .env("RAYOS_UPDATE_DEV_PUBKEY", pubkey.trim()),
         )?;
+        fs::write(&stamp, &pubkey)?;
     }
     crate::run_cmd(Command::new("cargo").args(["build", "-p", "rayos"]))?;
-    run.ok("media and the host's rayos are built");
+    run.ok("media (trusting the dev key) and the host's rayos are built");
 
     let work = base.join("work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
-    for (version, broken) in [("0.2.0", false), ("0.3.0", true)] {
+    let bundle = |version: &str, broken: bool, unsigned: bool, recovery: bool| {
         crate::bundle::run(crate::bundle::Args {
             key: None,
             uki: Some(media.join("rayos.efi")),
-            recovery_uki: (!broken).then(|| media.join("rayos-recovery.efi")),
+            recovery_uki: recovery.then(|| media.join("rayos-recovery.efi")),
             version: Some(version.into()),
             broken,
-            unsigned: false,
+            unsigned,
             out: work.clone(),
-        })?;
-    }
-    crate::bundle::run(crate::bundle::Args {
-        key: None,
-        uki: Some(media.join("rayos.efi")),
-        recovery_uki: None,
-        version: Some("0.2.0".into()),
-        broken: false,
-        unsigned: true,
-        out: work.clone(),
-    })?;
+        })
+    };
+    bundle("0.2.0", false, false, true)?;
+    bundle("0.3.0", true, false, false)?;
+    bundle("0.4.0", false, false, false)?;
+    bundle("0.2.0", false, true, false)?;
     let good = work.join("rayos-update-0.2.0.bundle");
-    let broken = work.join("rayos-update-0.3.0-broken.bundle");
-    let unsigned = work.join("rayos-update-0.2.0-unsigned.bundle");
-    let tampered = work.join("rayos-update-0.2.0-tampered.bundle");
     let mut t = fs::read(&good)?;
     let n = t.len();
     t[n - 4096] ^= 0xff;
+    let tampered = work.join("tampered.bundle");
     fs::write(&tampered, t)?;
-    let key = root.join("build/keys/dev.pub");
-    run.ok("bundles 0.2.0, 0.3.0 (broken), unsigned and tampered made");
+    let mut tree = FatTree::new();
+    tree.add("good-0.2.0.bundle", &good)
+        .add(
+            "broken-0.3.0.bundle",
+            work.join("rayos-update-0.3.0-broken.bundle"),
+        )
+        .add("good-0.4.0.bundle", work.join("rayos-update-0.4.0.bundle"))
+        .add(
+            "unsigned.bundle",
+            work.join("rayos-update-0.2.0-unsigned.bundle"),
+        )
+        .add("tampered.bundle", &tampered);
+    let updates = work.join("updates.img");
+    fat::build(&updates, "UPDATES", &tree, None)?;
+    run.ok("bundles on a FAT disk labelled UPDATES");
 
     // 2. install 0.1.0
     let disk = work.join("disk.img");
@@ -277,7 +255,7 @@ pub fn run(args: Args) -> Result<()> {
     let answers = work.join("answers.toml");
     fs::write(&answers, ANSWERS)?;
     crate::run_cmd(
-        Command::new(rayos(&root))
+        Command::new(crate::demo::target_dir(&root).join("debug/rayos"))
             .args(["install", "--yes", "--no-nvram", "--target"])
             .arg(&disk)
             .arg("--answers")
@@ -287,11 +265,11 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     run.ok("RayOS 0.1.0 installed onto the image");
     let vars = work.join("OVMF_VARS.fd");
-    let mnt = work.join("mnt");
+    fs::copy(rayos_image::qemu::Firmware::ovmf_4m()?.vars_template, &vars)?;
 
-    // 3. boot 1
+    // 3. boot 1: refusals, then 0.2.0
     {
-        let mut vm = boot(&run, &work, &disk, "boot1", &vars, true)?;
+        let mut vm = boot(&run, &work, &disk, &updates, "boot1", &vars, true)?;
         run.expect(&mut vm, "boot1: rayosd healthy", "RAYOS_READY", 900)?;
         run.expect(
             &mut vm,
@@ -299,66 +277,50 @@ pub fn run(args: Args) -> Result<()> {
             "RAYOS_BLESSED:rayos-0.1.0.efi",
             60,
         )?;
-        power_off(&run, &mut vm, "boot1")?;
-    }
-
-    // 4. refusals and 0.2.0
-    {
-        let m = Mounted::system(&disk, &mnt)?;
-        let sys = m.dir.to_string_lossy().to_string();
-        let before = snapshot(&m.dir);
-        for (what, b) in [("tampered", &tampered), ("unsigned", &unsigned)] {
-            let (code, text) = update(
-                &root,
-                &[
-                    "apply",
-                    &b.to_string_lossy(),
-                    "--system-dir",
-                    &sys,
-                    "--key",
-                    &key.to_string_lossy(),
-                    "--running-version",
-                    "0.1.0",
-                ],
+        for b in ["tampered", "unsigned"] {
+            run.type_cmd(
+                &mut vm,
+                &format!("update apply UPDATES:/{b}.bundle"),
+                &format!("boot1: {b} bundle refused"),
+                "bundle refused",
+                300,
             )?;
-            anyhow::ensure!(
-                code == 2,
-                "{what} bundle: expected exit 2, got {code}: {text}"
-            );
-            anyhow::ensure!(
-                snapshot(&m.dir) == before,
-                "{what} bundle changed the system partition"
-            );
-            run.ok(&format!(
-                "{what} bundle refused, nothing written: {}",
-                text.lines().last().unwrap_or("")
-            ));
         }
-        let (code, text) = update(
-            &root,
-            &[
-                "apply",
-                &good.to_string_lossy(),
-                "--system-dir",
-                &sys,
-                "--key",
-                &key.to_string_lossy(),
-                "--running-version",
-                "0.1.0",
-            ],
+        run.type_cmd(
+            &mut vm,
+            "update apply UPDATES:/good-0.2.0.bundle",
+            "boot1: 0.2.0 applied inside RayOS",
+            "installed RayOS 0.2.0 as rayos-0.2.0+3.efi",
+            600,
         )?;
-        print!("{text}");
-        anyhow::ensure!(code == 0, "apply 0.2.0 failed");
-        anyhow::ensure!(
-            m.dir.join("EFI/Linux/rayos-0.2.0+3.efi").is_file(),
-            "no rayos-0.2.0+3.efi"
-        );
-        run.ok("0.2.0 applied on the real FAT system partition");
+        run.type_cmd(
+            &mut vm,
+            "update status",
+            "boot1: status shows 0.2.0 as the default",
+            "[default]",
+            120,
+        )?;
+        run.type_cmd(
+            &mut vm,
+            "reboot",
+            "boot1: reboot requested",
+            "RAYOS_REBOOT",
+            400,
+        )?;
+        stopped(&run, &mut vm, "boot1: restarted")?;
     }
+    let names = linux_dir(&disk)?;
+    anyhow::ensure!(
+        names == ["rayos-0.1.0.efi", "rayos-0.2.0+3.efi"],
+        "after boot 1 the system partition holds {names:?}"
+    );
+    run.ok(
+        "system partition: rayos-0.1.0.efi + rayos-0.2.0+3.efi, nothing from the refused bundles",
+    );
 
-    // 5. boot 2
+    // 4. boot 2: 0.2.0 runs and is blessed; apply the broken 0.3.0
     {
-        let mut vm = boot(&run, &work, &disk, "boot2", &vars, true)?;
+        let mut vm = boot(&run, &work, &disk, &updates, "boot2", &vars, true)?;
         run.expect(&mut vm, "boot2: rayosd healthy", "RAYOS_READY", 900)?;
         run.expect(
             &mut vm,
@@ -367,34 +329,26 @@ pub fn run(args: Args) -> Result<()> {
             60,
         )?;
         run.expect(&mut vm, "boot2: Linux VM back", "RAYOS_LINUX_VM_READY", 900)?;
-        power_off(&run, &mut vm, "boot2")?;
-    }
-
-    // 6. the broken 0.3.0
-    {
-        let m = Mounted::system(&disk, &mnt)?;
-        let sys = m.dir.to_string_lossy().to_string();
-        let (code, text) = update(
-            &root,
-            &[
-                "apply",
-                &broken.to_string_lossy(),
-                "--system-dir",
-                &sys,
-                "--key",
-                &key.to_string_lossy(),
-                "--running-version",
-                "0.2.0",
-            ],
+        run.type_cmd(
+            &mut vm,
+            "update apply UPDATES:/broken-0.3.0.bundle",
+            "boot2: broken 0.3.0 applied",
+            "installed RayOS 0.3.0 as rayos-0.3.0+3.efi",
+            600,
         )?;
-        print!("{text}");
-        anyhow::ensure!(code == 0, "apply 0.3.0 failed");
-        run.ok("0.3.0 (broken) applied");
+        run.type_cmd(
+            &mut vm,
+            "reboot",
+            "boot2: reboot requested",
+            "RAYOS_REBOOT",
+            400,
+        )?;
+        stopped(&run, &mut vm, "boot2: restarted")?;
     }
 
-    // 7. boot 3: three failures, then the fallback
+    // 5. boot 3: three failures, the fallback, then a power cut mid-apply
     {
-        let mut vm = boot(&run, &work, &disk, "boot3", &vars, false)?;
+        let mut vm = boot(&run, &work, &disk, &updates, "boot3", &vars, false)?;
         let line = run.expect(
             &mut vm,
             "boot3: 0.2.0 reports the rollback",
@@ -416,38 +370,72 @@ pub fn run(args: Args) -> Result<()> {
             "RAYOS_READY",
             900,
         )?;
-        power_off(&run, &mut vm, "boot3")?;
+        run.type_cmd(
+            &mut vm,
+            "update apply UPDATES:/good-0.4.0.bundle",
+            "boot3: 0.4.0 apply started",
+            "running RayOS",
+            300,
+        )?;
+        std::thread::sleep(Duration::from_millis(1500));
+        vm.kill();
+        run.ok("boot3: power cut (QEMU killed) during the apply");
     }
 
-    // 8. status
+    // 6. boot 4: still boots
     {
-        let m = Mounted::system(&disk, &mnt)?;
-        let (code, text) = update(
-            &root,
-            &[
-                "status",
-                "--system-dir",
-                &m.dir.to_string_lossy(),
-                "--running-version",
-                "0.2.0",
-            ],
+        let mut vm = boot(&run, &work, &disk, &updates, "boot4", &vars, true)?;
+        run.expect(
+            &mut vm,
+            "boot4: the machine still boots after the power cut",
+            "RAYOS_READY",
+            900,
         )?;
-        print!("{text}");
-        anyhow::ensure!(code == 0, "status failed");
-        anyhow::ensure!(
-            m.dir.join("EFI/Linux/rayos-0.3.0+0-3.efi.bad").is_file(),
-            "0.3.0 was not marked bad: {:?}",
-            fs::read_dir(m.dir.join("EFI/Linux"))?
-                .flatten()
-                .map(|e| e.file_name())
-                .collect::<Vec<_>>()
-        );
-        anyhow::ensure!(
-            text.contains("rayos-0.2.0.efi") && text.contains("[default]"),
-            "0.2.0 is not the default"
-        );
-        run.ok("0.3.0 marked bad, 0.2.0 is the default");
+        run.type_cmd(
+            &mut vm,
+            "update status",
+            "boot4: status",
+            "installed (boot menu order)",
+            120,
+        )?;
+        vm.qmp("system_powerdown", None)
+            .context("QMP system_powerdown")?;
+        stopped(&run, &mut vm, "boot4: powered off")?;
     }
+
+    // 7. the system partition, read with mtools
+    let names = linux_dir(&disk)?;
+    println!("    /EFI/Linux: {names:?}");
+    anyhow::ensure!(
+        names.iter().any(|n| n == "rayos-0.3.0+0-3.efi.bad"),
+        "0.3.0 was not marked bad"
+    );
+    anyhow::ensure!(
+        names.iter().any(|n| n.starts_with("rayos-0.2.0")),
+        "0.2.0 is gone"
+    );
+    // A 0.4.0 entry that exists under an .efi name must be complete.
+    if let Some(n) = names
+        .iter()
+        .find(|n| n.starts_with("rayos-0.4.0") && n.ends_with(".efi"))
+    {
+        let (off, _) = system_partition(&disk)?;
+        let copy = work.join("check-0.4.0.efi");
+        crate::run_cmd(Command::new("mcopy").args([
+            "-n",
+            "-i",
+            &format!("{}@@{off}", disk.display()),
+            &format!("::/EFI/Linux/{n}"),
+            &copy.to_string_lossy(),
+        ]))?;
+        let want = fs::read(work.join("bundle-work/rayos-0.4.0.efi"))?;
+        anyhow::ensure!(
+            fs::read(&copy)? == want,
+            "{n} is incomplete after the power cut"
+        );
+        run.ok(&format!("{n} is complete"));
+    }
+    run.ok("0.3.0 marked bad; 0.2.0 kept");
     println!(
         "e2e-update: all stages passed in {:.0} s",
         run.started.elapsed().as_secs_f64()
