@@ -129,6 +129,7 @@ pub const INSTALLED: &[Step] = &[
     step("policy", Init::step_policy),
     step("rayosd", Init::step_rayosd),
     step("consoles", Init::step_consoles),
+    step("presenter", Init::step_presenter),
 ];
 
 pub const RECOVERY: &[Step] = &[
@@ -859,6 +860,34 @@ impl Init {
             StepResult::Warn("no console terminal found".into())
         } else {
             StepResult::Ok(format!("rayos> on {}", started.join(", ")))
+        }
+    }
+
+    /// The presenter (`rayos present`, docs/present.md) takes the display
+    /// and the keyboards once rayosd runs. Without rayosd (a degraded boot)
+    /// the text console keeps the screen and keyboard, so the person at the
+    /// machine sees the faults and can type at `rayos>`.
+    fn step_presenter(&mut self) -> StepResult {
+        if self.rayosd_started.is_none() {
+            return StepResult::Skip(
+                "rayosd not started: the text console keeps the screen".into(),
+            );
+        }
+        self.services.add(Spec {
+            name: "presenter".into(),
+            program: self.exe.clone(),
+            args: vec![
+                "present".into(),
+                "--socket".into(),
+                control::API_SOCKET.into(),
+            ],
+            env: vec![],
+            output: Output::Log(self.logs_dir.clone()),
+            restart: true,
+        });
+        match self.services.pid_of("presenter") {
+            Some(pid) => StepResult::Ok(format!("presenter started (pid {pid})")),
+            None => StepResult::Warn("presenter did not start; retrying with backoff".into()),
         }
     }
 
@@ -1707,6 +1736,8 @@ mod tests {
         // rayosd needs the data volume, so it comes after mounting it.
         let pos = |n: &str| INSTALLED.iter().position(|s| s.name == n).unwrap();
         assert!(pos("mount-data") < pos("rayosd"));
+        // The presenter only starts once rayosd has (it needs its API).
+        assert!(pos("rayosd") < pos("presenter"));
         assert!(pos("check-data") < pos("mount-data"));
         assert!(
             !RECOVERY.iter().any(|s| s.name == "rayosd"),
