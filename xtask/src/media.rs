@@ -390,6 +390,14 @@ pub fn build(args: &Args) -> Result<Built> {
     )?;
     host_libs.sort();
     host_libs.dedup();
+    // Every file taken from the build host, for the manifest's package list.
+    let mut host_files: Vec<PathBuf> = host_libs
+        .iter()
+        .filter(|p| !roots.iter().any(|r| p.starts_with(r)))
+        .cloned()
+        .collect();
+    host_files.extend(HOST_PROGRAMS.iter().map(PathBuf::from));
+    host_files.extend(GCONV_FILES.iter().map(|f| Path::new(GCONV_DIR).join(f)));
 
     let cpio_len = ird.write_cpio(std::io::sink())?;
     let initrd = work.join("initrd.img");
@@ -449,6 +457,7 @@ pub fn build(args: &Args) -> Result<Built> {
             "file": d.file.file_name().map(|f| f.to_string_lossy().into_owned()), "sha256": d.sha256,
         })).collect::<Vec<_>>(),
         "host_libraries": host_libs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "host_packages": host_packages(&host_files),
         "kernel_modules": resolved.files.len(),
         "initramfs": { "entries": ird.paths().count(), "cpio_bytes": cpio_len, "zstd_bytes": initrd_len, "zstd_level": args.zstd_level },
     });
@@ -530,6 +539,47 @@ pub fn build(args: &Args) -> Result<Built> {
         sizes,
         seconds,
     })
+}
+
+/// The build host's Debian packages (and exact versions) owning `files`.
+fn host_packages(files: &[PathBuf]) -> serde_json::Value {
+    let mut owners = std::collections::BTreeSet::new();
+    for f in files {
+        // Merged /usr: dpkg knows a file under the path its package ships,
+        // which may be the /lib or the /usr/lib spelling of what ldd printed.
+        let text = f.to_string_lossy();
+        let other = match text.strip_prefix("/usr") {
+            Some(rest) => rest.to_string(),
+            None => format!("/usr{text}"),
+        };
+        for candidate in [text.to_string(), other] {
+            let Ok(out) = Command::new("dpkg").arg("-S").arg(&candidate).output() else {
+                continue;
+            };
+            let found: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split_once(": "))
+                .map(|(pkg, _)| pkg.split(':').next().unwrap_or(pkg).to_string())
+                .collect();
+            if !found.is_empty() {
+                owners.extend(found);
+                break;
+            }
+        }
+    }
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package} ${Version}\n"])
+        .args(&owners)
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    json!(
+        text.lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(p, v)| json!({ "package": p, "version": v }))
+            .collect::<Vec<_>>()
+    )
 }
 
 fn file_name(p: &Path) -> String {
