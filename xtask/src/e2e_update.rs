@@ -373,11 +373,12 @@ pub fn run(args: Args) -> Result<()> {
         run.type_cmd(
             &mut vm,
             "update apply UPDATES:/good-0.4.0.bundle",
-            "boot3: 0.4.0 apply started",
-            "running RayOS",
+            "boot3: 0.4.0 verified, its UKI being written",
+            "writing rayos-0.4.0+3.efi",
             300,
         )?;
-        std::thread::sleep(Duration::from_millis(1500));
+        // Into the copy (48 MiB under TCG takes a few seconds).
+        std::thread::sleep(Duration::from_millis(300));
         vm.kill();
         run.ok("boot3: power cut (QEMU killed) during the apply");
     }

@@ -128,6 +128,8 @@ pub struct ApplyOptions {
     pub allow_downgrade: bool,
     /// The data volume's schema version, when the volume is mounted.
     pub data_schema: Option<u32>,
+    /// Told each step as it starts (the CLI prints them).
+    pub progress: Option<fn(&str)>,
 }
 
 /// What `apply` did.
@@ -236,7 +238,13 @@ fn file_len(p: &Path) -> u64 {
 /// Verifies `bundle` and installs it on the system partition mounted at
 /// `system` (see the module docs for the steps).
 pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applied, ApplyError> {
+    let say = |m: &str| {
+        if let Some(p) = opts.progress {
+            p(m)
+        }
+    };
     // 1. verify
+    say("verifying the signature and the payload hashes");
     let b = Bundle::open(bundle, &opts.trusted)?;
     b.verify_payloads()?;
     hook("verify");
@@ -342,6 +350,7 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
     // 4.–5. the UKI
     let file = format!("rayos-{new}+{TRIES}.efi");
     let tmp = linux.join(format!("{file}.tmp"));
+    say(&format!("writing {file}"));
     write_payload(&b, PayloadName::Uki, &tmp, true)?;
     hook("write-uki");
     entries::rename_synced(&linux, &format!("{file}.tmp"), &file)?;

@@ -108,6 +108,7 @@ fn opts() -> ApplyOptions {
         running: Some("0.1.0".into()),
         allow_downgrade: false,
         data_schema: Some(1),
+        progress: None,
     }
 }
 

@@ -115,6 +115,7 @@ pub fn run(args: Args) -> Result<()> {
         running: Some("0.0.1".into()),
         allow_downgrade: false,
         data_schema: Some(1),
+        progress: None,
     };
     let (mut apply_s, mut verify_s, mut cp_s) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..args.reps {

@@ -245,6 +245,11 @@ fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
         running,
         allow_downgrade: a.allow_downgrade,
         data_schema,
+        progress: Some(|m| {
+            use std::io::Write as _;
+            println!("{m} ...");
+            let _ = std::io::stdout().flush();
+        }),
     };
     let done = match rayos_update::apply(&file, sys.path(), &opts) {
         Ok(d) => d,
