@@ -3,6 +3,7 @@
 //! (these machines are noisy). One module per benchmark.
 
 mod install;
+mod present;
 mod update;
 mod vm;
 
@@ -20,6 +21,8 @@ enum What {
     Vm(vm::Args),
     /// Applying an update bundle against `cp` + `sync` of the same bytes.
     Update(update::Args),
+    /// Presenter: present→first frame and key→guest vs a direct VNC client; CPU while hidden.
+    Present(present::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -27,5 +30,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         What::Install(a) => install::run(a),
         What::Vm(a) => vm::run(a),
         What::Update(a) => update::run(a),
+        What::Present(a) => present::run(a),
     }
 }
