@@ -17,11 +17,17 @@
 //! 5. boot 3, reboots allowed: three kernel panics, then systemd-boot falls
 //!    back to 0.2.0, which prints `RAYOS_ROLLBACK:0.3.0:…`; `RAYOS_READY`;
 //!    then 0.4.0 is applied and QEMU is killed while it writes (power cut);
-//! 6. boot 4: the machine still boots to `RAYOS_READY`;
-//! 7. host (mtools, no mount): 0.3.0 marked bad, no partial `.efi`.
+//! 6. boot 4: the machine still boots to `RAYOS_READY`; `rayos recovery
+//!    --next-boot` (LoaderEntryOneShot) and `reboot`;
+//! 7. host (mtools, no mount): 0.3.0 marked bad, no partial `.efi`; the
+//!    VMs' files on the data volume recorded (debugfs);
+//! 8. boot 5: the recovery entry; menu `reinstall`; the system partition is
+//!    rebuilt from the recovery UKI, the VMs' files are byte-identical;
+//! 9. boot 6: the reinstalled 0.2.0 is blessed and the Linux VM resumes.
 //!
 //! Every wait has a timeout; QEMU is killed when a stage ends.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -383,13 +389,19 @@ pub fn run(args: Args) -> Result<()> {
         run.ok("boot3: power cut (QEMU killed) during the apply");
     }
 
-    // 6. boot 4: still boots
+    // 6. boot 4: still boots; then ask for the recovery entry, once
     {
         let mut vm = boot(&run, &work, &disk, &updates, "boot4", &vars, true)?;
         run.expect(
             &mut vm,
             "boot4: the machine still boots after the power cut",
             "RAYOS_READY",
+            900,
+        )?;
+        run.expect(
+            &mut vm,
+            "boot4: Linux VM running",
+            "RAYOS_LINUX_VM_READY",
             900,
         )?;
         run.type_cmd(
@@ -399,12 +411,24 @@ pub fn run(args: Args) -> Result<()> {
             "installed (boot menu order)",
             120,
         )?;
-        vm.qmp("system_powerdown", None)
-            .context("QMP system_powerdown")?;
-        stopped(&run, &mut vm, "boot4: powered off")?;
+        run.type_cmd(
+            &mut vm,
+            "recovery --next-boot",
+            "boot4: the next boot goes to the recovery entry (LoaderEntryOneShot)",
+            "the next boot starts the recovery entry",
+            60,
+        )?;
+        run.type_cmd(
+            &mut vm,
+            "reboot",
+            "boot4: reboot requested (VMs saved)",
+            "RAYOS_REBOOT",
+            400,
+        )?;
+        stopped(&run, &mut vm, "boot4: restarted")?;
     }
 
-    // 7. the system partition, read with mtools
+    // 7. the system partition after rollback and power cut (mtools, no mount)
     let names = linux_dir(&disk)?;
     println!("    /EFI/Linux: {names:?}");
     anyhow::ensure!(
@@ -415,7 +439,7 @@ pub fn run(args: Args) -> Result<()> {
         names.iter().any(|n| n.starts_with("rayos-0.2.0")),
         "0.2.0 is gone"
     );
-    // A 0.4.0 entry that exists under an .efi name must be complete.
+    // A 0.4.0 entry under an .efi name must be complete.
     if let Some(n) = names
         .iter()
         .find(|n| n.starts_with("rayos-0.4.0") && n.ends_with(".efi"))
@@ -436,10 +460,150 @@ pub fn run(args: Args) -> Result<()> {
         );
         run.ok(&format!("{n} is complete"));
     }
-    run.ok("0.3.0 marked bad; 0.2.0 kept");
+    run.ok("0.3.0 marked bad; 0.2.0 kept; no partial .efi after the power cut");
+    let vm_before = vm_files(&disk, &work.join("vm-before"))?;
+    run.ok(&format!(
+        "data volume: {} VM files recorded",
+        vm_before.len()
+    ));
+
+    // 8. boot 5: the recovery entry; reinstall the system
+    {
+        let mut vm = boot(&run, &work, &disk, &updates, "boot5", &vars, true)?;
+        run.expect(
+            &mut vm,
+            "boot5: the recovery entry boots",
+            "rayos.mode=recovery",
+            300,
+        )?;
+        run.expect(
+            &mut vm,
+            "boot5: recovery console",
+            "Recovery mode: no VM is started",
+            300,
+        )?;
+        run.type_cmd(
+            &mut vm,
+            "recovery",
+            "boot5: recovery menu",
+            "recovery> ",
+            60,
+        )?;
+        vm.send_serial("reinstall\n")?;
+        run.expect(
+            &mut vm,
+            "boot5: reinstall asks for confirmation",
+            "Type `reinstall` to go on",
+            60,
+        )?;
+        vm.send_serial("reinstall\n")?;
+        run.expect(
+            &mut vm,
+            "boot5: system reinstalled from the recovery image",
+            "reinstalled: reboot to start RayOS",
+            600,
+        )?;
+        vm.send_serial("quit\n")?;
+        run.type_cmd(
+            &mut vm,
+            "shutdown",
+            "boot5: power off",
+            "RAYOS_POWEROFF",
+            300,
+        )?;
+        stopped(&run, &mut vm, "boot5: powered off")?;
+    }
+    let vm_after = vm_files(&disk, &work.join("vm-after"))?;
+    anyhow::ensure!(
+        vm_before == vm_after,
+        "the VMs' files changed during recovery"
+    );
+    run.ok(
+        "data volume: the VMs' files (disks, saved state, UEFI vars) unchanged by the reinstall",
+    );
+    let names = linux_dir(&disk)?;
+    anyhow::ensure!(
+        names == ["rayos-0.2.0+3.efi"],
+        "after reinstall /EFI/Linux holds {names:?}"
+    );
+    run.ok("system partition rebuilt: rayos-0.2.0+3.efi from the recovery image");
+
+    // 9. boot 6: the reinstalled system runs and the VM resumes
+    {
+        let mut vm = boot(&run, &work, &disk, &updates, "boot6", &vars, true)?;
+        run.expect(&mut vm, "boot6: rayosd healthy", "RAYOS_READY", 900)?;
+        run.expect(
+            &mut vm,
+            "boot6: reinstalled 0.2.0 blessed",
+            "RAYOS_BLESSED:rayos-0.2.0.efi",
+            60,
+        )?;
+        run.expect(
+            &mut vm,
+            "boot6: Linux VM resumed",
+            "RAYOS_VM_STARTED:linux:resumed",
+            900,
+        )?;
+        vm.qmp("system_powerdown", None)
+            .context("QMP system_powerdown")?;
+        stopped(&run, &mut vm, "boot6: powered off")?;
+    }
     println!(
         "e2e-update: all stages passed in {:.0} s",
         run.started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Every file under `/vm` of the data volume except logs, with its bytes
+/// (debugfs `rdump`, no mount).
+fn vm_files(disk: &Path, dump: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
+    let out = Command::new("sfdisk").arg("-J").arg(disk).output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let sector = v["partitiontable"]["sectorsize"].as_u64().unwrap_or(512);
+    let start = v["partitiontable"]["partitions"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter().find(|p| {
+                p["type"]
+                    .as_str()
+                    .is_some_and(|t| t.eq_ignore_ascii_case("776115A0-0B1E-4358-9BDA-60957FE4AB00"))
+            })
+        })
+        .and_then(|p| p["start"].as_u64())
+        .context("no RayOS data partition")?
+        * sector;
+    let _ = fs::remove_dir_all(dump);
+    fs::create_dir_all(dump)?;
+    crate::run_cmd(
+        Command::new("debugfs")
+            .args(["-R", &format!("rdump /vm {}", dump.display())])
+            .arg(format!("{}?offset={start}", disk.display())),
+    )?;
+    fn walk(base: &Path, d: &Path, m: &mut BTreeMap<String, Vec<u8>>) -> Result<()> {
+        for e in fs::read_dir(d)? {
+            let p = e?.path();
+            let rel = p
+                .strip_prefix(base)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
+            if rel.split('/').any(|c| c == "logs") {
+                continue;
+            }
+            if p.is_dir() {
+                walk(base, &p, m)?;
+            } else {
+                m.insert(rel, fs::read(&p)?);
+            }
+        }
+        Ok(())
+    }
+    let mut m = BTreeMap::new();
+    walk(dump, dump, &mut m)?;
+    anyhow::ensure!(
+        !m.is_empty(),
+        "debugfs found no VM files on the data volume"
+    );
+    Ok(m)
 }

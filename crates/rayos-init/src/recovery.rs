@@ -525,6 +525,28 @@ pub fn factory_reset(data: &Path, kind: ResetKind) -> Result<Vec<String>, Recove
     Ok(did)
 }
 
+// ---- booting into recovery -------------------------------------------------
+
+/// The recovery entry's id as systemd-boot knows it.
+pub const RECOVERY_ENTRY_ID: &str = "rayos-recovery.conf";
+
+/// Asks systemd-boot to start the recovery entry at the next boot only
+/// (`LoaderEntryOneShot`, which it reads and deletes). `efivars` is the
+/// efivarfs mount.
+pub fn boot_recovery_next(efivars: &Path) -> Result<(), RecoveryError> {
+    let p = efivars.join(format!(
+        "LoaderEntryOneShot-{}",
+        crate::bless::LOADER_VENDOR_GUID
+    ));
+    // Attributes: non-volatile, boot-service and runtime access.
+    let mut bytes = 7u32.to_le_bytes().to_vec();
+    for u in RECOVERY_ENTRY_ID.encode_utf16().chain([0]) {
+        bytes.extend_from_slice(&u.to_le_bytes());
+    }
+    // efivarfs wants the whole variable in one write.
+    fs::write(&p, &bytes).map_err(|e| RecoveryError::Write(p, e))
+}
+
 // ---- the menu ----------------------------------------------------------------
 
 /// Where the recovery menu works.

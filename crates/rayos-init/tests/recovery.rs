@@ -303,3 +303,20 @@ fn schema_restore_from_the_menu() {
     assert!(out.contains("no schema migration to undo"), "{out}");
     assert!(!d.path().join("schema-version").exists());
 }
+
+#[test]
+fn next_boot_into_recovery_writes_the_one_shot_variable() {
+    let efivars = tempfile::tempdir().unwrap();
+    recovery::boot_recovery_next(efivars.path()).unwrap();
+    // Read back the way init reads loader variables.
+    assert_eq!(
+        rayos_init::bless::read_efi_string(efivars.path(), "LoaderEntryOneShot").as_deref(),
+        Some("rayos-recovery.conf")
+    );
+    let raw = fs::read(efivars.path().join(format!(
+        "LoaderEntryOneShot-{}",
+        rayos_init::bless::LOADER_VENDOR_GUID
+    )))
+    .unwrap();
+    assert_eq!(&raw[..4], &[7, 0, 0, 0]);
+}

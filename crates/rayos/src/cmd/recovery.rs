@@ -17,6 +17,10 @@ pub struct Args {
     /// this machine's when an action needs it).
     #[arg(long)]
     system_dir: Option<PathBuf>,
+    /// Do not open the menu: make the next boot (only) start the recovery
+    /// entry, then `reboot`.
+    #[arg(long)]
+    next_boot: bool,
 }
 
 /// Re-creates the UEFI `Boot####` entry "RayOS" (first in `BootOrder`) from
@@ -49,6 +53,19 @@ fn boot_entry(system: &Path) -> Result<String, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.next_boot {
+        rayos_init::recovery::boot_recovery_next(Path::new(EFIVARS)).map_err(|e| {
+            super::Exit::new(
+                super::exit::FAILED,
+                format!(
+                    "{} (needs RayOS booted through UEFI with systemd-boot)",
+                    rayos_init::error_chain(&e)
+                ),
+            )
+        })?;
+        println!("the next boot starts the recovery entry; type `reboot` to go there now");
+        return Ok(ExitCode::SUCCESS);
+    }
     let ctx = rayos_init::recovery::Ctx {
         data: args.data_dir,
         system: args.system_dir,
