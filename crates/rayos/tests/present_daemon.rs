@@ -1,0 +1,168 @@
+//! `rayos present` with the real `rayos daemon` (QEMU backend, TCG) and the
+//! tiny test guest: the policy's `present_on_boot` brings the VM on the
+//! display once autostart is done, and `rayos vm hide/present` switch the
+//! presenter (its `RAYOS_PRESENTATION` markers follow). The presenter draws
+//! into memory (`--memory`), as this machine has no framebuffer; what it
+//! draws is checked by crates/rayos-present/tests/service_qemu.rs.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rayos_api::{Client, VmState};
+use rayos_testkit::guest;
+
+fn rayos() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rayos"))
+}
+
+/// Kills what it holds on drop: SIGTERM first (the daemon then stops its
+/// VMs per policy), SIGKILL after a grace period.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_line(rx: &mpsc::Receiver<String>, want: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.trim() == want => return,
+            Ok(_) => {}
+            Err(_) => panic!("no {want:?} from rayos present within {timeout:?}"),
+        }
+    }
+}
+
+fn vm(socket: &PathBuf, args: &[&str]) {
+    let out = rayos()
+        .arg("vm")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rayos vm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn presenter_follows_present_on_boot_and_the_cli() {
+    let g = guest::linux_guest().expect("test guest");
+    let dir = tempfile::Builder::new()
+        .prefix("rayos-present")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let state = dir.path().join("state");
+    let socket = dir.path().join("run/api.sock");
+    fs::create_dir_all(state.join("policy")).unwrap();
+    fs::write(
+        state.join("policy/rayos-policy.toml"),
+        "version = 1\n[linux]\nautostart = true\npresent_on_boot = true\n",
+    )
+    .unwrap();
+
+    let daemon = |state: &PathBuf| {
+        Proc(
+            rayos()
+                .arg("daemon")
+                .arg("--state-dir")
+                .arg(state)
+                .arg("--socket")
+                .arg(&socket)
+                .args(["--cgroup", "none"])
+                .env("RAYOS_ACCEL", "tcg")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn rayos daemon"),
+        )
+    };
+    let client = Client::new(&socket).with_timeout(Some(Duration::from_secs(120)));
+    let wait_health = || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while client.health().is_err() {
+            assert!(Instant::now() < deadline, "rayos daemon never answered");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Define the VM with a first daemon, then restart it so autostart and
+    // present_on_boot apply as at a RayOS boot.
+    {
+        let _d = daemon(&state);
+        wait_health();
+        vm(
+            &socket,
+            &[
+                "create",
+                "lin",
+                "--kind",
+                "linux",
+                "--memory",
+                "256",
+                "--cpus",
+                "1",
+                "--kernel",
+                g.kernel.to_str().unwrap(),
+                "--initrd",
+                g.initrd.to_str().unwrap(),
+                "--cmdline",
+                &g.cmdline,
+            ],
+        );
+    }
+    let _d = daemon(&state);
+
+    // The presenter comes up first (init starts it right after rayosd).
+    let mut child = rayos()
+        .arg("present")
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--memory", "1024x768", "--input", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn rayos present");
+    let stdout = child.stdout.take().unwrap();
+    let _p = Proc(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    wait_line(&rx, "RAYOS_PRESENTATION:off", Duration::from_secs(30));
+    // Autostart + present_on_boot: the VM appears without anyone asking.
+    wait_line(&rx, "RAYOS_PRESENTATION:on:lin", Duration::from_secs(120));
+    let info = client.show("lin").unwrap();
+    assert!(info.presented && info.state == VmState::Running, "{info:?}");
+
+    vm(&socket, &["hide", "lin"]);
+    wait_line(&rx, "RAYOS_PRESENTATION:off", Duration::from_secs(30));
+    vm(&socket, &["present", "lin"]);
+    wait_line(&rx, "RAYOS_PRESENTATION:on:lin", Duration::from_secs(30));
+    // Stopping the VM clears its presentation: back to the home screen.
+    vm(&socket, &["stop", "lin", "--force"]);
+    wait_line(&rx, "RAYOS_PRESENTATION:off", Duration::from_secs(60));
+}
