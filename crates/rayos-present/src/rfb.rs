@@ -420,8 +420,21 @@ pub fn pointer_event(buttons: u8, x: u16, y: u16) -> [u8; 6] {
 /// written; a DesktopSize rectangle resizes `fb` (blank) and the server
 /// then sends the new contents.
 pub fn read_message<R: Read>(r: &mut R, fb: &mut Framebuffer) -> Result<ServerEvent, RfbError> {
+    read_message_limited(r, fb, MAX_PIXELS)
+}
+
+/// Most pixels a DesktopSize may ask for (256 MiB of framebuffer).
+pub const MAX_PIXELS: u64 = MAX_DIMENSION as u64 * MAX_DIMENSION as u64;
+
+/// [`read_message`] with a smaller cap on the framebuffer a DesktopSize may
+/// allocate (the fuzzer's memory is smaller than a VM's display).
+pub fn read_message_limited<R: Read>(
+    r: &mut R,
+    fb: &mut Framebuffer,
+    max_pixels: u64,
+) -> Result<ServerEvent, RfbError> {
     match read_u8(r)? {
-        0 => read_update(r, fb),
+        0 => read_update(r, fb, max_pixels),
         1 => {
             // SetColourMapEntries: never asked for (true colour), but
             // harmless; skip it whole.
@@ -453,7 +466,11 @@ fn skip<R: Read>(r: &mut R, n: u64) -> io::Result<()> {
     Ok(())
 }
 
-fn read_update<R: Read>(r: &mut R, fb: &mut Framebuffer) -> Result<ServerEvent, RfbError> {
+fn read_update<R: Read>(
+    r: &mut R,
+    fb: &mut Framebuffer,
+    max_pixels: u64,
+) -> Result<ServerEvent, RfbError> {
     let _pad = read_u8(r)?;
     let n = read_u16(r)?;
     let mut damage = Rect::default();
@@ -503,6 +520,9 @@ fn read_update<R: Read>(r: &mut R, fb: &mut Framebuffer) -> Result<ServerEvent, 
             }
             ENC_DESKTOP_SIZE => {
                 check_size(w, hh)?;
+                if u64::from(w) * u64::from(hh) > max_pixels {
+                    return Err(bad(format!("desktop size {w}x{hh} over the limit")));
+                }
                 fb.resize(w, hh);
                 resized = true;
                 damage = Rect::default();
@@ -544,6 +564,47 @@ fn copy_rect(fb: &mut Framebuffer, src: Rect, dst: Rect) {
         let s = (src.y + i) as usize * w + src.x as usize;
         let d = (dst.y + i) as usize * w + dst.x as usize;
         fb.pixels.copy_within(s..s + dst.w as usize, d);
+    }
+}
+
+/// Fuzz entry (`fuzz/fuzz_targets/rfb.rs`): `data` plays a VNC server —
+/// the handshake, then server messages until the bytes run out or one is
+/// refused. Checks that the framebuffer always matches its size and that
+/// every reported damage lies inside it.
+pub fn fuzz_session(data: &[u8]) {
+    struct Server<'a> {
+        input: &'a [u8],
+    }
+    impl Read for Server<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+    impl Write for Server<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    const LIMIT: u64 = 1 << 20;
+    let mut s = Server { input: data };
+    let Ok(init) = handshake(&mut s) else {
+        return;
+    };
+    if u64::from(init.width) * u64::from(init.height) > LIMIT {
+        return;
+    }
+    let mut fb = Framebuffer::new(init.width, init.height);
+    while let Ok(ev) = read_message_limited(&mut s.input, &mut fb, LIMIT) {
+        assert_eq!(
+            fb.pixels.len() as u64,
+            u64::from(fb.width) * u64::from(fb.height)
+        );
+        if let ServerEvent::Update { damage, .. } = ev {
+            assert!(damage.inside(fb.width, fb.height), "{damage:?}");
+        }
     }
 }
 
@@ -791,6 +852,33 @@ mod tests {
             read_message(&mut Cursor::new(update(&[raw])), &mut fb),
             Err(RfbError::Io(_))
         ));
+    }
+
+    #[test]
+    fn fuzz_entry_survives_seeds_and_noise() {
+        let mut seed = b"RFB 003.008\n".to_vec();
+        seed.extend_from_slice(&[1, 1]);
+        seed.extend_from_slice(&0u32.to_be_bytes());
+        seed.extend(server_init(4, 3, "x"));
+        let mut raw = rect_header(1, 1, 2, 1, ENC_RAW);
+        raw.extend_from_slice(&[1; 8]);
+        seed.extend(update(&[raw, rect_header(0, 0, 9, 9, ENC_DESKTOP_SIZE)]));
+        fuzz_session(&seed);
+        // Every prefix, and pseudo-random bytes after a valid handshake.
+        for n in 0..seed.len() {
+            fuzz_session(&seed[..n]);
+        }
+        let mut x: u32 = 0x1234_5678;
+        for _ in 0..200 {
+            let mut d = seed[..seed.len() - 20].to_vec();
+            for _ in 0..64 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                d.push(x as u8);
+            }
+            fuzz_session(&d);
+        }
     }
 
     #[test]
