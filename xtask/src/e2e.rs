@@ -467,22 +467,6 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     drop(vm);
 
     // 5. Logs and the guest's counter, read from the data volume.
-    run.started(&disk, data_offset, "resumed")?;
-    let after = guest_console(&disk, data_offset, &work.join("dump2"))?;
-    let seq = counters(&after);
-    let readies = after.matches(rayos_image::guest::GUEST_READY).count();
-    let continuous = seq.windows(2).all(|w| w[1] == w[0] + 1);
-    if readies != 1 || !continuous || seq.last().copied().unwrap_or(0) <= last_before {
-        bail!(
-            "the Linux guest did not resume: {readies} cold boots in its console, counter {:?}..{:?} (before: {last_before})",
-            seq.first(),
-            seq.last()
-        );
-    }
-    run.ok(&format!(
-        "guest counter continued across the save/resume ({last_before} -> {})",
-        seq.last().copied().unwrap_or(0)
-    ));
     let logs = debugfs(&disk, data_offset, "ls -l /logs")?;
     for name in ["init.log", "kernel.log", "rayosd.log"] {
         if !logs.contains(name) {
@@ -499,6 +483,22 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     }
     run.ok(&format!(
         "logs of both boots are on the data volume ({boots} rayosd starts logged)"
+    ));
+    run.started(&disk, data_offset, "resumed")?;
+    let after = guest_console(&disk, data_offset, &work.join("dump2"))?;
+    let seq = counters(&after);
+    let readies = after.matches(rayos_image::guest::GUEST_READY).count();
+    let continuous = seq.windows(2).all(|w| w[1] == w[0] + 1);
+    if readies != 1 || !continuous || seq.last().copied().unwrap_or(0) <= last_before {
+        bail!(
+            "the Linux guest did not resume: {readies} cold boots in its console, counter {:?}..{:?} (before: {last_before})",
+            seq.first(),
+            seq.last()
+        );
+    }
+    run.ok(&format!(
+        "guest counter continued across the save/resume ({last_before} -> {})",
+        seq.last().copied().unwrap_or(0)
     ));
     Ok(())
 }
