@@ -1,0 +1,239 @@
+//! `rayos present` on a real Linux framebuffer and real evdev devices:
+//! inside a QEMU machine (TCG) with a std VGA card (`bochs` DRM driver,
+//! fbdev emulation → `/dev/fb0`) and q35's PS/2 keyboard (`atkbd` →
+//! evdev), the presenter runs without rayosd. The test reads the home screen
+//! back from QEMU's screendump of that machine, and types on its keyboard
+//! with QMP `input-send-event` (a physical keyboard as far as the guest
+//! knows): Ctrl+Alt+F12 hands the screen to the text console, Ctrl+Alt+Home
+//! brings the home screen back.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rayos_image::initramfs::{Compression, Initramfs};
+use rayos_present::home;
+use rayos_qmp::QmpClient;
+use rayos_testkit::guest;
+use serde_json::json;
+
+struct Qemu(Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/usr/bin
+mount -t devtmpfs dev /dev 2>/dev/null
+exec </dev/console >/dev/console 2>&1
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mkdir -p /run /tmp
+for m in $(cat /modules); do insmod /lib/modules/$m 2>/dev/null; done
+i=0
+while [ ! -e /dev/fb0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+echo "FBDEV $(cat /sys/class/graphics/fb0/name 2>/dev/null) $(cat /sys/class/graphics/fb0/virtual_size 2>/dev/null)"
+/usr/bin/rayos present --socket /run/no-rayosd.sock --input /dev/input --tty /dev/tty0 &
+while :; do sleep 60; done
+"#;
+
+/// The guest initramfs: busybox, a stripped `rayos` with its libraries,
+/// evdev and bochs (with dependencies), and the init script above.
+fn build_initrd(dir: &Path) -> PathBuf {
+    let (_, ver) = guest::host_kernel().expect("a kernel in /boot (linux-image-amd64)");
+    let modules = guest::module_load_order(
+        Path::new(&format!("/lib/modules/{ver}")),
+        &["evdev", "bochs"],
+    )
+    .expect("evdev and bochs modules");
+    let stripped = dir.join("rayos");
+    let st = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(env!("CARGO_BIN_EXE_rayos"))
+        .status()
+        .expect("strip (binutils, scripts/install-deps.sh)");
+    assert!(st.success());
+    let mut ird = Initramfs::usr_merged();
+    for d in ["dev", "proc", "sys", "run", "tmp", "lib/modules"] {
+        ird.dir(d, 0o755).unwrap();
+    }
+    ird.copy("bin/busybox", Path::new("/usr/bin/busybox"), Some(0o755))
+        .expect("busybox (busybox-static)");
+    ird.file("init", 0o755, INIT.as_bytes()).unwrap();
+    ird.elf("usr/bin/rayos", &stripped).unwrap();
+    let mut names = Vec::new();
+    for m in &modules {
+        let name = m.file_name().unwrap().to_string_lossy().into_owned();
+        ird.copy(&format!("lib/modules/{name}"), m, Some(0o644))
+            .unwrap();
+        names.push(name);
+    }
+    ird.file("modules", 0o644, names.join(" ").into_bytes())
+        .unwrap();
+    let out = dir.join("initrd.img");
+    ird.write(&out, Compression::None).unwrap();
+    out
+}
+
+fn read_ppm(path: &Path) -> (u32, u32, Vec<u32>) {
+    let data = fs::read(path).unwrap();
+    let end = data
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(2)
+        .map(|(i, _)| i + 1)
+        .unwrap();
+    let head = String::from_utf8_lossy(&data[..end]).to_string();
+    let f: Vec<&str> = head.split_whitespace().collect();
+    let (w, h) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+    let px = data[end..]
+        .chunks_exact(3)
+        .map(|c| (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]))
+        .collect();
+    (w, h, px)
+}
+
+fn wait_log(log: &Path, from: usize, needle: &str, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if let Some(i) = text.get(from..).and_then(|t| t.find(needle)) {
+            return from + i + needle.len();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} on the serial console within {timeout:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The screen's text lines, as the home screen's layout reads them.
+fn screen(qmp: &mut QmpClient, dir: &Path) -> Vec<String> {
+    let shot = dir.join("shot.ppm");
+    qmp.execute("screendump", Some(json!({"filename": shot})))
+        .unwrap();
+    let (w, h, px) = read_ppm(&shot);
+    if let Some(d) = std::env::var_os("RAYOS_PRESENT_DUMP") {
+        let _ = fs::copy(&shot, Path::new(&d).join("fbdev.ppm"));
+    }
+    home::read_screen(&px, w, h)
+}
+
+fn wait_screen(
+    qmp: &mut QmpClient,
+    dir: &Path,
+    timeout: Duration,
+    ok: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = screen(qmp, dir);
+        if ok(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "screen never matched: {s:#?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn keys(qmp: &mut QmpClient, qcodes: &[&str]) {
+    let ev = |k: &str, down: bool| json!({"type": "key", "data": {"down": down, "key": {"type": "qcode", "data": k}}});
+    let mut events: Vec<_> = qcodes.iter().map(|k| ev(k, true)).collect();
+    events.extend(qcodes.iter().rev().map(|k| ev(k, false)));
+    qmp.execute("input-send-event", Some(json!({ "events": events })))
+        .unwrap();
+}
+
+#[test]
+fn presenter_draws_on_fbdev_and_owns_the_evdev_keyboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kernel, _) = guest::host_kernel().unwrap();
+    let initrd = build_initrd(dir.path());
+    let log = dir.path().join("serial.log");
+    let qmp_path = dir.path().join("qmp.sock");
+    let _q = Qemu(
+        Command::new("qemu-system-x86_64")
+            .args([
+                "-machine",
+                "q35",
+                "-accel",
+                "tcg",
+                "-nodefaults",
+                "-m",
+                "768",
+            ])
+            .args(["-display", "none", "-device", "VGA"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+            .arg("-kernel")
+            .arg(&kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1"])
+            .arg("-serial")
+            .arg(format!("file:{}", log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("qemu-system-x86_64 (qemu-system-x86)"),
+    );
+    let boot = Duration::from_secs(240);
+    let at = wait_log(&log, 0, "FBDEV ", boot);
+    let at = wait_log(&log, at, "RAYOS_PRESENTATION:off", boot);
+    // The PS/2 keyboard was found and grabbed.
+    wait_log(
+        &log,
+        0,
+        "keyboard \"AT Translated Set 2 keyboard\" grabbed",
+        boot,
+    );
+
+    let mut qmp = QmpClient::connect_retry(&qmp_path, Duration::from_secs(30)).unwrap();
+    // The whole screen: the DRM fbdev emulation copies damaged pages to
+    // the card a moment later, so a capture may hold half a frame, whose
+    // undrawn cells read as U+FFFD.
+    let is_home = |s: &[String]| {
+        s.first().is_some_and(|l| l.starts_with("RayOS "))
+            && s.iter().any(|l| l.contains("does not answer"))
+            && !s.iter().any(|l| l.contains('\u{FFFD}'))
+    };
+    let s = wait_screen(&mut qmp, dir.path(), Duration::from_secs(60), is_home);
+    assert!(s.iter().any(|l| l.contains("No VMs yet")), "{s:#?}");
+    assert!(s.iter().any(|l| l.contains("Ctrl+Alt+Home")), "{s:#?}");
+
+    // Ctrl+Alt+F12: input released, the text console gets the screen.
+    keys(&mut qmp, &["ctrl", "alt", "f12"]);
+    let at = wait_log(
+        &log,
+        at,
+        "text console: input released",
+        Duration::from_secs(60),
+    );
+    wait_screen(&mut qmp, dir.path(), Duration::from_secs(60), |s| {
+        !s.first().is_some_and(|l| l.starts_with("RayOS "))
+    });
+    // Ctrl+Alt+Home: back, grabbed again, the home screen redrawn.
+    keys(&mut qmp, &["ctrl", "alt", "home"]);
+    wait_log(
+        &log,
+        at,
+        "leaving the text console",
+        Duration::from_secs(60),
+    );
+    let s = wait_screen(&mut qmp, dir.path(), Duration::from_secs(60), is_home);
+    eprintln!(
+        "serial console:\n{}\nscreen:\n{}",
+        fs::read_to_string(&log).unwrap_or_default(),
+        s.join("\n")
+    );
+}
