@@ -667,33 +667,9 @@ impl Presenter {
             }
             return;
         }
-        // Absolute: keep a position on the display, show it in VM pixels.
-        let (dw, dh) = self.display_size;
-        let (sw, sh) = w.size();
-        let dest = scale::fit(sw, sh, dw, dh);
-        if dest.is_empty() {
+        let Some((vx, vy)) = move_pointer(&mut self.pos, &r, self.display_size, w.size()) else {
             return;
-        }
-        if let Some((fx, fy)) = r.abs {
-            self.pos = (
-                fx * f64::from(dw.saturating_sub(1)),
-                fy * f64::from(dh.saturating_sub(1)),
-            );
-        } else {
-            self.pos.0 += f64::from(r.dx);
-            self.pos.1 += f64::from(r.dy);
-        }
-        // The pointer lives on the VM's image, not the bars around it.
-        self.pos.0 = self
-            .pos
-            .0
-            .clamp(f64::from(dest.x), f64::from(dest.x + dest.w - 1));
-        self.pos.1 = self
-            .pos
-            .1
-            .clamp(f64::from(dest.y), f64::from(dest.y + dest.h - 1));
-        let vx = ((self.pos.0 - f64::from(dest.x)) * f64::from(sw) / f64::from(dest.w)) as u32;
-        let vy = ((self.pos.1 - f64::from(dest.y)) * f64::from(sh) / f64::from(dest.h)) as u32;
+        };
         let _ = w.pointer_abs(b, vx, vy);
         for (n, up, down) in [
             (r.wheel, button::WHEEL_UP, button::WHEEL_DOWN),
@@ -706,6 +682,41 @@ impl Presenter {
             }
         }
     }
+}
+
+/// Moves the on-screen pointer position `pos` (display pixels) by a report
+/// — relative motion adds, an absolute device sets it — keeps it on the VM's
+/// image (not the bars around it), and returns it in VM pixels.
+pub fn move_pointer(
+    pos: &mut (f64, f64),
+    r: &PointerReport,
+    display: (u32, u32),
+    vm: (u32, u32),
+) -> Option<(u32, u32)> {
+    let (dw, dh) = display;
+    let (sw, sh) = vm;
+    let dest = scale::fit(sw, sh, dw, dh);
+    if dest.is_empty() {
+        return None;
+    }
+    if let Some((fx, fy)) = r.abs {
+        *pos = (
+            fx * f64::from(dw.saturating_sub(1)),
+            fy * f64::from(dh.saturating_sub(1)),
+        );
+    } else {
+        pos.0 += f64::from(r.dx);
+        pos.1 += f64::from(r.dy);
+    }
+    pos.0 = pos
+        .0
+        .clamp(f64::from(dest.x), f64::from(dest.x + dest.w - 1));
+    pos.1 = pos
+        .1
+        .clamp(f64::from(dest.y), f64::from(dest.y + dest.h - 1));
+    let vx = ((pos.0 - f64::from(dest.x)) * f64::from(sw) / f64::from(dest.w)) as u32;
+    let vy = ((pos.1 - f64::from(dest.y)) * f64::from(sh) / f64::from(dest.h)) as u32;
+    Some((vx.min(sw - 1), vy.min(sh - 1)))
 }
 
 /// What a VNC reader thread needs.
@@ -801,4 +812,66 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(dx: i32, dy: i32) -> PointerReport {
+        PointerReport {
+            dx,
+            dy,
+            ..PointerReport::default()
+        }
+    }
+
+    #[test]
+    fn pointer_moves_on_the_vm_image_and_maps_to_vm_pixels() {
+        // 1024x768 VM on 1920x1080: image at x 240..1680, full height.
+        let (d, v) = ((1920, 1080), (1024, 768));
+        let mut pos = (960.0, 540.0);
+        assert_eq!(move_pointer(&mut pos, &rel(0, 0), d, v), Some((512, 384)));
+        // 1.40625 display pixels per VM pixel.
+        assert_eq!(move_pointer(&mut pos, &rel(45, 0), d, v), Some((544, 384)));
+        // Far right or down: the image's last pixel, never the bars.
+        assert_eq!(
+            move_pointer(&mut pos, &rel(10_000, 10_000), d, v),
+            Some((1023, 767))
+        );
+        assert_eq!(pos, (1679.0, 1079.0));
+        assert_eq!(
+            move_pointer(&mut pos, &rel(-10_000, -10_000), d, v),
+            Some((0, 0))
+        );
+        assert_eq!(pos.0, 240.0);
+        // An absolute device (tablet) covers the whole display; its corner
+        // in the bar lands on the image's edge.
+        let abs = |x, y| PointerReport {
+            abs: Some((x, y)),
+            ..PointerReport::default()
+        };
+        assert_eq!(move_pointer(&mut pos, &abs(0.0, 0.0), d, v), Some((0, 0)));
+        assert_eq!(
+            move_pointer(&mut pos, &abs(0.5, 0.5), d, v),
+            Some((511, 383))
+        );
+        assert_eq!(
+            move_pointer(&mut pos, &abs(1.0, 1.0), d, v),
+            Some((1023, 767))
+        );
+        assert_eq!(move_pointer(&mut pos, &rel(1, 1), (0, 0), v), None);
+    }
+
+    #[test]
+    fn error_chains_read_as_one_line() {
+        let e = crate::vnc::VncError::Connect {
+            path: "/x/vnc.sock".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(
+            chain(&e),
+            "cannot connect to the VNC socket /x/vnc.sock: entity not found"
+        );
+    }
 }
