@@ -96,6 +96,11 @@ networking = "off"
 "#;
 
 const DISK_BYTES: u64 = 16 << 30;
+/// Output that means a boot went wrong whatever the stage waits for: the
+/// firmware fell back to its setup menu (the boot loader found nothing to
+/// boot), or the kernel panicked.
+const ALWAYS_BAD: &[&str] = &["\"UiApp\" from Fv", "Kernel panic"];
+
 /// How long the Linux guest gets to boot and count before a power-off.
 const GUEST_BOOT_SECS: u64 = 90;
 
@@ -118,20 +123,7 @@ impl Run {
 
     /// Waits for `marker`, reporting the check as `what`.
     fn expect(&self, vm: &mut Qemu, what: &str, marker: &str, secs: u64) -> Result<String> {
-        match vm.wait_for(marker, self.timeout(secs)) {
-            Ok(line) => {
-                self.ok(&format!("{what}: {}", line.trim()));
-                Ok(line)
-            }
-            Err(e) => {
-                println!(
-                    "  FAIL  [{:>7.1}s] {what}",
-                    self.started.elapsed().as_secs_f64()
-                );
-                Err(e)
-                    .with_context(|| format!("{what} (serial log: {})", vm.serial_log().display()))
-            }
-        }
+        self.expect_not(vm, what, marker, &[], secs)
     }
 
     /// Waits for `good`, failing at once when one of `bad` appears first.
@@ -145,6 +137,7 @@ impl Run {
     ) -> Result<String> {
         let mut markers = vec![good];
         markers.extend_from_slice(bad);
+        markers.extend_from_slice(ALWAYS_BAD);
         let log = vm.serial_log().display().to_string();
         let fail = |e: anyhow::Error| {
             println!(
