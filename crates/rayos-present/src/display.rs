@@ -87,6 +87,13 @@ pub trait Display: Send {
     fn canvas(&mut self) -> Canvas<'_>;
     /// Makes `r` of the canvas visible.
     fn flush(&mut self, r: Rect);
+    /// Checks that the device is still the one drawn on. A framebuffer can
+    /// be replaced under the presenter (a DRM driver taking over from efifb
+    /// during boot) or change mode; the display then reopens itself and
+    /// returns `Ok(true)`: everything must be drawn again, at the new size.
+    fn revalidate(&mut self) -> Result<bool, DisplayError> {
+        Ok(false)
+    }
 }
 
 /// Counters a [`MemoryDisplay`] shares with whoever watches it.
@@ -365,6 +372,22 @@ impl FbDisplay {
     }
 }
 
+/// The geometry that matters for drawing, as the driver reports it now.
+fn geometry(fd: libc::c_int) -> Option<(u32, u32, u32, u32, u32)> {
+    let mut var = FbVarScreeninfo::default();
+    // SAFETY: FBIOGET_VSCREENINFO writes one fb_var_screeninfo into `var`.
+    if unsafe { libc::ioctl(fd, FBIOGET_VSCREENINFO, &mut var) } < 0 {
+        return None;
+    }
+    Some((
+        var.xres,
+        var.yres,
+        var.bits_per_pixel,
+        var.xoffset,
+        var.yoffset,
+    ))
+}
+
 impl Drop for FbDisplay {
     fn drop(&mut self) {
         // SAFETY: `map`/`map_len` are exactly what mmap returned in open.
@@ -377,6 +400,28 @@ impl Drop for FbDisplay {
 impl Display for FbDisplay {
     fn size(&self) -> (u32, u32) {
         (self.width, self.height)
+    }
+
+    fn revalidate(&mut self) -> Result<bool, DisplayError> {
+        let bpp = match self.format {
+            DeviceFormat::Bits32 { .. } => 32,
+            DeviceFormat::Rgb565 => 16,
+        };
+        let now = geometry(self._file.as_raw_fd());
+        let origin_ok = |(_, _, b, xo, yo): (u32, u32, u32, u32, u32)| {
+            let line = self.line_length;
+            yo as usize * line + xo as usize * (b as usize / 8) == self.origin
+        };
+        if let Some(g) = now
+            && (g.0, g.1, g.2) == (self.width, self.height, bpp)
+            && origin_ok(g)
+        {
+            return Ok(false);
+        }
+        // Unregistered (ENODEV on the old descriptor) or a new mode: open
+        // whatever the path is now.
+        *self = FbDisplay::open(&self.path.clone())?;
+        Ok(true)
     }
 
     fn canvas(&mut self) -> Canvas<'_> {

@@ -167,6 +167,8 @@ struct Presenter {
     /// A VM whose VNC session failed is retried from this time.
     retry: Option<(String, Instant)>,
     ticks: u64,
+    /// The last failure to reopen the display (logged once).
+    display_error: Option<String>,
     tty: Option<std::fs::File>,
     buttons: u8,
     pos: (f64, f64),
@@ -200,6 +202,7 @@ impl Presenter {
             presentation_on: false,
             retry: None,
             ticks: 0,
+            display_error: None,
             tty: None,
             buttons: 0,
             pos: (0.0, 0.0),
@@ -423,7 +426,41 @@ impl Presenter {
         }
     }
 
+    /// A replaced or re-moded framebuffer: redraw everything on the new one.
+    fn check_display(&mut self) {
+        let r = {
+            let mut d = self.display.lock().unwrap_or_else(|p| p.into_inner());
+            d.revalidate().map(|changed| (changed, d.size()))
+        };
+        match r {
+            Ok((false, _)) => {}
+            Ok((true, size)) => {
+                self.log(&format!("display changed: now {}x{}", size.0, size.1));
+                self.display_size = size;
+                self.display_error = None;
+                if self.router.mode == Mode::Console {
+                    return;
+                }
+                self.force_full.store(true, Ordering::SeqCst);
+                match self.current.as_ref().and_then(|s| s.writer.as_ref()) {
+                    Some(w) => {
+                        let _ = w.refresh();
+                    }
+                    None => self.show_home(true),
+                }
+            }
+            Err(e) => {
+                let msg = chain(&e);
+                if self.display_error.as_deref() != Some(&msg) {
+                    self.log(&format!("display lost: {msg}; retrying"));
+                    self.display_error = Some(msg);
+                }
+            }
+        }
+    }
+
     fn tick(&mut self) {
+        self.check_display();
         self.ticks += 1;
         let retry_due = self
             .retry

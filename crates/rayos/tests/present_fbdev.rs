@@ -35,11 +35,17 @@ exec </dev/console >/dev/console 2>&1
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mkdir -p /run /tmp
-for m in $(cat /modules); do insmod /lib/modules/$m 2>/dev/null; done
-i=0
-while [ ! -e /dev/fb0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+for m in $(cat /modules-input); do insmod /lib/modules/$m 2>/dev/null; done
+# The firmware's framebuffer first (vesafb, from vga= on the command line),
+# as on a real machine before its DRM driver loads.
 echo "FBDEV $(cat /sys/class/graphics/fb0/name 2>/dev/null) $(cat /sys/class/graphics/fb0/virtual_size 2>/dev/null)"
 /usr/bin/rayos present --socket /run/no-rayosd.sock --input /dev/input --tty /dev/tty0 &
+sleep 3
+# The DRM driver takes the card over; the presenter must follow.
+for m in $(cat /modules-display); do insmod /lib/modules/$m 2>/dev/null; done
+i=0
+while [ "$(cat /sys/class/graphics/fb0/name 2>/dev/null)" = VESA\ VGA ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+echo "FBDEV $(cat /sys/class/graphics/fb0/name 2>/dev/null) $(cat /sys/class/graphics/fb0/virtual_size 2>/dev/null)"
 while :; do sleep 60; done
 "#;
 
@@ -47,11 +53,9 @@ while :; do sleep 60; done
 /// evdev and bochs (with dependencies), and the init script above.
 fn build_initrd(dir: &Path) -> PathBuf {
     let (_, ver) = guest::host_kernel().expect("a kernel in /boot (linux-image-amd64)");
-    let modules = guest::module_load_order(
-        Path::new(&format!("/lib/modules/{ver}")),
-        &["evdev", "bochs"],
-    )
-    .expect("evdev and bochs modules");
+    let moddir = format!("/lib/modules/{ver}");
+    let input = guest::module_load_order(Path::new(&moddir), &["evdev"]).expect("evdev module");
+    let display = guest::module_load_order(Path::new(&moddir), &["bochs"]).expect("bochs module");
     let stripped = dir.join("rayos");
     let st = Command::new("strip")
         .arg("-o")
@@ -68,15 +72,16 @@ fn build_initrd(dir: &Path) -> PathBuf {
         .expect("busybox (busybox-static)");
     ird.file("init", 0o755, INIT.as_bytes()).unwrap();
     ird.elf("usr/bin/rayos", &stripped).unwrap();
-    let mut names = Vec::new();
-    for m in &modules {
-        let name = m.file_name().unwrap().to_string_lossy().into_owned();
-        ird.copy(&format!("lib/modules/{name}"), m, Some(0o644))
-            .unwrap();
-        names.push(name);
+    for (list, modules) in [("modules-input", &input), ("modules-display", &display)] {
+        let mut names = Vec::new();
+        for m in modules {
+            let name = m.file_name().unwrap().to_string_lossy().into_owned();
+            ird.copy(&format!("lib/modules/{name}"), m, Some(0o644))
+                .unwrap();
+            names.push(name);
+        }
+        ird.file(list, 0o644, names.join(" ").into_bytes()).unwrap();
     }
-    ird.file("modules", 0o644, names.join(" ").into_bytes())
-        .unwrap();
     let out = dir.join("initrd.img");
     ird.write(&out, Compression::None).unwrap();
     out
@@ -178,7 +183,11 @@ fn presenter_draws_on_fbdev_and_owns_the_evdev_keyboard() {
             .arg(&kernel)
             .arg("-initrd")
             .arg(&initrd)
-            .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1"])
+            // VBE mode 0x144 (1024x768, 32 bpp) for vesafb.
+            .args([
+                "-append",
+                "console=ttyS0 quiet loglevel=1 panic=-1 vga=0x344",
+            ])
             .arg("-serial")
             .arg(format!("file:{}", log.display()))
             .stdin(Stdio::null())
@@ -188,8 +197,10 @@ fn presenter_draws_on_fbdev_and_owns_the_evdev_keyboard() {
             .expect("qemu-system-x86_64 (qemu-system-x86)"),
     );
     let boot = Duration::from_secs(240);
-    let at = wait_log(&log, 0, "FBDEV ", boot);
+    let at = wait_log(&log, 0, "FBDEV VESA VGA 1024,768", boot);
     let at = wait_log(&log, at, "RAYOS_PRESENTATION:off", boot);
+    // bochs replaced vesafb's /dev/fb0: the presenter reopened it.
+    let at = wait_log(&log, at, "display changed: now ", boot);
     // The PS/2 keyboard was found and grabbed.
     wait_log(
         &log,
