@@ -54,7 +54,11 @@ while :; do sleep 60; done
 fn build_initrd(dir: &Path) -> PathBuf {
     let (_, ver) = guest::host_kernel().expect("a kernel in /boot (linux-image-amd64)");
     let moddir = format!("/lib/modules/{ver}");
-    let input = guest::module_load_order(Path::new(&moddir), &["evdev"]).expect("evdev module");
+    let input = guest::module_load_order(
+        Path::new(&moddir),
+        &["evdev", "xhci_pci", "usbhid", "hid_generic"],
+    )
+    .expect("evdev and USB HID modules");
     let display = guest::module_load_order(Path::new(&moddir), &["bochs"]).expect("bochs module");
     let stripped = dir.join("rayos");
     let st = Command::new("strip")
@@ -176,7 +180,14 @@ fn presenter_draws_on_fbdev_and_owns_the_evdev_keyboard() {
                 "-m",
                 "768",
             ])
-            .args(["-display", "none", "-device", "VGA"])
+            .args([
+                "-display",
+                "none",
+                "-device",
+                "VGA",
+                "-device",
+                "qemu-xhci,id=xhci",
+            ])
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
             .arg("-kernel")
@@ -235,13 +246,35 @@ fn presenter_draws_on_fbdev_and_owns_the_evdev_keyboard() {
     });
     // Ctrl+Alt+Home: back, grabbed again, the home screen redrawn.
     keys(&mut qmp, &["ctrl", "alt", "home"]);
-    wait_log(
+    let at = wait_log(
         &log,
         at,
         "leaving the text console",
         Duration::from_secs(60),
     );
     let s = wait_screen(&mut qmp, dir.path(), Duration::from_secs(60), is_home);
+
+    // Hot-plug: a USB keyboard plugged in later is grabbed too, and
+    // dropped when unplugged.
+    qmp.execute(
+        "device_add",
+        Some(json!({"driver": "usb-kbd", "id": "kbd2", "bus": "xhci.0"})),
+    )
+    .unwrap();
+    let at = wait_log(
+        &log,
+        at,
+        "QEMU USB Keyboard\" grabbed",
+        Duration::from_secs(60),
+    );
+    qmp.execute("device_del", Some(json!({"id": "kbd2"})))
+        .unwrap();
+    wait_log(
+        &log,
+        at,
+        "QEMU USB Keyboard\" removed",
+        Duration::from_secs(60),
+    );
     eprintln!(
         "serial console:\n{}\nscreen:\n{}",
         fs::read_to_string(&log).unwrap_or_default(),
