@@ -2,7 +2,8 @@
 //! under QEMU + OVMF (TCG, no KVM), driven by serial-console markers and QMP.
 //!
 //! Per variant (`iso`: ISO as CD onto a 512-byte-sector disk; `usb`: USB
-//! image on xHCI; `4k`: ISO onto a 4096-byte-sector disk):
+//! image on xHCI; `iso-usb`: the ISO as a USB stick; `4k`: ISO onto a
+//! 4096-byte-sector disk):
 //! 1. install boot — installer medium + a blank 16 GiB disk + a small FAT
 //!    disk holding `rayos-answers.toml`, fresh OVMF VARS, `-no-reboot`:
 //!    kernel runs /init, `RAYOS_BOOT:`, `RAYOS_INSTALLER:start`,
@@ -56,8 +57,13 @@ pub struct Args {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
+    /// The ISO as a CD, installing onto a 512-byte-sector disk.
     Iso,
+    /// The USB image on a USB stick.
     Usb,
+    /// The ISO written to a USB stick with `dd` (hybrid boot).
+    IsoUsb,
+    /// The ISO as a CD, installing onto a 4096-byte-sector disk.
     #[value(name = "4k")]
     FourK,
 }
@@ -67,6 +73,7 @@ impl Variant {
         match self {
             Variant::Iso => "iso",
             Variant::Usb => "usb",
+            Variant::IsoUsb => "iso-usb",
             Variant::FourK => "4k",
         }
     }
@@ -360,7 +367,8 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     // 1. Install.
     let medium = match v {
         Variant::Usb => Medium::Usb(usb.to_path_buf()),
-        _ => Medium::Cdrom(iso.to_path_buf()),
+        Variant::IsoUsb => Medium::Usb(iso.to_path_buf()),
+        Variant::Iso | Variant::FourK => Medium::Cdrom(iso.to_path_buf()),
     };
     let answers = Medium::Disk {
         path: answers_disk,
