@@ -77,7 +77,10 @@ pub fn allowed(mode: Mode) -> Vec<(&'static str, &'static str)> {
                 "a shell, when this image has /bin/sh (recovery only)",
             ));
         }
-        Mode::Installed => {}
+        Mode::Installed => v.push((
+            "recovery",
+            "recovery --next-boot: start the recovery entry at the next boot (then `reboot`)",
+        )),
     }
     v
 }

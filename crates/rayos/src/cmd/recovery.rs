@@ -66,6 +66,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("the next boot starts the recovery entry; type `reboot` to go there now");
         return Ok(ExitCode::SUCCESS);
     }
+    // On a running RayOS the menu is for recovery mode only: it resets and
+    // reformats things rayosd and the VMs are using.
+    if let Ok(st) =
+        rayos_init::control::InitStatus::read(Path::new(rayos_init::control::STATUS_FILE))
+        && st.mode != rayos_init::cmdline::Mode::Recovery
+    {
+        return Err(super::Exit::new(
+            super::exit::BAD_INPUT,
+            "the recovery menu runs in recovery mode (VMs stopped): `recovery --next-boot`, then `reboot`",
+        )
+        .into());
+    }
     let ctx = rayos_init::recovery::Ctx {
         data: args.data_dir,
         system: args.system_dir,
