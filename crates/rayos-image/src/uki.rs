@@ -495,4 +495,62 @@ mod tests {
         assert!(parse_pe(&[0u8; 512]).is_err());
         assert!(kernel_release(&[0u8; 16]).is_none());
     }
+
+    /// A kernel far bigger than the gap older fixed layouts left (16 MiB)
+    /// still gets its own range: no section overlaps another, and the
+    /// image size covers the last one.
+    #[test]
+    fn big_kernels_do_not_overlap_the_initrd() {
+        let stub = Path::new(DEBIAN_STUB);
+        assert!(
+            stub.exists(),
+            "{DEBIAN_STUB} missing: install systemd-boot-efi"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinuz");
+        let initrd = dir.path().join("initrd");
+        fs::write(&kernel, vec![0x90u8; 40 << 20]).unwrap();
+        fs::write(&initrd, vec![0x55u8; 3 << 20]).unwrap();
+        let out = dir.path().join("big.efi");
+        let parts = UkiParts {
+            stub: stub.into(),
+            kernel,
+            initrd,
+            cmdline: "console=ttyS0".into(),
+            osrel: os_release("9.9"),
+            uname: Some("6.1.0-test".into()),
+        };
+        let sections = assemble(&parts, &out).unwrap();
+        assert_eq!(read_sections(&out).unwrap(), sections);
+        let mut ranges: Vec<(u64, u64)> = sections
+            .iter()
+            .map(|s| {
+                (
+                    u64::from(s.virtual_address),
+                    u64::from(s.virtual_address) + u64::from(s.virtual_size),
+                )
+            })
+            .collect();
+        ranges.sort();
+        for w in ranges.windows(2) {
+            assert!(w[0].1 <= w[1].0, "overlap {w:?}");
+        }
+        let head = fs::read(&out).unwrap();
+        let pe = parse_pe(&head).unwrap();
+        let size_of_image = u64::from(u32_at(&head, pe.opt + 56).unwrap());
+        assert!(size_of_image >= ranges.last().unwrap().1);
+        assert_eq!(
+            read_section(&out, ".uname").unwrap().unwrap(),
+            b"6.1.0-test"
+        );
+        // Appending twice is refused rather than producing a broken image.
+        let again = UkiParts {
+            stub: out.clone(),
+            ..parts
+        };
+        assert!(matches!(
+            assemble(&again, &dir.path().join("x.efi")),
+            Err(UkiError::BadStub { .. })
+        ));
+    }
 }
