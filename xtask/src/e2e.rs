@@ -490,7 +490,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     run.started(&disk, data_offset, "resumed")?;
     let after = guest_console(&disk, data_offset, &work.join("dump2"))?;
     let seq = counters(&after);
-    let readies = after.matches(rayos_image::guest::GUEST_READY).count();
+    let readies = after.matches(rayos_testkit::guest::READY_MARKER).count();
     let continuous = seq.windows(2).all(|w| w[1] == w[0] + 1);
     if readies != 1 || !continuous || seq.last().copied().unwrap_or(0) <= last_before {
         bail!(

@@ -133,6 +133,16 @@ const MODULES: &[&str] = &[
     "e1000e",
 ];
 
+/// Modules the bundled test guest loads (rayos-testkit's list): virtio
+/// console for the agent channel, efivarfs, the ACPI power button.
+const GUEST_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_console",
+    "efivarfs",
+    "button",
+    "evdev",
+];
+
 /// Programs from the unpacked packages: (package, path inside it).
 const PROGRAMS: &[(&str, &str)] = &[
     ("qemu-system-x86", "usr/bin/qemu-system-x86_64"),
@@ -295,7 +305,26 @@ pub fn build(args: &Args) -> Result<Built> {
     step("building the test guest", t0);
     let busybox = pkg_root("busybox-static")?.join("bin/busybox");
     let guest_initrd = work.join("guest-initrd.img");
-    guest::guest_initramfs(&busybox)?.write(&guest_initrd, Compression::Gzip)?;
+    // The same guest the VM tests use (rayos-testkit's /init: ready marker,
+    // COUNTER lines, ACPI power button powers it off), built from the
+    // fetched busybox and kernel modules instead of the host's.
+    let guest_mods = rayos_testkit::guest::module_load_order(&index.dir, GUEST_MODULES)
+        .map_err(|e| anyhow::anyhow!("guest modules: {e}"))?;
+    let guest_mods: Vec<(String, PathBuf)> = guest_mods
+        .into_iter()
+        .map(|p| {
+            (
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                p,
+            )
+        })
+        .collect();
+    let names: Vec<String> = guest_mods.iter().map(|(n, _)| n.clone()).collect();
+    let script = rayos_testkit::guest::init_script(&names);
+    guest::guest_initramfs_with(&busybox, &script, &guest_mods)?
+        .write(&guest_initrd, Compression::Gzip)?;
 
     step("building the initramfs", t0);
     let mut ird = Initramfs::usr_merged();

@@ -29,6 +29,26 @@ while true; do
 done
 "#;
 
+/// A guest initramfs with another `/init` script (run by busybox `sh`) and
+/// kernel modules stored as `lib/modules/<name>` for the script to insmod —
+/// the layout of `rayos_testkit::guest`, whose script the media bundle.
+pub fn guest_initramfs_with(
+    busybox: &Path,
+    init: &str,
+    modules: &[(String, std::path::PathBuf)],
+) -> Result<Initramfs, InitramfsError> {
+    let mut ird = Initramfs::new();
+    ird.copy("bin/busybox", busybox, Some(0o755))?;
+    ird.file("init", 0o755, init)?;
+    for d in ["proc", "sys", "dev", "tmp", "lib/modules"] {
+        ird.dir(d, 0o755)?;
+    }
+    for (name, host) in modules {
+        ird.copy(&format!("lib/modules/{name}"), host, Some(0o644))?;
+    }
+    Ok(ird)
+}
+
 /// The guest's initramfs around the static busybox at `busybox`.
 pub fn guest_initramfs(busybox: &Path) -> Result<Initramfs, InitramfsError> {
     let mut ird = Initramfs::new();
