@@ -19,7 +19,7 @@
 //!    then 0.4.0 is applied and QEMU is killed while it writes (power cut);
 //! 6. boot 4: the machine still boots to `RAYOS_READY`; `rayos recovery
 //!    --next-boot` (LoaderEntryOneShot) and `reboot`;
-//! 7. host (mtools, no mount): 0.3.0 marked bad, no partial `.efi`; the
+//! 7. host (mtools, no mount): 0.3.0 not bootable, no partial `.efi`; the
 //!    VMs' files on the data volume recorded (debugfs);
 //! 8. boot 5: the recovery entry; menu `reinstall`; the system partition is
 //!    rebuilt from the recovery UKI, the VMs' files are byte-identical;
@@ -378,6 +378,13 @@ pub fn run(args: Args) -> Result<()> {
         )?;
         run.type_cmd(
             &mut vm,
+            "update status",
+            "boot3: status shows 0.3.0 marked bad, out of the menu",
+            "rayos-0.3.0+0-3.efi.bad",
+            120,
+        )?;
+        run.type_cmd(
+            &mut vm,
             "update apply UPDATES:/good-0.4.0.bundle",
             "boot3: 0.4.0 verified, its UKI being written",
             "writing rayos-0.4.0+3.efi",
@@ -431,9 +438,13 @@ pub fn run(args: Args) -> Result<()> {
     // 7. the system partition after rollback and power cut (mtools, no mount)
     let names = linux_dir(&disk)?;
     println!("    /EFI/Linux: {names:?}");
+    // The 0.4.0 apply pruned the bad 0.3.0 (kept for inspection only until
+    // the next update); nothing of 0.3.0 may be bootable.
     anyhow::ensure!(
-        names.iter().any(|n| n == "rayos-0.3.0+0-3.efi.bad"),
-        "0.3.0 was not marked bad"
+        !names
+            .iter()
+            .any(|n| n.starts_with("rayos-0.3.0") && n.ends_with(".efi")),
+        "0.3.0 is still bootable"
     );
     anyhow::ensure!(
         names.iter().any(|n| n.starts_with("rayos-0.2.0")),
@@ -460,7 +471,7 @@ pub fn run(args: Args) -> Result<()> {
         );
         run.ok(&format!("{n} is complete"));
     }
-    run.ok("0.3.0 marked bad; 0.2.0 kept; no partial .efi after the power cut");
+    run.ok("0.2.0 kept, 0.3.0 not bootable, no partial .efi after the power cut");
     let vm_before = vm_files(&disk, &work.join("vm-before"))?;
     run.ok(&format!(
         "data volume: {} VM files recorded",
