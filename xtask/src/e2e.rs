@@ -439,7 +439,11 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     vm.qmp("system_powerdown", None)
         .context("QMP system_powerdown")?;
     run.ok("ACPI power button pressed (QMP system_powerdown)");
-    run.stopped(&mut vm, "RayOS saves the VMs and powers off", 600)?;
+    run.stopped(
+        &mut vm,
+        "RayOS stops the VMs (saved or shut down) and powers off",
+        600,
+    )?;
     drop(vm);
     run.started(&disk, data_offset, "cold")?;
     let before = guest_console(&disk, data_offset, &work.join("dump1"))?;
@@ -464,7 +468,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     vm.send_serial("reboot\n")?;
     run.stopped(
         &mut vm,
-        "`reboot` at the admin prompt saves and restarts",
+        "`reboot` at the admin prompt stops the VMs and restarts",
         600,
     )?;
     drop(vm);
