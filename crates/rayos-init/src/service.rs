@@ -308,7 +308,10 @@ fn pump_lines(r: std::io::PipeReader, dir: &std::path::Path, name: &str, tx: &Se
         }
         if let Some(pos) = line.find("RAYOS_") {
             let m = &line[pos..];
-            log::console_raw(&format!("{m}\n"));
+            // Through init's log, not the console alone: /dev/console is the
+            // last `console=` (the screen), and the kernel log carries the
+            // marker to the serial console too.
+            log::marker(m);
             let _ = tx.send(Marker {
                 service: name.to_string(),
                 line: m.to_string(),
