@@ -11,11 +11,16 @@
 //! previous client, so every exchange starts with `guest-sync-delimited` and
 //! a fresh random id, and everything before the 0xFF delimiter is dropped.
 //!
+//! [`QmpClient::execute_with_fd`] passes a file descriptor along with a
+//! command (SCM_RIGHTS on the command's first byte), which is how `getfd`
+//! hands QEMU a pipe for `fd:` migration without any shell or path.
+//!
 //! Limits: one command in flight at a time; no out-of-band commands; every
 //! wait is bounded by a timeout.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -112,6 +117,32 @@ impl Conn {
         self.stream.write_all(bytes).map_err(send_err)
     }
 
+    /// [`Conn::send`] with `fd` attached to the first byte (SCM_RIGHTS).
+    fn send_with_fd(
+        &mut self,
+        command: &str,
+        bytes: &[u8],
+        fd: BorrowedFd<'_>,
+        timeout: Duration,
+    ) -> Result<(), QmpError> {
+        let send_err = |source| QmpError::Send {
+            command: command.into(),
+            source,
+        };
+        self.stream
+            .set_write_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .map_err(send_err)?;
+        let sent = loop {
+            match send_fd(&self.stream, bytes, fd) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(send_err(e)),
+            }
+        };
+        // The descriptor went with the first chunk; the rest is plain bytes.
+        self.stream.write_all(&bytes[sent..]).map_err(send_err)
+    }
+
     /// Fills the buffer until a line is complete or the deadline passes.
     fn read_line(&mut self, command: &str, deadline: Instant) -> Result<Read1, QmpError> {
         let mut chunk = [0u8; 8192];
@@ -161,6 +192,52 @@ impl Conn {
             Err(e) => Err(recv_err(e)),
         }
     }
+}
+
+/// One `sendmsg` of (a prefix of) `bytes` carrying `fd`; returns how many
+/// bytes went out (at least one, since the descriptor rides on data).
+fn send_fd(stream: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> std::io::Result<usize> {
+    if bytes.is_empty() {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "a descriptor needs at least one byte to travel with",
+        ));
+    }
+    let raw = fd.as_raw_fd();
+    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic on a constant size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    // u64 elements keep the buffer aligned for cmsghdr.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg_control points at `space` zeroed, aligned bytes, enough
+    // for one cmsghdr holding one c_int, so CMSG_FIRSTHDR is non-null and
+    // CMSG_DATA stays inside the buffer; write_unaligned avoids assuming
+    // the data's alignment.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), raw);
+    }
+    // SAFETY: the socket fd is open for the borrow of `stream`; msg, iov
+    // and control outlive the call and describe valid memory; the kernel
+    // only reads from `bytes`. MSG_NOSIGNAL: a closed peer is an error, not
+    // a SIGPIPE.
+    let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// A QMP connection to one QEMU.
@@ -252,10 +329,35 @@ impl QmpClient {
         args: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, QmpError> {
+        self.execute_inner(command, args, None, timeout)
+    }
+
+    /// Runs `command` with `fd` passed alongside (SCM_RIGHTS), as `getfd`
+    /// and `add-fd` expect. QEMU holds its own copy afterwards; the caller
+    /// keeps (and should close) theirs.
+    pub fn execute_with_fd(
+        &mut self,
+        command: &str,
+        args: Option<Value>,
+        fd: BorrowedFd<'_>,
+    ) -> Result<Value, QmpError> {
+        self.execute_inner(command, args, Some(fd), self.timeout)
+    }
+
+    fn execute_inner(
+        &mut self,
+        command: &str,
+        args: Option<Value>,
+        fd: Option<BorrowedFd<'_>>,
+        timeout: Duration,
+    ) -> Result<Value, QmpError> {
         let id = json!(self.next_id);
         self.next_id += 1;
         let bytes = encode_command(command, args.as_ref(), Some(&id));
-        self.conn.send(command, &bytes, timeout)?;
+        match fd {
+            Some(fd) => self.conn.send_with_fd(command, &bytes, fd, timeout)?,
+            None => self.conn.send(command, &bytes, timeout)?,
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let line = match self.conn.read_line(command, deadline)? {
@@ -563,6 +665,81 @@ mod tests {
             "{e}"
         );
         t.join().unwrap();
+    }
+
+    /// Receives one message and the descriptor attached to it.
+    fn recv_fd(stream: &UnixStream) -> (Vec<u8>, Option<std::os::fd::OwnedFd>) {
+        use std::os::fd::FromRawFd;
+        let mut buf = vec![0u8; 4096];
+        let mut control = [0u64; 8];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: test-only; all buffers outlive the call.
+        let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, 0) };
+        assert!(n > 0, "recvmsg: {}", std::io::Error::last_os_error());
+        buf.truncate(n as usize);
+        // SAFETY: the kernel filled msg's control area; we read one fd.
+        let fd = unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (!cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_RIGHTS).then(|| {
+                std::os::fd::OwnedFd::from_raw_fd(std::ptr::read_unaligned(
+                    libc::CMSG_DATA(cmsg).cast::<libc::c_int>(),
+                ))
+            })
+        };
+        (buf, fd)
+    }
+
+    /// `execute_with_fd` delivers a working descriptor together with the
+    /// command: the server writes through the received pipe end and the
+    /// client reads it from its own end.
+    #[test]
+    fn execute_with_fd_passes_a_pipe() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = thread::spawn(move || {
+            let mut w = b.try_clone().unwrap();
+            w.write_all(GREETING).unwrap();
+            let (first, fd) = recv_fd(&b);
+            assert!(fd.is_none(), "qmp_capabilities carries no fd");
+            assert!(first.ends_with(b"\n"));
+            w.write_all(b"{\"return\": {}, \"id\": 1}\n").unwrap();
+            let (mut cmd, fd) = recv_fd(&b);
+            let fd = fd.expect("getfd must carry a descriptor");
+            // The rest of the line may follow without the descriptor.
+            let mut r = std::io::BufReader::new(b.try_clone().unwrap());
+            if !cmd.ends_with(b"\n") {
+                r.read_until(b'\n', &mut cmd).unwrap();
+            }
+            let v: Value = serde_json::from_slice(&cmd).unwrap();
+            assert_eq!(v["execute"], "getfd");
+            assert_eq!(v["arguments"]["fdname"], "migsave");
+            std::fs::File::from(fd)
+                .write_all(b"through the pipe")
+                .unwrap();
+            w.write_all(format!("{{\"return\": {{}}, \"id\": {}}}\n", v["id"]).as_bytes())
+                .unwrap();
+        });
+        let mut c = QmpClient::handshake(a, "t".into(), Duration::from_secs(5)).unwrap();
+        let (mut rd, wr) = std::io::pipe().unwrap();
+        c.execute_with_fd(
+            "getfd",
+            Some(json!({"fdname": "migsave"})),
+            std::os::fd::AsFd::as_fd(&wr),
+        )
+        .unwrap();
+        drop(wr);
+        t.join().unwrap();
+        let mut got = String::new();
+        rd.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "through the pipe");
     }
 
     #[test]

@@ -4,7 +4,10 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rayos_qmp::{GuestAgent, QmpClient, QmpError};
@@ -37,10 +40,9 @@ impl std::fmt::Debug for QemuHandle {
     }
 }
 
-/// Quotes `s` for `/bin/sh` (QEMU runs `exec:` URIs through it).
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+/// `getfd` names of the migration pipes; the URIs are `fd:<name>`.
+const SAVE_FD: &str = "migsave";
+const LOAD_FD: &str = "migload";
 
 impl QemuHandle {
     pub(crate) fn new(
@@ -94,6 +96,21 @@ impl QemuHandle {
         self.qmp.as_mut()
     }
 
+    /// Hands `fd` to QEMU under `name` (`getfd` with SCM_RIGHTS) and closes
+    /// our copy whatever happens, so the pipe's only other end is QEMU's.
+    fn pass_fd(&mut self, name: &str, fd: Option<OwnedFd>) -> Result<(), String> {
+        let fd = fd.ok_or("zstd was started without a pipe")?;
+        let Some(q) = self.qmp.as_mut() else {
+            return Err(chain(&QmpError::Closed("getfd".into())));
+        };
+        let r = q.execute_with_fd("getfd", Some(json!({ "fdname": name })), fd.as_fd());
+        drop(fd);
+        if r.as_ref().is_err_and(QmpError::is_disconnect) {
+            self.qmp = None;
+        }
+        r.map(|_| ()).map_err(|e| chain(&e))
+    }
+
     /// Loads `state_file` into a QEMU started with `-incoming defer` and
     /// leaves the guest running.
     pub(crate) fn restore_from(&mut self, state_file: &Path) -> Result<(), VmmError> {
@@ -102,27 +119,38 @@ impl QemuHandle {
             vm: vm.clone(),
             detail,
         };
-        // zstd's exit status tells a stream that ended early from one still
-        // loading: QEMU 7.2 waits forever on an empty stream.
-        let rc_file = self.spec.run_dir.join("restore.rc");
-        let _ = std::fs::remove_file(&rc_file);
-        let uri = format!(
-            "exec:{} -q -dc {}; echo $? > {}",
-            sh_quote(&self.config.zstd.display().to_string()),
-            sh_quote(&state_file.display().to_string()),
-            sh_quote(&rc_file.display().to_string())
-        );
-        self.exec("migrate-incoming", Some(json!({ "uri": uri })))
-            .map_err(|e| fail(chain(&e)))?;
+        // zstd runs as our child, not QEMU's: `fd:` migration needs no
+        // shell in the image. Its exit status tells a stream that ended
+        // early from one still loading (QEMU 7.2 waits forever on an empty
+        // stream).
+        let mut zstd = Zstd::spawn(
+            Command::new(&self.config.zstd)
+                .args(["-q", "-dc"])
+                .arg(state_file)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped()),
+            &self.config.zstd,
+        )
+        .map_err(&fail)?;
+        let read_end = zstd.0.stdout.take().map(OwnedFd::from);
+        self.pass_fd(LOAD_FD, read_end).map_err(&fail)?;
+        self.exec(
+            "migrate-incoming",
+            Some(json!({ "uri": format!("fd:{LOAD_FD}") })),
+        )
+        .map_err(|e| {
+            let _ = self.exec("closefd", Some(json!({ "fdname": LOAD_FD })));
+            fail(chain(&e))
+        })?;
         let deadline = Instant::now() + self.config.migrate_timeout;
         let mut stream_done: Option<Instant> = None;
         loop {
             if stream_done.is_none()
-                && let Some(rc) = exit_status(&rc_file)
+                && let Some(status) = zstd.try_wait().map_err(&fail)?
             {
-                if rc != "0" {
+                if !status.success() {
                     return Err(fail(format!(
-                        "zstd could not read {} (exit status {rc})",
+                        "zstd could not read {} ({status})",
                         state_file.display()
                     )));
                 }
@@ -181,24 +209,33 @@ impl QemuHandle {
     }
 
     /// The migration part of a save; on error the caller cleans up.
-    fn save_stream(&mut self, tmp: &Path, rc_file: &Path) -> Result<u64, String> {
+    fn save_stream(&mut self, tmp: &Path) -> Result<u64, String> {
         self.exec(
             "migrate-set-parameters",
             Some(json!({ "max-bandwidth": SAVE_BANDWIDTH })),
         )
         .map_err(|e| chain(&e))?;
-        // zstd's exit status goes to the run directory (another file
-        // system): when the state's file system is full, only that file
-        // tells a truncated stream from a complete one, because QEMU may
-        // report "completed" before zstd has flushed.
-        let uri = format!(
-            "exec:{} -q -f -1 -T2 -o {}; echo $? > {}",
-            sh_quote(&self.config.zstd.display().to_string()),
-            sh_quote(&tmp.display().to_string()),
-            sh_quote(&rc_file.display().to_string())
-        );
-        self.exec("migrate", Some(json!({ "uri": uri })))
-            .map_err(|e| chain(&e))?;
+        // zstd runs as our child and QEMU writes into its stdin through a
+        // pipe passed over QMP (`fd:` migration): no shell is involved.
+        // QEMU may report "completed" before zstd has flushed, and on a full
+        // disk only zstd's exit status tells a truncated stream from a
+        // complete one, so both must succeed.
+        let mut zstd = Zstd::spawn(
+            Command::new(&self.config.zstd)
+                .args(["-q", "-f", "-1", "-T2", "-o"])
+                .arg(tmp)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null()),
+            &self.config.zstd,
+        )?;
+        let write_end = zstd.0.stdin.take().map(OwnedFd::from);
+        // Our copy of the write end is closed inside: zstd sees EOF as soon
+        // as QEMU closes its copy at the end of the migration.
+        self.pass_fd(SAVE_FD, write_end)?;
+        if let Err(e) = self.exec("migrate", Some(json!({ "uri": format!("fd:{SAVE_FD}") }))) {
+            let _ = self.exec("closefd", Some(json!({ "fdname": SAVE_FD })));
+            return Err(chain(&e));
+        }
         let deadline = Instant::now() + self.config.migrate_timeout;
         let transferred = loop {
             let m = self.exec("query-migrate", None).map_err(|e| chain(&e))?;
@@ -225,9 +262,9 @@ impl QemuHandle {
         // Wait for zstd to finish writing.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(rc) = exit_status(rc_file) {
-                if rc != "0" {
-                    return Err(format!("zstd failed with exit status {rc} (disk full?)"));
+            if let Some(status) = zstd.try_wait()? {
+                if !status.success() {
+                    return Err(format!("zstd failed ({status}; disk full?)"));
                 }
                 break;
             }
@@ -286,24 +323,20 @@ impl VmHandle for QemuHandle {
         let mut tmp_name = state_file.file_name().unwrap_or_default().to_os_string();
         tmp_name.push(".partial");
         let tmp: PathBuf = dir.join(tmp_name);
-        let rc_file = self.spec.run_dir.join("save.rc");
         let _ = std::fs::remove_file(&tmp);
-        let _ = std::fs::remove_file(&rc_file);
 
         let was_running = self.status().map_err(|e| self.qmp_err(e))? == "running";
         self.exec("stop", None).map_err(|e| self.qmp_err(e))?;
-        let transferred = match self.save_stream(&tmp, &rc_file) {
+        let transferred = match self.save_stream(&tmp) {
             Ok(t) => t,
             Err(detail) => {
                 let _ = std::fs::remove_file(&tmp);
-                let _ = std::fs::remove_file(&rc_file);
                 if was_running {
                     let _ = self.exec("cont", None);
                 }
                 return Err(VmmError::Save { vm, detail });
             }
         };
-        let _ = std::fs::remove_file(&rc_file);
         if let Err(e) = std::fs::rename(&tmp, state_file) {
             let _ = std::fs::remove_file(&tmp);
             if was_running {
@@ -415,11 +448,36 @@ impl VmHandle for QemuHandle {
     }
 }
 
-/// The exit status an `exec:` pipeline wrote with `echo $? > file`, once
-/// the line is complete.
-fn exit_status(file: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.ends_with('\n').then(|| text.trim().to_string())
+/// A zstd child of ours, killed and reaped when dropped unless it has
+/// already exited, so no failure path leaves one behind.
+struct Zstd(Child);
+
+impl Zstd {
+    /// Spawns `cmd` (stderr discarded) in its own process group: a Ctrl-C
+    /// or a signal to the daemon's group must not cut a stream QEMU is
+    /// still writing or reading.
+    fn spawn(cmd: &mut Command, program: &Path) -> Result<Self, String> {
+        cmd.stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map(Zstd)
+            .map_err(|e| format!("cannot run {}: {e} (install zstd)", program.display()))
+    }
+
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>, String> {
+        self.0
+            .try_wait()
+            .map_err(|e| format!("cannot wait for zstd: {e}"))
+    }
+}
+
+impl Drop for Zstd {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(Some(_))) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// A random sync id, so replies meant for an earlier client are never

@@ -9,10 +9,14 @@
 //! the guest's serial console is appended by QEMU itself to
 //! `<vm_dir>/logs/console.log`.
 //!
-//! Saved state: QEMU 7.2 has no `file:` migration URI, so a save migrates
-//! into `zstd` through `exec:` and a restore starts the identical command
-//! line with `-incoming defer` and migrates back from `zstd -dc`. Disks are
-//! not part of the state; the caller must keep them unchanged while saved.
+//! Saved state: QEMU 7.2 has no `file:` migration URI and runs `exec:` URIs
+//! through `/bin/sh`, which the installed system does not have. So the
+//! backend spawns `zstd` itself and hands QEMU one end of a pipe over QMP
+//! (`getfd` with SCM_RIGHTS, then `fd:` migration): a save migrates into
+//! `zstd -o <tmp>`'s stdin; a restore starts the identical command line with
+//! `-incoming defer` and migrates from `zstd -dc`'s stdout. The saving or
+//! restoring process waits for zstd itself (no status file). Disks are not
+//! part of the state; the caller must keep them unchanged while saved.
 //!
 //! Limits: x86_64 only; one QMP client at a time (a second connection waits
 //! until the first closes, which is what lets a restarted daemon attach).
