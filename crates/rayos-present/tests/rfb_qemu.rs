@@ -119,10 +119,7 @@ fn frame_matches_qmp_screendump() {
     let shot = q.dir.path().join("shot.ppm");
     let mut best = usize::MAX;
     for _ in 0..20 {
-        reader.set_read_timeout(Some(Duration::from_millis(700)));
-        // Drain updates until the server has nothing more for a while.
-        while reader.next_update().is_ok() {}
-        reader.set_read_timeout(Some(Duration::from_secs(30)));
+        drain(&mut reader);
         qmp.execute("screendump", Some(json!({"filename": shot})))
             .unwrap();
         let (w, h, px) = read_ppm(&shot);
@@ -142,6 +139,15 @@ fn frame_matches_qmp_screendump() {
     // A blinking text cursor (one 9x16 cell) is the only difference
     // allowed between two captures of a stopped guest.
     assert!(best <= 9 * 16, "{best} pixels differ from the screendump");
+}
+
+/// Applies updates until the server has sent nothing for 0.7 s, or 5 s
+/// have passed (a blinking cursor never goes quiet).
+fn drain(reader: &mut vnc::VncReader) {
+    let until = Instant::now() + Duration::from_secs(5);
+    reader.set_read_timeout(Some(Duration::from_millis(700)));
+    while Instant::now() < until && reader.next_update().is_ok() {}
+    reader.set_read_timeout(Some(Duration::from_secs(30)));
 }
 
 fn wait_for(log: &Path, needle: &str, timeout: Duration) -> String {
@@ -213,4 +219,92 @@ fn keys_reach_the_guest_as_scancodes() {
     );
     drop(q);
     let _ = pump.join();
+}
+
+/// A guest whose only job is to load the `bochs` DRM driver: the display
+/// goes from the firmware's 720x400 text mode to the driver's mode, and the
+/// client must follow (DesktopSize) and still match QEMU's screendump.
+#[test]
+fn desktop_size_follows_a_guest_mode_change() {
+    use rayos_image::initramfs::{Compression, Initramfs};
+    let (kernel, ver) = rayos_testkit::guest::host_kernel().expect("a kernel in /boot");
+    let modules = rayos_testkit::guest::module_load_order(
+        Path::new(&format!("/lib/modules/{ver}")),
+        &["bochs"],
+    )
+    .expect("bochs module");
+    let dir = tempfile::tempdir().unwrap();
+    let mut ird = Initramfs::new();
+    for d in ["bin", "dev", "proc", "sys", "lib", "lib/modules"] {
+        ird.dir(d, 0o755).unwrap();
+    }
+    ird.copy("bin/busybox", Path::new("/usr/bin/busybox"), Some(0o755))
+        .expect("busybox (busybox-static)");
+    let mut names = Vec::new();
+    for m in &modules {
+        let name = m.file_name().unwrap().to_string_lossy().into_owned();
+        ird.copy(&format!("lib/modules/{name}"), m, Some(0o644))
+            .unwrap();
+        names.push(name);
+    }
+    let init = format!(
+        "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t devtmpfs dev /dev\n\
+         sleep 2\nfor m in {}; do insmod /lib/modules/$m; done\necho MODE_SET\nwhile :; do sleep 60; done\n",
+        names.join(" ")
+    );
+    ird.file("init", 0o755, init.into_bytes()).unwrap();
+    let initrd = dir.path().join("initrd.img");
+    ird.write(&initrd, Compression::None).unwrap();
+
+    let q = Qemu::start(&[
+        "-kernel",
+        kernel.to_str().unwrap(),
+        "-initrd",
+        initrd.to_str().unwrap(),
+        "-append",
+        "console=ttyS0 quiet loglevel=1 panic=-1",
+    ]);
+    let (mut reader, _writer) = vnc::connect(&q.vnc(), Duration::from_secs(30)).unwrap();
+    reader.set_read_timeout(Some(Duration::from_secs(60)));
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut sizes = vec![(reader.fb.width, reader.fb.height)];
+    loop {
+        let (_, resized) = reader.next_update().unwrap();
+        if resized {
+            sizes.push((reader.fb.width, reader.fb.height));
+        }
+        // The driver's mode is larger than any text or firmware mode.
+        if reader.fb.width >= 1024 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no mode change; sizes {sizes:?}");
+    }
+    assert!(sizes.len() >= 2, "{sizes:?}");
+    let mut qmp = q.qmp();
+    // Freeze the guest (its console cursor blinks) before comparing.
+    qmp.execute("stop", None).unwrap();
+    let shot = q.dir.path().join("shot.ppm");
+    let mut best = usize::MAX;
+    for _ in 0..20 {
+        drain(&mut reader);
+        qmp.execute("screendump", Some(json!({"filename": shot})))
+            .unwrap();
+        let (w, h, px) = read_ppm(&shot);
+        if (w, h) != (reader.fb.width, reader.fb.height) {
+            continue;
+        }
+        let differ = px
+            .iter()
+            .zip(&reader.fb.pixels)
+            .filter(|(a, b)| a != b)
+            .count();
+        best = best.min(differ);
+        if differ == 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        best, 0,
+        "after the mode change ({sizes:?}) the frame differs"
+    );
 }
