@@ -348,3 +348,145 @@ fn overlong_run_dir_is_refused() {
     assert!(chain.contains("too long for unix sockets"), "{chain}");
     assert!(!vm.spec.run_dir.exists());
 }
+
+/// Save and restore work where no shell exists, as in the installed
+/// image: in a private mount namespace of this thread (inherited by the QEMU
+/// and zstd it starts) `/bin/sh` is covered by an empty, non-executable
+/// file. A control shows the hiding bites QEMU itself: its `exec:`
+/// migration, which runs through `/bin/sh`, fails there; the backend's `fd:`
+/// save and restore still bring the guest's RAM back.
+#[test]
+fn save_and_restore_need_no_shell() {
+    // A thread of its own: the namespace ends with it, even when the test
+    // harness runs tests on its main thread.
+    std::thread::spawn(save_and_restore_without_shell)
+        .join()
+        .unwrap();
+}
+
+fn save_and_restore_without_shell() {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+
+    let vm = linux_vm("noshell");
+    let vmm = vmm();
+    let log = vm.console();
+
+    let sh = std::fs::canonicalize("/bin/sh").expect("this host has no /bin/sh to hide");
+    let cover = vm.dir.path().join("no-shell");
+    std::fs::write(&cover, b"").unwrap();
+    let c = |p: &std::path::Path| CString::new(p.as_os_str().as_bytes()).unwrap();
+    let (root, cover_c, sh_c) = (c("/".as_ref()), c(&cover), c(&sh));
+    // SAFETY: plain syscalls on NUL-terminated strings that outlive them;
+    // unshare(CLONE_NEWNS) affects only this thread, which ends with the test.
+    unsafe {
+        assert_eq!(
+            libc::unshare(libc::CLONE_NEWNS),
+            0,
+            "unshare(CLONE_NEWNS) needs root: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(
+            libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ),
+            0,
+            "making / private: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(
+            libc::mount(
+                cover_c.as_ptr(),
+                sh_c.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ),
+            0,
+            "covering {}: {}",
+            sh.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    let sh_runs = std::process::Command::new("/bin/sh")
+        .args(["-c", "exit 0"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        !sh_runs,
+        "/bin/sh still runs after covering {}",
+        sh.display()
+    );
+
+    let g = vmm.launch(&vm.spec, &Launch::Cold).unwrap();
+    // Keep QEMU running but let go of its QMP connection for the control.
+    drop(g);
+    guest::wait_for_line(&log, 0, guest::READY_MARKER, BOOT).unwrap();
+    guest::wait_counter_above(&log, 0, Some(2), BOOT).unwrap();
+    {
+        let mut q = rayos_qmp::QmpClient::connect(
+            &vm.spec.run_dir.join(rayos_vmm::qemu::cmdline::run::QMP),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let sink = vm.dir.path().join("exec-sink");
+        let uri = format!("exec:cat > {}", sink.display());
+        let detail = match q.execute("migrate", Some(serde_json::json!({ "uri": uri }))) {
+            Err(e) => e.to_string(),
+            Ok(_) => {
+                // Asynchronous failure: wait until QEMU reports it.
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    let m = q.execute("query-migrate", None).unwrap();
+                    if m["status"] == "failed" {
+                        break m["error-desc"].to_string();
+                    }
+                    assert_ne!(m["status"], "completed", "exec: worked without a shell");
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "exec: neither failed nor completed"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        assert!(detail.contains("/bin/sh"), "{detail}");
+        assert!(!sink.exists(), "exec: ran a shell");
+    }
+
+    let mut g = Guard(vmm.attach(&vm.spec).unwrap());
+    assert_eq!(g.h().state().unwrap(), RunState::Running);
+    g.h().save(&vm.state_file()).unwrap();
+    g.0 = None;
+    let last_before = *guest::counters(&guest::read_from(&log, 0).unwrap())
+        .last()
+        .unwrap();
+
+    let offset = guest::log_len(&log);
+    let mut g = Guard(Some(
+        vmm.launch(
+            &vm.spec,
+            &Launch::Restore {
+                state_file: vm.state_file(),
+            },
+        )
+        .unwrap(),
+    ));
+    assert_eq!(g.h().state().unwrap(), RunState::Running);
+    let after = guest::wait_counter_above(&log, offset, None, BOOT).unwrap();
+    assert!(
+        after > last_before,
+        "{after} after restore, {last_before} before save"
+    );
+    let since = guest::read_from(&log, offset).unwrap();
+    assert!(
+        !since.contains(guest::READY_MARKER),
+        "rebooted instead: {since}"
+    );
+    g.h().kill().unwrap();
+    g.0 = None;
+}
