@@ -140,6 +140,9 @@ struct Session {
     vm: String,
     socket: PathBuf,
     writer: Option<VncWriter>,
+    /// Set when the session is over: its reader stops drawing and only
+    /// drains the connection until the server closes it.
+    ended: Arc<AtomicBool>,
 }
 
 struct Presenter {
@@ -514,6 +517,7 @@ impl Presenter {
         self.active.store(0, Ordering::SeqCst);
         let releases = self.router.switch(next);
         if let Some(s) = self.current.take() {
+            s.ended.store(true, Ordering::SeqCst);
             if let Some(w) = &s.writer {
                 for (c, _) in releases {
                     let _ = w.key(c, false);
@@ -537,6 +541,7 @@ impl Presenter {
         self.end_session(Mode::Vm);
         self.seq += 1;
         let id = self.seq;
+        let ended = Arc::new(AtomicBool::new(false));
         self.active.store(id, Ordering::SeqCst);
         self.problem = None;
         self.log(&format!(
@@ -548,6 +553,7 @@ impl Presenter {
             vm: vm.clone(),
             socket: socket.clone(),
             writer: None,
+            ended: ended.clone(),
         });
         let (w, h) = self.display_size;
         self.pos = (f64::from(w) / 2.0, f64::from(h) / 2.0);
@@ -556,6 +562,7 @@ impl Presenter {
             socket,
             display: self.display.clone(),
             active: self.active.clone(),
+            ended,
             force_full: self.force_full.clone(),
             tx: self.tx.clone(),
         };
@@ -762,6 +769,7 @@ struct ReaderCtx {
     socket: PathBuf,
     display: Arc<Mutex<Box<dyn Display>>>,
     active: Arc<AtomicU64>,
+    ended: Arc<AtomicBool>,
     force_full: Arc<AtomicBool>,
     tx: Sender<Msg>,
 }
@@ -778,7 +786,8 @@ impl ReaderCtx {
             Ok(c) => c,
             Err(e) => return down(chain(&e)),
         };
-        if self.active.load(Ordering::SeqCst) != self.id {
+        if self.ended.load(Ordering::SeqCst) {
+            // Switched away while connecting; nothing was sent on it.
             writer.shutdown();
             return;
         }
@@ -792,23 +801,25 @@ impl ReaderCtx {
             let ev = match reader.next_event() {
                 Ok(ev) => ev,
                 Err(e) => {
-                    if self.active.load(Ordering::SeqCst) == self.id {
+                    if !self.ended.load(Ordering::SeqCst) {
                         down(chain(&e));
                     }
                     return;
                 }
             };
+            // An ended session drains until the server closes (see
+            // VncWriter::shutdown); it never draws again.
+            if self.ended.load(Ordering::SeqCst) {
+                continue;
+            }
             let ServerEvent::Update { damage, resized } = ev else {
                 continue;
             };
             let mut d = self.display.lock().unwrap_or_else(|p| p.into_inner());
-            let active = self.active.load(Ordering::SeqCst);
-            if active != self.id {
-                if active == 0 {
-                    // Text console or home: keep the connection, draw nothing.
-                    continue;
-                }
-                return;
+            if self.active.load(Ordering::SeqCst) != self.id {
+                // The text console has the screen: keep the session, draw
+                // nothing (a full redraw is forced on return).
+                continue;
             }
             let (dw, dh) = d.size();
             let (fw, fh) = (reader.fb.width, reader.fb.height);

@@ -251,10 +251,18 @@ impl VncWriter {
         }
     }
 
-    /// Closes the connection (the reader half then fails and ends).
+    /// Ends the session from this side: no more input. Only the sending
+    /// direction is closed, so the server still reads everything sent
+    /// before (the key releases of a switch) and then closes; the reader
+    /// half sees that end. Closing both directions instead loses input:
+    /// a server that writes an update before reading gets EPIPE and drops
+    /// the connection with the unread messages. The socket's read timeout
+    /// (shared by both halves) bounds the wait for a server that never
+    /// closes.
     pub fn shutdown(&self) {
         let s = self.stream.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = s.shutdown(std::net::Shutdown::Both);
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = s.shutdown(std::net::Shutdown::Write);
     }
 
     /// Asks for the whole screen again (after switching back to a VM).

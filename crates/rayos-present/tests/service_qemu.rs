@@ -242,7 +242,8 @@ fn presenter_follows_the_api_and_routes_keys_to_the_presented_vm_only() {
             // Ctrl, Alt down for Ctrl+Alt+Home, released when leaving.
             "KEY 29 1", "KEY 56 1", "KEY 29 0", "KEY 56 0", "KEY 32 1", "KEY 32 0",
         ],
-        "B (home) and C (hidden) must not reach the guest; Home never does"
+        "B (home) and C (hidden) must not reach the guest; Home never does; presenter log:\n{}",
+        logs.lock().unwrap().join("\n")
     );
 
     // Ctrl+Alt+F2: beta is stopped, so it is started, then presented; its
