@@ -17,6 +17,8 @@
 //!   same key sent by a direct RFB client. Both are dominated by the
 //!   guest's TCG-emulated shell loop, so the ratio shows what the presenter
 //!   adds.
+//! - With `RAYOS_BENCH_VERBOSE=1`, the presenter's log lines with their
+//!   time (where a present's milliseconds go).
 //! - presenter CPU: this process's CPU time (only the presenter runs here;
 //!   rayosd and QEMU are other processes) over a window while the VM runs
 //!   hidden, and for comparison while it is presented and idle.
@@ -209,7 +211,17 @@ fn bench(args: &Args, reps: usize, rayos: &Path, root: &Path) -> anyhow::Result<
             marker: Arc::new(move |m| {
                 let _ = mtx.lock().map(|t| t.send(m.to_string()));
             }),
-            log: Arc::new(|_| {}),
+            log: {
+                let t0 = Instant::now();
+                Arc::new(move |m| {
+                    if std::env::var_os("RAYOS_BENCH_VERBOSE").is_some() {
+                        eprintln!(
+                            "[{:8.1} ms] presenter: {m}",
+                            t0.elapsed().as_secs_f64() * 1e3
+                        );
+                    }
+                })
+            },
         },
         Box::new(display),
     );
@@ -220,6 +232,12 @@ fn bench(args: &Args, reps: usize, rayos: &Path, root: &Path) -> anyhow::Result<
     for _ in 0..reps {
         let t0 = Instant::now();
         client.action(VM, "present", None::<&()>)?;
+        if std::env::var_os("RAYOS_BENCH_VERBOSE").is_some() {
+            eprintln!(
+                "present call returned after {:.1} ms",
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+        }
         let t1 = wait_marker(&mrx, &on)?;
         pres_present.push((t1 - t0).as_secs_f64());
         // The session's writer reaches the presenter right after the
