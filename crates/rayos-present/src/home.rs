@@ -49,7 +49,7 @@ impl HomeVm {
         };
         HomeVm {
             name: v.name.clone(),
-            kind: format!("{:?}", v.kind).to_lowercase(),
+            kind: v.kind.to_string(),
             state,
         }
     }
