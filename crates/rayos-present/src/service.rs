@@ -100,6 +100,11 @@ impl Handle {
         }
     }
 
+    /// Whether the presenter's main loop has ended (stopped, or panicked).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
     /// Waits until the presenter ends (it ends only when stopped).
     pub fn wait(mut self) {
         if let Some(t) = self.thread.take() {

@@ -139,11 +139,36 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }),
         log: Arc::new(|m| eprintln!("rayos present: {m}")),
     };
+    let tty = opts.tty.clone();
     let handle = service::spawn(opts, display);
-    let mut sig: libc::c_int = 0;
-    // SAFETY: `signals` is a valid set and `sig` a valid out-pointer.
-    unsafe { libc::sigwait(&signals, &mut sig) };
-    eprintln!("rayos present: signal {sig}: giving the console and input back");
-    handle.stop();
-    Ok(ExitCode::SUCCESS)
+    loop {
+        if let Some(sig) = wait_signal(&signals, Duration::from_secs(1)) {
+            eprintln!("rayos present: signal {sig}: giving the console and input back");
+            handle.stop();
+            return Ok(ExitCode::SUCCESS);
+        }
+        if handle.is_finished() {
+            // It only ends by itself on a bug (a panic, already printed):
+            // give the screen back to the text console and let init
+            // restart the service. The grabs end with the process.
+            if let Some(t) = tty {
+                text_mode(&t);
+            }
+            return Err(anyhow::Error::new(Exit::new(
+                exit::FAILED,
+                "the presenter stopped unexpectedly (see the panic above); init restarts it",
+            )));
+        }
+    }
+}
+
+/// KD_TEXT on the console terminal, so the text console shows again.
+fn text_mode(tty: &std::path::Path) {
+    const KDSETMODE: libc::c_ulong = 0x4B3A;
+    const KD_TEXT: libc::c_int = 0;
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(tty) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: KDSETMODE takes an int mode by value.
+        unsafe { libc::ioctl(f.as_raw_fd(), KDSETMODE, KD_TEXT) };
+    }
 }
