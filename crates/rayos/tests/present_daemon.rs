@@ -160,6 +160,17 @@ fn presenter_follows_present_on_boot_and_the_cli() {
 
     vm(&socket, &["hide", "lin"]);
     wait_line(&rx, "RAYOS_PRESENTATION:off", Duration::from_secs(30));
+    // A hidden VM still has a screenshot (rayosd's QMP screendump), and
+    // taking it does not present the VM.
+    let png = dir.path().join("hidden.png");
+    vm(&socket, &["screenshot", "lin", png.to_str().unwrap()]);
+    let bytes = fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    // IHDR: width and height of the VM's display.
+    let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+    let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    assert!(w >= 320 && h >= 200, "{w}x{h}");
+    assert!(!client.show("lin").unwrap().presented);
     vm(&socket, &["present", "lin"]);
     wait_line(&rx, "RAYOS_PRESENTATION:on:lin", Duration::from_secs(30));
     // Stopping the VM clears its presentation: back to the home screen.
