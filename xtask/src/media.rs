@@ -240,6 +240,9 @@ fn step(name: &str, started: Instant) {
 }
 
 pub fn build(args: &Args) -> Result<Built> {
+    // The recipe runs apt-get, mkfs.fat, mtools, xorriso, depmod…: install
+    // (as root) or name the missing packages before anything else.
+    crate::deps::ensure()?;
     let t0 = Instant::now();
     let root = crate::root();
     let out = root.join(&args.out);
