@@ -2,6 +2,7 @@
 //! baseline in the same run and reports ratios, never absolute times alone
 //! (these machines are noisy). One module per benchmark.
 
+mod boot;
 mod install;
 mod present;
 mod update;
@@ -15,6 +16,8 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum What {
+    /// Kernel start to RAYOS_READY vs a busybox init; media sizes; rayosd memory.
+    Boot(boot::Args),
     /// Installer wall time against `dd` of the same bytes.
     Install(install::Args),
     /// Resume vs cold boot, save/restore vs dd, daemon RSS.
@@ -27,6 +30,7 @@ enum What {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
+        What::Boot(a) => boot::run(a),
         What::Install(a) => install::run(a),
         What::Vm(a) => vm::run(a),
         What::Update(a) => update::run(a),

@@ -1,0 +1,418 @@
+//! `cargo xtask bench boot`: how long RayOS takes from kernel start to
+//! `RAYOS_READY`, against the same kernel booting a bare busybox init; the
+//! sizes of the media; RayOS's own memory once the Linux VM runs.
+//!
+//! RayOS: `rayos install --target` of `build/rayos.efi` (the installed-mode
+//! UKI) onto a sparse disk image on the host (the cheap install, as
+//! `cargo xtask e2e-update` does), then boots of that disk alone under
+//! QEMU + OVMF (TCG). Baseline: the kernel extracted from the same UKI
+//! (`.linux` section), booted by QEMU's direct kernel boot under the same
+//! OVMF, memory and CPUs, with the installed-mode command line and a
+//! busybox-static initramfs whose `/init` writes a marker to `/dev/kmsg`
+//! and powers off.
+//!
+//! Times are the kernel's own printk timestamps on the serial console
+//! (guest time from kernel start, so firmware and boot loader are outside
+//! it and a busy host inflates it less than wall time); wall times from
+//! QEMU start are reported too. Memory: `vm health` typed at the `rayos>`
+//! prompt once `RAYOS_LINUX_VM_READY` is out reports rayosd's `VmRSS`.
+//!
+//! Limits: init's (PID 1's) own RSS is not reported by anything the admin
+//! prompt offers, so only rayosd's is measured; the Linux VM's QEMU is a
+//! separate process and not counted. TCG only.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rayos_image::qemu::{Config, Firmware, Medium, Qemu};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Boots of each kind (the median is reported).
+    #[arg(long, default_value_t = 1)]
+    reps: u32,
+    /// Media directory (holds rayos.efi, the ISO, the USB image).
+    #[arg(long)]
+    media: Option<PathBuf>,
+    /// Guest memory in MiB, the same for both kinds of boot.
+    #[arg(long, default_value_t = 3072)]
+    memory_mib: u32,
+    /// Print the figures as JSON as well.
+    #[arg(long)]
+    json: bool,
+}
+
+const ANSWERS: &str = r#"version = 1
+[target]
+mode = "whole-disk"
+[sizes]
+system = "2GiB"
+data = "rest"
+[machine]
+hostname = "rayos-bench-boot"
+timezone = "UTC"
+[policy]
+linux_autostart = true
+linux_present_on_boot = false
+windows_enabled = false
+networking = "off"
+"#;
+
+const BASELINE_MARKER: &str = "BENCH_BUSYBOX_READY";
+const CPUS: u32 = 2;
+
+/// One boot: kernel timestamp of the marker and wall time from QEMU start.
+#[derive(Clone, Copy)]
+struct Boot {
+    kernel_s: f64,
+    wall_s: f64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let root = crate::root();
+    let media = args.media.clone().unwrap_or_else(|| root.join("build"));
+    let uki = media.join("rayos.efi");
+    let iso = media.join("rayos-installer.iso");
+    let usb = media.join("rayos-installer-usb.img");
+    for p in [&uki, &iso, &usb] {
+        anyhow::ensure!(
+            p.exists(),
+            "{} is missing: run `cargo xtask media` first",
+            p.display()
+        );
+    }
+    let rayos_bin = crate::demo::target_dir(&root).join("debug/rayos");
+    if !rayos_bin.exists() {
+        crate::run_cmd(Command::new("cargo").args(["build", "-p", "rayos"]))?;
+    }
+    let work = crate::demo::target_dir(&root).join("rayos-bench-boot");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let fw = Firmware::ovmf_4m()?;
+    let cmdline = installed_cmdline(&media)?;
+
+    // Baseline artefacts: the UKI's own kernel, a busybox initramfs.
+    let kernel = work.join("vmlinuz");
+    crate::run_cmd(
+        Command::new("objcopy")
+            .args(["-O", "binary", "--only-section=.linux"])
+            .arg(&uki)
+            .arg(&kernel),
+    )
+    .context("extracting the kernel from the UKI (objcopy, Debian package binutils)")?;
+    let initrd = work.join("busybox-initrd.img");
+    busybox_initrd(&work.join("initrd-root"), &initrd)?;
+
+    // RayOS installed on a disk image.
+    let disk = work.join("disk.img");
+    fs::File::create(&disk)?.set_len(16 << 30)?;
+    let answers = work.join("answers.toml");
+    fs::write(&answers, ANSWERS)?;
+    let t = Instant::now();
+    crate::run_cmd(
+        Command::new(&rayos_bin)
+            .args(["install", "--yes", "--no-nvram", "--target"])
+            .arg(&disk)
+            .arg("--answers")
+            .arg(&answers)
+            .arg("--system-image")
+            .arg(&uki)
+            .stdout(std::process::Stdio::null()),
+    )?;
+    println!(
+        "installed RayOS onto {} in {:.1} s",
+        disk.display(),
+        t.elapsed().as_secs_f64()
+    );
+    let vars = work.join("OVMF_VARS.fd");
+    fs::copy(&fw.vars_template, &vars)?;
+
+    let mut base = Vec::new();
+    let mut rayos = Vec::new();
+    let mut linux = Vec::new();
+    let mut rss = None;
+    for i in 0..args.reps {
+        let b = baseline_boot(&work, i, &fw, &kernel, &initrd, &cmdline, args.memory_mib)?;
+        println!(
+            "baseline {}: marker at kernel {:.3} s, wall {:.1} s",
+            i + 1,
+            b.kernel_s,
+            b.wall_s
+        );
+        base.push(b);
+        let (r, l, m) = rayos_boot(&work, i, &fw, &disk, &vars, args.memory_mib)?;
+        println!(
+            "RayOS {}: RAYOS_READY at kernel {:.3} s (wall {:.1} s), Linux VM ready at kernel {:.3} s, rayosd {} KiB",
+            i + 1,
+            r.kernel_s,
+            r.wall_s,
+            l.kernel_s,
+            m
+        );
+        rayos.push(r);
+        linux.push(l);
+        rss = Some(m);
+    }
+    let med = |v: &[Boot], f: fn(&Boot) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    let bk = med(&base, |b| b.kernel_s);
+    let bw = med(&base, |b| b.wall_s);
+    let rk = med(&rayos, |b| b.kernel_s);
+    let rw = med(&rayos, |b| b.wall_s);
+    let lk = med(&linux, |b| b.kernel_s);
+    let lw = med(&linux, |b| b.wall_s);
+    let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let rss = rss.unwrap_or(0);
+
+    println!(
+        "\nboot (median of {} boots each, TCG, {} MiB, {CPUS} CPUs)",
+        args.reps, args.memory_mib
+    );
+    println!(
+        "{:<44} {:>12} {:>10} {:>8}",
+        "", "kernel time", "wall", "ratio"
+    );
+    println!(
+        "{:<44} {:>10.3} s {:>8.1} s {:>8}",
+        "busybox init: kernel start -> marker", bk, bw, "1.00"
+    );
+    println!(
+        "{:<44} {:>10.3} s {:>8.1} s {:>7.2}x",
+        "RayOS: kernel start -> RAYOS_READY",
+        rk,
+        rw,
+        rk / bk
+    );
+    println!(
+        "{:<44} {:>10.3} s {:>8.1} s {:>7.2}x",
+        "RayOS: kernel start -> RAYOS_LINUX_VM_READY",
+        lk,
+        lw,
+        lk / bk
+    );
+    println!(
+        "  (kernel time: printk timestamps; wall: from QEMU start, includes OVMF and, for RayOS, systemd-boot)"
+    );
+    println!("\nsizes");
+    let uki_b = size(&uki);
+    for (name, p) in [
+        ("UKI rayos.efi", &uki),
+        ("ISO rayos-installer.iso", &iso),
+        ("USB rayos-installer-usb.img", &usb),
+    ] {
+        let b = size(p);
+        println!(
+            "{:<44} {:>8.1} MiB {:>7.2}x UKI",
+            name,
+            mib(b),
+            b as f64 / uki_b as f64
+        );
+    }
+    println!("\nmemory after RAYOS_LINUX_VM_READY");
+    println!(
+        "{:<44} {:>8.1} MiB ({rss} KiB)",
+        "rayosd VmRSS",
+        rss as f64 / 1024.0
+    );
+    println!("{:<44} {:>12}", "init (PID 1) VmRSS", "not reported");
+    if args.json {
+        let v = serde_json::json!({
+            "reps": args.reps,
+            "baseline_kernel_s": bk, "baseline_wall_s": bw,
+            "rayos_ready_kernel_s": rk, "rayos_ready_wall_s": rw,
+            "linux_vm_ready_kernel_s": lk, "linux_vm_ready_wall_s": lw,
+            "ratio_ready_kernel": rk / bk,
+            "uki_bytes": uki_b, "iso_bytes": size(&iso), "usb_bytes": size(&usb),
+            "rayosd_rss_kib": rss,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(())
+}
+
+/// The installed-mode command line from the manifest, so the baseline
+/// kernel sees the same consoles and printk settings.
+fn installed_cmdline(media: &Path) -> anyhow::Result<String> {
+    let path = media.join("manifest.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    v["cmdlines"]["installed"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("{} has no cmdlines.installed", path.display()))
+}
+
+/// A newc initramfs: busybox-static and an `/init` that timestamps a marker
+/// through `/dev/kmsg` and powers off.
+fn busybox_initrd(dir: &Path, out: &Path) -> anyhow::Result<()> {
+    let busybox = Path::new("/bin/busybox");
+    anyhow::ensure!(
+        busybox.exists(),
+        "/bin/busybox is missing: install the Debian package busybox-static"
+    );
+    for d in ["bin", "dev", "proc", "sys"] {
+        fs::create_dir_all(dir.join(d))?;
+    }
+    fs::copy(busybox, dir.join("bin/busybox"))?;
+    let init = dir.join("init");
+    fs::write(
+        &init,
+        format!(
+            "#!/bin/busybox sh\n/bin/busybox mount -t devtmpfs dev /dev\necho {BASELINE_MARKER} > /dev/kmsg\n/bin/busybox poweroff -f\n"
+        ),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . | cpio -o -H newc --quiet > '{}'",
+            dir.display(),
+            out.display()
+        ))
+        .status()
+        .context("running cpio (Debian package cpio)")?;
+    anyhow::ensure!(
+        status.success(),
+        "building the busybox initramfs failed: {status}"
+    );
+    Ok(())
+}
+
+fn baseline_boot(
+    work: &Path,
+    i: u32,
+    fw: &Firmware,
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    memory_mib: u32,
+) -> anyhow::Result<Boot> {
+    let mut cfg = Config::new(&work.join(format!("baseline-{i}")))?;
+    cfg.firmware = fw.clone();
+    cfg.memory_mib = memory_mib;
+    cfg.cpus = CPUS;
+    cfg.no_reboot = true;
+    cfg.extra_args = vec![
+        "-kernel".into(),
+        kernel.display().to_string(),
+        "-initrd".into(),
+        initrd.display().to_string(),
+        "-append".into(),
+        cmdline.into(),
+    ];
+    let t = Instant::now();
+    let mut vm = Qemu::start(&cfg)?;
+    vm.wait_for(BASELINE_MARKER, Duration::from_secs(300))?;
+    let wall_s = t.elapsed().as_secs_f64();
+    let _ = vm.wait_exit(Duration::from_secs(60));
+    vm.kill();
+    let kernel_s = kernel_time(&vm.serial_output(), BASELINE_MARKER)?;
+    Ok(Boot { kernel_s, wall_s })
+}
+
+/// Boots the installed disk; returns RAYOS_READY, RAYOS_LINUX_VM_READY and
+/// rayosd's RSS in KiB.
+fn rayos_boot(
+    work: &Path,
+    i: u32,
+    fw: &Firmware,
+    disk: &Path,
+    vars: &Path,
+    memory_mib: u32,
+) -> anyhow::Result<(Boot, Boot, u64)> {
+    let mut cfg = Config::new(&work.join(format!("rayos-{i}")))?.medium(Medium::Disk {
+        path: disk.to_path_buf(),
+        sector_size: 512,
+    });
+    cfg.firmware = fw.clone();
+    cfg.memory_mib = memory_mib;
+    cfg.cpus = CPUS;
+    cfg.no_reboot = true;
+    cfg.vars = Some(vars.to_path_buf());
+    let t = Instant::now();
+    let mut vm = Qemu::start(&cfg)?;
+    let step = |vm: &mut Qemu, marker: &str, secs: u64| -> anyhow::Result<f64> {
+        vm.wait_for(marker, Duration::from_secs(secs))
+            .with_context(|| format!("RayOS boot {}: waiting for {marker}", i + 1))?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let ready_wall = step(&mut vm, "RAYOS_READY", 900)?;
+    let linux_wall = step(&mut vm, "RAYOS_LINUX_VM_READY", 900)?;
+    vm.send_serial("\n")?;
+    step(&mut vm, "rayos>", 60)?;
+    vm.send_serial("vm health\n")?;
+    step(&mut vm, "KiB resident", 120)?;
+    let out = vm.serial_output();
+    let ready = Boot {
+        kernel_s: kernel_time(&out, "RAYOS_READY")?,
+        wall_s: ready_wall,
+    };
+    let linux = Boot {
+        kernel_s: kernel_time(&out, "RAYOS_LINUX_VM_READY")?,
+        wall_s: linux_wall,
+    };
+    let rss = resident_kib(&out)?;
+    // Power off through the ACPI button so the data volume stays clean for
+    // the next repetition.
+    let _ = vm.qmp("system_powerdown", None);
+    if vm.wait_exit(Duration::from_secs(400)).is_err() {
+        vm.kill();
+    }
+    Ok((ready, linux, rss))
+}
+
+/// The printk timestamp of the first timestamped serial line holding `marker`.
+fn kernel_time(serial: &str, marker: &str) -> anyhow::Result<f64> {
+    for line in serial.lines() {
+        if !line.contains(marker) {
+            continue;
+        }
+        let l = line.trim_start_matches(|c: char| c != '[');
+        if let Some(rest) = l.strip_prefix('[')
+            && let Some((ts, _)) = rest.split_once(']')
+            && let Ok(s) = ts.trim().parse::<f64>()
+        {
+            return Ok(s);
+        }
+    }
+    bail!("no kernel-timestamped line with {marker} on the serial console")
+}
+
+/// `… N KiB resident` from `vm health`.
+fn resident_kib(serial: &str) -> anyhow::Result<u64> {
+    for line in serial.lines().rev() {
+        if let Some((head, _)) = line.split_once(" KiB resident")
+            && let Some(n) = head.rsplit(' ').next()
+            && let Ok(v) = n.trim().parse()
+        {
+            return Ok(v);
+        }
+    }
+    bail!("`vm health` printed no `KiB resident` figure")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_time_reads_the_marker_line() {
+        let log = "RAYOS_READY\r\n[    0.000000] Linux version\r\n[    8.586592] rayos-init: RAYOS_READY\r\n";
+        assert_eq!(kernel_time(log, "RAYOS_READY").unwrap(), 8.586592);
+        assert!(kernel_time(log, "NOPE").is_err());
+    }
+
+    #[test]
+    fn resident_parses_vm_health() {
+        let log = "rayos> vm health\r\nrayosd 0.1.0 (pid 321): ok, 1 VMs, 23456 KiB resident\r\n";
+        assert_eq!(resident_kib(log).unwrap(), 23456);
+    }
+}
