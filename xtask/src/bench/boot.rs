@@ -396,17 +396,20 @@ fn rayos_boot(
     Ok((ready, linux, rss))
 }
 
-/// The printk timestamp of the first timestamped serial line holding `marker`.
+/// The printk timestamp of the first timestamped serial line holding
+/// `marker`. The console's prompt redraw (`\rrayos> \x1b[K`) can share a
+/// line with a kernel message, so every `[` before the marker is tried.
 fn kernel_time(serial: &str, marker: &str) -> anyhow::Result<f64> {
     for line in serial.lines() {
-        if !line.contains(marker) {
+        let Some(at) = line.find(marker) else {
             continue;
-        }
-        let l = line.trim_start_matches(|c: char| c != '[');
-        if let Some(rest) = l.strip_prefix('[')
-            && let Some((ts, _)) = rest.split_once(']')
-            && let Ok(s) = ts.trim().parse::<f64>()
-        {
+        };
+        let head = &line[..at];
+        let ts = head.match_indices('[').rev().find_map(|(i, _)| {
+            let (ts, _) = head[i + 1..].split_once(']')?;
+            ts.trim().parse::<f64>().ok()
+        });
+        if let Some(s) = ts {
             return Ok(s);
         }
     }
@@ -435,6 +438,8 @@ mod tests {
         let log = "RAYOS_READY\r\n[    0.000000] Linux version\r\n[    8.586592] rayos-init: RAYOS_READY\r\n";
         assert_eq!(kernel_time(log, "RAYOS_READY").unwrap(), 8.586592);
         assert!(kernel_time(log, "NOPE").is_err());
+        let redraw = "\rrayos> \x1b[K[    8.130294] rayos-init: RAYOS_READY\r\n";
+        assert_eq!(kernel_time(redraw, "RAYOS_READY").unwrap(), 8.130294);
     }
 
     #[test]
