@@ -530,9 +530,7 @@ pub fn run(args: Args) -> Result<()> {
         vm_before == vm_after,
         "the VMs' files changed during recovery"
     );
-    run.ok(
-        "data volume: the VMs' files (disks, saved state, UEFI vars) unchanged by the reinstall",
-    );
+    run.ok("data volume: every file under /vm (logs aside) unchanged by the reinstall");
     let names = linux_dir(&disk)?;
     anyhow::ensure!(
         names == ["rayos-0.2.0+3.efi"],
