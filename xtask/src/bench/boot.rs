@@ -17,6 +17,11 @@
 //! QEMU start are reported too. Memory: `vm health` typed at the `rayos>`
 //! prompt once `RAYOS_LINUX_VM_READY` is out reports rayosd's `VmRSS`.
 //!
+//! The boots run in turn on one disk: the first is a first boot (the
+//! Linux VM starts cold), the next ones resume the VM saved at the
+//! previous power-off (ACPI button), so `RAYOS_LINUX_VM_READY` differs
+//! between them; medians are reported, and each boot's figures as it goes.
+//!
 //! Limits: init's (PID 1's) own RSS is not reported by anything the admin
 //! prompt offers, so only rayosd's is measured; the Linux VM's QEMU is a
 //! separate process and not counted. TCG only.
@@ -234,7 +239,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("\nmemory after RAYOS_LINUX_VM_READY");
     println!(
         "{:<44} {:>8.1} MiB ({rss} KiB)",
-        "rayosd VmRSS",
+        "rayosd VmRSS (last boot)",
         rss as f64 / 1024.0
     );
     println!("{:<44} {:>12}", "init (PID 1) VmRSS", "not reported");
