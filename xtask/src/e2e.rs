@@ -17,6 +17,13 @@
 //! 5. the data volume (read with debugfs, no mount) holds logs, and the Linux
 //!    guest's console shows its counter continuing across the save/resume.
 //!
+//! The `wizard` variant replaces step 1 with an install by hand: no answers
+//! disk, `install` typed at the installer's `rayos>` prompt on the serial
+//! console, the full-screen wizard driven with keys (Enter, `i` for RayOS in
+//! the free space, the disk's name to confirm, `p` to power off) and its
+//! screens read from an 80x24 screen rebuilt from the serial stream; then
+//! steps 2 and 3 up to `RAYOS_LINUX_VM_READY`.
+//!
 //! Each check prints `ok`/`FAIL` with its time; the first failure ends the
 //! variant with the reason and the serial log's tail (the full log stays in
 //! `build/e2e/<variant>/`). Every wait has a timeout; QEMU is killed when a
@@ -66,6 +73,10 @@ pub enum Variant {
     /// The ISO as a CD, installing onto a 4096-byte-sector disk.
     #[value(name = "4k")]
     FourK,
+    /// The ISO as a CD without an answer file: `install` typed at the
+    /// `rayos>` prompt on the serial console, the full-screen wizard driven
+    /// with keystrokes, then one boot from the disk alone.
+    Wizard,
 }
 
 impl Variant {
@@ -75,6 +86,7 @@ impl Variant {
             Variant::Usb => "usb",
             Variant::IsoUsb => "iso-usb",
             Variant::FourK => "4k",
+            Variant::Wizard => "wizard",
         }
     }
 }
@@ -368,13 +380,18 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     let medium = match v {
         Variant::Usb => Medium::Usb(usb.to_path_buf()),
         Variant::IsoUsb => Medium::Usb(iso.to_path_buf()),
-        Variant::Iso | Variant::FourK => Medium::Cdrom(iso.to_path_buf()),
+        Variant::Iso | Variant::FourK | Variant::Wizard => Medium::Cdrom(iso.to_path_buf()),
     };
     let answers = Medium::Disk {
         path: answers_disk,
         sector_size: 512,
     };
-    let mut vm = Qemu::start(&config("install", vec![target.clone(), medium, answers])?)?;
+    let media = if v == Variant::Wizard {
+        vec![target.clone(), medium]
+    } else {
+        vec![target.clone(), medium, answers]
+    };
+    let mut vm = Qemu::start(&config("install", media)?)?;
     run.expect(
         &mut vm,
         "kernel runs /init from the installer UKI",
@@ -382,24 +399,28 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
         300,
     )?;
     run.expect(&mut vm, "rayos init starts", "RAYOS_BOOT:", 120)?;
-    run.expect_not(
-        &mut vm,
-        "unattended install starts (answer file found on the FAT disk)",
-        "RAYOS_INSTALLER:start",
-        &[
-            "RAYOS_INSTALLER:interactive",
-            "RAYOS_INSTALLER:failed",
-            "RAYOS_FATAL",
-        ],
-        300,
-    )?;
-    run.expect_not(
-        &mut vm,
-        "install completes",
-        "RAYOS_INSTALLER:done",
-        &["RAYOS_INSTALLER:failed", "RAYOS_FATAL"],
-        1200,
-    )?;
+    if v == Variant::Wizard {
+        wizard_install(run, &mut vm)?;
+    } else {
+        run.expect_not(
+            &mut vm,
+            "unattended install starts (answer file found on the FAT disk)",
+            "RAYOS_INSTALLER:start",
+            &[
+                "RAYOS_INSTALLER:interactive",
+                "RAYOS_INSTALLER:failed",
+                "RAYOS_FATAL",
+            ],
+            300,
+        )?;
+        run.expect_not(
+            &mut vm,
+            "install completes",
+            "RAYOS_INSTALLER:done",
+            &["RAYOS_INSTALLER:failed", "RAYOS_FATAL"],
+            1200,
+        )?;
+    }
     run.stopped(&mut vm, "installer powers off / reboots", 300)?;
     drop(vm);
 
@@ -433,6 +454,11 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
         600,
     )?;
     run.expect(&mut vm, "Linux VM running", "RAYOS_LINUX_VM_READY", 900)?;
+    if v == Variant::Wizard {
+        // The install path is what this variant proves; the save/resume
+        // cycle is the other variants' job.
+        return Ok(());
+    }
     // The guest boots under nested TCG (about 40 s); let it reach userspace
     // and count, so the resume has a counter to continue.
     std::thread::sleep(run.timeout(GUEST_BOOT_SECS));
@@ -643,4 +669,284 @@ fn counters(console: &str) -> Vec<u64> {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("COUNTER ")?.trim().parse().ok())
         .collect()
+}
+
+/// The installed disk's name as the wizard asks for it on the Summary.
+const WIZARD_DISK: &str = "vda";
+
+/// Stage 1 of the `wizard` variant: `install` at the installer's `rayos>`
+/// prompt, then the wizard's screens driven over the serial line, matched
+/// against an 80x24 screen rebuilt from the escape sequences it draws with
+/// (it redraws only the cells that change, so the raw stream never holds a
+/// whole heading twice).
+fn wizard_install(run: &Run, vm: &mut Qemu) -> Result<()> {
+    run.expect_not(
+        vm,
+        "no answer file: the interactive installer is offered",
+        "RAYOS_INSTALLER:interactive",
+        &["RAYOS_INSTALLER:start", "RAYOS_FATAL"],
+        300,
+    )?;
+    // The prompt may have been printed among kernel messages already; ask
+    // for a fresh one.
+    std::thread::sleep(Duration::from_secs(3));
+    vm.send_serial("\r")?;
+    // Redrawn from column 0 (CR): init's log line naming the consoles holds
+    // "rayos> " too.
+    run.expect(
+        vm,
+        "`rayos>` prompt on the serial console",
+        "\rrayos> ",
+        120,
+    )?;
+    let mut screen = Screen::new(fs::metadata(vm.serial_log())?.len() as usize);
+    vm.send_serial("install\r")?;
+    let steps: &[(&str, &str, u64)] = &[
+        ("", "step 1/8: Welcome", 300),
+        ("\r", "step 2/8: Disk", 120),
+        ("\r", "step 3/8: Partitions", 120),
+        ("i", "new system", 120),
+        ("\r", "step 4/8: VM storage", 120),
+        ("\r", "step 5/8: Machine", 120),
+        ("\r", "step 6/8: Policy", 120),
+        ("\r", "step 7/8: Summary", 120),
+    ];
+    for (keys, then, secs) in steps {
+        if !keys.is_empty() {
+            vm.send_serial(keys)?;
+        }
+        wait_screen(run, vm, &mut screen, then, *secs)?;
+    }
+    // Typing the disk's name (and nothing else) confirms the install.
+    vm.send_serial(WIZARD_DISK)?;
+    wait_screen(run, vm, &mut screen, &format!("[{WIZARD_DISK}_]"), 60)?;
+    vm.send_serial("\r")?;
+    wait_screen(run, vm, &mut screen, "RayOS is installed", 1500)?;
+    vm.send_serial("p")?;
+    run.ok("power off chosen on the wizard's last screen");
+    run.expect(
+        vm,
+        "the wizard reports the install",
+        "RAYOS_WIZARD:INSTALLED after=power-off",
+        120,
+    )?;
+    run.expect(
+        vm,
+        "init powers the machine off",
+        "RAYOS_SHUTDOWN:poweroff",
+        120,
+    )?;
+    Ok(())
+}
+
+/// Waits until `needle` is on the rebuilt screen.
+fn wait_screen(
+    run: &Run,
+    vm: &mut Qemu,
+    screen: &mut Screen,
+    needle: &str,
+    secs: u64,
+) -> Result<()> {
+    let deadline = Instant::now() + run.timeout(secs);
+    loop {
+        let bytes = fs::read(vm.serial_log()).unwrap_or_default();
+        screen.feed(&bytes);
+        let text = screen.text();
+        if text.contains(needle) {
+            run.ok(&format!("wizard screen shows {needle:?}"));
+            return Ok(());
+        }
+        let raw = String::from_utf8_lossy(&bytes[screen.start.min(bytes.len())..]).into_owned();
+        let bad = ALWAYS_BAD.iter().find(|b| raw.contains(*b));
+        let exited = vm.wait_exit(Duration::from_millis(1)).is_ok();
+        if bad.is_some() || exited || Instant::now() >= deadline {
+            println!(
+                "  FAIL  [{:>7.1}s] wizard screen shows {needle:?}",
+                run.started.elapsed().as_secs_f64()
+            );
+            let why = match (bad, exited) {
+                (Some(b), _) => format!("the serial console shows {b:?}"),
+                (None, true) => "QEMU exited".to_string(),
+                _ => format!("timed out after {secs}s"),
+            };
+            bail!(
+                "{why} waiting for {needle:?} on the wizard's screen (serial log: {}); the screen:\n{text}",
+                vm.serial_log().display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Just enough of a VT100 to rebuild what the wizard drew on an 80x24
+/// serial terminal: printable text, CR/LF/BS, cursor moves (CSI H/f/A-D/G/d),
+/// clears (CSI J/K); other sequences (colours, modes) are skipped.
+struct Screen {
+    cells: Vec<Vec<char>>,
+    row: usize,
+    col: usize,
+    /// Where in the serial log the emulation started, and how far it got.
+    start: usize,
+    fed: usize,
+    /// Bytes of an escape sequence or UTF-8 character cut by the read.
+    pending: Vec<u8>,
+}
+
+const ROWS: usize = 24;
+const COLS: usize = 80;
+
+impl Screen {
+    fn new(start: usize) -> Screen {
+        Screen {
+            cells: vec![vec![' '; COLS]; ROWS],
+            row: 0,
+            col: 0,
+            start,
+            fed: start,
+            pending: Vec::new(),
+        }
+    }
+
+    fn text(&self) -> String {
+        self.cells
+            .iter()
+            .map(|r| r.iter().collect::<String>().trim_end().to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Feeds the part of the whole log not seen yet.
+    fn feed(&mut self, log: &[u8]) {
+        if log.len() <= self.fed {
+            return;
+        }
+        let mut data = std::mem::take(&mut self.pending);
+        data.extend_from_slice(&log[self.fed..]);
+        self.fed = log.len();
+        let mut i = 0;
+        while i < data.len() {
+            match self.step(&data[i..]) {
+                Some(n) => i += n,
+                None => {
+                    self.pending = data[i..].to_vec();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Interprets one item at the start of `b`; `None` when it is cut off.
+    fn step(&mut self, b: &[u8]) -> Option<usize> {
+        match b[0] {
+            0x1b => {
+                let next = *b.get(1)?;
+                if next != b'[' {
+                    // ESC ( B and the like carry one more byte.
+                    return Some(if matches!(next, b'(' | b')') {
+                        3.min(b.len())
+                    } else {
+                        2
+                    });
+                }
+                let end = b[2..].iter().position(|c| (0x40..=0x7e).contains(c))? + 2;
+                let params = String::from_utf8_lossy(&b[2..end]);
+                let private = params.starts_with('?');
+                let nums: Vec<usize> = params
+                    .trim_start_matches('?')
+                    .split(';')
+                    .map(|p| p.parse().unwrap_or(0))
+                    .collect();
+                let n = |i: usize| nums.get(i).copied().filter(|&v| v > 0).unwrap_or(1);
+                if !private {
+                    self.csi(b[end], &nums, n(0), n(1));
+                }
+                Some(end + 1)
+            }
+            b'\r' => {
+                self.col = 0;
+                Some(1)
+            }
+            b'\n' => {
+                self.newline();
+                Some(1)
+            }
+            0x08 => {
+                self.col = self.col.saturating_sub(1);
+                Some(1)
+            }
+            c if c < 0x20 || c == 0x7f => Some(1),
+            c => {
+                let len = match c {
+                    0xc0..=0xdf => 2,
+                    0xe0..=0xef => 3,
+                    0xf0..=0xf7 => 4,
+                    _ => 1,
+                };
+                if b.len() < len {
+                    return None;
+                }
+                let ch = std::str::from_utf8(&b[..len])
+                    .ok()
+                    .and_then(|s| s.chars().next())
+                    .unwrap_or('?');
+                if self.col >= COLS {
+                    self.col = 0;
+                    self.newline();
+                }
+                self.cells[self.row][self.col] = ch;
+                self.col += 1;
+                Some(len)
+            }
+        }
+    }
+
+    fn csi(&mut self, cmd: u8, nums: &[usize], n0: usize, n1: usize) {
+        let first = nums.first().copied().unwrap_or(0);
+        match cmd {
+            b'H' | b'f' => {
+                self.row = (n0 - 1).min(ROWS - 1);
+                self.col = (n1 - 1).min(COLS - 1);
+            }
+            b'A' => self.row = self.row.saturating_sub(n0),
+            b'B' => self.row = (self.row + n0).min(ROWS - 1),
+            b'C' => self.col = (self.col + n0).min(COLS - 1),
+            b'D' => self.col = self.col.saturating_sub(n0),
+            b'G' => self.col = (n0 - 1).min(COLS - 1),
+            b'd' => self.row = (n0 - 1).min(ROWS - 1),
+            b'J' => {
+                let (r, c) = (self.row, self.col.min(COLS));
+                for (i, line) in self.cells.iter_mut().enumerate() {
+                    for (j, cell) in line.iter_mut().enumerate() {
+                        let after = (i, j) >= (r, c);
+                        if first == 2
+                            || first == 3
+                            || (first == 0 && after)
+                            || (first == 1 && !after)
+                        {
+                            *cell = ' ';
+                        }
+                    }
+                }
+            }
+            b'K' => {
+                let c = self.col.min(COLS);
+                let line = &mut self.cells[self.row];
+                match first {
+                    0 => line[c..].fill(' '),
+                    1 => line[..(c + 1).min(COLS)].fill(' '),
+                    _ => line.fill(' '),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn newline(&mut self) {
+        if self.row + 1 < ROWS {
+            self.row += 1;
+        } else {
+            self.cells.remove(0);
+            self.cells.push(vec![' '; COLS]);
+        }
+    }
 }
