@@ -950,3 +950,29 @@ impl Screen {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Screen;
+
+    #[test]
+    fn screen_rebuilds_text_drawn_in_pieces_with_cursor_moves() {
+        let mut s = Screen::new(0);
+        // A first frame, then a diff that rewrites only the changed cells,
+        // cut in the middle of an escape sequence and of a UTF-8 character.
+        let mut log =
+            b"boot noise\r\n\x1b[?1049h\x1b[2J\x1b[1;1H\x1b[1mstep 1/8: Welcome\x1b[0m".to_vec();
+        s.feed(&log);
+        assert!(s.text().starts_with("step 1/8: Welcome"), "{}", s.text());
+        log.extend_from_slice(b"\x1b[1;6H2\x1b[1;11HDisk\x1b[K\x1b[3;");
+        s.feed(&log);
+        log.extend_from_slice(b"2H\xe2\x94\x80\xe2");
+        s.feed(&log);
+        log.extend_from_slice(b"\x94\x80 [vda_]");
+        s.feed(&log);
+        let text = s.text();
+        assert!(text.starts_with("step 2/8: Disk\n"), "{text}");
+        assert!(!text.contains("Welcome"), "{text}");
+        assert_eq!(text.lines().nth(2), Some(" \u{2500}\u{2500} [vda_]"));
+    }
+}
