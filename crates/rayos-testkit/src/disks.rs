@@ -432,11 +432,16 @@ pub fn sha256_range(path: &Path, offset: u64, len: u64) -> Result<String, DiskEr
         .to_string())
 }
 
-/// SHA-256 (hex) over the allocated extents of a sparse file (each
-/// extent's offset and length, then its bytes), found with
-/// SEEK_DATA/SEEK_HOLE. Equal fingerprints mean the same bytes in the same
-/// places: any write, even of zeros into a hole, changes it. Much faster
-/// than hashing a mostly empty multi-GiB image.
+/// SHA-256 (hex) of a file's bytes in a form that skips zeros: the length,
+/// then every 4 KiB block that is not all zero, with its offset. Equal
+/// fingerprints mean equal bytes everywhere. Only the extents that
+/// SEEK_DATA/SEEK_HOLE report are read, which makes it much faster than
+/// hashing a mostly empty multi-GiB image.
+///
+/// The extent map itself is deliberately left out of the hash: ext4 reports
+/// an *unwritten* extent as data once its (zero) pages are in the page cache,
+/// so merely reading the file (as the installer's probe does) would change a
+/// fingerprint that included the map.
 pub fn fingerprint(path: &Path) -> Result<String, DiskError> {
     use std::os::unix::io::AsRawFd;
     let io = |e| DiskError::Io(path.to_path_buf(), e);
@@ -467,14 +472,20 @@ pub fn fingerprint(path: &Path) -> Result<String, DiskError> {
         if hole < 0 {
             return Err(io(std::io::Error::last_os_error()));
         }
-        sink.write_all(&data.to_le_bytes()).map_err(io)?;
-        sink.write_all(&(hole - data).to_le_bytes()).map_err(io)?;
         f.seek(SeekFrom::Start(data as u64)).map_err(io)?;
+        let mut at = data as u64;
         let mut left = (hole - data) as u64;
         while left > 0 {
             let n = left.min(buf.len() as u64) as usize;
             f.read_exact(&mut buf[..n]).map_err(io)?;
-            sink.write_all(&buf[..n]).map_err(io)?;
+            for (i, block) in buf[..n].chunks(4096).enumerate() {
+                if block.iter().any(|&b| b != 0) {
+                    let off = at + (i * 4096) as u64;
+                    sink.write_all(&off.to_le_bytes()).map_err(io)?;
+                    sink.write_all(block).map_err(io)?;
+                }
+            }
+            at += n as u64;
             left -= n as u64;
         }
         pos = hole;
@@ -522,6 +533,38 @@ pub fn run(tool: &str, args: &[&str]) -> Result<String, DiskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprint_is_about_bytes_not_the_extent_map() {
+        use std::os::unix::fs::FileExt;
+        let dir = scratch("fingerprint");
+        fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+        // a: sparse, one byte of data; b: the same bytes with every block
+        // allocated (zeros written out).
+        let fa = fs::File::create(&a).unwrap();
+        fa.set_len(8 * MIB).unwrap();
+        fa.write_all_at(b"x", MIB + 7).unwrap();
+        let fb = fs::File::create(&b).unwrap();
+        fb.write_all_at(&vec![0u8; (8 * MIB) as usize], 0).unwrap();
+        fb.write_all_at(b"x", MIB + 7).unwrap();
+        fa.sync_all().unwrap();
+        fb.sync_all().unwrap();
+        let fp = fingerprint(&a).unwrap();
+        assert_eq!(fp, fingerprint(&b).unwrap(), "same bytes, other layout");
+        // Reading does not change it; one changed or moved byte does.
+        sha256_file(&a).unwrap();
+        assert_eq!(fingerprint(&a).unwrap(), fp);
+        fa.write_all_at(b"y", MIB + 7).unwrap();
+        assert_ne!(fingerprint(&a).unwrap(), fp);
+        fa.write_all_at(b"\0", MIB + 7).unwrap();
+        fa.write_all_at(b"x", MIB + 8).unwrap();
+        assert_ne!(fingerprint(&a).unwrap(), fp);
+        // A different length with the same data differs too.
+        fb.set_len(9 * MIB).unwrap();
+        assert_ne!(fingerprint(&b).unwrap(), fp);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn windows_and_linux_fixture_is_a_valid_gpt_with_real_filesystems() {
