@@ -195,6 +195,42 @@ pub struct FreeRegion {
     pub last_lba: u64,
 }
 
+/// The gaps between `used` extents (inclusive LBA pairs, any order) inside
+/// `first..=last`, each start rounded up to `align` sectors; gaps with no
+/// aligned room are left out. Shared by [`Gpt::free_regions`] and by
+/// callers that plan on a layout not yet written (the installer wizard).
+pub fn free_runs(
+    first: u64,
+    last: u64,
+    used: impl IntoIterator<Item = (u64, u64)>,
+    align: u64,
+) -> Vec<FreeRegion> {
+    let align = align.max(1);
+    let mut used: Vec<(u64, u64)> = used.into_iter().collect();
+    used.sort_unstable();
+    let mut out = Vec::new();
+    let mut cursor = first;
+    let mut push = |from: u64, to: u64| {
+        let start = from.div_ceil(align) * align;
+        if start <= to && to - start + 1 >= align {
+            out.push(FreeRegion {
+                first_lba: start,
+                last_lba: to,
+            });
+        }
+    };
+    for (a, b) in used {
+        if a > cursor {
+            push(cursor, a - 1);
+        }
+        cursor = cursor.max(b.saturating_add(1));
+    }
+    if cursor <= last {
+        push(cursor, last);
+    }
+    out
+}
+
 impl FreeRegion {
     pub fn lba_count(&self) -> u64 {
         self.last_lba + 1 - self.first_lba
@@ -540,33 +576,12 @@ impl Gpt {
     /// nothing aligned fits there.
     pub fn free_regions(&self, align_bytes: u64) -> Vec<FreeRegion> {
         let align = (align_bytes / self.sector_size as u64).max(1);
-        let mut used: Vec<(u64, u64)> = self
-            .partitions
-            .iter()
-            .map(|p| (p.first_lba, p.last_lba))
-            .collect();
-        used.sort_unstable();
-        let mut out = Vec::new();
-        let mut cursor = self.first_usable;
-        let mut push = |from: u64, to: u64| {
-            let start = from.div_ceil(align) * align;
-            if start <= to && to - start + 1 >= align {
-                out.push(FreeRegion {
-                    first_lba: start,
-                    last_lba: to,
-                });
-            }
-        };
-        for (first, last) in used {
-            if first > cursor {
-                push(cursor, first - 1);
-            }
-            cursor = cursor.max(last.saturating_add(1));
-        }
-        if cursor <= self.last_usable {
-            push(cursor, self.last_usable);
-        }
-        out
+        free_runs(
+            self.first_usable,
+            self.last_usable,
+            self.partitions.iter().map(|p| (p.first_lba, p.last_lba)),
+            align,
+        )
     }
 
     /// Write protective MBR, primary header and entries, backup entries and

@@ -272,33 +272,18 @@ impl Layout {
         }
         let (first, last) = usable_area(&self.disk);
         let align = (ALIGN / self.sector_size()).max(1);
-        let mut used: Vec<(u64, u64)> = self
-            .slots
-            .iter()
-            .map(|s| (s.first_lba, s.last_lba))
-            .collect();
-        used.sort_unstable();
-        let mut out = Vec::new();
-        let mut cursor = first;
-        let mut push = |from: u64, to: u64| {
-            let start = from.div_ceil(align) * align;
-            if start <= to && to - start + 1 >= align {
-                out.push(Free {
-                    first_lba: start,
-                    last_lba: to,
-                });
-            }
-        };
-        for (a, b) in used {
-            if a > cursor {
-                push(cursor, a - 1);
-            }
-            cursor = cursor.max(b.saturating_add(1));
-        }
-        if cursor <= last {
-            push(cursor, last);
-        }
-        out
+        rayos_disk::gpt::free_runs(
+            first,
+            last,
+            self.slots.iter().map(|s| (s.first_lba, s.last_lba)),
+            align,
+        )
+        .into_iter()
+        .map(|r| Free {
+            first_lba: r.first_lba,
+            last_lba: r.last_lba,
+        })
+        .collect()
     }
 
     /// Partitions and free regions, by position.
