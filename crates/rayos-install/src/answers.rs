@@ -640,12 +640,9 @@ impl Answers {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The answer file of issue 2, exactly as written there.
-    pub const ISSUE_EXAMPLE: &str = r#"version = 1
+/// The reference answer file (the one the installer issue specified),
+/// exactly as written there: every RayOS version must accept it unchanged.
+pub const ISSUE_EXAMPLE: &str = r#"version = 1
 [target]
 disk = "/dev/vda"
 mode = "free-space"        # whole-disk | free-space | reuse
@@ -666,6 +663,10 @@ linux_present_on_boot = false
 windows_enabled = false
 networking = "off"
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn issue_example_parses_exactly() {

@@ -9,28 +9,7 @@ use rayos_testkit::disks::{self, DiskBuilder, DiskImage, fingerprint, run};
 
 const GIB: u64 = 1 << 30;
 
-/// The answer file of issue 2, exactly as written there.
-const ISSUE_EXAMPLE: &str = r#"version = 1
-[target]
-disk = "/dev/vda"
-mode = "free-space"        # whole-disk | free-space | reuse
-[sizes]
-system = "2GiB"
-data = "rest"
-[vm_storage]
-linux = "data"             # or { create = "20GiB" } or { reuse = "/dev/vda5" }
-windows = "data"
-[machine]
-hostname = "rayos-test"
-timezone = "UTC"
-locale = "en_US.UTF-8"
-keyboard = "us"
-[policy]
-linux_autostart = true
-linux_present_on_boot = false
-windows_enabled = false
-networking = "off"
-"#;
+use rayos_install::answers::ISSUE_EXAMPLE;
 
 struct T {
     dir: tempfile::TempDir,
