@@ -176,6 +176,29 @@ struct Slot {
     fingerprint: Mutex<Option<(VmDefinition, String)>>,
 }
 
+impl Slot {
+    /// A VM as the supervisor first knows it: no process, no history.
+    fn new(def: &VmDefinition, state: VmState) -> Slot {
+        Slot {
+            name: def.name.clone(),
+            op: Mutex::new(None),
+            status: Mutex::new(Status {
+                def: def.clone(),
+                state,
+                pid: None,
+                vnc: None,
+                last_boot: None,
+                last_error: None,
+                crash_console: Vec::new(),
+                crash_count: 0,
+                restart_at: None,
+                removed: false,
+            }),
+            fingerprint: Mutex::new(None),
+        }
+    }
+}
+
 type OpGuard<'a> = MutexGuard<'a, Option<Box<dyn VmHandle>>>;
 
 /// How long a request waits for a VM's operation lock before answering busy.
@@ -261,26 +284,7 @@ impl Supervisor {
             } else {
                 VmState::Stopped
             };
-            slots.insert(
-                def.name.clone(),
-                Arc::new(Slot {
-                    name: def.name.clone(),
-                    op: Mutex::new(None),
-                    status: Mutex::new(Status {
-                        def: def.clone(),
-                        state,
-                        pid: None,
-                        vnc: None,
-                        last_boot: None,
-                        last_error: None,
-                        crash_console: Vec::new(),
-                        crash_count: 0,
-                        restart_at: None,
-                        removed: false,
-                    }),
-                    fingerprint: Mutex::new(None),
-                }),
-            );
+            slots.insert(def.name.clone(), Arc::new(Slot::new(def, state)));
         }
         let sup = Arc::new(Supervisor {
             cfg,
@@ -551,23 +555,7 @@ impl Supervisor {
             return Err(e.into());
         }
         drop(reg);
-        let slot = Arc::new(Slot {
-            name: def.name.clone(),
-            op: Mutex::new(None),
-            status: Mutex::new(Status {
-                def: def.clone(),
-                state: VmState::Stopped,
-                pid: None,
-                vnc: None,
-                last_boot: None,
-                last_error: None,
-                crash_console: Vec::new(),
-                crash_count: 0,
-                restart_at: None,
-                removed: false,
-            }),
-            fingerprint: Mutex::new(None),
-        });
+        let slot = Arc::new(Slot::new(&def, VmState::Stopped));
         lock(&self.slots).insert(def.name.clone(), slot.clone());
         self.events.emit(
             &def.name,
