@@ -438,8 +438,9 @@ fn corrupt_state_file_cold_boots_and_keeps_disk_and_state() {
         .expect("qemu-img (qemu-utils) is installed");
     assert!(
         check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
+        "qemu-img check: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
     );
 }
 

@@ -24,9 +24,25 @@ pub fn alive(pid: u32) -> bool {
         .rfind(')')
         .and_then(|i| stat[i + 1..].split_whitespace().next())
     {
-        Some(state) => !matches!(state, "Z" | "X" | "x"),
+        // A killed multi-threaded process shows its leader as a zombie while
+        // the other threads are still exiting, and the open files (and so
+        // the disk image locks) go only with the last thread: count it as
+        // gone only once no other thread is left.
+        Some("Z") => other_threads(pid),
+        Some(state) => !matches!(state, "X" | "x"),
         None => false,
     }
+}
+
+/// Whether `pid` still has a thread besides its (zombie) leader.
+fn other_threads(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let leader = pid.to_string();
+    tasks
+        .filter_map(Result::ok)
+        .any(|t| t.file_name().to_str() != Some(leader.as_str()))
 }
 
 /// The process's arguments, or `None` if it is gone.
@@ -116,5 +132,23 @@ mod tests {
         assert!(!alive(pid));
         assert!(signal(pid, libc::SIGKILL).is_ok());
         assert_eq!(read_pid(Path::new("/nonexistent/pid")), None);
+    }
+
+    #[test]
+    fn a_zombie_leader_counts_while_other_threads_live() {
+        // This test runs on a thread of its own, so the process has more
+        // than its leader; a `sleep` child has only its leader.
+        let me = std::process::id();
+        let helper = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(500)));
+        assert!(other_threads(me));
+        helper.join().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(!other_threads(child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!other_threads(child.id()), "a reaped process has none");
     }
 }
