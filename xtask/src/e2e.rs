@@ -114,26 +114,26 @@ windows_enabled = false
 networking = "off"
 "#;
 
-const DISK_BYTES: u64 = 16 << 30;
+pub(crate) const DISK_BYTES: u64 = 16 << 30;
 /// Output that means a boot went wrong whatever the stage waits for: the
 /// firmware fell back to its setup menu (the boot loader found nothing to
 /// boot), or the kernel panicked.
-const ALWAYS_BAD: &[&str] = &["No loader found", "\"UiApp\" from Fv", "Kernel panic"];
+pub(crate) const ALWAYS_BAD: &[&str] = &["No loader found", "\"UiApp\" from Fv", "Kernel panic"];
 
 /// How long the Linux guest gets to boot and count before a power-off.
 const GUEST_BOOT_SECS: u64 = 90;
 
-struct Run {
-    scale: f64,
-    started: Instant,
+pub(crate) struct Run {
+    pub(crate) scale: f64,
+    pub(crate) started: Instant,
 }
 
 impl Run {
-    fn timeout(&self, secs: u64) -> Duration {
+    pub(crate) fn timeout(&self, secs: u64) -> Duration {
         Duration::from_secs_f64(secs as f64 * self.scale)
     }
 
-    fn ok(&self, what: &str) {
+    pub(crate) fn ok(&self, what: &str) {
         println!(
             "  ok    [{:>7.1}s] {what}",
             self.started.elapsed().as_secs_f64()
@@ -141,12 +141,18 @@ impl Run {
     }
 
     /// Waits for `marker`, reporting the check as `what`.
-    fn expect(&self, vm: &mut Qemu, what: &str, marker: &str, secs: u64) -> Result<String> {
+    pub(crate) fn expect(
+        &self,
+        vm: &mut Qemu,
+        what: &str,
+        marker: &str,
+        secs: u64,
+    ) -> Result<String> {
         self.expect_not(vm, what, marker, &[], secs)
     }
 
     /// Waits for `good`, failing at once when one of `bad` appears first.
-    fn expect_not(
+    pub(crate) fn expect_not(
         &self,
         vm: &mut Qemu,
         what: &str,
@@ -211,7 +217,7 @@ impl Run {
         }
     }
 
-    fn stopped(&self, vm: &mut Qemu, what: &str, secs: u64) -> Result<()> {
+    pub(crate) fn stopped(&self, vm: &mut Qemu, what: &str, secs: u64) -> Result<()> {
         match vm.wait_exit(self.timeout(secs)) {
             Ok(_) => {
                 self.ok(what);
@@ -280,7 +286,7 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn fresh_dir(dir: &Path) -> Result<()> {
+pub(crate) fn fresh_dir(dir: &Path) -> Result<()> {
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
@@ -348,98 +354,47 @@ fn boot_only(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The installed disk of stages 1 and 2.
+pub(crate) struct Installed {
+    pub(crate) disk: PathBuf,
+    pub(crate) vars: PathBuf,
+    pub(crate) sector: u32,
+    pub(crate) data_offset: u64,
+}
+
+impl Installed {
+    /// A boot of the installed disk alone, its files under `work/<stage>`.
+    pub(crate) fn boot_config(&self, work: &Path, stage: &str) -> Result<Config> {
+        stage_config(work, &self.vars, stage, vec![self.target()])
+    }
+
+    fn target(&self) -> Medium {
+        Medium::Disk {
+            path: self.disk.clone(),
+            sector_size: self.sector,
+        }
+    }
+}
+
+/// The machine of every stage: 3 GiB, 2 CPUs, the run's VARS file, stops
+/// instead of rebooting.
+fn stage_config(work: &Path, vars: &Path, stage: &str, media: Vec<Medium>) -> Result<Config> {
+    let mut cfg = Config::new(&work.join(stage))?;
+    cfg.vars = Some(vars.to_path_buf());
+    cfg.media = media;
+    cfg.memory_mib = 3072;
+    cfg.cpus = 2;
+    cfg.no_reboot = true;
+    Ok(cfg)
+}
+
 fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result<()> {
-    fresh_dir(work)?;
-    let sector = if v == Variant::FourK { 4096 } else { 512 };
-    let disk = work.join("disk.img");
-    sparse(&disk, DISK_BYTES)?;
-    let answers_file = work.join("rayos-answers.toml");
-    fs::write(&answers_file, ANSWERS)?;
-    let answers_disk = work.join("answers.img");
-    let mut tree = FatTree::new();
-    tree.add("rayos-answers.toml", &answers_file);
-    fat::build(&answers_disk, "ANSWERS", &tree, Some(8 << 20))?;
-    let vars = work.join("OVMF_VARS.fd");
-    let fw = rayos_image::qemu::Firmware::ovmf_4m()?;
-    fs::copy(&fw.vars_template, &vars)?;
-    let target = Medium::Disk {
-        path: disk.clone(),
-        sector_size: sector,
-    };
-    let config = |stage: &str, media: Vec<Medium>| -> Result<Config> {
-        let mut cfg = Config::new(&work.join(stage))?;
-        cfg.vars = Some(vars.clone());
-        cfg.media = media;
-        cfg.memory_mib = 3072;
-        cfg.cpus = 2;
-        cfg.no_reboot = true;
-        Ok(cfg)
-    };
-
-    // 1. Install.
-    let medium = match v {
-        Variant::Usb => Medium::Usb(usb.to_path_buf()),
-        Variant::IsoUsb => Medium::Usb(iso.to_path_buf()),
-        Variant::Iso | Variant::FourK | Variant::Wizard => Medium::Cdrom(iso.to_path_buf()),
-    };
-    let answers = Medium::Disk {
-        path: answers_disk,
-        sector_size: 512,
-    };
-    let media = if v == Variant::Wizard {
-        vec![target.clone(), medium]
-    } else {
-        vec![target.clone(), medium, answers]
-    };
-    let mut vm = Qemu::start(&config("install", media)?)?;
-    run.expect(
-        &mut vm,
-        "kernel runs /init from the installer UKI",
-        "Run /init as init process",
-        300,
-    )?;
-    run.expect(&mut vm, "rayos init starts", "RAYOS_BOOT:", 120)?;
-    if v == Variant::Wizard {
-        wizard_install(run, &mut vm)?;
-    } else {
-        run.expect_not(
-            &mut vm,
-            "unattended install starts (answer file found on the FAT disk)",
-            "RAYOS_INSTALLER:start",
-            &[
-                "RAYOS_INSTALLER:interactive",
-                "RAYOS_INSTALLER:failed",
-                "RAYOS_FATAL",
-            ],
-            300,
-        )?;
-        run.expect_not(
-            &mut vm,
-            "install completes",
-            "RAYOS_INSTALLER:done",
-            &["RAYOS_INSTALLER:failed", "RAYOS_FATAL"],
-            1200,
-        )?;
-    }
-    run.stopped(&mut vm, "installer powers off / reboots", 300)?;
-    drop(vm);
-
-    // 2. Disk and boot entry.
-    let data_offset = data_partition(&disk, sector)?;
-    run.ok(&format!(
-        "GPT valid, RayOS data partition at byte {data_offset}"
-    ));
-    let bv = ovmf_vars::boot_vars(&fs::read(&vars)?)?;
-    match (bv.find("RayOS"), bv.first()) {
-        (Some(e), Some(first)) if e.number == first.number => run.ok(&format!(
-            "UEFI Boot{:04X} \"RayOS\" is first in BootOrder",
-            e.number
-        )),
-        _ => bail!("no Boot#### \"RayOS\" first in BootOrder; the VARS hold {bv:?}"),
-    }
+    let installed = install(run, work, v, iso, usb)?;
+    let (disk, data_offset) = (installed.disk.clone(), installed.data_offset);
+    let config = |stage: &str| installed.boot_config(work, stage);
 
     // 3. First boot from the disk alone; power button.
-    let mut vm = Qemu::start(&config("boot1", vec![target.clone()])?)?;
+    let mut vm = Qemu::start(&config("boot1")?)?;
     run.expect(
         &mut vm,
         "installed system boots",
@@ -479,7 +434,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     ));
 
     // 4. Second boot: resume; reboot from the admin prompt.
-    let mut vm = Qemu::start(&config("boot2", vec![target])?)?;
+    let mut vm = Qemu::start(&config("boot2")?)?;
     run.expect_not(
         &mut vm,
         "rayosd healthy again",
@@ -534,6 +489,105 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
         seq.last().copied().unwrap_or(0)
     ));
     Ok(())
+}
+
+/// Stages 1 and 2: installs RayOS from the medium of `v` onto a fresh disk
+/// under `work` (cleared first) and checks its GPT and UEFI boot entry.
+pub(crate) fn install(
+    run: &Run,
+    work: &Path,
+    v: Variant,
+    iso: &Path,
+    usb: &Path,
+) -> Result<Installed> {
+    fresh_dir(work)?;
+    let sector = if v == Variant::FourK { 4096 } else { 512 };
+    let disk = work.join("disk.img");
+    sparse(&disk, DISK_BYTES)?;
+    let answers_file = work.join("rayos-answers.toml");
+    fs::write(&answers_file, ANSWERS)?;
+    let answers_disk = work.join("answers.img");
+    let mut tree = FatTree::new();
+    tree.add("rayos-answers.toml", &answers_file);
+    fat::build(&answers_disk, "ANSWERS", &tree, Some(8 << 20))?;
+    let vars = work.join("OVMF_VARS.fd");
+    let fw = rayos_image::qemu::Firmware::ovmf_4m()?;
+    fs::copy(&fw.vars_template, &vars)?;
+    let installed = Installed {
+        disk,
+        vars,
+        sector,
+        data_offset: 0,
+    };
+    let target = installed.target();
+    let config =
+        |stage: &str, media: Vec<Medium>| stage_config(work, &installed.vars, stage, media);
+
+    // 1. Install.
+    let medium = match v {
+        Variant::Usb => Medium::Usb(usb.to_path_buf()),
+        Variant::IsoUsb => Medium::Usb(iso.to_path_buf()),
+        Variant::Iso | Variant::FourK | Variant::Wizard => Medium::Cdrom(iso.to_path_buf()),
+    };
+    let answers = Medium::Disk {
+        path: answers_disk,
+        sector_size: 512,
+    };
+    let media = if v == Variant::Wizard {
+        vec![target.clone(), medium]
+    } else {
+        vec![target.clone(), medium, answers]
+    };
+    let mut vm = Qemu::start(&config("install", media)?)?;
+    run.expect(
+        &mut vm,
+        "kernel runs /init from the installer UKI",
+        "Run /init as init process",
+        300,
+    )?;
+    run.expect(&mut vm, "rayos init starts", "RAYOS_BOOT:", 120)?;
+    if v == Variant::Wizard {
+        wizard_install(run, &mut vm)?;
+    } else {
+        run.expect_not(
+            &mut vm,
+            "unattended install starts (answer file found on the FAT disk)",
+            "RAYOS_INSTALLER:start",
+            &[
+                "RAYOS_INSTALLER:interactive",
+                "RAYOS_INSTALLER:failed",
+                "RAYOS_FATAL",
+            ],
+            300,
+        )?;
+        run.expect_not(
+            &mut vm,
+            "install completes",
+            "RAYOS_INSTALLER:done",
+            &["RAYOS_INSTALLER:failed", "RAYOS_FATAL"],
+            1200,
+        )?;
+    }
+    run.stopped(&mut vm, "installer powers off / reboots", 300)?;
+    drop(vm);
+
+    // 2. Disk and boot entry.
+    let data_offset = data_partition(&installed.disk, sector)?;
+    run.ok(&format!(
+        "GPT valid, RayOS data partition at byte {data_offset}"
+    ));
+    let bv = ovmf_vars::boot_vars(&fs::read(&installed.vars)?)?;
+    match (bv.find("RayOS"), bv.first()) {
+        (Some(e), Some(first)) if e.number == first.number => run.ok(&format!(
+            "UEFI Boot{:04X} \"RayOS\" is first in BootOrder",
+            e.number
+        )),
+        _ => bail!("no Boot#### \"RayOS\" first in BootOrder; the VARS hold {bv:?}"),
+    }
+    Ok(Installed {
+        data_offset,
+        ..installed
+    })
 }
 
 /// `rayos install --dry-run` (release build) on a blank sparse image: it
@@ -596,7 +650,7 @@ fn dry_run(run: &Run, work: &Path) -> Result<()> {
 }
 
 /// Byte offset of the RayOS data partition, after checking the GPT.
-fn data_partition(disk: &Path, sector: u32) -> Result<u64> {
+pub(crate) fn data_partition(disk: &Path, sector: u32) -> Result<u64> {
     let mut f = fs::File::open(disk)?;
     let gpt = rayos_disk::gpt::Gpt::read(&mut f, sector)
         .with_context(|| format!("the installed disk {} has no valid GPT", disk.display()))?;
@@ -615,7 +669,7 @@ fn data_partition(disk: &Path, sector: u32) -> Result<u64> {
 }
 
 /// Runs a debugfs request against the ext4 data volume inside `disk`.
-fn debugfs(disk: &Path, offset: u64, request: &str) -> Result<String> {
+pub(crate) fn debugfs(disk: &Path, offset: u64, request: &str) -> Result<String> {
     let out = std::process::Command::new("debugfs")
         .args(["-R", request])
         .arg(format!("{}?offset={offset}", disk.display()))
@@ -630,7 +684,7 @@ fn debugfs(disk: &Path, offset: u64, request: &str) -> Result<String> {
 }
 
 /// The Linux guest's console log(s) from the data volume, oldest first.
-fn guest_console(disk: &Path, offset: u64, dump: &Path) -> Result<String> {
+pub(crate) fn guest_console(disk: &Path, offset: u64, dump: &Path) -> Result<String> {
     fresh_dir(dump)?;
     debugfs(disk, offset, &format!("rdump /vm {}", dump.display()))?;
     let mut logs = Vec::new();

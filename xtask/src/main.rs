@@ -6,6 +6,7 @@ mod bundle;
 mod demo;
 mod deps;
 mod e2e;
+mod e2e_present;
 mod e2e_update;
 mod fuzz;
 mod media;
@@ -40,6 +41,9 @@ enum Command {
     Bundle(bundle::Args),
     /// Update, blessing and rollback end to end under QEMU (docs/update.md).
     E2eUpdate(e2e_update::Args),
+    /// Presenter and input routing end to end on an installed RayOS with a
+    /// display (docs/present.md).
+    E2ePresent(e2e_present::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Fuzz(a) => fuzz::run(a),
         Command::Bundle(a) => bundle::run(a),
         Command::E2eUpdate(a) => e2e_update::run(a),
+        Command::E2ePresent(a) => e2e_present::run(a),
     }
 }
 

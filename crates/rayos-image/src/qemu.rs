@@ -9,7 +9,14 @@
 //! exits; `qmp` sends one command on a fresh QMP connection. Dropping the
 //! handle kills QEMU, so a failing test never leaves it running.
 //!
-//! Limits: x86_64 only; one serial port; no display (`-display none`).
+//! Display: none by default. With `Config::vga` the machine gets a
+//! standard VGA (`-device VGA`: OVMF's GOP, so the guest kernel finds efifb,
+//! later `bochs`), still shown nowhere on the host (`-display none`);
+//! `screendump` reads it back (QMP `screendump`, PPM or PNG) and `send_keys`
+//! types on the machine's PS/2 keyboard (QMP `input-send-event`, QEMU key
+//! codes), standing in for a person at the machine.
+//!
+//! Limits: x86_64 only; one serial port; one display.
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
@@ -58,6 +65,8 @@ pub enum QemuError {
     },
     #[error("QMP command {command} returned an error: {error}")]
     QmpError { command: String, error: String },
+    #[error("{path} is not a binary PPM (P6, 8 bits per channel): {why}")]
+    Ppm { path: PathBuf, why: String },
 }
 
 /// UEFI firmware: the code image and the VARS template.
@@ -115,6 +124,8 @@ pub struct Config {
     pub cpus: u32,
     /// Exit instead of rebooting when the guest reboots (`-no-reboot`).
     pub no_reboot: bool,
+    /// A standard VGA display device (`-device VGA`); otherwise none.
+    pub vga: bool,
     /// Extra QEMU arguments, appended last.
     pub extra_args: Vec<String>,
 }
@@ -129,6 +140,7 @@ impl Config {
             memory_mib: 1024,
             cpus: 1,
             no_reboot: false,
+            vga: false,
             extra_args: Vec::new(),
         })
     }
@@ -246,6 +258,9 @@ impl Qemu {
                         ));
                 }
             }
+        }
+        if cfg.vga {
+            cmd.args(["-device", "VGA"]);
         }
         if cfg.no_reboot {
             cmd.arg("-no-reboot");
@@ -410,6 +425,46 @@ impl Qemu {
         send(req)
     }
 
+    /// Saves the machine's display to `path`: PNG when the name ends in
+    /// `.png`, PPM (P6) otherwise. Needs a display device (`Config::vga`).
+    pub fn screendump(&self, path: &Path) -> Result<(), QemuError> {
+        let abs = std::path::absolute(path).map_err(prep(path))?;
+        let mut args = json!({ "filename": abs.display().to_string() });
+        if abs
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+        {
+            args["format"] = json!("png");
+        }
+        self.qmp("screendump", Some(args)).map(|_| ())
+    }
+
+    /// The machine's display now, as `0x00RRGGBB` pixels; the PPM is kept
+    /// at `path`.
+    pub fn screen(&self, path: &Path) -> Result<Image, QemuError> {
+        self.screendump(path)?;
+        read_ppm(path)
+    }
+
+    /// Presses `keys` in order and releases them in reverse order: one key
+    /// (`["a"]`) or a chord (`["ctrl", "alt", "home"]`). Names are QEMU
+    /// key codes (`QKeyCode`: `a`, `ret`, `f1`, `ctrl`, `alt`, `home`, ...).
+    /// Each event is its own command with a short pause after it, so the
+    /// guest's keyboard driver sees them one by one, like typing.
+    pub fn send_keys(&self, keys: &[&str]) -> Result<(), QemuError> {
+        let downs = keys.iter().map(|k| (*k, true));
+        let ups = keys.iter().rev().map(|k| (*k, false));
+        for (key, down) in downs.chain(ups) {
+            let event = json!({
+                "type": "key",
+                "data": { "down": down, "key": { "type": "qcode", "data": key } }
+            });
+            self.qmp("input-send-event", Some(json!({ "events": [event] })))?;
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        Ok(())
+    }
+
     /// Waits for QEMU to exit by itself (guest power-off).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, QemuError> {
         let deadline = Instant::now() + timeout;
@@ -437,9 +492,99 @@ impl Drop for Qemu {
     }
 }
 
+/// A screen image: `0x00RRGGBB` pixels, row by row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u32>,
+}
+
+/// Reads a binary PPM (P6, maxval 255) such as QEMU's `screendump` writes.
+pub fn read_ppm(path: &Path) -> Result<Image, QemuError> {
+    let bytes = fs::read(path).map_err(prep(path))?;
+    parse_ppm(&bytes).map_err(|why| QemuError::Ppm {
+        path: path.to_path_buf(),
+        why,
+    })
+}
+
+fn parse_ppm(b: &[u8]) -> Result<Image, String> {
+    // Header: "P6", width, height, maxval, separated by whitespace (and
+    // `#` comments), then exactly one whitespace byte before the pixels.
+    let mut fields = Vec::new();
+    let mut i = 0;
+    while fields.len() < 4 {
+        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'#') {
+            if b[i] == b'#' {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let start = i;
+        while i < b.len() && !b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if start == i {
+            return Err("truncated header".into());
+        }
+        fields.push(String::from_utf8_lossy(&b[start..i]).into_owned());
+    }
+    if fields[0] != "P6" {
+        return Err(format!("magic {:?}", fields[0]));
+    }
+    let num = |s: &str| s.parse::<u32>().map_err(|_| format!("bad number {s:?}"));
+    let (w, h, max) = (num(&fields[1])?, num(&fields[2])?, num(&fields[3])?);
+    if max != 255 {
+        return Err(format!("maxval {max}"));
+    }
+    if w == 0 || h == 0 || w > 16384 || h > 16384 {
+        return Err(format!("size {w}x{h}"));
+    }
+    let data = b.get(i + 1..).ok_or("no pixel data")?;
+    let n = w as usize * h as usize;
+    if data.len() < n * 3 {
+        return Err(format!("{} bytes of pixels for {w}x{h}", data.len()));
+    }
+    let pixels = data[..n * 3]
+        .chunks_exact(3)
+        .map(|p| u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]))
+        .collect();
+    Ok(Image {
+        width: w,
+        height: h,
+        pixels,
+    })
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() {
         return Some(0);
     }
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ppm;
+
+    #[test]
+    fn ppm_header_comments_and_pixels() {
+        let mut b = b"P6\n# QEMU\n2 1\n255\n".to_vec();
+        b.extend_from_slice(&[0x12, 0x34, 0x56, 0xff, 0x00, 0x80]);
+        let img = parse_ppm(&b).unwrap();
+        assert_eq!((img.width, img.height), (2, 1));
+        assert_eq!(img.pixels, vec![0x123456, 0xff0080]);
+    }
+
+    #[test]
+    fn ppm_rejects_short_or_foreign_data() {
+        assert!(parse_ppm(b"P6 2 2 255\n\x00\x00\x00").is_err());
+        assert!(parse_ppm(b"P5 1 1 255\n\x00").is_err());
+        assert!(parse_ppm(b"P6 1 1 65535\n\x00\x00\x00\x00\x00\x00").is_err());
+        assert!(parse_ppm(b"P6 1").is_err());
+    }
 }

@@ -1267,7 +1267,7 @@ pub fn seed_registry(windows: bool) -> Registry {
         boot: BootSpec::DirectKernel {
             kernel: GUEST_KERNEL.into(),
             initrd: Some(GUEST_INITRD.into()),
-            cmdline: "console=ttyS0 quiet".into(),
+            cmdline: "console=tty0 console=ttyS0 quiet rayos.keys=1".into(),
         },
         tpm: false,
         media: vec![],

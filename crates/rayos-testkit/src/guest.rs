@@ -20,6 +20,10 @@
 //!   <hex>`).
 //! - `rayos.keys=1`: prints `KEYS ready` and then `KEY <evdev code>
 //!   <value>` for every event of the guest's keyboard (input tests).
+//! - `console=tty0` (the Linux VM seeded by the installer): the guest's
+//!   display shows [`SCREEN_BANNER`] and, with `rayos.keys=1`, the `KEY`
+//!   lines, with the cursor, screen blanking and kernel messages off, so
+//!   the display only changes when a key arrives (presenter e2e).
 //!
 //! Build products are cached under `target/rayos-testkit/` keyed by a hash of
 //! every input (kernel, busybox, modules, script), written under temporary
@@ -38,6 +42,10 @@ use std::time::{Duration, Instant};
 
 /// Printed once `/init` has mounted its file systems.
 pub const READY_MARKER: &str = "RAYOS_TEST_GUEST_READY";
+
+/// The first line the guest draws on its display when its command line
+/// has `console=tty0`.
+pub const SCREEN_BANNER: &str = "RAYOS TEST GUEST: this is the Linux VM's display";
 
 /// Command line for direct kernel boot of [`LinuxGuest`].
 pub const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 rayos.agent=1";
@@ -152,6 +160,18 @@ for m in {modules}; do insmod /lib/modules/$m 2>/dev/null; done
 echo {READY_MARKER}
 arg() {{ for a in $(cat /proc/cmdline); do case "$a" in "$1"=*) echo "${{a#*=}}";; esac; done; }}
 
+# console=tty0 on the command line: the display shows a fixed screen (a
+# banner, then the keys with rayos.keys=1) with no cursor, no blanking and
+# no kernel messages, so screenshots of it are stable and comparable; the
+# counter stays on the serial console only.
+screen=""
+case " $(cat /proc/cmdline) " in *" console=tty0 "*) [ -e /dev/tty0 ] && screen=/dev/tty0;; esac
+if [ -n "$screen" ]; then
+  dmesg -n 1
+  printf '\033[H\033[2J\033[?25l\033[9;0]' > $screen
+  echo "{SCREEN_BANNER}" > $screen
+fi
+
 # Raw TPM2 command: $1 = octal-escaped bytes; prints the response as hex.
 tpm() {{
   printf "$1" > /tmp/tpmcmd
@@ -243,7 +263,9 @@ keys() {{
   while :; do
     # One input_event is 24 bytes: time (16), type, code (u16), value (s32).
     set -- $(dd bs=24 count=1 <&4 2>/dev/null | od -An -v -tu2)
-    [ "$9" = 1 ] && echo "KEY ${{10}} ${{11}}"
+    [ "$9" = 1 ] || continue
+    echo "KEY ${{10}} ${{11}}"
+    [ -n "$screen" ] && echo "KEY ${{10}} ${{11}}" > $screen
   done
 }}
 [ "$(arg rayos.keys)" = 1 ] && keys &
