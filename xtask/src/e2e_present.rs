@@ -27,6 +27,11 @@
 //!    data volume (debugfs, no mount) holds the guest's console log with
 //!    the first letters and none of the second, and the screenshot.
 //!
+//! The presenter's markers are read from its log on the data volume
+//! (`logs presenter` at the prompt), not from the serial console: PID 1
+//! copies them there through the kernel log, which stalls on this machine
+//! once the presenter has the screen (see `Session::presenter_markers`).
+//!
 //! Every wait is bounded (scaled by `--timeout-scale`); a failure prints
 //! the serial console's tail. Screendumps (PPM) and the VM's screenshot
 //! (PNG) stay in `build/e2e-present/` for a person to look at.
@@ -69,6 +74,9 @@ const SHOT_ON_VOLUME: &str = "/e2e-present-vm.png";
 const SHOWN_KEYS: &[(&str, u16)] = &[("r", 19), ("a", 30), ("y", 21)];
 /// Typed while it is hidden: z x c.
 const HIDDEN_KEYS: &[(&str, u16)] = &[("z", 44), ("x", 45), ("c", 46)];
+
+const ON: &str = "RAYOS_PRESENTATION:on:linux";
+const OFF: &str = "RAYOS_PRESENTATION:off";
 
 /// The admin prompt with an empty line: printed when it is ready for a
 /// command (typing redraws it with the text before `\x1b[K`).
@@ -137,32 +145,22 @@ fn flow(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
     )?;
     s.wait("rayosd healthy", "RAYOS_READY", 0, 600)?;
     s.wait("Linux VM running", "RAYOS_LINUX_VM_READY", 0, 900)?;
-    s.wait(
-        "presenter draws the home screen",
-        "RAYOS_PRESENTATION:off",
-        0,
-        300,
-    )?;
     // A fresh prompt on the serial console (the first may be buried in
     // kernel messages).
     let at = s.log_len();
     s.vm.send_serial("\r")?;
     s.wait("admin prompt on the serial console", PROMPT, at, 60)?;
+    s.presentation("presenter draws the home screen", OFF, 0, 300)?;
     s.guest_console_until("the Linux guest reads its keyboard", "KEYS ready", 600)?;
 
     // 3. Home screen.
     s.home_screen("home", "running (hidden)", 180)?;
 
     // 4. Ctrl+Alt+F1 presents the VM.
-    let at = s.log_len();
+    let before = s.presenter_markers()?.len();
     s.vm.send_keys(&["ctrl", "alt", "f1"])?;
     s.run.ok("Ctrl+Alt+F1 typed on the outer keyboard");
-    s.wait(
-        "the Linux VM is presented",
-        "RAYOS_PRESENTATION:on:linux",
-        at,
-        120,
-    )?;
+    s.presentation("the Linux VM is presented", ON, before, 120)?;
     // Let the presenter draw the first frames, then capture both sides
     // of a screen that no longer changes.
     std::thread::sleep(Duration::from_secs(3));
@@ -211,15 +209,10 @@ fn flow(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
     s.screen("presented-keys.ppm")?;
 
     // 6. Ctrl+Alt+Home: home screen; keys go nowhere.
-    let at = s.log_len();
+    let before = s.presenter_markers()?.len();
     s.vm.send_keys(&["ctrl", "alt", "home"])?;
     s.run.ok("Ctrl+Alt+Home typed on the outer keyboard");
-    s.wait(
-        "the hotkey returns to the home screen",
-        "RAYOS_PRESENTATION:off",
-        at,
-        120,
-    )?;
+    s.presentation("the hotkey returns to the home screen", OFF, before, 120)?;
     s.home_screen("home-after-hotkey", "running (hidden)", 120)?;
     for (k, _) in HIDDEN_KEYS {
         s.vm.send_keys(&[k])?;
@@ -241,22 +234,12 @@ fn flow(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
     s.run.ok("the hidden VM received none of z, x, c");
 
     // 7. The same through the API at the prompt.
-    let at = s.log_len();
+    let before = s.presenter_markers()?.len();
     s.admin("vm present linux", 120)?;
-    s.wait(
-        "`vm present linux` presents it",
-        "RAYOS_PRESENTATION:on:linux",
-        at,
-        120,
-    )?;
-    let at = s.log_len();
+    s.presentation("`vm present linux` presents it", ON, before, 120)?;
+    let before = s.presenter_markers()?.len();
     s.admin("vm hide linux", 120)?;
-    s.wait(
-        "`vm hide linux` hides it",
-        "RAYOS_PRESENTATION:off",
-        at,
-        120,
-    )?;
+    s.presentation("`vm hide linux` hides it", OFF, before, 120)?;
     s.home_screen("home-after-hide", "running (hidden)", 120)?;
 
     // 8. Power off, then read the data volume.
@@ -443,6 +426,48 @@ impl Session<'_> {
                 return Err(self.fail(&what, format!("no prompt again after {secs}s")));
             }
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The presenter's `RAYOS_PRESENTATION:` markers so far, oldest first,
+    /// from its log on the data volume (`logs presenter` at the prompt).
+    ///
+    /// Why not the serial console: PID 1 copies the markers there through
+    /// the kernel log, and with a display device the kernel's console
+    /// output (and `/dev/kmsg` readers) stall for minutes once the
+    /// presenter has the screen, so a marker typed for reaches the serial
+    /// port late or not at all; the log file has every line at once.
+    fn presenter_markers(&mut self) -> Result<Vec<String>> {
+        let out = self.admin("logs -n 5000 presenter", 120)?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let at = l.find("RAYOS_PRESENTATION:")?;
+                Some(l[at..].trim().to_string())
+            })
+            .collect())
+    }
+
+    /// Waits until the presenter's log has more than `before` markers and
+    /// the last is `want`.
+    fn presentation(&mut self, what: &str, want: &str, before: usize, secs: u64) -> Result<()> {
+        let deadline = Instant::now() + self.run.timeout(secs);
+        loop {
+            let m = self.presenter_markers()?;
+            if m.len() > before && m.last().is_some_and(|l| l == want) {
+                self.run.ok(&format!(
+                    "{what}: {want} (marker {} in logs/presenter.log)",
+                    m.len()
+                ));
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(self.fail(
+                    what,
+                    format!("the presenter's log never showed {want} after marker {before}; its markers: {m:?}"),
+                ));
+            }
+            std::thread::sleep(Duration::from_secs(2));
         }
     }
 
