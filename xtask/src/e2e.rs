@@ -388,6 +388,105 @@ fn stage_config(work: &Path, vars: &Path, stage: &str, media: Vec<Medium>) -> Re
     Ok(cfg)
 }
 
+/// Stages 1 and 2: installs RayOS from the medium of `v` onto a fresh disk
+/// under `work` (cleared first) and checks its GPT and UEFI boot entry.
+pub(crate) fn install(
+    run: &Run,
+    work: &Path,
+    v: Variant,
+    iso: &Path,
+    usb: &Path,
+) -> Result<Installed> {
+    fresh_dir(work)?;
+    let sector = if v == Variant::FourK { 4096 } else { 512 };
+    let disk = work.join("disk.img");
+    sparse(&disk, DISK_BYTES)?;
+    let answers_file = work.join("rayos-answers.toml");
+    fs::write(&answers_file, ANSWERS)?;
+    let answers_disk = work.join("answers.img");
+    let mut tree = FatTree::new();
+    tree.add("rayos-answers.toml", &answers_file);
+    fat::build(&answers_disk, "ANSWERS", &tree, Some(8 << 20))?;
+    let vars = work.join("OVMF_VARS.fd");
+    let fw = rayos_image::qemu::Firmware::ovmf_4m()?;
+    fs::copy(&fw.vars_template, &vars)?;
+    let installed = Installed {
+        disk,
+        vars,
+        sector,
+        data_offset: 0,
+    };
+    let target = installed.target();
+    let config =
+        |stage: &str, media: Vec<Medium>| stage_config(work, &installed.vars, stage, media);
+
+    // 1. Install.
+    let medium = match v {
+        Variant::Usb => Medium::Usb(usb.to_path_buf()),
+        Variant::IsoUsb => Medium::Usb(iso.to_path_buf()),
+        Variant::Iso | Variant::FourK | Variant::Wizard => Medium::Cdrom(iso.to_path_buf()),
+    };
+    let answers = Medium::Disk {
+        path: answers_disk,
+        sector_size: 512,
+    };
+    let media = if v == Variant::Wizard {
+        vec![target.clone(), medium]
+    } else {
+        vec![target.clone(), medium, answers]
+    };
+    let mut vm = Qemu::start(&config("install", media)?)?;
+    run.expect(
+        &mut vm,
+        "kernel runs /init from the installer UKI",
+        "Run /init as init process",
+        300,
+    )?;
+    run.expect(&mut vm, "rayos init starts", "RAYOS_BOOT:", 120)?;
+    if v == Variant::Wizard {
+        wizard_install(run, &mut vm)?;
+    } else {
+        run.expect_not(
+            &mut vm,
+            "unattended install starts (answer file found on the FAT disk)",
+            "RAYOS_INSTALLER:start",
+            &[
+                "RAYOS_INSTALLER:interactive",
+                "RAYOS_INSTALLER:failed",
+                "RAYOS_FATAL",
+            ],
+            300,
+        )?;
+        run.expect_not(
+            &mut vm,
+            "install completes",
+            "RAYOS_INSTALLER:done",
+            &["RAYOS_INSTALLER:failed", "RAYOS_FATAL"],
+            1200,
+        )?;
+    }
+    run.stopped(&mut vm, "installer powers off / reboots", 300)?;
+    drop(vm);
+
+    // 2. Disk and boot entry.
+    let data_offset = data_partition(&installed.disk, sector)?;
+    run.ok(&format!(
+        "GPT valid, RayOS data partition at byte {data_offset}"
+    ));
+    let bv = ovmf_vars::boot_vars(&fs::read(&installed.vars)?)?;
+    match (bv.find("RayOS"), bv.first()) {
+        (Some(e), Some(first)) if e.number == first.number => run.ok(&format!(
+            "UEFI Boot{:04X} \"RayOS\" is first in BootOrder",
+            e.number
+        )),
+        _ => bail!("no Boot#### \"RayOS\" first in BootOrder; the VARS hold {bv:?}"),
+    }
+    Ok(Installed {
+        data_offset,
+        ..installed
+    })
+}
+
 fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result<()> {
     let installed = install(run, work, v, iso, usb)?;
     let (disk, data_offset) = (installed.disk.clone(), installed.data_offset);
@@ -489,105 +588,6 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
         seq.last().copied().unwrap_or(0)
     ));
     Ok(())
-}
-
-/// Stages 1 and 2: installs RayOS from the medium of `v` onto a fresh disk
-/// under `work` (cleared first) and checks its GPT and UEFI boot entry.
-pub(crate) fn install(
-    run: &Run,
-    work: &Path,
-    v: Variant,
-    iso: &Path,
-    usb: &Path,
-) -> Result<Installed> {
-    fresh_dir(work)?;
-    let sector = if v == Variant::FourK { 4096 } else { 512 };
-    let disk = work.join("disk.img");
-    sparse(&disk, DISK_BYTES)?;
-    let answers_file = work.join("rayos-answers.toml");
-    fs::write(&answers_file, ANSWERS)?;
-    let answers_disk = work.join("answers.img");
-    let mut tree = FatTree::new();
-    tree.add("rayos-answers.toml", &answers_file);
-    fat::build(&answers_disk, "ANSWERS", &tree, Some(8 << 20))?;
-    let vars = work.join("OVMF_VARS.fd");
-    let fw = rayos_image::qemu::Firmware::ovmf_4m()?;
-    fs::copy(&fw.vars_template, &vars)?;
-    let installed = Installed {
-        disk,
-        vars,
-        sector,
-        data_offset: 0,
-    };
-    let target = installed.target();
-    let config =
-        |stage: &str, media: Vec<Medium>| stage_config(work, &installed.vars, stage, media);
-
-    // 1. Install.
-    let medium = match v {
-        Variant::Usb => Medium::Usb(usb.to_path_buf()),
-        Variant::IsoUsb => Medium::Usb(iso.to_path_buf()),
-        Variant::Iso | Variant::FourK | Variant::Wizard => Medium::Cdrom(iso.to_path_buf()),
-    };
-    let answers = Medium::Disk {
-        path: answers_disk,
-        sector_size: 512,
-    };
-    let media = if v == Variant::Wizard {
-        vec![target.clone(), medium]
-    } else {
-        vec![target.clone(), medium, answers]
-    };
-    let mut vm = Qemu::start(&config("install", media)?)?;
-    run.expect(
-        &mut vm,
-        "kernel runs /init from the installer UKI",
-        "Run /init as init process",
-        300,
-    )?;
-    run.expect(&mut vm, "rayos init starts", "RAYOS_BOOT:", 120)?;
-    if v == Variant::Wizard {
-        wizard_install(run, &mut vm)?;
-    } else {
-        run.expect_not(
-            &mut vm,
-            "unattended install starts (answer file found on the FAT disk)",
-            "RAYOS_INSTALLER:start",
-            &[
-                "RAYOS_INSTALLER:interactive",
-                "RAYOS_INSTALLER:failed",
-                "RAYOS_FATAL",
-            ],
-            300,
-        )?;
-        run.expect_not(
-            &mut vm,
-            "install completes",
-            "RAYOS_INSTALLER:done",
-            &["RAYOS_INSTALLER:failed", "RAYOS_FATAL"],
-            1200,
-        )?;
-    }
-    run.stopped(&mut vm, "installer powers off / reboots", 300)?;
-    drop(vm);
-
-    // 2. Disk and boot entry.
-    let data_offset = data_partition(&installed.disk, sector)?;
-    run.ok(&format!(
-        "GPT valid, RayOS data partition at byte {data_offset}"
-    ));
-    let bv = ovmf_vars::boot_vars(&fs::read(&installed.vars)?)?;
-    match (bv.find("RayOS"), bv.first()) {
-        (Some(e), Some(first)) if e.number == first.number => run.ok(&format!(
-            "UEFI Boot{:04X} \"RayOS\" is first in BootOrder",
-            e.number
-        )),
-        _ => bail!("no Boot#### \"RayOS\" first in BootOrder; the VARS hold {bv:?}"),
-    }
-    Ok(Installed {
-        data_offset,
-        ..installed
-    })
 }
 
 /// `rayos install --dry-run` (release build) on a blank sparse image: it

@@ -181,6 +181,14 @@ impl CommandLine {
             "-device",
             if windows { "VGA" } else { "virtio-vga" }.to_string(),
         );
+        // An absolute pointer for Linux guests (virtio_input is in every
+        // distribution's kernel), so the presenter's pointer lands where it
+        // is drawn instead of through the guest's mouse acceleration.
+        // Windows has no in-box virtio-input driver: a tablet it cannot
+        // drive would take QEMU's pointer events from the PS/2 mouse.
+        if def.kind == VmKind::Linux {
+            c.cfg("-device", "virtio-tablet-pci".into());
+        }
 
         // The serial console goes straight to a file QEMU appends to, so it
         // keeps being captured while rayosd is not running.
@@ -451,6 +459,7 @@ mod tests {
         assert!(has(&argv, "-accel", "tcg"));
         assert!(has(&argv, "-append", "console=ttyS0 quiet"));
         assert!(has(&argv, "-vnc", "unix:/run/rayos/vm/x/vnc.sock"));
+        assert!(has(&argv, "-device", "virtio-tablet-pci"));
         assert!(has(
             &argv,
             "-device",
@@ -480,6 +489,8 @@ mod tests {
         s.network = true;
         let argv = CommandLine::build(&s, Accel::Tcg, Path::new("/ovmf"), LaunchPart::Cold).argv();
         assert!(has(&argv, "-machine", "q35,smm=on"));
+        // No virtio-input driver in the box: the PS/2 mouse keeps the pointer.
+        assert!(!argv.iter().any(|a| a.contains("tablet")));
         assert!(has(
             &argv,
             "-drive",
