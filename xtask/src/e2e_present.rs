@@ -480,6 +480,12 @@ impl Session<'_> {
         let deadline = Instant::now() + self.run.timeout(secs);
         loop {
             let out = self.admin("vm console linux --lines 400", 120)?;
+            if out.contains("KEYS none") {
+                return Err(self.fail(
+                    what,
+                    "the Linux guest found no keyboard (`KEYS none` in `vm console linux`)".into(),
+                ));
+            }
             if needles.iter().all(|n| out.contains(n.as_str())) {
                 self.run.ok(&format!("{what} ({})", needles.join(", ")));
                 return Ok(());
