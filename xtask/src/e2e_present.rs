@@ -554,3 +554,88 @@ impl Session<'_> {
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run() -> Run {
+        Run {
+            scale: 1.0,
+            started: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn keys_typed_while_hidden_fail_the_check() {
+        let shown = "COUNTER 1\nKEY 19 1\nKEY 19 0\nKEY 30 1\nKEY 21 1\nKEY 29 0\n";
+        keys_in_log(&run(), shown).unwrap();
+        let leaked = format!("{shown}KEY 45 1\n");
+        assert!(keys_in_log(&run(), &leaked).is_err());
+        // A release alone counts as received too.
+        assert!(keys_in_log(&run(), &format!("{shown}KEY 44 0\n")).is_err());
+        let missing = "KEY 19 1\nKEY 30 1\n";
+        assert!(keys_in_log(&run(), missing).is_err());
+    }
+
+    /// A 720x400 "text" image and the outer 1280x800 screen the presenter
+    /// would draw from it.
+    fn pair() -> (Image, Image) {
+        let (w, h) = (720u32, 400u32);
+        let pixels = (0..w * h)
+            .map(|i| {
+                if (i % w) % 9 < 4 && (i / w) % 16 < 10 {
+                    0xaaaaaa
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let vm = Image {
+            width: w,
+            height: h,
+            pixels,
+        };
+        let s = Scaler::new(w, h, 1280, 800);
+        let mut outer = vec![0u32; 1280 * 800];
+        for y in 0..800 {
+            for x in 0..1280 {
+                if let Some((a, b)) = s.to_source(x, y) {
+                    outer[(y * 1280 + x) as usize] = vm.pixels[(b * w + a) as usize];
+                }
+            }
+        }
+        let outer = Image {
+            width: 1280,
+            height: 800,
+            pixels: outer,
+        };
+        (vm, outer)
+    }
+
+    #[test]
+    fn compare_accepts_the_scaled_image_and_refuses_another() {
+        let (vm, outer) = pair();
+        compare(&run(), &vm, &[("a".into(), outer.clone())]).unwrap();
+        // The home screen (or anything else) instead of the VM.
+        let other = Image {
+            pixels: vec![home::BACKGROUND; outer.pixels.len()],
+            ..outer.clone()
+        };
+        assert!(compare(&run(), &vm, &[("b".into(), other.clone())]).is_err());
+        // The best of several dumps counts.
+        compare(&run(), &vm, &[("b".into(), other), ("a".into(), outer)]).unwrap();
+    }
+
+    #[test]
+    fn compare_refuses_a_blank_vm_image() {
+        let (mut vm, _) = pair();
+        vm.pixels.fill(0);
+        let outer = Image {
+            width: 1280,
+            height: 800,
+            pixels: vec![0; 1280 * 800],
+        };
+        assert!(compare(&run(), &vm, &[("a".into(), outer)]).is_err());
+    }
+}
