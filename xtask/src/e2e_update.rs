@@ -268,7 +268,9 @@ pub fn run(args: Args) -> Result<()> {
             .arg("--answers")
             .arg(&answers)
             .arg("--system-image")
-            .arg(media.join("rayos.efi")),
+            .arg(media.join("rayos.efi"))
+            .arg("--recovery-image")
+            .arg(media.join("rayos-recovery.efi")),
     )?;
     run.ok("RayOS 0.1.0 installed onto the image");
     let vars = work.join("OVMF_VARS.fd");

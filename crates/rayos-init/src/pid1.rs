@@ -1006,9 +1006,8 @@ impl Init {
             "--answers".into(),
             answers.display().to_string(),
             "--yes".into(),
-            "--system-image".into(),
-            uki.display().to_string(),
         ];
+        args.extend(volumes::image_args(&uki));
         match answers_target(&text) {
             Some(t) => args.extend(["--target".into(), t]),
             None => {
