@@ -8,8 +8,9 @@
 //!    disk holding `rayos-answers.toml`, fresh OVMF VARS, `-no-reboot`:
 //!    kernel runs /init, `RAYOS_BOOT:`, `RAYOS_INSTALLER:start`,
 //!    `RAYOS_INSTALLER:done`, the machine stops;
-//! 2. the disk's GPT is valid and holds a RayOS data partition; the VARS hold
-//!    a `Boot####` "RayOS" first in `BootOrder`;
+//! 2. the disk's GPT is valid and holds a RayOS data partition; the system
+//!    partition holds the "RayOS recovery" entry and the UKI it names; the
+//!    VARS hold a `Boot####` "RayOS" first in `BootOrder`;
 //! 3. first boot from the disk alone: `RAYOS_READY`, `RAYOS_VM_STARTED:linux:cold`,
 //!    `RAYOS_LINUX_VM_READY`; QMP `system_powerdown`; the machine stops;
 //! 4. second boot: `RAYOS_READY`, `RAYOS_VM_STARTED:linux:resumed`,
@@ -429,6 +430,21 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     run.ok(&format!(
         "GPT valid, RayOS data partition at byte {data_offset}"
     ));
+    let entry = system_file(
+        &disk,
+        sector,
+        &format!("/{}", rayos_state::system::RECOVERY_ENTRY),
+    )?;
+    let efi = entry
+        .lines()
+        .find_map(|l| l.strip_prefix("efi "))
+        .with_context(|| format!("the recovery entry names no UKI:\n{entry}"))?;
+    let listing = system_file_listing(&disk, sector, rayos_state::system::RECOVERY_DIR)?;
+    let uki = efi.rsplit('/').next().unwrap_or(efi);
+    if !listing.contains(uki) {
+        bail!("the recovery entry names {efi}, which is not on the system partition:\n{listing}");
+    }
+    run.ok(&format!("\"RayOS recovery\" boot entry installed ({efi})"));
     let bv = ovmf_vars::boot_vars(&fs::read(&vars)?)?;
     match (bv.find("RayOS"), bv.first()) {
         (Some(e), Some(first)) if e.number == first.number => run.ok(&format!(
@@ -612,6 +628,45 @@ fn data_partition(disk: &Path, sector: u32) -> Result<u64> {
             )
         })?;
     Ok(p.start_bytes(sector))
+}
+
+/// Byte offset of the RayOS system (XBOOTLDR) partition in `disk`.
+fn system_partition(disk: &Path, sector: u32) -> Result<u64> {
+    let mut f = fs::File::open(disk)?;
+    let gpt = rayos_disk::gpt::Gpt::read(&mut f, sector)
+        .with_context(|| format!("the installed disk {} has no valid GPT", disk.display()))?;
+    gpt.partitions()
+        .iter()
+        .find(|p| p.type_guid == rayos_disk::types::XBOOTLDR)
+        .map(|p| p.start_bytes(sector))
+        .with_context(|| format!("no RayOS system partition on {}", disk.display()))
+}
+
+fn mtools(tool: &str, disk: &Path, sector: u32, path: &str) -> Result<String> {
+    let offset = system_partition(disk, sector)?;
+    let out = std::process::Command::new(tool)
+        .arg("-i")
+        .arg(format!("{}@@{offset}", disk.display()))
+        .arg(format!("::{path}"))
+        .output()
+        .with_context(|| format!("cannot run {tool} (mtools)"))?;
+    if !out.status.success() {
+        bail!(
+            "{tool} {path} on the system partition failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A text file on the system partition of `disk` (read with mtools).
+fn system_file(disk: &Path, sector: u32, path: &str) -> Result<String> {
+    mtools("mtype", disk, sector, path)
+}
+
+/// Bare names in a directory of the system partition.
+fn system_file_listing(disk: &Path, sector: u32, dir: &str) -> Result<String> {
+    mtools("mdir", disk, sector, &format!("/{dir}")).map(|s| s.to_ascii_lowercase())
 }
 
 /// Runs a debugfs request against the ext4 data volume inside `disk`.
