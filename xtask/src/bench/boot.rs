@@ -467,7 +467,12 @@ fn kernel_time(serial: &str, marker: &str) -> anyhow::Result<f64> {
 
 /// `… N KiB resident` from `vm health`.
 fn resident_kib(serial: &str) -> anyhow::Result<u64> {
-    for line in serial.lines().rev() {
+    // Only `vm health`'s line: `status` prints a "KiB resident" sum too.
+    for line in serial
+        .lines()
+        .rev()
+        .filter(|l| l.contains("rayosd ") && l.contains("(pid "))
+    {
         if let Some((head, _)) = line.split_once(" KiB resident")
             && let Some(n) = head.rsplit(' ').next()
             && let Ok(v) = n.trim().parse()
@@ -495,6 +500,9 @@ mod tests {
     fn resident_parses_vm_health() {
         let log = "rayos> vm health\r\nrayosd 0.1.0 (pid 321): ok, 1 VMs, 23456 KiB resident\r\n";
         assert_eq!(resident_kib(log).unwrap(), 23456);
+        let both =
+            format!("{log}memory: RayOS's own processes 9000 KiB resident (init 2000 KiB)\r\n");
+        assert_eq!(resident_kib(&both).unwrap(), 23456);
     }
 
     #[test]
