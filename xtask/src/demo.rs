@@ -135,7 +135,13 @@ pub fn run(args: Args) -> Result<()> {
     section("the install (rayos install --yes)");
     let mut c = Command::new(&rayos);
     common(&mut c);
-    show(c.arg("--yes").arg("--system-image").arg(&image))?;
+    c.arg("--yes").arg("--system-image").arg(&image);
+    // The recovery UKI `cargo xtask media` builds gives the recovery entry.
+    let recovery = root.join("build/rayos-recovery.efi");
+    if recovery.is_file() {
+        c.arg("--recovery-image").arg(&recovery);
+    }
+    show(&mut c)?;
 
     section("what the disk holds now (rayos disks)");
     if let Err(e) = show(Command::new(&rayos).arg("disks").arg("--disk").arg(&disk)) {

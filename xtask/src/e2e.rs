@@ -8,8 +8,9 @@
 //!    disk holding `rayos-answers.toml`, fresh OVMF VARS, `-no-reboot`:
 //!    kernel runs /init, `RAYOS_BOOT:`, `RAYOS_INSTALLER:start`,
 //!    `RAYOS_INSTALLER:done`, the machine stops;
-//! 2. the disk's GPT is valid and holds a RayOS data partition; the VARS hold
-//!    a `Boot####` "RayOS" first in `BootOrder`;
+//! 2. the disk's GPT is valid and holds a RayOS data partition; the system
+//!    partition holds the "RayOS recovery" entry and the UKI it names; the
+//!    VARS hold a `Boot####` "RayOS" first in `BootOrder`;
 //! 3. first boot from the disk alone: `RAYOS_READY`, `RAYOS_VM_STARTED:linux:cold`,
 //!    `RAYOS_LINUX_VM_READY`; QMP `system_powerdown`; the machine stops;
 //! 4. second boot: `RAYOS_READY`, `RAYOS_VM_STARTED:linux:resumed`,
@@ -120,8 +121,8 @@ pub(crate) const DISK_BYTES: u64 = 16 << 30;
 /// boot), or the kernel panicked.
 pub(crate) const ALWAYS_BAD: &[&str] = &["No loader found", "\"UiApp\" from Fv", "Kernel panic"];
 
-/// How long the Linux guest gets to boot and count before a power-off.
-const GUEST_BOOT_SECS: u64 = 90;
+/// How long the nested Linux guest may take to reach userspace and count.
+const GUEST_BOOT_SECS: u64 = 600;
 
 pub(crate) struct Run {
     pub(crate) scale: f64,
@@ -473,6 +474,21 @@ pub(crate) fn install(
     run.ok(&format!(
         "GPT valid, RayOS data partition at byte {data_offset}"
     ));
+    let entry = system_file(
+        &installed.disk,
+        sector,
+        &format!("/{}", rayos_state::system::RECOVERY_ENTRY),
+    )?;
+    let efi = entry
+        .lines()
+        .find_map(|l| l.strip_prefix("efi "))
+        .with_context(|| format!("the recovery entry names no UKI:\n{entry}"))?;
+    let listing = system_file_listing(&installed.disk, sector, rayos_state::system::RECOVERY_DIR)?;
+    let uki = efi.rsplit('/').next().unwrap_or(efi);
+    if !listing.contains(uki) {
+        bail!("the recovery entry names {efi}, which is not on the system partition:\n{listing}");
+    }
+    run.ok(&format!("\"RayOS recovery\" boot entry installed ({efi})"));
     let bv = ovmf_vars::boot_vars(&fs::read(&installed.vars)?)?;
     match (bv.find("RayOS"), bv.first()) {
         (Some(e), Some(first)) if e.number == first.number => run.ok(&format!(
@@ -513,9 +529,10 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
         // cycle is the other variants' job.
         return Ok(());
     }
-    // The guest boots under nested TCG (about 40 s); let it reach userspace
-    // and count, so the resume has a counter to continue.
-    std::thread::sleep(run.timeout(GUEST_BOOT_SECS));
+    // The guest boots under nested TCG (about 40 s on a quiet machine, much
+    // more on a busy one); let it reach userspace and count, so the resume
+    // has a counter to continue. Its console is read at the admin prompt.
+    guest_counting(run, &mut vm)?;
     vm.qmp("system_powerdown", None)
         .context("QMP system_powerdown")?;
     run.ok("ACPI power button pressed (QMP system_powerdown)");
@@ -668,6 +685,45 @@ pub(crate) fn data_partition(disk: &Path, sector: u32) -> Result<u64> {
     Ok(p.start_bytes(sector))
 }
 
+/// Byte offset of the RayOS system (XBOOTLDR) partition in `disk`.
+fn system_partition(disk: &Path, sector: u32) -> Result<u64> {
+    let mut f = fs::File::open(disk)?;
+    let gpt = rayos_disk::gpt::Gpt::read(&mut f, sector)
+        .with_context(|| format!("the installed disk {} has no valid GPT", disk.display()))?;
+    gpt.partitions()
+        .iter()
+        .find(|p| p.type_guid == rayos_disk::types::XBOOTLDR)
+        .map(|p| p.start_bytes(sector))
+        .with_context(|| format!("no RayOS system partition on {}", disk.display()))
+}
+
+fn mtools(tool: &str, disk: &Path, sector: u32, path: &str) -> Result<String> {
+    let offset = system_partition(disk, sector)?;
+    let out = std::process::Command::new(tool)
+        .arg("-i")
+        .arg(format!("{}@@{offset}", disk.display()))
+        .arg(format!("::{path}"))
+        .output()
+        .with_context(|| format!("cannot run {tool} (mtools)"))?;
+    if !out.status.success() {
+        bail!(
+            "{tool} {path} on the system partition failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A text file on the system partition of `disk` (read with mtools).
+fn system_file(disk: &Path, sector: u32, path: &str) -> Result<String> {
+    mtools("mtype", disk, sector, path)
+}
+
+/// Bare names in a directory of the system partition.
+fn system_file_listing(disk: &Path, sector: u32, dir: &str) -> Result<String> {
+    mtools("mdir", disk, sector, &format!("/{dir}")).map(|s| s.to_ascii_lowercase())
+}
+
 /// Runs a debugfs request against the ext4 data volume inside `disk`.
 pub(crate) fn debugfs(disk: &Path, offset: u64, request: &str) -> Result<String> {
     let out = std::process::Command::new("debugfs")
@@ -718,6 +774,34 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// The guest's `COUNTER <n>` values in order.
+/// Waits until the Linux guest prints `COUNTER` lines, asking
+/// `vm console linux` at the `rayos>` prompt every few seconds.
+fn guest_counting(run: &Run, vm: &mut Qemu) -> Result<()> {
+    let deadline = Instant::now() + run.timeout(GUEST_BOOT_SECS);
+    loop {
+        vm.send_serial("vm console linux --lines 3\n")?;
+        // The guest's lines come back through the outer serial console.
+        // Only COUNTER is waited for: the prompt is redrawn for every typed
+        // character, so matching it would stop far behind the answer.
+        match vm.wait_for("COUNTER ", Duration::from_secs(20)) {
+            Ok(line) => {
+                run.ok(&format!("the Linux guest counts: {}", line.trim()));
+                return Ok(());
+            }
+            Err(rayos_image::qemu::QemuError::Timeout { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the Linux guest printed no COUNTER line within {} s:\n{}",
+                run.timeout(GUEST_BOOT_SECS).as_secs(),
+                vm.tail()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
 fn counters(console: &str) -> Vec<u64> {
     console
         .lines()

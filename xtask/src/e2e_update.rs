@@ -13,7 +13,8 @@
 //!    unsigned bundles refused (and nothing new on the system partition);
 //!    0.2.0 applied; `reboot`;
 //! 4. boot 2: systemd-boot picks `rayos-0.2.0+3.efi`, it is blessed, the
-//!    Linux VM is back; the broken 0.3.0 applied; `reboot`;
+//!    Linux VM saved by 0.1.0's reboot is resumed (`RAYOS_VM_STARTED:linux:resumed`);
+//!    the broken 0.3.0 applied; `reboot`;
 //! 5. boot 3, reboots allowed: three kernel panics, then systemd-boot falls
 //!    back to 0.2.0, which prints `RAYOS_ROLLBACK:0.3.0:…`; `RAYOS_READY`;
 //!    then 0.4.0 is applied and QEMU is killed while it writes (power cut);
@@ -23,8 +24,10 @@
 //!    VMs' files on the data volume recorded (debugfs);
 //! 8. boot 5: the recovery entry; menu `reinstall`; the system partition is
 //!    rebuilt from the recovery UKI, the VMs' files are byte-identical;
-//! 9. boot 6: the reinstalled 0.2.0 is blessed and the Linux VM runs
-//!    (resumed when its saved state exists).
+//! 9. host: a truncated `rayos-0.4.0+3.efi` (newer, so systemd-boot's first
+//!    choice) is put beside it; boot 6: the machine still comes up on the
+//!    reinstalled 0.2.0, which is blessed, and the Linux VM runs (resumed
+//!    when its saved state exists).
 //!
 //! Every wait has a timeout; QEMU is killed when a stage ends.
 
@@ -268,7 +271,9 @@ pub fn run(args: Args) -> Result<()> {
             .arg("--answers")
             .arg(&answers)
             .arg("--system-image")
-            .arg(media.join("rayos.efi")),
+            .arg(media.join("rayos.efi"))
+            .arg("--recovery-image")
+            .arg(media.join("rayos-recovery.efi")),
     )?;
     run.ok("RayOS 0.1.0 installed onto the image");
     let vars = work.join("OVMF_VARS.fd");
@@ -283,6 +288,14 @@ pub fn run(args: Args) -> Result<()> {
             "boot1: 0.1.0 blessed",
             "RAYOS_BLESSED:rayos-0.1.0.efi",
             60,
+        )?;
+        // Up before the update's reboot, so that reboot saves it and the
+        // new version has a VM to resume.
+        run.expect(
+            &mut vm,
+            "boot1: Linux VM running",
+            "RAYOS_LINUX_VM_READY",
+            900,
         )?;
         for b in ["tampered", "unsigned"] {
             run.type_cmd(
@@ -336,6 +349,19 @@ pub fn run(args: Args) -> Result<()> {
             60,
         )?;
         run.expect(&mut vm, "boot2: Linux VM back", "RAYOS_LINUX_VM_READY", 900)?;
+        let serial = vm.serial_output();
+        let started: Vec<&str> = serial
+            .lines()
+            .filter_map(|l| {
+                l.split_once("RAYOS_VM_STARTED:linux:")
+                    .map(|(_, how)| how.trim())
+            })
+            .collect();
+        anyhow::ensure!(
+            started.first() == Some(&"resumed"),
+            "boot2: the Linux VM was not resumed across the update (RAYOS_VM_STARTED:linux: {started:?})"
+        );
+        run.ok("boot2: the Linux VM resumed across the update (saved by 0.1.0, restored by 0.2.0)");
         run.type_cmd(
             &mut vm,
             "update apply UPDATES:/broken-0.3.0.bundle",
@@ -538,13 +564,34 @@ pub fn run(args: Args) -> Result<()> {
     );
     run.ok("system partition rebuilt: rayos-0.2.0+3.efi from the recovery image");
 
-    // 9. boot 6: the reinstalled system runs and the VM resumes
+    // A corrupt newer UKI (its second half lost, as a failing disk or an
+    // interrupted copy by hand would leave it) beside the reinstalled 0.2.0:
+    // systemd-boot would pick it first by version.
+    let good = fs::read(work.join("bundle-work/rayos-0.4.0.efi"))?;
+    let corrupt = work.join("corrupt-0.4.0.efi");
+    fs::write(&corrupt, &good[..good.len() / 2])?;
     {
-        let mut vm = boot(&run, &work, &disk, &updates, "boot6", &vars, true)?;
-        run.expect(&mut vm, "boot6: rayosd healthy", "RAYOS_READY", 900)?;
+        let (off, _) = system_partition(&disk)?;
+        crate::run_cmd(Command::new("mcopy").args([
+            "-o",
+            "-i",
+            &format!("{}@@{off}", disk.display()),
+            &corrupt.to_string_lossy(),
+            "::/EFI/Linux/rayos-0.4.0+3.efi",
+        ]))?;
+    }
+    run.ok("a truncated rayos-0.4.0+3.efi put beside rayos-0.2.0+3.efi");
+
+    // 9. boot 6: the corrupt UKI is passed over, the reinstalled system
+    // runs and the VM resumes
+    {
+        // Reboots allowed: the firmware may come back to systemd-boot after
+        // the corrupt image fails to start.
+        let mut vm = boot(&run, &work, &disk, &updates, "boot6", &vars, false)?;
+        run.expect(&mut vm, "boot6: rayosd healthy", "RAYOS_READY", 1800)?;
         run.expect(
             &mut vm,
-            "boot6: reinstalled 0.2.0 blessed",
+            "boot6: the corrupt 0.4.0 did not stop the machine: the reinstalled 0.2.0 booted and was blessed",
             "RAYOS_BLESSED:rayos-0.2.0.efi",
             60,
         )?;
@@ -562,6 +609,8 @@ pub fn run(args: Args) -> Result<()> {
             .context("QMP system_powerdown")?;
         stopped(&run, &mut vm, "boot6: powered off")?;
     }
+    let names = linux_dir(&disk)?;
+    println!("    /EFI/Linux after boot 6: {names:?}");
     println!(
         "e2e-update: all stages passed in {:.0} s",
         run.started.elapsed().as_secs_f64()

@@ -1,5 +1,12 @@
-//! `cargo xtask test`: what CI runs.
+//! `cargo xtask test`: what CI runs — lint, every unit and integration test,
+//! then the end-to-end runs on media built from this tree (issue 4's
+//! install-and-boot on a 512- and a 4096-byte-sector disk and through the
+//! wizard, issue 7's update flow).
+//!
+//! The e2e stages always rebuild the media first, so they test the code in
+//! the tree, never media left over from an earlier build.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 #[derive(clap::Args)]
@@ -7,6 +14,12 @@ pub struct Args {
     /// Skip `cargo fmt --check` and clippy (quick local runs).
     #[arg(long)]
     pub no_lint: bool,
+    /// Skip the end-to-end runs (about 25 minutes on 2 cores).
+    #[arg(long)]
+    pub no_e2e: bool,
+    /// Multiply every e2e timeout (they only bound failures).
+    #[arg(long, default_value_t = 2.0)]
+    pub timeout_scale: f64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -23,5 +36,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ]))?;
     }
     crate::run_cmd(Command::new("cargo").args(["test", "--workspace", "--all-targets"]))?;
+    if args.no_e2e {
+        return Ok(());
+    }
+    use crate::e2e::Variant;
+    crate::e2e::run(crate::e2e::Args {
+        variant: vec![Variant::Iso, Variant::FourK, Variant::Wizard],
+        media: PathBuf::from("build"),
+        rebuild: true,
+        timeout_scale: args.timeout_scale,
+        boot_only: false,
+        dry_run: false,
+    })?;
+    crate::e2e_update::run(crate::e2e_update::Args {
+        rebuild: true,
+        timeout_scale: args.timeout_scale,
+    })?;
     Ok(())
 }

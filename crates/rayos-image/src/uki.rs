@@ -1,6 +1,7 @@
 //! Unified Kernel Image assembly: systemd's EFI stub (`linuxx64.efi.stub`)
-//! with the sections `.osrel`, `.cmdline`, `.uname`, `.linux` and `.initrd`
-//! appended, written in Rust (no objcopy).
+//! with the sections `.cmdline`, `.uname`, `.linux`, `.initrd` and `.osrel`
+//! appended, written in Rust (no objcopy). `.osrel` is last so that a
+//! truncated UKI is not listed by systemd-boot at all.
 //!
 //! Layout: new sections follow the stub's last section in memory, each at the
 //! next 4 KiB boundary, so no virtual range overlaps the stub or another
@@ -269,7 +270,12 @@ pub fn assemble(parts: &UkiParts, out: &Path) -> Result<Vec<Section>, UkiError> 
     if ndirs > 4 && u32_at(&stub, pe.opt + 112 + 4 * 8 + 4).unwrap_or(0) != 0 {
         return Err(bad("it is signed; append sections to an unsigned stub"));
     }
-    let new_names = [".osrel", ".cmdline", ".uname", ".linux", ".initrd"];
+    // `.osrel` goes last, in memory and in the file: systemd-boot lists a
+    // UKI only when it can read its `.osrel`, so a UKI cut short (a copy
+    // that did not finish, a disk losing its tail) drops out of the menu
+    // instead of becoming a default that fails to start — systemd-boot 252
+    // then exits to the firmware, which may end in its shell.
+    let new_names = [".cmdline", ".uname", ".linux", ".initrd", ".osrel"];
     if pe
         .sections
         .iter()
@@ -296,19 +302,17 @@ pub fn assemble(parts: &UkiParts, out: &Path) -> Result<Vec<Section>, UkiError> 
         return Err(bad("its header padding is in use"));
     }
 
-    let small: [(&str, Vec<u8>); 3] = [
-        (".osrel", parts.osrel.clone().into_bytes()),
-        (
-            ".cmdline",
-            parts.cmdline.trim_end_matches('\n').as_bytes().to_vec(),
-        ),
-        (".uname", uname.into_bytes()),
-    ];
-    let sizes: Vec<u64> = small
-        .iter()
-        .map(|(_, d)| d.len() as u64)
-        .chain([kernel.len() as u64, initrd_len])
-        .collect();
+    let cmdline = parts.cmdline.trim_end_matches('\n').as_bytes().to_vec();
+    let uname = uname.into_bytes();
+    let osrel = parts.osrel.clone().into_bytes();
+    let sizes: Vec<u64> = [
+        cmdline.len() as u64,
+        uname.len() as u64,
+        kernel.len() as u64,
+        initrd_len,
+        osrel.len() as u64,
+    ]
+    .to_vec();
 
     let mut va = round_up(
         pe.sections
@@ -391,8 +395,10 @@ pub fn assemble(parts: &UkiParts, out: &Path) -> Result<Vec<Section>, UkiError> 
             .map_err(werr)?;
         pos = u64::from(s.file_offset);
         match i {
-            0..=2 => w.write_all(&small[i].1).map_err(werr)?,
-            3 => w.write_all(&kernel).map_err(werr)?,
+            0 => w.write_all(&cmdline).map_err(werr)?,
+            1 => w.write_all(&uname).map_err(werr)?,
+            2 => w.write_all(&kernel).map_err(werr)?,
+            4 => w.write_all(&osrel).map_err(werr)?,
             _ => {
                 let mut initrd =
                     fs::File::open(&parts.initrd).map_err(|source| UkiError::Read {
@@ -542,6 +548,25 @@ mod tests {
         assert_eq!(
             read_section(&out, ".uname").unwrap().unwrap(),
             b"6.1.0-test"
+        );
+        // .osrel's bytes are the file's last data: a copy cut anywhere
+        // before the end loses it, and systemd-boot then does not list it.
+        let osrel = sections.iter().find(|s| s.name == ".osrel").unwrap();
+        let last = sections
+            .iter()
+            .map(|s| u64::from(s.file_offset))
+            .max()
+            .unwrap();
+        assert_eq!(u64::from(osrel.file_offset), last);
+        assert_eq!(
+            read_section(&out, ".osrel").unwrap().unwrap(),
+            os_release("9.9").as_bytes()
+        );
+        let cut = dir.path().join("cut.efi");
+        fs::write(&cut, &head[..head.len() / 2]).unwrap();
+        assert!(
+            read_section(&cut, ".osrel").is_err(),
+            "a truncated UKI must not yield its .osrel"
         );
         // Appending twice is refused rather than producing a broken image.
         let again = UkiParts {

@@ -627,7 +627,7 @@ impl Session {
             // installer medium itself and asks init to reboot when done.
             let mut args = vec!["wizard".to_string()];
             if let Some(u) = crate::volumes::uki_on(Path::new("/run/rayos/medium")) {
-                args.extend(["--system-image".into(), u.display().to_string()]);
+                args.extend(crate::volumes::image_args(&u));
             }
             self.spawn(&exe, &args);
             return;
@@ -705,7 +705,7 @@ impl Session {
             "--yes".into(),
         ];
         if let Some(u) = uki {
-            args.extend(["--system-image".into(), u.display().to_string()]);
+            args.extend(crate::volumes::image_args(&u));
         }
         if self.spawn(&exe, &args) == 0 {
             out("RayOS is installed. Remove the installer medium and type `reboot`.\r\n");

@@ -13,6 +13,7 @@
 //! - [`volumes`]: finding the install, the installer medium, answer files;
 //! - [`service`]: supervised children with log pumps and backoff;
 //! - [`log`]: console + `/dev/kmsg` + rotated log files;
+//! - [`memory`]: the resident memory of RayOS's own processes;
 //! - [`sys`]: the Linux calls (mount, signalfd, reap, reboot).
 //!
 //! See `docs/init.md` for the boot sequence, markers and the control
@@ -23,6 +24,7 @@ pub mod cmdline;
 pub mod console;
 pub mod control;
 pub mod log;
+pub mod memory;
 pub mod modules;
 pub mod pid1;
 pub mod recovery;

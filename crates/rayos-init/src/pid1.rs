@@ -28,6 +28,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::mount::MountFlags;
@@ -162,6 +163,10 @@ pub struct Init {
     /// The data volume is mounted read-write and passed its check.
     data_ok: bool,
     logs_dir: PathBuf,
+    /// `kernel.log`, written by the kmsg collector thread; taken (closed)
+    /// before the data volume is unmounted, or the open file would keep it
+    /// busy and the power-off would leave its journal dirty.
+    kernel_log: Arc<Mutex<Option<crate::log::RotatingLog>>>,
     services: Services,
     markers: Receiver<Marker>,
     sigfd: SignalFd,
@@ -179,6 +184,13 @@ pub struct Init {
     last_vm_poll: Option<Instant>,
     health_warned: bool,
     status_dirty: bool,
+}
+
+/// The kernel log's lock; a panicked writer leaves a usable log behind.
+fn lock_log(
+    l: &Mutex<Option<crate::log::RotatingLog>>,
+) -> std::sync::MutexGuard<'_, Option<crate::log::RotatingLog>> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Entry point when running as PID 1. Never returns.
@@ -218,6 +230,7 @@ pub fn main() -> ! {
         schema_migrated: false,
         data_ok: false,
         logs_dir: PathBuf::from("/run/rayos/logs"),
+        kernel_log: Arc::new(Mutex::new(None)),
         services: Services::new(tx),
         markers: rx,
         sigfd,
@@ -664,23 +677,23 @@ impl Init {
     }
 
     fn start_kmsg_collector(&mut self) {
-        let dir = self.logs_dir.clone();
-        let boot = self.status.boot_id.clone();
+        let Ok(mut f) = File::open("/dev/kmsg") else {
+            return;
+        };
+        let Ok(mut kernel) = crate::log::RotatingLog::open(
+            &self.logs_dir,
+            "kernel",
+            log::DEFAULT_MAX_BYTES,
+            log::DEFAULT_KEEP,
+        ) else {
+            return;
+        };
+        let _ = kernel.write_line(&format!("=== boot {} ===", self.status.boot_id));
+        *lock_log(&self.kernel_log) = Some(kernel);
+        let shared = self.kernel_log.clone();
         let _ = std::thread::Builder::new()
             .name("kmsg".into())
             .spawn(move || {
-                let Ok(mut f) = File::open("/dev/kmsg") else {
-                    return;
-                };
-                let Ok(mut log) = crate::log::RotatingLog::open(
-                    &dir,
-                    "kernel",
-                    log::DEFAULT_MAX_BYTES,
-                    log::DEFAULT_KEEP,
-                ) else {
-                    return;
-                };
-                let _ = log.write_line(&format!("=== boot {boot} ==="));
                 let mut buf = vec![0u8; 8192];
                 let mut n_since_sync = 0;
                 loop {
@@ -696,6 +709,9 @@ impl Init {
                                 .and_then(|s| s.parse().ok())
                                 .unwrap_or(0);
                             let first = text.lines().next().unwrap_or("");
+                            let mut guard = lock_log(&shared);
+                            // Gone: the data volume is being unmounted.
+                            let Some(log) = guard.as_mut() else { break };
                             let _ =
                                 log.write_line(&format!("[{:>9.3}] {first}", usec as f64 / 1e6));
                             n_since_sync += 1;
@@ -1006,9 +1022,8 @@ impl Init {
             "--answers".into(),
             answers.display().to_string(),
             "--yes".into(),
-            "--system-image".into(),
-            uki.display().to_string(),
         ];
+        args.extend(volumes::image_args(&uki));
         match answers_target(&text) {
             Some(t) => args.extend(["--target".into(), t]),
             None => {
@@ -1558,11 +1573,17 @@ impl Init {
         });
         log::info("unmounting the data volume");
         log::detach_file();
+        if let Some(mut k) = lock_log(&self.kernel_log).take() {
+            let _ = k.sync();
+        }
         sys::sync();
         for m in ["/run/rayos/medium", "/run/rayos/system", DATA_MOUNT] {
             let p = Path::new(m);
+            // The service log pumps close their files once the killed
+            // services' pipes end: give them a moment before falling back to
+            // a read-only remount and a lazy unmount.
             if sys::is_mounted(p)
-                && let Err(e) = sys::unmount(p)
+                && let Err(e) = sys::unmount_waiting(p, Duration::from_secs(3))
             {
                 log::warn(crate::error_chain(&e));
             }

@@ -334,7 +334,14 @@ pub struct ReinstallSource {
     pub version: String,
     pub install_manifest: Option<Vec<u8>>,
     pub update_state: Option<Vec<u8>>,
+    /// The boot loader's own files when they live on the system partition
+    /// (4096-byte-sector disks, see `rayos_install::plan::loader_role`):
+    /// formatting would otherwise leave the boot entry pointing at nothing.
+    pub loader_files: Vec<(String, Vec<u8>)>,
 }
+
+/// Boot loader files that may live on the system partition.
+const LOADER_FILES: [&str; 2] = ["EFI/systemd/systemd-bootx64.efi", "loader/loader.conf"];
 
 impl ReinstallSource {
     /// Reads the newest recovery UKI (or `uki`, a recovery UKI given by
@@ -365,6 +372,10 @@ impl ReinstallSource {
             version,
             install_manifest: fs::read(system.join(rayos_update::apply::INSTALL_MANIFEST)).ok(),
             update_state: fs::read(rayos_update::state::path(system)).ok(),
+            loader_files: LOADER_FILES
+                .iter()
+                .filter_map(|f| Some((f.to_string(), fs::read(system.join(f)).ok()?)))
+                .collect(),
         })
     }
 }
@@ -411,6 +422,10 @@ pub fn reinstall_files(system: &Path, src: &ReinstallSource) -> Result<Vec<Strin
     }
     if let Some(s) = &src.update_state {
         write_synced(&rayos_update::state::path(system), s)?;
+    }
+    for (rel, bytes) in &src.loader_files {
+        write_synced(&system.join(rel), bytes)?;
+        did.push(format!("put the boot loader's /{rel} back"));
     }
     for d in [
         system.join(LINUX_DIR),

@@ -201,6 +201,35 @@ pub fn uki_on(root: &Path) -> Option<PathBuf> {
     ukis.pop()
 }
 
+/// The recovery UKI carried beside the system image `uki` on an installer
+/// medium (`rayos-recovery-<version>.efi`, newest by name).
+pub fn recovery_uki_beside(uki: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(uki.parent()?)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            n.starts_with("rayos-recovery-") && n.ends_with(".efi")
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// `rayos install`/`wizard` arguments naming the images on an installer
+/// medium: the system image and, when the medium has one, the recovery UKI.
+pub fn image_args(uki: &Path) -> Vec<String> {
+    let mut args = vec!["--system-image".to_string(), uki.display().to_string()];
+    if let Some(r) = recovery_uki_beside(uki) {
+        args.extend(["--recovery-image".to_string(), r.display().to_string()]);
+    }
+    args
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,9 +281,23 @@ mod tests {
         ] {
             fs::write(d.path().join("EFI/Linux").join(n), "").unwrap();
         }
+        let uki = uki_on(d.path()).unwrap();
+        assert_eq!(uki.file_name().unwrap(), "rayos-0.2+3.efi");
+        // No versioned recovery UKI yet: only the system image is named.
+        assert_eq!(image_args(&uki).len(), 2);
+        for n in ["rayos-recovery-0.1.efi", "rayos-recovery-0.2.efi"] {
+            fs::write(d.path().join("EFI/Linux").join(n), "").unwrap();
+        }
         assert_eq!(
-            uki_on(d.path()).unwrap().file_name().unwrap(),
-            "rayos-0.2+3.efi"
+            uki_on(d.path()).unwrap(),
+            uki,
+            "recovery is never the system"
+        );
+        let args = image_args(&uki);
+        assert_eq!(args[2], "--recovery-image");
+        assert!(
+            args[3].ends_with("EFI/Linux/rayos-recovery-0.2.efi"),
+            "{args:?}"
         );
     }
 

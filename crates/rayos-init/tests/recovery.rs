@@ -291,6 +291,44 @@ fn reinstall_rebuilds_the_system_partition_from_the_recovery_image() {
     assert!(recovery::installed_from_recovery(&installed).is_err());
 }
 
+/// On a 4096-byte-sector disk systemd-boot lives on the system partition;
+/// a reinstall (which formats it) must put it back, byte for byte.
+#[test]
+fn reinstall_keeps_a_boot_loader_living_on_the_system_partition() {
+    let s = system_dir();
+    let work = tempfile::tempdir().unwrap();
+    let rec = recovery_uki(work.path(), "0.3.0");
+    fs::copy(&rec, s.path().join("rayos/rayos-recovery-0.3.0.efi")).unwrap();
+    let loader = [
+        (
+            "EFI/systemd/systemd-bootx64.efi",
+            b"MZ systemd-boot".to_vec(),
+        ),
+        (
+            "loader/loader.conf",
+            b"timeout 3\ndefault rayos-*\n".to_vec(),
+        ),
+    ];
+    for (rel, bytes) in &loader {
+        let p = s.path().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, bytes).unwrap();
+    }
+    let src = recovery::ReinstallSource::read(s.path(), None).unwrap();
+    // The formatted partition: empty.
+    let fresh = tempfile::tempdir().unwrap();
+    let did = recovery::reinstall_files(fresh.path(), &src).unwrap();
+    for (rel, bytes) in &loader {
+        assert_eq!(&fs::read(fresh.path().join(rel)).unwrap(), bytes, "{rel}");
+    }
+    assert!(did.iter().any(|d| d.contains("loader.conf")), "{did:?}");
+    // On a 512-byte-sector install the loader is on the ESP: nothing to keep.
+    let s2 = system_dir();
+    fs::copy(&rec, s2.path().join("rayos/rayos-recovery-0.3.0.efi")).unwrap();
+    let src = recovery::ReinstallSource::read(s2.path(), None).unwrap();
+    assert!(src.loader_files.is_empty());
+}
+
 #[test]
 fn schema_restore_from_the_menu() {
     let d = data_volume();

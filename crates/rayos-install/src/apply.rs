@@ -640,7 +640,7 @@ fn nvram(plan: &Plan, opts: &ApplyOptions) -> Result<u16, ApplyError> {
         .as_ref()
         .ok_or(ApplyError::NoPartition("nvram"))?;
     let esp = plan
-        .partition(Role::Esp)
+        .partition(crate::plan::loader_role(plan.sector_size))
         .ok_or(ApplyError::NoPartition("esp"))?;
     efivar::add_boot_entry(
         &opts.efivars_dir,
@@ -664,7 +664,11 @@ fn system_image(plan: &Plan) -> Result<(PathBuf, String), ApplyError> {
     plan.files
         .iter()
         .find_map(|f| match (&f.source, f.role) {
-            (Source::HostFile { path }, Role::System) => Some((path.clone(), f.path.clone())),
+            // On a 4096-byte-sector disk systemd-boot is a host file on the
+            // system partition too; the image is the one under /EFI/Linux.
+            (Source::HostFile { path }, Role::System) if f.path.starts_with("/EFI/Linux/") => {
+                Some((path.clone(), f.path.clone()))
+            }
             _ => None,
         })
         .ok_or(ApplyError::NoSystemImage)

@@ -65,6 +65,25 @@ pub const ESP_SYSTEMD_BOOT: &str = "/EFI/systemd/systemd-bootx64.efi";
 pub const ESP_FALLBACK: &str = "/EFI/BOOT/BOOTX64.EFI";
 pub const ESP_LOADER_CONF: &str = "/loader/loader.conf";
 pub const MANIFEST_PATH: &str = "/rayos/install-manifest.json";
+
+/// The partition systemd-boot is started from, which is where it reads
+/// `loader/loader.conf` and looks for UKIs first.
+///
+/// On 512-byte-sector disks that is the ESP, and systemd-boot finds the
+/// UKIs on the XBOOTLDR system partition. systemd-boot (252 in Debian 12,
+/// and still 255; systemd issue #32535) cannot find an XBOOTLDR partition
+/// on a disk with 4096-byte logical sectors: it reads the GPT header into
+/// a 512-byte buffer, which such a disk's block I/O refuses. There, the
+/// loader is installed on the system partition itself and the UEFI boot
+/// entry points at it; firmware loads an EFI program from any FAT
+/// partition a device path names. The UKIs stay where they always are.
+pub fn loader_role(sector_size: u32) -> Role {
+    if sector_size > 512 {
+        Role::System
+    } else {
+        Role::Esp
+    }
+}
 /// Where the bundled Linux test guest lives inside the RayOS image.
 pub const GUEST_KERNEL: &str = "/usr/share/rayos/guest/vmlinuz";
 pub const GUEST_INITRD: &str = "/usr/share/rayos/guest/initrd.img";
@@ -246,6 +265,8 @@ pub struct FilePlan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NvramPlan {
     pub description: String,
+    /// The partition holding the loader: the ESP, or the system partition
+    /// on a 4096-byte-sector disk (see [`loader_role`]).
     pub esp_number: u32,
     /// Backslash form, as UEFI wants it.
     pub loader: String,
@@ -357,6 +378,9 @@ pub struct PlanOptions {
     /// only a dry run accepts).
     pub system_image: Option<PathBuf>,
     pub systemd_boot: PathBuf,
+    /// The recovery UKI; with it the install gets the "RayOS recovery" boot
+    /// menu entry (installer media carry it beside the system image).
+    pub recovery_image: Option<PathBuf>,
     /// Add a UEFI boot entry (only ever for block devices).
     pub nvram: bool,
 }
@@ -367,6 +391,7 @@ impl Default for PlanOptions {
             rayos_version: env!("CARGO_PKG_VERSION").to_string(),
             system_image: None,
             systemd_boot: PathBuf::from(SYSTEMD_BOOT_HOST),
+            recovery_image: None,
             nvram: false,
         }
     }
@@ -972,6 +997,11 @@ pub fn make_plan(
             human_size(esp.size_bytes)
         ));
     }
+    if loader_role(disk.logical_sector_size) == Role::System {
+        notes.push(
+            "4096-byte sectors: systemd-boot is installed on the system partition and the boot entry points there (systemd-boot cannot find an XBOOTLDR partition on such a disk)".into(),
+        );
+    }
     plan_parts.push(esp);
     plan_parts.sort_by_key(|p| (p.action == Action::Delete, p.first_lba));
 
@@ -988,7 +1018,7 @@ pub fn make_plan(
     let uki = format!("rayos-{version}+3.efi");
     let mut files = vec![
         FilePlan {
-            role: Role::Esp,
+            role: loader_role(disk.logical_sector_size),
             path: ESP_SYSTEMD_BOOT.into(),
             source: Source::HostFile {
                 path: opts.systemd_boot.clone(),
@@ -1004,7 +1034,7 @@ pub fn make_plan(
             only_if_absent: true,
         },
         FilePlan {
-            role: Role::Esp,
+            role: loader_role(disk.logical_sector_size),
             path: ESP_LOADER_CONF.into(),
             source: Source::Text {
                 content: loader_conf(),
@@ -1023,6 +1053,33 @@ pub fn make_plan(
             only_if_absent: false,
         },
     ];
+    match &opts.recovery_image {
+        Some(image) => {
+            use rayos_state::system::{
+                RECOVERY_DIR, RECOVERY_ENTRY, recovery_entry_text, recovery_uki_name,
+            };
+            let efi = format!("/{RECOVERY_DIR}/{}", recovery_uki_name(&version));
+            files.push(FilePlan {
+                role: Role::System,
+                path: efi.clone(),
+                source: Source::HostFile {
+                    path: image.clone(),
+                },
+                only_if_absent: false,
+            });
+            files.push(FilePlan {
+                role: Role::System,
+                path: format!("/{RECOVERY_ENTRY}"),
+                source: Source::Text {
+                    content: recovery_entry_text(&version, &efi),
+                },
+                only_if_absent: false,
+            });
+        }
+        None => notes.push(
+            "no recovery image given: the boot menu gets no \"RayOS recovery\" entry until an update brings one".into(),
+        ),
+    }
     let layout = rayos_state::DataLayout::new("/");
     let rel = |p: PathBuf| p.display().to_string();
     files.push(FilePlan {
@@ -1106,7 +1163,7 @@ pub fn make_plan(
         description: "RayOS".into(),
         esp_number: plan_parts
             .iter()
-            .find(|p| p.role == Some(Role::Esp))
+            .find(|p| p.role == Some(loader_role(disk.logical_sector_size)))
             .map(|p| p.number)
             .unwrap_or(0),
         loader: ESP_SYSTEMD_BOOT.replace('/', "\\"),
@@ -1457,6 +1514,14 @@ mod tests {
                 assert_eq!(q.action, Action::Create);
             }
             assert!(p.nvram.is_none(), "image files never get a boot entry");
+            // systemd-boot 252 cannot find XBOOTLDR on 4096-byte sectors.
+            let loader = if ss == 512 { Role::Esp } else { Role::System };
+            for path in [ESP_SYSTEMD_BOOT, ESP_LOADER_CONF] {
+                let f = p.files.iter().find(|f| f.path == path).unwrap();
+                assert_eq!(f.role, loader, "{path} with ss {ss}");
+            }
+            let fallback = p.files.iter().find(|f| f.path == ESP_FALLBACK).unwrap();
+            assert_eq!(fallback.role, Role::Esp);
         }
     }
 

@@ -62,9 +62,17 @@ impl Env {
         }
         p
     }
+    fn recovery(&self) -> PathBuf {
+        let p = self.path("rayos-recovery.efi");
+        if !p.exists() {
+            std::fs::write(&p, disks::pseudo_random(98, 1 << 20)).unwrap();
+        }
+        p
+    }
     fn opts(&self) -> PlanOptions {
         PlanOptions {
             system_image: Some(self.uki()),
+            recovery_image: Some(self.recovery()),
             ..PlanOptions::default()
         }
     }
@@ -174,15 +182,33 @@ fn check_installed(env: &Env, img: &Path, plan: &Plan, report: &rayos_install::a
         let f = part_file(env, img, p, name);
         run("fsck.fat", &["-n", &f.display().to_string()]).unwrap();
     }
+    // systemd-boot and its loader.conf live on the ESP, except on a
+    // 4096-byte-sector disk, where systemd-boot could not find the system
+    // partition from there and is installed on it instead.
+    let loader = match plan::loader_role(plan.sector_size) {
+        Role::Esp => esp,
+        _ => sys,
+    };
     assert_eq!(
-        mtype(img, esp, ESP_LOADER_CONF),
+        mtype(img, loader, ESP_LOADER_CONF),
         plan::loader_conf().as_bytes()
     );
     let sd = std::fs::read(plan::SYSTEMD_BOOT_HOST).unwrap();
-    assert_eq!(mtype(img, esp, plan::ESP_SYSTEMD_BOOT), sd);
+    assert_eq!(mtype(img, loader, plan::ESP_SYSTEMD_BOOT), sd);
     assert_eq!(
         mtype(img, sys, &format!("/EFI/Linux/{}", plan.uki_name())),
         std::fs::read(env.uki()).unwrap()
+    );
+    // The recovery UKI and its boot menu entry.
+    use rayos_state::system::{RECOVERY_ENTRY, recovery_entry_text};
+    let rec = format!("/rayos/rayos-recovery-{}.efi", plan.rayos_version);
+    assert_eq!(
+        mtype(img, sys, &rec),
+        std::fs::read(env.recovery()).unwrap()
+    );
+    assert_eq!(
+        mtype(img, sys, &format!("/{RECOVERY_ENTRY}")),
+        recovery_entry_text(&plan.rayos_version, &rec).as_bytes()
     );
     let m = Manifest::parse(&mtype(img, sys, MANIFEST_PATH)).unwrap();
     assert_eq!(m, report.manifest);

@@ -15,6 +15,7 @@ pub mod layout;
 pub mod machine;
 pub mod policy;
 pub mod registry;
+pub mod system;
 pub mod time;
 
 pub use atomic::{AtomicError, Generation, read_with_fallback, write_atomic};

@@ -53,11 +53,10 @@ pub const STEPS: &[&str] = &[
     "record",
 ];
 pub const FAIL_AFTER_ENV: &str = "RAYOS_UPDATE_FAIL_AFTER";
-/// The install manifest written by the installer.
-pub const INSTALL_MANIFEST: &str = "rayos/install-manifest.json";
-/// Where the recovery UKI and its boot entry go.
-pub const RECOVERY_DIR: &str = "rayos";
-pub const RECOVERY_ENTRY: &str = "loader/entries/rayos-recovery.conf";
+/// Names on the system partition shared with the installer and recovery.
+pub use rayos_state::system::{
+    INSTALL_MANIFEST, RECOVERY_DIR, RECOVERY_ENTRY, recovery_entry_text,
+};
 /// Room kept free beyond the payloads (FAT clusters, directory entries).
 const SPACE_MARGIN: u64 = 1 << 20;
 
@@ -361,7 +360,7 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
     if m.payload(PayloadName::RecoveryUki).is_some() {
         fs::create_dir_all(&recovery_dir)
             .map_err(|e| ApplyError::Write(recovery_dir.clone(), e))?;
-        let name = format!("rayos-recovery-{new}.efi");
+        let name = rayos_state::system::recovery_uki_name(&new);
         let tmp = recovery_dir.join(format!("{name}.tmp"));
         write_payload(&b, PayloadName::RecoveryUki, &tmp, false)?;
         entries::rename_synced(&recovery_dir, &format!("{name}.tmp"), &name)?;
@@ -494,10 +493,6 @@ pub fn write_recovery_entry(system: &Path, version: &str, efi: &str) -> Result<(
     }
     let text = recovery_entry_text(version, efi);
     rayos_state::write_atomic(&p, text.as_bytes()).map_err(|e| ApplyError::Record(p.clone(), e))
-}
-
-pub fn recovery_entry_text(version: &str, efi: &str) -> String {
-    format!("title RayOS recovery\nsort-key rayos-recovery\nversion {version}\nefi {efi}\n")
 }
 
 #[cfg(test)]

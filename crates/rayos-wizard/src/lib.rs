@@ -46,6 +46,8 @@ pub struct Config {
     pub save_answers: Option<PathBuf>,
     /// The RayOS UKI to install (required unless `dry_run`).
     pub system_image: Option<PathBuf>,
+    /// The recovery UKI (optional: without it no recovery boot entry).
+    pub recovery_image: Option<PathBuf>,
     pub systemd_boot: PathBuf,
     /// Stop after the confirmation: save answers, write nothing.
     pub dry_run: bool,
@@ -63,6 +65,7 @@ impl Default for Config {
             sector_size: None,
             save_answers: None,
             system_image: None,
+            recovery_image: None,
             systemd_boot: PathBuf::from(SYSTEMD_BOOT_HOST),
             dry_run: false,
             nvram: true,
@@ -144,6 +147,7 @@ pub fn setup(config: &Config) -> Result<Setup, WizardError> {
         disks,
         opts: PlanOptions {
             system_image: config.system_image.clone(),
+            recovery_image: config.recovery_image.clone(),
             systemd_boot: config.systemd_boot.clone(),
             nvram: config.nvram && efivars,
             ..PlanOptions::default()

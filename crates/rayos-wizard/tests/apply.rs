@@ -35,8 +35,11 @@ impl Env {
     fn opts(&self) -> PlanOptions {
         let uki = self.path("rayos.efi");
         std::fs::write(&uki, pseudo_random(3, 1 << 20)).unwrap();
+        let recovery = self.path("rayos-recovery.efi");
+        std::fs::write(&recovery, pseudo_random(4, 1 << 20)).unwrap();
         PlanOptions {
             system_image: Some(uki),
+            recovery_image: Some(recovery),
             ..PlanOptions::default()
         }
     }

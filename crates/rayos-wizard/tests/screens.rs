@@ -119,6 +119,7 @@ fn setup(disks: Vec<Disk>) -> Setup {
         disks: disks.into_iter().map(choice).collect(),
         opts: PlanOptions {
             system_image: Some("/usr/share/rayos/rayos.efi".into()),
+            recovery_image: Some("/usr/share/rayos/rayos-recovery.efi".into()),
             ..PlanOptions::default()
         },
         dry_run: false,

@@ -14,6 +14,11 @@
 //!   the filesystem is clean and holds init's and the kernel's logs and a
 //!   boot record.
 //!
+//! - `broken_policy_and_failing_fsck_still_boot_and_keep_vm_files`: a
+//!   policy that does not parse, then a volume e2fsck cannot repair in
+//!   preen mode: both boots reach the prompt with the fault shown and the
+//!   way to recovery named; a VM disk file on the volume keeps every byte.
+//!
 //! Every wait is bounded; QEMU is killed by a guard on any failure.
 
 use std::fs;
@@ -307,17 +312,23 @@ fn no_data_disk_degrades_and_console_powers_off() {
 
 /// A raw disk: 1 MiB, GPT with one `rayos-data` partition holding `fs`.
 fn data_disk(dir: &Path) -> (PathBuf, u64, u64) {
+    data_disk_with(dir, &rayos_state::Policy::closed().to_toml())
+}
+
+/// [`data_disk`] with the given policy text and a VM disk file
+/// (`VM_FILE`, [`vm_bytes`]) to prove the boot leaves VM files alone.
+fn data_disk_with(dir: &Path, policy: &str) -> (PathBuf, u64, u64) {
     need("mkfs.ext4");
     need("debugfs");
     let seed = dir.join("seed");
     fs::create_dir_all(seed.join("policy")).unwrap();
     let m = rayos_state::MachineConfig::new("rayos-test", "UTC", "C", "us");
     fs::write(seed.join("machine.toml"), m.to_toml()).unwrap();
-    fs::write(
-        seed.join("policy/rayos-policy.toml"),
-        rayos_state::Policy::closed().to_toml(),
-    )
-    .unwrap();
+    fs::write(seed.join("policy/rayos-policy.toml"), policy).unwrap();
+    let vm_file = seed.join(VM_FILE.trim_start_matches('/'));
+    fs::create_dir_all(vm_file.parent().unwrap()).unwrap();
+    fs::write(&vm_file, vm_bytes()).unwrap();
+    fs::write(seed.join("scratch"), "a file the fsck test damages\n").unwrap();
     let fs_img = dir.join("data.ext4");
     let fs_size: u64 = 64 << 20;
     let st = Command::new("mkfs.ext4")
@@ -353,6 +364,160 @@ fn data_disk(dir: &Path) -> (PathBuf, u64, u64) {
     f.seek(SeekFrom::Start(start)).unwrap();
     std::io::copy(&mut fs::File::open(&fs_img).unwrap(), &mut f).unwrap();
     (disk, start, fs_size)
+}
+
+/// A VM's disk on the data volume (not in any registry: init never opens
+/// VM files, so its bytes must survive every boot unchanged).
+const VM_FILE: &str = "/vm/00000000-0000-4000-8000-000000000001/disks/disk0.qcow2";
+
+fn vm_bytes() -> Vec<u8> {
+    (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
+}
+
+fn debugfs_dump(img: &Path, path: &str, out: &Path) -> Vec<u8> {
+    let o = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("dump {path} {}", out.display()))
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    fs::read(out).unwrap_or_default()
+}
+
+/// Boots the data disk and powers off at the prompt; returns the serial
+/// output of the `status` typed there.
+fn boot_degraded(k: &Path, initrd: &Path, disk: &Path, want_fault: &str) -> String {
+    let drive = vec![
+        "-drive".to_string(),
+        format!("file={},format=raw,if=none,id=d0", disk.display()),
+        "-device".to_string(),
+        "virtio-blk-pci,drive=d0".to_string(),
+    ];
+    let mut vm = Vm::start(
+        k,
+        initrd,
+        &format!("{APPEND} rayos.mode=installed"),
+        &drive,
+        None,
+    );
+    let at = vm.wait_for("RAYOS_DEGRADED", 0, BOOT_TIMEOUT);
+    let at = vm.wait_for("rayos> ", at, BOOT_TIMEOUT);
+    vm.type_line("status");
+    let at = vm.wait_for("boot steps:", at, BOOT_TIMEOUT);
+    let at = vm.wait_for("rayos> ", at, BOOT_TIMEOUT);
+    let status = vm.output();
+    assert!(
+        status.contains(want_fault),
+        "no fault {want_fault:?}:\n{status}"
+    );
+    vm.type_line("shutdown");
+    vm.wait_for("RAYOS_POWEROFF", at, BOOT_TIMEOUT);
+    let st = vm.wait_exit(Duration::from_secs(60));
+    assert!(st.success(), "QEMU exit status {st}");
+    assert!(!status.contains("Kernel panic"), "{status}");
+    status
+}
+
+/// A policy that does not parse, then a data volume that fails its check:
+/// each time RayOS still boots to its prompt, shows the reason and points
+/// to recovery, and the VM files on the volume keep every byte.
+#[test]
+fn broken_policy_and_failing_fsck_still_boot_and_keep_vm_files() {
+    let (k, release) = kernel();
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = initramfs(
+        dir.path(),
+        &release,
+        &["virtio_pci", "virtio_blk", "ext4", "crc32c_generic"],
+    );
+    let broken_policy = "version = 1\n[linux\nautostart = yes\n";
+    let (disk, start, len) = data_disk_with(dir.path(), broken_policy);
+
+    // 1. The policy does not parse: fails closed, boot goes on.
+    let status = boot_degraded(&k, &initrd, &disk, "The policy fails closed");
+    assert!(status.contains("recovery mode"), "{status}");
+    let img = dir.path().join("after1.ext4");
+    extract(&disk, start, len, &img);
+    assert_unmounted_clean(&img);
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "the volume is not clean after the degraded boot: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    assert_eq!(
+        debugfs_dump(&img, VM_FILE, &dir.path().join("vm1")),
+        vm_bytes()
+    );
+    assert_eq!(
+        debugfs_cat(&img, "/policy/rayos-policy.toml"),
+        broken_policy,
+        "the person's policy is kept for them to fix"
+    );
+
+    // 2. Damage the volume so that e2fsck -p must give up (an inode of an
+    // impossible type, on a volume marked as having errors).
+    for req in ["sif /scratch mode 0170000", "ssv state 2"] {
+        let o = Command::new("debugfs")
+            .args(["-w", "-R", req])
+            .arg(format!("{}?offset={start}", disk.display()))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "debugfs {req}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let img = dir.path().join("damaged.ext4");
+    extract(&disk, start, len, &img);
+    let fsck = Command::new("e2fsck").arg("-p").arg(&img).output().unwrap();
+    assert_eq!(
+        fsck.status.code().map(|c| c & 4),
+        Some(4),
+        "the damage must be beyond preen mode: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let status = boot_degraded(&k, &initrd, &disk, "failed its check");
+    assert!(status.contains("Boot the recovery entry"), "{status}");
+    let img = dir.path().join("after2.ext4");
+    extract(&disk, start, len, &img);
+    assert_eq!(
+        debugfs_dump(&img, VM_FILE, &dir.path().join("vm2")),
+        vm_bytes()
+    );
+}
+
+/// The volume was really unmounted: state clean and no journal left to
+/// replay (`e2fsck -n` alone does not tell; it skips the journal).
+fn assert_unmounted_clean(img: &Path) {
+    let o = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(img)
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&o.stdout);
+    let features = head
+        .lines()
+        .find(|l| l.starts_with("Filesystem features:"))
+        .unwrap_or("");
+    assert!(
+        !features.contains("needs_recovery"),
+        "the data volume was not unmounted (journal needs recovery): {features}"
+    );
+    assert!(
+        head.lines()
+            .any(|l| l.starts_with("Filesystem state:") && l.trim_end().ends_with("clean")),
+        "{head}"
+    );
 }
 
 fn extract(disk: &Path, start: u64, len: u64, out: &Path) {
@@ -427,6 +592,7 @@ fn data_disk_mounted_logs_kept_power_button_powers_off() {
 
     let img = dir.path().join("after.ext4");
     extract(&disk, start, len, &img);
+    assert_unmounted_clean(&img);
     let fsck = Command::new("e2fsck")
         .args(["-fn"])
         .arg(&img)

@@ -652,6 +652,61 @@ fn windows_profile_keeps_uefi_variables_and_tpm_state() {
     h.ok(&["stop", "win", "--force"]);
 }
 
+/// `rayos vm create --import`: a Linux VM from an existing bootable image
+/// (the UEFI test guest standing in for a distribution's disk) is copied
+/// in, boots through UEFI without --kernel, and the source is not touched.
+#[test]
+fn imported_image_boots_a_linux_vm_through_uefi() {
+    let mut h = Host::new();
+    h.start_daemon();
+    let image = guest::uefi_disk().expect("UEFI test guest (systemd-boot-efi, mtools, dosfstools)");
+    let source = fs::read(&image).unwrap();
+    let missing = h.dir.path().join("no-such.qcow2");
+    let out = h.vm(&[
+        "create",
+        "distro",
+        "--kind",
+        "linux",
+        "--import",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "a missing image is bad input");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such.qcow2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    h.ok(&[
+        "create",
+        "distro",
+        "--kind",
+        "linux",
+        "--memory",
+        "256",
+        "--import",
+        image.to_str().unwrap(),
+    ]);
+    let shown = h.show("distro");
+    assert_eq!(shown.disks.len(), 1);
+    assert!(
+        shown.disks[0].starts_with(&shown.vm_dir),
+        "imported by copy"
+    );
+    h.ok(&["start", "distro"]);
+    let log = h.console("distro");
+    assert_eq!(
+        guest::wait_for_line(&log, 0, "FIRMWARE", BOOT).unwrap(),
+        "FIRMWARE uefi"
+    );
+    guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
+    h.ok(&["stop", "distro", "--force"]);
+    assert_eq!(
+        fs::read(&image).unwrap(),
+        source,
+        "the source image is untouched"
+    );
+}
+
 /// Disk full while saving: the save fails with a message, no partial state
 /// file is left, and the guest keeps running undisturbed.
 #[test]

@@ -15,16 +15,17 @@
 //! (guest time from kernel start, so firmware and boot loader are outside
 //! it and a busy host inflates it less than wall time); wall times from
 //! QEMU start are reported too. Memory: `vm health` typed at the `rayos>`
-//! prompt once `RAYOS_LINUX_VM_READY` is out reports rayosd's `VmRSS`.
+//! prompt once `RAYOS_LINUX_VM_READY` is out reports rayosd's `VmRSS`, and
+//! `status` the sum over RayOS's own processes (PID 1, rayosd, presenter,
+//! the console session).
 //!
 //! The boots run in turn on one disk: the first is a first boot (the
 //! Linux VM starts cold), the next ones resume the VM saved at the
 //! previous power-off (ACPI button), so `RAYOS_LINUX_VM_READY` differs
 //! between them; medians are reported, and each boot's figures as it goes.
 //!
-//! Limits: init's (PID 1's) own RSS is not reported by anything the admin
-//! prompt offers, so only rayosd's is measured; the Linux VM's QEMU is a
-//! separate process and not counted. TCG only.
+//! Limits: the Linux VM's QEMU is not RayOS's own and is not counted;
+//! `VmRSS` counts shared pages once per process. TCG only.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -145,6 +146,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut rayos = Vec::new();
     let mut linux = Vec::new();
     let mut rss = None;
+    let mut own = Own::default();
     for i in 0..args.reps {
         let b = baseline_boot(&work, i, &fw, &kernel, &initrd, &cmdline, args.memory_mib)?;
         println!(
@@ -154,15 +156,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             b.wall_s
         );
         base.push(b);
-        let (r, l, m) = rayos_boot(&work, i, &fw, &disk, &vars, args.memory_mib)?;
+        let (r, l, m, o) = rayos_boot(&work, i, &fw, &disk, &vars, args.memory_mib)?;
         println!(
-            "RayOS {}: RAYOS_READY at kernel {:.3} s (wall {:.1} s), Linux VM ready at kernel {:.3} s, rayosd {} KiB",
+            "RayOS {}: RAYOS_READY at kernel {:.3} s (wall {:.1} s), Linux VM ready at kernel {:.3} s, rayosd {} KiB, RayOS processes {} KiB",
             i + 1,
             r.kernel_s,
             r.wall_s,
             l.kernel_s,
-            m
+            m,
+            o.total_kib
         );
+        own = o;
         rayos.push(r);
         linux.push(l);
         rss = Some(m);
@@ -242,7 +246,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "rayosd VmRSS (last boot)",
         rss as f64 / 1024.0
     );
-    println!("{:<44} {:>12}", "init (PID 1) VmRSS", "not reported");
+    println!(
+        "{:<44} {:>8.1} MiB ({} KiB: {})",
+        "all RayOS processes VmRSS (last boot)",
+        own.total_kib as f64 / 1024.0,
+        own.total_kib,
+        own.each
+    );
     if args.json {
         let v = serde_json::json!({
             "reps": args.reps,
@@ -254,6 +264,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "baseline_run_init_s": bi, "rayos_run_init_s": ri,
             "uki_bytes": uki_b, "iso_bytes": size(&iso), "usb_bytes": size(&usb),
             "rayosd_rss_kib": rss,
+            "rayos_processes_rss_kib": own.total_kib,
+            "rayos_processes": own.each,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
@@ -347,8 +359,8 @@ fn baseline_boot(
     })
 }
 
-/// Boots the installed disk; returns RAYOS_READY, RAYOS_LINUX_VM_READY and
-/// rayosd's RSS in KiB.
+/// Boots the installed disk; returns RAYOS_READY, RAYOS_LINUX_VM_READY,
+/// rayosd's RSS in KiB and `status`'s memory line.
 fn rayos_boot(
     work: &Path,
     i: u32,
@@ -356,7 +368,7 @@ fn rayos_boot(
     disk: &Path,
     vars: &Path,
     memory_mib: u32,
-) -> anyhow::Result<(Boot, Boot, u64)> {
+) -> anyhow::Result<(Boot, Boot, u64, Own)> {
     let mut cfg = Config::new(&work.join(format!("rayos-{i}")))?.medium(Medium::Disk {
         path: disk.to_path_buf(),
         sector_size: 512,
@@ -379,7 +391,10 @@ fn rayos_boot(
     step(&mut vm, "rayos>", 60)?;
     vm.send_serial("vm health\n")?;
     step(&mut vm, "KiB resident", 120)?;
+    vm.send_serial("status\n")?;
+    step(&mut vm, OWN_MEMORY, 120)?;
     let out = vm.serial_output();
+    let own = own_memory(&out)?;
     let init_s = kernel_time(&out, RUN_INIT)?;
     let ready = Boot {
         kernel_s: kernel_time(&out, "RAYOS_READY")?,
@@ -398,7 +413,36 @@ fn rayos_boot(
     if vm.wait_exit(Duration::from_secs(400)).is_err() {
         vm.kill();
     }
-    Ok((ready, linux, rss))
+    Ok((ready, linux, rss, own))
+}
+
+/// What `rayos status` prints about RayOS's own processes.
+const OWN_MEMORY: &str = "memory: RayOS's own processes ";
+
+/// The sum and the per-process list from `status`'s memory line.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Own {
+    total_kib: u64,
+    each: String,
+}
+
+fn own_memory(serial: &str) -> anyhow::Result<Own> {
+    for line in serial.lines().rev() {
+        let Some((_, rest)) = line.split_once(OWN_MEMORY) else {
+            continue;
+        };
+        let Some((n, each)) = rest.split_once(" KiB resident") else {
+            continue;
+        };
+        if let Ok(total_kib) = n.trim().parse() {
+            let each = each.trim().trim_start_matches('(').trim_end_matches(')');
+            return Ok(Own {
+                total_kib,
+                each: each.to_string(),
+            });
+        }
+    }
+    bail!("`status` printed no `{OWN_MEMORY}N KiB resident` line")
 }
 
 /// The printk timestamp of the first timestamped serial line holding
@@ -423,7 +467,12 @@ fn kernel_time(serial: &str, marker: &str) -> anyhow::Result<f64> {
 
 /// `… N KiB resident` from `vm health`.
 fn resident_kib(serial: &str) -> anyhow::Result<u64> {
-    for line in serial.lines().rev() {
+    // Only `vm health`'s line: `status` prints a "KiB resident" sum too.
+    for line in serial
+        .lines()
+        .rev()
+        .filter(|l| l.contains("rayosd ") && l.contains("(pid "))
+    {
         if let Some((head, _)) = line.split_once(" KiB resident")
             && let Some(n) = head.rsplit(' ').next()
             && let Ok(v) = n.trim().parse()
@@ -451,5 +500,17 @@ mod tests {
     fn resident_parses_vm_health() {
         let log = "rayos> vm health\r\nrayosd 0.1.0 (pid 321): ok, 1 VMs, 23456 KiB resident\r\n";
         assert_eq!(resident_kib(log).unwrap(), 23456);
+        let both =
+            format!("{log}memory: RayOS's own processes 9000 KiB resident (init 2000 KiB)\r\n");
+        assert_eq!(resident_kib(&both).unwrap(), 23456);
+    }
+
+    #[test]
+    fn own_memory_parses_status() {
+        let log = "rayos> status\r\nmemory: RayOS's own processes 9000 KiB resident (init 2000 KiB, daemon 7000 KiB)\r\n";
+        let o = own_memory(log).unwrap();
+        assert_eq!(o.total_kib, 9000);
+        assert_eq!(o.each, "init 2000 KiB, daemon 7000 KiB");
+        assert!(own_memory("rayos> status\r\n").is_err());
     }
 }

@@ -46,6 +46,10 @@ pub struct Args {
     /// The RayOS UKI to install (`cargo xtask media` builds build/rayos.efi).
     #[arg(long)]
     system_image: Option<PathBuf>,
+    /// The recovery UKI (`build/rayos-recovery.efi`); with it the boot menu
+    /// gets a "RayOS recovery" entry.
+    #[arg(long)]
+    recovery_image: Option<PathBuf>,
     /// systemd-boot to put on the ESP.
     #[arg(long, default_value = plan::SYSTEMD_BOOT_HOST)]
     systemd_boot: PathBuf,
@@ -74,6 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             sector_size: args.sector_size,
             save_answers: None,
             system_image: args.system_image.clone(),
+            recovery_image: args.recovery_image.clone(),
             systemd_boot: args.systemd_boot.clone(),
             dry_run: args.dry_run,
             nvram: !args.no_nvram,
@@ -156,6 +161,7 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
     }
     let opts = PlanOptions {
         system_image: args.system_image.clone(),
+        recovery_image: args.recovery_image.clone(),
         systemd_boot: args.systemd_boot.clone(),
         nvram: !args.no_nvram && Path::new(rayos_install::efivar::EFIVARS_DIR).is_dir(),
         ..PlanOptions::default()

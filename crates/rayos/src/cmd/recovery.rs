@@ -24,7 +24,9 @@ pub struct Args {
 }
 
 /// Re-creates the UEFI `Boot####` entry "RayOS" (first in `BootOrder`) from
-/// the ESP recorded in the install manifest, with the installer's encoder.
+/// the loader's partition recorded in the install manifest (the ESP; the
+/// system partition on a 4096-byte-sector disk), with the installer's
+/// encoder.
 fn boot_entry(system: &Path) -> Result<String, String> {
     if !Path::new(EFIVARS).is_dir() {
         return Err("not booted through UEFI (no efivarfs)".into());
@@ -36,8 +38,8 @@ fn boot_entry(system: &Path) -> Result<String, String> {
     let esp = m
         .partitions
         .iter()
-        .find(|x| x.role == rayos_install::plan::Role::Esp)
-        .ok_or("the install manifest lists no ESP")?;
+        .find(|x| x.role == rayos_install::plan::loader_role(m.sector_size))
+        .ok_or("the install manifest lists no partition for the boot loader")?;
     let path = rayos_install::efivar::HdFilePath {
         partition_number: esp.number,
         start_lba: esp.first_lba,

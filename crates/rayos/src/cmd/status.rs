@@ -29,8 +29,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    let memory = rayos_init::memory::rayos_processes();
+    let total_kib: u64 = memory.iter().map(|p| p.rss_kib).sum();
     if args.json {
         let v = serde_json::json!({
+            "memory": { "processes": memory, "rss_kib_total": total_kib },
             "init": init.as_ref().ok(),
             "init_error": init.as_ref().err().map(|e| rayos_init::error_chain(e)),
             "daemon": health.as_ref().ok(),
@@ -62,6 +65,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.socket.display(),
             rayos_init::error_chain(e)
         ),
+    }
+    if !memory.is_empty() {
+        let each: Vec<String> = memory
+            .iter()
+            .map(|p| format!("{} {} KiB", p.role, p.rss_kib))
+            .collect();
+        println!(
+            "memory: RayOS's own processes {total_kib} KiB resident ({})",
+            each.join(", ")
+        );
     }
     if let Some(vms) = vms {
         if vms.is_empty() {

@@ -101,6 +101,11 @@ struct CreateArgs {
     /// A new qcow2 disk of SIZE (e.g. 8G), or an image FILE to copy.
     #[arg(long = "disk", value_name = "SIZE|FILE")]
     disks: Vec<String>,
+    /// An existing system image (a Linux distribution's qcow2 or raw disk)
+    /// to copy in as the VM's first disk; without --kernel the VM boots it
+    /// through UEFI.
+    #[arg(long = "import", value_name = "FILE")]
+    import: Option<PathBuf>,
     /// Direct kernel boot: the kernel image (copied).
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -163,9 +168,10 @@ fn create_request(a: CreateArgs) -> anyhow::Result<CreateRequest> {
         memory_mib: a.memory,
         cpus: a.cpus,
         disks: a
-            .disks
-            .iter()
-            .map(|d| disk_request(d))
+            .import
+            .map(|p| absolute(&p, "image to import").map(DiskRequest::Import))
+            .into_iter()
+            .chain(a.disks.iter().map(|d| disk_request(d)))
             .collect::<anyhow::Result<_>>()?,
         kernel: a.kernel.map(|k| absolute(&k, "kernel")).transpose()?,
         initrd: a.initrd.map(|k| absolute(&k, "initrd")).transpose()?,

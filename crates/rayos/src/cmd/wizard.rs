@@ -35,6 +35,10 @@ pub struct Args {
     /// The RayOS UKI to install (`cargo xtask media` builds build/rayos.efi).
     #[arg(long)]
     system_image: Option<PathBuf>,
+    /// The recovery UKI (`build/rayos-recovery.efi`); with it the boot menu
+    /// gets a "RayOS recovery" entry.
+    #[arg(long)]
+    recovery_image: Option<PathBuf>,
     /// systemd-boot to put on the ESP.
     #[arg(long, default_value = SYSTEMD_BOOT_HOST)]
     systemd_boot: PathBuf,
@@ -74,6 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         sector_size: args.sector_size,
         save_answers: args.save_answers,
         system_image: args.system_image,
+        recovery_image: args.recovery_image,
         systemd_boot: args.systemd_boot,
         dry_run: args.dry_run,
         nvram: !args.no_nvram,
