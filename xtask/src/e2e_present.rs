@@ -28,9 +28,8 @@
 //!    the first letters and none of the second, and the screenshot.
 //!
 //! The presenter's markers are read from its log on the data volume
-//! (`logs presenter` at the prompt), not from the serial console: PID 1
-//! copies them there through the kernel log, which stalls on this machine
-//! once the presenter has the screen (see `Session::presenter_markers`).
+//! (`logs presenter` at the prompt), not from the serial console, where
+//! they arrive late (see `Session::presenter_markers`).
 //!
 //! Every wait is bounded (scaled by `--timeout-scale`); a failure prints
 //! the serial console's tail. Screendumps (PPM) and the VM's screenshot
@@ -433,10 +432,10 @@ impl Session<'_> {
     /// from its log on the data volume (`logs presenter` at the prompt).
     ///
     /// Why not the serial console: PID 1 copies the markers there through
-    /// the kernel log, and with a display device the kernel's console
-    /// output (and `/dev/kmsg` readers) stall for minutes once the
-    /// presenter has the screen, so a marker typed for reaches the serial
-    /// port late or not at all; the log file has every line at once.
+    /// `/dev/kmsg`, writing each record without a trailing newline; the
+    /// kernel keeps such a record open, unseen by consoles and readers,
+    /// until the next record arrives, which on an idle machine can be
+    /// minutes later. The log file has every line at once.
     fn presenter_markers(&mut self) -> Result<Vec<String>> {
         let out = self.admin("logs -n 5000 presenter", 120)?;
         Ok(out
