@@ -532,7 +532,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     // The guest boots under nested TCG (about 40 s on a quiet machine, much
     // more on a busy one); let it reach userspace and count, so the resume
     // has a counter to continue. Its console is read at the admin prompt.
-    guest_counting(run, &mut vm)?;
+    guest_counting(run, &mut vm, None)?;
     vm.qmp("system_powerdown", None)
         .context("QMP system_powerdown")?;
     run.ok("ACPI power button pressed (QMP system_powerdown)");
@@ -559,7 +559,9 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
         900,
     )?;
     run.expect(&mut vm, "Linux VM running", "RAYOS_LINUX_VM_READY", 600)?;
-    std::thread::sleep(Duration::from_secs(3));
+    // A counter past the last one before the power-off, so the check of
+    // the console log after this boot has the resumed guest's lines.
+    guest_counting(run, &mut vm, Some(last_before))?;
     vm.send_serial("\n")?;
     run.expect(&mut vm, "admin prompt on the serial console", "rayos>", 60)?;
     vm.send_serial("reboot\n")?;
@@ -776,20 +778,31 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// The guest's `COUNTER <n>` values in order.
 /// Waits until the Linux guest prints `COUNTER` lines, asking
 /// `vm console linux` at the `rayos>` prompt every few seconds.
-fn guest_counting(run: &Run, vm: &mut Qemu) -> Result<()> {
+/// With `above`, waits for a counter past it (the console log keeps the
+/// lines from before a save, so a resumed guest must print a new one).
+fn guest_counting(run: &Run, vm: &mut Qemu, above: Option<u64>) -> Result<()> {
     let deadline = Instant::now() + run.timeout(GUEST_BOOT_SECS);
     loop {
         vm.send_serial("vm console linux --lines 3\n")?;
         // The guest's lines come back through the outer serial console.
         // Only COUNTER is waited for: the prompt is redrawn for every typed
         // character, so matching it would stop far behind the answer.
-        match vm.wait_for("COUNTER ", Duration::from_secs(20)) {
-            Ok(line) => {
-                run.ok(&format!("the Linux guest counts: {}", line.trim()));
-                return Ok(());
+        loop {
+            match vm.wait_for("COUNTER ", Duration::from_secs(20)) {
+                Ok(line) => {
+                    let n = line
+                        .rsplit("COUNTER ")
+                        .next()
+                        .and_then(|v| v.split_whitespace().next())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    if above.is_none_or(|a| n.is_some_and(|n| n > a)) {
+                        run.ok(&format!("the Linux guest counts: {}", line.trim()));
+                        return Ok(());
+                    }
+                }
+                Err(rayos_image::qemu::QemuError::Timeout { .. }) => break,
+                Err(e) => return Err(e.into()),
             }
-            Err(rayos_image::qemu::QemuError::Timeout { .. }) => {}
-            Err(e) => return Err(e.into()),
         }
         if Instant::now() >= deadline {
             bail!(

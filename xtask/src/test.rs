@@ -1,7 +1,8 @@
 //! `cargo xtask test`: what CI runs — lint, every unit and integration test,
 //! then the end-to-end runs on media built from this tree (issue 4's
 //! install-and-boot on a 512- and a 4096-byte-sector disk and through the
-//! wizard, issue 7's update flow).
+//! wizard, issue 6's presenter and input routing on the installed system,
+//! issue 7's update flow).
 //!
 //! The e2e stages always rebuild the media first, so they test the code in
 //! the tree, never media left over from an earlier build.
@@ -14,7 +15,7 @@ pub struct Args {
     /// Skip `cargo fmt --check` and clippy (quick local runs).
     #[arg(long)]
     pub no_lint: bool,
-    /// Skip the end-to-end runs (about 25 minutes on 2 cores).
+    /// Skip the end-to-end runs (about 30 minutes on 2 cores).
     #[arg(long)]
     pub no_e2e: bool,
     /// Multiply every e2e timeout (they only bound failures).
@@ -47,6 +48,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         timeout_scale: args.timeout_scale,
         boot_only: false,
         dry_run: false,
+    })?;
+    // The media built just above serve this run too.
+    crate::e2e_present::run(crate::e2e_present::Args {
+        media: PathBuf::from("build"),
+        rebuild: false,
+        timeout_scale: args.timeout_scale,
     })?;
     crate::e2e_update::run(crate::e2e_update::Args {
         rebuild: true,

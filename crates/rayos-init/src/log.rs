@@ -100,6 +100,14 @@ pub fn detach_file() {
     }
 }
 
+/// One `/dev/kmsg` record (one write() is one record). It must end in a
+/// newline: without one the kernel keeps the record open for a
+/// continuation and shows it to consoles and readers only when the next
+/// record comes, which on an idle system delayed markers by minutes.
+fn kmsg_record(level: Level, text: &str) -> String {
+    format!("<{}>rayos-init: {}{text}\n", level.kmsg_prio(), level.tag())
+}
+
 fn emit(level: Level, text: &str, to_console: bool) {
     let stamp = uptime();
     let line = format!("[{stamp:>9.3}] {}{text}", level.tag());
@@ -114,9 +122,7 @@ fn emit(level: Level, text: &str, to_console: bool) {
         }
     }
     if let Some(k) = s.kmsg.as_mut() {
-        // One write() is one kernel log record.
-        let rec = format!("<{}>rayos-init: {}{text}", level.kmsg_prio(), level.tag());
-        let _ = k.write_all(rec.as_bytes());
+        let _ = k.write_all(kmsg_record(level, text).as_bytes());
     }
     match s.file.as_mut() {
         Some(f) => {
@@ -283,6 +289,14 @@ impl RotatingLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kmsg_records_end_their_line() {
+        let r = kmsg_record(Level::Info, "RAYOS_READY");
+        assert!(r.ends_with("rayos-init: RAYOS_READY\n"), "{r:?}");
+        assert!(r.starts_with('<'));
+        assert_eq!(r.matches('\n').count(), 1);
+    }
 
     fn read(p: &Path) -> String {
         fs::read_to_string(p).unwrap_or_default()
