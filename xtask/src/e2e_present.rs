@@ -28,8 +28,8 @@
 //!    the first letters and none of the second, and the screenshot.
 //!
 //! The presenter's markers are read from its log on the data volume
-//! (`logs presenter` at the prompt), not from the serial console, where
-//! they arrive late (see `Session::presenter_markers`).
+//! (`logs presenter` at the prompt), not from the serial console (see
+//! `Session::presenter_markers`).
 //!
 //! Every wait is bounded (scaled by `--timeout-scale`); a failure prints
 //! the serial console's tail. Screendumps (PPM) and the VM's screenshot
@@ -432,10 +432,9 @@ impl Session<'_> {
     /// from its log on the data volume (`logs presenter` at the prompt).
     ///
     /// Why not the serial console: PID 1 copies the markers there through
-    /// `/dev/kmsg`, writing each record without a trailing newline; the
-    /// kernel keeps such a record open, unseen by consoles and readers,
-    /// until the next record arrives, which on an idle machine can be
-    /// minutes later. The log file has every line at once.
+    /// `/dev/kmsg`, and until init ended its records with a newline the
+    /// kernel held each one back until the next record arrived (minutes on
+    /// an idle machine). The log file has every line at once either way.
     fn presenter_markers(&mut self) -> Result<Vec<String>> {
         let out = self.admin("logs -n 5000 presenter", 120)?;
         Ok(out
