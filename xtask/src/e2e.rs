@@ -246,17 +246,7 @@ pub fn run(args: Args) -> Result<()> {
         };
         return dry_run(&run, &out.join("e2e").join("dry-run"));
     }
-    if args.rebuild || crate::media::outputs(&out).is_err() {
-        println!("== building the media (fast compression)");
-        crate::media::build(&crate::media::Args {
-            out: args.media.clone(),
-            rayos: None,
-            zstd_level: 3,
-            cache: ".cache".into(),
-            serial_console: false,
-        })?;
-    }
-    let (_, iso, usb) = crate::media::outputs(&out)?;
+    let (_, iso, usb) = crate::media::ensure(&args.media, args.rebuild)?;
     let mut failed = Vec::new();
     let variants = if args.boot_only {
         vec![Variant::Iso]

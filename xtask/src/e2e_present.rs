@@ -89,17 +89,7 @@ const MAX_DIFFERENT_PIXELS: usize = 2 * 9 * 16 * 4;
 pub fn run(args: Args) -> Result<()> {
     let root = crate::root();
     let out = root.join(&args.media);
-    if args.rebuild || crate::media::outputs(&out).is_err() {
-        println!("== building the media (fast compression)");
-        crate::media::build(&crate::media::Args {
-            out: args.media.clone(),
-            rayos: None,
-            zstd_level: 3,
-            cache: ".cache".into(),
-            serial_console: false,
-        })?;
-    }
-    let (_, iso, usb) = crate::media::outputs(&out)?;
+    let (_, iso, usb) = crate::media::ensure(&args.media, args.rebuild)?;
     println!("== e2e-present");
     let run = Run {
         scale: args.timeout_scale,

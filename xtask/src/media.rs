@@ -629,6 +629,23 @@ fn describe(p: &Path) -> Result<serde_json::Value> {
 }
 
 /// The media `build` writes, for e2e: (UKI, ISO, USB image) below `out`.
+/// The media under `media` (relative to the workspace), built first (fast
+/// compression) when `rebuild` or when any is missing; the e2e runs' entry.
+pub fn ensure(media: &Path, rebuild: bool) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let out = crate::root().join(media);
+    if rebuild || outputs(&out).is_err() {
+        println!("== building the media (fast compression)");
+        build(&Args {
+            out: media.to_path_buf(),
+            rayos: None,
+            zstd_level: 3,
+            cache: ".cache".into(),
+            serial_console: false,
+        })?;
+    }
+    outputs(&out)
+}
+
 pub fn outputs(out: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let paths = (
         out.join("rayos.efi"),
