@@ -1,7 +1,7 @@
 //! `cargo xtask test`: what CI runs — lint, every unit and integration test,
 //! then the end-to-end runs on media built from this tree (issue 4's
-//! install-and-boot on a 512- and a 4096-byte-sector disk and through the
-//! wizard, issue 6's presenter and input routing on the installed system,
+//! install-and-boot from the ISO as a CD, the USB image, the ISO written to
+//! a USB stick, onto a 4096-byte-sector disk and through the wizard, issue 6's presenter and input routing on the installed system,
 //! issue 7's update flow).
 //!
 //! The e2e stages always rebuild the media first, so they test the code in
@@ -42,7 +42,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     use crate::e2e::Variant;
     crate::e2e::run(crate::e2e::Args {
-        variant: vec![Variant::Iso, Variant::FourK, Variant::Wizard],
+        variant: vec![
+            Variant::Iso,
+            Variant::Usb,
+            Variant::IsoUsb,
+            Variant::FourK,
+            Variant::Wizard,
+        ],
         media: PathBuf::from("build"),
         rebuild: true,
         timeout_scale: args.timeout_scale,
