@@ -389,13 +389,18 @@ fn debugfs_dump(img: &Path, path: &str, out: &Path) -> Vec<u8> {
 
 /// Boots the data disk and powers off at the prompt; returns the serial
 /// output of the `status` typed there.
-fn boot_degraded(k: &Path, initrd: &Path, disk: &Path, want_fault: &str) -> String {
-    let drive = vec![
+/// QEMU arguments attaching `disk` (raw) as a virtio block device.
+fn virtio_disk(disk: &Path) -> Vec<String> {
+    vec![
         "-drive".to_string(),
         format!("file={},format=raw,if=none,id=d0", disk.display()),
         "-device".to_string(),
         "virtio-blk-pci,drive=d0".to_string(),
-    ];
+    ]
+}
+
+fn boot_degraded(k: &Path, initrd: &Path, disk: &Path, want_fault: &str) -> String {
+    let drive = virtio_disk(disk);
     let mut vm = Vm::start(
         k,
         initrd,
@@ -556,12 +561,7 @@ fn data_disk_mounted_logs_kept_power_button_powers_off() {
     );
     let (disk, start, len) = data_disk(dir.path());
     let qmp = dir.path().join("qmp.sock");
-    let drive = vec![
-        "-drive".to_string(),
-        format!("file={},format=raw,if=none,id=d0", disk.display()),
-        "-device".to_string(),
-        "virtio-blk-pci,drive=d0".to_string(),
-    ];
+    let drive = virtio_disk(&disk);
     let mut vm = Vm::start(
         &k,
         &initrd,
