@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use rayos_vmm::Vmm;
 
-use crate::server::{self, ServeError};
+use crate::server::{self, ServeError, ServerLimits};
 use crate::supervisor::{Config, OpError, Supervisor, marker};
 
 #[derive(Debug, Clone)]
@@ -34,6 +34,8 @@ pub struct DaemonOptions {
     pub cgroup_root: Option<PathBuf>,
     pub shutdown_deadline: Duration,
     pub stop_timeout: Duration,
+    /// Connection limits of the API.
+    pub api: ServerLimits,
 }
 
 impl DaemonOptions {
@@ -44,6 +46,7 @@ impl DaemonOptions {
             cgroup_root: Some(PathBuf::from("/sys/fs/cgroup/rayos")),
             shutdown_deadline: Duration::from_secs(90),
             stop_timeout: Duration::from_secs(60),
+            api: ServerLimits::default(),
         }
     }
 }
@@ -175,9 +178,10 @@ pub fn run(opts: DaemonOptions, vmm: Arc<dyn Vmm>) -> Result<(), DaemonError> {
     let listener = server::bind(&opts.socket)?;
     {
         let sup = Arc::clone(&sup);
+        let limits = opts.api;
         std::thread::Builder::new()
             .name("api-accept".into())
-            .spawn(move || server::serve(sup, listener))
+            .spawn(move || server::serve(sup, listener, limits))
             .map_err(DaemonError::Signals)?;
     }
     {

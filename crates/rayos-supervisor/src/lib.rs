@@ -5,7 +5,9 @@
 //! - [`lifecycle`]: the states and allowed transitions, as a table;
 //! - [`store`]: policy and registry loading with fallbacks, registry writes;
 //! - [`saved`]: saved-state files, fingerprints, unusable states kept aside;
-//! - [`create`]: new VMs' definitions, disks and boot files;
+//! - [`create`]: new VMs' definitions, disks and boot files (imports
+//!   inspected and converted), checks of registered definitions;
+//! - [`modes`]: VM directories private to root (0700/0600);
 //! - [`console`], [`cgroup`], [`events`]: console log, CPU weights, events;
 //! - [`supervisor`]: the operations, the monitor, host shutdown;
 //! - [`server`]: the HTTP API; [`daemon`]: the process (socket, signals).
@@ -19,6 +21,7 @@ pub mod create;
 pub mod daemon;
 pub mod events;
 pub mod lifecycle;
+pub mod modes;
 pub mod saved;
 pub mod server;
 pub mod store;
@@ -30,4 +33,5 @@ mod fake;
 mod tests;
 
 pub use daemon::{DaemonOptions, run};
+pub use server::ServerLimits;
 pub use supervisor::{Config, OpError, Supervisor};

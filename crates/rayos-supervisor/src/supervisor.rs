@@ -24,13 +24,14 @@ use rayos_api::{ActionReply, BootKind, CreateRequest, Health, StopRequest, VmInf
 use rayos_state::{
     DataLayout, Networking, OnHostShutdown, Policy, SubsystemPolicy, VmDefinition, VmKind,
 };
-use rayos_vmm::{Launch, RunState, VmHandle, VmSpec, Vmm, VmmError};
+use rayos_vmm::{Launch, RunState, TpmState, VmHandle, VmSpec, Vmm, VmmError};
 
 use crate::cgroup::Cgroups;
 use crate::console;
 use crate::create::{self, CreateError};
 use crate::events::EventBus;
 use crate::lifecycle::{self, Step};
+use crate::modes;
 use crate::saved::{self, Found, SavedError};
 use crate::store::{self, RegistryStore, StoreError};
 
@@ -165,6 +166,10 @@ struct Status {
     crash_count: u32,
     restart_at: Option<Instant>,
     removed: bool,
+    /// The device-model pid whose swtpm was seen dead (reported once).
+    tpm_died_for: Option<u32>,
+    /// A stop because of a dead swtpm is under way.
+    tpm_stopping: bool,
 }
 
 struct Slot {
@@ -193,6 +198,8 @@ impl Slot {
                 crash_count: 0,
                 restart_at: None,
                 removed: false,
+                tpm_died_for: None,
+                tpm_stopping: false,
             }),
             fingerprint: Mutex::new(None),
         }
@@ -273,11 +280,21 @@ impl Supervisor {
             },
             None => None,
         };
-        for n in &notes {
-            eprintln!("rayosd: note: {n}");
-        }
+        // VM directories of older installs were world-readable: saved
+        // memory and disks are root's alone.
+        notes.extend(modes::tighten_vm_dirs(&layout.vm_root()));
         let mut slots = BTreeMap::new();
         for def in &registry.get().vms {
+            // Kept in the registry (every write keeps it), but never run.
+            if let Err(why) = create::check_registered(def) {
+                notes.push(format!(
+                    "{}: VM {} ({:?}) is not loaded: {why}; repair the entry and restart rayosd",
+                    layout.registry().display(),
+                    def.id,
+                    def.name
+                ));
+                continue;
+            }
             let vm_dir = layout.vm_dir(def.id);
             let state = if saved::state_file(&vm_dir).exists() {
                 VmState::Saved
@@ -285,6 +302,9 @@ impl Supervisor {
                 VmState::Stopped
             };
             slots.insert(def.name.clone(), Arc::new(Slot::new(def, state)));
+        }
+        for n in &notes {
+            eprintln!("rayosd: note: {n}");
         }
         let sup = Arc::new(Supervisor {
             cfg,
@@ -526,6 +546,11 @@ impl Supervisor {
             vm: req.name.clone(),
             source,
         })?;
+        // Every image is inspected before anything is created or copied.
+        let imports = create::inspect_imports(req).map_err(|source| OpError::Create {
+            vm: req.name.clone(),
+            source,
+        })?;
         // Holding the registry lock for the whole creation serialises
         // creations, so two requests for one name cannot both succeed.
         let mut reg = lock(&self.registry);
@@ -537,7 +562,21 @@ impl Supervisor {
         }
         let id = uuid::Uuid::new_v4();
         let vm_dir = self.layout.vm_dir(id);
-        let def = match create::build(req, id, &vm_dir) {
+        // Progress of imports: an `importing` event (and log line) per 10%.
+        let mut last_step: Option<(PathBuf, u32)> = None;
+        let mut progress = |src: &Path, pct: u32| {
+            let step = pct / 10;
+            if last_step.as_ref() != Some(&(src.to_path_buf(), step)) {
+                last_step = Some((src.to_path_buf(), step));
+                self.events.emit(
+                    &req.name,
+                    "importing",
+                    VmState::Stopped,
+                    format!("{}: {pct}%", src.display()),
+                );
+            }
+        };
+        let def = match create::build(req, id, &vm_dir, &imports, &mut progress) {
             Ok(d) => d,
             Err(source) => {
                 // vm_dir is new (fresh UUID): nothing of the user's is in it.
@@ -1358,6 +1397,14 @@ impl Supervisor {
                 }
                 Err(_) => continue,
             };
+            if matches!(observed, RunState::Running | RunState::Paused)
+                && h.tpm_state() == TpmState::Died
+            {
+                let pid = h.pid();
+                drop(op);
+                self.tpm_died(&slot, pid);
+                continue;
+            }
             match observed {
                 RunState::Running => {
                     let mut st = lock(&slot.status);
@@ -1421,6 +1468,47 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// The VM's swtpm is gone while its device model runs: the guest's
+    /// TPM no longer answers, and QEMU cannot save the VM without it (the
+    /// migration needs the emulator's state). Reported once (event
+    /// `tpm_died`, a health note, the VM's last error), then the VM is shut
+    /// down cleanly in the background: ACPI power button, killed after the
+    /// stop timeout. The next start runs a fresh swtpm on the kept state.
+    fn tpm_died(self: &Arc<Self>, slot: &Arc<Slot>, pid: u32) {
+        let msg = "its TPM emulator (swtpm) died, so the guest's TPM no longer answers and                    the VM cannot be saved: shutting it down (ACPI power button, killed after                    the stop timeout); start it again to get a fresh swtpm on the same TPM state";
+        {
+            let mut st = lock(&slot.status);
+            if st.tpm_died_for != Some(pid) {
+                st.tpm_died_for = Some(pid);
+                st.last_error = Some(format!(
+                    "swtpm died while the VM ran (device model pid {pid}); it was shut down"
+                ));
+                self.events.emit(&slot.name, "tpm_died", st.state, msg);
+                drop(st);
+                self.note(format!("VM {}: {msg}", slot.name));
+                st = lock(&slot.status);
+            }
+            if st.tpm_stopping {
+                return;
+            }
+            st.tpm_stopping = true;
+        }
+        let me = Arc::clone(self);
+        let slot = Arc::clone(slot);
+        std::thread::spawn(move || {
+            match me.stop_inner(&slot.name, false, me.cfg.stop_timeout) {
+                Ok(r) => eprintln!("rayosd: {}", r.message),
+                // Tried again at the monitor's next look while swtpm stays dead.
+                Err(e) => eprintln!(
+                    "rayosd: VM {}: stopping after its swtpm died failed: {}",
+                    slot.name,
+                    chain(&e)
+                ),
+            }
+            lock(&slot.status).tpm_stopping = false;
+        });
     }
 
     fn after_guest_shutdown(&self, slot: &Slot, def: &VmDefinition) {

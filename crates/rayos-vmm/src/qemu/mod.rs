@@ -25,12 +25,13 @@ mod accel;
 pub mod cmdline;
 pub mod console;
 mod handle;
+pub mod image;
 pub mod process;
 mod swtpm;
 
-use std::fs::{DirBuilder, File};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -147,7 +148,10 @@ impl QemuVmm {
     }
 
     /// Creates the directories a launch needs and removes stale sockets and
-    /// pid files of a QEMU that is gone.
+    /// pid files of a QEMU that is gone. The VM's directory is made 0700
+    /// and its logs 0600 (the console may show anything the guest prints);
+    /// the logs are created here because QEMU and swtpm would create them
+    /// with the default umask.
     fn prepare_dirs(&self, vm: &VmSpec) -> Result<(), VmmError> {
         DirBuilder::new()
             .recursive(true)
@@ -157,9 +161,35 @@ impl QemuVmm {
         let logs = vm.vm_dir.join(rayos_state::layout::vm::LOGS);
         DirBuilder::new()
             .recursive(true)
-            .mode(0o755)
+            .mode(0o700)
             .create(&logs)
             .map_err(Self::io(&logs))?;
+        for d in [&vm.vm_dir, &logs] {
+            private(d, 0o700)?;
+        }
+        for f in [cmdline::vmdir::CONSOLE_LOG, cmdline::vmdir::SWTPM_LOG] {
+            let p = vm.vm_dir.join(f);
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&p)
+                .map_err(Self::io(&p))?;
+            private(&p, 0o600)?;
+        }
+        // Disks hold the guest's data: root's alone, whoever put them there.
+        for d in &vm.def.disks {
+            let p = if d.path.is_absolute() {
+                d.path.clone()
+            } else {
+                vm.vm_dir.join(&d.path)
+            };
+            let mode = std::fs::metadata(&p)
+                .map_err(Self::io(&p))?
+                .permissions()
+                .mode();
+            private(&p, mode & 0o700)?;
+        }
         for f in [
             cmdline::run::QMP,
             cmdline::run::VNC,
@@ -196,6 +226,8 @@ impl QemuVmm {
         // store that would then be kept forever.
         let tmp = vm.vm_dir.join(".ovmf-vars.fd.tmp");
         std::fs::copy(&ovmf.vars_template, &tmp).map_err(Self::io(&tmp))?;
+        // The copy has the template's mode; the variables are the VM's.
+        private(&tmp, 0o600)?;
         File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(Self::io(&tmp))?;
@@ -220,6 +252,10 @@ impl QemuVmm {
                 return Err(missing("initrd", i));
             }
         }
+        let refused = |e: image::ImageError| VmmError::Refused {
+            vm: vm.def.name.clone(),
+            detail: chain(&e),
+        };
         for d in &vm.def.disks {
             let p = if d.path.is_absolute() {
                 d.path.clone()
@@ -229,13 +265,29 @@ impl QemuVmm {
             if !p.exists() {
                 return Err(missing("disk", &p));
             }
+            image::check_disk(&p, d.format).map_err(refused)?;
         }
         if !vm.def.provisioned {
             for m in &vm.def.media {
-                if !m.is_file() {
-                    return Err(missing("installation media", m));
+                match std::fs::metadata(m) {
+                    Ok(md) if md.is_file() => {}
+                    // A device (e.g. /dev/sr0 or a disk) is never handed
+                    // to a guest.
+                    Ok(_) => {
+                        return Err(VmmError::Refused {
+                            vm: vm.def.name.clone(),
+                            detail: format!(
+                                "installation media {} is not a regular file: give an ISO image file",
+                                m.display()
+                            ),
+                        });
+                    }
+                    Err(_) => return Err(missing("installation media", m)),
                 }
             }
+        }
+        if vm.def.tpm {
+            swtpm::check_paths(vm)?;
         }
         Ok(())
     }
@@ -484,6 +536,17 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out
+}
+
+/// Sets `mode` on `path` when it differs (RayOS runs as root and owns
+/// what it creates).
+pub(crate) fn private(path: &Path, mode: u32) -> Result<(), VmmError> {
+    let md = std::fs::metadata(path).map_err(QemuVmm::io(path))?;
+    if md.permissions().mode() & 0o7777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(QemuVmm::io(path))?;
+    }
+    Ok(())
 }
 
 /// fsyncs a directory so a rename in it survives a crash.

@@ -185,6 +185,23 @@ fn create_request(a: CreateArgs) -> anyhow::Result<CreateRequest> {
     })
 }
 
+/// Prints the daemon's `importing` events for VM `name` on stderr while
+/// the create request runs (the thread ends with the process).
+fn show_import_progress(c: &Client, name: &str) {
+    let c = c.clone();
+    let name = name.to_string();
+    let _ = std::thread::Builder::new()
+        .name("import-progress".into())
+        .spawn(move || {
+            let _ = c.events(None, |ev| {
+                if ev.vm == name && ev.event == "importing" {
+                    eprintln!("importing {}", ev.detail);
+                }
+                true
+            });
+        });
+}
+
 /// Maps a client error to the exit codes scripts rely on.
 fn client_err(e: ClientError) -> anyhow::Error {
     let code = match &e {
@@ -359,7 +376,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Create(a) => {
             let req = create_request(a)?;
-            let v = c.create(&req).map_err(client_err)?;
+            if req
+                .disks
+                .iter()
+                .any(|d| matches!(d, DiskRequest::Import(_)))
+            {
+                show_import_progress(&c, &req.name);
+            }
+            // An import of a large image takes as long as it takes.
+            let v = c
+                .clone()
+                .with_timeout(None)
+                .create(&req)
+                .map_err(client_err)?;
             if json {
                 print_json(&v)?;
             } else {
