@@ -129,7 +129,9 @@ pub enum DiskRequest {
     /// A new empty qcow2 disk, e.g. `"8G"`, `"512M"` (suffixes K, M, G, T;
     /// binary units).
     Size(String),
-    /// Copy this image (qcow2 or raw, detected) into the VM's directory.
+    /// Convert this image (qcow2, raw, vmdk, vhdx or vdi, detected; one
+    /// that names other files is refused) into a qcow2 in the VM's
+    /// directory.
     Import(PathBuf),
 }
 
@@ -211,8 +213,9 @@ pub struct Health {
     /// False when no generation of the registry could be read: the daemon
     /// then refuses changes so it never overwrites what a person must repair.
     pub registry_writable: bool,
-    /// Problems found at start-up (corrupt files, fallbacks, skipped cgroup
-    /// setup), for a person to read.
+    /// Problems for a person to read: found at start-up (corrupt files,
+    /// fallbacks, registry entries not loaded, skipped cgroup setup) or
+    /// later (a VM whose swtpm died).
     pub notes: Vec<String>,
 }
 
@@ -224,9 +227,10 @@ pub struct Event {
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
     pub vm: String,
-    /// What happened: created, deleted, starting, started, resumed, saving,
-    /// saved, save_failed, stopping, stopped, crashed, restarting, presented,
-    /// hidden, provisioned, attached, unusable_state, paused, continued.
+    /// What happened: created, importing, deleted, starting, started,
+    /// resumed, saving, saved, save_failed, stopping, stopped, crashed,
+    /// restarting, presented, hidden, provisioned, attached, unusable_state,
+    /// paused, continued, tpm_died.
     pub event: String,
     pub state: VmState,
     #[serde(default, skip_serializing_if = "String::is_empty")]

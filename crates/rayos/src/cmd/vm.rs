@@ -35,7 +35,8 @@ enum Command {
     List,
     /// Everything about one VM.
     Show { name: String },
-    /// Define a new VM (disks are created or copied into its directory).
+    /// Define a new VM (disks are created, or images converted, into its
+    /// directory).
     Create(CreateArgs),
     /// Start a VM: resume its saved state when usable, else cold-boot.
     Start {
@@ -98,12 +99,14 @@ struct CreateArgs {
     memory: Option<u64>,
     #[arg(long)]
     cpus: Option<u32>,
-    /// A new qcow2 disk of SIZE (e.g. 8G), or an image FILE to copy.
+    /// A new qcow2 disk of SIZE (e.g. 8G), or an image FILE (qcow2, raw,
+    /// vmdk, vhdx, vdi) to convert into the VM's own qcow2; an image with a
+    /// backing file or other external files is refused.
     #[arg(long = "disk", value_name = "SIZE|FILE")]
     disks: Vec<String>,
     /// An existing system image (a Linux distribution's qcow2 or raw disk)
-    /// to copy in as the VM's first disk; without --kernel the VM boots it
-    /// through UEFI.
+    /// to convert in as the VM's first disk (progress on stderr); without
+    /// --kernel the VM boots it through UEFI.
     #[arg(long = "import", value_name = "FILE")]
     import: Option<PathBuf>,
     /// Direct kernel boot: the kernel image (copied).
