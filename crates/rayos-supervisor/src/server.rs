@@ -312,8 +312,20 @@ impl Read for DeadlineReader {
     }
 }
 
-fn timed_out(e: &HttpError) -> bool {
-    matches!(e, HttpError::Read(io) if io.kind() == io::ErrorKind::TimedOut)
+/// The reply to a request that could not be read: 408 when it did not
+/// arrive within `within`, the parser's 4xx, or nothing when the client
+/// is gone.
+fn unreadable(e: &HttpError, within: Duration) -> Option<(u16, String)> {
+    if matches!(e, HttpError::Read(io) if io.kind() == io::ErrorKind::TimedOut) {
+        return Some((
+            408,
+            format!(
+                "the request did not arrive within {} s of connecting",
+                within.as_secs_f64()
+            ),
+        ));
+    }
+    (e.status() != 0).then(|| (e.status(), e.to_string()))
 }
 
 /// Ends a connection whose request may not have been read to the end:
@@ -398,8 +410,8 @@ fn refuse(sup: &Arc<Supervisor>, tracker: &Arc<Tracker>, stream: UnixStream, lim
             match (req, ticket) {
                 (Ok(req), Some(ticket)) => answer(&sup, &mine, out, req, ticket, limits),
                 (Err(e), Some(_)) => {
-                    if e.status() != 0 {
-                        let _ = send_error(&mut out, e.status(), &e.to_string());
+                    if let Some((status, msg)) = unreadable(&e, REFUSE_DEADLINE) {
+                        let _ = send_error(&mut out, status, &msg);
                     }
                     linger_close(out);
                 }
@@ -605,22 +617,15 @@ fn handle_connection(
     let req = match http::read_request(&mut reader, Limits::default()) {
         Ok(r) if !ticket.was_shed() => r,
         result => {
-            let (status, msg) = match result {
-                _ if ticket.was_shed() => (
+            let reply = match result {
+                _ if ticket.was_shed() => Some((
                     503,
                     "connection closed to make room for newer ones: send the request at once after connecting".to_string(),
-                ),
-                Err(e) if timed_out(&e) => (
-                    408,
-                    format!(
-                        "the request did not arrive within {} s of connecting",
-                        limits.request_deadline.as_secs_f64()
-                    ),
-                ),
-                Err(e) => (e.status(), e.to_string()),
-                Ok(_) => (0, String::new()),
+                )),
+                Err(e) => unreadable(&e, limits.request_deadline),
+                Ok(_) => None,
             };
-            if status != 0 {
+            if let Some((status, msg)) = reply {
                 let _ = send_error(&mut out, status, &msg);
             }
             drop(reader);
