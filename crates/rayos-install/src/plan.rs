@@ -845,7 +845,20 @@ pub fn make_plan(
     }
 
     // --- sizes of what is created ---
-    let round = |b: u64| b.div_ceil(ALIGN) * ALIGN;
+    // Answers built in code (the wizard, tools) skip the parser's bound, so
+    // it is checked again here; below it, rounding and sums cannot overflow.
+    let round = |at: &str, b: u64| -> Result<u64, PlanError> {
+        crate::answers::check_size_bound(b)
+            .map(|b| b.div_ceil(ALIGN) * ALIGN)
+            .map_err(|b| PlanError::Partition {
+                at: at.into(),
+                what: format!(
+                    "{} is more than the largest size RayOS accepts ({})",
+                    human_size(b),
+                    human_size(crate::answers::MAX_SIZE)
+                ),
+            })
+    };
     let mut creates: Vec<(Role, u64)> = Vec::new();
     if esp.is_none() {
         if answers.sizes.esp < MIN_ESP {
@@ -857,7 +870,7 @@ pub fn make_plan(
                 ),
             });
         }
-        creates.push((Role::Esp, round(answers.sizes.esp)));
+        creates.push((Role::Esp, round("[sizes] esp", answers.sizes.esp)?));
     }
     if !named_numbers.iter().any(|(r, _)| *r == Role::System) {
         if answers.sizes.system < MIN_SYSTEM {
@@ -869,27 +882,28 @@ pub fn make_plan(
                 ),
             });
         }
-        creates.push((Role::System, round(answers.sizes.system)));
+        creates.push((Role::System, round("[sizes] system", answers.sizes.system)?));
     }
     for (role, st) in [
         (Role::VmLinux, &answers.vm_storage.linux),
         (Role::VmWindows, &answers.vm_storage.windows),
     ] {
         if let VmStorage::Create(b) = st {
+            let at = format!(
+                "[vm_storage] {}",
+                if role == Role::VmLinux {
+                    "linux"
+                } else {
+                    "windows"
+                }
+            );
             if *b < MIN_VM_STORAGE {
                 return Err(PlanError::Partition {
-                    at: format!(
-                        "[vm_storage] {}",
-                        if role == Role::VmLinux {
-                            "linux"
-                        } else {
-                            "windows"
-                        }
-                    ),
+                    at,
                     what: format!("VM storage must be at least {}", human_size(MIN_VM_STORAGE)),
                 });
             }
-            creates.push((role, round(*b)));
+            creates.push((role, round(&at, *b)?));
         }
     }
     let data_named = named_numbers.iter().any(|(r, _)| *r == Role::Data);
@@ -905,15 +919,20 @@ pub fn make_plan(
                 ),
             });
         }
-        DataSize::Bytes(b) => Some(Some(round(b))),
+        DataSize::Bytes(b) => Some(Some(round("[sizes] data", b)?)),
     };
-    let fixed: u64 = creates.iter().map(|(_, b)| b).sum();
-    let needed = fixed
-        + match data_size {
+    // At most five sizes of at most MAX_SIZE each: no overflow, but checked
+    // all the same so a change of the bound cannot turn into a panic.
+    let needed = creates
+        .iter()
+        .map(|(_, b)| *b)
+        .chain([match data_size {
             Some(Some(b)) => b,
             Some(None) => MIN_DATA,
             None => 0,
-        };
+        }])
+        .try_fold(0u64, u64::checked_add)
+        .ok_or_else(|| PlanError::Invalid("the sizes add up to more than 16 EiB".into()))?;
 
     // --- where they go ---
     let mut bytes_allocated = 0;
@@ -933,12 +952,11 @@ pub fn make_plan(
             };
             return Err(PlanError::TooSmall {
                 disk: name,
-                needed: needed
-                    + if table == TableAction::New {
-                        2 * ALIGN
-                    } else {
-                        0
-                    },
+                needed: needed.saturating_add(if table == TableAction::New {
+                    2 * ALIGN
+                } else {
+                    0
+                }),
                 available: avail,
                 available_what: what,
             });
@@ -1678,6 +1696,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("1 MiB boundary"), "{e}");
+    }
+
+    /// Issue #10 item 7: sizes that got past the parser (the wizard and
+    /// tools build `Answers` in code) must not overflow the planner's
+    /// arithmetic; they are refused as too large.
+    #[test]
+    fn huge_sizes_are_refused_not_overflowed() {
+        let d = blank(8 * GIB, 512);
+        let mut huge = Vec::new();
+        for v in [u64::MAX, u64::MAX - 1, u64::MAX / 2, u64::MAX / 4 + 1] {
+            let mut a = mode("whole-disk");
+            a.sizes.esp = v;
+            huge.push(a);
+            let mut a = mode("whole-disk");
+            a.sizes.system = v;
+            huge.push(a);
+            let mut a = mode("whole-disk");
+            a.sizes.data = DataSize::Bytes(v);
+            huge.push(a);
+            let mut a = mode("whole-disk");
+            a.vm_storage.linux = VmStorage::Create(v);
+            a.vm_storage.windows = VmStorage::Create(v);
+            huge.push(a);
+        }
+        for a in &huge {
+            let e = plan(&d, a).unwrap_err();
+            assert!(
+                matches!(e, PlanError::TooSmall { .. } | PlanError::Partition { .. }),
+                "{e}"
+            );
+        }
     }
 
     #[test]
