@@ -16,7 +16,9 @@
 //! (`PointerToRawData` + `SizeOfRawData`) against the file's length: an
 //! image whose table points past its end is [`PeError::SectionPastEnd`],
 //! so a caller that got [`Headers`] may slice any section's raw bytes out
-//! of the whole file without further checks. Nothing here panics.
+//! of the whole file without further checks; data that overlaps the
+//! section table is [`PeError::SectionInHeaders`] (editing it would change
+//! the table). Nothing here panics.
 //!
 //! Limits: PE32+ only (x86-64 and arm64 UEFI); at most 96 sections (the
 //! PE/COFF limit); 8-byte section names (EFI images have no string table
@@ -56,6 +58,8 @@ pub enum PeError {
     TooManySections(usize),
     #[error("the section table is cut short")]
     TruncatedSectionTable,
+    #[error("section {name}: its data (from byte {start}) overlaps the section table")]
+    SectionInHeaders { name: String, start: u64 },
     #[error(
         "section {name}: its data (bytes {start}..{end}) runs past the end of the {file_len}-byte file"
     )]
@@ -167,6 +171,7 @@ pub fn parse(head: &[u8], file_len: u64) -> Result<Headers, PeError> {
         return Err(PeError::TooManySections(nsect));
     }
     let section_table = opt + opt_size;
+    let table_end = section_table + nsect * SECTION_HEADER;
     let mut sections = Vec::with_capacity(nsect);
     for i in 0..nsect {
         let at = section_table + i * SECTION_HEADER;
@@ -191,6 +196,14 @@ pub fn parse(head: &[u8], file_len: u64) -> Result<Headers, PeError> {
                 start: s.file_offset.into(),
                 end,
                 file_len,
+            });
+        }
+        // Data inside the headers would be rewritten by an edit of the
+        // section (recovery's .cmdline), changing the table under it.
+        if s.file_size > 0 && (s.file_offset as usize) < table_end {
+            return Err(PeError::SectionInHeaders {
+                name: s.name,
+                start: s.file_offset.into(),
             });
         }
         sections.push(s);
@@ -285,6 +298,12 @@ mod tests {
             }
             assert!(section_data(&bad, ".cmdline").is_err());
         }
+        let mut bad = img.clone();
+        bad[c + 20..c + 24].copy_from_slice(&0x100u32.to_le_bytes());
+        assert!(matches!(
+            parse(&bad, bad.len() as u64),
+            Err(PeError::SectionInHeaders { .. })
+        ));
         // Cut short: the headers are there, the data is not.
         assert!(matches!(
             parse(&img[..img.len() - 1], img.len() as u64 - 1),
