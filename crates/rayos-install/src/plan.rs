@@ -17,9 +17,12 @@
 //! - partitions of an unfinished RayOS install (our type GUIDs and labels,
 //!   no manifest) are ours and are redone;
 //! - a complete RayOS install is replaced only with `reinstall = true`;
-//! - a partition holding another system (Windows or Linux type, or any
-//!   filesystem that is not ours) is reformatted only when listed in
-//!   `[target].format`; an empty partition needs no consent.
+//! - every other partition (Windows or Linux type, any filesystem that is
+//!   not ours, and any bytes RayOS does not recognise: APFS, ZFS, FreeBSD,
+//!   BitLocker To Go, ...) is reformatted only when listed in
+//!   `[target].format`; only a partition of no known system's type that
+//!   [`crate::facts::gather`] read to be all zeros needs no consent
+//!   ([`holds_another_system`], which the wizard asks through too).
 //!
 //! Limits: one free region per install (no spreading across gaps); the
 //! usable area of a GPT is taken to be the standard one (128 entries), and
@@ -344,6 +347,45 @@ pub struct Facts {
     /// The disk's table is corrupt, but one copy is valid and holds an
     /// unfinished RayOS install: a table write of ours was cut off.
     pub unfinished_table: Option<UnfinishedTable>,
+    /// What reading the partitions RayOS does not recognise found (no
+    /// filesystem it knows, a type of no known system): only one proven
+    /// to be all zeros may be formatted without consent.
+    pub scanned: Vec<Scanned>,
+}
+
+impl Facts {
+    /// What was found in `p` (`None`: not read).
+    pub fn contents(&self, p: &PartitionReport) -> Option<Contents> {
+        self.scanned
+            .iter()
+            .find(|s| {
+                s.number == p.number && s.first_lba == p.first_lba && s.last_lba == p.last_lba
+            })
+            .map(|s| s.contents)
+    }
+}
+
+/// A partition read by [`crate::facts::gather`] because RayOS does not
+/// recognise what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scanned {
+    pub number: u32,
+    pub first_lba: u64,
+    pub last_lba: u64,
+    pub contents: Contents,
+}
+
+/// What the bytes of an unrecognised partition are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contents {
+    /// Every byte is zero: nothing to lose.
+    AllZero,
+    /// Some byte is not zero: another system's data, of a kind RayOS does
+    /// not know (APFS, ZFS, FreeBSD UFS, BitLocker To Go, ...).
+    NotZero,
+    /// Larger than RayOS reads to find out ([`crate::facts::ZERO_SCAN_LIMIT`]
+    /// of data), and zero as far as it read.
+    TooLarge,
 }
 
 /// Which copy of a GPT a plan was made from (when the copies disagree).
@@ -397,6 +439,28 @@ impl Default for PlanOptions {
     }
 }
 
+/// What a partition holds, in words, for the consent refusal (the
+/// unrecognised kinds say what reading them found).
+fn holds_words(p: &PartitionReport, facts: &Facts) -> String {
+    if p.filesystem.is_some() || p.family != TypeFamily::Other {
+        return family_words(p);
+    }
+    let what = match facts.contents(p) {
+        Some(Contents::AllZero) => "only zeros",
+        Some(Contents::NotZero) => {
+            "bytes that are not all zeros (another system's data, of a kind RayOS does not recognise)"
+        }
+        Some(Contents::TooLarge) => {
+            "no data RayOS recognises, but it is too large to be proven empty (RayOS reads at most 1 GiB of it, and that was zeros)"
+        }
+        None => "data RayOS does not recognise (it was not read to prove it empty)",
+    };
+    format!(
+        "no filesystem RayOS recognises ({}), and {what}",
+        p.type_name
+    )
+}
+
 fn family_words(p: &PartitionReport) -> String {
     let fs = p.filesystem.map(|f| f.name().to_string());
     let who = match p.family {
@@ -416,22 +480,29 @@ fn family_words(p: &PartitionReport) -> String {
     }
 }
 
-fn is_rayos_partition(p: &PartitionReport) -> bool {
+/// A partition of a RayOS install (ours to redo; a complete install still
+/// needs `reinstall = true`).
+pub fn is_rayos_partition(p: &PartitionReport) -> bool {
     matches!(
         p.family,
         TypeFamily::RayosSystem | TypeFamily::RayosData | TypeFamily::RayosVmStorage
     ) && (p.type_guid != Some(types::XBOOTLDR) || p.has_label(NAME_SYSTEM))
 }
 
-/// Whether writing over `p` needs the person's explicit consent.
-fn holds_another_system(p: &PartitionReport) -> bool {
+/// Whether formatting `p` needs the person's explicit consent (`[target]
+/// format`, or the wizard's typed confirmation): every partition that is
+/// not RayOS's own, unless it is of no known system's type, holds no
+/// filesystem RayOS recognises and was read to be all zeros. So another
+/// system's partition of a type the planner does not know (APFS, ZFS,
+/// FreeBSD, BitLocker To Go, ...) is never formatted silently.
+pub fn holds_another_system(p: &PartitionReport, facts: &Facts) -> bool {
     if is_rayos_partition(p) {
         return false;
     }
-    matches!(
-        p.family,
-        TypeFamily::Windows | TypeFamily::Linux | TypeFamily::Esp
-    ) || p.filesystem.is_some()
+    let proven_empty = p.family == TypeFamily::Other
+        && p.filesystem.is_none()
+        && facts.contents(p) == Some(Contents::AllZero);
+    !proven_empty
 }
 
 fn keep(p: &PartitionReport) -> PartitionPlan {
@@ -751,11 +822,13 @@ pub fn make_plan(
                 ),
             });
         }
-        if holds_another_system(p) && !cx.consented(p) || is_rayos_partition(p) && !reinstall_ok {
+        if holds_another_system(p, facts) && !cx.consented(p)
+            || is_rayos_partition(p) && !reinstall_ok
+        {
             return Err(PlanError::NeedsConsent {
                 at: format!("answer line {}", r.line),
                 part: format!("partition {} of {name}", p.number),
-                holds: family_words(p),
+                holds: holds_words(p, facts),
             });
         }
         let min = match role {
@@ -1642,7 +1715,7 @@ mod tests {
             FakePartition::at(1, MIB, 512 * MIB, 512, types::ESP, "").fs(Filesystem::Fat32, None),
             FakePartition::at(2, 513 * MIB, GIB, 512, types::MS_BASIC_DATA, "win-data")
                 .fs(Filesystem::Ntfs, None),
-            // an unknown type with no filesystem: nothing to lose
+            // an unknown type with no filesystem, read to be all zeros
             FakePartition::at(
                 3,
                 513 * MIB + GIB,
@@ -1653,17 +1726,55 @@ mod tests {
             ),
         ];
         let d = fake_disk("/dev/sda", 16 * GIB, 512, DiskKind::BlockDevice, &parts);
+        // facts::gather read partition 3 and found only zeros.
+        let p3 = d.partition(3).unwrap();
+        let zeros = |contents| Facts {
+            scanned: vec![Scanned {
+                number: 3,
+                first_lba: p3.first_lba,
+                last_lba: p3.last_lba,
+                contents,
+            }],
+            ..Facts::default()
+        };
+        let plan = |d: &Disk, a: &Answers| {
+            make_plan(d, a, &zeros(Contents::AllZero), &PlanOptions::default())
+        };
         let base = "[target]\nmode = \"reuse\"\nsystem = 2\ndata = 3\n";
         let e = plan(&d, &answers(base)).unwrap_err();
         assert!(matches!(e, PlanError::NeedsConsent { .. }), "{e}");
         assert!(e.to_string().contains("NTFS (Windows)"), "{e}");
+        // Issue #10 item 4: unrecognised bytes need consent like Windows'
+        // and Linux' partitions; only proven zeros do not.
+        let a = answers(&format!("{base}format = [2]\n"));
+        for (facts, words) in [
+            (zeros(Contents::NotZero), "not all zeros"),
+            (zeros(Contents::TooLarge), "too large to be proven empty"),
+            (Facts::default(), "not read to prove it empty"),
+        ] {
+            let e = make_plan(&d, &a, &facts, &PlanOptions::default()).unwrap_err();
+            assert!(matches!(e, PlanError::NeedsConsent { .. }), "{e}");
+            let m = e.to_string();
+            assert!(m.contains("partition 3") && m.contains(words), "{m}");
+            assert!(m.contains("list it in [target] format"), "{m}");
+            let a3 = answers(&format!("{base}format = [2, 3]\n"));
+            make_plan(&d, &a3, &facts, &PlanOptions::default()).unwrap();
+        }
+        // A type of another system the planner has no family for (APFS)
+        // holding data: consent; the same partition all zeros: none.
+        let mut apfs = parts.clone();
+        apfs[2].type_guid = types::APPLE_APFS;
+        let da = fake_disk("/dev/sda", 16 * GIB, 512, DiskKind::BlockDevice, &apfs);
+        let e = make_plan(&da, &a, &zeros(Contents::NotZero), &PlanOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("Apple APFS"), "{e}");
+        make_plan(&da, &a, &zeros(Contents::AllZero), &PlanOptions::default()).unwrap();
         let p = plan(&d, &answers(&format!("{base}format = [2]\n"))).unwrap();
         assert_eq!(p.partition(Role::System).unwrap().action, Action::Format);
         assert_eq!(
             p.partition(Role::System).unwrap().type_guid,
             types::XBOOTLDR
         );
-        // partition 3 (unknown type, no filesystem) needed no consent
+        // partition 3 (unknown type, no filesystem, all zeros) needed no consent
         assert_eq!(p.partition(Role::Data).unwrap().number, 3);
         assert_eq!(p.partition(Role::Esp).unwrap().action, Action::ReuseEsp);
         assert_eq!(p.bytes_allocated, GIB + 4 * GIB);

@@ -297,6 +297,82 @@ fn refusals_write_nothing() {
     assert_eq!(fingerprint(&win).unwrap(), fpw);
 }
 
+/// Issue #10 item 4: in reuse mode, partitions of systems the planner has
+/// no name for (APFS, FreeBSD ZFS, a made-up type) holding any data are
+/// formatted only with consent, like Windows' and Linux'. Partitions read
+/// to be all zeros need none, and every other partition keeps its bytes.
+#[test]
+fn reuse_needs_consent_for_partitions_of_unknown_systems() {
+    let t = T::new();
+    let img = t.path("others.img");
+    let header = |code: &str| disks::Content::Header {
+        type_code: code.into(),
+    };
+    let empty = |code: &str| disks::Content::Empty {
+        type_code: code.into(),
+    };
+    let fx = DiskBuilder::new(6 * GIB)
+        .partition(
+            0,
+            100 * disks::MIB,
+            "EFI system partition",
+            disks::Content::Esp { files: Vec::new() },
+        )
+        .partition(0, 600 * disks::MIB, "Macintosh HD", header("af0a"))
+        .partition(0, 1100 * disks::MIB, "zroot", header("a504"))
+        .partition(
+            0,
+            600 * disks::MIB,
+            "who knows",
+            header("12345678-1234-5678-9abc-def012345678"),
+        )
+        .partition(0, 1100 * disks::MIB, "empty ufs", empty("a503"))
+        .partition(
+            0,
+            600 * disks::MIB,
+            "empty",
+            empty("12345678-1234-5678-9abc-def012345678"),
+        )
+        .build(&img)
+        .unwrap();
+    let fp = fingerprint(&img).unwrap();
+    for (system, data, who) in [(2, 5, 2), (6, 3, 3), (4, 5, 4)] {
+        let a = t.file(
+            "unknown.toml",
+            &format!("version = 1\n[target]\nmode = \"reuse\"\nsystem = {system}\ndata = {data}\n"),
+        );
+        let o = t.install(&img, &a, &["--yes"], &[]);
+        assert_refused(&o, 2, "list it in [target] format");
+        let e = stderr(&o);
+        assert!(
+            e.contains(&format!("partition {who} of")) && e.contains("not all zeros"),
+            "{e}"
+        );
+        assert_eq!(
+            fingerprint(&img).unwrap(),
+            fp,
+            "a refusal wrote to the disk"
+        );
+    }
+    // All zeros: nothing to lose, no consent; the others keep every byte.
+    let others: Vec<String> = [1, 2, 3, 4]
+        .iter()
+        .map(|n| fx.partition_hash(*n).unwrap())
+        .collect();
+    let a = t.file(
+        "zeros.toml",
+        "version = 1\n[target]\nmode = \"reuse\"\nsystem = 6\ndata = 5\n[machine]\nhostname = \"rayos-test\"\n",
+    );
+    let o = t.install(&img, &a, &["--yes"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let now: Vec<String> = [2, 3, 4]
+        .iter()
+        .map(|n| fx.partition_hash(*n).unwrap())
+        .collect();
+    assert_eq!(now, others[1..], "a partition outside the plan changed");
+    check_complete(&img, None);
+}
+
 /// Kill the installer after each step (a power cut as far as the disk is
 /// concerned), re-run it with the same answers, and it finishes, with the
 /// other systems' partitions untouched.
