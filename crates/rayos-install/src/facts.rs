@@ -244,6 +244,7 @@ fn disk_from_copy(disk: &Disk, copy: TableCopy) -> Result<Option<Disk>, FactsErr
         .collect();
     Ok(Some(Disk {
         table: Table::Gpt,
+        hybrid_mbr: gpt.hybrid_mbr().map(<[_]>::to_vec).unwrap_or_default(),
         disk_guid: Some(gpt.disk_guid()),
         rayos: find_rayos(&partitions),
         systems: find_systems(&partitions),

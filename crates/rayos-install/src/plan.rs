@@ -275,6 +275,18 @@ pub struct NvramPlan {
     pub loader: String,
 }
 
+/// One entry of a hybrid MBR (Boot Camp, `sgdisk -h`): a legacy BIOS's
+/// view of a GPT partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MbrEntry {
+    /// 1..=4.
+    pub slot: u32,
+    pub type_byte: u8,
+    pub first_lba: u64,
+    /// Inclusive.
+    pub last_lba: u64,
+}
+
 /// How the partition table is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -300,6 +312,11 @@ pub struct Plan {
     /// write of an unfinished install); both copies are rewritten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_copy: Option<TableCopy>,
+    /// The entries of the disk's hybrid MBR, kept as they are when the
+    /// table is edited (`validate` refuses a plan that changes a partition
+    /// one of them names). Empty for a protective MBR or a new table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hybrid_mbr: Vec<MbrEntry>,
     /// Every partition of the disk after the install, plus those deleted.
     pub partitions: Vec<PartitionPlan>,
     pub files: Vec<FilePlan>,
@@ -1265,6 +1282,7 @@ pub fn make_plan(
         );
     }
 
+    let hybrid_mbr = hybrid_entries(disk, table, &plan_parts, &mut notes);
     let plan = Plan {
         schema: PLAN_SCHEMA_VERSION,
         target: disk.path.clone(),
@@ -1275,6 +1293,7 @@ pub fn make_plan(
         rayos_version: version,
         table,
         table_copy,
+        hybrid_mbr,
         partitions: plan_parts,
         files,
         machine,
@@ -1288,11 +1307,97 @@ pub fn make_plan(
     Ok(plan)
 }
 
+/// The disk's hybrid MBR entries the plan keeps (with a note for the
+/// person either way). A new table replaces a hybrid MBR: whole-disk is
+/// the consent to erase everything, and the note says what stops booting.
+fn hybrid_entries(
+    disk: &Disk,
+    table: TableAction,
+    parts: &[PartitionPlan],
+    notes: &mut Vec<String>,
+) -> Vec<MbrEntry> {
+    if disk.hybrid_mbr.is_empty() {
+        return Vec::new();
+    }
+    let entries: Vec<MbrEntry> = disk
+        .hybrid_mbr
+        .iter()
+        .map(|e| MbrEntry {
+            slot: e.number,
+            type_byte: e.type_byte,
+            first_lba: e.first_lba,
+            last_lba: e.first_lba + e.sectors - 1,
+        })
+        .collect();
+    let named: Vec<String> = disk
+        .partitions
+        .iter()
+        .filter(|p| {
+            entries
+                .iter()
+                .any(|e| e.first_lba <= p.last_lba && p.first_lba <= e.last_lba)
+        })
+        .map(|p| p.number.to_string())
+        .collect();
+    let named = match named.len() {
+        0 => "no GPT partition".to_string(),
+        1 => format!("partition {}", named[0]),
+        _ => format!("partitions {}", named.join(", ")),
+    };
+    match table {
+        TableAction::New => {
+            notes.push(format!(
+                "the disk's hybrid MBR (a legacy BIOS's view of {named}, as Boot Camp makes) is replaced by a protective MBR: a system that boots through it in legacy BIOS mode stops booting"
+            ));
+            Vec::new()
+        }
+        TableAction::Edit => {
+            // Which partitions change is checked by validate (for wizard
+            // plans too); a kept hybrid MBR is worth saying.
+            if parts.iter().all(|p| hybrid_conflict(&entries, p).is_none()) {
+                notes.push(format!(
+                    "the disk's hybrid MBR is kept as it is: a legacy BIOS still sees {named}; RayOS's partitions are in the GPT only"
+                ));
+            }
+            entries
+        }
+    }
+}
+
+/// The hybrid MBR entry that names `p`, when the plan changes `p`'s bytes
+/// or its place (anything but keeping it, or adding files to the ESP).
+fn hybrid_conflict(entries: &[MbrEntry], p: &PartitionPlan) -> Option<MbrEntry> {
+    if matches!(p.action, Action::Keep | Action::ReuseEsp) {
+        return None;
+    }
+    entries
+        .iter()
+        .find(|e| e.first_lba <= p.last_lba && p.first_lba <= e.last_lba)
+        .copied()
+}
+
 /// Checks a plan's layout (also for plans made elsewhere, e.g. by the
 /// wizard or read back from JSON): inside the usable area, 1 MiB aligned
 /// new partitions, no overlaps, one partition per slot, one of each role,
-/// an ESP, a system and a data partition.
+/// an ESP, a system and a data partition; and no partition a kept hybrid
+/// MBR names is created over, formatted or deleted.
 pub fn validate(plan: &Plan) -> Result<(), PlanError> {
+    for p in &plan.partitions {
+        if let Some(e) = hybrid_conflict(&plan.hybrid_mbr, p) {
+            let doing = match p.action {
+                Action::Delete => "deletes",
+                Action::Create => "creates a partition over",
+                _ => "formats",
+            };
+            return Err(PlanError::Table {
+                disk: plan.target.display().to_string(),
+                what: format!(
+                    "it has a hybrid MBR (a legacy BIOS's view of some GPT partitions, as Boot Camp or `sgdisk -h` make): its entry {} (type {:#04x}, sectors {}..={}) names partition {}, which this plan {doing}; a legacy BIOS would then start whatever RayOS puts there. Leave partition {} alone, or remove the entry first (gdisk: expert menu `x`, then `n`, writes a plain protective MBR; recovery menu `r`, then `h`, makes a hybrid without it), or use mode = \"whole-disk\" (which erases the disk)",
+                    e.slot, e.type_byte, e.first_lba, e.last_lba, p.number, p.number
+                ),
+            });
+        }
+    }
     let ss = plan.sector_size as u64;
     if ss != 512 && ss != 4096 {
         return Err(PlanError::Invalid(format!("sector size {ss}")));
@@ -1838,6 +1943,56 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// Issue #10 item 3 (the planner's part; the real sgdisk -h disk is in
+    /// crates/rayos/tests/install.rs).
+    #[test]
+    fn a_hybrid_mbr_is_kept_beside_refused_over_replaced_by_whole_disk() {
+        let mut d = sample_disk();
+        // Boot Camp style: the NTFS partition (3) is also in the MBR.
+        let p3 = d.partition(3).unwrap().clone();
+        d.hybrid_mbr = vec![rayos_disk::MbrPartition {
+            number: 2,
+            bootable: true,
+            type_byte: 0x07,
+            first_lba: p3.first_lba,
+            sectors: p3.last_lba + 1 - p3.first_lba,
+        }];
+        let p = plan(&d, &mode("free-space")).unwrap();
+        assert_eq!(p.hybrid_mbr.len(), 1);
+        assert!(
+            p.notes.iter().any(|n| n.contains("hybrid MBR is kept")),
+            "{:?}",
+            p.notes
+        );
+        let e = plan(
+            &d,
+            &answers(
+                "[target]\nmode = \"free-space\"\nformat = [3]\n[vm_storage]\nlinux = { reuse = 3 }\n",
+            ),
+        )
+        .unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("hybrid MBR") && m.contains("partition 3"), "{m}");
+        // The same check for plans made elsewhere (the wizard's lowered
+        // plan, JSON): deleting the named partition is refused.
+        let mut q = p.clone();
+        q.partitions
+            .iter_mut()
+            .find(|x| x.number == 3)
+            .unwrap()
+            .action = Action::Delete;
+        assert!(validate(&q).unwrap_err().to_string().contains("deletes"));
+        let w = plan(&d, &mode("whole-disk")).unwrap();
+        assert!(w.hybrid_mbr.is_empty());
+        assert!(
+            w.notes
+                .iter()
+                .any(|n| n.contains("legacy BIOS mode stops booting"))
+        );
+        let back: Plan = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(back, p);
     }
 
     #[test]

@@ -644,6 +644,14 @@ fn lowered(
     } else {
         TableAction::New
     };
+    if !real_gpt && !plan.hybrid_mbr.is_empty() {
+        // A new table replaces the hybrid MBR the virtual disk still had.
+        plan.hybrid_mbr.clear();
+        plan.notes.retain(|n| !n.contains("hybrid MBR is kept"));
+        plan.notes.push(
+            "the disk's hybrid MBR (a legacy BIOS's view of some partitions, as Boot Camp makes) is replaced by a protective MBR: a system that boots through it in legacy BIOS mode stops booting".into(),
+        );
+    }
     let ss = layout.sector_size();
     let gone: Vec<&PartitionReport> = if real_gpt {
         layout

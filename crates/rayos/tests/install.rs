@@ -373,6 +373,105 @@ fn reuse_needs_consent_for_partitions_of_unknown_systems() {
     check_complete(&img, None);
 }
 
+/// Issue #10 item 3: a hybrid MBR (Boot Camp style, `sgdisk -h`) gives a
+/// legacy BIOS its view of some GPT partitions. An install beside them
+/// keeps it byte for byte (it was silently replaced by a protective MBR, and
+/// such a system stopped booting); a plan that would change a partition it
+/// names is refused with the way out; whole-disk replaces it and says so.
+#[test]
+fn a_hybrid_mbr_is_kept_or_the_install_refused() {
+    let t = T::new();
+    let img = t.path("hybrid.img");
+    let fx = DiskBuilder::new(8 * GIB)
+        .partition(
+            0,
+            100 * disks::MIB,
+            "EFI system partition",
+            disks::Content::Esp { files: Vec::new() },
+        )
+        .partition(
+            0,
+            1100 * disks::MIB,
+            "BOOTCAMP",
+            disks::Content::Header {
+                type_code: "0700".into(),
+            },
+        )
+        .partition(
+            0,
+            600 * disks::MIB,
+            "linux",
+            disks::Content::Header {
+                type_code: "8300".into(),
+            },
+        )
+        .build(&img)
+        .unwrap();
+    run("sgdisk", &["-h", "2:3", img.to_str().unwrap()]).unwrap();
+    let lba0 = disks::read_at(&img, 0, 512).unwrap();
+    assert_eq!(
+        lba0[446 + 4],
+        0xEE,
+        "sgdisk -h puts the protective entry first"
+    );
+    assert_eq!((lba0[446 + 16 + 4], lba0[446 + 32 + 4]), (0x07, 0x83));
+    let fp = fingerprint(&img).unwrap();
+
+    // Formatting a partition the hybrid MBR names: refused, nothing written.
+    let reuse = t.file(
+        "hybrid-reuse.toml",
+        "version = 1\n[target]\nmode = \"reuse\"\nsystem = 3\ndata = 2\nformat = [2, 3]\n",
+    );
+    let o = t.install(&img, &reuse, &["--yes"], &[]);
+    assert_refused(&o, 2, "hybrid MBR");
+    let e = stderr(&o);
+    assert!(e.contains("partition 2") && e.contains("gdisk"), "{e}");
+    assert_eq!(
+        fingerprint(&img).unwrap(),
+        fp,
+        "a refusal wrote to the disk"
+    );
+
+    // Whole disk replaces it, and the plan says so.
+    let whole = t.file(
+        "hybrid-whole.toml",
+        "version = 1\n[target]\nmode = \"whole-disk\"\n",
+    );
+    let o = t.install(&img, &whole, &["--dry-run"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("hybrid MBR") && text.contains("legacy BIOS"),
+        "{text}"
+    );
+
+    // Beside them (free space): the hybrid MBR stays byte for byte.
+    let before: Vec<String> = [1, 2, 3]
+        .iter()
+        .map(|n| fx.partition_hash(*n).unwrap())
+        .collect();
+    let free = t.file(
+        "hybrid-free.toml",
+        "version = 1\n[target]\nmode = \"free-space\"\n[machine]\nhostname = \"rayos-test\"\n",
+    );
+    let o = t.install(&img, &free, &["--yes"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("hybrid MBR is kept"), "{}", stderr(&o));
+    assert_eq!(
+        disks::read_at(&img, 0, 512).unwrap(),
+        lba0,
+        "the hybrid MBR was replaced"
+    );
+    let now: Vec<String> = [2, 3]
+        .iter()
+        .map(|n| fx.partition_hash(*n).unwrap())
+        .collect();
+    assert_eq!(now, before[1..], "a partition outside the plan changed");
+    check_complete(&img, None);
+    let d = rayos_disk::probe_image(&img, None).unwrap();
+    assert_eq!(d.hybrid_mbr.len(), 2, "{:?}", d.hybrid_mbr);
+}
+
 /// Kill the installer after each step (a power cut as far as the disk is
 /// concerned), re-run it with the same answers, and it finishes, with the
 /// other systems' partitions untouched.
