@@ -670,6 +670,9 @@ fn with_fat(
         source,
     };
     let image = open_fat(plan, p, opts).map_err(err)?;
+    // mtools never writes into a FAT fsck.fat finds damaged, be it a
+    // reused ESP (checked in preflight too) or one RayOS just made.
+    image.fsck().map_err(err)?;
     work(&image.volume())?;
     image.commit().map_err(err)?;
     Ok(())
