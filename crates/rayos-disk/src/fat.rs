@@ -222,10 +222,13 @@ impl Geometry {
         self.sectors_per_cluster * self.bytes_per_sector
     }
 
-    /// Where the first FAT is, in bytes from the filesystem's start.
+    /// Where the first FAT is, in bytes from the filesystem's start: the
+    /// part that holds entries for the clusters (a FAT may be larger than
+    /// its clusters need; the rest is never read).
     pub fn fat_range(&self) -> Range<u64> {
         let start = self.reserved_sectors * self.bytes_per_sector;
-        start..start + self.fat_sectors * self.bytes_per_sector
+        let needed = ((self.clusters + 2) * self.entry_bits()).div_ceil(8);
+        start..start + needed.min(self.fat_sectors * self.bytes_per_sector)
     }
 
     /// Where cluster `n` (2..clusters + 2) is, in bytes from the
