@@ -535,6 +535,7 @@ fn unreadable(path: PathBuf, sys_dir: &Path, reason: String) -> Disk {
         removable: read_trim(&sys_dir.join("removable")).as_deref() == Some("1"),
         read_only: read_trim(&sys_dir.join("ro")).as_deref() == Some("1"),
         table: Table::Unreadable { reason },
+        hybrid_mbr: Vec::new(),
         disk_guid: None,
         whole_disk_filesystem: None,
         partitions: Vec::new(),
@@ -642,6 +643,10 @@ pub fn build_report<D: Read + Seek>(
         source,
     })?;
     let state = gpt::inspect(dev, sector_size).map_err(table_err)?;
+    let hybrid_mbr = match &state {
+        TableState::Gpt(g) => g.hybrid_mbr().map(<[_]>::to_vec).unwrap_or_default(),
+        _ => Vec::new(),
+    };
     let (table, disk_guid, mut partitions, free_regions): (
         Table,
         _,
@@ -699,6 +704,7 @@ pub fn build_report<D: Read + Seek>(
         removable: false,
         read_only: false,
         table,
+        hybrid_mbr,
         disk_guid,
         whole_disk_filesystem: whole,
         partitions,

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::gpt::{Corruption, Gpt, Mbr};
+use crate::gpt::{Corruption, Gpt, Mbr, MbrPartition};
 use crate::probe::{Filesystem, FsInfo};
 use crate::types::{self, TypeFamily};
 
@@ -46,6 +46,10 @@ pub struct Disk {
     pub removable: bool,
     pub read_only: bool,
     pub table: Table,
+    /// A GPT disk's hybrid MBR (Boot Camp, `sgdisk -h`): the entries that
+    /// give a legacy BIOS its view of some partitions. Empty when LBA 0 is
+    /// a plain protective MBR (or the disk is not GPT).
+    pub hybrid_mbr: Vec<MbrPartition>,
     /// GPT disk GUID.
     pub disk_guid: Option<Uuid>,
     /// A filesystem written to the whole disk, without a partition table

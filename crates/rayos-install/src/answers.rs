@@ -27,6 +27,10 @@ pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * KIB;
 pub const GIB: u64 = 1024 * MIB;
 pub const TIB: u64 = 1024 * GIB;
+/// The largest size an answer file may give: 1 PiB, far beyond any disk
+/// RayOS installs to, and small enough that the planner's sums of up to
+/// five sizes (rounded up to 1 MiB) cannot overflow a `u64`.
+pub const MAX_SIZE: u64 = 1024 * TIB;
 
 /// "file:line: message"; line is 0 when the problem has no one place.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -369,7 +373,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         let w: u64 = if whole.is_empty() {
             0
         } else {
-            whole.parse().map_err(|_| bad())?
+            whole.parse().map_err(|_| {
+                if whole.bytes().all(|b| b.is_ascii_digit()) {
+                    too_large(s)
+                } else {
+                    bad()
+                }
+            })?
         };
         if frac.is_empty() || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
@@ -383,16 +393,37 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                     .ok()
                     .and_then(|b: u64| a.checked_add(b))
             })
-            .ok_or_else(|| format!("size {s:?} is too large"))?
+            .ok_or_else(|| too_large(s))?
     } else {
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        n.checked_mul(mult)
-            .ok_or_else(|| format!("size {s:?} is too large"))?
+        // A number too long for u64 is too large, not "not a number".
+        let n: u64 = match num.parse() {
+            Ok(n) => n,
+            Err(_) if num.bytes().all(|b| b.is_ascii_digit()) => return Err(too_large(s)),
+            Err(_) => return Err(bad()),
+        };
+        n.checked_mul(mult).ok_or_else(|| too_large(s))?
     };
     if bytes == 0 {
         return Err(format!("size {s:?} must be more than zero"));
     }
-    Ok(bytes)
+    check_size_bound(bytes).map_err(|_| too_large(s))
+}
+
+fn too_large(s: &str) -> String {
+    format!(
+        "size {s:?} is too large: at most {} (1 PiB)",
+        human_size(MAX_SIZE)
+    )
+}
+
+/// `bytes` if it is at most [`MAX_SIZE`] (the planner calls this too, for
+/// answers built in code rather than parsed).
+pub fn check_size_bound(bytes: u64) -> Result<u64, u64> {
+    if bytes > MAX_SIZE {
+        Err(bytes)
+    } else {
+        Ok(bytes)
+    }
 }
 
 /// A human form of a byte count: `2 GiB`, `1.5 GiB`, `512 MiB`.
@@ -500,7 +531,8 @@ impl Answers {
                 toml::Value::String(s) => {
                     parse_size(s).or_else(|m| cx.err(v.span(), format!("{key}: {m}")))
                 }
-                toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
+                toml::Value::Integer(n) if *n > 0 => check_size_bound(*n as u64)
+                    .or_else(|_| cx.err(v.span(), format!("{key}: {}", too_large(&n.to_string())))),
                 other => cx.err(
                     v.span(),
                     format!("{key} = {other} is not a size: write it like \"2GiB\""),
@@ -800,6 +832,38 @@ mod tests {
         assert!(parse_size("1.2.3G").is_err());
         assert_eq!(human_size(3 * GIB / 2), "1.5 GiB");
         assert_eq!(human_size(512 * MIB), "512 MiB");
+    }
+
+    /// Issue #10 item 7: 2^64-1 bytes used to reach the planner and
+    /// overflow its rounding. Sizes are bounded where they are read.
+    #[test]
+    fn sizes_beyond_the_bound_are_refused_with_their_line() {
+        for (text, line) in [
+            ("[sizes]\nesp = \"18446744073709551615\"\n", 5),
+            ("[sizes]\nsystem = 9223372036854775807\n", 5),
+            ("[sizes]\ndata = \"16384PiB\"\n", 5),
+            ("[sizes]\ndata = \"2EiB\"\n", 5),
+            (
+                "[vm_storage]\nlinux = { create = \"18446744073709551615\" }\n",
+                5,
+            ),
+        ] {
+            let e = Answers::parse(
+                "a",
+                &format!("version = 1\n[target]\nmode = \"whole-disk\"\n{text}"),
+            )
+            .unwrap_err();
+            assert_eq!(e.line, line, "{text}: {e}");
+            assert!(
+                e.message.contains("too large") || e.message.contains("unknown unit"),
+                "{text}: {e}"
+            );
+        }
+        assert_eq!(parse_size("1024TiB"), Ok(MAX_SIZE));
+        assert!(parse_size("1025TiB").is_err());
+        assert!(parse_size(&(MAX_SIZE + 1).to_string()).is_err());
+        let e = parse_size("18446744073709551615").unwrap_err();
+        assert!(e.contains("at most 1024 TiB"), "{e}");
     }
 
     #[test]

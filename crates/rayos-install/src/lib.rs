@@ -8,6 +8,7 @@
 
 pub mod answers;
 pub mod efivar;
+pub mod fatview;
 pub mod plan;
 pub mod sample;
 pub mod sha256;

@@ -17,9 +17,12 @@
 //! - partitions of an unfinished RayOS install (our type GUIDs and labels,
 //!   no manifest) are ours and are redone;
 //! - a complete RayOS install is replaced only with `reinstall = true`;
-//! - a partition holding another system (Windows or Linux type, or any
-//!   filesystem that is not ours) is reformatted only when listed in
-//!   `[target].format`; an empty partition needs no consent.
+//! - every other partition (Windows or Linux type, any filesystem that is
+//!   not ours, and any bytes RayOS does not recognise: APFS, ZFS, FreeBSD,
+//!   BitLocker To Go, ...) is reformatted only when listed in
+//!   `[target].format`; only a partition of no known system's type that
+//!   [`crate::facts::gather`] read to be all zeros needs no consent
+//!   ([`holds_another_system`], which the wizard asks through too).
 //!
 //! Limits: one free region per install (no spreading across gaps); the
 //! usable area of a GPT is taken to be the standard one (128 entries), and
@@ -272,6 +275,18 @@ pub struct NvramPlan {
     pub loader: String,
 }
 
+/// One entry of a hybrid MBR (Boot Camp, `sgdisk -h`): a legacy BIOS's
+/// view of a GPT partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MbrEntry {
+    /// 1..=4.
+    pub slot: u32,
+    pub type_byte: u8,
+    pub first_lba: u64,
+    /// Inclusive.
+    pub last_lba: u64,
+}
+
 /// How the partition table is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -297,6 +312,11 @@ pub struct Plan {
     /// write of an unfinished install); both copies are rewritten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_copy: Option<TableCopy>,
+    /// The entries of the disk's hybrid MBR, kept as they are when the
+    /// table is edited (`validate` refuses a plan that changes a partition
+    /// one of them names). Empty for a protective MBR or a new table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hybrid_mbr: Vec<MbrEntry>,
     /// Every partition of the disk after the install, plus those deleted.
     pub partitions: Vec<PartitionPlan>,
     pub files: Vec<FilePlan>,
@@ -344,6 +364,45 @@ pub struct Facts {
     /// The disk's table is corrupt, but one copy is valid and holds an
     /// unfinished RayOS install: a table write of ours was cut off.
     pub unfinished_table: Option<UnfinishedTable>,
+    /// What reading the partitions RayOS does not recognise found (no
+    /// filesystem it knows, a type of no known system): only one proven
+    /// to be all zeros may be formatted without consent.
+    pub scanned: Vec<Scanned>,
+}
+
+impl Facts {
+    /// What was found in `p` (`None`: not read).
+    pub fn contents(&self, p: &PartitionReport) -> Option<Contents> {
+        self.scanned
+            .iter()
+            .find(|s| {
+                s.number == p.number && s.first_lba == p.first_lba && s.last_lba == p.last_lba
+            })
+            .map(|s| s.contents)
+    }
+}
+
+/// A partition read by [`crate::facts::gather`] because RayOS does not
+/// recognise what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scanned {
+    pub number: u32,
+    pub first_lba: u64,
+    pub last_lba: u64,
+    pub contents: Contents,
+}
+
+/// What the bytes of an unrecognised partition are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contents {
+    /// Every byte is zero: nothing to lose.
+    AllZero,
+    /// Some byte is not zero: another system's data, of a kind RayOS does
+    /// not know (APFS, ZFS, FreeBSD UFS, BitLocker To Go, ...).
+    NotZero,
+    /// Larger than RayOS reads to find out ([`crate::facts::ZERO_SCAN_LIMIT`]
+    /// of data), and zero as far as it read.
+    TooLarge,
 }
 
 /// Which copy of a GPT a plan was made from (when the copies disagree).
@@ -397,6 +456,28 @@ impl Default for PlanOptions {
     }
 }
 
+/// What a partition holds, in words, for the consent refusal (the
+/// unrecognised kinds say what reading them found).
+fn holds_words(p: &PartitionReport, facts: &Facts) -> String {
+    if p.filesystem.is_some() || p.family != TypeFamily::Other {
+        return family_words(p);
+    }
+    let what = match facts.contents(p) {
+        Some(Contents::AllZero) => "only zeros",
+        Some(Contents::NotZero) => {
+            "bytes that are not all zeros (another system's data, of a kind RayOS does not recognise)"
+        }
+        Some(Contents::TooLarge) => {
+            "no data RayOS recognises, but it is too large to be proven empty (RayOS reads at most 1 GiB of it, and that was zeros)"
+        }
+        None => "data RayOS does not recognise (it was not read to prove it empty)",
+    };
+    format!(
+        "no filesystem RayOS recognises ({}), and {what}",
+        p.type_name
+    )
+}
+
 fn family_words(p: &PartitionReport) -> String {
     let fs = p.filesystem.map(|f| f.name().to_string());
     let who = match p.family {
@@ -416,22 +497,29 @@ fn family_words(p: &PartitionReport) -> String {
     }
 }
 
-fn is_rayos_partition(p: &PartitionReport) -> bool {
+/// A partition of a RayOS install (ours to redo; a complete install still
+/// needs `reinstall = true`).
+pub fn is_rayos_partition(p: &PartitionReport) -> bool {
     matches!(
         p.family,
         TypeFamily::RayosSystem | TypeFamily::RayosData | TypeFamily::RayosVmStorage
     ) && (p.type_guid != Some(types::XBOOTLDR) || p.has_label(NAME_SYSTEM))
 }
 
-/// Whether writing over `p` needs the person's explicit consent.
-fn holds_another_system(p: &PartitionReport) -> bool {
+/// Whether formatting `p` needs the person's explicit consent (`[target]
+/// format`, or the wizard's typed confirmation): every partition that is
+/// not RayOS's own, unless it is of no known system's type, holds no
+/// filesystem RayOS recognises and was read to be all zeros. So another
+/// system's partition of a type the planner does not know (APFS, ZFS,
+/// FreeBSD, BitLocker To Go, ...) is never formatted silently.
+pub fn holds_another_system(p: &PartitionReport, facts: &Facts) -> bool {
     if is_rayos_partition(p) {
         return false;
     }
-    matches!(
-        p.family,
-        TypeFamily::Windows | TypeFamily::Linux | TypeFamily::Esp
-    ) || p.filesystem.is_some()
+    let proven_empty = p.family == TypeFamily::Other
+        && p.filesystem.is_none()
+        && facts.contents(p) == Some(Contents::AllZero);
+    !proven_empty
 }
 
 fn keep(p: &PartitionReport) -> PartitionPlan {
@@ -751,11 +839,13 @@ pub fn make_plan(
                 ),
             });
         }
-        if holds_another_system(p) && !cx.consented(p) || is_rayos_partition(p) && !reinstall_ok {
+        if holds_another_system(p, facts) && !cx.consented(p)
+            || is_rayos_partition(p) && !reinstall_ok
+        {
             return Err(PlanError::NeedsConsent {
                 at: format!("answer line {}", r.line),
                 part: format!("partition {} of {name}", p.number),
-                holds: family_words(p),
+                holds: holds_words(p, facts),
             });
         }
         let min = match role {
@@ -845,7 +935,20 @@ pub fn make_plan(
     }
 
     // --- sizes of what is created ---
-    let round = |b: u64| b.div_ceil(ALIGN) * ALIGN;
+    // Answers built in code (the wizard, tools) skip the parser's bound, so
+    // it is checked again here; below it, rounding and sums cannot overflow.
+    let round = |at: &str, b: u64| -> Result<u64, PlanError> {
+        crate::answers::check_size_bound(b)
+            .map(|b| b.div_ceil(ALIGN) * ALIGN)
+            .map_err(|b| PlanError::Partition {
+                at: at.into(),
+                what: format!(
+                    "{} is more than the largest size RayOS accepts ({})",
+                    human_size(b),
+                    human_size(crate::answers::MAX_SIZE)
+                ),
+            })
+    };
     let mut creates: Vec<(Role, u64)> = Vec::new();
     if esp.is_none() {
         if answers.sizes.esp < MIN_ESP {
@@ -857,7 +960,7 @@ pub fn make_plan(
                 ),
             });
         }
-        creates.push((Role::Esp, round(answers.sizes.esp)));
+        creates.push((Role::Esp, round("[sizes] esp", answers.sizes.esp)?));
     }
     if !named_numbers.iter().any(|(r, _)| *r == Role::System) {
         if answers.sizes.system < MIN_SYSTEM {
@@ -869,27 +972,28 @@ pub fn make_plan(
                 ),
             });
         }
-        creates.push((Role::System, round(answers.sizes.system)));
+        creates.push((Role::System, round("[sizes] system", answers.sizes.system)?));
     }
     for (role, st) in [
         (Role::VmLinux, &answers.vm_storage.linux),
         (Role::VmWindows, &answers.vm_storage.windows),
     ] {
         if let VmStorage::Create(b) = st {
+            let at = format!(
+                "[vm_storage] {}",
+                if role == Role::VmLinux {
+                    "linux"
+                } else {
+                    "windows"
+                }
+            );
             if *b < MIN_VM_STORAGE {
                 return Err(PlanError::Partition {
-                    at: format!(
-                        "[vm_storage] {}",
-                        if role == Role::VmLinux {
-                            "linux"
-                        } else {
-                            "windows"
-                        }
-                    ),
+                    at,
                     what: format!("VM storage must be at least {}", human_size(MIN_VM_STORAGE)),
                 });
             }
-            creates.push((role, round(*b)));
+            creates.push((role, round(&at, *b)?));
         }
     }
     let data_named = named_numbers.iter().any(|(r, _)| *r == Role::Data);
@@ -905,15 +1009,20 @@ pub fn make_plan(
                 ),
             });
         }
-        DataSize::Bytes(b) => Some(Some(round(b))),
+        DataSize::Bytes(b) => Some(Some(round("[sizes] data", b)?)),
     };
-    let fixed: u64 = creates.iter().map(|(_, b)| b).sum();
-    let needed = fixed
-        + match data_size {
+    // At most five sizes of at most MAX_SIZE each: no overflow, but checked
+    // all the same so a change of the bound cannot turn into a panic.
+    let needed = creates
+        .iter()
+        .map(|(_, b)| *b)
+        .chain([match data_size {
             Some(Some(b)) => b,
             Some(None) => MIN_DATA,
             None => 0,
-        };
+        }])
+        .try_fold(0u64, u64::checked_add)
+        .ok_or_else(|| PlanError::Invalid("the sizes add up to more than 16 EiB".into()))?;
 
     // --- where they go ---
     let mut bytes_allocated = 0;
@@ -933,12 +1042,11 @@ pub fn make_plan(
             };
             return Err(PlanError::TooSmall {
                 disk: name,
-                needed: needed
-                    + if table == TableAction::New {
-                        2 * ALIGN
-                    } else {
-                        0
-                    },
+                needed: needed.saturating_add(if table == TableAction::New {
+                    2 * ALIGN
+                } else {
+                    0
+                }),
                 available: avail,
                 available_what: what,
             });
@@ -1174,6 +1282,7 @@ pub fn make_plan(
         );
     }
 
+    let hybrid_mbr = hybrid_entries(disk, table, &plan_parts, &mut notes);
     let plan = Plan {
         schema: PLAN_SCHEMA_VERSION,
         target: disk.path.clone(),
@@ -1184,6 +1293,7 @@ pub fn make_plan(
         rayos_version: version,
         table,
         table_copy,
+        hybrid_mbr,
         partitions: plan_parts,
         files,
         machine,
@@ -1197,11 +1307,97 @@ pub fn make_plan(
     Ok(plan)
 }
 
+/// The disk's hybrid MBR entries the plan keeps (with a note for the
+/// person either way). A new table replaces a hybrid MBR: whole-disk is
+/// the consent to erase everything, and the note says what stops booting.
+fn hybrid_entries(
+    disk: &Disk,
+    table: TableAction,
+    parts: &[PartitionPlan],
+    notes: &mut Vec<String>,
+) -> Vec<MbrEntry> {
+    if disk.hybrid_mbr.is_empty() {
+        return Vec::new();
+    }
+    let entries: Vec<MbrEntry> = disk
+        .hybrid_mbr
+        .iter()
+        .map(|e| MbrEntry {
+            slot: e.number,
+            type_byte: e.type_byte,
+            first_lba: e.first_lba,
+            last_lba: e.first_lba + e.sectors - 1,
+        })
+        .collect();
+    let named: Vec<String> = disk
+        .partitions
+        .iter()
+        .filter(|p| {
+            entries
+                .iter()
+                .any(|e| e.first_lba <= p.last_lba && p.first_lba <= e.last_lba)
+        })
+        .map(|p| p.number.to_string())
+        .collect();
+    let named = match named.len() {
+        0 => "no GPT partition".to_string(),
+        1 => format!("partition {}", named[0]),
+        _ => format!("partitions {}", named.join(", ")),
+    };
+    match table {
+        TableAction::New => {
+            notes.push(format!(
+                "the disk's hybrid MBR (a legacy BIOS's view of {named}, as Boot Camp makes) is replaced by a protective MBR: a system that boots through it in legacy BIOS mode stops booting"
+            ));
+            Vec::new()
+        }
+        TableAction::Edit => {
+            // Which partitions change is checked by validate (for wizard
+            // plans too); a kept hybrid MBR is worth saying.
+            if parts.iter().all(|p| hybrid_conflict(&entries, p).is_none()) {
+                notes.push(format!(
+                    "the disk's hybrid MBR is kept as it is: a legacy BIOS still sees {named}; RayOS's partitions are in the GPT only"
+                ));
+            }
+            entries
+        }
+    }
+}
+
+/// The hybrid MBR entry that names `p`, when the plan changes `p`'s bytes
+/// or its place (anything but keeping it, or adding files to the ESP).
+fn hybrid_conflict(entries: &[MbrEntry], p: &PartitionPlan) -> Option<MbrEntry> {
+    if matches!(p.action, Action::Keep | Action::ReuseEsp) {
+        return None;
+    }
+    entries
+        .iter()
+        .find(|e| e.first_lba <= p.last_lba && p.first_lba <= e.last_lba)
+        .copied()
+}
+
 /// Checks a plan's layout (also for plans made elsewhere, e.g. by the
 /// wizard or read back from JSON): inside the usable area, 1 MiB aligned
 /// new partitions, no overlaps, one partition per slot, one of each role,
-/// an ESP, a system and a data partition.
+/// an ESP, a system and a data partition; and no partition a kept hybrid
+/// MBR names is created over, formatted or deleted.
 pub fn validate(plan: &Plan) -> Result<(), PlanError> {
+    for p in &plan.partitions {
+        if let Some(e) = hybrid_conflict(&plan.hybrid_mbr, p) {
+            let doing = match p.action {
+                Action::Delete => "deletes",
+                Action::Create => "creates a partition over",
+                _ => "formats",
+            };
+            return Err(PlanError::Table {
+                disk: plan.target.display().to_string(),
+                what: format!(
+                    "it has a hybrid MBR (a legacy BIOS's view of some GPT partitions, as Boot Camp or `sgdisk -h` make): its entry {} (type {:#04x}, sectors {}..={}) names partition {}, which this plan {doing}; a legacy BIOS would then start whatever RayOS puts there. Leave partition {} alone, or remove the entry first (gdisk: expert menu `x`, then `n`, writes a plain protective MBR; recovery menu `r`, then `h`, makes a hybrid without it), or use mode = \"whole-disk\" (which erases the disk)",
+                    e.slot, e.type_byte, e.first_lba, e.last_lba, p.number, p.number
+                ),
+            });
+        }
+    }
     let ss = plan.sector_size as u64;
     if ss != 512 && ss != 4096 {
         return Err(PlanError::Invalid(format!("sector size {ss}")));
@@ -1624,7 +1820,7 @@ mod tests {
             FakePartition::at(1, MIB, 512 * MIB, 512, types::ESP, "").fs(Filesystem::Fat32, None),
             FakePartition::at(2, 513 * MIB, GIB, 512, types::MS_BASIC_DATA, "win-data")
                 .fs(Filesystem::Ntfs, None),
-            // an unknown type with no filesystem: nothing to lose
+            // an unknown type with no filesystem, read to be all zeros
             FakePartition::at(
                 3,
                 513 * MIB + GIB,
@@ -1635,17 +1831,55 @@ mod tests {
             ),
         ];
         let d = fake_disk("/dev/sda", 16 * GIB, 512, DiskKind::BlockDevice, &parts);
+        // facts::gather read partition 3 and found only zeros.
+        let p3 = d.partition(3).unwrap();
+        let zeros = |contents| Facts {
+            scanned: vec![Scanned {
+                number: 3,
+                first_lba: p3.first_lba,
+                last_lba: p3.last_lba,
+                contents,
+            }],
+            ..Facts::default()
+        };
+        let plan = |d: &Disk, a: &Answers| {
+            make_plan(d, a, &zeros(Contents::AllZero), &PlanOptions::default())
+        };
         let base = "[target]\nmode = \"reuse\"\nsystem = 2\ndata = 3\n";
         let e = plan(&d, &answers(base)).unwrap_err();
         assert!(matches!(e, PlanError::NeedsConsent { .. }), "{e}");
         assert!(e.to_string().contains("NTFS (Windows)"), "{e}");
+        // Issue #10 item 4: unrecognised bytes need consent like Windows'
+        // and Linux' partitions; only proven zeros do not.
+        let a = answers(&format!("{base}format = [2]\n"));
+        for (facts, words) in [
+            (zeros(Contents::NotZero), "not all zeros"),
+            (zeros(Contents::TooLarge), "too large to be proven empty"),
+            (Facts::default(), "not read to prove it empty"),
+        ] {
+            let e = make_plan(&d, &a, &facts, &PlanOptions::default()).unwrap_err();
+            assert!(matches!(e, PlanError::NeedsConsent { .. }), "{e}");
+            let m = e.to_string();
+            assert!(m.contains("partition 3") && m.contains(words), "{m}");
+            assert!(m.contains("list it in [target] format"), "{m}");
+            let a3 = answers(&format!("{base}format = [2, 3]\n"));
+            make_plan(&d, &a3, &facts, &PlanOptions::default()).unwrap();
+        }
+        // A type of another system the planner has no family for (APFS)
+        // holding data: consent; the same partition all zeros: none.
+        let mut apfs = parts.clone();
+        apfs[2].type_guid = types::APPLE_APFS;
+        let da = fake_disk("/dev/sda", 16 * GIB, 512, DiskKind::BlockDevice, &apfs);
+        let e = make_plan(&da, &a, &zeros(Contents::NotZero), &PlanOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("Apple APFS"), "{e}");
+        make_plan(&da, &a, &zeros(Contents::AllZero), &PlanOptions::default()).unwrap();
         let p = plan(&d, &answers(&format!("{base}format = [2]\n"))).unwrap();
         assert_eq!(p.partition(Role::System).unwrap().action, Action::Format);
         assert_eq!(
             p.partition(Role::System).unwrap().type_guid,
             types::XBOOTLDR
         );
-        // partition 3 (unknown type, no filesystem) needed no consent
+        // partition 3 (unknown type, no filesystem, all zeros) needed no consent
         assert_eq!(p.partition(Role::Data).unwrap().number, 3);
         assert_eq!(p.partition(Role::Esp).unwrap().action, Action::ReuseEsp);
         assert_eq!(p.bytes_allocated, GIB + 4 * GIB);
@@ -1678,6 +1912,87 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("1 MiB boundary"), "{e}");
+    }
+
+    /// Issue #10 item 7: sizes that got past the parser (the wizard and
+    /// tools build `Answers` in code) must not overflow the planner's
+    /// arithmetic; they are refused as too large.
+    #[test]
+    fn huge_sizes_are_refused_not_overflowed() {
+        let d = blank(8 * GIB, 512);
+        let mut huge = Vec::new();
+        for v in [u64::MAX, u64::MAX - 1, u64::MAX / 2, u64::MAX / 4 + 1] {
+            let mut a = mode("whole-disk");
+            a.sizes.esp = v;
+            huge.push(a);
+            let mut a = mode("whole-disk");
+            a.sizes.system = v;
+            huge.push(a);
+            let mut a = mode("whole-disk");
+            a.sizes.data = DataSize::Bytes(v);
+            huge.push(a);
+            let mut a = mode("whole-disk");
+            a.vm_storage.linux = VmStorage::Create(v);
+            a.vm_storage.windows = VmStorage::Create(v);
+            huge.push(a);
+        }
+        for a in &huge {
+            let e = plan(&d, a).unwrap_err();
+            assert!(
+                matches!(e, PlanError::TooSmall { .. } | PlanError::Partition { .. }),
+                "{e}"
+            );
+        }
+    }
+
+    /// Issue #10 item 3 (the planner's part; the real sgdisk -h disk is in
+    /// crates/rayos/tests/install.rs).
+    #[test]
+    fn a_hybrid_mbr_is_kept_beside_refused_over_replaced_by_whole_disk() {
+        let mut d = sample_disk();
+        // Boot Camp style: the NTFS partition (3) is also in the MBR.
+        let p3 = d.partition(3).unwrap().clone();
+        d.hybrid_mbr = vec![rayos_disk::MbrPartition {
+            number: 2,
+            bootable: true,
+            type_byte: 0x07,
+            first_lba: p3.first_lba,
+            sectors: p3.last_lba + 1 - p3.first_lba,
+        }];
+        let p = plan(&d, &mode("free-space")).unwrap();
+        assert_eq!(p.hybrid_mbr.len(), 1);
+        assert!(
+            p.notes.iter().any(|n| n.contains("hybrid MBR is kept")),
+            "{:?}",
+            p.notes
+        );
+        let e = plan(
+            &d,
+            &answers(
+                "[target]\nmode = \"free-space\"\nformat = [3]\n[vm_storage]\nlinux = { reuse = 3 }\n",
+            ),
+        )
+        .unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("hybrid MBR") && m.contains("partition 3"), "{m}");
+        // The same check for plans made elsewhere (the wizard's lowered
+        // plan, JSON): deleting the named partition is refused.
+        let mut q = p.clone();
+        q.partitions
+            .iter_mut()
+            .find(|x| x.number == 3)
+            .unwrap()
+            .action = Action::Delete;
+        assert!(validate(&q).unwrap_err().to_string().contains("deletes"));
+        let w = plan(&d, &mode("whole-disk")).unwrap();
+        assert!(w.hybrid_mbr.is_empty());
+        assert!(
+            w.notes
+                .iter()
+                .any(|n| n.contains("legacy BIOS mode stops booting"))
+        );
+        let back: Plan = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(back, p);
     }
 
     #[test]

@@ -111,6 +111,7 @@ pub fn fake_disk(path: &str, size: u64, ss: u32, kind: DiskKind, parts: &[FakePa
         removable: false,
         read_only: false,
         table: Table::Gpt,
+        hybrid_mbr: Vec::new(),
         disk_guid: Some(Uuid::new_v4()),
         whole_disk_filesystem: None,
         rayos: find_rayos(&partitions),

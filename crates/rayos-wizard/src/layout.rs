@@ -460,13 +460,17 @@ impl Layout {
     }
 
     /// Whether giving `number` the role `role` erases something (and so
-    /// needs typed confirmation).
-    pub fn assign_is_destructive(&self, number: u32, role: Option<Role>) -> bool {
+    /// needs typed confirmation): the engine's own consent rule
+    /// ([`plan::holds_another_system`]: anything but a partition read to be
+    /// all zeros, `facts` saying which were), and RayOS's own partitions too.
+    pub fn assign_is_destructive(&self, number: u32, role: Option<Role>, facts: &Facts) -> bool {
         match (self.existing(number), role) {
             (Some(p), Some(Role::Esp)) => {
                 p.family != TypeFamily::Esp || !p.filesystem.is_some_and(|f| f.is_fat())
             }
-            (Some(p), Some(_)) => p.filesystem.is_some() || p.family != TypeFamily::Other,
+            (Some(p), Some(_)) => {
+                plan::is_rayos_partition(p) || plan::holds_another_system(p, facts)
+            }
             _ => false,
         }
     }
@@ -640,6 +644,14 @@ fn lowered(
     } else {
         TableAction::New
     };
+    if !real_gpt && !plan.hybrid_mbr.is_empty() {
+        // A new table replaces the hybrid MBR the virtual disk still had.
+        plan.hybrid_mbr.clear();
+        plan.notes.retain(|n| !n.contains("hybrid MBR is kept"));
+        plan.notes.push(
+            "the disk's hybrid MBR (a legacy BIOS's view of some partitions, as Boot Camp makes) is replaced by a protective MBR: a system that boots through it in legacy BIOS mode stops booting".into(),
+        );
+    }
     let ss = layout.sector_size();
     let gone: Vec<&PartitionReport> = if real_gpt {
         layout
@@ -965,8 +977,8 @@ mod tests {
             "ESP reformatted"
         );
         assert!(l.check_assign(3, Some(Role::Esp)).is_err(), "NTFS as ESP");
-        assert!(l.assign_is_destructive(3, Some(Role::Data)));
-        assert!(!l.assign_is_destructive(1, Some(Role::Esp)));
+        assert!(l.assign_is_destructive(3, Some(Role::Data), &Facts::default()));
+        assert!(!l.assign_is_destructive(1, Some(Role::Esp), &Facts::default()));
         l.assign(3, Some(Role::Data)).unwrap();
         l.create(big_free(&l), Some(2 * GIB), Role::System).unwrap();
         let base = Answers::defaults(Mode::FreeSpace);

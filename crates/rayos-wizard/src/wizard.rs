@@ -981,6 +981,10 @@ impl Wizard {
     }
 
     fn pick_role(&mut self, target: RoleTarget, role: Option<Role>) {
+        let facts = self
+            .chosen_disk()
+            .map(|d| d.facts.clone())
+            .unwrap_or_default();
         let Some(layout) = self.layout.as_mut() else {
             return;
         };
@@ -1002,7 +1006,7 @@ impl Wizard {
                     self.status = Some(e.to_string());
                     return;
                 }
-                if layout.assign_is_destructive(n, role) && !self.consented.contains(&n) {
+                if layout.assign_is_destructive(n, role, &facts) && !self.consented.contains(&n) {
                     let expect = layout
                         .existing(n)
                         .map(|p| p.name.clone())

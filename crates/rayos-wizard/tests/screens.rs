@@ -701,3 +701,75 @@ fn going_back_after_a_partial_install_reads_the_disk_again() {
     assert!(w.planned.is_none());
     assert!(w.status.clone().unwrap().contains("shown as it is now"));
 }
+
+/// Issue #10 item 4, the wizard's face: a partition of a system the
+/// engine has no name for (here APFS-typed, holding data) needs the same
+/// typed confirmation as a Windows or Linux one; a partition read to be
+/// all zeros does not. The facts are gathered from the real image.
+#[test]
+fn roles_on_partitions_of_unknown_systems_need_the_typed_confirmation() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("others.img");
+    DiskBuilder::new(8 * GIB)
+        .partition(
+            0,
+            100 * MIB,
+            "EFI system partition",
+            rayos_testkit::disks::Content::Esp { files: Vec::new() },
+        )
+        .partition(
+            0,
+            2 * GIB,
+            "Macintosh HD",
+            rayos_testkit::disks::Content::Header {
+                type_code: "af0a".into(),
+            },
+        )
+        .partition(
+            0,
+            2 * GIB,
+            "spare",
+            rayos_testkit::disks::Content::Empty {
+                type_code: "12345678-1234-5678-9abc-def012345678".into(),
+            },
+        )
+        .build(&img)
+        .unwrap();
+    let real = rayos_disk::probe_image(&img, None).unwrap();
+    let facts = rayos_install::facts::gather(&real).unwrap();
+    let mut s = setup(vec![probed(&img, "/dev/vda")]);
+    s.disks[0].facts = facts;
+    let mut w = Wizard::new(s);
+    at_partitions(&mut w, 0);
+
+    select(&mut w, part_row(2));
+    press(&mut w, &[Key::Char('a'), Key::Down, Key::Down, Key::Enter]);
+    assert!(
+        matches!(
+            &w.modal,
+            Some(Modal::Confirm { expect, action: Pending::Assign(2, Some(Role::Data)), .. })
+                if expect == "Macintosh HD"
+        ),
+        "no typed confirmation for the APFS partition: {:?}",
+        w.modal
+    );
+    typed(&mut w, "Macintosh HD");
+    press(&mut w, &[Key::Enter]);
+    assert_eq!(
+        w.layout.as_ref().unwrap().slot(2).unwrap().role,
+        Some(Role::Data)
+    );
+    // All zeros: nothing to lose, no confirmation.
+    select(&mut w, part_row(3));
+    press(&mut w, &[Key::Char('a'), Key::Down, Key::Enter]);
+    assert!(w.modal.is_none(), "{:?}", w.modal);
+    assert_eq!(
+        w.layout.as_ref().unwrap().slot(3).unwrap().role,
+        Some(Role::System)
+    );
+    w.replan().unwrap();
+    let plan = &w.planned.as_ref().unwrap().plan;
+    assert_eq!(plan.partition(Role::Data).unwrap().number, 2);
+    assert_eq!(plan.partition(Role::System).unwrap().number, 3);
+    assert_eq!(plan.partition(Role::Esp).unwrap().action, Action::ReuseEsp);
+}

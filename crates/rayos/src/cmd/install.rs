@@ -226,8 +226,19 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
             _ => {}
         }
     };
-    let report = rayos_install::apply(&plan, &ApplyOptions::default(), &mut progress)
-        .with_context(|| format!("install onto {} failed", plan.target.display()))?;
+    let report =
+        rayos_install::apply(&plan, &ApplyOptions::default(), &mut progress).map_err(|e| {
+            // Refused before the first write (a reused ESP that is damaged,
+            // larger than its partition, or full): bad input, exit code 2.
+            let refusal = e.is_refusal();
+            let e = anyhow::Error::new(e)
+                .context(format!("install onto {} failed", plan.target.display()));
+            if refusal {
+                e.context(Exit::new(exit::BAD_INPUT, "refused"))
+            } else {
+                e
+            }
+        })?;
     if json {
         println!(
             "{}",
