@@ -183,8 +183,13 @@ fn run_target(fuzz_dir: &Path, t: &str, secs: u64) -> Result<String> {
         .difference(&before)
         .map(|f| artifacts.join(f).display().to_string())
         .collect();
-    let tail: Vec<&str> = text.lines().rev().take(40).collect();
-    for l in tail.iter().rev() {
+    // The panic or sanitizer report, not cargo-fuzz's advice after it.
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.contains("panicked at") || l.contains("ERROR: "))
+        .unwrap_or(lines.len().saturating_sub(20));
+    for l in lines.iter().skip(start).take(16) {
         eprintln!("  {t}| {l}");
     }
     if new.is_empty() {
@@ -193,9 +198,22 @@ fn run_target(fuzz_dir: &Path, t: &str, secs: u64) -> Result<String> {
             log_path.display()
         );
     }
+    // A committed seed that crashes (a regression input whose fix is
+    // missing) is named, so it is not mistaken for a new find.
+    let known: Vec<String> = new
+        .iter()
+        .filter_map(|a| {
+            let bytes = fs::read(a).ok()?;
+            let same = seed_files
+                .iter()
+                .find(|f| fs::read(seeds.join(f)).is_ok_and(|b| b == bytes))?;
+            Some(format!(" = seed {}", seeds.join(same).display()))
+        })
+        .collect();
     anyhow::bail!(
-        "crash input {} (reproduce: cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -a {t} {}; log {})",
+        "crash input {}{} (reproduce: cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -a {t} {}; log {})",
         new.join(", "),
+        known.join(""),
         new[0],
         log_path.display()
     )
