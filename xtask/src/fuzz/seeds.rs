@@ -13,7 +13,7 @@
 //!   text mode), is stopped, reset and quit;
 //! - `media_parsers`: the headers of a UKI assembled by rayos-image from
 //!   Debian's stub, the head of the host kernel, an OVMF VARS store after
-//!   OVMF booted once;
+//!   OVMF booted once; `pe`: that whole UKI (a recovery-mode one);
 //! - `bundle`: bundles built by `rayos_update::bundle::build` (what `cargo
 //!   xtask bundle` calls), signed with the fuzz target's trusted key;
 //! - `api_request`: the requests `rayos vm` sends (rayos-api's client).
@@ -40,7 +40,7 @@ use rayos_update::bundle::{self, BuildSpec, PayloadName, SchemaRange};
 use rayos_update::keys::SecretKey;
 
 /// Largest seed written.
-const MAX_SEED: usize = 96 * 1024;
+const MAX_SEED: usize = 128 * 1024;
 
 /// The key `fuzz_targets/bundle.rs` trusts: bundles signed with it reach
 /// the manifest and payload checks.
@@ -426,7 +426,8 @@ fn media(s: &Seeds) -> Result<Vec<u8>> {
             stub: PathBuf::from(uki::DEBIAN_STUB),
             kernel: kernel_head,
             initrd,
-            cmdline: "console=ttyS0 rayos.mode=installed quiet".into(),
+            // As `cargo xtask media` writes the recovery UKI.
+            cmdline: format!("{} rayos.mode=recovery", crate::media::CONSOLE),
             osrel: uki::os_release("0.1.0"),
             uname: None,
         },
@@ -440,6 +441,9 @@ fn media(s: &Seeds) -> Result<Vec<u8>> {
         "the UKI's section table does not fit in its first 4 KiB"
     );
     s.put("media_parsers", "uki-head.efi", &uki_head)?;
+    // The whole UKI (Debian's stub is most of it) for the PE reader that
+    // recovery uses (target `pe`, from the safety-install branch).
+    s.put("pe", "recovery-uki-small.efi", &efi_bytes)?;
     Ok(uki_head)
 }
 
