@@ -245,3 +245,21 @@ fn summary(log: &str) -> String {
         field("corp:")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_reads_libfuzzer_output() {
+        let log = "INFO: Seed: 1\n\
+                   #10\tINITED cov: 5479 ft: 10018 corp: 8/4529b exec/s: 0 rss: 52Mb\n\
+                   #548935\tDONE   cov: 7880 ft: 20000 corp: 1390/271Kb lim: 4096 exec/s: 9000 rss: 480Mb\n\
+                   Done 548935 runs in 61 second(s)\n";
+        assert_eq!(
+            summary(log),
+            "548935 runs, coverage 7880, corpus 1390/271Kb"
+        );
+        assert_eq!(summary(""), "? runs, coverage ?, corpus ?");
+    }
+}
