@@ -12,8 +12,8 @@ PKGS=(
   # boot media
   systemd-boot-efi xorriso cpio busybox-static kmod zstd binutils
   linux-image-amd64 efibootmgr
-  # tests
-  tmux
+  # tests (g++: libFuzzer, built by the fuzz targets)
+  tmux g++
 )
 
 missing=()
