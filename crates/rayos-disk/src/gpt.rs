@@ -360,7 +360,17 @@ fn check_sector_size(sector_size: u32) -> Result<(), GptError> {
 }
 
 fn entry_array_sectors(entry_count: u32, entry_size: u32, sector_size: u32) -> u64 {
-    (entry_count as u64 * entry_size as u64).div_ceil(sector_size as u64)
+    (entry_count as u64 * entry_size as u64).div_ceil(sector_size.max(1) as u64)
+}
+
+/// The usable area `(first, last)` (inclusive LBAs) of the table
+/// [`Gpt::new`] makes — 128 entries of 128 bytes — on a disk of
+/// `total_sectors` sectors. For planning before any table is written (the
+/// installer's planner and wizard); a disk too small for a table gives
+/// `last < first`, which leaves no free runs.
+pub fn standard_usable_area(total_sectors: u64, sector_size: u32) -> (u64, u64) {
+    let array = entry_array_sectors(DEFAULT_ENTRY_COUNT, DEFAULT_ENTRY_SIZE, sector_size);
+    (2 + array, total_sectors.saturating_sub(2 + array))
 }
 
 impl Gpt {
@@ -369,16 +379,14 @@ impl Gpt {
     pub fn new(total_bytes: u64, sector_size: u32) -> Result<Gpt, GptError> {
         check_sector_size(sector_size)?;
         let total_sectors = total_bytes / sector_size as u64;
-        let array = entry_array_sectors(DEFAULT_ENTRY_COUNT, DEFAULT_ENTRY_SIZE, sector_size);
-        let first_usable = 2 + array;
+        let (first_usable, last_usable) = standard_usable_area(total_sectors, sector_size);
         // LBA 0, header, array, then the same at the end, and one usable sector.
-        if total_sectors < 2 * (1 + array) + 2 {
+        if last_usable < first_usable {
             return Err(GptError::TooSmall {
                 total_bytes,
                 sector_size,
             });
         }
-        let last_usable = total_sectors - 2 - array;
         Ok(Gpt {
             sector_size,
             total_sectors,
@@ -1257,6 +1265,11 @@ mod tests {
             let array = (128 * 128) / ss as u64;
             assert_eq!(back.first_usable(), 2 + array);
             assert_eq!(back.last_usable(), bytes / ss as u64 - 2 - array);
+            // What planners assume before writing is what a new table has.
+            assert_eq!(
+                standard_usable_area(bytes / ss as u64, ss),
+                (back.first_usable(), back.last_usable())
+            );
             assert_eq!(back.partition(4).unwrap().name, "rayos-data ünï");
             assert_eq!(back.partition(2).unwrap().attributes, 1 << 63);
             // Protective MBR: one 0xEE entry from LBA 1, boot signature.
@@ -1663,6 +1676,17 @@ mod tests {
             Err(GptError::TooSmall { .. })
         ));
         assert!(matches!(Gpt::new(MIB, 520), Err(GptError::SectorSize(520))));
+        // The smallest disk: both tables and one usable sector (512: a
+        // 32-sector array). One sector less leaves no usable area.
+        assert!(Gpt::new(68 * 512, 512).is_ok());
+        assert!(matches!(
+            Gpt::new(67 * 512, 512),
+            Err(GptError::TooSmall { .. })
+        ));
+        assert_eq!(standard_usable_area(68, 512), (34, 34));
+        let (first, last) = standard_usable_area(67, 512);
+        assert!(last < first);
+        assert_eq!(standard_usable_area(0, 4096), (6, 0));
         let mut d = disk(4096);
         assert!(matches!(
             inspect(&mut d, 3000),
