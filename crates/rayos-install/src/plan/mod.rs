@@ -5,7 +5,7 @@
 //! complete install on the disk, is this the installer's own medium) into a
 //! [`Plan`]: per partition one of create / delete / format / keep /
 //! reuse-ESP, and every file to write. It does no I/O, so every refusal is
-//! unit-tested on made-up disks. `--dry-run` prints the plan; [`crate::apply`]
+//! unit-tested on made-up disks. `--dry-run` prints the plan; [`crate::apply`](mod@crate::apply)
 //! performs it.
 //!
 //! Stages (one module each, every one pure and tested on its own):

@@ -86,18 +86,19 @@ pub(super) fn resolve(
         }
     }
     let esp = cx.esp()?;
-    let esp_number = match &esp {
-        Some(p) => {
-            let n = p.number;
-            parts.push(p.clone());
-            Some(n)
+    let have_esp = esp.is_some();
+    if let Some(p) = esp {
+        // An existing ESP has its entry now; a new one placed by hand has
+        // its number only, which may be a deleted partition's.
+        if p.action != Action::Create {
+            claimed.push((Role::Esp, p.number));
         }
-        None => None,
-    };
-    parts.extend(cx.the_others(&claimed, esp_number));
+        parts.push(p);
+    }
+    parts.extend(cx.the_others(&claimed));
     Ok(Roles {
         parts,
-        new: requests(intents, esp.is_some()),
+        new: requests(intents, have_esp),
     })
 }
 
@@ -317,14 +318,14 @@ impl Finder<'_> {
         Ok(Some(pp))
     }
 
-    /// Every partition without a role: on a new table all are deleted; on
+    /// Every partition not `claimed` for a role: on a new table all are deleted; on
     /// an edited one those the intents delete go, free-space mode redoes
     /// the partitions of a RayOS install it may replace, the rest stay.
-    fn the_others(&self, claimed: &[(Role, u32)], esp: Option<u32>) -> Vec<PartitionPlan> {
+    fn the_others(&self, claimed: &[(Role, u32)]) -> Vec<PartitionPlan> {
         let target = self.target;
         let mut out = Vec::new();
         for p in &target.disk.partitions {
-            if claimed.iter().any(|(_, n)| *n == p.number) || Some(p.number) == esp {
+            if claimed.iter().any(|(_, n)| *n == p.number) {
                 continue;
             }
             let mut pp = keep(p);
