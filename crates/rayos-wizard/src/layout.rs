@@ -1006,4 +1006,38 @@ mod tests {
         let p = plan(&w, &base, &facts, &[], &opts()).unwrap();
         assert!(p.answers.target.reinstall && p.answers.target.mode == Mode::WholeDisk);
     }
+
+    #[test]
+    fn the_layout_becomes_the_engines_intents() {
+        let d = windows(512);
+        let base = Answers::defaults(Mode::FreeSpace);
+        let mut l = Layout::new(&d);
+        l.delete(3).unwrap();
+        let sys = l.create(big_free(&l), Some(2 * GIB), Role::System).unwrap();
+        let data = l.create(big_free(&l), None, Role::Data).unwrap();
+        let mut answers = base.clone();
+        l.name_roles(&mut answers, &[]);
+        let i = l.intents(&answers);
+        assert_eq!((i.mode, i.delete.clone()), (Mode::Reuse, vec![3]));
+        let placed = |p: Option<&Place>| match p {
+            Some(Place::At { number, .. }) => Some(*number),
+            _ => None,
+        };
+        assert_eq!(placed(i.place(Role::System)), Some(sys));
+        assert_eq!(placed(i.place(Role::Data)), Some(data));
+        // No ESP role: the engine reuses the disk's, as the screen shows.
+        assert_eq!((i.esp.clone(), l.implicit_esp()), (None, Some(1)));
+        // After "whole disk" the table is new and nothing is deleted one
+        // by one; a blank disk gets a new table from free-space mode.
+        l.whole_disk();
+        l.install_into(big_free(&l), &base).unwrap();
+        l.name_roles(&mut answers, &[]);
+        let i = l.intents(&answers);
+        assert_eq!((i.mode, i.delete.len()), (Mode::WholeDisk, 0));
+        assert!(placed(i.place(Role::Esp)).is_some());
+        let mut blank = fake_disk("/tmp/b.img", 8 * GIB, 512, DiskKind::ImageFile, &[]);
+        blank.table = Table::None;
+        let b = Layout::new(&blank);
+        assert_eq!(b.intents(&answers).mode, Mode::FreeSpace);
+    }
 }

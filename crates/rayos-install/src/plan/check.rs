@@ -217,3 +217,64 @@ pub fn medium_evidence(disk: &Disk) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::answers::{Answers, GIB};
+    use crate::sample::{fake_disk, sample_disk};
+    use rayos_disk::DiskKind;
+
+    fn intents(mode: Mode) -> Intents {
+        Intents::from_answers(&Answers::defaults(mode))
+    }
+
+    #[test]
+    fn the_mode_decides_what_each_table_allows() {
+        let mut blank = fake_disk("/tmp/b.img", 8 * GIB, 512, DiskKind::ImageFile, &[]);
+        blank.table = Table::None;
+        let mut mbr = sample_disk();
+        mbr.table = Table::Mbr;
+        let facts = Facts::default();
+        let table = |d: &Disk, m: Mode| check(d, &intents(m), &facts).map(|t| t.table);
+        for m in [Mode::WholeDisk, Mode::FreeSpace, Mode::Reuse] {
+            let want = if m == Mode::WholeDisk {
+                TableAction::New
+            } else {
+                TableAction::Edit
+            };
+            assert_eq!(table(&sample_disk(), m).unwrap(), want, "{m}");
+        }
+        assert_eq!(table(&blank, Mode::FreeSpace).unwrap(), TableAction::New);
+        assert!(table(&blank, Mode::Reuse).is_err());
+        assert_eq!(table(&mbr, Mode::WholeDisk).unwrap(), TableAction::New);
+        let e = table(&mbr, Mode::FreeSpace).unwrap_err();
+        assert!(e.to_string().contains("MBR (DOS)"), "{e}");
+    }
+
+    #[test]
+    fn an_interrupted_table_write_is_planned_from_its_valid_copy() {
+        let mut d = sample_disk();
+        d.table = Table::Corrupt {
+            reason: "primary header CRC mismatch".into(),
+            primary_valid: false,
+            backup_valid: true,
+        };
+        let copy = fake_disk("/dev/sample", 64 * GIB, 512, DiskKind::BlockDevice, &[]);
+        let facts = Facts {
+            unfinished_table: Some(crate::plan::UnfinishedTable {
+                copy: TableCopy::Backup,
+                disk: copy,
+            }),
+            ..Facts::default()
+        };
+        let t = check(&d, &intents(Mode::FreeSpace), &facts).unwrap();
+        assert_eq!(t.table_copy, Some(TableCopy::Backup));
+        assert!(t.disk.partitions.is_empty(), "the backup copy's report");
+        assert!(t.notes[0].contains("valid backup copy"), "{:?}", t.notes);
+        // whole-disk replaces the table: the corrupt one is only noted.
+        let t = check(&d, &intents(Mode::WholeDisk), &facts).unwrap();
+        assert_eq!((t.table, t.table_copy), (TableAction::New, None));
+        assert!(t.notes[0].contains("corrupt partition table"));
+    }
+}

@@ -80,3 +80,67 @@ pub(super) fn place(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::answers::{Answers, GIB, MIB, Mode};
+    use crate::plan::check::check;
+    use crate::plan::{Facts, Intents, Place, Role, roles, size};
+    use crate::sample::{fake_disk, sample_disk};
+    use rayos_disk::{Disk, DiskKind, Table};
+
+    fn placed(disk: &Disk, i: &Intents) -> Result<Vec<PartitionPlan>, PlanError> {
+        let facts = Facts::default();
+        let t = check(disk, i, &facts)?;
+        let r = roles::resolve(&t, i, &facts)?;
+        place(&t, &r.parts, &size::size(&r.new)?)
+    }
+
+    #[test]
+    fn one_after_another_in_the_largest_region_and_the_free_slots() {
+        let d = sample_disk();
+        let mut a = Answers::defaults(Mode::FreeSpace);
+        a.vm_storage.linux = crate::answers::VmStorage::Create(3 * GIB);
+        let new = placed(&d, &Intents::from_answers(&a)).unwrap();
+        let got: Vec<_> = new
+            .iter()
+            .map(|p| (p.role.unwrap(), p.number, p.start_bytes))
+            .collect();
+        let start = 117 * MIB + 40 * GIB;
+        assert_eq!(
+            got,
+            [
+                (Role::System, 4, start),
+                (Role::VmLinux, 5, start + 2 * GIB),
+                (Role::Data, 6, start + 5 * GIB)
+            ]
+        );
+        // The rest ends on a 1 MiB boundary (the disk's end is not one).
+        let data = &new[2];
+        assert_eq!((data.start_bytes + data.size_bytes) % MIB, 0);
+        assert!(d.size_bytes - (data.start_bytes + data.size_bytes) < 2 * MIB);
+    }
+
+    #[test]
+    fn too_small_says_what_the_disk_or_its_region_offers() {
+        let mut d = fake_disk("/tmp/b.img", 3 * GIB, 512, DiskKind::ImageFile, &[]);
+        d.table = Table::None;
+        let i = Intents::from_answers(&Answers::defaults(Mode::WholeDisk));
+        let e = placed(&d, &i).unwrap_err().to_string();
+        assert!(e.contains("the disk offers"), "{e}");
+        // A new table with partitions placed by hand: the region is what
+        // is left beside them.
+        let mut i = i;
+        i.set(
+            Role::System,
+            Place::At {
+                number: 1,
+                first_lba: 2048,
+                last_lba: 2048 + 2 * GIB / 512 - 1,
+            },
+        );
+        let e = placed(&d, &i).unwrap_err().to_string();
+        assert!(e.contains("its largest free region is"), "{e}");
+    }
+}

@@ -498,3 +498,181 @@ fn format_existing(role: Role, p: &PartitionReport) -> PartitionPlan {
     pp.was = Some(family_words(p));
     pp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::answers::{Answers, GIB, MIB};
+    use crate::plan::check::check;
+    use crate::sample::{FakePartition, fake_disk, sample_disk};
+    use rayos_disk::DiskKind;
+
+    fn resolved(disk: &Disk, intents: &Intents) -> Result<Roles, PlanError> {
+        let facts = Facts::default();
+        resolve(&check(disk, intents, &facts)?, intents, &facts)
+    }
+    fn fate(r: &Roles, n: u32) -> (Action, Option<Role>) {
+        let p = r.parts.iter().find(|p| p.number == n).unwrap();
+        (p.action, p.role)
+    }
+    fn at(number: u32, first_lba: u64, last_lba: u64) -> Place {
+        Place::At {
+            number,
+            first_lba,
+            last_lba,
+        }
+    }
+
+    #[test]
+    fn free_space_redoes_an_unfinished_install_and_reuses_its_esp() {
+        let d = fake_disk(
+            "/dev/vda",
+            16 * GIB,
+            512,
+            DiskKind::BlockDevice,
+            &[
+                FakePartition::at(1, MIB, GIB, 512, types::ESP, NAME_ESP)
+                    .fs(Filesystem::Fat32, None),
+                FakePartition::at(2, MIB + GIB, 2 * GIB, 512, types::XBOOTLDR, NAME_SYSTEM),
+                FakePartition::at(
+                    3,
+                    MIB + 3 * GIB,
+                    8 * GIB,
+                    512,
+                    types::RAYOS_DATA,
+                    "rayos-data",
+                ),
+            ],
+        );
+        let r = resolved(
+            &d,
+            &Intents::from_answers(&Answers::defaults(Mode::FreeSpace)),
+        )
+        .unwrap();
+        assert_eq!(fate(&r, 1), (Action::ReuseEsp, Some(Role::Esp)));
+        assert_eq!(fate(&r, 2), (Action::Delete, Some(Role::System)));
+        assert_eq!(fate(&r, 3), (Action::Delete, Some(Role::Data)));
+        let new: Vec<_> = r.new.iter().map(|q| (q.role, q.bytes)).collect();
+        assert_eq!(new, [(Role::System, Some(2 * GIB)), (Role::Data, None)]);
+        // reuse mode keeps what no role names.
+        let r = resolved(&d, &Intents::from_answers(&Answers::defaults(Mode::Reuse))).unwrap();
+        assert_eq!(fate(&r, 3), (Action::Keep, None));
+    }
+
+    #[test]
+    fn explicit_edits_delete_place_by_hand_and_keep_the_rest() {
+        // Windows' disk with its NTFS partition deleted, RayOS placed by hand
+        // there, and Linux VM storage left for the planner to lay out.
+        let d = sample_disk();
+        let mut i = Intents::from_answers(&Answers::defaults(Mode::Reuse));
+        i.delete = vec![3];
+        let lba = |bytes: u64| bytes / 512;
+        i.set(
+            Role::System,
+            at(4, lba(117 * MIB), lba(117 * MIB + 2 * GIB) - 1),
+        );
+        i.set(
+            Role::Data,
+            at(3, lba(117 * MIB + 2 * GIB), lba(117 * MIB + 10 * GIB) - 1),
+        );
+        i.set(Role::VmLinux, Place::New(GIB));
+        let r = resolved(&d, &i).unwrap();
+        assert_eq!(fate(&r, 1), (Action::ReuseEsp, Some(Role::Esp)));
+        assert_eq!(fate(&r, 2), (Action::Keep, None));
+        assert_eq!(fate(&r, 4), (Action::Create, Some(Role::System)));
+        // Slot 3 is both the deleted NTFS partition and the new data one.
+        let three: Vec<_> = r
+            .parts
+            .iter()
+            .filter(|p| p.number == 3)
+            .map(|p| (p.action, p.first_lba))
+            .collect();
+        assert_eq!(
+            three,
+            [
+                (Action::Create, lba(117 * MIB + 2 * GIB)),
+                (Action::Delete, lba(117 * MIB))
+            ]
+        );
+        assert_eq!(
+            r.new,
+            [Request {
+                role: Role::VmLinux,
+                bytes: Some(GIB)
+            }]
+        );
+
+        // A partition placed by hand must hold its role's minimum.
+        i.set(
+            Role::Data,
+            at(
+                3,
+                lba(117 * MIB + 2 * GIB),
+                lba(117 * MIB + 2 * GIB + 100 * MIB) - 1,
+            ),
+        );
+        let e = resolved(&d, &i).unwrap_err();
+        assert!(matches!(e, PlanError::TooSmall { .. }), "{e}");
+        // A deleted partition cannot also be given a role.
+        i.set(
+            Role::Data,
+            Place::Existing(Located {
+                value: PartRef::Number(3),
+                line: 0,
+            }),
+        );
+        let e = resolved(&d, &i).unwrap_err();
+        assert!(e.to_string().contains("deleted by this plan"), "{e}");
+    }
+
+    #[test]
+    fn the_esp_kept_is_the_first_one_not_deleted() {
+        let d = fake_disk(
+            "/dev/sdb",
+            20 * GIB,
+            512,
+            DiskKind::BlockDevice,
+            &[
+                FakePartition::at(1, MIB, 100 * MIB, 512, types::ESP, "a")
+                    .fs(Filesystem::Fat32, None),
+                FakePartition::at(2, 101 * MIB, 600 * MIB, 512, types::ESP, "b")
+                    .fs(Filesystem::Fat32, None),
+            ],
+        );
+        assert_eq!(first_kept_esp(&d, &[]).map(|p| p.number), Some(1));
+        assert_eq!(first_kept_esp(&d, &[1]).map(|p| p.number), Some(2));
+        let mut i = Intents::from_answers(&Answers::defaults(Mode::Reuse));
+        i.delete = vec![1];
+        let r = resolved(&d, &i).unwrap();
+        assert_eq!(fate(&r, 2), (Action::ReuseEsp, Some(Role::Esp)));
+        assert_eq!(fate(&r, 1), (Action::Delete, None));
+        i.delete = vec![1, 2];
+        let r = resolved(&d, &i).unwrap();
+        assert_eq!(
+            r.new[0],
+            Request {
+                role: Role::Esp,
+                bytes: Some(GIB)
+            }
+        );
+    }
+
+    #[test]
+    fn whole_disk_cannot_keep_a_partition_for_a_role() {
+        let mut i = Intents::from_answers(&Answers::defaults(Mode::WholeDisk));
+        i.vm_windows = Some(Place::Existing(Located {
+            value: PartRef::Number(3),
+            line: 9,
+        }));
+        let e = resolved(&sample_disk(), &i).unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.starts_with("answer line 9") && m.contains("{ create = "),
+            "{m}"
+        );
+        i.vm_windows = None;
+        let r = resolved(&sample_disk(), &i).unwrap();
+        assert!(r.parts.iter().all(|p| p.action == Action::Delete));
+        assert_eq!(r.new.len(), 3, "ESP, system, data");
+    }
+}

@@ -6,7 +6,7 @@ use rayos_state::registry::BootSpec;
 use uuid::Uuid;
 
 use super::*;
-use crate::answers::{Answers, DataSize, GIB, MIB, VmStorage};
+use crate::answers::{Answers, DataSize, GIB, MIB, Mode, VmStorage};
 use crate::sample::{FakePartition, fake_disk, sample_disk};
 use rayos_disk::{DiskKind, Filesystem, Usage, UsageReason};
 
@@ -531,4 +531,111 @@ fn seeded_registry_and_policy_follow_answers() {
         panic!()
     };
     assert_eq!(Registry::parse("r", content).unwrap(), p.registry);
+}
+
+/// Intents the way the wizard's partition manager gives them: deletes and
+/// partitions placed by hand go through every stage of the planner (no
+/// plan written by hand afterwards).
+#[test]
+fn explicit_intents_are_planned_by_the_same_stages() {
+    let d = sample_disk();
+    let base = Answers::defaults(Mode::Reuse);
+    let lba = |bytes: u64| bytes / 512;
+    let mut i = Intents::from_answers(&base);
+    i.delete = vec![3];
+    i.set(
+        Role::System,
+        Place::At {
+            number: 4,
+            first_lba: lba(117 * MIB),
+            last_lba: lba(117 * MIB + 2 * GIB) - 1,
+        },
+    );
+    i.set(
+        Role::Data,
+        Place::At {
+            number: 5,
+            first_lba: lba(117 * MIB + 2 * GIB),
+            last_lba: lba(117 * MIB + 12 * GIB) - 1,
+        },
+    );
+    let intents = |i: &Intents, d: &Disk| {
+        plan_intents(
+            d,
+            i,
+            &base.machine,
+            &base.policy,
+            &Facts::default(),
+            &PlanOptions::default(),
+        )
+    };
+    let p = intents(&i, &d).unwrap();
+    assert_eq!((p.table, p.mode), (TableAction::Edit, Mode::Reuse));
+    let act = |n: u32| p.partitions.iter().find(|q| q.number == n).unwrap().action;
+    assert_eq!(
+        [act(1), act(2), act(3), act(4), act(5)],
+        [
+            Action::ReuseEsp,
+            Action::Keep,
+            Action::Delete,
+            Action::Create,
+            Action::Create
+        ]
+    );
+    assert_eq!(p.bytes_allocated, 12 * GIB);
+    assert!(
+        p.files
+            .iter()
+            .any(|f| f.path == ESP_FALLBACK && f.only_if_absent)
+    );
+
+    // The checks of the target see the real disk: a deleted partition
+    // holding the installer's medium still refuses it.
+    let mut m = d.clone();
+    m.partitions[2].fs_label = Some(MEDIUM_LABEL.into());
+    let e = intents(&i, &m).unwrap_err();
+    assert!(matches!(e, PlanError::InstallerMedium { .. }), "{e}");
+
+    // A hybrid MBR naming the deleted partition: refused on an edited
+    // table, replaced (with the note) when the intents erase the disk.
+    let mut h = d.clone();
+    let p3 = h.partition(3).unwrap().clone();
+    h.hybrid_mbr = vec![rayos_disk::MbrPartition {
+        number: 2,
+        bootable: false,
+        type_byte: 0x07,
+        first_lba: p3.first_lba,
+        sectors: p3.last_lba + 1 - p3.first_lba,
+    }];
+    let e = intents(&i, &h).unwrap_err().to_string();
+    assert!(
+        e.contains("hybrid MBR") && e.contains("creates a partition over"),
+        "{e}"
+    );
+    i.mode = Mode::WholeDisk;
+    i.delete.clear();
+    let p = intents(&i, &h).unwrap();
+    assert_eq!(p.table, TableAction::New);
+    assert!(p.hybrid_mbr.is_empty());
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("legacy BIOS mode stops booting")),
+        "{:?}",
+        p.notes
+    );
+    // Every old partition goes; the planner lays out the ESP in the
+    // largest free region (after the hand-made ones), in the lowest slot.
+    assert_eq!(
+        p.partitions
+            .iter()
+            .filter(|q| q.action == Action::Delete)
+            .count(),
+        3
+    );
+    let esp = p.partition(Role::Esp).unwrap();
+    assert_eq!(
+        (esp.action, esp.number, esp.start_bytes),
+        (Action::Create, 1, 117 * MIB + 12 * GIB)
+    );
 }
