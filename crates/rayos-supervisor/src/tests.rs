@@ -148,6 +148,12 @@ fn fresh_discards_and_cold_boots() {
     assert_eq!(f.counter("lin"), 0);
     assert!(r.vm.unusable_states.is_empty(), "fresh deletes, not keeps");
     assert!(r.vm.saved_state.is_none());
+    assert_eq!(
+        f.events("lin")[5..],
+        ["discarded", "starting", "started"],
+        "{:?}",
+        f.events("lin")
+    );
 }
 
 #[test]
@@ -178,7 +184,8 @@ fn changed_configuration_keeps_state_aside_and_cold_boots() {
         "kept intact"
     );
     assert!(r.message.contains("kept as"), "{}", r.message);
-    assert!(f.events("lin").contains(&"unusable_state".to_string()));
+    // A new daemon: its event history starts at this start.
+    assert_eq!(f.events("lin"), ["unusable_state", "starting", "started"]);
 }
 
 #[test]
@@ -204,6 +211,34 @@ fn corrupt_state_file_is_kept_and_the_vm_cold_boots() {
         .map(|l| l.1.clone())
         .collect();
     assert!(matches!(launches[1], Launch::Restore { .. }) && launches[2] == Launch::Cold);
+    assert_eq!(
+        f.events("lin")[5..],
+        ["resuming", "restore_failed", "started"],
+        "{:?}",
+        f.events("lin")
+    );
+}
+
+#[test]
+fn failed_launch_leaves_the_vm_stopped_with_the_error() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.vmm.fail_launch.store(true, Ordering::SeqCst);
+    let e = f.sup.start("lin", false).unwrap_err();
+    assert_eq!(e.status(), 500, "{e}");
+    let shown = f.sup.show("lin").unwrap();
+    assert_eq!(shown.state, VmState::Stopped);
+    assert!(
+        shown
+            .last_error
+            .is_some_and(|m| m.contains("fake launch failure")),
+    );
+    assert_eq!(f.events("lin"), ["created", "starting", "start_failed"]);
+    f.vmm.fail_launch.store(false, Ordering::SeqCst);
+    assert_eq!(
+        f.sup.start("lin", false).unwrap().vm.state,
+        VmState::Running
+    );
 }
 
 #[test]
@@ -258,6 +293,51 @@ fn wrong_states_are_refused_with_409() {
             .unwrap_err()
             .status(),
         400
+    );
+}
+
+/// Each refusal says the state and what to do instead, in every state a
+/// person meets: stopped, running, saved.
+#[test]
+fn wrong_state_refusals_say_what_to_do() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    let msg = |e: crate::OpError| {
+        assert_eq!(e.status(), 409, "{e}");
+        e.to_string()
+    };
+    let not_running = "VM lin is stopped: cannot suspend it (it is not running)";
+    assert_eq!(msg(f.sup.suspend("lin").unwrap_err()), not_running);
+    assert_eq!(
+        msg(f.sup.stop("lin", &StopRequest::default()).unwrap_err()),
+        "VM lin is stopped: cannot stop it (it is not running)"
+    );
+    assert_eq!(
+        msg(f.sup.present("lin").unwrap_err()),
+        "VM lin is stopped: cannot present it: start it first"
+    );
+    assert_eq!(
+        msg(f.sup.screenshot("lin").unwrap_err()),
+        "VM lin is stopped: cannot take a screenshot of it: start it first"
+    );
+    f.sup.start("lin", false).unwrap();
+    assert_eq!(
+        msg(f.sup.start("lin", false).unwrap_err()),
+        "VM lin is running: cannot start it (it already runs)"
+    );
+    assert_eq!(
+        msg(f.sup.delete("lin", false).unwrap_err()),
+        "VM lin is running: cannot delete it: stop it first"
+    );
+    f.sup.suspend("lin").unwrap();
+    assert_eq!(
+        msg(f.sup.stop("lin", &StopRequest::default()).unwrap_err()),
+        "VM lin is saved: cannot stop it (it is saved, not running: `start` resumes it, \
+         `start --fresh` discards the state)"
+    );
+    assert_eq!(
+        msg(f.sup.suspend("lin").unwrap_err()),
+        "VM lin is saved: cannot suspend it (it is not running)"
     );
 }
 
