@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rayos_api::{BootKind, Client, CreateRequest, DiskRequest, StopRequest, VmState};
+use rayos_api::{
+    BootKind, Client, CreateRequest, DiskRequest, EventKind as E, StopRequest, VmState,
+};
 use rayos_state::{Networking, OnHostShutdown, Policy, VmKind};
 use rayos_vmm::{Launch, RunState};
 use tempfile::TempDir;
@@ -79,7 +81,7 @@ impl Fx {
             .counter
     }
 
-    fn events(&self, vm: &str) -> Vec<String> {
+    fn events(&self, vm: &str) -> Vec<E> {
         self.sup
             .events
             .history()
@@ -89,6 +91,9 @@ impl Fx {
             .collect()
     }
 }
+
+/// The events of a VM created, started and suspended.
+const SAVED_ONCE: [E; 5] = [E::Created, E::Starting, E::Started, E::Saving, E::Saved];
 
 fn req(name: &str, kind: VmKind) -> CreateRequest {
     CreateRequest {
@@ -131,7 +136,13 @@ fn suspend_then_start_resumes_where_the_guest_was() {
     assert_eq!(
         f.events("lin"),
         [
-            "created", "starting", "started", "saving", "saved", "resuming", "started"
+            E::Created,
+            E::Starting,
+            E::Started,
+            E::Saving,
+            E::Saved,
+            E::Resuming,
+            E::Started
         ]
     );
 }
@@ -149,10 +160,8 @@ fn fresh_discards_and_cold_boots() {
     assert!(r.vm.unusable_states.is_empty(), "fresh deletes, not keeps");
     assert!(r.vm.saved_state.is_none());
     assert_eq!(
-        f.events("lin")[5..],
-        ["discarded", "starting", "started"],
-        "{:?}",
-        f.events("lin")
+        f.events("lin"),
+        [&SAVED_ONCE[..], &[E::Discarded, E::Starting, E::Started]].concat()
     );
 }
 
@@ -185,7 +194,7 @@ fn changed_configuration_keeps_state_aside_and_cold_boots() {
     );
     assert!(r.message.contains("kept as"), "{}", r.message);
     // A new daemon: its event history starts at this start.
-    assert_eq!(f.events("lin"), ["unusable_state", "starting", "started"]);
+    assert_eq!(f.events("lin"), [E::UnusableState, E::Starting, E::Started]);
 }
 
 #[test]
@@ -212,10 +221,12 @@ fn corrupt_state_file_is_kept_and_the_vm_cold_boots() {
         .collect();
     assert!(matches!(launches[1], Launch::Restore { .. }) && launches[2] == Launch::Cold);
     assert_eq!(
-        f.events("lin")[5..],
-        ["resuming", "restore_failed", "started"],
-        "{:?}",
-        f.events("lin")
+        f.events("lin"),
+        [
+            &SAVED_ONCE[..],
+            &[E::Resuming, E::RestoreFailed, E::Started]
+        ]
+        .concat()
     );
 }
 
@@ -233,7 +244,7 @@ fn failed_launch_leaves_the_vm_stopped_with_the_error() {
             .last_error
             .is_some_and(|m| m.contains("fake launch failure")),
     );
-    assert_eq!(f.events("lin"), ["created", "starting", "start_failed"]);
+    assert_eq!(f.events("lin"), [E::Created, E::Starting, E::StartFailed]);
     f.vmm.fail_launch.store(false, Ordering::SeqCst);
     assert_eq!(
         f.sup.start("lin", false).unwrap().vm.state,
@@ -261,7 +272,7 @@ fn failed_save_keeps_the_vm_running_and_leaves_no_state() {
             .join(saved::META_FILE)
             .exists()
     );
-    assert!(f.events("lin").contains(&"save_failed".to_string()));
+    assert!(f.events("lin").contains(&E::SaveFailed));
 }
 
 #[test]
@@ -475,7 +486,7 @@ fn crash_keeps_console_and_restarts_with_backoff() {
         "one restart per crash"
     );
     let ev = f.events("lin");
-    assert!(ev.contains(&"crashed".into()) && ev.contains(&"restarting".into()));
+    assert!(ev.contains(&E::Crashed) && ev.contains(&E::Restarting));
     assert_eq!(
         f.sup.show("lin").unwrap().crash_count,
         1,
@@ -639,7 +650,12 @@ fn a_dead_swtpm_shuts_the_vm_down_once_and_is_reported() {
     assert_eq!(
         f.events("win"),
         [
-            "created", "starting", "started", "tpm_died", "stopping", "stopped"
+            E::Created,
+            E::Starting,
+            E::Started,
+            E::TpmDied,
+            E::Stopping,
+            E::Stopped
         ],
         "reported once, then a clean stop"
     );
@@ -787,11 +803,11 @@ fn api_round_trip_through_the_client() {
     // The event stream replays history and then follows.
     let mut seen = Vec::new();
     c.events(Some(0), |ev| {
-        seen.push(ev.event.clone());
+        seen.push(ev.event);
         seen.len() < 3
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(seen, ["created", "starting", "started"]);
+    assert_eq!(seen, [E::Created, E::Starting, E::Started]);
     drop(a.f);
 }
 
