@@ -1095,9 +1095,9 @@ impl Init {
                     if told.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(2)) {
                         told = Some(now);
                         log::info(format!(
-                            "waiting for USB storage to settle ({:.0} of at most {} s): {}",
-                            settle.elapsed(now).as_secs_f64(),
+                            "waiting up to {} s for USB storage to settle ({:.0} s so far): {}",
                             usb::SETTLE_TIMEOUT.as_secs(),
+                            settle.elapsed(now).as_secs_f64(),
                             what.join("; ")
                         ));
                     }
@@ -1255,7 +1255,9 @@ impl Init {
         // The engine's own markers are for its callers, not the person.
         let lines: Vec<&str> = text
             .lines()
-            .filter(|l| !l.starts_with("RAYOS_") && !l.trim().is_empty())
+            .filter(|l| {
+                !l.starts_with("RAYOS_") && !l.starts_with("Dry run") && !l.trim().is_empty()
+            })
             .collect();
         if !out.status.success() {
             return Err(lines.join(" / "));
@@ -1296,7 +1298,7 @@ impl Init {
             if shown != Some(left) {
                 shown = Some(left);
                 keys.show(&format!(
-                    "\rRayOS is installed onto {target} in {left:>2} s - press any key to cancel. "
+                    "\rRayOS will be installed onto {target} in {left:>2} s - press any key to cancel. "
                 ));
             }
             let mut fds = vec![self.sigfd.raw()];
