@@ -27,13 +27,13 @@
 //! steps 2 and 3 up to `RAYOS_LINUX_VM_READY`.
 //!
 //! Two variants check where answer files come from and the countdown
-//! (issues 10 and 17), without finishing an install:
+//! (issues 10 and 17), without booting the installed system:
 //! - `usb-late`: no stick at boot; the answer stick is hot-plugged (QMP
 //!   `device_add usb-storage`) the moment init starts looking for an answer
-//!   file, racing USB enumeration; the unattended install must still start
-//!   (`RAYOS_INSTALLER:PLAN_GENERATED` from the engine), whether init found
-//!   the stick while waiting for USB to settle or offered it after falling
-//!   back to the interactive installer.
+//!   file, racing USB enumeration; the unattended install must still run
+//!   (`RAYOS_INSTALLER:start` … `done`, a GPT with the data partition),
+//!   whether init found the stick while waiting for USB to settle or
+//!   offered it after falling back to the interactive installer.
 //! - `answers-safety`: an answer file on an internal (virtio, not
 //!   removable) disk is ignored (`RAYOS_INSTALLER:interactive`); a stick
 //!   plugged in later is offered with the default 10 s countdown; a key on

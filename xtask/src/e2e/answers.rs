@@ -1,8 +1,9 @@
 //! The `usb-late` and `answers-safety` e2e variants: where the installer
 //! media take an answer file from, USB sticks that appear late, and the
 //! countdown before an unattended install writes (docs/answer-file.md,
-//! "Where the installer looks"). Both boot the ISO as a CD and stop once
-//! what they check has happened; neither finishes an install.
+//! "Unattended installs from the installer media"). Both boot the ISO as a
+//! CD; `usb-late` sees its install through (seconds), `answers-safety`
+//! stops once the cancel is proven.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -47,7 +48,7 @@ pub(super) fn usb_late(run: &Run, work: &Path, iso: &Path) -> Result<()> {
     let stick = answer_stick(work, "answers", "ANSWERS", ANSWERS)?;
     let vars = vars(work)?;
     let target = Medium::Disk {
-        path: disk,
+        path: disk.clone(),
         sector_size: 512,
     };
     let mut cfg = stage_config(
@@ -125,7 +126,19 @@ pub(super) fn usb_late(run: &Run, work: &Path, iso: &Path) -> Result<()> {
         &["RAYOS_INSTALLER:failed", "RAYOS_FATAL"],
         300,
     )?;
-    vm.kill();
+    // The install itself takes seconds: see it through.
+    run.expect_not(
+        &mut vm,
+        "install completes",
+        "RAYOS_INSTALLER:done",
+        &["RAYOS_INSTALLER:failed", "RAYOS_FATAL"],
+        600,
+    )?;
+    run.stopped(&mut vm, "installer reboots (stops under -no-reboot)", 300)?;
+    let offset = super::data_partition(&disk, 512)?;
+    run.ok(&format!(
+        "the target has a valid GPT with the RayOS data partition at byte {offset}"
+    ));
     Ok(())
 }
 
