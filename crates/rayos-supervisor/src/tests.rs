@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rayos_api::{BootKind, Client, CreateRequest, DiskRequest, StopRequest, VmState};
+use rayos_api::{
+    BootKind, Client, CreateRequest, DiskRequest, EventKind as E, StopRequest, VmState,
+};
 use rayos_state::{Networking, OnHostShutdown, Policy, VmKind};
 use rayos_vmm::{Launch, RunState};
 use tempfile::TempDir;
@@ -79,7 +81,7 @@ impl Fx {
             .counter
     }
 
-    fn events(&self, vm: &str) -> Vec<String> {
+    fn events(&self, vm: &str) -> Vec<E> {
         self.sup
             .events
             .history()
@@ -89,6 +91,9 @@ impl Fx {
             .collect()
     }
 }
+
+/// The events of a VM created, started and suspended.
+const SAVED_ONCE: [E; 5] = [E::Created, E::Starting, E::Started, E::Saving, E::Saved];
 
 fn req(name: &str, kind: VmKind) -> CreateRequest {
     CreateRequest {
@@ -131,7 +136,13 @@ fn suspend_then_start_resumes_where_the_guest_was() {
     assert_eq!(
         f.events("lin"),
         [
-            "created", "starting", "started", "saving", "saved", "resuming", "started"
+            E::Created,
+            E::Starting,
+            E::Started,
+            E::Saving,
+            E::Saved,
+            E::Resuming,
+            E::Started
         ]
     );
 }
@@ -148,6 +159,10 @@ fn fresh_discards_and_cold_boots() {
     assert_eq!(f.counter("lin"), 0);
     assert!(r.vm.unusable_states.is_empty(), "fresh deletes, not keeps");
     assert!(r.vm.saved_state.is_none());
+    assert_eq!(
+        f.events("lin"),
+        [&SAVED_ONCE[..], &[E::Discarded, E::Starting, E::Started]].concat()
+    );
 }
 
 #[test]
@@ -178,7 +193,8 @@ fn changed_configuration_keeps_state_aside_and_cold_boots() {
         "kept intact"
     );
     assert!(r.message.contains("kept as"), "{}", r.message);
-    assert!(f.events("lin").contains(&"unusable_state".to_string()));
+    // A new daemon: its event history starts at this start.
+    assert_eq!(f.events("lin"), [E::UnusableState, E::Starting, E::Started]);
 }
 
 #[test]
@@ -204,6 +220,36 @@ fn corrupt_state_file_is_kept_and_the_vm_cold_boots() {
         .map(|l| l.1.clone())
         .collect();
     assert!(matches!(launches[1], Launch::Restore { .. }) && launches[2] == Launch::Cold);
+    assert_eq!(
+        f.events("lin"),
+        [
+            &SAVED_ONCE[..],
+            &[E::Resuming, E::RestoreFailed, E::Started]
+        ]
+        .concat()
+    );
+}
+
+#[test]
+fn failed_launch_leaves_the_vm_stopped_with_the_error() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.vmm.fail_launch.store(true, Ordering::SeqCst);
+    let e = f.sup.start("lin", false).unwrap_err();
+    assert_eq!(e.status(), 500, "{e}");
+    let shown = f.sup.show("lin").unwrap();
+    assert_eq!(shown.state, VmState::Stopped);
+    assert!(
+        shown
+            .last_error
+            .is_some_and(|m| m.contains("fake launch failure")),
+    );
+    assert_eq!(f.events("lin"), [E::Created, E::Starting, E::StartFailed]);
+    f.vmm.fail_launch.store(false, Ordering::SeqCst);
+    assert_eq!(
+        f.sup.start("lin", false).unwrap().vm.state,
+        VmState::Running
+    );
 }
 
 #[test]
@@ -226,7 +272,7 @@ fn failed_save_keeps_the_vm_running_and_leaves_no_state() {
             .join(saved::META_FILE)
             .exists()
     );
-    assert!(f.events("lin").contains(&"save_failed".to_string()));
+    assert!(f.events("lin").contains(&E::SaveFailed));
 }
 
 #[test]
@@ -258,6 +304,51 @@ fn wrong_states_are_refused_with_409() {
             .unwrap_err()
             .status(),
         400
+    );
+}
+
+/// Each refusal says the state and what to do instead, in every state a
+/// person meets: stopped, running, saved.
+#[test]
+fn wrong_state_refusals_say_what_to_do() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    let msg = |e: crate::OpError| {
+        assert_eq!(e.status(), 409, "{e}");
+        e.to_string()
+    };
+    let not_running = "VM lin is stopped: cannot suspend it (it is not running)";
+    assert_eq!(msg(f.sup.suspend("lin").unwrap_err()), not_running);
+    assert_eq!(
+        msg(f.sup.stop("lin", &StopRequest::default()).unwrap_err()),
+        "VM lin is stopped: cannot stop it (it is not running)"
+    );
+    assert_eq!(
+        msg(f.sup.present("lin").unwrap_err()),
+        "VM lin is stopped: cannot present it: start it first"
+    );
+    assert_eq!(
+        msg(f.sup.screenshot("lin").unwrap_err()),
+        "VM lin is stopped: cannot take a screenshot of it: start it first"
+    );
+    f.sup.start("lin", false).unwrap();
+    assert_eq!(
+        msg(f.sup.start("lin", false).unwrap_err()),
+        "VM lin is running: cannot start it (it already runs)"
+    );
+    assert_eq!(
+        msg(f.sup.delete("lin", false).unwrap_err()),
+        "VM lin is running: cannot delete it: stop it first"
+    );
+    f.sup.suspend("lin").unwrap();
+    assert_eq!(
+        msg(f.sup.stop("lin", &StopRequest::default()).unwrap_err()),
+        "VM lin is saved: cannot stop it (it is saved, not running: `start` resumes it, \
+         `start --fresh` discards the state)"
+    );
+    assert_eq!(
+        msg(f.sup.suspend("lin").unwrap_err()),
+        "VM lin is saved: cannot suspend it (it is not running)"
     );
 }
 
@@ -395,7 +486,7 @@ fn crash_keeps_console_and_restarts_with_backoff() {
         "one restart per crash"
     );
     let ev = f.events("lin");
-    assert!(ev.contains(&"crashed".into()) && ev.contains(&"restarting".into()));
+    assert!(ev.contains(&E::Crashed) && ev.contains(&E::Restarting));
     assert_eq!(
         f.sup.show("lin").unwrap().crash_count,
         1,
@@ -559,7 +650,12 @@ fn a_dead_swtpm_shuts_the_vm_down_once_and_is_reported() {
     assert_eq!(
         f.events("win"),
         [
-            "created", "starting", "started", "tpm_died", "stopping", "stopped"
+            E::Created,
+            E::Starting,
+            E::Started,
+            E::TpmDied,
+            E::Stopping,
+            E::Stopped
         ],
         "reported once, then a clean stop"
     );
@@ -707,11 +803,11 @@ fn api_round_trip_through_the_client() {
     // The event stream replays history and then follows.
     let mut seen = Vec::new();
     c.events(Some(0), |ev| {
-        seen.push(ev.event.clone());
+        seen.push(ev.event);
         seen.len() < 3
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(seen, ["created", "starting", "started"]);
+    assert_eq!(seen, [E::Created, E::Starting, E::Started]);
     drop(a.f);
 }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rayos_api::{Client, VmInfo, VmState};
+use rayos_api::{Client, EventKind as E, VmInfo, VmState};
 use rayos_testkit::guest;
 use rayos_vmm::qemu::process;
 
@@ -772,14 +772,16 @@ fn crashed_vm_keeps_console_and_is_restarted() {
     h.client()
         .events(Some(0), |ev| {
             if ev.vm == "lin" {
-                seen.push(ev.event.clone());
+                seen.push(ev.event);
             }
             // created, starting, started, crashed, restarting, starting, started
-            seen.iter().filter(|e| *e == "started").count() < 2
+            seen.iter().filter(|e| **e == E::Started).count() < 2
         })
         .unwrap();
-    let tail: Vec<&str> = seen.iter().map(String::as_str).skip(3).collect();
-    assert_eq!(tail, ["crashed", "restarting", "starting", "started"]);
+    assert_eq!(
+        seen[3..],
+        [E::Crashed, E::Restarting, E::Starting, E::Started]
+    );
     let shown = h.show("lin");
     assert_eq!(shown.state, VmState::Running);
     assert_ne!(shown.pid, Some(pid));
@@ -823,12 +825,12 @@ fn guest_power_off_is_a_stop_not_a_crash() {
     h.client()
         .events(Some(0), |ev| {
             if ev.vm == "off" {
-                seen.push(ev.event.clone());
+                seen.push(ev.event);
             }
-            !matches!(ev.event.as_str(), "stopped" | "crashed")
+            !matches!(ev.event, E::Stopped | E::Crashed)
         })
         .unwrap();
-    assert_eq!(seen, ["created", "starting", "started", "stopped"]);
+    assert_eq!(seen, [E::Created, E::Starting, E::Started, E::Stopped]);
     let shown = h.show("off");
     assert_eq!((shown.state, shown.crash_count), (VmState::Stopped, 0));
 }
@@ -892,7 +894,7 @@ fn image_info(p: &Path) -> serde_json::Value {
 
 /// Follows the events of `vm` from the daemon's first event on; the
 /// stream is connected once the first event has arrived.
-fn watch_events(h: &Host, vm: &str) -> std::sync::mpsc::Receiver<String> {
+fn watch_events(h: &Host, vm: &str) -> std::sync::mpsc::Receiver<E> {
     let (tx, rx) = std::sync::mpsc::channel();
     let client = h.client();
     let name = vm.to_string();
@@ -906,10 +908,10 @@ fn watch_events(h: &Host, vm: &str) -> std::sync::mpsc::Receiver<String> {
 /// panics after `timeout`.
 fn wait_events(
     h: &Host,
-    rx: &std::sync::mpsc::Receiver<String>,
-    seen: &mut Vec<String>,
+    rx: &std::sync::mpsc::Receiver<E>,
+    seen: &mut Vec<E>,
     timeout: Duration,
-    done: impl Fn(&[String]) -> bool,
+    done: impl Fn(&[E]) -> bool,
 ) {
     let deadline = Instant::now() + timeout;
     while !done(seen) {
@@ -925,12 +927,7 @@ fn wait_events(
 
 /// Events of `vm` from the daemon's first event on, until `done` says the
 /// list is complete; panics after `timeout`.
-fn events_until(
-    h: &Host,
-    vm: &str,
-    timeout: Duration,
-    done: impl Fn(&[String]) -> bool,
-) -> Vec<String> {
+fn events_until(h: &Host, vm: &str, timeout: Duration, done: impl Fn(&[E]) -> bool) -> Vec<E> {
     let rx = watch_events(h, vm);
     let mut seen = Vec::new();
     wait_events(h, &rx, &mut seen, timeout, done);
@@ -1276,7 +1273,7 @@ fn api_answers_while_idle_slow_and_streaming_clients_hold_connections() {
     let rx = watch_events(&h, "deaf");
     let mut seen = Vec::new();
     wait_events(&h, &rx, &mut seen, BOOT, |seen| {
-        seen.last().is_some_and(|e| e == "started")
+        seen.last().is_some_and(|e| *e == E::Started)
     });
     let stopper = {
         let socket = h.socket();
@@ -1290,7 +1287,7 @@ fn api_answers_while_idle_slow_and_streaming_clients_hold_connections() {
         })
     };
     wait_events(&h, &rx, &mut seen, BOOT, |seen| {
-        seen.last().is_some_and(|e| e == "stopping")
+        seen.last().is_some_and(|e| *e == E::Stopping)
     });
     for _ in 0..3 {
         let (status, text) = raw(&sock, b"GET /v1/health HTTP/1.1\r\n\r\n");
@@ -1343,14 +1340,10 @@ fn a_vm_whose_swtpm_dies_is_shut_down_cleanly_and_reported() {
     let mark = guest::log_len(&log);
     process::signal(tpm, libc::SIGKILL).unwrap();
     let seen = events_until(&h, "win", BOOT, |seen| {
-        seen.iter().any(|e| e == "tpm_died") && seen.last().is_some_and(|e| e == "stopped")
+        seen.contains(&E::TpmDied) && seen.last().is_some_and(|e| *e == E::Stopped)
     });
-    let tail: Vec<&str> = seen
-        .iter()
-        .map(String::as_str)
-        .skip_while(|e| *e != "tpm_died")
-        .collect();
-    assert_eq!(tail, ["tpm_died", "stopping", "stopped"]);
+    let tail: Vec<E> = seen.into_iter().skip_while(|e| *e != E::TpmDied).collect();
+    assert_eq!(tail, [E::TpmDied, E::Stopping, E::Stopped]);
     let shown = h.show("win");
     assert_eq!(shown.state, VmState::Stopped);
     assert!(

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use rayos_api::{Client, ClientError, CreateRequest, DiskRequest, StopRequest, VmInfo};
+use rayos_api::{Client, ClientError, CreateRequest, DiskRequest, EventKind, StopRequest, VmInfo};
 use rayos_state::VmKind;
 use serde::Serialize;
 
@@ -197,7 +197,7 @@ fn show_import_progress(c: &Client, name: &str) {
         .name("import-progress".into())
         .spawn(move || {
             let _ = c.events(None, |ev| {
-                if ev.vm == name && ev.event == "importing" {
+                if ev.vm == name && ev.event == EventKind::Importing {
                     eprintln!("importing {}", ev.detail);
                 }
                 true
