@@ -659,12 +659,7 @@ pub fn build_report<D: Read + Seek>(
             report::gpt_partitions(g),
             g.free_regions(DEFAULT_ALIGNMENT)
                 .into_iter()
-                .map(|r| FreeSpace {
-                    first_lba: r.first_lba,
-                    last_lba: r.last_lba,
-                    start_bytes: r.start_bytes(sector_size),
-                    size_bytes: r.size_bytes(sector_size),
-                })
+                .map(|r| FreeSpace::of(r, sector_size))
                 .collect(),
         ),
         TableState::Mbr(m) => (

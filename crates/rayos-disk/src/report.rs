@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::gpt::{Corruption, Gpt, Mbr, MbrPartition};
+use crate::gpt::{Corruption, FreeRegion, Gpt, Mbr, MbrPartition};
 use crate::probe::{Filesystem, FsInfo};
 use crate::types::{self, TypeFamily};
 
@@ -133,6 +133,19 @@ pub struct FreeSpace {
     pub last_lba: u64,
     pub start_bytes: u64,
     pub size_bytes: u64,
+}
+
+impl FreeSpace {
+    /// A free run of a table with `sector_size`-byte sectors, with its
+    /// bytes.
+    pub fn of(r: FreeRegion, sector_size: u32) -> FreeSpace {
+        FreeSpace {
+            first_lba: r.first_lba,
+            last_lba: r.last_lba,
+            start_bytes: r.start_bytes(sector_size),
+            size_bytes: r.size_bytes(sector_size),
+        }
+    }
 }
 
 /// Why a device is busy.

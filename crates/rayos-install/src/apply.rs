@@ -157,13 +157,7 @@ impl Default for ApplyOptions {
 /// The steps `apply` will run for `plan`, in order.
 pub fn steps(plan: &Plan) -> Vec<String> {
     let mut s = vec!["partition".to_string()];
-    for role in [
-        Role::Esp,
-        Role::System,
-        Role::Data,
-        Role::VmLinux,
-        Role::VmWindows,
-    ] {
+    for role in Role::ALL {
         if plan
             .partitions
             .iter()

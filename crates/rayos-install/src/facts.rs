@@ -235,12 +235,7 @@ fn disk_from_copy(disk: &Disk, copy: TableCopy) -> Result<Option<Disk>, FactsErr
     let free_regions = gpt
         .free_regions(rayos_disk::DEFAULT_ALIGNMENT)
         .into_iter()
-        .map(|r| FreeSpace {
-            first_lba: r.first_lba,
-            last_lba: r.last_lba,
-            start_bytes: r.start_bytes(ss),
-            size_bytes: r.size_bytes(ss),
-        })
+        .map(|r| FreeSpace::of(r, ss))
         .collect();
     Ok(Some(Disk {
         table: Table::Gpt,

@@ -82,12 +82,7 @@ pub fn fake_disk(path: &str, size: u64, ss: u32, kind: DiskKind, parts: &[FakePa
         MIB / ssz,
     )
     .into_iter()
-    .map(|r| FreeSpace {
-        first_lba: r.first_lba,
-        last_lba: r.last_lba,
-        start_bytes: r.start_bytes(ss),
-        size_bytes: r.size_bytes(ss),
-    })
+    .map(|r| FreeSpace::of(r, ss))
     .collect();
     Disk {
         path: PathBuf::from(path),

@@ -37,13 +37,7 @@ use rayos_install::plan::{
 };
 
 /// Every role a partition can be given, in menu order.
-pub const ROLES: [Role; 5] = [
-    Role::Esp,
-    Role::System,
-    Role::Data,
-    Role::VmLinux,
-    Role::VmWindows,
-];
+pub const ROLES: [Role; 5] = Role::ALL;
 
 /// How a role is named on screen.
 pub fn role_words(r: Role) -> &'static str {
@@ -557,6 +551,7 @@ pub struct Planned {
 }
 
 impl Planned {
+    /// A plan that `answers` alone repeat on the disk as it is.
     fn from_answers(answers: Answers, plan: Plan) -> Planned {
         Planned {
             answers,

@@ -5,15 +5,14 @@
 //! complete install on the disk, is this the installer's own medium) into a
 //! [`Plan`]: per partition one of create / delete / format / keep /
 //! reuse-ESP, and every file to write. It does no I/O, so every refusal is
-//! unit-tested on made-up disks. `--dry-run` prints the plan; [`crate::apply`](mod@crate::apply)
-//! performs it.
+//! unit-tested on made-up disks. `--dry-run` prints the plan;
+//! [`crate::apply`](mod@crate::apply) performs it.
 //!
 //! Stages (one module each, every one pure and tested on its own):
 //!
 //! ```text
 //! Answers ──Intents::from_answers──┐
-//! the wizard's edits ──────────────┴─> Intents ─> check ─> resolve roles ─> size ─> place ─> files ─> Plan
-//!                                               (check)  (roles)          (size)  (place)  (files, validate)
+//! the wizard's edits ──────────────┴─> Intents ─> check ─> roles ─> size ─> place ─> files ─> Plan
 //! ```
 //!
 //! - [`Intents`] say where RayOS goes without looking at the disk: the mode
@@ -23,14 +22,15 @@
 //!   the wizard's partition manager says one directly (deletes and
 //!   partitions placed by hand, which answer files cannot say), and
 //!   [`plan_intents`] plans either with the same rules.
-//! - check: the target itself (installer medium, read-only, in use, sector
-//!   size, table, a complete install).
-//! - resolve roles: every existing partition's fate and the consent, size
-//!   and ESP rules for partitions given a role.
-//! - size: the sizes of the partitions RayOS lays out (minimums, rounding,
-//!   the 1 PiB bound).
-//! - place: where they go (the largest free region, slot numbers).
-//! - files: what goes on them, the boot entry, notes; then [`validate`].
+//! - check (`check.rs`): the target itself (installer medium, read-only,
+//!   in use, sector size, table, a complete install).
+//! - resolve roles (`roles.rs`): every existing partition's fate, and the
+//!   consent, size and ESP rules for partitions given a role.
+//! - size (`size.rs`): the sizes of the partitions RayOS lays out
+//!   (minimums, rounding, the 1 PiB bound).
+//! - place (`place.rs`): where they go (the largest free region, slots).
+//! - files (`files.rs`): what goes on them, the boot entry, notes; then
+//!   [`validate`] (`validate.rs`, also for plans read back from JSON).
 //!
 //! Layout rules: 1 MiB alignment; the new partitions are laid out in one free
 //! region (the largest) in the order ESP (if created), system, VM storage,
@@ -183,6 +183,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, in the order the install formats them.
+    pub const ALL: [Role; 5] = [
+        Role::Esp,
+        Role::System,
+        Role::Data,
+        Role::VmLinux,
+        Role::VmWindows,
+    ];
+
     pub fn gpt_name(self) -> &'static str {
         match self {
             Role::Esp => NAME_ESP,

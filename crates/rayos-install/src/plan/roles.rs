@@ -107,13 +107,7 @@ fn refuse_kept_under_whole_disk(intents: &Intents) -> Result<(), PlanError> {
     if intents.mode != Mode::WholeDisk {
         return Ok(());
     }
-    for role in [
-        Role::Esp,
-        Role::System,
-        Role::Data,
-        Role::VmLinux,
-        Role::VmWindows,
-    ] {
+    for role in Role::ALL {
         if let Some(Place::Existing(r)) = intents.place(role) {
             let what = match role {
                 Role::VmLinux | Role::VmWindows => "VM storage { reuse = ... } cannot be used with mode = \"whole-disk\" (every partition is deleted); use { create = \"SIZE\" }".to_string(),
