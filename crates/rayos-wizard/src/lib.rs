@@ -139,10 +139,10 @@ pub fn setup(config: &Config) -> Result<Setup, WizardError> {
             }
         })
         .collect();
-    let efivars = Path::new(rayos_install::efivar::EFIVARS_DIR).is_dir();
+    let efivars = Path::new(rayos_base::efivar::EFIVARS_DIR).is_dir();
     Ok(Setup {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        uefi: Path::new("/sys/firmware/efi").is_dir(),
+        uefi: Path::new(rayos_base::efivar::FIRMWARE_DIR).is_dir(),
         allow_bios: config.allow_bios,
         disks,
         opts: PlanOptions {

@@ -163,7 +163,7 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
         system_image: args.system_image.clone(),
         recovery_image: args.recovery_image.clone(),
         systemd_boot: args.systemd_boot.clone(),
-        nvram: !args.no_nvram && Path::new(rayos_install::efivar::EFIVARS_DIR).is_dir(),
+        nvram: !args.no_nvram && Path::new(rayos_base::efivar::EFIVARS_DIR).is_dir(),
         ..PlanOptions::default()
     };
     let plan = plan::make_plan(&disk, &answers, &facts, &opts).map_err(|e| bad(e.to_string()))?;
