@@ -2,7 +2,9 @@
 //! every fuzz target for a few seconds (fuzz/README.md), then the
 //! end-to-end runs on media built from this tree (issue 4's
 //! install-and-boot from the ISO as a CD, the USB image, the ISO written to
-//! a USB stick, onto a 4096-byte-sector disk and through the wizard, issue 6's presenter and input routing on the installed system,
+//! a USB stick, onto a 4096-byte-sector disk and through the wizard;
+//! issue 17's answer stick plugged in late and issue 10's answer-file
+//! sources and countdown; issue 6's presenter and input routing on the installed system,
 //! issue 7's update flow).
 //!
 //! The e2e stages always rebuild the media first, so they test the code in
@@ -66,6 +68,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Variant::IsoUsb,
             Variant::FourK,
             Variant::Wizard,
+            Variant::UsbLate,
+            Variant::AnswersSafety,
         ],
         media: PathBuf::from("build"),
         rebuild: true,

@@ -5,6 +5,13 @@
 //! Policy when several disks hold a RayOS install: the one holding the ESP
 //! the loader started from (`LoaderDevicePartUUID`) wins; otherwise the
 //! first in kernel order, and the others are reported.
+//!
+//! Policy for answer files ([`answer_sources`]): an answer file starts an
+//! install that may erase a disk, so it is taken only from the installer
+//! medium and from removable media (the kernel's removable flag, or a disk
+//! attached by USB — USB hard disks and SSDs often do not set the flag), or
+//! from the volumes carrying the label that `rayos.answers=LABEL:PATH`
+//! names. A file on an internal disk is never used by accident.
 
 use std::path::{Path, PathBuf};
 
@@ -97,6 +104,7 @@ pub struct Volume {
     pub disk: PathBuf,
     pub fstype: &'static str,
     pub label: Option<String>,
+    /// On removable media: the kernel's removable flag, or attached by USB.
     pub removable: bool,
 }
 
@@ -108,11 +116,18 @@ fn kernel_fstype(fs: Filesystem) -> Option<&'static str> {
     }
 }
 
+/// Whether block device `disk` (`/dev/sda`) is attached by USB (sysfs).
+pub fn usb_attached(disk: &Path) -> bool {
+    crate::usb::kernel_name(disk).is_some_and(|n| crate::usb::on_usb(Path::new("/sys/block"), &n))
+}
+
 /// Every FAT or ISO 9660 volume: whole-disk filesystems (CD, hybrid ISO on
-/// a stick, an unpartitioned FAT stick) and partitions.
-pub fn fat_and_iso_volumes(disks: &[Disk]) -> Vec<Volume> {
+/// a stick, an unpartitioned FAT stick) and partitions. `usb` says whether
+/// a disk is attached by USB (counted as removable).
+pub fn fat_and_iso_volumes(disks: &[Disk], usb: impl Fn(&Path) -> bool) -> Vec<Volume> {
     let mut out = Vec::new();
     for d in disks {
+        let removable = d.removable || usb(&d.path);
         if let Some(fs) = &d.whole_disk_filesystem
             && let Some(t) = kernel_fstype(fs.filesystem)
         {
@@ -121,7 +136,7 @@ pub fn fat_and_iso_volumes(disks: &[Disk]) -> Vec<Volume> {
                 disk: d.path.clone(),
                 fstype: t,
                 label: fs.label.clone(),
-                removable: d.removable,
+                removable,
             });
         }
         for p in &d.partitions {
@@ -134,7 +149,7 @@ pub fn fat_and_iso_volumes(disks: &[Disk]) -> Vec<Volume> {
                     disk: d.path.clone(),
                     fstype: t,
                     label: p.fs_label.clone(),
-                    removable: d.removable,
+                    removable,
                 });
             }
         }
@@ -169,6 +184,34 @@ pub fn search_order(
         (!on_medium, !x.removable)
     });
     v
+}
+
+/// The volumes an answer file is looked for on, in order, and the ones left
+/// out (to tell the person why a file there was not used). With `label`
+/// (`rayos.answers=LABEL:PATH`): the volumes with that label, on any disk.
+/// Without: the installer medium (`medium_disk`) first, then removable
+/// media, each in kernel order; volumes of internal disks are left out.
+pub fn answer_sources(
+    volumes: &[Volume],
+    label: Option<&str>,
+    medium_disk: Option<&Path>,
+) -> (Vec<Volume>, Vec<Volume>) {
+    let on_medium = |x: &Volume| medium_disk.is_some_and(|m| x.disk == m);
+    let (mut used, skipped): (Vec<Volume>, Vec<Volume>) =
+        volumes.iter().cloned().partition(|x| match label {
+            Some(l) => x
+                .label
+                .as_deref()
+                .is_some_and(|xl| xl.eq_ignore_ascii_case(l)),
+            None => on_medium(x) || x.removable,
+        });
+    used.sort_by_key(|x| !on_medium(x));
+    let skipped = match label {
+        // Other labels are not "left out", just not named.
+        Some(_) => Vec::new(),
+        None => skipped,
+    };
+    (used, skipped)
 }
 
 /// `root` joined with the volume-relative `rel` (`/x/y.toml`), only when
@@ -243,6 +286,46 @@ mod tests {
             label: label.map(String::from),
             removable,
         }
+    }
+
+    /// Issue 10: an answer file on an internal disk was used (and started a
+    /// whole-disk install at once); it is not looked for there any more.
+    #[test]
+    fn answer_files_only_from_the_medium_and_removable_media() {
+        let v = vec![
+            vol("/dev/vda1", "/dev/vda", Some("ANSWERS"), false),
+            vol("/dev/sdb1", "/dev/sdb", Some("SEED"), true),
+            vol("/dev/sr0", "/dev/sr0", Some("RAYOS_INSTALL"), true),
+            vol("/dev/vdb", "/dev/vdb", Some("RAYOS_INSTALL"), false),
+        ];
+        let (used, skipped) = answer_sources(&v, None, Some(Path::new("/dev/vdb")));
+        let devs: Vec<_> = used.iter().map(|x| x.device.to_str().unwrap()).collect();
+        assert_eq!(devs, vec!["/dev/vdb", "/dev/sdb1", "/dev/sr0"]);
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].device, Path::new("/dev/vda1"));
+        // A label named on the command line is taken from any disk.
+        let (used, skipped) = answer_sources(&v, Some("answers"), None);
+        assert_eq!(used.len(), 1);
+        assert_eq!(used[0].device, Path::new("/dev/vda1"));
+        assert!(skipped.is_empty());
+        assert!(answer_sources(&v, Some("NOPE"), None).0.is_empty());
+    }
+
+    #[test]
+    fn usb_disks_count_as_removable() {
+        let mut blank = std::io::Cursor::new(vec![0u8; 1 << 20]);
+        let mut d =
+            rayos_disk::enumerate::build_report(&mut blank, Path::new("/dev/sdc"), 512).unwrap();
+        d.removable = false;
+        d.whole_disk_filesystem = Some(rayos_disk::FsInfo {
+            filesystem: Filesystem::Fat32,
+            label: Some("STICK".into()),
+            uuid: None,
+        });
+        let v = fat_and_iso_volumes(std::slice::from_ref(&d), |_| false);
+        assert!(!v[0].removable);
+        let v = fat_and_iso_volumes(std::slice::from_ref(&d), |p| p == Path::new("/dev/sdc"));
+        assert!(v[0].removable, "a USB SSD without the removable flag");
     }
 
     #[test]

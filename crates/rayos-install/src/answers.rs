@@ -233,6 +233,12 @@ pub enum FinishAction {
     Poweroff,
 }
 
+/// Seconds the installer media show the plan before an unattended install
+/// writes (`[unattended] countdown`; read by rayos init, not by the engine).
+pub const DEFAULT_COUNTDOWN_SECS: u32 = 10;
+/// The longest countdown an answer file may ask for.
+pub const MAX_COUNTDOWN_SECS: u32 = 3600;
+
 /// A parsed and checked answer file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Answers {
@@ -242,6 +248,8 @@ pub struct Answers {
     pub machine: MachineAnswers,
     pub policy: PolicyAnswers,
     pub finish: FinishAction,
+    /// `[unattended] countdown`: 1 ..= [`MAX_COUNTDOWN_SECS`] seconds.
+    pub countdown_secs: u32,
 }
 
 // ---- raw TOML shape (spans kept for messages) ----
@@ -261,12 +269,20 @@ struct Raw {
     policy: RawPolicy,
     #[serde(default)]
     finish: RawFinish,
+    #[serde(default)]
+    unattended: RawUnattended,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawFinish {
     action: Option<FinishAction>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUnattended {
+    countdown: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -637,6 +653,23 @@ impl Answers {
             });
         }
 
+        let countdown_secs = match &raw.unattended.countdown {
+            None => DEFAULT_COUNTDOWN_SECS,
+            Some(c) => match u32::try_from(*c.get_ref()) {
+                Ok(n) if (1..=MAX_COUNTDOWN_SECS).contains(&n) => n,
+                _ => {
+                    return cx.err(
+                        c.span(),
+                        format!(
+                            "unattended.countdown = {} is out of range: give 1 to {MAX_COUNTDOWN_SECS} seconds \
+                             (the plan is shown that long before the install writes; any key cancels)",
+                            c.get_ref()
+                        ),
+                    );
+                }
+            },
+        };
+
         Ok(Answers {
             target,
             sizes,
@@ -644,6 +677,7 @@ impl Answers {
             machine,
             policy,
             finish: raw.finish.action.unwrap_or_default(),
+            countdown_secs,
         })
     }
 
@@ -668,6 +702,7 @@ impl Answers {
             machine: MachineAnswers::default(),
             policy: PolicyAnswers::default(),
             finish: FinishAction::default(),
+            countdown_secs: DEFAULT_COUNTDOWN_SECS,
         }
     }
 }
@@ -815,6 +850,27 @@ mod tests {
         let e =
             Answers::parse("a", &format!("{base}[finish]\naction = \"explode\"\n")).unwrap_err();
         assert_eq!(e.line, 5, "{e}");
+    }
+
+    #[test]
+    fn countdown_of_the_unattended_install() {
+        let base = "version = 1\n[target]\nmode = \"whole-disk\"\n";
+        assert_eq!(
+            Answers::parse("a", base).unwrap().countdown_secs,
+            DEFAULT_COUNTDOWN_SECS
+        );
+        let with = |v: &str| Answers::parse("a", &format!("{base}[unattended]\ncountdown = {v}\n"));
+        assert_eq!(with("3").unwrap().countdown_secs, 3);
+        assert_eq!(with("3600").unwrap().countdown_secs, 3600);
+        for bad in ["0", "-1", "3601", "99999999999"] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.line, 5, "{bad}: {e}");
+            assert!(e.message.contains("out of range"), "{bad}: {e}");
+        }
+        let e = with("\"10s\"").unwrap_err();
+        assert_eq!(e.line, 5, "{e}");
+        let e = Answers::parse("a", &format!("{base}[unattended]\ncountdwn = 3\n")).unwrap_err();
+        assert!(e.message.contains("unknown field"), "{e}");
     }
 
     #[test]

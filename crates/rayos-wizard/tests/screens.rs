@@ -773,3 +773,98 @@ fn roles_on_partitions_of_unknown_systems_need_the_typed_confirmation() {
     assert_eq!(plan.partition(Role::System).unwrap().number, 3);
     assert_eq!(plan.partition(Role::Esp).unwrap().action, Action::ReuseEsp);
 }
+
+/// A USB stick as the disk list shows it.
+fn stick(blank: &Path) -> Disk {
+    let mut d = probed(blank, "/dev/sda");
+    d.kind = DiskKind::BlockDevice;
+    d.model = Some("QEMU HARDDISK".into());
+    d.removable = true;
+    d
+}
+
+/// Issue 17: the disk list follows disks that appear and go.
+#[test]
+fn the_disk_list_follows_a_stick_plugged_in_and_pulled_out() {
+    let im = images();
+    let mut vda = probed(&im.windows, "/dev/vda");
+    vda.kind = DiskKind::BlockDevice;
+    vda.model = Some("QEMU HARDDISK".into());
+    let mut w = Wizard::new(setup(vec![vda.clone()]));
+    press(&mut w, &[Key::Enter]);
+    assert_eq!(w.screen, Screen::Disk);
+    assert_eq!(w.disk_cursor, 0);
+
+    // Plugged in: listed, said on the status line, cursor stays on vda.
+    let with_stick: Vec<DiskChoice> = vec![choice(stick(&im.blank)), choice(vda.clone())];
+    w.on_disks_changed(with_stick);
+    assert_eq!(w.screen, Screen::Disk);
+    assert_eq!(w.setup.disks.len(), 2);
+    assert_eq!(
+        w.setup.disks[w.disk_cursor].disk.path,
+        Path::new("/dev/vda")
+    );
+    assert_eq!(w.status.as_deref(), Some("disk /dev/sda appeared"));
+    snapshot("disk-list-stick-plugged", &w);
+
+    // It can be chosen (8 GiB, empty) and pulled out again afterwards.
+    press(&mut w, &[Key::Up, Key::Enter]);
+    assert_eq!(w.screen, Screen::Partitions);
+    assert_eq!(w.chosen, Some(0));
+    press(&mut w, &[Key::Char('i')]);
+    assert!(w.layout.is_some());
+    w.on_disks_changed(vec![choice(vda.clone())]);
+    assert_eq!(
+        w.screen,
+        Screen::Disk,
+        "the chosen disk went: back to the list"
+    );
+    assert_eq!(w.chosen, None);
+    assert!(w.layout.is_none() && w.planned.is_none());
+    assert_eq!(
+        w.status.as_deref(),
+        Some("/dev/sda was removed: nothing was written to it; choose a disk again")
+    );
+    snapshot("disk-list-chosen-removed", &w);
+
+    // Another disk coming and going keeps the chosen one and its edits.
+    press(&mut w, &[Key::Enter]);
+    assert_eq!(w.screen, Screen::Partitions);
+    largest_free(&mut w);
+    press(&mut w, &[Key::Char('i')]);
+    let rows = w.rows();
+    w.on_disks_changed(vec![choice(vda.clone()), choice(stick(&im.blank))]);
+    assert_eq!(w.screen, Screen::Partitions);
+    assert_eq!(w.chosen, Some(0));
+    assert_eq!(w.rows(), rows, "the partition edits are kept");
+    w.on_disks_changed(vec![choice(vda)]);
+    assert_eq!(w.screen, Screen::Partitions);
+    assert_eq!(w.status.as_deref(), Some("disk /dev/sda was removed"));
+    assert_eq!(w.rows(), rows);
+}
+
+/// While the disk is written the list is left alone.
+#[test]
+fn disk_changes_wait_while_the_disk_is_written() {
+    let im = images();
+    let mut w = Wizard::new(setup(vec![probed(&im.blank, "/dev/vda")]));
+    at_partitions(&mut w, 0);
+    press(
+        &mut w,
+        &[
+            Key::Char('i'),
+            Key::Enter,
+            Key::Enter,
+            Key::Enter,
+            Key::Enter,
+        ],
+    );
+    assert_eq!(w.screen, Screen::Summary, "{:?}", w.status);
+    typed(&mut w, "vda");
+    assert!(matches!(w.handle(Key::Enter), Effect::Install(_)));
+    assert_eq!(w.screen, Screen::Progress);
+    w.on_disks_changed(vec![]);
+    assert_eq!(w.screen, Screen::Progress);
+    assert_eq!(w.chosen, Some(0));
+    assert_eq!(w.setup.disks.len(), 1);
+}

@@ -84,6 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             nvram: !args.no_nvram,
             allow_bios: false,
             apply: ApplyOptions::default(),
+            writing_guard: Some(super::wizard::install_lock),
         });
     }
     eprintln!("RAYOS_INSTALLER:STARTED");
@@ -226,6 +227,9 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
             _ => {}
         }
     };
+    // Tells PID 1 (installer media) a disk is being written.
+    let _writing =
+        rayos_init::control::hold_install_lock(Path::new(rayos_init::control::INSTALL_LOCK));
     let report =
         rayos_install::apply(&plan, &ApplyOptions::default(), &mut progress).map_err(|e| {
             // Refused before the first write (a reused ESP that is damaged,

@@ -84,8 +84,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         nvram: !args.no_nvram,
         allow_bios: args.allow_bios,
         apply: ApplyOptions::default(),
+        writing_guard: Some(install_lock),
     };
     run_config(&config)
+}
+
+/// Held while the wizard writes a disk: on the installer media it tells
+/// PID 1 not to stop the consoles for an unattended install meanwhile
+/// (`rayos_init::control::INSTALL_LOCK`; nothing on other hosts).
+pub fn install_lock() -> Box<dyn std::any::Any + Send> {
+    Box::new(rayos_init::control::hold_install_lock(
+        std::path::Path::new(rayos_init::control::INSTALL_LOCK),
+    ))
 }
 
 /// Runs the wizard with `config` and reports its outcome (stdout message,
