@@ -35,9 +35,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let v = serde_json::json!({
             "memory": { "processes": memory, "rss_kib_total": total_kib },
             "init": init.as_ref().ok(),
-            "init_error": init.as_ref().err().map(|e| rayos_init::error_chain(e)),
+            "init_error": init.as_ref().err().map(|e| rayos_base::error::chain(e)),
             "daemon": health.as_ref().ok(),
-            "daemon_error": health.as_ref().err().map(|e| rayos_init::error_chain(e)),
+            "daemon_error": health.as_ref().err().map(|e| rayos_base::error::chain(e)),
             "vms": vms,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -47,7 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(s) => print_init(s),
         Err(e) => println!(
             "init: no status ({}): this is not a running RayOS system, or init has not started yet",
-            rayos_init::error_chain(e)
+            rayos_base::error::chain(e)
         ),
     }
     match &health {
@@ -63,7 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(e) => println!(
             "rayosd: not reachable on {} ({})",
             args.socket.display(),
-            rayos_init::error_chain(e)
+            rayos_base::error::chain(e)
         ),
     }
     if !memory.is_empty() {

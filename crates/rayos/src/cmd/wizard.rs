@@ -133,7 +133,7 @@ pub fn run_config(config: &Config) -> anyhow::Result<ExitCode> {
                     Ok(()) | Err(rayos_init::control::ControlError::NotRayos) => {}
                     Err(e) => eprintln!(
                         "rayos: could not ask init to {after}: {}; type `{after}` at the rayos> prompt",
-                        rayos_init::error_chain(&e)
+                        rayos_base::error::chain(&e)
                     ),
                 }
             }
