@@ -29,6 +29,8 @@ pub const API_SOCKET: &str = concat!(run_root!(), "/api.sock");
 pub const INIT_STATUS: &str = concat!(run_root!(), "/init-status.json");
 /// Logs while no data volume is mounted (moved there once it is).
 pub const RUN_LOGS: &str = concat!(run_root!(), "/logs");
+/// Held (flock) by whatever is writing a disk: an install, the wizard.
+pub const INSTALL_LOCK: &str = concat!(run_root!(), "/install.lock");
 /// The link the kernel runs for module requests (to the `rayos` binary).
 pub const MODPROBE: &str = concat!(run_root!(), "/modprobe");
 
@@ -60,6 +62,7 @@ mod tests {
             API_SOCKET,
             INIT_STATUS,
             RUN_LOGS,
+            INSTALL_LOCK,
             MODPROBE,
             MEDIUM,
             ANSWERS,

@@ -19,7 +19,7 @@ use rayos_disk::report::{Disk, PartitionReport};
 use rayos_disk::{Filesystem, types};
 use uuid::Uuid;
 
-use crate::bless::LOADER_VENDOR_GUID;
+use rayos_base::efivar;
 
 /// The partitions of one RayOS install.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -38,15 +38,8 @@ fn part_dev(p: &PartitionReport) -> Option<PathBuf> {
 
 /// The partition GUID of the ESP the loader ran from, if the loader said.
 pub fn loader_device_part_uuid(efivars: &Path) -> Option<Uuid> {
-    let bytes =
-        std::fs::read(efivars.join(format!("LoaderDevicePartUUID-{LOADER_VENDOR_GUID}"))).ok()?;
-    let units: Vec<u16> = bytes
-        .get(4..)?
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    Uuid::parse_str(&String::from_utf16(&units).ok()?).ok()
+    let s = efivar::read_string(efivars, "LoaderDevicePartUUID", efivar::LOADER_VENDOR)?;
+    Uuid::parse_str(&s).ok()
 }
 
 /// Picks the RayOS install among `disks`.

@@ -229,7 +229,7 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
     };
     // Tells PID 1 (installer media) a disk is being written.
     let _writing =
-        rayos_init::control::hold_install_lock(Path::new(rayos_init::control::INSTALL_LOCK));
+        rayos_init::control::hold_install_lock(Path::new(rayos_base::paths::INSTALL_LOCK));
     let report =
         rayos_install::apply(&plan, &ApplyOptions::default(), &mut progress).map_err(|e| {
             // Refused before the first write (a reused ESP that is damaged,

@@ -71,8 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     // On a running RayOS the menu is for recovery mode only: it resets and
     // reformats things rayosd and the VMs are using.
-    if let Ok(st) =
-        rayos_init::control::InitStatus::read(Path::new(rayos_init::control::STATUS_FILE))
+    if let Ok(st) = rayos_init::control::InitStatus::read(Path::new(rayos_base::paths::INIT_STATUS))
         && st.mode != rayos_init::cmdline::Mode::Recovery
     {
         return Err(super::Exit::new(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use rayos_init::control::{self, InitStatus};
+use rayos_init::control::InitStatus;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -13,10 +13,10 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Init status file to read.
-    #[arg(long, default_value = control::STATUS_FILE)]
+    #[arg(long, default_value = rayos_base::paths::INIT_STATUS)]
     status_file: PathBuf,
     /// rayosd's API socket.
-    #[arg(long, default_value = control::API_SOCKET)]
+    #[arg(long, default_value = rayos_base::paths::API_SOCKET)]
     socket: PathBuf,
 }
 

@@ -179,7 +179,7 @@ fn locate(file: &Path) -> anyhow::Result<(PathBuf, Option<rayos_init::sysmount::
     let spec = file.to_string_lossy();
     // Volumes are searched only on RayOS itself or for an explicit
     // LABEL:PATH, so a typo on a developer machine mounts nothing.
-    let on_rayos = Path::new(rayos_init::control::STATUS_FILE).exists();
+    let on_rayos = Path::new(rayos_base::paths::INIT_STATUS).exists();
     let found = if on_rayos
         || rayos_init::cmdline::AnswersRef::parse(&spec).is_some_and(|r| r.label.is_some())
     {
