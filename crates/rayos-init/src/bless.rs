@@ -27,26 +27,11 @@
 //!   healthy is blessed like any other.
 
 use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rayos_base::efivar;
 use rayos_base::uki_name::UkiName;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BlessError {
-    #[error("cannot list {0}")]
-    List(PathBuf, #[source] io::Error),
-    #[error("cannot rename {from} to {to}")]
-    Rename {
-        from: PathBuf,
-        to: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot sync directory {0}")]
-    Sync(PathBuf, #[source] io::Error),
-}
+use rayos_update::entries::{self, EntriesError};
 
 fn loader_string(efivars: &Path, name: &str) -> Option<String> {
     efivar::read_string(efivars, name, efivar::LOADER_VENDOR)
@@ -85,15 +70,15 @@ pub enum BlessOutcome {
 
 /// Renames the running UKI `running` in `dir` (`/EFI/Linux` on the system
 /// partition) to its name without counter, then syncs the directory.
-pub fn bless(dir: &Path, running: &str) -> Result<BlessOutcome, BlessError> {
+pub fn bless(dir: &Path, running: &str) -> Result<BlessOutcome, EntriesError> {
     let Some(run) = UkiName::parse(running) else {
         return Ok(BlessOutcome::NotFound(running.to_string()));
     };
     let mut counted = Vec::new();
     let mut plain_exists = false;
     let plain_name = run.plain();
-    for e in fs::read_dir(dir).map_err(|e| BlessError::List(dir.to_path_buf(), e))? {
-        let e = e.map_err(|e| BlessError::List(dir.to_path_buf(), e))?;
+    for e in fs::read_dir(dir).map_err(|e| EntriesError::List(dir.to_path_buf(), e))? {
+        let e = e.map_err(|e| EntriesError::List(dir.to_path_buf(), e))?;
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(c) = UkiName::parse(&name) else {
             continue;
@@ -134,17 +119,8 @@ pub fn bless(dir: &Path, running: &str) -> Result<BlessOutcome, BlessError> {
             }
         }
     };
-    let (src, dst) = (dir.join(&from), dir.join(&plain_name));
-    fs::rename(&src, &dst).map_err(|source| BlessError::Rename {
-        from: src.clone(),
-        to: dst.clone(),
-        source,
-    })?;
-    // fsync the directory so the new name survives a power cut right after
-    // READY; FAT has no journal.
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| BlessError::Sync(dir.to_path_buf(), e))?;
+    // Synced: the new name must survive a power cut right after READY.
+    entries::rename_synced(dir, &from, &plain_name)?;
     Ok(BlessOutcome::Blessed {
         from,
         to: plain_name,
@@ -240,7 +216,7 @@ mod tests {
         );
         assert!(matches!(
             bless(&d.path().join("nope"), "x.efi"),
-            Err(BlessError::List(..))
+            Err(EntriesError::List(..))
         ));
     }
 
