@@ -9,7 +9,7 @@
 //! (`Loader*`, vendor [`LOADER_VENDOR`]) among them — immutable
 //! (`FS_IMMUTABLE_FL`, as `chattr +i` would), right when they are created,
 //! so they are not deleted by accident. Opening such a file for writing
-//! fails with `EPERM` in the VFS before efivarfs sees it, so [`write`]
+//! fails with `EPERM` in the VFS before efivarfs sees it, so [`write()`]
 //! clears the flag first and sets it back afterwards (what systemd's
 //! `efi_set_variable` and libefivar do). Strings (the loader's variables)
 //! are UCS-2 little endian ending in a NUL.
