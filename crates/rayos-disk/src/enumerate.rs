@@ -18,6 +18,8 @@ use std::io::{self, Read, Seek};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use rayos_base::error::chain;
+
 use crate::gpt::{self, DEFAULT_ALIGNMENT, TableState};
 use crate::probe::{self, ProbeError};
 use crate::report::{self, Disk, DiskKind, FreeSpace, PartitionReport, Table, Usage, UsageReason};
@@ -260,7 +262,7 @@ impl Host {
             match self.block_disk(&name, None, &usage) {
                 Ok(d) => out.push(d),
                 Err(e) => {
-                    let mut d = unreadable(self.dev_dir.join(&name), &dir, error_chain(&e));
+                    let mut d = unreadable(self.dev_dir.join(&name), &dir, chain(&e));
                     d.in_use = self.kernel_usage(&self.sys_disk(&name), &usage);
                     out.push(d);
                 }
@@ -544,18 +546,6 @@ fn unreadable(path: PathBuf, sys_dir: &Path, reason: String) -> Disk {
         rayos: None,
         systems: Vec::new(),
     }
-}
-
-/// "a: b: c" from an error and its sources.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Kernel naming of partition nodes: `sda1`, but `nvme0n1p1` and `mmcblk0p1`

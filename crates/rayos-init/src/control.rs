@@ -12,7 +12,7 @@
 //!   atomically on every change ([`InitStatus`]); `rayos status` reads it.
 //! - **"A disk is being written" is a lock**: whoever applies an install
 //!   plan (`rayos install`, the wizard) holds a shared `flock` on
-//!   [`INSTALL_LOCK`] while it writes ([`hold_install_lock`]). Before PID 1
+//!   `rayos_base::paths::INSTALL_LOCK` while it writes ([`hold_install_lock`]). Before PID 1
 //!   stops the consoles to offer an unattended install from a stick plugged
 //!   in later, it takes the lock exclusively ([`claim_install_lock`]): if an
 //!   install is writing it leaves everything alone, and an install that
@@ -33,10 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::cmdline::Mode;
 use crate::sys::PowerAction;
 
-pub const RUN_DIR: &str = "/run/rayos";
-pub const STATUS_FILE: &str = "/run/rayos/init-status.json";
-pub const API_SOCKET: &str = "/run/rayos/api.sock";
-pub const INSTALL_LOCK: &str = "/run/rayos/install.lock";
+use rayos_base::paths::INIT_STATUS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -158,7 +155,7 @@ pub fn pid1_is_rayos_init(status_file: &Path) -> bool {
 
 /// Asks PID 1 to power off or reboot.
 pub fn request(action: PowerAction) -> Result<(), ControlError> {
-    if !pid1_is_rayos_init(Path::new(STATUS_FILE)) {
+    if !pid1_is_rayos_init(Path::new(INIT_STATUS)) {
         return Err(ControlError::NotRayos);
     }
     if crate::sys::kill(1, signal_for(action)) {
@@ -168,7 +165,7 @@ pub fn request(action: PowerAction) -> Result<(), ControlError> {
     }
 }
 
-/// A held lock on [`INSTALL_LOCK`] (released when dropped).
+/// A held lock on the install lock file (released when dropped).
 #[derive(Debug)]
 pub struct InstallLock {
     _file: fs::File,
@@ -263,7 +260,7 @@ mod tests {
             }],
             faults: vec!["x".into()],
             data_device: Some("/dev/vda3".into()),
-            data_mounted: Some("/var/rayos".into()),
+            data_mounted: Some(rayos_base::paths::DATA.into()),
             data_read_only: false,
             services: vec![],
             ready: true,

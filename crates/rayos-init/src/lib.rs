@@ -36,15 +36,3 @@ pub mod sysmount;
 pub mod unattended;
 pub mod usb;
 pub mod volumes;
-
-/// An error and its sources on one line: "a: b: c".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}

@@ -32,6 +32,8 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rayos_base::error::chain;
+use rayos_base::{efivar, paths};
 use rustix::mount::MountFlags;
 
 use crate::bless::{self, BlessOutcome};
@@ -45,8 +47,6 @@ use crate::unattended::{self, Countdown, Keys};
 use crate::usb::{self, Settle, UsbSnapshot, Verdict};
 use crate::volumes::{self, Install};
 
-pub const DATA_MOUNT: &str = "/var/rayos";
-pub const EFIVARS: &str = "/sys/firmware/efi/efivars";
 pub const RAYOSD_STOP_DEADLINE: Duration = Duration::from_secs(120);
 pub const FATAL_REBOOT_DELAY: Duration = Duration::from_secs(10);
 /// How long to wait for storage to appear (USB and NVMe probe async).
@@ -172,8 +172,6 @@ enum CountdownEnd {
     Cancelled(PathBuf),
 }
 
-/// Where the answer file is copied to before it is used.
-const ANSWERS_COPY: &str = "/run/rayos/answers.toml";
 /// How often the installer looks for disks that appeared.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -261,7 +259,7 @@ pub fn main() -> ! {
         image: None,
         schema_migrated: false,
         data_ok: false,
-        logs_dir: PathBuf::from("/run/rayos/logs"),
+        logs_dir: PathBuf::from(paths::RUN_LOGS),
         kernel_log: Arc::new(Mutex::new(None)),
         services: Services::new(tx),
         markers: rx,
@@ -304,12 +302,12 @@ pub fn fatal_exit(reason: &str, data_mounted: Option<&Path>) -> ! {
         reason.lines().next().unwrap_or("")
     ));
     let dir = data_mounted.map(|d| d.join("crash")).or_else(|| {
-        sys::is_mounted(Path::new(DATA_MOUNT)).then(|| Path::new(DATA_MOUNT).join("crash"))
+        sys::is_mounted(Path::new(paths::DATA)).then(|| Path::new(paths::DATA).join("crash"))
     });
     if let Some(dir) = dir {
         let _ = fs::create_dir_all(&dir);
         let path = dir.join(format!("init-{}.txt", log::unix_time()));
-        let status = fs::read_to_string(control::STATUS_FILE).unwrap_or_default();
+        let status = fs::read_to_string(paths::INIT_STATUS).unwrap_or_default();
         let text = format!(
             "rayos init {} crashed at boot time {:.3} s\nreason: {reason}\n\nstatus:\n{status}\n",
             env!("CARGO_PKG_VERSION"),
@@ -420,19 +418,19 @@ impl Init {
                 continue;
             }
             if let Err(e) = sys::mount(m.source, target, m.fstype, m.flags, m.data) {
-                return StepResult::Fail(crate::error_chain(&e));
+                return StepResult::Fail(chain(&e));
             }
             if m.target == "/dev" {
                 sys::ensure_stdio_console();
                 log::attach_devices();
             }
         }
-        let _ = fs::create_dir_all(control::RUN_DIR);
+        let _ = fs::create_dir_all(paths::RUN);
         let _ = fs::create_dir_all(&self.logs_dir);
         // The kernel's own module requests (fs-*, crypto-*) go to our
         // loader: a link named `modprobe` makes `main` dispatch to it.
-        let helper = Path::new(control::RUN_DIR).join("modprobe");
-        if std::os::unix::fs::symlink(&self.exe, &helper).is_ok() {
+        let helper = Path::new(paths::MODPROBE);
+        if std::os::unix::fs::symlink(&self.exe, helper).is_ok() {
             let _ = fs::write(
                 "/proc/sys/kernel/modprobe",
                 helper.as_os_str().as_encoded_bytes(),
@@ -470,7 +468,7 @@ impl Init {
             Err(e) => {
                 return StepResult::Warn(format!(
                     "{}: only built-in drivers are available",
-                    crate::error_chain(&e)
+                    chain(&e)
                 ));
             }
         };
@@ -512,22 +510,22 @@ impl Init {
     }
 
     fn step_efivarfs(&mut self) -> StepResult {
-        if !Path::new("/sys/firmware/efi").is_dir() {
+        if !Path::new(efivar::FIRMWARE_DIR).is_dir() {
             return StepResult::Skip("not booted through UEFI".into());
         }
-        if sys::is_mounted(Path::new(EFIVARS)) {
-            self.image = bless::running_uki(Path::new(EFIVARS));
+        if sys::is_mounted(Path::new(efivar::EFIVARS_DIR)) {
+            self.image = bless::running_uki(Path::new(efivar::EFIVARS_DIR));
             return StepResult::Ok(String::new());
         }
         match sys::mount(
             "efivarfs",
-            Path::new(EFIVARS),
+            Path::new(efivar::EFIVARS_DIR),
             "efivarfs",
             MountFlags::NOSUID | MountFlags::NOEXEC | MountFlags::NODEV,
             "",
         ) {
             Ok(()) => {
-                self.image = bless::running_uki(Path::new(EFIVARS));
+                self.image = bless::running_uki(Path::new(efivar::EFIVARS_DIR));
                 StepResult::Ok(match &self.image {
                     Some(i) => format!("booted from {i}"),
                     None => String::new(),
@@ -535,7 +533,7 @@ impl Init {
             }
             Err(e) => StepResult::Warn(format!(
                 "{}: boot counting and boot entries cannot be used",
-                crate::error_chain(&e)
+                chain(&e)
             )),
         }
     }
@@ -546,14 +544,14 @@ impl Init {
         match rayos_disk::list_block_devices() {
             Ok(d) => d,
             Err(e) => {
-                log::warn(format!("cannot list disks: {}", crate::error_chain(&e)));
+                log::warn(format!("cannot list disks: {}", chain(&e)));
                 Vec::new()
             }
         }
     }
 
     fn step_find_data(&mut self) -> StepResult {
-        let boot_esp = volumes::loader_device_part_uuid(Path::new(EFIVARS));
+        let boot_esp = volumes::loader_device_part_uuid(Path::new(efivar::EFIVARS_DIR));
         let deadline = Instant::now() + DISK_WAIT;
         loop {
             let disks = self.list_disks();
@@ -653,7 +651,7 @@ impl Init {
         let Some(dev) = self.install.as_ref().map(|i| i.data.clone()) else {
             return StepResult::Skip("no data volume".into());
         };
-        let target = Path::new(DATA_MOUNT);
+        let target = Path::new(paths::DATA);
         let (flags, ro) = if self.data_ok {
             (MountFlags::NOSUID | MountFlags::NODEV, false)
         } else {
@@ -665,11 +663,12 @@ impl Init {
         let data = if ro { "noload" } else { "" };
         match sys::mount(&dev.to_string_lossy(), target, "ext4", flags, data) {
             Ok(()) => {
-                self.status.data_mounted = Some(DATA_MOUNT.into());
+                self.status.data_mounted = Some(paths::DATA.into());
                 self.status.data_read_only = ro;
                 StepResult::Ok(format!(
-                    "{} on {DATA_MOUNT}{}",
+                    "{} on {}{}",
                     dev.display(),
+                    paths::DATA,
                     if ro { " (read-only)" } else { "" }
                 ))
             }
@@ -678,9 +677,9 @@ impl Init {
                 self.fault(format!(
                     "cannot mount the data volume {} ({}). VMs cannot start. Boot the recovery entry to repair it.",
                     dev.display(),
-                    crate::error_chain(&e)
+                    chain(&e)
                 ));
-                StepResult::Fail(crate::error_chain(&e))
+                StepResult::Fail(chain(&e))
             }
         }
     }
@@ -692,7 +691,7 @@ impl Init {
                 "no writable data volume: logs stay in /run/rayos/logs until shutdown".into(),
             );
         }
-        let layout = rayos_state::DataLayout::new(DATA_MOUNT);
+        let layout = rayos_state::DataLayout::new(paths::DATA);
         for d in layout.skeleton() {
             let _ = fs::create_dir_all(d);
         }
@@ -767,7 +766,7 @@ impl Init {
             let _ = sys::sethostname("rayos");
             return StepResult::Skip("no data volume: hostname \"rayos\"".into());
         }
-        let layout = rayos_state::DataLayout::new(DATA_MOUNT);
+        let layout = rayos_state::DataLayout::new(paths::DATA);
         let path = layout.machine();
         let (bytes, generation) = match rayos_state::read_with_fallback(&path) {
             Ok(x) => x,
@@ -776,7 +775,7 @@ impl Init {
                 self.fault(format!(
                     "{} cannot be read ({}): using hostname \"rayos\" and UTC. Fix it in recovery mode.",
                     path.display(),
-                    crate::error_chain(&e)
+                    chain(&e)
                 ));
                 return StepResult::Warn("machine.toml missing".into());
             }
@@ -822,7 +821,7 @@ impl Init {
         if self.status.data_mounted.is_none() {
             return StepResult::Skip("no data volume".into());
         }
-        let path = rayos_state::DataLayout::new(DATA_MOUNT).policy();
+        let path = rayos_state::DataLayout::new(paths::DATA).policy();
         match rayos_state::read_with_fallback(&path) {
             Ok((bytes, _)) => {
                 let text = String::from_utf8_lossy(&bytes);
@@ -841,7 +840,7 @@ impl Init {
                 self.fault(format!(
                     "policy {} cannot be read ({}): no VM autostarts. Fix it in recovery mode.",
                     path.display(),
-                    crate::error_chain(&e)
+                    chain(&e)
                 ));
                 StepResult::Fail("no policy".into())
             }
@@ -860,9 +859,9 @@ impl Init {
             args: vec![
                 "daemon".into(),
                 "--state-dir".into(),
-                DATA_MOUNT.into(),
+                paths::DATA.into(),
                 "--socket".into(),
-                control::API_SOCKET.into(),
+                paths::API_SOCKET.into(),
             ],
             env: vec![],
             output: Output::Log(self.logs_dir.clone()),
@@ -929,7 +928,7 @@ impl Init {
             args: vec![
                 "present".into(),
                 "--socket".into(),
-                control::API_SOCKET.into(),
+                paths::API_SOCKET.into(),
             ],
             env: vec![],
             output: Output::Log(self.logs_dir.clone()),
@@ -954,8 +953,8 @@ impl Init {
     }
 
     fn step_find_medium(&mut self) -> StepResult {
-        let boot_esp = volumes::loader_device_part_uuid(Path::new(EFIVARS));
-        let at = Path::new("/run/rayos/medium");
+        let boot_esp = volumes::loader_device_part_uuid(Path::new(efivar::EFIVARS_DIR));
+        let at = Path::new(paths::MEDIUM);
         let deadline = Instant::now() + DISK_WAIT;
         loop {
             let disks = self.list_disks();
@@ -1014,8 +1013,8 @@ impl Init {
 
     fn step_find_answers(&mut self) -> StepResult {
         let (rel, label) = self.answers_ref();
-        let medium = Path::new("/run/rayos/medium");
-        let dest = Path::new(ANSWERS_COPY);
+        let medium = Path::new(paths::MEDIUM);
+        let dest = Path::new(paths::ANSWERS);
         // The medium is already mounted: look there first.
         if label.is_none()
             && self.uki.is_some()
@@ -1110,7 +1109,7 @@ impl Init {
     /// Looks for the answer file on the volumes answer files may come from
     /// (the medium, removable media, or the label `rayos.answers=` names;
     /// docs/answer-file.md) among `disks` — only disks named in `only`, when
-    /// given. Copies it to [`ANSWERS_COPY`]; returns the volume's device.
+    /// given. Copies it to [`paths::ANSWERS`]; returns the volume's device.
     fn search_answers(
         &mut self,
         disks: &[rayos_disk::report::Disk],
@@ -1126,7 +1125,7 @@ impl Init {
             .collect();
         let (used, skipped) =
             volumes::answer_sources(&vols, label.as_deref(), self.medium_disk.as_deref());
-        let probe = Path::new("/run/rayos/probe");
+        let probe = Path::new(paths::PROBE);
         let _ = fs::create_dir_all(probe);
         for v in &skipped {
             // Looked at only to say why a file there is not used.
@@ -1146,7 +1145,8 @@ impl Init {
             if Self::mount_ro(&v.device, v.fstype, probe).is_err() {
                 continue;
             }
-            let found = volumes::file_on(probe, &rel).and_then(|f| fs::copy(&f, ANSWERS_COPY).ok());
+            let found =
+                volumes::file_on(probe, &rel).and_then(|f| fs::copy(&f, paths::ANSWERS).ok());
             let _ = sys::unmount(probe);
             if found.is_some() {
                 return Some(v.device.display().to_string());
@@ -1165,7 +1165,7 @@ impl Init {
         self.unattended()
     }
 
-    /// The unattended install from [`ANSWERS_COPY`]: the target, the
+    /// The unattended install from [`paths::ANSWERS`]: the target, the
     /// engine's plan, the countdown any key cancels, then `rayos install
     /// --yes`. Any way it does not start ends at the console's `install`.
     fn unattended(&mut self) -> StepResult {
@@ -1439,7 +1439,7 @@ impl Init {
             ));
             return;
         }
-        let Some(claim) = control::claim_install_lock(Path::new(control::INSTALL_LOCK)) else {
+        let Some(claim) = control::claim_install_lock(Path::new(paths::INSTALL_LOCK)) else {
             log::warn(format!(
                 "{rel} on {source} is not used: an install is being written right now. Unplug and plug the stick \
                  in again once it is done to use it."
@@ -1460,7 +1460,7 @@ impl Init {
             .filter(|p| p.exists())
             .collect();
         Keys::open(&ttys).show(unattended::RESET_SCREEN);
-        self.answers = Some(PathBuf::from(ANSWERS_COPY));
+        self.answers = Some(PathBuf::from(paths::ANSWERS));
         self.answers_source = Some(source);
         match self.unattended() {
             StepResult::Ok(m) | StepResult::Warn(m) | StepResult::Skip(m) => {
@@ -1523,7 +1523,7 @@ impl Init {
     fn installer_finished(&mut self, code: i32) {
         self.installer_pid = None;
         if code == 0 {
-            let action = answers_after(&fs::read_to_string(ANSWERS_COPY).unwrap_or_default());
+            let action = answers_after(&fs::read_to_string(paths::ANSWERS).unwrap_or_default());
             log::marker("RAYOS_INSTALLER:done");
             log::info(format!(
                 "RayOS is installed. {} now; remove the installer medium.",
@@ -1614,7 +1614,7 @@ impl Init {
     }
 
     fn client(&self) -> rayos_api::Client {
-        rayos_api::Client::new(control::API_SOCKET).with_timeout(Some(Duration::from_secs(3)))
+        rayos_api::Client::new(paths::API_SOCKET).with_timeout(Some(Duration::from_secs(3)))
     }
 
     fn milestones(&mut self) {
@@ -1686,7 +1686,7 @@ impl Init {
         if self.params.mode != Mode::Installed {
             return;
         }
-        let Some(running) = bless::running_uki(Path::new(EFIVARS)) else {
+        let Some(running) = bless::running_uki(Path::new(efivar::EFIVARS_DIR)) else {
             log::detail(
                 "bless: the loader did not say which image runs (no systemd-boot?): nothing to bless",
             );
@@ -1703,7 +1703,7 @@ impl Init {
                     .collect()
             })
             .unwrap_or_default();
-        let at = Path::new("/run/rayos/system");
+        let at = Path::new(paths::SYSTEM);
         for (dev, what) in candidates {
             if let Err(e) = sys::mount(
                 &dev.to_string_lossy(),
@@ -1714,7 +1714,7 @@ impl Init {
             ) {
                 log::warn(format!(
                     "bless: cannot mount the {what} partition: {}",
-                    crate::error_chain(&e)
+                    chain(&e)
                 ));
                 continue;
             }
@@ -1748,7 +1748,7 @@ impl Init {
                 }
                 Some(Ok(BlessOutcome::NotFound(_))) | None => continue,
                 Some(Err(e)) => {
-                    log::warn(format!("bless: {}", crate::error_chain(&e)));
+                    log::warn(format!("bless: {}", chain(&e)));
                     return;
                 }
             }
@@ -1764,11 +1764,11 @@ impl Init {
         if !self.data_ok || self.status.data_read_only {
             return;
         }
-        let layout = rayos_state::DataLayout::new(DATA_MOUNT);
+        let layout = rayos_state::DataLayout::new(paths::DATA);
         match rayos_update::schema::commit(&layout) {
             Ok(true) => log::info("data schema migration committed (old generation removed)"),
             Ok(false) => {}
-            Err(e) => log::warn(format!("data schema: {}", crate::error_chain(&e))),
+            Err(e) => log::warn(format!("data schema: {}", chain(&e))),
         }
         self.schema_migrated = false;
     }
@@ -1779,7 +1779,7 @@ impl Init {
         if self.status.data_mounted.is_none() {
             return StepResult::Skip("no data volume".into());
         }
-        let layout = rayos_state::DataLayout::new(DATA_MOUNT);
+        let layout = rayos_state::DataLayout::new(paths::DATA);
         let supported = rayos_state::DATA_SCHEMA_VERSION;
         // Recovery only looks; an installed boot on a healthy volume migrates.
         let check =
@@ -1812,7 +1812,7 @@ impl Init {
             Err(e) => {
                 self.refuse_data_volume(format!(
                     "cannot check the data volume's schema ({}): it is left untouched (read-only, no VMs).                      Use the recovery entry to inspect it.",
-                    crate::error_chain(&e)
+                    chain(&e)
                 ));
                 StepResult::Fail("schema unreadable".into())
             }
@@ -1825,16 +1825,17 @@ impl Init {
         self.data_ok = false;
         if self.status.data_mounted.is_some() && !self.status.data_read_only {
             match rustix::mount::mount_remount(
-                Path::new(DATA_MOUNT),
+                Path::new(paths::DATA),
                 MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
                 "",
             ) {
                 Ok(()) => self.status.data_read_only = true,
                 Err(e) => {
                     log::warn(format!(
-                        "cannot remount {DATA_MOUNT} read-only: {e}; unmounting it"
+                        "cannot remount {} read-only: {e}; unmounting it",
+                        paths::DATA
                     ));
-                    let _ = sys::unmount(Path::new(DATA_MOUNT));
+                    let _ = sys::unmount(Path::new(paths::DATA));
                     self.status.data_mounted = None;
                 }
             }
@@ -1851,17 +1852,14 @@ impl Init {
         let Some(install) = self.install.clone() else {
             return StepResult::Skip("no install found".into());
         };
-        let at = Path::new("/run/rayos/system");
+        let at = Path::new(paths::SYSTEM);
         let mount = match crate::sysmount::SystemMount::mount(&install, at) {
             Ok(m) => m,
             Err(e) => {
-                return StepResult::Warn(format!(
-                    "cannot check for a rollback: {}",
-                    crate::error_chain(&e)
-                ));
+                return StepResult::Warn(format!("cannot check for a rollback: {}", chain(&e)));
             }
         };
-        let data = (self.status.data_mounted.is_some()).then(|| Path::new(DATA_MOUNT));
+        let data = (self.status.data_mounted.is_some()).then(|| Path::new(paths::DATA));
         let r = rayos_update::rollback::detect(mount.path(), &running, data);
         drop(mount);
         match r {
@@ -1891,7 +1889,7 @@ impl Init {
                         .join(", ")
                 ))
             }
-            Err(e) => StepResult::Warn(crate::error_chain(&e)),
+            Err(e) => StepResult::Warn(chain(&e)),
         }
     }
 
@@ -1925,11 +1923,11 @@ impl Init {
     }
 
     fn write_status(&mut self) {
-        if self.status.boot_id.is_empty() && !Path::new(control::RUN_DIR).is_dir() {
+        if self.status.boot_id.is_empty() && !Path::new(paths::RUN).is_dir() {
             return;
         }
-        let _ = fs::create_dir_all(control::RUN_DIR);
-        if self.status.write(Path::new(control::STATUS_FILE)).is_ok() {
+        let _ = fs::create_dir_all(paths::RUN);
+        if self.status.write(Path::new(paths::INIT_STATUS)).is_ok() {
             self.status_dirty = false;
         }
     }
@@ -1938,7 +1936,7 @@ impl Init {
         if !self.data_ok || self.status.data_read_only || self.status.data_mounted.is_none() {
             return;
         }
-        let dir = rayos_state::DataLayout::new(DATA_MOUNT).boot();
+        let dir = rayos_state::DataLayout::new(paths::DATA).boot();
         let _ = fs::create_dir_all(&dir);
         let rec = serde_json::json!({
             "boot_id": self.status.boot_id,
@@ -2017,7 +2015,7 @@ impl Init {
             let _ = k.sync();
         }
         sys::sync();
-        for m in ["/run/rayos/medium", "/run/rayos/system", DATA_MOUNT] {
+        for m in [paths::MEDIUM, paths::SYSTEM, paths::DATA] {
             let p = Path::new(m);
             // The service log pumps close their files once the killed
             // services' pipes end: give them a moment before falling back to
@@ -2025,7 +2023,7 @@ impl Init {
             if sys::is_mounted(p)
                 && let Err(e) = sys::unmount_waiting(p, Duration::from_secs(3))
             {
-                log::warn(crate::error_chain(&e));
+                log::warn(chain(&e));
             }
         }
         sys::sync();

@@ -31,6 +31,9 @@ use std::fs;
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 
+use rayos_base::efivar::{self, LOADER_VENDOR};
+use rayos_base::error::chain;
+use rayos_base::{paths, uki_name};
 use rayos_state::DataLayout;
 use rayos_state::pe;
 use rayos_update::entries::{self, EntryState, LINUX_DIR};
@@ -56,6 +59,8 @@ pub enum RecoveryError {
     Apply(#[from] rayos_update::ApplyError),
     #[error("mkfs.fat failed on {0}: {1}")]
     Mkfs(PathBuf, String),
+    #[error(transparent)]
+    EfiVar(#[from] rayos_base::efivar::EfiVarError),
 }
 
 // ---- logs ----------------------------------------------------------------
@@ -102,7 +107,7 @@ pub fn tail(data: &Path, name: &str, n: usize) -> Result<String, RecoveryError> 
 /// `Ok(())` or the error with its line.
 pub fn validate_policy(data: &Path) -> Result<(), String> {
     let p = DataLayout::new(data).policy();
-    let (b, _) = rayos_state::read_with_fallback(&p).map_err(|e| crate::error_chain(&e))?;
+    let (b, _) = rayos_state::read_with_fallback(&p).map_err(|e| chain(&e))?;
     rayos_state::Policy::parse(&p.to_string_lossy(), &String::from_utf8_lossy(&b))
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -138,7 +143,7 @@ pub fn save_policy(data: &Path, text: &str) -> Result<(), String> {
     if let Some(d) = p.parent() {
         fs::create_dir_all(d).map_err(|e| e.to_string())?;
     }
-    rayos_state::write_atomic(&p, text.as_bytes()).map_err(|e| crate::error_chain(&e))
+    rayos_state::write_atomic(&p, text.as_bytes()).map_err(|e| chain(&e))
 }
 
 // ---- boot entries ----------------------------------------------------------
@@ -228,11 +233,7 @@ pub fn recovery_ukis(system: &Path) -> Vec<(String, String)> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let ver = name
-                .strip_prefix("rayos-recovery-")?
-                .strip_suffix(".efi")?
-                .to_string();
-            rayos_update::version::validate(&ver).ok()?;
+            let ver = uki_name::recovery_version(&name)?.to_string();
             Some((ver, name))
         })
         .collect();
@@ -371,10 +372,10 @@ pub fn reinstall_files(system: &Path, src: &ReinstallSource) -> Result<Vec<Strin
     let mut did = Vec::new();
     let installed = installed_from_recovery(&src.recovery)
         .map_err(|why| RecoveryError::BadImage(system.to_path_buf(), why))?;
-    let uki = format!("rayos-{}+{}.efi", src.version, entries::TRIES);
+    let uki = uki_name::new_entry(&src.version);
     write_synced(&system.join(LINUX_DIR).join(&uki), &installed)?;
     did.push(format!("wrote /{LINUX_DIR}/{uki}"));
-    let rec = format!("rayos-recovery-{}.efi", src.version);
+    let rec = uki_name::recovery(&src.version);
     write_synced(
         &system.join(rayos_update::apply::RECOVERY_DIR).join(&rec),
         &src.recovery,
@@ -523,17 +524,15 @@ pub const RECOVERY_ENTRY_ID: &str = "rayos-recovery.conf";
 /// (`LoaderEntryOneShot`, which it reads and deletes). `efivars` is the
 /// efivarfs mount.
 pub fn boot_recovery_next(efivars: &Path) -> Result<(), RecoveryError> {
-    let p = efivars.join(format!(
-        "LoaderEntryOneShot-{}",
-        crate::bless::LOADER_VENDOR_GUID
-    ));
-    // Attributes: non-volatile, boot-service and runtime access.
-    let mut bytes = 7u32.to_le_bytes().to_vec();
-    for u in RECOVERY_ENTRY_ID.encode_utf16().chain([0]) {
-        bytes.extend_from_slice(&u.to_le_bytes());
-    }
-    // efivarfs wants the whole variable in one write.
-    fs::write(&p, &bytes).map_err(|e| RecoveryError::Write(p, e))
+    // Through the shared writer: the variable efivarfs created last time
+    // is immutable, which a plain write meets as EPERM.
+    efivar::write_string(
+        efivars,
+        "LoaderEntryOneShot",
+        LOADER_VENDOR,
+        RECOVERY_ENTRY_ID,
+    )?;
+    Ok(())
 }
 
 // ---- the menu ----------------------------------------------------------------
@@ -594,14 +593,14 @@ pub fn menu(ctx: &Ctx<'_>, input: &mut dyn BufRead, out: &mut dyn Write) -> io::
                 {
                     match tail(&ctx.data, &name, 60) {
                         Ok(t) => write!(out, "{t}")?,
-                        Err(e) => writeln!(out, "{}", crate::error_chain(&e))?,
+                        Err(e) => writeln!(out, "{}", chain(&e))?,
                     }
                 }
             }
             "policy" => policy_menu(ctx, &mut ask, out)?,
             "boot" => {
                 let r = with_system(ctx, |sys| {
-                    let mut did = repair_boot(sys).map_err(|e| crate::error_chain(&e))?;
+                    let mut did = repair_boot(sys).map_err(|e| chain(&e))?;
                     match ctx.boot_entry {
                         Some(f) => did.push(match f(sys) {
                             Ok(s) => s,
@@ -649,10 +648,7 @@ pub fn menu(ctx: &Ctx<'_>, input: &mut dyn BufRead, out: &mut dyn Write) -> io::
                     writeln!(out, "not confirmed: nothing done")?;
                     continue;
                 }
-                report(
-                    out,
-                    factory_reset(&ctx.data, kind).map_err(|e| crate::error_chain(&e)),
-                )?;
+                report(out, factory_reset(&ctx.data, kind).map_err(|e| chain(&e)))?;
             }
             "schema" => {
                 let l = DataLayout::new(&ctx.data);
@@ -669,7 +665,7 @@ pub fn menu(ctx: &Ctx<'_>, input: &mut dyn BufRead, out: &mut dyn Write) -> io::
                         {
                             match rayos_update::schema::restore(&l) {
                                 Ok(v) => writeln!(out, "restored schema {v}")?,
-                                Err(e) => writeln!(out, "{}", crate::error_chain(&e))?,
+                                Err(e) => writeln!(out, "{}", chain(&e))?,
                             }
                         }
                     }
@@ -778,30 +774,28 @@ fn with_system(
     if let Some(s) = &ctx.system {
         return f(s);
     }
-    let install = crate::sysmount::find().map_err(|e| crate::error_chain(&e))?;
-    let m = crate::sysmount::SystemMount::mount(&install, Path::new("/run/rayos/system-recovery"))
-        .map_err(|e| crate::error_chain(&e))?;
+    let install = crate::sysmount::find().map_err(|e| chain(&e))?;
+    let m = crate::sysmount::SystemMount::mount(&install, Path::new(paths::SYSTEM_RECOVERY))
+        .map_err(|e| chain(&e))?;
     f(m.path())
 }
 
 fn reinstall(ctx: &Ctx<'_>) -> Result<Vec<String>, String> {
-    let e = |e: RecoveryError| crate::error_chain(&e);
+    let e = |e: RecoveryError| chain(&e);
     if let Some(s) = &ctx.system {
         // A directory (tests): no formatting, just the files.
         let src = ReinstallSource::read(s, None).map_err(e)?;
         return reinstall_files(s, &src).map_err(e);
     }
-    let install = crate::sysmount::find().map_err(|x| crate::error_chain(&x))?;
-    let at = Path::new("/run/rayos/system-recovery");
+    let install = crate::sysmount::find().map_err(|x| chain(&x))?;
+    let at = Path::new(paths::SYSTEM_RECOVERY);
     let src = {
-        let m = crate::sysmount::SystemMount::mount(&install, at)
-            .map_err(|x| crate::error_chain(&x))?;
+        let m = crate::sysmount::SystemMount::mount(&install, at).map_err(|x| chain(&x))?;
         ReinstallSource::read(m.path(), None).map_err(e)?
     };
     let dev = install.system.clone().ok_or("no system partition")?;
     format_system(&dev).map_err(e)?;
-    let m =
-        crate::sysmount::SystemMount::mount(&install, at).map_err(|x| crate::error_chain(&x))?;
+    let m = crate::sysmount::SystemMount::mount(&install, at).map_err(|x| chain(&x))?;
     let mut did = vec![format!("formatted {}", dev.display())];
     did.extend(reinstall_files(m.path(), &src).map_err(e)?);
     if let Some(f) = ctx.boot_entry {

@@ -31,7 +31,7 @@ pub enum SysMountError {
 /// The install this machine booted from (or the first one found).
 pub fn find() -> Result<Install, SysMountError> {
     let disks = rayos_disk::list_block_devices().map_err(SysMountError::Disks)?;
-    let esp = volumes::loader_device_part_uuid(Path::new(crate::pid1::EFIVARS));
+    let esp = volumes::loader_device_part_uuid(Path::new(rayos_base::efivar::EFIVARS_DIR));
     volumes::find_install(&disks, esp).ok_or(SysMountError::NoInstall)
 }
 

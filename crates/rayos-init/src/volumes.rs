@@ -19,7 +19,7 @@ use rayos_disk::report::{Disk, PartitionReport};
 use rayos_disk::{Filesystem, types};
 use uuid::Uuid;
 
-use crate::bless::LOADER_VENDOR_GUID;
+use rayos_base::{efivar, uki_name};
 
 /// The partitions of one RayOS install.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -38,15 +38,8 @@ fn part_dev(p: &PartitionReport) -> Option<PathBuf> {
 
 /// The partition GUID of the ESP the loader ran from, if the loader said.
 pub fn loader_device_part_uuid(efivars: &Path) -> Option<Uuid> {
-    let bytes =
-        std::fs::read(efivars.join(format!("LoaderDevicePartUUID-{LOADER_VENDOR_GUID}"))).ok()?;
-    let units: Vec<u16> = bytes
-        .get(4..)?
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    Uuid::parse_str(&String::from_utf16(&units).ok()?).ok()
+    let s = efivar::read_string(efivars, "LoaderDevicePartUUID", efivar::LOADER_VENDOR)?;
+    Uuid::parse_str(&s).ok()
 }
 
 /// Picks the RayOS install among `disks`.
@@ -222,45 +215,40 @@ pub fn file_on(root: &Path, rel: &str) -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// The last by name of the `*.efi` files in `dir` whose lower-case name
+/// passes `keep` (media may present names in any case).
+fn newest_efi(dir: &Path, keep: impl Fn(&str) -> bool) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            n.ends_with(".efi") && keep(&n)
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
 /// The newest RayOS UKI under `root/EFI/Linux/` (installer media carry one).
 pub fn uki_on(root: &Path) -> Option<PathBuf> {
     let dir = ["EFI/Linux", "efi/linux", "EFI/LINUX"]
         .iter()
         .map(|d| root.join(d))
         .find(|d| d.is_dir())?;
-    let mut ukis: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let n = p
-                .file_name()
-                .map(|n| n.to_string_lossy().to_ascii_lowercase())
-                .unwrap_or_default();
-            n.starts_with("rayos-") && n.ends_with(".efi") && !n.contains("recovery")
-        })
-        .collect();
-    ukis.sort();
-    ukis.pop()
+    newest_efi(&dir, |n| {
+        n.starts_with(uki_name::PREFIX) && !n.contains("recovery")
+    })
 }
 
 /// The recovery UKI carried beside the system image `uki` on an installer
 /// medium (`rayos-recovery-<version>.efi`, newest by name).
 pub fn recovery_uki_beside(uki: &Path) -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(uki.parent()?)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let n = p
-                .file_name()
-                .map(|n| n.to_string_lossy().to_ascii_lowercase())
-                .unwrap_or_default();
-            n.starts_with("rayos-recovery-") && n.ends_with(".efi")
-        })
-        .collect();
-    found.sort();
-    found.pop()
+    newest_efi(uki.parent()?, |n| n.starts_with(uki_name::RECOVERY_PREFIX))
 }
 
 /// `rayos install`/`wizard` arguments naming the images on an installer

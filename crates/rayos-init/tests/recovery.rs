@@ -415,14 +415,57 @@ fn next_boot_into_recovery_writes_the_one_shot_variable() {
     let efivars = tempfile::tempdir().unwrap();
     recovery::boot_recovery_next(efivars.path()).unwrap();
     // Read back the way init reads loader variables.
+    use rayos_base::efivar::{self, LOADER_VENDOR};
     assert_eq!(
-        rayos_init::bless::read_efi_string(efivars.path(), "LoaderEntryOneShot").as_deref(),
+        efivar::read_string(efivars.path(), "LoaderEntryOneShot", LOADER_VENDOR).as_deref(),
         Some("rayos-recovery.conf")
     );
-    let raw = fs::read(efivars.path().join(format!(
-        "LoaderEntryOneShot-{}",
-        rayos_init::bless::LOADER_VENDOR_GUID
-    )))
+    // The name systemd-boot looks for, spelled out.
+    let raw = fs::read(
+        efivars
+            .path()
+            .join("LoaderEntryOneShot-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"),
+    )
     .unwrap();
     assert_eq!(&raw[..4], &[7, 0, 0, 0]);
+}
+
+/// efivarfs marks systemd-boot's variables immutable when it creates them,
+/// so asking for recovery twice before rebooting used to meet EPERM: the
+/// second write opened the existing, protected variable for writing. The
+/// flag is set here through the same ioctl on a file of the test machine's
+/// filesystem (see rayos-base's `efivar_immutable` test for why that is
+/// the same kernel check); needs root, as CI runs.
+#[test]
+fn next_boot_into_recovery_twice_over_the_protected_variable() {
+    use rayos_base::efivar::{self, LOADER_VENDOR};
+    use rayos_base::sys;
+
+    struct Unprotect(PathBuf);
+    impl Drop for Unprotect {
+        fn drop(&mut self) {
+            if let Ok(f) = fs::File::open(&self.0) {
+                let _ = sys::clear_immutable(&f);
+            }
+        }
+    }
+
+    let efivars = tempfile::tempdir().unwrap();
+    recovery::boot_recovery_next(efivars.path()).unwrap();
+    let p = efivar::var_path(efivars.path(), "LoaderEntryOneShot", LOADER_VENDOR);
+    let _guard = Unprotect(p.clone());
+    sys::set_immutable(&fs::File::open(&p).unwrap())
+        .expect("setting the immutable flag needs root and ext4/xfs/btrfs (CI runs as root)");
+
+    recovery::boot_recovery_next(efivars.path())
+        .expect("asking for recovery again must work over efivarfs' immutable variable");
+    assert_eq!(
+        efivar::read_string(efivars.path(), "LoaderEntryOneShot", LOADER_VENDOR).as_deref(),
+        Some(recovery::RECOVERY_ENTRY_ID)
+    );
+    let f = fs::File::open(&p).unwrap();
+    assert!(
+        sys::clear_immutable(&f).unwrap(),
+        "the variable is protected again after the write"
+    );
 }

@@ -41,13 +41,13 @@ use serde::Serialize;
 
 use rayos_disk::{Gpt, GptError, Partition};
 
-use crate::efivar::{self, EfiVarError, HdFilePath};
 use crate::fatview::{FatImage, FatViewError};
 use crate::manifest::{Manifest, ManifestImage, ManifestPartition, now_rfc3339};
 use crate::plan::{
     Action, ESP_LOADER_CONF, FsKind, MANIFEST_PATH, PartitionPlan, Plan, Role, Source, TableAction,
 };
 use crate::tools::{self, FatVolume, ToolError};
+use rayos_base::efivar::{self, EfiVarError, HdFilePath};
 
 /// Environment variable of the interruption test hook.
 pub const FAIL_AFTER_ENV: &str = "RAYOS_INSTALL_FAIL_AFTER";
@@ -775,7 +775,7 @@ fn hash_image(path: PathBuf) -> ImageHash {
         let err = |e| ApplyError::HostFile(path.clone(), e);
         let file = File::open(&path).map_err(err)?;
         let size = file.metadata().map_err(err)?.len();
-        let sha256 = crate::sha256::of_reader(file).map_err(err)?;
+        let sha256 = rayos_base::hash::sha256_reader(file).map_err(err)?.hex;
         Ok((size, sha256))
     })
 }

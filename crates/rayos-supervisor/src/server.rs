@@ -137,11 +137,9 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     // Create the socket with mode 0600 from the start (not just after the
     // chmod below); umask is process-wide, so this runs before the daemon
     // starts its threads.
-    // SAFETY: umask(2) only swaps the process's file-creation mask.
-    let old = unsafe { libc::umask(0o177) };
+    let old = rayos_base::sys::umask(0o177);
     let bound = UnixListener::bind(path);
-    // SAFETY: as above; restores the previous mask.
-    unsafe { libc::umask(old) };
+    rayos_base::sys::umask(old);
     let l = bound.map_err(|source| ServeError::Bind {
         path: path.to_path_buf(),
         source,

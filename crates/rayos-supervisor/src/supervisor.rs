@@ -58,7 +58,8 @@ use crate::modes;
 use crate::saved;
 use crate::store::{self, RegistryStore};
 
-pub use error::{OpError, chain};
+pub use error::OpError;
+pub(crate) use rayos_base::error::chain;
 
 /// Tunables of one daemon; [`Config::new`] has the production values.
 #[derive(Debug, Clone)]

@@ -13,7 +13,6 @@
 //! ([`Vmm::attach`]), so QEMU must outlive the daemon that started it.
 
 pub mod qemu;
-pub mod sha256;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

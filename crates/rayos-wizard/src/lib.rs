@@ -117,10 +117,10 @@ pub enum WizardError {
 /// Reads the disks and what the wizard shows before the first screen.
 pub fn setup(config: &Config) -> Result<Setup, WizardError> {
     let disks = disk_choices(config)?;
-    let efivars = Path::new(rayos_install::efivar::EFIVARS_DIR).is_dir();
+    let efivars = Path::new(rayos_base::efivar::EFIVARS_DIR).is_dir();
     Ok(Setup {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        uefi: Path::new("/sys/firmware/efi").is_dir(),
+        uefi: Path::new(rayos_base::efivar::FIRMWARE_DIR).is_dir(),
         allow_bios: config.allow_bios,
         disks,
         opts: PlanOptions {

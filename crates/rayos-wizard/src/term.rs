@@ -22,6 +22,7 @@ use ratatui::backend::CrosstermBackend;
 use ratatui::layout::Rect;
 use ratatui::{Terminal, TerminalOptions, Viewport};
 
+use rayos_base::error::chain;
 use rayos_install::apply::{self, Event};
 use rayos_install::plan::make_plan;
 
@@ -41,18 +42,6 @@ impl Drop for Guard {
         let _ = disable_raw_mode();
         let _ = execute!(stdout(), LeaveAlternateScreen, crossterm::cursor::Show);
     }
-}
-
-/// An error and its causes, one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// How often the wizard looks for disks that appeared or went.

@@ -144,7 +144,7 @@ fn boot_files(sector_size: u32, opts: &PlanOptions, notes: &mut Vec<String>) -> 
         ),
         file(
             Role::System,
-            format!("/EFI/Linux/rayos-{version}+3.efi"),
+            format!("/EFI/Linux/{}", rayos_base::uki_name::new_entry(version)),
             Source::HostFile {
                 path: opts
                     .system_image

@@ -406,7 +406,7 @@ impl Plan {
 
     /// UKI file name with the boot-counting suffix (ARCHITECTURE.md §5).
     pub fn uki_name(&self) -> String {
-        format!("rayos-{}+3.efi", self.rayos_version)
+        rayos_base::uki_name::new_entry(&self.rayos_version)
     }
 
     pub fn to_json(&self) -> String {

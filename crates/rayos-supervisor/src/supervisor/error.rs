@@ -93,15 +93,3 @@ impl OpError {
         }
     }
 }
-
-/// "a: b: c" from an error and its sources, for replies and logs.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}

@@ -37,6 +37,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub(crate) use rayos_base::error::chain;
 use rayos_qmp::QmpClient;
 use rayos_state::registry::BootSpec;
 
@@ -489,7 +490,10 @@ impl Vmm for QemuVmm {
             self.qemu_version()?,
             cmd.config_text()
         );
-        Ok(format!("sha256:{}", crate::sha256::hex(text.as_bytes())))
+        Ok(format!(
+            "sha256:{}",
+            rayos_base::hash::sha256(text.as_bytes())
+        ))
     }
 
     fn launch(&self, vm: &VmSpec, how: &Launch) -> Result<Box<dyn VmHandle>, VmmError> {
@@ -523,19 +527,6 @@ impl Vmm for QemuVmm {
             qmp,
         ))))
     }
-}
-
-/// An error with its sources, "a: b: c", for the string details of
-/// [`VmmError`].
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 /// Sets `mode` on `path` when it differs (RayOS runs as root and owns

@@ -55,15 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         p => Some(PathBuf::from(p)),
     };
     let vmm = Arc::new(QemuVmm::new(QemuConfig::default()));
-    rayos_supervisor::run(opts, vmm).map_err(|e| {
-        let mut msg = e.to_string();
-        let mut cur = std::error::Error::source(&e);
-        while let Some(c) = cur {
-            msg.push_str(": ");
-            msg.push_str(&c.to_string());
-            cur = c.source();
-        }
-        anyhow::Error::new(Exit::new(exit::FAILED, msg))
-    })?;
+    rayos_supervisor::run(opts, vmm)
+        .map_err(|e| anyhow::Error::new(Exit::new(exit::FAILED, rayos_base::error::chain(&e))))?;
     Ok(ExitCode::SUCCESS)
 }

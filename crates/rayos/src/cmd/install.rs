@@ -164,7 +164,7 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
         system_image: args.system_image.clone(),
         recovery_image: args.recovery_image.clone(),
         systemd_boot: args.systemd_boot.clone(),
-        nvram: !args.no_nvram && Path::new(rayos_install::efivar::EFIVARS_DIR).is_dir(),
+        nvram: !args.no_nvram && Path::new(rayos_base::efivar::EFIVARS_DIR).is_dir(),
         ..PlanOptions::default()
     };
     let plan = plan::make_plan(&disk, &answers, &facts, &opts).map_err(|e| bad(e.to_string()))?;
@@ -229,7 +229,7 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
     };
     // Tells PID 1 (installer media) a disk is being written.
     let _writing =
-        rayos_init::control::hold_install_lock(Path::new(rayos_init::control::INSTALL_LOCK));
+        rayos_init::control::hold_install_lock(Path::new(rayos_base::paths::INSTALL_LOCK));
     let report =
         rayos_install::apply(&plan, &ApplyOptions::default(), &mut progress).map_err(|e| {
             // Refused before the first write (a reused ESP that is damaged,

@@ -216,19 +216,8 @@ fn client_err(e: ClientError) -> anyhow::Error {
         } => exit::BAD_INPUT,
         _ => exit::FAILED,
     };
-    let msg = rayos_chain(&e);
+    let msg = rayos_base::error::chain(&e);
     Exit::new(code, msg).into()
-}
-
-fn rayos_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {

@@ -91,10 +91,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Held while the wizard writes a disk: on the installer media it tells
 /// PID 1 not to stop the consoles for an unattended install meanwhile
-/// (`rayos_init::control::INSTALL_LOCK`; nothing on other hosts).
+/// (`rayos_base::paths::INSTALL_LOCK`; nothing on other hosts).
 pub fn install_lock() -> Box<dyn std::any::Any + Send> {
     Box::new(rayos_init::control::hold_install_lock(
-        std::path::Path::new(rayos_init::control::INSTALL_LOCK),
+        std::path::Path::new(rayos_base::paths::INSTALL_LOCK),
     ))
 }
 
@@ -133,7 +133,7 @@ pub fn run_config(config: &Config) -> anyhow::Result<ExitCode> {
                     Ok(()) | Err(rayos_init::control::ControlError::NotRayos) => {}
                     Err(e) => eprintln!(
                         "rayos: could not ask init to {after}: {}; type `{after}` at the rayos> prompt",
-                        rayos_init::error_chain(&e)
+                        rayos_base::error::chain(&e)
                     ),
                 }
             }
