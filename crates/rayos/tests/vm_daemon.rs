@@ -1171,6 +1171,26 @@ fn idle_connections(socket: &Path, n: usize, head: &[u8]) -> Vec<UnixStream> {
         .collect()
 }
 
+/// Opens `GET /v1/events` and waits until the daemon has sent the
+/// response head (the stream is running); returns the stream and the head.
+fn open_stream(socket: &Path) -> (UnixStream, String) {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.write_all(b"GET /v1/events HTTP/1.1\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            other => panic!(
+                "event stream head not received: {other:?} after {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
 /// Reads what the daemon sends on `s` until it closes (at most `wait`).
 fn read_all(s: &mut UnixStream, wait: Duration) -> String {
     s.set_read_timeout(Some(wait)).unwrap();
@@ -1193,7 +1213,10 @@ fn api_answers_while_idle_slow_and_streaming_clients_hold_connections() {
     let mut idle = idle_connections(&sock, 64, b"");
     // Idle for longer than a client that is just sending its request.
     std::thread::sleep(Duration::from_millis(700));
-    let mut streams = idle_connections(&sock, 40, b"GET /v1/events HTTP/1.1\r\n\r\n");
+    // One after the other, each streaming before the next connects: a
+    // stream's age counts from when it started streaming, so opening them
+    // all at once would leave their order to the scheduler.
+    let mut streams: Vec<(UnixStream, String)> = (0..40).map(|_| open_stream(&sock)).collect();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let slow: Vec<_> = (0..8)
         .map(|_| {
@@ -1223,18 +1246,28 @@ fn api_answers_while_idle_slow_and_streaming_clients_hold_connections() {
     );
     // The oldest event stream was ended cleanly to stay within the cap;
     // the newest still runs.
-    let oldest = read_all(&mut streams[0], Duration::from_secs(10));
+    let (oldest, head) = &mut streams[0];
+    let rest = read_all(oldest, Duration::from_secs(10));
     assert!(
-        oldest.starts_with("HTTP/1.1 200") && oldest.ends_with("0\r\n\r\n"),
-        "{oldest:?}"
+        head.starts_with("HTTP/1.1 200") && rest.ends_with("0\r\n\r\n"),
+        "{head:?} {rest:?}"
     );
-    streams[39]
+    let (newest, _) = &mut streams[39];
+    newest
         .set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     let mut buf = [0u8; 16];
+    // Open: nothing to read yet (a timeout) or a keepalive, never the end.
+    let r = newest.read(&mut buf);
     assert!(
-        streams[39].read(&mut buf).is_ok_and(|n| n > 0),
-        "the newest stream is open"
+        match &r {
+            Ok(n) => *n > 0,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        },
+        "the newest stream is open: {r:?}"
     );
     // A request that does not arrive within the deadline gets 408.
     let mut late = UnixStream::connect(&sock).unwrap();
