@@ -441,11 +441,12 @@ mod tests {
         }
         fs::create_dir(d.path().join("self")).unwrap();
         assert_eq!(session_members(d.path(), 42), vec![42, 77]);
-        // This process's own session, from the real /proc.
-        let sid = rustix::process::getsid(None)
-            .unwrap()
-            .as_raw_nonzero()
-            .get();
+        // This process's own session, from the real /proc. Read from
+        // /proc/self/stat, not getsid(2): in a container whose session
+        // leader lives outside the PID namespace the session id is 0, which
+        // rustix's `Pid` cannot hold (it panics).
+        let own = fs::read_to_string("/proc/self/stat").unwrap();
+        let sid = stat_session(&own).unwrap();
         assert!(session_members(Path::new("/proc"), sid).contains(&(std::process::id() as i32)));
     }
 
