@@ -1329,6 +1329,7 @@ pub fn seed_registry(windows: bool) -> Registry {
         tpm: false,
         media: vec![],
         provisioned: true,
+        guest: None,
     }];
     if windows {
         vms.push(VmDefinition {
@@ -1345,6 +1346,7 @@ pub fn seed_registry(windows: bool) -> Registry {
             tpm: true,
             media: vec![],
             provisioned: false,
+            guest: None,
         });
     }
     Registry {

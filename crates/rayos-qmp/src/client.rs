@@ -493,6 +493,14 @@ impl GuestAgent {
         }
     }
 
+    /// Sends an agent command that answers nothing on success
+    /// (`guest-shutdown`: the guest goes down instead), after a successful
+    /// [`GuestAgent::sync`].
+    pub fn send(&mut self, command: &str, args: Option<Value>) -> Result<(), QmpError> {
+        let bytes = encode_command(command, args.as_ref(), None);
+        self.conn.send(command, &bytes, self.timeout)
+    }
+
     /// Runs an agent command after a successful [`GuestAgent::sync`]. The
     /// agent does not echo ids, so replies are taken in order.
     pub fn execute(&mut self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {

@@ -159,6 +159,7 @@ struct Status {
     state: VmState,
     pid: Option<u32>,
     vnc: Option<PathBuf>,
+    console: Option<PathBuf>,
     last_boot: Option<BootKind>,
     last_error: Option<String>,
     crash_console: Vec<String>,
@@ -187,6 +188,7 @@ impl Slot {
                 state,
                 pid: None,
                 vnc: None,
+                console: None,
                 last_boot: None,
                 last_error: None,
                 crash_console: Vec::new(),
@@ -385,6 +387,7 @@ impl Supervisor {
         if !lifecycle::has_device_model(to) {
             st.pid = None;
             st.vnc = None;
+            st.console = None;
             let mut p = lock(&self.presented);
             if p.as_deref() == Some(slot.name.as_str()) {
                 *p = None;
@@ -427,13 +430,13 @@ impl Supervisor {
     // ----- reports -----
 
     fn info(&self, slot: &Slot) -> VmInfo {
-        let (def, state, pid, vnc, last_boot, last_error, crash_console, crash_count) = {
+        let (def, state, pid, (vnc, console), last_boot, last_error, crash_console, crash_count) = {
             let st = lock(&slot.status);
             (
                 st.def.clone(),
                 st.state,
                 st.pid,
-                st.vnc.clone(),
+                (st.vnc.clone(), st.console.clone()),
                 st.last_boot,
                 st.last_error.clone(),
                 st.crash_console.clone(),
@@ -474,6 +477,8 @@ impl Supervisor {
             media: def.media.clone(),
             pid,
             vnc_socket: vnc,
+            console_socket: console,
+            guest: None,
             last_boot,
             saved_state,
             unusable_states: saved::unusable(&spec.vm_dir),
@@ -489,9 +494,24 @@ impl Supervisor {
         self.all_slots().iter().map(|s| self.info(s)).collect()
     }
 
+    /// One VM, with what its guest agent reports when it runs and no
+    /// operation holds it (`show` never waits for a start or a save).
     pub fn show(&self, name: &str) -> Result<VmInfo, OpError> {
         let slot = self.slot(name)?;
-        Ok(self.info(&slot))
+        let mut info = self.info(&slot);
+        if info.state == VmState::Running
+            && let Ok(mut op) = slot.op.try_lock()
+            && let Some(h) = op.as_mut()
+            && let Ok(Some(g)) = h.guest_info()
+        {
+            info.guest = Some(rayos_api::GuestInfo {
+                hostname: g.hostname,
+                os: g.os,
+                kernel: g.kernel,
+                addresses: g.addresses,
+            });
+        }
+        Ok(info)
     }
 
     pub fn health(&self) -> Health {
@@ -640,6 +660,8 @@ impl Supervisor {
             media: st.def.media.clone(),
             pid: st.pid,
             vnc_socket: st.vnc.clone(),
+            console_socket: st.console.clone(),
+            guest: None,
             last_boot: st.last_boot,
             saved_state: None,
             unusable_states: saved::unusable(&spec.vm_dir),
@@ -905,6 +927,7 @@ impl Supervisor {
             let mut st = lock(&slot.status);
             st.pid = Some(pid);
             st.vnc = Some(h.vnc_socket());
+            st.console = Some(h.console_socket());
             st.last_boot = Some(boot);
             if boot == BootKind::Resumed || notes.is_empty() {
                 st.last_error = None;
@@ -1060,7 +1083,11 @@ impl Supervisor {
                     hint: hint(st.state, "stop"),
                 });
             }
-            let how = if force { "kill" } else { "ACPI power button" };
+            let how = if force {
+                "kill"
+            } else {
+                "guest agent, else ACPI power button"
+            };
             self.step(&slot, &mut st, Step::Stop, "stop", "stopping", how)?;
         }
         let vmm_err = |source| OpError::Vmm {
@@ -1073,10 +1100,19 @@ impl Supervisor {
             .ok_or_else(|| OpError::Invalid("no device model".into()))?;
         let mut how = "killed";
         if !force {
-            how = match h.powerdown() {
-                Ok(()) if wait_guest_down(h.as_mut(), timeout) => "shut down by the guest",
-                Ok(()) => "killed after the guest did not shut down in time",
-                Err(_) => "killed (the power button could not be pressed)",
+            // The guest agent first: it shuts the guest down even where
+            // ACPI events are ignored (no acpid, a locked screen); the
+            // power button for guests without an agent.
+            how = match h.guest_shutdown() {
+                Ok(true) if wait_guest_down(h.as_mut(), timeout) => {
+                    "shut down by the guest (through its guest agent)"
+                }
+                Ok(true) => "killed after the guest did not shut down in time",
+                Ok(false) | Err(_) => match h.powerdown() {
+                    Ok(()) if wait_guest_down(h.as_mut(), timeout) => "shut down by the guest",
+                    Ok(()) => "killed after the guest did not shut down in time",
+                    Err(_) => "killed (the power button could not be pressed)",
+                },
             };
         }
         // With the guest down QEMU may still be there (status "shutdown");
@@ -1233,6 +1269,8 @@ impl Supervisor {
                         }
                         st.pid = Some(pid);
                         st.vnc = Some(h.vnc_socket());
+                        st.console = Some(h.console_socket());
+                        st.console = Some(h.console_socket());
                         let _ = self.step(
                             &slot,
                             &mut st,

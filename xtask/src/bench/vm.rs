@@ -157,6 +157,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             tpm: false,
             media: vec![],
             provisioned: true,
+            guest: None,
         },
         vm_dir: vm_dir.clone(),
         run_dir: root.join("run"),

@@ -29,8 +29,8 @@ pub mod process;
 mod swtpm;
 
 use std::fs::{DirBuilder, File};
-use std::io::Read;
-use std::os::unix::fs::DirBuilderExt;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -164,10 +164,36 @@ impl QemuVmm {
             cmdline::run::QMP,
             cmdline::run::VNC,
             cmdline::run::QGA,
+            cmdline::run::CONSOLE,
             cmdline::run::QEMU_PID,
             cmdline::run::QEMU_START_LOG,
         ] {
             let _ = std::fs::remove_file(vm.run_dir.join(f));
+        }
+        Ok(())
+    }
+
+    /// Writes the guest's first-boot credentials (0600, in the 0700 run
+    /// directory) for QEMU's `-fw_cfg …,file=`; removes stale ones.
+    fn write_guest_config(&self, vm: &VmSpec) -> Result<(), VmmError> {
+        let dir = vm.run_dir.join(cmdline::run::GUEST_CONFIG);
+        let _ = std::fs::remove_dir_all(&dir);
+        let Some(g) = &vm.def.guest else {
+            return Ok(());
+        };
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(Self::io(&dir))?;
+        for (name, value) in g.credentials() {
+            let path = cmdline::guest_config_file(&vm.run_dir, name);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(Self::io(&path))?;
+            f.write_all(value.as_bytes()).map_err(Self::io(&path))?;
         }
         Ok(())
     }
@@ -376,6 +402,7 @@ impl QemuVmm {
             self.check_state_file(vm, state_file)?;
         }
         self.prepare_dirs(vm)?;
+        self.write_guest_config(vm)?;
         if let BootSpec::Uefi { secure_boot } = vm.def.boot {
             self.ensure_vars(vm, secure_boot)?;
         }
