@@ -9,6 +9,7 @@
 pub mod answers;
 pub mod efivar;
 pub mod plan;
+pub mod qcow2;
 pub mod sample;
 pub mod sha256;
 pub mod tools;

@@ -440,9 +440,17 @@ impl VmHandle for QemuHandle {
         let Some(mut ga) = self.agent(Duration::from_secs(2)) else {
             return Ok(false);
         };
-        ga.send("guest-shutdown", Some(json!({ "mode": "powerdown" })))
-            .map(|_| true)
-            .map_err(|e| self.qmp_err(e))
+        // An agent that refuses the command (unknown, blocked) leaves the
+        // power button to the caller.
+        match ga.send_unanswered(
+            "guest-shutdown",
+            Some(json!({ "mode": "powerdown" })),
+            Duration::from_secs(1),
+        ) {
+            Ok(()) => Ok(true),
+            Err(QmpError::Rejected { .. }) => Ok(false),
+            Err(e) => Err(self.qmp_err(e)),
+        }
     }
 
     fn guest_info(&mut self) -> Result<Option<GuestInfo>, VmmError> {
