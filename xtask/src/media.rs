@@ -475,7 +475,15 @@ pub fn build(args: &Args) -> Result<Built> {
         ukis.insert(mode, (path, cmdline));
     }
 
-    // 5. The media.
+    // 5. The Debian VM image (cached in .cache/linux-vm/ by its recipe),
+    // shipped beside the UKIs, not inside them.
+    step("the Debian VM image (docs/linux-vm.md)", t0);
+    let (vm_img, vm_shipped) = crate::linux_vm::build(&crate::linux_vm::Args {
+        out: args.out.clone(),
+        ..Default::default()
+    })?;
+
+    // 6. The media.
     step("building the ESP, ISO and USB image", t0);
     let installed = &ukis["installed"].0;
     let recovery = &ukis["recovery"].0;
@@ -511,6 +519,8 @@ pub fn build(args: &Args) -> Result<Built> {
             recovery.clone(),
         ),
         ("rayos/manifest.json".to_string(), payload_manifest.clone()),
+        // Where rayos init finds it (`volumes::LINUX_VM_IMAGE`).
+        ("rayos/linux-vm.img.zst".to_string(), vm_shipped.clone()),
     ];
     // The ISO's ESP holds only what boots (the payload is in the ISO 9660
     // tree); the USB image's ESP is the only filesystem there, so it holds
@@ -547,12 +557,6 @@ pub fn build(args: &Args) -> Result<Built> {
     for p in [&iso, &usb] {
         outputs.insert(file_name(p), describe(p)?);
     }
-    // 6. The Debian VM image (cached in .cache/linux-vm/ by its recipe).
-    step("the Debian VM image (docs/linux-vm.md)", t0);
-    let (vm_img, vm_shipped) = crate::linux_vm::build(&crate::linux_vm::Args {
-        out: args.out.clone(),
-        ..Default::default()
-    })?;
     outputs.insert(file_name(&vm_shipped), describe(&vm_shipped)?);
     manifest["linux_vm"] = json!({
         "recipe": vm_img.manifest.key,

@@ -13,6 +13,7 @@ pub mod qcow2;
 pub mod sample;
 pub mod sha256;
 pub mod tools;
+pub mod vmdisk;
 
 pub use answers::{Answers, Mode};
 pub use plan::{Action, Facts, Plan, PlanError, PlanOptions, Role, make_plan};

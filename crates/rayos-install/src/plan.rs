@@ -246,6 +246,10 @@ pub enum Source {
     Directory,
     /// The install manifest, made when everything else is written.
     Manifest,
+    /// The Linux VM's disk: the compressed raw Debian VM image on the
+    /// installer's host (`linux-vm.img.zst`), written as a thin qcow2 of
+    /// `disk_size` bytes.
+    LinuxVmImage { path: PathBuf, disk_size: u64 },
 }
 
 /// One file (or directory) the install writes.
@@ -383,6 +387,9 @@ pub struct PlanOptions {
     pub recovery_image: Option<PathBuf>,
     /// Add a UEFI boot entry (only ever for block devices).
     pub nvram: bool,
+    /// The Debian VM image (`rayos/linux-vm.img.zst` on installer media);
+    /// without it the Linux VM is the bundled test guest.
+    pub linux_vm_image: Option<PathBuf>,
 }
 
 impl Default for PlanOptions {
@@ -393,6 +400,7 @@ impl Default for PlanOptions {
             systemd_boot: PathBuf::from(SYSTEMD_BOOT_HOST),
             recovery_image: None,
             nvram: false,
+            linux_vm_image: None,
         }
     }
 }
@@ -1013,7 +1021,8 @@ pub fn make_plan(
         &answers.machine.keyboard,
     );
     let policy = answers.policy.to_policy();
-    let registry = seed_registry(answers.policy.windows_enabled);
+    let linux_guest = linux_guest(answers, opts, &mut notes)?;
+    let registry = seed_registry_with(answers.policy.windows_enabled, linux_guest.clone());
     let version = opts.rayos_version.clone();
     let uki = format!("rayos-{version}+3.efi");
     let mut files = vec![
@@ -1148,6 +1157,20 @@ pub fn make_plan(
                 role,
                 path: format!("{base}/{sub}"),
                 source: Source::Directory,
+                only_if_absent: false,
+            });
+        }
+        if vm.kind == VmKind::Linux
+            && vm.guest.is_some()
+            && let (Some(image), Some(disk)) = (&opts.linux_vm_image, vm.disks.first())
+        {
+            files.push(FilePlan {
+                role,
+                path: format!("{base}/{}", disk.path.display()),
+                source: Source::LinuxVmImage {
+                    path: image.clone(),
+                    disk_size: answers.linux.disk_size,
+                },
                 only_if_absent: false,
             });
         }
@@ -1311,26 +1334,104 @@ pub fn loader_conf() -> String {
     "timeout 3\ndefault rayos-*\neditor no\nauto-firmware no\nconsole-mode keep\n".into()
 }
 
+/// The Linux VM's disk in its directory when it runs the Debian image.
+pub const LINUX_VM_DISK: &str = "disks/root.qcow2";
+
+/// The first-boot settings of the Debian VM, or `None` when the Linux VM
+/// is the test guest (no image on the medium, or no user in the answers;
+/// a note says which).
+fn linux_guest(
+    answers: &Answers,
+    opts: &PlanOptions,
+    notes: &mut Vec<String>,
+) -> Result<Option<rayos_state::GuestConfig>, PlanError> {
+    use crate::answers::LinuxSystem;
+    let l = &answers.linux;
+    let debian = match (l.system, &opts.linux_vm_image) {
+        (Some(LinuxSystem::TestGuest), _) => false,
+        (Some(LinuxSystem::Debian), None) => {
+            return Err(PlanError::Invalid(
+                "[linux] system = \"debian\", but the installer has no Debian VM image (rayos/linux-vm.img.zst on the medium, or --linux-vm-image)".into(),
+            ));
+        }
+        (Some(LinuxSystem::Debian), Some(_)) => true,
+        (None, Some(_)) if l.user.is_some() => true,
+        (None, Some(_)) => {
+            notes.push(
+                "no [linux] user: the Linux VM is the small test guest; give linux.user and linux.password for the Debian VM".into(),
+            );
+            false
+        }
+        (None, None) => {
+            if l.user.is_some() {
+                notes.push(
+                    "no Debian VM image on this medium: the Linux VM is the small test guest (its user settings are not used)".into(),
+                );
+            }
+            false
+        }
+    };
+    if !debian {
+        return Ok(None);
+    }
+    let user = l
+        .user
+        .clone()
+        .ok_or_else(|| PlanError::Invalid("the Debian VM needs linux.user".into()))?;
+    // The VM's own name on the network: the machine's, marked as its Linux.
+    let mut hostname = format!("{}-linux", answers.machine.hostname);
+    hostname.truncate(63);
+    let g = rayos_state::GuestConfig {
+        user,
+        password_hash: l.password_hash.clone(),
+        ssh_authorized_key: l.ssh_key.clone(),
+        hostname: hostname.trim_end_matches('-').to_string(),
+        timezone: answers.machine.timezone.clone(),
+        locale: answers.machine.locale.clone(),
+        keyboard: answers.machine.keyboard.clone(),
+    };
+    g.validate().map_err(PlanError::Invalid)?;
+    notes.push(format!(
+        "the Linux VM is Debian 12 from {} on a {} thin qcow2 disk, user {}",
+        opts.linux_vm_image
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        human_size(l.disk_size),
+        g.user
+    ));
+    Ok(Some(g))
+}
+
 /// The registry a fresh install starts with: the Linux subsystem VM (the
 /// bundled test guest by direct kernel boot) and, when enabled, Windows.
 pub fn seed_registry(windows: bool) -> Registry {
-    let mut vms = vec![VmDefinition {
-        id: Uuid::new_v4(),
-        name: "linux".into(),
-        kind: VmKind::Linux,
-        memory_mib: 1024,
-        cpus: 2,
-        disks: vec![],
-        boot: BootSpec::DirectKernel {
-            kernel: GUEST_KERNEL.into(),
-            initrd: Some(GUEST_INITRD.into()),
-            cmdline: "console=tty0 console=ttyS0 quiet rayos.keys=1".into(),
+    seed_registry_with(windows, None)
+}
+
+/// [`seed_registry`] with the Linux VM running the Debian image (UEFI,
+/// [`LINUX_VM_DISK`], first-boot settings `guest`) when `guest` is given.
+pub fn seed_registry_with(windows: bool, guest: Option<rayos_state::GuestConfig>) -> Registry {
+    let linux = match guest {
+        Some(g) => VmDefinition {
+            id: Uuid::new_v4(),
+            name: "linux".into(),
+            kind: VmKind::Linux,
+            memory_mib: 1024,
+            cpus: 2,
+            disks: vec![DiskSpec {
+                path: LINUX_VM_DISK.into(),
+                format: DiskFormat::Qcow2,
+            }],
+            boot: BootSpec::Uefi { secure_boot: false },
+            tpm: false,
+            media: vec![],
+            provisioned: true,
+            guest: Some(g),
         },
-        tpm: false,
-        media: vec![],
-        provisioned: true,
-        guest: None,
-    }];
+        None => test_guest_vm(),
+    };
+    let mut vms = vec![linux];
     if windows {
         vms.push(VmDefinition {
             id: Uuid::new_v4(),
@@ -1349,9 +1450,32 @@ pub fn seed_registry(windows: bool) -> Registry {
             guest: None,
         });
     }
-    Registry {
+    let mut r = Registry {
         vms,
         ..Default::default()
+    };
+    r.version = r.needed_version();
+    r
+}
+
+/// The Linux VM as the bundled test guest (direct kernel boot).
+fn test_guest_vm() -> VmDefinition {
+    VmDefinition {
+        id: Uuid::new_v4(),
+        name: "linux".into(),
+        kind: VmKind::Linux,
+        memory_mib: 1024,
+        cpus: 2,
+        disks: vec![],
+        boot: BootSpec::DirectKernel {
+            kernel: GUEST_KERNEL.into(),
+            initrd: Some(GUEST_INITRD.into()),
+            cmdline: "console=tty0 console=ttyS0 quiet rayos.keys=1".into(),
+        },
+        tpm: false,
+        media: vec![],
+        provisioned: true,
+        guest: None,
     }
 }
 
@@ -1417,6 +1541,11 @@ pub fn render(plan: &Plan) -> String {
             Source::HostFile { path } => format!("from {}", path.display()),
             Source::Text { content } => format!("{} bytes", content.len()),
             Source::Directory => "directory".into(),
+            Source::LinuxVmImage { path, disk_size } => format!(
+                "Debian VM image {} as a {} thin qcow2",
+                path.display(),
+                human_size(*disk_size)
+            ),
             Source::Manifest => "install manifest, written last".into(),
         };
         let cond = if f.only_if_absent {
