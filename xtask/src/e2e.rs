@@ -78,6 +78,10 @@ pub enum Variant {
     /// `rayos>` prompt on the serial console, the full-screen wizard driven
     /// with keystrokes, then one boot from the disk alone.
     Wizard,
+    /// The ISO as a CD with `[linux] user`: the Linux VM is the Debian VM
+    /// image; login over `vm console linux` at the admin prompt, `reboot`,
+    /// the same shell and process after the resume (`e2e_debian`).
+    Debian,
 }
 
 impl Variant {
@@ -88,6 +92,7 @@ impl Variant {
             Variant::IsoUsb => "iso-usb",
             Variant::FourK => "4k",
             Variant::Wizard => "wizard",
+            Variant::Debian => "debian",
         }
     }
 }
@@ -190,7 +195,7 @@ impl Run {
     /// the last `RAYOS_VM_STARTED:linux:<how>` in its log on the data volume
     /// (its own output reaches the serial port only when that is
     /// `/dev/console`, so the log is the reliable place).
-    fn started(&self, disk: &Path, offset: u64, want: &str) -> Result<()> {
+    pub(crate) fn started(&self, disk: &Path, offset: u64, want: &str) -> Result<()> {
         let mut log = String::new();
         for f in ["/logs/rayosd.log.1", "/logs/rayosd.log"] {
             log.push_str(&debugfs(disk, offset, &format!("cat {f}")).unwrap_or_default());
@@ -393,7 +398,12 @@ pub(crate) fn install(
     let disk = work.join("disk.img");
     sparse(&disk, DISK_BYTES)?;
     let answers_file = work.join("rayos-answers.toml");
-    fs::write(&answers_file, ANSWERS)?;
+    let answers_text = if v == Variant::Debian {
+        crate::e2e_debian::answers()
+    } else {
+        ANSWERS.to_string()
+    };
+    fs::write(&answers_file, answers_text)?;
     let answers_disk = work.join("answers.img");
     let mut tree = FatTree::new();
     tree.add("rayos-answers.toml", &answers_file);
@@ -415,7 +425,9 @@ pub(crate) fn install(
     let medium = match v {
         Variant::Usb => Medium::Usb(usb.to_path_buf()),
         Variant::IsoUsb => Medium::Usb(iso.to_path_buf()),
-        Variant::Iso | Variant::FourK | Variant::Wizard => Medium::Cdrom(iso.to_path_buf()),
+        Variant::Iso | Variant::FourK | Variant::Wizard | Variant::Debian => {
+            Medium::Cdrom(iso.to_path_buf())
+        }
     };
     let answers = Medium::Disk {
         path: answers_disk,
@@ -495,6 +507,9 @@ pub(crate) fn install(
 
 fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result<()> {
     let installed = install(run, work, v, iso, usb)?;
+    if v == Variant::Debian {
+        return crate::e2e_debian::after_install(run, work, &installed);
+    }
     let (disk, data_offset) = (installed.disk.clone(), installed.data_offset);
     let config = |stage: &str| installed.boot_config(work, stage);
 

@@ -6,6 +6,7 @@ mod bundle;
 mod demo;
 mod deps;
 mod e2e;
+mod e2e_debian;
 mod e2e_present;
 mod e2e_update;
 mod fuzz;
