@@ -108,7 +108,9 @@ pub fn write(
     }
     let f = out.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
-    progress(written, total);
+    if last != written {
+        progress(written, total);
+    }
     Ok(written)
 }
 
