@@ -33,7 +33,9 @@ const PASSWORD: &str = "Very s3cret pw";
 const HOSTNAME: &str = "rayos-linux";
 /// First boot of systemd under TCG on a shared 2-core machine.
 const BOOT: Duration = Duration::from_secs(600);
-const STEP: Duration = Duration::from_secs(120);
+/// One step at the console (a login starts logind's user manager: slow on a
+/// loaded machine under TCG).
+const STEP: Duration = Duration::from_secs(300);
 
 fn rayos() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rayos"))

@@ -140,6 +140,15 @@ user_cfg() {
     applied="$applied user=$u"
 }
 
+# Nothing can be set up on a read-only root (a boot so slow that
+# systemd-remount-fs timed out, an fsck error): fail, so the unit runs
+# again at the next boot instead of leaving a half-made user.
+mkdir -p "$(dirname "$DONE")"
+if ! touch "$DONE.tmp" 2>/dev/null; then
+    say "the root filesystem is read-only: nothing configured; trying again at the next boot"
+    exit 1
+fi
+
 # The image ships without SSH host keys (every VM would share them).
 ssh-keygen -A >/dev/null
 
@@ -149,7 +158,9 @@ locale_cfg
 keyboard_cfg
 user_cfg
 
-mkdir -p "$(dirname "$DONE")"
-echo "${applied# }" >"$DONE.tmp" && sync "$DONE.tmp" && mv "$DONE.tmp" "$DONE"
+if ! { echo "${applied# }" >"$DONE.tmp" && sync "$DONE.tmp" && mv "$DONE.tmp" "$DONE"; }; then
+    say "cannot record the first boot as done; it runs again at the next boot"
+    exit 1
+fi
 say "done:${applied:- nothing configured}"
 echo "RAYOS_GUEST_FIRSTBOOT_DONE"
