@@ -14,8 +14,8 @@ PKGS=(
   linux-image-amd64 efibootmgr
   # the Debian VM image (docs/linux-vm.md)
   mmdebstrap
-  # tests
-  tmux
+  # tests (g++: libFuzzer, built by the fuzz targets)
+  tmux g++
 )
 
 missing=()

@@ -12,7 +12,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(h) = Header::parse(data) {
         let _ = h.total_len();
         let start = bundle::HEADER_LEN;
-        let end = start.saturating_add(h.manifest_len as usize).min(data.len());
+        let end = start
+            .saturating_add(h.manifest_len as usize)
+            .min(data.len());
         let _ = bundle::parse_manifest(&h, &data[start..end]);
     }
     // Any slice as a manifest, with a header that matches its length.

@@ -26,11 +26,8 @@ fuzz_target!(|data: &[u8]| {
             match buf.next_line() {
                 Ok(Some(line)) => {
                     assert!(line.len() <= CAP);
-                    match parse_message(&line) {
-                        Ok(Message::Return { value, id }) => {
-                            let _ = encode_command("x", Some(&value), id.as_ref());
-                        }
-                        Ok(_) | Err(_) => {}
+                    if let Ok(Message::Return { value, id }) = parse_message(&line) {
+                        let _ = encode_command("x", Some(&value), id.as_ref());
                     }
                 }
                 Ok(None) => break,

@@ -4,9 +4,10 @@
 //! Per variant (`iso`: ISO as CD onto a 512-byte-sector disk; `usb`: USB
 //! image on xHCI; `iso-usb`: the ISO as a USB stick; `4k`: ISO onto a
 //! 4096-byte-sector disk):
-//! 1. install boot — installer medium + a blank 16 GiB disk + a small FAT
-//!    disk holding `rayos-answers.toml`, fresh OVMF VARS, `-no-reboot`:
-//!    kernel runs /init, `RAYOS_BOOT:`, `RAYOS_INSTALLER:start`,
+//! 1. install boot — installer medium + a blank 16 GiB disk + a USB stick
+//!    (FAT) holding `rayos-answers.toml` (countdown 2 s), fresh OVMF VARS,
+//!    `-no-reboot`: kernel runs /init, `RAYOS_BOOT:`,
+//!    `RAYOS_INSTALLER:countdown:2`, `RAYOS_INSTALLER:start`,
 //!    `RAYOS_INSTALLER:done`, the machine stops;
 //! 2. the disk's GPT is valid and holds a RayOS data partition; the system
 //!    partition holds the "RayOS recovery" entry and the UKI it names; the
@@ -25,6 +26,20 @@
 //! screens read from an 80x24 screen rebuilt from the serial stream; then
 //! steps 2 and 3 up to `RAYOS_LINUX_VM_READY`.
 //!
+//! Two variants check where answer files come from and the countdown
+//! (issues 10 and 17), without booting the installed system:
+//! - `usb-late`: no stick at boot; the answer stick is hot-plugged (QMP
+//!   `device_add usb-storage`) the moment init starts looking for an answer
+//!   file, racing USB enumeration; the unattended install must still run
+//!   (`RAYOS_INSTALLER:start` … `done`, a GPT with the data partition),
+//!   whether init found the stick while waiting for USB to settle or
+//!   offered it after falling back to the interactive installer.
+//! - `answers-safety`: an answer file on an internal (virtio, not
+//!   removable) disk is ignored (`RAYOS_INSTALLER:interactive`); a stick
+//!   plugged in later is offered with the default 10 s countdown; a key on
+//!   the serial console cancels it, the `rayos>` prompt comes back, and the
+//!   target disk is byte-identical to before the boot.
+//!
 //! Each check prints `ok`/`FAIL` with its time; the first failure ends the
 //! variant with the reason and the serial log's tail (the full log stays in
 //! `build/e2e/<variant>/`). Every wait has a timeout; QEMU is killed when a
@@ -38,6 +53,8 @@ use anyhow::{Context, Result, bail};
 use rayos_image::fat::{self, FatTree};
 use rayos_image::ovmf_vars;
 use rayos_image::qemu::{Config, Medium, Qemu};
+
+mod answers;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -78,6 +95,13 @@ pub enum Variant {
     /// `rayos>` prompt on the serial console, the full-screen wizard driven
     /// with keystrokes, then one boot from the disk alone.
     Wizard,
+    /// The ISO as a CD; the answer stick is hot-plugged while init looks for
+    /// an answer file; the unattended install must start.
+    UsbLate,
+    /// An answer file on an internal disk is ignored; a stick plugged in at
+    /// the `rayos>` prompt is offered with the default countdown, which a
+    /// key cancels; the target disk stays byte-identical.
+    AnswersSafety,
     /// The ISO as a CD with `[linux] user`: the Linux VM is the Debian VM
     /// image; login over `vm console linux` at the admin prompt, `reboot`,
     /// the same shell and process after the resume (`e2e_debian`).
@@ -92,13 +116,18 @@ impl Variant {
             Variant::IsoUsb => "iso-usb",
             Variant::FourK => "4k",
             Variant::Wizard => "wizard",
+            Variant::UsbLate => "usb-late",
+            Variant::AnswersSafety => "answers-safety",
             Variant::Debian => "debian",
         }
     }
 }
 
-/// The answer file of the unattended installs.
+/// The answer file of the unattended installs: a short countdown keeps the
+/// runs quick (`answers-safety` shows the default one).
 pub const ANSWERS: &str = r#"version = 1
+[unattended]
+countdown = 2
 [target]
 disk = "/dev/vda"
 mode = "whole-disk"
@@ -425,14 +454,16 @@ pub(crate) fn install(
     let medium = match v {
         Variant::Usb => Medium::Usb(usb.to_path_buf()),
         Variant::IsoUsb => Medium::Usb(iso.to_path_buf()),
-        Variant::Iso | Variant::FourK | Variant::Wizard | Variant::Debian => {
-            Medium::Cdrom(iso.to_path_buf())
-        }
+        Variant::Iso
+        | Variant::FourK
+        | Variant::Wizard
+        | Variant::UsbLate
+        | Variant::AnswersSafety
+        | Variant::Debian => Medium::Cdrom(iso.to_path_buf()),
     };
-    let answers = Medium::Disk {
-        path: answers_disk,
-        sector_size: 512,
-    };
+    // A USB stick, the usual carrier: answer files on internal disks are
+    // not used (docs/answer-file.md).
+    let answers = Medium::Usb(answers_disk);
     let media = if v == Variant::Wizard {
         vec![target.clone(), medium]
     } else {
@@ -451,7 +482,18 @@ pub(crate) fn install(
     } else {
         run.expect_not(
             &mut vm,
-            "unattended install starts (answer file found on the FAT disk)",
+            "the plan is shown with the answer file's countdown",
+            "RAYOS_INSTALLER:countdown:2",
+            &[
+                "RAYOS_INSTALLER:interactive",
+                "RAYOS_INSTALLER:failed",
+                "RAYOS_FATAL",
+            ],
+            300,
+        )?;
+        run.expect_not(
+            &mut vm,
+            "unattended install starts (answer file found on the USB stick)",
             "RAYOS_INSTALLER:start",
             &[
                 "RAYOS_INSTALLER:interactive",
@@ -506,6 +548,11 @@ pub(crate) fn install(
 }
 
 fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result<()> {
+    match v {
+        Variant::UsbLate => return answers::usb_late(run, work, iso),
+        Variant::AnswersSafety => return answers::answers_safety(run, work, iso),
+        _ => {}
+    }
     let installed = install(run, work, v, iso, usb)?;
     if v == Variant::Debian {
         return crate::e2e_debian::after_install(run, work, &installed);

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use rayos_base::uki_name;
 use rayos_image::debs::{self, Deb};
 use rayos_image::media::{self, EspContents};
 use rayos_image::modules::ModuleIndex;
@@ -513,9 +514,12 @@ pub fn build(args: &Args) -> Result<Built> {
     // installer never mistakes it for the system image.
     let installer_path = format!("rayos/rayos-installer-{version}.efi");
     let payload = vec![
-        (format!("EFI/Linux/rayos-{version}.efi"), installed.clone()),
         (
-            format!("EFI/Linux/rayos-recovery-{version}.efi"),
+            format!("EFI/Linux/{}", uki_name::plain(&version)),
+            installed.clone(),
+        ),
+        (
+            format!("EFI/Linux/{}", uki_name::recovery(&version)),
             recovery.clone(),
         ),
         ("rayos/manifest.json".to_string(), payload_manifest.clone()),

@@ -1,7 +1,10 @@
 //! `cargo xtask test`: what CI runs — lint, every unit and integration test,
-//! then the end-to-end runs on media built from this tree (issue 4's
+//! every fuzz target for a few seconds (fuzz/README.md), then the
+//! end-to-end runs on media built from this tree (issue 4's
 //! install-and-boot from the ISO as a CD, the USB image, the ISO written to
-//! a USB stick, onto a 4096-byte-sector disk and through the wizard, issue 6's presenter and input routing on the installed system,
+//! a USB stick, onto a 4096-byte-sector disk and through the wizard;
+//! issue 17's answer stick plugged in late and issue 10's answer-file
+//! sources and countdown; issue 6's presenter and input routing on the installed system,
 //! issue 7's update flow).
 //!
 //! The e2e stages always rebuild the media first, so they test the code in
@@ -18,10 +21,17 @@ pub struct Args {
     /// Skip the end-to-end runs (about 30 minutes on 2 cores).
     #[arg(long)]
     pub no_e2e: bool,
+    /// Skip the short fuzz run (every target for 10 s, its seeds and
+    /// regression inputs first).
+    #[arg(long)]
+    pub no_fuzz: bool,
     /// Multiply every e2e timeout (they only bound failures).
     #[arg(long, default_value_t = 2.0)]
     pub timeout_scale: f64,
 }
+
+/// Seconds per fuzz target in `cargo xtask test`.
+const FUZZ_SECS: u64 = 10;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     crate::deps::ensure()?;
@@ -37,6 +47,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ]))?;
     }
     crate::run_cmd(Command::new("cargo").args(["test", "--workspace", "--all-targets"]))?;
+    if !args.no_fuzz {
+        // Short: the committed seeds (regression inputs included) are
+        // replayed first, then each target fuzzes briefly. Long runs are
+        // `cargo xtask fuzz --secs N` by hand.
+        crate::fuzz::run(crate::fuzz::Args {
+            targets: Vec::new(),
+            secs: FUZZ_SECS,
+            make_seeds: false,
+        })?;
+    }
     if args.no_e2e {
         return Ok(());
     }
@@ -48,6 +68,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Variant::IsoUsb,
             Variant::FourK,
             Variant::Wizard,
+            Variant::UsbLate,
+            Variant::AnswersSafety,
         ],
         media: PathBuf::from("build"),
         rebuild: true,

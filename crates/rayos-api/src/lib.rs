@@ -15,7 +15,7 @@ pub use types::*;
 
 /// Where `rayos vm` looks for the daemon when neither `--socket` nor
 /// `$RAYOS_SOCKET` says otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/rayos/api.sock";
+pub const DEFAULT_SOCKET: &str = rayos_base::paths::API_SOCKET;
 
 /// The environment variable that overrides [`DEFAULT_SOCKET`] for clients.
 pub const SOCKET_ENV: &str = "RAYOS_SOCKET";

@@ -9,67 +9,74 @@ use rayos_state::VmKind;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Where a VM is in its life. `Running` carries no presentation flag: that
-/// is [`VmInfo::presented`], because presenting does not change what the
-/// guest does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VmState {
-    /// No device model; the next start cold-boots.
-    Stopped,
-    /// Device model being launched for a cold boot.
-    Starting,
-    Running,
-    /// ACPI power-down (or kill) in progress.
-    Stopping,
-    /// State being written to `state/`.
-    Saving,
-    /// No device model; a saved state waits in `state/` for the next start.
-    Saved,
-    /// Device model being launched to load the saved state.
-    Resuming,
-    /// The device model runs but the guest's vCPUs are stopped.
-    Paused,
-    /// The device model died without being asked to.
-    Crashed,
+/// Declares a fieldless enum that travels as a string: each variant names
+/// its wire string once, and the macro derives serde with exactly that
+/// string, `as_str`, `Display` and `ALL` (every value, in order). `ALL` is
+/// what `tests/openapi.rs` compares with the enums of
+/// `docs/api/openapi.yaml`, so neither side can drift from the other.
+macro_rules! wire_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $wire:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $( $(#[$vmeta])* #[serde(rename = $wire)] $variant, )+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The string on the wire (and in logs).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $wire,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
 }
 
-impl VmState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VmState::Stopped => "stopped",
-            VmState::Starting => "starting",
-            VmState::Running => "running",
-            VmState::Stopping => "stopping",
-            VmState::Saving => "saving",
-            VmState::Saved => "saved",
-            VmState::Resuming => "resuming",
-            VmState::Paused => "paused",
-            VmState::Crashed => "crashed",
-        }
+wire_enum! {
+    /// Where a VM is in its life. `Running` carries no presentation flag: that
+    /// is [`VmInfo::presented`], because presenting does not change what the
+    /// guest does.
+    pub enum VmState {
+        /// No device model; the next start cold-boots.
+        Stopped = "stopped",
+        /// Device model being launched for a cold boot.
+        Starting = "starting",
+        Running = "running",
+        /// ACPI power-down (or kill) in progress.
+        Stopping = "stopping",
+        /// State being written to `state/`.
+        Saving = "saving",
+        /// No device model; a saved state waits in `state/` for the next start.
+        Saved = "saved",
+        /// Device model being launched to load the saved state.
+        Resuming = "resuming",
+        /// The device model runs but the guest's vCPUs are stopped.
+        Paused = "paused",
+        /// The device model died without being asked to.
+        Crashed = "crashed",
     }
 }
 
-impl std::fmt::Display for VmState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How the last start brought the guest up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BootKind {
-    Cold,
-    Resumed,
-}
-
-impl BootKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BootKind::Cold => "cold",
-            BootKind::Resumed => "resumed",
-        }
+wire_enum! {
+    /// How the last start brought the guest up.
+    pub enum BootKind {
+        Cold = "cold",
+        Resumed = "resumed",
     }
 }
 
@@ -152,7 +159,9 @@ pub enum DiskRequest {
     /// A new empty qcow2 disk, e.g. `"8G"`, `"512M"` (suffixes K, M, G, T;
     /// binary units).
     Size(String),
-    /// Copy this image (qcow2 or raw, detected) into the VM's directory.
+    /// Convert this image (qcow2, raw, vmdk, vhdx or vdi, detected; one
+    /// that names other files is refused) into a qcow2 in the VM's
+    /// directory.
     Import(PathBuf),
 }
 
@@ -238,9 +247,74 @@ pub struct Health {
     /// False when no generation of the registry could be read: the daemon
     /// then refuses changes so it never overwrites what a person must repair.
     pub registry_writable: bool,
-    /// Problems found at start-up (corrupt files, fallbacks, skipped cgroup
-    /// setup), for a person to read.
+    /// Problems for a person to read: found at start-up (corrupt files,
+    /// fallbacks, registry entries not loaded, skipped cgroup setup) or
+    /// later (a VM whose swtpm died).
     pub notes: Vec<String>,
+}
+
+wire_enum! {
+    /// What an [`Event`] reports. The wire strings are API: clients match
+    /// them (`rayos vm create` shows `importing`, tests follow lifecycles),
+    /// and `docs/api/openapi.yaml` lists exactly these.
+    pub enum EventKind {
+        /// A VM was defined (detail: `id <uuid>`).
+        Created = "created",
+        /// Progress of converting an image for a VM being created (detail:
+        /// `<file>: <percent>%`, every 10%).
+        Importing = "importing",
+        /// The VM left the registry (detail: whether its directory was kept).
+        Deleted = "deleted",
+        /// Installation is done: media detached, provisioning-only
+        /// networking off from the next start.
+        Provisioned = "provisioned",
+        /// A cold boot begins (detail: `cold boot`).
+        Starting = "starting",
+        /// Loading the saved state begins.
+        Resuming = "resuming",
+        /// The device model is up (detail: `cold` or `resumed`).
+        Started = "started",
+        /// Launching failed (detail: why); the VM is stopped again, or stays
+        /// saved when a failed restore's state could not be kept aside.
+        StartFailed = "start_failed",
+        /// Restoring failed; the state is kept aside and a cold boot follows.
+        RestoreFailed = "restore_failed",
+        /// `start --fresh` deleted the saved state.
+        Discarded = "discarded",
+        /// A saved state that cannot be used was kept aside (detail: where,
+        /// and why).
+        UnusableState = "unusable_state",
+        /// Saving the VM's state begins.
+        Saving = "saving",
+        /// The state is on disk and the device model ended (detail: size
+        /// and time).
+        Saved = "saved",
+        /// Saving failed and the guest keeps running (detail: why).
+        SaveFailed = "save_failed",
+        /// A stop begins (detail: `ACPI power button` or `kill`).
+        Stopping = "stopping",
+        /// The device model is gone after a stop or a guest shutdown
+        /// (detail: how).
+        Stopped = "stopped",
+        /// The device model died without being asked to (detail: `crash #N`).
+        Crashed = "crashed",
+        /// The policy restarts the crashed VM (detail: `in <seconds>s`).
+        Restarting = "restarting",
+        /// A device model from before a daemon restart was adopted (detail:
+        /// `pid N`).
+        Attached = "attached",
+        /// The VM is shown and gets the input.
+        Presented = "presented",
+        /// The VM is no longer shown (detail: `<vm> presented` when another
+        /// VM took its place).
+        Hidden = "hidden",
+        /// The guest's vCPUs were seen stopped.
+        Paused = "paused",
+        /// The guest's vCPUs were seen running again.
+        Continued = "continued",
+        /// The VM's TPM emulator (swtpm) is gone; the VM is shut down next.
+        TpmDied = "tpm_died",
+    }
 }
 
 /// One lifecycle event on `GET /v1/events` (one JSON object per line).
@@ -251,10 +325,8 @@ pub struct Event {
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
     pub vm: String,
-    /// What happened: created, deleted, starting, started, resumed, saving,
-    /// saved, save_failed, stopping, stopped, crashed, restarting, presented,
-    /// hidden, provisioned, attached, unusable_state, paused, continued.
-    pub event: String,
+    /// What happened.
+    pub event: EventKind,
     pub state: VmState,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,

@@ -18,6 +18,8 @@ use std::io::{self, Read, Seek};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use rayos_base::error::chain;
+
 use crate::gpt::{self, DEFAULT_ALIGNMENT, TableState};
 use crate::probe::{self, ProbeError};
 use crate::report::{self, Disk, DiskKind, FreeSpace, PartitionReport, Table, Usage, UsageReason};
@@ -260,7 +262,7 @@ impl Host {
             match self.block_disk(&name, None, &usage) {
                 Ok(d) => out.push(d),
                 Err(e) => {
-                    let mut d = unreadable(self.dev_dir.join(&name), &dir, error_chain(&e));
+                    let mut d = unreadable(self.dev_dir.join(&name), &dir, chain(&e));
                     d.in_use = self.kernel_usage(&self.sys_disk(&name), &usage);
                     out.push(d);
                 }
@@ -535,6 +537,7 @@ fn unreadable(path: PathBuf, sys_dir: &Path, reason: String) -> Disk {
         removable: read_trim(&sys_dir.join("removable")).as_deref() == Some("1"),
         read_only: read_trim(&sys_dir.join("ro")).as_deref() == Some("1"),
         table: Table::Unreadable { reason },
+        hybrid_mbr: Vec::new(),
         disk_guid: None,
         whole_disk_filesystem: None,
         partitions: Vec::new(),
@@ -543,18 +546,6 @@ fn unreadable(path: PathBuf, sys_dir: &Path, reason: String) -> Disk {
         rayos: None,
         systems: Vec::new(),
     }
-}
-
-/// "a: b: c" from an error and its sources.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Kernel naming of partition nodes: `sda1`, but `nvme0n1p1` and `mmcblk0p1`
@@ -642,6 +633,10 @@ pub fn build_report<D: Read + Seek>(
         source,
     })?;
     let state = gpt::inspect(dev, sector_size).map_err(table_err)?;
+    let hybrid_mbr = match &state {
+        TableState::Gpt(g) => g.hybrid_mbr().map(<[_]>::to_vec).unwrap_or_default(),
+        _ => Vec::new(),
+    };
     let (table, disk_guid, mut partitions, free_regions): (
         Table,
         _,
@@ -654,12 +649,7 @@ pub fn build_report<D: Read + Seek>(
             report::gpt_partitions(g),
             g.free_regions(DEFAULT_ALIGNMENT)
                 .into_iter()
-                .map(|r| FreeSpace {
-                    first_lba: r.first_lba,
-                    last_lba: r.last_lba,
-                    start_bytes: r.start_bytes(sector_size),
-                    size_bytes: r.size_bytes(sector_size),
-                })
+                .map(|r| FreeSpace::of(r, sector_size))
                 .collect(),
         ),
         TableState::Mbr(m) => (
@@ -699,6 +689,7 @@ pub fn build_report<D: Read + Seek>(
         removable: false,
         read_only: false,
         table,
+        hybrid_mbr,
         disk_guid,
         whole_disk_filesystem: whole,
         partitions,

@@ -18,10 +18,20 @@
 //! - [`Gpt::write`] writes the protective MBR (keeping boot code that sat
 //!   beside an earlier protective MBR), both entry arrays and both headers.
 //!   It does not fsync: the caller owns the file and must `sync_all` it.
+//! - A **hybrid MBR** (a 0xEE entry beside entries that give a legacy BIOS
+//!   its view of some GPT partitions, as Boot Camp and `sgdisk -h` make it)
+//!   is read as a GPT and remembered ([`Gpt::hybrid_mbr`]). Writing keeps
+//!   LBA 0 byte for byte, so a legacy-BIOS system booting through it keeps
+//!   booting; it refuses ([`GptError::HybridMbr`]) when a partition the
+//!   hybrid MBR covered was changed or removed, or a new one overlaps an
+//!   entry — the BIOS would then find another partition under the old
+//!   entry. Deciding what to do about that is the caller's (the installer
+//!   refuses such plans up front).
 //!
 //! Limits: sector sizes 512, 1024, 2048 and 4096; at most 1 MiB of entry
 //! array; the disk size is taken from `seek(End)` (which block devices
-//! support). Hybrid MBRs are reported as GPT (the GPT wins, as on UEFI).
+//! support). The hybrid MBR's own entries are not edited: it is kept as it
+//! is or the write is refused.
 //!
 //! Rejected design: the `gptman` crate (whose tables sgdisk accepts). Own
 //! code gives full control of what is reported — blank vs MBR-only vs which
@@ -108,6 +118,15 @@ pub enum GptError {
     DeviceSize { expected: u64, found: u64 },
     #[error("alignment of {bytes} bytes is not a multiple of the {sector_size}-byte sector")]
     BadAlignment { bytes: u64, sector_size: u32 },
+    #[error(
+        "the hybrid MBR's entry {entry} (sectors {first}..={last}) covers partition {number}, which this table changes or removes; the hybrid MBR would point a legacy BIOS at the wrong partition"
+    )]
+    HybridMbr {
+        entry: u32,
+        first: u64,
+        last: u64,
+        number: u32,
+    },
 }
 
 /// What is wrong with a damaged GPT, for the person deciding what to do.
@@ -295,6 +314,42 @@ pub struct Gpt {
     alignment_lba: u64,
     /// Sorted by `number`.
     partitions: Vec<Partition>,
+    /// The hybrid MBR found at LBA 0 when the table was read.
+    hybrid: Option<Hybrid>,
+}
+
+/// A hybrid MBR as read: LBA 0's bytes, its non-protective entries, and the
+/// GPT partitions they covered then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hybrid {
+    lba0: Vec<u8>,
+    entries: Vec<MbrPartition>,
+    covered: Vec<Partition>,
+}
+
+fn overlaps(e: &MbrPartition, p: &Partition) -> bool {
+    let last = e.first_lba + e.sectors - 1;
+    e.first_lba <= p.last_lba && p.first_lba <= last
+}
+
+/// The non-protective entries of `lba0` if it is a hybrid MBR: boot
+/// signature, a 0xEE entry, and at least one other valid entry (primary
+/// entries only; their ranges are what a BIOS sees).
+fn hybrid_entries(lba0: &[u8], total_sectors: u64) -> Option<Vec<MbrPartition>> {
+    if lba0.get(510..512)? != [0x55, 0xAA] {
+        return None;
+    }
+    let mut protective = false;
+    let mut entries = Vec::new();
+    for i in 0..4 {
+        let e = lba0.get(446 + 16 * i..462 + 16 * i)?;
+        match mbr_entry(e, 0, i as u32 + 1, total_sectors) {
+            Some(p) if p.type_byte == 0xEE => protective = true,
+            Some(p) => entries.push(p),
+            None => {}
+        }
+    }
+    (protective && !entries.is_empty()).then_some(entries)
 }
 
 fn check_sector_size(sector_size: u32) -> Result<(), GptError> {
@@ -305,7 +360,17 @@ fn check_sector_size(sector_size: u32) -> Result<(), GptError> {
 }
 
 fn entry_array_sectors(entry_count: u32, entry_size: u32, sector_size: u32) -> u64 {
-    (entry_count as u64 * entry_size as u64).div_ceil(sector_size as u64)
+    (entry_count as u64 * entry_size as u64).div_ceil(sector_size.max(1) as u64)
+}
+
+/// The usable area `(first, last)` (inclusive LBAs) of the table
+/// [`Gpt::new`] makes — 128 entries of 128 bytes — on a disk of
+/// `total_sectors` sectors. For planning before any table is written (the
+/// installer's planner and wizard); a disk too small for a table gives
+/// `last < first`, which leaves no free runs.
+pub fn standard_usable_area(total_sectors: u64, sector_size: u32) -> (u64, u64) {
+    let array = entry_array_sectors(DEFAULT_ENTRY_COUNT, DEFAULT_ENTRY_SIZE, sector_size);
+    (2 + array, total_sectors.saturating_sub(2 + array))
 }
 
 impl Gpt {
@@ -314,16 +379,14 @@ impl Gpt {
     pub fn new(total_bytes: u64, sector_size: u32) -> Result<Gpt, GptError> {
         check_sector_size(sector_size)?;
         let total_sectors = total_bytes / sector_size as u64;
-        let array = entry_array_sectors(DEFAULT_ENTRY_COUNT, DEFAULT_ENTRY_SIZE, sector_size);
-        let first_usable = 2 + array;
+        let (first_usable, last_usable) = standard_usable_area(total_sectors, sector_size);
         // LBA 0, header, array, then the same at the end, and one usable sector.
-        if total_sectors < 2 * (1 + array) + 2 {
+        if last_usable < first_usable {
             return Err(GptError::TooSmall {
                 total_bytes,
                 sector_size,
             });
         }
-        let last_usable = total_sectors - 2 - array;
         Ok(Gpt {
             sector_size,
             total_sectors,
@@ -334,6 +397,7 @@ impl Gpt {
             entry_size: DEFAULT_ENTRY_SIZE,
             alignment_lba: (DEFAULT_ALIGNMENT / sector_size as u64).max(1),
             partitions: Vec::new(),
+            hybrid: None,
         })
     }
 
@@ -388,7 +452,8 @@ impl Gpt {
                 backup_valid: copy == TableCopy::Backup,
             }));
         }
-        let g = Gpt::from_header(h, sector_size, total_sectors);
+        let lba0 = read_at(dev, 0, 512).map_err(GptError::Read)?;
+        let g = Gpt::from_header(h, sector_size, total_sectors).with_hybrid(&lba0);
         // A copy read alone may predate a shrink: its partitions must still
         // end before the place the backup array would be written.
         if let Some(p) = g.partitions.iter().find(|p| p.last_lba > g.last_usable) {
@@ -419,7 +484,32 @@ impl Gpt {
             entry_size: h.entry_size,
             alignment_lba: (DEFAULT_ALIGNMENT / sector_size as u64).max(1),
             partitions: h.partitions,
+            hybrid: None,
         }
+    }
+
+    /// Remembers LBA 0 if it holds a hybrid MBR (called by the readers).
+    fn with_hybrid(mut self, lba0: &[u8]) -> Gpt {
+        if let Some(entries) = hybrid_entries(lba0, self.total_sectors) {
+            let covered = self
+                .partitions
+                .iter()
+                .filter(|p| entries.iter().any(|e| overlaps(e, p)))
+                .cloned()
+                .collect();
+            self.hybrid = Some(Hybrid {
+                lba0: lba0.to_vec(),
+                entries,
+                covered,
+            });
+        }
+        self
+    }
+
+    /// The entries of the hybrid MBR found when the table was read (not
+    /// the 0xEE one), or `None` when LBA 0 held a plain protective MBR.
+    pub fn hybrid_mbr(&self) -> Option<&[MbrPartition]> {
+        self.hybrid.as_ref().map(|h| h.entries.as_slice())
     }
 
     pub fn sector_size(&self) -> u32 {
@@ -609,10 +699,13 @@ impl Gpt {
         let last = self.total_sectors - 1;
         let backup_array_lba = last - array_sectors;
 
-        // Keep boot code only when it sat beside a protective MBR before: it
-        // then belongs to this GPT disk, not to an MBR layout being replaced.
         let mut mbr = [0u8; 512];
         let old = read_at(dev, 0, 512).map_err(GptError::Read)?;
+        if let Some(h) = &self.hybrid {
+            self.check_hybrid(h)?;
+        }
+        // Keep boot code only when it sat beside a protective MBR before: it
+        // then belongs to this GPT disk, not to an MBR layout being replaced.
         if old[510..512] == [0x55, 0xAA] && old[446 + 4] == 0xEE {
             mbr[..440].copy_from_slice(&old[..440]);
         }
@@ -638,8 +731,52 @@ impl Gpt {
         w(dev, 1, &primary)?;
         w(dev, backup_array_lba, &array)?;
         w(dev, last, &backup)?;
-        w(dev, 0, &mbr)?;
+        match &self.hybrid {
+            // The hybrid MBR as it was (its entries still name the same
+            // partitions: checked above).
+            Some(h) => w(dev, 0, &h.lba0)?,
+            None => w(dev, 0, &mbr)?,
+        }
         dev.flush().map_err(GptError::Write)
+    }
+
+    /// Every partition the hybrid MBR covered is still here unchanged, and
+    /// no other partition overlaps one of its entries.
+    fn check_hybrid(&self, h: &Hybrid) -> Result<(), GptError> {
+        let same = |a: &Partition, b: &Partition| {
+            (
+                a.number,
+                a.first_lba,
+                a.last_lba,
+                a.type_guid,
+                a.unique_guid,
+            ) == (
+                b.number,
+                b.first_lba,
+                b.last_lba,
+                b.type_guid,
+                b.unique_guid,
+            )
+        };
+        for e in &h.entries {
+            let err = |number| GptError::HybridMbr {
+                entry: e.number,
+                first: e.first_lba,
+                last: e.first_lba + e.sectors - 1,
+                number,
+            };
+            for c in h.covered.iter().filter(|c| overlaps(e, c)) {
+                if !self.partitions.iter().any(|p| same(p, c)) {
+                    return Err(err(c.number));
+                }
+            }
+            for p in self.partitions.iter().filter(|p| overlaps(e, p)) {
+                if !h.covered.iter().any(|c| same(p, c)) {
+                    return Err(err(p.number));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn encode_header(&self, my_lba: u64, alt_lba: u64, array_lba: u64, array_crc: u32) -> Vec<u8> {
@@ -962,11 +1099,9 @@ pub fn inspect<D: Read + Seek>(dev: &mut D, sector_size: u32) -> Result<TableSta
     }
     if problems.is_empty() {
         if let Some(p) = primary {
-            return Ok(TableState::Gpt(Gpt::from_header(
-                p,
-                sector_size,
-                total_sectors,
-            )));
+            return Ok(TableState::Gpt(
+                Gpt::from_header(p, sector_size, total_sectors).with_hybrid(&lba0),
+            ));
         }
     }
     Ok(TableState::Corrupt(Corruption {
@@ -1130,6 +1265,11 @@ mod tests {
             let array = (128 * 128) / ss as u64;
             assert_eq!(back.first_usable(), 2 + array);
             assert_eq!(back.last_usable(), bytes / ss as u64 - 2 - array);
+            // What planners assume before writing is what a new table has.
+            assert_eq!(
+                standard_usable_area(bytes / ss as u64, ss),
+                (back.first_usable(), back.last_usable())
+            );
             assert_eq!(back.partition(4).unwrap().name, "rayos-data ünï");
             assert_eq!(back.partition(2).unwrap().attributes, 1 << 63);
             // Protective MBR: one 0xEE entry from LBA 1, boot signature.
@@ -1536,6 +1676,17 @@ mod tests {
             Err(GptError::TooSmall { .. })
         ));
         assert!(matches!(Gpt::new(MIB, 520), Err(GptError::SectorSize(520))));
+        // The smallest disk: both tables and one usable sector (512: a
+        // 32-sector array). One sector less leaves no usable area.
+        assert!(Gpt::new(68 * 512, 512).is_ok());
+        assert!(matches!(
+            Gpt::new(67 * 512, 512),
+            Err(GptError::TooSmall { .. })
+        ));
+        assert_eq!(standard_usable_area(68, 512), (34, 34));
+        let (first, last) = standard_usable_area(67, 512);
+        assert!(last < first);
+        assert_eq!(standard_usable_area(0, 4096), (6, 0));
         let mut d = disk(4096);
         assert!(matches!(
             inspect(&mut d, 3000),
@@ -1557,6 +1708,93 @@ mod tests {
         g.write(&mut d).unwrap();
         assert!(d.get_ref()[..440].iter().all(|&b| b == 0xAB));
         assert_eq!(Gpt::read(&mut d, 512).unwrap(), g);
+    }
+
+    /// `sgdisk -h 2:4` style: 0xEE first (LBA 1 up to partition 2), then
+    /// entries for partitions 2 and 4 with MBR type bytes.
+    fn hybridise(d: &mut Cursor<Vec<u8>>, g: &Gpt) {
+        let b = d.get_mut();
+        b[..440].fill(0xB0);
+        let mut entry = |slot: usize, ty: u8, first: u64, last: u64| {
+            let e = &mut b[446 + 16 * slot..462 + 16 * slot];
+            e[4] = ty;
+            e[8..12].copy_from_slice(&(first as u32).to_le_bytes());
+            e[12..16].copy_from_slice(&((last + 1 - first) as u32).to_le_bytes());
+        };
+        let (p2, p4) = (g.partition(2).unwrap(), g.partition(4).unwrap());
+        entry(0, 0xEE, 1, p2.first_lba - 1);
+        entry(1, 0x0c, p2.first_lba, p2.last_lba);
+        entry(2, 0x83, p4.first_lba, p4.first_lba + 2047);
+        b[510] = 0x55;
+        b[511] = 0xAA;
+    }
+
+    #[test]
+    fn a_hybrid_mbr_is_kept_while_its_partitions_stay() {
+        let mut g = sample(512, 64 * MIB);
+        // Shrink the data partition so there is free space to add to.
+        g.remove(4).unwrap();
+        let data = Partition::new(4, types::RAYOS_DATA, 5 * 2048, 20 * 2048 - 1, "data");
+        g.add(data).unwrap();
+        let mut d = disk(64 * MIB);
+        g.write(&mut d).unwrap();
+        hybridise(&mut d, &g);
+        let lba0 = d.get_ref()[..512].to_vec();
+        // Still a valid GPT (not corrupt, not MBR), with the entries known.
+        let mut read = Gpt::read(&mut d, 512).unwrap();
+        let h = read.hybrid_mbr().unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!((h[0].number, h[0].type_byte), (2, 0x0c));
+        assert_eq!((h[1].number, h[1].type_byte), (3, 0x83));
+        // A partition added beside them: LBA 0 stays byte for byte.
+        read.add(Partition::new(
+            3,
+            types::LINUX_FS,
+            20 * 2048,
+            30 * 2048 - 1,
+            "new",
+        ))
+        .unwrap();
+        read.write(&mut d).unwrap();
+        assert_eq!(&d.get_ref()[..512], &lba0[..]);
+        let again = Gpt::read(&mut d, 512).unwrap();
+        assert_eq!(again.partitions().len(), 4);
+        assert!(again.hybrid_mbr().is_some());
+        // Changing (retyping), removing, or overlapping a covered partition
+        // is refused before anything is written.
+        let before = d.get_ref().clone();
+        let mut retyped = again.clone();
+        let mut p2 = retyped.remove(2).unwrap();
+        p2.type_guid = types::RAYOS_DATA;
+        retyped.add(p2).unwrap();
+        let mut removed = again.clone();
+        removed.remove(4).unwrap();
+        let mut overlapping = removed.clone();
+        overlapping
+            .add(Partition::new(
+                4,
+                types::LINUX_FS,
+                5 * 2048,
+                6 * 2048 - 1,
+                "x",
+            ))
+            .unwrap();
+        for (what, t, number) in [
+            ("retyped", retyped, 2),
+            ("removed", removed, 4),
+            ("overlapping", overlapping, 4),
+        ] {
+            match t.write(&mut d) {
+                Err(GptError::HybridMbr { number: n, .. }) => assert_eq!(n, number, "{what}"),
+                other => panic!("{what}: {other:?}"),
+            }
+            assert!(d.get_ref() == &before, "{what}: written anyway");
+        }
+        // A fresh table (whole disk) writes a protective MBR.
+        Gpt::new(64 * MIB, 512).unwrap().write(&mut d).unwrap();
+        assert!(Gpt::read(&mut d, 512).unwrap().hybrid_mbr().is_none());
+        assert_eq!(d.get_ref()[446 + 4], 0xEE);
+        assert_eq!(d.get_ref()[446 + 16 + 4], 0);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::gpt::{Corruption, Gpt, Mbr};
+use crate::gpt::{Corruption, FreeRegion, Gpt, Mbr, MbrPartition};
 use crate::probe::{Filesystem, FsInfo};
 use crate::types::{self, TypeFamily};
 
@@ -46,6 +46,10 @@ pub struct Disk {
     pub removable: bool,
     pub read_only: bool,
     pub table: Table,
+    /// A GPT disk's hybrid MBR (Boot Camp, `sgdisk -h`): the entries that
+    /// give a legacy BIOS its view of some partitions. Empty when LBA 0 is
+    /// a plain protective MBR (or the disk is not GPT).
+    pub hybrid_mbr: Vec<MbrPartition>,
     /// GPT disk GUID.
     pub disk_guid: Option<Uuid>,
     /// A filesystem written to the whole disk, without a partition table
@@ -129,6 +133,19 @@ pub struct FreeSpace {
     pub last_lba: u64,
     pub start_bytes: u64,
     pub size_bytes: u64,
+}
+
+impl FreeSpace {
+    /// A free run of a table with `sector_size`-byte sectors, with its
+    /// bytes.
+    pub fn of(r: FreeRegion, sector_size: u32) -> FreeSpace {
+        FreeSpace {
+            first_lba: r.first_lba,
+            last_lba: r.last_lba,
+            start_bytes: r.start_bytes(sector_size),
+            size_bytes: r.size_bytes(sector_size),
+        }
+    }
 }
 
 /// Why a device is busy.

@@ -52,6 +52,13 @@ pub const LINUX_RAID: Uuid = Uuid::from_u128(0xa19d880f_05fc_4d3b_a006_743f0f849
 pub const LINUX_LUKS: Uuid = Uuid::from_u128(0xca7d7ccb_63ed_4c53_861c_1742536059cc);
 /// Apple APFS container.
 pub const APPLE_APFS: Uuid = Uuid::from_u128(0x7c3457ef_0000_11aa_aa11_00306543ecac);
+pub const APPLE_HFS: Uuid = Uuid::from_u128(0x48465300_0000_11aa_aa11_00306543ecac);
+pub const FREEBSD_BOOT: Uuid = Uuid::from_u128(0x83bd6b9d_7f41_11dc_be0b_001560b84f0f);
+pub const FREEBSD_SWAP: Uuid = Uuid::from_u128(0x516e7cb5_6ecf_11d6_8ff8_00022d09712b);
+pub const FREEBSD_UFS: Uuid = Uuid::from_u128(0x516e7cb6_6ecf_11d6_8ff8_00022d09712b);
+pub const FREEBSD_ZFS: Uuid = Uuid::from_u128(0x516e7cba_6ecf_11d6_8ff8_00022d09712b);
+/// Also used by OpenZFS pools on Linux and macOS.
+pub const SOLARIS_ZFS: Uuid = Uuid::from_u128(0x6a898cc3_1dd2_11b2_99a6_080020736631);
 
 /// What a partition type means to RayOS when it looks for other systems.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -106,6 +113,16 @@ const KNOWN: &[(Uuid, &str, TypeFamily)] = &[
     (LINUX_RAID, "Linux RAID", TypeFamily::Linux),
     (LINUX_LUKS, "Linux LUKS", TypeFamily::Linux),
     (APPLE_APFS, "Apple APFS", TypeFamily::Other),
+    (APPLE_HFS, "Apple HFS+", TypeFamily::Other),
+    (FREEBSD_BOOT, "FreeBSD boot", TypeFamily::Other),
+    (FREEBSD_SWAP, "FreeBSD swap", TypeFamily::Other),
+    (FREEBSD_UFS, "FreeBSD UFS", TypeFamily::Other),
+    (FREEBSD_ZFS, "FreeBSD ZFS", TypeFamily::Other),
+    (
+        SOLARIS_ZFS,
+        "ZFS (Solaris /usr, OpenZFS)",
+        TypeFamily::Other,
+    ),
 ];
 
 /// Human name of a GPT partition type, or `None` when it is not one we know.
@@ -172,6 +189,13 @@ mod tests {
             (LINUX_ROOT_X86_64, "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"),
             (LINUX_SWAP, "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f"),
             (LINUX_LVM, "e6d6d379-f507-44c2-a23c-238f2a3df928"),
+            // as sgdisk 1.0.9 writes them (codes af00, a501, a502, a503, a504, bf01)
+            (APPLE_HFS, "48465300-0000-11aa-aa11-00306543ecac"),
+            (FREEBSD_BOOT, "83bd6b9d-7f41-11dc-be0b-001560b84f0f"),
+            (FREEBSD_SWAP, "516e7cb5-6ecf-11d6-8ff8-00022d09712b"),
+            (FREEBSD_UFS, "516e7cb6-6ecf-11d6-8ff8-00022d09712b"),
+            (FREEBSD_ZFS, "516e7cba-6ecf-11d6-8ff8-00022d09712b"),
+            (SOLARIS_ZFS, "6a898cc3-1dd2-11b2-99a6-080020736631"),
         ];
         for (g, s) in pairs {
             assert_eq!(g.to_string(), s);

@@ -14,6 +14,8 @@
 
 use std::collections::BTreeMap;
 
+use rayos_base::efivar;
+
 const HEADER: usize = 60;
 const STORE_HEADER: usize = 28;
 const VAR_ADDED: u8 = 0x3f;
@@ -70,12 +72,7 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 }
 
 fn utf16(b: &[u8]) -> String {
-    let units: Vec<u16> = b
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    String::from_utf16_lossy(&units)
+    String::from_utf16_lossy(&efivar::utf16_units(b))
 }
 
 /// The live global variables of the store: name -> data.
@@ -117,10 +114,7 @@ pub fn boot_vars(vars: &[u8]) -> Result<BootVars, VarsError> {
     let globals = global_variables(vars)?;
     let mut bv = BootVars::default();
     if let Some(order) = globals.get("BootOrder") {
-        bv.order = order
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
+        bv.order = efivar::parse_boot_order(order);
     }
     for (name, data) in &globals {
         let Some(hex) = name.strip_prefix("Boot") else {
@@ -136,11 +130,11 @@ pub fn boot_vars(vars: &[u8]) -> Result<BootVars, VarsError> {
         let Some(attributes) = u32_at(data, 0) else {
             continue;
         };
-        let description = utf16(data.get(6..).unwrap_or(&[]));
+        let description = String::from_utf16_lossy(&efivar::description_units(data));
         bv.entries.push(BootEntry {
             number,
             description,
-            active: attributes & 1 == 1,
+            active: attributes & efivar::LOAD_OPTION_ACTIVE != 0,
         });
     }
     Ok(bv)

@@ -16,6 +16,9 @@
 //! types on the machine's PS/2 keyboard (QMP `input-send-event`, QEMU key
 //! codes), standing in for a person at the machine.
 //!
+//! USB: [`Medium::Usb`] sticks sit on one xHCI controller (`xhci`);
+//! [`Qemu::plug_usb_stick`] hot-plugs another while the machine runs.
+//!
 //! Limits: x86_64 only; one serial port; one display.
 
 use std::fs;
@@ -126,6 +129,9 @@ pub struct Config {
     pub no_reboot: bool,
     /// A standard VGA display device (`-device VGA`); otherwise none.
     pub vga: bool,
+    /// An xHCI controller (`xhci`) even without a [`Medium::Usb`], so a
+    /// stick can be plugged in later ([`Qemu::plug_usb_stick`]).
+    pub usb_controller: bool,
     /// Extra QEMU arguments, appended last.
     pub extra_args: Vec<String>,
 }
@@ -141,6 +147,7 @@ impl Config {
             cpus: 1,
             no_reboot: false,
             vga: false,
+            usb_controller: false,
             extra_args: Vec::new(),
         })
     }
@@ -258,6 +265,9 @@ impl Qemu {
                         ));
                 }
             }
+        }
+        if cfg.usb_controller && !have_xhci {
+            cmd.args(["-device", "qemu-xhci,id=xhci"]);
         }
         if cfg.vga {
             cmd.args(["-device", "VGA"]);
@@ -423,6 +433,35 @@ impl Qemu {
             req["arguments"] = a;
         }
         send(req)
+    }
+
+    /// Plugs a removable USB stick holding the raw image `path` into the
+    /// running machine's xHCI controller (QMP `blockdev-add` + `device_add
+    /// usb-storage`), as a person inserting a stick would. `id` names the
+    /// stick's block node and device; needs a controller
+    /// ([`Config::usb_controller`] or a [`Medium::Usb`]).
+    pub fn plug_usb_stick(&self, id: &str, path: &Path) -> Result<(), QemuError> {
+        let abs = std::path::absolute(path).map_err(prep(path))?;
+        let node = format!("{id}-node");
+        self.qmp(
+            "blockdev-add",
+            Some(json!({
+                "driver": "raw",
+                "node-name": node,
+                "file": { "driver": "file", "filename": abs.display().to_string() },
+            })),
+        )?;
+        self.qmp(
+            "device_add",
+            Some(json!({
+                "driver": "usb-storage",
+                "id": id,
+                "bus": "xhci.0",
+                "drive": node,
+                "removable": true,
+            })),
+        )?;
+        Ok(())
     }
 
     /// Saves the machine's display to `path`: PNG when the name ends in

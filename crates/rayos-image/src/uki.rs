@@ -12,6 +12,9 @@
 //! Limits: PE32+ stubs only; the stub's header area must have room for the
 //! five section headers (systemd's stubs do); a signed stub is refused
 //! (appending would break its signature — sign the finished UKI instead).
+//!
+//! PE headers are read by `rayos_state::pe`, the one bounds-checked PE
+//! reader (recovery's reinstall uses it too).
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -32,9 +35,9 @@ pub enum UkiError {
         source: io::Error,
     },
     #[error("{path} is not a usable PE32+ EFI stub: {why}")]
-    BadStub { path: PathBuf, why: &'static str },
+    BadStub { path: PathBuf, why: String },
     #[error("{path} is not a PE image with sections: {why}")]
-    BadImage { path: PathBuf, why: &'static str },
+    BadImage { path: PathBuf, why: String },
     #[error("section {name} is {size} bytes, more than a PE section can hold")]
     TooLarge { name: String, size: u64 },
 }
@@ -83,36 +86,20 @@ pub fn host_kernel() -> Option<PathBuf> {
     kernels.pop()
 }
 
-/// One section of a PE image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Section {
-    pub name: String,
-    pub virtual_address: u32,
-    pub virtual_size: u32,
-    pub file_offset: u32,
-    pub file_size: u32,
-}
+/// One section of a PE image (the shared reader's type).
+pub use rayos_state::pe::Section;
+use rayos_state::pe::{self, PeError, SECTION_HEADER};
 
 const SCN_INITIALIZED_READ: u32 = 0x4000_0040;
-const SECTION_HEADER: usize = 40;
 const VA_ALIGN: u64 = 4096;
 
-struct Pe {
-    opt: usize,
-    nsect_at: usize,
-    sect_table: usize,
-    nsect: usize,
-    size_of_headers: usize,
-    file_align: u64,
-    sections: Vec<Section>,
-}
-
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    b.get(at..at + 2).map(|s| u16::from_le_bytes([s[0], s[1]]))
+    b.get(at..at.checked_add(2)?)
+        .map(|s| u16::from_le_bytes([s[0], s[1]]))
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4)
+    b.get(at..at.checked_add(4)?)
         .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
@@ -128,79 +115,33 @@ fn round_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
-/// Parses the PE headers in `head` (the first bytes of the file).
-fn parse_pe(head: &[u8]) -> Result<Pe, &'static str> {
-    if head.get(0..2) != Some(b"MZ") {
-        return Err("no MZ signature");
-    }
-    let lfanew = u32_at(head, 0x3c).ok_or("truncated DOS header")? as usize;
-    if head.get(lfanew..lfanew + 4) != Some(b"PE\0\0") {
-        return Err("no PE signature");
-    }
-    let coff = lfanew + 4;
-    let nsect = u16_at(head, coff + 2).ok_or("truncated COFF header")? as usize;
-    let opt_size = u16_at(head, coff + 16).ok_or("truncated COFF header")? as usize;
-    let opt = coff + 20;
-    if u16_at(head, opt) != Some(0x20b) {
-        return Err("not PE32+");
-    }
-    let file_align = u64::from(u32_at(head, opt + 36).ok_or("truncated optional header")?);
-    let size_of_headers = u32_at(head, opt + 60).ok_or("truncated optional header")? as usize;
-    if file_align == 0 || !file_align.is_power_of_two() {
-        return Err("bad FileAlignment");
-    }
-    let sect_table = opt + opt_size;
-    let mut sections = Vec::with_capacity(nsect);
-    for i in 0..nsect {
-        let at = sect_table + i * SECTION_HEADER;
-        let raw = head
-            .get(at..at + SECTION_HEADER)
-            .ok_or("truncated section table")?;
-        let name_end = raw[..8].iter().position(|&c| c == 0).unwrap_or(8);
-        sections.push(Section {
-            name: String::from_utf8_lossy(&raw[..name_end]).into_owned(),
-            virtual_size: u32_at(raw, 8).ok_or("truncated section")?,
-            virtual_address: u32_at(raw, 12).ok_or("truncated section")?,
-            file_size: u32_at(raw, 16).ok_or("truncated section")?,
-            file_offset: u32_at(raw, 20).ok_or("truncated section")?,
-        });
-    }
-    Ok(Pe {
-        opt,
-        nsect_at: coff + 2,
-        sect_table,
-        nsect,
-        size_of_headers,
-        file_align,
-        sections,
-    })
+/// The sections of a PE image given its first bytes (the headers; their
+/// data must lie within them), or why they are not a PE32+ image. For
+/// untrusted input: every offset is checked (by [`rayos_state::pe`]).
+pub fn sections_of(head: &[u8]) -> Result<Vec<Section>, PeError> {
+    pe::parse(head, head.len() as u64).map(|h| h.sections)
 }
 
-/// The sections of a PE image given its first bytes (the headers), or why
-/// they are not a PE32+ image. For untrusted input: every offset is checked.
-pub fn sections_of(head: &[u8]) -> Result<Vec<Section>, &'static str> {
-    parse_pe(head).map(|pe| pe.sections)
-}
-
-/// The sections of the PE image at `path` (a UKI or a stub).
+/// The sections of the PE image at `path` (a UKI or a stub). A section
+/// whose data lies past the end of the file is an error: the image is
+/// damaged or was cut short.
 pub fn read_sections(path: &Path) -> Result<Vec<Section>, UkiError> {
-    let mut f = fs::File::open(path).map_err(|source| UkiError::Read {
+    let rerr = |source| UkiError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut f = fs::File::open(path).map_err(rerr)?;
+    let len = f.metadata().map_err(rerr)?.len();
     let mut head = Vec::new();
     (&mut f)
         .take(64 * 1024)
         .read_to_end(&mut head)
-        .map_err(|source| UkiError::Read {
+        .map_err(rerr)?;
+    pe::parse(&head, len)
+        .map(|h| h.sections)
+        .map_err(|e| UkiError::BadImage {
             path: path.to_path_buf(),
-            source,
-        })?;
-    parse_pe(&head)
-        .map(|pe| pe.sections)
-        .map_err(|why| UkiError::BadImage {
-            path: path.to_path_buf(),
-            why,
+            why: e.to_string(),
         })
 }
 
@@ -214,10 +155,10 @@ pub fn read_section(path: &Path, name: &str) -> Result<Option<Vec<u8>>, UkiError
         return Ok(None);
     };
     let mut f = fs::File::open(path).map_err(rerr)?;
-    f.seek(SeekFrom::Start(u64::from(s.file_offset)))
+    f.seek(SeekFrom::Start(s.data_range().start as u64))
         .map_err(rerr)?;
-    let len = s.virtual_size.min(s.file_size) as usize;
-    let mut buf = vec![0u8; len];
+    // Within the file: read_sections checked every section against its length.
+    let mut buf = vec![0u8; s.data_range().len()];
     f.read_exact(&mut buf).map_err(rerr)?;
     Ok(Some(buf))
 }
@@ -251,7 +192,7 @@ pub fn assemble(parts: &UkiParts, out: &Path) -> Result<Vec<Section>, UkiError> 
         Some(u) => u.clone(),
         None => kernel_release(&kernel).ok_or(UkiError::BadImage {
             path: parts.kernel.clone(),
-            why: "no kernel release in the bzImage header",
+            why: "no kernel release in the bzImage header".into(),
         })?,
     };
     let initrd_len = fs::metadata(&parts.initrd)
@@ -260,14 +201,15 @@ pub fn assemble(parts: &UkiParts, out: &Path) -> Result<Vec<Section>, UkiError> 
             source,
         })?
         .len();
-    let bad = |why| UkiError::BadStub {
+    let bad = |why: &str| UkiError::BadStub {
         path: parts.stub.clone(),
-        why,
+        why: why.to_string(),
     };
-    let pe = parse_pe(&stub).map_err(bad)?;
+    let pe = pe::parse(&stub, stub.len() as u64).map_err(|e| bad(&e.to_string()))?;
+    let nsect = pe.sections.len();
     // A certificate table means a signed stub: appending would invalidate it.
-    let ndirs = u32_at(&stub, pe.opt + 108).unwrap_or(0);
-    if ndirs > 4 && u32_at(&stub, pe.opt + 112 + 4 * 8 + 4).unwrap_or(0) != 0 {
+    let ndirs = u32_at(&stub, pe.optional_header + 108).unwrap_or(0);
+    if ndirs > 4 && u32_at(&stub, pe.optional_header + 112 + 4 * 8 + 4).unwrap_or(0) != 0 {
         return Err(bad("it is signed; append sections to an unsigned stub"));
     }
     // `.osrel` goes last, in memory and in the file: systemd-boot lists a
@@ -283,7 +225,7 @@ pub fn assemble(parts: &UkiParts, out: &Path) -> Result<Vec<Section>, UkiError> 
     {
         return Err(bad("it already has UKI sections"));
     }
-    let table_end = pe.sect_table + (pe.nsect + new_names.len()) * SECTION_HEADER;
+    let table_end = pe.section_table + (nsect + new_names.len()) * SECTION_HEADER;
     if table_end > pe.size_of_headers {
         return Err(bad("no room in its headers for five more sections"));
     }
@@ -295,7 +237,7 @@ pub fn assemble(parts: &UkiParts, out: &Path) -> Result<Vec<Section>, UkiError> 
         .filter(|&o| o > 0)
         .min();
     if first_data.is_some_and(|o| o < table_end)
-        || stub[pe.sect_table + pe.nsect * SECTION_HEADER..table_end]
+        || stub[pe.section_table + nsect * SECTION_HEADER..table_end]
             .iter()
             .any(|&b| b != 0)
     {
@@ -329,10 +271,11 @@ pub fn assemble(parts: &UkiParts, out: &Path) -> Result<Vec<Section>, UkiError> 
         .max()
         .unwrap_or(0)
         .max(stub.len() as u64);
-    let mut file_off = round_up(stub_end, pe.file_align);
+    let file_align = u64::from(pe.file_alignment);
+    let mut file_off = round_up(stub_end, file_align);
     let mut added = Vec::new();
     for (name, size) in new_names.iter().zip(&sizes) {
-        let file_size = round_up(*size, pe.file_align);
+        let file_size = round_up(*size, file_align);
         let too_large = || UkiError::TooLarge {
             name: name.to_string(),
             size: *size,
@@ -343,6 +286,7 @@ pub fn assemble(parts: &UkiParts, out: &Path) -> Result<Vec<Section>, UkiError> 
             virtual_size: u32::try_from(*size).map_err(|_| too_large())?,
             file_offset: u32::try_from(file_off).map_err(|_| too_large())?,
             file_size: u32::try_from(file_size).map_err(|_| too_large())?,
+            header_offset: pe.section_table + (nsect + added.len()) * SECTION_HEADER,
         };
         va = round_up(va + size, VA_ALIGN);
         file_off += file_size;
@@ -354,7 +298,8 @@ pub fn assemble(parts: &UkiParts, out: &Path) -> Result<Vec<Section>, UkiError> 
     })?;
 
     for (i, s) in added.iter().enumerate() {
-        let at = pe.sect_table + (pe.nsect + i) * SECTION_HEADER;
+        let at = s.header_offset;
+        debug_assert_eq!(at, pe.section_table + (nsect + i) * SECTION_HEADER);
         let h = &mut stub[at..at + SECTION_HEADER];
         h[..8].fill(0);
         h[..s.name.len()].copy_from_slice(s.name.as_bytes());
@@ -364,16 +309,22 @@ pub fn assemble(parts: &UkiParts, out: &Path) -> Result<Vec<Section>, UkiError> 
         put_u32(h, 20, s.file_offset);
         put_u32(h, 36, SCN_INITIALIZED_READ);
     }
-    put_u16(&mut stub, pe.nsect_at, (pe.nsect + added.len()) as u16);
-    put_u32(&mut stub, pe.opt + 56, size_of_image);
-    let init_data = u32_at(&stub, pe.opt + 8).unwrap_or(0);
+    put_u16(&mut stub, pe.section_count_at, (nsect + added.len()) as u16);
+    put_u32(
+        &mut stub,
+        pe.optional_field(pe::SIZE_OF_IMAGE_FIELD),
+        size_of_image,
+    );
+    let init_data_at = pe.optional_field(pe::SIZE_OF_INITIALIZED_DATA_FIELD);
+    let init_data = u32_at(&stub, init_data_at).unwrap_or(0);
     let extra: u64 = added.iter().map(|s| u64::from(s.file_size)).sum();
     put_u32(
         &mut stub,
-        pe.opt + 8,
+        init_data_at,
         init_data.saturating_add(u32::try_from(extra).unwrap_or(u32::MAX)),
     );
-    put_u32(&mut stub, pe.opt + 64, 0);
+    let checksum_at = pe.optional_field(pe::CHECKSUM_FIELD);
+    put_u32(&mut stub, checksum_at, 0);
 
     let werr = |source| UkiError::Write {
         path: out.to_path_buf(),
@@ -421,7 +372,7 @@ pub fn assemble(parts: &UkiParts, out: &Path) -> Result<Vec<Section>, UkiError> 
         .map_err(werr)?;
     w.flush().map_err(werr)?;
     drop(w);
-    write_checksum(&mut f, pe.opt + 64).map_err(werr)?;
+    write_checksum(&mut f, checksum_at).map_err(werr)?;
     f.sync_all().map_err(werr)?;
 
     let mut sections = pe.sections;
@@ -497,8 +448,8 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_pe_image() {
-        assert!(parse_pe(b"MZ").is_err());
-        assert!(parse_pe(&[0u8; 512]).is_err());
+        assert!(sections_of(b"MZ").is_err());
+        assert!(sections_of(&[0u8; 512]).is_err());
         assert!(kernel_release(&[0u8; 16]).is_none());
     }
 
@@ -542,8 +493,9 @@ mod tests {
             assert!(w[0].1 <= w[1].0, "overlap {w:?}");
         }
         let head = fs::read(&out).unwrap();
-        let pe = parse_pe(&head).unwrap();
-        let size_of_image = u64::from(u32_at(&head, pe.opt + 56).unwrap());
+        let pe = pe::parse(&head, head.len() as u64).unwrap();
+        let size_of_image =
+            u64::from(u32_at(&head, pe.optional_field(pe::SIZE_OF_IMAGE_FIELD)).unwrap());
         assert!(size_of_image >= ranges.last().unwrap().1);
         assert_eq!(
             read_section(&out, ".uname").unwrap().unwrap(),

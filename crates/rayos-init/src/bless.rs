@@ -7,8 +7,11 @@
 //! version that never gets there runs out of tries and systemd-boot falls
 //! back to the previous one.
 //!
+//! Names are split at the counter by `rayos_base::uki_name` (systemd-boot's
+//! rules; any `*.efi` name, so a foreign UKI is blessed the same way).
+//!
 //! Which file is running comes from the EFI variables the loader and stub
-//! set (vendor GUID 4a67b082-0a4c-41cf-b6c7-440b29bb8c4f), in this order:
+//! set (vendor `rayos_base::efivar::LOADER_VENDOR`), in this order:
 //! `StubImageIdentifier` (path of the UKI, newer stubs), `LoaderEntrySelected`
 //! (the entry id: the file name, with or without its counter, depending on
 //! the systemd-boot version), `LoaderImageIdentifier` when it points into
@@ -24,104 +27,28 @@
 //!   healthy is blessed like any other.
 
 use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-pub const LOADER_VENDOR_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+use rayos_base::efivar;
+use rayos_base::uki_name::UkiName;
+use rayos_update::entries::{self, EntriesError};
 
-#[derive(Debug, thiserror::Error)]
-pub enum BlessError {
-    #[error("cannot list {0}")]
-    List(PathBuf, #[source] io::Error),
-    #[error("cannot rename {from} to {to}")]
-    Rename {
-        from: PathBuf,
-        to: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot sync directory {0}")]
-    Sync(PathBuf, #[source] io::Error),
-}
-
-/// A UKI file name split at its boot counter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Counted {
-    /// The name without counter and without `.efi`.
-    pub base: String,
-    pub tries_left: Option<u32>,
-    pub tries_done: Option<u32>,
-}
-
-/// Splits `rayos-0.2+2-1.efi` into `rayos-0.2`, 2, 1. Names without a
-/// valid counter keep it all in `base`. `None` for names not ending `.efi`.
-pub fn parse_name(name: &str) -> Option<Counted> {
-    let stem = name
-        .strip_suffix(".efi")
-        .or_else(|| name.strip_suffix(".EFI"))?;
-    if let Some((base, counter)) = stem.rsplit_once('+') {
-        let (left, done) = match counter.split_once('-') {
-            Some((l, d)) => (l, Some(d)),
-            None => (counter, None),
-        };
-        let num = |s: &str| {
-            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| s.parse().ok())
-                .flatten()
-        };
-        if let Some(l) = num(left) {
-            match done.map(num) {
-                None => {
-                    return Some(Counted {
-                        base: base.to_string(),
-                        tries_left: Some(l),
-                        tries_done: None,
-                    });
-                }
-                Some(Some(d)) => {
-                    return Some(Counted {
-                        base: base.to_string(),
-                        tries_left: Some(l),
-                        tries_done: Some(d),
-                    });
-                }
-                Some(None) => {}
-            }
-        }
-    }
-    Some(Counted {
-        base: stem.to_string(),
-        tries_left: None,
-        tries_done: None,
-    })
-}
-
-/// Reads an EFI variable holding a NUL-terminated UTF-16LE string
-/// (efivarfs: 4 attribute bytes, then the data).
-pub fn read_efi_string(efivars: &Path, name: &str) -> Option<String> {
-    let bytes = fs::read(efivars.join(format!("{name}-{LOADER_VENDOR_GUID}"))).ok()?;
-    let data = bytes.get(4..)?;
-    let units: Vec<u16> = data
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    let s = String::from_utf16(&units).ok()?;
-    (!s.is_empty()).then_some(s)
+fn loader_string(efivars: &Path, name: &str) -> Option<String> {
+    efivar::read_string(efivars, name, efivar::LOADER_VENDOR)
 }
 
 /// The file name of the running UKI as the firmware variables tell it.
 pub fn running_uki(efivars: &Path) -> Option<String> {
     let base = |p: &str| p.rsplit(['\\', '/']).next().unwrap_or(p).to_string();
-    if let Some(p) = read_efi_string(efivars, "StubImageIdentifier") {
+    if let Some(p) = loader_string(efivars, "StubImageIdentifier") {
         return Some(base(&p));
     }
-    if let Some(id) = read_efi_string(efivars, "LoaderEntrySelected")
+    if let Some(id) = loader_string(efivars, "LoaderEntrySelected")
         && id.to_ascii_lowercase().ends_with(".efi")
     {
         return Some(base(&id));
     }
-    let p = read_efi_string(efivars, "LoaderImageIdentifier")?;
+    let p = loader_string(efivars, "LoaderImageIdentifier")?;
     let lower = p.to_ascii_lowercase().replace('/', "\\");
     lower.contains("\\efi\\linux\\").then(|| base(&p))
 }
@@ -143,21 +70,23 @@ pub enum BlessOutcome {
 
 /// Renames the running UKI `running` in `dir` (`/EFI/Linux` on the system
 /// partition) to its name without counter, then syncs the directory.
-pub fn bless(dir: &Path, running: &str) -> Result<BlessOutcome, BlessError> {
-    let Some(run) = parse_name(running) else {
+pub fn bless(dir: &Path, running: &str) -> Result<BlessOutcome, EntriesError> {
+    let Some(run) = UkiName::parse(running) else {
         return Ok(BlessOutcome::NotFound(running.to_string()));
     };
     let mut counted = Vec::new();
     let mut plain_exists = false;
-    let plain_name = format!("{}.efi", run.base);
-    for e in fs::read_dir(dir).map_err(|e| BlessError::List(dir.to_path_buf(), e))? {
-        let e = e.map_err(|e| BlessError::List(dir.to_path_buf(), e))?;
+    let plain_name = run.plain();
+    for e in fs::read_dir(dir).map_err(|e| EntriesError::List(dir.to_path_buf(), e))? {
+        let e = e.map_err(|e| EntriesError::List(dir.to_path_buf(), e))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(c) = parse_name(&name) else { continue };
-        if c.base != run.base {
+        let Some(c) = UkiName::parse(&name) else {
+            continue;
+        };
+        if c.stem != run.stem {
             continue;
         }
-        if c.tries_left.is_some() {
+        if c.is_counted() {
             counted.push(name);
         } else if name.eq_ignore_ascii_case(&plain_name) {
             plain_exists = true;
@@ -167,7 +96,7 @@ pub fn bless(dir: &Path, running: &str) -> Result<BlessOutcome, BlessError> {
     let from = if counted.iter().any(|c| c == running) {
         // The loader named the exact counted file: it is the one that ran.
         running.to_string()
-    } else if run.tries_left.is_some() {
+    } else if run.is_counted() {
         // The id carries the counter from before the loader's rename.
         match counted.len() {
             0 if plain_exists => return Ok(BlessOutcome::AlreadyBlessed(plain_name)),
@@ -190,17 +119,8 @@ pub fn bless(dir: &Path, running: &str) -> Result<BlessOutcome, BlessError> {
             }
         }
     };
-    let (src, dst) = (dir.join(&from), dir.join(&plain_name));
-    fs::rename(&src, &dst).map_err(|source| BlessError::Rename {
-        from: src.clone(),
-        to: dst.clone(),
-        source,
-    })?;
-    // fsync the directory so the new name survives a power cut right after
-    // READY; FAT has no journal.
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| BlessError::Sync(dir.to_path_buf(), e))?;
+    // Synced: the new name must survive a power cut right after READY.
+    entries::rename_synced(dir, &from, &plain_name)?;
     Ok(BlessOutcome::Blessed {
         from,
         to: plain_name,
@@ -226,27 +146,6 @@ mod tests {
             .collect();
         v.sort();
         v
-    }
-
-    #[test]
-    fn parses_counters() {
-        let c = parse_name("rayos-0.2+2-1.efi").unwrap();
-        assert_eq!(
-            (c.base.as_str(), c.tries_left, c.tries_done),
-            ("rayos-0.2", Some(2), Some(1))
-        );
-        let c = parse_name("rayos-0.2+3.efi").unwrap();
-        assert_eq!(
-            (c.base.as_str(), c.tries_left, c.tries_done),
-            ("rayos-0.2", Some(3), None)
-        );
-        let c = parse_name("rayos-1.0+build5+x.efi").unwrap();
-        assert_eq!(
-            (c.base.as_str(), c.tries_left),
-            ("rayos-1.0+build5+x", None)
-        );
-        assert_eq!(parse_name("rayos-0.2.efi").unwrap().tries_left, None);
-        assert!(parse_name("loader.conf").is_none());
     }
 
     #[test]
@@ -317,19 +216,17 @@ mod tests {
         );
         assert!(matches!(
             bless(&d.path().join("nope"), "x.efi"),
-            Err(BlessError::List(..))
+            Err(EntriesError::List(..))
         ));
     }
 
     #[test]
     fn reads_efi_variables() {
         let d = tempfile::tempdir().unwrap();
+        // As the loader leaves them: BS|RT (no NV), UCS-2 with a NUL.
         let put = |name: &str, s: &str| {
-            let mut b = vec![6u8, 0, 0, 0];
-            for u in s.encode_utf16().chain([0]) {
-                b.extend_from_slice(&u.to_le_bytes());
-            }
-            fs::write(d.path().join(format!("{name}-{LOADER_VENDOR_GUID}")), b).unwrap();
+            let b = [&[6u8, 0, 0, 0][..], &efivar::ucs2_z(s)].concat();
+            fs::write(efivar::var_path(d.path(), name, efivar::LOADER_VENDOR), b).unwrap();
         };
         assert_eq!(running_uki(d.path()), None);
         put(

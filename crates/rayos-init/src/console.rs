@@ -25,10 +25,11 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use rayos_base::paths;
 use rustix::termios::{self, OptionalActions, Termios};
 
 use crate::cmdline::{Mode, split_words};
-use crate::control::{InitStatus, STATUS_FILE};
+use crate::control::InitStatus;
 
 pub const PROMPT: &str = "rayos> ";
 
@@ -460,7 +461,7 @@ impl Session {
             env!("CARGO_PKG_VERSION"),
             self.opts.mode
         ));
-        if let Ok(s) = InitStatus::read(Path::new(STATUS_FILE)) {
+        if let Ok(s) = InitStatus::read(Path::new(paths::INIT_STATUS)) {
             for f in &s.faults {
                 out(&format!("  ! {f}\r\n"));
             }
@@ -626,7 +627,7 @@ impl Session {
             // full-screen wizard with its partition manager. It refuses the
             // installer medium itself and asks init to reboot when done.
             let mut args = vec!["wizard".to_string()];
-            if let Some(u) = crate::volumes::uki_on(Path::new("/run/rayos/medium")) {
+            if let Some(u) = crate::volumes::uki_on(Path::new(paths::MEDIUM)) {
                 args.extend(crate::volumes::image_args(&u));
             }
             self.spawn(&exe, &args);
@@ -664,7 +665,7 @@ impl Session {
             ));
             return;
         }
-        let answers = Path::new("/run/rayos/interactive-answers.toml");
+        let answers = Path::new(paths::INTERACTIVE_ANSWERS);
         let text = format!("version = 1\n\n[target]\ndisk = \"{disk}\"\nmode = \"whole-disk\"\n");
         if let Err(e) = fs::write(answers, text) {
             out(&format!("cannot write {}: {e}\r\n", answers.display()));
@@ -695,7 +696,7 @@ impl Session {
             out("not confirmed: nothing was written\r\n");
             return;
         }
-        let uki = crate::volumes::uki_on(Path::new("/run/rayos/medium"));
+        let uki = crate::volumes::uki_on(Path::new(paths::MEDIUM));
         let mut args = vec![
             "install".into(),
             "--target".into(),

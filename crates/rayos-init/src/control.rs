@@ -10,6 +10,14 @@
 //!   not take it down.
 //! - **State is a file**: init rewrites `/run/rayos/init-status.json`
 //!   atomically on every change ([`InitStatus`]); `rayos status` reads it.
+//! - **"A disk is being written" is a lock**: whoever applies an install
+//!   plan (`rayos install`, the wizard) holds a shared `flock` on
+//!   `rayos_base::paths::INSTALL_LOCK` while it writes ([`hold_install_lock`]). Before PID 1
+//!   stops the consoles to offer an unattended install from a stick plugged
+//!   in later, it takes the lock exclusively ([`claim_install_lock`]): if an
+//!   install is writing it leaves everything alone, and an install that
+//!   starts meanwhile waits for the claim to end. The kernel drops the lock
+//!   with the process, so a crash never leaves it stale.
 //!
 //! Rejected: a request socket served by PID 1. It needs a listener thread
 //! or a second poll source in PID 1 for two verbs that signals already
@@ -25,9 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::cmdline::Mode;
 use crate::sys::PowerAction;
 
-pub const RUN_DIR: &str = "/run/rayos";
-pub const STATUS_FILE: &str = "/run/rayos/init-status.json";
-pub const API_SOCKET: &str = "/run/rayos/api.sock";
+use rayos_base::paths::INIT_STATUS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -149,7 +155,7 @@ pub fn pid1_is_rayos_init(status_file: &Path) -> bool {
 
 /// Asks PID 1 to power off or reboot.
 pub fn request(action: PowerAction) -> Result<(), ControlError> {
-    if !pid1_is_rayos_init(Path::new(STATUS_FILE)) {
+    if !pid1_is_rayos_init(Path::new(INIT_STATUS)) {
         return Err(ControlError::NotRayos);
     }
     if crate::sys::kill(1, signal_for(action)) {
@@ -159,9 +165,65 @@ pub fn request(action: PowerAction) -> Result<(), ControlError> {
     }
 }
 
+/// A held lock on the install lock file (released when dropped).
+#[derive(Debug)]
+pub struct InstallLock {
+    _file: fs::File,
+}
+
+fn open_lock(path: &Path) -> Option<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .ok()
+}
+
+/// Says "an install is writing" to PID 1 until the returned lock is
+/// dropped. Waits while PID 1 holds its claim (a few seconds at most).
+/// `None` where there is no RayOS run directory (a developer's host: no
+/// PID 1 to tell).
+pub fn hold_install_lock(path: &Path) -> Option<InstallLock> {
+    if !path.parent().is_some_and(Path::is_dir) {
+        return None;
+    }
+    let f = open_lock(path)?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockShared).ok()?;
+    Some(InstallLock { _file: f })
+}
+
+/// PID 1's claim before it stops the consoles: `None` while an install
+/// holds the lock.
+pub fn claim_install_lock(path: &Path) -> Option<InstallLock> {
+    let f = open_lock(path)?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
+    Some(InstallLock { _file: f })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn install_lock_tells_pid1_an_install_is_writing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("install.lock");
+        let claim = claim_install_lock(&p).expect("nobody writes");
+        drop(claim);
+        let w1 = hold_install_lock(&p).expect("run dir exists");
+        let w2 = hold_install_lock(&p).expect("two writers do not exclude each other");
+        assert!(claim_install_lock(&p).is_none(), "an install is writing");
+        drop(w1);
+        assert!(claim_install_lock(&p).is_none(), "one still is");
+        drop(w2);
+        assert!(claim_install_lock(&p).is_some());
+        assert!(hold_install_lock(&d.path().join("no/such/dir/install.lock")).is_none());
+    }
 
     #[test]
     fn signal_protocol_round_trips() {
@@ -198,7 +260,7 @@ mod tests {
             }],
             faults: vec!["x".into()],
             data_device: Some("/dev/vda3".into()),
-            data_mounted: Some("/var/rayos".into()),
+            data_mounted: Some(rayos_base::paths::DATA.into()),
             data_read_only: false,
             services: vec![],
             ready: true,

@@ -11,6 +11,8 @@
 //! - [`recovery`]: the recovery menu (logs, policy, boot repair, reinstall,
 //!   factory reset);
 //! - [`volumes`]: finding the install, the installer medium, answer files;
+//! - [`usb`]: waiting for USB storage to settle (sysfs, no udev);
+//! - [`unattended`]: the countdown before an unattended install writes;
 //! - [`service`]: supervised children with log pumps and backoff;
 //! - [`log`]: console + `/dev/kmsg` + rotated log files;
 //! - [`memory`]: the resident memory of RayOS's own processes;
@@ -31,16 +33,6 @@ pub mod recovery;
 pub mod service;
 pub mod sys;
 pub mod sysmount;
+pub mod unattended;
+pub mod usb;
 pub mod volumes;
-
-/// An error and its sources on one line: "a: b: c".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}

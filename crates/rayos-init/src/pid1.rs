@@ -22,6 +22,7 @@
 //! crash report to the data volume when it is mounted, syncs and reboots
 //! after [`FATAL_REBOOT_DELAY`] — never a hung machine.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -31,6 +32,8 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rayos_base::error::chain;
+use rayos_base::{efivar, paths};
 use rustix::mount::MountFlags;
 
 use crate::bless::{self, BlessOutcome};
@@ -40,10 +43,10 @@ use crate::log;
 use crate::modules::{self, ModuleIndex};
 use crate::service::{Marker, Output, Services, Spec};
 use crate::sys::{self, PowerAction, SignalFd};
+use crate::unattended::{self, Countdown, Keys};
+use crate::usb::{self, Settle, UsbSnapshot, Verdict};
 use crate::volumes::{self, Install};
 
-pub const DATA_MOUNT: &str = "/var/rayos";
-pub const EFIVARS: &str = "/sys/firmware/efi/efivars";
 pub const RAYOSD_STOP_DEADLINE: Duration = Duration::from_secs(120);
 pub const FATAL_REBOOT_DELAY: Duration = Duration::from_secs(10);
 /// How long to wait for storage to appear (USB and NVMe probe async).
@@ -150,6 +153,28 @@ pub const INSTALLER: &[Step] = &[
     step("install", Init::step_install),
 ];
 
+/// Disks seen by the installer, to notice a stick plugged in later.
+#[derive(Debug, Default)]
+struct AnswerWatch {
+    /// `/sys/block` names already looked at (or present at `find-answers`).
+    known: BTreeSet<String>,
+    /// New ones waiting for USB to settle before they are searched.
+    fresh: BTreeSet<String>,
+    settle: Option<Settle>,
+    last_scan: Option<Instant>,
+}
+
+/// How an unattended install's countdown ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CountdownEnd {
+    Expired,
+    /// A key on this terminal.
+    Cancelled(PathBuf),
+}
+
+/// How often the installer looks for disks that appeared.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
 pub struct Init {
     exe: PathBuf,
     params: BootParams,
@@ -177,7 +202,12 @@ pub struct Init {
     medium_disk: Option<PathBuf>,
     uki: Option<PathBuf>,
     answers: Option<PathBuf>,
+    /// The volume the answer file came from (`/dev/sda`), for messages.
+    answers_source: Option<String>,
     installer_pid: Option<i32>,
+    /// Installer mode: disks that appear after `find-answers` are looked at
+    /// for an answer file while no install runs.
+    watch: Option<AnswerWatch>,
     // milestones
     rayosd_started: Option<Instant>,
     last_health_try: Option<Instant>,
@@ -229,7 +259,7 @@ pub fn main() -> ! {
         image: None,
         schema_migrated: false,
         data_ok: false,
-        logs_dir: PathBuf::from("/run/rayos/logs"),
+        logs_dir: PathBuf::from(paths::RUN_LOGS),
         kernel_log: Arc::new(Mutex::new(None)),
         services: Services::new(tx),
         markers: rx,
@@ -240,7 +270,9 @@ pub fn main() -> ! {
         medium_disk: None,
         uki: None,
         answers: None,
+        answers_source: None,
         installer_pid: None,
+        watch: None,
         rayosd_started: None,
         last_health_try: None,
         last_vm_poll: None,
@@ -270,12 +302,12 @@ pub fn fatal_exit(reason: &str, data_mounted: Option<&Path>) -> ! {
         reason.lines().next().unwrap_or("")
     ));
     let dir = data_mounted.map(|d| d.join("crash")).or_else(|| {
-        sys::is_mounted(Path::new(DATA_MOUNT)).then(|| Path::new(DATA_MOUNT).join("crash"))
+        sys::is_mounted(Path::new(paths::DATA)).then(|| Path::new(paths::DATA).join("crash"))
     });
     if let Some(dir) = dir {
         let _ = fs::create_dir_all(&dir);
         let path = dir.join(format!("init-{}.txt", log::unix_time()));
-        let status = fs::read_to_string(control::STATUS_FILE).unwrap_or_default();
+        let status = fs::read_to_string(paths::INIT_STATUS).unwrap_or_default();
         let text = format!(
             "rayos init {} crashed at boot time {:.3} s\nreason: {reason}\n\nstatus:\n{status}\n",
             env!("CARGO_PKG_VERSION"),
@@ -386,19 +418,19 @@ impl Init {
                 continue;
             }
             if let Err(e) = sys::mount(m.source, target, m.fstype, m.flags, m.data) {
-                return StepResult::Fail(crate::error_chain(&e));
+                return StepResult::Fail(chain(&e));
             }
             if m.target == "/dev" {
                 sys::ensure_stdio_console();
                 log::attach_devices();
             }
         }
-        let _ = fs::create_dir_all(control::RUN_DIR);
+        let _ = fs::create_dir_all(paths::RUN);
         let _ = fs::create_dir_all(&self.logs_dir);
         // The kernel's own module requests (fs-*, crypto-*) go to our
         // loader: a link named `modprobe` makes `main` dispatch to it.
-        let helper = Path::new(control::RUN_DIR).join("modprobe");
-        if std::os::unix::fs::symlink(&self.exe, &helper).is_ok() {
+        let helper = Path::new(paths::MODPROBE);
+        if std::os::unix::fs::symlink(&self.exe, helper).is_ok() {
             let _ = fs::write(
                 "/proc/sys/kernel/modprobe",
                 helper.as_os_str().as_encoded_bytes(),
@@ -436,7 +468,7 @@ impl Init {
             Err(e) => {
                 return StepResult::Warn(format!(
                     "{}: only built-in drivers are available",
-                    crate::error_chain(&e)
+                    chain(&e)
                 ));
             }
         };
@@ -478,22 +510,22 @@ impl Init {
     }
 
     fn step_efivarfs(&mut self) -> StepResult {
-        if !Path::new("/sys/firmware/efi").is_dir() {
+        if !Path::new(efivar::FIRMWARE_DIR).is_dir() {
             return StepResult::Skip("not booted through UEFI".into());
         }
-        if sys::is_mounted(Path::new(EFIVARS)) {
-            self.image = bless::running_uki(Path::new(EFIVARS));
+        if sys::is_mounted(Path::new(efivar::EFIVARS_DIR)) {
+            self.image = bless::running_uki(Path::new(efivar::EFIVARS_DIR));
             return StepResult::Ok(String::new());
         }
         match sys::mount(
             "efivarfs",
-            Path::new(EFIVARS),
+            Path::new(efivar::EFIVARS_DIR),
             "efivarfs",
             MountFlags::NOSUID | MountFlags::NOEXEC | MountFlags::NODEV,
             "",
         ) {
             Ok(()) => {
-                self.image = bless::running_uki(Path::new(EFIVARS));
+                self.image = bless::running_uki(Path::new(efivar::EFIVARS_DIR));
                 StepResult::Ok(match &self.image {
                     Some(i) => format!("booted from {i}"),
                     None => String::new(),
@@ -501,7 +533,7 @@ impl Init {
             }
             Err(e) => StepResult::Warn(format!(
                 "{}: boot counting and boot entries cannot be used",
-                crate::error_chain(&e)
+                chain(&e)
             )),
         }
     }
@@ -512,14 +544,14 @@ impl Init {
         match rayos_disk::list_block_devices() {
             Ok(d) => d,
             Err(e) => {
-                log::warn(format!("cannot list disks: {}", crate::error_chain(&e)));
+                log::warn(format!("cannot list disks: {}", chain(&e)));
                 Vec::new()
             }
         }
     }
 
     fn step_find_data(&mut self) -> StepResult {
-        let boot_esp = volumes::loader_device_part_uuid(Path::new(EFIVARS));
+        let boot_esp = volumes::loader_device_part_uuid(Path::new(efivar::EFIVARS_DIR));
         let deadline = Instant::now() + DISK_WAIT;
         loop {
             let disks = self.list_disks();
@@ -619,7 +651,7 @@ impl Init {
         let Some(dev) = self.install.as_ref().map(|i| i.data.clone()) else {
             return StepResult::Skip("no data volume".into());
         };
-        let target = Path::new(DATA_MOUNT);
+        let target = Path::new(paths::DATA);
         let (flags, ro) = if self.data_ok {
             (MountFlags::NOSUID | MountFlags::NODEV, false)
         } else {
@@ -631,11 +663,12 @@ impl Init {
         let data = if ro { "noload" } else { "" };
         match sys::mount(&dev.to_string_lossy(), target, "ext4", flags, data) {
             Ok(()) => {
-                self.status.data_mounted = Some(DATA_MOUNT.into());
+                self.status.data_mounted = Some(paths::DATA.into());
                 self.status.data_read_only = ro;
                 StepResult::Ok(format!(
-                    "{} on {DATA_MOUNT}{}",
+                    "{} on {}{}",
                     dev.display(),
+                    paths::DATA,
                     if ro { " (read-only)" } else { "" }
                 ))
             }
@@ -644,9 +677,9 @@ impl Init {
                 self.fault(format!(
                     "cannot mount the data volume {} ({}). VMs cannot start. Boot the recovery entry to repair it.",
                     dev.display(),
-                    crate::error_chain(&e)
+                    chain(&e)
                 ));
-                StepResult::Fail(crate::error_chain(&e))
+                StepResult::Fail(chain(&e))
             }
         }
     }
@@ -658,7 +691,7 @@ impl Init {
                 "no writable data volume: logs stay in /run/rayos/logs until shutdown".into(),
             );
         }
-        let layout = rayos_state::DataLayout::new(DATA_MOUNT);
+        let layout = rayos_state::DataLayout::new(paths::DATA);
         for d in layout.skeleton() {
             let _ = fs::create_dir_all(d);
         }
@@ -733,7 +766,7 @@ impl Init {
             let _ = sys::sethostname("rayos");
             return StepResult::Skip("no data volume: hostname \"rayos\"".into());
         }
-        let layout = rayos_state::DataLayout::new(DATA_MOUNT);
+        let layout = rayos_state::DataLayout::new(paths::DATA);
         let path = layout.machine();
         let (bytes, generation) = match rayos_state::read_with_fallback(&path) {
             Ok(x) => x,
@@ -742,7 +775,7 @@ impl Init {
                 self.fault(format!(
                     "{} cannot be read ({}): using hostname \"rayos\" and UTC. Fix it in recovery mode.",
                     path.display(),
-                    crate::error_chain(&e)
+                    chain(&e)
                 ));
                 return StepResult::Warn("machine.toml missing".into());
             }
@@ -788,7 +821,7 @@ impl Init {
         if self.status.data_mounted.is_none() {
             return StepResult::Skip("no data volume".into());
         }
-        let path = rayos_state::DataLayout::new(DATA_MOUNT).policy();
+        let path = rayos_state::DataLayout::new(paths::DATA).policy();
         match rayos_state::read_with_fallback(&path) {
             Ok((bytes, _)) => {
                 let text = String::from_utf8_lossy(&bytes);
@@ -807,7 +840,7 @@ impl Init {
                 self.fault(format!(
                     "policy {} cannot be read ({}): no VM autostarts. Fix it in recovery mode.",
                     path.display(),
-                    crate::error_chain(&e)
+                    chain(&e)
                 ));
                 StepResult::Fail("no policy".into())
             }
@@ -826,9 +859,9 @@ impl Init {
             args: vec![
                 "daemon".into(),
                 "--state-dir".into(),
-                DATA_MOUNT.into(),
+                paths::DATA.into(),
                 "--socket".into(),
-                control::API_SOCKET.into(),
+                paths::API_SOCKET.into(),
             ],
             env: vec![],
             output: Output::Log(self.logs_dir.clone()),
@@ -895,7 +928,7 @@ impl Init {
             args: vec![
                 "present".into(),
                 "--socket".into(),
-                control::API_SOCKET.into(),
+                paths::API_SOCKET.into(),
             ],
             env: vec![],
             output: Output::Log(self.logs_dir.clone()),
@@ -920,12 +953,12 @@ impl Init {
     }
 
     fn step_find_medium(&mut self) -> StepResult {
-        let boot_esp = volumes::loader_device_part_uuid(Path::new(EFIVARS));
-        let at = Path::new("/run/rayos/medium");
+        let boot_esp = volumes::loader_device_part_uuid(Path::new(efivar::EFIVARS_DIR));
+        let at = Path::new(paths::MEDIUM);
         let deadline = Instant::now() + DISK_WAIT;
         loop {
             let disks = self.list_disks();
-            let mut vols = volumes::fat_and_iso_volumes(&disks);
+            let mut vols = volumes::fat_and_iso_volumes(&disks, volumes::usb_attached);
             // The ESP the loader ran from, then the ISO label, then any.
             let esp_dev = boot_esp.and_then(|g| {
                 disks
@@ -967,15 +1000,21 @@ impl Init {
         }
     }
 
+    /// The answer file's path on a volume and the label it must carry
+    /// (`rayos.answers=`), or the default `/rayos-answers.toml`.
+    fn answers_ref(&self) -> (String, Option<String>) {
+        let want = self.params.answers.as_ref();
+        (
+            want.map(|a| a.path.clone())
+                .unwrap_or_else(|| "/rayos-answers.toml".into()),
+            want.and_then(|a| a.label.clone()),
+        )
+    }
+
     fn step_find_answers(&mut self) -> StepResult {
-        let want = self.params.answers.clone();
-        let rel = want
-            .as_ref()
-            .map(|a| a.path.clone())
-            .unwrap_or_else(|| "/rayos-answers.toml".into());
-        let label = want.as_ref().and_then(|a| a.label.clone());
-        let medium = Path::new("/run/rayos/medium");
-        let dest = Path::new("/run/rayos/answers.toml");
+        let (rel, label) = self.answers_ref();
+        let medium = Path::new(paths::MEDIUM);
+        let dest = Path::new(paths::ANSWERS);
         // The medium is already mounted: look there first.
         if label.is_none()
             && self.uki.is_some()
@@ -983,68 +1022,311 @@ impl Init {
             && fs::copy(&f, dest).is_ok()
         {
             self.answers = Some(dest.to_path_buf());
+            self.answers_source = Some("the installer medium".into());
+            self.watch = Some(AnswerWatch {
+                known: usb::block_names(Path::new("/sys/block")),
+                ..AnswerWatch::default()
+            });
             return StepResult::Ok(format!("answer file {rel} on the installer medium"));
         }
+        // A stick plugged in at boot may still be enumerating (issue 17).
+        let settled = self.settle_usb();
+        // Disks present from here on were searched; later ones are watched.
+        let known = usb::block_names(Path::new("/sys/block"));
         let disks = self.list_disks();
-        let vols = volumes::fat_and_iso_volumes(&disks);
-        let probe = Path::new("/run/rayos/probe");
-        for v in volumes::search_order(&vols, label.as_deref(), self.medium_disk.as_deref()) {
-            if Self::mount_ro(&v.device, v.fstype, probe).is_err() {
-                continue;
-            }
-            let found = volumes::file_on(probe, &rel).and_then(|f| fs::copy(&f, dest).ok());
-            let _ = sys::unmount(probe);
-            if found.is_some() {
-                self.answers = Some(dest.to_path_buf());
-                return StepResult::Ok(format!("answer file {rel} on {}", v.device.display()));
-            }
+        let found = self.search_answers(&disks, None);
+        self.watch = Some(AnswerWatch {
+            known,
+            ..AnswerWatch::default()
+        });
+        if let Some(source) = found {
+            let msg = format!("answer file {rel} on {source} ({settled})");
+            self.answers = Some(dest.to_path_buf());
+            self.answers_source = Some(source);
+            return StepResult::Ok(msg);
         }
-        if want.is_some() {
+        if self.params.answers.is_some() {
             self.fault(format!(
-                "rayos.answers= names {}{rel}, which is on no FAT or ISO volume: falling back to the interactive installer",
-                label.map(|l| format!("{l}:")).unwrap_or_default()
+                "rayos.answers= names {}{rel}, which is on no {}FAT or ISO volume ({settled}): falling back to the \
+                 interactive installer",
+                label.as_deref().map(|l| format!("{l}:")).unwrap_or_default(),
+                if label.is_some() { "" } else { "removable " }
             ));
             return StepResult::Fail("answer file not found".into());
         }
-        StepResult::Skip("no rayos-answers.toml: interactive install on the console".into())
+        StepResult::Skip(format!(
+            "no rayos-answers.toml on the installer medium or removable media ({settled}): interactive install \
+             on the console; a stick with one plugged in later is offered"
+        ))
+    }
+
+    /// Waits, at most [`usb::SETTLE_TIMEOUT`], until USB storage has
+    /// settled (docs/init.md), saying on the console what it waits for.
+    /// Returns a note for the step's message.
+    fn settle_usb(&self) -> String {
+        let (sys_root, dev_root) = usb::roots();
+        let t0 = Instant::now();
+        let mut settle = Settle::new(t0, usb::SETTLE_TIMEOUT, usb::QUIET);
+        let mut told: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            match settle.observe(UsbSnapshot::read(&sys_root, &dev_root), now) {
+                Verdict::Settled { disks } => {
+                    let secs = settle.elapsed(now).as_secs_f64();
+                    return if disks.is_empty() {
+                        format!("USB settled in {secs:.1} s, no USB disk")
+                    } else {
+                        format!("USB settled in {secs:.1} s: {}", disks.join(", "))
+                    };
+                }
+                Verdict::TimedOut(what) => {
+                    log::warn(format!(
+                        "USB storage did not settle within {} s ({}): going on without it",
+                        usb::SETTLE_TIMEOUT.as_secs(),
+                        what.join("; ")
+                    ));
+                    return format!(
+                        "USB did not settle within {} s",
+                        usb::SETTLE_TIMEOUT.as_secs()
+                    );
+                }
+                Verdict::Waiting(what) => {
+                    if told.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(2)) {
+                        told = Some(now);
+                        log::info(format!(
+                            "waiting up to {} s for USB storage to settle ({:.0} s so far): {}",
+                            usb::SETTLE_TIMEOUT.as_secs(),
+                            settle.elapsed(now).as_secs_f64(),
+                            what.join("; ")
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    /// Looks for the answer file on the volumes answer files may come from
+    /// (the medium, removable media, or the label `rayos.answers=` names;
+    /// docs/answer-file.md) among `disks` — only disks named in `only`, when
+    /// given. Copies it to [`paths::ANSWERS`]; returns the volume's device.
+    fn search_answers(
+        &mut self,
+        disks: &[rayos_disk::report::Disk],
+        only: Option<&BTreeSet<String>>,
+    ) -> Option<String> {
+        let (rel, label) = self.answers_ref();
+        let wanted = |v: &volumes::Volume| {
+            only.is_none_or(|o| usb::kernel_name(&v.disk).is_some_and(|n| o.contains(&n)))
+        };
+        let vols: Vec<volumes::Volume> = volumes::fat_and_iso_volumes(disks, volumes::usb_attached)
+            .into_iter()
+            .filter(wanted)
+            .collect();
+        let (used, skipped) =
+            volumes::answer_sources(&vols, label.as_deref(), self.medium_disk.as_deref());
+        let probe = Path::new(paths::PROBE);
+        let _ = fs::create_dir_all(probe);
+        for v in &skipped {
+            // Looked at only to say why a file there is not used.
+            if Self::mount_ro(&v.device, v.fstype, probe).is_ok() {
+                let there = volumes::file_on(probe, &rel).is_some();
+                let _ = sys::unmount(probe);
+                if there {
+                    log::warn(format!(
+                        "{rel} on {} is not used: it is on an internal disk, and answer files are read only from \
+                         the installer medium and removable media (name it with rayos.answers=LABEL:PATH to use it)",
+                        v.device.display()
+                    ));
+                }
+            }
+        }
+        for v in used {
+            if Self::mount_ro(&v.device, v.fstype, probe).is_err() {
+                continue;
+            }
+            let found =
+                volumes::file_on(probe, &rel).and_then(|f| fs::copy(&f, paths::ANSWERS).ok());
+            let _ = sys::unmount(probe);
+            if found.is_some() {
+                return Some(v.device.display().to_string());
+            }
+        }
+        None
     }
 
     fn step_install(&mut self) -> StepResult {
-        let (Some(answers), Some(uki)) = (self.answers.clone(), self.uki.clone()) else {
+        if self.answers.is_none() || self.uki.is_none() {
             // Interactive: the console sessions offer `install`.
             let r = self.step_consoles();
             log::marker("RAYOS_INSTALLER:interactive");
             return r;
+        }
+        self.unattended()
+    }
+
+    /// The unattended install from [`paths::ANSWERS`]: the target, the
+    /// engine's plan, the countdown any key cancels, then `rayos install
+    /// --yes`. Any way it does not start ends at the console's `install`.
+    fn unattended(&mut self) -> StepResult {
+        let (Some(answers), Some(uki)) = (self.answers.clone(), self.uki.clone()) else {
+            return StepResult::Skip("no answer file".into());
         };
+        let source = self
+            .answers_source
+            .clone()
+            .unwrap_or_else(|| "a volume".into());
         let text = fs::read_to_string(&answers).unwrap_or_default();
-        let mut args = vec![
-            "install".to_string(),
-            "--answers".into(),
-            answers.display().to_string(),
-            "--yes".into(),
-        ];
-        args.extend(volumes::image_args(&uki));
-        match answers_target(&text) {
-            Some(t) => args.extend(["--target".into(), t]),
+        let target = match answers_target(&text) {
+            Some(t) => t,
             None => {
                 let disks = self.list_disks();
                 match first_suitable_disk(&disks, self.medium_disk.as_deref()) {
                     Some(t) => {
                         log::info(format!(
-                            "the answer file names no disk: installing to {t}, the first suitable one"
+                            "the answer file names no disk: the plan is for {t}, the first suitable one"
                         ));
-                        args.extend(["--target".into(), t]);
+                        t
                     }
                     None => {
                         self.fault("no disk to install to (every disk is the installer medium or too small)");
+                        self.answers = None;
                         let _ = self.step_consoles();
                         return StepResult::Fail("no target disk".into());
                     }
                 }
             }
+        };
+        let mut args = vec![
+            "install".to_string(),
+            "--answers".into(),
+            answers.display().to_string(),
+            "--target".into(),
+            target.clone(),
+        ];
+        args.extend(volumes::image_args(&uki));
+        if let Err(why) = self.show_plan(&args) {
+            log::marker("RAYOS_INSTALLER:failed:plan");
+            self.fault(format!(
+                "the answer file on {source} cannot be installed: {why}. Nothing was written. Fix the answer \
+                 file, or type `install` at the rayos> prompt."
+            ));
+            self.answers = None;
+            let _ = self.step_consoles();
+            return StepResult::Fail("the plan was refused".into());
         }
+        let secs = unattended::countdown_secs(&text);
+        log::info(format!(
+            "Unattended install from the answer file on {source}: the plan above is written to {target} in {secs} s. \
+             Press any key on a console to cancel."
+        ));
+        match self.countdown(secs, &target) {
+            CountdownEnd::Cancelled(tty) => {
+                log::marker("RAYOS_INSTALLER:cancelled");
+                log::info(format!(
+                    "unattended install cancelled by a key on {}: nothing was written. Type `install` to install \
+                     by hand.",
+                    tty.display()
+                ));
+                self.answers = None;
+                let _ = self.step_consoles();
+                StepResult::Ok(format!("cancelled on {}: nothing written", tty.display()))
+            }
+            CountdownEnd::Expired => {
+                args.push("--yes".into());
+                self.spawn_install(args)
+            }
+        }
+    }
+
+    /// The engine's plan (`rayos install --dry-run`) on the console; `Err`
+    /// carries its refusal.
+    fn show_plan(&self, args: &[String]) -> Result<(), String> {
+        let mut cmd = Command::new(&self.exe);
+        sys::reset_signals_in_child(&mut cmd);
+        let out = cmd
+            .args(args)
+            .arg("--dry-run")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run the installer: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        // The engine's own markers are for its callers, not the person.
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                !l.starts_with("RAYOS_") && !l.starts_with("Dry run") && !l.trim().is_empty()
+            })
+            .collect();
+        if !out.status.success() {
+            return Err(lines.join(" / "));
+        }
+        for l in lines {
+            log::info(format!("plan: {l}"));
+        }
+        Ok(())
+    }
+
+    /// Counts down on every console terminal; any key cancels. Signals and
+    /// exited children are handled meanwhile (a power request still powers
+    /// off).
+    fn countdown(&mut self, secs: u32, target: &str) -> CountdownEnd {
+        let ttys: Vec<PathBuf> = self
+            .params
+            .consoles
+            .iter()
+            .map(|n| unattended::console_device(n))
+            .filter(|p| p.exists())
+            .collect();
+        let mut keys = Keys::open(&ttys);
+        let cd = Countdown::new(secs, Instant::now());
+        log::marker(format!("RAYOS_INSTALLER:countdown:{secs}"));
+        if keys.is_empty() {
+            log::warn(
+                "no console terminal to read a key from: the countdown cannot be cancelled here",
+            );
+        }
+        let mut shown = None;
+        loop {
+            let now = Instant::now();
+            let left = cd.remaining(now);
+            if left == 0 {
+                keys.show("\r\n");
+                return CountdownEnd::Expired;
+            }
+            if shown != Some(left) {
+                shown = Some(left);
+                keys.show(&format!(
+                    "\rRayOS will be installed onto {target} in {left:>2} s - press any key to cancel. "
+                ));
+            }
+            let mut fds = vec![self.sigfd.raw()];
+            fds.extend(keys.fds());
+            let wait = cd.until_next(now).as_millis().min(1000) as i32;
+            let ready = sys::poll_readable(&fds, wait);
+            if ready.contains(&self.sigfd.raw()) {
+                for sig in self.sigfd.read() {
+                    if let Some(a) = control::action_for(sig) {
+                        drop(keys);
+                        self.shutdown(a, "power request during the install countdown");
+                    }
+                }
+            }
+            if let Some(tty) = keys.pressed(&ready) {
+                keys.show("\r\n");
+                return CountdownEnd::Cancelled(tty);
+            }
+            self.reap();
+        }
+    }
+
+    /// Starts `rayos <args>` (the unattended install) with its output relayed.
+    fn spawn_install(&mut self, args: Vec<String>) -> StepResult {
         log::marker("RAYOS_INSTALLER:start");
         log::info(format!("running: rayos {}", args.join(" ")));
+        self.status.phase = "installing".into();
+        self.status_dirty = true;
         // The engine's plan and progress are relayed line by line through
         // init's log: inherited stdio would reach only /dev/console (the last
         // `console=`), not the serial console the e2e tests and a person on a
@@ -1081,11 +1363,167 @@ impl Init {
         }
     }
 
+    // ---- installer: answer sticks plugged in later ---------------------
+
+    /// Looks at `/sys/block` once a second; a new disk is searched for an
+    /// answer file once USB has settled, and one found is offered.
+    fn watch_tick(&mut self) {
+        if self.installer_pid.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let Some(w) = self.watch.as_mut() else {
+            return;
+        };
+        if w.last_scan
+            .is_some_and(|t| now.duration_since(t) < WATCH_EVERY)
+        {
+            return;
+        }
+        w.last_scan = Some(now);
+        let names = usb::block_names(Path::new("/sys/block"));
+        for gone in w.known.difference(&names) {
+            log::info(format!("disk /dev/{gone} was removed"));
+        }
+        w.known.retain(|n| names.contains(n));
+        w.fresh.retain(|n| names.contains(n));
+        let added: Vec<String> = names.difference(&w.known).cloned().collect();
+        if !added.is_empty() {
+            log::info(format!(
+                "new disk {}: looking for an answer file once USB storage has settled",
+                added
+                    .iter()
+                    .map(|n| format!("/dev/{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            w.known.extend(added.iter().cloned());
+            w.fresh.extend(added);
+            if w.settle.is_none() {
+                w.settle = Some(Settle::new(now, usb::SETTLE_TIMEOUT, usb::QUIET));
+            }
+        }
+        let Some(settle) = w.settle.as_mut() else {
+            return;
+        };
+        let (sys_root, dev_root) = usb::roots();
+        match settle.observe(UsbSnapshot::read(&sys_root, &dev_root), now) {
+            Verdict::Waiting(_) => return,
+            Verdict::TimedOut(what) => log::warn(format!(
+                "USB storage did not settle within {} s ({}): looking at the new disks as they are",
+                usb::SETTLE_TIMEOUT.as_secs(),
+                what.join("; ")
+            )),
+            Verdict::Settled { .. } => {}
+        }
+        w.settle = None;
+        let fresh = std::mem::take(&mut w.fresh);
+        if fresh.is_empty() {
+            return;
+        }
+        let disks = self.list_disks();
+        if let Some(source) = self.search_answers(&disks, Some(&fresh)) {
+            self.offer_late(source);
+        }
+    }
+
+    /// An answer file on a stick plugged in after boot: unless an install
+    /// is being written, the console sessions (and what runs in them, the
+    /// wizard too) are stopped and the unattended install is offered with
+    /// its countdown, exactly as at boot.
+    fn offer_late(&mut self, source: String) {
+        let (rel, _) = self.answers_ref();
+        if self.uki.is_none() {
+            log::warn(format!(
+                "{rel} on {source} is not used: the installer medium (the system image) was not found"
+            ));
+            return;
+        }
+        let Some(claim) = control::claim_install_lock(Path::new(paths::INSTALL_LOCK)) else {
+            log::warn(format!(
+                "{rel} on {source} is not used: an install is being written right now. Unplug and plug the stick \
+                 in again once it is done to use it."
+            ));
+            return;
+        };
+        log::info(format!(
+            "answer file {rel} found on {source}, plugged in after boot: offering the unattended install"
+        ));
+        self.stop_consoles();
+        drop(claim);
+        // A full-screen program stopped in the middle leaves its screen.
+        let ttys: Vec<PathBuf> = self
+            .params
+            .consoles
+            .iter()
+            .map(|n| unattended::console_device(n))
+            .filter(|p| p.exists())
+            .collect();
+        Keys::open(&ttys).show(unattended::RESET_SCREEN);
+        self.answers = Some(PathBuf::from(paths::ANSWERS));
+        self.answers_source = Some(source);
+        match self.unattended() {
+            StepResult::Ok(m) | StepResult::Warn(m) | StepResult::Skip(m) => {
+                if !m.is_empty() {
+                    log::info(format!("install: {m}"));
+                }
+            }
+            StepResult::Fail(m) => log::error(format!("install: {m}")),
+        }
+        self.write_status();
+    }
+
+    /// Stops the console sessions and every process in them; they are
+    /// started again by [`Init::step_consoles`].
+    fn stop_consoles(&mut self) {
+        let names: Vec<String> = self
+            .services
+            .names()
+            .into_iter()
+            .filter(|n| n.starts_with("console-"))
+            .collect();
+        let mut pids = Vec::new();
+        for n in &names {
+            if let Some(pid) = self.services.signal(n, libc::SIGTERM) {
+                pids.push(pid);
+                for p in sys::session_members(Path::new("/proc"), pid) {
+                    sys::kill(p, libc::SIGTERM);
+                    pids.push(p);
+                }
+            }
+        }
+        if !self.wait_gone(&pids, Duration::from_secs(2)) {
+            for p in &pids {
+                sys::kill(*p, libc::SIGKILL);
+            }
+            self.wait_gone(&pids, Duration::from_secs(2));
+        }
+        for n in &names {
+            self.services.remove(n);
+        }
+    }
+
+    /// Reaps until none of `pids` exists any more (some are reaped by their
+    /// own parent, not by PID 1).
+    fn wait_gone(&mut self, pids: &[i32], deadline: Duration) -> bool {
+        let end = Instant::now() + deadline;
+        loop {
+            self.reap();
+            if pids.iter().all(|p| !sys::kill(*p, 0)) {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            sys::poll_readable(&[self.sigfd.raw()], 100);
+            let _ = self.sigfd.read();
+        }
+    }
+
     fn installer_finished(&mut self, code: i32) {
         self.installer_pid = None;
         if code == 0 {
-            let action =
-                answers_after(&fs::read_to_string("/run/rayos/answers.toml").unwrap_or_default());
+            let action = answers_after(&fs::read_to_string(paths::ANSWERS).unwrap_or_default());
             log::marker("RAYOS_INSTALLER:done");
             log::info(format!(
                 "RayOS is installed. {} now; remove the installer medium.",
@@ -1097,6 +1535,7 @@ impl Init {
             self.shutdown(action, "install finished");
         }
         log::marker(format!("RAYOS_INSTALLER:failed:{code}"));
+        self.answers = None;
         self.fault(format!(
             "the install failed (status {code}); nothing outside the plan was touched. Fix the answer file or \
              type `install` at the rayos> prompt to retry."
@@ -1144,6 +1583,7 @@ impl Init {
                 self.on_marker(&m);
             }
             self.services.tick();
+            self.watch_tick();
             self.milestones();
             let st = self.services.status();
             if st != self.status.services {
@@ -1174,7 +1614,7 @@ impl Init {
     }
 
     fn client(&self) -> rayos_api::Client {
-        rayos_api::Client::new(control::API_SOCKET).with_timeout(Some(Duration::from_secs(3)))
+        rayos_api::Client::new(paths::API_SOCKET).with_timeout(Some(Duration::from_secs(3)))
     }
 
     fn milestones(&mut self) {
@@ -1246,7 +1686,7 @@ impl Init {
         if self.params.mode != Mode::Installed {
             return;
         }
-        let Some(running) = bless::running_uki(Path::new(EFIVARS)) else {
+        let Some(running) = bless::running_uki(Path::new(efivar::EFIVARS_DIR)) else {
             log::detail(
                 "bless: the loader did not say which image runs (no systemd-boot?): nothing to bless",
             );
@@ -1263,7 +1703,7 @@ impl Init {
                     .collect()
             })
             .unwrap_or_default();
-        let at = Path::new("/run/rayos/system");
+        let at = Path::new(paths::SYSTEM);
         for (dev, what) in candidates {
             if let Err(e) = sys::mount(
                 &dev.to_string_lossy(),
@@ -1274,7 +1714,7 @@ impl Init {
             ) {
                 log::warn(format!(
                     "bless: cannot mount the {what} partition: {}",
-                    crate::error_chain(&e)
+                    chain(&e)
                 ));
                 continue;
             }
@@ -1308,7 +1748,7 @@ impl Init {
                 }
                 Some(Ok(BlessOutcome::NotFound(_))) | None => continue,
                 Some(Err(e)) => {
-                    log::warn(format!("bless: {}", crate::error_chain(&e)));
+                    log::warn(format!("bless: {}", chain(&e)));
                     return;
                 }
             }
@@ -1324,11 +1764,11 @@ impl Init {
         if !self.data_ok || self.status.data_read_only {
             return;
         }
-        let layout = rayos_state::DataLayout::new(DATA_MOUNT);
+        let layout = rayos_state::DataLayout::new(paths::DATA);
         match rayos_update::schema::commit(&layout) {
             Ok(true) => log::info("data schema migration committed (old generation removed)"),
             Ok(false) => {}
-            Err(e) => log::warn(format!("data schema: {}", crate::error_chain(&e))),
+            Err(e) => log::warn(format!("data schema: {}", chain(&e))),
         }
         self.schema_migrated = false;
     }
@@ -1339,7 +1779,7 @@ impl Init {
         if self.status.data_mounted.is_none() {
             return StepResult::Skip("no data volume".into());
         }
-        let layout = rayos_state::DataLayout::new(DATA_MOUNT);
+        let layout = rayos_state::DataLayout::new(paths::DATA);
         let supported = rayos_state::DATA_SCHEMA_VERSION;
         // Recovery only looks; an installed boot on a healthy volume migrates.
         let check =
@@ -1372,7 +1812,7 @@ impl Init {
             Err(e) => {
                 self.refuse_data_volume(format!(
                     "cannot check the data volume's schema ({}): it is left untouched (read-only, no VMs).                      Use the recovery entry to inspect it.",
-                    crate::error_chain(&e)
+                    chain(&e)
                 ));
                 StepResult::Fail("schema unreadable".into())
             }
@@ -1385,16 +1825,17 @@ impl Init {
         self.data_ok = false;
         if self.status.data_mounted.is_some() && !self.status.data_read_only {
             match rustix::mount::mount_remount(
-                Path::new(DATA_MOUNT),
+                Path::new(paths::DATA),
                 MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
                 "",
             ) {
                 Ok(()) => self.status.data_read_only = true,
                 Err(e) => {
                     log::warn(format!(
-                        "cannot remount {DATA_MOUNT} read-only: {e}; unmounting it"
+                        "cannot remount {} read-only: {e}; unmounting it",
+                        paths::DATA
                     ));
-                    let _ = sys::unmount(Path::new(DATA_MOUNT));
+                    let _ = sys::unmount(Path::new(paths::DATA));
                     self.status.data_mounted = None;
                 }
             }
@@ -1411,17 +1852,14 @@ impl Init {
         let Some(install) = self.install.clone() else {
             return StepResult::Skip("no install found".into());
         };
-        let at = Path::new("/run/rayos/system");
+        let at = Path::new(paths::SYSTEM);
         let mount = match crate::sysmount::SystemMount::mount(&install, at) {
             Ok(m) => m,
             Err(e) => {
-                return StepResult::Warn(format!(
-                    "cannot check for a rollback: {}",
-                    crate::error_chain(&e)
-                ));
+                return StepResult::Warn(format!("cannot check for a rollback: {}", chain(&e)));
             }
         };
-        let data = (self.status.data_mounted.is_some()).then(|| Path::new(DATA_MOUNT));
+        let data = (self.status.data_mounted.is_some()).then(|| Path::new(paths::DATA));
         let r = rayos_update::rollback::detect(mount.path(), &running, data);
         drop(mount);
         match r {
@@ -1451,7 +1889,7 @@ impl Init {
                         .join(", ")
                 ))
             }
-            Err(e) => StepResult::Warn(crate::error_chain(&e)),
+            Err(e) => StepResult::Warn(chain(&e)),
         }
     }
 
@@ -1485,11 +1923,11 @@ impl Init {
     }
 
     fn write_status(&mut self) {
-        if self.status.boot_id.is_empty() && !Path::new(control::RUN_DIR).is_dir() {
+        if self.status.boot_id.is_empty() && !Path::new(paths::RUN).is_dir() {
             return;
         }
-        let _ = fs::create_dir_all(control::RUN_DIR);
-        if self.status.write(Path::new(control::STATUS_FILE)).is_ok() {
+        let _ = fs::create_dir_all(paths::RUN);
+        if self.status.write(Path::new(paths::INIT_STATUS)).is_ok() {
             self.status_dirty = false;
         }
     }
@@ -1498,7 +1936,7 @@ impl Init {
         if !self.data_ok || self.status.data_read_only || self.status.data_mounted.is_none() {
             return;
         }
-        let dir = rayos_state::DataLayout::new(DATA_MOUNT).boot();
+        let dir = rayos_state::DataLayout::new(paths::DATA).boot();
         let _ = fs::create_dir_all(&dir);
         let rec = serde_json::json!({
             "boot_id": self.status.boot_id,
@@ -1577,7 +2015,7 @@ impl Init {
             let _ = k.sync();
         }
         sys::sync();
-        for m in ["/run/rayos/medium", "/run/rayos/system", DATA_MOUNT] {
+        for m in [paths::MEDIUM, paths::SYSTEM, paths::DATA] {
             let p = Path::new(m);
             // The service log pumps close their files once the killed
             // services' pipes end: give them a moment before falling back to
@@ -1585,7 +2023,7 @@ impl Init {
             if sys::is_mounted(p)
                 && let Err(e) = sys::unmount_waiting(p, Duration::from_secs(3))
             {
-                log::warn(crate::error_chain(&e));
+                log::warn(chain(&e));
             }
         }
         sys::sync();

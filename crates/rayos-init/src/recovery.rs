@@ -31,7 +31,11 @@ use std::fs;
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 
+use rayos_base::efivar::{self, LOADER_VENDOR};
+use rayos_base::error::chain;
+use rayos_base::{paths, uki_name};
 use rayos_state::DataLayout;
+use rayos_state::pe;
 use rayos_update::entries::{self, EntryState, LINUX_DIR};
 
 /// The EFI Boot#### repair, provided by the `rayos` binary (it owns the
@@ -47,14 +51,16 @@ pub enum RecoveryError {
     Write(PathBuf, #[source] io::Error),
     #[error("{0}")]
     Atomic(#[from] rayos_state::AtomicError),
-    #[error("{0} is not a RayOS UKI: {1}")]
-    BadImage(PathBuf, &'static str),
+    #[error("{0} is not a usable RayOS UKI: {1}")]
+    BadImage(PathBuf, String),
     #[error("{0}")]
     Entries(#[from] entries::EntriesError),
     #[error("{0}")]
     Apply(#[from] rayos_update::ApplyError),
     #[error("mkfs.fat failed on {0}: {1}")]
     Mkfs(PathBuf, String),
+    #[error(transparent)]
+    EfiVar(#[from] rayos_base::efivar::EfiVarError),
 }
 
 // ---- logs ----------------------------------------------------------------
@@ -101,7 +107,7 @@ pub fn tail(data: &Path, name: &str, n: usize) -> Result<String, RecoveryError> 
 /// `Ok(())` or the error with its line.
 pub fn validate_policy(data: &Path) -> Result<(), String> {
     let p = DataLayout::new(data).policy();
-    let (b, _) = rayos_state::read_with_fallback(&p).map_err(|e| crate::error_chain(&e))?;
+    let (b, _) = rayos_state::read_with_fallback(&p).map_err(|e| chain(&e))?;
     rayos_state::Policy::parse(&p.to_string_lossy(), &String::from_utf8_lossy(&b))
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -137,7 +143,7 @@ pub fn save_policy(data: &Path, text: &str) -> Result<(), String> {
     if let Some(d) = p.parent() {
         fs::create_dir_all(d).map_err(|e| e.to_string())?;
     }
-    rayos_state::write_atomic(&p, text.as_bytes()).map_err(|e| crate::error_chain(&e))
+    rayos_state::write_atomic(&p, text.as_bytes()).map_err(|e| chain(&e))
 }
 
 // ---- boot entries ----------------------------------------------------------
@@ -227,11 +233,7 @@ pub fn recovery_ukis(system: &Path) -> Vec<(String, String)> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let ver = name
-                .strip_prefix("rayos-recovery-")?
-                .strip_suffix(".efi")?
-                .to_string();
-            rayos_update::version::validate(&ver).ok()?;
+            let ver = uki_name::recovery_version(&name)?.to_string();
             Some((ver, name))
         })
         .collect();
@@ -241,40 +243,10 @@ pub fn recovery_ukis(system: &Path) -> Vec<(String, String)> {
 
 // ---- reinstall ---------------------------------------------------------------
 
-fn u16_at(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
-}
-fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
-}
-
-/// A PE section: (header offset, virtual size, virtual address, raw size, raw offset).
-fn pe_section(img: &[u8], want: &str) -> Option<(usize, u32, u32, u32, u32)> {
-    let pe = u32_at(img, 0x3c)? as usize;
-    if img.get(pe..pe + 4)? != b"PE\0\0" {
-        return None;
-    }
-    let nsect = u16_at(img, pe + 6)? as usize;
-    let opt_size = u16_at(img, pe + 20)? as usize;
-    let table = pe + 24 + opt_size;
-    (0..nsect.min(96)).find_map(|i| {
-        let h = table + i * 40;
-        let name = img.get(h..h + 8)?;
-        let end = name.iter().position(|&c| c == 0).unwrap_or(8);
-        (&name[..end] == want.as_bytes()).then_some((
-            h,
-            u32_at(img, h + 8)?,
-            u32_at(img, h + 12)?,
-            u32_at(img, h + 16)?,
-            u32_at(img, h + 20)?,
-        ))
-    })
-}
-
-/// The bytes of a section of a PE image.
+/// The content of section `name` of a PE image (`None`: no such section,
+/// or not a PE image; [`rayos_state::pe`] checks every offset).
 pub fn section<'a>(img: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    let (_, vsize, _, rsize, roff) = pe_section(img, name)?;
-    img.get(roff as usize..roff as usize + vsize.min(rsize) as usize)
+    pe::section_data(img, name).ok().flatten()
 }
 
 /// `VERSION_ID` of a UKI's `.osrel`.
@@ -290,17 +262,18 @@ pub fn uki_version(img: &[u8]) -> Option<String> {
 /// `rayos.mode=installed` instead of `rayos.mode=recovery`. The section's
 /// raw data is padded to the file alignment, so the one extra byte fits;
 /// the PE checksum is cleared (UEFI does not check it; 0 means "none").
-pub fn installed_from_recovery(img: &[u8]) -> Result<Vec<u8>, &'static str> {
-    let (h, vsize, _va, rsize, roff) = pe_section(img, ".cmdline").ok_or("no .cmdline section")?;
-    let (roff, vsize, rsize) = (roff as usize, vsize as usize, rsize as usize);
-    let cmd = img
-        .get(roff..roff + vsize.min(rsize))
-        .ok_or(".cmdline outside the file")?;
-    let text = std::str::from_utf8(cmd).map_err(|_| ".cmdline is not UTF-8")?;
+/// A damaged image (a section table pointing past the end of the file) is
+/// an error that says so.
+pub fn installed_from_recovery(img: &[u8]) -> Result<Vec<u8>, String> {
+    let headers = pe::parse(img, img.len() as u64).map_err(|e| format!("damaged PE image: {e}"))?;
+    let s = headers.section(".cmdline").ok_or("no .cmdline section")?;
+    // parse() checked both ranges against the file's length.
+    let (data, raw) = (s.data_range(), s.raw_range());
+    let text = std::str::from_utf8(&img[data]).map_err(|_| ".cmdline is not UTF-8")?;
     let text = text.trim_end_matches('\0');
     let words: Vec<&str> = text.split(' ').collect();
     if !words.contains(&"rayos.mode=recovery") {
-        return Err("its command line does not say rayos.mode=recovery");
+        return Err("its command line does not say rayos.mode=recovery".into());
     }
     let new: String = words
         .iter()
@@ -313,16 +286,17 @@ pub fn installed_from_recovery(img: &[u8]) -> Result<Vec<u8>, &'static str> {
         })
         .collect::<Vec<_>>()
         .join(" ");
-    if new.len() > rsize {
-        return Err("no room in .cmdline for the installed command line");
+    if new.len() > raw.len() {
+        return Err("no room in .cmdline for the installed command line".into());
     }
     let mut out = img.to_vec();
-    out[roff..roff + rsize].fill(0);
-    out[roff..roff + new.len()].copy_from_slice(new.as_bytes());
-    out[h + 8..h + 12].copy_from_slice(&(new.len() as u32).to_le_bytes());
-    // Optional header checksum at +64.
-    let pe = u32_at(img, 0x3c).ok_or("no PE header")? as usize;
-    if let Some(c) = out.get_mut(pe + 24 + 64..pe + 24 + 68) {
+    out[raw.clone()].fill(0);
+    out[raw.start..raw.start + new.len()].copy_from_slice(new.as_bytes());
+    // VirtualSize is the header's first field after the 8-byte name.
+    let vsize = s.header_offset + 8;
+    out[vsize..vsize + 4].copy_from_slice(&(new.len() as u32).to_le_bytes());
+    let checksum = headers.optional_field(pe::CHECKSUM_FIELD);
+    if let Some(c) = out.get_mut(checksum..checksum + 4) {
         c.fill(0);
     }
     Ok(out)
@@ -353,20 +327,21 @@ impl ReinstallSource {
                 let (_, name) = recovery_ukis(system).pop().ok_or_else(|| {
                     RecoveryError::BadImage(
                         system.join(rayos_update::apply::RECOVERY_DIR),
-                        "no rayos-recovery-*.efi on the system partition",
+                        "no rayos-recovery-*.efi on the system partition".into(),
                     )
                 })?;
                 system.join(rayos_update::apply::RECOVERY_DIR).join(name)
             }
         };
         let recovery = fs::read(&path).map_err(|e| RecoveryError::Read(path.clone(), e))?;
+        // Damage first (it would otherwise read as a missing VERSION_ID).
+        installed_from_recovery(&recovery)
+            .map_err(|why| RecoveryError::BadImage(path.clone(), why))?;
         let version = uki_version(&recovery)
             .filter(|v| rayos_update::version::validate(v).is_ok())
-            .ok_or(RecoveryError::BadImage(
-                path.clone(),
-                "no usable VERSION_ID in .osrel",
-            ))?;
-        installed_from_recovery(&recovery).map_err(|why| RecoveryError::BadImage(path, why))?;
+            .ok_or_else(|| {
+                RecoveryError::BadImage(path, "no usable VERSION_ID in .osrel".into())
+            })?;
         Ok(ReinstallSource {
             recovery,
             version,
@@ -397,10 +372,10 @@ pub fn reinstall_files(system: &Path, src: &ReinstallSource) -> Result<Vec<Strin
     let mut did = Vec::new();
     let installed = installed_from_recovery(&src.recovery)
         .map_err(|why| RecoveryError::BadImage(system.to_path_buf(), why))?;
-    let uki = format!("rayos-{}+{}.efi", src.version, entries::TRIES);
+    let uki = uki_name::new_entry(&src.version);
     write_synced(&system.join(LINUX_DIR).join(&uki), &installed)?;
     did.push(format!("wrote /{LINUX_DIR}/{uki}"));
-    let rec = format!("rayos-recovery-{}.efi", src.version);
+    let rec = uki_name::recovery(&src.version);
     write_synced(
         &system.join(rayos_update::apply::RECOVERY_DIR).join(&rec),
         &src.recovery,
@@ -549,17 +524,15 @@ pub const RECOVERY_ENTRY_ID: &str = "rayos-recovery.conf";
 /// (`LoaderEntryOneShot`, which it reads and deletes). `efivars` is the
 /// efivarfs mount.
 pub fn boot_recovery_next(efivars: &Path) -> Result<(), RecoveryError> {
-    let p = efivars.join(format!(
-        "LoaderEntryOneShot-{}",
-        crate::bless::LOADER_VENDOR_GUID
-    ));
-    // Attributes: non-volatile, boot-service and runtime access.
-    let mut bytes = 7u32.to_le_bytes().to_vec();
-    for u in RECOVERY_ENTRY_ID.encode_utf16().chain([0]) {
-        bytes.extend_from_slice(&u.to_le_bytes());
-    }
-    // efivarfs wants the whole variable in one write.
-    fs::write(&p, &bytes).map_err(|e| RecoveryError::Write(p, e))
+    // Through the shared writer: the variable efivarfs created last time
+    // is immutable, which a plain write meets as EPERM.
+    efivar::write_string(
+        efivars,
+        "LoaderEntryOneShot",
+        LOADER_VENDOR,
+        RECOVERY_ENTRY_ID,
+    )?;
+    Ok(())
 }
 
 // ---- the menu ----------------------------------------------------------------
@@ -620,14 +593,14 @@ pub fn menu(ctx: &Ctx<'_>, input: &mut dyn BufRead, out: &mut dyn Write) -> io::
                 {
                     match tail(&ctx.data, &name, 60) {
                         Ok(t) => write!(out, "{t}")?,
-                        Err(e) => writeln!(out, "{}", crate::error_chain(&e))?,
+                        Err(e) => writeln!(out, "{}", chain(&e))?,
                     }
                 }
             }
             "policy" => policy_menu(ctx, &mut ask, out)?,
             "boot" => {
                 let r = with_system(ctx, |sys| {
-                    let mut did = repair_boot(sys).map_err(|e| crate::error_chain(&e))?;
+                    let mut did = repair_boot(sys).map_err(|e| chain(&e))?;
                     match ctx.boot_entry {
                         Some(f) => did.push(match f(sys) {
                             Ok(s) => s,
@@ -675,10 +648,7 @@ pub fn menu(ctx: &Ctx<'_>, input: &mut dyn BufRead, out: &mut dyn Write) -> io::
                     writeln!(out, "not confirmed: nothing done")?;
                     continue;
                 }
-                report(
-                    out,
-                    factory_reset(&ctx.data, kind).map_err(|e| crate::error_chain(&e)),
-                )?;
+                report(out, factory_reset(&ctx.data, kind).map_err(|e| chain(&e)))?;
             }
             "schema" => {
                 let l = DataLayout::new(&ctx.data);
@@ -695,7 +665,7 @@ pub fn menu(ctx: &Ctx<'_>, input: &mut dyn BufRead, out: &mut dyn Write) -> io::
                         {
                             match rayos_update::schema::restore(&l) {
                                 Ok(v) => writeln!(out, "restored schema {v}")?,
-                                Err(e) => writeln!(out, "{}", crate::error_chain(&e))?,
+                                Err(e) => writeln!(out, "{}", chain(&e))?,
                             }
                         }
                     }
@@ -804,30 +774,28 @@ fn with_system(
     if let Some(s) = &ctx.system {
         return f(s);
     }
-    let install = crate::sysmount::find().map_err(|e| crate::error_chain(&e))?;
-    let m = crate::sysmount::SystemMount::mount(&install, Path::new("/run/rayos/system-recovery"))
-        .map_err(|e| crate::error_chain(&e))?;
+    let install = crate::sysmount::find().map_err(|e| chain(&e))?;
+    let m = crate::sysmount::SystemMount::mount(&install, Path::new(paths::SYSTEM_RECOVERY))
+        .map_err(|e| chain(&e))?;
     f(m.path())
 }
 
 fn reinstall(ctx: &Ctx<'_>) -> Result<Vec<String>, String> {
-    let e = |e: RecoveryError| crate::error_chain(&e);
+    let e = |e: RecoveryError| chain(&e);
     if let Some(s) = &ctx.system {
         // A directory (tests): no formatting, just the files.
         let src = ReinstallSource::read(s, None).map_err(e)?;
         return reinstall_files(s, &src).map_err(e);
     }
-    let install = crate::sysmount::find().map_err(|x| crate::error_chain(&x))?;
-    let at = Path::new("/run/rayos/system-recovery");
+    let install = crate::sysmount::find().map_err(|x| chain(&x))?;
+    let at = Path::new(paths::SYSTEM_RECOVERY);
     let src = {
-        let m = crate::sysmount::SystemMount::mount(&install, at)
-            .map_err(|x| crate::error_chain(&x))?;
+        let m = crate::sysmount::SystemMount::mount(&install, at).map_err(|x| chain(&x))?;
         ReinstallSource::read(m.path(), None).map_err(e)?
     };
     let dev = install.system.clone().ok_or("no system partition")?;
     format_system(&dev).map_err(e)?;
-    let m =
-        crate::sysmount::SystemMount::mount(&install, at).map_err(|x| crate::error_chain(&x))?;
+    let m = crate::sysmount::SystemMount::mount(&install, at).map_err(|x| chain(&x))?;
     let mut did = vec![format!("formatted {}", dev.display())];
     did.extend(reinstall_files(m.path(), &src).map_err(e)?);
     if let Some(f) = ctx.boot_entry {

@@ -167,6 +167,13 @@ impl Services {
         }
     }
 
+    /// Forgets `name` once it is stopped (after [`Services::signal`] and
+    /// its exit), so a service of that name can be added again.
+    pub fn remove(&mut self, name: &str) {
+        self.list
+            .retain(|s| s.spec.name != name || matches!(s.state, State::Running(_)));
+    }
+
     pub fn names(&self) -> Vec<String> {
         self.list.iter().map(|s| s.spec.name.clone()).collect()
     }

@@ -326,6 +326,35 @@ pub fn reap() -> Vec<Exited> {
     out
 }
 
+/// The processes of session `sid` (from `/proc/<pid>/stat`): a console
+/// session and every command it started, full-screen programs included,
+/// whatever process group they moved to.
+pub fn session_members(proc_dir: &Path, sid: i32) -> Vec<i32> {
+    let Ok(rd) = fs::read_dir(proc_dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<i32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(proc_dir.join(pid.to_string()).join("stat"))
+                .ok()
+                .and_then(|s| stat_session(&s))
+                == Some(sid)
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// Field 6 (session) of a `/proc/<pid>/stat` line; the command name in
+/// parentheses may itself hold spaces and parentheses.
+fn stat_session(stat: &str) -> Option<i32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // state ppid pgrp session
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
 pub fn kill(pid: i32, sig: i32) -> bool {
     // SAFETY: kill has no memory effects.
     unsafe { libc::kill(pid, sig) == 0 }
@@ -389,6 +418,36 @@ pub fn open_ro(path: &Path) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_members_from_proc() {
+        assert_eq!(
+            stat_session("42 (rayos) S 1 42 42 1088 42 4194560"),
+            Some(42)
+        );
+        assert_eq!(
+            stat_session("77 (odd) name (x)) S 42 77 42 1088 42 0"),
+            Some(42)
+        );
+        assert_eq!(stat_session("garbage"), None);
+        let d = tempfile::tempdir().unwrap();
+        for (pid, stat) in [
+            ("42", "42 (rayos) S 1 42 42 1088 42 0"),
+            ("77", "77 (rayos wizard) S 42 77 42 1088 77 0"),
+            ("90", "90 (rayosd) S 1 90 90 0 -1 0"),
+        ] {
+            fs::create_dir(d.path().join(pid)).unwrap();
+            fs::write(d.path().join(pid).join("stat"), stat).unwrap();
+        }
+        fs::create_dir(d.path().join("self")).unwrap();
+        assert_eq!(session_members(d.path(), 42), vec![42, 77]);
+        // This process's own session, from the real /proc.
+        let sid = rustix::process::getsid(None)
+            .unwrap()
+            .as_raw_nonzero()
+            .get();
+        assert!(session_members(Path::new("/proc"), sid).contains(&(std::process::id() as i32)));
+    }
 
     /// rayosd must get SIGTERM at shutdown: a child of PID 1 (which blocks
     /// the signals it reads from its signalfd) must start with none blocked.

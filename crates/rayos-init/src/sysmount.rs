@@ -31,7 +31,7 @@ pub enum SysMountError {
 /// The install this machine booted from (or the first one found).
 pub fn find() -> Result<Install, SysMountError> {
     let disks = rayos_disk::list_block_devices().map_err(SysMountError::Disks)?;
-    let esp = volumes::loader_device_part_uuid(Path::new(crate::pid1::EFIVARS));
+    let esp = volumes::loader_device_part_uuid(Path::new(rayos_base::efivar::EFIVARS_DIR));
     volumes::find_install(&disks, esp).ok_or(SysMountError::NoInstall)
 }
 
@@ -94,7 +94,7 @@ impl Drop for VolumeMount {
 pub fn file_on_volumes(spec: &str, at: &Path) -> Option<(VolumeMount, PathBuf)> {
     let want = crate::cmdline::AnswersRef::parse(spec)?;
     let disks = rayos_disk::list_block_devices().ok()?;
-    let vols = volumes::fat_and_iso_volumes(&disks);
+    let vols = volumes::fat_and_iso_volumes(&disks, volumes::usb_attached);
     for v in volumes::search_order(&vols, want.label.as_deref(), None) {
         if sys::mount(
             &v.device.to_string_lossy(),

@@ -5,6 +5,13 @@
 //! Policy when several disks hold a RayOS install: the one holding the ESP
 //! the loader started from (`LoaderDevicePartUUID`) wins; otherwise the
 //! first in kernel order, and the others are reported.
+//!
+//! Policy for answer files ([`answer_sources`]): an answer file starts an
+//! install that may erase a disk, so it is taken only from the installer
+//! medium and from removable media (the kernel's removable flag, or a disk
+//! attached by USB — USB hard disks and SSDs often do not set the flag), or
+//! from the volumes carrying the label that `rayos.answers=LABEL:PATH`
+//! names. A file on an internal disk is never used by accident.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +19,7 @@ use rayos_disk::report::{Disk, PartitionReport};
 use rayos_disk::{Filesystem, types};
 use uuid::Uuid;
 
-use crate::bless::LOADER_VENDOR_GUID;
+use rayos_base::{efivar, uki_name};
 
 /// The partitions of one RayOS install.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -31,15 +38,8 @@ fn part_dev(p: &PartitionReport) -> Option<PathBuf> {
 
 /// The partition GUID of the ESP the loader ran from, if the loader said.
 pub fn loader_device_part_uuid(efivars: &Path) -> Option<Uuid> {
-    let bytes =
-        std::fs::read(efivars.join(format!("LoaderDevicePartUUID-{LOADER_VENDOR_GUID}"))).ok()?;
-    let units: Vec<u16> = bytes
-        .get(4..)?
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    Uuid::parse_str(&String::from_utf16(&units).ok()?).ok()
+    let s = efivar::read_string(efivars, "LoaderDevicePartUUID", efivar::LOADER_VENDOR)?;
+    Uuid::parse_str(&s).ok()
 }
 
 /// Picks the RayOS install among `disks`.
@@ -97,6 +97,7 @@ pub struct Volume {
     pub disk: PathBuf,
     pub fstype: &'static str,
     pub label: Option<String>,
+    /// On removable media: the kernel's removable flag, or attached by USB.
     pub removable: bool,
 }
 
@@ -108,11 +109,18 @@ fn kernel_fstype(fs: Filesystem) -> Option<&'static str> {
     }
 }
 
+/// Whether block device `disk` (`/dev/sda`) is attached by USB (sysfs).
+pub fn usb_attached(disk: &Path) -> bool {
+    crate::usb::kernel_name(disk).is_some_and(|n| crate::usb::on_usb(Path::new("/sys/block"), &n))
+}
+
 /// Every FAT or ISO 9660 volume: whole-disk filesystems (CD, hybrid ISO on
-/// a stick, an unpartitioned FAT stick) and partitions.
-pub fn fat_and_iso_volumes(disks: &[Disk]) -> Vec<Volume> {
+/// a stick, an unpartitioned FAT stick) and partitions. `usb` says whether
+/// a disk is attached by USB (counted as removable).
+pub fn fat_and_iso_volumes(disks: &[Disk], usb: impl Fn(&Path) -> bool) -> Vec<Volume> {
     let mut out = Vec::new();
     for d in disks {
+        let removable = d.removable || usb(&d.path);
         if let Some(fs) = &d.whole_disk_filesystem
             && let Some(t) = kernel_fstype(fs.filesystem)
         {
@@ -121,7 +129,7 @@ pub fn fat_and_iso_volumes(disks: &[Disk]) -> Vec<Volume> {
                 disk: d.path.clone(),
                 fstype: t,
                 label: fs.label.clone(),
-                removable: d.removable,
+                removable,
             });
         }
         for p in &d.partitions {
@@ -134,7 +142,7 @@ pub fn fat_and_iso_volumes(disks: &[Disk]) -> Vec<Volume> {
                     disk: d.path.clone(),
                     fstype: t,
                     label: p.fs_label.clone(),
-                    removable: d.removable,
+                    removable,
                 });
             }
         }
@@ -171,6 +179,34 @@ pub fn search_order(
     v
 }
 
+/// The volumes an answer file is looked for on, in order, and the ones left
+/// out (to tell the person why a file there was not used). With `label`
+/// (`rayos.answers=LABEL:PATH`): the volumes with that label, on any disk.
+/// Without: the installer medium (`medium_disk`) first, then removable
+/// media, each in kernel order; volumes of internal disks are left out.
+pub fn answer_sources(
+    volumes: &[Volume],
+    label: Option<&str>,
+    medium_disk: Option<&Path>,
+) -> (Vec<Volume>, Vec<Volume>) {
+    let on_medium = |x: &Volume| medium_disk.is_some_and(|m| x.disk == m);
+    let (mut used, skipped): (Vec<Volume>, Vec<Volume>) =
+        volumes.iter().cloned().partition(|x| match label {
+            Some(l) => x
+                .label
+                .as_deref()
+                .is_some_and(|xl| xl.eq_ignore_ascii_case(l)),
+            None => on_medium(x) || x.removable,
+        });
+    used.sort_by_key(|x| !on_medium(x));
+    let skipped = match label {
+        // Other labels are not "left out", just not named.
+        Some(_) => Vec::new(),
+        None => skipped,
+    };
+    (used, skipped)
+}
+
 /// `root` joined with the volume-relative `rel` (`/x/y.toml`), only when
 /// that is a regular file. FAT is case-insensitive but the kernel's vfat
 /// driver already matches names that way.
@@ -179,45 +215,40 @@ pub fn file_on(root: &Path, rel: &str) -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// The last by name of the `*.efi` files in `dir` whose lower-case name
+/// passes `keep` (media may present names in any case).
+fn newest_efi(dir: &Path, keep: impl Fn(&str) -> bool) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            n.ends_with(".efi") && keep(&n)
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
 /// The newest RayOS UKI under `root/EFI/Linux/` (installer media carry one).
 pub fn uki_on(root: &Path) -> Option<PathBuf> {
     let dir = ["EFI/Linux", "efi/linux", "EFI/LINUX"]
         .iter()
         .map(|d| root.join(d))
         .find(|d| d.is_dir())?;
-    let mut ukis: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let n = p
-                .file_name()
-                .map(|n| n.to_string_lossy().to_ascii_lowercase())
-                .unwrap_or_default();
-            n.starts_with("rayos-") && n.ends_with(".efi") && !n.contains("recovery")
-        })
-        .collect();
-    ukis.sort();
-    ukis.pop()
+    newest_efi(&dir, |n| {
+        n.starts_with(uki_name::PREFIX) && !n.contains("recovery")
+    })
 }
 
 /// The recovery UKI carried beside the system image `uki` on an installer
 /// medium (`rayos-recovery-<version>.efi`, newest by name).
 pub fn recovery_uki_beside(uki: &Path) -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(uki.parent()?)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let n = p
-                .file_name()
-                .map(|n| n.to_string_lossy().to_ascii_lowercase())
-                .unwrap_or_default();
-            n.starts_with("rayos-recovery-") && n.ends_with(".efi")
-        })
-        .collect();
-    found.sort();
-    found.pop()
+    newest_efi(uki.parent()?, |n| n.starts_with(uki_name::RECOVERY_PREFIX))
 }
 
 /// Where installer media carry the Debian VM image, from the medium's root.
@@ -227,7 +258,7 @@ pub const LINUX_VM_IMAGE: &str = "rayos/linux-vm.img.zst";
 /// (`<root>/EFI/Linux/<uki>` → `<root>/rayos/linux-vm.img.zst`).
 pub fn linux_vm_image_beside(uki: &Path) -> Option<PathBuf> {
     let root = uki.parent()?.parent()?.parent()?;
-    ["rayos/linux-vm.img.zst", "RAYOS/LINUX-VM.IMG.ZST"]
+    [LINUX_VM_IMAGE, "RAYOS/LINUX-VM.IMG.ZST"]
         .iter()
         .find_map(|rel| file_on(root, rel))
 }
@@ -259,6 +290,46 @@ mod tests {
             label: label.map(String::from),
             removable,
         }
+    }
+
+    /// Issue 10: an answer file on an internal disk was used (and started a
+    /// whole-disk install at once); it is not looked for there any more.
+    #[test]
+    fn answer_files_only_from_the_medium_and_removable_media() {
+        let v = vec![
+            vol("/dev/vda1", "/dev/vda", Some("ANSWERS"), false),
+            vol("/dev/sdb1", "/dev/sdb", Some("SEED"), true),
+            vol("/dev/sr0", "/dev/sr0", Some("RAYOS_INSTALL"), true),
+            vol("/dev/vdb", "/dev/vdb", Some("RAYOS_INSTALL"), false),
+        ];
+        let (used, skipped) = answer_sources(&v, None, Some(Path::new("/dev/vdb")));
+        let devs: Vec<_> = used.iter().map(|x| x.device.to_str().unwrap()).collect();
+        assert_eq!(devs, vec!["/dev/vdb", "/dev/sdb1", "/dev/sr0"]);
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].device, Path::new("/dev/vda1"));
+        // A label named on the command line is taken from any disk.
+        let (used, skipped) = answer_sources(&v, Some("answers"), None);
+        assert_eq!(used.len(), 1);
+        assert_eq!(used[0].device, Path::new("/dev/vda1"));
+        assert!(skipped.is_empty());
+        assert!(answer_sources(&v, Some("NOPE"), None).0.is_empty());
+    }
+
+    #[test]
+    fn usb_disks_count_as_removable() {
+        let mut blank = std::io::Cursor::new(vec![0u8; 1 << 20]);
+        let mut d =
+            rayos_disk::enumerate::build_report(&mut blank, Path::new("/dev/sdc"), 512).unwrap();
+        d.removable = false;
+        d.whole_disk_filesystem = Some(rayos_disk::FsInfo {
+            filesystem: Filesystem::Fat32,
+            label: Some("STICK".into()),
+            uuid: None,
+        });
+        let v = fat_and_iso_volumes(std::slice::from_ref(&d), |_| false);
+        assert!(!v[0].removable);
+        let v = fat_and_iso_volumes(std::slice::from_ref(&d), |p| p == Path::new("/dev/sdc"));
+        assert!(v[0].removable, "a USB SSD without the removable flag");
     }
 
     #[test]

@@ -291,6 +291,74 @@ fn reinstall_rebuilds_the_system_partition_from_the_recovery_image() {
     assert!(recovery::installed_from_recovery(&installed).is_err());
 }
 
+/// The file offset of section `name`'s header in a PE image (read by hand
+/// here, so the test does not trust the reader it checks).
+fn section_header(img: &[u8], name: &str) -> usize {
+    let u16_at = |o: usize| u16::from_le_bytes([img[o], img[o + 1]]) as usize;
+    let pe = u32::from_le_bytes(img[0x3c..0x40].try_into().unwrap()) as usize;
+    let table = pe + 24 + u16_at(pe + 20);
+    (0..u16_at(pe + 6))
+        .map(|i| table + 40 * i)
+        .find(|&h| img[h..h + 8].starts_with(name.as_bytes()))
+        .unwrap()
+}
+
+/// Issue #10 item 8: a recovery UKI whose section table points past the
+/// end of the file (damaged on disk, or cut short) made reinstall panic.
+/// It is reported as damaged, and nothing on the system partition changes.
+#[test]
+fn a_damaged_recovery_uki_is_reported_not_a_crash() {
+    let work = tempfile::tempdir().unwrap();
+    let good = fs::read(recovery_uki(work.path(), "0.3.0")).unwrap();
+    let len = good.len() as u32;
+    let patch = |name: &str, field: usize, value: u32| {
+        let mut b = good.clone();
+        let h = section_header(&b, name) + field;
+        b[h..h + 4].copy_from_slice(&value.to_le_bytes());
+        b
+    };
+    let cmdline_at = u32::from_le_bytes(
+        good[section_header(&good, ".cmdline") + 20..][..4]
+            .try_into()
+            .unwrap(),
+    );
+    let cases = [
+        // .cmdline's raw size runs past the end; its virtual size still fits.
+        ("raw size", patch(".cmdline", 16, len - cmdline_at + 4096)),
+        ("raw offset", patch(".cmdline", 20, u32::MAX - 8)),
+        ("osrel raw size", patch(".osrel", 16, u32::MAX)),
+        ("cut short", good[..good.len() / 2].to_vec()),
+    ];
+    let d = data_volume();
+    for (what, bad) in cases {
+        assert!(
+            recovery::installed_from_recovery(&bad).is_err(),
+            "{what}: accepted"
+        );
+        let s = system_dir();
+        fs::write(s.path().join("rayos/rayos-recovery-0.3.0.efi"), &bad).unwrap();
+        let before = snapshot(s.path());
+        let e = match recovery::ReinstallSource::read(s.path(), None) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{what}: a damaged image was accepted"),
+        };
+        assert!(e.contains("damaged"), "{what}: {e}");
+        let out = run_menu(
+            &ctx(d.path(), Some(s.path())),
+            "reinstall\nreinstall\nquit\n",
+        );
+        assert!(
+            out.contains("failed") && out.contains("past the end of the"),
+            "{what}: {out}"
+        );
+        assert_eq!(
+            snapshot(s.path()),
+            before,
+            "{what}: the system partition changed"
+        );
+    }
+}
+
 /// On a 4096-byte-sector disk systemd-boot lives on the system partition;
 /// a reinstall (which formats it) must put it back, byte for byte.
 #[test]
@@ -347,14 +415,57 @@ fn next_boot_into_recovery_writes_the_one_shot_variable() {
     let efivars = tempfile::tempdir().unwrap();
     recovery::boot_recovery_next(efivars.path()).unwrap();
     // Read back the way init reads loader variables.
+    use rayos_base::efivar::{self, LOADER_VENDOR};
     assert_eq!(
-        rayos_init::bless::read_efi_string(efivars.path(), "LoaderEntryOneShot").as_deref(),
+        efivar::read_string(efivars.path(), "LoaderEntryOneShot", LOADER_VENDOR).as_deref(),
         Some("rayos-recovery.conf")
     );
-    let raw = fs::read(efivars.path().join(format!(
-        "LoaderEntryOneShot-{}",
-        rayos_init::bless::LOADER_VENDOR_GUID
-    )))
+    // The name systemd-boot looks for, spelled out.
+    let raw = fs::read(
+        efivars
+            .path()
+            .join("LoaderEntryOneShot-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"),
+    )
     .unwrap();
     assert_eq!(&raw[..4], &[7, 0, 0, 0]);
+}
+
+/// efivarfs marks systemd-boot's variables immutable when it creates them,
+/// so asking for recovery twice before rebooting used to meet EPERM: the
+/// second write opened the existing, protected variable for writing. The
+/// flag is set here through the same ioctl on a file of the test machine's
+/// filesystem (see rayos-base's `efivar_immutable` test for why that is
+/// the same kernel check); needs root, as CI runs.
+#[test]
+fn next_boot_into_recovery_twice_over_the_protected_variable() {
+    use rayos_base::efivar::{self, LOADER_VENDOR};
+    use rayos_base::sys;
+
+    struct Unprotect(PathBuf);
+    impl Drop for Unprotect {
+        fn drop(&mut self) {
+            if let Ok(f) = fs::File::open(&self.0) {
+                let _ = sys::clear_immutable(&f);
+            }
+        }
+    }
+
+    let efivars = tempfile::tempdir().unwrap();
+    recovery::boot_recovery_next(efivars.path()).unwrap();
+    let p = efivar::var_path(efivars.path(), "LoaderEntryOneShot", LOADER_VENDOR);
+    let _guard = Unprotect(p.clone());
+    sys::set_immutable(&fs::File::open(&p).unwrap())
+        .expect("setting the immutable flag needs root and ext4/xfs/btrfs (CI runs as root)");
+
+    recovery::boot_recovery_next(efivars.path())
+        .expect("asking for recovery again must work over efivarfs' immutable variable");
+    assert_eq!(
+        efivar::read_string(efivars.path(), "LoaderEntryOneShot", LOADER_VENDOR).as_deref(),
+        Some(recovery::RECOVERY_ENTRY_ID)
+    );
+    let f = fs::File::open(&p).unwrap();
+    assert!(
+        sys::clear_immutable(&f).unwrap(),
+        "the variable is protected again after the write"
+    );
 }

@@ -27,6 +27,10 @@ pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * KIB;
 pub const GIB: u64 = 1024 * MIB;
 pub const TIB: u64 = 1024 * GIB;
+/// The largest size an answer file may give: 1 PiB, far beyond any disk
+/// RayOS installs to, and small enough that the planner's sums of up to
+/// five sizes (rounded up to 1 MiB) cannot overflow a `u64`.
+pub const MAX_SIZE: u64 = 1024 * TIB;
 
 /// "file:line: message"; line is 0 when the problem has no one place.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -273,6 +277,12 @@ pub enum FinishAction {
 /// Reads a size value of the answer file (`"32GiB"` or bytes).
 type SizeParser<'a> = dyn Fn(&Spanned<toml::Value>, &str) -> Result<u64, AnswerError> + 'a;
 
+/// Seconds the installer media show the plan before an unattended install
+/// writes (`[unattended] countdown`; read by rayos init, not by the engine).
+pub const DEFAULT_COUNTDOWN_SECS: u32 = 10;
+/// The longest countdown an answer file may ask for.
+pub const MAX_COUNTDOWN_SECS: u32 = 3600;
+
 /// A parsed and checked answer file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Answers {
@@ -283,6 +293,8 @@ pub struct Answers {
     pub policy: PolicyAnswers,
     pub linux: LinuxAnswers,
     pub finish: FinishAction,
+    /// `[unattended] countdown`: 1 ..= [`MAX_COUNTDOWN_SECS`] seconds.
+    pub countdown_secs: u32,
 }
 
 // ---- raw TOML shape (spans kept for messages) ----
@@ -304,6 +316,8 @@ struct Raw {
     linux: RawLinux,
     #[serde(default)]
     finish: RawFinish,
+    #[serde(default)]
+    unattended: RawUnattended,
 }
 
 #[derive(Deserialize, Default)]
@@ -321,6 +335,12 @@ struct RawLinux {
 #[serde(deny_unknown_fields)]
 struct RawFinish {
     action: Option<FinishAction>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUnattended {
+    countdown: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -427,7 +447,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         let w: u64 = if whole.is_empty() {
             0
         } else {
-            whole.parse().map_err(|_| bad())?
+            whole.parse().map_err(|_| {
+                if whole.bytes().all(|b| b.is_ascii_digit()) {
+                    too_large(s)
+                } else {
+                    bad()
+                }
+            })?
         };
         if frac.is_empty() || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
@@ -441,16 +467,37 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                     .ok()
                     .and_then(|b: u64| a.checked_add(b))
             })
-            .ok_or_else(|| format!("size {s:?} is too large"))?
+            .ok_or_else(|| too_large(s))?
     } else {
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        n.checked_mul(mult)
-            .ok_or_else(|| format!("size {s:?} is too large"))?
+        // A number too long for u64 is too large, not "not a number".
+        let n: u64 = match num.parse() {
+            Ok(n) => n,
+            Err(_) if num.bytes().all(|b| b.is_ascii_digit()) => return Err(too_large(s)),
+            Err(_) => return Err(bad()),
+        };
+        n.checked_mul(mult).ok_or_else(|| too_large(s))?
     };
     if bytes == 0 {
         return Err(format!("size {s:?} must be more than zero"));
     }
-    Ok(bytes)
+    check_size_bound(bytes).map_err(|_| too_large(s))
+}
+
+fn too_large(s: &str) -> String {
+    format!(
+        "size {s:?} is too large: at most {} (1 PiB)",
+        human_size(MAX_SIZE)
+    )
+}
+
+/// `bytes` if it is at most [`MAX_SIZE`] (the planner calls this too, for
+/// answers built in code rather than parsed).
+pub fn check_size_bound(bytes: u64) -> Result<u64, u64> {
+    if bytes > MAX_SIZE {
+        Err(bytes)
+    } else {
+        Ok(bytes)
+    }
 }
 
 /// A human form of a byte count: `2 GiB`, `1.5 GiB`, `512 MiB`.
@@ -558,7 +605,8 @@ impl Answers {
                 toml::Value::String(s) => {
                     parse_size(s).or_else(|m| cx.err(v.span(), format!("{key}: {m}")))
                 }
-                toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
+                toml::Value::Integer(n) if *n > 0 => check_size_bound(*n as u64)
+                    .or_else(|_| cx.err(v.span(), format!("{key}: {}", too_large(&n.to_string())))),
                 other => cx.err(
                     v.span(),
                     format!("{key} = {other} is not a size: write it like \"2GiB\""),
@@ -665,6 +713,23 @@ impl Answers {
 
         let linux = Self::parse_linux(&cx, &raw.linux, &size)?;
 
+        let countdown_secs = match &raw.unattended.countdown {
+            None => DEFAULT_COUNTDOWN_SECS,
+            Some(c) => match u32::try_from(*c.get_ref()) {
+                Ok(n) if (1..=MAX_COUNTDOWN_SECS).contains(&n) => n,
+                _ => {
+                    return cx.err(
+                        c.span(),
+                        format!(
+                            "unattended.countdown = {} is out of range: give 1 to {MAX_COUNTDOWN_SECS} seconds \
+                             (the plan is shown that long before the install writes; any key cancels)",
+                            c.get_ref()
+                        ),
+                    );
+                }
+            },
+        };
+
         Ok(Answers {
             target,
             sizes,
@@ -673,6 +738,7 @@ impl Answers {
             policy,
             linux,
             finish: raw.finish.action.unwrap_or_default(),
+            countdown_secs,
         })
     }
 
@@ -773,6 +839,7 @@ impl Answers {
             policy: PolicyAnswers::default(),
             linux: LinuxAnswers::default(),
             finish: FinishAction::default(),
+            countdown_secs: DEFAULT_COUNTDOWN_SECS,
         }
     }
 }
@@ -964,6 +1031,27 @@ mod tests {
     }
 
     #[test]
+    fn countdown_of_the_unattended_install() {
+        let base = "version = 1\n[target]\nmode = \"whole-disk\"\n";
+        assert_eq!(
+            Answers::parse("a", base).unwrap().countdown_secs,
+            DEFAULT_COUNTDOWN_SECS
+        );
+        let with = |v: &str| Answers::parse("a", &format!("{base}[unattended]\ncountdown = {v}\n"));
+        assert_eq!(with("3").unwrap().countdown_secs, 3);
+        assert_eq!(with("3600").unwrap().countdown_secs, 3600);
+        for bad in ["0", "-1", "3601", "99999999999"] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.line, 5, "{bad}: {e}");
+            assert!(e.message.contains("out of range"), "{bad}: {e}");
+        }
+        let e = with("\"10s\"").unwrap_err();
+        assert_eq!(e.line, 5, "{e}");
+        let e = Answers::parse("a", &format!("{base}[unattended]\ncountdwn = 3\n")).unwrap_err();
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
     fn sizes_with_units() {
         assert_eq!(parse_size("2GiB"), Ok(2 * GIB));
         assert_eq!(parse_size("2G"), Ok(2 * GIB));
@@ -978,6 +1066,38 @@ mod tests {
         assert!(parse_size("1.2.3G").is_err());
         assert_eq!(human_size(3 * GIB / 2), "1.5 GiB");
         assert_eq!(human_size(512 * MIB), "512 MiB");
+    }
+
+    /// Issue #10 item 7: 2^64-1 bytes used to reach the planner and
+    /// overflow its rounding. Sizes are bounded where they are read.
+    #[test]
+    fn sizes_beyond_the_bound_are_refused_with_their_line() {
+        for (text, line) in [
+            ("[sizes]\nesp = \"18446744073709551615\"\n", 5),
+            ("[sizes]\nsystem = 9223372036854775807\n", 5),
+            ("[sizes]\ndata = \"16384PiB\"\n", 5),
+            ("[sizes]\ndata = \"2EiB\"\n", 5),
+            (
+                "[vm_storage]\nlinux = { create = \"18446744073709551615\" }\n",
+                5,
+            ),
+        ] {
+            let e = Answers::parse(
+                "a",
+                &format!("version = 1\n[target]\nmode = \"whole-disk\"\n{text}"),
+            )
+            .unwrap_err();
+            assert_eq!(e.line, line, "{text}: {e}");
+            assert!(
+                e.message.contains("too large") || e.message.contains("unknown unit"),
+                "{text}: {e}"
+            );
+        }
+        assert_eq!(parse_size("1024TiB"), Ok(MAX_SIZE));
+        assert!(parse_size("1025TiB").is_err());
+        assert!(parse_size(&(MAX_SIZE + 1).to_string()).is_err());
+        let e = parse_size("18446744073709551615").unwrap_err();
+        assert!(e.contains("at most 1024 TiB"), "{e}");
     }
 
     #[test]

@@ -9,9 +9,14 @@
 //!   table is built and checked in memory, then written in one go (GPT
 //!   primary and backup, protective MBR) and fsynced.
 //! - Filesystems are made by the real tools at byte offsets
-//!   ([`crate::tools`]), so image files need no loop device and no root.
+//!   ([`crate::tools`]), so image files need no loop device and no root;
+//!   mkfs.fat's result is checked with rayos-disk's BPB reader. Files go
+//!   into a FAT only through a copy bounded by its partition
+//!   ([`crate::fatview`]): never `mtools disk@@offset` onto the disk.
 //!   Nothing outside the partitions the plan creates or formats is written,
-//!   except files added to a reused ESP.
+//!   except files added to a reused ESP — which [`preflight`] first checks
+//!   (a sane BPB that fits its partition, `fsck.fat -n` clean, room for our
+//!   files), so a refused ESP leaves the whole disk as it was.
 //! - The data volume is populated at mkfs time from a staging directory
 //!   (`mkfs.ext4 -d`), files written with `rayos_state::write_atomic`.
 //! - Every byte is fsynced before the manifest is written, and the manifest
@@ -36,12 +41,13 @@ use serde::Serialize;
 
 use rayos_disk::{Gpt, GptError, Partition};
 
-use crate::efivar::{self, EfiVarError, HdFilePath};
+use crate::fatview::{FatImage, FatViewError};
 use crate::manifest::{Manifest, ManifestImage, ManifestPartition, now_rfc3339};
 use crate::plan::{
-    Action, ESP_LOADER_CONF, FsKind, MANIFEST_PATH, Plan, Role, Source, TableAction,
+    Action, ESP_LOADER_CONF, FsKind, MANIFEST_PATH, PartitionPlan, Plan, Role, Source, TableAction,
 };
 use crate::tools::{self, FatVolume, ToolError};
+use rayos_base::efivar::{self, EfiVarError, HdFilePath};
 
 /// Environment variable of the interruption test hook.
 pub const FAIL_AFTER_ENV: &str = "RAYOS_INSTALL_FAIL_AFTER";
@@ -82,6 +88,33 @@ pub enum ApplyError {
     EspFull { number: u32, free: u64, need: u64 },
     #[error("the plan names no system image: pass --system-image FILE")]
     NoSystemImage,
+    #[error(
+        "partition {number} ({role}) cannot be written safely, so nothing was written: repair its filesystem (fsck.fat -a on that partition, or back up its files and mkfs.fat it) or choose another target"
+    )]
+    UnsafeFat {
+        number: u32,
+        role: &'static str,
+        #[source]
+        source: FatViewError,
+    },
+    #[error("step {step}: writing into partition {number} failed")]
+    FatView {
+        step: String,
+        number: u32,
+        #[source]
+        source: FatViewError,
+    },
+}
+
+impl ApplyError {
+    /// A refusal made before anything was written (the caller may report
+    /// it as bad input rather than a failed install).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ApplyError::UnsafeFat { .. } | ApplyError::EspFull { .. }
+        )
+    }
 }
 
 /// Progress, for a bar on a terminal or JSON lines.
@@ -124,13 +157,7 @@ impl Default for ApplyOptions {
 /// The steps `apply` will run for `plan`, in order.
 pub fn steps(plan: &Plan) -> Vec<String> {
     let mut s = vec!["partition".to_string()];
-    for role in [
-        Role::Esp,
-        Role::System,
-        Role::Data,
-        Role::VmLinux,
-        Role::VmWindows,
-    ] {
+    for role in Role::ALL {
         if plan
             .partitions
             .iter()
@@ -175,7 +202,7 @@ pub fn apply(
     progress: &mut dyn FnMut(&Event),
 ) -> Result<ApplyReport, ApplyError> {
     let t0 = Instant::now();
-    preflight(plan)?;
+    preflight(plan, opts)?;
     let steps = steps(plan);
     let total = steps.len();
     let fail_after = std::env::var(FAIL_AFTER_ENV).ok();
@@ -195,12 +222,12 @@ pub fn apply(
                     progress(&Event::Note { message });
                 }
             }
-            "esp-files" => esp_files(plan, progress)?,
-            "system-files" => system_files(plan)?,
+            "esp-files" => esp_files(plan, opts, progress)?,
+            "system-files" => system_files(plan, opts)?,
             "nvram" => boot_entry = Some(nvram(plan, opts)?),
             "manifest" => {
                 let h = hash.take().ok_or(ApplyError::NoSystemImage)?;
-                manifest = Some(write_manifest(plan, h)?);
+                manifest = Some(write_manifest(plan, opts, h)?);
             }
             other => {
                 let role = [
@@ -238,8 +265,10 @@ pub fn apply(
 }
 
 /// Everything that can be checked before the first write: the host files
-/// exist and the tools run. A failure here leaves the disk untouched.
-pub fn preflight(plan: &Plan) -> Result<(), ApplyError> {
+/// exist, the tools run, and every FAT the install writes into that it
+/// does not make itself (a reused ESP) is sound and inside its partition.
+/// A failure here leaves the disk untouched.
+pub fn preflight(plan: &Plan, opts: &ApplyOptions) -> Result<(), ApplyError> {
     for f in &plan.files {
         if let Source::HostFile { path } | Source::LinuxVmImage { path, .. } = &f.source {
             let meta = File::open(path)
@@ -259,6 +288,7 @@ pub fn preflight(plan: &Plan) -> Result<(), ApplyError> {
         .any(|f| matches!(f.source, Source::LinuxVmImage { .. }));
     let tools_needed = [
         "mkfs.fat",
+        "fsck.fat",
         "mkfs.ext4",
         "mcopy",
         "mmd",
@@ -288,13 +318,23 @@ pub fn preflight(plan: &Plan) -> Result<(), ApplyError> {
         step: "preflight".into(),
         source,
     })?;
-    // A reused ESP (often Windows' 100 MiB one) must have room for our
-    // files, or the install would stop half-way on the first copy.
+    // A reused ESP (often Windows' 100 MiB one) must be a sound FAT inside
+    // its partition (our own check of its boot sector, then fsck.fat -n on
+    // the partition's bytes), and have room for our files, or the install
+    // would stop half-way on the first copy — or, with a FAT larger than
+    // its partition, write into the next one.
     if let Some(esp) = plan
         .partitions
         .iter()
         .find(|p| p.action == Action::ReuseEsp)
     {
+        let unsafe_fat = |source| ApplyError::UnsafeFat {
+            number: esp.number,
+            role: "the EFI system partition",
+            source,
+        };
+        let image = open_fat(plan, esp, opts).map_err(unsafe_fat)?;
+        image.fsck().map_err(unsafe_fat)?;
         let need: u64 = plan
             .files
             .iter()
@@ -307,14 +347,13 @@ pub fn preflight(plan: &Plan) -> Result<(), ApplyError> {
             // cluster slack and directory entries
             .map(|b| b + 64 * 1024)
             .sum();
-        let v = FatVolume {
-            disk: plan.target.clone(),
-            offset_bytes: esp.start_bytes,
-        };
-        let free = v.free_bytes().map_err(|source| ApplyError::Tool {
-            step: "preflight".into(),
-            source,
-        })?;
+        let free = image
+            .volume()
+            .free_bytes()
+            .map_err(|source| ApplyError::Tool {
+                step: "preflight".into(),
+                source,
+            })?;
         if free < need {
             return Err(ApplyError::EspFull {
                 number: esp.number,
@@ -587,12 +626,31 @@ fn format(
         source,
     };
     match role.fs() {
-        FsKind::Fat32 => FatVolume {
-            disk: plan.target.clone(),
-            offset_bytes: p.start_bytes,
+        FsKind::Fat32 => {
+            FatVolume {
+                disk: plan.target.clone(),
+                offset_bytes: p.start_bytes,
+            }
+            .format(plan.sector_size as u64, p.size_bytes, role.fs_label())
+            .map_err(tool)?;
+            // mkfs.fat sizes the filesystem from the size it was given;
+            // check what it wrote as we check any FAT we write into.
+            let bad = |source| ApplyError::FatView {
+                step: step.clone(),
+                number: p.number,
+                source,
+            };
+            let mut f = File::open(&plan.target)
+                .map_err(|e| bad(FatViewError::Read(plan.target.clone(), e)))?;
+            rayos_disk::fat::Geometry::read(&mut f, p.start_bytes)
+                .and_then(|g| g.check_within(p.size_bytes))
+                .map_err(|source| {
+                    bad(FatViewError::Geometry {
+                        what: format!("the FAT mkfs.fat made on partition {}", p.number),
+                        source,
+                    })
+                })
         }
-        .format(plan.sector_size as u64, p.size_bytes, role.fs_label())
-        .map_err(tool),
         FsKind::Ext4 => {
             let staging = stage(plan, role, opts, progress)?;
             tools::mkfs_ext4(
@@ -607,14 +665,46 @@ fn format(
     }
 }
 
-fn vol(plan: &Plan, role: Role) -> Result<FatVolume, ApplyError> {
+/// The FAT of `p` as a copy bounded by the partition (see [`crate::fatview`]).
+fn open_fat(plan: &Plan, p: &PartitionPlan, opts: &ApplyOptions) -> Result<FatImage, FatViewError> {
+    let what = match p.role {
+        Some(Role::Esp) => format!("the EFI system partition (partition {})", p.number),
+        Some(r) => format!("the {} partition (partition {})", r.label(), p.number),
+        None => format!("partition {}", p.number),
+    };
+    FatImage::open(
+        &plan.target,
+        p.start_bytes,
+        p.size_bytes,
+        &opts.temp_dir,
+        &what,
+    )
+}
+
+/// Runs `work` on the FAT of `role`'s partition through its bounded copy,
+/// then writes back what changed (inside the partition only).
+fn with_fat(
+    plan: &Plan,
+    role: Role,
+    step: &str,
+    opts: &ApplyOptions,
+    work: impl FnOnce(&FatVolume) -> Result<(), ApplyError>,
+) -> Result<(), ApplyError> {
     let p = plan
         .partition(role)
         .ok_or(ApplyError::NoPartition(role.gpt_name()))?;
-    Ok(FatVolume {
-        disk: plan.target.clone(),
-        offset_bytes: p.start_bytes,
-    })
+    let err = |source| ApplyError::FatView {
+        step: step.to_string(),
+        number: p.number,
+        source,
+    };
+    let image = open_fat(plan, p, opts).map_err(err)?;
+    // mtools never writes into a FAT fsck.fat finds damaged, be it a
+    // reused ESP (checked in preflight too) or one RayOS just made.
+    image.fsck().map_err(err)?;
+    work(&image.volume())?;
+    image.commit().map_err(err)?;
+    Ok(())
 }
 
 fn put_files(plan: &Plan, role: Role, step: &str, v: &FatVolume) -> Result<(), ApplyError> {
@@ -650,29 +740,35 @@ fn put_files(plan: &Plan, role: Role, step: &str, v: &FatVolume) -> Result<(), A
     Ok(())
 }
 
-fn esp_files(plan: &Plan, progress: &mut dyn FnMut(&Event)) -> Result<(), ApplyError> {
-    let v = vol(plan, Role::Esp)?;
-    let tool = |source| ApplyError::Tool {
-        step: "esp-files".into(),
-        source,
-    };
-    // Another systemd-boot's loader.conf on a reused ESP is kept beside ours.
-    let backup = format!("{ESP_LOADER_CONF}.pre-rayos");
-    if let Some(old) = v.read(ESP_LOADER_CONF).map_err(tool)? {
-        let ours = crate::plan::loader_conf();
-        if old != ours.as_bytes() && !v.exists(&backup).map_err(tool)? {
-            v.put_bytes(&old, &backup).map_err(tool)?;
-            progress(&Event::Note {
-                message: format!("the ESP's loader.conf was kept as {backup}"),
-            });
+fn esp_files(
+    plan: &Plan,
+    opts: &ApplyOptions,
+    progress: &mut dyn FnMut(&Event),
+) -> Result<(), ApplyError> {
+    with_fat(plan, Role::Esp, "esp-files", opts, |v| {
+        let tool = |source| ApplyError::Tool {
+            step: "esp-files".into(),
+            source,
+        };
+        // Another systemd-boot's loader.conf on a reused ESP is kept beside ours.
+        let backup = format!("{ESP_LOADER_CONF}.pre-rayos");
+        if let Some(old) = v.read(ESP_LOADER_CONF).map_err(tool)? {
+            let ours = crate::plan::loader_conf();
+            if old != ours.as_bytes() && !v.exists(&backup).map_err(tool)? {
+                v.put_bytes(&old, &backup).map_err(tool)?;
+                progress(&Event::Note {
+                    message: format!("the ESP's loader.conf was kept as {backup}"),
+                });
+            }
         }
-    }
-    put_files(plan, Role::Esp, "esp-files", &v)
+        put_files(plan, Role::Esp, "esp-files", v)
+    })
 }
 
-fn system_files(plan: &Plan) -> Result<(), ApplyError> {
-    let v = vol(plan, Role::System)?;
-    put_files(plan, Role::System, "system-files", &v)
+fn system_files(plan: &Plan, opts: &ApplyOptions) -> Result<(), ApplyError> {
+    with_fat(plan, Role::System, "system-files", opts, |v| {
+        put_files(plan, Role::System, "system-files", v)
+    })
 }
 
 fn nvram(plan: &Plan, opts: &ApplyOptions) -> Result<u16, ApplyError> {
@@ -720,12 +816,16 @@ fn hash_image(path: PathBuf) -> ImageHash {
         let err = |e| ApplyError::HostFile(path.clone(), e);
         let file = File::open(&path).map_err(err)?;
         let size = file.metadata().map_err(err)?.len();
-        let sha256 = crate::sha256::of_reader(file).map_err(err)?;
+        let sha256 = rayos_base::hash::sha256_reader(file).map_err(err)?.hex;
         Ok((size, sha256))
     })
 }
 
-fn write_manifest(plan: &Plan, hash: ImageHash) -> Result<Manifest, ApplyError> {
+fn write_manifest(
+    plan: &Plan,
+    opts: &ApplyOptions,
+    hash: ImageHash,
+) -> Result<Manifest, ApplyError> {
     let (image_path, image_dest) = system_image(plan)?;
     let (size, sha256) = hash.join().map_err(|_| {
         ApplyError::HostFile(
@@ -763,12 +863,13 @@ fn write_manifest(plan: &Plan, hash: ImageHash) -> Result<Manifest, ApplyError> 
     };
     // Everything else must be on the disk before the manifest says so.
     sync_target(&plan.target)?;
-    vol(plan, Role::System)?
-        .put_bytes(manifest.to_json().as_bytes(), MANIFEST_PATH)
-        .map_err(|source| ApplyError::Tool {
-            step: "manifest".into(),
-            source,
-        })?;
+    with_fat(plan, Role::System, "manifest", opts, |v| {
+        v.put_bytes(manifest.to_json().as_bytes(), MANIFEST_PATH)
+            .map_err(|source| ApplyError::Tool {
+                step: "manifest".into(),
+                source,
+            })
+    })?;
     sync_target(&plan.target)?;
     Ok(manifest)
 }

@@ -7,11 +7,10 @@
 //! [`apply::apply`] (writes). See `docs/install.md` for the decisions.
 
 pub mod answers;
-pub mod efivar;
+pub mod fatview;
 pub mod plan;
 pub mod qcow2;
 pub mod sample;
-pub mod sha256;
 pub mod tools;
 pub mod vmdisk;
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use uuid::Uuid;
 
+use rayos_disk::gpt::{free_runs, standard_usable_area};
 use rayos_disk::report::{find_rayos, find_systems};
 use rayos_disk::types::{self, type_family, type_name};
 use rayos_disk::{Disk, DiskKind, Filesystem, FreeSpace, PartitionReport, Table};
@@ -73,34 +74,16 @@ pub fn fake_disk(path: &str, size: u64, ss: u32, kind: DiskKind, parts: &[FakePa
             in_use: Vec::new(),
         })
         .collect();
-    let total = size / ssz;
-    let array = 16384 / ssz;
-    let (first, last) = (2 + array, total - 2 - array);
-    let align = MIB / ssz;
-    let mut used: Vec<(u64, u64)> = parts.iter().map(|p| (p.first_lba, p.last_lba)).collect();
-    used.sort_unstable();
-    let mut free_regions = Vec::new();
-    let mut cursor = first;
-    let mut push = |a: u64, b: u64| {
-        let s = a.div_ceil(align) * align;
-        if s <= b && b - s + 1 >= align {
-            free_regions.push(FreeSpace {
-                first_lba: s,
-                last_lba: b,
-                start_bytes: s * ssz,
-                size_bytes: (b + 1 - s) * ssz,
-            });
-        }
-    };
-    for (a, b) in used {
-        if a > cursor {
-            push(cursor, a - 1);
-        }
-        cursor = cursor.max(b + 1);
-    }
-    if cursor <= last {
-        push(cursor, last);
-    }
+    let (first, last) = standard_usable_area(size / ssz, ss);
+    let free_regions = free_runs(
+        first,
+        last,
+        parts.iter().map(|p| (p.first_lba, p.last_lba)),
+        MIB / ssz,
+    )
+    .into_iter()
+    .map(|r| FreeSpace::of(r, ss))
+    .collect();
     Disk {
         path: PathBuf::from(path),
         kind,
@@ -111,6 +94,7 @@ pub fn fake_disk(path: &str, size: u64, ss: u32, kind: DiskKind, parts: &[FakePa
         removable: false,
         read_only: false,
         table: Table::Gpt,
+        hybrid_mbr: Vec::new(),
         disk_guid: Some(Uuid::new_v4()),
         whole_disk_filesystem: None,
         rayos: find_rayos(&partitions),

@@ -3,7 +3,9 @@
 //!
 //! - FAT32: `mkfs.fat -F 32 -S <sector> -s <4 KiB cluster> --offset <sectors>`
 //!   (`--offset` counts in `-S` sectors), files with mtools
-//!   (`mcopy -i disk@@<byte offset>`, `mmd`, `mtype`, `mdir`).
+//!   (`mcopy -i image@@<byte offset>`, `mmd`, `mtype`, `mdir`). mtools
+//!   cannot bound `@@offset`: the installer points it at the disk only to
+//!   read (the manifest); every write goes to a [`crate::fatview`] copy.
 //! - ext4: `mkfs.ext4 -E offset=<bytes>,nodiscard -d <staging dir> <disk> <size>k`.
 //!   `nodiscard` because discarding would punch holes into an image file, and
 //!   nothing outside the partition may change.

@@ -215,7 +215,7 @@ fn check_installed(env: &Env, img: &Path, plan: &Plan, report: &rayos_install::a
     assert_eq!(m.install_id, plan.machine.install_id);
     assert_eq!(
         m.system_image.sha256,
-        rayos_install::sha256::of_bytes(&std::fs::read(env.uki()).unwrap())
+        rayos_base::hash::sha256(&std::fs::read(env.uki()).unwrap())
     );
     assert_eq!(m.system_image.sha256, sha256_file(&env.uki()).unwrap());
 

@@ -15,14 +15,15 @@
 //! `ABS_X/ABS_Y` axes; no LED (caps lock) feedback to the keyboards.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
+
+use rayos_base::sys::{self, DirWatch, Waker};
 
 use crate::keymap::code;
 
@@ -300,17 +301,13 @@ fn open_device(path: &Path) -> Option<(Device, Kind)> {
 /// (text console mode), plus a way to stop the hub.
 #[derive(Debug, Clone)]
 pub struct InputControl {
-    wake: Arc<OwnedFd>,
+    wake: Arc<Waker>,
     state: Arc<Mutex<(bool, bool)>>,
 }
 
 impl InputControl {
     fn poke(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from `one` to the eventfd we own.
-        unsafe {
-            libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8);
-        }
+        self.wake.wake();
     }
 
     /// Grab (true) or release (false) every device.
@@ -332,7 +329,7 @@ impl InputControl {
 /// The set of open devices and the inotify watch.
 pub struct InputHub {
     dir: PathBuf,
-    inotify: OwnedFd,
+    watch: DirWatch,
     control: InputControl,
     devices: BTreeMap<PathBuf, Device>,
     grabbed: bool,
@@ -346,36 +343,11 @@ impl InputHub {
             path: dir.to_path_buf(),
             source,
         };
-        // SAFETY: plain syscall; the result is checked.
-        let ifd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if ifd < 0 {
-            return Err(watch_err(std::io::Error::last_os_error()));
-        }
-        // SAFETY: ifd is a fresh descriptor nobody else owns.
-        let inotify = unsafe { OwnedFd::from_raw_fd(ifd) };
-        let cdir = CString::new(dir.as_os_str().as_encoded_bytes())
-            .map_err(|e| watch_err(std::io::Error::other(e)))?;
-        // SAFETY: cdir is a valid C string for the call.
-        let wd = unsafe {
-            libc::inotify_add_watch(
-                inotify.as_raw_fd(),
-                cdir.as_ptr(),
-                libc::IN_CREATE | libc::IN_ATTRIB | libc::IN_MOVED_TO,
-            )
-        };
-        if wd < 0 {
-            return Err(watch_err(std::io::Error::last_os_error()));
-        }
-        // SAFETY: plain syscall; the result is checked.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            return Err(InputError::Wake(std::io::Error::last_os_error()));
-        }
-        // SAFETY: efd is a fresh descriptor nobody else owns.
-        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
+        let watch = DirWatch::new(dir).map_err(watch_err)?;
+        let wake = Arc::new(Waker::new().map_err(InputError::Wake)?);
         Ok(InputHub {
             dir: dir.to_path_buf(),
-            inotify,
+            watch,
             control: InputControl {
                 wake,
                 state: Arc::new(Mutex::new((true, false))),
@@ -468,68 +440,34 @@ impl InputHub {
                 return;
             }
             self.set_grab(want_grab, log);
-            let mut fds: Vec<libc::pollfd> = vec![
-                libc::pollfd {
-                    fd: self.inotify.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.control.wake.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
             let paths: Vec<PathBuf> = self.devices.keys().cloned().collect();
-            for p in &paths {
-                fds.push(libc::pollfd {
-                    fd: self.devices[p].file.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-            }
-            // SAFETY: fds is a valid array of fds.len() pollfd structs.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
+            let ready = {
+                let mut fds = vec![self.watch.as_fd(), self.control.wake.as_fd()];
+                fds.extend(paths.iter().map(|p| self.devices[p].file.as_fd()));
+                match sys::poll(&fds, None) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        log(format!("input: poll failed: {e}"));
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                        continue;
+                    }
                 }
-                log(format!("input: poll failed: {e}"));
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                continue;
+            };
+            if ready[1].ready {
+                self.control.wake.drain();
             }
-            if fds[1].revents != 0 {
-                let mut v = 0u64;
-                // SAFETY: reads 8 bytes into `v` from our eventfd.
-                unsafe {
-                    libc::read(
-                        self.control.wake.as_raw_fd(),
-                        (&mut v as *mut u64).cast(),
-                        8,
-                    );
-                }
-            }
-            if fds[0].revents != 0 {
-                // Drain inotify; any change means "look again".
-                let mut ibuf = [0u8; 4096];
-                // SAFETY: reads into a stack buffer of the given length.
-                while unsafe {
-                    libc::read(
-                        self.inotify.as_raw_fd(),
-                        ibuf.as_mut_ptr().cast(),
-                        ibuf.len(),
-                    )
-                } > 0
-                {}
+            if ready[0].ready {
+                // Any change means "look again".
+                self.watch.drain();
                 self.scan(log);
             }
             for (i, p) in paths.iter().enumerate() {
-                let re = fds[i + 2].revents;
-                if re == 0 {
+                let r = ready[i + 2];
+                if !r.ready {
                     continue;
                 }
-                let mut gone = re & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
+                let mut gone = r.gone;
                 if let Some(d) = self.devices.get_mut(p) {
                     loop {
                         match d.file.read(&mut buf) {

@@ -33,6 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rayos_api::{Client, VmInfo, VmState};
+use rayos_base::error::chain;
 
 use crate::display::Display;
 use crate::home::{self, HomeVm, Model};
@@ -853,18 +854,6 @@ impl ReaderCtx {
             }
         }
     }
-}
-
-/// An error and its sources on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

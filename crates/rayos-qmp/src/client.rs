@@ -20,11 +20,12 @@
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use rayos_base::sys;
 use serde_json::{Value, json};
 
 use crate::wire::{DEFAULT_MAX_LINE, Event, LineBuffer, Message, WireError, encode_command};
@@ -133,7 +134,7 @@ impl Conn {
             .set_write_timeout(Some(timeout.max(Duration::from_millis(1))))
             .map_err(send_err)?;
         let sent = loop {
-            match send_fd(&self.stream, bytes, fd) {
+            match sys::send_with_fd(&self.stream, bytes, fd) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(send_err(e)),
@@ -192,52 +193,6 @@ impl Conn {
             Err(e) => Err(recv_err(e)),
         }
     }
-}
-
-/// One `sendmsg` of (a prefix of) `bytes` carrying `fd`; returns how many
-/// bytes went out (at least one, since the descriptor rides on data).
-fn send_fd(stream: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> std::io::Result<usize> {
-    if bytes.is_empty() {
-        return Err(std::io::Error::new(
-            ErrorKind::InvalidInput,
-            "a descriptor needs at least one byte to travel with",
-        ));
-    }
-    let raw = fd.as_raw_fd();
-    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic on a constant size.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    // u64 elements keep the buffer aligned for cmsghdr.
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: msg_control points at `space` zeroed, aligned bytes, enough
-    // for one cmsghdr holding one c_int, so CMSG_FIRSTHDR is non-null and
-    // CMSG_DATA stays inside the buffer; write_unaligned avoids assuming
-    // the data's alignment.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), raw);
-    }
-    // SAFETY: the socket fd is open for the borrow of `stream`; msg, iov
-    // and control outlive the call and describe valid memory; the kernel
-    // only reads from `bytes`. MSG_NOSIGNAL: a closed peer is an error, not
-    // a SIGPIPE.
-    let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(n as usize)
 }
 
 /// A QMP connection to one QEMU.
@@ -705,32 +660,10 @@ mod tests {
 
     /// Receives one message and the descriptor attached to it.
     fn recv_fd(stream: &UnixStream) -> (Vec<u8>, Option<std::os::fd::OwnedFd>) {
-        use std::os::fd::FromRawFd;
         let mut buf = vec![0u8; 4096];
-        let mut control = [0u64; 8];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        // SAFETY: test-only; all buffers outlive the call.
-        let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, 0) };
-        assert!(n > 0, "recvmsg: {}", std::io::Error::last_os_error());
-        buf.truncate(n as usize);
-        // SAFETY: the kernel filled msg's control area; we read one fd.
-        let fd = unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (!cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_RIGHTS).then(|| {
-                std::os::fd::OwnedFd::from_raw_fd(std::ptr::read_unaligned(
-                    libc::CMSG_DATA(cmsg).cast::<libc::c_int>(),
-                ))
-            })
-        };
+        let (n, fd) = sys::recv_with_fd(stream, &mut buf).unwrap();
+        assert!(n > 0, "the peer closed the socket");
+        buf.truncate(n);
         (buf, fd)
     }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 /// Default mount point of the data volume.
-pub const DEFAULT_ROOT: &str = "/var/rayos";
+pub const DEFAULT_ROOT: &str = rayos_base::paths::DATA;
 
 /// Paths on a data volume rooted at `root`.
 #[derive(Debug, Clone, PartialEq, Eq)]

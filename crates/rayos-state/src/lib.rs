@@ -5,6 +5,8 @@
 //!
 //! Both the installer (which seeds a fresh data volume) and rayosd (which owns
 //! it at run time) use this crate, so the on-disk formats live in one place.
+//! The system partition's shared names ([`system`]) and the PE reader of the
+//! UKIs on it ([`pe`]) live here for the same reason.
 //!
 //! Limits: this crate does no locking between processes; rayosd is the only
 //! writer of the registry and the installer writes only to a volume it has
@@ -14,6 +16,7 @@ pub mod atomic;
 pub mod guest;
 pub mod layout;
 pub mod machine;
+pub mod pe;
 pub mod policy;
 pub mod registry;
 pub mod system;

@@ -2,9 +2,9 @@
 //! UKIs) that more than one writer must agree on: the installer creates
 //! them, updates replace them, recovery repairs them, rayos init reads them.
 //!
-//! Paths are relative to the partition's root. The UKIs themselves
-//! (`EFI/Linux/rayos-<version>[+tries].efi`) are named by the installer's
-//! plan and the update code, which own the boot-counting suffix.
+//! Paths are relative to the partition's root. The UKIs' file names
+//! (`EFI/Linux/rayos-<version>[+tries].efi`, the recovery UKI's) are
+//! `rayos_base::uki_name`'s, with the boot-counting rules.
 
 /// The install manifest, written last by the installer.
 pub const INSTALL_MANIFEST: &str = "rayos/install-manifest.json";
@@ -15,9 +15,7 @@ pub const RECOVERY_DIR: &str = "rayos";
 pub const RECOVERY_ENTRY: &str = "loader/entries/rayos-recovery.conf";
 
 /// The recovery UKI's file name for `version`.
-pub fn recovery_uki_name(version: &str) -> String {
-    format!("rayos-recovery-{version}.efi")
-}
+pub use rayos_base::uki_name::recovery as recovery_uki_name;
 
 /// The text of [`RECOVERY_ENTRY`] for the recovery UKI at `efi` (an absolute
 /// path on the system partition). `sort-key rayos-recovery` sorts it after

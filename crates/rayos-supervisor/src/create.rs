@@ -3,10 +3,15 @@
 //!
 //! Decisions (see `docs/supervisor.md`):
 //! - `{"size": "8G"}` creates an empty qcow2 with `qemu-img create`.
-//! - `{"import": "/path"}` *copies* the image (qcow2 or raw, detected by its
-//!   magic) into `vm/<id>/disks/` with `cp --reflink=auto --sparse=always`:
-//!   the VM then owns its disk for its whole life and the user's file is
-//!   never written.
+//! - `{"import": "/path"}` *converts* the image into a fresh qcow2 in
+//!   `vm/<id>/disks/` with `qemu-img convert` (qcow2, raw, VMDK, VHDX or
+//!   VDI, detected by `qemu-img info` and passed on explicitly): the VM
+//!   then owns its disk for its whole life and the user's file is never
+//!   written. Every import is inspected ([`inspect_imports`]) before
+//!   anything is created: an image that names other files (a backing file,
+//!   an external data file, VMDK extents) or a block device is refused, so
+//!   no image can hand a guest a host disk (`rayos_vmm::qemu::image`).
+//! - `vm/<id>/` and its directories are 0700, disks and boot files 0600.
 //! - `kernel`/`initrd` are copied to `vm/<id>/boot/` for the same reason
 //!   (they are small); installation media are referenced, not copied (ISOs
 //!   are large and are detached once the VM is provisioned).
@@ -15,14 +20,15 @@
 //!   no direct kernel boot.
 
 use std::fs;
-use std::io::{self, Read};
-use std::os::unix::fs::FileTypeExt;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rayos_api::{CreateRequest, DiskRequest};
 use rayos_state::registry::{BootSpec, DiskFormat, DiskSpec};
 use rayos_state::{VmDefinition, VmKind, layout::vm as vmdirs};
+use rayos_vmm::qemu::image::{self, ImageError, ImageInfo};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +79,9 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CreateError + '_ {
     }
 }
 
+/// The program that creates and converts disk images.
+const QEMU_IMG: &str = "qemu-img";
+
 fn need_file(what: &str, p: &Path) -> Result<(), CreateError> {
     if !p.is_absolute() {
         return Err(CreateError::Invalid(format!(
@@ -81,7 +90,13 @@ fn need_file(what: &str, p: &Path) -> Result<(), CreateError> {
         )));
     }
     match fs::metadata(p) {
-        Ok(m) if m.is_file() || m.file_type().is_block_device() => Ok(()),
+        Ok(m) if m.is_file() => Ok(()),
+        // A host disk is never given to a guest, not even read-only.
+        Ok(m) if m.file_type().is_block_device() => Err(CreateError::Invalid(format!(
+            "{what} {} is a block device: RayOS takes image files only, so a guest never gets a host disk; make an image of it first (e.g. qemu-img convert -O qcow2 {} disk.qcow2)",
+            p.display(),
+            p.display()
+        ))),
         Ok(_) => Err(CreateError::Invalid(format!(
             "{what} {} is not a file",
             p.display()
@@ -91,6 +106,28 @@ fn need_file(what: &str, p: &Path) -> Result<(), CreateError> {
             p.display()
         ))),
     }
+}
+
+/// Checks a definition read back from the registry by the rules a new VM
+/// is created with (the file may have been edited by hand or damaged): its
+/// name, and disks that stay inside the VM's directory. The name reaches
+/// QEMU's command line, cgroup paths and the API; a disk path outside
+/// `vm/<id>/` could be any host file.
+pub fn check_registered(def: &VmDefinition) -> Result<(), String> {
+    VmDefinition::validate_name(&def.name)?;
+    for d in &def.disks {
+        let inside = !d.path.as_os_str().is_empty()
+            && d.path
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside {
+            return Err(format!(
+                "disk {} is not a path inside the VM's directory (relative, without '..')",
+                d.path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks the request without touching the disk (beyond reading metadata).
@@ -170,15 +207,40 @@ pub fn validate(req: &CreateRequest) -> Result<(), CreateError> {
     Ok(())
 }
 
-fn detect_format(p: &Path) -> Result<DiskFormat, CreateError> {
-    let mut magic = [0u8; 4];
-    let mut f = fs::File::open(p).map_err(io_err(p))?;
-    let n = f.read(&mut magic).map_err(io_err(p))?;
-    Ok(if n == 4 && magic == *b"QFI\xfb" {
-        DiskFormat::Qcow2
-    } else {
-        DiskFormat::Raw
-    })
+/// Inspects every image the request imports (`qemu-img info`), in order,
+/// before anything is created: an image that may not be imported is bad
+/// input and nothing is copied.
+pub fn inspect_imports(req: &CreateRequest) -> Result<Vec<ImageInfo>, CreateError> {
+    req.disks
+        .iter()
+        .filter_map(|d| match d {
+            DiskRequest::Import(p) => Some(p),
+            DiskRequest::Size(_) => None,
+        })
+        .map(|p| {
+            image::inspect(Path::new(QEMU_IMG), p).map_err(|e| match e {
+                ImageError::Refused(m) => CreateError::Invalid(m),
+                // An image qemu-img cannot read is the user's to fix too.
+                other => CreateError::Invalid(crate::supervisor::chain(&other)),
+            })
+        })
+        .collect()
+}
+
+/// Creates a directory (and its parents) 0700, tightening an existing one.
+fn private_dir(d: &Path) -> Result<(), CreateError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(d)
+        .map_err(io_err(d))?;
+    fs::set_permissions(d, fs::Permissions::from_mode(0o700)).map_err(io_err(d))
+}
+
+/// Makes a file the VM owns readable by root only (disks hold the guest's
+/// data; `qemu-img` and `fs::copy` create files with the default umask).
+fn private_file(f: &Path) -> Result<(), CreateError> {
+    fs::set_permissions(f, fs::Permissions::from_mode(0o600)).map_err(io_err(f))
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<(), CreateError> {
@@ -201,12 +263,21 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), CreateError> {
 }
 
 /// Creates `vm_dir` and everything in it, and returns the definition.
-/// On error the caller removes `vm_dir` (it did not exist before).
-pub fn build(req: &CreateRequest, id: Uuid, vm_dir: &Path) -> Result<VmDefinition, CreateError> {
+/// `imports` are [`inspect_imports`]' results for the request; `progress`
+/// gets (source, percent) while an image is converted. On error the caller
+/// removes `vm_dir` (it did not exist before).
+pub fn build(
+    req: &CreateRequest,
+    id: Uuid,
+    vm_dir: &Path,
+    imports: &[ImageInfo],
+    progress: &mut dyn FnMut(&Path, u32),
+) -> Result<VmDefinition, CreateError> {
+    private_dir(vm_dir)?;
     for sub in [vmdirs::DISKS, vmdirs::STATE, vmdirs::LOGS] {
-        let d = vm_dir.join(sub);
-        fs::create_dir_all(&d).map_err(io_err(&d))?;
+        private_dir(&vm_dir.join(sub))?;
     }
+    let mut imports = imports.iter();
     let mut disks = Vec::new();
     for (i, d) in req.disks.iter().enumerate() {
         match d {
@@ -220,39 +291,43 @@ pub fn build(req: &CreateRequest, id: Uuid, vm_dir: &Path) -> Result<VmDefinitio
                         .arg(bytes.to_string()),
                     "qemu-img create",
                 )?;
+                private_file(&vm_dir.join(&rel))?;
                 disks.push(DiskSpec {
                     path: rel,
                     format: DiskFormat::Qcow2,
                 });
             }
             DiskRequest::Import(src) => {
-                let format = detect_format(src)?;
-                let ext = match format {
-                    DiskFormat::Qcow2 => "qcow2",
-                    DiskFormat::Raw => "img",
-                };
-                let rel = PathBuf::from(vmdirs::DISKS).join(format!("disk{i}.{ext}"));
-                run(
-                    Command::new("cp")
-                        .args(["--reflink=auto", "--sparse=always", "--"])
-                        .arg(src)
-                        .arg(vm_dir.join(&rel)),
-                    &format!("copying {}", src.display()),
-                )?;
-                disks.push(DiskSpec { path: rel, format });
+                let info = imports.next().ok_or_else(|| {
+                    CreateError::Invalid(format!("{} was not inspected", src.display()))
+                })?;
+                let rel = PathBuf::from(vmdirs::DISKS).join(format!("disk{i}.qcow2"));
+                let dest = vm_dir.join(&rel);
+                image::convert(Path::new(QEMU_IMG), src, info, &dest, |p| progress(src, p))
+                    .map_err(|e| CreateError::Tool {
+                        what: format!("importing {}", src.display()),
+                        detail: crate::supervisor::chain(&e),
+                    })?;
+                private_file(&dest)?;
+                disks.push(DiskSpec {
+                    path: rel,
+                    format: DiskFormat::Qcow2,
+                });
             }
         }
     }
     let boot = match &req.kernel {
         Some(k) => {
             let dir = vm_dir.join("boot");
-            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            private_dir(&dir)?;
             let kernel = dir.join("vmlinuz");
             fs::copy(k, &kernel).map_err(io_err(k))?;
+            private_file(&kernel)?;
             let initrd = match &req.initrd {
                 Some(i) => {
                     let to = dir.join("initrd.img");
                     fs::copy(i, &to).map_err(io_err(i))?;
+                    private_file(&to)?;
                     Some(to)
                 }
                 None => None,
@@ -345,6 +420,10 @@ mod tests {
         assert!(validate(&w).unwrap_err().to_string().contains("UEFI"));
     }
 
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
     #[test]
     fn windows_profile_and_imported_disk() {
         let d = tempfile::tempdir().unwrap();
@@ -356,17 +435,81 @@ mod tests {
         r.disks = vec![DiskRequest::Import(src.clone())];
         r.media = vec![iso.clone()];
         validate(&r).unwrap();
+        let infos = inspect_imports(&r).unwrap();
+        assert_eq!(infos[0].format, "raw");
         let vm_dir = d.path().join("vm");
-        let def = build(&r, Uuid::new_v4(), &vm_dir).unwrap();
+        let mut seen = Vec::new();
+        let def = build(&r, Uuid::new_v4(), &vm_dir, &infos, &mut |p, pct| {
+            seen.push((p.to_path_buf(), pct))
+        })
+        .unwrap();
         assert_eq!(def.boot, BootSpec::Uefi { secure_boot: true });
         assert!(def.tpm && !def.provisioned);
         assert_eq!(def.media, vec![iso]);
-        assert_eq!(def.disks[0].format, DiskFormat::Raw);
-        assert_eq!(
-            fs::read(vm_dir.join(&def.disks[0].path)).unwrap(),
-            vec![7u8; 4096]
-        );
+        // Converted into the VM's own qcow2, same bytes.
+        assert_eq!(def.disks[0].format, DiskFormat::Qcow2);
+        let disk = vm_dir.join(&def.disks[0].path);
+        let back = d.path().join("back.raw");
+        let st = Command::new(QEMU_IMG)
+            .args(["convert", "-f", "qcow2", "-O", "raw"])
+            .arg(&disk)
+            .arg(&back)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert_eq!(fs::read(&back).unwrap(), vec![7u8; 4096]);
         assert_eq!(fs::read(&src).unwrap(), vec![7u8; 4096], "source untouched");
+        assert_eq!(seen.last(), Some(&(src.clone(), 100)), "{seen:?}");
         assert_eq!((def.memory_mib, def.cpus), (4096, 2));
+        // Private to root.
+        assert_eq!(mode(&vm_dir), 0o700);
+        for sub in ["disks", "state", "logs"] {
+            assert_eq!(mode(&vm_dir.join(sub)), 0o700, "{sub}");
+        }
+        assert_eq!(mode(&disk), 0o600);
+    }
+
+    #[test]
+    fn block_devices_and_chained_images_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let blk = d.path().join("blk");
+        let st = Command::new("mknod")
+            .arg(&blk)
+            .args(["b", "7", "0"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mknod needs root (tests run as root in CI)");
+        for (what, set) in [("import", 0), ("kernel", 1), ("media", 2)] {
+            let mut r = req("x", VmKind::Linux);
+            match set {
+                0 => r.disks = vec![DiskRequest::Import(blk.clone())],
+                1 => r.kernel = Some(blk.clone()),
+                _ => r.media = vec![blk.clone()],
+            }
+            let e = validate(&r).unwrap_err();
+            assert!(
+                matches!(e, CreateError::Invalid(_)) && e.to_string().contains("block device"),
+                "{what}: {e}"
+            );
+        }
+        // A qcow2 with a backing file: refused by inspection, before build.
+        let base = d.path().join("base.raw");
+        fs::write(&base, b"host bytes").unwrap();
+        let over = d.path().join("over.qcow2");
+        let st = Command::new(QEMU_IMG)
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&base)
+            .arg(&over)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut r = req("x", VmKind::Linux);
+        r.disks = vec![DiskRequest::Import(over)];
+        validate(&r).unwrap();
+        let e = inspect_imports(&r).unwrap_err();
+        assert!(
+            matches!(&e, CreateError::Invalid(m) if m.contains("backing file")),
+            "{e}"
+        );
     }
 }

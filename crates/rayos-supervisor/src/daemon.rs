@@ -9,21 +9,21 @@
 //! models outlive a daemon that is killed or crashes; the next one
 //! re-attaches.
 //!
-//! Signals are delivered through a self-pipe: the handler only writes one
-//! byte (async-signal-safe), the main thread waits on the pipe. No signal
-//! mask is changed, so child processes (QEMU, swtpm) inherit nothing odd.
+//! Signals are delivered through a self-pipe (`rayos_base::sys::SignalPipe`):
+//! the handler only writes one byte (async-signal-safe), the main thread
+//! waits on the pipe. No signal mask is changed, so child processes (QEMU,
+//! swtpm) inherit nothing odd.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
+use rayos_base::sys::{self, SignalPipe};
 use rayos_vmm::Vmm;
 
-use crate::server::{self, ServeError};
+use crate::server::{self, ServeError, ServerLimits};
 use crate::supervisor::{Config, OpError, Supervisor, marker};
 
 #[derive(Debug, Clone)]
@@ -34,6 +34,8 @@ pub struct DaemonOptions {
     pub cgroup_root: Option<PathBuf>,
     pub shutdown_deadline: Duration,
     pub stop_timeout: Duration,
+    /// Connection limits of the API.
+    pub api: ServerLimits,
 }
 
 impl DaemonOptions {
@@ -44,6 +46,7 @@ impl DaemonOptions {
             cgroup_root: Some(PathBuf::from("/sys/fs/cgroup/rayos")),
             shutdown_deadline: Duration::from_secs(90),
             stop_timeout: Duration::from_secs(60),
+            api: ServerLimits::default(),
         }
     }
 }
@@ -74,61 +77,6 @@ pub enum DaemonError {
     Serve(#[from] ServeError),
 }
 
-/// Write end of the self-pipe, for the signal handler.
-static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    let fd = SIGNAL_FD.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let b = sig as u8;
-        // SAFETY: write(2) is async-signal-safe; `b` lives for the call and
-        // the fd is the pipe's write end, which is never closed.
-        unsafe {
-            libc::write(fd, (&b as *const u8).cast(), 1);
-        }
-    }
-}
-
-/// Installs handlers for SIGTERM and SIGINT; returns the read end to wait on.
-fn install_signal_pipe() -> io::Result<File> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    SIGNAL_FD.store(fds[1], Ordering::SeqCst);
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask"
-        // value; the handler is an extern "C" fn that only calls write(2).
-        let rc = unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    // SAFETY: fds[0] is a fresh descriptor that nothing else owns.
-    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) })
-}
-
-/// Blocks until a handled signal arrives; returns its number.
-fn wait_signal(pipe: &mut File) -> i32 {
-    use std::io::Read;
-    let mut b = [0u8; 1];
-    loop {
-        match pipe.read(&mut b) {
-            Ok(1) => return b[0] as i32,
-            Ok(_) => return libc::SIGTERM,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return libc::SIGTERM,
-        }
-    }
-}
-
 fn lock_state_dir(dir: &Path) -> Result<File, DaemonError> {
     std::fs::create_dir_all(dir).map_err(|source| DaemonError::StateDir {
         path: dir.to_path_buf(),
@@ -144,22 +92,17 @@ fn lock_state_dir(dir: &Path) -> Result<File, DaemonError> {
             path: path.clone(),
             source,
         })?;
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            DaemonError::Locked(dir.to_path_buf())
-        } else {
-            DaemonError::Lock { path, source: e }
-        });
+    match sys::try_lock_exclusive(&f) {
+        Ok(true) => Ok(f),
+        Ok(false) => Err(DaemonError::Locked(dir.to_path_buf())),
+        Err(source) => Err(DaemonError::Lock { path, source }),
     }
-    Ok(f)
 }
 
 /// Runs the daemon until SIGTERM/SIGINT; returns after host shutdown.
 pub fn run(opts: DaemonOptions, vmm: Arc<dyn Vmm>) -> Result<(), DaemonError> {
-    let mut signals = install_signal_pipe().map_err(DaemonError::Signals)?;
+    let mut signals =
+        SignalPipe::install(&[sys::SIGTERM, sys::SIGINT]).map_err(DaemonError::Signals)?;
     let _lock = lock_state_dir(&opts.state_dir)?;
     let run_dir = opts
         .socket
@@ -175,9 +118,10 @@ pub fn run(opts: DaemonOptions, vmm: Arc<dyn Vmm>) -> Result<(), DaemonError> {
     let listener = server::bind(&opts.socket)?;
     {
         let sup = Arc::clone(&sup);
+        let limits = opts.api;
         std::thread::Builder::new()
             .name("api-accept".into())
-            .spawn(move || server::serve(sup, listener))
+            .spawn(move || server::serve(sup, listener, limits))
             .map_err(DaemonError::Signals)?;
     }
     {
@@ -198,7 +142,7 @@ pub fn run(opts: DaemonOptions, vmm: Arc<dyn Vmm>) -> Result<(), DaemonError> {
             })
             .map_err(DaemonError::Signals)?;
     }
-    let sig = wait_signal(&mut signals);
+    let sig = signals.wait();
     eprintln!("rayosd: signal {sig}: saving VMs and exiting");
     let results = sup.shutdown();
     let _ = std::fs::remove_file(&opts.socket);

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
-use rayos_api::{Event, VmState};
+use rayos_api::{Event, EventKind, VmState};
 
 const QUEUE: usize = 1024;
 const HISTORY: usize = 256;
@@ -35,7 +35,7 @@ fn now_ms() -> u64 {
 }
 
 impl EventBus {
-    pub fn emit(&self, vm: &str, event: &str, state: VmState, detail: impl Into<String>) {
+    pub fn emit(&self, vm: &str, event: EventKind, state: VmState, detail: impl Into<String>) {
         let detail = detail.into();
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.seq += 1;
@@ -43,7 +43,7 @@ impl EventBus {
             seq: g.seq,
             time_ms: now_ms(),
             vm: vm.to_string(),
-            event: event.to_string(),
+            event,
             state,
             detail,
         };
@@ -92,15 +92,15 @@ mod tests {
     #[test]
     fn numbered_fanned_out_and_replayed() {
         let bus = EventBus::default();
-        bus.emit("a", "created", VmState::Stopped, "");
+        bus.emit("a", EventKind::Created, VmState::Stopped, "");
         let live = bus.subscribe(None);
         let replay = bus.subscribe(Some(0));
-        bus.emit("a", "starting", VmState::Starting, "cold");
+        bus.emit("a", EventKind::Starting, VmState::Starting, "cold");
         assert_eq!(live.recv().unwrap().seq, 2);
-        assert_eq!(replay.recv().unwrap().event, "created");
-        assert_eq!(replay.recv().unwrap().event, "starting");
+        assert_eq!(replay.recv().unwrap().event, EventKind::Created);
+        assert_eq!(replay.recv().unwrap().event, EventKind::Starting);
         drop(live);
-        bus.emit("a", "started", VmState::Running, "");
+        bus.emit("a", EventKind::Started, VmState::Running, "");
         assert_eq!(bus.inner.lock().unwrap().subscribers.len(), 1);
     }
 }

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rayos_vmm::{GuestInfo, Launch, RunState, SaveReport, VmHandle, VmSpec, Vmm, VmmError};
+use rayos_vmm::{
+    GuestInfo, Launch, RunState, SaveReport, TpmState, VmHandle, VmSpec, Vmm, VmmError,
+};
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -23,6 +25,8 @@ pub struct Proc {
     pub state: RunState,
     pub spec_cpus: u32,
     pub network: bool,
+    /// `Some(alive)` for a VM with a TPM.
+    pub tpm: Option<bool>,
 }
 
 #[derive(Default)]
@@ -62,6 +66,13 @@ impl FakeVmm {
     pub fn set_state(&self, id: Uuid, s: RunState) {
         if let Some(p) = self.procs.lock().unwrap().get_mut(&id) {
             p.state = s;
+        }
+    }
+
+    /// The VM's TPM emulator dies (the device model keeps running).
+    pub fn kill_tpm(&self, id: Uuid) {
+        if let Some(p) = self.procs.lock().unwrap().get_mut(&id) {
+            p.tpm = Some(false);
         }
     }
 
@@ -121,6 +132,7 @@ impl Vmm for FakeVmm {
                 state: RunState::Running,
                 spec_cpus: vm.cpus,
                 network: vm.network,
+                tpm: vm.def.tpm.then_some(true),
             },
         );
         Ok(self.handle(vm, pid))
@@ -156,6 +168,14 @@ impl VmHandle for FakeHandle {
             .get(&self.id)
             .map(|p| p.state)
             .unwrap_or(RunState::Exited))
+    }
+
+    fn tpm_state(&mut self) -> TpmState {
+        match self.procs.lock().unwrap().get(&self.id).and_then(|p| p.tpm) {
+            None => TpmState::Absent,
+            Some(true) => TpmState::Running,
+            Some(false) => TpmState::Died,
+        }
     }
 
     fn save(&mut self, state_file: &Path) -> Result<SaveReport, VmmError> {

@@ -2,12 +2,18 @@
 //! machine, policy, and the HTTP/JSON control API on a unix socket.
 //!
 //! Layers, each its own module:
-//! - [`lifecycle`]: the states and allowed transitions, as a table;
+//! - [`lifecycle`]: the states and allowed transitions, the event each
+//!   transition sends, and which states allow each operation, as tables;
 //! - [`store`]: policy and registry loading with fallbacks, registry writes;
 //! - [`saved`]: saved-state files, fingerprints, unusable states kept aside;
-//! - [`create`]: new VMs' definitions, disks and boot files;
+//! - [`create`]: new VMs' definitions, disks and boot files (imports
+//!   inspected and converted), checks of registered definitions;
+//! - [`modes`]: VM directories private to root (0700/0600);
 //! - [`console`], [`cgroup`], [`events`]: console log, CPU weights, events;
-//! - [`supervisor`]: the operations, the monitor, host shutdown;
+//! - [`supervisor`]: runtime state and the rules every operation shares;
+//!   its submodules hold the operations by job (reports; create/delete;
+//!   start/resume and attach/autostart; suspend/stop; present/hide; the
+//!   monitor; host shutdown);
 //! - [`server`]: the HTTP API; [`daemon`]: the process (socket, signals).
 //!
 //! Device models are driven only through the `rayos_vmm::Vmm` trait, so
@@ -19,6 +25,7 @@ pub mod create;
 pub mod daemon;
 pub mod events;
 pub mod lifecycle;
+pub mod modes;
 pub mod saved;
 pub mod server;
 pub mod store;
@@ -30,4 +37,5 @@ mod fake;
 mod tests;
 
 pub use daemon::{DaemonOptions, run};
+pub use server::ServerLimits;
 pub use supervisor::{Config, OpError, Supervisor};

@@ -1,12 +1,16 @@
 //! The VM lifecycle as data: which [`Step`] may move a VM from which
-//! [`VmState`] to which.
+//! [`VmState`] to which ([`TABLE`]), the event each step is announced with
+//! ([`Step::event`]), and which states allow each operation the API offers
+//! ([`ALLOWED`], checked by [`require`]).
 //!
 //! Every state change in the supervisor goes through [`next`], so the table
-//! below is the whole lifecycle; `docs/supervisor.md` draws it. Presentation
+//! below is the whole lifecycle; `docs/supervisor.md` draws it. Every
+//! operation is checked by [`require`] before it takes a step, so a refusal
+//! (409) always says the same thing for the same state. Presentation
 //! (hidden or presented) is not a state: it is a flag on a running VM that
 //! any state change away from `running`/`paused` clears.
 
-use rayos_api::VmState;
+use rayos_api::{EventKind, VmState};
 
 /// Something that happens to a VM: a request, or an observation of its
 /// device model.
@@ -43,6 +47,32 @@ pub enum Step {
     Attach,
     /// `start --fresh` on a saved VM drops the state first.
     Discard,
+    /// `start` found a saved state it cannot use and kept it aside.
+    KeepAside,
+}
+
+impl Step {
+    /// The event that announces this step (with the state it led to).
+    pub const fn event(self) -> EventKind {
+        match self {
+            ColdBoot => EventKind::Starting,
+            Resume => EventKind::Resuming,
+            Launched => EventKind::Started,
+            LaunchFailed => EventKind::StartFailed,
+            RestoreFailed => EventKind::RestoreFailed,
+            Save => EventKind::Saving,
+            SaveDone => EventKind::Saved,
+            SaveFailed => EventKind::SaveFailed,
+            Stop => EventKind::Stopping,
+            StopDone | GuestShutdown => EventKind::Stopped,
+            Died => EventKind::Crashed,
+            SeenPaused => EventKind::Paused,
+            SeenRunning => EventKind::Continued,
+            Attach => EventKind::Attached,
+            Discard => EventKind::Discarded,
+            KeepAside => EventKind::UnusableState,
+        }
+    }
 }
 
 use Step::*;
@@ -54,6 +84,7 @@ pub const TABLE: &[(VmState, Step, VmState)] = &[
     (Crashed, ColdBoot, Starting),
     (Saved, Resume, Resuming),
     (Saved, Discard, Stopped),
+    (Saved, KeepAside, Stopped),
     (Starting, Launched, Running),
     (Resuming, Launched, Running),
     (Starting, LaunchFailed, Stopped),
@@ -88,14 +119,84 @@ pub fn next(from: VmState, step: Step) -> Option<VmState> {
         .map(|(_, _, to)| *to)
 }
 
-/// States in which a device model process belongs to the VM.
+/// States in which a device model process belongs to the VM. While a
+/// caller holds the VM's operation lock, the VM has a device-model handle
+/// exactly in these states, so operations check the state alone.
 pub fn has_device_model(s: VmState) -> bool {
     matches!(s, Running | Paused | Saving | Stopping)
 }
 
-/// States a VM may be deleted in (no device model, nothing in flight).
-pub fn deletable(s: VmState) -> bool {
-    matches!(s, Stopped | Saved | Crashed)
+/// An operation the API offers on one VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Start,
+    Suspend,
+    Stop,
+    Present,
+    Screenshot,
+    /// Only with no device model and nothing in flight.
+    Delete,
+}
+
+impl Op {
+    /// How refusals name the operation: "cannot {verb} it".
+    pub const fn verb(self) -> &'static str {
+        match self {
+            Op::Start => "start",
+            Op::Suspend => "suspend",
+            Op::Stop => "stop",
+            Op::Present => "present",
+            Op::Screenshot => "take a screenshot of",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// (operation, the states it is allowed in). Any other state refuses it
+/// with 409 and [`hint`]. The rows for start, suspend and stop are the
+/// states their first step leaves from in [`TABLE`] (a unit test checks).
+pub const ALLOWED: &[(Op, &[VmState])] = &[
+    (Op::Start, &[Stopped, Saved, Crashed]),
+    (Op::Suspend, &[Running, Paused]),
+    (Op::Stop, &[Running, Paused, Saving]),
+    (Op::Present, &[Running, Paused]),
+    (Op::Screenshot, &[Running, Paused, Saving, Stopping]),
+    (Op::Delete, &[Stopped, Saved, Crashed]),
+];
+
+/// `op` in `state`, refused: the message says why and what to do instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {} it{}", .op.verb(), hint(*.op, *.state))]
+pub struct Refusal {
+    pub op: Op,
+    pub state: VmState,
+}
+
+/// Whether `state` allows `op` ([`ALLOWED`]).
+pub fn require(op: Op, state: VmState) -> Result<(), Refusal> {
+    let allowed = ALLOWED
+        .iter()
+        .find(|(o, _)| *o == op)
+        .is_some_and(|(_, states)| states.contains(&state));
+    if allowed {
+        Ok(())
+    } else {
+        Err(Refusal { op, state })
+    }
+}
+
+/// What a refusal of `op` in `state` adds to "cannot {verb} it".
+pub fn hint(op: Op, state: VmState) -> &'static str {
+    match (op, state) {
+        (Op::Delete, _) => ": stop it first",
+        (Op::Present | Op::Screenshot, _) => ": start it first",
+        (Op::Stop, Saved) => {
+            " (it is saved, not running: `start` resumes it, `start --fresh` discards the state)"
+        }
+        (_, Stopped | Crashed | Saved) => " (it is not running)",
+        (Op::Start, Running | Paused) => " (it already runs)",
+        _ => "",
+    }
 }
 
 #[cfg(test)]
@@ -175,7 +276,86 @@ mod tests {
             }
         }
         for st in ALL {
-            assert!(!(deletable(st) && has_device_model(st)));
+            assert!(!(require(Op::Delete, st).is_ok() && has_device_model(st)));
         }
+    }
+
+    fn allowed(op: Op) -> Vec<VmState> {
+        ALL.into_iter()
+            .filter(|s| require(op, *s).is_ok())
+            .collect()
+    }
+
+    fn leaves_by(steps: &[Step]) -> Vec<VmState> {
+        ALL.into_iter()
+            .filter(|s| steps.iter().any(|st| next(*s, *st).is_some()))
+            .collect()
+    }
+
+    #[test]
+    fn operations_are_allowed_where_their_first_step_is() {
+        // start: a cold boot, a resume, or dropping the state first.
+        assert_eq!(
+            allowed(Op::Start),
+            leaves_by(&[ColdBoot, Resume, Discard, KeepAside])
+        );
+        assert_eq!(allowed(Op::Suspend), leaves_by(&[Save]));
+        assert_eq!(allowed(Op::Stop), leaves_by(&[Stop]));
+        // A screenshot needs a device model; presenting also a guest that
+        // is not on its way down or out.
+        for s in ALL {
+            assert_eq!(
+                require(Op::Screenshot, s).is_ok(),
+                has_device_model(s),
+                "{s:?}"
+            );
+        }
+        assert_eq!(allowed(Op::Present), [Running, Paused]);
+        // Every operation has exactly one row.
+        for op in [
+            Op::Start,
+            Op::Suspend,
+            Op::Stop,
+            Op::Present,
+            Op::Screenshot,
+            Op::Delete,
+        ] {
+            assert_eq!(
+                ALLOWED.iter().filter(|(o, _)| *o == op).count(),
+                1,
+                "{op:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_say_what_to_do() {
+        let msg = |op, st| require(op, st).unwrap_err().to_string();
+        assert_eq!(msg(Op::Start, Running), "cannot start it (it already runs)");
+        assert_eq!(
+            msg(Op::Suspend, Stopped),
+            "cannot suspend it (it is not running)"
+        );
+        assert!(msg(Op::Stop, Saved).contains("`start --fresh` discards the state"));
+        assert_eq!(msg(Op::Delete, Paused), "cannot delete it: stop it first");
+        assert_eq!(
+            msg(Op::Screenshot, Crashed),
+            "cannot take a screenshot of it: start it first"
+        );
+    }
+
+    #[test]
+    fn every_step_announces_itself() {
+        // Steps out of the same state that lead to different places must
+        // be told apart by their events.
+        for (f, s, to) in TABLE {
+            for (g, t, to2) in TABLE {
+                if f == g && s != t && to != to2 {
+                    assert_ne!(s.event(), t.event(), "{f:?}: {s:?} vs {t:?}");
+                }
+            }
+        }
+        assert_eq!(Discard.event(), EventKind::Discarded);
+        assert_eq!(KeepAside.event(), EventKind::UnusableState);
     }
 }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rayos_api::{BootKind, Client, CreateRequest, DiskRequest, StopRequest, VmState};
+use rayos_api::{
+    BootKind, Client, CreateRequest, DiskRequest, EventKind as E, StopRequest, VmState,
+};
 use rayos_state::{Networking, OnHostShutdown, Policy, VmKind};
 use rayos_vmm::{Launch, RunState};
 use tempfile::TempDir;
@@ -79,7 +81,7 @@ impl Fx {
             .counter
     }
 
-    fn events(&self, vm: &str) -> Vec<String> {
+    fn events(&self, vm: &str) -> Vec<E> {
         self.sup
             .events
             .history()
@@ -89,6 +91,9 @@ impl Fx {
             .collect()
     }
 }
+
+/// The events of a VM created, started and suspended.
+const SAVED_ONCE: [E; 5] = [E::Created, E::Starting, E::Started, E::Saving, E::Saved];
 
 fn req(name: &str, kind: VmKind) -> CreateRequest {
     CreateRequest {
@@ -132,7 +137,13 @@ fn suspend_then_start_resumes_where_the_guest_was() {
     assert_eq!(
         f.events("lin"),
         [
-            "created", "starting", "started", "saving", "saved", "resuming", "started"
+            E::Created,
+            E::Starting,
+            E::Started,
+            E::Saving,
+            E::Saved,
+            E::Resuming,
+            E::Started
         ]
     );
 }
@@ -149,6 +160,10 @@ fn fresh_discards_and_cold_boots() {
     assert_eq!(f.counter("lin"), 0);
     assert!(r.vm.unusable_states.is_empty(), "fresh deletes, not keeps");
     assert!(r.vm.saved_state.is_none());
+    assert_eq!(
+        f.events("lin"),
+        [&SAVED_ONCE[..], &[E::Discarded, E::Starting, E::Started]].concat()
+    );
 }
 
 #[test]
@@ -179,7 +194,8 @@ fn changed_configuration_keeps_state_aside_and_cold_boots() {
         "kept intact"
     );
     assert!(r.message.contains("kept as"), "{}", r.message);
-    assert!(f.events("lin").contains(&"unusable_state".to_string()));
+    // A new daemon: its event history starts at this start.
+    assert_eq!(f.events("lin"), [E::UnusableState, E::Starting, E::Started]);
 }
 
 #[test]
@@ -205,6 +221,36 @@ fn corrupt_state_file_is_kept_and_the_vm_cold_boots() {
         .map(|l| l.1.clone())
         .collect();
     assert!(matches!(launches[1], Launch::Restore { .. }) && launches[2] == Launch::Cold);
+    assert_eq!(
+        f.events("lin"),
+        [
+            &SAVED_ONCE[..],
+            &[E::Resuming, E::RestoreFailed, E::Started]
+        ]
+        .concat()
+    );
+}
+
+#[test]
+fn failed_launch_leaves_the_vm_stopped_with_the_error() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.vmm.fail_launch.store(true, Ordering::SeqCst);
+    let e = f.sup.start("lin", false).unwrap_err();
+    assert_eq!(e.status(), 500, "{e}");
+    let shown = f.sup.show("lin").unwrap();
+    assert_eq!(shown.state, VmState::Stopped);
+    assert!(
+        shown
+            .last_error
+            .is_some_and(|m| m.contains("fake launch failure")),
+    );
+    assert_eq!(f.events("lin"), [E::Created, E::Starting, E::StartFailed]);
+    f.vmm.fail_launch.store(false, Ordering::SeqCst);
+    assert_eq!(
+        f.sup.start("lin", false).unwrap().vm.state,
+        VmState::Running
+    );
 }
 
 #[test]
@@ -227,7 +273,7 @@ fn failed_save_keeps_the_vm_running_and_leaves_no_state() {
             .join(saved::META_FILE)
             .exists()
     );
-    assert!(f.events("lin").contains(&"save_failed".to_string()));
+    assert!(f.events("lin").contains(&E::SaveFailed));
 }
 
 #[test]
@@ -259,6 +305,51 @@ fn wrong_states_are_refused_with_409() {
             .unwrap_err()
             .status(),
         400
+    );
+}
+
+/// Each refusal says the state and what to do instead, in every state a
+/// person meets: stopped, running, saved.
+#[test]
+fn wrong_state_refusals_say_what_to_do() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    let msg = |e: crate::OpError| {
+        assert_eq!(e.status(), 409, "{e}");
+        e.to_string()
+    };
+    let not_running = "VM lin is stopped: cannot suspend it (it is not running)";
+    assert_eq!(msg(f.sup.suspend("lin").unwrap_err()), not_running);
+    assert_eq!(
+        msg(f.sup.stop("lin", &StopRequest::default()).unwrap_err()),
+        "VM lin is stopped: cannot stop it (it is not running)"
+    );
+    assert_eq!(
+        msg(f.sup.present("lin").unwrap_err()),
+        "VM lin is stopped: cannot present it: start it first"
+    );
+    assert_eq!(
+        msg(f.sup.screenshot("lin").unwrap_err()),
+        "VM lin is stopped: cannot take a screenshot of it: start it first"
+    );
+    f.sup.start("lin", false).unwrap();
+    assert_eq!(
+        msg(f.sup.start("lin", false).unwrap_err()),
+        "VM lin is running: cannot start it (it already runs)"
+    );
+    assert_eq!(
+        msg(f.sup.delete("lin", false).unwrap_err()),
+        "VM lin is running: cannot delete it: stop it first"
+    );
+    f.sup.suspend("lin").unwrap();
+    assert_eq!(
+        msg(f.sup.stop("lin", &StopRequest::default()).unwrap_err()),
+        "VM lin is saved: cannot stop it (it is saved, not running: `start` resumes it, \
+         `start --fresh` discards the state)"
+    );
+    assert_eq!(
+        msg(f.sup.suspend("lin").unwrap_err()),
+        "VM lin is saved: cannot suspend it (it is not running)"
     );
 }
 
@@ -445,7 +536,7 @@ fn crash_keeps_console_and_restarts_with_backoff() {
         "one restart per crash"
     );
     let ev = f.events("lin");
-    assert!(ev.contains(&"crashed".into()) && ev.contains(&"restarting".into()));
+    assert!(ev.contains(&E::Crashed) && ev.contains(&E::Restarting));
     assert_eq!(
         f.sup.show("lin").unwrap().crash_count,
         1,
@@ -579,6 +670,124 @@ fn corrupt_registry_uses_previous_generation() {
     );
 }
 
+#[test]
+fn a_dead_swtpm_shuts_the_vm_down_once_and_is_reported() {
+    let mut p = Policy::default();
+    p.linux.autostart = false;
+    p.windows.enabled = true;
+    let f = open_policy(Some(p));
+    f.sup.create(&req("win", VmKind::Windows)).unwrap();
+    f.sup.start("win", false).unwrap();
+    let id = f.id("win");
+    f.sup.monitor_once();
+    assert_eq!(
+        f.state("win"),
+        VmState::Running,
+        "swtpm alive: nothing happens"
+    );
+    f.vmm.kill_tpm(id);
+    f.sup.monitor_once();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while f.state("win") != VmState::Stopped {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            f.events("win")
+        );
+        f.sup.monitor_once();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        f.events("win"),
+        [
+            E::Created,
+            E::Starting,
+            E::Started,
+            E::TpmDied,
+            E::Stopping,
+            E::Stopped
+        ],
+        "reported once, then a clean stop"
+    );
+    assert!(f.vmm.proc(id).is_none(), "device model ended");
+    let shown = f.sup.show("win").unwrap();
+    assert!(shown.last_error.unwrap_or_default().contains("swtpm"));
+    assert!(f.sup.health().notes.iter().any(|n| n.contains("swtpm")));
+    // A fresh start gets a fresh swtpm and a clean slate.
+    f.sup.start("win", false).unwrap();
+    f.sup.monitor_once();
+    assert_eq!(f.state("win"), VmState::Running);
+    assert!(f.sup.show("win").unwrap().last_error.is_none());
+}
+
+#[test]
+fn registry_entries_that_break_the_create_rules_are_kept_but_not_run() {
+    let f = open();
+    f.sup.create(&req("good", VmKind::Linux)).unwrap();
+    let reg = f.sup.layout().registry();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&reg).unwrap()).unwrap();
+    let good = v["vms"][0].clone();
+    let mut comma = good.clone();
+    comma["id"] = uuid::Uuid::new_v4().to_string().into();
+    comma["name"] = "bad,name".into();
+    let mut escape = good.clone();
+    escape["id"] = uuid::Uuid::new_v4().to_string().into();
+    escape["name"] = "escape".into();
+    escape["disks"] = serde_json::json!([{"path": "../../../../dev/sda", "format": "raw"}]);
+    v["vms"].as_array_mut().unwrap().extend([comma, escape]);
+    fs::write(&reg, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+
+    let f = f.restart();
+    let names: Vec<_> = f.sup.list().into_iter().map(|v| v.name).collect();
+    assert_eq!(names, ["good"]);
+    let notes = f.sup.health().notes;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("\"bad,name\"") && n.contains("not valid")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("\"escape\"") && n.contains("../../")),
+        "{notes:?}"
+    );
+    // Later registry writes keep them for a person to repair.
+    f.sup.create(&req("more", VmKind::Linux)).unwrap();
+    let text = fs::read_to_string(&reg).unwrap();
+    assert!(
+        text.contains("bad,name") && text.contains("escape"),
+        "{text}"
+    );
+}
+
+#[test]
+fn vm_directories_are_private_and_old_ones_are_tightened() {
+    let f = open();
+    let info = f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&info.vm_dir), 0o700);
+    // As an older RayOS left it: readable by everyone.
+    let state = info.vm_dir.join("state/vm.state");
+    fs::write(&state, b"FAKESTATE 1").unwrap();
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(&info.vm_dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let f = f.restart();
+    assert_eq!(mode(&info.vm_dir), 0o700);
+    assert_eq!(mode(&state), 0o600);
+    assert!(
+        f.sup
+            .health()
+            .notes
+            .iter()
+            .any(|n| n.contains("private to root")),
+        "{:?}",
+        f.sup.health().notes
+    );
+}
+
 // ----- HTTP API -----
 
 struct Api {
@@ -591,7 +800,7 @@ fn api() -> Api {
     let socket = f.dir.path().join("run/api.sock");
     let l = server::bind(&socket).unwrap();
     let sup = Arc::clone(&f.sup);
-    std::thread::spawn(move || server::serve(sup, l));
+    std::thread::spawn(move || server::serve(sup, l, server::ServerLimits::default()));
     Api { f, socket }
 }
 
@@ -644,11 +853,11 @@ fn api_round_trip_through_the_client() {
     // The event stream replays history and then follows.
     let mut seen = Vec::new();
     c.events(Some(0), |ev| {
-        seen.push(ev.event.clone());
+        seen.push(ev.event);
         seen.len() < 3
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(seen, ["created", "starting", "started"]);
+    assert_eq!(seen, [E::Created, E::Starting, E::Started]);
     drop(a.f);
 }
 
@@ -741,4 +950,126 @@ fn bind_replaces_stale_socket_and_refuses_live_one() {
         "a regular file is not ours to delete"
     );
     assert_eq!(fs::read(&f).unwrap(), b"x");
+}
+
+fn api_with(limits: server::ServerLimits) -> Api {
+    let f = open();
+    let socket = f.dir.path().join("run/api.sock");
+    let l = server::bind(&socket).unwrap();
+    let sup = Arc::clone(&f.sup);
+    std::thread::spawn(move || server::serve(sup, l, limits));
+    Api { f, socket }
+}
+
+/// Reads until the daemon closes (or `wait` passes).
+fn read_until_closed(s: &mut UnixStream, wait: Duration) -> String {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn api_sheds_idle_connections_and_cuts_slow_requests() {
+    let a = api_with(server::ServerLimits {
+        max_connections: 4,
+        max_event_streams: 2,
+        request_deadline: Duration::from_secs(2),
+    });
+    let s = &a.socket;
+    let mut idle: Vec<UnixStream> = (0..4).map(|_| UnixStream::connect(s).unwrap()).collect();
+    // Idle for longer than a client that is just sending its request.
+    std::thread::sleep(Duration::from_millis(700));
+    for _ in 0..3 {
+        let (status, text) = raw(s, b"GET /v1/health HTTP/1.1\r\n\r\n");
+        assert_eq!(status, 200, "{text}");
+    }
+    // The oldest idle connection made room for the first, with a 503
+    // (the later ones found a free place).
+    let text = read_until_closed(&mut idle[0], Duration::from_secs(5));
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    // The others are cut at the deadline with a 408, as is a client that
+    // sends a byte at a time.
+    let mut slow = UnixStream::connect(s).unwrap();
+    let writer = {
+        let mut w = slow.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for b in b"GET /v1/health HTTP/1.1\r\nX: aaaaaaaaaaaaaaaa" {
+                if w.write_all(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    for c in &mut idle[1..] {
+        let text = read_until_closed(c, Duration::from_secs(10));
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    let text = read_until_closed(&mut slow, Duration::from_secs(10));
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    writer.join().unwrap();
+
+    // Streams have their own cap: a third ends the oldest, cleanly, and
+    // none of them keeps /v1/health from answering.
+    let mut streams: Vec<UnixStream> = (0..3)
+        .map(|_| {
+            let mut c = UnixStream::connect(s).unwrap();
+            c.write_all(b"GET /v1/events HTTP/1.1\r\n\r\n").unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            c
+        })
+        .collect();
+    let text = read_until_closed(&mut streams[0], Duration::from_secs(5));
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("0\r\n\r\n"),
+        "{text:?}"
+    );
+    assert_eq!(raw(s, b"GET /v1/health HTTP/1.1\r\n\r\n").0, 200);
+    a.f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    streams[2]
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("created") {
+        let n = streams[2]
+            .read(&mut buf)
+            .expect("the newest stream still follows");
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn api_busy_everywhere_answers_a_readable_503() {
+    let a = api_with(server::ServerLimits {
+        max_connections: 1,
+        ..Default::default()
+    });
+    let s = a.socket.clone();
+    a.f.sup.create(&req("deaf", VmKind::Linux)).unwrap();
+    a.f.vmm.ignore_acpi.store(true, Ordering::SeqCst);
+    a.f.sup.start("deaf", false).unwrap();
+    // A stop that waits 8 s for a guest that ignores the power button
+    // holds the only connection.
+    let s2 = s.clone();
+    let stopper =
+        std::thread::spawn(move || post(&s2, "/v1/vms/deaf/stop", r#"{"timeout_secs":8}"#));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while a.f.state("deaf") != VmState::Stopping {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for _ in 0..3 {
+        let (status, text) = raw(&s, b"GET /v1/health HTTP/1.1\r\n\r\n");
+        assert_eq!(status, 503, "{text}");
+        assert!(
+            text.contains("\"error\"") && text.contains("busy"),
+            "{text}"
+        );
+    }
+    let (status, text) = stopper.join().unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(raw(&s, b"GET /v1/health HTTP/1.1\r\n\r\n").0, 200);
 }

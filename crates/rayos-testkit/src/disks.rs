@@ -11,7 +11,9 @@
 //!   the end of the partition;
 //! - [`Content::Ext4`]: Linux filesystem type, a real ext4 holding one file
 //!   of pseudo-random bytes that fills most of it;
-//! - [`Content::Random`]: any type, pseudo-random bytes only.
+//! - [`Content::Random`]: any type, pseudo-random bytes only;
+//! - [`Content::Header`]: any type, the first MiB pseudo-random;
+//! - [`Content::Empty`]: any type, all zeros.
 //!
 //! Free space is whatever the builder leaves between and after partitions.
 //! [`sha256_range`] (via `sha256sum`) lets a test prove a partition kept
@@ -62,6 +64,8 @@ pub enum Content {
     /// Only the first MiB random, the rest left sparse (cheap large
     /// partitions that a test reformats anyway).
     Header { type_code: String },
+    /// Nothing written: every byte zero (sparse).
+    Empty { type_code: String },
 }
 
 #[derive(Debug, Clone)]
@@ -203,7 +207,9 @@ impl DiskBuilder {
                 Content::Esp { .. } => "ef00".to_string(),
                 Content::Ntfs => "0700".to_string(),
                 Content::Ext4 => "8300".to_string(),
-                Content::Random { type_code } | Content::Header { type_code } => type_code.clone(),
+                Content::Random { type_code }
+                | Content::Header { type_code }
+                | Content::Empty { type_code } => type_code.clone(),
             };
             run(
                 "sgdisk",
@@ -324,6 +330,7 @@ fn fill(path: &Path, p: &FixturePartition, seed: u64) -> Result<(), DiskError> {
         }
         Content::Random { .. } => write_random(path, start, size, seed)?,
         Content::Header { .. } => write_random(path, start, MIB.min(size), seed)?,
+        Content::Empty { .. } => {}
     }
     Ok(())
 }

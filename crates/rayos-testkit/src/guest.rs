@@ -20,6 +20,10 @@
 //!   <hex>`).
 //! - `rayos.keys=1`: prints `KEYS ready` and then `KEY <evdev code>
 //!   <value>` for every event of the guest's keyboard (input tests).
+//! - `rayos.read=vda,sr0`: loads the virtio-blk, AHCI and CD-ROM drivers
+//!   and prints `READ <dev> <hex of its first 16 bytes>` for each device
+//!   named (`READ <dev> missing` when it does not show up within 60 s), so
+//!   a test sees exactly which bytes the guest gets from a disk or medium.
 //! - `console=tty0` (the Linux VM seeded by the installer): the guest's
 //!   display shows [`SCREEN_BANNER`] and, with `rayos.keys=1`, the `KEY`
 //!   lines, with the cursor, screen blanking and kernel messages off, so
@@ -64,6 +68,11 @@ const MODULES: &[&str] = &[
     "button",
     "evdev",
 ];
+
+/// Block drivers loaded only with `rayos.read=` (disks on virtio-blk,
+/// installation media on the q35 AHCI controller), so other tests boot as
+/// before.
+const READ_MODULES: &[&str] = &["virtio_blk", "ahci", "sr_mod"];
 
 /// Bumped when the build recipe changes in a way the input hash misses.
 const RECIPE: &str = "rayos-testkit guest v1";
@@ -148,6 +157,12 @@ pub fn cache_dir() -> PathBuf {
 /// The `/init` script (see the module docs for what it does); `modules` are
 /// file names under `/lib/modules/` in load order.
 pub fn init_script(modules: &[String]) -> String {
+    init_script_with(modules, &[])
+}
+
+/// [`init_script`] plus `read_modules` (file names under `/lib/modules/`,
+/// in load order), loaded only when the command line has `rayos.read=`.
+pub fn init_script_with(modules: &[String], read_modules: &[String]) -> String {
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -270,6 +285,22 @@ keys() {{
 }}
 [ "$(arg rayos.keys)" = 1 ] && keys &
 
+# rayos.read=vda,sr0: the first bytes the guest reads from each device.
+readdevs() {{
+  for m in {read_modules}; do insmod /lib/modules/$m 2>/dev/null; done
+  for d in $(echo "$1" | tr , ' '); do
+    i=0
+    while [ ! -e /sys/block/$d ] && [ $i -lt 240 ]; do sleep 0.25; i=$((i + 1)); done
+    if [ -e /sys/block/$d ]; then
+      echo "READ $d $(dd if=/dev/$d bs=2048 count=1 2>/dev/null | hexdump -v -n 16 -e '/1 "%02x"')"
+    else
+      echo "READ $d missing"
+    fi
+  done
+}}
+r=$(arg rayos.read)
+[ -n "$r" ] && readdevs "$r" &
+
 n=0
 while :; do
   echo "COUNTER $n"
@@ -277,7 +308,8 @@ while :; do
   sleep 0.25
 done
 "#,
-        modules = modules.join(" ")
+        modules = modules.join(" "),
+        read_modules = read_modules.join(" ")
     )
 }
 
@@ -368,17 +400,24 @@ fn build_initrd(ver: &str) -> Result<PathBuf, GuestError> {
         "busybox",
         "install busybox-static (scripts/install-deps.sh)",
     )?;
-    let modules = module_load_order(Path::new(&format!("/lib/modules/{ver}")), MODULES)?;
-    let names: Vec<String> = modules
-        .iter()
-        .map(|m| {
-            m.file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    let script = init_script(&names);
+    let moddir = PathBuf::from(format!("/lib/modules/{ver}"));
+    let always = module_load_order(&moddir, MODULES)?;
+    let mut modules = always.clone();
+    for m in module_load_order(&moddir, READ_MODULES)? {
+        if !modules.contains(&m) {
+            modules.push(m);
+        }
+    }
+    let file_name = |m: &PathBuf| {
+        m.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let names: Vec<String> = modules.iter().map(file_name).collect();
+    let always_names: Vec<String> = always.iter().map(file_name).collect();
+    let read_names: Vec<String> = names[always.len()..].to_vec();
+    let script = init_script_with(&always_names, &read_names);
     let mut files: Vec<&Path> = vec![busybox];
     files.extend(modules.iter().map(PathBuf::as_path));
     let key = input_key(&files, &[&script, ver])?;

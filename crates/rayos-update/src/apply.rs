@@ -35,7 +35,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::bundle::{Bundle, BundleError, PayloadName};
-use crate::entries::{self, EntriesError, Entry, EntryState, LINUX_DIR, TRIES};
+use crate::entries::{self, EntriesError, Entry, EntryState, LINUX_DIR};
 use crate::keys::PublicKey;
 use crate::state::{self, Action, Demotion, UpdateState};
 use crate::version;
@@ -347,7 +347,7 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
     hook("prune");
 
     // 4.–5. the UKI
-    let file = format!("rayos-{new}+{TRIES}.efi");
+    let file = rayos_base::uki_name::new_entry(&new);
     let tmp = linux.join(format!("{file}.tmp"));
     say(&format!("writing {file}"));
     write_payload(&b, PayloadName::Uki, &tmp, true)?;

@@ -27,10 +27,10 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::Signature;
+use rayos_base::hash;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::keys::{self, PublicKey, SecretKey};
+use crate::keys::{PublicKey, SecretKey};
 use crate::version;
 
 pub const MAGIC: &[u8; 8] = b"RAYOSUPD";
@@ -408,7 +408,7 @@ impl Bundle {
         };
         let mut f = File::open(&self.path).map_err(rerr)?;
         f.seek(SeekFrom::Start(off)).map_err(rerr)?;
-        let mut h = Sha256::new();
+        let mut h = hash::Hasher::new();
         let mut left = p.size;
         let mut buf = vec![0u8; 1 << 20];
         while left > 0 {
@@ -419,7 +419,7 @@ impl Bundle {
                 .map_err(|e| BundleError::Write(self.path.clone(), e))?;
             left -= n as u64;
         }
-        if keys::hex(&h.finalize()) != p.sha256 {
+        if h.finish().hex != p.sha256 {
             return Err(BundleError::PayloadHash {
                 name: name.as_str().to_string(),
             });
@@ -454,23 +454,6 @@ impl Bundle {
     }
 }
 
-/// SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n_total = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        n_total += n as u64;
-    }
-    Ok((n_total, keys::hex(&h.finalize())))
-}
-
 /// What to put in a new bundle.
 pub struct BuildSpec<'a> {
     pub version: String,
@@ -487,8 +470,10 @@ pub struct BuildSpec<'a> {
 pub fn build(spec: &BuildSpec<'_>, out: &Path) -> Result<Manifest, BundleError> {
     let mut payloads = Vec::new();
     for (name, path) in &spec.payloads {
-        let (size, sha256) =
-            sha256_file(path).map_err(|e| BundleError::Read(path.to_path_buf(), e))?;
+        let hash::Sum {
+            len: size,
+            hex: sha256,
+        } = hash::sha256_file(path).map_err(|e| BundleError::Read(path.to_path_buf(), e))?;
         payloads.push(Payload {
             name: *name,
             size,

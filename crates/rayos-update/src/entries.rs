@@ -2,7 +2,8 @@
 //! of them.
 //!
 //! `/EFI/Linux/rayos-<version>[+LEFT[-DONE]].efi` are type #2 entries
-//! (UKIs). systemd-boot 252 orders them (`boot_entry_compare`):
+//! (UKIs), named and parsed by `rayos_base::uki_name`. systemd-boot 252
+//! orders them (`boot_entry_compare`):
 //! 1. entries with 0 tries left last;
 //! 2. by sort key (the `.osrel` `IMAGE_ID`/`ID`: `rayos` for all of ours);
 //! 3. by version, newest first (`VERSION_ID`; here the version in the file
@@ -25,6 +26,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use rayos_base::uki_name::{self, UkiName};
+
 use crate::version;
 
 /// Where the UKIs live on the system (XBOOTLDR) partition.
@@ -32,7 +35,7 @@ pub const LINUX_DIR: &str = "EFI/Linux";
 /// Suffix of entries marked bad.
 pub const BAD_SUFFIX: &str = ".bad";
 /// Tries a new entry gets (`+3`).
-pub const TRIES: u32 = 3;
+pub const TRIES: u32 = uki_name::TRIES;
 /// The `default` of RayOS's loader.conf.
 pub const DEFAULT_PATTERN: &str = "rayos-*";
 
@@ -93,52 +96,29 @@ impl Entry {
 
     /// The name without counter: `rayos-<version>.efi`.
     pub fn plain_name(&self) -> String {
-        format!("rayos-{}.efi", self.version)
+        uki_name::plain(&self.version)
     }
 
     /// The name with `left` tries left and `done` done.
     pub fn counted_name(&self, left: u32, done: u32) -> String {
-        if done == 0 {
-            format!("rayos-{}+{left}.efi", self.version)
-        } else {
-            format!("rayos-{}+{left}-{done}.efi", self.version)
-        }
+        uki_name::counted(&self.version, left, done)
     }
 }
 
-/// Parses `rayos-<version>[+L[-D]].efi` (or that + `.bad`). Other files —
-/// the recovery UKI, temporaries, foreign UKIs — give `None`.
+/// Parses `rayos-<version>[+L[-D]].efi` (or that + `.bad`) with
+/// [`uki_name`]'s rules. Other files — the recovery UKI, temporaries,
+/// foreign UKIs, a RayOS name whose counter is not one — give `None`.
 pub fn parse(file: &str) -> Option<Entry> {
     let (name, marked_bad) = match file.strip_suffix(BAD_SUFFIX) {
         Some(n) => (n, true),
         None => (file, false),
     };
-    let stem = name
-        .strip_suffix(".efi")
-        .or_else(|| name.strip_suffix(".EFI"))?;
-    let rest = stem.strip_prefix("rayos-")?;
-    let (ver, counter) = match rest.rsplit_once('+') {
-        Some((v, c)) => (v, Some(c)),
-        None => (rest, None),
-    };
-    version::validate(ver).ok()?;
-    let num = |s: &str| -> Option<u32> {
-        (!s.is_empty() && s.len() <= 4 && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
-    };
-    let (tries_left, tries_done) = match counter {
-        None => (None, None),
-        Some(c) => match c.split_once('-') {
-            Some((l, d)) => (Some(num(l)?), Some(num(d)?)),
-            None => (Some(num(c)?), None),
-        },
-    };
+    let n = UkiName::parse(name)?;
     Some(Entry {
         file: file.to_string(),
-        version: ver.to_string(),
-        tries_left,
-        tries_done,
+        version: n.rayos_version()?.to_string(),
+        tries_left: n.tries_left,
+        tries_done: n.tries_done,
         marked_bad,
     })
 }

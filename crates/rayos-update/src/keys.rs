@@ -22,6 +22,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use rayos_base::hash;
 
 const PUBLIC_TAG: &str = "rayos-update-ed25519-public";
 const SECRET_TAG: &str = "rayos-update-ed25519-secret";
@@ -63,12 +64,12 @@ impl PublicKey {
     /// The first 8 bytes of the key in hex: enough to tell keys apart in
     /// messages.
     pub fn fingerprint(&self) -> String {
-        hex(&self.key.as_bytes()[..8])
+        hash::hex(&self.key.as_bytes()[..8])
     }
 
     /// The key-file line of this key.
     pub fn to_line(&self) -> String {
-        format!("{PUBLIC_TAG} {}\n", hex(self.key.as_bytes()))
+        format!("{PUBLIC_TAG} {}\n", hash::hex(self.key.as_bytes()))
     }
 
     /// Parses a public key line (or bare hex), `what` names the source.
@@ -131,7 +132,7 @@ impl SecretKey {
     }
 
     pub fn to_line(&self) -> String {
-        format!("{SECRET_TAG} {}\n", hex(self.key.as_bytes()))
+        format!("{SECRET_TAG} {}\n", hash::hex(self.key.as_bytes()))
     }
 
     pub fn read(path: &Path) -> Result<SecretKey, KeyError> {
@@ -200,10 +201,6 @@ fn parse_line(text: &str, tag: &str) -> Result<[u8; 32], &'static str> {
         None => line,
     };
     unhex32(hexpart).ok_or("expected 64 hex digits")
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {

@@ -13,7 +13,6 @@
 //! ([`Vmm::attach`]), so QEMU must outlive the daemon that started it.
 
 pub mod qemu;
-pub mod sha256;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -108,6 +107,19 @@ impl GuestInfo {
     }
 }
 
+/// The VM's TPM emulator (swtpm), as far as the backend can see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TpmState {
+    /// The VM has no TPM.
+    Absent,
+    Running,
+    /// The emulator is gone while the device model runs: the guest's TPM
+    /// no longer answers and the VM cannot be saved (QEMU needs the
+    /// emulator's state for the migration stream).
+    Died,
+}
+
 /// Facts about a finished save, for logs and benchmarks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SaveReport {
@@ -137,6 +149,9 @@ pub enum VmmError {
     Restore { vm: String, detail: String },
     #[error("swtpm for VM {vm} failed: {detail}")]
     Tpm { vm: String, detail: String },
+    /// A file the VM would use is not safe to give it (see `qemu::image`).
+    #[error("VM {vm} is not started: {detail}")]
+    Refused { vm: String, detail: String },
     #[error("{what} for VM {vm} is missing: {path}")]
     Missing {
         vm: String,
@@ -177,6 +192,13 @@ pub trait VmHandle: Send {
     fn pid(&self) -> u32;
 
     fn state(&mut self) -> Result<RunState, VmmError>;
+
+    /// Whether the VM's TPM emulator still runs. The monitor asks this as
+    /// often as [`VmHandle::state`]; backends without a separate emulator
+    /// keep the default.
+    fn tpm_state(&mut self) -> TpmState {
+        TpmState::Absent
+    }
 
     /// Pauses the guest, writes its state to `state_file` (compressed,
     /// through a temporary name so a failed save leaves no partial file) and

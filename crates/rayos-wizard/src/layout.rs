@@ -3,22 +3,23 @@
 //!
 //! Protocol: the real [`Disk`] report never changes; the person's actions
 //! are a list of undo groups of [`Edit`]s replayed over it ([`Layout`]).
-//! Nothing is written here: [`plan()`] maps the layout onto the engine's
-//! answer-file modes and calls [`make_plan`] (one code path with the
-//! unattended install):
+//! Nothing is written here, and nothing here lays out or rewrites a plan:
+//! [`plan()`] hands the engine the layout as partition intents, and the
+//! engine's stages (consent, sizes, the ESP rule, placement, files,
+//! `validate`) make the plan — one code path with the unattended install:
 //!
 //! - "whole disk" with nothing created afterwards → `mode = "whole-disk"`
-//!   on the real disk;
-//! - anything else → `mode = "reuse"` on a *virtual* disk report (the real
-//!   one with the deleted partitions removed and the created ones added,
-//!   typed and named for their role), then the plan is lowered back to the
-//!   real disk: partitions that exist only in the wizard become `create`
-//!   (the engine said `format`), deleted ones become `delete` entries, and
-//!   the engine's own `validate` checks the result.
+//!   on the real disk ([`make_plan`]);
+//! - anything else → the answers `mode = "reuse"` naming the existing
+//!   partitions that have a role (those confirmed by typing listed in
+//!   `format`), as [`Intents`] with what answer files cannot say added
+//!   ([`Layout::intents`]): the partitions deleted, the partitions made
+//!   here at their sectors, and a new table after "whole disk" or on a
+//!   blank disk; [`plan::plan_intents`] plans them on the real disk.
 //! - the layout is then compared with what `free-space` and `whole-disk`
 //!   give on the real disk; when one gives the same partitions, that plan
 //!   and its answers are used, so `--save-answers` writes a file that
-//!   repeats the install unattended ([`Planned::repeatable`]).
+//!   repeats the install unattended ([`Planned::repeatable`](Planned#structfield.repeatable)).
 //!
 //! Limits: the engine's answer file cannot say "delete partition N" or
 //! "create partition N here", so a layout with such edits saves answers
@@ -26,23 +27,17 @@
 //! listed in a comment). Only GPT and blank disks can be edited partition
 //! by partition; MBR and damaged tables offer "whole disk" only.
 
-use rayos_disk::types::{self, TypeFamily};
+use rayos_disk::gpt::{free_runs, standard_usable_area};
+use rayos_disk::types::TypeFamily;
 use rayos_disk::{Disk, PartitionReport, Table};
-use rayos_install::answers::{Answers, Located, Mode, PartRef, VmStorage, human_size};
+use rayos_install::answers::{Answers, Located, Mode, PartRef, Target, VmStorage, human_size};
 use rayos_install::plan::{
-    self, ALIGN, Action, Facts, PartitionPlan, Plan, PlanError, PlanOptions, Role, TableAction,
+    self, ALIGN, Action, Facts, Intents, Place, Plan, PlanError, PlanOptions, Role, TableAction,
     make_plan,
 };
-use uuid::Uuid;
 
 /// Every role a partition can be given, in menu order.
-pub const ROLES: [Role; 5] = [
-    Role::Esp,
-    Role::System,
-    Role::Data,
-    Role::VmLinux,
-    Role::VmWindows,
-];
+pub const ROLES: [Role; 5] = Role::ALL;
 
 /// How a role is named on screen.
 pub fn role_words(r: Role) -> &'static str {
@@ -119,14 +114,6 @@ pub struct Layout {
     pub deleted: Vec<u32>,
     /// Live partitions, by position.
     pub slots: Vec<Slot>,
-}
-
-/// Standard GPT usable area (128 entries), as the engine lays out.
-pub fn usable_area(disk: &Disk) -> (u64, u64) {
-    let ss = disk.logical_sector_size.max(1) as u64;
-    let array = (128 * 128u64).div_ceil(ss);
-    let total = disk.size_bytes / ss;
-    (2 + array, total.saturating_sub(2 + array))
 }
 
 impl Layout {
@@ -270,9 +257,10 @@ impl Layout {
         if self.editable().is_err() {
             return Vec::new();
         }
-        let (first, last) = usable_area(&self.disk);
-        let align = (ALIGN / self.sector_size()).max(1);
-        rayos_disk::gpt::free_runs(
+        let ss = self.disk.logical_sector_size;
+        let (first, last) = standard_usable_area(self.disk.size_bytes / ss.max(1) as u64, ss);
+        let align = (ALIGN / self.sector_size().max(1)).max(1);
+        free_runs(
             first,
             last,
             self.slots.iter().map(|s| (s.first_lba, s.last_lba)),
@@ -308,13 +296,12 @@ impl Layout {
     }
 
     /// The existing ESP the engine reuses when no partition has the ESP
-    /// role (the disk's first ESP), if it is still there.
+    /// role (the disk's first ESP that is not deleted).
     pub fn implicit_esp(&self) -> Option<u32> {
-        if self.role_holder(Role::Esp).is_some() {
+        if self.role_holder(Role::Esp).is_some() || self.whole_disk {
             return None;
         }
-        let n = self.disk.esps().next()?.number;
-        self.slot(n).filter(|s| !s.new).map(|s| s.number)
+        plan::first_kept_esp(&self.disk, &self.deleted).map(|p| p.number)
     }
 
     fn role_holder(&self, role: Role) -> Option<u32> {
@@ -460,13 +447,17 @@ impl Layout {
     }
 
     /// Whether giving `number` the role `role` erases something (and so
-    /// needs typed confirmation).
-    pub fn assign_is_destructive(&self, number: u32, role: Option<Role>) -> bool {
+    /// needs typed confirmation): the engine's own consent rule
+    /// ([`plan::holds_another_system`]: anything but a partition read to be
+    /// all zeros, `facts` saying which were), and RayOS's own partitions too.
+    pub fn assign_is_destructive(&self, number: u32, role: Option<Role>, facts: &Facts) -> bool {
         match (self.existing(number), role) {
             (Some(p), Some(Role::Esp)) => {
                 p.family != TypeFamily::Esp || !p.filesystem.is_some_and(|f| f.is_fat())
             }
-            (Some(p), Some(_)) => p.filesystem.is_some() || p.family != TypeFamily::Other,
+            (Some(p), Some(_)) => {
+                plan::is_rayos_partition(p) || plan::holds_another_system(p, facts)
+            }
             _ => false,
         }
     }
@@ -511,55 +502,39 @@ impl Layout {
         Ok(())
     }
 
-    /// A partition report for a partition that exists only in the wizard.
-    fn virtual_report(&self, s: &Slot, role: Role) -> PartitionReport {
-        let ss = self.sector_size();
-        let t = role.type_guid();
-        PartitionReport {
-            number: s.number,
-            first_lba: s.first_lba,
-            last_lba: s.last_lba,
-            start_bytes: s.first_lba * ss,
-            size_bytes: (s.last_lba + 1 - s.first_lba) * ss,
-            type_guid: Some(t),
-            mbr_type: None,
-            type_name: types::type_name(&t)
-                .map(str::to_string)
-                .unwrap_or_else(|| t.to_string()),
-            family: types::type_family(&t),
-            unique_guid: Some(Uuid::new_v4()),
-            name: role.gpt_name().to_string(),
-            attributes: 0,
-            filesystem: None,
-            fs_label: None,
-            fs_uuid: None,
-            device: None,
-            in_use: Vec::new(),
+    /// The layout as the engine's partition intents: `answers` (mode
+    /// reuse, naming the existing partitions that have a role, and the
+    /// consent given) with what answer files cannot say added — the
+    /// partitions deleted, those made here at their sectors, and a new
+    /// table after "whole disk" or on a blank disk.
+    pub fn intents(&self, answers: &Answers) -> Intents {
+        let mut i = Intents::from_answers(answers);
+        i.mode = if self.whole_disk {
+            Mode::WholeDisk
+        } else if self.disk.table == Table::Gpt {
+            Mode::Reuse
+        } else {
+            // A blank disk: free-space gives it a new table.
+            Mode::FreeSpace
+        };
+        i.delete = if self.whole_disk {
+            Vec::new()
+        } else {
+            self.deleted.clone()
+        };
+        for s in self.slots.iter().filter(|s| s.new) {
+            if let Some(role) = s.role {
+                i.set(
+                    role,
+                    Place::At {
+                        number: s.number,
+                        first_lba: s.first_lba,
+                        last_lba: s.last_lba,
+                    },
+                );
+            }
         }
-    }
-
-    /// The disk report as it would read after the edits' table is written.
-    fn virtual_disk(&self) -> Disk {
-        let mut d = self.disk.clone();
-        d.partitions = self
-            .slots
-            .iter()
-            .map(|s| match (s.new, s.role) {
-                (true, Some(role)) => self.virtual_report(s, role),
-                _ => self
-                    .disk
-                    .partition(s.number)
-                    .cloned()
-                    .unwrap_or_else(|| self.virtual_report(s, Role::Data)),
-            })
-            .collect();
-        if self.whole_disk || d.table == Table::None {
-            d.table = Table::Gpt;
-            d.whole_disk_filesystem = None;
-        }
-        d.rayos = rayos_disk::report::find_rayos(&d.partitions);
-        d.systems = rayos_disk::report::find_systems(&d.partitions);
-        d
+        i
     }
 }
 
@@ -575,6 +550,18 @@ pub struct Planned {
     pub unexpressed: Vec<String>,
 }
 
+impl Planned {
+    /// A plan that `answers` alone repeat on the disk as it is.
+    fn from_answers(answers: Answers, plan: Plan) -> Planned {
+        Planned {
+            answers,
+            plan,
+            repeatable: true,
+            unexpressed: Vec::new(),
+        }
+    }
+}
+
 /// The parts of a plan that matter for comparing layouts.
 fn signature(plan: &Plan) -> Vec<(Action, Option<Role>, u32, u64, u64)> {
     let mut v: Vec<_> = plan
@@ -585,14 +572,6 @@ fn signature(plan: &Plan) -> Vec<(Action, Option<Role>, u32, u64, u64)> {
         .collect();
     v.sort_by_key(|x| (x.2, x.3));
     v
-}
-
-fn words(p: &PartitionReport) -> String {
-    match (p.filesystem, p.name.is_empty()) {
-        (Some(fs), true) => format!("{} ({})", fs.name(), p.type_name),
-        (Some(fs), false) => format!("{} ({}, \"{}\")", fs.name(), p.type_name, p.name),
-        (None, _) => format!("no filesystem ({})", p.type_name),
-    }
 }
 
 fn engine_error(e: PlanError) -> EditError {
@@ -609,75 +588,24 @@ fn engine_error(e: PlanError) -> EditError {
     EditError::Refused(m)
 }
 
-/// The engine's plan for `answers` (mode reuse) on the layout's virtual
-/// disk, lowered to the real disk and validated.
-fn lowered(
+/// The engine's plan for the layout, with `answers` (mode reuse, see
+/// [`Layout::intents`]) giving the rest.
+fn hand_made(
     layout: &Layout,
     answers: &Answers,
     facts: &Facts,
     opts: &PlanOptions,
 ) -> Result<Plan, EditError> {
-    let disk = &layout.disk;
-    let vdisk = layout.virtual_disk();
-    let mut plan = make_plan(&vdisk, answers, facts, opts).map_err(engine_error)?;
-
-    // Lower onto the real disk.
-    let created: Vec<u32> = layout
-        .slots
-        .iter()
-        .filter(|s| s.new)
-        .map(|s| s.number)
-        .collect();
-    for p in plan.partitions.iter_mut() {
-        if created.contains(&p.number) && p.action == Action::Format {
-            p.action = Action::Create;
-            p.was = None;
-        }
-    }
-    let real_gpt = disk.table == Table::Gpt && !layout.whole_disk;
-    plan.table = if real_gpt {
-        TableAction::Edit
-    } else {
-        TableAction::New
-    };
-    let ss = layout.sector_size();
-    let gone: Vec<&PartitionReport> = if real_gpt {
-        layout
-            .deleted
-            .iter()
-            .filter_map(|n| disk.partition(*n))
-            .collect()
-    } else {
-        disk.partitions.iter().collect()
-    };
-    for p in gone {
-        plan.partitions.push(PartitionPlan {
-            action: Action::Delete,
-            role: None,
-            number: p.number,
-            first_lba: p.first_lba,
-            last_lba: p.last_lba,
-            start_bytes: p.first_lba * ss,
-            size_bytes: p.size_bytes,
-            type_guid: p.type_guid.unwrap_or_default(),
-            unique_guid: p.unique_guid.unwrap_or_default(),
-            name: p.name.clone(),
-            filesystem: p.filesystem.map(|f| f.name().to_string()),
-            fs_label: p.fs_label.clone(),
-            was: Some(words(p)),
-        });
-    }
-    plan.partitions
-        .sort_by_key(|p| (p.action == Action::Delete, p.first_lba));
-    plan.bytes_allocated = plan
-        .partitions
-        .iter()
-        .filter(|p| matches!(p.action, Action::Create | Action::Format))
-        .map(|p| p.size_bytes)
-        .sum();
-    plan::validate(&plan).map_err(engine_error)?;
-
-    Ok(plan)
+    plan::plan_intents(
+        &layout.disk,
+        &layout.intents(answers),
+        &answers.machine,
+        &answers.policy,
+        &answers.linux,
+        facts,
+        opts,
+    )
+    .map_err(engine_error)
 }
 
 /// Makes the engine's plan for `layout`. `base` carries the rest of the
@@ -692,174 +620,187 @@ pub fn plan(
 ) -> Result<Planned, EditError> {
     let disk = &layout.disk;
     let mut answers = base.clone();
-    answers.target.disk = Some(disk.path.clone());
-    answers.target.esp = None;
-    answers.target.system = None;
-    answers.target.data = None;
-    answers.target.format.clear();
-    let rayos_touched = disk.rayos.as_ref().is_some_and(|r| {
-        r.system
-            .iter()
-            .chain(r.data.iter())
-            .chain(r.vm_storage.iter())
-            .any(|n| layout.deleted.contains(n) || consented.contains(n))
-    });
-    answers.target.reinstall = facts.manifest.is_some() && (layout.whole_disk || rayos_touched);
-    let at = |n: u32| Located {
-        value: PartRef::Number(n),
-        line: 0,
+    answers.target = Target {
+        disk: Some(disk.path.clone()),
+        reinstall: facts.manifest.is_some() && layout.touches_rayos(consented),
+        ..Answers::defaults(Mode::Reuse).target
     };
-
     if layout.whole_disk && layout.slots.is_empty() {
         answers.target.mode = Mode::WholeDisk;
-        for (role, st) in [
-            (Role::VmLinux, &mut answers.vm_storage.linux),
-            (Role::VmWindows, &mut answers.vm_storage.windows),
-        ] {
-            if matches!(st, VmStorage::Reuse(_)) {
-                let _ = role;
-                *st = VmStorage::Data;
-            }
-        }
+        vm_on_data(&mut answers, |st| matches!(st, VmStorage::Reuse(_)));
         let plan = make_plan(disk, &answers, facts, opts).map_err(engine_error)?;
-        return Ok(Planned {
-            answers,
-            plan,
-            repeatable: true,
-            unexpressed: Vec::new(),
-        });
+        return Ok(Planned::from_answers(answers, plan));
     }
-
-    let holder = |r: Role| layout.slots.iter().find(|s| s.role == Some(r));
-    let (Some(system), Some(data)) = (holder(Role::System), holder(Role::Data)) else {
-        return Err(EditError::Refused(
-            "RayOS needs a system and a data partition: press i on a free region, w for the whole disk, or give partitions the roles (a)".into(),
-        ));
-    };
-    // Partitions of an unfinished RayOS install left beside new ones would
-    // carry the same names and types: the boot could pick the wrong one.
-    if let Some(p) = layout
-        .slots
-        .iter()
-        .filter(|s| !s.new && s.role.is_none())
-        .find_map(|s| {
-            disk.partition(s.number).filter(|p| match p.family {
-                TypeFamily::RayosData | TypeFamily::RayosVmStorage => true,
-                // Another distribution's XBOOTLDR is not ours.
-                TypeFamily::RayosSystem => p.has_label(rayos_disk::report::LABEL_SYSTEM),
-                _ => false,
-            })
-        })
-    {
-        return Err(EditError::Refused(format!(
-            "partition {} (\"{}\") is left from another RayOS install: delete it (d) or give it its role again (a)",
-            p.number, p.name
-        )));
-    }
-    answers.target.mode = Mode::Reuse;
-    answers.target.system = Some(at(system.number));
-    answers.target.data = Some(at(data.number));
-    answers.target.esp = holder(Role::Esp).map(|s| at(s.number));
-    for (role, st) in [
-        (Role::VmLinux, &mut answers.vm_storage.linux),
-        (Role::VmWindows, &mut answers.vm_storage.windows),
-    ] {
-        match holder(role) {
-            Some(s) => *st = VmStorage::Reuse(at(s.number)),
-            None if matches!(st, VmStorage::Reuse(_)) => *st = VmStorage::Data,
-            None => {}
-        }
-    }
-    answers.target.format = layout
-        .slots
-        .iter()
-        .filter(|s| !s.new && s.role.is_some() && consented.contains(&s.number))
-        .map(|s| at(s.number))
-        .collect();
+    layout.check_roles()?;
+    layout.name_roles(&mut answers, consented);
 
     // The layout as drawn, without VM storage partitions the engine lays
     // out itself (they are not on the partition screen).
     let mut drawn = answers.clone();
-    for st in [&mut drawn.vm_storage.linux, &mut drawn.vm_storage.windows] {
-        if matches!(st, VmStorage::Create(_)) {
-            *st = VmStorage::Data;
-        }
+    vm_on_data(&mut drawn, |st| matches!(st, VmStorage::Create(_)));
+    let shape = hand_made(layout, &drawn, facts, opts);
+    if let Ok(p) = &shape
+        && let Some(planned) = simplest(layout, &answers, &drawn, p, facts, opts)?
+    {
+        return Ok(planned);
     }
-    let own_vm = drawn.vm_storage != answers.vm_storage;
-    let shape = lowered(layout, &drawn, facts, opts);
-
-    // The simplest answers that give the same partitions on the real disk;
-    // then the engine also lays out the VM storage partitions asked for.
-    if let Ok(p) = &shape {
-        let sig = signature(p);
-        for mode in [Mode::FreeSpace, Mode::WholeDisk] {
-            let simple = |vm: &Answers| {
-                let mut a = vm.clone();
-                a.target = answers.target.clone();
-                a.target.mode = mode;
-                a.target.esp = None;
-                a.target.system = None;
-                a.target.data = None;
-                a.target.format.clear();
-                for st in [&mut a.vm_storage.linux, &mut a.vm_storage.windows] {
-                    if matches!(st, VmStorage::Reuse(_)) {
-                        *st = VmStorage::Data;
-                    }
-                }
-                a
-            };
-            let same =
-                make_plan(disk, &simple(&drawn), facts, opts).is_ok_and(|p| signature(&p) == sig);
-            if same {
-                let full = simple(&answers);
-                let plan = make_plan(disk, &full, facts, opts).map_err(engine_error)?;
-                return Ok(Planned {
-                    answers: full,
-                    plan,
-                    repeatable: true,
-                    unexpressed: Vec::new(),
-                });
-            }
-        }
-    }
-    let plan = if own_vm {
-        lowered(layout, &answers, facts, opts)?
+    let plan = if drawn.vm_storage != answers.vm_storage {
+        hand_made(layout, &answers, facts, opts)?
     } else {
         shape?
     };
-    let ss = layout.sector_size();
-    let real_gpt = disk.table == Table::Gpt && !layout.whole_disk;
-
-    let mut unexpressed = Vec::new();
-    if !real_gpt {
-        unexpressed.push("write a new GPT (every partition is removed)".to_string());
-    } else {
-        for n in &layout.deleted {
-            unexpressed.push(format!("delete partition {n}"));
-        }
-    }
-    for s in layout.slots.iter().filter(|s| s.new) {
-        unexpressed.push(format!(
-            "create partition {} at sector {} ({}) for {}",
-            s.number,
-            s.first_lba,
-            human_size((s.last_lba + 1 - s.first_lba) * ss),
-            s.role.map(role_words).unwrap_or("-")
-        ));
-    }
-    let repeatable = unexpressed.is_empty();
+    let unexpressed = layout.unexpressed();
     Ok(Planned {
         answers,
         plan,
-        repeatable,
+        repeatable: unexpressed.is_empty(),
         unexpressed,
     })
+}
+
+/// The simplest answers that give the same partitions on the real disk
+/// (`free-space`, else `whole-disk`, with `shape` the layout as drawn),
+/// planned with the VM storage partitions asked for, which the engine then
+/// lays out too. `None`: neither does.
+fn simplest(
+    layout: &Layout,
+    answers: &Answers,
+    drawn: &Answers,
+    shape: &Plan,
+    facts: &Facts,
+    opts: &PlanOptions,
+) -> Result<Option<Planned>, EditError> {
+    let sig = signature(shape);
+    for mode in [Mode::FreeSpace, Mode::WholeDisk] {
+        let simple = |vm: &Answers| {
+            let mut a = vm.clone();
+            a.target = Target {
+                mode,
+                esp: None,
+                system: None,
+                data: None,
+                format: Vec::new(),
+                ..answers.target.clone()
+            };
+            vm_on_data(&mut a, |st| matches!(st, VmStorage::Reuse(_)));
+            a
+        };
+        let same = make_plan(&layout.disk, &simple(drawn), facts, opts)
+            .is_ok_and(|p| signature(&p) == sig);
+        if same {
+            let full = simple(answers);
+            let plan = make_plan(&layout.disk, &full, facts, opts).map_err(engine_error)?;
+            return Ok(Some(Planned::from_answers(full, plan)));
+        }
+    }
+    Ok(None)
+}
+
+/// Puts the VM kinds whose storage `which` picks on the data volume.
+fn vm_on_data(a: &mut Answers, which: impl Fn(&VmStorage) -> bool) {
+    for st in [&mut a.vm_storage.linux, &mut a.vm_storage.windows] {
+        if which(st) {
+            *st = VmStorage::Data;
+        }
+    }
+}
+
+impl Layout {
+    /// Whether the layout deletes or (with consent) reformats a partition
+    /// of the RayOS install on the disk, or erases the disk.
+    fn touches_rayos(&self, consented: &[u32]) -> bool {
+        self.whole_disk
+            || self.disk.rayos.as_ref().is_some_and(|r| {
+                r.system
+                    .iter()
+                    .chain(r.data.iter())
+                    .chain(r.vm_storage.iter())
+                    .any(|n| self.deleted.contains(n) || consented.contains(n))
+            })
+    }
+
+    /// A hand-made layout needs a system and a data partition, and no
+    /// partition left from another RayOS install beside them: the new ones
+    /// would carry the same names and types, and the boot could pick the
+    /// wrong one.
+    fn check_roles(&self) -> Result<(), EditError> {
+        if self.role_holder(Role::System).is_none() || self.role_holder(Role::Data).is_none() {
+            return refused(
+                "RayOS needs a system and a data partition: press i on a free region, w for the whole disk, or give partitions the roles (a)",
+            );
+        }
+        let left = self
+            .slots
+            .iter()
+            .filter(|s| !s.new && s.role.is_none())
+            .filter_map(|s| self.disk.partition(s.number))
+            .find(|p| plan::is_rayos_partition(p));
+        match left {
+            Some(p) => refused(format!(
+                "partition {} (\"{}\") is left from another RayOS install: delete it (d) or give it its role again (a)",
+                p.number, p.name
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Names the partitions with roles in `answers` (mode reuse), with the
+    /// existing ones whose erasure was confirmed as `format`.
+    fn name_roles(&self, answers: &mut Answers, consented: &[u32]) {
+        let at = |n: u32| Located {
+            value: PartRef::Number(n),
+            line: 0,
+        };
+        let t = &mut answers.target;
+        t.mode = Mode::Reuse;
+        t.system = self.role_holder(Role::System).map(at);
+        t.data = self.role_holder(Role::Data).map(at);
+        t.esp = self.role_holder(Role::Esp).map(at);
+        for (role, st) in [
+            (Role::VmLinux, &mut answers.vm_storage.linux),
+            (Role::VmWindows, &mut answers.vm_storage.windows),
+        ] {
+            match self.role_holder(role) {
+                Some(n) => *st = VmStorage::Reuse(at(n)),
+                None if matches!(st, VmStorage::Reuse(_)) => *st = VmStorage::Data,
+                None => {}
+            }
+        }
+        answers.target.format = self
+            .slots
+            .iter()
+            .filter(|s| !s.new && s.role.is_some() && consented.contains(&s.number))
+            .map(|s| at(s.number))
+            .collect();
+    }
+
+    /// The edits an answer file cannot say (for the saved file's comment).
+    fn unexpressed(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.disk.table != Table::Gpt || self.whole_disk {
+            out.push("write a new GPT (every partition is removed)".to_string());
+        } else {
+            for n in &self.deleted {
+                out.push(format!("delete partition {n}"));
+            }
+        }
+        for s in self.slots.iter().filter(|s| s.new) {
+            out.push(format!(
+                "create partition {} at sector {} ({}) for {}",
+                s.number,
+                s.first_lba,
+                human_size((s.last_lba + 1 - s.first_lba) * self.sector_size()),
+                s.role.map(role_words).unwrap_or("-")
+            ));
+        }
+        out
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rayos_disk::{DiskKind, Filesystem};
+    use rayos_disk::{DiskKind, Filesystem, types};
     use rayos_install::answers::{GIB, MIB};
     use rayos_install::sample::{FakePartition, fake_disk};
 
@@ -965,8 +906,8 @@ mod tests {
             "ESP reformatted"
         );
         assert!(l.check_assign(3, Some(Role::Esp)).is_err(), "NTFS as ESP");
-        assert!(l.assign_is_destructive(3, Some(Role::Data)));
-        assert!(!l.assign_is_destructive(1, Some(Role::Esp)));
+        assert!(l.assign_is_destructive(3, Some(Role::Data), &Facts::default()));
+        assert!(!l.assign_is_destructive(1, Some(Role::Esp), &Facts::default()));
         l.assign(3, Some(Role::Data)).unwrap();
         l.create(big_free(&l), Some(2 * GIB), Role::System).unwrap();
         let base = Answers::defaults(Mode::FreeSpace);
@@ -1060,5 +1001,39 @@ mod tests {
         w.whole_disk();
         let p = plan(&w, &base, &facts, &[], &opts()).unwrap();
         assert!(p.answers.target.reinstall && p.answers.target.mode == Mode::WholeDisk);
+    }
+
+    #[test]
+    fn the_layout_becomes_the_engines_intents() {
+        let d = windows(512);
+        let base = Answers::defaults(Mode::FreeSpace);
+        let mut l = Layout::new(&d);
+        l.delete(3).unwrap();
+        let sys = l.create(big_free(&l), Some(2 * GIB), Role::System).unwrap();
+        let data = l.create(big_free(&l), None, Role::Data).unwrap();
+        let mut answers = base.clone();
+        l.name_roles(&mut answers, &[]);
+        let i = l.intents(&answers);
+        assert_eq!((i.mode, i.delete.clone()), (Mode::Reuse, vec![3]));
+        let placed = |p: Option<&Place>| match p {
+            Some(Place::At { number, .. }) => Some(*number),
+            _ => None,
+        };
+        assert_eq!(placed(i.place(Role::System)), Some(sys));
+        assert_eq!(placed(i.place(Role::Data)), Some(data));
+        // No ESP role: the engine reuses the disk's, as the screen shows.
+        assert_eq!((i.esp.clone(), l.implicit_esp()), (None, Some(1)));
+        // After "whole disk" the table is new and nothing is deleted one
+        // by one; a blank disk gets a new table from free-space mode.
+        l.whole_disk();
+        l.install_into(big_free(&l), &base).unwrap();
+        l.name_roles(&mut answers, &[]);
+        let i = l.intents(&answers);
+        assert_eq!((i.mode, i.delete.len()), (Mode::WholeDisk, 0));
+        assert!(placed(i.place(Role::Esp)).is_some());
+        let mut blank = fake_disk("/tmp/b.img", 8 * GIB, 512, DiskKind::ImageFile, &[]);
+        blank.table = Table::None;
+        let b = Layout::new(&blank);
+        assert_eq!(b.intents(&answers).mode, Mode::FreeSpace);
     }
 }

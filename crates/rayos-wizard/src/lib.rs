@@ -9,8 +9,10 @@
 //! on ratatui's `TestBackend`; the real-terminal tests drive `rayos wizard`
 //! in tmux.
 //!
-//! Guarantees: the disks are read once, before the first screen; nothing
-//! is written before the disk's name is typed on the Summary; the plan
+//! Guarantees: the disks are read before the first screen and again when
+//! one appears or goes (when the wizard offers every disk of the machine;
+//! the chosen disk's report is kept while it is there); nothing is written
+//! before the disk's name is typed on the Summary; the plan
 //! applied is the engine's `Plan` (the same `make_plan`, `validate` and
 //! `apply` as `rayos install --answers`).
 //!
@@ -59,6 +61,10 @@ pub struct Config {
     /// Go on although the machine did not boot in UEFI mode.
     pub allow_bios: bool,
     pub apply: ApplyOptions,
+    /// Called just before the disk is written; what it returns is held
+    /// until writing ends. The installer media hold PID 1's install lock
+    /// with it, so no unattended install is offered meanwhile.
+    pub writing_guard: Option<fn() -> Box<dyn std::any::Any + Send>>,
 }
 
 impl Default for Config {
@@ -75,6 +81,7 @@ impl Default for Config {
             nvram: true,
             allow_bios: false,
             apply: ApplyOptions::default(),
+            writing_guard: None,
         }
     }
 }
@@ -113,6 +120,28 @@ pub enum WizardError {
 
 /// Reads the disks and what the wizard shows before the first screen.
 pub fn setup(config: &Config) -> Result<Setup, WizardError> {
+    let disks = disk_choices(config)?;
+    let efivars = Path::new(rayos_base::efivar::EFIVARS_DIR).is_dir();
+    Ok(Setup {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uefi: Path::new(rayos_base::efivar::FIRMWARE_DIR).is_dir(),
+        allow_bios: config.allow_bios,
+        disks,
+        opts: PlanOptions {
+            system_image: config.system_image.clone(),
+            recovery_image: config.recovery_image.clone(),
+            linux_vm_image: config.linux_vm_image.clone(),
+            systemd_boot: config.systemd_boot.clone(),
+            nvram: config.nvram && efivars,
+            ..PlanOptions::default()
+        },
+        dry_run: config.dry_run,
+        answers: Answers::defaults(Mode::FreeSpace),
+    })
+}
+
+/// The disks the wizard offers, read now, with what it knows about each.
+pub fn disk_choices(config: &Config) -> Result<Vec<DiskChoice>, WizardError> {
     let disks = if config.disks.is_empty() {
         rayos_disk::list_block_devices().map_err(WizardError::ListDisks)?
     } else {
@@ -125,7 +154,7 @@ pub fn setup(config: &Config) -> Result<Setup, WizardError> {
             })
             .collect::<Result<_, _>>()?
     };
-    let disks = disks
+    Ok(disks
         .into_iter()
         .map(|disk| {
             let (facts, inspect_error) = match rayos_install::facts::gather(&disk) {
@@ -142,24 +171,7 @@ pub fn setup(config: &Config) -> Result<Setup, WizardError> {
                 refusal,
             }
         })
-        .collect();
-    let efivars = Path::new(rayos_install::efivar::EFIVARS_DIR).is_dir();
-    Ok(Setup {
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        uefi: Path::new("/sys/firmware/efi").is_dir(),
-        allow_bios: config.allow_bios,
-        disks,
-        opts: PlanOptions {
-            system_image: config.system_image.clone(),
-            recovery_image: config.recovery_image.clone(),
-            linux_vm_image: config.linux_vm_image.clone(),
-            systemd_boot: config.systemd_boot.clone(),
-            nvram: config.nvram && efivars,
-            ..PlanOptions::default()
-        },
-        dry_run: config.dry_run,
-        answers: Answers::defaults(Mode::FreeSpace),
-    })
+        .collect())
 }
 
 /// Saves the answers of a confirmed plan (with a comment when the answers

@@ -2,10 +2,16 @@
 //! (restored by a guard, also on errors and panics in the loop), keys from
 //! crossterm, and `apply` on a thread whose progress comes back over a
 //! channel so the screen keeps redrawing while the disk is written.
+//!
+//! When the wizard offers every disk of the machine, `/sys/block` is looked
+//! at every [`DISK_POLL`]; when a disk appears or goes (or changes size: a
+//! card put into a reader), the disks are read again and handed to
+//! [`Wizard::on_disks_changed`].
 
 use std::io::{Stdout, stdout};
+use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossterm::event::{self, Event as TermEvent};
 use crossterm::execute;
@@ -16,6 +22,7 @@ use ratatui::backend::CrosstermBackend;
 use ratatui::layout::Rect;
 use ratatui::{Terminal, TerminalOptions, Viewport};
 
+use rayos_base::error::chain;
 use rayos_install::apply::{self, Event};
 use rayos_install::plan::make_plan;
 
@@ -37,22 +44,34 @@ impl Drop for Guard {
     }
 }
 
-/// An error and its causes, one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+/// How often the wizard looks for disks that appeared or went.
+const DISK_POLL: Duration = Duration::from_secs(1);
+
+/// What `/sys/block` shows: each disk's name and size (sectors).
+fn disk_signature(sys_block: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir(sys_block)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let size = std::fs::read_to_string(e.path().join("size")).unwrap_or_default();
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        size.trim().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 fn spawn_apply(planned: &Planned, config: &Config, tx: Sender<Msg>) {
     let plan = planned.plan.clone();
     let opts = config.apply.clone();
+    let guard = config.writing_guard.map(|g| g());
     std::thread::spawn(move || {
+        let _writing = guard;
         let events = tx.clone();
         // A panic in the engine must end on the error screen, not leave the
         // person waiting on a bar that never moves.
@@ -147,11 +166,26 @@ pub(crate) fn run(config: &Config, mut w: Wizard) -> Result<Outcome, WizardError
     }
     .map_err(WizardError::Terminal)?;
     let (tx, rx): (Sender<Msg>, Receiver<Msg>) = channel();
+    let sys_block = Path::new("/sys/block");
+    let watch_disks = config.disks.is_empty();
+    let mut disks_seen = disk_signature(sys_block);
+    let mut disks_checked = Instant::now();
     let outcome = loop {
         while let Ok(m) = rx.try_recv() {
             match m {
                 Msg::Event(ev) => w.on_event(&ev),
                 Msg::Done(r) => w.on_finished(r),
+            }
+        }
+        if watch_disks && disks_checked.elapsed() >= DISK_POLL {
+            disks_checked = Instant::now();
+            let now = disk_signature(sys_block);
+            if now != disks_seen
+                && w.screen != Screen::Progress
+                && let Ok(disks) = crate::disk_choices(config)
+            {
+                disks_seen = now;
+                w.on_disks_changed(disks);
             }
         }
         term.draw(|f| crate::view::draw(f, &w))

@@ -5,6 +5,9 @@
 //! runner feeds apply progress back with [`Wizard::on_event`] and
 //! [`Wizard::on_finished`]. Rendering is [`crate::view`].
 //!
+//! Inputs besides keys: apply progress, and [`Wizard::on_disks_changed`]
+//! when the runner sees a disk appear or go.
+//!
 //! Screens, in order: Welcome, Disk, Partitions, VM storage, Machine,
 //! Policy, Summary, Progress. Esc goes back one screen (or closes a
 //! dialog), `?`/F1 shows help, Ctrl-C leaves (except while writing).
@@ -935,6 +938,78 @@ impl Wizard {
         );
     }
 
+    /// The machine's disks changed (a stick was plugged in or pulled out):
+    /// `disks` is the list read again, and the Disk screen shows it. The
+    /// chosen disk keeps its report and the person's partition edits while
+    /// it is still there; when it is gone, the edits are dropped and the
+    /// person is taken back to the Disk screen. Nothing changes while the
+    /// disk is being written or once it was (the Progress screen).
+    pub fn on_disks_changed(&mut self, mut disks: Vec<DiskChoice>) {
+        if self.screen == Screen::Progress {
+            return;
+        }
+        let path_at = |list: &[DiskChoice], i: usize| list.get(i).map(|d| d.disk.path.clone());
+        let cursor_path = path_at(&self.setup.disks, self.disk_cursor);
+        let chosen = self.chosen_disk().cloned();
+        let old: Vec<_> = self
+            .setup
+            .disks
+            .iter()
+            .map(|d| d.disk.path.clone())
+            .collect();
+        let added: Vec<String> = disks
+            .iter()
+            .filter(|d| !old.contains(&d.disk.path))
+            .map(|d| d.disk.path.display().to_string())
+            .collect();
+        let removed: Vec<String> = old
+            .iter()
+            .filter(|p| !disks.iter().any(|d| &d.disk.path == *p))
+            .map(|p| p.display().to_string())
+            .collect();
+        if let Some(c) = &chosen
+            && let Some(slot) = disks.iter_mut().find(|d| d.disk.path == c.disk.path)
+        {
+            *slot = c.clone();
+        }
+        let find =
+            |list: &[DiskChoice], p: &std::path::Path| list.iter().position(|d| d.disk.path == p);
+        self.chosen = chosen.as_ref().and_then(|c| find(&disks, &c.disk.path));
+        self.disk_cursor = cursor_path
+            .as_deref()
+            .and_then(|p| find(&disks, p))
+            .or_else(|| disks.iter().position(|d| d.refusal.is_none()))
+            .unwrap_or(0);
+        self.setup.disks = disks;
+        let mut said = Vec::new();
+        if !added.is_empty() {
+            said.push(format!("disk {} appeared", added.join(", ")));
+        }
+        if !removed.is_empty() {
+            said.push(format!("disk {} was removed", removed.join(", ")));
+        }
+        if let Some(c) = chosen
+            && self.chosen.is_none()
+        {
+            self.layout = None;
+            self.planned = None;
+            self.consented.clear();
+            self.row_cursor = 0;
+            self.modal = None;
+            self.confirm_input.clear();
+            if self.screen != Screen::Welcome {
+                self.screen = Screen::Disk;
+            }
+            said = vec![format!(
+                "{} was removed: nothing was written to it; choose a disk again",
+                c.disk.path.display()
+            )];
+        }
+        if !said.is_empty() {
+            self.status = Some(said.join("; "));
+        }
+    }
+
     /// A new plan for a retry (made by the runner from the disk as it is
     /// now).
     pub fn on_retry_plan(&mut self, planned: Planned) {
@@ -1044,6 +1119,10 @@ impl Wizard {
     }
 
     fn pick_role(&mut self, target: RoleTarget, role: Option<Role>) {
+        let facts = self
+            .chosen_disk()
+            .map(|d| d.facts.clone())
+            .unwrap_or_default();
         let Some(layout) = self.layout.as_mut() else {
             return;
         };
@@ -1065,7 +1144,7 @@ impl Wizard {
                     self.status = Some(e.to_string());
                     return;
                 }
-                if layout.assign_is_destructive(n, role) && !self.consented.contains(&n) {
+                if layout.assign_is_destructive(n, role, &facts) && !self.consented.contains(&n) {
                     let expect = layout
                         .existing(n)
                         .map(|p| p.name.clone())

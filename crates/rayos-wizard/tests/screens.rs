@@ -754,3 +754,170 @@ fn the_debian_vms_user_and_password_are_asked_and_only_hashed() {
     w.screen = Screen::Machine;
     assert_eq!(w.machine_rows(), 4);
 }
+
+/// Issue #10 item 4, the wizard's face: a partition of a system the
+/// engine has no name for (here APFS-typed, holding data) needs the same
+/// typed confirmation as a Windows or Linux one; a partition read to be
+/// all zeros does not. The facts are gathered from the real image.
+#[test]
+fn roles_on_partitions_of_unknown_systems_need_the_typed_confirmation() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("others.img");
+    DiskBuilder::new(8 * GIB)
+        .partition(
+            0,
+            100 * MIB,
+            "EFI system partition",
+            rayos_testkit::disks::Content::Esp { files: Vec::new() },
+        )
+        .partition(
+            0,
+            2 * GIB,
+            "Macintosh HD",
+            rayos_testkit::disks::Content::Header {
+                type_code: "af0a".into(),
+            },
+        )
+        .partition(
+            0,
+            2 * GIB,
+            "spare",
+            rayos_testkit::disks::Content::Empty {
+                type_code: "12345678-1234-5678-9abc-def012345678".into(),
+            },
+        )
+        .build(&img)
+        .unwrap();
+    let real = rayos_disk::probe_image(&img, None).unwrap();
+    let facts = rayos_install::facts::gather(&real).unwrap();
+    let mut s = setup(vec![probed(&img, "/dev/vda")]);
+    s.disks[0].facts = facts;
+    let mut w = Wizard::new(s);
+    at_partitions(&mut w, 0);
+
+    select(&mut w, part_row(2));
+    press(&mut w, &[Key::Char('a'), Key::Down, Key::Down, Key::Enter]);
+    assert!(
+        matches!(
+            &w.modal,
+            Some(Modal::Confirm { expect, action: Pending::Assign(2, Some(Role::Data)), .. })
+                if expect == "Macintosh HD"
+        ),
+        "no typed confirmation for the APFS partition: {:?}",
+        w.modal
+    );
+    typed(&mut w, "Macintosh HD");
+    press(&mut w, &[Key::Enter]);
+    assert_eq!(
+        w.layout.as_ref().unwrap().slot(2).unwrap().role,
+        Some(Role::Data)
+    );
+    // All zeros: nothing to lose, no confirmation.
+    select(&mut w, part_row(3));
+    press(&mut w, &[Key::Char('a'), Key::Down, Key::Enter]);
+    assert!(w.modal.is_none(), "{:?}", w.modal);
+    assert_eq!(
+        w.layout.as_ref().unwrap().slot(3).unwrap().role,
+        Some(Role::System)
+    );
+    w.replan().unwrap();
+    let plan = &w.planned.as_ref().unwrap().plan;
+    assert_eq!(plan.partition(Role::Data).unwrap().number, 2);
+    assert_eq!(plan.partition(Role::System).unwrap().number, 3);
+    assert_eq!(plan.partition(Role::Esp).unwrap().action, Action::ReuseEsp);
+}
+
+/// A USB stick as the disk list shows it.
+fn stick(blank: &Path) -> Disk {
+    let mut d = probed(blank, "/dev/sda");
+    d.kind = DiskKind::BlockDevice;
+    d.model = Some("QEMU HARDDISK".into());
+    d.removable = true;
+    d
+}
+
+/// Issue 17: the disk list follows disks that appear and go.
+#[test]
+fn the_disk_list_follows_a_stick_plugged_in_and_pulled_out() {
+    let im = images();
+    let mut vda = probed(&im.windows, "/dev/vda");
+    vda.kind = DiskKind::BlockDevice;
+    vda.model = Some("QEMU HARDDISK".into());
+    let mut w = Wizard::new(setup(vec![vda.clone()]));
+    press(&mut w, &[Key::Enter]);
+    assert_eq!(w.screen, Screen::Disk);
+    assert_eq!(w.disk_cursor, 0);
+
+    // Plugged in: listed, said on the status line, cursor stays on vda.
+    let with_stick: Vec<DiskChoice> = vec![choice(stick(&im.blank)), choice(vda.clone())];
+    w.on_disks_changed(with_stick);
+    assert_eq!(w.screen, Screen::Disk);
+    assert_eq!(w.setup.disks.len(), 2);
+    assert_eq!(
+        w.setup.disks[w.disk_cursor].disk.path,
+        Path::new("/dev/vda")
+    );
+    assert_eq!(w.status.as_deref(), Some("disk /dev/sda appeared"));
+    snapshot("disk-list-stick-plugged", &w);
+
+    // It can be chosen (8 GiB, empty) and pulled out again afterwards.
+    press(&mut w, &[Key::Up, Key::Enter]);
+    assert_eq!(w.screen, Screen::Partitions);
+    assert_eq!(w.chosen, Some(0));
+    press(&mut w, &[Key::Char('i')]);
+    assert!(w.layout.is_some());
+    w.on_disks_changed(vec![choice(vda.clone())]);
+    assert_eq!(
+        w.screen,
+        Screen::Disk,
+        "the chosen disk went: back to the list"
+    );
+    assert_eq!(w.chosen, None);
+    assert!(w.layout.is_none() && w.planned.is_none());
+    assert_eq!(
+        w.status.as_deref(),
+        Some("/dev/sda was removed: nothing was written to it; choose a disk again")
+    );
+    snapshot("disk-list-chosen-removed", &w);
+
+    // Another disk coming and going keeps the chosen one and its edits.
+    press(&mut w, &[Key::Enter]);
+    assert_eq!(w.screen, Screen::Partitions);
+    largest_free(&mut w);
+    press(&mut w, &[Key::Char('i')]);
+    let rows = w.rows();
+    w.on_disks_changed(vec![choice(vda.clone()), choice(stick(&im.blank))]);
+    assert_eq!(w.screen, Screen::Partitions);
+    assert_eq!(w.chosen, Some(0));
+    assert_eq!(w.rows(), rows, "the partition edits are kept");
+    w.on_disks_changed(vec![choice(vda)]);
+    assert_eq!(w.screen, Screen::Partitions);
+    assert_eq!(w.status.as_deref(), Some("disk /dev/sda was removed"));
+    assert_eq!(w.rows(), rows);
+}
+
+/// While the disk is written the list is left alone.
+#[test]
+fn disk_changes_wait_while_the_disk_is_written() {
+    let im = images();
+    let mut w = Wizard::new(setup(vec![probed(&im.blank, "/dev/vda")]));
+    at_partitions(&mut w, 0);
+    press(
+        &mut w,
+        &[
+            Key::Char('i'),
+            Key::Enter,
+            Key::Enter,
+            Key::Enter,
+            Key::Enter,
+        ],
+    );
+    assert_eq!(w.screen, Screen::Summary, "{:?}", w.status);
+    typed(&mut w, "vda");
+    assert!(matches!(w.handle(Key::Enter), Effect::Install(_)));
+    assert_eq!(w.screen, Screen::Progress);
+    w.on_disks_changed(vec![]);
+    assert_eq!(w.screen, Screen::Progress);
+    assert_eq!(w.chosen, Some(0));
+    assert_eq!(w.setup.disks.len(), 1);
+}

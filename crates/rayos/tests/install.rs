@@ -297,6 +297,288 @@ fn refusals_write_nothing() {
     assert_eq!(fingerprint(&win).unwrap(), fpw);
 }
 
+/// Issue #10 item 4: in reuse mode, partitions of systems the planner has
+/// no name for (APFS, FreeBSD ZFS, a made-up type) holding any data are
+/// formatted only with consent, like Windows' and Linux'. Partitions read
+/// to be all zeros need none, and every other partition keeps its bytes.
+#[test]
+fn reuse_needs_consent_for_partitions_of_unknown_systems() {
+    let t = T::new();
+    let img = t.path("others.img");
+    let header = |code: &str| disks::Content::Header {
+        type_code: code.into(),
+    };
+    let empty = |code: &str| disks::Content::Empty {
+        type_code: code.into(),
+    };
+    let fx = DiskBuilder::new(6 * GIB)
+        .partition(
+            0,
+            100 * disks::MIB,
+            "EFI system partition",
+            disks::Content::Esp { files: Vec::new() },
+        )
+        .partition(0, 600 * disks::MIB, "Macintosh HD", header("af0a"))
+        .partition(0, 1100 * disks::MIB, "zroot", header("a504"))
+        .partition(
+            0,
+            600 * disks::MIB,
+            "who knows",
+            header("12345678-1234-5678-9abc-def012345678"),
+        )
+        .partition(0, 1100 * disks::MIB, "empty ufs", empty("a503"))
+        .partition(
+            0,
+            600 * disks::MIB,
+            "empty",
+            empty("12345678-1234-5678-9abc-def012345678"),
+        )
+        .build(&img)
+        .unwrap();
+    let fp = fingerprint(&img).unwrap();
+    for (system, data, who) in [(2, 5, 2), (6, 3, 3), (4, 5, 4)] {
+        let a = t.file(
+            "unknown.toml",
+            &format!("version = 1\n[target]\nmode = \"reuse\"\nsystem = {system}\ndata = {data}\n"),
+        );
+        let o = t.install(&img, &a, &["--yes"], &[]);
+        assert_refused(&o, 2, "list it in [target] format");
+        let e = stderr(&o);
+        assert!(
+            e.contains(&format!("partition {who} of")) && e.contains("not all zeros"),
+            "{e}"
+        );
+        assert_eq!(
+            fingerprint(&img).unwrap(),
+            fp,
+            "a refusal wrote to the disk"
+        );
+    }
+    // All zeros: nothing to lose, no consent; the others keep every byte.
+    let others: Vec<String> = [1, 2, 3, 4]
+        .iter()
+        .map(|n| fx.partition_hash(*n).unwrap())
+        .collect();
+    let a = t.file(
+        "zeros.toml",
+        "version = 1\n[target]\nmode = \"reuse\"\nsystem = 6\ndata = 5\n[machine]\nhostname = \"rayos-test\"\n",
+    );
+    let o = t.install(&img, &a, &["--yes"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let now: Vec<String> = [2, 3, 4]
+        .iter()
+        .map(|n| fx.partition_hash(*n).unwrap())
+        .collect();
+    assert_eq!(now, others[1..], "a partition outside the plan changed");
+    check_complete(&img, None);
+}
+
+/// Issue #10 item 3: a hybrid MBR (Boot Camp style, `sgdisk -h`) gives a
+/// legacy BIOS its view of some GPT partitions. An install beside them
+/// keeps it byte for byte (it was silently replaced by a protective MBR, and
+/// such a system stopped booting); a plan that would change a partition it
+/// names is refused with the way out; whole-disk replaces it and says so.
+#[test]
+fn a_hybrid_mbr_is_kept_or_the_install_refused() {
+    let t = T::new();
+    let img = t.path("hybrid.img");
+    let fx = DiskBuilder::new(8 * GIB)
+        .partition(
+            0,
+            100 * disks::MIB,
+            "EFI system partition",
+            disks::Content::Esp { files: Vec::new() },
+        )
+        .partition(
+            0,
+            1100 * disks::MIB,
+            "BOOTCAMP",
+            disks::Content::Header {
+                type_code: "0700".into(),
+            },
+        )
+        .partition(
+            0,
+            600 * disks::MIB,
+            "linux",
+            disks::Content::Header {
+                type_code: "8300".into(),
+            },
+        )
+        .build(&img)
+        .unwrap();
+    run("sgdisk", &["-h", "2:3", img.to_str().unwrap()]).unwrap();
+    let lba0 = disks::read_at(&img, 0, 512).unwrap();
+    assert_eq!(
+        lba0[446 + 4],
+        0xEE,
+        "sgdisk -h puts the protective entry first"
+    );
+    assert_eq!((lba0[446 + 16 + 4], lba0[446 + 32 + 4]), (0x07, 0x83));
+    let fp = fingerprint(&img).unwrap();
+
+    // Formatting a partition the hybrid MBR names: refused, nothing written.
+    let reuse = t.file(
+        "hybrid-reuse.toml",
+        "version = 1\n[target]\nmode = \"reuse\"\nsystem = 3\ndata = 2\nformat = [2, 3]\n",
+    );
+    let o = t.install(&img, &reuse, &["--yes"], &[]);
+    assert_refused(&o, 2, "hybrid MBR");
+    let e = stderr(&o);
+    assert!(e.contains("partition 2") && e.contains("gdisk"), "{e}");
+    assert_eq!(
+        fingerprint(&img).unwrap(),
+        fp,
+        "a refusal wrote to the disk"
+    );
+
+    // Whole disk replaces it, and the plan says so.
+    let whole = t.file(
+        "hybrid-whole.toml",
+        "version = 1\n[target]\nmode = \"whole-disk\"\n",
+    );
+    let o = t.install(&img, &whole, &["--dry-run"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("hybrid MBR") && text.contains("legacy BIOS"),
+        "{text}"
+    );
+
+    // Beside them (free space): the hybrid MBR stays byte for byte.
+    let before: Vec<String> = [1, 2, 3]
+        .iter()
+        .map(|n| fx.partition_hash(*n).unwrap())
+        .collect();
+    let free = t.file(
+        "hybrid-free.toml",
+        "version = 1\n[target]\nmode = \"free-space\"\n[machine]\nhostname = \"rayos-test\"\n",
+    );
+    let o = t.install(&img, &free, &["--yes"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("hybrid MBR is kept"), "{}", stderr(&o));
+    assert_eq!(
+        disks::read_at(&img, 0, 512).unwrap(),
+        lba0,
+        "the hybrid MBR was replaced"
+    );
+    let now: Vec<String> = [2, 3]
+        .iter()
+        .map(|n| fx.partition_hash(*n).unwrap())
+        .collect();
+    assert_eq!(now, before[1..], "a partition outside the plan changed");
+    check_complete(&img, None);
+    let d = rayos_disk::probe_image(&img, None).unwrap();
+    assert_eq!(d.hybrid_mbr.len(), 2, "{:?}", d.hybrid_mbr);
+}
+
+/// A reuse-mode disk whose ESP (partition 1, 100 MiB) holds a FAT made for
+/// 200 MiB, as an ESP shrunk without its filesystem has: mkfs.fat over the
+/// larger region, files filling the first 100 MiB, then the entry shrunk
+/// with sgdisk and the freed space given to partition 4, full of random
+/// bytes. Partitions 2 and 3 are the system and data candidates.
+fn esp_larger_than_its_partition(t: &T) -> PathBuf {
+    let img = t.path("shrunk-esp.img");
+    DiskBuilder::new(6 * GIB)
+        .partition(
+            0,
+            200 * disks::MIB,
+            "EFI system partition",
+            disks::Content::Esp {
+                // Fills the data area inside the first 100 MiB (the FATs
+                // of a 200 MiB FAT32 with 512-byte clusters take 3.1 MiB),
+                // so the clusters mtools allocates next lie in partition 4:
+                // the old installer overwrote them there.
+                files: vec![(
+                    "/EFI/vendor/big.bin".into(),
+                    disks::pseudo_random(11, (100 << 20) - (3400 << 10)),
+                )],
+            },
+        )
+        .partition(
+            0,
+            600 * disks::MIB,
+            "system",
+            disks::Content::Header {
+                type_code: "8300".into(),
+            },
+        )
+        .partition(
+            0,
+            1100 * disks::MIB,
+            "data",
+            disks::Content::Header {
+                type_code: "8300".into(),
+            },
+        )
+        .build(&img)
+        .unwrap();
+    let p = img.to_str().unwrap();
+    run(
+        "sgdisk",
+        &["-d", "1", "-n", "1:2048:206847", "-t", "1:ef00", p],
+    )
+    .unwrap();
+    run("sgdisk", &["-n", "4:206848:411647", "-t", "4:8300", p]).unwrap();
+    disks::write_at(&img, 206848 * 512, &disks::pseudo_random(12, 100 << 20)).unwrap();
+    img
+}
+
+const REUSE_2_3: &str =
+    "version = 1\n[target]\nmode = \"reuse\"\nsystem = 2\ndata = 3\nformat = [2, 3]\n";
+
+/// Issue #10 item 2: an ESP whose FAT claims more sectors than its
+/// partition is refused before anything is written (mtools used to write
+/// RayOS's files through `disk@@offset` into the next partition, after the
+/// table had been rewritten and two filesystems formatted).
+#[test]
+fn an_esp_larger_than_its_partition_is_refused_before_any_write() {
+    let t = T::new();
+    let img = esp_larger_than_its_partition(&t);
+    let fp = fingerprint(&img).unwrap();
+    let a = t.file("reuse.toml", REUSE_2_3);
+    let o = t.install(&img, &a, &["--yes"], &[]);
+    assert_refused(&o, 2, "partition 1");
+    let e = stderr(&o);
+    assert!(
+        e.contains("larger than its partition") || e.contains("claims"),
+        "{e}"
+    );
+    assert!(e.contains("repair") && e.contains("choose another"), "{e}");
+    assert!(!e.contains("RAYOS_INSTALLER:STEP:"), "a step ran: {e}");
+    assert_eq!(fingerprint(&img).unwrap(), fp, "the disk changed");
+}
+
+/// Issue #10 item 2: a FAT that fsck.fat -n (run on exactly the
+/// partition's bytes) finds damaged — here its two FATs differ — is
+/// refused before anything is written too.
+#[test]
+fn a_damaged_esp_is_refused_before_any_write() {
+    let t = T::new();
+    let img = t.path("damaged-esp.img");
+    let fx = DiskBuilder::windows_and_linux(6 * GIB).build(&img).unwrap();
+    // The ESP's second FAT: after the reserved sectors and the first FAT.
+    let esp = fx.partitions[0].start_bytes();
+    let boot = disks::read_at(&img, esp, 512).unwrap();
+    let reserved = u16::from_le_bytes([boot[14], boot[15]]) as u64;
+    let fat = u32::from_le_bytes(boot[36..40].try_into().unwrap()) as u64;
+    disks::write_at(&img, esp + (reserved + fat) * 512 + 12, &[7, 0, 0, 0]).unwrap();
+    let fp = fingerprint(&img).unwrap();
+    let a = t.file(
+        "free.toml",
+        "version = 1\n[target]\nmode = \"free-space\"\n",
+    );
+    let o = t.install(&img, &a, &["--yes"], &[]);
+    assert_refused(&o, 2, "fsck.fat");
+    let e = stderr(&o);
+    assert!(
+        e.contains("FATs differ") && e.contains("partition 1"),
+        "{e}"
+    );
+    assert!(!e.contains("RAYOS_INSTALLER:STEP:"), "a step ran: {e}");
+    assert_eq!(fingerprint(&img).unwrap(), fp, "the disk changed");
+}
+
 /// Kill the installer after each step (a power cut as far as the disk is
 /// concerned), re-run it with the same answers, and it finishes, with the
 /// other systems' partitions untouched.

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rayos_api::{Client, VmInfo, VmState};
+use rayos_api::{Client, EventKind as E, VmInfo, VmState};
 use rayos_testkit::guest;
 use rayos_vmm::qemu::process;
 
@@ -36,8 +36,13 @@ struct Host {
 
 impl Host {
     fn new() -> Host {
+        Host::with_prefix("rayosd")
+    }
+
+    /// A host whose every path (data volume, sockets) starts with `prefix`.
+    fn with_prefix(prefix: &str) -> Host {
         let dir = tempfile::Builder::new()
-            .prefix("rayosd")
+            .prefix(prefix)
             .tempdir_in("/tmp")
             .unwrap();
         let out_file = dir.path().join("daemon.out");
@@ -84,6 +89,11 @@ impl Host {
     }
 
     fn start_daemon(&mut self) {
+        self.start_daemon_with(&[]);
+    }
+
+    /// Starts the daemon with extra `rayos daemon` arguments.
+    fn start_daemon_with(&mut self, extra: &[&str]) {
         assert!(self.daemon.is_none());
         let out = fs::OpenOptions::new()
             .create(true)
@@ -102,6 +112,7 @@ impl Host {
             .arg("--socket")
             .arg(self.socket())
             .args(["--cgroup", "none", "--shutdown-timeout", "120"])
+            .args(extra)
             .env("RAYOS_ACCEL", "tcg")
             .stdin(Stdio::null())
             .stdout(out)
@@ -761,14 +772,16 @@ fn crashed_vm_keeps_console_and_is_restarted() {
     h.client()
         .events(Some(0), |ev| {
             if ev.vm == "lin" {
-                seen.push(ev.event.clone());
+                seen.push(ev.event);
             }
             // created, starting, started, crashed, restarting, starting, started
-            seen.iter().filter(|e| *e == "started").count() < 2
+            seen.iter().filter(|e| **e == E::Started).count() < 2
         })
         .unwrap();
-    let tail: Vec<&str> = seen.iter().map(String::as_str).skip(3).collect();
-    assert_eq!(tail, ["crashed", "restarting", "starting", "started"]);
+    assert_eq!(
+        seen[3..],
+        [E::Crashed, E::Restarting, E::Starting, E::Started]
+    );
     let shown = h.show("lin");
     assert_eq!(shown.state, VmState::Running);
     assert_ne!(shown.pid, Some(pid));
@@ -812,12 +825,578 @@ fn guest_power_off_is_a_stop_not_a_crash() {
     h.client()
         .events(Some(0), |ev| {
             if ev.vm == "off" {
-                seen.push(ev.event.clone());
+                seen.push(ev.event);
             }
-            !matches!(ev.event.as_str(), "stopped" | "crashed")
+            !matches!(ev.event, E::Stopped | E::Crashed)
         })
         .unwrap();
-    assert_eq!(seen, ["created", "starting", "started", "stopped"]);
+    assert_eq!(seen, [E::Created, E::Starting, E::Started, E::Stopped]);
     let shown = h.show("off");
     assert_eq!((shown.state, shown.crash_count), (VmState::Stopped, 0));
+}
+
+// ----- safety (issue #10): images, API lockout, file modes, swtpm -----
+
+/// Bytes a guest must never see: they stand for a host disk or a file on
+/// the data volume that a crafted image points at.
+const SECRET: &[u8] = b"RAYOS-HOST-SECRET";
+
+/// `dir/secret.bin`: 1 MiB of [`SECRET`] over and over.
+fn secret_file(dir: &Path) -> PathBuf {
+    let p = dir.join("secret.bin");
+    let bytes: Vec<u8> = SECRET.iter().copied().cycle().take(1 << 20).collect();
+    fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn qemu_img(args: &[&str]) -> String {
+    let o = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img (qemu-utils) is installed");
+    assert!(
+        o.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A qcow2 image with no data of its own whose backing file is `backing`
+/// (raw): whatever opens it with its backing chain reads `backing`.
+fn overlay(path: &Path, backing: &Path) {
+    let _ = fs::remove_file(path);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        backing.to_str().unwrap(),
+        "-F",
+        "raw",
+        path.to_str().unwrap(),
+    ]);
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn image_info(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&qemu_img(&["info", "--output=json", p.to_str().unwrap()])).unwrap()
+}
+
+/// Follows the events of `vm` from the daemon's first event on; the
+/// stream is connected once the first event has arrived.
+fn watch_events(h: &Host, vm: &str) -> std::sync::mpsc::Receiver<E> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let client = h.client();
+    let name = vm.to_string();
+    std::thread::spawn(move || {
+        let _ = client.events(Some(0), |ev| ev.vm != name || tx.send(ev.event).is_ok());
+    });
+    rx
+}
+
+/// Adds events from `rx` to `seen` until `done` says the list is complete;
+/// panics after `timeout`.
+fn wait_events(
+    h: &Host,
+    rx: &std::sync::mpsc::Receiver<E>,
+    seen: &mut Vec<E>,
+    timeout: Duration,
+    done: impl Fn(&[E]) -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    while !done(seen) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(e) => seen.push(e),
+            Err(e) => panic!(
+                "events so far: {seen:?} ({e}; waited up to {timeout:?})\ndaemon: {}",
+                h.stderr()
+            ),
+        }
+    }
+}
+
+/// Events of `vm` from the daemon's first event on, until `done` says the
+/// list is complete; panics after `timeout`.
+fn events_until(h: &Host, vm: &str, timeout: Duration, done: impl Fn(&[E]) -> bool) -> Vec<E> {
+    let rx = watch_events(h, vm);
+    let mut seen = Vec::new();
+    wait_events(h, &rx, &mut seen, timeout, done);
+    seen
+}
+
+/// An image that points at other host files (a qcow2 backing file, a
+/// qcow2 external data file, VMDK extents) or a block device is refused
+/// before anything is copied; ordinary qcow2, raw and VMDK images are
+/// converted into a fresh qcow2 of the VM's own (no backing file, same
+/// content, mode 0600 in a 0700 directory) with progress in the log.
+#[test]
+fn import_refuses_images_that_point_at_host_files() {
+    let mut h = Host::new();
+    h.start_daemon();
+    let images = h.dir.path().join("images");
+    fs::create_dir_all(&images).unwrap();
+    let secret = secret_file(&images);
+
+    let backed = images.join("backed.qcow2");
+    overlay(&backed, &secret);
+    // An external data file: qemu-img create truncates it, so fill it after.
+    let data = images.join("data.bin");
+    let with_data = images.join("with-data.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("data_file={},data_file_raw=on", data.display()),
+        with_data.to_str().unwrap(),
+        "1M",
+    ]);
+    fs::copy(&secret, &data).unwrap();
+    // A VMDK descriptor whose extent is the secret file.
+    let vmdk = images.join("flat.vmdk");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "subformat=monolithicFlat",
+        vmdk.to_str().unwrap(),
+        "1M",
+    ]);
+    let desc = fs::read_to_string(&vmdk)
+        .unwrap()
+        .replace("\"flat-flat.vmdk\"", &format!("\"{}\"", secret.display()));
+    fs::write(&vmdk, desc).unwrap();
+    // A block device node (a loop device's numbers; never opened).
+    let blk = images.join("blockdev");
+    let st = Command::new("mknod")
+        .arg(&blk)
+        .args(["b", "7", "0"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mknod needs root (tests run as root in CI)");
+
+    let vm_root = h.state().join("vm");
+    let listing = || {
+        let mut v: Vec<String> = fs::read_dir(&vm_root)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing();
+    for (flag, image, why) in [
+        ("--import", &backed, "backing file"),
+        ("--disk", &backed, "backing file"),
+        ("--import", &with_data, "data file"),
+        ("--import", &vmdk, "other files"),
+        ("--import", &blk, "block device"),
+    ] {
+        let o = h.vm(&[
+            "create",
+            "evil",
+            "--kind",
+            "linux",
+            flag,
+            image.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flag} {image:?}: {err}");
+        assert!(err.contains(why), "{image:?}: {err}");
+    }
+    assert!(h.client().list().unwrap().is_empty());
+    assert_eq!(listing(), before, "nothing was created or copied");
+
+    // Images of the supported formats are converted, content kept.
+    let plain = images.join("plain.qcow2");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        secret.to_str().unwrap(),
+        plain.to_str().unwrap(),
+    ]);
+    let sparse = images.join("sparse.vmdk");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        secret.to_str().unwrap(),
+        sparse.to_str().unwrap(),
+    ]);
+    h.ok(&[
+        "create",
+        "good",
+        "--kind",
+        "linux",
+        "--import",
+        plain.to_str().unwrap(),
+        "--disk",
+        secret.to_str().unwrap(),
+        "--disk",
+        sparse.to_str().unwrap(),
+    ]);
+    let shown = h.show("good");
+    assert_eq!(mode(&shown.vm_dir), 0o700, "VM directory is private");
+    assert_eq!(shown.disks.len(), 3);
+    for (disk, (src, fmt)) in
+        shown
+            .disks
+            .iter()
+            .zip([(&plain, "qcow2"), (&secret, "raw"), (&sparse, "vmdk")])
+    {
+        let info = image_info(disk);
+        assert_eq!(info["format"], "qcow2", "{disk:?}: {info}");
+        assert!(info.get("backing-filename").is_none(), "{info}");
+        assert_eq!(mode(disk), 0o600, "{disk:?}");
+        qemu_img(&[
+            "compare",
+            "-f",
+            fmt,
+            "-F",
+            "qcow2",
+            src.to_str().unwrap(),
+            disk.to_str().unwrap(),
+        ]);
+    }
+    let log = h.stderr();
+    assert!(
+        log.contains("importing") && log.contains("100%"),
+        "progress in the daemon log: {log}"
+    );
+}
+
+/// A disk placed in a VM's directory that has a backing file is opened
+/// without it, and an installation medium that is really a qcow2 image is
+/// attached raw: the guest reads zeros and the qcow2 header, never the host
+/// file behind them. Every path here contains a comma (QEMU's option
+/// separator). State, disks and directories are private to root.
+#[test]
+fn disks_and_media_never_reach_host_files_even_with_commas_in_paths() {
+    let mut h = Host::with_prefix("rayosd,comma");
+    h.start_daemon();
+    let images = h.dir.path().join("images, too");
+    fs::create_dir_all(&images).unwrap();
+    let secret = secret_file(&images);
+    let iso = images.join("install,media.iso");
+    overlay(&iso, &secret);
+    let g = guest::linux_guest().expect("test guest");
+    let cmdline = format!("{} rayos.read=vda,sr0", g.cmdline);
+    h.ok(&[
+        "create",
+        "lin",
+        "--kind",
+        "linux",
+        "--memory",
+        "256",
+        "--cpus",
+        "1",
+        "--kernel",
+        g.kernel.to_str().unwrap(),
+        "--initrd",
+        g.initrd.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+        "--disk",
+        "1M",
+        "--media",
+        iso.to_str().unwrap(),
+    ]);
+    let shown = h.show("lin");
+    assert!(!shown.provisioned, "media attached");
+    // The registry says qcow2; the file now also names a backing file.
+    overlay(&shown.disks[0], &secret);
+
+    h.ok(&["start", "lin"]);
+    let log = h.console("lin");
+    let vda = guest::wait_for_line(&log, 0, "READ vda", BOOT).unwrap();
+    assert_eq!(
+        vda,
+        format!("READ vda {}", hex(&[0; 16])),
+        "no backing file"
+    );
+    let sr0 = guest::wait_for_line(&log, 0, "READ sr0", BOOT).unwrap();
+    assert!(
+        sr0.starts_with(&format!("READ sr0 {}", hex(b"QFI\xfb"))),
+        "the medium is raw bytes, not a qcow2 image: {sr0}"
+    );
+    let text = guest::read_from(&log, 0).unwrap();
+    assert!(!text.contains(&hex(&SECRET[..8])), "{text}");
+    guest::wait_counter_above(&log, 0, Some(2), BOOT).unwrap();
+
+    // Saved guest memory and the VM's files are root's alone.
+    h.ok(&["suspend", "lin"]);
+    let shown = h.show("lin");
+    let state = shown.saved_state.as_ref().unwrap().path.clone();
+    assert_eq!(mode(&state), 0o600, "vm.state");
+    assert_eq!(mode(&shown.vm_dir), 0o700, "VM directory");
+    assert_eq!(mode(&shown.disks[0]), 0o600, "disk");
+    assert_eq!(mode(&shown.vm_dir.join("logs/console.log")), 0o600);
+
+    // Resuming works through the same paths.
+    let before = last_counter(&log);
+    let mark = guest::log_len(&log);
+    assert_eq!(json_boot(&h.ok(&["start", "lin", "--json"])), "resumed");
+    let after = counters_after(&log, mark, 2);
+    assert!(after[0] >= before, "{before} then {after:?}");
+    h.ok(&["stop", "lin", "--force"]);
+}
+
+/// Opens `n` connections to the API that send `head` and then nothing.
+fn idle_connections(socket: &Path, n: usize, head: &[u8]) -> Vec<UnixStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = UnixStream::connect(socket).unwrap();
+            s.write_all(head).unwrap();
+            s
+        })
+        .collect()
+}
+
+/// Opens `GET /v1/events` and waits until the daemon has sent the
+/// response head (the stream is running); returns the stream and the head.
+fn open_stream(socket: &Path) -> (UnixStream, String) {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.write_all(b"GET /v1/events HTTP/1.1\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            other => panic!(
+                "event stream head not received: {other:?} after {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Reads what the daemon sends on `s` until it closes (at most `wait`).
+fn read_all(s: &mut UnixStream, wait: Duration) -> String {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Idle connections, clients sending one byte at a time and event
+/// subscribers cannot lock the API out: `/v1/health` keeps answering, the
+/// oldest idle connections are shed first, slow requests are cut at the
+/// request deadline, event streams have their own cap (the oldest ends
+/// cleanly), and a daemon whose every connection is busy answers a
+/// readable 503 instead of resetting the connection.
+#[test]
+fn api_answers_while_idle_slow_and_streaming_clients_hold_connections() {
+    let mut h = Host::new();
+    h.start_daemon();
+    let sock = h.socket();
+    let mut idle = idle_connections(&sock, 64, b"");
+    // Idle for longer than a client that is just sending its request.
+    std::thread::sleep(Duration::from_millis(700));
+    // One after the other, each streaming before the next connects: a
+    // stream's age counts from when it started streaming, so opening them
+    // all at once would leave their order to the scheduler.
+    let mut streams: Vec<(UnixStream, String)> = (0..40).map(|_| open_stream(&sock)).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow: Vec<_> = (0..8)
+        .map(|_| {
+            let mut s = UnixStream::connect(&sock).unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                for b in b"GET /v1/health HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaa" {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) || s.write_all(&[*b]).is_err()
+                    {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..5 {
+        let (status, text) = raw(&sock, b"GET /v1/health HTTP/1.1\r\n\r\n");
+        assert_eq!(status, 200, "{text}\ndaemon: {}", h.stderr());
+    }
+    // The oldest idle connection was shed (closed, with a 503 to read).
+    let first = read_all(&mut idle[0], Duration::from_secs(10));
+    assert!(
+        first.is_empty() || first.starts_with("HTTP/1.1 503"),
+        "{first}"
+    );
+    // The oldest event stream was ended cleanly to stay within the cap;
+    // the newest still runs.
+    let (oldest, head) = &mut streams[0];
+    let rest = read_all(oldest, Duration::from_secs(10));
+    assert!(
+        head.starts_with("HTTP/1.1 200") && rest.ends_with("0\r\n\r\n"),
+        "{head:?} {rest:?}"
+    );
+    let (newest, _) = &mut streams[39];
+    newest
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    // Open: nothing to read yet (a timeout) or a keepalive, never the end.
+    let r = newest.read(&mut buf);
+    assert!(
+        match &r {
+            Ok(n) => *n > 0,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        },
+        "the newest stream is open: {r:?}"
+    );
+    // A request that does not arrive within the deadline gets 408.
+    let mut late = UnixStream::connect(&sock).unwrap();
+    late.write_all(b"GET /v1/health HTTP/1.1\r\n").unwrap();
+    let text = read_all(&mut late, Duration::from_secs(60));
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in slow {
+        t.join().unwrap();
+    }
+    drop(idle);
+    drop(streams);
+
+    // Every connection busy: a readable 503, never a reset.
+    h.kill_daemon();
+    h.start_daemon_with(&["--max-connections", "1", "--max-event-streams", "2"]);
+    let g = guest::linux_guest().expect("test guest");
+    h.ok(&[
+        "create",
+        "deaf",
+        "--kind",
+        "generic",
+        "--memory",
+        "128",
+        "--kernel",
+        g.kernel.to_str().unwrap(),
+        "--initrd",
+        g.initrd.to_str().unwrap(),
+        // busybox as init sleeps and ignores the ACPI power button.
+        "--cmdline",
+        "console=ttyS0 loglevel=1 rdinit=/bin/busybox -- sleep 600",
+    ]);
+    h.ok(&["start", "deaf"]);
+    // The event stream first: while every connection is busy, not even a
+    // stream request can be read.
+    let rx = watch_events(&h, "deaf");
+    let mut seen = Vec::new();
+    wait_events(&h, &rx, &mut seen, BOOT, |seen| {
+        seen.last().is_some_and(|e| *e == E::Started)
+    });
+    let stopper = {
+        let socket = h.socket();
+        std::thread::spawn(move || {
+            rayos()
+                .args(["vm", "--socket"])
+                .arg(socket)
+                .args(["stop", "deaf", "--timeout", "15"])
+                .output()
+                .unwrap()
+        })
+    };
+    wait_events(&h, &rx, &mut seen, BOOT, |seen| {
+        seen.last().is_some_and(|e| *e == E::Stopping)
+    });
+    for _ in 0..3 {
+        let (status, text) = raw(&sock, b"GET /v1/health HTTP/1.1\r\n\r\n");
+        assert_eq!(status, 503, "{text}");
+        assert!(text.contains("\"error\""), "{text}");
+    }
+    let out = stopper.join().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(h.client().health().unwrap().status, "ok");
+    // A third stream ends the oldest of two.
+    let mut three = idle_connections(&sock, 3, b"GET /v1/events HTTP/1.1\r\n\r\n");
+    let oldest = read_all(&mut three[0], Duration::from_secs(10));
+    assert!(oldest.ends_with("0\r\n\r\n"), "{oldest:?}");
+}
+
+/// swtpm dying under a running Windows-profile VM: the event `tpm_died`,
+/// a health note and the VM's last error say so, and the VM is shut down
+/// through ACPI (it cannot be saved without its TPM) instead of running on
+/// with a broken TPM. The TPM state survives: the next start finds the NV
+/// index again.
+#[test]
+fn a_vm_whose_swtpm_dies_is_shut_down_cleanly_and_reported() {
+    let mut h = Host::new();
+    h.policy("version = 1\n[linux]\nautostart = false\n[windows]\nenabled = true\n");
+    h.start_daemon();
+    let esp = guest::uefi_disk().expect("UEFI test guest");
+    h.ok(&[
+        "create",
+        "win",
+        "--kind",
+        "windows",
+        "--memory",
+        "512",
+        "--cpus",
+        "1",
+        "--disk",
+        esp.to_str().unwrap(),
+        "--secure-boot",
+        "off",
+    ]);
+    h.ok(&["start", "win"]);
+    let log = h.console("win");
+    let nv_line = guest::wait_for_line(&log, 0, "TPMNV ", BOOT).unwrap();
+    let nv = last_word(&nv_line);
+    guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
+
+    let id = h.show("win").id;
+    let pid_file = h.dir.path().join(format!("run/vm/{id}/swtpm.pid"));
+    let tpm = process::read_pid(&pid_file).expect("swtpm pid file");
+    let mark = guest::log_len(&log);
+    process::signal(tpm, libc::SIGKILL).unwrap();
+    let seen = events_until(&h, "win", BOOT, |seen| {
+        seen.contains(&E::TpmDied) && seen.last().is_some_and(|e| *e == E::Stopped)
+    });
+    let tail: Vec<E> = seen.into_iter().skip_while(|e| *e != E::TpmDied).collect();
+    assert_eq!(tail, [E::TpmDied, E::Stopping, E::Stopped]);
+    let shown = h.show("win");
+    assert_eq!(shown.state, VmState::Stopped);
+    assert!(
+        shown.last_error.as_deref().unwrap_or("").contains("swtpm"),
+        "{shown:?}"
+    );
+    let health = h.client().health().unwrap();
+    assert!(
+        health.notes.iter().any(|n| n.contains("swtpm")),
+        "{:?}",
+        health.notes
+    );
+    guest::wait_for_line(&log, mark, "POWER button pressed", BOOT)
+        .expect("the guest was shut down through ACPI");
+
+    let mark = guest::log_len(&log);
+    h.ok(&["start", "win"]);
+    assert_eq!(
+        guest::wait_for_line(&log, mark, "TPMNV ", BOOT).unwrap(),
+        format!("TPMNV found {nv}")
+    );
+    h.ok(&["stop", "win", "--force"]);
 }

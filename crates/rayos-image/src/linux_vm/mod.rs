@@ -38,7 +38,6 @@ use std::process::Command;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::fat::{self, FatError, FatTree};
@@ -311,9 +310,9 @@ pub fn overlay_files() -> Vec<OverlayFile> {
 
 /// The cache key: a hash of everything that decides what a build makes.
 pub fn recipe_key(opts: &BuildOptions) -> String {
-    let mut h = Sha256::new();
+    let mut h = rayos_base::hash::Hasher::new();
     let mut put = |s: &str| {
-        h.update((s.len() as u64).to_le_bytes());
+        h.update(&(s.len() as u64).to_le_bytes());
         h.update(s.as_bytes());
     };
     put(&FORMAT.to_string());
@@ -339,8 +338,8 @@ pub fn recipe_key(opts: &BuildOptions) -> String {
     put(&format!(
         "{ESP_BYTES} {MIN_ROOT_BYTES} {ESP_FAT_LABEL} {ROOT_FS_LABEL}"
     ));
-    let d = h.finalize();
-    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    // 8 bytes are plenty to tell recipes apart in a cache directory name.
+    h.finish().hex[..16].to_string()
 }
 
 fn werr(path: &Path) -> impl FnOnce(io::Error) -> LinuxVmError + '_ {
@@ -420,7 +419,7 @@ pub fn build(
     opts: &BuildOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Image, LinuxVmError> {
-    if !rustix_is_root() {
+    if !rayos_base::sys::is_root() {
         return Err(LinuxVmError::NotRoot);
     }
     let t0 = Instant::now();
@@ -511,7 +510,8 @@ pub fn build(
         ],
         DISK_GUID,
     )?;
-    crate::media::verify_gpt(&disk_path).map_err(|e| LinuxVmError::Check(chain(&e)))?;
+    crate::media::verify_gpt(&disk_path)
+        .map_err(|e| LinuxVmError::Check(rayos_base::error::chain(&e)))?;
 
     let manifest = Manifest {
         format: FORMAT,
@@ -577,22 +577,6 @@ rm "$root/rayos-customize.sh"
 
 fn sh_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
-}
-
-fn rustix_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn write_overlay(dir: &Path) -> Result<(), LinuxVmError> {

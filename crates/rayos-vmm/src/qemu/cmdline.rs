@@ -6,8 +6,22 @@
 //! this *launch* (`-daemonize`, `-pidfile`, `-incoming`). The fingerprint
 //! hashes the configuration part with the run directory replaced by a
 //! placeholder, so moving `/run/rayos` does not invalidate saved states.
+//!
+//! Safety rules (see `docs/vm-profiles.md`):
+//! - Every disk and medium is a `-blockdev` in JSON with its format given
+//!   (disks: the registry's format; media: always `raw`, read-only) and,
+//!   for qcow2, `"backing": null`: QEMU never probes a format and never
+//!   follows a backing file named inside an image.
+//! - Paths and names inside QEMU's `key=value,...` options have their
+//!   commas doubled ([`opt`]), QEMU's escape; JSON needs none.
+//! - The only other files QEMU is told to read are RayOS's own: OVMF,
+//!   the VM's VARS copy, and the first-boot credentials `-fw_cfg` hands
+//!   the guest, which are files in the VM's run directory
+//!   ([`guest_config_file`]) with fixed names.
 
 use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
 
 use rayos_state::VmKind;
 use rayos_state::registry::{BootSpec, DiskFormat};
@@ -96,6 +110,55 @@ pub fn hyperv_flags(accel: Accel) -> &'static [&'static str] {
     }
 }
 
+/// `text` as a value inside a QEMU `key=value,...` option: a comma would
+/// end the value (and let the rest be read as more options), so QEMU wants
+/// it doubled.
+pub fn opt(text: &str) -> String {
+    text.replace(',', ",,")
+}
+
+fn opt_path(p: &Path) -> String {
+    opt(&p.display().to_string())
+}
+
+/// The `-blockdev` of a VM disk: the registry's format, never probed, and
+/// for qcow2 no backing chain whatever the image header says.
+pub fn disk_blockdev(node: &str, path: &Path, format: DiskFormat) -> String {
+    let mut v = json!({
+        "node-name": node,
+        "driver": match format {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        },
+        "discard": "unmap",
+        "file": {
+            "driver": "file",
+            "filename": path.to_string_lossy(),
+            "discard": "unmap",
+        },
+    });
+    if format == DiskFormat::Qcow2 {
+        v["backing"] = Value::Null;
+    }
+    v.to_string()
+}
+
+/// The `-blockdev` of an installation medium: always raw and read-only, so
+/// an "ISO" that is really a qcow2 (or anything else) is seen as bytes.
+pub fn media_blockdev(node: &str, path: &Path) -> String {
+    json!({
+        "node-name": node,
+        "driver": "raw",
+        "read-only": true,
+        "file": {
+            "driver": "file",
+            "filename": path.to_string_lossy(),
+            "read-only": true,
+        },
+    })
+    .to_string()
+}
+
 /// Where the first-boot credential `name` is written before QEMU starts.
 pub fn guest_config_file(run_dir: &Path, name: &str) -> PathBuf {
     run_dir
@@ -134,7 +197,8 @@ impl CommandLine {
             run_dir: spec.run_dir.clone(),
         };
         let def = &spec.def;
-        let run = |f: &str| spec.run_dir.join(f).display().to_string();
+        // Run-directory paths as QEMU option values (commas doubled).
+        let run = |f: &str| opt_path(&spec.run_dir.join(f));
         let uefi = match &def.boot {
             BootSpec::Uefi { secure_boot } => Some(*secure_boot),
             BootSpec::DirectKernel { .. } => None,
@@ -144,7 +208,11 @@ impl CommandLine {
 
         c.cfg(
             "-name",
-            format!("guest={},process=rayos-vm-{}", def.name, def.name),
+            format!(
+                "guest={},process=rayos-vm-{}",
+                opt(&def.name),
+                opt(&def.name)
+            ),
         );
         c.cfg("-uuid", def.id.to_string());
         c.flag("-nodefaults");
@@ -209,7 +277,7 @@ impl CommandLine {
             format!(
                 "socket,id=console,path={},server=on,wait=off,logfile={},logappend=on",
                 run(run::CONSOLE),
-                spec.vm_dir.join(vmdir::CONSOLE_LOG).display()
+                opt_path(&spec.vm_dir.join(vmdir::CONSOLE_LOG))
             ),
         );
         c.cfg("-device", "isa-serial,chardev=console".into());
@@ -252,16 +320,14 @@ impl CommandLine {
                     "-drive",
                     format!(
                         "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                        ovmf.code.display()
+                        opt_path(&ovmf.code)
                     ),
                 );
                 c.cfg(
                     "-drive",
                     format!(
                         "if=pflash,format=raw,unit=1,file={}",
-                        spec.vm_dir
-                            .join(rayos_state::layout::vm::OVMF_VARS)
-                            .display()
+                        opt_path(&spec.vm_dir.join(rayos_state::layout::vm::OVMF_VARS))
                     ),
                 );
             }
@@ -275,8 +341,9 @@ impl CommandLine {
                 c.cfg(
                     "-fw_cfg",
                     format!(
-                        "name=opt/io.systemd.credentials/rayos.{name},file={}",
-                        guest_config_file(&spec.run_dir, name).display()
+                        "name=opt/io.systemd.credentials/rayos.{},file={}",
+                        opt(name),
+                        opt_path(&guest_config_file(&spec.run_dir, name))
                     ),
                 );
             }
@@ -302,16 +369,9 @@ impl CommandLine {
             } else {
                 spec.vm_dir.join(&disk.path)
             };
-            let fmt = match disk.format {
-                DiskFormat::Qcow2 => "qcow2",
-                DiskFormat::Raw => "raw",
-            };
             c.cfg(
-                "-drive",
-                format!(
-                    "if=none,id=disk{i},format={fmt},file={},cache=writeback,discard=unmap",
-                    path.display()
-                ),
+                "-blockdev",
+                disk_blockdev(&format!("disk{i}"), &path, disk.format),
             );
             if windows {
                 c.cfg(
@@ -332,13 +392,7 @@ impl CommandLine {
         if !def.provisioned {
             let first = def.disks.len() + 1;
             for (i, iso) in def.media.iter().enumerate() {
-                c.cfg(
-                    "-drive",
-                    format!(
-                        "if=none,id=media{i},media=cdrom,readonly=on,file={}",
-                        iso.display()
-                    ),
-                );
+                c.cfg("-blockdev", media_blockdev(&format!("media{i}"), iso));
                 c.cfg(
                     "-device",
                     format!(
@@ -370,7 +424,11 @@ impl CommandLine {
         // be told from a crash (RunState::Exited), even by a daemon that was
         // not running when it happened.
         c.launch("-no-shutdown", None);
-        c.launch("-pidfile", Some(run(run::QEMU_PID)));
+        // A plain path argument: no option syntax, so no escaping.
+        c.launch(
+            "-pidfile",
+            Some(spec.run_dir.join(run::QEMU_PID).display().to_string()),
+        );
         c.launch("-daemonize", None);
         if launch == LaunchPart::Incoming {
             c.launch("-incoming", Some("defer".into()));
@@ -418,6 +476,8 @@ impl CommandLine {
     /// directory replaced by `$RUN`: the input of the fingerprint.
     pub fn config_text(&self) -> String {
         let run = self.run_dir.display().to_string();
+        // Option values hold the run directory with its commas doubled.
+        let run_opt = opt(&run);
         let mut out = String::new();
         for a in self.args.iter().filter(|a| a.config) {
             out.push_str(a.flag);
@@ -426,7 +486,7 @@ impl CommandLine {
                 if run.is_empty() {
                     out.push_str(v);
                 } else {
-                    out.push_str(&v.replace(&run, "$RUN"));
+                    out.push_str(&v.replace(&run_opt, "$RUN").replace(&run, "$RUN"));
                 }
             }
             out.push('\n');
@@ -507,7 +567,10 @@ mod tests {
         assert!(!argv.iter().any(|a| a.contains("netdev")));
         assert!(!argv.iter().any(|a| a.contains("-incoming")));
         // Media attached while not provisioned.
-        assert!(argv.iter().any(|a| a.contains("file=/isos/win.iso")));
+        assert!(
+            argv.iter()
+                .any(|a| a.contains("\"filename\":\"/isos/win.iso\""))
+        );
         assert!(
             !argv
                 .iter()
@@ -515,10 +578,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn guest_settings_go_on_fw_cfg_as_files() {
-        let mut s = spec(VmKind::Linux, BootSpec::Uefi { secure_boot: false }, false);
-        s.def.guest = Some(rayos_state::GuestConfig {
+    fn guest() -> rayos_state::GuestConfig {
+        rayos_state::GuestConfig {
             user: "alice".into(),
             password_hash: Some("$6$salt$hash".into()),
             ssh_authorized_key: None,
@@ -526,7 +587,13 @@ mod tests {
             timezone: "UTC".into(),
             locale: "C.UTF-8".into(),
             keyboard: "us".into(),
-        });
+        }
+    }
+
+    #[test]
+    fn guest_settings_go_on_fw_cfg_as_files() {
+        let mut s = spec(VmKind::Linux, BootSpec::Uefi { secure_boot: false }, false);
+        s.def.guest = Some(guest());
         let c = CommandLine::build(&s, Accel::Tcg, Path::new("/o"), LaunchPart::Cold);
         let argv = c.argv();
         assert!(has(
@@ -540,6 +607,14 @@ mod tests {
             "name=opt/io.systemd.credentials/rayos.password-hash,file=/run/rayos/vm/x/guest-config/rayos.password-hash"
         ));
         assert_eq!(argv.iter().filter(|a| *a == "-fw_cfg").count(), 6);
+        // QEMU reads only files of this VM's own run directory for fw_cfg.
+        for w in argv.windows(2).filter(|w| w[0] == "-fw_cfg") {
+            let file = w[1].split_once(",file=").unwrap().1;
+            assert!(
+                file.starts_with("/run/rayos/vm/x/guest-config/rayos."),
+                "{file}"
+            );
+        }
         // The values themselves are not on the command line.
         assert!(!argv.iter().any(|a| a.contains("$6$")));
         // fw_cfg names are at most 55 bytes in QEMU.
@@ -616,6 +691,97 @@ mod tests {
         assert!(has(&argv, "-machine", "q35"));
         assert!(argv.iter().any(|a| a.ends_with("/ovmf/OVMF_CODE_4M.fd")));
         assert!(argv.iter().any(|a| a.contains("hv-vpindex")));
+    }
+
+    fn blockdevs(argv: &[String]) -> Vec<serde_json::Value> {
+        argv.windows(2)
+            .filter(|w| w[0] == "-blockdev")
+            .map(|w| serde_json::from_str(&w[1]).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn disks_and_media_have_explicit_formats_and_no_backing() {
+        let mut s = spec(VmKind::Linux, direct(), false);
+        s.def.disks.push(DiskSpec {
+            path: "/abs/raw.img".into(),
+            format: DiskFormat::Raw,
+        });
+        let argv = CommandLine::build(&s, Accel::Tcg, Path::new("/o"), LaunchPart::Cold).argv();
+        assert!(
+            !argv.iter().any(|a| a == "-drive"),
+            "no -drive without pflash"
+        );
+        let b = blockdevs(&argv);
+        assert_eq!(b.len(), 4, "{b:?}");
+        assert_eq!(b[0]["node-name"], "disk0");
+        assert_eq!(b[0]["driver"], "qcow2");
+        assert!(b[0].get("backing").is_some_and(|v| v.is_null()));
+        assert_eq!(b[0]["file"]["filename"], "/var/rayos/vm/x/disks/root.qcow2");
+        assert_eq!(b[1]["driver"], "raw");
+        assert!(b[1].get("backing").is_none(), "raw has no backing option");
+        assert_eq!(b[1]["file"]["filename"], "/abs/raw.img");
+        for (m, iso) in b[2..].iter().zip(["/isos/win.iso", "/isos/virtio.iso"]) {
+            assert_eq!(m["driver"], "raw", "media are raw whatever they hold");
+            assert_eq!(m["read-only"], true);
+            assert_eq!(m["file"]["filename"], iso);
+        }
+        assert!(has(
+            &argv,
+            "-device",
+            "virtio-blk-pci,drive=disk1,bootindex=2"
+        ));
+        assert!(has(
+            &argv,
+            "-device",
+            "ide-cd,bus=ide.0,drive=media0,bootindex=3"
+        ));
+    }
+
+    #[test]
+    fn commas_in_paths_and_names_are_escaped() {
+        let mut s = spec(VmKind::Windows, BootSpec::Uefi { secure_boot: false }, true);
+        s.def.name = "a,b".into();
+        s.vm_dir = "/d,1/vm".into();
+        s.run_dir = "/r,2".into();
+        s.def.media = vec!["/m,3/x.iso".into()];
+        s.def.guest = Some(guest());
+        let cmd = CommandLine::build(&s, Accel::Tcg, Path::new("/o,4"), LaunchPart::Cold);
+        let argv = cmd.argv();
+        assert!(has(&argv, "-name", "guest=a,,b,process=rayos-vm-a,,b"));
+        assert!(has(
+            &argv,
+            "-chardev",
+            "socket,id=qmp,path=/r,,2/qmp.sock,server=on,wait=off"
+        ));
+        assert!(has(&argv, "-vnc", "unix:/r,,2/vnc.sock"));
+        assert!(has(&argv, "-pidfile", "/r,2/qemu.pid"), "a plain path");
+        assert!(has(
+            &argv,
+            "-chardev",
+            "socket,id=console,path=/r,,2/console.sock,server=on,wait=off,logfile=/d,,1/vm/logs/console.log,logappend=on"
+        ));
+        assert!(has(
+            &argv,
+            "-fw_cfg",
+            "name=opt/io.systemd.credentials/rayos.user,file=/r,,2/guest-config/rayos.user"
+        ));
+        assert!(has(
+            &argv,
+            "-drive",
+            "if=pflash,format=raw,unit=0,readonly=on,file=/o,,4/OVMF_CODE_4M.fd"
+        ));
+        assert!(has(
+            &argv,
+            "-drive",
+            "if=pflash,format=raw,unit=1,file=/d,,1/vm/ovmf-vars.fd"
+        ));
+        // JSON needs no escaping: the paths are verbatim.
+        let b = blockdevs(&argv);
+        assert_eq!(b[0]["file"]["filename"], "/d,1/vm/disks/root.qcow2");
+        assert_eq!(b[1]["file"]["filename"], "/m,3/x.iso");
+        // The fingerprint still ignores where the run directory is.
+        assert!(!cmd.config_text().contains("/r,"), "{}", cmd.config_text());
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! guest time. Dropping a handle leaves QEMU running (that is what lets the
 //! daemon restart); [`VmHandle::kill`] ends it.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -15,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::cmdline::run;
 use super::{QemuConfig, chain, process, swtpm, sync_dir};
-use crate::{GuestInfo, RunState, SaveReport, VmHandle, VmSpec, VmmError};
+use crate::{GuestInfo, RunState, SaveReport, TpmState, VmHandle, VmSpec, VmmError};
 
 /// `max-bandwidth` during a save: the default limit (32 MiB/s) makes saving
 /// several times slower than the disk allows.
@@ -220,12 +221,19 @@ impl QemuHandle {
         // QEMU may report "completed" before zstd has flushed, and on a full
         // disk only zstd's exit status tells a truncated stream from a
         // complete one, so both must succeed.
+        // The file is ours, created 0600 (guest RAM can hold keys), and
+        // zstd writes to it as its stdout.
+        let out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp)
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
         let mut zstd = Zstd::spawn(
             Command::new(&self.config.zstd)
-                .args(["-q", "-f", "-1", "-T2", "-o"])
-                .arg(tmp)
+                .args(["-q", "-1", "-T2", "-c"])
                 .stdin(Stdio::piped())
-                .stdout(Stdio::null()),
+                .stdout(out),
             &self.config.zstd,
         )?;
         let write_end = zstd.0.stdin.take().map(OwnedFd::from);
@@ -305,6 +313,19 @@ impl VmHandle for QemuHandle {
             Err(_) if !process::alive(self.pid) => Ok(RunState::Exited),
             Err(e) if e.is_disconnect() => Ok(RunState::Exited),
             Err(e) => Err(self.qmp_err(e)),
+        }
+    }
+
+    fn tpm_state(&mut self) -> TpmState {
+        if !self.spec.def.tpm {
+            return TpmState::Absent;
+        }
+        // The pid must still be a swtpm serving this VM's state directory
+        // (a pid can be reused once the process is gone).
+        let dir = swtpm::state_dir(&self.spec).display().to_string();
+        match self.tpm_pid {
+            Some(pid) if process::alive_with_arg(pid, &dir) => TpmState::Running,
+            _ => TpmState::Died,
         }
     }
 

@@ -25,17 +25,19 @@ mod accel;
 pub mod cmdline;
 pub mod console;
 mod handle;
+pub mod image;
 pub mod process;
 mod swtpm;
 
-use std::fs::{DirBuilder, File};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub(crate) use rayos_base::error::chain;
 use rayos_qmp::QmpClient;
 use rayos_state::registry::BootSpec;
 
@@ -147,7 +149,10 @@ impl QemuVmm {
     }
 
     /// Creates the directories a launch needs and removes stale sockets and
-    /// pid files of a QEMU that is gone.
+    /// pid files of a QEMU that is gone. The VM's directory is made 0700
+    /// and its logs 0600 (the console may show anything the guest prints);
+    /// the logs are created here because QEMU and swtpm would create them
+    /// with the default umask.
     fn prepare_dirs(&self, vm: &VmSpec) -> Result<(), VmmError> {
         DirBuilder::new()
             .recursive(true)
@@ -157,9 +162,35 @@ impl QemuVmm {
         let logs = vm.vm_dir.join(rayos_state::layout::vm::LOGS);
         DirBuilder::new()
             .recursive(true)
-            .mode(0o755)
+            .mode(0o700)
             .create(&logs)
             .map_err(Self::io(&logs))?;
+        for d in [&vm.vm_dir, &logs] {
+            private(d, 0o700)?;
+        }
+        for f in [cmdline::vmdir::CONSOLE_LOG, cmdline::vmdir::SWTPM_LOG] {
+            let p = vm.vm_dir.join(f);
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&p)
+                .map_err(Self::io(&p))?;
+            private(&p, 0o600)?;
+        }
+        // Disks hold the guest's data: root's alone, whoever put them there.
+        for d in &vm.def.disks {
+            let p = if d.path.is_absolute() {
+                d.path.clone()
+            } else {
+                vm.vm_dir.join(&d.path)
+            };
+            let mode = std::fs::metadata(&p)
+                .map_err(Self::io(&p))?
+                .permissions()
+                .mode();
+            private(&p, mode & 0o700)?;
+        }
         for f in [
             cmdline::run::QMP,
             cmdline::run::VNC,
@@ -187,7 +218,7 @@ impl QemuVmm {
             .map_err(Self::io(&dir))?;
         for (name, value) in g.credentials() {
             let path = cmdline::guest_config_file(&vm.run_dir, name);
-            let mut f = std::fs::OpenOptions::new()
+            let mut f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
@@ -222,6 +253,8 @@ impl QemuVmm {
         // store that would then be kept forever.
         let tmp = vm.vm_dir.join(".ovmf-vars.fd.tmp");
         std::fs::copy(&ovmf.vars_template, &tmp).map_err(Self::io(&tmp))?;
+        // The copy has the template's mode; the variables are the VM's.
+        private(&tmp, 0o600)?;
         File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(Self::io(&tmp))?;
@@ -246,6 +279,10 @@ impl QemuVmm {
                 return Err(missing("initrd", i));
             }
         }
+        let refused = |e: image::ImageError| VmmError::Refused {
+            vm: vm.def.name.clone(),
+            detail: chain(&e),
+        };
         for d in &vm.def.disks {
             let p = if d.path.is_absolute() {
                 d.path.clone()
@@ -255,13 +292,29 @@ impl QemuVmm {
             if !p.exists() {
                 return Err(missing("disk", &p));
             }
+            image::check_disk(&p, d.format).map_err(refused)?;
         }
         if !vm.def.provisioned {
             for m in &vm.def.media {
-                if !m.is_file() {
-                    return Err(missing("installation media", m));
+                match std::fs::metadata(m) {
+                    Ok(md) if md.is_file() => {}
+                    // A device (e.g. /dev/sr0 or a disk) is never handed
+                    // to a guest.
+                    Ok(_) => {
+                        return Err(VmmError::Refused {
+                            vm: vm.def.name.clone(),
+                            detail: format!(
+                                "installation media {} is not a regular file: give an ISO image file",
+                                m.display()
+                            ),
+                        });
+                    }
+                    Err(_) => return Err(missing("installation media", m)),
                 }
             }
+        }
+        if vm.def.tpm {
+            swtpm::check_paths(vm)?;
         }
         Ok(())
     }
@@ -376,7 +429,17 @@ impl QemuVmm {
         self.check_inputs(vm)?;
         // sun_path holds 107 bytes plus the terminator; QEMU would fail
         // with a less helpful message.
-        let longest = vm.run_dir.join(cmdline::run::SWTPM);
+        let longest = [
+            cmdline::run::QMP,
+            cmdline::run::VNC,
+            cmdline::run::QGA,
+            cmdline::run::CONSOLE,
+            cmdline::run::SWTPM,
+        ]
+        .iter()
+        .map(|f| vm.run_dir.join(f))
+        .max_by_key(|p| p.as_os_str().len())
+        .unwrap_or_default();
         if longest.as_os_str().len() > 107 {
             return Err(VmmError::Spawn {
                 vm: name,
@@ -464,7 +527,10 @@ impl Vmm for QemuVmm {
             self.qemu_version()?,
             cmd.config_text()
         );
-        Ok(format!("sha256:{}", crate::sha256::hex(text.as_bytes())))
+        Ok(format!(
+            "sha256:{}",
+            rayos_base::hash::sha256(text.as_bytes())
+        ))
     }
 
     fn launch(&self, vm: &VmSpec, how: &Launch) -> Result<Box<dyn VmHandle>, VmmError> {
@@ -500,17 +566,15 @@ impl Vmm for QemuVmm {
     }
 }
 
-/// An error with its sources, "a: b: c", for the string details of
-/// [`VmmError`].
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
+/// Sets `mode` on `path` when it differs (RayOS runs as root and owns
+/// what it creates).
+pub(crate) fn private(path: &Path, mode: u32) -> Result<(), VmmError> {
+    let md = std::fs::metadata(path).map_err(QemuVmm::io(path))?;
+    if md.permissions().mode() & 0o7777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(QemuVmm::io(path))?;
     }
-    out
+    Ok(())
 }
 
 /// fsyncs a directory so a rename in it survives a crash.

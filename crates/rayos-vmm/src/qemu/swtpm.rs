@@ -11,6 +11,15 @@
 //! Permissions: swtpm refuses to start (`CMD_INIT` fails in QEMU) when it
 //! cannot write its state directory, so the directory is created 0700 and
 //! owned by the user running RayOS, and swtpm runs as that same user.
+//!
+//! Monitoring: the handle checks swtpm's pid like QEMU's
+//! ([`crate::VmHandle::tpm_state`]); the supervisor shuts a VM down whose
+//! swtpm died (it cannot be saved without it).
+//!
+//! Limit: swtpm's option parser has no escape for commas, so a VM with a
+//! TPM cannot have a comma in its directory or run directory paths
+//! ([`check_paths`] says so before anything starts; RayOS's own paths have
+//! none).
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -23,6 +32,23 @@ use crate::{VmSpec, VmmError};
 
 pub fn state_dir(spec: &VmSpec) -> PathBuf {
     spec.vm_dir.join(rayos_state::layout::vm::TPM)
+}
+
+/// Refuses paths swtpm would misread: its options are `key=value,...` with
+/// no escape for a comma.
+pub fn check_paths(spec: &VmSpec) -> Result<(), VmmError> {
+    for p in [&spec.vm_dir, &spec.run_dir] {
+        if p.to_string_lossy().contains(',') {
+            return Err(VmmError::Tpm {
+                vm: spec.def.name.clone(),
+                detail: format!(
+                    "{} contains a comma, which swtpm cannot take in its options:                      keep the data volume and the API socket of a VM with a TPM on paths without commas",
+                    p.display()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Stops a swtpm left over for this VM (found through its pid file and

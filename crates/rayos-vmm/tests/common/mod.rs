@@ -171,5 +171,5 @@ pub fn windows_vm(name: &str) -> TestVm {
 }
 
 pub fn sha256(path: &Path) -> String {
-    rayos_vmm::sha256::file_hex(path).unwrap()
+    rayos_base::hash::sha256_file(path).unwrap().hex
 }

@@ -31,6 +31,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         exe,
     };
     let code = rayos_init::console::run(&opts)
-        .map_err(|e| super::Exit::new(super::exit::FAILED, rayos_init::error_chain(&e)))?;
+        .map_err(|e| super::Exit::new(super::exit::FAILED, rayos_base::error::chain(&e)))?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }

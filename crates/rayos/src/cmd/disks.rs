@@ -96,6 +96,9 @@ fn human(d: &Disk) -> String {
         DiskKind::ImageFile => "image file",
     };
     let table = match &d.table {
+        Table::Gpt if !d.hybrid_mbr.is_empty() => {
+            "GPT with a hybrid MBR (legacy BIOS view of some partitions)".to_string()
+        }
         Table::Gpt => "GPT".to_string(),
         Table::Mbr => "MBR".to_string(),
         Table::None => "no partition table".to_string(),

@@ -89,6 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             nvram: !args.no_nvram,
             allow_bios: false,
             apply: ApplyOptions::default(),
+            writing_guard: Some(super::wizard::install_lock),
         });
     }
     eprintln!("RAYOS_INSTALLER:STARTED");
@@ -169,7 +170,7 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
         recovery_image: args.recovery_image.clone(),
         linux_vm_image: args.linux_vm_image.clone(),
         systemd_boot: args.systemd_boot.clone(),
-        nvram: !args.no_nvram && Path::new(rayos_install::efivar::EFIVARS_DIR).is_dir(),
+        nvram: !args.no_nvram && Path::new(rayos_base::efivar::EFIVARS_DIR).is_dir(),
         ..PlanOptions::default()
     };
     let plan = plan::make_plan(&disk, &answers, &facts, &opts).map_err(|e| bad(e.to_string()))?;
@@ -232,8 +233,22 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
             _ => {}
         }
     };
-    let report = rayos_install::apply(&plan, &ApplyOptions::default(), &mut progress)
-        .with_context(|| format!("install onto {} failed", plan.target.display()))?;
+    // Tells PID 1 (installer media) a disk is being written.
+    let _writing =
+        rayos_init::control::hold_install_lock(Path::new(rayos_base::paths::INSTALL_LOCK));
+    let report =
+        rayos_install::apply(&plan, &ApplyOptions::default(), &mut progress).map_err(|e| {
+            // Refused before the first write (a reused ESP that is damaged,
+            // larger than its partition, or full): bad input, exit code 2.
+            let refusal = e.is_refusal();
+            let e = anyhow::Error::new(e)
+                .context(format!("install onto {} failed", plan.target.display()));
+            if refusal {
+                e.context(Exit::new(exit::BAD_INPUT, "refused"))
+            } else {
+                e
+            }
+        })?;
     if json {
         println!(
             "{}",

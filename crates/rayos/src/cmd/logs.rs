@@ -24,11 +24,11 @@ pub struct Args {
 }
 
 fn default_dir() -> PathBuf {
-    let data = Path::new("/var/rayos/logs");
+    let data = rayos_state::DataLayout::new(rayos_base::paths::DATA).logs();
     if data.is_dir() {
-        data.to_path_buf()
+        data
     } else {
-        PathBuf::from("/run/rayos/logs")
+        PathBuf::from(rayos_base::paths::RUN_LOGS)
     }
 }
 

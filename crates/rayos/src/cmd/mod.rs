@@ -51,10 +51,11 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
-/// The exit code for an error: the first [`Exit`] in its chain, else 1.
+/// The exit code for an error: the first [`Exit`] in its chain (or the
+/// outermost context, which the chain does not show as an `Exit`), else 1.
 pub fn exit_code_of(e: &anyhow::Error) -> u8 {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<Exit>())
+    e.downcast_ref::<Exit>()
+        .or_else(|| e.chain().find_map(|c| c.downcast_ref::<Exit>()))
         .map(|x| x.code)
         .unwrap_or(exit::FAILED)
 }

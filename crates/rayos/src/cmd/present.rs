@@ -107,7 +107,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                     Err(e) if !args.fb.exists() => {
                         if !said {
-                            eprintln!("rayos present: {}; waiting for it", service::chain(&e));
+                            eprintln!(
+                                "rayos present: {}; waiting for it",
+                                rayos_base::error::chain(&e)
+                            );
                             said = true;
                         }
                         if let Some(sig) = wait_signal(&signals, Duration::from_secs(1)) {

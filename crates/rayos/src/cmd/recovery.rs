@@ -5,13 +5,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-const EFIVARS: &str = "/sys/firmware/efi/efivars";
+use rayos_base::efivar::{self, EFIVARS_DIR};
+
 const LOADER: &str = "\\EFI\\systemd\\systemd-bootx64.efi";
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The data volume.
-    #[arg(long, default_value = "/var/rayos")]
+    #[arg(long, default_value = rayos_base::paths::DATA)]
     data_dir: PathBuf,
     /// A mounted system partition to work on (default: find and mount
     /// this machine's when an action needs it).
@@ -28,7 +29,7 @@ pub struct Args {
 /// system partition on a 4096-byte-sector disk), with the installer's
 /// encoder.
 fn boot_entry(system: &Path) -> Result<String, String> {
-    if !Path::new(EFIVARS).is_dir() {
+    if !Path::new(EFIVARS_DIR).is_dir() {
         return Err("not booted through UEFI (no efivarfs)".into());
     }
     let p = system.join(rayos_update::apply::INSTALL_MANIFEST);
@@ -40,15 +41,15 @@ fn boot_entry(system: &Path) -> Result<String, String> {
         .iter()
         .find(|x| x.role == rayos_install::plan::loader_role(m.sector_size))
         .ok_or("the install manifest lists no partition for the boot loader")?;
-    let path = rayos_install::efivar::HdFilePath {
+    let path = efivar::HdFilePath {
         partition_number: esp.number,
         start_lba: esp.first_lba,
         size_lba: esp.last_lba + 1 - esp.first_lba,
         partition_guid: esp.unique_guid,
         file: LOADER.into(),
     };
-    let n = rayos_install::efivar::add_boot_entry(Path::new(EFIVARS), "RayOS", &path)
-        .map_err(|e| rayos_init::error_chain(&e))?;
+    let n = efivar::add_boot_entry(Path::new(EFIVARS_DIR), "RayOS", &path)
+        .map_err(|e| rayos_base::error::chain(&e))?;
     Ok(format!(
         "UEFI boot entry Boot{n:04X} \"RayOS\" written, first in BootOrder"
     ))
@@ -56,12 +57,12 @@ fn boot_entry(system: &Path) -> Result<String, String> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.next_boot {
-        rayos_init::recovery::boot_recovery_next(Path::new(EFIVARS)).map_err(|e| {
+        rayos_init::recovery::boot_recovery_next(Path::new(EFIVARS_DIR)).map_err(|e| {
             super::Exit::new(
                 super::exit::FAILED,
                 format!(
                     "{} (needs RayOS booted through UEFI with systemd-boot)",
-                    rayos_init::error_chain(&e)
+                    rayos_base::error::chain(&e)
                 ),
             )
         })?;
@@ -70,8 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     // On a running RayOS the menu is for recovery mode only: it resets and
     // reformats things rayosd and the VMs are using.
-    if let Ok(st) =
-        rayos_init::control::InitStatus::read(Path::new(rayos_init::control::STATUS_FILE))
+    if let Ok(st) = rayos_init::control::InitStatus::read(Path::new(rayos_base::paths::INIT_STATUS))
         && st.mode != rayos_init::cmdline::Mode::Recovery
     {
         return Err(super::Exit::new(

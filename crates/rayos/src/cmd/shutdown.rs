@@ -45,6 +45,6 @@ fn request(action: PowerAction) -> anyhow::Result<ExitCode> {
         Err(e @ ControlError::NotRayos) => {
             Err(super::Exit::new(super::exit::BAD_INPUT, e.to_string()).into())
         }
-        Err(e) => Err(super::Exit::new(super::exit::FAILED, rayos_init::error_chain(&e)).into()),
+        Err(e) => Err(super::Exit::new(super::exit::FAILED, rayos_base::error::chain(&e)).into()),
     }
 }

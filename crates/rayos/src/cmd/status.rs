@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use rayos_init::control::{self, InitStatus};
+use rayos_init::control::InitStatus;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -13,10 +13,10 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Init status file to read.
-    #[arg(long, default_value = control::STATUS_FILE)]
+    #[arg(long, default_value = rayos_base::paths::INIT_STATUS)]
     status_file: PathBuf,
     /// rayosd's API socket.
-    #[arg(long, default_value = control::API_SOCKET)]
+    #[arg(long, default_value = rayos_base::paths::API_SOCKET)]
     socket: PathBuf,
 }
 
@@ -35,9 +35,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let v = serde_json::json!({
             "memory": { "processes": memory, "rss_kib_total": total_kib },
             "init": init.as_ref().ok(),
-            "init_error": init.as_ref().err().map(|e| rayos_init::error_chain(e)),
+            "init_error": init.as_ref().err().map(|e| rayos_base::error::chain(e)),
             "daemon": health.as_ref().ok(),
-            "daemon_error": health.as_ref().err().map(|e| rayos_init::error_chain(e)),
+            "daemon_error": health.as_ref().err().map(|e| rayos_base::error::chain(e)),
             "vms": vms,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -47,7 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(s) => print_init(s),
         Err(e) => println!(
             "init: no status ({}): this is not a running RayOS system, or init has not started yet",
-            rayos_init::error_chain(e)
+            rayos_base::error::chain(e)
         ),
     }
     match &health {
@@ -63,7 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(e) => println!(
             "rayosd: not reachable on {} ({})",
             args.socket.display(),
-            rayos_init::error_chain(e)
+            rayos_base::error::chain(e)
         ),
     }
     if !memory.is_empty() {

@@ -8,16 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use rayos_base::efivar::EFIVARS_DIR;
+use rayos_base::error::chain as error_chain;
+use rayos_base::paths::{BUNDLE_SOURCE, SYSTEM_UPDATE};
 use rayos_update::bundle::{Bundle, BundleError};
 use rayos_update::{ApplyError, ApplyOptions, PublicKey, entries};
 
-use rayos_init::error_chain;
-
 use super::{Exit, exit};
-
-const MOUNT_AT: &str = "/run/rayos/system-update";
-const BUNDLE_MOUNT_AT: &str = "/run/rayos/bundle-source";
-const EFIVARS: &str = "/sys/firmware/efi/efivars";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -123,7 +120,7 @@ impl SystemDir {
                 ),
             )
         })?;
-        let m = rayos_init::sysmount::SystemMount::mount(&install, Path::new(MOUNT_AT))
+        let m = rayos_init::sysmount::SystemMount::mount(&install, Path::new(SYSTEM_UPDATE))
             .context("mounting the system partition (run as root)")?;
         Ok(SystemDir::Mounted(m))
     }
@@ -141,7 +138,7 @@ fn running(a: &SystemArgs) -> (Option<String>, String) {
     if let Some(v) = &a.running_version {
         return (Some(v.clone()), "--running-version".into());
     }
-    if let Some(f) = rayos_init::bless::running_uki(Path::new(EFIVARS))
+    if let Some(f) = rayos_init::bless::running_uki(Path::new(EFIVARS_DIR))
         && let Some(v) = entries::version_of_file(&f)
     {
         return (Some(v), format!("booted from {f}"));
@@ -182,11 +179,11 @@ fn locate(file: &Path) -> anyhow::Result<(PathBuf, Option<rayos_init::sysmount::
     let spec = file.to_string_lossy();
     // Volumes are searched only on RayOS itself or for an explicit
     // LABEL:PATH, so a typo on a developer machine mounts nothing.
-    let on_rayos = Path::new(rayos_init::control::STATUS_FILE).exists();
+    let on_rayos = Path::new(rayos_base::paths::INIT_STATUS).exists();
     let found = if on_rayos
         || rayos_init::cmdline::AnswersRef::parse(&spec).is_some_and(|r| r.label.is_some())
     {
-        rayos_init::sysmount::file_on_volumes(&spec, Path::new(BUNDLE_MOUNT_AT))
+        rayos_init::sysmount::file_on_volumes(&spec, Path::new(BUNDLE_SOURCE))
     } else {
         None
     };
@@ -224,7 +221,7 @@ fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
     let data_dir = a
         .data_dir
         .clone()
-        .unwrap_or_else(|| PathBuf::from("/var/rayos"));
+        .unwrap_or_else(|| PathBuf::from(rayos_base::paths::DATA));
     let layout = rayos_state::DataLayout::new(&data_dir);
     let data_schema = if a.data_dir.is_some() || layout.schema_version().exists() {
         Some(rayos_update::schema::read(&layout).with_context(|| {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use rayos_api::{Client, ClientError, CreateRequest, DiskRequest, StopRequest, VmInfo};
+use rayos_api::{Client, ClientError, CreateRequest, DiskRequest, EventKind, StopRequest, VmInfo};
 use rayos_state::VmKind;
 use serde::Serialize;
 
@@ -35,7 +35,8 @@ enum Command {
     List,
     /// Everything about one VM.
     Show { name: String },
-    /// Define a new VM (disks are created or copied into its directory).
+    /// Define a new VM (disks are created, or images converted, into its
+    /// directory).
     Create(Box<CreateArgs>),
     /// Start a VM: resume its saved state when usable, else cold-boot.
     Start {
@@ -105,12 +106,14 @@ struct CreateArgs {
     memory: Option<u64>,
     #[arg(long)]
     cpus: Option<u32>,
-    /// A new qcow2 disk of SIZE (e.g. 8G), or an image FILE to copy.
+    /// A new qcow2 disk of SIZE (e.g. 8G), or an image FILE (qcow2, raw,
+    /// vmdk, vhdx, vdi) to convert into the VM's own qcow2; an image with a
+    /// backing file or other external files is refused.
     #[arg(long = "disk", value_name = "SIZE|FILE")]
     disks: Vec<String>,
     /// An existing system image (a Linux distribution's qcow2 or raw disk)
-    /// to copy in as the VM's first disk; without --kernel the VM boots it
-    /// through UEFI.
+    /// to convert in as the VM's first disk (progress on stderr); without
+    /// --kernel the VM boots it through UEFI.
     #[arg(long = "import", value_name = "FILE")]
     import: Option<PathBuf>,
     /// Direct kernel boot: the kernel image (copied).
@@ -267,6 +270,23 @@ fn create_request(a: CreateArgs) -> anyhow::Result<CreateRequest> {
     })
 }
 
+/// Prints the daemon's `importing` events for VM `name` on stderr while
+/// the create request runs (the thread ends with the process).
+fn show_import_progress(c: &Client, name: &str) {
+    let c = c.clone();
+    let name = name.to_string();
+    let _ = std::thread::Builder::new()
+        .name("import-progress".into())
+        .spawn(move || {
+            let _ = c.events(None, |ev| {
+                if ev.vm == name && ev.event == EventKind::Importing {
+                    eprintln!("importing {}", ev.detail);
+                }
+                true
+            });
+        });
+}
+
 /// Maps a client error to the exit codes scripts rely on.
 fn client_err(e: ClientError) -> anyhow::Error {
     let code = match &e {
@@ -278,19 +298,8 @@ fn client_err(e: ClientError) -> anyhow::Error {
         } => exit::BAD_INPUT,
         _ => exit::FAILED,
     };
-    let msg = rayos_chain(&e);
+    let msg = rayos_base::error::chain(&e);
     Exit::new(code, msg).into()
-}
-
-fn rayos_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
@@ -455,7 +464,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Create(a) => {
             let req = create_request(*a)?;
-            let v = c.create(&req).map_err(client_err)?;
+            if req
+                .disks
+                .iter()
+                .any(|d| matches!(d, DiskRequest::Import(_)))
+            {
+                show_import_progress(&c, &req.name);
+            }
+            // An import of a large image takes as long as it takes.
+            let v = c
+                .clone()
+                .with_timeout(None)
+                .create(&req)
+                .map_err(client_err)?;
             if json {
                 print_json(&v)?;
             } else {

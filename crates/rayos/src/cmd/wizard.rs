@@ -89,8 +89,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         nvram: !args.no_nvram,
         allow_bios: args.allow_bios,
         apply: ApplyOptions::default(),
+        writing_guard: Some(install_lock),
     };
     run_config(&config)
+}
+
+/// Held while the wizard writes a disk: on the installer media it tells
+/// PID 1 not to stop the consoles for an unattended install meanwhile
+/// (`rayos_base::paths::INSTALL_LOCK`; nothing on other hosts).
+pub fn install_lock() -> Box<dyn std::any::Any + Send> {
+    Box::new(rayos_init::control::hold_install_lock(
+        std::path::Path::new(rayos_base::paths::INSTALL_LOCK),
+    ))
 }
 
 /// Runs the wizard with `config` and reports its outcome (stdout message,
@@ -128,7 +138,7 @@ pub fn run_config(config: &Config) -> anyhow::Result<ExitCode> {
                     Ok(()) | Err(rayos_init::control::ControlError::NotRayos) => {}
                     Err(e) => eprintln!(
                         "rayos: could not ask init to {after}: {}; type `{after}` at the rayos> prompt",
-                        rayos_init::error_chain(&e)
+                        rayos_base::error::chain(&e)
                     ),
                 }
             }

@@ -1,0 +1,405 @@
+//! Writing into a FAT inside a partition through a view bounded by that
+//! partition.
+//!
+//! mtools addresses a FAT inside a disk as `disk@@offset` and takes the
+//! filesystem's size from its boot sector: a FAT that claims more sectors
+//! than its partition (an ESP shrunk without its filesystem, or damaged)
+//! made mtools write RayOS's files into the next partition (issue #10).
+//! mtools cannot bound `@@offset`, so the installer never lets it write to
+//! the disk. A [`FatImage`] instead:
+//!
+//! 1. reads the boot sector with our own code ([`rayos_disk::fat`]) and
+//!    refuses a BPB that is not sane or whose filesystem does not fit in
+//!    the partition;
+//! 2. copies the partition's boot area, FATs and root directory and every
+//!    cluster the FAT marks in use into a sparse temporary image exactly
+//!    the partition's size (free clusters stay holes: what they hold means
+//!    nothing to FAT, and a freshly formatted 2 GiB system partition would
+//!    otherwise bring 2 GiB of old bytes into the installer's RAM);
+//! 3. lets `fsck.fat -n` ([`FatImage::fsck`]) and mtools
+//!    ([`FatImage::volume`]) work on that image — `fsck.fat` reads only the
+//!    boot area, the FATs and the clusters chains lead to, so it sees the
+//!    partition's own bytes and nothing past its end;
+//! 4. [`FatImage::commit`]: the image must still be the partition's size
+//!    with the same geometry; then the boot area, the FATs, the root
+//!    directory and every cluster in use now are compared with the disk and
+//!    what differs is written back, each write checked to end inside the
+//!    partition, and the disk is fsynced.
+//!
+//! Limits: the copy costs the space the filesystem uses (RayOS's UKIs on
+//! the system partition) in the temp directory; a commit cut short by a
+//! power cut leaves the FAT as half-updated as mtools itself would (the
+//! install's re-run redoes it). Only the installer writes this way;
+//! recovery and updates write through the kernel's vfat on the partition's
+//! own device, which the kernel bounds.
+//!
+//! Rejected designs: loop devices with offset and sizelimit (they need
+//! root and the loop driver; image installs need neither); copying whole
+//! partitions (the RAM cost above); trusting the BPB check alone (mtools
+//! would still be handed the whole disk).
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use rayos_disk::fat::{FatError, Geometry};
+
+use crate::tools::{self, FatVolume, ToolError};
+
+/// Largest single read or write of the copy (and of the comparison).
+const CHUNK: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FatViewError {
+    #[error("{what}")]
+    Geometry {
+        what: String,
+        #[source]
+        source: FatError,
+    },
+    #[error("fsck.fat -n finds {what} damaged: {report}")]
+    Fsck { what: String, report: String },
+    #[error("cannot read {0}")]
+    Read(PathBuf, #[source] io::Error),
+    #[error("cannot write {0}")]
+    Write(PathBuf, #[source] io::Error),
+    #[error("cannot make the temporary copy {0}")]
+    Temp(PathBuf, #[source] io::Error),
+    #[error(
+        "the copy of {what} changed its size or geometry while mtools worked on it; nothing was written back"
+    )]
+    Changed { what: String },
+    #[error("{0}")]
+    Tool(#[from] ToolError),
+}
+
+/// A FAT partition's copy that mtools may write to (removed on drop).
+#[derive(Debug)]
+pub struct FatImage {
+    disk: PathBuf,
+    start: u64,
+    size: u64,
+    image: PathBuf,
+    geometry: Geometry,
+    what: String,
+}
+
+impl Drop for FatImage {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.image);
+    }
+}
+
+/// The boot area, FATs and root directory, then every cluster in use, as
+/// byte ranges from the filesystem's start (runs of clusters merged).
+fn used_ranges(g: &Geometry, fat: &[u8]) -> Vec<(u64, u64)> {
+    let mut out = vec![(0, g.metadata_bytes())];
+    for n in g.allocated(fat) {
+        let r = g.cluster_range(n);
+        match out.last_mut() {
+            Some(last) if last.1 == r.start => last.1 = r.end,
+            _ => out.push((r.start, r.end)),
+        }
+    }
+    out
+}
+
+fn read_fat(f: &File, path: &Path, base: u64, g: &Geometry) -> Result<Vec<u8>, FatViewError> {
+    let r = g.fat_range();
+    let mut fat = vec![0u8; (r.end - r.start) as usize];
+    f.read_exact_at(&mut fat, base + r.start)
+        .map_err(|e| FatViewError::Read(path.to_path_buf(), e))?;
+    Ok(fat)
+}
+
+impl FatImage {
+    /// Checks the FAT at `[start, start + size)` of `disk` and copies what
+    /// it uses into a temporary image in `temp_dir`. `what` names the
+    /// partition in messages ("the EFI system partition (partition 1)").
+    pub fn open(
+        disk: &Path,
+        start: u64,
+        size: u64,
+        temp_dir: &Path,
+        what: &str,
+    ) -> Result<FatImage, FatViewError> {
+        let rerr = |e| FatViewError::Read(disk.to_path_buf(), e);
+        let src = File::open(disk).map_err(rerr)?;
+        let mut boot = [0u8; 512];
+        src.read_exact_at(&mut boot, start).map_err(rerr)?;
+        let geo = |source| FatViewError::Geometry {
+            what: what.to_string(),
+            source,
+        };
+        let geometry = Geometry::parse(&boot).map_err(geo)?;
+        geometry.check_within(size).map_err(geo)?;
+        let image = temp_dir.join(format!(
+            "rayos-fat-{}-{}.img",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let terr = |e| FatViewError::Temp(image.clone(), e);
+        let dst = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&image)
+            .map_err(terr)?;
+        let img = FatImage {
+            disk: disk.to_path_buf(),
+            start,
+            size,
+            image: image.clone(),
+            geometry,
+            what: what.to_string(),
+        };
+        dst.set_len(size).map_err(terr)?;
+        let fat = read_fat(&src, disk, start, &geometry)?;
+        let mut buf = vec![0u8; CHUNK as usize];
+        for (a, b) in used_ranges(&geometry, &fat) {
+            let mut at = a;
+            while at < b {
+                let n = (b - at).min(CHUNK) as usize;
+                src.read_exact_at(&mut buf[..n], start + at).map_err(rerr)?;
+                // Zeros stay holes: the copy costs what the FAT holds.
+                if buf[..n].iter().any(|&x| x != 0) {
+                    dst.write_all_at(&buf[..n], at).map_err(terr)?;
+                }
+                at += n as u64;
+            }
+        }
+        Ok(img)
+    }
+
+    /// mtools' address of the copy.
+    pub fn volume(&self) -> FatVolume {
+        FatVolume {
+            disk: self.image.clone(),
+            offset_bytes: 0,
+        }
+    }
+
+    /// `fsck.fat -n` on the copy: any problem it reports (a non-zero exit)
+    /// refuses the FAT, with its report (which it prints on stdout).
+    pub fn fsck(&self) -> Result<(), FatViewError> {
+        let out = Command::new("fsck.fat")
+            .arg("-n")
+            .arg(&self.image)
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| ToolError::Spawn {
+                tool: "fsck.fat".into(),
+                package: tools::package_of("fsck.fat"),
+                source,
+            })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let image = self.image.display().to_string();
+        let report: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .chain(String::from_utf8_lossy(&out.stderr).lines())
+            .map(|l| l.trim().replace(&image, "the partition"))
+            .filter(|l| {
+                // Drop the banner, the no-op notice and the summary line.
+                !l.is_empty()
+                    && !l.starts_with("fsck.fat ")
+                    && !l.starts_with("the partition: ")
+                    && *l != "Leaving filesystem unchanged."
+            })
+            .collect();
+        Err(FatViewError::Fsck {
+            what: self.what.clone(),
+            report: report.join("; "),
+        })
+    }
+
+    /// Writes back what mtools changed, inside the partition only; returns
+    /// the bytes written.
+    pub fn commit(self) -> Result<u64, FatViewError> {
+        let changed = || FatViewError::Changed {
+            what: self.what.clone(),
+        };
+        let terr = |e| FatViewError::Temp(self.image.clone(), e);
+        let img = File::open(&self.image).map_err(terr)?;
+        if img.metadata().map_err(terr)?.len() != self.size {
+            return Err(changed());
+        }
+        let mut boot = [0u8; 512];
+        img.read_exact_at(&mut boot, 0).map_err(terr)?;
+        if Geometry::parse(&boot).ok() != Some(self.geometry) {
+            return Err(changed());
+        }
+        let fat = read_fat(&img, &self.image, 0, &self.geometry)?;
+        let werr = |e| FatViewError::Write(self.disk.clone(), e);
+        let disk = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.disk)
+            .map_err(werr)?;
+        let (mut ours, mut theirs) = (vec![0u8; CHUNK as usize], vec![0u8; CHUNK as usize]);
+        let mut written = 0;
+        for (a, b) in used_ranges(&self.geometry, &fat) {
+            let mut at = a;
+            while at < b {
+                let n = (b - at).min(CHUNK) as usize;
+                // The geometry fits the partition (checked at open and
+                // again above), so this holds; it is the bound itself.
+                if at + n as u64 > self.size {
+                    return Err(changed());
+                }
+                img.read_exact_at(&mut ours[..n], at).map_err(terr)?;
+                disk.read_exact_at(&mut theirs[..n], self.start + at)
+                    .map_err(|e| FatViewError::Read(self.disk.clone(), e))?;
+                if ours[..n] != theirs[..n] {
+                    disk.write_all_at(&ours[..n], self.start + at)
+                        .map_err(werr)?;
+                    written += n as u64;
+                }
+                at += n as u64;
+            }
+        }
+        disk.sync_all().map_err(werr)?;
+        Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    const MIB: u64 = 1 << 20;
+    /// FAT32 with 4 KiB clusters needs 65525 clusters (mtools reads fewer
+    /// as FAT16): a 300 MiB partition at 16 MiB of a 332 MiB disk.
+    const START: u64 = 16 * MIB;
+    const SIZE: u64 = 300 * MIB;
+
+    /// The disk file: 0x5A in the MiB before and after the partition, 0xA5
+    /// in its last 4 MiB (free clusters under the fresh FAT32).
+    fn disk(dir: &Path) -> PathBuf {
+        let d = dir.join("disk.img");
+        let f = File::create(&d).unwrap();
+        f.set_len(START + SIZE + 16 * MIB).unwrap();
+        f.write_all_at(&vec![0x5Au8; MIB as usize], START - MIB)
+            .unwrap();
+        f.write_all_at(&vec![0x5Au8; MIB as usize], START + SIZE)
+            .unwrap();
+        f.write_all_at(&vec![0xA5u8; 4 * MIB as usize], START + SIZE - 4 * MIB)
+            .unwrap();
+        drop(f);
+        FatVolume {
+            disk: d.clone(),
+            offset_bytes: START,
+        }
+        .format(512, SIZE, "TEST")
+        .unwrap();
+        d
+    }
+
+    fn scratch() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "rayos-fatview-test-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn writes_land_inside_the_partition_and_only_where_the_fat_uses() {
+        let dir = scratch();
+        let d = disk(&dir);
+        let img = FatImage::open(&d, START, SIZE, &dir, "test FAT").unwrap();
+        img.fsck().unwrap();
+        let v = img.volume();
+        v.put_bytes(&vec![7u8; 3 * MIB as usize], "/EFI/big.bin")
+            .unwrap();
+        v.put_bytes(b"hello", "/loader/loader.conf").unwrap();
+        let written = img.commit().unwrap();
+        assert!(written >= 3 * MIB, "{written}");
+        let all = fs::read(&d).unwrap();
+        let at = |a: u64, b: u64| &all[a as usize..b as usize];
+        assert!(at(START - MIB, START).iter().all(|&b| b == 0x5A), "before");
+        assert!(
+            at(START + SIZE, START + SIZE + MIB)
+                .iter()
+                .all(|&b| b == 0x5A),
+            "after"
+        );
+        // Free clusters kept their old bytes: only used ranges are written.
+        assert!(
+            at(START + SIZE - 4 * MIB, START + SIZE)
+                .iter()
+                .all(|&b| b == 0xA5),
+            "free clusters"
+        );
+        // The files are there (read from the disk itself), the FAT is sound.
+        let on_disk = FatVolume {
+            disk: d.clone(),
+            offset_bytes: START,
+        };
+        assert_eq!(
+            on_disk.read("/loader/loader.conf").unwrap().unwrap(),
+            b"hello"
+        );
+        assert_eq!(
+            on_disk.read("/EFI/big.bin").unwrap().unwrap(),
+            vec![7u8; 3 * MIB as usize]
+        );
+        let copy = dir.join("part.img");
+        fs::write(&copy, at(START, START + SIZE)).unwrap();
+        tools::run("fsck.fat", [OsStr::new("-n"), copy.as_os_str()], "copy").unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_copy_that_grew_is_not_written_back() {
+        let dir = scratch();
+        let d = disk(&dir);
+        let hash = || rayos_base::hash::sha256_file(&d).unwrap().hex;
+        let before = hash();
+        let img = FatImage::open(&d, START, SIZE, &dir, "test FAT").unwrap();
+        img.volume().put_bytes(b"x", "/x").unwrap();
+        // Something wrote past the end of the copy (mtools cannot, while
+        // the BPB fits; the commit checks anyway).
+        File::options()
+            .write(true)
+            .open(&img.image)
+            .unwrap()
+            .write_all_at(b"!", SIZE)
+            .unwrap();
+        assert!(matches!(img.commit(), Err(FatViewError::Changed { .. })));
+        assert_eq!(hash(), before, "written anyway");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_fat_larger_than_its_partition_is_refused_at_open() {
+        let dir = scratch();
+        let d = disk(&dir);
+        let e = FatImage::open(&d, START, SIZE - MIB, &dir, "test FAT").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FatViewError::Geometry {
+                    source: FatError::LargerThanPartition { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // No temporary copy left behind.
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("rayos-fat-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
