@@ -17,6 +17,17 @@ use serde::Serialize;
 
 use super::{Exit, exit};
 
+/// Lines `vm console` prints from the log when not told how many.
+const DEFAULT_CONSOLE_LINES: usize = 100;
+
+/// Whether `vm console` attaches to the VM's serial port (else it prints
+/// the log): when asked to, or on a terminal unless the log, a number of
+/// lines or JSON was asked for — scripts typed at the `rayos>` prompt,
+/// which is a terminal, ask for lines and must get them back.
+fn attaches(attach: bool, log: bool, lines: Option<usize>, json: bool, tty: bool) -> bool {
+    attach || (tty && !log && lines.is_none() && !json)
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The daemon's API socket.
@@ -62,12 +73,14 @@ enum Command {
     /// Hide a VM (it keeps running, without input).
     Hide { name: String },
     /// The VM's serial console: on a terminal (or with --attach) type into
-    /// it until Ctrl-]; otherwise (or with --log) print its last lines.
+    /// it until Ctrl-]; otherwise (or with --log or --lines) print its last
+    /// lines.
     Console {
         name: String,
-        /// How many of the last lines (--log).
-        #[arg(long, default_value_t = 100)]
-        lines: usize,
+        /// Print this many of the last lines (100 with --log), even on a
+        /// terminal.
+        #[arg(long, conflicts_with = "attach")]
+        lines: Option<usize>,
         /// Attach even when stdin is not a terminal (scripts, tests).
         #[arg(long, conflicts_with = "log")]
         attach: bool,
@@ -510,9 +523,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             attach,
             log,
         } => {
-            // SAFETY: isatty only inspects the descriptor number.
-            let tty = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
-            if attach || (tty && !log && !json) {
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stdin());
+            if attaches(attach, log, lines, json, tty) {
                 let v = c.show(&name).map_err(client_err)?;
                 let Some(sock) = v.console_socket else {
                     return Err(Exit::new(
@@ -527,7 +539,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 super::vm_console::attach(&name, &sock)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let r = c.console(&name, lines).map_err(client_err)?;
+            let r = c
+                .console(&name, lines.unwrap_or(DEFAULT_CONSOLE_LINES))
+                .map_err(client_err)?;
             if json {
                 print_json(&r)?;
             } else {
@@ -565,4 +579,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attaches;
+
+    #[test]
+    fn console_attaches_on_a_terminal_unless_the_log_is_asked_for() {
+        assert!(attaches(false, false, None, false, true));
+        assert!(attaches(true, false, None, false, false), "--attach");
+        assert!(!attaches(false, false, None, false, false), "a pipe");
+        assert!(!attaches(false, true, None, false, true), "--log");
+        assert!(!attaches(false, false, None, true, true), "--json");
+        // `vm console linux --lines 3` at the `rayos>` prompt: the e2e
+        // polls it for the guest's output and must get its prompt back.
+        assert!(!attaches(false, false, Some(3), false, true), "--lines");
+    }
 }
