@@ -12,6 +12,8 @@ PKGS=(
   # boot media
   systemd-boot-efi xorriso cpio busybox-static kmod zstd binutils
   linux-image-amd64 efibootmgr
+  # the Debian VM image (docs/linux-vm.md)
+  mmdebstrap
   # tests (g++: libFuzzer, built by the fuzz targets)
   tmux g++
 )

@@ -7,6 +7,7 @@ mod install;
 mod present;
 mod update;
 mod vm;
+mod vm_debian;
 
 #[derive(clap::Args)]
 pub struct Args {

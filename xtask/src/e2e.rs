@@ -102,6 +102,10 @@ pub enum Variant {
     /// the `rayos>` prompt is offered with the default countdown, which a
     /// key cancels; the target disk stays byte-identical.
     AnswersSafety,
+    /// The ISO as a CD with `[linux] user`: the Linux VM is the Debian VM
+    /// image; login over `vm console linux` at the admin prompt, `reboot`,
+    /// the same shell and process after the resume (`e2e_debian`).
+    Debian,
 }
 
 impl Variant {
@@ -114,6 +118,7 @@ impl Variant {
             Variant::Wizard => "wizard",
             Variant::UsbLate => "usb-late",
             Variant::AnswersSafety => "answers-safety",
+            Variant::Debian => "debian",
         }
     }
 }
@@ -219,7 +224,7 @@ impl Run {
     /// the last `RAYOS_VM_STARTED:linux:<how>` in its log on the data volume
     /// (its own output reaches the serial port only when that is
     /// `/dev/console`, so the log is the reliable place).
-    fn started(&self, disk: &Path, offset: u64, want: &str) -> Result<()> {
+    pub(crate) fn started(&self, disk: &Path, offset: u64, want: &str) -> Result<()> {
         let mut log = String::new();
         for f in ["/logs/rayosd.log.1", "/logs/rayosd.log"] {
             log.push_str(&debugfs(disk, offset, &format!("cat {f}")).unwrap_or_default());
@@ -422,7 +427,12 @@ pub(crate) fn install(
     let disk = work.join("disk.img");
     sparse(&disk, DISK_BYTES)?;
     let answers_file = work.join("rayos-answers.toml");
-    fs::write(&answers_file, ANSWERS)?;
+    let answers_text = if v == Variant::Debian {
+        crate::e2e_debian::answers()
+    } else {
+        ANSWERS.to_string()
+    };
+    fs::write(&answers_file, answers_text)?;
     let answers_disk = work.join("answers.img");
     let mut tree = FatTree::new();
     tree.add("rayos-answers.toml", &answers_file);
@@ -448,7 +458,8 @@ pub(crate) fn install(
         | Variant::FourK
         | Variant::Wizard
         | Variant::UsbLate
-        | Variant::AnswersSafety => Medium::Cdrom(iso.to_path_buf()),
+        | Variant::AnswersSafety
+        | Variant::Debian => Medium::Cdrom(iso.to_path_buf()),
     };
     // A USB stick, the usual carrier: answer files on internal disks are
     // not used (docs/answer-file.md).
@@ -543,6 +554,9 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
         _ => {}
     }
     let installed = install(run, work, v, iso, usb)?;
+    if v == Variant::Debian {
+        return crate::e2e_debian::after_install(run, work, &installed);
+    }
     let (disk, data_offset) = (installed.disk.clone(), installed.data_offset);
     let config = |stage: &str| installed.boot_config(work, stage);
 

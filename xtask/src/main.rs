@@ -6,9 +6,11 @@ mod bundle;
 mod demo;
 mod deps;
 mod e2e;
+mod e2e_debian;
 mod e2e_present;
 mod e2e_update;
 mod fuzz;
+mod linux_vm;
 mod media;
 mod test;
 
@@ -31,6 +33,8 @@ enum Command {
     Demo(demo::Args),
     /// Build the UKI, installer ISO and USB image into build/.
     Media(media::Args),
+    /// Build only the Debian VM image (build/linux-vm.qcow2; docs/linux-vm.md).
+    LinuxVm(linux_vm::Args),
     /// End-to-end tests: boot the media under QEMU and drive them.
     E2e(e2e::Args),
     /// Benchmarks, reported as ratios against a baseline measured in the same run.
@@ -52,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(a) => test::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Media(a) => media::run(a),
+        Command::LinuxVm(a) => linux_vm::run(a),
         Command::E2e(a) => e2e::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Fuzz(a) => fuzz::run(a),

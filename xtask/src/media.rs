@@ -2,8 +2,8 @@
 //! Debian packages by name into `.cache/`, builds the initramfs (the whole
 //! OS: `rayos`, kernel modules, QEMU and firmware, swtpm, filesystem tools,
 //! systemd-boot, the bundled test guest), assembles the three UKIs
-//! (installer, installed, recovery) and writes the ISO, the USB image and
-//! `build/manifest.json`. The mechanics live in `rayos-image`; this file
+//! (installer, installed, recovery) and writes the ISO, the USB image,
+//! the Debian VM image (`crate::linux_vm`) and `build/manifest.json`. The mechanics live in `rayos-image`; this file
 //! only says what goes where. Layout and decisions: docs/media.md.
 
 use std::collections::BTreeMap;
@@ -17,7 +17,7 @@ use rayos_base::uki_name;
 use rayos_image::debs::{self, Deb};
 use rayos_image::media::{self, EspContents};
 use rayos_image::modules::ModuleIndex;
-use rayos_image::{Compression, Initramfs, UkiParts, guest, uki};
+use rayos_image::{Compression, Initramfs, UkiParts, test_guest, uki};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -327,7 +327,7 @@ pub fn build(args: &Args) -> Result<Built> {
         .collect();
     let names: Vec<String> = guest_mods.iter().map(|(n, _)| n.clone()).collect();
     let script = rayos_testkit::guest::init_script(&names);
-    guest::guest_initramfs_with(&busybox, &script, &guest_mods)?
+    test_guest::guest_initramfs_with(&busybox, &script, &guest_mods)?
         .write(&guest_initrd, Compression::Gzip)?;
 
     step("building the initramfs", t0);
@@ -476,7 +476,15 @@ pub fn build(args: &Args) -> Result<Built> {
         ukis.insert(mode, (path, cmdline));
     }
 
-    // 5. The media.
+    // 5. The Debian VM image (cached in .cache/linux-vm/ by its recipe),
+    // shipped beside the UKIs, not inside them.
+    step("the Debian VM image (docs/linux-vm.md)", t0);
+    let (vm_img, vm_shipped) = crate::linux_vm::build(&crate::linux_vm::Args {
+        out: args.out.clone(),
+        ..Default::default()
+    })?;
+
+    // 6. The media.
     step("building the ESP, ISO and USB image", t0);
     let installed = &ukis["installed"].0;
     let recovery = &ukis["recovery"].0;
@@ -515,6 +523,8 @@ pub fn build(args: &Args) -> Result<Built> {
             recovery.clone(),
         ),
         ("rayos/manifest.json".to_string(), payload_manifest.clone()),
+        // Where rayos init finds it (`volumes::LINUX_VM_IMAGE`).
+        ("rayos/linux-vm.img.zst".to_string(), vm_shipped.clone()),
     ];
     // The ISO's ESP holds only what boots (the payload is in the ISO 9660
     // tree); the USB image's ESP is the only filesystem there, so it holds
@@ -551,6 +561,15 @@ pub fn build(args: &Args) -> Result<Built> {
     for p in [&iso, &usb] {
         outputs.insert(file_name(p), describe(p)?);
     }
+    outputs.insert(file_name(&vm_shipped), describe(&vm_shipped)?);
+    manifest["linux_vm"] = json!({
+        "recipe": vm_img.manifest.key,
+        "suite": vm_img.manifest.suite,
+        "kernel": vm_img.manifest.kernel,
+        "packages": vm_img.manifest.packages.len(),
+        "disk_bytes": vm_img.manifest.disk_bytes,
+        "manifest": crate::linux_vm::SHIPPED_MANIFEST,
+    });
     let seconds = t0.elapsed().as_secs_f64();
     manifest["outputs"] = json!(outputs);
     manifest["build_seconds"] = json!((seconds * 10.0).round() / 10.0);
@@ -567,6 +586,7 @@ pub fn build(args: &Args) -> Result<Built> {
         &ukis["recovery"].0,
         &iso,
         &usb,
+        &vm_shipped,
     ] {
         sizes.push((file_name(p), fs::metadata(p)?.len()));
     }

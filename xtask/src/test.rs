@@ -61,6 +61,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     use crate::e2e::Variant;
+    // Not `debian`: Debian's first boot under nested TCG takes far longer
+    // than this suite's budget and the variant is not proven green yet
+    // (docs/linux-vm.md); the Debian VM itself is tested by
+    // crates/rayos/tests/linux_vm.rs in the workspace tests above.
     crate::e2e::run(crate::e2e::Args {
         variant: vec![
             Variant::Iso,

@@ -115,6 +115,14 @@ pub struct VmInfo {
     pub pid: Option<u32>,
     /// The VNC unix socket the presenter connects to, while running.
     pub vnc_socket: Option<PathBuf>,
+    /// The serial console's unix socket (`rayos vm console` attaches to
+    /// it), while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_socket: Option<PathBuf>,
+    /// What the guest agent reports (`show` only, while running; absent
+    /// when no agent answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestInfo>,
     pub last_boot: Option<BootKind>,
     pub saved_state: Option<SavedState>,
     /// Saved states that could not be used, kept for inspection
@@ -127,6 +135,21 @@ pub struct VmInfo {
     /// Policy for this VM's kind.
     pub enabled: bool,
     pub autostart: bool,
+}
+
+/// What a running guest's agent reports about it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestInfo {
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The guest's OS (its os-release `PRETTY_NAME`).
+    #[serde(default)]
+    pub os: Option<String>,
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// `<interface> <address>/<prefix>`, loopback left out.
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// One disk of a new VM.
@@ -169,6 +192,10 @@ pub struct CreateRequest {
     /// for windows, off otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure_boot: Option<bool>,
+    /// First-boot settings for the guest (user, password hash or SSH key,
+    /// hostname, time zone, locale, keyboard), passed to it at every start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<rayos_state::GuestConfig>,
 }
 
 /// `POST /v1/vms/{name}/start`.

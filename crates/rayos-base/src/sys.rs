@@ -2,7 +2,8 @@
 //! `rustix`: a close-on-exec pipe, an eventfd waker, an inotify watch on a
 //! directory, poll(2), passing a descriptor over a unix socket
 //! (SCM_RIGHTS), SIGTERM/SIGINT through a self-pipe, an exclusive lock, the
-//! umask, and the inode flag efivarfs uses to protect variables.
+//! umask, the effective user id, and the inode flag efivarfs uses to
+//! protect variables.
 //!
 //! This is where RayOS's general-purpose `unsafe` lives: installing a
 //! signal handler (`sigaction`, which rustix leaves out) and the handler's
@@ -261,6 +262,14 @@ impl SignalPipe {
             }
         }
     }
+}
+
+// ---- identity ---------------------------------------------------------------
+
+/// True if the process runs with effective user id 0 (tools such as
+/// mmdebstrap and loop devices need it).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
 }
 
 // ---- locks, umask, inode flags ------------------------------------------------

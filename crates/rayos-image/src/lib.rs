@@ -10,12 +10,13 @@
 pub mod cpio;
 pub mod debs;
 pub mod fat;
-pub mod guest;
 pub mod initramfs;
+pub mod linux_vm;
 pub mod media;
 pub mod modules;
 pub mod ovmf_vars;
 pub mod qemu;
+pub mod test_guest;
 pub mod tools;
 pub mod uki;
 

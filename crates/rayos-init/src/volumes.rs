@@ -251,12 +251,28 @@ pub fn recovery_uki_beside(uki: &Path) -> Option<PathBuf> {
     newest_efi(uki.parent()?, |n| n.starts_with(uki_name::RECOVERY_PREFIX))
 }
 
+/// Where installer media carry the Debian VM image, from the medium's root.
+pub const LINUX_VM_IMAGE: &str = "rayos/linux-vm.img.zst";
+
+/// The Debian VM image on the medium whose system image is `uki`
+/// (`<root>/EFI/Linux/<uki>` → `<root>/rayos/linux-vm.img.zst`).
+pub fn linux_vm_image_beside(uki: &Path) -> Option<PathBuf> {
+    let root = uki.parent()?.parent()?.parent()?;
+    [LINUX_VM_IMAGE, "RAYOS/LINUX-VM.IMG.ZST"]
+        .iter()
+        .find_map(|rel| file_on(root, rel))
+}
+
 /// `rayos install`/`wizard` arguments naming the images on an installer
-/// medium: the system image and, when the medium has one, the recovery UKI.
+/// medium: the system image and, when the medium has them, the recovery
+/// UKI and the Debian VM image.
 pub fn image_args(uki: &Path) -> Vec<String> {
     let mut args = vec!["--system-image".to_string(), uki.display().to_string()];
     if let Some(r) = recovery_uki_beside(uki) {
         args.extend(["--recovery-image".to_string(), r.display().to_string()]);
+    }
+    if let Some(i) = linux_vm_image_beside(uki) {
+        args.extend(["--linux-vm-image".to_string(), i.display().to_string()]);
     }
     args
 }
@@ -370,6 +386,12 @@ mod tests {
             args[3].ends_with("EFI/Linux/rayos-recovery-0.2.efi"),
             "{args:?}"
         );
+        assert_eq!(args.len(), 4, "no Debian VM image yet");
+        fs::create_dir_all(d.path().join("rayos")).unwrap();
+        fs::write(d.path().join(LINUX_VM_IMAGE), "").unwrap();
+        let args = image_args(&uki);
+        assert_eq!(args[4], "--linux-vm-image");
+        assert!(args[5].ends_with("rayos/linux-vm.img.zst"), "{args:?}");
     }
 
     #[test]

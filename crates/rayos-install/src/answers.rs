@@ -222,6 +222,47 @@ impl PolicyAnswers {
     }
 }
 
+/// Which system the Linux VM runs (`[linux] system`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinuxSystem {
+    /// The Debian 12 VM image the installer medium carries (docs/linux-vm.md).
+    Debian,
+    /// The small busybox test guest bundled in the RayOS image (tests).
+    TestGuest,
+}
+
+/// The Linux VM (`[linux]`): its system, disk size and first user.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LinuxAnswers {
+    /// `None`: the Debian VM when a user is given and the medium carries
+    /// the image, else the test guest.
+    pub system: Option<LinuxSystem>,
+    pub user: Option<String>,
+    /// Only ever a hash: a `password` in the file is hashed while parsing.
+    pub password_hash: Option<String>,
+    pub ssh_key: Option<String>,
+    /// Virtual size of the VM's thin qcow2 disk.
+    pub disk_size: u64,
+}
+
+/// The default size of the Linux VM's disk.
+pub const LINUX_DISK_DEFAULT: u64 = 32 * GIB;
+/// The smallest: the image itself is 2 GiB.
+pub const LINUX_DISK_MIN: u64 = 4 * GIB;
+
+impl Default for LinuxAnswers {
+    fn default() -> Self {
+        LinuxAnswers {
+            system: None,
+            user: None,
+            password_hash: None,
+            ssh_key: None,
+            disk_size: LINUX_DISK_DEFAULT,
+        }
+    }
+}
+
 /// What the installer media do after an unattended install (`[finish]`;
 /// read by rayos init, not by the engine).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
@@ -232,6 +273,9 @@ pub enum FinishAction {
     #[serde(alias = "power-off", alias = "shutdown")]
     Poweroff,
 }
+
+/// Reads a size value of the answer file (`"32GiB"` or bytes).
+type SizeParser<'a> = dyn Fn(&Spanned<toml::Value>, &str) -> Result<u64, AnswerError> + 'a;
 
 /// Seconds the installer media show the plan before an unattended install
 /// writes (`[unattended] countdown`; read by rayos init, not by the engine).
@@ -247,6 +291,7 @@ pub struct Answers {
     pub vm_storage: VmStorageAnswers,
     pub machine: MachineAnswers,
     pub policy: PolicyAnswers,
+    pub linux: LinuxAnswers,
     pub finish: FinishAction,
     /// `[unattended] countdown`: 1 ..= [`MAX_COUNTDOWN_SECS`] seconds.
     pub countdown_secs: u32,
@@ -268,9 +313,22 @@ struct Raw {
     #[serde(default)]
     policy: RawPolicy,
     #[serde(default)]
+    linux: RawLinux,
+    #[serde(default)]
     finish: RawFinish,
     #[serde(default)]
     unattended: RawUnattended,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLinux {
+    system: Option<LinuxSystem>,
+    user: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    password_hash: Option<Spanned<String>>,
+    ssh_key: Option<Spanned<String>>,
+    disk_size: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -653,6 +711,8 @@ impl Answers {
             });
         }
 
+        let linux = Self::parse_linux(&cx, &raw.linux, &size)?;
+
         let countdown_secs = match &raw.unattended.countdown {
             None => DEFAULT_COUNTDOWN_SECS,
             Some(c) => match u32::try_from(*c.get_ref()) {
@@ -676,9 +736,85 @@ impl Answers {
             vm_storage,
             machine,
             policy,
+            linux,
             finish: raw.finish.action.unwrap_or_default(),
             countdown_secs,
         })
+    }
+
+    fn parse_linux(
+        cx: &Ctx<'_>,
+        l: &RawLinux,
+        size: &SizeParser<'_>,
+    ) -> Result<LinuxAnswers, AnswerError> {
+        use rayos_state::guest::{
+            hash_password, validate_password_hash, validate_ssh_key, validate_user,
+        };
+        let mut out = LinuxAnswers {
+            system: l.system,
+            ..LinuxAnswers::default()
+        };
+        if let Some(v) = &l.disk_size {
+            out.disk_size = size(v, "linux.disk_size")?;
+            if out.disk_size < LINUX_DISK_MIN {
+                return cx.err(
+                    v.span(),
+                    format!(
+                        "linux.disk_size is {}: the Linux VM's disk needs at least {}",
+                        human_size(out.disk_size),
+                        human_size(LINUX_DISK_MIN)
+                    ),
+                );
+            }
+        }
+        if let Some(u) = &l.user {
+            validate_user(u.get_ref()).or_else(|m| cx.err(u.span(), format!("linux.user: {m}")))?;
+            out.user = Some(u.get_ref().clone());
+        }
+        match (&l.password, &l.password_hash) {
+            (Some(a), Some(_)) => {
+                return cx.err(
+                    a.span(),
+                    "give linux.password or linux.password_hash, not both".into(),
+                );
+            }
+            (Some(p), None) => {
+                out.password_hash = Some(
+                    hash_password(p.get_ref())
+                        .or_else(|e| cx.err(p.span(), format!("linux.password: {e}")))?,
+                );
+            }
+            (None, Some(h)) => {
+                validate_password_hash(h.get_ref())
+                    .or_else(|m| cx.err(h.span(), format!("linux.password_hash: {m}")))?;
+                out.password_hash = Some(h.get_ref().clone());
+            }
+            (None, None) => {}
+        }
+        if let Some(k) = &l.ssh_key {
+            validate_ssh_key(k.get_ref().trim())
+                .or_else(|m| cx.err(k.span(), format!("linux.ssh_key: {m}")))?;
+            out.ssh_key = Some(k.get_ref().trim().to_string());
+        }
+        let has_login = out.password_hash.is_some() || out.ssh_key.is_some();
+        if out.user.is_some() && !has_login {
+            return Err(AnswerError {
+                path: cx.path.into(),
+                line: 0,
+                message:
+                    "linux.user needs linux.password (or password_hash) or linux.ssh_key to log in"
+                        .into(),
+            });
+        }
+        if out.user.is_none() && (has_login || out.system == Some(LinuxSystem::Debian)) {
+            return Err(AnswerError {
+                path: cx.path.into(),
+                line: 0,
+                message: "the Debian VM needs linux.user (with linux.password or linux.ssh_key)"
+                    .into(),
+            });
+        }
+        Ok(out)
     }
 
     /// The answers used when none are given (`--sample`, the wizard's start):
@@ -701,6 +837,7 @@ impl Answers {
             },
             machine: MachineAnswers::default(),
             policy: PolicyAnswers::default(),
+            linux: LinuxAnswers::default(),
             finish: FinishAction::default(),
             countdown_secs: DEFAULT_COUNTDOWN_SECS,
         }
@@ -752,6 +889,47 @@ mod tests {
         assert_eq!(a.policy.networking, Networking::Off);
         let p = a.policy.to_policy();
         assert!(p.linux.autostart && !p.windows.enabled && !p.windows.autostart);
+    }
+
+    #[test]
+    fn linux_section_hashes_the_password_and_checks_logins() {
+        let base = "version = 1\n[target]\nmode = \"whole-disk\"\n[linux]\n";
+        let a = Answers::parse(
+            "a",
+            &format!("{base}user = \"alice\"\npassword = \"pw\"\ndisk_size = \"64GiB\"\n"),
+        )
+        .unwrap();
+        let h = a.linux.password_hash.as_deref().unwrap();
+        assert!(h.starts_with("$6$") && rayos_state::guest::verify_password("pw", h));
+        assert_eq!(a.linux.disk_size, 64 * GIB);
+        assert_eq!(
+            Answers::parse("a", "version = 1\n[target]\nmode = \"whole-disk\"\n")
+                .unwrap()
+                .linux
+                .disk_size,
+            LINUX_DISK_DEFAULT
+        );
+        let bad = |extra: &str, what: &str| {
+            let e = Answers::parse("a", &format!("{base}{extra}")).unwrap_err();
+            assert!(e.message.contains(what), "{extra}: {e}");
+        };
+        bad("user = \"alice\"\n", "needs linux.password");
+        bad("password = \"pw\"\n", "needs linux.user");
+        bad("system = \"debian\"\n", "needs linux.user");
+        bad("user = \"root\"\npassword = \"x\"\n", "system account");
+        bad(
+            "user = \"a\"\npassword = \"x\"\npassword_hash = \"$6$x$y\"\n",
+            "not both",
+        );
+        bad("user = \"a\"\npassword_hash = \"plain\"\n", "crypt(3)");
+        bad("user = \"a\"\nssh_key = \"AAAA\"\n", "OpenSSH");
+        bad(
+            "user = \"a\"\npassword = \"x\"\ndisk_size = \"1GiB\"\n",
+            "at least",
+        );
+        bad("system = \"fedora\"\n", "unknown variant");
+        let t = Answers::parse("a", &format!("{base}system = \"test-guest\"\n")).unwrap();
+        assert_eq!(t.linux.system, Some(LinuxSystem::TestGuest));
     }
 
     #[test]

@@ -240,7 +240,7 @@ pub fn apply(
                 .into_iter()
                 .find(|r| r.format_step() == other)
                 .ok_or(ApplyError::NoPartition("(unknown step)"))?;
-                format(plan, role, opts)?;
+                format(plan, role, opts, progress)?;
             }
         }
         progress(&Event::StepDone {
@@ -270,7 +270,7 @@ pub fn apply(
 /// A failure here leaves the disk untouched.
 pub fn preflight(plan: &Plan, opts: &ApplyOptions) -> Result<(), ApplyError> {
     for f in &plan.files {
-        if let Source::HostFile { path } = &f.source {
+        if let Source::HostFile { path } | Source::LinuxVmImage { path, .. } = &f.source {
             let meta = File::open(path)
                 .and_then(|f| f.metadata())
                 .map_err(|e| ApplyError::HostFile(path.clone(), e))?;
@@ -282,7 +282,11 @@ pub fn preflight(plan: &Plan, opts: &ApplyOptions) -> Result<(), ApplyError> {
             }
         }
     }
-    for tool in [
+    let vm_image = plan
+        .files
+        .iter()
+        .any(|f| matches!(f.source, Source::LinuxVmImage { .. }));
+    let tools_needed = [
         "mkfs.fat",
         "fsck.fat",
         "mkfs.ext4",
@@ -291,7 +295,10 @@ pub fn preflight(plan: &Plan, opts: &ApplyOptions) -> Result<(), ApplyError> {
         "mdir",
         "mtype",
         "mdel",
-    ] {
+    ]
+    .into_iter()
+    .chain(vm_image.then_some("zstd"));
+    for tool in tools_needed {
         let found = std::env::var_os("PATH")
             .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
         if !found {
@@ -546,7 +553,12 @@ impl Drop for Staging {
     }
 }
 
-fn stage(plan: &Plan, role: Role, opts: &ApplyOptions) -> Result<Staging, ApplyError> {
+fn stage(
+    plan: &Plan,
+    role: Role,
+    opts: &ApplyOptions,
+    progress: &mut dyn FnMut(&Event),
+) -> Result<Staging, ApplyError> {
     let what = role.gpt_name();
     let dir = opts.temp_dir.join(format!(
         "rayos-install-{}-{}-{}",
@@ -576,12 +588,35 @@ fn stage(plan: &Plan, role: Role, opts: &ApplyOptions) -> Result<Staging, ApplyE
                 fs::copy(path, &dest).map_err(|e| ApplyError::HostFile(path.clone(), e))?;
             }
             Source::Manifest => {}
+            Source::LinuxVmImage { path, disk_size } => {
+                if let Some(parent) = dest.parent() {
+                    fs::create_dir_all(parent).map_err(err)?;
+                }
+                let mib = |b: u64| b >> 20;
+                crate::vmdisk::write(path, &dest, *disk_size, &mut |done, total| {
+                    let message = match (done * 100).checked_div(total) {
+                        Some(pct) => format!(
+                            "Linux VM disk: {pct}% ({} of {} MiB of the Debian image)",
+                            mib(done),
+                            mib(total)
+                        ),
+                        None => format!("Linux VM disk: {} MiB written", mib(done)),
+                    };
+                    progress(&Event::Note { message });
+                })
+                .map_err(|e| ApplyError::HostFile(path.clone(), e))?;
+            }
         }
     }
     Ok(st)
 }
 
-fn format(plan: &Plan, role: Role, opts: &ApplyOptions) -> Result<(), ApplyError> {
+fn format(
+    plan: &Plan,
+    role: Role,
+    opts: &ApplyOptions,
+    progress: &mut dyn FnMut(&Event),
+) -> Result<(), ApplyError> {
     let p = plan
         .partition(role)
         .ok_or(ApplyError::NoPartition(role.gpt_name()))?;
@@ -617,7 +652,7 @@ fn format(plan: &Plan, role: Role, opts: &ApplyOptions) -> Result<(), ApplyError
                 })
         }
         FsKind::Ext4 => {
-            let staging = stage(plan, role, opts)?;
+            let staging = stage(plan, role, opts, progress)?;
             tools::mkfs_ext4(
                 &plan.target,
                 p.start_bytes,
@@ -694,6 +729,12 @@ fn put_files(plan: &Plan, role: Role, step: &str, v: &FatVolume) -> Result<(), A
             Source::Text { content } => v.put_bytes(content.as_bytes(), &f.path).map_err(tool)?,
             Source::Directory => v.mkdir_p(&f.path).map_err(tool)?,
             Source::Manifest => {}
+            Source::LinuxVmImage { path, .. } => {
+                return Err(ApplyError::HostFile(
+                    path.clone(),
+                    std::io::Error::other("a VM disk cannot go on a FAT partition"),
+                ));
+            }
         }
     }
     Ok(())

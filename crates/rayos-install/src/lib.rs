@@ -9,8 +9,10 @@
 pub mod answers;
 pub mod fatview;
 pub mod plan;
+pub mod qcow2;
 pub mod sample;
 pub mod tools;
+pub mod vmdisk;
 
 pub use answers::{Answers, Mode};
 pub use plan::{Action, Facts, Plan, PlanError, PlanOptions, Role, make_plan};

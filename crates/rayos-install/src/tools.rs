@@ -46,6 +46,7 @@ pub fn package_of(tool: &str) -> &'static str {
         "mcopy" | "mmd" | "mtype" | "mdir" | "mattrib" | "mdel" => "mtools",
         "partx" => "util-linux",
         "sgdisk" => "gdisk",
+        "zstd" => "zstd",
         _ => "(see scripts/install-deps.sh)",
     }
 }

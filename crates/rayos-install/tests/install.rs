@@ -504,3 +504,151 @@ fn a_full_esp_is_refused_before_any_write() {
     assert!(e.to_string().contains("nothing was written"), "{e}");
     assert_eq!(fingerprint(&img).unwrap(), fp);
 }
+
+/// A stand-in for the Debian VM image: a raw "disk" with data at both ends,
+/// compressed as the media do it.
+fn fake_linux_vm_image(env: &Env) -> (PathBuf, PathBuf) {
+    let raw = env.path("linux-vm.img");
+    let mut data = disks::pseudo_random(7, 3 << 20);
+    data.resize(12 << 20, 0);
+    data.extend(disks::pseudo_random(8, 1 << 20));
+    std::fs::write(&raw, &data).unwrap();
+    let zst = env.path("linux-vm.img.zst");
+    run(
+        "zstd",
+        &[
+            "-q",
+            "-12",
+            rayos_install::vmdisk::ZSTD_LONG,
+            raw.to_str().unwrap(),
+            "-o",
+            zst.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    (raw, zst)
+}
+
+#[test]
+fn the_debian_vm_image_becomes_the_linux_vms_thin_disk() {
+    let env = Env::new();
+    let (raw, zst) = fake_linux_vm_image(&env);
+    let img = env.path("disk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 * GIB)
+        .unwrap();
+    let answers = "version = 1\n[target]\nmode = \"whole-disk\"\n[machine]\nhostname = \"box\"\ntimezone = \"Europe/Berlin\"\n\
+                   [linux]\nuser = \"alice\"\npassword = \"pw 1\"\ndisk_size = \"32GiB\"\n";
+    let disk = rayos_disk::probe_image(&img, None).unwrap();
+    let facts = rayos_install::facts::gather(&disk).unwrap();
+    let a = Answers::parse("answers.toml", answers).unwrap();
+    let opts = PlanOptions {
+        linux_vm_image: Some(zst.clone()),
+        ..env.opts()
+    };
+    let plan = plan::make_plan(&disk, &a, &facts, &opts).unwrap();
+    // The plan holds the hash, never the password.
+    let json = plan.to_json();
+    assert!(!json.contains("pw 1"));
+    let vm = plan.registry.by_name("linux").unwrap();
+    let g = vm.guest.as_ref().unwrap();
+    assert_eq!(
+        (g.user.as_str(), g.hostname.as_str()),
+        ("alice", "box-linux")
+    );
+    assert_eq!(g.timezone, "Europe/Berlin");
+    assert!(rayos_state::guest::verify_password(
+        "pw 1",
+        g.password_hash.as_deref().unwrap()
+    ));
+    assert!(matches!(
+        vm.boot,
+        rayos_state::registry::BootSpec::Uefi { secure_boot: false }
+    ));
+    let mut notes = Vec::new();
+    let report = apply(&plan, &env.apply_opts(), &mut |e| {
+        if let Event::Note { message } = e {
+            notes.push(message.clone());
+        }
+    })
+    .unwrap();
+    check_installed(&env, &img, &plan, &report);
+    assert!(
+        notes.iter().any(|n| n.starts_with("Linux VM disk: 100%")),
+        "{notes:?}"
+    );
+    // The VM's disk on the data volume: a qcow2 of the chosen size whose
+    // contents are the image's, then zeros.
+    let data = ext4_at(&img, plan.partition(Role::Data).unwrap());
+    let qcow = env.path("root.qcow2");
+    debugfs(
+        &data,
+        &format!(
+            "dump /vm/{}/{} {}",
+            vm.id,
+            plan::LINUX_VM_DISK,
+            qcow.display()
+        ),
+    );
+    let info = run(
+        "qemu-img",
+        &["info", "--output=json", qcow.to_str().unwrap()],
+    )
+    .unwrap();
+    assert!(info.contains("\"format\": \"qcow2\""), "{info}");
+    assert!(
+        info.contains(&format!("\"virtual-size\": {}", 32 * GIB)),
+        "{info}"
+    );
+    run("qemu-img", &["check", qcow.to_str().unwrap()]).unwrap();
+    run(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "qcow2",
+            raw.to_str().unwrap(),
+            qcow.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    // Thin: far less than the 32 GiB it offers.
+    assert!(std::fs::metadata(&qcow).unwrap().len() < 64 << 20);
+}
+
+#[test]
+fn without_a_linux_user_the_test_guest_stays() {
+    let env = Env::new();
+    let (_, zst) = fake_linux_vm_image(&env);
+    let img = env.path("disk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 * GIB)
+        .unwrap();
+    let disk = rayos_disk::probe_image(&img, None).unwrap();
+    let facts = rayos_install::facts::gather(&disk).unwrap();
+    let opts = PlanOptions {
+        linux_vm_image: Some(zst),
+        ..env.opts()
+    };
+    let a = Answers::parse("a", "version = 1\n[target]\nmode = \"whole-disk\"\n").unwrap();
+    let plan = plan::make_plan(&disk, &a, &facts, &opts).unwrap();
+    let vm = plan.registry.by_name("linux").unwrap();
+    assert!(vm.guest.is_none());
+    assert!(
+        plan.notes.iter().any(|n| n.contains("no [linux] user")),
+        "{:?}",
+        plan.notes
+    );
+    // Asking for Debian without an image on the medium is refused.
+    let a = Answers::parse(
+        "a",
+        "version = 1\n[target]\nmode = \"whole-disk\"\n[linux]\nsystem = \"debian\"\nuser = \"bob\"\nssh_key = \"ssh-ed25519 AAAAC3Nza bob@x\"\n",
+    )
+    .unwrap();
+    let e = plan::make_plan(&disk, &a, &facts, &env.opts()).unwrap_err();
+    assert!(e.to_string().contains("no Debian VM image"), "{e}");
+}

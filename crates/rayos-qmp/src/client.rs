@@ -448,6 +448,42 @@ impl GuestAgent {
         }
     }
 
+    /// Sends an agent command that answers nothing on success
+    /// (`guest-shutdown`: the guest goes down instead), after a successful
+    /// [`GuestAgent::sync`], and listens for `window`: an error reply (the
+    /// command is unknown or blocked in this agent) is returned as
+    /// [`QmpError::Rejected`]; silence or a return value is success.
+    pub fn send_unanswered(
+        &mut self,
+        command: &str,
+        args: Option<Value>,
+        window: Duration,
+    ) -> Result<(), QmpError> {
+        let bytes = encode_command(command, args.as_ref(), None);
+        self.conn.send(command, &bytes, self.timeout)?;
+        let deadline = Instant::now() + window;
+        loop {
+            let line = match self.conn.read_line(command, deadline) {
+                Ok(Read1::Line(l)) => l,
+                Ok(Read1::Timeout) => return Ok(()),
+                // The guest going down closes the channel: that is success.
+                Err(e) if e.is_disconnect() => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            match crate::wire::parse_message(&line) {
+                Ok(Message::Error { class, desc, .. }) => {
+                    return Err(QmpError::Rejected {
+                        command: command.into(),
+                        class,
+                        desc,
+                    });
+                }
+                Ok(Message::Return { .. }) => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+
     /// Runs an agent command after a successful [`GuestAgent::sync`]. The
     /// agent does not echo ids, so replies are taken in order.
     pub fn execute(&mut self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
@@ -708,5 +744,36 @@ mod tests {
         let (a, _b) = UnixStream::pair().unwrap();
         let mut ga = GuestAgent::from_stream(a, "t".into(), Duration::from_millis(100));
         assert!(!ga.sync(1).unwrap());
+    }
+
+    #[test]
+    fn unanswered_command_tells_refusal_from_silence() {
+        // Silence (the guest is going down): success.
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut ga = GuestAgent::from_stream(a, "t".into(), Duration::from_secs(5));
+        ga.send_unanswered("guest-shutdown", None, Duration::from_millis(200))
+            .unwrap();
+        // An agent that does not know the command says so.
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut w = b.try_clone().unwrap();
+        w.write_all(b"{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"no\"}}\n")
+            .unwrap();
+        let mut ga = GuestAgent::from_stream(a, "t".into(), Duration::from_secs(5));
+        let e = ga
+            .send_unanswered("guest-shutdown", None, Duration::from_secs(2))
+            .unwrap_err();
+        assert!(matches!(e, QmpError::Rejected { .. }), "{e}");
+        drop(b);
+        // The channel closing after the command is the guest going away.
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = thread::spawn(move || {
+            let mut r = std::io::BufReader::new(b);
+            let mut buf = Vec::new();
+            r.read_until(b'\n', &mut buf).unwrap();
+        });
+        let mut ga = GuestAgent::from_stream(a, "t".into(), Duration::from_secs(5));
+        ga.send_unanswered("guest-shutdown", None, Duration::from_secs(2))
+            .unwrap();
+        t.join().unwrap();
     }
 }

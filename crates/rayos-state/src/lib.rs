@@ -13,6 +13,7 @@
 //! just created.
 
 pub mod atomic;
+pub mod guest;
 pub mod layout;
 pub mod machine;
 pub mod pe;
@@ -22,6 +23,7 @@ pub mod system;
 pub mod time;
 
 pub use atomic::{AtomicError, Generation, read_with_fallback, write_atomic};
+pub use guest::GuestConfig;
 pub use layout::DataLayout;
 pub use machine::MachineConfig;
 pub use policy::{Networking, OnHostShutdown, Policy, SubsystemPolicy};

@@ -5,13 +5,25 @@
 //! A VM's `id` never changes and is never reused: its disks, UEFI variables
 //! and TPM state live in `vm/<id>/` and stay bound to it for the life of the
 //! install.
+//!
+//! Schema versions: 1 is the original format; 2 adds a VM's first-boot
+//! guest settings (`guest`). A registry is written with the lowest version
+//! that holds its contents ([`Registry::to_json`]), so an install that uses
+//! no version-2 field stays readable by a RayOS that knows only version 1
+//! (an update rolled back keeps its VMs); one that does is refused by such
+//! a RayOS instead of having settings silently dropped.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub const REGISTRY_SCHEMA_VERSION: u32 = 1;
+use crate::guest::GuestConfig;
+
+/// The newest registry version this RayOS reads and writes.
+pub const REGISTRY_SCHEMA_VERSION: u32 = 2;
+/// The version a registry without any version-2 field is written with.
+pub const REGISTRY_BASE_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -92,6 +104,9 @@ pub struct VmDefinition {
     pub media: Vec<PathBuf>,
     #[serde(default)]
     pub provisioned: bool,
+    /// First-boot settings handed to the guest (registry version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestConfig>,
 }
 
 impl VmDefinition {
@@ -124,7 +139,7 @@ pub struct Registry {
 impl Default for Registry {
     fn default() -> Self {
         Registry {
-            version: REGISTRY_SCHEMA_VERSION,
+            version: REGISTRY_BASE_VERSION,
             vms: Vec::new(),
         }
     }
@@ -142,6 +157,22 @@ pub enum RegistryError {
         "{path}: registry version {found} is newer than this RayOS reads ({REGISTRY_SCHEMA_VERSION}); boot the newer RayOS or use recovery"
     )]
     Version { path: String, found: u32 },
+    #[error(
+        "{path}: VM {vm} has {field}, which registry version {version} introduced, but the file says version {found}"
+    )]
+    Field {
+        path: String,
+        vm: String,
+        field: &'static str,
+        version: u32,
+        found: u32,
+    },
+    #[error("{path}: VM {vm}: {message}")]
+    Guest {
+        path: String,
+        vm: String,
+        message: String,
+    },
     #[error("{path}: two VMs share the {what} {value:?}")]
     Duplicate {
         path: String,
@@ -157,11 +188,31 @@ impl Registry {
             line: e.line(),
             message: e.to_string(),
         })?;
-        if r.version != REGISTRY_SCHEMA_VERSION {
+        if !(REGISTRY_BASE_VERSION..=REGISTRY_SCHEMA_VERSION).contains(&r.version) {
             return Err(RegistryError::Version {
                 path: path.to_string(),
                 found: r.version,
             });
+        }
+        if r.version < 2
+            && let Some(vm) = r.vms.iter().find(|v| v.guest.is_some())
+        {
+            return Err(RegistryError::Field {
+                path: path.to_string(),
+                vm: vm.name.clone(),
+                field: "guest",
+                version: 2,
+                found: r.version,
+            });
+        }
+        for vm in &r.vms {
+            if let Some(g) = &vm.guest {
+                g.validate().map_err(|message| RegistryError::Guest {
+                    path: path.to_string(),
+                    vm: vm.name.clone(),
+                    message,
+                })?;
+            }
         }
         let mut ids = std::collections::HashSet::new();
         let mut names = std::collections::HashSet::new();
@@ -184,8 +235,21 @@ impl Registry {
         Ok(r)
     }
 
+    /// The lowest version that holds this registry's contents.
+    pub fn needed_version(&self) -> u32 {
+        if self.vms.iter().any(|v| v.guest.is_some()) {
+            2
+        } else {
+            REGISTRY_BASE_VERSION
+        }
+    }
+
+    /// The file's text, with `version` raised to [`Registry::needed_version`]
+    /// when the contents need it.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
+        let mut out = self.clone();
+        out.version = self.version.max(self.needed_version());
+        serde_json::to_string_pretty(&out).unwrap_or_default() + "\n"
     }
 
     pub fn by_name(&self, name: &str) -> Option<&VmDefinition> {
@@ -220,6 +284,7 @@ mod tests {
             tpm: false,
             media: vec![],
             provisioned: true,
+            guest: None,
         }
     }
 
@@ -250,6 +315,42 @@ mod tests {
         let e =
             Registry::parse("r", "{\n\"version\": 1,\n\"vms\": [ {\"id\": 3} ]\n}").unwrap_err();
         assert!(matches!(e, RegistryError::Parse { line: 3, .. }), "{e}");
+    }
+
+    #[test]
+    fn version_follows_contents() {
+        let mut r = Registry {
+            vms: vec![linux()],
+            ..Default::default()
+        };
+        // No guest settings: still version 1, readable by an older RayOS.
+        assert!(r.to_json().contains("\"version\": 1"));
+        r.vms[0].guest = Some(crate::guest::GuestConfig {
+            user: "alice".into(),
+            password_hash: Some(crate::guest::hash_password("pw").unwrap()),
+            ssh_authorized_key: None,
+            hostname: "box".into(),
+            timezone: "UTC".into(),
+            locale: "C.UTF-8".into(),
+            keyboard: "us".into(),
+        });
+        let text = r.to_json();
+        assert!(text.contains("\"version\": 2"), "{text}");
+        let back = Registry::parse("r", &text).unwrap();
+        assert_eq!(back.vms, r.vms);
+        assert_eq!(back.version, 2);
+        // A version-1 file cannot carry guest settings.
+        let forged = text.replace("\"version\": 2", "\"version\": 1");
+        let e = Registry::parse("r", &forged).unwrap_err();
+        assert!(matches!(e, RegistryError::Field { .. }), "{e}");
+        // Bad settings are refused with the VM's name.
+        let bad = text.replace("\"user\": \"alice\"", "\"user\": \"root\"");
+        let e = Registry::parse("r", &bad).unwrap_err();
+        assert!(e.to_string().contains("VM linux"), "{e}");
+        assert!(matches!(
+            Registry::parse("r", "{\"version\": 3}"),
+            Err(RegistryError::Version { found: 3, .. })
+        ));
     }
 
     #[test]

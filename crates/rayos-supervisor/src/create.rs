@@ -196,6 +196,14 @@ pub fn validate(req: &CreateRequest) -> Result<(), CreateError> {
     for m in &req.media {
         need_file("media", m)?;
     }
+    if let Some(g) = &req.guest {
+        if req.kind == VmKind::Windows {
+            return Err(CreateError::Invalid(
+                "first-boot guest settings (--user ...) are read by Linux guests only: drop them for a windows VM".into(),
+            ));
+        }
+        g.validate().map_err(CreateError::Invalid)?;
+    }
     Ok(())
 }
 
@@ -349,6 +357,7 @@ pub fn build(
         tpm: req.kind == VmKind::Windows,
         media: req.media.clone(),
         provisioned: req.media.is_empty(),
+        guest: req.guest.clone(),
     })
 }
 
@@ -368,6 +377,7 @@ mod tests {
             cmdline: None,
             media: vec![],
             secure_boot: None,
+            guest: None,
         }
     }
 

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rayos_vmm::{Launch, RunState, SaveReport, TpmState, VmHandle, VmSpec, Vmm, VmmError};
+use rayos_vmm::{
+    GuestInfo, Launch, RunState, SaveReport, TpmState, VmHandle, VmSpec, Vmm, VmmError,
+};
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -34,6 +36,10 @@ pub struct FakeVmm {
     pub fail_save: AtomicBool,
     pub ignore_acpi: AtomicBool,
     pub fail_launch: AtomicBool,
+    /// The guests run a guest agent (shutdown and info through it).
+    pub agent: AtomicBool,
+    /// How many guests were shut down through the agent.
+    pub agent_shutdowns: Arc<AtomicU32>,
     next_pid: AtomicU32,
     pub launches: Mutex<Vec<(String, Launch)>>,
 }
@@ -83,6 +89,8 @@ impl FakeVmm {
             procs: Arc::clone(&self.procs),
             fail_save: self.fail_save.load(Ordering::SeqCst),
             ignore_acpi: self.ignore_acpi.load(Ordering::SeqCst),
+            agent: self.agent.load(Ordering::SeqCst),
+            agent_shutdowns: Arc::clone(&self.agent_shutdowns),
         })
     }
 }
@@ -143,6 +151,8 @@ struct FakeHandle {
     procs: Arc<Mutex<HashMap<Uuid, Proc>>>,
     fail_save: bool,
     ignore_acpi: bool,
+    agent: bool,
+    agent_shutdowns: Arc<AtomicU32>,
 }
 
 impl VmHandle for FakeHandle {
@@ -224,10 +234,34 @@ impl VmHandle for FakeHandle {
     }
 
     fn sync_guest_time(&mut self) -> Result<bool, VmmError> {
-        Ok(false)
+        Ok(self.agent)
+    }
+
+    fn guest_shutdown(&mut self) -> Result<bool, VmmError> {
+        if !self.agent {
+            return Ok(false);
+        }
+        self.agent_shutdowns.fetch_add(1, Ordering::SeqCst);
+        if let Some(p) = self.procs.lock().unwrap().get_mut(&self.id) {
+            p.state = RunState::Shutdown;
+        }
+        Ok(true)
+    }
+
+    fn guest_info(&mut self) -> Result<Option<GuestInfo>, VmmError> {
+        Ok(self.agent.then(|| GuestInfo {
+            hostname: Some("fakehost".into()),
+            os: Some("Fake OS 1".into()),
+            kernel: None,
+            addresses: vec!["eth0 10.0.2.15/24".into()],
+        }))
     }
 
     fn vnc_socket(&self) -> PathBuf {
         self.vnc.clone()
+    }
+
+    fn console_socket(&self) -> PathBuf {
+        self.vnc.with_file_name("console.sock")
     }
 }

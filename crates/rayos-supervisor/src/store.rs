@@ -246,6 +246,7 @@ mod tests {
             tpm: false,
             media: vec![],
             provisioned: true,
+            guest: None,
         }
     }
 

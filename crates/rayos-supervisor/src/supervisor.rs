@@ -109,6 +109,8 @@ struct Status {
     state: VmState,
     pid: Option<u32>,
     vnc: Option<PathBuf>,
+    /// The serial console's socket, while a device model runs.
+    console: Option<PathBuf>,
     last_boot: Option<BootKind>,
     last_error: Option<String>,
     crash_console: Vec<String>,
@@ -141,6 +143,7 @@ impl Slot {
                 state,
                 pid: None,
                 vnc: None,
+                console: None,
                 last_boot: None,
                 last_error: None,
                 crash_console: Vec::new(),
@@ -326,6 +329,7 @@ impl Supervisor {
         if !lifecycle::has_device_model(to) {
             st.pid = None;
             st.vnc = None;
+            st.console = None;
             let mut p = lock(&self.presented);
             if p.as_deref() == Some(slot.name.as_str()) {
                 *p = None;

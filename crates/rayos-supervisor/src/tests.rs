@@ -107,6 +107,7 @@ fn req(name: &str, kind: VmKind) -> CreateRequest {
         cmdline: None,
         media: vec![],
         secure_boot: None,
+        guest: None,
     }
 }
 
@@ -374,6 +375,55 @@ fn stop_uses_acpi_then_kill() {
         r.message
     );
     assert!(f.vmm.proc(f.id("lin")).is_none());
+}
+
+#[test]
+fn stop_asks_the_guest_agent_before_acpi() {
+    let f = open();
+    f.vmm.agent.store(true, Ordering::SeqCst);
+    // ACPI is ignored: only the agent can shut this guest down cleanly.
+    f.vmm.ignore_acpi.store(true, Ordering::SeqCst);
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.sup.start("lin", false).unwrap();
+    let r = f.sup.stop("lin", &StopRequest::default()).unwrap();
+    assert!(
+        r.message.contains("through its guest agent"),
+        "{}",
+        r.message
+    );
+    assert_eq!(f.vmm.agent_shutdowns.load(Ordering::SeqCst), 1);
+    assert_eq!(r.vm.state, VmState::Stopped);
+    // No agent: the power button, as before.
+    f.vmm.agent.store(false, Ordering::SeqCst);
+    f.vmm.ignore_acpi.store(false, Ordering::SeqCst);
+    f.sup.start("lin", false).unwrap();
+    let r = f.sup.stop("lin", &StopRequest::default()).unwrap();
+    assert!(
+        r.message.ends_with("shut down by the guest"),
+        "{}",
+        r.message
+    );
+    assert_eq!(f.vmm.agent_shutdowns.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn show_reports_what_the_guest_agent_says() {
+    let f = open();
+    f.vmm.agent.store(true, Ordering::SeqCst);
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    assert_eq!(f.sup.show("lin").unwrap().guest, None, "not running");
+    f.sup.start("lin", false).unwrap();
+    let v = f.sup.show("lin").unwrap();
+    let g = v.guest.expect("agent answers");
+    assert_eq!(g.hostname.as_deref(), Some("fakehost"));
+    assert_eq!(g.addresses, ["eth0 10.0.2.15/24"]);
+    assert!(v.console_socket.is_some());
+    // list does not ask the agents (it answers at once for every VM).
+    assert_eq!(f.sup.list()[0].guest, None);
+    f.vmm.agent.store(false, Ordering::SeqCst);
+    f.sup.stop("lin", &StopRequest::default()).unwrap();
+    f.sup.start("lin", false).unwrap();
+    assert_eq!(f.sup.show("lin").unwrap().guest, None, "no agent");
 }
 
 #[test]

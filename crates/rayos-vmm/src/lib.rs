@@ -61,6 +61,52 @@ pub enum RunState {
     Exited,
 }
 
+/// What a guest's agent reports (`guest-get-host-name`,
+/// `guest-get-osinfo`, `guest-network-get-interfaces`); a field the agent
+/// did not answer is empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestInfo {
+    pub hostname: Option<String>,
+    /// `PRETTY_NAME` of the guest's os-release.
+    pub os: Option<String>,
+    pub kernel: Option<String>,
+    /// `<interface> <address>/<prefix>`, loopback left out.
+    pub addresses: Vec<String>,
+}
+
+impl GuestInfo {
+    /// Builds the report from the agent's replies (`Value::Null` for a
+    /// command that failed).
+    pub fn from_replies(
+        host: &serde_json::Value,
+        os: &serde_json::Value,
+        ifs: &serde_json::Value,
+    ) -> GuestInfo {
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
+        let mut addresses = Vec::new();
+        for i in ifs.as_array().into_iter().flatten() {
+            let name = i["name"].as_str().unwrap_or("?");
+            if name == "lo" {
+                continue;
+            }
+            for a in i["ip-addresses"].as_array().into_iter().flatten() {
+                if let Some(ip) = a["ip-address"].as_str() {
+                    addresses.push(match a["prefix"].as_u64() {
+                        Some(p) => format!("{name} {ip}/{p}"),
+                        None => format!("{name} {ip}"),
+                    });
+                }
+            }
+        }
+        GuestInfo {
+            hostname: text(&host["host-name"]),
+            os: text(&os["pretty-name"]).or_else(|| text(&os["name"])),
+            kernel: text(&os["kernel-release"]),
+            addresses,
+        }
+    }
+}
+
 /// The VM's TPM emulator (swtpm), as far as the backend can see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -177,6 +223,17 @@ pub trait VmHandle: Send {
     /// when no agent answers (not an error: many guests have none).
     fn sync_guest_time(&mut self) -> Result<bool, VmmError>;
 
+    /// Asks the guest's agent to power the guest off (`guest-shutdown`).
+    /// `Ok(false)` when no agent answers; then only ACPI is left.
+    fn guest_shutdown(&mut self) -> Result<bool, VmmError>;
+
+    /// What the guest's agent says about the guest; `Ok(None)` when no
+    /// agent answers.
+    fn guest_info(&mut self) -> Result<Option<GuestInfo>, VmmError>;
+
     /// The VNC unix socket the presenter connects to.
     fn vnc_socket(&self) -> PathBuf;
+
+    /// The serial console's unix socket (one client at a time).
+    fn console_socket(&self) -> PathBuf;
 }

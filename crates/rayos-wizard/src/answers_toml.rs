@@ -111,6 +111,19 @@ pub fn to_toml(a: &Answers, comment: &[String]) -> String {
     let _ = writeln!(s, "windows_enabled = {}", p.windows_enabled);
     let _ = writeln!(s, "windows_autostart = {}", p.windows_autostart);
     let _ = writeln!(s, "networking = {}", quote(networking(p.networking)));
+    let l = &a.linux;
+    if let Some(user) = &l.user {
+        // Only the hash is ever written, never a password.
+        let _ = writeln!(s, "\n[linux]");
+        let _ = writeln!(s, "user = {}", quote(user));
+        if let Some(h) = &l.password_hash {
+            let _ = writeln!(s, "password_hash = {}", quote(h));
+        }
+        if let Some(k) = &l.ssh_key {
+            let _ = writeln!(s, "ssh_key = {}", quote(k));
+        }
+        let _ = writeln!(s, "disk_size = {}", quote(&size(l.disk_size)));
+    }
     s
 }
 

@@ -601,6 +601,7 @@ fn hand_made(
         &layout.intents(answers),
         &answers.machine,
         &answers.policy,
+        &answers.linux,
         facts,
         opts,
     )

@@ -50,6 +50,9 @@ pub struct Config {
     pub system_image: Option<PathBuf>,
     /// The recovery UKI (optional: without it no recovery boot entry).
     pub recovery_image: Option<PathBuf>,
+    /// The Debian VM image (optional: without it the Linux VM is the
+    /// bundled test guest).
+    pub linux_vm_image: Option<PathBuf>,
     pub systemd_boot: PathBuf,
     /// Stop after the confirmation: save answers, write nothing.
     pub dry_run: bool,
@@ -72,6 +75,7 @@ impl Default for Config {
             save_answers: None,
             system_image: None,
             recovery_image: None,
+            linux_vm_image: None,
             systemd_boot: PathBuf::from(SYSTEMD_BOOT_HOST),
             dry_run: false,
             nvram: true,
@@ -126,6 +130,7 @@ pub fn setup(config: &Config) -> Result<Setup, WizardError> {
         opts: PlanOptions {
             system_image: config.system_image.clone(),
             recovery_image: config.recovery_image.clone(),
+            linux_vm_image: config.linux_vm_image.clone(),
             systemd_boot: config.systemd_boot.clone(),
             nvram: config.nvram && efivars,
             ..PlanOptions::default()

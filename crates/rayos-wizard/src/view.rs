@@ -19,7 +19,8 @@ use rayos_install::plan::{Action, Role, TableAction};
 use crate::answers_toml::networking;
 use crate::layout::{ROLES, Row, role_words};
 use crate::wizard::{
-    DiskChoice, MACHINE_FIELDS, Modal, RoleTarget, Screen, Wizard, contents, disk_name,
+    DiskChoice, LINUX_FIELDS, MACHINE_FIELDS, Modal, RoleTarget, Screen, Wizard, contents,
+    disk_name,
 };
 
 const ASCII: border::Set = border::Set {
@@ -521,6 +522,28 @@ fn machine(w: &Wizard) -> Vec<Line<'static>> {
             i == w.machine_cursor,
             format!("{name:<16} [{}{cursor}]", w.machine[i]),
         ));
+    }
+    if w.machine_rows() > 4 {
+        l.push(Line::from(""));
+        l.push(Line::from(
+            "The Linux VM (Debian 12): its first user, member of sudo.".to_string(),
+        ));
+        for (j, name) in LINUX_FIELDS.iter().enumerate() {
+            let i = 4 + j;
+            let cursor = if i == w.machine_cursor { "_" } else { "" };
+            // Passwords are never shown; a hash already taken shows as set.
+            let value = match j {
+                0 => w.linux[0].clone(),
+                _ if w.linux[j].is_empty() && w.answers.linux.password_hash.is_some() => {
+                    "(set)".into()
+                }
+                _ => "*".repeat(w.linux[j].chars().count()),
+            };
+            l.push(sel(
+                i == w.machine_cursor,
+                format!("{name:<16} [{value}{cursor}]"),
+            ));
+        }
     }
     l.push(Line::from(""));
     l.push(Line::from(

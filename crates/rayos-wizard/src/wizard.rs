@@ -186,6 +186,9 @@ impl Progress {
 
 /// The machine fields, in screen order.
 pub const MACHINE_FIELDS: [&str; 4] = ["Hostname", "Timezone", "Locale", "Keyboard layout"];
+/// The Debian VM's login, below the machine settings (when the medium
+/// carries the image). Empty user: the Linux VM is the test guest.
+pub const LINUX_FIELDS: [&str; 3] = ["Linux VM user", "Password", "Password again"];
 
 #[derive(Debug, Clone)]
 pub struct Wizard {
@@ -204,6 +207,10 @@ pub struct Wizard {
     pub vm_cursor: usize,
     pub machine_cursor: usize,
     pub machine: [String; 4],
+    /// The Debian VM's user, password and the password again, asked on the
+    /// machine screen when the medium carries the Debian VM image. The
+    /// password is hashed and these cleared as soon as it is accepted.
+    pub linux: [String; 3],
     pub policy_cursor: usize,
     pub planned: Option<Planned>,
     pub confirm_input: String,
@@ -341,6 +348,7 @@ impl Wizard {
             answers,
             vm_cursor: 0,
             machine_cursor: 0,
+            linux: Default::default(),
             machine,
             policy_cursor: 0,
             planned: None,
@@ -667,10 +675,21 @@ impl Wizard {
         }
     }
 
+    /// Rows of the machine screen: the four settings, and the Debian VM's
+    /// user and password twice when the medium carries the image.
+    pub fn machine_rows(&self) -> usize {
+        if self.setup.opts.linux_vm_image.is_some() {
+            4 + LINUX_FIELDS.len()
+        } else {
+            4
+        }
+    }
+
     fn on_machine(&mut self, key: Key) -> Effect {
+        let rows = self.machine_rows();
         match key {
             Key::Up => self.machine_cursor = self.machine_cursor.saturating_sub(1),
-            Key::Down | Key::Tab => self.machine_cursor = (self.machine_cursor + 1) % 4,
+            Key::Down | Key::Tab => self.machine_cursor = (self.machine_cursor + 1) % rows,
             Key::Esc => self.go(Screen::VmStorage),
             Key::Enter => {
                 type Check = fn(&str) -> Result<(), String>;
@@ -687,6 +706,13 @@ impl Wizard {
                         return Effect::None;
                     }
                 }
+                if rows > 4
+                    && let Err((row, e)) = self.accept_linux_user()
+                {
+                    self.machine_cursor = row;
+                    self.status = Some(e);
+                    return Effect::None;
+                }
                 let m = &mut self.answers.machine;
                 m.hostname = self.machine[0].clone();
                 m.timezone = self.machine[1].clone();
@@ -695,11 +721,48 @@ impl Wizard {
                 self.go(Screen::Policy);
             }
             k => {
-                edit_text(&mut self.machine[self.machine_cursor], k, 63);
+                let c = self.machine_cursor;
+                if c < 4 {
+                    edit_text(&mut self.machine[c], k, 63);
+                } else {
+                    edit_text(&mut self.linux[c - 4], k, 128);
+                }
                 self.status = None;
             }
         }
         Effect::None
+    }
+
+    /// The Debian VM's user from the machine screen into the answers: no
+    /// user keeps the test guest; a user needs the same password twice,
+    /// which is hashed at once (only the hash is kept).
+    fn accept_linux_user(&mut self) -> Result<(), (usize, String)> {
+        let [user, pw, again] = &self.linux;
+        if user.is_empty() {
+            if self.answers.linux.password_hash.is_none() {
+                self.answers.linux.user = None;
+            }
+            return Ok(());
+        }
+        rayos_state::guest::validate_user(user).map_err(|e| (4, e))?;
+        if pw.is_empty() && self.answers.linux.password_hash.is_some() {
+            // Accepted before (the person came back to this screen).
+            self.answers.linux.user = Some(user.clone());
+            return Ok(());
+        }
+        if pw.is_empty() {
+            return Err((5, format!("type a password for {user}")));
+        }
+        if pw != again {
+            self.linux[2].clear();
+            return Err((6, "the passwords differ: type it again".into()));
+        }
+        let hash = rayos_state::guest::hash_password(pw).map_err(|e| (5, e.to_string()))?;
+        self.answers.linux.user = Some(user.clone());
+        self.answers.linux.password_hash = Some(hash);
+        self.linux[1].clear();
+        self.linux[2].clear();
+        Ok(())
     }
 
     fn on_policy(&mut self, key: Key) -> Effect {

@@ -702,6 +702,59 @@ fn going_back_after_a_partial_install_reads_the_disk_again() {
     assert!(w.status.clone().unwrap().contains("shown as it is now"));
 }
 
+#[test]
+fn the_debian_vms_user_and_password_are_asked_and_only_hashed() {
+    let imgs = images();
+    let mut s = setup(vec![probed(&imgs.blank, "/dev/vdb")]);
+    s.opts.linux_vm_image = Some("/run/rayos/medium/rayos/linux-vm.img.zst".into());
+    let mut w = Wizard::new(s);
+    w.screen = Screen::Machine;
+    assert_eq!(w.machine_rows(), 7);
+    press(&mut w, &[Key::Down; 4]);
+    typed(&mut w, "alice");
+    press(&mut w, &[Key::Down]);
+    typed(&mut w, "s3cret pw");
+    press(&mut w, &[Key::Down]);
+    typed(&mut w, "s3cret pv");
+    let shown = screen(&w);
+    assert!(
+        shown.contains("Linux VM user") && shown.contains("alice"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("s3cret"),
+        "a password is never shown:\n{shown}"
+    );
+    press(&mut w, &[Key::Enter]);
+    assert_eq!(w.screen, Screen::Machine);
+    assert!(w.status.clone().unwrap().contains("passwords differ"));
+    assert_eq!(w.machine_cursor, 6);
+    typed(&mut w, "s3cret pw");
+    press(&mut w, &[Key::Enter]);
+    assert_eq!(w.screen, Screen::Policy, "{:?}", w.status);
+    let l = &w.answers.linux;
+    assert_eq!(l.user.as_deref(), Some("alice"));
+    assert!(rayos_state::guest::verify_password(
+        "s3cret pw",
+        l.password_hash.as_deref().unwrap()
+    ));
+    assert!(
+        w.linux[1].is_empty() && w.linux[2].is_empty(),
+        "plaintext dropped"
+    );
+    // The saved answers carry the hash, not the password.
+    let toml = rayos_wizard::answers_toml::to_toml(&w.answers, &[]);
+    assert!(
+        toml.contains("[linux]\nuser = \"alice\"\npassword_hash = \"$6$"),
+        "{toml}"
+    );
+    assert!(!toml.contains("s3cret"));
+    // Without a user the Linux VM stays the test guest; no image, no rows.
+    let mut w = Wizard::new(setup(vec![probed(&imgs.blank, "/dev/vdb")]));
+    w.screen = Screen::Machine;
+    assert_eq!(w.machine_rows(), 4);
+}
+
 /// Issue #10 item 4, the wizard's face: a partition of a system the
 /// engine has no name for (here APFS-typed, holding data) needs the same
 /// typed confirmation as a Windows or Linux one; a partition read to be

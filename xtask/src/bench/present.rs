@@ -162,6 +162,7 @@ fn bench(args: &Args, reps: usize, rayos: &Path, root: &Path) -> anyhow::Result<
         cmdline: Some(format!("{} rayos.keys=1", g.cmdline)),
         media: vec![],
         secure_boot: None,
+        guest: None,
     })?;
     let log = info.vm_dir.join("logs/console.log");
     client.start(VM, false)?;

@@ -1,7 +1,8 @@
 //! Stage 5, files: what goes on the partitions — systemd-boot, its loader
-//! configuration, the UKIs, the seeded data volume, the VMs' directories,
-//! the manifest last — the UEFI boot entry, the notes for the person, and
-//! the finished [`Plan`], checked by [`validate`].
+//! configuration, the UKIs, the seeded data volume, the VMs' directories
+//! (and the Debian VM's disk when the medium carries its image), the
+//! manifest last — the UEFI boot entry, the notes for the person, and the
+//! finished [`Plan`], checked by [`validate`].
 
 use std::path::PathBuf;
 
@@ -11,26 +12,29 @@ use rayos_disk::{Disk, DiskKind};
 use rayos_state::registry::{BootSpec, DiskFormat, DiskSpec};
 use rayos_state::{MachineConfig, Policy, Registry, VmDefinition, VmKind};
 
-use crate::answers::{MIB, MachineAnswers, Mode, PolicyAnswers, human_size};
+use crate::answers::{
+    LinuxAnswers, LinuxSystem, MIB, MachineAnswers, Mode, PolicyAnswers, human_size,
+};
 
 use super::check::Target;
 use super::validate::{hybrid_entries, validate};
 use super::{
     Action, ESP_FALLBACK, ESP_LOADER_CONF, ESP_SYSTEMD_BOOT, FilePlan, GUEST_INITRD, GUEST_KERNEL,
-    MANIFEST_PATH, NvramPlan, PLAN_SCHEMA_VERSION, PartitionPlan, Plan, PlanError, PlanOptions,
-    Role, Source, loader_role,
+    LINUX_VM_DISK, MANIFEST_PATH, NvramPlan, PLAN_SCHEMA_VERSION, PartitionPlan, Plan, PlanError,
+    PlanOptions, Role, Source, loader_role,
 };
 
 /// Finishes the plan. Input: the target, every partition of the plan
-/// (resolved and placed), the mode to record, the machine and policy
-/// answers, the options (images, version, boot entry). Output: the
-/// validated [`Plan`].
+/// (resolved and placed), the mode to record, the machine, policy and
+/// Linux VM answers, the options (images, version, boot entry). Output:
+/// the validated [`Plan`].
 pub(super) fn finish(
     target: Target,
     mut parts: Vec<PartitionPlan>,
     mode: Mode,
     machine: &MachineAnswers,
     policy: &PolicyAnswers,
+    linux: &LinuxAnswers,
     opts: &PlanOptions,
 ) -> Result<Plan, PlanError> {
     let Target {
@@ -68,17 +72,31 @@ pub(super) fn finish(
         .map(|p| p.size_bytes)
         .sum();
 
+    let guest = linux_guest(machine, linux, opts, &mut notes)?;
     let machine = MachineConfig::new(
         &machine.hostname,
         &machine.timezone,
         &machine.locale,
         &machine.keyboard,
     );
-    let registry = seed_registry(policy.windows_enabled);
+    let registry = seed_registry_with(policy.windows_enabled, guest);
     let policy = policy.to_policy();
     let version = opts.rayos_version.clone();
     let mut files = boot_files(disk.logical_sector_size, opts, &mut notes);
-    files.extend(data_files(&machine, &policy, &registry, &parts));
+    let linux_image = opts
+        .linux_vm_image
+        .as_ref()
+        .map(|path| Source::LinuxVmImage {
+            path: path.clone(),
+            disk_size: linux.disk_size,
+        });
+    files.extend(data_files(
+        &machine,
+        &policy,
+        &registry,
+        &parts,
+        linux_image,
+    ));
     let nvram = boot_entry(disk, &parts, opts);
     if disk.kind == DiskKind::ImageFile {
         notes.push(
@@ -183,12 +201,14 @@ fn boot_files(sector_size: u32, opts: &PlanOptions, notes: &mut Vec<String>) -> 
 
 /// The data volume's seed (machine, schema version, policy, registry, its
 /// directories), each VM's directories — on its own partition's root when
-/// it has one, which rayos init mounts at `vm/<id>` — and the manifest.
+/// it has one, which rayos init mounts at `vm/<id>` — the Debian VM's disk
+/// from `linux_image` when the Linux VM runs it, and the manifest.
 fn data_files(
     machine: &MachineConfig,
     policy: &Policy,
     registry: &Registry,
     parts: &[PartitionPlan],
+    linux_image: Option<Source>,
 ) -> Vec<FilePlan> {
     let layout = rayos_state::DataLayout::new("/");
     let rel = |p: PathBuf| p.display().to_string();
@@ -228,6 +248,16 @@ fn data_files(
         ] {
             files.push(file(role, format!("{base}/{sub}"), Source::Directory));
         }
+        if vm.kind == VmKind::Linux
+            && vm.guest.is_some()
+            && let (Some(image), Some(disk)) = (&linux_image, vm.disks.first())
+        {
+            files.push(file(
+                role,
+                format!("{base}/{}", disk.path.display()),
+                image.clone(),
+            ));
+        }
     }
     files.push(file(Role::System, MANIFEST_PATH, Source::Manifest));
     files
@@ -253,25 +283,100 @@ pub fn loader_conf() -> String {
     "timeout 3\ndefault rayos-*\neditor no\nauto-firmware no\nconsole-mode keep\n".into()
 }
 
+/// The first-boot settings of the Debian VM, or `None` when the Linux VM
+/// is the test guest (no image on the medium, or no user in the answers;
+/// a note says which).
+fn linux_guest(
+    machine: &MachineAnswers,
+    l: &LinuxAnswers,
+    opts: &PlanOptions,
+    notes: &mut Vec<String>,
+) -> Result<Option<rayos_state::GuestConfig>, PlanError> {
+    let debian = match (l.system, &opts.linux_vm_image) {
+        (Some(LinuxSystem::TestGuest), _) => false,
+        (Some(LinuxSystem::Debian), None) => {
+            return Err(PlanError::Invalid(
+                "[linux] system = \"debian\", but the installer has no Debian VM image (rayos/linux-vm.img.zst on the medium, or --linux-vm-image)".into(),
+            ));
+        }
+        (Some(LinuxSystem::Debian), Some(_)) => true,
+        (None, Some(_)) if l.user.is_some() => true,
+        (None, Some(_)) => {
+            notes.push(
+                "no [linux] user: the Linux VM is the small test guest; give linux.user and linux.password for the Debian VM".into(),
+            );
+            false
+        }
+        (None, None) => {
+            if l.user.is_some() {
+                notes.push(
+                    "no Debian VM image on this medium: the Linux VM is the small test guest (its user settings are not used)".into(),
+                );
+            }
+            false
+        }
+    };
+    if !debian {
+        return Ok(None);
+    }
+    let user = l
+        .user
+        .clone()
+        .ok_or_else(|| PlanError::Invalid("the Debian VM needs linux.user".into()))?;
+    // The VM's own name on the network: the machine's, marked as its Linux.
+    let mut hostname = format!("{}-linux", machine.hostname);
+    hostname.truncate(63);
+    let g = rayos_state::GuestConfig {
+        user,
+        password_hash: l.password_hash.clone(),
+        ssh_authorized_key: l.ssh_key.clone(),
+        hostname: hostname.trim_end_matches('-').to_string(),
+        timezone: machine.timezone.clone(),
+        locale: machine.locale.clone(),
+        keyboard: machine.keyboard.clone(),
+    };
+    g.validate().map_err(PlanError::Invalid)?;
+    notes.push(format!(
+        "the Linux VM is Debian 12 from {} on a {} thin qcow2 disk, user {}",
+        opts.linux_vm_image
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        human_size(l.disk_size),
+        g.user
+    ));
+    Ok(Some(g))
+}
+
 /// The registry a fresh install starts with: the Linux subsystem VM (the
 /// bundled test guest by direct kernel boot) and, when enabled, Windows.
 pub fn seed_registry(windows: bool) -> Registry {
-    let mut vms = vec![VmDefinition {
-        id: Uuid::new_v4(),
-        name: "linux".into(),
-        kind: VmKind::Linux,
-        memory_mib: 1024,
-        cpus: 2,
-        disks: vec![],
-        boot: BootSpec::DirectKernel {
-            kernel: GUEST_KERNEL.into(),
-            initrd: Some(GUEST_INITRD.into()),
-            cmdline: "console=tty0 console=ttyS0 quiet rayos.keys=1".into(),
+    seed_registry_with(windows, None)
+}
+
+/// [`seed_registry`] with the Linux VM running the Debian image (UEFI,
+/// [`LINUX_VM_DISK`], first-boot settings `guest`) when `guest` is given.
+pub fn seed_registry_with(windows: bool, guest: Option<rayos_state::GuestConfig>) -> Registry {
+    let linux = match guest {
+        Some(g) => VmDefinition {
+            id: Uuid::new_v4(),
+            name: "linux".into(),
+            kind: VmKind::Linux,
+            memory_mib: 1024,
+            cpus: 2,
+            disks: vec![DiskSpec {
+                path: LINUX_VM_DISK.into(),
+                format: DiskFormat::Qcow2,
+            }],
+            boot: BootSpec::Uefi { secure_boot: false },
+            tpm: false,
+            media: vec![],
+            provisioned: true,
+            guest: Some(g),
         },
-        tpm: false,
-        media: vec![],
-        provisioned: true,
-    }];
+        None => test_guest_vm(),
+    };
+    let mut vms = vec![linux];
     if windows {
         vms.push(VmDefinition {
             id: Uuid::new_v4(),
@@ -287,10 +392,34 @@ pub fn seed_registry(windows: bool) -> Registry {
             tpm: true,
             media: vec![],
             provisioned: false,
+            guest: None,
         });
     }
-    Registry {
+    let mut r = Registry {
         vms,
         ..Default::default()
+    };
+    r.version = r.needed_version();
+    r
+}
+
+/// The Linux VM as the bundled test guest (direct kernel boot).
+fn test_guest_vm() -> VmDefinition {
+    VmDefinition {
+        id: Uuid::new_v4(),
+        name: "linux".into(),
+        kind: VmKind::Linux,
+        memory_mib: 1024,
+        cpus: 2,
+        disks: vec![],
+        boot: BootSpec::DirectKernel {
+            kernel: GUEST_KERNEL.into(),
+            initrd: Some(GUEST_INITRD.into()),
+            cmdline: "console=tty0 console=ttyS0 quiet rayos.keys=1".into(),
+        },
+        tpm: false,
+        media: vec![],
+        provisioned: true,
+        guest: None,
     }
 }

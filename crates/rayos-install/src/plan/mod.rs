@@ -61,7 +61,9 @@ use rayos_disk::types;
 use rayos_disk::{Disk, PartitionReport};
 use rayos_state::{MachineConfig, Policy, Registry};
 
-use crate::answers::{Answers, GIB, MIB, MachineAnswers, Mode, PolicyAnswers, human_size};
+use crate::answers::{
+    Answers, GIB, LinuxAnswers, MIB, MachineAnswers, Mode, PolicyAnswers, human_size,
+};
 
 mod check;
 mod files;
@@ -75,7 +77,7 @@ mod tests;
 mod validate;
 
 pub use check::medium_evidence;
-pub use files::{loader_conf, seed_registry};
+pub use files::{loader_conf, seed_registry, seed_registry_with};
 pub use intents::{Intents, Place};
 pub use render::render;
 pub use roles::{first_kept_esp, holds_another_system, is_rayos_partition};
@@ -131,6 +133,8 @@ pub fn loader_role(sector_size: u32) -> Role {
 /// Where the bundled Linux test guest lives inside the RayOS image.
 pub const GUEST_KERNEL: &str = "/usr/share/rayos/guest/vmlinuz";
 pub const GUEST_INITRD: &str = "/usr/share/rayos/guest/initrd.img";
+/// The Linux VM's disk in its directory when it runs the Debian image.
+pub const LINUX_VM_DISK: &str = "disks/root.qcow2";
 
 /// Why a plan cannot be made. Each message says what to do next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -309,6 +313,10 @@ pub enum Source {
     Directory,
     /// The install manifest, made when everything else is written.
     Manifest,
+    /// The Linux VM's disk: the compressed raw Debian VM image on the
+    /// installer's host (`linux-vm.img.zst`), written as a thin qcow2 of
+    /// `disk_size` bytes.
+    LinuxVmImage { path: PathBuf, disk_size: u64 },
 }
 
 /// One file (or directory) the install writes.
@@ -502,6 +510,9 @@ pub struct PlanOptions {
     pub recovery_image: Option<PathBuf>,
     /// Add a UEFI boot entry (only ever for block devices).
     pub nvram: bool,
+    /// The Debian VM image (`rayos/linux-vm.img.zst` on installer media);
+    /// without it the Linux VM is the bundled test guest.
+    pub linux_vm_image: Option<PathBuf>,
 }
 
 impl Default for PlanOptions {
@@ -512,6 +523,7 @@ impl Default for PlanOptions {
             systemd_boot: PathBuf::from(SYSTEMD_BOOT_HOST),
             recovery_image: None,
             nvram: false,
+            linux_vm_image: None,
         }
     }
 }
@@ -529,19 +541,22 @@ pub fn make_plan(
         &Intents::from_answers(answers),
         &answers.machine,
         &answers.policy,
+        &answers.linux,
         facts,
         opts,
     )
 }
 
 /// Makes the plan for `intents` (an answer file's, or the wizard's) on
-/// `disk`, with `machine` and `policy` seeded on the data volume. Pure; the
-/// stages in order, each refusing with the first problem it finds.
+/// `disk`, with `machine`, `policy` and the Linux VM (`linux`) seeded on
+/// the data volume. Pure; the stages in order, each refusing with the first
+/// problem it finds.
 pub fn plan_intents(
     disk: &Disk,
     intents: &Intents,
     machine: &MachineAnswers,
     policy: &PolicyAnswers,
+    linux: &LinuxAnswers,
     facts: &Facts,
     opts: &PlanOptions,
 ) -> Result<Plan, PlanError> {
@@ -555,6 +570,7 @@ pub fn plan_intents(
         intents.mode,
         machine,
         policy,
+        linux,
         opts,
     )
 }

@@ -84,6 +84,11 @@ fn file_line(f: &FilePlan) -> String {
         Source::HostFile { path } => format!("from {}", path.display()),
         Source::Text { content } => format!("{} bytes", content.len()),
         Source::Directory => "directory".into(),
+        Source::LinuxVmImage { path, disk_size } => format!(
+            "Debian VM image {} as a {} thin qcow2",
+            path.display(),
+            human_size(*disk_size)
+        ),
         Source::Manifest => "install manifest, written last".into(),
     };
     let cond = if f.only_if_absent {

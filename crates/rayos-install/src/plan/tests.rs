@@ -565,6 +565,7 @@ fn explicit_intents_are_planned_by_the_same_stages() {
             i,
             &base.machine,
             &base.policy,
+            &base.linux,
             &Facts::default(),
             &PlanOptions::default(),
         )

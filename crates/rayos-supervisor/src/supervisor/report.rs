@@ -5,7 +5,7 @@
 use std::fs;
 use std::sync::atomic::Ordering;
 
-use rayos_api::{ActionReply, BootKind, Health, SavedState, VmInfo};
+use rayos_api::{ActionReply, BootKind, Health, SavedState, VmInfo, VmState};
 
 use super::{OpError, Slot, Status, Supervisor, lock};
 use crate::console;
@@ -71,6 +71,8 @@ impl Supervisor {
             media: st.def.media.clone(),
             pid: st.pid,
             vnc_socket: st.vnc.clone(),
+            console_socket: st.console.clone(),
+            guest: None,
             last_boot: st.last_boot,
             saved_state,
             unusable_states: saved::unusable(&spec.vm_dir),
@@ -86,9 +88,24 @@ impl Supervisor {
         self.all_slots().iter().map(|s| self.info(s)).collect()
     }
 
+    /// One VM, with what its guest agent reports when it runs and no
+    /// operation holds it (`show` never waits for a start or a save).
     pub fn show(&self, name: &str) -> Result<VmInfo, OpError> {
         let slot = self.slot(name)?;
-        Ok(self.info(&slot))
+        let mut info = self.info(&slot);
+        if info.state == VmState::Running
+            && let Ok(mut op) = slot.op.try_lock()
+            && let Some(h) = op.as_mut()
+            && let Ok(Some(g)) = h.guest_info()
+        {
+            info.guest = Some(rayos_api::GuestInfo {
+                hostname: g.hostname,
+                os: g.os,
+                kernel: g.kernel,
+                addresses: g.addresses,
+            });
+        }
+        Ok(info)
     }
 
     pub fn health(&self) -> Health {

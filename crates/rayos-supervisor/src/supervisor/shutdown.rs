@@ -72,7 +72,8 @@ impl Supervisor {
         while slot.op.try_lock().is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let acpi = |prefix: String| {
+        // As `stop` does it: the guest agent, else the power button; then kill.
+        let clean_stop = |prefix: String| {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stop_inner(name, false, left.saturating_sub(Duration::from_secs(5))) {
                 Ok(r) => format!("{prefix}{}", r.message),
@@ -82,9 +83,9 @@ impl Supervisor {
         match how {
             OnHostShutdown::Save => match self.suspend_inner(name) {
                 Ok(r) => r.message,
-                Err(e) => acpi(format!("save failed ({}); ", chain(&e))),
+                Err(e) => clean_stop(format!("save failed ({}); ", chain(&e))),
             },
-            OnHostShutdown::Shutdown => acpi(String::new()),
+            OnHostShutdown::Shutdown => clean_stop(String::new()),
         }
     }
 }

@@ -225,6 +225,7 @@ impl Supervisor {
             let mut st = lock(&slot.status);
             st.pid = Some(pid);
             st.vnc = Some(h.vnc_socket());
+            st.console = Some(h.console_socket());
             st.last_boot = Some(boot);
             if boot == BootKind::Resumed || notes.is_empty() {
                 st.last_error = None;
@@ -302,6 +303,7 @@ impl Supervisor {
         }
         st.pid = Some(pid);
         st.vnc = Some(h.vnc_socket());
+        st.console = Some(h.console_socket());
         let _ = self.step(slot, &mut st, Step::Attach, format!("pid {pid}"));
     }
 

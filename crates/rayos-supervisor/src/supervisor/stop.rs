@@ -1,6 +1,7 @@
 //! Taking VMs down: `suspend` (the guest's state saved to `state/`, the
-//! device model ended; the next start resumes it) and `stop` (ACPI power
-//! button, killed after a timeout; or killed at once). A failed save
+//! device model ended; the next start resumes it) and `stop` (the guest
+//! agent's shutdown, else the ACPI power button; killed after a timeout;
+//! or killed at once). A failed save
 //! leaves the guest running and no partial state behind.
 
 use std::time::{Duration, Instant};
@@ -84,8 +85,9 @@ impl Supervisor {
         self.stop_inner(name, req.force, timeout)
     }
 
-    /// `force`: kill at once; otherwise the ACPI power button, and a kill
-    /// after `timeout`.
+    /// `force`: kill at once; otherwise the guest agent's shutdown (the
+    /// ACPI power button for a guest without an agent), and a kill after
+    /// `timeout`.
     pub(super) fn stop_inner(
         &self,
         name: &str,
@@ -97,7 +99,11 @@ impl Supervisor {
         {
             let mut st = lock(&slot.status);
             self.require(&slot, Op::Stop, st.state)?;
-            let how = if force { "kill" } else { "ACPI power button" };
+            let how = if force {
+                "kill"
+            } else {
+                "guest agent, else ACPI power button"
+            };
             self.step(&slot, &mut st, Step::Stop, how)?;
         }
         let h = op
@@ -126,10 +132,19 @@ fn end_device_model(
     let vmm_err = |source| OpError::vmm("stop", name, source);
     let mut how = "killed";
     if !force {
-        how = match h.powerdown() {
-            Ok(()) if wait_guest_down(h, timeout) => "shut down by the guest",
-            Ok(()) => "killed after the guest did not shut down in time",
-            Err(_) => "killed (the power button could not be pressed)",
+        // The guest agent first: it shuts the guest down even where ACPI
+        // events are ignored (no acpid, a locked screen); the power button
+        // for guests without an agent.
+        how = match h.guest_shutdown() {
+            Ok(true) if wait_guest_down(h, timeout) => {
+                "shut down by the guest (through its guest agent)"
+            }
+            Ok(true) => "killed after the guest did not shut down in time",
+            Ok(false) | Err(_) => match h.powerdown() {
+                Ok(()) if wait_guest_down(h, timeout) => "shut down by the guest",
+                Ok(()) => "killed after the guest did not shut down in time",
+                Err(_) => "killed (the power button could not be pressed)",
+            },
         };
     }
     // With the guest down QEMU may still be there (status "shutdown");

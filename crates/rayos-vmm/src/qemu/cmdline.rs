@@ -14,6 +14,10 @@
 //!   follows a backing file named inside an image.
 //! - Paths and names inside QEMU's `key=value,...` options have their
 //!   commas doubled ([`opt`]), QEMU's escape; JSON needs none.
+//! - The only other files QEMU is told to read are RayOS's own: OVMF,
+//!   the VM's VARS copy, and the first-boot credentials `-fw_cfg` hands
+//!   the guest, which are files in the VM's run directory
+//!   ([`guest_config_file`]) with fixed names.
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +34,10 @@ pub mod run {
     pub const QMP: &str = "qmp.sock";
     pub const VNC: &str = "vnc.sock";
     pub const QGA: &str = "qga.sock";
+    /// The serial console, for `rayos vm console` (one client at a time).
+    pub const CONSOLE: &str = "console.sock";
+    /// First-boot settings handed to the guest, one file per credential.
+    pub const GUEST_CONFIG: &str = "guest-config";
     pub const SWTPM: &str = "swtpm.sock";
     pub const QEMU_PID: &str = "qemu.pid";
     pub const SWTPM_PID: &str = "swtpm.pid";
@@ -151,6 +159,13 @@ pub fn media_blockdev(node: &str, path: &Path) -> String {
     .to_string()
 }
 
+/// Where the first-boot credential `name` is written before QEMU starts.
+pub fn guest_config_file(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir
+        .join(run::GUEST_CONFIG)
+        .join(format!("rayos.{name}"))
+}
+
 /// How this launch differs from every other launch of the same VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LaunchPart {
@@ -254,12 +269,14 @@ impl CommandLine {
             c.cfg("-device", "virtio-tablet-pci".into());
         }
 
-        // The serial console goes straight to a file QEMU appends to, so it
-        // keeps being captured while rayosd is not running.
+        // The serial console is a socket a person can attach to (`rayos vm
+        // console`), and QEMU itself appends everything the guest writes to
+        // the log file — connected or not, and while rayosd is not running.
         c.cfg(
             "-chardev",
             format!(
-                "file,id=console,path={},append=on",
+                "socket,id=console,path={},server=on,wait=off,logfile={},logappend=on",
+                run(run::CONSOLE),
                 opt_path(&spec.vm_dir.join(vmdir::CONSOLE_LOG))
             ),
         );
@@ -311,6 +328,22 @@ impl CommandLine {
                     format!(
                         "if=pflash,format=raw,unit=1,file={}",
                         opt_path(&spec.vm_dir.join(rayos_state::layout::vm::OVMF_VARS))
+                    ),
+                );
+            }
+        }
+
+        // First-boot settings as systemd credentials on fw_cfg, read by the
+        // guest's systemd at boot. Files, not strings: values stay off the
+        // process list.
+        if let Some(g) = &def.guest {
+            for (name, _) in g.credentials() {
+                c.cfg(
+                    "-fw_cfg",
+                    format!(
+                        "name=opt/io.systemd.credentials/rayos.{},file={}",
+                        opt(name),
+                        opt_path(&guest_config_file(&spec.run_dir, name))
                     ),
                 );
             }
@@ -484,6 +517,7 @@ mod tests {
                 tpm,
                 media: vec!["/isos/win.iso".into(), "/isos/virtio.iso".into()],
                 provisioned: false,
+                guest: None,
             },
             vm_dir: "/var/rayos/vm/x".into(),
             run_dir: "/run/rayos/vm/x".into(),
@@ -520,9 +554,12 @@ mod tests {
             "-device",
             "virtio-blk-pci,drive=disk0,bootindex=1"
         ));
-        assert!(argv.iter().any(|a| {
-            a.starts_with("file,id=console,path=/var/rayos/vm/x/logs/console.log,append=on")
-        }));
+        assert!(has(
+            &argv,
+            "-chardev",
+            "socket,id=console,path=/run/rayos/vm/x/console.sock,server=on,wait=off,logfile=/var/rayos/vm/x/logs/console.log,logappend=on"
+        ));
+        assert!(!argv.iter().any(|a| a == "-fw_cfg"), "no guest settings");
         assert!(argv.contains(&"-nodefaults".to_string()));
         assert!(argv.contains(&"-daemonize".to_string()));
         assert!(argv.contains(&"-no-shutdown".to_string()));
@@ -539,6 +576,57 @@ mod tests {
                 .iter()
                 .any(|a| a.contains("pflash") || a.contains("tpm"))
         );
+    }
+
+    fn guest() -> rayos_state::GuestConfig {
+        rayos_state::GuestConfig {
+            user: "alice".into(),
+            password_hash: Some("$6$salt$hash".into()),
+            ssh_authorized_key: None,
+            hostname: "box".into(),
+            timezone: "UTC".into(),
+            locale: "C.UTF-8".into(),
+            keyboard: "us".into(),
+        }
+    }
+
+    #[test]
+    fn guest_settings_go_on_fw_cfg_as_files() {
+        let mut s = spec(VmKind::Linux, BootSpec::Uefi { secure_boot: false }, false);
+        s.def.guest = Some(guest());
+        let c = CommandLine::build(&s, Accel::Tcg, Path::new("/o"), LaunchPart::Cold);
+        let argv = c.argv();
+        assert!(has(
+            &argv,
+            "-fw_cfg",
+            "name=opt/io.systemd.credentials/rayos.user,file=/run/rayos/vm/x/guest-config/rayos.user"
+        ));
+        assert!(has(
+            &argv,
+            "-fw_cfg",
+            "name=opt/io.systemd.credentials/rayos.password-hash,file=/run/rayos/vm/x/guest-config/rayos.password-hash"
+        ));
+        assert_eq!(argv.iter().filter(|a| *a == "-fw_cfg").count(), 6);
+        // QEMU reads only files of this VM's own run directory for fw_cfg.
+        for w in argv.windows(2).filter(|w| w[0] == "-fw_cfg") {
+            let file = w[1].split_once(",file=").unwrap().1;
+            assert!(
+                file.starts_with("/run/rayos/vm/x/guest-config/rayos."),
+                "{file}"
+            );
+        }
+        // The values themselves are not on the command line.
+        assert!(!argv.iter().any(|a| a.contains("$6$")));
+        // fw_cfg names are at most 55 bytes in QEMU.
+        for a in argv.iter().filter(|a| a.starts_with("name=")) {
+            let name = a.split(',').next().unwrap().trim_start_matches("name=");
+            assert!(name.len() <= 55, "{name}");
+        }
+        // Part of the configuration: a saved state from before does not fit.
+        let mut plain = s.clone();
+        plain.def.guest = None;
+        let p = CommandLine::build(&plain, Accel::Tcg, Path::new("/o"), LaunchPart::Cold);
+        assert_ne!(c.config_text(), p.config_text());
     }
 
     #[test]
@@ -657,6 +745,7 @@ mod tests {
         s.vm_dir = "/d,1/vm".into();
         s.run_dir = "/r,2".into();
         s.def.media = vec!["/m,3/x.iso".into()];
+        s.def.guest = Some(guest());
         let cmd = CommandLine::build(&s, Accel::Tcg, Path::new("/o,4"), LaunchPart::Cold);
         let argv = cmd.argv();
         assert!(has(&argv, "-name", "guest=a,,b,process=rayos-vm-a,,b"));
@@ -670,7 +759,12 @@ mod tests {
         assert!(has(
             &argv,
             "-chardev",
-            "file,id=console,path=/d,,1/vm/logs/console.log,append=on"
+            "socket,id=console,path=/r,,2/console.sock,server=on,wait=off,logfile=/d,,1/vm/logs/console.log,logappend=on"
+        ));
+        assert!(has(
+            &argv,
+            "-fw_cfg",
+            "name=opt/io.systemd.credentials/rayos.user,file=/r,,2/guest-config/rayos.user"
         ));
         assert!(has(
             &argv,

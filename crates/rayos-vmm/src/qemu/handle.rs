@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::cmdline::run;
 use super::{QemuConfig, chain, process, swtpm, sync_dir};
-use crate::{RunState, SaveReport, TpmState, VmHandle, VmSpec, VmmError};
+use crate::{GuestInfo, RunState, SaveReport, TpmState, VmHandle, VmSpec, VmmError};
 
 /// `max-bandwidth` during a save: the default limit (32 MiB/s) makes saving
 /// several times slower than the disk allows.
@@ -445,16 +445,9 @@ impl VmHandle for QemuHandle {
     }
 
     fn sync_guest_time(&mut self) -> Result<bool, VmmError> {
-        let sock = self.spec.run_dir.join(run::QGA);
-        let mut ga = match GuestAgent::connect(&sock, Duration::from_secs(2)) {
-            Ok(ga) => ga,
-            Err(_) => return Ok(false),
+        let Some(mut ga) = self.agent(Duration::from_secs(2)) else {
+            return Ok(false);
         };
-        let id = random_u64() & ((1 << 53) - 1);
-        match ga.sync(id) {
-            Ok(true) => {}
-            Ok(false) | Err(_) => return Ok(false),
-        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -464,8 +457,56 @@ impl VmHandle for QemuHandle {
             .map_err(|e| self.qmp_err(e))
     }
 
+    fn guest_shutdown(&mut self) -> Result<bool, VmmError> {
+        let Some(mut ga) = self.agent(Duration::from_secs(2)) else {
+            return Ok(false);
+        };
+        // An agent that refuses the command (unknown, blocked) leaves the
+        // power button to the caller.
+        match ga.send_unanswered(
+            "guest-shutdown",
+            Some(json!({ "mode": "powerdown" })),
+            Duration::from_secs(1),
+        ) {
+            Ok(()) => Ok(true),
+            Err(QmpError::Rejected { .. }) => Ok(false),
+            Err(e) => Err(self.qmp_err(e)),
+        }
+    }
+
+    fn guest_info(&mut self) -> Result<Option<GuestInfo>, VmmError> {
+        let Some(mut ga) = self.agent(Duration::from_secs(1)) else {
+            return Ok(None);
+        };
+        // A command the agent refuses (an older agent, a blocked command)
+        // leaves its part empty rather than failing the whole report.
+        let mut ask = |c: &str| ga.execute(c, None).unwrap_or(Value::Null);
+        let host = ask("guest-get-host-name");
+        let os = ask("guest-get-osinfo");
+        let ifs = ask("guest-network-get-interfaces");
+        Ok(Some(GuestInfo::from_replies(&host, &os, &ifs)))
+    }
+
     fn vnc_socket(&self) -> PathBuf {
         self.spec.run_dir.join(run::VNC)
+    }
+
+    fn console_socket(&self) -> PathBuf {
+        self.spec.run_dir.join(run::CONSOLE)
+    }
+}
+
+impl QemuHandle {
+    /// A synchronised connection to the guest agent, or `None` when no
+    /// agent answers within `timeout`.
+    fn agent(&self, timeout: Duration) -> Option<GuestAgent> {
+        let sock = self.spec.run_dir.join(run::QGA);
+        let mut ga = GuestAgent::connect(&sock, timeout).ok()?;
+        let id = random_u64() & ((1 << 53) - 1);
+        match ga.sync(id) {
+            Ok(true) => Some(ga),
+            Ok(false) | Err(_) => None,
+        }
     }
 }
 

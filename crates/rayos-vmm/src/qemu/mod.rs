@@ -30,7 +30,7 @@ pub mod process;
 mod swtpm;
 
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -195,10 +195,36 @@ impl QemuVmm {
             cmdline::run::QMP,
             cmdline::run::VNC,
             cmdline::run::QGA,
+            cmdline::run::CONSOLE,
             cmdline::run::QEMU_PID,
             cmdline::run::QEMU_START_LOG,
         ] {
             let _ = std::fs::remove_file(vm.run_dir.join(f));
+        }
+        Ok(())
+    }
+
+    /// Writes the guest's first-boot credentials (0600, in the 0700 run
+    /// directory) for QEMU's `-fw_cfg …,file=`; removes stale ones.
+    fn write_guest_config(&self, vm: &VmSpec) -> Result<(), VmmError> {
+        let dir = vm.run_dir.join(cmdline::run::GUEST_CONFIG);
+        let _ = std::fs::remove_dir_all(&dir);
+        let Some(g) = &vm.def.guest else {
+            return Ok(());
+        };
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(Self::io(&dir))?;
+        for (name, value) in g.credentials() {
+            let path = cmdline::guest_config_file(&vm.run_dir, name);
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(Self::io(&path))?;
+            f.write_all(value.as_bytes()).map_err(Self::io(&path))?;
         }
         Ok(())
     }
@@ -403,7 +429,17 @@ impl QemuVmm {
         self.check_inputs(vm)?;
         // sun_path holds 107 bytes plus the terminator; QEMU would fail
         // with a less helpful message.
-        let longest = vm.run_dir.join(cmdline::run::SWTPM);
+        let longest = [
+            cmdline::run::QMP,
+            cmdline::run::VNC,
+            cmdline::run::QGA,
+            cmdline::run::CONSOLE,
+            cmdline::run::SWTPM,
+        ]
+        .iter()
+        .map(|f| vm.run_dir.join(f))
+        .max_by_key(|p| p.as_os_str().len())
+        .unwrap_or_default();
         if longest.as_os_str().len() > 107 {
             return Err(VmmError::Spawn {
                 vm: name,
@@ -429,6 +465,7 @@ impl QemuVmm {
             self.check_state_file(vm, state_file)?;
         }
         self.prepare_dirs(vm)?;
+        self.write_guest_config(vm)?;
         if let BootSpec::Uefi { secure_boot } = vm.def.boot {
             self.ensure_vars(vm, secure_boot)?;
         }

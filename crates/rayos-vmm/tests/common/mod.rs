@@ -120,6 +120,7 @@ fn base(kind: VmKind, name: &str, boot: BootSpec, tpm: bool) -> TestVm {
             tpm,
             media: vec![],
             provisioned: true,
+            guest: None,
         },
         vm_dir: dir.path().join("vm").join(id.to_string()),
         // Short: unix socket paths are limited to 108 bytes.

@@ -50,6 +50,10 @@ pub struct Args {
     /// gets a "RayOS recovery" entry.
     #[arg(long)]
     recovery_image: Option<PathBuf>,
+    /// The Debian VM image (`build/linux-vm.img.zst`); with it and a
+    /// `[linux] user` the Linux VM runs Debian (docs/linux-vm.md).
+    #[arg(long)]
+    linux_vm_image: Option<PathBuf>,
     /// systemd-boot to put on the ESP.
     #[arg(long, default_value = plan::SYSTEMD_BOOT_HOST)]
     systemd_boot: PathBuf,
@@ -79,6 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             save_answers: None,
             system_image: args.system_image.clone(),
             recovery_image: args.recovery_image.clone(),
+            linux_vm_image: args.linux_vm_image.clone(),
             systemd_boot: args.systemd_boot.clone(),
             dry_run: args.dry_run,
             nvram: !args.no_nvram,
@@ -163,6 +168,7 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
     let opts = PlanOptions {
         system_image: args.system_image.clone(),
         recovery_image: args.recovery_image.clone(),
+        linux_vm_image: args.linux_vm_image.clone(),
         systemd_boot: args.systemd_boot.clone(),
         nvram: !args.no_nvram && Path::new(rayos_base::efivar::EFIVARS_DIR).is_dir(),
         ..PlanOptions::default()

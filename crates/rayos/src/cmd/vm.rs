@@ -17,6 +17,17 @@ use serde::Serialize;
 
 use super::{Exit, exit};
 
+/// Lines `vm console` prints from the log when not told how many.
+const DEFAULT_CONSOLE_LINES: usize = 100;
+
+/// Whether `vm console` attaches to the VM's serial port (else it prints
+/// the log): when asked to, or on a terminal unless the log, a number of
+/// lines or JSON was asked for — scripts typed at the `rayos>` prompt,
+/// which is a terminal, ask for lines and must get them back.
+fn attaches(attach: bool, log: bool, lines: Option<usize>, json: bool, tty: bool) -> bool {
+    attach || (tty && !log && lines.is_none() && !json)
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The daemon's API socket.
@@ -37,7 +48,7 @@ enum Command {
     Show { name: String },
     /// Define a new VM (disks are created, or images converted, into its
     /// directory).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Start a VM: resume its saved state when usable, else cold-boot.
     Start {
         name: String,
@@ -61,12 +72,21 @@ enum Command {
     Present { name: String },
     /// Hide a VM (it keeps running, without input).
     Hide { name: String },
-    /// Print the VM's serial console output.
+    /// The VM's serial console: on a terminal (or with --attach) type into
+    /// it until Ctrl-]; otherwise (or with --log or --lines) print its last
+    /// lines.
     Console {
         name: String,
-        /// How many of the last lines.
-        #[arg(long, default_value_t = 100)]
-        lines: usize,
+        /// Print this many of the last lines (100 with --log), even on a
+        /// terminal.
+        #[arg(long, conflicts_with = "attach")]
+        lines: Option<usize>,
+        /// Attach even when stdin is not a terminal (scripts, tests).
+        #[arg(long, conflicts_with = "log")]
+        attach: bool,
+        /// Print the log even on a terminal.
+        #[arg(long)]
+        log: bool,
     },
     /// Save the VM's display as a PNG file.
     Screenshot { name: String, file: PathBuf },
@@ -122,6 +142,79 @@ struct CreateArgs {
     /// UEFI Secure Boot (default: on for windows, off otherwise).
     #[arg(long, value_name = "on|off")]
     secure_boot: Option<OnOff>,
+    /// First-boot settings for a guest that reads them (the Debian VM
+    /// image, docs/linux-vm.md): the user to create.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// A file holding the user's password (its first line); only its
+    /// SHA-512-crypt hash is sent and stored.
+    #[arg(long, value_name = "FILE", requires = "user")]
+    password_file: Option<PathBuf>,
+    /// The user's password as a crypt(3) hash (`$6$...`).
+    #[arg(
+        long,
+        value_name = "HASH",
+        requires = "user",
+        conflicts_with = "password_file"
+    )]
+    password_hash: Option<String>,
+    /// An OpenSSH public key file (`.pub`) for the user; the guest enables SSH.
+    #[arg(long, value_name = "FILE", requires = "user")]
+    ssh_key: Option<PathBuf>,
+    /// Guest host name (default: the VM's name).
+    #[arg(long, requires = "user")]
+    hostname: Option<String>,
+    #[arg(long, default_value = "UTC", requires = "user")]
+    timezone: String,
+    #[arg(long, default_value = "C.UTF-8", requires = "user")]
+    locale: String,
+    /// Keyboard layout such as us, de or fr-bepo.
+    #[arg(long, default_value = "us", requires = "user")]
+    keyboard: String,
+}
+
+fn bad(msg: String) -> anyhow::Error {
+    Exit::new(exit::BAD_INPUT, msg).into()
+}
+
+/// The first-boot settings of `vm create` (`None` without `--user`).
+fn guest_config(a: &CreateArgs) -> anyhow::Result<Option<rayos_state::GuestConfig>> {
+    let Some(user) = &a.user else {
+        return Ok(None);
+    };
+    let password_hash = match (&a.password_file, &a.password_hash) {
+        (Some(f), _) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| bad(format!("cannot read {}: {e}", f.display())))?;
+            let pw = text.lines().next().unwrap_or("");
+            Some(
+                rayos_state::guest::hash_password(pw)
+                    .map_err(|e| bad(format!("{}: {e}", f.display())))?,
+            )
+        }
+        (None, Some(h)) => Some(h.clone()),
+        (None, None) => None,
+    };
+    let ssh_authorized_key = match &a.ssh_key {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| bad(format!("cannot read {}: {e}", f.display())))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let g = rayos_state::GuestConfig {
+        user: user.clone(),
+        password_hash,
+        ssh_authorized_key,
+        hostname: a.hostname.clone().unwrap_or_else(|| a.name.clone()),
+        timezone: a.timezone.clone(),
+        locale: a.locale.clone(),
+        keyboard: a.keyboard.clone(),
+    };
+    g.validate().map_err(bad)?;
+    Ok(Some(g))
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -165,7 +258,9 @@ fn disk_request(arg: &str) -> anyhow::Result<DiskRequest> {
 }
 
 fn create_request(a: CreateArgs) -> anyhow::Result<CreateRequest> {
+    let guest = guest_config(&a)?;
     Ok(CreateRequest {
+        guest,
         name: a.name,
         kind: a.kind,
         memory_mib: a.memory,
@@ -286,6 +381,20 @@ fn print_show(v: &VmInfo) {
         v.pid.map_or("-".into(), |p| p.to_string())
     );
     println!("vnc socket:    {}", opt(&v.vnc_socket));
+    println!("console:       {}", opt(&v.console_socket));
+    if let Some(g) = &v.guest {
+        let o = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+        println!("guest host:    {}", o(&g.hostname));
+        println!("guest os:      {} (kernel {})", o(&g.os), o(&g.kernel));
+        if g.addresses.is_empty() {
+            println!("guest address: -");
+        }
+        for a in &g.addresses {
+            println!("guest address: {a}");
+        }
+    } else if v.state == rayos_api::VmState::Running {
+        println!("guest agent:   not answering");
+    }
     if let Some(b) = v.last_boot {
         println!("last boot:     {}", b.as_str());
     }
@@ -367,7 +476,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Create(a) => {
-            let req = create_request(a)?;
+            let req = create_request(*a)?;
             if req
                 .disks
                 .iter()
@@ -408,8 +517,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return reply(c.action(&name, "provisioned", None::<&()>));
         }
         Command::Delete { name, purge } => return reply(c.delete(&name, purge)),
-        Command::Console { name, lines } => {
-            let r = c.console(&name, lines).map_err(client_err)?;
+        Command::Console {
+            name,
+            lines,
+            attach,
+            log,
+        } => {
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stdin());
+            if attaches(attach, log, lines, json, tty) {
+                let v = c.show(&name).map_err(client_err)?;
+                let Some(sock) = v.console_socket else {
+                    return Err(Exit::new(
+                        exit::FAILED,
+                        format!(
+                            "VM {name} is {}: its console exists while it runs (`rayos vm start {name}`)",
+                            v.state
+                        ),
+                    )
+                    .into());
+                };
+                super::vm_console::attach(&name, &sock)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let r = c
+                .console(&name, lines.unwrap_or(DEFAULT_CONSOLE_LINES))
+                .map_err(client_err)?;
             if json {
                 print_json(&r)?;
             } else {
@@ -447,4 +579,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attaches;
+
+    #[test]
+    fn console_attaches_on_a_terminal_unless_the_log_is_asked_for() {
+        assert!(attaches(false, false, None, false, true));
+        assert!(attaches(true, false, None, false, false), "--attach");
+        assert!(!attaches(false, false, None, false, false), "a pipe");
+        assert!(!attaches(false, true, None, false, true), "--log");
+        assert!(!attaches(false, false, None, true, true), "--json");
+        // `vm console linux --lines 3` at the `rayos>` prompt: the e2e
+        // polls it for the guest's output and must get its prompt back.
+        assert!(!attaches(false, false, Some(3), false, true), "--lines");
+    }
 }

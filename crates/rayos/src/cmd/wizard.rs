@@ -39,6 +39,10 @@ pub struct Args {
     /// gets a "RayOS recovery" entry.
     #[arg(long)]
     recovery_image: Option<PathBuf>,
+    /// The Debian VM image (`build/linux-vm.img.zst`): the wizard then asks
+    /// for the Linux VM's user and password.
+    #[arg(long)]
+    linux_vm_image: Option<PathBuf>,
     /// systemd-boot to put on the ESP.
     #[arg(long, default_value = SYSTEMD_BOOT_HOST)]
     systemd_boot: PathBuf,
@@ -79,6 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         save_answers: args.save_answers,
         system_image: args.system_image,
         recovery_image: args.recovery_image,
+        linux_vm_image: args.linux_vm_image,
         systemd_boot: args.systemd_boot,
         dry_run: args.dry_run,
         nvram: !args.no_nvram,

@@ -1,0 +1,22 @@
+#!/bin/sh
+# Runs inside the new root (chroot) at the end of mmdebstrap, with a
+# private tmpfs on /boot/efi standing in for the VM's EFI system partition:
+# whatever lands there becomes the ESP image. Everything here is what the
+# guest itself would do, so its own `apt upgrade` later works the same way.
+set -eu
+kver=$(ls /boot/vmlinuz-* | sed 's|^/boot/vmlinuz-||' | sort -V | tail -n 1)
+# systemd imports the fw_cfg credentials when PID 1 starts, before udev of
+# the real root runs: the driver must already be loaded by the initramfs.
+echo qemu_fw_cfg >>/etc/initramfs-tools/modules
+update-initramfs -u -k "$kver"
+# systemd-boot into the ESP, entries named by /etc/kernel/entry-token.
+# SYSTEMD_RELAX_ESP_CHECKS: /boot/efi is a tmpfs here, not a FAT partition.
+export SYSTEMD_RELAX_ESP_CHECKS=1
+bootctl install --esp-path=/boot/efi --no-variables --make-entry-directory=yes
+BOOT_ROOT=/boot/efi kernel-install add "$kver" "/boot/vmlinuz-$kver"
+# Every VM made from this image would share these: made at first boot.
+rm -f /etc/ssh/ssh_host_* /boot/efi/loader/random-seed
+systemctl disable ssh.service
+# Replaced by rayos-firstboot (systemd-firstboot would prompt on the console).
+systemctl mask systemd-firstboot.service
+systemctl enable rayos-firstboot.service

@@ -1,0 +1,431 @@
+//! The Debian VM image under the real rayosd: QEMU (TCG), OVMF, systemd-boot
+//! and Debian's kernel inside the guest, no nesting.
+//!
+//! The image comes from `rayos_image::linux_vm::ensure` — the cache
+//! `cargo xtask media` fills, built here when missing (about 90 s, needs
+//! root and a Debian mirror), so a fresh machine runs this test as is.
+//!
+//! One long scenario, in the order a user meets it:
+//! 1. `rayos vm create --import <image> --user … --password-file …`, the disk
+//!    made bigger than the image; start; the first-boot unit creates the
+//!    user from the fw_cfg credentials, sets hostname and time zone; the
+//!    root partition and filesystem grow to the disk;
+//! 2. log in over `rayos vm console --attach` (the serial getty), run
+//!    commands, check their output; start `sleep 100000 &`;
+//! 3. `rayos vm show` reports hostname, OS and kernel from the guest agent;
+//! 4. suspend, wait, resume: the same shell and the sleep are still there,
+//!    and the guest clock (set through the agent) is within 2 s of ours;
+//! 5. stop goes through the guest agent.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rayos_api::{Client, VmInfo, VmState};
+use rayos_image::linux_vm;
+use rayos_vmm::qemu::process;
+
+const USER: &str = "alice";
+const PASSWORD: &str = "Very s3cret pw";
+const HOSTNAME: &str = "rayos-linux";
+/// First boot of systemd under TCG on a shared 2-core machine.
+const BOOT: Duration = Duration::from_secs(600);
+/// One step at the console (a login starts logind's user manager: slow on a
+/// loaded machine under TCG).
+const STEP: Duration = Duration::from_secs(300);
+
+fn rayos() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rayos"))
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The daemon, its data volume and everything it started; all ended on drop.
+struct Host {
+    dir: tempfile::TempDir,
+    daemon: Option<Child>,
+}
+
+impl Host {
+    fn new() -> Host {
+        let dir = tempfile::Builder::new()
+            .prefix("rayos-linux-vm")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let policy = dir.path().join("state/policy/rayos-policy.toml");
+        fs::create_dir_all(policy.parent().unwrap()).unwrap();
+        // No autostart: the test starts the VM itself, after creating it.
+        fs::write(&policy, "version = 1\n[linux]\nautostart = false\n").unwrap();
+        let mut h = Host { dir, daemon: None };
+        let err = fs::File::create(h.dir.path().join("daemon.err")).unwrap();
+        let out = fs::File::create(h.dir.path().join("daemon.out")).unwrap();
+        h.daemon = Some(
+            rayos()
+                .arg("daemon")
+                .arg("--state-dir")
+                .arg(h.dir.path().join("state"))
+                .arg("--socket")
+                .arg(h.socket())
+                .args(["--cgroup", "none"])
+                .env("RAYOS_ACCEL", "tcg")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .expect("spawn rayos daemon"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Client::new(h.socket()).health().is_err() {
+            assert!(Instant::now() < deadline, "daemon: {}", h.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        h
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/api.sock")
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.path().join("daemon.err")).unwrap_or_default()
+    }
+
+    /// `rayos vm ARGS`, which must succeed; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = rayos()
+            .arg("vm")
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "rayos vm {args:?} failed: {}{}\ndaemon: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.stderr()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn show(&self, name: &str) -> VmInfo {
+        serde_json::from_str(&self.ok(&["show", name, "--json"])).unwrap()
+    }
+
+    fn log(&self, vm: &VmInfo) -> String {
+        let bytes = fs::read(vm.vm_dir.join("logs/console.log")).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Waits for `needle` in the VM's console log.
+    fn wait_log(&self, vm: &VmInfo, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log(vm).contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not on the console after {timeout:?}; last lines:\n{}\ndaemon: {}",
+                tail(&self.log(vm), 40),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// `rayos vm console NAME --attach`, driven through pipes.
+    fn console(&self, name: &str) -> Console {
+        let mut child = rayos()
+            .arg("vm")
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["console", name, "--attach"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = Arc::new(Mutex::new(String::new()));
+        let mut stdout = child.stdout.take().unwrap();
+        let sink = Arc::clone(&out);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Console {
+            stdin: child.stdin.take(),
+            child,
+            out,
+            seen: 0,
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let vm_run = self.dir.path().join("run/vm");
+        for e in fs::read_dir(&vm_run).into_iter().flatten().flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = process::read_pid(&e.path().join("qemu.pid"))
+                && process::alive_with_arg(pid, &id)
+            {
+                process::terminate(pid, Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// An attached console session.
+struct Console {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Arc<Mutex<String>>,
+    /// How much of `out` earlier waits consumed.
+    seen: usize,
+}
+
+impl Console {
+    fn send(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("session open");
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for `needle` in the output that arrived since the last wait;
+    /// returns that output up to and including the needle.
+    fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let out = self.out.lock().unwrap();
+                if let Some(i) = out[self.seen..].find(needle) {
+                    let end = self.seen + i + needle.len();
+                    let got = out[self.seen..end].to_string();
+                    self.seen = end;
+                    return got;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} did not come on the console within {timeout:?}; got:\n{}",
+                tail(&self.out.lock().unwrap()[self.seen..], 40)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs a shell command line and returns its output (between markers,
+    /// so kernel messages and the echo of the line do not count).
+    fn run(&mut self, line: &str) -> String {
+        // The markers are built by the shell, so the echoed command line
+        // never matches them.
+        self.send(&format!("echo BEG''IN; {line}; echo EN''D\n"));
+        self.expect("BEGIN", STEP);
+        let got = self.expect("END", STEP);
+        got.trim_end_matches("END").trim().to_string()
+    }
+
+    /// Closes stdin: the CLI leaves the console.
+    fn close(mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "rayos vm console did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn debian_vm_boots_logs_in_and_survives_suspend_with_its_clock() {
+    let image = linux_vm::ensure(
+        &workspace().join(".cache"),
+        &linux_vm::BuildOptions::default(),
+        &mut |s| eprintln!("linux-vm: {s}"),
+    )
+    .expect("the Debian VM image (built as root from Debian's packages)");
+    let h = Host::new();
+    let pw = h.dir.path().join("password");
+    fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    h.ok(&[
+        "create",
+        "linux",
+        "--kind",
+        "linux",
+        "--memory",
+        "1024",
+        "--cpus",
+        "2",
+        "--import",
+        image.disk.to_str().unwrap(),
+        "--user",
+        USER,
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--hostname",
+        HOSTNAME,
+        "--timezone",
+        "Europe/Berlin",
+        "--locale",
+        "en_US.UTF-8",
+        "--keyboard",
+        "de",
+    ]);
+    let vm = h.show("linux");
+    // The registry holds the hash, never the password.
+    let registry = fs::read_to_string(h.dir.path().join("state/vm/registry.json")).unwrap();
+    assert!(!registry.contains(PASSWORD));
+    assert!(registry.contains("\"password_hash\": \"$6$"), "{registry}");
+    // A disk bigger than the image: the guest grows into it at first boot.
+    let disk = &vm.disks[0];
+    let st = Command::new("qemu-img")
+        .args(["resize", "-q"])
+        .arg(disk)
+        .arg("4G")
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let out = h.ok(&["start", "linux"]);
+    assert!(out.contains("cold-booted"), "{out}");
+    let vm = h.show("linux");
+    h.wait_log(&vm, linux_vm::FIRSTBOOT_DONE, BOOT);
+    h.wait_log(&vm, &format!("{HOSTNAME} login:"), BOOT);
+
+    // 2. Log in on the serial console.
+    let mut con = h.console("linux");
+    con.send("\n");
+    con.expect(&format!("{HOSTNAME} login:"), STEP);
+    con.send(&format!("{USER}\n"));
+    con.expect("Password:", STEP);
+    con.send(&format!("{PASSWORD}\n"));
+    con.expect("$ ", STEP);
+    assert_eq!(con.run("echo RAYOS_$((6 * 7))"), "RAYOS_42");
+    assert_eq!(con.run("id -un; hostname"), format!("{USER}\r\n{HOSTNAME}"));
+    assert_eq!(con.run("cat /etc/timezone"), "Europe/Berlin");
+    assert!(con.run("id -nG").contains("sudo"));
+    assert!(
+        con.run("locale 2>/dev/null | head -n 1")
+            .contains("en_US.UTF-8")
+    );
+    assert!(
+        con.run("grep XKBLAYOUT /etc/default/keyboard")
+            .contains("\"de\"")
+    );
+    // The root filesystem grew to (almost) the 4 GiB disk.
+    let size: u64 = con
+        .run("df -B1 --output=size / | tail -n 1")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(size > 3 << 30, "root filesystem is {size} bytes");
+    // The user may use sudo (with the password); systemd-boot is in the
+    // guest's ESP as Debian's kernel hooks expect it (ESP is root-only).
+    let entries = con.run(&format!(
+        "echo '{PASSWORD}' | sudo -S -p '' sh -c 'bootctl is-installed; ls /boot/efi/loader/entries/'"
+    ));
+    assert!(entries.contains("yes"), "{entries}");
+    assert!(entries.contains("debian-"), "{entries}");
+    // No SSH without a key; host keys made on this machine.
+    let ssh = con.run("systemctl is-enabled ssh.service 2>&1");
+    assert!(ssh.contains("disabled"), "{ssh}");
+    // bash prints the job ("[1] 678") before the echo.
+    let pid = con.run("sleep 100000 & echo $!");
+    let pid: u32 = pid
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("pid {pid:?}"));
+
+    // 3. The guest agent answers `show`.
+    let shown = h.show("linux");
+    let g = shown.guest.expect("guest agent answers");
+    assert_eq!(g.hostname.as_deref(), Some(HOSTNAME));
+    assert!(
+        g.os.as_deref()
+            .unwrap_or("")
+            .contains("Debian GNU/Linux 12"),
+        "{g:?}"
+    );
+    assert!(g.kernel.as_deref().unwrap_or("").contains("cloud-amd64"));
+    let text = h.ok(&["show", "linux"]);
+    assert!(
+        text.contains(&format!("guest host:    {HOSTNAME}")),
+        "{text}"
+    );
+
+    // 4. Suspend, let time pass, resume.
+    con.close();
+    let out = h.ok(&["suspend", "linux"]);
+    assert!(out.contains("saved"), "{out}");
+    assert_eq!(h.show("linux").state, VmState::Saved);
+    std::thread::sleep(Duration::from_secs(10));
+    let out = h.ok(&["start", "linux"]);
+    assert!(out.contains("resumed from saved state"), "{out}");
+    assert!(
+        out.contains("guest clock set through the guest agent"),
+        "{out}"
+    );
+    let mut con = h.console("linux");
+    // The shell from before the suspend is still logged in.
+    assert_eq!(con.run("id -un"), USER);
+    assert_eq!(
+        con.run(&format!("kill -0 {pid} && echo alive")),
+        "alive",
+        "the sleep started before the suspend"
+    );
+    let asked = now_secs();
+    let guest: f64 = con.run("date +%s.%N").trim().parse().unwrap();
+    let answered = now_secs();
+    let off = if guest < asked {
+        asked - guest
+    } else if guest > answered {
+        guest - answered
+    } else {
+        0.0
+    };
+    assert!(
+        off <= 2.0,
+        "guest clock {guest} is {off:.1} s off the host's ({asked}..{answered})"
+    );
+    con.close();
+
+    // 5. Stop through the guest agent.
+    let out = h.ok(&["stop", "linux"]);
+    assert!(out.contains("through its guest agent"), "{out}");
+    assert_eq!(h.show("linux").state, VmState::Stopped);
+}

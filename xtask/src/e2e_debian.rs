@@ -1,0 +1,191 @@
+//! `cargo xtask e2e --variant debian`: the Debian VM image end to end on
+//! an installed RayOS, under nested TCG (the outer guest runs QEMU for the
+//! Debian VM; no KVM anywhere).
+//!
+//! 1. install from the ISO (as a CD) with `[linux] user`/`password`: the
+//!    installer writes the Debian image to the Linux VM's 32 GiB qcow2
+//!    (stages 1-2 of `e2e`);
+//! 2. first boot: `RAYOS_READY`, `RAYOS_LINUX_VM_READY`; at the `rayos>`
+//!    prompt `vm console linux` attaches the serial console to the VM's;
+//!    wait for the guest's login prompt (first boot of Debian: first-boot
+//!    setup, root grown to 32 GiB), log in with the configured user, run a
+//!    command, start `sleep 100000 &`; Ctrl-] back to `rayos>`; `reboot`:
+//!    RayOS saves the VM and restarts;
+//! 3. second boot: the VM is resumed (`RAYOS_VM_STARTED:linux:resumed` in
+//!    rayosd's log); `vm console linux`: the same shell answers, the sleep
+//!    is alive, the guest clock is within 2 s of this machine's.
+//!
+//! Every step prints its time (`[  t s]`), so a run reports how long the
+//! nested boot takes.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use rayos_image::qemu::Qemu;
+
+use crate::e2e::{Installed, Run};
+
+const USER: &str = "alice";
+const PASSWORD: &str = "rayos e2e";
+/// The guest's host name: the machine's (`rayos-e2e`) + `-linux`.
+const GUEST_HOST: &str = "rayos-e2e-linux";
+/// Nested TCG: Debian's first boot under OVMF inside the outer TCG guest.
+const NESTED_BOOT_SECS: u64 = 3600;
+
+/// The unattended answers: `e2e::ANSWERS` with the Linux VM's user.
+pub fn answers() -> String {
+    format!(
+        "{}[linux]\nuser = \"{USER}\"\npassword = \"{PASSWORD}\"\n",
+        crate::e2e::ANSWERS
+    )
+}
+
+/// Types `line` at the guest shell and waits for its marker output (the
+/// line builds the marker with `''`, so its echo never matches).
+fn shell(run: &Run, vm: &mut Qemu, what: &str, line: &str, marker: &str) -> Result<String> {
+    vm.send_serial(&format!("{line}\n"))?;
+    run.expect(vm, what, marker, 300)
+}
+
+/// Attaches to the Linux VM's console from the `rayos>` prompt.
+fn attach(run: &Run, vm: &mut Qemu) -> Result<()> {
+    vm.send_serial("\n")?;
+    run.expect(vm, "admin prompt on the serial console", "rayos>", 120)?;
+    vm.send_serial("vm console linux\n")?;
+    run.expect(
+        vm,
+        "`vm console linux` attached",
+        "Connected to the console of VM linux",
+        120,
+    )?;
+    Ok(())
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+pub fn after_install(run: &Run, work: &Path, installed: &Installed) -> Result<()> {
+    // 2. First boot.
+    let mut vm = Qemu::start(&installed.boot_config(work, "boot1")?)?;
+    run.expect_not(
+        &mut vm,
+        "rayosd healthy",
+        "RAYOS_READY",
+        &["RAYOS_FATAL"],
+        900,
+    )?;
+    run.expect(&mut vm, "Linux VM running", "RAYOS_LINUX_VM_READY", 900)?;
+    attach(run, &mut vm)?;
+    // The serial getty prints its prompt once; Enter brings it back.
+    let login = format!("{GUEST_HOST} login:");
+    let deadline = std::time::Instant::now() + run.timeout(NESTED_BOOT_SECS);
+    loop {
+        vm.send_serial("\n")?;
+        match vm.wait_for(&login, std::time::Duration::from_secs(60)) {
+            Ok(_) => break,
+            Err(_) if std::time::Instant::now() < deadline => {}
+            Err(e) => {
+                return Err(e).context(format!(
+                    "the Debian VM showed no login prompt on `vm console linux`; last output:\n{}",
+                    vm.tail()
+                ));
+            }
+        }
+    }
+    run.ok(&format!(
+        "Debian VM login prompt ({login}) over `vm console linux`"
+    ));
+    vm.send_serial(&format!("{USER}\n"))?;
+    run.expect(&mut vm, "password asked", "Password:", 300)?;
+    vm.send_serial(&format!("{PASSWORD}\n"))?;
+    run.expect(&mut vm, "logged in as the configured user", "$ ", 600)?;
+    shell(
+        run,
+        &mut vm,
+        "a command runs in the guest",
+        "echo RAYOS_$((6 * 7)) $(hostname)",
+        &format!("RAYOS_42 {GUEST_HOST}"),
+    )?;
+    let line = shell(
+        run,
+        &mut vm,
+        "`sleep 100000 &` started",
+        "sleep 100000 & echo SLEEP''_PID=$!",
+        "SLEEP_PID=",
+    )?;
+    let pid: u32 = line
+        .split("SLEEP_PID=")
+        .nth(1)
+        .and_then(|p| p.trim().parse().ok())
+        .with_context(|| format!("no pid in {line:?}"))?;
+    vm.send_serial("\x1d")?;
+    run.expect(&mut vm, "Ctrl-] leaves the console", "Left the console", 60)?;
+    run.expect(&mut vm, "back at the admin prompt", "rayos>", 60)?;
+    vm.send_serial("reboot\n")?;
+    run.stopped(
+        &mut vm,
+        "`reboot` at the admin prompt saves the VM and restarts",
+        900,
+    )?;
+    drop(vm);
+
+    // 3. Second boot: resumed, the same shell and process, the clock set.
+    let mut vm = Qemu::start(&installed.boot_config(work, "boot2")?)?;
+    run.expect_not(
+        &mut vm,
+        "rayosd healthy again",
+        "RAYOS_READY",
+        &["RAYOS_FATAL"],
+        900,
+    )?;
+    run.expect(&mut vm, "Linux VM running", "RAYOS_LINUX_VM_READY", 900)?;
+    attach(run, &mut vm)?;
+    shell(
+        run,
+        &mut vm,
+        "the shell from before the reboot answers",
+        "echo STI''LL_$(id -un)",
+        &format!("STILL_{USER}"),
+    )?;
+    shell(
+        run,
+        &mut vm,
+        "the sleep started before the reboot is alive",
+        &format!("kill -0 {pid} && echo ALI''VE_{pid}"),
+        &format!("ALIVE_{pid}"),
+    )?;
+    let asked = now();
+    let line = shell(
+        run,
+        &mut vm,
+        "guest clock read",
+        "echo CLO''CK=$(date +%s.%N)",
+        "CLOCK=",
+    )?;
+    let answered = now();
+    let guest: f64 = line
+        .split("CLOCK=")
+        .nth(1)
+        .and_then(|t| t.trim().parse().ok())
+        .with_context(|| format!("no time in {line:?}"))?;
+    let off = if guest < asked {
+        asked - guest
+    } else if guest > answered {
+        guest - answered
+    } else {
+        0.0
+    };
+    if off > 2.0 {
+        bail!("the guest clock is {off:.1} s off this machine's ({guest} vs {asked}..{answered})");
+    }
+    run.ok(&format!("guest clock within {off:.1} s of the host's"));
+    vm.send_serial("\x1d")?;
+    run.expect(&mut vm, "back at the admin prompt", "rayos>", 60)?;
+    drop(vm);
+    run.started(&installed.disk, installed.data_offset, "resumed")
+}

@@ -1,0 +1,120 @@
+//! `cargo xtask linux-vm`: the Debian VM image alone (`cargo xtask media`
+//! builds it too). The recipe and its cache live in
+//! `rayos_image::linux_vm`; this module picks the options, writes the
+//! compressed image that ships (`linux-vm.img.zst`: the raw disk image,
+//! zstd with a 128 MiB window) and its manifest into the output directory,
+//! and prints what was built. Decisions: docs/linux-vm.md.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use rayos_image::linux_vm::{self, BuildOptions, Image};
+
+#[derive(clap::Args, Clone, Default)]
+pub struct Args {
+    /// Output directory (the compressed image goes to `<out>/linux-vm.img.zst`).
+    #[arg(long, default_value = "build")]
+    pub out: PathBuf,
+    /// Debian mirror instead of http://deb.debian.org/ (for example
+    /// http://snapshot.debian.org/archive/debian/<time>/ to rebuild an old image).
+    #[arg(long)]
+    pub linux_vm_mirror: Option<String>,
+    /// Install exactly the package versions of this image manifest
+    /// (`build/linux-vm.json` of an earlier build).
+    #[arg(long)]
+    pub linux_vm_pins: Option<PathBuf>,
+}
+
+/// The shipped image and its manifest, below the output directory.
+pub const SHIPPED: &str = "linux-vm.img.zst";
+/// zstd level and window of the shipped image: level 12 with a 128 MiB
+/// window is within 8 % of level 19 in a tenth of its time; the window
+/// must be given to the decompressor too (`zstd -d --long=27`).
+pub const ZSTD_ARGS: &[&str] = &["-12", "--long=27", "-T2"];
+pub const SHIPPED_MANIFEST: &str = "linux-vm.json";
+
+pub fn run(args: Args) -> Result<()> {
+    crate::deps::ensure()?;
+    let (img, shipped) = build(&args)?;
+    let m = &img.manifest;
+    println!();
+    println!("Debian VM image {} (recipe {}):", m.suite, m.key);
+    println!("  kernel      {}", m.kernel);
+    println!("  packages    {}", m.packages.len());
+    println!(
+        "  raw disk    {:>8.1} MiB  {}",
+        mib(m.disk_bytes),
+        img.disk.display()
+    );
+    println!(
+        "  shipped     {:>8.1} MiB  {}",
+        mib(fs::metadata(&shipped)?.len()),
+        shipped.display()
+    );
+    Ok(())
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+pub fn options(args: &Args) -> Result<BuildOptions> {
+    let pins = match &args.linux_vm_pins {
+        None => Vec::new(),
+        Some(p) => {
+            let text =
+                fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let m: linux_vm::Manifest = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a Debian VM image manifest", p.display()))?;
+            m.packages
+        }
+    };
+    Ok(BuildOptions {
+        mirror: args.linux_vm_mirror.clone(),
+        pins,
+    })
+}
+
+/// Builds (or takes from `.cache/`) the image and writes the shipped
+/// compressed qcow2 and its manifest into `args.out`.
+pub fn build(args: &Args) -> Result<(Image, PathBuf)> {
+    let root = crate::root();
+    let cache = root.join(".cache");
+    let opts = options(args)?;
+    let img = linux_vm::ensure(&cache, &opts, &mut |s| println!("    {s}"))
+        .context("cannot build the Debian VM image")?;
+    let out = root.join(&args.out);
+    fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let shipped = out.join(SHIPPED);
+    compress(&img, &shipped)?;
+    fs::copy(
+        img.dir.join(linux_vm::MANIFEST_FILE),
+        out.join(SHIPPED_MANIFEST),
+    )
+    .context("cannot copy the image manifest")?;
+    Ok((img, shipped))
+}
+
+/// The compressed raw image, made once per cached image
+/// (`<cache dir>/linux-vm.img.zst`) and copied to `dest`.
+fn compress(img: &Image, dest: &Path) -> Result<()> {
+    let cached = img.dir.join(SHIPPED);
+    if !cached.is_file() {
+        let tmp = img.dir.join(format!("{SHIPPED}.partial"));
+        crate::run_cmd(
+            Command::new("zstd")
+                .args(["-q", "-f"])
+                .args(ZSTD_ARGS)
+                .arg(&img.disk)
+                .arg("-o")
+                .arg(&tmp),
+        )
+        .context("cannot compress the Debian VM image (zstd)")?;
+        fs::rename(&tmp, &cached)?;
+    }
+    let _ = fs::remove_file(dest);
+    fs::copy(&cached, dest).with_context(|| format!("cannot write {}", dest.display()))?;
+    Ok(())
+}
