@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rayos_base::error::chain;
+use rayos_base::marker::{self, InstallFailure, InstallerMarker, Marker, Power};
 use rayos_base::{efivar, paths};
 use rustix::mount::MountFlags;
 
@@ -41,7 +42,7 @@ use crate::cmdline::{BootParams, Mode};
 use crate::control::{self, InitStatus, StepRecord};
 use crate::log;
 use crate::modules::{self, ModuleIndex};
-use crate::service::{Marker, Output, Services, Spec};
+use crate::service::{Output, Services, Spec};
 use crate::sys::{self, PowerAction, SignalFd};
 use crate::unattended::{self, Countdown, Keys};
 use crate::usb::{self, Settle, UsbSnapshot, Verdict};
@@ -193,7 +194,9 @@ pub struct Init {
     /// busy and the power-off would leave its journal dirty.
     kernel_log: Arc<Mutex<Option<crate::log::RotatingLog>>>,
     services: Services,
-    markers: Receiver<Marker>,
+    /// Names of VMs rayosd reports started, from its event stream
+    /// (followed once rayosd is healthy, until the Linux VM runs).
+    vm_starts: Option<Receiver<String>>,
     sigfd: SignalFd,
     buttons: Vec<File>,
     buttons_scanned: Option<Instant>,
@@ -234,7 +237,6 @@ pub fn main() -> ! {
         Ok(s) => s,
         Err(e) => fatal_exit(&format!("{e}"), None),
     };
-    let (tx, rx) = mpsc::channel();
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/rayos"));
     let mut init = Init {
         exe,
@@ -261,8 +263,8 @@ pub fn main() -> ! {
         data_ok: false,
         logs_dir: PathBuf::from(paths::RUN_LOGS),
         kernel_log: Arc::new(Mutex::new(None)),
-        services: Services::new(tx),
-        markers: rx,
+        services: Services::new(),
+        vm_starts: None,
         sigfd,
         buttons: Vec::new(),
         buttons_scanned: None,
@@ -297,9 +299,8 @@ fn unsafe_env_defaults() {
 /// Logs, records a crash report when possible, syncs, reboots.
 pub fn fatal_exit(reason: &str, data_mounted: Option<&Path>) -> ! {
     log::error(format!("FATAL: {reason}"));
-    log::marker(format!(
-        "RAYOS_FATAL:{}",
-        reason.lines().next().unwrap_or("")
+    log::marker(&Marker::Fatal(
+        reason.lines().next().unwrap_or("").to_string(),
     ));
     let dir = data_mounted.map(|d| d.join("crash")).or_else(|| {
         sys::is_mounted(Path::new(paths::DATA)).then(|| Path::new(paths::DATA).join("crash"))
@@ -350,7 +351,7 @@ impl Init {
         }
         .into();
         if !self.status.faults.is_empty() {
-            log::marker(format!("RAYOS_DEGRADED:{}", self.status.faults.len()));
+            log::marker(&Marker::Degraded(self.status.faults.len()));
             for f in self.status.faults.clone() {
                 log::warn(f);
             }
@@ -365,7 +366,7 @@ impl Init {
     }
 
     fn run_step(&mut self, s: &Step) {
-        log::marker(format!("RAYOS_BOOT:{}", s.name));
+        log::marker(&Marker::Boot(s.name.to_string()));
         let t = Instant::now();
         let r = (s.run)(self);
         let millis = t.elapsed().as_millis() as u64;
@@ -1159,7 +1160,7 @@ impl Init {
         if self.answers.is_none() || self.uki.is_none() {
             // Interactive: the console sessions offer `install`.
             let r = self.step_consoles();
-            log::marker("RAYOS_INSTALLER:interactive");
+            log::marker(&Marker::Installer(InstallerMarker::Interactive));
             return r;
         }
         self.unattended()
@@ -1206,7 +1207,9 @@ impl Init {
         ];
         args.extend(volumes::image_args(&uki));
         if let Err(why) = self.show_plan(&args) {
-            log::marker("RAYOS_INSTALLER:failed:plan");
+            log::marker(&Marker::Installer(InstallerMarker::Failed(
+                InstallFailure::Plan,
+            )));
             self.fault(format!(
                 "the answer file on {source} cannot be installed: {why}. Nothing was written. Fix the answer \
                  file, or type `install` at the rayos> prompt."
@@ -1222,7 +1225,7 @@ impl Init {
         ));
         match self.countdown(secs, &target) {
             CountdownEnd::Cancelled(tty) => {
-                log::marker("RAYOS_INSTALLER:cancelled");
+                log::marker(&Marker::Installer(InstallerMarker::Cancelled));
                 log::info(format!(
                     "unattended install cancelled by a key on {}: nothing was written. Type `install` to install \
                      by hand.",
@@ -1256,7 +1259,7 @@ impl Init {
         let lines: Vec<&str> = text
             .lines()
             .filter(|l| {
-                !l.starts_with("RAYOS_") && !l.starts_with("Dry run") && !l.trim().is_empty()
+                !l.starts_with(marker::PREFIX) && !l.starts_with("Dry run") && !l.trim().is_empty()
             })
             .collect();
         if !out.status.success() {
@@ -1281,7 +1284,7 @@ impl Init {
             .collect();
         let mut keys = Keys::open(&ttys);
         let cd = Countdown::new(secs, Instant::now());
-        log::marker(format!("RAYOS_INSTALLER:countdown:{secs}"));
+        log::marker(&Marker::Installer(InstallerMarker::Countdown(secs)));
         if keys.is_empty() {
             log::warn(
                 "no console terminal to read a key from: the countdown cannot be cancelled here",
@@ -1323,7 +1326,7 @@ impl Init {
 
     /// Starts `rayos <args>` (the unattended install) with its output relayed.
     fn spawn_install(&mut self, args: Vec<String>) -> StepResult {
-        log::marker("RAYOS_INSTALLER:start");
+        log::marker(&Marker::Installer(InstallerMarker::Start));
         log::info(format!("running: rayos {}", args.join(" ")));
         self.status.phase = "installing".into();
         self.status_dirty = true;
@@ -1524,7 +1527,7 @@ impl Init {
         self.installer_pid = None;
         if code == 0 {
             let action = answers_after(&fs::read_to_string(paths::ANSWERS).unwrap_or_default());
-            log::marker("RAYOS_INSTALLER:done");
+            log::marker(&Marker::Installer(InstallerMarker::Done));
             log::info(format!(
                 "RayOS is installed. {} now; remove the installer medium.",
                 match action {
@@ -1534,7 +1537,9 @@ impl Init {
             ));
             self.shutdown(action, "install finished");
         }
-        log::marker(format!("RAYOS_INSTALLER:failed:{code}"));
+        log::marker(&Marker::Installer(InstallerMarker::Failed(
+            InstallFailure::Status(code),
+        )));
         self.answers = None;
         self.fault(format!(
             "the install failed (status {code}); nothing outside the plan was touched. Fix the answer file or \
@@ -1579,9 +1584,7 @@ impl Init {
                 self.shutdown(PowerAction::PowerOff, "power button");
             }
             self.reap();
-            while let Ok(m) = self.markers.try_recv() {
-                self.on_marker(&m);
-            }
+            self.vm_events();
             self.services.tick();
             self.watch_tick();
             self.milestones();
@@ -1606,9 +1609,12 @@ impl Init {
         }
     }
 
-    fn on_marker(&mut self, m: &Marker) {
-        if m.line.starts_with("RAYOS_VM_STARTED:") {
-            // Check at once instead of at the next poll.
+    /// A VM started (rayosd's event stream): look at the VM list at once
+    /// instead of at the next poll.
+    fn vm_events(&mut self) {
+        let Some(rx) = &self.vm_starts else { return };
+        while let Ok(vm) = rx.try_recv() {
+            log::detail(format!("rayosd: VM {vm} started"));
             self.last_vm_poll = None;
         }
     }
@@ -1633,7 +1639,7 @@ impl Init {
                 Ok(h) => {
                     self.status.ready = true;
                     self.status_dirty = true;
-                    log::marker("RAYOS_READY");
+                    log::marker(&Marker::Ready);
                     log::info(format!(
                         "rayosd {} is healthy with {} VMs",
                         h.version, h.vms
@@ -1644,6 +1650,7 @@ impl Init {
                     }
                     self.bless_boot();
                     self.write_boot_record("ready");
+                    self.vm_starts = Some(follow_vm_starts(self.client()));
                 }
                 Err(e) => {
                     if !self.health_warned && started.elapsed() > Duration::from_secs(300) {
@@ -1672,7 +1679,9 @@ impl Init {
             {
                 self.status.linux_vm_ready = true;
                 self.status_dirty = true;
-                log::marker("RAYOS_LINUX_VM_READY");
+                // Nothing more to wait for: the follower ends at its next event.
+                self.vm_starts = None;
+                log::marker(&Marker::LinuxVmReady);
                 log::info(format!(
                     "Linux VM {} is running ({})",
                     vm.name,
@@ -1728,7 +1737,7 @@ impl Init {
             let _ = sys::unmount(at);
             match r {
                 Some(Ok(BlessOutcome::Blessed { from, to })) => {
-                    log::marker(format!("RAYOS_BLESSED:{to}"));
+                    log::marker(&Marker::Blessed(to.clone()));
                     log::info(format!("boot blessed: {from} -> {to}"));
                     self.status.blessed = Some(to);
                     self.commit_schema();
@@ -1868,7 +1877,7 @@ impl Init {
             }
             Ok(found) => {
                 for d in &found {
-                    log::marker(d.marker());
+                    log::marker(&d.marker());
                     self.fault(format!(
                         "RayOS {} did not come up and the machine went back to {running}: {}. {}",
                         d.failed,
@@ -1965,11 +1974,12 @@ impl Init {
 
     /// Stops everything in order and powers off or reboots. Never returns.
     pub fn shutdown(&mut self, action: PowerAction, reason: &str) -> ! {
-        let what = match action {
-            PowerAction::PowerOff => "poweroff",
-            PowerAction::Reboot => "reboot",
+        let power = match action {
+            PowerAction::PowerOff => Power::PowerOff,
+            PowerAction::Reboot => Power::Reboot,
         };
-        log::marker(format!("RAYOS_SHUTDOWN:{what}"));
+        let what = power.as_str();
+        log::marker(&Marker::Shutdown(power));
         log::info(format!("{reason}: shutting down ({what})"));
         self.status.phase = "shutting-down".into();
         self.write_status();
@@ -2027,9 +2037,9 @@ impl Init {
             }
         }
         sys::sync();
-        log::marker(match action {
-            PowerAction::PowerOff => "RAYOS_POWEROFF",
-            PowerAction::Reboot => "RAYOS_REBOOT",
+        log::marker(&match action {
+            PowerAction::PowerOff => Marker::PowerOff,
+            PowerAction::Reboot => Marker::Reboot,
         });
         let e = sys::power(action);
         fatal_exit(&format!("reboot(2) failed: {e}"), None)
@@ -2068,6 +2078,34 @@ impl Init {
             let _ = self.sigfd.read();
         }
     }
+}
+
+/// Follows rayosd's event stream on a thread and sends the name of every
+/// VM that started (`EventKind::Started`). Reconnects a second after the
+/// stream ends (rayosd restarted); ends when the receiver is dropped.
+fn follow_vm_starts(client: rayos_api::Client) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let _ = std::thread::Builder::new()
+        .name("vm-events".into())
+        .spawn(move || {
+            // The first time, also the events kept from before we connected
+            // (an autostart right after rayosd came up).
+            let mut since = Some(0);
+            loop {
+                let mut open = true;
+                let _ = client.events(since.take(), |ev| {
+                    if ev.event == rayos_api::EventKind::Started {
+                        open = tx.send(ev.vm).is_ok();
+                    }
+                    open
+                });
+                if !open {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+    rx
 }
 
 /// True when the evdev device reported a KEY_POWER press.
@@ -2112,8 +2150,8 @@ fn relay_installer_output(r: std::io::PipeReader) {
         if text.is_empty() {
             continue;
         }
-        if text.starts_with("RAYOS_") {
-            log::marker(text);
+        if text.starts_with(marker::PREFIX) {
+            log::relay_marker(text);
         } else {
             log::info(format!("install: {text}"));
         }
@@ -2202,6 +2240,66 @@ mod tests {
             !RECOVERY.iter().any(|s| s.name == "rayosd"),
             "recovery starts no VMs"
         );
+    }
+
+    /// rayosd's event stream, faked: each connection gets the events of
+    /// one list, then the stream ends (as when rayosd restarts).
+    fn fake_event_streams(
+        sock: &Path,
+        streams: Vec<Vec<(rayos_api::EventKind, &'static str)>>,
+    ) -> std::thread::JoinHandle<Vec<Option<String>>> {
+        use rayos_api::http;
+        let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+        std::thread::spawn(move || {
+            let mut since = Vec::new();
+            let mut seq = 0;
+            for events in streams {
+                let (s, _) = listener.accept().unwrap();
+                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+                let req = http::read_request(&mut r, http::Limits::default()).unwrap();
+                assert_eq!(req.path, "/v1/events");
+                since.push(req.query_param("since").map(String::from));
+                let mut w = s;
+                http::write_chunked_head(&mut w, 200, "application/x-ndjson").unwrap();
+                for (event, vm) in events {
+                    seq += 1;
+                    let ev = rayos_api::Event {
+                        seq,
+                        time_ms: 0,
+                        vm: vm.into(),
+                        event,
+                        state: rayos_api::VmState::Running,
+                        detail: String::new(),
+                    };
+                    let mut line = serde_json::to_vec(&ev).unwrap();
+                    line.push(b'\n');
+                    http::write_chunk(&mut w, &line).unwrap();
+                }
+                http::write_chunk(&mut w, b"").unwrap();
+            }
+            since
+        })
+    }
+
+    #[test]
+    fn vm_starts_are_learnt_from_the_event_stream_across_reconnects() {
+        use rayos_api::EventKind as E;
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("api.sock");
+        let server = fake_event_streams(
+            &sock,
+            vec![
+                vec![(E::Starting, "lin"), (E::Started, "lin"), (E::Saved, "win")],
+                vec![(E::Started, "win")],
+            ],
+        );
+        let rx = follow_vm_starts(rayos_api::Client::new(&sock));
+        let t = Duration::from_secs(20);
+        assert_eq!(rx.recv_timeout(t).as_deref(), Ok("lin"));
+        assert_eq!(rx.recv_timeout(t).as_deref(), Ok("win"));
+        // The first connection asks for the events kept from before it
+        // (an autostart right after rayosd came up); reconnects do not.
+        assert_eq!(server.join().unwrap(), vec![Some("0".to_string()), None]);
     }
 
     #[test]
