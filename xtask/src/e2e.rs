@@ -50,6 +50,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use rayos_base::marker::{
+    InstallerMarker, Kind, Marker, Power, VmStart, WizardAfter, WizardMarker,
+};
 use rayos_image::fat::{self, FatTree};
 use rayos_image::ovmf_vars;
 use rayos_image::qemu::{Config, Medium, Qemu};
@@ -224,29 +227,36 @@ impl Run {
     /// the last `RAYOS_VM_STARTED:linux:<how>` in its log on the data volume
     /// (its own output reaches the serial port only when that is
     /// `/dev/console`, so the log is the reliable place).
-    pub(crate) fn started(&self, disk: &Path, offset: u64, want: &str) -> Result<()> {
+    pub(crate) fn started(&self, disk: &Path, offset: u64, want: VmStart) -> Result<()> {
         let mut log = String::new();
         for f in ["/logs/rayosd.log.1", "/logs/rayosd.log"] {
             log.push_str(&debugfs(disk, offset, &format!("cat {f}")).unwrap_or_default());
         }
         let how = log
             .lines()
-            .filter_map(|l| l.split("RAYOS_VM_STARTED:linux:").nth(1))
-            .map(|h| h.trim().to_string())
+            .filter_map(|l| match Marker::find_in(l)? {
+                Marker::VmStarted { vm, how } if vm == "linux" => Some(how),
+                _ => None,
+            })
             .next_back();
+        let want_text = want.as_str();
         match how {
             Some(h) if h == want => {
-                self.ok(&format!("RAYOS_VM_STARTED:linux:{h} (logs/rayosd.log)"));
+                let m = Marker::VmStarted {
+                    vm: "linux".into(),
+                    how: h,
+                };
+                self.ok(&format!("{m} (logs/rayosd.log)"));
                 Ok(())
             }
             other => {
                 println!(
-                    "  FAIL  [{:>7.1}s] Linux VM {want}",
+                    "  FAIL  [{:>7.1}s] Linux VM {want_text}",
                     self.started.elapsed().as_secs_f64()
                 );
                 bail!(
-                    "rayosd's log on the data volume shows the Linux VM started {}, not {want}",
-                    other.as_deref().unwrap_or("never")
+                    "rayosd's log on the data volume shows the Linux VM started {}, not {want_text}",
+                    other.map_or("never", VmStart::as_str)
                 )
             }
         }
@@ -364,7 +374,7 @@ fn boot_only(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
         run.expect(
             &mut vm,
             &format!("{name}: rayos init starts"),
-            "RAYOS_BOOT:",
+            Kind::Boot.prefix(),
             120,
         )?;
         // The kernel printed the UKI's command line before /init ran.
@@ -476,37 +486,37 @@ pub(crate) fn install(
         "Run /init as init process",
         300,
     )?;
-    run.expect(&mut vm, "rayos init starts", "RAYOS_BOOT:", 120)?;
+    run.expect(&mut vm, "rayos init starts", Kind::Boot.prefix(), 120)?;
     if v == Variant::Wizard {
         wizard_install(run, &mut vm)?;
     } else {
         run.expect_not(
             &mut vm,
             "the plan is shown with the answer file's countdown",
-            "RAYOS_INSTALLER:countdown:2",
+            &Marker::Installer(InstallerMarker::Countdown(2)).to_string(),
             &[
-                "RAYOS_INSTALLER:interactive",
-                "RAYOS_INSTALLER:failed",
-                "RAYOS_FATAL",
+                Kind::InstallerInteractive.prefix(),
+                Kind::InstallerFailed.prefix(),
+                Kind::Fatal.prefix(),
             ],
             300,
         )?;
         run.expect_not(
             &mut vm,
             "unattended install starts (answer file found on the USB stick)",
-            "RAYOS_INSTALLER:start",
+            Kind::InstallerStart.prefix(),
             &[
-                "RAYOS_INSTALLER:interactive",
-                "RAYOS_INSTALLER:failed",
-                "RAYOS_FATAL",
+                Kind::InstallerInteractive.prefix(),
+                Kind::InstallerFailed.prefix(),
+                Kind::Fatal.prefix(),
             ],
             300,
         )?;
         run.expect_not(
             &mut vm,
             "install completes",
-            "RAYOS_INSTALLER:done",
-            &["RAYOS_INSTALLER:failed", "RAYOS_FATAL"],
+            Kind::InstallerDone.prefix(),
+            &[Kind::InstallerFailed.prefix(), Kind::Fatal.prefix()],
             1200,
         )?;
     }
@@ -571,11 +581,16 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     run.expect_not(
         &mut vm,
         "rayosd healthy",
-        "RAYOS_READY",
-        &["RAYOS_FATAL"],
+        Kind::Ready.prefix(),
+        &[Kind::Fatal.prefix()],
         600,
     )?;
-    run.expect(&mut vm, "Linux VM running", "RAYOS_LINUX_VM_READY", 900)?;
+    run.expect(
+        &mut vm,
+        "Linux VM running",
+        Kind::LinuxVmReady.prefix(),
+        900,
+    )?;
     if v == Variant::Wizard {
         // The install path is what this variant proves; the save/resume
         // cycle is the other variants' job.
@@ -594,7 +609,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
         600,
     )?;
     drop(vm);
-    run.started(&disk, data_offset, "cold")?;
+    run.started(&disk, data_offset, VmStart::Cold)?;
     let before = guest_console(&disk, data_offset, &work.join("dump1"))?;
     let last_before = counters(&before).last().copied().unwrap_or(0);
     run.ok(&format!(
@@ -606,11 +621,16 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     run.expect_not(
         &mut vm,
         "rayosd healthy again",
-        "RAYOS_READY",
-        &["RAYOS_FATAL"],
+        Kind::Ready.prefix(),
+        &[Kind::Fatal.prefix()],
         900,
     )?;
-    run.expect(&mut vm, "Linux VM running", "RAYOS_LINUX_VM_READY", 600)?;
+    run.expect(
+        &mut vm,
+        "Linux VM running",
+        Kind::LinuxVmReady.prefix(),
+        600,
+    )?;
     // A counter past the last one before the power-off, so the check of
     // the console log after this boot has the resumed guest's lines.
     guest_counting(run, &mut vm, Some(last_before))?;
@@ -642,7 +662,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     run.ok(&format!(
         "logs of both boots are on the data volume ({boots} rayosd starts logged)"
     ));
-    run.started(&disk, data_offset, "resumed")?;
+    run.started(&disk, data_offset, VmStart::Resumed)?;
     let after = guest_console(&disk, data_offset, &work.join("dump2"))?;
     let seq = counters(&after);
     let readies = after.matches(rayos_testkit::guest::READY_MARKER).count();
@@ -886,8 +906,8 @@ fn wizard_install(run: &Run, vm: &mut Qemu) -> Result<()> {
     run.expect_not(
         vm,
         "no answer file: the interactive installer is offered",
-        "RAYOS_INSTALLER:interactive",
-        &["RAYOS_INSTALLER:start", "RAYOS_FATAL"],
+        Kind::InstallerInteractive.prefix(),
+        &[Kind::InstallerStart.prefix(), Kind::Fatal.prefix()],
         300,
     )?;
     // The prompt may have been printed among kernel messages already; ask
@@ -930,13 +950,16 @@ fn wizard_install(run: &Run, vm: &mut Qemu) -> Result<()> {
     run.expect(
         vm,
         "the wizard reports the install",
-        "RAYOS_WIZARD:INSTALLED after=power-off",
+        &Marker::Wizard(WizardMarker::Installed {
+            after: WizardAfter::PowerOff,
+        })
+        .to_string(),
         120,
     )?;
     run.expect(
         vm,
         "init powers the machine off",
-        "RAYOS_SHUTDOWN:poweroff",
+        &Marker::Shutdown(Power::PowerOff).to_string(),
         120,
     )?;
     Ok(())

@@ -22,6 +22,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use rayos_base::marker::{Kind, VmStart};
 use rayos_image::qemu::Qemu;
 
 use crate::e2e::{Installed, Run};
@@ -75,11 +76,16 @@ pub fn after_install(run: &Run, work: &Path, installed: &Installed) -> Result<()
     run.expect_not(
         &mut vm,
         "rayosd healthy",
-        "RAYOS_READY",
-        &["RAYOS_FATAL"],
+        Kind::Ready.prefix(),
+        &[Kind::Fatal.prefix()],
         900,
     )?;
-    run.expect(&mut vm, "Linux VM running", "RAYOS_LINUX_VM_READY", 900)?;
+    run.expect(
+        &mut vm,
+        "Linux VM running",
+        Kind::LinuxVmReady.prefix(),
+        900,
+    )?;
     attach(run, &mut vm)?;
     // The serial getty prints its prompt once; Enter brings it back.
     let login = format!("{GUEST_HOST} login:");
@@ -139,11 +145,16 @@ pub fn after_install(run: &Run, work: &Path, installed: &Installed) -> Result<()
     run.expect_not(
         &mut vm,
         "rayosd healthy again",
-        "RAYOS_READY",
-        &["RAYOS_FATAL"],
+        Kind::Ready.prefix(),
+        &[Kind::Fatal.prefix()],
         900,
     )?;
-    run.expect(&mut vm, "Linux VM running", "RAYOS_LINUX_VM_READY", 900)?;
+    run.expect(
+        &mut vm,
+        "Linux VM running",
+        Kind::LinuxVmReady.prefix(),
+        900,
+    )?;
     attach(run, &mut vm)?;
     shell(
         run,
@@ -187,5 +198,5 @@ pub fn after_install(run: &Run, work: &Path, installed: &Installed) -> Result<()
     vm.send_serial("\x1d")?;
     run.expect(&mut vm, "back at the admin prompt", "rayos>", 60)?;
     drop(vm);
-    run.started(&installed.disk, installed.data_offset, "resumed")
+    run.started(&installed.disk, installed.data_offset, VmStart::Resumed)
 }

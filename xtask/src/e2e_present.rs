@@ -45,6 +45,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use rayos_base::marker::{Kind, Marker};
 use rayos_image::qemu::{Image, Qemu};
 use rayos_present::home;
 use rayos_present::scale::Scaler;
@@ -74,8 +75,11 @@ const SHOWN_KEYS: &[(&str, u16)] = &[("r", 19), ("a", 30), ("y", 21)];
 /// Typed while it is hidden: z x c.
 const HIDDEN_KEYS: &[(&str, u16)] = &[("z", 44), ("x", 45), ("c", 46)];
 
-const ON: &str = "RAYOS_PRESENTATION:on:linux";
-const OFF: &str = "RAYOS_PRESENTATION:off";
+/// `RAYOS_PRESENTATION:on:linux`.
+fn on() -> Marker {
+    Marker::PresentationOn { vm: "linux".into() }
+}
+const OFF: Marker = Marker::PresentationOff;
 
 /// The admin prompt with an empty line: printed when it is ready for a
 /// command (typing redraws it with the text before `\x1b[K`).
@@ -132,14 +136,14 @@ fn flow(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
         0,
         300,
     )?;
-    s.wait("rayosd healthy", "RAYOS_READY", 0, 600)?;
-    s.wait("Linux VM running", "RAYOS_LINUX_VM_READY", 0, 900)?;
+    s.wait("rayosd healthy", Kind::Ready.prefix(), 0, 600)?;
+    s.wait("Linux VM running", Kind::LinuxVmReady.prefix(), 0, 900)?;
     // A fresh prompt on the serial console (the first may be buried in
     // kernel messages).
     let at = s.log_len();
     s.vm.send_serial("\r")?;
     s.wait("admin prompt on the serial console", PROMPT, at, 60)?;
-    s.presentation("presenter draws the home screen", OFF, 0, 300)?;
+    s.presentation("presenter draws the home screen", &OFF, 0, 300)?;
     s.guest_console_until("the Linux guest reads its keyboard", "KEYS ready", 600)?;
 
     // 3. Home screen.
@@ -149,7 +153,7 @@ fn flow(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
     let before = s.presenter_markers()?.len();
     s.vm.send_keys(&["ctrl", "alt", "f1"])?;
     s.run.ok("Ctrl+Alt+F1 typed on the outer keyboard");
-    s.presentation("the Linux VM is presented", ON, before, 120)?;
+    s.presentation("the Linux VM is presented", &on(), before, 120)?;
     // Let the presenter draw the first frames, then capture both sides
     // of a screen that no longer changes.
     std::thread::sleep(Duration::from_secs(3));
@@ -167,7 +171,8 @@ fn flow(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
             let text = home::read_screen(&img.pixels, img.width, img.height);
             if text.iter().any(|l| l.contains("Virtual machines")) {
                 bail!(
-                    "the outer screen still shows the home screen after RAYOS_PRESENTATION:on:linux (see {name}):\n{}",
+                    "the outer screen still shows the home screen after {} (see {name}):\n{}",
+                    on(),
                     text.join("\n")
                 );
             }
@@ -201,7 +206,7 @@ fn flow(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
     let before = s.presenter_markers()?.len();
     s.vm.send_keys(&["ctrl", "alt", "home"])?;
     s.run.ok("Ctrl+Alt+Home typed on the outer keyboard");
-    s.presentation("the hotkey returns to the home screen", OFF, before, 120)?;
+    s.presentation("the hotkey returns to the home screen", &OFF, before, 120)?;
     s.home_screen("home-after-hotkey", "running (hidden)", 120)?;
     for (k, _) in HIDDEN_KEYS {
         s.vm.send_keys(&[k])?;
@@ -225,10 +230,10 @@ fn flow(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
     // 7. The same through the API at the prompt.
     let before = s.presenter_markers()?.len();
     s.admin("vm present linux", 120)?;
-    s.presentation("`vm present linux` presents it", ON, before, 120)?;
+    s.presentation("`vm present linux` presents it", &on(), before, 120)?;
     let before = s.presenter_markers()?.len();
     s.admin("vm hide linux", 120)?;
-    s.presentation("`vm hide linux` hides it", OFF, before, 120)?;
+    s.presentation("`vm hide linux` hides it", &OFF, before, 120)?;
     s.home_screen("home-after-hide", "running (hidden)", 120)?;
 
     // 8. Power off, then read the data volume.
@@ -372,7 +377,7 @@ impl Session<'_> {
             }
             if let Some(b) = ALWAYS_BAD
                 .iter()
-                .chain(&["RAYOS_FATAL"])
+                .chain(&[Kind::Fatal.prefix()])
                 .find(|b| find(tail, b.as_bytes()).is_some())
             {
                 return Err(self.fail(what, format!("the serial console shows {b:?}")));
@@ -425,24 +430,22 @@ impl Session<'_> {
     /// `/dev/kmsg`, and until init ended its records with a newline the
     /// kernel held each one back until the next record arrived (minutes on
     /// an idle machine). The log file has every line at once either way.
-    fn presenter_markers(&mut self) -> Result<Vec<String>> {
+    fn presenter_markers(&mut self) -> Result<Vec<Marker>> {
         let out = self.admin("logs -n 5000 presenter", 120)?;
         Ok(out
             .lines()
-            .filter_map(|l| {
-                let at = l.find("RAYOS_PRESENTATION:")?;
-                Some(l[at..].trim().to_string())
-            })
+            .filter_map(|l| Marker::find_in(l.trim_end()))
+            .filter(|m| matches!(m.kind(), Kind::PresentationOn | Kind::PresentationOff))
             .collect())
     }
 
     /// Waits until the presenter's log has more than `before` markers and
     /// the last is `want`.
-    fn presentation(&mut self, what: &str, want: &str, before: usize, secs: u64) -> Result<()> {
+    fn presentation(&mut self, what: &str, want: &Marker, before: usize, secs: u64) -> Result<()> {
         let deadline = Instant::now() + self.run.timeout(secs);
         loop {
             let m = self.presenter_markers()?;
-            if m.len() > before && m.last().is_some_and(|l| l == want) {
+            if m.len() > before && m.last() == Some(want) {
                 self.run.ok(&format!(
                     "{what}: {want} (marker {} in logs/presenter.log)",
                     m.len()

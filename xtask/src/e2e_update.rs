@@ -38,6 +38,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use rayos_base::marker::{Kind, Marker, VmStart};
 use rayos_image::fat::{self, FatTree};
 use rayos_image::qemu::{Config, Medium, Qemu};
 
@@ -282,11 +283,11 @@ pub fn run(args: Args) -> Result<()> {
     // 3. boot 1: refusals, then 0.2.0
     {
         let mut vm = boot(&run, &work, &disk, &updates, "boot1", &vars, true)?;
-        run.expect(&mut vm, "boot1: rayosd healthy", "RAYOS_READY", 900)?;
+        run.expect(&mut vm, "boot1: rayosd healthy", Kind::Ready.prefix(), 900)?;
         run.expect(
             &mut vm,
             "boot1: 0.1.0 blessed",
-            "RAYOS_BLESSED:rayos-0.1.0.efi",
+            &Marker::Blessed("rayos-0.1.0.efi".into()).to_string(),
             60,
         )?;
         // Up before the update's reboot, so that reboot saves it and the
@@ -294,7 +295,7 @@ pub fn run(args: Args) -> Result<()> {
         run.expect(
             &mut vm,
             "boot1: Linux VM running",
-            "RAYOS_LINUX_VM_READY",
+            Kind::LinuxVmReady.prefix(),
             900,
         )?;
         for b in ["tampered", "unsigned"] {
@@ -324,7 +325,7 @@ pub fn run(args: Args) -> Result<()> {
             &mut vm,
             "reboot",
             "boot1: reboot requested",
-            "RAYOS_REBOOT",
+            Kind::Reboot.prefix(),
             400,
         )?;
         stopped(&run, &mut vm, "boot1: restarted")?;
@@ -341,25 +342,30 @@ pub fn run(args: Args) -> Result<()> {
     // 4. boot 2: 0.2.0 runs and is blessed; apply the broken 0.3.0
     {
         let mut vm = boot(&run, &work, &disk, &updates, "boot2", &vars, true)?;
-        run.expect(&mut vm, "boot2: rayosd healthy", "RAYOS_READY", 900)?;
+        run.expect(&mut vm, "boot2: rayosd healthy", Kind::Ready.prefix(), 900)?;
         run.expect(
             &mut vm,
             "boot2: 0.2.0 booted and blessed",
-            "RAYOS_BLESSED:rayos-0.2.0.efi",
+            &Marker::Blessed("rayos-0.2.0.efi".into()).to_string(),
             60,
         )?;
-        run.expect(&mut vm, "boot2: Linux VM back", "RAYOS_LINUX_VM_READY", 900)?;
+        run.expect(
+            &mut vm,
+            "boot2: Linux VM back",
+            Kind::LinuxVmReady.prefix(),
+            900,
+        )?;
         let serial = vm.serial_output();
-        let started: Vec<&str> = serial
+        let started: Vec<VmStart> = serial
             .lines()
-            .filter_map(|l| {
-                l.split_once("RAYOS_VM_STARTED:linux:")
-                    .map(|(_, how)| how.trim())
+            .filter_map(|l| match Marker::find_in(l)? {
+                Marker::VmStarted { vm, how } if vm == "linux" => Some(how),
+                _ => None,
             })
             .collect();
         anyhow::ensure!(
-            started.first() == Some(&"resumed"),
-            "boot2: the Linux VM was not resumed across the update (RAYOS_VM_STARTED:linux: {started:?})"
+            started.first() == Some(&VmStart::Resumed),
+            "boot2: the Linux VM was not resumed across the update (it started {started:?})"
         );
         run.ok("boot2: the Linux VM resumed across the update (saved by 0.1.0, restored by 0.2.0)");
         run.type_cmd(
@@ -373,7 +379,7 @@ pub fn run(args: Args) -> Result<()> {
             &mut vm,
             "reboot",
             "boot2: reboot requested",
-            "RAYOS_REBOOT",
+            Kind::Reboot.prefix(),
             400,
         )?;
         stopped(&run, &mut vm, "boot2: restarted")?;
@@ -385,9 +391,13 @@ pub fn run(args: Args) -> Result<()> {
         let line = run.expect(
             &mut vm,
             "boot3: 0.2.0 reports the rollback",
-            "RAYOS_ROLLBACK:0.3.0:",
+            Kind::Rollback.prefix(),
             1800,
         )?;
+        match Marker::find_in(&line) {
+            Some(Marker::Rollback { failed, .. }) if failed == "0.3.0" => {}
+            other => bail!("boot3: the rollback reported is not 0.3.0's: {other:?}"),
+        }
         println!("    {}", line.trim());
         let panics = vm.serial_output().matches("Kernel panic").count();
         anyhow::ensure!(
@@ -400,7 +410,7 @@ pub fn run(args: Args) -> Result<()> {
         run.expect(
             &mut vm,
             "boot3: rayosd healthy on 0.2.0",
-            "RAYOS_READY",
+            Kind::Ready.prefix(),
             900,
         )?;
         run.type_cmd(
@@ -429,13 +439,13 @@ pub fn run(args: Args) -> Result<()> {
         run.expect(
             &mut vm,
             "boot4: the machine still boots after the power cut",
-            "RAYOS_READY",
+            Kind::Ready.prefix(),
             900,
         )?;
         run.expect(
             &mut vm,
             "boot4: Linux VM running",
-            "RAYOS_LINUX_VM_READY",
+            Kind::LinuxVmReady.prefix(),
             900,
         )?;
         run.type_cmd(
@@ -456,7 +466,7 @@ pub fn run(args: Args) -> Result<()> {
             &mut vm,
             "reboot",
             "boot4: reboot requested (VMs saved)",
-            "RAYOS_REBOOT",
+            Kind::Reboot.prefix(),
             400,
         )?;
         stopped(&run, &mut vm, "boot4: restarted")?;
@@ -546,7 +556,7 @@ pub fn run(args: Args) -> Result<()> {
             &mut vm,
             "shutdown",
             "boot5: power off",
-            "RAYOS_POWEROFF",
+            Kind::PowerOff.prefix(),
             300,
         )?;
         stopped(&run, &mut vm, "boot5: powered off")?;
@@ -588,11 +598,11 @@ pub fn run(args: Args) -> Result<()> {
         // Reboots allowed: the firmware may come back to systemd-boot after
         // the corrupt image fails to start.
         let mut vm = boot(&run, &work, &disk, &updates, "boot6", &vars, false)?;
-        run.expect(&mut vm, "boot6: rayosd healthy", "RAYOS_READY", 1800)?;
+        run.expect(&mut vm, "boot6: rayosd healthy", Kind::Ready.prefix(), 1800)?;
         run.expect(
             &mut vm,
             "boot6: the corrupt 0.4.0 did not stop the machine: the reinstalled 0.2.0 booted and was blessed",
-            "RAYOS_BLESSED:rayos-0.2.0.efi",
+            &Marker::Blessed("rayos-0.2.0.efi".into()).to_string(),
             60,
         )?;
         // Resumed when the VM's saved state survived (the reinstall does not

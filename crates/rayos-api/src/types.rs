@@ -80,6 +80,15 @@ wire_enum! {
     }
 }
 
+impl From<BootKind> for rayos_base::marker::VmStart {
+    fn from(b: BootKind) -> Self {
+        match b {
+            BootKind::Cold => rayos_base::marker::VmStart::Cold,
+            BootKind::Resumed => rayos_base::marker::VmStart::Resumed,
+        }
+    }
+}
+
 /// A saved state waiting in `state/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedState {

@@ -8,6 +8,8 @@
 //! - [`uki_name`]: boot-counted UKI file names `rayos-<v>[+L[-D]].efi`;
 //! - [`error`]: an error and its sources on one line;
 //! - [`hash`]: lower-case hex and SHA-256;
+//! - [`marker`]: the machine-readable console markers (`RAYOS_READY`, …)
+//!   as one type, printed by the services and awaited by the tests;
 //! - [`sys`]: the system calls several crates make (pipes, eventfd,
 //!   inotify, poll, descriptor passing, signals, locks), on `rustix`; the
 //!   only `unsafe` of this crate is there.
@@ -18,6 +20,7 @@
 pub mod efivar;
 pub mod error;
 pub mod hash;
+pub mod marker;
 pub mod paths;
 pub mod sys;
 pub mod uki_name;

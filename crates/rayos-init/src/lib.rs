@@ -1,8 +1,8 @@
 //! rayos init: PID 1 of the RayOS image, and the `rayos>` admin console.
 //!
-//! - [`pid1`]: the boot as a linear list of named steps per mode
-//!   (installer, installed, recovery), the supervision loop and the orderly
-//!   shutdown;
+//! - [`boot`]: PID 1 — the boot and the shutdown as step tables per mode
+//!   (installer, installed, recovery) over a `Platform` trait (the machine,
+//!   or a fake in unit tests), and the supervision loop between them;
 //! - [`console`]: the admin prompt on the serial console and tty1;
 //! - [`control`]: how `rayos shutdown`/`reboot`/`status` talk to PID 1;
 //! - [`modules`]: coldplug module loading by modalias, no udev or kmod;
@@ -22,13 +22,13 @@
 //! protocol.
 
 pub mod bless;
+pub mod boot;
 pub mod cmdline;
 pub mod console;
 pub mod control;
 pub mod log;
 pub mod memory;
 pub mod modules;
-pub mod pid1;
 pub mod recovery;
 pub mod service;
 pub mod sys;

@@ -92,6 +92,13 @@ pub fn attach_file(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The lines kept for the log file not attached yet (tests look at what
+/// was logged).
+#[cfg(test)]
+pub(crate) fn early_lines() -> Vec<String> {
+    sinks().early.iter().cloned().collect()
+}
+
 /// Detaches the log file (before unmounting the data volume).
 pub fn detach_file() {
     let mut s = sinks();
@@ -152,9 +159,15 @@ pub fn detail(text: impl AsRef<str>) {
 }
 
 /// A machine-readable marker (`RAYOS_BOOT:mount-data`, `RAYOS_READY`): on a
-/// line of its own on the console, exactly as given, for the e2e tests.
-pub fn marker(m: impl AsRef<str>) {
-    let m = m.as_ref();
+/// line of its own on the console, for the e2e tests.
+pub fn marker(m: &rayos_base::marker::Marker) {
+    relay_marker(&m.to_string());
+}
+
+/// A marker line a child printed (a service, the installer), relayed
+/// exactly as it came: on a line of its own on the console, and in the
+/// kernel log and the log file.
+pub fn relay_marker(m: &str) {
     {
         let mut s = sinks();
         let line = format!("{m}\n");

@@ -29,7 +29,7 @@ pub fn parse_vm_rss(status: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
-/// The role from a `/proc/<pid>/cmdline`: argv[0]'s name when it is `init`
+/// The role from a `/proc/<pid>/cmdline`: `argv[0]`'s name when it is `init`
 /// (the kernel starts PID 1 as `/init`), else the first argument.
 pub fn role(cmdline: &[u8]) -> String {
     let mut args = cmdline

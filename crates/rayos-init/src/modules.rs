@@ -17,8 +17,8 @@
 //! `.ko` files, so the common path needs no decompressor at all.
 //!
 //! Limits: no module options, no blacklist, no `install`/`remove` commands;
-//! hotplugged devices are handled by [`crate::pid1`] calling
-//! [`ModuleIndex::load_alias`] again.
+//! no hotplug: a device that appears after the boot's `modules` step gets a
+//! driver only if its module is already loaded (docs/init.md, Limits).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};

@@ -2,9 +2,11 @@
 //! backoff and stops in order at shutdown.
 //!
 //! A service's stdout and stderr go through one pipe to a pump thread that
-//! writes every line to `<logs>/<name>.log` (rotated) and copies lines that
-//! start with `RAYOS_` (machine-readable markers) to the console and to the
-//! main loop. Console sessions instead get their terminal as stdio.
+//! writes every line to `<logs>/<name>.log` (rotated) and copies the
+//! machine-readable markers in them (from `RAYOS_` on) to the console.
+//! Nothing in PID 1 acts on them: what rayosd does is learnt from its API
+//! (health, VM list, event stream). Console sessions instead get their
+//! terminal as stdio.
 //!
 //! Backoff: 1 s after the first exit, doubling to 30 s; reset when the
 //! service had run for a minute. Exits are learnt from PID 1's reaping
@@ -15,7 +17,6 @@ use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use crate::control::ServiceStatus;
@@ -60,24 +61,14 @@ struct Service {
     last_exit: Option<i32>,
 }
 
-/// A marker line from a service, for the main loop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Marker {
-    pub service: String,
-    pub line: String,
-}
-
+#[derive(Default)]
 pub struct Services {
     list: Vec<Service>,
-    markers: Sender<Marker>,
 }
 
 impl Services {
-    pub fn new(markers: Sender<Marker>) -> Self {
-        Services {
-            list: Vec::new(),
-            markers,
-        }
+    pub fn new() -> Self {
+        Services::default()
     }
 
     /// Adds and starts a service.
@@ -90,7 +81,7 @@ impl Services {
             started: Instant::now(),
             last_exit: None,
         };
-        start(&mut s, &self.markers);
+        start(&mut s);
         self.list.push(s);
     }
 
@@ -141,7 +132,7 @@ impl Services {
             if let State::Waiting(at) = s.state {
                 if at <= now {
                     s.restarts += 1;
-                    start(s, &self.markers);
+                    start(s);
                 } else {
                     let d = at - now;
                     next = Some(next.map_or(d, |n| n.min(d)));
@@ -207,7 +198,7 @@ impl Services {
     }
 }
 
-fn start(s: &mut Service, markers: &Sender<Marker>) {
+fn start(s: &mut Service) {
     let mut cmd = Command::new(&s.spec.program);
     crate::sys::reset_signals_in_child(&mut cmd);
     cmd.args(&s.spec.args);
@@ -269,10 +260,9 @@ fn start(s: &mut Service, markers: &Sender<Marker>) {
             log::detail(format!("started {} (pid {pid})", s.spec.name));
             if let Some((r, dir)) = pump {
                 let name = s.spec.name.clone();
-                let tx = markers.clone();
                 let _ = std::thread::Builder::new()
                     .name(format!("log-{name}"))
-                    .spawn(move || pump_lines(r, &dir, &name, &tx));
+                    .spawn(move || pump_lines(r, &dir, &name));
             }
         }
         Err(e) => {
@@ -292,7 +282,7 @@ fn start(s: &mut Service, markers: &Sender<Marker>) {
 }
 
 /// Copies a service's output into its log; markers also to the console.
-fn pump_lines(r: std::io::PipeReader, dir: &std::path::Path, name: &str, tx: &Sender<Marker>) {
+fn pump_lines(r: std::io::PipeReader, dir: &std::path::Path, name: &str) {
     let mut file = RotatingLog::open(dir, name, log::DEFAULT_MAX_BYTES, log::DEFAULT_KEEP).ok();
     if let Some(f) = file.as_mut() {
         let _ = f.write_line(&format!(
@@ -313,16 +303,11 @@ fn pump_lines(r: std::io::PipeReader, dir: &std::path::Path, name: &str, tx: &Se
         if let Some(f) = file.as_mut() {
             let _ = f.write_line(line);
         }
-        if let Some(pos) = line.find("RAYOS_") {
-            let m = &line[pos..];
+        if let Some(pos) = line.find(rayos_base::marker::PREFIX) {
             // Through init's log, not the console alone: /dev/console is the
             // last `console=` (the screen), and the kernel log carries the
             // marker to the serial console too.
-            log::marker(m);
-            let _ = tx.send(Marker {
-                service: name.to_string(),
-                line: m.to_string(),
-            });
+            log::relay_marker(&line[pos..]);
         }
     }
     if let Some(f) = file.as_mut() {
@@ -333,7 +318,6 @@ fn pump_lines(r: std::io::PipeReader, dir: &std::path::Path, name: &str, tx: &Se
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc;
 
     fn wait_exit(pid: i32) -> i32 {
         let mut status = 0;
@@ -343,16 +327,19 @@ mod tests {
     }
 
     #[test]
-    fn output_is_logged_and_markers_forwarded_and_restart_backs_off() {
+    fn output_is_logged_and_markers_relayed_and_restart_backs_off() {
         let d = tempfile::tempdir().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let mut svcs = Services::new(tx);
+        let started = rayos_base::marker::Marker::VmStarted {
+            vm: "linux".into(),
+            how: rayos_base::marker::VmStart::Cold,
+        };
+        let mut svcs = Services::new();
         svcs.add(Spec {
             name: "demo".into(),
             program: "/bin/sh".into(),
             args: vec![
                 "-c".into(),
-                "echo hello; echo RAYOS_VM_STARTED:linux:cold; echo oops >&2; exit 3".into(),
+                format!("echo hello; echo 'rayosd: {started}'; echo oops >&2; exit 3"),
             ],
             env: vec![],
             output: Output::Log(d.path().to_path_buf()),
@@ -361,8 +348,6 @@ mod tests {
         let pid = svcs.pid_of("demo").expect("running");
         let code = wait_exit(pid);
         assert_eq!(code, 3);
-        let m = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(m.line, "RAYOS_VM_STARTED:linux:cold");
         assert!(svcs.exited(pid, code));
         assert!(!svcs.exited(pid, code), "a pid is handled once");
         assert_eq!(svcs.status()[0].state, "restarting");
@@ -374,10 +359,26 @@ mod tests {
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if text.contains("oops") {
-                assert!(text.contains("hello") && text.contains("RAYOS_VM_STARTED"));
+                assert!(text.contains("hello") && text.contains(&format!("rayosd: {started}")));
                 break;
             }
             assert!(Instant::now() < deadline, "log never complete: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The marker line also went through init's own log (so it reaches
+        // the serial console), from `RAYOS_` on and only that line.
+        let relayed = |l: &String| l.ends_with(&format!("] {started}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = log::early_lines();
+            if lines.iter().any(relayed) {
+                assert!(!lines.iter().any(|l| l.ends_with("] hello")));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the marker never reached init's log: {lines:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(next);

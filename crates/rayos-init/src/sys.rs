@@ -6,7 +6,6 @@ use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::time::Duration;
 
 use rustix::mount::{MountFlags, UnmountFlags};
 
@@ -22,6 +21,12 @@ pub enum SysError {
     },
     #[error("cannot unmount {target}")]
     Unmount {
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot remount {target} read-only")]
+    Remount {
         target: String,
         #[source]
         source: io::Error,
@@ -148,22 +153,6 @@ pub fn unmount(target: &Path) -> Result<(), SysError> {
             target: target.display().to_string(),
             source: e.into(),
         }),
-    }
-}
-
-/// [`unmount`], retrying a busy target for up to `wait` first (files
-/// closing as their processes end) so the filesystem is really unmounted,
-/// not only detached.
-pub fn unmount_waiting(target: &Path, wait: Duration) -> Result<(), SysError> {
-    let deadline = std::time::Instant::now() + wait;
-    loop {
-        match rustix::mount::unmount(target, UnmountFlags::empty()) {
-            Ok(()) => return Ok(()),
-            Err(rustix::io::Errno::BUSY) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(_) => return unmount(target),
-        }
     }
 }
 

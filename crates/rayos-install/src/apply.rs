@@ -48,6 +48,7 @@ use crate::plan::{
 };
 use crate::tools::{self, FatVolume, ToolError};
 use rayos_base::efivar::{self, EfiVarError, HdFilePath};
+use rayos_base::marker::{InstallerMarker, Marker};
 
 /// Environment variable of the interruption test hook.
 pub const FAIL_AFTER_ENV: &str = "RAYOS_INSTALL_FAIL_AFTER";
@@ -252,7 +253,11 @@ pub fn apply(
         if fail_after.as_deref() == Some(step.as_str()) {
             // A power cut, as far as the disk is concerned: no cleanup, no
             // unwinding.
-            eprintln!("RAYOS_INSTALLER:ABORTED_AFTER:{step} ({FAIL_AFTER_ENV} test hook)");
+            let m = Marker::Installer(InstallerMarker::EngineAbortedAfter {
+                step: step.clone(),
+                note: format!("{FAIL_AFTER_ENV} test hook"),
+            });
+            eprintln!("{m}");
             std::process::abort();
         }
     }

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rayos_api::{Client, VmInfo, VmState};
 use rayos_base::error::chain;
+use rayos_base::marker::Marker;
 
 use crate::display::Display;
 use crate::home::{self, HomeVm, Model};
@@ -47,6 +48,8 @@ use crate::vnc::{self, VncWriter};
 /// How the presenter reports: markers go to stdout (the console), logs to
 /// stderr (the service log) in the command; tests capture both.
 pub type Sink = Arc<dyn Fn(&str) + Send + Sync>;
+/// Where the presenter's console markers go.
+pub type MarkerSink = Arc<dyn Fn(&Marker) + Send + Sync>;
 
 pub struct Options {
     /// rayosd's API socket.
@@ -57,7 +60,7 @@ pub struct Options {
     /// draws (`/dev/tty0`); None leaves the terminal alone.
     pub tty: Option<PathBuf>,
     pub version: String,
-    pub marker: Sink,
+    pub marker: MarkerSink,
     pub log: Sink,
 }
 
@@ -249,7 +252,7 @@ impl Presenter {
                         let vm = s.vm.clone();
                         self.presentation_on = true;
                         self.home_shown = None;
-                        (self.opts.marker)(&format!("RAYOS_PRESENTATION:on:{vm}"));
+                        (self.opts.marker)(&Marker::PresentationOn { vm: vm.clone() });
                         self.log(&format!("presenting {vm}"));
                     }
                 }
@@ -513,7 +516,7 @@ impl Presenter {
         self.home_shown = Some(m);
         if first || self.presentation_on {
             self.presentation_on = false;
-            (self.opts.marker)("RAYOS_PRESENTATION:off");
+            (self.opts.marker)(&Marker::PresentationOff);
         }
     }
 

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{MockDaemon, MockVm, Qemu};
+use rayos_base::marker::Marker;
 use rayos_present::display::MemoryDisplay;
 use rayos_present::home;
 use rayos_present::input::InputEvent;
@@ -43,12 +44,12 @@ fn chord(h: &service::Handle, c: u16) {
     key(h, code::LEFTCTRL, false);
 }
 
-fn wait_marker(rx: &mpsc::Receiver<String>, want: &str, timeout: Duration) {
+fn wait_marker(rx: &mpsc::Receiver<Marker>, want: &Marker, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(m) if m == want => return,
+            Ok(m) if m == *want => return,
             Ok(_) => {}
             Err(_) => panic!("no marker {want:?} within {timeout:?}"),
         }
@@ -117,7 +118,7 @@ fn presenter_follows_the_api_and_routes_keys_to_the_presented_vm_only() {
     );
     let display = MemoryDisplay::new(W, H);
     let visible = display.visible.clone();
-    let (mtx, mrx) = mpsc::channel::<String>();
+    let (mtx, mrx) = mpsc::channel::<Marker>();
     let mtx = Mutex::new(mtx);
     let logs = Arc::new(Mutex::new(Vec::<String>::new()));
     let logs2 = logs.clone();
@@ -128,7 +129,7 @@ fn presenter_follows_the_api_and_routes_keys_to_the_presented_vm_only() {
             tty: None,
             version: "9.9.9".into(),
             marker: Arc::new(move |m| {
-                let _ = mtx.lock().unwrap().send(m.to_string());
+                let _ = mtx.lock().unwrap().send(m.clone());
             }),
             log: Arc::new(move |m| logs2.lock().unwrap().push(m.to_string())),
         },
@@ -136,7 +137,7 @@ fn presenter_follows_the_api_and_routes_keys_to_the_presented_vm_only() {
     );
 
     // Home screen: version, both VMs with their states and keys.
-    wait_marker(&mrx, "RAYOS_PRESENTATION:off", Duration::from_secs(10));
+    wait_marker(&mrx, &Marker::PresentationOff, Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let t = screen(&visible);
@@ -170,7 +171,11 @@ fn presenter_follows_the_api_and_routes_keys_to_the_presented_vm_only() {
     // Ctrl+Alt+F1: the presenter asks rayosd to present alpha, then shows it.
     chord(&h, code::F1);
     daemon.wait_call("present alpha", Duration::from_secs(10));
-    wait_marker(&mrx, "RAYOS_PRESENTATION:on:alpha", Duration::from_secs(30));
+    wait_marker(
+        &mrx,
+        &Marker::PresentationOn { vm: "alpha".into() },
+        Duration::from_secs(30),
+    );
     tap(&h, code::A);
     q.wait_console("KEY 30 0", Duration::from_secs(30));
 
@@ -216,7 +221,7 @@ fn presenter_follows_the_api_and_routes_keys_to_the_presented_vm_only() {
     // Ctrl+Alt+Home: back home, rayosd told to hide alpha; Ctrl and Alt
     // were released in the guest, and keys typed now reach no VM.
     chord(&h, code::HOME);
-    wait_marker(&mrx, "RAYOS_PRESENTATION:off", Duration::from_secs(10));
+    wait_marker(&mrx, &Marker::PresentationOff, Duration::from_secs(10));
     daemon.wait_call("hide alpha", Duration::from_secs(10));
     tap(&h, 46); // C, while alpha is hidden
     // Present alpha again through the API (as `rayos vm present alpha`).
@@ -225,7 +230,11 @@ fn presenter_follows_the_api_and_routes_keys_to_the_presented_vm_only() {
             v.presented = v.name == "alpha";
         }
     });
-    wait_marker(&mrx, "RAYOS_PRESENTATION:on:alpha", Duration::from_secs(30));
+    wait_marker(
+        &mrx,
+        &Marker::PresentationOn { vm: "alpha".into() },
+        Duration::from_secs(30),
+    );
     tap(&h, 32); // D
     let console = q.wait_console("KEY 32 0", Duration::from_secs(30));
     let mut keys: Vec<&str> = console.lines().filter(|l| l.starts_with("KEY ")).collect();
@@ -251,7 +260,7 @@ fn presenter_follows_the_api_and_routes_keys_to_the_presented_vm_only() {
     chord(&h, code::F1 + 1);
     daemon.wait_call("start beta", Duration::from_secs(10));
     daemon.wait_call("present beta", Duration::from_secs(10));
-    wait_marker(&mrx, "RAYOS_PRESENTATION:off", Duration::from_secs(20));
+    wait_marker(&mrx, &Marker::PresentationOff, Duration::from_secs(20));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let t = screen(&visible);

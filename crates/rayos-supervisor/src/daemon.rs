@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rayos_base::marker::Marker;
 use rayos_base::sys::{self, SignalPipe};
 use rayos_vmm::Vmm;
 
@@ -131,14 +132,16 @@ pub fn run(opts: DaemonOptions, vmm: Arc<dyn Vmm>) -> Result<(), DaemonError> {
             .spawn(move || sup.monitor_loop())
             .map_err(DaemonError::Signals)?;
     }
-    marker(&format!("RAYOS_DAEMON_READY:{}", opts.socket.display()));
+    marker(&Marker::DaemonReady {
+        socket: opts.socket.display().to_string(),
+    });
     {
         let sup = Arc::clone(&sup);
         std::thread::Builder::new()
             .name("autostart".into())
             .spawn(move || {
                 sup.autostart();
-                marker("RAYOS_AUTOSTART_DONE");
+                marker(&Marker::AutostartDone);
             })
             .map_err(DaemonError::Signals)?;
     }
@@ -146,6 +149,6 @@ pub fn run(opts: DaemonOptions, vmm: Arc<dyn Vmm>) -> Result<(), DaemonError> {
     eprintln!("rayosd: signal {sig}: saving VMs and exiting");
     let results = sup.shutdown();
     let _ = std::fs::remove_file(&opts.socket);
-    marker(&format!("RAYOS_DAEMON_STOPPED:{}", results.len()));
+    marker(&Marker::DaemonStopped(results.len()));
     Ok(())
 }

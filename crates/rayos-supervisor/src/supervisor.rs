@@ -179,9 +179,9 @@ pub struct Supervisor {
 
 /// Prints a machine-readable marker line on stdout (tests and the
 /// end-to-end harness look for these).
-pub fn marker(text: &str) {
+pub fn marker(m: &rayos_base::marker::Marker) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{text}");
+    let _ = writeln!(out, "{m}");
     let _ = out.flush();
 }
 

@@ -102,13 +102,12 @@ pub struct Detected {
 }
 
 impl Detected {
-    /// `RAYOS_ROLLBACK:<failed-version>:<reason>` on one line.
-    pub fn marker(&self) -> String {
-        format!(
-            "RAYOS_ROLLBACK:{}:{}",
-            self.failed,
-            self.reason.replace(['\n', '\r'], " ")
-        )
+    /// `RAYOS_ROLLBACK:<failed-version>:<reason>` (on one line).
+    pub fn marker(&self) -> rayos_base::marker::Marker {
+        rayos_base::marker::Marker::Rollback {
+            failed: self.failed.clone(),
+            reason: self.reason.clone(),
+        }
     }
 }
 
@@ -257,7 +256,10 @@ mod tests {
             found[0].reason.contains("rayos update rollback"),
             "{found:?}"
         );
-        assert!(found[0].marker().starts_with("RAYOS_ROLLBACK:0.2.0:"));
+        assert!(matches!(
+            found[0].marker(),
+            rayos_base::marker::Marker::Rollback { failed, .. } if failed == "0.2.0"
+        ));
         assert_eq!(
             names(d.path()),
             vec!["rayos-0.1.0.efi", "rayos-0.2.0+0.efi.bad"]

@@ -29,6 +29,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rayos_base::marker::{Kind, Marker, Power};
 use rayos_image::{Compression, Initramfs};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -288,9 +289,9 @@ fn no_data_disk_degrades_and_console_powers_off() {
         "rayosd",
         "consoles",
     ] {
-        at = vm.wait_for(&format!("RAYOS_BOOT:{step}"), at, BOOT_TIMEOUT);
+        at = vm.wait_for(&Marker::Boot(step.into()).to_string(), at, BOOT_TIMEOUT);
     }
-    let at = vm.wait_for("RAYOS_DEGRADED", at, BOOT_TIMEOUT);
+    let at = vm.wait_for(Kind::Degraded.prefix(), at, BOOT_TIMEOUT);
     let at = vm.wait_for("rayos> ", at, BOOT_TIMEOUT);
     vm.type_line("status");
     let at = vm.wait_for("boot steps:", at, BOOT_TIMEOUT);
@@ -303,8 +304,12 @@ fn no_data_disk_degrades_and_console_powers_off() {
     vm.type_line("sh");
     let at = vm.wait_for("unknown command \"sh\"", at, BOOT_TIMEOUT);
     vm.type_line("shutdown");
-    let at = vm.wait_for("RAYOS_SHUTDOWN:poweroff", at, BOOT_TIMEOUT);
-    vm.wait_for("RAYOS_POWEROFF", at, BOOT_TIMEOUT);
+    let at = vm.wait_for(
+        &Marker::Shutdown(Power::PowerOff).to_string(),
+        at,
+        BOOT_TIMEOUT,
+    );
+    vm.wait_for(&Marker::PowerOff.to_string(), at, BOOT_TIMEOUT);
     let st = vm.wait_exit(Duration::from_secs(60));
     assert!(st.success(), "QEMU exit status {st} (a poweroff exits 0)");
     assert!(!vm.output().contains("Kernel panic"), "{}", vm.output());
@@ -408,7 +413,7 @@ fn boot_degraded(k: &Path, initrd: &Path, disk: &Path, want_fault: &str) -> Stri
         &drive,
         None,
     );
-    let at = vm.wait_for("RAYOS_DEGRADED", 0, BOOT_TIMEOUT);
+    let at = vm.wait_for(Kind::Degraded.prefix(), 0, BOOT_TIMEOUT);
     let at = vm.wait_for("rayos> ", at, BOOT_TIMEOUT);
     vm.type_line("status");
     let at = vm.wait_for("boot steps:", at, BOOT_TIMEOUT);
@@ -419,7 +424,7 @@ fn boot_degraded(k: &Path, initrd: &Path, disk: &Path, want_fault: &str) -> Stri
         "no fault {want_fault:?}:\n{status}"
     );
     vm.type_line("shutdown");
-    vm.wait_for("RAYOS_POWEROFF", at, BOOT_TIMEOUT);
+    vm.wait_for(&Marker::PowerOff.to_string(), at, BOOT_TIMEOUT);
     let st = vm.wait_exit(Duration::from_secs(60));
     assert!(st.success(), "QEMU exit status {st}");
     assert!(!status.contains("Kernel panic"), "{status}");
@@ -569,23 +574,39 @@ fn data_disk_mounted_logs_kept_power_button_powers_off() {
         &drive,
         Some(qmp),
     );
-    let at = vm.wait_for("RAYOS_BOOT:find-data", 0, BOOT_TIMEOUT);
+    let at = vm.wait_for(
+        &Marker::Boot("find-data".into()).to_string(),
+        0,
+        BOOT_TIMEOUT,
+    );
     let at = vm.wait_for("data volume /dev/vda1 on /dev/vda", at, BOOT_TIMEOUT);
-    let at = vm.wait_for("RAYOS_BOOT:mount-data", at, BOOT_TIMEOUT);
+    let at = vm.wait_for(
+        &Marker::Boot("mount-data".into()).to_string(),
+        at,
+        BOOT_TIMEOUT,
+    );
     let at = vm.wait_for("/dev/vda1 on /var/rayos", at, BOOT_TIMEOUT);
     let at = vm.wait_for("hostname rayos-test, timezone UTC", at, BOOT_TIMEOUT);
-    let at = vm.wait_for("RAYOS_BOOT:consoles", at, BOOT_TIMEOUT);
+    let at = vm.wait_for(
+        &Marker::Boot("consoles".into()).to_string(),
+        at,
+        BOOT_TIMEOUT,
+    );
     let at = vm.wait_for("on rayos-test", at, BOOT_TIMEOUT); // the console banner
     let at = vm.wait_for("rayos> ", at, BOOT_TIMEOUT);
     vm.type_line("logs");
     let at = vm.wait_for("init.log", at, BOOT_TIMEOUT);
     let at = vm.wait_for("rayos> ", at, BOOT_TIMEOUT);
     // rayosd (the real `rayos daemon`) answers GET /v1/health.
-    let at = vm.wait_for("RAYOS_READY", at, BOOT_TIMEOUT);
+    let at = vm.wait_for(&Marker::Ready.to_string(), at, BOOT_TIMEOUT);
     // The ACPI power button, as a person (or `virsh shutdown`) presses it.
     vm.qmp("system_powerdown");
-    let at = vm.wait_for("RAYOS_SHUTDOWN:poweroff", at, BOOT_TIMEOUT);
-    vm.wait_for("RAYOS_POWEROFF", at, BOOT_TIMEOUT);
+    let at = vm.wait_for(
+        &Marker::Shutdown(Power::PowerOff).to_string(),
+        at,
+        BOOT_TIMEOUT,
+    );
+    vm.wait_for(&Marker::PowerOff.to_string(), at, BOOT_TIMEOUT);
     let st = vm.wait_exit(Duration::from_secs(60));
     assert!(st.success(), "QEMU exit status {st}");
     drop(vm);
@@ -607,7 +628,7 @@ fn data_disk_mounted_logs_kept_power_button_powers_off() {
     eprintln!("rayosd.log:\n{rayosd_log}");
     let init_log = debugfs_cat(&img, "/logs/init.log");
     assert!(
-        init_log.contains("RAYOS_BOOT:mount-data"),
+        init_log.contains(&Marker::Boot("mount-data".into()).to_string()),
         "init.log: {init_log}"
     );
     assert!(
@@ -616,7 +637,7 @@ fn data_disk_mounted_logs_kept_power_button_powers_off() {
     );
     assert!(init_log.contains("rayosd stopped"), "init.log: {init_log}");
     assert!(
-        rayosd_log.contains("RAYOS_DAEMON_STOPPED"),
+        rayosd_log.contains(Kind::DaemonStopped.prefix()),
         "rayosd.log: {rayosd_log}"
     );
     assert!(

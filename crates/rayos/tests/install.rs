@@ -9,6 +9,7 @@ use rayos_testkit::disks::{self, DiskBuilder, DiskImage, fingerprint, run};
 
 const GIB: u64 = 1 << 30;
 
+use rayos_base::marker::{InstallerMarker as I, Kind, Marker};
 use rayos_install::answers::ISSUE_EXAMPLE;
 
 struct T {
@@ -76,6 +77,11 @@ impl T {
     }
 }
 
+/// A marker of the installer engine, as `rayos install` prints it.
+fn engine(m: I) -> String {
+    Marker::Installer(m).to_string()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -83,8 +89,8 @@ fn stderr(o: &Output) -> String {
 fn assert_refused(o: &Output, code: i32, needle: &str) {
     let e = stderr(o);
     assert_eq!(o.status.code(), Some(code), "{e}");
-    assert!(e.contains("RAYOS_INSTALLER:FAILED"), "{e}");
-    assert!(!e.contains("RAYOS_INSTALLER:COMPLETE"), "{e}");
+    assert!(e.contains(&engine(I::EngineFailed)), "{e}");
+    assert!(!e.contains(&engine(I::EngineComplete)), "{e}");
     assert!(e.contains(needle), "expected {needle:?} in: {e}");
 }
 
@@ -155,11 +161,11 @@ fn issue_answer_file_dry_run_then_install() {
     let e = stderr(&o);
     assert!(o.status.success(), "{e}");
     for m in [
-        "RAYOS_INSTALLER:STARTED",
-        "RAYOS_INSTALLER:PLAN_GENERATED",
-        "RAYOS_INSTALLER:COMPLETE",
+        engine(I::EngineStarted),
+        engine(I::EnginePlanGenerated),
+        engine(I::EngineComplete),
     ] {
-        assert!(e.contains(m), "{m} missing: {e}");
+        assert!(e.contains(&m), "{m} missing: {e}");
     }
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -189,7 +195,8 @@ fn issue_answer_file_dry_run_then_install() {
     assert_eq!(lines.last().unwrap()["event"], "complete");
     let e = stderr(&o);
     assert!(
-        e.contains("RAYOS_INSTALLER:STEP:format-data") && e.contains("RAYOS_INSTALLER:COMPLETE"),
+        e.contains(&engine(I::EngineStep("format-data".into())))
+            && e.contains(&engine(I::EngineComplete)),
         "{e}"
     );
     check_complete(&img, None);
@@ -545,7 +552,7 @@ fn an_esp_larger_than_its_partition_is_refused_before_any_write() {
         "{e}"
     );
     assert!(e.contains("repair") && e.contains("choose another"), "{e}");
-    assert!(!e.contains("RAYOS_INSTALLER:STEP:"), "a step ran: {e}");
+    assert!(!e.contains(Kind::EngineStep.prefix()), "a step ran: {e}");
     assert_eq!(fingerprint(&img).unwrap(), fp, "the disk changed");
 }
 
@@ -575,7 +582,7 @@ fn a_damaged_esp_is_refused_before_any_write() {
         e.contains("FATs differ") && e.contains("partition 1"),
         "{e}"
     );
-    assert!(!e.contains("RAYOS_INSTALLER:STEP:"), "a step ran: {e}");
+    assert!(!e.contains(Kind::EngineStep.prefix()), "a step ran: {e}");
     assert_eq!(fingerprint(&img).unwrap(), fp, "the disk changed");
 }
 
@@ -654,10 +661,10 @@ fn killed_after_any_step_rerun_finishes() {
                 "{what}/{step}: the hook did not stop it: {e}"
             );
             assert!(
-                e.contains(&format!("RAYOS_INSTALLER:ABORTED_AFTER:{step}")),
+                e.contains(&format!("{}{step} (", Kind::EngineAbortedAfter.prefix())),
                 "{what}/{step}: {e}"
             );
-            assert!(!e.contains("RAYOS_INSTALLER:COMPLETE"), "{e}");
+            assert!(!e.contains(&engine(I::EngineComplete)), "{e}");
             // What the killed run left is checked by the re-run's planner;
             // the other systems must already be intact.
             if let Some(f) = fx {
@@ -773,7 +780,7 @@ fn confirmation_on_a_terminal_needs_the_disk_path() {
     let o = typed(img.to_str().unwrap());
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}");
-    assert!(out.contains("RAYOS_INSTALLER:COMPLETE"), "{out}");
+    assert!(out.contains(&engine(I::EngineComplete)), "{out}");
     let disk = rayos_disk::probe_image(&img, None).unwrap();
     assert!(disk.rayos.is_some());
 }

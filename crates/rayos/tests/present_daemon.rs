@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rayos_api::{Client, VmState};
+use rayos_base::marker::Marker;
 use rayos_testkit::guest;
 
 fn rayos() -> Command {
@@ -35,12 +36,13 @@ impl Drop for Proc {
     }
 }
 
-fn wait_line(rx: &mpsc::Receiver<String>, want: &str, timeout: Duration) {
+/// Waits for the presenter to print `want` on a line of its own.
+fn wait_line(rx: &mpsc::Receiver<String>, want: &Marker, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(l) if l.trim() == want => return,
+            Ok(l) if l.trim().parse().as_ref() == Ok(want) => return,
             Ok(_) => {}
             Err(_) => panic!("no {want:?} from rayos present within {timeout:?}"),
         }
@@ -152,14 +154,18 @@ fn presenter_follows_present_on_boot_and_the_cli() {
             }
         }
     });
-    wait_line(&rx, "RAYOS_PRESENTATION:off", Duration::from_secs(30));
+    wait_line(&rx, &Marker::PresentationOff, Duration::from_secs(30));
     // Autostart + present_on_boot: the VM appears without anyone asking.
-    wait_line(&rx, "RAYOS_PRESENTATION:on:lin", Duration::from_secs(120));
+    wait_line(
+        &rx,
+        &Marker::PresentationOn { vm: "lin".into() },
+        Duration::from_secs(120),
+    );
     let info = client.show("lin").unwrap();
     assert!(info.presented && info.state == VmState::Running, "{info:?}");
 
     vm(&socket, &["hide", "lin"]);
-    wait_line(&rx, "RAYOS_PRESENTATION:off", Duration::from_secs(30));
+    wait_line(&rx, &Marker::PresentationOff, Duration::from_secs(30));
     // A hidden VM still has a screenshot (rayosd's QMP screendump), and
     // taking it does not present the VM.
     let png = dir.path().join("hidden.png");
@@ -172,8 +178,12 @@ fn presenter_follows_present_on_boot_and_the_cli() {
     assert!(w >= 320 && h >= 200, "{w}x{h}");
     assert!(!client.show("lin").unwrap().presented);
     vm(&socket, &["present", "lin"]);
-    wait_line(&rx, "RAYOS_PRESENTATION:on:lin", Duration::from_secs(30));
+    wait_line(
+        &rx,
+        &Marker::PresentationOn { vm: "lin".into() },
+        Duration::from_secs(30),
+    );
     // Stopping the VM clears its presentation: back to the home screen.
     vm(&socket, &["stop", "lin", "--force"]);
-    wait_line(&rx, "RAYOS_PRESENTATION:off", Duration::from_secs(60));
+    wait_line(&rx, &Marker::PresentationOff, Duration::from_secs(60));
 }

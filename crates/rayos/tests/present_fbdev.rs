@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rayos_base::marker::Marker;
 use rayos_image::initramfs::{Compression, Initramfs};
 use rayos_present::home;
 use rayos_qmp::QmpClient;
@@ -209,7 +210,7 @@ fn presenter_draws_on_fbdev_and_owns_the_evdev_keyboard() {
     );
     let boot = Duration::from_secs(240);
     let at = wait_log(&log, 0, "FBDEV VESA VGA 1024,768", boot);
-    let at = wait_log(&log, at, "RAYOS_PRESENTATION:off", boot);
+    let at = wait_log(&log, at, &Marker::PresentationOff.to_string(), boot);
     // bochs replaced vesafb's /dev/fb0: the presenter reopened it.
     let at = wait_log(&log, at, "display changed: now ", boot);
     // The PS/2 keyboard was found and grabbed.

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rayos_api::{Client, EventKind as E, VmInfo, VmState};
+use rayos_base::marker::{Kind, Marker, VmStart};
 use rayos_testkit::guest;
 use rayos_vmm::qemu::process;
 
@@ -139,7 +140,7 @@ impl Host {
 
     fn wait_autostart(&self, runs: usize) {
         let deadline = Instant::now() + BOOT;
-        while self.markers("RAYOS_AUTOSTART_DONE").len() < runs {
+        while self.markers(Kind::AutostartDone).len() < runs {
             assert!(
                 Instant::now() < deadline,
                 "autostart did not finish: {}",
@@ -153,12 +154,24 @@ impl Host {
         fs::read_to_string(self.dir.path().join("daemon.err")).unwrap_or_default()
     }
 
-    fn markers(&self, prefix: &str) -> Vec<String> {
+    /// The daemon's markers of `kind` so far, oldest first.
+    fn markers(&self, kind: Kind) -> Vec<Marker> {
         fs::read_to_string(&self.out_file)
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.starts_with(prefix))
-            .map(str::to_string)
+            .filter_map(|l| l.parse::<Marker>().ok())
+            .filter(|m| m.kind() == kind)
+            .collect()
+    }
+
+    /// How VM `vm` came up at each start, oldest first.
+    fn starts(&self, vm: &str) -> Vec<VmStart> {
+        self.markers(Kind::VmStarted)
+            .into_iter()
+            .filter_map(|m| match m {
+                Marker::VmStarted { vm: v, how } if v == vm => Some(how),
+                _ => None,
+            })
             .collect()
     }
 
@@ -329,10 +342,10 @@ fn counter_survives_suspend_daemon_kill_and_host_shutdown() {
     let mark = guest::log_len(&log);
     let out = h.ok(&["start", "lin", "--json"]);
     assert_eq!(json_boot(&out), "resumed");
-    assert!(h.markers("RAYOS_VM_STARTED:lin:").ends_with(&[
-        "RAYOS_VM_STARTED:lin:cold".to_string(),
-        "RAYOS_VM_STARTED:lin:resumed".to_string()
-    ]));
+    assert!(
+        h.starts("lin")
+            .ends_with(&[VmStart::Cold, VmStart::Resumed])
+    );
     let after = counters_after(&log, mark, 2);
     assert!(
         after[0] >= before,
@@ -349,7 +362,10 @@ fn counter_survives_suspend_daemon_kill_and_host_shutdown() {
     h.wait_autostart(2);
     let shown = h.show("lin");
     assert_eq!((shown.state, shown.pid), (VmState::Running, Some(pid)));
-    assert_eq!(h.markers("RAYOS_VM_ATTACHED:lin").len(), 1);
+    assert_eq!(
+        h.markers(Kind::VmAttached),
+        vec![Marker::VmAttached { vm: "lin".into() }]
+    );
     let after = counters_after(&log, mark, during.len() + 3);
     assert!(
         after.windows(2).all(|w| w[1] == w[0] + 1),
@@ -365,10 +381,7 @@ fn counter_survives_suspend_daemon_kill_and_host_shutdown() {
     let mark = guest::log_len(&log);
     h.start_daemon();
     h.wait_autostart(3);
-    assert_eq!(
-        h.markers("RAYOS_VM_STARTED:lin:").last().unwrap(),
-        "RAYOS_VM_STARTED:lin:resumed"
-    );
+    assert_eq!(h.starts("lin").last(), Some(&VmStart::Resumed));
     let shown = h.show("lin");
     assert_eq!(shown.state, VmState::Running);
     assert!(!shown.presented, "autostart resumes hidden");

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rayos_base::marker::{InstallerMarker, Marker, WizardAfter, WizardMarker};
 use rayos_install::answers::{Answers, Mode};
 use rayos_testkit::disks::{DiskBuilder, MIB, fingerprint, pseudo_random, run, sha256_file};
 use serde_json::Value;
@@ -204,6 +205,11 @@ impl Env {
     }
 }
 
+/// A marker of the wizard, as `rayos wizard` prints it.
+fn wizard(m: WizardMarker) -> String {
+    Marker::Wizard(m).to_string()
+}
+
 fn disks_json(img: &Path) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_rayos"))
         .args(["disks", "--json", "--disk", &img.display().to_string()])
@@ -274,7 +280,12 @@ fn whole_disk_install_erases_windows_and_seeds_the_machine() {
     install(&t, "disk.img");
     let (rc, err) = t.exit(30);
     assert_eq!(rc, 0, "{err}");
-    assert!(err.contains("RAYOS_WIZARD:INSTALLED after=exit"), "{err}");
+    assert!(
+        err.contains(&wizard(WizardMarker::Installed {
+            after: WizardAfter::Exit
+        })),
+        "{err}"
+    );
 
     let img = env.path("disk.img");
     sgdisk_ok(&img);
@@ -473,7 +484,7 @@ fn boot_medium_is_refused_and_a_typo_writes_nothing() {
     t.keys(&["C-c"]);
     let (rc, err) = t.exit(30);
     assert_eq!(rc, 5, "{err}");
-    assert!(err.contains("RAYOS_WIZARD:CANCELLED"), "{err}");
+    assert!(err.contains(&wizard(WizardMarker::Cancelled)), "{err}");
     assert_eq!(sha256_file(&env.path("medium.iso")).unwrap(), iso_before);
     assert_eq!(
         fingerprint(&img).unwrap(),
@@ -539,7 +550,9 @@ fn a_failed_step_is_retried_and_the_install_finishes() {
     let (rc, err) = t.exit(30);
     assert_eq!(rc, 0, "{err}");
     assert!(
-        err.contains("RAYOS_WIZARD:INSTALLED after=power-off"),
+        err.contains(&wizard(WizardMarker::Installed {
+            after: WizardAfter::PowerOff
+        })),
         "{err}"
     );
     sgdisk_ok(&img);
@@ -605,7 +618,7 @@ fn dry_run_saves_answers_that_rayos_install_plans_the_same_way() {
     t.keys(&["Enter"]);
     let (rc, err) = t.exit(30);
     assert_eq!(rc, 0, "{err}");
-    assert!(err.contains("RAYOS_WIZARD:DRY_RUN"), "{err}");
+    assert!(err.contains(&wizard(WizardMarker::DryRun)), "{err}");
     assert_eq!(
         fingerprint(&img).unwrap(),
         before,
@@ -697,8 +710,11 @@ fn rayos_install_without_answers_on_a_terminal_runs_the_wizard() {
     t.keys(&["q"]);
     let (rc, err) = t.exit(30);
     assert_eq!(rc, 5, "leaving the wizard is exit 5 (cancelled): {err}");
-    assert!(err.contains("RAYOS_WIZARD:CANCELLED"), "{err}");
-    assert!(!err.contains("RAYOS_INSTALLER:STARTED"), "{err}");
+    assert!(err.contains(&wizard(WizardMarker::Cancelled)), "{err}");
+    assert!(
+        !err.contains(&Marker::Installer(InstallerMarker::EngineStarted).to_string()),
+        "{err}"
+    );
     assert_eq!(
         fingerprint(&img).unwrap(),
         before,

@@ -33,6 +33,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use rayos_base::marker::Kind;
 use rayos_image::qemu::{Config, Firmware, Medium, Qemu};
 
 #[derive(clap::Args)]
@@ -385,8 +386,8 @@ fn rayos_boot(
             .with_context(|| format!("RayOS boot {}: waiting for {marker}", i + 1))?;
         Ok(t.elapsed().as_secs_f64())
     };
-    let ready_wall = step(&mut vm, "RAYOS_READY", 900)?;
-    let linux_wall = step(&mut vm, "RAYOS_LINUX_VM_READY", 900)?;
+    let ready_wall = step(&mut vm, Kind::Ready.prefix(), 900)?;
+    let linux_wall = step(&mut vm, Kind::LinuxVmReady.prefix(), 900)?;
     vm.send_serial("\n")?;
     step(&mut vm, "rayos>", 60)?;
     vm.send_serial("vm health\n")?;
@@ -397,12 +398,12 @@ fn rayos_boot(
     let own = own_memory(&out)?;
     let init_s = kernel_time(&out, RUN_INIT)?;
     let ready = Boot {
-        kernel_s: kernel_time(&out, "RAYOS_READY")?,
+        kernel_s: kernel_time(&out, Kind::Ready.prefix())?,
         wall_s: ready_wall,
         init_s,
     };
     let linux = Boot {
-        kernel_s: kernel_time(&out, "RAYOS_LINUX_VM_READY")?,
+        kernel_s: kernel_time(&out, Kind::LinuxVmReady.prefix())?,
         wall_s: linux_wall,
         init_s,
     };
@@ -490,10 +491,10 @@ mod tests {
     #[test]
     fn kernel_time_reads_the_marker_line() {
         let log = "RAYOS_READY\r\n[    0.000000] Linux version\r\n[    8.586592] rayos-init: RAYOS_READY\r\n";
-        assert_eq!(kernel_time(log, "RAYOS_READY").unwrap(), 8.586592);
+        assert_eq!(kernel_time(log, Kind::Ready.prefix()).unwrap(), 8.586592);
         assert!(kernel_time(log, "NOPE").is_err());
         let redraw = "\rrayos> \x1b[K[    8.130294] rayos-init: RAYOS_READY\r\n";
-        assert_eq!(kernel_time(redraw, "RAYOS_READY").unwrap(), 8.130294);
+        assert_eq!(kernel_time(redraw, Kind::Ready.prefix()).unwrap(), 8.130294);
     }
 
     #[test]

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rayos_api::{Client, CreateRequest, DiskRequest};
+use rayos_base::marker::Marker;
 use rayos_present::display::MemoryDisplay;
 use rayos_present::input::InputEvent;
 use rayos_present::service::{self, Options};
@@ -83,12 +84,12 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn wait_marker(rx: &mpsc::Receiver<String>, want: &str) -> anyhow::Result<Instant> {
+fn wait_marker(rx: &mpsc::Receiver<Marker>, want: &Marker) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(m) if m == want => return Ok(Instant::now()),
+            Ok(m) if m == *want => return Ok(Instant::now()),
             Ok(_) => {}
             Err(_) => bail!("the presenter never printed {want}"),
         }
@@ -201,7 +202,7 @@ fn bench(args: &Args, reps: usize, rayos: &Path, root: &Path) -> anyhow::Result<
 
     // The presenter.
     let display = MemoryDisplay::new(1024, 768);
-    let (mtx, mrx) = mpsc::channel::<String>();
+    let (mtx, mrx) = mpsc::channel::<Marker>();
     let mtx = Mutex::new(mtx);
     let h = service::spawn(
         Options {
@@ -210,7 +211,7 @@ fn bench(args: &Args, reps: usize, rayos: &Path, root: &Path) -> anyhow::Result<
             tty: None,
             version: env!("CARGO_PKG_VERSION").into(),
             marker: Arc::new(move |m| {
-                let _ = mtx.lock().map(|t| t.send(m.to_string()));
+                let _ = mtx.lock().map(|t| t.send(m.clone()));
             }),
             log: {
                 let t0 = Instant::now();
@@ -226,8 +227,8 @@ fn bench(args: &Args, reps: usize, rayos: &Path, root: &Path) -> anyhow::Result<
         },
         Box::new(display),
     );
-    wait_marker(&mrx, "RAYOS_PRESENTATION:off")?;
-    let on = format!("RAYOS_PRESENTATION:on:{VM}");
+    wait_marker(&mrx, &Marker::PresentationOff)?;
+    let on = Marker::PresentationOn { vm: VM.into() };
     let mut pres_present = Vec::new();
     let mut pres_key = Vec::new();
     for _ in 0..reps {
@@ -252,7 +253,7 @@ fn bench(args: &Args, reps: usize, rayos: &Path, root: &Path) -> anyhow::Result<
         h.input(InputEvent::Key { code: 30, value: 0 });
         wait_console(&log, from, "KEY 30 0")?;
         client.action(VM, "hide", None::<&()>)?;
-        wait_marker(&mrx, "RAYOS_PRESENTATION:off")?;
+        wait_marker(&mrx, &Marker::PresentationOff)?;
     }
 
     // CPU while the VM runs hidden, then presented (guest idle but for its

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use rayos_base::marker::{InstallerMarker, Kind, Marker};
 use rayos_image::fat::{self, FatTree};
 use rayos_image::qemu::{Medium, Qemu};
 use rayos_testkit::disks::{DiskBuilder, MIB};
@@ -68,8 +69,8 @@ pub(super) fn usb_late(run: &Run, work: &Path, iso: &Path) -> Result<()> {
     run.expect_not(
         &mut vm,
         "init looks for an answer file (no stick yet)",
-        "RAYOS_BOOT:find-answers",
-        &["RAYOS_FATAL"],
+        &Marker::Boot("find-answers".into()).to_string(),
+        &[Kind::Fatal.prefix()],
         300,
     )?;
     vm.plug_usb_stick("late-stick", &stick)
@@ -78,10 +79,10 @@ pub(super) fn usb_late(run: &Run, work: &Path, iso: &Path) -> Result<()> {
     let (i, line) = vm
         .wait_for_any(
             &[
-                "RAYOS_INSTALLER:countdown:2",
-                "RAYOS_INSTALLER:interactive",
-                "RAYOS_INSTALLER:failed",
-                "RAYOS_FATAL",
+                &Marker::Installer(InstallerMarker::Countdown(2)).to_string(),
+                Kind::InstallerInteractive.prefix(),
+                Kind::InstallerFailed.prefix(),
+                Kind::Fatal.prefix(),
             ],
             run.timeout(300),
         )
@@ -101,8 +102,8 @@ pub(super) fn usb_late(run: &Run, work: &Path, iso: &Path) -> Result<()> {
             run.expect_not(
                 &mut vm,
                 "the stick is offered with its countdown",
-                "RAYOS_INSTALLER:countdown:2",
-                &["RAYOS_INSTALLER:failed", "RAYOS_FATAL"],
+                &Marker::Installer(InstallerMarker::Countdown(2)).to_string(),
+                &[Kind::InstallerFailed.prefix(), Kind::Fatal.prefix()],
                 120,
             )?;
         }
@@ -111,27 +112,27 @@ pub(super) fn usb_late(run: &Run, work: &Path, iso: &Path) -> Result<()> {
     run.expect_not(
         &mut vm,
         "unattended install starts after the countdown",
-        "RAYOS_INSTALLER:start",
+        Kind::InstallerStart.prefix(),
         &[
-            "RAYOS_INSTALLER:cancelled",
-            "RAYOS_INSTALLER:failed",
-            "RAYOS_FATAL",
+            Kind::InstallerCancelled.prefix(),
+            Kind::InstallerFailed.prefix(),
+            Kind::Fatal.prefix(),
         ],
         120,
     )?;
     run.expect_not(
         &mut vm,
         "the installer engine accepted the stick's answers",
-        "RAYOS_INSTALLER:PLAN_GENERATED",
-        &["RAYOS_INSTALLER:failed", "RAYOS_FATAL"],
+        Kind::EnginePlanGenerated.prefix(),
+        &[Kind::InstallerFailed.prefix(), Kind::Fatal.prefix()],
         300,
     )?;
     // The install itself takes seconds: see it through.
     run.expect_not(
         &mut vm,
         "install completes",
-        "RAYOS_INSTALLER:done",
-        &["RAYOS_INSTALLER:failed", "RAYOS_FATAL"],
+        Kind::InstallerDone.prefix(),
+        &[Kind::InstallerFailed.prefix(), Kind::Fatal.prefix()],
         600,
     )?;
     run.stopped(&mut vm, "installer reboots (stops under -no-reboot)", 300)?;
@@ -195,11 +196,11 @@ pub(super) fn answers_safety(run: &Run, work: &Path, iso: &Path) -> Result<()> {
     run.expect_not(
         &mut vm,
         "the answer file on the internal disk is not used",
-        "RAYOS_INSTALLER:interactive",
+        Kind::InstallerInteractive.prefix(),
         &[
-            "RAYOS_INSTALLER:countdown",
-            "RAYOS_INSTALLER:start",
-            "RAYOS_FATAL",
+            Kind::InstallerCountdown.prefix(),
+            Kind::InstallerStart.prefix(),
+            Kind::Fatal.prefix(),
         ],
         300,
     )?;
@@ -211,11 +212,11 @@ pub(super) fn answers_safety(run: &Run, work: &Path, iso: &Path) -> Result<()> {
     run.expect_not(
         &mut vm,
         "the stick's plan is shown with the default 10 s countdown",
-        "RAYOS_INSTALLER:countdown:10",
+        &Marker::Installer(InstallerMarker::Countdown(10)).to_string(),
         &[
-            "RAYOS_INSTALLER:start",
-            "RAYOS_INSTALLER:failed",
-            "RAYOS_FATAL",
+            Kind::InstallerStart.prefix(),
+            Kind::InstallerFailed.prefix(),
+            Kind::Fatal.prefix(),
         ],
         300,
     )?;
@@ -224,8 +225,8 @@ pub(super) fn answers_safety(run: &Run, work: &Path, iso: &Path) -> Result<()> {
     run.expect_not(
         &mut vm,
         "the key cancels the unattended install",
-        "RAYOS_INSTALLER:cancelled",
-        &["RAYOS_INSTALLER:start", "RAYOS_FATAL"],
+        Kind::InstallerCancelled.prefix(),
+        &[Kind::InstallerStart.prefix(), Kind::Fatal.prefix()],
         60,
     )?;
     std::thread::sleep(Duration::from_secs(3));
@@ -238,7 +239,10 @@ pub(super) fn answers_safety(run: &Run, work: &Path, iso: &Path) -> Result<()> {
     )?;
     // Nothing may start later either: wait out more than the countdown.
     match vm.wait_for_any(
-        &["RAYOS_INSTALLER:start", "RAYOS_INSTALLER:countdown"],
+        &[
+            Kind::InstallerStart.prefix(),
+            Kind::InstallerCountdown.prefix(),
+        ],
         Duration::from_secs(15),
     ) {
         Ok((_, line)) => bail!("after the cancel: {}", line.trim()),

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rayos_api::{ActionReply, BootKind, EventKind, SavedState, VmState};
+use rayos_base::marker::Marker;
 use rayos_state::VmDefinition;
 use rayos_vmm::{Launch, VmHandle, VmSpec};
 
@@ -236,7 +237,10 @@ impl Supervisor {
         drop(op);
         let name = &slot.name;
         self.place_in_cgroup(name, pid);
-        marker(&format!("RAYOS_VM_STARTED:{name}:{}", boot.as_str()));
+        marker(&Marker::VmStarted {
+            vm: name.clone(),
+            how: boot.into(),
+        });
         let mut message = format!(
             "VM {name} {} (hidden)",
             match boot {
@@ -274,7 +278,9 @@ impl Supervisor {
                     *op = Some(h);
                     drop(op);
                     self.place_in_cgroup(&slot.name, pid);
-                    marker(&format!("RAYOS_VM_ATTACHED:{}", slot.name));
+                    marker(&Marker::VmAttached {
+                        vm: slot.name.clone(),
+                    });
                 }
                 Ok(None) => {}
                 Err(e) => {

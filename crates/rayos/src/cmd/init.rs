@@ -16,5 +16,5 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
-    rayos_init::pid1::main()
+    rayos_init::boot::main()
 }

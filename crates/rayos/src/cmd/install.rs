@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use rayos_base::marker::{InstallerMarker, Marker};
 use rayos_install::answers::{Answers, Mode};
 use rayos_install::apply::{ApplyOptions, Event};
 use rayos_install::plan::{self, Facts, PlanOptions};
@@ -92,12 +93,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             writing_guard: Some(super::wizard::install_lock),
         });
     }
-    eprintln!("RAYOS_INSTALLER:STARTED");
+    eprintln!("{}", Marker::Installer(InstallerMarker::EngineStarted));
     let r = install(args);
-    match &r {
-        Ok(_) => eprintln!("RAYOS_INSTALLER:COMPLETE"),
-        Err(_) => eprintln!("RAYOS_INSTALLER:FAILED"),
-    }
+    let end = match &r {
+        Ok(_) => InstallerMarker::EngineComplete,
+        Err(_) => InstallerMarker::EngineFailed,
+    };
+    eprintln!("{}", Marker::Installer(end));
     r
 }
 
@@ -174,7 +176,10 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
         ..PlanOptions::default()
     };
     let plan = plan::make_plan(&disk, &answers, &facts, &opts).map_err(|e| bad(e.to_string()))?;
-    eprintln!("RAYOS_INSTALLER:PLAN_GENERATED");
+    eprintln!(
+        "{}",
+        Marker::Installer(InstallerMarker::EnginePlanGenerated)
+    );
 
     if !real {
         if args.json {
@@ -227,7 +232,10 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
                         index + 1
                     );
                 }
-                eprintln!("RAYOS_INSTALLER:STEP:{step}");
+                eprintln!(
+                    "{}",
+                    Marker::Installer(InstallerMarker::EngineStep(step.clone()))
+                );
             }
             Event::Note { message } => eprintln!("rayos install: {message}"),
             _ => {}

@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use rayos_base::marker::{Marker, WizardAfter, WizardMarker};
 use rayos_install::apply::ApplyOptions;
 use rayos_install::plan::SYSTEMD_BOOT_HOST;
 use rayos_wizard::{After, Config, Outcome, WizardError};
@@ -118,21 +119,23 @@ pub fn run_config(config: &Config) -> anyhow::Result<ExitCode> {
     })?;
     match outcome {
         Outcome::Installed { plan, after } => {
-            let after = match after {
-                After::Reboot => "reboot",
-                After::PowerOff => "power-off",
-                After::Exit => "exit",
+            let (after, action) = match after {
+                After::Reboot => (
+                    WizardAfter::Reboot,
+                    Some(rayos_init::sys::PowerAction::Reboot),
+                ),
+                After::PowerOff => (
+                    WizardAfter::PowerOff,
+                    Some(rayos_init::sys::PowerAction::PowerOff),
+                ),
+                After::Exit => (WizardAfter::Exit, None),
             };
             println!("RayOS is installed on {}.", plan.target.display());
-            eprintln!("RAYOS_WIZARD:INSTALLED after={after}");
+            eprintln!("{}", Marker::Wizard(WizardMarker::Installed { after }));
+            let after = after.as_str();
             // On the installer media PID 1 is rayos init: hand it the power
             // action the person chose. Elsewhere (a developer's host) the
             // choice is only reported.
-            let action = match after {
-                "reboot" => Some(rayos_init::sys::PowerAction::Reboot),
-                "power-off" => Some(rayos_init::sys::PowerAction::PowerOff),
-                _ => None,
-            };
             if let Some(action) = action {
                 match rayos_init::control::request(action) {
                     Ok(()) | Err(rayos_init::control::ControlError::NotRayos) => {}
@@ -147,12 +150,12 @@ pub fn run_config(config: &Config) -> anyhow::Result<ExitCode> {
         Outcome::DryRun { plan } => {
             print!("{}", rayos_install::plan::render(&plan));
             println!("\nDry run: nothing was written.");
-            eprintln!("RAYOS_WIZARD:DRY_RUN");
+            eprintln!("{}", Marker::Wizard(WizardMarker::DryRun));
             Ok(ExitCode::SUCCESS)
         }
         Outcome::Cancelled => {
             println!("The installer was left: nothing was written.");
-            eprintln!("RAYOS_WIZARD:CANCELLED");
+            eprintln!("{}", Marker::Wizard(WizardMarker::Cancelled));
             Ok(ExitCode::from(CANCELLED))
         }
     }

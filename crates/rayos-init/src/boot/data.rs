@@ -1,0 +1,559 @@
+//! The installed and recovery steps around the data volume: find it, check
+//! it, mount it (read-only when the check failed), its schema, the logs on
+//! it, `machine.toml`, the policy, and the rollback check on the system
+//! partition. A problem here is a fault, never a stop: the console still
+//! comes up, and a bad volume is not written to (no rayosd).
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use rayos_base::error::chain;
+use rayos_base::paths;
+use rustix::mount::MountFlags;
+
+use super::platform::{Mount, release};
+use super::{Platform, State, StepResult};
+use crate::cmdline::Mode;
+use crate::log;
+use crate::volumes;
+
+/// How long to wait for storage to appear (USB and NVMe probe async).
+pub const DISK_WAIT: Duration = Duration::from_secs(15);
+/// Where `e2fsck` may be in the image.
+const E2FSCK: [&str; 3] = ["/usr/sbin/e2fsck", "/sbin/e2fsck", "/usr/bin/e2fsck"];
+
+/// The disks, or none (with a warning) when they cannot be listed.
+pub fn list_disks(p: &mut dyn Platform) -> Vec<rayos_disk::report::Disk> {
+    match p.list_disks() {
+        Ok(d) => d,
+        Err(e) => {
+            log::warn(format!("cannot list disks: {e}"));
+            Vec::new()
+        }
+    }
+}
+
+/// The RayOS data partition by GPT type, waiting up to [`DISK_WAIT`] for
+/// slow storage; with several installs the one beside the loader's ESP.
+pub fn find_data(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    let boot_esp = p.loader_esp();
+    let deadline = p.now() + DISK_WAIT;
+    loop {
+        let disks = list_disks(p);
+        if let Some(i) = volumes::find_install(&disks, boot_esp) {
+            let msg = format!(
+                "data volume {} on {}{}",
+                i.data.display(),
+                i.disk.display(),
+                if i.others.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (also found RayOS data on {:?}: not used)", i.others)
+                }
+            );
+            st.status.data_device = Some(i.data.display().to_string());
+            st.install = Some(i);
+            return StepResult::Ok(msg);
+        }
+        if p.now() >= deadline {
+            let names: Vec<String> = disks.iter().map(|d| d.path.display().to_string()).collect();
+            st.fault(format!(
+                "no RayOS data partition (type {}) on any disk ({}): VMs cannot start. \
+                 Boot the recovery entry or reinstall RayOS from the installer medium.",
+                rayos_disk::types::RAYOS_DATA,
+                if names.is_empty() {
+                    "no disks found".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ));
+            return StepResult::Fail("no data partition found".into());
+        }
+        p.sleep(Duration::from_millis(300));
+    }
+}
+
+/// `e2fsck -p`: status 0, 1 (fixed) or 2 (fixed, reboot wanted) are fine;
+/// anything else is a fault and the volume is mounted read-only.
+pub fn check_data(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    let Some(dev) = st.install.as_ref().map(|i| i.data.clone()) else {
+        return StepResult::Skip("no data volume".into());
+    };
+    let Some(e2fsck) = E2FSCK
+        .into_iter()
+        .map(Path::new)
+        .find(|e| p.path(e).is_file())
+    else {
+        st.data_ok = true;
+        return StepResult::Warn(
+            "e2fsck is not in this image: mounting the data volume unchecked".into(),
+        );
+    };
+    // -p: fix what is safe without questions. Exit status bits: 1 fixed,
+    // 2 fixed and reboot wanted, 4 left uncorrected, 8 operational error.
+    let out = match p.run(e2fsck, &["-p".into(), dev.display().to_string()]) {
+        Ok(o) => o,
+        Err(e) => {
+            st.data_ok = true;
+            return StepResult::Warn(format!(
+                "cannot run {}: {e}: mounting unchecked",
+                e2fsck.display()
+            ));
+        }
+    };
+    let code = out.status.code().unwrap_or(8);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        log::detail(format!("e2fsck: {l}"));
+    }
+    if code & !3 == 0 {
+        st.data_ok = true;
+        return if code == 0 {
+            StepResult::Ok(format!("{} is clean", dev.display()))
+        } else {
+            StepResult::Warn(format!("e2fsck repaired {} (status {code})", dev.display()))
+        };
+    }
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    st.fault(format!(
+        "the data volume {} failed its check (e2fsck status {code}: {last}). It is mounted read-only and no VM \
+         is started, so nothing on it changes. Boot the recovery entry to repair it.",
+        dev.display()
+    ));
+    StepResult::Fail(format!("e2fsck status {code}"))
+}
+
+/// ext4 at `/var/rayos`: read-write after a good check, else read-only
+/// without replaying the journal (`noload`), so nothing on it changes.
+pub fn mount_data(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    let Some(dev) = st.install.as_ref().map(|i| i.data.clone()) else {
+        return StepResult::Skip("no data volume".into());
+    };
+    let ro = !st.data_ok;
+    let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
+    if ro {
+        flags |= MountFlags::RDONLY;
+    }
+    let source = dev.to_string_lossy();
+    let mount = Mount {
+        source: &source,
+        target: Path::new(paths::DATA),
+        fstype: "ext4",
+        flags,
+        data: if ro { "noload" } else { "" },
+    };
+    match p.mount(mount) {
+        Ok(()) => {
+            st.status.data_mounted = Some(paths::DATA.into());
+            st.status.data_read_only = ro;
+            StepResult::Ok(format!(
+                "{} on {}{}",
+                dev.display(),
+                paths::DATA,
+                if ro { " (read-only)" } else { "" }
+            ))
+        }
+        Err(e) => {
+            st.data_ok = false;
+            st.fault(format!(
+                "cannot mount the data volume {} ({}). VMs cannot start. Boot the recovery entry to repair it.",
+                dev.display(),
+                chain(&e)
+            ));
+            StepResult::Fail(chain(&e))
+        }
+    }
+}
+
+/// The volume's schema against this RayOS's: an installed boot migrates an
+/// older one (old generation kept until blessed); newer or unreadable
+/// leaves the volume alone, read-only (docs/update.md).
+pub fn data_schema(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    use rayos_update::schema::{self, SchemaCheck};
+    if st.status.data_mounted.is_none() {
+        return StepResult::Skip("no data volume".into());
+    }
+    let layout = rayos_state::DataLayout::new(p.at(paths::DATA));
+    let supported = rayos_state::DATA_SCHEMA_VERSION;
+    // Recovery only looks; an installed boot on a healthy volume migrates.
+    let check = if st.params.mode == Mode::Installed && st.data_writable() {
+        schema::check_and_migrate(&layout, supported)
+    } else {
+        schema::read(&layout).map(|found| match found.cmp(&supported) {
+            std::cmp::Ordering::Greater => SchemaCheck::Newer { found, supported },
+            _ => SchemaCheck::Current(found),
+        })
+    };
+    match check {
+        Ok(SchemaCheck::Current(v)) => StepResult::Ok(format!("schema {v}")),
+        Ok(SchemaCheck::Migrated { from, to }) => {
+            st.schema_migrated = true;
+            StepResult::Ok(format!(
+                "migrated schema {from} -> {to}; the old generation is kept until this version is blessed"
+            ))
+        }
+        Ok(SchemaCheck::Newer { found, supported }) => {
+            refuse_data_volume(
+                st,
+                p,
+                format!(
+                    "the data volume has schema {found}, newer than this RayOS understands ({supported}): it was \
+                 written by a newer RayOS. It is left untouched (read-only, no VMs). Boot the newer version from \
+                 the boot menu, or use the recovery entry (`recovery` menu: restore the pre-migration data)."
+                ),
+            );
+            StepResult::Fail(format!("schema {found} > {supported}"))
+        }
+        Err(e) => {
+            refuse_data_volume(
+                st,
+                p,
+                format!(
+                    "cannot check the data volume's schema ({}): it is left untouched (read-only, no VMs). \
+                 Use the recovery entry to inspect it.",
+                    chain(&e)
+                ),
+            );
+            StepResult::Fail("schema unreadable".into())
+        }
+    }
+}
+
+/// Remounts the data volume read-only and keeps rayosd off it.
+fn refuse_data_volume(st: &mut State, p: &mut dyn Platform, fault: String) {
+    st.fault(fault);
+    st.data_ok = false;
+    if st.status.data_mounted.is_some() && !st.status.data_read_only {
+        match p.remount_read_only(Path::new(paths::DATA)) {
+            Ok(()) => st.status.data_read_only = true,
+            Err(e) => {
+                log::warn(format!("{}; unmounting it", chain(&e)));
+                let _ = release(p, Path::new(paths::DATA));
+                st.status.data_mounted = None;
+            }
+        }
+    }
+}
+
+/// `init.log` and `kernel.log` on the data volume, or kept in
+/// `/run/rayos/logs` when it is missing or read-only.
+pub fn logs(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    if st.status.data_mounted.is_none() || st.status.data_read_only {
+        p.start_kernel_log(&st.logs_dir.clone(), &st.status.boot_id);
+        return StepResult::Skip(
+            "no writable data volume: logs stay in /run/rayos/logs until shutdown".into(),
+        );
+    }
+    for d in rayos_state::DataLayout::new(p.at(paths::DATA)).skeleton() {
+        let _ = fs::create_dir_all(d);
+    }
+    st.logs_dir = rayos_state::DataLayout::new(paths::DATA).logs();
+    if let Err(e) = p.attach_log_file(&st.logs_dir.clone()) {
+        return StepResult::Warn(format!("cannot write {}: {e}", st.logs_dir.display()));
+    }
+    log::detail(format!(
+        "=== boot {} at unix time {}, RayOS {} ===",
+        st.status.boot_id,
+        st.status.started_unix,
+        env!("CARGO_PKG_VERSION")
+    ));
+    p.start_kernel_log(&st.logs_dir.clone(), &st.status.boot_id);
+    StepResult::Ok(format!("logs in {}", st.logs_dir.display()))
+}
+
+/// `machine.toml`: hostname, timezone. Unreadable: hostname `rayos`, UTC.
+pub fn machine(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    if st.status.data_mounted.is_none() {
+        let _ = p.set_hostname("rayos");
+        return StepResult::Skip("no data volume: hostname \"rayos\"".into());
+    }
+    let path = rayos_state::DataLayout::new(p.at(paths::DATA)).machine();
+    let (bytes, generation) = match rayos_state::read_with_fallback(&path) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = p.set_hostname("rayos");
+            st.fault(format!(
+                "{} cannot be read ({}): using hostname \"rayos\" and UTC. Fix it in recovery mode.",
+                path.display(),
+                chain(&e)
+            ));
+            return StepResult::Warn("machine.toml missing".into());
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let m = match rayos_state::MachineConfig::parse(&path.to_string_lossy(), &text) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = p.set_hostname("rayos");
+            st.fault(format!(
+                "{e}: using hostname \"rayos\" and UTC. Fix it in recovery mode."
+            ));
+            return StepResult::Warn("machine.toml does not parse".into());
+        }
+    };
+    if let Err(e) = p.set_hostname(&m.hostname) {
+        return StepResult::Warn(format!("cannot set hostname {}: {e}", m.hostname));
+    }
+    let etc = p.at("/etc");
+    let _ = fs::create_dir_all(&etc);
+    let _ = fs::write(etc.join("hostname"), format!("{}\n", m.hostname));
+    let _ = fs::write(etc.join("timezone"), format!("{}\n", m.timezone));
+    let zone = Path::new("/usr/share/zoneinfo").join(&m.timezone);
+    if p.path(&zone).is_file() {
+        let _ = fs::remove_file(etc.join("localtime"));
+        let _ = std::os::unix::fs::symlink(&zone, etc.join("localtime"));
+    }
+    p.set_timezone(&m.timezone);
+    let gen_note = match generation {
+        rayos_state::Generation::Current => "",
+        rayos_state::Generation::Previous => {
+            " (from the previous generation: the current one was incomplete)"
+        }
+    };
+    StepResult::Ok(format!(
+        "hostname {}, timezone {}{gen_note}",
+        m.hostname, m.timezone
+    ))
+}
+
+/// Parses the policy to show a problem on the console; rayosd fails closed
+/// by itself.
+pub fn policy(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    if st.status.data_mounted.is_none() {
+        return StepResult::Skip("no data volume".into());
+    }
+    let path = rayos_state::DataLayout::new(p.at(paths::DATA)).policy();
+    let bytes = match rayos_state::read_with_fallback(&path) {
+        Ok((bytes, _)) => bytes,
+        Err(e) => {
+            st.fault(format!(
+                "policy {} cannot be read ({}): no VM autostarts. Fix it in recovery mode.",
+                path.display(),
+                chain(&e)
+            ));
+            return StepResult::Fail("no policy".into());
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    match rayos_state::Policy::parse(&path.to_string_lossy(), &text) {
+        Ok(_) => StepResult::Ok(String::new()),
+        Err(e) => {
+            st.fault(format!(
+                "policy: {e}. The policy fails closed: no VM autostarts and networking is off. \
+                 Fix the file in recovery mode."
+            ));
+            StepResult::Fail("policy does not parse".into())
+        }
+    }
+}
+
+/// A RayOS entry newer than the running one with no tries left means the
+/// loader fell back: `RAYOS_ROLLBACK`, and the entry is marked bad
+/// (docs/update.md).
+pub fn rollback_check(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    let Some(image) = st.image.clone() else {
+        return StepResult::Skip("the loader did not say which image runs".into());
+    };
+    let Some(running) = rayos_update::entries::version_of_file(&image) else {
+        return StepResult::Skip(format!("{image} is not a RayOS entry"));
+    };
+    let Some(install) = st.install.as_ref() else {
+        return StepResult::Skip("no install found".into());
+    };
+    let Some(dev) = install.system.clone() else {
+        return StepResult::Warn(format!(
+            "cannot check for a rollback: the RayOS install on {} has no system partition (XBOOTLDR)",
+            install.disk.display()
+        ));
+    };
+    let at = Path::new(paths::SYSTEM);
+    let source = dev.to_string_lossy();
+    if let Err(e) = p.mount(Mount::boot_partition(&source, at)) {
+        return StepResult::Warn(format!("cannot check for a rollback: {}", chain(&e)));
+    }
+    let data = st.status.data_mounted.is_some().then(|| p.at(paths::DATA));
+    let r = rayos_update::rollback::detect(&p.path(at), &running, data.as_deref());
+    // Renamed entries reach the disk before anything else happens.
+    p.sync();
+    let _ = release(p, at);
+    let found = match r {
+        Ok(found) => found,
+        Err(e) => return StepResult::Warn(chain(&e)),
+    };
+    if found.is_empty() {
+        return StepResult::Ok(format!("running {running}; no rollback"));
+    }
+    for d in &found {
+        p.marker(&d.marker());
+        st.fault(format!(
+            "RayOS {} did not come up and the machine went back to {running}: {}. {}",
+            d.failed,
+            d.reason,
+            match &d.marked_bad {
+                Some(n) => format!("It is marked bad ({n}) and no longer offered at boot."),
+                None => "It could not be marked bad.".into(),
+            }
+        ));
+    }
+    let failed: Vec<&str> = found.iter().map(|d| d.failed.as_str()).collect();
+    StepResult::Warn(format!("rolled back from {}", failed.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::fake::{self, Call, Fake};
+    use crate::boot::services;
+    use crate::volumes::Install;
+
+    /// A machine with an install on /dev/vda and e2fsck in the image that
+    /// exits with `fsck` (printing `says`).
+    fn installed(fsck: i32, says: &str) -> (State, Fake) {
+        let mut p = Fake::new();
+        p.volume("/dev/vda3", &[("vm/linux/disk.qcow2", "the VM's bytes")]);
+        let e2fsck = p.at("/usr/sbin/e2fsck");
+        fs::create_dir_all(e2fsck.parent().unwrap()).unwrap();
+        fs::write(&e2fsck, "").unwrap();
+        p.runs.insert("e2fsck".into(), (fsck, says.into()));
+        let mut st = fake::state();
+        st.install = Some(Install {
+            disk: "/dev/vda".into(),
+            data: "/dev/vda3".into(),
+            system: Some("/dev/vda2".into()),
+            esp: Some("/dev/vda1".into()),
+            others: Vec::new(),
+        });
+        (st, p)
+    }
+
+    fn data_mount(p: &Fake) -> Call {
+        p.calls
+            .iter()
+            .find(|c| matches!(c, Call::Mount { target, .. } if target == Path::new(paths::DATA)))
+            .cloned()
+            .expect("the data volume was mounted")
+    }
+
+    #[test]
+    fn a_failed_check_mounts_the_volume_read_only_and_starts_no_vms() {
+        let (mut st, mut p) =
+            installed(4, "/dev/vda3: UNEXPECTED INCONSISTENCY; RUN fsck MANUALLY.");
+        let r = check_data(&mut st, &mut p);
+        assert_eq!(r, StepResult::Fail("e2fsck status 4".into()));
+        assert_eq!(
+            p.calls[0],
+            Call::Run(
+                "/usr/sbin/e2fsck".into(),
+                vec!["-p".into(), "/dev/vda3".into()]
+            )
+        );
+        assert!(!st.data_ok);
+        assert!(
+            st.status.faults[0].contains("failed its check")
+                && st.status.faults[0].contains("RUN fsck MANUALLY")
+                && st.status.faults[0].contains("recovery"),
+            "{:?}",
+            st.status.faults
+        );
+        assert!(matches!(mount_data(&mut st, &mut p), StepResult::Ok(_)));
+        assert_eq!(
+            data_mount(&p),
+            Call::Mount {
+                source: "/dev/vda3".into(),
+                target: paths::DATA.into(),
+                fstype: "ext4".into(),
+                read_only: true,
+                // The journal is not replayed: nothing on the volume changes.
+                data: "noload".into(),
+            }
+        );
+        assert!(st.status.data_read_only);
+        assert!(matches!(
+            services::rayosd(&mut st, &mut p),
+            StepResult::Skip(_)
+        ));
+        assert!(matches!(
+            services::presenter(&mut st, &mut p),
+            StepResult::Skip(_)
+        ));
+        assert!(!p.calls.iter().any(|c| matches!(c, Call::Start(_))));
+        // Logs stay off the volume.
+        assert!(matches!(logs(&mut st, &mut p), StepResult::Skip(_)));
+        assert_eq!(st.logs_dir, Path::new(paths::RUN_LOGS));
+    }
+
+    #[test]
+    fn a_repaired_volume_is_mounted_read_write_and_rayosd_starts() {
+        let (mut st, mut p) = installed(1, "/dev/vda3: 11/4096 files");
+        let r = check_data(&mut st, &mut p);
+        assert!(
+            matches!(r, StepResult::Warn(ref m) if m.contains("repaired")),
+            "{r:?}"
+        );
+        assert!(st.data_ok && st.status.faults.is_empty());
+        assert!(matches!(mount_data(&mut st, &mut p), StepResult::Ok(_)));
+        assert!(
+            matches!(data_mount(&p), Call::Mount { read_only: false, ref data, .. } if data.is_empty())
+        );
+        assert!(matches!(
+            services::rayosd(&mut st, &mut p),
+            StepResult::Ok(_)
+        ));
+        assert!(matches!(
+            services::presenter(&mut st, &mut p),
+            StepResult::Ok(_)
+        ));
+        let started = p.calls_where(|c| matches!(c, Call::Start(_)));
+        assert_eq!(
+            started,
+            vec![
+                Call::Start("rayosd".into()),
+                Call::Start("presenter".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_volume_that_does_not_mount_is_a_fault() {
+        let (mut st, mut p) = installed(0, "");
+        p.mount_fails.insert("/dev/vda3".into());
+        assert!(matches!(check_data(&mut st, &mut p), StepResult::Ok(_)));
+        assert!(matches!(mount_data(&mut st, &mut p), StepResult::Fail(_)));
+        assert!(!st.data_ok);
+        assert_eq!(st.status.data_mounted, None);
+        assert!(st.status.faults[0].contains("cannot mount the data volume /dev/vda3"));
+        assert!(matches!(
+            services::rayosd(&mut st, &mut p),
+            StepResult::Skip(_)
+        ));
+        // The rest of the boot sees no volume.
+        assert!(matches!(machine(&mut st, &mut p), StepResult::Skip(_)));
+        assert_eq!(p.hostname.as_deref(), Some("rayos"));
+    }
+
+    #[test]
+    fn no_data_partition_waits_for_slow_disks_then_is_a_fault() {
+        let mut p = Fake::new();
+        p.disk("/dev/sda", false, None);
+        let mut st = fake::state();
+        assert_eq!(
+            find_data(&mut st, &mut p),
+            StepResult::Fail("no data partition found".into())
+        );
+        assert!(p.elapsed() >= DISK_WAIT, "gave up after {:?}", p.elapsed());
+        assert!(
+            st.status.faults[0].contains("/dev/sda"),
+            "{:?}",
+            st.status.faults
+        );
+        assert!(matches!(check_data(&mut st, &mut p), StepResult::Skip(_)));
+        assert!(matches!(mount_data(&mut st, &mut p), StepResult::Skip(_)));
+        assert!(p.calls.is_empty(), "nothing run or mounted: {:?}", p.calls);
+    }
+}

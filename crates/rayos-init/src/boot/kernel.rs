@@ -1,0 +1,144 @@
+//! The steps every mode runs first: the kernel filesystems, the command
+//! line, the modules, efivarfs.
+
+use std::fs;
+use std::path::Path;
+
+use rayos_base::error::chain;
+use rayos_base::{efivar, paths};
+use rustix::mount::MountFlags;
+
+use super::platform::Mount;
+use super::{Platform, State, StepResult};
+use crate::cmdline::BootParams;
+use crate::sys;
+
+/// Modules wanted whether or not a device asks for them (filesystems,
+/// input handlers: these have no modalias).
+pub const ALWAYS_MODULES: &[&str] = &[
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859_1",
+    "nls_utf8",
+    "isofs",
+    "efivarfs",
+    "evdev",
+    "button",
+    "sd_mod",
+    "sr_mod",
+    "uinput",
+    "loop",
+    "tun",
+    "kvm_intel",
+    "kvm_amd",
+    "vhost_net",
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_pci",
+    "virtio_net",
+    "virtio_input",
+    "usb_storage",
+    "uas",
+    "xhci_pci",
+    "ehci_pci",
+    "ahci",
+    "nvme",
+];
+
+/// proc, sys, devtmpfs, devpts, /dev/shm, /run, /tmp; the kernel's module
+/// helper and panic reboot; Ctrl-Alt-Del as a signal.
+pub fn kernel_fs(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    for m in sys::kernel_mounts() {
+        let target = Path::new(m.target);
+        if p.is_mounted(target) {
+            continue;
+        }
+        let mount = Mount {
+            source: m.source,
+            target,
+            fstype: m.fstype,
+            flags: m.flags,
+            data: m.data,
+        };
+        if let Err(e) = p.mount(mount) {
+            return StepResult::Fail(chain(&e));
+        }
+        if m.target == "/dev" {
+            p.attach_console();
+        }
+    }
+    let _ = fs::create_dir_all(p.at(paths::RUN));
+    let _ = fs::create_dir_all(p.path(&st.logs_dir));
+    // The kernel's own module requests (fs-*, crypto-*) go to our
+    // loader: a link named `modprobe` makes `main` dispatch to it.
+    let helper = p.at(paths::MODPROBE);
+    if std::os::unix::fs::symlink(&st.exe, &helper).is_ok() {
+        let _ = fs::write(
+            p.at("/proc/sys/kernel/modprobe"),
+            paths::MODPROBE.as_bytes(),
+        );
+    }
+    // A kernel panic reboots after 10 s instead of hanging.
+    let _ = fs::write(p.at("/proc/sys/kernel/panic"), "10");
+    p.ctrl_alt_del_to_signal();
+    st.status.boot_id = fs::read_to_string(p.at("/proc/sys/kernel/random/boot_id"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    StepResult::Ok(String::new())
+}
+
+/// The `rayos.*` keys (docs/init.md); a typo is a warning, never a stop.
+pub fn cmdline(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    let text = fs::read_to_string(p.at("/proc/cmdline")).unwrap_or_default();
+    st.params = BootParams::parse(&text);
+    st.status.mode = st.params.mode;
+    let msg = format!("mode {}", st.params.mode);
+    if st.params.warnings.is_empty() {
+        StepResult::Ok(msg)
+    } else {
+        StepResult::Warn(format!("{msg}; {}", st.params.warnings.join("; ")))
+    }
+}
+
+pub fn modules(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    match p.coldplug(ALWAYS_MODULES, st.params.debug) {
+        Ok(c) => StepResult::Ok(format!(
+            "{} modules loaded ({} not applicable) for kernel {}",
+            c.loaded, c.refused, c.release
+        )),
+        Err(e) => StepResult::Warn(format!("{e}: only built-in drivers are available")),
+    }
+}
+
+/// efivarfs, and from it which UKI runs (for blessing and rollbacks).
+pub fn efivarfs(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    if !p.uefi() {
+        return StepResult::Skip("not booted through UEFI".into());
+    }
+    let dir = Path::new(efivar::EFIVARS_DIR);
+    if p.is_mounted(dir) {
+        st.image = p.running_uki();
+        return StepResult::Ok(String::new());
+    }
+    let mount = Mount {
+        source: "efivarfs",
+        target: dir,
+        fstype: "efivarfs",
+        flags: MountFlags::NOSUID | MountFlags::NOEXEC | MountFlags::NODEV,
+        data: "",
+    };
+    match p.mount(mount) {
+        Ok(()) => {
+            st.image = p.running_uki();
+            StepResult::Ok(match &st.image {
+                Some(i) => format!("booted from {i}"),
+                None => String::new(),
+            })
+        }
+        Err(e) => StepResult::Warn(format!(
+            "{}: boot counting and boot entries cannot be used",
+            chain(&e)
+        )),
+    }
+}
