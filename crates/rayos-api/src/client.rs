@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::agent::*;
 use crate::http::{self, HttpError, ResponseHead};
 use crate::types::*;
 
@@ -209,6 +210,34 @@ impl Client {
     /// The VM's display as PNG bytes.
     pub fn screenshot(&self, name: &str) -> Result<Vec<u8>, ClientError> {
         self.raw("GET", &format!("/v1/vms/{}/screenshot", enc(name)), None)
+    }
+
+    /// Injects keys, text and pointer actions (`hidden`: also into a VM
+    /// that is not presented).
+    pub fn input(&self, name: &str, req: &InputRequest) -> Result<InputReply, ClientError> {
+        self.json("POST", &format!("/v1/vms/{}/input", enc(name)), Some(req))
+    }
+
+    /// Writes text to the VM's serial console.
+    pub fn console_write(&self, name: &str, text: &str) -> Result<ConsoleWriteReply, ClientError> {
+        let req = ConsoleWriteRequest { text: text.into() };
+        self.json(
+            "POST",
+            &format!("/v1/vms/{}/console", enc(name)),
+            Some(&req),
+        )
+    }
+
+    /// Runs a program in the guest through its agent.
+    pub fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecReply, ClientError> {
+        self.json("POST", &format!("/v1/vms/{}/exec", enc(name)), Some(req))
+    }
+
+    /// Tells the daemon a person just used the presented VM's keyboard or
+    /// pointer (the presenter sends this), which pauses injected input.
+    pub fn physical_input(&self) -> Result<(), ClientError> {
+        self.raw("POST", "/v1/input/physical", Some(b"{}"))
+            .map(|_| ())
     }
 
     /// Follows the event stream (first the kept events numbered above

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use rayos_api::{BootKind, EventKind, VmState};
+use rayos_api::{BootKind, Button, EventKind, VmState};
 use serde::Serialize;
 
 fn openapi() -> String {
@@ -122,6 +122,42 @@ fn vm_states_and_boot_kinds_match_the_openapi_enums() {
 }
 
 #[test]
+fn agent_bridge_enums_match_the_openapi_file() {
+    assert_eq!(schema_enum("Button"), wire(Button::ALL));
+    // Every action type the daemon accepts is listed, in order.
+    let types = list(&lookup(
+        &openapi(),
+        &[
+            "components",
+            "schemas",
+            "InputAction",
+            "properties",
+            "type",
+            "enum",
+        ],
+    ));
+    let wire_types: Vec<String> = [
+        rayos_api::InputAction::Key { keys: "a".into() },
+        rayos_api::InputAction::Text { text: "a".into() },
+        rayos_api::InputAction::Move { x: 0, y: 0 },
+        rayos_api::InputAction::Click {
+            x: 0,
+            y: 0,
+            button: Button::Left,
+        },
+    ]
+    .iter()
+    .map(|a| {
+        serde_json::to_value(a).unwrap()["type"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    })
+    .collect();
+    assert_eq!(types, wire_types);
+}
+
+#[test]
 fn as_str_is_the_wire_string_and_parses_back() {
     fn check<T>(all: &[T], as_str: fn(&T) -> &'static str)
     where
@@ -140,6 +176,7 @@ fn as_str_is_the_wire_string_and_parses_back() {
     check(EventKind::ALL, |k| k.as_str());
     check(VmState::ALL, |s| s.as_str());
     check(BootKind::ALL, |b| b.as_str());
+    check(Button::ALL, |b| b.as_str());
 }
 
 #[test]

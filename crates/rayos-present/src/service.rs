@@ -184,7 +184,13 @@ struct Presenter {
     tty: Option<std::fs::File>,
     buttons: u8,
     pos: (f64, f64),
+    /// When rayosd was last told of physical input (see `physical`).
+    physical_told: Option<Instant>,
 }
+
+/// How often, at most, rayosd hears of physical input: well under its
+/// quiet time (2 s), so injected input stays paused while a person types.
+const PHYSICAL_EVERY: Duration = Duration::from_millis(500);
 
 impl Presenter {
     fn new(
@@ -218,8 +224,32 @@ impl Presenter {
             tty: None,
             buttons: 0,
             pos: (0.0, 0.0),
+            physical_told: None,
             opts,
         }
+    }
+
+    /// A person's key or pointer event went to the presented VM: tells
+    /// rayosd (at most every [`PHYSICAL_EVERY`], off the main loop), which
+    /// pauses an agent's injected input so the person wins
+    /// (docs/agent-bridge.md).
+    fn physical(&mut self) {
+        if self.router.mode != Mode::Vm || self.current.is_none() {
+            return;
+        }
+        if self
+            .physical_told
+            .is_some_and(|t| t.elapsed() < PHYSICAL_EVERY)
+        {
+            return;
+        }
+        self.physical_told = Some(Instant::now());
+        let client = self.client.clone();
+        let _ = std::thread::Builder::new()
+            .name("present-physical".into())
+            .spawn(move || {
+                let _ = client.physical_input();
+            });
     }
 
     fn log(&self, m: &str) {
@@ -581,6 +611,7 @@ impl Presenter {
     }
 
     fn input(&mut self, ev: InputEvent) {
+        self.physical();
         match ev {
             InputEvent::Key { code, value } => {
                 let step = self.router.key(code, value);

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rayos_vmm::{
-    GuestInfo, Launch, RunState, SaveReport, TpmState, VmHandle, VmSpec, Vmm, VmmError,
+    ExecOutcome, ExecSpec, GuestInfo, InputEvent, Launch, RunState, SaveReport, TpmState, VmHandle,
+    VmSpec, Vmm, VmmError,
 };
 use uuid::Uuid;
 
@@ -27,6 +28,10 @@ pub struct Proc {
     pub network: bool,
     /// `Some(alive)` for a VM with a TPM.
     pub tpm: Option<bool>,
+    /// Every input event injected, in order.
+    pub input: Vec<InputEvent>,
+    /// Everything written to the console.
+    pub console_in: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -133,6 +138,8 @@ impl Vmm for FakeVmm {
                 spec_cpus: vm.cpus,
                 network: vm.network,
                 tpm: vm.def.tpm.then_some(true),
+                input: Vec::new(),
+                console_in: Vec::new(),
             },
         );
         Ok(self.handle(vm, pid))
@@ -141,6 +148,38 @@ impl Vmm for FakeVmm {
     fn attach(&self, vm: &VmSpec) -> Result<Option<Box<dyn VmHandle>>, VmmError> {
         let pid = self.procs.lock().unwrap().get(&vm.def.id).map(|p| p.pid);
         Ok(pid.map(|pid| self.handle(vm, pid)))
+    }
+
+    /// The fake agent "runs" `echo`: stdout is the arguments joined by
+    /// spaces, stdin goes to stderr; any other program exits 127.
+    fn guest_exec(&self, vm: &VmSpec, spec: &ExecSpec) -> Result<Option<ExecOutcome>, VmmError> {
+        if !self.agent.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        if !self.procs.lock().unwrap().contains_key(&vm.def.id) {
+            return Err(VmmError::Qmp {
+                vm: vm.def.name.clone(),
+                detail: "gone".into(),
+            });
+        }
+        let echo = spec.path == "echo";
+        let mut stdout = if echo {
+            format!("{}\n", spec.args.join(" ")).into_bytes()
+        } else {
+            Vec::new()
+        };
+        let cut = stdout.len() > spec.max_output;
+        stdout.truncate(spec.max_output);
+        Ok(Some(ExecOutcome {
+            pid: 42,
+            exited: true,
+            exit_code: Some(if echo { 0 } else { 127 }),
+            signal: None,
+            stdout,
+            stderr: spec.input.clone(),
+            stdout_truncated: cut,
+            stderr_truncated: false,
+        }))
     }
 }
 
@@ -227,7 +266,11 @@ impl VmHandle for FakeHandle {
         if let Some(dir) = png.parent() {
             let _ = fs::create_dir_all(dir);
         }
-        fs::write(png, b"\x89PNG\r\n\x1a\nfake").map_err(|source| VmmError::Io {
+        // A PNG header of an 800x600 screen, enough for the input code.
+        let mut bytes = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+        bytes.extend(800u32.to_be_bytes());
+        bytes.extend(600u32.to_be_bytes());
+        fs::write(png, bytes).map_err(|source| VmmError::Io {
             path: png.to_path_buf(),
             source,
         })
@@ -255,6 +298,26 @@ impl VmHandle for FakeHandle {
             kernel: None,
             addresses: vec!["eth0 10.0.2.15/24".into()],
         }))
+    }
+
+    fn send_input(&mut self, events: &[InputEvent]) -> Result<(), VmmError> {
+        match self.procs.lock().unwrap().get_mut(&self.id) {
+            Some(p) => {
+                p.input.extend_from_slice(events);
+                Ok(())
+            }
+            None => Err(VmmError::Qmp {
+                vm: self.id.to_string(),
+                detail: "gone".into(),
+            }),
+        }
+    }
+
+    fn console_write(&mut self, bytes: &[u8]) -> Result<(), VmmError> {
+        if let Some(p) = self.procs.lock().unwrap().get_mut(&self.id) {
+            p.console_in.extend_from_slice(bytes);
+        }
+        Ok(())
     }
 
     fn vnc_socket(&self) -> PathBuf {

@@ -134,6 +134,12 @@ pub enum Op {
     Stop,
     Present,
     Screenshot,
+    /// Keys, text and pointer actions injected into the guest.
+    Input,
+    /// Bytes written to the serial console.
+    ConsoleWrite,
+    /// A program run through the guest agent.
+    Exec,
     /// Only with no device model and nothing in flight.
     Delete,
 }
@@ -147,6 +153,9 @@ impl Op {
             Op::Stop => "stop",
             Op::Present => "present",
             Op::Screenshot => "take a screenshot of",
+            Op::Input => "send input to",
+            Op::ConsoleWrite => "write to the console of",
+            Op::Exec => "run a command in",
             Op::Delete => "delete",
         }
     }
@@ -161,6 +170,12 @@ pub const ALLOWED: &[(Op, &[VmState])] = &[
     (Op::Stop, &[Running, Paused, Saving]),
     (Op::Present, &[Running, Paused]),
     (Op::Screenshot, &[Running, Paused, Saving, Stopping]),
+    // A paused guest would take the input only when it runs again, long
+    // after the caller looked at its screen.
+    (Op::Input, &[Running]),
+    // The console's socket queues what a paused guest has not read yet.
+    (Op::ConsoleWrite, &[Running, Paused]),
+    (Op::Exec, &[Running]),
     (Op::Delete, &[Stopped, Saved, Crashed]),
 ];
 
@@ -190,6 +205,8 @@ pub fn hint(op: Op, state: VmState) -> &'static str {
     match (op, state) {
         (Op::Delete, _) => ": stop it first",
         (Op::Present | Op::Screenshot, _) => ": start it first",
+        (Op::Input | Op::Exec, Paused) => " (it is paused: the guest is not running)",
+        (Op::Input | Op::ConsoleWrite | Op::Exec, _) => ": start it first",
         (Op::Stop, Saved) => {
             " (it is saved, not running: `start` resumes it, `start --fresh` discards the state)"
         }
@@ -311,6 +328,12 @@ mod tests {
             );
         }
         assert_eq!(allowed(Op::Present), [Running, Paused]);
+        // The agent bridge needs a device model too.
+        for op in [Op::Input, Op::ConsoleWrite, Op::Exec] {
+            for s in allowed(op) {
+                assert!(has_device_model(s), "{op:?} in {s:?}");
+            }
+        }
         // Every operation has exactly one row.
         for op in [
             Op::Start,
@@ -318,6 +341,9 @@ mod tests {
             Op::Stop,
             Op::Present,
             Op::Screenshot,
+            Op::Input,
+            Op::ConsoleWrite,
+            Op::Exec,
             Op::Delete,
         ] {
             assert_eq!(

@@ -36,7 +36,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rayos_api::http::{self, HttpError, Limits, Request};
-use rayos_api::{ConsoleReply, CreateRequest, ErrorBody, StartRequest, StopRequest};
+use rayos_api::{
+    ConsoleReply, ConsoleWriteRequest, CreateRequest, ErrorBody, ExecRequest, InputRequest,
+    StartRequest, StopRequest,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -521,6 +524,16 @@ fn route(sup: &Supervisor, req: &Request) -> Reply {
             },
             _ => not_allowed(),
         },
+        ["v1", "input", "physical"] => match m {
+            "POST" => match body::<Empty>(req, "empty object") {
+                Ok(_) => {
+                    sup.physical_input();
+                    json(200, &Empty {})
+                }
+                Err(r) => r,
+            },
+            _ => not_allowed(),
+        },
         ["v1", "vms"] => match m {
             "GET" => json(200, &sup.list()),
             "POST" => match parse_body::<CreateRequest>(req, "VM definition (CreateRequest)") {
@@ -541,11 +554,30 @@ fn route(sup: &Supervisor, req: &Request) -> Reply {
             _ => not_allowed(),
         },
         ["v1", "vms", name, action] => {
+            // The console is read with GET and written with POST.
             let get = matches!(*action, "console" | "screenshot");
-            if get != (m == "GET") || (!get && m != "POST") {
+            let post = *action != "screenshot";
+            if !((get && m == "GET") || (post && m == "POST")) {
                 return not_allowed();
             }
             match *action {
+                "console" if m == "POST" => {
+                    match parse_body::<ConsoleWriteRequest>(
+                        req,
+                        "console write (ConsoleWriteRequest)",
+                    ) {
+                        Ok(w) => result(sup.console_write(name, &w.text)),
+                        Err(r) => r,
+                    }
+                }
+                "input" => match parse_body::<InputRequest>(req, "input request (InputRequest)") {
+                    Ok(i) => result(sup.input(name, &i)),
+                    Err(r) => r,
+                },
+                "exec" => match parse_body::<ExecRequest>(req, "exec request (ExecRequest)") {
+                    Ok(e) => result(sup.exec(name, &e)),
+                    Err(r) => r,
+                },
                 "start" => match body::<StartRequest>(req, "start request") {
                     Ok(s) => result(sup.start(name, s.fresh)),
                     Err(r) => r,
@@ -593,7 +625,7 @@ fn route(sup: &Supervisor, req: &Request) -> Reply {
 }
 
 /// `{}` and nothing else.
-#[derive(Default, serde::Deserialize)]
+#[derive(Default, serde::Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct Empty {}
 

@@ -11,7 +11,9 @@
 //! - `present`: present and hide;
 //! - `monitor`: watching device models (guest shutdowns, crashes and
 //!   restarts, pauses, swtpm deaths, console rotation);
-//! - `shutdown`: host shutdown (save or shut down every VM by a deadline).
+//! - `shutdown`: host shutdown (save or shut down every VM by a deadline);
+//! - `agent`: the agent bridge: injected input (routed like the
+//!   presenter's), console writes, programs run through the guest agent.
 //!
 //! Concurrency: each VM has a `Slot` with two locks. `op` owns the device
 //! model handle and is held for the whole of a long operation (start, save,
@@ -29,6 +31,7 @@
 //! starts; each state change then goes through `Supervisor::step`
 //! ([`lifecycle::next`]), which also sends the step's event.
 
+mod agent;
 mod define;
 mod error;
 mod monitor;
@@ -79,6 +82,11 @@ pub struct Config {
     /// First restart delay after a crash; doubles per crash up to the max.
     pub restart_backoff: Duration,
     pub restart_backoff_max: Duration,
+    /// Injected input waits this long after the last physical input the
+    /// presenter reported for the presented VM.
+    pub input_quiet: Duration,
+    /// Pause after each injected key press, release and pointer event.
+    pub key_gap: Duration,
 }
 
 impl Config {
@@ -93,6 +101,8 @@ impl Config {
             console_max_bytes: 4 * 1024 * 1024,
             restart_backoff: Duration::from_secs(2),
             restart_backoff_max: Duration::from_secs(120),
+            input_quiet: Duration::from_secs(2),
+            key_gap: Duration::from_millis(10),
         }
     }
 }
@@ -171,6 +181,9 @@ pub struct Supervisor {
     registry: Mutex<RegistryStore>,
     slots: Mutex<BTreeMap<String, Arc<Slot>>>,
     presented: Mutex<Option<String>>,
+    /// When the presenter last reported physical input (never held with
+    /// another lock).
+    physical_at: Mutex<Option<Instant>>,
     pub events: EventBus,
     notes: Mutex<Vec<String>>,
     cgroups: Option<Cgroups>,
@@ -227,6 +240,7 @@ impl Supervisor {
             registry: Mutex::new(registry),
             slots: Mutex::new(slots),
             presented: Mutex::new(None),
+            physical_at: Mutex::new(None),
             events: EventBus::default(),
             notes: Mutex::new(notes),
             cgroups,

@@ -32,6 +32,7 @@ fn config(dir: &TempDir) -> Config {
     c.restart_backoff_max = Duration::from_millis(4);
     c.stop_timeout = Duration::from_millis(10);
     c.shutdown_deadline = Duration::from_secs(20);
+    c.key_gap = Duration::ZERO;
     c
 }
 
@@ -1072,4 +1073,231 @@ fn api_busy_everywhere_answers_a_readable_503() {
     let (status, text) = stopper.join().unwrap();
     assert_eq!(status, 200, "{text}");
     assert_eq!(raw(&s, b"GET /v1/health HTTP/1.1\r\n\r\n").0, 200);
+}
+
+// ----- agent bridge: input, console writes, exec -----
+
+fn keys(k: &str) -> rayos_api::InputAction {
+    rayos_api::InputAction::Key { keys: k.into() }
+}
+
+fn input(actions: Vec<rayos_api::InputAction>, hidden: bool) -> rayos_api::InputRequest {
+    rayos_api::InputRequest { actions, hidden }
+}
+
+#[test]
+fn injected_keys_reach_the_guest_in_order_and_are_released_in_reverse() {
+    use rayos_vmm::InputEvent::Key;
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.sup.start("lin", false).unwrap();
+    f.sup.present("lin").unwrap();
+    let text = rayos_api::InputAction::Text { text: "A".into() };
+    let r = f
+        .sup
+        .input("lin", &input(vec![keys("ctrl+alt+del"), text], false))
+        .unwrap();
+    assert_eq!(r.events, 10);
+    let got = f.vmm.proc(f.id("lin")).unwrap().input;
+    let k = |qcode, down| Key { qcode, down };
+    assert_eq!(
+        got,
+        [
+            k("ctrl", true),
+            k("alt", true),
+            k("delete", true),
+            k("delete", false),
+            k("alt", false),
+            k("ctrl", false),
+            k("shift", true),
+            k("a", true),
+            k("a", false),
+            k("shift", false),
+        ]
+    );
+}
+
+#[test]
+fn a_hidden_vm_takes_injected_input_only_when_asked() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.sup.start("lin", false).unwrap();
+    let e = f
+        .sup
+        .input("lin", &input(vec![keys("a")], false))
+        .unwrap_err();
+    assert_eq!(e.status(), 409);
+    assert!(e.to_string().contains("\"hidden\": true"), "{e}");
+    assert!(f.vmm.proc(f.id("lin")).unwrap().input.is_empty());
+    f.sup.input("lin", &input(vec![keys("a")], true)).unwrap();
+    assert_eq!(f.vmm.proc(f.id("lin")).unwrap().input.len(), 2);
+}
+
+#[test]
+fn physical_input_pauses_injection_into_the_presented_vm() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.sup.start("lin", false).unwrap();
+    f.sup.present("lin").unwrap();
+    f.sup.physical_input();
+    let e = f
+        .sup
+        .input("lin", &input(vec![keys("a")], false))
+        .unwrap_err();
+    assert_eq!(e.status(), 409);
+    assert!(e.to_string().contains("a person is using VM lin"), "{e}");
+    // `hidden` does not override the person: the VM is not hidden.
+    assert!(f.sup.input("lin", &input(vec![keys("a")], true)).is_err());
+    assert!(f.vmm.proc(f.id("lin")).unwrap().input.is_empty());
+    std::thread::sleep(Duration::from_millis(2100));
+    f.sup.input("lin", &input(vec![keys("a")], false)).unwrap();
+    assert_eq!(f.vmm.proc(f.id("lin")).unwrap().input.len(), 2);
+}
+
+#[test]
+fn clicks_map_screen_pixels_and_need_an_absolute_pointer() {
+    use rayos_vmm::InputEvent::{Abs, Button};
+    use rayos_vmm::{ABS_MAX, PointerButton};
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.sup.start("lin", false).unwrap();
+    let click = |x, y| rayos_api::InputAction::Click {
+        x,
+        y,
+        button: rayos_api::Button::Right,
+    };
+    // The fake's screen is 800x600.
+    let r = f
+        .sup
+        .input("lin", &input(vec![click(799, 0)], true))
+        .unwrap();
+    assert_eq!(r.screen, Some([800, 600]));
+    assert_eq!(
+        f.vmm.proc(f.id("lin")).unwrap().input,
+        [
+            Abs { x: ABS_MAX, y: 0 },
+            Button {
+                button: PointerButton::Right,
+                down: true
+            },
+            Button {
+                button: PointerButton::Right,
+                down: false
+            },
+        ]
+    );
+    let e = f
+        .sup
+        .input("lin", &input(vec![click(800, 10)], true))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("outside VM lin's screen of 800x600"),
+        "{e}"
+    );
+
+    // Generic VMs (like Windows ones) have only a PS/2 mouse.
+    f.sup.create(&req("gen", VmKind::Generic)).unwrap();
+    f.sup.start("gen", false).unwrap();
+    let e = f
+        .sup
+        .input("gen", &input(vec![click(1, 1)], true))
+        .unwrap_err();
+    assert_eq!(e.status(), 409);
+    assert!(e.to_string().contains("no absolute pointer"), "{e}");
+    // Keys still work there.
+    f.sup.input("gen", &input(vec![keys("ret")], true)).unwrap();
+}
+
+#[test]
+fn console_writes_and_exec_go_to_the_running_guest() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    let e = f.sup.console_write("lin", "x").unwrap_err();
+    assert!(e.to_string().contains("start it first"), "{e}");
+    f.sup.start("lin", false).unwrap();
+    assert_eq!(f.sup.console_write("lin", "ls\n").unwrap().bytes, 3);
+    assert_eq!(f.vmm.proc(f.id("lin")).unwrap().console_in, b"ls\n");
+    assert_eq!(f.sup.console_write("lin", "").unwrap_err().status(), 400);
+
+    let run = |path: &str, timeout_secs| rayos_api::ExecRequest {
+        path: path.into(),
+        args: vec!["hi".into(), "there".into()],
+        input: Some("in".into()),
+        timeout_secs,
+    };
+    // No agent answers: a clear refusal, not a hang.
+    let e = f.sup.exec("lin", &run("echo", None)).unwrap_err();
+    assert_eq!(e.status(), 409);
+    assert!(e.to_string().contains("qemu-guest-agent"), "{e}");
+    f.vmm.agent.store(true, Ordering::SeqCst);
+    let r = f.sup.exec("lin", &run("echo", None)).unwrap();
+    assert_eq!(
+        (
+            r.exit_code,
+            r.stdout.as_str(),
+            r.stderr.as_str(),
+            r.timed_out
+        ),
+        (Some(0), "hi there\n", "in", false)
+    );
+    assert_eq!(
+        f.sup.exec("lin", &run("nope", None)).unwrap().exit_code,
+        Some(127)
+    );
+    let e = f.sup.exec("lin", &run("echo", Some(0))).unwrap_err();
+    assert!(
+        e.to_string().contains("timeout_secs must be 1 to 300"),
+        "{e}"
+    );
+}
+
+#[test]
+fn agent_bridge_endpoints_speak_json_over_http() {
+    let a = api();
+    let s = &a.socket;
+    a.f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    a.f.sup.start("lin", false).unwrap();
+    let (st, out) = post(
+        s,
+        "/v1/vms/lin/input",
+        r#"{"actions":[{"type":"key","keys":"a"}]}"#,
+    );
+    assert_eq!(st, 409, "{out}");
+    let (st, out) = post(
+        s,
+        "/v1/vms/lin/input",
+        r#"{"actions":[{"type":"text","text":"ok"}],"hidden":true}"#,
+    );
+    assert_eq!(st, 200, "{out}");
+    assert!(out.contains(r#""events": 4"#), "{out}");
+    let (st, out) = post(
+        s,
+        "/v1/vms/lin/input",
+        r#"{"actions":[{"type":"press","keys":"a"}],"hidden":true}"#,
+    );
+    assert_eq!(st, 400, "{out}");
+    let (st, out) = post(s, "/v1/vms/lin/console", r#"{"text":"root\n"}"#);
+    assert_eq!(st, 200, "{out}");
+    let (st, out) = post(s, "/v1/vms/lin/exec", r#"{"path":"echo","args":["x"]}"#);
+    assert_eq!(st, 409, "{out}");
+    let (st, out) = post(s, "/v1/input/physical", "{}");
+    assert_eq!(st, 200, "{out}");
+    let (st, _) = raw(s, b"GET /v1/vms/lin/exec HTTP/1.1\r\n\r\n");
+    assert_eq!(st, 405);
+    let c = Client::new(s);
+    assert_eq!(c.console_write("lin", "x").unwrap().bytes, 1);
+    a.f.vmm.agent.store(true, Ordering::SeqCst);
+    let r = c
+        .exec(
+            "lin",
+            &rayos_api::ExecRequest {
+                path: "echo".into(),
+                args: vec!["y".into()],
+                input: None,
+                timeout_secs: Some(5),
+            },
+        )
+        .unwrap();
+    assert_eq!(r.stdout, "y\n");
+    drop(a.f);
 }

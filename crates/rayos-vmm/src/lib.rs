@@ -12,6 +12,7 @@
 //! restarted daemon finds running VMs again through these files
 //! ([`Vmm::attach`]), so QEMU must outlive the daemon that started it.
 
+pub mod keys;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};
@@ -164,8 +165,86 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    /// The guest (its agent) refused a request: a program that cannot be
+    /// run, a command the agent does not offer.
+    #[error("the guest agent of VM {vm} refused: {detail}")]
+    Guest { vm: String, detail: String },
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
+}
+
+/// The largest value of an absolute pointer axis (QEMU's
+/// `INPUT_EVENT_ABS_MAX`): 0 is the screen's left or top edge, this its
+/// right or bottom edge, whatever the guest's resolution.
+pub const ABS_MAX: u32 = 0x7fff;
+
+/// One event injected into a VM's input devices (QMP `input-send-event`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputEvent {
+    /// A key by QEMU key name ([`keys::QCODES`]).
+    Key {
+        qcode: &'static str,
+        down: bool,
+    },
+    /// The absolute pointer to this place, each axis `0..=ABS_MAX`.
+    Abs {
+        x: u32,
+        y: u32,
+    },
+    Button {
+        button: PointerButton,
+        down: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointerButton {
+    Left,
+    Middle,
+    Right,
+}
+
+impl PointerButton {
+    /// QEMU's `InputButton` name.
+    pub const fn qemu_name(self) -> &'static str {
+        match self {
+            PointerButton::Left => "left",
+            PointerButton::Middle => "middle",
+            PointerButton::Right => "right",
+        }
+    }
+}
+
+/// A program to run in the guest through its agent (`guest-exec`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// The program, as the guest finds it (an absolute path is surest).
+    pub path: String,
+    pub args: Vec<String>,
+    /// Bytes for the program's standard input (none: empty input).
+    pub input: Vec<u8>,
+    /// How long to wait for the program to end; it keeps running in the
+    /// guest after that (the agent has no way to end it).
+    pub timeout: Duration,
+    /// Kept of stdout and of stderr each; the rest is counted, not kept.
+    pub max_output: usize,
+}
+
+/// What [`VmHandle::guest_exec`] saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOutcome {
+    /// The program's process id in the guest.
+    pub pid: i64,
+    /// False when the time limit passed first.
+    pub exited: bool,
+    pub exit_code: Option<i32>,
+    /// The signal that ended it (Linux guests).
+    pub signal: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Output was cut: by [`ExecSpec::max_output`] or by the agent itself.
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
 }
 
 /// A device-model backend.
@@ -185,6 +264,12 @@ pub trait Vmm: Send + Sync {
     /// Finds a device model still running for `vm` (after a daemon restart)
     /// through its run directory. `Ok(None)` when there is none.
     fn attach(&self, vm: &VmSpec) -> Result<Option<Box<dyn VmHandle>>, VmmError>;
+
+    /// Runs a program in `vm`'s guest through its agent and waits for it up
+    /// to the spec's time limit; `Ok(None)` when no agent answers. Needs no
+    /// [`VmHandle`]: the agent has its own socket, so a long command does
+    /// not hold up the VM's other operations.
+    fn guest_exec(&self, vm: &VmSpec, spec: &ExecSpec) -> Result<Option<ExecOutcome>, VmmError>;
 }
 
 /// Control of one running device model.
@@ -230,6 +315,14 @@ pub trait VmHandle: Send {
     /// What the guest's agent says about the guest; `Ok(None)` when no
     /// agent answers.
     fn guest_info(&mut self) -> Result<Option<GuestInfo>, VmmError>;
+
+    /// Injects `events` into the guest's keyboard and pointer, in order,
+    /// as one batch (see docs/agent-bridge.md). Callers pace batches: a
+    /// PS/2 keyboard holds few bytes, so one key combination per batch.
+    fn send_input(&mut self, events: &[InputEvent]) -> Result<(), VmmError>;
+
+    /// Writes `bytes` to the guest's serial console.
+    fn console_write(&mut self, bytes: &[u8]) -> Result<(), VmmError>;
 
     /// The VNC unix socket the presenter connects to.
     fn vnc_socket(&self) -> PathBuf;

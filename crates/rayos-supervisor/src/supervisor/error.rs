@@ -33,6 +33,10 @@ pub enum OpError {
     Invalid(String),
     #[error("{0}")]
     Forbidden(String),
+    /// The request is fine but the VM is not in a position to take it now
+    /// (hidden, a person typing, no guest agent, no absolute pointer).
+    #[error("{0}")]
+    Refused(String),
     #[error("a VM named {0:?} already exists: choose another name or delete it first")]
     Exists(String),
     #[error("rayosd is shutting down")]
@@ -71,7 +75,8 @@ impl OpError {
             OpError::WrongState { .. }
             | OpError::Transition { .. }
             | OpError::Busy { .. }
-            | OpError::Exists(_) => 409,
+            | OpError::Exists(_)
+            | OpError::Refused(_) => 409,
             OpError::Store(StoreError::ReadOnly(_)) => 409,
             OpError::Invalid(_) => 400,
             OpError::Create {
@@ -79,6 +84,12 @@ impl OpError {
                 ..
             } => 400,
             OpError::Forbidden(_) => 403,
+            // The guest refused (a program that cannot run): the request
+            // was understood and cannot be carried out as it is.
+            OpError::Vmm {
+                source: VmmError::Guest { .. },
+                ..
+            } => 422,
             OpError::ShuttingDown => 503,
             _ => 500,
         }

@@ -189,6 +189,15 @@ pub struct CommandLine {
     run_dir: PathBuf,
 }
 
+/// Whether VMs of `kind` get an absolute pointer (a tablet), which is
+/// what lets injected clicks land at screen coordinates. The others have
+/// only the board's PS/2 mouse, which takes relative motion; adding a
+/// device changes the fingerprint, so saved states of existing VMs would
+/// no longer restore (docs/agent-bridge.md).
+pub fn has_absolute_pointer(kind: VmKind) -> bool {
+    kind == VmKind::Linux
+}
+
 impl CommandLine {
     /// Builds the command line; `ovmf_dir` is where OVMF images live.
     pub fn build(spec: &VmSpec, accel: Accel, ovmf_dir: &Path, launch: LaunchPart) -> CommandLine {
@@ -265,7 +274,7 @@ impl CommandLine {
         // is drawn instead of through the guest's mouse acceleration.
         // Windows has no in-box virtio-input driver: a tablet it cannot
         // drive would take QEMU's pointer events from the PS/2 mouse.
-        if def.kind == VmKind::Linux {
+        if has_absolute_pointer(def.kind) {
             c.cfg("-device", "virtio-tablet-pci".into());
         }
 

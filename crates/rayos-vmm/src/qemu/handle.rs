@@ -11,12 +11,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64ct::Encoding as _;
 use rayos_qmp::{GuestAgent, QmpClient, QmpError};
 use serde_json::{Value, json};
 
 use super::cmdline::run;
 use super::{QemuConfig, chain, process, swtpm, sync_dir};
-use crate::{GuestInfo, RunState, SaveReport, TpmState, VmHandle, VmSpec, VmmError};
+use crate::{
+    ExecOutcome, ExecSpec, GuestInfo, InputEvent, RunState, SaveReport, TpmState, VmHandle, VmSpec,
+    VmmError,
+};
 
 /// `max-bandwidth` during a save: the default limit (32 MiB/s) makes saving
 /// several times slower than the disk allows.
@@ -487,6 +491,29 @@ impl VmHandle for QemuHandle {
         Ok(Some(GuestInfo::from_replies(&host, &os, &ifs)))
     }
 
+    fn send_input(&mut self, events: &[InputEvent]) -> Result<(), VmmError> {
+        let events: Vec<Value> = events.iter().flat_map(input_event_json).collect();
+        self.exec("input-send-event", Some(json!({ "events": events })))
+            .map(|_| ())
+            .map_err(|e| self.qmp_err(e))
+    }
+
+    fn console_write(&mut self, bytes: &[u8]) -> Result<(), VmmError> {
+        let path = self.console_socket();
+        let io = |source| VmmError::Io {
+            path: path.clone(),
+            source,
+        };
+        // QEMU serves one console client at a time: while a person is
+        // attached, this connection waits in the backlog and the bytes
+        // arrive when they leave (docs/agent-bridge.md).
+        let mut s = std::os::unix::net::UnixStream::connect(&path).map_err(io)?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))
+            .map_err(io)?;
+        std::io::Write::write_all(&mut s, bytes).map_err(io)?;
+        Ok(())
+    }
+
     fn vnc_socket(&self) -> PathBuf {
         self.spec.run_dir.join(run::VNC)
     }
@@ -500,13 +527,119 @@ impl QemuHandle {
     /// A synchronised connection to the guest agent, or `None` when no
     /// agent answers within `timeout`.
     fn agent(&self, timeout: Duration) -> Option<GuestAgent> {
-        let sock = self.spec.run_dir.join(run::QGA);
-        let mut ga = GuestAgent::connect(&sock, timeout).ok()?;
-        let id = random_u64() & ((1 << 53) - 1);
-        match ga.sync(id) {
-            Ok(true) => Some(ga),
-            Ok(false) | Err(_) => None,
+        agent_at(&self.spec.run_dir, timeout)
+    }
+}
+
+/// [`crate::Vmm::guest_exec`] for QEMU: through the agent socket in the
+/// VM's run directory.
+pub(crate) fn guest_exec(vm: &VmSpec, spec: &ExecSpec) -> Result<Option<ExecOutcome>, VmmError> {
+    let Some(mut ga) = agent_at(&vm.run_dir, Duration::from_secs(2)) else {
+        return Ok(None);
+    };
+    let vm = vm.def.name.clone();
+    let refused = |e: QmpError| match e {
+        QmpError::Rejected { desc, .. } => VmmError::Guest {
+            vm: vm.clone(),
+            detail: desc,
+        },
+        e => VmmError::Qmp {
+            vm: vm.clone(),
+            detail: chain(&e),
+        },
+    };
+    let mut args = json!({
+        "path": spec.path,
+        "arg": spec.args,
+        "capture-output": true,
+    });
+    if !spec.input.is_empty() {
+        args["input-data"] = json!(base64ct::Base64::encode_string(&spec.input));
+    }
+    let started = ga.execute("guest-exec", Some(args)).map_err(&refused)?;
+    let pid = started["pid"].as_i64().ok_or_else(|| VmmError::Guest {
+        vm: vm.clone(),
+        detail: format!("guest-exec answered no pid: {started}"),
+    })?;
+    let deadline = Instant::now() + spec.timeout;
+    loop {
+        let st = ga
+            .execute("guest-exec-status", Some(json!({ "pid": pid })))
+            .map_err(&refused)?;
+        if st["exited"].as_bool() == Some(true) {
+            return Ok(Some(exec_outcome(pid, &st, spec.max_output)));
         }
+        if Instant::now() >= deadline {
+            return Ok(Some(ExecOutcome {
+                pid,
+                ..ExecOutcome::default()
+            }));
+        }
+        std::thread::sleep(EXEC_POLL);
+    }
+}
+
+/// A synchronised connection to the guest agent of the VM whose run
+/// directory is `run_dir`, or `None` when no agent answers within `timeout`.
+fn agent_at(run_dir: &Path, timeout: Duration) -> Option<GuestAgent> {
+    let sock = run_dir.join(run::QGA);
+    let mut ga = GuestAgent::connect(&sock, timeout).ok()?;
+    let id = random_u64() & ((1 << 53) - 1);
+    match ga.sync(id) {
+        Ok(true) => Some(ga),
+        Ok(false) | Err(_) => None,
+    }
+}
+
+/// How often a running `guest-exec` program is asked about.
+const EXEC_POLL: Duration = Duration::from_millis(100);
+
+/// The events of QMP `input-send-event` for one [`InputEvent`].
+fn input_event_json(e: &InputEvent) -> Vec<Value> {
+    match *e {
+        InputEvent::Key { qcode, down } => vec![json!({
+            "type": "key",
+            "data": { "down": down, "key": { "type": "qcode", "data": qcode } },
+        })],
+        // Both axes in one batch: QEMU applies them at the batch's sync.
+        InputEvent::Abs { x, y } => vec![
+            json!({ "type": "abs", "data": { "axis": "x", "value": x } }),
+            json!({ "type": "abs", "data": { "axis": "y", "value": y } }),
+        ],
+        InputEvent::Button { button, down } => vec![json!({
+            "type": "btn",
+            "data": { "down": down, "button": button.qemu_name() },
+        })],
+    }
+}
+
+/// The outcome of an exited program from `guest-exec-status`; output is
+/// cut to `max` bytes per stream.
+fn exec_outcome(pid: i64, st: &Value, max: usize) -> ExecOutcome {
+    let stream = |data: &str, cut: &str| {
+        let mut bytes = st[data]
+            .as_str()
+            .and_then(|b| base64ct::Base64::decode_vec(b).ok())
+            .unwrap_or_default();
+        let mut truncated = st[cut].as_bool() == Some(true);
+        if bytes.len() > max {
+            bytes.truncate(max);
+            truncated = true;
+        }
+        (bytes, truncated)
+    };
+    let (stdout, stdout_truncated) = stream("out-data", "out-truncated");
+    let (stderr, stderr_truncated) = stream("err-data", "err-truncated");
+    let num = |k: &str| st[k].as_i64().and_then(|v| i32::try_from(v).ok());
+    ExecOutcome {
+        pid,
+        exited: true,
+        exit_code: num("exitcode"),
+        signal: num("signal"),
+        stdout,
+        stderr,
+        stdout_truncated,
+        stderr_truncated,
     }
 }
 

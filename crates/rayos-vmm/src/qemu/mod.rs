@@ -537,6 +537,14 @@ impl Vmm for QemuVmm {
         Ok(Box::new(self.launch_inner(vm, how)?))
     }
 
+    fn guest_exec(
+        &self,
+        vm: &VmSpec,
+        spec: &crate::ExecSpec,
+    ) -> Result<Option<crate::ExecOutcome>, VmmError> {
+        handle::guest_exec(vm, spec)
+    }
+
     fn attach(&self, vm: &VmSpec) -> Result<Option<Box<dyn VmHandle>>, VmmError> {
         let pid_file = vm.run_dir.join(cmdline::run::QEMU_PID);
         let Some(pid) = process::read_pid(&pid_file) else {
