@@ -13,6 +13,7 @@ pub mod shutdown;
 pub mod status;
 pub mod update;
 pub mod vm;
+pub mod vm_agent;
 pub mod vm_console;
 pub mod wizard;
 

@@ -106,6 +106,8 @@ enum Command {
     },
     /// Daemon health and start-up notes.
     Health,
+    #[command(flatten)]
+    Agent(super::vm_agent::AgentCommand),
 }
 
 #[derive(clap::Args)]
@@ -301,7 +303,7 @@ fn show_import_progress(c: &Client, name: &str) {
 }
 
 /// Maps a client error to the exit codes scripts rely on.
-fn client_err(e: ClientError) -> anyhow::Error {
+pub(super) fn client_err(e: ClientError) -> anyhow::Error {
     let code = match &e {
         ClientError::Unreachable { .. } => exit::UNREACHABLE,
         ClientError::Status { status: 404, .. } => exit::NOT_FOUND,
@@ -315,7 +317,7 @@ fn client_err(e: ClientError) -> anyhow::Error {
     Exit::new(code, msg).into()
 }
 
-fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+pub(super) fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(v).context("encoding the reply")?;
     println!("{text}");
     Ok(())
@@ -438,6 +440,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     };
     match args.command {
+        Command::Agent(a) => return super::vm_agent::run(&c, a, json),
         Command::List => {
             let vms = c.list().map_err(client_err)?;
             if json {
