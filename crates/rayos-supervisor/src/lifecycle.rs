@@ -173,8 +173,8 @@ pub const ALLOWED: &[(Op, &[VmState])] = &[
     // A paused guest would take the input only when it runs again, long
     // after the caller looked at its screen.
     (Op::Input, &[Running]),
-    // The console's socket queues what a paused guest has not read yet.
-    (Op::ConsoleWrite, &[Running, Paused]),
+    // A paused guest's serial port takes no bytes.
+    (Op::ConsoleWrite, &[Running]),
     (Op::Exec, &[Running]),
     (Op::Delete, &[Stopped, Saved, Crashed]),
 ];
@@ -205,7 +205,9 @@ pub fn hint(op: Op, state: VmState) -> &'static str {
     match (op, state) {
         (Op::Delete, _) => ": stop it first",
         (Op::Present | Op::Screenshot, _) => ": start it first",
-        (Op::Input | Op::Exec, Paused) => " (it is paused: the guest is not running)",
+        (Op::Input | Op::ConsoleWrite | Op::Exec, Paused) => {
+            " (it is paused: the guest is not running)"
+        }
         (Op::Input | Op::ConsoleWrite | Op::Exec, _) => ": start it first",
         (Op::Stop, Saved) => {
             " (it is saved, not running: `start` resumes it, `start --fresh` discards the state)"

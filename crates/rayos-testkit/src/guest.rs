@@ -10,7 +10,16 @@
 //!   pressed`), so `powerdown` ends it.
 //! - `rayos.agent=1`: a shell loop on the `org.qemu.guest_agent.0`
 //!   virtio-serial port answers `guest-sync`, `guest-sync-delimited` and
-//!   `guest-set-time` (enough for `sync_guest_time`; prints `AGENT ...`).
+//!   `guest-set-time` (enough for `sync_guest_time`; prints `AGENT ...`),
+//!   and `guest-exec` / `guest-exec-status` with captured output (the
+//!   program runs in the background; arguments must not contain spaces,
+//!   quotes or commas, and `input-data` is ignored).
+//! - `rayos.tty=1`: reads lines typed on the keyboard from `/dev/tty1`
+//!   (the kernel's VT, with its US keymap) and prints `TYPED <line>` on the
+//!   serial console, after `TTY ready` (agent-bridge tests).
+//! - `rayos.pointer=1`: prints `POINTER ready`, then `POINTER ABS <axis>
+//!   <value>` and `POINTER BTN <code> <1|0>` for every event of the
+//!   virtio tablet (absolute pointer tests).
 //! - `rayos.uefi=1` (used by the UKI variant): prints whether it booted
 //!   through UEFI (`FIRMWARE uefi|bios`) and the TPM version
 //!   (`TPM <major>|none`); writes a UEFI variable through efivarfs on first
@@ -58,12 +67,14 @@ const BUSYBOX: &str = "/usr/bin/busybox";
 const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
 /// Modules the guest loads (with their dependencies from `modules.dep`):
-/// virtio-pci and virtio-console give the agent channel, efivarfs the UEFI
+/// virtio-pci and virtio-console give the agent channel, virtio-input the
+/// tablet (absolute pointer), efivarfs the UEFI
 /// variables, button and evdev the ACPI power button. The serial port,
 /// tpm_crb and the EFI framebuffer are built into Debian's kernel.
 const MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_console",
+    "virtio_input",
     "efivarfs",
     "button",
     "evdev",
@@ -235,6 +246,27 @@ agent() {{
       case "$line" in
         *guest-sync-delimited*) printf '\377{{"return": %s}}\n' "$id";;
         *guest-sync*) printf '{{"return": %s}}\n' "$id";;
+        *guest-exec-status*)
+          p=$(echo "$line" | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p')
+          if [ -e /tmp/exec.$p.rc ]; then
+            printf '{{"return": {{"exited": true, "exitcode": %s, "out-data": "%s", "err-data": "%s"}}}}\n' \
+              "$(cat /tmp/exec.$p.rc)" "$(base64 /tmp/exec.$p.out | tr -d '\n')" "$(base64 /tmp/exec.$p.err | tr -d '\n')"
+          else
+            echo '{{"return": {{"exited": false}}}}'
+          fi;;
+        *guest-exec*)
+          execs=$((execs + 1))
+          path=$(echo "$line" | sed -n 's/.*"path": *"\([^"]*\)".*/\1/p')
+          args=$(echo "$line" | sed -n 's/.*"arg": *\[\([^]]*\)\].*/\1/p' | tr ',"' '  ')
+          if [ -x "$path" ]; then
+            # Not on the channel: a program still running would keep the
+            # port open, and the next client's open of it would fail.
+            ( $path $args >/tmp/exec.$execs.out 2>/tmp/exec.$execs.err; echo $? >/tmp/exec.$execs.tmp; mv /tmp/exec.$execs.tmp /tmp/exec.$execs.rc ) </dev/null >/dev/null 2>&1 &
+            echo "AGENT exec $path" >/dev/console
+            printf '{{"return": {{"pid": %s}}}}\n' $execs
+          else
+            printf '{{"error": {{"class": "GenericError", "desc": "Failed to execute child process \\"%s\\" (No such file or directory)"}}}}\n' "$path"
+          fi;;
         *guest-set-time*)
           t=$(echo "$line" | sed -n 's/.*"time": *\([0-9]*\).*/\1/p')
           date -s @$((t / 1000000000)) >/dev/null 2>&1
@@ -243,10 +275,40 @@ agent() {{
         *) echo '{{"error": {{"class": "CommandNotFound", "desc": "not supported by the test guest"}}}}';;
       esac
     done <>/dev/$name >&0
-    sleep 1
+    # The host closed the channel; the next client may come at once.
+    sleep 0.2
   done
 }}
+execs=0
 [ "$(arg rayos.agent)" = 1 ] && agent &
+
+# rayos.tty=1: lines typed on the keyboard, as the guest's VT reads them.
+ttyecho() {{
+  [ -e /dev/tty1 ] || {{ echo "TTY none"; return; }}
+  exec 6</dev/tty1
+  echo "TTY ready"
+  while read -r line <&6; do echo "TYPED $line"; done
+}}
+[ "$(arg rayos.tty)" = 1 ] && ttyecho &
+
+# rayos.pointer=1: every event of the absolute pointer (virtio tablet).
+pointer() {{
+  dev=""
+  for d in /sys/class/input/event*; do
+    case "$(cat $d/device/name 2>/dev/null)" in *Tablet*) dev=/dev/input/${{d##*/}};; esac
+  done
+  [ -n "$dev" ] || {{ echo "POINTER none"; return; }}
+  exec 5<$dev
+  echo "POINTER ready"
+  while :; do
+    set -- $(dd bs=24 count=1 <&5 2>/dev/null | od -An -v -tu2)
+    case "$9" in
+      1) echo "POINTER BTN ${{10}} ${{11}}";;
+      3) echo "POINTER ABS ${{10}} ${{11}}";;
+    esac
+  done
+}}
+[ "$(arg rayos.pointer)" = 1 ] && pointer &
 
 # The ACPI power button powers the guest off, so a graceful stop works.
 powerbutton() {{

@@ -1413,3 +1413,144 @@ fn a_vm_whose_swtpm_dies_is_shut_down_cleanly_and_reported() {
     );
     h.ok(&["stop", "win", "--force"]);
 }
+
+// ----- the agent bridge (issue #16) -----
+
+/// `rayos vm ARGS` that must fail; returns (exit code, stderr).
+fn fails(h: &Host, args: &[&str]) -> (i32, String) {
+    let o = h.vm(args);
+    assert!(
+        !o.status.success(),
+        "rayos vm {args:?} succeeded: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The agent bridge against the real daemon, QEMU and the test guest:
+/// a hidden VM refuses injected input unless asked; text typed through
+/// the US layout (capitals, punctuation) is what the guest's VT reads; a
+/// click lands on the tablet at the screen position asked for; a console
+/// write reaches the guest's serial port (its tty echoes it); exec runs
+/// programs through the guest agent with their output, exit code, time
+/// limit and refusal.
+#[test]
+fn agent_bridge_types_clicks_writes_and_runs_commands_in_a_real_guest() {
+    let mut h = Host::new();
+    h.policy("version = 1\n[linux]\nautostart = false\n");
+    h.start_daemon();
+    let g = guest::linux_guest().expect("test guest");
+    let cmdline = format!("{} rayos.tty=1 rayos.pointer=1", g.cmdline);
+    h.ok(&[
+        "create",
+        "lin",
+        "--kind",
+        "linux",
+        "--memory",
+        "256",
+        "--kernel",
+        g.kernel.to_str().unwrap(),
+        "--initrd",
+        g.initrd.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+    ]);
+    h.ok(&["start", "lin"]);
+    let log = h.console("lin");
+    for ready in ["TTY ready", "POINTER ready"] {
+        guest::wait_for_line(&log, 0, ready, BOOT).unwrap();
+    }
+    guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
+
+    // Hidden (not presented): refused, and nothing reaches the guest.
+    let (code, err) = fails(&h, &["type", "lin", "refused", "--enter"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not presented"), "{err}");
+
+    // Presented: typed as the guest's keyboard layout reads it.
+    h.ok(&["present", "lin"]);
+    let text = "Hello, World! <a_b> ~42";
+    h.ok(&["type", "lin", text, "--enter"]);
+    let typed = guest::wait_for_line(&log, 0, "TYPED ", BOOT).unwrap();
+    assert_eq!(typed, format!("TYPED {text}"));
+
+    // Hidden again, with the explicit flag: taken.
+    h.ok(&["hide", "lin"]);
+    let from = guest::log_len(&log);
+    h.ok(&["type", "lin", "--hidden", "second", "--enter"]);
+    guest::wait_for_line(&log, from, "TYPED second", BOOT).unwrap();
+    assert!(
+        !guest::read_from(&log, 0).unwrap().contains("refused"),
+        "the refused text reached the guest"
+    );
+
+    // A right click at (100, 50) of the screen as screenshots show it.
+    let from = guest::log_len(&log);
+    let out = h.ok(&[
+        "--json", "click", "lin", "100", "50", "--button", "right", "--hidden",
+    ]);
+    let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (w, hgt) = (
+        reply["screen"][0].as_u64().unwrap(),
+        reply["screen"][1].as_u64().unwrap(),
+    );
+    let png = h.client().screenshot("lin").unwrap();
+    let be = |i: usize| u64::from(u32::from_be_bytes(png[i..i + 4].try_into().unwrap()));
+    assert_eq!(
+        (w, hgt),
+        (be(16), be(20)),
+        "the screen size is the screenshot's"
+    );
+    for line in [
+        format!("POINTER ABS 0 {}", 100 * 0x7fff / (w - 1)),
+        format!("POINTER ABS 1 {}", 50 * 0x7fff / (hgt - 1)),
+        // BTN_RIGHT pressed and released.
+        "POINTER BTN 273 1".to_string(),
+        "POINTER BTN 273 0".to_string(),
+    ] {
+        guest::wait_for_line(&log, from, &line, BOOT).unwrap();
+    }
+
+    // The serial console: the guest's tty echoes what it receives.
+    h.ok(&["send", "lin", "serial-says-hi"]);
+    guest::wait_for_line(&log, 0, "serial-says-hi", BOOT).unwrap();
+
+    // exec: output and exit code through the guest agent.
+    let o = h.vm(&["exec", "lin", "--", "/bin/echo", "from", "the", "guest"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "from the guest\n");
+    // `vm exec` exits with the program's code, also with --json.
+    let o = h.vm(&["--json", "exec", "lin", "--", "/bin/ls", "/nonexistent"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_ne!(r["exit_code"], 0, "{r}");
+    assert!(r["stderr"].as_str().unwrap().contains("nonexistent"), "{r}");
+    assert_eq!(
+        h.vm(&["exec", "lin", "--", "/bin/false"]).status.code(),
+        Some(1)
+    );
+    let (code, err) = fails(
+        &h,
+        &["exec", "lin", "--timeout", "2", "--", "/bin/sleep", "60"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("still runs after the time limit"), "{err}");
+    let (_, err) = fails(&h, &["exec", "lin", "--", "/no/such/program"]);
+    assert!(
+        err.contains("refused") && err.contains("/no/such/program"),
+        "{err}"
+    );
+
+    h.ok(&["stop", "lin", "--force"]);
+    let (_, err) = fails(&h, &["type", "lin", "--hidden", "x"]);
+    assert!(err.contains("start it first"), "{err}");
+}

@@ -499,19 +499,49 @@ impl VmHandle for QemuHandle {
     }
 
     fn console_write(&mut self, bytes: &[u8]) -> Result<(), VmmError> {
+        use std::io::{Read as _, Write as _};
         let path = self.console_socket();
         let io = |source| VmmError::Io {
             path: path.clone(),
             source,
         };
-        // QEMU serves one console client at a time: while a person is
-        // attached, this connection waits in the backlog and the bytes
-        // arrive when they leave (docs/agent-bridge.md).
         let mut s = std::os::unix::net::UnixStream::connect(&path).map_err(io)?;
-        s.set_write_timeout(Some(Duration::from_secs(5)))
-            .map_err(io)?;
-        std::io::Write::write_all(&mut s, bytes).map_err(io)?;
-        Ok(())
+        s.set_write_timeout(Some(CONSOLE_WRITE_WAIT)).map_err(io)?;
+        s.write_all(bytes).map_err(io)?;
+        // Closing at once would lose bytes: QEMU drops a connection on
+        // hang-up without reading what is still queued. A half-close is
+        // an end of file that QEMU reads only after the bytes before it,
+        // and then it closes its side, so its end of file here means the
+        // guest's serial port took everything. What the guest prints
+        // meanwhile comes to this connection too and is discarded.
+        s.shutdown(std::net::Shutdown::Write).map_err(io)?;
+        let deadline = Instant::now() + CONSOLE_WRITE_WAIT;
+        let mut sink = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(VmmError::Timeout(
+                    CONSOLE_WRITE_WAIT,
+                    format!(
+                        "VM {}'s serial port to take the bytes (is someone attached with `rayos vm console`?)",
+                        self.name()
+                    ),
+                ));
+            }
+            s.set_read_timeout(Some(left)).map_err(io)?;
+            match s.read(&mut sink) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+                Err(e) => return Err(io(e)),
+            }
+        }
     }
 
     fn vnc_socket(&self) -> PathBuf {
@@ -534,7 +564,9 @@ impl QemuHandle {
 /// [`crate::Vmm::guest_exec`] for QEMU: through the agent socket in the
 /// VM's run directory.
 pub(crate) fn guest_exec(vm: &VmSpec, spec: &ExecSpec) -> Result<Option<ExecOutcome>, VmmError> {
-    let Some(mut ga) = agent_at(&vm.run_dir, Duration::from_secs(2)) else {
+    // Longer than the other agent calls' 1-2 s: an exec is asked for
+    // explicitly, and a busy guest's agent may be slow to answer.
+    let Some(mut ga) = agent_at(&vm.run_dir, EXEC_AGENT_WAIT) else {
         return Ok(None);
     };
     let vm = vm.def.name.clone();
@@ -590,6 +622,12 @@ fn agent_at(run_dir: &Path, timeout: Duration) -> Option<GuestAgent> {
         Ok(false) | Err(_) => None,
     }
 }
+
+/// How long a console write waits for the guest's serial port to take it.
+const CONSOLE_WRITE_WAIT: Duration = Duration::from_secs(10);
+
+/// How long an exec waits for the agent to answer each request.
+const EXEC_AGENT_WAIT: Duration = Duration::from_secs(5);
 
 /// How often a running `guest-exec` program is asked about.
 const EXEC_POLL: Duration = Duration::from_millis(100);
