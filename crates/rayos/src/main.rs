@@ -35,6 +35,8 @@ enum Command {
     Daemon(cmd::daemon::Args),
     /// Manage VMs through the running daemon.
     Vm(cmd::vm::Args),
+    /// Serve the agent bridge as a Model Context Protocol server on stdio.
+    Mcp(cmd::mcp::Args),
     /// The presenter: shows the presented VM or the home screen, owns input.
     Present(cmd::present::Args),
     /// PID 1 of the RayOS image.
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Wizard(a) => cmd::wizard::run(a),
         Command::Daemon(a) => cmd::daemon::run(a),
         Command::Vm(a) => cmd::vm::run(a),
+        Command::Mcp(a) => cmd::mcp::run(a),
         Command::Present(a) => cmd::present::run(a),
         Command::Init(a) => cmd::init::run(a),
         Command::Console(a) => cmd::console::run(a),

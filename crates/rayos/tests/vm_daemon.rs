@@ -1554,3 +1554,143 @@ fn agent_bridge_types_clicks_writes_and_runs_commands_in_a_real_guest() {
     let (_, err) = fails(&h, &["type", "lin", "--hidden", "x"]);
     assert!(err.contains("start it first"), "{err}");
 }
+
+/// An MCP client session over `rayos mcp`'s stdio against the real daemon
+/// and a running test guest: the handshake, the tool list, `list_vms`, a
+/// screenshot that is the VM's PNG, input refused for a hidden VM as an
+/// error result, and `exec` through the guest agent.
+#[test]
+fn mcp_session_lists_tools_and_takes_a_screenshot() {
+    use base64ct::Encoding as _;
+    use std::io::{BufRead, BufReader};
+
+    let mut h = Host::new();
+    h.policy("version = 1\n[linux]\nautostart = false\n");
+    h.start_daemon();
+    h.create_guest("lin", &[]);
+    h.ok(&["start", "lin"]);
+    guest::wait_counter_above(&h.console("lin"), 0, Some(1), BOOT).unwrap();
+
+    let mut mcp = rayos()
+        .arg("mcp")
+        .arg("--socket")
+        .arg(h.socket())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdin = mcp.stdin.take().unwrap();
+    let mut stdout = BufReader::new(mcp.stdout.take().unwrap());
+    let mut next_id = 0;
+    let mut call = |method: &str, params: serde_json::Value| -> serde_json::Value {
+        next_id += 1;
+        let msg = serde_json::json!({"jsonrpc": "2.0", "id": next_id, "method": method, "params": params});
+        writeln!(stdin, "{msg}").unwrap();
+        // The initialized notification rides along after the handshake.
+        if method == "initialize" {
+            writeln!(
+                stdin,
+                r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+            )
+            .unwrap();
+        }
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(reply["jsonrpc"], "2.0", "{reply}");
+        assert_eq!(reply["id"], next_id, "{reply}");
+        reply["result"].clone()
+    };
+
+    let init = call(
+        "initialize",
+        serde_json::json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}),
+    );
+    assert_eq!(init["protocolVersion"], "2025-06-18");
+    assert_eq!(init["serverInfo"]["name"], "rayos");
+
+    let tools = call("tools/list", serde_json::json!({}));
+    let names: Vec<&str> = tools["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "list_vms",
+        "screenshot",
+        "type_text",
+        "press_keys",
+        "click",
+        "console_read",
+        "console_write",
+        "exec",
+        "events",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+
+    let vms = call(
+        "tools/call",
+        serde_json::json!({"name": "list_vms", "arguments": {}}),
+    );
+    assert_eq!(vms["isError"], false, "{vms}");
+    let listed: Vec<VmInfo> =
+        serde_json::from_str(vms["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].name.as_str(), listed[0].state),
+        ("lin", VmState::Running)
+    );
+
+    let shot = call(
+        "tools/call",
+        serde_json::json!({"name": "screenshot", "arguments": {"vm": "lin"}}),
+    );
+    assert_eq!(shot["isError"], false, "{shot}");
+    let image = &shot["content"][0];
+    assert_eq!(
+        (image["type"].as_str(), image["mimeType"].as_str()),
+        (Some("image"), Some("image/png"))
+    );
+    let png = base64ct::Base64::decode_vec(image["data"].as_str().unwrap()).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    // The same screen the API shows (size from the IHDR chunk).
+    let api_png = h.client().screenshot("lin").unwrap();
+    assert_eq!(png[16..24], api_png[16..24]);
+
+    let typed = call(
+        "tools/call",
+        serde_json::json!({"name": "type_text", "arguments": {"vm": "lin", "text": "x"}}),
+    );
+    assert_eq!(typed["isError"], true, "{typed}");
+    assert!(
+        typed["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("is not presented"),
+        "{typed}"
+    );
+
+    let ran = call(
+        "tools/call",
+        serde_json::json!({"name": "exec", "arguments": {"vm": "lin", "path": "/bin/echo", "args": ["mcp-ran-this"]}}),
+    );
+    assert_eq!(ran["isError"], false, "{ran}");
+    let r: serde_json::Value =
+        serde_json::from_str(ran["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (r["exit_code"].as_i64(), r["stdout"].as_str()),
+        (Some(0), Some("mcp-ran-this\n"))
+    );
+
+    drop(stdin);
+    let st = mcp.wait().unwrap();
+    assert!(
+        st.success(),
+        "rayos mcp exits cleanly at end of input: {st}"
+    );
+    h.ok(&["stop", "lin", "--force"]);
+}
