@@ -11,6 +11,7 @@ pub mod types;
 pub mod agent;
 pub mod client;
 pub mod http;
+pub mod mcp;
 
 pub use agent::*;
 pub use client::{Client, ClientError};

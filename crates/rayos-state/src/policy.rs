@@ -15,6 +15,7 @@
 //! memory_mib = 2048           # optional limit
 //! on_host_shutdown = "save"   # save | shutdown
 //! restart_on_crash = true
+//! agent_bridge = "off"        # off | read | full (docs/agent-bridge.md)
 //! [windows]
 //! enabled = false
 //! ```
@@ -44,6 +45,21 @@ pub enum OnHostShutdown {
     Shutdown,
 }
 
+/// What an agent inside a VM may do through the agent bridge's in-VM
+/// channel (a virtio-serial port, docs/agent-bridge.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentBridge {
+    /// No channel: the VM has no such port at all.
+    #[default]
+    Off,
+    /// List VMs, screenshots, console logs, events; nothing that acts.
+    Read,
+    /// Everything the bridge offers, including input into other VMs and
+    /// commands in their guests.
+    Full,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SubsystemPolicy {
@@ -57,6 +73,7 @@ pub struct SubsystemPolicy {
     pub memory_mib: Option<u64>,
     pub on_host_shutdown: OnHostShutdown,
     pub restart_on_crash: bool,
+    pub agent_bridge: AgentBridge,
 }
 
 impl Default for SubsystemPolicy {
@@ -70,6 +87,7 @@ impl Default for SubsystemPolicy {
             memory_mib: None,
             on_host_shutdown: OnHostShutdown::Save,
             restart_on_crash: true,
+            agent_bridge: AgentBridge::Off,
         }
     }
 }
@@ -213,6 +231,25 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.line, 3, "{e}");
         assert!(e.to_string().contains("autostrat"), "{e}");
+    }
+
+    #[test]
+    fn the_agent_bridge_is_off_unless_the_policy_says_so() {
+        let p = Policy::parse("p", "version = 1\n").unwrap();
+        for s in [&p.linux, &p.windows, &p.generic] {
+            assert_eq!(s.agent_bridge, AgentBridge::Off);
+        }
+        assert_eq!(Policy::closed().linux.agent_bridge, AgentBridge::Off);
+        let p = Policy::parse(
+            "p",
+            "version = 1\n[windows]\nagent_bridge = \"read\"\n[linux]\nagent_bridge = \"full\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (p.linux.agent_bridge, p.windows.agent_bridge),
+            (AgentBridge::Full, AgentBridge::Read)
+        );
+        assert!(Policy::parse("p", "version = 1\n[linux]\nagent_bridge = \"yes\"\n").is_err());
     }
 
     #[test]

@@ -132,6 +132,8 @@ pub fn run(opts: DaemonOptions, vmm: Arc<dyn Vmm>) -> Result<(), DaemonError> {
             .spawn(move || sup.monitor_loop())
             .map_err(DaemonError::Signals)?;
     }
+    // After the API socket is bound: bridge sessions answer through it.
+    crate::bridge::spawn(Arc::clone(&sup), opts.socket.clone()).map_err(DaemonError::Signals)?;
     marker(&Marker::DaemonReady {
         socket: opts.socket.display().to_string(),
     });

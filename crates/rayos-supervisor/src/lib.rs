@@ -14,11 +14,14 @@
 //!   its submodules hold the operations by job (reports; create/delete;
 //!   start/resume and attach/autostart; suspend/stop; present/hide; the
 //!   monitor; host shutdown);
-//! - [`server`]: the HTTP API; [`daemon`]: the process (socket, signals).
+//! - [`server`]: the HTTP API; [`daemon`]: the process (socket, signals);
+//! - [`bridge`]: the agent bridge's in-VM channel (MCP on a virtio-serial
+//!   port, by policy).
 //!
 //! Device models are driven only through the `rayos_vmm::Vmm` trait, so
 //! everything here is tested with a fake backend and runs unchanged on QEMU.
 
+pub mod bridge;
 pub mod cgroup;
 pub mod console;
 pub mod create;

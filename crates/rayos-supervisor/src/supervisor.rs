@@ -282,6 +282,28 @@ impl Supervisor {
         self.policy.for_kind(kind)
     }
 
+    /// Running VMs whose policy enables the agent bridge's in-VM channel.
+    pub(crate) fn bridge_targets(&self) -> Vec<crate::bridge::Target> {
+        self.all_slots()
+            .iter()
+            .filter_map(|slot| {
+                let st = lock(&slot.status);
+                let level = self.policy_for(st.def.kind).agent_bridge;
+                (st.state == VmState::Running && level != rayos_state::AgentBridge::Off).then(
+                    || crate::bridge::Target {
+                        name: slot.name.clone(),
+                        id: st.def.id,
+                        level,
+                        socket: self
+                            .spec(&st.def)
+                            .run_dir
+                            .join(rayos_vmm::qemu::cmdline::run::BRIDGE),
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// What the backend gets: the definition with policy applied.
     pub fn spec(&self, def: &VmDefinition) -> VmSpec {
         let p = self.policy_for(def.kind);
@@ -299,6 +321,7 @@ impl Supervisor {
             memory_mib: p
                 .memory_mib
                 .map_or(def.memory_mib, |m| m.min(def.memory_mib)),
+            agent_bridge: p.agent_bridge != rayos_state::AgentBridge::Off,
         }
     }
 

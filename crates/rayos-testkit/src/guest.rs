@@ -20,6 +20,11 @@
 //! - `rayos.pointer=1`: prints `POINTER ready`, then `POINTER ABS <axis>
 //!   <value>` and `POINTER BTN <code> <1|0>` for every event of the
 //!   virtio tablet (absolute pointer tests).
+//! - `rayos.bridge=1`: an agent inside the VM: on the agent bridge's
+//!   port `org.rayos.agent.0` it calls the MCP tools `list_vms` and
+//!   `type_text` (into a VM named `other`, hidden) and prints `BRIDGE
+//!   <tool> <reply line>`, retrying while nobody answers; `BRIDGE none`
+//!   when the VM has no such port (the policy's `agent_bridge = "off"`).
 //! - `rayos.uefi=1` (used by the UKI variant): prints whether it booted
 //!   through UEFI (`FIRMWARE uefi|bios`) and the TPM version
 //!   (`TPM <major>|none`); writes a UEFI variable through efivarfs on first
@@ -240,8 +245,13 @@ agent() {{
     [ "$(cat $d/name 2>/dev/null)" = org.qemu.guest_agent.0 ] && name=${{d##*/}}
   done
   [ -n "$name" ] || return
+  # The port stays open, as qemu-ga keeps it: closing it discards what
+  # the next client already sent, and reopening raced with that client.
+  # While no client is connected a read ends at once: poll.
+  exec 3<>/dev/$name
   while :; do
-    while read -r line; do
+    if ! read -r line <&3; then sleep 0.25; continue; fi
+    {{
       id=$(echo "$line" | sed -n 's/.*"id": *\([0-9]*\).*/\1/p')
       case "$line" in
         *guest-sync-delimited*) printf '\377{{"return": %s}}\n' "$id";;
@@ -259,9 +269,8 @@ agent() {{
           path=$(echo "$line" | sed -n 's/.*"path": *"\([^"]*\)".*/\1/p')
           args=$(echo "$line" | sed -n 's/.*"arg": *\[\([^]]*\)\].*/\1/p' | tr ',"' '  ')
           if [ -x "$path" ]; then
-            # Not on the channel: a program still running would keep the
-            # port open, and the next client's open of it would fail.
-            ( $path $args >/tmp/exec.$execs.out 2>/tmp/exec.$execs.err; echo $? >/tmp/exec.$execs.tmp; mv /tmp/exec.$execs.tmp /tmp/exec.$execs.rc ) </dev/null >/dev/null 2>&1 &
+            # Not on the channel: the program must not hold the port.
+            ( $path $args >/tmp/exec.$execs.out 2>/tmp/exec.$execs.err; echo $? >/tmp/exec.$execs.tmp; mv /tmp/exec.$execs.tmp /tmp/exec.$execs.rc ) </dev/null >/dev/null 2>&1 3>&- &
             echo "AGENT exec $path" >/dev/console
             printf '{{"return": {{"pid": %s}}}}\n' $execs
           else
@@ -274,13 +283,37 @@ agent() {{
           echo '{{"return": {{}}}}';;
         *) echo '{{"error": {{"class": "CommandNotFound", "desc": "not supported by the test guest"}}}}';;
       esac
-    done <>/dev/$name >&0
-    # The host closed the channel; the next client may come at once.
-    sleep 0.2
+    }} >&3
   done
 }}
 execs=0
 [ "$(arg rayos.agent)" = 1 ] && agent &
+
+# rayos.bridge=1: an agent in the VM calling the agent bridge (MCP).
+bridge() {{
+  name=""
+  for d in /sys/class/virtio-ports/*; do
+    [ "$(cat $d/name 2>/dev/null)" = org.rayos.agent.0 ] && name=${{d##*/}}
+  done
+  [ -n "$name" ] || {{ echo "BRIDGE none"; return; }}
+  exec 7<>/dev/$name
+  id=0
+  for call in list_vms type_text; do
+    id=$((id + 1))
+    case $call in
+      list_vms) args='{{}}';;
+      type_text) args='{{"vm":"other","text":"x","hidden":true}}';;
+    esac
+    i=0
+    while [ $i -lt 120 ]; do
+      echo '{{"jsonrpc":"2.0","id":'$id',"method":"tools/call","params":{{"name":"'$call'","arguments":'"$args"'}}}}' >&7
+      if read -t 2 -r reply <&7 && [ -n "$reply" ]; then echo "BRIDGE $call $reply"; break; fi
+      sleep 1
+      i=$((i + 1))
+    done
+  done
+}}
+[ "$(arg rayos.bridge)" = 1 ] && bridge &
 
 # rayos.tty=1: lines typed on the keyboard, as the guest's VT reads them.
 ttyecho() {{

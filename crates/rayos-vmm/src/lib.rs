@@ -8,7 +8,8 @@
 //! tested with a fake.
 //!
 //! Every VM has a runtime directory (`VmSpec::run_dir`) holding its sockets
-//! (`qmp.sock`, `vnc.sock`, `qga.sock`, `swtpm.sock`) and `qemu.pid`. A
+//! (`qmp.sock`, `vnc.sock`, `qga.sock`, `swtpm.sock`, `bridge.sock`) and
+//! `qemu.pid`. A
 //! restarted daemon finds running VMs again through these files
 //! ([`Vmm::attach`]), so QEMU must outlive the daemon that started it.
 
@@ -37,6 +38,11 @@ pub struct VmSpec {
     /// Effective limits after policy (never above the definition's values).
     pub cpus: u32,
     pub memory_mib: u64,
+    /// The agent bridge's in-VM channel: a virtio-serial port
+    /// `org.rayos.agent.0` whose host end is `bridge.sock` in the run
+    /// directory (docs/agent-bridge.md). Part of the device set, so it is
+    /// in the fingerprint.
+    pub agent_bridge: bool,
 }
 
 /// How to bring a VM up.

@@ -1474,14 +1474,14 @@ fn agent_bridge_types_clicks_writes_and_runs_commands_in_a_real_guest() {
     h.ok(&["present", "lin"]);
     let text = "Hello, World! <a_b> ~42";
     h.ok(&["type", "lin", text, "--enter"]);
-    let typed = guest::wait_for_line(&log, 0, "TYPED ", BOOT).unwrap();
+    let typed = whole_line(&log, "TYPED ");
     assert_eq!(typed, format!("TYPED {text}"));
 
     // Hidden again, with the explicit flag: taken.
     h.ok(&["hide", "lin"]);
     let from = guest::log_len(&log);
     h.ok(&["type", "lin", "--hidden", "second", "--enter"]);
-    guest::wait_for_line(&log, from, "TYPED second", BOOT).unwrap();
+    exact_line(&log, from, "TYPED second");
     assert!(
         !guest::read_from(&log, 0).unwrap().contains("refused"),
         "the refused text reached the guest"
@@ -1511,7 +1511,7 @@ fn agent_bridge_types_clicks_writes_and_runs_commands_in_a_real_guest() {
         "POINTER BTN 273 1".to_string(),
         "POINTER BTN 273 0".to_string(),
     ] {
-        guest::wait_for_line(&log, from, &line, BOOT).unwrap();
+        exact_line(&log, from, &line);
     }
 
     // The serial console: the guest's tty echoes what it receives.
@@ -1531,7 +1531,8 @@ fn agent_bridge_types_clicks_writes_and_runs_commands_in_a_real_guest() {
         String::from_utf8_lossy(&o.stderr)
     );
     let out = String::from_utf8_lossy(&o.stdout);
-    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("{e}: {out}{}", String::from_utf8_lossy(&o.stderr)));
     assert_ne!(r["exit_code"], 0, "{r}");
     assert!(r["stderr"].as_str().unwrap().contains("nonexistent"), "{r}");
     assert_eq!(
@@ -1693,4 +1694,125 @@ fn mcp_session_lists_tools_and_takes_a_screenshot() {
         "rayos mcp exits cleanly at end of input: {st}"
     );
     h.ok(&["stop", "lin", "--force"]);
+}
+
+/// The first line of `log` that contains `needle`, once it is complete
+/// (QEMU may be writing it while the test reads).
+fn whole_line(log: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + BOOT;
+    loop {
+        let text = guest::read_from(log, 0).unwrap();
+        if let Some(at) = text.find(needle)
+            && let Some(end) = text[at..].find('\n')
+        {
+            return text[at..at + end].trim_end_matches('\r').to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no whole line with {needle:?} in {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until a complete line after byte `from` of `log` is `want`.
+fn exact_line(log: &Path, from: u64, want: &str) {
+    let deadline = Instant::now() + BOOT;
+    loop {
+        let text = guest::read_from(log, from).unwrap();
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        if complete.lines().any(|l| l.trim_end_matches('\r') == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line {want:?} in {}: {complete}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The agent bridge's in-VM channel: with `agent_bridge = "read"` an agent
+/// in the VM lists the VMs through the port and is refused input; every
+/// call is logged on the data volume; with the policy's default (off) the
+/// VM has no port at all.
+#[test]
+fn in_vm_agent_bridge_follows_the_policy_and_is_logged() {
+    let mut h = Host::new();
+    h.policy(
+        "version = 1\n[linux]\nautostart = false\nagent_bridge = \"read\"\n[generic]\nautostart = false\n",
+    );
+    h.start_daemon();
+    let g = guest::linux_guest().expect("test guest");
+    let cmdline = format!("{} rayos.bridge=1", g.cmdline);
+    for (name, kind) in [("lin", "linux"), ("gen", "generic")] {
+        h.ok(&[
+            "create",
+            name,
+            "--kind",
+            kind,
+            "--memory",
+            "192",
+            "--kernel",
+            g.kernel.to_str().unwrap(),
+            "--initrd",
+            g.initrd.to_str().unwrap(),
+            "--cmdline",
+            &cmdline,
+        ]);
+        h.ok(&["start", name]);
+    }
+
+    // Read access: the list comes back; acting is refused by policy.
+    let log = h.console("lin");
+    let listed = whole_line(&log, "BRIDGE list_vms ");
+    let reply: serde_json::Value =
+        serde_json::from_str(listed.trim_start_matches("BRIDGE list_vms ")).unwrap();
+    assert_eq!(reply["result"]["isError"], false, "{reply}");
+    let vms: Vec<VmInfo> =
+        serde_json::from_str(reply["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    let mut names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["gen", "lin"]);
+    let typed = whole_line(&log, "BRIDGE type_text ");
+    let reply: serde_json::Value =
+        serde_json::from_str(typed.trim_start_matches("BRIDGE type_text ")).unwrap();
+    assert_eq!(reply["result"]["isError"], true, "{reply}");
+    assert!(
+        reply["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused by policy"),
+        "{reply}"
+    );
+
+    // Logged on the data volume: the VM, its access, the call, the outcome.
+    let bridge_log = fs::read_to_string(h.state().join("logs/agent-bridge.log")).unwrap();
+    assert!(
+        bridge_log.contains("vm=lin access=read tools/call list_vms ok"),
+        "{bridge_log}"
+    );
+    assert!(
+        bridge_log.contains("vm=lin access=read tools/call type_text refused"),
+        "{bridge_log}"
+    );
+
+    // Off (the generic policy's default): no port in the guest, no socket.
+    let gen_log = h.console("gen");
+    guest::wait_for_line(&gen_log, 0, "BRIDGE none", BOOT).unwrap();
+    let gen_id = h.show("gen").id.to_string();
+    assert!(
+        !h.dir
+            .path()
+            .join("run/vm")
+            .join(&gen_id)
+            .join("bridge.sock")
+            .exists()
+    );
+    assert!(!bridge_log.contains("vm=gen"), "{bridge_log}");
+
+    h.ok(&["stop", "lin", "--force"]);
+    h.ok(&["stop", "gen", "--force"]);
 }

@@ -175,6 +175,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         network: false,
         cpus: 1,
         memory_mib: args.memory_mib,
+        agent_bridge: false,
     };
     let log = rayos_vmm::qemu::console::console_log(&vm_dir);
     let state = vm_dir.join("state/vm.state.zst");

@@ -171,6 +171,7 @@ pub fn run(a: &DebianArgs) -> anyhow::Result<()> {
         network: false,
         cpus: 2,
         memory_mib: a.memory_mib,
+        agent_bridge: false,
     };
     let log = rayos_vmm::qemu::console::console_log(&vm_dir);
     let sock = spec.run_dir.join("console.sock");

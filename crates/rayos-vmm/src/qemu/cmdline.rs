@@ -34,6 +34,8 @@ pub mod run {
     pub const QMP: &str = "qmp.sock";
     pub const VNC: &str = "vnc.sock";
     pub const QGA: &str = "qga.sock";
+    /// The agent bridge's in-VM channel (only with `VmSpec::agent_bridge`).
+    pub const BRIDGE: &str = "bridge.sock";
     /// The serial console, for `rayos vm console` (one client at a time).
     pub const CONSOLE: &str = "console.sock";
     /// First-boot settings handed to the guest, one file per credential.
@@ -189,6 +191,10 @@ pub struct CommandLine {
     run_dir: PathBuf,
 }
 
+/// The virtio-serial port name of the agent bridge's in-VM channel; in a
+/// Linux guest `/dev/virtio-ports/org.rayos.agent.0`.
+pub const BRIDGE_PORT: &str = "org.rayos.agent.0";
+
 /// Whether VMs of `kind` get an absolute pointer (a tablet), which is
 /// what lets injected clicks land at screen coordinates. The others have
 /// only the board's PS/2 mouse, which takes relative motion; adding a
@@ -301,6 +307,22 @@ impl CommandLine {
             "-device",
             "virtserialport,bus=vser0.0,chardev=qga,name=org.qemu.guest_agent.0".into(),
         );
+        // The agent bridge's in-VM channel, only where the policy enables
+        // it: with it off the device set is what it always was, so saved
+        // states of existing VMs stay usable.
+        if spec.agent_bridge {
+            c.cfg(
+                "-chardev",
+                format!(
+                    "socket,id=bridge,path={},server=on,wait=off",
+                    run(run::BRIDGE)
+                ),
+            );
+            c.cfg(
+                "-device",
+                format!("virtserialport,bus=vser0.0,chardev=bridge,name={BRIDGE_PORT}"),
+            );
+        }
 
         // Firmware.
         match &def.boot {
@@ -533,6 +555,7 @@ mod tests {
             network: false,
             cpus: 2,
             memory_mib: 512,
+            agent_bridge: false,
         }
     }
 
@@ -546,6 +569,30 @@ mod tests {
 
     fn has(argv: &[String], flag: &str, value: &str) -> bool {
         argv.windows(2).any(|w| w[0] == flag && w[1] == value)
+    }
+
+    #[test]
+    fn the_bridge_port_is_there_only_when_the_policy_enables_it() {
+        let mut s = spec(VmKind::Linux, direct(), false);
+        let build =
+            |s: &VmSpec| CommandLine::build(s, Accel::Tcg, Path::new("/ovmf"), LaunchPart::Cold);
+        let off = build(&s);
+        assert!(!off.argv().iter().any(|a| a.contains("bridge")));
+        s.agent_bridge = true;
+        let on = build(&s);
+        let argv = on.argv();
+        assert!(has(
+            &argv,
+            "-chardev",
+            "socket,id=bridge,path=/run/rayos/vm/x/bridge.sock,server=on,wait=off"
+        ));
+        assert!(has(
+            &argv,
+            "-device",
+            "virtserialport,bus=vser0.0,chardev=bridge,name=org.rayos.agent.0"
+        ));
+        // A different device set: a saved state of the other is not loaded.
+        assert_ne!(off.config_text(), on.config_text());
     }
 
     #[test]

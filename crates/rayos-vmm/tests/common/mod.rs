@@ -128,6 +128,7 @@ fn base(kind: VmKind, name: &str, boot: BootSpec, tpm: bool) -> TestVm {
         network: false,
         cpus: 1,
         memory_mib: 256,
+        agent_bridge: false,
     };
     TestVm { dir, spec }
 }
