@@ -9,7 +9,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use rayos_api::http::{Limits, read_request};
-use rayos_api::{CreateRequest, StartRequest, StopRequest};
+use rayos_api::{
+    ConsoleWriteRequest, CreateRequest, ExecRequest, InputRequest, StartRequest, StopRequest,
+};
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits {
@@ -24,6 +26,9 @@ fuzz_target!(|data: &[u8]| {
             let _ = serde_json::from_slice::<CreateRequest>(&req.body);
             let _ = serde_json::from_slice::<StartRequest>(&req.body);
             let _ = serde_json::from_slice::<StopRequest>(&req.body);
+            let _ = serde_json::from_slice::<InputRequest>(&req.body);
+            let _ = serde_json::from_slice::<ConsoleWriteRequest>(&req.body);
+            let _ = serde_json::from_slice::<ExecRequest>(&req.body);
         }
         Err(e) => {
             let s = e.status();

@@ -16,7 +16,10 @@
 //!   OVMF booted once; `pe`: that whole UKI (a recovery-mode one);
 //! - `bundle`: bundles built by `rayos_update::bundle::build` (what `cargo
 //!   xtask bundle` calls), signed with the fuzz target's trusted key;
-//! - `api_request`: the requests `rayos vm` sends (rayos-api's client).
+//! - `api_request`: the requests `rayos vm` sends (rayos-api's client);
+//! - `mcp_message`: an MCP client's handshake, tool list and tool calls,
+//!   one message per line as the specification's stdio transport sends
+//!   them (no MCP client is at hand to record).
 //!
 //! Files not written here (the `regress-*` crash inputs) are left alone.
 //! Seeds are capped at [`MAX_SEED`] bytes: libFuzzer's default `-max_len`
@@ -83,6 +86,7 @@ pub fn make(root: &Path) -> Result<()> {
     let uki_head = media(&s)?;
     bundles(&s, &uki_head)?;
     api_requests(&s)?;
+    mcp_messages(&s)?;
     qemu_session(&s)?;
     ovmf_vars(&s)?;
     let _ = fs::remove_dir_all(&s.work);
@@ -143,6 +147,12 @@ fn check(dir: &Path) -> Result<()> {
         let bytes = read("api_request", &f)?;
         rayos_api::http::read_request(&mut &bytes[..], rayos_api::http::Limits::default())
             .with_context(|| format!("api_request/{f}"))?;
+    }
+
+    for f in files(&dir.join("mcp_message"))? {
+        let v: serde_json::Value = serde_json::from_slice(&read("mcp_message", &f)?)
+            .with_context(|| format!("mcp_message/{f} is not JSON"))?;
+        ensure!(v["jsonrpc"] == "2.0", "mcp_message/{f} is not JSON-RPC 2.0");
     }
 
     // The RFB session replays to the end: the handshake, QEMU's
@@ -530,6 +540,9 @@ fn api_requests(s: &Seeds) -> Result<()> {
         "console",
         "screenshot",
         "events",
+        "input",
+        "console-write",
+        "exec",
     ];
     let _ = c.health();
     let _ = c.list();
@@ -548,6 +561,17 @@ fn api_requests(s: &Seeds) -> Result<()> {
     let _ = c.console("linux", 200);
     let _ = c.screenshot("windows");
     let _ = c.events(Some(41), |_| false);
+    let _ = c.input(
+        "linux",
+        &serde_json::from_str(
+            r#"{"actions":[{"type":"key","keys":"ctrl+alt+delete"},{"type":"text","text":"Hello, World!\n"},{"type":"click","x":100,"y":50,"button":"right"}],"hidden":true}"#,
+        )?,
+    );
+    let _ = c.console_write("linux", "root\n");
+    let _ = c.exec(
+        "linux",
+        &serde_json::from_str(r#"{"path":"/bin/ls","args":["-l","/"],"timeout_secs":10}"#)?,
+    );
     let _ = c.raw("GET", "/v1/done", None);
     let seen = server
         .join()
@@ -560,6 +584,49 @@ fn api_requests(s: &Seeds) -> Result<()> {
     );
     for (name, bytes) in names.iter().zip(&seen) {
         s.put("api_request", &format!("{name}.http"), bytes)?;
+    }
+    Ok(())
+}
+
+/// MCP messages as a client sends them on stdio (one JSON-RPC message per
+/// line): the handshake, the tool list, calls of tools with arguments.
+fn mcp_messages(s: &Seeds) -> Result<()> {
+    let lines = [
+        (
+            "initialize",
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"agent","version":"1"}}}"#,
+        ),
+        (
+            "initialized",
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        ),
+        (
+            "tools-list",
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+        ),
+        (
+            "call-type-text",
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"type_text","arguments":{"vm":"windows","text":"notepad\n","hidden":true}}}"#,
+        ),
+        (
+            "call-click",
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"click","arguments":{"vm":"windows","x":10,"y":20,"button":"left"}}}"#,
+        ),
+        (
+            "call-exec",
+            r#"{"jsonrpc":"2.0","id":"e","method":"tools/call","params":{"name":"exec","arguments":{"vm":"linux","path":"/bin/ls","args":["/"],"timeout_secs":5}}}"#,
+        ),
+        (
+            "call-events",
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"events","arguments":{"since":3}}}"#,
+        ),
+    ];
+    for (name, line) in lines {
+        s.put(
+            "mcp_message",
+            &format!("{name}.json"),
+            format!("{line}\n").as_bytes(),
+        )?;
     }
     Ok(())
 }
