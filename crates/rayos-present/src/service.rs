@@ -21,6 +21,11 @@
 //! `present_on_boot` is rayosd's: it presents that VM once its autostart is
 //! done (docs/supervisor.md), and the presenter follows.
 //!
+//! A person's input to the presented VM is reported to rayosd (`POST
+//! /v1/input/physical`, at most every 0.5 s, on a short-lived thread), so
+//! an agent's injected input pauses while a person types
+//! (docs/agent-bridge.md).
+//!
 //! Markers (stdout, relayed to the console by init):
 //! `RAYOS_PRESENTATION:on:<vm>` once the VM's first frame is on the screen,
 //! `RAYOS_PRESENTATION:off` when the home screen is drawn (also at start).
