@@ -1004,41 +1004,31 @@ fn wait_screen(
     }
 }
 
-/// Just enough of a VT100 to rebuild what the wizard drew on an 80x24
-/// serial terminal: printable text, CR/LF/BS, cursor moves (CSI H/f/A-D/G/d),
-/// clears (CSI J/K); other sequences (colours, modes) are skipped.
+/// What the wizard drew on its 80x24 serial terminal, rebuilt by the
+/// `vt100` crate from the serial log (from `start` on, fed as it grows;
+/// escape sequences and UTF-8 cut by a read are carried over by the
+/// parser).
 struct Screen {
-    cells: Vec<Vec<char>>,
-    row: usize,
-    col: usize,
+    parser: vt100::Parser,
     /// Where in the serial log the emulation started, and how far it got.
     start: usize,
     fed: usize,
-    /// Bytes of an escape sequence or UTF-8 character cut by the read.
-    pending: Vec<u8>,
 }
 
-const ROWS: usize = 24;
-const COLS: usize = 80;
+const ROWS: std::num::NonZeroU16 = std::num::NonZeroU16::new(24).unwrap();
+const COLS: std::num::NonZeroU16 = std::num::NonZeroU16::new(80).unwrap();
 
 impl Screen {
     fn new(start: usize) -> Screen {
         Screen {
-            cells: vec![vec![' '; COLS]; ROWS],
-            row: 0,
-            col: 0,
+            parser: vt100::Parser::new(ROWS, COLS, 0),
             start,
             fed: start,
-            pending: Vec::new(),
         }
     }
 
     fn text(&self) -> String {
-        self.cells
-            .iter()
-            .map(|r| r.iter().collect::<String>().trim_end().to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.parser.screen().contents()
     }
 
     /// Feeds the part of the whole log not seen yet.
@@ -1046,134 +1036,8 @@ impl Screen {
         if log.len() <= self.fed {
             return;
         }
-        let mut data = std::mem::take(&mut self.pending);
-        data.extend_from_slice(&log[self.fed..]);
+        self.parser.process(&log[self.fed..]);
         self.fed = log.len();
-        let mut i = 0;
-        while i < data.len() {
-            match self.step(&data[i..]) {
-                Some(n) => i += n,
-                None => {
-                    self.pending = data[i..].to_vec();
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Interprets one item at the start of `b`; `None` when it is cut off.
-    fn step(&mut self, b: &[u8]) -> Option<usize> {
-        match b[0] {
-            0x1b => {
-                let next = *b.get(1)?;
-                if next != b'[' {
-                    // ESC ( B and the like carry one more byte.
-                    return Some(if matches!(next, b'(' | b')') {
-                        3.min(b.len())
-                    } else {
-                        2
-                    });
-                }
-                let end = b[2..].iter().position(|c| (0x40..=0x7e).contains(c))? + 2;
-                let params = String::from_utf8_lossy(&b[2..end]);
-                let private = params.starts_with('?');
-                let nums: Vec<usize> = params
-                    .trim_start_matches('?')
-                    .split(';')
-                    .map(|p| p.parse().unwrap_or(0))
-                    .collect();
-                let n = |i: usize| nums.get(i).copied().filter(|&v| v > 0).unwrap_or(1);
-                if !private {
-                    self.csi(b[end], &nums, n(0), n(1));
-                }
-                Some(end + 1)
-            }
-            b'\r' => {
-                self.col = 0;
-                Some(1)
-            }
-            b'\n' => {
-                self.newline();
-                Some(1)
-            }
-            0x08 => {
-                self.col = self.col.saturating_sub(1);
-                Some(1)
-            }
-            c if c < 0x20 || c == 0x7f => Some(1),
-            c => {
-                let len = match c {
-                    0xc0..=0xdf => 2,
-                    0xe0..=0xef => 3,
-                    0xf0..=0xf7 => 4,
-                    _ => 1,
-                };
-                if b.len() < len {
-                    return None;
-                }
-                let ch = std::str::from_utf8(&b[..len])
-                    .ok()
-                    .and_then(|s| s.chars().next())
-                    .unwrap_or('?');
-                if self.col >= COLS {
-                    self.col = 0;
-                    self.newline();
-                }
-                self.cells[self.row][self.col] = ch;
-                self.col += 1;
-                Some(len)
-            }
-        }
-    }
-
-    fn csi(&mut self, cmd: u8, nums: &[usize], n0: usize, n1: usize) {
-        let first = nums.first().copied().unwrap_or(0);
-        match cmd {
-            b'H' | b'f' => {
-                self.row = (n0 - 1).min(ROWS - 1);
-                self.col = (n1 - 1).min(COLS - 1);
-            }
-            b'A' => self.row = self.row.saturating_sub(n0),
-            b'B' => self.row = (self.row + n0).min(ROWS - 1),
-            b'C' => self.col = (self.col + n0).min(COLS - 1),
-            b'D' => self.col = self.col.saturating_sub(n0),
-            b'G' => self.col = (n0 - 1).min(COLS - 1),
-            b'd' => self.row = (n0 - 1).min(ROWS - 1),
-            b'J' => {
-                let (r, c) = (self.row, self.col.min(COLS));
-                for (i, line) in self.cells.iter_mut().enumerate() {
-                    for (j, cell) in line.iter_mut().enumerate() {
-                        let after = (i, j) >= (r, c);
-                        if first == 2
-                            || first == 3
-                            || (first == 0 && after)
-                            || (first == 1 && !after)
-                        {
-                            *cell = ' ';
-                        }
-                    }
-                }
-            }
-            b'K' => {
-                let c = self.col.min(COLS);
-                let line = &mut self.cells[self.row];
-                match first {
-                    0 => line[c..].fill(' '),
-                    1 => line[..(c + 1).min(COLS)].fill(' '),
-                    _ => line.fill(' '),
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn newline(&mut self) {
-        if self.row + 1 < ROWS {
-            self.row += 1;
-        } else {
-            self.cells.remove(0);
-            self.cells.push(vec![' '; COLS]);
-        }
     }
 }
 

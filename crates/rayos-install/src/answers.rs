@@ -303,7 +303,7 @@ pub struct Answers {
 /// divides it, else whole bytes.
 fn size_value(b: u64) -> toml::Value {
     for (m, u) in [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")] {
-        if b != 0 && b % m == 0 {
+        if b != 0 && b.is_multiple_of(m) {
             return toml::Value::String(format!("{}{u}", b / m));
         }
     }
