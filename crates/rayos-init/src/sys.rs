@@ -221,8 +221,8 @@ impl SignalFd {
         if fd < 0 {
             return Err(SysError::Signals(io::Error::last_os_error()));
         }
-        // SAFETY: signalfd returned a new descriptor that nothing else owns.
         Ok(SignalFd {
+            // SAFETY: signalfd returned a new descriptor that nothing else owns.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     }

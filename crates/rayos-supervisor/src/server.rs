@@ -8,7 +8,7 @@
 //!
 //! `GET /v1/events` streams lifecycle events as chunked
 //! `application/x-ndjson` (one JSON object per line) until the client
-//! closes; a bare newline is sent every [`KEEPALIVE`] so dead clients are
+//! closes; a bare newline is sent every `KEEPALIVE` so dead clients are
 //! noticed.
 //!
 //! Connection limits ([`ServerLimits`]), so that no client can lock the
@@ -17,9 +17,9 @@
 //!   `request_deadline` of the connection being accepted, else 408;
 //! - at most `max_connections` connections are reading or being answered.
 //!   At the cap, a new connection sheds the *oldest connection still
-//!   reading its request* after [`IDLE_AFTER`] (it gets a 503 and is
+//!   reading its request* after `IDLE_AFTER` (it gets a 503 and is
 //!   closed); otherwise the new one's request is read and it waits up to
-//!   [`REFUSE_PATIENCE`] for a place, then gets a 503 — sent after its
+//!   `REFUSE_PATIENCE` for a place, then gets a 503 — sent after its
 //!   request was read, since a reply sent before that reaches the client
 //!   as a connection reset;
 //! - event streams are counted apart, at most `max_event_streams`; a new

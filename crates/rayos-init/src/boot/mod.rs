@@ -140,7 +140,7 @@ pub fn main() -> ! {
 }
 
 fn unsafe_env_defaults() {
-    // SAFETY (of set_var): called before any thread exists in this process.
+    // SAFETY: set_var, called before any thread exists in this process.
     unsafe {
         std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
         std::env::set_var("HOME", "/root");

@@ -306,8 +306,8 @@ impl Platform for Real {
     }
 
     fn set_timezone(&mut self, tz: &str) {
-        // SAFETY (of set_var): the only other threads (log pumps, kmsg,
-        // the event follower) never read the environment.
+        // SAFETY: set_var; the only other threads (log pumps, kmsg, the
+        // event follower) never read the environment.
         unsafe { std::env::set_var("TZ", tz) };
     }
 
