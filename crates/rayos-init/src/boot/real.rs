@@ -32,6 +32,9 @@ use crate::volumes;
 const BUTTON_SCAN_EVERY: Duration = Duration::from_secs(10);
 /// Bounded coldplug: bus drivers create devices that want more drivers.
 const COLDPLUG_PASSES: usize = 6;
+/// Most threads loading modules at once (twice the CPUs, up to this):
+/// module init functions wait for hardware, so more threads than CPUs help.
+const COLDPLUG_THREADS: usize = 8;
 
 pub struct Real {
     services: Services,
@@ -265,35 +268,47 @@ impl Platform for Real {
             .into_owned();
         let index =
             ModuleIndex::load(&Path::new("/lib/modules").join(&release)).map_err(|e| chain(&e))?;
-        let mut loader = modules::Loader::new(&index);
+        let loader = modules::Loader::new(&index);
+        let threads = std::thread::available_parallelism()
+            .map_or(2, |n| n.get() * 2)
+            .clamp(2, COLDPLUG_THREADS);
         let mut loaded = 0;
-        for m in always {
-            loaded += loader.load(m).len();
-        }
-        // Repeat until a pass adds nothing (bounded).
+        // The fixed list and the devices' modaliases in one parallel pass,
+        // then again for the devices the new drivers created, until a pass
+        // finds nothing new (bounded).
+        let mut wanted: Vec<String> = always.iter().map(|m| m.to_string()).collect();
         let mut seen = std::collections::HashSet::new();
-        for _pass in 0..COLDPLUG_PASSES {
-            let fresh: Vec<String> = modules::collect_modaliases(Path::new("/sys/devices"))
-                .into_iter()
-                .filter(|a| seen.insert(a.clone()))
-                .collect();
-            if fresh.is_empty() {
+        for pass in 0..COLDPLUG_PASSES {
+            if pass > 0 {
+                // Let drivers that probe asynchronously add their devices.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            wanted.extend(
+                modules::collect_modaliases(Path::new("/sys/devices"))
+                    .into_iter()
+                    .filter(|a| seen.insert(a.clone())),
+            );
+            if wanted.is_empty() {
                 break;
             }
-            for a in &fresh {
-                let n = loader.load(a);
-                if debug && !n.is_empty() {
+            for (a, n) in loader.load_all(&wanted, threads) {
+                if debug {
                     log::info(format!("{a}: loaded {}", n.join(", ")));
                 }
                 loaded += n.len();
             }
-            std::thread::sleep(Duration::from_millis(50));
+            wanted.clear();
         }
-        let refused = loader
-            .done
-            .values()
-            .filter(|r| matches!(r, modules::LoadResult::Refused(_)))
-            .count();
+        let refused = loader.refused();
+        // rayosd reads why a KVM module is missing from here.
+        let text: String = refused
+            .iter()
+            .map(|(n, why)| format!("{n}: {why}\n"))
+            .collect();
+        if let Err(e) = fs::write(rayos_base::paths::MODULES_REFUSED, text) {
+            log::warn(format!("{}: {e}", rayos_base::paths::MODULES_REFUSED));
+        }
+        let refused = refused.len();
         Ok(Coldplug {
             loaded,
             refused,

@@ -29,9 +29,7 @@ use std::time::Duration;
 
 use super::kvm_probe::{self, ProbeError};
 
-/// Where PID 1 records the kernel modules that refused to load, one
-/// `name: error` a line (see rayos-init's coldplug).
-pub const MODULES_REFUSED: &str = "/run/rayos/modules-refused";
+pub use rayos_base::paths::MODULES_REFUSED;
 
 /// The accelerator QEMU is started with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
