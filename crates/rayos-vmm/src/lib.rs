@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use qemu::{
     Accel, AccelDecision, AccelInputs, CpuVirt, ModuleState, QemuConfig, QemuHandle, QemuVmm,
-    TcgReason,
+    TcgReason, running_accel,
 };
 
 /// Everything a backend needs to run one VM: its definition, where its

@@ -35,6 +35,25 @@ pub fn accelerator(d: &AccelDecision) -> Accelerator {
     }
 }
 
+/// A VM's accelerator: what its running device model was started with
+/// (read from its command line, so the report is the process's truth),
+/// else what the next start will use.
+fn vm_accelerator(d: &AccelDecision, pid: Option<u32>) -> Accelerator {
+    let mut a = accelerator(d);
+    match pid.and_then(rayos_vmm::running_accel) {
+        Some(Accel::Kvm) => {
+            a.accel = AccelKind::Kvm;
+            a.reason = None;
+        }
+        Some(Accel::Tcg) if a.accel == AccelKind::Kvm => {
+            a.accel = AccelKind::Tcg;
+            a.reason = Some("started before KVM was chosen; the next start uses KVM".into());
+        }
+        _ => {}
+    }
+    a
+}
+
 impl Supervisor {
     pub(super) fn info(&self, slot: &Slot) -> VmInfo {
         // A copy, so the status lock is not held while the fingerprint is
@@ -95,7 +114,7 @@ impl Supervisor {
             crash_count: st.crash_count,
             enabled: p.enabled,
             autostart: p.autostart,
-            accel: Some(accelerator(&self.vmm.accelerator())),
+            accel: Some(vm_accelerator(&self.vmm.accelerator(), st.pid)),
         }
     }
 

@@ -271,6 +271,26 @@ pub fn decide(
 /// How long the probe guest may take.
 pub const PROBE_TIMEOUT: Duration = kvm_probe::PROBE_TIMEOUT;
 
+/// The accelerator in a QEMU command line as `/proc/<pid>/cmdline` holds
+/// it (NUL-separated): the value after the last `-accel`.
+pub fn accel_in_cmdline(cmdline: &[u8]) -> Option<Accel> {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let at = args.iter().rposition(|a| *a == b"-accel")?;
+    let value = args.get(at + 1)?;
+    // `-accel kvm,kernel-irqchip=on` names the accelerator first.
+    match value.split(|b| *b == b',').next()? {
+        b"kvm" => Some(Accel::Kvm),
+        b"tcg" => Some(Accel::Tcg),
+        _ => None,
+    }
+}
+
+/// The accelerator the running process `pid` was started with, from its
+/// command line; `None` when it is gone or is not a QEMU with `-accel`.
+pub fn running_accel(pid: u32) -> Option<Accel> {
+    accel_in_cmdline(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?)
+}
+
 /// This machine's decision, made once per process.
 pub fn detect() -> AccelDecision {
     static DECIDED: OnceLock<AccelDecision> = OnceLock::new();
@@ -370,6 +390,20 @@ mod tests {
             d.reason().unwrap().to_string(),
             "kvm_amd is loaded but there is no /dev/kvm; VMs run much slower"
         );
+    }
+
+    #[test]
+    fn accelerator_of_a_running_qemu_from_its_command_line() {
+        let argv = b"qemu-system-x86_64\0-name\0linux\0-accel\0tcg\0-cpu\0max\0";
+        assert_eq!(accel_in_cmdline(argv), Some(Accel::Tcg));
+        let kvm = b"qemu-system-x86_64\0-accel\0kvm,kernel-irqchip=on\0";
+        assert_eq!(accel_in_cmdline(kvm), Some(Accel::Kvm));
+        assert_eq!(accel_in_cmdline(b"qemu-system-x86_64\0-m\x00512\0"), None);
+        assert_eq!(accel_in_cmdline(b"qemu\0-accel\0"), None);
+        assert_eq!(accel_in_cmdline(b"qemu\0-accel\0hvf\0"), None);
+        assert_eq!(accel_in_cmdline(b""), None);
+        // This test process is no QEMU.
+        assert_eq!(running_accel(std::process::id()), None);
     }
 
     #[test]

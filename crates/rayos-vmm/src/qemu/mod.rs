@@ -44,7 +44,7 @@ use rayos_state::registry::BootSpec;
 
 pub use accel::{
     Accel, AccelDecision, AccelInputs, CpuVirt, MODULES_REFUSED, ModuleState, PROBE_TIMEOUT,
-    TcgReason, decide,
+    TcgReason, accel_in_cmdline, decide, running_accel,
 };
 pub use cmdline::{CommandLine, LaunchPart, Ovmf};
 pub use handle::QemuHandle;
