@@ -586,6 +586,33 @@ alias dmi*:svn[Ll][Ee][Nn]OVO*:* thinkpad_acpi
         ModuleIndex::parse(DEP, ALIAS, SOFTDEP, BUILTIN)
     }
 
+    /// The CPU's modalias (`/sys/devices/system/cpu/modalias`) brings the
+    /// KVM module for its vendor's flag, as in Debian 12's modules.alias:
+    /// feature 0x85 is VMX, 0xC2 is SVM.
+    #[test]
+    fn cpu_modalias_selects_the_kvm_module() {
+        let index = ModuleIndex::parse(
+            "kernel/arch/x86/kvm/kvm.ko:\n\
+             kernel/arch/x86/kvm/kvm-intel.ko: kernel/arch/x86/kvm/kvm.ko\n\
+             kernel/arch/x86/kvm/kvm-amd.ko: kernel/arch/x86/kvm/kvm.ko\n",
+            "alias cpu:type:x86,ven*fam*mod*:feature:*0085* kvm_intel\n\
+             alias cpu:type:x86,ven*fam*mod*:feature:*00C2* kvm_amd\n",
+            "",
+            "",
+        );
+        let intel = "cpu:type:x86,ven0000fam0006mod008C:feature:,0000,0001,0085,0089,00C0";
+        assert_eq!(index.resolve(intel), vec!["kvm_intel"]);
+        assert_eq!(
+            index.load_order("kvm_intel").unwrap(),
+            vec!["kvm", "kvm_intel"]
+        );
+        let amd = "cpu:type:x86,ven0002fam0019mod0021:feature:,0000,0001,00C0,00C2,00C3";
+        assert_eq!(index.resolve(amd), vec!["kvm_amd"]);
+        // No VT-x/AMD-V (switched off in the firmware): nothing to load.
+        let off = "cpu:type:x86,ven0000fam0006mod008C:feature:,0000,0001,0089,00C0,00C3";
+        assert!(index.resolve(off).is_empty());
+    }
+
     /// Many threads over requests that share dependencies: every module
     /// is handed to the kernel once, only after all of its dependencies
     /// finished loading, and refusals are remembered with their error.
