@@ -3,9 +3,10 @@
 //! Protocol: open `/dev/kvm`, check the API version (12, the only one
 //! there has ever been) and the capabilities QEMU 7.2 refuses to start
 //! without (`kvm_required_capabilites` and the x86 ones), create a VM with
-//! one page of memory and one vCPU in real mode, and run a five-byte guest:
-//! `mov al, 0x2a; out 0xe9, al; hlt`. It must exit with that port write
-//! (KVM_EXIT_IO) and then halt (KVM_EXIT_HLT). No in-kernel irqchip or
+//! one page of memory and one vCPU in real mode, and run [`GUEST_CODE`]:
+//! into protected mode as firmware does, a busy loop, then
+//! `out 0xe9, 0x2a; hlt`. It must exit with that port write (KVM_EXIT_IO)
+//! and then halt (KVM_EXIT_HLT) within the bound. No in-kernel irqchip or
 //! PIT is created, so both exits come to us.
 //!
 //! The guest runs on a thread of its own and the caller waits at most its
@@ -41,8 +42,9 @@ const GUEST_SIZE: usize = 0x1000;
 pub const PROBE_PORT: u16 = 0xe9;
 const PROBE_BYTE: u8 = 0x2a;
 /// Iterations of the guest's busy loop: about 10 ms of guest time in
-/// hardware guest mode, tens of seconds where every instruction is
-/// emulated.
+/// hardware guest mode; where every instruction is emulated it does not
+/// finish within the bound (on the build machines' paravirtual KVM it had
+/// not after 3 s).
 const LOOP_ITERATIONS: u32 = 10_000_000;
 const LOOP: [u8; 4] = LOOP_ITERATIONS.to_le_bytes();
 
@@ -56,8 +58,9 @@ const LOOP: [u8; 4] = LOOP_ITERATIONS.to_le_bytes();
 /// paravirtual KVM, as on these build machines) runs this code through
 /// KVM's instruction emulator. A few instructions pass there, so a guest
 /// of five bytes "works", yet firmware and kernels crawl so slowly that
-/// they look hung. Ten million iterations finish in milliseconds in real
-/// guest mode and miss the bound by far when emulated.
+/// they look hung (QEMU with `-accel kvm` never gets SeaBIOS to print).
+/// Ten million iterations finish in milliseconds in real guest mode and
+/// miss the bound when emulated.
 const GUEST_CODE: [u8; 78] = [
     0xfa, // cli
     0x66,
