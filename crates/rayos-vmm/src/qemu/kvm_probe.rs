@@ -3,7 +3,7 @@
 //! Protocol: open `/dev/kvm`, check the API version (12, the only one
 //! there has ever been) and the capabilities QEMU 7.2 refuses to start
 //! without (`kvm_required_capabilites` and the x86 ones), create a VM with
-//! one page of memory and one vCPU in real mode, and run [`GUEST_CODE`]:
+//! one page of memory and one vCPU in real mode, and run `GUEST_CODE`:
 //! into protected mode as firmware does, a busy loop, then
 //! `out 0xe9, 0x2a; hlt`. It must exit with that port write (KVM_EXIT_IO)
 //! and then halt (KVM_EXIT_HLT) within the bound. No in-kernel irqchip or
