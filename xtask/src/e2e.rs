@@ -12,8 +12,11 @@
 //! 2. the disk's GPT is valid and holds a RayOS data partition; the system
 //!    partition holds the "RayOS recovery" entry and the UKI it names; the
 //!    VARS hold a `Boot####` "RayOS" first in `BootOrder`;
-//! 3. first boot from the disk alone: `RAYOS_READY`, `RAYOS_VM_STARTED:linux:cold`,
-//!    `RAYOS_LINUX_VM_READY`; QMP `system_powerdown`; the machine stops;
+//! 3. first boot from the disk alone: `RAYOS_ACCEL:tcg:<reason>` with the
+//!    firmware reason (the machine's CPU offers no VT-x/AMD-V), `RAYOS_READY`,
+//!    `RAYOS_VM_STARTED:linux:cold`, `RAYOS_LINUX_VM_READY`; `vm show linux`
+//!    at the `rayos>` prompt reports the VM's QEMU running with `-accel tcg`;
+//!    QMP `system_powerdown`; the machine stops;
 //! 4. second boot: `RAYOS_READY`, `RAYOS_VM_STARTED:linux:resumed`,
 //!    `RAYOS_LINUX_VM_READY`; `reboot` typed at the `rayos>` prompt; stops;
 //! 5. the data volume (read with debugfs, no mount) holds logs, and the Linux
@@ -51,7 +54,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use rayos_base::marker::{
-    InstallerMarker, Kind, Marker, Power, VmStart, WizardAfter, WizardMarker,
+    AccelMarker, InstallerMarker, Kind, Marker, Power, VmStart, WizardAfter, WizardMarker,
 };
 use rayos_image::fat::{self, FatTree};
 use rayos_image::ovmf_vars;
@@ -578,6 +581,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
         "Run /init as init process",
         300,
     )?;
+    accel_marker(run, &mut vm)?;
     run.expect_not(
         &mut vm,
         "rayosd healthy",
@@ -596,6 +600,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
         // cycle is the other variants' job.
         return Ok(());
     }
+    vm_runs_under_tcg(run, &mut vm)?;
     // The guest boots under nested TCG (about 40 s on a quiet machine, much
     // more on a busy one); let it reach userspace and count, so the resume
     // has a counter to continue. Its console is read at the admin prompt.
@@ -844,6 +849,56 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             out.push(p);
         }
     }
+    Ok(())
+}
+
+/// Why RayOS must pick TCG on the test machine: the harness's CPU
+/// (`qemu64,-svm`, see rayos_image::qemu) shows neither `vmx` nor `svm`,
+/// so no KVM module loads and there is no `/dev/kvm`.
+fn expected_accel_reason() -> String {
+    rayos_vmm::TcgReason::FirmwareOff.to_string()
+}
+
+/// rayosd's `RAYOS_ACCEL:` marker (relayed to the console by init) says
+/// TCG with the firmware reason.
+fn accel_marker(run: &Run, vm: &mut Qemu) -> Result<()> {
+    let line = run.expect_not(
+        vm,
+        "rayosd decides the accelerator",
+        Kind::Accel.prefix(),
+        &[Kind::Fatal.prefix()],
+        600,
+    )?;
+    let want = Marker::Accel(AccelMarker::Tcg {
+        reason: expected_accel_reason(),
+    });
+    match Marker::find_in(&line) {
+        Some(m) if m == want => {
+            run.ok(&format!("{want}"));
+            Ok(())
+        }
+        other => bail!("expected {want}, got {other:?} in: {}", line.trim()),
+    }
+}
+
+/// The Linux VM's QEMU runs with `-accel tcg`: `vm show linux` at the
+/// `rayos>` prompt reports the accelerator read from the running QEMU's
+/// command line, with the reason.
+fn vm_runs_under_tcg(run: &Run, vm: &mut Qemu) -> Result<()> {
+    vm.send_serial("vm show linux\n")?;
+    let line = run.expect(vm, "`vm show linux` answers", "accelerator:", 120)?;
+    let want = rayos_api::Accelerator {
+        accel: rayos_api::AccelKind::Tcg,
+        reason: Some(expected_accel_reason()),
+    }
+    .to_string();
+    if !line.contains(&want) {
+        bail!(
+            "the Linux VM's accelerator is not `{want}`:\n{}",
+            line.trim()
+        );
+    }
+    run.ok("the Linux VM's QEMU runs with -accel tcg (its command line, as `vm show` reports)");
     Ok(())
 }
 

@@ -89,6 +89,40 @@ impl From<BootKind> for rayos_base::marker::VmStart {
     }
 }
 
+wire_enum! {
+    /// The accelerator device models run with.
+    pub enum AccelKind {
+        /// Hardware virtualization (VT-x/AMD-V) through `/dev/kvm`.
+        Kvm = "kvm",
+        /// QEMU's software emulation: works everywhere, much slower.
+        Tcg = "tcg",
+    }
+}
+
+/// Which accelerator and, under TCG, why (a sentence for people).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accelerator {
+    pub accel: AccelKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl std::fmt::Display for Accelerator {
+    /// `kvm (hardware virtualization)` or `tcg (software emulation): <reason>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.accel {
+            AccelKind::Kvm => f.write_str("kvm (hardware virtualization)"),
+            AccelKind::Tcg => {
+                f.write_str("tcg (software emulation)")?;
+                match &self.reason {
+                    Some(r) => write!(f, ": {r}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
 /// A saved state waiting in `state/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedState {
@@ -144,6 +178,9 @@ pub struct VmInfo {
     /// Policy for this VM's kind.
     pub enabled: bool,
     pub autostart: bool,
+    /// The accelerator its device model runs (or will run) with.
+    #[serde(default)]
+    pub accel: Option<Accelerator>,
 }
 
 /// What a running guest's agent reports about it.
@@ -260,6 +297,10 @@ pub struct Health {
     /// fallbacks, registry entries not loaded, skipped cgroup setup) or
     /// later (a VM whose swtpm died).
     pub notes: Vec<String>,
+    /// The accelerator VMs run with (`None` from a daemon older than this
+    /// field).
+    #[serde(default)]
+    pub accel: Option<Accelerator>,
 }
 
 wire_enum! {
@@ -345,4 +386,36 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accelerator_wire_form_and_text() {
+        let tcg = Accelerator {
+            accel: AccelKind::Tcg,
+            reason: Some("probe failed: x; VMs run much slower".into()),
+        };
+        let json = serde_json::to_string(&tcg).unwrap();
+        assert_eq!(
+            json,
+            r#"{"accel":"tcg","reason":"probe failed: x; VMs run much slower"}"#
+        );
+        assert_eq!(serde_json::from_str::<Accelerator>(&json).unwrap(), tcg);
+        assert_eq!(
+            tcg.to_string(),
+            "tcg (software emulation): probe failed: x; VMs run much slower"
+        );
+        let kvm = Accelerator {
+            accel: AccelKind::Kvm,
+            reason: None,
+        };
+        assert_eq!(serde_json::to_string(&kvm).unwrap(), r#"{"accel":"kvm"}"#);
+        assert_eq!(kvm.to_string(), "kvm (hardware virtualization)");
+        // A health reply from a daemon without the field still decodes.
+        let old = r#"{"status":"ok","version":"0.1.0","pid":1,"vms":0,"registry_writable":true,"notes":[]}"#;
+        assert_eq!(serde_json::from_str::<Health>(old).unwrap().accel, None);
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use rayos_api::{BootKind, EventKind, VmState};
+use rayos_api::{AccelKind, BootKind, EventKind, VmState};
 use serde::Serialize;
 
 fn openapi() -> String {
@@ -122,6 +122,42 @@ fn vm_states_and_boot_kinds_match_the_openapi_enums() {
 }
 
 #[test]
+fn accelerators_match_the_openapi_enum_and_are_reported() {
+    assert_eq!(schema_enum("AccelKind"), wire(AccelKind::ALL));
+    let accel = r##"{ $ref: "#/components/schemas/AccelKind" }"##;
+    let prop = lookup(
+        &openapi(),
+        &[
+            "components",
+            "schemas",
+            "Accelerator",
+            "properties",
+            "accel",
+        ],
+    );
+    assert_eq!(prop.trim(), accel);
+    // Health and every VM object carry one.
+    for schema in ["Health", "VmInfo"] {
+        let p = lookup(
+            &openapi(),
+            &[
+                "components",
+                "schemas",
+                schema,
+                "properties",
+                "accel",
+                "allOf",
+            ],
+        );
+        assert_eq!(
+            p.trim(),
+            r##"[{ $ref: "#/components/schemas/Accelerator" }]"##,
+            "{schema}"
+        );
+    }
+}
+
+#[test]
 fn as_str_is_the_wire_string_and_parses_back() {
     fn check<T>(all: &[T], as_str: fn(&T) -> &'static str)
     where
@@ -140,6 +176,7 @@ fn as_str_is_the_wire_string_and_parses_back() {
     check(EventKind::ALL, |k| k.as_str());
     check(VmState::ALL, |s| s.as_str());
     check(BootKind::ALL, |b| b.as_str());
+    check(AccelKind::ALL, |a| a.as_str());
 }
 
 #[test]

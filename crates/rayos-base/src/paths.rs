@@ -33,6 +33,9 @@ pub const RUN_LOGS: &str = concat!(run_root!(), "/logs");
 pub const INSTALL_LOCK: &str = concat!(run_root!(), "/install.lock");
 /// The link the kernel runs for module requests (to the `rayos` binary).
 pub const MODPROBE: &str = concat!(run_root!(), "/modprobe");
+/// The kernel modules the boot's coldplug could not load, one
+/// `name: error` a line (PID 1 writes it; rayosd reads why KVM is missing).
+pub const MODULES_REFUSED: &str = concat!(run_root!(), "/modules-refused");
 
 /// The installer medium, mounted by init in installer mode.
 pub const MEDIUM: &str = concat!(run_root!(), "/medium");

@@ -6,7 +6,7 @@
 //! ([`lines`]) drawn with the built-in font ([`render`]), so tests can
 //! check the screen by reading the text back ([`read_screen`]).
 
-use rayos_api::{VmInfo, VmState};
+use rayos_api::{AccelKind, VmInfo, VmState};
 
 use crate::display::Canvas;
 use crate::font;
@@ -31,6 +31,20 @@ pub struct Model {
     pub vms: Vec<HomeVm>,
     /// The last problem, shown at the bottom.
     pub status: Option<String>,
+    /// Under TCG: why the VMs run without hardware virtualization (shown
+    /// under the VM list).
+    pub accel_warning: Option<String>,
+}
+
+/// The warning line for the VMs' accelerator, `None` under KVM.
+pub fn accel_warning(vms: &[VmInfo]) -> Option<String> {
+    let a = vms.iter().find_map(|v| v.accel.as_ref())?;
+    (a.accel == AccelKind::Tcg).then(|| {
+        format!(
+            "! VMs run without hardware virtualization (TCG): {}",
+            a.reason.as_deref().unwrap_or("reason unknown")
+        )
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +97,10 @@ pub fn lines(m: &Model, cols: usize) -> Vec<Line> {
             format!("  {key:<14}{:<34}{:<22}{}", v.name, v.state, v.kind),
             TEXT,
         ));
+    }
+    if let Some(w) = &m.accel_warning {
+        out.push((String::new(), TEXT));
+        out.push((w.clone(), WARN));
     }
     out.push((String::new(), TEXT));
     out.push((
@@ -186,6 +204,7 @@ mod tests {
                 },
             ],
             status: Some("rayosd at /run/rayos/api.sock does not answer; retrying".into()),
+            accel_warning: None,
         }
     }
 
@@ -220,6 +239,50 @@ mod tests {
             );
             assert!(text.last().unwrap().contains("does not answer"));
         }
+    }
+
+    #[test]
+    fn tcg_shows_a_warning_line_under_the_vms_and_kvm_none() {
+        let info = |accel: Option<rayos_api::Accelerator>| {
+            serde_json::from_value::<VmInfo>(serde_json::json!({
+                "name": "linux", "id": "00000000-0000-0000-0000-000000000001",
+                "kind": "linux", "state": "running", "presented": false,
+                "cpus": 2, "memory_mib": 2048, "network": false,
+                "provisioned": true, "tpm": false, "vm_dir": "/var/rayos/vm/x",
+                "disks": [], "media": [], "pid": null, "vnc_socket": null,
+                "last_boot": null, "saved_state": null, "unusable_states": [],
+                "last_error": null, "crash_console": [], "crash_count": 0,
+                "enabled": true, "autostart": true, "accel": accel,
+            }))
+            .unwrap()
+        };
+        let tcg = rayos_api::Accelerator {
+            accel: AccelKind::Tcg,
+            reason: Some(
+                "virtualization is off in the firmware setup (VT-x/AMD-V); VMs run much slower"
+                    .into(),
+            ),
+        };
+        let w = accel_warning(&[info(Some(tcg))]).unwrap();
+        assert_eq!(
+            w,
+            "! VMs run without hardware virtualization (TCG): virtualization is off in the firmware setup (VT-x/AMD-V); VMs run much slower"
+        );
+        let kvm = rayos_api::Accelerator {
+            accel: AccelKind::Kvm,
+            reason: None,
+        };
+        assert_eq!(accel_warning(&[info(Some(kvm))]), None);
+        assert_eq!(accel_warning(&[info(None)]), None);
+        assert_eq!(accel_warning(&[]), None);
+        // On the screen: right after the VM list, in the warning colour.
+        let mut m = model();
+        m.accel_warning = Some(w.clone());
+        let l = lines(&m, 200);
+        let at = l.iter().position(|(t, _)| *t == w).expect("warning shown");
+        assert!(l[at - 2].0.contains("win11"), "{l:?}");
+        assert_eq!(l[at].1, WARN);
+        assert!(lines(&model(), 200).iter().all(|(t, _)| !t.contains("TCG")));
     }
 
     #[test]

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rayos_vmm::{
-    GuestInfo, Launch, RunState, SaveReport, TpmState, VmHandle, VmSpec, Vmm, VmmError,
+    AccelDecision, GuestInfo, Launch, RunState, SaveReport, TcgReason, TpmState, VmHandle, VmSpec,
+    Vmm, VmmError,
 };
 use uuid::Uuid;
 
@@ -42,6 +43,8 @@ pub struct FakeVmm {
     pub agent_shutdowns: Arc<AtomicU32>,
     next_pid: AtomicU32,
     pub launches: Mutex<Vec<(String, Launch)>>,
+    /// What `accelerator` answers; `None`: TCG, firmware switched off.
+    pub accel: Mutex<Option<AccelDecision>>,
 }
 
 impl FakeVmm {
@@ -96,6 +99,14 @@ impl FakeVmm {
 }
 
 impl Vmm for FakeVmm {
+    fn accelerator(&self) -> AccelDecision {
+        self.accel
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or(AccelDecision::Tcg(TcgReason::FirmwareOff))
+    }
+
     fn fingerprint(&self, _vm: &VmSpec) -> Result<String, VmmError> {
         Ok(self.fingerprint.lock().unwrap().clone())
     }

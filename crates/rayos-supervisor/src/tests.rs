@@ -1073,3 +1073,28 @@ fn api_busy_everywhere_answers_a_readable_503() {
     assert_eq!(status, 200, "{text}");
     assert_eq!(raw(&s, b"GET /v1/health HTTP/1.1\r\n\r\n").0, 200);
 }
+
+/// `GET /v1/health` and every VM object say which accelerator the backend
+/// chose and, under TCG, the backend's reason word for word.
+#[test]
+fn health_and_vms_report_the_accelerator() {
+    use rayos_api::AccelKind;
+    use rayos_vmm::{AccelDecision, TcgReason};
+    let f = open();
+    f.sup.create(&req("one", VmKind::Linux)).unwrap();
+    let reason = TcgReason::FirmwareOff.to_string();
+    let h = f.sup.health().accel.expect("health has accel");
+    assert_eq!(
+        (h.accel, h.reason.as_deref()),
+        (AccelKind::Tcg, Some(reason.as_str()))
+    );
+    let vm = f.sup.show("one").unwrap().accel.expect("vm has accel");
+    assert_eq!(vm, h);
+    *f.vmm.accel.lock().unwrap() = Some(AccelDecision::Kvm);
+    let h = f.sup.health().accel.unwrap();
+    assert_eq!((h.accel, h.reason), (AccelKind::Kvm, None));
+    assert_eq!(
+        f.sup.list()[0].accel.as_ref().unwrap().accel,
+        AccelKind::Kvm
+    );
+}

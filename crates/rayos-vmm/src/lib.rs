@@ -20,7 +20,10 @@ use std::time::Duration;
 use rayos_state::VmDefinition;
 use serde::{Deserialize, Serialize};
 
-pub use qemu::{Accel, QemuConfig, QemuHandle, QemuVmm};
+pub use qemu::{
+    Accel, AccelDecision, AccelInputs, CpuVirt, ModuleState, QemuConfig, QemuHandle, QemuVmm,
+    TcgReason, running_accel,
+};
 
 /// Everything a backend needs to run one VM: its definition, where its
 /// persistent files live, where its sockets go, and what policy allows.
@@ -185,6 +188,11 @@ pub trait Vmm: Send + Sync {
     /// Finds a device model still running for `vm` (after a daemon restart)
     /// through its run directory. `Ok(None)` when there is none.
     fn attach(&self, vm: &VmSpec) -> Result<Option<Box<dyn VmHandle>>, VmmError>;
+
+    /// The accelerator device models run with and, for TCG, why. Decided
+    /// once per process (the first call may run the KVM probe, a few
+    /// seconds at most).
+    fn accelerator(&self) -> AccelDecision;
 }
 
 /// Control of one running device model.

@@ -26,6 +26,7 @@ pub mod cmdline;
 pub mod console;
 mod handle;
 pub mod image;
+pub mod kvm_probe;
 pub mod process;
 mod swtpm;
 
@@ -41,7 +42,10 @@ pub(crate) use rayos_base::error::chain;
 use rayos_qmp::QmpClient;
 use rayos_state::registry::BootSpec;
 
-pub use accel::{Accel, PROBE_TIMEOUT, probe_kernel};
+pub use accel::{
+    Accel, AccelDecision, AccelInputs, CpuVirt, MODULES_REFUSED, ModuleState, PROBE_TIMEOUT,
+    TcgReason, accel_in_cmdline, decide, running_accel,
+};
 pub use cmdline::{CommandLine, LaunchPart, Ovmf};
 pub use handle::QemuHandle;
 
@@ -103,11 +107,18 @@ impl QemuVmm {
         &self.config
     }
 
+    /// The accelerator launches will use and, for TCG, why: the
+    /// configured one, else this machine's decision (made once).
+    pub fn accel_decision(&self) -> AccelDecision {
+        match self.config.accel {
+            Some(a) => a.into(),
+            None => accel::detect(),
+        }
+    }
+
     /// The accelerator launches will use.
     pub fn accel(&self) -> Accel {
-        self.config
-            .accel
-            .unwrap_or_else(|| Accel::detect(&self.config.qemu))
+        self.accel_decision().accel()
     }
 
     /// The command line `vm` gets for `launch`.
@@ -520,6 +531,10 @@ impl QemuVmm {
 }
 
 impl Vmm for QemuVmm {
+    fn accelerator(&self) -> AccelDecision {
+        self.accel_decision()
+    }
+
     fn fingerprint(&self, vm: &VmSpec) -> Result<String, VmmError> {
         let cmd = self.command_line(vm, LaunchPart::Cold);
         let text = format!(

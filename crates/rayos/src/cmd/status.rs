@@ -56,6 +56,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "rayosd: {} (version {}, {} VMs)",
                 h.status, h.version, h.vms
             );
+            if let Some(a) = &h.accel {
+                println!("accelerator: {a}");
+            }
             for n in &h.notes {
                 println!("  ! {n}");
             }

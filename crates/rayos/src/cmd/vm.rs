@@ -363,6 +363,9 @@ fn print_show(v: &VmInfo) {
     println!("state:         {}", state_text(v));
     println!("cpus / memory: {} / {} MiB", v.cpus, v.memory_mib);
     println!("network:       {}", if v.network { "on" } else { "off" });
+    if let Some(a) = &v.accel {
+        println!("accelerator:   {a}");
+    }
     println!("provisioned:   {}", v.provisioned);
     println!("tpm:           {}", v.tpm);
     println!(
@@ -467,6 +470,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     h.vms,
                     h.rss_kib.map_or("?".into(), |r| r.to_string())
                 );
+                if let Some(a) = &h.accel {
+                    println!("accelerator: {a}");
+                }
                 if !h.registry_writable {
                     println!("registry is read-only (it could not be read at start-up)");
                 }
