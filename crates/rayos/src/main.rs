@@ -53,6 +53,8 @@ enum Command {
     Update(cmd::update::Args),
     /// The recovery menu: logs, policy, boot repair, reinstall, factory reset.
     Recovery(cmd::recovery::Args),
+    /// Show or change the policy (checked, saved atomically, applied by rayosd).
+    Policy(cmd::policy::Args),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
         Command::Reboot(a) => cmd::shutdown::run_reboot(a),
         Command::Update(a) => cmd::update::run(a),
         Command::Recovery(a) => cmd::recovery::run(a),
+        Command::Policy(a) => cmd::policy::run(a),
     };
     finish(result)
 }

@@ -64,10 +64,8 @@ impl Supervisor {
             return Ok(());
         }
         Err(OpError::Forbidden(format!(
-            "the policy disables {} VMs: set [{}] enabled = true in {} and restart rayosd",
-            def.kind,
-            def.kind,
-            self.layout.policy().display()
+            "the policy disables {} VMs: enable them with `rayos policy set {}.enabled true`",
+            def.kind, def.kind,
         )))
     }
 
