@@ -502,6 +502,10 @@ mod tests {
             matches!(data_mount(&p), Call::Mount { read_only: false, ref data, .. } if data.is_empty())
         );
         assert!(matches!(
+            services::network(&mut st, &mut p),
+            StepResult::Ok(_)
+        ));
+        assert!(matches!(
             services::rayosd(&mut st, &mut p),
             StepResult::Ok(_)
         ));
@@ -513,6 +517,7 @@ mod tests {
         assert_eq!(
             started,
             vec![
+                Call::Start("network".into()),
                 Call::Start("rayosd".into()),
                 Call::Start("presenter".into())
             ]
@@ -526,6 +531,10 @@ mod tests {
         assert!(matches!(check_data(&mut st, &mut p), StepResult::Ok(_)));
         assert!(matches!(mount_data(&mut st, &mut p), StepResult::Fail(_)));
         assert!(!st.data_ok);
+        assert!(matches!(
+            services::network(&mut st, &mut p),
+            StepResult::Skip(_)
+        ));
         assert_eq!(st.status.data_mounted, None);
         assert!(st.status.faults[0].contains("cannot mount the data volume /dev/vda3"));
         assert!(matches!(

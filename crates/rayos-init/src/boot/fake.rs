@@ -50,6 +50,7 @@ pub enum Call {
     CloseLogs,
     Countdown(u32, String),
     Power(PowerAction),
+    LinkUp(String),
 }
 
 #[derive(Debug)]
@@ -305,6 +306,11 @@ impl Platform for Fake {
 
     fn set_hostname(&mut self, name: &str) -> io::Result<()> {
         self.hostname = Some(name.to_string());
+        Ok(())
+    }
+
+    fn link_up(&mut self, name: &str) -> Result<(), String> {
+        self.calls.push(Call::LinkUp(name.to_string()));
         Ok(())
     }
 

@@ -79,6 +79,7 @@ pub const COMMON: &[Step] = &[
     },
     step("cmdline", kernel::cmdline),
     step("modules", kernel::modules),
+    step("loopback", kernel::loopback),
     step("efivarfs", kernel::efivarfs),
 ];
 
@@ -91,6 +92,7 @@ pub const INSTALLED: &[Step] = &[
     step("rollback-check", data::rollback_check),
     step("machine", data::machine),
     step("policy", data::policy),
+    step("network", services::network),
     step("rayosd", services::rayosd),
     step("consoles", services::consoles),
     step("presenter", services::presenter),
@@ -287,6 +289,12 @@ mod tests {
         // rayosd needs the data volume, so it comes after mounting it.
         let pos = |n: &str| INSTALLED.iter().position(|s| s.name == n).unwrap();
         assert!(pos("mount-data") < pos("rayosd"));
+        // The network service reads the policy on the data volume.
+        assert!(pos("mount-data") < pos("network"));
+        assert!(
+            !RECOVERY.iter().any(|s| s.name == "network"),
+            "recovery touches no network"
+        );
         // The presenter only starts once rayosd has (it needs its API).
         assert!(pos("rayosd") < pos("presenter"));
         assert!(pos("check-data") < pos("mount-data"));

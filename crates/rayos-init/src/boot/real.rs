@@ -305,6 +305,10 @@ impl Platform for Real {
         sys::sethostname(name)
     }
 
+    fn link_up(&mut self, name: &str) -> Result<(), String> {
+        rayos_net::link::set_up(name, true).map_err(|e| rayos_base::error::chain(&e))
+    }
+
     fn set_timezone(&mut self, tz: &str) {
         // SAFETY (of set_var): the only other threads (log pumps, kmsg,
         // the event follower) never read the environment.
