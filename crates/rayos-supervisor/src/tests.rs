@@ -567,6 +567,47 @@ fn policy_over_the_api() {
 }
 
 #[test]
+fn a_vm_whose_storage_partition_is_not_mounted_is_not_started() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    let dir = f.sup.layout().vm_dir(f.id("lin"));
+    // What the installer leaves on the data volume for a VM on its own
+    // partition; rayos init mounts the partition over it.
+    fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join(rayos_state::layout::vm::STORAGE_MARKER);
+    fs::write(
+        &marker,
+        rayos_state::layout::storage_marker_text("rayos-vm-linux"),
+    )
+    .unwrap();
+    let before: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let e = f.sup.start("lin", false).unwrap_err();
+    assert_eq!(e.status(), 409);
+    assert!(e.to_string().contains("rayos-vm-linux"), "{e}");
+    assert!(f.vmm.proc(f.id("lin")).is_none(), "no device model");
+    let after: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(before, after, "nothing is created in the VM's directory");
+    // Autostart skips it the same way, with a note.
+    let mut p = f.sup.policy();
+    p.set("linux.autostart", "true").unwrap();
+    f.sup.set_policy(&p.to_toml()).unwrap();
+    let failed = f.sup.autostart();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].1.contains("not mounted"), "{failed:?}");
+    // Once the partition is mounted (the marker hidden), it starts.
+    fs::remove_file(&marker).unwrap();
+    f.sup.start("lin", false).unwrap();
+}
+
+#[test]
 fn missing_policy_fails_closed() {
     let f = open_policy(None);
     assert!(f.sup.policy() == Policy::closed());

@@ -89,6 +89,7 @@ pub const INSTALLED: &[Step] = &[
     step("mount-data", data::mount_data),
     step("data-schema", data::data_schema),
     step("logs", data::logs),
+    step("vm-storage", data::vm_storage),
     step("rollback-check", data::rollback_check),
     step("machine", data::machine),
     step("policy", data::policy),
@@ -291,6 +292,9 @@ mod tests {
         assert!(pos("mount-data") < pos("rayosd"));
         // The network service reads the policy on the data volume.
         assert!(pos("mount-data") < pos("network"));
+        // VM-storage partitions are mounted under the data volume, before
+        // rayosd could touch a VM's directory.
+        assert!(pos("mount-data") < pos("vm-storage") && pos("vm-storage") < pos("rayosd"));
         assert!(
             !RECOVERY.iter().any(|s| s.name == "network"),
             "recovery touches no network"
