@@ -449,10 +449,16 @@ pub fn machine(st: &mut State, p: &mut dyn Platform) -> StepResult {
     let _ = fs::write(etc.join("hostname"), format!("{}\n", m.hostname));
     let _ = fs::write(etc.join("timezone"), format!("{}\n", m.timezone));
     let zone = Path::new("/usr/share/zoneinfo").join(&m.timezone);
-    if p.path(&zone).is_file() {
+    let zone_note = if p.path(&zone).is_file() {
         let _ = fs::remove_file(etc.join("localtime"));
         let _ = std::os::unix::fs::symlink(&zone, etc.join("localtime"));
-    }
+        ""
+    } else {
+        // The image carries every zone of tzdata; a name it lacks is a
+        // typo in machine.toml (or a zone newer than this image).
+        let _ = fs::remove_file(etc.join("localtime"));
+        " (not in this image's zone data: local time is UTC)"
+    };
     p.set_timezone(&m.timezone);
     let gen_note = match generation {
         rayos_state::Generation::Current => "",
@@ -460,10 +466,15 @@ pub fn machine(st: &mut State, p: &mut dyn Platform) -> StepResult {
             " (from the previous generation: the current one was incomplete)"
         }
     };
-    StepResult::Ok(format!(
-        "hostname {}, timezone {}{gen_note}",
+    let msg = format!(
+        "hostname {}, timezone {}{zone_note}{gen_note}",
         m.hostname, m.timezone
-    ))
+    );
+    if zone_note.is_empty() {
+        StepResult::Ok(msg)
+    } else {
+        StepResult::Warn(msg)
+    }
 }
 
 /// Parses the policy to show a problem on the console; rayosd fails closed
@@ -779,6 +790,34 @@ mod tests {
         assert!(matches!(check_data(&mut st, &mut p), StepResult::Ok(_)));
         assert!(matches!(mount_data(&mut st, &mut p), StepResult::Ok(_)));
         assert!(matches!(vm_storage(&mut st, &mut p), StepResult::Skip(_)));
+    }
+
+    #[test]
+    fn the_timezone_becomes_etc_localtime_when_the_image_has_the_zone() {
+        let (mut st, mut p) = installed(0, "");
+        let m = rayos_state::MachineConfig::new("box", "Europe/Berlin", "de_DE.UTF-8", "de");
+        p.volume("/dev/vda3", &[("machine.toml", m.to_toml().as_str())]);
+        let zone = p.at("/usr/share/zoneinfo/Europe/Berlin");
+        fs::create_dir_all(zone.parent().unwrap()).unwrap();
+        fs::write(&zone, "TZif").unwrap();
+        assert!(matches!(check_data(&mut st, &mut p), StepResult::Ok(_)));
+        assert!(matches!(mount_data(&mut st, &mut p), StepResult::Ok(_)));
+        assert!(matches!(machine(&mut st, &mut p), StepResult::Ok(_)));
+        let link = fs::read_link(p.at("/etc/localtime")).unwrap();
+        assert_eq!(link, Path::new("/usr/share/zoneinfo/Europe/Berlin"));
+        assert_eq!(
+            fs::read_to_string(p.at("/etc/timezone")).unwrap(),
+            "Europe/Berlin\n"
+        );
+        // A zone the image lacks: said, and no stale link is left.
+        let m = rayos_state::MachineConfig::new("box", "Mars/Olympus", "C", "us");
+        p.volume("/dev/vda3", &[("machine.toml", m.to_toml().as_str())]);
+        let r = machine(&mut st, &mut p);
+        assert!(
+            matches!(r, StepResult::Warn(ref w) if w.contains("not in this image")),
+            "{r:?}"
+        );
+        assert!(fs::symlink_metadata(p.at("/etc/localtime")).is_err());
     }
 
     #[test]

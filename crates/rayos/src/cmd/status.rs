@@ -18,6 +18,9 @@ pub struct Args {
     /// rayosd's API socket.
     #[arg(long, default_value = rayos_base::paths::API_SOCKET)]
     socket: PathBuf,
+    /// The data volume (for machine.toml).
+    #[arg(long, default_value = rayos_base::paths::DATA)]
+    state_dir: PathBuf,
     /// `rayos net`'s status file.
     #[arg(long, default_value = rayos_base::paths::NETWORK_STATUS)]
     network_file: PathBuf,
@@ -33,6 +36,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None
     };
     let network = network_status(&args.network_file);
+    let machine =
+        rayos_state::read_with_fallback(&rayos_state::DataLayout::new(&args.state_dir).machine())
+            .ok()
+            .and_then(|(b, _)| {
+                rayos_state::MachineConfig::parse("machine.toml", &String::from_utf8_lossy(&b)).ok()
+            });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let local_time = rayos_init::sys::local_time(now);
     let memory = rayos_init::memory::rayos_processes();
     let total_kib: u64 = memory.iter().map(|p| p.rss_kib).sum();
     if args.json {
@@ -44,6 +58,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "daemon_error": health.as_ref().err().map(|e| rayos_base::error::chain(e)),
             "vms": vms,
             "network": network,
+            "machine": machine,
+            "local_time": local_time,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
@@ -80,6 +96,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "memory: RayOS's own processes {total_kib} KiB resident ({})",
             each.join(", ")
         );
+    }
+    match &machine {
+        Some(m) => println!(
+            "machine: {}, timezone {} (local time {}), locale {}, keyboard {}",
+            m.hostname,
+            m.timezone,
+            local_time.as_deref().unwrap_or("?"),
+            m.locale,
+            m.keyboard
+        ),
+        None => println!("local time: {}", local_time.as_deref().unwrap_or("?")),
     }
     print_network(&network);
     if let Some(vms) = vms {
