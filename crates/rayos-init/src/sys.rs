@@ -493,3 +493,32 @@ mod local_time_tests {
         );
     }
 }
+
+/// Loads keymap entries into the kernel's console keymap (`KDSKBENT` on a
+/// virtual console; the map is shared by all of them), as busybox's
+/// `loadkmap` does.
+pub fn load_keymap(tty: &Path, entries: &[crate::keymap::Entry]) -> io::Result<()> {
+    #[repr(C)]
+    struct KbEntry {
+        kb_table: u8,
+        kb_index: u8,
+        kb_value: u16,
+    }
+    const KDSKBENT: libc::c_ulong = 0x4B47;
+    let f = fs::OpenOptions::new().read(true).write(true).open(tty)?;
+    for e in entries {
+        let mut k = KbEntry {
+            kb_table: e.table,
+            kb_index: e.index,
+            kb_value: e.value,
+        };
+        // SAFETY: KDSKBENT reads one `struct kbentry` (repr(C) above, the
+        // layout of <linux/kd.h>) from the pointer for the call; `f` is an
+        // open console.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), KDSKBENT as _, &mut k as *mut KbEntry) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

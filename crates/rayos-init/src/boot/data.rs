@@ -460,6 +460,7 @@ pub fn machine(st: &mut State, p: &mut dyn Platform) -> StepResult {
         " (not in this image's zone data: local time is UTC)"
     };
     p.set_timezone(&m.timezone);
+    st.keyboard = Some(m.keyboard.clone());
     let gen_note = match generation {
         rayos_state::Generation::Current => "",
         rayos_state::Generation::Previous => {
@@ -474,6 +475,36 @@ pub fn machine(st: &mut State, p: &mut dyn Platform) -> StepResult {
         StepResult::Ok(msg)
     } else {
         StepResult::Warn(msg)
+    }
+}
+
+/// The keyboard layout of `machine.toml` on the virtual consoles (the
+/// `rayos>` prompt on tty1), from the keymaps compiled into the image
+/// ([`crate::keymap`]). US is the kernel's own map.
+pub fn keyboard(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    let Some(layout) = st.keyboard.clone() else {
+        return StepResult::Skip("no machine.toml: US layout".into());
+    };
+    if layout == "us" {
+        return StepResult::Ok("us (the kernel's own map)".into());
+    }
+    let Some(file) = crate::keymap::file_of(&layout) else {
+        let offered: Vec<&str> = crate::keymap::LAYOUTS.iter().map(|(l, _)| *l).collect();
+        return StepResult::Warn(format!(
+            "keyboard {layout:?} has no console keymap in this image ({}): the console uses the US layout",
+            offered.join(", ")
+        ));
+    };
+    let entries = match fs::read(p.path(&file))
+        .map_err(|e| format!("{}: {e}", file.display()))
+        .and_then(|b| crate::keymap::parse(&b).map_err(|e| format!("{}: {e}", file.display())))
+    {
+        Ok(e) => e,
+        Err(e) => return StepResult::Warn(format!("{e}: the console uses the US layout")),
+    };
+    match p.load_keymap(&entries) {
+        Ok(()) => StepResult::Ok(format!("{layout} on the consoles")),
+        Err(e) => StepResult::Warn(format!("cannot load the {layout} keymap ({e}): US layout")),
     }
 }
 
@@ -818,6 +849,38 @@ mod tests {
             "{r:?}"
         );
         assert!(fs::symlink_metadata(p.at("/etc/localtime")).is_err());
+    }
+
+    #[test]
+    fn the_keyboard_layout_is_loaded_from_the_compiled_keymap() {
+        let (mut st, mut p) = installed(0, "");
+        assert!(matches!(keyboard(&mut st, &mut p), StepResult::Skip(_)));
+        st.keyboard = Some("us".into());
+        assert!(matches!(keyboard(&mut st, &mut p), StepResult::Ok(_)));
+        assert!(p.calls.is_empty(), "US is the kernel's map");
+        st.keyboard = Some("de".into());
+        let r = keyboard(&mut st, &mut p);
+        assert!(
+            matches!(r, StepResult::Warn(ref w) if w.contains("de.bmap")),
+            "{r:?}"
+        );
+        // A compiled keymap: 7 bytes magic, the map flags, one map.
+        let mut b = b"bkeymap".to_vec();
+        let mut flags = [0u8; 256];
+        flags[0] = 1;
+        b.extend_from_slice(&flags);
+        b.extend_from_slice(&[0u8; 256]);
+        let f = p.at("/usr/share/rayos/keymaps/de.bmap");
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(&f, &b).unwrap();
+        assert!(matches!(keyboard(&mut st, &mut p), StepResult::Ok(_)));
+        assert_eq!(p.calls, vec![Call::Keymap(128)]);
+        st.keyboard = Some("dvorak".into());
+        let r = keyboard(&mut st, &mut p);
+        assert!(
+            matches!(r, StepResult::Warn(ref w) if w.contains("no console keymap")),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub enum Call {
     Countdown(u32, String),
     Power(PowerAction),
     LinkUp(String),
+    /// A keymap of this many entries loaded.
+    Keymap(usize),
 }
 
 #[derive(Debug)]
@@ -338,6 +340,11 @@ impl Platform for Fake {
 
     fn set_hostname(&mut self, name: &str) -> io::Result<()> {
         self.hostname = Some(name.to_string());
+        Ok(())
+    }
+
+    fn load_keymap(&mut self, entries: &[crate::keymap::Entry]) -> Result<(), String> {
+        self.calls.push(Call::Keymap(entries.len()));
         Ok(())
     }
 

@@ -92,6 +92,7 @@ pub const INSTALLED: &[Step] = &[
     step("vm-storage", data::vm_storage),
     step("rollback-check", data::rollback_check),
     step("machine", data::machine),
+    step("keyboard", data::keyboard),
     step("policy", data::policy),
     step("network", services::network),
     step("rayosd", services::rayosd),
@@ -106,6 +107,7 @@ pub const RECOVERY: &[Step] = &[
     step("data-schema", data::data_schema),
     step("logs", data::logs),
     step("machine", data::machine),
+    step("keyboard", data::keyboard),
     step("policy", data::policy),
     step("consoles", services::consoles),
 ];

@@ -103,6 +103,8 @@ pub struct State {
     /// VM-storage partitions mounted under the data volume (unmounted
     /// before it at shutdown).
     pub vm_storage_mounts: Vec<PathBuf>,
+    /// `machine.toml`'s keyboard layout, once read.
+    pub keyboard: Option<String>,
 }
 
 impl State {
@@ -146,6 +148,7 @@ impl State {
             health_warned: false,
             vm_starts: None,
             vm_storage_mounts: Vec::new(),
+            keyboard: None,
         }
     }
 
