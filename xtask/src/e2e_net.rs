@@ -5,10 +5,10 @@
 //! networking `10.0.3.0/24` (so it does not overlap the inner VMs'
 //! `10.0.2.0/24`), where `10.0.3.100:80` is forwarded (`guestfwd`) to an
 //! HTTP server this process runs on 127.0.0.1 (through `busybox nc`, one
-//! per connection). The bundled test guest fetches
-//! [`NET_TEST_URL`] whenever it has a network device and prints `FETCH ok
-//! <sha256> <bytes>` (rayos-testkit's guest, a stand-in for a real
-//! distribution). The bytes travel: server → outer NAT → RayOS's link (its
+//! per connection). `fetch` [`NET_TEST_URL`] is typed into the Linux VM's
+//! serial console through `vm console linux` at the `rayos>` prompt; the
+//! bundled test guest (rayos-testkit's, a stand-in for a real
+//! distribution) prints `FETCH ok <sha256> <bytes>` or `FETCH failed: why`. The bytes travel: server → outer NAT → RayOS's link (its
 //! DHCP lease) → the Linux VM's QEMU user networking → the guest.
 //!
 //! 1. install from the ISO (stages 1-2 of `e2e`; the policy's default:
@@ -113,6 +113,36 @@ fn outer_nic(port: u16) -> Vec<String> {
     ]
 }
 
+/// At the `rayos>` prompt: attaches to the Linux VM's console, types
+/// `fetch URL` until the guest answers (it may still be booting), and
+/// returns its `FETCH ok|failed` line; then leaves the console.
+fn guest_fetch(run: &Run, vm: &mut Qemu, what: &str) -> Result<String> {
+    vm.send_serial("\n")?;
+    run.expect(vm, "admin prompt", "rayos>", 120)?;
+    vm.send_serial("vm console linux\n")?;
+    run.expect(
+        vm,
+        "`vm console linux` attached",
+        "Connected to the console of VM linux",
+        120,
+    )?;
+    let deadline = Instant::now() + run.timeout(GUEST_SECS);
+    let line = loop {
+        vm.send_serial(&format!("fetch {NET_TEST_URL}\n"))?;
+        match vm.wait_for_any(&["FETCH ok ", "FETCH failed"], Duration::from_secs(30)) {
+            Ok((_, l)) => break l,
+            Err(QemuError::Timeout { .. }) if Instant::now() < deadline => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("{what}: the guest never answered `fetch`"));
+            }
+        }
+    };
+    run.ok(&format!("{what}: {}", line.trim()));
+    vm.send_serial("\x1d")?;
+    run.expect(vm, "Ctrl-] leaves the console", "Left the console", 60)?;
+    Ok(line)
+}
+
 /// Types `line` at the `rayos>` prompt and waits for `want` in its output
 /// (or one of `bad`), up to `secs`, repeating the command every `every`
 /// seconds when it has not shown `want` yet.
@@ -180,17 +210,16 @@ pub fn after_install(run: &Run, work: &Path, installed: &Installed) -> Result<()
         Kind::LinuxVmReady.prefix(),
         900,
     )?;
-    vm.send_serial("\n")?;
-    run.expect(&mut vm, "admin prompt on the serial console", "rayos>", 120)?;
-    poll(
+    let got = guest_fetch(
         run,
         &mut vm,
-        "networking off: the guest has no network device, so its fetch fails",
-        "vm console linux --lines 400",
-        "FETCH failed: no network device",
-        &["FETCH ok"],
-        GUEST_SECS,
+        "networking off: the guest's fetch fails (no network device)",
     )?;
+    if !got.contains("FETCH failed: no network device") {
+        bail!("with networking off the guest answered: {got}");
+    }
+    vm.send_serial("\n")?;
+    run.expect(&mut vm, "back at the admin prompt", "rayos>", 60)?;
     let line = poll(
         run,
         &mut vm,
@@ -241,17 +270,10 @@ pub fn after_install(run: &Run, work: &Path, installed: &Installed) -> Result<()
         "VM linux cold-booted",
         300,
     )?;
-    let got = poll(
-        run,
-        &mut vm,
-        "the guest fetched the file through both NATs",
-        "vm console linux --lines 40",
-        "FETCH ok ",
-        // Not `FETCH failed`: the console log keeps the previous boot's
-        // lines (no network device then); a failure here is a timeout.
-        &[],
-        GUEST_SECS,
-    )?;
+    let got = guest_fetch(run, &mut vm, "the guest fetched the file through both NATs")?;
+    if !got.contains("FETCH ok ") {
+        bail!("with networking on the guest answered: {got}");
+    }
     let mut words = got
         .split("FETCH ok ")
         .nth(1)

@@ -24,13 +24,14 @@
 //!   and prints `READ <dev> <hex of its first 16 bytes>` for each device
 //!   named (`READ <dev> missing` when it does not show up within 60 s), so
 //!   a test sees exactly which bytes the guest gets from a disk or medium.
-//! - a network device (the VM's policy allows networking): the guest gets
-//!   an address with busybox `udhcpc`, fetches [`NET_TEST_URL`] (or
-//!   `rayos.fetch=URL`) with busybox `wget` and prints `FETCH ok <sha256>
-//!   <bytes>`, retrying for about 3 minutes (`FETCH retry N: why`); with
-//!   no network device it prints `FETCH failed: no network device` (the
-//!   net e2e, docs/network.md). A stand-in for a real distribution's
-//!   network stack.
+//! - `fetch URL` typed on its serial console (the net e2e types it through
+//!   `vm console linux`, docs/network.md): with a network device the guest
+//!   gets an address with busybox `udhcpc` (first time only), fetches URL
+//!   with busybox `wget` and prints `FETCH ok <sha256> <bytes>`, retrying
+//!   for about 3 minutes (`FETCH retry N: why`, then `FETCH failed: ...`);
+//!   with no network device it prints `FETCH failed: no network device`.
+//!   Only on request, so tests that merely give a guest a NIC send nothing
+//!   anywhere. A stand-in for a real distribution's network stack.
 //! - `console=tty0` (the Linux VM seeded by the installer): the guest's
 //!   display shows [`SCREEN_BANNER`] and, with `rayos.keys=1`, the `KEY`
 //!   lines, with the cursor, screen blanking and kernel messages off, so
@@ -58,9 +59,10 @@ pub const READY_MARKER: &str = "RAYOS_TEST_GUEST_READY";
 /// has `console=tty0`.
 pub const SCREEN_BANNER: &str = "RAYOS TEST GUEST: this is the Linux VM's display";
 
-/// What the guest fetches when it has a network device: the net e2e
-/// answers it on the outer host (QEMU `guestfwd` on the outer machine's
-/// network 10.0.3.0/24, reached through RayOS's link and both NATs).
+/// What the net e2e has the guest fetch (`fetch URL` on its console): the
+/// e2e answers it on the outer host (QEMU `guestfwd` on the outer
+/// machine's network 10.0.3.0/24, reached through RayOS's link and both
+/// NATs).
 pub const NET_TEST_URL: &str = "http://10.0.3.100/rayos-net-test";
 
 /// Command line for direct kernel boot of [`LinuxGuest`].
@@ -315,29 +317,34 @@ readdevs() {{
 r=$(arg rayos.read)
 [ -n "$r" ] && readdevs "$r" &
 
-# A network device (the VM's policy allows networking): DHCP with udhcpc,
-# then fetch the test URL and print its SHA-256 (net e2e).
-netfetch() {{
-  url=$(arg rayos.fetch)
-  [ -n "$url" ] || url={NET_TEST_URL}
+# `fetch URL` typed on the console: DHCP with udhcpc (once), then fetch
+# URL and print its SHA-256 (net e2e). Nothing is sent unless asked.
+netup=""
+fetch() {{
+  url="$1"
   i=0
   while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 40 ]; do sleep 0.25; i=$((i + 1)); done
   if [ ! -e /sys/class/net/eth0 ]; then echo "FETCH failed: no network device"; return; fi
-  mkdir -p /etc
-  printf '%s\n' '#!/bin/busybox sh' \
-    'case "$1" in bound|renew)' \
-    '  ip addr flush dev $interface; ip addr add $ip/${{mask:-24}} dev $interface' \
-    '  for r in $router; do ip route add default via $r dev $interface; break; done' \
-    '  for d in $dns; do echo "nameserver $d"; done > /etc/resolv.conf;;' \
-    'esac' > /tmp/udhcpc.sh
-  chmod +x /tmp/udhcpc.sh
-  ip link set lo up
-  ip link set eth0 up
+  if [ -z "$netup" ]; then
+    mkdir -p /etc
+    printf '%s\n' '#!/bin/busybox sh' \
+      'case "$1" in bound|renew)' \
+      '  ip addr flush dev $interface; ip addr add $ip/${{mask:-24}} dev $interface' \
+      '  for r in $router; do ip route add default via $r dev $interface; break; done' \
+      '  for d in $dns; do echo "nameserver $d"; done > /etc/resolv.conf;;' \
+      'esac' > /tmp/udhcpc.sh
+    chmod +x /tmp/udhcpc.sh
+    ip link set lo up
+    ip link set eth0 up
+  fi
   n=0
   while [ $n -lt 60 ]; do
     n=$((n + 1))
-    if ! udhcpc -i eth0 -n -q -t 3 -s /tmp/udhcpc.sh >/dev/null 2>&1; then
-      echo "FETCH retry $n: no DHCP lease"; sleep 2; continue
+    if [ -z "$netup" ]; then
+      if ! udhcpc -i eth0 -n -q -t 3 -s /tmp/udhcpc.sh >/dev/null 2>&1; then
+        echo "FETCH retry $n: no DHCP lease"; sleep 2; continue
+      fi
+      netup=1
     fi
     # (busybox-static 1.35's wget crashes with -T: timeout(1) bounds it.)
     if timeout 30 wget -q -O /tmp/fetched "$url" 2>/tmp/wget.err; then
@@ -349,7 +356,13 @@ netfetch() {{
   done
   echo "FETCH failed: gave up after $n tries"
 }}
-netfetch &
+# A background job's stdin is /dev/null: read the console explicitly.
+commands() {{
+  while read -r cmd arg; do
+    case "$cmd" in fetch) fetch "$arg";; esac
+  done
+}}
+commands </dev/console &
 
 n=0
 while :; do
@@ -826,7 +839,9 @@ mod tests {
         // The udhcpc script the guest writes is itself valid.
         let start = script.find("printf '%s\\n' '#!/bin/busybox sh'").unwrap();
         assert!(script[start..].contains("${mask:-24}"));
-        assert!(script.contains(NET_TEST_URL));
+        // Nothing is fetched unless asked on the console.
+        assert!(!script.contains(NET_TEST_URL));
+        assert!(script.contains("commands </dev/console &"));
     }
 
     #[test]
