@@ -112,6 +112,10 @@ pub enum Variant {
     /// image; login over `vm console linux` at the admin prompt, `reboot`,
     /// the same shell and process after the resume (`e2e_debian`).
     Debian,
+    /// The ISO as a CD; the machine gets a NIC; networking off, then on
+    /// from the admin prompt: the Linux VM fetches a file from a server on
+    /// this host through both NATs (`e2e_net`, docs/network.md).
+    Net,
 }
 
 impl Variant {
@@ -125,6 +129,7 @@ impl Variant {
             Variant::UsbLate => "usb-late",
             Variant::AnswersSafety => "answers-safety",
             Variant::Debian => "debian",
+            Variant::Net => "net",
         }
     }
 }
@@ -472,7 +477,8 @@ pub(crate) fn install(
         | Variant::Wizard
         | Variant::UsbLate
         | Variant::AnswersSafety
-        | Variant::Debian => Medium::Cdrom(iso.to_path_buf()),
+        | Variant::Debian
+        | Variant::Net => Medium::Cdrom(iso.to_path_buf()),
     };
     // A USB stick, the usual carrier: answer files on internal disks are
     // not used (docs/answer-file.md).
@@ -569,6 +575,9 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     let installed = install(run, work, v, iso, usb)?;
     if v == Variant::Debian {
         return crate::e2e_debian::after_install(run, work, &installed);
+    }
+    if v == Variant::Net {
+        return crate::e2e_net::after_install(run, work, &installed);
     }
     let (disk, data_offset) = (installed.disk.clone(), installed.data_offset);
     let config = |stage: &str| installed.boot_config(work, stage);

@@ -211,6 +211,22 @@ impl Client {
         self.raw("GET", &format!("/v1/vms/{}/screenshot", enc(name)), None)
     }
 
+    /// The policy rayosd runs with.
+    pub fn policy(&self) -> Result<PolicyReply, ClientError> {
+        self.json("GET", "/v1/policy", None::<&()>)
+    }
+
+    /// Replaces the policy (checked, written atomically, used at once).
+    pub fn set_policy(&self, toml: &str) -> Result<PolicyReply, ClientError> {
+        self.json(
+            "PUT",
+            "/v1/policy",
+            Some(&PolicyRequest {
+                toml: toml.to_string(),
+            }),
+        )
+    }
+
     /// Follows the event stream (first the kept events numbered above
     /// `since`, when given); `on_event` returns false to stop.
     pub fn events(

@@ -388,6 +388,34 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// `PUT /v1/policy`: the whole policy file, checked like the file
+/// (`rayos_state::Policy::parse`) before anything is written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRequest {
+    pub toml: String,
+}
+
+/// `GET /v1/policy`, and the reply of `PUT /v1/policy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyReply {
+    /// The policy file on the data volume.
+    pub path: PathBuf,
+    /// The policy rayosd runs with, as TOML (the closed policy when the
+    /// file is unusable; see `notes`).
+    pub toml: String,
+    /// Every `section.setting` with its value, in file order.
+    pub settings: Vec<(String, String)>,
+    /// For `PUT`: what changed and when each change takes effect.
+    #[serde(default)]
+    pub changes: Vec<rayos_state::Change>,
+    /// For `PUT`: what the change means for the VMs as they are now
+    /// (running ones keep their device model; saved states made with an
+    /// old setting).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,8 @@ pub const DATA: &str = "/var/rayos";
 pub const API_SOCKET: &str = concat!(run_root!(), "/api.sock");
 /// rayos init's status for `rayos status` and the console.
 pub const INIT_STATUS: &str = concat!(run_root!(), "/init-status.json");
+/// `rayos net`'s status (links, leases) for `rayos status`.
+pub const NETWORK_STATUS: &str = concat!(run_root!(), "/network.json");
 /// Logs while no data volume is mounted (moved there once it is).
 pub const RUN_LOGS: &str = concat!(run_root!(), "/logs");
 /// Held (flock) by whatever is writing a disk: an install, the wizard.

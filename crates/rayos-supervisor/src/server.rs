@@ -521,6 +521,14 @@ fn route(sup: &Supervisor, req: &Request) -> Reply {
             },
             _ => not_allowed(),
         },
+        ["v1", "policy"] => match m {
+            "GET" => json(200, &sup.policy_reply()),
+            "PUT" => match parse_body::<rayos_api::PolicyRequest>(req, "policy (PolicyRequest)") {
+                Ok(p) => result(sup.set_policy(&p.toml)),
+                Err(r) => r,
+            },
+            _ => not_allowed(),
+        },
         ["v1", "vms"] => match m {
             "GET" => json(200, &sup.list()),
             "POST" => match parse_body::<CreateRequest>(req, "VM definition (CreateRequest)") {

@@ -11,7 +11,8 @@
 //! - `present`: present and hide;
 //! - `monitor`: watching device models (guest shutdowns, crashes and
 //!   restarts, pauses, swtpm deaths, console rotation);
-//! - `shutdown`: host shutdown (save or shut down every VM by a deadline).
+//! - `shutdown`: host shutdown (save or shut down every VM by a deadline);
+//! - `policy`: reading and replacing the policy while rayosd runs.
 //!
 //! Concurrency: each VM has a `Slot` with two locks. `op` owns the device
 //! model handle and is held for the whole of a long operation (start, save,
@@ -32,6 +33,7 @@
 mod define;
 mod error;
 mod monitor;
+mod policy;
 mod present;
 mod report;
 mod shutdown;
@@ -43,7 +45,7 @@ use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use rayos_api::{BootKind, VmState};
@@ -167,7 +169,9 @@ pub struct Supervisor {
     cfg: Config,
     layout: DataLayout,
     vmm: Arc<dyn Vmm>,
-    policy: Policy,
+    /// Replaced as a whole by `PUT /v1/policy`; every decision reads it
+    /// afresh, so a change holds from the next decision on.
+    policy: RwLock<Policy>,
     registry: Mutex<RegistryStore>,
     slots: Mutex<BTreeMap<String, Arc<Slot>>>,
     presented: Mutex<Option<String>>,
@@ -223,7 +227,7 @@ impl Supervisor {
             cfg,
             layout,
             vmm,
-            policy,
+            policy: RwLock::new(policy),
             registry: Mutex::new(registry),
             slots: Mutex::new(slots),
             presented: Mutex::new(None),
@@ -236,8 +240,12 @@ impl Supervisor {
         Ok(sup)
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    /// The policy rayosd runs with now.
+    pub fn policy(&self) -> Policy {
+        self.policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn layout(&self) -> &DataLayout {
@@ -264,8 +272,12 @@ impl Supervisor {
         lock(&self.slots).values().cloned().collect()
     }
 
-    fn policy_for(&self, kind: VmKind) -> &SubsystemPolicy {
-        self.policy.for_kind(kind)
+    fn policy_for(&self, kind: VmKind) -> SubsystemPolicy {
+        self.policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .for_kind(kind)
+            .clone()
     }
 
     /// What the backend gets: the definition with policy applied.

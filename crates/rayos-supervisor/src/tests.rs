@@ -489,9 +489,128 @@ fn policy_limits_networking_and_enabled() {
 }
 
 #[test]
+fn set_policy_writes_atomically_and_applies_at_once() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.sup.create(&req("win", VmKind::Windows)).unwrap();
+    let path = f.dir.path().join("state/policy/rayos-policy.toml");
+    let before = fs::read_to_string(&path).unwrap();
+    assert_eq!(f.sup.start("win", false).unwrap_err().status(), 403);
+
+    // Invalid text: refused with its line, nothing written or swapped.
+    let e = f
+        .sup
+        .set_policy("version = 1\n[linux]\nautostrat = true\n")
+        .unwrap_err();
+    assert_eq!(e.status(), 400);
+    assert!(e.to_string().contains(":3:"), "{e}");
+    assert_eq!(fs::read_to_string(&path).unwrap(), before);
+
+    f.sup.start("lin", false).unwrap();
+    let mut p = f.sup.policy();
+    p.set("windows.enabled", "true").unwrap();
+    p.set("linux.networking", "on").unwrap();
+    p.set("linux.autostart", "true").unwrap();
+    let r = f.sup.set_policy(&p.to_toml()).unwrap();
+    let keys: Vec<_> = r.changes.iter().map(|c| (c.key.as_str(), c.when)).collect();
+    use rayos_state::Effect;
+    assert_eq!(
+        keys,
+        [
+            ("linux.autostart", Effect::NextBoot),
+            ("linux.networking", Effect::NextStart),
+            ("windows.enabled", Effect::Now),
+        ]
+    );
+    // The running Linux VM keeps its device model and is told so.
+    assert!(
+        r.notes.iter().any(|n| n.contains("VM lin is running")),
+        "{:?}",
+        r.notes
+    );
+    assert!(!f.vmm.proc(f.id("lin")).unwrap().network);
+    // Written with the previous generation kept, and used at once.
+    assert_eq!(fs::read_to_string(&path).unwrap(), p.to_toml());
+    assert_eq!(
+        fs::read_to_string(rayos_state::atomic::previous_path(&path)).unwrap(),
+        before
+    );
+    assert_eq!(f.sup.policy(), p);
+    f.sup.start("win", false).unwrap();
+    // Networking applies at the next cold start.
+    f.sup.stop("lin", &StopRequest::default()).unwrap();
+    f.sup.start("lin", true).unwrap();
+    assert!(f.vmm.proc(f.id("lin")).unwrap().network);
+    // A new daemon reads what was written.
+    let f = f.restart();
+    assert_eq!(f.sup.policy(), p);
+}
+
+#[test]
+fn policy_over_the_api() {
+    let a = api();
+    let f = &a.f;
+    let c = Client::new(&a.socket);
+    let got = c.policy().unwrap();
+    assert!(
+        got.settings
+            .contains(&("linux.autostart".into(), "false".into()))
+    );
+    let e = c.set_policy("version = 2\n").unwrap_err();
+    assert_eq!(e.status(), Some(400));
+    let mut p = f.sup.policy();
+    p.set("linux.present_on_boot", "true").unwrap();
+    let r = c.set_policy(&p.to_toml()).unwrap();
+    assert_eq!(r.changes.len(), 1);
+    assert_eq!(r.changes[0].key, "linux.present_on_boot");
+    assert_eq!(f.sup.policy(), p);
+}
+
+#[test]
+fn a_vm_whose_storage_partition_is_not_mounted_is_not_started() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    let dir = f.sup.layout().vm_dir(f.id("lin"));
+    // What the installer leaves on the data volume for a VM on its own
+    // partition; rayos init mounts the partition over it.
+    fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join(rayos_state::layout::vm::STORAGE_MARKER);
+    fs::write(
+        &marker,
+        rayos_state::layout::storage_marker_text("rayos-vm-linux"),
+    )
+    .unwrap();
+    let before: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let e = f.sup.start("lin", false).unwrap_err();
+    assert_eq!(e.status(), 409);
+    assert!(e.to_string().contains("rayos-vm-linux"), "{e}");
+    assert!(f.vmm.proc(f.id("lin")).is_none(), "no device model");
+    let after: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(before, after, "nothing is created in the VM's directory");
+    // Autostart skips it the same way, with a note.
+    let mut p = f.sup.policy();
+    p.set("linux.autostart", "true").unwrap();
+    f.sup.set_policy(&p.to_toml()).unwrap();
+    let failed = f.sup.autostart();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].1.contains("not mounted"), "{failed:?}");
+    // Once the partition is mounted (the marker hidden), it starts.
+    fs::remove_file(&marker).unwrap();
+    f.sup.start("lin", false).unwrap();
+}
+
+#[test]
 fn missing_policy_fails_closed() {
     let f = open_policy(None);
-    assert!(f.sup.policy() == &Policy::closed());
+    assert!(f.sup.policy() == Policy::closed());
     assert!(
         f.sup
             .health()

@@ -53,6 +53,11 @@ enum Command {
     Update(cmd::update::Args),
     /// The recovery menu: logs, policy, boot repair, reinstall, factory reset.
     Recovery(cmd::recovery::Args),
+    /// RayOS's wired-network service (PID 1 starts it).
+    #[command(hide = true)]
+    Net(cmd::net::Args),
+    /// Show or change the policy (checked, saved atomically, applied by rayosd).
+    Policy(cmd::policy::Args),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +91,8 @@ fn main() -> ExitCode {
         Command::Reboot(a) => cmd::shutdown::run_reboot(a),
         Command::Update(a) => cmd::update::run(a),
         Command::Recovery(a) => cmd::recovery::run(a),
+        Command::Policy(a) => cmd::policy::run(a),
+        Command::Net(a) => cmd::net::run(a),
     };
     finish(result)
 }

@@ -106,6 +106,16 @@ pub fn modules(st: &mut State, p: &mut dyn Platform) -> StepResult {
     }
 }
 
+/// `lo` up, always: programs on RayOS (QEMU's user networking, the API
+/// clients of tomorrow) may talk to 127.0.0.1 whatever the policy says.
+/// Other links are `rayos net`'s (services::network).
+pub fn loopback(_: &mut State, p: &mut dyn Platform) -> StepResult {
+    match p.link_up("lo") {
+        Ok(()) => StepResult::Ok("lo up".into()),
+        Err(e) => StepResult::Warn(format!("cannot bring up lo: {e}")),
+    }
+}
+
 /// efivarfs, and from it which UKI runs (for blessing and rollbacks).
 pub fn efivarfs(st: &mut State, p: &mut dyn Platform) -> StepResult {
     if !p.uefi() {
@@ -135,5 +145,19 @@ pub fn efivarfs(st: &mut State, p: &mut dyn Platform) -> StepResult {
             "{}: boot counting and boot entries cannot be used",
             chain(&e)
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::fake::{self, Call, Fake};
+
+    #[test]
+    fn loopback_is_brought_up_whatever_the_policy() {
+        let mut st = fake::state();
+        let mut p = Fake::new();
+        assert!(matches!(loopback(&mut st, &mut p), StepResult::Ok(_)));
+        assert_eq!(p.calls, vec![Call::LinkUp("lo".into())]);
     }
 }

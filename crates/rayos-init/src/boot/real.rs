@@ -331,6 +331,14 @@ impl Platform for Real {
         sys::sethostname(name)
     }
 
+    fn load_keymap(&mut self, entries: &[crate::keymap::Entry]) -> Result<(), String> {
+        sys::load_keymap(Path::new("/dev/tty0"), entries).map_err(|e| format!("/dev/tty0: {e}"))
+    }
+
+    fn link_up(&mut self, name: &str) -> Result<(), String> {
+        rayos_net::link::set_up(name, true).map_err(|e| rayos_base::error::chain(&e))
+    }
+
     fn set_timezone(&mut self, tz: &str) {
         // SAFETY: set_var; the only other threads (log pumps, kmsg, the
         // event follower) never read the environment.

@@ -237,6 +237,19 @@ fn data_files(
             _ => Role::VmWindows,
         };
         let (role, base) = if has_partition(storage_role) {
+            // The mount point on the data volume says which partition
+            // belongs there; rayos init mounts it over this marker.
+            files.push(file(
+                Role::Data,
+                format!(
+                    "{}/{}",
+                    rel(layout.vm_dir(vm.id)),
+                    rayos_state::layout::vm::STORAGE_MARKER
+                ),
+                text(rayos_state::layout::storage_marker_text(
+                    storage_role.gpt_name(),
+                )),
+            ));
             (storage_role, String::new())
         } else {
             (Role::Data, rel(layout.vm_dir(vm.id)))

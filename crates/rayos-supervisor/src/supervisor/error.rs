@@ -37,6 +37,15 @@ pub enum OpError {
     Exists(String),
     #[error("rayosd is shutting down")]
     ShuttingDown,
+    #[error(
+        "VM {vm} keeps its files on the VM-storage partition {label}, which is not mounted at {}: it is not started, so nothing is recreated on the data volume (`rayos status` shows the boot fault; reconnect the disk and reboot)",
+        dir.display()
+    )]
+    StorageMissing {
+        vm: String,
+        label: String,
+        dir: PathBuf,
+    },
     #[error("cannot {action} VM {vm}")]
     Vmm {
         action: &'static str,
@@ -71,7 +80,8 @@ impl OpError {
             OpError::WrongState { .. }
             | OpError::Transition { .. }
             | OpError::Busy { .. }
-            | OpError::Exists(_) => 409,
+            | OpError::Exists(_)
+            | OpError::StorageMissing { .. } => 409,
             OpError::Store(StoreError::ReadOnly(_)) => 409,
             OpError::Invalid(_) => 400,
             OpError::Create {

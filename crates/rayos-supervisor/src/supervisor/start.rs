@@ -40,6 +40,7 @@ impl Supervisor {
         let op = self.try_op(&slot)?;
         let def = lock(&slot.status).def.clone();
         self.require_enabled(&def)?;
+        self.require_storage(&def)?;
         self.require(&slot, Op::Start, lock(&slot.status).state)?;
         let spec = self.spec(&def);
         let fp = self
@@ -64,11 +65,27 @@ impl Supervisor {
             return Ok(());
         }
         Err(OpError::Forbidden(format!(
-            "the policy disables {} VMs: set [{}] enabled = true in {} and restart rayosd",
-            def.kind,
-            def.kind,
-            self.layout.policy().display()
+            "the policy disables {} VMs: enable them with `rayos policy set {}.enabled true`",
+            def.kind, def.kind,
         )))
+    }
+
+    /// Refuses (409) a VM whose dedicated VM-storage partition is not
+    /// mounted: its directory still shows the data volume's marker
+    /// (docs/init.md), and starting would create its disks and state there.
+    fn require_storage(&self, def: &VmDefinition) -> Result<(), OpError> {
+        let dir = self.layout.vm_dir(def.id);
+        let marker = dir.join(rayos_state::layout::vm::STORAGE_MARKER);
+        let Ok(text) = std::fs::read_to_string(&marker) else {
+            return Ok(());
+        };
+        let label =
+            rayos_state::layout::storage_marker_label(&text).unwrap_or_else(|| "(unnamed)".into());
+        Err(OpError::StorageMissing {
+            vm: def.name.clone(),
+            label,
+            dir,
+        })
     }
 
     /// The saved-state half of a start. The files are the truth: the VM

@@ -7,6 +7,8 @@ pub mod disks;
 pub mod init;
 pub mod install;
 pub mod logs;
+pub mod net;
+pub mod policy;
 pub mod present;
 pub mod recovery;
 pub mod shutdown;
