@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use rayos_api::{BootKind, EventKind, VmState};
+use rayos_api::{BootKind, EventKind, MediaAction, MediaForm, VmState};
 use serde::Serialize;
 
 fn openapi() -> String {
@@ -122,6 +122,24 @@ fn vm_states_and_boot_kinds_match_the_openapi_enums() {
 }
 
 #[test]
+fn media_request_enums_match_the_openapi_enums() {
+    assert_eq!(schema_enum("MediaForm"), wire(MediaForm::ALL));
+    assert_eq!(schema_enum("MediaAction"), wire(MediaAction::ALL));
+    // The request's fields are those schemas, under their wire names.
+    let props = lookup(
+        &openapi(),
+        &["components", "schemas", "MediaRequest", "properties"],
+    );
+    assert!(
+        props.contains(r##"as: { $ref: "#/components/schemas/MediaForm" }"##),
+        "{props}"
+    );
+    let req: rayos_api::MediaRequest =
+        serde_json::from_str(r#"{"action": "attach", "source": "/x.iso", "as": "usb"}"#).unwrap();
+    assert_eq!(req.form, Some(MediaForm::Usb));
+}
+
+#[test]
 fn as_str_is_the_wire_string_and_parses_back() {
     fn check<T>(all: &[T], as_str: fn(&T) -> &'static str)
     where
@@ -140,6 +158,8 @@ fn as_str_is_the_wire_string_and_parses_back() {
     check(EventKind::ALL, |k| k.as_str());
     check(VmState::ALL, |s| s.as_str());
     check(BootKind::ALL, |b| b.as_str());
+    check(MediaForm::ALL, |b| b.as_str());
+    check(MediaAction::ALL, |b| b.as_str());
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! - `report`: list, show, health, console, screenshot (nothing changes);
 //! - `define`: create, delete, provisioned (the operations that write the
 //!   registry);
+//! - `media`: attach and eject installation media (QMP, then the registry);
 //! - `start`: start and resume (saved-state handling, then launching),
 //!   re-attach and autostart when the daemon starts;
 //! - `stop`: suspend (save to disk) and stop;
@@ -31,6 +32,7 @@
 
 mod define;
 mod error;
+mod media;
 mod monitor;
 mod present;
 mod report;

@@ -371,6 +371,7 @@ pub fn seed_registry_with(windows: bool, guest: Option<rayos_state::GuestConfig>
             boot: BootSpec::Uefi { secure_boot: false },
             tpm: false,
             media: vec![],
+            usb_media: vec![],
             provisioned: true,
             guest: Some(g),
         },
@@ -391,6 +392,7 @@ pub fn seed_registry_with(windows: bool, guest: Option<rayos_state::GuestConfig>
             boot: BootSpec::Uefi { secure_boot: true },
             tpm: true,
             media: vec![],
+            usb_media: vec![],
             provisioned: false,
             guest: None,
         });
@@ -419,6 +421,7 @@ fn test_guest_vm() -> VmDefinition {
         },
         tpm: false,
         media: vec![],
+        usb_media: vec![],
         provisioned: true,
         guest: None,
     }

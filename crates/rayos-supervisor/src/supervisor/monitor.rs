@@ -157,7 +157,7 @@ impl Supervisor {
         if def.kind == VmKind::Windows
             && !def.provisioned
             && !def.media.is_empty()
-            && let Err(e) = self.mark_provisioned(slot)
+            && let Err(e) = self.mark_provisioned(slot, None)
         {
             self.note(format!(
                 "VM {}: cannot mark provisioned: {}",
