@@ -248,7 +248,7 @@ pub struct MediaRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<PathBuf>,
     /// How the guest sees it (attach); default: a CD-ROM when the source
-    /// holds an ISO 9660 file system at its start, a USB stick otherwise.
+    /// is named `*.iso` or holds an ISO 9660 file system at its start, a USB stick otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "as")]
     pub form: Option<MediaForm>,
     /// Copy an image file onto the data volume first (`vm/<id>/media/`),

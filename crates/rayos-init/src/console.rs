@@ -50,12 +50,16 @@ pub fn allowed(mode: Mode) -> Vec<(&'static str, &'static str)> {
         ),
         ("update", "update RayOS or roll back (update --help)"),
         ("disks", "list the disks and what they hold"),
+        (
+            "media",
+            "installation media for VMs: sticks and the ISO/image files on them (media --unmount)",
+        ),
         ("shutdown", "save the VMs and power off"),
         ("reboot", "save the VMs and restart"),
     ];
     match mode {
         Mode::Installer => {
-            v.retain(|(c, _)| !matches!(*c, "vm" | "update"));
+            v.retain(|(c, _)| !matches!(*c, "vm" | "update" | "media"));
             v.insert(
                 0,
                 (

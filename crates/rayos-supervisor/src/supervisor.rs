@@ -123,6 +123,8 @@ struct Status {
     tpm_died_for: Option<u32>,
     /// A stop because of a dead swtpm is under way.
     tpm_stopping: bool,
+    /// Unplugged sticks already reported as not ejectable while running.
+    unplug_noted: Vec<std::path::PathBuf>,
 }
 
 struct Slot {
@@ -154,6 +156,7 @@ impl Slot {
                 removed: false,
                 tpm_died_for: None,
                 tpm_stopping: false,
+                unplug_noted: Vec::new(),
             }),
             fingerprint: Mutex::new(None),
         }

@@ -565,7 +565,25 @@ fn guest_shutdown_stops_and_ends_windows_provisioning() {
     let shown = f.sup.show("win").unwrap();
     assert_eq!(shown.state, VmState::Stopped, "a shutdown is not a crash");
     assert!(shown.provisioned, "first guest shutdown after install");
+    assert!(shown.media.is_empty(), "the media are ejected");
     assert!(f.vmm.proc(shown.id).is_none());
+}
+
+/// Installed from a USB stick (no CD): the first power-off ends
+/// provisioning too (it did not: only CD media were looked at).
+#[test]
+fn guest_shutdown_ends_provisioning_from_a_usb_stick() {
+    let f = open_policy(Some(windows_policy()));
+    let stick = f.dir.path().join("stick.img");
+    fs::write(&stick, b"stick").unwrap();
+    let mut w = req("win", VmKind::Windows);
+    w.usb_media = vec![stick];
+    f.sup.create(&w).unwrap();
+    f.sup.start("win", false).unwrap();
+    f.vmm.set_state(f.id("win"), RunState::Shutdown);
+    f.sup.monitor_once();
+    let shown = f.sup.show("win").unwrap();
+    assert!(shown.provisioned && shown.usb_media.is_empty(), "{shown:?}");
 }
 
 #[test]
@@ -1273,4 +1291,35 @@ fn media_copy_lands_on_the_data_volume_and_goes_with_the_eject() {
     f.sup.media("win", &media_req(Eject, None)).unwrap();
     assert!(!copy.exists(), "RayOS's copy is deleted with the eject");
     assert!(iso.exists(), "the person's file is not");
+}
+
+/// A stick unplugged while the VM uses it is ejected from the running VM
+/// and the registry, and the event says why.
+#[test]
+fn an_unplugged_stick_is_ejected_and_logged() {
+    let f = open_policy(Some(windows_policy()));
+    // A regular file under /dev stands for the stick's device node.
+    let stick = std::path::PathBuf::from(format!("/dev/rayos-test-stick-{}", std::process::id()));
+    fs::write(&stick, b"stick").unwrap();
+    let mut w = req("win", VmKind::Windows);
+    w.usb_media = vec![stick.clone()];
+    f.sup.create(&w).unwrap();
+    f.sup.start("win", false).unwrap();
+    f.sup.monitor_once();
+    assert_eq!(f.sup.show("win").unwrap().usb_media, vec![stick.clone()]);
+    fs::remove_file(&stick).unwrap();
+    f.sup.monitor_once();
+    let v = f.sup.show("win").unwrap();
+    assert!(v.usb_media.is_empty(), "{v:?}");
+    assert_eq!(v.state, VmState::Running);
+    assert_eq!(
+        f.vmm.proc(v.id).unwrap().media_changes,
+        vec![rayos_vmm::qemu::media::Change::UnplugUsb { index: 0 }]
+    );
+    let ev = f.sup.events.history();
+    assert!(
+        ev.iter()
+            .any(|e| e.event == E::MediaEjected && e.detail.contains("unplugged")),
+        "{ev:?}"
+    );
 }

@@ -77,7 +77,8 @@ impl Supervisor {
             return Ok(());
         }
         Err(OpError::Forbidden(format!(
-            "the policy disables {} VMs: set [{}] enabled = true in {} and restart rayosd",
+            "the policy disables {} VMs: `rayos policy set {}.enabled true` (or set [{}] enabled = true in {} and restart rayosd)",
+            def.kind,
             def.kind,
             def.kind,
             self.layout.policy().display()

@@ -173,9 +173,16 @@ fn check_device_free(path: &Path, rdev: u64) -> Result<(), ImageError> {
 }
 
 /// How a source is given to the guest when the person does not say: a
-/// CD-ROM when it starts with an ISO 9660 file system (an ISO file, or a
-/// stick written from one; hybrid ISOs included), a USB stick otherwise.
+/// CD-ROM when it is named `*.iso` or starts with an ISO 9660 file system
+/// (an ISO file, or a stick written from one; hybrid ISOs included), a
+/// USB stick otherwise.
 pub fn detect_form(path: &Path) -> Result<Form, ImageError> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("iso"))
+    {
+        return Ok(Form::Cdrom);
+    }
     let mut f = fs::File::open(path).map_err(|source| ImageError::Io {
         path: path.to_path_buf(),
         source,
@@ -250,6 +257,19 @@ mod tests {
         assert!(!iso9660_at_start(&mut Cursor::new(&plain)));
         // Too short to hold a volume descriptor.
         assert!(!iso9660_at_start(&mut Cursor::new(vec![0u8; 100])));
+    }
+
+    #[test]
+    fn an_iso_name_is_a_cd_whatever_it_holds() {
+        let d = std::env::temp_dir().join(format!("rayos-media-form-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        let named = d.join("Win11.ISO");
+        fs::write(&named, b"not iso 9660").unwrap();
+        assert_eq!(detect_form(&named).unwrap(), Form::Cdrom);
+        let stick = d.join("stick.img");
+        fs::write(&stick, vec![0u8; 40 * 1024]).unwrap();
+        assert_eq!(detect_form(&stick).unwrap(), Form::Usb);
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

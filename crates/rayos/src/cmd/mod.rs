@@ -7,6 +7,7 @@ pub mod disks;
 pub mod init;
 pub mod install;
 pub mod logs;
+pub mod media;
 pub mod present;
 pub mod recovery;
 pub mod shutdown;

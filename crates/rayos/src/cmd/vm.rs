@@ -122,8 +122,8 @@ enum MediaCmd {
     /// (/dev/sdX) that RayOS does not use.
     Attach {
         source: PathBuf,
-        /// How the guest sees it (default: cdrom when the source holds an
-        /// ISO 9660 file system, usb otherwise).
+        /// How the guest sees it (default: cdrom when the source is named
+        /// *.iso or holds an ISO 9660 file system, usb otherwise).
         #[arg(long = "as", value_name = "cdrom|usb")]
         form: Option<FormArg>,
         /// Copy the image file onto the data volume first (progress on
@@ -182,8 +182,8 @@ struct CreateArgs {
     /// RayOS does not use; kept until ejected or provisioned.
     #[arg(long = "media", value_name = "SOURCE")]
     media: Vec<PathBuf>,
-    /// How the guest sees --media (default: cdrom when a source holds an
-    /// ISO 9660 file system, usb otherwise).
+    /// How the guest sees --media (default: cdrom when a source is named
+    /// *.iso or holds an ISO 9660 file system, usb otherwise).
     #[arg(long = "media-as", value_name = "cdrom|usb")]
     media_as: Option<FormArg>,
     /// UEFI Secure Boot (default: on for windows, off otherwise).
