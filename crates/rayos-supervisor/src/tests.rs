@@ -1323,3 +1323,42 @@ fn an_unplugged_stick_is_ejected_and_logged() {
         "{ev:?}"
     );
 }
+
+/// `POST /v1/vms/{name}/media` through the HTTP server and the client.
+#[test]
+fn api_media_endpoint_attaches_ejects_and_refuses_bad_bodies() {
+    let a = api();
+    let s = &a.socket;
+    a.f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    let iso = a.f.dir.path().join("x.iso");
+    iso_file(&iso);
+    // An empty body is not a request here; unknown fields and actions are
+    // refused.
+    assert_eq!(post(s, "/v1/vms/lin/media", "").0, 400);
+    assert_eq!(post(s, "/v1/vms/lin/media", r#"{"action":"burn"}"#).0, 400);
+    assert_eq!(
+        post(s, "/v1/vms/lin/media", r#"{"action":"eject","force":true}"#).0,
+        400
+    );
+    assert_eq!(
+        post(s, "/v1/vms/ghost/media", r#"{"action":"eject"}"#).0,
+        404
+    );
+    let c = Client::new(s);
+    let r = c
+        .media(
+            "lin",
+            &rayos_api::MediaRequest {
+                action: rayos_api::MediaAction::Attach,
+                source: Some(iso.clone()),
+                form: Some(rayos_api::MediaForm::Cdrom),
+                copy: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(r.vm.media, vec![iso.clone()]);
+    let (status, body) = post(s, "/v1/vms/lin/media", r#"{"action":"eject"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(c.show("lin").unwrap().media.is_empty());
+    drop(a.f);
+}

@@ -192,11 +192,19 @@ pub fn ensure(cache: &Path) -> Result<StandIn, StandInError> {
         path: BUSYBOX.into(),
         hint: "install busybox-static (scripts/install-deps.sh)",
     })?;
+    // The packages by file name (name_version_arch.deb), not by path: the
+    // same cache reached through another path is the same cache.
+    let deb = |d: &debs::Deb| {
+        d.file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     let key_text = format!(
         "{RECIPE}\n{INIT}\n{} {} {}\n{} {release} {}\n{}\n{MODULES:?}\n",
-        shim.file.display(),
-        helpers.file.display(),
-        grub.file.display(),
+        deb(&shim),
+        deb(&helpers),
+        deb(&grub),
         kernel.display(),
         kmeta.len(),
         bmeta.len(),
