@@ -127,6 +127,11 @@ const MODULES: &[&str] = &[
     "ext4",
     "isofs",
     "efivarfs",
+    // installation media people bring (`rayos media`): exFAT sticks, UDF
+    // (Windows ISOs). Debian 12's kernel has no ntfs3 (CONFIG_NTFS3_FS is
+    // off): NTFS sticks are listed but not read (docs/windows.md).
+    "exfat",
+    "udf",
     // TPM, consoles, virtio, power button, network
     "tpm_crb",
     "tpm_tis",

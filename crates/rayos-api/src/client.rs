@@ -188,6 +188,11 @@ impl Client {
         self.action(name, "stop", Some(req))
     }
 
+    /// `POST /v1/vms/{name}/media`: attach or eject a medium.
+    pub fn media(&self, name: &str, req: &MediaRequest) -> Result<ActionReply, ClientError> {
+        self.action(name, "media", Some(req))
+    }
+
     /// `suspend`, `present`, `hide`, `provisioned`.
     pub fn action(
         &self,

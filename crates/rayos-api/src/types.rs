@@ -153,7 +153,11 @@ pub struct VmInfo {
     /// `vm/<id>/` on the data volume.
     pub vm_dir: PathBuf,
     pub disks: Vec<PathBuf>,
+    /// Media given to the guest as CD-ROMs.
     pub media: Vec<PathBuf>,
+    /// Media given to the guest as read-only USB sticks.
+    #[serde(default)]
+    pub usb_media: Vec<PathBuf>,
     /// Device-model pid while one runs.
     pub pid: Option<u32>,
     /// The VNC unix socket the presenter connects to, while running.
@@ -234,6 +238,10 @@ pub struct CreateRequest {
     /// until the VM is provisioned).
     #[serde(default)]
     pub media: Vec<PathBuf>,
+    /// Media given to the guest as read-only USB sticks (a stick whose
+    /// files a tool copied, or an image file of one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usb_media: Vec<PathBuf>,
     /// UEFI Secure Boot with the Microsoft keys (UEFI VMs only; default: on
     /// for windows, off otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,6 +250,48 @@ pub struct CreateRequest {
     /// hostname, time zone, locale, keyboard), passed to it at every start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest: Option<rayos_state::GuestConfig>,
+}
+
+wire_enum! {
+    /// How a medium is given to the guest.
+    pub enum MediaForm {
+        /// A CD-ROM (raw, read-only): an ISO file, or a block device
+        /// written from an ISO.
+        Cdrom = "cdrom",
+        /// A read-only USB mass-storage device: a stick whose files a tool
+        /// copied (or an image file of one).
+        Usb = "usb",
+    }
+}
+
+wire_enum! {
+    /// What `POST /v1/vms/{name}/media` does.
+    pub enum MediaAction {
+        /// Give the VM a medium (at once when it runs; kept in the
+        /// registry until ejected).
+        Attach = "attach",
+        /// Take a medium (or, without `source`, every medium) away.
+        Eject = "eject",
+    }
+}
+
+/// `POST /v1/vms/{name}/media`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaRequest {
+    pub action: MediaAction,
+    /// Absolute path: an image file or a block device (attach; for eject
+    /// the medium to take away, all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PathBuf>,
+    /// How the guest sees it (attach); default: a CD-ROM when the source
+    /// is named `*.iso` or holds an ISO 9660 file system at its start, a USB stick otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "as")]
+    pub form: Option<MediaForm>,
+    /// Copy an image file onto the data volume first (`vm/<id>/media/`),
+    /// so the stick can be removed; progress as `copying` events.
+    #[serde(default)]
+    pub copy: bool,
 }
 
 /// `POST /v1/vms/{name}/start`.
@@ -318,6 +368,14 @@ wire_enum! {
         /// Installation is done: media detached, provisioning-only
         /// networking off from the next start.
         Provisioned = "provisioned",
+        /// A medium was given to the VM (detail: `<path> as cdrom|usb`).
+        MediaAttached = "media_attached",
+        /// A medium was taken away (detail: the path, and why when RayOS
+        /// did it: provisioned, or the stick was unplugged).
+        MediaEjected = "media_ejected",
+        /// Progress of copying a medium onto the data volume (detail:
+        /// `<file>: <percent>%`, every 10%).
+        Copying = "copying",
         /// A cold boot begins (detail: `cold boot`).
         Starting = "starting",
         /// Loading the saved state begins.

@@ -54,12 +54,16 @@ pub fn allowed(mode: Mode) -> Vec<(&'static str, &'static str)> {
             "policy",
             "show or change the policy (policy show, policy set linux.networking on, policy edit)",
         ),
+        (
+            "media",
+            "installation media for VMs: sticks and the ISO/image files on them (media --unmount)",
+        ),
         ("shutdown", "save the VMs and power off"),
         ("reboot", "save the VMs and restart"),
     ];
     match mode {
         Mode::Installer => {
-            v.retain(|(c, _)| !matches!(*c, "vm" | "update" | "policy"));
+            v.retain(|(c, _)| !matches!(*c, "vm" | "update" | "policy" | "media"));
             v.insert(
                 0,
                 (

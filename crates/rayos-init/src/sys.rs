@@ -137,6 +137,18 @@ pub fn mount(
     rustix::mount::mount(source, target, fstype, flags, data_opt).map_err(|e| err(e.into()))
 }
 
+/// Mounts a filesystem someone brought (installation media) read-only,
+/// without devices, set-uid or executables.
+pub fn mount_foreign_ro(source: &str, target: &Path, fstype: &str) -> Result<(), SysError> {
+    mount(
+        source,
+        target,
+        fstype,
+        MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        "",
+    )
+}
+
 /// Unmounts `target`; when busy, detaches it (lazy) after remounting it
 /// read-only so no more writes reach the disk.
 pub fn unmount(target: &Path) -> Result<(), SysError> {

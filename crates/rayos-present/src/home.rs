@@ -52,6 +52,9 @@ pub struct HomeVm {
     pub name: String,
     pub kind: String,
     pub state: String,
+    /// What the person does next with this VM, shown under it (a Windows
+    /// VM still to be installed).
+    pub next: Option<String>,
 }
 
 impl HomeVm {
@@ -65,8 +68,27 @@ impl HomeVm {
             name: v.name.clone(),
             kind: v.kind.to_string(),
             state,
+            next: next_step(v),
         }
     }
+}
+
+/// The next step of a Windows VM that is not installed yet (docs/windows.md).
+fn next_step(v: &VmInfo) -> Option<String> {
+    if v.kind.to_string() != "windows" || v.provisioned {
+        return None;
+    }
+    Some(if v.media.is_empty() && v.usb_media.is_empty() {
+        format!(
+            "Windows: attach installation media: rayos vm media {} attach SOURCE (`rayos media` lists them)",
+            v.name
+        )
+    } else {
+        format!(
+            "Windows: install from the attached media; when Setup is done: rayos vm provisioned {}",
+            v.name
+        )
+    })
 }
 
 /// One line of the screen and its colour.
@@ -97,6 +119,9 @@ pub fn lines(m: &Model, cols: usize) -> Vec<Line> {
             format!("  {key:<14}{:<34}{:<22}{}", v.name, v.state, v.kind),
             TEXT,
         ));
+        if let Some(n) = &v.next {
+            out.push((format!("  {:<14}{n}", ""), DIM));
+        }
     }
     if let Some(w) = &m.accel_warning {
         out.push((String::new(), TEXT));
@@ -196,11 +221,13 @@ mod tests {
                     name: "dev".into(),
                     kind: "linux".into(),
                     state: "running (hidden)".into(),
+                    next: None,
                 },
                 HomeVm {
                     name: "win11".into(),
                     kind: "windows".into(),
                     state: "saved".into(),
+                    next: None,
                 },
             ],
             status: Some("rayosd at /run/rayos/api.sock does not answer; retrying".into()),
@@ -283,6 +310,36 @@ mod tests {
         assert!(l[at - 2].0.contains("win11"), "{l:?}");
         assert_eq!(l[at].1, WARN);
         assert!(lines(&model(), 200).iter().all(|(t, _)| !t.contains("TCG")));
+    }
+
+    #[test]
+    fn a_windows_vm_to_install_says_what_to_do_next() {
+        let mut v: VmInfo = serde_json::from_value(serde_json::json!({
+            "name": "windows", "id": "67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "kind": "windows", "state": "stopped", "presented": false, "cpus": 2,
+            "memory_mib": 4096, "network": false, "provisioned": false, "tpm": true,
+            "vm_dir": "/var/rayos/vm/x", "disks": [], "media": [], "pid": null,
+            "vnc_socket": null, "last_boot": null, "last_error": null,
+            "saved_state": null, "unusable_states": [], "crash_console": [],
+            "crash_count": 0, "enabled": true, "autostart": false
+        }))
+        .unwrap();
+        let m = |v: &VmInfo| Model {
+            vms: vec![HomeVm::from_info(v)],
+            ..Model::default()
+        };
+        let text = |v: &VmInfo| {
+            lines(&m(v), 160)
+                .into_iter()
+                .map(|(t, _)| t)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert!(text(&v).contains("rayos vm media windows attach SOURCE"));
+        v.usb_media = vec!["/dev/sdb".into()];
+        assert!(text(&v).contains("rayos vm provisioned windows"));
+        v.provisioned = true;
+        assert!(!text(&v).contains("Windows:"));
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct Proc {
     pub network: bool,
     /// `Some(alive)` for a VM with a TPM.
     pub tpm: Option<bool>,
+    /// Media changes made while it ran, in order.
+    pub media_changes: Vec<rayos_vmm::qemu::media::Change>,
 }
 
 #[derive(Default)]
@@ -144,6 +146,7 @@ impl Vmm for FakeVmm {
                 spec_cpus: vm.cpus,
                 network: vm.network,
                 tpm: vm.def.tpm.then_some(true),
+                media_changes: Vec::new(),
             },
         );
         Ok(self.handle(vm, pid))
@@ -232,6 +235,16 @@ impl VmHandle for FakeHandle {
 
     fn wait_exit(&mut self, _timeout: Duration) -> Result<bool, VmmError> {
         Ok(!self.procs.lock().unwrap().contains_key(&self.id))
+    }
+
+    fn change_media(&mut self, change: &rayos_vmm::qemu::media::Change) -> Result<(), VmmError> {
+        let mut procs = self.procs.lock().unwrap();
+        let p = procs.get_mut(&self.id).ok_or_else(|| VmmError::Qmp {
+            vm: self.id.to_string(),
+            detail: "the device model is gone".into(),
+        })?;
+        p.media_changes.push(change.clone());
+        Ok(())
     }
 
     fn screenshot(&mut self, png: &Path) -> Result<(), VmmError> {

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rayos_api::http::{self, HttpError, Limits, Request};
-use rayos_api::{ConsoleReply, CreateRequest, ErrorBody, StartRequest, StopRequest};
+use rayos_api::{ConsoleReply, CreateRequest, ErrorBody, MediaRequest, StartRequest, StopRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -560,6 +560,10 @@ fn route(sup: &Supervisor, req: &Request) -> Reply {
                 },
                 "stop" => match body::<StopRequest>(req, "stop request") {
                     Ok(s) => result(sup.stop(name, &s)),
+                    Err(r) => r,
+                },
+                "media" => match parse_body::<MediaRequest>(req, "media request") {
+                    Ok(s) => result(sup.media(name, &s)),
                     Err(r) => r,
                 },
                 "suspend" | "present" | "hide" | "provisioned" => {

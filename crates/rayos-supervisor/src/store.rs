@@ -245,6 +245,7 @@ mod tests {
             boot: BootSpec::Uefi { secure_boot: false },
             tpm: false,
             media: vec![],
+            usb_media: vec![],
             provisioned: true,
             guest: None,
         }

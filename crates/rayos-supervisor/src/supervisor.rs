@@ -5,6 +5,7 @@
 //! - `report`: list, show, health, console, screenshot (nothing changes);
 //! - `define`: create, delete, provisioned (the operations that write the
 //!   registry);
+//! - `media`: attach and eject installation media (QMP, then the registry);
 //! - `start`: start and resume (saved-state handling, then launching),
 //!   re-attach and autostart when the daemon starts;
 //! - `stop`: suspend (save to disk) and stop;
@@ -32,6 +33,7 @@
 
 mod define;
 mod error;
+mod media;
 mod monitor;
 mod policy;
 mod present;
@@ -123,6 +125,8 @@ struct Status {
     tpm_died_for: Option<u32>,
     /// A stop because of a dead swtpm is under way.
     tpm_stopping: bool,
+    /// Unplugged sticks already reported as not ejectable while running.
+    unplug_noted: Vec<std::path::PathBuf>,
 }
 
 struct Slot {
@@ -154,6 +158,7 @@ impl Slot {
                 removed: false,
                 tpm_died_for: None,
                 tpm_stopping: false,
+                unplug_noted: Vec::new(),
             }),
             fingerprint: Mutex::new(None),
         }

@@ -239,6 +239,11 @@ pub trait VmHandle: Send {
     /// agent answers.
     fn guest_info(&mut self) -> Result<Option<GuestInfo>, VmmError>;
 
+    /// Attaches or ejects a medium while the VM runs (QMP); the media
+    /// lists of the VM's definition must already say the same, so the
+    /// command line of the next launch (and a restore) has the same devices.
+    fn change_media(&mut self, change: &qemu::media::Change) -> Result<(), VmmError>;
+
     /// The VNC unix socket the presenter connects to.
     fn vnc_socket(&self) -> PathBuf;
 

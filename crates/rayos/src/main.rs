@@ -27,6 +27,9 @@ struct Cli {
 enum Command {
     /// List disks and what they hold.
     Disks(cmd::disks::Args),
+    /// Installation media for VMs: sticks, their filesystems and image
+    /// files (mounted read-only).
+    Media(cmd::media::Args),
     /// Plan and perform an install of RayOS onto a disk.
     Install(cmd::install::Args),
     /// The full-screen installer with a partition manager.
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Disks(a) => cmd::disks::run(a),
+        Command::Media(a) => cmd::media::run(a),
         Command::Install(a) => cmd::install::run(a),
         Command::Wizard(a) => cmd::wizard::run(a),
         Command::Daemon(a) => cmd::daemon::run(a),

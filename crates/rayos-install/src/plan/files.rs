@@ -384,6 +384,7 @@ pub fn seed_registry_with(windows: bool, guest: Option<rayos_state::GuestConfig>
             boot: BootSpec::Uefi { secure_boot: false },
             tpm: false,
             media: vec![],
+            usb_media: vec![],
             provisioned: true,
             guest: Some(g),
         },
@@ -404,6 +405,7 @@ pub fn seed_registry_with(windows: bool, guest: Option<rayos_state::GuestConfig>
             boot: BootSpec::Uefi { secure_boot: true },
             tpm: true,
             media: vec![],
+            usb_media: vec![],
             provisioned: false,
             guest: None,
         });
@@ -432,6 +434,7 @@ fn test_guest_vm() -> VmDefinition {
         },
         tpm: false,
         media: vec![],
+        usb_media: vec![],
         provisioned: true,
         guest: None,
     }

@@ -102,6 +102,7 @@ impl Supervisor {
                 .map(|d| spec.vm_dir.join(&d.path))
                 .collect(),
             media: st.def.media.clone(),
+            usb_media: st.def.usb_media.clone(),
             pid: st.pid,
             vnc_socket: st.vnc.clone(),
             console_socket: st.console.clone(),

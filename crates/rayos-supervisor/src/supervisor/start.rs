@@ -47,6 +47,19 @@ impl Supervisor {
             .fingerprint(&slot, &spec)
             .map_err(|source| OpError::vmm("start", name, source))?;
         let mut notes: Vec<String> = Vec::new();
+        // The installer's seeded Windows VM names a disk it did not create.
+        let made = crate::create::create_missing_disks(&def, &spec.vm_dir).map_err(|source| {
+            OpError::Create {
+                vm: name.to_string(),
+                source,
+            }
+        })?;
+        for d in made {
+            notes.push(format!(
+                "created its disk {} (thin qcow2, 64 GiB)",
+                d.display()
+            ));
+        }
         let usable = {
             let mut st = lock(&slot.status);
             if !automatic {
@@ -65,8 +78,11 @@ impl Supervisor {
             return Ok(());
         }
         Err(OpError::Forbidden(format!(
-            "the policy disables {} VMs: enable them with `rayos policy set {}.enabled true`",
-            def.kind, def.kind,
+            "the policy disables {} VMs: `rayos policy set {}.enabled true` (or set [{}] enabled = true in {} and restart rayosd)",
+            def.kind,
+            def.kind,
+            def.kind,
+            self.layout.policy().display()
         )))
     }
 

@@ -27,6 +27,8 @@ pub mod console;
 mod handle;
 pub mod image;
 pub mod kvm_probe;
+pub mod media;
+pub mod ovmf_certs;
 pub mod process;
 mod swtpm;
 
@@ -305,24 +307,13 @@ impl QemuVmm {
             }
             image::check_disk(&p, d.format).map_err(refused)?;
         }
-        if !vm.def.provisioned {
-            for m in &vm.def.media {
-                match std::fs::metadata(m) {
-                    Ok(md) if md.is_file() => {}
-                    // A device (e.g. /dev/sr0 or a disk) is never handed
-                    // to a guest.
-                    Ok(_) => {
-                        return Err(VmmError::Refused {
-                            vm: vm.def.name.clone(),
-                            detail: format!(
-                                "installation media {} is not a regular file: give an ISO image file",
-                                m.display()
-                            ),
-                        });
-                    }
-                    Err(_) => return Err(missing("installation media", m)),
-                }
+        // Media: image files, or sticks no partition of which is in use
+        // (never RayOS's own disks; `media::check`).
+        for m in vm.def.media.iter().chain(&vm.def.usb_media) {
+            if !m.exists() {
+                return Err(missing("installation media", m));
             }
+            media::check(m).map_err(refused)?;
         }
         if vm.def.tpm {
             swtpm::check_paths(vm)?;

@@ -7,6 +7,7 @@ pub mod disks;
 pub mod init;
 pub mod install;
 pub mod logs;
+pub mod media;
 pub mod net;
 pub mod policy;
 pub mod present;
