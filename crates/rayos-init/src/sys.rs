@@ -496,7 +496,7 @@ pub fn local_time(secs: i64) -> Option<String> {
 mod local_time_tests {
     #[test]
     fn utc_is_formatted() {
-        // SAFETY (of set_var): this test binary's other tests read no TZ
+        // SAFETY: set_var; this test binary's other tests read no TZ
         // concurrently that matters; local_time reads it via tzset.
         unsafe { std::env::set_var("TZ", "UTC") };
         assert_eq!(

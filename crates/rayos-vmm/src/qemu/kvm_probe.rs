@@ -13,7 +13,7 @@
 //! bound: on a host where the device exists but guests do not run at
 //! hardware speed (a paravirtual KVM without VT-x/AMD-V, a nested setup
 //! without VMX) the run fails at once or does not finish in time, and
-//! either way the answer is "probe failed: <what>" in time. Past the bound
+//! either way the answer is `"probe failed: <what>"` in time. Past the bound
 //! the vCPU thread is interrupted with a real-time signal (`KVM_RUN`
 //! returns `EINTR`), so no emulated guest keeps a CPU busy afterwards.
 //!
