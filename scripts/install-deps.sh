@@ -14,8 +14,10 @@ PKGS=(
   linux-image-amd64 efibootmgr
   # the Debian VM image (docs/linux-vm.md)
   mmdebstrap
-  # tests (g++: libFuzzer, built by the fuzz targets)
-  tmux g++
+  # tests (g++: libFuzzer, built by the fuzz targets; iproute2 + dnsmasq-base:
+  # the DHCP test of `rayos net` in network namespaces, docs/network.md;
+  # kbd + console-data: the keymap test of rayos-init, docs/init.md)
+  tmux g++ iproute2 dnsmasq-base kbd console-data
 )
 
 missing=()

@@ -12,8 +12,11 @@
 //! 2. the disk's GPT is valid and holds a RayOS data partition; the system
 //!    partition holds the "RayOS recovery" entry and the UKI it names; the
 //!    VARS hold a `Boot####` "RayOS" first in `BootOrder`;
-//! 3. first boot from the disk alone: `RAYOS_READY`, `RAYOS_VM_STARTED:linux:cold`,
-//!    `RAYOS_LINUX_VM_READY`; QMP `system_powerdown`; the machine stops;
+//! 3. first boot from the disk alone: `RAYOS_ACCEL:tcg:<reason>` with the
+//!    firmware reason (the machine's CPU offers no VT-x/AMD-V), `RAYOS_READY`,
+//!    `RAYOS_VM_STARTED:linux:cold`, `RAYOS_LINUX_VM_READY`; `vm show linux`
+//!    at the `rayos>` prompt reports the VM's QEMU running with `-accel tcg`;
+//!    QMP `system_powerdown`; the machine stops;
 //! 4. second boot: `RAYOS_READY`, `RAYOS_VM_STARTED:linux:resumed`,
 //!    `RAYOS_LINUX_VM_READY`; `reboot` typed at the `rayos>` prompt; stops;
 //! 5. the data volume (read with debugfs, no mount) holds logs, and the Linux
@@ -51,7 +54,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use rayos_base::marker::{
-    InstallerMarker, Kind, Marker, Power, VmStart, WizardAfter, WizardMarker,
+    AccelMarker, InstallerMarker, Kind, Marker, Power, VmStart, WizardAfter, WizardMarker,
 };
 use rayos_image::fat::{self, FatTree};
 use rayos_image::ovmf_vars;
@@ -109,6 +112,10 @@ pub enum Variant {
     /// image; login over `vm console linux` at the admin prompt, `reboot`,
     /// the same shell and process after the resume (`e2e_debian`).
     Debian,
+    /// The ISO as a CD; the machine gets a NIC; networking off, then on
+    /// from the admin prompt: the Linux VM fetches a file from a server on
+    /// this host through both NATs (`e2e_net`, docs/network.md).
+    Net,
 }
 
 impl Variant {
@@ -122,6 +129,7 @@ impl Variant {
             Variant::UsbLate => "usb-late",
             Variant::AnswersSafety => "answers-safety",
             Variant::Debian => "debian",
+            Variant::Net => "net",
         }
     }
 }
@@ -469,7 +477,8 @@ pub(crate) fn install(
         | Variant::Wizard
         | Variant::UsbLate
         | Variant::AnswersSafety
-        | Variant::Debian => Medium::Cdrom(iso.to_path_buf()),
+        | Variant::Debian
+        | Variant::Net => Medium::Cdrom(iso.to_path_buf()),
     };
     // A USB stick, the usual carrier: answer files on internal disks are
     // not used (docs/answer-file.md).
@@ -567,6 +576,9 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     if v == Variant::Debian {
         return crate::e2e_debian::after_install(run, work, &installed);
     }
+    if v == Variant::Net {
+        return crate::e2e_net::after_install(run, work, &installed);
+    }
     let (disk, data_offset) = (installed.disk.clone(), installed.data_offset);
     let config = |stage: &str| installed.boot_config(work, stage);
 
@@ -578,6 +590,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
         "Run /init as init process",
         300,
     )?;
+    accel_marker(run, &mut vm)?;
     run.expect_not(
         &mut vm,
         "rayosd healthy",
@@ -596,6 +609,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
         // cycle is the other variants' job.
         return Ok(());
     }
+    vm_runs_under_tcg(run, &mut vm)?;
     // The guest boots under nested TCG (about 40 s on a quiet machine, much
     // more on a busy one); let it reach userspace and count, so the resume
     // has a counter to continue. Its console is read at the admin prompt.
@@ -847,6 +861,56 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// Why RayOS must pick TCG on the test machine: the harness's CPU
+/// (`qemu64,-svm`, see rayos_image::qemu) shows neither `vmx` nor `svm`,
+/// so no KVM module loads and there is no `/dev/kvm`.
+fn expected_accel_reason() -> String {
+    rayos_vmm::TcgReason::FirmwareOff.to_string()
+}
+
+/// rayosd's `RAYOS_ACCEL:` marker (relayed to the console by init) says
+/// TCG with the firmware reason.
+fn accel_marker(run: &Run, vm: &mut Qemu) -> Result<()> {
+    let line = run.expect_not(
+        vm,
+        "rayosd decides the accelerator",
+        Kind::Accel.prefix(),
+        &[Kind::Fatal.prefix()],
+        600,
+    )?;
+    let want = Marker::Accel(AccelMarker::Tcg {
+        reason: expected_accel_reason(),
+    });
+    match Marker::find_in(&line) {
+        Some(m) if m == want => {
+            run.ok(&format!("{want}"));
+            Ok(())
+        }
+        other => bail!("expected {want}, got {other:?} in: {}", line.trim()),
+    }
+}
+
+/// The Linux VM's QEMU runs with `-accel tcg`: `vm show linux` at the
+/// `rayos>` prompt reports the accelerator read from the running QEMU's
+/// command line, with the reason.
+fn vm_runs_under_tcg(run: &Run, vm: &mut Qemu) -> Result<()> {
+    vm.send_serial("vm show linux\n")?;
+    let line = run.expect(vm, "`vm show linux` answers", "accelerator:", 120)?;
+    let want = rayos_api::Accelerator {
+        accel: rayos_api::AccelKind::Tcg,
+        reason: Some(expected_accel_reason()),
+    }
+    .to_string();
+    if !line.contains(&want) {
+        bail!(
+            "the Linux VM's accelerator is not `{want}`:\n{}",
+            line.trim()
+        );
+    }
+    run.ok("the Linux VM's QEMU runs with -accel tcg (its command line, as `vm show` reports)");
+    Ok(())
+}
+
 /// The guest's `COUNTER <n>` values in order.
 /// Waits until the Linux guest prints `COUNTER` lines, asking
 /// `vm console linux` at the `rayos>` prompt every few seconds.
@@ -1004,41 +1068,31 @@ fn wait_screen(
     }
 }
 
-/// Just enough of a VT100 to rebuild what the wizard drew on an 80x24
-/// serial terminal: printable text, CR/LF/BS, cursor moves (CSI H/f/A-D/G/d),
-/// clears (CSI J/K); other sequences (colours, modes) are skipped.
+/// What the wizard drew on its 80x24 serial terminal, rebuilt by the
+/// `vt100` crate from the serial log (from `start` on, fed as it grows;
+/// escape sequences and UTF-8 cut by a read are carried over by the
+/// parser).
 struct Screen {
-    cells: Vec<Vec<char>>,
-    row: usize,
-    col: usize,
+    parser: vt100::Parser,
     /// Where in the serial log the emulation started, and how far it got.
     start: usize,
     fed: usize,
-    /// Bytes of an escape sequence or UTF-8 character cut by the read.
-    pending: Vec<u8>,
 }
 
-const ROWS: usize = 24;
-const COLS: usize = 80;
+const ROWS: std::num::NonZeroU16 = std::num::NonZeroU16::new(24).unwrap();
+const COLS: std::num::NonZeroU16 = std::num::NonZeroU16::new(80).unwrap();
 
 impl Screen {
     fn new(start: usize) -> Screen {
         Screen {
-            cells: vec![vec![' '; COLS]; ROWS],
-            row: 0,
-            col: 0,
+            parser: vt100::Parser::new(ROWS, COLS, 0),
             start,
             fed: start,
-            pending: Vec::new(),
         }
     }
 
     fn text(&self) -> String {
-        self.cells
-            .iter()
-            .map(|r| r.iter().collect::<String>().trim_end().to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.parser.screen().contents()
     }
 
     /// Feeds the part of the whole log not seen yet.
@@ -1046,134 +1100,8 @@ impl Screen {
         if log.len() <= self.fed {
             return;
         }
-        let mut data = std::mem::take(&mut self.pending);
-        data.extend_from_slice(&log[self.fed..]);
+        self.parser.process(&log[self.fed..]);
         self.fed = log.len();
-        let mut i = 0;
-        while i < data.len() {
-            match self.step(&data[i..]) {
-                Some(n) => i += n,
-                None => {
-                    self.pending = data[i..].to_vec();
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Interprets one item at the start of `b`; `None` when it is cut off.
-    fn step(&mut self, b: &[u8]) -> Option<usize> {
-        match b[0] {
-            0x1b => {
-                let next = *b.get(1)?;
-                if next != b'[' {
-                    // ESC ( B and the like carry one more byte.
-                    return Some(if matches!(next, b'(' | b')') {
-                        3.min(b.len())
-                    } else {
-                        2
-                    });
-                }
-                let end = b[2..].iter().position(|c| (0x40..=0x7e).contains(c))? + 2;
-                let params = String::from_utf8_lossy(&b[2..end]);
-                let private = params.starts_with('?');
-                let nums: Vec<usize> = params
-                    .trim_start_matches('?')
-                    .split(';')
-                    .map(|p| p.parse().unwrap_or(0))
-                    .collect();
-                let n = |i: usize| nums.get(i).copied().filter(|&v| v > 0).unwrap_or(1);
-                if !private {
-                    self.csi(b[end], &nums, n(0), n(1));
-                }
-                Some(end + 1)
-            }
-            b'\r' => {
-                self.col = 0;
-                Some(1)
-            }
-            b'\n' => {
-                self.newline();
-                Some(1)
-            }
-            0x08 => {
-                self.col = self.col.saturating_sub(1);
-                Some(1)
-            }
-            c if c < 0x20 || c == 0x7f => Some(1),
-            c => {
-                let len = match c {
-                    0xc0..=0xdf => 2,
-                    0xe0..=0xef => 3,
-                    0xf0..=0xf7 => 4,
-                    _ => 1,
-                };
-                if b.len() < len {
-                    return None;
-                }
-                let ch = std::str::from_utf8(&b[..len])
-                    .ok()
-                    .and_then(|s| s.chars().next())
-                    .unwrap_or('?');
-                if self.col >= COLS {
-                    self.col = 0;
-                    self.newline();
-                }
-                self.cells[self.row][self.col] = ch;
-                self.col += 1;
-                Some(len)
-            }
-        }
-    }
-
-    fn csi(&mut self, cmd: u8, nums: &[usize], n0: usize, n1: usize) {
-        let first = nums.first().copied().unwrap_or(0);
-        match cmd {
-            b'H' | b'f' => {
-                self.row = (n0 - 1).min(ROWS - 1);
-                self.col = (n1 - 1).min(COLS - 1);
-            }
-            b'A' => self.row = self.row.saturating_sub(n0),
-            b'B' => self.row = (self.row + n0).min(ROWS - 1),
-            b'C' => self.col = (self.col + n0).min(COLS - 1),
-            b'D' => self.col = self.col.saturating_sub(n0),
-            b'G' => self.col = (n0 - 1).min(COLS - 1),
-            b'd' => self.row = (n0 - 1).min(ROWS - 1),
-            b'J' => {
-                let (r, c) = (self.row, self.col.min(COLS));
-                for (i, line) in self.cells.iter_mut().enumerate() {
-                    for (j, cell) in line.iter_mut().enumerate() {
-                        let after = (i, j) >= (r, c);
-                        if first == 2
-                            || first == 3
-                            || (first == 0 && after)
-                            || (first == 1 && !after)
-                        {
-                            *cell = ' ';
-                        }
-                    }
-                }
-            }
-            b'K' => {
-                let c = self.col.min(COLS);
-                let line = &mut self.cells[self.row];
-                match first {
-                    0 => line[c..].fill(' '),
-                    1 => line[..(c + 1).min(COLS)].fill(' '),
-                    _ => line.fill(' '),
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn newline(&mut self) {
-        if self.row + 1 < ROWS {
-            self.row += 1;
-        } else {
-            self.cells.remove(0);
-            self.cells.push(vec![' '; COLS]);
-        }
     }
 }
 

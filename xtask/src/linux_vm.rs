@@ -17,8 +17,8 @@ pub struct Args {
     /// Output directory (the compressed image goes to `<out>/linux-vm.img.zst`).
     #[arg(long, default_value = "build")]
     pub out: PathBuf,
-    /// Debian mirror instead of http://deb.debian.org/ (for example
-    /// http://snapshot.debian.org/archive/debian/<time>/ to rebuild an old image).
+    /// Debian mirror instead of <http://deb.debian.org/> (for example
+    /// `http://snapshot.debian.org/archive/debian/<time>/` to rebuild an old image).
     #[arg(long)]
     pub linux_vm_mirror: Option<String>,
     /// Install exactly the package versions of this image manifest

@@ -7,6 +7,7 @@ mod demo;
 mod deps;
 mod e2e;
 mod e2e_debian;
+mod e2e_net;
 mod e2e_present;
 mod e2e_update;
 mod fuzz;

@@ -69,6 +69,10 @@ const PACKAGES: &[&str] = &[
     "systemd-boot-efi",
     "zstd",
     "busybox-static",
+    "tzdata",
+    // console keymaps, compiled at build time (rayos_init::keymap)
+    "kbd",
+    "console-data",
 ];
 
 /// Kernel modules RayOS needs; `dir:` takes every module below a directory.
@@ -123,6 +127,11 @@ const MODULES: &[&str] = &[
     "ext4",
     "isofs",
     "efivarfs",
+    // installation media people bring (`rayos media`): exFAT sticks, UDF
+    // (Windows ISOs). Debian 12's kernel has no ntfs3 (CONFIG_NTFS3_FS is
+    // off): NTFS sticks are listed but not read (docs/windows.md).
+    "exfat",
+    "udf",
     // TPM, consoles, virtio, power button, network
     "tpm_crb",
     "tpm_tis",
@@ -135,14 +144,9 @@ const MODULES: &[&str] = &[
 ];
 
 /// Modules the bundled test guest loads (rayos-testkit's list): virtio
-/// console for the agent channel, efivarfs, the ACPI power button.
-const GUEST_MODULES: &[&str] = &[
-    "virtio_pci",
-    "virtio_console",
-    "efivarfs",
-    "button",
-    "evdev",
-];
+/// console for the agent channel, efivarfs, the ACPI power button, the
+/// virtio NIC.
+const GUEST_MODULES: &[&str] = rayos_testkit::guest::MODULES;
 
 /// Programs from the unpacked packages: (package, path inside it).
 const PROGRAMS: &[(&str, &str)] = &[
@@ -404,6 +408,39 @@ pub fn build(args: &Args) -> Result<Built> {
         &pkg_root("seabios")?.join("usr/share/seabios"),
     )?;
     ird.copy_tree("usr/lib/ipxe", &pkg_root("ipxe-qemu")?.join("usr/lib/ipxe"))?;
+    // Every zone of tzdata (1.3 MB, about 0.2 MB compressed): the
+    // machine's timezone becomes /etc/localtime (docs/init.md `machine`).
+    ird.copy_tree(
+        "usr/share/zoneinfo",
+        &pkg_root("tzdata")?.join("usr/share/zoneinfo"),
+    )?;
+    // The console layouts: kbd's loadkeys compiles console-data's keymaps
+    // into the binary format PID 1 loads (about 2.5 KB each).
+    let loadkeys = pkg_root("kbd")?.join("bin/loadkeys");
+    let keymaps = pkg_root("console-data")?.join("usr/share/keymaps/i386");
+    for (layout, src) in rayos_init::keymap::LAYOUTS {
+        let out = std::process::Command::new(&loadkeys)
+            .arg("-b")
+            .arg(keymaps.join(format!("{src}.kmap.gz")))
+            .output()
+            .with_context(|| format!("running {}", loadkeys.display()))?;
+        if !out.status.success() {
+            bail!(
+                "loadkeys -b {src}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        rayos_init::keymap::parse(&out.stdout)
+            .map_err(|e| anyhow::anyhow!("loadkeys -b {src}: {e}"))?;
+        ird.file(
+            &format!(
+                "{}/{layout}.bmap",
+                rayos_init::keymap::DIR.trim_start_matches('/')
+            ),
+            0o644,
+            out.stdout,
+        )?;
+    }
     let ovmf = pkg_root("ovmf")?.join("usr/share/OVMF");
     for f in OVMF_FILES {
         let real = fs::canonicalize(ovmf.join(f)).with_context(|| format!("ovmf has no {f}"))?;

@@ -15,7 +15,7 @@ use std::process::Command;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Skip `cargo fmt --check` and clippy (quick local runs).
+    /// Skip `cargo fmt --check`, clippy and `cargo doc` (quick local runs).
     #[arg(long)]
     pub no_lint: bool,
     /// Skip the end-to-end runs (about 30 minutes on 2 cores).
@@ -45,6 +45,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "-D",
             "warnings",
         ]))?;
+        // The API docs stay readable: broken links and stray HTML fail.
+        crate::run_cmd(
+            Command::new("cargo")
+                .args(["doc", "--workspace", "--no-deps"])
+                .env("RUSTDOCFLAGS", "-D warnings"),
+        )?;
     }
     crate::run_cmd(Command::new("cargo").args(["test", "--workspace", "--all-targets"]))?;
     if !args.no_fuzz {

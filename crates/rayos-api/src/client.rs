@@ -189,6 +189,11 @@ impl Client {
         self.action(name, "stop", Some(req))
     }
 
+    /// `POST /v1/vms/{name}/media`: attach or eject a medium.
+    pub fn media(&self, name: &str, req: &MediaRequest) -> Result<ActionReply, ClientError> {
+        self.action(name, "media", Some(req))
+    }
+
     /// `suspend`, `present`, `hide`, `provisioned`.
     pub fn action(
         &self,
@@ -238,6 +243,22 @@ impl Client {
     pub fn physical_input(&self) -> Result<(), ClientError> {
         self.raw("POST", "/v1/input/physical", Some(b"{}"))
             .map(|_| ())
+    }
+
+    /// The policy rayosd runs with.
+    pub fn policy(&self) -> Result<PolicyReply, ClientError> {
+        self.json("GET", "/v1/policy", None::<&()>)
+    }
+
+    /// Replaces the policy (checked, written atomically, used at once).
+    pub fn set_policy(&self, toml: &str) -> Result<PolicyReply, ClientError> {
+        self.json(
+            "PUT",
+            "/v1/policy",
+            Some(&PolicyRequest {
+                toml: toml.to_string(),
+            }),
+        )
     }
 
     /// Follows the event stream (first the kept events numbered above

@@ -89,6 +89,40 @@ impl From<BootKind> for rayos_base::marker::VmStart {
     }
 }
 
+wire_enum! {
+    /// The accelerator device models run with.
+    pub enum AccelKind {
+        /// Hardware virtualization (VT-x/AMD-V) through `/dev/kvm`.
+        Kvm = "kvm",
+        /// QEMU's software emulation: works everywhere, much slower.
+        Tcg = "tcg",
+    }
+}
+
+/// Which accelerator and, under TCG, why (a sentence for people).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accelerator {
+    pub accel: AccelKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl std::fmt::Display for Accelerator {
+    /// `kvm (hardware virtualization)` or `tcg (software emulation): <reason>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.accel {
+            AccelKind::Kvm => f.write_str("kvm (hardware virtualization)"),
+            AccelKind::Tcg => {
+                f.write_str("tcg (software emulation)")?;
+                match &self.reason {
+                    Some(r) => write!(f, ": {r}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
 /// A saved state waiting in `state/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedState {
@@ -119,7 +153,11 @@ pub struct VmInfo {
     /// `vm/<id>/` on the data volume.
     pub vm_dir: PathBuf,
     pub disks: Vec<PathBuf>,
+    /// Media given to the guest as CD-ROMs.
     pub media: Vec<PathBuf>,
+    /// Media given to the guest as read-only USB sticks.
+    #[serde(default)]
+    pub usb_media: Vec<PathBuf>,
     /// Device-model pid while one runs.
     pub pid: Option<u32>,
     /// The VNC unix socket the presenter connects to, while running.
@@ -144,6 +182,9 @@ pub struct VmInfo {
     /// Policy for this VM's kind.
     pub enabled: bool,
     pub autostart: bool,
+    /// The accelerator its device model runs (or will run) with.
+    #[serde(default)]
+    pub accel: Option<Accelerator>,
 }
 
 /// What a running guest's agent reports about it.
@@ -197,6 +238,10 @@ pub struct CreateRequest {
     /// until the VM is provisioned).
     #[serde(default)]
     pub media: Vec<PathBuf>,
+    /// Media given to the guest as read-only USB sticks (a stick whose
+    /// files a tool copied, or an image file of one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usb_media: Vec<PathBuf>,
     /// UEFI Secure Boot with the Microsoft keys (UEFI VMs only; default: on
     /// for windows, off otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -205,6 +250,48 @@ pub struct CreateRequest {
     /// hostname, time zone, locale, keyboard), passed to it at every start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest: Option<rayos_state::GuestConfig>,
+}
+
+wire_enum! {
+    /// How a medium is given to the guest.
+    pub enum MediaForm {
+        /// A CD-ROM (raw, read-only): an ISO file, or a block device
+        /// written from an ISO.
+        Cdrom = "cdrom",
+        /// A read-only USB mass-storage device: a stick whose files a tool
+        /// copied (or an image file of one).
+        Usb = "usb",
+    }
+}
+
+wire_enum! {
+    /// What `POST /v1/vms/{name}/media` does.
+    pub enum MediaAction {
+        /// Give the VM a medium (at once when it runs; kept in the
+        /// registry until ejected).
+        Attach = "attach",
+        /// Take a medium (or, without `source`, every medium) away.
+        Eject = "eject",
+    }
+}
+
+/// `POST /v1/vms/{name}/media`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaRequest {
+    pub action: MediaAction,
+    /// Absolute path: an image file or a block device (attach; for eject
+    /// the medium to take away, all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PathBuf>,
+    /// How the guest sees it (attach); default: a CD-ROM when the source
+    /// is named `*.iso` or holds an ISO 9660 file system at its start, a USB stick otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "as")]
+    pub form: Option<MediaForm>,
+    /// Copy an image file onto the data volume first (`vm/<id>/media/`),
+    /// so the stick can be removed; progress as `copying` events.
+    #[serde(default)]
+    pub copy: bool,
 }
 
 /// `POST /v1/vms/{name}/start`.
@@ -260,6 +347,10 @@ pub struct Health {
     /// fallbacks, registry entries not loaded, skipped cgroup setup) or
     /// later (a VM whose swtpm died).
     pub notes: Vec<String>,
+    /// The accelerator VMs run with (`None` from a daemon older than this
+    /// field).
+    #[serde(default)]
+    pub accel: Option<Accelerator>,
 }
 
 wire_enum! {
@@ -277,6 +368,14 @@ wire_enum! {
         /// Installation is done: media detached, provisioning-only
         /// networking off from the next start.
         Provisioned = "provisioned",
+        /// A medium was given to the VM (detail: `<path> as cdrom|usb`).
+        MediaAttached = "media_attached",
+        /// A medium was taken away (detail: the path, and why when RayOS
+        /// did it: provisioned, or the stick was unplugged).
+        MediaEjected = "media_ejected",
+        /// Progress of copying a medium onto the data volume (detail:
+        /// `<file>: <percent>%`, every 10%).
+        Copying = "copying",
         /// A cold boot begins (detail: `cold boot`).
         Starting = "starting",
         /// Loading the saved state begins.
@@ -345,4 +444,64 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+/// `PUT /v1/policy`: the whole policy file, checked like the file
+/// (`rayos_state::Policy::parse`) before anything is written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRequest {
+    pub toml: String,
+}
+
+/// `GET /v1/policy`, and the reply of `PUT /v1/policy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyReply {
+    /// The policy file on the data volume.
+    pub path: PathBuf,
+    /// The policy rayosd runs with, as TOML (the closed policy when the
+    /// file is unusable; see `notes`).
+    pub toml: String,
+    /// Every `section.setting` with its value, in file order.
+    pub settings: Vec<(String, String)>,
+    /// For `PUT`: what changed and when each change takes effect.
+    #[serde(default)]
+    pub changes: Vec<rayos_state::Change>,
+    /// For `PUT`: what the change means for the VMs as they are now
+    /// (running ones keep their device model; saved states made with an
+    /// old setting).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accelerator_wire_form_and_text() {
+        let tcg = Accelerator {
+            accel: AccelKind::Tcg,
+            reason: Some("probe failed: x; VMs run much slower".into()),
+        };
+        let json = serde_json::to_string(&tcg).unwrap();
+        assert_eq!(
+            json,
+            r#"{"accel":"tcg","reason":"probe failed: x; VMs run much slower"}"#
+        );
+        assert_eq!(serde_json::from_str::<Accelerator>(&json).unwrap(), tcg);
+        assert_eq!(
+            tcg.to_string(),
+            "tcg (software emulation): probe failed: x; VMs run much slower"
+        );
+        let kvm = Accelerator {
+            accel: AccelKind::Kvm,
+            reason: None,
+        };
+        assert_eq!(serde_json::to_string(&kvm).unwrap(), r#"{"accel":"kvm"}"#);
+        assert_eq!(kvm.to_string(), "kvm (hardware virtualization)");
+        // A health reply from a daemon without the field still decodes.
+        let old = r#"{"status":"ok","version":"0.1.0","pid":1,"vms":0,"registry_writable":true,"notes":[]}"#;
+        assert_eq!(serde_json::from_str::<Health>(old).unwrap().accel, None);
+    }
 }

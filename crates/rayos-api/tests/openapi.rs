@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use rayos_api::{BootKind, Button, EventKind, VmState};
+use rayos_api::{AccelKind, BootKind, Button, EventKind, MediaAction, MediaForm, VmState};
 use serde::Serialize;
 
 fn openapi() -> String {
@@ -158,6 +158,60 @@ fn agent_bridge_enums_match_the_openapi_file() {
 }
 
 #[test]
+fn accelerators_match_the_openapi_enum_and_are_reported() {
+    assert_eq!(schema_enum("AccelKind"), wire(AccelKind::ALL));
+    let accel = r##"{ $ref: "#/components/schemas/AccelKind" }"##;
+    let prop = lookup(
+        &openapi(),
+        &[
+            "components",
+            "schemas",
+            "Accelerator",
+            "properties",
+            "accel",
+        ],
+    );
+    assert_eq!(prop.trim(), accel);
+    // Health and every VM object carry one.
+    for schema in ["Health", "VmInfo"] {
+        let p = lookup(
+            &openapi(),
+            &[
+                "components",
+                "schemas",
+                schema,
+                "properties",
+                "accel",
+                "allOf",
+            ],
+        );
+        assert_eq!(
+            p.trim(),
+            r##"[{ $ref: "#/components/schemas/Accelerator" }]"##,
+            "{schema}"
+        );
+    }
+}
+
+#[test]
+fn media_request_enums_match_the_openapi_enums() {
+    assert_eq!(schema_enum("MediaForm"), wire(MediaForm::ALL));
+    assert_eq!(schema_enum("MediaAction"), wire(MediaAction::ALL));
+    // The request's fields are those schemas, under their wire names.
+    let props = lookup(
+        &openapi(),
+        &["components", "schemas", "MediaRequest", "properties"],
+    );
+    assert!(
+        props.contains(r##"as: { $ref: "#/components/schemas/MediaForm" }"##),
+        "{props}"
+    );
+    let req: rayos_api::MediaRequest =
+        serde_json::from_str(r#"{"action": "attach", "source": "/x.iso", "as": "usb"}"#).unwrap();
+    assert_eq!(req.form, Some(MediaForm::Usb));
+}
+
+#[test]
 fn as_str_is_the_wire_string_and_parses_back() {
     fn check<T>(all: &[T], as_str: fn(&T) -> &'static str)
     where
@@ -176,7 +230,10 @@ fn as_str_is_the_wire_string_and_parses_back() {
     check(EventKind::ALL, |k| k.as_str());
     check(VmState::ALL, |s| s.as_str());
     check(BootKind::ALL, |b| b.as_str());
+    check(AccelKind::ALL, |a| a.as_str());
     check(Button::ALL, |b| b.as_str());
+    check(MediaForm::ALL, |b| b.as_str());
+    check(MediaAction::ALL, |b| b.as_str());
 }
 
 #[test]

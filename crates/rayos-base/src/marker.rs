@@ -116,6 +116,9 @@ kinds! {
     PresentationOn = "RAYOS_PRESENTATION:on:",
     /// `RAYOS_PRESENTATION:off`: the home screen is drawn.
     PresentationOff = "RAYOS_PRESENTATION:off",
+    /// `RAYOS_ACCEL:kvm` or `RAYOS_ACCEL:tcg:<reason>`: rayosd decided
+    /// which accelerator the VMs get.
+    Accel = "RAYOS_ACCEL:",
 }
 
 /// A console marker with its payload.
@@ -140,6 +143,15 @@ pub enum Marker {
     VmAttached { vm: String },
     PresentationOn { vm: String },
     PresentationOff,
+    Accel(AccelMarker),
+}
+
+/// `RAYOS_ACCEL:…`: the accelerator VMs run with; under TCG, why (the
+/// sentence `rayos status` shows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccelMarker {
+    Kvm,
+    Tcg { reason: String },
 }
 
 /// `RAYOS_INSTALLER:…`: PID 1's unattended install (lower case) and the
@@ -268,6 +280,7 @@ impl Marker {
             Marker::VmAttached { .. } => Kind::VmAttached,
             Marker::PresentationOn { .. } => Kind::PresentationOn,
             Marker::PresentationOff => Kind::PresentationOff,
+            Marker::Accel(_) => Kind::Accel,
         }
     }
 
@@ -370,6 +383,13 @@ impl Marker {
             Kind::VmAttached => Marker::VmAttached { vm: text(p)? },
             Kind::PresentationOn => Marker::PresentationOn { vm: text(p)? },
             Kind::PresentationOff => none(Marker::PresentationOff)?,
+            Kind::Accel => Marker::Accel(match p.split_once(':') {
+                None if p == "kvm" => AccelMarker::Kvm,
+                Some(("tcg", reason)) => AccelMarker::Tcg {
+                    reason: text(reason)?,
+                },
+                _ => return Err(bad()),
+            }),
         })
     }
 }
@@ -428,6 +448,8 @@ impl fmt::Display for Marker {
             Marker::VmAttached { vm } | Marker::PresentationOn { vm } => {
                 write!(f, "{}", OneLine(vm))
             }
+            Marker::Accel(AccelMarker::Kvm) => f.write_str("kvm"),
+            Marker::Accel(AccelMarker::Tcg { reason }) => write!(f, "tcg:{}", OneLine(reason)),
             Marker::Ready
             | Marker::LinuxVmReady
             | Marker::PowerOff
@@ -515,6 +537,11 @@ mod tests {
             Kind::VmAttached => Marker::VmAttached { vm: "lin".into() },
             Kind::PresentationOn => Marker::PresentationOn { vm: "linux".into() },
             Kind::PresentationOff => Marker::PresentationOff,
+            Kind::Accel => Marker::Accel(AccelMarker::Tcg {
+                reason:
+                    "virtualization is off in the firmware setup (VT-x/AMD-V); VMs run much slower"
+                        .into(),
+            }),
         }
     }
 
@@ -555,6 +582,7 @@ mod tests {
             "RAYOS_VM_ATTACHED:lin",
             "RAYOS_PRESENTATION:on:linux",
             "RAYOS_PRESENTATION:off",
+            "RAYOS_ACCEL:tcg:virtualization is off in the firmware setup (VT-x/AMD-V); VMs run much slower",
         ];
         let shown: Vec<String> = Kind::ALL.iter().map(|k| sample(*k).to_string()).collect();
         assert_eq!(shown, expected);
@@ -562,6 +590,10 @@ mod tests {
         assert_eq!(plan.to_string(), "RAYOS_INSTALLER:failed:plan");
         let reboot = Marker::Shutdown(Power::Reboot);
         assert_eq!(reboot.to_string(), "RAYOS_SHUTDOWN:reboot");
+        assert_eq!(
+            Marker::Accel(AccelMarker::Kvm).to_string(),
+            "RAYOS_ACCEL:kvm"
+        );
     }
 
     #[test]
@@ -594,6 +626,11 @@ mod tests {
                 failed: "0.2.0".into(),
                 reason: String::new(),
             },
+            Marker::Accel(AccelMarker::Kvm),
+            // A reason with colons of its own keeps them.
+            Marker::Accel(AccelMarker::Tcg {
+                reason: "probe failed: cannot open /dev/kvm: Permission denied".into(),
+            }),
         ] {
             assert_eq!(extra.to_string().parse::<Marker>(), Ok(extra));
         }
@@ -639,6 +676,11 @@ mod tests {
             "RAYOS_INSTALLER:failed:later",
             "RAYOS_WIZARD:INSTALLED after=sleep",
             "RAYOS_BOOT:",
+            "RAYOS_ACCEL:",
+            "RAYOS_ACCEL:tcg",
+            "RAYOS_ACCEL:tcg:",
+            "RAYOS_ACCEL:kvm:fast",
+            "RAYOS_ACCEL:hvf",
             "READY",
         ] {
             assert!(bad.parse::<Marker>().is_err(), "{bad} parsed");

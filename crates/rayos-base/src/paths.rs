@@ -27,12 +27,17 @@ pub const DATA: &str = "/var/rayos";
 pub const API_SOCKET: &str = concat!(run_root!(), "/api.sock");
 /// rayos init's status for `rayos status` and the console.
 pub const INIT_STATUS: &str = concat!(run_root!(), "/init-status.json");
+/// `rayos net`'s status (links, leases) for `rayos status`.
+pub const NETWORK_STATUS: &str = concat!(run_root!(), "/network.json");
 /// Logs while no data volume is mounted (moved there once it is).
 pub const RUN_LOGS: &str = concat!(run_root!(), "/logs");
 /// Held (flock) by whatever is writing a disk: an install, the wizard.
 pub const INSTALL_LOCK: &str = concat!(run_root!(), "/install.lock");
 /// The link the kernel runs for module requests (to the `rayos` binary).
 pub const MODPROBE: &str = concat!(run_root!(), "/modprobe");
+/// The kernel modules the boot's coldplug could not load, one
+/// `name: error` a line (PID 1 writes it; rayosd reads why KVM is missing).
+pub const MODULES_REFUSED: &str = concat!(run_root!(), "/modules-refused");
 
 /// The installer medium, mounted by init in installer mode.
 pub const MEDIUM: &str = concat!(run_root!(), "/medium");

@@ -158,7 +158,7 @@ impl fmt::Display for Corruption {
 /// One GPT partition entry.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Partition {
-    /// 1-based slot in the entry array (what Linux calls sda<N>).
+    /// 1-based slot in the entry array (what Linux calls `sda<N>`).
     pub number: u32,
     pub type_guid: Uuid,
     pub unique_guid: Uuid,

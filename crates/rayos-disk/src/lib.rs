@@ -2,8 +2,8 @@
 //! filesystem probing, free-region search and classification of what a disk
 //! holds (RayOS install, Windows, Linux, ESP).
 //!
-//! Layers, bottom up: [`crc32`] and [`types`] (no I/O) → [`gpt`],
-//! [`probe`] and [`fat`] (FAT geometry checked against its partition;
+//! Layers, bottom up: `crc32` and [`types`] (no I/O) → [`gpt`],
+//! [`mod@probe`] and [`fat`] (FAT geometry checked against its partition;
 //! generic over `Read + Seek` / `Read + Write + Seek`, tested on `Vec<u8>`
 //! and sparse files) → [`report`] (the serialisable [`Disk`]) →
 //! [`enumerate`] (sysfs, procfs, image files). Nothing here writes to a disk

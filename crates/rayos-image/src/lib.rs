@@ -19,6 +19,7 @@ pub mod qemu;
 pub mod test_guest;
 pub mod tools;
 pub mod uki;
+pub mod winstandin;
 
 pub use initramfs::{Compression, Initramfs};
 pub use uki::{UkiParts, assemble as assemble_uki, os_release};

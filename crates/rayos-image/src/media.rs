@@ -114,19 +114,21 @@ pub fn build_iso(
     esp_image: &Path,
     payload: &[(String, PathBuf)],
 ) -> Result<u64, MediaError> {
+    build_iso_labelled(out, esp_image, payload, ISO_LABEL)
+}
+
+/// [`build_iso`] with another volume label (the Windows stand-in's).
+pub fn build_iso_labelled(
+    out: &Path,
+    esp_image: &Path,
+    payload: &[(String, PathBuf)],
+    label: &str,
+) -> Result<u64, MediaError> {
     let _ = fs::remove_file(out);
     let mut cmd = Command::new("xorriso");
     cmd.args(["-as", "mkisofs", "-o"])
         .arg(out)
-        .args([
-            "-iso-level",
-            "3",
-            "-V",
-            ISO_LABEL,
-            "-J",
-            "-R",
-            "-graft-points",
-        ])
+        .args(["-iso-level", "3", "-V", label, "-J", "-R", "-graft-points"])
         .args([
             "-e",
             "boot/efiboot.img",

@@ -198,6 +198,12 @@ impl Qemu {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-nodefaults", "-no-user-config", "-display", "none"])
             .args(["-machine", "q35,smm=off", "-accel", "tcg"])
+            // The machine under test has no hardware virtualization, as a
+            // PC with VT-x/AMD-V off in its firmware: QEMU's default CPU
+            // (qemu64) offers SVM, which TCG emulates, and RayOS would then
+            // load kvm_amd and try nested guests on emulated SVM. The
+            // e2e expects `RAYOS_ACCEL:tcg` with the firmware reason.
+            .args(["-cpu", "qemu64,-svm"])
             .args([
                 "-m",
                 &cfg.memory_mib.to_string(),

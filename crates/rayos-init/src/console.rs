@@ -50,12 +50,20 @@ pub fn allowed(mode: Mode) -> Vec<(&'static str, &'static str)> {
         ),
         ("update", "update RayOS or roll back (update --help)"),
         ("disks", "list the disks and what they hold"),
+        (
+            "policy",
+            "show or change the policy (policy show, policy set linux.networking on, policy edit)",
+        ),
+        (
+            "media",
+            "installation media for VMs: sticks and the ISO/image files on them (media --unmount)",
+        ),
         ("shutdown", "save the VMs and power off"),
         ("reboot", "save the VMs and restart"),
     ];
     match mode {
         Mode::Installer => {
-            v.retain(|(c, _)| !matches!(*c, "vm" | "update"));
+            v.retain(|(c, _)| !matches!(*c, "vm" | "update" | "policy" | "media"));
             v.insert(
                 0,
                 (
@@ -799,6 +807,9 @@ mod tests {
         assert!(names(Mode::Recovery).contains(&"shell"));
         assert_eq!(names(Mode::Installer)[0], "install");
         assert!(!names(Mode::Installer).contains(&"vm"));
+        assert!(!names(Mode::Installer).contains(&"policy"));
+        assert!(names(Mode::Installed).contains(&"policy"));
+        assert!(names(Mode::Recovery).contains(&"policy"));
         for m in [Mode::Installed, Mode::Recovery, Mode::Installer] {
             assert!(
                 names(m).contains(&"shutdown")

@@ -26,6 +26,7 @@ pub mod boot;
 pub mod cmdline;
 pub mod console;
 pub mod control;
+pub mod keymap;
 pub mod log;
 pub mod memory;
 pub mod modules;

@@ -24,6 +24,8 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModulesError {
@@ -353,25 +355,79 @@ pub enum LoadResult {
     Refused(String),
 }
 
-/// Loads modules into the running kernel, remembering what it did.
+/// Where one module stands while a [`Loader`] works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Slot {
+    /// A thread is loading it; others needing it wait.
+    Loading,
+    Done(LoadResult),
+}
+
+/// Hands one module file to the kernel.
+pub type Insert = dyn Fn(&Path) -> LoadResult + Sync;
+
+/// Loads modules into the running kernel, remembering what it did. Shared
+/// by threads: each module is loaded once, by whichever thread gets to it
+/// first, and a thread that needs a module another thread is loading waits
+/// for it (a module links against its dependencies, so they must be live).
 pub struct Loader<'a> {
     pub index: &'a ModuleIndex,
-    pub done: HashMap<String, LoadResult>,
+    state: Mutex<HashMap<String, Slot>>,
+    changed: Condvar,
+    insert: Box<Insert>,
 }
 
 const MODULE_INIT_COMPRESSED_FILE: libc::c_int = 4;
 
 impl<'a> Loader<'a> {
+    /// A loader that calls `finit_module(2)`.
     pub fn new(index: &'a ModuleIndex) -> Self {
+        Loader::with_insert(index, Box::new(finit))
+    }
+
+    /// A loader that hands module files to `insert` (tests).
+    pub fn with_insert(index: &'a ModuleIndex, insert: Box<Insert>) -> Self {
         Loader {
             index,
-            done: HashMap::new(),
+            state: Mutex::new(HashMap::new()),
+            changed: Condvar::new(),
+            insert,
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        // A panicking loader thread leaves a usable map behind.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What happened to every module tried so far.
+    pub fn results(&self) -> HashMap<String, LoadResult> {
+        self.lock()
+            .iter()
+            .filter_map(|(n, s)| match s {
+                Slot::Done(r) => Some((n.clone(), r.clone())),
+                Slot::Loading => None,
+            })
+            .collect()
+    }
+
+    /// The modules the kernel refused, with its error, sorted by name.
+    pub fn refused(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .results()
+            .into_iter()
+            .filter_map(|(n, r)| match r {
+                LoadResult::Refused(why) => Some((n, why)),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Loads `name` (module or alias) and its dependencies. Returns the
-    /// modules newly loaded.
-    pub fn load(&mut self, name: &str) -> Vec<String> {
+    /// modules newly loaded by this call.
+    pub fn load(&self, name: &str) -> Vec<String> {
         let mut newly = Vec::new();
         for m in self.index.resolve(name) {
             let order = match self.index.load_order(&m) {
@@ -382,43 +438,85 @@ impl<'a> Loader<'a> {
                 }
             };
             for dep in order {
-                if self.done.contains_key(&dep) {
-                    continue;
+                if let Some(r) = self.claim(&dep) {
+                    if r == LoadResult::Loaded {
+                        newly.push(dep);
+                    } else if let LoadResult::Refused(why) = &r {
+                        crate::log::detail(format!("module {dep} not loaded: {why}"));
+                    }
                 }
-                let r = self.insert(&dep);
-                if r == LoadResult::Loaded {
-                    newly.push(dep.clone());
-                }
-                if let LoadResult::Refused(why) = &r {
-                    crate::log::detail(format!("module {dep} not loaded: {why}"));
-                }
-                self.done.insert(dep, r);
             }
         }
         newly
     }
 
-    fn insert(&self, name: &str) -> LoadResult {
-        let Some(path) = self.index.path_of(name) else {
-            return LoadResult::Refused("not in modules.dep".into());
-        };
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) => return LoadResult::Refused(format!("{}: {e}", path.display())),
-        };
-        let compressed = path
-            .extension()
-            .is_some_and(|e| e == "xz" || e == "zst" || e == "gz");
-        let flags = if compressed {
-            MODULE_INIT_COMPRESSED_FILE
-        } else {
-            0
-        };
-        match rustix::system::finit_module(&file, c"", flags) {
-            Ok(()) => LoadResult::Loaded,
-            Err(rustix::io::Errno::EXIST) => LoadResult::AlreadyLoaded,
-            Err(e) => LoadResult::Refused(e.to_string()),
+    /// Loads `name` unless it was tried or another thread is at it (then
+    /// waits until it is done). Returns what this call did, if anything.
+    fn claim(&self, name: &str) -> Option<LoadResult> {
+        let mut state = self.lock();
+        loop {
+            match state.get(name) {
+                Some(Slot::Done(_)) => return None,
+                Some(Slot::Loading) => {
+                    state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                }
+                None => break,
+            }
         }
+        state.insert(name.to_string(), Slot::Loading);
+        drop(state);
+        let r = match self.index.path_of(name) {
+            Some(path) => (self.insert)(&path),
+            None => LoadResult::Refused("not in modules.dep".into()),
+        };
+        self.lock().insert(name.to_string(), Slot::Done(r.clone()));
+        self.changed.notify_all();
+        Some(r)
+    }
+
+    /// Loads every one of `names` (modules or aliases) on up to `threads`
+    /// threads. Returns, per name that loaded anything, what it loaded.
+    pub fn load_all(&self, names: &[String], threads: usize) -> Vec<(String, Vec<String>)> {
+        let next = AtomicUsize::new(0);
+        let out = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..threads.clamp(1, names.len().max(1)) {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(name) = names.get(i) else { break };
+                        let n = self.load(name);
+                        if !n.is_empty() {
+                            out.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push((name.clone(), n));
+                        }
+                    }
+                });
+            }
+        });
+        out.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `finit_module(2)` of one file; `EEXIST` means already loaded.
+fn finit(path: &Path) -> LoadResult {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => return LoadResult::Refused(format!("{}: {e}", path.display())),
+    };
+    let compressed = path
+        .extension()
+        .is_some_and(|e| e == "xz" || e == "zst" || e == "gz");
+    let flags = if compressed {
+        MODULE_INIT_COMPRESSED_FILE
+    } else {
+        0
+    };
+    match rustix::system::finit_module(&file, c"", flags) {
+        Ok(()) => LoadResult::Loaded,
+        Err(rustix::io::Errno::EXIST) => LoadResult::AlreadyLoaded,
+        Err(e) => LoadResult::Refused(e.to_string()),
     }
 }
 
@@ -439,7 +537,7 @@ pub fn kernel_modprobe(args: &[String]) -> i32 {
     let Ok(index) = ModuleIndex::load(&Path::new("/lib/modules").join(release)) else {
         return 1;
     };
-    let mut loader = Loader::new(&index);
+    let loader = Loader::new(&index);
     let mut ok = true;
     for n in names {
         if index.resolve(n).is_empty() {
@@ -448,11 +546,11 @@ pub fn kernel_modprobe(args: &[String]) -> i32 {
         }
         loader.load(n);
     }
-    let refused = loader
-        .done
-        .values()
-        .any(|r| matches!(r, LoadResult::Refused(_)));
-    if ok && !refused { 0 } else { 1 }
+    if ok && loader.refused().is_empty() {
+        0
+    } else {
+        1
+    }
 }
 
 #[cfg(test)]
@@ -486,6 +584,101 @@ alias dmi*:svn[Ll][Ee][Nn]OVO*:* thinkpad_acpi
 
     fn idx() -> ModuleIndex {
         ModuleIndex::parse(DEP, ALIAS, SOFTDEP, BUILTIN)
+    }
+
+    /// The CPU's modalias (`/sys/devices/system/cpu/modalias`) brings the
+    /// KVM module for its vendor's flag, as in Debian 12's modules.alias:
+    /// feature 0x85 is VMX, 0xC2 is SVM.
+    #[test]
+    fn cpu_modalias_selects_the_kvm_module() {
+        let index = ModuleIndex::parse(
+            "kernel/arch/x86/kvm/kvm.ko:\n\
+             kernel/arch/x86/kvm/kvm-intel.ko: kernel/arch/x86/kvm/kvm.ko\n\
+             kernel/arch/x86/kvm/kvm-amd.ko: kernel/arch/x86/kvm/kvm.ko\n",
+            "alias cpu:type:x86,ven*fam*mod*:feature:*0085* kvm_intel\n\
+             alias cpu:type:x86,ven*fam*mod*:feature:*00C2* kvm_amd\n",
+            "",
+            "",
+        );
+        let intel = "cpu:type:x86,ven0000fam0006mod008C:feature:,0000,0001,0085,0089,00C0";
+        assert_eq!(index.resolve(intel), vec!["kvm_intel"]);
+        assert_eq!(
+            index.load_order("kvm_intel").unwrap(),
+            vec!["kvm", "kvm_intel"]
+        );
+        let amd = "cpu:type:x86,ven0002fam0019mod0021:feature:,0000,0001,00C0,00C2,00C3";
+        assert_eq!(index.resolve(amd), vec!["kvm_amd"]);
+        // No VT-x/AMD-V (switched off in the firmware): nothing to load.
+        let off = "cpu:type:x86,ven0000fam0006mod008C:feature:,0000,0001,0089,00C0,00C3";
+        assert!(index.resolve(off).is_empty());
+    }
+
+    /// Many threads over requests that share dependencies: every module
+    /// is handed to the kernel once, only after all of its dependencies
+    /// finished loading, and refusals are remembered with their error.
+    #[test]
+    fn parallel_loading_keeps_dependency_order_and_loads_once() {
+        use std::time::Duration;
+        let index = idx();
+        // (module, started) and (module, finished) events, in order.
+        let events = std::sync::Arc::new(Mutex::new(Vec::<(String, bool)>::new()));
+        let ev = std::sync::Arc::clone(&events);
+        let loader = Loader::with_insert(
+            &index,
+            Box::new(move |path: &Path| {
+                let name = name_of_path(&path.to_string_lossy());
+                ev.lock().unwrap().push((name.clone(), true));
+                // Slow enough that the threads overlap.
+                std::thread::sleep(Duration::from_millis(20));
+                ev.lock().unwrap().push((name.clone(), false));
+                if name == "virtio_ring" {
+                    LoadResult::Refused("No such device (os error 19)".into())
+                } else {
+                    LoadResult::Loaded
+                }
+            }),
+        );
+        let names: Vec<String> = ["ext4", "fs-ext4", "jbd2", "crc32c", "mbcache", "ext4"]
+            .iter()
+            .chain(["virtio:d00000002v00001AF4", "nothing:here"].iter())
+            .map(|s| s.to_string())
+            .collect();
+        let loaded = loader.load_all(&names, 4);
+        let events = events.lock().unwrap().clone();
+        let started: Vec<&String> = events.iter().filter(|e| e.1).map(|e| &e.0).collect();
+        let mut once = started.clone();
+        once.sort();
+        once.dedup();
+        assert_eq!(
+            once.len(),
+            started.len(),
+            "a module loaded twice: {started:?}"
+        );
+        for m in ["crc32c_generic", "crc16", "mbcache", "jbd2", "ext4"] {
+            assert!(started.iter().any(|s| *s == m), "{m} not loaded");
+        }
+        let at = |name: &str, start: bool| {
+            events
+                .iter()
+                .position(|e| e.0 == name && e.1 == start)
+                .unwrap()
+        };
+        for dep in ["crc32c_generic", "crc16", "mbcache", "jbd2"] {
+            assert!(at(dep, false) < at("ext4", true), "{dep} after ext4");
+        }
+        // virtio_blk was still tried after its dependency was refused (the
+        // kernel decides), and the refusal is reported with its error.
+        assert_eq!(
+            loader.refused(),
+            vec![(
+                "virtio_ring".to_string(),
+                "No such device (os error 19)".to_string()
+            )]
+        );
+        let total: usize = loaded.iter().map(|(_, n)| n.len()).sum();
+        assert_eq!(total, started.len() - 1, "{loaded:?}");
+        // Loading again does nothing.
+        assert!(loader.load_all(&names, 4).is_empty());
     }
 
     #[test]

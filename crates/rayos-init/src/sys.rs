@@ -137,6 +137,18 @@ pub fn mount(
     rustix::mount::mount(source, target, fstype, flags, data_opt).map_err(|e| err(e.into()))
 }
 
+/// Mounts a filesystem someone brought (installation media) read-only,
+/// without devices, set-uid or executables.
+pub fn mount_foreign_ro(source: &str, target: &Path, fstype: &str) -> Result<(), SysError> {
+    mount(
+        source,
+        target,
+        fstype,
+        MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        "",
+    )
+}
+
 /// Unmounts `target`; when busy, detaches it (lazy) after remounting it
 /// read-only so no more writes reach the disk.
 pub fn unmount(target: &Path) -> Result<(), SysError> {
@@ -221,8 +233,8 @@ impl SignalFd {
         if fd < 0 {
             return Err(SysError::Signals(io::Error::last_os_error()));
         }
-        // SAFETY: signalfd returned a new descriptor that nothing else owns.
         Ok(SignalFd {
+            // SAFETY: signalfd returned a new descriptor that nothing else owns.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     }
@@ -458,4 +470,67 @@ mod tests {
         let plain = String::from_utf8_lossy(&plain.stdout);
         assert!(!plain.contains("SigBlk:\t0000000000000000"), "{plain}");
     }
+}
+
+/// `secs` since the epoch as local time (`2026-12-06 05:12:03 CET`), by
+/// the C library's rules: `TZ` when set, else `/etc/localtime`, else UTC.
+pub fn local_time(secs: i64) -> Option<String> {
+    let t: libc::time_t = secs;
+    // SAFETY: tm is plain data; all-zero is a valid value of it.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: localtime_r writes only into `tm`, which lives for the
+    // call (glibc reads TZ / the zone file on its first use).
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    if !ok {
+        return None;
+    }
+    let mut buf = [0u8; 64];
+    let fmt = c"%Y-%m-%d %H:%M:%S %Z";
+    // SAFETY: `buf` has the size passed; `fmt` is NUL-terminated; `tm` was
+    // filled by localtime_r.
+    let n = unsafe { libc::strftime(buf.as_mut_ptr().cast(), buf.len(), fmt.as_ptr(), &tm) };
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[cfg(test)]
+mod local_time_tests {
+    #[test]
+    fn utc_is_formatted() {
+        // SAFETY: set_var; this test binary's other tests read no TZ
+        // concurrently that matters; local_time reads it via tzset.
+        unsafe { std::env::set_var("TZ", "UTC") };
+        assert_eq!(
+            super::local_time(1_780_000_000).as_deref(),
+            Some("2026-05-28 20:26:40 UTC")
+        );
+    }
+}
+
+/// Loads keymap entries into the kernel's console keymap (`KDSKBENT` on a
+/// virtual console; the map is shared by all of them), as busybox's
+/// `loadkmap` does.
+pub fn load_keymap(tty: &Path, entries: &[crate::keymap::Entry]) -> io::Result<()> {
+    #[repr(C)]
+    struct KbEntry {
+        kb_table: u8,
+        kb_index: u8,
+        kb_value: u16,
+    }
+    const KDSKBENT: libc::c_ulong = 0x4B47;
+    let f = fs::OpenOptions::new().read(true).write(true).open(tty)?;
+    for e in entries {
+        let mut k = KbEntry {
+            kb_table: e.table,
+            kb_index: e.index,
+            kb_value: e.value,
+        };
+        // SAFETY: KDSKBENT reads one `struct kbentry` (repr(C) above, the
+        // layout of <linux/kd.h>) from the pointer for the call; `f` is an
+        // open console.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), KDSKBENT as _, &mut k as *mut KbEntry) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

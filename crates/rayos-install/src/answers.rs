@@ -297,6 +297,125 @@ pub struct Answers {
     pub countdown_secs: u32,
 }
 
+// ---- writing an answer file (`rayos wizard --save-answers`) ----
+
+/// A size the parser reads back exactly: the largest binary unit that
+/// divides it, else whole bytes.
+fn size_value(b: u64) -> toml::Value {
+    for (m, u) in [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")] {
+        if b != 0 && b.is_multiple_of(m) {
+            return toml::Value::String(format!("{}{u}", b / m));
+        }
+    }
+    // Sizes are bounded far below i64::MAX (parse_size); the string form is
+    // for the impossible rest and parses back all the same.
+    i64::try_from(b)
+        .map(toml::Value::Integer)
+        .unwrap_or_else(|_| toml::Value::String(format!("{b}B")))
+}
+
+fn part_value(r: &PartRef) -> toml::Value {
+    match r {
+        // Partition numbers are 1..=128 (GPT); a larger one cannot parse.
+        PartRef::Number(n) => toml::Value::Integer(i64::from(*n)),
+        PartRef::Path(p) => toml::Value::String(p.clone()),
+    }
+}
+
+fn storage_value(s: &VmStorage) -> toml::Value {
+    let one = |k: &str, v: toml::Value| {
+        let mut t = toml::Table::new();
+        t.insert(k.into(), v);
+        toml::Value::Table(t)
+    };
+    match s {
+        VmStorage::Data => toml::Value::String("data".into()),
+        VmStorage::Create(b) => one("create", size_value(*b)),
+        VmStorage::Reuse(r) => one("reuse", part_value(&r.value)),
+    }
+}
+
+/// A string form of a serde enum (`Mode`, `Networking`, ...), as the
+/// parser reads it.
+fn enum_value<T: serde::Serialize>(v: &T) -> toml::Value {
+    toml::Value::try_from(v).unwrap_or_else(|_| toml::Value::String(String::new()))
+}
+
+impl Answers {
+    /// These answers as an answer file that [`Answers::parse`] reads back
+    /// to the same answers (line numbers aside). `comment` lines come
+    /// first as `#` comments: what the file cannot express, who wrote it.
+    /// A password is never written, only its hash.
+    pub fn to_toml(&self, comment: &[String]) -> String {
+        use toml::{Table, Value};
+        let mut target = Table::new();
+        let t = &self.target;
+        if let Some(d) = &t.disk {
+            target.insert("disk".into(), Value::String(d.display().to_string()));
+        }
+        target.insert("mode".into(), enum_value(&t.mode));
+        for (k, v) in [("esp", &t.esp), ("system", &t.system), ("data", &t.data)] {
+            if let Some(v) = v {
+                target.insert(k.into(), part_value(&v.value));
+            }
+        }
+        if !t.format.is_empty() {
+            let list = t.format.iter().map(|f| part_value(&f.value)).collect();
+            target.insert("format".into(), Value::Array(list));
+        }
+        if t.reinstall {
+            target.insert("reinstall".into(), Value::Boolean(true));
+        }
+        let mut sizes = Table::new();
+        sizes.insert("esp".into(), size_value(self.sizes.esp));
+        sizes.insert("system".into(), size_value(self.sizes.system));
+        let data = match self.sizes.data {
+            DataSize::Rest => Value::String("rest".into()),
+            DataSize::Bytes(b) => size_value(b),
+        };
+        sizes.insert("data".into(), data);
+        let mut vm_storage = Table::new();
+        vm_storage.insert("linux".into(), storage_value(&self.vm_storage.linux));
+        vm_storage.insert("windows".into(), storage_value(&self.vm_storage.windows));
+        let mut doc = Table::new();
+        doc.insert("version".into(), Value::Integer(i64::from(ANSWERS_VERSION)));
+        doc.insert("target".into(), Value::Table(target));
+        doc.insert("sizes".into(), Value::Table(sizes));
+        doc.insert("vm_storage".into(), Value::Table(vm_storage));
+        doc.insert("machine".into(), enum_value(&self.machine));
+        doc.insert("policy".into(), enum_value(&self.policy));
+        let l = &self.linux;
+        let mut linux = Table::new();
+        if let Some(sys) = &l.system {
+            linux.insert("system".into(), enum_value(sys));
+        }
+        for (k, v) in [
+            ("user", &l.user),
+            ("password_hash", &l.password_hash),
+            ("ssh_key", &l.ssh_key),
+        ] {
+            if let Some(v) = v {
+                linux.insert(k.into(), Value::String(v.clone()));
+            }
+        }
+        linux.insert("disk_size".into(), size_value(l.disk_size));
+        doc.insert("linux".into(), Value::Table(linux));
+        let mut finish = Table::new();
+        finish.insert("action".into(), enum_value(&self.finish));
+        doc.insert("finish".into(), Value::Table(finish));
+        let mut unattended = Table::new();
+        unattended.insert(
+            "countdown".into(),
+            Value::Integer(i64::from(self.countdown_secs)),
+        );
+        doc.insert("unattended".into(), Value::Table(unattended));
+        let mut out: String = comment.iter().map(|c| format!("# {c}\n")).collect();
+        // Serializing a table of strings, numbers and tables cannot fail.
+        out.push_str(&toml::to_string(&doc).unwrap_or_default());
+        out
+    }
+}
+
 // ---- raw TOML shape (spans kept for messages) ----
 
 #[derive(Deserialize)]
@@ -870,6 +989,75 @@ networking = "off"
 
 #[cfg(test)]
 mod tests {
+    /// `to_toml` and `parse` agree: every field the writer knows comes
+    /// back, line numbers aside.
+    #[test]
+    fn written_answers_parse_back_to_the_same_answers() {
+        fn strip_lines(mut a: Answers) -> Answers {
+            for l in [&mut a.target.esp, &mut a.target.system, &mut a.target.data]
+                .into_iter()
+                .flatten()
+            {
+                l.line = 0;
+            }
+            for f in &mut a.target.format {
+                f.line = 0;
+            }
+            for s in [&mut a.vm_storage.linux, &mut a.vm_storage.windows] {
+                if let VmStorage::Reuse(r) = s {
+                    r.line = 0;
+                }
+            }
+            a
+        }
+        let mut a = Answers::defaults(Mode::Reuse);
+        let at = |n| Located {
+            value: PartRef::Number(n),
+            line: 0,
+        };
+        a.target.disk = Some("/tmp/disk \"one\"\\ = [x].img".into());
+        a.target.system = Some(at(5));
+        a.target.data = Some(at(6));
+        a.target.esp = Some(at(1));
+        a.target.format = vec![at(6)];
+        a.target.reinstall = true;
+        a.sizes.system = 3 * GIB / 2;
+        a.sizes.data = DataSize::Bytes(10 * GIB + 4096);
+        a.vm_storage.linux = VmStorage::Create(20 * GIB);
+        a.vm_storage.windows = VmStorage::Reuse(Located {
+            value: PartRef::Path("/dev/sda7".into()),
+            line: 0,
+        });
+        a.machine.hostname = "box-1".into();
+        a.machine.timezone = "Europe/Berlin".into();
+        a.machine.keyboard = "de".into();
+        a.policy.windows_enabled = true;
+        a.policy.windows_autostart = true;
+        a.policy.networking = Networking::ProvisioningOnly;
+        a.linux.system = Some(LinuxSystem::Debian);
+        a.linux.user = Some("ada".into());
+        a.linux.password_hash = Some("$6$salt$hash".into());
+        a.linux.ssh_key = Some("ssh-ed25519 AAAA ada@home".into());
+        a.linux.disk_size = 40 * GIB;
+        a.finish = FinishAction::Poweroff;
+        a.countdown_secs = 3;
+        let text = a.to_toml(&["made by a test".into()]);
+        assert!(
+            text.starts_with("# made by a test\nversion = 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("disk_size = \"40GiB\""), "{text}");
+        let back = Answers::parse("saved.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(strip_lines(back), a);
+
+        for mode in [Mode::WholeDisk, Mode::FreeSpace] {
+            let d = Answers::defaults(mode);
+            let text = d.to_toml(&[]);
+            let back = Answers::parse("d.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(back, d, "{text}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -348,8 +348,23 @@ fn whole_disk_on_a_blank_4096_byte_sector_image() {
     run("e2fsck", &["-fn", &vimg]).unwrap();
     let ls = debugfs(&vimg, "ls -p /");
     assert!(ls.contains("/disks/") && ls.contains("/state/"), "{ls}");
+    assert!(!ls.contains(".rayos-vm-storage"), "{ls}");
     let win = plan.registry.by_name("windows").unwrap().id;
     let data = ext4_at(&img, plan.partition(Role::Data).unwrap());
+    // The Linux VM's mount point on the data volume names its partition
+    // (rayos init mounts it there; rayosd refuses the VM while it shows).
+    let lin = plan.registry.by_name("linux").unwrap().id;
+    let marker = debugfs(&data, &format!("cat /vm/{lin}/.rayos-vm-storage"));
+    assert_eq!(
+        rayos_state::layout::storage_marker_label(&marker).as_deref(),
+        Some("rayos-vm-linux"),
+        "{marker}"
+    );
+    let ls = debugfs(&data, &format!("ls -p /vm/{lin}"));
+    assert!(
+        !ls.contains("/disks/"),
+        "the VM's files are on its own partition: {ls}"
+    );
     let ls = debugfs(&data, &format!("ls -p /vm/{win}"));
     assert!(ls.contains("/disks/"), "{ls}");
 }

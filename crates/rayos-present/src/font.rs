@@ -1,4 +1,4 @@
-//! Text drawing with the built-in 8x16 bitmap font ([`crate::font_data`]),
+//! Text drawing with the built-in 8x16 bitmap font (`font_data.rs`),
 //! and the reverse ([`read_text`]): recognising drawn text exactly, which
 //! tests use to check what a screen says.
 //!

@@ -5,7 +5,7 @@
 //! console-setup-linux 1.221) by docs/present.md's recipe: glyph rows of the
 //! code points 0x20..=0x7E, looked up in the PSF's unicode table.
 //! Terminus Font: Copyright (C) 2020 Dimitar Toshkov Zhekov, SIL Open Font
-//! License 1.1 (https://openfontlicense.org), which allows embedding the
+//! License 1.1 (<https://openfontlicense.org>), which allows embedding the
 //! glyphs in software with this notice.
 
 pub const FIRST: u8 = 0x20;

@@ -6,7 +6,7 @@
 //! ([`lines`]) drawn with the built-in font ([`render`]), so tests can
 //! check the screen by reading the text back ([`read_screen`]).
 
-use rayos_api::{VmInfo, VmState};
+use rayos_api::{AccelKind, VmInfo, VmState};
 
 use crate::display::Canvas;
 use crate::font;
@@ -31,6 +31,20 @@ pub struct Model {
     pub vms: Vec<HomeVm>,
     /// The last problem, shown at the bottom.
     pub status: Option<String>,
+    /// Under TCG: why the VMs run without hardware virtualization (shown
+    /// under the VM list).
+    pub accel_warning: Option<String>,
+}
+
+/// The warning line for the VMs' accelerator, `None` under KVM.
+pub fn accel_warning(vms: &[VmInfo]) -> Option<String> {
+    let a = vms.iter().find_map(|v| v.accel.as_ref())?;
+    (a.accel == AccelKind::Tcg).then(|| {
+        format!(
+            "! VMs run without hardware virtualization (TCG): {}",
+            a.reason.as_deref().unwrap_or("reason unknown")
+        )
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +52,9 @@ pub struct HomeVm {
     pub name: String,
     pub kind: String,
     pub state: String,
+    /// What the person does next with this VM, shown under it (a Windows
+    /// VM still to be installed).
+    pub next: Option<String>,
 }
 
 impl HomeVm {
@@ -51,8 +68,27 @@ impl HomeVm {
             name: v.name.clone(),
             kind: v.kind.to_string(),
             state,
+            next: next_step(v),
         }
     }
+}
+
+/// The next step of a Windows VM that is not installed yet (docs/windows.md).
+fn next_step(v: &VmInfo) -> Option<String> {
+    if v.kind.to_string() != "windows" || v.provisioned {
+        return None;
+    }
+    Some(if v.media.is_empty() && v.usb_media.is_empty() {
+        format!(
+            "Windows: attach installation media: rayos vm media {} attach SOURCE (`rayos media` lists them)",
+            v.name
+        )
+    } else {
+        format!(
+            "Windows: install from the attached media; when Setup is done: rayos vm provisioned {}",
+            v.name
+        )
+    })
 }
 
 /// One line of the screen and its colour.
@@ -83,6 +119,13 @@ pub fn lines(m: &Model, cols: usize) -> Vec<Line> {
             format!("  {key:<14}{:<34}{:<22}{}", v.name, v.state, v.kind),
             TEXT,
         ));
+        if let Some(n) = &v.next {
+            out.push((format!("  {:<14}{n}", ""), DIM));
+        }
+    }
+    if let Some(w) = &m.accel_warning {
+        out.push((String::new(), TEXT));
+        out.push((w.clone(), WARN));
     }
     out.push((String::new(), TEXT));
     out.push((
@@ -178,14 +221,17 @@ mod tests {
                     name: "dev".into(),
                     kind: "linux".into(),
                     state: "running (hidden)".into(),
+                    next: None,
                 },
                 HomeVm {
                     name: "win11".into(),
                     kind: "windows".into(),
                     state: "saved".into(),
+                    next: None,
                 },
             ],
             status: Some("rayosd at /run/rayos/api.sock does not answer; retrying".into()),
+            accel_warning: None,
         }
     }
 
@@ -220,6 +266,80 @@ mod tests {
             );
             assert!(text.last().unwrap().contains("does not answer"));
         }
+    }
+
+    #[test]
+    fn tcg_shows_a_warning_line_under_the_vms_and_kvm_none() {
+        let info = |accel: Option<rayos_api::Accelerator>| {
+            serde_json::from_value::<VmInfo>(serde_json::json!({
+                "name": "linux", "id": "00000000-0000-0000-0000-000000000001",
+                "kind": "linux", "state": "running", "presented": false,
+                "cpus": 2, "memory_mib": 2048, "network": false,
+                "provisioned": true, "tpm": false, "vm_dir": "/var/rayos/vm/x",
+                "disks": [], "media": [], "pid": null, "vnc_socket": null,
+                "last_boot": null, "saved_state": null, "unusable_states": [],
+                "last_error": null, "crash_console": [], "crash_count": 0,
+                "enabled": true, "autostart": true, "accel": accel,
+            }))
+            .unwrap()
+        };
+        let tcg = rayos_api::Accelerator {
+            accel: AccelKind::Tcg,
+            reason: Some(
+                "virtualization is off in the firmware setup (VT-x/AMD-V); VMs run much slower"
+                    .into(),
+            ),
+        };
+        let w = accel_warning(&[info(Some(tcg))]).unwrap();
+        assert_eq!(
+            w,
+            "! VMs run without hardware virtualization (TCG): virtualization is off in the firmware setup (VT-x/AMD-V); VMs run much slower"
+        );
+        let kvm = rayos_api::Accelerator {
+            accel: AccelKind::Kvm,
+            reason: None,
+        };
+        assert_eq!(accel_warning(&[info(Some(kvm))]), None);
+        assert_eq!(accel_warning(&[info(None)]), None);
+        assert_eq!(accel_warning(&[]), None);
+        // On the screen: right after the VM list, in the warning colour.
+        let mut m = model();
+        m.accel_warning = Some(w.clone());
+        let l = lines(&m, 200);
+        let at = l.iter().position(|(t, _)| *t == w).expect("warning shown");
+        assert!(l[at - 2].0.contains("win11"), "{l:?}");
+        assert_eq!(l[at].1, WARN);
+        assert!(lines(&model(), 200).iter().all(|(t, _)| !t.contains("TCG")));
+    }
+
+    #[test]
+    fn a_windows_vm_to_install_says_what_to_do_next() {
+        let mut v: VmInfo = serde_json::from_value(serde_json::json!({
+            "name": "windows", "id": "67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "kind": "windows", "state": "stopped", "presented": false, "cpus": 2,
+            "memory_mib": 4096, "network": false, "provisioned": false, "tpm": true,
+            "vm_dir": "/var/rayos/vm/x", "disks": [], "media": [], "pid": null,
+            "vnc_socket": null, "last_boot": null, "last_error": null,
+            "saved_state": null, "unusable_states": [], "crash_console": [],
+            "crash_count": 0, "enabled": true, "autostart": false
+        }))
+        .unwrap();
+        let m = |v: &VmInfo| Model {
+            vms: vec![HomeVm::from_info(v)],
+            ..Model::default()
+        };
+        let text = |v: &VmInfo| {
+            lines(&m(v), 160)
+                .into_iter()
+                .map(|(t, _)| t)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert!(text(&v).contains("rayos vm media windows attach SOURCE"));
+        v.usb_media = vec!["/dev/sdb".into()];
+        assert!(text(&v).contains("rayos vm provisioned windows"));
+        v.provisioned = true;
+        assert!(!text(&v).contains("Windows:"));
     }
 
     #[test]

@@ -530,6 +530,7 @@ impl Presenter {
             time: home::local_time(now),
             vms: self.vms.iter().map(HomeVm::from_info).collect(),
             status: self.api_error.clone().or_else(|| self.problem.clone()),
+            accel_warning: home::accel_warning(&self.vms),
         }
     }
 

@@ -71,9 +71,52 @@ impl DataLayout {
 
 /// Sub-directories of one VM's directory.
 pub mod vm {
+    /// On the data volume, in `vm/<id>/` of a VM whose files live on a
+    /// dedicated VM-storage partition: `label = "rayos-vm-linux"`. rayos
+    /// init mounts that partition over `vm/<id>/`, which hides this file;
+    /// seeing it means the partition is not mounted, and then nothing may
+    /// create the VM's files here (rayosd refuses to start the VM).
+    pub const STORAGE_MARKER: &str = ".rayos-vm-storage";
     pub const DISKS: &str = "disks";
     pub const OVMF_VARS: &str = "ovmf-vars.fd";
     pub const TPM: &str = "tpm";
     pub const STATE: &str = "state";
     pub const LOGS: &str = "logs";
+}
+
+/// The label in a [`vm::STORAGE_MARKER`] file (`label = "NAME"`), when
+/// the text is one.
+pub fn storage_marker_label(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Marker {
+        label: String,
+    }
+    toml::from_str::<Marker>(text)
+        .ok()
+        .map(|m| m.label)
+        .filter(|l| !l.is_empty())
+}
+
+/// The text of a [`vm::STORAGE_MARKER`] file for the partition `label`.
+pub fn storage_marker_text(label: &str) -> String {
+    format!(
+        "# The files of this VM are on the VM-storage partition labelled {label:?},\n\
+         # mounted here at boot. Seeing this file means it is not mounted.\n\
+         label = {label:?}\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_marker_round_trip() {
+        let t = storage_marker_text("rayos-vm-linux");
+        assert_eq!(storage_marker_label(&t).as_deref(), Some("rayos-vm-linux"));
+        assert_eq!(storage_marker_label("label = \"\"\n"), None);
+        assert_eq!(storage_marker_label("lable = \"x\"\n"), None);
+        assert_eq!(storage_marker_label("\u{0}garbage"), None);
+    }
 }

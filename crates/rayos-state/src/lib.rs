@@ -26,7 +26,10 @@ pub use atomic::{AtomicError, Generation, read_with_fallback, write_atomic};
 pub use guest::GuestConfig;
 pub use layout::DataLayout;
 pub use machine::MachineConfig;
-pub use policy::{AgentBridge, Networking, OnHostShutdown, Policy, SubsystemPolicy};
+pub use policy::{
+    AgentBridge, Change, Effect, Networking, OnHostShutdown, Policy, PolicyKeyError,
+    SubsystemPolicy,
+};
 pub use registry::{Registry, VmDefinition, VmKind};
 
 /// Schema version of the data volume as a whole. Bumped when any file's

@@ -201,6 +201,259 @@ impl Policy {
     }
 }
 
+/// The sections of the policy, in file order.
+pub const SECTIONS: [&str; 3] = ["linux", "windows", "generic"];
+
+/// The settings of a section, in file order, as `section.FIELD` keys take
+/// them (`rayos policy set linux.networking on`).
+pub const FIELDS: [&str; 8] = [
+    "enabled",
+    "autostart",
+    "present_on_boot",
+    "networking",
+    "cpus",
+    "memory_mib",
+    "on_host_shutdown",
+    "restart_on_crash",
+];
+
+/// When a changed setting takes effect on a running RayOS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// rayosd uses it from now on (starts refused or allowed, crash
+    /// restarts, what happens at the next shutdown).
+    Now,
+    /// At the VM's next cold start: a running VM keeps its device model
+    /// as it is.
+    NextStart,
+    /// At the next boot of RayOS (autostart and presentation happen at boot).
+    NextBoot,
+}
+
+impl Effect {
+    /// Words for a person.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Effect::Now => "now",
+            Effect::NextStart => "at the VM's next cold start",
+            Effect::NextBoot => "at the next boot of RayOS",
+        }
+    }
+
+    /// When a change of `field` takes effect.
+    pub fn of_field(field: &str) -> Effect {
+        match field {
+            "autostart" | "present_on_boot" => Effect::NextBoot,
+            "networking" | "cpus" | "memory_mib" => Effect::NextStart,
+            _ => Effect::Now,
+        }
+    }
+}
+
+/// One setting that differs between two policies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// `section.field`, as `rayos policy set` takes it.
+    pub key: String,
+    pub old: String,
+    pub new: String,
+    pub when: Effect,
+}
+
+/// A `section.field` key or its value that [`Policy::set`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyKeyError {
+    #[error(
+        "unknown policy key {0:?}: keys are SECTION.SETTING with SECTION one of linux, windows, generic and SETTING one of {fields}",
+        fields = FIELDS.join(", ")
+    )]
+    UnknownKey(String),
+    #[error("{key} = {value:?} is not valid: {expected}")]
+    BadValue {
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, PolicyKeyError> {
+    match v {
+        "true" | "on" | "yes" => Ok(true),
+        "false" | "off" | "no" => Ok(false),
+        _ => Err(PolicyKeyError::BadValue {
+            key: key.into(),
+            value: v.into(),
+            expected: "use true or false",
+        }),
+    }
+}
+
+/// `none` (or `unset`) removes an optional limit.
+fn parse_limit<T: std::str::FromStr>(key: &str, v: &str) -> Result<Option<T>, PolicyKeyError> {
+    if matches!(v, "none" | "unset") {
+        return Ok(None);
+    }
+    v.parse().map(Some).map_err(|_| PolicyKeyError::BadValue {
+        key: key.into(),
+        value: v.into(),
+        expected: "use a whole number, or `none` for no limit",
+    })
+}
+
+impl SubsystemPolicy {
+    /// The value of `field` as the policy file spells it (`none` for an
+    /// unset limit); `None` for an unknown field.
+    pub fn get(&self, field: &str) -> Option<String> {
+        let limit = |v: Option<u64>| v.map_or("none".to_string(), |n| n.to_string());
+        Some(match field {
+            "enabled" => self.enabled.to_string(),
+            "autostart" => self.autostart.to_string(),
+            "present_on_boot" => self.present_on_boot.to_string(),
+            "networking" => match self.networking {
+                Networking::Off => "off",
+                Networking::On => "on",
+                Networking::ProvisioningOnly => "provisioning_only",
+            }
+            .to_string(),
+            "cpus" => limit(self.cpus.map(u64::from)),
+            "memory_mib" => limit(self.memory_mib),
+            "on_host_shutdown" => match self.on_host_shutdown {
+                OnHostShutdown::Save => "save",
+                OnHostShutdown::Shutdown => "shutdown",
+            }
+            .to_string(),
+            "restart_on_crash" => self.restart_on_crash.to_string(),
+            _ => return None,
+        })
+    }
+}
+
+impl Policy {
+    fn section(&self, name: &str) -> Option<&SubsystemPolicy> {
+        match name {
+            "linux" => Some(&self.linux),
+            "windows" => Some(&self.windows),
+            "generic" => Some(&self.generic),
+            _ => None,
+        }
+    }
+
+    fn section_mut(&mut self, name: &str) -> Option<&mut SubsystemPolicy> {
+        match name {
+            "linux" => Some(&mut self.linux),
+            "windows" => Some(&mut self.windows),
+            "generic" => Some(&mut self.generic),
+            _ => None,
+        }
+    }
+
+    /// The value of `section.field`, as the file spells it.
+    pub fn get(&self, key: &str) -> Result<String, PolicyKeyError> {
+        let (s, f) = key
+            .split_once('.')
+            .ok_or_else(|| PolicyKeyError::UnknownKey(key.into()))?;
+        self.section(s)
+            .and_then(|p| p.get(f))
+            .ok_or_else(|| PolicyKeyError::UnknownKey(key.into()))
+    }
+
+    /// Every `section.field` key with its value, in file order.
+    pub fn entries(&self) -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        for s in SECTIONS {
+            for f in FIELDS {
+                if let Ok(val) = self.get(&format!("{s}.{f}")) {
+                    v.push((format!("{s}.{f}"), val));
+                }
+            }
+        }
+        v
+    }
+
+    /// Sets `section.field` to `value` (as the file spells it; booleans
+    /// also take on/off, limits take `none`) and checks the result against
+    /// the same rules as a policy file ([`Policy::parse`]).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), PolicyKeyError> {
+        let unknown = || PolicyKeyError::UnknownKey(key.into());
+        let (s, f) = key.split_once('.').ok_or_else(unknown)?;
+        let value = value.trim();
+        let mut next = self.clone();
+        let p = next.section_mut(s).ok_or_else(unknown)?;
+        match f {
+            "enabled" => p.enabled = parse_bool(key, value)?,
+            "autostart" => p.autostart = parse_bool(key, value)?,
+            "present_on_boot" => p.present_on_boot = parse_bool(key, value)?,
+            "restart_on_crash" => p.restart_on_crash = parse_bool(key, value)?,
+            "networking" => {
+                p.networking = match value {
+                    "off" | "false" => Networking::Off,
+                    "on" | "true" => Networking::On,
+                    "provisioning_only" => Networking::ProvisioningOnly,
+                    _ => {
+                        return Err(PolicyKeyError::BadValue {
+                            key: key.into(),
+                            value: value.into(),
+                            expected: "use off, on or provisioning_only",
+                        });
+                    }
+                }
+            }
+            "on_host_shutdown" => {
+                p.on_host_shutdown = match value {
+                    "save" => OnHostShutdown::Save,
+                    "shutdown" => OnHostShutdown::Shutdown,
+                    _ => {
+                        return Err(PolicyKeyError::BadValue {
+                            key: key.into(),
+                            value: value.into(),
+                            expected: "use save or shutdown",
+                        });
+                    }
+                }
+            }
+            "cpus" => p.cpus = parse_limit(key, value)?,
+            "memory_mib" => p.memory_mib = parse_limit(key, value)?,
+            _ => return Err(unknown()),
+        }
+        // The same rules as a file: what `set` writes always parses.
+        let checked = Policy::parse("policy", &next.to_toml())
+            .map_err(|e| PolicyKeyError::Invalid(format!("{key} = {value}: {}", e.message)))?;
+        *self = checked;
+        Ok(())
+    }
+
+    /// The settings that differ from `self` in `new`, with when each
+    /// takes effect.
+    pub fn changes(&self, new: &Policy) -> Vec<Change> {
+        let old: Vec<_> = self.entries();
+        new.entries()
+            .into_iter()
+            .zip(old)
+            .filter(|((_, n), (_, o))| n != o)
+            .map(|((key, new), (_, old))| {
+                let field = key.split_once('.').map_or("", |(_, f)| f);
+                Change {
+                    when: Effect::of_field(field),
+                    key,
+                    old,
+                    new,
+                }
+            })
+            .collect()
+    }
+
+    /// True when any kind may have a network (`on` or `provisioning_only`):
+    /// then RayOS brings up its wired links.
+    pub fn any_networking(&self) -> bool {
+        [&self.linux, &self.windows, &self.generic]
+            .iter()
+            .any(|p| p.enabled && p.networking != Networking::Off)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,5 +516,85 @@ mod tests {
     fn closed_runs_nothing() {
         let c = Policy::closed();
         assert!(!c.linux.autostart && !c.windows.autostart && !c.generic.autostart);
+    }
+
+    #[test]
+    fn set_validates_like_the_file() {
+        let mut p = Policy::default();
+        p.set("linux.networking", "on").unwrap();
+        p.set("windows.enabled", "true").unwrap();
+        p.set("linux.cpus", "2").unwrap();
+        p.set("linux.memory_mib", "none").unwrap();
+        assert_eq!(p.linux.networking, Networking::On);
+        assert!(p.windows.enabled);
+        assert_eq!(p.linux.cpus, Some(2));
+        assert_eq!(p.get("linux.networking").unwrap(), "on");
+        assert_eq!(p.get("linux.memory_mib").unwrap(), "none");
+        let before = p.clone();
+        for (k, v) in [
+            ("linux.cpus", "0"),
+            ("linux.memory_mib", "12"),
+            ("linux.networking", "maybe"),
+            ("linux.autostart", "perhaps"),
+            ("linux.cpus", "-1"),
+            ("linux.autostrat", "true"),
+            ("macos.enabled", "true"),
+            ("enabled", "true"),
+        ] {
+            let e = p.set(k, v).unwrap_err();
+            assert!(!e.to_string().is_empty());
+            assert_eq!(p, before, "a refused set changes nothing ({k} = {v})");
+        }
+        let e = p.set("linux.cpus", "0").unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
+        let e = p.set("linux.autostrat", "true").unwrap_err();
+        assert!(e.to_string().contains("present_on_boot"), "{e}");
+    }
+
+    #[test]
+    fn entries_cover_every_field_and_round_trip_through_set() {
+        let mut p = Policy::default();
+        p.linux.cpus = Some(3);
+        p.windows.networking = Networking::ProvisioningOnly;
+        p.generic.on_host_shutdown = OnHostShutdown::Shutdown;
+        let e = p.entries();
+        assert_eq!(e.len(), SECTIONS.len() * FIELDS.len());
+        let mut q = Policy::default();
+        for (k, v) in &e {
+            q.set(k, v).unwrap();
+        }
+        assert_eq!(p, q);
+    }
+
+    #[test]
+    fn changes_say_when() {
+        let old = Policy::default();
+        let mut new = old.clone();
+        new.set("linux.networking", "on").unwrap();
+        new.set("linux.autostart", "false").unwrap();
+        new.set("windows.enabled", "true").unwrap();
+        let c = old.changes(&new);
+        let when: Vec<_> = c.iter().map(|c| (c.key.as_str(), c.when)).collect();
+        assert_eq!(
+            when,
+            [
+                ("linux.autostart", Effect::NextBoot),
+                ("linux.networking", Effect::NextStart),
+                ("windows.enabled", Effect::Now),
+            ]
+        );
+        assert_eq!((c[1].old.as_str(), c[1].new.as_str()), ("off", "on"));
+        assert!(old.changes(&old).is_empty());
+    }
+
+    #[test]
+    fn any_networking_needs_an_enabled_kind() {
+        let mut p = Policy::default();
+        assert!(!p.any_networking());
+        p.windows.networking = Networking::On;
+        assert!(!p.any_networking(), "windows is disabled");
+        p.windows.enabled = true;
+        assert!(p.any_networking());
+        assert!(!Policy::closed().any_networking());
     }
 }

@@ -7,7 +7,8 @@
 //! install.
 //!
 //! Schema versions: 1 is the original format; 2 adds a VM's first-boot
-//! guest settings (`guest`). A registry is written with the lowest version
+//! guest settings (`guest`); 3 adds media given to the guest as read-only
+//! USB sticks (`usb_media`). A registry is written with the lowest version
 //! that holds its contents ([`Registry::to_json`]), so an install that uses
 //! no version-2 field stays readable by a RayOS that knows only version 1
 //! (an update rolled back keeps its VMs); one that does is refused by such
@@ -21,7 +22,7 @@ use uuid::Uuid;
 use crate::guest::GuestConfig;
 
 /// The newest registry version this RayOS reads and writes.
-pub const REGISTRY_SCHEMA_VERSION: u32 = 2;
+pub const REGISTRY_SCHEMA_VERSION: u32 = 3;
 /// The version a registry without any version-2 field is written with.
 pub const REGISTRY_BASE_VERSION: u32 = 1;
 
@@ -99,9 +100,16 @@ pub struct VmDefinition {
     pub boot: BootSpec,
     #[serde(default)]
     pub tpm: bool,
-    /// Installation and driver media, attached until `provisioned`.
+    /// Installation and driver media given to the guest as CD-ROMs (raw,
+    /// read-only): ISO files, or block devices written from an ISO. Kept
+    /// until ejected; `provisioned` ejects them.
     #[serde(default)]
     pub media: Vec<PathBuf>,
+    /// Media given to the guest as read-only USB mass-storage devices
+    /// (sticks whose files were copied by a tool, or image files of them;
+    /// registry version 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usb_media: Vec<PathBuf>,
     #[serde(default)]
     pub provisioned: bool,
     /// First-boot settings handed to the guest (registry version 2).
@@ -205,6 +213,17 @@ impl Registry {
                 found: r.version,
             });
         }
+        if r.version < 3
+            && let Some(vm) = r.vms.iter().find(|v| !v.usb_media.is_empty())
+        {
+            return Err(RegistryError::Field {
+                path: path.to_string(),
+                vm: vm.name.clone(),
+                field: "usb_media",
+                version: 3,
+                found: r.version,
+            });
+        }
         for vm in &r.vms {
             if let Some(g) = &vm.guest {
                 g.validate().map_err(|message| RegistryError::Guest {
@@ -237,7 +256,9 @@ impl Registry {
 
     /// The lowest version that holds this registry's contents.
     pub fn needed_version(&self) -> u32 {
-        if self.vms.iter().any(|v| v.guest.is_some()) {
+        if self.vms.iter().any(|v| !v.usb_media.is_empty()) {
+            3
+        } else if self.vms.iter().any(|v| v.guest.is_some()) {
             2
         } else {
             REGISTRY_BASE_VERSION
@@ -283,6 +304,7 @@ mod tests {
             },
             tpm: false,
             media: vec![],
+            usb_media: vec![],
             provisioned: true,
             guest: None,
         }
@@ -348,9 +370,17 @@ mod tests {
         let e = Registry::parse("r", &bad).unwrap_err();
         assert!(e.to_string().contains("VM linux"), "{e}");
         assert!(matches!(
-            Registry::parse("r", "{\"version\": 3}"),
-            Err(RegistryError::Version { found: 3, .. })
+            Registry::parse("r", "{\"version\": 4}"),
+            Err(RegistryError::Version { found: 4, .. })
         ));
+        // A USB stick needs version 3, and a version-2 file cannot hold one.
+        r.vms[0].usb_media = vec!["/dev/sdb".into()];
+        let text = r.to_json();
+        assert!(text.contains("\"version\": 3"), "{text}");
+        assert_eq!(Registry::parse("r", &text).unwrap().vms, r.vms);
+        let forged = text.replace("\"version\": 3", "\"version\": 2");
+        let e = Registry::parse("r", &forged).unwrap_err();
+        assert!(e.to_string().contains("usb_media"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! is copied to `console.log.1` (replacing the older one) and the file is
 //! truncated. Lines written between the copy and the truncation can be lost;
 //! that is accepted for a diagnostic log. Limits: lines are read as lossy
-//! UTF-8; at most the last [`MAX_TAIL_BYTES`] of each file are read.
+//! UTF-8; at most the last `MAX_TAIL_BYTES` of each file are read.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};

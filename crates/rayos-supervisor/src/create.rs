@@ -15,7 +15,8 @@
 //! - `kernel`/`initrd` are copied to `vm/<id>/boot/` for the same reason
 //!   (they are small); installation media are referenced, not copied (ISOs
 //!   are large and are detached once the VM is provisioned).
-//! - A VM with media starts unprovisioned; one without is provisioned.
+//! - A Windows VM, and any VM with media, starts unprovisioned; others are
+//!   provisioned.
 //! - Windows: UEFI with Secure Boot (unless `secure_boot: false`), TPM 2.0,
 //!   no direct kernel boot.
 
@@ -29,6 +30,7 @@ use rayos_api::{CreateRequest, DiskRequest};
 use rayos_state::registry::{BootSpec, DiskFormat, DiskSpec};
 use rayos_state::{VmDefinition, VmKind, layout::vm as vmdirs};
 use rayos_vmm::qemu::image::{self, ImageError, ImageInfo};
+use rayos_vmm::qemu::media;
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -193,8 +195,20 @@ pub fn validate(req: &CreateRequest) -> Result<(), CreateError> {
             "--cmdline must be one line of at most 4096 bytes".into(),
         ));
     }
-    for m in &req.media {
-        need_file("media", m)?;
+    for m in req.media.iter().chain(&req.usb_media) {
+        media::check(m)
+            .map_err(|e| CreateError::Invalid(format!("media {}", crate::supervisor::chain(&e))))?;
+    }
+    if req.kind == VmKind::Windows && req.media.len() > 1 {
+        return Err(CreateError::Invalid(
+            "a windows VM has one CD drive: give one CD medium (--media); attach driver media as a USB stick or after Setup".into(),
+        ));
+    }
+    if req.usb_media.len() > media::MAX_USB {
+        return Err(CreateError::Invalid(format!(
+            "at most {} USB sticks",
+            media::MAX_USB
+        )));
     }
     if let Some(g) = &req.guest {
         if req.kind == VmKind::Windows {
@@ -262,6 +276,58 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), CreateError> {
     }
 }
 
+/// The disk a Windows VM gets when none is asked for, and the one the
+/// installer's seeded `windows` VM names (created at its first start).
+pub const WINDOWS_DISK: &str = "disks/system.qcow2";
+/// Its size: 64 GiB, the least Windows 11 accepts; thin, so it takes only
+/// what the guest writes.
+pub const WINDOWS_DISK_BYTES: u64 = 64 << 30;
+
+/// A new empty thin qcow2 (0600).
+fn new_qcow2(path: &Path, bytes: u64) -> Result<(), CreateError> {
+    run(
+        Command::new(QEMU_IMG)
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(path)
+            .arg(bytes.to_string()),
+        "qemu-img create",
+    )?;
+    private_file(path)
+}
+
+/// Creates the missing disks of a Windows VM before its start: the
+/// installer seeds the `windows` VM naming [`WINDOWS_DISK`] without
+/// creating it, so the data volume holds no 64 GiB file nobody asked for.
+/// Only a qcow2 inside the VM's `disks/` is created, never anything an
+/// edited registry could point elsewhere. Returns the disks created.
+pub fn create_missing_disks(
+    def: &VmDefinition,
+    vm_dir: &Path,
+) -> Result<Vec<PathBuf>, CreateError> {
+    let mut made = Vec::new();
+    if def.kind != VmKind::Windows {
+        return Ok(made);
+    }
+    for d in &def.disks {
+        let inside = d.path.starts_with(vmdirs::DISKS)
+            && d.path.components().count() == 2
+            && d.path
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        let path = vm_dir.join(&d.path);
+        if !inside || d.format != DiskFormat::Qcow2 || fs::symlink_metadata(&path).is_ok() {
+            continue;
+        }
+        private_dir(vm_dir)?;
+        for sub in [vmdirs::DISKS, vmdirs::STATE, vmdirs::LOGS] {
+            private_dir(&vm_dir.join(sub))?;
+        }
+        new_qcow2(&path, WINDOWS_DISK_BYTES)?;
+        made.push(path);
+    }
+    Ok(made)
+}
+
 /// Creates `vm_dir` and everything in it, and returns the definition.
 /// `imports` are [`inspect_imports`]' results for the request; `progress`
 /// gets (source, percent) while an image is converted. On error the caller
@@ -316,6 +382,14 @@ pub fn build(
             }
         }
     }
+    if req.kind == VmKind::Windows && disks.is_empty() {
+        let rel = PathBuf::from(WINDOWS_DISK);
+        new_qcow2(&vm_dir.join(&rel), WINDOWS_DISK_BYTES)?;
+        disks.push(DiskSpec {
+            path: rel,
+            format: DiskFormat::Qcow2,
+        });
+    }
     let boot = match &req.kernel {
         Some(k) => {
             let dir = vm_dir.join("boot");
@@ -356,7 +430,12 @@ pub fn build(
         boot,
         tpm: req.kind == VmKind::Windows,
         media: req.media.clone(),
-        provisioned: req.media.is_empty(),
+        usb_media: req.usb_media.clone(),
+        // Windows always needs installing (media may come later, `vm
+        // media attach`); other kinds with no media are ready as they are.
+        provisioned: req.kind != VmKind::Windows
+            && req.media.is_empty()
+            && req.usb_media.is_empty(),
         guest: req.guest.clone(),
     })
 }
@@ -376,6 +455,7 @@ mod tests {
             initrd: None,
             cmdline: None,
             media: vec![],
+            usb_media: vec![],
             secure_boot: None,
             guest: None,
         }

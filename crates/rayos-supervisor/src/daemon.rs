@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rayos_base::marker::Marker;
+use rayos_base::marker::{AccelMarker, Marker};
 use rayos_base::sys::{self, SignalPipe};
 use rayos_vmm::Vmm;
 
@@ -115,6 +115,15 @@ pub fn run(opts: DaemonOptions, vmm: Arc<dyn Vmm>) -> Result<(), DaemonError> {
     cfg.cgroup_root = opts.cgroup_root.clone();
     cfg.shutdown_deadline = opts.shutdown_deadline;
     cfg.stop_timeout = opts.stop_timeout;
+    // Decided before anything can start a VM, and said once on the
+    // console (a probe, when there is /dev/kvm, takes a few seconds at most).
+    let accel = vmm.accelerator();
+    marker(&Marker::Accel(match accel.reason() {
+        None => AccelMarker::Kvm,
+        Some(r) => AccelMarker::Tcg {
+            reason: r.to_string(),
+        },
+    }));
     let sup = Supervisor::open(cfg, vmm)?;
     let listener = server::bind(&opts.socket)?;
     {

@@ -1,9 +1,9 @@
 //! Lifecycle events: numbered, fanned out to every `GET /v1/events`
 //! subscriber and logged to the daemon's stderr.
 //!
-//! Each subscriber has a bounded queue ([`QUEUE`] events); a subscriber that
+//! Each subscriber has a bounded queue (`QUEUE` events); a subscriber that
 //! falls that far behind is dropped (its stream ends) rather than letting
-//! the daemon's memory grow. The last [`HISTORY`] events are kept so a new
+//! the daemon's memory grow. The last `HISTORY` events are kept so a new
 //! subscriber can ask for what it missed (`?since=SEQ`).
 
 use std::collections::VecDeque;

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rayos_vmm::{
-    ExecOutcome, ExecSpec, GuestInfo, InputEvent, Launch, RunState, SaveReport, TpmState, VmHandle,
-    VmSpec, Vmm, VmmError,
+    AccelDecision, ExecOutcome, ExecSpec, GuestInfo, InputEvent, Launch, RunState, SaveReport,
+    TcgReason, TpmState, VmHandle, VmSpec, Vmm, VmmError,
 };
 use uuid::Uuid;
 
@@ -32,6 +32,8 @@ pub struct Proc {
     pub input: Vec<InputEvent>,
     /// Everything written to the console.
     pub console_in: Vec<u8>,
+    /// Media changes made while it ran, in order.
+    pub media_changes: Vec<rayos_vmm::qemu::media::Change>,
 }
 
 #[derive(Default)]
@@ -47,6 +49,8 @@ pub struct FakeVmm {
     pub agent_shutdowns: Arc<AtomicU32>,
     next_pid: AtomicU32,
     pub launches: Mutex<Vec<(String, Launch)>>,
+    /// What `accelerator` answers; `None`: TCG, firmware switched off.
+    pub accel: Mutex<Option<AccelDecision>>,
 }
 
 impl FakeVmm {
@@ -101,6 +105,14 @@ impl FakeVmm {
 }
 
 impl Vmm for FakeVmm {
+    fn accelerator(&self) -> AccelDecision {
+        self.accel
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or(AccelDecision::Tcg(TcgReason::FirmwareOff))
+    }
+
     fn fingerprint(&self, _vm: &VmSpec) -> Result<String, VmmError> {
         Ok(self.fingerprint.lock().unwrap().clone())
     }
@@ -140,6 +152,7 @@ impl Vmm for FakeVmm {
                 tpm: vm.def.tpm.then_some(true),
                 input: Vec::new(),
                 console_in: Vec::new(),
+                media_changes: Vec::new(),
             },
         );
         Ok(self.handle(vm, pid))
@@ -260,6 +273,16 @@ impl VmHandle for FakeHandle {
 
     fn wait_exit(&mut self, _timeout: Duration) -> Result<bool, VmmError> {
         Ok(!self.procs.lock().unwrap().contains_key(&self.id))
+    }
+
+    fn change_media(&mut self, change: &rayos_vmm::qemu::media::Change) -> Result<(), VmmError> {
+        let mut procs = self.procs.lock().unwrap();
+        let p = procs.get_mut(&self.id).ok_or_else(|| VmmError::Qmp {
+            vm: self.id.to_string(),
+            detail: "the device model is gone".into(),
+        })?;
+        p.media_changes.push(change.clone());
+        Ok(())
     }
 
     fn screenshot(&mut self, png: &Path) -> Result<(), VmmError> {

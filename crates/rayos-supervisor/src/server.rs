@@ -8,7 +8,7 @@
 //!
 //! `GET /v1/events` streams lifecycle events as chunked
 //! `application/x-ndjson` (one JSON object per line) until the client
-//! closes; a bare newline is sent every [`KEEPALIVE`] so dead clients are
+//! closes; a bare newline is sent every `KEEPALIVE` so dead clients are
 //! noticed.
 //!
 //! Connection limits ([`ServerLimits`]), so that no client can lock the
@@ -17,9 +17,9 @@
 //!   `request_deadline` of the connection being accepted, else 408;
 //! - at most `max_connections` connections are reading or being answered.
 //!   At the cap, a new connection sheds the *oldest connection still
-//!   reading its request* after [`IDLE_AFTER`] (it gets a 503 and is
+//!   reading its request* after `IDLE_AFTER` (it gets a 503 and is
 //!   closed); otherwise the new one's request is read and it waits up to
-//!   [`REFUSE_PATIENCE`] for a place, then gets a 503 — sent after its
+//!   `REFUSE_PATIENCE` for a place, then gets a 503 — sent after its
 //!   request was read, since a reply sent before that reaches the client
 //!   as a connection reset;
 //! - event streams are counted apart, at most `max_event_streams`; a new
@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use rayos_api::http::{self, HttpError, Limits, Request};
 use rayos_api::{
     ConsoleReply, ConsoleWriteRequest, CreateRequest, ErrorBody, ExecRequest, InputRequest,
-    StartRequest, StopRequest,
+    MediaRequest, StartRequest, StopRequest,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -534,6 +534,14 @@ fn route(sup: &Supervisor, req: &Request) -> Reply {
             },
             _ => not_allowed(),
         },
+        ["v1", "policy"] => match m {
+            "GET" => json(200, &sup.policy_reply()),
+            "PUT" => match parse_body::<rayos_api::PolicyRequest>(req, "policy (PolicyRequest)") {
+                Ok(p) => result(sup.set_policy(&p.toml)),
+                Err(r) => r,
+            },
+            _ => not_allowed(),
+        },
         ["v1", "vms"] => match m {
             "GET" => json(200, &sup.list()),
             "POST" => match parse_body::<CreateRequest>(req, "VM definition (CreateRequest)") {
@@ -584,6 +592,10 @@ fn route(sup: &Supervisor, req: &Request) -> Reply {
                 },
                 "stop" => match body::<StopRequest>(req, "stop request") {
                     Ok(s) => result(sup.stop(name, &s)),
+                    Err(r) => r,
+                },
+                "media" => match parse_body::<MediaRequest>(req, "media request") {
+                    Ok(s) => result(sup.media(name, &s)),
                     Err(r) => r,
                 },
                 "suspend" | "present" | "hide" | "provisioned" => {

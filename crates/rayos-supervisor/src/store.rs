@@ -148,7 +148,7 @@ pub fn load_policy(layout: &DataLayout) -> (Policy, Vec<String>) {
         Some(p) => (p, notes),
         None => {
             notes.push(format!(
-                "no usable policy at {}: running with the closed policy (nothing autostarts, no networking); write a valid policy and restart rayosd",
+                "no usable policy at {}: running with the closed policy (nothing autostarts, no networking); write a valid policy with `rayos policy edit` (rayosd uses it at once)",
                 path.display()
             ));
             (Policy::closed(), notes)
@@ -245,6 +245,7 @@ mod tests {
             boot: BootSpec::Uefi { secure_boot: false },
             tpm: false,
             media: vec![],
+            usb_media: vec![],
             provisioned: true,
             guest: None,
         }

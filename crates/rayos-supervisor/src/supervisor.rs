@@ -5,6 +5,7 @@
 //! - `report`: list, show, health, console, screenshot (nothing changes);
 //! - `define`: create, delete, provisioned (the operations that write the
 //!   registry);
+//! - `media`: attach and eject installation media (QMP, then the registry);
 //! - `start`: start and resume (saved-state handling, then launching),
 //!   re-attach and autostart when the daemon starts;
 //! - `stop`: suspend (save to disk) and stop;
@@ -14,6 +15,7 @@
 //! - `shutdown`: host shutdown (save or shut down every VM by a deadline);
 //! - `agent`: the agent bridge: injected input (routed like the
 //!   presenter's), console writes, programs run through the guest agent.
+//! - `policy`: reading and replacing the policy while rayosd runs.
 //!
 //! Concurrency: each VM has a `Slot` with two locks. `op` owns the device
 //! model handle and is held for the whole of a long operation (start, save,
@@ -34,7 +36,9 @@
 mod agent;
 mod define;
 mod error;
+mod media;
 mod monitor;
+mod policy;
 mod present;
 mod report;
 mod shutdown;
@@ -46,7 +50,7 @@ use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use rayos_api::{BootKind, VmState};
@@ -131,6 +135,8 @@ struct Status {
     tpm_died_for: Option<u32>,
     /// A stop because of a dead swtpm is under way.
     tpm_stopping: bool,
+    /// Unplugged sticks already reported as not ejectable while running.
+    unplug_noted: Vec<std::path::PathBuf>,
 }
 
 struct Slot {
@@ -162,6 +168,7 @@ impl Slot {
                 removed: false,
                 tpm_died_for: None,
                 tpm_stopping: false,
+                unplug_noted: Vec::new(),
             }),
             fingerprint: Mutex::new(None),
         }
@@ -177,7 +184,9 @@ pub struct Supervisor {
     cfg: Config,
     layout: DataLayout,
     vmm: Arc<dyn Vmm>,
-    policy: Policy,
+    /// Replaced as a whole by `PUT /v1/policy`; every decision reads it
+    /// afresh, so a change holds from the next decision on.
+    policy: RwLock<Policy>,
     registry: Mutex<RegistryStore>,
     slots: Mutex<BTreeMap<String, Arc<Slot>>>,
     presented: Mutex<Option<String>>,
@@ -236,7 +245,7 @@ impl Supervisor {
             cfg,
             layout,
             vmm,
-            policy,
+            policy: RwLock::new(policy),
             registry: Mutex::new(registry),
             slots: Mutex::new(slots),
             presented: Mutex::new(None),
@@ -250,8 +259,12 @@ impl Supervisor {
         Ok(sup)
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    /// The policy rayosd runs with now.
+    pub fn policy(&self) -> Policy {
+        self.policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn layout(&self) -> &DataLayout {
@@ -278,8 +291,12 @@ impl Supervisor {
         lock(&self.slots).values().cloned().collect()
     }
 
-    fn policy_for(&self, kind: VmKind) -> &SubsystemPolicy {
-        self.policy.for_kind(kind)
+    fn policy_for(&self, kind: VmKind) -> SubsystemPolicy {
+        self.policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .for_kind(kind)
+            .clone()
     }
 
     /// Running VMs whose policy enables the agent bridge's in-VM channel.

@@ -107,6 +107,7 @@ fn req(name: &str, kind: VmKind) -> CreateRequest {
         initrd: None,
         cmdline: None,
         media: vec![],
+        usb_media: vec![],
         secure_boot: None,
         guest: None,
     }
@@ -490,9 +491,128 @@ fn policy_limits_networking_and_enabled() {
 }
 
 #[test]
+fn set_policy_writes_atomically_and_applies_at_once() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.sup.create(&req("win", VmKind::Windows)).unwrap();
+    let path = f.dir.path().join("state/policy/rayos-policy.toml");
+    let before = fs::read_to_string(&path).unwrap();
+    assert_eq!(f.sup.start("win", false).unwrap_err().status(), 403);
+
+    // Invalid text: refused with its line, nothing written or swapped.
+    let e = f
+        .sup
+        .set_policy("version = 1\n[linux]\nautostrat = true\n")
+        .unwrap_err();
+    assert_eq!(e.status(), 400);
+    assert!(e.to_string().contains(":3:"), "{e}");
+    assert_eq!(fs::read_to_string(&path).unwrap(), before);
+
+    f.sup.start("lin", false).unwrap();
+    let mut p = f.sup.policy();
+    p.set("windows.enabled", "true").unwrap();
+    p.set("linux.networking", "on").unwrap();
+    p.set("linux.autostart", "true").unwrap();
+    let r = f.sup.set_policy(&p.to_toml()).unwrap();
+    let keys: Vec<_> = r.changes.iter().map(|c| (c.key.as_str(), c.when)).collect();
+    use rayos_state::Effect;
+    assert_eq!(
+        keys,
+        [
+            ("linux.autostart", Effect::NextBoot),
+            ("linux.networking", Effect::NextStart),
+            ("windows.enabled", Effect::Now),
+        ]
+    );
+    // The running Linux VM keeps its device model and is told so.
+    assert!(
+        r.notes.iter().any(|n| n.contains("VM lin is running")),
+        "{:?}",
+        r.notes
+    );
+    assert!(!f.vmm.proc(f.id("lin")).unwrap().network);
+    // Written with the previous generation kept, and used at once.
+    assert_eq!(fs::read_to_string(&path).unwrap(), p.to_toml());
+    assert_eq!(
+        fs::read_to_string(rayos_state::atomic::previous_path(&path)).unwrap(),
+        before
+    );
+    assert_eq!(f.sup.policy(), p);
+    f.sup.start("win", false).unwrap();
+    // Networking applies at the next cold start.
+    f.sup.stop("lin", &StopRequest::default()).unwrap();
+    f.sup.start("lin", true).unwrap();
+    assert!(f.vmm.proc(f.id("lin")).unwrap().network);
+    // A new daemon reads what was written.
+    let f = f.restart();
+    assert_eq!(f.sup.policy(), p);
+}
+
+#[test]
+fn policy_over_the_api() {
+    let a = api();
+    let f = &a.f;
+    let c = Client::new(&a.socket);
+    let got = c.policy().unwrap();
+    assert!(
+        got.settings
+            .contains(&("linux.autostart".into(), "false".into()))
+    );
+    let e = c.set_policy("version = 2\n").unwrap_err();
+    assert_eq!(e.status(), Some(400));
+    let mut p = f.sup.policy();
+    p.set("linux.present_on_boot", "true").unwrap();
+    let r = c.set_policy(&p.to_toml()).unwrap();
+    assert_eq!(r.changes.len(), 1);
+    assert_eq!(r.changes[0].key, "linux.present_on_boot");
+    assert_eq!(f.sup.policy(), p);
+}
+
+#[test]
+fn a_vm_whose_storage_partition_is_not_mounted_is_not_started() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    let dir = f.sup.layout().vm_dir(f.id("lin"));
+    // What the installer leaves on the data volume for a VM on its own
+    // partition; rayos init mounts the partition over it.
+    fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join(rayos_state::layout::vm::STORAGE_MARKER);
+    fs::write(
+        &marker,
+        rayos_state::layout::storage_marker_text("rayos-vm-linux"),
+    )
+    .unwrap();
+    let before: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let e = f.sup.start("lin", false).unwrap_err();
+    assert_eq!(e.status(), 409);
+    assert!(e.to_string().contains("rayos-vm-linux"), "{e}");
+    assert!(f.vmm.proc(f.id("lin")).is_none(), "no device model");
+    let after: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(before, after, "nothing is created in the VM's directory");
+    // Autostart skips it the same way, with a note.
+    let mut p = f.sup.policy();
+    p.set("linux.autostart", "true").unwrap();
+    f.sup.set_policy(&p.to_toml()).unwrap();
+    let failed = f.sup.autostart();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].1.contains("not mounted"), "{failed:?}");
+    // Once the partition is mounted (the marker hidden), it starts.
+    fs::remove_file(&marker).unwrap();
+    f.sup.start("lin", false).unwrap();
+}
+
+#[test]
 fn missing_policy_fails_closed() {
     let f = open_policy(None);
-    assert!(f.sup.policy() == &Policy::closed());
+    assert!(f.sup.policy() == Policy::closed());
     assert!(
         f.sup
             .health()
@@ -565,7 +685,25 @@ fn guest_shutdown_stops_and_ends_windows_provisioning() {
     let shown = f.sup.show("win").unwrap();
     assert_eq!(shown.state, VmState::Stopped, "a shutdown is not a crash");
     assert!(shown.provisioned, "first guest shutdown after install");
+    assert!(shown.media.is_empty(), "the media are ejected");
     assert!(f.vmm.proc(shown.id).is_none());
+}
+
+/// Installed from a USB stick (no CD): the first power-off ends
+/// provisioning too (it did not: only CD media were looked at).
+#[test]
+fn guest_shutdown_ends_provisioning_from_a_usb_stick() {
+    let f = open_policy(Some(windows_policy()));
+    let stick = f.dir.path().join("stick.img");
+    fs::write(&stick, b"stick").unwrap();
+    let mut w = req("win", VmKind::Windows);
+    w.usb_media = vec![stick];
+    f.sup.create(&w).unwrap();
+    f.sup.start("win", false).unwrap();
+    f.vmm.set_state(f.id("win"), RunState::Shutdown);
+    f.sup.monitor_once();
+    let shown = f.sup.show("win").unwrap();
+    assert!(shown.provisioned && shown.usb_media.is_empty(), "{shown:?}");
 }
 
 #[test]
@@ -1073,6 +1211,301 @@ fn api_busy_everywhere_answers_a_readable_503() {
     let (status, text) = stopper.join().unwrap();
     assert_eq!(status, 200, "{text}");
     assert_eq!(raw(&s, b"GET /v1/health HTTP/1.1\r\n\r\n").0, 200);
+}
+
+/// `GET /v1/health` and every VM object say which accelerator the backend
+/// chose and, under TCG, the backend's reason word for word.
+#[test]
+fn health_and_vms_report_the_accelerator() {
+    use rayos_api::AccelKind;
+    use rayos_vmm::{AccelDecision, TcgReason};
+    let f = open();
+    f.sup.create(&req("one", VmKind::Linux)).unwrap();
+    let reason = TcgReason::FirmwareOff.to_string();
+    let h = f.sup.health().accel.expect("health has accel");
+    assert_eq!(
+        (h.accel, h.reason.as_deref()),
+        (AccelKind::Tcg, Some(reason.as_str()))
+    );
+    let vm = f.sup.show("one").unwrap().accel.expect("vm has accel");
+    assert_eq!(vm, h);
+    *f.vmm.accel.lock().unwrap() = Some(AccelDecision::Kvm);
+    let h = f.sup.health().accel.unwrap();
+    assert_eq!((h.accel, h.reason), (AccelKind::Kvm, None));
+    assert_eq!(
+        f.sup.list()[0].accel.as_ref().unwrap().accel,
+        AccelKind::Kvm
+    );
+}
+
+fn windows_policy() -> Policy {
+    let mut p = Policy::default();
+    p.linux.autostart = false;
+    p.windows.enabled = true;
+    p
+}
+
+fn media_req(
+    action: rayos_api::MediaAction,
+    source: Option<&std::path::Path>,
+) -> rayos_api::MediaRequest {
+    rayos_api::MediaRequest {
+        action,
+        source: source.map(|s| s.to_path_buf()),
+        form: None,
+        copy: false,
+    }
+}
+
+/// An ISO 9660 image's first 34 KiB (enough for the form to be detected).
+fn iso_file(path: &std::path::Path) {
+    let mut b = vec![0u8; 17 * 2048];
+    b[16 * 2048..16 * 2048 + 6].copy_from_slice(b"\x01CD001");
+    fs::write(path, b).unwrap();
+}
+
+#[test]
+fn windows_vm_gets_its_default_disk_and_the_seeded_one_at_first_start() {
+    let f = open_policy(Some(windows_policy()));
+    let info = f.sup.create(&req("win", VmKind::Windows)).unwrap();
+    assert_eq!(info.disks.len(), 1, "{:?}", info.disks);
+    assert!(info.disks[0].ends_with("disks/system.qcow2"));
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&info.disks[0])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format"], "qcow2");
+    assert_eq!(v["virtual-size"], 64u64 << 30);
+    // The installer's seeded VM: the disk is named but not there; the
+    // first start creates it.
+    fs::remove_file(&info.disks[0]).unwrap();
+    let r = f.sup.start("win", false).unwrap();
+    assert!(r.message.contains("created its disk"), "{}", r.message);
+    assert!(info.disks[0].is_file());
+}
+
+#[test]
+fn media_attach_and_eject_follow_the_registry_and_the_running_vm() {
+    use rayos_api::MediaAction::{Attach, Eject};
+    use rayos_vmm::qemu::media::Change;
+    let f = open_policy(Some(windows_policy()));
+    let iso = f.dir.path().join("win.iso");
+    iso_file(&iso);
+    let stick = f.dir.path().join("stick.img");
+    fs::write(&stick, vec![0u8; 40 * 1024]).unwrap();
+    let drivers = f.dir.path().join("drivers.img");
+    fs::write(&drivers, vec![0u8; 40 * 1024]).unwrap();
+    f.sup.create(&req("win", VmKind::Windows)).unwrap();
+    assert!(
+        !f.sup.show("win").unwrap().provisioned,
+        "windows needs installing"
+    );
+
+    // Stopped: the registry only; the ISO is detected as a CD.
+    f.sup.media("win", &media_req(Attach, Some(&iso))).unwrap();
+    let v = f.sup.show("win").unwrap();
+    assert_eq!(v.media, vec![iso.clone()]);
+    // A second CD is refused: a Windows VM has one CD drive.
+    let iso2 = f.dir.path().join("other.iso");
+    iso_file(&iso2);
+    let e = f
+        .sup
+        .media("win", &media_req(Attach, Some(&iso2)))
+        .unwrap_err();
+    assert_eq!(e.status(), 400, "{e}");
+    assert!(e.to_string().contains("one CD drive"), "{e}");
+
+    // Running: through the device model, then the registry.
+    f.sup.start("win", false).unwrap();
+    f.sup
+        .media("win", &media_req(Attach, Some(&stick)))
+        .unwrap();
+    f.sup
+        .media("win", &media_req(Attach, Some(&drivers)))
+        .unwrap();
+    assert_eq!(
+        f.sup.show("win").unwrap().usb_media,
+        vec![stick.clone(), drivers.clone()]
+    );
+    // Not the first stick while a later one is plugged (ports stay fixed).
+    let e = f
+        .sup
+        .media("win", &media_req(Eject, Some(&stick)))
+        .unwrap_err();
+    assert_eq!(e.status(), 400, "{e}");
+    f.sup
+        .media("win", &media_req(Eject, Some(&drivers)))
+        .unwrap();
+    let p = f.vmm.proc(f.id("win")).unwrap();
+    assert_eq!(
+        p.media_changes,
+        vec![
+            Change::PlugUsb {
+                index: 0,
+                path: stick.clone()
+            },
+            Change::PlugUsb {
+                index: 1,
+                path: drivers.clone()
+            },
+            Change::UnplugUsb { index: 1 },
+        ]
+    );
+    // Persisted.
+    let f = f.restart();
+    let v = f.sup.show("win").unwrap();
+    assert_eq!(
+        (v.media.clone(), v.usb_media.clone()),
+        (vec![iso.clone()], vec![stick.clone()])
+    );
+
+    // A saved VM keeps its devices: no change until it runs again.
+    f.sup.suspend("win").unwrap();
+    let e = f.sup.media("win", &media_req(Eject, None)).unwrap_err();
+    assert!(e.to_string().contains("saved"), "{e}");
+    f.sup.start("win", false).unwrap();
+
+    // `provisioned` ejects everything at once.
+    let ev0 = f.events("win").len();
+    f.sup.provisioned("win").unwrap();
+    let v = f.sup.show("win").unwrap();
+    assert!(v.provisioned && v.media.is_empty() && v.usb_media.is_empty());
+    let p = f.vmm.proc(f.id("win")).unwrap();
+    assert_eq!(
+        p.media_changes,
+        vec![Change::EjectCd { index: 0 }, Change::UnplugUsb { index: 0 }],
+        "a new device model after the restore"
+    );
+    assert_eq!(
+        f.events("win")[ev0..],
+        [E::MediaEjected, E::MediaEjected, E::Provisioned]
+    );
+}
+
+#[test]
+fn media_of_a_running_linux_vm_wait_for_a_stop_and_bad_sources_are_refused() {
+    use rayos_api::MediaAction::Attach;
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    let iso = f.dir.path().join("x.iso");
+    iso_file(&iso);
+    f.sup.start("lin", false).unwrap();
+    let e = f
+        .sup
+        .media("lin", &media_req(Attach, Some(&iso)))
+        .unwrap_err();
+    assert!(e.to_string().contains("stopped"), "{e}");
+    assert!(f.sup.show("lin").unwrap().media.is_empty());
+    // Not a file or a device; a missing file.
+    let e = f
+        .sup
+        .media("lin", &media_req(Attach, Some(f.dir.path())))
+        .unwrap_err();
+    assert_eq!(e.status(), 400, "{e}");
+    let e = f
+        .sup
+        .media(
+            "lin",
+            &media_req(Attach, Some(&f.dir.path().join("gone.iso"))),
+        )
+        .unwrap_err();
+    assert_eq!(e.status(), 400, "{e}");
+}
+
+#[test]
+fn media_copy_lands_on_the_data_volume_and_goes_with_the_eject() {
+    use rayos_api::MediaAction::{Attach, Eject};
+    let f = open_policy(Some(windows_policy()));
+    f.sup.create(&req("win", VmKind::Windows)).unwrap();
+    let iso = f.dir.path().join("win.iso");
+    iso_file(&iso);
+    let mut r = media_req(Attach, Some(&iso));
+    r.copy = true;
+    f.sup.media("win", &r).unwrap();
+    let v = f.sup.show("win").unwrap();
+    let copy = v.media[0].clone();
+    assert!(copy.starts_with(&v.vm_dir), "{}", copy.display());
+    assert_eq!(fs::read(&copy).unwrap(), fs::read(&iso).unwrap());
+    assert_eq!(
+        fs::metadata(&copy).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(f.events("win").contains(&E::Copying));
+    f.sup.media("win", &media_req(Eject, None)).unwrap();
+    assert!(!copy.exists(), "RayOS's copy is deleted with the eject");
+    assert!(iso.exists(), "the person's file is not");
+}
+
+/// A stick unplugged while the VM uses it is ejected from the running VM
+/// and the registry, and the event says why.
+#[test]
+fn an_unplugged_stick_is_ejected_and_logged() {
+    let f = open_policy(Some(windows_policy()));
+    // A regular file under /dev stands for the stick's device node.
+    let stick = std::path::PathBuf::from(format!("/dev/rayos-test-stick-{}", std::process::id()));
+    fs::write(&stick, b"stick").unwrap();
+    let mut w = req("win", VmKind::Windows);
+    w.usb_media = vec![stick.clone()];
+    f.sup.create(&w).unwrap();
+    f.sup.start("win", false).unwrap();
+    f.sup.monitor_once();
+    assert_eq!(f.sup.show("win").unwrap().usb_media, vec![stick.clone()]);
+    fs::remove_file(&stick).unwrap();
+    f.sup.monitor_once();
+    let v = f.sup.show("win").unwrap();
+    assert!(v.usb_media.is_empty(), "{v:?}");
+    assert_eq!(v.state, VmState::Running);
+    assert_eq!(
+        f.vmm.proc(v.id).unwrap().media_changes,
+        vec![rayos_vmm::qemu::media::Change::UnplugUsb { index: 0 }]
+    );
+    let ev = f.sup.events.history();
+    assert!(
+        ev.iter()
+            .any(|e| e.event == E::MediaEjected && e.detail.contains("unplugged")),
+        "{ev:?}"
+    );
+}
+
+/// `POST /v1/vms/{name}/media` through the HTTP server and the client.
+#[test]
+fn api_media_endpoint_attaches_ejects_and_refuses_bad_bodies() {
+    let a = api();
+    let s = &a.socket;
+    a.f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    let iso = a.f.dir.path().join("x.iso");
+    iso_file(&iso);
+    // An empty body is not a request here; unknown fields and actions are
+    // refused.
+    assert_eq!(post(s, "/v1/vms/lin/media", "").0, 400);
+    assert_eq!(post(s, "/v1/vms/lin/media", r#"{"action":"burn"}"#).0, 400);
+    assert_eq!(
+        post(s, "/v1/vms/lin/media", r#"{"action":"eject","force":true}"#).0,
+        400
+    );
+    assert_eq!(
+        post(s, "/v1/vms/ghost/media", r#"{"action":"eject"}"#).0,
+        404
+    );
+    let c = Client::new(s);
+    let r = c
+        .media(
+            "lin",
+            &rayos_api::MediaRequest {
+                action: rayos_api::MediaAction::Attach,
+                source: Some(iso.clone()),
+                form: Some(rayos_api::MediaForm::Cdrom),
+                copy: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(r.vm.media, vec![iso.clone()]);
+    let (status, body) = post(s, "/v1/vms/lin/media", r#"{"action":"eject"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(c.show("lin").unwrap().media.is_empty());
+    drop(a.f);
 }
 
 // ----- agent bridge: input, console writes, exec -----

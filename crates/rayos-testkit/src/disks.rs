@@ -537,6 +537,41 @@ pub fn run(tool: &str, args: &[&str]) -> Result<String, DiskError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A loop device over an image file, detached when dropped (however the
+/// test ends). Needs root and the loop driver, as CI has.
+pub struct LoopDevice(String);
+
+impl LoopDevice {
+    /// `losetup --find --show` over `img`, with `extra` options such as
+    /// `--read-only` or `--sector-size 4096`. Panics with what is missing
+    /// when no loop device can be had: the test cannot run without one.
+    pub fn attach(img: &Path, extra: &[&str]) -> LoopDevice {
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .args(extra)
+            .arg(img)
+            .output()
+            .expect("running losetup failed (package util-linux)");
+        assert!(
+            out.status.success(),
+            "attaching a loop device failed (this test needs root and loop devices): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        LoopDevice(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The device path, `/dev/loopN`.
+    pub fn path(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

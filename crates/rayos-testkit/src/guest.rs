@@ -38,6 +38,14 @@
 //!   and prints `READ <dev> <hex of its first 16 bytes>` for each device
 //!   named (`READ <dev> missing` when it does not show up within 60 s), so
 //!   a test sees exactly which bytes the guest gets from a disk or medium.
+//! - `fetch URL` typed on its serial console (the net e2e types it through
+//!   `vm console linux`, docs/network.md): with a network device the guest
+//!   gets an address with busybox `udhcpc` (first time only), fetches URL
+//!   with busybox `wget` and prints `FETCH ok <sha256> <bytes>`, retrying
+//!   for about 3 minutes (`FETCH retry N: why`, then `FETCH failed: ...`);
+//!   with no network device it prints `FETCH failed: no network device`.
+//!   Only on request, so tests that merely give a guest a NIC send nothing
+//!   anywhere. A stand-in for a real distribution's network stack.
 //! - `console=tty0` (the Linux VM seeded by the installer): the guest's
 //!   display shows [`SCREEN_BANNER`] and, with `rayos.keys=1`, the `KEY`
 //!   lines, with the cursor, screen blanking and kernel messages off, so
@@ -65,6 +73,12 @@ pub const READY_MARKER: &str = "RAYOS_TEST_GUEST_READY";
 /// has `console=tty0`.
 pub const SCREEN_BANNER: &str = "RAYOS TEST GUEST: this is the Linux VM's display";
 
+/// What the net e2e has the guest fetch (`fetch URL` on its console): the
+/// e2e answers it on the outer host (QEMU `guestfwd` on the outer
+/// machine's network 10.0.3.0/24, reached through RayOS's link and both
+/// NATs).
+pub const NET_TEST_URL: &str = "http://10.0.3.100/rayos-net-test";
+
 /// Command line for direct kernel boot of [`LinuxGuest`].
 pub const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 rayos.agent=1";
 
@@ -73,16 +87,18 @@ const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 
 /// Modules the guest loads (with their dependencies from `modules.dep`):
 /// virtio-pci and virtio-console give the agent channel, virtio-input the
-/// tablet (absolute pointer), efivarfs the UEFI
-/// variables, button and evdev the ACPI power button. The serial port,
-/// tpm_crb and the EFI framebuffer are built into Debian's kernel.
-const MODULES: &[&str] = &[
+/// tablet (absolute pointer), efivarfs the UEFI variables, button and evdev
+/// the ACPI power button, virtio_net the NIC a VM with networking gets. The
+/// serial port, tpm_crb and the EFI framebuffer are built into Debian's
+/// kernel.
+pub const MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_console",
     "virtio_input",
     "efivarfs",
     "button",
     "evdev",
+    "virtio_net",
 ];
 
 /// Block drivers loaded only with `rayos.read=` (disks on virtio-blk,
@@ -395,6 +411,53 @@ readdevs() {{
 }}
 r=$(arg rayos.read)
 [ -n "$r" ] && readdevs "$r" &
+
+# `fetch URL` typed on the console: DHCP with udhcpc (once), then fetch
+# URL and print its SHA-256 (net e2e). Nothing is sent unless asked.
+netup=""
+fetch() {{
+  url="$1"
+  i=0
+  while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 40 ]; do sleep 0.25; i=$((i + 1)); done
+  if [ ! -e /sys/class/net/eth0 ]; then echo "FETCH failed: no network device"; return; fi
+  if [ -z "$netup" ]; then
+    mkdir -p /etc
+    printf '%s\n' '#!/bin/busybox sh' \
+      'case "$1" in bound|renew)' \
+      '  ip addr flush dev $interface; ip addr add $ip/${{mask:-24}} dev $interface' \
+      '  for r in $router; do ip route add default via $r dev $interface; break; done' \
+      '  for d in $dns; do echo "nameserver $d"; done > /etc/resolv.conf;;' \
+      'esac' > /tmp/udhcpc.sh
+    chmod +x /tmp/udhcpc.sh
+    ip link set lo up
+    ip link set eth0 up
+  fi
+  n=0
+  while [ $n -lt 60 ]; do
+    n=$((n + 1))
+    if [ -z "$netup" ]; then
+      if ! udhcpc -i eth0 -n -q -t 3 -s /tmp/udhcpc.sh >/dev/null 2>&1; then
+        echo "FETCH retry $n: no DHCP lease"; sleep 2; continue
+      fi
+      netup=1
+    fi
+    # (busybox-static 1.35's wget crashes with -T: timeout(1) bounds it.)
+    if timeout 30 wget -q -O /tmp/fetched "$url" 2>/tmp/wget.err; then
+      echo "FETCH ok $(sha256sum /tmp/fetched | cut -d' ' -f1) $(wc -c < /tmp/fetched) bytes"
+      return
+    fi
+    echo "FETCH retry $n: $(cat /tmp/wget.err)"
+    sleep 3
+  done
+  echo "FETCH failed: gave up after $n tries"
+}}
+# A background job's stdin is /dev/null: read the console explicitly.
+commands() {{
+  while read -r cmd arg; do
+    case "$cmd" in fetch) fetch "$arg";; esac
+  done
+}}
+commands </dev/console &
 
 n=0
 while :; do
@@ -858,6 +921,23 @@ pub fn wait_counter_above(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn init_script_is_valid_busybox_shell() {
+        let script = init_script_with(&["a.ko".into()], &["b.ko".into()]);
+        let o = Command::new(BUSYBOX)
+            .args(["sh", "-n", "-c"])
+            .arg(&script)
+            .output()
+            .expect("busybox-static (scripts/install-deps.sh)");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // The udhcpc script the guest writes is itself valid.
+        let start = script.find("printf '%s\\n' '#!/bin/busybox sh'").unwrap();
+        assert!(script[start..].contains("${mask:-24}"));
+        // Nothing is fetched unless asked on the console.
+        assert!(!script.contains(NET_TEST_URL));
+        assert!(script.contains("commands </dev/console &"));
+    }
 
     #[test]
     fn module_order_puts_dependencies_first() {

@@ -5,7 +5,7 @@
 //! - [`keys`]: key files, the keys a build trusts, signing;
 //! - [`entries`]: `rayos-<version>[+N-M].efi` on the system partition and
 //!   systemd-boot 252's ordering and default choice;
-//! - [`apply`]: installing a bundle beside the running version (power-cut
+//! - [`mod@apply`]: installing a bundle beside the running version (power-cut
 //!   safe, nothing written before every check passed);
 //! - [`rollback`]: going back by hand, and detecting at boot that
 //!   systemd-boot went back;

@@ -22,7 +22,10 @@ use std::time::Duration;
 use rayos_state::VmDefinition;
 use serde::{Deserialize, Serialize};
 
-pub use qemu::{Accel, QemuConfig, QemuHandle, QemuVmm};
+pub use qemu::{
+    Accel, AccelDecision, AccelInputs, CpuVirt, ModuleState, QemuConfig, QemuHandle, QemuVmm,
+    TcgReason, running_accel,
+};
 
 /// Everything a backend needs to run one VM: its definition, where its
 /// persistent files live, where its sockets go, and what policy allows.
@@ -276,6 +279,11 @@ pub trait Vmm: Send + Sync {
     /// [`VmHandle`]: the agent has its own socket, so a long command does
     /// not hold up the VM's other operations.
     fn guest_exec(&self, vm: &VmSpec, spec: &ExecSpec) -> Result<Option<ExecOutcome>, VmmError>;
+
+    /// The accelerator device models run with and, for TCG, why. Decided
+    /// once per process (the first call may run the KVM probe, a few
+    /// seconds at most).
+    fn accelerator(&self) -> AccelDecision;
 }
 
 /// Control of one running device model.
@@ -329,6 +337,11 @@ pub trait VmHandle: Send {
 
     /// Writes `bytes` to the guest's serial console.
     fn console_write(&mut self, bytes: &[u8]) -> Result<(), VmmError>;
+
+    /// Attaches or ejects a medium while the VM runs (QMP); the media
+    /// lists of the VM's definition must already say the same, so the
+    /// command line of the next launch (and a restore) has the same devices.
+    fn change_media(&mut self, change: &qemu::media::Change) -> Result<(), VmmError>;
 
     /// The VNC unix socket the presenter connects to.
     fn vnc_socket(&self) -> PathBuf;

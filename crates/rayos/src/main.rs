@@ -27,6 +27,9 @@ struct Cli {
 enum Command {
     /// List disks and what they hold.
     Disks(cmd::disks::Args),
+    /// Installation media for VMs: sticks, their filesystems and image
+    /// files (mounted read-only).
+    Media(cmd::media::Args),
     /// Plan and perform an install of RayOS onto a disk.
     Install(cmd::install::Args),
     /// The full-screen installer with a partition manager.
@@ -55,6 +58,11 @@ enum Command {
     Update(cmd::update::Args),
     /// The recovery menu: logs, policy, boot repair, reinstall, factory reset.
     Recovery(cmd::recovery::Args),
+    /// RayOS's wired-network service (PID 1 starts it).
+    #[command(hide = true)]
+    Net(cmd::net::Args),
+    /// Show or change the policy (checked, saved atomically, applied by rayosd).
+    Policy(cmd::policy::Args),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +83,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Disks(a) => cmd::disks::run(a),
+        Command::Media(a) => cmd::media::run(a),
         Command::Install(a) => cmd::install::run(a),
         Command::Wizard(a) => cmd::wizard::run(a),
         Command::Daemon(a) => cmd::daemon::run(a),
@@ -89,6 +98,8 @@ fn main() -> ExitCode {
         Command::Reboot(a) => cmd::shutdown::run_reboot(a),
         Command::Update(a) => cmd::update::run(a),
         Command::Recovery(a) => cmd::recovery::run(a),
+        Command::Policy(a) => cmd::policy::run(a),
+        Command::Net(a) => cmd::net::run(a),
     };
     finish(result)
 }

@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 
 use rayos_disk::gpt::{Gpt, Partition};
 use rayos_disk::types;
+use rayos_testkit::disks::LoopDevice;
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -294,15 +295,6 @@ fn a_missing_path_is_exit_code_2_with_its_name() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// A loop device, detached on drop.
-struct Loop(String);
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
 #[test]
 fn a_real_block_device_through_sysfs() {
     // A loop device with 4096-byte logical sectors is a real block device
@@ -330,22 +322,12 @@ fn a_real_block_device_through_sysfs() {
     g.write(&mut f).unwrap();
     f.sync_all().unwrap();
     drop(f);
-    let out = Command::new("losetup")
-        .args(["--find", "--show", "--read-only", "--sector-size", "4096"])
-        .arg(&img)
-        .output()
-        .expect("running losetup failed (package util-linux)");
-    assert!(
-        out.status.success(),
-        "attaching a loop device failed (this test needs root and loop devices): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lo = Loop(String::from_utf8(out.stdout).unwrap().trim().to_string());
-    let name = lo.0.trim_start_matches("/dev/").to_string();
+    let lo = LoopDevice::attach(&img, &["--read-only", "--sector-size", "4096"]);
+    let name = lo.path().trim_start_matches("/dev/").to_string();
 
-    let v = json(&["disks", "--json", "--disk", &lo.0]);
+    let v = json(&["disks", "--json", "--disk", lo.path()]);
     let d = &v["disks"][0];
-    assert_eq!(d["path"], lo.0.as_str());
+    assert_eq!(d["path"], lo.path());
     assert_eq!(d["kind"], "block-device");
     assert_eq!(d["size_bytes"], 128 * MIB);
     assert_eq!(d["logical_sector_size"], 4096);
@@ -362,11 +344,11 @@ fn a_real_block_device_through_sysfs() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|d| d["path"] == lo.0.as_str() && d["logical_sector_size"] == 4096),
+            .any(|d| d["path"] == lo.path() && d["logical_sector_size"] == 4096),
         "{lo:?} missing from the listing",
-        lo = lo.0
+        lo = lo.path()
     );
     let i = &json(&["disks", "--json", "--disk", img.to_str().unwrap()])["disks"][0];
     assert_eq!(i["in_use"][0]["reason"], "loop-backing");
-    assert_eq!(i["in_use"][0]["loop_device"], lo.0.as_str());
+    assert_eq!(i["in_use"][0]["loop_device"], lo.path());
 }

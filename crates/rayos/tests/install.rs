@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use rayos_testkit::disks::{self, DiskBuilder, DiskImage, fingerprint, run};
+use rayos_testkit::disks::{self, DiskBuilder, DiskImage, LoopDevice, fingerprint, run};
 
 const GIB: u64 = 1 << 30;
 
@@ -697,31 +697,13 @@ fn killed_after_any_step_rerun_finishes() {
     }
 }
 
-/// Detaches a loop device when the test ends, however it ends.
-struct Loop(String);
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
 /// The block-device path (O_EXCL open, `mkfs.fat -I`, BLKRRPART) on a loop
 /// device; and the image file behind it counts as in use.
 #[test]
 fn installs_onto_a_block_device_and_refuses_its_busy_backing_file() {
     let t = T::new();
     let img = blank(&t, "loop.img", 6 * GIB);
-    let out = Command::new("losetup")
-        .args(["-f", "--show", img.to_str().unwrap()])
-        .output()
-        .expect("cannot run losetup (util-linux)");
-    assert!(
-        out.status.success(),
-        "loop devices are needed for this test (run as root with the loop driver): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dev = Loop(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    let dev = LoopDevice::attach(&img, &[]);
     let answers = t.file(
         "answers.toml",
         &ISSUE_EXAMPLE.replace("mode = \"free-space\"", "mode = \"whole-disk\""),
@@ -730,10 +712,15 @@ fn installs_onto_a_block_device_and_refuses_its_busy_backing_file() {
     let fp = fingerprint(&img).unwrap();
     let o = t.install(&img, &answers, &["--yes"], &[]);
     assert_refused(&o, 2, "in use");
-    assert!(stderr(&o).contains(&dev.0), "{}", stderr(&o));
+    assert!(stderr(&o).contains(dev.path()), "{}", stderr(&o));
     assert_eq!(fingerprint(&img).unwrap(), fp);
 
-    let o = t.install(Path::new(&dev.0), &answers, &["--yes", "--no-nvram"], &[]);
+    let o = t.install(
+        Path::new(&dev.path()),
+        &answers,
+        &["--yes", "--no-nvram"],
+        &[],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     drop(dev);
     check_complete(&img, None);

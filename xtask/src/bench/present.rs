@@ -162,6 +162,7 @@ fn bench(args: &Args, reps: usize, rayos: &Path, root: &Path) -> anyhow::Result<
         initrd: Some(g.initrd.clone()),
         cmdline: Some(format!("{} rayos.keys=1", g.cmdline)),
         media: vec![],
+        usb_media: vec![],
         secure_boot: None,
         guest: None,
     })?;

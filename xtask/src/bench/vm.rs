@@ -167,6 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             },
             tpm: false,
             media: vec![],
+            usb_media: vec![],
             provisioned: true,
             guest: None,
         },

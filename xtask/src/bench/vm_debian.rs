@@ -155,6 +155,7 @@ pub fn run(a: &DebianArgs) -> anyhow::Result<()> {
             boot: BootSpec::Uefi { secure_boot: false },
             tpm: false,
             media: vec![],
+            usb_media: vec![],
             provisioned: true,
             guest: Some(GuestConfig {
                 user: USER.into(),

@@ -74,33 +74,32 @@ pub fn find_data(st: &mut State, p: &mut dyn Platform) -> StepResult {
     }
 }
 
-/// `e2fsck -p`: status 0, 1 (fixed) or 2 (fixed, reboot wanted) are fine;
-/// anything else is a fault and the volume is mounted read-only.
-pub fn check_data(st: &mut State, p: &mut dyn Platform) -> StepResult {
-    let Some(dev) = st.install.as_ref().map(|i| i.data.clone()) else {
-        return StepResult::Skip("no data volume".into());
-    };
+/// What `e2fsck -p` said about a volume.
+enum Fsck {
+    Clean,
+    /// Status 1 or 2: fixed.
+    Repaired(i32),
+    /// No e2fsck in the image, or it could not run: why.
+    Unchecked(String),
+    /// Anything else: the status and its last line.
+    Failed(i32, String),
+}
+
+/// `e2fsck -p DEV`: status 0, 1 (fixed) or 2 (fixed, reboot wanted) are
+/// fine; its output goes to the log.
+fn e2fsck(p: &mut dyn Platform, dev: &Path) -> Fsck {
     let Some(e2fsck) = E2FSCK
         .into_iter()
         .map(Path::new)
         .find(|e| p.path(e).is_file())
     else {
-        st.data_ok = true;
-        return StepResult::Warn(
-            "e2fsck is not in this image: mounting the data volume unchecked".into(),
-        );
+        return Fsck::Unchecked("e2fsck is not in this image".into());
     };
     // -p: fix what is safe without questions. Exit status bits: 1 fixed,
     // 2 fixed and reboot wanted, 4 left uncorrected, 8 operational error.
     let out = match p.run(e2fsck, &["-p".into(), dev.display().to_string()]) {
         Ok(o) => o,
-        Err(e) => {
-            st.data_ok = true;
-            return StepResult::Warn(format!(
-                "cannot run {}: {e}: mounting unchecked",
-                e2fsck.display()
-            ));
-        }
+        Err(e) => return Fsck::Unchecked(format!("cannot run {}: {e}", e2fsck.display())),
     };
     let code = out.status.code().unwrap_or(8);
     let text =
@@ -108,25 +107,170 @@ pub fn check_data(st: &mut State, p: &mut dyn Platform) -> StepResult {
     for l in text.lines().filter(|l| !l.trim().is_empty()) {
         log::detail(format!("e2fsck: {l}"));
     }
-    if code & !3 == 0 {
-        st.data_ok = true;
-        return if code == 0 {
-            StepResult::Ok(format!("{} is clean", dev.display()))
-        } else {
-            StepResult::Warn(format!("e2fsck repaired {} (status {code})", dev.display()))
-        };
+    match code {
+        0 => Fsck::Clean,
+        c if c & !3 == 0 => Fsck::Repaired(c),
+        c => Fsck::Failed(
+            c,
+            text.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .to_string(),
+        ),
     }
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
-    st.fault(format!(
-        "the data volume {} failed its check (e2fsck status {code}: {last}). It is mounted read-only and no VM \
-         is started, so nothing on it changes. Boot the recovery entry to repair it.",
-        dev.display()
-    ));
-    StepResult::Fail(format!("e2fsck status {code}"))
+}
+
+/// `e2fsck -p`: status 0, 1 (fixed) or 2 (fixed, reboot wanted) are fine;
+/// anything else is a fault and the volume is mounted read-only.
+pub fn check_data(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    let Some(dev) = st.install.as_ref().map(|i| i.data.clone()) else {
+        return StepResult::Skip("no data volume".into());
+    };
+    match e2fsck(p, &dev) {
+        Fsck::Clean => {
+            st.data_ok = true;
+            StepResult::Ok(format!("{} is clean", dev.display()))
+        }
+        Fsck::Repaired(code) => {
+            st.data_ok = true;
+            StepResult::Warn(format!("e2fsck repaired {} (status {code})", dev.display()))
+        }
+        Fsck::Unchecked(why) => {
+            st.data_ok = true;
+            StepResult::Warn(format!("{why}: mounting the data volume unchecked"))
+        }
+        Fsck::Failed(code, last) => {
+            st.fault(format!(
+                "the data volume {} failed its check (e2fsck status {code}: {last}). It is mounted read-only and no VM \
+                 is started, so nothing on it changes. Boot the recovery entry to repair it.",
+                dev.display()
+            ));
+            StepResult::Fail(format!("e2fsck status {code}"))
+        }
+    }
+}
+
+/// Dedicated VM-storage partitions (docs/init.md): a VM whose directory on
+/// the data volume holds [`rayos_state::layout::vm::STORAGE_MARKER`] keeps
+/// its files on the partition of type RayOS VM storage with the label the
+/// marker names, on the install's disk. It is checked like the data volume
+/// and mounted over that directory (hiding the marker). A partition that
+/// is missing, fails its check or does not mount is a fault, and it stays
+/// unmounted: rayosd then refuses to start that VM (it sees the marker), so
+/// the VM's files are never recreated on the data volume.
+pub fn vm_storage(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    use rayos_state::layout::{storage_marker_label, vm::STORAGE_MARKER};
+    if !st.data_writable() {
+        return StepResult::Skip("no writable, checked data volume".into());
+    }
+    let vm_root = Path::new(paths::DATA).join("vm");
+    let mut wanted: Vec<(std::path::PathBuf, String)> = Vec::new();
+    let mut entries: Vec<_> = fs::read_dir(p.path(&vm_root))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let marker = e.path().join(STORAGE_MARKER);
+        let Ok(text) = fs::read_to_string(&marker) else {
+            continue;
+        };
+        let target = vm_root.join(e.file_name());
+        match storage_marker_label(&text) {
+            Some(label) => wanted.push((target, label)),
+            None => st.fault(format!(
+                "{} does not name a VM-storage partition (`label = \"...\"`): that VM is not started",
+                target.join(STORAGE_MARKER).display()
+            )),
+        }
+    }
+    if wanted.is_empty() {
+        return StepResult::Skip("no dedicated VM-storage partition".into());
+    }
+    let disk = st.install.as_ref().map(|i| i.disk.clone());
+    let disks = list_disks(p);
+    let mut done = Vec::new();
+    let mut failed = 0;
+    for (target, label) in wanted {
+        let dev = disks
+            .iter()
+            .filter(|d| Some(&d.path) == disk.as_ref())
+            .flat_map(|d| &d.partitions)
+            .find(|x| {
+                x.type_guid == Some(rayos_disk::types::RAYOS_VM_STORAGE) && x.has_label(&label)
+            })
+            .and_then(|x| x.device.clone());
+        let Some(dev) = dev else {
+            failed += 1;
+            st.fault(format!(
+                "the VM-storage partition {label} (for {}) is missing from {}: that VM is not started and its \
+                 files are not recreated on the data volume. Reconnect the disk that holds it, or boot the \
+                 recovery entry.",
+                target.display(),
+                disk.as_ref().map_or("the install's disk".into(), |d| d.display().to_string())
+            ));
+            continue;
+        };
+        match e2fsck(p, &dev) {
+            Fsck::Failed(code, last) => {
+                failed += 1;
+                st.fault(format!(
+                    "the VM-storage partition {label} ({}) failed its check (e2fsck status {code}: {last}): it is \
+                     not mounted and that VM is not started. Boot the recovery entry to repair it.",
+                    dev.display()
+                ));
+                continue;
+            }
+            Fsck::Unchecked(why) => {
+                log::warn(format!("{}: {why}: mounting it unchecked", dev.display()))
+            }
+            Fsck::Repaired(code) => {
+                log::info(format!("e2fsck repaired {} (status {code})", dev.display()))
+            }
+            Fsck::Clean => {}
+        }
+        let source = dev.to_string_lossy();
+        let m = Mount {
+            source: &source,
+            target: &target,
+            fstype: "ext4",
+            flags: MountFlags::NOSUID | MountFlags::NODEV,
+            data: "",
+        };
+        match p.mount(m) {
+            Ok(()) => {
+                st.vm_storage_mounts.push(target.clone());
+                done.push(format!(
+                    "{label} ({}) on {}",
+                    dev.display(),
+                    target.display()
+                ));
+            }
+            Err(e) => {
+                failed += 1;
+                st.fault(format!(
+                    "cannot mount the VM-storage partition {label} ({}) on {} ({}): that VM is not started",
+                    dev.display(),
+                    target.display(),
+                    chain(&e)
+                ));
+            }
+        }
+    }
+    if failed > 0 {
+        StepResult::Fail(format!(
+            "{failed} VM-storage partition(s) not mounted{}",
+            if done.is_empty() {
+                String::new()
+            } else {
+                format!("; mounted {}", done.join(", "))
+            }
+        ))
+    } else {
+        StepResult::Ok(done.join(", "))
+    }
 }
 
 /// ext4 at `/var/rayos`: read-write after a good check, else read-only
@@ -305,21 +449,63 @@ pub fn machine(st: &mut State, p: &mut dyn Platform) -> StepResult {
     let _ = fs::write(etc.join("hostname"), format!("{}\n", m.hostname));
     let _ = fs::write(etc.join("timezone"), format!("{}\n", m.timezone));
     let zone = Path::new("/usr/share/zoneinfo").join(&m.timezone);
-    if p.path(&zone).is_file() {
+    let zone_note = if p.path(&zone).is_file() {
         let _ = fs::remove_file(etc.join("localtime"));
         let _ = std::os::unix::fs::symlink(&zone, etc.join("localtime"));
-    }
+        ""
+    } else {
+        // The image carries every zone of tzdata; a name it lacks is a
+        // typo in machine.toml (or a zone newer than this image).
+        let _ = fs::remove_file(etc.join("localtime"));
+        " (not in this image's zone data: local time is UTC)"
+    };
     p.set_timezone(&m.timezone);
+    st.keyboard = Some(m.keyboard.clone());
     let gen_note = match generation {
         rayos_state::Generation::Current => "",
         rayos_state::Generation::Previous => {
             " (from the previous generation: the current one was incomplete)"
         }
     };
-    StepResult::Ok(format!(
-        "hostname {}, timezone {}{gen_note}",
+    let msg = format!(
+        "hostname {}, timezone {}{zone_note}{gen_note}",
         m.hostname, m.timezone
-    ))
+    );
+    if zone_note.is_empty() {
+        StepResult::Ok(msg)
+    } else {
+        StepResult::Warn(msg)
+    }
+}
+
+/// The keyboard layout of `machine.toml` on the virtual consoles (the
+/// `rayos>` prompt on tty1), from the keymaps compiled into the image
+/// ([`crate::keymap`]). US is the kernel's own map.
+pub fn keyboard(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    let Some(layout) = st.keyboard.clone() else {
+        return StepResult::Skip("no machine.toml: US layout".into());
+    };
+    if layout == "us" {
+        return StepResult::Ok("us (the kernel's own map)".into());
+    }
+    let Some(file) = crate::keymap::file_of(&layout) else {
+        let offered: Vec<&str> = crate::keymap::LAYOUTS.iter().map(|(l, _)| *l).collect();
+        return StepResult::Warn(format!(
+            "keyboard {layout:?} has no console keymap in this image ({}): the console uses the US layout",
+            offered.join(", ")
+        ));
+    };
+    let entries = match fs::read(p.path(&file))
+        .map_err(|e| format!("{}: {e}", file.display()))
+        .and_then(|b| crate::keymap::parse(&b).map_err(|e| format!("{}: {e}", file.display())))
+    {
+        Ok(e) => e,
+        Err(e) => return StepResult::Warn(format!("{e}: the console uses the US layout")),
+    };
+    match p.load_keymap(&entries) {
+        Ok(()) => StepResult::Ok(format!("{layout} on the consoles")),
+        Err(e) => StepResult::Warn(format!("cannot load the {layout} keymap ({e}): US layout")),
+    }
 }
 
 /// Parses the policy to show a problem on the console; rayosd fails closed
@@ -502,6 +688,10 @@ mod tests {
             matches!(data_mount(&p), Call::Mount { read_only: false, ref data, .. } if data.is_empty())
         );
         assert!(matches!(
+            services::network(&mut st, &mut p),
+            StepResult::Ok(_)
+        ));
+        assert!(matches!(
             services::rayosd(&mut st, &mut p),
             StepResult::Ok(_)
         ));
@@ -513,9 +703,183 @@ mod tests {
         assert_eq!(
             started,
             vec![
+                Call::Start("network".into()),
                 Call::Start("rayosd".into()),
                 Call::Start("presenter".into())
             ]
+        );
+    }
+
+    /// A mounted, checked data volume whose Linux VM lives on a
+    /// VM-storage partition (vda5 when `present`).
+    fn with_vm_storage(present: bool) -> (State, Fake) {
+        let (mut st, mut p) = installed(0, "");
+        let marker = rayos_state::layout::storage_marker_text("rayos-vm-linux");
+        let m = format!("vm/1111/{}", rayos_state::layout::vm::STORAGE_MARKER);
+        p.volume("/dev/vda3", &[(m.as_str(), marker.as_str())]);
+        p.volume("/dev/vda5", &[("disks/root.qcow2", "the VM's disk")]);
+        let mut parts = vec![(rayos_disk::types::RAYOS_DATA, "rayos-data", "/dev/vda3")];
+        if present {
+            parts.push((
+                rayos_disk::types::RAYOS_VM_STORAGE,
+                "rayos-vm-linux",
+                "/dev/vda5",
+            ));
+        }
+        // Another disk's partition of the same label is never used.
+        p.partitioned_disk("/dev/vda", &parts);
+        p.partitioned_disk(
+            "/dev/vdb",
+            &[(
+                rayos_disk::types::RAYOS_VM_STORAGE,
+                "rayos-vm-linux",
+                "/dev/vdb1",
+            )],
+        );
+        assert!(matches!(check_data(&mut st, &mut p), StepResult::Ok(_)));
+        assert!(matches!(mount_data(&mut st, &mut p), StepResult::Ok(_)));
+        p.calls.clear();
+        (st, p)
+    }
+
+    #[test]
+    fn a_vm_storage_partition_is_checked_and_mounted_over_its_marker() {
+        let (mut st, mut p) = with_vm_storage(true);
+        let r = vm_storage(&mut st, &mut p);
+        assert!(
+            matches!(r, StepResult::Ok(ref m) if m.contains("rayos-vm-linux (/dev/vda5)")),
+            "{r:?}"
+        );
+        let target = Path::new(paths::DATA).join("vm/1111");
+        assert_eq!(
+            p.calls,
+            vec![
+                Call::Run(
+                    "/usr/sbin/e2fsck".into(),
+                    vec!["-p".into(), "/dev/vda5".into()]
+                ),
+                Call::Mount {
+                    source: "/dev/vda5".into(),
+                    target: target.clone(),
+                    fstype: "ext4".into(),
+                    read_only: false,
+                    data: String::new(),
+                },
+            ]
+        );
+        // The VM's directory is now the partition: its files, no marker.
+        assert!(p.path(&target.join("disks/root.qcow2")).is_file());
+        assert!(
+            !p.path(&target.join(rayos_state::layout::vm::STORAGE_MARKER))
+                .exists()
+        );
+        assert_eq!(st.vm_storage_mounts, vec![target]);
+        assert!(st.status.faults.is_empty());
+    }
+
+    #[test]
+    fn a_missing_vm_storage_partition_is_a_fault_and_nothing_is_mounted() {
+        let (mut st, mut p) = with_vm_storage(false);
+        let r = vm_storage(&mut st, &mut p);
+        assert!(matches!(r, StepResult::Fail(_)), "{r:?}");
+        assert!(p.calls.is_empty(), "{:?}", p.calls);
+        assert!(
+            st.status.faults[0].contains("rayos-vm-linux")
+                && st.status.faults[0].contains("missing from /dev/vda")
+                && st.status.faults[0].contains("not started"),
+            "{:?}",
+            st.status.faults
+        );
+        // The marker stays visible, so rayosd refuses the VM.
+        let marker = Path::new(paths::DATA)
+            .join("vm/1111")
+            .join(rayos_state::layout::vm::STORAGE_MARKER);
+        assert!(p.path(&marker).is_file());
+        assert!(st.vm_storage_mounts.is_empty());
+    }
+
+    #[test]
+    fn a_vm_storage_partition_that_fails_its_check_is_not_mounted() {
+        let (mut st, mut p) = with_vm_storage(true);
+        p.runs_on.insert(
+            "/dev/vda5".into(),
+            (4, "/dev/vda5: UNEXPECTED INCONSISTENCY".into()),
+        );
+        let r = vm_storage(&mut st, &mut p);
+        assert!(matches!(r, StepResult::Fail(_)), "{r:?}");
+        assert!(!p.calls.iter().any(|c| matches!(c, Call::Mount { .. })));
+        assert!(
+            st.status.faults[0].contains("failed its check (e2fsck status 4"),
+            "{:?}",
+            st.status.faults
+        );
+    }
+
+    #[test]
+    fn no_marker_no_vm_storage_step() {
+        let (mut st, mut p) = installed(0, "");
+        assert!(matches!(check_data(&mut st, &mut p), StepResult::Ok(_)));
+        assert!(matches!(mount_data(&mut st, &mut p), StepResult::Ok(_)));
+        assert!(matches!(vm_storage(&mut st, &mut p), StepResult::Skip(_)));
+    }
+
+    #[test]
+    fn the_timezone_becomes_etc_localtime_when_the_image_has_the_zone() {
+        let (mut st, mut p) = installed(0, "");
+        let m = rayos_state::MachineConfig::new("box", "Europe/Berlin", "de_DE.UTF-8", "de");
+        p.volume("/dev/vda3", &[("machine.toml", m.to_toml().as_str())]);
+        let zone = p.at("/usr/share/zoneinfo/Europe/Berlin");
+        fs::create_dir_all(zone.parent().unwrap()).unwrap();
+        fs::write(&zone, "TZif").unwrap();
+        assert!(matches!(check_data(&mut st, &mut p), StepResult::Ok(_)));
+        assert!(matches!(mount_data(&mut st, &mut p), StepResult::Ok(_)));
+        assert!(matches!(machine(&mut st, &mut p), StepResult::Ok(_)));
+        let link = fs::read_link(p.at("/etc/localtime")).unwrap();
+        assert_eq!(link, Path::new("/usr/share/zoneinfo/Europe/Berlin"));
+        assert_eq!(
+            fs::read_to_string(p.at("/etc/timezone")).unwrap(),
+            "Europe/Berlin\n"
+        );
+        // A zone the image lacks: said, and no stale link is left.
+        let m = rayos_state::MachineConfig::new("box", "Mars/Olympus", "C", "us");
+        p.volume("/dev/vda3", &[("machine.toml", m.to_toml().as_str())]);
+        let r = machine(&mut st, &mut p);
+        assert!(
+            matches!(r, StepResult::Warn(ref w) if w.contains("not in this image")),
+            "{r:?}"
+        );
+        assert!(fs::symlink_metadata(p.at("/etc/localtime")).is_err());
+    }
+
+    #[test]
+    fn the_keyboard_layout_is_loaded_from_the_compiled_keymap() {
+        let (mut st, mut p) = installed(0, "");
+        assert!(matches!(keyboard(&mut st, &mut p), StepResult::Skip(_)));
+        st.keyboard = Some("us".into());
+        assert!(matches!(keyboard(&mut st, &mut p), StepResult::Ok(_)));
+        assert!(p.calls.is_empty(), "US is the kernel's map");
+        st.keyboard = Some("de".into());
+        let r = keyboard(&mut st, &mut p);
+        assert!(
+            matches!(r, StepResult::Warn(ref w) if w.contains("de.bmap")),
+            "{r:?}"
+        );
+        // A compiled keymap: 7 bytes magic, the map flags, one map.
+        let mut b = b"bkeymap".to_vec();
+        let mut flags = [0u8; 256];
+        flags[0] = 1;
+        b.extend_from_slice(&flags);
+        b.extend_from_slice(&[0u8; 256]);
+        let f = p.at("/usr/share/rayos/keymaps/de.bmap");
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(&f, &b).unwrap();
+        assert!(matches!(keyboard(&mut st, &mut p), StepResult::Ok(_)));
+        assert_eq!(p.calls, vec![Call::Keymap(128)]);
+        st.keyboard = Some("dvorak".into());
+        let r = keyboard(&mut st, &mut p);
+        assert!(
+            matches!(r, StepResult::Warn(ref w) if w.contains("no console keymap")),
+            "{r:?}"
         );
     }
 
@@ -526,6 +890,10 @@ mod tests {
         assert!(matches!(check_data(&mut st, &mut p), StepResult::Ok(_)));
         assert!(matches!(mount_data(&mut st, &mut p), StepResult::Fail(_)));
         assert!(!st.data_ok);
+        assert!(matches!(
+            services::network(&mut st, &mut p),
+            StepResult::Skip(_)
+        ));
         assert_eq!(st.status.data_mounted, None);
         assert!(st.status.faults[0].contains("cannot mount the data volume /dev/vda3"));
         assert!(matches!(

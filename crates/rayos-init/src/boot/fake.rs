@@ -50,6 +50,9 @@ pub enum Call {
     CloseLogs,
     Countdown(u32, String),
     Power(PowerAction),
+    LinkUp(String),
+    /// A keymap of this many entries loaded.
+    Keymap(usize),
 }
 
 #[derive(Debug)]
@@ -77,6 +80,9 @@ pub struct Fake {
     pub busy: BTreeMap<PathBuf, u32>,
     /// What `run` returns, by the program's file name: (status, stdout).
     pub runs: BTreeMap<String, (i32, String)>,
+    /// What `run` returns when its last argument is this (a device), before
+    /// [`Fake::runs`].
+    pub runs_on: BTreeMap<String, (i32, String)>,
     services: BTreeMap<String, Service>,
     /// Services that ignore SIGTERM (only SIGKILL ends them).
     pub stubborn: BTreeSet<String>,
@@ -111,6 +117,7 @@ impl Fake {
             mount_fails: BTreeSet::new(),
             busy: BTreeMap::new(),
             runs: BTreeMap::new(),
+            runs_on: BTreeMap::new(),
             services: BTreeMap::new(),
             stubborn: BTreeSet::new(),
             exits: Vec::new(),
@@ -156,6 +163,34 @@ impl Fake {
             uuid: None,
         });
         self.disks.push(d);
+    }
+
+    /// A GPT disk with partitions (type, label, device node) as the
+    /// enumeration reports them.
+    pub fn partitioned_disk(&mut self, path: &str, parts: &[(uuid::Uuid, &str, &str)]) {
+        self.disk(path, false, None);
+        let d = self.disks.last_mut().expect("just added");
+        for (i, (ty, label, dev)) in parts.iter().enumerate() {
+            d.partitions.push(rayos_disk::report::PartitionReport {
+                number: i as u32 + 1,
+                first_lba: 2048,
+                last_lba: 4095,
+                start_bytes: 1 << 20,
+                size_bytes: 1 << 20,
+                type_guid: Some(*ty),
+                mbr_type: None,
+                type_name: String::new(),
+                family: rayos_disk::types::TypeFamily::Other,
+                unique_guid: None,
+                name: label.to_string(),
+                attributes: 0,
+                filesystem: None,
+                fs_label: Some(label.to_string()),
+                fs_uuid: None,
+                device: Some(dev.into()),
+                in_use: Vec::new(),
+            });
+        }
     }
 
     pub fn is_mounted_now(&self, target: &str) -> bool {
@@ -308,6 +343,16 @@ impl Platform for Fake {
         Ok(())
     }
 
+    fn load_keymap(&mut self, entries: &[crate::keymap::Entry]) -> Result<(), String> {
+        self.calls.push(Call::Keymap(entries.len()));
+        Ok(())
+    }
+
+    fn link_up(&mut self, name: &str) -> Result<(), String> {
+        self.calls.push(Call::LinkUp(name.to_string()));
+        Ok(())
+    }
+
     fn set_timezone(&mut self, _tz: &str) {}
 
     fn power(&mut self, action: PowerAction) -> io::Error {
@@ -354,7 +399,12 @@ impl Platform for Fake {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let (code, stdout) = self.runs.get(&name).cloned().unwrap_or_default();
+        let (code, stdout) = args
+            .last()
+            .and_then(|a| self.runs_on.get(a))
+            .or_else(|| self.runs.get(&name))
+            .cloned()
+            .unwrap_or_default();
         Ok(Output {
             status: status(code),
             stdout: stdout.into_bytes(),

@@ -13,8 +13,14 @@ use super::{Platform, State, StepResult};
 use crate::cmdline::BootParams;
 use crate::sys;
 
-/// Modules wanted whether or not a device asks for them (filesystems,
-/// input handlers: these have no modalias).
+/// Modules wanted whether or not a device asks for them: filesystems and
+/// input handlers (no modalias), device nodes opened before any driver
+/// exists (`/dev/net/tun`, `/dev/vhost-net`, `/dev/loop-control`,
+/// `/dev/uinput`), and the drivers of devices plugged in after the boot
+/// (USB sticks and card readers: sd_mod, sr_mod, usb_storage, uas), since
+/// there is no hotplug. Everything else (storage and USB controllers,
+/// virtio, the CPU's KVM module through the `cpu:` modalias) is loaded
+/// only when the machine has the device.
 pub const ALWAYS_MODULES: &[&str] = &[
     "ext4",
     "vfat",
@@ -30,20 +36,9 @@ pub const ALWAYS_MODULES: &[&str] = &[
     "uinput",
     "loop",
     "tun",
-    "kvm_intel",
-    "kvm_amd",
     "vhost_net",
-    "virtio_blk",
-    "virtio_scsi",
-    "virtio_pci",
-    "virtio_net",
-    "virtio_input",
     "usb_storage",
     "uas",
-    "xhci_pci",
-    "ehci_pci",
-    "ahci",
-    "nvme",
 ];
 
 /// proc, sys, devtmpfs, devpts, /dev/shm, /run, /tmp; the kernel's module
@@ -111,6 +106,16 @@ pub fn modules(st: &mut State, p: &mut dyn Platform) -> StepResult {
     }
 }
 
+/// `lo` up, always: programs on RayOS (QEMU's user networking, the API
+/// clients of tomorrow) may talk to 127.0.0.1 whatever the policy says.
+/// Other links are `rayos net`'s (services::network).
+pub fn loopback(_: &mut State, p: &mut dyn Platform) -> StepResult {
+    match p.link_up("lo") {
+        Ok(()) => StepResult::Ok("lo up".into()),
+        Err(e) => StepResult::Warn(format!("cannot bring up lo: {e}")),
+    }
+}
+
 /// efivarfs, and from it which UKI runs (for blessing and rollbacks).
 pub fn efivarfs(st: &mut State, p: &mut dyn Platform) -> StepResult {
     if !p.uefi() {
@@ -140,5 +145,19 @@ pub fn efivarfs(st: &mut State, p: &mut dyn Platform) -> StepResult {
             "{}: boot counting and boot entries cannot be used",
             chain(&e)
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::fake::{self, Call, Fake};
+
+    #[test]
+    fn loopback_is_brought_up_whatever_the_policy() {
+        let mut st = fake::state();
+        let mut p = Fake::new();
+        assert!(matches!(loopback(&mut st, &mut p), StepResult::Ok(_)));
+        assert_eq!(p.calls, vec![Call::LinkUp("lo".into())]);
     }
 }

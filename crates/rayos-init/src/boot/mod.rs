@@ -79,6 +79,7 @@ pub const COMMON: &[Step] = &[
     },
     step("cmdline", kernel::cmdline),
     step("modules", kernel::modules),
+    step("loopback", kernel::loopback),
     step("efivarfs", kernel::efivarfs),
 ];
 
@@ -88,9 +89,12 @@ pub const INSTALLED: &[Step] = &[
     step("mount-data", data::mount_data),
     step("data-schema", data::data_schema),
     step("logs", data::logs),
+    step("vm-storage", data::vm_storage),
     step("rollback-check", data::rollback_check),
     step("machine", data::machine),
+    step("keyboard", data::keyboard),
     step("policy", data::policy),
+    step("network", services::network),
     step("rayosd", services::rayosd),
     step("consoles", services::consoles),
     step("presenter", services::presenter),
@@ -103,6 +107,7 @@ pub const RECOVERY: &[Step] = &[
     step("data-schema", data::data_schema),
     step("logs", data::logs),
     step("machine", data::machine),
+    step("keyboard", data::keyboard),
     step("policy", data::policy),
     step("consoles", services::consoles),
 ];
@@ -140,7 +145,7 @@ pub fn main() -> ! {
 }
 
 fn unsafe_env_defaults() {
-    // SAFETY (of set_var): called before any thread exists in this process.
+    // SAFETY: set_var, called before any thread exists in this process.
     unsafe {
         std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
         std::env::set_var("HOME", "/root");
@@ -287,6 +292,15 @@ mod tests {
         // rayosd needs the data volume, so it comes after mounting it.
         let pos = |n: &str| INSTALLED.iter().position(|s| s.name == n).unwrap();
         assert!(pos("mount-data") < pos("rayosd"));
+        // The network service reads the policy on the data volume.
+        assert!(pos("mount-data") < pos("network"));
+        // VM-storage partitions are mounted under the data volume, before
+        // rayosd could touch a VM's directory.
+        assert!(pos("mount-data") < pos("vm-storage") && pos("vm-storage") < pos("rayosd"));
+        assert!(
+            !RECOVERY.iter().any(|s| s.name == "network"),
+            "recovery touches no network"
+        );
         // The presenter only starts once rayosd has (it needs its API).
         assert!(pos("rayosd") < pos("presenter"));
         assert!(pos("check-data") < pos("mount-data"));

@@ -132,6 +132,10 @@ pub trait Platform {
     /// Loads `always` and every module a device asks for.
     fn coldplug(&mut self, always: &[&str], debug: bool) -> Result<Coldplug, String>;
     fn set_hostname(&mut self, name: &str) -> io::Result<()>;
+    /// Loads a console keymap (docs/init.md `keyboard`).
+    fn load_keymap(&mut self, entries: &[crate::keymap::Entry]) -> Result<(), String>;
+    /// Sets the network link `name` up (`lo` at boot).
+    fn link_up(&mut self, name: &str) -> Result<(), String>;
     /// `TZ` for the children started from now on.
     fn set_timezone(&mut self, tz: &str);
     /// Powers off or reboots; returns only on failure.

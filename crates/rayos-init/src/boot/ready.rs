@@ -222,6 +222,7 @@ mod tests {
             rss_kib: None,
             registry_writable: true,
             notes: Vec::new(),
+            accel: None,
         }
     }
 

@@ -36,6 +36,26 @@ pub fn rayosd(st: &mut State, p: &mut dyn Platform) -> StepResult {
     }
 }
 
+/// `rayos net` (docs/network.md): wired Ethernet with DHCP while the
+/// policy allows networking for any VM, nothing otherwise. It follows the
+/// policy file itself, so `rayos policy set` needs no reboot. Without a
+/// data volume there is no policy: networking stays off and the service
+/// is not started.
+pub fn network(st: &mut State, p: &mut dyn Platform) -> StepResult {
+    if st.status.data_mounted.is_none() {
+        return StepResult::Skip("no data volume, no policy: networking stays off".into());
+    }
+    p.start_service(Spec {
+        name: "network".into(),
+        program: st.exe.clone(),
+        args: vec!["net".into(), "--state-dir".into(), paths::DATA.into()],
+        env: vec![],
+        output: Output::Log(st.logs_dir.clone()),
+        restart: true,
+    });
+    StepResult::Ok("rayos net started (it follows the policy)".into())
+}
+
 /// A `rayos console --tty /dev/X --mode M` per console terminal present.
 pub fn consoles(st: &mut State, p: &mut dyn Platform) -> StepResult {
     let mut started = Vec::new();

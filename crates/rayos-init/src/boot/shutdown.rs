@@ -144,8 +144,16 @@ fn close_logs(_: &mut State, p: &mut dyn Platform) -> StepResult {
 /// The mounted volumes, each retried for [`UNMOUNT_WAIT`] while busy (the
 /// service log pumps close their files once the killed services' pipes
 /// end), then remounted read-only and detached.
-fn unmount(_: &mut State, p: &mut dyn Platform) -> StepResult {
+fn unmount(st: &mut State, p: &mut dyn Platform) -> StepResult {
     let mut problems = Vec::new();
+    // VM-storage partitions sit under the data volume: they go first.
+    for at in std::mem::take(&mut st.vm_storage_mounts).iter().rev() {
+        if p.is_mounted(at)
+            && let Err(e) = unmount_waiting(p, at)
+        {
+            problems.push(e);
+        }
+    }
     for v in VOLUMES {
         let at = Path::new(v);
         if p.is_mounted(at)
@@ -281,6 +289,29 @@ mod tests {
                     | Call::Power(_)
             )
         })
+    }
+
+    #[test]
+    fn vm_storage_partitions_are_unmounted_before_the_data_volume() {
+        let (mut st, mut p) = running(0);
+        p.volume("/dev/vda5", &[]);
+        let vm = Path::new(paths::DATA).join("vm/1111");
+        p.mount(Mount {
+            source: "/dev/vda5",
+            target: &vm,
+            fstype: "ext4",
+            flags: rustix::mount::MountFlags::empty(),
+            data: "",
+        })
+        .unwrap();
+        st.vm_storage_mounts.push(vm.clone());
+        p.calls.clear();
+        assert!(matches!(unmount(&mut st, &mut p), StepResult::Ok(_)));
+        let u = p.calls_where(|c| matches!(c, Call::Unmount(_)));
+        assert_eq!(
+            u,
+            vec![Call::Unmount(vm), Call::Unmount(paths::DATA.into())]
+        );
     }
 
     #[test]

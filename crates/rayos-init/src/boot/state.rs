@@ -100,6 +100,11 @@ pub struct State {
     /// Names of VMs rayosd reports started, from its event stream
     /// (followed once rayosd is healthy, until the Linux VM runs).
     pub vm_starts: Option<Receiver<String>>,
+    /// VM-storage partitions mounted under the data volume (unmounted
+    /// before it at shutdown).
+    pub vm_storage_mounts: Vec<PathBuf>,
+    /// `machine.toml`'s keyboard layout, once read.
+    pub keyboard: Option<String>,
 }
 
 impl State {
@@ -142,6 +147,8 @@ impl State {
             last_vm_poll: None,
             health_warned: false,
             vm_starts: None,
+            vm_storage_mounts: Vec::new(),
+            keyboard: None,
         }
     }
 

@@ -237,6 +237,19 @@ fn data_files(
             _ => Role::VmWindows,
         };
         let (role, base) = if has_partition(storage_role) {
+            // The mount point on the data volume says which partition
+            // belongs there; rayos init mounts it over this marker.
+            files.push(file(
+                Role::Data,
+                format!(
+                    "{}/{}",
+                    rel(layout.vm_dir(vm.id)),
+                    rayos_state::layout::vm::STORAGE_MARKER
+                ),
+                text(rayos_state::layout::storage_marker_text(
+                    storage_role.gpt_name(),
+                )),
+            ));
             (storage_role, String::new())
         } else {
             (Role::Data, rel(layout.vm_dir(vm.id)))
@@ -371,6 +384,7 @@ pub fn seed_registry_with(windows: bool, guest: Option<rayos_state::GuestConfig>
             boot: BootSpec::Uefi { secure_boot: false },
             tpm: false,
             media: vec![],
+            usb_media: vec![],
             provisioned: true,
             guest: Some(g),
         },
@@ -391,6 +405,7 @@ pub fn seed_registry_with(windows: bool, guest: Option<rayos_state::GuestConfig>
             boot: BootSpec::Uefi { secure_boot: true },
             tpm: true,
             media: vec![],
+            usb_media: vec![],
             provisioned: false,
             guest: None,
         });
@@ -419,6 +434,7 @@ fn test_guest_vm() -> VmDefinition {
         },
         tpm: false,
         media: vec![],
+        usb_media: vec![],
         provisioned: true,
         guest: None,
     }

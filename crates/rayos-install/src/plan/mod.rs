@@ -30,7 +30,7 @@
 //!   (minimums, rounding, the 1 PiB bound).
 //! - place (`place.rs`): where they go (the largest free region, slots).
 //! - files (`files.rs`): what goes on them, the boot entry, notes; then
-//!   [`validate`] (`validate.rs`, also for plans read back from JSON).
+//!   [`validate()`] (`validate.rs`, also for plans read back from JSON).
 //!
 //! Layout rules: 1 MiB alignment; the new partitions are laid out in one free
 //! region (the largest) in the order ESP (if created), system, VM storage,

@@ -121,14 +121,20 @@ impl Supervisor {
         })
     }
 
-    /// Marks installation done: media are detached and `provisioning_only`
-    /// networking goes off at the next start.
+    /// Marks installation done: every medium is ejected (at once when
+    /// the VM runs) and `provisioning_only` networking goes off at the
+    /// next start.
     pub fn provisioned(&self, name: &str) -> Result<ActionReply, OpError> {
+        self.refuse_if_shutting_down()?;
         let slot = self.slot(name)?;
-        let changed = self.mark_provisioned(&slot)?;
+        let mut op = self.try_op(&slot)?;
+        let running = matches!(lock(&slot.status).state, VmState::Running | VmState::Paused);
+        let handle = if running { op.as_deref_mut() } else { None };
+        let changed = self.mark_provisioned(&slot, handle)?;
+        drop(op);
         let message = if changed {
             format!(
-                "VM {name} is provisioned: media are detached and provisioning-only networking is off from its next start"
+                "VM {name} is provisioned: its media are ejected and provisioning-only networking is off from its next start"
             )
         } else {
             format!("VM {name} was already provisioned")
@@ -136,29 +142,34 @@ impl Supervisor {
         Ok(self.reply(&slot, message, None))
     }
 
-    pub(super) fn mark_provisioned(&self, slot: &Slot) -> Result<bool, OpError> {
-        let id = {
-            let st = lock(&slot.status);
-            if st.def.provisioned {
-                return Ok(false);
+    /// Ejects the VM's media (through `handle` when it runs) and records
+    /// it provisioned. `Ok(false)` when it already was.
+    pub(super) fn mark_provisioned(
+        &self,
+        slot: &Slot,
+        handle: Option<&mut (dyn rayos_vmm::VmHandle + 'static)>,
+    ) -> Result<bool, OpError> {
+        let def = lock(&slot.status).def.clone();
+        if def.provisioned {
+            // Media attached since (drivers) still go when asked.
+            if !def.media.is_empty() || !def.usb_media.is_empty() {
+                self.eject(slot, &def, None, handle, "provisioned")?;
             }
-            st.def.id
-        };
-        let def = {
-            let mut reg = lock(&self.registry);
-            let mut new = reg.get().clone();
-            let Some(def) = new.vms.iter_mut().find(|v| v.id == id) else {
-                return Err(OpError::NotFound(slot.name.clone()));
-            };
-            def.provisioned = true;
-            let def = def.clone();
-            reg.replace(new)?;
-            def
-        };
-        let mut st = lock(&slot.status);
-        st.def = def;
-        let state = st.state;
-        drop(st);
+            return Ok(false);
+        }
+        if handle.is_some() && def.kind != rayos_state::VmKind::Windows && !def.media.is_empty() {
+            // Its CD drives cannot be emptied while it runs; they go at
+            // its next start.
+            self.update_def(slot, |d| {
+                d.provisioned = true;
+                d.media.clear();
+                d.usb_media.clear();
+            })?;
+        } else {
+            self.eject(slot, &def, None, handle, "provisioned")?;
+            self.update_def(slot, |d| d.provisioned = true)?;
+        }
+        let state = lock(&slot.status).state;
         self.events
             .emit(&slot.name, EventKind::Provisioned, state, "");
         Ok(true)

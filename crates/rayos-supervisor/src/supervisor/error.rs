@@ -41,6 +41,15 @@ pub enum OpError {
     Exists(String),
     #[error("rayosd is shutting down")]
     ShuttingDown,
+    #[error(
+        "VM {vm} keeps its files on the VM-storage partition {label}, which is not mounted at {}: it is not started, so nothing is recreated on the data volume (`rayos status` shows the boot fault; reconnect the disk and reboot)",
+        dir.display()
+    )]
+    StorageMissing {
+        vm: String,
+        label: String,
+        dir: PathBuf,
+    },
     #[error("cannot {action} VM {vm}")]
     Vmm {
         action: &'static str,
@@ -77,6 +86,7 @@ impl OpError {
             | OpError::Busy { .. }
             | OpError::Exists(_)
             | OpError::Refused(_) => 409,
+            OpError::StorageMissing { .. } => 409,
             OpError::Store(StoreError::ReadOnly(_)) => 409,
             OpError::Invalid(_) => 400,
             OpError::Create {

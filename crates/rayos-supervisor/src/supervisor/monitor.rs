@@ -116,6 +116,9 @@ impl Supervisor {
             self.tpm_died(slot, pid);
             return;
         }
+        if matches!(observed, RunState::Running | RunState::Paused) {
+            self.unplugged(slot, h.as_mut(), def);
+        }
         match observed {
             RunState::Running => self.seen(slot, VmState::Paused, Step::SeenRunning),
             RunState::Paused => self.seen(slot, VmState::Running, Step::SeenPaused),
@@ -131,6 +134,51 @@ impl Supervisor {
             RunState::Exited => {
                 *op = None;
                 self.crashed(slot, vm_dir);
+            }
+        }
+    }
+
+    /// A stick given to a running VM (a `/dev` medium) is gone: it was
+    /// unplugged. It is ejected from the VM (the guest sees the medium
+    /// removed, not endless read errors) and from the registry, with a
+    /// `media_ejected` event saying so. When it cannot be ejected while the
+    /// VM runs (docs/supervisor.md, "Media"), that is noted once.
+    fn unplugged(
+        &self,
+        slot: &Slot,
+        h: &mut (dyn rayos_vmm::VmHandle + 'static),
+        def: &VmDefinition,
+    ) {
+        let gone: Vec<std::path::PathBuf> = def
+            .media
+            .iter()
+            .chain(&def.usb_media)
+            .filter(|m| rayos_vmm::qemu::media::is_device_path(m) && !m.exists())
+            .cloned()
+            .collect();
+        for m in gone {
+            let now = lock(&slot.status).def.clone();
+            match self.eject(
+                slot,
+                &now,
+                Some(&m),
+                Some(&mut *h),
+                "the stick was unplugged",
+            ) {
+                Ok(msg) => self.note(msg),
+                Err(e) => {
+                    let mut st = lock(&slot.status);
+                    if !st.unplug_noted.contains(&m) {
+                        st.unplug_noted.push(m.clone());
+                        drop(st);
+                        self.note(format!(
+                            "VM {}: {} was unplugged while in use and stays attached until the VM is stopped: {}",
+                            slot.name,
+                            m.display(),
+                            chain(&e)
+                        ));
+                    }
+                }
             }
         }
     }
@@ -156,8 +204,8 @@ impl Supervisor {
         // provisioning (setup reboots; it powers off when done).
         if def.kind == VmKind::Windows
             && !def.provisioned
-            && !def.media.is_empty()
-            && let Err(e) = self.mark_provisioned(slot)
+            && (!def.media.is_empty() || !def.usb_media.is_empty())
+            && let Err(e) = self.mark_provisioned(slot, None)
         {
             self.note(format!(
                 "VM {}: cannot mark provisioned: {}",

@@ -5,7 +5,10 @@
 use std::fs;
 use std::sync::atomic::Ordering;
 
-use rayos_api::{ActionReply, BootKind, Health, SavedState, VmInfo, VmState};
+use rayos_api::{
+    AccelKind, Accelerator, ActionReply, BootKind, Health, SavedState, VmInfo, VmState,
+};
+use rayos_vmm::{Accel, AccelDecision};
 
 use super::{OpError, Slot, Status, Supervisor, lock};
 use crate::console;
@@ -19,6 +22,36 @@ fn own_rss_kib() -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The API's view of the backend's accelerator decision.
+pub fn accelerator(d: &AccelDecision) -> Accelerator {
+    Accelerator {
+        accel: match d.accel() {
+            Accel::Kvm => AccelKind::Kvm,
+            Accel::Tcg => AccelKind::Tcg,
+        },
+        reason: d.reason().map(|r| r.to_string()),
+    }
+}
+
+/// A VM's accelerator: what its running device model was started with
+/// (read from its command line, so the report is the process's truth),
+/// else what the next start will use.
+fn vm_accelerator(d: &AccelDecision, pid: Option<u32>) -> Accelerator {
+    let mut a = accelerator(d);
+    match pid.and_then(rayos_vmm::running_accel) {
+        Some(Accel::Kvm) => {
+            a.accel = AccelKind::Kvm;
+            a.reason = None;
+        }
+        Some(Accel::Tcg) if a.accel == AccelKind::Kvm => {
+            a.accel = AccelKind::Tcg;
+            a.reason = Some("started before KVM was chosen; the next start uses KVM".into());
+        }
+        _ => {}
+    }
+    a
 }
 
 impl Supervisor {
@@ -69,6 +102,7 @@ impl Supervisor {
                 .map(|d| spec.vm_dir.join(&d.path))
                 .collect(),
             media: st.def.media.clone(),
+            usb_media: st.def.usb_media.clone(),
             pid: st.pid,
             vnc_socket: st.vnc.clone(),
             console_socket: st.console.clone(),
@@ -81,6 +115,7 @@ impl Supervisor {
             crash_count: st.crash_count,
             enabled: p.enabled,
             autostart: p.autostart,
+            accel: Some(vm_accelerator(&self.vmm.accelerator(), st.pid)),
         }
     }
 
@@ -121,6 +156,7 @@ impl Supervisor {
             rss_kib: own_rss_kib(),
             registry_writable: lock(&self.registry).writable(),
             notes: lock(&self.notes).clone(),
+            accel: Some(accelerator(&self.vmm.accelerator())),
         }
     }
 

@@ -40,12 +40,26 @@ impl Supervisor {
         let op = self.try_op(&slot)?;
         let def = lock(&slot.status).def.clone();
         self.require_enabled(&def)?;
+        self.require_storage(&def)?;
         self.require(&slot, Op::Start, lock(&slot.status).state)?;
         let spec = self.spec(&def);
         let fp = self
             .fingerprint(&slot, &spec)
             .map_err(|source| OpError::vmm("start", name, source))?;
         let mut notes: Vec<String> = Vec::new();
+        // The installer's seeded Windows VM names a disk it did not create.
+        let made = crate::create::create_missing_disks(&def, &spec.vm_dir).map_err(|source| {
+            OpError::Create {
+                vm: name.to_string(),
+                source,
+            }
+        })?;
+        for d in made {
+            notes.push(format!(
+                "created its disk {} (thin qcow2, 64 GiB)",
+                d.display()
+            ));
+        }
         let usable = {
             let mut st = lock(&slot.status);
             if !automatic {
@@ -64,11 +78,30 @@ impl Supervisor {
             return Ok(());
         }
         Err(OpError::Forbidden(format!(
-            "the policy disables {} VMs: set [{}] enabled = true in {} and restart rayosd",
+            "the policy disables {} VMs: `rayos policy set {}.enabled true` (or set [{}] enabled = true in {} and restart rayosd)",
+            def.kind,
             def.kind,
             def.kind,
             self.layout.policy().display()
         )))
+    }
+
+    /// Refuses (409) a VM whose dedicated VM-storage partition is not
+    /// mounted: its directory still shows the data volume's marker
+    /// (docs/init.md), and starting would create its disks and state there.
+    fn require_storage(&self, def: &VmDefinition) -> Result<(), OpError> {
+        let dir = self.layout.vm_dir(def.id);
+        let marker = dir.join(rayos_state::layout::vm::STORAGE_MARKER);
+        let Ok(text) = std::fs::read_to_string(&marker) else {
+            return Ok(());
+        };
+        let label =
+            rayos_state::layout::storage_marker_label(&text).unwrap_or_else(|| "(unnamed)".into());
+        Err(OpError::StorageMissing {
+            vm: def.name.clone(),
+            label,
+            dir,
+        })
     }
 
     /// The saved-state half of a start. The files are the truth: the VM

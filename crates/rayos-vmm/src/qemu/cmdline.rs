@@ -27,6 +27,7 @@ use rayos_state::VmKind;
 use rayos_state::registry::{BootSpec, DiskFormat};
 
 use super::Accel;
+use super::media::{self, names};
 use crate::VmSpec;
 
 /// Files in a VM's run directory.
@@ -146,19 +147,35 @@ pub fn disk_blockdev(node: &str, path: &Path, format: DiskFormat) -> String {
 }
 
 /// The `-blockdev` of an installation medium: always raw and read-only, so
-/// an "ISO" that is really a qcow2 (or anything else) is seen as bytes.
+/// an "ISO" that is really a qcow2 (or anything else) is seen as bytes. A
+/// stick (a `/dev` path, checked by `media::check`) is opened with QEMU's
+/// `host_device` driver.
 pub fn media_blockdev(node: &str, path: &Path) -> String {
     json!({
         "node-name": node,
         "driver": "raw",
         "read-only": true,
         "file": {
-            "driver": "file",
+            "driver": if media::is_device_path(path) { "host_device" } else { "file" },
             "filename": path.to_string_lossy(),
             "read-only": true,
         },
     })
     .to_string()
+}
+
+/// The xHCI controller's id.
+pub const XHCI: &str = "xhci";
+
+/// The `-device` (and `device_add` arguments) of USB stick `i`: read-only
+/// mass storage on a fixed port.
+pub fn usb_stick_device(i: usize, bootindex: usize) -> String {
+    format!(
+        "usb-storage,bus={XHCI}.0,port={},id={},drive={},removable=on,bootindex={bootindex}",
+        names::usb_port(i),
+        names::usb_device(i),
+        names::usb_node(i)
+    )
 }
 
 /// Where the first-boot credential `name` is written before QEMU starts.
@@ -282,6 +299,17 @@ impl CommandLine {
         // drive would take QEMU's pointer events from the PS/2 mouse.
         if has_absolute_pointer(def.kind) {
             c.cfg("-device", "virtio-tablet-pci".into());
+        }
+        // Windows drives xHCI and the USB tablet with in-box drivers: the
+        // absolute pointer it needs, and the bus USB sticks are plugged
+        // into. Other kinds get the controller only when a stick is
+        // attached (their command line, and so their saved states, stay as
+        // they were).
+        if windows || !def.usb_media.is_empty() {
+            c.cfg("-device", format!("qemu-xhci,id={XHCI}"));
+        }
+        if windows {
+            c.cfg("-device", format!("usb-tablet,bus={XHCI}.0,port=1"));
         }
 
         // The serial console is a socket a person can attach to (`rayos vm
@@ -420,19 +448,36 @@ impl CommandLine {
                 );
             }
         }
-        if !def.provisioned {
-            let first = def.disks.len() + 1;
-            for (i, iso) in def.media.iter().enumerate() {
-                c.cfg("-blockdev", media_blockdev(&format!("media{i}"), iso));
-                c.cfg(
-                    "-device",
-                    format!(
-                        "ide-cd,bus=ide.{ahci_port},drive=media{i},bootindex={}",
-                        first + i
-                    ),
-                );
-                ahci_port += 1;
-            }
+        // Media stay until ejected. CD-ROMs are `ide-cd` devices on AHCI
+        // (`cd<i>`, node `media<i>`); a Windows VM always has the drive
+        // `cd0`, empty when no CD is attached, so a CD can be inserted
+        // while it runs (AHCI has no hot-plug). USB sticks are read-only
+        // `usb-storage` devices on fixed xHCI ports, so a restored VM finds
+        // each where it was.
+        let first = def.disks.len() + 1;
+        for (i, iso) in def.media.iter().enumerate() {
+            c.cfg("-blockdev", media_blockdev(&names::cd_node(i), iso));
+            c.cfg(
+                "-device",
+                format!(
+                    "ide-cd,bus=ide.{ahci_port},id={},drive={},bootindex={}",
+                    names::cd_device(i),
+                    names::cd_node(i),
+                    first + i
+                ),
+            );
+            ahci_port += 1;
+        }
+        if windows && def.media.is_empty() {
+            c.cfg(
+                "-device",
+                format!("ide-cd,bus=ide.{ahci_port},id={}", names::cd_device(0)),
+            );
+        }
+        let first = first + def.media.len();
+        for (i, stick) in def.usb_media.iter().enumerate() {
+            c.cfg("-blockdev", media_blockdev(&names::usb_node(i), stick));
+            c.cfg("-device", usb_stick_device(i, first + i));
         }
 
         if spec.network {
@@ -547,6 +592,7 @@ mod tests {
                 boot,
                 tpm,
                 media: vec!["/isos/win.iso".into(), "/isos/virtio.iso".into()],
+                usb_media: vec![],
                 provisioned: false,
                 guest: None,
             },
@@ -691,8 +737,10 @@ mod tests {
         s.network = true;
         let argv = CommandLine::build(&s, Accel::Tcg, Path::new("/ovmf"), LaunchPart::Cold).argv();
         assert!(has(&argv, "-machine", "q35,smm=on"));
-        // No virtio-input driver in the box: the PS/2 mouse keeps the pointer.
-        assert!(!argv.iter().any(|a| a.contains("tablet")));
+        // The in-box absolute pointer: a USB tablet on xHCI.
+        assert!(has(&argv, "-device", "qemu-xhci,id=xhci"));
+        assert!(has(&argv, "-device", "usb-tablet,bus=xhci.0,port=1"));
+        assert!(!argv.iter().any(|a| a.contains("virtio-tablet")));
         assert!(has(
             &argv,
             "-drive",
@@ -717,12 +765,12 @@ mod tests {
         assert!(has(
             &argv,
             "-device",
-            "ide-cd,bus=ide.1,drive=media0,bootindex=2"
+            "ide-cd,bus=ide.1,id=cd0,drive=media0,bootindex=2"
         ));
         assert!(has(
             &argv,
             "-device",
-            "ide-cd,bus=ide.2,drive=media1,bootindex=3"
+            "ide-cd,bus=ide.2,id=cd1,drive=media1,bootindex=3"
         ));
         assert!(has(&argv, "-device", "e1000e,netdev=net0"));
         let cpu = &argv[argv.iter().position(|a| a == "-cpu").unwrap() + 1];
@@ -733,10 +781,12 @@ mod tests {
         assert!(!cpu.contains("invtsc"), "{cpu}");
         assert!(!cpu.contains("hv-vpindex"), "TCG rejects vpindex: {cpu}");
 
-        // Once provisioned the media are gone.
-        s.def.provisioned = true;
+        // Without media (ejected) the CD drive stays, empty, so a CD can
+        // be inserted while the VM runs.
+        s.def.media.clear();
         let argv = CommandLine::build(&s, Accel::Tcg, Path::new("/ovmf"), LaunchPart::Cold).argv();
         assert!(!argv.iter().any(|a| a.contains(".iso")));
+        assert!(has(&argv, "-device", "ide-cd,bus=ide.1,id=cd0"));
 
         let s = spec(
             VmKind::Windows,
@@ -790,7 +840,34 @@ mod tests {
         assert!(has(
             &argv,
             "-device",
-            "ide-cd,bus=ide.0,drive=media0,bootindex=3"
+            "ide-cd,bus=ide.0,id=cd0,drive=media0,bootindex=3"
+        ));
+        // No xHCI for a Linux VM without sticks: its command line (and so
+        // its saved states) stays as before.
+        assert!(!argv.iter().any(|a| a.contains("xhci")));
+
+        // A stick, a /dev path: host_device, raw, read-only, USB storage
+        // on a fixed port, booting after the CDs.
+        s.def.usb_media = vec!["/dev/sdb".into(), "/sticks/copy.img".into()];
+        let argv = CommandLine::build(&s, Accel::Tcg, Path::new("/o"), LaunchPart::Cold).argv();
+        let b = blockdevs(&argv);
+        assert_eq!(b.len(), 6, "{b:?}");
+        assert_eq!(b[4]["node-name"], "usbmedia0");
+        assert_eq!(b[4]["driver"], "raw");
+        assert_eq!(b[4]["read-only"], true);
+        assert_eq!(b[4]["file"]["driver"], "host_device");
+        assert_eq!(b[4]["file"]["read-only"], true);
+        assert_eq!(b[5]["file"]["driver"], "file");
+        assert!(has(&argv, "-device", "qemu-xhci,id=xhci"));
+        assert!(has(
+            &argv,
+            "-device",
+            "usb-storage,bus=xhci.0,port=2,id=usb0,drive=usbmedia0,removable=on,bootindex=5"
+        ));
+        assert!(has(
+            &argv,
+            "-device",
+            "usb-storage,bus=xhci.0,port=3,id=usb1,drive=usbmedia1,removable=on,bootindex=6"
         ));
     }
 

@@ -15,7 +15,8 @@ use base64ct::Encoding as _;
 use rayos_qmp::{GuestAgent, QmpClient, QmpError};
 use serde_json::{Value, json};
 
-use super::cmdline::run;
+use super::cmdline::{self, run};
+use super::media;
 use super::{QemuConfig, chain, process, swtpm, sync_dir};
 use crate::{
     ExecOutcome, ExecSpec, GuestInfo, InputEvent, RunState, SaveReport, TpmState, VmHandle, VmSpec,
@@ -389,6 +390,88 @@ impl VmHandle for QemuHandle {
             transferred,
             duration: started.elapsed(),
         })
+    }
+
+    fn change_media(&mut self, change: &media::Change) -> Result<(), VmmError> {
+        use media::{Change, names};
+        // Parsed back from the command line's own JSON, so a medium added
+        // now is opened exactly like one on the command line.
+        let blockdev = |node: &str, path: &Path| -> Value {
+            serde_json::from_str(&cmdline::media_blockdev(node, path)).unwrap_or(Value::Null)
+        };
+        let r = match change {
+            Change::InsertCd { index, path } => {
+                let (dev, node) = (names::cd_device(*index), names::cd_node(*index));
+                self.exec("blockdev-add", Some(blockdev(&node, path)))
+                    .and_then(|_| {
+                        self.exec(
+                            "blockdev-open-tray",
+                            Some(json!({ "id": dev, "force": true })),
+                        )
+                    })
+                    .and_then(|_| {
+                        self.exec(
+                            "blockdev-insert-medium",
+                            Some(json!({ "id": dev, "node-name": node })),
+                        )
+                    })
+                    .and_then(|_| self.exec("blockdev-close-tray", Some(json!({ "id": dev }))))
+                    .inspect_err(|_| {
+                        // Leave no half-added node behind.
+                        let _ = self.exec("blockdev-del", Some(json!({ "node-name": node })));
+                    })
+            }
+            Change::EjectCd { index } => {
+                let (dev, node) = (names::cd_device(*index), names::cd_node(*index));
+                // `force`: the guest may have locked the tray; RayOS is the
+                // person's hand on the eject button.
+                self.exec(
+                    "blockdev-open-tray",
+                    Some(json!({ "id": dev, "force": true })),
+                )
+                .and_then(|_| self.exec("blockdev-remove-medium", Some(json!({ "id": dev }))))
+                .and_then(|_| self.exec("blockdev-close-tray", Some(json!({ "id": dev }))))
+                .and_then(|_| self.exec("blockdev-del", Some(json!({ "node-name": node }))))
+            }
+            Change::PlugUsb { index, path } => {
+                let node = names::usb_node(*index);
+                self.exec("blockdev-add", Some(blockdev(&node, path)))
+                    .and_then(|_| {
+                        self.exec(
+                            "device_add",
+                            Some(json!({
+                                "driver": "usb-storage",
+                                "bus": format!("{}.0", cmdline::XHCI),
+                                "port": names::usb_port(*index).to_string(),
+                                "id": names::usb_device(*index),
+                                "drive": node,
+                                "removable": true,
+                            })),
+                        )
+                    })
+                    .inspect_err(|_| {
+                        let _ = self.exec("blockdev-del", Some(json!({ "node-name": node })));
+                    })
+            }
+            Change::UnplugUsb { index } => {
+                let dev = names::usb_device(*index);
+                let r = self.exec("device_del", Some(json!({ "id": dev })));
+                if r.is_ok() {
+                    // USB unplugs at once, but the node is freed only after
+                    // QEMU has finalised the device: wait for it.
+                    if let Some(q) = self.qmp.as_mut() {
+                        let _ = q.wait_event("DEVICE_DELETED", Duration::from_secs(10));
+                    }
+                }
+                r.and_then(|_| {
+                    self.exec(
+                        "blockdev-del",
+                        Some(json!({ "node-name": names::usb_node(*index) })),
+                    )
+                })
+            }
+        };
+        r.map(|_| ()).map_err(|e| self.qmp_err(e))
     }
 
     fn powerdown(&mut self) -> Result<(), VmmError> {

@@ -26,6 +26,9 @@ pub mod cmdline;
 pub mod console;
 mod handle;
 pub mod image;
+pub mod kvm_probe;
+pub mod media;
+pub mod ovmf_certs;
 pub mod process;
 mod swtpm;
 
@@ -41,7 +44,10 @@ pub(crate) use rayos_base::error::chain;
 use rayos_qmp::QmpClient;
 use rayos_state::registry::BootSpec;
 
-pub use accel::{Accel, PROBE_TIMEOUT, probe_kernel};
+pub use accel::{
+    Accel, AccelDecision, AccelInputs, CpuVirt, MODULES_REFUSED, ModuleState, PROBE_TIMEOUT,
+    TcgReason, accel_in_cmdline, decide, running_accel,
+};
 pub use cmdline::{CommandLine, LaunchPart, Ovmf};
 pub use handle::QemuHandle;
 
@@ -103,11 +109,18 @@ impl QemuVmm {
         &self.config
     }
 
+    /// The accelerator launches will use and, for TCG, why: the
+    /// configured one, else this machine's decision (made once).
+    pub fn accel_decision(&self) -> AccelDecision {
+        match self.config.accel {
+            Some(a) => a.into(),
+            None => accel::detect(),
+        }
+    }
+
     /// The accelerator launches will use.
     pub fn accel(&self) -> Accel {
-        self.config
-            .accel
-            .unwrap_or_else(|| Accel::detect(&self.config.qemu))
+        self.accel_decision().accel()
     }
 
     /// The command line `vm` gets for `launch`.
@@ -294,24 +307,13 @@ impl QemuVmm {
             }
             image::check_disk(&p, d.format).map_err(refused)?;
         }
-        if !vm.def.provisioned {
-            for m in &vm.def.media {
-                match std::fs::metadata(m) {
-                    Ok(md) if md.is_file() => {}
-                    // A device (e.g. /dev/sr0 or a disk) is never handed
-                    // to a guest.
-                    Ok(_) => {
-                        return Err(VmmError::Refused {
-                            vm: vm.def.name.clone(),
-                            detail: format!(
-                                "installation media {} is not a regular file: give an ISO image file",
-                                m.display()
-                            ),
-                        });
-                    }
-                    Err(_) => return Err(missing("installation media", m)),
-                }
+        // Media: image files, or sticks no partition of which is in use
+        // (never RayOS's own disks; `media::check`).
+        for m in vm.def.media.iter().chain(&vm.def.usb_media) {
+            if !m.exists() {
+                return Err(missing("installation media", m));
             }
+            media::check(m).map_err(refused)?;
         }
         if vm.def.tpm {
             swtpm::check_paths(vm)?;
@@ -520,6 +522,10 @@ impl QemuVmm {
 }
 
 impl Vmm for QemuVmm {
+    fn accelerator(&self) -> AccelDecision {
+        self.accel_decision()
+    }
+
     fn fingerprint(&self, vm: &VmSpec) -> Result<String, VmmError> {
         let cmd = self.command_line(vm, LaunchPart::Cold);
         let text = format!(

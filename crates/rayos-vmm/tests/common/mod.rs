@@ -119,6 +119,7 @@ fn base(kind: VmKind, name: &str, boot: BootSpec, tpm: bool) -> TestVm {
             boot,
             tpm,
             media: vec![],
+            usb_media: vec![],
             provisioned: true,
             guest: None,
         },

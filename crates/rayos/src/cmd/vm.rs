@@ -96,8 +96,16 @@ enum Command {
         #[arg(long)]
         purge: bool,
     },
-    /// Mark installation done: detach media, end provisioning-only networking.
+    /// Mark installation done: eject every medium, end provisioning-only
+    /// networking.
     Provisioned { name: String },
+    /// Attach or eject installation media (at once when the VM runs; kept
+    /// until ejected). `rayos media` lists what can be attached.
+    Media {
+        name: String,
+        #[command(subcommand)]
+        action: MediaCmd,
+    },
     /// Follow lifecycle events (one line each) until interrupted.
     Events {
         /// Replay kept events after this number first.
@@ -108,6 +116,40 @@ enum Command {
     Health,
     #[command(flatten)]
     Agent(super::vm_agent::AgentCommand),
+}
+
+#[derive(clap::Subcommand)]
+enum MediaCmd {
+    /// Give the VM a medium: an image file (.iso, .img) or a stick
+    /// (/dev/sdX) that RayOS does not use.
+    Attach {
+        source: PathBuf,
+        /// How the guest sees it (default: cdrom when the source is named
+        /// *.iso or holds an ISO 9660 file system, usb otherwise).
+        #[arg(long = "as", value_name = "cdrom|usb")]
+        form: Option<FormArg>,
+        /// Copy the image file onto the data volume first (progress on
+        /// stderr), so the stick can be removed.
+        #[arg(long)]
+        copy: bool,
+    },
+    /// Take a medium away (every medium without SOURCE).
+    Eject { source: Option<PathBuf> },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FormArg {
+    Cdrom,
+    Usb,
+}
+
+impl From<FormArg> for rayos_api::MediaForm {
+    fn from(f: FormArg) -> Self {
+        match f {
+            FormArg::Cdrom => rayos_api::MediaForm::Cdrom,
+            FormArg::Usb => rayos_api::MediaForm::Usb,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -138,9 +180,14 @@ struct CreateArgs {
     initrd: Option<PathBuf>,
     #[arg(long)]
     cmdline: Option<String>,
-    /// Installation or driver media (attached until provisioned).
-    #[arg(long = "media", value_name = "ISO")]
+    /// Installation or driver media: an image file or a stick (/dev/sdX)
+    /// RayOS does not use; kept until ejected or provisioned.
+    #[arg(long = "media", value_name = "SOURCE")]
     media: Vec<PathBuf>,
+    /// How the guest sees --media (default: cdrom when a source is named
+    /// *.iso or holds an ISO 9660 file system, usb otherwise).
+    #[arg(long = "media-as", value_name = "cdrom|usb")]
+    media_as: Option<FormArg>,
     /// UEFI Secure Boot (default: on for windows, off otherwise).
     #[arg(long, value_name = "on|off")]
     secure_boot: Option<OnOff>,
@@ -261,6 +308,22 @@ fn disk_request(arg: &str) -> anyhow::Result<DiskRequest> {
 
 fn create_request(a: CreateArgs) -> anyhow::Result<CreateRequest> {
     let guest = guest_config(&a)?;
+    let (mut cds, mut sticks) = (Vec::new(), Vec::new());
+    for m in &a.media {
+        let m = absolute(m, "media")?;
+        let form = match a.media_as {
+            Some(f) => f,
+            None => match rayos_vmm::qemu::media::detect_form(&m) {
+                Ok(rayos_vmm::qemu::media::Form::Cdrom) => FormArg::Cdrom,
+                Ok(rayos_vmm::qemu::media::Form::Usb) => FormArg::Usb,
+                Err(e) => return Err(bad(rayos_base::error::chain(&e))),
+            },
+        };
+        match form {
+            FormArg::Cdrom => cds.push(m),
+            FormArg::Usb => sticks.push(m),
+        }
+    }
     Ok(CreateRequest {
         guest,
         name: a.name,
@@ -276,13 +339,27 @@ fn create_request(a: CreateArgs) -> anyhow::Result<CreateRequest> {
         kernel: a.kernel.map(|k| absolute(&k, "kernel")).transpose()?,
         initrd: a.initrd.map(|k| absolute(&k, "initrd")).transpose()?,
         cmdline: a.cmdline,
-        media: a
-            .media
-            .iter()
-            .map(|m| absolute(m, "media"))
-            .collect::<anyhow::Result<_>>()?,
+        media: cds,
+        usb_media: sticks,
         secure_boot: a.secure_boot.map(|s| matches!(s, OnOff::On)),
     })
+}
+
+/// Prints the daemon's `kind` events for VM `name` on stderr as `label
+/// <detail>` while a request runs (the thread ends with the process).
+fn show_progress(c: &Client, name: &str, kind: EventKind, label: &'static str) {
+    let c = c.clone();
+    let name = name.to_string();
+    let _ = std::thread::Builder::new()
+        .name("progress".into())
+        .spawn(move || {
+            let _ = c.events(None, |ev| {
+                if ev.vm == name && ev.event == kind {
+                    eprintln!("{label} {}", ev.detail);
+                }
+                true
+            });
+        });
 }
 
 /// Prints the daemon's `importing` events for VM `name` on stderr while
@@ -365,6 +442,9 @@ fn print_show(v: &VmInfo) {
     println!("state:         {}", state_text(v));
     println!("cpus / memory: {} / {} MiB", v.cpus, v.memory_mib);
     println!("network:       {}", if v.network { "on" } else { "off" });
+    if let Some(a) = &v.accel {
+        println!("accelerator:   {a}");
+    }
     println!("provisioned:   {}", v.provisioned);
     println!("tpm:           {}", v.tpm);
     println!(
@@ -376,7 +456,10 @@ fn print_show(v: &VmInfo) {
         println!("disk:          {}", d.display());
     }
     for m in &v.media {
-        println!("media:         {}", m.display());
+        println!("media:         {} (cdrom)", m.display());
+    }
+    for m in &v.usb_media {
+        println!("media:         {} (usb stick)", m.display());
     }
     println!(
         "pid:           {}",
@@ -470,6 +553,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     h.vms,
                     h.rss_kib.map_or("?".into(), |r| r.to_string())
                 );
+                if let Some(a) = &h.accel {
+                    println!("accelerator: {a}");
+                }
                 if !h.registry_writable {
                     println!("registry is read-only (it could not be read at start-up)");
                 }
@@ -518,6 +604,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Hide { name } => return reply(c.action(&name, "hide", None::<&()>)),
         Command::Provisioned { name } => {
             return reply(c.action(&name, "provisioned", None::<&()>));
+        }
+        Command::Media { name, action } => {
+            let req = match action {
+                MediaCmd::Attach { source, form, copy } => {
+                    if copy {
+                        show_progress(&c, &name, EventKind::Copying, "copying");
+                    }
+                    rayos_api::MediaRequest {
+                        action: rayos_api::MediaAction::Attach,
+                        source: Some(absolute(&source, "medium")?),
+                        form: form.map(Into::into),
+                        copy,
+                    }
+                }
+                MediaCmd::Eject { source } => rayos_api::MediaRequest {
+                    action: rayos_api::MediaAction::Eject,
+                    // The path as attached (a stick that is gone cannot be
+                    // resolved any more).
+                    source: source.map(|s| std::path::absolute(&s).unwrap_or(s)),
+                    form: None,
+                    copy: false,
+                },
+            };
+            return reply(c.media(&name, &req));
         }
         Command::Delete { name, purge } => return reply(c.delete(&name, purge)),
         Command::Console {

@@ -1,0 +1,277 @@
+//! The DHCPv4 client's I/O: DISCOVER → OFFER → REQUEST → ACK on one link,
+//! and renewing a lease (REQUEST with `ciaddr`).
+//!
+//! Protocol: a UDP socket bound to 0.0.0.0:68 and to the link
+//! (SO_BINDTODEVICE), broadcasting to 255.255.255.255:67. The kernel
+//! sends a limited broadcast out of a bound device even while the link has
+//! no address, and the broadcast flag makes servers answer by broadcast,
+//! which that socket receives. Retransmits after 1, 2 and 4 s (RFC 2131
+//! §4.1 backs off from 4 s; a first answer is wanted quickly at boot).
+//!
+//! Limits: no ARP probe of the offered address (RFC 5227) — the servers
+//! RayOS meets (QEMU's, home routers) hand out addresses they own; no
+//! INIT-REBOOT of a remembered address; one attempt at a time per process.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dhcp::{self, MessageType, Request};
+
+/// An address lease, as the service keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub server: Option<Ipv4Addr>,
+    /// Seconds the lease lasts from when it was acknowledged.
+    pub lease_secs: u32,
+    /// When to renew, seconds after the acknowledgement (T1).
+    pub renew_secs: u32,
+}
+
+impl Lease {
+    fn from_ack(ack: &dhcp::Reply) -> Lease {
+        // A lease without a time is taken as a day; T1 defaults to half.
+        let lease_secs = ack.lease_secs.unwrap_or(86_400).max(10);
+        Lease {
+            address: ack.yiaddr,
+            prefix: ack.prefix_len(),
+            gateway: ack.routers.first().copied(),
+            dns: ack.dns.clone(),
+            server: ack.server_id,
+            lease_secs,
+            renew_secs: ack
+                .renew_secs
+                .filter(|&t| t > 0 && t < lease_secs)
+                .unwrap_or(lease_secs / 2),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    #[error("cannot open the DHCP socket on {link}")]
+    Socket {
+        link: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no DHCP server answered on {link} within {secs} s")]
+    NoAnswer { link: String, secs: u64 },
+    #[error("the DHCP server {server} refused the address (NAK) on {link}")]
+    Refused { link: String, server: String },
+}
+
+fn socket(link: &str) -> Result<UdpSocket, DhcpError> {
+    let err = |source| DhcpError::Socket {
+        link: link.into(),
+        source,
+    };
+    // SAFETY: plain socket(2); the descriptor is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_UDP,
+        )
+    };
+    if fd < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    let set = |opt, val: *const libc::c_void, len: usize| {
+        // SAFETY: `val` points to `len` readable bytes for the call.
+        let r = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, val, len as libc::socklen_t) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    let int = (&one as *const libc::c_int).cast();
+    let n = std::mem::size_of::<libc::c_int>();
+    set(libc::SO_REUSEADDR, int, n).map_err(err)?;
+    set(libc::SO_BROADCAST, int, n).map_err(err)?;
+    set(libc::SO_BINDTODEVICE, link.as_ptr().cast(), link.len()).map_err(err)?;
+    let sock = UdpSocket::from(owned);
+    // std binds through the descriptor we made: bind(2) on it directly.
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 68u16.to_be(),
+        sin_addr: libc::in_addr { s_addr: 0 },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `addr` is a valid sockaddr_in of the size passed.
+    let r = unsafe {
+        libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    Ok(sock)
+}
+
+/// A transaction id that differs per attempt and per link.
+fn xid(mac: &[u8; 6]) -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
+        .unwrap_or(0);
+    t ^ u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]) ^ std::process::id()
+}
+
+const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+
+/// Sends `req` and waits for a reply of one of `kinds` to it, retrying
+/// until `deadline`.
+fn exchange(
+    sock: &UdpSocket,
+    req: &Request<'_>,
+    kinds: &[MessageType],
+    deadline: Instant,
+) -> io::Result<Option<dhcp::Reply>> {
+    let bytes = req.encode();
+    let mut wait = Duration::from_secs(1);
+    let mut buf = [0u8; 1500];
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        sock.send_to(&bytes, SERVER)?;
+        let until = (now + wait).min(deadline);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            sock.set_read_timeout(Some(left))?;
+            let n = match sock.recv_from(&mut buf) {
+                Ok((n, _)) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            // Anything else on port 68 (other clients' replies, garbage)
+            // is not ours: keep waiting.
+            if let Ok(r) = dhcp::parse(&buf[..n])
+                && r.xid == req.xid
+                && r.chaddr == req.mac
+                && kinds.contains(&r.kind)
+            {
+                return Ok(Some(r));
+            }
+        }
+        wait = (wait * 2).min(Duration::from_secs(4));
+    }
+}
+
+/// Acquires a lease on `link` (which must be up with carrier).
+pub fn acquire(
+    link: &str,
+    mac: [u8; 6],
+    hostname: Option<&str>,
+    timeout: Duration,
+) -> Result<Lease, DhcpError> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let sock = socket(link)?;
+    let io_err = |source| DhcpError::Socket {
+        link: link.into(),
+        source,
+    };
+    let no_answer = || DhcpError::NoAnswer {
+        link: link.into(),
+        secs: timeout.as_secs(),
+    };
+    let xid = xid(&mac);
+    let mut req = Request {
+        kind: MessageType::Discover,
+        xid,
+        mac,
+        secs: 0,
+        ciaddr: Ipv4Addr::UNSPECIFIED,
+        requested: None,
+        server_id: None,
+        hostname,
+    };
+    let offer = exchange(&sock, &req, &[MessageType::Offer], deadline)
+        .map_err(io_err)?
+        .ok_or_else(no_answer)?;
+    req.kind = MessageType::Request;
+    req.secs = started.elapsed().as_secs().min(u16::MAX as u64) as u16;
+    req.requested = Some(offer.yiaddr);
+    req.server_id = offer.server_id;
+    let ack = exchange(&sock, &req, &[MessageType::Ack, MessageType::Nak], deadline)
+        .map_err(io_err)?
+        .ok_or_else(no_answer)?;
+    if ack.kind == MessageType::Nak {
+        return Err(DhcpError::Refused {
+            link: link.into(),
+            server: ack.server_id.map(|s| s.to_string()).unwrap_or_default(),
+        });
+    }
+    Ok(Lease::from_ack(&ack))
+}
+
+/// Renews `lease` on `link` (RENEWING, sent by broadcast so it also
+/// works when the server moved).
+pub fn renew(
+    link: &str,
+    mac: [u8; 6],
+    lease: &Lease,
+    hostname: Option<&str>,
+    timeout: Duration,
+) -> Result<Lease, DhcpError> {
+    let sock = socket(link)?;
+    let req = Request {
+        kind: MessageType::Request,
+        xid: xid(&mac),
+        mac,
+        secs: 0,
+        ciaddr: lease.address,
+        requested: None,
+        server_id: None,
+        hostname,
+    };
+    let ack = exchange(
+        &sock,
+        &req,
+        &[MessageType::Ack, MessageType::Nak],
+        Instant::now() + timeout,
+    )
+    .map_err(|source| DhcpError::Socket {
+        link: link.into(),
+        source,
+    })?
+    .ok_or_else(|| DhcpError::NoAnswer {
+        link: link.into(),
+        secs: timeout.as_secs(),
+    })?;
+    if ack.kind == MessageType::Nak {
+        return Err(DhcpError::Refused {
+            link: link.into(),
+            server: ack.server_id.map(|s| s.to_string()).unwrap_or_default(),
+        });
+    }
+    Ok(Lease::from_ack(&ack))
+}
