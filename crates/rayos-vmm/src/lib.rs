@@ -239,7 +239,7 @@ pub struct ExecSpec {
     pub max_output: usize,
 }
 
-/// What [`VmHandle::guest_exec`] saw.
+/// What [`Vmm::guest_exec`] saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecOutcome {
     /// The program's process id in the guest.
