@@ -197,6 +197,26 @@ impl Run {
         self.expect_not(vm, what, marker, &[], secs)
     }
 
+    /// An installed RayOS up: rayosd healthy (`RAYOS_READY`, never
+    /// `RAYOS_FATAL`) within `ready_secs`, then its Linux VM running
+    /// within 900 s. `healthy` names the first step in the report.
+    pub(crate) fn ready_with_linux_vm(
+        &self,
+        vm: &mut Qemu,
+        healthy: &str,
+        ready_secs: u64,
+    ) -> Result<()> {
+        self.expect_not(
+            vm,
+            healthy,
+            Kind::Ready.prefix(),
+            &[Kind::Fatal.prefix()],
+            ready_secs,
+        )?;
+        self.expect(vm, "Linux VM running", Kind::LinuxVmReady.prefix(), 900)?;
+        Ok(())
+    }
+
     /// Waits for `good`, failing at once when one of `bad` appears first.
     pub(crate) fn expect_not(
         &self,
@@ -591,19 +611,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
         300,
     )?;
     accel_marker(run, &mut vm)?;
-    run.expect_not(
-        &mut vm,
-        "rayosd healthy",
-        Kind::Ready.prefix(),
-        &[Kind::Fatal.prefix()],
-        600,
-    )?;
-    run.expect(
-        &mut vm,
-        "Linux VM running",
-        Kind::LinuxVmReady.prefix(),
-        900,
-    )?;
+    run.ready_with_linux_vm(&mut vm, "rayosd healthy", 600)?;
     if v == Variant::Wizard {
         // The install path is what this variant proves; the save/resume
         // cycle is the other variants' job.

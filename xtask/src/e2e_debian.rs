@@ -22,7 +22,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use rayos_base::marker::{Kind, VmStart};
+use rayos_base::marker::VmStart;
 use rayos_image::qemu::Qemu;
 
 use crate::e2e::{Installed, Run};
@@ -73,19 +73,7 @@ fn now() -> f64 {
 pub fn after_install(run: &Run, work: &Path, installed: &Installed) -> Result<()> {
     // 2. First boot.
     let mut vm = Qemu::start(&installed.boot_config(work, "boot1")?)?;
-    run.expect_not(
-        &mut vm,
-        "rayosd healthy",
-        Kind::Ready.prefix(),
-        &[Kind::Fatal.prefix()],
-        900,
-    )?;
-    run.expect(
-        &mut vm,
-        "Linux VM running",
-        Kind::LinuxVmReady.prefix(),
-        900,
-    )?;
+    run.ready_with_linux_vm(&mut vm, "rayosd healthy", 900)?;
     attach(run, &mut vm)?;
     // The serial getty prints its prompt once; Enter brings it back.
     let login = format!("{GUEST_HOST} login:");
@@ -142,19 +130,7 @@ pub fn after_install(run: &Run, work: &Path, installed: &Installed) -> Result<()
 
     // 3. Second boot: resumed, the same shell and process, the clock set.
     let mut vm = Qemu::start(&installed.boot_config(work, "boot2")?)?;
-    run.expect_not(
-        &mut vm,
-        "rayosd healthy again",
-        Kind::Ready.prefix(),
-        &[Kind::Fatal.prefix()],
-        900,
-    )?;
-    run.expect(
-        &mut vm,
-        "Linux VM running",
-        Kind::LinuxVmReady.prefix(),
-        900,
-    )?;
+    run.ready_with_linux_vm(&mut vm, "rayosd healthy again", 900)?;
     attach(run, &mut vm)?;
     shell(
         run,

@@ -30,7 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use rayos_base::marker::Kind;
 use rayos_image::qemu::{Qemu, QemuError};
 use rayos_testkit::guest::NET_TEST_URL;
 
@@ -197,19 +196,7 @@ pub fn after_install(run: &Run, work: &Path, installed: &Installed) -> Result<()
     let mut cfg = installed.boot_config(work, "boot1")?;
     cfg.extra_args.extend(outer_nic(server.port));
     let mut vm = Qemu::start(&cfg)?;
-    run.expect_not(
-        &mut vm,
-        "rayosd healthy",
-        Kind::Ready.prefix(),
-        &[Kind::Fatal.prefix()],
-        900,
-    )?;
-    run.expect(
-        &mut vm,
-        "Linux VM running",
-        Kind::LinuxVmReady.prefix(),
-        900,
-    )?;
+    run.ready_with_linux_vm(&mut vm, "rayosd healthy", 900)?;
     let got = guest_fetch(
         run,
         &mut vm,
