@@ -303,11 +303,13 @@ fn pump_lines(r: std::io::PipeReader, dir: &std::path::Path, name: &str) {
         if let Some(f) = file.as_mut() {
             let _ = f.write_line(line);
         }
-        if let Some(pos) = line.find(rayos_base::marker::PREFIX) {
+        // Only real markers: a message that merely names `$RAYOS_SOCKET`
+        // is not one (it was relayed as `RAYOS_SOCKET at the running one`).
+        if let Some(m) = rayos_base::marker::Marker::find_in(line) {
             // Through init's log, not the console alone: /dev/console is the
             // last `console=` (the screen), and the kernel log carries the
             // marker to the serial console too.
-            log::relay_marker(&line[pos..]);
+            log::relay_marker(&m.to_string());
         }
     }
     if let Some(f) = file.as_mut() {
@@ -339,7 +341,9 @@ mod tests {
             program: "/bin/sh".into(),
             args: vec![
                 "-c".into(),
-                format!("echo hello; echo 'rayosd: {started}'; echo oops >&2; exit 3"),
+                format!(
+                    "echo hello; echo 'point it at $RAYOS_SOCKET instead'; echo 'rayosd: {started}'; echo oops >&2; exit 3"
+                ),
             ],
             env: vec![],
             output: Output::Log(d.path().to_path_buf()),
@@ -373,6 +377,11 @@ mod tests {
             let lines = log::early_lines();
             if lines.iter().any(relayed) {
                 assert!(!lines.iter().any(|l| l.ends_with("] hello")));
+                // Naming an environment variable is not a marker.
+                assert!(
+                    !lines.iter().any(|l| l.contains("RAYOS_SOCKET")),
+                    "{lines:?}"
+                );
                 break;
             }
             assert!(
