@@ -212,13 +212,14 @@ pub struct CommandLine {
 /// Linux guest `/dev/virtio-ports/org.rayos.agent.0`.
 pub const BRIDGE_PORT: &str = "org.rayos.agent.0";
 
-/// Whether VMs of `kind` get an absolute pointer (a tablet), which is
-/// what lets injected clicks land at screen coordinates. The others have
-/// only the board's PS/2 mouse, which takes relative motion; adding a
-/// device changes the fingerprint, so saved states of existing VMs would
-/// no longer restore (docs/agent-bridge.md).
+/// Whether VMs of `kind` have an absolute pointer, which is what lets
+/// injected clicks land at screen coordinates: Linux a virtio tablet,
+/// Windows a USB tablet on xHCI (its in-box driver). Generic VMs have only
+/// the board's PS/2 mouse, which takes relative motion; adding a device
+/// changes the fingerprint, so saved states of existing VMs would no
+/// longer restore (docs/agent-bridge.md).
 pub fn has_absolute_pointer(kind: VmKind) -> bool {
-    kind == VmKind::Linux
+    matches!(kind, VmKind::Linux | VmKind::Windows)
 }
 
 impl CommandLine {
@@ -297,7 +298,7 @@ impl CommandLine {
         // is drawn instead of through the guest's mouse acceleration.
         // Windows has no in-box virtio-input driver: a tablet it cannot
         // drive would take QEMU's pointer events from the PS/2 mouse.
-        if has_absolute_pointer(def.kind) {
+        if def.kind == VmKind::Linux {
             c.cfg("-device", "virtio-tablet-pci".into());
         }
         // Windows drives xHCI and the USB tablet with in-box drivers: the
