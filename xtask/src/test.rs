@@ -80,6 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Variant::Wizard,
             Variant::UsbLate,
             Variant::AnswersSafety,
+            Variant::Net,
         ],
         media: PathBuf::from("build"),
         rebuild: true,
