@@ -387,6 +387,29 @@ fn debian_vm_boots_logs_in_and_survives_suspend_with_its_clock() {
         text.contains(&format!("guest host:    {HOSTNAME}")),
         "{text}"
     );
+    // The agent bridge's exec against Debian's real qemu-guest-agent (the
+    // daemon tests use the test guest's imitation): output and exit code
+    // come back through `guest-exec` / `guest-exec-status`.
+    let out = h.ok(&["exec", "linux", "--", "/bin/cat", "/etc/hostname"]);
+    assert_eq!(out.trim(), HOSTNAME, "exec output");
+    let failed = rayos()
+        .args(["vm", "--socket"])
+        .arg(h.socket())
+        .args([
+            "exec",
+            "linux",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo oops >&2; exit 3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(3), "exec exit code: {failed:?}");
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("oops"),
+        "exec stderr: {failed:?}"
+    );
 
     // 4. Suspend, let time pass, resume.
     con.close();
