@@ -1550,6 +1550,76 @@ fn injected_keys_reach_the_guest_in_order_and_are_released_in_reverse() {
     );
 }
 
+/// The layout text is typed with: the VM's first-boot keyboard, else the
+/// machine's, else US; a character the layout cannot type is a 400 that
+/// names it, and nothing is sent.
+#[test]
+fn text_is_typed_with_the_vms_or_the_machines_keyboard_layout() {
+    use rayos_vmm::InputEvent::Key;
+    let f = open();
+    let text = |t: &str| rayos_api::InputAction::Text { text: t.into() };
+    let pressed = |f: &Fx, vm: &str| -> Vec<&'static str> {
+        f.vmm
+            .proc(f.id(vm))
+            .unwrap()
+            .input
+            .iter()
+            .filter_map(|e| match e {
+                Key { qcode, down: true } => Some(*qcode),
+                _ => None,
+            })
+            .collect()
+    };
+    f.sup.create(&req("gen", VmKind::Generic)).unwrap();
+    let mut lin = req("lin", VmKind::Linux);
+    lin.guest = Some(rayos_state::GuestConfig {
+        user: "ray".into(),
+        password_hash: Some("$6$salt$hash".into()),
+        ssh_authorized_key: None,
+        hostname: "lin".into(),
+        timezone: "UTC".into(),
+        locale: "C.UTF-8".into(),
+        keyboard: "fr".into(),
+    });
+    f.sup.create(&lin).unwrap();
+    for vm in ["gen", "lin"] {
+        f.sup.start(vm, false).unwrap();
+    }
+    // No machine.toml: US.
+    f.sup.input("gen", &input(vec![text("y")], true)).unwrap();
+    assert_eq!(pressed(&f, "gen"), ["y"]);
+    // The machine's German keyboard: y and z swapped.
+    let m = rayos_state::MachineConfig::new("rayos", "UTC", "C.UTF-8", "de");
+    fs::write(f.sup.layout().machine(), m.to_toml()).unwrap();
+    f.sup.input("gen", &input(vec![text("yZ")], true)).unwrap();
+    assert_eq!(pressed(&f, "gen"), ["y", "z", "shift", "y"]);
+    // The Linux VM's own (first-boot) French keyboard wins: AZERTY.
+    f.sup.input("lin", &input(vec![text("a1")], true)).unwrap();
+    assert_eq!(pressed(&f, "lin"), ["q", "shift", "1"]);
+    // A dead key on the German layout: refused before anything is sent.
+    let e = f
+        .sup
+        .input("gen", &input(vec![text("ok"), text("2^3")], true))
+        .unwrap_err();
+    assert_eq!(e.status(), 400);
+    assert!(
+        e.to_string().contains("'^'") && e.to_string().contains("\"de\""),
+        "{e}"
+    );
+    assert_eq!(pressed(&f, "gen").len(), 4);
+    // A layout RayOS has no table for.
+    let m = rayos_state::MachineConfig::new("rayos", "UTC", "C.UTF-8", "fr-bepo");
+    fs::write(f.sup.layout().machine(), m.to_toml()).unwrap();
+    let e = f
+        .sup
+        .input("gen", &input(vec![text("x")], true))
+        .unwrap_err();
+    assert_eq!(e.status(), 400);
+    assert!(e.to_string().contains("\"fr-bepo\""), "{e}");
+    // Keys still work there.
+    f.sup.input("gen", &input(vec![keys("x")], true)).unwrap();
+}
+
 #[test]
 fn a_hidden_vm_takes_injected_input_only_when_asked() {
     let f = open();
