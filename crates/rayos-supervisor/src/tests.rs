@@ -1657,6 +1657,63 @@ fn physical_input_pauses_injection_into_the_presented_vm() {
     assert_eq!(f.vmm.proc(f.id("lin")).unwrap().input.len(), 2);
 }
 
+/// A person who starts typing while an agent's long text is being sent
+/// stops it within one key: the rule is checked before every step, the
+/// error says how far the text got, and no key is left held down.
+#[test]
+fn physical_input_stops_a_long_injected_text_within_one_key() {
+    use rayos_vmm::InputEvent::Key;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Policy::default();
+    p.linux.autostart = false;
+    write_policy(&dir, &p);
+    let mut cfg = config(&dir);
+    // 40 ms per character: 60 characters take 2.4 s.
+    cfg.key_gap = Duration::from_millis(20);
+    let vmm = FakeVmm::new();
+    let sup = Supervisor::open(cfg, vmm.clone()).unwrap();
+    let f = Fx { dir, vmm, sup };
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.sup.start("lin", false).unwrap();
+    f.sup.present("lin").unwrap();
+    let text = rayos_api::InputAction::Text {
+        text: "x".repeat(60),
+    };
+    let e = std::thread::scope(|s| {
+        let typing = s.spawn(|| f.sup.input("lin", &input(vec![text], false)));
+        // The person starts once the first key has reached the guest.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while f.vmm.proc(f.id("lin")).unwrap().input.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no key was sent");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        f.sup.physical_input();
+        typing.join().unwrap().unwrap_err()
+    });
+    assert_eq!(e.status(), 409);
+    let msg = e.to_string();
+    assert!(msg.contains("a person is using VM lin"), "{msg}");
+    let got = f.vmm.proc(f.id("lin")).unwrap().input;
+    let presses = got
+        .iter()
+        .filter(|e| matches!(e, Key { down: true, .. }))
+        .count();
+    assert!((1..60).contains(&presses), "{presses} of 60 keys were sent");
+    assert!(
+        msg.contains(&format!("stopped after {presses} of 60 steps")),
+        "{msg}"
+    );
+    // Every key pressed was released.
+    assert_eq!(got.len(), 2 * presses);
+    assert_eq!(
+        got.last(),
+        Some(&Key {
+            qcode: "x",
+            down: false
+        })
+    );
+}
+
 #[test]
 fn clicks_map_screen_pixels_and_need_an_absolute_pointer() {
     use rayos_vmm::InputEvent::{Abs, Button};
