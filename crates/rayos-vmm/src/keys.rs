@@ -10,7 +10,7 @@
 //! a US layout and `z` on a German one.
 //!
 //! Layouts: `us`, `uk` (also `gb`), `de`, `fr`, `es`, `it`, the ones the
-//! installer offers ([`layouts`] has the tables and why they hold what
+//! installer offers (`keys/layouts.rs` has the tables and why they hold what
 //! they hold). A character the layout types only through a dead key (`^`
 //! on German, `¨` on French keyboards), or has no key for (other scripts),
 //! is refused with a message naming it and the layout, never replaced by
