@@ -16,8 +16,9 @@ PKGS=(
   mmdebstrap
   # tests (g++: libFuzzer, built by the fuzz targets; iproute2 + dnsmasq-base:
   # the DHCP test of `rayos net` in network namespaces, docs/network.md;
-  # kbd + console-data: the keymap test of rayos-init, docs/init.md)
-  tmux g++ iproute2 dnsmasq-base kbd console-data
+  # kbd + console-data: the keymap test of rayos-init, docs/init.md, and with
+  # xkb-data the layout tables of the agent bridge, docs/agent-bridge.md)
+  tmux g++ iproute2 dnsmasq-base kbd console-data xkb-data
 )
 
 find_missing() {
