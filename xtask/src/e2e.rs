@@ -426,8 +426,8 @@ pub(crate) struct Installed {
     pub(crate) sector: u32,
     pub(crate) data_offset: u64,
     /// Where the Linux VM's files are: the byte offset of their filesystem
-    /// and their directory in it (the data volume's `/vm/linux`, or the
-    /// root of a dedicated VM-storage partition).
+    /// and a directory in it that holds them (the data volume's `/vm`, or
+    /// the root of a dedicated VM-storage partition).
     pub(crate) linux_files: (u64, &'static str),
 }
 
@@ -495,7 +495,7 @@ pub(crate) fn install(
         vars,
         sector,
         data_offset: 0,
-        linux_files: (0, "/vm/linux"),
+        linux_files: (0, "/vm"),
     };
     let target = installed.target();
     let config =
@@ -600,7 +600,7 @@ pub(crate) fn install(
         ));
         (at, "/")
     } else {
-        (data_offset, "/vm/linux")
+        (data_offset, "/vm")
     };
     Ok(Installed {
         data_offset,
@@ -879,7 +879,8 @@ fn names(listing: &str) -> Vec<&str> {
 /// The `4k` variant's Linux VM lives on its own VM-storage partition: init
 /// mounted it at boot (its step says so on the console), the VM's disks,
 /// saved state and logs are on it after the power-off, and under the mount
-/// point on the data volume there is only the marker that names it.
+/// point on the data volume (`vm/<id>/`) there is only the marker that
+/// names it.
 fn vm_storage_used(run: &Run, installed: &Installed, serial: &Path) -> Result<()> {
     let console = String::from_utf8_lossy(&fs::read(serial)?).into_owned();
     let line = console
@@ -912,11 +913,20 @@ fn vm_storage_used(run: &Run, installed: &Installed, serial: &Path) -> Result<()
         !names(&saved).is_empty(),
         "the Linux VM's saved state is not on its VM-storage partition: {saved}"
     );
-    let under = debugfs(&installed.disk, installed.data_offset, "ls -l /vm/linux")?;
+    // The mount point: `... on /var/rayos/vm/<id>`, `vm/<id>` on the volume.
+    let point = line
+        .rsplit_once(" on /var/rayos")
+        .map(|(_, p)| p.trim())
+        .with_context(|| format!("no mount point in {line:?}"))?;
+    let under = debugfs(
+        &installed.disk,
+        installed.data_offset,
+        &format!("ls -l {point}"),
+    )?;
     let under = names(&under);
     ensure!(
         under == [rayos_state::layout::vm::STORAGE_MARKER],
-        "the data volume's /vm/linux holds more than the storage marker: {under:?}"
+        "the data volume's {point} holds more than the storage marker: {under:?}"
     );
     run.ok(&format!(
         "the Linux VM's files ({}) are on the VM-storage partition; the data volume has only the marker",
