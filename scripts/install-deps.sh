@@ -10,7 +10,7 @@ PKGS=(
   # virtual machines
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools
   # boot media
-  systemd-boot-efi xorriso cpio busybox-static kmod zstd binutils
+  systemd-boot-efi xorriso cpio busybox-static kmod zstd lz4 binutils
   linux-image-amd64 efibootmgr
   # the Debian VM image (docs/linux-vm.md)
   mmdebstrap

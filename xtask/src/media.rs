@@ -476,6 +476,13 @@ pub fn build(args: &Args) -> Result<Built> {
         t0,
     );
     let initrd_len = ird.write(&initrd, Compression::Zstd(args.zstd_level))?;
+    // The installed UKI boots every day: lz4, which the kernel unpacks in
+    // about half zstd's time (1.2-1.6 s against 2.3-3.7 s for this cpio
+    // under TCG), for 13 MiB more than zstd -19 on the system partition
+    // and the media. The installer and recovery UKIs stay small.
+    step("compressing the installed-mode initramfs (lz4 -l -9)", t0);
+    let initrd_lz4 = work.join("initrd.lz4");
+    let initrd_lz4_len = ird.write(&initrd_lz4, Compression::Lz4)?;
     println!(
         "    {} entries, {:.1} MiB -> {:.1} MiB",
         ird.paths().count(),
@@ -493,6 +500,11 @@ pub fn build(args: &Args) -> Result<Built> {
         ("recovery", "rayos-recovery.efi"),
     ] {
         let path = out.join(file);
+        let initrd = if mode == "installed" {
+            &initrd_lz4
+        } else {
+            &initrd
+        };
         let console = if args.serial_console {
             SERIAL_CONSOLE
         } else {
@@ -537,7 +549,7 @@ pub fn build(args: &Args) -> Result<Built> {
         "host_libraries": host_libs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "host_packages": host_packages(&host_files),
         "kernel_modules": resolved.files.len(),
-        "initramfs": { "entries": ird.paths().count(), "cpio_bytes": cpio_len, "zstd_bytes": initrd_len, "zstd_level": args.zstd_level },
+        "initramfs": { "entries": ird.paths().count(), "cpio_bytes": cpio_len, "zstd_bytes": initrd_len, "zstd_level": args.zstd_level, "lz4_bytes": initrd_lz4_len },
     });
     let mut outputs = serde_json::Map::new();
     for (path, _) in ukis.values() {

@@ -77,6 +77,10 @@ pub enum Compression {
     /// `zstd -<level>` (1..=19); 19 is the smallest and slowest.
     Zstd(u8),
     Gzip,
+    /// `lz4 -l -9`: the legacy frame format, the only one the kernel's
+    /// initramfs unpacker reads; about 35 % bigger than zstd -19, but
+    /// unpacked twice as fast at boot (docs/media.md).
+    Lz4,
 }
 
 /// Where a file's bytes come from.
@@ -348,6 +352,10 @@ impl Initramfs {
                 )
             }
             Compression::Gzip => ("gzip", vec!["-n".into(), "-9".into(), "-c".into()]),
+            Compression::Lz4 => (
+                "lz4",
+                vec!["-l".into(), "-9".into(), "-q".into(), "-c".into()],
+            ),
         };
         let mut child = Command::new(tool)
             .args(&args)

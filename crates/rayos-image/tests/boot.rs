@@ -217,8 +217,10 @@ fn programs_copied_with_their_libraries_run_in_the_initramfs() {
          /bin/busybox poweroff -f\n",
     )
     .unwrap();
-    let initrd = d.join("initrd.zst");
-    ird.write(&initrd, Compression::Zstd(3)).unwrap();
+    // lz4 legacy frames, as the installed UKI carries them: the kernel
+    // unpacks them (this boot fails at once if it does not).
+    let initrd = d.join("initrd.lz4");
+    ird.write(&initrd, Compression::Lz4).unwrap();
     let uki_path = d.join("rayos-progs.efi");
     rayos_image::assemble_uki(
         &UkiParts {
