@@ -11,11 +11,12 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rayos_api::{Client, EventKind as E, VmInfo, VmState};
+use rayos_api::{EventKind as E, VmInfo, VmState};
 use rayos_base::marker::{Kind, Marker, VmStart};
+use rayos_testkit::daemon::Host;
 use rayos_testkit::guest;
 use rayos_vmm::qemu::process;
 
@@ -25,119 +26,28 @@ fn rayos() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rayos"))
 }
 
-/// One data volume and socket, with the daemon started and restarted on it.
-struct Host {
-    dir: tempfile::TempDir,
-    daemon: Option<Child>,
-    /// Daemon stdout so far (all runs), for the RAYOS_* markers.
-    out_file: PathBuf,
-    /// File systems mounted for the test, unmounted on drop.
-    mounts: Vec<PathBuf>,
+/// A host (no daemon yet) for these tests; see [`Host::new`].
+fn host() -> Host {
+    host_with_prefix("rayosd")
 }
 
-impl Host {
-    fn new() -> Host {
-        Host::with_prefix("rayosd")
-    }
+/// A host whose every path (data volume, sockets) starts with `prefix`.
+fn host_with_prefix(prefix: &str) -> Host {
+    Host::new(env!("CARGO_BIN_EXE_rayos"), prefix)
+}
 
-    /// A host whose every path (data volume, sockets) starts with `prefix`.
-    fn with_prefix(prefix: &str) -> Host {
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in("/tmp")
-            .unwrap();
-        let out_file = dir.path().join("daemon.out");
-        Host {
-            dir,
-            daemon: None,
-            out_file,
-            mounts: Vec::new(),
-        }
-    }
+/// What these tests do with a host beyond the shared harness: the tiny
+/// test guest and the daemon's autostart.
+trait TestHost {
+    /// Waits until the daemon finished `runs` autostarts (one a daemon
+    /// start).
+    fn wait_autostart(&self, runs: usize);
+    /// `rayos vm create NAME` for the tiny test guest, with extra
+    /// arguments.
+    fn create_guest(&self, name: &str, extra: &[&str]);
+}
 
-    /// Puts the data volume on a tmpfs of `mib` MiB (to fill it up).
-    fn small_state_volume(&mut self, mib: u32) {
-        let state = self.state();
-        fs::create_dir_all(&state).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(&state)
-            .status()
-            .expect("mount(8)");
-        assert!(
-            st.success(),
-            "mounting a tmpfs needs root (tests run as root in CI)"
-        );
-        self.mounts.push(state);
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("run/api.sock")
-    }
-
-    fn client(&self) -> Client {
-        Client::new(self.socket()).with_timeout(Some(Duration::from_secs(300)))
-    }
-
-    fn policy(&self, text: &str) {
-        let p = self.state().join("policy/rayos-policy.toml");
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, text).unwrap();
-    }
-
-    fn start_daemon(&mut self) {
-        self.start_daemon_with(&[]);
-    }
-
-    /// Starts the daemon with extra `rayos daemon` arguments.
-    fn start_daemon_with(&mut self, extra: &[&str]) {
-        assert!(self.daemon.is_none());
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.out_file)
-            .unwrap();
-        let err = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("daemon.err"))
-            .unwrap();
-        let child = rayos()
-            .arg("daemon")
-            .arg("--state-dir")
-            .arg(self.state())
-            .arg("--socket")
-            .arg(self.socket())
-            .args(["--cgroup", "none", "--shutdown-timeout", "120"])
-            .args(extra)
-            .env("RAYOS_ACCEL", "tcg")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn rayos daemon");
-        self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.client().health().is_ok() {
-                break;
-            }
-            if let Some(st) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
-                panic!("rayos daemon exited with {st}: {}", self.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not answer: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
+impl TestHost for Host {
     fn wait_autostart(&self, runs: usize) {
         let deadline = Instant::now() + BOOT;
         while self.markers(Kind::AutostartDone).len() < runs {
@@ -148,85 +58,6 @@ impl Host {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    fn stderr(&self) -> String {
-        fs::read_to_string(self.dir.path().join("daemon.err")).unwrap_or_default()
-    }
-
-    /// The daemon's markers of `kind` so far, oldest first.
-    fn markers(&self, kind: Kind) -> Vec<Marker> {
-        fs::read_to_string(&self.out_file)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.parse::<Marker>().ok())
-            .filter(|m| m.kind() == kind)
-            .collect()
-    }
-
-    /// How VM `vm` came up at each start, oldest first.
-    fn starts(&self, vm: &str) -> Vec<VmStart> {
-        self.markers(Kind::VmStarted)
-            .into_iter()
-            .filter_map(|m| match m {
-                Marker::VmStarted { vm: v, how } if v == vm => Some(how),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn kill_daemon(&mut self) {
-        let mut c = self.daemon.take().expect("daemon runs");
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-
-    /// SIGTERM, as at host shutdown; returns the exit code.
-    fn term_daemon(&mut self) -> i32 {
-        let mut c = self.daemon.take().expect("daemon runs");
-        process::signal(c.id(), libc::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                return st.code().unwrap_or(-1);
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!("daemon did not exit after SIGTERM: {}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn vm(&self, args: &[&str]) -> Output {
-        rayos()
-            .arg("vm")
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// `rayos vm ARGS`, which must succeed; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.vm(args);
-        assert!(
-            o.status.success(),
-            "rayos vm {args:?} failed: {}{}\ndaemon: {}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-            self.stderr()
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn show(&self, name: &str) -> VmInfo {
-        serde_json::from_str(&self.ok(&["show", name, "--json"])).unwrap()
-    }
-
-    fn console(&self, name: &str) -> PathBuf {
-        self.show(name).vm_dir.join("logs/console.log")
     }
 
     fn create_guest(&self, name: &str, extra: &[&str]) {
@@ -249,37 +80,6 @@ impl Host {
         ];
         args.extend_from_slice(extra);
         self.ok(&args);
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // QEMU and swtpm are detached from the daemon: end them here.
-        let vm_run = self.dir.path().join("run/vm");
-        for e in fs::read_dir(&vm_run).into_iter().flatten().flatten() {
-            let id = e.file_name().to_string_lossy().into_owned();
-            for pidfile in ["qemu.pid", "swtpm.pid"] {
-                // swtpm's command line names the VM directory, not the id.
-                if let Some(pid) = process::read_pid(&e.path().join(pidfile))
-                    && (process::alive_with_arg(pid, &id)
-                        || (pidfile == "swtpm.pid"
-                            && process::alive_with_arg(
-                                pid,
-                                &self.dir.path().display().to_string(),
-                            )))
-                {
-                    let _ = process::signal(pid, libc::SIGKILL);
-                    process::wait_gone(pid, Duration::from_secs(5));
-                }
-            }
-        }
-        for m in self.mounts.drain(..) {
-            let _ = Command::new("umount").arg(&m).status();
-        }
     }
 }
 
@@ -316,7 +116,7 @@ fn json_boot(out: &str) -> String {
 /// it from zero.
 #[test]
 fn counter_survives_suspend_daemon_kill_and_host_shutdown() {
-    let mut h = Host::new();
+    let mut h = host();
     h.policy("version = 1\n[linux]\nautostart = true\n");
     h.start_daemon();
     h.create_guest("lin", &[]);
@@ -325,7 +125,7 @@ fn counter_survives_suspend_daemon_kill_and_host_shutdown() {
     // Cold boot.
     let out = h.ok(&["start", "lin", "--json"]);
     assert_eq!(json_boot(&out), "cold");
-    let log = h.console("lin");
+    let log = h.console_log("lin");
     guest::wait_counter_above(&log, 0, Some(3), BOOT).unwrap();
 
     // suspend -> start: resumed, counter continues.
@@ -412,11 +212,11 @@ fn counter_survives_suspend_daemon_kill_and_host_shutdown() {
 /// byte for byte, and the disk is untouched and consistent.
 #[test]
 fn corrupt_state_file_cold_boots_and_keeps_disk_and_state() {
-    let mut h = Host::new();
+    let mut h = host();
     h.start_daemon();
     h.create_guest("lin", &["--disk", "32M"]);
     h.ok(&["start", "lin"]);
-    let log = h.console("lin");
+    let log = h.console_log("lin");
     guest::wait_counter_above(&log, 0, Some(2), BOOT).unwrap();
     h.ok(&["suspend", "lin"]);
     let shown = h.show("lin");
@@ -495,7 +295,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// generation; bad API input gets 4xx; CLI exit codes; the daemon's RSS.
 #[test]
 fn corrupt_registry_bad_input_and_exit_codes() {
-    let mut h = Host::new();
+    let mut h = host();
     // Unreachable daemon: exit code 3 and a message naming the socket.
     let o = h.vm(&["list"]);
     assert_eq!(o.status.code(), Some(3));
@@ -607,7 +407,7 @@ fn last_word(line: &str) -> String {
 /// survive a suspend/resume and a stop/start.
 #[test]
 fn windows_profile_keeps_uefi_variables_and_tpm_state() {
-    let mut h = Host::new();
+    let mut h = host();
     h.policy("version = 1\n[linux]\nautostart = false\n[windows]\nenabled = true\n");
     h.start_daemon();
     let esp = guest::uefi_disk().expect("UEFI test guest (systemd-boot-efi, mtools, dosfstools)");
@@ -639,7 +439,7 @@ fn windows_profile_keeps_uefi_variables_and_tpm_state() {
     );
 
     h.ok(&["start", "win"]);
-    let log = h.console("win");
+    let log = h.console_log("win");
     assert_eq!(
         guest::wait_for_line(&log, 0, "FIRMWARE", BOOT).unwrap(),
         "FIRMWARE uefi"
@@ -682,11 +482,11 @@ fn windows_profile_keeps_uefi_variables_and_tpm_state() {
 /// in, boots through UEFI without --kernel, and the source is not touched.
 #[test]
 fn imported_image_boots_a_linux_vm_through_uefi() {
-    let mut h = Host::new();
+    let mut h = host();
     h.start_daemon();
     let image = guest::uefi_disk().expect("UEFI test guest (systemd-boot-efi, mtools, dosfstools)");
     let source = fs::read(&image).unwrap();
-    let missing = h.dir.path().join("no-such.qcow2");
+    let missing = h.dir().join("no-such.qcow2");
     let out = h.vm(&[
         "create",
         "distro",
@@ -718,7 +518,7 @@ fn imported_image_boots_a_linux_vm_through_uefi() {
         "imported by copy"
     );
     h.ok(&["start", "distro"]);
-    let log = h.console("distro");
+    let log = h.console_log("distro");
     assert_eq!(
         guest::wait_for_line(&log, 0, "FIRMWARE", BOOT).unwrap(),
         "FIRMWARE uefi"
@@ -736,14 +536,14 @@ fn imported_image_boots_a_linux_vm_through_uefi() {
 /// file is left, and the guest keeps running undisturbed.
 #[test]
 fn disk_full_during_save_keeps_the_vm_running() {
-    let mut h = Host::new();
+    let mut h = host();
     // Room for the VM's kernel and initrd copies (~11 MiB), not for the
     // ~30 MiB state of a 256 MiB guest.
     h.small_state_volume(20);
     h.start_daemon();
     h.create_guest("lin", &[]);
     h.ok(&["start", "lin"]);
-    let log = h.console("lin");
+    let log = h.console_log("lin");
     guest::wait_counter_above(&log, 0, Some(2), BOOT).unwrap();
     let pid = h.show("lin").pid;
 
@@ -772,12 +572,12 @@ fn disk_full_during_save_keeps_the_vm_running() {
 /// kept, and the policy (restart_on_crash) restarts it after a backoff.
 #[test]
 fn crashed_vm_keeps_console_and_is_restarted() {
-    let mut h = Host::new();
+    let mut h = host();
     h.policy("version = 1\n[linux]\nautostart = false\nrestart_on_crash = true\n");
     h.start_daemon();
     h.create_guest("lin", &[]);
     h.ok(&["start", "lin"]);
-    let log = h.console("lin");
+    let log = h.console_log("lin");
     guest::wait_counter_above(&log, 0, Some(2), BOOT).unwrap();
     let pid = h.show("lin").pid.unwrap();
     process::signal(pid, libc::SIGKILL).unwrap();
@@ -815,7 +615,7 @@ fn crashed_vm_keeps_console_and_is_restarted() {
 /// restarted even though the policy restarts crashed VMs.
 #[test]
 fn guest_power_off_is_a_stop_not_a_crash() {
-    let mut h = Host::new();
+    let mut h = host();
     h.policy("version = 1\n[generic]\nrestart_on_crash = true\n");
     h.start_daemon();
     let g = guest::linux_guest().expect("test guest");
@@ -955,9 +755,9 @@ fn events_until(h: &Host, vm: &str, timeout: Duration, done: impl Fn(&[E]) -> bo
 /// content, mode 0600 in a 0700 directory) with progress in the log.
 #[test]
 fn import_refuses_images_that_point_at_host_files() {
-    let mut h = Host::new();
+    let mut h = host();
     h.start_daemon();
-    let images = h.dir.path().join("images");
+    let images = h.dir().join("images");
     fs::create_dir_all(&images).unwrap();
     let secret = secret_file(&images);
 
@@ -1105,9 +905,9 @@ fn import_refuses_images_that_point_at_host_files() {
 /// separator). State, disks and directories are private to root.
 #[test]
 fn disks_and_media_never_reach_host_files_even_with_commas_in_paths() {
-    let mut h = Host::with_prefix("rayosd,comma");
+    let mut h = host_with_prefix("rayosd,comma");
     h.start_daemon();
-    let images = h.dir.path().join("images, too");
+    let images = h.dir().join("images, too");
     fs::create_dir_all(&images).unwrap();
     let secret = secret_file(&images);
     let iso = images.join("install,media.iso");
@@ -1140,7 +940,7 @@ fn disks_and_media_never_reach_host_files_even_with_commas_in_paths() {
     overlay(&shown.disks[0], &secret);
 
     h.ok(&["start", "lin"]);
-    let log = h.console("lin");
+    let log = h.console_log("lin");
     let vda = guest::wait_for_line(&log, 0, "READ vda", BOOT).unwrap();
     assert_eq!(
         vda,
@@ -1221,7 +1021,7 @@ fn read_all(s: &mut UnixStream, wait: Duration) -> String {
 /// readable 503 instead of resetting the connection.
 #[test]
 fn api_answers_while_idle_slow_and_streaming_clients_hold_connections() {
-    let mut h = Host::new();
+    let mut h = host();
     h.start_daemon();
     let sock = h.socket();
     let mut idle = idle_connections(&sock, 64, b"");
@@ -1357,7 +1157,7 @@ fn api_answers_while_idle_slow_and_streaming_clients_hold_connections() {
 /// index again.
 #[test]
 fn a_vm_whose_swtpm_dies_is_shut_down_cleanly_and_reported() {
-    let mut h = Host::new();
+    let mut h = host();
     h.policy("version = 1\n[linux]\nautostart = false\n[windows]\nenabled = true\n");
     h.start_daemon();
     let esp = guest::uefi_disk().expect("UEFI test guest");
@@ -1376,13 +1176,13 @@ fn a_vm_whose_swtpm_dies_is_shut_down_cleanly_and_reported() {
         "off",
     ]);
     h.ok(&["start", "win"]);
-    let log = h.console("win");
+    let log = h.console_log("win");
     let nv_line = guest::wait_for_line(&log, 0, "TPMNV ", BOOT).unwrap();
     let nv = last_word(&nv_line);
     guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
 
     let id = h.show("win").id;
-    let pid_file = h.dir.path().join(format!("run/vm/{id}/swtpm.pid"));
+    let pid_file = h.dir().join(format!("run/vm/{id}/swtpm.pid"));
     let tpm = process::read_pid(&pid_file).expect("swtpm pid file");
     let mark = guest::log_len(&log);
     process::signal(tpm, libc::SIGKILL).unwrap();
@@ -1437,7 +1237,7 @@ fn qemu_argv(pid: u32) -> String {
 
 #[test]
 fn policy_set_is_checked_saved_and_used_by_the_running_daemon() {
-    let mut h = Host::new();
+    let mut h = host();
     h.policy("version = 1\n[linux]\nautostart = false\n");
     h.start_daemon();
     h.create_guest("lin", &[]);
@@ -1548,7 +1348,7 @@ fn fails(h: &Host, args: &[&str]) -> (i32, String) {
 /// limit and refusal.
 #[test]
 fn agent_bridge_types_clicks_writes_and_runs_commands_in_a_real_guest() {
-    let mut h = Host::new();
+    let mut h = host();
     h.policy("version = 1\n[linux]\nautostart = false\n");
     h.start_daemon();
     let g = guest::linux_guest().expect("test guest");
@@ -1568,7 +1368,7 @@ fn agent_bridge_types_clicks_writes_and_runs_commands_in_a_real_guest() {
         &cmdline,
     ]);
     h.ok(&["start", "lin"]);
-    let log = h.console("lin");
+    let log = h.console_log("lin");
     for ready in ["TTY ready", "POINTER ready"] {
         guest::wait_for_line(&log, 0, ready, BOOT).unwrap();
     }
@@ -1674,12 +1474,12 @@ fn mcp_session_lists_tools_and_takes_a_screenshot() {
     use base64ct::Encoding as _;
     use std::io::{BufRead, BufReader};
 
-    let mut h = Host::new();
+    let mut h = host();
     h.policy("version = 1\n[linux]\nautostart = false\n");
     h.start_daemon();
     h.create_guest("lin", &[]);
     h.ok(&["start", "lin"]);
-    guest::wait_counter_above(&h.console("lin"), 0, Some(1), BOOT).unwrap();
+    guest::wait_counter_above(&h.console_log("lin"), 0, Some(1), BOOT).unwrap();
 
     let mut mcp = rayos()
         .arg("mcp")
@@ -1849,7 +1649,7 @@ fn exact_line(log: &Path, from: u64, want: &str) {
 /// VM has no port at all.
 #[test]
 fn in_vm_agent_bridge_follows_the_policy_and_is_logged() {
-    let mut h = Host::new();
+    let mut h = host();
     h.policy(
         "version = 1\n[linux]\nautostart = false\nagent_bridge = \"read\"\n[generic]\nautostart = false\n",
     );
@@ -1875,7 +1675,7 @@ fn in_vm_agent_bridge_follows_the_policy_and_is_logged() {
     }
 
     // Read access: the list comes back; acting is refused by policy.
-    let log = h.console("lin");
+    let log = h.console_log("lin");
     let listed = whole_line(&log, "BRIDGE list_vms ");
     let reply: serde_json::Value =
         serde_json::from_str(listed.trim_start_matches("BRIDGE list_vms ")).unwrap();
@@ -1909,12 +1709,11 @@ fn in_vm_agent_bridge_follows_the_policy_and_is_logged() {
     );
 
     // Off (the generic policy's default): no port in the guest, no socket.
-    let gen_log = h.console("gen");
+    let gen_log = h.console_log("gen");
     guest::wait_for_line(&gen_log, 0, "BRIDGE none", BOOT).unwrap();
     let gen_id = h.show("gen").id.to_string();
     assert!(
-        !h.dir
-            .path()
+        !h.dir()
             .join("run/vm")
             .join(&gen_id)
             .join("bridge.sock")
