@@ -151,20 +151,26 @@ const ALIASES: &[(&str, &str)] = &[
 /// The layouts [`type_text`] knows.
 pub const LAYOUTS: &[&str] = &["us"];
 
+/// Why keys or text cannot be sent to a VM.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     #[error(
         "{0:?} is not a key name: use QEMU key names such as ctrl, alt, shift, meta_l, ret, esc, tab, f1, a, 1, delete (aliases: enter, space, del, win)"
     )]
+    /// A name that is not a QEMU key name (or alias); holds it.
     UnknownKey(String),
+    /// A combination with no key in it.
     #[error("the key combination is empty: name keys joined by '+', e.g. ctrl+alt+delete")]
     EmptyCombo,
+    /// A combination with more keys than can be held at once; holds the limit.
     #[error("a key combination has at most {0} keys")]
     TooManyKeys(usize),
     #[error(
         "the VM's keyboard layout is {0:?}, and RayOS types text only for the layouts {LAYOUTS:?}: send keys instead"
     )]
+    /// Text for a keyboard layout RayOS cannot type; holds the layout.
     Layout(String),
+    /// A character the layout has no key for; holds it and the layout.
     #[error("character {0:?} has no key on the {1} layout: send keys for it instead")]
     NoKey(char, &'static str),
 }
