@@ -18,6 +18,8 @@
 //! volume), so it is tested without root, loop devices or firmware. See
 //! `docs/update.md`.
 
+#![warn(missing_docs)]
+
 pub mod apply;
 pub mod bundle;
 pub mod entries;
