@@ -45,7 +45,7 @@ impl Host {
     /// A host with no daemon yet, whose every path (data volume, sockets)
     /// is below a new directory in `/tmp` starting with `prefix`; `bin` is
     /// the `rayos` binary.
-    pub fn new(bin: impl Into<PathBuf>, prefix: &str) -> Host {
+    pub fn with_binary(bin: impl Into<PathBuf>, prefix: &str) -> Host {
         let dir = tempfile::Builder::new()
             .prefix(prefix)
             .tempdir_in("/tmp")
@@ -246,7 +246,7 @@ impl Host {
 
     /// The path of VM `name`'s console log (the serial port's output, kept
     /// by the daemon across starts).
-    pub fn console_log(&self, name: &str) -> PathBuf {
+    pub fn console(&self, name: &str) -> PathBuf {
         self.show(name).vm_dir.join("logs/console.log")
     }
 

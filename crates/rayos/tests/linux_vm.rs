@@ -42,7 +42,7 @@ fn workspace() -> PathBuf {
 /// The daemon on a new data volume; no autostart: the test starts the VM
 /// itself, after creating it.
 fn host() -> Host {
-    let mut h = Host::new(env!("CARGO_BIN_EXE_rayos"), "rayos-linux-vm");
+    let mut h = Host::with_binary(env!("CARGO_BIN_EXE_rayos"), "rayos-linux-vm");
     h.policy("version = 1\n[linux]\nautostart = false\n");
     h.start_daemon();
     h

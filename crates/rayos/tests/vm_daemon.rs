@@ -26,19 +26,15 @@ fn rayos() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rayos"))
 }
 
-/// A host (no daemon yet) for these tests; see [`Host::new`].
-fn host() -> Host {
-    host_with_prefix("rayosd")
-}
-
-/// A host whose every path (data volume, sockets) starts with `prefix`.
-fn host_with_prefix(prefix: &str) -> Host {
-    Host::new(env!("CARGO_BIN_EXE_rayos"), prefix)
-}
-
-/// What these tests do with a host beyond the shared harness: the tiny
-/// test guest and the daemon's autostart.
+/// What these tests do with a host beyond the shared harness: hosts of
+/// the `rayos` binary under test, the tiny test guest and the daemon's
+/// autostart.
 trait TestHost {
+    /// A host (no daemon yet) whose paths start with `rayosd`.
+    fn new() -> Self;
+    /// A host (no daemon yet) whose every path (data volume, sockets)
+    /// starts with `prefix`.
+    fn with_prefix(prefix: &str) -> Self;
     /// Waits until the daemon finished `runs` autostarts (one a daemon
     /// start).
     fn wait_autostart(&self, runs: usize);
@@ -48,6 +44,14 @@ trait TestHost {
 }
 
 impl TestHost for Host {
+    fn new() -> Host {
+        Host::with_prefix("rayosd")
+    }
+
+    fn with_prefix(prefix: &str) -> Host {
+        Host::with_binary(env!("CARGO_BIN_EXE_rayos"), prefix)
+    }
+
     fn wait_autostart(&self, runs: usize) {
         let deadline = Instant::now() + BOOT;
         while self.markers(Kind::AutostartDone).len() < runs {
@@ -116,7 +120,7 @@ fn json_boot(out: &str) -> String {
 /// it from zero.
 #[test]
 fn counter_survives_suspend_daemon_kill_and_host_shutdown() {
-    let mut h = host();
+    let mut h = Host::new();
     h.policy("version = 1\n[linux]\nautostart = true\n");
     h.start_daemon();
     h.create_guest("lin", &[]);
@@ -125,7 +129,7 @@ fn counter_survives_suspend_daemon_kill_and_host_shutdown() {
     // Cold boot.
     let out = h.ok(&["start", "lin", "--json"]);
     assert_eq!(json_boot(&out), "cold");
-    let log = h.console_log("lin");
+    let log = h.console("lin");
     guest::wait_counter_above(&log, 0, Some(3), BOOT).unwrap();
 
     // suspend -> start: resumed, counter continues.
@@ -212,11 +216,11 @@ fn counter_survives_suspend_daemon_kill_and_host_shutdown() {
 /// byte for byte, and the disk is untouched and consistent.
 #[test]
 fn corrupt_state_file_cold_boots_and_keeps_disk_and_state() {
-    let mut h = host();
+    let mut h = Host::new();
     h.start_daemon();
     h.create_guest("lin", &["--disk", "32M"]);
     h.ok(&["start", "lin"]);
-    let log = h.console_log("lin");
+    let log = h.console("lin");
     guest::wait_counter_above(&log, 0, Some(2), BOOT).unwrap();
     h.ok(&["suspend", "lin"]);
     let shown = h.show("lin");
@@ -295,7 +299,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// generation; bad API input gets 4xx; CLI exit codes; the daemon's RSS.
 #[test]
 fn corrupt_registry_bad_input_and_exit_codes() {
-    let mut h = host();
+    let mut h = Host::new();
     // Unreachable daemon: exit code 3 and a message naming the socket.
     let o = h.vm(&["list"]);
     assert_eq!(o.status.code(), Some(3));
@@ -407,7 +411,7 @@ fn last_word(line: &str) -> String {
 /// survive a suspend/resume and a stop/start.
 #[test]
 fn windows_profile_keeps_uefi_variables_and_tpm_state() {
-    let mut h = host();
+    let mut h = Host::new();
     h.policy("version = 1\n[linux]\nautostart = false\n[windows]\nenabled = true\n");
     h.start_daemon();
     let esp = guest::uefi_disk().expect("UEFI test guest (systemd-boot-efi, mtools, dosfstools)");
@@ -439,7 +443,7 @@ fn windows_profile_keeps_uefi_variables_and_tpm_state() {
     );
 
     h.ok(&["start", "win"]);
-    let log = h.console_log("win");
+    let log = h.console("win");
     assert_eq!(
         guest::wait_for_line(&log, 0, "FIRMWARE", BOOT).unwrap(),
         "FIRMWARE uefi"
@@ -482,7 +486,7 @@ fn windows_profile_keeps_uefi_variables_and_tpm_state() {
 /// in, boots through UEFI without --kernel, and the source is not touched.
 #[test]
 fn imported_image_boots_a_linux_vm_through_uefi() {
-    let mut h = host();
+    let mut h = Host::new();
     h.start_daemon();
     let image = guest::uefi_disk().expect("UEFI test guest (systemd-boot-efi, mtools, dosfstools)");
     let source = fs::read(&image).unwrap();
@@ -518,7 +522,7 @@ fn imported_image_boots_a_linux_vm_through_uefi() {
         "imported by copy"
     );
     h.ok(&["start", "distro"]);
-    let log = h.console_log("distro");
+    let log = h.console("distro");
     assert_eq!(
         guest::wait_for_line(&log, 0, "FIRMWARE", BOOT).unwrap(),
         "FIRMWARE uefi"
@@ -536,14 +540,14 @@ fn imported_image_boots_a_linux_vm_through_uefi() {
 /// file is left, and the guest keeps running undisturbed.
 #[test]
 fn disk_full_during_save_keeps_the_vm_running() {
-    let mut h = host();
+    let mut h = Host::new();
     // Room for the VM's kernel and initrd copies (~11 MiB), not for the
     // ~30 MiB state of a 256 MiB guest.
     h.small_state_volume(20);
     h.start_daemon();
     h.create_guest("lin", &[]);
     h.ok(&["start", "lin"]);
-    let log = h.console_log("lin");
+    let log = h.console("lin");
     guest::wait_counter_above(&log, 0, Some(2), BOOT).unwrap();
     let pid = h.show("lin").pid;
 
@@ -572,12 +576,12 @@ fn disk_full_during_save_keeps_the_vm_running() {
 /// kept, and the policy (restart_on_crash) restarts it after a backoff.
 #[test]
 fn crashed_vm_keeps_console_and_is_restarted() {
-    let mut h = host();
+    let mut h = Host::new();
     h.policy("version = 1\n[linux]\nautostart = false\nrestart_on_crash = true\n");
     h.start_daemon();
     h.create_guest("lin", &[]);
     h.ok(&["start", "lin"]);
-    let log = h.console_log("lin");
+    let log = h.console("lin");
     guest::wait_counter_above(&log, 0, Some(2), BOOT).unwrap();
     let pid = h.show("lin").pid.unwrap();
     process::signal(pid, libc::SIGKILL).unwrap();
@@ -615,7 +619,7 @@ fn crashed_vm_keeps_console_and_is_restarted() {
 /// restarted even though the policy restarts crashed VMs.
 #[test]
 fn guest_power_off_is_a_stop_not_a_crash() {
-    let mut h = host();
+    let mut h = Host::new();
     h.policy("version = 1\n[generic]\nrestart_on_crash = true\n");
     h.start_daemon();
     let g = guest::linux_guest().expect("test guest");
@@ -755,7 +759,7 @@ fn events_until(h: &Host, vm: &str, timeout: Duration, done: impl Fn(&[E]) -> bo
 /// content, mode 0600 in a 0700 directory) with progress in the log.
 #[test]
 fn import_refuses_images_that_point_at_host_files() {
-    let mut h = host();
+    let mut h = Host::new();
     h.start_daemon();
     let images = h.dir().join("images");
     fs::create_dir_all(&images).unwrap();
@@ -905,7 +909,7 @@ fn import_refuses_images_that_point_at_host_files() {
 /// separator). State, disks and directories are private to root.
 #[test]
 fn disks_and_media_never_reach_host_files_even_with_commas_in_paths() {
-    let mut h = host_with_prefix("rayosd,comma");
+    let mut h = Host::with_prefix("rayosd,comma");
     h.start_daemon();
     let images = h.dir().join("images, too");
     fs::create_dir_all(&images).unwrap();
@@ -940,7 +944,7 @@ fn disks_and_media_never_reach_host_files_even_with_commas_in_paths() {
     overlay(&shown.disks[0], &secret);
 
     h.ok(&["start", "lin"]);
-    let log = h.console_log("lin");
+    let log = h.console("lin");
     let vda = guest::wait_for_line(&log, 0, "READ vda", BOOT).unwrap();
     assert_eq!(
         vda,
@@ -1021,7 +1025,7 @@ fn read_all(s: &mut UnixStream, wait: Duration) -> String {
 /// readable 503 instead of resetting the connection.
 #[test]
 fn api_answers_while_idle_slow_and_streaming_clients_hold_connections() {
-    let mut h = host();
+    let mut h = Host::new();
     h.start_daemon();
     let sock = h.socket();
     let mut idle = idle_connections(&sock, 64, b"");
@@ -1157,7 +1161,7 @@ fn api_answers_while_idle_slow_and_streaming_clients_hold_connections() {
 /// index again.
 #[test]
 fn a_vm_whose_swtpm_dies_is_shut_down_cleanly_and_reported() {
-    let mut h = host();
+    let mut h = Host::new();
     h.policy("version = 1\n[linux]\nautostart = false\n[windows]\nenabled = true\n");
     h.start_daemon();
     let esp = guest::uefi_disk().expect("UEFI test guest");
@@ -1176,7 +1180,7 @@ fn a_vm_whose_swtpm_dies_is_shut_down_cleanly_and_reported() {
         "off",
     ]);
     h.ok(&["start", "win"]);
-    let log = h.console_log("win");
+    let log = h.console("win");
     let nv_line = guest::wait_for_line(&log, 0, "TPMNV ", BOOT).unwrap();
     let nv = last_word(&nv_line);
     guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
@@ -1237,7 +1241,7 @@ fn qemu_argv(pid: u32) -> String {
 
 #[test]
 fn policy_set_is_checked_saved_and_used_by_the_running_daemon() {
-    let mut h = host();
+    let mut h = Host::new();
     h.policy("version = 1\n[linux]\nautostart = false\n");
     h.start_daemon();
     h.create_guest("lin", &[]);
@@ -1348,7 +1352,7 @@ fn fails(h: &Host, args: &[&str]) -> (i32, String) {
 /// limit and refusal.
 #[test]
 fn agent_bridge_types_clicks_writes_and_runs_commands_in_a_real_guest() {
-    let mut h = host();
+    let mut h = Host::new();
     h.policy("version = 1\n[linux]\nautostart = false\n");
     h.start_daemon();
     let g = guest::linux_guest().expect("test guest");
@@ -1368,7 +1372,7 @@ fn agent_bridge_types_clicks_writes_and_runs_commands_in_a_real_guest() {
         &cmdline,
     ]);
     h.ok(&["start", "lin"]);
-    let log = h.console_log("lin");
+    let log = h.console("lin");
     for ready in ["TTY ready", "POINTER ready"] {
         guest::wait_for_line(&log, 0, ready, BOOT).unwrap();
     }
@@ -1474,12 +1478,12 @@ fn mcp_session_lists_tools_and_takes_a_screenshot() {
     use base64ct::Encoding as _;
     use std::io::{BufRead, BufReader};
 
-    let mut h = host();
+    let mut h = Host::new();
     h.policy("version = 1\n[linux]\nautostart = false\n");
     h.start_daemon();
     h.create_guest("lin", &[]);
     h.ok(&["start", "lin"]);
-    guest::wait_counter_above(&h.console_log("lin"), 0, Some(1), BOOT).unwrap();
+    guest::wait_counter_above(&h.console("lin"), 0, Some(1), BOOT).unwrap();
 
     let mut mcp = rayos()
         .arg("mcp")
@@ -1649,7 +1653,7 @@ fn exact_line(log: &Path, from: u64, want: &str) {
 /// VM has no port at all.
 #[test]
 fn in_vm_agent_bridge_follows_the_policy_and_is_logged() {
-    let mut h = host();
+    let mut h = Host::new();
     h.policy(
         "version = 1\n[linux]\nautostart = false\nagent_bridge = \"read\"\n[generic]\nautostart = false\n",
     );
@@ -1675,7 +1679,7 @@ fn in_vm_agent_bridge_follows_the_policy_and_is_logged() {
     }
 
     // Read access: the list comes back; acting is refused by policy.
-    let log = h.console_log("lin");
+    let log = h.console("lin");
     let listed = whole_line(&log, "BRIDGE list_vms ");
     let reply: serde_json::Value =
         serde_json::from_str(listed.trim_start_matches("BRIDGE list_vms ")).unwrap();
@@ -1709,7 +1713,7 @@ fn in_vm_agent_bridge_follows_the_policy_and_is_logged() {
     );
 
     // Off (the generic policy's default): no port in the guest, no socket.
-    let gen_log = h.console_log("gen");
+    let gen_log = h.console("gen");
     guest::wait_for_line(&gen_log, 0, "BRIDGE none", BOOT).unwrap();
     let gen_id = h.show("gen").id.to_string();
     assert!(

@@ -48,7 +48,7 @@ const VM: &str = "windows";
 /// The daemon on a new data volume whose policy enables Windows VMs and
 /// starts none by itself.
 fn host() -> Host {
-    let mut h = Host::new(env!("CARGO_BIN_EXE_rayos"), "rayos-win");
+    let mut h = Host::with_binary(env!("CARGO_BIN_EXE_rayos"), "rayos-win");
     h.policy("version = 1\n[linux]\nautostart = false\n[windows]\nenabled = true\n");
     h.start_daemon();
     h
