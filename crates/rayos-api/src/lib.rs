@@ -6,8 +6,6 @@
 //! The API is specified in `docs/api/openapi.yaml`; these types are its
 //! implementation and must stay in step with it.
 
-#![warn(missing_docs)]
-
 #[macro_use]
 pub mod types;
 pub mod agent;

@@ -17,8 +17,6 @@
 //! Nothing here knows about VMs, disks or the installer; every other RayOS
 //! crate may depend on this one, and this one on no RayOS crate.
 
-#![warn(missing_docs)]
-
 pub mod efivar;
 pub mod error;
 pub mod hash;

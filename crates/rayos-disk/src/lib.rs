@@ -9,8 +9,6 @@
 //! [`enumerate`] (sysfs, procfs, image files). Nothing here writes to a disk
 //! except [`Gpt::write`], which the installer calls.
 
-#![warn(missing_docs)]
-
 mod crc32;
 pub mod enumerate;
 pub mod fat;

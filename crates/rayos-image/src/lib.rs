@@ -7,8 +7,6 @@
 //! stub and a kernel, put the UKI on an ESP with [`media::build_esp`], wrap
 //! that in an ISO or USB image, and boot it with [`qemu::Qemu`].
 
-#![warn(missing_docs)]
-
 pub mod cpio;
 pub mod debs;
 pub mod fat;

@@ -21,8 +21,6 @@
 //! See `docs/init.md` for the boot sequence, markers and the control
 //! protocol.
 
-#![warn(missing_docs)]
-
 pub mod bless;
 pub mod boot;
 pub mod cmdline;

@@ -6,8 +6,6 @@
 //! is a complete install there?) → [`plan::make_plan`] (pure) →
 //! [`apply::apply`] (writes). See `docs/install.md` for the decisions.
 
-#![warn(missing_docs)]
-
 pub mod answers;
 pub mod fatview;
 pub mod plan;

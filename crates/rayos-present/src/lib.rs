@@ -14,8 +14,6 @@
 //! - [`router`]: hotkeys and which VM gets which key.
 //! - [`service`]: the `rayos present` service tying it together.
 
-#![warn(missing_docs)]
-
 pub mod display;
 pub mod font;
 mod font_data;

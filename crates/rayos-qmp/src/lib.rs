@@ -6,8 +6,6 @@
 //! can be tested and fuzzed on byte slices; `client` owns sockets, ids and
 //! timeouts. Nothing here knows about VMs: that is `rayos-vmm`.
 
-#![warn(missing_docs)]
-
 pub mod client;
 pub mod wire;
 

@@ -12,8 +12,6 @@
 //! writer of the registry and the installer writes only to a volume it has
 //! just created.
 
-#![warn(missing_docs)]
-
 pub mod atomic;
 pub mod guest;
 pub mod layout;

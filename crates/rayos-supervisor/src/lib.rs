@@ -21,8 +21,6 @@
 //! Device models are driven only through the `rayos_vmm::Vmm` trait, so
 //! everything here is tested with a fake backend and runs unchanged on QEMU.
 
-#![warn(missing_docs)]
-
 pub mod bridge;
 pub mod cgroup;
 pub mod console;

@@ -3,8 +3,6 @@
 //! (`disks`) and a real rayosd on a temporary data volume driven through
 //! the `rayos` CLI (`daemon`). Nothing here is used by RayOS itself.
 
-#![warn(missing_docs)]
-
 pub mod daemon;
 pub mod disks;
 pub mod guest;

@@ -18,8 +18,6 @@
 //! volume), so it is tested without root, loop devices or firmware. See
 //! `docs/update.md`.
 
-#![warn(missing_docs)]
-
 pub mod apply;
 pub mod bundle;
 pub mod entries;

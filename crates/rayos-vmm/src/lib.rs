@@ -13,8 +13,6 @@
 //! restarted daemon finds running VMs again through these files
 //! ([`Vmm::attach`]), so QEMU must outlive the daemon that started it.
 
-#![warn(missing_docs)]
-
 pub mod keys;
 pub mod qemu;
 

@@ -19,8 +19,6 @@
 //! Limits: one target disk per install; the terminal must be at least
 //! 80x24; see [`layout`] for what answer files cannot repeat.
 
-#![warn(missing_docs)]
-
 pub mod answers_toml;
 pub mod key;
 pub mod layout;
