@@ -29,6 +29,8 @@ use rayos_api::{Client, VmInfo};
 use rayos_base::marker::{Kind, Marker, VmStart};
 use rayos_vmm::qemu::process;
 
+use crate::guest;
+
 /// One data volume and API socket, with a `rayos daemon` started (and
 /// restarted) on it; the daemon and every VM process it started are killed
 /// on drop.
@@ -242,6 +244,37 @@ impl Host {
     pub fn show(&self, name: &str) -> VmInfo {
         let out = self.ok(&["show", name, "--json"]);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("rayos vm show: {e}: {out}"))
+    }
+
+    /// `rayos vm create NAME` for the tiny test guest ([`guest::linux_guest`]:
+    /// kind `linux`, 256 MiB, one vCPU, direct kernel boot), with `extra`
+    /// arguments appended.
+    pub fn create_guest(&self, name: &str, extra: &[&str]) {
+        let g = guest::linux_guest().unwrap_or_else(|e| {
+            panic!("test guest (needs linux-image-amd64, busybox-static): {e}")
+        });
+        let (kernel, initrd) = (
+            g.kernel.display().to_string(),
+            g.initrd.display().to_string(),
+        );
+        let mut args = vec![
+            "create",
+            name,
+            "--kind",
+            "linux",
+            "--memory",
+            "256",
+            "--cpus",
+            "1",
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--cmdline",
+            &g.cmdline,
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args);
     }
 
     /// The path of VM `name`'s console log (the serial port's output, kept

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use rayos_api::VmState;
 use rayos_base::marker::Marker;
 use rayos_testkit::daemon::Host;
-use rayos_testkit::guest;
 
 fn rayos() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rayos"))
@@ -51,7 +50,6 @@ fn wait_line(rx: &mpsc::Receiver<String>, want: &Marker, timeout: Duration) {
 
 #[test]
 fn presenter_follows_present_on_boot_and_the_cli() {
-    let g = guest::linux_guest().expect("test guest");
     let mut h = Host::with_binary(env!("CARGO_BIN_EXE_rayos"), "rayos-present");
     h.policy("version = 1\n[linux]\nautostart = true\npresent_on_boot = true\n");
     let socket = h.socket();
@@ -59,22 +57,7 @@ fn presenter_follows_present_on_boot_and_the_cli() {
     // Define the VM with a first daemon, then restart it so autostart and
     // present_on_boot apply as at a RayOS boot.
     h.start_daemon();
-    h.ok(&[
-        "create",
-        "lin",
-        "--kind",
-        "linux",
-        "--memory",
-        "256",
-        "--cpus",
-        "1",
-        "--kernel",
-        g.kernel.to_str().unwrap(),
-        "--initrd",
-        g.initrd.to_str().unwrap(),
-        "--cmdline",
-        &g.cmdline,
-    ]);
+    h.create_guest("lin", &[]);
     h.term_daemon();
     h.start_daemon();
 

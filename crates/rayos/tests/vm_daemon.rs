@@ -27,8 +27,7 @@ fn rayos() -> Command {
 }
 
 /// What these tests do with a host beyond the shared harness: hosts of
-/// the `rayos` binary under test, the tiny test guest and the daemon's
-/// autostart.
+/// the `rayos` binary under test and the daemon's autostart.
 trait TestHost {
     /// A host (no daemon yet) whose paths start with `rayosd`.
     fn new() -> Self;
@@ -38,9 +37,6 @@ trait TestHost {
     /// Waits until the daemon finished `runs` autostarts (one a daemon
     /// start).
     fn wait_autostart(&self, runs: usize);
-    /// `rayos vm create NAME` for the tiny test guest, with extra
-    /// arguments.
-    fn create_guest(&self, name: &str, extra: &[&str]);
 }
 
 impl TestHost for Host {
@@ -62,28 +58,6 @@ impl TestHost for Host {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-
-    fn create_guest(&self, name: &str, extra: &[&str]) {
-        let g = guest::linux_guest().expect("test guest (needs linux-image-amd64, busybox-static)");
-        let mut args = vec![
-            "create",
-            name,
-            "--kind",
-            "linux",
-            "--memory",
-            "256",
-            "--cpus",
-            "1",
-            "--kernel",
-            g.kernel.to_str().unwrap(),
-            "--initrd",
-            g.initrd.to_str().unwrap(),
-            "--cmdline",
-            &g.cmdline,
-        ];
-        args.extend_from_slice(extra);
-        self.ok(&args);
     }
 }
 
