@@ -250,6 +250,12 @@ impl Host {
     /// kind `linux`, 256 MiB, one vCPU, direct kernel boot), with `extra`
     /// arguments appended.
     pub fn create_guest(&self, name: &str, extra: &[&str]) {
+        self.create_guest_with(name, "", extra);
+    }
+
+    /// [`Host::create_guest`] with `append` added to the guest's kernel
+    /// command line (its `rayos.*` switches: `rayos.read=vda`, …).
+    pub fn create_guest_with(&self, name: &str, append: &str, extra: &[&str]) {
         let g = guest::linux_guest().unwrap_or_else(|e| {
             panic!("test guest (needs linux-image-amd64, busybox-static): {e}")
         });
@@ -257,6 +263,7 @@ impl Host {
             g.kernel.display().to_string(),
             g.initrd.display().to_string(),
         );
+        let cmdline = format!("{} {append}", g.cmdline).trim_end().to_string();
         let mut args = vec![
             "create",
             name,
@@ -271,7 +278,7 @@ impl Host {
             "--initrd",
             &initrd,
             "--cmdline",
-            &g.cmdline,
+            &cmdline,
         ];
         args.extend_from_slice(extra);
         self.ok(&args);

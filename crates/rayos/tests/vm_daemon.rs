@@ -890,28 +890,11 @@ fn disks_and_media_never_reach_host_files_even_with_commas_in_paths() {
     let secret = secret_file(&images);
     let iso = images.join("install,media.iso");
     overlay(&iso, &secret);
-    let g = guest::linux_guest().expect("test guest");
-    let cmdline = format!("{} rayos.read=vda,sr0", g.cmdline);
-    h.ok(&[
-        "create",
+    h.create_guest_with(
         "lin",
-        "--kind",
-        "linux",
-        "--memory",
-        "256",
-        "--cpus",
-        "1",
-        "--kernel",
-        g.kernel.to_str().unwrap(),
-        "--initrd",
-        g.initrd.to_str().unwrap(),
-        "--cmdline",
-        &cmdline,
-        "--disk",
-        "1M",
-        "--media",
-        iso.to_str().unwrap(),
-    ]);
+        "rayos.read=vda,sr0",
+        &["--disk", "1M", "--media", iso.to_str().unwrap()],
+    );
     let shown = h.show("lin");
     assert!(!shown.provisioned, "media attached");
     // The registry says qcow2; the file now also names a backing file.
