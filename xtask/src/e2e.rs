@@ -52,7 +52,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use rayos_base::marker::{
     AccelMarker, InstallerMarker, Kind, Marker, Power, VmStart, WizardAfter, WizardMarker,
 };
@@ -161,6 +161,8 @@ networking = "off"
 "#;
 
 pub(crate) const DISK_BYTES: u64 = 16 << 30;
+/// The `4k` variant's dedicated VM-storage partition for the Linux VM.
+const VM_STORAGE_SIZE: &str = "2GiB";
 /// Output that means a boot went wrong whatever the stage waits for: the
 /// firmware fell back to its setup menu (the boot loader found nothing to
 /// boot), or the kernel panicked.
@@ -423,6 +425,10 @@ pub(crate) struct Installed {
     pub(crate) vars: PathBuf,
     pub(crate) sector: u32,
     pub(crate) data_offset: u64,
+    /// Where the Linux VM's files are: the byte offset of their filesystem
+    /// and a directory in it that holds them (the data volume's `/vm`, or
+    /// the root of a dedicated VM-storage partition).
+    pub(crate) linux_files: (u64, &'static str),
 }
 
 impl Installed {
@@ -465,10 +471,16 @@ pub(crate) fn install(
     let disk = work.join("disk.img");
     sparse(&disk, DISK_BYTES)?;
     let answers_file = work.join("rayos-answers.toml");
-    let answers_text = if v == Variant::Debian {
-        crate::e2e_debian::answers()
-    } else {
-        ANSWERS.to_string()
+    let answers_text = match v {
+        Variant::Debian => crate::e2e_debian::answers(),
+        // The Linux VM on a dedicated VM-storage partition (docs/install.md):
+        // one variant proves the partition is mounted at boot and holds the
+        // VM's files, so the others keep the default layout.
+        Variant::FourK => ANSWERS.replace(
+            "linux = \"data\"",
+            &format!("linux = {{ create = \"{VM_STORAGE_SIZE}\" }}"),
+        ),
+        _ => ANSWERS.to_string(),
     };
     fs::write(&answers_file, answers_text)?;
     let answers_disk = work.join("answers.img");
@@ -483,6 +495,7 @@ pub(crate) fn install(
         vars,
         sector,
         data_offset: 0,
+        linux_files: (0, "/vm"),
     };
     let target = installed.target();
     let config =
@@ -580,8 +593,18 @@ pub(crate) fn install(
         )),
         _ => bail!("no Boot#### \"RayOS\" first in BootOrder; the VARS hold {bv:?}"),
     }
+    let linux_files = if v == Variant::FourK {
+        let at = partition_offset(&installed.disk, sector, rayos_disk::types::RAYOS_VM_STORAGE)?;
+        run.ok(&format!(
+            "VM-storage partition for the Linux VM at byte {at}"
+        ));
+        (at, "/")
+    } else {
+        (data_offset, "/vm")
+    };
     Ok(Installed {
         data_offset,
+        linux_files,
         ..installed
     })
 }
@@ -630,9 +653,13 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
         "RayOS stops the VMs (saved or shut down) and powers off",
         600,
     )?;
+    let serial1 = vm.serial_log().to_path_buf();
     drop(vm);
     run.started(&disk, data_offset, VmStart::Cold)?;
-    let before = guest_console(&disk, data_offset, &work.join("dump1"))?;
+    if v == Variant::FourK {
+        vm_storage_used(run, &installed, &serial1)?;
+    }
+    let before = guest_console(&disk, installed.linux_files, &work.join("dump1"))?;
     let last_before = counters(&before).last().copied().unwrap_or(0);
     run.ok(&format!(
         "guest counter reached {last_before} before the power-off"
@@ -685,7 +712,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
         "logs of both boots are on the data volume ({boots} rayosd starts logged)"
     ));
     run.started(&disk, data_offset, VmStart::Resumed)?;
-    let after = guest_console(&disk, data_offset, &work.join("dump2"))?;
+    let after = guest_console(&disk, installed.linux_files, &work.join("dump2"))?;
     let seq = counters(&after);
     let readies = after.matches(rayos_testkit::guest::READY_MARKER).count();
     let continuous = seq.windows(2).all(|w| w[1] == w[0] + 1);
@@ -764,16 +791,21 @@ fn dry_run(run: &Run, work: &Path) -> Result<()> {
 
 /// Byte offset of the RayOS data partition, after checking the GPT.
 pub(crate) fn data_partition(disk: &Path, sector: u32) -> Result<u64> {
+    partition_offset(disk, sector, rayos_disk::types::RAYOS_DATA)
+}
+
+/// Byte offset of the first partition of type `type_guid` in `disk`.
+fn partition_offset(disk: &Path, sector: u32, type_guid: uuid::Uuid) -> Result<u64> {
     let mut f = fs::File::open(disk)?;
     let gpt = rayos_disk::gpt::Gpt::read(&mut f, sector)
         .with_context(|| format!("the installed disk {} has no valid GPT", disk.display()))?;
     let p = gpt
         .partitions()
         .iter()
-        .find(|p| p.type_guid == rayos_disk::types::RAYOS_DATA)
+        .find(|p| p.type_guid == type_guid)
         .with_context(|| {
             format!(
-                "no RayOS data partition on {}: {:?}",
+                "no partition of type {type_guid} on {}: {:?}",
                 disk.display(),
                 gpt.partitions()
             )
@@ -835,10 +867,79 @@ pub(crate) fn debugfs(disk: &Path, offset: u64, request: &str) -> Result<String>
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The names in a directory, from debugfs `ls -l` lines (name last).
+fn names(listing: &str) -> Vec<&str> {
+    listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|n| *n != "." && *n != "..")
+        .collect()
+}
+
+/// The `4k` variant's Linux VM lives on its own VM-storage partition: init
+/// mounted it at boot (its step says so on the console), the VM's disks,
+/// saved state and logs are on it after the power-off, and under the mount
+/// point on the data volume (`vm/<id>/`) there is only the marker that
+/// names it.
+fn vm_storage_used(run: &Run, installed: &Installed, serial: &Path) -> Result<()> {
+    let console = String::from_utf8_lossy(&fs::read(serial)?).into_owned();
+    let line = console
+        .lines()
+        .find(|l| l.contains("vm-storage: rayos-vm-linux ("))
+        .with_context(|| {
+            format!(
+                "init did not report mounting rayos-vm-linux (no 'vm-storage: rayos-vm-linux (' in {})",
+                serial.display()
+            )
+        })?;
+    run.ok(&format!(
+        "init mounted the VM-storage partition: {}",
+        line.trim()
+    ));
+    let (offset, dir) = installed.linux_files;
+    let own = debugfs(&installed.disk, offset, &format!("ls -l {dir}"))?;
+    let own = names(&own);
+    for want in [
+        rayos_state::layout::vm::DISKS,
+        rayos_state::layout::vm::STATE,
+    ] {
+        ensure!(
+            own.contains(&want),
+            "the VM-storage partition has no {want}/ for the Linux VM: {own:?}"
+        );
+    }
+    let saved = debugfs(&installed.disk, offset, "ls -l /state")?;
+    ensure!(
+        !names(&saved).is_empty(),
+        "the Linux VM's saved state is not on its VM-storage partition: {saved}"
+    );
+    // The mount point: `... on /var/rayos/vm/<id>`, `vm/<id>` on the volume.
+    let point = line
+        .rsplit_once(" on /var/rayos")
+        .map(|(_, p)| p.trim())
+        .with_context(|| format!("no mount point in {line:?}"))?;
+    let under = debugfs(
+        &installed.disk,
+        installed.data_offset,
+        &format!("ls -l {point}"),
+    )?;
+    let under = names(&under);
+    ensure!(
+        under == [rayos_state::layout::vm::STORAGE_MARKER],
+        "the data volume's {point} holds more than the storage marker: {under:?}"
+    );
+    run.ok(&format!(
+        "the Linux VM's files ({}) are on the VM-storage partition; the data volume has only the marker",
+        own.join(", ")
+    ));
+    Ok(())
+}
+
 /// The Linux guest's console log(s) from the data volume, oldest first.
-pub(crate) fn guest_console(disk: &Path, offset: u64, dump: &Path) -> Result<String> {
+pub(crate) fn guest_console(disk: &Path, files: (u64, &str), dump: &Path) -> Result<String> {
+    let (offset, dir) = files;
     fresh_dir(dump)?;
-    debugfs(disk, offset, &format!("rdump /vm {}", dump.display()))?;
+    debugfs(disk, offset, &format!("rdump {dir} {}", dump.display()))?;
     let mut logs = Vec::new();
     collect(dump, &mut logs)?;
     logs.retain(|p| {
@@ -852,7 +953,7 @@ pub(crate) fn guest_console(disk: &Path, offset: u64, dump: &Path) -> Result<Str
         text.push_str(&String::from_utf8_lossy(&fs::read(l)?));
     }
     if text.is_empty() {
-        bail!("no guest console log under /vm on the data volume");
+        bail!("no guest console log under {dir} (filesystem at byte {offset})");
     }
     Ok(text)
 }

@@ -256,7 +256,7 @@ fn flow(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
         fs::read(&shot).with_context(|| format!("{SHOT_ON_VOLUME} is not on the data volume"))?;
     let vm_img = png::decode(&bytes).with_context(|| format!("cannot read {}", shot.display()))?;
     compare(run, &vm_img, &presented)?;
-    let console = e2e::guest_console(&installed.disk, installed.data_offset, &work.join("dump"))?;
+    let console = e2e::guest_console(&installed.disk, installed.linux_files, &work.join("dump"))?;
     keys_in_log(run, &console)?;
     Ok(())
 }

@@ -17,6 +17,7 @@
 //! log to `fuzz/target/logs/<target>.log`. All three are gitignored.
 //! A dictionary `fuzz/dict/<name>.dict` is passed when [`DICTS`] names one.
 
+mod dhcp_lab;
 mod seeds;
 
 use std::collections::BTreeSet;
@@ -37,6 +38,10 @@ pub struct Args {
     /// QEMU, OVMF, sgdisk; see fuzz/README.md) and run nothing.
     #[arg(long)]
     pub make_seeds: bool,
+    /// Internal to --make-seeds: record a DHCP server's replies into DIR
+    /// from inside the lab's client network namespace.
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub dhcp_capture: Option<std::path::PathBuf>,
 }
 
 /// Targets that share a dictionary (by default a target's own name).
@@ -47,6 +52,9 @@ const INPUT_TIMEOUT_SECS: u32 = 30;
 
 pub fn run(args: Args) -> Result<()> {
     let root = crate::root();
+    if let Some(dir) = &args.dhcp_capture {
+        return dhcp_lab::capture(dir);
+    }
     if args.make_seeds {
         return seeds::make(&root);
     }

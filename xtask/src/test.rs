@@ -61,6 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             targets: Vec::new(),
             secs: FUZZ_SECS,
             make_seeds: false,
+            dhcp_capture: None,
         })?;
     }
     if args.no_e2e {

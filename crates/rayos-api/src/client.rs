@@ -22,10 +22,10 @@ const MAX_REPLY: usize = 256 * 1024 * 1024;
 /// Why a request to rayosd failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The socket could not be connected to (the daemon is not running there).
     #[error(
         "cannot reach rayosd at {socket}: start it with `rayos daemon --socket {socket}` or point --socket / $RAYOS_SOCKET at the running one"
     )]
-    /// The socket could not be connected to (the daemon is not running there).
     Unreachable {
         /// The socket's path.
         socket: PathBuf,

@@ -413,7 +413,7 @@ fn tools() -> Vec<Value> {
         ),
         tool(
             "type_text",
-            "Type text into the VM with its keyboard layout (us).",
+            "Type text into the VM with its keyboard layout (us, uk, de, fr, es or it; characters only dead keys give, such as ^ on de, are refused: use press_keys).",
             json!({ "vm": vm, "text": { "type": "string" }, "enter": { "type": "boolean", "description": "Press Return after the text." }, "hidden": hidden }),
             &["vm", "text"],
         ),

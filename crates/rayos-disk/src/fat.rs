@@ -61,10 +61,10 @@ pub enum FatError {
         /// Clusters in the data area.
         clusters: u64,
     },
+    /// The filesystem is larger than its partition.
     #[error(
         "the filesystem claims {fs_bytes} bytes ({total} sectors of {bps} bytes), but the partition has only {partition_bytes}: it ends {excess} bytes inside whatever follows the partition"
     )]
-    /// The filesystem is larger than its partition.
     LargerThanPartition {
         /// Sectors the filesystem claims.
         total: u64,

@@ -126,10 +126,10 @@ pub enum GptError {
         /// Its last sector.
         last: u64,
     },
+    /// A partition is outside the usable area.
     #[error(
         "partition {number}: LBA {first}..={last} is outside the usable area {first_usable}..={last_usable}"
     )]
-    /// A partition is outside the usable area.
     OutOfBounds {
         /// The partition's number.
         number: u32,
@@ -173,10 +173,10 @@ pub enum GptError {
     /// No partition has this number.
     #[error("no partition {0}")]
     NoSuchPartition(u32),
+    /// The device changed size since the table was read.
     #[error(
         "the table is for a disk of {expected} sectors but the device has {found}: read the table again"
     )]
-    /// The device changed size since the table was read.
     DeviceSize {
         /// Sectors when the table was read.
         expected: u64,
@@ -191,10 +191,10 @@ pub enum GptError {
         /// The sector size.
         sector_size: u32,
     },
+    /// A hybrid MBR entry covers a partition the new table changes or removes.
     #[error(
         "the hybrid MBR's entry {entry} (sectors {first}..={last}) covers partition {number}, which this table changes or removes; the hybrid MBR would point a legacy BIOS at the wrong partition"
     )]
-    /// A hybrid MBR entry covers a partition the new table changes or removes.
     HybridMbr {
         /// The MBR entry's number.
         entry: u32,

@@ -48,10 +48,10 @@ pub enum QemuError {
     /// QEMU could not be started.
     #[error("cannot start qemu-system-x86_64 (install qemu-system-x86)")]
     Spawn(#[source] io::Error),
+    /// A marker did not come on the serial console in time.
     #[error(
         "timed out after {secs}s waiting for [{marker}] on the serial console; last output:\n{tail}"
     )]
-    /// A marker did not come on the serial console in time.
     Timeout {
         /// The marker waited for.
         marker: String,
@@ -60,10 +60,10 @@ pub enum QemuError {
         /// The console's last lines.
         tail: String,
     },
+    /// QEMU exited before the marker came.
     #[error(
         "QEMU exited ({status}) before [{marker}] appeared on the serial console; last output:\n{tail}"
     )]
-    /// QEMU exited before the marker came.
     Exited {
         /// The marker waited for.
         marker: String,

@@ -19,11 +19,11 @@ pub enum SysMountError {
     /// The disks could not be listed.
     #[error("cannot list disks")]
     Disks(#[source] rayos_disk::EnumerateError),
+    /// No disk holds a RayOS data partition.
     #[error(
         "no RayOS install on this machine's disks (no data partition of type {})",
         rayos_disk::types::RAYOS_DATA
     )]
-    /// No disk holds a RayOS data partition.
     NoInstall,
     /// The install on this disk has no system partition; holds the disk.
     #[error("the RayOS install on {0} has no system partition (XBOOTLDR)")]

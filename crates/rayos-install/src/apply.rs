@@ -119,10 +119,10 @@ pub enum ApplyError {
     /// The plan names no UKI to install.
     #[error("the plan names no system image: pass --system-image FILE")]
     NoSystemImage,
+    /// A FAT partition to write into is not safe to write; nothing was written.
     #[error(
         "partition {number} ({role}) cannot be written safely, so nothing was written: repair its filesystem (fsck.fat -a on that partition, or back up its files and mkfs.fat it) or choose another target"
     )]
-    /// A FAT partition to write into is not safe to write; nothing was written.
     UnsafeFat {
         /// The partition's number.
         number: u32,

@@ -21,10 +21,10 @@ use std::process::{Command, Stdio};
 /// Why an external tool did not do its job.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
+    /// The tool could not be started (not installed).
     #[error(
         "cannot run {tool}: is it installed? (Debian package {package}; `cargo xtask deps` installs it)"
     )]
-    /// The tool could not be started (not installed).
     Spawn {
         /// The tool.
         tool: String,

@@ -41,7 +41,9 @@ pub struct Lease {
 }
 
 impl Lease {
-    fn from_ack(ack: &dhcp::Reply) -> Lease {
+    /// The lease an ACK grants, with defaults for the times a server left
+    /// out (a day; T1 half of it) and a T1 past the lease ignored.
+    pub fn from_ack(ack: &dhcp::Reply) -> Lease {
         // A lease without a time is taken as a day; T1 defaults to half.
         let lease_secs = ack.lease_secs.unwrap_or(86_400).max(10);
         Lease {
@@ -163,6 +165,36 @@ fn exchange(
     kinds: &[MessageType],
     deadline: Instant,
 ) -> io::Result<Option<dhcp::Reply>> {
+    Ok(exchange_bytes(sock, req, kinds, deadline)?.map(|(r, _)| r))
+}
+
+/// Sends `req` on `link` and returns the bytes of the first reply of one of
+/// `kinds` to it, exactly as the server sent them (`None` at `timeout`).
+/// For recording what real servers send: `cargo xtask fuzz --make-seeds`
+/// seeds the DHCP fuzz target with it. The client itself uses [`acquire`]
+/// and [`renew`].
+pub fn record_reply(
+    link: &str,
+    req: &Request<'_>,
+    kinds: &[MessageType],
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, DhcpError> {
+    let sock = socket(link)?;
+    exchange_bytes(&sock, req, kinds, Instant::now() + timeout)
+        .map(|r| r.map(|(_, bytes)| bytes))
+        .map_err(|source| DhcpError::Socket {
+            link: link.into(),
+            source,
+        })
+}
+
+/// [`exchange`], also returning the reply's bytes.
+fn exchange_bytes(
+    sock: &UdpSocket,
+    req: &Request<'_>,
+    kinds: &[MessageType],
+    deadline: Instant,
+) -> io::Result<Option<(dhcp::Reply, Vec<u8>)>> {
     let bytes = req.encode();
     let mut wait = Duration::from_secs(1);
     let mut buf = [0u8; 1500];
@@ -199,7 +231,7 @@ fn exchange(
                 && r.chaddr == req.mac
                 && kinds.contains(&r.kind)
             {
-                return Ok(Some(r));
+                return Ok(Some((r, buf[..n].to_vec())));
             }
         }
         wait = (wait * 2).min(Duration::from_secs(4));

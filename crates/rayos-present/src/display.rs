@@ -30,10 +30,10 @@ use crate::rfb::Rect;
 /// Why a framebuffer cannot be drawn on.
 #[derive(Debug, thiserror::Error)]
 pub enum DisplayError {
+    /// The device could not be opened.
     #[error(
         "cannot open the framebuffer {path}: is a display driver loaded (efifb, bochs, virtio-gpu)?"
     )]
-    /// The device could not be opened.
     Open {
         /// The device.
         path: PathBuf,

@@ -1,8 +1,9 @@
 //! The presenter service end to end with a real VM display (QEMU under
 //! TCG running the tiny guest that prints its keyboard events) and a
 //! stand-in rayosd: home screen contents, hotkeys turning into API calls,
-//! the VM's frame on the display, keys reaching the presented VM only, the
-//! hotkey back home, and a VM whose display cannot be reached.
+//! the VM's frame on the display, keys reaching the presented VM only (and
+//! reported to rayosd as physical input), the hotkey back home, and a VM
+//! whose display cannot be reached.
 
 mod common;
 
@@ -178,6 +179,9 @@ fn presenter_follows_the_api_and_routes_keys_to_the_presented_vm_only() {
     );
     tap(&h, code::A);
     q.wait_console("KEY 30 0", Duration::from_secs(30));
+    // A person's key in the presented VM is reported to rayosd, which
+    // pauses an agent's injected input (docs/agent-bridge.md).
+    daemon.wait_call("physical input", Duration::from_secs(10));
 
     // The display shows the guest's screen, scaled to fit: compare with
     // QEMU's own screendump through the same scaling.

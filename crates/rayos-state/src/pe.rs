@@ -75,10 +75,10 @@ pub enum PeError {
         /// Where its data starts, in bytes.
         start: u64,
     },
+    /// A section's data runs past the end of the file.
     #[error(
         "section {name}: its data (bytes {start}..{end}) runs past the end of the {file_len}-byte file"
     )]
-    /// A section's data runs past the end of the file.
     SectionPastEnd {
         /// The section's name.
         name: String,

@@ -294,11 +294,11 @@ pub struct Change {
 /// A `section.field` key or its value that [`Policy::set`] refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyKeyError {
+    /// No such key; holds it.
     #[error(
         "unknown policy key {0:?}: keys are SECTION.SETTING with SECTION one of linux, windows, generic and SETTING one of {fields}",
         fields = FIELDS.join(", ")
     )]
-    /// No such key; holds it.
     UnknownKey(String),
     /// The value does not fit the key.
     #[error("{key} = {value:?} is not valid: {expected}")]

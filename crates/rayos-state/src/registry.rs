@@ -207,10 +207,10 @@ pub enum RegistryError {
         /// The version it states.
         found: u32,
     },
+    /// A VM uses a field newer than the version the file states.
     #[error(
         "{path}: VM {vm} has {field}, which registry version {version} introduced, but the file says version {found}"
     )]
-    /// A VM uses a field newer than the version the file states.
     Field {
         /// The file.
         path: String,

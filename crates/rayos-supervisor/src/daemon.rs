@@ -72,10 +72,10 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+    /// Another daemon holds the data volume's lock; holds the lock file.
     #[error(
         "another rayosd already uses {0}: stop it first (rayosd keeps one daemon per data volume)"
     )]
-    /// Another daemon holds the data volume's lock; holds the lock file.
     Locked(PathBuf),
     /// The lock file could not be opened or locked.
     #[error("cannot lock {path}")]

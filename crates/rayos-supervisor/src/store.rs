@@ -29,11 +29,11 @@ use rayos_state::{DataLayout, Policy, Registry};
 /// Why the registry could not be changed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The registry was unreadable at start-up, so it is not overwritten; holds
+    /// its path.
     #[error(
         "the registry {0} could not be read at start-up, so rayosd does not change it: repair or restore it (see GET /v1/health notes), then restart rayosd"
     )]
-    /// The registry was unreadable at start-up, so it is not overwritten; holds
-    /// its path.
     ReadOnly(PathBuf),
     /// Writing the registry failed.
     #[error("cannot write the registry")]

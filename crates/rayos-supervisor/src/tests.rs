@@ -1550,6 +1550,76 @@ fn injected_keys_reach_the_guest_in_order_and_are_released_in_reverse() {
     );
 }
 
+/// The layout text is typed with: the VM's first-boot keyboard, else the
+/// machine's, else US; a character the layout cannot type is a 400 that
+/// names it, and nothing is sent.
+#[test]
+fn text_is_typed_with_the_vms_or_the_machines_keyboard_layout() {
+    use rayos_vmm::InputEvent::Key;
+    let f = open();
+    let text = |t: &str| rayos_api::InputAction::Text { text: t.into() };
+    let pressed = |f: &Fx, vm: &str| -> Vec<&'static str> {
+        f.vmm
+            .proc(f.id(vm))
+            .unwrap()
+            .input
+            .iter()
+            .filter_map(|e| match e {
+                Key { qcode, down: true } => Some(*qcode),
+                _ => None,
+            })
+            .collect()
+    };
+    f.sup.create(&req("gen", VmKind::Generic)).unwrap();
+    let mut lin = req("lin", VmKind::Linux);
+    lin.guest = Some(rayos_state::GuestConfig {
+        user: "ray".into(),
+        password_hash: Some("$6$salt$hash".into()),
+        ssh_authorized_key: None,
+        hostname: "lin".into(),
+        timezone: "UTC".into(),
+        locale: "C.UTF-8".into(),
+        keyboard: "fr".into(),
+    });
+    f.sup.create(&lin).unwrap();
+    for vm in ["gen", "lin"] {
+        f.sup.start(vm, false).unwrap();
+    }
+    // No machine.toml: US.
+    f.sup.input("gen", &input(vec![text("y")], true)).unwrap();
+    assert_eq!(pressed(&f, "gen"), ["y"]);
+    // The machine's German keyboard: y and z swapped.
+    let m = rayos_state::MachineConfig::new("rayos", "UTC", "C.UTF-8", "de");
+    fs::write(f.sup.layout().machine(), m.to_toml()).unwrap();
+    f.sup.input("gen", &input(vec![text("yZ")], true)).unwrap();
+    assert_eq!(pressed(&f, "gen"), ["y", "z", "shift", "y"]);
+    // The Linux VM's own (first-boot) French keyboard wins: AZERTY.
+    f.sup.input("lin", &input(vec![text("a1")], true)).unwrap();
+    assert_eq!(pressed(&f, "lin"), ["q", "shift", "1"]);
+    // A dead key on the German layout: refused before anything is sent.
+    let e = f
+        .sup
+        .input("gen", &input(vec![text("ok"), text("2^3")], true))
+        .unwrap_err();
+    assert_eq!(e.status(), 400);
+    assert!(
+        e.to_string().contains("'^'") && e.to_string().contains("\"de\""),
+        "{e}"
+    );
+    assert_eq!(pressed(&f, "gen").len(), 4);
+    // A layout RayOS has no table for.
+    let m = rayos_state::MachineConfig::new("rayos", "UTC", "C.UTF-8", "fr-bepo");
+    fs::write(f.sup.layout().machine(), m.to_toml()).unwrap();
+    let e = f
+        .sup
+        .input("gen", &input(vec![text("x")], true))
+        .unwrap_err();
+    assert_eq!(e.status(), 400);
+    assert!(e.to_string().contains("\"fr-bepo\""), "{e}");
+    // Keys still work there.
+    f.sup.input("gen", &input(vec![keys("x")], true)).unwrap();
+}
+
 #[test]
 fn a_hidden_vm_takes_injected_input_only_when_asked() {
     let f = open();
@@ -1585,6 +1655,63 @@ fn physical_input_pauses_injection_into_the_presented_vm() {
     std::thread::sleep(Duration::from_millis(2100));
     f.sup.input("lin", &input(vec![keys("a")], false)).unwrap();
     assert_eq!(f.vmm.proc(f.id("lin")).unwrap().input.len(), 2);
+}
+
+/// A person who starts typing while an agent's long text is being sent
+/// stops it within one key: the rule is checked before every step, the
+/// error says how far the text got, and no key is left held down.
+#[test]
+fn physical_input_stops_a_long_injected_text_within_one_key() {
+    use rayos_vmm::InputEvent::Key;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Policy::default();
+    p.linux.autostart = false;
+    write_policy(&dir, &p);
+    let mut cfg = config(&dir);
+    // 40 ms per character: 60 characters take 2.4 s.
+    cfg.key_gap = Duration::from_millis(20);
+    let vmm = FakeVmm::new();
+    let sup = Supervisor::open(cfg, vmm.clone()).unwrap();
+    let f = Fx { dir, vmm, sup };
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.sup.start("lin", false).unwrap();
+    f.sup.present("lin").unwrap();
+    let text = rayos_api::InputAction::Text {
+        text: "x".repeat(60),
+    };
+    let e = std::thread::scope(|s| {
+        let typing = s.spawn(|| f.sup.input("lin", &input(vec![text], false)));
+        // The person starts once the first key has reached the guest.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while f.vmm.proc(f.id("lin")).unwrap().input.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no key was sent");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        f.sup.physical_input();
+        typing.join().unwrap().unwrap_err()
+    });
+    assert_eq!(e.status(), 409);
+    let msg = e.to_string();
+    assert!(msg.contains("a person is using VM lin"), "{msg}");
+    let got = f.vmm.proc(f.id("lin")).unwrap().input;
+    let presses = got
+        .iter()
+        .filter(|e| matches!(e, Key { down: true, .. }))
+        .count();
+    assert!((1..60).contains(&presses), "{presses} of 60 keys were sent");
+    assert!(
+        msg.contains(&format!("stopped after {presses} of 60 steps")),
+        "{msg}"
+    );
+    // Every key pressed was released.
+    assert_eq!(got.len(), 2 * presses);
+    assert_eq!(
+        got.last(),
+        Some(&Key {
+            qcode: "x",
+            down: false
+        })
+    );
 }
 
 #[test]

@@ -15,8 +15,15 @@
 //!   program runs in the background; arguments must not contain spaces,
 //!   quotes or commas, and `input-data` is ignored).
 //! - `rayos.tty=1`: reads lines typed on the keyboard from `/dev/tty1`
-//!   (the kernel's VT, with its US keymap) and prints `TYPED <line>` on the
-//!   serial console, after `TTY ready` (agent-bridge tests).
+//!   (the kernel's VT, with its US keymap unless `rayos.keymap=` says
+//!   otherwise) and prints `TYPED <line>` on the serial console, after
+//!   `TTY ready` (agent-bridge tests).
+//! - `rayos.keymap=de` (or `uk`, `fr`, `es`, `it`): loads that console
+//!   keymap with busybox `loadkmap` before anything reads the keyboard and
+//!   prints `KEYMAP <layout>` (`KEYMAP failed` if it cannot). The keymaps
+//!   are Debian's console-data ones, compiled by kbd's `loadkeys -b` when
+//!   the initrd is built ([`KEYMAPS`]), the files RayOS's own consoles
+//!   load (`rayos_init::keymap::LAYOUTS`).
 //! - `rayos.pointer=1`: prints `POINTER ready`, then `POINTER ABS <axis>
 //!   <value>` and `POINTER BTN <code> <1|0>` for every event of the
 //!   virtio tablet (absolute pointer tests).
@@ -100,6 +107,19 @@ pub const MODULES: &[&str] = &[
     "evdev",
     "virtio_net",
 ];
+
+/// Console keymaps the guest can load (`rayos.keymap=`): layout → the
+/// console-data keymap below `/usr/share/keymaps/i386/`.
+pub const KEYMAPS: &[(&str, &str)] = &[
+    ("uk", "qwerty/uk"),
+    ("de", "qwertz/de-latin1"),
+    ("fr", "azerty/fr-latin1"),
+    ("es", "qwerty/es"),
+    ("it", "qwerty/it"),
+];
+
+/// Where console-data keeps its keymaps.
+const KEYMAP_DIR: &str = "/usr/share/keymaps/i386";
 
 /// Block drivers loaded only with `rayos.read=` (disks on virtio-blk,
 /// installation media on the q35 AHCI controller), so other tests boot as
@@ -353,6 +373,12 @@ bridge() {{
 }}
 [ "$(arg rayos.bridge)" = 1 ] && bridge &
 
+# rayos.keymap=de: the console keymap (all VTs), before the keyboard is read.
+km=$(arg rayos.keymap)
+if [ -n "$km" ]; then
+  if loadkmap < /keymaps/$km.bmap; then echo "KEYMAP $km"; else echo "KEYMAP failed"; fi
+fi
+
 # rayos.tty=1: lines typed on the keyboard, as the guest's VT reads them.
 ttyecho() {{
   [ -e /dev/tty1 ] || {{ echo "TTY none"; return; }}
@@ -598,8 +624,20 @@ fn build_initrd(ver: &str) -> Result<PathBuf, GuestError> {
     let always_names: Vec<String> = always.iter().map(file_name).collect();
     let read_names: Vec<String> = names[always.len()..].to_vec();
     let script = init_script_with(&always_names, &read_names);
+    let keymap_srcs: Vec<PathBuf> = KEYMAPS
+        .iter()
+        .map(|(_, src)| Path::new(KEYMAP_DIR).join(format!("{src}.kmap.gz")))
+        .collect();
+    for src in &keymap_srcs {
+        require(
+            src,
+            "console keymap",
+            "install kbd and console-data (scripts/install-deps.sh)",
+        )?;
+    }
     let mut files: Vec<&Path> = vec![busybox];
     files.extend(modules.iter().map(PathBuf::as_path));
+    files.extend(keymap_srcs.iter().map(PathBuf::as_path));
     let key = input_key(&files, &[&script, ver])?;
     let out = cache_dir().join(format!("guest-{key}.cpio"));
     cached(&out, |tmp| {
@@ -609,7 +647,16 @@ fn build_initrd(ver: &str) -> Result<PathBuf, GuestError> {
             path: tmp.to_path_buf(),
             source: e,
         };
-        for d in ["bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules"] {
+        for d in [
+            "bin",
+            "dev",
+            "proc",
+            "sys",
+            "tmp",
+            "lib",
+            "lib/modules",
+            "keymaps",
+        ] {
             w.dir(d).map_err(wr)?;
         }
         // The kernel opens /dev/console for init before devtmpfs exists.
@@ -620,6 +667,24 @@ fn build_initrd(ver: &str) -> Result<PathBuf, GuestError> {
         for (m, name) in modules.iter().zip(&names) {
             let data = fs::read(m).map_err(io_err(m))?;
             w.file(&format!("lib/modules/{name}"), 0o644, &data)
+                .map_err(wr)?;
+        }
+        for ((layout, _), src) in KEYMAPS.iter().zip(&keymap_srcs) {
+            let out = Command::new("loadkeys")
+                .arg("-b")
+                .arg(src)
+                .output()
+                .map_err(|e| GuestError::Tool {
+                    tool: "loadkeys".into(),
+                    detail: format!("{e} (install kbd, scripts/install-deps.sh)"),
+                })?;
+            if !out.status.success() || !out.stdout.starts_with(b"bkeymap") {
+                return Err(GuestError::Tool {
+                    tool: format!("loadkeys -b {}", src.display()),
+                    detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+                });
+            }
+            w.file(&format!("keymaps/{layout}.bmap"), 0o644, &out.stdout)
                 .map_err(wr)?;
         }
         let mut inner = w.finish().map_err(wr)?;

@@ -68,10 +68,10 @@ pub enum ApplyError {
     /// The bundle is unreadable, unsigned, or not for this machine.
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    /// The directory is not an installed system partition; holds it.
     #[error(
         "{0} is not a RayOS system partition (no {INSTALL_MANIFEST}): mount the partition labelled rayos-system or pass --system-dir"
     )]
-    /// The directory is not an installed system partition; holds it.
     NotInstalled(PathBuf),
     /// The install manifest could not be read; holds its path.
     #[error("cannot read the install manifest {0}")]
@@ -79,10 +79,10 @@ pub enum ApplyError {
     /// The install manifest has no readable schema; holds its path.
     #[error("install manifest {0} has no readable \"schema\"")]
     ManifestSchema(PathBuf),
+    /// The install's layout is one the new version does not support.
     #[error(
         "this install's layout (schema {found}) is not one RayOS {version} supports ({min}..={max}): reinstall from installer media instead"
     )]
-    /// The install's layout is one the new version does not support.
     Layout {
         /// The new version.
         version: String,
@@ -93,10 +93,10 @@ pub enum ApplyError {
         /// The newest layout the new version supports.
         max: u32,
     },
+    /// The data volume's schema is one the new version does not support.
     #[error(
         "the data volume has schema {found}; RayOS {version} handles {min}..={max}: it could not use your data"
     )]
-    /// The data volume's schema is one the new version does not support.
     DataSchema {
         /// The new version.
         version: String,
@@ -121,10 +121,10 @@ pub enum ApplyError {
     /// The bundle holds the version that runs; holds it.
     #[error("RayOS {0} is the running version: nothing to do")]
     AlreadyRunning(String),
+    /// The system partition has too little room, even after pruning.
     #[error(
         "the system partition {dir} is too full: {need} bytes needed, {free} free ({after_prune} after removing old versions). Remove files from it in recovery mode."
     )]
-    /// The system partition has too little room, even after pruning.
     NoSpace {
         /// The system partition.
         dir: PathBuf,

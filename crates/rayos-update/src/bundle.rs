@@ -68,10 +68,10 @@ pub enum BundleError {
     /// A header field is out of bounds; says which.
     #[error("malformed bundle header: {0}")]
     BadHeader(&'static str),
+    /// The file is not as long as the header says.
     #[error(
         "bundle is truncated or has trailing bytes: {actual} bytes, the header says {expected}"
     )]
-    /// The file is not as long as the header says.
     Length {
         /// The length the header gives.
         expected: u64,
@@ -81,10 +81,10 @@ pub enum BundleError {
     /// The bundle has no signature.
     #[error("bundle is not signed")]
     Unsigned,
+    /// The signature matches none of the trusted keys.
     #[error(
         "the signature does not match any trusted key ({trusted}): the bundle was tampered with or signed by another key"
     )]
-    /// The signature matches none of the trusted keys.
     BadSignature {
         /// The trusted keys (origin and fingerprint each).
         trusted: String,
@@ -101,10 +101,10 @@ pub enum BundleError {
         /// The bundle's architecture.
         found: String,
     },
+    /// A payload's SHA-256 differs from the manifest's.
     #[error(
         "payload {name}: SHA-256 does not match the manifest: the payload was tampered with or damaged"
     )]
-    /// A payload's SHA-256 differs from the manifest's.
     PayloadHash {
         /// The payload's name.
         name: String,

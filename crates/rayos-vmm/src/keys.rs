@@ -9,11 +9,13 @@
 //! codes back into characters with its own layout: the same key is `y` on
 //! a US layout and `z` on a German one.
 //!
-//! Limits: one layout, `us` (also the layout of guests without first-boot
-//! settings: Windows, imported images, the test guest); text for a VM with
-//! another layout is refused with a message, and keys still work there.
-//! Characters a US keyboard has no key for (accents, non-Latin scripts)
-//! are refused, not dropped: the caller learns which one.
+//! Layouts: `us`, `uk` (also `gb`), `de`, `fr`, `es`, `it`, the ones the
+//! installer offers (`keys/layouts.rs` has the tables and why they hold what
+//! they hold). A character the layout types only through a dead key (`^`
+//! on German, `¨` on French keyboards), or has no key for (other scripts),
+//! is refused with a message naming it and the layout, never replaced by
+//! another key; text for a VM with another layout is refused, and keys
+//! still work there.
 
 use std::fmt;
 
@@ -148,16 +150,20 @@ const ALIASES: &[(&str, &str)] = &[
     ("altgr", "alt_r"),
 ];
 
-/// The layouts [`type_text`] knows.
-pub const LAYOUTS: &[&str] = &["us"];
+mod layouts;
+#[cfg(test)]
+mod truth_tests;
+
+/// The layouts [`type_text`] knows (`gb` is another name of `uk`).
+pub const LAYOUTS: &[&str] = &["us", "uk", "de", "fr", "es", "it"];
 
 /// Why keys or text cannot be sent to a VM.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
+    /// A name that is not a QEMU key name (or alias); holds it.
     #[error(
         "{0:?} is not a key name: use QEMU key names such as ctrl, alt, shift, meta_l, ret, esc, tab, f1, a, 1, delete (aliases: enter, space, del, win)"
     )]
-    /// A name that is not a QEMU key name (or alias); holds it.
     UnknownKey(String),
     /// A combination with no key in it.
     #[error("the key combination is empty: name keys joined by '+', e.g. ctrl+alt+delete")]
@@ -165,13 +171,16 @@ pub enum KeyError {
     /// A combination with more keys than can be held at once; holds the limit.
     #[error("a key combination has at most {0} keys")]
     TooManyKeys(usize),
+    /// Text for a keyboard layout RayOS cannot type; holds the layout.
     #[error(
         "the VM's keyboard layout is {0:?}, and RayOS types text only for the layouts {LAYOUTS:?}: send keys instead"
     )]
-    /// Text for a keyboard layout RayOS cannot type; holds the layout.
     Layout(String),
-    /// A character the layout has no key for; holds it and the layout.
-    #[error("character {0:?} has no key on the {1} layout: send keys for it instead")]
+    /// A character no key of the layout gives without a dead key; holds
+    /// it and the layout.
+    #[error(
+        "character {0:?} cannot be typed on the {1:?} keyboard layout (no key gives it without a dead key): send keys for it instead"
+    )]
     NoKey(char, &'static str),
 }
 
@@ -216,70 +225,26 @@ pub fn parse_combo(text: &str) -> Result<Combo, KeyError> {
 }
 
 /// The key presses that type `text` on `layout`, one combination per
-/// character (`\n` is Return, `\t` Tab).
+/// character (`\n` is Return, `\t` Tab). AltGr is the right Alt key, as
+/// on the keyboards of these layouts.
 pub fn type_text(text: &str, layout: &str) -> Result<Vec<Combo>, KeyError> {
-    if layout != "us" {
-        return Err(KeyError::Layout(layout.to_string()));
-    }
+    let l = layouts::get(layout).ok_or_else(|| KeyError::Layout(layout.to_string()))?;
     text.chars()
         .map(|c| {
-            us_key(c)
-                .map(|(key, shift)| Combo(if shift { vec!["shift", key] } else { vec![key] }))
-                .ok_or(KeyError::NoKey(c, "us"))
+            let (key, level) = match c {
+                ' ' => ("spc", 0),
+                '\n' => ("ret", 0),
+                '\t' => ("tab", 0),
+                _ => l.find(c).ok_or(KeyError::NoKey(c, l.name))?,
+            };
+            Ok(Combo(match level {
+                0 => vec![key],
+                1 => vec!["shift", key],
+                2 => vec!["alt_r", key],
+                _ => vec!["shift", "alt_r", key],
+            }))
         })
         .collect()
-}
-
-/// The key (and whether shift is held) for `c` on a US keyboard.
-fn us_key(c: char) -> Option<(&'static str, bool)> {
-    const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
-    const LETTERS: [&str; 26] = [
-        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q", "r",
-        "s", "t", "u", "v", "w", "x", "y", "z",
-    ];
-    // The shifted digit row, from 0 to 9.
-    const SHIFTED_DIGITS: [char; 10] = [')', '!', '@', '#', '$', '%', '^', '&', '*', '('];
-    if c.is_ascii_lowercase() {
-        return Some((LETTERS[usize::from(c as u8 - b'a')], false));
-    }
-    if c.is_ascii_uppercase() {
-        return Some((LETTERS[usize::from(c as u8 - b'A')], true));
-    }
-    if c.is_ascii_digit() {
-        return Some((DIGITS[usize::from(c as u8 - b'0')], false));
-    }
-    if let Some(i) = SHIFTED_DIGITS.iter().position(|&s| s == c) {
-        return Some((DIGITS[i], true));
-    }
-    let (key, shift) = match c {
-        ' ' => ("spc", false),
-        '\n' => ("ret", false),
-        '\t' => ("tab", false),
-        '-' => ("minus", false),
-        '_' => ("minus", true),
-        '=' => ("equal", false),
-        '+' => ("equal", true),
-        '[' => ("bracket_left", false),
-        '{' => ("bracket_left", true),
-        ']' => ("bracket_right", false),
-        '}' => ("bracket_right", true),
-        '\\' => ("backslash", false),
-        '|' => ("backslash", true),
-        ';' => ("semicolon", false),
-        ':' => ("semicolon", true),
-        '\'' => ("apostrophe", false),
-        '"' => ("apostrophe", true),
-        '`' => ("grave_accent", false),
-        '~' => ("grave_accent", true),
-        ',' => ("comma", false),
-        '<' => ("comma", true),
-        '.' => ("dot", false),
-        '>' => ("dot", true),
-        '/' => ("slash", false),
-        '?' => ("slash", true),
-        _ => return None,
-    };
-    Some((key, shift))
 }
 
 #[cfg(test)]
@@ -346,12 +311,105 @@ mod tests {
     #[test]
     fn other_layouts_and_missing_characters_are_refused() {
         assert_eq!(
-            type_text("a", "de").unwrap_err(),
-            KeyError::Layout("de".into())
+            type_text("a", "dvorak").unwrap_err(),
+            KeyError::Layout("dvorak".into())
         );
         assert_eq!(
             type_text("é", "us").unwrap_err(),
             KeyError::NoKey('é', "us")
         );
+        // Dead keys on German and French keyboards, the euro sign nowhere
+        // in Latin-1 keymaps, another script.
+        for (c, l) in [('^', "de"), ('`', "de"), ('~', "de"), ('^', "fr")] {
+            assert_eq!(type_text(&format!("a{c}"), l), Err(KeyError::NoKey(c, l)));
+        }
+        for l in LAYOUTS {
+            assert!(type_text("€", l).is_err());
+            assert!(type_text("ж", l).is_err());
+            assert!(type_text("\0", l).is_err());
+        }
+        let msg = type_text("x^", "de").unwrap_err().to_string();
+        assert!(msg.contains("'^'") && msg.contains("\"de\""), "{msg}");
+    }
+
+    /// Every layout types all letters, digits, space, Return and Tab, each
+    /// character with its own combination of real key names, and
+    /// everything it types is one key with at most shift and AltGr.
+    #[test]
+    fn every_layout_types_letters_and_digits_with_distinct_keys() {
+        let alnum = ('a'..='z').chain('A'..='Z').chain('0'..='9');
+        for l in LAYOUTS {
+            for c in alnum.clone().chain([' ', '\n', '\t']) {
+                let t = type_text(&c.to_string(), l).unwrap_or_else(|e| panic!("{l}: {e}"));
+                assert_eq!(t.len(), 1);
+                let keys = &t[0].0;
+                assert!(keys.len() <= 3, "{l} {c:?}: {keys:?}");
+                for k in keys {
+                    assert!(QCODES.contains(k), "{l} {c:?} -> {k}");
+                }
+            }
+            let mut seen = std::collections::HashMap::new();
+            for c in (' '..='~').chain('\u{a0}'..='\u{ff}') {
+                if let Ok(t) = type_text(&c.to_string(), l) {
+                    if let Some(other) = seen.insert(t.clone(), c) {
+                        panic!("{l}: {c:?} and {other:?} are both {}", t[0]);
+                    }
+                    let (mods, key) = t[0].0.split_at(t[0].0.len() - 1);
+                    assert!(
+                        mods.iter().all(|m| ["shift", "alt_r"].contains(m)),
+                        "{l} {c:?}: {:?}",
+                        t[0]
+                    );
+                    assert!(layouts::MAIN_BLOCK.contains(&key[0]) || c == ' ');
+                }
+            }
+        }
+        assert_eq!(
+            layouts::ALL.iter().map(|l| l.name).collect::<Vec<_>>(),
+            LAYOUTS
+        );
+    }
+
+    #[test]
+    fn layouts_are_what_their_keyboards_are_known_for() {
+        let one = |t: &str, l: &str| type_text(t, l).unwrap()[0].to_string();
+        // German: y and z swapped, umlauts and sharp s, AltGr for @ and {.
+        assert_eq!(one("z", "de"), "y");
+        assert_eq!(one("y", "de"), "z");
+        assert_eq!(one("Z", "de"), "shift+y");
+        assert_eq!(one("ß", "de"), "minus");
+        assert_eq!(one("ä", "de"), "apostrophe");
+        assert_eq!(one("ö", "de"), "semicolon");
+        assert_eq!(one("Ü", "de"), "shift+bracket_left");
+        assert_eq!(one("@", "de"), "alt_r+q");
+        assert_eq!(one("{", "de"), "alt_r+7");
+        assert_eq!(one("(", "de"), "shift+8");
+        // French: AZERTY, digits on shift, M right of L.
+        assert_eq!(one("a", "fr"), "q");
+        assert_eq!(one("q", "fr"), "a");
+        assert_eq!(one("w", "fr"), "z");
+        assert_eq!(one("m", "fr"), "semicolon");
+        assert_eq!(one(",", "fr"), "m");
+        for d in '0'..='9' {
+            assert_eq!(one(&d.to_string(), "fr"), format!("shift+{d}"));
+        }
+        assert_eq!(one("é", "fr"), "2");
+        // UK: £ on shift+3, " on shift+2, @ right of L, # and \ of ISO keys.
+        assert_eq!(one("£", "uk"), "shift+3");
+        assert_eq!(one("\"", "uk"), "shift+2");
+        assert_eq!(one("@", "uk"), "shift+apostrophe");
+        assert_eq!(one("#", "uk"), "backslash");
+        assert_eq!(one("\\", "uk"), "less");
+        assert_eq!(type_text("£", "gb"), type_text("£", "uk"));
+        // Spanish and Italian.
+        assert_eq!(one("ñ", "es"), "semicolon");
+        assert_eq!(one("¿", "es"), "shift+equal");
+        assert_eq!(one("@", "es"), "alt_r+2");
+        assert_eq!(one("ò", "it"), "semicolon");
+        assert_eq!(one("@", "it"), "alt_r+semicolon");
+        // US: every printable ASCII character, none on the ISO key.
+        for c in ' '..='~' {
+            assert!(!one(&c.to_string(), "us").contains("less"), "{c:?}");
+        }
     }
 }

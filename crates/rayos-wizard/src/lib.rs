@@ -111,15 +111,15 @@ pub enum Outcome {
 /// Why the wizard could not run or finish.
 #[derive(Debug, thiserror::Error)]
 pub enum WizardError {
+    /// stdin or stdout is not a terminal.
     #[error(
         "the wizard needs a terminal on stdin and stdout: use `rayos install --answers FILE` without one"
     )]
-    /// stdin or stdout is not a terminal.
     NoTerminal,
+    /// Installing needs the RayOS UKI and none was given.
     #[error(
         "--system-image FILE is required to install (the RayOS UKI); use --dry-run to only plan"
     )]
-    /// Installing needs the RayOS UKI and none was given.
     NoSystemImage,
     /// The machine's disks could not be listed.
     #[error("cannot list the disks of this machine")]

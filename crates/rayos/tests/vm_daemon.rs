@@ -1426,6 +1426,54 @@ fn agent_bridge_types_clicks_writes_and_runs_commands_in_a_real_guest() {
     assert!(err.contains("start it first"), "{err}");
 }
 
+/// Text for a VM is typed with its keyboard layout, end to end: the
+/// machine's keyboard is German (`machine.toml`), the VM has no
+/// first-boot settings, so its text is typed as German keys; the test
+/// guest loads Debian's German console keymap (`rayos.keymap=de`) and its
+/// VT reads exactly the text, y and z (swapped on German keyboards),
+/// shifted digits, AltGr characters and umlauts included. With the US
+/// keys the guest would read `zy` for `yz`.
+#[test]
+fn agent_bridge_types_with_the_vms_keyboard_layout_in_a_real_guest() {
+    let mut h = Host::new();
+    h.policy("version = 1\n[linux]\nautostart = false\n");
+    let machine = rayos_state::MachineConfig::new("rayos", "UTC", "C.UTF-8", "de");
+    fs::write(h.state().join("machine.toml"), machine.to_toml()).unwrap();
+    h.start_daemon();
+    let g = guest::linux_guest().expect("test guest");
+    let cmdline = format!("{} rayos.tty=1 rayos.keymap=de", g.cmdline);
+    h.ok(&[
+        "create",
+        "lin",
+        "--kind",
+        "linux",
+        "--memory",
+        "256",
+        "--kernel",
+        g.kernel.to_str().unwrap(),
+        "--initrd",
+        g.initrd.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+    ]);
+    h.ok(&["start", "lin"]);
+    let log = h.console("lin");
+    for ready in ["KEYMAP de", "TTY ready"] {
+        guest::wait_for_line(&log, 0, ready, BOOT).unwrap();
+    }
+
+    let text = "yz-() Yes, Zoo: 1/2=3? @{[]}\\|~ Grüße äÖ";
+    let want = text.replace('~', "");
+    // `~` is a dead key on console-data's German keymap: refused, and
+    // nothing of the text is sent.
+    let (_, err) = fails(&h, &["type", "lin", "--hidden", text]);
+    assert!(err.contains("'~'") && err.contains("\"de\""), "{err}");
+    h.ok(&["type", "lin", "--hidden", &want, "--enter"]);
+    let typed = whole_line(&log, "TYPED ");
+    assert_eq!(typed, format!("TYPED {want}"));
+    h.ok(&["stop", "lin", "--force"]);
+}
+
 /// An MCP client session over `rayos mcp`'s stdio against the real daemon
 /// and a running test guest: the handshake, the tool list, `list_vms`, a
 /// screenshot that is the VM's PNG, input refused for a hidden VM as an

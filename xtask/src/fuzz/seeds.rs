@@ -16,6 +16,8 @@
 //!   OVMF booted once; `pe`: that whole UKI (a recovery-mode one);
 //! - `bundle`: bundles built by `rayos_update::bundle::build` (what `cargo
 //!   xtask bundle` calls), signed with the fuzz target's trusted key;
+//! - `dhcp_reply`: dnsmasq's OFFER, ACK and NAK to RayOS's own DHCP
+//!   client messages, in network namespaces (`dhcp_lab.rs`);
 //! - `api_request`: the requests `rayos vm` sends (rayos-api's client);
 //! - `mcp_message`: an MCP client's handshake, tool list and tool calls,
 //!   one message per line as the specification's stdio transport sends
@@ -89,6 +91,9 @@ pub fn make(root: &Path) -> Result<()> {
     mcp_messages(&s)?;
     qemu_session(&s)?;
     ovmf_vars(&s)?;
+    for (name, bytes) in super::dhcp_lab::record(&s.work)? {
+        s.put("dhcp_reply", &name, &bytes)?;
+    }
     let _ = fs::remove_dir_all(&s.work);
     check(&s.dir)
 }
@@ -153,6 +158,15 @@ fn check(dir: &Path) -> Result<()> {
         let v: serde_json::Value = serde_json::from_slice(&read("mcp_message", &f)?)
             .with_context(|| format!("mcp_message/{f} is not JSON"))?;
         ensure!(v["jsonrpc"] == "2.0", "mcp_message/{f} is not JSON-RPC 2.0");
+    }
+
+    for f in files(&dir.join("dhcp_reply"))? {
+        let r = rayos_net::dhcp::parse(&read("dhcp_reply", &f)?)
+            .with_context(|| format!("dhcp_reply/{f}"))?;
+        ensure!(
+            !r.routers.is_empty() || f.contains("nak"),
+            "dhcp_reply/{f} has no router option: {r:?}"
+        );
     }
 
     // The RFB session replays to the end: the handshake, QEMU's
@@ -446,9 +460,14 @@ fn media(s: &Seeds) -> Result<Vec<u8>> {
     // The headers (section table included) lie in the first 4 KiB.
     let efi_bytes = fs::read(&efi)?;
     let uki_head = efi_bytes[..4096].to_vec();
+    // Parsed as the head of the whole file: the sections' data lies past
+    // the 4 KiB, inside the file.
+    let sections = rayos_state::pe::parse(&uki_head, efi_bytes.len() as u64)
+        .context("the UKI's section table does not fit in its first 4 KiB")?
+        .sections;
     ensure!(
-        uki::sections_of(&uki_head).is_ok_and(|v| v.iter().any(|s| s.name == ".osrel")),
-        "the UKI's section table does not fit in its first 4 KiB"
+        sections.iter().any(|s| s.name == ".osrel"),
+        "the UKI's first 4 KiB name no .osrel section: {sections:?}"
     );
     s.put("media_parsers", "uki-head.efi", &uki_head)?;
     // The whole UKI (Debian's stub is most of it) for the PE reader that

@@ -902,4 +902,67 @@ mod tests {
         }
         assert!(FIRSTBOOT.contains(FIRSTBOOT_DONE));
     }
+
+    /// The first-boot script's keyboard step, run by `sh` on a copy of
+    /// Debian's `/etc/default/keyboard`: RayOS's layout names become xkb's
+    /// (`uk` is `gb`, `fr-bepo` is layout `fr` with variant `bepo`).
+    #[test]
+    fn firstboot_writes_xkb_layout_names() {
+        let start = FIRSTBOOT.find("say() {").unwrap();
+        let end = FIRSTBOOT.find("\nhostname_cfg() {").unwrap();
+        let helpers = &FIRSTBOOT[start..end];
+        let start = FIRSTBOOT.find("keyboard_cfg() {").unwrap();
+        let end = start + FIRSTBOOT[start..].find("\n}\n").unwrap() + 3;
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("keyboard");
+        let step = FIRSTBOOT[start..end].replace("/etc/default/keyboard", file.to_str().unwrap());
+        for (k, layout, variant) in [
+            ("uk", "gb", ""),
+            ("gb", "gb", ""),
+            ("de", "de", ""),
+            ("fr-bepo", "fr", "bepo"),
+            ("es", "es", ""),
+        ] {
+            std::fs::write(tmp.path().join("rayos.keyboard"), format!("{k}\n")).unwrap();
+            std::fs::write(
+                &file,
+                "XKBMODEL=\"pc105\"\nXKBLAYOUT=\"us\"\nXKBVARIANT=\"\"\nXKBOPTIONS=\"\"\n",
+            )
+            .unwrap();
+            let script = format!(
+                "C={}\napplied=\"\"\nsystemctl() {{ :; }}\n{helpers}\n{step}\nkeyboard_cfg\necho \"$applied\"",
+                tmp.path().display()
+            );
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{k}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                format!("keyboard={k}")
+            );
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(
+                text.contains(&format!("XKBLAYOUT=\"{layout}\"\n")),
+                "{k}: {text}"
+            );
+            assert!(
+                text.contains(&format!("XKBVARIANT=\"{variant}\"\n")),
+                "{k}: {text}"
+            );
+            // The layout xkb-data has (scripts/install-deps.sh).
+            assert!(
+                std::path::Path::new("/usr/share/X11/xkb/symbols")
+                    .join(layout)
+                    .is_file(),
+                "{k}: xkb has no layout {layout}"
+            );
+        }
+    }
 }

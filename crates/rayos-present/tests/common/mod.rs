@@ -1,9 +1,10 @@
 //! Test helpers: a QEMU guard and a stand-in rayosd.
 //!
 //! The stand-in serves the parts of the API the presenter uses — `GET
-//! /v1/vms`, the `GET /v1/events` stream, `POST .../start|present|hide` —
-//! with the same JSON shapes as rayosd (`rayos_api` types), and records
-//! every action so tests can check that keys turned into API calls.
+//! /v1/vms`, the `GET /v1/events` stream, `POST .../start|present|hide`,
+//! `POST /v1/input/physical` — with the same JSON shapes as rayosd
+//! (`rayos_api` types), and records every action so tests can check that
+//! keys turned into API calls.
 
 #![allow(dead_code)]
 
@@ -194,6 +195,11 @@ impl MockDaemon {
                 "application/json",
                 &serde_json::to_vec(&body).unwrap(),
             );
+            return;
+        }
+        if req.method == "POST" && path == "/v1/input/physical" {
+            self.update(|s| s.calls.push("physical input".into()));
+            let _ = http::write_response(&mut w, 200, "application/json", b"{}");
             return;
         }
         let parts: Vec<&str> = path.trim_start_matches("/v1/vms/").split('/').collect();

@@ -14,6 +14,11 @@
 //! text within one key. A refused request may thus have sent part of its
 //! actions; the error says how many.
 //!
+//! Text is typed with the VM's keyboard layout
+//! ([`Supervisor::keyboard_layout`]: its first-boot keyboard, else the
+//! machine's, else US) and checked whole before the first key: a
+//! character the layout cannot type is a 400 and nothing is sent.
+//!
 //! Keys are sent one combination at a time with [`Config::key_gap`]
 //! between press and release and after the release: a PS/2 keyboard
 //! buffers only 16 bytes, and a guest under emulation reads them slowly.
@@ -129,6 +134,25 @@ impl Supervisor {
         *lock(&self.physical_at) = Some(Instant::now());
     }
 
+    /// The keyboard layout the guest of `def` turns key codes back into
+    /// characters with: its first-boot `guest.keyboard` (the layout the
+    /// guest was set up with), else the machine's (`machine.toml`: the
+    /// person who installed Windows or the imported system chose the
+    /// keyboard in front of them), else `us` (no machine settings: a
+    /// development host). Read at every request, so a changed
+    /// `machine.toml` applies at once.
+    pub(crate) fn keyboard_layout(&self, def: &rayos_state::VmDefinition) -> String {
+        if let Some(g) = &def.guest {
+            return g.keyboard.clone();
+        }
+        rayos_state::read_with_fallback(&self.layout.machine())
+            .ok()
+            .and_then(|(b, _)| {
+                rayos_state::MachineConfig::parse("machine.toml", &String::from_utf8_lossy(&b)).ok()
+            })
+            .map_or_else(|| "us".to_string(), |m| m.keyboard)
+    }
+
     /// Whether injected input may reach VM `name` now (see the module docs).
     fn input_route(&self, name: &str, hidden: bool) -> Result<(), OpError> {
         let presented = lock(&self.presented).as_deref() == Some(name);
@@ -159,8 +183,8 @@ impl Supervisor {
         self.refuse_if_shutting_down()?;
         let slot = self.slot(name)?;
         let def = lock(&slot.status).def.clone();
-        let layout = def.guest.as_ref().map_or("us", |g| g.keyboard.as_str());
-        let steps = plan(&req.actions, layout)?;
+        let layout = self.keyboard_layout(&def);
+        let steps = plan(&req.actions, &layout)?;
         let pointer = steps.iter().any(|s| matches!(s, Step::Pointer { .. }));
         if pointer && !has_absolute_pointer(def.kind) {
             return Err(OpError::Refused(format!(
@@ -399,7 +423,13 @@ mod tests {
         let msg = |r: Result<Vec<Step>, OpError>| r.unwrap_err().to_string();
         assert!(msg(plan(&[], "us")).contains("1 to 100 actions"));
         assert!(msg(plan(&[key("ctrl+bogus")], "us")).contains("\"bogus\" is not a key name"));
-        assert!(msg(plan(&[text("hallo")], "de")).contains("layout is \"de\""));
+        assert_eq!(
+            plan(&[text("y")], "de").unwrap(),
+            [Step::Keys(Combo(vec!["z"]))]
+        );
+        assert!(msg(plan(&[text("hallo")], "fr-bepo")).contains("layout is \"fr-bepo\""));
+        let m = msg(plan(&[text("a^b")], "de"));
+        assert!(m.contains("'^'") && m.contains("\"de\""), "{m}");
         let long = "x".repeat(MAX_TEXT_CHARS + 1);
         assert!(msg(plan(&[text(&long)], "us")).contains("split the text"));
     }

@@ -63,11 +63,11 @@ pub enum OpError {
     /// The daemon is shutting down and takes no new operations (503).
     #[error("rayosd is shutting down")]
     ShuttingDown,
+    /// The VM's files are on a VM-storage partition that is not mounted (409).
     #[error(
         "VM {vm} keeps its files on the VM-storage partition {label}, which is not mounted at {}: it is not started, so nothing is recreated on the data volume (`rayos status` shows the boot fault; reconnect the disk and reboot)",
         dir.display()
     )]
-    /// The VM's files are on a VM-storage partition that is not mounted (409).
     StorageMissing {
         /// The VM's name.
         vm: String,

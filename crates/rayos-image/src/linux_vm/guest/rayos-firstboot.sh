@@ -87,6 +87,9 @@ keyboard_cfg() {
     layout=${k%%-*}
     variant=""
     [ "$layout" = "$k" ] || variant=${k#*-}
+    # The installer's "uk" is xkb's "gb" (xkb has no "uk": the guest would
+    # fall back to US keys, and the agent bridge types UK ones).
+    [ "$layout" = uk ] && layout=gb
     sed -i -e "s/^XKBLAYOUT=.*/XKBLAYOUT=\"$layout\"/" \
         -e "s/^XKBVARIANT=.*/XKBVARIANT=\"$variant\"/" /etc/default/keyboard
     # keyboard-setup.service already ran this boot; apply the new layout
