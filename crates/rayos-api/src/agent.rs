@@ -25,9 +25,12 @@ wire_enum! {
     /// A pointer button.
     #[derive(Default)]
     pub enum Button {
+        /// The primary button (the default).
         #[default]
         Left = "left",
+        /// The middle button (the wheel's press).
         Middle = "middle",
+        /// The secondary button (context menus).
         Right = "right",
     }
 }
@@ -39,16 +42,30 @@ pub enum InputAction {
     /// A key or key combination, QEMU key names joined by `+`
     /// (`ctrl+alt+delete`, `shift+tab`, `ret`): pressed in order,
     /// released in reverse.
-    Key { keys: String },
+    Key {
+        /// The key names, joined by `+`.
+        keys: String,
+    },
     /// Text typed with the VM's keyboard layout (`\n` is Return).
-    Text { text: String },
+    Text {
+        /// The text to type.
+        text: String,
+    },
     /// Moves the pointer to pixel (x, y) of the screen as a screenshot
     /// shows it (0, 0 is the top left).
-    Move { x: u32, y: u32 },
+    Move {
+        /// Pixels from the screen's left edge.
+        x: u32,
+        /// Pixels from the screen's top edge.
+        y: u32,
+    },
     /// Moves the pointer to (x, y), then presses and releases `button`.
     Click {
+        /// Pixels from the screen's left edge.
         x: u32,
+        /// Pixels from the screen's top edge.
         y: u32,
+        /// The button (left when the request names none).
         #[serde(default)]
         button: Button,
     },
@@ -58,6 +75,7 @@ pub enum InputAction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputRequest {
+    /// What to do, in order.
     pub actions: Vec<InputAction>,
     /// Send the input although the VM is not presented (nobody sees it).
     /// Without this, input for a hidden VM is refused (409).
@@ -88,6 +106,7 @@ pub struct ConsoleWriteRequest {
 /// Reply of `POST /v1/vms/{name}/console`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsoleWriteReply {
+    /// How many bytes were written.
     pub bytes: usize,
 }
 
@@ -97,6 +116,7 @@ pub struct ConsoleWriteReply {
 pub struct ExecRequest {
     /// The program, as the guest finds it (an absolute path is surest).
     pub path: String,
+    /// The program's arguments (without its name).
     #[serde(default)]
     pub args: Vec<String>,
     /// Standard input for the program (UTF-8).
@@ -116,6 +136,8 @@ pub struct ExecReply {
     /// True when the time limit passed before the program ended; it keeps
     /// running in the guest and there is no output.
     pub timed_out: bool,
+    /// The program's exit code, when it exited (no code when a signal ended it
+    /// or the time ran out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     /// The signal that ended the program (Linux guests).
@@ -124,7 +146,11 @@ pub struct ExecReply {
     /// Output as UTF-8 (invalid bytes replaced), at most
     /// [`MAX_EXEC_OUTPUT`] bytes each.
     pub stdout: String,
+    /// Error output as UTF-8 (invalid bytes replaced), at most
+    /// [`MAX_EXEC_OUTPUT`] bytes.
     pub stderr: String,
+    /// True when stdout was cut at [`MAX_EXEC_OUTPUT`] bytes.
     pub stdout_truncated: bool,
+    /// True when stderr was cut at [`MAX_EXEC_OUTPUT`] bytes.
     pub stderr_truncated: bool,
 }

@@ -19,25 +19,39 @@ use crate::types::*;
 /// Largest reply the client accepts (screenshots are the big ones).
 const MAX_REPLY: usize = 256 * 1024 * 1024;
 
+/// Why a request to rayosd failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The socket could not be connected to (the daemon is not running there).
     #[error(
         "cannot reach rayosd at {socket}: start it with `rayos daemon --socket {socket}` or point --socket / $RAYOS_SOCKET at the running one"
     )]
     Unreachable {
+        /// The socket's path.
         socket: PathBuf,
+        /// The error from connect(2).
         #[source]
         source: std::io::Error,
     },
     /// The daemon answered with an error status and this message.
     #[error("{message}")]
-    Status { status: u16, message: String },
+    Status {
+        /// The HTTP status code.
+        status: u16,
+        /// The daemon's error message.
+        message: String,
+    },
+    /// The request or its reply broke off or was not HTTP as the daemon speaks
+    /// it.
     #[error("talking to rayosd at {socket} failed")]
     Exchange {
+        /// The socket's path.
         socket: PathBuf,
+        /// What went wrong on the connection.
         #[source]
         source: HttpError,
     },
+    /// The reply's body is not the JSON this client expects.
     #[error("rayosd sent a reply this client does not understand")]
     Decode(#[source] serde_json::Error),
 }
@@ -52,6 +66,8 @@ impl ClientError {
     }
 }
 
+/// A client of one rayosd, by its socket; cheap to clone, one connection per
+/// request.
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
@@ -67,6 +83,7 @@ enum Body<'a> {
 }
 
 impl Client {
+    /// A client of the daemon at `socket`, with a 15-minute read timeout.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Client {
             socket: socket.into(),
@@ -74,11 +91,13 @@ impl Client {
         }
     }
 
+    /// The same client with another per-read timeout (`None`: wait for ever).
     pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
         self
     }
 
+    /// The socket this client talks to.
     pub fn socket(&self) -> &Path {
         &self.socket
     }
@@ -157,22 +176,28 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(ClientError::Decode)
     }
 
+    /// `GET /v1/health`: the daemon's state, resources and notes.
     pub fn health(&self) -> Result<Health, ClientError> {
         self.json("GET", "/v1/health", None::<&()>)
     }
 
+    /// `GET /v1/vms`: every VM the daemon knows.
     pub fn list(&self) -> Result<Vec<VmInfo>, ClientError> {
         self.json("GET", "/v1/vms", None::<&()>)
     }
 
+    /// `GET /v1/vms/{name}`: one VM.
     pub fn show(&self, name: &str) -> Result<VmInfo, ClientError> {
         self.json("GET", &format!("/v1/vms/{}", enc(name)), None::<&()>)
     }
 
+    /// `POST /v1/vms`: defines a new VM.
     pub fn create(&self, req: &CreateRequest) -> Result<VmInfo, ClientError> {
         self.json("POST", "/v1/vms", Some(req))
     }
 
+    /// `DELETE /v1/vms/{name}`: removes a stopped VM; `purge` removes its disks
+    /// too.
     pub fn delete(&self, name: &str, purge: bool) -> Result<ActionReply, ClientError> {
         self.json(
             "DELETE",
@@ -181,10 +206,13 @@ impl Client {
         )
     }
 
+    /// `POST /v1/vms/{name}/start`: boots or resumes the VM; `fresh` discards a
+    /// saved state first.
     pub fn start(&self, name: &str, fresh: bool) -> Result<ActionReply, ClientError> {
         self.action(name, "start", Some(&StartRequest { fresh }))
     }
 
+    /// `POST /v1/vms/{name}/stop`: stops the VM as `req` says.
     pub fn stop(&self, name: &str, req: &StopRequest) -> Result<ActionReply, ClientError> {
         self.action(name, "stop", Some(req))
     }
@@ -204,6 +232,7 @@ impl Client {
         self.json("POST", &format!("/v1/vms/{}/{action}", enc(name)), body)
     }
 
+    /// `GET /v1/vms/{name}/console`: the last `lines` lines of the console log.
     pub fn console(&self, name: &str, lines: usize) -> Result<ConsoleReply, ClientError> {
         self.json(
             "GET",

@@ -16,8 +16,11 @@ use std::io::{self, BufRead, Read, Write};
 /// Bounds on what [`read_request`] accepts.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Request line and headers together, in bytes.
     pub max_head: usize,
+    /// Header lines, at most.
     pub max_headers: usize,
+    /// Body bytes, at most.
     pub max_body: usize,
 }
 
@@ -31,20 +34,29 @@ impl Default for Limits {
     }
 }
 
+/// Why a request (or, on the client side, a response) could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
+    /// The peer closed the connection before a complete message.
     #[error("connection closed before a complete request")]
     Closed,
+    /// The message is not HTTP/1.1 as this subset has it; says what is wrong.
     #[error("malformed request: {0}")]
     Malformed(String),
+    /// The head is longer than the limit (in bytes).
     #[error("request head is larger than {0} bytes")]
     HeadTooLarge(usize),
+    /// The body is longer than the limit (in bytes).
     #[error("request body is larger than {0} bytes")]
     BodyTooLarge(usize),
+    /// A request has a body but no `Content-Length`.
     #[error("a request body needs a Content-Length header")]
     LengthRequired,
+    /// A feature outside this subset (chunked requests, another HTTP version,
+    /// …); names it.
     #[error("{0} is not supported")]
     Unsupported(String),
+    /// Reading from the connection failed.
     #[error("reading the request failed")]
     Read(#[source] io::Error),
 }
@@ -67,14 +79,20 @@ impl HttpError {
 /// its query, and query values are percent-decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// The method, as sent (`GET`, `POST`, …).
     pub method: String,
+    /// The path, without its query.
     pub path: String,
+    /// The query's names and percent-decoded values, in order.
     pub query: Vec<(String, String)>,
+    /// The headers: lower-cased names and values, in order.
     pub headers: Vec<(String, String)>,
+    /// The body (empty without `Content-Length`).
     pub body: Vec<u8>,
 }
 
 impl Request {
+    /// The first value of header `name` (lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -82,6 +100,7 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The first value of query parameter `name`.
     pub fn query_param(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
@@ -281,6 +300,7 @@ fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
+/// The reason phrase for a status code the API uses (`Unknown` for others).
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -339,11 +359,14 @@ pub fn write_chunk<W: Write>(w: &mut W, data: &[u8]) -> io::Result<()> {
 /// A response as a client sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHead {
+    /// The status code.
     pub status: u16,
+    /// The headers: lower-cased names and values, in order.
     pub headers: Vec<(String, String)>,
 }
 
 impl ResponseHead {
+    /// The first value of header `name` (lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -351,6 +374,7 @@ impl ResponseHead {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Whether the body is chunked (the event stream).
     pub fn chunked(&self) -> bool {
         self.header("transfer-encoding")
             .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))

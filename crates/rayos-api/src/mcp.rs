@@ -44,6 +44,7 @@ const KEPT_EVENTS: usize = 256;
 pub enum Access {
     /// Only the tools that look: list, screenshot, console log, events.
     Read,
+    /// Every tool, the ones that act on the VM (input, console, exec) too.
     Full,
 }
 
@@ -87,6 +88,7 @@ impl EventLog {
 /// What one answered message was, for the in-VM channel's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handled {
+    /// The JSON-RPC answer to send back (`None` for notifications).
     pub reply: Option<Value>,
     /// `method` or `tools/call <tool>`; empty when the line did not parse.
     pub what: String,
@@ -123,6 +125,8 @@ impl From<crate::ClientError> for ToolError {
 struct BadArgs(String);
 
 impl Server {
+    /// A session that calls the daemon through `client`, allows what `access`
+    /// says and answers `events` from `events`.
     pub fn new(client: Client, access: Access, events: EventLog) -> Server {
         Server {
             client,

@@ -56,6 +56,7 @@ wire_enum! {
         Stopped = "stopped",
         /// Device model being launched for a cold boot.
         Starting = "starting",
+        /// The guest runs (shown or hidden).
         Running = "running",
         /// ACPI power-down (or kill) in progress.
         Stopping = "stopping",
@@ -75,7 +76,9 @@ wire_enum! {
 wire_enum! {
     /// How the last start brought the guest up.
     pub enum BootKind {
+        /// A cold boot from the disks.
         Cold = "cold",
+        /// The saved state was loaded: the guest went on where it was.
         Resumed = "resumed",
     }
 }
@@ -102,7 +105,9 @@ wire_enum! {
 /// Which accelerator and, under TCG, why (a sentence for people).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accelerator {
+    /// The accelerator.
     pub accel: AccelKind,
+    /// Under TCG, why KVM is not used (absent under KVM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -126,7 +131,9 @@ impl std::fmt::Display for Accelerator {
 /// A saved state waiting in `state/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedState {
+    /// The state file.
     pub path: PathBuf,
+    /// Its size in bytes.
     pub bytes: u64,
     /// Seconds since the Unix epoch.
     pub saved_at: u64,
@@ -138,20 +145,32 @@ pub struct SavedState {
 /// Everything `show` reports about a VM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmInfo {
+    /// The VM's name (unique; what the CLI and the API address it by).
     pub name: String,
+    /// The VM's id, fixed at creation (names its directory).
     pub id: Uuid,
+    /// What the VM runs (linux, windows, generic): picks its device profile and
+    /// policy section.
     pub kind: VmKind,
+    /// Where the VM is in its life.
     pub state: VmState,
     /// At most one VM is presented (shown and given input).
     pub presented: bool,
     /// Effective values after policy limits.
     pub cpus: u32,
+    /// Memory in MiB, after policy limits.
     pub memory_mib: u64,
+    /// Whether the guest has a network, after policy (provisioning-only
+    /// networking ends at provisioning).
     pub network: bool,
+    /// Whether installation is done (media detached, provisioning-only
+    /// networking off).
     pub provisioned: bool,
+    /// Whether the VM has a TPM 2.0 (swtpm).
     pub tpm: bool,
     /// `vm/<id>/` on the data volume.
     pub vm_dir: PathBuf,
+    /// The VM's disk images, in the order the guest sees them.
     pub disks: Vec<PathBuf>,
     /// Media given to the guest as CD-ROMs.
     pub media: Vec<PathBuf>,
@@ -170,17 +189,23 @@ pub struct VmInfo {
     /// when no agent answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest: Option<GuestInfo>,
+    /// How the last start brought the guest up (`None` before the first start).
     pub last_boot: Option<BootKind>,
+    /// The saved state waiting for the next start, if any.
     pub saved_state: Option<SavedState>,
     /// Saved states that could not be used, kept for inspection
     /// (`state/unusable-<time>/`).
     pub unusable_states: Vec<PathBuf>,
+    /// Why the last start, save or stop failed, if it did.
     pub last_error: Option<String>,
     /// The last console lines kept when the VM crashed.
     pub crash_console: Vec<String>,
+    /// How many times the device model crashed since the VM was last started by
+    /// a person.
     pub crash_count: u32,
     /// Policy for this VM's kind.
     pub enabled: bool,
+    /// Whether the daemon starts the VM at its own start (policy for its kind).
     pub autostart: bool,
     /// The accelerator its device model runs (or will run) with.
     #[serde(default)]
@@ -190,11 +215,13 @@ pub struct VmInfo {
 /// What a running guest's agent reports about it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestInfo {
+    /// The guest's host name.
     #[serde(default)]
     pub hostname: Option<String>,
     /// The guest's OS (its os-release `PRETTY_NAME`).
     #[serde(default)]
     pub os: Option<String>,
+    /// The guest's kernel release.
     #[serde(default)]
     pub kernel: Option<String>,
     /// `<interface> <address>/<prefix>`, loopback left out.
@@ -219,19 +246,27 @@ pub enum DiskRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
+    /// The new VM's name.
     pub name: String,
+    /// What the VM will run: picks its device profile and policy section.
     pub kind: VmKind,
+    /// Memory in MiB (default: the policy's for the kind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u64>,
+    /// Virtual CPUs (default: the policy's for the kind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<u32>,
+    /// Its disks, in the order the guest sees them.
     #[serde(default)]
     pub disks: Vec<DiskRequest>,
     /// Direct kernel boot (absolute paths; copied into the VM's directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<PathBuf>,
+    /// The initramfs for direct kernel boot (absolute path; copied like the
+    /// kernel).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initrd: Option<PathBuf>,
+    /// The kernel command line for direct kernel boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
     /// Installation and driver media (absolute paths; referenced, attached
@@ -279,6 +314,7 @@ wire_enum! {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MediaRequest {
+    /// Attach or eject.
     pub action: MediaAction,
     /// Absolute path: an image file or a block device (attach; for eject
     /// the medium to take away, all when absent).
@@ -317,7 +353,9 @@ pub struct StopRequest {
 /// Reply of the action endpoints: the VM afterwards and what happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionReply {
+    /// The VM after the action.
     pub vm: VmInfo,
+    /// What happened, as a sentence for people.
     pub message: String,
     /// For start: how the guest came up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -327,15 +365,20 @@ pub struct ActionReply {
 /// `GET /v1/vms/{name}/console`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsoleReply {
+    /// The last lines of the console log, oldest first.
     pub lines: Vec<String>,
 }
 
 /// `GET /v1/health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
+    /// `ok` while the daemon serves.
     pub status: String,
+    /// The daemon's version.
     pub version: String,
+    /// The daemon's process id.
     pub pid: u32,
+    /// How many VMs the registry holds.
     pub vms: usize,
     /// The daemon's own resident memory (`VmRSS`), KiB.
     #[serde(default)]
@@ -432,10 +475,13 @@ pub struct Event {
     pub seq: u64,
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
+    /// The VM's name.
     pub vm: String,
     /// What happened.
     pub event: EventKind,
+    /// The VM's state after the event.
     pub state: VmState,
+    /// More about the event, as the event kind says (empty when nothing).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
 }
@@ -443,6 +489,7 @@ pub struct Event {
 /// Body of every 4xx/5xx reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// What went wrong, as a sentence for people.
     pub error: String,
 }
 
@@ -451,6 +498,7 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRequest {
+    /// The policy file's new text (TOML).
     pub toml: String,
 }
 

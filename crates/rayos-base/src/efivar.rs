@@ -47,12 +47,16 @@ pub const NV_BS_RT: u32 = 0x7;
 /// `LOAD_OPTION_ACTIVE` in an `EFI_LOAD_OPTION`'s attributes.
 pub const LOAD_OPTION_ACTIVE: u32 = 0x1;
 
+/// Why an EFI variable could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum EfiVarError {
+    /// Reading the variable's file in efivarfs failed; holds its path.
     #[error("cannot read EFI variable {0}")]
     Read(PathBuf, #[source] io::Error),
+    /// Writing (or unlocking) the variable's file failed; holds its path.
     #[error("cannot write EFI variable {0}")]
     Write(PathBuf, #[source] io::Error),
+    /// All of `Boot0000` to `BootFFFF` are taken.
     #[error("no free Boot#### variable left")]
     NoFreeEntry,
 }
@@ -162,10 +166,13 @@ pub fn write_string(dir: &Path, name: &str, vendor: &str, s: &str) -> Result<(),
 /// Where the loader lives: a GPT partition and a path on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HdFilePath {
+    /// The partition's number in the GPT (from 1).
     pub partition_number: u32,
     /// In logical sectors of the disk.
     pub start_lba: u64,
+    /// The partition's size, in logical sectors.
     pub size_lba: u64,
+    /// The partition's unique GUID (not its type).
     pub partition_guid: Uuid,
     /// Backslash-separated, for example `\EFI\systemd\systemd-bootx64.efi`.
     pub file: String,

@@ -30,6 +30,7 @@ pub fn sha256(bytes: &[u8]) -> String {
 /// A SHA-256 and the number of bytes it covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sum {
+    /// How many bytes were hashed.
     pub len: u64,
     /// Lower-case hex.
     pub hex: String,
@@ -44,15 +45,18 @@ pub struct Hasher {
 }
 
 impl Hasher {
+    /// A hasher that has seen no bytes yet.
     pub fn new() -> Hasher {
         Hasher::default()
     }
 
+    /// Adds `bytes` to what is hashed.
     pub fn update(&mut self, bytes: &[u8]) {
         self.h.update(bytes);
         self.len += bytes.len() as u64;
     }
 
+    /// The hash of everything added, and its length.
     pub fn finish(self) -> Sum {
         Sum {
             len: self.len,

@@ -124,25 +124,67 @@ kinds! {
 /// A console marker with its payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Marker {
+    /// `RAYOS_BOOT:<step>`: PID 1 starts the named boot step.
     Boot(String),
+    /// `RAYOS_DEGRADED:<faults>`: the boot finished with this many faults.
     Degraded(usize),
+    /// `RAYOS_READY`: rayosd answered its health check.
     Ready,
+    /// `RAYOS_BLESSED:<file>`: the running UKI, named by its file, lost its
+    /// boot counter.
     Blessed(String),
+    /// `RAYOS_LINUX_VM_READY`: a VM of kind `linux` runs.
     LinuxVmReady,
-    Rollback { failed: String, reason: String },
+    /// `RAYOS_ROLLBACK:<failed>:<reason>`: the boot fell back from version
+    /// `failed`.
+    Rollback {
+        /// The version that failed to boot.
+        failed: String,
+        /// Why it counts as failed.
+        reason: String,
+    },
+    /// `RAYOS_SHUTDOWN:<power>`: the orderly shutdown begins.
     Shutdown(Power),
+    /// `RAYOS_POWEROFF`: the last line before power-off.
     PowerOff,
+    /// `RAYOS_REBOOT`: the last line before a reboot.
     Reboot,
+    /// `RAYOS_FATAL:<reason>`: PID 1 failed and reboots.
     Fatal(String),
+    /// `RAYOS_INSTALLER:…`: the unattended install and the installer engine.
     Installer(InstallerMarker),
+    /// `RAYOS_WIZARD:…`: the installer wizard's outcome.
     Wizard(WizardMarker),
-    DaemonReady { socket: String },
+    /// `RAYOS_DAEMON_READY:<socket>`: rayosd serves its API on `socket`.
+    DaemonReady {
+        /// The API socket's path.
+        socket: String,
+    },
+    /// `RAYOS_AUTOSTART_DONE`: rayosd's autostart pass ended.
     AutostartDone,
+    /// `RAYOS_DAEMON_STOPPED:<vms>`: rayosd's shutdown ended, having handled
+    /// this many VMs.
     DaemonStopped(usize),
-    VmStarted { vm: String, how: VmStart },
-    VmAttached { vm: String },
-    PresentationOn { vm: String },
+    /// `RAYOS_VM_STARTED:<vm>:<how>`: VM `vm` started, cold or resumed.
+    VmStarted {
+        /// The VM's name.
+        vm: String,
+        /// Whether it booted or resumed.
+        how: VmStart,
+    },
+    /// `RAYOS_VM_ATTACHED:<vm>`: a restarted rayosd took running VM `vm` back.
+    VmAttached {
+        /// The VM's name.
+        vm: String,
+    },
+    /// `RAYOS_PRESENTATION:on:<vm>`: VM `vm`'s first frame is on screen.
+    PresentationOn {
+        /// The VM's name.
+        vm: String,
+    },
+    /// `RAYOS_PRESENTATION:off`: the home screen is drawn.
     PresentationOff,
+    /// `RAYOS_ACCEL:…`: the accelerator rayosd chose for the VMs.
     Accel(AccelMarker),
 }
 
@@ -150,26 +192,49 @@ pub enum Marker {
 /// sentence `rayos status` shows).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccelMarker {
+    /// KVM: hardware virtualisation.
     Kvm,
-    Tcg { reason: String },
+    /// TCG (emulation), with the reason KVM is not used.
+    Tcg {
+        /// Why KVM is not used, as `rayos status` shows it.
+        reason: String,
+    },
 }
 
 /// `RAYOS_INSTALLER:…`: PID 1's unattended install (lower case) and the
 /// installer engine's own progress (upper case).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstallerMarker {
+    /// `countdown:<secs>`: PID 1 installs unattended after this many seconds.
     Countdown(u32),
+    /// `cancelled`: a key stopped the countdown.
     Cancelled,
+    /// `start`: PID 1 runs `rayos install --yes`.
     Start,
+    /// `done`: the install succeeded.
     Done,
+    /// `failed:<status>|plan`: the install did not finish.
     Failed(InstallFailure),
+    /// `interactive`: no answer file, so the wizard runs.
     Interactive,
+    /// `STARTED`: the engine started.
     EngineStarted,
+    /// `PLAN_GENERATED`: the engine made its plan.
     EnginePlanGenerated,
+    /// `STEP:<step>`: the engine finished a step.
     EngineStep(String),
+    /// `COMPLETE`: the engine finished the install.
     EngineComplete,
+    /// `FAILED`: the engine failed.
     EngineFailed,
-    EngineAbortedAfter { step: String, note: String },
+    /// `ABORTED_AFTER:<step> (<note>)`: the engine's power-cut test hook
+    /// stopped it after `step`.
+    EngineAbortedAfter {
+        /// The last step done.
+        step: String,
+        /// Free text in the parentheses (which hook stopped it).
+        note: String,
+    },
 }
 
 /// Why PID 1's unattended install did not finish.
@@ -184,34 +249,48 @@ pub enum InstallFailure {
 /// `RAYOS_WIZARD:…`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WizardMarker {
-    Installed { after: WizardAfter },
+    /// `INSTALLED after=<after>`: the wizard installed RayOS.
+    Installed {
+        /// What the person chose to do next.
+        after: WizardAfter,
+    },
+    /// `DRY_RUN`: the wizard ended a dry run.
     DryRun,
+    /// `CANCELLED`: the person left the wizard without installing.
     Cancelled,
 }
 
 /// What the person chose to do after the wizard installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WizardAfter {
+    /// Reboot into the installed system.
     Reboot,
+    /// Power the machine off.
     PowerOff,
+    /// Leave the wizard without rebooting or powering off.
     Exit,
 }
 
 /// `RAYOS_SHUTDOWN:<power>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Power {
+    /// Power the machine off.
     PowerOff,
+    /// Restart the machine.
     Reboot,
 }
 
 /// How a VM came up (`RAYOS_VM_STARTED:<vm>:<how>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmStart {
+    /// A cold boot from the disks.
     Cold,
+    /// Resumed from a saved state.
     Resumed,
 }
 
 impl WizardAfter {
+    /// The word the marker carries (`reboot`, `power-off`, `exit`).
     pub const fn as_str(self) -> &'static str {
         match self {
             WizardAfter::Reboot => "reboot",
@@ -222,6 +301,7 @@ impl WizardAfter {
 }
 
 impl Power {
+    /// The word the marker carries (`poweroff`, `reboot`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Power::PowerOff => "poweroff",
@@ -231,6 +311,7 @@ impl Power {
 }
 
 impl VmStart {
+    /// The word the marker carries (`cold`, `resumed`).
     pub const fn as_str(self) -> &'static str {
         match self {
             VmStart::Cold => "cold",
@@ -461,10 +542,13 @@ impl fmt::Display for Marker {
     }
 }
 
+/// Why a line is not a [`Marker`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseMarkerError {
+    /// The line holds no known marker head.
     #[error("not a RayOS console marker")]
     Unknown,
+    /// The head is known but its payload does not parse; holds the kind.
     #[error("a {} marker with a payload that does not parse", .0.prefix())]
     Payload(Kind),
 }

@@ -44,6 +44,7 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 pub struct Waker(OwnedFd);
 
 impl Waker {
+    /// A non-blocking, close-on-exec eventfd, not yet poked.
     pub fn new() -> io::Result<Waker> {
         Ok(Waker(rustix::event::eventfd(
             0,
@@ -78,6 +79,7 @@ impl AsFd for Waker {
 pub struct DirWatch(OwnedFd);
 
 impl DirWatch {
+    /// Watches `dir` (not its subdirectories) from now on.
     pub fn new(dir: &Path) -> io::Result<DirWatch> {
         let fd = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC)?;
         inotify::add_watch(

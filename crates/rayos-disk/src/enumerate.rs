@@ -27,36 +27,58 @@ use crate::report::{self, Disk, DiskKind, FreeSpace, PartitionReport, Table, Usa
 /// Errors of enumerating and probing disks.
 #[derive(Debug, thiserror::Error)]
 pub enum EnumerateError {
+    /// The path does not exist.
     #[error("{0}: no such file or device")]
     NotFound(PathBuf),
+    /// The device or file could not be opened.
     #[error("opening {path} failed")]
     Open {
+        /// The path.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// A sysfs or procfs file could not be read.
     #[error("reading {path} failed")]
     ReadHost {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// The disk's partition table could not be read.
     #[error("reading the partition table of {path} failed")]
     ReadTable {
+        /// The disk.
         path: PathBuf,
+        /// The error.
         #[source]
         source: gpt::GptError,
     },
+    /// A partition's filesystem could not be probed.
     #[error("probing a filesystem on {path} failed")]
     Probe {
+        /// The disk.
         path: PathBuf,
+        /// The error.
         #[source]
         source: ProbeError,
     },
+    /// The path is a partition, not a whole disk.
     #[error("{path} is a partition, not a whole disk: give the disk it belongs to")]
-    IsPartition { path: PathBuf },
+    IsPartition {
+        /// The partition.
+        path: PathBuf,
+    },
+    /// The path is neither a block device nor a regular file.
     #[error("{path} is neither a block device nor a regular file")]
-    NotADisk { path: PathBuf },
+    NotADisk {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A sector size RayOS does not handle; holds it.
     #[error("unsupported sector size {0}: use 512 or 4096")]
     SectorSize(u32),
 }
@@ -64,11 +86,15 @@ pub enum EnumerateError {
 /// One line of `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MountEntry {
+    /// The device's major number.
     pub major: u32,
+    /// The device's minor number.
     pub minor: u32,
     /// Root of the mount within its filesystem.
     pub root: String,
+    /// Where it is mounted.
     pub mount_point: PathBuf,
+    /// The filesystem type (`ext4`, `vfat`, …).
     pub fs_type: String,
     /// Mount source (`/dev/sda1`, `overlay`, ...).
     pub source: String,
@@ -77,6 +103,7 @@ pub struct MountEntry {
 /// The host's view of which devices are busy.
 #[derive(Debug, Clone, Default)]
 pub struct HostUsage {
+    /// Every mount, from `/proc/self/mountinfo`.
     pub mounts: Vec<MountEntry>,
     /// Active swap devices and files, from `/proc/swaps`.
     pub swaps: Vec<PathBuf>,
@@ -208,6 +235,7 @@ struct SysDisk {
 }
 
 impl Host {
+    /// The running system's `/sys`, `/dev` and `/proc`.
     pub fn real() -> Host {
         Host {
             sys_block: "/sys/block".into(),

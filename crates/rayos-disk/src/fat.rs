@@ -29,28 +29,55 @@ use std::ops::Range;
 /// partition.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FatError {
+    /// The boot sector is shorter than a sector.
     #[error("the boot sector is cut short")]
     Truncated,
+    /// No `55 AA` at the end of the boot sector.
     #[error("no boot signature (55 AA) at the end of the boot sector")]
     NoSignature,
+    /// A boot sector field has a value no FAT has.
     #[error("{field} is {value}, which no FAT filesystem has")]
-    BadField { field: &'static str, value: u64 },
+    BadField {
+        /// The field's name.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// The metadata fills the whole filesystem.
     #[error(
         "its reserved sectors, FATs and root directory ({meta} sectors) leave no data area in its {total} sectors"
     )]
-    NoDataArea { meta: u64, total: u64 },
+    NoDataArea {
+        /// Sectors before the data area.
+        meta: u64,
+        /// Sectors in the filesystem.
+        total: u64,
+    },
+    /// The FATs cannot map every cluster.
     #[error("its FATs ({fat_sectors} sectors each) are too small for its {clusters} clusters")]
-    FatTooSmall { fat_sectors: u64, clusters: u64 },
+    FatTooSmall {
+        /// Sectors of each FAT.
+        fat_sectors: u64,
+        /// Clusters in the data area.
+        clusters: u64,
+    },
+    /// The filesystem is larger than its partition.
     #[error(
         "the filesystem claims {fs_bytes} bytes ({total} sectors of {bps} bytes), but the partition has only {partition_bytes}: it ends {excess} bytes inside whatever follows the partition"
     )]
     LargerThanPartition {
+        /// Sectors the filesystem claims.
         total: u64,
+        /// Its bytes per sector.
         bps: u64,
+        /// Bytes the filesystem claims.
         fs_bytes: u64,
+        /// Bytes the partition has.
         partition_bytes: u64,
+        /// How far the filesystem runs past the partition, in bytes.
         excess: u64,
     },
+    /// Reading the boot sector failed; holds the error's kind.
     #[error("reading the boot sector failed: {0}")]
     Read(io::ErrorKind),
 }
@@ -58,21 +85,33 @@ pub enum FatError {
 /// FAT12, FAT16 or FAT32, by cluster count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum FatKind {
+    /// FAT12: a 16-bit FAT size and fewer than 4085 clusters.
     Fat12,
+    /// FAT16: a 16-bit FAT size and 4085 clusters or more.
     Fat16,
+    /// FAT32: the 16-bit FAT size is 0.
     Fat32,
 }
 
 /// A checked BPB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Geometry {
+    /// FAT12, FAT16 or FAT32.
     pub kind: FatKind,
+    /// Bytes per sector (512 to 4096).
     pub bytes_per_sector: u64,
+    /// Sectors per cluster (a power of two).
     pub sectors_per_cluster: u64,
+    /// Sectors before the first FAT (the boot sector among them).
     pub reserved_sectors: u64,
+    /// How many FATs (copies of the table).
     pub fats: u64,
+    /// Sectors of each FAT.
     pub fat_sectors: u64,
+    /// Sectors of the root directory (0 on FAT32, whose root is a cluster
+    /// chain).
     pub root_dir_sectors: u64,
+    /// Sectors in the filesystem.
     pub total_sectors: u64,
     /// Clusters in the data area (numbered 2..clusters + 2).
     pub clusters: u64,
@@ -218,6 +257,7 @@ impl Geometry {
             * self.bytes_per_sector
     }
 
+    /// Bytes per cluster.
     pub fn cluster_bytes(&self) -> u64 {
         self.sectors_per_cluster * self.bytes_per_sector
     }

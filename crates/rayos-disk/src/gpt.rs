@@ -51,6 +51,7 @@ pub const DEFAULT_ALIGNMENT: u64 = 1 << 20;
 pub const NAME_MAX_UNITS: usize = 36;
 /// Entry count and size RayOS writes (the UEFI minimum array: 16 KiB).
 pub const DEFAULT_ENTRY_COUNT: u32 = 128;
+/// The entry size RayOS writes, in bytes.
 pub const DEFAULT_ENTRY_SIZE: u32 = 128;
 
 const SIGNATURE: &[u8; 8] = b"EFI PART";
@@ -61,70 +62,147 @@ const MAX_ENTRY_ARRAY: u64 = 1 << 20;
 /// Errors of reading, editing and writing a GPT.
 #[derive(Debug, thiserror::Error)]
 pub enum GptError {
+    /// Reading the disk failed.
     #[error("reading the disk failed")]
     Read(#[source] io::Error),
+    /// Writing the table failed.
     #[error("writing the partition table failed")]
     Write(#[source] io::Error),
+    /// A sector size other than 512 or 4096; holds it.
     #[error("unsupported logical sector size {0}: expected 512 or 4096")]
     SectorSize(u32),
+    /// The disk cannot hold a GPT.
     #[error("disk of {total_bytes} bytes is too small for a GPT with {sector_size}-byte sectors")]
-    TooSmall { total_bytes: u64, sector_size: u32 },
+    TooSmall {
+        /// The disk's size in bytes.
+        total_bytes: u64,
+        /// Its sector size.
+        sector_size: u32,
+    },
+    /// Neither GPT nor MBR: the disk is blank.
     #[error("no partition table: the disk is blank")]
     NoTable,
+    /// The disk has an MBR partition table, not a GPT; holds it.
     #[error("the disk has an MBR (DOS) partition table, not a GPT")]
     MbrOnly(Mbr),
+    /// Both GPT copies are unusable; says how.
     #[error("corrupt GPT: {0}")]
     Corrupt(Corruption),
+    /// A partition number outside the entry array.
     #[error("partition {number}: slot number must be 1..={max}")]
-    SlotOutOfRange { number: u32, max: u32 },
+    SlotOutOfRange {
+        /// The number.
+        number: u32,
+        /// The highest number the array has.
+        max: u32,
+    },
+    /// The slot holds a partition already.
     #[error("partition {number}: slot already holds a partition")]
-    SlotTaken { number: u32 },
+    SlotTaken {
+        /// The slot's number.
+        number: u32,
+    },
+    /// A partition with the nil type GUID (which marks an empty slot).
     #[error("partition {number}: type GUID is nil (that marks an empty slot)")]
-    NilType { number: u32 },
+    NilType {
+        /// The partition's number.
+        number: u32,
+    },
+    /// A partition's unique GUID is nil or used twice.
     #[error("partition {number}: unique GUID {guid} is nil or already used")]
-    DuplicateGuid { number: u32, guid: Uuid },
+    DuplicateGuid {
+        /// The partition's number.
+        number: u32,
+        /// The GUID.
+        guid: Uuid,
+    },
+    /// A partition ends before it starts.
     #[error("partition {number}: last LBA {last} is before first LBA {first}")]
-    EmptyRange { number: u32, first: u64, last: u64 },
+    EmptyRange {
+        /// The partition's number.
+        number: u32,
+        /// Its first sector.
+        first: u64,
+        /// Its last sector.
+        last: u64,
+    },
+    /// A partition is outside the usable area.
     #[error(
         "partition {number}: LBA {first}..={last} is outside the usable area {first_usable}..={last_usable}"
     )]
     OutOfBounds {
+        /// The partition's number.
         number: u32,
+        /// Its first sector.
         first: u64,
+        /// Its last sector.
         last: u64,
+        /// The first usable sector.
         first_usable: u64,
+        /// The last usable sector.
         last_usable: u64,
     },
+    /// A partition does not start on the alignment boundary.
     #[error("partition {number}: first LBA {first} is not aligned to {alignment_lba} sectors")]
     Misaligned {
+        /// The partition's number.
         number: u32,
+        /// Its first sector.
         first: u64,
+        /// The alignment, in sectors.
         alignment_lba: u64,
     },
+    /// Two partitions overlap.
     #[error("partition {number}: LBA {first}..={last} overlaps partition {other}")]
     Overlap {
+        /// The partition's number.
         number: u32,
+        /// Its first sector.
         first: u64,
+        /// Its last sector.
         last: u64,
+        /// The number of the partition it overlaps.
         other: u32,
     },
+    /// A partition name longer than 36 UTF-16 units.
     #[error("partition {number}: name is longer than 36 UTF-16 units")]
-    NameTooLong { number: u32 },
+    NameTooLong {
+        /// The partition's number.
+        number: u32,
+    },
+    /// No partition has this number.
     #[error("no partition {0}")]
     NoSuchPartition(u32),
+    /// The device changed size since the table was read.
     #[error(
         "the table is for a disk of {expected} sectors but the device has {found}: read the table again"
     )]
-    DeviceSize { expected: u64, found: u64 },
+    DeviceSize {
+        /// Sectors when the table was read.
+        expected: u64,
+        /// Sectors now.
+        found: u64,
+    },
+    /// An alignment that is not a whole number of sectors.
     #[error("alignment of {bytes} bytes is not a multiple of the {sector_size}-byte sector")]
-    BadAlignment { bytes: u64, sector_size: u32 },
+    BadAlignment {
+        /// The alignment in bytes.
+        bytes: u64,
+        /// The sector size.
+        sector_size: u32,
+    },
+    /// A hybrid MBR entry covers a partition the new table changes or removes.
     #[error(
         "the hybrid MBR's entry {entry} (sectors {first}..={last}) covers partition {number}, which this table changes or removes; the hybrid MBR would point a legacy BIOS at the wrong partition"
     )]
     HybridMbr {
+        /// The MBR entry's number.
         entry: u32,
+        /// Its first sector.
         first: u64,
+        /// Its last sector.
         last: u64,
+        /// The GPT partition it covers.
         number: u32,
     },
 }
@@ -160,11 +238,15 @@ impl fmt::Display for Corruption {
 pub struct Partition {
     /// 1-based slot in the entry array (what Linux calls `sda<N>`).
     pub number: u32,
+    /// The partition type GUID (what the partition is for).
     pub type_guid: Uuid,
+    /// The partition's own GUID (`PARTUUID`).
     pub unique_guid: Uuid,
+    /// The first sector.
     pub first_lba: u64,
     /// Inclusive.
     pub last_lba: u64,
+    /// Attribute bits (bit 0 platform-required, bit 63 do-not-automount, …).
     pub attributes: u64,
     /// At most 36 UTF-16 units.
     pub name: String,
@@ -197,10 +279,12 @@ impl Partition {
             .saturating_sub(self.first_lba)
     }
 
+    /// Where the partition starts, in bytes.
     pub fn start_bytes(&self, sector_size: u32) -> u64 {
         self.first_lba * sector_size as u64
     }
 
+    /// The partition's size in bytes.
     pub fn size_bytes(&self, sector_size: u32) -> u64 {
         self.lba_count() * sector_size as u64
     }
@@ -209,6 +293,7 @@ impl Partition {
 /// A run of unpartitioned sectors inside the usable area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct FreeRegion {
+    /// The first sector.
     pub first_lba: u64,
     /// Inclusive.
     pub last_lba: u64,
@@ -251,14 +336,17 @@ pub fn free_runs(
 }
 
 impl FreeRegion {
+    /// Number of sectors.
     pub fn lba_count(&self) -> u64 {
         self.last_lba + 1 - self.first_lba
     }
 
+    /// Where the region starts, in bytes.
     pub fn start_bytes(&self, sector_size: u32) -> u64 {
         self.first_lba * sector_size as u64
     }
 
+    /// The region's size in bytes.
     pub fn size_bytes(&self, sector_size: u32) -> u64 {
         self.lba_count() * sector_size as u64
     }
@@ -267,16 +355,22 @@ impl FreeRegion {
 /// An MBR (DOS) partition, primary (1..=4) or logical (5..).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MbrPartition {
+    /// 1..=4 primary, 5.. logical (as Linux numbers them).
     pub number: u32,
+    /// Whether the boot flag (0x80) is set.
     pub bootable: bool,
+    /// The partition type byte (0x07 NTFS, 0x83 Linux, 0xee GPT protective, …).
     pub type_byte: u8,
+    /// The first sector.
     pub first_lba: u64,
+    /// Length in sectors.
     pub sectors: u64,
 }
 
 /// A DOS partition table.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Mbr {
+    /// The disk signature at byte 440 (Windows' disk id).
     pub disk_signature: u32,
     /// Primary partitions, then logical ones from the extended chain.
     /// Extended containers themselves are listed too (type 0x05/0x0f/0x85).
@@ -286,17 +380,22 @@ pub struct Mbr {
 /// Which copy of a GPT to read with [`Gpt::read_copy`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableCopy {
+    /// The primary copy, after the protective MBR.
     Primary,
+    /// The backup copy, at the end of the disk.
     Backup,
 }
 
 /// What a disk holds at the partition-table level.
 #[derive(Debug, Clone)]
 pub enum TableState {
+    /// A GPT (at least one copy valid).
     Gpt(Gpt),
+    /// An MBR partition table.
     Mbr(Mbr),
     /// No GPT and no MBR signature (all zero, or something without a table).
     Blank,
+    /// A GPT signature, but neither copy is valid; says why.
     Corrupt(Corruption),
 }
 
@@ -512,6 +611,7 @@ impl Gpt {
         self.hybrid.as_ref().map(|h| h.entries.as_slice())
     }
 
+    /// The logical sector size in bytes.
     pub fn sector_size(&self) -> u32 {
         self.sector_size
     }
@@ -521,22 +621,27 @@ impl Gpt {
         self.total_sectors
     }
 
+    /// The disk's size in bytes.
     pub fn total_bytes(&self) -> u64 {
         self.total_sectors * self.sector_size as u64
     }
 
+    /// The disk's GUID.
     pub fn disk_guid(&self) -> Uuid {
         self.disk_guid
     }
 
+    /// Sets the disk's GUID (written with the table).
     pub fn set_disk_guid(&mut self, guid: Uuid) {
         self.disk_guid = guid;
     }
 
+    /// The first sector a partition may use.
     pub fn first_usable(&self) -> u64 {
         self.first_usable
     }
 
+    /// The last sector a partition may use.
     pub fn last_usable(&self) -> u64 {
         self.last_usable
     }
@@ -570,6 +675,7 @@ impl Gpt {
         &self.partitions
     }
 
+    /// The partition numbered `number`.
     pub fn partition(&self, number: u32) -> Option<&Partition> {
         self.partitions.iter().find(|p| p.number == number)
     }

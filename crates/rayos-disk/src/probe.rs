@@ -19,9 +19,12 @@ use std::io::{self, Read, Seek, SeekFrom};
 /// Errors of probing.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    /// Reading the partition failed.
     #[error("reading the partition at byte {offset} failed")]
     Read {
+        /// Where, in bytes from the partition's start.
         offset: u64,
+        /// The error.
         #[source]
         source: io::Error,
     },
@@ -31,21 +34,37 @@ pub enum ProbeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Filesystem {
+    /// FAT12.
     Fat12,
+    /// FAT16.
     Fat16,
+    /// FAT32 (an EFI system partition's filesystem).
     Fat32,
+    /// exFAT.
     Exfat,
+    /// NTFS (Windows).
     Ntfs,
+    /// ext2.
     Ext2,
+    /// ext3 (ext2 with a journal).
     Ext3,
+    /// ext4.
     Ext4,
+    /// Linux swap.
     Swap,
+    /// Btrfs.
     Btrfs,
+    /// XFS.
     Xfs,
+    /// LUKS1 (dm-crypt encrypted).
     Luks1,
+    /// LUKS2 (dm-crypt encrypted).
     Luks2,
+    /// BitLocker (Windows encrypted).
     Bitlocker,
+    /// ISO 9660 (CD image).
     Iso9660,
+    /// An LVM physical volume.
     LvmPv,
 }
 
@@ -72,6 +91,7 @@ impl Filesystem {
         }
     }
 
+    /// Whether it is FAT12, FAT16 or FAT32.
     pub fn is_fat(self) -> bool {
         matches!(
             self,
@@ -105,7 +125,9 @@ impl std::fmt::Display for Filesystem {
 /// What [`probe`] found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FsInfo {
+    /// What it is.
     pub filesystem: Filesystem,
+    /// Its label, if it has one.
     pub label: Option<String>,
     /// In the form `blkid` prints it (a UUID for ext/btrfs/xfs/LUKS/swap,
     /// `XXXX-XXXX` for FAT, 16 hex digits for NTFS).

@@ -31,6 +31,7 @@ pub const LABEL_SYSTEM: &str = "rayos-system";
 pub const LABEL_DATA: &str = "rayos-data";
 /// Labels of the optional RayOS VM storage partitions.
 pub const LABEL_VM_LINUX: &str = "rayos-vm-linux";
+/// Label of the Windows VM's storage partition.
 pub const LABEL_VM_WINDOWS: &str = "rayos-vm-windows";
 
 /// A disk and what it holds.
@@ -38,13 +39,22 @@ pub const LABEL_VM_WINDOWS: &str = "rayos-vm-windows";
 pub struct Disk {
     /// `/dev/sda`, or the image file as given.
     pub path: PathBuf,
+    /// A block device or an image file.
     pub kind: DiskKind,
+    /// The device's model, from sysfs (block devices).
     pub model: Option<String>,
+    /// The device's serial number, from sysfs (block devices).
     pub serial: Option<String>,
+    /// The disk's size in bytes.
     pub size_bytes: u64,
+    /// The logical sector size in bytes (512 or 4096).
     pub logical_sector_size: u32,
+    /// Whether the kernel calls the device removable (USB sticks, card
+    /// readers).
     pub removable: bool,
+    /// Whether it can only be read.
     pub read_only: bool,
+    /// The partition table, as found.
     pub table: Table,
     /// A GPT disk's hybrid MBR (Boot Camp, `sgdisk -h`): the entries that
     /// give a legacy BIOS its view of some partitions. Empty when LBA 0 is
@@ -55,6 +65,7 @@ pub struct Disk {
     /// A filesystem written to the whole disk, without a partition table
     /// (an ISO, a "superfloppy" FAT stick).
     pub whole_disk_filesystem: Option<FsInfo>,
+    /// Its partitions, by number.
     pub partitions: Vec<PartitionReport>,
     /// Unpartitioned space, start aligned to 1 MiB (GPT disks only; an MBR or
     /// corrupt disk reports none, since RayOS would not add to it).
@@ -67,10 +78,13 @@ pub struct Disk {
     pub systems: Vec<SystemFound>,
 }
 
+/// What a disk is on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DiskKind {
+    /// A block device (`/dev/sda`).
     BlockDevice,
+    /// An image file.
     ImageFile,
 }
 
@@ -78,16 +92,24 @@ pub enum DiskKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Table {
+    /// A GPT (at least one copy valid).
     Gpt,
+    /// An MBR (DOS) table.
     Mbr,
+    /// No table.
     None,
+    /// A GPT signature, but something is wrong.
     Corrupt {
+        /// What is wrong.
         reason: String,
+        /// Whether the primary copy is valid.
         primary_valid: bool,
+        /// Whether the backup copy is valid.
         backup_valid: bool,
     },
     /// The device could not be opened (permissions, no medium).
     Unreadable {
+        /// Why it could not be read.
         reason: String,
     },
 }
@@ -95,10 +117,15 @@ pub enum Table {
 /// One partition, GPT or MBR.
 #[derive(Debug, Clone, Serialize)]
 pub struct PartitionReport {
+    /// The partition's number (GPT slot, or MBR number).
     pub number: u32,
+    /// The first sector.
     pub first_lba: u64,
+    /// The last sector (inclusive).
     pub last_lba: u64,
+    /// Where it starts, in bytes.
     pub start_bytes: u64,
+    /// Its size in bytes.
     pub size_bytes: u64,
     /// GPT type GUID (`None` on MBR disks).
     pub type_guid: Option<Uuid>,
@@ -106,16 +133,23 @@ pub struct PartitionReport {
     pub mbr_type: Option<u8>,
     /// Human name of the type, or the GUID/byte when unknown.
     pub type_name: String,
+    /// What the type means when RayOS looks for other systems.
     pub family: TypeFamily,
+    /// The GPT unique GUID (`PARTUUID`; `None` on MBR disks).
     pub unique_guid: Option<Uuid>,
     /// GPT partition name (empty on MBR disks).
     pub name: String,
+    /// GPT attribute bits (0 on MBR disks).
     pub attributes: u64,
+    /// The filesystem found in it, if any.
     pub filesystem: Option<Filesystem>,
+    /// The filesystem's label.
     pub fs_label: Option<String>,
+    /// The filesystem's UUID, as `blkid` prints it.
     pub fs_uuid: Option<String>,
     /// Device node (`/dev/sda1`, `/dev/nvme0n1p1`) for block devices.
     pub device: Option<PathBuf>,
+    /// Why the partition is busy (empty: not in use).
     pub in_use: Vec<Usage>,
 }
 
@@ -129,9 +163,13 @@ impl PartitionReport {
 /// Free space on a GPT disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct FreeSpace {
+    /// The first sector.
     pub first_lba: u64,
+    /// The last sector (inclusive).
     pub last_lba: u64,
+    /// Where it starts, in bytes.
     pub start_bytes: u64,
+    /// Its size in bytes.
     pub size_bytes: u64,
 }
 
@@ -154,24 +192,32 @@ pub struct Usage {
     /// The busy device: the disk itself or one partition (or, for an image
     /// file, the loop device it is attached to).
     pub device: PathBuf,
+    /// Why it is busy.
     #[serde(flatten)]
     pub reason: UsageReason,
 }
 
+/// What holds a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "reason", rename_all = "kebab-case")]
 pub enum UsageReason {
+    /// A filesystem on it is mounted.
     Mounted {
+        /// Where.
         mount_point: PathBuf,
+        /// The filesystem type.
         fs_type: String,
     },
+    /// It is active swap.
     Swap,
     /// Held by another kernel device (device mapper, md RAID, ...).
     Holder {
+        /// The holder's name in sysfs (`dm-0`, `md0`).
         holder: String,
     },
     /// An image file attached to a loop device.
     LoopBacking {
+        /// The loop device.
         loop_device: PathBuf,
     },
 }
@@ -196,25 +242,34 @@ impl std::fmt::Display for Usage {
 /// Partitions of a RayOS install (slot numbers).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RayosInstall {
+    /// The system partition's number.
     pub system: Option<u32>,
+    /// The data volume's number.
     pub data: Option<u32>,
+    /// The VM-storage partitions' numbers.
     pub vm_storage: Vec<u32>,
     /// The ESP on the same disk (likely the one systemd-boot is on).
     pub esp: Option<u32>,
 }
 
+/// What kind of other system a disk holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SystemKind {
+    /// Windows.
     Windows,
+    /// Linux.
     Linux,
+    /// An EFI system partition (another system's boot files, or an empty one).
     Esp,
 }
 
 /// Another system found on the disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SystemFound {
+    /// What kind of system.
     pub kind: SystemKind,
+    /// The partitions it uses.
     pub partitions: Vec<u32>,
     /// Why we think so ("Microsoft basic data with NTFS", ...).
     pub evidence: Vec<String>,
@@ -226,6 +281,7 @@ impl Disk {
         !self.in_use.is_empty()
     }
 
+    /// The partition numbered `number`.
     pub fn partition(&self, number: u32) -> Option<&PartitionReport> {
         self.partitions.iter().find(|p| p.number == number)
     }

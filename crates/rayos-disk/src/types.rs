@@ -52,10 +52,15 @@ pub const LINUX_RAID: Uuid = Uuid::from_u128(0xa19d880f_05fc_4d3b_a006_743f0f849
 pub const LINUX_LUKS: Uuid = Uuid::from_u128(0xca7d7ccb_63ed_4c53_861c_1742536059cc);
 /// Apple APFS container.
 pub const APPLE_APFS: Uuid = Uuid::from_u128(0x7c3457ef_0000_11aa_aa11_00306543ecac);
+/// Apple HFS+.
 pub const APPLE_HFS: Uuid = Uuid::from_u128(0x48465300_0000_11aa_aa11_00306543ecac);
+/// FreeBSD boot.
 pub const FREEBSD_BOOT: Uuid = Uuid::from_u128(0x83bd6b9d_7f41_11dc_be0b_001560b84f0f);
+/// FreeBSD swap.
 pub const FREEBSD_SWAP: Uuid = Uuid::from_u128(0x516e7cb5_6ecf_11d6_8ff8_00022d09712b);
+/// FreeBSD UFS.
 pub const FREEBSD_UFS: Uuid = Uuid::from_u128(0x516e7cb6_6ecf_11d6_8ff8_00022d09712b);
+/// FreeBSD ZFS.
 pub const FREEBSD_ZFS: Uuid = Uuid::from_u128(0x516e7cba_6ecf_11d6_8ff8_00022d09712b);
 /// Also used by OpenZFS pools on Linux and macOS.
 pub const SOLARIS_ZFS: Uuid = Uuid::from_u128(0x6a898cc3_1dd2_11b2_99a6_080020736631);
@@ -64,12 +69,19 @@ pub const SOLARIS_ZFS: Uuid = Uuid::from_u128(0x6a898cc3_1dd2_11b2_99a6_08002073
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TypeFamily {
+    /// The EFI system partition.
     Esp,
+    /// A RayOS system partition.
     RayosSystem,
+    /// A RayOS data volume.
     RayosData,
+    /// A RayOS VM-storage partition.
     RayosVmStorage,
+    /// Windows (basic data, MSR, recovery).
     Windows,
+    /// Linux (root, home, swap, LVM, …).
     Linux,
+    /// Another system's, or unknown.
     Other,
 }
 

@@ -13,21 +13,37 @@ use std::io::{self, Write};
 
 /// Mode bits of the entry kinds the writer emits.
 pub const S_IFDIR: u32 = 0o040000;
+/// Mode bits of a regular file.
 pub const S_IFREG: u32 = 0o100000;
+/// Mode bits of a symbolic link.
 pub const S_IFLNK: u32 = 0o120000;
 
+/// Why an entry could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum CpioError {
+    /// Writing to the output failed.
     #[error("cannot write cpio entry {name}")]
     Write {
+        /// The entry's name.
         name: String,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// A file larger than newc can hold (4 GiB - 1).
     #[error("cpio entry {name} is {size} bytes; newc holds at most 4 GiB - 1")]
-    TooLarge { name: String, size: u64 },
+    TooLarge {
+        /// The entry's name.
+        name: String,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// A name with a NUL byte.
     #[error("cpio entry name {name:?} contains a NUL byte")]
-    BadName { name: String },
+    BadName {
+        /// The name.
+        name: String,
+    },
 }
 
 /// Streams newc entries to `W`, counting the bytes written.
@@ -38,6 +54,7 @@ pub struct CpioWriter<W: Write> {
 }
 
 impl<W: Write> CpioWriter<W> {
+    /// A writer of an empty archive to `out`.
     pub fn new(out: W) -> Self {
         Self {
             out,

@@ -19,25 +19,37 @@ use serde::Serialize;
 
 use crate::tools::{self, ToolError};
 
+/// Why a Debian package could not be fetched or unpacked.
 #[derive(Debug, thiserror::Error)]
 pub enum DebError {
+    /// apt does not know the package; holds its name.
     #[error("apt does not know package {0} (run apt-get update, check the name)")]
     Unknown(String),
+    /// apt-get download or dpkg-deb failed.
     #[error("cannot fetch package {package}")]
     Tool {
+        /// The package.
         package: String,
+        /// What failed.
         #[source]
         source: ToolError,
     },
+    /// A downloaded file's SHA-256 differs from apt's.
     #[error("downloaded {file} does not match apt's SHA-256 (got {got}, want {want})")]
     Hash {
+        /// The file.
         file: PathBuf,
+        /// The SHA-256 it has.
         got: String,
+        /// The SHA-256 apt lists.
         want: String,
     },
+    /// The cache directory could not be made or written.
     #[error("cannot use the cache directory {path}")]
     Cache {
+        /// The directory.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
@@ -46,10 +58,15 @@ pub enum DebError {
 /// One fetched and unpacked package.
 #[derive(Debug, Clone, Serialize)]
 pub struct Deb {
+    /// The package's name.
     pub package: String,
+    /// The version fetched.
     pub version: String,
+    /// Its architecture (`amd64`, `all`).
     pub architecture: String,
+    /// The `.deb` file in the cache.
     pub file: PathBuf,
+    /// The file's SHA-256 (checked against apt's).
     pub sha256: String,
     /// Where it is unpacked (a filesystem root).
     pub root: PathBuf,

@@ -14,27 +14,39 @@ use std::process::Command;
 
 use crate::tools::{self, ToolError};
 
+/// Why a FAT image could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum FatError {
+    /// The volume label is longer than 11 characters or not ASCII; holds it.
     #[error("FAT label {0:?} is longer than 11 characters or not ASCII")]
     BadLabel(String),
+    /// A destination path that is absolute or has `.` or `..`; holds it.
     #[error("bad FAT path {0:?}: use a relative path without . or ..")]
     BadPath(String),
+    /// A host file could not be read.
     #[error("cannot read {path}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// mkfs.fat or mtools failed.
     #[error("cannot build the FAT image {path}")]
     Tool {
+        /// The image.
         path: PathBuf,
+        /// What failed.
         #[source]
         source: ToolError,
     },
+    /// The image file could not be created.
     #[error("cannot create {path}")]
     Create {
+        /// The image.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
@@ -43,14 +55,18 @@ pub enum FatError {
 /// The files of a FAT filesystem: destination path (with `/`) -> host file.
 #[derive(Debug, Clone, Default)]
 pub struct FatTree {
+    /// Destination path (with `/`, relative) and host file of every file, in
+    /// the order added.
     pub files: Vec<(String, PathBuf)>,
 }
 
 impl FatTree {
+    /// An empty tree.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Adds host file `host` at `dest` in the image.
     pub fn add(&mut self, dest: &str, host: impl Into<PathBuf>) -> &mut Self {
         self.files
             .push((dest.trim_start_matches('/').to_string(), host.into()));

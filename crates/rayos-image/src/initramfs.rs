@@ -22,49 +22,86 @@ use std::process::{Command, Stdio};
 
 use crate::cpio::{CpioError, CpioWriter};
 
+/// Why an initramfs could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {
+    /// A path that cannot be in the archive.
     #[error("bad archive path {path:?}: {why}")]
-    BadPath { path: String, why: &'static str },
+    BadPath {
+        /// The path.
+        path: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A path's parent is already a file or link in the archive.
     #[error("cannot add {path}: {parent} is already a {kind} in the archive")]
     ParentNotDir {
+        /// The path being added.
         path: String,
+        /// Its parent.
         parent: String,
+        /// What the parent is (`file`, `symlink`).
         kind: &'static str,
     },
+    /// A file added where the archive has a directory.
     #[error("cannot add {path}: it is already a directory in the archive")]
-    IsDir { path: String },
+    IsDir {
+        /// The path.
+        path: String,
+    },
+    /// A host file could not be read.
     #[error("cannot read {path}")]
     ReadHost {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// ldd could not be run.
     #[error("cannot run ldd on {path} (is libc-bin installed?)")]
     RunLdd {
+        /// The binary ldd was run on.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// A library a binary needs cannot be found.
     #[error("ldd cannot resolve {lib} needed by {path}: install the package that provides it")]
-    MissingLib { path: PathBuf, lib: String },
+    MissingLib {
+        /// The binary.
+        path: PathBuf,
+        /// The library.
+        lib: String,
+    },
+    /// The archive could not be written to its file.
     #[error("cannot write the initramfs to {path}")]
     Write {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// Writing an entry failed.
     #[error("cannot write the initramfs archive")]
     Archive(#[from] CpioError),
+    /// The compressor could not be started.
     #[error("cannot run the compressor {tool} (install it: scripts/install-deps.sh)")]
     RunCompressor {
+        /// The compressor.
         tool: &'static str,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// The compressor failed.
     #[error("the compressor {tool} failed: {status}")]
     Compressor {
+        /// The compressor.
         tool: &'static str,
+        /// Its exit status.
         status: std::process::ExitStatus,
     },
 }
@@ -73,9 +110,11 @@ pub enum InitramfsError {
 /// (Debian's has CONFIG_RD_ZSTD and CONFIG_RD_GZIP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
+    /// Uncompressed.
     None,
     /// `zstd -<level>` (1..=19); 19 is the smallest and slowest.
     Zstd(u8),
+    /// `gzip -9`.
     Gzip,
     /// `lz4 -l -9`: the legacy frame format, the only one the kernel's
     /// initramfs unpacker reads; about 35 % bigger than zstd -19, but
@@ -86,7 +125,9 @@ pub enum Compression {
 /// Where a file's bytes come from.
 #[derive(Debug, Clone)]
 pub enum Content {
+    /// These bytes.
     Bytes(Vec<u8>),
+    /// The bytes of this host file.
     Host(PathBuf),
 }
 

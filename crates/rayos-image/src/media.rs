@@ -30,19 +30,27 @@ pub const FAT_LABEL: &str = "RAYOS_INST";
 /// The Debian systemd-boot binary.
 pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
+/// Why an installer medium could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
+    /// The ESP image could not be built.
     #[error("cannot build the ESP image")]
     Fat(#[from] FatError),
+    /// A file could not be written.
     #[error("cannot write {path}")]
     Write {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// A tool (xorriso, sgdisk) failed on the medium.
     #[error("cannot build {path}")]
     Tool {
+        /// The medium.
         path: PathBuf,
+        /// What failed.
         #[source]
         source: ToolError,
     },

@@ -20,22 +20,36 @@ use std::process::Command;
 
 use crate::tools::{self, ToolError};
 
+/// Why kernel modules could not be found or staged.
 #[derive(Debug, thiserror::Error)]
 pub enum ModulesError {
+    /// A file of the module index could not be read.
     #[error("cannot read {path}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// Modules neither in `modules.dep` nor built into the kernel.
     #[error("unknown kernel modules {names:?} (neither in modules.dep nor built in) in {dir}")]
-    Unknown { names: Vec<String>, dir: PathBuf },
+    Unknown {
+        /// The modules.
+        names: Vec<String>,
+        /// The module directory.
+        dir: PathBuf,
+    },
+    /// Modules could not be copied into the staging directory.
     #[error("cannot stage modules into {path}")]
     Stage {
+        /// The staging directory.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// depmod failed on the staged modules.
     #[error("depmod failed")]
     Depmod(#[source] ToolError),
 }
@@ -45,6 +59,7 @@ pub enum ModulesError {
 pub struct ModuleIndex {
     /// The `lib/modules/<release>` directory.
     pub dir: PathBuf,
+    /// The kernel release (`6.1.0-…-amd64`).
     pub release: String,
     /// Normalised module name -> path relative to `dir`.
     by_name: BTreeMap<String, String>,

@@ -25,8 +25,10 @@ const GLOBAL_GUID: [u8; 16] = [
     0x61, 0xdf, 0xe4, 0x8b, 0xca, 0x93, 0xd2, 0x11, 0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03, 0x2b, 0x8c,
 ];
 
+/// Why a file is not read as an OVMF variable store.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VarsError {
+    /// The file is not an OVMF variable store; says why.
     #[error("not an OVMF variable store: {0}")]
     NotAStore(&'static str),
 }
@@ -34,15 +36,20 @@ pub enum VarsError {
 /// One `Boot####` load option.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootEntry {
+    /// The option's number (`Boot0001` is 1).
     pub number: u16,
+    /// Its description (what the boot menu shows).
     pub description: String,
+    /// Whether `LOAD_OPTION_ACTIVE` is set.
     pub active: bool,
 }
 
 /// The boot configuration found in a VARS file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BootVars {
+    /// `BootOrder`: the options' numbers, in the order the firmware tries them.
     pub order: Vec<u16>,
+    /// Every `Boot####` option found.
     pub entries: Vec<BootEntry>,
 }
 

@@ -30,52 +30,84 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// Why a QEMU machine could not be started, driven or waited on.
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
+    /// An OVMF file is missing; holds its path.
     #[error("OVMF file {0} is missing: install the Debian package ovmf")]
     NoFirmware(PathBuf),
+    /// The work directory or the VARS copy could not be made.
     #[error("cannot prepare {path}")]
     Prepare {
+        /// The path.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// QEMU could not be started.
     #[error("cannot start qemu-system-x86_64 (install qemu-system-x86)")]
     Spawn(#[source] io::Error),
+    /// A marker did not come on the serial console in time.
     #[error(
         "timed out after {secs}s waiting for [{marker}] on the serial console; last output:\n{tail}"
     )]
     Timeout {
+        /// The marker waited for.
         marker: String,
+        /// How long was waited, in seconds.
         secs: u64,
+        /// The console's last lines.
         tail: String,
     },
+    /// QEMU exited before the marker came.
     #[error(
         "QEMU exited ({status}) before [{marker}] appeared on the serial console; last output:\n{tail}"
     )]
     Exited {
+        /// The marker waited for.
         marker: String,
+        /// QEMU's exit status.
         status: ExitStatus,
+        /// The console's last lines.
         tail: String,
     },
+    /// QEMU did not exit in time; holds the seconds waited.
     #[error("QEMU did not exit within {0}s")]
     NoExit(u64),
+    /// A QMP command could not be sent or its reply read.
     #[error("QMP command {command} failed")]
     Qmp {
+        /// The command.
         command: String,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// QEMU answered a QMP command with an error.
     #[error("QMP command {command} returned an error: {error}")]
-    QmpError { command: String, error: String },
+    QmpError {
+        /// The command.
+        command: String,
+        /// QEMU's error.
+        error: String,
+    },
+    /// A screen dump is not a binary PPM.
     #[error("{path} is not a binary PPM (P6, 8 bits per channel): {why}")]
-    Ppm { path: PathBuf, why: String },
+    Ppm {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 /// UEFI firmware: the code image and the VARS template.
 #[derive(Debug, Clone)]
 pub struct Firmware {
+    /// The firmware code image (read-only).
     pub code: PathBuf,
+    /// The VARS template copied for each machine.
     pub vars_template: PathBuf,
 }
 
@@ -108,7 +140,12 @@ pub enum Medium {
     /// A CD-ROM on the q35 AHCI controller (read-only).
     Cdrom(PathBuf),
     /// A virtio disk with the given logical sector size (512 or 4096).
-    Disk { path: PathBuf, sector_size: u32 },
+    Disk {
+        /// The image file.
+        path: PathBuf,
+        /// Its logical sector size (512 or 4096).
+        sector_size: u32,
+    },
     /// A removable USB stick on an xHCI controller.
     Usb(PathBuf),
 }
@@ -118,12 +155,16 @@ pub enum Medium {
 pub struct Config {
     /// Receives the VARS copy, `serial.log` and `qmp.sock`.
     pub workdir: PathBuf,
+    /// The UEFI firmware.
     pub firmware: Firmware,
     /// An existing VARS file to boot with (kept across boots); `None`: a fresh
     /// copy of the template in `workdir`, replacing any earlier one.
     pub vars: Option<PathBuf>,
+    /// The media attached, in order.
     pub media: Vec<Medium>,
+    /// Memory in MiB.
     pub memory_mib: u32,
+    /// Virtual CPUs.
     pub cpus: u32,
     /// Exit instead of rebooting when the guest reboots (`-no-reboot`).
     pub no_reboot: bool,
@@ -137,6 +178,7 @@ pub struct Config {
 }
 
 impl Config {
+    /// A machine with Debian's OVMF, 1 GiB and one CPU, working in `workdir`.
     pub fn new(workdir: &Path) -> Result<Self, QemuError> {
         Ok(Self {
             workdir: workdir.to_path_buf(),
@@ -152,6 +194,7 @@ impl Config {
         })
     }
 
+    /// Adds a medium.
     pub fn medium(mut self, m: Medium) -> Self {
         self.media.push(m);
         self
@@ -178,6 +221,7 @@ fn prep(path: &Path) -> impl FnOnce(io::Error) -> QemuError + '_ {
 }
 
 impl Qemu {
+    /// Starts a machine as `cfg` says.
     pub fn start(cfg: &Config) -> Result<Self, QemuError> {
         fs::create_dir_all(&cfg.workdir).map_err(prep(&cfg.workdir))?;
         let vars = match &cfg.vars {
@@ -540,8 +584,11 @@ impl Drop for Qemu {
 /// A screen image: `0x00RRGGBB` pixels, row by row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// The pixels, row-major.
     pub pixels: Vec<u32>,
 }
 

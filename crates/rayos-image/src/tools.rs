@@ -5,19 +5,28 @@
 use std::io;
 use std::process::{Command, Output};
 
+/// Why an external tool did not do its job.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
+    /// The tool could not be started (not installed).
     #[error("cannot run {tool} (install the Debian package {package}: scripts/install-deps.sh)")]
     Spawn {
+        /// The tool.
         tool: String,
+        /// The Debian package that provides it.
         package: &'static str,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// The tool exited with an error.
     #[error("{tool} failed ({status}): {stderr}")]
     Failed {
+        /// The tool.
         tool: String,
+        /// Its exit status.
         status: std::process::ExitStatus,
+        /// What it wrote to stderr.
         stderr: String,
     },
 }

@@ -20,26 +20,51 @@ use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+/// Why a UKI could not be assembled.
 #[derive(Debug, thiserror::Error)]
 pub enum UkiError {
+    /// An input could not be read.
     #[error("cannot read {path}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// The UKI could not be written.
     #[error("cannot write the UKI {path}")]
     Write {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// The EFI stub is not a usable PE32+ image.
     #[error("{path} is not a usable PE32+ EFI stub: {why}")]
-    BadStub { path: PathBuf, why: String },
+    BadStub {
+        /// The stub.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// An input is not a PE image with sections.
     #[error("{path} is not a PE image with sections: {why}")]
-    BadImage { path: PathBuf, why: String },
+    BadImage {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A section larger than PE allows.
     #[error("section {name} is {size} bytes, more than a PE section can hold")]
-    TooLarge { name: String, size: u64 },
+    TooLarge {
+        /// The section's name.
+        name: String,
+        /// Its size in bytes.
+        size: u64,
+    },
 }
 
 /// What goes into a UKI.

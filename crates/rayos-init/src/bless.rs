@@ -56,8 +56,11 @@ pub fn running_uki(efivars: &Path) -> Option<String> {
 /// What [`bless`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlessOutcome {
+    /// The running UKI was renamed without its counter.
     Blessed {
+        /// Its name before.
         from: String,
+        /// Its name after.
         to: String,
     },
     /// The running image has no counter (already blessed, or never counted).

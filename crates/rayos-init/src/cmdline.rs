@@ -30,6 +30,8 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The mode a `rayos.mode=` value names (`install`, `normal` and `rescue`
+    /// too).
     pub fn parse(s: &str) -> Option<Mode> {
         match s {
             "installer" | "install" => Some(Mode::Installer),
@@ -38,6 +40,7 @@ impl Mode {
             _ => None,
         }
     }
+    /// The mode's name (`installer`, `installed`, `recovery`).
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Installer => "installer",
@@ -63,6 +66,8 @@ pub struct AnswersRef {
 }
 
 impl AnswersRef {
+    /// Reads a `rayos.answers=` value (`[LABEL:]PATH`); `None` when it is not
+    /// one.
     pub fn parse(value: &str) -> Option<AnswersRef> {
         let (label, path) = match value.split_once(':') {
             Some((l, p)) if !l.is_empty() && !l.contains('/') => (Some(l.to_string()), p),
@@ -83,18 +88,25 @@ impl AnswersRef {
 /// What RayOS read from `/proc/cmdline`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BootParams {
+    /// `rayos.mode=`: what this boot does (default: installed).
     pub mode: Mode,
+    /// `rayos.answers=`: where the answer file of an unattended install is.
     pub answers: Option<AnswersRef>,
+    /// `rayos.console=`: the terminals that get a `rayos>` prompt.
     pub consoles: Vec<String>,
+    /// `rayos.debug`: every module load and step detail on the console.
     pub debug: bool,
     /// Problems with RayOS keys (bad values fall back to defaults and are
     /// reported on the console instead of stopping the boot).
     pub warnings: Vec<String>,
 }
 
+/// The consoles when the command line names none.
 pub const DEFAULT_CONSOLES: [&str; 2] = ["ttyS0", "tty1"];
 
 impl BootParams {
+    /// Reads the RayOS keys of a kernel command line; bad values become
+    /// defaults and warnings.
     pub fn parse(cmdline: &str) -> BootParams {
         let mut p = BootParams {
             mode: Mode::Installed,

@@ -31,6 +31,7 @@ use rustix::termios::{self, OptionalActions, Termios};
 use crate::cmdline::{Mode, split_words};
 use crate::control::InitStatus;
 
+/// The console's prompt.
 pub const PROMPT: &str = "rayos> ";
 
 /// What the console may run, per mode: (command, one-line help).
@@ -134,22 +135,28 @@ pub struct LineEditor {
 }
 
 impl LineEditor {
+    /// An empty line with no history.
     pub fn new() -> Self {
         LineEditor::default()
     }
 
+    /// The line as typed so far.
     pub fn line(&self) -> String {
         self.buf.iter().collect()
     }
 
+    /// Where the cursor is, in characters.
     pub fn cursor(&self) -> usize {
         self.cursor
     }
 
+    /// The lines entered before, oldest first.
     pub fn history(&self) -> &[String] {
         &self.history
     }
 
+    /// Records an entered line (not blank lines or a repeat of the last; the
+    /// last 500 kept).
     pub fn push_history(&mut self, line: &str) {
         if !line.trim().is_empty() && self.history.last().map(String::as_str) != Some(line) {
             self.history.push(line.to_string());
@@ -165,6 +172,7 @@ impl LineEditor {
         self.cursor = self.buf.len();
     }
 
+    /// Feeds one byte of input; says what the caller does next.
     pub fn feed(&mut self, b: u8) -> Edit {
         if !self.esc.is_empty() {
             self.esc.push(b);
@@ -362,15 +370,19 @@ impl LineEditor {
 pub struct Options {
     /// Take this terminal as controlling tty and stdio.
     pub tty: Option<PathBuf>,
+    /// Which commands the console offers.
     pub mode: Mode,
     /// The `rayos` binary to run commands with.
     pub exe: PathBuf,
 }
 
+/// Why a console session could not take its terminal.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
+    /// The terminal could not be opened; holds it.
     #[error("cannot open the terminal {0}")]
     OpenTty(PathBuf, #[source] io::Error),
+    /// The terminal could not be made the controlling terminal; holds it.
     #[error("cannot make {0} the controlling terminal")]
     Ctty(PathBuf, #[source] io::Error),
 }

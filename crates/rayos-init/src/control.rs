@@ -35,21 +35,30 @@ use crate::sys::PowerAction;
 
 use rayos_base::paths::INIT_STATUS;
 
+/// Why `rayos status` or `rayos poweroff`/`reboot` could not talk to PID 1.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    /// PID 1 is not RayOS init.
     #[error("PID 1 is not RayOS init (this is not a running RayOS system): refusing to signal it")]
     NotRayos,
+    /// The signal could not be sent.
     #[error("cannot signal PID 1")]
     Signal(#[source] io::Error),
+    /// The status file could not be read.
     #[error("cannot read the init status {path}")]
     ReadStatus {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// The status file does not parse.
     #[error("the init status {path} does not parse")]
     ParseStatus {
+        /// The file.
         path: PathBuf,
+        /// The parse error.
         #[source]
         source: serde_json::Error,
     },
@@ -58,21 +67,29 @@ pub enum ControlError {
 /// The result of one boot step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
+    /// The step's name.
     pub name: String,
     /// `ok`, `warning`, `failed`, `skipped`
     pub result: String,
+    /// What it said (empty when nothing).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// How long it took, in milliseconds.
     pub millis: u64,
 }
 
+/// One supervised service as `rayos status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStatus {
+    /// The service's name.
     pub name: String,
+    /// Its pid, while it runs.
     pub pid: Option<i32>,
     /// `running`, `restarting`, `stopped`, `exited`
     pub state: String,
+    /// How many times it was restarted.
     pub restarts: u32,
+    /// Its last exit code, if it exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<i32>,
 }
@@ -80,26 +97,39 @@ pub struct ServiceStatus {
 /// What `/run/rayos/init-status.json` holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitStatus {
+    /// The RayOS version running.
     pub version: String,
+    /// This boot's id.
     pub boot_id: String,
+    /// What this boot does.
     pub mode: Mode,
     /// `booting`, `running`, `installing`, `shutting-down`
     pub phase: String,
+    /// When the boot began (Unix seconds).
     pub started_unix: u64,
+    /// Every boot step so far, in order.
     pub steps: Vec<StepRecord>,
     /// Problems a person must know about (no data volume, fsck failure,
     /// bad policy), each with what to do next.
     pub faults: Vec<String>,
+    /// The data volume's device, once found.
     pub data_device: Option<String>,
+    /// Where the data volume is mounted, while it is.
     pub data_mounted: Option<String>,
+    /// Whether the data volume is mounted read-only.
     pub data_read_only: bool,
+    /// The supervised services.
     pub services: Vec<ServiceStatus>,
+    /// Whether rayosd became healthy.
     pub ready: bool,
+    /// Whether the Linux VM runs.
     pub linux_vm_ready: bool,
+    /// The UKI blessed this boot (its counter dropped), if it was.
     pub blessed: Option<String>,
 }
 
 impl InitStatus {
+    /// Reads the status file at `path`.
     pub fn read(path: &Path) -> Result<InitStatus, ControlError> {
         let text = fs::read(path).map_err(|source| ControlError::ReadStatus {
             path: path.to_path_buf(),

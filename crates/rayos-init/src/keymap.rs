@@ -37,15 +37,21 @@ const NR_KEYS: usize = 128;
 /// One `KDSKBENT` entry: keymap (modifier set), keycode, value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
+    /// The keymap: which modifiers are held (0 plain, 1 shift, …).
     pub table: u8,
+    /// The key code.
     pub index: u8,
+    /// What the key gives (a keysym with its type in the high byte).
     pub value: u16,
 }
 
+/// Why bytes are not a binary keymap.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeymapError {
+    /// No `bkeymap` magic at the start.
     #[error("not a binary keymap (no `bkeymap` magic)")]
     Magic,
+    /// The file ends early; holds its length and the length needed.
     #[error("the binary keymap ends early: {0} bytes, {1} needed")]
     Short(usize, usize),
 }

@@ -20,10 +20,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Lines kept in memory until the data volume's log directory is attached.
 const EARLY_LINES: usize = 2000;
 
+/// How serious a log line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
+    /// Something that happened.
     Info,
+    /// Something went wrong but the boot goes on.
     Warn,
+    /// Something failed.
     Error,
 }
 
@@ -144,12 +148,16 @@ fn emit(level: Level, text: &str, to_console: bool) {
     }
 }
 
+/// Logs `text` at [`Level::Info`] to the consoles, the kernel log and the file.
 pub fn info(text: impl AsRef<str>) {
     emit(Level::Info, text.as_ref(), true);
 }
+/// Logs `text` at [`Level::Warn`] to the consoles, the kernel log and the file.
 pub fn warn(text: impl AsRef<str>) {
     emit(Level::Warn, text.as_ref(), true);
 }
+/// Logs `text` at [`Level::Error`] to the consoles, the kernel log and the
+/// file.
 pub fn error(text: impl AsRef<str>) {
     emit(Level::Error, text.as_ref(), true);
 }
@@ -198,6 +206,7 @@ pub fn uptime() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
+/// Seconds since the Unix epoch (0 when the clock is before it).
 pub fn unix_time() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -217,7 +226,9 @@ impl NoCtty for OpenOptions {
     }
 }
 
+/// A log file is rotated once it would pass this size (4 MiB).
 pub const DEFAULT_MAX_BYTES: u64 = 4 << 20;
+/// Rotated files kept beside the current one.
 pub const DEFAULT_KEEP: usize = 4;
 
 /// An append-only log file `dir/<name>.log`, rotated when it would grow past
@@ -235,6 +246,8 @@ pub struct RotatingLog {
 }
 
 impl RotatingLog {
+    /// Opens (appending) `dir/<name>.log`, rotated at `max_bytes` with `keep`
+    /// old files.
     pub fn open(dir: &Path, name: &str, max_bytes: u64, keep: usize) -> io::Result<RotatingLog> {
         fs::create_dir_all(dir)?;
         let path = dir.join(format!("{name}.log"));
@@ -250,6 +263,7 @@ impl RotatingLog {
         })
     }
 
+    /// The current file's path.
     pub fn path(&self) -> PathBuf {
         self.dir.join(format!("{}.log", self.name))
     }
@@ -294,6 +308,7 @@ impl RotatingLog {
         Ok(())
     }
 
+    /// Flushes the file to disk.
     pub fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
     }

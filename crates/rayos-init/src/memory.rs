@@ -11,11 +11,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+/// One RayOS process's memory, for `rayos status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProcessMemory {
+    /// The process id.
     pub pid: u32,
     /// The subcommand it runs (`init`, `daemon`, `present`, …).
     pub role: String,
+    /// Resident memory (`VmRSS`) in KiB.
     pub rss_kib: u64,
 }
 

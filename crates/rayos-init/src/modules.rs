@@ -27,19 +27,28 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
+/// Why kernel modules could not be read or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ModulesError {
+    /// A file of the module index could not be read.
     #[error("cannot read the module index {path}")]
     ReadIndex {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// `modules.dep` has a dependency loop; holds the module where it was
+    /// found.
     #[error("module dependency loop at {0}")]
     DependencyLoop(String),
+    /// A module file could not be read or handed to the kernel.
     #[error("cannot load kernel module {path}")]
     Load {
+        /// The module file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
@@ -156,10 +165,12 @@ impl ModuleIndex {
         idx
     }
 
+    /// Whether module `name` is built into the kernel.
     pub fn is_builtin(&self, name: &str) -> bool {
         self.builtin.contains(&normalize(name))
     }
 
+    /// Whether module `name` is a loadable module of this kernel.
     pub fn has_module(&self, name: &str) -> bool {
         self.deps.contains_key(&normalize(name))
     }
@@ -226,6 +237,7 @@ impl ModuleIndex {
         Ok(())
     }
 
+    /// The path of module `name`'s file, if it is a loadable module.
     pub fn path_of(&self, name: &str) -> Option<PathBuf> {
         self.deps
             .get(&normalize(name))
@@ -348,7 +360,9 @@ pub fn collect_modaliases(sysfs_devices: &Path) -> Vec<String> {
 /// What happened to one module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoadResult {
+    /// The kernel took it.
     Loaded,
+    /// It was loaded already.
     AlreadyLoaded,
     /// The kernel refused it (no such device, wrong CPU vendor…); harmless
     /// for modalias matches, which overshoot.
@@ -371,6 +385,7 @@ pub type Insert = dyn Fn(&Path) -> LoadResult + Sync;
 /// first, and a thread that needs a module another thread is loading waits
 /// for it (a module links against its dependencies, so they must be live).
 pub struct Loader<'a> {
+    /// The kernel's modules.
     pub index: &'a ModuleIndex,
     state: Mutex<HashMap<String, Slot>>,
     changed: Condvar,

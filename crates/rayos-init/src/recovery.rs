@@ -43,22 +43,32 @@ use rayos_update::entries::{self, EntryState, LINUX_DIR};
 /// returns what it did.
 pub type BootEntryFn<'a> = &'a dyn Fn(&Path) -> Result<String, String>;
 
+/// Why a recovery action failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
+    /// A file could not be read; holds its path.
     #[error("cannot read {0}")]
     Read(PathBuf, #[source] io::Error),
+    /// A file could not be written; holds its path.
     #[error("cannot write {0}")]
     Write(PathBuf, #[source] io::Error),
+    /// A state file could not be replaced atomically.
     #[error("{0}")]
     Atomic(#[from] rayos_state::AtomicError),
+    /// A UKI to reinstall is not usable; holds its path and why.
     #[error("{0} is not a usable RayOS UKI: {1}")]
     BadImage(PathBuf, String),
+    /// The boot entries could not be listed or renamed.
     #[error("{0}")]
     Entries(#[from] entries::EntriesError),
+    /// Installing a UKI failed.
     #[error("{0}")]
     Apply(#[from] rayos_update::ApplyError),
+    /// Formatting the system partition failed; holds the partition and
+    /// mkfs.fat's message.
     #[error("mkfs.fat failed on {0}: {1}")]
     Mkfs(PathBuf, String),
+    /// An EFI variable could not be read or written.
     #[error(transparent)]
     EfiVar(#[from] rayos_base::efivar::EfiVarError),
 }
@@ -116,8 +126,11 @@ pub fn validate_policy(data: &Path) -> Result<(), String> {
 /// One edit of the policy text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicyEdit {
+    /// Replace line N with the text.
     Set(usize, String),
+    /// Add a line at the end.
     Add(String),
+    /// Delete line N.
     Del(usize),
 }
 
@@ -304,9 +317,13 @@ pub fn installed_from_recovery(img: &[u8]) -> Result<Vec<u8>, String> {
 
 /// What a reinstall puts back on the (freshly formatted) system partition.
 pub struct ReinstallSource {
+    /// The recovery UKI to put back (the running image).
     pub recovery: Vec<u8>,
+    /// The RayOS version it is.
     pub version: String,
+    /// The install manifest, if it could be read before formatting.
     pub install_manifest: Option<Vec<u8>>,
+    /// The update state, if it could be read before formatting.
     pub update_state: Option<Vec<u8>>,
     /// The boot loader's own files when they live on the system partition
     /// (4096-byte-sector disks, see `rayos_install::plan::loader_role`):
@@ -544,6 +561,7 @@ pub struct Ctx<'a> {
     /// The mounted system partition, or how to mount it (`None`: the menu
     /// mounts this machine's with [`crate::sysmount`]).
     pub system: Option<PathBuf>,
+    /// The `Boot####` repair (`None`: not offered).
     pub boot_entry: Option<BootEntryFn<'a>>,
 }
 

@@ -26,6 +26,7 @@ const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 
+/// Where a service's output goes.
 #[derive(Debug, Clone)]
 pub enum Output {
     /// Pump stdout/stderr into `<dir>/<name>.log`.
@@ -34,13 +35,20 @@ pub enum Output {
     Tty(PathBuf),
 }
 
+/// How to run one service.
 #[derive(Debug, Clone)]
 pub struct Spec {
+    /// Its name (in logs and `rayos status`).
     pub name: String,
+    /// The program.
     pub program: PathBuf,
+    /// Its arguments.
     pub args: Vec<String>,
+    /// Environment variables added to PID 1's.
     pub env: Vec<(String, String)>,
+    /// Where its output goes.
     pub output: Output,
+    /// Restart it when it exits (with a growing delay).
     pub restart: bool,
 }
 
@@ -61,12 +69,14 @@ struct Service {
     last_exit: Option<i32>,
 }
 
+/// PID 1's supervised services.
 #[derive(Default)]
 pub struct Services {
     list: Vec<Service>,
 }
 
 impl Services {
+    /// No services yet.
     pub fn new() -> Self {
         Services::default()
     }
@@ -85,6 +95,7 @@ impl Services {
         self.list.push(s);
     }
 
+    /// The pid of service `name`, while it runs.
     pub fn pid_of(&self, name: &str) -> Option<i32> {
         self.list
             .iter()
@@ -165,16 +176,19 @@ impl Services {
             .retain(|s| s.spec.name != name || matches!(s.state, State::Running(_)));
     }
 
+    /// The services' names, in the order added.
     pub fn names(&self) -> Vec<String> {
         self.list.iter().map(|s| s.spec.name.clone()).collect()
     }
 
+    /// Whether any service runs.
     pub fn any_running(&self) -> bool {
         self.list
             .iter()
             .any(|s| matches!(s.state, State::Running(_)))
     }
 
+    /// Each service's state, for `rayos status`.
     pub fn status(&self) -> Vec<ServiceStatus> {
         self.list
             .iter()

@@ -9,38 +9,56 @@ use std::path::Path;
 
 use rustix::mount::{MountFlags, UnmountFlags};
 
+/// Why a mount, an unmount or the signal setup failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SysError {
+    /// A mount failed.
     #[error("cannot mount {fstype} {source_dev} on {target}")]
     Mount {
+        /// The filesystem type.
         fstype: String,
+        /// What was mounted (device, or `proc`, …).
         source_dev: String,
+        /// Where.
         target: String,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// An unmount failed.
     #[error("cannot unmount {target}")]
     Unmount {
+        /// Where.
         target: String,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// A read-only remount failed.
     #[error("cannot remount {target} read-only")]
     Remount {
+        /// Where.
         target: String,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// The signal handlers could not be set up.
     #[error("cannot set up signal handling")]
     Signals(#[source] io::Error),
 }
 
 /// One mount of the kernel filesystems, as data.
 pub struct KernelMount {
+    /// What to mount (`proc`, `sysfs`, …).
     pub source: &'static str,
+    /// Where.
     pub target: &'static str,
+    /// The filesystem type.
     pub fstype: &'static str,
+    /// Mount flags.
     pub flags: MountFlags,
+    /// Filesystem options.
     pub data: &'static str,
 }
 
@@ -117,6 +135,7 @@ pub fn is_mounted(target: &Path) -> bool {
     info.lines().any(|l| l.split(' ').nth(4) == Some(&*t))
 }
 
+/// mount(2): mounts `source` of type `fstype` on `target`.
 pub fn mount(
     source: &str,
     target: &Path,
@@ -168,6 +187,7 @@ pub fn unmount(target: &Path) -> Result<(), SysError> {
     }
 }
 
+/// sync(2): flushes every filesystem's writes.
 pub fn sync() {
     rustix::fs::sync();
 }
@@ -176,7 +196,9 @@ pub fn sync() {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PowerAction {
+    /// Power off.
     PowerOff,
+    /// Reboot.
     Reboot,
 }
 
@@ -211,11 +233,13 @@ pub const HANDLED: [libc::c_int; 7] = [
     libc::SIGHUP,
 ];
 
+/// The signals PID 1 handles, blocked and read from a signalfd (non-blocking).
 pub struct SignalFd {
     fd: OwnedFd,
 }
 
 impl SignalFd {
+    /// Blocks the handled signals and opens a signalfd for them.
     pub fn new() -> Result<SignalFd, SysError> {
         // SAFETY: sigset_t is plain data; sigemptyset initialises it before
         // any other use, and the pointers passed are to this local.
@@ -239,6 +263,7 @@ impl SignalFd {
         })
     }
 
+    /// The descriptor, for poll(2).
     pub fn raw(&self) -> i32 {
         self.fd.as_raw_fd()
     }
@@ -300,6 +325,7 @@ pub fn reset_signals_in_child(cmd: &mut std::process::Command) {
 /// An exited child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exited {
+    /// Its pid.
     pub pid: i32,
     /// Exit code, or 128 + signal number.
     pub code: i32,
@@ -356,6 +382,7 @@ fn stat_session(stat: &str) -> Option<i32> {
     rest.split_whitespace().nth(3)?.parse().ok()
 }
 
+/// kill(2); true if the signal was sent.
 pub fn kill(pid: i32, sig: i32) -> bool {
     // SAFETY: kill has no memory effects.
     unsafe { libc::kill(pid, sig) == 0 }
@@ -407,6 +434,7 @@ pub fn ensure_stdio_console() {
     }
 }
 
+/// Sets the kernel's host name.
 pub fn sethostname(name: &str) -> io::Result<()> {
     rustix::system::sethostname(name.as_bytes()).map_err(Into::into)
 }

@@ -13,17 +13,22 @@ use rustix::mount::MountFlags;
 use crate::sys;
 use crate::volumes::{self, Install};
 
+/// Why this machine's system partition could not be found or mounted.
 #[derive(Debug, thiserror::Error)]
 pub enum SysMountError {
+    /// The disks could not be listed.
     #[error("cannot list disks")]
     Disks(#[source] rayos_disk::EnumerateError),
+    /// No disk holds a RayOS data partition.
     #[error(
         "no RayOS install on this machine's disks (no data partition of type {})",
         rayos_disk::types::RAYOS_DATA
     )]
     NoInstall,
+    /// The install on this disk has no system partition; holds the disk.
     #[error("the RayOS install on {0} has no system partition (XBOOTLDR)")]
     NoSystem(PathBuf),
+    /// Mounting the system partition failed; holds it.
     #[error("cannot mount the system partition {0}")]
     Mount(PathBuf, #[source] sys::SysError),
 }
@@ -38,6 +43,7 @@ pub fn find() -> Result<Install, SysMountError> {
 /// A mounted system partition; unmounted (after sync) on drop.
 pub struct SystemMount {
     at: PathBuf,
+    /// The partition's device.
     pub device: PathBuf,
 }
 
@@ -62,6 +68,7 @@ impl SystemMount {
         })
     }
 
+    /// Where it is mounted.
     pub fn path(&self) -> &Path {
         &self.at
     }
@@ -77,6 +84,7 @@ impl Drop for SystemMount {
 /// A volume mounted read-only for reading one file; unmounted on drop.
 pub struct VolumeMount {
     at: PathBuf,
+    /// The volume's device.
     pub device: PathBuf,
 }
 

@@ -46,6 +46,7 @@ pub struct Countdown {
 }
 
 impl Countdown {
+    /// A countdown of `secs` seconds from `now`.
     pub fn new(secs: u32, now: Instant) -> Countdown {
         Countdown {
             end: now + Duration::from_secs(u64::from(secs)),
@@ -139,6 +140,7 @@ impl Keys {
         self.ttys.len()
     }
 
+    /// Whether no terminal is open.
     pub fn is_empty(&self) -> bool {
         self.ttys.is_empty()
     }

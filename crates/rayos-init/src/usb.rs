@@ -51,19 +51,26 @@ pub enum StorageState {
     NoDisk,
     /// Disks exist; the kernel has not finished with the ones in `pending`.
     Scanning {
+        /// Its disks (`sda`).
         disks: Vec<String>,
+        /// Those whose partitions the kernel has not read yet.
         pending: Vec<String>,
     },
     /// Every disk is there with its partitions.
-    Ready { disks: Vec<String> },
+    Ready {
+        /// Its disks (`sda`).
+        disks: Vec<String>,
+    },
 }
 
 /// A USB mass-storage interface (`1-1:1.0`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageInterface {
+    /// The interface's sysfs name (`1-1:1.0`).
     pub name: String,
     /// The device's product string, when it has one ("QEMU USB HARDDRIVE").
     pub product: Option<String>,
+    /// How far it has come.
     pub state: StorageState,
 }
 
@@ -91,6 +98,7 @@ pub struct UsbSnapshot {
     pub controllers: usize,
     /// Every USB device and interface: a change means enumeration goes on.
     pub devices: BTreeSet<String>,
+    /// The mass-storage interfaces.
     pub storage: Vec<StorageInterface>,
 }
 
@@ -230,7 +238,10 @@ fn disk_ready(node: &Path) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Nothing is left to wait for; the USB disks (may be empty).
-    Settled { disks: Vec<String> },
+    Settled {
+        /// The USB disks (`sda`).
+        disks: Vec<String>,
+    },
     /// Still waiting, for what.
     Waiting(Vec<String>),
     /// The timeout passed while still waiting for these.
@@ -249,6 +260,8 @@ pub struct Settle {
 }
 
 impl Settle {
+    /// A wait that began at `now`: settled once nothing changed for `quiet`,
+    /// given up after `timeout`.
     pub fn new(now: Instant, timeout: Duration, quiet: Duration) -> Settle {
         Settle {
             started: now,
@@ -264,6 +277,7 @@ impl Settle {
         now.saturating_duration_since(self.started)
     }
 
+    /// Looks at one snapshot taken at `now`; says whether to go on waiting.
     pub fn observe(&mut self, snap: UsbSnapshot, now: Instant) -> Verdict {
         if self
             .last

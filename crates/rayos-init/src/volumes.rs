@@ -24,9 +24,13 @@ use rayos_base::{efivar, uki_name};
 /// The partitions of one RayOS install.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Install {
+    /// The disk the install is on.
     pub disk: PathBuf,
+    /// Its data partition's device.
     pub data: PathBuf,
+    /// Its system partition's device, if it has one.
     pub system: Option<PathBuf>,
+    /// The ESP on the same disk, if there is one.
     pub esp: Option<PathBuf>,
     /// Other disks that also hold a RayOS data partition (not used).
     pub others: Vec<PathBuf>,
@@ -93,9 +97,13 @@ pub fn find_install(disks: &[Disk], boot_esp: Option<Uuid>) -> Option<Install> {
 /// A mountable volume that may carry installer files.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Volume {
+    /// The volume's device (a partition, or the whole disk).
     pub device: PathBuf,
+    /// The disk it is on.
     pub disk: PathBuf,
+    /// The filesystem type to mount it with (`vfat`, `iso9660`).
     pub fstype: &'static str,
+    /// The filesystem label, if any.
     pub label: Option<String>,
     /// On removable media: the kernel's removable flag, or attached by USB.
     pub removable: bool,

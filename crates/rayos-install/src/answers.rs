@@ -21,11 +21,16 @@ use rayos_state::machine::{
     validate_hostname, validate_keyboard, validate_locale, validate_timezone,
 };
 
+/// The answer file `version` this RayOS reads and writes.
 pub const ANSWERS_VERSION: u32 = 1;
 
+/// One kibibyte.
 pub const KIB: u64 = 1024;
+/// One mebibyte.
 pub const MIB: u64 = 1024 * KIB;
+/// One gibibyte.
 pub const GIB: u64 = 1024 * MIB;
+/// One tebibyte.
 pub const TIB: u64 = 1024 * GIB;
 /// The largest size an answer file may give: 1 PiB, far beyond any disk
 /// RayOS installs to, and small enough that the planner's sums of up to
@@ -36,8 +41,11 @@ pub const MAX_SIZE: u64 = 1024 * TIB;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}:{line}: {message}")]
 pub struct AnswerError {
+    /// The answer file, as named.
     pub path: String,
+    /// The line (0: no one place).
     pub line: usize,
+    /// What is wrong and how to fix it.
     pub message: String,
 }
 
@@ -68,7 +76,9 @@ impl std::fmt::Display for Mode {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(untagged)]
 pub enum PartRef {
+    /// A partition number.
     Number(u32),
+    /// A device path of a partition.
     Path(String),
 }
 
@@ -102,14 +112,19 @@ impl PartRef {
 /// A located answer: the value and the line it was written on.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Located<T> {
+    /// The value.
     pub value: T,
+    /// The line it is on in the answer file (0 when not from a file).
     #[serde(skip)]
     pub line: usize,
 }
 
+/// `[target]`: the disk, the mode and the consents.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Target {
+    /// The disk to install to (`None`: `rayos install --target` names it).
     pub disk: Option<PathBuf>,
+    /// How RayOS is placed on it.
     pub mode: Mode,
     /// `reuse`: the ESP to add files to (default: the disk's ESP).
     pub esp: Option<Located<PartRef>>,
@@ -124,18 +139,24 @@ pub struct Target {
     pub reinstall: bool,
 }
 
+/// The data volume's size (`[sizes] data`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DataSize {
+    /// All the space the other partitions leave.
     Rest,
+    /// This many bytes.
     Bytes(u64),
 }
 
+/// `[sizes]`: partition sizes in bytes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Sizes {
     /// Size of the ESP when one is created.
     pub esp: u64,
+    /// Size of the RayOS system partition.
     pub system: u64,
+    /// Size of the data volume.
     pub data: DataSize,
 }
 
@@ -161,17 +182,25 @@ pub enum VmStorage {
     Reuse(Located<PartRef>),
 }
 
+/// `[vm_storage]`: where each VM kind keeps its disks.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct VmStorageAnswers {
+    /// The Linux VM's storage.
     pub linux: VmStorage,
+    /// The Windows VMs' storage.
     pub windows: VmStorage,
 }
 
+/// `[machine]`: the installed machine's settings.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MachineAnswers {
+    /// The host name.
     pub hostname: String,
+    /// The time zone (`Europe/Berlin`).
     pub timezone: String,
+    /// The locale (`en_US.UTF-8`).
     pub locale: String,
+    /// The console keyboard layout (`de`).
     pub keyboard: String,
 }
 
@@ -186,12 +215,18 @@ impl Default for MachineAnswers {
     }
 }
 
+/// `[policy]`: what the VMs may do, as the first policy file has it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PolicyAnswers {
+    /// Start the Linux VM at boot.
     pub linux_autostart: bool,
+    /// Show the Linux VM at boot.
     pub linux_present_on_boot: bool,
+    /// Allow Windows VMs.
     pub windows_enabled: bool,
+    /// Start Windows VMs at boot (only when they are allowed).
     pub windows_autostart: bool,
+    /// Networking for every kind of VM.
     pub networking: Networking,
 }
 
@@ -238,9 +273,12 @@ pub struct LinuxAnswers {
     /// `None`: the Debian VM when a user is given and the medium carries
     /// the image, else the test guest.
     pub system: Option<LinuxSystem>,
+    /// The first user's login name (a member of `sudo`).
     pub user: Option<String>,
     /// Only ever a hash: a `password` in the file is hashed while parsing.
     pub password_hash: Option<String>,
+    /// An OpenSSH public key for the user (the guest's SSH server is on for
+    /// it).
     pub ssh_key: Option<String>,
     /// Virtual size of the VM's thin qcow2 disk.
     pub disk_size: u64,
@@ -268,8 +306,10 @@ impl Default for LinuxAnswers {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FinishAction {
+    /// Reboot into the installed RayOS.
     #[default]
     Reboot,
+    /// Power the machine off.
     #[serde(alias = "power-off", alias = "shutdown")]
     Poweroff,
 }
@@ -286,12 +326,19 @@ pub const MAX_COUNTDOWN_SECS: u32 = 3600;
 /// A parsed and checked answer file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Answers {
+    /// `[target]`.
     pub target: Target,
+    /// `[sizes]`.
     pub sizes: Sizes,
+    /// `[vm_storage]`.
     pub vm_storage: VmStorageAnswers,
+    /// `[machine]`.
     pub machine: MachineAnswers,
+    /// `[policy]`.
     pub policy: PolicyAnswers,
+    /// `[linux]`.
     pub linux: LinuxAnswers,
+    /// `[finish]`.
     pub finish: FinishAction,
     /// `[unattended] countdown`: 1 ..= [`MAX_COUNTDOWN_SECS`] seconds.
     pub countdown_secs: u32,

@@ -53,55 +53,93 @@ use rayos_base::marker::{InstallerMarker, Marker};
 /// Environment variable of the interruption test hook.
 pub const FAIL_AFTER_ENV: &str = "RAYOS_INSTALL_FAIL_AFTER";
 
+/// Why an install stopped (before writing, or part-way).
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// The target could not be opened for writing; holds it.
     #[error("cannot open {0} for writing")]
     Open(PathBuf, #[source] std::io::Error),
+    /// The target's partition table could not be read.
     #[error("cannot read the partition table of {0}")]
     ReadTable(PathBuf, #[source] GptError),
+    /// The target changed since the plan was made; nothing was written.
     #[error(
         "{disk} changed since the plan was made ({what}); nothing was written. Run the installer again to make a new plan"
     )]
-    Changed { disk: PathBuf, what: String },
+    Changed {
+        /// The target.
+        disk: PathBuf,
+        /// What changed.
+        what: String,
+    },
+    /// The planned table is not a valid GPT; nothing was written.
     #[error("the new partition table of {0} is not valid; nothing was written")]
     BuildTable(PathBuf, #[source] GptError),
+    /// Writing the partition table failed.
     #[error("cannot write the partition table of {0}")]
     WriteTable(PathBuf, #[source] GptError),
+    /// Flushing the target failed; holds it.
     #[error("cannot flush {0} to disk")]
     Sync(PathBuf, #[source] std::io::Error),
+    /// A tool (mkfs, mtools) failed in a step.
     #[error("step {step} failed")]
     Tool {
+        /// The step.
         step: String,
+        /// What failed.
         #[source]
         source: ToolError,
     },
+    /// A partition's files could not be staged; holds the partition's GPT
+    /// name.
     #[error("cannot stage the files of the {0} partition")]
     Stage(&'static str, #[source] std::io::Error),
+    /// A host file (UKI, systemd-boot, VM image) could not be read; holds its
+    /// path.
     #[error("cannot read {0}")]
     HostFile(PathBuf, #[source] std::io::Error),
+    /// The UEFI boot entry could not be written.
     #[error("cannot add the UEFI boot entry")]
     Nvram(#[source] EfiVarError),
+    /// The plan has no partition of this role.
     #[error("the plan has no {0} partition")]
     NoPartition(&'static str),
+    /// The reused ESP has too little room; nothing was written.
     #[error(
         "the EFI system partition (partition {number}) has {free} bytes free, RayOS needs {need}: free some space on it (nothing was written)"
     )]
-    EspFull { number: u32, free: u64, need: u64 },
+    EspFull {
+        /// The ESP's number.
+        number: u32,
+        /// Bytes free on it.
+        free: u64,
+        /// Bytes RayOS needs.
+        need: u64,
+    },
+    /// The plan names no UKI to install.
     #[error("the plan names no system image: pass --system-image FILE")]
     NoSystemImage,
+    /// A FAT partition to write into is not safe to write; nothing was written.
     #[error(
         "partition {number} ({role}) cannot be written safely, so nothing was written: repair its filesystem (fsck.fat -a on that partition, or back up its files and mkfs.fat it) or choose another target"
     )]
     UnsafeFat {
+        /// The partition's number.
         number: u32,
+        /// Its role.
         role: &'static str,
+        /// What is wrong with it.
         #[source]
         source: FatViewError,
     },
+    /// Writing files into a FAT partition failed.
     #[error("step {step}: writing into partition {number} failed")]
     FatView {
+        /// The step.
         step: String,
+        /// The partition's number.
         number: u32,
+        /// What failed.
         #[source]
         source: FatViewError,
     },
@@ -122,22 +160,35 @@ impl ApplyError {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
+    /// A step began.
     StepStarted {
+        /// The step's name.
         step: String,
+        /// Its index, from 0.
         index: usize,
+        /// How many steps there are.
         total: usize,
     },
+    /// A step finished.
     StepDone {
+        /// The step's name.
         step: String,
+        /// Its index, from 0.
         index: usize,
+        /// How many steps there are.
         total: usize,
+        /// How long it took.
         seconds: f64,
     },
+    /// Something a person should know (a fallback taken, a partition kept).
     Note {
+        /// The note.
         message: String,
     },
 }
 
+/// Where an install finds the machine's EFI variables and puts its staging
+/// files.
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
     /// efivarfs (tests point this at a directory).
@@ -179,8 +230,11 @@ pub fn steps(plan: &Plan) -> Vec<String> {
 /// What an install did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApplyReport {
+    /// The manifest written (it marks the install complete).
     pub manifest: Manifest,
+    /// The `Boot####` entry added, if one was.
     pub boot_entry: Option<u16>,
+    /// How long the install took, in seconds.
     pub seconds: f64,
 }
 

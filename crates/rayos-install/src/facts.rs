@@ -33,10 +33,13 @@ use crate::plan::{
 };
 use crate::tools::{FatVolume, ToolError};
 
+/// Why the facts about a target could not be gathered.
 #[derive(Debug, thiserror::Error)]
 pub enum FactsError {
+    /// The RayOS manifest on the disk could not be read.
     #[error("cannot read the RayOS manifest")]
     Manifest(#[source] ToolError),
+    /// A partition or the disk could not be read; holds the path.
     #[error("cannot read {0}")]
     Read(PathBuf, #[source] std::io::Error),
 }

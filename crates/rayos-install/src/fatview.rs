@@ -51,26 +51,45 @@ use crate::tools::{self, FatVolume, ToolError};
 /// Largest single read or write of the copy (and of the comparison).
 const CHUNK: u64 = 1 << 20;
 
+/// Why a FAT partition could not be copied, changed or written back.
 #[derive(Debug, thiserror::Error)]
 pub enum FatViewError {
+    /// The partition's boot sector does not describe a usable FAT.
     #[error("{what}")]
     Geometry {
+        /// Which partition.
         what: String,
+        /// What is wrong.
         #[source]
         source: FatError,
     },
+    /// `fsck.fat -n` finds the filesystem damaged (nothing is written to it).
     #[error("fsck.fat -n finds {what} damaged: {report}")]
-    Fsck { what: String, report: String },
+    Fsck {
+        /// Which partition.
+        what: String,
+        /// What fsck.fat reports.
+        report: String,
+    },
+    /// The partition could not be read; holds the path.
     #[error("cannot read {0}")]
     Read(PathBuf, #[source] io::Error),
+    /// The partition could not be written; holds the path.
     #[error("cannot write {0}")]
     Write(PathBuf, #[source] io::Error),
+    /// The temporary copy could not be made; holds its path.
     #[error("cannot make the temporary copy {0}")]
     Temp(PathBuf, #[source] io::Error),
+    /// The copy changed size or geometry under mtools; nothing was written
+    /// back.
     #[error(
         "the copy of {what} changed its size or geometry while mtools worked on it; nothing was written back"
     )]
-    Changed { what: String },
+    Changed {
+        /// Which partition.
+        what: String,
+    },
+    /// mtools failed.
     #[error("{0}")]
     Tool(#[from] ToolError),
 }

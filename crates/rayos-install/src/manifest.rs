@@ -8,44 +8,65 @@ use uuid::Uuid;
 use crate::answers::Mode;
 use crate::plan::Role;
 
+/// The manifest `schema` this RayOS writes and reads.
 pub const MANIFEST_SCHEMA_VERSION: u32 = 1;
 
+/// One partition of the install.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestPartition {
+    /// What RayOS uses it for.
     pub role: Role,
+    /// Its number in the GPT.
     pub number: u32,
+    /// Its type GUID.
     pub type_guid: Uuid,
+    /// Its own GUID (`PARTUUID`).
     pub unique_guid: Uuid,
+    /// Its first sector.
     pub first_lba: u64,
+    /// Its last sector (inclusive).
     pub last_lba: u64,
 }
 
+/// The installed UKI.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestImage {
     /// File name on the system partition (`/EFI/Linux/...`).
     pub path: String,
+    /// Its size in bytes.
     pub size: u64,
+    /// Its SHA-256 (lower-case hex).
     pub sha256: String,
 }
 
+/// The contents of `install-manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The manifest's schema ([`MANIFEST_SCHEMA_VERSION`]).
     pub schema: u32,
+    /// The RayOS version installed.
     pub rayos_version: String,
+    /// The install's id (the same as in `machine.toml`).
     pub install_id: Uuid,
     /// RFC 3339, UTC.
     pub installed_at: String,
+    /// How RayOS was placed on the disk.
     pub mode: Mode,
+    /// The disk's logical sector size in bytes.
     pub sector_size: u32,
+    /// The partitions RayOS uses.
     pub partitions: Vec<ManifestPartition>,
+    /// The UKI installed.
     pub system_image: ManifestImage,
 }
 
 impl Manifest {
+    /// Reads a manifest from its JSON.
     pub fn parse(bytes: &[u8]) -> Result<Manifest, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
 
+    /// The manifest as pretty JSON with a final newline.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
     }

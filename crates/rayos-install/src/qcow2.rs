@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
+/// The cluster size of the images written (64 KiB, qemu-img's default).
 pub const CLUSTER: u64 = 64 * 1024;
 const CLUSTER_BITS: u32 = 16;
 /// L2 entries per cluster (8 bytes each).

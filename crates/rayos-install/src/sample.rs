@@ -17,12 +17,19 @@ use crate::answers::{GIB, MIB};
 /// One partition of a made-up disk.
 #[derive(Debug, Clone)]
 pub struct FakePartition {
+    /// The partition's number.
     pub number: u32,
+    /// Its first sector.
     pub first_lba: u64,
+    /// Its last sector (inclusive).
     pub last_lba: u64,
+    /// Its type GUID.
     pub type_guid: Uuid,
+    /// Its GPT name.
     pub name: String,
+    /// The filesystem the disk report shows in it.
     pub filesystem: Option<Filesystem>,
+    /// That filesystem's label.
     pub fs_label: Option<String>,
 }
 
@@ -39,6 +46,7 @@ impl FakePartition {
             fs_label: None,
         }
     }
+    /// The same partition with filesystem `fs` labelled `label`.
     pub fn fs(mut self, fs: Filesystem, label: Option<&str>) -> Self {
         self.filesystem = Some(fs);
         self.fs_label = label.map(str::to_string);

@@ -18,22 +18,32 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// Why an external tool did not do its job.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
+    /// The tool could not be started (not installed).
     #[error(
         "cannot run {tool}: is it installed? (Debian package {package}; `cargo xtask deps` installs it)"
     )]
     Spawn {
+        /// The tool.
         tool: String,
+        /// The Debian package that provides it.
         package: &'static str,
+        /// The error.
         #[source]
         source: std::io::Error,
     },
+    /// The tool exited with an error.
     #[error("{tool} failed ({status}) on {target}: {stderr}")]
     Failed {
+        /// The tool.
         tool: String,
+        /// What it worked on.
         target: String,
+        /// Its exit status.
         status: String,
+        /// What it wrote to stderr.
         stderr: String,
     },
 }
@@ -93,7 +103,9 @@ where
 /// A FAT filesystem inside a disk, addressed the way mtools wants it.
 #[derive(Debug, Clone)]
 pub struct FatVolume {
+    /// The disk (device or image file).
     pub disk: PathBuf,
+    /// Where the filesystem starts on it, in bytes.
     pub offset_bytes: u64,
 }
 

@@ -24,10 +24,15 @@ use crate::dhcp::{self, MessageType, Request};
 /// An address lease, as the service keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
+    /// The address leased.
     pub address: Ipv4Addr,
+    /// The subnet's prefix length.
     pub prefix: u8,
+    /// The default gateway (the first router), if the server named one.
     pub gateway: Option<Ipv4Addr>,
+    /// The DNS servers the server named.
     pub dns: Vec<Ipv4Addr>,
+    /// The server that acknowledged (option 54), to renew with.
     pub server: Option<Ipv4Addr>,
     /// Seconds the lease lasts from when it was acknowledged.
     pub lease_secs: u32,
@@ -56,18 +61,34 @@ impl Lease {
     }
 }
 
+/// Why an address could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
+    /// The link's DHCP socket could not be opened.
     #[error("cannot open the DHCP socket on {link}")]
     Socket {
+        /// The link.
         link: String,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// No server answered in time.
     #[error("no DHCP server answered on {link} within {secs} s")]
-    NoAnswer { link: String, secs: u64 },
+    NoAnswer {
+        /// The link.
+        link: String,
+        /// How long was waited, in seconds.
+        secs: u64,
+    },
+    /// The server refused the address (NAK).
     #[error("the DHCP server {server} refused the address (NAK) on {link}")]
-    Refused { link: String, server: String },
+    Refused {
+        /// The link.
+        link: String,
+        /// The server.
+        server: String,
+    },
 }
 
 fn socket(link: &str) -> Result<UdpSocket, DhcpError> {

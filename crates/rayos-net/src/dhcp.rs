@@ -44,12 +44,19 @@ const OPT_END: u8 = 255;
 /// DHCP message types (option 53).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageType {
+    /// A client looks for servers.
     Discover = 1,
+    /// A server offers an address.
     Offer = 2,
+    /// A client asks for an address (or renews it).
     Request = 3,
+    /// A client declines an address already in use.
     Decline = 4,
+    /// A server acknowledges: the lease holds.
     Ack = 5,
+    /// A server refuses the request.
     Nak = 6,
+    /// A client gives its address back.
     Release = 7,
 }
 
@@ -71,18 +78,27 @@ impl MessageType {
 /// A server's reply, with the options RayOS uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
+    /// The message type.
     pub kind: MessageType,
+    /// The transaction id (matches the client's request).
     pub xid: u32,
+    /// The client's hardware address the reply is for.
     pub chaddr: [u8; 6],
     /// The address offered or acknowledged.
     pub yiaddr: Ipv4Addr,
+    /// The server's identifier (option 54).
     pub server_id: Option<Ipv4Addr>,
+    /// The subnet mask (option 1).
     pub subnet_mask: Option<Ipv4Addr>,
+    /// The routers (option 3), the default gateway first.
     pub routers: Vec<Ipv4Addr>,
+    /// The DNS servers (option 6).
     pub dns: Vec<Ipv4Addr>,
     /// Seconds.
     pub lease_secs: Option<u32>,
+    /// Seconds until renewal (T1, option 58).
     pub renew_secs: Option<u32>,
+    /// Seconds until rebinding (T2, option 59).
     pub rebind_secs: Option<u32>,
 }
 
@@ -104,18 +120,30 @@ impl Reply {
 /// Why bytes are not a usable DHCP reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    /// Shorter than a DHCP message; holds the length.
     #[error("{0} bytes is shorter than a DHCP message")]
     Short(usize),
+    /// The `op` field is not a reply; holds it.
     #[error("not a BOOTP reply (op {0})")]
     NotReply(u8),
+    /// The hardware type or length is not Ethernet's; holds both.
     #[error("not an Ethernet reply (htype {0}, hlen {1})")]
     NotEthernet(u8, u8),
+    /// The DHCP magic cookie is missing.
     #[error("no DHCP magic cookie")]
     NoCookie,
+    /// An option runs past the end; holds its tag.
     #[error("option {0} runs past the end of the message")]
     Truncated(u8),
+    /// An option's length is not valid for it.
     #[error("option {tag} has length {len}, which is not valid for it")]
-    BadLength { tag: u8, len: usize },
+    BadLength {
+        /// The option's tag.
+        tag: u8,
+        /// Its length.
+        len: usize,
+    },
+    /// No message type option.
     #[error("no DHCP message type")]
     NoType,
 }
@@ -123,8 +151,11 @@ pub enum ParseError {
 /// What a client message carries beyond the header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request<'a> {
+    /// The message type.
     pub kind: MessageType,
+    /// The transaction id.
     pub xid: u32,
+    /// The client's hardware address.
     pub mac: [u8; 6],
     /// Seconds since the client began acquiring (the `secs` field).
     pub secs: u16,
@@ -134,6 +165,7 @@ pub struct Request<'a> {
     pub requested: Option<Ipv4Addr>,
     /// Option 54 (SELECTING).
     pub server_id: Option<Ipv4Addr>,
+    /// Option 12: the client's host name.
     pub hostname: Option<&'a str>,
 }
 

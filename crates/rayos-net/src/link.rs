@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 /// What sysfs says about one link.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkInfo {
+    /// The link's name (`eth0`, `enp1s0`).
     pub name: String,
+    /// Its hardware address (`52:54:00:12:34:56`).
     pub mac: String,
     /// Administratively up (IFF_UP).
     pub up: bool,
@@ -81,17 +83,24 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
+/// Why a link could not be read or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// A link name that is empty, too long or has a `/`; holds it.
     #[error("link name {0:?} is not valid")]
     Name(String),
+    /// An ioctl on the link failed.
     #[error("cannot {what} on {link}")]
     Ioctl {
+        /// What was being done (`set the address`, …).
         what: &'static str,
+        /// The link.
         link: String,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// The socket for the ioctls could not be opened.
     #[error("cannot open a socket for link changes")]
     Socket(#[source] io::Error),
 }

@@ -34,30 +34,44 @@ use crate::link::LinkInfo;
 
 /// What the service does to the machine.
 pub trait Host {
+    /// The current time.
     fn now(&self) -> Instant;
     /// Whether the policy allows networking now.
     fn networking_allowed(&mut self) -> bool;
+    /// The machine's network links.
     fn links(&mut self) -> Vec<LinkInfo>;
+    /// Sets `link` up or down.
     fn set_up(&mut self, link: &str, up: bool) -> Result<(), String>;
+    /// Gets a lease for `link` (DHCP).
     fn acquire(&mut self, link: &LinkInfo) -> Result<Lease, String>;
+    /// Renews `lease` on `link`.
     fn renew(&mut self, link: &LinkInfo, lease: &Lease) -> Result<Lease, String>;
     /// Address, prefix and default route of `lease` on `link`.
     fn apply(&mut self, link: &str, lease: &Lease) -> Result<(), String>;
+    /// Removes the addresses and routes of `link`.
     fn clear(&mut self, link: &str) -> Result<(), String>;
+    /// Writes `resolv.conf` with these servers.
     fn write_dns(&mut self, servers: &[Ipv4Addr]);
+    /// Writes the status file `rayos status` reads.
     fn write_status(&mut self, status: &NetStatus);
 }
 
 /// One link as `rayos status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkStatus {
+    /// The link's name.
     pub name: String,
+    /// Its hardware address.
     pub mac: String,
+    /// Whether it is wired Ethernet (wireless links are not touched).
     pub wired: bool,
+    /// Whether it is up.
     pub up: bool,
+    /// Whether it has a carrier.
     pub carrier: bool,
     /// `not touched`, `no carrier`, `bound`, `retrying: <why>`.
     pub state: String,
+    /// Its lease, while bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
 }
@@ -67,6 +81,7 @@ pub struct LinkStatus {
 pub struct NetStatus {
     /// The policy allows networking for some VM kind.
     pub enabled: bool,
+    /// Every link the service sees.
     pub links: Vec<LinkStatus>,
 }
 
@@ -95,6 +110,7 @@ pub struct Net {
 }
 
 impl Net {
+    /// A service that configured no link yet.
     pub fn new() -> Net {
         Net::default()
     }
@@ -256,20 +272,27 @@ impl Net {
 pub struct Options {
     /// The data volume (its policy decides).
     pub state_dir: PathBuf,
+    /// `/sys/class/net` (tests point it elsewhere).
     pub sys_class_net: PathBuf,
+    /// Where the status file goes (`/run/rayos/network.json`).
     pub status_file: PathBuf,
+    /// Where `resolv.conf` goes.
     pub resolv_conf: PathBuf,
+    /// The host name sent with DHCP requests.
     pub hostname: Option<String>,
+    /// How long one DHCP exchange may take.
     pub dhcp_timeout: Duration,
 }
 
 /// The machine, for [`Net::tick`].
 pub struct RealHost {
+    /// What the service was started with.
     pub opts: Options,
     last_policy_note: Option<String>,
 }
 
 impl RealHost {
+    /// The machine, as `opts` says.
     pub fn new(opts: Options) -> RealHost {
         RealHost {
             opts,

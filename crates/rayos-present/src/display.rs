@@ -27,27 +27,43 @@ use std::time::Instant;
 
 use crate::rfb::Rect;
 
+/// Why a framebuffer cannot be drawn on.
 #[derive(Debug, thiserror::Error)]
 pub enum DisplayError {
+    /// The device could not be opened.
     #[error(
         "cannot open the framebuffer {path}: is a display driver loaded (efifb, bochs, virtio-gpu)?"
     )]
     Open {
+        /// The device.
         path: PathBuf,
+        /// The error.
         #[source]
         source: std::io::Error,
     },
+    /// The device's screen information could not be read.
     #[error("cannot query the framebuffer {path}")]
     Query {
+        /// The device.
         path: PathBuf,
+        /// The error.
         #[source]
         source: std::io::Error,
     },
+    /// The device's pixel format is not one the presenter draws.
     #[error("framebuffer {path} uses {bpp} bits per pixel; only 32 and 16 are supported")]
-    Format { path: PathBuf, bpp: u32 },
+    Format {
+        /// The device.
+        path: PathBuf,
+        /// Its bits per pixel.
+        bpp: u32,
+    },
+    /// The device memory could not be mapped.
     #[error("cannot map the framebuffer {path}")]
     Map {
+        /// The device.
         path: PathBuf,
+        /// The error.
         #[source]
         source: std::io::Error,
     },
@@ -55,13 +71,16 @@ pub enum DisplayError {
 
 /// The pixels the presenter draws into.
 pub struct Canvas<'a> {
+    /// Pixels per row.
     pub width: u32,
+    /// Rows.
     pub height: u32,
     /// Row-major, `width` pixels per row.
     pub pixels: &'a mut [u32],
 }
 
 impl Canvas<'_> {
+    /// Fills rectangle `r` (clipped to the canvas) with `colour` (0x00RRGGBB).
     pub fn fill(&mut self, r: Rect, colour: u32) {
         let r = clip(r, self.width, self.height);
         for y in r.y..r.y + r.h {
@@ -70,6 +89,7 @@ impl Canvas<'_> {
         }
     }
 
+    /// The whole canvas.
     pub fn full(&self) -> Rect {
         Rect::new(0, 0, self.width, self.height)
     }
@@ -82,8 +102,12 @@ pub fn clip(r: Rect, w: u32, h: u32) -> Rect {
     Rect::new(x, y, r.w.min(w - x), r.h.min(h - y))
 }
 
+/// Where the presenter draws: a framebuffer device or memory (tests), drawn on
+/// through a canvas and shown by flushing.
 pub trait Display: Send {
+    /// Width and height in pixels.
     fn size(&self) -> (u32, u32);
+    /// The pixels to draw into (not shown until flushed).
     fn canvas(&mut self) -> Canvas<'_>;
     /// Makes `r` of the canvas visible.
     fn flush(&mut self, r: Rect);
@@ -99,7 +123,9 @@ pub trait Display: Send {
 /// Counters a [`MemoryDisplay`] shares with whoever watches it.
 #[derive(Debug, Default)]
 pub struct MemoryStats {
+    /// How many flushes there were.
     pub flushes: AtomicU64,
+    /// How many pixels they copied in all.
     pub flushed_pixels: AtomicU64,
     /// When the last flush happened (for latency measurements).
     pub last_flush: Mutex<Option<Instant>>,
@@ -111,11 +137,14 @@ pub struct MemoryDisplay {
     width: u32,
     height: u32,
     canvas: Vec<u32>,
+    /// What a screen would show: the flushed pixels, row-major.
     pub visible: Arc<Mutex<Vec<u32>>>,
+    /// Counters of the flushes.
     pub stats: Arc<MemoryStats>,
 }
 
 impl MemoryDisplay {
+    /// A black display of `width` × `height` pixels.
     pub fn new(width: u32, height: u32) -> MemoryDisplay {
         let n = (width * height) as usize;
         MemoryDisplay {
@@ -232,7 +261,14 @@ struct FbFixScreeninfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceFormat {
     /// 32 bpp, red/green/blue at these bit offsets.
-    Bits32 { r: u32, g: u32, b: u32 },
+    Bits32 {
+        /// Bit offset of red.
+        r: u32,
+        /// Bit offset of green.
+        g: u32,
+        /// Bit offset of blue.
+        b: u32,
+    },
     /// 16 bpp RGB565.
     Rgb565,
 }
@@ -262,6 +298,7 @@ pub struct FbDisplay {
     width: u32,
     height: u32,
     shadow: Vec<u32>,
+    /// The driver's name for the device (`EFI VGA`, `bochsdrmfb`, …).
     pub id: String,
 }
 
@@ -270,6 +307,7 @@ pub struct FbDisplay {
 unsafe impl Send for FbDisplay {}
 
 impl FbDisplay {
+    /// Opens and maps the framebuffer device at `path` (`/dev/fb0`).
     pub fn open(path: &Path) -> Result<FbDisplay, DisplayError> {
         let file = OpenOptions::new()
             .read(true)
@@ -363,10 +401,12 @@ impl FbDisplay {
         })
     }
 
+    /// The device's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// How its pixels are laid out.
     pub fn format(&self) -> DeviceFormat {
         self.format
     }

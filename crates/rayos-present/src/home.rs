@@ -12,6 +12,7 @@ use crate::display::Canvas;
 use crate::font;
 use crate::rfb::Rect;
 
+/// The home screen's background colour (0x00RRGGBB).
 pub const BACKGROUND: u32 = 0x0014_1a24;
 const TEXT: u32 = 0x00e6_e6e6;
 const ACCENT: u32 = 0x006c_b6ff;
@@ -24,6 +25,7 @@ pub const MAX_KEYED: usize = 10;
 /// What the home screen shows.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Model {
+    /// The RayOS version, shown on the home screen.
     pub version: String,
     /// Already formatted (local time).
     pub time: String,
@@ -47,10 +49,14 @@ pub fn accel_warning(vms: &[VmInfo]) -> Option<String> {
     })
 }
 
+/// One VM as the home screen lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HomeVm {
+    /// The VM's name.
     pub name: String,
+    /// Its kind (`linux`, `windows`, `generic`).
     pub kind: String,
+    /// Its state as shown (`running (presented)`, `stopped`, …).
     pub state: String,
     /// What the person does next with this VM, shown under it (a Windows
     /// VM still to be installed).
@@ -58,6 +64,8 @@ pub struct HomeVm {
 }
 
 impl HomeVm {
+    /// The line for `v`, with what the person does next when there is
+    /// something.
     pub fn from_info(v: &VmInfo) -> HomeVm {
         let state = match v.state {
             VmState::Running if v.presented => "running (presented)".to_string(),

@@ -61,14 +61,19 @@ const fn eviocgname(len: u32) -> libc::c_ulong {
     ioc(IOC_READ, 0x06, len)
 }
 
+/// Why physical input cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
+    /// The input device directory could not be watched.
     #[error("cannot watch {path} for new input devices")]
     Watch {
+        /// The directory (`/dev/input`).
         path: PathBuf,
+        /// The error.
         #[source]
         source: std::io::Error,
     },
+    /// The eventfd that wakes the reader could not be made.
     #[error("cannot create the input wake-up handle")]
     Wake(#[source] std::io::Error),
 }
@@ -78,21 +83,27 @@ pub enum InputError {
 pub enum InputEvent {
     /// A keyboard key: value 0 up, 1 down, 2 auto-repeat.
     Key {
+        /// The evdev key code (`KEY_*`).
         code: u16,
+        /// 0 up, 1 down, 2 auto-repeat.
         value: i32,
     },
+    /// Pointer motion, wheel and buttons up to one `SYN_REPORT`.
     Pointer(PointerReport),
 }
 
 /// Pointer changes up to one `SYN_REPORT`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PointerReport {
+    /// Relative motion to the right, in device units.
     pub dx: i32,
+    /// Relative motion downwards, in device units.
     pub dy: i32,
     /// Absolute position as a fraction (0.0..=1.0) of the device's range.
     pub abs: Option<(f64, f64)>,
     /// Wheel clicks: positive = up / right.
     pub wheel: i32,
+    /// Horizontal wheel clicks: positive = right.
     pub hwheel: i32,
     /// Button presses and releases (evdev `BTN_*` codes).
     pub buttons: Vec<(u16, bool)>,
@@ -197,7 +208,9 @@ impl Decoder {
 /// What a device is, from its capability bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Kind {
+    /// It has keys (letters, Enter).
     pub keyboard: bool,
+    /// It moves a pointer or has pointer buttons.
     pub pointer: bool,
 }
 
@@ -316,6 +329,7 @@ impl InputControl {
         self.poke();
     }
 
+    /// Makes the hub stop.
     pub fn stop(&self) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
         self.poke();
@@ -357,6 +371,7 @@ impl InputHub {
         })
     }
 
+    /// A handle to grab, release or stop the hub from another thread.
     pub fn control(&self) -> InputControl {
         self.control.clone()
     }

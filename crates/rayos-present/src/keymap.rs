@@ -12,24 +12,43 @@
 
 /// Evdev key codes the presenter handles itself.
 pub mod code {
+    /// `KEY_ESC`.
     pub const ESC: u16 = 1;
+    /// `KEY_LEFTCTRL`.
     pub const LEFTCTRL: u16 = 29;
+    /// `KEY_LEFTSHIFT`.
     pub const LEFTSHIFT: u16 = 42;
+    /// `KEY_RIGHTSHIFT`.
     pub const RIGHTSHIFT: u16 = 54;
+    /// `KEY_LEFTALT`.
     pub const LEFTALT: u16 = 56;
+    /// `KEY_F1` (F1 to F10 are consecutive).
     pub const F1: u16 = 59;
+    /// `KEY_F10`.
     pub const F10: u16 = 68;
+    /// `KEY_F11`.
     pub const F11: u16 = 87;
+    /// `KEY_F12`.
     pub const F12: u16 = 88;
+    /// `KEY_RIGHTCTRL`.
     pub const RIGHTCTRL: u16 = 97;
+    /// `KEY_RIGHTALT` (AltGr).
     pub const RIGHTALT: u16 = 100;
+    /// `KEY_HOME`.
     pub const HOME: u16 = 102;
+    /// `KEY_LEFTMETA` (the left Windows key).
     pub const LEFTMETA: u16 = 125;
+    /// `KEY_RIGHTMETA` (the right Windows key).
     pub const RIGHTMETA: u16 = 126;
+    /// `KEY_A`.
     pub const A: u16 = 30;
+    /// `BTN_LEFT`: the primary pointer button.
     pub const BTN_LEFT: u16 = 0x110;
+    /// `BTN_RIGHT`: the secondary pointer button.
     pub const BTN_RIGHT: u16 = 0x111;
+    /// `BTN_MIDDLE`: the middle pointer button.
     pub const BTN_MIDDLE: u16 = 0x112;
+    /// `BTN_TOUCH`: a touch screen or pad touched.
     pub const BTN_TOUCH: u16 = 0x14a;
 }
 

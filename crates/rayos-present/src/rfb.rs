@@ -30,10 +30,15 @@ pub const MAX_DIMENSION: u16 = 8192;
 /// Largest text (desktop name, cut text, failure reason) accepted.
 pub const MAX_TEXT: u32 = 1024 * 1024;
 
+/// Raw encoding: every pixel of the rectangle.
 pub const ENC_RAW: i32 = 0;
+/// CopyRect: the rectangle copied from elsewhere on the framebuffer.
 pub const ENC_COPY_RECT: i32 = 1;
+/// DesktopSize pseudo-encoding: the framebuffer's size changed.
 pub const ENC_DESKTOP_SIZE: i32 = -223;
+/// QEMU's pointer motion change pseudo-encoding: absolute or relative pointer.
 pub const ENC_QEMU_POINTER_MOTION_CHANGE: i32 = -257;
+/// QEMU's extended key event pseudo-encoding: key events carry scancodes.
 pub const ENC_QEMU_EXTENDED_KEY_EVENT: i32 = -258;
 
 /// The encodings this client asks for, most preferred first.
@@ -47,25 +52,39 @@ pub const ENCODINGS: &[i32] = &[
 
 /// Pointer button bits of a PointerEvent.
 pub mod button {
+    /// The primary button.
     pub const LEFT: u8 = 1;
+    /// The middle button.
     pub const MIDDLE: u8 = 2;
+    /// The secondary button.
     pub const RIGHT: u8 = 4;
+    /// One wheel click up.
     pub const WHEEL_UP: u8 = 8;
+    /// One wheel click down.
     pub const WHEEL_DOWN: u8 = 16;
+    /// One wheel click left.
     pub const WHEEL_LEFT: u8 = 32;
+    /// One wheel click right.
     pub const WHEEL_RIGHT: u8 = 64;
 }
 
+/// Why a VNC session failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RfbError {
+    /// Reading from or writing to the connection failed.
     #[error("VNC connection I/O failed")]
     Io(#[from] io::Error),
+    /// The peer's greeting is not `RFB 003.00x`; holds what it sent.
     #[error("not an RFB server (greeting {0:?})")]
     NotRfb(String),
+    /// The server refused the connection; holds its reason.
     #[error("the VNC server refused the connection: {0}")]
     Refused(String),
+    /// The server offers only security types this client cannot do; holds them.
     #[error("the VNC server offers no security type this client supports (offered {0:?})")]
     NoSecurityType(Vec<u8>),
+    /// The server sent something that is not RFB as this client speaks it; says
+    /// what.
     #[error("the VNC server sent a bad message: {0}")]
     Protocol(String),
 }
@@ -77,17 +96,23 @@ fn bad(msg: impl Into<String>) -> RfbError {
 /// A rectangle in framebuffer coordinates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct Rect {
+    /// Left edge, in pixels.
     pub x: u32,
+    /// Top edge, in pixels.
     pub y: u32,
+    /// Width, in pixels.
     pub w: u32,
+    /// Height, in pixels.
     pub h: u32,
 }
 
 impl Rect {
+    /// The rectangle at (`x`, `y`) of `w` × `h` pixels.
     pub fn new(x: u32, y: u32, w: u32, h: u32) -> Self {
         Rect { x, y, w, h }
     }
 
+    /// Whether it covers no pixel.
     pub fn is_empty(&self) -> bool {
         self.w == 0 || self.h == 0
     }
@@ -118,15 +143,25 @@ impl Rect {
 /// The pixel format of RFB messages (16 bytes on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PixelFormat {
+    /// Bits each pixel takes on the wire (8, 16 or 32).
     pub bits_per_pixel: u8,
+    /// Bits of colour in each pixel.
     pub depth: u8,
+    /// Whether multi-byte pixels are big-endian.
     pub big_endian: bool,
+    /// Whether pixels are colours (false: indices into a colour map).
     pub true_colour: bool,
+    /// Largest red value.
     pub red_max: u16,
+    /// Largest green value.
     pub green_max: u16,
+    /// Largest blue value.
     pub blue_max: u16,
+    /// Bit offset of red in a pixel.
     pub red_shift: u8,
+    /// Bit offset of green in a pixel.
     pub green_shift: u8,
+    /// Bit offset of blue in a pixel.
     pub blue_shift: u8,
 }
 
@@ -145,6 +180,7 @@ impl PixelFormat {
         blue_shift: 0,
     };
 
+    /// The 16 bytes on the wire.
     pub fn encode(&self) -> [u8; 16] {
         let mut b = [0u8; 16];
         b[0] = self.bits_per_pixel;
@@ -160,6 +196,7 @@ impl PixelFormat {
         b
     }
 
+    /// The format from its 16 bytes on the wire.
     pub fn decode(b: &[u8; 16]) -> PixelFormat {
         PixelFormat {
             bits_per_pixel: b[0],
@@ -179,12 +216,16 @@ impl PixelFormat {
 /// The client's copy of the remote framebuffer, `0x00RRGGBB` per pixel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Framebuffer {
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// The pixels, row-major.
     pub pixels: Vec<u32>,
 }
 
 impl Framebuffer {
+    /// A black framebuffer of `width` × `height`.
     pub fn new(width: u16, height: u16) -> Framebuffer {
         let (w, h) = (u32::from(width), u32::from(height));
         Framebuffer {
@@ -194,14 +235,17 @@ impl Framebuffer {
         }
     }
 
+    /// Makes it a black framebuffer of the new size.
     pub fn resize(&mut self, width: u16, height: u16) {
         *self = Framebuffer::new(width, height);
     }
 
+    /// The whole framebuffer.
     pub fn full(&self) -> Rect {
         Rect::new(0, 0, self.width, self.height)
     }
 
+    /// The pixel at (`x`, `y`); panics outside the framebuffer.
     pub fn pixel(&self, x: u32, y: u32) -> u32 {
         self.pixels[(y * self.width + x) as usize]
     }
@@ -210,9 +254,13 @@ impl Framebuffer {
 /// What ServerInit said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerInit {
+    /// The framebuffer's width in pixels.
     pub width: u16,
+    /// The framebuffer's height in pixels.
     pub height: u16,
+    /// The server's pixel format (the client asks for its own next).
     pub format: PixelFormat,
+    /// The desktop's name (QEMU: the VM's name).
     pub name: String,
 }
 
@@ -223,15 +271,19 @@ pub enum ServerEvent {
     /// the update held only pseudo-rectangles). `resized` means the
     /// framebuffer now has a new size and should be redrawn whole.
     Update {
+        /// The bounding box of the changed pixels.
         damage: Rect,
+        /// Whether the framebuffer now has a new size.
         resized: bool,
     },
+    /// The server rang the bell.
     Bell,
     /// Cut text (Latin-1 per the spec; lossily decoded).
     CutText(String),
     /// The server said which pointer it wants: absolute (a tablet) or
     /// relative (deltas around 0x7FFF).
     PointerMode {
+        /// True for absolute (a tablet), false for relative.
         absolute: bool,
     },
     /// The server acknowledged QEMU's extended key events.

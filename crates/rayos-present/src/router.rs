@@ -21,7 +21,9 @@ use crate::keymap::code;
 /// Where input goes now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// The home screen has it (F1 … F10 present a VM).
     Home,
+    /// The presented VM gets every key but the hotkeys.
     Vm,
     /// Input ungrabbed: the kernel's text console has it.
     Console,
@@ -30,6 +32,7 @@ pub enum Mode {
 /// What a hotkey asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Back to the home screen (Ctrl+Alt+Home).
     Home,
     /// Index into the home screen's list (0 = F1).
     Present(usize),
@@ -42,11 +45,15 @@ pub enum Action {
 pub struct Step {
     /// (evdev code, down) to send to the presented VM, in order.
     pub forward: Vec<(u16, bool)>,
+    /// What the key asks the presenter to do, if it was a hotkey.
     pub action: Option<Action>,
 }
 
+/// The hotkey state machine: decides for each key event whether it is a hotkey
+/// or goes to the presented VM.
 #[derive(Debug)]
 pub struct Router {
+    /// Where input goes now.
     pub mode: Mode,
     /// Physically held modifiers: left/right ctrl, left/right alt.
     mods: BTreeSet<u16>,
@@ -70,6 +77,7 @@ fn f_index(c: u16) -> Option<usize> {
 }
 
 impl Router {
+    /// A router on the home screen with no key held.
     pub fn new() -> Router {
         Router {
             mode: Mode::Home,

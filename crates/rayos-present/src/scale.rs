@@ -52,6 +52,8 @@ pub struct Scaler {
 }
 
 impl Scaler {
+    /// A scaler from a `src_w` × `src_h` image to a `dst_w` × `dst_h` display
+    /// (aspect ratio kept, centred).
     pub fn new(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Scaler {
         let dest = fit(src_w, src_h, dst_w, dst_h);
         // Sample at pixel centres: src = floor((d + 0.5) * s / D).
@@ -70,6 +72,7 @@ impl Scaler {
         }
     }
 
+    /// The source image's size.
     pub fn source_size(&self) -> (u32, u32) {
         (self.src_w, self.src_h)
     }

@@ -56,6 +56,8 @@ pub type Sink = Arc<dyn Fn(&str) + Send + Sync>;
 /// Where the presenter's console markers go.
 pub type MarkerSink = Arc<dyn Fn(&Marker) + Send + Sync>;
 
+/// How the presenter runs: where rayosd, input and the terminal are, and where
+/// its output goes.
 pub struct Options {
     /// rayosd's API socket.
     pub api_socket: PathBuf,
@@ -64,20 +66,49 @@ pub struct Options {
     /// The console terminal switched to graphics mode while the presenter
     /// draws (`/dev/tty0`); None leaves the terminal alone.
     pub tty: Option<PathBuf>,
+    /// The RayOS version, shown on the home screen.
     pub version: String,
+    /// Where the presenter's console markers go.
     pub marker: MarkerSink,
+    /// Where its log lines go.
     pub log: Sink,
 }
 
 /// Messages to the main loop.
 pub enum Msg {
+    /// Look at rayosd's VMs now.
     Refresh,
+    /// The clock's once-a-second beat (home screen time, retries).
     Tick,
+    /// A physical input event.
     Input(InputEvent),
-    VncConnected { session: u64, writer: VncWriter },
-    FirstFrame { session: u64 },
-    VncDown { session: u64, error: String },
-    ApiDone { what: String, error: Option<String> },
+    /// A VM's VNC session is up.
+    VncConnected {
+        /// Which session (a newer one replaces an older).
+        session: u64,
+        /// Where input for the VM goes.
+        writer: VncWriter,
+    },
+    /// A VM's first frame arrived.
+    FirstFrame {
+        /// Which session.
+        session: u64,
+    },
+    /// A VM's VNC session ended.
+    VncDown {
+        /// Which session.
+        session: u64,
+        /// Why.
+        error: String,
+    },
+    /// An API call made off the main loop ended.
+    ApiDone {
+        /// What was asked (`present <vm>`, …).
+        what: String,
+        /// Why it failed, if it did.
+        error: Option<String>,
+    },
+    /// End the presenter.
     Stop,
 }
 
@@ -98,6 +129,7 @@ impl Handle {
         let _ = self.tx.send(Msg::Refresh);
     }
 
+    /// Stops the presenter and waits for its main loop to end.
     pub fn stop(mut self) {
         self.stop_inner();
     }
@@ -121,6 +153,7 @@ impl Handle {
         }
     }
 
+    /// A way to send the main loop messages from elsewhere.
     pub fn sender(&self) -> Sender<Msg> {
         self.tx.clone()
     }

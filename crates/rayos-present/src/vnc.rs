@@ -19,23 +19,33 @@ use std::time::{Duration, Instant};
 
 use crate::rfb::{self, Framebuffer, Rect, RfbError, ServerEvent, ServerInit};
 
+/// Why a VM's display cannot be shown.
 #[derive(Debug, thiserror::Error)]
 pub enum VncError {
+    /// The socket could not be connected to.
     #[error("cannot connect to the VNC socket {path}")]
     Connect {
+        /// The socket.
         path: PathBuf,
+        /// The error.
         #[source]
         source: std::io::Error,
     },
+    /// The RFB handshake failed.
     #[error("VNC handshake on {path} failed")]
     Handshake {
+        /// The socket.
         path: PathBuf,
+        /// What went wrong.
         #[source]
         source: RfbError,
     },
+    /// The session broke off after the handshake.
     #[error("VNC session on {path} ended")]
     Session {
+        /// The socket.
         path: PathBuf,
+        /// What went wrong.
         #[source]
         source: RfbError,
     },
@@ -63,7 +73,9 @@ pub struct VncReader {
     path: PathBuf,
     reader: BufReader<UnixStream>,
     writer: VncWriter,
+    /// The client's copy of the VM's display.
     pub fb: Framebuffer,
+    /// What the server said at the start (size, format, name).
     pub init: ServerInit,
 }
 
@@ -194,10 +206,12 @@ impl VncWriter {
         Ok(())
     }
 
+    /// Whether the server takes QEMU's extended key events (scancodes).
     pub fn extended_keys(&self) -> bool {
         self.shared.extended_keys.load(Ordering::Relaxed)
     }
 
+    /// Whether the server wants relative pointer motion (no tablet in the VM).
     pub fn relative_pointer(&self) -> bool {
         self.shared.relative_pointer.load(Ordering::Relaxed)
     }

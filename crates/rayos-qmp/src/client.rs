@@ -30,42 +30,69 @@ use serde_json::{Value, json};
 
 use crate::wire::{DEFAULT_MAX_LINE, Event, LineBuffer, Message, WireError, encode_command};
 
+/// What can go wrong talking to QEMU's QMP socket or to a guest agent.
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
+    /// The socket could not be connected to.
     #[error("cannot connect to {path}")]
     Connect {
+        /// The socket's path.
         path: PathBuf,
+        /// The error from connect(2).
         #[source]
         source: std::io::Error,
     },
+    /// The peer sent no QMP greeting, or not one as QMP has it; holds the
+    /// socket's label.
     #[error("no QMP greeting from {0}")]
     Handshake(String),
+    /// Writing a command to the socket failed.
     #[error("sending {command} failed")]
     Send {
+        /// The command's name.
         command: String,
+        /// The error from the write.
         #[source]
         source: std::io::Error,
     },
+    /// Reading the reply failed.
     #[error("reading the reply to {command} failed")]
     Receive {
+        /// The command's name.
         command: String,
+        /// The error from the read.
         #[source]
         source: std::io::Error,
     },
+    /// The peer sent bytes that are not a QMP message.
     #[error("bad reply to {command}")]
     Protocol {
+        /// The command's name.
         command: String,
+        /// What was wrong with the line.
         #[source]
         source: WireError,
     },
+    /// The peer closed the connection (QEMU exited) before it replied; holds
+    /// the command's name.
     #[error("connection closed while waiting for {0}")]
     Closed(String),
+    /// No reply came within the client's timeout.
     #[error("no reply to {command} within {timeout:?}")]
-    Timeout { command: String, timeout: Duration },
+    Timeout {
+        /// The command's name.
+        command: String,
+        /// How long the client waited.
+        timeout: Duration,
+    },
+    /// QEMU answered with an error.
     #[error("{command} failed: {class}: {desc}")]
     Rejected {
+        /// The command's name.
         command: String,
+        /// QEMU's error class (`GenericError`, `DeviceNotFound`, …).
         class: String,
+        /// QEMU's description of the error.
         desc: String,
     },
 }
@@ -410,6 +437,8 @@ impl GuestAgent {
         ))
     }
 
+    /// A guest agent on a stream that is already connected; `label` names the
+    /// peer in errors.
     pub fn from_stream(stream: UnixStream, label: String, timeout: Duration) -> Self {
         GuestAgent {
             conn: Conn::new(stream, label),

@@ -19,12 +19,20 @@ use serde_json::{Map, Value};
 /// Longest line accepted from QEMU or a guest agent (1 MiB).
 pub const DEFAULT_MAX_LINE: usize = 1 << 20;
 
+/// Why a line from the peer cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
+    /// The peer sent more than the cap without a line end.
     #[error("line longer than {max} bytes")]
-    LineTooLong { max: usize },
+    LineTooLong {
+        /// The cap, in bytes.
+        max: usize,
+    },
+    /// The line does not parse as JSON; holds the parser's message.
     #[error("line is not JSON: {0}")]
     NotJson(String),
+    /// The line is JSON but neither a greeting, a reply nor an event; holds the
+    /// line.
     #[error("line is JSON but not a QMP message: {0}")]
     NotQmp(String),
 }
@@ -32,6 +40,7 @@ pub enum WireError {
 /// One asynchronous event, as QEMU sent it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
+    /// The event's name (`STOP`, `SHUTDOWN`, `RESET`, …).
     pub name: String,
     /// `null` when the event carries no data.
     pub data: Value,
@@ -44,18 +53,28 @@ pub struct Event {
 pub enum Message {
     /// `{"QMP": {"version": ..., "capabilities": [...]}}`
     Greeting {
+        /// QEMU's version object, as sent.
         version: Value,
+        /// The capabilities QEMU offers (RayOS enables none of them).
         capabilities: Vec<String>,
     },
+    /// A successful reply.
     Return {
+        /// The `id` the command carried, echoed back.
         id: Option<Value>,
+        /// The command's `return` value.
         value: Value,
     },
+    /// A command QEMU refused.
     Error {
+        /// The `id` the command carried, echoed back.
         id: Option<Value>,
+        /// QEMU's error class (`GenericError`, `DeviceNotFound`, …).
         class: String,
+        /// QEMU's description of the error.
         desc: String,
     },
+    /// An asynchronous event.
     Event(Event),
 }
 
@@ -167,6 +186,7 @@ impl Default for LineBuffer {
 }
 
 impl LineBuffer {
+    /// An empty buffer that refuses lines longer than `max` bytes.
     pub fn new(max: usize) -> Self {
         LineBuffer {
             buf: Vec::new(),

@@ -18,17 +18,24 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+/// Why a file could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum AtomicError {
+    /// Writing, syncing or renaming failed.
     #[error("cannot write {path}")]
     Write {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// Reading failed (other than the file being missing).
     #[error("cannot read {path}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
@@ -37,7 +44,9 @@ pub enum AtomicError {
 /// Which generation of a file a read returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Generation {
+    /// The file itself.
     Current,
+    /// Its previous generation (`.prev`).
     Previous,
 }
 

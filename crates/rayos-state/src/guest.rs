@@ -12,6 +12,8 @@ use sha_crypt::{PasswordHasher, PasswordVerifier, ShaCrypt};
 
 use crate::machine::{validate_hostname, validate_keyboard, validate_locale, validate_timezone};
 
+/// First-boot settings for a Linux VM's guest, handed to it at every start
+/// (through fw_cfg credentials).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestConfig {
@@ -23,9 +25,13 @@ pub struct GuestConfig {
     /// One OpenSSH public key; the guest enables its SSH server for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_authorized_key: Option<String>,
+    /// The guest's host name.
     pub hostname: String,
+    /// The guest's time zone (`Europe/Berlin`).
     pub timezone: String,
+    /// The guest's locale (`en_US.UTF-8`).
     pub locale: String,
+    /// The guest's keyboard layout (`de`).
     pub keyboard: String,
 }
 
@@ -157,12 +163,16 @@ impl GuestConfig {
     }
 }
 
+/// Why a password could not be hashed.
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {
+    /// No random bytes for the salt.
     #[error("cannot read random bytes for the salt from /dev/urandom")]
     Random(#[source] std::io::Error),
+    /// The hasher refused; holds its message.
     #[error("cannot hash the password: {0}")]
     Hash(String),
+    /// The password is empty.
     #[error("the password is empty")]
     Empty,
 }

@@ -23,36 +23,48 @@ pub struct DataLayout {
 }
 
 impl DataLayout {
+    /// The layout of the data volume mounted at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         DataLayout { root: root.into() }
     }
+    /// The data volume's mount point.
     pub fn root(&self) -> &Path {
         &self.root
     }
+    /// `machine.toml`: host name, time zone, locale, keyboard, install id.
     pub fn machine(&self) -> PathBuf {
         self.root.join("machine.toml")
     }
+    /// `schema-version`: the data format's version as decimal text.
     pub fn schema_version(&self) -> PathBuf {
         self.root.join("schema-version")
     }
+    /// `policy/rayos-policy.toml`: what VMs may do.
     pub fn policy(&self) -> PathBuf {
         self.root.join("policy/rayos-policy.toml")
     }
+    /// `vm/`: the registry and one directory per VM.
     pub fn vm_root(&self) -> PathBuf {
         self.root.join("vm")
     }
+    /// `vm/registry.json`: every VM's definition (rayosd is the only writer).
     pub fn registry(&self) -> PathBuf {
         self.root.join("vm/registry.json")
     }
+    /// `vm/<id>/`: VM `id`'s disks, firmware variables, TPM, saved state and
+    /// logs.
     pub fn vm_dir(&self, id: Uuid) -> PathBuf {
         self.root.join("vm").join(id.to_string())
     }
+    /// `logs/`: RayOS's own logs.
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
     }
+    /// `crash/`: what is kept after a crash.
     pub fn crash(&self) -> PathBuf {
         self.root.join("crash")
     }
+    /// `boot/`: records of past boots.
     pub fn boot(&self) -> PathBuf {
         self.root.join("boot")
     }
@@ -77,10 +89,15 @@ pub mod vm {
     /// seeing it means the partition is not mounted, and then nothing may
     /// create the VM's files here (rayosd refuses to start the VM).
     pub const STORAGE_MARKER: &str = ".rayos-vm-storage";
+    /// The VM's disk images.
     pub const DISKS: &str = "disks";
+    /// The VM's copy of the UEFI variable store.
     pub const OVMF_VARS: &str = "ovmf-vars.fd";
+    /// swtpm's state (the VM's TPM).
     pub const TPM: &str = "tpm";
+    /// The saved state and its metadata.
     pub const STATE: &str = "state";
+    /// The console log and swtpm's log.
     pub const LOGS: &str = "logs";
 }
 

@@ -41,10 +41,12 @@ pub const DATA_SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 #[error("{path}:{line}: {message}")]
 pub struct ConfigError {
+    /// The file, as the person named it.
     pub path: String,
     /// 1-based; 0 when the error has no position (for example a wrong
     /// schema version found after parsing).
     pub line: usize,
+    /// What is wrong.
     pub message: String,
 }
 

@@ -5,21 +5,29 @@ use uuid::Uuid;
 
 use crate::ConfigError;
 
+/// The `version` this RayOS writes and reads in `machine.toml`.
 pub const MACHINE_SCHEMA_VERSION: u32 = 1;
 
+/// The contents of `machine.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineConfig {
+    /// The file's schema version ([`MACHINE_SCHEMA_VERSION`]).
     pub version: u32,
+    /// The host name.
     pub hostname: String,
+    /// The time zone (`Europe/Berlin`).
     pub timezone: String,
+    /// The locale (`en_US.UTF-8`).
     pub locale: String,
+    /// The console keyboard layout (`de`).
     pub keyboard: String,
     /// Identifies this install for its whole life (chosen by the installer).
     pub install_id: Uuid,
 }
 
 impl MachineConfig {
+    /// Settings for a new install, with a new install id.
     pub fn new(hostname: &str, timezone: &str, locale: &str, keyboard: &str) -> Self {
         MachineConfig {
             version: MACHINE_SCHEMA_VERSION,
@@ -31,6 +39,8 @@ impl MachineConfig {
         }
     }
 
+    /// Reads `text` (from `path`, named in errors) and checks its version and
+    /// values.
     pub fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
         let m: MachineConfig =
             toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
@@ -56,6 +66,7 @@ impl MachineConfig {
         validate_keyboard(&self.keyboard)
     }
 
+    /// The file's text (TOML).
     pub fn to_toml(&self) -> String {
         // Serialising a struct of strings cannot fail.
         toml::to_string(self).unwrap_or_default()

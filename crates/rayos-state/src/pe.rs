@@ -40,33 +40,53 @@ pub const SIZE_OF_INITIALIZED_DATA_FIELD: usize = 8;
 /// Why bytes are not a usable PE32+ image.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PeError {
+    /// The file does not start with `MZ`.
     #[error("no MZ signature")]
     NoMz,
+    /// The file ends inside the DOS header.
     #[error("the DOS header is cut short")]
     TruncatedDos,
+    /// No `PE\0\0` where the DOS header points.
     #[error("no PE signature at the offset the DOS header gives")]
     NoPe,
+    /// The file ends inside the COFF header.
     #[error("the COFF header is cut short")]
     TruncatedCoff,
+    /// The optional header is not PE32+ (64-bit).
     #[error("not PE32+ (optional header magic is not 0x20b)")]
     NotPe32Plus,
+    /// The file ends inside the optional header.
     #[error("the optional header is cut short")]
     TruncatedOptional,
+    /// `FileAlignment` is not a power of two; holds it.
     #[error("FileAlignment {0} is not a power of two")]
     BadFileAlignment(u32),
+    /// More sections than PE allows; holds the count.
     #[error("{0} sections, more than PE allows ({MAX_SECTIONS})")]
     TooManySections(usize),
+    /// The file ends inside the section table.
     #[error("the section table is cut short")]
     TruncatedSectionTable,
+    /// A section's data starts inside the headers.
     #[error("section {name}: its data (from byte {start}) overlaps the section table")]
-    SectionInHeaders { name: String, start: u64 },
+    SectionInHeaders {
+        /// The section's name.
+        name: String,
+        /// Where its data starts, in bytes.
+        start: u64,
+    },
+    /// A section's data runs past the end of the file.
     #[error(
         "section {name}: its data (bytes {start}..{end}) runs past the end of the {file_len}-byte file"
     )]
     SectionPastEnd {
+        /// The section's name.
         name: String,
+        /// Where its data starts, in bytes.
         start: u64,
+        /// Where its data ends, in bytes.
         end: u64,
+        /// The file's length in bytes.
         file_len: u64,
     },
 }
@@ -74,8 +94,12 @@ pub enum PeError {
 /// One section header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Section {
+    /// The section's name (`.linux`, `.osrel`, …), without trailing NULs.
     pub name: String,
+    /// `VirtualAddress`: where the section is loaded, relative to the image
+    /// base.
     pub virtual_address: u32,
+    /// `VirtualSize`: the section's size in memory.
     pub virtual_size: u32,
     /// `PointerToRawData`.
     pub file_offset: u32,
@@ -117,11 +141,14 @@ pub struct Headers {
     pub section_table: usize,
     /// `SizeOfHeaders`: the section table may grow up to here.
     pub size_of_headers: usize,
+    /// `FileAlignment`: raw data offsets and sizes are multiples of it.
     pub file_alignment: u32,
+    /// The section headers, in file order.
     pub sections: Vec<Section>,
 }
 
 impl Headers {
+    /// The first section named `name`.
     pub fn section(&self, name: &str) -> Option<&Section> {
         self.sections.iter().find(|s| s.name == name)
     }

@@ -25,23 +25,30 @@ use serde::{Deserialize, Serialize};
 use crate::ConfigError;
 use crate::registry::VmKind;
 
+/// The `version` this RayOS writes and reads in the policy file.
 pub const POLICY_SCHEMA_VERSION: u32 = 1;
 
+/// Whether a kind's VMs get a network (user-mode networking).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Networking {
+    /// No network device at all.
     #[default]
     Off,
+    /// A network device, always.
     On,
     /// Network only until the VM is marked provisioned (Windows setup).
     ProvisioningOnly,
 }
 
+/// What host shutdown does with a running VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OnHostShutdown {
+    /// Save its state; the next boot resumes it.
     #[default]
     Save,
+    /// Shut the guest down (ACPI power button).
     Shutdown,
 }
 
@@ -60,19 +67,31 @@ pub enum AgentBridge {
     Full,
 }
 
+/// What VMs of one kind may do: one section (`[linux]`, `[windows]`,
+/// `[generic]`) of the policy file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SubsystemPolicy {
+    /// Whether VMs of this kind may start at all.
     pub enabled: bool,
+    /// Whether rayosd starts them at its own start.
     pub autostart: bool,
+    /// Whether the first of them autostart starts is presented (shown and
+    /// given the input).
     pub present_on_boot: bool,
+    /// Whether they get a network.
     pub networking: Networking,
+    /// At most this many vCPUs, whatever a VM's definition says.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpus: Option<u32>,
+    /// At most this much memory in MiB, whatever a VM's definition says.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u64>,
+    /// What host shutdown does with them.
     pub on_host_shutdown: OnHostShutdown,
+    /// Whether rayosd restarts one that crashed (with a growing delay).
     pub restart_on_crash: bool,
+    /// What an agent inside them may do through the agent bridge.
     pub agent_bridge: AgentBridge,
 }
 
@@ -105,12 +124,16 @@ impl SubsystemPolicy {
     }
 }
 
+/// The policy file (`policy/rayos-policy.toml`): what each kind of VM may do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// The file's schema version ([`POLICY_SCHEMA_VERSION`]).
     pub version: u32,
+    /// VMs of kind `linux`.
     #[serde(default = "Policy::default_linux")]
     pub linux: SubsystemPolicy,
+    /// VMs of kind `windows`.
     #[serde(default = "Policy::default_windows")]
     pub windows: SubsystemPolicy,
     /// VMs of kind `generic` (created by hand).
@@ -156,6 +179,8 @@ impl Policy {
         }
     }
 
+    /// Reads `text` (from `path`, named in errors) and checks its version and
+    /// values.
     pub fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
         let p: Policy = toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
         if p.version != POLICY_SCHEMA_VERSION {
@@ -188,6 +213,7 @@ impl Policy {
         Ok(p)
     }
 
+    /// The section for VMs of `kind`.
     pub fn for_kind(&self, kind: VmKind) -> &SubsystemPolicy {
         match kind {
             VmKind::Linux => &self.linux,
@@ -196,6 +222,7 @@ impl Policy {
         }
     }
 
+    /// The file's text (TOML).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
     }
@@ -256,25 +283,35 @@ impl Effect {
 pub struct Change {
     /// `section.field`, as `rayos policy set` takes it.
     pub key: String,
+    /// The value before, as the file writes it.
     pub old: String,
+    /// The value after, as the file writes it.
     pub new: String,
+    /// When the change takes effect.
     pub when: Effect,
 }
 
 /// A `section.field` key or its value that [`Policy::set`] refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyKeyError {
+    /// No such key; holds it.
     #[error(
         "unknown policy key {0:?}: keys are SECTION.SETTING with SECTION one of linux, windows, generic and SETTING one of {fields}",
         fields = FIELDS.join(", ")
     )]
     UnknownKey(String),
+    /// The value does not fit the key.
     #[error("{key} = {value:?} is not valid: {expected}")]
     BadValue {
+        /// The key.
         key: String,
+        /// The value given.
         value: String,
+        /// What the key takes.
         expected: &'static str,
     },
+    /// The key and value parse, but the policy they make is not valid; says
+    /// why.
     #[error("{0}")]
     Invalid(String),
 }

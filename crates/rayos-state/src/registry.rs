@@ -26,11 +26,17 @@ pub const REGISTRY_SCHEMA_VERSION: u32 = 3;
 /// The version a registry without any version-2 field is written with.
 pub const REGISTRY_BASE_VERSION: u32 = 1;
 
+/// What a VM runs: picks its device profile (firmware, TPM, devices) and its
+/// policy section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VmKind {
+    /// A Linux guest (the bundled Debian VM or the test guest).
     Linux,
+    /// Windows: UEFI with Secure Boot, a TPM 2.0 and the devices Windows 11
+    /// needs.
     Windows,
+    /// Anything else, created by hand.
     Generic,
 }
 
@@ -58,18 +64,23 @@ impl std::str::FromStr for VmKind {
     }
 }
 
+/// A disk image's format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DiskFormat {
+    /// qcow2 (what RayOS creates and imports into).
     Qcow2,
+    /// Raw bytes (an image file or a block device).
     Raw,
 }
 
+/// One disk of a VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskSpec {
     /// Relative paths are relative to the VM's directory.
     pub path: PathBuf,
+    /// Its format.
     pub format: DiskFormat,
 }
 
@@ -79,25 +90,40 @@ pub struct DiskSpec {
 pub enum BootSpec {
     /// QEMU loads a Linux kernel and initramfs directly (no firmware).
     DirectKernel {
+        /// The kernel image.
         kernel: PathBuf,
+        /// The initramfs, if any.
         initrd: Option<PathBuf>,
+        /// The kernel command line.
         cmdline: String,
     },
     /// OVMF with a per-VM copy of the variable store (`ovmf-vars.fd`).
-    Uefi { secure_boot: bool },
+    Uefi {
+        /// Whether Secure Boot is on (with Microsoft's keys).
+        secure_boot: bool,
+    },
 }
 
+/// One VM as the registry keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmDefinition {
+    /// The VM's id, fixed at creation (names its directory).
     pub id: Uuid,
+    /// The VM's name, unique ([`VmDefinition::validate_name`]).
     pub name: String,
+    /// What it runs.
     pub kind: VmKind,
+    /// Memory in MiB (before policy limits).
     pub memory_mib: u64,
+    /// Virtual CPUs (before policy limits).
     pub cpus: u32,
+    /// Its disks, in the order the guest sees them.
     #[serde(default)]
     pub disks: Vec<DiskSpec>,
+    /// How it boots.
     pub boot: BootSpec,
+    /// Whether it has a TPM 2.0 (swtpm).
     #[serde(default)]
     pub tpm: bool,
     /// Installation and driver media given to the guest as CD-ROMs (raw,
@@ -110,6 +136,8 @@ pub struct VmDefinition {
     /// registry version 3).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub usb_media: Vec<PathBuf>,
+    /// Whether installation is done: media ejected, provisioning-only
+    /// networking off.
     #[serde(default)]
     pub provisioned: bool,
     /// First-boot settings handed to the guest (registry version 2).
@@ -136,10 +164,13 @@ impl VmDefinition {
     }
 }
 
+/// `vm/registry.json`: every VM's definition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Registry {
+    /// The file's schema version (at least what its VMs' fields need).
     pub version: u32,
+    /// The VMs, in creation order.
     #[serde(default)]
     pub vms: Vec<VmDefinition>,
 }
@@ -153,43 +184,70 @@ impl Default for Registry {
     }
 }
 
+/// Why the registry file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The file is not the registry's JSON.
     #[error("{path}:{line}: {message}")]
     Parse {
+        /// The file.
         path: String,
+        /// The line of the error.
         line: usize,
+        /// The parser's message.
         message: String,
     },
+    /// The file's version is newer than this RayOS reads.
     #[error(
         "{path}: registry version {found} is newer than this RayOS reads ({REGISTRY_SCHEMA_VERSION}); boot the newer RayOS or use recovery"
     )]
-    Version { path: String, found: u32 },
+    Version {
+        /// The file.
+        path: String,
+        /// The version it states.
+        found: u32,
+    },
+    /// A VM uses a field newer than the version the file states.
     #[error(
         "{path}: VM {vm} has {field}, which registry version {version} introduced, but the file says version {found}"
     )]
     Field {
+        /// The file.
         path: String,
+        /// The VM's name.
         vm: String,
+        /// The field.
         field: &'static str,
+        /// The registry version that introduced it.
         version: u32,
+        /// The version the file states.
         found: u32,
     },
+    /// A VM's first-boot settings are not valid.
     #[error("{path}: VM {vm}: {message}")]
     Guest {
+        /// The file.
         path: String,
+        /// The VM's name.
         vm: String,
+        /// What is wrong.
         message: String,
     },
+    /// Two VMs share a name or an id.
     #[error("{path}: two VMs share the {what} {value:?}")]
     Duplicate {
+        /// The file.
         path: String,
+        /// What they share (`name`, `id`).
         what: &'static str,
+        /// The shared value.
         value: String,
     },
 }
 
 impl Registry {
+    /// Reads `text` (from `path`, named in errors) and checks versions, fields
+    /// and uniqueness.
     pub fn parse(path: &str, text: &str) -> Result<Self, RegistryError> {
         let r: Registry = serde_json::from_str(text).map_err(|e| RegistryError::Parse {
             path: path.to_string(),
@@ -273,10 +331,12 @@ impl Registry {
         serde_json::to_string_pretty(&out).unwrap_or_default() + "\n"
     }
 
+    /// The VM named `name`.
     pub fn by_name(&self, name: &str) -> Option<&VmDefinition> {
         self.vms.iter().find(|v| v.name == name)
     }
 
+    /// The VM named `name`, to change it.
     pub fn by_name_mut(&mut self, name: &str) -> Option<&mut VmDefinition> {
         self.vms.iter_mut().find(|v| v.name == name)
     }

@@ -14,21 +14,30 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// `cpu.weight` of the presented VM: it gets most of the CPU when busy.
 pub const PRESENTED_WEIGHT: u32 = 400;
+/// `cpu.weight` of every hidden VM (the cgroup default is 100).
 pub const HIDDEN_WEIGHT: u32 = 50;
 
+/// Why VM CPU weights cannot be set.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
+    /// No cgroup v2 with the cpu controller at this directory.
     #[error("cgroup v2 with the cpu controller is not available at {0}")]
     Unavailable(PathBuf),
+    /// A cgroup file could not be written.
     #[error("cannot write {path}")]
     Write {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
 }
 
+/// The VMs' cgroups under one root: one child group a VM, weighted by whether
+/// it is presented.
 #[derive(Debug, Clone)]
 pub struct Cgroups {
     root: PathBuf,
@@ -79,6 +88,7 @@ impl Cgroups {
         self.set_presented(vm, presented)
     }
 
+    /// Sets VM `vm`'s weight for presented or hidden.
     pub fn set_presented(&self, vm: &str, presented: bool) -> Result<(), CgroupError> {
         let w = if presented {
             PRESENTED_WEIGHT
@@ -88,6 +98,7 @@ impl Cgroups {
         write(&self.root.join(vm).join("cpu.weight"), &w.to_string())
     }
 
+    /// VM `vm`'s current weight, if its group exists.
     pub fn weight(&self, vm: &str) -> Option<u32> {
         fs::read_to_string(self.root.join(vm).join("cpu.weight"))
             .ok()

@@ -14,9 +14,11 @@ use std::path::{Path, PathBuf};
 
 use rayos_state::layout::vm as vmdirs;
 
+/// The console log's file name in a VM's `logs/` directory.
 pub const CONSOLE_LOG: &str = "console.log";
 const MAX_TAIL_BYTES: u64 = 1024 * 1024;
 
+/// The console log of the VM whose directory is `vm_dir`.
 pub fn log_path(vm_dir: &Path) -> PathBuf {
     vm_dir.join(vmdirs::LOGS).join(CONSOLE_LOG)
 }

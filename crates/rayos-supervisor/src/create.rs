@@ -33,21 +33,32 @@ use rayos_vmm::qemu::image::{self, ImageError, ImageInfo};
 use rayos_vmm::qemu::media;
 use uuid::Uuid;
 
+/// Why a VM could not be defined or its files made.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
     /// The request is wrong; the message says how to fix it.
     #[error("{0}")]
     Invalid(String),
+    /// A file or directory of the VM could not be made.
     #[error("cannot create {path}")]
     Io {
+        /// Its path.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// A tool (qemu-img) failed.
     #[error("{what} failed: {detail}")]
-    Tool { what: String, detail: String },
+    Tool {
+        /// What was run.
+        what: String,
+        /// Its stderr, or why it could not run.
+        detail: String,
+    },
 }
 
+/// At most this many disks per VM.
 pub const MAX_DISKS: usize = 8;
 
 /// `8G`, `512M`, `1T`, `1048576` (bytes) → bytes.

@@ -27,19 +27,27 @@ use rayos_vmm::Vmm;
 use crate::server::{self, ServeError, ServerLimits};
 use crate::supervisor::{Config, OpError, Supervisor, marker};
 
+/// How `rayos daemon` runs: the data volume, the socket and the limits.
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
+    /// The data volume (registry, policy, VM directories).
     pub state_dir: PathBuf,
+    /// The API socket; its directory holds the VMs' run directories.
     pub socket: PathBuf,
     /// cgroup v2 directory for VM CPU weights (`None` turns them off).
     pub cgroup_root: Option<PathBuf>,
+    /// Everything host shutdown does (saving or stopping every VM) must finish
+    /// within this.
     pub shutdown_deadline: Duration,
+    /// How long a stop waits for the guest after the ACPI power button.
     pub stop_timeout: Duration,
     /// Connection limits of the API.
     pub api: ServerLimits,
 }
 
 impl DaemonOptions {
+    /// Production options for the data volume `state_dir` and the socket
+    /// `socket`.
     pub fn new(state_dir: impl Into<PathBuf>, socket: impl Into<PathBuf>) -> Self {
         DaemonOptions {
             state_dir: state_dir.into(),
@@ -52,28 +60,39 @@ impl DaemonOptions {
     }
 }
 
+/// Why the daemon could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The data volume's directory could not be made.
     #[error("cannot create the state directory {path}")]
     StateDir {
+        /// The directory.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// Another daemon holds the data volume's lock; holds the lock file.
     #[error(
         "another rayosd already uses {0}: stop it first (rayosd keeps one daemon per data volume)"
     )]
     Locked(PathBuf),
+    /// The lock file could not be opened or locked.
     #[error("cannot lock {path}")]
     Lock {
+        /// The lock file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// The signal handlers could not be installed.
     #[error("cannot set up signal handling")]
     Signals(#[source] io::Error),
+    /// Opening the registry, policy or VMs failed.
     #[error(transparent)]
     Open(#[from] OpError),
+    /// The API socket could not be set up.
     #[error(transparent)]
     Serve(#[from] ServeError),
 }

@@ -22,6 +22,8 @@ struct Inner {
     subscribers: Vec<SyncSender<Event>>,
 }
 
+/// The daemon's event fan-out: numbers events, keeps recent ones, and sends
+/// each to every subscriber.
 #[derive(Default)]
 pub struct EventBus {
     inner: Mutex<Inner>,
@@ -35,6 +37,8 @@ fn now_ms() -> u64 {
 }
 
 impl EventBus {
+    /// Sends an event about VM `vm`, now in `state`, to every subscriber and
+    /// logs it to stderr.
     pub fn emit(&self, vm: &str, event: EventKind, state: VmState, detail: impl Into<String>) {
         let detail = detail.into();
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -29,6 +29,7 @@ pub enum Step {
     RestoreFailed,
     /// `suspend` (or host shutdown with policy `save`).
     Save,
+    /// The state is on disk and the device model ended.
     SaveDone,
     /// The guest keeps running after a failed save.
     SaveFailed,
@@ -40,8 +41,9 @@ pub enum Step {
     GuestShutdown,
     /// The device model died without being asked to.
     Died,
-    /// The guest's vCPUs were seen stopped / running again.
+    /// The guest's vCPUs were seen stopped.
     SeenPaused,
+    /// The guest's vCPUs were seen running again.
     SeenRunning,
     /// A device model from before a daemon restart was found and adopted.
     Attach,
@@ -129,10 +131,15 @@ pub fn has_device_model(s: VmState) -> bool {
 /// An operation the API offers on one VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
+    /// Boot or resume the VM.
     Start,
+    /// Save the VM's state and end its device model.
     Suspend,
+    /// Stop the VM (power button, or kill).
     Stop,
+    /// Show the VM and give it the input.
     Present,
+    /// Take a picture of the VM's display.
     Screenshot,
     /// Keys, text and pointer actions injected into the guest.
     Input,
@@ -183,7 +190,9 @@ pub const ALLOWED: &[(Op, &[VmState])] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("cannot {} it{}", .op.verb(), hint(*.op, *.state))]
 pub struct Refusal {
+    /// The operation refused.
     pub op: Op,
+    /// The state it was refused in.
     pub state: VmState,
 }
 

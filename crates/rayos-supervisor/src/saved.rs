@@ -17,51 +17,70 @@ use rayos_api::SavedState;
 use rayos_state::layout::vm as vmdirs;
 use serde::{Deserialize, Serialize};
 
+/// The saved state's file name in a VM's `state/` directory.
 pub const STATE_FILE: &str = "vm.state";
+/// The file beside it that records its fingerprint and time.
 pub const META_FILE: &str = "meta.json";
 const UNUSABLE_PREFIX: &str = "unusable-";
 
+/// Why a saved state could not be recorded, kept aside or removed.
 #[derive(Debug, thiserror::Error)]
 pub enum SavedError {
+    /// The metadata file could not be written.
     #[error("cannot write {path}")]
     WriteMeta {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// An unusable state could not be moved aside.
     #[error("cannot move the unusable saved state {path} aside")]
     MoveAside {
+        /// The state's directory.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// The saved state could not be removed.
     #[error("cannot remove the saved state {path}")]
     Remove {
+        /// The state file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
 }
 
+/// What is recorded beside a saved state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
+    /// The VM's fingerprint when it was saved; a restore needs the same.
     pub fingerprint: String,
+    /// When it was saved, in seconds since the Unix epoch.
     pub saved_at: u64,
 }
 
 /// What `state/` holds now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
+    /// No saved state.
     None,
+    /// A saved state that can be restored.
     Usable(SavedState),
     /// Present but not restorable, with the reason.
     Unusable(SavedState, String),
 }
 
+/// The `state/` directory of the VM whose directory is `vm_dir`.
 pub fn state_dir(vm_dir: &Path) -> PathBuf {
     vm_dir.join(vmdirs::STATE)
 }
 
+/// The saved state's file of the VM whose directory is `vm_dir`.
 pub fn state_file(vm_dir: &Path) -> PathBuf {
     state_dir(vm_dir).join(STATE_FILE)
 }
@@ -70,6 +89,7 @@ fn meta_file(vm_dir: &Path) -> PathBuf {
     state_dir(vm_dir).join(META_FILE)
 }
 
+/// Seconds since the Unix epoch (0 when the clock is before it).
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

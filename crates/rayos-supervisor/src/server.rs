@@ -45,8 +45,11 @@ use serde::de::DeserializeOwned;
 
 use crate::supervisor::{OpError, Supervisor, chain};
 
+/// Connections served at once by default; more are refused with 503.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Event streams open at once by default.
 pub const MAX_EVENT_STREAMS: usize = 32;
+/// How long a request may take to arrive by default.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 const KEEPALIVE: Duration = Duration::from_secs(15);
 /// How often an event stream checks whether it was shed.
@@ -71,8 +74,11 @@ const LINGER: Duration = Duration::from_secs(1);
 /// `--request-timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerLimits {
+    /// Connections served at once.
     pub max_connections: usize,
+    /// Event streams open at once (each holds a connection).
     pub max_event_streams: usize,
+    /// How long a request may take to arrive before it is answered 408.
     pub request_deadline: Duration,
 }
 
@@ -86,25 +92,36 @@ impl Default for ServerLimits {
     }
 }
 
+/// Why the API socket could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The socket's directory could not be made.
     #[error("cannot create the socket directory {path}")]
     CreateDir {
+        /// The directory.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// Another daemon answers on the socket; holds its path.
     #[error("another rayosd is already serving {0}: stop it first or use another --socket")]
     InUse(PathBuf),
+    /// A socket file left by a dead daemon could not be removed.
     #[error("cannot replace the stale socket {path}")]
     RemoveStale {
+        /// The socket file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// The socket could not be bound.
     #[error("cannot listen on {path}")]
     Bind {
+        /// The socket's path.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },

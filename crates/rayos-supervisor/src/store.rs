@@ -26,12 +26,16 @@ use std::path::{Path, PathBuf};
 use rayos_state::atomic::{self, Generation, previous_path};
 use rayos_state::{DataLayout, Policy, Registry};
 
+/// Why the registry could not be changed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The registry was unreadable at start-up, so it is not overwritten; holds
+    /// its path.
     #[error(
         "the registry {0} could not be read at start-up, so rayosd does not change it: repair or restore it (see GET /v1/health notes), then restart rayosd"
     )]
     ReadOnly(PathBuf),
+    /// Writing the registry failed.
     #[error("cannot write the registry")]
     Write(#[source] rayos_state::AtomicError),
 }
@@ -165,6 +169,8 @@ pub struct RegistryStore {
 }
 
 impl RegistryStore {
+    /// Loads the registry (or its previous generation); returns it with notes
+    /// for people about what was wrong or used instead.
     pub fn load(layout: &DataLayout) -> (RegistryStore, Vec<String>) {
         let mut notes = Vec::new();
         let path = layout.registry();
@@ -198,14 +204,18 @@ impl RegistryStore {
         (store, notes)
     }
 
+    /// The registry as loaded and changed since.
     pub fn get(&self) -> &Registry {
         &self.registry
     }
 
+    /// Whether changes may be written (false when the registry was unreadable
+    /// at start-up).
     pub fn writable(&self) -> bool {
         self.writable
     }
 
+    /// The registry's file.
     pub fn path(&self) -> &Path {
         &self.path
     }

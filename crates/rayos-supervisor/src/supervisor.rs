@@ -71,6 +71,7 @@ pub(crate) use rayos_base::error::chain;
 /// Tunables of one daemon; [`Config::new`] has the production values.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The data volume (registry, policy, VM directories).
     pub state_dir: PathBuf,
     /// Parent of the per-VM run directories (`<run_dir>/vm/<id>/`); the
     /// daemon uses the directory of its API socket.
@@ -81,10 +82,13 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// Everything host shutdown does must finish within this.
     pub shutdown_deadline: Duration,
+    /// How often the monitor looks at every running VM.
     pub monitor_interval: Duration,
+    /// A console log is rotated once it is larger than this.
     pub console_max_bytes: u64,
     /// First restart delay after a crash; doubles per crash up to the max.
     pub restart_backoff: Duration,
+    /// The longest restart delay after repeated crashes.
     pub restart_backoff_max: Duration,
     /// Injected input waits this long after the last physical input the
     /// presenter reported for the presented VM.
@@ -94,6 +98,8 @@ pub struct Config {
 }
 
 impl Config {
+    /// Production values for the data volume `state_dir` and the run directory
+    /// `run_dir`.
     pub fn new(state_dir: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> Self {
         Config {
             state_dir: state_dir.into(),
@@ -180,6 +186,8 @@ type OpGuard<'a> = MutexGuard<'a, Option<Box<dyn VmHandle>>>;
 /// How long a request waits for a VM's operation lock before answering busy.
 const OP_PATIENCE: Duration = Duration::from_secs(3);
 
+/// rayosd's core: the registry, the VMs' runtime state, policy and the
+/// operations the API offers, over a [`Vmm`] backend.
 pub struct Supervisor {
     cfg: Config,
     layout: DataLayout,
@@ -193,6 +201,7 @@ pub struct Supervisor {
     /// When the presenter last reported physical input (never held with
     /// another lock).
     physical_at: Mutex<Option<Instant>>,
+    /// The lifecycle events, for the API's event stream.
     pub events: EventBus,
     notes: Mutex<Vec<String>>,
     cgroups: Option<Cgroups>,
@@ -267,10 +276,12 @@ impl Supervisor {
             .clone()
     }
 
+    /// Where the data volume keeps what.
     pub fn layout(&self) -> &DataLayout {
         &self.layout
     }
 
+    /// Whether host shutdown has begun (new operations are refused).
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }

@@ -27,16 +27,26 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// Why a fixture disk could not be built or read.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
+    /// A tool could not be started (not installed); holds its name.
     #[error("cannot run {0}: install it (scripts/install-deps.sh lists the packages)")]
     Spawn(String, #[source] std::io::Error),
+    /// A tool ran and failed.
     #[error("{tool} failed: {stderr}")]
-    Tool { tool: String, stderr: String },
+    Tool {
+        /// The tool's name.
+        tool: String,
+        /// What it wrote to stderr.
+        stderr: String,
+    },
+    /// A file could not be written or read; holds its path.
     #[error("cannot write {0}")]
     Io(PathBuf, #[source] std::io::Error),
 }
 
+/// One mebibyte, the unit fixture sizes are given in.
 pub const MIB: u64 = 1 << 20;
 
 /// A scratch directory name no other fixture in any process uses.
@@ -54,33 +64,53 @@ fn scratch(what: &str) -> PathBuf {
 #[derive(Debug, Clone)]
 pub enum Content {
     /// FAT32 EFI system partition with these files (FAT path, bytes).
-    Esp { files: Vec<(String, Vec<u8>)> },
+    Esp {
+        /// The files: FAT path and bytes.
+        files: Vec<(String, Vec<u8>)>,
+    },
     /// NTFS-typed (Microsoft basic data) with NTFS signature and random data.
     Ntfs,
     /// Linux-typed real ext4 full of random data.
     Ext4,
     /// Random bytes with the given sgdisk type code (`8300`, `0700`, ...).
-    Random { type_code: String },
+    Random {
+        /// The sgdisk type code.
+        type_code: String,
+    },
     /// Only the first MiB random, the rest left sparse (cheap large
     /// partitions that a test reformats anyway).
-    Header { type_code: String },
+    Header {
+        /// The sgdisk type code.
+        type_code: String,
+    },
     /// Nothing written: every byte zero (sparse).
-    Empty { type_code: String },
+    Empty {
+        /// The sgdisk type code.
+        type_code: String,
+    },
 }
 
+/// One partition of a fixture, where the builder put it.
 #[derive(Debug, Clone)]
 pub struct FixturePartition {
+    /// The partition's number in the GPT (from 1).
     pub number: u32,
+    /// The partition's first 512-byte sector.
     pub first_lba: u64,
+    /// The partition's last 512-byte sector (inclusive).
     pub last_lba: u64,
+    /// The GPT partition name.
     pub name: String,
+    /// What was written into it.
     pub content: Content,
 }
 
 impl FixturePartition {
+    /// Where the partition starts, in bytes.
     pub fn start_bytes(&self) -> u64 {
         self.first_lba * 512
     }
+    /// The partition's size in bytes.
     pub fn size_bytes(&self) -> u64 {
         (self.last_lba + 1 - self.first_lba) * 512
     }
@@ -89,8 +119,11 @@ impl FixturePartition {
 /// A built image.
 #[derive(Debug, Clone)]
 pub struct DiskImage {
+    /// The image file.
     pub path: PathBuf,
+    /// The image's size in bytes.
     pub size_bytes: u64,
+    /// Its partitions, in the order they were added.
     pub partitions: Vec<FixturePartition>,
 }
 
@@ -134,6 +167,7 @@ pub struct DiskBuilder {
 }
 
 impl DiskBuilder {
+    /// A builder for an empty GPT disk of `size_bytes`.
     pub fn new(size_bytes: u64) -> Self {
         DiskBuilder {
             size_bytes,
@@ -183,6 +217,8 @@ impl DiskBuilder {
             .partition(0, 64 * MIB, "linux-root", Content::Ext4)
     }
 
+    /// Writes the image to `path` (replacing it): GPT, then every partition's
+    /// content.
     pub fn build(&self, path: &Path) -> Result<DiskImage, DiskError> {
         let _ = fs::remove_file(path);
         let f = OpenOptions::new()

@@ -129,26 +129,45 @@ const READ_MODULES: &[&str] = &["virtio_blk", "ahci", "sr_mod"];
 /// Bumped when the build recipe changes in a way the input hash misses.
 const RECIPE: &str = "rayos-testkit guest v1";
 
+/// Why the test guest could not be built or waited on.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
+    /// A host file the guest is built from is not there.
     #[error("{what} not found at {path}: {hint}")]
     Missing {
+        /// What is missing (the host kernel, busybox, …).
         what: &'static str,
+        /// Where it was looked for.
         path: PathBuf,
+        /// Which package or step provides it.
         hint: &'static str,
     },
+    /// Reading or writing a file failed.
     #[error("I/O on {path}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// A tool the build runs (objcopy, mkfs.fat, mtools, …) failed.
     #[error("{tool} failed: {detail}")]
-    Tool { tool: String, detail: String },
+    Tool {
+        /// The tool's name.
+        tool: String,
+        /// What went wrong (its exit status and stderr, or why it could
+        /// not run).
+        detail: String,
+    },
+    /// A wait for console output ran out of time.
     #[error("timed out after {timeout:?} waiting for {what} in {path}")]
     Timeout {
+        /// What was waited for.
         what: String,
+        /// The console log waited on.
         path: PathBuf,
+        /// How long was waited.
         timeout: Duration,
     },
 }
@@ -163,8 +182,11 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> GuestError + '_ {
 /// A direct-kernel-boot guest.
 #[derive(Debug, Clone)]
 pub struct LinuxGuest {
+    /// The kernel image (the host's own).
     pub kernel: PathBuf,
+    /// The initramfs with busybox, the modules and the test init.
     pub initrd: PathBuf,
+    /// The kernel command line the init expects.
     pub cmdline: String,
 }
 

@@ -1,6 +1,8 @@
 //! Test infrastructure shared by the integration and end-to-end tests:
-//! tiny Linux guests (`guest`) and disk images with other systems on them
-//! (`disks`). Nothing here is used by RayOS itself.
+//! tiny Linux guests (`guest`), disk images with other systems on them
+//! (`disks`) and a real rayosd on a temporary data volume driven through
+//! the `rayos` CLI (`daemon`). Nothing here is used by RayOS itself.
 
+pub mod daemon;
 pub mod disks;
 pub mod guest;

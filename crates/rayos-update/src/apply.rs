@@ -52,6 +52,8 @@ pub const STEPS: &[&str] = &[
     "demote",
     "record",
 ];
+/// Test hook: `apply` aborts after the step this environment variable names (a
+/// power cut, as far as the disk is concerned).
 pub const FAIL_AFTER_ENV: &str = "RAYOS_UPDATE_FAIL_AFTER";
 /// Names on the system partition shared with the installer and recovery.
 pub use rayos_state::system::{
@@ -60,59 +62,92 @@ pub use rayos_state::system::{
 /// Room kept free beyond the payloads (FAT clusters, directory entries).
 const SPACE_MARGIN: u64 = 1 << 20;
 
+/// Why an update was refused or could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// The bundle is unreadable, unsigned, or not for this machine.
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    /// The directory is not an installed system partition; holds it.
     #[error(
         "{0} is not a RayOS system partition (no {INSTALL_MANIFEST}): mount the partition labelled rayos-system or pass --system-dir"
     )]
     NotInstalled(PathBuf),
+    /// The install manifest could not be read; holds its path.
     #[error("cannot read the install manifest {0}")]
     Manifest(PathBuf, #[source] io::Error),
+    /// The install manifest has no readable schema; holds its path.
     #[error("install manifest {0} has no readable \"schema\"")]
     ManifestSchema(PathBuf),
+    /// The install's layout is one the new version does not support.
     #[error(
         "this install's layout (schema {found}) is not one RayOS {version} supports ({min}..={max}): reinstall from installer media instead"
     )]
     Layout {
+        /// The new version.
         version: String,
+        /// The install's layout schema.
         found: u32,
+        /// The oldest layout the new version supports.
         min: u32,
+        /// The newest layout the new version supports.
         max: u32,
     },
+    /// The data volume's schema is one the new version does not support.
     #[error(
         "the data volume has schema {found}; RayOS {version} handles {min}..={max}: it could not use your data"
     )]
     DataSchema {
+        /// The new version.
         version: String,
+        /// The data volume's schema.
         found: u32,
+        /// The oldest schema the new version supports.
         min: u32,
+        /// The newest schema the new version supports.
         max: u32,
     },
+    /// The bundle is older than the running version and downgrades were
+    /// not allowed.
     #[error(
         "RayOS {new} is older than the running {running}: refused (pass --allow-downgrade to install it anyway)"
     )]
-    Downgrade { new: String, running: String },
+    Downgrade {
+        /// The bundle's version.
+        new: String,
+        /// The running version.
+        running: String,
+    },
+    /// The bundle holds the version that runs; holds it.
     #[error("RayOS {0} is the running version: nothing to do")]
     AlreadyRunning(String),
+    /// The system partition has too little room, even after pruning.
     #[error(
         "the system partition {dir} is too full: {need} bytes needed, {free} free ({after_prune} after removing old versions). Remove files from it in recovery mode."
     )]
     NoSpace {
+        /// The system partition.
         dir: PathBuf,
+        /// Bytes the update needs.
         need: u64,
+        /// Bytes free now.
         free: u64,
+        /// Bytes free once old versions are removed.
         after_prune: u64,
     },
+    /// Free space could not be read; holds the path.
     #[error("cannot check free space on {0}")]
     Statvfs(PathBuf, #[source] io::Error),
+    /// A file could not be written; holds its path.
     #[error("cannot write {0}")]
     Write(PathBuf, #[source] io::Error),
+    /// A file could not be removed; holds its path.
     #[error("cannot remove {0}")]
     Remove(PathBuf, #[source] io::Error),
+    /// Listing or renaming boot entries failed.
     #[error(transparent)]
     Entries(#[from] EntriesError),
+    /// The update could not be recorded; holds the state file.
     #[error("cannot record the update in {0}")]
     Record(PathBuf, #[source] rayos_state::AtomicError),
 }
@@ -120,10 +155,12 @@ pub enum ApplyError {
 /// What `apply` is told about the machine.
 #[derive(Debug, Clone, Default)]
 pub struct ApplyOptions {
+    /// The keys a bundle may be signed with.
     pub trusted: Vec<PublicKey>,
     /// The running RayOS version (from the loader's EFI variables); `None`
     /// when unknown (then every good entry is kept).
     pub running: Option<String>,
+    /// Install a version older than the running one.
     pub allow_downgrade: bool,
     /// The data volume's schema version, when the volume is mounted.
     pub data_schema: Option<u32>,
@@ -134,10 +171,15 @@ pub struct ApplyOptions {
 /// What `apply` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
+    /// The version installed.
     pub version: String,
+    /// The UKI's file name in `EFI/Linux/`.
     pub file: String,
+    /// Files removed to make room (old versions, leftovers).
     pub pruned: Vec<String>,
+    /// Versions demoted to last-resort fallbacks (a downgrade).
     pub demoted: Vec<String>,
+    /// The recovery UKI's file name, when the bundle carried one.
     pub recovery: Option<String>,
     /// The entry systemd-boot will boot next (by our reading of its rules).
     pub next_default: Option<String>,

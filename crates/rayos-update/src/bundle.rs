@@ -33,59 +33,96 @@ use serde::{Deserialize, Serialize};
 use crate::keys::{PublicKey, SecretKey};
 use crate::version;
 
+/// The first 8 bytes of every bundle.
 pub const MAGIC: &[u8; 8] = b"RAYOSUPD";
+/// The format version this RayOS writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
+/// The fixed header's length in bytes.
 pub const HEADER_LEN: usize = 32;
+/// The longest manifest accepted, in bytes.
 pub const MAX_MANIFEST_LEN: u32 = 64 * 1024;
+/// The length of an ed25519 signature.
 pub const SIGNATURE_LEN: u32 = 64;
+/// At most this many payloads in a bundle.
 pub const MAX_PAYLOADS: usize = 4;
+/// At most this many bytes in one payload (1 GiB).
 pub const MAX_PAYLOAD_SIZE: u64 = 1 << 30;
 /// The architecture this build runs on, as bundles name it.
 pub const ARCH: &str = std::env::consts::ARCH;
 
+/// Why a bundle is refused or could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    /// The bundle could not be read; holds its path.
     #[error("cannot read bundle {0}")]
     Read(PathBuf, #[source] io::Error),
+    /// The bundle could not be written; holds its path.
     #[error("cannot write bundle {0}")]
     Write(PathBuf, #[source] io::Error),
+    /// The file does not start with [`MAGIC`].
     #[error("not a RayOS update bundle (bad magic)")]
     BadMagic,
+    /// The header's format version is not [`FORMAT_VERSION`]; holds it.
     #[error("bundle format {0} is not supported by this RayOS (it reads format {FORMAT_VERSION})")]
     UnsupportedFormat(u32),
+    /// A header field is out of bounds; says which.
     #[error("malformed bundle header: {0}")]
     BadHeader(&'static str),
+    /// The file is not as long as the header says.
     #[error(
         "bundle is truncated or has trailing bytes: {actual} bytes, the header says {expected}"
     )]
-    Length { expected: u64, actual: u64 },
+    Length {
+        /// The length the header gives.
+        expected: u64,
+        /// The file's length.
+        actual: u64,
+    },
+    /// The bundle has no signature.
     #[error("bundle is not signed")]
     Unsigned,
+    /// The signature matches none of the trusted keys.
     #[error(
         "the signature does not match any trusted key ({trusted}): the bundle was tampered with or signed by another key"
     )]
-    BadSignature { trusted: String },
+    BadSignature {
+        /// The trusted keys (origin and fingerprint each).
+        trusted: String,
+    },
+    /// The manifest is not JSON of the manifest's shape.
     #[error("manifest is not valid JSON of the expected shape")]
     ManifestJson(#[source] serde_json::Error),
+    /// A manifest value is not valid; says which.
     #[error("manifest: {0}")]
     Manifest(String),
+    /// The bundle is for another architecture.
     #[error("bundle is for architecture {found}, this machine is {ARCH}")]
-    WrongArchitecture { found: String },
+    WrongArchitecture {
+        /// The bundle's architecture.
+        found: String,
+    },
+    /// A payload's SHA-256 differs from the manifest's.
     #[error(
         "payload {name}: SHA-256 does not match the manifest: the payload was tampered with or damaged"
     )]
-    PayloadHash { name: String },
+    PayloadHash {
+        /// The payload's name.
+        name: String,
+    },
 }
 
 /// An inclusive range of schema versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchemaRange {
+    /// The oldest version in the range.
     pub min: u32,
+    /// The newest version in the range.
     pub max: u32,
 }
 
 impl SchemaRange {
+    /// Whether `v` is in the range.
     pub fn contains(&self, v: u32) -> bool {
         (self.min..=self.max).contains(&v)
     }
@@ -102,6 +139,7 @@ pub enum PayloadName {
 }
 
 impl PayloadName {
+    /// The payload's name in the manifest (`uki`, `recovery-uki`).
     pub fn as_str(self) -> &'static str {
         match self {
             PayloadName::Uki => "uki",
@@ -110,10 +148,13 @@ impl PayloadName {
     }
 }
 
+/// One payload as the manifest lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Payload {
+    /// Which payload it is.
     pub name: PayloadName,
+    /// Its size in bytes.
     pub size: u64,
     /// Lowercase hex.
     pub sha256: String,
@@ -125,6 +166,7 @@ pub struct Payload {
 pub struct Manifest {
     /// Equal to the header's format version.
     pub format: u32,
+    /// The RayOS version the bundle installs.
     pub rayos_version: String,
     /// `x86_64`.
     pub architecture: String,
@@ -136,6 +178,7 @@ pub struct Manifest {
     pub data_schema: SchemaRange,
     /// When the bundle was built (RFC 3339, informational).
     pub created: String,
+    /// The payloads, in the order they follow the signature.
     pub payloads: Vec<Payload>,
 }
 
@@ -202,10 +245,12 @@ impl Manifest {
         Ok(())
     }
 
+    /// The payload named `name`, if the bundle has one.
     pub fn payload(&self, name: PayloadName) -> Option<&Payload> {
         self.payloads.iter().find(|p| p.name == name)
     }
 
+    /// The payloads' total size in bytes.
     pub fn payload_len(&self) -> u64 {
         self.payloads.iter().map(|p| p.size).sum()
     }
@@ -214,13 +259,19 @@ impl Manifest {
 /// The fixed-size header, parsed and bounds-checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// The format version ([`FORMAT_VERSION`]).
     pub format: u32,
+    /// The manifest's length in bytes.
     pub manifest_len: u32,
+    /// The signature's length in bytes (64, or 0 when unsigned).
     pub signature_len: u32,
+    /// The payloads' total length in bytes.
     pub payload_len: u64,
 }
 
 impl Header {
+    /// Reads and bounds-checks the header from the first [`HEADER_LEN`] bytes
+    /// of `b`.
     pub fn parse(b: &[u8]) -> Result<Header, BundleError> {
         let b: &[u8; HEADER_LEN] =
             b.get(..HEADER_LEN)
@@ -260,6 +311,7 @@ impl Header {
         Ok(h)
     }
 
+    /// The header's bytes on the wire.
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..8].copy_from_slice(MAGIC);
@@ -275,6 +327,7 @@ impl Header {
         HEADER_LEN as u64 + u64::from(self.manifest_len) + u64::from(self.signature_len)
     }
 
+    /// The length the whole bundle file must have.
     pub fn total_len(&self) -> u64 {
         self.payload_offset() + self.payload_len
     }
@@ -332,10 +385,15 @@ pub fn check_signature<'k>(
 /// copying ([`Bundle::copy_payload`]).
 #[derive(Debug)]
 pub struct Bundle {
+    /// The bundle file.
     pub path: PathBuf,
+    /// Its header.
     pub header: Header,
+    /// Its manifest, checked.
     pub manifest: Manifest,
+    /// The manifest's bytes, as signed.
     pub manifest_bytes: Vec<u8>,
+    /// The trusted key that signed it.
     pub signer: PublicKey,
 }
 
@@ -456,11 +514,17 @@ impl Bundle {
 
 /// What to put in a new bundle.
 pub struct BuildSpec<'a> {
+    /// The RayOS version it installs.
     pub version: String,
+    /// The architecture it is for (`x86_64`).
     pub architecture: String,
+    /// The install layouts it runs on.
     pub install_layout: SchemaRange,
+    /// The data volume schemas it boots with.
     pub data_schema: SchemaRange,
+    /// When it is built (RFC 3339).
     pub created: String,
+    /// The payloads and the files they are read from.
     pub payloads: Vec<(PayloadName, &'a Path)>,
     /// `None`: an unsigned bundle (only useful to test that it is refused).
     pub key: Option<&'a SecretKey>,

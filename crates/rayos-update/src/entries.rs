@@ -39,17 +39,24 @@ pub const TRIES: u32 = uki_name::TRIES;
 /// The `default` of RayOS's loader.conf.
 pub const DEFAULT_PATTERN: &str = "rayos-*";
 
+/// Why the boot entries could not be listed or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum EntriesError {
+    /// The directory could not be listed; holds it.
     #[error("cannot list {0}")]
     List(PathBuf, #[source] io::Error),
+    /// A UKI could not be renamed.
     #[error("cannot rename {from} to {to}")]
     Rename {
+        /// Its name before.
         from: PathBuf,
+        /// Its name after.
         to: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// The directory could not be synced to disk; holds it.
     #[error("cannot sync directory {0}")]
     Sync(PathBuf, #[source] io::Error),
 }
@@ -59,9 +66,11 @@ pub enum EntriesError {
 pub struct Entry {
     /// The file name as it is now.
     pub file: String,
+    /// The RayOS version it boots.
     pub version: String,
     /// `None`: no counter (blessed, or never counted).
     pub tries_left: Option<u32>,
+    /// Failed boots counted so far (with a counter).
     pub tries_done: Option<u32>,
     /// Renamed to `.bad` by RayOS: not bootable from the menu.
     pub marked_bad: bool,
@@ -82,6 +91,7 @@ pub enum EntryState {
 }
 
 impl Entry {
+    /// How the entry stands, from its counter and mark.
     pub fn state(&self) -> EntryState {
         if self.marked_bad {
             EntryState::Bad
@@ -213,6 +223,7 @@ pub fn rename_synced(dir: &Path, from: &str, to: &str) -> Result<(), EntriesErro
     sync_dir(dir)
 }
 
+/// fsyncs directory `dir`, so renames in it survive a power cut.
 pub fn sync_dir(dir: &Path) -> Result<(), EntriesError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())

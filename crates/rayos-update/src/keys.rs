@@ -30,18 +30,26 @@ const SECRET_TAG: &str = "rayos-update-ed25519-secret";
 /// The release public key, as committed in the repository.
 pub const RELEASE_PUBKEY: &str = include_str!("../keys/release.pub");
 
+/// Why a key could not be read, parsed or made.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// The key file could not be read; holds its path.
     #[error("cannot read key file {0}")]
     Read(PathBuf, #[source] std::io::Error),
+    /// The key file could not be written; holds its path.
     #[error("cannot write key file {0}")]
     Write(PathBuf, #[source] std::io::Error),
+    /// The text is not a key of the expected kind.
     #[error("{what}: not a RayOS {kind} key ({why})")]
     Parse {
+        /// Where the text came from.
         what: String,
+        /// `public` or `secret`.
         kind: &'static str,
+        /// What is wrong with it.
         why: &'static str,
     },
+    /// No random bytes for a new key.
     #[error("cannot read random bytes from /dev/urandom")]
     Random(#[source] std::io::Error),
 }
@@ -49,6 +57,7 @@ pub enum KeyError {
 /// A public key a bundle can be checked against.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PublicKey {
+    /// The ed25519 key.
     pub key: VerifyingKey,
     /// Where it came from, for messages: "built-in release key", a path.
     pub origin: String,
@@ -90,6 +99,7 @@ impl PublicKey {
         })
     }
 
+    /// Reads a public key file.
     pub fn read(path: &Path) -> Result<PublicKey, KeyError> {
         let text = read_small(path)?;
         PublicKey::parse(&text, &path.display().to_string())
@@ -120,6 +130,7 @@ impl SecretKey {
         }
     }
 
+    /// The public half, with `origin` named in messages.
     pub fn public(&self, origin: &str) -> PublicKey {
         PublicKey {
             key: self.key.verifying_key(),
@@ -127,14 +138,17 @@ impl SecretKey {
         }
     }
 
+    /// The ed25519 signature of `msg`.
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         self.key.sign(msg).to_bytes()
     }
 
+    /// The key-file line of this key (keep it secret).
     pub fn to_line(&self) -> String {
         format!("{SECRET_TAG} {}\n", hash::hex(self.key.as_bytes()))
     }
 
+    /// Reads a secret key file.
     pub fn read(path: &Path) -> Result<SecretKey, KeyError> {
         let text = read_small(path)?;
         let seed = parse_line(&text, SECRET_TAG).map_err(|why| KeyError::Parse {

@@ -22,12 +22,16 @@ use crate::entries::{self, EntriesError, Entry, EntryState, LINUX_DIR};
 use crate::state::{self, Action, Demotion, Rollback, UpdateState};
 use crate::version;
 
+/// Why a rollback could not be done or recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
+    /// Listing or renaming boot entries failed.
     #[error(transparent)]
     Entries(#[from] EntriesError),
+    /// No earlier good version to go back to; holds the entries' directory.
     #[error("no earlier good RayOS version on {0} to go back to")]
     NoPrevious(PathBuf),
+    /// The rollback could not be recorded; holds the state file.
     #[error("cannot record the rollback in {0}")]
     Record(PathBuf, #[source] rayos_state::AtomicError),
 }
@@ -35,6 +39,7 @@ pub enum RollbackError {
 /// What a manual rollback did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolledBack {
+    /// The UKI file that boots next.
     pub target: String,
     /// (from, to) renames.
     pub demoted: Vec<(String, String)>,
@@ -94,8 +99,11 @@ pub fn rollback(system: &Path, running: Option<&str>) -> Result<RolledBack, Roll
 /// A rollback found at boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Detected {
+    /// The version that failed.
     pub failed: String,
+    /// Its UKI file.
     pub file: String,
+    /// Why it failed (a demotion's reason, or what its boot records show).
     pub reason: String,
     /// The name it was renamed to (`.bad`), when that worked.
     pub marked_bad: Option<String>,

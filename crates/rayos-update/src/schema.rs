@@ -24,21 +24,31 @@ use std::path::{Path, PathBuf};
 use rayos_state::DataLayout;
 use serde::{Deserialize, Serialize};
 
+/// The data volume's directory for backups taken before migrations
+/// (`schema-backup/<from>/`).
 pub const BACKUP_DIR: &str = "schema-backup";
+/// The data volume's record of the last migration.
 pub const RECORD_FILE: &str = "schema-migration.json";
 
+/// Why the data schema could not be read, migrated or restored.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
+    /// A file could not be read; holds its path.
     #[error("cannot read {0}")]
     Read(PathBuf, #[source] io::Error),
+    /// The schema file does not hold a number; holds its path.
     #[error("{0} does not hold a schema number")]
     Parse(PathBuf),
+    /// A file could not be written; holds its path.
     #[error("cannot write {0}")]
     Write(PathBuf, #[source] io::Error),
+    /// A file could not be replaced atomically; holds its path.
     #[error("cannot write {0}")]
     Atomic(PathBuf, #[source] rayos_state::AtomicError),
+    /// No migration leads on from this schema; holds it.
     #[error("no migration from data schema {0}")]
     NoMigration(u32),
+    /// There is no backup to restore; holds the volume.
     #[error("no migration backup on {0}: nothing to restore")]
     NoBackup(PathBuf),
 }
@@ -46,22 +56,31 @@ pub enum SchemaError {
 /// What the boot-time check found (and did).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SchemaCheck {
+    /// The volume has the schema this RayOS writes; holds it.
     Current(u32),
+    /// The volume was migrated.
     Migrated {
+        /// The schema before.
         from: u32,
+        /// The schema after.
         to: u32,
     },
     /// Written by a newer RayOS: leave the volume alone.
     Newer {
+        /// The volume's schema.
         found: u32,
+        /// The newest schema this RayOS reads.
         supported: u32,
     },
 }
 
 /// One step from schema `from` to `from + 1`.
 pub struct Migration {
+    /// The schema it starts from (it leads to `from + 1`).
     pub from: u32,
+    /// What it does, for logs.
     pub name: &'static str,
+    /// The step itself; it saves what it changes through the [`Backup`] first.
     pub run: fn(&DataLayout, &Backup) -> Result<(), SchemaError>,
 }
 
@@ -108,10 +127,14 @@ fn with_suffix(p: &Path, s: &str) -> PathBuf {
     p.with_file_name(n)
 }
 
+/// The last migration, as recorded on the data volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationRecord {
+    /// The schema before.
     pub from: u32,
+    /// The schema after.
     pub to: u32,
+    /// When it ran (RFC 3339).
     pub at: String,
 }
 

@@ -9,28 +9,43 @@ use serde::Serialize;
 use crate::entries::{self, EntriesError, EntryState, LINUX_DIR};
 use crate::state::{Action, Rollback, UpdateState};
 
+/// One UKI as `rayos update status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct EntryStatus {
+    /// Its file name.
     pub file: String,
+    /// The version it boots.
     pub version: String,
+    /// How it stands.
     pub state: EntryState,
+    /// Boots left before it counts as failed (none without a counter).
     pub tries_left: Option<u32>,
+    /// Failed boots counted so far (none without a counter).
     pub tries_done: Option<u32>,
+    /// Whether it is the version that runs.
     pub running: bool,
+    /// Whether systemd-boot boots it next.
     pub default: bool,
 }
 
+/// What `rayos update status` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
+    /// The running RayOS version, when known.
     pub running_version: Option<String>,
     /// Where the running version came from (EFI variable, binary).
     pub running_source: String,
+    /// The entry systemd-boot boots next, by its rules.
     pub default: Option<String>,
+    /// loader.conf's `default` pattern (RayOS writes `rayos-*`).
     pub loader_default_pattern: String,
     /// Bootable entries in menu order, then the ones marked bad.
     pub entries: Vec<EntryStatus>,
+    /// Whether the recovery boot entry is installed.
     pub recovery_entry: bool,
+    /// The last update action.
     pub last: Option<Action>,
+    /// The last three rollbacks, newest first.
     pub rollbacks: Vec<Rollback>,
 }
 
@@ -71,6 +86,7 @@ pub fn status(
 }
 
 impl Status {
+    /// The report as text for people.
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(

@@ -157,20 +157,27 @@ mod truth_tests;
 /// The layouts [`type_text`] knows (`gb` is another name of `uk`).
 pub const LAYOUTS: &[&str] = &["us", "uk", "de", "fr", "es", "it"];
 
+/// Why keys or text cannot be sent to a VM.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
+    /// A name that is not a QEMU key name (or alias); holds it.
     #[error(
         "{0:?} is not a key name: use QEMU key names such as ctrl, alt, shift, meta_l, ret, esc, tab, f1, a, 1, delete (aliases: enter, space, del, win)"
     )]
     UnknownKey(String),
+    /// A combination with no key in it.
     #[error("the key combination is empty: name keys joined by '+', e.g. ctrl+alt+delete")]
     EmptyCombo,
+    /// A combination with more keys than can be held at once; holds the limit.
     #[error("a key combination has at most {0} keys")]
     TooManyKeys(usize),
+    /// Text for a keyboard layout RayOS cannot type; holds the layout.
     #[error(
         "the VM's keyboard layout is {0:?}, and RayOS types text only for the layouts {LAYOUTS:?}: send keys instead"
     )]
     Layout(String),
+    /// A character no key of the layout gives without a dead key; holds
+    /// it and the layout.
     #[error(
         "character {0:?} cannot be typed on the {1:?} keyboard layout (no key gives it without a dead key): send keys for it instead"
     )]

@@ -31,6 +31,7 @@ pub use qemu::{
 /// persistent files live, where its sockets go, and what policy allows.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
+    /// The VM as the registry holds it (id, kind, disks, boot, devices).
     pub def: VmDefinition,
     /// `/var/rayos/vm/<id>`: disks, `ovmf-vars.fd`, `tpm/`, `state/`, `logs/`.
     pub vm_dir: PathBuf,
@@ -40,6 +41,7 @@ pub struct VmSpec {
     pub network: bool,
     /// Effective limits after policy (never above the definition's values).
     pub cpus: u32,
+    /// Memory in MiB after policy.
     pub memory_mib: u64,
     /// The agent bridge's in-VM channel: a virtio-serial port
     /// `org.rayos.agent.0` whose host end is `bridge.sock` in the run
@@ -54,14 +56,19 @@ pub enum Launch {
     /// Boot from the disks.
     Cold,
     /// Start with the identical command line and load this saved state.
-    Restore { state_file: PathBuf },
+    Restore {
+        /// The state file written by a save.
+        state_file: PathBuf,
+    },
 }
 
 /// What QEMU says the guest is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
+    /// The guest's vCPUs run.
     Running,
+    /// The guest's vCPUs are stopped (by a QMP `stop`, a save, or an error).
     Paused,
     /// The guest shut itself down (powered off). The device model stays
     /// until [`VmHandle::wait_exit`] or [`VmHandle::kill`] ends it, so this
@@ -76,9 +83,11 @@ pub enum RunState {
 /// did not answer is empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestInfo {
+    /// The guest's host name.
     pub hostname: Option<String>,
     /// `PRETTY_NAME` of the guest's os-release.
     pub os: Option<String>,
+    /// The guest's kernel release.
     pub kernel: Option<String>,
     /// `<interface> <address>/<prefix>`, loopback left out.
     pub addresses: Vec<String>,
@@ -123,6 +132,7 @@ impl GuestInfo {
 pub enum TpmState {
     /// The VM has no TPM.
     Absent,
+    /// The emulator runs.
     Running,
     /// The emulator is gone while the device model runs: the guest's TPM
     /// no longer answers and the VM cannot be saved (QEMU needs the
@@ -133,51 +143,105 @@ pub enum TpmState {
 /// Facts about a finished save, for logs and benchmarks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SaveReport {
+    /// Where the state was written.
     pub state_file: PathBuf,
     /// Size of the state file on disk (compressed).
     pub bytes: u64,
     /// Guest memory and device bytes QEMU transferred.
     pub transferred: u64,
+    /// How long the save took, from the first QMP command to the file on disk.
     pub duration: Duration,
 }
 
+/// What a backend can fail at.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
+    /// The device model (or swtpm) could not be started.
     #[error("cannot start QEMU for VM {vm}")]
     Spawn {
+        /// The VM's name.
         vm: String,
+        /// The error from spawning the process.
         #[source]
         source: std::io::Error,
     },
+    /// QEMU exited before the VM was up.
     #[error("QEMU for VM {vm} exited during start-up: {detail}")]
-    EarlyExit { vm: String, detail: String },
+    EarlyExit {
+        /// The VM's name.
+        vm: String,
+        /// Its exit status and the last lines of its stderr.
+        detail: String,
+    },
+    /// Talking QMP to the VM's QEMU failed, or QEMU refused a command.
     #[error("QMP with VM {vm} failed: {detail}")]
-    Qmp { vm: String, detail: String },
+    Qmp {
+        /// The VM's name.
+        vm: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// Saving the VM's state failed.
     #[error("saving VM {vm} failed: {detail}")]
-    Save { vm: String, detail: String },
+    Save {
+        /// The VM's name.
+        vm: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// Loading a saved state failed.
     #[error("restoring VM {vm} failed: {detail}")]
-    Restore { vm: String, detail: String },
+    Restore {
+        /// The VM's name.
+        vm: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The VM's TPM emulator (swtpm) could not be set up or failed.
     #[error("swtpm for VM {vm} failed: {detail}")]
-    Tpm { vm: String, detail: String },
+    Tpm {
+        /// The VM's name.
+        vm: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// A file the VM would use is not safe to give it (see `qemu::image`).
     #[error("VM {vm} is not started: {detail}")]
-    Refused { vm: String, detail: String },
+    Refused {
+        /// The VM's name.
+        vm: String,
+        /// Which file, and why it is refused.
+        detail: String,
+    },
+    /// A file the VM needs is not there.
     #[error("{what} for VM {vm} is missing: {path}")]
     Missing {
+        /// The VM's name.
         vm: String,
+        /// What the file is (kernel, initrd, firmware, disk, …).
         what: &'static str,
+        /// Where it was looked for.
         path: PathBuf,
     },
+    /// Reading or writing a file of the VM failed.
     #[error("I/O on {path}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: std::io::Error,
     },
     /// The guest (its agent) refused a request: a program that cannot be
     /// run, a command the agent does not offer.
     #[error("the guest agent of VM {vm} refused: {detail}")]
-    Guest { vm: String, detail: String },
+    Guest {
+        /// The VM's name.
+        vm: String,
+        /// What the agent said.
+        detail: String,
+    },
+    /// A wait ran out (the time, and what was waited for).
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
 }
@@ -192,24 +256,35 @@ pub const ABS_MAX: u32 = 0x7fff;
 pub enum InputEvent {
     /// A key by QEMU key name ([`keys::QCODES`]).
     Key {
+        /// The QEMU key name.
         qcode: &'static str,
+        /// True for a press, false for a release.
         down: bool,
     },
     /// The absolute pointer to this place, each axis `0..=ABS_MAX`.
     Abs {
+        /// From the left edge, `0..=ABS_MAX`.
         x: u32,
+        /// From the top edge, `0..=ABS_MAX`.
         y: u32,
     },
+    /// A pointer button pressed or released.
     Button {
+        /// The button.
         button: PointerButton,
+        /// True for a press, false for a release.
         down: bool,
     },
 }
 
+/// A button of the absolute pointer device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PointerButton {
+    /// The primary button.
     Left,
+    /// The middle button.
     Middle,
+    /// The secondary button.
     Right,
 }
 
@@ -229,6 +304,7 @@ impl PointerButton {
 pub struct ExecSpec {
     /// The program, as the guest finds it (an absolute path is surest).
     pub path: String,
+    /// The program's arguments (without its name).
     pub args: Vec<String>,
     /// Bytes for the program's standard input (none: empty input).
     pub input: Vec<u8>,
@@ -246,13 +322,18 @@ pub struct ExecOutcome {
     pub pid: i64,
     /// False when the time limit passed first.
     pub exited: bool,
+    /// The program's exit code, when it exited (none when a signal ended it or
+    /// the time ran out).
     pub exit_code: Option<i32>,
     /// The signal that ended it (Linux guests).
     pub signal: Option<i32>,
+    /// What the program wrote to stdout, up to [`ExecSpec::max_output`] bytes.
     pub stdout: Vec<u8>,
+    /// What the program wrote to stderr, up to [`ExecSpec::max_output`] bytes.
     pub stderr: Vec<u8>,
     /// Output was cut: by [`ExecSpec::max_output`] or by the agent itself.
     pub stdout_truncated: bool,
+    /// Like `stdout_truncated`, for stderr.
     pub stderr_truncated: bool,
 }
 
@@ -288,8 +369,10 @@ pub trait Vmm: Send + Sync {
 
 /// Control of one running device model.
 pub trait VmHandle: Send {
+    /// The device model's process id.
     fn pid(&self) -> u32;
 
+    /// What the guest is doing now (asks QEMU; `Exited` once it is gone).
     fn state(&mut self) -> Result<RunState, VmmError>;
 
     /// Whether the VM's TPM emulator still runs. The monitor asks this as

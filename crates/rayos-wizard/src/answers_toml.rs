@@ -15,6 +15,8 @@ pub fn to_toml(a: &Answers, comment: &[String]) -> String {
     a.to_toml(comment)
 }
 
+/// The answer file's word for a networking setting (`off`, `on`,
+/// `provisioning_only`).
 pub fn networking(n: Networking) -> &'static str {
     match n {
         Networking::Off => "off",

@@ -4,19 +4,31 @@
 /// One key press.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Key {
+    /// Arrow up: the previous item.
     Up,
+    /// Arrow down: the next item.
     Down,
+    /// Arrow left.
     Left,
+    /// Arrow right.
     Right,
+    /// Enter: choose or confirm.
     Enter,
+    /// Escape: back to the previous screen.
     Esc,
+    /// Backspace: delete the character before the cursor.
     Backspace,
+    /// Tab: the next field or button.
     Tab,
+    /// Page up: scroll up a page.
     PageUp,
+    /// Page down: scroll down a page.
     PageDown,
+    /// F1: the help screen.
     F1,
     /// Ctrl-C: leave (refused while the disk is being written).
     Interrupt,
+    /// A printable character.
     Char(char),
 }
 

@@ -56,46 +56,67 @@ pub enum Edit {
     /// Every partition goes; a new GPT is written.
     WholeDisk,
     /// Remove an existing or a created partition.
-    Delete { number: u32 },
+    Delete {
+        /// The partition's number.
+        number: u32,
+    },
     /// A new partition for `role`.
     Create {
+        /// The number the new partition gets.
         number: u32,
+        /// Its first logical sector.
         first_lba: u64,
+        /// Its last logical sector (inclusive).
         last_lba: u64,
+        /// What RayOS uses it for.
         role: Role,
     },
     /// Give a partition a role (or take it away).
-    Assign { number: u32, role: Option<Role> },
+    Assign {
+        /// The partition's number.
+        number: u32,
+        /// The role, or `None` to take it away.
+        role: Option<Role>,
+    },
 }
 
 /// A partition as the layout has it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {
+    /// The partition's number in the GPT.
     pub number: u32,
+    /// Its first logical sector.
     pub first_lba: u64,
+    /// Its last logical sector (inclusive).
     pub last_lba: u64,
     /// True for partitions that exist only in the wizard.
     pub new: bool,
+    /// The role RayOS gives it, if any.
     pub role: Option<Role>,
 }
 
 /// Unpartitioned space (start aligned to 1 MiB, end exact).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Free {
+    /// The first logical sector (aligned to 1 MiB).
     pub first_lba: u64,
+    /// The last logical sector (inclusive).
     pub last_lba: u64,
 }
 
 /// A row of the partition table on screen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Row {
+    /// A partition.
     Part(Slot),
+    /// Free space.
     Free(Free),
 }
 
 /// Why an edit was refused (shown on the status line).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EditError {
+    /// The edit is not possible; says why, for the person.
     #[error("{0}")]
     Refused(String),
 }
@@ -109,6 +130,7 @@ fn refused<T>(m: impl Into<String>) -> Result<T, EditError> {
 pub struct Layout {
     disk: Disk,
     groups: Vec<Vec<Edit>>,
+    /// True when the person chose to use the whole disk (a new GPT).
     pub whole_disk: bool,
     /// Existing partitions deleted.
     pub deleted: Vec<u32>,
@@ -117,6 +139,7 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// A layout of `disk` with no edits yet.
     pub fn new(disk: &Disk) -> Layout {
         let mut l = Layout {
             disk: disk.clone(),
@@ -129,10 +152,12 @@ impl Layout {
         l
     }
 
+    /// The disk being edited, as it was read.
     pub fn disk(&self) -> &Disk {
         &self.disk
     }
 
+    /// The disk's logical sector size in bytes.
     pub fn sector_size(&self) -> u64 {
         self.disk.logical_sector_size as u64
     }
@@ -236,10 +261,12 @@ impl Layout {
         self.replay();
     }
 
+    /// Whether the person changed anything yet.
     pub fn is_edited(&self) -> bool {
         !self.groups.is_empty()
     }
 
+    /// The live partition numbered `number`.
     pub fn slot(&self, number: u32) -> Option<&Slot> {
         self.slots.iter().find(|s| s.number == number)
     }
@@ -543,6 +570,7 @@ impl Layout {
 pub struct Planned {
     /// The answers the plan was made from (what `--save-answers` writes).
     pub answers: Answers,
+    /// The plan made from `answers`.
     pub plan: Plan,
     /// Whether `answers` alone reproduce `plan` on the disk as it is now.
     pub repeatable: bool,

@@ -53,6 +53,7 @@ pub struct Config {
     /// The Debian VM image (optional: without it the Linux VM is the
     /// bundled test guest).
     pub linux_vm_image: Option<PathBuf>,
+    /// The systemd-boot EFI binary copied onto the ESP.
     pub systemd_boot: PathBuf,
     /// Stop after the confirmation: save answers, write nothing.
     pub dry_run: bool,
@@ -60,6 +61,7 @@ pub struct Config {
     pub nvram: bool,
     /// Go on although the machine did not boot in UEFI mode.
     pub allow_bios: bool,
+    /// How the plan is applied (the installer engine's options).
     pub apply: ApplyOptions,
     /// Called just before the disk is written; what it returns is held
     /// until writing ends. The installer media hold PID 1's install lock
@@ -91,29 +93,44 @@ impl Default for Config {
 pub enum Outcome {
     /// RayOS was installed; the person chose what happens next (the caller
     /// reboots or powers off).
-    Installed { plan: Box<Plan>, after: After },
+    Installed {
+        /// The plan that was applied.
+        plan: Box<Plan>,
+        /// What the person chose to do next.
+        after: After,
+    },
     /// Dry run: the plan the person confirmed; nothing was written.
-    DryRun { plan: Box<Plan> },
+    DryRun {
+        /// The confirmed plan.
+        plan: Box<Plan>,
+    },
     /// The person left; nothing was written.
     Cancelled,
 }
 
+/// Why the wizard could not run or finish.
 #[derive(Debug, thiserror::Error)]
 pub enum WizardError {
+    /// stdin or stdout is not a terminal.
     #[error(
         "the wizard needs a terminal on stdin and stdout: use `rayos install --answers FILE` without one"
     )]
     NoTerminal,
+    /// Installing needs the RayOS UKI and none was given.
     #[error(
         "--system-image FILE is required to install (the RayOS UKI); use --dry-run to only plan"
     )]
     NoSystemImage,
+    /// The machine's disks could not be listed.
     #[error("cannot list the disks of this machine")]
     ListDisks(#[source] rayos_disk::EnumerateError),
+    /// A disk given on the command line could not be read; holds its path.
     #[error("cannot read {0}: check the path (`rayos disks` lists the disks)")]
     ReadDisk(PathBuf, #[source] rayos_disk::EnumerateError),
+    /// Reading keys from or drawing on the terminal failed.
     #[error("the terminal failed")]
     Terminal(#[source] std::io::Error),
+    /// The answer file could not be written; holds its path.
     #[error("cannot save the answer file {0}")]
     SaveAnswers(PathBuf, #[source] rayos_state::AtomicError),
 }

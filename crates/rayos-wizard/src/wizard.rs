@@ -28,7 +28,10 @@ use crate::layout::{self, Free, Layout, Planned, ROLES, Row, role_words};
 /// A disk the wizard may offer.
 #[derive(Debug, Clone)]
 pub struct DiskChoice {
+    /// The disk as it was read.
     pub disk: Disk,
+    /// What was read from it for the planner (a RayOS manifest, the
+    /// installer medium, partitions RayOS does not recognise).
     pub facts: Facts,
     /// Why it cannot be chosen (boot medium, in use, read-only, ...).
     pub refusal: Option<String>,
@@ -37,31 +40,45 @@ pub struct DiskChoice {
 /// Everything read before the wizard starts.
 #[derive(Debug, Clone)]
 pub struct Setup {
+    /// The RayOS version being installed (shown on the Welcome screen).
     pub version: String,
     /// Booted in UEFI mode (`/sys/firmware/efi` exists).
     pub uefi: bool,
     /// Go on without UEFI (tests, building images on a BIOS host).
     pub allow_bios: bool,
+    /// The disks to offer, in the order shown.
     pub disks: Vec<DiskChoice>,
+    /// What the plans are made with (the images to install, versions).
     pub opts: PlanOptions,
+    /// Stop after the confirmation: nothing is written.
     pub dry_run: bool,
     /// Starting answers (defaults, or a loaded file).
     pub answers: Answers,
 }
 
+/// One screen of the wizard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Screen {
+    /// What RayOS is and what the wizard will do.
     Welcome,
+    /// Choose the target disk.
     Disk,
+    /// Keep, delete or add partitions, or use the whole disk.
     Partitions,
+    /// Where the VMs' disks go (a dedicated partition or the data volume).
     VmStorage,
+    /// Host name, time zone, locale, keyboard and the Linux VM's user.
     Machine,
+    /// What the VMs may do (autostart, networking).
     Policy,
+    /// The plan, and the typed confirmation.
     Summary,
+    /// Writing the disk, step by step.
     Progress,
 }
 
 impl Screen {
+    /// Every screen, in order.
     pub const ALL: [Screen; 8] = [
         Screen::Welcome,
         Screen::Disk,
@@ -72,9 +89,11 @@ impl Screen {
         Screen::Summary,
         Screen::Progress,
     ];
+    /// The screen's position, from 1.
     pub fn number(self) -> usize {
         Screen::ALL.iter().position(|s| *s == self).unwrap_or(0) + 1
     }
+    /// The screen's title.
     pub fn title(self) -> &'static str {
         match self {
             Screen::Welcome => "Welcome",
@@ -92,8 +111,11 @@ impl Screen {
 /// A destructive edit waiting for its typed confirmation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pending {
+    /// Use the whole disk: every partition goes.
     WholeDisk,
+    /// Delete the partition with this number.
     Delete(u32),
+    /// Give the partition with this number a role (or take it away).
     Assign(u32, Option<Role>),
 }
 
@@ -102,35 +124,50 @@ pub enum Pending {
 pub enum RoleTarget {
     /// A new partition in `free`, of `size` bytes (`None`: all of it).
     New {
+        /// The free space it goes into.
         free: Free,
+        /// Its size in bytes (`None`: all of the free space).
         size: Option<u64>,
     },
+    /// An existing partition, by its number.
     Existing(u32),
 }
 
 /// A dialog over the current screen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Modal {
+    /// The keys and what they do.
     Help,
     /// Type `expect` to go on.
     Confirm {
+        /// The dialog's title.
         title: String,
+        /// What the person must type.
         expect: String,
+        /// What has been typed so far.
         input: String,
+        /// The edit that is done once `expect` is typed.
         action: Pending,
     },
     /// Size of a new partition in `free`.
     Size {
+        /// The free space the partition goes into.
         free: Free,
+        /// What has been typed so far (a size such as `20G`).
         input: String,
     },
+    /// Pick a role for a partition.
     RolePick {
+        /// Which partition.
         target: RoleTarget,
+        /// The highlighted role.
         cursor: usize,
     },
     /// Size of a dedicated VM storage partition (0 Linux, 1 Windows).
     VmSize {
+        /// Which VM: 0 Linux, 1 Windows.
         which: usize,
+        /// What has been typed so far.
         input: String,
     },
 }
@@ -138,14 +175,18 @@ pub enum Modal {
 /// What the person chooses once RayOS is installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum After {
+    /// Reboot into the installed system.
     Reboot,
+    /// Power the machine off.
     PowerOff,
+    /// Leave the wizard without rebooting or powering off.
     Exit,
 }
 
 /// What the runner must do after a key.
 #[derive(Debug, Clone)]
 pub enum Effect {
+    /// Nothing to do; draw the screen again.
     None,
     /// Leave without writing anything.
     Quit,
@@ -165,20 +206,29 @@ pub enum Effect {
 /// One apply step on the Progress screen.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepLine {
+    /// The step's name, as the installer engine reports it.
     pub name: String,
+    /// How long the step took, once it is done.
     pub seconds: Option<f64>,
 }
 
+/// What the Progress screen shows of an install.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
+    /// Every step of the plan, in order.
     pub steps: Vec<StepLine>,
+    /// The index of the step that runs now.
     pub running: Option<usize>,
+    /// The step that failed (or `preflight`) and the error, once one did.
     pub failed: Option<(String, String)>,
+    /// True when the install succeeded.
     pub finished: bool,
+    /// Notes the installer engine reported on the way.
     pub notes: Vec<String>,
 }
 
 impl Progress {
+    /// How many steps are done.
     pub fn done(&self) -> usize {
         self.steps.iter().filter(|s| s.seconds.is_some()).count()
     }
@@ -190,30 +240,46 @@ pub const MACHINE_FIELDS: [&str; 4] = ["Hostname", "Timezone", "Locale", "Keyboa
 /// carries the image). Empty user: the Linux VM is the test guest.
 pub const LINUX_FIELDS: [&str; 3] = ["Linux VM user", "Password", "Password again"];
 
+/// Everything the wizard shows and has been told: one install's state.
 #[derive(Debug, Clone)]
 pub struct Wizard {
+    /// What was read before the start.
     pub setup: Setup,
+    /// The screen shown.
     pub screen: Screen,
+    /// The dialog over the screen, if any.
     pub modal: Option<Modal>,
     /// One line of feedback (errors, "undone", ...).
     pub status: Option<String>,
+    /// The highlighted disk on the Disk screen.
     pub disk_cursor: usize,
+    /// The index of the chosen disk in `setup.disks`.
     pub chosen: Option<usize>,
+    /// The chosen disk's partitions as edited so far.
     pub layout: Option<Layout>,
+    /// The highlighted row on the Partitions screen.
     pub row_cursor: usize,
     /// Existing partitions whose erasure was confirmed by typing.
     pub consented: Vec<u32>,
+    /// The answers as the screens have set them so far.
     pub answers: Answers,
+    /// The highlighted VM (0 Linux, 1 Windows) on the VM storage screen.
     pub vm_cursor: usize,
+    /// The highlighted field on the Machine screen.
     pub machine_cursor: usize,
+    /// The machine fields' text, in the order of [`MACHINE_FIELDS`].
     pub machine: [String; 4],
     /// The Debian VM's user, password and the password again, asked on the
     /// machine screen when the medium carries the Debian VM image. The
     /// password is hashed and these cleared as soon as it is accepted.
     pub linux: [String; 3],
+    /// The highlighted setting on the Policy screen.
     pub policy_cursor: usize,
+    /// The plan shown on the Summary screen, once it was made.
     pub planned: Option<Planned>,
+    /// What has been typed of the disk's name on the Summary screen.
     pub confirm_input: String,
+    /// The install's progress.
     pub progress: Progress,
 }
 
@@ -321,6 +387,7 @@ fn edit_text(buf: &mut String, key: Key, max: usize) -> bool {
 }
 
 impl Wizard {
+    /// A wizard on its first screen, with the answers `setup` starts from.
     pub fn new(setup: Setup) -> Wizard {
         let answers = setup.answers.clone();
         let m = &answers.machine;
@@ -371,6 +438,7 @@ impl Wizard {
                     .all(|d| d.disk.kind == rayos_disk::DiskKind::ImageFile))
     }
 
+    /// The disk the person chose, if any.
     pub fn chosen_disk(&self) -> Option<&DiskChoice> {
         self.chosen.and_then(|i| self.setup.disks.get(i))
     }

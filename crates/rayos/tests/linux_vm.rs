@@ -18,15 +18,13 @@
 //! 5. stop goes through the guest agent.
 
 use std::fs;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rayos_api::{Client, VmInfo, VmState};
+use rayos_api::{VmInfo, VmState};
 use rayos_image::linux_vm;
-use rayos_vmm::qemu::process;
+use rayos_testkit::daemon::{Console, Host, tail};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "Very s3cret pw";
@@ -37,200 +35,45 @@ const BOOT: Duration = Duration::from_secs(600);
 /// loaded machine under TCG).
 const STEP: Duration = Duration::from_secs(300);
 
-fn rayos() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rayos"))
-}
-
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The daemon, its data volume and everything it started; all ended on drop.
-struct Host {
-    dir: tempfile::TempDir,
-    daemon: Option<Child>,
+/// The daemon on a new data volume; no autostart: the test starts the VM
+/// itself, after creating it.
+fn host() -> Host {
+    let mut h = Host::with_binary(env!("CARGO_BIN_EXE_rayos"), "rayos-linux-vm");
+    h.policy("version = 1\n[linux]\nautostart = false\n");
+    h.start_daemon();
+    h
 }
 
-impl Host {
-    fn new() -> Host {
-        let dir = tempfile::Builder::new()
-            .prefix("rayos-linux-vm")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let policy = dir.path().join("state/policy/rayos-policy.toml");
-        fs::create_dir_all(policy.parent().unwrap()).unwrap();
-        // No autostart: the test starts the VM itself, after creating it.
-        fs::write(&policy, "version = 1\n[linux]\nautostart = false\n").unwrap();
-        let mut h = Host { dir, daemon: None };
-        let err = fs::File::create(h.dir.path().join("daemon.err")).unwrap();
-        let out = fs::File::create(h.dir.path().join("daemon.out")).unwrap();
-        h.daemon = Some(
-            rayos()
-                .arg("daemon")
-                .arg("--state-dir")
-                .arg(h.dir.path().join("state"))
-                .arg("--socket")
-                .arg(h.socket())
-                .args(["--cgroup", "none"])
-                .env("RAYOS_ACCEL", "tcg")
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .expect("spawn rayos daemon"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Client::new(h.socket()).health().is_err() {
-            assert!(Instant::now() < deadline, "daemon: {}", h.stderr());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        h
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("run/api.sock")
-    }
-
-    fn stderr(&self) -> String {
-        fs::read_to_string(self.dir.path().join("daemon.err")).unwrap_or_default()
-    }
-
-    /// `rayos vm ARGS`, which must succeed; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let o = rayos()
-            .arg("vm")
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "rayos vm {args:?} failed: {}{}\ndaemon: {}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-            self.stderr()
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn show(&self, name: &str) -> VmInfo {
-        serde_json::from_str(&self.ok(&["show", name, "--json"])).unwrap()
-    }
-
-    fn log(&self, vm: &VmInfo) -> String {
+/// Waits for `needle` in the VM's console log.
+fn wait_log(h: &Host, vm: &VmInfo, needle: &str, timeout: Duration) {
+    let log = || {
         let bytes = fs::read(vm.vm_dir.join("logs/console.log")).unwrap_or_default();
         String::from_utf8_lossy(&bytes).into_owned()
-    }
-
-    /// Waits for `needle` in the VM's console log.
-    fn wait_log(&self, vm: &VmInfo, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.log(vm).contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "{needle:?} not on the console after {timeout:?}; last lines:\n{}\ndaemon: {}",
-                tail(&self.log(vm), 40),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    /// `rayos vm console NAME --attach`, driven through pipes.
-    fn console(&self, name: &str) -> Console {
-        let mut child = rayos()
-            .arg("vm")
-            .arg("--socket")
-            .arg(self.socket())
-            .args(["console", name, "--attach"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = Arc::new(Mutex::new(String::new()));
-        let mut stdout = child.stdout.take().unwrap();
-        let sink = Arc::clone(&out);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Console {
-            stdin: child.stdin.take(),
-            child,
-            out,
-            seen: 0,
-        }
+    };
+    let deadline = Instant::now() + timeout;
+    while !log().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not on the console after {timeout:?}; last lines:\n{}\ndaemon: {}",
+            tail(&log(), 40),
+            h.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
-impl Drop for Host {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let vm_run = self.dir.path().join("run/vm");
-        for e in fs::read_dir(&vm_run).into_iter().flatten().flatten() {
-            let id = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = process::read_pid(&e.path().join("qemu.pid"))
-                && process::alive_with_arg(pid, &id)
-            {
-                process::terminate(pid, Duration::from_secs(2));
-            }
-        }
-    }
-}
-
-/// An attached console session.
-struct Console {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    out: Arc<Mutex<String>>,
-    /// How much of `out` earlier waits consumed.
-    seen: usize,
-}
-
-impl Console {
-    fn send(&mut self, text: &str) {
-        let stdin = self.stdin.as_mut().expect("session open");
-        stdin.write_all(text.as_bytes()).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// Waits for `needle` in the output that arrived since the last wait;
-    /// returns that output up to and including the needle.
-    fn expect(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let out = self.out.lock().unwrap();
-                if let Some(i) = out[self.seen..].find(needle) {
-                    let end = self.seen + i + needle.len();
-                    let got = out[self.seen..end].to_string();
-                    self.seen = end;
-                    return got;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{needle:?} did not come on the console within {timeout:?}; got:\n{}",
-                tail(&self.out.lock().unwrap()[self.seen..], 40)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
+/// A logged-in shell on the console.
+trait Shell {
     /// Runs a shell command line and returns its output (between markers,
     /// so kernel messages and the echo of the line do not count).
+    fn run(&mut self, line: &str) -> String;
+}
+
+impl Shell for Console {
     fn run(&mut self, line: &str) -> String {
         // The markers are built by the shell, so the echoed command line
         // never matches them.
@@ -239,28 +82,6 @@ impl Console {
         let got = self.expect("END", STEP);
         got.trim_end_matches("END").trim().to_string()
     }
-
-    /// Closes stdin: the CLI leaves the console.
-    fn close(mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "rayos vm console did not end");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Console {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn now_secs() -> f64 {
@@ -278,8 +99,8 @@ fn debian_vm_boots_logs_in_and_survives_suspend_with_its_clock() {
         &mut |s| eprintln!("linux-vm: {s}"),
     )
     .expect("the Debian VM image (built as root from Debian's packages)");
-    let h = Host::new();
-    let pw = h.dir.path().join("password");
+    let h = host();
+    let pw = h.dir().join("password");
     fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
     h.ok(&[
         "create",
@@ -307,7 +128,7 @@ fn debian_vm_boots_logs_in_and_survives_suspend_with_its_clock() {
     ]);
     let vm = h.show("linux");
     // The registry holds the hash, never the password.
-    let registry = fs::read_to_string(h.dir.path().join("state/vm/registry.json")).unwrap();
+    let registry = fs::read_to_string(h.dir().join("state/vm/registry.json")).unwrap();
     assert!(!registry.contains(PASSWORD));
     assert!(registry.contains("\"password_hash\": \"$6$"), "{registry}");
     // A disk bigger than the image: the guest grows into it at first boot.
@@ -323,11 +144,11 @@ fn debian_vm_boots_logs_in_and_survives_suspend_with_its_clock() {
     let out = h.ok(&["start", "linux"]);
     assert!(out.contains("cold-booted"), "{out}");
     let vm = h.show("linux");
-    h.wait_log(&vm, linux_vm::FIRSTBOOT_DONE, BOOT);
-    h.wait_log(&vm, &format!("{HOSTNAME} login:"), BOOT);
+    wait_log(&h, &vm, linux_vm::FIRSTBOOT_DONE, BOOT);
+    wait_log(&h, &vm, &format!("{HOSTNAME} login:"), BOOT);
 
     // 2. Log in on the serial console.
-    let mut con = h.console("linux");
+    let mut con = h.attach_console("linux");
     con.send("\n");
     con.expect(&format!("{HOSTNAME} login:"), STEP);
     con.send(&format!("{USER}\n"));
@@ -392,19 +213,14 @@ fn debian_vm_boots_logs_in_and_survives_suspend_with_its_clock() {
     // come back through `guest-exec` / `guest-exec-status`.
     let out = h.ok(&["exec", "linux", "--", "/bin/cat", "/etc/hostname"]);
     assert_eq!(out.trim(), HOSTNAME, "exec output");
-    let failed = rayos()
-        .args(["vm", "--socket"])
-        .arg(h.socket())
-        .args([
-            "exec",
-            "linux",
-            "--",
-            "/bin/sh",
-            "-c",
-            "echo oops >&2; exit 3",
-        ])
-        .output()
-        .unwrap();
+    let failed = h.vm(&[
+        "exec",
+        "linux",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo oops >&2; exit 3",
+    ]);
     assert_eq!(failed.status.code(), Some(3), "exec exit code: {failed:?}");
     assert!(
         String::from_utf8_lossy(&failed.stderr).contains("oops"),
@@ -423,7 +239,7 @@ fn debian_vm_boots_logs_in_and_survives_suspend_with_its_clock() {
         out.contains("guest clock set through the guest agent"),
         "{out}"
     );
-    let mut con = h.console("linux");
+    let mut con = h.attach_console("linux");
     // The shell from before the suspend is still logged in.
     assert_eq!(con.run("id -un"), USER);
     assert_eq!(

@@ -7,21 +7,20 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rayos_api::{Client, VmState};
+use rayos_api::VmState;
 use rayos_base::marker::Marker;
-use rayos_testkit::guest;
+use rayos_testkit::daemon::Host;
 
 fn rayos() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rayos"))
 }
 
-/// Kills what it holds on drop: SIGTERM first (the daemon then stops its
-/// VMs per policy), SIGKILL after a grace period.
+/// Kills the presenter on drop: SIGTERM first, SIGKILL after a grace
+/// period.
 struct Proc(Child);
 
 impl Drop for Proc {
@@ -49,88 +48,18 @@ fn wait_line(rx: &mpsc::Receiver<String>, want: &Marker, timeout: Duration) {
     }
 }
 
-fn vm(socket: &PathBuf, args: &[&str]) {
-    let out = rayos()
-        .arg("vm")
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rayos vm {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn presenter_follows_present_on_boot_and_the_cli() {
-    let g = guest::linux_guest().expect("test guest");
-    let dir = tempfile::Builder::new()
-        .prefix("rayos-present")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let state = dir.path().join("state");
-    let socket = dir.path().join("run/api.sock");
-    fs::create_dir_all(state.join("policy")).unwrap();
-    fs::write(
-        state.join("policy/rayos-policy.toml"),
-        "version = 1\n[linux]\nautostart = true\npresent_on_boot = true\n",
-    )
-    .unwrap();
-
-    let daemon = |state: &PathBuf| {
-        Proc(
-            rayos()
-                .arg("daemon")
-                .arg("--state-dir")
-                .arg(state)
-                .arg("--socket")
-                .arg(&socket)
-                .args(["--cgroup", "none"])
-                .env("RAYOS_ACCEL", "tcg")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn rayos daemon"),
-        )
-    };
-    let client = Client::new(&socket).with_timeout(Some(Duration::from_secs(120)));
-    let wait_health = || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while client.health().is_err() {
-            assert!(Instant::now() < deadline, "rayos daemon never answered");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let mut h = Host::with_binary(env!("CARGO_BIN_EXE_rayos"), "rayos-present");
+    h.policy("version = 1\n[linux]\nautostart = true\npresent_on_boot = true\n");
+    let socket = h.socket();
+    let client = h.client();
     // Define the VM with a first daemon, then restart it so autostart and
     // present_on_boot apply as at a RayOS boot.
-    {
-        let _d = daemon(&state);
-        wait_health();
-        vm(
-            &socket,
-            &[
-                "create",
-                "lin",
-                "--kind",
-                "linux",
-                "--memory",
-                "256",
-                "--cpus",
-                "1",
-                "--kernel",
-                g.kernel.to_str().unwrap(),
-                "--initrd",
-                g.initrd.to_str().unwrap(),
-                "--cmdline",
-                &g.cmdline,
-            ],
-        );
-    }
-    let _d = daemon(&state);
+    h.start_daemon();
+    h.create_guest("lin", &[]);
+    h.term_daemon();
+    h.start_daemon();
 
     // The presenter comes up first (init starts it right after rayosd).
     let mut child = rayos()
@@ -164,26 +93,26 @@ fn presenter_follows_present_on_boot_and_the_cli() {
     let info = client.show("lin").unwrap();
     assert!(info.presented && info.state == VmState::Running, "{info:?}");
 
-    vm(&socket, &["hide", "lin"]);
+    h.ok(&["hide", "lin"]);
     wait_line(&rx, &Marker::PresentationOff, Duration::from_secs(30));
     // A hidden VM still has a screenshot (rayosd's QMP screendump), and
     // taking it does not present the VM.
-    let png = dir.path().join("hidden.png");
-    vm(&socket, &["screenshot", "lin", png.to_str().unwrap()]);
+    let png = h.dir().join("hidden.png");
+    h.ok(&["screenshot", "lin", png.to_str().unwrap()]);
     let bytes = fs::read(&png).unwrap();
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
     // IHDR: width and height of the VM's display.
-    let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
-    let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
-    assert!(w >= 320 && h >= 200, "{w}x{h}");
+    let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    assert!(width >= 320 && height >= 200, "{width}x{height}");
     assert!(!client.show("lin").unwrap().presented);
-    vm(&socket, &["present", "lin"]);
+    h.ok(&["present", "lin"]);
     wait_line(
         &rx,
         &Marker::PresentationOn { vm: "lin".into() },
         Duration::from_secs(30),
     );
     // Stopping the VM clears its presentation: back to the home screen.
-    vm(&socket, &["stop", "lin", "--force"]);
+    h.ok(&["stop", "lin", "--force"]);
     wait_line(&rx, &Marker::PresentationOff, Duration::from_secs(60));
 }

@@ -11,11 +11,12 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rayos_api::{Client, EventKind as E, VmInfo, VmState};
+use rayos_api::{EventKind as E, VmInfo, VmState};
 use rayos_base::marker::{Kind, Marker, VmStart};
+use rayos_testkit::daemon::Host;
 use rayos_testkit::guest;
 use rayos_vmm::qemu::process;
 
@@ -25,117 +26,26 @@ fn rayos() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rayos"))
 }
 
-/// One data volume and socket, with the daemon started and restarted on it.
-struct Host {
-    dir: tempfile::TempDir,
-    daemon: Option<Child>,
-    /// Daemon stdout so far (all runs), for the RAYOS_* markers.
-    out_file: PathBuf,
-    /// File systems mounted for the test, unmounted on drop.
-    mounts: Vec<PathBuf>,
+/// What these tests do with a host beyond the shared harness: hosts of
+/// the `rayos` binary under test and the daemon's autostart.
+trait TestHost {
+    /// A host (no daemon yet) whose paths start with `rayosd`.
+    fn new() -> Self;
+    /// A host (no daemon yet) whose every path (data volume, sockets)
+    /// starts with `prefix`.
+    fn with_prefix(prefix: &str) -> Self;
+    /// Waits until the daemon finished `runs` autostarts (one a daemon
+    /// start).
+    fn wait_autostart(&self, runs: usize);
 }
 
-impl Host {
+impl TestHost for Host {
     fn new() -> Host {
         Host::with_prefix("rayosd")
     }
 
-    /// A host whose every path (data volume, sockets) starts with `prefix`.
     fn with_prefix(prefix: &str) -> Host {
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in("/tmp")
-            .unwrap();
-        let out_file = dir.path().join("daemon.out");
-        Host {
-            dir,
-            daemon: None,
-            out_file,
-            mounts: Vec::new(),
-        }
-    }
-
-    /// Puts the data volume on a tmpfs of `mib` MiB (to fill it up).
-    fn small_state_volume(&mut self, mib: u32) {
-        let state = self.state();
-        fs::create_dir_all(&state).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(&state)
-            .status()
-            .expect("mount(8)");
-        assert!(
-            st.success(),
-            "mounting a tmpfs needs root (tests run as root in CI)"
-        );
-        self.mounts.push(state);
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("run/api.sock")
-    }
-
-    fn client(&self) -> Client {
-        Client::new(self.socket()).with_timeout(Some(Duration::from_secs(300)))
-    }
-
-    fn policy(&self, text: &str) {
-        let p = self.state().join("policy/rayos-policy.toml");
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, text).unwrap();
-    }
-
-    fn start_daemon(&mut self) {
-        self.start_daemon_with(&[]);
-    }
-
-    /// Starts the daemon with extra `rayos daemon` arguments.
-    fn start_daemon_with(&mut self, extra: &[&str]) {
-        assert!(self.daemon.is_none());
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.out_file)
-            .unwrap();
-        let err = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("daemon.err"))
-            .unwrap();
-        let child = rayos()
-            .arg("daemon")
-            .arg("--state-dir")
-            .arg(self.state())
-            .arg("--socket")
-            .arg(self.socket())
-            .args(["--cgroup", "none", "--shutdown-timeout", "120"])
-            .args(extra)
-            .env("RAYOS_ACCEL", "tcg")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn rayos daemon");
-        self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.client().health().is_ok() {
-                break;
-            }
-            if let Some(st) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
-                panic!("rayos daemon exited with {st}: {}", self.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not answer: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        Host::with_binary(env!("CARGO_BIN_EXE_rayos"), prefix)
     }
 
     fn wait_autostart(&self, runs: usize) {
@@ -147,138 +57,6 @@ impl Host {
                 self.stderr()
             );
             std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stderr(&self) -> String {
-        fs::read_to_string(self.dir.path().join("daemon.err")).unwrap_or_default()
-    }
-
-    /// The daemon's markers of `kind` so far, oldest first.
-    fn markers(&self, kind: Kind) -> Vec<Marker> {
-        fs::read_to_string(&self.out_file)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.parse::<Marker>().ok())
-            .filter(|m| m.kind() == kind)
-            .collect()
-    }
-
-    /// How VM `vm` came up at each start, oldest first.
-    fn starts(&self, vm: &str) -> Vec<VmStart> {
-        self.markers(Kind::VmStarted)
-            .into_iter()
-            .filter_map(|m| match m {
-                Marker::VmStarted { vm: v, how } if v == vm => Some(how),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn kill_daemon(&mut self) {
-        let mut c = self.daemon.take().expect("daemon runs");
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-
-    /// SIGTERM, as at host shutdown; returns the exit code.
-    fn term_daemon(&mut self) -> i32 {
-        let mut c = self.daemon.take().expect("daemon runs");
-        process::signal(c.id(), libc::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                return st.code().unwrap_or(-1);
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!("daemon did not exit after SIGTERM: {}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn vm(&self, args: &[&str]) -> Output {
-        rayos()
-            .arg("vm")
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// `rayos vm ARGS`, which must succeed; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.vm(args);
-        assert!(
-            o.status.success(),
-            "rayos vm {args:?} failed: {}{}\ndaemon: {}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-            self.stderr()
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn show(&self, name: &str) -> VmInfo {
-        serde_json::from_str(&self.ok(&["show", name, "--json"])).unwrap()
-    }
-
-    fn console(&self, name: &str) -> PathBuf {
-        self.show(name).vm_dir.join("logs/console.log")
-    }
-
-    fn create_guest(&self, name: &str, extra: &[&str]) {
-        let g = guest::linux_guest().expect("test guest (needs linux-image-amd64, busybox-static)");
-        let mut args = vec![
-            "create",
-            name,
-            "--kind",
-            "linux",
-            "--memory",
-            "256",
-            "--cpus",
-            "1",
-            "--kernel",
-            g.kernel.to_str().unwrap(),
-            "--initrd",
-            g.initrd.to_str().unwrap(),
-            "--cmdline",
-            &g.cmdline,
-        ];
-        args.extend_from_slice(extra);
-        self.ok(&args);
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // QEMU and swtpm are detached from the daemon: end them here.
-        let vm_run = self.dir.path().join("run/vm");
-        for e in fs::read_dir(&vm_run).into_iter().flatten().flatten() {
-            let id = e.file_name().to_string_lossy().into_owned();
-            for pidfile in ["qemu.pid", "swtpm.pid"] {
-                // swtpm's command line names the VM directory, not the id.
-                if let Some(pid) = process::read_pid(&e.path().join(pidfile))
-                    && (process::alive_with_arg(pid, &id)
-                        || (pidfile == "swtpm.pid"
-                            && process::alive_with_arg(
-                                pid,
-                                &self.dir.path().display().to_string(),
-                            )))
-                {
-                    let _ = process::signal(pid, libc::SIGKILL);
-                    process::wait_gone(pid, Duration::from_secs(5));
-                }
-            }
-        }
-        for m in self.mounts.drain(..) {
-            let _ = Command::new("umount").arg(&m).status();
         }
     }
 }
@@ -686,7 +464,7 @@ fn imported_image_boots_a_linux_vm_through_uefi() {
     h.start_daemon();
     let image = guest::uefi_disk().expect("UEFI test guest (systemd-boot-efi, mtools, dosfstools)");
     let source = fs::read(&image).unwrap();
-    let missing = h.dir.path().join("no-such.qcow2");
+    let missing = h.dir().join("no-such.qcow2");
     let out = h.vm(&[
         "create",
         "distro",
@@ -957,7 +735,7 @@ fn events_until(h: &Host, vm: &str, timeout: Duration, done: impl Fn(&[E]) -> bo
 fn import_refuses_images_that_point_at_host_files() {
     let mut h = Host::new();
     h.start_daemon();
-    let images = h.dir.path().join("images");
+    let images = h.dir().join("images");
     fs::create_dir_all(&images).unwrap();
     let secret = secret_file(&images);
 
@@ -1107,33 +885,16 @@ fn import_refuses_images_that_point_at_host_files() {
 fn disks_and_media_never_reach_host_files_even_with_commas_in_paths() {
     let mut h = Host::with_prefix("rayosd,comma");
     h.start_daemon();
-    let images = h.dir.path().join("images, too");
+    let images = h.dir().join("images, too");
     fs::create_dir_all(&images).unwrap();
     let secret = secret_file(&images);
     let iso = images.join("install,media.iso");
     overlay(&iso, &secret);
-    let g = guest::linux_guest().expect("test guest");
-    let cmdline = format!("{} rayos.read=vda,sr0", g.cmdline);
-    h.ok(&[
-        "create",
+    h.create_guest_with(
         "lin",
-        "--kind",
-        "linux",
-        "--memory",
-        "256",
-        "--cpus",
-        "1",
-        "--kernel",
-        g.kernel.to_str().unwrap(),
-        "--initrd",
-        g.initrd.to_str().unwrap(),
-        "--cmdline",
-        &cmdline,
-        "--disk",
-        "1M",
-        "--media",
-        iso.to_str().unwrap(),
-    ]);
+        "rayos.read=vda,sr0",
+        &["--disk", "1M", "--media", iso.to_str().unwrap()],
+    );
     let shown = h.show("lin");
     assert!(!shown.provisioned, "media attached");
     // The registry says qcow2; the file now also names a backing file.
@@ -1382,7 +1143,7 @@ fn a_vm_whose_swtpm_dies_is_shut_down_cleanly_and_reported() {
     guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
 
     let id = h.show("win").id;
-    let pid_file = h.dir.path().join(format!("run/vm/{id}/swtpm.pid"));
+    let pid_file = h.dir().join(format!("run/vm/{id}/swtpm.pid"));
     let tpm = process::read_pid(&pid_file).expect("swtpm pid file");
     let mark = guest::log_len(&log);
     process::signal(tpm, libc::SIGKILL).unwrap();
@@ -1961,8 +1722,7 @@ fn in_vm_agent_bridge_follows_the_policy_and_is_logged() {
     guest::wait_for_line(&gen_log, 0, "BRIDGE none", BOOT).unwrap();
     let gen_id = h.show("gen").id.to_string();
     assert!(
-        !h.dir
-            .path()
+        !h.dir()
             .join("run/vm")
             .join(&gen_id)
             .join("bridge.sock")

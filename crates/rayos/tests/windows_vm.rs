@@ -26,109 +26,52 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rayos_api::{BootKind, Client, VmInfo, VmState};
+use rayos_api::{BootKind, VmInfo, VmState};
 use rayos_image::winstandin::{self, marker};
+use rayos_testkit::daemon::{Host, tail};
 use rayos_testkit::guest;
-use rayos_vmm::qemu::process;
 
 /// A boot of OVMF + shim + GRUB + Debian's kernel under TCG on a shared
 /// 2-core machine.
 const BOOT: Duration = Duration::from_secs(400);
 
-fn rayos() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rayos"))
-}
-
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The daemon and its data volume; the daemon and every QEMU it started are
-/// ended on drop.
-struct Host {
-    dir: tempfile::TempDir,
-    daemon: Option<Child>,
+/// The VM's name.
+const VM: &str = "windows";
+
+/// The daemon on a new data volume whose policy enables Windows VMs and
+/// starts none by itself.
+fn host() -> Host {
+    let mut h = Host::with_binary(env!("CARGO_BIN_EXE_rayos"), "rayos-win");
+    h.policy("version = 1\n[linux]\nautostart = false\n[windows]\nenabled = true\n");
+    h.start_daemon();
+    h
 }
 
-impl Host {
-    fn new() -> Host {
-        let dir = tempfile::Builder::new()
-            .prefix("rayos-win")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let policy = dir.path().join("state/policy/rayos-policy.toml");
-        fs::create_dir_all(policy.parent().unwrap()).unwrap();
-        fs::write(
-            &policy,
-            "version = 1\n[linux]\nautostart = false\n[windows]\nenabled = true\n",
-        )
-        .unwrap();
-        let mut h = Host { dir, daemon: None };
-        let err = fs::File::create(h.dir.path().join("daemon.err")).unwrap();
-        let out = fs::File::create(h.dir.path().join("daemon.out")).unwrap();
-        h.daemon = Some(
-            rayos()
-                .arg("daemon")
-                .arg("--state-dir")
-                .arg(h.dir.path().join("state"))
-                .arg("--socket")
-                .arg(h.socket())
-                .args(["--cgroup", "none"])
-                .env("RAYOS_ACCEL", "tcg")
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .expect("spawn rayos daemon"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Client::new(h.socket()).health().is_err() {
-            assert!(Instant::now() < deadline, "daemon: {}", h.stderr());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        h
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("run/api.sock")
-    }
-
-    fn stderr(&self) -> String {
-        fs::read_to_string(self.dir.path().join("daemon.err")).unwrap_or_default()
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        rayos()
-            .arg("vm")
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// `rayos vm ARGS`, which must succeed; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "rayos vm {args:?} failed: {}{}\ndaemon: {}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-            self.stderr()
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn show(&self) -> VmInfo {
-        serde_json::from_str(&self.ok(&["show", "windows", "--json"])).unwrap()
-    }
-
+/// What this test reads from the stand-in's console and waits for.
+trait StandinHost {
     /// The console log's bytes (offsets are byte offsets: GRUB and OVMF
     /// write bytes that are not UTF-8).
+    fn log_bytes(&self, vm: &VmInfo) -> Vec<u8>;
+    /// The console log, lossily decoded.
+    fn log(&self, vm: &VmInfo) -> String;
+    /// Where the console log ends now.
+    fn log_len(&self, vm: &VmInfo) -> usize;
+    /// Waits for `needle` in the console log after byte `from` (failing at
+    /// once when the stand-in reports a failure); returns the log from
+    /// `from` on.
+    fn wait_log(&self, vm: &VmInfo, from: usize, needle: &str, timeout: Duration) -> String;
+    /// Waits until the VM is in state `want`.
+    fn wait_state(&self, want: VmState, timeout: Duration) -> VmInfo;
+}
+
+impl StandinHost for Host {
     fn log_bytes(&self, vm: &VmInfo) -> Vec<u8> {
         fs::read(vm.vm_dir.join("logs/console.log")).unwrap_or_default()
     }
@@ -137,13 +80,10 @@ impl Host {
         String::from_utf8_lossy(&self.log_bytes(vm)).into_owned()
     }
 
-    /// Where the console log ends now.
     fn log_len(&self, vm: &VmInfo) -> usize {
         self.log_bytes(vm).len()
     }
 
-    /// Waits for `needle` in the console log after byte `from`; returns
-    /// the log from `from` on.
     fn wait_log(&self, vm: &VmInfo, from: usize, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
@@ -170,7 +110,7 @@ impl Host {
     fn wait_state(&self, want: VmState, timeout: Duration) -> VmInfo {
         let deadline = Instant::now() + timeout;
         loop {
-            let v = self.show();
+            let v = self.show(VM);
             if v.state == want {
                 return v;
             }
@@ -184,31 +124,6 @@ impl Host {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.daemon.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let vm_run = self.dir.path().join("run/vm");
-        for e in fs::read_dir(&vm_run).into_iter().flatten().flatten() {
-            let id = e.file_name().to_string_lossy().into_owned();
-            for pidfile in ["qemu.pid", "swtpm.pid"] {
-                if let Some(pid) = process::read_pid(&e.path().join(pidfile))
-                    && process::alive_with_arg(pid, &id)
-                {
-                    process::terminate(pid, Duration::from_secs(2));
-                }
-            }
-        }
-    }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The value after `key` on the first line holding it.
@@ -253,7 +168,7 @@ fn standin_installs_from_a_usb_stick_and_keeps_tpm_and_uefi_state_with_secure_bo
     let mut standin = winstandin::ensure(&workspace().join(".cache")).unwrap();
     // The CLI passes media on as canonical paths.
     standin.iso = fs::canonicalize(&standin.iso).unwrap();
-    let h = Host::new();
+    let h = host();
     let iso = standin.iso.display().to_string();
 
     // 1. Create (an image file as a USB stick), install.
@@ -271,7 +186,7 @@ fn standin_installs_from_a_usb_stick_and_keeps_tpm_and_uefi_state_with_secure_bo
         "--memory",
         "1024",
     ]);
-    let v = h.show();
+    let v = h.show(VM);
     assert!(v.tpm && !v.provisioned, "{v:?}");
     assert_eq!(v.usb_media, vec![standin.iso.clone()]);
     assert!(v.media.is_empty());
@@ -298,7 +213,7 @@ fn standin_installs_from_a_usb_stick_and_keeps_tpm_and_uefi_state_with_secure_bo
     while !v.provisioned {
         assert!(Instant::now() < deadline, "not provisioned: {}", h.stderr());
         std::thread::sleep(Duration::from_millis(200));
-        v = h.show();
+        v = h.show(VM);
     }
     assert!(v.usb_media.is_empty() && v.media.is_empty(), "{v:?}");
     assert!(
@@ -328,13 +243,13 @@ fn standin_installs_from_a_usb_stick_and_keeps_tpm_and_uefi_state_with_secure_bo
 
     // 3. A CD inserted while it runs, then suspend and resume.
     h.ok(&["media", "windows", "attach", &iso, "--as", "cdrom"]);
-    assert_eq!(h.show().media, vec![standin.iso.clone()]);
+    assert_eq!(h.show(VM).media, vec![standin.iso.clone()]);
     let counted = guest::counters(&String::from_utf8_lossy(&h.log_bytes(&v)[from..]))
         .into_iter()
         .max()
         .unwrap_or(before);
     h.ok(&["suspend", "windows"]);
-    assert_eq!(h.show().state, VmState::Saved);
+    assert_eq!(h.show(VM).state, VmState::Saved);
     let from = h.log_len(&v);
     let r: rayos_api::ActionReply = serde_json::from_str(&h.ok(&["start", "windows", "--json"]))
         .unwrap_or_else(|_| panic!("start --json"));
@@ -361,7 +276,7 @@ fn standin_installs_from_a_usb_stick_and_keeps_tpm_and_uefi_state_with_secure_bo
 
     // 4. Eject the CD while it runs; stop and cold start.
     h.ok(&["media", "windows", "eject"]);
-    assert!(h.show().media.is_empty());
+    assert!(h.show(VM).media.is_empty());
     h.ok(&["stop", "windows"]);
     h.wait_state(VmState::Stopped, Duration::from_secs(120));
     let from = h.log_len(&v);
@@ -388,7 +303,7 @@ fn standin_installs_from_a_usb_stick_and_keeps_tpm_and_uefi_state_with_secure_bo
         "systemd-boot-efi is installed (scripts/install-deps.sh)"
     );
     let disk = v.vm_dir.join("disks/disk0.qcow2");
-    replace_loader(&disk, unsigned, h.dir.path());
+    replace_loader(&disk, unsigned, h.dir());
     let from = h.log_len(&v);
     h.ok(&["start", "windows"]);
     let out = h.wait_log(&v, from, "Access Denied", BOOT);

@@ -18,20 +18,29 @@ use uuid::Uuid;
 const SECTOR: u64 = 512;
 const MIB: u64 = 1 << 20;
 
+/// Why the disk image could not be assembled.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
+    /// A partition image is not a whole number of MiB; holds its path.
     #[error("partition image {0} is not a whole number of MiB")]
     Unaligned(PathBuf),
+    /// The partition table could not be written.
     #[error("cannot write the partition table of {path}")]
     Gpt {
+        /// The disk image.
         path: PathBuf,
+        /// The error.
         #[source]
         source: GptError,
     },
+    /// A partition image could not be copied into the disk image.
     #[error("cannot copy {from} into {to}")]
     Copy {
+        /// The partition image.
         from: PathBuf,
+        /// The disk image.
         to: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
@@ -40,8 +49,11 @@ pub enum DiskError {
 /// One partition of the image.
 #[derive(Debug, Clone)]
 pub struct PartSpec {
+    /// The partition type GUID.
     pub type_guid: Uuid,
+    /// The partition's own GUID (`PARTUUID`).
     pub unique_guid: Uuid,
+    /// The GPT partition name.
     pub name: &'static str,
     /// Its contents; the partition is exactly this size.
     pub image: PathBuf,

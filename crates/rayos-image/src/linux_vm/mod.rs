@@ -45,6 +45,7 @@ use crate::tools::{self, ToolError};
 
 /// Bumped when the build changes in a way the recipe text does not show.
 pub const FORMAT: u32 = 1;
+/// The Debian release the image is built from (Debian 12).
 pub const SUITE: &str = "bookworm";
 /// apt sources of the build and of the guest (`/etc/apt/sources.list`).
 pub const MIRRORS: &[&str] = &[
@@ -90,11 +91,15 @@ pub const PACKAGES: &[&str] = &[
 /// kernel command line and fstab inside it) the same for every build;
 /// each VM is its own machine, so sharing them across VMs is harmless.
 pub const DISK_GUID: Uuid = Uuid::from_u128(0x7c1f_4b0e_52a9_4d6e_9e63_3a1f_0c2d_5b01);
+/// The ESP's `PARTUUID`.
 pub const ESP_PARTUUID: Uuid = Uuid::from_u128(0x7c1f_4b0e_52a9_4d6e_9e63_3a1f_0c2d_5b02);
+/// The root partition's `PARTUUID`.
 pub const ROOT_PARTUUID: Uuid = Uuid::from_u128(0x7c1f_4b0e_52a9_4d6e_9e63_3a1f_0c2d_5b03);
 /// ext4 UUID of the root filesystem (`root=UUID=` on the kernel command line).
 pub const ROOT_FS_UUID: Uuid = Uuid::from_u128(0x5f2a_d3c4_7f1e_4c4b_9d3a_2b8f_0f6c_1e01);
+/// The root filesystem's label.
 pub const ROOT_FS_LABEL: &str = "debian-root";
+/// The ESP's FAT volume label.
 pub const ESP_FAT_LABEL: &str = "DEBIAN-ESP";
 /// 512 MiB: FAT32, room for several kernels with their initramfs.
 pub const ESP_BYTES: u64 = 512 << 20;
@@ -132,39 +137,57 @@ const FIRSTBOOT_UNIT: &str = include_str!("guest/rayos-firstboot.service");
 
 /// File name of the disk image in a build directory.
 pub const DISK_FILE: &str = "debian-12.img";
+/// File name of the build's manifest in a build directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
+/// Why the Debian VM image could not be built or read.
 #[derive(Debug, thiserror::Error)]
 pub enum LinuxVmError {
+    /// The build needs root and does not run as root.
     #[error("building the Debian VM image needs root (mmdebstrap, chroot): run as root")]
     NotRoot,
+    /// A file could not be written.
     #[error("cannot write {path}")]
     Write {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// A file could not be read.
     #[error("cannot read {path}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// A build step's tool failed.
     #[error("{step} failed")]
     Tool {
+        /// The step.
         step: &'static str,
+        /// What failed.
         #[source]
         source: ToolError,
     },
+    /// The ESP image could not be built.
     #[error("cannot build the ESP image")]
     Fat(#[from] FatError),
+    /// The disk image could not be assembled.
     #[error("cannot assemble the disk image")]
     Disk(#[from] disk::DiskError),
+    /// The built root is not as the recipe expects; says what differs.
     #[error("the built system is not as expected: {0}")]
     Check(String),
+    /// The manifest file is not one of this format.
     #[error("{path} is not a Debian VM image manifest")]
     Manifest {
+        /// The file.
         path: PathBuf,
+        /// The parse error.
         #[source]
         source: serde_json::Error,
     },
@@ -173,45 +196,64 @@ pub enum LinuxVmError {
 /// One installed package of the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageVersion {
+    /// The package's name.
     pub package: String,
+    /// Its version.
     pub version: String,
+    /// Its architecture (`amd64`, `all`).
     pub architecture: String,
 }
 
 /// What a build made, and from what (`manifest.json` beside the image).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The manifest's format ([`FORMAT`]).
     pub format: u32,
     /// The recipe key (also the cache directory's name).
     pub key: String,
+    /// The Debian release ([`SUITE`]).
     pub suite: String,
+    /// The apt sources used.
     pub mirrors: Vec<String>,
+    /// The packages the recipe asks for on top of `minbase`.
     pub requested: Vec<String>,
     /// Versions pinned by the build options (empty: the mirror's newest).
     #[serde(default)]
     pub pinned: Vec<PackageVersion>,
+    /// `mmdebstrap --version` of the build.
     pub mmdebstrap: String,
     /// The kernel the image boots (`uname -r`).
     pub kernel: String,
+    /// The kernel command line the image boots with.
     pub kernel_cmdline: String,
+    /// `/etc/kernel/entry-token` ([`ENTRY_TOKEN`]).
     pub entry_token: String,
+    /// The disk image's size in bytes.
     pub disk_bytes: u64,
+    /// The ESP's size in bytes.
     pub esp_bytes: u64,
+    /// The root partition's size in bytes.
     pub root_bytes: u64,
+    /// The root filesystem's UUID.
     pub root_fs_uuid: Uuid,
+    /// The ESP's `PARTUUID`.
     pub esp_partuuid: Uuid,
+    /// The root partition's `PARTUUID`.
     pub root_partuuid: Uuid,
     /// Every installed package, sorted by name.
     pub packages: Vec<PackageVersion>,
+    /// How long the build took, in seconds.
     pub build_seconds: f64,
 }
 
 /// A built image in the cache.
 #[derive(Debug, Clone)]
 pub struct Image {
+    /// The build directory (named by the recipe key).
     pub dir: PathBuf,
     /// The raw disk image (sparse).
     pub disk: PathBuf,
+    /// What the build made, and from what.
     pub manifest: Manifest,
 }
 
@@ -242,8 +284,11 @@ impl BuildOptions {
 
 /// A file the recipe puts into the root: path, mode, contents.
 pub struct OverlayFile {
+    /// The path in the root filesystem, without a leading `/`.
     pub path: &'static str,
+    /// Its permission bits.
     pub mode: u32,
+    /// Its contents.
     pub contents: String,
 }
 

@@ -49,7 +49,9 @@ pub const INIT: &str = include_str!("init.sh");
 pub mod marker {
     /// Secure Boot or the TPM is missing (followed by why).
     pub const FAIL: &str = "STANDIN_FAIL";
+    /// Secure Boot is on.
     pub const SECUREBOOT: &str = "STANDIN_SECUREBOOT on";
+    /// A TPM 2.0 answers.
     pub const TPM: &str = "STANDIN_TPM 2";
     /// `STANDIN_INSTALLED id=<id> nv=<hex>`.
     pub const INSTALLED: &str = "STANDIN_INSTALLED";
@@ -59,6 +61,8 @@ pub mod marker {
     pub const NV_OK: &str = "STANDIN_NV ok";
     /// `STANDIN_EFIVAR <id>`.
     pub const EFIVAR: &str = "STANDIN_EFIVAR";
+    /// The stand-in booted from the disk, reported its checks and runs (its
+    /// counter follows).
     pub const READY: &str = "STANDIN_READY";
 }
 
@@ -86,27 +90,40 @@ const GRUB: &str = "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed";
 
 const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1";
 
+/// Why the Windows stand-in could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum StandInError {
+    /// The signed boot chain (shim, GRUB, kernel) could not be fetched.
     #[error("cannot fetch the signed boot chain")]
     Deb(#[from] DebError),
+    /// The initramfs could not be built.
     #[error("cannot build the initramfs")]
     Initramfs(#[from] InitramfsError),
+    /// The kernel modules could not be collected.
     #[error("cannot collect kernel modules")]
     Modules(#[from] ModulesError),
+    /// The ESP could not be built.
     #[error("cannot build the ESP")]
     Fat(#[from] FatError),
+    /// The ISO could not be built.
     #[error("cannot build the ISO")]
     Media(#[from] MediaError),
+    /// A host file the build needs is missing.
     #[error("{what} not found at {path}: {hint}")]
     Missing {
+        /// What it is.
         what: &'static str,
+        /// Where it was looked for.
         path: PathBuf,
+        /// Which package provides it.
         hint: &'static str,
     },
+    /// A file could not be read or written.
     #[error("I/O on {path}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },

@@ -30,26 +30,44 @@ pub fn state() -> super::State {
 /// What a step asked of the platform, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
+    /// A mount.
     Mount {
+        /// What was mounted.
         source: String,
+        /// Where.
         target: PathBuf,
+        /// The filesystem type.
         fstype: String,
+        /// Whether read-only.
         read_only: bool,
+        /// Filesystem options.
         data: String,
     },
     /// One unmount attempt (busy or not).
     Unmount(PathBuf),
+    /// A read-only remount.
     RemountReadOnly(PathBuf),
+    /// A lazy unmount.
     Detach(PathBuf),
+    /// A sync.
     Sync,
+    /// A program run to its end, with its arguments.
     Run(PathBuf, Vec<String>),
+    /// A program started with its output relayed, with its arguments.
     Spawn(PathBuf, Vec<String>),
+    /// A service started, by name.
     Start(String),
+    /// A service signalled: its name and the signal.
     Signal(String, i32),
+    /// A kill(2): pid and signal.
     Kill(i32, i32),
+    /// The log files closed.
     CloseLogs,
+    /// A countdown: its seconds and the target shown.
     Countdown(u32, String),
+    /// The machine powered off or rebooted.
     Power(PowerAction),
+    /// A network link set up, by name.
     LinkUp(String),
     /// A keymap of this many entries loaded.
     Keymap(usize),
@@ -61,12 +79,17 @@ struct Service {
     running: bool,
 }
 
+/// The fake machine: what it holds, what it answers and what was asked of it.
 pub struct Fake {
+    /// The machine's `/`: every path a step uses is below it.
     pub root: tempfile::TempDir,
     start: Instant,
     elapsed: Duration,
+    /// Every call, in order.
     pub calls: Vec<Call>,
+    /// Every marker printed, in order.
     pub markers: Vec<Marker>,
+    /// What `list_disks` returns.
     pub disks: Vec<rayos_disk::report::Disk>,
     /// Disks attached by USB.
     pub usb: BTreeSet<PathBuf>,
@@ -88,14 +111,21 @@ pub struct Fake {
     pub stubborn: BTreeSet<String>,
     exits: Vec<Exited>,
     next_pid: i32,
+    /// What `health` returns.
     pub health: Result<rayos_api::Health, String>,
+    /// What `vms` returns.
     pub vm_list: Vec<rayos_api::VmInfo>,
+    /// Where a test sends VM start events (set once a step follows them).
     pub vm_started: Option<Sender<String>>,
     /// Booted through UEFI.
     pub uefi: bool,
+    /// The running UKI's file name the loader's variables give.
     pub running_uki: Option<String>,
+    /// The ESP the loader ran from (`LoaderDevicePartUUID`).
     pub loader_esp: Option<uuid::Uuid>,
+    /// How a countdown ends.
     pub countdown_end: CountdownEnd,
+    /// The host name set, if one was.
     pub hostname: Option<String>,
 }
 
@@ -193,6 +223,7 @@ impl Fake {
         }
     }
 
+    /// Whether something is mounted at `target` now.
     pub fn is_mounted_now(&self, target: &str) -> bool {
         self.mounted.iter().any(|(t, _)| t == Path::new(target))
     }
@@ -202,6 +233,7 @@ impl Fake {
         self.calls.iter().filter(|c| f(c)).cloned().collect()
     }
 
+    /// How far the fake clock has moved.
     pub fn elapsed(&self) -> Duration {
         self.elapsed
     }

@@ -26,6 +26,9 @@ fn installer(m: InstallerMarker) -> Marker {
     Marker::Installer(m)
 }
 
+/// Boot step `install`: unattended from the answer file found (the
+/// countdown, then `rayos install --yes`), else the consoles offer
+/// `install`.
 pub fn install(st: &mut State, p: &mut dyn Platform) -> StepResult {
     if st.answers.is_none() || st.uki.is_none() {
         // Interactive: the console sessions offer `install`.

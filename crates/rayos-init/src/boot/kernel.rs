@@ -96,6 +96,8 @@ pub fn cmdline(st: &mut State, p: &mut dyn Platform) -> StepResult {
     }
 }
 
+/// Boot step `modules`: loads the modules every boot needs and those the
+/// devices ask for.
 pub fn modules(st: &mut State, p: &mut dyn Platform) -> StepResult {
     match p.coldplug(ALWAYS_MODULES, st.params.debug) {
         Ok(c) => StepResult::Ok(format!(

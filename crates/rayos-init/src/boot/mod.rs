@@ -67,10 +67,13 @@ use crate::log;
 use crate::sys::{self, PowerAction};
 use state::step;
 
+/// How long a fatal boot error stays on the screen before the reboot.
 pub const FATAL_REBOOT_DELAY: Duration = Duration::from_secs(10);
 /// The main loop's tick.
 const TICK: Duration = Duration::from_millis(500);
 
+/// The steps of every mode, first: kernel filesystems, command line, modules,
+/// EFI variables.
 pub const COMMON: &[Step] = &[
     Step {
         name: "kernel-fs",
@@ -83,6 +86,7 @@ pub const COMMON: &[Step] = &[
     step("efivarfs", kernel::efivarfs),
 ];
 
+/// The steps of an installed system's boot, after [`COMMON`].
 pub const INSTALLED: &[Step] = &[
     step("find-data", data::find_data),
     step("check-data", data::check_data),
@@ -100,6 +104,8 @@ pub const INSTALLED: &[Step] = &[
     step("presenter", services::presenter),
 ];
 
+/// The steps of a recovery boot, after [`COMMON`]: the data volume and
+/// consoles, no VMs.
 pub const RECOVERY: &[Step] = &[
     step("find-data", data::find_data),
     step("check-data", data::check_data),
@@ -112,6 +118,7 @@ pub const RECOVERY: &[Step] = &[
     step("consoles", services::consoles),
 ];
 
+/// The steps of an installer medium's boot, after [`COMMON`].
 pub const INSTALLER: &[Step] = &[
     step("find-medium", installer::find_medium),
     step("find-answers", installer::find_answers),

@@ -29,6 +29,7 @@ use crate::usb::UsbSnapshot;
 /// of an unattended install).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PowerRequest {
+    /// Power off or reboot.
     pub action: PowerAction,
     /// Who asked, for the log (`power button`, `install finished`).
     pub reason: String,
@@ -37,6 +38,7 @@ pub struct PowerRequest {
 /// How an unattended install's countdown ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CountdownEnd {
+    /// The countdown ran out: install.
     Expired,
     /// A key on this terminal.
     Cancelled(PathBuf),
@@ -47,19 +49,26 @@ pub enum CountdownEnd {
 /// What loading the kernel modules did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Coldplug {
+    /// How many modules were loaded.
     pub loaded: usize,
     /// Matched but not applicable to this machine.
     pub refused: usize,
+    /// The kernel release the modules are for.
     pub release: String,
 }
 
 /// One mount request.
 #[derive(Debug, Clone, Copy)]
 pub struct Mount<'a> {
+    /// What to mount (a device, or `proc`, `tmpfs`, …).
     pub source: &'a str,
+    /// Where.
     pub target: &'a Path,
+    /// The filesystem type.
     pub fstype: &'a str,
+    /// Mount flags.
     pub flags: MountFlags,
+    /// Filesystem options (`mode=0755`, …).
     pub data: &'a str,
 }
 
@@ -88,14 +97,19 @@ impl<'a> Mount<'a> {
     }
 }
 
+/// What boot and shutdown steps do to the machine: the real one
+/// ([`super::real::Real`]) or a fake for unit tests.
 pub trait Platform {
     // ---- time and files --------------------------------------------
 
+    /// The current time.
     fn now(&self) -> Instant;
+    /// Waits `d`.
     fn sleep(&mut self, d: Duration);
     /// Where the running system's `p` is (the fake keeps everything under a
     /// temporary directory, mounted volumes at their own directories).
     fn path(&self, p: &Path) -> PathBuf;
+    /// [`Platform::path`] of a path given as text.
     fn at(&self, p: &str) -> PathBuf {
         self.path(Path::new(p))
     }
@@ -119,18 +133,23 @@ pub trait Platform {
 
     // ---- kernel ------------------------------------------------------
 
+    /// Whether something is mounted at `target`.
     fn is_mounted(&self, target: &Path) -> bool;
+    /// Mounts as `m` says.
     fn mount(&mut self, m: Mount<'_>) -> Result<(), SysError>;
     /// Unmounts `target`; `Err` with `busy` true while files are open on it.
     fn unmount(&mut self, target: &Path) -> Result<(), Unmount>;
+    /// Remounts `target` read-only.
     fn remount_read_only(&mut self, target: &Path) -> Result<(), SysError>;
     /// Unmounts `target` lazily (after a read-only remount).
     fn detach(&mut self, target: &Path) -> Result<(), SysError>;
+    /// Flushes every filesystem's writes (`sync(2)`).
     fn sync(&mut self);
     /// Ctrl-Alt-Del sends SIGINT to PID 1 instead of resetting.
     fn ctrl_alt_del_to_signal(&mut self);
     /// Loads `always` and every module a device asks for.
     fn coldplug(&mut self, always: &[&str], debug: bool) -> Result<Coldplug, String>;
+    /// Sets the kernel's host name.
     fn set_hostname(&mut self, name: &str) -> io::Result<()>;
     /// Loads a console keymap (docs/init.md `keyboard`).
     fn load_keymap(&mut self, entries: &[crate::keymap::Entry]) -> Result<(), String>;
@@ -143,11 +162,13 @@ pub trait Platform {
 
     // ---- disks and EFI variables ---------------------------------------
 
+    /// Every disk of the machine, with what it holds.
     fn list_disks(&mut self) -> Result<Vec<rayos_disk::report::Disk>, String>;
     /// Whether disk `/dev/sdX` hangs off USB (counted as removable).
     fn on_usb(&self, disk: &Path) -> bool;
     /// The kernel's block device names (`/sys/block`).
     fn block_names(&self) -> BTreeSet<String>;
+    /// The USB devices present now (to notice a stick being plugged in).
     fn usb_snapshot(&self) -> UsbSnapshot;
     /// Booted through UEFI (`/sys/firmware/efi`).
     fn uefi(&self) -> bool;
@@ -163,16 +184,21 @@ pub trait Platform {
     /// Starts `program args` with its output relayed line by line to the
     /// log (markers as markers); returns its pid.
     fn spawn_relayed(&mut self, program: &Path, args: &[String]) -> io::Result<i32>;
+    /// Starts a supervised service (restarted with a backoff when it exits).
     fn start_service(&mut self, spec: Spec);
+    /// The pid of service `name`, while it runs.
     fn service_pid(&self, name: &str) -> Option<i32>;
+    /// The names of the services.
     fn service_names(&self) -> Vec<String>;
     /// Signals a service and stops restarting it; its pid if it ran.
     fn signal_service(&mut self, name: &str, sig: i32) -> Option<i32>;
+    /// Forgets service `name` (it is not restarted).
     fn remove_service(&mut self, name: &str);
     /// Tells the services a pid exited; true if it was one of theirs.
     fn service_exited(&mut self, pid: i32, code: i32) -> bool;
     /// Restarts services whose backoff passed.
     fn services_tick(&mut self);
+    /// Each service's state, for `rayos status`.
     fn services_status(&self) -> Vec<ServiceStatus>;
     /// `kill(2)`; `pid` -1 is every process but PID 1. True if sent.
     fn kill(&mut self, pid: i32, sig: i32) -> bool;
@@ -190,7 +216,9 @@ pub trait Platform {
 
     // ---- rayosd's API ------------------------------------------------
 
+    /// rayosd's health, through its API.
     fn health(&mut self) -> Result<rayos_api::Health, String>;
+    /// rayosd's VMs, through its API.
     fn vms(&mut self) -> Result<Vec<rayos_api::VmInfo>, String>;
     /// Names of the VMs rayosd reports started, from its event stream,
     /// until the receiver is dropped.
@@ -200,7 +228,9 @@ pub trait Platform {
 /// Why an unmount did not work.
 #[derive(Debug)]
 pub struct Unmount {
+    /// Whether the filesystem was busy (files open on it).
     pub busy: bool,
+    /// The error.
     pub error: SysError,
 }
 

@@ -49,6 +49,8 @@ fn coldplug_threads(env: Option<&str>) -> usize {
         .map_or(1, |n| n.clamp(1, COLDPLUG_THREADS))
 }
 
+/// The running machine: system calls, supervised services, the real disks and
+/// rayosd's socket.
 pub struct Real {
     services: Services,
     sigfd: SignalFd,

@@ -13,6 +13,7 @@ use crate::log;
 /// How many boot records are kept.
 const KEEP_RECORDS: usize = 100;
 
+/// Writes the status file `rayos status` reads (`/run/rayos/init-status.json`).
 pub fn write_status(st: &mut State, p: &dyn Platform) {
     let run = p.at(paths::RUN);
     if st.status.boot_id.is_empty() && !run.is_dir() {

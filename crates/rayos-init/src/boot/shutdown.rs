@@ -31,6 +31,8 @@ const UNMOUNT_RETRY: Duration = Duration::from_millis(100);
 /// Unmounted in this order: the data volume last, once nothing writes.
 const VOLUMES: [&str; 3] = [paths::MEDIUM, paths::SYSTEM, paths::DATA];
 
+/// The shutdown's steps, in order: rayosd first (it saves or stops the VMs),
+/// the data volume unmounted last.
 pub const SHUTDOWN: &[Step] = &[
     step("stop-rayosd", stop_rayosd),
     step("stop-installer", stop_installer),

@@ -20,6 +20,7 @@ use crate::volumes::Install;
 /// What a step reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepResult {
+    /// Worked; says what was done.
     Ok(String),
     /// Worked, with something to tell.
     Warn(String),
@@ -29,17 +30,22 @@ pub enum StepResult {
     Skip(String),
 }
 
+/// What a step runs: it reads and changes the state and acts through the
+/// platform.
 pub type StepFn = fn(&mut State, &mut dyn Platform) -> StepResult;
 
 /// One named step of a table.
 pub struct Step {
+    /// The name in logs, markers and the status (`RAYOS_BOOT:<name>`).
     pub name: &'static str,
+    /// What it does.
     pub run: StepFn,
     /// Its failure stops the boot (the crash path): only the kernel
     /// filesystems, without which nothing works.
     pub fatal: bool,
 }
 
+/// A step that is not fatal.
 pub const fn step(name: &'static str, run: StepFn) -> Step {
     Step {
         name,
@@ -55,7 +61,9 @@ pub struct AnswerWatch {
     pub known: BTreeSet<String>,
     /// New ones waiting for USB to settle before they are searched.
     pub fresh: BTreeSet<String>,
+    /// The wait for USB to settle after a new disk appeared.
     pub settle: Option<Settle>,
+    /// When the disks were last compared.
     pub last_scan: Option<Instant>,
 }
 
@@ -63,8 +71,11 @@ pub struct AnswerWatch {
 pub struct State {
     /// This program (`/usr/bin/rayos`): services are its subcommands.
     pub exe: PathBuf,
+    /// The kernel command line's RayOS parameters.
     pub params: BootParams,
+    /// What `rayos status` reads (written to `/run/rayos/init-status.json`).
     pub status: InitStatus,
+    /// The RayOS install found on the disks (installed and recovery modes).
     pub install: Option<Install>,
     /// The running UKI's file name, as the loader's EFI variables say.
     pub image: Option<String>,
@@ -81,21 +92,31 @@ pub struct State {
     pub power_request: Option<PowerRequest>,
     /// The action of the shutdown under way.
     pub shutting_down: Option<crate::sys::PowerAction>,
+    /// The status changed since it was last written.
     pub status_dirty: bool,
     // installer mode
+    /// Installer mode: the disk the installer medium is on.
     pub medium_disk: Option<PathBuf>,
+    /// Installer mode: the UKI to install (on the medium).
     pub uki: Option<PathBuf>,
+    /// Installer mode: the answer file found (copied to `/run`).
     pub answers: Option<PathBuf>,
     /// The volume the answer file came from (`/dev/sda`), for messages.
     pub answers_source: Option<String>,
+    /// Installer mode: the pid of the unattended `rayos install`, while it
+    /// runs.
     pub installer_pid: Option<i32>,
     /// Installer mode: disks that appear after `find-answers` are looked at
     /// for an answer file while no install runs.
     pub watch: Option<AnswerWatch>,
     // milestones after the steps
+    /// When rayosd was started.
     pub rayosd_started: Option<Instant>,
+    /// When rayosd's health was last asked for.
     pub last_health_try: Option<Instant>,
+    /// When rayosd's VMs were last looked at.
     pub last_vm_poll: Option<Instant>,
+    /// The fault "rayosd is not healthy" was reported already.
     pub health_warned: bool,
     /// Names of VMs rayosd reports started, from its event stream
     /// (followed once rayosd is healthy, until the Linux VM runs).
@@ -108,6 +129,7 @@ pub struct State {
 }
 
 impl State {
+    /// The state before the first step, for the program `exe`.
     pub fn new(exe: PathBuf) -> State {
         State {
             exe,

@@ -28,7 +28,9 @@ pub enum Place {
     /// A new partition exactly here, in table slot `number` (the wizard's
     /// partitions placed by hand).
     At {
+        /// The table slot.
         number: u32,
+        /// The first sector.
         first_lba: u64,
         /// Inclusive.
         last_lba: u64,
@@ -49,11 +51,15 @@ pub struct Intents {
     /// `None`: the first ESP the disk keeps is reused; a disk without one
     /// gets a new ESP of `esp_size` bytes.
     pub esp: Option<Place>,
+    /// The size of a new ESP, in bytes.
     pub esp_size: u64,
+    /// Where the RayOS system partition goes.
     pub system: Place,
+    /// Where the data volume goes.
     pub data: Place,
     /// `None`: the VM kind keeps its disks on the data volume.
     pub vm_linux: Option<Place>,
+    /// Where the Windows VMs' storage partition goes (`None`: the data volume).
     pub vm_windows: Option<Place>,
     /// Consent to erase these partitions although they hold another
     /// system's data (`[target] format`, or the wizard's typed

@@ -83,33 +83,46 @@ pub use render::render;
 pub use roles::{first_kept_esp, holds_another_system, is_rayos_partition};
 pub use validate::validate;
 
+/// The plan's `schema` (in its JSON form).
 pub const PLAN_SCHEMA_VERSION: u32 = 1;
+/// Every partition RayOS creates starts on a 1 MiB boundary.
 pub const ALIGN: u64 = 1 << 20;
 /// An ESP RayOS creates is at least this large (ARCHITECTURE.md §2).
 pub const MIN_ESP: u64 = 512 * MIB;
 /// The system partition holds two UKIs and a recovery UKI.
 pub const MIN_SYSTEM: u64 = 512 * MIB;
+/// The smallest data volume RayOS creates.
 pub const MIN_DATA: u64 = GIB;
+/// The smallest VM-storage partition RayOS creates.
 pub const MIN_VM_STORAGE: u64 = GIB;
 
 /// GPT partition names (also how an unfinished install is recognised).
 pub const NAME_ESP: &str = "rayos-esp";
+/// GPT name of the RayOS system partition.
 pub const NAME_SYSTEM: &str = rayos_disk::report::LABEL_SYSTEM;
+/// GPT name of the data volume.
 pub const NAME_DATA: &str = rayos_disk::report::LABEL_DATA;
+/// GPT name of the Linux VM's storage partition.
 pub const NAME_VM_LINUX: &str = rayos_disk::report::LABEL_VM_LINUX;
+/// GPT name of the Windows VMs' storage partition.
 pub const NAME_VM_WINDOWS: &str = rayos_disk::report::LABEL_VM_WINDOWS;
 /// FAT labels hold at most 11 characters, so the system partition's
 /// filesystem label is shorter than its GPT name.
 pub const FAT_LABEL_SYSTEM: &str = "RAYOS-SYS";
+/// FAT label of an ESP RayOS creates.
 pub const FAT_LABEL_ESP: &str = "EFI";
 /// The ISO volume label of the installer media.
 pub const MEDIUM_LABEL: &str = "RAYOS_INSTALL";
 
 /// Paths on the partitions.
 pub const SYSTEMD_BOOT_HOST: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+/// systemd-boot on the ESP.
 pub const ESP_SYSTEMD_BOOT: &str = "/EFI/systemd/systemd-bootx64.efi";
+/// The removable-media fallback loader on the ESP.
 pub const ESP_FALLBACK: &str = "/EFI/BOOT/BOOTX64.EFI";
+/// systemd-boot's configuration on the ESP.
 pub const ESP_LOADER_CONF: &str = "/loader/loader.conf";
+/// The install manifest on the system partition (written last).
 pub const MANIFEST_PATH: &str = "/rayos/install-manifest.json";
 
 /// The partition systemd-boot is started from, which is where it reads
@@ -132,6 +145,7 @@ pub fn loader_role(sector_size: u32) -> Role {
 }
 /// Where the bundled Linux test guest lives inside the RayOS image.
 pub const GUEST_KERNEL: &str = "/usr/share/rayos/guest/vmlinuz";
+/// The test guest's initramfs inside the RayOS image.
 pub const GUEST_INITRD: &str = "/usr/share/rayos/guest/initrd.img";
 /// The Linux VM's disk in its directory when it runs the Debian image.
 pub const LINUX_VM_DISK: &str = "disks/root.qcow2";
@@ -139,38 +153,86 @@ pub const LINUX_VM_DISK: &str = "disks/root.qcow2";
 /// Why a plan cannot be made. Each message says what to do next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
+    /// The target is in use.
     #[error("{disk} is in use ({}): choose another target, or unmount/stop what uses it", .usages.join("; "))]
-    InUse { disk: String, usages: Vec<String> },
+    InUse {
+        /// The target.
+        disk: String,
+        /// What uses it.
+        usages: Vec<String>,
+    },
+    /// The target is the medium the installer runs from.
     #[error("{disk} is the medium this installer runs from ({why}): choose another disk")]
-    InstallerMedium { disk: String, why: String },
+    InstallerMedium {
+        /// The target.
+        disk: String,
+        /// How that was recognised.
+        why: String,
+    },
+    /// The target is read-only.
     #[error("{disk} is read-only: choose another disk or remove its write protection")]
-    ReadOnly { disk: String },
+    ReadOnly {
+        /// The target.
+        disk: String,
+    },
+    /// The target is too small for the plan.
     #[error(
         "{disk} is too small: this plan needs {} (at least {}), but {} {}; choose a larger disk or smaller sizes",
         human_size(*.needed), .needed, .available_what, human_size(*.available)
     )]
     TooSmall {
+        /// The target.
         disk: String,
+        /// Bytes the plan needs.
         needed: u64,
+        /// Bytes there are.
         available: u64,
+        /// Where those bytes are (`the disk offers`, `its largest free
+        /// region is`).
         available_what: String,
     },
+    /// The target's partition table cannot be used for this mode.
     #[error("{disk}: {what}")]
-    Table { disk: String, what: String },
+    Table {
+        /// The target.
+        disk: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// The target holds a complete RayOS install and `reinstall` is not set.
     #[error(
         "{disk} holds a complete RayOS install ({what}): it is never overwritten silently; set reinstall = true in [target] to replace it (its data volume is erased)"
     )]
-    CompleteInstall { disk: String, what: String },
+    CompleteInstall {
+        /// The target.
+        disk: String,
+        /// The install found.
+        what: String,
+    },
+    /// A partition the answers name cannot be used as asked.
     #[error("{at}: {what}")]
-    Partition { at: String, what: String },
+    Partition {
+        /// Where in the answer file.
+        at: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// Reusing a partition would erase another system's data and the answers
+    /// do not consent.
     #[error(
         "{at}: {part} holds {holds}; reusing it erases it. If that is intended, list it in [target] format = [...]"
     )]
     NeedsConsent {
+        /// Where in the answer file.
         at: String,
+        /// The partition.
         part: String,
+        /// What it holds.
         holds: String,
     },
+    /// The plan or what it is made from breaks a rule (sizes that overflow,
+    /// a Debian VM without a user, a partition [`validate`] refuses); says
+    /// which.
     #[error("invalid plan: {0}")]
     Invalid(String),
 }
@@ -179,10 +241,15 @@ pub enum PlanError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
+    /// The EFI system partition (systemd-boot, loader.conf).
     Esp,
+    /// The RayOS system partition (XBOOTLDR: the UKIs and the manifest).
     System,
+    /// The data volume (`/var/rayos`).
     Data,
+    /// The Linux VM's own storage partition.
     VmLinux,
+    /// The Windows VMs' own storage partition.
     VmWindows,
 }
 
@@ -196,6 +263,7 @@ impl Role {
         Role::VmWindows,
     ];
 
+    /// The GPT partition name the role gets.
     pub fn gpt_name(self) -> &'static str {
         match self {
             Role::Esp => NAME_ESP,
@@ -205,6 +273,7 @@ impl Role {
             Role::VmWindows => NAME_VM_WINDOWS,
         }
     }
+    /// The partition type GUID the role gets.
     pub fn type_guid(self) -> Uuid {
         match self {
             Role::Esp => types::ESP,
@@ -213,12 +282,14 @@ impl Role {
             Role::VmLinux | Role::VmWindows => types::RAYOS_VM_STORAGE,
         }
     }
+    /// The filesystem the role gets.
     pub fn fs(self) -> FsKind {
         match self {
             Role::Esp | Role::System => FsKind::Fat32,
             _ => FsKind::Ext4,
         }
     }
+    /// The filesystem label the role gets.
     pub fn fs_label(self) -> &'static str {
         match self {
             Role::Esp => FAT_LABEL_ESP,
@@ -255,10 +326,13 @@ impl Role {
     }
 }
 
+/// A filesystem the installer creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FsKind {
+    /// FAT32 (the ESP and the system partition).
     Fat32,
+    /// ext4 (the data volume and VM storage).
     Ext4,
 }
 
@@ -282,20 +356,29 @@ pub enum Action {
 /// One partition in the plan (old or new).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionPlan {
+    /// What happens to it.
     pub action: Action,
+    /// What RayOS uses it for (`None`: another system's partition).
     pub role: Option<Role>,
+    /// Its number in the GPT.
     pub number: u32,
+    /// Its first sector.
     pub first_lba: u64,
     /// Inclusive.
     pub last_lba: u64,
+    /// Where it starts, in bytes.
     pub start_bytes: u64,
+    /// Its size in bytes.
     pub size_bytes: u64,
+    /// Its type GUID after the install.
     pub type_guid: Uuid,
+    /// Its own GUID (`PARTUUID`).
     pub unique_guid: Uuid,
     /// GPT partition name after the install.
     pub name: String,
     /// Filesystem created (Create/Format) or found (others).
     pub filesystem: Option<String>,
+    /// Its filesystem label.
     pub fs_label: Option<String>,
     /// What the partition held before, in words ("NTFS (Windows)").
     pub was: Option<String>,
@@ -306,9 +389,15 @@ pub struct PartitionPlan {
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum Source {
     /// A file on the installer's host.
-    HostFile { path: PathBuf },
+    HostFile {
+        /// The file.
+        path: PathBuf,
+    },
     /// Text made by the installer (shown in full in the plan).
-    Text { content: String },
+    Text {
+        /// The text.
+        content: String,
+    },
     /// A directory.
     Directory,
     /// The install manifest, made when everything else is written.
@@ -316,15 +405,22 @@ pub enum Source {
     /// The Linux VM's disk: the compressed raw Debian VM image on the
     /// installer's host (`linux-vm.img.zst`), written as a thin qcow2 of
     /// `disk_size` bytes.
-    LinuxVmImage { path: PathBuf, disk_size: u64 },
+    LinuxVmImage {
+        /// The compressed image.
+        path: PathBuf,
+        /// The qcow2's virtual size in bytes.
+        disk_size: u64,
+    },
 }
 
 /// One file (or directory) the install writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilePlan {
+    /// The partition it goes to.
     pub role: Role,
     /// Absolute path on that partition's filesystem.
     pub path: String,
+    /// Where its content comes from.
     pub source: Source,
     /// Written only when nothing is at `path` yet (the fallback loader on
     /// a reused ESP must not replace another system's).
@@ -335,6 +431,7 @@ pub struct FilePlan {
 /// The UEFI boot entry to add.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NvramPlan {
+    /// The entry's description (what the boot menu shows).
     pub description: String,
     /// The partition holding the loader: the ESP, or the system partition
     /// on a 4096-byte-sector disk (see [`loader_role`]).
@@ -349,7 +446,9 @@ pub struct NvramPlan {
 pub struct MbrEntry {
     /// 1..=4.
     pub slot: u32,
+    /// The MBR partition type byte.
     pub type_byte: u8,
+    /// The first sector.
     pub first_lba: u64,
     /// Inclusive.
     pub last_lba: u64,
@@ -368,13 +467,21 @@ pub enum TableAction {
 /// A complete install plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
+    /// The plan's schema ([`PLAN_SCHEMA_VERSION`]).
     pub schema: u32,
+    /// The target disk (device or image file).
     pub target: PathBuf,
+    /// Whether the target is an image file.
     pub image_file: bool,
+    /// The target's size in bytes.
     pub disk_size_bytes: u64,
+    /// Its logical sector size in bytes.
     pub sector_size: u32,
+    /// How RayOS is placed on it.
     pub mode: Mode,
+    /// The RayOS version installed.
     pub rayos_version: String,
+    /// Whether the partition table is new or edited.
     pub table: TableAction,
     /// Set when the table is read from one copy only (an interrupted table
     /// write of an unfinished install); both copies are rewritten.
@@ -387,10 +494,15 @@ pub struct Plan {
     pub hybrid_mbr: Vec<MbrEntry>,
     /// Every partition of the disk after the install, plus those deleted.
     pub partitions: Vec<PartitionPlan>,
+    /// Every file and directory the install writes.
     pub files: Vec<FilePlan>,
+    /// `machine.toml` for the data volume.
     pub machine: MachineConfig,
+    /// The first policy file.
     pub policy: Policy,
+    /// The first VM registry (the Linux VM).
     pub registry: Registry,
+    /// The UEFI boot entry to add, if any.
     pub nvram: Option<NvramPlan>,
     /// Disk bytes the new partitions take.
     pub bytes_allocated: u64,
@@ -399,6 +511,7 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The partition planned for `role` (not a deleted one).
     pub fn partition(&self, role: Role) -> Option<&PartitionPlan> {
         self.partitions
             .iter()
@@ -417,6 +530,7 @@ impl Plan {
         rayos_base::uki_name::new_entry(&self.rayos_version)
     }
 
+    /// The plan as pretty JSON (what `--dry-run --json` prints).
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
@@ -454,9 +568,13 @@ impl Facts {
 /// recognise what it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scanned {
+    /// The partition's number.
     pub number: u32,
+    /// Its first sector.
     pub first_lba: u64,
+    /// Its last sector (inclusive).
     pub last_lba: u64,
+    /// What was found.
     pub contents: Contents,
 }
 
@@ -477,7 +595,9 @@ pub enum Contents {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TableCopy {
+    /// The primary copy.
     Primary,
+    /// The backup copy, at the end of the disk.
     Backup,
 }
 
@@ -493,17 +613,21 @@ impl From<TableCopy> for rayos_disk::gpt::TableCopy {
 /// The disk as its one valid table copy describes it.
 #[derive(Debug, Clone)]
 pub struct UnfinishedTable {
+    /// The copy that is valid.
     pub copy: TableCopy,
+    /// The disk as that copy describes it.
     pub disk: Disk,
 }
 
 /// Inputs that do not come from the answer file.
 #[derive(Debug, Clone)]
 pub struct PlanOptions {
+    /// The RayOS version to install.
     pub rayos_version: String,
     /// The RayOS UKI to install (shown as a placeholder when `None`, which
     /// only a dry run accepts).
     pub system_image: Option<PathBuf>,
+    /// systemd-boot's EFI binary on the installer's host.
     pub systemd_boot: PathBuf,
     /// The recovery UKI; with it the install gets the "RayOS recovery" boot
     /// menu entry (installer media carry it beside the system image).

@@ -15,6 +15,8 @@ use crate::lifecycle::Op;
 use crate::store::StoreError;
 
 impl Supervisor {
+    /// Defines a new VM: checks the request against policy, makes its directory
+    /// and disks, and registers it.
     pub fn create(&self, req: &CreateRequest) -> Result<VmInfo, OpError> {
         self.refuse_if_shutting_down()?;
         let create_err = |source| OpError::Create {
@@ -80,6 +82,8 @@ impl Supervisor {
         }
     }
 
+    /// Removes a VM that has no device model from the registry; `purge` deletes
+    /// its directory too.
     pub fn delete(&self, name: &str, purge: bool) -> Result<ActionReply, OpError> {
         self.refuse_if_shutting_down()?;
         let slot = self.slot(name)?;

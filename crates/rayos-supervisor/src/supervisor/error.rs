@@ -12,65 +12,104 @@ use crate::lifecycle::{Refusal, Step};
 use crate::saved::SavedError;
 use crate::store::StoreError;
 
+/// Why an operation on a VM failed; [`OpError::status`] is the HTTP status it
+/// is answered with.
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
+    /// No VM has this name (404).
     #[error("no VM named {0:?}: `rayos vm list` shows the VMs")]
     NotFound(String),
     /// The VM's state does not allow the operation ([`crate::lifecycle::require`]).
     #[error("VM {vm} is {}: {refusal}", refusal.state)]
-    WrongState { vm: String, refusal: Refusal },
+    WrongState {
+        /// The VM's name.
+        vm: String,
+        /// The operation and the state that refused it.
+        refusal: Refusal,
+    },
     /// A step the lifecycle table refuses although the operation was
     /// allowed: a bug guard, answered like a refusal.
     #[error("VM {vm} is {from}: the lifecycle does not allow {step:?} now")]
     Transition {
+        /// The VM's name.
         vm: String,
+        /// The state it was in.
         from: VmState,
+        /// The step the table refused.
         step: Step,
     },
+    /// Another operation on the VM holds it longer than a request waits
+    /// (409).
     #[error("VM {vm} is busy ({state}): try again when that is done")]
-    Busy { vm: String, state: VmState },
+    Busy {
+        /// The VM's name.
+        vm: String,
+        /// Its state at the time.
+        state: VmState,
+    },
+    /// The request is wrong; the message says how (400).
     #[error("{0}")]
     Invalid(String),
+    /// Policy does not allow it; the message says which setting (403).
     #[error("{0}")]
     Forbidden(String),
     /// The request is fine but the VM is not in a position to take it now
     /// (hidden, a person typing, no guest agent, no absolute pointer).
     #[error("{0}")]
     Refused(String),
+    /// The name is taken (409).
     #[error("a VM named {0:?} already exists: choose another name or delete it first")]
     Exists(String),
+    /// The daemon is shutting down and takes no new operations (503).
     #[error("rayosd is shutting down")]
     ShuttingDown,
+    /// The VM's files are on a VM-storage partition that is not mounted (409).
     #[error(
         "VM {vm} keeps its files on the VM-storage partition {label}, which is not mounted at {}: it is not started, so nothing is recreated on the data volume (`rayos status` shows the boot fault; reconnect the disk and reboot)",
         dir.display()
     )]
     StorageMissing {
+        /// The VM's name.
         vm: String,
+        /// The partition's label.
         label: String,
+        /// Where the partition should be mounted.
         dir: PathBuf,
     },
+    /// The backend failed at an action on the VM.
     #[error("cannot {action} VM {vm}")]
     Vmm {
+        /// What was being done, as a verb (`start`, `send input to`, …).
         action: &'static str,
+        /// The VM's name.
         vm: String,
+        /// The backend's error.
         #[source]
         source: VmmError,
     },
+    /// Defining the VM or making its files failed.
     #[error("cannot create VM {vm}")]
     Create {
+        /// The VM's name.
         vm: String,
+        /// What went wrong.
         #[source]
         source: CreateError,
     },
+    /// The registry could not be changed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A saved state could not be recorded, kept aside or removed.
     #[error(transparent)]
     Saved(#[from] SavedError),
+    /// A file of the VM could not be read or written.
     #[error("cannot {what} {path}")]
     Io {
+        /// What was being done (`read`, `remove`, …).
         what: &'static str,
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: std::io::Error,
     },

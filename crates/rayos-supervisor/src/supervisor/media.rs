@@ -34,6 +34,7 @@ use super::{OpError, Slot, Supervisor, chain, lock};
 pub const MEDIA_DIR: &str = "media";
 
 impl Supervisor {
+    /// Attaches or ejects a medium, at once when the VM runs, and records it.
     pub fn media(&self, name: &str, req: &MediaRequest) -> Result<ActionReply, OpError> {
         self.refuse_if_shutting_down()?;
         let slot = self.slot(name)?;

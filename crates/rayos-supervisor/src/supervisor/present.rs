@@ -10,6 +10,7 @@ use super::{OpError, Supervisor, lock};
 use crate::lifecycle::Op;
 
 impl Supervisor {
+    /// Shows the VM and gives it the input (hiding the VM shown before).
     pub fn present(&self, name: &str) -> Result<ActionReply, OpError> {
         self.refuse_if_shutting_down()?;
         let slot = self.slot(name)?;
@@ -39,6 +40,7 @@ impl Supervisor {
         Ok(self.reply(&slot, message, None))
     }
 
+    /// Hides the VM (the home screen shows).
     pub fn hide(&self, name: &str) -> Result<ActionReply, OpError> {
         let slot = self.slot(name)?;
         let was = {

@@ -119,6 +119,7 @@ impl Supervisor {
         }
     }
 
+    /// Every VM, as `show` reports it.
     pub fn list(&self) -> Vec<VmInfo> {
         self.all_slots().iter().map(|s| self.info(s)).collect()
     }
@@ -143,6 +144,7 @@ impl Supervisor {
         Ok(info)
     }
 
+    /// The daemon's health: VMs, memory, registry state, notes, accelerator.
     pub fn health(&self) -> Health {
         Health {
             status: if self.shutting_down.load(Ordering::SeqCst) {
@@ -173,6 +175,7 @@ impl Supervisor {
         }
     }
 
+    /// The last `lines` lines of the VM's console log.
     pub fn console(&self, name: &str, lines: usize) -> Result<Vec<String>, OpError> {
         let slot = self.slot(name)?;
         let id = lock(&slot.status).def.id;

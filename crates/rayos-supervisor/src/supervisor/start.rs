@@ -23,6 +23,8 @@ use crate::lifecycle::{self, Op, Step};
 use crate::saved::{self, Found};
 
 impl Supervisor {
+    /// Starts the VM: resumes a usable saved state, else cold-boots; `fresh`
+    /// discards a saved state first.
     pub fn start(&self, name: &str, fresh: bool) -> Result<ActionReply, OpError> {
         self.refuse_if_shutting_down()?;
         self.start_inner(name, fresh, false)

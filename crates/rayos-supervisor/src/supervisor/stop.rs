@@ -14,6 +14,7 @@ use crate::lifecycle::{Op, Step};
 use crate::saved;
 
 impl Supervisor {
+    /// Saves the VM's state to disk and ends its device model.
     pub fn suspend(&self, name: &str) -> Result<ActionReply, OpError> {
         self.refuse_if_shutting_down()?;
         self.suspend_inner(name)
@@ -76,6 +77,8 @@ impl Supervisor {
         ))
     }
 
+    /// Stops the VM: the ACPI power button, then a kill after the timeout (or a
+    /// kill at once with `force`).
     pub fn stop(&self, name: &str, req: &StopRequest) -> Result<ActionReply, OpError> {
         self.refuse_if_shutting_down()?;
         let timeout = req

@@ -34,11 +34,14 @@ pub use rayos_base::paths::MODULES_REFUSED;
 /// The accelerator QEMU is started with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
+    /// Hardware virtualisation through `/dev/kvm`.
     Kvm,
+    /// QEMU's software emulation.
     Tcg,
 }
 
 impl Accel {
+    /// The name QEMU's `-accel` takes (`kvm`, `tcg`).
     pub fn name(self) -> &'static str {
         match self {
             Accel::Kvm => "kvm",
@@ -71,6 +74,7 @@ pub enum CpuVirt {
 }
 
 impl CpuVirt {
+    /// The kernel module that provides `/dev/kvm` on this CPU.
     pub fn module(self) -> &'static str {
         match self {
             CpuVirt::Vmx => "kvm_intel",
@@ -108,6 +112,7 @@ pub struct AccelInputs {
     pub forced: Option<Accel>,
     /// `/dev/kvm` exists.
     pub device: bool,
+    /// The CPU's virtualisation flag, if it has one.
     pub cpu: Option<CpuVirt>,
     /// The state of `cpu`'s module (`NotLoaded` when there is no flag).
     pub module: ModuleState,
@@ -160,10 +165,20 @@ pub enum TcgReason {
     /// No `/dev/kvm` and no `vmx`/`svm` flag.
     FirmwareOff,
     /// The CPU has the flag but its module was refused.
-    ModuleFailed { module: &'static str, error: String },
+    ModuleFailed {
+        /// The module's name.
+        module: &'static str,
+        /// Why the kernel refused it.
+        error: String,
+    },
     /// The CPU has the flag but there is no `/dev/kvm` (module not loaded,
     /// or loaded without creating the device).
-    NoDevice { module: &'static str, loaded: bool },
+    NoDevice {
+        /// The module's name.
+        module: &'static str,
+        /// Whether the module is loaded.
+        loaded: bool,
+    },
     /// `/dev/kvm` exists but the probe guest did not run.
     ProbeFailed(ProbeError),
 }
@@ -200,11 +215,14 @@ impl std::fmt::Display for TcgReason {
 /// The outcome: KVM, or TCG and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccelDecision {
+    /// KVM: the probe guest ran, or `RAYOS_ACCEL=kvm` asks for it.
     Kvm,
+    /// TCG, and why.
     Tcg(TcgReason),
 }
 
 impl AccelDecision {
+    /// The accelerator this decision picks.
     pub fn accel(&self) -> Accel {
         match self {
             AccelDecision::Kvm => Accel::Kvm,

@@ -32,8 +32,11 @@ use crate::VmSpec;
 
 /// Files in a VM's run directory.
 pub mod run {
+    /// QEMU's QMP socket (the backend's control channel).
     pub const QMP: &str = "qmp.sock";
+    /// QEMU's VNC server (the presenter connects here).
     pub const VNC: &str = "vnc.sock";
+    /// The guest agent's channel (qemu-guest-agent in the guest).
     pub const QGA: &str = "qga.sock";
     /// The agent bridge's in-VM channel (only with `VmSpec::agent_bridge`).
     pub const BRIDGE: &str = "bridge.sock";
@@ -41,8 +44,11 @@ pub mod run {
     pub const CONSOLE: &str = "console.sock";
     /// First-boot settings handed to the guest, one file per credential.
     pub const GUEST_CONFIG: &str = "guest-config";
+    /// swtpm's socket that QEMU's TPM device connects to.
     pub const SWTPM: &str = "swtpm.sock";
+    /// QEMU's pid file (written when it daemonizes).
     pub const QEMU_PID: &str = "qemu.pid";
+    /// swtpm's pid file.
     pub const SWTPM_PID: &str = "swtpm.pid";
     /// QEMU's stderr until it daemonizes (start-up errors land here).
     pub const QEMU_START_LOG: &str = "qemu-start.log";
@@ -50,7 +56,9 @@ pub mod run {
 
 /// Files in a VM's persistent directory (besides `rayos_state::layout::vm`).
 pub mod vmdir {
+    /// The serial console's output, appended across starts.
     pub const CONSOLE_LOG: &str = "logs/console.log";
+    /// swtpm's log.
     pub const SWTPM_LOG: &str = "logs/swtpm.log";
 }
 
@@ -58,6 +66,7 @@ pub mod vmdir {
 /// `/usr/share/OVMF`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ovmf {
+    /// The firmware code image (read-only, shared by every VM).
     pub code: PathBuf,
     /// Template copied once to the VM's `ovmf-vars.fd`.
     pub vars_template: PathBuf,
@@ -188,6 +197,7 @@ pub fn guest_config_file(run_dir: &Path, name: &str) -> PathBuf {
 /// How this launch differs from every other launch of the same VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LaunchPart {
+    /// Boots from the disks.
     Cold,
     /// Adds `-incoming defer`; the state is fed through QMP afterwards.
     Incoming,

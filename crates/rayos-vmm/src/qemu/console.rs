@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::cmdline::vmdir;
 
+/// The path of the console log in the VM directory `vm_dir`.
 pub fn console_log(vm_dir: &Path) -> PathBuf {
     vm_dir.join(vmdir::CONSOLE_LOG)
 }

@@ -28,6 +28,8 @@ use crate::{
 const SAVE_BANDWIDTH: u64 = 10 << 30;
 const POLL: Duration = Duration::from_millis(25);
 
+/// The QEMU backend's [`VmHandle`]: one running QEMU (and its swtpm),
+/// controlled through QMP.
 pub struct QemuHandle {
     spec: VmSpec,
     config: QemuConfig,

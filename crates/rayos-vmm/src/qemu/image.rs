@@ -37,21 +37,29 @@ const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 /// external file named in the header.
 const QCOW2_EXTERNAL_DATA_FILE: u64 = 1 << 2;
 
+/// Why an image cannot be imported or inspected.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// The image must not be used; the message says why and what to do.
     #[error("{0}")]
     Refused(String),
+    /// The image could not be read.
     #[error("cannot read {path}")]
     Io {
+        /// The image.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// A tool (qemu-img) failed on the image.
     #[error("{tool} failed on {path}: {detail}")]
     Tool {
+        /// The tool's name.
         tool: &'static str,
+        /// The image.
         path: PathBuf,
+        /// What the tool said.
         detail: String,
     },
 }
@@ -61,6 +69,7 @@ pub enum ImageError {
 pub struct ImageInfo {
     /// qemu-img's format name, one of [`IMPORT_FORMATS`].
     pub format: String,
+    /// The size the guest sees, in bytes.
     pub virtual_size: u64,
 }
 

@@ -167,18 +167,31 @@ const REQUIRED: &[(Cap, &str)] = &[
 /// "probe failed: …".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {
+    /// `/dev/kvm` cannot be opened; holds the error.
     #[error("cannot open /dev/kvm: {0}")]
     Open(String),
+    /// The kernel's KVM API version is not the one QEMU needs; holds it.
     #[error("/dev/kvm speaks KVM API version {0}, QEMU needs {KVM_API_VERSION}")]
     ApiVersion(i32),
+    /// The kernel's KVM lacks a capability QEMU needs; names it.
     #[error("the kernel's KVM lacks {0}, which QEMU needs")]
     MissingCapability(&'static str),
+    /// Setting up the test VM failed.
     #[error("cannot {step}: {detail}")]
-    Setup { step: &'static str, detail: String },
+    Setup {
+        /// What was being done ("map the guest's memory", …).
+        step: &'static str,
+        /// The error.
+        detail: String,
+    },
+    /// `KVM_RUN` failed; holds the error.
     #[error("running the test guest failed: {0}")]
     Run(String),
+    /// The test guest exited for another reason than its port write; holds the
+    /// exit.
     #[error("the test guest stopped with {0} instead of its port write")]
     UnexpectedExit(String),
+    /// The test guest did not reach its port write in time; holds the limit.
     #[error("the test guest did not reach its port write within {0:?}")]
     Timeout(Duration),
 }

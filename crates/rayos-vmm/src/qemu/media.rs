@@ -40,7 +40,9 @@ pub enum Form {
 /// What a source is on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
+    /// A regular file (an image).
     File,
+    /// A block device (a real CD or stick).
     Device,
 }
 
@@ -208,27 +210,47 @@ fn iso9660_at_start<R: Read + Seek>(r: &mut R) -> bool {
 pub enum Change {
     /// Insert `path` into the CD drive `index` (which must exist and be
     /// empty).
-    InsertCd { index: usize, path: PathBuf },
+    InsertCd {
+        /// The drive's index.
+        index: usize,
+        /// The medium (a file or a block device).
+        path: PathBuf,
+    },
     /// Empty the CD drive `index`.
-    EjectCd { index: usize },
+    EjectCd {
+        /// The drive's index.
+        index: usize,
+    },
     /// Plug a read-only USB stick as `usb<index>` on xHCI port `index+1`.
-    PlugUsb { index: usize, path: PathBuf },
+    PlugUsb {
+        /// The stick's index.
+        index: usize,
+        /// The medium (a file or a block device).
+        path: PathBuf,
+    },
     /// Unplug `usb<index>`.
-    UnplugUsb { index: usize },
+    UnplugUsb {
+        /// The stick's index.
+        index: usize,
+    },
 }
 
 /// QMP/QEMU names of the media devices, shared by the command line and
 /// the runtime changes so both name the same nodes.
 pub mod names {
+    /// The CD drive's device id: `cd<i>`.
     pub fn cd_device(i: usize) -> String {
         format!("cd{i}")
     }
+    /// The block node of the CD drive's medium: `media<i>`.
     pub fn cd_node(i: usize) -> String {
         format!("media{i}")
     }
+    /// The USB stick's device id: `usb<i>`.
     pub fn usb_device(i: usize) -> String {
         format!("usb{i}")
     }
+    /// The block node of the USB stick's medium: `usbmedia<i>`.
     pub fn usb_node(i: usize) -> String {
         format!("usbmedia{i}")
     }

@@ -60,8 +60,11 @@ const QEMU_VM_MAGIC: [u8; 4] = *b"QEVM";
 /// Where the backend finds its tools and how long it waits for them.
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
+    /// The QEMU binary (`qemu-system-x86_64`).
     pub qemu: PathBuf,
+    /// The swtpm binary.
     pub swtpm: PathBuf,
+    /// The zstd binary (saved states are compressed through it).
     pub zstd: PathBuf,
     /// Directory of the OVMF 4M images.
     pub ovmf_dir: PathBuf,
@@ -98,6 +101,7 @@ pub struct QemuVmm {
 }
 
 impl QemuVmm {
+    /// The backend with `config`; nothing is started yet.
     pub fn new(config: QemuConfig) -> Self {
         QemuVmm {
             config,
@@ -105,6 +109,7 @@ impl QemuVmm {
         }
     }
 
+    /// What the backend was made with.
     pub fn config(&self) -> &QemuConfig {
         &self.config
     }
