@@ -446,6 +446,14 @@ impl GuestAgent {
         }
     }
 
+    /// How long later calls wait for the agent. A short wait finds out
+    /// whether an agent is there at all (`sync`); a command the guest does
+    /// slow work for (`guest-set-time` writes the hardware clock) may then
+    /// be given longer.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     /// `guest-sync-delimited` with `id`: resynchronises the stream and
     /// proves an agent is listening. `Ok(false)` when none answers in time.
     pub fn sync(&mut self, id: u64) -> Result<bool, QmpError> {

@@ -537,6 +537,11 @@ impl VmHandle for QemuHandle {
         let Some(mut ga) = self.agent(Duration::from_secs(2)) else {
             return Ok(false);
         };
+        // The agent answered its sync: it is there. qemu-guest-agent sets
+        // the clock and then writes the hardware clock (`hwclock -w`, which
+        // waits for a second boundary); a guest just resumed on a busy
+        // machine took over 2 s for that.
+        ga.set_timeout(SET_TIME_WAIT);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -710,6 +715,9 @@ fn agent_at(run_dir: &Path, timeout: Duration) -> Option<GuestAgent> {
 
 /// How long a console write waits for the guest's serial port to take it.
 const CONSOLE_WRITE_WAIT: Duration = Duration::from_secs(10);
+
+/// How long `guest-set-time` may take once the agent answered its sync.
+const SET_TIME_WAIT: Duration = Duration::from_secs(10);
 
 /// How long an exec waits for the agent to answer each request.
 const EXEC_AGENT_WAIT: Duration = Duration::from_secs(5);
