@@ -217,6 +217,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(mut x) = h.0.take() {
         x.kill()?;
     }
+    // The same state loaded by QEMU alone, right after (page cache alike).
+    let bare = bare_incoming(&vmm, &spec, &state)?;
 
     let dd_dir = state.parent().unwrap_or(&root);
     let (dd_write, dd_read) = dd_baseline(dd_dir, report.bytes)?;
@@ -270,6 +272,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         mbps(report.bytes, restore),
         mbps(report.transferred, restore)
     );
+    println!(
+        "  bare QEMU -incoming same state {:>8.3} s   ratio restore/bare {:.2} (goal <= 1.2)",
+        secs(bare),
+        secs(restore) / secs(bare)
+    );
     let load = restore.saturating_sub(qemu_start);
     println!(
         "    of which loading (minus QEMU start) {:>5.3} s   {:>7.1} MB/s on disk",
@@ -309,6 +316,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "save_over_dd_raw": secs(save) / secs(dd_write_raw),
             "restore_s": secs(restore),
             "restore_load_s": secs(load),
+            "bare_incoming_s": secs(bare),
+            "restore_over_bare": secs(restore) / secs(bare),
             "dd_read_s": secs(dd_read),
             "restore_over_dd": secs(restore) / secs(dd_read),
             "daemon_rss_kib_idle": rss.as_ref().ok().map(|r| r.0),
@@ -318,6 +327,94 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
+}
+
+/// Bare QEMU restoring `state`: the VM's own command line with
+/// `-incoming` reading the file itself (`fd:3`, a raw state) or through
+/// `exec:zstd -dc` (a compressed one), timed from spawn until
+/// `query-status` (polled every millisecond) says loaded and `cont` has run. The orchestration
+/// RayOS adds is the difference.
+fn bare_incoming(vmm: &QemuVmm, spec: &VmSpec, state: &Path) -> anyhow::Result<Duration> {
+    use std::io::Read as _;
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::process::CommandExt as _;
+
+    let mut magic = [0u8; 4];
+    let file = std::fs::File::open(state).with_context(|| format!("{}", state.display()))?;
+    (&file).read_exact(&mut magic)?;
+    // QEMU reads from the descriptor's offset.
+    std::io::Seek::rewind(&mut (&file))?;
+    let uri = if magic == *b"QEVM" {
+        "fd:3".to_string()
+    } else {
+        format!("exec:zstd -q -dc {}", state.display())
+    };
+    let mut argv = vmm
+        .command_line(spec, rayos_vmm::qemu::LaunchPart::Incoming)
+        .argv();
+    let i = argv
+        .iter()
+        .position(|a| a == "-incoming")
+        .context("no -incoming in the command line")?;
+    argv[i + 1] = uri;
+    use rayos_vmm::qemu::cmdline::run;
+    for f in [run::QMP, run::VNC, run::QGA, run::CONSOLE, run::QEMU_PID] {
+        let _ = std::fs::remove_file(spec.run_dir.join(f));
+    }
+    let fd = file.as_raw_fd();
+    let mut cmd = Command::new(&vmm.config().qemu);
+    cmd.args(&argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: only dup2/fcntl, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec.
+            let r = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let t = Instant::now();
+    let st = cmd.status().context("cannot run QEMU")?;
+    if !st.success() {
+        bail!("bare QEMU -incoming exited: {st}");
+    }
+    let pid = rayos_vmm::qemu::process::read_pid(&spec.run_dir.join(run::QEMU_PID))
+        .context("bare QEMU wrote no pid file")?;
+    let r = (|| {
+        let mut q = rayos_qmp::QmpClient::connect_retry(
+            &spec.run_dir.join(run::QMP),
+            Duration::from_secs(30),
+        )?;
+        loop {
+            let v = q.execute("query-status", None)?;
+            match v["status"].as_str() {
+                Some("running") => return Ok(t.elapsed()),
+                // The state was saved from a stopped guest, so QEMU loads it
+                // paused; RayOS sends the same `cont`.
+                Some("paused" | "postmigrate") => {
+                    q.execute("cont", None)?;
+                    return Ok(t.elapsed());
+                }
+                _ => {}
+            }
+            if t.elapsed() > TIMEOUT {
+                bail!("bare QEMU still {} after {TIMEOUT:?}", v["status"]);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })();
+    let _ = rayos_vmm::qemu::process::signal(pid, libc::SIGKILL);
+    rayos_vmm::qemu::process::wait_gone(pid, Duration::from_secs(10));
+    r
 }
 
 /// Kills the daemon if measuring fails half-way.
