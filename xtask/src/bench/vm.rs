@@ -7,13 +7,16 @@
 //! - cold boot: `launch(Cold)` until the guest prints its ready marker;
 //! - resume: `launch(Restore)` until the guest prints its next counter
 //!   line (it is past its ready marker already);
-//! - save: `save()` (stop, migrate through zstd, fsync, rename, quit);
+//! - save: `save()` (stop, migrate into the state file, fsync, rename,
+//!   quit);
 //! - restore: `launch(Restore)` until it returns (QEMU started, state
 //!   loaded, guest running).
 //!
 //! Baselines: `dd` writing (with `conv=fsync`) and reading as many bytes as
-//! the state file holds, in the same directory. Both reads come from the
-//! page cache, as the restore right after a save does.
+//! the state file holds, and writing as many as QEMU transferred (the
+//! guest-RAM bytes), in the same directory; bare QEMU with `-incoming` of
+//! the same state file (the VM's command line, no RayOS around it). The
+//! reads come from the page cache, as the restore right after a save does.
 //!
 //! Last, the daemon's own memory: `rayos daemon` on a scratch data volume
 //! and socket, its `VmRSS` before and after `rayos vm create` of a Linux and
