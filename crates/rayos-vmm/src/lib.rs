@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use qemu::{
     Accel, AccelDecision, AccelInputs, CpuVirt, ModuleState, QemuConfig, QemuHandle, QemuVmm,
-    TcgReason, running_accel,
+    SaveFormat, TcgReason, running_accel,
 };
 
 /// Everything a backend needs to run one VM: its definition, where its
@@ -145,7 +145,7 @@ pub enum TpmState {
 pub struct SaveReport {
     /// Where the state was written.
     pub state_file: PathBuf,
-    /// Size of the state file on disk (compressed).
+    /// Size of the state file on disk.
     pub bytes: u64,
     /// Guest memory and device bytes QEMU transferred.
     pub transferred: u64,

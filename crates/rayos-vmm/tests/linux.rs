@@ -44,7 +44,9 @@ fn cold_boot_save_restore_continues_counter() {
         .unwrap();
     assert!(last_before >= *before.last().unwrap());
     assert!(report.bytes > 0 && report.bytes == std::fs::metadata(vm.state_file()).unwrap().len());
-    assert!(report.transferred > report.bytes, "compressed: {report:?}");
+    // The default form: QEMU's own stream, written by QEMU into the file.
+    let head = std::fs::read(vm.state_file()).unwrap();
+    assert_eq!(&head[..4], b"QEVM", "raw stream: {report:?}");
     assert!(!vm.state_file().with_extension("zst.partial").exists());
 
     let offset = guest::log_len(&log);
@@ -82,11 +84,52 @@ fn cold_boot_save_restore_continues_counter() {
     assert_eq!(c, 0);
 }
 
+/// States saved compressed (`SaveFormat::Zstd`, the only form before
+/// raw saves) restore with the default setting: the counter continues.
+#[test]
+fn compressed_state_restores() {
+    let vm = linux_vm("zstd");
+    let zvmm = rayos_vmm::QemuVmm::new(rayos_vmm::QemuConfig {
+        save_format: rayos_vmm::SaveFormat::Zstd,
+        ..vmm().config().clone()
+    });
+    let log = vm.console();
+
+    let mut g = Guard(Some(zvmm.launch(&vm.spec, &Launch::Cold).unwrap()));
+    guest::wait_for_line(&log, 0, guest::READY_MARKER, BOOT).unwrap();
+    let before = guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
+    let report = g.h().save(&vm.state_file()).unwrap();
+    g.0 = None;
+    let head = std::fs::read(vm.state_file()).unwrap();
+    assert_eq!(&head[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd: {report:?}");
+    assert!(report.transferred > report.bytes, "compressed: {report:?}");
+
+    let offset = guest::log_len(&log);
+    let mut g = Guard(Some(
+        vmm()
+            .launch(
+                &vm.spec,
+                &Launch::Restore {
+                    state_file: vm.state_file(),
+                },
+            )
+            .unwrap(),
+    ));
+    assert_eq!(g.h().state().unwrap(), RunState::Running);
+    let after = guest::wait_counter_above(&log, offset, Some(before), BOOT).unwrap();
+    assert!(after > before);
+    let since = guest::read_from(&log, offset).unwrap();
+    assert!(!since.contains(guest::READY_MARKER), "{since}");
+    g.h().kill().unwrap();
+    g.0 = None;
+}
+
 /// A state file that does not load: an error, no QEMU left behind, the disk
 /// bytes unchanged, the state file kept for the supervisor to report.
-/// Three kinds of damage: not zstd at all; a valid zstd stream whose
-/// migration data is garbage after the header (QEMU itself fails); a real
-/// saved state cut in half (zstd fails part-way).
+/// Four kinds of damage: neither QEMU's stream nor zstd; a valid zstd
+/// stream whose migration data is garbage after the header (QEMU itself
+/// fails); the same garbage uncompressed; a real (raw) saved state cut in
+/// half (QEMU meets the end of the file part-way).
 #[test]
 fn corrupt_state_fails_cleanly() {
     let vm = linux_vm("corrupt");
@@ -116,6 +159,7 @@ fn corrupt_state_fails_cleanly() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("not zstd", b"this is not a saved VM".to_vec()),
         ("garbage stream", std::fs::read(&zst).unwrap()),
+        ("garbage raw stream", garbage.clone()),
         ("truncated", good[..good.len() / 2].to_vec()),
     ];
     for (what, bytes) in cases {

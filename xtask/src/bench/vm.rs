@@ -7,13 +7,17 @@
 //! - cold boot: `launch(Cold)` until the guest prints its ready marker;
 //! - resume: `launch(Restore)` until the guest prints its next counter
 //!   line (it is past its ready marker already);
-//! - save: `save()` (stop, migrate through zstd, fsync, rename, quit);
+//! - save: `save()` (stop, migrate into the state file, fsync, rename,
+//!   quit);
 //! - restore: `launch(Restore)` until it returns (QEMU started, state
-//!   loaded, guest running).
+//!   loaded, guest running); then five more, each followed by bare QEMU
+//!   loading the same file, and the minimums compared.
 //!
 //! Baselines: `dd` writing (with `conv=fsync`) and reading as many bytes as
-//! the state file holds, in the same directory. Both reads come from the
-//! page cache, as the restore right after a save does.
+//! the state file holds, and writing as many as QEMU transferred (the
+//! guest-RAM bytes), in the same directory; bare QEMU with `-incoming` of
+//! the same state file (the VM's command line, no RayOS around it). The
+//! reads come from the page cache, as the restore right after a save does.
 //!
 //! Last, the daemon's own memory: `rayos daemon` on a scratch data volume
 //! and socket, its `VmRSS` before and after `rayos vm create` of a Linux and
@@ -27,7 +31,7 @@ use anyhow::{Context, bail};
 use rayos_state::registry::{BootSpec, DiskFormat, DiskSpec};
 use rayos_state::{VmDefinition, VmKind};
 use rayos_testkit::guest;
-use rayos_vmm::{Accel, Launch, QemuConfig, QemuVmm, VmHandle, VmSpec, Vmm};
+use rayos_vmm::{Accel, Launch, QemuConfig, QemuVmm, SaveFormat, VmHandle, VmSpec, Vmm};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -50,9 +54,15 @@ pub struct Args {
     /// with random bytes; default memory 2048 MiB).
     #[arg(long, default_value = "test")]
     guest: String,
+    /// How the save writes the state: `raw` (the default of rayos-vmm) or
+    /// `zstd` (test guest only).
+    #[arg(long, default_value = "raw")]
+    save_format: String,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(180);
+/// Restore and bare-QEMU restore pairs.
+const PAIRS: usize = 5;
 
 /// Kills the VM if the benchmark fails half-way.
 struct Guard(Option<Box<dyn VmHandle>>);
@@ -132,8 +142,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(other) => bail!("unknown accelerator {other:?}: use tcg or kvm"),
         None => None,
     };
+    let save_format = match args.save_format.as_str() {
+        "raw" => SaveFormat::Raw,
+        "zstd" => SaveFormat::Zstd,
+        other => bail!("unknown save format {other:?}: use raw or zstd"),
+    };
     let vmm = QemuVmm::new(QemuConfig {
         accel,
+        save_format,
         ..QemuConfig::default()
     });
     eprintln!("bench vm: building the test guest ...");
@@ -217,6 +233,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(mut x) = h.0.take() {
         x.kill()?;
     }
+    // RayOS's restore against the same state loaded by QEMU alone, in
+    // alternating pairs (page cache alike); the minimum of each is compared,
+    // as the machine's load varies between pairs.
+    let (mut ours, mut bares) = (Vec::new(), Vec::new());
+    for _ in 0..PAIRS {
+        let t = Instant::now();
+        let mut x = vmm.launch(
+            &spec,
+            &Launch::Restore {
+                state_file: state.clone(),
+            },
+        )?;
+        ours.push(t.elapsed());
+        x.kill()?;
+        bares.push(bare_incoming(&vmm, &spec, &state)?);
+    }
+    let range = |v: &[Duration]| {
+        let min = v.iter().min().copied().unwrap_or_default();
+        let max = v.iter().max().copied().unwrap_or_default();
+        (min, max)
+    };
+    let (ours_min, ours_max) = range(&ours);
+    let (bare_min, bare_max) = range(&bares);
 
     let dd_dir = state.parent().unwrap_or(&root);
     let (dd_write, dd_read) = dd_baseline(dd_dir, report.bytes)?;
@@ -225,9 +264,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let save = report.duration;
     println!(
-        "bench vm ({} MiB guest, {}, {})",
+        "bench vm ({} MiB guest, {}, {} save, {})",
         args.memory_mib,
         vmm.accel().name(),
+        args.save_format,
         root.display()
     );
     println!(
@@ -270,6 +310,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         mbps(report.bytes, restore),
         mbps(report.transferred, restore)
     );
+    println!(
+        "  restore x{PAIRS}, min (max)         {:>8.3} s ({:.3} s)",
+        secs(ours_min),
+        secs(ours_max)
+    );
+    println!(
+        "  bare QEMU -incoming x{PAIRS}, min (max) {:>5.3} s ({:.3} s)   ratio restore/bare {:.2} (of the minimums)",
+        secs(bare_min),
+        secs(bare_max),
+        secs(ours_min) / secs(bare_min)
+    );
     let load = restore.saturating_sub(qemu_start);
     println!(
         "    of which loading (minus QEMU start) {:>5.3} s   {:>7.1} MB/s on disk",
@@ -295,6 +346,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         let j = serde_json::json!({
             "memory_mib": args.memory_mib,
+            "save_format": args.save_format,
             "accel": vmm.accel().name(),
             "qemu_start_s": secs(qemu_start),
             "cold_boot_s": secs(cold),
@@ -309,6 +361,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "save_over_dd_raw": secs(save) / secs(dd_write_raw),
             "restore_s": secs(restore),
             "restore_load_s": secs(load),
+            "restore_min_s": secs(ours_min),
+            "restore_max_s": secs(ours_max),
+            "bare_incoming_min_s": secs(bare_min),
+            "bare_incoming_max_s": secs(bare_max),
+            "restore_over_bare": secs(ours_min) / secs(bare_min),
             "dd_read_s": secs(dd_read),
             "restore_over_dd": secs(restore) / secs(dd_read),
             "daemon_rss_kib_idle": rss.as_ref().ok().map(|r| r.0),
@@ -318,6 +375,94 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
+}
+
+/// Bare QEMU restoring `state`: the VM's own command line with
+/// `-incoming` reading the file itself (`fd:3`, a raw state) or through
+/// `exec:zstd -dc` (a compressed one), timed from spawn until
+/// `query-status` (polled every millisecond) says loaded and `cont` has run. The orchestration
+/// RayOS adds is the difference.
+fn bare_incoming(vmm: &QemuVmm, spec: &VmSpec, state: &Path) -> anyhow::Result<Duration> {
+    use std::io::Read as _;
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::process::CommandExt as _;
+
+    let mut magic = [0u8; 4];
+    let file = std::fs::File::open(state).with_context(|| format!("{}", state.display()))?;
+    (&file).read_exact(&mut magic)?;
+    // QEMU reads from the descriptor's offset.
+    std::io::Seek::rewind(&mut (&file))?;
+    let uri = if magic == *b"QEVM" {
+        "fd:3".to_string()
+    } else {
+        format!("exec:zstd -q -dc {}", state.display())
+    };
+    let mut argv = vmm
+        .command_line(spec, rayos_vmm::qemu::LaunchPart::Incoming)
+        .argv();
+    let i = argv
+        .iter()
+        .position(|a| a == "-incoming")
+        .context("no -incoming in the command line")?;
+    argv[i + 1] = uri;
+    use rayos_vmm::qemu::cmdline::run;
+    for f in [run::QMP, run::VNC, run::QGA, run::CONSOLE, run::QEMU_PID] {
+        let _ = std::fs::remove_file(spec.run_dir.join(f));
+    }
+    let fd = file.as_raw_fd();
+    let mut cmd = Command::new(&vmm.config().qemu);
+    cmd.args(&argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: only dup2/fcntl, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec.
+            let r = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let t = Instant::now();
+    let st = cmd.status().context("cannot run QEMU")?;
+    if !st.success() {
+        bail!("bare QEMU -incoming exited: {st}");
+    }
+    let pid = rayos_vmm::qemu::process::read_pid(&spec.run_dir.join(run::QEMU_PID))
+        .context("bare QEMU wrote no pid file")?;
+    let r = (|| {
+        let mut q = rayos_qmp::QmpClient::connect_retry(
+            &spec.run_dir.join(run::QMP),
+            Duration::from_secs(30),
+        )?;
+        loop {
+            let v = q.execute("query-status", None)?;
+            match v["status"].as_str() {
+                Some("running") => return Ok(t.elapsed()),
+                // The state was saved from a stopped guest, so QEMU loads it
+                // paused; RayOS sends the same `cont`.
+                Some("paused" | "postmigrate") => {
+                    q.execute("cont", None)?;
+                    return Ok(t.elapsed());
+                }
+                _ => {}
+            }
+            if t.elapsed() > TIMEOUT {
+                bail!("bare QEMU still {} after {TIMEOUT:?}", v["status"]);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })();
+    let _ = rayos_vmm::qemu::process::signal(pid, libc::SIGKILL);
+    rayos_vmm::qemu::process::wait_gone(pid, Duration::from_secs(10));
+    r
 }
 
 /// Kills the daemon if measuring fails half-way.

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::cmdline::{self, run};
 use super::media;
-use super::{QemuConfig, chain, process, swtpm, sync_dir};
+use super::{QemuConfig, SaveFormat, chain, process, swtpm, sync_dir};
 use crate::{
     ExecOutcome, ExecSpec, GuestInfo, InputEvent, RunState, SaveReport, TpmState, VmHandle, VmSpec,
     VmmError,
@@ -26,7 +26,9 @@ use crate::{
 /// `max-bandwidth` during a save: the default limit (32 MiB/s) makes saving
 /// several times slower than the disk allows.
 const SAVE_BANDWIDTH: u64 = 10 << 30;
-const POLL: Duration = Duration::from_millis(25);
+/// Status polls while a restore loads: QMP answers only between chunks of
+/// the load, so a short interval costs little and ends the wait early.
+const POLL: Duration = Duration::from_millis(2);
 
 /// The QEMU backend's [`VmHandle`]: one running QEMU (and its swtpm),
 /// controlled through QMP.
@@ -107,7 +109,7 @@ impl QemuHandle {
     /// Hands `fd` to QEMU under `name` (`getfd` with SCM_RIGHTS) and closes
     /// our copy whatever happens, so the pipe's only other end is QEMU's.
     fn pass_fd(&mut self, name: &str, fd: Option<OwnedFd>) -> Result<(), String> {
-        let fd = fd.ok_or("zstd was started without a pipe")?;
+        let fd = fd.ok_or("no descriptor to pass (zstd was started without a pipe)")?;
         let Some(q) = self.qmp.as_mut() else {
             return Err(chain(&QmpError::Closed("getfd".into())));
         };
@@ -127,20 +129,31 @@ impl QemuHandle {
             vm: vm.clone(),
             detail,
         };
-        // zstd runs as our child, not QEMU's: `fd:` migration needs no
-        // shell in the image. Its exit status tells a stream that ended
-        // early from one still loading (QEMU 7.2 waits forever on an empty
-        // stream).
-        let mut zstd = Zstd::spawn(
-            Command::new(&self.config.zstd)
-                .args(["-q", "-dc"])
-                .arg(state_file)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped()),
-            &self.config.zstd,
-        )
-        .map_err(&fail)?;
-        let read_end = zstd.0.stdout.take().map(OwnedFd::from);
+        // A raw stream is handed to QEMU as the file itself; a zstd one
+        // through `zstd -dc`, which runs as our child, not QEMU's: `fd:`
+        // migration needs no shell in the image. Its exit status tells a
+        // stream that ended early from one still loading (QEMU 7.2 waits
+        // forever on an empty pipe; at the end of a file it fails).
+        let compressed = super::state_is_compressed(state_file).map_err(&fail)?;
+        let mut zstd = None;
+        let read_end = if compressed {
+            let mut z = Zstd::spawn(
+                Command::new(&self.config.zstd)
+                    .args(["-q", "-dc"])
+                    .arg(state_file)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped()),
+                &self.config.zstd,
+            )
+            .map_err(&fail)?;
+            let r = z.0.stdout.take().map(OwnedFd::from);
+            zstd = Some(z);
+            r
+        } else {
+            let f = File::open(state_file)
+                .map_err(|e| fail(format!("cannot open {}: {e}", state_file.display())))?;
+            Some(OwnedFd::from(f))
+        };
         self.pass_fd(LOAD_FD, read_end).map_err(&fail)?;
         self.exec(
             "migrate-incoming",
@@ -154,7 +167,8 @@ impl QemuHandle {
         let mut stream_done: Option<Instant> = None;
         loop {
             if stream_done.is_none()
-                && let Some(status) = zstd.try_wait().map_err(&fail)?
+                && let Some(z) = zstd.as_mut()
+                && let Some(status) = z.try_wait().map_err(&fail)?
             {
                 if !status.success() {
                     return Err(fail(format!(
@@ -223,73 +237,108 @@ impl QemuHandle {
             Some(json!({ "max-bandwidth": SAVE_BANDWIDTH })),
         )
         .map_err(|e| chain(&e))?;
-        // zstd runs as our child and QEMU writes into its stdin through a
-        // pipe passed over QMP (`fd:` migration): no shell is involved.
-        // QEMU may report "completed" before zstd has flushed, and on a full
-        // disk only zstd's exit status tells a truncated stream from a
-        // complete one, so both must succeed.
-        // The file is ours, created 0600 (guest RAM can hold keys), and
-        // zstd writes to it as its stdout.
+        // MIGRATION events tell the end of the stream at once: with the
+        // guest stopped QEMU sends all RAM in its completion step, holding
+        // the lock QMP needs, so polling `query-migrate` only adds the
+        // poll interval after the end.
+        self.exec(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": [{ "capability": "events", "state": true }] })),
+        )
+        .map_err(|e| chain(&e))?;
+        // The file is ours, created 0600 (guest RAM can hold keys).
         let out = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(tmp)
             .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-        let mut zstd = Zstd::spawn(
-            Command::new(&self.config.zstd)
-                .args(["-q", "-1", "-T2", "-c"])
-                .stdin(Stdio::piped())
-                .stdout(out),
-            &self.config.zstd,
-        )?;
-        let write_end = zstd.0.stdin.take().map(OwnedFd::from);
-        // Our copy of the write end is closed inside: zstd sees EOF as soon
-        // as QEMU closes its copy at the end of the migration.
-        self.pass_fd(SAVE_FD, write_end)?;
+        // Raw: QEMU writes the stream into the file itself (`fd:` with the
+        // file's descriptor; zero pages are already only a header each).
+        // Zstd: zstd runs as our child and QEMU writes into its stdin
+        // through a pipe; no shell is involved either way. QEMU may report
+        // "completed" before zstd has flushed, and on a full disk only
+        // zstd's exit status tells a truncated stream from a complete one,
+        // so both must succeed.
+        let (fd, mut zstd) = match self.config.save_format {
+            SaveFormat::Raw => (
+                OwnedFd::from(out.try_clone().map_err(|e| e.to_string())?),
+                None,
+            ),
+            SaveFormat::Zstd => {
+                let mut z = Zstd::spawn(
+                    Command::new(&self.config.zstd)
+                        .args(["-q", "-1", "-T2", "-c"])
+                        .stdin(Stdio::piped())
+                        .stdout(out.try_clone().map_err(|e| e.to_string())?),
+                    &self.config.zstd,
+                )?;
+                let w = z.0.stdin.take().map(OwnedFd::from);
+                (w.ok_or("zstd was started without a pipe")?, Some(z))
+            }
+        };
+        // Our copy of the descriptor is closed inside: zstd sees EOF as
+        // soon as QEMU closes its copy at the end of the migration.
+        self.pass_fd(SAVE_FD, Some(fd))?;
         if let Err(e) = self.exec("migrate", Some(json!({ "uri": format!("fd:{SAVE_FD}") }))) {
             let _ = self.exec("closefd", Some(json!({ "fdname": SAVE_FD })));
             return Err(chain(&e));
         }
         let deadline = Instant::now() + self.config.migrate_timeout;
-        let transferred = loop {
-            let m = self.exec("query-migrate", None).map_err(|e| chain(&e))?;
-            match m["status"].as_str().unwrap_or("") {
-                "completed" => break m["ram"]["transferred"].as_u64().unwrap_or(0),
-                "failed" | "cancelled" => {
-                    return Err(format!(
-                        "migration {}: {}",
-                        m["status"].as_str().unwrap_or(""),
-                        m["error-desc"].as_str().unwrap_or("no detail (disk full?)")
-                    ));
-                }
-                _ => {}
-            }
-            if Instant::now() >= deadline {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 let _ = self.exec("migrate_cancel", None);
                 return Err(format!(
                     "not finished after {:?}",
                     self.config.migrate_timeout
                 ));
             }
-            std::thread::sleep(POLL);
-        };
-        // Wait for zstd to finish writing.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = zstd.try_wait()? {
-                if !status.success() {
-                    return Err(format!("zstd failed ({status}; disk full?)"));
+            let Some(q) = self.qmp.as_mut() else {
+                return Err(chain(&QmpError::Closed("migrate".into())));
+            };
+            // Bounded waits: a missed event (none is expected) still ends
+            // in the status check below.
+            let ev = q
+                .wait_event("MIGRATION", left.min(Duration::from_secs(1)))
+                .map_err(|e| chain(&e))?;
+            let status = match ev {
+                Some(e) => e.data["status"].as_str().unwrap_or("").to_string(),
+                None => {
+                    let m = self.exec("query-migrate", None).map_err(|e| chain(&e))?;
+                    m["status"].as_str().unwrap_or("").to_string()
                 }
+            };
+            if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
                 break;
             }
-            if Instant::now() >= deadline {
-                return Err("zstd did not finish within 60 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        File::open(tmp)
-            .and_then(|f| f.sync_all())
+        let m = self.exec("query-migrate", None).map_err(|e| chain(&e))?;
+        if m["status"] != "completed" {
+            return Err(format!(
+                "migration {}: {}",
+                m["status"].as_str().unwrap_or(""),
+                m["error-desc"].as_str().unwrap_or("no detail (disk full?)")
+            ));
+        }
+        let transferred = m["ram"]["transferred"].as_u64().unwrap_or(0);
+        // Wait for zstd to finish writing.
+        if let Some(z) = zstd.as_mut() {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(status) = z.try_wait()? {
+                    if !status.success() {
+                        return Err(format!("zstd failed ({status}; disk full?)"));
+                    }
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err("zstd did not finish within 60 s".into());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        out.sync_all()
             .map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
         Ok(transferred)
     }

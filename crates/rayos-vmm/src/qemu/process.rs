@@ -90,7 +90,8 @@ pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // Short: a save waits here for QEMU to quit.
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
