@@ -190,29 +190,14 @@ pub struct LinuxGuest {
     pub cmdline: String,
 }
 
-/// The newest `/boot/vmlinuz-<ver>` and its `<ver>`.
+/// The newest `/boot/vmlinuz-<ver>` and its `<ver>` (rayos-image's
+/// choice, so the guests boot the kernel the images are built with).
 pub fn host_kernel() -> Result<(PathBuf, String), GuestError> {
-    let mut found: Vec<(PathBuf, String)> = fs::read_dir("/boot")
-        .map_err(io_err(Path::new("/boot")))?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let ver = name.strip_prefix("vmlinuz-")?.to_string();
-            Some((e.path(), ver))
-        })
-        .collect();
-    found.sort_by_key(|a| version_key(&a.1));
-    found.pop().ok_or(GuestError::Missing {
+    rayos_image::uki::host_kernel_release().ok_or(GuestError::Missing {
         what: "a kernel",
         path: "/boot/vmlinuz-*".into(),
         hint: "install linux-image-amd64 (scripts/install-deps.sh)",
     })
-}
-
-fn version_key(v: &str) -> Vec<u64> {
-    v.split(|c: char| !c.is_ascii_digit())
-        .filter_map(|p| p.parse().ok())
-        .collect()
 }
 
 /// Where build products are cached.

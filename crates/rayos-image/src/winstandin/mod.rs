@@ -145,31 +145,6 @@ pub struct StandIn {
     pub kernel_release: String,
 }
 
-/// The host's newest `/boot/vmlinuz-*` (Debian's signed kernel) and its
-/// release.
-fn host_kernel() -> Result<(PathBuf, String), StandInError> {
-    let key = |v: &str| -> Vec<u64> {
-        v.split(|c: char| !c.is_ascii_digit())
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    };
-    let mut found: Vec<(PathBuf, String)> = fs::read_dir("/boot")
-        .map_err(io_err(Path::new("/boot")))?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let ver = name.strip_prefix("vmlinuz-")?.to_string();
-            Some((e.path(), ver))
-        })
-        .collect();
-    found.sort_by_key(|a| key(&a.1));
-    found.pop().ok_or(StandInError::Missing {
-        what: "a signed kernel",
-        path: "/boot/vmlinuz-*".into(),
-        hint: "install linux-image-amd64 (scripts/install-deps.sh)",
-    })
-}
-
 fn grub_cfg(mode: &str) -> String {
     format!(
         "set timeout=0\nlinux /vmlinuz {CMDLINE} rayos.standin={mode}\ninitrd /initrd.img\nboot\n"
@@ -182,7 +157,12 @@ pub fn ensure(cache: &Path) -> Result<StandIn, StandInError> {
     let shim = debs::fetch(cache, "shim-signed")?;
     let helpers = debs::fetch(cache, "shim-helpers-amd64-signed")?;
     let grub = debs::fetch(cache, "grub-efi-amd64-signed")?;
-    let (kernel, release) = host_kernel()?;
+    // Debian's signed kernel.
+    let (kernel, release) = crate::uki::host_kernel_release().ok_or(StandInError::Missing {
+        what: "a signed kernel",
+        path: "/boot/vmlinuz-*".into(),
+        hint: "install linux-image-amd64 (scripts/install-deps.sh)",
+    })?;
     let shim_efi = shim.root.join(SHIM);
     let mm_efi = helpers.root.join(MOKMANAGER);
     let grub_efi = grub.root.join(GRUB);
