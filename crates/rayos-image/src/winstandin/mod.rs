@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 
 use crate::debs::{self, DebError};
 use crate::fat::{self, FatError, FatTree};
-use crate::initramfs::{Compression, Initramfs, InitramfsError};
+use crate::initramfs::{Compression, InitramfsError};
 use crate::media::{self, MediaError};
 use crate::modules::{ModuleIndex, ModulesError};
 
@@ -272,12 +272,8 @@ fn build(work: &Path, inp: &Inputs<'_>) -> Result<PathBuf, StandInError> {
     let resolved = index.resolve(MODULES)?;
     let modroot = work.join("modroot");
     let staged = index.stage(&resolved.files, &modroot)?;
-    let mut ird = Initramfs::new();
-    ird.copy("bin/busybox", Path::new(BUSYBOX), Some(0o755))?;
-    ird.file("init", 0o755, INIT)?;
-    for d in ["proc", "sys", "dev", "tmp", "mnt"] {
-        ird.dir(d, 0o755)?;
-    }
+    let mut ird = crate::test_guest::busybox_initramfs(Path::new(BUSYBOX), INIT)?;
+    ird.dir("mnt", 0o755)?;
     ird.copy_tree(&format!("lib/modules/{}", inp.release), &staged)?;
     ird.copy("standin/shimx64.efi", inp.shim, Some(0o644))?;
     ird.copy("standin/mmx64.efi", inp.mm, Some(0o644))?;
