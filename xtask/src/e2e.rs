@@ -168,6 +168,10 @@ const VM_STORAGE_SIZE: &str = "2GiB";
 /// boot), or the kernel panicked.
 pub(crate) const ALWAYS_BAD: &[&str] = &["No loader found", "\"UiApp\" from Fv", "Kernel panic"];
 
+/// The kernel's line when it starts `/init`: the first sign that the
+/// firmware, the boot loader and the UKI worked.
+pub(crate) const RUN_INIT: &str = "Run /init as init process";
+
 /// How long the nested Linux guest may take to reach userspace and count.
 const GUEST_BOOT_SECS: u64 = 600;
 
@@ -197,6 +201,24 @@ impl Run {
         secs: u64,
     ) -> Result<String> {
         self.expect_not(vm, what, marker, &[], secs)
+    }
+
+    /// Waits for the kernel to start `/init` ([`RUN_INIT`]), reporting
+    /// the check as `what`.
+    pub(crate) fn init_runs(&self, vm: &mut Qemu, what: &str, secs: u64) -> Result<String> {
+        self.expect(vm, what, RUN_INIT, secs)
+    }
+
+    /// Waits for the installer to finish, failing at once when it reports
+    /// a failure.
+    pub(crate) fn install_completes(&self, vm: &mut Qemu, secs: u64) -> Result<String> {
+        self.expect_not(
+            vm,
+            "install completes",
+            Kind::InstallerDone.prefix(),
+            &[Kind::InstallerFailed.prefix(), Kind::Fatal.prefix()],
+            secs,
+        )
     }
 
     /// An installed RayOS up: rayosd healthy (`RAYOS_READY`, never
@@ -395,12 +417,7 @@ fn boot_only(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
         cfg.media = vec![blank.clone(), medium];
         cfg.memory_mib = 2048;
         let mut vm = Qemu::start(&cfg)?;
-        run.expect(
-            &mut vm,
-            &format!("{name}: kernel runs /init"),
-            "Run /init as init process",
-            300,
-        )?;
+        run.init_runs(&mut vm, &format!("{name}: kernel runs /init"), 300)?;
         run.expect(
             &mut vm,
             &format!("{name}: rayos init starts"),
@@ -522,12 +539,7 @@ pub(crate) fn install(
         vec![target.clone(), medium, answers]
     };
     let mut vm = Qemu::start(&config("install", media)?)?;
-    run.expect(
-        &mut vm,
-        "kernel runs /init from the installer UKI",
-        "Run /init as init process",
-        300,
-    )?;
+    run.init_runs(&mut vm, "kernel runs /init from the installer UKI", 300)?;
     run.expect(&mut vm, "rayos init starts", Kind::Boot.prefix(), 120)?;
     if v == Variant::Wizard {
         wizard_install(run, &mut vm)?;
@@ -554,13 +566,7 @@ pub(crate) fn install(
             ],
             300,
         )?;
-        run.expect_not(
-            &mut vm,
-            "install completes",
-            Kind::InstallerDone.prefix(),
-            &[Kind::InstallerFailed.prefix(), Kind::Fatal.prefix()],
-            1200,
-        )?;
+        run.install_completes(&mut vm, 1200)?;
     }
     run.stopped(&mut vm, "installer powers off / reboots", 300)?;
     drop(vm);
@@ -627,12 +633,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
 
     // 3. First boot from the disk alone; power button.
     let mut vm = Qemu::start(&config("boot1")?)?;
-    run.expect(
-        &mut vm,
-        "installed system boots",
-        "Run /init as init process",
-        300,
-    )?;
+    run.init_runs(&mut vm, "installed system boots", 300)?;
     accel_marker(run, &mut vm)?;
     run.ready_with_linux_vm(&mut vm, "rayosd healthy", 600)?;
     if v == Variant::Wizard {

@@ -130,12 +130,7 @@ fn flow(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
         vm: &mut vm,
         shots: &shots,
     };
-    s.wait(
-        "installed system boots",
-        "Run /init as init process",
-        0,
-        300,
-    )?;
+    s.wait("installed system boots", crate::e2e::RUN_INIT, 0, 300)?;
     s.wait("rayosd healthy", Kind::Ready.prefix(), 0, 600)?;
     s.wait("Linux VM running", Kind::LinuxVmReady.prefix(), 0, 900)?;
     // A fresh prompt on the serial console (the first may be buried in

@@ -8,6 +8,7 @@
 //! - [`uki_name`]: boot-counted UKI file names `rayos-<v>[+L[-D]].efi`;
 //! - [`error`]: an error and its sources on one line;
 //! - [`hash`]: lower-case hex and SHA-256;
+//! - [`io`]: reading a buffer full (short and interrupted reads);
 //! - [`marker`]: the machine-readable console markers (`RAYOS_READY`, …)
 //!   as one type, printed by the services and awaited by the tests;
 //! - [`sys`]: the system calls several crates make (pipes, eventfd,
@@ -20,6 +21,7 @@
 pub mod efivar;
 pub mod error;
 pub mod hash;
+pub mod io;
 pub mod marker;
 pub mod paths;
 pub mod sys;

@@ -938,15 +938,7 @@ fn guid_at(b: &[u8], off: usize) -> Uuid {
 fn read_at<D: Read + Seek>(dev: &mut D, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     dev.seek(SeekFrom::Start(offset))?;
-    let mut got = 0;
-    while got < len {
-        match dev.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    rayos_base::io::read_full(dev, &mut buf)?;
     Ok(buf)
 }
 

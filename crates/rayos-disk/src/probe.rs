@@ -229,15 +229,7 @@ fn read_window<D: Read + Seek>(
     let err = |source| ProbeError::Read { offset, source };
     dev.seek(SeekFrom::Start(offset)).map_err(err)?;
     let mut buf = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        match dev.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(err(e)),
-        }
-    }
+    let got = rayos_base::io::read_full(dev, &mut buf).map_err(err)?;
     buf.truncate(got);
     Ok(buf)
 }

@@ -6,8 +6,9 @@
 //! data padded to 4 bytes; the archive ends with the entry `TRAILER!!!`.
 //! Output is deterministic: uid/gid 0, mtime 0, inode numbers in write order.
 //!
-//! Limits: no hard links, files below 4 GiB (the size field is 32 bits), no
-//! device nodes (the kernel's devtmpfs provides them).
+//! Limits: no hard links, files below 4 GiB (the size field is 32 bits);
+//! of the device nodes only character devices (`dev/console`, which the
+//! kernel opens for init before devtmpfs is mounted).
 
 use std::io::{self, Write};
 
@@ -17,6 +18,8 @@ pub const S_IFDIR: u32 = 0o040000;
 pub const S_IFREG: u32 = 0o100000;
 /// Mode bits of a symbolic link.
 pub const S_IFLNK: u32 = 0o120000;
+/// Mode bits of a character device.
+pub const S_IFCHR: u32 = 0o020000;
 
 /// Why an entry could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -65,14 +68,26 @@ impl<W: Write> CpioWriter<W> {
 
     /// A directory entry. `perm` holds only permission bits.
     pub fn dir(&mut self, name: &str, perm: u32) -> Result<(), CpioError> {
-        self.header(name, S_IFDIR | (perm & 0o7777), 2, 0)?;
+        self.header(name, S_IFDIR | (perm & 0o7777), 2, 0, (0, 0))?;
         self.pad(name)
     }
 
     /// A symbolic link; its data is the target path.
     pub fn symlink(&mut self, name: &str, target: &str) -> Result<(), CpioError> {
-        self.header(name, S_IFLNK | 0o777, 1, target.len() as u64)?;
+        self.header(name, S_IFLNK | 0o777, 1, target.len() as u64, (0, 0))?;
         self.raw(name, target.as_bytes())?;
+        self.pad(name)
+    }
+
+    /// A character device node `major:minor` (`dev/console` is 5:1).
+    pub fn char_dev(
+        &mut self,
+        name: &str,
+        perm: u32,
+        major: u32,
+        minor: u32,
+    ) -> Result<(), CpioError> {
+        self.header(name, S_IFCHR | (perm & 0o7777), 1, 0, (major, minor))?;
         self.pad(name)
     }
 
@@ -90,7 +105,7 @@ impl<W: Write> CpioWriter<W> {
                 size,
             });
         }
-        self.header(name, S_IFREG | (perm & 0o7777), 1, size)?;
+        self.header(name, S_IFREG | (perm & 0o7777), 1, size, (0, 0))?;
         let copied =
             io::copy(&mut io::Read::take(data, size), &mut self.out).map_err(|source| {
                 CpioError::Write {
@@ -112,7 +127,7 @@ impl<W: Write> CpioWriter<W> {
 
     /// Writes the trailer and returns the sink and the archive's size.
     pub fn finish(mut self) -> Result<(W, u64), CpioError> {
-        self.header("TRAILER!!!", 0, 1, 0)?;
+        self.header("TRAILER!!!", 0, 1, 0, (0, 0))?;
         self.pad("TRAILER!!!")?;
         self.out.flush().map_err(|source| CpioError::Write {
             name: "TRAILER!!!".into(),
@@ -121,7 +136,14 @@ impl<W: Write> CpioWriter<W> {
         Ok((self.out, self.written))
     }
 
-    fn header(&mut self, name: &str, mode: u32, nlink: u32, size: u64) -> Result<(), CpioError> {
+    fn header(
+        &mut self,
+        name: &str,
+        mode: u32,
+        nlink: u32,
+        size: u64,
+        rdev: (u32, u32),
+    ) -> Result<(), CpioError> {
         if name.as_bytes().contains(&0) {
             return Err(CpioError::BadName {
                 name: name.to_string(),
@@ -140,8 +162,8 @@ impl<W: Write> CpioWriter<W> {
             size as u32,
             0,
             0,
-            0,
-            0,
+            rdev.0,
+            rdev.1,
             namesize as u32,
             0,
         ];
@@ -192,6 +214,45 @@ mod tests {
         assert!(text.contains("etc/hostname\0"));
         assert!(text.contains("rayos"));
         assert!(text.contains("TRAILER!!!\0"));
+    }
+
+    #[test]
+    fn a_character_device_carries_its_numbers_and_cpio_lists_it() {
+        let mut w = CpioWriter::new(Vec::new());
+        w.dir("dev", 0o755).unwrap();
+        w.char_dev("dev/console", 0o600, 5, 1).unwrap();
+        let (bytes, _) = w.finish().unwrap();
+        // The second header: mode, then rdevmajor and rdevminor (fields 10
+        // and 11 of 13, 8 hex digits each after the 6-byte magic).
+        let at = bytes
+            .windows(6)
+            .enumerate()
+            .filter(|(_, m)| *m == b"070701")
+            .nth(1)
+            .map(|(i, _)| i)
+            .unwrap();
+        let field = |n: usize| {
+            let f = &bytes[at + 6 + 8 * n..at + 6 + 8 * (n + 1)];
+            u32::from_str_radix(std::str::from_utf8(f).unwrap(), 16).unwrap()
+        };
+        assert_eq!(field(1), S_IFCHR | 0o600);
+        assert_eq!((field(9), field(10)), (5, 1));
+        // GNU cpio reads it back as a character device.
+        let mut child = std::process::Command::new("cpio")
+            .args(["-tv", "--quiet"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("cpio is needed: scripts/install-deps.sh");
+        child.stdin.take().unwrap().write_all(&bytes).unwrap();
+        let listing = child.wait_with_output().unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        let console = listing
+            .lines()
+            .find(|l| l.ends_with("dev/console"))
+            .unwrap();
+        assert!(console.starts_with("crw-------"), "{listing}");
+        assert!(console.contains("5,"), "{listing}");
     }
 
     #[test]

@@ -98,17 +98,29 @@ pub fn os_release(version: &str) -> String {
 /// The newest `/boot/vmlinuz-*` of the build host (Debian's
 /// linux-image-amd64), for tests and development builds.
 pub fn host_kernel() -> Option<PathBuf> {
-    let mut kernels: Vec<PathBuf> = fs::read_dir("/boot")
+    host_kernel_release().map(|(path, _)| path)
+}
+
+/// The newest `/boot/vmlinuz-<release>` of the build host and its
+/// `<release>`, newest by the numbers in the release (`6.1.0-10` is newer
+/// than `6.1.0-9`); `None` when `/boot` holds no kernel or cannot be read.
+pub fn host_kernel_release() -> Option<(PathBuf, String)> {
+    let key = |v: &str| -> Vec<u64> {
+        v.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    let mut found: Vec<(PathBuf, String)> = fs::read_dir("/boot")
         .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let release = name.strip_prefix("vmlinuz-")?.to_string();
+            Some((e.path(), release))
         })
         .collect();
-    kernels.sort();
-    kernels.pop()
+    found.sort_by_key(|(_, release)| key(release));
+    found.pop()
 }
 
 /// One section of a PE image (the shared reader's type).

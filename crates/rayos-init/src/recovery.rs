@@ -705,51 +705,53 @@ pub fn menu(ctx: &Ctx<'_>, input: &mut dyn BufRead, out: &mut dyn Write) -> io::
     }
 }
 
-type Ask<'x> = dyn FnMut(&mut dyn Write, &str) -> io::Result<Option<String>> + 'x;
+/// How the menus ask the person one question: writes the prompt to the
+/// output and returns the answer, or `None` at the end of input.
+pub type Ask<'x> = dyn FnMut(&mut dyn Write, &str) -> io::Result<Option<String>> + 'x;
 
-fn policy_menu(ctx: &Ctx<'_>, ask: &mut Ask<'_>, out: &mut dyn Write) -> io::Result<()> {
-    let p = DataLayout::new(&ctx.data).policy();
-    match validate_policy(&ctx.data) {
-        Ok(()) => writeln!(out, "{}: valid", p.display())?,
-        Err(e) => writeln!(out, "{e}")?,
-    }
-    let text = rayos_state::read_with_fallback(&p)
-        .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+/// The commands of the policy line editor ([`edit_policy`]), as shown.
+pub const POLICY_EDITOR_HELP: &str = "`set N TEXT`, `add TEXT`, `del N`, `show`, `save`, `cancel`";
+
+/// The policy line editor of recovery's policy menu and of `rayos policy
+/// edit`: takes commands from `ask` over `text` until `save` accepts the
+/// edited text (which it returns), or the person cancels or input ends
+/// (`None`). `save` says why a text cannot be saved; the person then fixes
+/// it or cancels.
+pub fn edit_policy(
+    text: &str,
+    ask: &mut Ask<'_>,
+    out: &mut dyn Write,
+    save: &mut dyn FnMut(&str) -> Result<(), String>,
+) -> io::Result<Option<String>> {
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
-    writeln!(
-        out,
-        "edit: `show`, `set N TEXT`, `add TEXT`, `del N`, `save`, `cancel`"
-    )?;
+    writeln!(out, "edit: {POLICY_EDITOR_HELP}")?;
     loop {
         let Some(cmd) = ask(out, "policy> ")? else {
-            return Ok(());
+            return Ok(None);
         };
         let (verb, rest) = cmd.split_once(' ').unwrap_or((cmd.as_str(), ""));
         let num = |s: &str| s.trim().parse::<usize>().ok();
-        let edit = match verb {
+        let edit = match verb.trim() {
             "show" | "" => {
                 for (i, l) in lines.iter().enumerate() {
                     writeln!(out, "{:3}  {l}", i + 1)?;
                 }
                 continue;
             }
-            "cancel" | "quit" => return writeln!(out, "policy not changed"),
+            "cancel" | "quit" => return Ok(None),
             "save" => {
                 let text = lines.join("\n") + "\n";
-                match save_policy(&ctx.data, &text) {
-                    Ok(()) => return writeln!(out, "saved (previous version kept as .prev)"),
+                match save(&text) {
+                    Ok(()) => return Ok(Some(text)),
                     Err(e) => {
                         writeln!(out, "not saved: {e}")?;
                         continue;
                     }
                 }
             }
-            "set" => match rest.split_once(' ') {
-                Some((n, t)) if num(n).is_some() => {
-                    PolicyEdit::Set(num(n).unwrap_or(0), t.to_string())
-                }
-                _ => {
+            "set" => match rest.split_once(' ').and_then(|(n, t)| Some((num(n)?, t))) {
+                Some((n, t)) => PolicyEdit::Set(n, t.to_string()),
+                None => {
                     writeln!(out, "usage: set N TEXT")?;
                     continue;
                 }
@@ -763,13 +765,28 @@ fn policy_menu(ctx: &Ctx<'_>, ask: &mut Ask<'_>, out: &mut dyn Write) -> io::Res
                 }
             },
             other => {
-                writeln!(out, "unknown {other:?}")?;
+                writeln!(out, "unknown {other:?}: {POLICY_EDITOR_HELP}")?;
                 continue;
             }
         };
         if let Err(e) = edit_lines(&mut lines, &edit) {
             writeln!(out, "{e}")?;
         }
+    }
+}
+
+fn policy_menu(ctx: &Ctx<'_>, ask: &mut Ask<'_>, out: &mut dyn Write) -> io::Result<()> {
+    let p = DataLayout::new(&ctx.data).policy();
+    match validate_policy(&ctx.data) {
+        Ok(()) => writeln!(out, "{}: valid", p.display())?,
+        Err(e) => writeln!(out, "{e}")?,
+    }
+    let text = rayos_state::read_with_fallback(&p)
+        .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    match edit_policy(&text, ask, out, &mut |t| save_policy(&ctx.data, t))? {
+        Some(_) => writeln!(out, "saved (previous version kept as .prev)"),
+        None => writeln!(out, "policy not changed"),
     }
 }
 

@@ -14,6 +14,7 @@
 //! Proof: `qemu-img check` finds no error and `qemu-img compare` finds the
 //! image equal to its raw input (`tests` below, with QEMU's tools).
 
+use rayos_base::io::read_full;
 use std::collections::BTreeMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
@@ -158,19 +159,6 @@ pub fn write_from_stream<R: Read, W: Write + Seek>(
 
 fn be_words(words: &[u64]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_be_bytes()).collect()
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

@@ -61,17 +61,20 @@
 //! Build products are cached under `target/rayos-testkit/` keyed by a hash of
 //! every input (kernel, busybox, modules, script), written under temporary
 //! names and renamed, so parallel tests share one build.
+//! The initramfs is written with rayos-image's cpio writer
+//! ([`rayos_image::cpio`]), the one the RayOS media use.
 //!
 //! Limits: x86_64 Debian hosts (busybox-static, linux-image-amd64, and for
 //! the UEFI variant systemd-boot-efi's stub, binutils' objcopy, mtools,
 //! dosfstools).
 
-use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use rayos_image::cpio::{CpioError, CpioWriter};
 
 /// Printed once `/init` has mounted its file systems.
 pub const READY_MARKER: &str = "RAYOS_TEST_GUEST_READY";
@@ -127,7 +130,7 @@ const KEYMAP_DIR: &str = "/usr/share/keymaps/i386";
 const READ_MODULES: &[&str] = &["virtio_blk", "ahci", "sr_mod"];
 
 /// Bumped when the build recipe changes in a way the input hash misses.
-const RECIPE: &str = "rayos-testkit guest v1";
+const RECIPE: &str = "rayos-testkit guest v2";
 
 /// Why the test guest could not be built or waited on.
 #[derive(Debug, thiserror::Error)]
@@ -190,29 +193,14 @@ pub struct LinuxGuest {
     pub cmdline: String,
 }
 
-/// The newest `/boot/vmlinuz-<ver>` and its `<ver>`.
+/// The newest `/boot/vmlinuz-<ver>` and its `<ver>` (rayos-image's
+/// choice, so the guests boot the kernel the images are built with).
 pub fn host_kernel() -> Result<(PathBuf, String), GuestError> {
-    let mut found: Vec<(PathBuf, String)> = fs::read_dir("/boot")
-        .map_err(io_err(Path::new("/boot")))?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let ver = name.strip_prefix("vmlinuz-")?.to_string();
-            Some((e.path(), ver))
-        })
-        .collect();
-    found.sort_by_key(|a| version_key(&a.1));
-    found.pop().ok_or(GuestError::Missing {
+    rayos_image::uki::host_kernel_release().ok_or(GuestError::Missing {
         what: "a kernel",
         path: "/boot/vmlinuz-*".into(),
         hint: "install linux-image-amd64 (scripts/install-deps.sh)",
     })
-}
-
-fn version_key(v: &str) -> Vec<u64> {
-    v.split(|c: char| !c.is_ascii_digit())
-        .filter_map(|p| p.parse().ok())
-        .collect()
 }
 
 /// Where build products are cached.
@@ -642,10 +630,10 @@ fn build_initrd(ver: &str) -> Result<PathBuf, GuestError> {
     let out = cache_dir().join(format!("guest-{key}.cpio"));
     cached(&out, |tmp| {
         let f = fs::File::create(tmp).map_err(io_err(tmp))?;
-        let mut w = Cpio::new(io::BufWriter::new(f));
-        let wr = |e| GuestError::Io {
+        let mut w = CpioWriter::new(io::BufWriter::new(f));
+        let wr = |e: CpioError| GuestError::Io {
             path: tmp.to_path_buf(),
-            source: e,
+            source: io::Error::other(e),
         };
         for d in [
             "bin",
@@ -657,17 +645,16 @@ fn build_initrd(ver: &str) -> Result<PathBuf, GuestError> {
             "lib/modules",
             "keymaps",
         ] {
-            w.dir(d).map_err(wr)?;
+            w.dir(d, 0o755).map_err(wr)?;
         }
         // The kernel opens /dev/console for init before devtmpfs exists.
-        w.char_dev("dev/console", 5, 1).map_err(wr)?;
-        w.file("init", 0o755, script.as_bytes()).map_err(wr)?;
+        w.char_dev("dev/console", 0o600, 5, 1).map_err(wr)?;
+        put(&mut w, "init", 0o755, script.as_bytes()).map_err(wr)?;
         let bb = fs::read(busybox).map_err(io_err(busybox))?;
-        w.file("bin/busybox", 0o755, &bb).map_err(wr)?;
+        put(&mut w, "bin/busybox", 0o755, &bb).map_err(wr)?;
         for (m, name) in modules.iter().zip(&names) {
             let data = fs::read(m).map_err(io_err(m))?;
-            w.file(&format!("lib/modules/{name}"), 0o644, &data)
-                .map_err(wr)?;
+            put(&mut w, &format!("lib/modules/{name}"), 0o644, &data).map_err(wr)?;
         }
         for ((layout, _), src) in KEYMAPS.iter().zip(&keymap_srcs) {
             let out = Command::new("loadkeys")
@@ -684,14 +671,32 @@ fn build_initrd(ver: &str) -> Result<PathBuf, GuestError> {
                     detail: String::from_utf8_lossy(&out.stderr).into_owned(),
                 });
             }
-            w.file(&format!("keymaps/{layout}.bmap"), 0o644, &out.stdout)
-                .map_err(wr)?;
+            put(
+                &mut w,
+                &format!("keymaps/{layout}.bmap"),
+                0o644,
+                &out.stdout,
+            )
+            .map_err(wr)?;
         }
-        let mut inner = w.finish().map_err(wr)?;
-        inner.flush().map_err(wr)?;
-        inner.get_ref().sync_all().map_err(wr)
+        let (inner, _) = w.finish().map_err(wr)?;
+        let f = inner.into_inner().map_err(|e| GuestError::Io {
+            path: tmp.to_path_buf(),
+            source: e.into_error(),
+        })?;
+        f.sync_all().map_err(io_err(tmp))
     })?;
     Ok(out)
+}
+
+/// A file entry of `data` (the writer takes its size and a reader).
+fn put<W: Write>(
+    w: &mut CpioWriter<W>,
+    name: &str,
+    perm: u32,
+    data: &[u8],
+) -> Result<(), CpioError> {
+    w.file(name, perm, data.len() as u64, &mut &data[..])
 }
 
 /// A UEFI-bootable raw disk image: a FAT file system (no partition table,
@@ -848,85 +853,6 @@ fn tool(cmd: &mut Command) -> Result<(), GuestError> {
     }
 }
 
-/// A minimal cpio "newc" writer: directories, regular files and character
-/// devices, which is all the guest needs.
-struct Cpio<W: Write> {
-    out: W,
-    ino: u32,
-    written: u64,
-}
-
-impl<W: Write> Cpio<W> {
-    fn new(out: W) -> Self {
-        Cpio {
-            out,
-            ino: 1,
-            written: 0,
-        }
-    }
-
-    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) -> io::Result<()> {
-        let mut h = String::with_capacity(110);
-        h.push_str("070701");
-        let fields = [
-            self.ino,
-            mode,
-            0,
-            0,
-            if mode & 0o170000 == 0o040000 { 2 } else { 1 },
-            0,
-            u32::try_from(data.len()).map_err(|_| io::Error::other("file too large for cpio"))?,
-            0,
-            0,
-            rdev.0,
-            rdev.1,
-            u32::try_from(name.len() + 1).map_err(|_| io::Error::other("name too long"))?,
-            0,
-        ];
-        for f in fields {
-            let _ = write!(h, "{f:08x}");
-        }
-        self.ino += 1;
-        self.put(h.as_bytes())?;
-        self.put(name.as_bytes())?;
-        self.put(&[0])?;
-        self.pad()?;
-        self.put(data)?;
-        self.pad()
-    }
-
-    fn put(&mut self, b: &[u8]) -> io::Result<()> {
-        self.out.write_all(b)?;
-        self.written += b.len() as u64;
-        Ok(())
-    }
-
-    fn pad(&mut self) -> io::Result<()> {
-        let n = (4 - (self.written % 4) as usize) % 4;
-        self.put(&[0u8; 3][..n])
-    }
-
-    fn dir(&mut self, name: &str) -> io::Result<()> {
-        self.entry(name, 0o040755, (0, 0), &[])
-    }
-
-    fn file(&mut self, name: &str, perm: u32, data: &[u8]) -> io::Result<()> {
-        self.entry(name, 0o100000 | perm, (0, 0), data)
-    }
-
-    fn char_dev(&mut self, name: &str, major: u32, minor: u32) -> io::Result<()> {
-        self.entry(name, 0o020600, (major, minor), &[])
-    }
-
-    fn finish(mut self) -> io::Result<W> {
-        self.entry("TRAILER!!!", 0, (0, 0), &[])?;
-        // Pad to 512 bytes like GNU cpio; the kernel does not need it.
-        let n = (512 - (self.written % 512) as usize) % 512;
-        self.put(&vec![0u8; n])?;
-        Ok(self.out)
-    }
-}
-
 /// The `COUNTER <n>` values in console text, in order.
 pub fn counters(text: &str) -> Vec<u64> {
     text.lines()
@@ -1058,28 +984,5 @@ mod tests {
             counters("boot\r\nCOUNTER 0\r\nCOUNTER 1\nnoise COUNTER 7\nCOUNTER x\n"),
             vec![0, 1, 7]
         );
-    }
-
-    #[test]
-    fn cpio_layout() {
-        let mut w = Cpio::new(Vec::new());
-        w.dir("bin").unwrap();
-        w.file("init", 0o755, b"abc").unwrap();
-        let out = w.finish().unwrap();
-        assert_eq!(out.len() % 512, 0);
-        assert!(out.starts_with(b"070701"));
-        let s = String::from_utf8_lossy(&out);
-        assert!(s.contains("init\0"));
-        assert!(s.contains("TRAILER!!!"));
-        // The cpio tool agrees.
-        let mut child = Command::new("cpio")
-            .args(["-t", "--quiet"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("cpio is needed: scripts/install-deps.sh");
-        child.stdin.take().unwrap().write_all(&out).unwrap();
-        let listing = child.wait_with_output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&listing.stdout), "bin\ninit\n");
     }
 }

@@ -36,6 +36,8 @@ use anyhow::{Context, bail};
 use rayos_base::marker::Kind;
 use rayos_image::qemu::{Config, Firmware, Medium, Qemu};
 
+use crate::e2e::RUN_INIT;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Boots of each kind (the median is reported).
@@ -80,8 +82,6 @@ struct Boot {
     /// initramfs unpacking done; userspace starts).
     init_s: f64,
 }
-
-const RUN_INIT: &str = "Run /init as init process";
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.reps >= 1, "--reps must be at least 1");

@@ -60,12 +60,7 @@ pub(super) fn usb_late(run: &Run, work: &Path, iso: &Path) -> Result<()> {
     )?;
     cfg.usb_controller = true;
     let mut vm = Qemu::start(&cfg)?;
-    run.expect(
-        &mut vm,
-        "kernel runs /init from the installer UKI",
-        "Run /init as init process",
-        300,
-    )?;
+    run.init_runs(&mut vm, "kernel runs /init from the installer UKI", 300)?;
     run.expect_not(
         &mut vm,
         "init looks for an answer file (no stick yet)",
@@ -128,13 +123,7 @@ pub(super) fn usb_late(run: &Run, work: &Path, iso: &Path) -> Result<()> {
         300,
     )?;
     // The install itself takes seconds: see it through.
-    run.expect_not(
-        &mut vm,
-        "install completes",
-        Kind::InstallerDone.prefix(),
-        &[Kind::InstallerFailed.prefix(), Kind::Fatal.prefix()],
-        600,
-    )?;
+    run.install_completes(&mut vm, 600)?;
     run.stopped(&mut vm, "installer reboots (stops under -no-reboot)", 300)?;
     let offset = super::data_partition(&disk, 512)?;
     run.ok(&format!(
@@ -187,12 +176,7 @@ pub(super) fn answers_safety(run: &Run, work: &Path, iso: &Path) -> Result<()> {
     let mut cfg = stage_config(work, &vars, "install", media)?;
     cfg.usb_controller = true;
     let mut vm = Qemu::start(&cfg)?;
-    run.expect(
-        &mut vm,
-        "kernel runs /init from the installer UKI",
-        "Run /init as init process",
-        300,
-    )?;
+    run.init_runs(&mut vm, "kernel runs /init from the installer UKI", 300)?;
     run.expect_not(
         &mut vm,
         "the answer file on the internal disk is not used",

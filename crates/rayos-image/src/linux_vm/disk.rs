@@ -9,9 +9,10 @@
 //! (systemd-repart) fixes the backup table's place itself.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use rayos_base::io::read_full;
 use rayos_disk::{Gpt, GptError, Partition};
 use uuid::Uuid;
 
@@ -127,19 +128,6 @@ fn copy_sparse(src: &Path, dst: &mut File, offset: u64) -> io::Result<()> {
             pos += chunk.len() as u64;
         }
     }
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

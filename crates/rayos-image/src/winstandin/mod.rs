@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 
 use crate::debs::{self, DebError};
 use crate::fat::{self, FatError, FatTree};
-use crate::initramfs::{Compression, Initramfs, InitramfsError};
+use crate::initramfs::{Compression, InitramfsError};
 use crate::media::{self, MediaError};
 use crate::modules::{ModuleIndex, ModulesError};
 
@@ -145,31 +145,6 @@ pub struct StandIn {
     pub kernel_release: String,
 }
 
-/// The host's newest `/boot/vmlinuz-*` (Debian's signed kernel) and its
-/// release.
-fn host_kernel() -> Result<(PathBuf, String), StandInError> {
-    let key = |v: &str| -> Vec<u64> {
-        v.split(|c: char| !c.is_ascii_digit())
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    };
-    let mut found: Vec<(PathBuf, String)> = fs::read_dir("/boot")
-        .map_err(io_err(Path::new("/boot")))?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let ver = name.strip_prefix("vmlinuz-")?.to_string();
-            Some((e.path(), ver))
-        })
-        .collect();
-    found.sort_by_key(|a| key(&a.1));
-    found.pop().ok_or(StandInError::Missing {
-        what: "a signed kernel",
-        path: "/boot/vmlinuz-*".into(),
-        hint: "install linux-image-amd64 (scripts/install-deps.sh)",
-    })
-}
-
 fn grub_cfg(mode: &str) -> String {
     format!(
         "set timeout=0\nlinux /vmlinuz {CMDLINE} rayos.standin={mode}\ninitrd /initrd.img\nboot\n"
@@ -182,7 +157,12 @@ pub fn ensure(cache: &Path) -> Result<StandIn, StandInError> {
     let shim = debs::fetch(cache, "shim-signed")?;
     let helpers = debs::fetch(cache, "shim-helpers-amd64-signed")?;
     let grub = debs::fetch(cache, "grub-efi-amd64-signed")?;
-    let (kernel, release) = host_kernel()?;
+    // Debian's signed kernel.
+    let (kernel, release) = crate::uki::host_kernel_release().ok_or(StandInError::Missing {
+        what: "a signed kernel",
+        path: "/boot/vmlinuz-*".into(),
+        hint: "install linux-image-amd64 (scripts/install-deps.sh)",
+    })?;
     let shim_efi = shim.root.join(SHIM);
     let mm_efi = helpers.root.join(MOKMANAGER);
     let grub_efi = grub.root.join(GRUB);
@@ -292,12 +272,8 @@ fn build(work: &Path, inp: &Inputs<'_>) -> Result<PathBuf, StandInError> {
     let resolved = index.resolve(MODULES)?;
     let modroot = work.join("modroot");
     let staged = index.stage(&resolved.files, &modroot)?;
-    let mut ird = Initramfs::new();
-    ird.copy("bin/busybox", Path::new(BUSYBOX), Some(0o755))?;
-    ird.file("init", 0o755, INIT)?;
-    for d in ["proc", "sys", "dev", "tmp", "mnt"] {
-        ird.dir(d, 0o755)?;
-    }
+    let mut ird = crate::test_guest::busybox_initramfs(Path::new(BUSYBOX), INIT)?;
+    ird.dir("mnt", 0o755)?;
     ird.copy_tree(&format!("lib/modules/{}", inp.release), &staged)?;
     ird.copy("standin/shimx64.efi", inp.shim, Some(0o644))?;
     ird.copy("standin/mmx64.efi", inp.mm, Some(0o644))?;

@@ -27,7 +27,6 @@
 //! presenter's input); the pointer needs an absolute pointer device, which
 //! only the Linux profile has.
 
-use std::fs;
 use std::time::{Duration, Instant};
 
 use rayos_api::{
@@ -226,22 +225,8 @@ impl Supervisor {
         def: &rayos_state::VmDefinition,
         h: &mut dyn VmHandle,
     ) -> Result<(u32, u32), OpError> {
-        let path = self
-            .spec(def)
-            .run_dir
-            .join(format!("screen-{}.png", uuid::Uuid::new_v4()));
-        let r = h
-            .screenshot(&path)
-            .map_err(|source| OpError::vmm("take a screenshot of", name, source))
-            .and_then(|()| {
-                fs::read(&path).map_err(|source| OpError::Io {
-                    what: "read",
-                    path: path.clone(),
-                    source,
-                })
-            });
-        let _ = fs::remove_file(&path);
-        png_size(&r?).ok_or_else(|| {
+        let png = self.take_screenshot(name, def, h)?;
+        png_size(&png).ok_or_else(|| {
             OpError::Refused(format!(
                 "VM {name}'s screenshot has no size: the display is not up yet"
             ))

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use rayos_api::{
     AccelKind, Accelerator, ActionReply, BootKind, Health, SavedState, VmInfo, VmState,
 };
-use rayos_vmm::{Accel, AccelDecision};
+use rayos_vmm::{Accel, AccelDecision, VmHandle};
 
 use super::{OpError, Slot, Status, Supervisor, lock};
 use crate::console;
@@ -194,8 +194,20 @@ impl Supervisor {
         let h = op
             .as_mut()
             .ok_or_else(|| OpError::Invalid("no device model".into()))?;
+        self.take_screenshot(name, &def, h.as_mut())
+    }
+
+    /// A PNG of the VM's display from its device model `h`: written to a
+    /// file in the VM's run directory (the device model only writes files),
+    /// read, and removed.
+    pub(super) fn take_screenshot(
+        &self,
+        name: &str,
+        def: &rayos_state::VmDefinition,
+        h: &mut dyn VmHandle,
+    ) -> Result<Vec<u8>, OpError> {
         let path = self
-            .spec(&def)
+            .spec(def)
             .run_dir
             .join(format!("screenshot-{}.png", uuid::Uuid::new_v4()));
         let bytes = h

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use rayos_api::{Client, ClientError, PolicyReply};
-use rayos_init::recovery::{PolicyEdit, edit_lines};
+use rayos_init::recovery::edit_policy;
 use rayos_state::{DataLayout, Policy};
 
 use super::{Exit, exit};
@@ -223,81 +223,30 @@ fn report(r: &PolicyReply, live: bool, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The line editor of `policy edit`: returns the text to save, or `None`
-/// when cancelled (or at end of input). `check` says why a text cannot be
-/// saved; the person then fixes it or cancels.
+/// The line editor of `policy edit` ([`edit_policy`] on a terminal):
+/// returns the text to save, or `None` when cancelled (or at end of input).
+/// `check` says why a text cannot be saved; the person then fixes it or
+/// cancels.
 pub fn edit(
     text: &str,
     input: &mut dyn BufRead,
     out: &mut dyn Write,
     check: &dyn Fn(&str) -> Result<(), String>,
 ) -> io::Result<Option<String>> {
-    let mut lines: Vec<String> = text.lines().map(String::from).collect();
-    let show = |lines: &[String], out: &mut dyn Write| -> io::Result<()> {
-        for (i, l) in lines.iter().enumerate() {
-            writeln!(out, "{:3}  {l}", i + 1)?;
-        }
-        Ok(())
-    };
-    show(&lines, out)?;
-    writeln!(
-        out,
-        "edit: `set N TEXT`, `add TEXT`, `del N`, `show`, `save`, `cancel`"
-    )?;
-    loop {
-        write!(out, "policy> ")?;
+    for (i, l) in text.lines().enumerate() {
+        writeln!(out, "{:3}  {l}", i + 1)?;
+    }
+    let mut ask = |out: &mut dyn Write, q: &str| -> io::Result<Option<String>> {
+        write!(out, "{q}")?;
         out.flush()?;
         let mut cmd = String::new();
         if input.read_line(&mut cmd)? == 0 {
             writeln!(out)?;
             return Ok(None);
         }
-        let cmd = cmd.trim_end_matches(['\n', '\r']);
-        let (verb, rest) = cmd.split_once(' ').unwrap_or((cmd, ""));
-        let num = |s: &str| s.trim().parse::<usize>().ok();
-        let e = match verb.trim() {
-            "show" | "" => {
-                show(&lines, out)?;
-                continue;
-            }
-            "cancel" | "quit" => return Ok(None),
-            "save" => {
-                let text = lines.join("\n") + "\n";
-                match check(&text) {
-                    Ok(()) => return Ok(Some(text)),
-                    Err(e) => {
-                        writeln!(out, "not saved: {e}")?;
-                        continue;
-                    }
-                }
-            }
-            "set" => match rest.split_once(' ').and_then(|(n, t)| Some((num(n)?, t))) {
-                Some((n, t)) => PolicyEdit::Set(n, t.to_string()),
-                None => {
-                    writeln!(out, "usage: set N TEXT")?;
-                    continue;
-                }
-            },
-            "add" => PolicyEdit::Add(rest.to_string()),
-            "del" => match num(rest) {
-                Some(n) => PolicyEdit::Del(n),
-                None => {
-                    writeln!(out, "usage: del N")?;
-                    continue;
-                }
-            },
-            other => {
-                writeln!(
-                    out,
-                    "unknown {other:?}: `set N TEXT`, `add TEXT`, `del N`, `show`, `save`, `cancel`"
-                )?;
-                continue;
-            }
-        };
-        if let Err(m) = edit_lines(&mut lines, &e) {
-            writeln!(out, "{m}")?;
-        }
-    }
+        Ok(Some(cmd.trim_end_matches(['\n', '\r']).to_string()))
+    };
+    edit_policy(text, &mut ask, out, &mut |t| check(t))
 }
 
 fn client_err(e: ClientError) -> anyhow::Error {
