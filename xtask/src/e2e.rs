@@ -116,6 +116,13 @@ pub enum Variant {
     /// from the admin prompt: the Linux VM fetches a file from a server on
     /// this host through both NATs (`e2e_net`, docs/network.md).
     Net,
+    /// The ISO as a CD; the Windows stand-in installer ISO on a second USB
+    /// stick (written with `dd`); at the `rayos>` prompt: Windows enabled,
+    /// the stick found by `media`, the VM created from it, installed (Secure
+    /// Boot, TPM), booted from its disk, resumed across a RayOS `reboot`,
+    /// its TPM secret kept across a stop and cold start (`e2e_windows`,
+    /// docs/windows.md).
+    Windows,
 }
 
 impl Variant {
@@ -130,6 +137,7 @@ impl Variant {
             Variant::AnswersSafety => "answers-safety",
             Variant::Debian => "debian",
             Variant::Net => "net",
+            Variant::Windows => "windows",
         }
     }
 }
@@ -490,6 +498,7 @@ pub(crate) fn install(
     let answers_file = work.join("rayos-answers.toml");
     let answers_text = match v {
         Variant::Debian => crate::e2e_debian::answers(),
+        Variant::Windows => crate::e2e_windows::answers(),
         // The Linux VM on a dedicated VM-storage partition (docs/install.md):
         // one variant proves the partition is mounted at boot and holds the
         // VM's files, so the others keep the default layout.
@@ -528,7 +537,8 @@ pub(crate) fn install(
         | Variant::UsbLate
         | Variant::AnswersSafety
         | Variant::Debian
-        | Variant::Net => Medium::Cdrom(iso.to_path_buf()),
+        | Variant::Net
+        | Variant::Windows => Medium::Cdrom(iso.to_path_buf()),
     };
     // A USB stick, the usual carrier: answer files on internal disks are
     // not used (docs/answer-file.md).
@@ -628,6 +638,9 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     if v == Variant::Net {
         return crate::e2e_net::after_install(run, work, &installed);
     }
+    if v == Variant::Windows {
+        return crate::e2e_windows::after_install(run, work, &installed);
+    }
     let (disk, data_offset) = (installed.disk.clone(), installed.data_offset);
     let config = |stage: &str| installed.boot_config(work, stage);
 
@@ -645,7 +658,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     // The guest boots under nested TCG (about 40 s on a quiet machine, much
     // more on a busy one); let it reach userspace and count, so the resume
     // has a counter to continue. Its console is read at the admin prompt.
-    guest_counting(run, &mut vm, None)?;
+    guest_counting(run, &mut vm, "linux", None, GUEST_BOOT_SECS)?;
     vm.qmp("system_powerdown", None)
         .context("QMP system_powerdown")?;
     run.ok("ACPI power button pressed (QMP system_powerdown)");
@@ -683,7 +696,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     )?;
     // A counter past the last one before the power-off, so the check of
     // the console log after this boot has the resumed guest's lines.
-    guest_counting(run, &mut vm, Some(last_before))?;
+    guest_counting(run, &mut vm, "linux", Some(last_before), GUEST_BOOT_SECS)?;
     vm.send_serial("\n")?;
     run.expect(&mut vm, "admin prompt on the serial console", "rayos>", 60)?;
     vm.send_serial("reboot\n")?;
@@ -1021,15 +1034,35 @@ fn vm_runs_under_tcg(run: &Run, vm: &mut Qemu) -> Result<()> {
     Ok(())
 }
 
-/// The guest's `COUNTER <n>` values in order.
-/// Waits until the Linux guest prints `COUNTER` lines, asking
-/// `vm console linux` at the `rayos>` prompt every few seconds.
-/// With `above`, waits for a counter past it (the console log keeps the
-/// lines from before a save, so a resumed guest must print a new one).
-fn guest_counting(run: &Run, vm: &mut Qemu, above: Option<u64>) -> Result<()> {
-    let deadline = Instant::now() + run.timeout(GUEST_BOOT_SECS);
+/// Waits until the guest of VM `name` prints `COUNTER` lines, asking
+/// `vm console NAME --lines 3` at the `rayos>` prompt every few seconds,
+/// for at most `secs`; returns the counter seen. With `above`, waits for a
+/// counter past it (the console log keeps the lines from before a save, so
+/// a resumed guest must print a new one).
+pub(crate) fn guest_counting(
+    run: &Run,
+    vm: &mut Qemu,
+    name: &str,
+    above: Option<u64>,
+    secs: u64,
+) -> Result<u64> {
+    let what = above.map(|a| format!(" past {a}")).unwrap_or_default();
+    guest_counter_where(run, vm, name, &what, &|n| above.is_none_or(|a| n > a), secs)
+}
+
+/// [`guest_counting`] for a counter `accept` takes (`what` says which, for
+/// the error).
+pub(crate) fn guest_counter_where(
+    run: &Run,
+    vm: &mut Qemu,
+    name: &str,
+    what: &str,
+    accept: &dyn Fn(u64) -> bool,
+    secs: u64,
+) -> Result<u64> {
+    let deadline = Instant::now() + run.timeout(secs);
     loop {
-        vm.send_serial("vm console linux --lines 3\n")?;
+        vm.send_serial(&format!("vm console {name} --lines 3\n"))?;
         // The guest's lines come back through the outer serial console.
         // Only COUNTER is waited for: the prompt is redrawn for every typed
         // character, so matching it would stop far behind the answer.
@@ -1041,9 +1074,11 @@ fn guest_counting(run: &Run, vm: &mut Qemu, above: Option<u64>) -> Result<()> {
                         .next()
                         .and_then(|v| v.split_whitespace().next())
                         .and_then(|v| v.parse::<u64>().ok());
-                    if above.is_none_or(|a| n.is_some_and(|n| n > a)) {
-                        run.ok(&format!("the Linux guest counts: {}", line.trim()));
-                        return Ok(());
+                    if let Some(n) = n
+                        && accept(n)
+                    {
+                        run.ok(&format!("the {name} guest counts: {}", line.trim()));
+                        return Ok(n);
                     }
                 }
                 Err(rayos_image::qemu::QemuError::Timeout { .. }) => break,
@@ -1052,8 +1087,8 @@ fn guest_counting(run: &Run, vm: &mut Qemu, above: Option<u64>) -> Result<()> {
         }
         if Instant::now() >= deadline {
             bail!(
-                "the Linux guest printed no COUNTER line within {} s:\n{}",
-                run.timeout(GUEST_BOOT_SECS).as_secs(),
+                "the {name} guest printed no COUNTER line{what} within {} s:\n{}",
+                run.timeout(secs).as_secs(),
                 vm.tail()
             );
         }
@@ -1061,7 +1096,8 @@ fn guest_counting(run: &Run, vm: &mut Qemu, above: Option<u64>) -> Result<()> {
     }
 }
 
-fn counters(console: &str) -> Vec<u64> {
+/// The guest's `COUNTER <n>` values in order.
+pub(crate) fn counters(console: &str) -> Vec<u64> {
     console
         .lines()
         .filter_map(|l| l.trim().strip_prefix("COUNTER ")?.trim().parse().ok())

@@ -145,7 +145,7 @@ fn guest_fetch(run: &Run, vm: &mut Qemu, what: &str) -> Result<String> {
 /// Types `line` at the `rayos>` prompt and waits for `want` in its output
 /// (or one of `bad`), up to `secs`, repeating the command every `every`
 /// seconds when it has not shown `want` yet.
-fn poll(
+pub(crate) fn poll(
     run: &Run,
     vm: &mut Qemu,
     what: &str,

@@ -10,6 +10,7 @@ mod e2e_debian;
 mod e2e_net;
 mod e2e_present;
 mod e2e_update;
+mod e2e_windows;
 mod fuzz;
 mod linux_vm;
 mod media;

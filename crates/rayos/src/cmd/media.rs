@@ -119,6 +119,14 @@ fn describe(d: &Disk, root: &Path) -> String {
             out += &files_on(&d.path, &root.join(name(&d.path)), types);
         }
     }
+    // A stick written from a hybrid ISO also has a partition table whose
+    // partitions (the ESP among them) are views into the ISO: mounting one
+    // would make the stick "in use by the host" and so refused when it is
+    // attached whole, as the line above says to.
+    let from_iso = d
+        .whole_disk_filesystem
+        .as_ref()
+        .is_some_and(|fs| fs.filesystem == Filesystem::Iso9660);
     for p in &d.partitions {
         let Some(dev) = &p.device else { continue };
         let fsname = p.filesystem.map(|f| f.name()).unwrap_or("no filesystem");
@@ -132,7 +140,9 @@ fn describe(d: &Disk, root: &Path) -> String {
                 .map(|l| format!(" \"{l}\""))
                 .unwrap_or_default()
         );
-        if let Some(types) = p.filesystem.and_then(fs_type) {
+        if let Some(types) = p.filesystem.and_then(fs_type)
+            && !from_iso
+        {
             out += &files_on(dev, &root.join(name(dev)), types);
         }
     }
@@ -255,6 +265,53 @@ mod tests {
             .map(|f| f.strip_prefix(p).unwrap().display().to_string())
             .collect();
         assert_eq!(found, ["Win11.ISO", "a/b/y.qcow2", "a/x.img"]);
+    }
+
+    /// A stick written with `dd` from a hybrid ISO (xorriso's, as RayOS's
+    /// and the Windows stand-in's are): its FAT ESP partition is listed but
+    /// not mounted, so the whole stick can still be attached.
+    #[test]
+    fn a_stick_written_from_a_hybrid_iso_is_listed_without_mounting_its_partitions() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let payload = p.join("hello.txt");
+        fs::write(&payload, b"hello").unwrap();
+        let mut tree = rayos_image::fat::FatTree::new();
+        tree.add("EFI/BOOT/BOOTX64.EFI", &payload);
+        let esp = p.join("efiboot.img");
+        rayos_image::fat::build(&esp, "ESP", &tree, None).unwrap();
+        let iso = p.join("stick.img");
+        rayos_image::media::build_iso_labelled(
+            &iso,
+            &esp,
+            &[("hello.txt".into(), payload.clone())],
+            "HYBRID",
+        )
+        .unwrap();
+        let mut disk = rayos_disk::probe_image(&iso, None).unwrap();
+        assert_eq!(
+            disk.whole_disk_filesystem.as_ref().map(|f| f.filesystem),
+            Some(Filesystem::Iso9660)
+        );
+        disk.path = "/dev/sdz".into();
+        disk.removable = true;
+        let mut fat = 0;
+        for (i, part) in disk.partitions.iter_mut().enumerate() {
+            // Block devices carry device nodes; this one names the image,
+            // which a mount would try (and fail on, as it is no device).
+            part.device = Some(iso.with_extension(format!("part{i}")));
+            fat += usize::from(part.filesystem.is_some_and(|f| f.is_fat()));
+        }
+        assert!(fat >= 1, "the hybrid ISO has a FAT ESP: {disk:?}");
+        let root = p.join("media");
+        let text = describe(&disk, &root);
+        assert!(
+            text.contains("written from an ISO: rayos vm media NAME attach /dev/sdz --as cdrom"),
+            "{text}"
+        );
+        assert!(text.contains(": FAT"), "the ESP is listed: {text}");
+        assert!(!text.contains("not read"), "a mount was tried: {text}");
+        assert!(!root.exists(), "a mount point was made: {text}");
     }
 
     #[test]
