@@ -238,15 +238,21 @@ impl Run {
         healthy: &str,
         ready_secs: u64,
     ) -> Result<()> {
-        self.expect_not(
-            vm,
-            healthy,
-            Kind::Ready.prefix(),
-            &[Kind::Fatal.prefix()],
-            ready_secs,
-        )?;
+        self.healthy(vm, healthy, ready_secs)?;
         self.expect(vm, "Linux VM running", Kind::LinuxVmReady.prefix(), 900)?;
         Ok(())
+    }
+
+    /// Waits for `RAYOS_READY` (rayosd healthy), failing at once on
+    /// `RAYOS_FATAL`.
+    pub(crate) fn healthy(&self, vm: &mut Qemu, what: &str, secs: u64) -> Result<String> {
+        self.expect_not(
+            vm,
+            what,
+            Kind::Ready.prefix(),
+            &[Kind::Fatal.prefix()],
+            secs,
+        )
     }
 
     /// Waits for `good`, failing at once when one of `bad` appears first.
@@ -681,13 +687,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
 
     // 4. Second boot: resume; reboot from the admin prompt.
     let mut vm = Qemu::start(&config("boot2")?)?;
-    run.expect_not(
-        &mut vm,
-        "rayosd healthy again",
-        Kind::Ready.prefix(),
-        &[Kind::Fatal.prefix()],
-        900,
-    )?;
+    run.healthy(&mut vm, "rayosd healthy again", 900)?;
     run.expect(
         &mut vm,
         "Linux VM running",

@@ -38,7 +38,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use rayos_base::marker::{Kind, Marker, VmStart};
+use rayos_base::marker::{Marker, VmStart};
 use rayos_image::qemu::{Config, Medium, Qemu};
 use rayos_image::winstandin::{self, marker};
 
@@ -125,13 +125,7 @@ pub fn after_install(run: &Run, work: &Path, installed: &Installed) -> Result<()
 
     // 2. Enable, find the stick, create, install.
     let mut vm = Qemu::start(&config("boot1")?)?;
-    run.expect_not(
-        &mut vm,
-        "rayosd healthy",
-        Kind::Ready.prefix(),
-        &[Kind::Fatal.prefix()],
-        900,
-    )?;
+    run.healthy(&mut vm, "rayosd healthy", 900)?;
     prompt(run, &mut vm)?;
     for (key, answer) in [
         (
@@ -255,13 +249,7 @@ pub fn after_install(run: &Run, work: &Path, installed: &Installed) -> Result<()
     )?;
     drop(vm);
     let mut vm = Qemu::start(&config("boot2")?)?;
-    run.expect_not(
-        &mut vm,
-        "rayosd healthy again",
-        Kind::Ready.prefix(),
-        &[Kind::Fatal.prefix()],
-        900,
-    )?;
+    run.healthy(&mut vm, "rayosd healthy again", 900)?;
     prompt(run, &mut vm)?;
     // The first counter past `before` may still be one the guest printed
     // before the save; it is among the console's last 3 lines, so at most
