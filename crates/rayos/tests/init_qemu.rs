@@ -594,11 +594,16 @@ fn data_disk_mounted_logs_kept_power_button_powers_off() {
     );
     let at = vm.wait_for("on rayos-test", at, BOOT_TIMEOUT); // the console banner
     let at = vm.wait_for("rayos> ", at, BOOT_TIMEOUT);
+    // The prompt comes up while rayosd is still starting, so RAYOS_READY
+    // may print before, inside or after the `logs` listing: look for it
+    // from here, not from the end of the listing.
+    let prompt = at;
     vm.type_line("logs");
     let at = vm.wait_for("init.log", at, BOOT_TIMEOUT);
-    let at = vm.wait_for("rayos> ", at, BOOT_TIMEOUT);
+    let listed = vm.wait_for("rayos> ", at, BOOT_TIMEOUT);
     // rayosd (the real `rayos daemon`) answers GET /v1/health.
-    let at = vm.wait_for(&Marker::Ready.to_string(), at, BOOT_TIMEOUT);
+    let ready = vm.wait_for(&Marker::Ready.to_string(), prompt, BOOT_TIMEOUT);
+    let at = listed.max(ready);
     // The ACPI power button, as a person (or `virsh shutdown`) presses it.
     vm.qmp("system_powerdown");
     let at = vm.wait_for(
