@@ -69,7 +69,8 @@ use state::step;
 
 /// How long a fatal boot error stays on the screen before the reboot.
 pub const FATAL_REBOOT_DELAY: Duration = Duration::from_secs(10);
-/// The main loop's tick.
+/// The main loop's tick (shorter while rayosd's first health answer is
+/// awaited, [`ready::next_wait`]).
 const TICK: Duration = Duration::from_millis(500);
 
 /// The steps of every mode, first: kernel filesystems, command line, modules,
@@ -231,8 +232,10 @@ pub fn boot(st: &mut State, p: &mut dyn Platform) {
 /// The supervision loop. Never returns: a power request ends in
 /// [`shutdown()`].
 pub fn run_loop(st: &mut State, p: &mut dyn Platform) -> ! {
+    // rayosd may already answer: look before the first wait.
+    ready::tick(st, p);
     loop {
-        if let Some(req) = p.wait_power_request(TICK) {
+        if let Some(req) = p.wait_power_request(ready::next_wait(st, p, TICK)) {
             shutdown(st, p, req.action, &req.reason);
         }
         reap(st, p);

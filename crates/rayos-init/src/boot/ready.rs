@@ -16,7 +16,19 @@ use crate::bless::{self, BlessOutcome};
 use crate::cmdline::Mode;
 use crate::log;
 
+/// How often rayosd's health is asked for once the first
+/// [`HEALTH_FAST_FOR`] after its start are over.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// How often it is asked for right after rayosd's start: `RAYOS_READY`
+/// comes at most this long after rayosd answers, not up to a second
+/// plus a loop tick later (measured: about 0.7 s of every boot went to
+/// that wait, `cargo xtask bench boot`). A refused connection costs a
+/// system call or two.
+const HEALTH_EVERY_EARLY: Duration = Duration::from_millis(50);
+/// How long after rayosd's start health is asked for every
+/// [`HEALTH_EVERY_EARLY`]; a daemon that takes longer is slow for another
+/// reason (a KVM probe, a busy machine) and is asked once a second.
+const HEALTH_FAST_FOR: Duration = Duration::from_secs(30);
 const VM_POLL_EVERY: Duration = Duration::from_secs(2);
 /// rayosd not healthy after this long is a fault (the boot stays
 /// unblessed, so the loader falls back after the remaining tries).
@@ -34,11 +46,30 @@ pub fn tick(st: &mut State, p: &mut dyn Platform) {
     }
 }
 
+/// How long the main loop may wait before the next [`tick`]: short while
+/// rayosd's first health answer is awaited, so `RAYOS_READY` follows it
+/// closely; `idle` otherwise.
+pub fn next_wait(st: &State, p: &dyn Platform, idle: Duration) -> Duration {
+    match st.rayosd_started {
+        Some(started) if !st.status.ready => health_every(p.now(), started).min(idle),
+        _ => idle,
+    }
+}
+
+fn health_every(now: std::time::Instant, started: std::time::Instant) -> Duration {
+    if now.saturating_duration_since(started) < HEALTH_FAST_FOR {
+        HEALTH_EVERY_EARLY
+    } else {
+        HEALTH_EVERY
+    }
+}
+
 fn health(st: &mut State, p: &mut dyn Platform, started: std::time::Instant) {
     let now = p.now();
+    let every = health_every(now, started);
     if st
         .last_health_try
-        .is_some_and(|t| now.saturating_duration_since(t) < HEALTH_EVERY)
+        .is_some_and(|t| now.saturating_duration_since(t) < every)
     {
         return;
     }
@@ -292,6 +323,43 @@ mod tests {
         p.sleep(HEALTH_EVERY);
         tick(&mut st, &mut p);
         assert_eq!(p.markers.len(), 2);
+    }
+
+    /// Right after rayosd's start its health is asked for often and the
+    /// loop waits little, so `RAYOS_READY` follows the first answer
+    /// closely; later, and once ready, the loop keeps its idle tick.
+    #[test]
+    fn health_is_asked_for_often_only_right_after_rayosd_starts() {
+        let idle = Duration::from_millis(500);
+        let (mut st, mut p) = booted();
+        assert_eq!(next_wait(&st, &p, idle), HEALTH_EVERY_EARLY);
+        tick(&mut st, &mut p);
+        p.sleep(HEALTH_EVERY_EARLY);
+        tick(&mut st, &mut p);
+        assert!(p.markers.is_empty());
+        p.health = Ok(healthy());
+        p.sleep(HEALTH_EVERY_EARLY);
+        tick(&mut st, &mut p);
+        assert_eq!(p.markers.first(), Some(&Marker::Ready));
+        assert_eq!(next_wait(&st, &p, idle), idle);
+
+        let (mut st, mut p) = booted();
+        p.sleep(HEALTH_FAST_FOR);
+        assert_eq!(next_wait(&st, &p, idle), idle);
+        tick(&mut st, &mut p);
+        p.health = Ok(healthy());
+        p.sleep(HEALTH_EVERY_EARLY);
+        tick(&mut st, &mut p);
+        assert!(p.markers.is_empty(), "asked again before a second passed");
+        p.sleep(HEALTH_EVERY);
+        tick(&mut st, &mut p);
+        assert_eq!(p.markers.first(), Some(&Marker::Ready));
+
+        // Before rayosd starts there is nothing to ask.
+        let mut st = fake::state();
+        assert_eq!(next_wait(&st, &p, idle), idle);
+        st.status.ready = true;
+        assert_eq!(next_wait(&st, &p, idle), idle);
     }
 
     #[test]
