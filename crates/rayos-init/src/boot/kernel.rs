@@ -13,25 +13,43 @@ use super::{Platform, State, StepResult};
 use crate::cmdline::BootParams;
 use crate::sys;
 
-/// Modules wanted whether or not a device asks for them: filesystems and
-/// input handlers (no modalias), device nodes opened before any driver
+/// The fixed list, first part. Modules wanted whether or not a device
+/// asks for them: filesystems and input handlers (no modalias), device nodes opened before any driver
 /// exists (`/dev/net/tun`, `/dev/vhost-net`, `/dev/loop-control`,
 /// `/dev/uinput`), and the drivers of devices plugged in after the boot
 /// (USB sticks and card readers: sd_mod, sr_mod, usb_storage, uas), since
 /// there is no hotplug. Everything else (storage and USB controllers,
 /// virtio, the CPU's KVM module through the `cpu:` modalias) is loaded
 /// only when the machine has the device.
-pub const ALWAYS_MODULES: &[&str] = &[
+///
+/// Split in two: [`EARLY_MODULES`] are loaded by the `modules` step with
+/// the devices' drivers, because the steps right after it need them (the
+/// data volume's disk and filesystem, the system partition's FAT,
+/// efivarfs); [`LATE_MODULES`] load on a thread meanwhile, and
+/// `late-modules` waits for them before anything that uses them starts
+/// (rayosd, the consoles, the installer's search for its medium).
+///
+/// These first ones are what the steps between `modules` and
+/// `late-modules` need: ext4 (data volume, VM storage), vfat and its code
+/// pages (the system partition, `rollback-check`), efivarfs, sd_mod
+/// (SATA, SCSI and USB disks).
+pub const EARLY_MODULES: &[&str] = &[
     "ext4",
     "vfat",
     "nls_cp437",
     "nls_iso8859_1",
     "nls_utf8",
-    "isofs",
     "efivarfs",
+    "sd_mod",
+];
+
+/// The rest of the fixed list ([`EARLY_MODULES`] says why), loaded on a
+/// thread while the data volume is found, checked and mounted: nothing
+/// before `late-modules` uses them.
+pub const LATE_MODULES: &[&str] = &[
+    "isofs",
     "evdev",
     "button",
-    "sd_mod",
     "sr_mod",
     "uinput",
     "loop",
@@ -96,15 +114,36 @@ pub fn cmdline(st: &mut State, p: &mut dyn Platform) -> StepResult {
     }
 }
 
-/// Boot step `modules`: loads the modules every boot needs and those the
-/// devices ask for.
+/// Boot step `modules`: loads the modules the next steps need and those
+/// the devices ask for, and starts loading [`LATE_MODULES`] meanwhile.
 pub fn modules(st: &mut State, p: &mut dyn Platform) -> StepResult {
-    match p.coldplug(ALWAYS_MODULES, st.params.debug) {
+    let r = match p.coldplug(EARLY_MODULES, st.params.debug) {
         Ok(c) => StepResult::Ok(format!(
-            "{} modules loaded ({} not applicable) for kernel {}",
-            c.loaded, c.refused, c.release
+            "{} modules loaded ({} not applicable) for kernel {}; {} more loading meanwhile",
+            c.loaded,
+            c.refused,
+            c.release,
+            LATE_MODULES.join(", ")
         )),
-        Err(e) => StepResult::Warn(format!("{e}: only built-in drivers are available")),
+        Err(e) => return StepResult::Warn(format!("{e}: only built-in drivers are available")),
+    };
+    p.modules_background(LATE_MODULES, st.params.debug);
+    r
+}
+
+/// Boot step `late-modules`: waits for the modules `modules` started
+/// loading on a thread, before the services and searches that use them.
+pub fn late_modules(_: &mut State, p: &mut dyn Platform) -> StepResult {
+    match p.modules_wait() {
+        Some(Ok(c)) => StepResult::Ok(format!(
+            "{} more modules loaded ({} not applicable)",
+            c.loaded, c.refused
+        )),
+        Some(Err(e)) => StepResult::Warn(format!(
+            "{e}: {} are not available",
+            LATE_MODULES.join(", ")
+        )),
+        None => StepResult::Skip("no modules were loading".into()),
     }
 }
 
@@ -154,6 +193,34 @@ pub fn efivarfs(st: &mut State, p: &mut dyn Platform) -> StepResult {
 mod tests {
     use super::*;
     use crate::boot::fake::{self, Call, Fake};
+
+    /// `late-modules` waits for what `modules` started loading; without
+    /// a module index (built-in drivers only) nothing was started and
+    /// there is nothing to wait for.
+    #[test]
+    fn late_modules_waits_for_the_background_load() {
+        let mut st = fake::state();
+        let mut p = Fake::new();
+        p.modules_background(LATE_MODULES, false);
+        assert!(matches!(late_modules(&mut st, &mut p), StepResult::Ok(_)));
+        assert_eq!(
+            p.calls,
+            vec![
+                Call::ModulesBackground(LATE_MODULES.iter().map(|m| m.to_string()).collect()),
+                Call::ModulesWait
+            ]
+        );
+
+        let mut p = Fake::new();
+        assert!(matches!(modules(&mut st, &mut p), StepResult::Warn(_)));
+        assert!(matches!(late_modules(&mut st, &mut p), StepResult::Skip(_)));
+        // The two lists are the old fixed list, each module once.
+        let mut all: Vec<&str> = EARLY_MODULES.iter().chain(LATE_MODULES).copied().collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n);
+    }
 
     #[test]
     fn loopback_is_brought_up_whatever_the_policy() {

@@ -100,6 +100,7 @@ pub const INSTALLED: &[Step] = &[
     step("keyboard", data::keyboard),
     step("policy", data::policy),
     step("network", services::network),
+    step("late-modules", kernel::late_modules),
     step("rayosd", services::rayosd),
     step("consoles", services::consoles),
     step("presenter", services::presenter),
@@ -116,11 +117,14 @@ pub const RECOVERY: &[Step] = &[
     step("machine", data::machine),
     step("keyboard", data::keyboard),
     step("policy", data::policy),
+    step("late-modules", kernel::late_modules),
     step("consoles", services::consoles),
 ];
 
 /// The steps of an installer medium's boot, after [`COMMON`].
 pub const INSTALLER: &[Step] = &[
+    // The medium may be a CD (sr_mod, isofs) or a USB stick (usb_storage).
+    step("late-modules", kernel::late_modules),
     step("find-medium", installer::find_medium),
     step("find-answers", installer::find_answers),
     step("install", install::install),
@@ -311,6 +315,24 @@ mod tests {
             !RECOVERY.iter().any(|s| s.name == "network"),
             "recovery touches no network"
         );
+        // The modules loading meanwhile (tun, vhost_net, loop, uinput,
+        // evdev, USB storage) are there before anything that uses them.
+        for list in [INSTALLED, RECOVERY, INSTALLER] {
+            let at = |n: &str| list.iter().position(|s| s.name == n);
+            let late = at("late-modules").unwrap();
+            for user in [
+                "rayosd",
+                "consoles",
+                "presenter",
+                "find-medium",
+                "find-answers",
+            ] {
+                assert!(
+                    at(user).is_none_or(|u| late < u),
+                    "{user} before late-modules"
+                );
+            }
+        }
         // The presenter only starts once rayosd has (it needs its API).
         assert!(pos("rayosd") < pos("presenter"));
         assert!(pos("check-data") < pos("mount-data"));

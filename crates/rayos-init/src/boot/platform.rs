@@ -149,6 +149,12 @@ pub trait Platform {
     fn ctrl_alt_del_to_signal(&mut self);
     /// Loads `always` and every module a device asks for.
     fn coldplug(&mut self, always: &[&str], debug: bool) -> Result<Coldplug, String>;
+    /// Starts loading `names` (and what they need) on a thread of its own
+    /// while the boot goes on; [`Platform::modules_wait`] waits for it.
+    fn modules_background(&mut self, names: &[&str], debug: bool);
+    /// Waits for the modules [`Platform::modules_background`] started;
+    /// `None` when none were started.
+    fn modules_wait(&mut self) -> Option<Result<Coldplug, String>>;
     /// Sets the kernel's host name.
     fn set_hostname(&mut self, name: &str) -> io::Result<()>;
     /// Loads a console keymap (docs/init.md `keyboard`).

@@ -49,6 +49,61 @@ fn coldplug_threads(env: Option<&str>) -> usize {
         .map_or(1, |n| n.clamp(1, COLDPLUG_THREADS))
 }
 
+/// The running kernel's release (`uname -r`): its modules' directory.
+fn kernel_release() -> String {
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Writes the modules the kernel refused, with its error, where rayosd
+/// reads why a KVM module is missing; `append` adds to what an earlier
+/// load wrote. Returns how many there were.
+fn record_refused(refused: &[(String, String)], append: bool) -> usize {
+    let text: String = refused
+        .iter()
+        .map(|(n, why)| format!("{n}: {why}\n"))
+        .collect();
+    let path = rayos_base::paths::MODULES_REFUSED;
+    let written = if append {
+        use std::io::Write;
+        fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+    } else {
+        fs::write(path, text)
+    };
+    if let Err(e) = written {
+        log::warn(format!("{path}: {e}"));
+    }
+    refused.len()
+}
+
+/// Loads `names` (modules or aliases) and their dependencies on this
+/// thread; the refusals are added to what `coldplug` wrote.
+fn load_list(names: &[String], debug: bool) -> Result<Coldplug, String> {
+    let release = kernel_release();
+    let index =
+        ModuleIndex::load(&Path::new("/lib/modules").join(&release)).map_err(|e| chain(&e))?;
+    let loader = modules::Loader::new(&index);
+    let mut loaded = 0;
+    for (a, n) in loader.load_all(names, 1) {
+        if debug {
+            log::info(format!("{a}: loaded {}", n.join(", ")));
+        }
+        loaded += n.len();
+    }
+    let refused = record_refused(&loader.refused(), true);
+    Ok(Coldplug {
+        loaded,
+        refused,
+        release,
+    })
+}
+
 /// The running machine: system calls, supervised services, the real disks and
 /// rayosd's socket.
 pub struct Real {
@@ -60,6 +115,9 @@ pub struct Real {
     /// before the data volume is unmounted, or the open file would keep it
     /// busy and the power-off would leave its journal dirty.
     kernel_log: Arc<Mutex<Option<RotatingLog>>>,
+    /// The modules loading while the boot goes on
+    /// ([`Platform::modules_background`]).
+    late_modules: Option<std::thread::JoinHandle<Result<Coldplug, String>>>,
 }
 
 /// The kernel log's lock; a panicked writer leaves a usable log behind.
@@ -76,6 +134,7 @@ impl Real {
             buttons: Vec::new(),
             buttons_scanned: None,
             kernel_log: Arc::new(Mutex::new(None)),
+            late_modules: None,
         })
     }
 
@@ -277,10 +336,7 @@ impl Platform for Real {
     }
 
     fn coldplug(&mut self, always: &[&str], debug: bool) -> Result<Coldplug, String> {
-        let release = rustix::system::uname()
-            .release()
-            .to_string_lossy()
-            .into_owned();
+        let release = kernel_release();
         let index =
             ModuleIndex::load(&Path::new("/lib/modules").join(&release)).map_err(|e| chain(&e))?;
         let loader = modules::Loader::new(&index);
@@ -312,21 +368,40 @@ impl Platform for Real {
             }
             wanted.clear();
         }
-        let refused = loader.refused();
-        // rayosd reads why a KVM module is missing from here.
-        let text: String = refused
-            .iter()
-            .map(|(n, why)| format!("{n}: {why}\n"))
-            .collect();
-        if let Err(e) = fs::write(rayos_base::paths::MODULES_REFUSED, text) {
-            log::warn(format!("{}: {e}", rayos_base::paths::MODULES_REFUSED));
-        }
-        let refused = refused.len();
+        let refused = record_refused(&loader.refused(), false);
         Ok(Coldplug {
             loaded,
             refused,
             release,
         })
+    }
+
+    fn modules_background(&mut self, names: &[&str], debug: bool) {
+        let list: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let spawned = std::thread::Builder::new()
+            .name("modules".into())
+            .spawn(move || load_list(&list, debug));
+        match spawned {
+            Ok(h) => self.late_modules = Some(h),
+            Err(e) => {
+                // No thread: load them now, as before the split.
+                log::warn(format!(
+                    "cannot start a thread for modules ({e}); loading them now"
+                ));
+                let list: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+                if let Err(e) = load_list(&list, debug) {
+                    log::warn(e);
+                }
+            }
+        }
+    }
+
+    fn modules_wait(&mut self) -> Option<Result<Coldplug, String>> {
+        let h = self.late_modules.take()?;
+        Some(
+            h.join()
+                .unwrap_or_else(|_| Err("the module loading thread panicked".into())),
+        )
     }
 
     fn set_hostname(&mut self, name: &str) -> io::Result<()> {
