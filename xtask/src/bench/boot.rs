@@ -74,13 +74,17 @@ const BASELINE_MARKER: &str = "BENCH_BUSYBOX_READY";
 const CPUS: u32 = 2;
 
 /// One boot: kernel timestamp of the marker and wall time from QEMU start.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Boot {
     kernel_s: f64,
     wall_s: f64,
     /// Kernel timestamp of `Run /init as init process` (kernel and
     /// initramfs unpacking done; userspace starts).
     init_s: f64,
+    /// PID 1's boot steps with their durations in kernel time (each from
+    /// its `RAYOS_BOOT:<step>` to the next, the last to `RAYOS_READY`);
+    /// empty for the baseline.
+    steps: Vec<(String, f64)>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -226,6 +230,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bk - bi,
         rk - ri
     );
+    println!(
+        "\nRayOS's /init -> RAYOS_READY by boot step (kernel time, median of {} boots; min-max)",
+        args.reps
+    );
+    for (name, m, lo, hi) in step_medians(&rayos) {
+        println!("  {name:<42} {m:>9.3} s   ({lo:.3}-{hi:.3})");
+    }
     println!("\nsizes");
     let uki_b = size(&uki);
     for (name, p) in [
@@ -357,6 +368,7 @@ fn baseline_boot(
         kernel_s,
         wall_s,
         init_s,
+        steps: Vec::new(),
     })
 }
 
@@ -397,15 +409,18 @@ fn rayos_boot(
     let out = vm.serial_output();
     let own = own_memory(&out)?;
     let init_s = kernel_time(&out, RUN_INIT)?;
+    let ready_s = kernel_time(&out, Kind::Ready.prefix())?;
     let ready = Boot {
-        kernel_s: kernel_time(&out, Kind::Ready.prefix())?,
+        kernel_s: ready_s,
         wall_s: ready_wall,
         init_s,
+        steps: step_times(&out, init_s, ready_s),
     };
     let linux = Boot {
         kernel_s: kernel_time(&out, Kind::LinuxVmReady.prefix())?,
         wall_s: linux_wall,
         init_s,
+        steps: Vec::new(),
     };
     let rss = resident_kib(&out)?;
     // Power off through the ACPI button so the data volume stays clean for
@@ -466,6 +481,61 @@ fn kernel_time(serial: &str, marker: &str) -> anyhow::Result<f64> {
     bail!("no kernel-timestamped line with {marker} on the serial console")
 }
 
+/// PID 1's steps from the serial console: `/init` to the first step's
+/// marker, each `RAYOS_BOOT:<step>` to the next marker, the last one to
+/// `RAYOS_READY` (with the loop's wait for rayosd's health).
+fn step_times(serial: &str, init_s: f64, ready_s: f64) -> Vec<(String, f64)> {
+    let head = Kind::Boot.prefix();
+    let mut marks: Vec<(String, f64)> = Vec::new();
+    for line in serial.lines() {
+        let Some(at) = line.find(head) else { continue };
+        let name: String = line[at + head.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        if name.is_empty() || marks.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        if let Ok(t) = kernel_time(line, head) {
+            marks.push((name, t));
+        }
+    }
+    let mut out = Vec::new();
+    let mut prev = ("exec (/init -> first step)".to_string(), init_s);
+    for (name, t) in marks {
+        out.push((prev.0, t - prev.1));
+        prev = (name, t);
+    }
+    // The last step has no successor's marker: its time runs to
+    // RAYOS_READY and holds the wait for rayosd's first health answer.
+    out.push((format!("{} -> RAYOS_READY", prev.0), ready_s - prev.1));
+    out
+}
+
+/// Per step (in boot order): median, min and max over the boots.
+fn step_medians(boots: &[Boot]) -> Vec<(String, f64, f64, f64)> {
+    let mut names: Vec<String> = Vec::new();
+    for b in boots {
+        for (n, _) in &b.steps {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+    }
+    names
+        .into_iter()
+        .map(|n| {
+            let mut v: Vec<f64> = boots
+                .iter()
+                .filter_map(|b| b.steps.iter().find(|(m, _)| *m == n).map(|x| x.1))
+                .collect();
+            v.sort_by(f64::total_cmp);
+            let m = v[v.len() / 2];
+            (n, m, v[0], v[v.len() - 1])
+        })
+        .collect()
+}
+
 /// `… N KiB resident` from `vm health`.
 fn resident_kib(serial: &str) -> anyhow::Result<u64> {
     // Only `vm health`'s line: `status` prints a "KiB resident" sum too.
@@ -495,6 +565,36 @@ mod tests {
         assert!(kernel_time(log, "NOPE").is_err());
         let redraw = "\rrayos> \x1b[K[    8.130294] rayos-init: RAYOS_READY\r\n";
         assert_eq!(kernel_time(redraw, Kind::Ready.prefix()).unwrap(), 8.130294);
+    }
+
+    #[test]
+    fn step_times_run_from_marker_to_marker() {
+        let log = "[    3.500000] Run /init as init process\r\n\
+                   [    3.600000] rayos-init: RAYOS_BOOT:kernel-fs\r\n\
+                   [    3.700000] rayos-init: RAYOS_BOOT:modules\r\n\
+                   [    5.200000] rayos-init: RAYOS_BOOT:presenter\r\n\
+                   [    6.000000] rayos-init: RAYOS_READY\r\n";
+        let s = step_times(log, 3.5, 6.0);
+        let names: Vec<&str> = s.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "exec (/init -> first step)",
+                "kernel-fs",
+                "modules",
+                "presenter -> RAYOS_READY"
+            ]
+        );
+        let t: Vec<f64> = s.iter().map(|(_, t)| (t * 1000.0).round()).collect();
+        assert_eq!(t, [100.0, 100.0, 1500.0, 800.0]);
+        let b = |x: f64| Boot {
+            kernel_s: 0.0,
+            wall_s: 0.0,
+            init_s: 0.0,
+            steps: vec![("modules".into(), x)],
+        };
+        let m = step_medians(&[b(3.0), b(1.0), b(2.0)]);
+        assert_eq!(m, vec![("modules".to_string(), 2.0, 1.0, 3.0)]);
     }
 
     #[test]

@@ -370,7 +370,7 @@ impl Platform for Fake {
 
     fn ctrl_alt_del_to_signal(&mut self) {}
 
-    fn coldplug(&mut self, _always: &[&str], _debug: bool) -> Result<Coldplug, String> {
+    fn load_modules(&mut self, _names: &[&str], _debug: bool) -> Result<Coldplug, String> {
         Err("no modules in a unit test".into())
     }
 

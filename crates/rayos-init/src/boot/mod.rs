@@ -99,8 +99,8 @@ pub const INSTALLED: &[Step] = &[
     step("machine", data::machine),
     step("keyboard", data::keyboard),
     step("policy", data::policy),
+    step("modules-done", kernel::modules_done),
     step("network", services::network),
-    step("late-modules", kernel::late_modules),
     step("rayosd", services::rayosd),
     step("consoles", services::consoles),
     step("presenter", services::presenter),
@@ -117,14 +117,14 @@ pub const RECOVERY: &[Step] = &[
     step("machine", data::machine),
     step("keyboard", data::keyboard),
     step("policy", data::policy),
-    step("late-modules", kernel::late_modules),
+    step("modules-done", kernel::modules_done),
     step("consoles", services::consoles),
 ];
 
 /// The steps of an installer medium's boot, after [`COMMON`].
 pub const INSTALLER: &[Step] = &[
     // The medium may be a CD (sr_mod, isofs) or a USB stick (usb_storage).
-    step("late-modules", kernel::late_modules),
+    step("modules-done", kernel::modules_done),
     step("find-medium", installer::find_medium),
     step("find-answers", installer::find_answers),
     step("install", install::install),
@@ -315,12 +315,14 @@ mod tests {
             !RECOVERY.iter().any(|s| s.name == "network"),
             "recovery touches no network"
         );
-        // The modules loading meanwhile (tun, vhost_net, loop, uinput,
-        // evdev, USB storage) are there before anything that uses them.
+        // The modules loading meanwhile (the devices' drivers, KVM, tun,
+        // vhost_net, loop, uinput, evdev, USB storage) are there before
+        // anything that uses them.
         for list in [INSTALLED, RECOVERY, INSTALLER] {
             let at = |n: &str| list.iter().position(|s| s.name == n);
-            let late = at("late-modules").unwrap();
+            let late = at("modules-done").unwrap();
             for user in [
+                "network",
                 "rayosd",
                 "consoles",
                 "presenter",
@@ -329,7 +331,7 @@ mod tests {
             ] {
                 assert!(
                     at(user).is_none_or(|u| late < u),
-                    "{user} before late-modules"
+                    "{user} before modules-done"
                 );
             }
         }

@@ -58,45 +58,58 @@ fn kernel_release() -> String {
 }
 
 /// Writes the modules the kernel refused, with its error, where rayosd
-/// reads why a KVM module is missing; `append` adds to what an earlier
-/// load wrote. Returns how many there were.
-fn record_refused(refused: &[(String, String)], append: bool) -> usize {
+/// reads why a KVM module is missing. Returns how many there were.
+fn record_refused(refused: &[(String, String)]) -> usize {
     let text: String = refused
         .iter()
         .map(|(n, why)| format!("{n}: {why}\n"))
         .collect();
-    let path = rayos_base::paths::MODULES_REFUSED;
-    let written = if append {
-        use std::io::Write;
-        fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-    } else {
-        fs::write(path, text)
-    };
-    if let Err(e) = written {
-        log::warn(format!("{path}: {e}"));
+    if let Err(e) = fs::write(rayos_base::paths::MODULES_REFUSED, text) {
+        log::warn(format!("{}: {e}", rayos_base::paths::MODULES_REFUSED));
     }
     refused.len()
 }
 
-/// Loads `names` (modules or aliases) and their dependencies on this
-/// thread; the refusals are added to what `coldplug` wrote.
-fn load_list(names: &[String], debug: bool) -> Result<Coldplug, String> {
+/// Loads `always` and every module a device asks for, on this thread:
+/// the fixed list and the devices' modaliases in one pass, then again for
+/// the devices the new drivers created, until a pass finds nothing new
+/// (bounded). The refusals go to [`rayos_base::paths::MODULES_REFUSED`].
+fn coldplug(always: &[String], debug: bool) -> Result<Coldplug, String> {
     let release = kernel_release();
     let index =
         ModuleIndex::load(&Path::new("/lib/modules").join(&release)).map_err(|e| chain(&e))?;
     let loader = modules::Loader::new(&index);
+    let threads = coldplug_threads(std::env::var("RAYOS_COLDPLUG_THREADS").ok().as_deref());
     let mut loaded = 0;
-    for (a, n) in loader.load_all(names, 1) {
-        if debug {
-            log::info(format!("{a}: loaded {}", n.join(", ")));
+    let mut wanted: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for pass in 0..COLDPLUG_PASSES {
+        if pass > 0 {
+            // Let drivers that probe asynchronously add their devices.
+            std::thread::sleep(Duration::from_millis(50));
         }
-        loaded += n.len();
+        // The devices first: the data volume's disk shows sooner, and
+        // `find-data` is looking for it meanwhile.
+        wanted.extend(
+            modules::collect_modaliases(Path::new("/sys/devices"))
+                .into_iter()
+                .filter(|a| seen.insert(a.clone())),
+        );
+        if pass == 0 {
+            wanted.extend(always.iter().cloned());
+        }
+        if wanted.is_empty() {
+            break;
+        }
+        for (a, n) in loader.load_all(&wanted, threads) {
+            if debug {
+                log::info(format!("{a}: loaded {}", n.join(", ")));
+            }
+            loaded += n.len();
+        }
+        wanted.clear();
     }
-    let refused = record_refused(&loader.refused(), true);
+    let refused = record_refused(&loader.refused());
     Ok(Coldplug {
         loaded,
         refused,
@@ -117,7 +130,15 @@ pub struct Real {
     kernel_log: Arc<Mutex<Option<RotatingLog>>>,
     /// The modules loading while the boot goes on
     /// ([`Platform::modules_background`]).
-    late_modules: Option<std::thread::JoinHandle<Result<Coldplug, String>>>,
+    late_modules: Option<Coldplugging>,
+}
+
+/// The coldplug started by [`Platform::modules_background`].
+enum Coldplugging {
+    /// Running on its thread.
+    Thread(std::thread::JoinHandle<Result<Coldplug, String>>),
+    /// Done already (no thread could be started: it ran in the step).
+    Done(Result<Coldplug, String>),
 }
 
 /// The kernel log's lock; a panicked writer leaves a usable log behind.
@@ -335,73 +356,51 @@ impl Platform for Real {
         sys::disable_ctrl_alt_del();
     }
 
-    fn coldplug(&mut self, always: &[&str], debug: bool) -> Result<Coldplug, String> {
+    fn load_modules(&mut self, names: &[&str], debug: bool) -> Result<Coldplug, String> {
         let release = kernel_release();
         let index =
             ModuleIndex::load(&Path::new("/lib/modules").join(&release)).map_err(|e| chain(&e))?;
         let loader = modules::Loader::new(&index);
-        let threads = coldplug_threads(std::env::var("RAYOS_COLDPLUG_THREADS").ok().as_deref());
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut loaded = 0;
-        // The fixed list and the devices' modaliases in one pass, then
-        // again for the devices the new drivers created, until a pass
-        // finds nothing new (bounded).
-        let mut wanted: Vec<String> = always.iter().map(|m| m.to_string()).collect();
-        let mut seen = std::collections::HashSet::new();
-        for pass in 0..COLDPLUG_PASSES {
-            if pass > 0 {
-                // Let drivers that probe asynchronously add their devices.
-                std::thread::sleep(Duration::from_millis(50));
+        for (a, n) in loader.load_all(&names, 1) {
+            if debug {
+                log::info(format!("{a}: loaded {}", n.join(", ")));
             }
-            wanted.extend(
-                modules::collect_modaliases(Path::new("/sys/devices"))
-                    .into_iter()
-                    .filter(|a| seen.insert(a.clone())),
-            );
-            if wanted.is_empty() {
-                break;
-            }
-            for (a, n) in loader.load_all(&wanted, threads) {
-                if debug {
-                    log::info(format!("{a}: loaded {}", n.join(", ")));
-                }
-                loaded += n.len();
-            }
-            wanted.clear();
+            loaded += n.len();
         }
-        let refused = record_refused(&loader.refused(), false);
         Ok(Coldplug {
             loaded,
-            refused,
+            refused: loader.refused().len(),
             release,
         })
     }
 
-    fn modules_background(&mut self, names: &[&str], debug: bool) {
-        let list: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    fn modules_background(&mut self, always: &[&str], debug: bool) {
+        let list: Vec<String> = always.iter().map(|n| n.to_string()).collect();
         let spawned = std::thread::Builder::new()
-            .name("modules".into())
-            .spawn(move || load_list(&list, debug));
+            .name("coldplug".into())
+            .spawn(move || coldplug(&list, debug));
         match spawned {
-            Ok(h) => self.late_modules = Some(h),
+            Ok(h) => self.late_modules = Some(Coldplugging::Thread(h)),
             Err(e) => {
                 // No thread: load them now, as before the split.
                 log::warn(format!(
                     "cannot start a thread for modules ({e}); loading them now"
                 ));
-                let list: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-                if let Err(e) = load_list(&list, debug) {
-                    log::warn(e);
-                }
+                let list: Vec<String> = always.iter().map(|n| n.to_string()).collect();
+                self.late_modules = Some(Coldplugging::Done(coldplug(&list, debug)));
             }
         }
     }
 
     fn modules_wait(&mut self) -> Option<Result<Coldplug, String>> {
-        let h = self.late_modules.take()?;
-        Some(
-            h.join()
+        Some(match self.late_modules.take()? {
+            Coldplugging::Thread(h) => h
+                .join()
                 .unwrap_or_else(|_| Err("the module loading thread panicked".into())),
-        )
+            Coldplugging::Done(r) => r,
+        })
     }
 
     fn set_hostname(&mut self, name: &str) -> io::Result<()> {
