@@ -214,6 +214,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     row("busybox init: kernel start -> marker", bk, bw);
     row("RayOS: kernel start -> RAYOS_READY", rk, rw);
     row("RayOS: kernel start -> RAYOS_LINUX_VM_READY", lk, lw);
+    let span = |v: &[Boot], f: fn(&Boot) -> f64| {
+        let x: Vec<f64> = v.iter().map(f).collect();
+        let lo = x.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (lo, hi)
+    };
+    let (bk_lo, bk_hi) = span(&base, |b| b.kernel_s);
+    let (rk_lo, rk_hi) = span(&rayos, |b| b.kernel_s);
+    let (lk_lo, lk_hi) = span(&linux, |b| b.kernel_s);
+    println!(
+        "  kernel time min-max: busybox {bk_lo:.3}-{bk_hi:.3} s, RAYOS_READY {rk_lo:.3}-{rk_hi:.3} s, \
+         RAYOS_LINUX_VM_READY {lk_lo:.3}-{lk_hi:.3} s"
+    );
     println!(
         "  kernel time: printk timestamps (guest clock from kernel start); wall: from QEMU start,\n  \
          including OVMF and, for RayOS, systemd-boot loading the UKI from disk"
@@ -269,6 +282,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let v = serde_json::json!({
             "reps": args.reps,
             "baseline_kernel_s": bk, "baseline_wall_s": bw,
+            "baseline_kernel_min_max_s": [bk_lo, bk_hi],
+            "rayos_ready_kernel_min_max_s": [rk_lo, rk_hi],
+            "linux_vm_ready_kernel_min_max_s": [lk_lo, lk_hi],
             "rayos_ready_kernel_s": rk, "rayos_ready_wall_s": rw,
             "linux_vm_ready_kernel_s": lk, "linux_vm_ready_wall_s": lw,
             "ratio_ready_kernel": rk / bk,

@@ -31,7 +31,9 @@ use crate::volumes;
 /// How often the input devices are looked at for a power button.
 const BUTTON_SCAN_EVERY: Duration = Duration::from_secs(10);
 /// Bounded coldplug: bus drivers create devices that want more drivers.
-const COLDPLUG_PASSES: usize = 6;
+/// Rounds, not passes over every device: a pass used to be one round,
+/// now the disk's drivers, the rest and the fixed list are a round each.
+const COLDPLUG_ROUNDS: usize = 10;
 /// Most threads `RAYOS_COLDPLUG_THREADS` may ask for.
 const COLDPLUG_THREADS: usize = 8;
 
@@ -70,10 +72,13 @@ fn record_refused(refused: &[(String, String)]) -> usize {
     refused.len()
 }
 
-/// Loads `always` and every module a device asks for, on this thread:
-/// the fixed list and the devices' modaliases in one pass, then again for
-/// the devices the new drivers created, until a pass finds nothing new
-/// (bounded). The refusals go to [`rayos_base::paths::MODULES_REFUSED`].
+/// Loads `always` and every module a device asks for, on this thread.
+/// Rounds: the devices' modaliases not seen before, the ones on the way
+/// to a disk first ([`modules::next_batch`]), looking again after each
+/// batch because bus drivers (virtio_pci, ahci, xhci) create devices that
+/// want more drivers; the fixed list once the devices ask for nothing
+/// new, then a last look; bounded. The refusals go to
+/// [`rayos_base::paths::MODULES_REFUSED`].
 fn coldplug(always: &[String], debug: bool) -> Result<Coldplug, String> {
     let release = kernel_release();
     let index =
@@ -81,33 +86,41 @@ fn coldplug(always: &[String], debug: bool) -> Result<Coldplug, String> {
     let loader = modules::Loader::new(&index);
     let threads = coldplug_threads(std::env::var("RAYOS_COLDPLUG_THREADS").ok().as_deref());
     let mut loaded = 0;
-    let mut wanted: Vec<String> = Vec::new();
+    let mut pending: Vec<String> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for pass in 0..COLDPLUG_PASSES {
-        if pass > 0 {
+    let mut always_done = false;
+    for round in 0..COLDPLUG_ROUNDS {
+        if round > 0 {
             // Let drivers that probe asynchronously add their devices.
             std::thread::sleep(Duration::from_millis(50));
         }
-        // The devices first: the data volume's disk shows sooner, and
-        // `find-data` is looking for it meanwhile.
-        wanted.extend(
+        pending.extend(
             modules::collect_modaliases(Path::new("/sys/devices"))
                 .into_iter()
                 .filter(|a| seen.insert(a.clone())),
         );
-        if pass == 0 {
-            wanted.extend(always.iter().cloned());
-        }
-        if wanted.is_empty() {
-            break;
-        }
-        for (a, n) in loader.load_all(&wanted, threads) {
+        let batch = if round + 1 == COLDPLUG_ROUNDS {
+            // The bound: whatever is left, and the fixed list if not yet.
+            let mut b = std::mem::take(&mut pending);
+            if !always_done {
+                b.extend(always.iter().cloned());
+            }
+            b
+        } else if pending.is_empty() {
+            if always_done {
+                break;
+            }
+            always_done = true;
+            always.to_vec()
+        } else {
+            modules::next_batch(&mut pending)
+        };
+        for (a, n) in loader.load_all(&batch, threads) {
             if debug {
                 log::info(format!("{a}: loaded {}", n.join(", ")));
             }
             loaded += n.len();
         }
-        wanted.clear();
     }
     let refused = record_refused(&loader.refused());
     Ok(Coldplug {
