@@ -14,7 +14,9 @@
 //! Times are the kernel's own printk timestamps on the serial console
 //! (guest time from kernel start, so firmware and boot loader are outside
 //! it and a busy host inflates it less than wall time); wall times from
-//! QEMU start are reported too. Memory: `vm health` typed at the `rayos>`
+//! QEMU start are reported too, and PID 1's time per boot step (from
+//! one `RAYOS_BOOT:<step>` marker's timestamp to the next, the last step
+//! to `RAYOS_READY`), medians with min-max. Memory: `vm health` typed at the `rayos>`
 //! prompt once `RAYOS_LINUX_VM_READY` is out reports rayosd's `VmRSS`, and
 //! `status` the sum over RayOS's own processes (PID 1, rayosd, presenter,
 //! the console session).
