@@ -330,37 +330,6 @@ fn class_match(pat: &[u8], c: u8) -> Option<(bool, usize)> {
     None
 }
 
-/// Whether a device's modalias is on the way to a disk: PCI mass storage
-/// (`bc01`: SATA, NVMe, SCSI, IDE), USB host controllers (`bc0Csc03`)
-/// and SD host controllers (`bc08sc05`), the virtio PCI transport, and
-/// virtio block and SCSI devices. The coldplug loads these before the
-/// rest, so the data volume's disk shows while display, input and
-/// platform drivers are still loading. Class codes are the kernel's
-/// `bc%02X`: lowercase letters before uppercase hex, which IDs never
-/// spell.
-pub fn storage_first(modalias: &str) -> bool {
-    if let Some(rest) = modalias.strip_prefix("pci:") {
-        return rest.starts_with("v00001AF4")
-            || rest.contains("bc01sc")
-            || rest.contains("bc0Csc03")
-            || rest.contains("bc08sc05");
-    }
-    modalias.starts_with("virtio:d00000002v") || modalias.starts_with("virtio:d00000008v")
-}
-
-/// The next batch of modaliases to load from `pending`: the ones
-/// [`storage_first`] names if there are any, else all of them.
-pub fn next_batch(pending: &mut Vec<String>) -> Vec<String> {
-    let (first, rest): (Vec<String>, Vec<String>) =
-        pending.drain(..).partition(|a| storage_first(a));
-    if first.is_empty() {
-        rest
-    } else {
-        *pending = rest;
-        first
-    }
-}
-
 /// Every `modalias` under `sysfs_devices` (non-empty, deduplicated, sorted).
 pub fn collect_modaliases(sysfs_devices: &Path) -> Vec<String> {
     let mut out = HashSet::new();
@@ -725,40 +694,6 @@ alias dmi*:svn[Ll][Ee][Nn]OVO*:* thinkpad_acpi
         assert_eq!(total, started.len() - 1, "{loaded:?}");
         // Loading again does nothing.
         assert!(loader.load_all(&names, 4).is_empty());
-    }
-
-    /// Disk controllers and the virtio transport come first (QEMU's
-    /// devices all carry the virtio vendor as subsystem vendor, which
-    /// must not count), then everything else.
-    #[test]
-    fn storage_modaliases_are_loaded_first() {
-        let virtio_pci = "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00";
-        let ahci = "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01";
-        let vga = "pci:v00001234d00001111sv00001AF4sd00001100bc03sc00i00";
-        let xhci = "pci:v00001B36d0000000Dsv00000000sd00000000bc0Csc03i30";
-        let nvme = "pci:v0000144Dd0000A808sv0000144Dsd0000A801bc01sc08i02";
-        let blk = "virtio:d00000002v00001AF4";
-        let net = "virtio:d00000001v00001AF4";
-        for a in [virtio_pci, ahci, xhci, nvme, blk] {
-            assert!(storage_first(a), "{a}");
-        }
-        for a in [
-            vga,
-            net,
-            "acpi:LNXPWRBN:",
-            "cpu:type:x86,ven0000fam0006mod008C:feature:,0085",
-        ] {
-            assert!(!storage_first(a), "{a}");
-        }
-        let mut pending: Vec<String> = [vga, ahci, "acpi:LNXPWRBN:"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(next_batch(&mut pending), vec![ahci.to_string()]);
-        assert_eq!(pending, vec![vga.to_string(), "acpi:LNXPWRBN:".to_string()]);
-        assert_eq!(next_batch(&mut pending).len(), 2);
-        assert!(pending.is_empty());
-        assert!(next_batch(&mut pending).is_empty());
     }
 
     #[test]

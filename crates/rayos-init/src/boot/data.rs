@@ -18,12 +18,8 @@ use crate::cmdline::Mode;
 use crate::log;
 use crate::volumes;
 
-/// How long to wait for storage to appear: its driver may still be
-/// loading on the coldplug thread (`modules`), and USB and NVMe probe
-/// asynchronously.
+/// How long to wait for storage to appear (USB and NVMe probe async).
 pub const DISK_WAIT: Duration = Duration::from_secs(15);
-/// How often the disks are looked at meanwhile.
-const DISK_POLL: Duration = Duration::from_millis(100);
 /// Where `e2fsck` may be in the image.
 const E2FSCK: [&str; 3] = ["/usr/sbin/e2fsck", "/sbin/e2fsck", "/usr/bin/e2fsck"];
 
@@ -74,7 +70,7 @@ pub fn find_data(st: &mut State, p: &mut dyn Platform) -> StepResult {
             ));
             return StepResult::Fail("no data partition found".into());
         }
-        p.sleep(DISK_POLL);
+        p.sleep(Duration::from_millis(300));
     }
 }
 

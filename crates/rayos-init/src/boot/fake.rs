@@ -69,10 +69,6 @@ pub enum Call {
     Power(PowerAction),
     /// A network link set up, by name.
     LinkUp(String),
-    /// Modules started loading in the background, by name.
-    ModulesBackground(Vec<String>),
-    /// The background module loading waited for.
-    ModulesWait,
     /// A keymap of this many entries loaded.
     Keymap(usize),
 }
@@ -370,29 +366,8 @@ impl Platform for Fake {
 
     fn ctrl_alt_del_to_signal(&mut self) {}
 
-    fn load_modules(&mut self, _names: &[&str], _debug: bool) -> Result<Coldplug, String> {
+    fn coldplug(&mut self, _always: &[&str], _debug: bool) -> Result<Coldplug, String> {
         Err("no modules in a unit test".into())
-    }
-
-    fn modules_background(&mut self, names: &[&str], _debug: bool) {
-        self.calls.push(Call::ModulesBackground(
-            names.iter().map(|n| n.to_string()).collect(),
-        ));
-    }
-
-    fn modules_wait(&mut self) -> Option<Result<Coldplug, String>> {
-        let started = self
-            .calls
-            .iter()
-            .any(|c| matches!(c, Call::ModulesBackground(_)));
-        self.calls.push(Call::ModulesWait);
-        started.then(|| {
-            Ok(Coldplug {
-                loaded: 3,
-                refused: 0,
-                release: "6.1.0-test".into(),
-            })
-        })
     }
 
     fn set_hostname(&mut self, name: &str) -> io::Result<()> {

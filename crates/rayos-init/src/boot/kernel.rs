@@ -13,41 +13,25 @@ use super::{Platform, State, StepResult};
 use crate::cmdline::BootParams;
 use crate::sys;
 
-/// The fixed list, first part. Modules wanted whether or not a device
-/// asks for them: filesystems and input handlers (no modalias), device
-/// nodes opened before any driver exists (`/dev/net/tun`,
-/// `/dev/vhost-net`, `/dev/loop-control`, `/dev/uinput`), and the drivers
-/// of devices plugged in after the boot (USB sticks and card readers:
-/// sd_mod, sr_mod, usb_storage, uas), since there is no hotplug.
-/// Everything else (storage and USB controllers, virtio, the CPU's KVM
-/// module through the `cpu:` modalias) is loaded only when the machine
-/// has the device.
-///
-/// The `modules` step loads these first ones itself: the steps right
-/// after it need them whatever the hardware (ext4 for the data volume and
-/// VM storage, vfat and its code pages for the system partition, efivarfs,
-/// sd_mod for SATA, SCSI and USB disks). The devices' drivers and
-/// [`LATE_MODULES`] load on a thread meanwhile (`find-data` waits for the
-/// data volume's disk to show, as it does for slow storage), and
-/// `modules-done` waits for that thread before anything that uses them
-/// starts: rayos net, rayosd (its accelerator decision needs the KVM
-/// module), the consoles, the installer's search for its medium.
-pub const EARLY_MODULES: &[&str] = &[
+/// Modules wanted whether or not a device asks for them: filesystems and
+/// input handlers (no modalias), device nodes opened before any driver
+/// exists (`/dev/net/tun`, `/dev/vhost-net`, `/dev/loop-control`,
+/// `/dev/uinput`), and the drivers of devices plugged in after the boot
+/// (USB sticks and card readers: sd_mod, sr_mod, usb_storage, uas), since
+/// there is no hotplug. Everything else (storage and USB controllers,
+/// virtio, the CPU's KVM module through the `cpu:` modalias) is loaded
+/// only when the machine has the device.
+pub const ALWAYS_MODULES: &[&str] = &[
     "ext4",
     "vfat",
     "nls_cp437",
     "nls_iso8859_1",
     "nls_utf8",
-    "efivarfs",
-    "sd_mod",
-];
-
-/// The rest of the fixed list ([`EARLY_MODULES`] says why), loaded on the
-/// coldplug thread after the devices' drivers.
-pub const LATE_MODULES: &[&str] = &[
     "isofs",
+    "efivarfs",
     "evdev",
     "button",
+    "sd_mod",
     "sr_mod",
     "uinput",
     "loop",
@@ -112,37 +96,15 @@ pub fn cmdline(st: &mut State, p: &mut dyn Platform) -> StepResult {
     }
 }
 
-/// Boot step `modules`: loads [`EARLY_MODULES`], then starts the
-/// coldplug (every module a device asks for, and [`LATE_MODULES`]) on a
-/// thread; `modules-done` waits for it.
+/// Boot step `modules`: loads the modules every boot needs and those the
+/// devices ask for.
 pub fn modules(st: &mut State, p: &mut dyn Platform) -> StepResult {
-    let r = match p.load_modules(EARLY_MODULES, st.params.debug) {
+    match p.coldplug(ALWAYS_MODULES, st.params.debug) {
         Ok(c) => StepResult::Ok(format!(
-            "{} modules loaded for kernel {} ({}); the devices' drivers and {} loading meanwhile",
-            c.loaded,
-            c.release,
-            EARLY_MODULES.join(", "),
-            LATE_MODULES.join(", ")
-        )),
-        Err(e) => return StepResult::Warn(format!("{e}: only built-in drivers are available")),
-    };
-    // Loaded again by the coldplug (at once: already there), so its count
-    // of refusals covers the whole list.
-    let always: Vec<&str> = EARLY_MODULES.iter().chain(LATE_MODULES).copied().collect();
-    p.modules_background(&always, st.params.debug);
-    r
-}
-
-/// Boot step `modules-done`: waits for the coldplug `modules` started on
-/// a thread, before the services and searches that use its modules.
-pub fn modules_done(_: &mut State, p: &mut dyn Platform) -> StepResult {
-    match p.modules_wait() {
-        Some(Ok(c)) => StepResult::Ok(format!(
             "{} modules loaded ({} not applicable) for kernel {}",
             c.loaded, c.refused, c.release
         )),
-        Some(Err(e)) => StepResult::Warn(format!("{e}: only built-in drivers are available")),
-        None => StepResult::Skip("no modules were loading".into()),
+        Err(e) => StepResult::Warn(format!("{e}: only built-in drivers are available")),
     }
 }
 
@@ -192,34 +154,6 @@ pub fn efivarfs(st: &mut State, p: &mut dyn Platform) -> StepResult {
 mod tests {
     use super::*;
     use crate::boot::fake::{self, Call, Fake};
-
-    /// `modules-done` waits for what `modules` started loading; without
-    /// a module index (built-in drivers only) nothing was started and
-    /// there is nothing to wait for.
-    #[test]
-    fn modules_done_waits_for_the_coldplug() {
-        let mut st = fake::state();
-        let mut p = Fake::new();
-        p.modules_background(LATE_MODULES, false);
-        assert!(matches!(modules_done(&mut st, &mut p), StepResult::Ok(_)));
-        assert_eq!(
-            p.calls,
-            vec![
-                Call::ModulesBackground(LATE_MODULES.iter().map(|m| m.to_string()).collect()),
-                Call::ModulesWait
-            ]
-        );
-
-        let mut p = Fake::new();
-        assert!(matches!(modules(&mut st, &mut p), StepResult::Warn(_)));
-        assert!(matches!(modules_done(&mut st, &mut p), StepResult::Skip(_)));
-        // The two lists are the old fixed list, each module once.
-        let mut all: Vec<&str> = EARLY_MODULES.iter().chain(LATE_MODULES).copied().collect();
-        let n = all.len();
-        all.sort();
-        all.dedup();
-        assert_eq!(all.len(), n);
-    }
 
     #[test]
     fn loopback_is_brought_up_whatever_the_policy() {

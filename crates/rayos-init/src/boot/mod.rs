@@ -99,9 +99,10 @@ pub const INSTALLED: &[Step] = &[
     step("machine", data::machine),
     step("keyboard", data::keyboard),
     step("policy", data::policy),
-    step("modules-done", kernel::modules_done),
-    step("network", services::network),
+    // rayosd before rayos net: its start is on the way to RAYOS_READY,
+    // and the two `rayos` processes would share the CPUs while starting.
     step("rayosd", services::rayosd),
+    step("network", services::network),
     step("consoles", services::consoles),
     step("presenter", services::presenter),
 ];
@@ -117,14 +118,11 @@ pub const RECOVERY: &[Step] = &[
     step("machine", data::machine),
     step("keyboard", data::keyboard),
     step("policy", data::policy),
-    step("modules-done", kernel::modules_done),
     step("consoles", services::consoles),
 ];
 
 /// The steps of an installer medium's boot, after [`COMMON`].
 pub const INSTALLER: &[Step] = &[
-    // The medium may be a CD (sr_mod, isofs) or a USB stick (usb_storage).
-    step("modules-done", kernel::modules_done),
     step("find-medium", installer::find_medium),
     step("find-answers", installer::find_answers),
     step("install", install::install),
@@ -315,26 +313,6 @@ mod tests {
             !RECOVERY.iter().any(|s| s.name == "network"),
             "recovery touches no network"
         );
-        // The modules loading meanwhile (the devices' drivers, KVM, tun,
-        // vhost_net, loop, uinput, evdev, USB storage) are there before
-        // anything that uses them.
-        for list in [INSTALLED, RECOVERY, INSTALLER] {
-            let at = |n: &str| list.iter().position(|s| s.name == n);
-            let late = at("modules-done").unwrap();
-            for user in [
-                "network",
-                "rayosd",
-                "consoles",
-                "presenter",
-                "find-medium",
-                "find-answers",
-            ] {
-                assert!(
-                    at(user).is_none_or(|u| late < u),
-                    "{user} before modules-done"
-                );
-            }
-        }
         // The presenter only starts once rayosd has (it needs its API).
         assert!(pos("rayosd") < pos("presenter"));
         assert!(pos("check-data") < pos("mount-data"));

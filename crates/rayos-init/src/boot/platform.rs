@@ -147,15 +147,8 @@ pub trait Platform {
     fn sync(&mut self);
     /// Ctrl-Alt-Del sends SIGINT to PID 1 instead of resetting.
     fn ctrl_alt_del_to_signal(&mut self);
-    /// Loads `names` (and what they need) now.
-    fn load_modules(&mut self, names: &[&str], debug: bool) -> Result<Coldplug, String>;
-    /// Starts loading `always` and every module a device asks for
-    /// (coldplug) on a thread of its own while the boot goes on;
-    /// [`Platform::modules_wait`] waits for it.
-    fn modules_background(&mut self, always: &[&str], debug: bool);
-    /// Waits for the modules [`Platform::modules_background`] started;
-    /// `None` when none were started.
-    fn modules_wait(&mut self) -> Option<Result<Coldplug, String>>;
+    /// Loads `always` and every module a device asks for.
+    fn coldplug(&mut self, always: &[&str], debug: bool) -> Result<Coldplug, String>;
     /// Sets the kernel's host name.
     fn set_hostname(&mut self, name: &str) -> io::Result<()>;
     /// Loads a console keymap (docs/init.md `keyboard`).

@@ -31,9 +31,7 @@ use crate::volumes;
 /// How often the input devices are looked at for a power button.
 const BUTTON_SCAN_EVERY: Duration = Duration::from_secs(10);
 /// Bounded coldplug: bus drivers create devices that want more drivers.
-/// Rounds, not passes over every device: a pass used to be one round,
-/// now the disk's drivers, the rest and the fixed list are a round each.
-const COLDPLUG_ROUNDS: usize = 10;
+const COLDPLUG_PASSES: usize = 6;
 /// Most threads `RAYOS_COLDPLUG_THREADS` may ask for.
 const COLDPLUG_THREADS: usize = 8;
 
@@ -51,85 +49,6 @@ fn coldplug_threads(env: Option<&str>) -> usize {
         .map_or(1, |n| n.clamp(1, COLDPLUG_THREADS))
 }
 
-/// The running kernel's release (`uname -r`): its modules' directory.
-fn kernel_release() -> String {
-    rustix::system::uname()
-        .release()
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// Writes the modules the kernel refused, with its error, where rayosd
-/// reads why a KVM module is missing. Returns how many there were.
-fn record_refused(refused: &[(String, String)]) -> usize {
-    let text: String = refused
-        .iter()
-        .map(|(n, why)| format!("{n}: {why}\n"))
-        .collect();
-    if let Err(e) = fs::write(rayos_base::paths::MODULES_REFUSED, text) {
-        log::warn(format!("{}: {e}", rayos_base::paths::MODULES_REFUSED));
-    }
-    refused.len()
-}
-
-/// Loads `always` and every module a device asks for, on this thread.
-/// Rounds: the devices' modaliases not seen before, the ones on the way
-/// to a disk first ([`modules::next_batch`]), looking again after each
-/// batch because bus drivers (virtio_pci, ahci, xhci) create devices that
-/// want more drivers; the fixed list once the devices ask for nothing
-/// new, then a last look; bounded. The refusals go to
-/// [`rayos_base::paths::MODULES_REFUSED`].
-fn coldplug(always: &[String], debug: bool) -> Result<Coldplug, String> {
-    let release = kernel_release();
-    let index =
-        ModuleIndex::load(&Path::new("/lib/modules").join(&release)).map_err(|e| chain(&e))?;
-    let loader = modules::Loader::new(&index);
-    let threads = coldplug_threads(std::env::var("RAYOS_COLDPLUG_THREADS").ok().as_deref());
-    let mut loaded = 0;
-    let mut pending: Vec<String> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut always_done = false;
-    for round in 0..COLDPLUG_ROUNDS {
-        if round > 0 {
-            // Let drivers that probe asynchronously add their devices.
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        pending.extend(
-            modules::collect_modaliases(Path::new("/sys/devices"))
-                .into_iter()
-                .filter(|a| seen.insert(a.clone())),
-        );
-        let batch = if round + 1 == COLDPLUG_ROUNDS {
-            // The bound: whatever is left, and the fixed list if not yet.
-            let mut b = std::mem::take(&mut pending);
-            if !always_done {
-                b.extend(always.iter().cloned());
-            }
-            b
-        } else if pending.is_empty() {
-            if always_done {
-                break;
-            }
-            always_done = true;
-            always.to_vec()
-        } else {
-            modules::next_batch(&mut pending)
-        };
-        for (a, n) in loader.load_all(&batch, threads) {
-            if debug {
-                log::info(format!("{a}: loaded {}", n.join(", ")));
-            }
-            loaded += n.len();
-        }
-    }
-    let refused = record_refused(&loader.refused());
-    Ok(Coldplug {
-        loaded,
-        refused,
-        release,
-    })
-}
-
 /// The running machine: system calls, supervised services, the real disks and
 /// rayosd's socket.
 pub struct Real {
@@ -141,17 +60,6 @@ pub struct Real {
     /// before the data volume is unmounted, or the open file would keep it
     /// busy and the power-off would leave its journal dirty.
     kernel_log: Arc<Mutex<Option<RotatingLog>>>,
-    /// The modules loading while the boot goes on
-    /// ([`Platform::modules_background`]).
-    late_modules: Option<Coldplugging>,
-}
-
-/// The coldplug started by [`Platform::modules_background`].
-enum Coldplugging {
-    /// Running on its thread.
-    Thread(std::thread::JoinHandle<Result<Coldplug, String>>),
-    /// Done already (no thread could be started: it ran in the step).
-    Done(Result<Coldplug, String>),
 }
 
 /// The kernel log's lock; a panicked writer leaves a usable log behind.
@@ -168,7 +76,6 @@ impl Real {
             buttons: Vec::new(),
             buttons_scanned: None,
             kernel_log: Arc::new(Mutex::new(None)),
-            late_modules: None,
         })
     }
 
@@ -369,50 +276,56 @@ impl Platform for Real {
         sys::disable_ctrl_alt_del();
     }
 
-    fn load_modules(&mut self, names: &[&str], debug: bool) -> Result<Coldplug, String> {
-        let release = kernel_release();
+    fn coldplug(&mut self, always: &[&str], debug: bool) -> Result<Coldplug, String> {
+        let release = rustix::system::uname()
+            .release()
+            .to_string_lossy()
+            .into_owned();
         let index =
             ModuleIndex::load(&Path::new("/lib/modules").join(&release)).map_err(|e| chain(&e))?;
         let loader = modules::Loader::new(&index);
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let threads = coldplug_threads(std::env::var("RAYOS_COLDPLUG_THREADS").ok().as_deref());
         let mut loaded = 0;
-        for (a, n) in loader.load_all(&names, 1) {
-            if debug {
-                log::info(format!("{a}: loaded {}", n.join(", ")));
+        // The fixed list and the devices' modaliases in one pass, then
+        // again for the devices the new drivers created, until a pass
+        // finds nothing new (bounded).
+        let mut wanted: Vec<String> = always.iter().map(|m| m.to_string()).collect();
+        let mut seen = std::collections::HashSet::new();
+        for pass in 0..COLDPLUG_PASSES {
+            if pass > 0 {
+                // Let drivers that probe asynchronously add their devices.
+                std::thread::sleep(Duration::from_millis(50));
             }
-            loaded += n.len();
+            wanted.extend(
+                modules::collect_modaliases(Path::new("/sys/devices"))
+                    .into_iter()
+                    .filter(|a| seen.insert(a.clone())),
+            );
+            if wanted.is_empty() {
+                break;
+            }
+            for (a, n) in loader.load_all(&wanted, threads) {
+                if debug {
+                    log::info(format!("{a}: loaded {}", n.join(", ")));
+                }
+                loaded += n.len();
+            }
+            wanted.clear();
         }
+        let refused = loader.refused();
+        // rayosd reads why a KVM module is missing from here.
+        let text: String = refused
+            .iter()
+            .map(|(n, why)| format!("{n}: {why}\n"))
+            .collect();
+        if let Err(e) = fs::write(rayos_base::paths::MODULES_REFUSED, text) {
+            log::warn(format!("{}: {e}", rayos_base::paths::MODULES_REFUSED));
+        }
+        let refused = refused.len();
         Ok(Coldplug {
             loaded,
-            refused: loader.refused().len(),
+            refused,
             release,
-        })
-    }
-
-    fn modules_background(&mut self, always: &[&str], debug: bool) {
-        let list: Vec<String> = always.iter().map(|n| n.to_string()).collect();
-        let spawned = std::thread::Builder::new()
-            .name("coldplug".into())
-            .spawn(move || coldplug(&list, debug));
-        match spawned {
-            Ok(h) => self.late_modules = Some(Coldplugging::Thread(h)),
-            Err(e) => {
-                // No thread: load them now, as before the split.
-                log::warn(format!(
-                    "cannot start a thread for modules ({e}); loading them now"
-                ));
-                let list: Vec<String> = always.iter().map(|n| n.to_string()).collect();
-                self.late_modules = Some(Coldplugging::Done(coldplug(&list, debug)));
-            }
-        }
-    }
-
-    fn modules_wait(&mut self) -> Option<Result<Coldplug, String>> {
-        Some(match self.late_modules.take()? {
-            Coldplugging::Thread(h) => h
-                .join()
-                .unwrap_or_else(|_| Err("the module loading thread panicked".into())),
-            Coldplugging::Done(r) => r,
         })
     }
 
