@@ -397,22 +397,7 @@ const MODULE_INIT_COMPRESSED_FILE: libc::c_int = 4;
 impl<'a> Loader<'a> {
     /// A loader that calls `finit_module(2)`.
     pub fn new(index: &'a ModuleIndex) -> Self {
-        Loader::with_insert(index, Box::new(|path: &Path| finit(path, false)))
-    }
-
-    /// A loader that calls `finit_module(2)`, with the kernel's
-    /// `async_probe` parameter for the modules named in `async_probe`:
-    /// the load returns once the driver is registered, and its devices
-    /// are probed afterwards in the background.
-    pub fn with_async_probe(index: &'a ModuleIndex, async_probe: &[&str]) -> Self {
-        let names: Vec<String> = async_probe.iter().map(|n| normalize(n)).collect();
-        Loader::with_insert(
-            index,
-            Box::new(move |path: &Path| {
-                let name = name_of_path(&path.to_string_lossy());
-                finit(path, names.contains(&name))
-            }),
-        )
+        Loader::with_insert(index, Box::new(finit))
     }
 
     /// A loader that hands module files to `insert` (tests).
@@ -530,11 +515,7 @@ impl<'a> Loader<'a> {
 }
 
 /// `finit_module(2)` of one file; `EEXIST` means already loaded.
-/// `async_probe`: the kernel's own module parameter (any module takes
-/// it): the driver's devices are probed asynchronously, and the load does
-/// not wait for them (nor for other asynchronous work, which it otherwise
-/// does).
-fn finit(path: &Path, async_probe: bool) -> LoadResult {
+fn finit(path: &Path) -> LoadResult {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) => return LoadResult::Refused(format!("{}: {e}", path.display())),
@@ -547,8 +528,7 @@ fn finit(path: &Path, async_probe: bool) -> LoadResult {
     } else {
         0
     };
-    let params = if async_probe { c"async_probe" } else { c"" };
-    match rustix::system::finit_module(&file, params, flags) {
+    match rustix::system::finit_module(&file, c"", flags) {
         Ok(()) => LoadResult::Loaded,
         Err(rustix::io::Errno::EXIST) => LoadResult::AlreadyLoaded,
         Err(e) => LoadResult::Refused(e.to_string()),

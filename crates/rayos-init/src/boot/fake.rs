@@ -69,8 +69,6 @@ pub enum Call {
     Power(PowerAction),
     /// A network link set up, by name.
     LinkUp(String),
-    /// The coldplug, with the modules whose devices probe asynchronously.
-    Coldplug(Vec<String>),
     /// A keymap of this many entries loaded.
     Keymap(usize),
 }
@@ -368,15 +366,7 @@ impl Platform for Fake {
 
     fn ctrl_alt_del_to_signal(&mut self) {}
 
-    fn coldplug(
-        &mut self,
-        _always: &[&str],
-        async_probe: &[&str],
-        _debug: bool,
-    ) -> Result<Coldplug, String> {
-        self.calls.push(Call::Coldplug(
-            async_probe.iter().map(|m| m.to_string()).collect(),
-        ));
+    fn coldplug(&mut self, _always: &[&str], _debug: bool) -> Result<Coldplug, String> {
         Err("no modules in a unit test".into())
     }
 

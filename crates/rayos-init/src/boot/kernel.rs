@@ -10,7 +10,7 @@ use rustix::mount::MountFlags;
 
 use super::platform::Mount;
 use super::{Platform, State, StepResult};
-use crate::cmdline::{BootParams, Mode};
+use crate::cmdline::BootParams;
 use crate::sys;
 
 /// Modules wanted whether or not a device asks for them: filesystems and
@@ -40,17 +40,6 @@ pub const ALWAYS_MODULES: &[&str] = &[
     "usb_storage",
     "uas",
 ];
-
-/// SATA host drivers whose devices are probed after their module loaded,
-/// in installed mode. Probing a SATA host waits for the link of every
-/// port, even empty ones: about 0.65 s of the `modules` step on QEMU's
-/// q35 machine under TCG (its AHCI controller has six empty ports), and
-/// on real hardware as long as a spinning disk takes to answer. The data
-/// volume is looked for by `find-data`, which waits for slow storage
-/// anyway (up to 15 s), and nothing else before the services needs a
-/// disk. The installer and recovery modes load them as before: they list
-/// the disks to install on without waiting for one to appear.
-pub const ASYNC_PROBE: &[&str] = &["ahci", "ata_piix"];
 
 /// proc, sys, devtmpfs, devpts, /dev/shm, /run, /tmp; the kernel's module
 /// helper and panic reboot; Ctrl-Alt-Del as a signal.
@@ -110,12 +99,7 @@ pub fn cmdline(st: &mut State, p: &mut dyn Platform) -> StepResult {
 /// Boot step `modules`: loads the modules every boot needs and those the
 /// devices ask for.
 pub fn modules(st: &mut State, p: &mut dyn Platform) -> StepResult {
-    let async_probe = if st.params.mode == Mode::Installed {
-        ASYNC_PROBE
-    } else {
-        &[]
-    };
-    match p.coldplug(ALWAYS_MODULES, async_probe, st.params.debug) {
+    match p.coldplug(ALWAYS_MODULES, st.params.debug) {
         Ok(c) => StepResult::Ok(format!(
             "{} modules loaded ({} not applicable) for kernel {}",
             c.loaded, c.refused, c.release
@@ -170,24 +154,6 @@ pub fn efivarfs(st: &mut State, p: &mut dyn Platform) -> StepResult {
 mod tests {
     use super::*;
     use crate::boot::fake::{self, Call, Fake};
-
-    /// Only an installed boot lets SATA hosts probe after their load:
-    /// the installer and recovery list disks without waiting for them.
-    #[test]
-    fn sata_hosts_probe_asynchronously_only_when_installed() {
-        for (mode, want) in [
-            (Mode::Installed, ASYNC_PROBE),
-            (Mode::Installer, &[][..]),
-            (Mode::Recovery, &[][..]),
-        ] {
-            let mut st = fake::state();
-            st.params.mode = mode;
-            let mut p = Fake::new();
-            let _ = modules(&mut st, &mut p);
-            let want: Vec<String> = want.iter().map(|m| m.to_string()).collect();
-            assert_eq!(p.calls, vec![Call::Coldplug(want)], "{mode}");
-        }
-    }
 
     #[test]
     fn loopback_is_brought_up_whatever_the_policy() {

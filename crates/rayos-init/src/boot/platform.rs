@@ -147,14 +147,8 @@ pub trait Platform {
     fn sync(&mut self);
     /// Ctrl-Alt-Del sends SIGINT to PID 1 instead of resetting.
     fn ctrl_alt_del_to_signal(&mut self);
-    /// Loads `always` and every module a device asks for; the devices of
-    /// the modules in `async_probe` are probed after their load returns.
-    fn coldplug(
-        &mut self,
-        always: &[&str],
-        async_probe: &[&str],
-        debug: bool,
-    ) -> Result<Coldplug, String>;
+    /// Loads `always` and every module a device asks for.
+    fn coldplug(&mut self, always: &[&str], debug: bool) -> Result<Coldplug, String>;
     /// Sets the kernel's host name.
     fn set_hostname(&mut self, name: &str) -> io::Result<()>;
     /// Loads a console keymap (docs/init.md `keyboard`).

@@ -276,19 +276,14 @@ impl Platform for Real {
         sys::disable_ctrl_alt_del();
     }
 
-    fn coldplug(
-        &mut self,
-        always: &[&str],
-        async_probe: &[&str],
-        debug: bool,
-    ) -> Result<Coldplug, String> {
+    fn coldplug(&mut self, always: &[&str], debug: bool) -> Result<Coldplug, String> {
         let release = rustix::system::uname()
             .release()
             .to_string_lossy()
             .into_owned();
         let index =
             ModuleIndex::load(&Path::new("/lib/modules").join(&release)).map_err(|e| chain(&e))?;
-        let loader = modules::Loader::with_async_probe(&index, async_probe);
+        let loader = modules::Loader::new(&index);
         let threads = coldplug_threads(std::env::var("RAYOS_COLDPLUG_THREADS").ok().as_deref());
         let mut loaded = 0;
         // The fixed list and the devices' modaliases in one pass, then
