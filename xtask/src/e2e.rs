@@ -143,7 +143,10 @@ impl Variant {
 }
 
 /// The answer file of the unattended installs: a short countdown keeps the
-/// runs quick (`answers-safety` shows the default one).
+/// runs quick (`answers-safety` shows the default one). The Linux VM is
+/// the small test guest, asked for by name: it stands in for the Debian VM,
+/// whose boot under nested TCG takes far longer than these runs may (the
+/// `debian` variant installs the real one).
 pub const ANSWERS: &str = r#"version = 1
 [unattended]
 countdown = 2
@@ -166,6 +169,8 @@ linux_autostart = true
 linux_present_on_boot = false
 windows_enabled = false
 networking = "off"
+[linux]
+system = "test-guest"
 "#;
 
 pub(crate) const DISK_BYTES: u64 = 16 << 30;
@@ -1141,8 +1146,14 @@ fn wizard_install(run: &Run, vm: &mut Qemu) -> Result<()> {
         ("i", "new system", 120),
         ("\r", "step 4/8: VM storage", 120),
         ("\r", "step 5/8: Machine", 120),
+        // The medium carries the Debian image, so the Linux VM is Debian
+        // and its first user is required: Tab to the user row, type it,
+        // then the password twice (shown as stars).
+        ("\t\t\t\talice", "alice", 60),
+        ("\trayos-e2e-pw\trayos-e2e-pw", "************", 60),
         ("\r", "step 6/8: Policy", 120),
         ("\r", "step 7/8: Summary", 120),
+        ("", "Linux VM: Debian 12, user alice", 60),
     ];
     for (keys, then, secs) in steps {
         if !keys.is_empty() {
@@ -1274,5 +1285,20 @@ mod tests {
         assert!(text.starts_with("step 2/8: Disk\n"), "{text}");
         assert!(!text.contains("Welcome"), "{text}");
         assert_eq!(text.lines().nth(2), Some(" \u{2500}\u{2500} [vda_]"));
+    }
+
+    /// The answer files the e2e runs install with are valid, and say which
+    /// Linux VM they get: the test guest by name, Debian with its user.
+    #[test]
+    fn e2e_answers_name_their_linux_vm() {
+        use rayos_install::answers::{Answers, LinuxSystem};
+        let a = Answers::parse("e2e", super::ANSWERS).unwrap();
+        assert_eq!(a.linux.system, Some(LinuxSystem::TestGuest));
+        let d = Answers::parse("debian", &crate::e2e_debian::answers()).unwrap();
+        assert_eq!(d.linux.system, None);
+        assert_eq!(d.linux.user.as_deref(), Some("alice"));
+        assert!(d.linux.password_hash.is_some());
+        let w = Answers::parse("windows", &crate::e2e_windows::answers()).unwrap();
+        assert_eq!(w.linux.system, Some(LinuxSystem::TestGuest));
     }
 }

@@ -66,6 +66,8 @@ linux_autostart = true
 linux_present_on_boot = false
 windows_enabled = false
 networking = "off"
+[linux]
+system = "test-guest"
 "#;
 
 struct Run {

@@ -237,7 +237,7 @@ impl Progress {
 /// The machine fields, in screen order.
 pub const MACHINE_FIELDS: [&str; 4] = ["Hostname", "Timezone", "Locale", "Keyboard layout"];
 /// The Debian VM's login, below the machine settings (when the medium
-/// carries the image). Empty user: the Linux VM is the test guest.
+/// carries the image). The user is required there.
 pub const LINUX_FIELDS: [&str; 3] = ["Linux VM user", "Password", "Password again"];
 
 /// Everything the wizard shows and has been told: one install's state.
@@ -801,16 +801,17 @@ impl Wizard {
         Effect::None
     }
 
-    /// The Debian VM's user from the machine screen into the answers: no
-    /// user keeps the test guest; a user needs the same password twice,
-    /// which is hashed at once (only the hash is kept).
+    /// The Debian VM's user from the machine screen into the answers: a
+    /// user is required (nobody could log in to the VM otherwise; the test
+    /// guest is only for answer files that name it), and needs the same
+    /// password twice, which is hashed at once (only the hash is kept).
     fn accept_linux_user(&mut self) -> Result<(), (usize, String)> {
         let [user, pw, again] = &self.linux;
         if user.is_empty() {
-            if self.answers.linux.password_hash.is_none() {
-                self.answers.linux.user = None;
-            }
-            return Ok(());
+            return Err((
+                4,
+                "type a user name for the Linux VM (Debian 12): you log in to it with this name and password".into(),
+            ));
         }
         rayos_state::guest::validate_user(user).map_err(|e| (4, e))?;
         if pw.is_empty() && self.answers.linux.password_hash.is_some() {

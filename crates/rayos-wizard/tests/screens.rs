@@ -710,6 +710,16 @@ fn the_debian_vms_user_and_password_are_asked_and_only_hashed() {
     let mut w = Wizard::new(s);
     w.screen = Screen::Machine;
     assert_eq!(w.machine_rows(), 7);
+    // The medium installs Debian: no user, no way on.
+    press(&mut w, &[Key::Enter]);
+    assert_eq!(w.screen, Screen::Machine);
+    assert_eq!(w.machine_cursor, 4);
+    assert!(
+        w.status.clone().unwrap().contains("type a user name"),
+        "{:?}",
+        w.status
+    );
+    w.machine_cursor = 0;
     press(&mut w, &[Key::Down; 4]);
     typed(&mut w, "alice");
     press(&mut w, &[Key::Down]);
@@ -749,7 +759,7 @@ fn the_debian_vms_user_and_password_are_asked_and_only_hashed() {
     assert_eq!(back.linux.user.as_deref(), Some("alice"));
     assert_eq!(back.linux.password_hash, l.password_hash);
     assert!(!toml.contains("s3cret"));
-    // Without a user the Linux VM stays the test guest; no image, no rows.
+    // No image on the medium (a development build): no rows, the test guest.
     let mut w = Wizard::new(setup(vec![probed(&imgs.blank, "/dev/vdb")]));
     w.screen = Screen::Machine;
     assert_eq!(w.machine_rows(), 4);
