@@ -458,13 +458,17 @@ impl Wizard {
         let (Some(layout), Some(d)) = (&self.layout, self.chosen_disk()) else {
             return Err("choose a disk first".into());
         };
-        match layout::plan(
-            layout,
-            &self.answers,
-            &d.facts,
-            &self.consented,
-            &self.setup.opts,
-        ) {
+        // The disk screens plan before the machine screen has asked for
+        // the Debian VM's user, which the engine requires with the image.
+        // The image decides only the Linux VM's files, not a partition, so
+        // those layouts are checked without it; the plan made after the
+        // machine screen (the one confirmed) has it.
+        let l = &self.answers.linux;
+        let mut opts = std::borrow::Cow::Borrowed(&self.setup.opts);
+        if l.user.is_none() && l.system.is_none() {
+            opts.to_mut().linux_vm_image = None;
+        }
+        match layout::plan(layout, &self.answers, &d.facts, &self.consented, &opts) {
             Ok(p) => {
                 self.planned = Some(p);
                 Ok(())
