@@ -3,9 +3,9 @@
 //! [`CHUNK`] as soon as the file has grown past it, so the fsync at the
 //! end of a save waits only for the tail instead of the whole file.
 //!
-//! Measured on the 1 GiB test guest (105 MB of state, docs/vm-profiles.md):
-//! the final fsync went from 53–72 ms to 15–19 ms, while the migration
-//! itself took no longer.
+//! Measured on the 1 GiB test guest (105 MB of state; docs/vm-profiles.md,
+//! "Second pass"): the final fsync went from 56–142 ms to 15–41 ms, and
+//! the migration itself took no longer.
 //!
 //! Behaviour: `sync_file_range(SYNC_FILE_RANGE_WRITE)` only starts the
 //! writeback and never waits for it; its errors are ignored because the
