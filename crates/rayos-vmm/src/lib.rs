@@ -195,9 +195,9 @@ pub enum VmmError {
     /// The file system for the state has too little free space even for a
     /// compressed state; the guest was not stopped and nothing was written.
     #[error(
-        "not saving VM {vm}: {dir} has {free_mib} MiB free, its saved state needs up to \
-         {need_mib} MiB (at least {min_mib} MiB to try it compressed); the VM keeps running \
-         and any earlier saved state is kept: free space on that file system and save again"
+        "{dir} has {free_mib} MiB free, the saved state of VM {vm} needs up to {need_mib} MiB \
+         (at least {min_mib} MiB to try it compressed); the VM keeps running and any earlier \
+         saved state is kept: free space on that file system and save again"
     )]
     NoSpace {
         /// The VM's name.
