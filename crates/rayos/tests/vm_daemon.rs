@@ -531,6 +531,8 @@ fn disk_full_during_save_keeps_the_vm_running() {
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("cannot save VM lin"), "{err}");
+    // Refused before the guest is paused, with what to do (HTTP 507).
+    assert!(err.contains("free space on that file system"), "{err}");
 
     let shown = h.show("lin");
     assert_eq!((shown.state, shown.pid), (VmState::Running, pid));
