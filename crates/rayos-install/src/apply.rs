@@ -46,7 +46,7 @@ use crate::manifest::{Manifest, ManifestImage, ManifestPartition, now_rfc3339};
 use crate::plan::{
     Action, ESP_LOADER_CONF, FsKind, MANIFEST_PATH, PartitionPlan, Plan, Role, Source, TableAction,
 };
-use crate::tools::{self, FatVolume, ToolError};
+use crate::tools::{self, FatSession, FatVolume, ToolError};
 use rayos_base::efivar::{self, EfiVarError, HdFilePath};
 use rayos_base::marker::{InstallerMarker, Marker};
 
@@ -800,13 +800,18 @@ fn change_fat(
     Ok(())
 }
 
-fn put_files(plan: &Plan, role: Role, step: &str, v: &FatVolume) -> Result<(), ApplyError> {
+fn put_files(
+    plan: &Plan,
+    role: Role,
+    step: &str,
+    v: &mut FatSession<'_>,
+) -> Result<(), ApplyError> {
     let tool = |source| ApplyError::Tool {
         step: step.to_string(),
         source,
     };
     for f in plan.files.iter().filter(|f| f.role == role) {
-        if f.only_if_absent && v.exists(&f.path).map_err(tool)? {
+        if f.only_if_absent && v.exists(&f.path) {
             continue;
         }
         match &f.source {
@@ -846,16 +851,17 @@ fn esp_files(
         };
         // Another systemd-boot's loader.conf on a reused ESP is kept beside ours.
         let backup = format!("{ESP_LOADER_CONF}.pre-rayos");
-        if let Some(old) = v.read(ESP_LOADER_CONF).map_err(tool)? {
+        let mut s = v.session().map_err(tool)?;
+        if let Some(old) = s.read(ESP_LOADER_CONF).map_err(tool)? {
             let ours = crate::plan::loader_conf();
-            if old != ours.as_bytes() && !v.exists(&backup).map_err(tool)? {
-                v.put_bytes(&old, &backup).map_err(tool)?;
+            if old != ours.as_bytes() && !s.exists(&backup) {
+                s.put_bytes(&old, &backup).map_err(tool)?;
                 progress(&Event::Note {
                     message: format!("the ESP's loader.conf was kept as {backup}"),
                 });
             }
         }
-        put_files(plan, Role::Esp, "esp-files", v)
+        put_files(plan, Role::Esp, "esp-files", &mut s)
     })
 }
 
@@ -864,7 +870,11 @@ fn esp_files(
 fn system_files(plan: &Plan, opts: &ApplyOptions) -> Result<FatImage, ApplyError> {
     let mut image = open_checked(plan, Role::System, "system-files", opts)?;
     change_fat(plan, Role::System, "system-files", &mut image, |v| {
-        put_files(plan, Role::System, "system-files", v)
+        let mut s = v.session().map_err(|source| ApplyError::Tool {
+            step: "system-files".into(),
+            source,
+        })?;
+        put_files(plan, Role::System, "system-files", &mut s)
     })?;
     Ok(image)
 }

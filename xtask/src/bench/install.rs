@@ -153,8 +153,11 @@ pub fn run(args: Args) -> Result<()> {
         median(&mut t_dd),
         median(&mut bytes),
     );
+    // median() sorted them: first and last are the min and max.
+    let range = |v: &[f64]| (v[0], v[v.len() - 1]);
+    let ((ilo, ihi), (dlo, dhi)) = (range(&t_install), range(&t_dd));
     println!(
-        "median: install {mi:.3} s, dd of the same {:.1} MiB {md:.3} s -> ratio install/dd = {:.2} (median of the per-rep ratios {:.2})",
+        "median: install {mi:.3} s (min-max {ilo:.3}-{ihi:.3}), baseline dd of the same {:.1} MiB {md:.3} s (min-max {dlo:.3}-{dhi:.3}) -> ratio install/dd = {:.2} (median of the per-rep ratios {:.2})",
         mb / (1 << 20) as f64,
         mi / md,
         median(&mut ratios)
