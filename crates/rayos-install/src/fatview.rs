@@ -422,6 +422,43 @@ mod tests {
     }
 
     #[test]
+    fn overlaps_finds_ranges_that_meet() {
+        let r = [(0, 10), (20, 30)];
+        assert!(overlaps(&r, 5, 6));
+        assert!(overlaps(&r, 9, 21));
+        assert!(!overlaps(&r, 10, 20));
+        assert!(!overlaps(&r, 30, 40));
+        assert!(!overlaps(&[], 0, 1));
+    }
+
+    #[test]
+    fn a_copy_written_back_twice_keeps_both_changes() {
+        let dir = scratch();
+        let d = disk(&dir);
+        let mut img = FatImage::open(&d, START, SIZE, &dir, "test FAT").unwrap();
+        img.volume()
+            .put_bytes(&vec![9u8; 2 * MIB as usize], "/a.bin")
+            .unwrap();
+        assert!(img.write_back().unwrap() >= 2 * MIB);
+        // Nothing changed since: nothing to write.
+        assert_eq!(img.write_back().unwrap(), 0);
+        img.volume().put_bytes(b"second", "/dir/b.txt").unwrap();
+        let written = img.write_back().unwrap();
+        assert!(written > 0 && written < 2 * MIB, "{written}");
+        img.commit().unwrap();
+        let on_disk = FatVolume {
+            disk: d.clone(),
+            offset_bytes: START,
+        };
+        assert_eq!(
+            on_disk.read("/a.bin").unwrap().unwrap(),
+            vec![9u8; 2 * MIB as usize]
+        );
+        assert_eq!(on_disk.read("/dir/b.txt").unwrap().unwrap(), b"second");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_copy_that_grew_is_not_written_back() {
         let dir = scratch();
         let d = disk(&dir);

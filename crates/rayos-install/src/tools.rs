@@ -409,3 +409,51 @@ pub fn mkfs_ext4(
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_sees_existing_paths_and_the_directories_it_makes() {
+        let dir = std::env::temp_dir().join(format!(
+            "rayos-tools-test-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("fat.img");
+        run(
+            "mkfs.fat",
+            [
+                OsStr::new("-C"),
+                img.as_os_str(),
+                OsStr::new("2048"),
+            ],
+            "test",
+        )
+        .unwrap();
+        let v = FatVolume {
+            disk: img.clone(),
+            offset_bytes: 0,
+        };
+        // An empty root lists as an empty tree, not an error.
+        let mut s = v.session().unwrap();
+        assert!(!s.exists("/EFI"));
+        s.put_bytes(b"x", "/EFI/Boot/a.txt").unwrap();
+        assert!(s.exists("/efi/boot") && s.exists("/EFI/BOOT/A.TXT"));
+        // A new session lists what the first one made (case-insensitively).
+        let mut s = v.session().unwrap();
+        assert!(s.exists("/efi") && s.exists("/efi/boot/a.txt"));
+        s.mkdir_p("/EFI/Boot/deeper").unwrap();
+        assert_eq!(s.read("/efi/boot/a.txt").unwrap().unwrap(), b"x");
+        assert!(v.exists("/EFI/BOOT/DEEPER").unwrap());
+        // An unreadable volume is an error, not an empty tree.
+        let missing = FatVolume {
+            disk: dir.join("missing.img"),
+            offset_bytes: 0,
+        };
+        assert!(missing.session().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
