@@ -755,10 +755,12 @@ fn fat_error(step: &str, number: u32) -> impl Fn(FatViewError) -> ApplyError + '
     }
 }
 
-/// The FAT of `role`'s partition as its bounded copy, checked by
-/// `fsck.fat -n` first: mtools never writes into a FAT fsck.fat finds
-/// damaged, be it a reused ESP (checked in preflight too) or one RayOS
-/// just made.
+/// The FAT of `role`'s partition as its bounded copy (its boot sector
+/// checked against the partition). fsck.fat checks it in [`change_fat`],
+/// after mtools' changes and before any of them reaches the disk: a FAT
+/// damaged before (a reused ESP, also refused in [`preflight`], or one
+/// RayOS just made) is still damaged then, so a second run before the
+/// changes would refuse nothing more.
 fn open_checked(
     plan: &Plan,
     role: Role,
@@ -768,10 +770,7 @@ fn open_checked(
     let p = plan
         .partition(role)
         .ok_or(ApplyError::NoPartition(role.gpt_name()))?;
-    let err = fat_error(step, p.number);
-    let image = open_fat(plan, p, opts).map_err(&err)?;
-    image.fsck().map_err(&err)?;
-    Ok(image)
+    open_fat(plan, p, opts).map_err(fat_error(step, p.number))
 }
 
 /// Runs `work` on `image` (the copy of `role`'s FAT), checks the result
@@ -792,9 +791,10 @@ fn change_fat(
         .ok_or(ApplyError::NoPartition(role.gpt_name()))?;
     let err = fat_error(step, p.number);
     work(&image.volume())?;
-    // What mtools made is checked as a whole before it is written: the
-    // check of the result that a read-back after writing would give,
-    // without a second pass over the disk.
+    // What mtools made is checked as a whole before it is written (mtools
+    // never gets a FAT fsck.fat finds damaged onto the disk): the check a
+    // read-back after writing would give, without a second pass over the
+    // disk.
     image.fsck().map_err(&err)?;
     image.write_back().map_err(&err)?;
     Ok(())
