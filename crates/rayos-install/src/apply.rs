@@ -18,10 +18,13 @@
 //!   (a sane BPB that fits its partition, `fsck.fat -n` clean, room for our
 //!   files), so a refused ESP leaves the whole disk as it was.
 //! - The data volume is populated at mkfs time from a staging directory
-//!   (`mkfs.ext4 -d`), files written with `rayos_state::write_atomic`.
+//!   (`mkfs.ext4 -d`); the staging files are not fsynced (thrown away once
+//!   copied).
 //! - Every byte is fsynced before the manifest is written, and the manifest
 //!   is the last write: a disk without it holds an unfinished install, which
-//!   a re-run with the same answers redoes (see [`crate::plan`]).
+//!   a re-run with the same answers redoes (see [`crate::plan`]). That one
+//!   fsync of the target (before the manifest) is what makes the earlier
+//!   steps durable; FAT write-backs are not fsynced each.
 //! - Test hook: with `RAYOS_INSTALL_FAIL_AFTER=<step>` in the environment
 //!   the process aborts right after that step, like a power cut.
 //!

@@ -178,7 +178,8 @@ impl FatVolume {
         let stderr = String::from_utf8_lossy(&out.stderr);
         // An empty root is a failure too ("File "::/" not found"); any other
         // failure (an unreadable FAT) is an error, not an empty tree.
-        if !out.status.success() && !(out.stdout.is_empty() && stderr.contains("not found")) {
+        let empty_root = out.stdout.is_empty() && stderr.contains("not found");
+        if !out.status.success() && !empty_root {
             return Err(ToolError::Failed {
                 tool: "mdir".into(),
                 target: self.name(),
@@ -425,11 +426,7 @@ mod tests {
         let img = dir.join("fat.img");
         run(
             "mkfs.fat",
-            [
-                OsStr::new("-C"),
-                img.as_os_str(),
-                OsStr::new("2048"),
-            ],
+            [OsStr::new("-C"), img.as_os_str(), OsStr::new("2048")],
             "test",
         )
         .unwrap();
