@@ -6,8 +6,10 @@
 //! really wrote are measured as the image's allocated blocks (`stat`
 //! st_blocks × 512), and a timed `dd if=/dev/zero bs=1M conv=fsync` writes
 //! that many bytes to a file beside it. The installer fsyncs its target, so
-//! both sides end on stable storage. Reports the medians and their ratio
-//! (install / dd): the installer's overhead over the raw write of its data.
+//! both sides end on stable storage. Reports the medians, min–max of each
+//! side and the ratio of the medians (install / dd): the installer's
+//! overhead over the raw write of its data. Figures: docs/install.md,
+//! "Performance".
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
