@@ -1,29 +1,44 @@
 //! Applying a bundle to a mounted system partition.
 //!
 //! Steps (each named, see [`STEPS`]); nothing is written before `check`
-//! passed:
-//! 1. `verify`: header, signature (trusted keys only), manifest,
-//!    architecture, every payload's SHA-256;
+//! passed, and nothing is renamed or removed before every payload's
+//! SHA-256 matched:
+//! 1. `verify`: header, signature (trusted keys only) over the manifest,
+//!    manifest, architecture. The manifest lists the payload hashes, so
+//!    from here on the bundle's expected bytes are known and signed;
 //! 2. `check`: the install layout (`/rayos/install-manifest.json` "schema")
 //!    and the data volume's schema are in the bundle's ranges, the version
 //!    is newer than the running one (or `--allow-downgrade`), and the
 //!    partition has room (counting what pruning frees);
-//! 3. `prune`: remove entries other than the running one and the previous
+//! 3. `write`: each payload is read once from the bundle, hashed while it
+//!    is copied to its temporary (`EFI/Linux/rayos-<v>+3.efi.tmp`, `write-uki`;
+//!    `/rayos/rayos-recovery-<v>.efi.tmp`), fsynced. A hash that does not
+//!    match removes the temporaries: the partition is as it was;
+//! 4. `prune`: remove entries other than the running one and the previous
 //!    good one (and temporaries left by an interrupted apply);
-//! 4. `write-uki`: copy the UKI to `rayos-<v>+3.efi.tmp`, hashing again
-//!    while copying, fsync;
 //! 5. `rename-uki`: rename to `rayos-<v>+3.efi`, fsync the directory;
-//! 6. `recovery` (when the bundle has a recovery UKI):
-//!    `/rayos/rayos-recovery-<v>.efi` the same way, then the type #1 entry
+//! 6. `recovery` (when the bundle has a recovery UKI): rename it to
+//!    `/rayos/rayos-recovery-<v>.efi`, then the type #1 entry
 //!    `/loader/entries/rayos-recovery.conf` pointing at it, then the older
 //!    recovery UKI is removed;
-//! 7. `record`: `/rayos/update-state.json`.
+//! 7. `demote` (downgrades), 8. `record`: `/rayos/update-state.json`.
+//!
+//! A partition that holds the new version only once old ones are pruned
+//! gets `prune` before `write`; the payloads are then hashed once before
+//! pruning (so a bad bundle still removes nothing) and again while copied
+//! (the file may change in between): two reads, only on a partition that
+//! full.
 //!
 //! Power loss: the running UKI is never written or renamed (except for a
 //! downgrade, where newer entries are renamed to `+0-0` *after* the new UKI
 //! is in place), temporaries end in `.tmp` and systemd-boot ignores them,
 //! and the new entry appears under its final name in one rename. So at
 //! every point the running version still boots.
+//!
+//! Rejected design: hashing every payload before copying it (the earlier
+//! order: a second full read, a third of `apply`'s time). The signature
+//! already fixed the expected hashes before anything is written, and a
+//! temporary nobody boots costs nothing to discard.
 //!
 //! Test hook: `RAYOS_UPDATE_FAIL_AFTER=<step>` aborts the process right
 //! after that step (`write-uki-half`: in the middle of the UKI copy).
@@ -550,7 +565,7 @@ fn write_payload(
         half: if half_hook { size / 2 } else { u64::MAX },
         failed: None,
     };
-    if let Err(e) = b.copy_payload(name, &mut w) {
+    if let Err(e) = b.copy_payload(name, Some(&mut w)) {
         // A failed write is about the partition, not the bundle.
         return Err(match w.failed.take() {
             Some(io) => werr(io),
@@ -561,9 +576,9 @@ fn write_payload(
 }
 
 /// The temporary file a payload is copied to. Each piece is handed to the
-/// disk as soon as it is written (`sync_file_range`, no wait), so the
-/// final fsync finds little left to write; it also runs the
-/// `write-uki-half` hook once half the bytes are on disk.
+/// disk as soon as it is written ([`start_writeback`]), so the final fsync
+/// finds little left to write; it also runs the `write-uki-half` hook once
+/// half the bytes are on disk.
 struct Dest {
     file: File,
     written: u64,
@@ -602,16 +617,16 @@ impl Write for Dest {
     }
 }
 
-/// Starts writing `len` bytes at `offset` of `file` to the disk without
-/// waiting. Only a head start for the fsync that follows, so a failure
-/// (a filesystem without it) is ignored: the fsync reports real errors.
+/// Starts writing `len` bytes at `offset` of `file` to the disk, without
+/// waiting for them to get there. Only a head start for the fsync that
+/// follows (the disk works while the next pieces are hashed), so a failure
+/// is ignored: the fsync reports real errors.
 fn start_writeback(file: &File, offset: u64, len: u64) {
-    if std::env::var_os("XXX_NO_SFR").is_some() { return; }
     let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return;
     };
-    // SAFETY: sync_file_range only reads its integer arguments; the
-    // descriptor is valid for as long as `file` is borrowed.
+    // SAFETY: sync_file_range takes no pointers, only integers; the
+    // descriptor is open for as long as `file` is borrowed.
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE);
     }
