@@ -17,7 +17,8 @@
 //! The file must be exactly `32 + M + S + P` bytes. Checking order: header
 //! bounds, file length, signature against the trusted keys (before the
 //! manifest JSON is parsed), manifest schema and values, architecture, then
-//! the payload hashes (streamed: payloads are never held in memory whole).
+//! the payload hashes (streamed: payloads are never held in memory whole;
+//! when copying, hashed on the way, see [`Bundle::copy_payload`]).
 //!
 //! Limits: at most [`MAX_PAYLOADS`] payloads of at most [`MAX_PAYLOAD_SIZE`]
 //! each; payload names are the fixed set in [`PayloadName`].
@@ -386,8 +387,9 @@ pub fn check_signature<'k>(
 }
 
 /// A bundle whose header, length, signature and manifest have been checked.
-/// Payload hashes are checked by [`Bundle::verify_payloads`] and again while
-/// copying ([`Bundle::copy_payload`]).
+/// Payload hashes are checked by [`Bundle::verify_payloads`] (`rayos update
+/// verify`), or while copying ([`Bundle::copy_payload`], what `apply` does:
+/// one read of each payload).
 #[derive(Debug)]
 pub struct Bundle {
     /// The bundle file.
