@@ -10,10 +10,11 @@
 //!    and the data volume's schema are in the bundle's ranges, the version
 //!    is newer than the running one (or `--allow-downgrade`), and the
 //!    partition has room (counting what pruning frees);
-//! 3. `write`: each payload is read once from the bundle, hashed while it
-//!    is copied to its temporary (`EFI/Linux/rayos-<v>+3.efi.tmp`, `write-uki`;
-//!    `/rayos/rayos-recovery-<v>.efi.tmp`), fsynced. A hash that does not
-//!    match removes the temporaries: the partition is as it was;
+//! 3. `write`: each payload is read once from the bundle and hashed while
+//!    it is copied to its temporary, which is fsynced: the UKI to
+//!    `EFI/Linux/rayos-<v>+3.efi.tmp` (hook `write-uki`), the recovery UKI
+//!    to `/rayos/rayos-recovery-<v>.efi.tmp`. A hash that does not match
+//!    removes the temporaries: the partition is as it was;
 //! 4. `prune`: remove entries other than the running one and the previous
 //!    good one (and temporaries left by an interrupted apply);
 //! 5. `rename-uki`: rename to `rayos-<v>+3.efi`, fsync the directory;
@@ -407,7 +408,7 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
 
     let mut pruned = Vec::new();
     if !roomy {
-        // The new version fits only once old ones are gone, and a bundle
+        // 4. prune, early. The new version fits only once old ones are gone, and a bundle
         // whose hashes turn out wrong must not have removed them: hash
         // first (a second read of the payloads, only on a partition this
         // full). The copy below hashes again, as the file may change.
@@ -420,7 +421,12 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
     // 3. write: every payload to its temporary, hashed while copied.
     for t in &targets {
         say(&format!("writing {}", t.file));
-        if let Err(e) = write_payload(&b, t.name, &t.tmp(), t.name == PayloadName::Uki) {
+        // `rayos/` holds the install manifest, so this creates nothing on
+        // an installed partition.
+        let written = fs::create_dir_all(&t.dir)
+            .map_err(|e| ApplyError::Write(t.dir.clone(), e))
+            .and_then(|()| write_payload(&b, t.name, &t.tmp(), t.name == PayloadName::Uki));
+        if let Err(e) = written {
             // Nothing renamed yet: removing what this run wrote leaves the
             // partition as it was (a power cut here leaves `*.tmp` files,
             // which systemd-boot ignores and the next apply removes).
@@ -434,16 +440,17 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
         }
     }
     hook("write");
+    // 4. prune
     if roomy {
         pruned = remove_all(&prune, &linux)?;
         hook("prune");
     }
 
-    // 4. the UKI
+    // 5. rename-uki
     entries::rename_synced(&linux, &format!("{file}.tmp"), &file)?;
     hook("rename-uki");
 
-    // 5. recovery
+    // 6. recovery
     let mut recovery = None;
     if let Some(t) = targets.iter().find(|t| t.name == PayloadName::RecoveryUki) {
         entries::rename_synced(&recovery_dir, &format!("{}.tmp", t.file), &t.file)?;
@@ -456,8 +463,8 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
     }
     hook("recovery");
 
-    // A downgrade boots only if the newer entries no longer come first:
-    // they get `+0-0` (kept as last-resort fallbacks).
+    // 7. demote: a downgrade boots only if the newer entries no longer
+    // come first: they get `+0-0` (kept as last-resort fallbacks).
     let mut demoted = Vec::new();
     if downgrade {
         for e in entries::list(&linux)? {
@@ -472,7 +479,7 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
     }
     hook("demote");
 
-    // 6. record
+    // 8. record
     let mut st = UpdateState::read(system);
     let at = state::now_rfc3339();
     for v in &demoted {
