@@ -444,7 +444,7 @@ pub fn run(args: Args) -> Result<()> {
         run.type_cmd(
             &mut vm,
             "update apply UPDATES:/good-0.4.0.bundle",
-            "boot3: 0.4.0 verified, its UKI being written",
+            "boot3: 0.4.0 signature checked, its UKI being written",
             "writing rayos-0.4.0+3.efi",
             300,
         )?;
