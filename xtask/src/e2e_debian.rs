@@ -34,11 +34,12 @@ const GUEST_HOST: &str = "rayos-e2e-linux";
 /// Nested TCG: Debian's first boot under OVMF inside the outer TCG guest.
 const NESTED_BOOT_SECS: u64 = 3600;
 
-/// The unattended answers: `e2e::ANSWERS` with the Linux VM's user.
+/// The unattended answers: `e2e::ANSWERS` with the Linux VM's user in
+/// place of its `system = "test-guest"` (a user alone picks Debian).
 pub fn answers() -> String {
-    format!(
-        "{}[linux]\nuser = \"{USER}\"\npassword = \"{PASSWORD}\"\n",
-        crate::e2e::ANSWERS
+    crate::e2e::ANSWERS.replace(
+        "system = \"test-guest\"\n",
+        &format!("user = \"{USER}\"\npassword = \"{PASSWORD}\"\n"),
     )
 }
 

@@ -5,8 +5,10 @@
 //!
 //! 1. the dev key (`build/keys/dev.key`); media from the current tree with
 //!    `RAYOS_UPDATE_DEV_PUBKEY` set at build time, so the image trusts the
-//!    dev key (`build/e2e-update/media`, rebuilt when missing, when the key
-//!    changed, or with `--rebuild`); bundles 0.2.0 (with the recovery UKI),
+//!    dev key (`--media`, default `build/e2e-update/media`; `cargo xtask
+//!    test` builds its one set of media in `build/` this way and passes
+//!    it; rebuilt when missing, when the key changed, or with `--rebuild`);
+//!    bundles 0.2.0 (with the recovery UKI),
 //!    0.3.0 `--broken`, 0.4.0, an unsigned and a tampered one;
 //! 2. `rayos install` of RayOS 0.1.0 onto a sparse 16 GiB image (host side);
 //! 3. boot 1: `RAYOS_READY`, `RAYOS_BLESSED:rayos-0.1.0.efi`; tampered and
@@ -33,7 +35,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -44,7 +46,11 @@ use rayos_image::qemu::{Config, Medium, Qemu};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Rebuild the media even if build/e2e-update/media has them.
+    /// Where the media trusting the dev key are (built there when missing
+    /// or built for another key).
+    #[arg(long, default_value = "build/e2e-update/media")]
+    pub media: PathBuf,
+    /// Rebuild the media even if they are there.
     #[arg(long)]
     pub rebuild: bool,
     /// Multiply every timeout (slow or busy machines).
@@ -66,6 +72,8 @@ linux_autostart = true
 linux_present_on_boot = false
 windows_enabled = false
 networking = "off"
+[linux]
+system = "test-guest"
 "#;
 
 struct Run {
@@ -194,6 +202,33 @@ fn stopped(run: &Run, vm: &mut Qemu, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Makes sure `media` holds media (fast compression) whose images trust
+/// the dev key (`build/keys/dev.key`, made when missing) besides the
+/// release keys: built when missing, built for another key, or `rebuild`.
+/// Only test media trust it; `cargo xtask media` never sets the key.
+pub fn media_trusting_dev_key(media: &Path, rebuild: bool) -> Result<()> {
+    let root = crate::root();
+    let key = crate::bundle::load_or_make_key(None, &root)?;
+    let pubkey = key.public("dev").to_line();
+    let stamp = media.join("trusted-dev.pub");
+    let fresh = media.join("rayos.efi").is_file()
+        && media.join("rayos-recovery.efi").is_file()
+        && fs::read_to_string(&stamp).ok().as_deref() == Some(pubkey.as_str());
+    if rebuild || !fresh {
+        // A stale stamp must not vouch for media a failed build left half
+        // made.
+        let _ = fs::remove_file(&stamp);
+        crate::run_cmd(
+            Command::new("cargo")
+                .args(["xtask", "media", "--zstd-level", "3", "--out"])
+                .arg(media)
+                .env("RAYOS_UPDATE_DEV_PUBKEY", pubkey.trim()),
+        )?;
+        fs::write(&stamp, &pubkey)?;
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> Result<()> {
     let root = crate::root();
     let run = Run {
@@ -201,22 +236,8 @@ pub fn run(args: Args) -> Result<()> {
         started: Instant::now(),
     };
     let base = root.join("build/e2e-update");
-    let media = base.join("media");
-    let key = crate::bundle::load_or_make_key(None, &root)?;
-    let pubkey = key.public("dev").to_line();
-    let stamp = media.join("trusted-dev.pub");
-    let fresh = media.join("rayos.efi").is_file()
-        && media.join("rayos-recovery.efi").is_file()
-        && fs::read_to_string(&stamp).ok().as_deref() == Some(pubkey.as_str());
-    if args.rebuild || !fresh {
-        crate::run_cmd(
-            Command::new("cargo")
-                .args(["xtask", "media", "--zstd-level", "3", "--out"])
-                .arg(&media)
-                .env("RAYOS_UPDATE_DEV_PUBKEY", pubkey.trim()),
-        )?;
-        fs::write(&stamp, &pubkey)?;
-    }
+    let media = root.join(&args.media);
+    media_trusting_dev_key(&media, args.rebuild)?;
     crate::run_cmd(Command::new("cargo").args(["build", "-p", "rayos"]))?;
     run.ok("media (trusting the dev key) and the host's rayos are built");
 
@@ -423,7 +444,7 @@ pub fn run(args: Args) -> Result<()> {
         run.type_cmd(
             &mut vm,
             "update apply UPDATES:/good-0.4.0.bundle",
-            "boot3: 0.4.0 verified, its UKI being written",
+            "boot3: 0.4.0 signature checked, its UKI being written",
             "writing rayos-0.4.0+3.efi",
             300,
         )?;

@@ -68,6 +68,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     use crate::e2e::Variant;
+    // One media build serves every run below. It trusts the dev key that
+    // `e2e-update` signs its bundles with (test media only), so that run
+    // needs no second build of its own.
+    crate::e2e_update::media_trusting_dev_key(&crate::root().join("build"), true)?;
     // Not `debian`: Debian's first boot under nested TCG takes far longer
     // than this suite's budget and the variant is not proven green yet
     // (docs/linux-vm.md); the Debian VM itself is tested by
@@ -84,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Variant::Net,
         ],
         media: PathBuf::from("build"),
-        rebuild: true,
+        rebuild: false,
         timeout_scale: args.timeout_scale,
         boot_only: false,
         dry_run: false,
@@ -96,7 +100,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         timeout_scale: args.timeout_scale,
     })?;
     crate::e2e_update::run(crate::e2e_update::Args {
-        rebuild: true,
+        media: PathBuf::from("build"),
+        rebuild: false,
         timeout_scale: args.timeout_scale,
     })?;
     Ok(())

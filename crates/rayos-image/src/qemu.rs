@@ -434,8 +434,13 @@ impl Qemu {
         let mut s = UnixStream::connect(&self.serial_sock).map_err(ioerr)?;
         s.write_all(text.as_bytes()).map_err(ioerr)?;
         s.flush().map_err(ioerr)?;
-        // Let QEMU drain the input before the connection closes.
-        std::thread::sleep(Duration::from_millis(300));
+        // Let QEMU drain the input before the connection closes: it reads
+        // from the socket only as the guest empties the UART's FIFO, and
+        // drops what is unread at the close. A busy guest takes a while per
+        // FIFO-full, so the wait grows with the text (under load, 300 ms
+        // flat cut a 40-character command after 8).
+        let linger = 300 + 25 * text.len() as u64;
+        std::thread::sleep(Duration::from_millis(linger));
         Ok(())
     }
 

@@ -18,10 +18,13 @@
 //!   (a sane BPB that fits its partition, `fsck.fat -n` clean, room for our
 //!   files), so a refused ESP leaves the whole disk as it was.
 //! - The data volume is populated at mkfs time from a staging directory
-//!   (`mkfs.ext4 -d`), files written with `rayos_state::write_atomic`.
+//!   (`mkfs.ext4 -d`); the staging files are not fsynced (thrown away once
+//!   copied).
 //! - Every byte is fsynced before the manifest is written, and the manifest
 //!   is the last write: a disk without it holds an unfinished install, which
-//!   a re-run with the same answers redoes (see [`crate::plan`]).
+//!   a re-run with the same answers redoes (see [`crate::plan`]). That one
+//!   fsync of the target (before the manifest) is what makes the earlier
+//!   steps durable; FAT write-backs are not fsynced each.
 //! - Test hook: with `RAYOS_INSTALL_FAIL_AFTER=<step>` in the environment
 //!   the process aborts right after that step, like a power cut.
 //!
@@ -46,7 +49,7 @@ use crate::manifest::{Manifest, ManifestImage, ManifestPartition, now_rfc3339};
 use crate::plan::{
     Action, ESP_LOADER_CONF, FsKind, MANIFEST_PATH, PartitionPlan, Plan, Role, Source, TableAction,
 };
-use crate::tools::{self, FatVolume, ToolError};
+use crate::tools::{self, FatSession, FatVolume, ToolError};
 use rayos_base::efivar::{self, EfiVarError, HdFilePath};
 use rayos_base::marker::{InstallerMarker, Marker};
 
@@ -264,6 +267,10 @@ pub fn apply(
     let mut hash = Some(hash_image(system_image(plan)?.0));
     let mut boot_entry = None;
     let mut manifest = None;
+    // The system partition's FAT copy, kept from `system-files` to
+    // `manifest` so the manifest goes into the copy already checked and
+    // written back instead of a second copy of the whole partition.
+    let mut system_fat = None;
     for (index, step) in steps.iter().enumerate() {
         let ts = Instant::now();
         progress(&Event::StepStarted {
@@ -278,11 +285,11 @@ pub fn apply(
                 }
             }
             "esp-files" => esp_files(plan, opts, progress)?,
-            "system-files" => system_files(plan, opts)?,
+            "system-files" => system_fat = Some(system_files(plan, opts)?),
             "nvram" => boot_entry = Some(nvram(plan, opts)?),
             "manifest" => {
                 let h = hash.take().ok_or(ApplyError::NoSystemImage)?;
-                manifest = Some(write_manifest(plan, opts, h)?);
+                manifest = Some(write_manifest(plan, opts, h, system_fat.take())?);
             }
             other => {
                 let role = [
@@ -637,8 +644,11 @@ fn stage(
                 if let Some(parent) = dest.parent() {
                     fs::create_dir_all(parent).map_err(err)?;
                 }
-                rayos_state::write_atomic(&dest, content.as_bytes())
-                    .map_err(|e| err(std::io::Error::other(e)))?;
+                // A plain write: the staging directory is thrown away once
+                // mkfs.ext4 has copied it, so fsyncing it (write_atomic)
+                // bought nothing; what must be durable is the target,
+                // fsynced before the manifest.
+                fs::write(&dest, content.as_bytes()).map_err(err)?;
             }
             Source::HostFile { path } => {
                 if let Some(parent) = dest.parent() {
@@ -740,39 +750,71 @@ fn open_fat(plan: &Plan, p: &PartitionPlan, opts: &ApplyOptions) -> Result<FatIm
     )
 }
 
-/// Runs `work` on the FAT of `role`'s partition through its bounded copy,
-/// then writes back what changed (inside the partition only).
-fn with_fat(
+fn fat_error(step: &str, number: u32) -> impl Fn(FatViewError) -> ApplyError + '_ {
+    move |source| ApplyError::FatView {
+        step: step.to_string(),
+        number,
+        source,
+    }
+}
+
+/// The FAT of `role`'s partition as its bounded copy (its boot sector
+/// checked against the partition). fsck.fat checks it in [`change_fat`],
+/// after mtools' changes and before any of them reaches the disk: a FAT
+/// damaged before (a reused ESP, also refused in [`preflight`], or one
+/// RayOS just made) is still damaged then, so a second run before the
+/// changes would refuse nothing more.
+fn open_checked(
     plan: &Plan,
     role: Role,
     step: &str,
     opts: &ApplyOptions,
+) -> Result<FatImage, ApplyError> {
+    let p = plan
+        .partition(role)
+        .ok_or(ApplyError::NoPartition(role.gpt_name()))?;
+    open_fat(plan, p, opts).map_err(fat_error(step, p.number))
+}
+
+/// Runs `work` on `image` (the copy of `role`'s FAT), checks the result
+/// with `fsck.fat -n` before any of it reaches the disk, then writes back
+/// what changed (inside the partition only). Not fsynced here: `apply`
+/// fsyncs the whole target once before the manifest, which is what the
+/// install's guarantee needs (a disk without the manifest is an
+/// unfinished install), and one fsync instead of one per partition.
+fn change_fat(
+    plan: &Plan,
+    role: Role,
+    step: &str,
+    image: &mut FatImage,
     work: impl FnOnce(&FatVolume) -> Result<(), ApplyError>,
 ) -> Result<(), ApplyError> {
     let p = plan
         .partition(role)
         .ok_or(ApplyError::NoPartition(role.gpt_name()))?;
-    let err = |source| ApplyError::FatView {
-        step: step.to_string(),
-        number: p.number,
-        source,
-    };
-    let image = open_fat(plan, p, opts).map_err(err)?;
-    // mtools never writes into a FAT fsck.fat finds damaged, be it a
-    // reused ESP (checked in preflight too) or one RayOS just made.
-    image.fsck().map_err(err)?;
+    let err = fat_error(step, p.number);
     work(&image.volume())?;
-    image.commit().map_err(err)?;
+    // What mtools made is checked as a whole before it is written (mtools
+    // never gets a FAT fsck.fat finds damaged onto the disk): the check a
+    // read-back after writing would give, without a second pass over the
+    // disk.
+    image.fsck().map_err(&err)?;
+    image.write_back().map_err(&err)?;
     Ok(())
 }
 
-fn put_files(plan: &Plan, role: Role, step: &str, v: &FatVolume) -> Result<(), ApplyError> {
+fn put_files(
+    plan: &Plan,
+    role: Role,
+    step: &str,
+    v: &mut FatSession<'_>,
+) -> Result<(), ApplyError> {
     let tool = |source| ApplyError::Tool {
         step: step.to_string(),
         source,
     };
     for f in plan.files.iter().filter(|f| f.role == role) {
-        if f.only_if_absent && v.exists(&f.path).map_err(tool)? {
+        if f.only_if_absent && v.exists(&f.path) {
             continue;
         }
         match &f.source {
@@ -804,30 +846,40 @@ fn esp_files(
     opts: &ApplyOptions,
     progress: &mut dyn FnMut(&Event),
 ) -> Result<(), ApplyError> {
-    with_fat(plan, Role::Esp, "esp-files", opts, |v| {
+    let mut image = open_checked(plan, Role::Esp, "esp-files", opts)?;
+    change_fat(plan, Role::Esp, "esp-files", &mut image, |v| {
         let tool = |source| ApplyError::Tool {
             step: "esp-files".into(),
             source,
         };
         // Another systemd-boot's loader.conf on a reused ESP is kept beside ours.
         let backup = format!("{ESP_LOADER_CONF}.pre-rayos");
-        if let Some(old) = v.read(ESP_LOADER_CONF).map_err(tool)? {
+        let mut s = v.session().map_err(tool)?;
+        if let Some(old) = s.read(ESP_LOADER_CONF).map_err(tool)? {
             let ours = crate::plan::loader_conf();
-            if old != ours.as_bytes() && !v.exists(&backup).map_err(tool)? {
-                v.put_bytes(&old, &backup).map_err(tool)?;
+            if old != ours.as_bytes() && !s.exists(&backup) {
+                s.put_bytes(&old, &backup).map_err(tool)?;
                 progress(&Event::Note {
                     message: format!("the ESP's loader.conf was kept as {backup}"),
                 });
             }
         }
-        put_files(plan, Role::Esp, "esp-files", v)
+        put_files(plan, Role::Esp, "esp-files", &mut s)
     })
 }
 
-fn system_files(plan: &Plan, opts: &ApplyOptions) -> Result<(), ApplyError> {
-    with_fat(plan, Role::System, "system-files", opts, |v| {
-        put_files(plan, Role::System, "system-files", v)
-    })
+/// Writes the system partition's files; returns its FAT copy for the
+/// manifest.
+fn system_files(plan: &Plan, opts: &ApplyOptions) -> Result<FatImage, ApplyError> {
+    let mut image = open_checked(plan, Role::System, "system-files", opts)?;
+    change_fat(plan, Role::System, "system-files", &mut image, |v| {
+        let mut s = v.session().map_err(|source| ApplyError::Tool {
+            step: "system-files".into(),
+            source,
+        })?;
+        put_files(plan, Role::System, "system-files", &mut s)
+    })?;
+    Ok(image)
 }
 
 fn nvram(plan: &Plan, opts: &ApplyOptions) -> Result<u16, ApplyError> {
@@ -884,6 +936,7 @@ fn write_manifest(
     plan: &Plan,
     opts: &ApplyOptions,
     hash: ImageHash,
+    system_fat: Option<FatImage>,
 ) -> Result<Manifest, ApplyError> {
     let (image_path, image_dest) = system_image(plan)?;
     let (size, sha256) = hash.join().map_err(|_| {
@@ -922,7 +975,11 @@ fn write_manifest(
     };
     // Everything else must be on the disk before the manifest says so.
     sync_target(&plan.target)?;
-    with_fat(plan, Role::System, "manifest", opts, |v| {
+    let mut image = match system_fat {
+        Some(image) => image,
+        None => open_checked(plan, Role::System, "manifest", opts)?,
+    };
+    change_fat(plan, Role::System, "manifest", &mut image, |v| {
         v.put_bytes(manifest.to_json().as_bytes(), MANIFEST_PATH)
             .map_err(|source| ApplyError::Tool {
                 step: "manifest".into(),

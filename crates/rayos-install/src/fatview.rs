@@ -20,11 +20,16 @@
 //!    ([`FatImage::volume`]) work on that image — `fsck.fat` reads only the
 //!    boot area, the FATs and the clusters chains lead to, so it sees the
 //!    partition's own bytes and nothing past its end;
-//! 4. [`FatImage::commit`]: the image must still be the partition's size
-//!    with the same geometry; then the boot area, the FATs, the root
-//!    directory and every cluster in use now are compared with the disk and
-//!    what differs is written back, each write checked to end inside the
-//!    partition, and the disk is fsynced.
+//! 4. [`FatImage::write_back`]: the image must still be the partition's
+//!    size with the same geometry; then the boot area, the FATs, the root
+//!    directory and every cluster in use now are written back where they
+//!    differ from the disk, each write checked to end inside the partition.
+//!    Clusters that were free when the copy was made (or at the previous
+//!    write-back) are written without reading the disk first: their old
+//!    bytes mean nothing, and comparing would read every byte of a new
+//!    file twice. [`FatImage::commit`] is a write-back and an fsync; the
+//!    installer instead writes back without fsync and fsyncs the whole
+//!    target once before its manifest (see [`crate::apply`]).
 //!
 //! Limits: the copy costs the space the filesystem uses (RayOS's UKIs on
 //! the system partition) in the temp directory; a commit cut short by a
@@ -103,6 +108,12 @@ pub struct FatImage {
     image: PathBuf,
     geometry: Geometry,
     what: String,
+    /// Ranges where the copy is known to equal the disk: what was in use
+    /// at open (copied), then what was in use at the last write-back.
+    /// Outside them the disk holds bytes that mean nothing to this FAT
+    /// (free clusters), so write-back writes there without reading the
+    /// disk first.
+    same: Vec<(u64, u64)>,
 }
 
 impl Drop for FatImage {
@@ -166,18 +177,20 @@ impl FatImage {
             .create_new(true)
             .open(&image)
             .map_err(terr)?;
-        let img = FatImage {
+        let mut img = FatImage {
             disk: disk.to_path_buf(),
             start,
             size,
             image: image.clone(),
             geometry,
             what: what.to_string(),
+            same: Vec::new(),
         };
         dst.set_len(size).map_err(terr)?;
         let fat = read_fat(&src, disk, start, &geometry)?;
+        img.same = used_ranges(&geometry, &fat);
         let mut buf = vec![0u8; CHUNK as usize];
-        for (a, b) in used_ranges(&geometry, &fat) {
+        for &(a, b) in &img.same {
             let mut at = a;
             while at < b {
                 let n = (b - at).min(CHUNK) as usize;
@@ -236,9 +249,29 @@ impl FatImage {
         })
     }
 
-    /// Writes back what mtools changed, inside the partition only; returns
-    /// the bytes written.
-    pub fn commit(self) -> Result<u64, FatViewError> {
+    /// Writes back what mtools changed, inside the partition only, and
+    /// fsyncs the disk; returns the bytes written.
+    pub fn commit(mut self) -> Result<u64, FatViewError> {
+        let written = self.write_back()?;
+        OpenOptions::new()
+            .write(true)
+            .open(&self.disk)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| FatViewError::Write(self.disk.clone(), e))?;
+        Ok(written)
+    }
+
+    /// Writes back what mtools changed, inside the partition only, without
+    /// fsyncing (the caller syncs the disk before anything depends on
+    /// these bytes); the copy stays usable for more changes. Returns the
+    /// bytes written.
+    ///
+    /// Where the copy was known to equal the disk (see `same`) a chunk is
+    /// compared with the disk and written only if it differs; a chunk in
+    /// clusters that were free is written without reading the disk (its
+    /// old bytes mean nothing, and on a fresh FAT that is every byte of a
+    /// new file).
+    pub fn write_back(&mut self) -> Result<u64, FatViewError> {
         let changed = || FatViewError::Changed {
             what: self.what.clone(),
         };
@@ -261,7 +294,8 @@ impl FatImage {
             .map_err(werr)?;
         let (mut ours, mut theirs) = (vec![0u8; CHUNK as usize], vec![0u8; CHUNK as usize]);
         let mut written = 0;
-        for (a, b) in used_ranges(&self.geometry, &fat) {
+        let used = used_ranges(&self.geometry, &fat);
+        for &(a, b) in &used {
             let mut at = a;
             while at < b {
                 let n = (b - at).min(CHUNK) as usize;
@@ -271,9 +305,14 @@ impl FatImage {
                     return Err(changed());
                 }
                 img.read_exact_at(&mut ours[..n], at).map_err(terr)?;
-                disk.read_exact_at(&mut theirs[..n], self.start + at)
-                    .map_err(|e| FatViewError::Read(self.disk.clone(), e))?;
-                if ours[..n] != theirs[..n] {
+                let differs = if overlaps(&self.same, at, at + n as u64) {
+                    disk.read_exact_at(&mut theirs[..n], self.start + at)
+                        .map_err(|e| FatViewError::Read(self.disk.clone(), e))?;
+                    ours[..n] != theirs[..n]
+                } else {
+                    true
+                };
+                if differs {
                     disk.write_all_at(&ours[..n], self.start + at)
                         .map_err(werr)?;
                     written += n as u64;
@@ -281,9 +320,15 @@ impl FatImage {
                 at += n as u64;
             }
         }
-        disk.sync_all().map_err(werr)?;
+        self.same = used;
         Ok(written)
     }
+}
+
+/// Whether `[a, b)` meets any of `ranges` (sorted, disjoint).
+fn overlaps(ranges: &[(u64, u64)], a: u64, b: u64) -> bool {
+    let i = ranges.partition_point(|r| r.1 <= a);
+    ranges.get(i).is_some_and(|r| r.0 < b)
 }
 
 #[cfg(test)]
@@ -373,6 +418,43 @@ mod tests {
         let copy = dir.join("part.img");
         fs::write(&copy, at(START, START + SIZE)).unwrap();
         tools::run("fsck.fat", [OsStr::new("-n"), copy.as_os_str()], "copy").unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn overlaps_finds_ranges_that_meet() {
+        let r = [(0, 10), (20, 30)];
+        assert!(overlaps(&r, 5, 6));
+        assert!(overlaps(&r, 9, 21));
+        assert!(!overlaps(&r, 10, 20));
+        assert!(!overlaps(&r, 30, 40));
+        assert!(!overlaps(&[], 0, 1));
+    }
+
+    #[test]
+    fn a_copy_written_back_twice_keeps_both_changes() {
+        let dir = scratch();
+        let d = disk(&dir);
+        let mut img = FatImage::open(&d, START, SIZE, &dir, "test FAT").unwrap();
+        img.volume()
+            .put_bytes(&vec![9u8; 2 * MIB as usize], "/a.bin")
+            .unwrap();
+        assert!(img.write_back().unwrap() >= 2 * MIB);
+        // Nothing changed since: nothing to write.
+        assert_eq!(img.write_back().unwrap(), 0);
+        img.volume().put_bytes(b"second", "/dir/b.txt").unwrap();
+        let written = img.write_back().unwrap();
+        assert!(written > 0 && written < 2 * MIB, "{written}");
+        img.commit().unwrap();
+        let on_disk = FatVolume {
+            disk: d.clone(),
+            offset_bytes: START,
+        };
+        assert_eq!(
+            on_disk.read("/a.bin").unwrap().unwrap(),
+            vec![9u8; 2 * MIB as usize]
+        );
+        assert_eq!(on_disk.read("/dir/b.txt").unwrap().unwrap(), b"second");
         fs::remove_dir_all(&dir).unwrap();
     }
 

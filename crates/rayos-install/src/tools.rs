@@ -156,19 +156,43 @@ impl FatVolume {
     /// Makes `dir` (an absolute FAT path like `/EFI/BOOT`) and its parents;
     /// directories that exist are kept.
     pub fn mkdir_p(&self, dir: &str) -> Result<(), ToolError> {
-        let mut path = String::new();
-        for part in dir.split('/').filter(|p| !p.is_empty()) {
-            path.push('/');
-            path.push_str(part);
-            if !self.exists(&path)? {
-                run(
-                    "mmd",
-                    ["-i", &self.image(), &format!("::{path}")],
-                    &self.name(),
-                )?;
-            }
+        self.session()?.mkdir_p(dir)
+    }
+
+    /// The volume's tree listed once (one `mdir -/`), for several changes
+    /// in a row: each file then costs one mtools run (two when it needs
+    /// new directories) instead of two per path component.
+    pub fn session(&self) -> Result<FatSession<'_>, ToolError> {
+        let out = Command::new("mdir")
+            .args(["-/", "-b", "-a", "-i", &self.image(), "::/"])
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .env("MTOOLS_NO_VFAT", "0")
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| ToolError::Spawn {
+                tool: "mdir".into(),
+                package: package_of("mdir"),
+                source,
+            })?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // An empty root is a failure too ("File "::/" not found"); any other
+        // failure (an unreadable FAT) is an error, not an empty tree.
+        let empty_root = out.stdout.is_empty() && stderr.contains("not found");
+        if !out.status.success() && !empty_root {
+            return Err(ToolError::Failed {
+                tool: "mdir".into(),
+                target: self.name(),
+                status: out.status.to_string(),
+                stderr: stderr.trim().to_string(),
+            });
         }
-        Ok(())
+        let paths = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim_end().strip_prefix("::"))
+            .map(fat_key)
+            .collect();
+        Ok(FatSession { vol: self, paths })
     }
 
     /// Whether a file or directory exists (names compare case-insensitively,
@@ -194,6 +218,11 @@ impl FatVolume {
         {
             self.mkdir_p(parent)?;
         }
+        self.copy_in(src, dest)
+    }
+
+    /// mcopy of `src` to `dest`, whose directory exists.
+    fn copy_in(&self, src: &Path, dest: &str) -> Result<(), ToolError> {
         let src = src.display().to_string();
         run(
             "mcopy",
@@ -205,16 +234,7 @@ impl FatVolume {
 
     /// Writes `bytes` to `dest`, replacing it (through a temp file).
     pub fn put_bytes(&self, bytes: &[u8], dest: &str) -> Result<(), ToolError> {
-        let tmp = std::env::temp_dir().join(format!(
-            "rayos-install-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        std::fs::write(&tmp, bytes).map_err(|source| ToolError::Spawn {
-            tool: "temporary file".into(),
-            package: "(none)",
-            source,
-        })?;
+        let tmp = write_temp(bytes)?;
         let r = self.put(&tmp, dest);
         let _ = std::fs::remove_file(&tmp);
         r
@@ -225,12 +245,15 @@ impl FatVolume {
         if !self.exists(path)? {
             return Ok(None);
         }
+        self.read_existing(path).map(Some)
+    }
+
+    fn read_existing(&self, path: &str) -> Result<Vec<u8>, ToolError> {
         run(
             "mtype",
             ["-i", &self.image(), &format!("::{path}")],
             &self.name(),
         )
-        .map(Some)
     }
 
     /// Free bytes on the filesystem (from `mdir`'s "N bytes free" line).
@@ -262,6 +285,95 @@ impl FatVolume {
         }
         Ok(())
     }
+}
+
+/// A path as FAT compares it: case-insensitive, no trailing slash.
+fn fat_key(path: &str) -> String {
+    path.trim_end_matches('/').to_lowercase()
+}
+
+/// A [`FatVolume`] with its tree listed once ([`FatVolume::session`]); it
+/// learns the directories it makes. Only valid while nothing else changes
+/// the volume.
+#[derive(Debug)]
+pub struct FatSession<'a> {
+    vol: &'a FatVolume,
+    /// Every file and directory, as [`fat_key`]s.
+    paths: std::collections::HashSet<String>,
+}
+
+impl FatSession<'_> {
+    /// Whether a file or directory exists (names compare case-insensitively).
+    pub fn exists(&self, path: &str) -> bool {
+        self.paths.contains(&fat_key(path))
+    }
+
+    /// Makes `dir` and its missing parents, in one `mmd`.
+    pub fn mkdir_p(&mut self, dir: &str) -> Result<(), ToolError> {
+        let mut path = String::new();
+        let mut missing = Vec::new();
+        for part in dir.split('/').filter(|p| !p.is_empty()) {
+            path.push('/');
+            path.push_str(part);
+            if !self.exists(&path) {
+                missing.push(format!("::{path}"));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let image = self.vol.image();
+        let args = ["-i", image.as_str()]
+            .into_iter()
+            .chain(missing.iter().map(String::as_str));
+        run("mmd", args, &self.vol.name())?;
+        self.paths
+            .extend(missing.iter().map(|m| fat_key(m.trim_start_matches("::"))));
+        Ok(())
+    }
+
+    /// Copies a host file to `dest` (absolute FAT path), replacing it.
+    pub fn put(&mut self, src: &Path, dest: &str) -> Result<(), ToolError> {
+        if let Some((parent, _)) = dest.rsplit_once('/')
+            && !parent.is_empty()
+        {
+            self.mkdir_p(parent)?;
+        }
+        self.vol.copy_in(src, dest)?;
+        self.paths.insert(fat_key(dest));
+        Ok(())
+    }
+
+    /// Writes `bytes` to `dest`, replacing it (through a temp file).
+    pub fn put_bytes(&mut self, bytes: &[u8], dest: &str) -> Result<(), ToolError> {
+        let tmp = write_temp(bytes)?;
+        let r = self.put(&tmp, dest);
+        let _ = std::fs::remove_file(&tmp);
+        r
+    }
+
+    /// Reads a file (None when it does not exist).
+    pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>, ToolError> {
+        if !self.exists(path) {
+            return Ok(None);
+        }
+        self.vol.read_existing(path).map(Some)
+    }
+}
+
+/// `bytes` in a new temporary file, for mcopy.
+fn write_temp(bytes: &[u8]) -> Result<PathBuf, ToolError> {
+    let tmp = std::env::temp_dir().join(format!(
+        "rayos-install-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::write(&tmp, bytes).map_err(|source| ToolError::Spawn {
+        tool: "temporary file".into(),
+        package: "(none)",
+        source,
+    })?;
+    Ok(tmp)
 }
 
 /// Creates ext4 over `[offset, offset+size)` of `disk`, filled from
@@ -297,4 +409,48 @@ pub fn mkfs_ext4(
         &format!("byte {offset} of {}", disk.display()),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_sees_existing_paths_and_the_directories_it_makes() {
+        let dir = std::env::temp_dir().join(format!(
+            "rayos-tools-test-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("fat.img");
+        run(
+            "mkfs.fat",
+            [OsStr::new("-C"), img.as_os_str(), OsStr::new("2048")],
+            "test",
+        )
+        .unwrap();
+        let v = FatVolume {
+            disk: img.clone(),
+            offset_bytes: 0,
+        };
+        // An empty root lists as an empty tree, not an error.
+        let mut s = v.session().unwrap();
+        assert!(!s.exists("/EFI"));
+        s.put_bytes(b"x", "/EFI/Boot/a.txt").unwrap();
+        assert!(s.exists("/efi/boot") && s.exists("/EFI/BOOT/A.TXT"));
+        // A new session lists what the first one made (case-insensitively).
+        let mut s = v.session().unwrap();
+        assert!(s.exists("/efi") && s.exists("/efi/boot/a.txt"));
+        s.mkdir_p("/EFI/Boot/deeper").unwrap();
+        assert_eq!(s.read("/efi/boot/a.txt").unwrap().unwrap(), b"x");
+        assert!(v.exists("/EFI/BOOT/DEEPER").unwrap());
+        // An unreadable volume is an error, not an empty tree.
+        let missing = FatVolume {
+            disk: dir.join("missing.img"),
+            offset_bytes: 0,
+        };
+        assert!(missing.session().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -635,7 +635,7 @@ fn the_debian_vm_image_becomes_the_linux_vms_thin_disk() {
 }
 
 #[test]
-fn without_a_linux_user_the_test_guest_stays() {
+fn the_debian_vm_needs_a_user_and_the_test_guest_is_asked_for_by_name() {
     let env = Env::new();
     let (_, zst) = fake_linux_vm_image(&env);
     let img = env.path("disk.img");
@@ -649,15 +649,34 @@ fn without_a_linux_user_the_test_guest_stays() {
         linux_vm_image: Some(zst),
         ..env.opts()
     };
+    // The medium carries the image: Debian is the Linux VM, and without a
+    // user the plan is refused (nothing written) with what to add.
     let a = Answers::parse("a", "version = 1\n[target]\nmode = \"whole-disk\"\n").unwrap();
+    let e = plan::make_plan(&disk, &a, &facts, &opts).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("needs a first user"), "{msg}");
+    assert!(
+        msg.contains("[linux]") && msg.contains("test-guest"),
+        "{msg}"
+    );
+    // The test guest only when asked for by name.
+    let a = Answers::parse(
+        "a",
+        "version = 1\n[target]\nmode = \"whole-disk\"\n[linux]\nsystem = \"test-guest\"\n",
+    )
+    .unwrap();
     let plan = plan::make_plan(&disk, &a, &facts, &opts).unwrap();
     let vm = plan.registry.by_name("linux").unwrap();
     assert!(vm.guest.is_none());
-    assert!(
-        plan.notes.iter().any(|n| n.contains("no [linux] user")),
-        "{:?}",
-        plan.notes
-    );
+    // A user alone picks Debian.
+    let a = Answers::parse(
+        "a",
+        "version = 1\n[target]\nmode = \"whole-disk\"\n[linux]\nuser = \"bob\"\nssh_key = \"ssh-ed25519 AAAAC3Nza bob@x\"\n",
+    )
+    .unwrap();
+    let plan = plan::make_plan(&disk, &a, &facts, &opts).unwrap();
+    let vm = plan.registry.by_name("linux").unwrap();
+    assert_eq!(vm.guest.as_ref().map(|g| g.user.as_str()), Some("bob"));
     // Asking for Debian without an image on the medium is refused.
     let a = Answers::parse(
         "a",

@@ -256,6 +256,7 @@ impl VmHandle for FakeHandle {
             bytes: text.len() as u64,
             transferred: text.len() as u64,
             duration: Duration::from_millis(1),
+            compressed_fallback: false,
         })
     }
 

@@ -1,23 +1,34 @@
 //! Applying a bundle to a mounted system partition.
 //!
 //! Steps (each named, see [`STEPS`]); nothing is written before `check`
-//! passed:
-//! 1. `verify`: header, signature (trusted keys only), manifest,
-//!    architecture, every payload's SHA-256;
+//! passed, and nothing is renamed or removed before every payload's
+//! SHA-256 matched:
+//! 1. `verify`: header, signature (trusted keys only) over the manifest,
+//!    manifest, architecture. The manifest lists the payload hashes, so
+//!    from here on the bundle's expected bytes are known and signed;
 //! 2. `check`: the install layout (`/rayos/install-manifest.json` "schema")
 //!    and the data volume's schema are in the bundle's ranges, the version
 //!    is newer than the running one (or `--allow-downgrade`), and the
 //!    partition has room (counting what pruning frees);
-//! 3. `prune`: remove entries other than the running one and the previous
+//! 3. `write`: each payload is read once from the bundle and hashed while
+//!    it is copied to its temporary, which is fsynced: the UKI to
+//!    `EFI/Linux/rayos-<v>+3.efi.tmp` (hook `write-uki`), the recovery UKI
+//!    to `/rayos/rayos-recovery-<v>.efi.tmp`. A hash that does not match
+//!    removes the temporaries: the partition is as it was;
+//! 4. `prune`: remove entries other than the running one and the previous
 //!    good one (and temporaries left by an interrupted apply);
-//! 4. `write-uki`: copy the UKI to `rayos-<v>+3.efi.tmp`, hashing again
-//!    while copying, fsync;
 //! 5. `rename-uki`: rename to `rayos-<v>+3.efi`, fsync the directory;
-//! 6. `recovery` (when the bundle has a recovery UKI):
-//!    `/rayos/rayos-recovery-<v>.efi` the same way, then the type #1 entry
+//! 6. `recovery` (when the bundle has a recovery UKI): rename it to
+//!    `/rayos/rayos-recovery-<v>.efi`, then the type #1 entry
 //!    `/loader/entries/rayos-recovery.conf` pointing at it, then the older
 //!    recovery UKI is removed;
-//! 7. `record`: `/rayos/update-state.json`.
+//! 7. `demote` (downgrades), 8. `record`: `/rayos/update-state.json`.
+//!
+//! A partition that holds the new version only once old ones are pruned
+//! gets `prune` before `write`; the payloads are then hashed once before
+//! pruning (so a bad bundle still removes nothing) and again while copied
+//! (the file may change in between): two reads, only on a partition that
+//! full.
 //!
 //! Power loss: the running UKI is never written or renamed (except for a
 //! downgrade, where newer entries are renamed to `+0-0` *after* the new UKI
@@ -25,12 +36,18 @@
 //! and the new entry appears under its final name in one rename. So at
 //! every point the running version still boots.
 //!
+//! Rejected design: hashing every payload before copying it (the earlier
+//! order: a second full read, a third of `apply`'s time). The signature
+//! already fixed the expected hashes before anything is written, and a
+//! temporary nobody boots costs nothing to discard.
+//!
 //! Test hook: `RAYOS_UPDATE_FAIL_AFTER=<step>` aborts the process right
 //! after that step (`write-uki-half`: in the middle of the UKI copy).
 
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -44,9 +61,10 @@ use crate::version;
 pub const STEPS: &[&str] = &[
     "verify",
     "check",
-    "prune",
     "write-uki-half",
     "write-uki",
+    "write",
+    "prune",
     "rename-uki",
     "recovery",
     "demote",
@@ -284,10 +302,10 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
             p(m)
         }
     };
-    // 1. verify
-    say("verifying the signature and the payload hashes");
+    // 1. verify: everything but the payload hashes, which are checked while
+    // the payloads are copied (step 3), so the bundle is read once.
+    say("checking the signature and the manifest");
     let b = Bundle::open(bundle, &opts.trusted)?;
-    b.verify_payloads()?;
     hook("verify");
     let m = &b.manifest;
     let new = m.rayos_version.clone();
@@ -327,7 +345,22 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
         None => false,
     };
     let linux = system.join(LINUX_DIR);
+    let recovery_dir = system.join(RECOVERY_DIR);
     fs::create_dir_all(&linux).map_err(|e| ApplyError::Write(linux.clone(), e))?;
+    // Where each payload is written before its rename.
+    let file = rayos_base::uki_name::new_entry(&new);
+    let mut targets = vec![Target {
+        name: PayloadName::Uki,
+        dir: linux.clone(),
+        file: file.clone(),
+    }];
+    if m.payload(PayloadName::RecoveryUki).is_some() {
+        targets.push(Target {
+            name: PayloadName::RecoveryUki,
+            dir: recovery_dir.clone(),
+            file: rayos_state::system::recovery_uki_name(&new),
+        });
+    }
     let list = entries::list(&linux)?;
     let keep = keep_set(&list, opts.running.as_deref());
     let mut prune: Vec<PathBuf> = list
@@ -335,17 +368,15 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
         .filter(|e| !keep.contains(&e.file))
         .map(|e| linux.join(&e.file))
         .collect();
-    // Temporaries of an interrupted apply.
-    for dir in [&linux, &system.join(RECOVERY_DIR)] {
+    // Temporaries of an interrupted apply (ours are overwritten instead:
+    // pruning after the write must not remove what it wrote).
+    for dir in [&linux, &recovery_dir] {
         if let Ok(rd) = fs::read_dir(dir) {
-            prune.extend(
-                rd.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "tmp")),
-            );
+            prune.extend(rd.flatten().map(|e| e.path()).filter(|p| {
+                p.extension().is_some_and(|x| x == "tmp") && !targets.iter().any(|t| t.tmp() == *p)
+            }));
         }
     }
-    let recovery_dir = system.join(RECOVERY_DIR);
     let old_recovery: Vec<PathBuf> = fs::read_dir(&recovery_dir)
         .map(|rd| {
             rd.flatten()
@@ -359,7 +390,8 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
         })
         .unwrap_or_default();
     let need = m.payload_len() + SPACE_MARGIN;
-    let free = free_bytes(system)?;
+    // Leftover temporaries under our names are truncated by the write.
+    let free = free_bytes(system)? + targets.iter().map(|t| file_len(&t.tmp())).sum::<u64>();
     let freed: u64 = prune.iter().map(|p| file_len(p)).sum();
     if free + freed < need {
         return Err(ApplyError::NoSpace {
@@ -369,54 +401,70 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
             after_prune: free + freed,
         });
     }
+    // Room beside every old version: write first, prune once the payloads
+    // checked out, so a bad bundle removes nothing.
+    let roomy = free >= need;
     hook("check");
 
-    // 3. prune
     let mut pruned = Vec::new();
-    for p in &prune {
-        match fs::remove_file(p) {
-            Ok(()) => pruned.push(
-                p.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ApplyError::Remove(p.clone(), e)),
+    if !roomy {
+        // 4. prune, early. The new version fits only once old ones are gone, and a bundle
+        // whose hashes turn out wrong must not have removed them: hash
+        // first (a second read of the payloads, only on a partition this
+        // full). The copy below hashes again, as the file may change.
+        say("checking the payload hashes before removing old versions");
+        b.verify_payloads()?;
+        pruned = remove_all(&prune, &linux)?;
+        hook("prune");
+    }
+
+    // 3. write: every payload to its temporary, hashed while copied.
+    for t in &targets {
+        say(&format!("writing {}", t.file));
+        // `rayos/` holds the install manifest, so this creates nothing on
+        // an installed partition.
+        let written = fs::create_dir_all(&t.dir)
+            .map_err(|e| ApplyError::Write(t.dir.clone(), e))
+            .and_then(|()| write_payload(&b, t.name, &t.tmp(), t.name == PayloadName::Uki));
+        if let Err(e) = written {
+            // Nothing renamed yet: removing what this run wrote leaves the
+            // partition as it was (a power cut here leaves `*.tmp` files,
+            // which systemd-boot ignores and the next apply removes).
+            for t in &targets {
+                let _ = fs::remove_file(t.tmp());
+            }
+            return Err(e);
+        }
+        if t.name == PayloadName::Uki {
+            hook("write-uki");
         }
     }
-    entries::sync_dir(&linux)?;
-    hook("prune");
+    hook("write");
+    // 4. prune
+    if roomy {
+        pruned = remove_all(&prune, &linux)?;
+        hook("prune");
+    }
 
-    // 4.–5. the UKI
-    let file = rayos_base::uki_name::new_entry(&new);
-    let tmp = linux.join(format!("{file}.tmp"));
-    say(&format!("writing {file}"));
-    write_payload(&b, PayloadName::Uki, &tmp, true)?;
-    hook("write-uki");
+    // 5. rename-uki
     entries::rename_synced(&linux, &format!("{file}.tmp"), &file)?;
     hook("rename-uki");
 
     // 6. recovery
     let mut recovery = None;
-    if m.payload(PayloadName::RecoveryUki).is_some() {
-        fs::create_dir_all(&recovery_dir)
-            .map_err(|e| ApplyError::Write(recovery_dir.clone(), e))?;
-        let name = rayos_state::system::recovery_uki_name(&new);
-        let tmp = recovery_dir.join(format!("{name}.tmp"));
-        write_payload(&b, PayloadName::RecoveryUki, &tmp, false)?;
-        entries::rename_synced(&recovery_dir, &format!("{name}.tmp"), &name)?;
-        write_recovery_entry(system, &new, &format!("/{RECOVERY_DIR}/{name}"))?;
-        for p in old_recovery.iter().filter(|p| !p.ends_with(&name)) {
+    if let Some(t) = targets.iter().find(|t| t.name == PayloadName::RecoveryUki) {
+        entries::rename_synced(&recovery_dir, &format!("{}.tmp", t.file), &t.file)?;
+        write_recovery_entry(system, &new, &format!("/{RECOVERY_DIR}/{}", t.file))?;
+        for p in old_recovery.iter().filter(|p| !p.ends_with(&t.file)) {
             let _ = fs::remove_file(p);
         }
         entries::sync_dir(&recovery_dir)?;
-        recovery = Some(name);
+        recovery = Some(t.file.clone());
     }
     hook("recovery");
 
-    // A downgrade boots only if the newer entries no longer come first:
-    // they get `+0-0` (kept as last-resort fallbacks).
+    // 7. demote: a downgrade boots only if the newer entries no longer
+    // come first: they get `+0-0` (kept as last-resort fallbacks).
     let mut demoted = Vec::new();
     if downgrade {
         for e in entries::list(&linux)? {
@@ -431,7 +479,7 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
     }
     hook("demote");
 
-    // 7. record
+    // 8. record
     let mut st = UpdateState::read(system);
     let at = state::now_rfc3339();
     for v in &demoted {
@@ -471,7 +519,44 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
     })
 }
 
-/// Copies a payload to `tmp` (hash checked while copying) and fsyncs it.
+/// Where one payload goes: `dir/file`, written as `dir/file.tmp` first.
+struct Target {
+    name: PayloadName,
+    dir: PathBuf,
+    file: String,
+}
+
+impl Target {
+    fn tmp(&self) -> PathBuf {
+        self.dir.join(format!("{}.tmp", self.file))
+    }
+}
+
+/// Removes `paths` (old versions, leftovers) and fsyncs `linux`; returns
+/// the names removed.
+fn remove_all(paths: &[PathBuf], linux: &Path) -> Result<Vec<String>, ApplyError> {
+    let mut removed = Vec::new();
+    for p in paths {
+        match fs::remove_file(p) {
+            Ok(()) => removed.push(
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ApplyError::Remove(p.clone(), e)),
+        }
+    }
+    if !removed.is_empty() {
+        entries::sync_dir(linux)?;
+    }
+    Ok(removed)
+}
+
+/// Copies payload `name` to `tmp` in one read of the bundle, hashing the
+/// bytes as they are written, and fsyncs it. An error (a hash that does not
+/// match, a read or write failure) leaves `tmp` for the caller to remove.
 fn write_payload(
     b: &Bundle,
     name: PayloadName,
@@ -479,49 +564,78 @@ fn write_payload(
     half_hook: bool,
 ) -> Result<(), ApplyError> {
     let werr = |e| ApplyError::Write(tmp.to_path_buf(), e);
-    let f = File::create(tmp).map_err(werr)?;
+    let file = File::create(tmp).map_err(werr)?;
     let size = b.manifest.payload(name).map(|p| p.size).unwrap_or(0);
-    let mut w = HalfHook {
-        inner: io::BufWriter::with_capacity(1 << 20, f),
+    let mut w = Dest {
+        file,
         written: 0,
         half: if half_hook { size / 2 } else { u64::MAX },
+        failed: None,
     };
-    let r = b.copy_payload(name, &mut w);
-    if let Err(e) = r {
-        drop(w);
-        let _ = fs::remove_file(tmp);
-        return Err(e.into());
+    if let Err(e) = b.copy_payload(name, Some(&mut w)) {
+        // A failed write is about the partition, not the bundle.
+        return Err(match w.failed.take() {
+            Some(io) => werr(io),
+            None => e.into(),
+        });
     }
-    let f = w.inner.into_inner().map_err(|e| werr(e.into_error()))?;
-    f.sync_all().map_err(werr)?;
-    Ok(())
+    w.file.sync_all().map_err(werr)
 }
 
-/// A writer that runs the `write-uki-half` hook once half the bytes are
-/// written (and flushed to disk, as a power cut there would find them).
-struct HalfHook<W: Write> {
-    inner: io::BufWriter<W>,
+/// The temporary file a payload is copied to. Each piece is handed to the
+/// disk as soon as it is written ([`start_writeback`]), so the final fsync
+/// finds little left to write; it also runs the `write-uki-half` hook once
+/// half the bytes are on disk.
+struct Dest {
+    file: File,
     written: u64,
     half: u64,
+    /// The write error, kept so the caller can name the file that failed.
+    failed: Option<io::Error>,
 }
 
-impl Write for HalfHook<File> {
+impl Write for Dest {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let n = match self.file.write(buf) {
+            Ok(n) => n,
+            // write_all retries an interrupted write; anything else ends
+            // the copy.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                let kind = e.kind();
+                self.failed = Some(e);
+                return Err(kind.into());
+            }
+        };
         let before = self.written;
         self.written += n as u64;
+        start_writeback(&self.file, before, n as u64);
         if before < self.half
             && self.written >= self.half
             && std::env::var(FAIL_AFTER_ENV).is_ok_and(|s| s == "write-uki-half")
         {
-            self.inner.flush()?;
-            self.inner.get_ref().sync_all()?;
+            self.file.sync_all()?;
             hook("write-uki-half");
         }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        Ok(())
+    }
+}
+
+/// Starts writing `len` bytes at `offset` of `file` to the disk, without
+/// waiting for them to get there. Only a head start for the fsync that
+/// follows (the disk works while the next pieces are hashed), so a failure
+/// is ignored: the fsync reports real errors.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range takes no pointers, only integers; the
+    // descriptor is open for as long as `file` is borrowed.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 

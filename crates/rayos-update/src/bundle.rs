@@ -17,7 +17,8 @@
 //! The file must be exactly `32 + M + S + P` bytes. Checking order: header
 //! bounds, file length, signature against the trusted keys (before the
 //! manifest JSON is parsed), manifest schema and values, architecture, then
-//! the payload hashes (streamed: payloads are never held in memory whole).
+//! the payload hashes (streamed: payloads are never held in memory whole;
+//! when copying, hashed on the way, see [`Bundle::copy_payload`]).
 //!
 //! Limits: at most [`MAX_PAYLOADS`] payloads of at most [`MAX_PAYLOAD_SIZE`]
 //! each; payload names are the fixed set in [`PayloadName`].
@@ -25,6 +26,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use ed25519_dalek::Signature;
 use rayos_base::hash;
@@ -47,6 +49,10 @@ pub const SIGNATURE_LEN: u32 = 64;
 pub const MAX_PAYLOADS: usize = 4;
 /// At most this many bytes in one payload (1 GiB).
 pub const MAX_PAYLOAD_SIZE: u64 = 1 << 30;
+/// Payloads are read, hashed and written in pieces of this many bytes.
+pub const PIECE: usize = 1 << 20;
+/// Pieces read ahead of the writer (memory: this many [`PIECE`]s).
+const PIECES_IN_FLIGHT: usize = 4;
 /// The architecture this build runs on, as bundles name it.
 pub const ARCH: &str = std::env::consts::ARCH;
 
@@ -381,8 +387,9 @@ pub fn check_signature<'k>(
 }
 
 /// A bundle whose header, length, signature and manifest have been checked.
-/// Payload hashes are checked by [`Bundle::verify_payloads`] and again while
-/// copying ([`Bundle::copy_payload`]).
+/// Payload hashes are checked by [`Bundle::verify_payloads`] (`rayos update
+/// verify`), or while copying ([`Bundle::copy_payload`], what `apply` does:
+/// one read of each payload).
 #[derive(Debug)]
 pub struct Bundle {
     /// The bundle file.
@@ -449,14 +456,24 @@ impl Bundle {
     /// Streams every payload through SHA-256 and compares with the manifest.
     pub fn verify_payloads(&self) -> Result<(), BundleError> {
         for p in &self.manifest.payloads {
-            self.copy_payload(p.name, &mut io::sink())?;
+            self.copy_payload(p.name, None)?;
         }
         Ok(())
     }
 
-    /// Copies payload `name` into `out`, hashing as it goes; an error if the
-    /// bytes read differ from the manifest (the caller then discards `out`).
-    pub fn copy_payload(&self, name: PayloadName, out: &mut dyn Write) -> Result<u64, BundleError> {
+    /// Copies payload `name` into `out` (when given), hashing it on the
+    /// way, in one read of the bundle; an error if the bytes read differ
+    /// from the manifest (the caller then discards what `out` got).
+    ///
+    /// The payload is read in owned pieces of [`PIECE`] bytes, hashed on
+    /// this thread while a second thread writes the previous pieces to
+    /// `out`: hashing and writing overlap, and every byte written is a byte
+    /// hashed, as a piece is never changed between the two.
+    pub fn copy_payload(
+        &self,
+        name: PayloadName,
+        out: Option<&mut (dyn Write + Send)>,
+    ) -> Result<u64, BundleError> {
         let rerr = |e| BundleError::Read(self.path.clone(), e);
         let Some((off, p)) = self.payload_range(name) else {
             return Err(BundleError::Manifest(format!(
@@ -468,14 +485,57 @@ impl Bundle {
         f.seek(SeekFrom::Start(off)).map_err(rerr)?;
         let mut h = hash::Hasher::new();
         let mut left = p.size;
-        let mut buf = vec![0u8; 1 << 20];
-        while left > 0 {
-            let n = (buf.len() as u64).min(left) as usize;
-            f.read_exact(&mut buf[..n]).map_err(rerr)?;
-            h.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .map_err(|e| BundleError::Write(self.path.clone(), e))?;
+        // Reads and hashes the next piece into `buf`; true while more follow.
+        let mut next = |buf: &mut Vec<u8>| -> Result<bool, BundleError> {
+            let n = (PIECE as u64).min(left) as usize;
+            buf.resize(n, 0);
+            f.read_exact(buf).map_err(rerr)?;
+            h.update(buf);
             left -= n as u64;
+            Ok(left > 0)
+        };
+        match out {
+            None => {
+                let mut buf = Vec::new();
+                while next(&mut buf)? {}
+            }
+            Some(out) => std::thread::scope(|s| {
+                let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(PIECES_IN_FLIGHT);
+                let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+                for _ in 0..PIECES_IN_FLIGHT {
+                    let _ = free_tx.send(vec![0; PIECE]);
+                }
+                let writer = s.spawn(move || -> io::Result<()> {
+                    for buf in full_rx {
+                        out.write_all(&buf)?;
+                        // Fails only when the reader already stopped.
+                        let _ = free_tx.send(buf);
+                    }
+                    out.flush()
+                });
+                let mut read = Ok(());
+                // A channel closes early only when the writer stopped on an
+                // error, which its join returns.
+                while let Ok(mut buf) = free_rx.recv() {
+                    match next(&mut buf) {
+                        Ok(more) => {
+                            if full_tx.send(buf).is_err() || !more {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            read = Err(e);
+                            break;
+                        }
+                    }
+                }
+                drop(full_tx);
+                let written = match writer.join() {
+                    Ok(r) => r.map_err(|e| BundleError::Write(self.path.clone(), e)),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                };
+                read.and(written)
+            })?,
         }
         if h.finish().hex != p.sha256 {
             return Err(BundleError::PayloadHash {
@@ -707,7 +767,7 @@ mod tests {
         assert_eq!(b.manifest.rayos_version, "0.2.0");
         b.verify_payloads().unwrap();
         let mut copy = Vec::new();
-        b.copy_payload(PayloadName::Uki, &mut copy).unwrap();
+        b.copy_payload(PayloadName::Uki, Some(&mut copy)).unwrap();
         assert_eq!(copy, fs::read(&uki).unwrap());
         assert!(b.describe().contains("test key"));
 

@@ -351,6 +351,83 @@ fn bad_bundles_are_refused_with_nothing_written() {
     apply(&good.path, &f.system, &opts()).unwrap();
 }
 
+/// A bundle's bytes with one byte of payload `index` (0: the UKI, 1: the
+/// recovery UKI) flipped in its middle, written beside it.
+fn tampered(b: &Built, index: usize, name: &str) -> PathBuf {
+    let mut bytes = fs::read(&b.path).unwrap();
+    let header = bundle::Header::parse(&bytes).unwrap();
+    let manifest_end = 32 + header.manifest_len as usize;
+    let manifest: bundle::Manifest = serde_json::from_slice(&bytes[32..manifest_end]).unwrap();
+    let start = header.payload_offset()
+        + manifest.payloads[..index]
+            .iter()
+            .map(|p| p.size)
+            .sum::<u64>();
+    let at = (start + manifest.payloads[index].size / 2) as usize;
+    bytes[at] ^= 0x01;
+    let p = b.path.with_file_name(name);
+    fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// Adds what an apply would prune to a [`system`]: an older good version
+/// beyond the previous good one, a failed one, a leftover temporary, and
+/// the current recovery UKI with its entry.
+fn add_prunable(system: &Path) {
+    let linux = system.join(LINUX_DIR);
+    fs::write(linux.join("rayos-0.0.5.efi"), noise(4096, 11)).unwrap();
+    fs::write(linux.join("rayos-0.0.4.efi"), noise(3 << 20, 12)).unwrap();
+    fs::write(linux.join("rayos-0.0.9+0-3.efi"), noise(4096, 13)).unwrap();
+    fs::write(linux.join("rayos-0.1.5+3.efi.tmp"), noise(4096, 14)).unwrap();
+    fs::write(
+        system.join("rayos/rayos-recovery-0.1.0.efi"),
+        noise(4096, 15),
+    )
+    .unwrap();
+    rayos_update::apply::write_recovery_entry(system, "0.1.0", "/rayos/rayos-recovery-0.1.0.efi")
+        .unwrap();
+}
+
+#[test]
+fn a_payload_hash_mismatch_found_while_copying_leaves_the_partition_as_it_was() {
+    // The hashes are checked while the payloads are copied (one read):
+    // whichever payload turns out wrong, its temporary and any written
+    // before it are removed, and nothing was pruned or renamed.
+    let f = system(None);
+    add_prunable(&f.system);
+    let b = build_bundle(f.dir.path(), "0.2.0", bundle::ARCH, Some(&key()), true);
+    for (index, what) in [(0, "uki"), (1, "recovery-uki")] {
+        let bad = tampered(&b, index, &format!("bad-{what}.bundle"));
+        let e = refused(&f, &bad, &opts());
+        match e {
+            ApplyError::Bundle(BundleError::PayloadHash { name }) => assert_eq!(name, what),
+            other => panic!("{what}: expected a hash mismatch, got {other}"),
+        }
+    }
+    // The good bundle applies and prunes what it may.
+    let done = apply(&b.path, &f.system, &opts()).unwrap();
+    let mut pruned = done.pruned.clone();
+    pruned.sort();
+    assert_eq!(
+        pruned,
+        vec![
+            "rayos-0.0.4.efi",
+            "rayos-0.0.9+0-3.efi",
+            "rayos-0.1.5+3.efi.tmp"
+        ]
+    );
+    assert_eq!(
+        linux_names(&f.system),
+        vec!["rayos-0.0.5.efi", "rayos-0.1.0.efi", "rayos-0.2.0+3.efi"]
+    );
+    assert_eq!(
+        fs::read(f.system.join(LINUX_DIR).join("rayos-0.2.0+3.efi")).unwrap(),
+        b.uki
+    );
+    assert!(!f.system.join("rayos/rayos-recovery-0.1.0.efi").exists());
+    assert!(f.system.join("rayos/rayos-recovery-0.2.0.efi").is_file());
+}
+
 #[test]
 fn downgrade_only_when_allowed_and_then_it_boots_first() {
     let f = system(None);
@@ -408,6 +485,46 @@ fn full_partition_is_reported_before_writing() {
         other => panic!("expected NoSpace, got {other}"),
     }
     assert!(e_message_mentions_recovery(&b.path, &f));
+}
+
+#[test]
+fn a_partition_with_room_only_after_pruning_checks_hashes_before_pruning() {
+    // 8 MiB: the running 0.1.0 (1 MiB), the previous good 0.0.5 and the
+    // prunable 3 MiB 0.0.4 leave less than the new 3 MiB UKI + 1 MiB
+    // margin; once 0.0.4 is gone it fits.
+    let d = tempfile::tempdir().unwrap();
+    let mnt = d.path().join("system");
+    fs::create_dir_all(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("cannot run mount(8): this test needs util-linux and root (CI runs as root)");
+    assert!(
+        st.success(),
+        "mounting a tmpfs failed: this test needs root (CI runs as root)"
+    );
+    let _guard = Mounted(mnt.clone());
+    let f = system(Some(&mnt));
+    add_prunable(&mnt);
+    let b = build_bundle(d.path(), "0.2.0", bundle::ARCH, Some(&key()), false);
+    let free = rayos_update::apply::free_bytes(&mnt).unwrap();
+    assert!(
+        free < (4 << 20) && free + (3 << 20) >= 4 << 20,
+        "the fixture must fit only after pruning: {free} bytes free"
+    );
+    // A bad payload is found before anything is pruned.
+    let e = refused(&f, &tampered(&b, 0, "bad.bundle"), &opts());
+    assert!(
+        matches!(e, ApplyError::Bundle(BundleError::PayloadHash { .. })),
+        "{e}"
+    );
+    let done = apply(&b.path, &f.system, &opts()).unwrap();
+    assert!(done.pruned.contains(&"rayos-0.0.4.efi".to_string()));
+    assert_eq!(
+        fs::read(mnt.join(LINUX_DIR).join("rayos-0.2.0+3.efi")).unwrap(),
+        b.uki
+    );
 }
 
 fn e_message_mentions_recovery(bundle: &Path, f: &Fixture) -> bool {

@@ -151,6 +151,9 @@ pub struct SaveReport {
     pub transferred: u64,
     /// How long the save took, from the first QMP command to the file on disk.
     pub duration: Duration,
+    /// Whether the state was written compressed although the backend saves
+    /// raw by default, because the raw form would not have fitted.
+    pub compressed_fallback: bool,
 }
 
 /// What a backend can fail at.
@@ -188,6 +191,25 @@ pub enum VmmError {
         vm: String,
         /// What went wrong.
         detail: String,
+    },
+    /// The file system for the state has too little free space even for a
+    /// compressed state; the guest was not stopped and nothing was written.
+    #[error(
+        "{dir} has {free_mib} MiB free, the saved state of VM {vm} needs up to {need_mib} MiB \
+         (at least {min_mib} MiB to try it compressed); the VM keeps running and any earlier \
+         saved state is kept: free space on that file system and save again"
+    )]
+    NoSpace {
+        /// The VM's name.
+        vm: String,
+        /// The directory the state was to be written to.
+        dir: PathBuf,
+        /// Free MiB there.
+        free_mib: u64,
+        /// MiB a raw state can take.
+        need_mib: u64,
+        /// MiB below which not even a compressed state is tried.
+        min_mib: u64,
     },
     /// Loading a saved state failed.
     #[error("restoring VM {vm} failed: {detail}")]

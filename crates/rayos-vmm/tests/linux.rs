@@ -345,37 +345,141 @@ impl Drop for SmallFs {
     }
 }
 
-/// Saving onto a file system too small for the state: an error, no partial
-/// file left, and the guest keeps running (its counter advances).
+/// What a previous save left, to check it survives a failed one.
+const PREVIOUS: &[u8] = b"the previous saved state";
+
+/// The guest's counter still advances: it runs (and was resumed if a save
+/// paused it).
+fn still_counting(g: &mut Guard, log: &std::path::Path) {
+    assert_eq!(g.h().state().unwrap(), RunState::Running);
+    let offset = guest::log_len(log);
+    let before = *guest::counters(&guest::read_from(log, 0).unwrap())
+        .last()
+        .unwrap();
+    let after = guest::wait_counter_above(log, offset, Some(before), BOOT).unwrap();
+    assert!(after > before);
+}
+
+/// The files in `dir` besides the previous state: none may be left.
+fn leftovers(dir: &std::path::Path, state: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p != state)
+        .collect()
+}
+
+/// Too little room even for a compressed state (100 MiB for a 256 MiB
+/// guest): refused before the guest is stopped, with an error that says
+/// what to do; the previous state is untouched and the guest runs on.
 #[test]
-fn save_onto_full_filesystem_keeps_vm_running() {
+fn save_refused_when_the_filesystem_is_too_small() {
     let vm = linux_vm("full");
     let vmm = vmm();
     let log = vm.console();
-    let full = SmallFs::mount(vm.dir.path().join("full"), "2m");
+    let full = SmallFs::mount(vm.dir.path().join("full"), "100m");
+    let state = full.0.join("vm.state.zst");
+    std::fs::write(&state, PREVIOUS).unwrap();
 
     let mut g = Guard(Some(vmm.launch(&vm.spec, &Launch::Cold).unwrap()));
     guest::wait_for_line(&log, 0, guest::READY_MARKER, BOOT).unwrap();
     guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
 
-    let state = full.0.join("vm.state.zst");
     let err = g.h().save(&state).unwrap_err();
-    assert!(matches!(err, rayos_vmm::VmmError::Save { .. }), "{err}");
-    let left: Vec<_> = std::fs::read_dir(&full.0).unwrap().flatten().collect();
-    assert!(left.is_empty(), "partial files left: {left:?}");
-
-    assert_eq!(g.h().state().unwrap(), RunState::Running);
-    let offset = guest::log_len(&log);
-    let before = *guest::counters(&guest::read_from(&log, 0).unwrap())
-        .last()
-        .unwrap();
-    let after = guest::wait_counter_above(&log, offset, Some(before), BOOT).unwrap();
-    assert!(after > before);
+    assert!(matches!(err, rayos_vmm::VmmError::NoSpace { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("MiB free") && msg.contains("free space"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(&state).unwrap(), PREVIOUS);
+    assert_eq!(leftovers(&full.0, &state), Vec::<std::path::PathBuf>::new());
+    still_counting(&mut g, &log);
 
     // And a save to a roomy place still works afterwards.
     g.h().save(&vm.state_file()).unwrap();
     g.0 = None;
     assert!(vm.state_file().is_file());
+}
+
+/// Room for a compressed state but not for a raw one (200 MiB for a
+/// 256 MiB guest): the state is written compressed, replaces the previous
+/// one and restores.
+#[test]
+fn save_falls_back_to_compressed_when_raw_does_not_fit() {
+    let vm = linux_vm("fallback");
+    let vmm = vmm();
+    let log = vm.console();
+    let small = SmallFs::mount(vm.dir.path().join("small"), "200m");
+    let state = small.0.join("vm.state.zst");
+    std::fs::write(&state, PREVIOUS).unwrap();
+
+    let mut g = Guard(Some(vmm.launch(&vm.spec, &Launch::Cold).unwrap()));
+    guest::wait_for_line(&log, 0, guest::READY_MARKER, BOOT).unwrap();
+    let before = guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
+    let report = g.h().save(&state).unwrap();
+    g.0 = None;
+    assert!(report.compressed_fallback, "{report:?}");
+    let head = std::fs::read(&state).unwrap();
+    assert_eq!(&head[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd: {report:?}");
+    assert_eq!(
+        leftovers(&small.0, &state),
+        Vec::<std::path::PathBuf>::new()
+    );
+
+    let offset = guest::log_len(&log);
+    let mut g = Guard(Some(
+        vmm.launch(
+            &vm.spec,
+            &Launch::Restore {
+                state_file: state.clone(),
+            },
+        )
+        .unwrap(),
+    ));
+    let after = guest::wait_counter_above(&log, offset, Some(before), BOOT).unwrap();
+    assert!(after > before);
+    g.h().kill().unwrap();
+    g.0 = None;
+}
+
+/// The compressed fallback is tried, but the stream turns out larger than
+/// the room and the file system fills half-way (a stand-in for zstd
+/// appends zeros until the disk is full): an error that names the lack of
+/// space, no partial file, the previous state untouched, the guest runs on.
+#[test]
+fn save_that_fills_the_filesystem_keeps_vm_and_previous_state() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let vm = linux_vm("fills");
+    let stand_in = vm.dir.path().join("zstd-fills-disk");
+    std::fs::write(&stand_in, "#!/bin/sh\nexec cat - /dev/zero\n").unwrap();
+    std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let vmm = rayos_vmm::QemuVmm::new(rayos_vmm::QemuConfig {
+        zstd: stand_in,
+        ..vmm().config().clone()
+    });
+    let log = vm.console();
+    let small = SmallFs::mount(vm.dir.path().join("small"), "200m");
+    let state = small.0.join("vm.state.zst");
+    std::fs::write(&state, PREVIOUS).unwrap();
+
+    let mut g = Guard(Some(vmm.launch(&vm.spec, &Launch::Cold).unwrap()));
+    guest::wait_for_line(&log, 0, guest::READY_MARKER, BOOT).unwrap();
+    guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
+
+    let err = g.h().save(&state).unwrap_err();
+    assert!(matches!(err, rayos_vmm::VmmError::Save { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("free space there"), "{msg}");
+    assert_eq!(std::fs::read(&state).unwrap(), PREVIOUS);
+    assert_eq!(
+        leftovers(&small.0, &state),
+        Vec::<std::path::PathBuf>::new()
+    );
+    still_counting(&mut g, &log);
+    g.h().kill().unwrap();
+    g.0 = None;
 }
 
 /// A run directory too long for unix socket paths is refused up front, with

@@ -647,6 +647,25 @@ fn summary(w: &Wizard) -> Vec<Line<'static>> {
         "Machine: {}, {}, {}, keyboard {}",
         m.hostname, m.timezone, m.locale, m.keyboard
     )));
+    // What the Linux VM will be, said outright: the Debian VM with its
+    // user, or the test guest of a development medium without the image.
+    l.push(Line::from(
+        match plan
+            .registry
+            .by_name("linux")
+            .and_then(|vm| vm.guest.as_ref())
+        {
+            Some(g) => format!(
+                "Linux VM: Debian 12, user {}, {} thin disk",
+                g.user,
+                human_size(w.answers.linux.disk_size)
+            ),
+            None if w.setup.opts.linux_vm_image.is_none() => {
+                "Linux VM: the small test guest (this medium has no Debian image)".to_string()
+            }
+            None => "Linux VM: the small test guest (as the answers ask)".to_string(),
+        },
+    ));
     let p = &w.answers.policy;
     l.push(Line::from(format!(
         "Policy: Linux {}; Windows {}; networking {}",

@@ -237,7 +237,7 @@ impl Progress {
 /// The machine fields, in screen order.
 pub const MACHINE_FIELDS: [&str; 4] = ["Hostname", "Timezone", "Locale", "Keyboard layout"];
 /// The Debian VM's login, below the machine settings (when the medium
-/// carries the image). Empty user: the Linux VM is the test guest.
+/// carries the image). The user is required there.
 pub const LINUX_FIELDS: [&str; 3] = ["Linux VM user", "Password", "Password again"];
 
 /// Everything the wizard shows and has been told: one install's state.
@@ -458,13 +458,17 @@ impl Wizard {
         let (Some(layout), Some(d)) = (&self.layout, self.chosen_disk()) else {
             return Err("choose a disk first".into());
         };
-        match layout::plan(
-            layout,
-            &self.answers,
-            &d.facts,
-            &self.consented,
-            &self.setup.opts,
-        ) {
+        // The disk screens plan before the machine screen has asked for
+        // the Debian VM's user, which the engine requires with the image.
+        // The image decides only the Linux VM's files, not a partition, so
+        // those layouts are checked without it; the plan made after the
+        // machine screen (the one confirmed) has it.
+        let l = &self.answers.linux;
+        let mut opts = std::borrow::Cow::Borrowed(&self.setup.opts);
+        if l.user.is_none() && l.system.is_none() {
+            opts.to_mut().linux_vm_image = None;
+        }
+        match layout::plan(layout, &self.answers, &d.facts, &self.consented, &opts) {
             Ok(p) => {
                 self.planned = Some(p);
                 Ok(())
@@ -801,16 +805,17 @@ impl Wizard {
         Effect::None
     }
 
-    /// The Debian VM's user from the machine screen into the answers: no
-    /// user keeps the test guest; a user needs the same password twice,
-    /// which is hashed at once (only the hash is kept).
+    /// The Debian VM's user from the machine screen into the answers: a
+    /// user is required (nobody could log in to the VM otherwise; the test
+    /// guest is only for answer files that name it), and needs the same
+    /// password twice, which is hashed at once (only the hash is kept).
     fn accept_linux_user(&mut self) -> Result<(), (usize, String)> {
         let [user, pw, again] = &self.linux;
         if user.is_empty() {
-            if self.answers.linux.password_hash.is_none() {
-                self.answers.linux.user = None;
-            }
-            return Ok(());
+            return Err((
+                4,
+                "type a user name for the Linux VM (Debian 12): you log in to it with this name and password".into(),
+            ));
         }
         rayos_state::guest::validate_user(user).map_err(|e| (4, e))?;
         if pw.is_empty() && self.answers.linux.password_hash.is_some() {

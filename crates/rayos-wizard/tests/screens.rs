@@ -710,6 +710,16 @@ fn the_debian_vms_user_and_password_are_asked_and_only_hashed() {
     let mut w = Wizard::new(s);
     w.screen = Screen::Machine;
     assert_eq!(w.machine_rows(), 7);
+    // The medium installs Debian: no user, no way on.
+    press(&mut w, &[Key::Enter]);
+    assert_eq!(w.screen, Screen::Machine);
+    assert_eq!(w.machine_cursor, 4);
+    assert!(
+        w.status.clone().unwrap().contains("type a user name"),
+        "{:?}",
+        w.status
+    );
+    w.machine_cursor = 0;
     press(&mut w, &[Key::Down; 4]);
     typed(&mut w, "alice");
     press(&mut w, &[Key::Down]);
@@ -749,10 +759,46 @@ fn the_debian_vms_user_and_password_are_asked_and_only_hashed() {
     assert_eq!(back.linux.user.as_deref(), Some("alice"));
     assert_eq!(back.linux.password_hash, l.password_hash);
     assert!(!toml.contains("s3cret"));
-    // Without a user the Linux VM stays the test guest; no image, no rows.
+    // No image on the medium (a development build): no rows, the test guest.
     let mut w = Wizard::new(setup(vec![probed(&imgs.blank, "/dev/vdb")]));
     w.screen = Screen::Machine;
     assert_eq!(w.machine_rows(), 4);
+}
+
+/// With the Debian image on the medium, the disk screens plan before the
+/// user is known (they must not fail for it), the machine screen requires
+/// the user, and the confirmed plan installs Debian with that user.
+#[test]
+fn with_the_debian_image_the_layout_plans_first_and_the_summary_names_the_user() {
+    let imgs = images();
+    let mut s = setup(vec![probed(&imgs.blank, "/dev/vda")]);
+    s.opts.linux_vm_image = Some("/run/rayos/medium/rayos/linux-vm.img.zst".into());
+    let mut w = Wizard::new(s);
+    at_partitions(&mut w, 0);
+    press(&mut w, &[Key::Char('i'), Key::Enter]);
+    assert_eq!(w.screen, Screen::VmStorage, "{:?}", w.status);
+    press(&mut w, &[Key::Enter]);
+    assert_eq!(w.screen, Screen::Machine, "{:?}", w.status);
+    press(&mut w, &[Key::Enter]);
+    assert_eq!(w.screen, Screen::Machine);
+    assert!(w.status.clone().unwrap().contains("type a user name"));
+    typed(&mut w, "alice");
+    press(&mut w, &[Key::Down]);
+    typed(&mut w, "pw one");
+    press(&mut w, &[Key::Down]);
+    typed(&mut w, "pw one");
+    press(&mut w, &[Key::Enter]);
+    assert_eq!(w.screen, Screen::Policy, "{:?}", w.status);
+    press(&mut w, &[Key::Enter]);
+    assert_eq!(w.screen, Screen::Summary, "{:?}", w.status);
+    let plan = &w.planned.as_ref().unwrap().plan;
+    let vm = plan.registry.by_name("linux").unwrap();
+    assert_eq!(vm.guest.as_ref().map(|g| g.user.as_str()), Some("alice"));
+    let shown = screen(&w);
+    assert!(
+        shown.contains("Linux VM: Debian 12, user alice, 32 GiB thin disk"),
+        "{shown}"
+    );
 }
 
 /// Issue #10 item 4, the wizard's face: a partition of a system the

@@ -510,13 +510,15 @@ fn imported_image_boots_a_linux_vm_through_uefi() {
     );
 }
 
-/// Disk full while saving: the save fails with a message, no partial state
-/// file is left, and the guest keeps running undisturbed.
+/// Too little room for the state: the save fails with a message (refused
+/// before the guest is paused: rayos-vmm checks the free space first), no
+/// partial state file is left, and the guest keeps running undisturbed.
 #[test]
 fn disk_full_during_save_keeps_the_vm_running() {
     let mut h = Host::new();
     // Room for the VM's kernel and initrd copies (~11 MiB), not for the
-    // ~30 MiB state of a 256 MiB guest.
+    // state of a 256 MiB guest (at least 128 MiB free to try it
+    // compressed).
     h.small_state_volume(20);
     h.start_daemon();
     h.create_guest("lin", &[]);
@@ -529,6 +531,8 @@ fn disk_full_during_save_keeps_the_vm_running() {
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("cannot save VM lin"), "{err}");
+    // Refused before the guest is paused, with what to do (HTTP 507).
+    assert!(err.contains("free space on that file system"), "{err}");
 
     let shown = h.show("lin");
     assert_eq!((shown.state, shown.pid), (VmState::Running, pid));

@@ -70,6 +70,8 @@ linux_autostart = true
 linux_present_on_boot = false
 windows_enabled = false
 networking = "off"
+[linux]
+system = "test-guest"
 "#;
 
 const BASELINE_MARKER: &str = "BENCH_BUSYBOX_READY";

@@ -6,8 +6,10 @@
 //! really wrote are measured as the image's allocated blocks (`stat`
 //! st_blocks × 512), and a timed `dd if=/dev/zero bs=1M conv=fsync` writes
 //! that many bytes to a file beside it. The installer fsyncs its target, so
-//! both sides end on stable storage. Reports the medians and their ratio
-//! (install / dd): the installer's overhead over the raw write of its data.
+//! both sides end on stable storage. Reports the medians, min–max of each
+//! side and the ratio of the medians (install / dd): the installer's
+//! overhead over the raw write of its data. Figures: docs/install.md,
+//! "Performance".
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -153,8 +155,11 @@ pub fn run(args: Args) -> Result<()> {
         median(&mut t_dd),
         median(&mut bytes),
     );
+    // median() sorted them: first and last are the min and max.
+    let range = |v: &[f64]| (v[0], v[v.len() - 1]);
+    let ((ilo, ihi), (dlo, dhi)) = (range(&t_install), range(&t_dd));
     println!(
-        "median: install {mi:.3} s, dd of the same {:.1} MiB {md:.3} s -> ratio install/dd = {:.2} (median of the per-rep ratios {:.2})",
+        "median: install {mi:.3} s (min-max {ilo:.3}-{ihi:.3}), baseline dd of the same {:.1} MiB {md:.3} s (min-max {dlo:.3}-{dhi:.3}) -> ratio install/dd = {:.2} (median of the per-rep ratios {:.2})",
         mb / (1 << 20) as f64,
         mi / md,
         median(&mut ratios)

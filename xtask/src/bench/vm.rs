@@ -58,6 +58,11 @@ pub struct Args {
     /// `zstd` (test guest only).
     #[arg(long, default_value = "raw")]
     save_format: String,
+    /// Saves to measure (test guest): the first from the cold-booted
+    /// guest, each further one after a restore of the last; reported as
+    /// median and min–max, each against `dd` measured right after it.
+    #[arg(long, default_value_t = 1)]
+    reps: usize,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -261,6 +266,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (dd_write, dd_read) = dd_baseline(dd_dir, report.bytes)?;
     // What an uncompressed save would have to write.
     let (dd_write_raw, _) = dd_baseline(dd_dir, report.transferred)?;
+    let mut saves = vec![SaveRep {
+        save: report.duration,
+        bytes: report.bytes,
+        transferred: report.transferred,
+        dd_raw: dd_write_raw,
+    }];
+    for _ in 1..args.reps.max(1) {
+        let offset = guest::log_len(&log);
+        let mut x = Guard(Some(vmm.launch(
+            &spec,
+            &Launch::Restore {
+                state_file: state.clone(),
+            },
+        )?));
+        guest::wait_counter_above(&log, offset, None, TIMEOUT)?;
+        let r = x.0.as_mut().map(|h| h.save(&state)).transpose()?;
+        x.0 = None;
+        let r = r.context("no VM to save")?;
+        let (dd_raw, _) = dd_baseline(dd_dir, r.transferred)?;
+        saves.push(SaveRep {
+            save: r.duration,
+            bytes: r.bytes,
+            transferred: r.transferred,
+            dd_raw,
+        });
+    }
 
     let save = report.duration;
     println!(
@@ -334,6 +365,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         secs(restore) / secs(dd_read),
         secs(load) / secs(dd_read)
     );
+    let stats = SaveStats::of(&saves);
+    if saves.len() > 1 {
+        println!(
+            "  save x{}: median (min-max)      {:.3} s ({:.3}-{:.3})   {:.1} MB/s of guest RAM ({:.1}-{:.1})   ratio save/dd of guest-RAM bytes {:.2} ({:.2}-{:.2})",
+            saves.len(),
+            stats.secs.0,
+            stats.secs.1,
+            stats.secs.2,
+            stats.mbps.0,
+            stats.mbps.1,
+            stats.mbps.2,
+            stats.ratio.0,
+            stats.ratio.1,
+            stats.ratio.2
+        );
+    }
     let rss = daemon_rss(&root, &guest_files);
     match &rss {
         Ok((idle, two)) => println!(
@@ -370,11 +417,57 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "restore_over_dd": secs(restore) / secs(dd_read),
             "daemon_rss_kib_idle": rss.as_ref().ok().map(|r| r.0),
             "daemon_rss_kib_two_vms": rss.as_ref().ok().map(|r| r.1),
+            "save_reps": saves.iter().map(|r| serde_json::json!({
+                "save_s": secs(r.save),
+                "state_bytes": r.bytes,
+                "transferred_bytes": r.transferred,
+                "dd_write_raw_s": secs(r.dd_raw),
+            })).collect::<Vec<_>>(),
+            "save_median_s": stats.secs.0,
+            "save_mbps_median": stats.mbps.0,
+            "save_over_dd_raw_median": stats.ratio.0,
         });
         println!("{j}");
     }
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
+}
+
+/// One measured save and the `dd` of its guest-RAM bytes right after it.
+struct SaveRep {
+    save: Duration,
+    bytes: u64,
+    transferred: u64,
+    dd_raw: Duration,
+}
+
+/// Median, min and max of the saves: seconds, MB/s of guest RAM, and
+/// save / `dd` of the guest-RAM bytes.
+struct SaveStats {
+    secs: (f64, f64, f64),
+    mbps: (f64, f64, f64),
+    ratio: (f64, f64, f64),
+}
+
+impl SaveStats {
+    fn of(reps: &[SaveRep]) -> SaveStats {
+        fn summary(mut v: Vec<f64>) -> (f64, f64, f64) {
+            v.sort_by(f64::total_cmp);
+            let median = match v.len() {
+                0 => 0.0,
+                n if n % 2 == 1 => v[n / 2],
+                n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+            };
+            let min = v.first().copied().unwrap_or(0.0);
+            let max = v.last().copied().unwrap_or(0.0);
+            (median, min, max)
+        }
+        SaveStats {
+            secs: summary(reps.iter().map(|r| secs(r.save)).collect()),
+            mbps: summary(reps.iter().map(|r| mbps(r.transferred, r.save)).collect()),
+            ratio: summary(reps.iter().map(|r| secs(r.save) / secs(r.dd_raw)).collect()),
+        }
+    }
 }
 
 /// Bare QEMU restoring `state`: the VM's own command line with

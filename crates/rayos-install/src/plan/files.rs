@@ -297,8 +297,8 @@ pub fn loader_conf() -> String {
 }
 
 /// The first-boot settings of the Debian VM, or `None` when the Linux VM
-/// is the test guest (no image on the medium, or no user in the answers;
-/// a note says which).
+/// is the test guest (`system = "test-guest"`, or no image on the medium;
+/// a note says so). With the image and no `system`, a user is required.
 fn linux_guest(
     machine: &MachineAnswers,
     l: &LinuxAnswers,
@@ -314,11 +314,13 @@ fn linux_guest(
         }
         (Some(LinuxSystem::Debian), Some(_)) => true,
         (None, Some(_)) if l.user.is_some() => true,
+        // A medium with the image installs Debian; without a first user
+        // nobody could log in to it, and quietly installing the test guest
+        // instead would leave the person with a stand-in they never chose.
         (None, Some(_)) => {
-            notes.push(
-                "no [linux] user: the Linux VM is the small test guest; give linux.user and linux.password for the Debian VM".into(),
-            );
-            false
+            return Err(PlanError::Invalid(
+                "the Linux VM is Debian 12 and needs a first user: add [linux] with user = \"NAME\" and password = \"...\" (or ssh_key = \"ssh-ed25519 ...\") to the answer file; system = \"test-guest\" installs the small test guest instead (for tests)".into(),
+            ));
         }
         (None, None) => {
             if l.user.is_some() {

@@ -139,6 +139,12 @@ impl OpError {
                 source: VmmError::Guest { .. },
                 ..
             } => 422,
+            // Not a fault of the daemon: the volume is too full for the
+            // state; the VM keeps running and the body says what to free.
+            OpError::Vmm {
+                source: VmmError::NoSpace { .. },
+                ..
+            } => 507,
             OpError::ShuttingDown => 503,
             _ => 500,
         }

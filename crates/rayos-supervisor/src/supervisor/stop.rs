@@ -70,10 +70,15 @@ impl Supervisor {
             .map_err(|source| OpError::vmm("save", &slot.name, source))?;
         **op = None;
         Ok(format!(
-            "{} bytes on disk ({} transferred) in {:.2}s",
+            "{} bytes on disk ({} transferred) in {:.2}s{}",
             report.bytes,
             report.transferred,
-            report.duration.as_secs_f64()
+            report.duration.as_secs_f64(),
+            if report.compressed_fallback {
+                ", compressed: too little free space for a raw state"
+            } else {
+                ""
+            }
         ))
     }
 

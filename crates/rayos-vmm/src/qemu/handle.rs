@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 
 use super::cmdline::{self, run};
 use super::media;
-use super::{QemuConfig, SaveFormat, chain, process, swtpm, sync_dir};
+use super::write_behind::WriteBehind;
+use super::{QemuConfig, SaveFormat, chain, process, space, swtpm, sync_dir};
 use crate::{
     ExecOutcome, ExecSpec, GuestInfo, InputEvent, RunState, SaveReport, TpmState, VmHandle, VmSpec,
     VmmError,
@@ -231,7 +232,7 @@ impl QemuHandle {
     }
 
     /// The migration part of a save; on error the caller cleans up.
-    fn save_stream(&mut self, tmp: &Path) -> Result<u64, String> {
+    fn save_stream(&mut self, tmp: &Path, format: SaveFormat) -> Result<u64, String> {
         self.exec(
             "migrate-set-parameters",
             Some(json!({ "max-bandwidth": SAVE_BANDWIDTH })),
@@ -260,7 +261,7 @@ impl QemuHandle {
         // "completed" before zstd has flushed, and on a full disk only
         // zstd's exit status tells a truncated stream from a complete one,
         // so both must succeed.
-        let (fd, mut zstd) = match self.config.save_format {
+        let (fd, mut zstd) = match format {
             SaveFormat::Raw => (
                 OwnedFd::from(out.try_clone().map_err(|e| e.to_string())?),
                 None,
@@ -277,6 +278,9 @@ impl QemuHandle {
                 (w.ok_or("zstd was started without a pipe")?, Some(z))
             }
         };
+        // Writeback starts while the stream is written, so the fsync at
+        // the end waits only for the tail (ended on any return).
+        let write_behind = WriteBehind::start(out.try_clone().map_err(|e| e.to_string())?);
         // Our copy of the descriptor is closed inside: zstd sees EOF as
         // soon as QEMU closes its copy at the end of the migration.
         self.pass_fd(SAVE_FD, Some(fd))?;
@@ -338,6 +342,7 @@ impl QemuHandle {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
+        write_behind.finish();
         out.sync_all()
             .map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
         Ok(transferred)
@@ -402,11 +407,41 @@ impl VmHandle for QemuHandle {
         let tmp: PathBuf = dir.join(tmp_name);
         let _ = std::fs::remove_file(&tmp);
 
+        // Decided before the guest stops, so a save that cannot fit leaves
+        // the VM untouched rather than failing half-way.
+        let memory = self.spec.memory_mib.saturating_mul(1 << 20);
+        let free = space::free_bytes(&dir).map_err(|source| VmmError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let need = space::Need::for_memory(memory);
+        let (format, fallback) = match space::plan(self.config.save_format, free, memory) {
+            space::Plan::Write { format, fallback } => (format, fallback),
+            space::Plan::Refuse => {
+                return Err(VmmError::NoSpace {
+                    vm,
+                    dir,
+                    free_mib: free >> 20,
+                    need_mib: space::mib(need.raw),
+                    min_mib: space::mib(need.zstd),
+                });
+            }
+        };
+
         let was_running = self.status().map_err(|e| self.qmp_err(e))? == "running";
         self.exec("stop", None).map_err(|e| self.qmp_err(e))?;
-        let transferred = match self.save_stream(&tmp) {
+        let transferred = match self.save_stream(&tmp, format) {
             Ok(t) => t,
-            Err(detail) => {
+            Err(mut detail) => {
+                if fallback {
+                    detail.push_str(&format!(
+                        "; written compressed as {} had {} MiB free and a raw state needs up to \
+                         {} MiB: free space there and save again (the VM keeps running)",
+                        dir.display(),
+                        free >> 20,
+                        space::mib(need.raw)
+                    ));
+                }
                 let _ = std::fs::remove_file(&tmp);
                 if was_running {
                     let _ = self.exec("cont", None);
@@ -440,6 +475,7 @@ impl VmHandle for QemuHandle {
             bytes,
             transferred,
             duration: started.elapsed(),
+            compressed_fallback: fallback,
         })
     }
 

@@ -18,6 +18,9 @@
 //! command line with `-incoming defer` and tells the two forms by the
 //! file's first bytes, so either form restores whatever the setting. The
 //! saving or restoring process waits for zstd itself (no status file).
+//! Before the guest is stopped, the free space of the state's file system
+//! decides between the configured form, a compressed fallback and a
+//! refusal (`space`).
 //! Disks are not part of the state; the caller must keep them unchanged
 //! while saved.
 //!
@@ -33,7 +36,9 @@ pub mod kvm_probe;
 pub mod media;
 pub mod ovmf_certs;
 pub mod process;
+mod space;
 mod swtpm;
+mod write_behind;
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Write};
