@@ -48,8 +48,14 @@ use crate::e2e_net::poll;
 /// The VM's name at the prompt.
 const VM: &str = "windows";
 /// The nested VM's memory: the outer machine has 3 GiB (the profile's
-/// default, 4 GiB, does not fit; the stand-in needs far less).
-const VM_MEMORY_MIB: u32 = 1024;
+/// default, 4 GiB, does not fit; the stand-in needs far less, and less
+/// RAM is less for OVMF and the kernel to set up and for RayOS to save).
+const VM_MEMORY_MIB: u32 = 512;
+/// The nested VM's CPUs: one, not the profile's two. With two, every SMI
+/// (each UEFI variable access, in OVMF and from the stand-in's
+/// efivarfs) waits for both vCPUs to enter SMM, which under TCG cost
+/// whole seconds per boot, nested far more (docs/windows.md).
+const VM_CPUS: u32 = 1;
 /// OVMF + shim + GRUB + Debian's kernel + the stand-in's install, nested.
 const INSTALL_SECS: u64 = 3600;
 /// A boot of the installed stand-in from its disk, nested.
@@ -150,7 +156,7 @@ pub fn after_install(run: &Run, work: &Path, installed: &Installed) -> Result<()
     )?;
     let dev = field(&line, "attach ").context("no device in the `media` line")?;
     vm.send_serial(&format!(
-        "vm create {VM} --kind windows --media {dev} --memory {VM_MEMORY_MIB}\n"
+        "vm create {VM} --kind windows --media {dev} --memory {VM_MEMORY_MIB} --cpus {VM_CPUS}\n"
     ))?;
     let line = run.expect_not(
         &mut vm,
