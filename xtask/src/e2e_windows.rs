@@ -6,7 +6,8 @@
 //! QEMU runs the stand-in with OVMF `secboot` + Microsoft keys and swtpm.
 //!
 //! 1. install from the ISO (stages 1-2 of `e2e`) with the Linux VM not
-//!    autostarted, so the nested Windows VM has the machine's two CPUs;
+//!    autostarted, so the nested Windows VM (one vCPU, `VM_CPUS`) does
+//!    not share the outer machine's two CPUs with it;
 //! 2. boot with a second USB stick holding the stand-in ISO as `dd` writes
 //!    it (a copy of the image: the outer guest may write to its sticks);
 //!    at the prompt: `policy set windows.enabled true` (and
