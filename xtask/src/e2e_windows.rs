@@ -6,7 +6,8 @@
 //! QEMU runs the stand-in with OVMF `secboot` + Microsoft keys and swtpm.
 //!
 //! 1. install from the ISO (stages 1-2 of `e2e`) with the Linux VM not
-//!    autostarted, so the nested Windows VM has the machine's two CPUs;
+//!    autostarted, so the nested Windows VM (one vCPU, `VM_CPUS`) does
+//!    not share the outer machine's two CPUs with it;
 //! 2. boot with a second USB stick holding the stand-in ISO as `dd` writes
 //!    it (a copy of the image: the outer guest may write to its sticks);
 //!    at the prompt: `policy set windows.enabled true` (and
@@ -48,8 +49,14 @@ use crate::e2e_net::poll;
 /// The VM's name at the prompt.
 const VM: &str = "windows";
 /// The nested VM's memory: the outer machine has 3 GiB (the profile's
-/// default, 4 GiB, does not fit; the stand-in needs far less).
-const VM_MEMORY_MIB: u32 = 1024;
+/// default, 4 GiB, does not fit; the stand-in needs far less, and less
+/// RAM is less for OVMF and the kernel to set up and for RayOS to save).
+const VM_MEMORY_MIB: u32 = 512;
+/// The nested VM's CPUs: one, not the profile's two. With two, every SMI
+/// (each UEFI variable access, in OVMF and from the stand-in's
+/// efivarfs) waits for both vCPUs to enter SMM, which under TCG cost
+/// whole seconds per boot, nested far more (docs/windows.md).
+const VM_CPUS: u32 = 1;
 /// OVMF + shim + GRUB + Debian's kernel + the stand-in's install, nested.
 const INSTALL_SECS: u64 = 3600;
 /// A boot of the installed stand-in from its disk, nested.
@@ -150,7 +157,7 @@ pub fn after_install(run: &Run, work: &Path, installed: &Installed) -> Result<()
     )?;
     let dev = field(&line, "attach ").context("no device in the `media` line")?;
     vm.send_serial(&format!(
-        "vm create {VM} --kind windows --media {dev} --memory {VM_MEMORY_MIB}\n"
+        "vm create {VM} --kind windows --media {dev} --memory {VM_MEMORY_MIB} --cpus {VM_CPUS}\n"
     ))?;
     let line = run.expect_not(
         &mut vm,

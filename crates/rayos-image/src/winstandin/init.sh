@@ -109,8 +109,9 @@ if [ "$MODE" = install ]; then
   cp /standin/grubx64.efi /mnt/EFI/BOOT/grubx64.efi
   cp /standin/vmlinuz /mnt/vmlinuz
   cp /standin/grub-run.cfg /mnt/EFI/debian/grub.cfg
-  # The installed system's initramfs is this one.
-  (cd / && find . -xdev | cpio -o -H newc 2>/dev/null | gzip -1) > /mnt/initrd.img
+  # The installed system's initramfs is this one without the payload
+  # (the medium's GRUB loaded it as a second archive).
+  cp /standin/initrd.img /mnt/initrd.img
   # (2) The secrets: TPM NV index, a UEFI variable, the marker file.
   secret=$(hexdump -v -n 8 -e '/1 "%02x"' /dev/urandom)
   id=$(cut -c1-8 /proc/sys/kernel/random/uuid)

@@ -8,14 +8,17 @@
 //! built-in prefix `/EFI/debian`, else it looks for `/.disk/info`) and the
 //! signed kernel of the host's `linux-image-amd64` (the same package the
 //! RayOS media use). The initramfs (busybox, the `init.sh` beside this
-//! file, a few signed modules) does, booted from the medium:
+//! file, a few signed modules; uncompressed, and nothing else, since every
+//! boot reads and unpacks it) does, booted from the medium, where GRUB
+//! also loads a second archive, the payload (the signed chain and the
+//! initramfs, to install):
 //! 1. fails (`STANDIN_FAIL …`, then waits; nothing written) unless the `SecureBoot` EFI
 //!    variable is 1 and a TPM 2.0 is present;
 //! 2. writes a random secret into TPM NV index 0x01500018 (raw TPM2
 //!    commands on `/dev/tpm0`), an install id into a UEFI variable, and
 //!    a marker file onto the AHCI disk;
 //! 3. installs the same signed chain onto an ESP on that disk (MBR, type
-//!    0xEF), with this initramfs;
+//!    0xEF), with the initramfs (without the payload);
 //! 4. powers off.
 //!
 //! Booted from the disk it prints the marker, the NV secret read back
@@ -38,7 +41,7 @@ use std::path::{Path, PathBuf};
 
 use crate::debs::{self, DebError};
 use crate::fat::{self, FatError, FatTree};
-use crate::initramfs::{Compression, InitramfsError};
+use crate::initramfs::{Compression, Initramfs, InitramfsError};
 use crate::media::{self, MediaError};
 use crate::modules::{ModuleIndex, ModulesError};
 
@@ -67,7 +70,7 @@ pub mod marker {
 }
 
 /// Bumped when the recipe changes in a way the input hash misses.
-const RECIPE: &str = "rayos winstandin v1";
+const RECIPE: &str = "rayos winstandin v2";
 const LABEL: &str = "STANDIN_WIN";
 const BUSYBOX: &str = "/usr/bin/busybox";
 /// Modules the initramfs loads (with their dependencies): UEFI variables,
@@ -88,7 +91,15 @@ const SHIM: &str = "usr/lib/shim/shimx64.efi.signed";
 const MOKMANAGER: &str = "usr/lib/shim/mmx64.efi.signed";
 const GRUB: &str = "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed";
 
-const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1";
+/// The kernel's command line. `cryptomgr.notests`: the crypto self-tests
+/// were the slowest initcall under TCG (seconds); `8250.nr_uarts=1`: the
+/// one serial port, no probing for three more.
+const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 cryptomgr.notests 8250.nr_uarts=1";
+/// How the initramfs every boot loads is stored: uncompressed, since
+/// busybox and the modules are 4.6 MB, which GRUB reads in well under a
+/// second under TCG, while inflating it would be the kernel's work at
+/// every boot (and under nested TCG that is slow).
+const INITRD_COMPRESSION: Compression = Compression::None;
 
 /// Why the Windows stand-in could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -145,9 +156,16 @@ pub struct StandIn {
     pub kernel_release: String,
 }
 
+/// GRUB's configuration: no menu, no timeout, straight to the kernel. The
+/// installer also loads the payload (the files it installs).
 fn grub_cfg(mode: &str) -> String {
+    let initrds = if mode == "install" {
+        "/initrd.img /payload.img"
+    } else {
+        "/initrd.img"
+    };
     format!(
-        "set timeout=0\nlinux /vmlinuz {CMDLINE} rayos.standin={mode}\ninitrd /initrd.img\nboot\n"
+        "set timeout=0\nlinux /vmlinuz {CMDLINE} rayos.standin={mode}\ninitrd {initrds}\nboot\n"
     )
 }
 
@@ -198,7 +216,7 @@ pub fn ensure(cache: &Path) -> Result<StandIn, StandInError> {
             .unwrap_or_default()
     };
     let key_text = format!(
-        "{RECIPE}\n{INIT}\n{} {} {}\n{} {release} {}\n{}\n{MODULES:?}\n",
+        "{RECIPE}\n{INIT}\n{CMDLINE}\n{INITRD_COMPRESSION:?}\n{} {} {}\n{} {release} {}\n{}\n{MODULES:?}\n",
         deb(&shim),
         deb(&helpers),
         deb(&grub),
@@ -266,8 +284,9 @@ fn build(work: &Path, inp: &Inputs<'_>) -> Result<PathBuf, StandInError> {
     let run_cfg = write("grub-run.cfg", &grub_cfg("run"))?;
     let disk_info = write("info", "RayOS Windows stand-in installer\n")?;
 
-    // The initramfs: busybox, /init, the modules, and the signed chain
-    // it installs onto the disk.
+    // The initramfs every boot loads: busybox, /init and the modules, as
+    // small as it can be, because every boot from the disk reads and
+    // unpacks it (docs/windows.md has the figures).
     let index = ModuleIndex::open(Path::new("/"), inp.release)?;
     let resolved = index.resolve(MODULES)?;
     let modroot = work.join("modroot");
@@ -275,13 +294,23 @@ fn build(work: &Path, inp: &Inputs<'_>) -> Result<PathBuf, StandInError> {
     let mut ird = crate::test_guest::busybox_initramfs(Path::new(BUSYBOX), INIT)?;
     ird.dir("mnt", 0o755)?;
     ird.copy_tree(&format!("lib/modules/{}", inp.release), &staged)?;
-    ird.copy("standin/shimx64.efi", inp.shim, Some(0o644))?;
-    ird.copy("standin/mmx64.efi", inp.mm, Some(0o644))?;
-    ird.copy("standin/grubx64.efi", inp.grub, Some(0o644))?;
-    ird.copy("standin/vmlinuz", inp.kernel, Some(0o644))?;
-    ird.copy("standin/grub-run.cfg", &run_cfg, Some(0o644))?;
     let initrd = work.join("initrd.img");
-    ird.write(&initrd, Compression::Gzip)?;
+    ird.write(&initrd, INITRD_COMPRESSION)?;
+
+    // What only the installer needs, in a second archive the medium's GRUB
+    // loads after the first (the kernel unpacks both into one root): the
+    // signed chain and the initramfs above, copied as they are onto the
+    // disk. Uncompressed: signed EFI binaries and the kernel do not shrink.
+    let mut payload = Initramfs::new();
+    payload.dir("standin", 0o755)?;
+    payload.copy("standin/shimx64.efi", inp.shim, Some(0o644))?;
+    payload.copy("standin/mmx64.efi", inp.mm, Some(0o644))?;
+    payload.copy("standin/grubx64.efi", inp.grub, Some(0o644))?;
+    payload.copy("standin/vmlinuz", inp.kernel, Some(0o644))?;
+    payload.copy("standin/grub-run.cfg", &run_cfg, Some(0o644))?;
+    payload.copy("standin/initrd.img", &initrd, Some(0o644))?;
+    let payload_img = work.join("payload.img");
+    payload.write(&payload_img, Compression::None)?;
 
     // The ESP inside the ISO (El Torito image and, as a stick, its EFI
     // partition) and the ISO 9660 tree hold the same files, so GRUB's
@@ -294,6 +323,7 @@ fn build(work: &Path, inp: &Inputs<'_>) -> Result<PathBuf, StandInError> {
         (".disk/info".into(), disk_info),
         ("vmlinuz".into(), inp.kernel.to_path_buf()),
         ("initrd.img".into(), initrd),
+        ("payload.img".into(), payload_img),
     ];
     let mut tree = FatTree::new();
     for (dest, host) in &files {
@@ -315,7 +345,9 @@ mod tests {
         let c = grub_cfg("run");
         assert!(c.contains("linux /vmlinuz console=ttyS0"));
         assert!(c.contains("rayos.standin=run"));
-        assert!(c.contains("initrd /initrd.img"));
+        assert!(c.contains("initrd /initrd.img\n"), "{c}");
+        // Only the installer loads the payload.
+        assert!(grub_cfg("install").contains("initrd /initrd.img /payload.img\n"));
     }
 
     #[test]
