@@ -29,7 +29,7 @@
 //!    bytes mean nothing, and comparing would read every byte of a new
 //!    file twice. [`FatImage::commit`] is a write-back and an fsync; the
 //!    installer instead writes back without fsync and fsyncs the whole
-//!    target once before its manifest (see [`crate::apply`]).
+//!    target once before its manifest (see [`mod@crate::apply`]).
 //!
 //! Limits: the copy costs the space the filesystem uses (RayOS's UKIs on
 //! the system partition) in the temp directory; a commit cut short by a
