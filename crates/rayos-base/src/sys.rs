@@ -2,12 +2,13 @@
 //! `rustix`: a close-on-exec pipe, an eventfd waker, an inotify watch on a
 //! directory, poll(2), passing a descriptor over a unix socket
 //! (SCM_RIGHTS), SIGTERM/SIGINT through a self-pipe, an exclusive lock, the
-//! umask, the effective user id, and the inode flag efivarfs uses to
-//! protect variables.
+//! umask, the effective user id, the inode flag efivarfs uses to protect
+//! variables, the free space of a file system, and starting a file's
+//! writeback early (`sync_file_range`, which rustix leaves out).
 //!
 //! This is where RayOS's general-purpose `unsafe` lives: installing a
-//! signal handler (`sigaction`, which rustix leaves out) and the handler's
-//! one `write(2)`. Device-specific ioctls (framebuffer, evdev, console
+//! signal handler (`sigaction`, which rustix leaves out), the handler's
+//! one `write(2)`, and `sync_file_range`. Device-specific ioctls (framebuffer, evdev, console
 //! modes) stay with their device code.
 //!
 //! Limits: Linux only; every descriptor created here is close-on-exec;
@@ -16,7 +17,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -291,6 +292,29 @@ pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
 /// create files.
 pub fn umask(mask: u32) -> u32 {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask)).as_raw_mode()
+}
+
+/// Bytes an unprivileged writer may still use on the file system holding
+/// `path` (`f_bavail`: the blocks ext4 reserves for root stay with the
+/// system).
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Starts writing `len` bytes at `offset` of `file` to the disk without
+/// waiting for them (`SYNC_FILE_RANGE_WRITE`). Only a head start for the
+/// fsync that follows, which reports any failure to write, so errors are
+/// ignored here.
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range takes no pointers, only integers; the
+    // descriptor is open for as long as `file` is borrowed.
+    let _ = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
 }
 
 /// Clears `FS_IMMUTABLE_FL` on `file` if it is set; true if it was.

@@ -44,11 +44,8 @@
 //! Test hook: `RAYOS_UPDATE_FAIL_AFTER=<step>` aborts the process right
 //! after that step (`write-uki-half`: in the middle of the UKI copy).
 
-use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::bundle::{Bundle, BundleError, PayloadName};
@@ -232,21 +229,7 @@ pub fn install_layout(system: &Path) -> Result<u32, ApplyError> {
 
 /// Bytes available to an unprivileged writer on the filesystem of `dir`.
 pub fn free_bytes(dir: &Path) -> Result<u64, ApplyError> {
-    let c = CString::new(dir.as_os_str().as_bytes())
-        .map_err(|e| ApplyError::Statvfs(dir.to_path_buf(), io::Error::other(e)))?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: `c` is a NUL-terminated path and `st` points to writable
-    // memory of the right size; statvfs fills it or fails.
-    let r = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
-    if r != 0 {
-        return Err(ApplyError::Statvfs(
-            dir.to_path_buf(),
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: statvfs returned 0, so the struct is initialised.
-    let st = unsafe { st.assume_init() };
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    rayos_base::sys::free_bytes(dir).map_err(|e| ApplyError::Statvfs(dir.to_path_buf(), e))
 }
 
 /// The newest good entry older than `running` (the one a failed update
@@ -609,7 +592,7 @@ impl Write for Dest {
         };
         let before = self.written;
         self.written += n as u64;
-        start_writeback(&self.file, before, n as u64);
+        rayos_base::sys::start_writeback(&self.file, before, n as u64);
         if before < self.half
             && self.written >= self.half
             && std::env::var(FAIL_AFTER_ENV).is_ok_and(|s| s == "write-uki-half")
@@ -621,21 +604,6 @@ impl Write for Dest {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// Starts writing `len` bytes at `offset` of `file` to the disk, without
-/// waiting for them to get there. Only a head start for the fsync that
-/// follows (the disk works while the next pieces are hashed), so a failure
-/// is ignored: the fsync reports real errors.
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: sync_file_range takes no pointers, only integers; the
-    // descriptor is open for as long as `file` is borrowed.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 

@@ -80,21 +80,10 @@ pub(crate) fn plan(preferred: SaveFormat, free: u64, memory: u64) -> Plan {
 }
 
 /// Bytes an unprivileged writer may still use on the file system holding
-/// `dir` (`f_bavail`: the blocks ext4 reserves for root are left to the
-/// system, so a save never takes the last of them).
+/// `dir` (the blocks ext4 reserves for root are left to the system, so a
+/// save never takes the last of them).
 pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    // SAFETY: statvfs is plain data; all-zero is a valid value to be
-    // overwritten.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path that outlives the call and `st`
-    // is a valid, writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    rayos_base::sys::free_bytes(dir)
 }
 
 /// Whole MiB, rounded up, for messages.

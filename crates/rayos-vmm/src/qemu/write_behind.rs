@@ -14,7 +14,6 @@
 //! or dropped.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -72,24 +71,12 @@ fn follow(file: &File, stop: &AtomicBool) {
         let len = file.metadata().map(|m| m.len()).unwrap_or(done);
         let end = len - len % CHUNK;
         if end > done {
-            start_writeback(file, done, end - done);
+            rayos_base::sys::start_writeback(file, done, end - done);
             done = end;
         } else {
             std::thread::sleep(POLL);
         }
     }
-}
-
-/// Starts writeback of `len` bytes at `offset`; does not wait for it.
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: the descriptor is valid for the duration of the call (`file`
-    // is borrowed); sync_file_range reads no memory of ours.
-    let _ = unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
-    };
 }
 
 #[cfg(test)]
