@@ -163,18 +163,7 @@ impl FatVolume {
     /// in a row: each file then costs one mtools run (two when it needs
     /// new directories) instead of two per path component.
     pub fn session(&self) -> Result<FatSession<'_>, ToolError> {
-        let out = Command::new("mdir")
-            .args(["-/", "-b", "-a", "-i", &self.image(), "::/"])
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .env("MTOOLS_NO_VFAT", "0")
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| ToolError::Spawn {
-                tool: "mdir".into(),
-                package: package_of("mdir"),
-                source,
-            })?;
+        let out = self.mdir(&["-/", "-b", "-a", "-i", &self.image(), "::/"])?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         // An empty root is a failure too ("File "::/" not found"); any other
         // failure (an unreadable FAT) is an error, not an empty tree.
@@ -198,17 +187,26 @@ impl FatVolume {
     /// Whether a file or directory exists (names compare case-insensitively,
     /// as FAT does).
     pub fn exists(&self, path: &str) -> Result<bool, ToolError> {
-        let out = Command::new("mdir")
-            .args(["-b", "-i", &self.image(), &format!("::{path}")])
+        let out = self.mdir(&["-b", "-i", &self.image(), &format!("::{path}")])?;
+        Ok(out.status.success())
+    }
+
+    /// Runs `mdir` with `args` (plain ASCII listing, long names shown) and
+    /// returns its output whatever its status: the callers tell a missing
+    /// path from a failure.
+    fn mdir(&self, args: &[&str]) -> Result<std::process::Output, ToolError> {
+        Command::new("mdir")
+            .args(args)
             .env("MTOOLS_SKIP_CHECK", "1")
+            .env("MTOOLS_NO_VFAT", "0")
+            .env("LC_ALL", "C")
             .stdin(Stdio::null())
             .output()
             .map_err(|source| ToolError::Spawn {
                 tool: "mdir".into(),
                 package: package_of("mdir"),
                 source,
-            })?;
-        Ok(out.status.success())
+            })
     }
 
     /// Copies a host file to `dest` (absolute FAT path), replacing it.

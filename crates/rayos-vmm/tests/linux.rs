@@ -370,6 +370,24 @@ fn leftovers(dir: &std::path::Path, state: &std::path::Path) -> Vec<std::path::P
         .collect()
 }
 
+/// The test guest cold-booted and counting, with a fresh tmpfs of `size`
+/// (mounted in the VM's directory) that holds an earlier saved state
+/// ([`PREVIOUS`]) at the returned path; also the counter it has reached.
+fn counting_with_small_fs(
+    vm: &common::TestVm,
+    vmm: &rayos_vmm::QemuVmm,
+    size: &str,
+) -> (Guard, SmallFs, std::path::PathBuf, u64) {
+    let log = vm.console();
+    let fs = SmallFs::mount(vm.dir.path().join("small"), size);
+    let state = fs.0.join("vm.state.zst");
+    std::fs::write(&state, PREVIOUS).unwrap();
+    let g = Guard(Some(vmm.launch(&vm.spec, &Launch::Cold).unwrap()));
+    guest::wait_for_line(&log, 0, guest::READY_MARKER, BOOT).unwrap();
+    let counter = guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
+    (g, fs, state, counter)
+}
+
 /// Too little room even for a compressed state (100 MiB for a 256 MiB
 /// guest): refused before the guest is stopped, with an error that says
 /// what to do; the previous state is untouched and the guest runs on.
@@ -378,13 +396,7 @@ fn save_refused_when_the_filesystem_is_too_small() {
     let vm = linux_vm("full");
     let vmm = vmm();
     let log = vm.console();
-    let full = SmallFs::mount(vm.dir.path().join("full"), "100m");
-    let state = full.0.join("vm.state.zst");
-    std::fs::write(&state, PREVIOUS).unwrap();
-
-    let mut g = Guard(Some(vmm.launch(&vm.spec, &Launch::Cold).unwrap()));
-    guest::wait_for_line(&log, 0, guest::READY_MARKER, BOOT).unwrap();
-    guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
+    let (mut g, full, state, _) = counting_with_small_fs(&vm, &vmm, "100m");
 
     let err = g.h().save(&state).unwrap_err();
     assert!(matches!(err, rayos_vmm::VmmError::NoSpace { .. }), "{err}");
@@ -411,13 +423,7 @@ fn save_falls_back_to_compressed_when_raw_does_not_fit() {
     let vm = linux_vm("fallback");
     let vmm = vmm();
     let log = vm.console();
-    let small = SmallFs::mount(vm.dir.path().join("small"), "200m");
-    let state = small.0.join("vm.state.zst");
-    std::fs::write(&state, PREVIOUS).unwrap();
-
-    let mut g = Guard(Some(vmm.launch(&vm.spec, &Launch::Cold).unwrap()));
-    guest::wait_for_line(&log, 0, guest::READY_MARKER, BOOT).unwrap();
-    let before = guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
+    let (mut g, small, state, before) = counting_with_small_fs(&vm, &vmm, "200m");
     let report = g.h().save(&state).unwrap();
     g.0 = None;
     assert!(report.compressed_fallback, "{report:?}");
@@ -460,13 +466,7 @@ fn save_that_fills_the_filesystem_keeps_vm_and_previous_state() {
         ..vmm().config().clone()
     });
     let log = vm.console();
-    let small = SmallFs::mount(vm.dir.path().join("small"), "200m");
-    let state = small.0.join("vm.state.zst");
-    std::fs::write(&state, PREVIOUS).unwrap();
-
-    let mut g = Guard(Some(vmm.launch(&vm.spec, &Launch::Cold).unwrap()));
-    guest::wait_for_line(&log, 0, guest::READY_MARKER, BOOT).unwrap();
-    guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
+    let (mut g, small, state, _) = counting_with_small_fs(&vm, &vmm, "200m");
 
     let err = g.h().save(&state).unwrap_err();
     assert!(matches!(err, rayos_vmm::VmmError::Save { .. }), "{err}");
