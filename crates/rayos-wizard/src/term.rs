@@ -170,7 +170,6 @@ pub(crate) fn run(config: &Config, mut w: Wizard) -> Result<Outcome, WizardError
     let watch_disks = config.disks.is_empty();
     let mut disks_seen = disk_signature(sys_block);
     let mut disks_checked = Instant::now();
-    let mut shown: Option<Screen> = None;
     let outcome = loop {
         while let Ok(m) = rx.try_recv() {
             match m {
@@ -188,13 +187,6 @@ pub(crate) fn run(config: &Config, mut w: Wizard) -> Result<Outcome, WizardError
                 disks_seen = now;
                 w.on_disks_changed(disks);
             }
-        }
-        // A new screen is drawn whole: on a serial line, anything else
-        // written to the terminal (a kernel message) leaves cells that the
-        // diff-based redraw believes are still right.
-        if shown != Some(w.screen) {
-            term.clear().map_err(WizardError::Terminal)?;
-            shown = Some(w.screen);
         }
         term.draw(|f| crate::view::draw(f, &w))
             .map_err(WizardError::Terminal)?;
