@@ -650,11 +650,6 @@ impl Session {
             if let Some(u) = crate::volumes::uki_on(Path::new(paths::MEDIUM)) {
                 args.extend(crate::volumes::image_args(&u));
             }
-            // Kernel notices (a partition table re-read, "crng init done")
-            // printed into a full-screen program's terminal scroll it and
-            // leave its screen garbled until the next full redraw; only
-            // errors reach the consoles while it runs.
-            let _quiet = QuietKernelConsole::new(Path::new(PRINTK));
             self.spawn(&exe, &args);
             return;
         }
@@ -739,71 +734,9 @@ impl Session {
     }
 }
 
-/// The kernel's console log levels.
-const PRINTK: &str = "/proc/sys/kernel/printk";
-/// While a full-screen program runs: errors and worse only.
-const QUIET_LEVEL: u8 = 4;
-
-/// Lowers the kernel's console log level (the first field of
-/// `/proc/sys/kernel/printk`) to [`QUIET_LEVEL`] and puts the old one back
-/// when dropped. Without the file (tests, no /proc) it does nothing.
-struct QuietKernelConsole {
-    path: PathBuf,
-    old: Option<u8>,
-}
-
-impl QuietKernelConsole {
-    fn new(path: &Path) -> QuietKernelConsole {
-        let old = fs::read_to_string(path)
-            .ok()
-            .and_then(|t| console_level(&t))
-            .filter(|&l| l > QUIET_LEVEL);
-        if old.is_some() {
-            let _ = fs::write(path, QUIET_LEVEL.to_string());
-        }
-        QuietKernelConsole {
-            path: path.to_path_buf(),
-            old,
-        }
-    }
-}
-
-impl Drop for QuietKernelConsole {
-    fn drop(&mut self) {
-        if let Some(level) = self.old {
-            let _ = fs::write(&self.path, level.to_string());
-        }
-    }
-}
-
-/// The console log level from `/proc/sys/kernel/printk`'s text.
-fn console_level(printk: &str) -> Option<u8> {
-    printk.split_whitespace().next()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The level is lowered while the guard lives and put back after; a
-    /// level already that low, or no file, is left alone.
-    #[test]
-    fn kernel_console_is_quiet_while_a_full_screen_program_runs() {
-        let dir = tempfile::tempdir().unwrap();
-        let printk = dir.path().join("printk");
-        fs::write(&printk, "7\t4\t1\t7\n").unwrap();
-        {
-            let _q = QuietKernelConsole::new(&printk);
-            assert_eq!(fs::read_to_string(&printk).unwrap(), "4");
-        }
-        assert_eq!(fs::read_to_string(&printk).unwrap(), "7");
-        fs::write(&printk, "3 4 1 7").unwrap();
-        drop(QuietKernelConsole::new(&printk));
-        assert_eq!(fs::read_to_string(&printk).unwrap(), "3 4 1 7");
-        drop(QuietKernelConsole::new(&dir.path().join("missing")));
-        assert!(!dir.path().join("missing").exists());
-        assert_eq!(console_level("garbage"), None);
-    }
 
     fn feed(e: &mut LineEditor, bytes: &[u8]) -> Vec<Edit> {
         bytes
