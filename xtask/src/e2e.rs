@@ -341,6 +341,13 @@ impl Run {
         }
     }
 
+    /// Types `reboot` at the admin prompt and waits until the machine
+    /// stops (`-no-reboot`), then lets this QEMU go.
+    pub(crate) fn reboot_at_prompt(&self, mut vm: Qemu, what: &str, secs: u64) -> Result<()> {
+        vm.send_serial("reboot\n")?;
+        self.stopped(&mut vm, what, secs)
+    }
+
     pub(crate) fn stopped(&self, vm: &mut Qemu, what: &str, secs: u64) -> Result<()> {
         match vm.wait_exit(self.timeout(secs)) {
             Ok(_) => {
@@ -714,13 +721,11 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     guest_counting(run, &mut vm, "linux", Some(last_before), GUEST_BOOT_SECS)?;
     vm.send_serial("\n")?;
     run.expect(&mut vm, "admin prompt on the serial console", "rayos>", 60)?;
-    vm.send_serial("reboot\n")?;
-    run.stopped(
-        &mut vm,
+    run.reboot_at_prompt(
+        vm,
         "`reboot` at the admin prompt stops the VMs and restarts",
         600,
     )?;
-    drop(vm);
 
     // 5. Logs and the guest's counter, read from the data volume.
     let logs = debugfs(&disk, data_offset, "ls -l /logs")?;

@@ -121,13 +121,11 @@ pub fn after_install(run: &Run, work: &Path, installed: &Installed) -> Result<()
     vm.send_serial("\x1d")?;
     run.expect(&mut vm, "Ctrl-] leaves the console", "Left the console", 60)?;
     run.expect(&mut vm, "back at the admin prompt", "rayos>", 60)?;
-    vm.send_serial("reboot\n")?;
-    run.stopped(
-        &mut vm,
+    run.reboot_at_prompt(
+        vm,
         "`reboot` at the admin prompt saves the VM and restarts",
         900,
     )?;
-    drop(vm);
 
     // 3. Second boot: resumed, the same shell and process, the clock set.
     let mut vm = Qemu::start(&installed.boot_config(work, "boot2")?)?;

@@ -248,13 +248,11 @@ pub fn after_install(run: &Run, work: &Path, installed: &Installed) -> Result<()
 
     // 4. RayOS reboots: the VM is saved, and resumed at the next boot.
     prompt(run, &mut vm)?;
-    vm.send_serial("reboot\n")?;
-    run.stopped(
-        &mut vm,
+    run.reboot_at_prompt(
+        vm,
         "`reboot` at the admin prompt saves the VM and restarts",
         900,
     )?;
-    drop(vm);
     let mut vm = Qemu::start(&config("boot2")?)?;
     run.healthy(&mut vm, "rayosd healthy again", 900)?;
     prompt(run, &mut vm)?;

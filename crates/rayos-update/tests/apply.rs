@@ -457,14 +457,15 @@ impl Drop for Mounted {
     }
 }
 
-#[test]
-fn full_partition_is_reported_before_writing() {
-    // A 4 MiB tmpfs holds the 1 MiB running UKI but not a 3 MiB new one.
-    let d = tempfile::tempdir().unwrap();
-    let mnt = d.path().join("system");
+/// A tmpfs of `size` mounted at `<dir>/system`, unmounted when the guard
+/// is dropped.
+fn small_system_partition(dir: &Path, size: &str) -> (PathBuf, Mounted) {
+    let mnt = dir.join("system");
     fs::create_dir_all(&mnt).unwrap();
     let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o"])
+        .arg(format!("size={size}"))
+        .arg("tmpfs")
         .arg(&mnt)
         .status()
         .expect("cannot run mount(8): this test needs util-linux and root (CI runs as root)");
@@ -472,7 +473,14 @@ fn full_partition_is_reported_before_writing() {
         st.success(),
         "mounting a tmpfs failed: this test needs root (CI runs as root)"
     );
-    let _guard = Mounted(mnt.clone());
+    (mnt.clone(), Mounted(mnt))
+}
+
+#[test]
+fn full_partition_is_reported_before_writing() {
+    // A 4 MiB tmpfs holds the 1 MiB running UKI but not a 3 MiB new one.
+    let d = tempfile::tempdir().unwrap();
+    let (mnt, _guard) = small_system_partition(d.path(), "4m");
     let f = system(Some(&mnt));
     let filler = noise(1 << 20, 5);
     fs::write(mnt.join("filler"), &filler).unwrap();
@@ -493,18 +501,7 @@ fn a_partition_with_room_only_after_pruning_checks_hashes_before_pruning() {
     // prunable 3 MiB 0.0.4 leave less than the new 3 MiB UKI + 1 MiB
     // margin; once 0.0.4 is gone it fits.
     let d = tempfile::tempdir().unwrap();
-    let mnt = d.path().join("system");
-    fs::create_dir_all(&mnt).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .expect("cannot run mount(8): this test needs util-linux and root (CI runs as root)");
-    assert!(
-        st.success(),
-        "mounting a tmpfs failed: this test needs root (CI runs as root)"
-    );
-    let _guard = Mounted(mnt.clone());
+    let (mnt, _guard) = small_system_partition(d.path(), "8m");
     let f = system(Some(&mnt));
     add_prunable(&mnt);
     let b = build_bundle(d.path(), "0.2.0", bundle::ARCH, Some(&key()), false);
