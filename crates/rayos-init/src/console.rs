@@ -650,6 +650,12 @@ impl Session {
             if let Some(u) = crate::volumes::uki_on(Path::new(paths::MEDIUM)) {
                 args.extend(crate::volumes::image_args(&u));
             }
+            // Kernel notices (a partition table re-read, "crng init done")
+            // printed into a full-screen program's terminal scroll it and
+            // leave its screen garbled; only warnings and errors reach the
+            // consoles while it runs. PID 1 puts the boot's level back at
+            // shutdown, should this process be killed first.
+            let _quiet = QuietKernelConsole::new(Path::new(crate::sys::PRINTK));
             self.spawn(&exe, &args);
             return;
         }
@@ -734,9 +740,58 @@ impl Session {
     }
 }
 
+/// Lowers the kernel's console log level to
+/// [`crate::sys::QUIET_CONSOLE_LEVEL`] and puts the old one back when
+/// dropped. Without the file (tests, no /proc), or with a level already
+/// that low, it does nothing.
+struct QuietKernelConsole {
+    path: PathBuf,
+    old: Option<u8>,
+}
+
+impl QuietKernelConsole {
+    fn new(path: &Path) -> QuietKernelConsole {
+        let old = crate::sys::console_level(path).filter(|&l| l > crate::sys::QUIET_CONSOLE_LEVEL);
+        if old.is_some() {
+            let _ = crate::sys::set_console_level(path, crate::sys::QUIET_CONSOLE_LEVEL);
+        }
+        QuietKernelConsole {
+            path: path.to_path_buf(),
+            old,
+        }
+    }
+}
+
+impl Drop for QuietKernelConsole {
+    fn drop(&mut self) {
+        if let Some(level) = self.old {
+            let _ = crate::sys::set_console_level(&self.path, level);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The level is lowered while the guard lives and put back after; a
+    /// level already that low, or no file, is left alone.
+    #[test]
+    fn kernel_console_is_quiet_while_a_full_screen_program_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let printk = dir.path().join("printk");
+        fs::write(&printk, "7\t4\t1\t7\n").unwrap();
+        {
+            let _q = QuietKernelConsole::new(&printk);
+            assert_eq!(fs::read_to_string(&printk).unwrap(), "4");
+        }
+        assert_eq!(fs::read_to_string(&printk).unwrap(), "7");
+        fs::write(&printk, "3 4 1 7").unwrap();
+        drop(QuietKernelConsole::new(&printk));
+        assert_eq!(fs::read_to_string(&printk).unwrap(), "3 4 1 7");
+        drop(QuietKernelConsole::new(&dir.path().join("missing")));
+        assert!(!dir.path().join("missing").exists());
+    }
 
     fn feed(e: &mut LineEditor, bytes: &[u8]) -> Vec<Edit> {
         bytes

@@ -435,6 +435,30 @@ pub fn ensure_stdio_console() {
 }
 
 /// Sets the kernel's host name.
+/// The kernel's console log levels (`console_loglevel` first).
+pub const PRINTK: &str = "/proc/sys/kernel/printk";
+/// The console log level while a full-screen program owns the terminals:
+/// warnings and worse only (`KERN_WARNING` is 4; a line shows when its
+/// level is below this).
+pub const QUIET_CONSOLE_LEVEL: u8 = 4;
+
+/// The kernel's console log level, from `printk` (the first field of
+/// [`PRINTK`]'s text); `None` without the file or with text it cannot read.
+pub fn console_level(printk: &Path) -> Option<u8> {
+    fs::read_to_string(printk)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Sets the kernel's console log level (only the first field is written;
+/// the kernel keeps the others).
+pub fn set_console_level(printk: &Path, level: u8) -> io::Result<()> {
+    fs::write(printk, level.to_string())
+}
+
 pub fn sethostname(name: &str) -> io::Result<()> {
     rustix::system::sethostname(name.as_bytes()).map_err(Into::into)
 }

@@ -63,6 +63,7 @@ pub fn kernel_fs(st: &mut State, p: &mut dyn Platform) -> StepResult {
             p.attach_console();
         }
     }
+    st.console_level = sys::console_level(&p.at(sys::PRINTK));
     let _ = fs::create_dir_all(p.at(paths::RUN));
     let _ = fs::create_dir_all(p.path(&st.logs_dir));
     // The kernel's own module requests (fs-*, crypto-*) go to our

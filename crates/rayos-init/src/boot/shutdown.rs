@@ -55,6 +55,14 @@ pub fn run(
         PowerAction::PowerOff => Power::PowerOff,
         PowerAction::Reboot => Power::Reboot,
     };
+    // The consoles show the shutdown's lines again, even if the console
+    // that lowered the level for the wizard was killed before it could
+    // put it back.
+    if let Some(level) = st.console_level
+        && crate::sys::console_level(&p.at(crate::sys::PRINTK)) != Some(level)
+    {
+        let _ = crate::sys::set_console_level(&p.at(crate::sys::PRINTK), level);
+    }
     p.marker(&Marker::Shutdown(power));
     log::info(format!("{reason}: shutting down ({})", power.as_str()));
     st.shutting_down = Some(action);
@@ -399,5 +407,23 @@ mod tests {
             ]
         );
         assert_eq!(p.markers.last(), Some(&Marker::Reboot));
+    }
+
+    /// A console killed while the wizard had the kernel's console quiet
+    /// cannot put the level back: the shutdown does, so its own lines and
+    /// the kernel's reach the consoles again.
+    #[test]
+    fn the_boots_console_level_is_put_back() {
+        let (mut st, mut p) = running(0);
+        let printk = p.at(crate::sys::PRINTK);
+        std::fs::create_dir_all(printk.parent().unwrap()).unwrap();
+        std::fs::write(&printk, "4\t4\t1\t7\n").unwrap();
+        st.console_level = Some(7);
+        run(&mut st, &mut p, PowerAction::PowerOff, "wizard");
+        assert_eq!(crate::sys::console_level(&printk), Some(7));
+        // Nothing recorded at boot: nothing written.
+        let (mut st, mut p) = running(0);
+        run(&mut st, &mut p, PowerAction::PowerOff, "wizard");
+        assert!(!p.at(crate::sys::PRINTK).exists());
     }
 }

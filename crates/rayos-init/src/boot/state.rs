@@ -87,6 +87,11 @@ pub struct State {
     pub data_ok: bool,
     /// Where the logs go (`/run/rayos/logs` until the data volume has them).
     pub logs_dir: PathBuf,
+    /// The kernel's console log level at boot. The installer's console
+    /// lowers it while the full-screen wizard runs (a kernel notice would
+    /// scroll the wizard's screen); PID 1 puts it back before the
+    /// shutdown's markers, whatever became of that console.
+    pub console_level: Option<u8>,
     /// Set by a step (a power request during the countdown, a finished
     /// install): the machine goes down after it.
     pub power_request: Option<PowerRequest>,
@@ -155,6 +160,7 @@ impl State {
             schema_migrated: false,
             data_ok: false,
             logs_dir: PathBuf::from(paths::RUN_LOGS),
+            console_level: None,
             power_request: None,
             shutting_down: None,
             status_dirty: true,
