@@ -652,7 +652,7 @@ impl Session {
             }
             // Kernel notices (a partition table re-read, "crng init done")
             // printed into a full-screen program's terminal scroll it and
-            // leave its screen garbled; only warnings and errors reach the
+            // leave its screen garbled; only kernel errors reach the
             // consoles while it runs. PID 1 puts the boot's level back at
             // shutdown, should this process be killed first.
             let _quiet = QuietKernelConsole::new(Path::new(crate::sys::PRINTK));

@@ -434,12 +434,11 @@ pub fn ensure_stdio_console() {
     }
 }
 
-/// Sets the kernel's host name.
 /// The kernel's console log levels (`console_loglevel` first).
 pub const PRINTK: &str = "/proc/sys/kernel/printk";
 /// The console log level while a full-screen program owns the terminals:
-/// warnings and worse only (`KERN_WARNING` is 4; a line shows when its
-/// level is below this).
+/// errors and worse only (a line shows when its level is below this;
+/// `KERN_ERR` is 3, `KERN_WARNING` 4).
 pub const QUIET_CONSOLE_LEVEL: u8 = 4;
 
 /// The kernel's console log level, from `printk` (the first field of
@@ -459,6 +458,7 @@ pub fn set_console_level(printk: &Path, level: u8) -> io::Result<()> {
     fs::write(printk, level.to_string())
 }
 
+/// Sets the kernel's host name.
 pub fn sethostname(name: &str) -> io::Result<()> {
     rustix::system::sethostname(name.as_bytes()).map_err(Into::into)
 }
