@@ -591,20 +591,22 @@ mod tests {
     const GREETING: &[u8] =
         b"{\"QMP\": {\"version\": {\"qemu\": {\"major\": 7}}, \"capabilities\": []}}\r\n";
 
+    /// A client past its handshake with [`server`] answering `replies`.
+    fn scripted(replies: Vec<Vec<u8>>) -> (QmpClient, thread::JoinHandle<Vec<Value>>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let srv = server(b, GREETING, replies);
+        let c = QmpClient::handshake(a, "test".into(), Duration::from_secs(5)).unwrap();
+        (c, srv)
+    }
+
     #[test]
     fn handshake_execute_and_events() {
-        let (a, b) = UnixStream::pair().unwrap();
-        let srv = server(
-            b,
-            GREETING,
-            vec![
+        let (mut c, srv) = scripted(vec![
                 b"{\"return\": {}, \"id\": ID}\r\n".to_vec(),
                 // An event and a stale reply before the real one, split oddly.
                 b"{\"event\": \"STOP\", \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}\r\n{\"return\": 99, \"id\": 12345}\r\n{\"return\": {\"status\": \"paused\"}, \"id\": ID}\r\n".to_vec(),
                 b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"no such thing\"}, \"id\": ID}\r\n".to_vec(),
-            ],
-        );
-        let mut c = QmpClient::handshake(a, "test".into(), Duration::from_secs(5)).unwrap();
+            ]);
         assert_eq!(c.version()["qemu"]["major"], 7);
         let v = c.execute("query-status", None).unwrap();
         assert_eq!(v["status"], "paused");
@@ -656,16 +658,10 @@ mod tests {
             Err(QmpError::Handshake(_))
         ));
 
-        let (a, b) = UnixStream::pair().unwrap();
-        let srv = server(
-            b,
-            GREETING,
-            vec![
-                b"{\"return\": {}, \"id\": ID}\n".to_vec(),
-                b"\x00\x01 garbage\n".to_vec(),
-            ],
-        );
-        let mut c = QmpClient::handshake(a, "t".into(), Duration::from_secs(5)).unwrap();
+        let (mut c, srv) = scripted(vec![
+            b"{\"return\": {}, \"id\": ID}\n".to_vec(),
+            b"\x00\x01 garbage\n".to_vec(),
+        ]);
         let e = c.execute("stop", None).unwrap_err();
         assert!(matches!(e, QmpError::Protocol { .. }), "{e}");
         srv.join().unwrap();

@@ -126,16 +126,7 @@ pub fn capture(dir: &Path) -> Result<()> {
         .with_context(|| format!("{LINK} has no MAC address: {mac_text:?}"))?;
     // The xid is the link's MAC: replies are matched by xid and MAC.
     let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]);
-    let mut req = Request {
-        kind: MessageType::Discover,
-        xid,
-        mac,
-        secs: 0,
-        ciaddr: Ipv4Addr::UNSPECIFIED,
-        requested: None,
-        server_id: None,
-        hostname: Some("rayos-seed"),
-    };
+    let mut req = Request::discover(xid, mac, Some("rayos-seed"));
     let record = |req: &Request<'_>, kinds: &[MessageType], name: &str| -> Result<dhcp::Reply> {
         let bytes = record_reply(LINK, req, kinds, WAIT)?
             .with_context(|| format!("no {kinds:?} from dnsmasq within {WAIT:?}"))?;
@@ -143,9 +134,7 @@ pub fn capture(dir: &Path) -> Result<()> {
         Ok(dhcp::parse(&bytes)?)
     };
     let offer = record(&req, &[MessageType::Offer], "dnsmasq-offer.bin")?;
-    req.kind = MessageType::Request;
-    req.requested = Some(offer.yiaddr);
-    req.server_id = offer.server_id;
+    req.select(&offer);
     record(&req, &[MessageType::Ack], "dnsmasq-ack.bin")?;
     // INIT-REBOOT for an address the server never gave.
     req.xid ^= 1;
