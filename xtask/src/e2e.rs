@@ -344,6 +344,19 @@ impl Run {
         self.stopped(&mut vm, what, secs)
     }
 
+    /// Presses the ACPI power button (QMP `system_powerdown`) and waits up
+    /// to 10 minutes for RayOS to stop the VMs and power off.
+    pub(crate) fn power_button(&self, vm: &mut Qemu) -> Result<()> {
+        vm.qmp("system_powerdown", None)
+            .context("QMP system_powerdown")?;
+        self.ok("ACPI power button pressed (QMP system_powerdown)");
+        self.stopped(
+            vm,
+            "RayOS stops the VMs (saved or shut down) and powers off",
+            600,
+        )
+    }
+
     pub(crate) fn stopped(&self, vm: &mut Qemu, what: &str, secs: u64) -> Result<()> {
         match vm.wait_exit(self.timeout(secs)) {
             Ok(_) => {
@@ -683,14 +696,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     // more on a busy one); let it reach userspace and count, so the resume
     // has a counter to continue. Its console is read at the admin prompt.
     guest_counting(run, &mut vm, "linux", None, GUEST_BOOT_SECS)?;
-    vm.qmp("system_powerdown", None)
-        .context("QMP system_powerdown")?;
-    run.ok("ACPI power button pressed (QMP system_powerdown)");
-    run.stopped(
-        &mut vm,
-        "RayOS stops the VMs (saved or shut down) and powers off",
-        600,
-    )?;
+    run.power_button(&mut vm)?;
     let serial1 = vm.serial_log().to_path_buf();
     drop(vm);
     run.started(&disk, data_offset, VmStart::Cold)?;

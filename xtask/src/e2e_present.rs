@@ -222,14 +222,7 @@ fn flow(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
     s.home_screen("home-after-hide", "running (hidden)", 120)?;
 
     // 8. Power off, then read the data volume.
-    s.vm.qmp("system_powerdown", None)
-        .context("QMP system_powerdown")?;
-    run.ok("ACPI power button pressed (QMP system_powerdown)");
-    run.stopped(
-        &mut vm,
-        "RayOS stops the VMs (saved or shut down) and powers off",
-        600,
-    )?;
+    run.power_button(&mut vm)?;
     drop(vm);
     let shot = work.join("vm-screenshot.png");
     e2e::debugfs(

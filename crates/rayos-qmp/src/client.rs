@@ -135,14 +135,18 @@ impl Conn {
     }
 
     fn send(&mut self, command: &str, bytes: &[u8], timeout: Duration) -> Result<(), QmpError> {
-        let send_err = |source| QmpError::Send {
-            command: command.into(),
-            source,
-        };
+        self.write_within(command, timeout)?;
+        self.stream
+            .write_all(bytes)
+            .map_err(|e| send_error(command, e))
+    }
+
+    /// Bounds the writes of `command` by `timeout` (at least 1 ms: a zero
+    /// timeout means none to the socket).
+    fn write_within(&self, command: &str, timeout: Duration) -> Result<(), QmpError> {
         self.stream
             .set_write_timeout(Some(timeout.max(Duration::from_millis(1))))
-            .map_err(send_err)?;
-        self.stream.write_all(bytes).map_err(send_err)
+            .map_err(|e| send_error(command, e))
     }
 
     /// [`Conn::send`] with `fd` attached to the first byte (SCM_RIGHTS).
@@ -153,22 +157,18 @@ impl Conn {
         fd: BorrowedFd<'_>,
         timeout: Duration,
     ) -> Result<(), QmpError> {
-        let send_err = |source| QmpError::Send {
-            command: command.into(),
-            source,
-        };
-        self.stream
-            .set_write_timeout(Some(timeout.max(Duration::from_millis(1))))
-            .map_err(send_err)?;
+        self.write_within(command, timeout)?;
         let sent = loop {
             match sys::send_with_fd(&self.stream, bytes, fd) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(send_err(e)),
+                Err(e) => return Err(send_error(command, e)),
             }
         };
         // The descriptor went with the first chunk; the rest is plain bytes.
-        self.stream.write_all(&bytes[sent..]).map_err(send_err)
+        self.stream
+            .write_all(&bytes[sent..])
+            .map_err(|e| send_error(command, e))
     }
 
     /// Fills the buffer until a line is complete or the deadline passes.
@@ -219,6 +219,13 @@ impl Conn {
             Err(e) if e.kind() == ErrorKind::Interrupted => Ok(true),
             Err(e) => Err(recv_err(e)),
         }
+    }
+}
+
+fn send_error(command: &str, source: std::io::Error) -> QmpError {
+    QmpError::Send {
+        command: command.into(),
+        source,
     }
 }
 
