@@ -171,6 +171,28 @@ impl Conn {
             .map_err(|e| send_error(command, e))
     }
 
+    /// The next message of the reply to `command`; at `deadline` the
+    /// [`QmpError::Timeout`] that names `timeout`, the time it was given.
+    fn next_message(
+        &mut self,
+        command: &str,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Message, QmpError> {
+        match self.read_line(command, deadline)? {
+            Read1::Line(line) => {
+                crate::wire::parse_message(&line).map_err(|source| QmpError::Protocol {
+                    command: command.into(),
+                    source,
+                })
+            }
+            Read1::Timeout => Err(QmpError::Timeout {
+                command: command.into(),
+                timeout,
+            }),
+        }
+    }
+
     /// Fills the buffer until a line is complete or the deadline passes.
     fn read_line(&mut self, command: &str, deadline: Instant) -> Result<Read1, QmpError> {
         let mut chunk = [0u8; 8192];
@@ -349,20 +371,7 @@ impl QmpClient {
         }
         let deadline = Instant::now() + timeout;
         loop {
-            let line = match self.conn.read_line(command, deadline)? {
-                Read1::Line(l) => l,
-                Read1::Timeout => {
-                    return Err(QmpError::Timeout {
-                        command: command.into(),
-                        timeout,
-                    });
-                }
-            };
-            let msg = crate::wire::parse_message(&line).map_err(|source| QmpError::Protocol {
-                command: command.into(),
-                source,
-            })?;
-            match msg {
+            match self.conn.next_message(command, deadline, timeout)? {
                 Message::Event(e) => self.queue(e),
                 Message::Return { id: Some(r), value } if r == id => return Ok(value),
                 Message::Error {
@@ -535,19 +544,7 @@ impl GuestAgent {
         self.conn.send(command, &bytes, self.timeout)?;
         let deadline = Instant::now() + self.timeout;
         loop {
-            let line = match self.conn.read_line(command, deadline)? {
-                Read1::Line(l) => l,
-                Read1::Timeout => {
-                    return Err(QmpError::Timeout {
-                        command: command.into(),
-                        timeout: self.timeout,
-                    });
-                }
-            };
-            match crate::wire::parse_message(&line).map_err(|source| QmpError::Protocol {
-                command: command.into(),
-                source,
-            })? {
+            match self.conn.next_message(command, deadline, self.timeout)? {
                 Message::Return { value, .. } => return Ok(value),
                 Message::Error { class, desc, .. } => {
                     return Err(QmpError::Rejected {
