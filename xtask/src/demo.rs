@@ -17,6 +17,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
+use crate::installed::AnswerFile;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Size of the demo disk image (bytes, or with K/M/G suffix).
@@ -26,27 +28,6 @@ pub struct Args {
     #[arg(long, default_value_t = 512)]
     pub sector_size: u32,
 }
-
-const ANSWERS: &str = r#"version = 1
-[target]
-mode = "whole-disk"        # whole-disk | free-space | reuse
-[sizes]
-system = "2GiB"
-data = "rest"
-[vm_storage]
-linux = "data"
-windows = "data"
-[machine]
-hostname = "rayos-demo"
-timezone = "UTC"
-locale = "en_US.UTF-8"
-keyboard = "us"
-[policy]
-linux_autostart = true
-linux_present_on_boot = false
-windows_enabled = false
-networking = "off"
-"#;
 
 fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
@@ -107,7 +88,15 @@ pub fn run(args: Args) -> Result<()> {
         .and_then(|f| f.set_len(size))
         .with_context(|| format!("cannot create {}", disk.display()))?;
     let answers = dir.join("answers.toml");
-    std::fs::write(&answers, ANSWERS)?;
+    let answers_text = AnswerFile {
+        hostname: "rayos-demo",
+        countdown: None,
+        disk: None,
+        spelled_out: true,
+        test_guest: false,
+    }
+    .text();
+    std::fs::write(&answers, &answers_text)?;
     let image = system_image(&root, &dir)?;
     section(&format!(
         "fresh sparse disk {} ({} GiB, {}-byte sectors), answers {}",
@@ -116,7 +105,7 @@ pub fn run(args: Args) -> Result<()> {
         args.sector_size,
         rel(&root, &answers)
     ));
-    print!("{ANSWERS}");
+    print!("{answers_text}");
 
     let common = |c: &mut Command| {
         c.arg("install")

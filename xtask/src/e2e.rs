@@ -58,6 +58,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -68,6 +69,8 @@ use rayos_image::fat::{self, FatTree};
 use rayos_image::ovmf_vars;
 use rayos_image::qemu::{Config, Medium, Qemu};
 
+use crate::installed::AnswerFile;
+
 mod answers;
 
 #[derive(clap::Args)]
@@ -75,6 +78,22 @@ pub struct Args {
     /// Which installs to run.
     #[arg(long, value_enum, default_value = "iso")]
     pub variant: Vec<Variant>,
+    #[command(flatten)]
+    pub common: MediaArgs,
+    /// Only boot the ISO (as CD and as disk) and the USB image and check the
+    /// kernel and PID 1 come up in installer mode.
+    #[arg(long)]
+    pub boot_only: bool,
+    /// Only run the installer's dry run on the host against a blank image
+    /// and check it wrote nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// The options every run that boots the media takes (`e2e`, and all of
+/// `e2e-present`'s).
+#[derive(clap::Args)]
+pub struct MediaArgs {
     /// Where the media are (and are built when missing).
     #[arg(long, default_value = "build")]
     pub media: PathBuf,
@@ -84,14 +103,6 @@ pub struct Args {
     /// Multiply every timeout (slow or busy machines).
     #[arg(long, default_value_t = 1.0)]
     pub timeout_scale: f64,
-    /// Only boot the ISO (as CD and as disk) and the USB image and check the
-    /// kernel and PID 1 come up in installer mode.
-    #[arg(long)]
-    pub boot_only: bool,
-    /// Only run the installer's dry run on the host against a blank image
-    /// and check it wrote nothing.
-    #[arg(long)]
-    pub dry_run: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,31 +166,16 @@ impl Variant {
 /// the small test guest, asked for by name: it stands in for the Debian VM,
 /// whose boot under nested TCG takes far longer than these runs may (the
 /// `debian` variant installs the real one).
-pub const ANSWERS: &str = r#"version = 1
-[unattended]
-countdown = 2
-[target]
-disk = "/dev/vda"
-mode = "whole-disk"
-[sizes]
-system = "2GiB"
-data = "rest"
-[vm_storage]
-linux = "data"
-windows = "data"
-[machine]
-hostname = "rayos-e2e"
-timezone = "UTC"
-locale = "en_US.UTF-8"
-keyboard = "us"
-[policy]
-linux_autostart = true
-linux_present_on_boot = false
-windows_enabled = false
-networking = "off"
-[linux]
-system = "test-guest"
-"#;
+pub static ANSWERS: LazyLock<String> = LazyLock::new(|| {
+    AnswerFile {
+        hostname: "rayos-e2e",
+        countdown: Some(2),
+        disk: Some("/dev/vda"),
+        spelled_out: true,
+        test_guest: true,
+    }
+    .text()
+});
 
 pub(crate) const DISK_BYTES: u64 = 16 << 30;
 /// The `4k` variant's dedicated VM-storage partition for the Linux VM.
@@ -348,6 +344,19 @@ impl Run {
         self.stopped(&mut vm, what, secs)
     }
 
+    /// Presses the ACPI power button (QMP `system_powerdown`) and waits up
+    /// to 10 minutes for RayOS to stop the VMs and power off.
+    pub(crate) fn power_button(&self, vm: &mut Qemu) -> Result<()> {
+        vm.qmp("system_powerdown", None)
+            .context("QMP system_powerdown")?;
+        self.ok("ACPI power button pressed (QMP system_powerdown)");
+        self.stopped(
+            vm,
+            "RayOS stops the VMs (saved or shut down) and powers off",
+            600,
+        )
+    }
+
     pub(crate) fn stopped(&self, vm: &mut Qemu, what: &str, secs: u64) -> Result<()> {
         match vm.wait_exit(self.timeout(secs)) {
             Ok(_) => {
@@ -367,16 +376,16 @@ impl Run {
 
 pub fn run(args: Args) -> Result<()> {
     let root = crate::root();
-    let out = root.join(&args.media);
+    let out = root.join(&args.common.media);
     if args.dry_run {
         println!("== e2e dry-run");
         let run = Run {
-            scale: args.timeout_scale,
+            scale: args.common.timeout_scale,
             started: Instant::now(),
         };
         return dry_run(&run, &out.join("e2e").join("dry-run"));
     }
-    let (_, iso, usb) = crate::media::ensure(&args.media, args.rebuild)?;
+    let (_, iso, usb) = crate::media::ensure(&args.common.media, args.common.rebuild)?;
     let mut failed = Vec::new();
     let variants = if args.boot_only {
         vec![Variant::Iso]
@@ -386,7 +395,7 @@ pub fn run(args: Args) -> Result<()> {
     for v in variants {
         println!("== e2e {}", v.name());
         let run = Run {
-            scale: args.timeout_scale,
+            scale: args.common.timeout_scale,
             started: Instant::now(),
         };
         let work = out.join("e2e").join(v.name());
@@ -532,7 +541,7 @@ pub(crate) fn install(
             "linux = \"data\"",
             &format!("linux = {{ create = \"{VM_STORAGE_SIZE}\" }}"),
         ),
-        _ => ANSWERS.to_string(),
+        _ => ANSWERS.clone(),
     };
     fs::write(&answers_file, answers_text)?;
     let answers_disk = work.join("answers.img");
@@ -687,14 +696,7 @@ fn variant(run: &Run, work: &Path, v: Variant, iso: &Path, usb: &Path) -> Result
     // more on a busy one); let it reach userspace and count, so the resume
     // has a counter to continue. Its console is read at the admin prompt.
     guest_counting(run, &mut vm, "linux", None, GUEST_BOOT_SECS)?;
-    vm.qmp("system_powerdown", None)
-        .context("QMP system_powerdown")?;
-    run.ok("ACPI power button pressed (QMP system_powerdown)");
-    run.stopped(
-        &mut vm,
-        "RayOS stops the VMs (saved or shut down) and powers off",
-        600,
-    )?;
+    run.power_button(&mut vm)?;
     let serial1 = vm.serial_log().to_path_buf();
     drop(vm);
     run.started(&disk, data_offset, VmStart::Cold)?;
@@ -774,7 +776,7 @@ fn dry_run(run: &Run, work: &Path) -> Result<()> {
     let disk = work.join("disk.img");
     sparse(&disk, DISK_BYTES)?;
     let answers = work.join("rayos-answers.toml");
-    fs::write(&answers, ANSWERS)?;
+    fs::write(&answers, ANSWERS.as_str())?;
     let mut cmd = std::process::Command::new(crate::root().join("target/release/rayos"));
     cmd.args(["install", "--dry-run", "--json", "--target"])
         .arg(&disk)
@@ -1307,7 +1309,7 @@ mod tests {
     #[test]
     fn e2e_answers_name_their_linux_vm() {
         use rayos_install::answers::{Answers, LinuxSystem};
-        let a = Answers::parse("e2e", super::ANSWERS).unwrap();
+        let a = Answers::parse("e2e", &super::ANSWERS).unwrap();
         assert_eq!(a.linux.system, Some(LinuxSystem::TestGuest));
         let d = Answers::parse("debian", &crate::e2e_debian::answers()).unwrap();
         assert_eq!(d.linux.system, None);

@@ -41,7 +41,7 @@
 mod png;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -52,18 +52,8 @@ use rayos_present::scale::Scaler;
 
 use crate::e2e::{self, ALWAYS_BAD, Run, Variant};
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// Where the media are (and are built when missing).
-    #[arg(long, default_value = "build")]
-    pub media: PathBuf,
-    /// Rebuild the media first (with a fast zstd level) even if they exist.
-    #[arg(long)]
-    pub rebuild: bool,
-    /// Multiply every timeout (slow or busy machines).
-    #[arg(long, default_value_t = 1.0)]
-    pub timeout_scale: f64,
-}
+/// `e2e-present` takes only what every media run takes.
+pub use crate::e2e::MediaArgs as Args;
 
 /// Where `vm screenshot` writes inside RayOS (the data volume's root) and
 /// the same file for debugfs.
@@ -232,14 +222,7 @@ fn flow(run: &Run, work: &Path, iso: &Path, usb: &Path) -> Result<()> {
     s.home_screen("home-after-hide", "running (hidden)", 120)?;
 
     // 8. Power off, then read the data volume.
-    s.vm.qmp("system_powerdown", None)
-        .context("QMP system_powerdown")?;
-    run.ok("ACPI power button pressed (QMP system_powerdown)");
-    run.stopped(
-        &mut vm,
-        "RayOS stops the VMs (saved or shut down) and powers off",
-        600,
-    )?;
+    run.power_button(&mut vm)?;
     drop(vm);
     let shot = work.join("vm-screenshot.png");
     e2e::debugfs(

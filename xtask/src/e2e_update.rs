@@ -44,6 +44,8 @@ use rayos_base::marker::{Kind, Marker, VmStart};
 use rayos_image::fat::{self, FatTree};
 use rayos_image::qemu::{Config, Medium, Qemu};
 
+use crate::installed::AnswerFile;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Where the media trusting the dev key are (built there when missing
@@ -57,24 +59,6 @@ pub struct Args {
     #[arg(long, default_value_t = 1.0)]
     pub timeout_scale: f64,
 }
-
-const ANSWERS: &str = r#"version = 1
-[target]
-mode = "whole-disk"
-[sizes]
-system = "2GiB"
-data = "rest"
-[machine]
-hostname = "rayos-update-e2e"
-timezone = "UTC"
-[policy]
-linux_autostart = true
-linux_present_on_boot = false
-windows_enabled = false
-networking = "off"
-[linux]
-system = "test-guest"
-"#;
 
 struct Run {
     scale: f64,
@@ -283,19 +267,21 @@ pub fn run(args: Args) -> Result<()> {
 
     // 2. install 0.1.0
     let disk = work.join("disk.img");
-    fs::File::create(&disk)?.set_len(16 << 30)?;
-    let answers = work.join("answers.toml");
-    fs::write(&answers, ANSWERS)?;
-    crate::run_cmd(
-        Command::new(crate::demo::target_dir(&root).join("debug/rayos"))
-            .args(["install", "--yes", "--no-nvram", "--target"])
-            .arg(&disk)
-            .arg("--answers")
-            .arg(&answers)
-            .arg("--system-image")
-            .arg(media.join("rayos.efi"))
-            .arg("--recovery-image")
-            .arg(media.join("rayos-recovery.efi")),
+    let answers = AnswerFile {
+        hostname: "rayos-update-e2e",
+        countdown: None,
+        disk: None,
+        spelled_out: false,
+        test_guest: true,
+    };
+    crate::installed::install_image(
+        &crate::demo::target_dir(&root).join("debug/rayos"),
+        &work,
+        &disk,
+        &answers.text(),
+        &media.join("rayos.efi"),
+        Some(&media.join("rayos-recovery.efi")),
+        false,
     )?;
     run.ok("RayOS 0.1.0 installed onto the image");
     let vars = work.join("OVMF_VARS.fd");

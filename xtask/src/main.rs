@@ -12,6 +12,7 @@ mod e2e_present;
 mod e2e_update;
 mod e2e_windows;
 mod fuzz;
+mod installed;
 mod linux_vm;
 mod media;
 mod test;

@@ -90,9 +90,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Variant::AnswersSafety,
             Variant::Net,
         ],
-        media: PathBuf::from("build"),
-        rebuild: false,
-        timeout_scale: args.timeout_scale,
+        common: crate::e2e::MediaArgs {
+            media: PathBuf::from("build"),
+            rebuild: false,
+            timeout_scale: args.timeout_scale,
+        },
         boot_only: false,
         dry_run: false,
     })?;

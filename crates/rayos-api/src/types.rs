@@ -287,6 +287,28 @@ pub struct CreateRequest {
     pub guest: Option<rayos_state::GuestConfig>,
 }
 
+impl CreateRequest {
+    /// A request naming only the VM and its kind: no disks, media or
+    /// kernel, everything else the policy's default. Callers fill in what
+    /// they need with struct update syntax.
+    pub fn new(name: impl Into<String>, kind: VmKind) -> CreateRequest {
+        CreateRequest {
+            name: name.into(),
+            kind,
+            memory_mib: None,
+            cpus: None,
+            disks: vec![],
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            media: vec![],
+            usb_media: vec![],
+            secure_boot: None,
+            guest: None,
+        }
+    }
+}
+
 wire_enum! {
     /// How a medium is given to the guest.
     pub enum MediaForm {

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::gpt::{Corruption, FreeRegion, Gpt, Mbr, MbrPartition};
+use crate::gpt::{Corruption, FreeRegion, Gpt, Mbr, MbrPartition, Partition as GptPartition};
 use crate::probe::{Filesystem, FsInfo};
 use crate::types::{self, TypeFamily};
 
@@ -154,6 +154,33 @@ pub struct PartitionReport {
 }
 
 impl PartitionReport {
+    /// The report of GPT entry `p` on a disk with `sector_size`-byte
+    /// sectors: type named and classified by [`types`], no filesystem,
+    /// device or usage yet (the caller probes and fills those).
+    pub fn of_gpt(p: &GptPartition, sector_size: u32) -> PartitionReport {
+        PartitionReport {
+            number: p.number,
+            first_lba: p.first_lba,
+            last_lba: p.last_lba,
+            start_bytes: p.start_bytes(sector_size),
+            size_bytes: p.size_bytes(sector_size),
+            type_guid: Some(p.type_guid),
+            mbr_type: None,
+            type_name: types::type_name(&p.type_guid)
+                .map(str::to_string)
+                .unwrap_or_else(|| p.type_guid.to_string()),
+            family: types::type_family(&p.type_guid),
+            unique_guid: Some(p.unique_guid),
+            name: p.name.clone(),
+            attributes: p.attributes,
+            filesystem: None,
+            fs_label: None,
+            fs_uuid: None,
+            device: None,
+            in_use: Vec::new(),
+        }
+    }
+
     /// GPT name or filesystem label equals `label`.
     pub fn has_label(&self, label: &str) -> bool {
         self.name == label || self.fs_label.as_deref() == Some(label)
@@ -299,27 +326,7 @@ pub(crate) fn gpt_partitions(gpt: &Gpt) -> Vec<PartitionReport> {
     let ss = gpt.sector_size();
     gpt.partitions()
         .iter()
-        .map(|p| PartitionReport {
-            number: p.number,
-            first_lba: p.first_lba,
-            last_lba: p.last_lba,
-            start_bytes: p.start_bytes(ss),
-            size_bytes: p.size_bytes(ss),
-            type_guid: Some(p.type_guid),
-            mbr_type: None,
-            type_name: types::type_name(&p.type_guid)
-                .map(str::to_string)
-                .unwrap_or_else(|| p.type_guid.to_string()),
-            family: types::type_family(&p.type_guid),
-            unique_guid: Some(p.unique_guid),
-            name: p.name.clone(),
-            attributes: p.attributes,
-            filesystem: None,
-            fs_label: None,
-            fs_uuid: None,
-            device: None,
-            in_use: Vec::new(),
-        })
+        .map(|p| PartitionReport::of_gpt(p, ss))
         .collect()
 }
 

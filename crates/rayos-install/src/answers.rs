@@ -314,9 +314,6 @@ pub enum FinishAction {
     Poweroff,
 }
 
-/// Reads a size value of the answer file (`"32GiB"` or bytes).
-type SizeParser<'a> = dyn Fn(&Spanned<toml::Value>, &str) -> Result<u64, AnswerError> + 'a;
-
 /// Seconds the installer media show the plan before an unattended install
 /// writes (`[unattended] countdown`; read by rayos init, not by the engine).
 pub const DEFAULT_COUNTDOWN_SECS: u32 = 10;
@@ -578,6 +575,287 @@ impl Ctx<'_> {
             message,
         })
     }
+
+    /// An error about the file as a whole (two settings that do not go
+    /// together), reported without a line.
+    fn file_err<T>(&self, message: impl Into<String>) -> Result<T, AnswerError> {
+        Err(AnswerError {
+            path: self.path.into(),
+            line: 0,
+            message: message.into(),
+        })
+    }
+
+    /// A partition named by number (`3`) or device path (`"/dev/sda3"`).
+    fn part(&self, v: &Spanned<toml::Value>, key: &str) -> Result<Located<PartRef>, AnswerError> {
+        let line = self.line_of(v.span());
+        let value = match v.get_ref() {
+            toml::Value::Integer(n) if *n >= 1 && *n <= 128 => PartRef::Number(*n as u32),
+            toml::Value::String(s) if s.starts_with('/') => PartRef::Path(s.clone()),
+            other => {
+                return self.err(
+                    v.span(),
+                    format!(
+                        "{key} = {other} is not a partition: use its number (3) or device path (\"/dev/sda3\")"
+                    ),
+                );
+            }
+        };
+        Ok(Located { value, line })
+    }
+
+    /// A size value (`"32GiB"` or bytes).
+    fn size(&self, v: &Spanned<toml::Value>, key: &str) -> Result<u64, AnswerError> {
+        match v.get_ref() {
+            toml::Value::String(s) => {
+                parse_size(s).or_else(|m| self.err(v.span(), format!("{key}: {m}")))
+            }
+            toml::Value::Integer(n) if *n > 0 => check_size_bound(*n as u64)
+                .or_else(|_| self.err(v.span(), format!("{key}: {}", too_large(&n.to_string())))),
+            other => self.err(
+                v.span(),
+                format!("{key} = {other} is not a size: write it like \"2GiB\""),
+            ),
+        }
+    }
+
+    /// `[target]`: the partitions of a reuse install only with that mode.
+    fn target(&self, t: &RawTarget) -> Result<Target, AnswerError> {
+        let target = Target {
+            disk: t.disk.as_ref().map(PathBuf::from),
+            mode: t.mode,
+            esp: t
+                .esp
+                .as_ref()
+                .map(|v| self.part(v, "target.esp"))
+                .transpose()?,
+            system: t
+                .system
+                .as_ref()
+                .map(|v| self.part(v, "target.system"))
+                .transpose()?,
+            data: t
+                .data
+                .as_ref()
+                .map(|v| self.part(v, "target.data"))
+                .transpose()?,
+            format: t
+                .format
+                .iter()
+                .map(|v| self.part(v, "target.format"))
+                .collect::<Result<_, _>>()?,
+            reinstall: t.reinstall,
+        };
+        if target.mode == Mode::Reuse {
+            for (key, v) in [("system", &target.system), ("data", &target.data)] {
+                if v.is_none() {
+                    return self.file_err(format!(
+                        "[target] mode = \"reuse\" needs target.{key}: the partition (number or device path) that becomes rayos-{key}"
+                    ));
+                }
+            }
+        } else {
+            for (key, v) in [("esp", &t.esp), ("system", &t.system), ("data", &t.data)] {
+                if let Some(v) = v {
+                    return self.err(
+                        v.span(),
+                        format!(
+                            "target.{key} is only used with mode = \"reuse\"; remove it or set mode = \"reuse\""
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(target)
+    }
+
+    /// `[sizes]`, the defaults where a key is left out.
+    fn sizes(&self, raw: &RawSizes) -> Result<Sizes, AnswerError> {
+        let mut sizes = Sizes::default();
+        if let Some(v) = &raw.esp {
+            sizes.esp = self.size(v, "sizes.esp")?;
+        }
+        if let Some(v) = &raw.system {
+            sizes.system = self.size(v, "sizes.system")?;
+        }
+        if let Some(v) = &raw.data {
+            sizes.data = match v.get_ref() {
+                toml::Value::String(s) if s == "rest" => DataSize::Rest,
+                _ => DataSize::Bytes(self.size(v, "sizes.data")?),
+            };
+        }
+        Ok(sizes)
+    }
+
+    /// One `[vm_storage]` key: `"data"` (also when left out), a partition
+    /// to create or one to reuse.
+    fn vm_storage(
+        &self,
+        v: &Option<Spanned<toml::Value>>,
+        key: &str,
+    ) -> Result<VmStorage, AnswerError> {
+        let Some(v) = v else {
+            return Ok(VmStorage::Data);
+        };
+        let help = "use \"data\", { create = \"20GiB\" } or { reuse = \"/dev/sda5\" }";
+        match v.get_ref() {
+            toml::Value::String(s) if s == "data" => Ok(VmStorage::Data),
+            toml::Value::Table(tb) if tb.len() == 1 => {
+                let Some((k, inner)) = tb.iter().next() else {
+                    return self.err(v.span(), format!("{key}: {help}"));
+                };
+                let inner = Spanned::new(v.span(), inner.clone());
+                match k.as_str() {
+                    "create" => Ok(VmStorage::Create(
+                        self.size(&inner, &format!("{key}.create"))?,
+                    )),
+                    "reuse" => Ok(VmStorage::Reuse(
+                        self.part(&inner, &format!("{key}.reuse"))?,
+                    )),
+                    other => self.err(v.span(), format!("{key}: unknown key {other:?}: {help}")),
+                }
+            }
+            other => self.err(
+                v.span(),
+                format!("{key} = {other} is not VM storage: {help}"),
+            ),
+        }
+    }
+
+    /// `[machine]`, each value checked, the defaults where left out.
+    fn machine(&self, raw: &RawMachine) -> Result<MachineAnswers, AnswerError> {
+        let mut machine = MachineAnswers::default();
+        type Check = fn(&str) -> Result<(), String>;
+        let fields: [(&Option<Spanned<String>>, &mut String, Check, &str); 4] = [
+            (
+                &raw.hostname,
+                &mut machine.hostname,
+                validate_hostname,
+                "hostname",
+            ),
+            (
+                &raw.timezone,
+                &mut machine.timezone,
+                validate_timezone,
+                "timezone",
+            ),
+            (&raw.locale, &mut machine.locale, validate_locale, "locale"),
+            (
+                &raw.keyboard,
+                &mut machine.keyboard,
+                validate_keyboard,
+                "keyboard",
+            ),
+        ];
+        for (src, dst, check, key) in fields {
+            if let Some(v) = src {
+                check(v.get_ref())
+                    .or_else(|m| self.err(v.span(), format!("machine.{key}: {m}")))?;
+                *dst = v.get_ref().clone();
+            }
+        }
+        Ok(machine)
+    }
+
+    /// `[policy]`, the defaults where left out.
+    fn policy(&self, p: &RawPolicy) -> Result<PolicyAnswers, AnswerError> {
+        let d = PolicyAnswers::default();
+        let policy = PolicyAnswers {
+            linux_autostart: p.linux_autostart.unwrap_or(d.linux_autostart),
+            linux_present_on_boot: p.linux_present_on_boot.unwrap_or(d.linux_present_on_boot),
+            windows_enabled: p.windows_enabled.unwrap_or(d.windows_enabled),
+            windows_autostart: p.windows_autostart.unwrap_or(d.windows_autostart),
+            networking: p.networking.unwrap_or(d.networking),
+        };
+        if policy.windows_autostart && !policy.windows_enabled {
+            return self
+                .file_err("policy.windows_autostart = true needs policy.windows_enabled = true");
+        }
+        Ok(policy)
+    }
+
+    /// `[unattended] countdown`, in range.
+    fn countdown(&self, u: &RawUnattended) -> Result<u32, AnswerError> {
+        let Some(c) = &u.countdown else {
+            return Ok(DEFAULT_COUNTDOWN_SECS);
+        };
+        match u32::try_from(*c.get_ref()) {
+            Ok(n) if (1..=MAX_COUNTDOWN_SECS).contains(&n) => Ok(n),
+            _ => self.err(
+                c.span(),
+                format!(
+                    "unattended.countdown = {} is out of range: give 1 to {MAX_COUNTDOWN_SECS} seconds \
+                     (the plan is shown that long before the install writes; any key cancels)",
+                    c.get_ref()
+                ),
+            ),
+        }
+    }
+
+    /// `[linux]`: the Debian VM's user and login, or the test guest.
+    fn linux(&self, l: &RawLinux) -> Result<LinuxAnswers, AnswerError> {
+        use rayos_state::guest::{
+            hash_password, validate_password_hash, validate_ssh_key, validate_user,
+        };
+        let mut out = LinuxAnswers {
+            system: l.system,
+            ..LinuxAnswers::default()
+        };
+        if let Some(v) = &l.disk_size {
+            out.disk_size = self.size(v, "linux.disk_size")?;
+            if out.disk_size < LINUX_DISK_MIN {
+                return self.err(
+                    v.span(),
+                    format!(
+                        "linux.disk_size is {}: the Linux VM's disk needs at least {}",
+                        human_size(out.disk_size),
+                        human_size(LINUX_DISK_MIN)
+                    ),
+                );
+            }
+        }
+        if let Some(u) = &l.user {
+            validate_user(u.get_ref())
+                .or_else(|m| self.err(u.span(), format!("linux.user: {m}")))?;
+            out.user = Some(u.get_ref().clone());
+        }
+        match (&l.password, &l.password_hash) {
+            (Some(a), Some(_)) => {
+                return self.err(
+                    a.span(),
+                    "give linux.password or linux.password_hash, not both".into(),
+                );
+            }
+            (Some(p), None) => {
+                out.password_hash = Some(
+                    hash_password(p.get_ref())
+                        .or_else(|e| self.err(p.span(), format!("linux.password: {e}")))?,
+                );
+            }
+            (None, Some(h)) => {
+                validate_password_hash(h.get_ref())
+                    .or_else(|m| self.err(h.span(), format!("linux.password_hash: {m}")))?;
+                out.password_hash = Some(h.get_ref().clone());
+            }
+            (None, None) => {}
+        }
+        if let Some(k) = &l.ssh_key {
+            validate_ssh_key(k.get_ref().trim())
+                .or_else(|m| self.err(k.span(), format!("linux.ssh_key: {m}")))?;
+            out.ssh_key = Some(k.get_ref().trim().to_string());
+        }
+        let has_login = out.password_hash.is_some() || out.ssh_key.is_some();
+        if out.user.is_some() && !has_login {
+            return self.file_err(
+                "linux.user needs linux.password (or password_hash) or linux.ssh_key to log in",
+            );
+        }
+        if out.user.is_none() && (has_login || out.system == Some(LinuxSystem::Debian)) {
+            return self
+                .file_err("the Debian VM needs linux.user (with linux.password or linux.ssh_key)");
+        }
+        Ok(out)
+    }
 }
 
 /// Parses a size: a whole number of bytes or a number with a unit
@@ -701,286 +979,19 @@ impl Answers {
                 ),
             );
         }
-
-        let part = |v: &Spanned<toml::Value>, key: &str| -> Result<Located<PartRef>, AnswerError> {
-            let line = cx.line_of(v.span());
-            let value = match v.get_ref() {
-                toml::Value::Integer(n) if *n >= 1 && *n <= 128 => PartRef::Number(*n as u32),
-                toml::Value::String(s) if s.starts_with('/') => PartRef::Path(s.clone()),
-                other => {
-                    return cx.err(
-                        v.span(),
-                        format!(
-                            "{key} = {other} is not a partition: use its number (3) or device path (\"/dev/sda3\")"
-                        ),
-                    );
-                }
-            };
-            Ok(Located { value, line })
-        };
-
-        let t = &raw.target;
-        let target = Target {
-            disk: t.disk.as_ref().map(PathBuf::from),
-            mode: t.mode,
-            esp: t.esp.as_ref().map(|v| part(v, "target.esp")).transpose()?,
-            system: t
-                .system
-                .as_ref()
-                .map(|v| part(v, "target.system"))
-                .transpose()?,
-            data: t
-                .data
-                .as_ref()
-                .map(|v| part(v, "target.data"))
-                .transpose()?,
-            format: t
-                .format
-                .iter()
-                .map(|v| part(v, "target.format"))
-                .collect::<Result<_, _>>()?,
-            reinstall: t.reinstall,
-        };
-        if target.mode == Mode::Reuse {
-            for (key, v) in [("system", &target.system), ("data", &target.data)] {
-                if v.is_none() {
-                    return Err(AnswerError {
-                        path: path.into(),
-                        line: 0,
-                        message: format!(
-                            "[target] mode = \"reuse\" needs target.{key}: the partition (number or device path) that becomes rayos-{key}"
-                        ),
-                    });
-                }
-            }
-        } else {
-            for (key, v) in [("esp", &t.esp), ("system", &t.system), ("data", &t.data)] {
-                if let Some(v) = v {
-                    return cx.err(
-                        v.span(),
-                        format!(
-                            "target.{key} is only used with mode = \"reuse\"; remove it or set mode = \"reuse\""
-                        ),
-                    );
-                }
-            }
-        }
-
-        let size = |v: &Spanned<toml::Value>, key: &str| -> Result<u64, AnswerError> {
-            match v.get_ref() {
-                toml::Value::String(s) => {
-                    parse_size(s).or_else(|m| cx.err(v.span(), format!("{key}: {m}")))
-                }
-                toml::Value::Integer(n) if *n > 0 => check_size_bound(*n as u64)
-                    .or_else(|_| cx.err(v.span(), format!("{key}: {}", too_large(&n.to_string())))),
-                other => cx.err(
-                    v.span(),
-                    format!("{key} = {other} is not a size: write it like \"2GiB\""),
-                ),
-            }
-        };
-        let mut sizes = Sizes::default();
-        if let Some(v) = &raw.sizes.esp {
-            sizes.esp = size(v, "sizes.esp")?;
-        }
-        if let Some(v) = &raw.sizes.system {
-            sizes.system = size(v, "sizes.system")?;
-        }
-        if let Some(v) = &raw.sizes.data {
-            sizes.data = match v.get_ref() {
-                toml::Value::String(s) if s == "rest" => DataSize::Rest,
-                _ => DataSize::Bytes(size(v, "sizes.data")?),
-            };
-        }
-
-        let storage = |v: &Option<Spanned<toml::Value>>,
-                       key: &str|
-         -> Result<VmStorage, AnswerError> {
-            let Some(v) = v else {
-                return Ok(VmStorage::Data);
-            };
-            let help = "use \"data\", { create = \"20GiB\" } or { reuse = \"/dev/sda5\" }";
-            match v.get_ref() {
-                toml::Value::String(s) if s == "data" => Ok(VmStorage::Data),
-                toml::Value::Table(tb) if tb.len() == 1 => {
-                    let Some((k, inner)) = tb.iter().next() else {
-                        return cx.err(v.span(), format!("{key}: {help}"));
-                    };
-                    let inner = Spanned::new(v.span(), inner.clone());
-                    match k.as_str() {
-                        "create" => Ok(VmStorage::Create(size(&inner, &format!("{key}.create"))?)),
-                        "reuse" => Ok(VmStorage::Reuse(part(&inner, &format!("{key}.reuse"))?)),
-                        other => cx.err(v.span(), format!("{key}: unknown key {other:?}: {help}")),
-                    }
-                }
-                other => cx.err(
-                    v.span(),
-                    format!("{key} = {other} is not VM storage: {help}"),
-                ),
-            }
-        };
-        let vm_storage = VmStorageAnswers {
-            linux: storage(&raw.vm_storage.linux, "vm_storage.linux")?,
-            windows: storage(&raw.vm_storage.windows, "vm_storage.windows")?,
-        };
-
-        let mut machine = MachineAnswers::default();
-        type Check = fn(&str) -> Result<(), String>;
-        let fields: [(&Option<Spanned<String>>, &mut String, Check, &str); 4] = [
-            (
-                &raw.machine.hostname,
-                &mut machine.hostname,
-                validate_hostname,
-                "hostname",
-            ),
-            (
-                &raw.machine.timezone,
-                &mut machine.timezone,
-                validate_timezone,
-                "timezone",
-            ),
-            (
-                &raw.machine.locale,
-                &mut machine.locale,
-                validate_locale,
-                "locale",
-            ),
-            (
-                &raw.machine.keyboard,
-                &mut machine.keyboard,
-                validate_keyboard,
-                "keyboard",
-            ),
-        ];
-        for (src, dst, check, key) in fields {
-            if let Some(v) = src {
-                check(v.get_ref()).or_else(|m| cx.err(v.span(), format!("machine.{key}: {m}")))?;
-                *dst = v.get_ref().clone();
-            }
-        }
-
-        let d = PolicyAnswers::default();
-        let p = &raw.policy;
-        let policy = PolicyAnswers {
-            linux_autostart: p.linux_autostart.unwrap_or(d.linux_autostart),
-            linux_present_on_boot: p.linux_present_on_boot.unwrap_or(d.linux_present_on_boot),
-            windows_enabled: p.windows_enabled.unwrap_or(d.windows_enabled),
-            windows_autostart: p.windows_autostart.unwrap_or(d.windows_autostart),
-            networking: p.networking.unwrap_or(d.networking),
-        };
-        if policy.windows_autostart && !policy.windows_enabled {
-            return Err(AnswerError {
-                path: path.into(),
-                line: 0,
-                message: "policy.windows_autostart = true needs policy.windows_enabled = true"
-                    .into(),
-            });
-        }
-
-        let linux = Self::parse_linux(&cx, &raw.linux, &size)?;
-
-        let countdown_secs = match &raw.unattended.countdown {
-            None => DEFAULT_COUNTDOWN_SECS,
-            Some(c) => match u32::try_from(*c.get_ref()) {
-                Ok(n) if (1..=MAX_COUNTDOWN_SECS).contains(&n) => n,
-                _ => {
-                    return cx.err(
-                        c.span(),
-                        format!(
-                            "unattended.countdown = {} is out of range: give 1 to {MAX_COUNTDOWN_SECS} seconds \
-                             (the plan is shown that long before the install writes; any key cancels)",
-                            c.get_ref()
-                        ),
-                    );
-                }
-            },
-        };
-
         Ok(Answers {
-            target,
-            sizes,
-            vm_storage,
-            machine,
-            policy,
-            linux,
+            target: cx.target(&raw.target)?,
+            sizes: cx.sizes(&raw.sizes)?,
+            vm_storage: VmStorageAnswers {
+                linux: cx.vm_storage(&raw.vm_storage.linux, "vm_storage.linux")?,
+                windows: cx.vm_storage(&raw.vm_storage.windows, "vm_storage.windows")?,
+            },
+            machine: cx.machine(&raw.machine)?,
+            policy: cx.policy(&raw.policy)?,
+            linux: cx.linux(&raw.linux)?,
             finish: raw.finish.action.unwrap_or_default(),
-            countdown_secs,
+            countdown_secs: cx.countdown(&raw.unattended)?,
         })
-    }
-
-    fn parse_linux(
-        cx: &Ctx<'_>,
-        l: &RawLinux,
-        size: &SizeParser<'_>,
-    ) -> Result<LinuxAnswers, AnswerError> {
-        use rayos_state::guest::{
-            hash_password, validate_password_hash, validate_ssh_key, validate_user,
-        };
-        let mut out = LinuxAnswers {
-            system: l.system,
-            ..LinuxAnswers::default()
-        };
-        if let Some(v) = &l.disk_size {
-            out.disk_size = size(v, "linux.disk_size")?;
-            if out.disk_size < LINUX_DISK_MIN {
-                return cx.err(
-                    v.span(),
-                    format!(
-                        "linux.disk_size is {}: the Linux VM's disk needs at least {}",
-                        human_size(out.disk_size),
-                        human_size(LINUX_DISK_MIN)
-                    ),
-                );
-            }
-        }
-        if let Some(u) = &l.user {
-            validate_user(u.get_ref()).or_else(|m| cx.err(u.span(), format!("linux.user: {m}")))?;
-            out.user = Some(u.get_ref().clone());
-        }
-        match (&l.password, &l.password_hash) {
-            (Some(a), Some(_)) => {
-                return cx.err(
-                    a.span(),
-                    "give linux.password or linux.password_hash, not both".into(),
-                );
-            }
-            (Some(p), None) => {
-                out.password_hash = Some(
-                    hash_password(p.get_ref())
-                        .or_else(|e| cx.err(p.span(), format!("linux.password: {e}")))?,
-                );
-            }
-            (None, Some(h)) => {
-                validate_password_hash(h.get_ref())
-                    .or_else(|m| cx.err(h.span(), format!("linux.password_hash: {m}")))?;
-                out.password_hash = Some(h.get_ref().clone());
-            }
-            (None, None) => {}
-        }
-        if let Some(k) = &l.ssh_key {
-            validate_ssh_key(k.get_ref().trim())
-                .or_else(|m| cx.err(k.span(), format!("linux.ssh_key: {m}")))?;
-            out.ssh_key = Some(k.get_ref().trim().to_string());
-        }
-        let has_login = out.password_hash.is_some() || out.ssh_key.is_some();
-        if out.user.is_some() && !has_login {
-            return Err(AnswerError {
-                path: cx.path.into(),
-                line: 0,
-                message:
-                    "linux.user needs linux.password (or password_hash) or linux.ssh_key to log in"
-                        .into(),
-            });
-        }
-        if out.user.is_none() && (has_login || out.system == Some(LinuxSystem::Debian)) {
-            return Err(AnswerError {
-                path: cx.path.into(),
-                line: 0,
-                message: "the Debian VM needs linux.user (with linux.password or linux.ssh_key)"
-                    .into(),
-            });
-        }
-        Ok(out)
     }
 
     /// The answers used when none are given (`--sample`, the wizard's start):

@@ -24,7 +24,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 
 use rayos_disk::report::{find_rayos, find_systems};
-use rayos_disk::types::{TypeFamily, type_family, type_name};
+use rayos_disk::types::TypeFamily;
 use rayos_disk::{Disk, FreeSpace, Gpt, PartitionReport, Table};
 
 use crate::manifest::Manifest;
@@ -214,25 +214,10 @@ fn disk_from_copy(disk: &Disk, copy: TableCopy) -> Result<Option<Disk>, FactsErr
         let (start, size) = (p.start_bytes(ss), p.size_bytes(ss));
         let fs = rayos_disk::probe(&mut f, start, size).ok().flatten();
         partitions.push(PartitionReport {
-            number: p.number,
-            first_lba: p.first_lba,
-            last_lba: p.last_lba,
-            start_bytes: start,
-            size_bytes: size,
-            type_guid: Some(p.type_guid),
-            mbr_type: None,
-            type_name: type_name(&p.type_guid)
-                .map(str::to_string)
-                .unwrap_or_else(|| p.type_guid.to_string()),
-            family: type_family(&p.type_guid),
-            unique_guid: Some(p.unique_guid),
-            name: p.name.clone(),
-            attributes: p.attributes,
             filesystem: fs.as_ref().map(|i| i.filesystem),
             fs_label: fs.as_ref().and_then(|i| i.label.clone()),
             fs_uuid: fs.and_then(|i| i.uuid),
-            device: None,
-            in_use: Vec::new(),
+            ..PartitionReport::of_gpt(p, ss)
         });
     }
     let free_regions = gpt

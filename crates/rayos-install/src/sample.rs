@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use rayos_disk::gpt::{free_runs, standard_usable_area};
 use rayos_disk::report::{find_rayos, find_systems};
-use rayos_disk::types::{self, type_family, type_name};
-use rayos_disk::{Disk, DiskKind, Filesystem, FreeSpace, PartitionReport, Table};
+use rayos_disk::types;
+use rayos_disk::{Disk, DiskKind, Filesystem, FreeSpace, Partition, PartitionReport, Table};
 
 use crate::answers::{GIB, MIB};
 
@@ -61,25 +61,12 @@ pub fn fake_disk(path: &str, size: u64, ss: u32, kind: DiskKind, parts: &[FakePa
     let partitions: Vec<PartitionReport> = parts
         .iter()
         .map(|p| PartitionReport {
-            number: p.number,
-            first_lba: p.first_lba,
-            last_lba: p.last_lba,
-            start_bytes: p.first_lba * ssz,
-            size_bytes: (p.last_lba + 1 - p.first_lba) * ssz,
-            type_guid: Some(p.type_guid),
-            mbr_type: None,
-            type_name: type_name(&p.type_guid)
-                .map(str::to_string)
-                .unwrap_or_else(|| p.type_guid.to_string()),
-            family: type_family(&p.type_guid),
-            unique_guid: Some(Uuid::new_v4()),
-            name: p.name.clone(),
-            attributes: 0,
             filesystem: p.filesystem,
             fs_label: p.fs_label.clone(),
-            fs_uuid: None,
-            device: None,
-            in_use: Vec::new(),
+            ..PartitionReport::of_gpt(
+                &Partition::new(p.number, p.type_guid, p.first_lba, p.last_lba, &p.name),
+                ss,
+            )
         })
         .collect();
     let (first, last) = standard_usable_area(size / ssz, ss);

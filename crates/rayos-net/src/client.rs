@@ -92,10 +92,7 @@ pub enum DhcpError {
 }
 
 fn socket(link: &str) -> Result<UdpSocket, DhcpError> {
-    let err = |source| DhcpError::Socket {
-        link: link.into(),
-        source,
-    };
+    let err = |source| socket_error(link, source);
     // SAFETY: plain socket(2); the descriptor is owned right below.
     let fd = unsafe {
         libc::socket(
@@ -182,10 +179,7 @@ pub fn record_reply(
     let sock = socket(link)?;
     exchange_bytes(&sock, req, kinds, Instant::now() + timeout)
         .map(|r| r.map(|(_, bytes)| bytes))
-        .map_err(|source| DhcpError::Socket {
-            link: link.into(),
-            source,
-        })
+        .map_err(|e| socket_error(link, e))
 }
 
 /// [`exchange`], also returning the reply's bytes.
@@ -248,42 +242,16 @@ pub fn acquire(
     let started = Instant::now();
     let deadline = started + timeout;
     let sock = socket(link)?;
-    let io_err = |source| DhcpError::Socket {
-        link: link.into(),
-        source,
-    };
-    let no_answer = || DhcpError::NoAnswer {
-        link: link.into(),
-        secs: timeout.as_secs(),
-    };
-    let xid = xid(&mac);
-    let mut req = Request {
-        kind: MessageType::Discover,
-        xid,
-        mac,
-        secs: 0,
-        ciaddr: Ipv4Addr::UNSPECIFIED,
-        requested: None,
-        server_id: None,
-        hostname,
-    };
+    let mut req = Request::discover(xid(&mac), mac, hostname);
     let offer = exchange(&sock, &req, &[MessageType::Offer], deadline)
-        .map_err(io_err)?
-        .ok_or_else(no_answer)?;
-    req.kind = MessageType::Request;
+        .map_err(|e| socket_error(link, e))?
+        .ok_or_else(|| no_answer(link, timeout))?;
+    req.select(&offer);
     req.secs = started.elapsed().as_secs().min(u16::MAX as u64) as u16;
-    req.requested = Some(offer.yiaddr);
-    req.server_id = offer.server_id;
     let ack = exchange(&sock, &req, &[MessageType::Ack, MessageType::Nak], deadline)
-        .map_err(io_err)?
-        .ok_or_else(no_answer)?;
-    if ack.kind == MessageType::Nak {
-        return Err(DhcpError::Refused {
-            link: link.into(),
-            server: ack.server_id.map(|s| s.to_string()).unwrap_or_default(),
-        });
-    }
-    Ok(Lease::from_ack(&ack))
+        .map_err(|e| socket_error(link, e))?
+        .ok_or_else(|| no_answer(link, timeout))?;
+    lease_of(link, &ack)
 }
 
 /// Renews `lease` on `link` (RENEWING, sent by broadcast so it also
@@ -298,13 +266,8 @@ pub fn renew(
     let sock = socket(link)?;
     let req = Request {
         kind: MessageType::Request,
-        xid: xid(&mac),
-        mac,
-        secs: 0,
         ciaddr: lease.address,
-        requested: None,
-        server_id: None,
-        hostname,
+        ..Request::discover(xid(&mac), mac, hostname)
     };
     let ack = exchange(
         &sock,
@@ -312,19 +275,32 @@ pub fn renew(
         &[MessageType::Ack, MessageType::Nak],
         Instant::now() + timeout,
     )
-    .map_err(|source| DhcpError::Socket {
+    .map_err(|e| socket_error(link, e))?
+    .ok_or_else(|| no_answer(link, timeout))?;
+    lease_of(link, &ack)
+}
+
+fn socket_error(link: &str, source: io::Error) -> DhcpError {
+    DhcpError::Socket {
         link: link.into(),
         source,
-    })?
-    .ok_or_else(|| DhcpError::NoAnswer {
+    }
+}
+
+fn no_answer(link: &str, timeout: Duration) -> DhcpError {
+    DhcpError::NoAnswer {
         link: link.into(),
         secs: timeout.as_secs(),
-    })?;
+    }
+}
+
+/// The lease an ACK gives, or the refusal a NAK says.
+fn lease_of(link: &str, ack: &dhcp::Reply) -> Result<Lease, DhcpError> {
     if ack.kind == MessageType::Nak {
         return Err(DhcpError::Refused {
             link: link.into(),
             server: ack.server_id.map(|s| s.to_string()).unwrap_or_default(),
         });
     }
-    Ok(Lease::from_ack(&ack))
+    Ok(Lease::from_ack(ack))
 }

@@ -169,7 +169,29 @@ pub struct Request<'a> {
     pub hostname: Option<&'a str>,
 }
 
-impl Request<'_> {
+impl<'a> Request<'a> {
+    /// A DISCOVER (INIT state) from `mac` with transaction id `xid`.
+    pub fn discover(xid: u32, mac: [u8; 6], hostname: Option<&'a str>) -> Self {
+        Request {
+            kind: MessageType::Discover,
+            xid,
+            mac,
+            secs: 0,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            requested: None,
+            server_id: None,
+            hostname,
+        }
+    }
+
+    /// Makes this DISCOVER the REQUEST that takes `offer` (SELECTING:
+    /// option 50 names the offered address, option 54 its server).
+    pub fn select(&mut self, offer: &Reply) {
+        self.kind = MessageType::Request;
+        self.requested = Some(offer.yiaddr);
+        self.server_id = offer.server_id;
+    }
+
     /// The message bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; HEADER];

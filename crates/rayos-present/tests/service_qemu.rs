@@ -20,6 +20,7 @@ use rayos_present::keymap::code;
 use rayos_present::scale::Scaler;
 use rayos_present::service::{self, Options};
 use rayos_qmp::QmpClient;
+use rayos_testkit::ppm::read_ppm;
 use serde_json::json;
 
 const W: u32 = 1024;
@@ -59,26 +60,6 @@ fn wait_marker(rx: &mpsc::Receiver<Marker>, want: &Marker, timeout: Duration) {
 
 fn screen(v: &Arc<Mutex<Vec<u32>>>) -> Vec<String> {
     home::read_screen(&v.lock().unwrap(), W, H)
-}
-
-fn read_ppm(path: &std::path::Path) -> (u32, u32, Vec<u32>) {
-    let data = std::fs::read(path).unwrap();
-    let text_end = data
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'\n')
-        .nth(2)
-        .map(|(i, _)| i + 1)
-        .unwrap();
-    let head = String::from_utf8_lossy(&data[..text_end]).to_string();
-    let f: Vec<&str> = head.split_whitespace().collect();
-    assert_eq!(f[0], "P6");
-    let (w, h) = (f[1].parse().unwrap(), f[2].parse().unwrap());
-    let px = data[text_end..]
-        .chunks_exact(3)
-        .map(|c| (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]))
-        .collect();
-    (w, h, px)
 }
 
 /// With RAYOS_PRESENT_DUMP=DIR, saves what the display showed as PPM files

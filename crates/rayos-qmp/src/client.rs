@@ -135,14 +135,18 @@ impl Conn {
     }
 
     fn send(&mut self, command: &str, bytes: &[u8], timeout: Duration) -> Result<(), QmpError> {
-        let send_err = |source| QmpError::Send {
-            command: command.into(),
-            source,
-        };
+        self.write_within(command, timeout)?;
+        self.stream
+            .write_all(bytes)
+            .map_err(|e| send_error(command, e))
+    }
+
+    /// Bounds the writes of `command` by `timeout` (at least 1 ms: a zero
+    /// timeout means none to the socket).
+    fn write_within(&self, command: &str, timeout: Duration) -> Result<(), QmpError> {
         self.stream
             .set_write_timeout(Some(timeout.max(Duration::from_millis(1))))
-            .map_err(send_err)?;
-        self.stream.write_all(bytes).map_err(send_err)
+            .map_err(|e| send_error(command, e))
     }
 
     /// [`Conn::send`] with `fd` attached to the first byte (SCM_RIGHTS).
@@ -153,22 +157,40 @@ impl Conn {
         fd: BorrowedFd<'_>,
         timeout: Duration,
     ) -> Result<(), QmpError> {
-        let send_err = |source| QmpError::Send {
-            command: command.into(),
-            source,
-        };
-        self.stream
-            .set_write_timeout(Some(timeout.max(Duration::from_millis(1))))
-            .map_err(send_err)?;
+        self.write_within(command, timeout)?;
         let sent = loop {
             match sys::send_with_fd(&self.stream, bytes, fd) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(send_err(e)),
+                Err(e) => return Err(send_error(command, e)),
             }
         };
         // The descriptor went with the first chunk; the rest is plain bytes.
-        self.stream.write_all(&bytes[sent..]).map_err(send_err)
+        self.stream
+            .write_all(&bytes[sent..])
+            .map_err(|e| send_error(command, e))
+    }
+
+    /// The next message of the reply to `command`; at `deadline` the
+    /// [`QmpError::Timeout`] that names `timeout`, the time it was given.
+    fn next_message(
+        &mut self,
+        command: &str,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Message, QmpError> {
+        match self.read_line(command, deadline)? {
+            Read1::Line(line) => {
+                crate::wire::parse_message(&line).map_err(|source| QmpError::Protocol {
+                    command: command.into(),
+                    source,
+                })
+            }
+            Read1::Timeout => Err(QmpError::Timeout {
+                command: command.into(),
+                timeout,
+            }),
+        }
     }
 
     /// Fills the buffer until a line is complete or the deadline passes.
@@ -219,6 +241,13 @@ impl Conn {
             Err(e) if e.kind() == ErrorKind::Interrupted => Ok(true),
             Err(e) => Err(recv_err(e)),
         }
+    }
+}
+
+fn send_error(command: &str, source: std::io::Error) -> QmpError {
+    QmpError::Send {
+        command: command.into(),
+        source,
     }
 }
 
@@ -342,20 +371,7 @@ impl QmpClient {
         }
         let deadline = Instant::now() + timeout;
         loop {
-            let line = match self.conn.read_line(command, deadline)? {
-                Read1::Line(l) => l,
-                Read1::Timeout => {
-                    return Err(QmpError::Timeout {
-                        command: command.into(),
-                        timeout,
-                    });
-                }
-            };
-            let msg = crate::wire::parse_message(&line).map_err(|source| QmpError::Protocol {
-                command: command.into(),
-                source,
-            })?;
-            match msg {
+            match self.conn.next_message(command, deadline, timeout)? {
                 Message::Event(e) => self.queue(e),
                 Message::Return { id: Some(r), value } if r == id => return Ok(value),
                 Message::Error {
@@ -528,19 +544,7 @@ impl GuestAgent {
         self.conn.send(command, &bytes, self.timeout)?;
         let deadline = Instant::now() + self.timeout;
         loop {
-            let line = match self.conn.read_line(command, deadline)? {
-                Read1::Line(l) => l,
-                Read1::Timeout => {
-                    return Err(QmpError::Timeout {
-                        command: command.into(),
-                        timeout: self.timeout,
-                    });
-                }
-            };
-            match crate::wire::parse_message(&line).map_err(|source| QmpError::Protocol {
-                command: command.into(),
-                source,
-            })? {
+            match self.conn.next_message(command, deadline, self.timeout)? {
                 Message::Return { value, .. } => return Ok(value),
                 Message::Error { class, desc, .. } => {
                     return Err(QmpError::Rejected {
@@ -591,20 +595,22 @@ mod tests {
     const GREETING: &[u8] =
         b"{\"QMP\": {\"version\": {\"qemu\": {\"major\": 7}}, \"capabilities\": []}}\r\n";
 
+    /// A client past its handshake with [`server`] answering `replies`.
+    fn scripted(replies: Vec<Vec<u8>>) -> (QmpClient, thread::JoinHandle<Vec<Value>>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let srv = server(b, GREETING, replies);
+        let c = QmpClient::handshake(a, "test".into(), Duration::from_secs(5)).unwrap();
+        (c, srv)
+    }
+
     #[test]
     fn handshake_execute_and_events() {
-        let (a, b) = UnixStream::pair().unwrap();
-        let srv = server(
-            b,
-            GREETING,
-            vec![
+        let (mut c, srv) = scripted(vec![
                 b"{\"return\": {}, \"id\": ID}\r\n".to_vec(),
                 // An event and a stale reply before the real one, split oddly.
                 b"{\"event\": \"STOP\", \"timestamp\": {\"seconds\": 1, \"microseconds\": 2}}\r\n{\"return\": 99, \"id\": 12345}\r\n{\"return\": {\"status\": \"paused\"}, \"id\": ID}\r\n".to_vec(),
                 b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"no such thing\"}, \"id\": ID}\r\n".to_vec(),
-            ],
-        );
-        let mut c = QmpClient::handshake(a, "test".into(), Duration::from_secs(5)).unwrap();
+            ]);
         assert_eq!(c.version()["qemu"]["major"], 7);
         let v = c.execute("query-status", None).unwrap();
         assert_eq!(v["status"], "paused");
@@ -656,16 +662,10 @@ mod tests {
             Err(QmpError::Handshake(_))
         ));
 
-        let (a, b) = UnixStream::pair().unwrap();
-        let srv = server(
-            b,
-            GREETING,
-            vec![
-                b"{\"return\": {}, \"id\": ID}\n".to_vec(),
-                b"\x00\x01 garbage\n".to_vec(),
-            ],
-        );
-        let mut c = QmpClient::handshake(a, "t".into(), Duration::from_secs(5)).unwrap();
+        let (mut c, srv) = scripted(vec![
+            b"{\"return\": {}, \"id\": ID}\n".to_vec(),
+            b"\x00\x01 garbage\n".to_vec(),
+        ]);
         let e = c.execute("stop", None).unwrap_err();
         assert!(matches!(e, QmpError::Protocol { .. }), "{e}");
         srv.join().unwrap();

@@ -456,20 +456,7 @@ mod tests {
     use super::*;
 
     fn req(name: &str, kind: VmKind) -> CreateRequest {
-        CreateRequest {
-            name: name.into(),
-            kind,
-            memory_mib: None,
-            cpus: None,
-            disks: vec![],
-            kernel: None,
-            initrd: None,
-            cmdline: None,
-            media: vec![],
-            usb_media: vec![],
-            secure_boot: None,
-            guest: None,
-        }
+        CreateRequest::new(name, kind)
     }
 
     #[test]

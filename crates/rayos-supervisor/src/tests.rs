@@ -98,18 +98,9 @@ const SAVED_ONCE: [E; 5] = [E::Created, E::Starting, E::Started, E::Saving, E::S
 
 fn req(name: &str, kind: VmKind) -> CreateRequest {
     CreateRequest {
-        name: name.into(),
-        kind,
         memory_mib: Some(256),
         cpus: Some(4),
-        disks: vec![],
-        kernel: None,
-        initrd: None,
-        cmdline: None,
-        media: vec![],
-        usb_media: vec![],
-        secure_boot: None,
-        guest: None,
+        ..CreateRequest::new(name, kind)
     }
 }
 

@@ -421,6 +421,23 @@ impl Drop for Console {
     }
 }
 
+/// A child process ended on drop the way a host shutdown ends it: SIGTERM
+/// first (a daemon saves or stops its VMs, a presenter hands the display
+/// back), SIGKILL if it is still there after a minute.
+pub struct TermOnDrop(pub Child);
+
+impl Drop for TermOnDrop {
+    fn drop(&mut self) {
+        let _ = process::signal(self.0.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The last `n` lines of `text`, for failure messages.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();

@@ -941,6 +941,47 @@ pub fn wait_counter_above(
     }
 }
 
+/// What the UEFI/TPM variant keeps across boots: the values it wrote to
+/// its EFI variable and to its TPM NV index at its first boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secrets {
+    /// The EFI variable's value (`EFIVAR written <v>`).
+    pub efivar: String,
+    /// The TPM NV index's value (`TPMNV written <v>`).
+    pub tpm_nv: String,
+}
+
+/// Waits (each line up to `timeout`) for the UEFI/TPM variant's first boot
+/// in `log`: booted through UEFI, a TPM 2.0 seen, the EFI variable and the
+/// TPM NV index written; returns what it wrote. A test helper: panics when
+/// a line does not come or says otherwise.
+pub fn expect_first_uefi_tpm_boot(log: &Path, timeout: Duration) -> Secrets {
+    let line = |needle| wait_for_line(log, 0, needle, timeout).unwrap();
+    let last_word = |l: &str| l.split_whitespace().last().unwrap_or_default().to_string();
+    assert_eq!(line("FIRMWARE"), "FIRMWARE uefi");
+    assert_eq!(line("TPM "), "TPM 2");
+    let efivar = last_word(&line("EFIVAR written"));
+    let nv_line = line("TPMNV ");
+    assert!(nv_line.starts_with("TPMNV written"), "{nv_line}");
+    Secrets {
+        efivar,
+        tpm_nv: last_word(&nv_line),
+    }
+}
+
+/// Waits for a later boot of the UEFI/TPM variant (its output from byte
+/// `from` of `log`) to find both `secrets` again. Panics otherwise.
+pub fn expect_secrets_found(log: &Path, from: u64, secrets: &Secrets, timeout: Duration) {
+    assert_eq!(
+        wait_for_line(log, from, "EFIVAR ", timeout).unwrap(),
+        format!("EFIVAR found {}", secrets.efivar)
+    );
+    assert_eq!(
+        wait_for_line(log, from, "TPMNV ", timeout).unwrap(),
+        format!("TPMNV found {}", secrets.tpm_nv)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,7 +48,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::bundle::{Bundle, BundleError, PayloadName};
+use crate::bundle::{Bundle, BundleError, Manifest, PayloadName};
 use crate::entries::{self, EntriesError, Entry, EntryState, LINUX_DIR};
 use crate::keys::PublicKey;
 use crate::state::{self, Action, Demotion, UpdateState};
@@ -277,155 +277,52 @@ fn file_len(p: &Path) -> u64 {
     fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
+impl ApplyOptions {
+    /// Tells the progress callback, if any, that `step` starts.
+    fn say(&self, step: &str) {
+        if let Some(p) = self.progress {
+            p(step)
+        }
+    }
+}
+
 /// Verifies `bundle` and installs it on the system partition mounted at
 /// `system` (see the module docs for the steps).
 pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applied, ApplyError> {
-    let say = |m: &str| {
-        if let Some(p) = opts.progress {
-            p(m)
-        }
-    };
     // 1. verify: everything but the payload hashes, which are checked while
     // the payloads are copied (step 3), so the bundle is read once.
-    say("checking the signature and the manifest");
+    opts.say("checking the signature and the manifest");
     let b = Bundle::open(bundle, &opts.trusted)?;
     hook("verify");
     let m = &b.manifest;
     let new = m.rayos_version.clone();
 
     // 2. check
-    let layout = install_layout(system)?;
-    if !m.install_layout.contains(layout) {
-        return Err(ApplyError::Layout {
-            version: new,
-            found: layout,
-            min: m.install_layout.min,
-            max: m.install_layout.max,
-        });
-    }
-    if let Some(s) = opts.data_schema
-        && !m.data_schema.contains(s)
-    {
-        return Err(ApplyError::DataSchema {
-            version: new,
-            found: s,
-            min: m.data_schema.min,
-            max: m.data_schema.max,
-        });
-    }
-    let downgrade = match &opts.running {
-        Some(r) => match version::compare(&new, r) {
-            std::cmp::Ordering::Equal => return Err(ApplyError::AlreadyRunning(new)),
-            std::cmp::Ordering::Less if !opts.allow_downgrade => {
-                return Err(ApplyError::Downgrade {
-                    new,
-                    running: r.clone(),
-                });
-            }
-            std::cmp::Ordering::Less => true,
-            std::cmp::Ordering::Greater => false,
-        },
-        None => false,
-    };
+    let downgrade = check_versions(m, system, opts)?;
     let linux = system.join(LINUX_DIR);
-    let recovery_dir = system.join(RECOVERY_DIR);
     fs::create_dir_all(&linux).map_err(|e| ApplyError::Write(linux.clone(), e))?;
-    // Where each payload is written before its rename.
     let file = rayos_base::uki_name::new_entry(&new);
-    let mut targets = vec![Target {
-        name: PayloadName::Uki,
-        dir: linux.clone(),
-        file: file.clone(),
-    }];
-    if m.payload(PayloadName::RecoveryUki).is_some() {
-        targets.push(Target {
-            name: PayloadName::RecoveryUki,
-            dir: recovery_dir.clone(),
-            file: rayos_state::system::recovery_uki_name(&new),
-        });
-    }
-    let list = entries::list(&linux)?;
-    let keep = keep_set(&list, opts.running.as_deref());
-    let mut prune: Vec<PathBuf> = list
-        .iter()
-        .filter(|e| !keep.contains(&e.file))
-        .map(|e| linux.join(&e.file))
-        .collect();
-    // Temporaries of an interrupted apply (ours are overwritten instead:
-    // pruning after the write must not remove what it wrote).
-    for dir in [&linux, &recovery_dir] {
-        if let Ok(rd) = fs::read_dir(dir) {
-            prune.extend(rd.flatten().map(|e| e.path()).filter(|p| {
-                p.extension().is_some_and(|x| x == "tmp") && !targets.iter().any(|t| t.tmp() == *p)
-            }));
-        }
-    }
-    let old_recovery: Vec<PathBuf> = fs::read_dir(&recovery_dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("rayos-recovery-") && n.ends_with(".efi"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let need = m.payload_len() + SPACE_MARGIN;
-    // Leftover temporaries under our names are truncated by the write.
-    let free = free_bytes(system)? + targets.iter().map(|t| file_len(&t.tmp())).sum::<u64>();
-    let freed: u64 = prune.iter().map(|p| file_len(p)).sum();
-    if free + freed < need {
-        return Err(ApplyError::NoSpace {
-            dir: system.to_path_buf(),
-            need,
-            free,
-            after_prune: free + freed,
-        });
-    }
-    // Room beside every old version: write first, prune once the payloads
-    // checked out, so a bad bundle removes nothing.
-    let roomy = free >= need;
+    let changes = Changes::plan(m, system, &new, &file, opts)?;
     hook("check");
 
     let mut pruned = Vec::new();
-    if !roomy {
+    if !changes.roomy {
         // 4. prune, early. The new version fits only once old ones are gone, and a bundle
         // whose hashes turn out wrong must not have removed them: hash
         // first (a second read of the payloads, only on a partition this
         // full). The copy below hashes again, as the file may change.
-        say("checking the payload hashes before removing old versions");
+        opts.say("checking the payload hashes before removing old versions");
         b.verify_payloads()?;
-        pruned = remove_all(&prune, &linux)?;
+        pruned = remove_all(&changes.prune, &linux)?;
         hook("prune");
     }
 
     // 3. write: every payload to its temporary, hashed while copied.
-    for t in &targets {
-        say(&format!("writing {}", t.file));
-        // `rayos/` holds the install manifest, so this creates nothing on
-        // an installed partition.
-        let written = fs::create_dir_all(&t.dir)
-            .map_err(|e| ApplyError::Write(t.dir.clone(), e))
-            .and_then(|()| write_payload(&b, t.name, &t.tmp(), t.name == PayloadName::Uki));
-        if let Err(e) = written {
-            // Nothing renamed yet: removing what this run wrote leaves the
-            // partition as it was (a power cut here leaves `*.tmp` files,
-            // which systemd-boot ignores and the next apply removes).
-            for t in &targets {
-                let _ = fs::remove_file(t.tmp());
-            }
-            return Err(e);
-        }
-        if t.name == PayloadName::Uki {
-            hook("write-uki");
-        }
-    }
+    write_payloads(&b, &changes.targets, opts)?;
     hook("write");
     // 4. prune
-    if roomy {
-        pruned = remove_all(&prune, &linux)?;
+    if changes.roomy {
+        pruned = remove_all(&changes.prune, &linux)?;
         hook("prune");
     }
 
@@ -434,55 +331,20 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
     hook("rename-uki");
 
     // 6. recovery
-    let mut recovery = None;
-    if let Some(t) = targets.iter().find(|t| t.name == PayloadName::RecoveryUki) {
-        entries::rename_synced(&recovery_dir, &format!("{}.tmp", t.file), &t.file)?;
-        write_recovery_entry(system, &new, &format!("/{RECOVERY_DIR}/{}", t.file))?;
-        for p in old_recovery.iter().filter(|p| !p.ends_with(&t.file)) {
-            let _ = fs::remove_file(p);
-        }
-        entries::sync_dir(&recovery_dir)?;
-        recovery = Some(t.file.clone());
-    }
+    let recovery = install_recovery(system, &new, &changes)?;
     hook("recovery");
 
     // 7. demote: a downgrade boots only if the newer entries no longer
     // come first: they get `+0-0` (kept as last-resort fallbacks).
-    let mut demoted = Vec::new();
-    if downgrade {
-        for e in entries::list(&linux)? {
-            if !e.marked_bad && version::compare(&e.version, &new) == std::cmp::Ordering::Greater {
-                let to = e.counted_name(0, e.tries_done.unwrap_or(0));
-                if to != e.file {
-                    entries::rename_synced(&linux, &e.file, &to)?;
-                }
-                demoted.push(e.version.clone());
-            }
-        }
-    }
+    let demoted = if downgrade {
+        demote_newer(&linux, &new)?
+    } else {
+        Vec::new()
+    };
     hook("demote");
 
     // 8. record
-    let mut st = UpdateState::read(system);
-    let at = state::now_rfc3339();
-    for v in &demoted {
-        st.demoted.push(Demotion {
-            version: v.clone(),
-            reason: format!(
-                "downgrade to {new} requested with rayos update apply --allow-downgrade"
-            ),
-            at: at.clone(),
-        });
-    }
-    st.last = Some(Action {
-        action: "apply".into(),
-        version: new.clone(),
-        from: opts.running.clone(),
-        at,
-        result: format!("installed as {file}; boots next"),
-    });
-    st.write(system)
-        .map_err(|e| ApplyError::Record(state::path(system), e))?;
+    record(system, &new, &file, &demoted, opts)?;
     hook("record");
 
     let after = entries::list(&linux)?;
@@ -500,6 +362,239 @@ pub fn apply(bundle: &Path, system: &Path, opts: &ApplyOptions) -> Result<Applie
         next_default,
         fallback,
     })
+}
+
+/// The first half of `check`: the bundle's layout and data-schema ranges
+/// hold this machine's, and its version is newer than the running one
+/// (or a downgrade was allowed). Returns whether it is a downgrade.
+fn check_versions(m: &Manifest, system: &Path, opts: &ApplyOptions) -> Result<bool, ApplyError> {
+    let new = &m.rayos_version;
+    let layout = install_layout(system)?;
+    if !m.install_layout.contains(layout) {
+        return Err(ApplyError::Layout {
+            version: new.clone(),
+            found: layout,
+            min: m.install_layout.min,
+            max: m.install_layout.max,
+        });
+    }
+    if let Some(s) = opts.data_schema
+        && !m.data_schema.contains(s)
+    {
+        return Err(ApplyError::DataSchema {
+            version: new.clone(),
+            found: s,
+            min: m.data_schema.min,
+            max: m.data_schema.max,
+        });
+    }
+    Ok(match &opts.running {
+        Some(r) => match version::compare(new, r) {
+            std::cmp::Ordering::Equal => return Err(ApplyError::AlreadyRunning(new.clone())),
+            std::cmp::Ordering::Less if !opts.allow_downgrade => {
+                return Err(ApplyError::Downgrade {
+                    new: new.clone(),
+                    running: r.clone(),
+                });
+            }
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+        },
+        None => false,
+    })
+}
+
+/// What an apply writes and removes, decided in `check` before anything
+/// is written.
+struct Changes {
+    /// Where each payload goes.
+    targets: Vec<Target>,
+    /// Entries to prune and temporaries of an interrupted apply.
+    prune: Vec<PathBuf>,
+    /// The recovery UKIs there before, removed once the new one is in.
+    old_recovery: Vec<PathBuf>,
+    /// Room beside every old version: write first, prune once the
+    /// payloads checked out, so a bad bundle removes nothing.
+    roomy: bool,
+}
+
+impl Changes {
+    /// The second half of `check`: what to write (the UKI as `file`, the
+    /// recovery UKI when the bundle has one) and to prune, and whether the
+    /// partition has room for it (counting what pruning frees).
+    fn plan(
+        m: &Manifest,
+        system: &Path,
+        new: &str,
+        file: &str,
+        opts: &ApplyOptions,
+    ) -> Result<Changes, ApplyError> {
+        let linux = system.join(LINUX_DIR);
+        let recovery_dir = system.join(RECOVERY_DIR);
+        // Where each payload is written before its rename.
+        let mut targets = vec![Target {
+            name: PayloadName::Uki,
+            dir: linux.clone(),
+            file: file.to_string(),
+        }];
+        if m.payload(PayloadName::RecoveryUki).is_some() {
+            targets.push(Target {
+                name: PayloadName::RecoveryUki,
+                dir: recovery_dir.clone(),
+                file: rayos_state::system::recovery_uki_name(new),
+            });
+        }
+        let list = entries::list(&linux)?;
+        let keep = keep_set(&list, opts.running.as_deref());
+        let mut prune: Vec<PathBuf> = list
+            .iter()
+            .filter(|e| !keep.contains(&e.file))
+            .map(|e| linux.join(&e.file))
+            .collect();
+        // Temporaries of an interrupted apply (ours are overwritten instead:
+        // pruning after the write must not remove what it wrote).
+        for dir in [&linux, &recovery_dir] {
+            if let Ok(rd) = fs::read_dir(dir) {
+                prune.extend(rd.flatten().map(|e| e.path()).filter(|p| {
+                    p.extension().is_some_and(|x| x == "tmp")
+                        && !targets.iter().any(|t| t.tmp() == *p)
+                }));
+            }
+        }
+        let old_recovery: Vec<PathBuf> = fs::read_dir(&recovery_dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                            n.starts_with("rayos-recovery-") && n.ends_with(".efi")
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let need = m.payload_len() + SPACE_MARGIN;
+        // Leftover temporaries under our names are truncated by the write.
+        let free = free_bytes(system)? + targets.iter().map(|t| file_len(&t.tmp())).sum::<u64>();
+        let freed: u64 = prune.iter().map(|p| file_len(p)).sum();
+        if free + freed < need {
+            return Err(ApplyError::NoSpace {
+                dir: system.to_path_buf(),
+                need,
+                free,
+                after_prune: free + freed,
+            });
+        }
+        Ok(Changes {
+            targets,
+            prune,
+            old_recovery,
+            roomy: free >= need,
+        })
+    }
+}
+
+/// `write`: every payload to its temporary, hashed while copied; on an
+/// error the temporaries go and the partition is as it was.
+fn write_payloads(b: &Bundle, targets: &[Target], opts: &ApplyOptions) -> Result<(), ApplyError> {
+    for t in targets {
+        opts.say(&format!("writing {}", t.file));
+        // `rayos/` holds the install manifest, so this creates nothing on
+        // an installed partition.
+        let written = fs::create_dir_all(&t.dir)
+            .map_err(|e| ApplyError::Write(t.dir.clone(), e))
+            .and_then(|()| write_payload(b, t.name, &t.tmp(), t.name == PayloadName::Uki));
+        if let Err(e) = written {
+            // Nothing renamed yet: removing what this run wrote leaves the
+            // partition as it was (a power cut here leaves `*.tmp` files,
+            // which systemd-boot ignores and the next apply removes).
+            for t in targets {
+                let _ = fs::remove_file(t.tmp());
+            }
+            return Err(e);
+        }
+        if t.name == PayloadName::Uki {
+            hook("write-uki");
+        }
+    }
+    Ok(())
+}
+
+/// `recovery`: the new recovery UKI under its name, the boot entry
+/// pointing at it, the older ones removed. Returns its file name (`None`:
+/// the bundle has no recovery UKI).
+fn install_recovery(
+    system: &Path,
+    new: &str,
+    changes: &Changes,
+) -> Result<Option<String>, ApplyError> {
+    let Some(t) = changes
+        .targets
+        .iter()
+        .find(|t| t.name == PayloadName::RecoveryUki)
+    else {
+        return Ok(None);
+    };
+    let recovery_dir = system.join(RECOVERY_DIR);
+    entries::rename_synced(&recovery_dir, &format!("{}.tmp", t.file), &t.file)?;
+    write_recovery_entry(system, new, &format!("/{RECOVERY_DIR}/{}", t.file))?;
+    for p in changes
+        .old_recovery
+        .iter()
+        .filter(|p| !p.ends_with(&t.file))
+    {
+        let _ = fs::remove_file(p);
+    }
+    entries::sync_dir(&recovery_dir)?;
+    Ok(Some(t.file.clone()))
+}
+
+/// `demote`: every good entry newer than `new` gets `+0-0`, so the
+/// downgrade boots first and they stay as last-resort fallbacks. Returns
+/// their versions.
+fn demote_newer(linux: &Path, new: &str) -> Result<Vec<String>, ApplyError> {
+    let mut demoted = Vec::new();
+    for e in entries::list(linux)? {
+        if !e.marked_bad && version::compare(&e.version, new) == std::cmp::Ordering::Greater {
+            let to = e.counted_name(0, e.tries_done.unwrap_or(0));
+            if to != e.file {
+                entries::rename_synced(linux, &e.file, &to)?;
+            }
+            demoted.push(e.version.clone());
+        }
+    }
+    Ok(demoted)
+}
+
+/// `record`: the apply (and the demotions of a downgrade) in
+/// `/rayos/update-state.json`.
+fn record(
+    system: &Path,
+    new: &str,
+    file: &str,
+    demoted: &[String],
+    opts: &ApplyOptions,
+) -> Result<(), ApplyError> {
+    let mut st = UpdateState::read(system);
+    let at = state::now_rfc3339();
+    for v in demoted {
+        st.demoted.push(Demotion {
+            version: v.clone(),
+            reason: format!(
+                "downgrade to {new} requested with rayos update apply --allow-downgrade"
+            ),
+            at: at.clone(),
+        });
+    }
+    st.last = Some(Action {
+        action: "apply".into(),
+        version: new.to_string(),
+        from: opts.running.clone(),
+        at,
+        result: format!("installed as {file}; boots next"),
+    });
+    st.write(system)
+        .map_err(|e| ApplyError::Record(state::path(system), e))
 }
 
 /// Where one payload goes: `dir/file`, written as `dir/file.tmp` first.

@@ -10,13 +10,6 @@ use common::{BOOT, Guard, vmm, windows_vm};
 use rayos_testkit::guest;
 use rayos_vmm::{Launch, RunState, Vmm};
 
-fn value(line: &str) -> String {
-    line.split_whitespace()
-        .last()
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[test]
 fn tpm_and_uefi_variables_persist_across_stop_start() {
     let vm = windows_vm("win");
@@ -29,18 +22,7 @@ fn tpm_and_uefi_variables_persist_across_stop_start() {
     // First boot.
     let mut g = Guard(Some(vmm.launch(&vm.spec, &Launch::Cold).unwrap()));
     assert!(vars.is_file(), "per-VM VARS copied at first launch");
-    assert_eq!(
-        guest::wait_for_line(&log, 0, "FIRMWARE", BOOT).unwrap(),
-        "FIRMWARE uefi"
-    );
-    assert_eq!(
-        guest::wait_for_line(&log, 0, "TPM ", BOOT).unwrap(),
-        "TPM 2"
-    );
-    let efivar = value(&guest::wait_for_line(&log, 0, "EFIVAR written", BOOT).unwrap());
-    let nv_line = guest::wait_for_line(&log, 0, "TPMNV ", BOOT).unwrap();
-    assert!(nv_line.starts_with("TPMNV written"), "{nv_line}");
-    let nv = value(&nv_line);
+    let secrets = guest::expect_first_uefi_tpm_boot(&log, BOOT);
     guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
     let vars_after_first = std::fs::read(&vars).unwrap();
     assert_ne!(
@@ -56,10 +38,7 @@ fn tpm_and_uefi_variables_persist_across_stop_start() {
     g.0 = None;
     let offset = guest::log_len(&log);
     let mut g = Guard(Some(vmm.launch(&vm.spec, &Launch::Cold).unwrap()));
-    let found = guest::wait_for_line(&log, offset, "EFIVAR ", BOOT).unwrap();
-    assert_eq!(found, format!("EFIVAR found {efivar}"));
-    let found = guest::wait_for_line(&log, offset, "TPMNV ", BOOT).unwrap();
-    assert_eq!(found, format!("TPMNV found {nv}"));
+    guest::expect_secrets_found(&log, offset, &secrets, BOOT);
     assert_eq!(
         guest::wait_for_line(&log, offset, "TPM ", BOOT).unwrap(),
         "TPM 2"

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use rayos_testkit::netns::VethPair;
+
 const WAIT: Duration = Duration::from_secs(60);
 
 fn sh(args: &[&str]) -> Output {
@@ -28,11 +30,11 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Two namespaces, a veth pair, dnsmasq and `rayos net`; all removed on drop.
+/// Two namespaces, a veth pair, dnsmasq and `rayos net`; all removed on drop
+/// (the processes first, then the namespaces with `ns`).
 struct Lab {
     dir: tempfile::TempDir,
-    srv: String,
-    cli: String,
+    ns: VethPair,
     children: Vec<Child>,
 }
 
@@ -42,39 +44,16 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = sh(&["ip", "netns", "del", &self.srv]);
-        let _ = sh(&["ip", "netns", "del", &self.cli]);
     }
 }
 
 impl Lab {
     fn new() -> Lab {
-        let id = std::process::id();
-        let lab = Lab {
+        Lab {
             dir: tempfile::tempdir().unwrap(),
-            srv: format!("rayos-srv-{id}"),
-            cli: format!("rayos-cli-{id}"),
+            ns: VethPair::new("rayos").unwrap(),
             children: Vec::new(),
-        };
-        ok(&["ip", "netns", "add", &lab.srv]);
-        ok(&["ip", "netns", "add", &lab.cli]);
-        ok(&[
-            "ip", "-n", &lab.srv, "link", "add", "vs", "type", "veth", "peer", "name", "vc",
-            "netns", &lab.cli,
-        ]);
-        ok(&[
-            "ip",
-            "-n",
-            &lab.srv,
-            "addr",
-            "add",
-            "192.168.77.1/24",
-            "dev",
-            "vs",
-        ]);
-        ok(&["ip", "-n", &lab.srv, "link", "set", "vs", "up"]);
-        ok(&["ip", "-n", &lab.cli, "link", "set", "lo", "up"]);
-        lab
+        }
     }
 
     fn state(&self) -> PathBuf {
@@ -104,7 +83,7 @@ impl Lab {
 
     fn dnsmasq(&mut self) {
         let leases = self.dir.path().join("leases");
-        let srv = self.srv.clone();
+        let srv = self.ns.srv.clone();
         self.spawn(
             &srv,
             &[
@@ -128,7 +107,7 @@ impl Lab {
     }
 
     fn net(&mut self) {
-        let cli = self.cli.clone();
+        let cli = self.ns.cli.clone();
         let state = self.state().display().to_string();
         let status = self.status_file().display().to_string();
         let resolv = self.resolv().display().to_string();
@@ -165,7 +144,7 @@ impl Lab {
 
     /// `ip -4 addr` and the UP flag of the client's link.
     fn client_link(&self) -> (bool, String) {
-        let l = ok(&["ip", "-n", &self.cli, "-o", "link", "show", "vc"]);
+        let l = ok(&["ip", "-n", &self.ns.cli, "-o", "link", "show", "vc"]);
         let flags = l
             .split('<')
             .nth(1)
@@ -174,7 +153,7 @@ impl Lab {
             .next()
             .unwrap_or("");
         let up = flags.split(',').any(|f| f == "UP");
-        let a = ok(&["ip", "-n", &self.cli, "-4", "-o", "addr", "show", "vc"]);
+        let a = ok(&["ip", "-n", &self.ns.cli, "-4", "-o", "addr", "show", "vc"]);
         (up, a)
     }
 
@@ -234,7 +213,7 @@ fn dhcp_follows_the_policy_and_the_carrier() {
     // On: a lease with address, default route and DNS.
     lab.policy("linux.networking", "on");
     lab.wait("a DHCP lease", bound);
-    let route = ok(&["ip", "-n", &lab.cli, "-4", "route", "show", "default"]);
+    let route = ok(&["ip", "-n", &lab.ns.cli, "-4", "route", "show", "default"]);
     assert!(route.contains("via 192.168.77.1 dev vc"), "{route}");
     assert!(lab.client_link().1.contains("/24"));
     assert_eq!(
@@ -242,7 +221,7 @@ fn dhcp_follows_the_policy_and_the_carrier() {
         Some("nameserver 192.168.77.1")
     );
     // The carrier goes (the peer is down): the address goes too.
-    ok(&["ip", "-n", &lab.srv, "link", "set", "vs", "down"]);
+    ok(&["ip", "-n", &lab.ns.srv, "link", "set", "vs", "down"]);
     lab.wait("the address to be removed", |l| {
         l.client_link().1.is_empty()
             && status(&l.status_file()).is_some_and(|s| {
@@ -252,7 +231,7 @@ fn dhcp_follows_the_policy_and_the_carrier() {
             })
     });
     // It comes back: a new lease.
-    ok(&["ip", "-n", &lab.srv, "link", "set", "vs", "up"]);
+    ok(&["ip", "-n", &lab.ns.srv, "link", "set", "vs", "up"]);
     lab.wait("a lease after the carrier returned", bound);
 
     // Off again: the link RayOS configured is cleared and taken down.

@@ -7,32 +7,16 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rayos_api::VmState;
 use rayos_base::marker::Marker;
-use rayos_testkit::daemon::Host;
+use rayos_testkit::daemon::{Host, TermOnDrop};
 
 fn rayos() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rayos"))
-}
-
-/// Kills the presenter on drop: SIGTERM first, SIGKILL after a grace
-/// period.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Waits for the presenter to print `want` on a line of its own.
@@ -73,7 +57,7 @@ fn presenter_follows_present_on_boot_and_the_cli() {
         .spawn()
         .expect("spawn rayos present");
     let stdout = child.stdout.take().unwrap();
-    let _p = Proc(child);
+    let _p = TermOnDrop(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {

@@ -17,6 +17,7 @@ use rayos_image::initramfs::{Compression, Initramfs};
 use rayos_present::home;
 use rayos_qmp::QmpClient;
 use rayos_testkit::guest;
+use rayos_testkit::ppm::read_ppm;
 use serde_json::json;
 
 struct Qemu(Child);
@@ -90,25 +91,6 @@ fn build_initrd(dir: &Path) -> PathBuf {
     let out = dir.join("initrd.img");
     ird.write(&out, Compression::None).unwrap();
     out
-}
-
-fn read_ppm(path: &Path) -> (u32, u32, Vec<u32>) {
-    let data = fs::read(path).unwrap();
-    let end = data
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'\n')
-        .nth(2)
-        .map(|(i, _)| i + 1)
-        .unwrap();
-    let head = String::from_utf8_lossy(&data[..end]).to_string();
-    let f: Vec<&str> = head.split_whitespace().collect();
-    let (w, h) = (f[1].parse().unwrap(), f[2].parse().unwrap());
-    let px = data[end..]
-        .chunks_exact(3)
-        .map(|c| (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]))
-        .collect();
-    (w, h, px)
 }
 
 fn wait_log(log: &Path, from: usize, needle: &str, timeout: Duration) -> usize {

@@ -418,18 +418,7 @@ fn windows_profile_keeps_uefi_variables_and_tpm_state() {
 
     h.ok(&["start", "win"]);
     let log = h.console("win");
-    assert_eq!(
-        guest::wait_for_line(&log, 0, "FIRMWARE", BOOT).unwrap(),
-        "FIRMWARE uefi"
-    );
-    assert_eq!(
-        guest::wait_for_line(&log, 0, "TPM ", BOOT).unwrap(),
-        "TPM 2"
-    );
-    let efivar = last_word(&guest::wait_for_line(&log, 0, "EFIVAR written", BOOT).unwrap());
-    let nv_line = guest::wait_for_line(&log, 0, "TPMNV ", BOOT).unwrap();
-    assert!(nv_line.starts_with("TPMNV written"), "{nv_line}");
-    let nv = last_word(&nv_line);
+    let secrets = guest::expect_first_uefi_tpm_boot(&log, BOOT);
     guest::wait_counter_above(&log, 0, Some(1), BOOT).unwrap();
 
     // Suspend and resume with the TPM attached: the guest continues.
@@ -444,14 +433,7 @@ fn windows_profile_keeps_uefi_variables_and_tpm_state() {
     h.ok(&["stop", "win", "--force"]);
     let mark = guest::log_len(&log);
     assert_eq!(json_boot(&h.ok(&["start", "win", "--json"])), "cold");
-    assert_eq!(
-        guest::wait_for_line(&log, mark, "EFIVAR ", BOOT).unwrap(),
-        format!("EFIVAR found {efivar}")
-    );
-    assert_eq!(
-        guest::wait_for_line(&log, mark, "TPMNV ", BOOT).unwrap(),
-        format!("TPMNV found {nv}")
-    );
+    guest::expect_secrets_found(&log, mark, &secrets, BOOT);
     h.ok(&["stop", "win", "--force"]);
 }
 

@@ -39,6 +39,7 @@ use rayos_base::marker::Kind;
 use rayos_image::qemu::{Config, Firmware, Medium, Qemu};
 
 use crate::e2e::RUN_INIT;
+use crate::installed::AnswerFile;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -55,24 +56,6 @@ pub struct Args {
     #[arg(long)]
     json: bool,
 }
-
-const ANSWERS: &str = r#"version = 1
-[target]
-mode = "whole-disk"
-[sizes]
-system = "2GiB"
-data = "rest"
-[machine]
-hostname = "rayos-bench-boot"
-timezone = "UTC"
-[policy]
-linux_autostart = true
-linux_present_on_boot = false
-windows_enabled = false
-networking = "off"
-[linux]
-system = "test-guest"
-"#;
 
 const BASELINE_MARKER: &str = "BENCH_BUSYBOX_READY";
 const CPUS: u32 = 2;
@@ -129,20 +112,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     // RayOS installed on a disk image.
     let disk = work.join("disk.img");
-    fs::File::create(&disk)?.set_len(16 << 30)?;
-    let answers = work.join("answers.toml");
-    fs::write(&answers, ANSWERS)?;
+    let answers = AnswerFile {
+        hostname: "rayos-bench-boot",
+        countdown: None,
+        disk: None,
+        spelled_out: false,
+        test_guest: true,
+    };
     let t = Instant::now();
-    crate::run_cmd(
-        Command::new(&rayos_bin)
-            .args(["install", "--yes", "--no-nvram", "--target"])
-            .arg(&disk)
-            .arg("--answers")
-            .arg(&answers)
-            .arg("--system-image")
-            .arg(&uki)
-            .stdout(std::process::Stdio::null()),
-    )?;
+    crate::installed::install_image(&rayos_bin, &work, &disk, &answers.text(), &uki, None, true)?;
     println!(
         "installed RayOS onto {} in {:.1} s",
         disk.display(),

@@ -24,7 +24,7 @@
 //!   hidden, and for comparison while it is presented and idle.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +37,7 @@ use rayos_present::input::InputEvent;
 use rayos_present::service::{self, Options};
 use rayos_present::vnc;
 use rayos_state::VmKind;
+use rayos_testkit::daemon::TermOnDrop;
 use rayos_testkit::guest;
 
 #[derive(clap::Args)]
@@ -53,22 +54,6 @@ pub struct Args {
 }
 
 const VM: &str = "bench";
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SIGTERM: rayosd saves or stops its VM (policy default: save);
-        // then make sure it is gone.
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn cpu_time() -> Duration {
     // SAFETY: getrusage fills the zeroed struct we pass.
@@ -142,7 +127,7 @@ fn bench(args: &Args, reps: usize, rayos: &Path, root: &Path) -> anyhow::Result<
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {}", rayos.display()))?;
-    let _daemon = Daemon(child);
+    let _daemon = TermOnDrop(child);
     let client = Client::new(&sock).with_timeout(Some(Duration::from_secs(300)));
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.health().is_err() {
@@ -153,18 +138,13 @@ fn bench(args: &Args, reps: usize, rayos: &Path, root: &Path) -> anyhow::Result<
     }
     println!("bench present: starting the test VM (TCG)…");
     let info = client.create(&CreateRequest {
-        name: VM.into(),
-        kind: VmKind::Linux,
         memory_mib: Some(256),
         cpus: Some(1),
         disks: vec![DiskRequest::Size("16M".into())],
         kernel: Some(g.kernel.clone()),
         initrd: Some(g.initrd.clone()),
         cmdline: Some(format!("{} rayos.keys=1", g.cmdline)),
-        media: vec![],
-        usb_media: vec![],
-        secure_boot: None,
-        guest: None,
+        ..CreateRequest::new(VM, VmKind::Linux)
     })?;
     let log = info.vm_dir.join("logs/console.log");
     client.start(VM, false)?;

@@ -74,16 +74,10 @@ fn load_1min() -> Option<f64> {
         .ok()
 }
 
+/// `len` bytes of noise at `path`: an image that does not compress, like
+/// a real system image.
 fn stand_in(path: &Path, len: usize) -> Result<()> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let bytes: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let bytes = rayos_testkit::disks::pseudo_random(0x9e37_79b9_7f4a_7c15, len);
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 

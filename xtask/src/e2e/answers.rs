@@ -46,7 +46,7 @@ pub(super) fn usb_late(run: &Run, work: &Path, iso: &Path) -> Result<()> {
     fresh_dir(work)?;
     let disk = work.join("disk.img");
     sparse(&disk, DISK_BYTES)?;
-    let stick = answer_stick(work, "answers", "ANSWERS", ANSWERS)?;
+    let stick = answer_stick(work, "answers", "ANSWERS", &ANSWERS)?;
     let vars = vars(work)?;
     let target = Medium::Disk {
         path: disk.clone(),

@@ -15,29 +15,17 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use rayos_net::client::record_reply;
 use rayos_net::dhcp::{self, MessageType, Request};
+use rayos_testkit::netns::{self, VethPair};
 
 /// The client end of the veth pair, inside the client namespace.
-const LINK: &str = "vc";
+const LINK: &str = netns::CLIENT_LINK;
 const WAIT: Duration = Duration::from_secs(10);
 
-fn ip(args: &[&str]) -> Result<()> {
-    let o = Command::new("ip")
-        .args(args)
-        .output()
-        .context("cannot run ip (iproute2)")?;
-    ensure!(
-        o.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr).trim()
-    );
-    Ok(())
-}
-
-/// Namespaces and the server; removed on drop.
+/// The namespaces and the server; dnsmasq is ended before the namespaces
+/// go (field order).
 struct Lab {
-    srv: String,
-    cli: String,
     dnsmasq: Option<std::process::Child>,
+    ns: VethPair,
 }
 
 impl Drop for Lab {
@@ -46,40 +34,20 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = ip(&["netns", "del", &self.srv]);
-        let _ = ip(&["netns", "del", &self.cli]);
     }
 }
 
 /// Runs the lab and returns the recorded replies as (seed name, bytes).
 pub fn record(work: &Path) -> Result<Vec<(String, Vec<u8>)>> {
-    let id = std::process::id();
     let mut lab = Lab {
-        srv: format!("rayos-seed-srv-{id}"),
-        cli: format!("rayos-seed-cli-{id}"),
         dnsmasq: None,
+        ns: VethPair::new("rayos-seed")?,
     };
-    ip(&["netns", "add", &lab.srv])?;
-    ip(&["netns", "add", &lab.cli])?;
-    ip(&[
-        "-n", &lab.srv, "link", "add", "vs", "type", "veth", "peer", "name", LINK, "netns",
-        &lab.cli,
-    ])?;
-    ip(&[
-        "-n",
-        &lab.srv,
-        "addr",
-        "add",
-        "192.168.77.1/24",
-        "dev",
-        "vs",
-    ])?;
-    ip(&["-n", &lab.srv, "link", "set", "vs", "up"])?;
-    ip(&["-n", &lab.cli, "link", "set", LINK, "up"])?;
+    netns::ip(&["-n", &lab.ns.cli, "link", "set", LINK, "up"])?;
     let leases = work.join("dhcp.leases");
     lab.dnsmasq = Some(
         Command::new("ip")
-            .args(["netns", "exec", &lab.srv, "dnsmasq", "--no-daemon"])
+            .args(["netns", "exec", &lab.ns.srv, "dnsmasq", "--no-daemon"])
             .args([
                 "--conf-file=/dev/null",
                 "--interface=vs",
@@ -103,7 +71,7 @@ pub fn record(work: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let out = work.join("dhcp-capture");
     fs::create_dir_all(&out)?;
     let status = Command::new("ip")
-        .args(["netns", "exec", &lab.cli])
+        .args(["netns", "exec", &lab.ns.cli])
         .arg(std::env::current_exe()?)
         .args(["fuzz", "--dhcp-capture"])
         .arg(&out)
@@ -126,16 +94,7 @@ pub fn capture(dir: &Path) -> Result<()> {
         .with_context(|| format!("{LINK} has no MAC address: {mac_text:?}"))?;
     // The xid is the link's MAC: replies are matched by xid and MAC.
     let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]);
-    let mut req = Request {
-        kind: MessageType::Discover,
-        xid,
-        mac,
-        secs: 0,
-        ciaddr: Ipv4Addr::UNSPECIFIED,
-        requested: None,
-        server_id: None,
-        hostname: Some("rayos-seed"),
-    };
+    let mut req = Request::discover(xid, mac, Some("rayos-seed"));
     let record = |req: &Request<'_>, kinds: &[MessageType], name: &str| -> Result<dhcp::Reply> {
         let bytes = record_reply(LINK, req, kinds, WAIT)?
             .with_context(|| format!("no {kinds:?} from dnsmasq within {WAIT:?}"))?;
@@ -143,9 +102,7 @@ pub fn capture(dir: &Path) -> Result<()> {
         Ok(dhcp::parse(&bytes)?)
     };
     let offer = record(&req, &[MessageType::Offer], "dnsmasq-offer.bin")?;
-    req.kind = MessageType::Request;
-    req.requested = Some(offer.yiaddr);
-    req.server_id = offer.server_id;
+    req.select(&offer);
     record(&req, &[MessageType::Ack], "dnsmasq-ack.bin")?;
     // INIT-REBOOT for an address the server never gave.
     req.xid ^= 1;

@@ -117,12 +117,7 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
             ));
         }
     };
-    if let Some(ss) = args.sector_size
-        && ss != 512
-        && ss != 4096
-    {
-        return Err(bad(format!("--sector-size {ss}: use 512 or 4096")));
-    }
+    super::check_sector_size(args.sector_size)?;
 
     let (disk, facts) = if args.sample {
         (rayos_install::sample::sample_disk(), Facts::default())
@@ -144,16 +139,7 @@ fn install(args: Args) -> anyhow::Result<ExitCode> {
                 ));
             }
         };
-        if !target.exists() {
-            return Err(Exit::new(
-                exit::NOT_FOUND,
-                format!(
-                    "{} does not exist: `rayos disks` lists the disks",
-                    target.display()
-                ),
-            )
-            .into());
-        }
+        super::check_disk_exists(&target)?;
         let disk = rayos_disk::probe_path(&target, args.sector_size)
             .with_context(|| format!("cannot read {}", target.display()))?;
         let facts = rayos_install::facts::gather(&disk)

@@ -56,6 +56,32 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
+/// Refuses a `--sector-size` other than 512 or 4096 (`rayos install`,
+/// `rayos wizard`).
+pub fn check_sector_size(sector_size: Option<u32>) -> Result<(), Exit> {
+    match sector_size {
+        Some(ss) if ss != 512 && ss != 4096 => Err(Exit::new(
+            exit::BAD_INPUT,
+            format!("--sector-size {ss}: use 512 or 4096"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a target disk that does not exist, pointing at `rayos disks`.
+pub fn check_disk_exists(disk: &std::path::Path) -> Result<(), Exit> {
+    if disk.exists() {
+        return Ok(());
+    }
+    Err(Exit::new(
+        exit::NOT_FOUND,
+        format!(
+            "{} does not exist: `rayos disks` lists the disks",
+            disk.display()
+        ),
+    ))
+}
+
 /// The exit code for an error: the first [`Exit`] in its chain (or the
 /// outermost context, which the chain does not show as an `Exit`), else 1.
 pub fn exit_code_of(e: &anyhow::Error) -> u8 {

@@ -59,24 +59,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if let Some(ss) = args.sector_size.filter(|ss| *ss != 512 && *ss != 4096) {
-        return Err(Exit::new(
-            exit::BAD_INPUT,
-            format!("--sector-size {ss}: use 512 or 4096"),
-        )
-        .into());
-    }
+    super::check_sector_size(args.sector_size)?;
     for d in &args.disks {
-        if !d.exists() {
-            return Err(Exit::new(
-                exit::NOT_FOUND,
-                format!(
-                    "{} does not exist: `rayos disks` lists the disks",
-                    d.display()
-                ),
-            )
-            .into());
-        }
+        super::check_disk_exists(d)?;
     }
     let config = Config {
         disks: args.disks,
