@@ -445,11 +445,13 @@ fn mtools_selftest() -> Result<(), ToolError> {
             ["-C", "-n", "SELFTEST", &name, "2048"],
             "(preflight)",
         )?;
-        let v = FatVolume {
-            disk: img.clone(),
-            offset_bytes: 0,
-        };
-        v.mkdir_p("/EFI/selftest")
+        // mmd directly: the scratch FAT is empty, so no listing is needed.
+        tools::run(
+            "mmd",
+            ["-i", name.as_str(), "::/EFI", "::/EFI/selftest"],
+            "(preflight)",
+        )
+        .map(drop)
     })();
     let _ = fs::remove_file(&img);
     r
@@ -813,6 +815,19 @@ fn put_files(
         step: step.to_string(),
         source,
     };
+    // Every directory the files need, in one mmd rather than one per
+    // file — the manifest's too, so the `manifest` step is one mcopy (a
+    // directory without the manifest still marks an unfinished install).
+    let dirs = plan
+        .files
+        .iter()
+        .filter(|f| f.role == role)
+        .filter_map(|f| match f.source {
+            Source::Directory => Some(f.path.as_str()),
+            _ => f.path.rsplit_once('/').map(|(parent, _)| parent),
+        })
+        .filter(|d| !d.is_empty());
+    v.mkdir_all(dirs).map_err(tool)?;
     for f in plan.files.iter().filter(|f| f.role == role) {
         if f.only_if_absent && v.exists(&f.path) {
             continue;
@@ -975,17 +990,24 @@ fn write_manifest(
     };
     // Everything else must be on the disk before the manifest says so.
     sync_target(&plan.target)?;
-    let mut image = match system_fat {
-        Some(image) => image,
-        None => open_checked(plan, Role::System, "manifest", opts)?,
+    let tool = |source| ApplyError::Tool {
+        step: "manifest".into(),
+        source,
     };
-    change_fat(plan, Role::System, "manifest", &mut image, |v| {
-        v.put_bytes(manifest.to_json().as_bytes(), MANIFEST_PATH)
-            .map_err(|source| ApplyError::Tool {
-                step: "manifest".into(),
-                source,
-            })
-    })?;
+    let bytes = manifest.to_json();
+    match system_fat {
+        // `system-files` made the manifest's directory in this copy.
+        Some(mut image) => change_fat(plan, Role::System, "manifest", &mut image, |v| {
+            v.put_bytes_in_existing_dir(bytes.as_bytes(), MANIFEST_PATH)
+                .map_err(tool)
+        })?,
+        None => {
+            let mut image = open_checked(plan, Role::System, "manifest", opts)?;
+            change_fat(plan, Role::System, "manifest", &mut image, |v| {
+                v.put_bytes(bytes.as_bytes(), MANIFEST_PATH).map_err(tool)
+            })?
+        }
+    }
     sync_target(&plan.target)?;
     Ok(manifest)
 }

@@ -304,16 +304,20 @@ impl FatImage {
                 if at + n as u64 > self.size {
                     return Err(changed());
                 }
-                img.read_exact_at(&mut ours[..n], at).map_err(terr)?;
-                let differs = if overlaps(&self.same, at, at + n as u64) {
+                if overlaps(&self.same, at, at + n as u64) {
+                    img.read_exact_at(&mut ours[..n], at).map_err(terr)?;
                     disk.read_exact_at(&mut theirs[..n], self.start + at)
                         .map_err(|e| FatViewError::Read(self.disk.clone(), e))?;
-                    ours[..n] != theirs[..n]
+                    if ours[..n] != theirs[..n] {
+                        disk.write_all_at(&ours[..n], self.start + at)
+                            .map_err(werr)?;
+                        written += n as u64;
+                    }
                 } else {
-                    true
-                };
-                if differs {
-                    disk.write_all_at(&ours[..n], self.start + at)
+                    // Nothing to compare: the kernel copies the chunk from
+                    // the copy's page cache to the disk's, without passing
+                    // it through this process.
+                    copy_range(&img, at, &disk, self.start + at, n as u64, &mut ours)
                         .map_err(werr)?;
                     written += n as u64;
                 }
@@ -323,6 +327,65 @@ impl FatImage {
         self.same = used;
         Ok(written)
     }
+}
+
+/// Copies `len` bytes of `src` at `from` to `dst` at `to`: with
+/// `copy_file_range` (the kernel moves the bytes between the two files'
+/// page caches, one copy instead of a read into `buf` and a write out of
+/// it), falling back to `buf`-sized reads and writes where the kernel
+/// cannot (a block device target, or the copy on another filesystem).
+fn copy_range(
+    src: &File,
+    from: u64,
+    dst: &File,
+    to: u64,
+    len: u64,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let mut done = 0u64;
+    while done < len {
+        let (mut off_in, mut off_out) =
+            ((from + done) as libc::loff_t, (to + done) as libc::loff_t);
+        // SAFETY: both descriptors are open for the duration of the call,
+        // the offsets are valid pointers to locals, and the kernel checks
+        // the ranges against the files.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                (len - done) as usize,
+                0,
+            )
+        };
+        if n > 0 {
+            done += n as u64;
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        if n < 0 && err.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n < 0
+            && !matches!(
+                err.raw_os_error(),
+                Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+            )
+        {
+            return Err(err);
+        }
+        // The kernel cannot copy between these two (or returned 0 early):
+        // the rest through `buf`.
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            src.read_exact_at(&mut buf[..n], from + done)?;
+            dst.write_all_at(&buf[..n], to + done)?;
+            done += n as u64;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `[a, b)` meets any of `ranges` (sorted, disjoint).
