@@ -19,8 +19,15 @@
 //! writer trusting such a BPB writes into the next partition. Nothing here
 //! panics on any input (fuzzed with the GPT target's bytes in unit tests).
 //!
-//! Limits: no directory walking (fsck.fat does that); the first FAT is the
-//! one read; the FAT32 "active FAT" flag is ignored (mirroring is the norm).
+//! [`Geometry::walk`] reads the directory tree (which clusters are
+//! directories, every file's directory entry), so the installer can tell a
+//! UKI's clusters from the directories mtools changes; it follows no chain
+//! into a cluster seen before, so a damaged FAT stops it instead of
+//! looping.
+//!
+//! Limits: the walk checks no names or sizes (fsck.fat judges the tree);
+//! the first FAT is the one read; the FAT32 "active FAT" flag is ignored
+//! (mirroring is the norm).
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;

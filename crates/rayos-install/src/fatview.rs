@@ -23,11 +23,16 @@
 //! 4. [`FatImage::write_back`]: the image must still be the partition's
 //!    size with the same geometry; then the boot area, the FATs, the root
 //!    directory and every cluster in use now are written back where they
-//!    differ from the disk, each write checked to end inside the partition.
-//!    Clusters that were free when the copy was made (or at the previous
-//!    write-back) are written without reading the disk first: their old
-//!    bytes mean nothing, and comparing would read every byte of a new
-//!    file twice. [`FatImage::commit`] is a write-back and an fsync; the
+//!    differ from the disk (only the 4 KiB blocks that differ), each write
+//!    checked to end inside the partition. Clusters that were free when the
+//!    copy was made (or at the previous write-back) are written without
+//!    reading the disk first (`copy_file_range`, so the bytes do not pass
+//!    through the installer): their old bytes mean nothing, and comparing
+//!    would read every byte of a new file twice.
+//!    [`FatImage::write_back_additions`], after changes that only add
+//!    paths, also leaves out the clusters of files unchanged since the
+//!    previous write-back (checked with a walk of the directory tree).
+//!    [`FatImage::commit`] is a write-back and an fsync; the
 //!    installer instead writes back without fsync and fsyncs the whole
 //!    target once before its manifest (see [`mod@crate::apply`]).
 //!
