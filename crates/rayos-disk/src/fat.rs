@@ -400,9 +400,8 @@ impl Geometry {
         } else {
             let start =
                 (self.reserved_sectors + self.fats * self.fat_sectors) * self.bytes_per_sector;
-            todo.push(vec![
-                start..start + self.root_dir_sectors * self.bytes_per_sector,
-            ]);
+            let end = start + self.root_dir_sectors * self.bytes_per_sector;
+            todo.push(std::iter::once(start..end).collect());
         }
         while let Some(ranges) = todo.pop() {
             'dir: for r in ranges {

@@ -700,6 +700,36 @@ mod tests {
     }
 
     #[test]
+    fn additions_on_a_fat16_walk_its_fixed_root_directory() {
+        let dir = scratch();
+        let img = dir.join("fat16.img");
+        tools::run(
+            "mkfs.fat",
+            [
+                OsStr::new("-C"),
+                OsStr::new("-F"),
+                OsStr::new("16"),
+                img.as_os_str(),
+                OsStr::new("32768"),
+            ],
+            "test",
+        )
+        .unwrap();
+        let mut fat = FatImage::open(&img, 0, 32 * MIB, &dir, "test FAT16").unwrap();
+        fat.volume()
+            .put_bytes(&vec![5u8; 2 * MIB as usize], "/big.bin")
+            .unwrap();
+        fat.write_back().unwrap();
+        fat.volume().put_bytes(b"new", "/sub/new.txt").unwrap();
+        let skip = fat.unchanged_files().expect("only additions");
+        let skipped: u64 = skip.iter().map(|r| r.1 - r.0).sum();
+        assert_eq!(skipped, 2 * MIB);
+        fat.write_back_additions().unwrap();
+        fat.fsck().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn overlaps_finds_ranges_that_meet() {
         let r = [(0, 10), (20, 30)];
         assert!(overlaps(&r, 5, 6));
