@@ -19,8 +19,15 @@
 //! writer trusting such a BPB writes into the next partition. Nothing here
 //! panics on any input (fuzzed with the GPT target's bytes in unit tests).
 //!
-//! Limits: no directory walking (fsck.fat does that); the first FAT is the
-//! one read; the FAT32 "active FAT" flag is ignored (mirroring is the norm).
+//! [`Geometry::walk`] reads the directory tree (which clusters are
+//! directories, every file's directory entry), so the installer can tell a
+//! UKI's clusters from the directories mtools changes; it follows no chain
+//! into a cluster seen before, so a damaged FAT stops it instead of
+//! looping.
+//!
+//! Limits: the walk checks no names or sizes (fsck.fat judges the tree);
+//! the first FAT is the one read; the FAT32 "active FAT" flag is ignored
+//! (mirroring is the norm).
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
@@ -115,6 +122,38 @@ pub struct Geometry {
     pub total_sectors: u64,
     /// Clusters in the data area (numbered 2..clusters + 2).
     pub clusters: u64,
+    /// The root directory's first cluster (FAT32; 0 on FAT12/16, whose
+    /// root directory is the fixed area after the FATs).
+    pub root_cluster: u64,
+}
+
+/// Why [`Geometry::walk`] could not read the directory tree.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WalkError {
+    /// A cluster chain leads outside the data area, to a free or bad
+    /// cluster, or into a cluster already seen (a loop or a cross-link).
+    #[error("the cluster chain from cluster {start} is broken at cluster {at}")]
+    BrokenChain {
+        /// The chain's first cluster.
+        start: u64,
+        /// Where it breaks.
+        at: u64,
+    },
+    /// Reading a directory failed; holds the error's kind.
+    #[error("reading a directory failed: {0}")]
+    Read(io::ErrorKind),
+}
+
+/// The directory tree's layout ([`Geometry::walk`]): where directories
+/// are and what every file's directory entry says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tree {
+    /// The clusters of every directory (not the FAT12/16 root, which is
+    /// in the metadata area).
+    pub dir_clusters: std::collections::BTreeSet<u64>,
+    /// Every file's 32-byte directory entry (short entry), by where it is
+    /// in bytes from the filesystem's start.
+    pub files: std::collections::BTreeMap<u64, [u8; 32]>,
 }
 
 fn le16(b: &[u8], at: usize) -> u64 {
@@ -192,7 +231,15 @@ impl Geometry {
         if kind != FatKind::Fat32 && root_entries == 0 {
             return bad("root entries of a FAT12/16", 0);
         }
+        // Not checked here (mtools and fsck.fat judge the tree): a root
+        // outside the data area only stops `walk`.
+        let root_cluster = if kind == FatKind::Fat32 {
+            le32(b, 44) & 0x0FFF_FFFF
+        } else {
+            0
+        };
         let g = Geometry {
+            root_cluster,
             kind,
             bytes_per_sector: bps,
             sectors_per_cluster: spc,
@@ -293,6 +340,114 @@ impl Geometry {
             .collect()
     }
 
+    /// The chain of clusters from `start`, following `fat`; every cluster
+    /// is added to `seen`, and one seen before breaks the chain (no loop
+    /// or cross-link is followed).
+    pub fn chain(
+        &self,
+        fat: &[u8],
+        start: u64,
+        seen: &mut std::collections::BTreeSet<u64>,
+    ) -> Result<Vec<u64>, WalkError> {
+        let end_mark = match self.kind {
+            FatKind::Fat12 => 0xFF8,
+            FatKind::Fat16 => 0xFFF8,
+            FatKind::Fat32 => 0x0FFF_FFF8,
+        };
+        let mut out = Vec::new();
+        let mut n = start;
+        loop {
+            let broken = WalkError::BrokenChain { start, at: n };
+            if !(2..self.clusters + 2).contains(&n) || !seen.insert(n) {
+                return Err(broken);
+            }
+            out.push(n);
+            match self.entry(fat, n) {
+                Some(next) if next >= end_mark => return Ok(out),
+                // Free (0), reserved (1) and bad clusters end no chain;
+                // the range check above refuses them on the next turn.
+                Some(next) => n = next,
+                None => return Err(broken),
+            }
+        }
+    }
+
+    /// FAT entry `n`, or `None` past the end of `fat` (or of the data
+    /// area).
+    pub fn entry_of(&self, fat: &[u8], n: u64) -> Option<u64> {
+        if n >= self.clusters + 2 {
+            return None;
+        }
+        self.entry(fat, n)
+    }
+
+    /// Walks the directory tree from the root: every directory's clusters
+    /// and every file's directory entry. `read` returns the bytes of a
+    /// range (from the filesystem's start). Read-only, for telling
+    /// directories from file data; deleted entries, long-name entries, the
+    /// volume label and `.`/`..` are skipped.
+    pub fn walk(
+        &self,
+        fat: &[u8],
+        mut read: impl FnMut(Range<u64>) -> io::Result<Vec<u8>>,
+    ) -> Result<Tree, WalkError> {
+        let mut tree = Tree::default();
+        let mut seen = std::collections::BTreeSet::new();
+        // Directories to read: byte ranges, each with the entries' offset.
+        let mut todo: Vec<Vec<Range<u64>>> = Vec::new();
+        if self.kind == FatKind::Fat32 {
+            todo.push(self.dir_ranges(fat, self.root_cluster, &mut seen, &mut tree)?);
+        } else {
+            let start =
+                (self.reserved_sectors + self.fats * self.fat_sectors) * self.bytes_per_sector;
+            let end = start + self.root_dir_sectors * self.bytes_per_sector;
+            todo.push(std::iter::once(start..end).collect());
+        }
+        while let Some(ranges) = todo.pop() {
+            'dir: for r in ranges {
+                let bytes = read(r.clone()).map_err(|e| WalkError::Read(e.kind()))?;
+                for (i, e) in bytes.chunks_exact(32).enumerate() {
+                    let attr = e[11];
+                    match e[0] {
+                        0x00 => break 'dir,
+                        0xE5 | b'.' => continue,
+                        _ if attr & 0x0F == 0x0F || attr & 0x08 != 0 => continue,
+                        _ => {}
+                    }
+                    let hi = if self.kind == FatKind::Fat32 {
+                        le16(e, 20)
+                    } else {
+                        0
+                    };
+                    let first = (hi << 16) | le16(e, 26);
+                    if attr & 0x10 != 0 {
+                        if first != 0 {
+                            todo.push(self.dir_ranges(fat, first, &mut seen, &mut tree)?);
+                        }
+                    } else {
+                        let mut entry = [0u8; 32];
+                        entry.copy_from_slice(e);
+                        tree.files.insert(r.start + 32 * i as u64, entry);
+                    }
+                }
+            }
+        }
+        Ok(tree)
+    }
+
+    /// A directory's clusters as byte ranges, recorded in `tree`.
+    fn dir_ranges(
+        &self,
+        fat: &[u8],
+        first: u64,
+        seen: &mut std::collections::BTreeSet<u64>,
+        tree: &mut Tree,
+    ) -> Result<Vec<Range<u64>>, WalkError> {
+        let chain = self.chain(fat, first, seen)?;
+        tree.dir_clusters.extend(chain.iter().copied());
+        Ok(chain.into_iter().map(|c| self.cluster_range(c)).collect())
+    }
+
     /// FAT entry `n`, or `None` past the end of `fat`.
     fn entry(&self, fat: &[u8], n: u64) -> Option<u64> {
         let n = usize::try_from(n).ok()?;
@@ -326,6 +481,7 @@ mod tests {
         b[16] = 2;
         b[32..36].copy_from_slice(&total.to_le_bytes());
         b[36..40].copy_from_slice(&2048u32.to_le_bytes());
+        b[44..48].copy_from_slice(&2u32.to_le_bytes());
         b[510] = 0x55;
         b[511] = 0xAA;
         b
@@ -402,5 +558,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn chains_end_at_the_end_mark_and_loops_break_them() {
+        let g = Geometry::parse(&fat32(2_097_152)).unwrap();
+        let mut fat = vec![0u8; 4 * 16];
+        let set = |fat: &mut Vec<u8>, n: usize, v: u32| {
+            fat[4 * n..4 * n + 4].copy_from_slice(&v.to_le_bytes())
+        };
+        set(&mut fat, 2, 3);
+        set(&mut fat, 3, 0x0FFF_FFFF);
+        set(&mut fat, 5, 6);
+        set(&mut fat, 6, 5);
+        set(&mut fat, 7, 0);
+        let mut seen = std::collections::BTreeSet::new();
+        assert_eq!(g.chain(&fat, 2, &mut seen).unwrap(), [2, 3]);
+        // A cross-link into a chain already seen, a loop, a free cluster.
+        assert!(g.chain(&fat, 3, &mut seen).is_err());
+        assert!(
+            g.chain(&fat, 5, &mut std::collections::BTreeSet::new())
+                .is_err()
+        );
+        assert!(
+            g.chain(&fat, 7, &mut std::collections::BTreeSet::new())
+                .is_err()
+        );
+        assert_eq!(g.entry_of(&fat, 3), Some(0x0FFF_FFFF));
+        assert_eq!(g.entry_of(&fat, g.clusters + 2), None);
     }
 }

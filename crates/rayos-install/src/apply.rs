@@ -445,11 +445,13 @@ fn mtools_selftest() -> Result<(), ToolError> {
             ["-C", "-n", "SELFTEST", &name, "2048"],
             "(preflight)",
         )?;
-        let v = FatVolume {
-            disk: img.clone(),
-            offset_bytes: 0,
-        };
-        v.mkdir_p("/EFI/selftest")
+        // mmd directly: the scratch FAT is empty, so no listing is needed.
+        tools::run(
+            "mmd",
+            ["-i", name.as_str(), "::/EFI", "::/EFI/selftest"],
+            "(preflight)",
+        )
+        .map(drop)
     })();
     let _ = fs::remove_file(&img);
     r
@@ -787,6 +789,7 @@ fn change_fat(
     role: Role,
     step: &str,
     image: &mut FatImage,
+    written: Written,
     work: impl FnOnce(&FatVolume) -> Result<(), ApplyError>,
 ) -> Result<(), ApplyError> {
     let p = plan
@@ -799,8 +802,22 @@ fn change_fat(
     // read-back after writing would give, without a second pass over the
     // disk.
     image.fsck().map_err(&err)?;
-    image.write_back().map_err(&err)?;
+    match written {
+        Written::Anything => image.write_back(),
+        Written::NewPathsOnly => image.write_back_additions(),
+    }
+    .map_err(&err)?;
     Ok(())
+}
+
+/// What a [`change_fat`] may have done to the FAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// Anything mtools does: every cluster in use is compared.
+    Anything,
+    /// Only added files and directories that did not exist (see
+    /// [`FatImage::write_back_additions`]).
+    NewPathsOnly,
 }
 
 fn put_files(
@@ -813,6 +830,19 @@ fn put_files(
         step: step.to_string(),
         source,
     };
+    // Every directory the files need, in one mmd rather than one per
+    // file — the manifest's too, so the `manifest` step is one mcopy (a
+    // directory without the manifest still marks an unfinished install).
+    let dirs = plan
+        .files
+        .iter()
+        .filter(|f| f.role == role)
+        .filter_map(|f| match f.source {
+            Source::Directory => Some(f.path.as_str()),
+            _ => f.path.rsplit_once('/').map(|(parent, _)| parent),
+        })
+        .filter(|d| !d.is_empty());
+    v.mkdir_all(dirs).map_err(tool)?;
     for f in plan.files.iter().filter(|f| f.role == role) {
         if f.only_if_absent && v.exists(&f.path) {
             continue;
@@ -847,38 +877,52 @@ fn esp_files(
     progress: &mut dyn FnMut(&Event),
 ) -> Result<(), ApplyError> {
     let mut image = open_checked(plan, Role::Esp, "esp-files", opts)?;
-    change_fat(plan, Role::Esp, "esp-files", &mut image, |v| {
-        let tool = |source| ApplyError::Tool {
-            step: "esp-files".into(),
-            source,
-        };
-        // Another systemd-boot's loader.conf on a reused ESP is kept beside ours.
-        let backup = format!("{ESP_LOADER_CONF}.pre-rayos");
-        let mut s = v.session().map_err(tool)?;
-        if let Some(old) = s.read(ESP_LOADER_CONF).map_err(tool)? {
-            let ours = crate::plan::loader_conf();
-            if old != ours.as_bytes() && !s.exists(&backup) {
-                s.put_bytes(&old, &backup).map_err(tool)?;
-                progress(&Event::Note {
-                    message: format!("the ESP's loader.conf was kept as {backup}"),
-                });
+    change_fat(
+        plan,
+        Role::Esp,
+        "esp-files",
+        &mut image,
+        Written::Anything,
+        |v| {
+            let tool = |source| ApplyError::Tool {
+                step: "esp-files".into(),
+                source,
+            };
+            // Another systemd-boot's loader.conf on a reused ESP is kept beside ours.
+            let backup = format!("{ESP_LOADER_CONF}.pre-rayos");
+            let mut s = v.session().map_err(tool)?;
+            if let Some(old) = s.read(ESP_LOADER_CONF).map_err(tool)? {
+                let ours = crate::plan::loader_conf();
+                if old != ours.as_bytes() && !s.exists(&backup) {
+                    s.put_bytes(&old, &backup).map_err(tool)?;
+                    progress(&Event::Note {
+                        message: format!("the ESP's loader.conf was kept as {backup}"),
+                    });
+                }
             }
-        }
-        put_files(plan, Role::Esp, "esp-files", &mut s)
-    })
+            put_files(plan, Role::Esp, "esp-files", &mut s)
+        },
+    )
 }
 
 /// Writes the system partition's files; returns its FAT copy for the
 /// manifest.
 fn system_files(plan: &Plan, opts: &ApplyOptions) -> Result<FatImage, ApplyError> {
     let mut image = open_checked(plan, Role::System, "system-files", opts)?;
-    change_fat(plan, Role::System, "system-files", &mut image, |v| {
-        let mut s = v.session().map_err(|source| ApplyError::Tool {
-            step: "system-files".into(),
-            source,
-        })?;
-        put_files(plan, Role::System, "system-files", &mut s)
-    })?;
+    change_fat(
+        plan,
+        Role::System,
+        "system-files",
+        &mut image,
+        Written::Anything,
+        |v| {
+            let mut s = v.session().map_err(|source| ApplyError::Tool {
+                step: "system-files".into(),
+                source,
+            })?;
+            put_files(plan, Role::System, "system-files", &mut s)
+        },
+    )?;
     Ok(image)
 }
 
@@ -975,17 +1019,40 @@ fn write_manifest(
     };
     // Everything else must be on the disk before the manifest says so.
     sync_target(&plan.target)?;
-    let mut image = match system_fat {
-        Some(image) => image,
-        None => open_checked(plan, Role::System, "manifest", opts)?,
+    let tool = |source| ApplyError::Tool {
+        step: "manifest".into(),
+        source,
     };
-    change_fat(plan, Role::System, "manifest", &mut image, |v| {
-        v.put_bytes(manifest.to_json().as_bytes(), MANIFEST_PATH)
-            .map_err(|source| ApplyError::Tool {
-                step: "manifest".into(),
-                source,
-            })
-    })?;
+    let bytes = manifest.to_json();
+    match system_fat {
+        // `system-files` made the manifest's directory in this copy. The
+        // system partition is always one this install formatted (the
+        // planner gives the role only to partitions it creates or
+        // formats) and `system-files` does not write the manifest, so the
+        // manifest is a new file: the UKI's clusters need no comparing.
+        Some(mut image) => change_fat(
+            plan,
+            Role::System,
+            "manifest",
+            &mut image,
+            Written::NewPathsOnly,
+            |v| {
+                v.put_bytes_in_existing_dir(bytes.as_bytes(), MANIFEST_PATH)
+                    .map_err(tool)
+            },
+        )?,
+        None => {
+            let mut image = open_checked(plan, Role::System, "manifest", opts)?;
+            change_fat(
+                plan,
+                Role::System,
+                "manifest",
+                &mut image,
+                Written::Anything,
+                |v| v.put_bytes(bytes.as_bytes(), MANIFEST_PATH).map_err(tool),
+            )?
+        }
+    }
     sync_target(&plan.target)?;
     Ok(manifest)
 }

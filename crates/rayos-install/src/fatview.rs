@@ -23,11 +23,16 @@
 //! 4. [`FatImage::write_back`]: the image must still be the partition's
 //!    size with the same geometry; then the boot area, the FATs, the root
 //!    directory and every cluster in use now are written back where they
-//!    differ from the disk, each write checked to end inside the partition.
-//!    Clusters that were free when the copy was made (or at the previous
-//!    write-back) are written without reading the disk first: their old
-//!    bytes mean nothing, and comparing would read every byte of a new
-//!    file twice. [`FatImage::commit`] is a write-back and an fsync; the
+//!    differ from the disk (only the 4 KiB blocks that differ), each write
+//!    checked to end inside the partition. Clusters that were free when the
+//!    copy was made (or at the previous write-back) are written without
+//!    reading the disk first (`copy_file_range`, so the bytes do not pass
+//!    through the installer): their old bytes mean nothing, and comparing
+//!    would read every byte of a new file twice.
+//!    [`FatImage::write_back_additions`], after changes that only add
+//!    paths, also leaves out the clusters of files unchanged since the
+//!    previous write-back (checked with a walk of the directory tree).
+//!    [`FatImage::commit`] is a write-back and an fsync; the
 //!    installer instead writes back without fsync and fsyncs the whole
 //!    target once before its manifest (see [`mod@crate::apply`]).
 //!
@@ -49,7 +54,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use rayos_disk::fat::{FatError, Geometry};
+use rayos_disk::fat::{FatError, Geometry, Tree};
 
 use crate::tools::{self, FatVolume, ToolError};
 
@@ -114,6 +119,16 @@ pub struct FatImage {
     /// (free clusters), so write-back writes there without reading the
     /// disk first.
     same: Vec<(u64, u64)>,
+    /// The copy's FAT and directory tree at the last write-back (when the
+    /// copy equalled the disk), for [`FatImage::write_back_additions`].
+    synced: Option<Synced>,
+}
+
+/// What the copy held at a write-back.
+#[derive(Debug)]
+struct Synced {
+    fat: Vec<u8>,
+    tree: Tree,
 }
 
 impl Drop for FatImage {
@@ -185,6 +200,7 @@ impl FatImage {
             geometry,
             what: what.to_string(),
             same: Vec::new(),
+            synced: None,
         };
         dst.set_len(size).map_err(terr)?;
         let fat = read_fat(&src, disk, start, &geometry)?;
@@ -272,6 +288,74 @@ impl FatImage {
     /// old bytes mean nothing, and on a fresh FAT that is every byte of a
     /// new file).
     pub fn write_back(&mut self) -> Result<u64, FatViewError> {
+        self.write_back_skipping(&[])
+    }
+
+    /// [`FatImage::write_back`] after changes that only **added** files and
+    /// directories (mcopy to paths that did not exist, mmd): the clusters
+    /// of the files present at the last write-back are then not compared
+    /// with the disk — mtools writes file data only into clusters it
+    /// allocates, so theirs are as written (for RayOS's system partition,
+    /// the UKI: comparing it would read it twice more to find nothing).
+    /// Checked, not trusted: every such file's directory entry and every
+    /// one of their FAT entries must be as they were, and none of their
+    /// clusters a directory now; otherwise (or without an earlier
+    /// write-back) everything in use is compared as by `write_back`.
+    /// Returns the bytes written.
+    pub fn write_back_additions(&mut self) -> Result<u64, FatViewError> {
+        let skip = self.unchanged_files().unwrap_or_default();
+        self.write_back_skipping(&skip)
+    }
+
+    /// The byte ranges of the clusters of files unchanged since the last
+    /// write-back (see [`FatImage::write_back_additions`]), or `None` when
+    /// that cannot be shown.
+    fn unchanged_files(&self) -> Option<Vec<(u64, u64)>> {
+        let before = self.synced.as_ref()?;
+        let img = File::open(&self.image).ok()?;
+        let (fat, tree) = self.tree_of(&img).ok()?;
+        if before
+            .tree
+            .files
+            .iter()
+            .any(|(at, e)| tree.files.get(at) != Some(e))
+        {
+            return None;
+        }
+        let g = &self.geometry;
+        let mut skip: Vec<(u64, u64)> = Vec::new();
+        for n in g.allocated(&before.fat) {
+            if before.tree.dir_clusters.contains(&n) {
+                continue;
+            }
+            if tree.dir_clusters.contains(&n) || g.entry_of(&fat, n) != g.entry_of(&before.fat, n) {
+                return None;
+            }
+            let r = g.cluster_range(n);
+            match skip.last_mut() {
+                Some(last) if last.1 == r.start => last.1 = r.end,
+                _ => skip.push((r.start, r.end)),
+            }
+        }
+        Some(skip)
+    }
+
+    /// The FAT and directory tree of the copy `img`.
+    fn tree_of(&self, img: &File) -> Result<(Vec<u8>, Tree), FatViewError> {
+        let fat = read_fat(img, &self.image, 0, &self.geometry)?;
+        let tree = self
+            .geometry
+            .walk(&fat, |r| {
+                let mut b = vec![0u8; (r.end - r.start) as usize];
+                img.read_exact_at(&mut b, r.start).map(|_| b)
+            })
+            .map_err(|e| FatViewError::Temp(self.image.clone(), io::Error::other(e)))?;
+        Ok((fat, tree))
+    }
+
+    /// The write-back; chunks wholly inside `skip` (sorted, disjoint) are
+    /// known to equal the disk and left alone.
+    fn write_back_skipping(&mut self, skip: &[(u64, u64)]) -> Result<u64, FatViewError> {
         let changed = || FatViewError::Changed {
             what: self.what.clone(),
         };
@@ -304,16 +388,26 @@ impl FatImage {
                 if at + n as u64 > self.size {
                     return Err(changed());
                 }
-                img.read_exact_at(&mut ours[..n], at).map_err(terr)?;
-                let differs = if overlaps(&self.same, at, at + n as u64) {
+                if inside(skip, at, at + n as u64) {
+                    // Known to equal the disk: nothing to do.
+                } else if overlaps(&self.same, at, at + n as u64) {
+                    img.read_exact_at(&mut ours[..n], at).map_err(terr)?;
                     disk.read_exact_at(&mut theirs[..n], self.start + at)
                         .map_err(|e| FatViewError::Read(self.disk.clone(), e))?;
-                    ours[..n] != theirs[..n]
+                    // Only the blocks that differ: a changed FAT or
+                    // directory is a few blocks of its chunk, and what is
+                    // written here is what the fsync before the manifest
+                    // must carry to the disk.
+                    for (a, b) in differing_blocks(&ours[..n], &theirs[..n]) {
+                        disk.write_all_at(&ours[a..b], self.start + at + a as u64)
+                            .map_err(werr)?;
+                        written += (b - a) as u64;
+                    }
                 } else {
-                    true
-                };
-                if differs {
-                    disk.write_all_at(&ours[..n], self.start + at)
+                    // Nothing to compare: the kernel copies the chunk from
+                    // the copy's page cache to the disk's, without passing
+                    // it through this process.
+                    copy_range(&img, at, &disk, self.start + at, n as u64, &mut ours)
                         .map_err(werr)?;
                     written += n as u64;
                 }
@@ -321,8 +415,101 @@ impl FatImage {
             }
         }
         self.same = used;
+        // The copy now equals the disk: remember its tree for the next
+        // write-back (none if it cannot be walked: that one compares all).
+        self.synced = self
+            .tree_of(&img)
+            .ok()
+            .map(|(fat, tree)| Synced { fat, tree });
         Ok(written)
     }
+}
+
+/// Copies `len` bytes of `src` at `from` to `dst` at `to`: with
+/// `copy_file_range` (the kernel moves the bytes between the two files'
+/// page caches, one copy instead of a read into `buf` and a write out of
+/// it), falling back to `buf`-sized reads and writes where the kernel
+/// cannot (a block device target, or the copy on another filesystem).
+fn copy_range(
+    src: &File,
+    from: u64,
+    dst: &File,
+    to: u64,
+    len: u64,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let mut done = 0u64;
+    while done < len {
+        let (mut off_in, mut off_out) =
+            ((from + done) as libc::loff_t, (to + done) as libc::loff_t);
+        // SAFETY: both descriptors are open for the duration of the call,
+        // the offsets are valid pointers to locals, and the kernel checks
+        // the ranges against the files.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                (len - done) as usize,
+                0,
+            )
+        };
+        if n > 0 {
+            done += n as u64;
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        if n < 0 && err.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n < 0
+            && !matches!(
+                err.raw_os_error(),
+                Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+            )
+        {
+            return Err(err);
+        }
+        // The kernel cannot copy between these two (or returned 0 early):
+        // the rest through `buf`.
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            src.read_exact_at(&mut buf[..n], from + done)?;
+            dst.write_all_at(&buf[..n], to + done)?;
+            done += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Size of the blocks [`differing_blocks`] compares.
+const BLOCK: usize = 4096;
+
+/// The runs of `BLOCK`-sized blocks (the last may be shorter) where `ours`
+/// and `theirs` (the same length) differ, as byte ranges, adjacent blocks
+/// merged.
+fn differing_blocks(ours: &[u8], theirs: &[u8]) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for (i, (a, b)) in ours.chunks(BLOCK).zip(theirs.chunks(BLOCK)).enumerate() {
+        if a == b {
+            continue;
+        }
+        let (start, end) = (i * BLOCK, i * BLOCK + a.len());
+        match out.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => out.push((start, end)),
+        }
+    }
+    out
+}
+
+/// Whether `[a, b)` lies wholly inside one of `ranges` (sorted, disjoint,
+/// adjacent ones merged).
+fn inside(ranges: &[(u64, u64)], a: u64, b: u64) -> bool {
+    let i = ranges.partition_point(|r| r.1 <= a);
+    ranges.get(i).is_some_and(|r| r.0 <= a && b <= r.1)
 }
 
 /// Whether `[a, b)` meets any of `ranges` (sorted, disjoint).
@@ -418,6 +605,127 @@ mod tests {
         let copy = dir.join("part.img");
         fs::write(&copy, at(START, START + SIZE)).unwrap();
         tools::run("fsck.fat", [OsStr::new("-n"), copy.as_os_str()], "copy").unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn differing_blocks_are_found_and_merged() {
+        let ours = vec![0u8; 5 * BLOCK + 100];
+        let mut theirs = ours.clone();
+        assert!(differing_blocks(&ours, &theirs).is_empty());
+        theirs[BLOCK + 1] = 1;
+        theirs[2 * BLOCK] = 1;
+        theirs[5 * BLOCK + 99] = 1;
+        assert_eq!(
+            differing_blocks(&ours, &theirs),
+            [(BLOCK, 3 * BLOCK), (5 * BLOCK, 5 * BLOCK + 100)]
+        );
+    }
+
+    #[test]
+    fn inside_needs_the_whole_range_in_one() {
+        let r = [(0, 10), (10, 20), (30, 40)];
+        assert!(inside(&r, 0, 10) && inside(&r, 31, 40));
+        assert!(!inside(&r, 5, 15), "spans two");
+        assert!(!inside(&r, 25, 31) && !inside(&r, 35, 41));
+        assert!(!inside(&[], 0, 1));
+    }
+
+    #[test]
+    fn copy_range_falls_back_where_the_kernel_cannot_copy() {
+        let dir = scratch();
+        let src = dir.join("src");
+        fs::write(&src, vec![3u8; 3 * MIB as usize]).unwrap();
+        let src = File::open(&src).unwrap();
+        let mut buf = vec![0u8; 4096];
+        // Between regular files: copy_file_range.
+        let dst = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("dst"))
+            .unwrap();
+        copy_range(&src, MIB, &dst, 10, 2 * MIB, &mut buf).unwrap();
+        let out = fs::read(dir.join("dst")).unwrap();
+        assert_eq!(out.len() as u64, 10 + 2 * MIB);
+        assert!(out[..10].iter().all(|&b| b == 0) && out[10..].iter().all(|&b| b == 3));
+        // To a character device the kernel refuses (EINVAL): reads and
+        // writes through the buffer instead.
+        let null = OpenOptions::new().write(true).open("/dev/null").unwrap();
+        copy_range(&src, 0, &null, 0, 3 * MIB, &mut buf).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn additions_skip_the_unchanged_files_but_a_replaced_one_is_compared() {
+        let dir = scratch();
+        let d = disk(&dir);
+        let mut img = FatImage::open(&d, START, SIZE, &dir, "test FAT").unwrap();
+        img.volume()
+            .put_bytes(&vec![9u8; 4 * MIB as usize], "/EFI/Linux/big.efi")
+            .unwrap();
+        img.volume().put_bytes(b"one", "/small.txt").unwrap();
+        img.write_back().unwrap();
+        // A new file in a new directory: the big file's clusters are known
+        // to equal the disk, so they are skipped.
+        img.volume()
+            .put_bytes(b"manifest", "/rayos/m.json")
+            .unwrap();
+        let skip = img.unchanged_files().expect("only additions");
+        let skipped: u64 = skip.iter().map(|r| r.1 - r.0).sum();
+        assert!(skipped >= 4 * MIB, "{skip:?}");
+        let written = img.write_back_additions().unwrap();
+        assert!(written < MIB, "{written}");
+        // A file replaced (its entry changes): nothing is skipped.
+        img.volume().put_bytes(b"two!", "/small.txt").unwrap();
+        assert!(img.unchanged_files().is_none());
+        img.write_back_additions().unwrap();
+        img.commit().unwrap();
+        let on_disk = FatVolume {
+            disk: d.clone(),
+            offset_bytes: START,
+        };
+        assert_eq!(on_disk.read("/rayos/m.json").unwrap().unwrap(), b"manifest");
+        assert_eq!(on_disk.read("/small.txt").unwrap().unwrap(), b"two!");
+        assert_eq!(
+            on_disk.read("/EFI/Linux/big.efi").unwrap().unwrap(),
+            vec![9u8; 4 * MIB as usize]
+        );
+        let copy = dir.join("part.img");
+        let all = fs::read(&d).unwrap();
+        fs::write(&copy, &all[START as usize..(START + SIZE) as usize]).unwrap();
+        tools::run("fsck.fat", [OsStr::new("-n"), copy.as_os_str()], "copy").unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn additions_on_a_fat16_walk_its_fixed_root_directory() {
+        let dir = scratch();
+        let img = dir.join("fat16.img");
+        tools::run(
+            "mkfs.fat",
+            [
+                OsStr::new("-C"),
+                OsStr::new("-F"),
+                OsStr::new("16"),
+                img.as_os_str(),
+                OsStr::new("32768"),
+            ],
+            "test",
+        )
+        .unwrap();
+        let mut fat = FatImage::open(&img, 0, 32 * MIB, &dir, "test FAT16").unwrap();
+        fat.volume()
+            .put_bytes(&vec![5u8; 2 * MIB as usize], "/big.bin")
+            .unwrap();
+        fat.write_back().unwrap();
+        fat.volume().put_bytes(b"new", "/sub/new.txt").unwrap();
+        let skip = fat.unchanged_files().expect("only additions");
+        let skipped: u64 = skip.iter().map(|r| r.1 - r.0).sum();
+        assert_eq!(skipped, 2 * MIB);
+        fat.write_back_additions().unwrap();
+        fat.fsck().unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 

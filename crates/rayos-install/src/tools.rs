@@ -219,6 +219,17 @@ impl FatVolume {
         self.copy_in(src, dest)
     }
 
+    /// Writes `bytes` to `dest`, replacing it, in one mcopy: `dest`'s
+    /// directory must exist (mcopy fails otherwise, writing nothing). For
+    /// a caller that made the directory earlier, and saves the listing and
+    /// `mmd` that [`FatVolume::put_bytes`] runs to find that out.
+    pub fn put_bytes_in_existing_dir(&self, bytes: &[u8], dest: &str) -> Result<(), ToolError> {
+        let tmp = write_temp(bytes)?;
+        let r = self.copy_in(&tmp, dest);
+        let _ = std::fs::remove_file(&tmp);
+        r
+    }
+
     /// mcopy of `src` to `dest`, whose directory exists.
     fn copy_in(&self, src: &Path, dest: &str) -> Result<(), ToolError> {
         let src = src.display().to_string();
@@ -308,13 +319,29 @@ impl FatSession<'_> {
 
     /// Makes `dir` and its missing parents, in one `mmd`.
     pub fn mkdir_p(&mut self, dir: &str) -> Result<(), ToolError> {
-        let mut path = String::new();
-        let mut missing = Vec::new();
-        for part in dir.split('/').filter(|p| !p.is_empty()) {
-            path.push('/');
-            path.push_str(part);
-            if !self.exists(&path) {
-                missing.push(format!("::{path}"));
+        self.mkdir_all([dir])
+    }
+
+    /// Makes every directory of `dirs` and their missing parents, in one
+    /// `mmd` (parents before children; each made once).
+    pub fn mkdir_all<'d>(
+        &mut self,
+        dirs: impl IntoIterator<Item = &'d str>,
+    ) -> Result<(), ToolError> {
+        let mut missing: Vec<String> = Vec::new();
+        for dir in dirs {
+            let mut path = String::new();
+            for part in dir.split('/').filter(|p| !p.is_empty()) {
+                path.push('/');
+                path.push_str(part);
+                let key = fat_key(&path);
+                if !self.exists(&path)
+                    && !missing
+                        .iter()
+                        .any(|m| fat_key(m.trim_start_matches("::")) == key)
+                {
+                    missing.push(format!("::{path}"));
+                }
             }
         }
         if missing.is_empty() {

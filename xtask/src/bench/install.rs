@@ -32,6 +32,10 @@ pub struct Args {
     /// Logical sector size of the image.
     #[arg(long, default_value_t = 512)]
     pub sector_size: u32,
+    /// Time this `rayos` binary instead of building the worktree's (to
+    /// compare an older build with the current one, run after run).
+    #[arg(long)]
+    pub rayos: Option<PathBuf>,
 }
 
 const ANSWERS: &str =
@@ -70,8 +74,13 @@ pub fn run(args: Args) -> Result<()> {
     anyhow::ensure!(args.reps >= 1, "--reps must be at least 1");
     crate::deps::ensure()?;
     let root = crate::root();
-    crate::run_cmd(Command::new("cargo").args(["build", "--release", "-p", "rayos"]))?;
-    let rayos = crate::demo::target_dir(&root).join("release/rayos");
+    let rayos = match &args.rayos {
+        Some(p) => p.clone(),
+        None => {
+            crate::run_cmd(Command::new("cargo").args(["build", "--release", "-p", "rayos"]))?;
+            crate::demo::target_dir(&root).join("release/rayos")
+        }
+    };
     let dir = root.join("build/bench");
     std::fs::create_dir_all(&dir)?;
     let answers = dir.join("answers.toml");
@@ -98,7 +107,13 @@ pub fn run(args: Args) -> Result<()> {
     let disk = dir.join("disk.img");
     let dd_file = dir.join("dd.out");
     println!(
-        "bench install: {} reps, {} GiB sparse image, {}-byte sectors, system image {} ({:.1} MiB)",
+        "bench install: {} ({}), {} reps, {} GiB sparse image, {}-byte sectors, system image {} ({:.1} MiB)",
+        rayos.display(),
+        if args.rayos.is_some() {
+            "given"
+        } else {
+            "built"
+        },
         args.reps,
         args.disk_gib,
         args.sector_size,
