@@ -9,6 +9,37 @@ mod update;
 mod vm;
 mod vm_debian;
 
+/// Median, smallest and largest of a benchmark's repetitions: what each
+/// benchmark prints (these machines are noisy, so the spread is shown).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// The [`Spread`] of `values` (all zero when there are none); an even
+/// count's median is the mean of the middle two.
+pub(crate) fn spread(values: impl IntoIterator<Item = f64>) -> Spread {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    v.sort_by(f64::total_cmp);
+    let median = match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    };
+    Spread {
+        median,
+        min: v.first().copied().unwrap_or(0.0),
+        max: v.last().copied().unwrap_or(0.0),
+    }
+}
+
+/// The median of `values` ([`spread`]).
+pub(crate) fn median(values: &[f64]) -> f64 {
+    spread(values.iter().copied()).median
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -36,5 +67,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         What::Vm(a) => vm::run(a),
         What::Update(a) => update::run(a),
         What::Present(a) => present::run(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_of_odd_even_and_empty_lists() {
+        let s = spread([3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(
+            spread([]),
+            Spread {
+                median: 0.0,
+                min: 0.0,
+                max: 0.0
+            }
+        );
     }
 }

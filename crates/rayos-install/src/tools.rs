@@ -61,14 +61,15 @@ pub fn package_of(tool: &str) -> &'static str {
     }
 }
 
-/// Runs `tool args…`, returning stdout; a non-zero exit is an error that
-/// carries stderr. `target` names the disk/partition for the message.
-pub fn run<I, S>(tool: &str, args: I, target: &str) -> Result<Vec<u8>, ToolError>
+/// Runs `tool args…` and returns its output whatever its exit status (an
+/// error only when it cannot be started), in the environment every tool
+/// here gets: mtools' checks relaxed, messages in English, no stdin.
+fn output<I, S>(tool: &str, args: I) -> Result<std::process::Output, ToolError>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let out = Command::new(tool)
+    Command::new(tool)
         .args(args)
         // mtools refuses some valid geometries without this (4 KiB sectors).
         .env("MTOOLS_SKIP_CHECK", "1")
@@ -80,7 +81,17 @@ where
             tool: tool.into(),
             package: package_of(tool),
             source,
-        })?;
+        })
+}
+
+/// Runs `tool args…`, returning stdout; a non-zero exit is an error that
+/// carries stderr. `target` names the disk/partition for the message.
+pub fn run<I, S>(tool: &str, args: I, target: &str) -> Result<Vec<u8>, ToolError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = output(tool, args)?;
     if !out.status.success() {
         let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if stderr.contains("Error converting to codepage") {
@@ -195,18 +206,7 @@ impl FatVolume {
     /// returns its output whatever its status: the callers tell a missing
     /// path from a failure.
     fn mdir(&self, args: &[&str]) -> Result<std::process::Output, ToolError> {
-        Command::new("mdir")
-            .args(args)
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .env("MTOOLS_NO_VFAT", "0")
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| ToolError::Spawn {
-                tool: "mdir".into(),
-                package: package_of("mdir"),
-                source,
-            })
+        output("mdir", args)
     }
 
     /// Copies a host file to `dest` (absolute FAT path), replacing it.

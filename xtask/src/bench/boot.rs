@@ -158,11 +158,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         linux.push(l);
         rss = Some(m);
     }
-    let med = |v: &[Boot], f: fn(&Boot) -> f64| {
-        let mut x: Vec<f64> = v.iter().map(f).collect();
-        x.sort_by(f64::total_cmp);
-        x[x.len() / 2]
-    };
+    let med = |v: &[Boot], f: fn(&Boot) -> f64| super::spread(v.iter().map(f)).median;
     let bk = med(&base, |b| b.kernel_s);
     let bw = med(&base, |b| b.wall_s);
     let rk = med(&rayos, |b| b.kernel_s);
@@ -523,13 +519,12 @@ fn step_medians(boots: &[Boot]) -> Vec<(String, f64, f64, f64)> {
     names
         .into_iter()
         .map(|n| {
-            let mut v: Vec<f64> = boots
-                .iter()
-                .filter_map(|b| b.steps.iter().find(|(m, _)| *m == n).map(|x| x.1))
-                .collect();
-            v.sort_by(f64::total_cmp);
-            let m = v[v.len() / 2];
-            (n, m, v[0], v[v.len() - 1])
+            let s = super::spread(
+                boots
+                    .iter()
+                    .filter_map(|b| b.steps.iter().find(|(m, _)| *m == n).map(|x| x.1)),
+            );
+            (n, s.median, s.min, s.max)
         })
         .collect()
 }

@@ -41,16 +41,6 @@ pub struct Args {
 const ANSWERS: &str =
     "version = 1\n[target]\nmode = \"whole-disk\"\n[machine]\nhostname = \"rayos-bench\"\n";
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn allocated(p: &Path) -> Result<u64> {
     let m = std::fs::metadata(p).with_context(|| format!("cannot stat {}", p.display()))?;
     Ok(std::os::unix::fs::MetadataExt::blocks(&m) * 512)
@@ -165,19 +155,17 @@ pub fn run(args: Args) -> Result<()> {
     }
     let _ = std::fs::remove_file(&dd_file);
     let _ = std::fs::remove_file(&disk);
-    let (mi, md, mb) = (
-        median(&mut t_install),
-        median(&mut t_dd),
-        median(&mut bytes),
+    let (i, d) = (
+        super::spread(t_install.iter().copied()),
+        super::spread(t_dd.iter().copied()),
     );
-    // median() sorted them: first and last are the min and max.
-    let range = |v: &[f64]| (v[0], v[v.len() - 1]);
-    let ((ilo, ihi), (dlo, dhi)) = (range(&t_install), range(&t_dd));
+    let (mi, md, mb) = (i.median, d.median, super::median(&bytes));
+    let ((ilo, ihi), (dlo, dhi)) = ((i.min, i.max), (d.min, d.max));
     println!(
         "median: install {mi:.3} s (min-max {ilo:.3}-{ihi:.3}), baseline dd of the same {:.1} MiB {md:.3} s (min-max {dlo:.3}-{dhi:.3}) -> ratio install/dd = {:.2} (median of the per-rep ratios {:.2})",
         mb / (1 << 20) as f64,
         mi / md,
-        median(&mut ratios)
+        super::median(&ratios)
     );
     Ok(())
 }

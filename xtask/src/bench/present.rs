@@ -64,11 +64,6 @@ fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn wait_marker(rx: &mpsc::Receiver<Marker>, want: &Marker) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -250,10 +245,10 @@ fn bench(args: &Args, reps: usize, rayos: &Path, root: &Path) -> anyhow::Result<
     let presented_cpu = (cpu_time() - c0).as_secs_f64();
     h.stop();
 
-    let dp = median(&mut direct_present);
-    let pp = median(&mut pres_present);
-    let dk = median(&mut direct_key);
-    let pk = median(&mut pres_key);
+    let dp = super::median(&direct_present);
+    let pp = super::median(&pres_present);
+    let dk = super::median(&direct_key);
+    let pk = super::median(&pres_key);
     let w = window.as_secs_f64();
     println!("bench present ({reps} reps, medians; guest under TCG):");
     println!(

@@ -46,24 +46,7 @@ pub struct Args {
     pub json: bool,
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// Smallest and largest of `v`.
-fn min_max(v: &[f64]) -> (f64, f64) {
-    v.iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
-            (lo.min(x), hi.max(x))
-        })
-}
-
 /// The 1-minute load average, when /proc tells it.
 fn load_1min() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
@@ -173,14 +156,18 @@ pub fn run(args: Args) -> Result<()> {
     }
     let load_after = load_1min();
     let ratios: Vec<f64> = apply_s.iter().zip(&cp_s).map(|(a, c)| a / c).collect();
+    let min_max = |v: &[f64]| {
+        let s = super::spread(v.iter().copied());
+        (s.min, s.max)
+    };
     let (r_lo, r_hi) = min_max(&ratios);
     let (a_lo, a_hi) = min_max(&apply_s);
     let (c_lo, c_hi) = min_max(&cp_s);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (a, v, c) = (
-        median(&mut apply_s),
-        median(&mut verify_s),
-        median(&mut cp_s),
+        super::median(&apply_s),
+        super::median(&verify_s),
+        super::median(&cp_s),
     );
     let fs_type = Command::new("stat")
         .args(["-f", "-c", "%T"])

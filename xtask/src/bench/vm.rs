@@ -451,16 +451,9 @@ struct SaveStats {
 
 impl SaveStats {
     fn of(reps: &[SaveRep]) -> SaveStats {
-        fn summary(mut v: Vec<f64>) -> (f64, f64, f64) {
-            v.sort_by(f64::total_cmp);
-            let median = match v.len() {
-                0 => 0.0,
-                n if n % 2 == 1 => v[n / 2],
-                n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-            };
-            let min = v.first().copied().unwrap_or(0.0);
-            let max = v.last().copied().unwrap_or(0.0);
-            (median, min, max)
+        fn summary(v: Vec<f64>) -> (f64, f64, f64) {
+            let s = super::spread(v);
+            (s.median, s.min, s.max)
         }
         SaveStats {
             secs: summary(reps.iter().map(|r| secs(r.save)).collect()),
