@@ -63,7 +63,9 @@ pub const PACKAGES: &[&str] = &[
     "dbus",
     "libpam-systemd",
     "linux-image-cloud-amd64",
-    "zstd",
+    // initramfs compression: lz4 unpacks several times faster than zstd,
+    // which counts under TCG (docs/linux-vm.md, "Boot time")
+    "lz4",
     // boot loader in the guest's ESP (its kernel hooks keep it current)
     "systemd-boot",
     // RayOS talks to the guest through the agent: clock, shutdown, info
@@ -113,9 +115,26 @@ pub const DEFAULT_HOSTNAME: &str = "debian";
 /// entry): both consoles get a login prompt — the screen (tty1, what the
 /// presenter shows) and the serial port (`rayos vm console`); the serial
 /// port is `/dev/console`. `net.ifnames=0`: the one NIC is `eth0`.
+/// `quiet`: only kernel warnings reach the consoles; every line printed on
+/// the emulated serial port and drawn on the framebuffer console costs
+/// boot time without KVM (`dmesg` still has them all).
 pub fn kernel_cmdline() -> String {
-    format!("root=UUID={ROOT_FS_UUID} ro console=tty0 console=ttyS0,115200 net.ifnames=0")
+    format!("root=UUID={ROOT_FS_UUID} ro quiet console=tty0 console=ttyS0,115200 net.ifnames=0")
 }
+
+/// The modules the initramfs carries (`MODULES=list`): what finds the root
+/// on the disks rayos-vmm gives a Linux VM (virtio-blk; virtio-scsi and
+/// SCSI disks for a VM moved elsewhere; NVMe and ext4 are built into the
+/// cloud kernel) and `qemu_fw_cfg`, which systemd needs when PID 1 starts
+/// to import the first-boot credentials. Everything else udev loads from
+/// the root filesystem.
+pub const INITRAMFS_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "sd_mod",
+    "qemu_fw_cfg",
+];
 
 /// Printed on the guest's consoles when the first-boot script has run.
 pub const FIRSTBOOT_DONE: &str = "RAYOS_GUEST_FIRSTBOOT_DONE";
@@ -341,7 +360,47 @@ pub fn overlay_files() -> Vec<OverlayFile> {
             "# systemd applies presets on a machine's first boot (machine-id\n\
              # \"uninitialized\"); Debian's default is to enable everything.\n\
              # SSH stays off until the first-boot settings bring a key.\n\
-             disable ssh.service\nenable rayos-firstboot.service\n"
+             # e2scrub checks ext4 on LVM snapshots; this VM has no LVM, and\n\
+             # e2scrub_reap alone took 4-18 s of each boot without KVM.\n\
+             disable ssh.service\ndisable e2scrub_reap.service\ndisable e2scrub_all.timer\n\
+             enable rayos-firstboot.service\n"
+                .into(),
+        ),
+        f(
+            "etc/initramfs-tools/conf.d/rayos-vm.conf",
+            0o644,
+            "# RayOS's Debian VM: a small initramfs that unpacks fast. Only the\n\
+             # modules in /etc/initramfs-tools/modules (the VM's disk and fw_cfg),\n\
+             # lz4 instead of zstd. Kernels installed later by apt get the same.\n\
+             MODULES=list\nCOMPRESS=lz4\n"
+                .into(),
+        ),
+        f(
+            "etc/initramfs-tools/modules",
+            0o644,
+            format!(
+                "# Loaded by the initramfs (MODULES=list in conf.d/rayos-vm.conf).\n{}\n",
+                INITRAMFS_MODULES.join("\n")
+            ),
+        ),
+        f(
+            "etc/systemd/system.conf.d/50-rayos-vm.conf",
+            0o644,
+            "# RayOS's Debian VM may run without KVM, even emulated inside an\n\
+             # emulated machine, where early boot units take minutes instead of\n\
+             # seconds: systemd's 90 s defaults would kill them (journald, udevd)\n\
+             # and leave the root read-only. A unit that really hangs now holds\n\
+             # up the boot for 30 minutes before it fails (docs/linux-vm.md).\n\
+             [Manager]\nDefaultTimeoutStartSec=30min\nDefaultDeviceTimeoutSec=30min\n"
+                .into(),
+        ),
+        f(
+            "etc/systemd/system/ssh.service.d/50-rayos-host-keys.conf",
+            0o644,
+            "# The image ships without SSH host keys: made when sshd first starts\n\
+             # (an RSA key takes seconds without KVM, minutes nested), not at\n\
+             # every VM's first boot whether SSH is wanted or not.\n\
+             [Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n"
                 .into(),
         ),
         f(
