@@ -962,6 +962,46 @@ mod tests {
         assert!(FIRSTBOOT.contains(FIRSTBOOT_DONE));
     }
 
+    /// The boot-time settings hang together: the initramfs compressor is
+    /// installed and lists the modules systemd needs at PID 1's start;
+    /// every unit the customize hook disables is also disabled in the
+    /// preset file (the first boot applies presets, which would enable it
+    /// again).
+    #[test]
+    fn boot_time_settings_agree() {
+        let files = overlay_files();
+        let get = |p: &str| {
+            files
+                .iter()
+                .find(|f| f.path == p)
+                .map(|f| f.contents.clone())
+                .unwrap()
+        };
+        let conf = get("etc/initramfs-tools/conf.d/rayos-vm.conf");
+        assert!(conf.contains("\nMODULES=list\n"), "{conf}");
+        assert!(conf.contains("\nCOMPRESS=lz4\n"), "{conf}");
+        assert!(PACKAGES.contains(&"lz4"));
+        let modules = get("etc/initramfs-tools/modules");
+        for m in ["qemu_fw_cfg", "virtio_blk", "virtio_pci"] {
+            assert!(modules.lines().any(|l| l == m), "{m}");
+        }
+        let preset = get("etc/systemd/system-preset/10-rayos.preset");
+        let disabled: Vec<&str> = CUSTOMIZE
+            .lines()
+            .filter_map(|l| l.strip_prefix("systemctl disable "))
+            .flat_map(|l| l.split_whitespace())
+            .collect();
+        assert!(disabled.contains(&"e2scrub_reap.service"));
+        for u in disabled {
+            assert!(preset.contains(&format!("\ndisable {u}\n")), "{u}");
+        }
+        assert!(kernel_cmdline().contains(" quiet "));
+        let ssh = get("etc/systemd/system/ssh.service.d/50-rayos-host-keys.conf");
+        let keygen = ssh.find("ExecStartPre=/usr/bin/ssh-keygen -A").unwrap();
+        let check = ssh.find("ExecStartPre=/usr/sbin/sshd -t").unwrap();
+        assert!(ssh.contains("ExecStartPre=\n") && keygen < check, "{ssh}");
+    }
+
     /// The first-boot script's keyboard step, run by `sh` on a copy of
     /// Debian's `/etc/default/keyboard`: RayOS's layout names become xkb's
     /// (`uk` is `gb`, `fr-bepo` is layout `fr` with variant `bepo`).
