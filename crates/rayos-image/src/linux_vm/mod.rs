@@ -304,21 +304,38 @@ impl BuildOptions {
 /// A file the recipe puts into the root: path, mode, contents.
 pub struct OverlayFile {
     /// The path in the root filesystem, without a leading `/`.
-    pub path: &'static str,
+    pub path: String,
     /// Its permission bits.
     pub mode: u32,
     /// Its contents.
     pub contents: String,
 }
 
+/// Units of the image that run at boot and set their own start timeout
+/// (`TimeoutSec=` of 30-180 s in Debian 12's unit files), so that
+/// `DefaultTimeoutStartSec` does not apply to them: each gets a drop-in
+/// with the same 30 minutes. Found by listing the `Timeout*` settings of
+/// the image's units; a nested boot without it failed
+/// `systemd-sysctl.service` after its 90 s.
+pub const OWN_TIMEOUT_UNITS: &[&str] = &[
+    "systemd-sysctl.service",
+    "systemd-modules-load.service",
+    "systemd-sysusers.service",
+    "systemd-journal-flush.service",
+    "systemd-binfmt.service",
+    "systemd-machine-id-commit.service",
+    "systemd-random-seed.service",
+    "ifupdown-pre.service",
+];
+
 /// The files RayOS adds to Debian's packages.
 pub fn overlay_files() -> Vec<OverlayFile> {
-    let f = |path, mode, contents: String| OverlayFile {
-        path,
+    let f = |path: &str, mode, contents: String| OverlayFile {
+        path: path.to_string(),
         mode,
         contents,
     };
-    vec![
+    let mut files = vec![
         f("etc/kernel/cmdline", 0o644, kernel_cmdline() + "\n"),
         f("etc/kernel/entry-token", 0o644, format!("{ENTRY_TOKEN}\n")),
         f(
@@ -409,7 +426,21 @@ pub fn overlay_files() -> Vec<OverlayFile> {
             FIRSTBOOT_UNIT.into(),
         ),
         f("usr/lib/rayos/rayos-firstboot", 0o755, FIRSTBOOT.into()),
-    ]
+    ];
+    // Units that set their own short start timeout, which the manager's
+    // default above does not reach: the same 30 minutes for each.
+    for unit in OWN_TIMEOUT_UNITS {
+        files.push(f(
+            &format!("etc/systemd/system/{unit}.d/50-rayos-timeout.conf"),
+            0o644,
+            "# Debian's unit gives itself 30-180 s; RayOS's Debian VM may boot\n\
+             # emulated inside an emulated machine, where this takes minutes\n\
+             # (see /etc/systemd/system.conf.d/50-rayos-vm.conf).\n\
+             [Service]\nTimeoutStartSec=30min\n"
+                .into(),
+        ));
+    }
+    files
 }
 
 /// The cache key: a hash of everything that decides what a build makes.
@@ -431,7 +462,7 @@ pub fn recipe_key(opts: &BuildOptions) -> String {
         put(&format!("{}={}", p.package, p.version));
     }
     for f in overlay_files() {
-        put(f.path);
+        put(&f.path);
         put(&format!("{:o}", f.mode));
         put(&f.contents);
     }
@@ -685,7 +716,7 @@ fn sh_quote(p: &Path) -> String {
 
 fn write_overlay(dir: &Path) -> Result<(), LinuxVmError> {
     for f in overlay_files() {
-        let path = dir.join(f.path);
+        let path = dir.join(&f.path);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(werr(parent))?;
         }
@@ -996,6 +1027,18 @@ mod tests {
             assert!(preset.contains(&format!("\ndisable {u}\n")), "{u}");
         }
         assert!(kernel_cmdline().contains(" quiet "));
+        let manager = get("etc/systemd/system.conf.d/50-rayos-vm.conf");
+        assert!(
+            manager.contains("\nDefaultTimeoutStartSec=30min\n"),
+            "{manager}"
+        );
+        for u in OWN_TIMEOUT_UNITS {
+            let dropin = get(&format!("etc/systemd/system/{u}.d/50-rayos-timeout.conf"));
+            assert!(
+                dropin.ends_with("[Service]\nTimeoutStartSec=30min\n"),
+                "{u}"
+            );
+        }
         let ssh = get("etc/systemd/system/ssh.service.d/50-rayos-host-keys.conf");
         let keygen = ssh.find("ExecStartPre=/usr/bin/ssh-keygen -A").unwrap();
         let check = ssh.find("ExecStartPre=/usr/sbin/sshd -t").unwrap();
