@@ -20,6 +20,11 @@ rm -f /etc/ssh/ssh_host_* /boot/efi/loader/random-seed
 systemctl disable ssh.service
 # No LVM here, nothing for e2scrub to check (also in the preset file).
 systemctl disable e2scrub_reap.service e2scrub_all.timer
+# login(1) gives up 60 s (guest clock) after the user name when the password
+# check has not finished; emulated inside an emulated machine PAM takes
+# longer than that, and the console's login kept timing out.
+sed -i 's/^LOGIN_TIMEOUT[[:space:]].*/LOGIN_TIMEOUT\t\t600/' /etc/login.defs
+grep -q '^LOGIN_TIMEOUT[[:space:]]*600$' /etc/login.defs
 # The installer's default locale, compiled once here instead of at every
 # VM's first boot (localedef takes seconds without KVM, minutes nested).
 sed -i 's/^# *en_US.UTF-8 UTF-8$/en_US.UTF-8 UTF-8/' /etc/locale.gen

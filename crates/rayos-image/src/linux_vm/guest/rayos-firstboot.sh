@@ -161,6 +161,10 @@ user_cfg() {
 mkdir -p "$(dirname "$DONE")"
 if ! touch "$DONE.tmp" 2>/dev/null; then
     say "the root filesystem is read-only: nothing configured; trying again at the next boot"
+    # Why, on the console: / as mounted, and how systemd-remount-fs ended.
+    say "/ is mounted $(findmnt -no OPTIONS / 2>&1)"
+    systemctl --no-pager --lines=5 status systemd-remount-fs.service 2>&1 |
+        while IFS= read -r l; do say "$l"; done
     exit 1
 fi
 
