@@ -63,7 +63,9 @@ pub const PACKAGES: &[&str] = &[
     "dbus",
     "libpam-systemd",
     "linux-image-cloud-amd64",
-    "zstd",
+    // initramfs compression: lz4 unpacks several times faster than zstd,
+    // which counts under TCG (docs/linux-vm.md, "Boot time")
+    "lz4",
     // boot loader in the guest's ESP (its kernel hooks keep it current)
     "systemd-boot",
     // RayOS talks to the guest through the agent: clock, shutdown, info
@@ -113,9 +115,26 @@ pub const DEFAULT_HOSTNAME: &str = "debian";
 /// entry): both consoles get a login prompt — the screen (tty1, what the
 /// presenter shows) and the serial port (`rayos vm console`); the serial
 /// port is `/dev/console`. `net.ifnames=0`: the one NIC is `eth0`.
+/// `quiet`: only kernel warnings reach the consoles; every line printed on
+/// the emulated serial port and drawn on the framebuffer console costs
+/// boot time without KVM (`dmesg` still has them all).
 pub fn kernel_cmdline() -> String {
-    format!("root=UUID={ROOT_FS_UUID} ro console=tty0 console=ttyS0,115200 net.ifnames=0")
+    format!("root=UUID={ROOT_FS_UUID} ro quiet console=tty0 console=ttyS0,115200 net.ifnames=0")
 }
+
+/// The modules the initramfs carries (`MODULES=list`): what finds the root
+/// on the disks rayos-vmm gives a Linux VM (virtio-blk; virtio-scsi and
+/// SCSI disks for a VM moved elsewhere; NVMe and ext4 are built into the
+/// cloud kernel) and `qemu_fw_cfg`, which systemd needs when PID 1 starts
+/// to import the first-boot credentials. Everything else udev loads from
+/// the root filesystem.
+pub const INITRAMFS_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "sd_mod",
+    "qemu_fw_cfg",
+];
 
 /// Printed on the guest's consoles when the first-boot script has run.
 pub const FIRSTBOOT_DONE: &str = "RAYOS_GUEST_FIRSTBOOT_DONE";
@@ -285,21 +304,38 @@ impl BuildOptions {
 /// A file the recipe puts into the root: path, mode, contents.
 pub struct OverlayFile {
     /// The path in the root filesystem, without a leading `/`.
-    pub path: &'static str,
+    pub path: String,
     /// Its permission bits.
     pub mode: u32,
     /// Its contents.
     pub contents: String,
 }
 
+/// Units of the image that run at boot and set their own start timeout
+/// (`TimeoutSec=` of 30-180 s in Debian 12's unit files), so that
+/// `DefaultTimeoutStartSec` does not apply to them: each gets a drop-in
+/// with the same 30 minutes. Found by listing the `Timeout*` settings of
+/// the image's units; a nested boot without it failed
+/// `systemd-sysctl.service` after its 90 s.
+pub const OWN_TIMEOUT_UNITS: &[&str] = &[
+    "systemd-sysctl.service",
+    "systemd-modules-load.service",
+    "systemd-sysusers.service",
+    "systemd-journal-flush.service",
+    "systemd-binfmt.service",
+    "systemd-machine-id-commit.service",
+    "systemd-random-seed.service",
+    "ifupdown-pre.service",
+];
+
 /// The files RayOS adds to Debian's packages.
 pub fn overlay_files() -> Vec<OverlayFile> {
-    let f = |path, mode, contents: String| OverlayFile {
-        path,
+    let f = |path: &str, mode, contents: String| OverlayFile {
+        path: path.to_string(),
         mode,
         contents,
     };
-    vec![
+    let mut files = vec![
         f("etc/kernel/cmdline", 0o644, kernel_cmdline() + "\n"),
         f("etc/kernel/entry-token", 0o644, format!("{ENTRY_TOKEN}\n")),
         f(
@@ -341,7 +377,47 @@ pub fn overlay_files() -> Vec<OverlayFile> {
             "# systemd applies presets on a machine's first boot (machine-id\n\
              # \"uninitialized\"); Debian's default is to enable everything.\n\
              # SSH stays off until the first-boot settings bring a key.\n\
-             disable ssh.service\nenable rayos-firstboot.service\n"
+             # e2scrub checks ext4 on LVM snapshots; this VM has no LVM, and\n\
+             # e2scrub_reap alone took 4-18 s of each boot without KVM.\n\
+             disable ssh.service\ndisable e2scrub_reap.service\ndisable e2scrub_all.timer\n\
+             enable rayos-firstboot.service\n"
+                .into(),
+        ),
+        f(
+            "etc/initramfs-tools/conf.d/rayos-vm.conf",
+            0o644,
+            "# RayOS's Debian VM: a small initramfs that unpacks fast. Only the\n\
+             # modules in /etc/initramfs-tools/modules (the VM's disk and fw_cfg),\n\
+             # lz4 instead of zstd. Kernels installed later by apt get the same.\n\
+             MODULES=list\nCOMPRESS=lz4\n"
+                .into(),
+        ),
+        f(
+            "etc/initramfs-tools/modules",
+            0o644,
+            format!(
+                "# Loaded by the initramfs (MODULES=list in conf.d/rayos-vm.conf).\n{}\n",
+                INITRAMFS_MODULES.join("\n")
+            ),
+        ),
+        f(
+            "etc/systemd/system.conf.d/50-rayos-vm.conf",
+            0o644,
+            "# RayOS's Debian VM may run without KVM, even emulated inside an\n\
+             # emulated machine, where early boot units take minutes instead of\n\
+             # seconds: systemd's 90 s defaults would kill them (journald, udevd)\n\
+             # and leave the root read-only. A unit that really hangs now holds\n\
+             # up the boot for 30 minutes before it fails (docs/linux-vm.md).\n\
+             [Manager]\nDefaultTimeoutStartSec=30min\nDefaultDeviceTimeoutSec=30min\n"
+                .into(),
+        ),
+        f(
+            "etc/systemd/system/ssh.service.d/50-rayos-host-keys.conf",
+            0o644,
+            "# The image ships without SSH host keys: made when sshd first starts\n\
+             # (an RSA key takes seconds without KVM, minutes nested), not at\n\
+             # every VM's first boot whether SSH is wanted or not.\n\
+             [Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n"
                 .into(),
         ),
         f(
@@ -350,7 +426,21 @@ pub fn overlay_files() -> Vec<OverlayFile> {
             FIRSTBOOT_UNIT.into(),
         ),
         f("usr/lib/rayos/rayos-firstboot", 0o755, FIRSTBOOT.into()),
-    ]
+    ];
+    // Units that set their own short start timeout, which the manager's
+    // default above does not reach: the same 30 minutes for each.
+    for unit in OWN_TIMEOUT_UNITS {
+        files.push(f(
+            &format!("etc/systemd/system/{unit}.d/50-rayos-timeout.conf"),
+            0o644,
+            "# Debian's unit gives itself 30-180 s; RayOS's Debian VM may boot\n\
+             # emulated inside an emulated machine, where this takes minutes\n\
+             # (see /etc/systemd/system.conf.d/50-rayos-vm.conf).\n\
+             [Service]\nTimeoutStartSec=30min\n"
+                .into(),
+        ));
+    }
+    files
 }
 
 /// The cache key: a hash of everything that decides what a build makes.
@@ -372,7 +462,7 @@ pub fn recipe_key(opts: &BuildOptions) -> String {
         put(&format!("{}={}", p.package, p.version));
     }
     for f in overlay_files() {
-        put(f.path);
+        put(&f.path);
         put(&format!("{:o}", f.mode));
         put(&f.contents);
     }
@@ -626,7 +716,7 @@ fn sh_quote(p: &Path) -> String {
 
 fn write_overlay(dir: &Path) -> Result<(), LinuxVmError> {
     for f in overlay_files() {
-        let path = dir.join(f.path);
+        let path = dir.join(&f.path);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(werr(parent))?;
         }
@@ -901,6 +991,58 @@ mod tests {
             assert!(FIRSTBOOT.contains(&format!("get {name})")), "{name}");
         }
         assert!(FIRSTBOOT.contains(FIRSTBOOT_DONE));
+    }
+
+    /// The boot-time settings hang together: the initramfs compressor is
+    /// installed and lists the modules systemd needs at PID 1's start;
+    /// every unit the customize hook disables is also disabled in the
+    /// preset file (the first boot applies presets, which would enable it
+    /// again).
+    #[test]
+    fn boot_time_settings_agree() {
+        let files = overlay_files();
+        let get = |p: &str| {
+            files
+                .iter()
+                .find(|f| f.path == p)
+                .map(|f| f.contents.clone())
+                .unwrap()
+        };
+        let conf = get("etc/initramfs-tools/conf.d/rayos-vm.conf");
+        assert!(conf.contains("\nMODULES=list\n"), "{conf}");
+        assert!(conf.contains("\nCOMPRESS=lz4\n"), "{conf}");
+        assert!(PACKAGES.contains(&"lz4"));
+        let modules = get("etc/initramfs-tools/modules");
+        for m in ["qemu_fw_cfg", "virtio_blk", "virtio_pci"] {
+            assert!(modules.lines().any(|l| l == m), "{m}");
+        }
+        let preset = get("etc/systemd/system-preset/10-rayos.preset");
+        let disabled: Vec<&str> = CUSTOMIZE
+            .lines()
+            .filter_map(|l| l.strip_prefix("systemctl disable "))
+            .flat_map(|l| l.split_whitespace())
+            .collect();
+        assert!(disabled.contains(&"e2scrub_reap.service"));
+        for u in disabled {
+            assert!(preset.contains(&format!("\ndisable {u}\n")), "{u}");
+        }
+        assert!(kernel_cmdline().contains(" quiet "));
+        let manager = get("etc/systemd/system.conf.d/50-rayos-vm.conf");
+        assert!(
+            manager.contains("\nDefaultTimeoutStartSec=30min\n"),
+            "{manager}"
+        );
+        for u in OWN_TIMEOUT_UNITS {
+            let dropin = get(&format!("etc/systemd/system/{u}.d/50-rayos-timeout.conf"));
+            assert!(
+                dropin.ends_with("[Service]\nTimeoutStartSec=30min\n"),
+                "{u}"
+            );
+        }
+        let ssh = get("etc/systemd/system/ssh.service.d/50-rayos-host-keys.conf");
+        let keygen = ssh.find("ExecStartPre=/usr/bin/ssh-keygen -A").unwrap();
+        let check = ssh.find("ExecStartPre=/usr/sbin/sshd -t").unwrap();
+        assert!(ssh.contains("ExecStartPre=\n") && keygen < check, "{ssh}");
     }
 
     /// The first-boot script's keyboard step, run by `sh` on a copy of

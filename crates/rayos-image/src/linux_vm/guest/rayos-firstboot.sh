@@ -68,8 +68,12 @@ locale_cfg() {
                 say "locale '$l' is not supported; keeping $(grep -s ^LANG= /etc/default/locale || echo C.UTF-8)"
                 return 0
             fi
-            echo "$line" >>/etc/locale.gen
-            locale-gen >/dev/null
+            # en_US.UTF-8 is compiled in the image; others are compiled
+            # here, keeping those already there.
+            if ! grep -qxF "$line" /etc/locale.gen; then
+                echo "$line" >>/etc/locale.gen
+                locale-gen --keep-existing >/dev/null
+            fi
             ;;
     esac
     update-locale "LANG=$l"
@@ -90,10 +94,18 @@ keyboard_cfg() {
     # The installer's "uk" is xkb's "gb" (xkb has no "uk": the guest would
     # fall back to US keys, and the agent bridge types UK ones).
     [ "$layout" = uk ] && layout=gb
+    if grep -qx "XKBLAYOUT=\"$layout\"" /etc/default/keyboard &&
+        grep -qx "XKBVARIANT=\"$variant\"" /etc/default/keyboard; then
+        # The image's layout: the console already has it.
+        applied="$applied keyboard=$k"
+        return 0
+    fi
     sed -i -e "s/^XKBLAYOUT=.*/XKBLAYOUT=\"$layout\"/" \
         -e "s/^XKBVARIANT=.*/XKBVARIANT=\"$variant\"/" /etc/default/keyboard
-    # keyboard-setup.service already ran this boot; apply the new layout
-    # now (without waiting: it is ordered around other boot units).
+    # keyboard-setup.service loads the keymap cached by setupcon: make it
+    # anew for the new layout, then apply it now (without waiting: it is
+    # ordered around other boot units).
+    setupcon --force --save-only >/dev/null 2>&1 || true
     systemctl --no-block restart keyboard-setup.service >/dev/null 2>&1 || true
     applied="$applied keyboard=$k"
 }
@@ -149,11 +161,16 @@ user_cfg() {
 mkdir -p "$(dirname "$DONE")"
 if ! touch "$DONE.tmp" 2>/dev/null; then
     say "the root filesystem is read-only: nothing configured; trying again at the next boot"
+    # Why, on the console: / as mounted, and how systemd-remount-fs ended.
+    say "/ is mounted $(findmnt -no OPTIONS / 2>&1)"
+    systemctl --no-pager --lines=5 status systemd-remount-fs.service 2>&1 |
+        while IFS= read -r l; do say "$l"; done
     exit 1
 fi
 
-# The image ships without SSH host keys (every VM would share them).
-ssh-keygen -A >/dev/null
+# SSH host keys are not made here: the image ships without them (every VM
+# would share them) and ssh.service makes them when it first starts
+# (ssh.service.d/50-rayos-host-keys.conf), only in VMs that use SSH.
 
 hostname_cfg
 timezone_cfg
