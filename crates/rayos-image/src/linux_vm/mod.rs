@@ -968,16 +968,18 @@ mod tests {
         assert_eq!(BuildOptions::default().mirrors()[0], MIRRORS[0]);
     }
 
+    /// The overlay's file at `path` (the test fails when there is none).
+    fn overlay_file(path: &str) -> String {
+        overlay_files()
+            .into_iter()
+            .find(|f| f.path == path)
+            .map(|f| f.contents)
+            .unwrap_or_else(|| panic!("no {path} in the overlay"))
+    }
+
     #[test]
     fn overlay_agrees_with_the_layout() {
-        let files = overlay_files();
-        let get = |p: &str| {
-            files
-                .iter()
-                .find(|f| f.path == p)
-                .map(|f| f.contents.clone())
-                .unwrap()
-        };
+        let get = overlay_file;
         assert!(get("etc/fstab").contains(&format!("UUID={ROOT_FS_UUID} / ext4")));
         assert!(get("etc/fstab").contains(&format!("PARTUUID={ESP_PARTUUID} /boot/efi vfat")));
         assert!(get("etc/kernel/cmdline").contains(&format!("root=UUID={ROOT_FS_UUID}")));
@@ -1000,14 +1002,7 @@ mod tests {
     /// again).
     #[test]
     fn boot_time_settings_agree() {
-        let files = overlay_files();
-        let get = |p: &str| {
-            files
-                .iter()
-                .find(|f| f.path == p)
-                .map(|f| f.contents.clone())
-                .unwrap()
-        };
+        let get = overlay_file;
         let conf = get("etc/initramfs-tools/conf.d/rayos-vm.conf");
         assert!(conf.contains("\nMODULES=list\n"), "{conf}");
         assert!(conf.contains("\nCOMPRESS=lz4\n"), "{conf}");
