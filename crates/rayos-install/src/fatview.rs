@@ -343,14 +343,18 @@ impl FatImage {
     /// The FAT and directory tree of the copy `img`.
     fn tree_of(&self, img: &File) -> Result<(Vec<u8>, Tree), FatViewError> {
         let fat = read_fat(img, &self.image, 0, &self.geometry)?;
-        let tree = self
-            .geometry
-            .walk(&fat, |r| {
+        let tree = self.walk(img, &fat)?;
+        Ok((fat, tree))
+    }
+
+    /// The directory tree of the copy `img` whose FAT is `fat`.
+    fn walk(&self, img: &File, fat: &[u8]) -> Result<Tree, FatViewError> {
+        self.geometry
+            .walk(fat, |r| {
                 let mut b = vec![0u8; (r.end - r.start) as usize];
                 img.read_exact_at(&mut b, r.start).map(|_| b)
             })
-            .map_err(|e| FatViewError::Temp(self.image.clone(), io::Error::other(e)))?;
-        Ok((fat, tree))
+            .map_err(|e| FatViewError::Temp(self.image.clone(), io::Error::other(e)))
     }
 
     /// The write-back; chunks wholly inside `skip` (sorted, disjoint) are
@@ -417,10 +421,8 @@ impl FatImage {
         self.same = used;
         // The copy now equals the disk: remember its tree for the next
         // write-back (none if it cannot be walked: that one compares all).
-        self.synced = self
-            .tree_of(&img)
-            .ok()
-            .map(|(fat, tree)| Synced { fat, tree });
+        // The FAT read above is the copy's: only its directories are read.
+        self.synced = self.walk(&img, &fat).ok().map(|tree| Synced { fat, tree });
         Ok(written)
     }
 }
