@@ -1,7 +1,8 @@
 //! A QEMU + OVMF harness for booting media in tests and in `cargo xtask e2e`:
 //! q35 under TCG, OVMF with a VARS file (a fresh copy of the template unless
 //! one is passed in, so Boot#### entries persist across boots of one test),
-//! the serial console on a unix socket (for typing) and logged to a file,
+//! the serial console on a unix socket (for typing; one connection per
+//! machine, always read) and logged to a file,
 //! and a QMP socket.
 //!
 //! Protocol: `start` spawns QEMU; `wait_for` polls the serial log for a
@@ -211,6 +212,9 @@ pub struct Qemu {
     pub vars: PathBuf,
     /// Bytes of the serial log already matched by `wait_for`.
     consumed: usize,
+    /// The one connection to the serial socket, made at the first
+    /// `send_serial` and kept until QEMU goes (see there for why).
+    serial_conn: std::sync::Mutex<Option<UnixStream>>,
 }
 
 fn prep(path: &Path) -> impl FnOnce(io::Error) -> QemuError + '_ {
@@ -341,6 +345,7 @@ impl Qemu {
             qmp,
             vars,
             consumed: 0,
+            serial_conn: std::sync::Mutex::new(None),
         })
     }
 
@@ -424,21 +429,42 @@ impl Qemu {
         tail
     }
 
-    /// Types `text` on the serial console (a short connection: nothing reads
-    /// the output on it, the log file has it).
+    /// Types `text` on the serial console.
+    ///
+    /// One connection serves the whole run, and a thread reads (and drops)
+    /// what QEMU sends on it; the log file has the output. Why not a short
+    /// connection per call: QEMU 7.2 logs a byte its UART could not send
+    /// (the socket full, or the peer just gone) *and* again when the UART's
+    /// retry sends it, so a connection closing or filling while the guest
+    /// writes doubled bytes in the log (seen once as `Summmary`, which broke
+    /// the wizard e2e's screen). A connection that stays open and is always
+    /// read never makes a write fail.
     pub fn send_serial(&self, text: &str) -> Result<(), QemuError> {
         let ioerr = |source| QemuError::Qmp {
             command: "serial input".into(),
             source,
         };
-        let mut s = UnixStream::connect(&self.serial_sock).map_err(ioerr)?;
+        let mut conn = self.serial_conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = match conn.take() {
+            Some(s) => s,
+            None => {
+                let s = UnixStream::connect(&self.serial_sock).map_err(ioerr)?;
+                let mut drain = s.try_clone().map_err(ioerr)?;
+                // Ends at EOF, when QEMU goes.
+                std::thread::spawn(move || io::copy(&mut drain, &mut io::sink()));
+                s
+            }
+        };
+        // A connection that failed is dropped; the next call makes another.
         s.write_all(text.as_bytes()).map_err(ioerr)?;
         s.flush().map_err(ioerr)?;
-        // Let QEMU drain the input before the connection closes: it reads
-        // from the socket only as the guest empties the UART's FIFO, and
-        // drops what is unread at the close. A busy guest takes a while per
-        // FIFO-full, so the wait grows with the text (under load, 300 ms
-        // flat cut a 40-character command after 8).
+        *conn = Some(s);
+        drop(conn);
+        // Pace the typing as before: QEMU reads from the socket only as the
+        // guest empties the UART's FIFO, and a busy guest takes a while per
+        // FIFO-full; the callers' next step (often another key, where an
+        // Esc followed at once by a key would read as Alt+key) expects this
+        // text to have arrived.
         let linger = 300 + 25 * text.len() as u64;
         std::thread::sleep(Duration::from_millis(linger));
         Ok(())
