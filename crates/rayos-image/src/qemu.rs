@@ -1,8 +1,8 @@
 //! A QEMU + OVMF harness for booting media in tests and in `cargo xtask e2e`:
 //! q35 under TCG, OVMF with a VARS file (a fresh copy of the template unless
 //! one is passed in, so Boot#### entries persist across boots of one test),
-//! the serial console on a unix socket (for typing; one connection per
-//! machine, always read) and logged to a file,
+//! the serial console on a unix socket that the handle holds for the
+//! machine's life (typing; a thread copies the output to a log file),
 //! and a QMP socket.
 //!
 //! Protocol: `start` spawns QEMU; `wait_for` polls the serial log for a
@@ -49,6 +49,15 @@ pub enum QemuError {
     /// QEMU could not be started.
     #[error("cannot start qemu-system-x86_64 (install qemu-system-x86)")]
     Spawn(#[source] io::Error),
+    /// QEMU started but did not open its serial socket (it exited, or a
+    /// minute passed).
+    #[error("QEMU did not open its serial socket {path}: {why}")]
+    NoSerial {
+        /// The socket.
+        path: PathBuf,
+        /// What happened, with QEMU's stderr.
+        why: String,
+    },
     /// A marker did not come on the serial console in time.
     #[error(
         "timed out after {secs}s waiting for [{marker}] on the serial console; last output:\n{tail}"
@@ -206,15 +215,14 @@ impl Config {
 pub struct Qemu {
     child: Child,
     serial: PathBuf,
-    serial_sock: PathBuf,
     qmp: PathBuf,
     /// The VARS file this machine writes its UEFI variables to.
     pub vars: PathBuf,
     /// Bytes of the serial log already matched by `wait_for`.
     consumed: usize,
-    /// The one connection to the serial socket, made at the first
-    /// `send_serial` and kept until QEMU goes (see there for why).
-    serial_conn: std::sync::Mutex<Option<UnixStream>>,
+    /// The serial console's one connection, made before the machine ran
+    /// (see `start`); a thread copies its output into `serial`.
+    serial_conn: std::sync::Mutex<UnixStream>,
 }
 
 fn prep(path: &Path) -> impl FnOnce(io::Error) -> QemuError + '_ {
@@ -268,13 +276,19 @@ impl Qemu {
                 "if=pflash,format=raw,unit=1,file={}",
                 vars.display()
             ))
-            // A socket so tests can type on the console; the log file
-            // records everything, connected or not.
+            // The serial console is a socket that this handle connects to
+            // before the machine runs (`wait=on`) and keeps for its whole
+            // life: a thread copies the output into `serial.log`, input is
+            // typed on it (`send_serial`). Not QEMU's own `logfile=`:
+            // QEMU 7.2 logs a byte its UART could not send to the socket
+            // (a client not reading fast enough, or just gone) and again
+            // when the UART's retry sends it, which doubled bytes in the
+            // wizard's screen (`Summmary`) and in `status` output; with no
+            // log file a full socket only makes the UART wait.
             .arg("-chardev")
             .arg(format!(
-                "socket,id=ser0,path={},server=on,wait=off,logfile={}",
+                "socket,id=ser0,path={},server=on,wait=on",
                 serial_sock.display(),
-                serial.display()
             ))
             .args(["-serial", "chardev:ser0"])
             .arg("-chardev")
@@ -332,20 +346,38 @@ impl Qemu {
         cmd.args(&cfg.extra_args);
         let log = cfg.workdir.join("qemu.stderr");
         let stderr = fs::File::create(&log).map_err(prep(&log))?;
-        let child = cmd
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .map_err(QemuError::Spawn)?;
+        let conn = match connect_serial(&mut child, &serial_sock, &log) {
+            Ok(c) => c,
+            Err(why) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(QemuError::NoSerial {
+                    path: serial_sock,
+                    why,
+                });
+            }
+        };
+        let mut out = conn.try_clone().map_err(prep(&serial_sock))?;
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(&serial)
+            .map_err(prep(&serial))?;
+        // Ends at EOF, when QEMU goes. Unbuffered: `wait_for` reads the
+        // file while the guest runs.
+        std::thread::spawn(move || io::copy(&mut out, &mut file));
         Ok(Self {
             child,
             serial,
-            serial_sock,
             qmp,
             vars,
             consumed: 0,
-            serial_conn: std::sync::Mutex::new(None),
+            serial_conn: std::sync::Mutex::new(conn),
         })
     }
 
@@ -420,48 +452,34 @@ impl Qemu {
         let lines: Vec<&str> = text.lines().collect();
         let mut tail = lines[lines.len().saturating_sub(40)..].join("\n");
         let stderr = self.serial.with_file_name("qemu.stderr");
-        if let Ok(e) = fs::read_to_string(stderr)
-            && !e.trim().is_empty()
-        {
-            tail.push_str("\n[qemu stderr] ");
-            tail.push_str(e.trim());
+        if let Ok(e) = fs::read_to_string(stderr) {
+            // QEMU's note that it waits for the serial client is not news.
+            let e: Vec<&str> = e
+                .lines()
+                .filter(|l| !l.starts_with("QEMU waiting for connection"))
+                .collect();
+            let e = e.join("\n");
+            if !e.trim().is_empty() {
+                tail.push_str("\n[qemu stderr] ");
+                tail.push_str(e.trim());
+            }
         }
         tail
     }
 
     /// Types `text` on the serial console.
-    ///
-    /// One connection serves the whole run, and a thread reads (and drops)
-    /// what QEMU sends on it; the log file has the output. Why not a short
-    /// connection per call: QEMU 7.2 logs a byte its UART could not send
-    /// (the socket full, or the peer just gone) *and* again when the UART's
-    /// retry sends it, so a connection closing or filling while the guest
-    /// writes doubled bytes in the log (seen once as `Summmary`, which broke
-    /// the wizard e2e's screen). A connection that stays open and is always
-    /// read never makes a write fail.
     pub fn send_serial(&self, text: &str) -> Result<(), QemuError> {
         let ioerr = |source| QemuError::Qmp {
             command: "serial input".into(),
             source,
         };
-        let mut conn = self.serial_conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut s = match conn.take() {
-            Some(s) => s,
-            None => {
-                let s = UnixStream::connect(&self.serial_sock).map_err(ioerr)?;
-                let mut drain = s.try_clone().map_err(ioerr)?;
-                // Ends at EOF, when QEMU goes.
-                std::thread::spawn(move || io::copy(&mut drain, &mut io::sink()));
-                s
-            }
-        };
-        // A connection that failed is dropped; the next call makes another.
-        s.write_all(text.as_bytes()).map_err(ioerr)?;
-        s.flush().map_err(ioerr)?;
-        *conn = Some(s);
-        drop(conn);
-        // Pace the typing as before: QEMU reads from the socket only as the
-        // guest empties the UART's FIFO, and a busy guest takes a while per
+        {
+            let mut s = self.serial_conn.lock().unwrap_or_else(|p| p.into_inner());
+            s.write_all(text.as_bytes()).map_err(ioerr)?;
+            s.flush().map_err(ioerr)?;
+        }
+        // Pace the typing: QEMU reads from the socket only as the guest
+        // empties the UART's FIFO, and a busy guest takes a while per
         // FIFO-full; the callers' next step (often another key, where an
         // Esc followed at once by a key would read as Alt+key) expects this
         // text to have arrived.
@@ -603,6 +621,28 @@ impl Qemu {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Connects to QEMU's serial socket, which it opens early in its start and
+/// then waits on (`wait=on`) before running the machine; gives up when
+/// QEMU exits or after a minute, with its stderr.
+fn connect_serial(child: &mut Child, sock: &Path, stderr: &Path) -> Result<UnixStream, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match UnixStream::connect(sock) {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                let said = || fs::read_to_string(stderr).unwrap_or_default();
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("QEMU exited ({status}): {}", said().trim()));
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!("{e} after 60 s: {}", said().trim()));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 }
 
