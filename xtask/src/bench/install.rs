@@ -17,8 +17,10 @@
 //! image decompressed into the Linux VM's thin qcow2 on the data volume —
 //! most of the bytes a person waits for. Its staging directory is in RAM
 //! (`--staging-dir`, default `/dev/shm`), as on the medium, whose `/tmp`
-//! is a tmpfs. The per-step times the installer prints are collected and
-//! their medians printed, to see which step the time goes to.
+//! is a tmpfs. Each rep also times `zstd -d` of the image to /dev/null
+//! alone: work dd does not do, and the floor of any install that ships the
+//! image compressed. The per-step times the installer prints are collected
+//! and their medians printed, to see which step the time goes to.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -182,8 +184,8 @@ pub fn run(args: Args) -> Result<()> {
         ),
     }
     let mut steps: Vec<(String, Vec<f64>)> = Vec::new();
-    let (mut t_install, mut t_dd, mut bytes, mut ratios) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut t_install, mut t_dd, mut bytes, mut ratios, mut t_unzstd) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for rep in 1..=args.reps {
         let _ = std::fs::remove_file(&disk);
         std::fs::File::create(&disk)?.set_len(args.disk_gib << 30)?;
@@ -225,8 +227,25 @@ pub fn run(args: Args) -> Result<()> {
             "status=none",
         ]))?;
         let td = t0.elapsed().as_secs_f64();
+        // What dd does not do: decompressing the image, alone (the floor
+        // of any install that ships it compressed).
+        let unzstd = match &linux_image {
+            Some(p) => {
+                let t0 = Instant::now();
+                quiet(
+                    Command::new("zstd")
+                        .args(["-q", "-d", "-c", "--long=27"])
+                        .arg(p)
+                        .stdout(Stdio::null()),
+                )?;
+                let t = t0.elapsed().as_secs_f64();
+                t_unzstd.push(t);
+                format!(", zstd -d alone {t:.3} s")
+            }
+            None => String::new(),
+        };
         println!(
-            "  rep {rep}: install {ti:.3} s, dd {td:.3} s for {mib} MiB, ratio {:.2}",
+            "  rep {rep}: install {ti:.3} s, dd {td:.3} s for {mib} MiB, ratio {:.2}{unzstd}",
             ti / td
         );
         ratios.push(ti / td);
@@ -248,6 +267,16 @@ pub fn run(args: Args) -> Result<()> {
         mi / md,
         super::median(&ratios)
     );
+    if !t_unzstd.is_empty() {
+        let z = super::spread(t_unzstd.iter().copied());
+        println!(
+            "  decompressing the Debian VM image alone (zstd -d to /dev/null): median {:.3} s (min-max {:.3}-{:.3}), {:.2}x the dd",
+            z.median,
+            z.min,
+            z.max,
+            z.median / md
+        );
+    }
     let steps: Vec<String> = steps
         .iter()
         .map(|(s, v)| format!("{s} {:.3}", super::median(v)))
