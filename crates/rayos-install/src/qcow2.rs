@@ -35,7 +35,7 @@ const CHUNK_CLUSTERS: u64 = 16;
 /// compiler turns into vector instructions; a byte-at-a-time `any` was the
 /// writer's largest own cost (most of the Debian image's 2 GiB are zero
 /// clusters, each read to its end).
-pub fn is_zero(b: &[u8]) -> bool {
+fn is_zero(b: &[u8]) -> bool {
     let mut blocks = b.chunks_exact(64);
     blocks.all(|c| c.iter().fold(0u8, |acc, &x| acc | x) == 0)
         && blocks.remainder().iter().all(|&x| x == 0)
@@ -73,7 +73,7 @@ pub fn write_from_stream<R: Read, W: Write + Seek>(
             break;
         }
         let in_chunk = (n as u64).div_ceil(CLUSTER);
-        if guest + in_chunk > clusters {
+        if read + n as u64 > virtual_size {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("the image is larger than the disk size {virtual_size}"),
@@ -337,6 +337,9 @@ mod tests {
         let raw = vec![1u8; 3 * CLUSTER as usize];
         let mut out = std::io::Cursor::new(Vec::new());
         let e = write_from_stream(&mut &raw[..], &mut out, CLUSTER, &mut |_| {}).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        // Also a single byte past the (512-byte rounded) size.
+        let e = write_from_stream(&mut &raw[..1025], &mut out, 1000, &mut |_| {}).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 }
