@@ -18,8 +18,9 @@
 //!   e2fsprogs 1.47's copy maps every 4 KiB block of a file through its
 //!   extent tree and re-verifies the crc32c of the 4 KiB extent leaf each
 //!   time once the file has more than 4 extents (any file with a hole or
-//!   over 512 MiB, like the Linux VM's disk): 82 % of mkfs's time for the
-//!   Debian VM image's qcow2 (docs/install.md, "Performance").
+//!   over 512 MiB, like the Linux VM's disk): most of mkfs's 82 % of CPU
+//!   samples in libext2fs for the Debian VM image's qcow2 (docs/install.md,
+//!   "Performance").
 //!
 //! Limits: mtools needs 8.3-or-long names without `*?`; FAT32 with 4 KiB
 //! clusters needs at least 65525 clusters, so FAT partitions we format are
