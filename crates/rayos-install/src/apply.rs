@@ -356,6 +356,7 @@ pub fn preflight(plan: &Plan, opts: &ApplyOptions) -> Result<(), ApplyError> {
         "mkfs.fat",
         "fsck.fat",
         "mkfs.ext4",
+        "tune2fs",
         "mcopy",
         "mmd",
         "mdir",
