@@ -12,12 +12,12 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::io::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// The pipe size asked for (Linux's default `pipe-max-size` for users).
-const PIPE_BYTES: libc::c_int = 1 << 20;
+const PIPE_BYTES: usize = 1 << 20;
 
 /// zstd's window for the image (`--long=27`): the decompressor must be
 /// told, or it refuses frames with a window over 8 MiB.
@@ -87,10 +87,7 @@ pub fn write(
         .take()
         .ok_or_else(|| io::Error::other("zstd has no stdout"))?;
     // Best effort: a smaller pipe only costs more wake-ups.
-    // SAFETY: the fd is zstd's stdout pipe, open and owned by `stdout` for
-    // the duration of the call; F_SETPIPE_SZ takes an int and touches no
-    // memory of ours.
-    let _ = unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
+    let _ = rayos_base::sys::set_pipe_size(stdout.as_fd(), PIPE_BYTES);
     let _ = fs::remove_file(dest);
     let mut out = File::create_new(dest)?;
     let mut last = 0u64;
