@@ -153,6 +153,7 @@ pub const CREDENTIALS: &[&str] = &[
 const CUSTOMIZE: &str = include_str!("guest/customize.sh");
 const FIRSTBOOT: &str = include_str!("guest/rayos-firstboot.sh");
 const FIRSTBOOT_UNIT: &str = include_str!("guest/rayos-firstboot.service");
+const SERIAL_GETTY_UNIT: &str = include_str!("guest/serial-getty@ttyS0.service");
 
 /// File name of the disk image in a build directory.
 pub const DISK_FILE: &str = "debian-12.img";
@@ -442,6 +443,18 @@ pub fn overlay_files() -> Vec<OverlayFile> {
              # limit for generators (a nested, emulated boot).\n\
              [Unit]\nWants=serial-getty@ttyS0.service\n"
                 .into(),
+        ),
+        // systemd's serial-getty@.service binds the getty to
+        // dev-ttyS0.device, which exists only once udev has processed the
+        // port; nested run 4 timed that wait out (30 min after systemd
+        // started) and the serial console never had a login prompt. The
+        // kernel makes /dev/ttyS0 itself (devtmpfs), which is all agetty
+        // needs: this instance's own unit (it replaces the template for
+        // ttyS0) is the template's settings without the device binding.
+        f(
+            "etc/systemd/system/serial-getty@ttyS0.service",
+            0o644,
+            SERIAL_GETTY_UNIT.into(),
         ),
         f(
             "etc/systemd/system/ssh.service.d/50-rayos-host-keys.conf",
@@ -1022,6 +1035,11 @@ mod tests {
             get("etc/systemd/system/getty.target.d/50-rayos-serial-getty.conf")
                 .ends_with("[Unit]\nWants=serial-getty@ttyS0.service\n")
         );
+        // ... and does not wait for udev to announce the port.
+        let getty = get("etc/systemd/system/serial-getty@ttyS0.service");
+        assert!(!getty.contains("dev-%i.device"), "{getty}");
+        assert!(getty.contains("\nTTYPath=/dev/%I\n"), "{getty}");
+        assert!(getty.contains("\nExecStart=-/sbin/agetty "), "{getty}");
         // The kernel mounts the root read-only; systemd-remount-fs makes it
         // writable (fstab asks for nothing else) and is always wanted.
         assert!(kernel_cmdline().contains(" ro "));
