@@ -447,7 +447,7 @@ pub fn overlay_files() -> Vec<OverlayFile> {
         // systemd's serial-getty@.service binds the getty to
         // dev-ttyS0.device, which exists only once udev has processed the
         // port; nested run 4 timed that wait out (30 min after systemd
-        // started) and the serial console never had a login prompt. The
+        // queued it) and the serial console never had a login prompt. The
         // kernel makes /dev/ttyS0 itself (devtmpfs), which is all agetty
         // needs: this instance's own unit (it replaces the template for
         // ttyS0) is the template's settings without the device binding.
