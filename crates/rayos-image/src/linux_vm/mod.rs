@@ -153,6 +153,7 @@ pub const CREDENTIALS: &[&str] = &[
 const CUSTOMIZE: &str = include_str!("guest/customize.sh");
 const FIRSTBOOT: &str = include_str!("guest/rayos-firstboot.sh");
 const FIRSTBOOT_UNIT: &str = include_str!("guest/rayos-firstboot.service");
+const SERIAL_GETTY_UNIT: &str = include_str!("guest/serial-getty@ttyS0.service");
 
 /// File name of the disk image in a build directory.
 pub const DISK_FILE: &str = "debian-12.img";
@@ -316,7 +317,10 @@ pub struct OverlayFile {
 /// `DefaultTimeoutStartSec` does not apply to them: each gets a drop-in
 /// with the same 30 minutes. Found by listing the `Timeout*` settings of
 /// the image's units; a nested boot without it failed
-/// `systemd-sysctl.service` after its 90 s.
+/// `systemd-sysctl.service` after its 90 s, and one with it
+/// `networking.service` after its 5 minutes (`ifup -a` with no NIC).
+/// `ifup@.service` is the template behind `allow-hotplug eth0`: a drop-in
+/// for the template reaches every instance.
 pub const OWN_TIMEOUT_UNITS: &[&str] = &[
     "systemd-sysctl.service",
     "systemd-modules-load.service",
@@ -326,6 +330,8 @@ pub const OWN_TIMEOUT_UNITS: &[&str] = &[
     "systemd-machine-id-commit.service",
     "systemd-random-seed.service",
     "ifupdown-pre.service",
+    "networking.service",
+    "ifup@.service",
 ];
 
 /// The files RayOS adds to Debian's packages.
@@ -409,6 +415,64 @@ pub fn overlay_files() -> Vec<OverlayFile> {
              # and leave the root read-only. A unit that really hangs now holds\n\
              # up the boot for 30 minutes before it fails (docs/linux-vm.md).\n\
              [Manager]\nDefaultTimeoutStartSec=30min\nDefaultDeviceTimeoutSec=30min\n"
+                .into(),
+        ),
+        // systemd kills its generators when together they take more than
+        // 90 s (compiled in, not a setting), and a killed generator leaves
+        // nothing behind, silently. Nested, they did: without
+        // systemd-fstab-generator nothing pulled in systemd-remount-fs and
+        // the root stayed read-only; without systemd-getty-generator the
+        // serial port had no login prompt. These two are therefore asked
+        // for here, whatever the generators manage (docs/linux-vm.md,
+        // "Nested").
+        f(
+            "etc/systemd/system/local-fs.target.d/50-rayos-remount-root.conf",
+            0o644,
+            "# Make the root read-write (the kernel mounts it read-only) even when\n\
+             # systemd-fstab-generator, which normally asks for this, was killed\n\
+             # by systemd's 90 s limit for generators (a nested, emulated boot).\n\
+             [Unit]\nWants=systemd-remount-fs.service\n"
+                .into(),
+        ),
+        f(
+            "etc/systemd/system/getty.target.d/50-rayos-serial-getty.conf",
+            0o644,
+            "# A login prompt on the serial console (/dev/console, what\n\
+             # `rayos vm console` shows) even when systemd-getty-generator, which\n\
+             # normally starts it for console=ttyS0, was killed by systemd's 90 s\n\
+             # limit for generators (a nested, emulated boot).\n\
+             [Unit]\nWants=serial-getty@ttyS0.service\n"
+                .into(),
+        ),
+        // systemd's serial-getty@.service binds the getty to
+        // dev-ttyS0.device, which exists only once udev has processed the
+        // port; nested run 4 timed that wait out (30 min after systemd
+        // queued it) and the serial console never had a login prompt. The
+        // kernel makes /dev/ttyS0 itself (devtmpfs), which is all agetty
+        // needs: this instance's own unit (it replaces the template for
+        // ttyS0) is the template's settings without the device binding.
+        f(
+            "etc/systemd/system/serial-getty@ttyS0.service",
+            0o644,
+            SERIAL_GETTY_UNIT.into(),
+        ),
+        // dbus-daemon closes a connection that has not authenticated within
+        // 30 s and gives a bus-activated service 25 s to appear; nested, it
+        // closed systemd's own connection (run 4: "Got disconnect on API
+        // bus"), which logind and login sessions go through.
+        f(
+            "etc/dbus-1/system-local.conf",
+            0o644,
+            "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n \
+             \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n\
+             <!-- RayOS's Debian VM may run emulated inside an emulated machine,\n     \
+             where authenticating a connection took longer than the system\n     \
+             bus's 30 s and services take minutes to start: 10 minutes for\n     \
+             both (docs/linux-vm.md in the RayOS sources, \"Nested\"). -->\n\
+             <busconfig>\n  \
+             <limit name=\"auth_timeout\">600000</limit>\n  \
+             <limit name=\"service_start_timeout\">600000</limit>\n\
+             </busconfig>\n"
                 .into(),
         ),
         f(
@@ -984,8 +1048,35 @@ mod tests {
         assert!(get("etc/fstab").contains(&format!("PARTUUID={ESP_PARTUUID} /boot/efi vfat")));
         assert!(get("etc/kernel/cmdline").contains(&format!("root=UUID={ROOT_FS_UUID}")));
         // The serial console is the last console= (it is /dev/console) and
-        // gets a getty from systemd's generator.
+        // gets a getty whether or not systemd's generator ran.
         assert!(kernel_cmdline().ends_with("console=ttyS0,115200 net.ifnames=0"));
+        assert!(
+            get("etc/systemd/system/getty.target.d/50-rayos-serial-getty.conf")
+                .ends_with("[Unit]\nWants=serial-getty@ttyS0.service\n")
+        );
+        // ... and does not wait for udev to announce the port.
+        let getty = get("etc/systemd/system/serial-getty@ttyS0.service");
+        for l in getty.lines().filter(|l| !l.starts_with('#')) {
+            assert!(!l.starts_with("BindsTo=") && !l.contains(".device"), "{l}");
+        }
+        assert!(getty.contains("\nTTYPath=/dev/%I\n"), "{getty}");
+        assert!(getty.contains("\nExecStart=-/sbin/agetty "), "{getty}");
+        // dbus gives slow connections and services 10 minutes.
+        let bus = get("etc/dbus-1/system-local.conf");
+        assert!(bus.starts_with("<!DOCTYPE busconfig PUBLIC "), "{bus}");
+        assert!(
+            bus.contains("\n<busconfig>\n  <limit name=\"auth_timeout\">600000</limit>\n"),
+            "{bus}"
+        );
+        assert!(bus.ends_with("</limit>\n</busconfig>\n"), "{bus}");
+        // The kernel mounts the root read-only; systemd-remount-fs makes it
+        // writable (fstab asks for nothing else) and is always wanted.
+        assert!(kernel_cmdline().contains(" ro "));
+        assert!(!get("etc/fstab").contains(",ro"));
+        assert!(
+            get("etc/systemd/system/local-fs.target.d/50-rayos-remount-root.conf")
+                .ends_with("[Unit]\nWants=systemd-remount-fs.service\n")
+        );
         let unit = get("etc/systemd/system/rayos-firstboot.service");
         for c in CREDENTIALS {
             assert!(unit.contains(&format!("LoadCredential={c}\n")), "{c}");
@@ -1027,6 +1118,8 @@ mod tests {
             manager.contains("\nDefaultTimeoutStartSec=30min\n"),
             "{manager}"
         );
+        // Nested run 3 failed networking.service after its own 5 minutes.
+        assert!(OWN_TIMEOUT_UNITS.contains(&"networking.service"));
         for u in OWN_TIMEOUT_UNITS {
             let dropin = get(&format!("etc/systemd/system/{u}.d/50-rayos-timeout.conf"));
             assert!(

@@ -155,9 +155,9 @@ user_cfg() {
     applied="$applied user=$u"
 }
 
-# Nothing can be set up on a read-only root (a boot so slow that
-# systemd-remount-fs timed out, an fsck error): fail, so the unit runs
-# again at the next boot instead of leaving a half-made user.
+# Nothing can be set up on a read-only root (systemd-remount-fs failed or
+# never ran, an fsck error): fail, so the unit runs again at the next boot
+# instead of leaving a half-made user.
 mkdir -p "$(dirname "$DONE")"
 if ! touch "$DONE.tmp" 2>/dev/null; then
     say "the root filesystem is read-only: nothing configured; trying again at the next boot"
