@@ -222,7 +222,7 @@ pub struct Qemu {
     consumed: usize,
     /// The serial console's one connection, made before the machine ran
     /// (see `start`); a thread copies its output into `serial`.
-    serial_conn: std::sync::Mutex<UnixStream>,
+    serial_conn: UnixStream,
 }
 
 fn prep(path: &Path) -> impl FnOnce(io::Error) -> QemuError + '_ {
@@ -377,7 +377,7 @@ impl Qemu {
             qmp,
             vars,
             consumed: 0,
-            serial_conn: std::sync::Mutex::new(conn),
+            serial_conn: conn,
         })
     }
 
@@ -473,11 +473,10 @@ impl Qemu {
             command: "serial input".into(),
             source,
         };
-        {
-            let mut s = self.serial_conn.lock().unwrap_or_else(|p| p.into_inner());
-            s.write_all(text.as_bytes()).map_err(ioerr)?;
-            s.flush().map_err(ioerr)?;
-        }
+        // `&UnixStream` writes: no lock or `&mut self` needed.
+        let mut s = &self.serial_conn;
+        s.write_all(text.as_bytes()).map_err(ioerr)?;
+        s.flush().map_err(ioerr)?;
         // Pace the typing: QEMU reads from the socket only as the guest
         // empties the UART's FIFO, and a busy guest takes a while per
         // FIFO-full; the callers' next step (often another key, where an
