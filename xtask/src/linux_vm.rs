@@ -1,9 +1,11 @@
 //! `cargo xtask linux-vm`: the Debian VM image alone (`cargo xtask media`
 //! builds it too). The recipe and its cache live in
 //! `rayos_image::linux_vm`; this module picks the options, writes the
-//! compressed image that ships (`linux-vm.img.zst`: the raw disk image,
-//! zstd with a 128 MiB window) and its manifest into the output directory,
-//! and prints what was built. Decisions: docs/linux-vm.md.
+//! compressed image that ships (`linux-vm.qcow2.zst`: the raw disk image
+//! as a thin qcow2 of its own size, zstd with a 128 MiB window; the
+//! installer decompresses it in place and grows it to the chosen size) and
+//! its manifest into the output directory, and prints what was built.
+//! Decisions: docs/linux-vm.md.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,7 @@ use rayos_image::linux_vm::{self, BuildOptions, Image};
 
 #[derive(clap::Args, Clone, Default)]
 pub struct Args {
-    /// Output directory (the compressed image goes to `<out>/linux-vm.img.zst`).
+    /// Output directory (the compressed image goes to `<out>/linux-vm.qcow2.zst`).
     #[arg(long, default_value = "build")]
     pub out: PathBuf,
     /// Debian mirror instead of <http://deb.debian.org/> (for example
@@ -28,7 +30,7 @@ pub struct Args {
 }
 
 /// The shipped image and its manifest, below the output directory.
-pub const SHIPPED: &str = "linux-vm.img.zst";
+pub const SHIPPED: &str = "linux-vm.qcow2.zst";
 /// zstd level and window of the shipped image: level 12 with a 128 MiB
 /// window is within 8 % of level 19 in a tenth of its time; the window
 /// must be given to the decompressor too (`zstd -d --long=27`).
@@ -97,21 +99,35 @@ pub fn build(args: &Args) -> Result<(Image, PathBuf)> {
     Ok((img, shipped))
 }
 
-/// The compressed raw image, made once per cached image
-/// (`<cache dir>/linux-vm.img.zst`) and copied to `dest`.
+/// The shipped image, made once per cached image
+/// (`<cache dir>/linux-vm.qcow2.zst`) and copied to `dest`: the raw disk
+/// as a qcow2 (the installer's own writer; zero clusters left out), then
+/// zstd. Shipping the qcow2 rather than the raw disk spares the installer
+/// decompressing 1.6 GiB of zeros (docs/install.md) and is 13 % smaller.
 fn compress(img: &Image, dest: &Path) -> Result<()> {
     let cached = img.dir.join(SHIPPED);
     if !cached.is_file() {
+        let qcow2 = img.dir.join("linux-vm.qcow2.partial");
+        let mut raw = fs::File::open(&img.disk)
+            .with_context(|| format!("cannot open {}", img.disk.display()))?;
+        let size = raw.metadata()?.len();
+        let mut out = fs::File::create(&qcow2)
+            .with_context(|| format!("cannot create {}", qcow2.display()))?;
+        rayos_install::qcow2::write_from_stream(&mut raw, &mut out, size, &mut |_| {})
+            .context("cannot write the Debian VM image as qcow2")?;
+        drop(out);
         let tmp = img.dir.join(format!("{SHIPPED}.partial"));
-        crate::run_cmd(
+        let zstd = crate::run_cmd(
             Command::new("zstd")
                 .args(["-q", "-f"])
                 .args(ZSTD_ARGS)
-                .arg(&img.disk)
+                .arg(&qcow2)
                 .arg("-o")
                 .arg(&tmp),
         )
-        .context("cannot compress the Debian VM image (zstd)")?;
+        .context("cannot compress the Debian VM image (zstd)");
+        let _ = fs::remove_file(&qcow2);
+        zstd?;
         fs::rename(&tmp, &cached)?;
     }
     let _ = fs::remove_file(dest);

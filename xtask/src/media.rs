@@ -572,8 +572,11 @@ pub fn build(args: &Args) -> Result<Built> {
             recovery.clone(),
         ),
         ("rayos/manifest.json".to_string(), payload_manifest.clone()),
-        // Where rayos init finds it (`volumes::LINUX_VM_IMAGE`).
-        ("rayos/linux-vm.img.zst".to_string(), vm_shipped.clone()),
+        // Where rayos init finds it.
+        (
+            rayos_init::volumes::LINUX_VM_IMAGE.to_string(),
+            vm_shipped.clone(),
+        ),
     ];
     // The ISO's ESP holds only what boots (the payload is in the ISO 9660
     // tree); the USB image's ESP is the only filesystem there, so it holds

@@ -260,13 +260,13 @@ pub fn recovery_uki_beside(uki: &Path) -> Option<PathBuf> {
 }
 
 /// Where installer media carry the Debian VM image, from the medium's root.
-pub const LINUX_VM_IMAGE: &str = "rayos/linux-vm.img.zst";
+pub const LINUX_VM_IMAGE: &str = "rayos/linux-vm.qcow2.zst";
 
 /// The Debian VM image on the medium whose system image is `uki`
-/// (`<root>/EFI/Linux/<uki>` → `<root>/rayos/linux-vm.img.zst`).
+/// (`<root>/EFI/Linux/<uki>` → `<root>/rayos/linux-vm.qcow2.zst`).
 pub fn linux_vm_image_beside(uki: &Path) -> Option<PathBuf> {
     let root = uki.parent()?.parent()?.parent()?;
-    [LINUX_VM_IMAGE, "RAYOS/LINUX-VM.IMG.ZST"]
+    [LINUX_VM_IMAGE, "RAYOS/LINUX-VM.QCOW2.ZST"]
         .iter()
         .find_map(|rel| file_on(root, rel))
 }
@@ -399,7 +399,7 @@ mod tests {
         fs::write(d.path().join(LINUX_VM_IMAGE), "").unwrap();
         let args = image_args(&uki);
         assert_eq!(args[4], "--linux-vm-image");
-        assert!(args[5].ends_with("rayos/linux-vm.img.zst"), "{args:?}");
+        assert!(args[5].ends_with("rayos/linux-vm.qcow2.zst"), "{args:?}");
     }
 
     #[test]

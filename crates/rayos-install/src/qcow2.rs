@@ -11,8 +11,13 @@
 //! size may be larger than the stream (the rest reads as zeros), which is
 //! how the VM's disk gets its chosen size.
 //!
+//! [`grow`] gives such an image a larger virtual size in place, which is
+//! how the Debian VM image, shipped as a qcow2 of its own size, becomes a
+//! disk of the size the person chose without a copy.
+//!
 //! Proof: `qemu-img check` finds no error and `qemu-img compare` finds the
-//! image equal to its raw input (`tests` below, with QEMU's tools).
+//! image equal to its raw input; a grown image checks clean, keeps its
+//! data and takes writes at its new end (`tests` below, with QEMU's tools).
 
 use rayos_base::io::read_full;
 use std::collections::BTreeMap;
@@ -188,6 +193,186 @@ pub fn write_from_stream<R: Read, W: Write + Seek>(
     Ok(read)
 }
 
+/// The magic at the start of every qcow2 image.
+pub const MAGIC: [u8; 4] = *b"QFI\xfb";
+/// Bytes of a version 3 header that [`Header::parse`] reads.
+pub const HEADER_BYTES: usize = 104;
+/// QEMU's own limit on an L1 table (`QCOW_MAX_L1_SIZE`, 32 MiB).
+const MAX_L1_ENTRIES: u64 = (32 << 20) / 8;
+
+/// What [`grow`] needs of a qcow2 header, checked to be an image it can
+/// grow: version 3, no backing file, no encryption, no snapshots, no
+/// incompatible feature (dirty, corrupt, external data file, …) — which
+/// is what [`write_from_stream`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// `cluster_bits`: clusters of `1 << cluster_bits` bytes.
+    pub cluster_bits: u32,
+    /// The virtual disk size in bytes.
+    pub size: u64,
+    /// Entries in the L1 table.
+    pub l1_size: u32,
+    /// Where the L1 table starts in the file.
+    pub l1_table_offset: u64,
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+fn be32(h: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&h[at..at + 4]);
+    u32::from_be_bytes(b)
+}
+
+fn be64(h: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[at..at + 8]);
+    u64::from_be_bytes(b)
+}
+
+impl Header {
+    /// Parses and checks the first [`HEADER_BYTES`] of an image (untrusted
+    /// bytes: the image comes from an installer medium).
+    pub fn parse(h: &[u8]) -> io::Result<Header> {
+        if h.len() < HEADER_BYTES || h[..4] != MAGIC {
+            return Err(invalid("not a qcow2 image (no qcow2 header)".into()));
+        }
+        let version = be32(h, 4);
+        if version != 3 {
+            return Err(invalid(format!(
+                "qcow2 version {version}: only version 3 images are written here"
+            )));
+        }
+        if be64(h, 8) != 0 {
+            return Err(invalid("the qcow2 image has a backing file".into()));
+        }
+        let cluster_bits = be32(h, 20);
+        if !(9..=21).contains(&cluster_bits) {
+            return Err(invalid(format!(
+                "qcow2 cluster_bits {cluster_bits} out of range"
+            )));
+        }
+        if be32(h, 32) != 0 {
+            return Err(invalid("the qcow2 image is encrypted".into()));
+        }
+        if be32(h, 60) != 0 {
+            return Err(invalid("the qcow2 image has snapshots".into()));
+        }
+        let incompatible = be64(h, 72);
+        if incompatible != 0 {
+            return Err(invalid(format!(
+                "the qcow2 image has incompatible features {incompatible:#x} (dirty, corrupt, external data or another compression)"
+            )));
+        }
+        let header = Header {
+            cluster_bits,
+            size: be64(h, 24),
+            l1_size: be32(h, 36),
+            l1_table_offset: be64(h, 40),
+        };
+        let cluster = header.cluster();
+        if header.l1_table_offset == 0 || !header.l1_table_offset.is_multiple_of(cluster) {
+            return Err(invalid(format!(
+                "qcow2 L1 table offset {} is not a cluster boundary",
+                header.l1_table_offset
+            )));
+        }
+        if header.l1_entries_for(header.size) > u64::from(header.l1_size) {
+            return Err(invalid(format!(
+                "the qcow2 L1 table ({} entries) does not cover the image's {} bytes",
+                header.l1_size, header.size
+            )));
+        }
+        Ok(header)
+    }
+
+    fn cluster(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+
+    /// L1 entries a virtual size needs.
+    fn l1_entries_for(&self, size: u64) -> u64 {
+        let per_l2 = self.cluster() / 8 * self.cluster();
+        size.div_ceil(per_l2)
+    }
+
+    /// L1 entries that fit in the clusters the L1 table already has.
+    fn l1_capacity(&self) -> u64 {
+        let cluster = self.cluster();
+        (u64::from(self.l1_size) * 8).div_ceil(cluster) * cluster / 8
+    }
+}
+
+/// Grows the qcow2 image `f` to `new_size` bytes in place (rounded up to
+/// 512 bytes, as [`write_from_stream`] does): the header's size, and its
+/// L1 table's entry count when the table's clusters already have room —
+/// one 64 KiB cluster holds the entries of a 4 TiB disk, so nothing is
+/// allocated or moved and the added space reads as zeros. The entries
+/// taken into use must be zero. Refuses to shrink (`InvalidInput`) and a
+/// size the table has no room for (`Unsupported`). Returns the header as
+/// it was.
+pub fn grow<F: Read + Write + Seek>(f: &mut F, new_size: u64) -> io::Result<Header> {
+    let mut h = [0u8; HEADER_BYTES];
+    f.seek(SeekFrom::Start(0))?;
+    f.read_exact(&mut h)
+        .map_err(|e| invalid(format!("cannot read the qcow2 header: {e}")))?;
+    let header = Header::parse(&h)?;
+    let new_size = new_size
+        .checked_next_multiple_of(512)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "disk size out of range"))?;
+    if new_size < header.size {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the image is {} bytes, more than the disk size {new_size}",
+                header.size
+            ),
+        ));
+    }
+    if new_size == header.size {
+        return Ok(header);
+    }
+    let entries = header.l1_entries_for(new_size);
+    if entries > header.l1_capacity() || entries > MAX_L1_ENTRIES {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "the qcow2 image's L1 table has room for {} entries, {new_size} bytes need {entries}",
+                header.l1_capacity()
+            ),
+        ));
+    }
+    // The entries taken into use must map nothing yet.
+    let old = u64::from(header.l1_size);
+    if entries > old {
+        let at = header
+            .l1_table_offset
+            .checked_add(old * 8)
+            .ok_or_else(|| invalid("qcow2 L1 table offset out of range".into()))?;
+        f.seek(SeekFrom::Start(at))?;
+        let mut rest = vec![0u8; ((entries - old) * 8) as usize];
+        f.read_exact(&mut rest)
+            .map_err(|e| invalid(format!("cannot read the qcow2 L1 table: {e}")))?;
+        if !is_zero(&rest) {
+            return Err(invalid(
+                "the qcow2 L1 table has entries past its size: not growing it".into(),
+            ));
+        }
+    }
+    // size (24..32), crypt method (32..36, checked zero), l1_size (36..40)
+    // in one write.
+    let mut fields = [0u8; 16];
+    fields[..8].copy_from_slice(&new_size.to_be_bytes());
+    let l1 = u32::try_from(entries.max(old)).map_err(|_| invalid("L1 size out of range".into()))?;
+    fields[12..].copy_from_slice(&l1.to_be_bytes());
+    f.seek(SeekFrom::Start(24))?;
+    f.write_all(&fields)?;
+    f.flush()?;
+    Ok(header)
+}
+
 fn be_words(words: &[u64]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_be_bytes()).collect()
 }
@@ -330,6 +515,103 @@ mod tests {
             4 << 30,
         );
         roundtrip(&raw, 4 << 30);
+    }
+
+    fn qemu_io(img: &str, cmd: &str) -> (bool, String) {
+        let o = Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", cmd, img])
+            .output()
+            .expect("qemu-io (qemu-utils)");
+        let text =
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        // qemu-io exits 0 even when a pattern check fails; it says so.
+        (o.status.success() && !text.contains("failed"), text)
+    }
+
+    /// A small image written by `write_from_stream` at exactly its data's size.
+    fn small_image(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {
+        let mut raw = vec![0u8; 3 * CLUSTER as usize];
+        raw[..CLUSTER as usize].fill(0x5a);
+        raw[2 * CLUSTER as usize + 1] = 0x11;
+        let q = dir.join("small.qcow2");
+        let mut out = File::create(&q).unwrap();
+        write_from_stream(&mut &raw[..], &mut out, raw.len() as u64, &mut |_| {}).unwrap();
+        (q, raw)
+    }
+
+    #[test]
+    fn grown_image_is_checked_clean_keeps_its_data_and_takes_writes_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, raw) = small_image(dir.path());
+        let qs = q.to_str().unwrap();
+        let mut f = File::options().read(true).write(true).open(&q).unwrap();
+        let before = grow(&mut f, 32 << 30).unwrap();
+        drop(f);
+        assert_eq!((before.size, before.l1_size), (raw.len() as u64, 1));
+        let (ok, text) = qemu_img(&["check", "-f", "qcow2", qs]);
+        assert!(ok && text.contains("No errors"), "{text}");
+        let (_, info) = qemu_img(&["info", "--output=json", qs]);
+        assert!(
+            info.contains(&format!("\"virtual-size\": {}", 32u64 << 30)),
+            "{info}"
+        );
+        // The old data is there, the new space reads as zeros and takes
+        // writes past the old L1 entries (which QEMU then allocates).
+        for cmd in [
+            "read -P 0x5a 0 64k",
+            "read -P 0x11 131073 1",
+            "read -P 0 196608 1M",
+            "read -P 0 31G 64k",
+            "write -P 0xab 31G 64k",
+            "read -P 0xab 31G 64k",
+        ] {
+            let (ok, text) = qemu_io(qs, cmd);
+            assert!(ok, "{cmd}: {text}");
+        }
+        let (ok, text) = qemu_img(&["check", "-f", "qcow2", qs]);
+        assert!(ok && text.contains("No errors"), "{text}");
+        // Growing again (to the same or a larger size) is fine too.
+        let mut f = File::options().read(true).write(true).open(&q).unwrap();
+        assert_eq!(grow(&mut f, 32 << 30).unwrap().size, 32 << 30);
+    }
+
+    #[test]
+    fn grow_refuses_shrinking_a_full_table_and_foreign_images_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, raw) = small_image(dir.path());
+        let original = fs::read(&q).unwrap();
+        let mut f = File::options().read(true).write(true).open(&q).unwrap();
+        let e = grow(&mut f, raw.len() as u64 - 512).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        // One 64 KiB L1 cluster maps 4 TiB; a 5 TiB disk needs a bigger one.
+        let e = grow(&mut f, 5 << 40).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+        drop(f);
+        assert_eq!(fs::read(&q).unwrap(), original);
+
+        let refused = |patch: &dyn Fn(&mut Vec<u8>), what: &str| {
+            let mut img = original.clone();
+            patch(&mut img);
+            let mut c = std::io::Cursor::new(img.clone());
+            let e = grow(&mut c, 8 << 30).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{what}: {e}");
+            assert!(e.to_string().contains(what), "{what}: {e}");
+            assert_eq!(c.into_inner(), img, "{what}: written");
+        };
+        refused(&|i| i[0] = b'X', "not a qcow2 image");
+        refused(&|i| i[7] = 2, "version 2");
+        refused(&|i| i[15] = 1, "backing file");
+        refused(&|i| i[79] = 1, "incompatible features");
+        refused(&|i| i[63] = 1, "snapshots");
+        refused(&|i| i[35] = 1, "encrypted");
+        refused(&|i| i[47] = 8, "not a cluster boundary");
+        // An L1 entry past the table's size is something this code did
+        // not write: do not take it into use.
+        refused(
+            &|i| i[CLUSTER as usize + 8 + 7] = 0x10,
+            "entries past its size",
+        );
+        refused(&|i| i.truncate(50), "cannot read the qcow2 header");
     }
 
     #[test]

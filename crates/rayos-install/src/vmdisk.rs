@@ -1,8 +1,17 @@
-//! The Linux VM's disk from the Debian VM image on the installer medium:
-//! `zstd -d --long=27` (the image is the raw disk, compressed with a
-//! 128 MiB window: docs/linux-vm.md) streamed straight into a thin qcow2
-//! of the chosen size ([`crate::qcow2`]), with progress. No raw copy is
-//! ever made: the installer stages data-volume files in RAM.
+//! The Linux VM's disk from the Debian VM image on the installer medium,
+//! with progress. Two forms of image, told apart by their first
+//! decompressed bytes:
+//! - a zstd-compressed **qcow2** (`linux-vm.qcow2.zst`, what `cargo xtask
+//!   media` ships since 2026-12-07): zstd writes it straight into the
+//!   destination and [`crate::qcow2::grow`] gives it the chosen size in
+//!   place. Only the image's data passes through zstd — about 455 MiB of
+//!   a 2 GiB disk — and nothing is copied after it (docs/install.md);
+//! - a zstd-compressed **raw** disk (`linux-vm.img.zst`, the earlier form,
+//!   still accepted): streamed through a pipe into a thin qcow2 of the
+//!   chosen size ([`crate::qcow2::write_from_stream`]), zeros included.
+//!
+//! Both use a 128 MiB zstd window (docs/linux-vm.md). No raw copy is ever
+//! made: the installer stages data-volume files in RAM.
 //!
 //! The qcow2 is a staging file (`mkfs.ext4 -d` copies it onto the data
 //! volume, and the target is fsynced before the manifest), so it is not
@@ -14,7 +23,10 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::qcow2;
 
 /// The pipe size asked for (Linux's default `pipe-max-size` for users).
 const PIPE_BYTES: usize = 1 << 20;
@@ -57,9 +69,141 @@ pub fn zstd_content_size(path: &Path) -> io::Result<Option<u64>> {
     Ok(Some(v))
 }
 
+fn zstd_decompress(image: &Path, out: Stdio) -> io::Result<Child> {
+    Command::new("zstd")
+        .args(["-q", "-d", "-c", ZSTD_LONG])
+        .arg(image)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run zstd: {e}")))
+}
+
+/// Waits for zstd and turns a failure into an error naming the image.
+fn zstd_finish(mut child: Child, image: &Path) -> io::Result<()> {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "zstd could not read {} ({status}): {}",
+            image.display(),
+            err.trim()
+        )));
+    }
+    Ok(())
+}
+
+/// The first [`qcow2::HEADER_BYTES`] (or fewer) decompressed bytes.
+fn head(image: &Path) -> io::Result<Vec<u8>> {
+    let mut child = zstd_decompress(image, Stdio::piped())?;
+    let mut buf = vec![0u8; qcow2::HEADER_BYTES];
+    let n = match child.stdout.take() {
+        Some(mut out) => rayos_base::io::read_full(&mut out, &mut buf),
+        None => Ok(0),
+    };
+    // The rest is not needed: stop zstd (it may be mid-write).
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = n?;
+    if n == 0 {
+        // Nothing came out: let zstd say why (a damaged file).
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        return Err(io::Error::other(format!(
+            "zstd could not read {}: {}",
+            image.display(),
+            if err.trim().is_empty() {
+                "no data"
+            } else {
+                err.trim()
+            }
+        )));
+    }
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn too_small(image_bytes: u64, disk_size: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "the image is {image_bytes} bytes, more than the VM disk's {disk_size}: choose a bigger linux.disk_size"
+        ),
+    )
+}
+
 /// Writes `dest` (replaced) from `image`; `progress(done, total)` in bytes
-/// of the raw image (`total` 0 when unknown).
+/// of the decompressed image (`total` 0 when unknown). Returns the bytes
+/// decompressed.
 pub fn write(
+    image: &Path,
+    dest: &Path,
+    disk_size: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> io::Result<u64> {
+    let head = head(image)?;
+    if head.starts_with(&qcow2::MAGIC) {
+        write_qcow2(image, &head, dest, disk_size, progress)
+    } else {
+        write_raw(image, dest, disk_size, progress)
+    }
+}
+
+/// The qcow2 form: zstd writes `dest` itself (sparse), progress from the
+/// file's size, then the header gets the disk size.
+fn write_qcow2(
+    image: &Path,
+    head: &[u8],
+    dest: &Path,
+    disk_size: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> io::Result<u64> {
+    // Checked before anything is written: a foreign or too large image
+    // fails here, not after a minute of decompressing.
+    let header = qcow2::Header::parse(head)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", image.display())))?;
+    if header.size > disk_size.div_ceil(512) * 512 {
+        return Err(too_small(header.size, disk_size));
+    }
+    let total = zstd_content_size(image)?.unwrap_or(0);
+    let _ = fs::remove_file(dest);
+    let out = File::create_new(dest)?;
+    let mut child = zstd_decompress(image, Stdio::from(out))?;
+    let mut last = 0u64;
+    while child.try_wait()?.is_none() {
+        std::thread::sleep(Duration::from_millis(100));
+        let done = fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+        // Every 64 MiB is often enough for a screen and a log.
+        if done >= last + (64 << 20) {
+            last = done;
+            progress(done, total);
+        }
+    }
+    zstd_finish(child, image)?;
+    let written = fs::metadata(dest)?.len();
+    if total != 0 && written != total {
+        return Err(io::Error::other(format!(
+            "{} holds {written} bytes, its header says {total}",
+            image.display()
+        )));
+    }
+    let mut f = File::options().read(true).write(true).open(dest)?;
+    qcow2::grow(&mut f, disk_size)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", image.display())))?;
+    if last != written {
+        progress(written, total);
+    }
+    Ok(written)
+}
+
+/// The raw form: streamed into a new thin qcow2 of the disk size.
+fn write_raw(
     image: &Path,
     dest: &Path,
     disk_size: u64,
@@ -67,21 +211,9 @@ pub fn write(
 ) -> io::Result<u64> {
     let total = zstd_content_size(image)?.unwrap_or(0);
     if total > disk_size {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "the image is {total} bytes, more than the VM disk's {disk_size}: choose a bigger linux.disk_size"
-            ),
-        ));
+        return Err(too_small(total, disk_size));
     }
-    let mut child = Command::new("zstd")
-        .args(["-q", "-d", "-c", ZSTD_LONG])
-        .arg(image)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot run zstd: {e}")))?;
+    let mut child = zstd_decompress(image, Stdio::piped())?;
     let mut stdout = child
         .stdout
         .take()
@@ -99,19 +231,9 @@ pub fn write(
         }
     });
     drop(stdout);
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let status = child.wait()?;
+    let finished = zstd_finish(child, image);
     let written = written?;
-    if !status.success() {
-        return Err(io::Error::other(format!(
-            "zstd could not read {} ({status}): {}",
-            image.display(),
-            err.trim()
-        )));
-    }
+    finished?;
     if total != 0 && written != total {
         return Err(io::Error::other(format!(
             "{} holds {written} bytes, its header says {total}",
@@ -174,5 +296,84 @@ mod tests {
         fs::write(&zst, b"\x28\xb5\x2f\xfdgarbage").unwrap();
         let e = write(&zst, &dir.path().join("bad.qcow2"), 1 << 30, &mut |_, _| {}).unwrap_err();
         assert!(e.to_string().contains("zstd"), "{e}");
+    }
+
+    fn zstd(input: &Path, out: &Path) {
+        let st = Command::new("zstd")
+            .args(["-q", "-f", "-12", ZSTD_LONG])
+            .arg(input)
+            .arg("-o")
+            .arg(out)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    fn qemu_img(args: &[&str], img: &Path) -> (bool, String) {
+        let o = Command::new("qemu-img")
+            .args(args)
+            .arg(img)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    }
+
+    #[test]
+    fn compressed_qcow2_is_decompressed_in_place_and_grown_to_the_disk_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("disk.img");
+        let mut data = vec![0u8; 5 << 20];
+        data[..4096].fill(0xee);
+        data[(4 << 20) + 17] = 3;
+        fs::write(&raw, &data).unwrap();
+        // The shipped form: the image as a qcow2 of its own size, zstd'd.
+        let shipped_q = dir.path().join("disk.qcow2");
+        let mut f = File::create(&shipped_q).unwrap();
+        qcow2::write_from_stream(&mut &data[..], &mut f, data.len() as u64, &mut |_| {}).unwrap();
+        drop(f);
+        let qlen = fs::metadata(&shipped_q).unwrap().len();
+        let zst = dir.path().join("disk.qcow2.zst");
+        zstd(&shipped_q, &zst);
+
+        let q = dir.path().join("root.qcow2");
+        fs::write(&q, b"an older file is replaced").unwrap();
+        let mut seen = Vec::new();
+        let n = write(&zst, &q, 1 << 30, &mut |d, t| seen.push((d, t))).unwrap();
+        assert_eq!(n, qlen);
+        assert_eq!(seen.last(), Some(&(qlen, qlen)));
+        let (ok, text) = qemu_img(&["check", "-f", "qcow2"], &q);
+        assert!(ok && text.contains("No errors"), "{text}");
+        let (_, info) = qemu_img(&["info", "--output=json"], &q);
+        assert!(info.contains("\"virtual-size\": 1073741824"), "{info}");
+        let o = Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "qcow2"])
+            .arg(&raw)
+            .arg(&q)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+
+        // Too small a disk is refused from the header, before anything is
+        // written.
+        let small = dir.path().join("small.qcow2");
+        let e = write(&zst, &small, 1 << 20, &mut |_, _| {}).unwrap_err();
+        assert!(e.to_string().contains("linux.disk_size"), "{e}");
+        assert!(!small.exists());
+
+        // A qcow2 with a backing file is refused, naming the image.
+        let mut bytes = fs::read(&shipped_q).unwrap();
+        bytes[15] = 0x80;
+        fs::write(&shipped_q, &bytes).unwrap();
+        zstd(&shipped_q, &zst);
+        let bad = dir.path().join("bad.qcow2");
+        let e = write(&zst, &bad, 1 << 30, &mut |_, _| {}).unwrap_err();
+        assert!(
+            e.to_string().contains("backing file") && e.to_string().contains("disk.qcow2.zst"),
+            "{e}"
+        );
+        assert!(!bad.exists());
     }
 }

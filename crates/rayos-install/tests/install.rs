@@ -521,21 +521,31 @@ fn a_full_esp_is_refused_before_any_write() {
 }
 
 /// A stand-in for the Debian VM image: a raw "disk" with data at both ends,
-/// compressed as the media do it.
+/// shipped as the media do it (a qcow2 of its own size, zstd).
 fn fake_linux_vm_image(env: &Env) -> (PathBuf, PathBuf) {
     let raw = env.path("linux-vm.img");
     let mut data = disks::pseudo_random(7, 3 << 20);
     data.resize(12 << 20, 0);
     data.extend(disks::pseudo_random(8, 1 << 20));
     std::fs::write(&raw, &data).unwrap();
-    let zst = env.path("linux-vm.img.zst");
+    let qcow2 = env.path("linux-vm.qcow2");
+    let mut out = std::fs::File::create(&qcow2).unwrap();
+    rayos_install::qcow2::write_from_stream(
+        &mut &data[..],
+        &mut out,
+        data.len() as u64,
+        &mut |_| {},
+    )
+    .unwrap();
+    drop(out);
+    let zst = env.path("linux-vm.qcow2.zst");
     run(
         "zstd",
         &[
             "-q",
             "-12",
             rayos_install::vmdisk::ZSTD_LONG,
-            raw.to_str().unwrap(),
+            qcow2.to_str().unwrap(),
             "-o",
             zst.to_str().unwrap(),
         ],

@@ -706,7 +706,7 @@ fn going_back_after_a_partial_install_reads_the_disk_again() {
 fn the_debian_vms_user_and_password_are_asked_and_only_hashed() {
     let imgs = images();
     let mut s = setup(vec![probed(&imgs.blank, "/dev/vdb")]);
-    s.opts.linux_vm_image = Some("/run/rayos/medium/rayos/linux-vm.img.zst".into());
+    s.opts.linux_vm_image = Some("/run/rayos/medium/rayos/linux-vm.qcow2.zst".into());
     let mut w = Wizard::new(s);
     w.screen = Screen::Machine;
     assert_eq!(w.machine_rows(), 7);
@@ -772,7 +772,7 @@ fn the_debian_vms_user_and_password_are_asked_and_only_hashed() {
 fn with_the_debian_image_the_layout_plans_first_and_the_summary_names_the_user() {
     let imgs = images();
     let mut s = setup(vec![probed(&imgs.blank, "/dev/vda")]);
-    s.opts.linux_vm_image = Some("/run/rayos/medium/rayos/linux-vm.img.zst".into());
+    s.opts.linux_vm_image = Some("/run/rayos/medium/rayos/linux-vm.qcow2.zst".into());
     let mut w = Wizard::new(s);
     at_partitions(&mut w, 0);
     press(&mut w, &[Key::Char('i'), Key::Enter]);

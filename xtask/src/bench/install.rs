@@ -13,7 +13,7 @@
 //!
 //! With the Debian VM image (`--linux-image`, by default the one the media
 //! recipe has cached) the install is the one a medium with
-//! `rayos/linux-vm.img.zst` does: a `[linux]` user in the answers, the
+//! `rayos/linux-vm.qcow2.zst` does: a `[linux]` user in the answers, the
 //! image decompressed into the Linux VM's thin qcow2 on the data volume —
 //! most of the bytes a person waits for. Its staging directory is in RAM
 //! (`--staging-dir`, default `/dev/shm`), as on the medium, whose `/tmp`
@@ -48,8 +48,8 @@ pub struct Args {
     #[arg(long)]
     pub rayos: Option<PathBuf>,
     /// Install this compressed Debian VM image as a real install does
-    /// (default: the media recipe's cached `linux-vm.img.zst` under
-    /// `.cache/linux-vm/`, else `build/linux-vm.img.zst`, if either exists).
+    /// (default: the media recipe's cached `linux-vm.qcow2.zst` under
+    /// `.cache/linux-vm/`, else `build/linux-vm.qcow2.zst`, if either exists).
     #[arg(long, conflicts_with = "no_linux_image")]
     pub linux_image: Option<PathBuf>,
     /// Leave the Debian VM image out (the UKI-only install).

@@ -13,7 +13,7 @@
 //!   text mode), is stopped, reset and quit;
 //! - `media_parsers`: the headers of a UKI assembled by rayos-image from
 //!   Debian's stub, the head of the host kernel, an OVMF VARS store after
-//!   OVMF booted once; `pe`: that whole UKI (a recovery-mode one);
+//!   OVMF booted once, a small qcow2 from `qemu-img create`; `pe`: that whole UKI (a recovery-mode one);
 //! - `bundle`: bundles built by `rayos_update::bundle::build` (what `cargo
 //!   xtask bundle` calls), signed with the fuzz target's trusted key;
 //! - `dhcp_reply`: dnsmasq's OFFER, ACK and NAK to RayOS's own DHCP
@@ -470,6 +470,17 @@ fn media(s: &Seeds) -> Result<Vec<u8>> {
         "the UKI's first 4 KiB name no .osrel section: {sections:?}"
     );
     s.put("media_parsers", "uki-head.efi", &uki_head)?;
+    // A qcow2 as qemu-img makes it (512-byte clusters keep it small; the
+    // installer's own writer uses 64 KiB): what `qcow2::grow` reads.
+    let qcow2 = s.work.join("small.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-o", "cluster_size=512"])
+        .arg(&qcow2)
+        .arg("1M")
+        .status()
+        .context("qemu-img (qemu-utils)")?;
+    ensure!(st.success(), "qemu-img create failed");
+    s.put("media_parsers", "qcow2-small.qcow2", &fs::read(&qcow2)?)?;
     // The whole UKI (Debian's stub is most of it) for the PE reader that
     // recovery uses (target `pe`, from the safety-install branch).
     s.put("pe", "recovery-uki-small.efi", &efi_bytes)?;

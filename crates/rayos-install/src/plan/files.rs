@@ -309,7 +309,7 @@ fn linux_guest(
         (Some(LinuxSystem::TestGuest), _) => false,
         (Some(LinuxSystem::Debian), None) => {
             return Err(PlanError::Invalid(
-                "[linux] system = \"debian\", but the installer has no Debian VM image (rayos/linux-vm.img.zst on the medium, or --linux-vm-image)".into(),
+                "[linux] system = \"debian\", but the installer has no Debian VM image (rayos/linux-vm.qcow2.zst on the medium, or --linux-vm-image)".into(),
             ));
         }
         (Some(LinuxSystem::Debian), Some(_)) => true,

@@ -402,9 +402,9 @@ pub enum Source {
     Directory,
     /// The install manifest, made when everything else is written.
     Manifest,
-    /// The Linux VM's disk: the compressed raw Debian VM image on the
-    /// installer's host (`linux-vm.img.zst`), written as a thin qcow2 of
-    /// `disk_size` bytes.
+    /// The Linux VM's disk: the compressed Debian VM image on the
+    /// installer's host (`linux-vm.qcow2.zst`, or a raw `linux-vm.img.zst`),
+    /// written as a thin qcow2 of `disk_size` bytes (`crate::vmdisk`).
     LinuxVmImage {
         /// The compressed image.
         path: PathBuf,
@@ -634,7 +634,7 @@ pub struct PlanOptions {
     pub recovery_image: Option<PathBuf>,
     /// Add a UEFI boot entry (only ever for block devices).
     pub nvram: bool,
-    /// The Debian VM image (`rayos/linux-vm.img.zst` on installer media);
+    /// The Debian VM image (`rayos/linux-vm.qcow2.zst` on installer media);
     /// without it the Linux VM is the bundled test guest.
     pub linux_vm_image: Option<PathBuf>,
 }

@@ -51,7 +51,7 @@ pub struct Args {
     /// gets a "RayOS recovery" entry.
     #[arg(long)]
     recovery_image: Option<PathBuf>,
-    /// The Debian VM image (`build/linux-vm.img.zst`); with it and a
+    /// The Debian VM image (`build/linux-vm.qcow2.zst`); with it and a
     /// `[linux] user` the Linux VM runs Debian (docs/linux-vm.md).
     #[arg(long)]
     linux_vm_image: Option<PathBuf>,

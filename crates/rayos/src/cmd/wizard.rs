@@ -40,7 +40,7 @@ pub struct Args {
     /// gets a "RayOS recovery" entry.
     #[arg(long)]
     recovery_image: Option<PathBuf>,
-    /// The Debian VM image (`build/linux-vm.img.zst`): the wizard then asks
+    /// The Debian VM image (`build/linux-vm.qcow2.zst`): the wizard then asks
     /// for the Linux VM's user and password.
     #[arg(long)]
     linux_vm_image: Option<PathBuf>,
