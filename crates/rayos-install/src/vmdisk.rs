@@ -250,39 +250,29 @@ fn write_raw(
 mod tests {
     use super::*;
 
-    #[test]
-    fn compressed_image_becomes_an_equal_thin_qcow2() {
-        let dir = tempfile::tempdir().unwrap();
-        let raw = dir.path().join("disk.img");
+    /// A 5 MiB raw "disk" with data at both ends, in `dir`.
+    fn sample_raw(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+        let raw = dir.join("disk.img");
         let mut data = vec![0u8; 5 << 20];
         data[..4096].fill(0xee);
         data[(4 << 20) + 17] = 3;
         fs::write(&raw, &data).unwrap();
+        (raw, data)
+    }
+
+    #[test]
+    fn compressed_image_becomes_an_equal_thin_qcow2() {
+        let dir = tempfile::tempdir().unwrap();
+        let (raw, _) = sample_raw(dir.path());
         let zst = dir.path().join("disk.img.zst");
-        let st = Command::new("zstd")
-            .args(["-q", "-12", ZSTD_LONG])
-            .arg(&raw)
-            .arg("-o")
-            .arg(&zst)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        zstd(&raw, &zst);
         assert_eq!(zstd_content_size(&zst).unwrap(), Some(5 << 20));
         let q = dir.path().join("root.qcow2");
         let mut seen = Vec::new();
         let n = write(&zst, &q, 1 << 30, &mut |d, t| seen.push((d, t))).unwrap();
         assert_eq!(n, 5 << 20);
         assert_eq!(seen.last(), Some(&(5 << 20, 5 << 20)));
-        // The qcow2 reads back as the raw image followed by zeros.
-        let o = Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "qcow2"])
-            .arg(&raw)
-            .arg(&q)
-            .output()
-            .unwrap();
-        // Sizes differ (5 MiB vs 1 GiB): compare reads the tail as zeros
-        // and says the images are identical apart from the size.
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+        assert_reads_as(&q, &raw);
         // Too small a disk is refused before anything is written.
         let e = write(
             &zst,
@@ -321,14 +311,19 @@ mod tests {
         )
     }
 
+    /// The qcow2 `q` reads back as the raw image `raw` followed by zeros.
+    /// Sizes differ: `qemu-img compare` reads the tail as zeros and says
+    /// the images are identical apart from the size.
+    fn assert_reads_as(q: &Path, raw: &Path) {
+        let raw = raw.to_str().unwrap();
+        let (ok, text) = qemu_img(&["compare", "-f", "raw", "-F", "qcow2", raw], q);
+        assert!(ok, "{text}");
+    }
+
     #[test]
     fn compressed_qcow2_is_decompressed_in_place_and_grown_to_the_disk_size() {
         let dir = tempfile::tempdir().unwrap();
-        let raw = dir.path().join("disk.img");
-        let mut data = vec![0u8; 5 << 20];
-        data[..4096].fill(0xee);
-        data[(4 << 20) + 17] = 3;
-        fs::write(&raw, &data).unwrap();
+        let (raw, data) = sample_raw(dir.path());
         // The shipped form: the image as a qcow2 of its own size, zstd'd.
         let shipped_q = dir.path().join("disk.qcow2");
         let mut f = File::create(&shipped_q).unwrap();
@@ -348,13 +343,7 @@ mod tests {
         assert!(ok && text.contains("No errors"), "{text}");
         let (_, info) = qemu_img(&["info", "--output=json"], &q);
         assert!(info.contains("\"virtual-size\": 1073741824"), "{info}");
-        let o = Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "qcow2"])
-            .arg(&raw)
-            .arg(&q)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+        assert_reads_as(&q, &raw);
 
         // Too small a disk is refused from the header, before anything is
         // written.
