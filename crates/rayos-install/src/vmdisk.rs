@@ -155,8 +155,8 @@ pub fn write(
     }
 }
 
-/// The qcow2 form: zstd writes `dest` itself (sparse), progress from the
-/// file's size, then the header gets the disk size.
+/// The qcow2 form: zstd writes into `dest` itself (no pipe), progress from
+/// the file's size, then the header gets the disk size.
 fn write_qcow2(
     image: &Path,
     head: &[u8],
@@ -177,7 +177,8 @@ fn write_qcow2(
     let mut child = zstd_decompress(image, Stdio::from(out))?;
     let mut last = 0u64;
     while child.try_wait()?.is_none() {
-        std::thread::sleep(Duration::from_millis(100));
+        // Short: the install waits this long at most after zstd is done.
+        std::thread::sleep(Duration::from_millis(20));
         let done = fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
         // Every 64 MiB is often enough for a screen and a log.
         if done >= last + (64 << 20) {
