@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rayos_vmm::{
-    AccelDecision, ExecOutcome, ExecSpec, GuestInfo, InputEvent, Launch, RunState, SaveReport,
-    TcgReason, TpmState, VmHandle, VmSpec, Vmm, VmmError,
+    AccelDecision, ClockSync, ExecOutcome, ExecSpec, GuestInfo, InputEvent, Launch, RunState,
+    SaveReport, TcgReason, TpmState, VmHandle, VmSpec, Vmm, VmmError,
 };
 use uuid::Uuid;
 
@@ -300,8 +300,11 @@ impl VmHandle for FakeHandle {
         })
     }
 
-    fn sync_guest_time(&mut self) -> Result<bool, VmmError> {
-        Ok(self.agent)
+    fn sync_guest_time(&mut self) -> Result<Option<ClockSync>, VmmError> {
+        Ok(self.agent.then_some(ClockSync {
+            settings: 1,
+            offset_ms: Some(0),
+        }))
     }
 
     fn guest_shutdown(&mut self) -> Result<bool, VmmError> {

@@ -78,6 +78,20 @@ pub enum RunState {
     Exited,
 }
 
+/// How a guest's clock was set through its agent after a resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockSync {
+    /// `guest-set-time` commands sent: the first, then corrections for the
+    /// time the command took to reach the guest (on a slow or nested host,
+    /// seconds).
+    pub settings: u32,
+    /// The guest clock's offset from the host's after the last setting, in
+    /// milliseconds (guest minus host), when the agent reports its clock
+    /// (`guest-get-time`); its error is at most half the command's round
+    /// trip.
+    pub offset_ms: Option<i64>,
+}
+
 /// What a guest's agent reports (`guest-get-host-name`,
 /// `guest-get-osinfo`, `guest-network-get-interfaces`); a field the agent
 /// did not answer is empty.
@@ -423,9 +437,10 @@ pub trait VmHandle: Send {
     /// Writes the VM's display as PNG without giving it any input.
     fn screenshot(&mut self, png: &Path) -> Result<(), VmmError>;
 
-    /// Sets the guest clock from the host through the guest agent. `Ok(false)`
-    /// when no agent answers (not an error: many guests have none).
-    fn sync_guest_time(&mut self) -> Result<bool, VmmError>;
+    /// Sets the guest clock from the host through the guest agent, checks
+    /// it and corrects it for the command's delay. `Ok(None)` when no agent
+    /// answers (not an error: many guests have none).
+    fn sync_guest_time(&mut self) -> Result<Option<ClockSync>, VmmError>;
 
     /// Asks the guest's agent to power the guest off (`guest-shutdown`).
     /// `Ok(false)` when no agent answers; then only ACPI is left.

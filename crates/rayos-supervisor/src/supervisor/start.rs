@@ -250,11 +250,25 @@ impl Supervisor {
         mut notes: Vec<String>,
     ) -> Result<ActionReply, OpError> {
         if boot == BootKind::Resumed {
-            match h.sync_guest_time() {
-                Ok(true) => notes.push("guest clock set through the guest agent".into()),
-                Ok(false) => {}
-                Err(e) => notes.push(format!("guest clock not set: {}", chain(&e))),
-            }
+            let clock = match h.sync_guest_time() {
+                Ok(Some(c)) => {
+                    let set = "guest clock set through the guest agent".to_string();
+                    notes.push(set.clone());
+                    match c.offset_ms {
+                        Some(ms) => format!("{set}: {ms} ms off after {} setting(s)", c.settings),
+                        None => set,
+                    }
+                }
+                Ok(None) => "guest clock not set: no guest agent answered".into(),
+                Err(e) => {
+                    let msg = format!("guest clock not set: {}", chain(&e));
+                    notes.push(msg.clone());
+                    msg
+                }
+            };
+            // The log says how far off the clock was left (the reply keeps
+            // its short form).
+            eprintln!("rayosd: {}: {clock}", slot.name);
         }
         let pid = h.pid();
         {

@@ -20,8 +20,8 @@ use super::media;
 use super::write_behind::WriteBehind;
 use super::{QemuConfig, SaveFormat, chain, process, space, swtpm, sync_dir};
 use crate::{
-    ExecOutcome, ExecSpec, GuestInfo, InputEvent, RunState, SaveReport, TpmState, VmHandle, VmSpec,
-    VmmError,
+    ClockSync, ExecOutcome, ExecSpec, GuestInfo, InputEvent, RunState, SaveReport, TpmState,
+    VmHandle, VmSpec, VmmError,
 };
 
 /// `max-bandwidth` during a save: the default limit (32 MiB/s) makes saving
@@ -618,22 +618,41 @@ impl VmHandle for QemuHandle {
         .map_err(|e| self.qmp_err(e))
     }
 
-    fn sync_guest_time(&mut self) -> Result<bool, VmmError> {
-        let Some(mut ga) = self.agent(Duration::from_secs(2)) else {
-            return Ok(false);
+    fn sync_guest_time(&mut self) -> Result<Option<ClockSync>, VmmError> {
+        // A guest just restored runs again only now; its agent may take a
+        // moment to answer.
+        let Some(mut ga) = self.agent(RESUME_AGENT_WAIT) else {
+            return Ok(None);
         };
         // The agent answered its sync: it is there. qemu-guest-agent sets
         // the clock and then writes the hardware clock (`hwclock -w`, which
         // waits for a second boundary); a guest just resumed on a busy
         // machine took over 2 s for that.
         ga.set_timeout(SET_TIME_WAIT);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        ga.execute("guest-set-time", Some(json!({ "time": now })))
-            .map(|_| true)
-            .map_err(|e| self.qmp_err(e))
+        // The guest sets the time it is sent when the command reaches it,
+        // so it ends up behind by the command's delay (5.6 s in a nested
+        // run). Measure and send again, that much ahead.
+        let mut lead: i128 = 0;
+        let mut sync = ClockSync {
+            settings: 0,
+            offset_ms: None,
+        };
+        while sync.settings < CLOCK_SETTINGS {
+            let time = u64::try_from(now_ns() + lead).unwrap_or(0);
+            ga.execute("guest-set-time", Some(json!({ "time": time })))
+                .map_err(|e| self.qmp_err(e))?;
+            sync.settings += 1;
+            // An agent that cannot report its clock: trust the setting.
+            let Some(offset) = guest_clock_offset(&mut ga) else {
+                break;
+            };
+            sync.offset_ms = i64::try_from(offset / 1_000_000).ok();
+            if offset.abs() <= CLOCK_TOLERANCE_NS {
+                break;
+            }
+            lead -= offset;
+        }
+        Ok(Some(sync))
     }
 
     fn guest_shutdown(&mut self) -> Result<bool, VmmError> {
@@ -803,6 +822,29 @@ const CONSOLE_WRITE_WAIT: Duration = Duration::from_secs(10);
 
 /// How long `guest-set-time` may take once the agent answered its sync.
 const SET_TIME_WAIT: Duration = Duration::from_secs(10);
+/// How long a just-resumed guest's agent has to answer its first sync.
+const RESUME_AGENT_WAIT: Duration = Duration::from_secs(5);
+/// A guest clock this close to the host's after a setting is left alone.
+const CLOCK_TOLERANCE_NS: i128 = 250_000_000;
+/// `guest-set-time` commands per resume at most: the first and corrections.
+const CLOCK_SETTINGS: u32 = 3;
+
+fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+/// The guest clock minus the host's, in ns, from `guest-get-time` (read by
+/// the guest somewhere inside the round trip: taken as its middle). `None`
+/// when the agent cannot report its clock.
+fn guest_clock_offset(ga: &mut GuestAgent) -> Option<i128> {
+    let t0 = now_ns();
+    let guest = ga.execute("guest-get-time", None).ok()?.as_i64()?;
+    let t1 = now_ns();
+    Some(i128::from(guest) - (t0 + t1) / 2)
+}
 
 /// How long an exec waits for the agent to answer each request.
 const EXEC_AGENT_WAIT: Duration = Duration::from_secs(5);
