@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rayos_vmm::{
-    AccelDecision, ClockSync, ExecOutcome, ExecSpec, GuestInfo, InputEvent, Launch, RunState,
-    SaveReport, TcgReason, TpmState, VmHandle, VmSpec, Vmm, VmmError,
+    AccelDecision, ClockSource, ClockSync, ExecOutcome, ExecSpec, GuestInfo, InputEvent, Launch,
+    RunState, SaveReport, TcgReason, TpmState, VmHandle, VmSpec, Vmm, VmmError,
 };
 use uuid::Uuid;
 
@@ -302,7 +302,7 @@ impl VmHandle for FakeHandle {
 
     fn sync_guest_time(&mut self) -> Result<Option<ClockSync>, VmmError> {
         Ok(self.agent.then_some(ClockSync {
-            settings: 1,
+            source: ClockSource::Rtc,
             offset_ms: Some(0),
         }))
     }

@@ -324,8 +324,14 @@ agent() {{
           fi;;
         *guest-set-time*)
           t=$(echo "$line" | sed -n 's/.*"time": *\([0-9]*\).*/\1/p')
-          date -s @$((t / 1000000000)) >/dev/null 2>&1
-          echo "AGENT set-time $((t / 1000000000))" >/dev/console
+          if [ -n "$t" ]; then
+            date -s @$((t / 1000000000)) >/dev/null 2>&1
+            echo "AGENT set-time $((t / 1000000000))" >/dev/console
+          else
+            # No time: from the RTC, as qemu-ga does (`hwclock -s`).
+            hwclock -s -u >/dev/null 2>&1
+            echo "AGENT set-time rtc" >/dev/console
+          fi
           echo '{{"return": {{}}}}';;
         *) echo '{{"error": {{"class": "CommandNotFound", "desc": "not supported by the test guest"}}}}';;
       esac

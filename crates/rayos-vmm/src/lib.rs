@@ -78,17 +78,28 @@ pub enum RunState {
     Exited,
 }
 
+/// Where a guest's clock was set from after a resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockSource {
+    /// The guest's own RTC (`guest-set-time` without a time: qemu-ga runs
+    /// `hwclock -s`). QEMU's RTC follows the host's clock across a save and
+    /// restore, and the guest reads it when it sets its clock, so however
+    /// long the command took to arrive does not matter.
+    Rtc,
+    /// The host's time sent in the command (agents that cannot read the
+    /// RTC: Windows' qemu-ga). The guest ends up behind by the time the
+    /// command took to reach it.
+    Host,
+}
+
 /// How a guest's clock was set through its agent after a resume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClockSync {
-    /// `guest-set-time` commands sent: the first, then corrections for the
-    /// time the command took to reach the guest (on a slow or nested host,
-    /// seconds).
-    pub settings: u32,
-    /// The guest clock's offset from the host's after the last setting, in
-    /// milliseconds (guest minus host), when the agent reports its clock
-    /// (`guest-get-time`); its error is at most half the command's round
-    /// trip.
+    /// Where the time came from.
+    pub source: ClockSource,
+    /// The guest clock minus the host's afterwards, in milliseconds, read
+    /// back with `guest-get-time` (taken as read in the middle of the round
+    /// trip, so off by up to half of it); `None` when the agent cannot tell.
     pub offset_ms: Option<i64>,
 }
 
@@ -437,8 +448,8 @@ pub trait VmHandle: Send {
     /// Writes the VM's display as PNG without giving it any input.
     fn screenshot(&mut self, png: &Path) -> Result<(), VmmError>;
 
-    /// Sets the guest clock from the host through the guest agent, checks
-    /// it and corrects it for the command's delay. `Ok(None)` when no agent
+    /// Sets the guest clock through the guest agent: from the guest's RTC,
+    /// else from the host's time; reads it back. `Ok(None)` when no agent
     /// answers (not an error: many guests have none).
     fn sync_guest_time(&mut self) -> Result<Option<ClockSync>, VmmError>;
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use rayos_api::{ActionReply, BootKind, EventKind, SavedState, VmState};
 use rayos_base::marker::Marker;
 use rayos_state::VmDefinition;
-use rayos_vmm::{Launch, VmHandle, VmSpec};
+use rayos_vmm::{ClockSource, Launch, VmHandle, VmSpec};
 
 use super::{OpError, OpGuard, Slot, Status, Supervisor, chain, lock, marker};
 use crate::lifecycle::{self, Op, Step};
@@ -252,13 +252,20 @@ impl Supervisor {
         if boot == BootKind::Resumed {
             let clock = match h.sync_guest_time() {
                 Ok(Some(c)) => {
-                    let set = "guest clock set through the guest agent".to_string();
-                    notes.push(set.clone());
-                    match c.offset_ms {
-                        Some(ms) => format!("{set}: {ms} ms off after {} setting(s)", c.settings),
-                        None => set,
-                    }
+                    let from = match c.source {
+                        ClockSource::Rtc => "from its RTC",
+                        ClockSource::Host => "to the host's time",
+                    };
+                    let msg = match c.offset_ms {
+                        Some(ms) => format!(
+                            "guest clock set through the guest agent ({from}), read back {ms} ms off"
+                        ),
+                        None => format!("guest clock set through the guest agent ({from})"),
+                    };
+                    notes.push(msg.clone());
+                    msg
                 }
+                // Not in the reply: many guests have no agent.
                 Ok(None) => "guest clock not set: no guest agent answered".into(),
                 Err(e) => {
                     let msg = format!("guest clock not set: {}", chain(&e));
@@ -266,8 +273,6 @@ impl Supervisor {
                     msg
                 }
             };
-            // The log says how far off the clock was left (the reply keeps
-            // its short form).
             eprintln!("rayosd: {}: {clock}", slot.name);
         }
         let pid = h.pid();

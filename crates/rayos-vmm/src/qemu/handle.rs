@@ -20,8 +20,8 @@ use super::media;
 use super::write_behind::WriteBehind;
 use super::{QemuConfig, SaveFormat, chain, process, space, swtpm, sync_dir};
 use crate::{
-    ClockSync, ExecOutcome, ExecSpec, GuestInfo, InputEvent, RunState, SaveReport, TpmState,
-    VmHandle, VmSpec, VmmError,
+    ClockSource, ClockSync, ExecOutcome, ExecSpec, GuestInfo, InputEvent, RunState, SaveReport,
+    TpmState, VmHandle, VmSpec, VmmError,
 };
 
 /// `max-bandwidth` during a save: the default limit (32 MiB/s) makes saving
@@ -624,35 +624,29 @@ impl VmHandle for QemuHandle {
         let Some(mut ga) = self.agent(RESUME_AGENT_WAIT) else {
             return Ok(None);
         };
-        // The agent answered its sync: it is there. qemu-guest-agent sets
-        // the clock and then writes the hardware clock (`hwclock -w`, which
-        // waits for a second boundary); a guest just resumed on a busy
-        // machine took over 2 s for that.
+        // The agent answered its sync: it is there. Setting the clock runs
+        // `hwclock` in the guest (which waits for a second boundary); a
+        // guest just resumed on a busy machine took over 2 s for that.
         ga.set_timeout(SET_TIME_WAIT);
-        // The guest sets the time it is sent when the command reaches it,
-        // so it ends up behind by the command's delay (5.6 s in a nested
-        // run). Measure and send again, that much ahead.
-        let mut lead: i128 = 0;
-        let mut sync = ClockSync {
-            settings: 0,
-            offset_ms: None,
-        };
-        while sync.settings < CLOCK_SETTINGS {
-            let time = u64::try_from(now_ns() + lead).unwrap_or(0);
-            ga.execute("guest-set-time", Some(json!({ "time": time })))
-                .map_err(|e| self.qmp_err(e))?;
-            sync.settings += 1;
-            // An agent that cannot report its clock: trust the setting.
-            let Some(offset) = guest_clock_offset(&mut ga) else {
-                break;
-            };
-            sync.offset_ms = i64::try_from(offset / 1_000_000).ok();
-            if offset.abs() <= CLOCK_TOLERANCE_NS {
-                break;
+        // From the RTC first: sending the host's time leaves the guest
+        // behind by however long the command takes to reach it (5.6 s in a
+        // nested run), which cannot be measured from here (a read-back
+        // cannot tell a late reading from a late clock).
+        let source = match ga.execute("guest-set-time", None) {
+            Ok(_) => ClockSource::Rtc,
+            Err(QmpError::Rejected { .. }) => {
+                let time = u64::try_from(now_ns()).unwrap_or(0);
+                ga.execute("guest-set-time", Some(json!({ "time": time })))
+                    .map_err(|e| self.qmp_err(e))?;
+                ClockSource::Host
             }
-            lead -= offset;
-        }
-        Ok(Some(sync))
+            Err(e) => return Err(self.qmp_err(e)),
+        };
+        Ok(Some(ClockSync {
+            source,
+            offset_ms: guest_clock_offset(&mut ga)
+                .and_then(|ns| i64::try_from(ns / 1_000_000).ok()),
+        }))
     }
 
     fn guest_shutdown(&mut self) -> Result<bool, VmmError> {
@@ -824,10 +818,6 @@ const CONSOLE_WRITE_WAIT: Duration = Duration::from_secs(10);
 const SET_TIME_WAIT: Duration = Duration::from_secs(10);
 /// How long a just-resumed guest's agent has to answer its first sync.
 const RESUME_AGENT_WAIT: Duration = Duration::from_secs(5);
-/// A guest clock this close to the host's after a setting is left alone.
-const CLOCK_TOLERANCE_NS: i128 = 250_000_000;
-/// `guest-set-time` commands per resume at most: the first and corrections.
-const CLOCK_SETTINGS: u32 = 3;
 
 fn now_ns() -> i128 {
     SystemTime::now()
