@@ -13,7 +13,9 @@
 //!    RayOS saves the VM and restarts;
 //! 3. second boot: the VM is resumed (`RAYOS_VM_STARTED:linux:resumed` in
 //!    rayosd's log); `vm console linux`: the same shell answers, the sleep
-//!    is alive, the guest clock is within 2 s of this machine's.
+//!    is alive; rayosd set the guest clock from its RTC
+//!    (`RAYOS_VM_CLOCK:linux:rtc`, during the start or a little later) and
+//!    it is within 2 s of this machine's.
 //!
 //! Every step prints its time (`[  t s]`), so a run reports how long the
 //! nested boot takes.
@@ -22,7 +24,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use rayos_base::marker::VmStart;
+use rayos_base::marker::{Kind, Marker, VmClock, VmStart};
 use rayos_image::qemu::Qemu;
 
 use crate::e2e::{Installed, Run};
@@ -33,6 +35,8 @@ const PASSWORD: &str = "rayos e2e";
 const GUEST_HOST: &str = "rayos-e2e-linux";
 /// Nested TCG: Debian's first boot under OVMF inside the outer TCG guest.
 const NESTED_BOOT_SECS: u64 = 3600;
+/// rayosd tries to set a resumed guest's clock for 5 minutes.
+const CLOCK_SET_SECS: u64 = 330;
 
 /// The unattended answers: `e2e::ANSWERS` with the Linux VM's user in
 /// place of its `system = "test-guest"` (a user alone picks Debian).
@@ -145,6 +149,36 @@ pub fn after_install(run: &Run, work: &Path, installed: &Installed) -> Result<()
         &format!("kill -0 {pid} && echo ALI''VE_{pid}"),
         &format!("ALIVE_{pid}"),
     )?;
+    // rayosd sets the clock through the guest's agent, during the start or
+    // (a guest slow to answer after the resume) a little later: wait for
+    // its outcome anywhere in this boot's output.
+    let clock = Marker::VmClock {
+        vm: "linux".into(),
+        how: VmClock::Rtc,
+    }
+    .to_string();
+    let head = Kind::VmClock.prefix();
+    let deadline = std::time::Instant::now() + run.timeout(CLOCK_SET_SECS);
+    loop {
+        let out = vm.serial_output();
+        if let Some(line) = out.lines().find(|l| l.contains(head)) {
+            if !line.contains(&clock) {
+                bail!("rayosd did not set the guest clock from its RTC: {line}");
+            }
+            run.ok(&format!(
+                "guest clock set after the resume: {}",
+                line.trim()
+            ));
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "no {head} marker within {CLOCK_SET_SECS} s of the resume; last output:\n{}",
+                vm.tail()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
     let asked = now();
     let line = shell(
         run,

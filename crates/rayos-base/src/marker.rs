@@ -112,6 +112,9 @@ kinds! {
     VmStarted = "RAYOS_VM_STARTED:",
     /// `RAYOS_VM_ATTACHED:<vm>`: a restarted rayosd took a running VM back.
     VmAttached = "RAYOS_VM_ATTACHED:",
+    /// `RAYOS_VM_CLOCK:<vm>:rtc|host|unset`: how a resumed VM's guest
+    /// clock was set (or that rayosd gave up).
+    VmClock = "RAYOS_VM_CLOCK:",
     /// `RAYOS_PRESENTATION:on:<vm>`: the VM's first frame is on screen.
     PresentationOn = "RAYOS_PRESENTATION:on:",
     /// `RAYOS_PRESENTATION:off`: the home screen is drawn.
@@ -176,6 +179,14 @@ pub enum Marker {
     VmAttached {
         /// The VM's name.
         vm: String,
+    },
+    /// `RAYOS_VM_CLOCK:<vm>:<how>`: resumed VM `vm`'s guest clock was set
+    /// through its agent, or rayosd gave up.
+    VmClock {
+        /// The VM's name.
+        vm: String,
+        /// How it ended.
+        how: VmClock,
     },
     /// `RAYOS_PRESENTATION:on:<vm>`: VM `vm`'s first frame is on screen.
     PresentationOn {
@@ -289,6 +300,28 @@ pub enum VmStart {
     Resumed,
 }
 
+/// How a resumed VM's guest clock was set (`RAYOS_VM_CLOCK:<vm>:<how>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmClock {
+    /// From the guest's RTC, which QEMU keeps on the host's time.
+    Rtc,
+    /// To the host's time sent by rayosd.
+    Host,
+    /// Not set: no agent answered in time, or it failed.
+    Unset,
+}
+
+impl VmClock {
+    /// The word the marker carries (`rtc`, `host`, `unset`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            VmClock::Rtc => "rtc",
+            VmClock::Host => "host",
+            VmClock::Unset => "unset",
+        }
+    }
+}
+
 impl WizardAfter {
     /// The word the marker carries (`reboot`, `power-off`, `exit`).
     pub const fn as_str(self) -> &'static str {
@@ -359,6 +392,7 @@ impl Marker {
             Marker::DaemonStopped(_) => Kind::DaemonStopped,
             Marker::VmStarted { .. } => Kind::VmStarted,
             Marker::VmAttached { .. } => Kind::VmAttached,
+            Marker::VmClock { .. } => Kind::VmClock,
             Marker::PresentationOn { .. } => Kind::PresentationOn,
             Marker::PresentationOff => Kind::PresentationOff,
             Marker::Accel(_) => Kind::Accel,
@@ -462,6 +496,18 @@ impl Marker {
                 }
             }
             Kind::VmAttached => Marker::VmAttached { vm: text(p)? },
+            Kind::VmClock => {
+                let (vm, how) = p.rsplit_once(':').ok_or_else(bad)?;
+                Marker::VmClock {
+                    vm: text(vm)?,
+                    how: match how {
+                        "rtc" => VmClock::Rtc,
+                        "host" => VmClock::Host,
+                        "unset" => VmClock::Unset,
+                        _ => return Err(bad()),
+                    },
+                }
+            }
             Kind::PresentationOn => Marker::PresentationOn { vm: text(p)? },
             Kind::PresentationOff => none(Marker::PresentationOff)?,
             Kind::Accel => Marker::Accel(match p.split_once(':') {
@@ -526,6 +572,7 @@ impl fmt::Display for Marker {
             Marker::Wizard(WizardMarker::Installed { after }) => f.write_str(after.as_str()),
             Marker::DaemonReady { socket } => write!(f, "{}", OneLine(socket)),
             Marker::VmStarted { vm, how } => write!(f, "{}:{}", OneLine(vm), how.as_str()),
+            Marker::VmClock { vm, how } => write!(f, "{}:{}", OneLine(vm), how.as_str()),
             Marker::VmAttached { vm } | Marker::PresentationOn { vm } => {
                 write!(f, "{}", OneLine(vm))
             }
@@ -619,6 +666,10 @@ mod tests {
                 how: VmStart::Resumed,
             },
             Kind::VmAttached => Marker::VmAttached { vm: "lin".into() },
+            Kind::VmClock => Marker::VmClock {
+                vm: "linux".into(),
+                how: VmClock::Rtc,
+            },
             Kind::PresentationOn => Marker::PresentationOn { vm: "linux".into() },
             Kind::PresentationOff => Marker::PresentationOff,
             Kind::Accel => Marker::Accel(AccelMarker::Tcg {
@@ -664,6 +715,7 @@ mod tests {
             "RAYOS_DAEMON_STOPPED:1",
             "RAYOS_VM_STARTED:linux:resumed",
             "RAYOS_VM_ATTACHED:lin",
+            "RAYOS_VM_CLOCK:linux:rtc",
             "RAYOS_PRESENTATION:on:linux",
             "RAYOS_PRESENTATION:off",
             "RAYOS_ACCEL:tcg:virtualization is off in the firmware setup (VT-x/AMD-V); VMs run much slower",

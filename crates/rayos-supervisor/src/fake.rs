@@ -47,6 +47,8 @@ pub struct FakeVmm {
     pub agent: AtomicBool,
     /// How many guests were shut down through the agent.
     pub agent_shutdowns: Arc<AtomicU32>,
+    /// How many times a guest clock was set through the agent.
+    pub clock_syncs: AtomicU32,
     next_pid: AtomicU32,
     pub launches: Mutex<Vec<(String, Launch)>>,
     /// What `accelerator` answers; `None`: TCG, firmware switched off.
@@ -161,6 +163,24 @@ impl Vmm for FakeVmm {
     fn attach(&self, vm: &VmSpec) -> Result<Option<Box<dyn VmHandle>>, VmmError> {
         let pid = self.procs.lock().unwrap().get(&vm.def.id).map(|p| p.pid);
         Ok(pid.map(|pid| self.handle(vm, pid)))
+    }
+
+    /// Counts in `clock_syncs`; answers only while `agent` is on.
+    fn sync_guest_time(
+        &self,
+        vm: &VmSpec,
+        _agent_wait: Duration,
+    ) -> Result<Option<ClockSync>, VmmError> {
+        if !self.agent.load(Ordering::SeqCst)
+            || !self.procs.lock().unwrap().contains_key(&vm.def.id)
+        {
+            return Ok(None);
+        }
+        self.clock_syncs.fetch_add(1, Ordering::SeqCst);
+        Ok(Some(ClockSync {
+            source: ClockSource::Rtc,
+            offset_ms: Some(0),
+        }))
     }
 
     /// The fake agent "runs" `echo`: stdout is the arguments joined by
@@ -298,13 +318,6 @@ impl VmHandle for FakeHandle {
             path: png.to_path_buf(),
             source,
         })
-    }
-
-    fn sync_guest_time(&mut self) -> Result<Option<ClockSync>, VmmError> {
-        Ok(self.agent.then_some(ClockSync {
-            source: ClockSource::Rtc,
-            offset_ms: Some(0),
-        }))
     }
 
     fn guest_shutdown(&mut self) -> Result<bool, VmmError> {

@@ -8,6 +8,8 @@
 //! - `media`: attach and eject installation media (QMP, then the registry);
 //! - `start`: start and resume (saved-state handling, then launching),
 //!   re-attach and autostart when the daemon starts;
+//! - `clock`: setting a resumed guest's clock through its agent, and
+//!   trying again later when it does not answer in time;
 //! - `stop`: suspend (save to disk) and stop;
 //! - `present`: present and hide;
 //! - `monitor`: watching device models (guest shutdowns, crashes and
@@ -34,6 +36,7 @@
 //! ([`lifecycle::next`]), which also sends the step's event.
 
 mod agent;
+mod clock;
 mod define;
 mod error;
 mod media;

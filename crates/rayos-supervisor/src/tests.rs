@@ -141,6 +141,52 @@ fn suspend_then_start_resumes_where_the_guest_was() {
     );
 }
 
+/// A resumed guest's clock is set through its agent during the start when
+/// the agent answers; when it does not yet, rayosd keeps trying while the
+/// same device model runs, and stops trying once it is gone.
+#[test]
+fn a_resumed_guests_clock_is_set_now_or_later() {
+    let f = open();
+    f.sup.create(&req("lin", VmKind::Linux)).unwrap();
+    f.sup.start("lin", false).unwrap();
+    assert_eq!(f.vmm.clock_syncs.load(Ordering::SeqCst), 0, "cold boot");
+    f.vmm.agent.store(true, Ordering::SeqCst);
+    f.sup.suspend("lin").unwrap();
+    let r = f.sup.start("lin", false).unwrap();
+    assert!(
+        r.message
+            .contains("guest clock set through the guest agent (from its RTC)"),
+        "{}",
+        r.message
+    );
+    assert_eq!(f.vmm.clock_syncs.load(Ordering::SeqCst), 1);
+
+    // The agent answers only a while after the resume.
+    f.vmm.agent.store(false, Ordering::SeqCst);
+    f.sup.suspend("lin").unwrap();
+    let r = f.sup.start("lin", false).unwrap();
+    assert!(!r.message.contains("guest clock"), "{}", r.message);
+    assert_eq!(f.vmm.clock_syncs.load(Ordering::SeqCst), 1);
+    f.vmm.agent.store(true, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while f.vmm.clock_syncs.load(Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock was not set once the agent answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Saved before the agent answers: no more tries for that run.
+    f.vmm.agent.store(false, Ordering::SeqCst);
+    f.sup.suspend("lin").unwrap();
+    f.sup.start("lin", false).unwrap();
+    f.sup.suspend("lin").unwrap();
+    f.vmm.agent.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(f.vmm.clock_syncs.load(Ordering::SeqCst), 2);
+}
+
 #[test]
 fn fresh_discards_and_cold_boots() {
     let f = open();

@@ -408,6 +408,18 @@ pub trait Vmm: Send + Sync {
     /// not hold up the VM's other operations.
     fn guest_exec(&self, vm: &VmSpec, spec: &ExecSpec) -> Result<Option<ExecOutcome>, VmmError>;
 
+    /// Sets `vm`'s guest clock through its agent: from the guest's RTC,
+    /// else from the host's time; reads it back. `agent_wait`: how long
+    /// the agent has to answer at all. `Ok(None)` when it does not (not an
+    /// error: many guests have none, and a guest just resumed on a busy
+    /// machine may answer only later). Like [`Vmm::guest_exec`] it needs no
+    /// [`VmHandle`], so a caller can keep trying without holding the VM.
+    fn sync_guest_time(
+        &self,
+        vm: &VmSpec,
+        agent_wait: Duration,
+    ) -> Result<Option<ClockSync>, VmmError>;
+
     /// The accelerator device models run with and, for TCG, why. Decided
     /// once per process (the first call may run the KVM probe, a few
     /// seconds at most).
@@ -447,11 +459,6 @@ pub trait VmHandle: Send {
 
     /// Writes the VM's display as PNG without giving it any input.
     fn screenshot(&mut self, png: &Path) -> Result<(), VmmError>;
-
-    /// Sets the guest clock through the guest agent: from the guest's RTC,
-    /// else from the host's time; reads it back. `Ok(None)` when no agent
-    /// answers (not an error: many guests have none).
-    fn sync_guest_time(&mut self) -> Result<Option<ClockSync>, VmmError>;
 
     /// Asks the guest's agent to power the guest off (`guest-shutdown`).
     /// `Ok(false)` when no agent answers; then only ACPI is left.

@@ -72,7 +72,10 @@ fn cold_boot_save_restore_continues_counter() {
     // The test guest answers the agent protocol: the clock gets set.
     // Set from its RTC (`hwclock -s`, as qemu-ga does); it cannot report
     // its clock (`guest-get-time`).
-    let sync = g.h().sync_guest_time().unwrap().expect("the agent answers");
+    let sync = vmm
+        .sync_guest_time(&vm.spec, Duration::from_secs(5))
+        .unwrap()
+        .expect("the agent answers");
     assert_eq!(
         (sync.source, sync.offset_ms),
         (rayos_vmm::ClockSource::Rtc, None)

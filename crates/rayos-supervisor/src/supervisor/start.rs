@@ -16,7 +16,7 @@ use std::sync::Arc;
 use rayos_api::{ActionReply, BootKind, EventKind, SavedState, VmState};
 use rayos_base::marker::Marker;
 use rayos_state::VmDefinition;
-use rayos_vmm::{ClockSource, Launch, VmHandle, VmSpec};
+use rayos_vmm::{Launch, VmHandle, VmSpec};
 
 use super::{OpError, OpGuard, Slot, Status, Supervisor, chain, lock, marker};
 use crate::lifecycle::{self, Op, Step};
@@ -71,7 +71,7 @@ impl Supervisor {
             self.settle_saved_state(&slot, &mut st, &spec.vm_dir, &fp, fresh, &mut notes)?
         };
         let (h, boot) = self.launch(&slot, &spec, usable, &mut notes)?;
-        self.started(&slot, op, h, boot, notes)
+        self.started(&slot, &spec, op, h, boot, notes)
     }
 
     /// Refuses (403) a VM whose kind the policy disables.
@@ -243,38 +243,15 @@ impl Supervisor {
     /// `h`; the reply says how it came up and what happened on the way.
     fn started(
         &self,
-        slot: &Slot,
+        slot: &Arc<Slot>,
+        spec: &VmSpec,
         mut op: OpGuard<'_>,
-        mut h: Box<dyn VmHandle>,
+        h: Box<dyn VmHandle>,
         boot: BootKind,
         mut notes: Vec<String>,
     ) -> Result<ActionReply, OpError> {
-        if boot == BootKind::Resumed {
-            let clock = match h.sync_guest_time() {
-                Ok(Some(c)) => {
-                    let from = match c.source {
-                        ClockSource::Rtc => "from its RTC",
-                        ClockSource::Host => "to the host's time",
-                    };
-                    let msg = match c.offset_ms {
-                        Some(ms) => format!(
-                            "guest clock set through the guest agent ({from}), read back {ms} ms off"
-                        ),
-                        None => format!("guest clock set through the guest agent ({from})"),
-                    };
-                    notes.push(msg.clone());
-                    msg
-                }
-                // Not in the reply: many guests have no agent.
-                Ok(None) => "guest clock not set: no guest agent answered".into(),
-                Err(e) => {
-                    let msg = format!("guest clock not set: {}", chain(&e));
-                    notes.push(msg.clone());
-                    msg
-                }
-            };
-            eprintln!("rayosd: {}: {clock}", slot.name);
-        }
+        let clock_later =
+            boot == BootKind::Resumed && self.set_clock_now(&slot.name, spec, &mut notes);
         let pid = h.pid();
         {
             let mut st = lock(&slot.status);
@@ -295,6 +272,9 @@ impl Supervisor {
             vm: name.clone(),
             how: boot.into(),
         });
+        if clock_later {
+            self.set_clock_later(Arc::clone(slot), spec.clone(), pid);
+        }
         let mut message = format!(
             "VM {name} {} (hidden)",
             match boot {

@@ -618,37 +618,6 @@ impl VmHandle for QemuHandle {
         .map_err(|e| self.qmp_err(e))
     }
 
-    fn sync_guest_time(&mut self) -> Result<Option<ClockSync>, VmmError> {
-        // A guest just restored runs again only now; its agent may take a
-        // moment to answer.
-        let Some(mut ga) = self.agent(RESUME_AGENT_WAIT) else {
-            return Ok(None);
-        };
-        // The agent answered its sync: it is there. Setting the clock runs
-        // `hwclock` in the guest (which waits for a second boundary); a
-        // guest just resumed on a busy machine took over 2 s for that.
-        ga.set_timeout(SET_TIME_WAIT);
-        // From the RTC first: sending the host's time leaves the guest
-        // behind by however long the command takes to reach it (5.6 s in a
-        // nested run), which cannot be measured from here (a read-back
-        // cannot tell a late reading from a late clock).
-        let source = match ga.execute("guest-set-time", None) {
-            Ok(_) => ClockSource::Rtc,
-            Err(QmpError::Rejected { .. }) => {
-                let time = u64::try_from(now_ns()).unwrap_or(0);
-                ga.execute("guest-set-time", Some(json!({ "time": time })))
-                    .map_err(|e| self.qmp_err(e))?;
-                ClockSource::Host
-            }
-            Err(e) => return Err(self.qmp_err(e)),
-        };
-        Ok(Some(ClockSync {
-            source,
-            offset_ms: guest_clock_offset(&mut ga)
-                .and_then(|ns| i64::try_from(ns / 1_000_000).ok()),
-        }))
-    }
-
     fn guest_shutdown(&mut self) -> Result<bool, VmmError> {
         let Some(mut ga) = self.agent(Duration::from_secs(2)) else {
             return Ok(false);
@@ -749,6 +718,43 @@ impl QemuHandle {
     }
 }
 
+/// [`crate::Vmm::sync_guest_time`] for QEMU: through the agent socket in
+/// the VM's run directory.
+pub(crate) fn sync_guest_time(
+    vm: &VmSpec,
+    agent_wait: Duration,
+) -> Result<Option<ClockSync>, VmmError> {
+    let Some(mut ga) = agent_at(&vm.run_dir, agent_wait) else {
+        return Ok(None);
+    };
+    let failed = |e: QmpError| VmmError::Qmp {
+        vm: vm.def.name.clone(),
+        detail: chain(&e),
+    };
+    // The agent answered its sync: it is there. Setting the clock runs
+    // `hwclock` in the guest (which waits for a second boundary); a guest
+    // just resumed on a busy machine took over 2 s for that.
+    ga.set_timeout(SET_TIME_WAIT);
+    // From the RTC first: sending the host's time leaves the guest behind
+    // by however long the command takes to reach it (5.6 s in a nested
+    // run), which cannot be measured from here (a read-back cannot tell a
+    // late reading from a late clock).
+    let source = match ga.execute("guest-set-time", None) {
+        Ok(_) => ClockSource::Rtc,
+        Err(QmpError::Rejected { .. }) => {
+            let time = u64::try_from(now_ns()).unwrap_or(0);
+            ga.execute("guest-set-time", Some(json!({ "time": time })))
+                .map_err(failed)?;
+            ClockSource::Host
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    Ok(Some(ClockSync {
+        source,
+        offset_ms: guest_clock_offset(&mut ga).and_then(|ns| i64::try_from(ns / 1_000_000).ok()),
+    }))
+}
+
 /// [`crate::Vmm::guest_exec`] for QEMU: through the agent socket in the
 /// VM's run directory.
 pub(crate) fn guest_exec(vm: &VmSpec, spec: &ExecSpec) -> Result<Option<ExecOutcome>, VmmError> {
@@ -816,8 +822,6 @@ const CONSOLE_WRITE_WAIT: Duration = Duration::from_secs(10);
 
 /// How long `guest-set-time` may take once the agent answered its sync.
 const SET_TIME_WAIT: Duration = Duration::from_secs(10);
-/// How long a just-resumed guest's agent has to answer its first sync.
-const RESUME_AGENT_WAIT: Duration = Duration::from_secs(5);
 
 fn now_ns() -> i128 {
     SystemTime::now()

@@ -577,6 +577,14 @@ impl Vmm for QemuVmm {
         handle::guest_exec(vm, spec)
     }
 
+    fn sync_guest_time(
+        &self,
+        vm: &VmSpec,
+        agent_wait: Duration,
+    ) -> Result<Option<crate::ClockSync>, VmmError> {
+        handle::sync_guest_time(vm, agent_wait)
+    }
+
     fn attach(&self, vm: &VmSpec) -> Result<Option<Box<dyn VmHandle>>, VmmError> {
         let pid_file = vm.run_dir.join(cmdline::run::QEMU_PID);
         let Some(pid) = process::read_pid(&pid_file) else {
