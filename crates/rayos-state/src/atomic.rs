@@ -62,8 +62,16 @@ pub fn previous_path(path: &Path) -> PathBuf {
 }
 
 /// Replaces `path` with `bytes` atomically and keeps the old content as
-/// `<path>.prev`.
+/// `<path>.prev`. A new file gets the default mode (0666 less the umask).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AtomicError> {
+    write_atomic_mode(path, bytes, 0o666)
+}
+
+/// [`write_atomic`] for a file that must be created with `mode` (less the
+/// umask), e.g. 0600 for a file under a VM's directory, which is root's
+/// alone: the file never exists with wider permissions, not even briefly.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AtomicError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let err = |source| AtomicError::Write {
         path: path.to_path_buf(),
         source,
@@ -78,8 +86,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AtomicError> {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(mode)
             .open(&tmp)
             .map_err(err)?;
+        // A `.tmp` left over by a crash keeps its old mode through `open`.
+        let now = f.metadata().map_err(err)?.permissions().mode() & 0o7777;
+        if now & !mode != 0 {
+            f.set_permissions(fs::Permissions::from_mode(now & mode))
+                .map_err(err)?;
+        }
         f.write_all(bytes).map_err(err)?;
         f.sync_all().map_err(err)?;
     }
@@ -128,6 +143,22 @@ pub fn read_generation(path: &Path, generation: Generation) -> Result<Vec<u8>, A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_atomic_mode_makes_the_file_with_that_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("meta.json");
+        // A `.tmp` left by a crash, readable by all.
+        fs::write(sibling(&p, ".tmp"), b"old").unwrap();
+        fs::set_permissions(sibling(&p, ".tmp"), fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomic_mode(&p, b"new", 0o600).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
 
     #[test]
     fn keeps_previous_generation() {

@@ -22,7 +22,7 @@ pub mod registry;
 pub mod system;
 pub mod time;
 
-pub use atomic::{AtomicError, Generation, read_with_fallback, write_atomic};
+pub use atomic::{AtomicError, Generation, read_with_fallback, write_atomic, write_atomic_mode};
 pub use guest::GuestConfig;
 pub use layout::DataLayout;
 pub use machine::MachineConfig;

@@ -4,7 +4,7 @@
 //! its saved memory (`state/vm.state`: guest RAM, which can hold keys), so
 //! `vm/<id>/` and everything below it is root's alone: directories 0700,
 //! files at most 0600. New files are created that way (`create`, the QEMU
-//! backend); [`tighten_vm_dirs`] brings directories of older installs, or
+//! backend, `saved::write_meta`); [`tighten_vm_dirs`] brings directories of older installs, or
 //! files a tool created with the default umask, in line when rayosd starts.
 //!
 //! Limits: only permission bits are changed (never owners); symlinks are

@@ -11,6 +11,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use rayos_api::SavedState;
@@ -135,15 +136,22 @@ pub fn write_meta(vm_dir: &Path, fingerprint: &str) -> Result<(), SavedError> {
         saved_at: now_secs(),
     };
     let bytes = serde_json::to_vec_pretty(&meta).unwrap_or_default();
-    fs::create_dir_all(&dir)
+    // Root's alone, like everything under the VM's directory
+    // (`modes.rs`): made so rather than tightened at the next start.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
         .map_err(|source| SavedError::WriteMeta {
             path: dir.clone(),
             source,
         })
         .and_then(|_| {
-            rayos_state::write_atomic(&path, &bytes).map_err(|e| SavedError::WriteMeta {
-                path: path.clone(),
-                source: io::Error::other(e.to_string()),
+            rayos_state::write_atomic_mode(&path, &bytes, 0o600).map_err(|e| {
+                SavedError::WriteMeta {
+                    path: path.clone(),
+                    source: io::Error::other(e.to_string()),
+                }
             })
         })
 }
@@ -223,6 +231,21 @@ mod tests {
         assert!(matches!(inspect(d.path(), "other"), Found::Unusable(..)));
         forget_meta(d.path());
         assert!(matches!(inspect(d.path(), "fp"), Found::Unusable(..)));
+    }
+
+    /// The state directory and `meta.json` are root's alone from the
+    /// start (a rayosd restart found meta.json 0644 and tightened it).
+    #[test]
+    fn meta_is_private_from_the_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        write_meta(d.path(), "fp").unwrap();
+        write_meta(d.path(), "fp2").unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state_dir(d.path())), 0o700);
+        assert_eq!(mode(&meta_file(d.path())), 0o600);
+        let prev = rayos_state::atomic::previous_path(&meta_file(d.path()));
+        assert_eq!(mode(&prev), 0o600);
     }
 
     #[test]
