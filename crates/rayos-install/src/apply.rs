@@ -680,6 +680,12 @@ fn stage(
             }
         }
     }
+    // A VM's directory is root's alone (`rayos_state::modes`); mkfs.ext4 -d
+    // copies the staged modes, so they are set here, not at the first start.
+    let vms = rayos_state::modes::tighten_vm_dirs(&dir.join("vm"));
+    if let Some(why) = vms.failed.first() {
+        return Err(err(std::io::Error::other(why.clone())));
+    }
     Ok(st)
 }
 

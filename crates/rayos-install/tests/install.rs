@@ -627,6 +627,25 @@ fn the_debian_vm_image_becomes_the_linux_vms_thin_disk() {
         "{info}"
     );
     run("qemu-img", &["check", qcow.to_str().unwrap()]).unwrap();
+    // The VM's directory is root's alone from the install on
+    // (`rayos_state::modes`): no "made private" at the first start.
+    for dir in [format!("/vm/{}", vm.id), format!("/vm/{}/disks", vm.id)] {
+        let ls = debugfs(&data, &format!("ls -p {dir}"));
+        let entries: Vec<(&str, &str)> = ls
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('/').collect();
+                (f.len() > 5 && f[5] != "..").then(|| (f[5], f[2]))
+            })
+            .collect();
+        assert!(entries.len() > 1, "{ls}");
+        for (name, mode) in entries {
+            assert!(
+                mode == "040700" || mode == "100600",
+                "{dir}/{name} has mode {mode}:\n{ls}"
+            );
+        }
+    }
     run(
         "qemu-img",
         &[

@@ -6,7 +6,9 @@
 //! Both the installer (which seeds a fresh data volume) and rayosd (which owns
 //! it at run time) use this crate, so the on-disk formats live in one place.
 //! The system partition's shared names ([`system`]) and the PE reader of the
-//! UKIs on it ([`pe`]) live here for the same reason.
+//! UKIs on it ([`pe`]) live here for the same reason, and so do the file
+//! modes of VM directories ([`modes`]), which the installer stages and
+//! rayosd keeps.
 //!
 //! Limits: this crate does no locking between processes; rayosd is the only
 //! writer of the registry and the installer writes only to a volume it has
@@ -16,6 +18,7 @@ pub mod atomic;
 pub mod guest;
 pub mod layout;
 pub mod machine;
+pub mod modes;
 pub mod pe;
 pub mod policy;
 pub mod registry;

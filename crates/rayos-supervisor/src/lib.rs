@@ -28,7 +28,6 @@ pub mod create;
 pub mod daemon;
 pub mod events;
 pub mod lifecycle;
-pub mod modes;
 pub mod saved;
 pub mod server;
 pub mod store;

@@ -64,7 +64,6 @@ use crate::cgroup::Cgroups;
 use crate::create;
 use crate::events::EventBus;
 use crate::lifecycle::{self, Op, Step};
-use crate::modes;
 use crate::saved;
 use crate::store::{self, RegistryStore};
 
@@ -248,7 +247,9 @@ impl Supervisor {
         };
         // VM directories of older installs were world-readable: saved
         // memory and disks are root's alone.
-        notes.extend(modes::tighten_vm_dirs(&layout.vm_root()));
+        notes.extend(
+            rayos_state::modes::tighten_vm_dirs(&layout.vm_root()).notes(&layout.vm_root()),
+        );
         let slots = load_slots(&layout, &registry, &mut notes);
         for n in &notes {
             eprintln!("rayosd: note: {n}");

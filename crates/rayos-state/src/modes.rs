@@ -3,9 +3,11 @@
 //! A VM's directory holds its disks, its UEFI variables, its TPM state and
 //! its saved memory (`state/vm.state`: guest RAM, which can hold keys), so
 //! `vm/<id>/` and everything below it is root's alone: directories 0700,
-//! files at most 0600. New files are created that way (`create`, the QEMU
-//! backend, `saved::write_meta`); [`tighten_vm_dirs`] brings directories of older installs, or
-//! files a tool created with the default umask, in line when rayosd starts.
+//! files at most 0600. New files are created that way (rayosd's `create`,
+//! the QEMU backend, `saved::write_meta`); [`tighten_vm_dirs`] brings
+//! directories of older installs, or files a tool created with the default
+//! umask, in line when rayosd starts, and the installer runs it on its
+//! staging tree, whose modes `mkfs.ext4 -d` copies.
 //!
 //! Limits: only permission bits are changed (never owners); symlinks are
 //! neither followed nor changed; `vm/registry.json` (no secrets) is left as
@@ -18,27 +20,43 @@ use std::path::Path;
 /// How deep below `vm/<id>/` the walk goes (`state/unusable-<t>/` is 2).
 const MAX_DEPTH: usize = 8;
 
+/// What [`tighten_vm_dirs`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tightened {
+    /// How many directories and files lost group/other permissions.
+    pub changed: usize,
+    /// What could not be changed, one line each.
+    pub failed: Vec<String>,
+}
+
+impl Tightened {
+    /// Notes for a log: how much was tightened under `vm_root`, and what
+    /// could not be.
+    pub fn notes(&self, vm_root: &Path) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.changed > 0 {
+            notes.push(format!(
+                "made {} VM directories and files under {} private to root (they were readable by others)",
+                self.changed,
+                vm_root.display()
+            ));
+        }
+        notes.extend(self.failed.iter().cloned());
+        notes
+    }
+}
+
 /// Removes group and other permissions from every VM directory under
 /// `vm_root` (each `vm/<id>/` directory, whether registered or not) and
-/// from everything in it. Returns notes: how much was tightened, and what
-/// could not be.
-pub fn tighten_vm_dirs(vm_root: &Path) -> Vec<String> {
-    let mut changed = 0usize;
-    let mut failed = Vec::new();
+/// from everything in it.
+pub fn tighten_vm_dirs(vm_root: &Path) -> Tightened {
+    let mut t = Tightened::default();
     for e in fs::read_dir(vm_root).into_iter().flatten().flatten() {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
-            tighten(&e.path(), 0, &mut changed, &mut failed);
+            tighten(&e.path(), 0, &mut t.changed, &mut t.failed);
         }
     }
-    let mut notes = Vec::new();
-    if changed > 0 {
-        notes.push(format!(
-            "made {changed} VM directories and files under {} private to root (they were readable by others)",
-            vm_root.display()
-        ));
-    }
-    notes.extend(failed);
-    notes
+    t
 }
 
 fn tighten(path: &Path, depth: usize, changed: &mut usize, failed: &mut Vec<String>) {
@@ -106,8 +124,9 @@ mod tests {
         )
         .unwrap();
 
-        let notes = tighten_vm_dirs(&root);
-        assert!(notes.iter().any(|n| n.contains("made 8 ")), "{notes:?}");
+        let t = tighten_vm_dirs(&root);
+        assert_eq!(t.changed, 8, "{t:?}");
+        assert!(t.notes(&root)[0].starts_with("made 8 "), "{t:?}");
         for f in &files {
             assert_eq!(mode(f), 0o600, "{f:?}");
         }
@@ -116,6 +135,10 @@ mod tests {
         }
         assert_eq!(mode(&outside), 0o644, "symlinks are not followed");
         assert_eq!(mode(&root.join("registry.json")), 0o644);
-        assert!(tighten_vm_dirs(&root).is_empty(), "nothing left to do");
+        assert_eq!(
+            tighten_vm_dirs(&root),
+            Tightened::default(),
+            "nothing left to do"
+        );
     }
 }
