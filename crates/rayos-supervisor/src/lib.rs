@@ -8,7 +8,7 @@
 //! - [`saved`]: saved-state files, fingerprints, unusable states kept aside;
 //! - [`create`]: new VMs' definitions, disks and boot files (imports
 //!   inspected and converted), checks of registered definitions;
-//! - [`modes`]: VM directories private to root (0700/0600);
+//! - VM directories private to root (0700/0600): `rayos_state::modes`;
 //! - [`console`], [`cgroup`], [`events`]: console log, CPU weights, events;
 //! - [`supervisor`]: runtime state and the rules every operation shares;
 //!   its submodules hold the operations by job (reports; create/delete;

@@ -137,7 +137,7 @@ pub fn write_meta(vm_dir: &Path, fingerprint: &str) -> Result<(), SavedError> {
     };
     let bytes = serde_json::to_vec_pretty(&meta).unwrap_or_default();
     // Root's alone, like everything under the VM's directory
-    // (`modes.rs`): made so rather than tightened at the next start.
+    // (`rayos_state::modes`): made so rather than tightened at the next start.
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
