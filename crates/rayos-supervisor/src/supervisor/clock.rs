@@ -23,10 +23,9 @@ use rayos_vmm::{ClockSource, ClockSync, VmSpec};
 
 use super::{Slot, Supervisor, chain, lock, marker};
 
-/// How long the try during the start waits for the agent.
-const FIRST_WAIT: Duration = Duration::from_secs(5);
-/// How long each later try waits for the agent.
-const LATER_WAIT: Duration = Duration::from_secs(5);
+/// How long each try (the one during the start, and each later one)
+/// waits for the agent to answer.
+const AGENT_WAIT: Duration = Duration::from_secs(5);
 /// The pause between later tries.
 const RETRY_EVERY: Duration = Duration::from_secs(3);
 /// How long after the resume the tries go on.
@@ -42,17 +41,16 @@ impl Supervisor {
             "rayosd tries again for {} minutes",
             RETRY_FOR.as_secs() / 60
         );
-        let (log, again) = match self.vmm.sync_guest_time(spec, FIRST_WAIT) {
+        let (log, again) = match self.vmm.sync_guest_time(spec, AGENT_WAIT) {
             Ok(Some(c)) => {
-                let msg = set_message(&c);
+                let msg = announce(name, &c);
                 notes.push(msg.clone());
-                marker(&clock_marker(name, how(&c)));
                 (msg, false)
             }
             Ok(None) => (
                 format!(
                     "guest clock not set yet: no guest agent answered within {} s; {later}",
-                    FIRST_WAIT.as_secs()
+                    AGENT_WAIT.as_secs()
                 ),
                 true,
             ),
@@ -88,14 +86,13 @@ impl Supervisor {
                     );
                     return;
                 }
-                match vmm.sync_guest_time(&spec, LATER_WAIT) {
+                match vmm.sync_guest_time(&spec, AGENT_WAIT) {
                     Ok(Some(c)) => {
                         eprintln!(
                             "rayosd: {name}: {}, {} s after the resume",
-                            set_message(&c),
+                            announce(&name, &c),
                             started.elapsed().as_secs()
                         );
-                        marker(&clock_marker(&name, how(&c)));
                         return;
                     }
                     Ok(None) => last = "no guest agent answered".into(),
@@ -114,13 +111,6 @@ impl Supervisor {
     }
 }
 
-fn how(c: &ClockSync) -> VmClock {
-    match c.source {
-        ClockSource::Rtc => VmClock::Rtc,
-        ClockSource::Host => VmClock::Host,
-    }
-}
-
 fn clock_marker(name: &str, how: VmClock) -> Marker {
     Marker::VmClock {
         vm: name.to_string(),
@@ -128,12 +118,14 @@ fn clock_marker(name: &str, how: VmClock) -> Marker {
     }
 }
 
-/// What the reply and the log say about a clock that was set.
-fn set_message(c: &ClockSync) -> String {
-    let from = match c.source {
-        ClockSource::Rtc => "from its RTC",
-        ClockSource::Host => "to the host's time",
+/// Prints VM `name`'s clock marker for a clock that was set; returns what
+/// the reply and the log say about it.
+fn announce(name: &str, c: &ClockSync) -> String {
+    let (how, from) = match c.source {
+        ClockSource::Rtc => (VmClock::Rtc, "from its RTC"),
+        ClockSource::Host => (VmClock::Host, "to the host's time"),
     };
+    marker(&clock_marker(name, how));
     match c.offset_ms {
         Some(ms) => {
             format!("guest clock set through the guest agent ({from}), read back {ms} ms off")

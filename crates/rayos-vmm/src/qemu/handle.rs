@@ -77,10 +77,7 @@ impl QemuHandle {
     }
 
     fn qmp_err(&self, e: QmpError) -> VmmError {
-        VmmError::Qmp {
-            vm: self.name(),
-            detail: chain(&e),
-        }
+        qmp_error(&self.spec.def.name, &e)
     }
 
     /// Runs a QMP command; a dropped connection is remembered so later calls
@@ -718,6 +715,14 @@ impl QemuHandle {
     }
 }
 
+/// A QMP or agent exchange with VM `vm` that failed.
+fn qmp_error(vm: &str, e: &QmpError) -> VmmError {
+    VmmError::Qmp {
+        vm: vm.to_string(),
+        detail: chain(e),
+    }
+}
+
 /// [`crate::Vmm::sync_guest_time`] for QEMU: through the agent socket in
 /// the VM's run directory.
 pub(crate) fn sync_guest_time(
@@ -727,10 +732,7 @@ pub(crate) fn sync_guest_time(
     let Some(mut ga) = agent_at(&vm.run_dir, agent_wait) else {
         return Ok(None);
     };
-    let failed = |e: QmpError| VmmError::Qmp {
-        vm: vm.def.name.clone(),
-        detail: chain(&e),
-    };
+    let failed = |e: QmpError| qmp_error(&vm.def.name, &e);
     // The agent answered its sync: it is there. Setting the clock runs
     // `hwclock` in the guest (which waits for a second boundary); a guest
     // just resumed on a busy machine took over 2 s for that.
@@ -769,10 +771,7 @@ pub(crate) fn guest_exec(vm: &VmSpec, spec: &ExecSpec) -> Result<Option<ExecOutc
             vm: vm.clone(),
             detail: desc,
         },
-        e => VmmError::Qmp {
-            vm: vm.clone(),
-            detail: chain(&e),
-        },
+        e => qmp_error(&vm, &e),
     };
     let mut args = json!({
         "path": spec.path,
