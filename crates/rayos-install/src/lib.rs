@@ -8,6 +8,7 @@
 
 pub mod answers;
 pub mod fatview;
+pub mod placed;
 pub mod plan;
 pub mod qcow2;
 pub mod sample;

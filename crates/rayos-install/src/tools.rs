@@ -20,7 +20,11 @@
 //!   time once the file has more than 4 extents (any file with a hole or
 //!   over 512 MiB, like the Linux VM's disk): most of mkfs's 82 % of CPU
 //!   samples in libext2fs for the Debian VM image's qcow2 (docs/install.md,
-//!   "Performance").
+//!   "Performance"). Even so -d writes a file 4 KiB at a time, so one large
+//!   file (the Linux VM's disk) is not copied by -d at all: mke2fs
+//!   preallocates it ([`Prealloc`], its "hugefile" feature), debugfs moves
+//!   it into place and lists its blocks, and the installer writes it there
+//!   in large pieces.
 //!
 //! Limits: mtools needs 8.3-or-long names without `*?`; FAT32 with 4 KiB
 //! clusters needs at least 65525 clusters, so FAT partitions we format are
@@ -73,27 +77,40 @@ pub fn package_of(tool: &str) -> &'static str {
     }
 }
 
-/// Runs `tool args…` and returns its output whatever its exit status (an
-/// error only when it cannot be started), in the environment every tool
-/// here gets: mtools' checks relaxed, messages in English, no stdin.
+/// `tool` in the environment every tool here gets: mtools' checks
+/// relaxed, messages in English, no stdin.
+fn command(tool: &str) -> Command {
+    let mut cmd = Command::new(tool);
+    // mtools refuses some valid geometries without this (4 KiB sectors).
+    cmd.env("MTOOLS_SKIP_CHECK", "1")
+        .env("MTOOLS_NO_VFAT", "0")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `cmd args…` and returns its output whatever its exit status (an
+/// error only when it cannot be started).
+fn output_of<I, S>(mut cmd: Command, tool: &str, args: I) -> Result<std::process::Output, ToolError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    cmd.args(args).output().map_err(|source| ToolError::Spawn {
+        tool: tool.into(),
+        package: package_of(tool),
+        source,
+    })
+}
+
+/// Runs `tool args…` (see [`command`]) and returns its output whatever its
+/// exit status.
 fn output<I, S>(tool: &str, args: I) -> Result<std::process::Output, ToolError>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    Command::new(tool)
-        .args(args)
-        // mtools refuses some valid geometries without this (4 KiB sectors).
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .env("MTOOLS_NO_VFAT", "0")
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| ToolError::Spawn {
-            tool: tool.into(),
-            package: package_of(tool),
-            source,
-        })
+    output_of(command(tool), tool, args)
 }
 
 /// Runs `tool args…`, returning stdout; a non-zero exit is an error that
@@ -103,7 +120,16 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let out = output(tool, args)?;
+    run_command(command(tool), tool, args, target)
+}
+
+/// [`run`] with a command already set up (an extra environment variable).
+fn run_command<I, S>(cmd: Command, tool: &str, args: I, target: &str) -> Result<Vec<u8>, ToolError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = output_of(cmd, tool, args)?;
     if !out.status.success() {
         let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if stderr.contains("Error converting to codepage") {
@@ -413,21 +439,131 @@ fn write_temp(bytes: &[u8]) -> Result<PathBuf, ToolError> {
     Ok(tmp)
 }
 
+/// A file [`mkfs_ext4`] makes room for instead of copying it: mke2fs's
+/// "hugefile" preallocation (contiguous, *initialised* extents whose blocks
+/// keep whatever the disk held), which the caller then fills with large
+/// writes at the [`BlockRun`]s it gets back. `mkfs.ext4 -d` copies a file
+/// 4 KiB at a time (about 1.2 s for the Debian VM's 455 MiB disk); a fill
+/// is a plain sequential write. Every byte of the file must be written by
+/// the caller, or the file shows stale disk contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prealloc {
+    /// Its absolute path in the new filesystem; its directory must be in
+    /// the staging tree, the file itself must not.
+    pub path: String,
+    /// Its length: a non-zero multiple of [`EXT4_BLOCK`].
+    pub len: u64,
+}
+
+/// `count` filesystem blocks of a preallocated file, from the file's block
+/// `logical` at the filesystem's block `physical` (blocks of
+/// [`EXT4_BLOCK`] bytes from the filesystem's first byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRun {
+    /// First block of the file in this run.
+    pub logical: u64,
+    /// Where it is in the filesystem.
+    pub physical: u64,
+    /// Blocks in the run.
+    pub count: u64,
+}
+
+/// The block size [`mkfs_ext4`] makes.
+pub const EXT4_BLOCK: u64 = 4096;
+
+/// The name mke2fs gives the preallocated file at the root before it is
+/// moved to its place (`-d` cannot populate a directory mke2fs already made
+/// for it, so the file starts where no staged entry can be).
+const PREALLOC_NAME: &str = ".rayos-prealloc";
+
+/// Whether [`mkfs_ext4`] can preallocate a file of `len` bytes at `path`
+/// on `disk`: a whole number of blocks, a path debugfs takes as one word, a
+/// disk name e2fsprogs takes with `?offset=`, and an mke2fs configuration
+/// to add the preallocation to. Otherwise the file is staged and copied.
+pub fn can_prealloc(disk: &Path, path: &str, len: u64) -> bool {
+    len > 0
+        && len.is_multiple_of(EXT4_BLOCK)
+        && path.starts_with('/')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
+        && !disk.display().to_string().contains('?')
+        && std::fs::metadata(mke2fs_config_path()).is_ok_and(|m| m.is_file())
+}
+
+/// The configuration mke2fs reads (`MKE2FS_CONFIG`, else its default).
+fn mke2fs_config_path() -> PathBuf {
+    std::env::var_os("MKE2FS_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/mke2fs.conf"))
+}
+
+/// mke2fs's configuration with the preallocation of `p` added: a
+/// `[defaults]` section of its own ahead of the system's (mke2fs reads the
+/// hugefile settings from `[defaults]` when the filesystem type has none,
+/// and keeps the system's other settings, so the filesystem is the one a
+/// plain mkfs.ext4 makes).
+fn prealloc_config(p: &Prealloc) -> std::io::Result<String> {
+    let system = std::fs::read_to_string(mke2fs_config_path())?;
+    Ok(format!(
+        "[defaults]\n\tmake_hugefiles = true\n\thugefiles_dir = /\n\thugefiles_name = {PREALLOC_NAME}\n\thugefiles_digits = 0\n\tnum_hugefiles = 1\n\thugefiles_size = {}K\n\thugefiles_slack = 0\n\tzero_hugefiles = false\n\thugefiles_uid = 0\n\thugefiles_gid = 0\n\thugefiles_umask = 077\n\n{system}",
+        p.len / 1024
+    ))
+}
+
+/// Parses `debugfs -R "blocks FILE"` (the file's physical blocks in file
+/// order, holes left out) into runs; `None` unless it is exactly `blocks`
+/// numbers (so no hole and nothing else).
+fn block_runs(out: &str, blocks: u64) -> Option<Vec<BlockRun>> {
+    let mut runs: Vec<BlockRun> = Vec::new();
+    let mut n = 0u64;
+    for word in out.split_ascii_whitespace() {
+        let b: u64 = word.parse().ok()?;
+        match runs.last_mut() {
+            Some(r) if r.physical.checked_add(r.count) == Some(b) => r.count += 1,
+            _ => runs.push(BlockRun {
+                logical: n,
+                physical: b,
+                count: 1,
+            }),
+        }
+        n += 1;
+    }
+    (n == blocks).then_some(runs)
+}
+
 /// Creates ext4 (with `metadata_csum`) over `[offset, offset+size)` of
 /// `disk`, filled from `staging` (owners and modes as staged), with
-/// `label`.
+/// `label`; with `prealloc` (see [`can_prealloc`]) that file is made room
+/// for, owned by root with mode 0600, and where its blocks are is returned
+/// (empty without).
 pub fn mkfs_ext4(
     disk: &Path,
     offset: u64,
     size: u64,
     label: &str,
     staging: Option<&Path>,
-) -> Result<(), ToolError> {
+    prealloc: Option<&Prealloc>,
+) -> Result<Vec<BlockRun>, ToolError> {
     let target = format!("byte {offset} of {}", disk.display());
     // e2fsprogs reads `?` in a device name as the start of its options:
     // such a path gets the checksums from mkfs itself (slower, same result).
     let disk_name = disk.display().to_string();
     let csum_after = !disk_name.contains('?');
+    let refuse = |why: String| ToolError::Failed {
+        tool: "mkfs.ext4".into(),
+        target: target.clone(),
+        status: "not run".into(),
+        stderr: why,
+    };
+    if let Some(p) = prealloc
+        && !can_prealloc(disk, &p.path, p.len)
+    {
+        return Err(refuse(format!(
+            "cannot preallocate {} ({} bytes) there",
+            p.path, p.len
+        )));
+    }
     let mut args: Vec<String> = vec![
         "-q".into(),
         "-F".into(),
@@ -453,7 +589,21 @@ pub fn mkfs_ext4(
     }
     args.push(disk_name.clone());
     args.push(format!("{}k", size / 1024));
-    run("mkfs.ext4", &args, &target)?;
+    match prealloc {
+        None => {
+            run("mkfs.ext4", &args, &target)?;
+        }
+        Some(p) => {
+            let conf = prealloc_config(p)
+                .map_err(|e| refuse(format!("{}: {e}", mke2fs_config_path().display())))
+                .and_then(|text| write_temp(text.as_bytes()))?;
+            let mut cmd = command("mkfs.ext4");
+            cmd.env("MKE2FS_CONFIG", &conf);
+            let made = run_command(cmd, "mkfs.ext4", &args, &target);
+            let _ = std::fs::remove_file(&conf);
+            made?;
+        }
+    }
     if csum_after {
         let out = output(
             "tune2fs",
@@ -477,7 +627,58 @@ pub fn mkfs_ext4(
             });
         }
     }
-    Ok(())
+    match prealloc {
+        None => Ok(Vec::new()),
+        Some(p) => place_prealloc(&disk_name, offset, p, &target),
+    }
+}
+
+/// Moves the preallocated file from the root to `p.path` (debugfs `ln` and
+/// `unlink`, which leave the link count at 1: a rename) and reads where its
+/// blocks are.
+fn place_prealloc(
+    disk_name: &str,
+    offset: u64,
+    p: &Prealloc,
+    target: &str,
+) -> Result<Vec<BlockRun>, ToolError> {
+    let fs = format!("{disk_name}?offset={offset}");
+    let from = format!("/{PREALLOC_NAME}");
+    for request in [format!("ln {from} {}", p.path), format!("unlink {from}")] {
+        debugfs(&["-w", "-R", &request, &fs], target)?;
+    }
+    let out = debugfs(&["-R", &format!("blocks {}", p.path), &fs], target)?;
+    let blocks = p.len / EXT4_BLOCK;
+    block_runs(&out, blocks).ok_or_else(|| ToolError::Failed {
+        tool: "debugfs".into(),
+        target: target.into(),
+        status: "unexpected output".into(),
+        stderr: format!(
+            "{} should have {blocks} blocks without holes; debugfs listed: {}",
+            p.path,
+            out.chars().take(200).collect::<String>()
+        ),
+    })
+}
+
+/// Runs debugfs; it exits 0 even when its request failed, so anything on
+/// stderr but its version line is an error. Returns stdout.
+fn debugfs(args: &[&str], target: &str) -> Result<String, ToolError> {
+    let out = output("debugfs", args)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let complaint: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+        .collect();
+    if !out.status.success() || !complaint.is_empty() {
+        return Err(ToolError::Failed {
+            tool: format!("debugfs {}", args.join(" ")),
+            target: target.into(),
+            status: out.status.to_string(),
+            stderr: complaint.join("; "),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]
@@ -547,7 +748,7 @@ mod tests {
             .unwrap()
             .set_len(offset + (64 << 20))
             .unwrap();
-        mkfs_ext4(&img, offset, 64 << 20, "t", Some(&stage)).unwrap();
+        mkfs_ext4(&img, offset, 64 << 20, "t", Some(&stage), None).unwrap();
         let fs = format!("{}?offset={offset}", img.display());
         let o = Command::new("e2fsck").args(["-fn", &fs]).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
@@ -567,5 +768,121 @@ mod tests {
         assert!(o.stdout == data, "the copied file differs");
         let disk = std::fs::read(&img).unwrap();
         assert!(disk[..offset as usize].iter().all(|&b| b == 0xa5));
+    }
+
+    #[test]
+    fn a_preallocated_file_is_filled_in_place_and_checks_clean() {
+        // mkfs.ext4 makes room for a file (outside the staged tree), it is
+        // moved to its directory, its blocks are reported, and writing the
+        // bytes there gives a filesystem e2fsck passes with that file's
+        // contents, root's and private; nothing before the offset changes.
+        let dir = tempfile::tempdir().unwrap();
+        let stage = dir.path().join("stage");
+        std::fs::create_dir_all(stage.join("vm/l/disks")).unwrap();
+        std::fs::write(stage.join("vm/l/meta.json"), b"{}").unwrap();
+        let data: Vec<u8> = (0..(9u32 << 20) + 8192)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let img = dir.path().join("disk.img");
+        let offset = 1u64 << 20;
+        std::fs::write(&img, vec![0xa5u8; offset as usize]).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .unwrap()
+            .set_len(offset + (256 << 20))
+            .unwrap();
+        let p = Prealloc {
+            path: "/vm/l/disks/root.qcow2".into(),
+            len: data.len() as u64,
+        };
+        assert!(can_prealloc(&img, &p.path, p.len));
+        let runs = mkfs_ext4(&img, offset, 256 << 20, "t", Some(&stage), Some(&p)).unwrap();
+        assert_eq!(
+            runs.iter().map(|r| r.count).sum::<u64>(),
+            p.len / EXT4_BLOCK
+        );
+        let disk = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        for r in &runs {
+            let from = (r.logical * EXT4_BLOCK) as usize;
+            let to = from + (r.count * EXT4_BLOCK) as usize;
+            std::os::unix::fs::FileExt::write_all_at(
+                &disk,
+                &data[from..to],
+                offset + r.physical * EXT4_BLOCK,
+            )
+            .unwrap();
+        }
+        drop(disk);
+        let fs = format!("{}?offset={offset}", img.display());
+        let o = Command::new("e2fsck").args(["-fn", &fs]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+        let o = Command::new("debugfs")
+            .args(["-R", "cat /vm/l/disks/root.qcow2", &fs])
+            .output()
+            .unwrap();
+        assert!(o.stdout == data, "the filled file differs");
+        let ls = |d: &str| {
+            let o = Command::new("debugfs")
+                .args(["-R", &format!("ls -p {d}"), &fs])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        // `/ino/mode/uid/gid/name/size/`: root's, 0600.
+        assert!(
+            ls("/vm/l/disks").contains("/100600/0/0/root.qcow2/"),
+            "{}",
+            ls("/vm/l/disks")
+        );
+        assert!(!ls("/").contains(PREALLOC_NAME), "{}", ls("/"));
+        assert!(ls("/vm/l").contains("/meta.json/"));
+        let bytes = std::fs::read(&img).unwrap();
+        assert!(bytes[..offset as usize].iter().all(|&b| b == 0xa5));
+    }
+
+    #[test]
+    fn preallocation_wants_whole_blocks_plain_paths_and_one_word() {
+        let img = Path::new("/tmp/disk.img");
+        assert!(!can_prealloc(img, "/vm/a/root.qcow2", 4097));
+        assert!(!can_prealloc(img, "/vm/a/root.qcow2", 0));
+        assert!(!can_prealloc(img, "vm/a/root.qcow2", 4096));
+        assert!(!can_prealloc(img, "/vm/a b/root.qcow2", 4096));
+        assert!(!can_prealloc(
+            Path::new("/tmp/a?b.img"),
+            "/vm/a/root.qcow2",
+            4096
+        ));
+        assert!(can_prealloc(img, "/vm/0a-b_c/root.qcow2", 8192));
+    }
+
+    #[test]
+    fn block_lists_become_runs_and_holes_are_refused() {
+        let runs = block_runs("100 101 102\n200 201\n103\n", 6).unwrap();
+        assert_eq!(
+            runs,
+            vec![
+                BlockRun {
+                    logical: 0,
+                    physical: 100,
+                    count: 3
+                },
+                BlockRun {
+                    logical: 3,
+                    physical: 200,
+                    count: 2
+                },
+                BlockRun {
+                    logical: 5,
+                    physical: 103,
+                    count: 1
+                },
+            ]
+        );
+        // Fewer blocks than the file has (a hole), more, or anything else.
+        assert!(block_runs("100 101", 3).is_none());
+        assert!(block_runs("100 101 102 103", 3).is_none());
+        assert!(block_runs("100 x 102", 3).is_none());
+        assert!(block_runs("", 1).is_none());
     }
 }

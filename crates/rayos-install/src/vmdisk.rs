@@ -13,14 +13,18 @@
 //! Both use a 128 MiB zstd window (docs/linux-vm.md). No raw copy is ever
 //! made: the installer stages data-volume files in RAM.
 //!
-//! The qcow2 is a staging file (`mkfs.ext4 -d` copies it onto the data
-//! volume, and the target is fsynced before the manifest), so it is not
-//! fsynced here: on a disk-backed temp directory that fsync wrote the
-//! whole image once more for nothing. The pipe from zstd is widened to
-//! 1 MiB, so the two processes trade 1 MiB per wake-up instead of 64 KiB.
+//! The installer uses the qcow2 form without staging it: [`qcow2_len`]
+//! reads the length the zstd frame records (and checks the header), the
+//! installer has mkfs.ext4 make room for that many bytes on the data volume,
+//! and [`stream_qcow2`] decompresses into that room and grows it there
+//! ([`crate::placed`]). [`write`] (a staged file, which `mkfs.ext4 -d`
+//! copies) remains for the raw form and an unrecorded length. Nothing is
+//! fsynced here: the target is fsynced before the manifest. The pipe from
+//! zstd is widened to 1 MiB, so the two processes trade 1 MiB per wake-up
+//! instead of 64 KiB.
 
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -164,13 +168,7 @@ fn write_qcow2(
     disk_size: u64,
     progress: &mut dyn FnMut(u64, u64),
 ) -> io::Result<u64> {
-    // Checked before anything is written: a foreign or too large image
-    // fails here, not after a minute of decompressing.
-    let header = qcow2::Header::parse(head)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", image.display())))?;
-    if header.size > disk_size.div_ceil(512) * 512 {
-        return Err(too_small(header.size, disk_size));
-    }
+    check_qcow2(image, head, disk_size)?;
     let total = zstd_content_size(image)?.unwrap_or(0);
     let _ = fs::remove_file(dest);
     let out = File::create_new(dest)?;
@@ -201,6 +199,105 @@ fn write_qcow2(
         progress(written, total);
     }
     Ok(written)
+}
+
+/// The shipped qcow2's header, checked before anything is written: a
+/// foreign or too large image fails here, not after a minute of
+/// decompressing.
+fn check_qcow2(image: &Path, head: &[u8], disk_size: u64) -> io::Result<qcow2::Header> {
+    let header = qcow2::Header::parse(head)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", image.display())))?;
+    if header.size > disk_size.div_ceil(512) * 512 {
+        return Err(too_small(header.size, disk_size));
+    }
+    Ok(header)
+}
+
+/// The decompressed length of `image` if it is the qcow2 form and its zstd
+/// frame records that length, its header checked as [`write`] checks it:
+/// then the caller can make room for it and [`stream_qcow2`] writes it
+/// there. `None` for the raw form or an unrecorded length ([`write`] then).
+pub fn qcow2_len(image: &Path, disk_size: u64) -> io::Result<Option<u64>> {
+    let head = head(image)?;
+    if !head.starts_with(&qcow2::MAGIC) {
+        return Ok(None);
+    }
+    check_qcow2(image, &head, disk_size)?;
+    zstd_content_size(image)
+}
+
+/// Decompresses the qcow2 form of `image` into `out` (from its start, `len`
+/// bytes as [`qcow2_len`] said), then grows it to `disk_size` in place
+/// ([`qcow2::grow`]); `progress(done, len)` as [`write`]. Fails if zstd
+/// produces a different length. Returns the bytes written.
+pub fn stream_qcow2<F: Read + Write + Seek>(
+    image: &Path,
+    out: &mut F,
+    len: u64,
+    disk_size: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> io::Result<u64> {
+    let mut child = zstd_decompress(image, Stdio::piped())?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("zstd has no stdout"))?;
+    // Best effort: a smaller pipe only costs more wake-ups.
+    let _ = rayos_base::sys::set_pipe_size(stdout.as_fd(), PIPE_BYTES);
+    out.seek(SeekFrom::Start(0))?;
+    let copied = copy_counted(&mut stdout, out, len, progress);
+    if copied.is_err() {
+        // Stop zstd rather than wait for it to fill a pipe nobody reads.
+        let _ = child.kill();
+    }
+    drop(stdout);
+    let finished = zstd_finish(child, image);
+    let written = copied?;
+    finished?;
+    if written != len {
+        return Err(io::Error::other(format!(
+            "{} holds {written} bytes, its header says {len}",
+            image.display()
+        )));
+    }
+    qcow2::grow(out, disk_size)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", image.display())))?;
+    Ok(written)
+}
+
+/// Copies `from` to `out` in pieces of up to 8 MiB (writers get large
+/// writes), reporting progress every 64 MiB and at the end; more than
+/// `len` bytes is an error.
+fn copy_counted<F: Write>(
+    from: &mut impl Read,
+    out: &mut F,
+    len: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; 8 << 20];
+    let (mut done, mut last) = (0u64, 0u64);
+    loop {
+        let n = rayos_base::io::read_full(from, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if done + n as u64 > len {
+            return Err(io::Error::other(format!(
+                "the image holds more than the {len} bytes its header says"
+            )));
+        }
+        out.write_all(&buf[..n])?;
+        done += n as u64;
+        if done >= last + (64 << 20) {
+            last = done;
+            progress(done, len);
+        }
+    }
+    out.flush()?;
+    if last != done {
+        progress(done, len);
+    }
+    Ok(done)
 }
 
 /// The raw form: streamed into a new thin qcow2 of the disk size.
@@ -365,5 +462,54 @@ mod tests {
             "{e}"
         );
         assert!(!bad.exists());
+    }
+
+    #[test]
+    fn the_qcow2_form_streams_into_a_file_and_grows_there() {
+        // What the installer does with the preallocated file: the length
+        // from the zstd frame, checked header, decompressed into an
+        // existing file of that length, grown in place.
+        let dir = tempfile::tempdir().unwrap();
+        let (raw, data) = sample_raw(dir.path());
+        let shipped_q = dir.path().join("disk.qcow2");
+        let mut f = File::create(&shipped_q).unwrap();
+        qcow2::write_from_stream(&mut &data[..], &mut f, data.len() as u64, &mut |_| {}).unwrap();
+        drop(f);
+        let qlen = fs::metadata(&shipped_q).unwrap().len();
+        let zst = dir.path().join("disk.qcow2.zst");
+        zstd(&shipped_q, &zst);
+        assert_eq!(qcow2_len(&zst, 1 << 30).unwrap(), Some(qlen));
+        // Too small a disk fails from the header; the raw form has none.
+        let e = qcow2_len(&zst, 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("linux.disk_size"), "{e}");
+        let raw_zst = dir.path().join("disk.img.zst");
+        zstd(&raw, &raw_zst);
+        assert_eq!(qcow2_len(&raw_zst, 1 << 30).unwrap(), None);
+
+        let q = dir.path().join("root.qcow2");
+        let mut out = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&q)
+            .unwrap();
+        out.set_len(qlen).unwrap();
+        let mut seen = Vec::new();
+        let n = stream_qcow2(&zst, &mut out, qlen, 1 << 30, &mut |d, t| seen.push((d, t))).unwrap();
+        drop(out);
+        assert_eq!(n, qlen);
+        assert_eq!(seen.last(), Some(&(qlen, qlen)));
+        let (ok, text) = qemu_img(&["check", "-f", "qcow2"], &q);
+        assert!(ok && text.contains("No errors"), "{text}");
+        let (_, info) = qemu_img(&["info", "--output=json"], &q);
+        assert!(info.contains("\"virtual-size\": 1073741824"), "{info}");
+        assert_reads_as(&q, &raw);
+
+        // A length that is not the image's is an error either way.
+        for wrong in [qlen - 512, qlen + 4096] {
+            let mut out = tempfile::tempfile().unwrap();
+            let e = stream_qcow2(&zst, &mut out, wrong, 1 << 30, &mut |_, _| {}).unwrap_err();
+            assert!(e.to_string().contains("bytes"), "{e}");
+        }
     }
 }
