@@ -724,6 +724,20 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// `disk.img` in `dir`: `offset` bytes of 0xa5 (which must stay), then
+    /// `size` bytes of sparse zeros.
+    fn marked_image(dir: &Path, offset: u64, size: u64) -> PathBuf {
+        let img = dir.join("disk.img");
+        std::fs::write(&img, vec![0xa5u8; offset as usize]).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .unwrap()
+            .set_len(offset + size)
+            .unwrap();
+        img
+    }
+
     #[test]
     fn ext4_gets_checksums_after_a_fast_copy() {
         // A staged file with holes (more than 4 extents: the case that is
@@ -739,15 +753,8 @@ mod tests {
             data.extend(std::iter::repeat_n(0u8, 8 << 10));
         }
         std::fs::write(stage.join("vm/disks/root.qcow2"), &data).unwrap();
-        let img = dir.path().join("disk.img");
         let offset = 1u64 << 20;
-        std::fs::write(&img, vec![0xa5u8; offset as usize]).unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&img)
-            .unwrap()
-            .set_len(offset + (64 << 20))
-            .unwrap();
+        let img = marked_image(dir.path(), offset, 64 << 20);
         mkfs_ext4(&img, offset, 64 << 20, "t", Some(&stage), None).unwrap();
         let fs = format!("{}?offset={offset}", img.display());
         let o = Command::new("e2fsck").args(["-fn", &fs]).output().unwrap();
@@ -783,15 +790,8 @@ mod tests {
         let data: Vec<u8> = (0..(9u32 << 20) + 8192)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
-        let img = dir.path().join("disk.img");
         let offset = 1u64 << 20;
-        std::fs::write(&img, vec![0xa5u8; offset as usize]).unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&img)
-            .unwrap()
-            .set_len(offset + (256 << 20))
-            .unwrap();
+        let img = marked_image(dir.path(), offset, 256 << 20);
         let p = Prealloc {
             path: "/vm/l/disks/root.qcow2".into(),
             len: data.len() as u64,

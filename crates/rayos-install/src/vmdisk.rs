@@ -27,7 +27,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use crate::qcow2;
@@ -186,11 +186,8 @@ fn write_qcow2(
     }
     zstd_finish(child, image)?;
     let written = fs::metadata(dest)?.len();
-    if total != 0 && written != total {
-        return Err(io::Error::other(format!(
-            "{} holds {written} bytes, its header says {total}",
-            image.display()
-        )));
+    if total != 0 {
+        same_length(image, written, total)?;
     }
     let mut f = File::options().read(true).write(true).open(dest)?;
     qcow2::grow(&mut f, disk_size)
@@ -237,13 +234,7 @@ pub fn stream_qcow2<F: Read + Write + Seek>(
     disk_size: u64,
     progress: &mut dyn FnMut(u64, u64),
 ) -> io::Result<u64> {
-    let mut child = zstd_decompress(image, Stdio::piped())?;
-    let mut stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| io::Error::other("zstd has no stdout"))?;
-    // Best effort: a smaller pipe only costs more wake-ups.
-    let _ = rayos_base::sys::set_pipe_size(stdout.as_fd(), PIPE_BYTES);
+    let (mut child, mut stdout) = zstd_piped(image)?;
     out.seek(SeekFrom::Start(0))?;
     let copied = copy_counted(&mut stdout, out, len, progress);
     if copied.is_err() {
@@ -254,12 +245,7 @@ pub fn stream_qcow2<F: Read + Write + Seek>(
     let finished = zstd_finish(child, image);
     let written = copied?;
     finished?;
-    if written != len {
-        return Err(io::Error::other(format!(
-            "{} holds {written} bytes, its header says {len}",
-            image.display()
-        )));
-    }
+    same_length(image, written, len)?;
     qcow2::grow(out, disk_size)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", image.display())))?;
     Ok(written)
@@ -311,13 +297,7 @@ fn write_raw(
     if total > disk_size {
         return Err(too_small(total, disk_size));
     }
-    let mut child = zstd_decompress(image, Stdio::piped())?;
-    let mut stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| io::Error::other("zstd has no stdout"))?;
-    // Best effort: a smaller pipe only costs more wake-ups.
-    let _ = rayos_base::sys::set_pipe_size(stdout.as_fd(), PIPE_BYTES);
+    let (child, mut stdout) = zstd_piped(image)?;
     let _ = fs::remove_file(dest);
     let mut out = File::create_new(dest)?;
     let mut last = 0u64;
@@ -332,16 +312,36 @@ fn write_raw(
     let finished = zstd_finish(child, image);
     let written = written?;
     finished?;
-    if total != 0 && written != total {
-        return Err(io::Error::other(format!(
-            "{} holds {written} bytes, its header says {total}",
-            image.display()
-        )));
+    if total != 0 {
+        same_length(image, written, total)?;
     }
     if last != written {
         progress(written, total);
     }
     Ok(written)
+}
+
+/// zstd decompressing `image` into a pipe widened to [`PIPE_BYTES`].
+fn zstd_piped(image: &Path) -> io::Result<(Child, ChildStdout)> {
+    let mut child = zstd_decompress(image, Stdio::piped())?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("zstd has no stdout"))?;
+    // Best effort: a smaller pipe only costs more wake-ups.
+    let _ = rayos_base::sys::set_pipe_size(stdout.as_fd(), PIPE_BYTES);
+    Ok((child, stdout))
+}
+
+/// An error unless zstd produced the length its frame header recorded.
+fn same_length(image: &Path, written: u64, recorded: u64) -> io::Result<()> {
+    if written == recorded {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "{} holds {written} bytes, its header says {recorded}",
+        image.display()
+    )))
 }
 
 #[cfg(test)]
@@ -418,18 +418,33 @@ mod tests {
         assert!(ok, "{text}");
     }
 
+    /// The shipped form of `data` in `dir`: a qcow2 of its own size (path,
+    /// length), zstd'd (path).
+    fn shipped(dir: &Path, data: &[u8]) -> (std::path::PathBuf, u64, std::path::PathBuf) {
+        let q = dir.join("disk.qcow2");
+        let mut f = File::create(&q).unwrap();
+        qcow2::write_from_stream(&mut &data[..], &mut f, data.len() as u64, &mut |_| {}).unwrap();
+        drop(f);
+        let len = fs::metadata(&q).unwrap().len();
+        let zst = dir.join("disk.qcow2.zst");
+        zstd(&q, &zst);
+        (q, len, zst)
+    }
+
+    /// `q` checks clean, is 1 GiB and reads as `raw`, then zeros.
+    fn assert_clean_1gib_copy_of(q: &Path, raw: &Path) {
+        let (ok, text) = qemu_img(&["check", "-f", "qcow2"], q);
+        assert!(ok && text.contains("No errors"), "{text}");
+        let (_, info) = qemu_img(&["info", "--output=json"], q);
+        assert!(info.contains("\"virtual-size\": 1073741824"), "{info}");
+        assert_reads_as(q, raw);
+    }
+
     #[test]
     fn compressed_qcow2_is_decompressed_in_place_and_grown_to_the_disk_size() {
         let dir = tempfile::tempdir().unwrap();
         let (raw, data) = sample_raw(dir.path());
-        // The shipped form: the image as a qcow2 of its own size, zstd'd.
-        let shipped_q = dir.path().join("disk.qcow2");
-        let mut f = File::create(&shipped_q).unwrap();
-        qcow2::write_from_stream(&mut &data[..], &mut f, data.len() as u64, &mut |_| {}).unwrap();
-        drop(f);
-        let qlen = fs::metadata(&shipped_q).unwrap().len();
-        let zst = dir.path().join("disk.qcow2.zst");
-        zstd(&shipped_q, &zst);
+        let (shipped_q, qlen, zst) = shipped(dir.path(), &data);
 
         let q = dir.path().join("root.qcow2");
         fs::write(&q, b"an older file is replaced").unwrap();
@@ -437,11 +452,7 @@ mod tests {
         let n = write(&zst, &q, 1 << 30, &mut |d, t| seen.push((d, t))).unwrap();
         assert_eq!(n, qlen);
         assert_eq!(seen.last(), Some(&(qlen, qlen)));
-        let (ok, text) = qemu_img(&["check", "-f", "qcow2"], &q);
-        assert!(ok && text.contains("No errors"), "{text}");
-        let (_, info) = qemu_img(&["info", "--output=json"], &q);
-        assert!(info.contains("\"virtual-size\": 1073741824"), "{info}");
-        assert_reads_as(&q, &raw);
+        assert_clean_1gib_copy_of(&q, &raw);
 
         // Too small a disk is refused from the header, before anything is
         // written.
@@ -471,13 +482,7 @@ mod tests {
         // existing file of that length, grown in place.
         let dir = tempfile::tempdir().unwrap();
         let (raw, data) = sample_raw(dir.path());
-        let shipped_q = dir.path().join("disk.qcow2");
-        let mut f = File::create(&shipped_q).unwrap();
-        qcow2::write_from_stream(&mut &data[..], &mut f, data.len() as u64, &mut |_| {}).unwrap();
-        drop(f);
-        let qlen = fs::metadata(&shipped_q).unwrap().len();
-        let zst = dir.path().join("disk.qcow2.zst");
-        zstd(&shipped_q, &zst);
+        let (_, qlen, zst) = shipped(dir.path(), &data);
         assert_eq!(qcow2_len(&zst, 1 << 30).unwrap(), Some(qlen));
         // Too small a disk fails from the header; the raw form has none.
         let e = qcow2_len(&zst, 1 << 20).unwrap_err();
@@ -499,11 +504,7 @@ mod tests {
         drop(out);
         assert_eq!(n, qlen);
         assert_eq!(seen.last(), Some(&(qlen, qlen)));
-        let (ok, text) = qemu_img(&["check", "-f", "qcow2"], &q);
-        assert!(ok && text.contains("No errors"), "{text}");
-        let (_, info) = qemu_img(&["info", "--output=json"], &q);
-        assert!(info.contains("\"virtual-size\": 1073741824"), "{info}");
-        assert_reads_as(&q, &raw);
+        assert_clean_1gib_copy_of(&q, &raw);
 
         // A length that is not the image's is an error either way.
         for wrong in [qlen - 512, qlen + 4096] {
