@@ -1,5 +1,5 @@
 //! A file inside a new ext4 filesystem, written straight to the disk
-//! through the blocks mkfs.ext4 preallocated for it ([`tools::BlockRun`]):
+//! through the blocks mkfs.ext4 preallocated for it ([`crate::tools::BlockRun`]):
 //! a `Read + Write + Seek` over those runs, so the Linux VM's disk can be
 //! decompressed into place and its qcow2 header grown there, with no staged
 //! copy (docs/install.md, "Performance").

@@ -17,7 +17,7 @@
 //! reads the length the zstd frame records (and checks the header), the
 //! installer has mkfs.ext4 make room for that many bytes on the data volume,
 //! and [`stream_qcow2`] decompresses into that room and grows it there
-//! ([`crate::placed`]). [`write`] (a staged file, which `mkfs.ext4 -d`
+//! ([`crate::placed`]). [`write()`] (a staged file, which `mkfs.ext4 -d`
 //! copies) remains for the raw form and an unrecorded length. Nothing is
 //! fsynced here: the target is fsynced before the manifest. The pipe from
 //! zstd is widened to 1 MiB, so the two processes trade 1 MiB per wake-up
@@ -211,9 +211,9 @@ fn check_qcow2(image: &Path, head: &[u8], disk_size: u64) -> io::Result<qcow2::H
 }
 
 /// The decompressed length of `image` if it is the qcow2 form and its zstd
-/// frame records that length, its header checked as [`write`] checks it:
+/// frame records that length, its header checked as [`write()`] checks it:
 /// then the caller can make room for it and [`stream_qcow2`] writes it
-/// there. `None` for the raw form or an unrecorded length ([`write`] then).
+/// there. `None` for the raw form or an unrecorded length ([`write()`] then).
 pub fn qcow2_len(image: &Path, disk_size: u64) -> io::Result<Option<u64>> {
     let head = head(image)?;
     if !head.starts_with(&qcow2::MAGIC) {
@@ -225,7 +225,7 @@ pub fn qcow2_len(image: &Path, disk_size: u64) -> io::Result<Option<u64>> {
 
 /// Decompresses the qcow2 form of `image` into `out` (from its start, `len`
 /// bytes as [`qcow2_len`] said), then grows it to `disk_size` in place
-/// ([`qcow2::grow`]); `progress(done, len)` as [`write`]. Fails if zstd
+/// ([`qcow2::grow`]); `progress(done, len)` as [`write()`]. Fails if zstd
 /// produces a different length. Returns the bytes written.
 pub fn stream_qcow2<F: Read + Write + Seek>(
     image: &Path,
