@@ -120,16 +120,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    run_command(command(tool), tool, args, target)
-}
-
-/// [`run`] with a command already set up (an extra environment variable).
-fn run_command<I, S>(cmd: Command, tool: &str, args: I, target: &str) -> Result<Vec<u8>, ToolError>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let out = output_of(cmd, tool, args)?;
+    let out = output(tool, args)?;
     if !out.status.success() {
         let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if stderr.contains("Error converting to codepage") {
@@ -599,9 +590,24 @@ pub fn mkfs_ext4(
                 .and_then(|text| write_temp(text.as_bytes()))?;
             let mut cmd = command("mkfs.ext4");
             cmd.env("MKE2FS_CONFIG", &conf);
-            let made = run_command(cmd, "mkfs.ext4", &args, &target);
+            let made = output_of(cmd, "mkfs.ext4", &args);
             let _ = std::fs::remove_file(&conf);
-            made?;
+            let made = made?;
+            let stderr = String::from_utf8_lossy(&made.stderr).trim().to_string();
+            // mke2fs reports a preallocation it could not make on stderr
+            // and still exits 0.
+            if !made.status.success() || stderr.contains("huge file") {
+                return Err(ToolError::Failed {
+                    tool: "mkfs.ext4".into(),
+                    target,
+                    status: made.status.to_string(),
+                    stderr: format!(
+                        "{stderr} (making room for {}, {} MiB: the data volume is too small for it)",
+                        p.path,
+                        p.len >> 20
+                    ),
+                });
+            }
         }
     }
     if csum_after {
@@ -839,6 +845,24 @@ mod tests {
         assert!(ls("/vm/l").contains("/meta.json/"));
         let bytes = std::fs::read(&img).unwrap();
         assert!(bytes[..offset as usize].iter().all(|&b| b == 0xa5));
+    }
+
+    #[test]
+    fn a_file_larger_than_the_volume_is_an_error_that_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let stage = dir.path().join("stage");
+        std::fs::create_dir_all(stage.join("vm")).unwrap();
+        let img = marked_image(dir.path(), 0, 64 << 20);
+        let p = Prealloc {
+            path: "/vm/root.qcow2".into(),
+            len: 128 << 20,
+        };
+        let e = mkfs_ext4(&img, 0, 64 << 20, "t", Some(&stage), Some(&p)).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("/vm/root.qcow2") && msg.contains("too small"),
+            "{msg}"
+        );
     }
 
     #[test]
