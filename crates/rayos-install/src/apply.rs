@@ -834,7 +834,8 @@ fn fill(
     match contents {
         Contents::File(staged) => {
             let mut src = File::open(staged)?;
-            let n = std::io::copy(&mut src, &mut out)?;
+            // In 8 MiB pieces (io::copy would write 8 KiB at a time).
+            let n = crate::vmdisk::copy_counted(&mut src, &mut out, file.len, &mut |_, _| {})?;
             if n != file.len {
                 return Err(std::io::Error::other(format!(
                     "{} holds {n} bytes, {} expected",

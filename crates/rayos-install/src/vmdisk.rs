@@ -254,7 +254,7 @@ pub fn stream_qcow2<F: Read + Write + Seek>(
 /// Copies `from` to `out` in pieces of up to 8 MiB (writers get large
 /// writes), reporting progress every 64 MiB and at the end; more than
 /// `len` bytes is an error.
-fn copy_counted<F: Write>(
+pub(crate) fn copy_counted<F: Write>(
     from: &mut impl Read,
     out: &mut F,
     len: u64,

@@ -558,6 +558,33 @@ fn fake_linux_vm_image(env: &Env) -> (PathBuf, PathBuf) {
 fn the_debian_vm_image_becomes_the_linux_vms_thin_disk() {
     let env = Env::new();
     let (raw, zst) = fake_linux_vm_image(&env);
+    installs_the_linux_vm_disk(&env, &raw, &zst);
+}
+
+#[test]
+fn a_raw_debian_vm_image_an_older_medium_ships_is_still_installed() {
+    // `linux-vm.img.zst` (until 2026-12-07): made into a qcow2 in TMPDIR,
+    // then written into the space mkfs.ext4 made, like the qcow2 form.
+    let env = Env::new();
+    let (raw, _) = fake_linux_vm_image(&env);
+    let zst = env.path("linux-vm.img.zst");
+    run(
+        "zstd",
+        &[
+            "-q",
+            rayos_install::vmdisk::ZSTD_LONG,
+            raw.to_str().unwrap(),
+            "-o",
+            zst.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    installs_the_linux_vm_disk(&env, &raw, &zst);
+}
+
+/// Installs with `zst` as the Debian VM image and checks the Linux VM's
+/// disk on the data volume reads as `raw`.
+fn installs_the_linux_vm_disk(env: &Env, raw: &Path, zst: &Path) {
     let img = env.path("disk.img");
     std::fs::File::create(&img)
         .unwrap()
@@ -569,7 +596,7 @@ fn the_debian_vm_image_becomes_the_linux_vms_thin_disk() {
     let facts = rayos_install::facts::gather(&disk).unwrap();
     let a = Answers::parse("answers.toml", answers).unwrap();
     let opts = PlanOptions {
-        linux_vm_image: Some(zst.clone()),
+        linux_vm_image: Some(zst.to_path_buf()),
         ..env.opts()
     };
     let plan = plan::make_plan(&disk, &a, &facts, &opts).unwrap();
