@@ -625,7 +625,7 @@ fn installs_the_linux_vm_disk(env: &Env, raw: &Path, zst: &Path) {
         }
     })
     .unwrap();
-    check_installed(&env, &img, &plan, &report);
+    check_installed(env, &img, &plan, &report);
     assert!(
         notes.iter().any(|n| n.starts_with("Linux VM disk: 100%")),
         "{notes:?}"
