@@ -19,9 +19,11 @@
 //!   files), so a refused ESP leaves the whole disk as it was.
 //! - The data volume is populated at mkfs time from a staging directory
 //!   (`mkfs.ext4 -d`); the staging files are not fsynced (thrown away once
-//!   copied). The Linux VM's disk is staged beside that tree: mkfs.ext4
-//!   preallocates it ([`tools::Prealloc`]) and it is written into those
-//!   blocks, each checked to lie inside the partition first.
+//!   copied). The Linux VM's disk is not in that tree: mkfs.ext4
+//!   preallocates it ([`tools::Prealloc`]) and the shipped image is
+//!   decompressed straight into those blocks ([`crate::placed`] checks each
+//!   lies inside the partition first); only an older raw image is decoded
+//!   into `TMPDIR` beside the tree first.
 //! - Every byte is fsynced before the manifest is written, and the manifest
 //!   is the last write: a disk without it holds an unfinished install, which
 //!   a re-run with the same answers redoes (see [`crate::plan`]). That one

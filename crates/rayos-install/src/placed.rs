@@ -88,16 +88,6 @@ impl Placed {
         })
     }
 
-    /// The file's length.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether the file is empty (never: `open` wants blocks).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Where file offset `pos` is on the disk and how many bytes follow it
     /// in the same run (at most up to the file's end).
     fn locate(&self, pos: u64) -> Option<(u64, u64)> {

@@ -561,7 +561,7 @@ pub fn mkfs_ext4(
         "-t".into(),
         "ext4".into(),
         "-b".into(),
-        "4096".into(),
+        EXT4_BLOCK.to_string(),
         "-L".into(),
         label.into(),
         "-E".into(),
