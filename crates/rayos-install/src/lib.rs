@@ -12,6 +12,7 @@ pub mod placed;
 pub mod plan;
 pub mod qcow2;
 pub mod sample;
+pub mod seekable;
 pub mod tools;
 pub mod vmdisk;
 

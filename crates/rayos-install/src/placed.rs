@@ -19,7 +19,10 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::tools::{BlockRun, EXT4_BLOCK};
+use crate::vmdisk::WriteAt;
 
 /// Bytes written between writeback starts.
 const KICK: u64 = 64 << 20;
@@ -33,8 +36,9 @@ pub struct Placed {
     runs: Vec<BlockRun>,
     len: u64,
     pos: u64,
-    /// Bytes written since writeback was last started.
-    unkicked: u64,
+    /// Bytes written since writeback was last started (by any thread:
+    /// see [`WriteAt`]).
+    unkicked: AtomicU64,
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -84,7 +88,7 @@ impl Placed {
             runs,
             len,
             pos: 0,
-            unkicked: 0,
+            unkicked: AtomicU64::new(0),
         })
     }
 
@@ -119,12 +123,11 @@ impl Read for Placed {
     }
 }
 
-impl Write for Placed {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let Some((at, left)) = self.locate(self.pos) else {
+impl Placed {
+    /// Writes at most to the end of the run holding file offset `pos`;
+    /// returns the bytes written.
+    fn write_in_run(&self, buf: &[u8], pos: u64) -> io::Result<usize> {
+        let Some((at, left)) = self.locate(pos) else {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
                 format!("more than the file's {} bytes", self.len),
@@ -132,16 +135,42 @@ impl Write for Placed {
         };
         let n = (buf.len() as u64).min(left) as usize;
         let n = self.disk.write_at(&buf[..n], at)?;
-        self.pos += n as u64;
-        self.unkicked += n as u64;
-        if self.unkicked >= KICK {
-            self.unkicked = 0;
+        let unkicked = self.unkicked.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if unkicked >= KICK {
+            self.unkicked.store(0, Ordering::Relaxed);
             rayos_base::sys::start_writeback(&self.disk, 0, 0);
         }
         Ok(n)
     }
+}
+
+impl Write for Placed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.write_in_run(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 
     fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Positional writes from several threads (frames decoded in parallel);
+/// the file position is neither used nor moved.
+impl WriteAt for Placed {
+    fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = self.write_in_run(buf, offset)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            buf = &buf[n..];
+            offset += n as u64;
+        }
         Ok(())
     }
 }
@@ -225,5 +254,33 @@ mod tests {
             assert!(e.to_string().contains(why), "{e}");
         }
         assert!(std::fs::read(&disk).unwrap().iter().all(|&b| b == 7));
+    }
+    #[test]
+    fn positional_writes_from_threads_land_in_their_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, vec![0xa5u8; 16 * EXT4_BLOCK as usize]).unwrap();
+        // Three runs out of order on the disk; the file ends mid-block.
+        let runs = vec![run(0, 9, 2), run(2, 1, 3), run(5, 12, 1)];
+        let len = 6 * EXT4_BLOCK - 10;
+        let f = Placed::open(&disk, 0, 16 * EXT4_BLOCK, runs, len).unwrap();
+        let data: Vec<u8> = (0..len).map(|i| (i % 249) as u8).collect();
+        // Two writers, each with pieces that cross run boundaries.
+        let cut = (3 * EXT4_BLOCK + 7) as usize;
+        std::thread::scope(|s| {
+            s.spawn(|| f.write_all_at(&data[cut..], cut as u64).unwrap());
+            s.spawn(|| f.write_all_at(&data[..cut], 0).unwrap());
+        });
+        // Past the end: refused.
+        let e = f.write_all_at(b"x", len).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WriteZero);
+        let bytes = std::fs::read(&disk).unwrap();
+        let k = EXT4_BLOCK as usize;
+        let mut want = vec![0xa5u8; 16 * k];
+        want[9 * k..11 * k].copy_from_slice(&data[..2 * k]);
+        want[k..4 * k].copy_from_slice(&data[2 * k..5 * k]);
+        // The last block's tail, past the file, untouched.
+        want[12 * k..13 * k - 10].copy_from_slice(&data[5 * k..]);
+        assert!(bytes == want);
     }
 }

@@ -31,13 +31,29 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use crate::qcow2;
+use crate::seekable::{Frame, SeekTable};
 
 /// The pipe size asked for (Linux's default `pipe-max-size` for users).
 const PIPE_BYTES: usize = 1 << 20;
 
+/// Frames decoded at once at most: each zstd holds its frame's window (up
+/// to 64 MiB) and the installer runs from RAM; the image has about eight
+/// frames, so more decoders would gain little.
+const MAX_DECODERS: usize = 4;
+
 /// zstd's window for the image (`--long=27`): the decompressor must be
 /// told, or it refuses frames with a window over 8 MiB.
 pub const ZSTD_LONG: &str = "--long=27";
+
+/// The decompressed length of the whole image: the sum of its seek
+/// table's frames ([`crate::seekable`]) or, for a single-frame file, what
+/// its frame header records (zstd writes it when it knows the input size).
+pub fn decompressed_len(path: &Path) -> io::Result<Option<u64>> {
+    match SeekTable::read(path)? {
+        Some(t) => Ok(Some(t.decompressed_len())),
+        None => zstd_content_size(path),
+    }
+}
 
 /// The decompressed size a zstd file's first frame header records
 /// (zstd writes it when it knows the input size), if any.
@@ -73,11 +89,12 @@ pub fn zstd_content_size(path: &Path) -> io::Result<Option<u64>> {
     Ok(Some(v))
 }
 
-fn zstd_decompress(image: &Path, out: Stdio) -> io::Result<Child> {
+/// `zstd -d` of `image`, or of its stdin (`input`) when `image` is `None`.
+fn zstd_decompress(image: Option<&Path>, input: Stdio, out: Stdio) -> io::Result<Child> {
     Command::new("zstd")
         .args(["-q", "-d", "-c", ZSTD_LONG])
-        .arg(image)
-        .stdin(Stdio::null())
+        .args(image)
+        .stdin(input)
         .stdout(out)
         .stderr(Stdio::piped())
         .spawn()
@@ -103,7 +120,7 @@ fn zstd_finish(mut child: Child, image: &Path) -> io::Result<()> {
 
 /// The first [`qcow2::HEADER_BYTES`] (or fewer) decompressed bytes.
 fn head(image: &Path) -> io::Result<Vec<u8>> {
-    let mut child = zstd_decompress(image, Stdio::piped())?;
+    let mut child = zstd_decompress(Some(image), Stdio::null(), Stdio::piped())?;
     let mut buf = vec![0u8; qcow2::HEADER_BYTES];
     let n = match child.stdout.take() {
         Some(mut out) => rayos_base::io::read_full(&mut out, &mut buf),
@@ -169,10 +186,10 @@ fn write_qcow2(
     progress: &mut dyn FnMut(u64, u64),
 ) -> io::Result<u64> {
     check_qcow2(image, head, disk_size)?;
-    let total = zstd_content_size(image)?.unwrap_or(0);
+    let total = decompressed_len(image)?.unwrap_or(0);
     let _ = fs::remove_file(dest);
     let out = File::create_new(dest)?;
-    let mut child = zstd_decompress(image, Stdio::from(out))?;
+    let mut child = zstd_decompress(Some(image), Stdio::null(), Stdio::from(out))?;
     let mut last = 0u64;
     while child.try_wait()?.is_none() {
         // Short: the install waits this long at most after zstd is done.
@@ -220,35 +237,187 @@ pub fn qcow2_len(image: &Path, disk_size: u64) -> io::Result<Option<u64>> {
         return Ok(None);
     }
     check_qcow2(image, &head, disk_size)?;
-    zstd_content_size(image)
+    decompressed_len(image)
+}
+
+/// Positional writes that several threads may make at once (to different
+/// places): how frames decoded in parallel reach their destination.
+pub trait WriteAt: Sync {
+    /// Writes all of `buf` at byte `offset`.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+}
+
+impl WriteAt for File {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(self, buf, offset)
+    }
 }
 
 /// Decompresses the qcow2 form of `image` into `out` (from its start, `len`
 /// bytes as [`qcow2_len`] said), then grows it to `disk_size` in place
-/// ([`qcow2::grow`]); `progress(done, len)` as [`write()`]. Fails if zstd
-/// produces a different length. Returns the bytes written.
-pub fn stream_qcow2<F: Read + Write + Seek>(
+/// ([`qcow2::grow`]); `progress(done, len)` as [`write()`]. An image in the
+/// seekable format with more than one frame is decoded on every core (up to
+/// four), each frame into its own place ([`decode_frames`]); a single frame,
+/// or any image on one core, streams through one pipe. Fails if zstd produces a different length. Returns
+/// the bytes written.
+pub fn stream_qcow2<F: Read + Write + Seek + WriteAt>(
     image: &Path,
     out: &mut F,
     len: u64,
     disk_size: u64,
     progress: &mut dyn FnMut(u64, u64),
 ) -> io::Result<u64> {
-    let (mut child, mut stdout) = zstd_piped(image)?;
-    out.seek(SeekFrom::Start(0))?;
-    let copied = copy_counted(&mut stdout, out, len, progress);
-    if copied.is_err() {
-        // Stop zstd rather than wait for it to fill a pipe nobody reads.
-        let _ = child.kill();
-    }
-    drop(stdout);
-    let finished = zstd_finish(child, image);
-    let written = copied?;
-    finished?;
+    let table = SeekTable::read(image)?;
+    let decoders = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_DECODERS));
+    let written = match table {
+        // One decoder would wait for each frame's writes: one stream then.
+        Some(table) if table.frames().len() > 1 && decoders > 1 => {
+            same_length(image, table.decompressed_len(), len)?;
+            decode_frames(image, table.frames(), &*out, decoders, progress)?
+        }
+        _ => {
+            let (mut child, mut stdout) = zstd_piped(image)?;
+            out.seek(SeekFrom::Start(0))?;
+            let copied = copy_counted(&mut stdout, out, len, progress);
+            if copied.is_err() {
+                // Stop zstd rather than wait for it to fill a pipe nobody reads.
+                let _ = child.kill();
+            }
+            drop(stdout);
+            let finished = zstd_finish(child, image);
+            let written = copied?;
+            finished?;
+            written
+        }
+    };
     same_length(image, written, len)?;
     qcow2::grow(out, disk_size)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", image.display())))?;
     Ok(written)
+}
+
+/// Decodes `frames` of `image` on up to `workers` threads, each running one
+/// `zstd -d` per frame it takes and writing the output at the frame's place
+/// in `out`; `progress(done, total)` every 64 MiB and at the end, from this
+/// thread. The first failure stops the others at their next frame and is
+/// returned, naming the frame. Returns the bytes written.
+pub fn decode_frames(
+    image: &Path,
+    frames: &[Frame],
+    out: &dyn WriteAt,
+    workers: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> io::Result<u64> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let total: u64 = frames.iter().map(|f| f.out_len).sum();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let work = |tx: std::sync::mpsc::Sender<u64>| -> io::Result<()> {
+        let file = File::open(image)?;
+        let mut buf = vec![0u8; 8 << 20];
+        while !failed.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(f) = frames.get(i) else {
+                break;
+            };
+            decode_frame(image, &file, f, out, &mut buf, &tx).map_err(|e| {
+                failed.store(true, Ordering::Relaxed);
+                io::Error::new(e.kind(), format!("frame {i} of {}: {e}", image.display()))
+            })?;
+        }
+        Ok(())
+    };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers.clamp(1, frames.len().max(1)))
+            .map(|_| {
+                let tx = tx.clone();
+                s.spawn(|| work(tx))
+            })
+            .collect();
+        drop(tx);
+        let (mut done, mut last) = (0u64, 0u64);
+        for n in rx {
+            done += n;
+            if done >= last + (64 << 20) {
+                last = done;
+                progress(done, total);
+            }
+        }
+        for h in handles {
+            h.join()
+                .unwrap_or_else(|_| Err(io::Error::other("a decoding thread panicked")))?;
+        }
+        if last != done {
+            progress(done, total);
+        }
+        Ok(done)
+    })
+}
+
+/// One frame: its compressed bytes fed to `zstd -d` from a second thread
+/// (so neither pipe fills while the other waits), the output written at
+/// the frame's place. Fails unless it decodes to exactly its listed length.
+fn decode_frame(
+    image: &Path,
+    file: &File,
+    f: &Frame,
+    out: &dyn WriteAt,
+    buf: &mut [u8],
+    tx: &std::sync::mpsc::Sender<u64>,
+) -> io::Result<()> {
+    let mut frame = vec![0u8; f.len as usize];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut frame, f.offset)?;
+    let mut child = zstd_decompress(None, Stdio::piped(), Stdio::piped())?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| io::Error::other("zstd has no stdin"))?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("zstd has no stdout"))?;
+    let _ = rayos_base::sys::set_pipe_size(stdout.as_fd(), PIPE_BYTES);
+    let _ = rayos_base::sys::set_pipe_size(stdin.as_fd(), PIPE_BYTES);
+    let (fed, copied) = std::thread::scope(|s| {
+        let feeder = s.spawn(move || stdin.write_all(&frame));
+        let mut got = 0u64;
+        let copied = loop {
+            let n = match rayos_base::io::read_full(&mut stdout, buf) {
+                Ok(0) => break Ok(got),
+                Ok(n) => n,
+                Err(e) => break Err(e),
+            };
+            if got + n as u64 > f.out_len {
+                break Err(io::Error::other(format!(
+                    "decodes to more than the {} bytes the seek table says",
+                    f.out_len
+                )));
+            }
+            if let Err(e) = out.write_all_at(&buf[..n], f.out_offset + got) {
+                break Err(e);
+            }
+            got += n as u64;
+            let _ = tx.send(n as u64);
+        };
+        if copied.is_err() {
+            let _ = child.kill();
+        }
+        drop(stdout);
+        (feeder.join(), copied)
+    });
+    let finished = zstd_finish(child, image);
+    let got = copied?;
+    // zstd's own complaint, if any, says more than a broken pipe.
+    finished?;
+    fed.unwrap_or_else(|_| Err(io::Error::other("the feeding thread panicked")))?;
+    if got != f.out_len {
+        return Err(io::Error::other(format!(
+            "decodes to {got} bytes, the seek table says {}",
+            f.out_len
+        )));
+    }
+    Ok(())
 }
 
 /// Copies `from` to `out` in pieces of up to 8 MiB (writers get large
@@ -293,7 +462,7 @@ fn write_raw(
     disk_size: u64,
     progress: &mut dyn FnMut(u64, u64),
 ) -> io::Result<u64> {
-    let total = zstd_content_size(image)?.unwrap_or(0);
+    let total = decompressed_len(image)?.unwrap_or(0);
     if total > disk_size {
         return Err(too_small(total, disk_size));
     }
@@ -323,7 +492,7 @@ fn write_raw(
 
 /// zstd decompressing `image` into a pipe widened to [`PIPE_BYTES`].
 fn zstd_piped(image: &Path) -> io::Result<(Child, ChildStdout)> {
-    let mut child = zstd_decompress(image, Stdio::piped())?;
+    let mut child = zstd_decompress(Some(image), Stdio::null(), Stdio::piped())?;
     let stdout = child
         .stdout
         .take()
@@ -512,5 +681,85 @@ mod tests {
             let e = stream_qcow2(&zst, &mut out, wrong, 1 << 30, &mut |_, _| {}).unwrap_err();
             assert!(e.to_string().contains("bytes"), "{e}");
         }
+    }
+    /// `data` shipped as a qcow2 in the seekable format with frames of
+    /// 1 MiB (the media use 32 MiB): (qcow2 length, image path).
+    fn shipped_seekable(dir: &Path, data: &[u8]) -> (u64, std::path::PathBuf) {
+        let (q, len, _) = shipped(dir, data);
+        let zst = dir.join("disk.qcow2.seekable.zst");
+        crate::seekable::compress(&q, &zst, 1 << 20, &["-12", ZSTD_LONG], 2).unwrap();
+        (len, zst)
+    }
+
+    /// A 5 MiB raw disk with data in every cluster (pseudo-random bytes
+    /// with runs, so zstd has work), in `dir`.
+    fn busy_raw(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+        let raw = dir.join("busy.img");
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let data: Vec<u8> = (0..5u32 << 20)
+            .map(|i| {
+                if i % 16 == 0 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                }
+                (x >> (i % 16 * 3)) as u8 & 0x3f
+            })
+            .collect();
+        fs::write(&raw, &data).unwrap();
+        (raw, data)
+    }
+
+    #[test]
+    fn seekable_images_decode_in_parallel_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (raw, data) = busy_raw(dir.path());
+        let (qlen, zst) = shipped_seekable(dir.path(), &data);
+        let frames = SeekTable::read(&zst).unwrap().unwrap().frames().len();
+        assert!(frames > 2, "{frames} frames");
+        // The length is the table's, not the first frame's.
+        assert_eq!(qcow2_len(&zst, 1 << 30).unwrap(), Some(qlen));
+        let q = dir.path().join("root.qcow2");
+        let mut out = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&q)
+            .unwrap();
+        out.set_len(qlen).unwrap();
+        let mut seen = Vec::new();
+        let n = stream_qcow2(&zst, &mut out, qlen, 1 << 30, &mut |d, t| seen.push((d, t))).unwrap();
+        drop(out);
+        assert_eq!(n, qlen);
+        assert_eq!(seen.last(), Some(&(qlen, qlen)));
+        assert_clean_1gib_copy_of(&q, &raw);
+        // The staged path reads the same image too.
+        let staged = dir.path().join("staged.qcow2");
+        assert_eq!(write(&zst, &staged, 1 << 30, &mut |_, _| {}).unwrap(), qlen);
+        assert_clean_1gib_copy_of(&staged, &raw);
+    }
+
+    #[test]
+    fn a_frame_that_decodes_to_another_length_fails_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, data) = busy_raw(dir.path());
+        let (qlen, zst) = shipped_seekable(dir.path(), &data);
+        let mut frames = SeekTable::read(&zst).unwrap().unwrap().frames().to_vec();
+        frames[1].out_len -= 1;
+        let out = tempfile::tempfile().unwrap();
+        out.set_len(qlen).unwrap();
+        let e = decode_frames(&zst, &frames, &out, 2, &mut |_, _| {}).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("frame 1 of") && e.contains("seek table"), "{e}");
+        // A damaged frame: zstd's complaint, the frame named.
+        let mut bytes = fs::read(&zst).unwrap();
+        let f = SeekTable::read(&zst).unwrap().unwrap().frames()[2];
+        bytes[(f.offset + f.len / 2) as usize] ^= 0xff;
+        bytes[(f.offset + f.len / 2 + 1) as usize] ^= 0xff;
+        fs::write(&zst, &bytes).unwrap();
+        let mut out = tempfile::tempfile().unwrap();
+        let e = stream_qcow2(&zst, &mut out, qlen, 1 << 30, &mut |_, _| {}).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("frame 2 of") && e.contains("zstd"), "{e}");
     }
 }

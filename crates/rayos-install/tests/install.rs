@@ -521,8 +521,10 @@ fn a_full_esp_is_refused_before_any_write() {
 }
 
 /// A stand-in for the Debian VM image: a raw "disk" with data at both ends,
-/// shipped as the media do it (a qcow2 of its own size, zstd).
-fn fake_linux_vm_image(env: &Env) -> (PathBuf, PathBuf) {
+/// shipped as the media do it (a qcow2 of its own size, zstd in the
+/// seekable format; 1 MiB frames where the media use 32 MiB, so the 4 MiB
+/// of data make several). Returns the raw disk, the image and the qcow2.
+fn fake_linux_vm_image(env: &Env) -> (PathBuf, PathBuf, PathBuf) {
     let raw = env.path("linux-vm.img");
     let mut data = disks::pseudo_random(7, 3 << 20);
     data.resize(12 << 20, 0);
@@ -539,6 +541,33 @@ fn fake_linux_vm_image(env: &Env) -> (PathBuf, PathBuf) {
     .unwrap();
     drop(out);
     let zst = env.path("linux-vm.qcow2.zst");
+    rayos_install::seekable::compress(
+        &qcow2,
+        &zst,
+        1 << 20,
+        &["-12", rayos_install::vmdisk::ZSTD_LONG],
+        2,
+    )
+    .unwrap();
+    let table = rayos_install::seekable::SeekTable::read(&zst).unwrap();
+    assert!(table.is_some_and(|t| t.frames().len() > 3));
+    (raw, zst, qcow2)
+}
+
+#[test]
+fn the_debian_vm_image_becomes_the_linux_vms_thin_disk() {
+    let env = Env::new();
+    let (raw, zst, _) = fake_linux_vm_image(&env);
+    installs_the_linux_vm_disk(&env, &raw, &zst);
+}
+
+#[test]
+fn a_single_frame_debian_vm_image_an_older_medium_ships_is_still_installed() {
+    // `linux-vm.qcow2.zst` as one zstd frame (media of 2026-12-07, before
+    // the seekable format): streamed through one pipe into place.
+    let env = Env::new();
+    let (raw, _, qcow2) = fake_linux_vm_image(&env);
+    let zst = env.path("linux-vm.qcow2.one-frame.zst");
     run(
         "zstd",
         &[
@@ -551,13 +580,6 @@ fn fake_linux_vm_image(env: &Env) -> (PathBuf, PathBuf) {
         ],
     )
     .unwrap();
-    (raw, zst)
-}
-
-#[test]
-fn the_debian_vm_image_becomes_the_linux_vms_thin_disk() {
-    let env = Env::new();
-    let (raw, zst) = fake_linux_vm_image(&env);
     installs_the_linux_vm_disk(&env, &raw, &zst);
 }
 
@@ -566,7 +588,7 @@ fn a_raw_debian_vm_image_an_older_medium_ships_is_still_installed() {
     // `linux-vm.img.zst` (until 2026-12-07): made into a qcow2 in TMPDIR,
     // then written into the space mkfs.ext4 made, like the qcow2 form.
     let env = Env::new();
-    let (raw, _) = fake_linux_vm_image(&env);
+    let (raw, _, _) = fake_linux_vm_image(&env);
     let zst = env.path("linux-vm.img.zst");
     run(
         "zstd",
@@ -705,7 +727,7 @@ fn installs_the_linux_vm_disk(env: &Env, raw: &Path, zst: &Path) {
 #[test]
 fn the_debian_vm_needs_a_user_and_the_test_guest_is_asked_for_by_name() {
     let env = Env::new();
-    let (_, zst) = fake_linux_vm_image(&env);
+    let (_, zst, _) = fake_linux_vm_image(&env);
     let img = env.path("disk.img");
     std::fs::File::create(&img)
         .unwrap()

@@ -48,7 +48,7 @@ pub struct Args {
     #[arg(long)]
     pub rayos: Option<PathBuf>,
     /// Install this compressed Debian VM image as a real install does
-    /// (default: the media recipe's cached `linux-vm.qcow2.zst` under
+    /// (default: the media recipe's cached `linux-vm.qcow2.frames.zst` under
     /// `.cache/linux-vm/`, else `build/linux-vm.qcow2.zst`, if either exists).
     #[arg(long, conflicts_with = "no_linux_image")]
     pub linux_image: Option<PathBuf>,
@@ -73,7 +73,7 @@ fn default_linux_image(root: &Path) -> Option<PathBuf> {
         &root.join(".cache"),
         &rayos_image::linux_vm::BuildOptions::default(),
     )
-    .map(|img| img.dir.join(crate::linux_vm::SHIPPED));
+    .map(|img| img.dir.join(crate::linux_vm::CACHED));
     cached
         .into_iter()
         .chain([root.join("build").join(crate::linux_vm::SHIPPED)])

@@ -481,6 +481,16 @@ fn media(s: &Seeds) -> Result<Vec<u8>> {
         .context("qemu-img (qemu-utils)")?;
     ensure!(st.success(), "qemu-img create failed");
     s.put("media_parsers", "qcow2-small.qcow2", &fs::read(&qcow2)?)?;
+    // That qcow2 in the seekable format as the media ship the Linux VM
+    // image (frames of 512 bytes here, so it has four): what
+    // `seekable::SeekTable` reads.
+    let seekable = s.work.join("small.qcow2.zst");
+    rayos_install::seekable::compress(&qcow2, &seekable, 512, &["-3"], 1).context("zstd")?;
+    s.put(
+        "media_parsers",
+        "qcow2-small-seekable.zst",
+        &fs::read(&seekable)?,
+    )?;
     // The whole UKI (Debian's stub is most of it) for the PE reader that
     // recovery uses (target `pe`, from the safety-install branch).
     s.put("pe", "recovery-uki-small.efi", &efi_bytes)?;
