@@ -9,18 +9,22 @@
 //! 3. load every matched module after its dependencies (depth first) with
 //!    `finit_module(2)`; `EEXIST` means already loaded;
 //! 4. repeat, because loading a bus driver (virtio_pci, ahci, xhci) creates
-//!    new devices with new modaliases; stop when a pass finds nothing new.
+//!    new devices with new modaliases; stop when a pass finds nothing new;
+//! 5. then the modules held back ([`Loader::hold`]: `ahci` on the installed
+//!    system) with the kernel's `async_probe` parameter, so their slow
+//!    probing (empty SATA ports) goes on beside the rest of the boot.
 //!
 //! Compressed modules (`.ko.xz`, `.ko.zst`, `.ko.gz`) are handed to the
 //! kernel with `MODULE_INIT_COMPRESSED_FILE`, which works when the kernel
 //! was built with `CONFIG_MODULE_DECOMPRESS`; Debian 12's kernel ships plain
 //! `.ko` files, so the common path needs no decompressor at all.
 //!
-//! Limits: no module options, no blacklist, no `install`/`remove` commands;
+//! Limits: no module options but `async_probe`, no blacklist, no `install`/`remove` commands;
 //! no hotplug: a device that appears after the boot's `modules` step gets a
 //! driver only if its module is already loaded (docs/init.md, Limits).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ffi::CStr;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -377,8 +381,8 @@ enum Slot {
     Done(LoadResult),
 }
 
-/// Hands one module file to the kernel.
-pub type Insert = dyn Fn(&Path) -> LoadResult + Sync;
+/// Hands one module file to the kernel, with its parameters.
+pub type Insert = dyn Fn(&Path, &CStr) -> LoadResult + Sync;
 
 /// Loads modules into the running kernel, remembering what it did. Shared
 /// by threads: each module is loaded once, by whichever thread gets to it
@@ -390,6 +394,10 @@ pub struct Loader<'a> {
     state: Mutex<HashMap<String, Slot>>,
     changed: Condvar,
     insert: Box<Insert>,
+    /// Modules [`Loader::load`] holds back for [`Loader::load_held`].
+    held: HashSet<String>,
+    /// Those of them something asked for.
+    asked: Mutex<BTreeSet<String>>,
 }
 
 const MODULE_INIT_COMPRESSED_FILE: libc::c_int = 4;
@@ -407,7 +415,17 @@ impl<'a> Loader<'a> {
             state: Mutex::new(HashMap::new()),
             changed: Condvar::new(),
             insert,
+            held: HashSet::new(),
+            asked: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Holds `names` back: [`Loader::load`] notes that something asked for
+    /// them and loads neither them nor their dependencies;
+    /// [`Loader::load_held`] loads them last, probing in the background.
+    pub fn hold(mut self, names: &[&str]) -> Self {
+        self.held = names.iter().map(|n| normalize(n)).collect();
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
@@ -445,6 +463,13 @@ impl<'a> Loader<'a> {
     pub fn load(&self, name: &str) -> Vec<String> {
         let mut newly = Vec::new();
         for m in self.index.resolve(name) {
+            if self.held.contains(&m) {
+                self.asked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(m);
+                continue;
+            }
             let order = match self.index.load_order(&m) {
                 Ok(o) => o,
                 Err(e) => {
@@ -465,9 +490,46 @@ impl<'a> Loader<'a> {
         newly
     }
 
+    /// Loads the held modules something asked for, after their
+    /// dependencies, each with the kernel's `async_probe` parameter: the
+    /// load returns before the driver has probed its devices, which appear
+    /// while the boot goes on. Must come after every other load of the
+    /// boot's coldplug: the kernel makes any later load of a module without
+    /// `async_probe` wait for all such probing first. Returns the modules
+    /// newly loaded.
+    pub fn load_held(&self) -> Vec<String> {
+        let asked = std::mem::take(&mut *self.asked.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut newly = Vec::new();
+        for m in asked {
+            let order = match self.index.load_order(&m) {
+                Ok(o) => o,
+                Err(e) => {
+                    crate::log::warn(format!("module {m}: {e}"));
+                    continue;
+                }
+            };
+            for dep in order {
+                let params = if dep == m { c"async_probe" } else { c"" };
+                match self.claim_with(&dep, params) {
+                    Some(LoadResult::Loaded) => newly.push(dep),
+                    Some(LoadResult::Refused(why)) => {
+                        crate::log::detail(format!("module {dep} not loaded: {why}"))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        newly
+    }
+
     /// Loads `name` unless it was tried or another thread is at it (then
     /// waits until it is done). Returns what this call did, if anything.
     fn claim(&self, name: &str) -> Option<LoadResult> {
+        self.claim_with(name, c"")
+    }
+
+    /// [`Loader::claim`] with module parameters.
+    fn claim_with(&self, name: &str, params: &CStr) -> Option<LoadResult> {
         let mut state = self.lock();
         loop {
             match state.get(name) {
@@ -481,7 +543,7 @@ impl<'a> Loader<'a> {
         state.insert(name.to_string(), Slot::Loading);
         drop(state);
         let r = match self.index.path_of(name) {
-            Some(path) => (self.insert)(&path),
+            Some(path) => (self.insert)(&path, params),
             None => LoadResult::Refused("not in modules.dep".into()),
         };
         self.lock().insert(name.to_string(), Slot::Done(r.clone()));
@@ -515,7 +577,7 @@ impl<'a> Loader<'a> {
 }
 
 /// `finit_module(2)` of one file; `EEXIST` means already loaded.
-fn finit(path: &Path) -> LoadResult {
+fn finit(path: &Path, params: &CStr) -> LoadResult {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) => return LoadResult::Refused(format!("{}: {e}", path.display())),
@@ -528,7 +590,7 @@ fn finit(path: &Path) -> LoadResult {
     } else {
         0
     };
-    match rustix::system::finit_module(&file, c"", flags) {
+    match rustix::system::finit_module(&file, params, flags) {
         Ok(()) => LoadResult::Loaded,
         Err(rustix::io::Errno::EXIST) => LoadResult::AlreadyLoaded,
         Err(e) => LoadResult::Refused(e.to_string()),
@@ -640,7 +702,7 @@ alias dmi*:svn[Ll][Ee][Nn]OVO*:* thinkpad_acpi
         let ev = std::sync::Arc::clone(&events);
         let loader = Loader::with_insert(
             &index,
-            Box::new(move |path: &Path| {
+            Box::new(move |path: &Path, _: &CStr| {
                 let name = name_of_path(&path.to_string_lossy());
                 ev.lock().unwrap().push((name.clone(), true));
                 // Slow enough that the threads overlap.
@@ -694,6 +756,47 @@ alias dmi*:svn[Ll][Ee][Nn]OVO*:* thinkpad_acpi
         assert_eq!(total, started.len() - 1, "{loaded:?}");
         // Loading again does nothing.
         assert!(loader.load_all(&names, 4).is_empty());
+    }
+
+    /// A held module is only noted while the passes load; `load_held`
+    /// loads it last, after its dependencies, with `async_probe`.
+    #[test]
+    fn held_modules_load_last_with_async_probe() {
+        let index = idx();
+        let calls = std::sync::Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+        let c = std::sync::Arc::clone(&calls);
+        let loader = Loader::with_insert(
+            &index,
+            Box::new(move |path: &Path, params: &CStr| {
+                let name = name_of_path(&path.to_string_lossy());
+                let params = params.to_string_lossy().into_owned();
+                c.lock().unwrap().push((name, params));
+                LoadResult::Loaded
+            }),
+        )
+        .hold(&["virtio-blk"]);
+        let names: Vec<String> = ["virtio:d00000002v00001AF4", "fs-ext4"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        loader.load_all(&names, 2);
+        let loaded: Vec<String> = calls.lock().unwrap().iter().map(|c| c.0.clone()).collect();
+        assert!(loaded.contains(&"ext4".to_string()), "{loaded:?}");
+        assert!(
+            !loaded.iter().any(|m| m.starts_with("virtio")),
+            "held, or a held module's dependency, loaded early: {loaded:?}"
+        );
+        calls.lock().unwrap().clear();
+        assert_eq!(loader.load_held(), vec!["virtio_ring", "virtio_blk"]);
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![
+                ("virtio_ring".to_string(), String::new()),
+                ("virtio_blk".to_string(), "async_probe".to_string())
+            ]
+        );
+        // Nothing asked for twice, nothing loaded twice.
+        assert!(loader.load_held().is_empty());
     }
 
     #[test]

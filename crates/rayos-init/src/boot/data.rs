@@ -18,8 +18,13 @@ use crate::cmdline::Mode;
 use crate::log;
 use crate::volumes;
 
-/// How long to wait for storage to appear (USB and NVMe probe async).
+/// How long to wait for storage to appear (USB, NVMe and, on the installed
+/// system, SATA probe in the background: `kernel::LATE_PROBE`).
 pub const DISK_WAIT: Duration = Duration::from_secs(15);
+
+/// How long another install's data volume is passed over while the disk
+/// of the ESP the loader ran from has not appeared yet.
+pub const LOADER_DISK_WAIT: Duration = Duration::from_secs(3);
 /// Where `e2fsck` may be in the image.
 const E2FSCK: [&str; 3] = ["/usr/sbin/e2fsck", "/sbin/e2fsck", "/usr/bin/e2fsck"];
 
@@ -35,13 +40,23 @@ pub fn list_disks(p: &mut dyn Platform) -> Vec<rayos_disk::report::Disk> {
 }
 
 /// The RayOS data partition by GPT type, waiting up to [`DISK_WAIT`] for
-/// slow storage; with several installs the one beside the loader's ESP.
+/// slow storage; with several installs the one beside the loader's ESP,
+/// waiting up to [`LOADER_DISK_WAIT`] for that ESP's disk before another.
 pub fn find_data(st: &mut State, p: &mut dyn Platform) -> StepResult {
     let boot_esp = p.loader_esp();
-    let deadline = p.now() + DISK_WAIT;
+    let start = p.now();
+    let deadline = start + DISK_WAIT;
     loop {
         let disks = list_disks(p);
-        if let Some(i) = volumes::find_install(&disks, boot_esp) {
+        let loader_disk_missing = boot_esp.is_some_and(|g| {
+            !disks
+                .iter()
+                .flat_map(|d| &d.partitions)
+                .any(|x| x.unique_guid == Some(g))
+        });
+        let install = volumes::find_install(&disks, boot_esp)
+            .filter(|_| !loader_disk_missing || p.now() >= start + LOADER_DISK_WAIT);
+        if let Some(i) = install {
             let msg = format!(
                 "data volume {} on {}{}",
                 i.data.display(),
@@ -923,5 +938,45 @@ mod tests {
         assert!(matches!(check_data(&mut st, &mut p), StepResult::Skip(_)));
         assert!(matches!(mount_data(&mut st, &mut p), StepResult::Skip(_)));
         assert!(p.calls.is_empty(), "nothing run or mounted: {:?}", p.calls);
+    }
+    /// Two installs; the loader's disk is still probing: its install is
+    /// waited for rather than the other one taken.
+    #[test]
+    fn the_loaders_disk_is_waited_for_before_another_install() {
+        let esp_guid = uuid::Uuid::from_u128(0xe5b);
+        let mut p = Fake::new();
+        p.partitioned_disk(
+            "/dev/vda",
+            &[(rayos_disk::types::RAYOS_DATA, "rayos-data", "/dev/vda3")],
+        );
+        let mut late = Fake::new();
+        late.partitioned_disk(
+            "/dev/sda",
+            &[
+                (rayos_disk::types::ESP, "ESP", "/dev/sda1"),
+                (rayos_disk::types::RAYOS_DATA, "rayos-data", "/dev/sda3"),
+            ],
+        );
+        let mut sda = late.disks.pop().unwrap();
+        sda.partitions[0].unique_guid = Some(esp_guid);
+        p.arriving.push((Duration::from_millis(900), sda.clone()));
+        p.loader_esp = Some(esp_guid);
+        let mut st = fake::state();
+        assert!(matches!(find_data(&mut st, &mut p), StepResult::Ok(_)));
+        assert_eq!(st.status.data_device.as_deref(), Some("/dev/sda3"));
+        assert!(p.elapsed() < LOADER_DISK_WAIT, "{:?}", p.elapsed());
+
+        // It never comes: the other install, after the grace period.
+        let mut p = Fake::new();
+        p.partitioned_disk(
+            "/dev/vda",
+            &[(rayos_disk::types::RAYOS_DATA, "rayos-data", "/dev/vda3")],
+        );
+        p.loader_esp = Some(esp_guid);
+        let mut st = fake::state();
+        assert!(matches!(find_data(&mut st, &mut p), StepResult::Ok(_)));
+        assert_eq!(st.status.data_device.as_deref(), Some("/dev/vda3"));
+        assert!(p.elapsed() >= LOADER_DISK_WAIT, "{:?}", p.elapsed());
+        assert!(p.elapsed() < DISK_WAIT, "{:?}", p.elapsed());
     }
 }

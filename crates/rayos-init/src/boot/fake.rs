@@ -69,6 +69,8 @@ pub enum Call {
     Power(PowerAction),
     /// A network link set up, by name.
     LinkUp(String),
+    /// Coldplug, with the modules asked to load last.
+    Coldplug(Vec<String>),
     /// A keymap of this many entries loaded.
     Keymap(usize),
 }
@@ -91,6 +93,9 @@ pub struct Fake {
     pub markers: Vec<Marker>,
     /// What `list_disks` returns.
     pub disks: Vec<rayos_disk::report::Disk>,
+    /// Disks that join [`Fake::disks`] once this much time has passed
+    /// (drivers still probing).
+    pub arriving: Vec<(Duration, rayos_disk::report::Disk)>,
     /// Disks attached by USB.
     pub usb: BTreeSet<PathBuf>,
     /// What each device holds, mounted or not.
@@ -158,6 +163,7 @@ impl Fake {
             uefi: false,
             running_uki: None,
             loader_esp: None,
+            arriving: Vec::new(),
             countdown_end: CountdownEnd::Expired,
             hostname: None,
         }
@@ -366,7 +372,14 @@ impl Platform for Fake {
 
     fn ctrl_alt_del_to_signal(&mut self) {}
 
-    fn coldplug(&mut self, _always: &[&str], _debug: bool) -> Result<Coldplug, String> {
+    fn coldplug(
+        &mut self,
+        _always: &[&str],
+        late: &[&str],
+        _debug: bool,
+    ) -> Result<Coldplug, String> {
+        self.calls
+            .push(Call::Coldplug(late.iter().map(|m| m.to_string()).collect()));
         Err("no modules in a unit test".into())
     }
 
@@ -393,6 +406,12 @@ impl Platform for Fake {
     }
 
     fn list_disks(&mut self) -> Result<Vec<rayos_disk::report::Disk>, String> {
+        let now = self.elapsed;
+        let (come, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.arriving)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.arriving = wait;
+        self.disks.extend(come.into_iter().map(|(_, d)| d));
         Ok(self.disks.clone())
     }
 

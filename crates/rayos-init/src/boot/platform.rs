@@ -55,6 +55,8 @@ pub struct Coldplug {
     pub refused: usize,
     /// The kernel release the modules are for.
     pub release: String,
+    /// Modules loaded last, still probing their devices when the step ends.
+    pub late: Vec<String>,
 }
 
 /// One mount request.
@@ -147,8 +149,11 @@ pub trait Platform {
     fn sync(&mut self);
     /// Ctrl-Alt-Del sends SIGINT to PID 1 instead of resetting.
     fn ctrl_alt_del_to_signal(&mut self);
-    /// Loads `always` and every module a device asks for.
-    fn coldplug(&mut self, always: &[&str], debug: bool) -> Result<Coldplug, String>;
+    /// Loads `always` and every module a device asks for; those of `late`
+    /// last, probing their devices in the background
+    /// ([`crate::modules::Loader::hold`]).
+    fn coldplug(&mut self, always: &[&str], late: &[&str], debug: bool)
+    -> Result<Coldplug, String>;
     /// Sets the kernel's host name.
     fn set_hostname(&mut self, name: &str) -> io::Result<()>;
     /// Loads a console keymap (docs/init.md `keyboard`).

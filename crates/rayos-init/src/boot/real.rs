@@ -276,14 +276,19 @@ impl Platform for Real {
         sys::disable_ctrl_alt_del();
     }
 
-    fn coldplug(&mut self, always: &[&str], debug: bool) -> Result<Coldplug, String> {
+    fn coldplug(
+        &mut self,
+        always: &[&str],
+        late: &[&str],
+        debug: bool,
+    ) -> Result<Coldplug, String> {
         let release = rustix::system::uname()
             .release()
             .to_string_lossy()
             .into_owned();
         let index =
             ModuleIndex::load(&Path::new("/lib/modules").join(&release)).map_err(|e| chain(&e))?;
-        let loader = modules::Loader::new(&index);
+        let loader = modules::Loader::new(&index).hold(late);
         let threads = coldplug_threads(std::env::var("RAYOS_COLDPLUG_THREADS").ok().as_deref());
         let mut loaded = 0;
         // The fixed list and the devices' modaliases in one pass, then
@@ -312,6 +317,9 @@ impl Platform for Real {
             }
             wanted.clear();
         }
+        // Last: nothing after these may wait for their probing.
+        let late = loader.load_held();
+        loaded += late.len();
         let refused = loader.refused();
         // rayosd reads why a KVM module is missing from here.
         let text: String = refused
@@ -326,6 +334,7 @@ impl Platform for Real {
             loaded,
             refused,
             release,
+            late,
         })
     }
 
