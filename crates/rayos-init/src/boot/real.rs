@@ -318,8 +318,14 @@ impl Platform for Real {
             wanted.clear();
         }
         // Last: nothing after these may wait for their probing.
-        let late = loader.load_held();
-        loaded += late.len();
+        let newly = loader.load_held();
+        loaded += newly.len();
+        // Named in the step's message: the held drivers, not their
+        // dependencies (those loaded and probed nothing).
+        let late: Vec<String> = newly
+            .into_iter()
+            .filter(|m| late.iter().any(|h| modules::normalize(h) == *m))
+            .collect();
         let refused = loader.refused();
         // rayosd reads why a KVM module is missing from here.
         let text: String = refused
