@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 /// The skippable-frame magic number the specification uses for the table.
 const SKIPPABLE_MAGIC: u32 = 0x184D_2A5E;
@@ -243,6 +243,14 @@ pub fn compress(
     std::fs::rename(&tmp, dest)
 }
 
+/// The stdin and stdout pipes of a zstd spawned with both piped.
+pub(crate) fn pipes(child: &mut Child) -> io::Result<(ChildStdin, ChildStdout)> {
+    let no = |what| io::Error::other(format!("zstd has no {what}"));
+    let stdin = child.stdin.take().ok_or_else(|| no("stdin"))?;
+    let stdout = child.stdout.take().ok_or_else(|| no("stdout"))?;
+    Ok((stdin, stdout))
+}
+
 /// One frame: `chunk` through `zstd -c <args>` (fed from a second thread,
 /// so neither pipe can fill up while the other waits).
 fn zstd_one(chunk: &[u8], args: &[&str]) -> io::Result<Vec<u8>> {
@@ -255,14 +263,7 @@ fn zstd_one(chunk: &[u8], args: &[&str]) -> io::Result<Vec<u8>> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot run zstd: {e}")))?;
-    let mut stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| io::Error::other("no stdin"))?;
-    let mut stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| io::Error::other("no stdout"))?;
+    let (mut stdin, mut stdout) = pipes(&mut child)?;
     let mut frame = Vec::new();
     let (fed, read) = std::thread::scope(|s| {
         let feeder = s.spawn(move || stdin.write_all(chunk));

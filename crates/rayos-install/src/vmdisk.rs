@@ -369,14 +369,7 @@ fn decode_frame(
     let mut frame = vec![0u8; f.len as usize];
     std::os::unix::fs::FileExt::read_exact_at(file, &mut frame, f.offset)?;
     let mut child = zstd_decompress(None, Stdio::piped(), Stdio::piped())?;
-    let mut stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| io::Error::other("zstd has no stdin"))?;
-    let mut stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| io::Error::other("zstd has no stdout"))?;
+    let (mut stdin, mut stdout) = crate::seekable::pipes(&mut child)?;
     let _ = rayos_base::sys::set_pipe_size(stdout.as_fd(), PIPE_BYTES);
     let _ = rayos_base::sys::set_pipe_size(stdin.as_fd(), PIPE_BYTES);
     let (fed, copied) = std::thread::scope(|s| {
@@ -600,6 +593,27 @@ mod tests {
         (q, len, zst)
     }
 
+    /// What the installer does with the preallocated file: `zst` (of
+    /// `qlen` bytes) streamed into an existing file of that length in
+    /// `dir`, grown there to 1 GiB; progress ends at the whole; the result
+    /// reads as `raw`.
+    fn streams_into_a_file_of_its_length(dir: &Path, zst: &Path, qlen: u64, raw: &Path) {
+        let q = dir.join("root.qcow2");
+        let mut out = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&q)
+            .unwrap();
+        out.set_len(qlen).unwrap();
+        let mut seen = Vec::new();
+        let n = stream_qcow2(zst, &mut out, qlen, 1 << 30, &mut |d, t| seen.push((d, t))).unwrap();
+        drop(out);
+        assert_eq!(n, qlen);
+        assert_eq!(seen.last(), Some(&(qlen, qlen)));
+        assert_clean_1gib_copy_of(&q, raw);
+    }
+
     /// `q` checks clean, is 1 GiB and reads as `raw`, then zeros.
     fn assert_clean_1gib_copy_of(q: &Path, raw: &Path) {
         let (ok, text) = qemu_img(&["check", "-f", "qcow2"], q);
@@ -660,20 +674,7 @@ mod tests {
         zstd(&raw, &raw_zst);
         assert_eq!(qcow2_len(&raw_zst, 1 << 30).unwrap(), None);
 
-        let q = dir.path().join("root.qcow2");
-        let mut out = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&q)
-            .unwrap();
-        out.set_len(qlen).unwrap();
-        let mut seen = Vec::new();
-        let n = stream_qcow2(&zst, &mut out, qlen, 1 << 30, &mut |d, t| seen.push((d, t))).unwrap();
-        drop(out);
-        assert_eq!(n, qlen);
-        assert_eq!(seen.last(), Some(&(qlen, qlen)));
-        assert_clean_1gib_copy_of(&q, &raw);
+        streams_into_a_file_of_its_length(dir.path(), &zst, qlen, &raw);
 
         // A length that is not the image's is an error either way.
         for wrong in [qlen - 512, qlen + 4096] {
@@ -719,20 +720,7 @@ mod tests {
         assert!(frames > 2, "{frames} frames");
         // The length is the table's, not the first frame's.
         assert_eq!(qcow2_len(&zst, 1 << 30).unwrap(), Some(qlen));
-        let q = dir.path().join("root.qcow2");
-        let mut out = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&q)
-            .unwrap();
-        out.set_len(qlen).unwrap();
-        let mut seen = Vec::new();
-        let n = stream_qcow2(&zst, &mut out, qlen, 1 << 30, &mut |d, t| seen.push((d, t))).unwrap();
-        drop(out);
-        assert_eq!(n, qlen);
-        assert_eq!(seen.last(), Some(&(qlen, qlen)));
-        assert_clean_1gib_copy_of(&q, &raw);
+        streams_into_a_file_of_its_length(dir.path(), &zst, qlen, &raw);
         // The staged path reads the same image too.
         let staged = dir.path().join("staged.qcow2");
         assert_eq!(write(&zst, &staged, 1 << 30, &mut |_, _| {}).unwrap(), qlen);
