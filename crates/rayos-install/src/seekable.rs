@@ -243,6 +243,23 @@ pub fn compress(
     std::fs::rename(&tmp, dest)
 }
 
+/// Waits for a zstd child (its stderr piped); a failure becomes an error
+/// saying `zstd <doing> (<status>): <what it printed>`.
+pub(crate) fn wait(mut child: Child, doing: &str) -> io::Result<()> {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "zstd {doing} ({status}): {}",
+            err.trim()
+        )));
+    }
+    Ok(())
+}
+
 /// The stdin and stdout pipes of a zstd spawned with both piped.
 pub(crate) fn pipes(child: &mut Child) -> io::Result<(ChildStdin, ChildStdout)> {
     let no = |what| io::Error::other(format!("zstd has no {what}"));
@@ -270,17 +287,7 @@ fn zstd_one(chunk: &[u8], args: &[&str]) -> io::Result<Vec<u8>> {
         let read = stdout.read_to_end(&mut frame);
         (feeder.join(), read)
     });
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let status = child.wait()?;
-    if !status.success() {
-        return Err(io::Error::other(format!(
-            "zstd failed ({status}): {}",
-            err.trim()
-        )));
-    }
+    wait(child, "failed")?;
     fed.unwrap_or_else(|_| Err(io::Error::other("panicked")))?;
     read?;
     Ok(frame)

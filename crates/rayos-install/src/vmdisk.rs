@@ -102,20 +102,8 @@ fn zstd_decompress(image: Option<&Path>, input: Stdio, out: Stdio) -> io::Result
 }
 
 /// Waits for zstd and turns a failure into an error naming the image.
-fn zstd_finish(mut child: Child, image: &Path) -> io::Result<()> {
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let status = child.wait()?;
-    if !status.success() {
-        return Err(io::Error::other(format!(
-            "zstd could not read {} ({status}): {}",
-            image.display(),
-            err.trim()
-        )));
-    }
-    Ok(())
+fn zstd_finish(child: Child, image: &Path) -> io::Result<()> {
+    crate::seekable::wait(child, &format!("could not read {}", image.display()))
 }
 
 /// The first [`qcow2::HEADER_BYTES`] (or fewer) decompressed bytes.
