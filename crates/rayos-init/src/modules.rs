@@ -241,6 +241,12 @@ impl ModuleIndex {
         Ok(())
     }
 
+    /// Module `name`'s file relative to the tree's root
+    /// (`kernel/drivers/...`), if it is a loadable module.
+    pub fn rel_path(&self, name: &str) -> Option<&str> {
+        self.deps.get(&normalize(name)).map(|(p, _)| p.as_str())
+    }
+
     /// The path of module `name`'s file, if it is a loadable module.
     pub fn path_of(&self, name: &str) -> Option<PathBuf> {
         self.deps
@@ -394,8 +400,9 @@ pub struct Loader<'a> {
     state: Mutex<HashMap<String, Slot>>,
     changed: Condvar,
     insert: Box<Insert>,
-    /// Modules [`Loader::load`] holds back for [`Loader::load_held`].
-    held: HashSet<String>,
+    /// Modules [`Loader::load`] holds back for [`Loader::load_held`]: names,
+    /// and directories of the tree (ending in `/`) for every module in them.
+    held: Vec<String>,
     /// Those of them something asked for.
     asked: Mutex<BTreeSet<String>>,
 }
@@ -415,17 +422,41 @@ impl<'a> Loader<'a> {
             state: Mutex::new(HashMap::new()),
             changed: Condvar::new(),
             insert,
-            held: HashSet::new(),
+            held: Vec::new(),
             asked: Mutex::new(BTreeSet::new()),
         }
     }
 
-    /// Holds `names` back: [`Loader::load`] notes that something asked for
+    /// Holds modules back: [`Loader::load`] notes that something asked for
     /// them and loads neither them nor their dependencies;
     /// [`Loader::load_held`] loads them last, probing in the background.
-    pub fn hold(mut self, names: &[&str]) -> Self {
-        self.held = names.iter().map(|n| normalize(n)).collect();
+    /// `what` names modules, or directories of the module tree with a
+    /// trailing `/` (`kernel/drivers/net/ethernet/`: every module in it).
+    pub fn hold(mut self, what: &[&str]) -> Self {
+        self.held = what
+            .iter()
+            .map(|w| {
+                if w.ends_with('/') {
+                    w.to_string()
+                } else {
+                    normalize(w)
+                }
+            })
+            .collect();
         self
+    }
+
+    /// Whether [`Loader::hold`] holds module `m` back.
+    pub fn is_held(&self, m: &str) -> bool {
+        self.held.iter().any(|h| {
+            if h.ends_with('/') {
+                self.index
+                    .rel_path(m)
+                    .is_some_and(|p| p.starts_with(h.as_str()))
+            } else {
+                h == m
+            }
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
@@ -463,7 +494,7 @@ impl<'a> Loader<'a> {
     pub fn load(&self, name: &str) -> Vec<String> {
         let mut newly = Vec::new();
         for m in self.index.resolve(name) {
-            if self.held.contains(&m) {
+            if self.is_held(&m) {
                 self.asked
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -490,28 +521,32 @@ impl<'a> Loader<'a> {
         newly
     }
 
-    /// Loads the held modules something asked for, after their
-    /// dependencies, each with the kernel's `async_probe` parameter: the
-    /// load returns before the driver has probed its devices, which appear
-    /// while the boot goes on. Must come after every other load of the
-    /// boot's coldplug: the kernel makes any later load of a module without
-    /// `async_probe` wait for all such probing first. Returns the modules
-    /// newly loaded.
+    /// Loads the held modules something asked for: first every dependency
+    /// of theirs that is not held itself, then them, in dependency order,
+    /// each with the kernel's `async_probe` parameter: such a load returns
+    /// before the driver has probed its devices, which appear while the
+    /// boot goes on. The kernel makes any load of a module without
+    /// `async_probe` wait for all such probing, hence this order, and this
+    /// must come after every other load of the boot's coldplug. Returns the
+    /// modules newly loaded.
     pub fn load_held(&self) -> Vec<String> {
         let asked = std::mem::take(&mut *self.asked.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut newly = Vec::new();
+        let mut orders = Vec::new();
         for m in asked {
-            let order = match self.index.load_order(&m) {
-                Ok(o) => o,
-                Err(e) => {
-                    crate::log::warn(format!("module {m}: {e}"));
+            match self.index.load_order(&m) {
+                Ok(o) => orders.push(o),
+                Err(e) => crate::log::warn(format!("module {m}: {e}")),
+            }
+        }
+        let mut newly = Vec::new();
+        for held in [false, true] {
+            for dep in orders.iter().flatten() {
+                if self.is_held(dep) != held {
                     continue;
                 }
-            };
-            for dep in order {
-                let params = if dep == m { c"async_probe" } else { c"" };
-                match self.claim_with(&dep, params) {
-                    Some(LoadResult::Loaded) => newly.push(dep),
+                let params = if held { c"async_probe" } else { c"" };
+                match self.claim_with(dep, params) {
+                    Some(LoadResult::Loaded) => newly.push(dep.clone()),
                     Some(LoadResult::Refused(why)) => {
                         crate::log::detail(format!("module {dep} not loaded: {why}"))
                     }
@@ -644,6 +679,8 @@ kernel/drivers/block/virtio_blk.ko.xz: kernel/drivers/virtio/virtio-ring.ko
 kernel/drivers/virtio/virtio-ring.ko:
 kernel/a.ko: kernel/b.ko
 kernel/b.ko: kernel/a.ko
+kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko: kernel/drivers/ptp/ptp.ko
+kernel/drivers/ptp/ptp.ko:
 ";
     const ALIAS: &str = "\
 # Aliases extracted from modules themselves.
@@ -652,6 +689,7 @@ alias crc32c crc32c_generic
 alias crypto-crc32c crc32c_generic
 alias virtio:d00000002v* virtio_blk
 alias pci:v00008086d*sv*sd*bc01sc06i01* ahci
+alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e
 alias acpi*:LNXPWRBN:* button
 alias dmi*:svn[Ll][Ee][Nn]OVO*:* thinkpad_acpi
 ";
@@ -758,8 +796,9 @@ alias dmi*:svn[Ll][Ee][Nn]OVO*:* thinkpad_acpi
         assert!(loader.load_all(&names, 4).is_empty());
     }
 
-    /// A held module is only noted while the passes load; `load_held`
-    /// loads it last, after its dependencies, with `async_probe`.
+    /// A held module (by name, or by its directory in the tree) is only
+    /// noted while the passes load; `load_held` loads the held modules
+    /// last, after all of their dependencies, with `async_probe`.
     #[test]
     fn held_modules_load_last_with_async_probe() {
         let index = idx();
@@ -774,25 +813,39 @@ alias dmi*:svn[Ll][Ee][Nn]OVO*:* thinkpad_acpi
                 LoadResult::Loaded
             }),
         )
-        .hold(&["virtio-blk"]);
-        let names: Vec<String> = ["virtio:d00000002v00001AF4", "fs-ext4"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        .hold(&["virtio-blk", "kernel/drivers/net/ethernet/"]);
+        let names: Vec<String> = [
+            "virtio:d00000002v00001AF4",
+            "pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00",
+            "fs-ext4",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         loader.load_all(&names, 2);
         let loaded: Vec<String> = calls.lock().unwrap().iter().map(|c| c.0.clone()).collect();
         assert!(loaded.contains(&"ext4".to_string()), "{loaded:?}");
         assert!(
-            !loaded.iter().any(|m| m.starts_with("virtio")),
+            !loaded
+                .iter()
+                .any(|m| m.starts_with("virtio") || m == "e1000e" || m == "ptp"),
             "held, or a held module's dependency, loaded early: {loaded:?}"
         );
         calls.lock().unwrap().clear();
-        assert_eq!(loader.load_held(), vec!["virtio_ring", "virtio_blk"]);
+        // Every dependency before any held module: loading a module
+        // without `async_probe` would wait for the probing already begun.
+        assert_eq!(
+            loader.load_held(),
+            vec!["ptp", "virtio_ring", "e1000e", "virtio_blk"]
+        );
+        let with = |m: &str, p: &str| (m.to_string(), p.to_string());
         assert_eq!(
             *calls.lock().unwrap(),
             vec![
-                ("virtio_ring".to_string(), String::new()),
-                ("virtio_blk".to_string(), "async_probe".to_string())
+                with("ptp", ""),
+                with("virtio_ring", ""),
+                with("e1000e", "async_probe"),
+                with("virtio_blk", "async_probe"),
             ]
         );
         // Nothing asked for twice, nothing loaded twice.

@@ -322,10 +322,7 @@ impl Platform for Real {
         loaded += newly.len();
         // Named in the step's message: the held drivers, not their
         // dependencies (those loaded and probed nothing).
-        let late: Vec<String> = newly
-            .into_iter()
-            .filter(|m| late.iter().any(|h| modules::normalize(h) == *m))
-            .collect();
+        let late: Vec<String> = newly.into_iter().filter(|m| loader.is_held(m)).collect();
         let refused = loader.refused();
         // rayosd reads why a KVM module is missing from here.
         let text: String = refused
