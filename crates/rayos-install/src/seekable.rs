@@ -153,8 +153,15 @@ impl SeekTable {
     pub fn read(path: &Path) -> io::Result<Option<SeekTable>> {
         let f = File::open(path)?;
         let len = f.metadata()?.len();
-        SeekTable::parse(len, &mut |buf, at| f.read_exact_at(buf, at))
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+        SeekTable::parse(len, &mut |buf, at| f.read_exact_at(buf, at)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{}: {e}: the file is damaged (write the installer medium again)",
+                    path.display()
+                ),
+            )
+        })
     }
 
     /// The skippable frame holding a table of frames of these
@@ -374,6 +381,20 @@ mod tests {
         let n = file.len() - 5;
         file[n] = 0x04;
         assert_eq!(kind(parse(&file).unwrap_err()), TableError::Descriptor(4));
+    }
+
+    #[test]
+    fn a_damaged_table_in_a_file_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image.zst");
+        let mut file = vec![1u8; 31];
+        file.extend(SeekTable::encode(&[(10, 100), (20, 200)]));
+        std::fs::write(&path, &file).unwrap();
+        let e = SeekTable::read(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("image.zst") && e.contains("30 bytes") && e.contains("medium again"),
+            "{e}"
+        );
     }
 
     #[test]
