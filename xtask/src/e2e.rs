@@ -644,6 +644,9 @@ pub(crate) fn install(
         )),
         _ => bail!("no Boot#### \"RayOS\" first in BootOrder; the VARS hold {bv:?}"),
     }
+    if matches!(v, Variant::Wizard | Variant::Debian) {
+        linux_disk_is_the_image(run, work, &installed.disk, data_offset, iso)?;
+    }
     let linux_files = if v == Variant::FourK {
         let at = partition_offset(&installed.disk, sector, rayos_disk::types::RAYOS_VM_STORAGE)?;
         run.ok(&format!(
@@ -901,6 +904,64 @@ pub(crate) fn debugfs(disk: &Path, offset: u64, request: &str) -> Result<String>
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The Linux VM's disk as the installer wrote it (before any boot) reads
+/// as the Debian VM image on the medium: `vm/<id>/disks/root.qcow2` dumped
+/// from the data volume, the shipped image decoded by plain `zstd -d` (one
+/// stream, not the installer's frame-by-frame path), `qemu-img compare`
+/// (the installed disk is larger: its excess must read as zeros).
+fn linux_disk_is_the_image(
+    run: &Run,
+    work: &Path,
+    disk: &Path,
+    data_offset: u64,
+    iso: &Path,
+) -> Result<()> {
+    let shipped = iso.with_file_name(crate::linux_vm::SHIPPED);
+    let vms = debugfs(disk, data_offset, "ls -l /vm")?;
+    let installed = names(&vms)
+        .into_iter()
+        .map(|id| format!("/vm/{id}/disks/root.qcow2"))
+        .find(|f| {
+            debugfs(disk, data_offset, &format!("stat {f}")).is_ok_and(|s| s.contains("Size:"))
+        })
+        .with_context(|| format!("no vm/<id>/disks/root.qcow2 on the data volume:\n{vms}"))?;
+    let dir = work.join("linux-disk-check");
+    fresh_dir(&dir)?;
+    let got = dir.join("installed.qcow2");
+    debugfs(
+        disk,
+        data_offset,
+        &format!("dump {installed} {}", got.display()),
+    )?;
+    let want = dir.join("shipped.qcow2");
+    let st = std::process::Command::new("zstd")
+        .args(["-q", "-d", "-f", rayos_install::vmdisk::ZSTD_LONG])
+        .arg(&shipped)
+        .arg("-o")
+        .arg(&want)
+        .status()
+        .context("zstd")?;
+    ensure!(st.success(), "zstd -d {} failed", shipped.display());
+    let out = std::process::Command::new("qemu-img")
+        .args(["compare", "-f", "qcow2", "-F", "qcow2"])
+        .arg(&want)
+        .arg(&got)
+        .output()
+        .context("qemu-img")?;
+    let _ = fs::remove_dir_all(&dir);
+    ensure!(
+        out.status.success(),
+        "the Linux VM's disk {installed} does not read as {}: {}{}",
+        shipped.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run.ok(&format!(
+        "the Linux VM's disk ({installed}) reads as the Debian VM image on the medium"
+    ));
+    Ok(())
 }
 
 /// The names in a directory, from debugfs `ls -l` lines (name last).
