@@ -33,7 +33,8 @@
 //! the disk's name to confirm, `p` to power off) and its screens read from
 //! an 80x24 screen rebuilt from the serial stream; the Linux VM is the
 //! Debian VM (the medium carries it and the wizard requires its user), so
-//! this variant proves the installer writes it; then steps 2 and 3 up to
+//! this variant proves the installer writes it (its disk, dumped from the
+//! data volume, reads as the image on the medium); then steps 2 and 3 up to
 //! `RAYOS_LINUX_VM_READY` (the Debian VM's QEMU runs; its boot under
 //! nested TCG is not waited for).
 //!
