@@ -10,16 +10,18 @@
 //!    `finit_module(2)`; `EEXIST` means already loaded;
 //! 4. repeat, because loading a bus driver (virtio_pci, ahci, xhci) creates
 //!    new devices with new modaliases; stop when a pass finds nothing new;
-//! 5. then the modules held back ([`Loader::hold`]: `ahci` on the installed
-//!    system) with the kernel's `async_probe` parameter, so their slow
-//!    probing (empty SATA ports) goes on beside the rest of the boot.
+//! 5. then the modules held back ([`Loader::hold`]: on the installed system
+//!    `ahci` and the wired Ethernet drivers), after their dependencies, with
+//!    the kernel's `async_probe` parameter, so their slow probing (empty
+//!    SATA ports, NIC resets) goes on beside the rest of the boot.
 //!
 //! Compressed modules (`.ko.xz`, `.ko.zst`, `.ko.gz`) are handed to the
 //! kernel with `MODULE_INIT_COMPRESSED_FILE`, which works when the kernel
 //! was built with `CONFIG_MODULE_DECOMPRESS`; Debian 12's kernel ships plain
 //! `.ko` files, so the common path needs no decompressor at all.
 //!
-//! Limits: no module options but `async_probe`, no blacklist, no `install`/`remove` commands;
+//! Limits: no module options but `async_probe`, no blacklist, no
+//! `install`/`remove` commands;
 //! no hotplug: a device that appears after the boot's `modules` step gets a
 //! driver only if its module is already loaded (docs/init.md, Limits).
 

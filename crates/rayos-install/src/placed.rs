@@ -18,7 +18,6 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::tools::{BlockRun, EXT4_BLOCK};

@@ -205,6 +205,8 @@ pub fn compress(
     let input = File::open(src)?;
     let len = input.metadata()?.len();
     let count = len.div_ceil(u64::from(frame_bytes)).max(1);
+    // Input bytes of frame `i` (the last one shorter).
+    let frame_len = |i: u64| (len - i * u64::from(frame_bytes)).min(u64::from(frame_bytes));
     let next = std::sync::atomic::AtomicU64::new(0);
     let outputs = std::sync::Mutex::new(vec![Vec::new(); count as usize]);
     let work = || -> io::Result<()> {
@@ -213,9 +215,8 @@ pub fn compress(
             if i >= count {
                 return Ok(());
             }
-            let at = i * u64::from(frame_bytes);
-            let mut chunk = vec![0u8; (len - at).min(u64::from(frame_bytes)) as usize];
-            input.read_exact_at(&mut chunk, at)?;
+            let mut chunk = vec![0u8; frame_len(i) as usize];
+            input.read_exact_at(&mut chunk, i * u64::from(frame_bytes))?;
             let frame = zstd_one(&chunk, zstd_args)?;
             outputs.lock().map_err(|_| io::Error::other("poisoned"))?[i as usize] = frame;
         }
@@ -231,13 +232,10 @@ pub fn compress(
         .into_inner()
         .map_err(|_| io::Error::other("poisoned"))?;
     let mut sizes = Vec::with_capacity(frames.len());
-    let mut left = len;
-    for f in &frames {
-        let d = left.min(u64::from(frame_bytes));
-        left -= d;
+    for (i, f) in (0..).zip(&frames) {
         let c = u32::try_from(f.len())
             .map_err(|_| io::Error::other("a compressed frame over 4 GiB"))?;
-        sizes.push((c, d as u32));
+        sizes.push((c, frame_len(i) as u32));
     }
     let tmp = dest.with_extension("partial");
     let mut out = File::create(&tmp)?;

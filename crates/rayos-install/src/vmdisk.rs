@@ -246,8 +246,8 @@ impl WriteAt for File {
 /// ([`qcow2::grow`]); `progress(done, len)` as [`write()`]. An image in the
 /// seekable format with more than one frame is decoded on every core (up to
 /// four), each frame into its own place ([`decode_frames`]); a single frame,
-/// or any image on one core, streams through one pipe. Fails if zstd produces a different length. Returns
-/// the bytes written.
+/// or any image on one core, streams through one pipe. Fails if zstd
+/// produces a different length. Returns the bytes written.
 pub fn stream_qcow2<F: Read + Write + Seek + WriteAt>(
     image: &Path,
     out: &mut F,
