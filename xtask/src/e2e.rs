@@ -1069,7 +1069,7 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// Why RayOS must pick TCG on the test machine: the harness's CPU
-/// (`qemu64,-svm`, see rayos_image::qemu) shows neither `vmx` nor `svm`,
+/// (`qemu64,-svm,+rdrand`, see rayos_image::qemu) shows neither `vmx` nor `svm`,
 /// so no KVM module loads and there is no `/dev/kvm`.
 fn expected_accel_reason() -> String {
     rayos_vmm::TcgReason::FirmwareOff.to_string()

@@ -259,7 +259,19 @@ impl Qemu {
             // (qemu64) offers SVM, which TCG emulates, and RayOS would then
             // load kvm_amd and try nested guests on emulated SVM. The
             // e2e expects `RAYOS_ACCEL:tcg` with the firmware reason.
-            .args(["-cpu", "qemu64,-svm"])
+            //
+            // RDRAND, as every x86-64 PC of the last decade has: the
+            // kernel then trusts it and its random pool is ready during
+            // early boot. Without it the pool became ready seconds into
+            // userspace, and the kernel's patching of its `crng_is_ready`
+            // static key while another vCPU was at that very site (every
+            // new process's first malloc calls getrandom) hung QEMU 7.2's
+            // TCG: a soft lockup at `__x64_sys_getrandom` on a `66 90`
+            // NOP (CI's net e2e install stuck 40 min): QEMU's
+            // cross-vCPU code-modification race, fixed upstream in 2023
+            // ("accel/tcg: Always lock pages before translation");
+            // Debian 12 ships 7.2. docs/kvm.md, Testing.
+            .args(["-cpu", "qemu64,-svm,+rdrand"])
             .args([
                 "-m",
                 &cfg.memory_mib.to_string(),
