@@ -417,44 +417,23 @@ impl Qemu {
         markers: &[&str],
         timeout: Duration,
     ) -> Result<(usize, String), QemuError> {
-        let deadline = Instant::now() + timeout;
-        let wanted = markers.join(" | ");
-        loop {
-            let bytes = fs::read(&self.serial).unwrap_or_default();
-            let start = self.consumed.min(bytes.len());
-            let hit = markers
-                .iter()
-                .enumerate()
-                .filter_map(|(i, m)| find(&bytes[start..], m.as_bytes()).map(|p| (start + p, i)))
-                .min();
-            if let Some((at, i)) = hit {
-                let line_start = bytes[..at]
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map_or(0, |p| p + 1);
-                let line_end = bytes[at..]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(bytes.len(), |p| at + p);
-                self.consumed = at + markers[i].len();
-                let line = String::from_utf8_lossy(&bytes[line_start..line_end]);
-                return Ok((i, line.trim_end().to_string()));
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(QemuError::Exited {
-                    marker: wanted,
-                    status,
-                    tail: self.tail(),
-                });
-            }
-            if Instant::now() >= deadline {
-                return Err(QemuError::Timeout {
-                    marker: wanted,
-                    secs: timeout.as_secs(),
-                    tail: self.tail(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(200));
+        let child = &mut self.child;
+        let found = wait_in_log(&self.serial, &mut self.consumed, markers, timeout, || {
+            child.try_wait().ok().flatten()
+        });
+        let marker = markers.join(" | ");
+        match found {
+            Ok(hit) => Ok(hit),
+            Err(Some(status)) => Err(QemuError::Exited {
+                marker,
+                status,
+                tail: self.tail(),
+            }),
+            Err(None) => Err(QemuError::Timeout {
+                marker,
+                secs: timeout.as_secs(),
+                tail: self.tail(),
+            }),
         }
     }
 
@@ -734,6 +713,80 @@ fn parse_ppm(b: &[u8]) -> Result<Image, String> {
     })
 }
 
+/// How often a log is read while waiting for a marker.
+const POLL: Duration = Duration::from_millis(200);
+/// How long a marker's line may take to arrive in full.
+const LINE_GRACE: Duration = Duration::from_secs(2);
+/// How long the output must stand still before a line without a newline
+/// (a prompt) counts as complete: longer than the gaps between the pieces
+/// of one line seen under nested TCG.
+const LINE_QUIET: Duration = Duration::from_millis(500);
+
+/// Waits until the first of `markers` appears in the file `log` after
+/// byte `consumed`; returns its index and the line holding it, and moves
+/// `consumed` past it. `Err(Some(status))` when `exited` reports the writer
+/// gone, `Err(None)` at the timeout.
+fn wait_in_log(
+    log: &Path,
+    consumed: &mut usize,
+    markers: &[&str],
+    timeout: Duration,
+    mut exited: impl FnMut() -> Option<ExitStatus>,
+) -> Result<(usize, String), Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    // While the hit's line is unfinished: when it was first seen, the
+    // log's length at the last look, and when that length was reached.
+    let mut unfinished: Option<(Instant, usize, Instant)> = None;
+    loop {
+        let bytes = fs::read(log).unwrap_or_default();
+        let start = (*consumed).min(bytes.len());
+        let hit = markers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| find(&bytes[start..], m.as_bytes()).map(|p| (start + p, i)))
+            .min();
+        if let Some((at, i)) = hit {
+            let line_start = bytes[..at]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |p| p + 1);
+            let newline = bytes[at..].iter().position(|&b| b == b'\n');
+            // The UART delivers a line in pieces: one returned before its
+            // newline lost its end (CI's net e2e read `FETCH failed: no n`).
+            // Wait for the newline up to LINE_GRACE; a prompt, which never
+            // gets one, is taken once the output stood still for
+            // LINE_QUIET.
+            if newline.is_none() {
+                let now = Instant::now();
+                let (first, len, grew) = match unfinished {
+                    Some((first, len, grew)) if bytes.len() == len => (first, len, grew),
+                    Some((first, _, _)) => (first, bytes.len(), now),
+                    None => (now, bytes.len(), now),
+                };
+                if now < deadline
+                    && now.duration_since(first) < LINE_GRACE
+                    && now.duration_since(grew) < LINE_QUIET
+                {
+                    unfinished = Some((first, len, grew));
+                    std::thread::sleep(POLL);
+                    continue;
+                }
+            }
+            let line_end = newline.map_or(bytes.len(), |p| at + p);
+            *consumed = at + markers[i].len();
+            let line = String::from_utf8_lossy(&bytes[line_start..line_end]);
+            return Ok((i, line.trim_end().to_string()));
+        }
+        if let Some(status) = exited() {
+            return Err(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Err(None);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() {
         return Some(0);
@@ -743,7 +796,76 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_ppm;
+    use super::*;
+
+    /// A log holding `first` already, to which `pieces` are appended one
+    /// every 100 ms, as a UART delivers a line.
+    fn log_written_in_pieces(
+        first: &str,
+        pieces: &'static [&'static str],
+    ) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("serial.log");
+        fs::write(&log, format!("boot\n{first}")).unwrap();
+        let at = log.clone();
+        std::thread::spawn(move || {
+            for p in pieces {
+                std::thread::sleep(Duration::from_millis(100));
+                let mut f = fs::OpenOptions::new().append(true).open(&at).unwrap();
+                f.write_all(p.as_bytes()).unwrap();
+            }
+        });
+        (dir, log)
+    }
+
+    #[test]
+    fn a_line_arriving_in_pieces_is_returned_whole() {
+        let (_dir, log) =
+            log_written_in_pieces("FETCH failed: no n", &["etwork ", "device\nCOUNTER 1\n"]);
+        let mut consumed = 0;
+        let got = wait_in_log(
+            &log,
+            &mut consumed,
+            &["FETCH ok ", "FETCH failed"],
+            Duration::from_secs(30),
+            || None,
+        );
+        assert_eq!(got, Ok((1, "FETCH failed: no network device".to_string())));
+        // The next wait starts after the marker.
+        let next = wait_in_log(
+            &log,
+            &mut consumed,
+            &["COUNTER"],
+            Duration::from_secs(30),
+            || None,
+        );
+        assert_eq!(next, Ok((0, "COUNTER 1".to_string())));
+    }
+
+    #[test]
+    fn a_prompt_without_newline_is_taken_once_the_output_stands_still() {
+        let (_dir, log) = log_written_in_pieces("rayos> ", &[]);
+        let mut consumed = 0;
+        let got = wait_in_log(
+            &log,
+            &mut consumed,
+            &["rayos>"],
+            Duration::from_secs(30),
+            || None,
+        );
+        assert_eq!(got, Ok((0, "rayos>".to_string())));
+        assert_eq!(
+            wait_in_log(
+                &log,
+                &mut consumed,
+                &["rayos>"],
+                Duration::from_millis(300),
+                || None
+            ),
+            Err(None),
+            "one prompt, one match"
+        );
+    }
 
     #[test]
     fn ppm_header_comments_and_pixels() {

@@ -104,6 +104,17 @@ fn name_of_path(p: &str) -> String {
 }
 
 impl ModuleIndex {
+    /// The running kernel's release and its index
+    /// (`/lib/modules/$(uname -r)`).
+    pub fn running() -> Result<(String, ModuleIndex), ModulesError> {
+        let release = rustix::system::uname()
+            .release()
+            .to_string_lossy()
+            .into_owned();
+        let index = ModuleIndex::load(&Path::new("/lib/modules").join(&release))?;
+        Ok((release, index))
+    }
+
     /// Reads the index under `root` (`/lib/modules/<release>`).
     pub fn load(root: &Path) -> Result<ModuleIndex, ModulesError> {
         let read = |name: &str, required: bool| -> Result<String, ModulesError> {
@@ -644,11 +655,7 @@ pub fn kernel_modprobe(args: &[String]) -> i32 {
     if names.is_empty() {
         return 1;
     }
-    let release = rustix::system::uname()
-        .release()
-        .to_string_lossy()
-        .into_owned();
-    let Ok(index) = ModuleIndex::load(&Path::new("/lib/modules").join(release)) else {
+    let Ok((_, index)) = ModuleIndex::running() else {
         return 1;
     };
     let loader = Loader::new(&index);

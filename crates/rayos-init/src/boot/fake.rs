@@ -69,8 +69,15 @@ pub enum Call {
     Power(PowerAction),
     /// A network link set up, by name.
     LinkUp(String),
-    /// Coldplug, with the modules asked to load last.
-    Coldplug(Vec<String>),
+    /// Coldplug: the fixed list, and the modules asked to load last.
+    Coldplug {
+        /// Loaded whatever the devices.
+        always: Vec<String>,
+        /// Held to the end, probing in the background.
+        late: Vec<String>,
+    },
+    /// Modules loaded in the background from now on.
+    LoadLater(Vec<String>),
     /// A keymap of this many entries loaded.
     Keymap(usize),
 }
@@ -374,13 +381,22 @@ impl Platform for Fake {
 
     fn coldplug(
         &mut self,
-        _always: &[&str],
+        always: &[&str],
         late: &[&str],
         _debug: bool,
     ) -> Result<Coldplug, String> {
-        self.calls
-            .push(Call::Coldplug(late.iter().map(|m| m.to_string()).collect()));
+        let names = |l: &[&str]| l.iter().map(|m| m.to_string()).collect();
+        self.calls.push(Call::Coldplug {
+            always: names(always),
+            late: names(late),
+        });
         Err("no modules in a unit test".into())
+    }
+
+    fn load_later(&mut self, names: &[&str]) {
+        self.calls.push(Call::LoadLater(
+            names.iter().map(|m| m.to_string()).collect(),
+        ));
     }
 
     fn set_hostname(&mut self, name: &str) -> io::Result<()> {

@@ -13,33 +13,38 @@ use super::{Platform, State, StepResult};
 use crate::cmdline::{BootParams, Mode};
 use crate::sys;
 
-/// Modules wanted whether or not a device asks for them: filesystems and
-/// input handlers (no modalias), device nodes opened before any driver
-/// exists (`/dev/net/tun`, `/dev/vhost-net`, `/dev/loop-control`,
-/// `/dev/uinput`), and the drivers of devices plugged in after the boot
-/// (USB sticks and card readers: sd_mod, sr_mod, usb_storage, uas), since
-/// there is no hotplug. Everything else (storage and USB controllers,
-/// virtio, the CPU's KVM module through the `cpu:` modalias) is loaded
-/// only when the machine has the device.
-pub const ALWAYS_MODULES: &[&str] = &[
+/// Modules every boot loads whether or not a device asks for them:
+/// filesystems of RayOS's own volumes, the input handlers PID 1 and the
+/// presenter read (no modalias), and `sd_mod`, which the disks behind a
+/// SATA port or a USB stick need but no device asks for before that disk
+/// exists (there is no hotplug). Everything else (storage and USB
+/// controllers, virtio, the CPU's KVM module through the `cpu:` modalias)
+/// is loaded only when the machine has the device; other filesystems
+/// (`udf`, `exfat`, ...) when a mount asks the kernel for them (its
+/// `request_module`, answered by [`crate::modules::kernel_modprobe`]).
+pub const BOOT_MODULES: &[&str] = &[
     "ext4",
     "vfat",
     "nls_cp437",
     "nls_iso8859_1",
     "nls_utf8",
-    "isofs",
     "efivarfs",
     "evdev",
     "button",
     "sd_mod",
-    "sr_mod",
-    "uinput",
-    "loop",
-    "tun",
-    "vhost_net",
-    "usb_storage",
-    "uas",
 ];
+
+/// The drivers of removable media plugged in after the boot (USB sticks,
+/// card readers and optical drives: `usb_storage`, `uas`, `sr_mod`) and
+/// the installer medium's filesystem (`isofs`). The installer and recovery
+/// load them with [`BOOT_MODULES`] (they read media at once); the installed
+/// system loads them right after `RAYOS_READY`, on a thread of its own, as
+/// nothing before it reads removable media: a stick present at boot still
+/// gets its driver in the coldplug passes (its USB interface asks for it),
+/// and one plugged in before the late load is bound when the driver
+/// registers. Under TCG these four and their dependencies (`cdrom`) took
+/// about 0.1 s of the `modules` step (docs/init.md).
+pub const REMOVABLE_MODULES: &[&str] = &["usb_storage", "uas", "sr_mod", "isofs"];
 
 /// Drivers loaded last on the installed system, with the kernel's
 /// `async_probe` (module names, or directories of the module tree), because
@@ -134,14 +139,17 @@ pub fn cmdline(st: &mut State, p: &mut dyn Platform) -> StepResult {
 
 /// Boot step `modules`: loads the modules every boot needs and those the
 /// devices ask for; on the installed system [`LATE_PROBE`] last, probing in
-/// the background.
+/// the background, and [`REMOVABLE_MODULES`] not yet
+/// ([`super::ready`] loads them after `RAYOS_READY`).
 pub fn modules(st: &mut State, p: &mut dyn Platform) -> StepResult {
-    let late = if st.params.mode == Mode::Installed {
-        LATE_PROBE
+    let installed = st.params.mode == Mode::Installed;
+    let late = if installed { LATE_PROBE } else { &[] };
+    let always: Vec<&str> = if installed {
+        BOOT_MODULES.to_vec()
     } else {
-        &[]
+        [BOOT_MODULES, REMOVABLE_MODULES].concat()
     };
-    match p.coldplug(ALWAYS_MODULES, late, st.params.debug) {
+    match p.coldplug(&always, late, st.params.debug) {
         Ok(c) => StepResult::Ok(format!(
             "{} modules loaded ({} not applicable) for kernel {}{}",
             c.loaded,
@@ -213,20 +221,28 @@ mod tests {
     }
 
     #[test]
-    fn only_the_installed_system_probes_sata_and_nics_late() {
-        for (mode, late) in [
+    fn only_the_installed_system_probes_sata_and_nics_late_and_leaves_removable_media_for_later() {
+        let names = |l: &[&str]| l.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+        let everything = names(&[BOOT_MODULES, REMOVABLE_MODULES].concat());
+        for (mode, always, late) in [
             (
                 Mode::Installed,
+                names(BOOT_MODULES),
                 vec!["ahci".to_string(), "kernel/drivers/net/ethernet/".into()],
             ),
-            (Mode::Installer, vec![]),
-            (Mode::Recovery, vec![]),
+            (Mode::Installer, everything.clone(), vec![]),
+            (Mode::Recovery, everything.clone(), vec![]),
         ] {
             let mut st = fake::state();
             st.params.mode = mode;
             let mut p = Fake::new();
             let _ = modules(&mut st, &mut p);
-            assert_eq!(p.calls, vec![Call::Coldplug(late)], "{mode}");
+            assert_eq!(p.calls, vec![Call::Coldplug { always, late }], "{mode}");
+        }
+        // What the boot reads from: its own volumes' filesystems, and the
+        // disks behind SATA ports (probed after the passes).
+        for m in ["ext4", "vfat", "efivarfs", "sd_mod"] {
+            assert!(BOOT_MODULES.contains(&m), "{m}");
         }
     }
 

@@ -154,6 +154,9 @@ pub trait Platform {
     /// ([`crate::modules::Loader::hold`]).
     fn coldplug(&mut self, always: &[&str], late: &[&str], debug: bool)
     -> Result<Coldplug, String>;
+    /// Loads `names` (and their dependencies) on a thread of its own and
+    /// logs what it did; returns at once.
+    fn load_later(&mut self, names: &[&str]);
     /// Sets the kernel's host name.
     fn set_hostname(&mut self, name: &str) -> io::Result<()>;
     /// Loads a console keymap (docs/init.md `keyboard`).

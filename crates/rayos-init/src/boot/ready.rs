@@ -90,6 +90,10 @@ fn health(st: &mut State, p: &mut dyn Platform, started: std::time::Instant) {
             }
             bless_boot(st, p);
             super::record::write_boot_record(st, p, "ready");
+            // What the boot itself did not need (docs/init.md `modules`).
+            if st.params.mode == Mode::Installed {
+                p.load_later(super::kernel::REMOVABLE_MODULES);
+            }
             st.vm_starts = Some(p.follow_vm_starts());
         }
         Err(e) => {
@@ -308,16 +312,23 @@ mod tests {
         );
         assert_eq!(entries(&p), vec!["rayos-0.2.0.efi"]);
         assert_eq!(st.status.blessed.as_deref(), Some("rayos-0.2.0.efi"));
-        // Mounted, renamed, synced, let go.
+        // Mounted, renamed, synced, let go; then the removable-media
+        // drivers the boot left out.
         let tail: Vec<&Call> = p.calls.iter().skip(1).collect();
         assert!(matches!(
             &p.calls[0],
             Call::Mount { source, target, read_only: false, .. }
                 if source == "/dev/vda2" && target == Path::new(paths::SYSTEM)
         ));
+        let later = Call::LoadLater(
+            super::super::kernel::REMOVABLE_MODULES
+                .iter()
+                .map(|m| m.to_string())
+                .collect(),
+        );
         assert_eq!(
             tail,
-            vec![&Call::Sync, &Call::Unmount(paths::SYSTEM.into())]
+            vec![&Call::Sync, &Call::Unmount(paths::SYSTEM.into()), &later]
         );
         assert!(!p.is_mounted_now(paths::SYSTEM));
         // Once: later ticks look for the Linux VM instead.

@@ -282,12 +282,7 @@ impl Platform for Real {
         late: &[&str],
         debug: bool,
     ) -> Result<Coldplug, String> {
-        let release = rustix::system::uname()
-            .release()
-            .to_string_lossy()
-            .into_owned();
-        let index =
-            ModuleIndex::load(&Path::new("/lib/modules").join(&release)).map_err(|e| chain(&e))?;
+        let (release, index) = ModuleIndex::running().map_err(|e| chain(&e))?;
         let loader = modules::Loader::new(&index).hold(late);
         let threads = coldplug_threads(std::env::var("RAYOS_COLDPLUG_THREADS").ok().as_deref());
         let mut loaded = 0;
@@ -339,6 +334,36 @@ impl Platform for Real {
             release,
             late,
         })
+    }
+
+    fn load_later(&mut self, names: &[&str]) {
+        let names: Vec<String> = names.iter().map(|m| m.to_string()).collect();
+        let work = move || {
+            let started = Instant::now();
+            let index = match ModuleIndex::running() {
+                Ok((_, index)) => index,
+                Err(e) => {
+                    log::warn(format!("modules {}: {}", names.join(", "), chain(&e)));
+                    return;
+                }
+            };
+            let loader = modules::Loader::new(&index);
+            let loaded: Vec<String> = names.iter().flat_map(|m| loader.load(m)).collect();
+            log::detail(format!(
+                "modules after RAYOS_READY: {} loaded ({}) in {} ms",
+                loaded.len(),
+                loaded.join(", "),
+                started.elapsed().as_millis()
+            ));
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("modules-later".into())
+            .spawn(work)
+        {
+            log::warn(format!(
+                "cannot start the thread that loads the removable-media drivers: {e}"
+            ));
+        }
     }
 
     fn set_hostname(&mut self, name: &str) -> io::Result<()> {
