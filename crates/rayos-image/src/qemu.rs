@@ -267,9 +267,10 @@ impl Qemu {
             // static key while another vCPU was at that very site (every
             // new process's first malloc calls getrandom) hung QEMU 7.2's
             // TCG: a soft lockup at `__x64_sys_getrandom` on a `66 90`
-            // NOP (CI's net e2e install stuck 40 min): QEMU's
-            // cross-vCPU code-modification race, fixed upstream in 2023
-            // ("accel/tcg: Always lock pages before translation");
+            // NOP (CI's net e2e install stuck 40 min): a known race of
+            // TCG's with code another vCPU modifies, seen by other kernel
+            // CIs on 7.2 (ClangBuiltLinux/boot-utils#111) and fixed in
+            // QEMU's master in July 2023 (commits cb62bd15, deba7870);
             // Debian 12 ships 7.2. docs/kvm.md, Testing.
             .args(["-cpu", "qemu64,-svm,+rdrand"])
             .args([
