@@ -819,27 +819,30 @@ mod tests {
         (dir, log)
     }
 
+    /// [`wait_in_log`] on a log whose writer never exits.
+    fn wait(
+        log: &Path,
+        consumed: &mut usize,
+        markers: &[&str],
+        timeout: Duration,
+    ) -> Result<(usize, String), Option<ExitStatus>> {
+        wait_in_log(log, consumed, markers, timeout, || None)
+    }
+
     #[test]
     fn a_line_arriving_in_pieces_is_returned_whole() {
         let (_dir, log) =
             log_written_in_pieces("FETCH failed: no n", &["etwork ", "device\nCOUNTER 1\n"]);
         let mut consumed = 0;
-        let got = wait_in_log(
+        let got = wait(
             &log,
             &mut consumed,
             &["FETCH ok ", "FETCH failed"],
             Duration::from_secs(30),
-            || None,
         );
         assert_eq!(got, Ok((1, "FETCH failed: no network device".to_string())));
         // The next wait starts after the marker.
-        let next = wait_in_log(
-            &log,
-            &mut consumed,
-            &["COUNTER"],
-            Duration::from_secs(30),
-            || None,
-        );
+        let next = wait(&log, &mut consumed, &["COUNTER"], Duration::from_secs(30));
         assert_eq!(next, Ok((0, "COUNTER 1".to_string())));
     }
 
@@ -847,22 +850,10 @@ mod tests {
     fn a_prompt_without_newline_is_taken_once_the_output_stands_still() {
         let (_dir, log) = log_written_in_pieces("rayos> ", &[]);
         let mut consumed = 0;
-        let got = wait_in_log(
-            &log,
-            &mut consumed,
-            &["rayos>"],
-            Duration::from_secs(30),
-            || None,
-        );
+        let got = wait(&log, &mut consumed, &["rayos>"], Duration::from_secs(30));
         assert_eq!(got, Ok((0, "rayos>".to_string())));
         assert_eq!(
-            wait_in_log(
-                &log,
-                &mut consumed,
-                &["rayos>"],
-                Duration::from_millis(300),
-                || None
-            ),
+            wait(&log, &mut consumed, &["rayos>"], Duration::from_millis(300)),
             Err(None),
             "one prompt, one match"
         );
